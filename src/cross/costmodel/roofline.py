@@ -1,0 +1,93 @@
+"""The analytic cost of one tile: bytes over bandwidth, tensor-core and CUDA-core work over their rates.
+
+Costs are *amortised*: the microseconds one tile adds when the whole GPU works on many tiles at
+once. A plan's time is then the critical path over compute units (see ``partition``), not a sum.
+Rates are whole-GPU figures; the H100 defaults come from measurements on an H100 80GB HBM3.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from ..tiling import TileKind
+
+#: Token tiles (the kernels' BLOCK_N) by token count: tensor-core tiles need >= 16.
+MIN_BLOCK_N = 16
+MAX_BLOCK_N = 128
+
+
+def block_n_for(n_tokens: int) -> int:
+    """The kernels' token tile for ``n_tokens`` tokens: the next power of two in [16, 128]."""
+    return int(min(MAX_BLOCK_N, max(MIN_BLOCK_N, 1 << max(0, math.ceil(math.log2(max(1, n_tokens)))))))
+
+
+@dataclass(frozen=True)
+class GPUSpec:
+    """Throughputs of one GPU (whole device) and the per-element costs of the kernels' decoders."""
+
+    name: str = "H100-SXM (defaults)"
+    n_units: int = 132  # streaming multiprocessors
+    programs_per_unit: int = 2  # persistent programs resident per multiprocessor
+    bandwidth: float = 3.0e12  # B/s, device-to-device copy counting read + write
+    stream_efficiency: float = 0.80  # fraction of `bandwidth` a decoding kernel streams at
+    tensor_flops: float = 700e12  # bf16 dense tensor-core FLOP/s reached by a good GEMM
+    tensor_efficiency: float = 0.6  # fraction reached by the plan kernel's small tiles
+    lane_ops: float = 33e12  # lane instructions per second, all SMs together
+    l2_bandwidth: float = 8.0e12  # B/s, re-reads of activations
+    launch_us: float = 4.0  # launch + ramp + tail of one kernel
+    item_us: float = 0.01  # amortised cost of one work item (its partial-sum epilogue)
+    bitmap_ops_per_element: float = 10.0  # lane instructions to decode one bitmap element
+    index_ops_per_nonzero: float = 12.0  # lane instructions per nonzero of an INDEX tile (plus 2 per token)
+    dense_bandwidth_efficiency: float = 0.65  # cuBLAS at small N reaches ~65% of the copy bandwidth
+    dense_tensor_efficiency: float = 1.0  # cuBLAS at large N reaches `tensor_flops`
+    dense_launch_us: float = 5.0
+
+    @property
+    def n_programs(self) -> int:
+        return self.n_units * self.programs_per_unit
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+H100 = GPUSpec()
+
+
+def tile_cost_us(spec: GPUSpec, kind: int, tile_shape, density, n_tokens: int) -> np.ndarray:
+    """Amortised microseconds of one tile of ``kind`` at ``density`` for ``n_tokens`` tokens."""
+    tm, tk = tile_shape
+    elems = tm * tk
+    density = np.asarray(density, dtype=np.float64)
+    nnz = density * elems
+    bn = block_n_for(n_tokens)
+    token_tiles = math.ceil(max(1, n_tokens) / bn)
+    x_bytes = tk * bn * 2 * token_tiles  # activation tile re-read from L2 per tile
+    hbm_rate = spec.bandwidth * spec.stream_efficiency
+    mma = 2.0 * elems * bn * token_tiles / (spec.tensor_flops * spec.tensor_efficiency)
+    l2 = x_bytes / spec.l2_bandwidth
+    kind = TileKind(int(kind))
+    if kind == TileKind.EMPTY:
+        t = np.full_like(density, l2)
+    elif kind == TileKind.DENSE:
+        t = np.full_like(density, max(2.0 * elems / hbm_rate, mma + l2))
+    elif kind == TileKind.BITMAP:
+        hbm = (elems / 8 + 2.0 * np.ceil(nnz / 8) * 8) / hbm_rate
+        decode = elems * spec.bitmap_ops_per_element * token_tiles / spec.lane_ops
+        t = np.maximum(hbm, decode + mma + l2)
+    elif kind == TileKind.INDEX:
+        hbm = 4.0 * np.ceil(nnz / 8) * 8 / hbm_rate
+        alu = nnz * (spec.index_ops_per_nonzero + 2.0 * n_tokens) / spec.lane_ops
+        t = np.maximum(hbm, alu + l2)
+    else:  # pragma: no cover - TileKind is closed
+        raise ValueError(f"kind: expected a TileKind, got {kind}")
+    return t * 1e6
+
+
+def dense_matmul_us(spec: GPUSpec, rows: int, cols: int, n_tokens: int, element_size: int = 2) -> float:
+    """Predicted time of the dense product (cuBLAS) of an rows x cols weight with n_tokens tokens."""
+    memory = rows * cols * element_size / (spec.bandwidth * spec.dense_bandwidth_efficiency)
+    compute = 2.0 * rows * cols * max(1, n_tokens) / (spec.tensor_flops * spec.dense_tensor_efficiency)
+    return max(memory, compute) * 1e6 + spec.dense_launch_us

@@ -1,0 +1,145 @@
+"""PackedWeight: a weight in the formats its Plan chose, plus the tables the kernels walk.
+
+Built once (``pack``), then only read: the runtime uploads it to the device and launches.
+
+Tables, int32:
+    tiles        [T, 4]     (tile column, value offset, meta offset, nnz) of every executed tile, in
+                            the plan's order
+    row_sections [ti, 5]    where the DENSE, BITMAP, INDEX and EMPTY runs of each tile-row start in
+                            ``tiles``, then its end
+Per bucket (PackedBucket; also for buckets that fall back to dense, so their plan can be forced):
+    items        [W, 4]     (tile-row, start, stop, slot): slot -1 writes the output tile directly;
+                            otherwise the item's fp32 partial goes to workspace slot ``slot`` and the
+                            last of the tile-row's items to finish sums the slots in order
+                            (deterministic, whatever the finishing order)
+    row_parts    [ti, 2]    (first slot, number of items) of every tile-row
+    unit_ptr     [U + 1], unit_order [2, U]  as in the Plan
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .._checks import check_weight, dtype_name
+from ..partition.balance import SECTION_ORDER
+from ..partition.plan import BucketPlan, Plan
+from ..tiling import TileKind
+from .formats import TiledWeight
+
+_I32_MAX = 2**31 - 1
+
+
+@dataclass(frozen=True, eq=False)
+class PackedBucket:
+    plan: BucketPlan
+    items: torch.Tensor
+    row_parts: torch.Tensor
+    unit_ptr: torch.Tensor
+    unit_order: torch.Tensor
+    n_slots: int
+
+    def to(self, device) -> "PackedBucket":
+        return PackedBucket(self.plan, self.items.to(device), self.row_parts.to(device), self.unit_ptr.to(device),
+                            self.unit_order.to(device), self.n_slots)
+
+
+@dataclass(frozen=True, eq=False)
+class PackedWeight:
+    plan: Plan
+    tiled: TiledWeight
+    tiles: torch.Tensor
+    row_sections: torch.Tensor
+    buckets: tuple[PackedBucket, ...]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.plan.shape
+
+    @property
+    def device(self) -> torch.device:
+        return self.tiled.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.tiled.dtype
+
+    @property
+    def nbytes(self) -> int:
+        """Device bytes: the formats plus the kernel tables."""
+        n = self.tiled.nbytes + self.tiles.numel() * 4 + self.row_sections.numel() * 4
+        for b in self.buckets:
+            n += 4 * (b.items.numel() + b.row_parts.numel() + b.unit_ptr.numel() + b.unit_order.numel())
+        return n
+
+    def bucket_for(self, n: int) -> PackedBucket:
+        for pb in self.buckets:
+            if pb.plan.contains(n):
+                return pb
+        raise ValueError(f"n_tokens: expected 1..{self.plan.buckets[-1].n_max}, got {n}")
+
+    def to(self, device) -> "PackedWeight":
+        return PackedWeight(self.plan, self.tiled.to(device), self.tiles.to(device), self.row_sections.to(device),
+                            tuple(b.to(device) for b in self.buckets))
+
+
+def _pack_bucket(bp: BucketPlan, n_rows: int) -> PackedBucket:
+    items = bp.items.astype(np.int64)
+    rows = items[:, 0]
+    nparts = np.bincount(rows, minlength=n_rows)
+    split = nparts[rows] > 1
+    # slots of one tile-row are consecutive, in item order
+    order = np.lexsort((np.arange(len(items)), rows))
+    slot = np.full(len(items), -1, dtype=np.int64)
+    split_sorted = order[split[order]]
+    slot[split_sorted] = np.arange(split_sorted.size)
+    first = np.full(n_rows, -1, dtype=np.int64)
+    if split_sorted.size:
+        r = rows[split_sorted]
+        first_idx = np.flatnonzero(np.r_[True, r[1:] != r[:-1]])
+        first[r[first_idx]] = slot[split_sorted[first_idx]]
+    table = np.concatenate([items, slot[:, None]], axis=1).astype(np.int32)
+    row_parts = np.stack([first, nparts], axis=1).astype(np.int32)
+    as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.int32))  # noqa: E731
+    return PackedBucket(bp, as_t(table), as_t(row_parts), as_t(bp.unit_ptr), as_t(bp.unit_order), int(split_sorted.size))
+
+
+def pack(weight: torch.Tensor, plan: Plan) -> PackedWeight:
+    """Store ``weight`` in the plan's formats and build the kernel tables (on the weight's device)."""
+    check_weight(weight)
+    if tuple(weight.shape) != plan.shape:
+        raise ValueError(f"pack: expected a weight of shape {plan.shape} for this plan, got {tuple(weight.shape)}")
+    grid = plan.grid
+    nnz = grid.tile_nnz(weight)
+    kinds = plan.kinds
+    if np.any((kinds == TileKind.EMPTY) & (nnz > 0)):
+        raise ValueError("pack: expected the weight the plan was made for; it has nonzeros in tiles the plan marks EMPTY")
+    tiled = TiledWeight.from_dense(weight, kinds, plan.tile_shape)
+    if tiled.values.numel() > _I32_MAX or tiled.meta.numel() > _I32_MAX:
+        raise ValueError(f"pack: expected at most {_I32_MAX} stored elements (int32 offsets), got {tiled.values.numel()}")
+
+    rows = np.repeat(np.arange(grid.shape[0]), np.diff(plan.tile_ptr))
+    cols = plan.tile_col.astype(np.int64)
+    voff = tiled.value_offset.cpu().numpy()[rows, cols]
+    moff = tiled.meta_offset.cpu().numpy()[rows, cols]
+    tnnz = tiled.nnz.cpu().numpy()[rows, cols]
+    tiles = np.stack([cols, np.maximum(voff, 0), np.maximum(moff, 0), tnnz], axis=1).astype(np.int32)
+
+    sections = np.zeros((grid.shape[0], len(SECTION_ORDER) + 1), dtype=np.int64)
+    sections[:, 0] = plan.tile_ptr[:-1]
+    for s, kind in enumerate(SECTION_ORDER):
+        count = np.bincount(rows[plan.tile_kind == kind], minlength=grid.shape[0])
+        sections[:, s + 1] = sections[:, s] + count
+    assert np.array_equal(sections[:, -1], plan.tile_ptr[1:])
+
+    dev = weight.device
+    buckets = tuple(_pack_bucket(bp, grid.shape[0]).to(dev) for bp in plan.buckets)
+    return PackedWeight(plan, tiled, torch.from_numpy(tiles).to(dev),
+                        torch.from_numpy(sections.astype(np.int32)).to(dev), buckets)
+
+
+def describe(pw: PackedWeight) -> str:
+    return (f"PackedWeight {pw.shape[0]}x{pw.shape[1]} {dtype_name(pw.dtype)}: {pw.nbytes / 1e6:.2f} MB "
+            f"({pw.nbytes / pw.tiled.dense_nbytes:.2f} of dense)")

@@ -1,0 +1,255 @@
+"""The Plan: immutable, serialisable data saying how one weight is stored and executed.
+
+Layer level (shared by every token-count bucket):
+    kinds      uint8 [ti, tj]  TileKind of every tile (the stored formats)
+    swing      bool  [ti, tj]  tiles in the swing band at the plan's first bucket
+    tile_ptr   int32 [ti + 1]  the executed tiles of tile-row i are tile_col[tile_ptr[i]:tile_ptr[i+1]]
+    tile_col   int32 [T]       tile column of each executed tile
+    tile_kind  uint8 [T]       kind of each executed tile; within a tile-row the order is
+                               DENSE, BITMAP, INDEX, then EMPTY (EMPTY only where non-finite inputs
+                               must reach the output: nan_policy="propagate"), columns ascending
+Per bucket (BucketPlan), the work list:
+    items      int32 [W, 3]    (tile-row, start, stop): a run of tile_col one program computes
+                               into one output tile; start == stop writes zeros (bias)
+    unit_ptr   int32 [U + 1]   the items of unit u are items[unit_ptr[u]:unit_ptr[u+1]]
+    unit_order int32 [2, U]    program p runs unit unit_order[t % 2, p] on token tile t
+                               (alternating between adjacent token tiles: inter-batch balancing)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+
+from ..tiling import TileGrid, TileKind
+
+PLAN_FORMAT = "cross.plan/1"
+
+
+def _frozen(a, dtype) -> np.ndarray:
+    a = np.ascontiguousarray(np.asarray(a, dtype=dtype))
+    a.setflags(write=False)
+    return a
+
+
+@dataclass(frozen=True, eq=False)
+class BucketPlan:
+    """How to run the layer for token counts in [n_min, n_max]."""
+
+    n_min: int
+    n_max: int
+    n_design: int  # token count the costs were predicted at
+    block_n: int  # the kernel's token tile
+    fallback: bool  # True: run the dense product instead
+    items: np.ndarray
+    unit_ptr: np.ndarray
+    unit_order: np.ndarray
+    unit_us: np.ndarray  # float64 [U] predicted amortised load of each unit
+    predicted_us: float  # predicted time of the plan kernel
+    dense_us: float  # predicted time of the dense product
+    reason: str = ""
+
+    def __post_init__(self):
+        object.__setattr__(self, "items", _frozen(self.items, np.int32).reshape(-1, 3))
+        object.__setattr__(self, "unit_ptr", _frozen(self.unit_ptr, np.int32))
+        object.__setattr__(self, "unit_order", _frozen(self.unit_order, np.int32).reshape(2, -1))
+        object.__setattr__(self, "unit_us", _frozen(self.unit_us, np.float64))
+
+    @property
+    def n_units(self) -> int:
+        return int(self.unit_ptr.size - 1)
+
+    @property
+    def imbalance(self) -> float:
+        """Max over mean of the units' predicted loads (1.0 is perfect)."""
+        mean = float(self.unit_us.mean()) if self.unit_us.size else 0.0
+        return float(self.unit_us.max() / mean) if mean > 0 else 1.0
+
+    @property
+    def speedup(self) -> float:
+        """Predicted dense time over the time this bucket runs at (1.0 on fallback)."""
+        return 1.0 if self.fallback else self.dense_us / max(self.predicted_us, 1e-9)
+
+    def contains(self, n: int) -> bool:
+        return self.n_min <= n <= self.n_max
+
+
+@dataclass(frozen=True, eq=False)
+class Plan:
+    """Everything decided about one M x K weight (see the module docstring for the arrays)."""
+
+    shape: tuple[int, int]
+    tile_shape: tuple[int, int]
+    dtype: str
+    nan_policy: str
+    kinds: np.ndarray
+    swing: np.ndarray
+    tile_ptr: np.ndarray
+    tile_col: np.ndarray
+    tile_kind: np.ndarray
+    buckets: tuple[BucketPlan, ...]
+    provenance: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        object.__setattr__(self, "shape", tuple(int(v) for v in self.shape))
+        object.__setattr__(self, "tile_shape", tuple(int(v) for v in self.tile_shape))
+        for name, dt in (("kinds", np.uint8), ("swing", bool), ("tile_ptr", np.int32), ("tile_col", np.int32), ("tile_kind", np.uint8)):
+            object.__setattr__(self, name, _frozen(getattr(self, name), dt))
+        object.__setattr__(self, "buckets", tuple(self.buckets))
+        self.validate()
+
+    @property
+    def grid(self) -> TileGrid:
+        return TileGrid(self.shape[0], self.shape[1], *self.tile_shape)
+
+    def bucket_for(self, n: int) -> BucketPlan:
+        for b in self.buckets:
+            if b.contains(n):
+                return b
+        raise ValueError(f"n_tokens: expected 1..{self.buckets[-1].n_max}, got {n}")
+
+    def kind_counts(self) -> dict[str, int]:
+        counts = np.bincount(self.kinds.reshape(-1), minlength=len(TileKind))
+        return {k.name: int(counts[k]) for k in TileKind}
+
+    @property
+    def fully_dense_fallback(self) -> bool:
+        return all(b.fallback for b in self.buckets)
+
+    # ------------------------------------------------------------------ checks
+    def validate(self) -> None:
+        """Structural invariants: shapes agree, every executed tile is listed once, every work item
+        is a run inside one tile-row, and every (tile-row) output is covered by the items."""
+        grid = self.grid
+        ti, tj = grid.shape
+        if self.kinds.shape != (ti, tj) or self.swing.shape != (ti, tj):
+            raise ValueError(f"plan: expected kinds/swing of shape {(ti, tj)}, got {self.kinds.shape} / {self.swing.shape}")
+        if self.nan_policy not in ("propagate", "ignore"):
+            raise ValueError(f"nan_policy: expected 'propagate' or 'ignore', got {self.nan_policy!r}")
+        if self.tile_ptr.shape != (ti + 1,) or self.tile_ptr[0] != 0 or np.any(np.diff(self.tile_ptr) < 0):
+            raise ValueError(f"plan: expected tile_ptr of {ti + 1} non-decreasing offsets from 0")
+        n_t = int(self.tile_ptr[-1])
+        if self.tile_col.shape != (n_t,) or self.tile_kind.shape != (n_t,):
+            raise ValueError(f"plan: expected {n_t} tile_col / tile_kind entries, got {self.tile_col.shape} / {self.tile_kind.shape}")
+        if n_t and (self.tile_col.min() < 0 or self.tile_col.max() >= tj):
+            raise ValueError(f"plan: expected tile columns in [0, {tj}), got [{self.tile_col.min()}, {self.tile_col.max()}]")
+        rows = np.repeat(np.arange(ti), np.diff(self.tile_ptr))
+        if n_t and not np.array_equal(self.kinds[rows, self.tile_col], self.tile_kind):
+            raise ValueError("plan: expected tile_kind to agree with kinds")
+        listed = np.zeros((ti, tj), dtype=np.int64)
+        np.add.at(listed, (rows, self.tile_col), 1)
+        nonempty = self.kinds != TileKind.EMPTY
+        if np.any(listed[nonempty] != 1):
+            raise ValueError("plan: expected every non-empty tile listed exactly once")
+        if np.any(listed > 1):
+            raise ValueError("plan: expected no tile listed twice")
+        if not self.buckets:
+            raise ValueError("plan: expected at least one bucket")
+        prev = 0
+        for b in self.buckets:
+            if b.n_min != prev + 1 or b.n_max < b.n_min:
+                raise ValueError(f"plan: expected buckets to cover token counts contiguously from 1, got [{b.n_min}, {b.n_max}] after {prev}")
+            prev = b.n_max
+            self._validate_bucket(b, ti, n_t)
+
+    def _validate_bucket(self, b: BucketPlan, ti: int, n_t: int) -> None:
+        where = f"bucket [{b.n_min}, {b.n_max}]"
+        if b.block_n < 16 or b.block_n & (b.block_n - 1):
+            raise ValueError(f"{where}: expected block_n a power of two >= 16, got {b.block_n}")
+        u = b.n_units
+        if u < 1 or b.unit_ptr[0] != 0 or np.any(np.diff(b.unit_ptr) < 0) or b.unit_ptr[-1] != len(b.items):
+            raise ValueError(f"{where}: expected unit_ptr to be offsets 0..{len(b.items)}")
+        if b.unit_order.shape != (2, u) or any(sorted(o.tolist()) != list(range(u)) for o in b.unit_order):
+            raise ValueError(f"{where}: expected unit_order to hold two permutations of {u} units")
+        if b.unit_us.shape != (u,):
+            raise ValueError(f"{where}: expected unit_us of {u} entries")
+        if b.fallback:
+            return
+        row, start, stop = b.items[:, 0], b.items[:, 1], b.items[:, 2]
+        if np.any(row < 0) or np.any(row >= ti):
+            raise ValueError(f"{where}: expected item rows in [0, {ti})")
+        if np.any(start > stop) or np.any(start < self.tile_ptr[row]) or np.any(stop > self.tile_ptr[row + 1]):
+            raise ValueError(f"{where}: expected every item inside its tile-row's run of tiles")
+        covered = np.zeros(n_t + 1, dtype=np.int64)
+        np.add.at(covered, start, 1)
+        np.add.at(covered, stop, -1)
+        if n_t and np.any(np.cumsum(covered)[:n_t] != 1):
+            raise ValueError(f"{where}: expected every executed tile in exactly one work item")
+        if not np.array_equal(np.unique(row), np.arange(ti)):
+            raise ValueError(f"{where}: expected every tile-row to have at least one work item")
+
+    # ------------------------------------------------------------------ files
+    def _arrays(self) -> dict[str, np.ndarray]:
+        out = {"kinds": self.kinds, "swing": self.swing.astype(np.uint8), "tile_ptr": self.tile_ptr,
+               "tile_col": self.tile_col, "tile_kind": self.tile_kind}
+        for i, b in enumerate(self.buckets):
+            for name in ("items", "unit_ptr", "unit_order", "unit_us"):
+                out[f"bucket{i}.{name}"] = getattr(b, name)
+        return out
+
+    def to_header(self) -> dict:
+        buckets = []
+        for b in self.buckets:
+            d = {f.name: getattr(b, f.name) for f in fields(b) if f.name not in ("items", "unit_ptr", "unit_order", "unit_us")}
+            buckets.append({k: (bool(v) if isinstance(v, (bool, np.bool_)) else v) for k, v in d.items()})
+        return {"format": PLAN_FORMAT, "shape": list(self.shape), "tile_shape": list(self.tile_shape), "dtype": self.dtype,
+                "nan_policy": self.nan_policy, "buckets": buckets, "provenance": self.provenance}
+
+    def save(self, path) -> Path:
+        """One safetensors file: arrays as tensors, the rest as JSON in the header, with checksums."""
+        from safetensors.numpy import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {k: np.ascontiguousarray(v) for k, v in self._arrays().items()}
+        header = self.to_header()
+        header["sha256"] = {k: hashlib.sha256(v.tobytes()).hexdigest() for k, v in arrays.items()}
+        save_file(arrays, str(path), metadata={"cross.plan": json.dumps(header)})
+        return path
+
+    @classmethod
+    def load(cls, path) -> "Plan":
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"plan file {path}: not found")
+        try:
+            with safe_open(str(path), framework="numpy") as f:
+                meta = f.metadata() or {}
+                arrays = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as e:  # safetensors raises several types for damaged files
+            raise ValueError(f"plan file {path}: expected a safetensors file, got an unreadable one ({e})") from None
+        if "cross.plan" not in meta:
+            raise ValueError(f"plan file {path}: expected a 'cross.plan' header, got keys {sorted(meta)}")
+        header = json.loads(meta["cross.plan"])
+        return cls.from_parts(header, arrays, source=str(path))
+
+    @classmethod
+    def from_parts(cls, header: dict, arrays: dict, source: str = "plan") -> "Plan":
+        if header.get("format") != PLAN_FORMAT:
+            raise ValueError(f"{source}: expected plan format {PLAN_FORMAT!r}, got {header.get('format')!r}")
+        for k, digest in header.get("sha256", {}).items():
+            if k not in arrays:
+                raise ValueError(f"{source}: expected array {k!r}, got none")
+            if hashlib.sha256(np.ascontiguousarray(arrays[k]).tobytes()).hexdigest() != digest:
+                raise ValueError(f"{source}: checksum mismatch in {k!r}: the file is corrupted")
+        buckets = []
+        for i, bd in enumerate(header["buckets"]):
+            buckets.append(BucketPlan(**bd, **{n: arrays[f"bucket{i}.{n}"] for n in ("items", "unit_ptr", "unit_order", "unit_us")}))
+        return cls(tuple(header["shape"]), tuple(header["tile_shape"]), header["dtype"], header["nan_policy"],
+                   arrays["kinds"], arrays["swing"].astype(bool), arrays["tile_ptr"], arrays["tile_col"],
+                   arrays["tile_kind"], tuple(buckets), header.get("provenance", {}))
+
+    def summary(self) -> str:
+        counts = self.kind_counts()
+        lines = [f"Plan {self.shape[0]}x{self.shape[1]} {self.dtype}, tiles {self.tile_shape[0]}x{self.tile_shape[1]}: "
+                 + ", ".join(f"{k.lower()} {v}" for k, v in counts.items()) + f" (swing {int(self.swing.sum())})"]
+        for b in self.buckets:
+            what = "dense fallback" if b.fallback else f"{b.predicted_us:8.1f} us vs dense {b.dense_us:8.1f} us ({b.speedup:.2f}x), imbalance {b.imbalance:.3f}"
+            lines.append(f"  N {b.n_min:>5}-{b.n_max:<5} block_n {b.block_n:>3}: {what}")
+        return "\n".join(lines)

@@ -1,0 +1,178 @@
+"""make_plan: from a weight's tile counts and a cost model to an executable, balanced Plan."""
+
+from __future__ import annotations
+
+import datetime
+import math
+
+import numpy as np
+import torch
+
+from .._checks import check_tile_shape, check_weight, dtype_name
+from ..costmodel import CostModel, block_n_for, default_cost_model
+from ..tiling import TileGrid, TileKind
+from .balance import (alternate_order, chunk_by_cost, convert_swing, equal_count_chunks, items_from_chunks,
+                      simulate_makespan, split_units, tile_list)
+from .classify import DEFAULT_KINDS, Classification, classify
+from .plan import BucketPlan, Plan
+
+#: Token-count buckets: decode, small batches, a full token tile, prefill chunks, long prefill.
+DEFAULT_BUCKETS = ((1, 16), (17, 64), (65, 128), (129, 512), (513, 2**31 - 1))
+#: A plan must be predicted this much faster than dense, or the bucket runs the dense product.
+WIN_MARGIN = 0.03
+BALANCE_MODES = ("none", "intra", "full")
+UNIT_MODES = ("split", "mixed")
+
+
+def design_tokens(n_min: int, n_max: int) -> int:
+    """The token count a bucket's costs are predicted at: its top, or 2048 for an open-ended bucket."""
+    return n_max if n_max <= 8192 else max(n_min, 2048)
+
+
+def _check_buckets(buckets) -> tuple[tuple[int, int], ...]:
+    out = tuple((int(a), int(b)) for a, b in buckets)
+    prev = 0
+    for a, b in out:
+        if a != prev + 1 or b < a:
+            raise ValueError(f"buckets: expected contiguous token ranges from 1, got {out}")
+        prev = b
+    return out
+
+
+def _map_bucket(tile_ptr, tile_kind, tile_cost, n_units, unit_mode, balance, item_us):
+    """Work items and units for one bucket. Returns (items [W,3], unit_ptr, unit_loads, interleave)."""
+    n_rows = tile_ptr.size - 1
+    n_t = tile_kind.size
+    rows = np.repeat(np.arange(n_rows), np.diff(tile_ptr))
+    positions = np.arange(n_t)
+    if unit_mode == "split":
+        dense = tile_kind == TileKind.DENSE
+        streams = [positions[dense], positions[~dense]]
+        if balance == "none":
+            nd = int(dense.sum())
+            ud = 0 if nd == 0 else (n_units if nd == n_t else min(n_units - 1, max(1, round(n_units * nd / n_t))))
+            units = (ud, n_units - ud)
+        else:
+            units = split_units((float(tile_cost[dense].sum()), float(tile_cost[~dense].sum())), n_units)
+    else:
+        streams = [positions]
+        units = (n_units,)
+    all_items, all_units, offset = [], [], 0
+    for pos, nu in zip(streams, units):
+        if pos.size and nu == 0:  # a stream with work but no unit: give it one
+            nu = 1
+        if nu == 0:
+            continue
+        chunk = equal_count_chunks(pos.size, nu) if balance == "none" else chunk_by_cost(tile_cost[pos], nu)
+        items, unit = items_from_chunks(pos, rows[pos], chunk)
+        all_items.append(items)
+        all_units.append(unit + offset)
+        offset += nu
+    n_units = max(offset, 1)
+    items = np.concatenate(all_items) if all_items else np.zeros((0, 3), dtype=np.int64)
+    unit = np.concatenate(all_units) if all_units else np.zeros(0, dtype=np.int64)
+    loads = np.zeros(n_units)
+    if items.size:
+        run_cost = np.concatenate([[0.0], np.cumsum(tile_cost)])
+        np.add.at(loads, unit, run_cost[items[:, 2]] - run_cost[items[:, 1]] + item_us)
+    missing = np.setdiff1d(np.arange(n_rows), items[:, 0] if items.size else [])
+    for r in missing:  # tile-rows without tiles still need their outputs written (zeros / bias)
+        u = int(np.argmin(loads))
+        items = np.vstack([items, [[r, tile_ptr[r], tile_ptr[r]]]])
+        unit = np.append(unit, u)
+        loads[u] += item_us
+    order = np.argsort(unit, kind="stable")
+    items, unit = items[order], unit[order]
+    unit_ptr = np.zeros(n_units + 1, dtype=np.int64)
+    np.add.at(unit_ptr, unit + 1, 1)
+    # spread the split streams over program ids so each SM gets a mix of dense and sparse units
+    interleave = np.argsort((np.arange(n_units) + 0.5) / n_units if len(units) == 1 else
+                            np.concatenate([(np.arange(u) + 0.5) / max(u, 1) for u in units if u]), kind="stable")
+    return items, np.cumsum(unit_ptr), loads, interleave
+
+
+def make_plan(weight: torch.Tensor | None = None, *, nnz: np.ndarray | None = None, shape=None, dtype=None,
+              tile_shape=(64, 64), cost_model: CostModel | None = None, buckets=DEFAULT_BUCKETS,
+              allowed_kinds=DEFAULT_KINDS, nan_policy: str = "propagate", balance: str = "full",
+              unit_mode: str = "split", swing_band: float = 0.10, n_programs: int | None = None) -> Plan:
+    """Plan one weight. Give either ``weight`` (M x K tensor with zeros) or ``nnz`` per tile with
+    ``shape`` and ``dtype``.
+
+    balance: 'none' (equal tile counts per unit), 'intra' (cost-balanced units, swing tiles
+             converted between the dense and sparse sides), 'full' (intra + alternated order
+             between adjacent token tiles).
+    unit_mode: 'split' runs dense and sparse tiles on different units (CROSS); 'mixed' lets one
+             unit run both.
+    nan_policy: 'propagate' makes non-finite inputs reach the outputs exactly as in the dense
+             product (empty tiles are checked); 'ignore' skips empty tiles entirely.
+    """
+    tile_shape = check_tile_shape(tile_shape)
+    if weight is not None:
+        check_weight(weight)
+        grid = TileGrid.for_weight(weight, tile_shape)
+        nnz = grid.tile_nnz(weight)
+        dtype = dtype_name(weight.dtype)
+    else:
+        if nnz is None or shape is None:
+            raise ValueError("make_plan: expected a weight, or nnz per tile together with shape")
+        grid = TileGrid(int(shape[0]), int(shape[1]), *tile_shape)
+        nnz = np.asarray(nnz, dtype=np.int64)
+        if nnz.shape != grid.shape:
+            raise ValueError(f"nnz: expected shape {grid.shape}, got {nnz.shape}")
+        dtype = str(dtype or "bfloat16")
+    if balance not in BALANCE_MODES:
+        raise ValueError(f"balance: expected one of {BALANCE_MODES}, got {balance!r}")
+    if unit_mode not in UNIT_MODES:
+        raise ValueError(f"unit_mode: expected one of {UNIT_MODES}, got {unit_mode!r}")
+    if nan_policy not in ("propagate", "ignore"):
+        raise ValueError(f"nan_policy: expected 'propagate' or 'ignore', got {nan_policy!r}")
+    buckets = _check_buckets(buckets)
+    cm = cost_model or default_cost_model()
+    size = grid.tile_sizes()
+    programs = int(n_programs or cm.n_programs)
+
+    first = classify(nnz, size, tile_shape, design_tokens(*buckets[0]), cm, allowed_kinds, swing_band)
+    kinds, swing = first.kinds.copy(), first.swing.copy()
+    converted = 0
+    if balance != "none" and unit_mode == "split":
+        kinds, converted = convert_swing(kinds, first.costs, swing, first.best_sparse, programs)
+    tile_ptr, tile_col, tile_kind = tile_list(kinds, include_empty=nan_policy == "propagate")
+    n_exec = int(tile_ptr[-1])
+    rows = np.repeat(np.arange(grid.shape[0]), np.diff(tile_ptr))
+
+    bucket_plans = []
+    for n_min, n_max in buckets:
+        n = design_tokens(n_min, n_max)
+        cls: Classification = first if n == design_tokens(*buckets[0]) else classify(nnz, size, tile_shape, n, cm, allowed_kinds, swing_band)
+        tile_cost = cls.cost_of(kinds)[rows, tile_col] if n_exec else np.zeros(0)
+        units = max(1, min(programs, n_exec + grid.shape[0]))
+        items, unit_ptr, loads, interleave = _map_bucket(tile_ptr, tile_kind, tile_cost, units, unit_mode, balance, cm.item_us)
+        bn = block_n_for(n)
+        token_tiles = math.ceil(n / bn)
+        order = alternate_order(loads, interleave, alternate=balance == "full")
+        span = simulate_makespan(loads / token_tiles, order, token_tiles)
+        predicted = cm.launch_us + programs * span
+        dense = cm.dense_us(grid.rows, grid.cols, n)
+        fallback = predicted * (1 + WIN_MARGIN) >= dense
+        reason = (f"predicted {predicted:.1f} us is not {WIN_MARGIN:.0%} under dense {dense:.1f} us" if fallback else "")
+        bucket_plans.append(BucketPlan(n_min, n_max, n, bn, bool(fallback), items, unit_ptr, order, loads,
+                                       float(predicted), float(dense), reason))
+
+    provenance = {
+        "cost_model": cm.source,
+        "gpu_spec": cm.spec.name,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "cross_version": _version(),
+        "torch": torch.__version__,
+        "options": {"balance": balance, "unit_mode": unit_mode, "swing_band": swing_band, "n_programs": programs,
+                    "allowed_kinds": [TileKind(k).name for k in allowed_kinds]},
+        "swing_converted": int(converted),
+    }
+    return Plan((grid.rows, grid.cols), tile_shape, dtype, nan_policy, kinds, first.swing, tile_ptr, tile_col,
+                tile_kind, tuple(bucket_plans), provenance)
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__

@@ -1,0 +1,53 @@
+"""The plain-PyTorch executor of a Plan: the reference that kernels are checked against, and the
+CPU path.
+
+It walks a bucket's work list exactly as the kernels do (tile by tile, through the packed tables),
+in fp32, so a wrong table, a missing work item or a tile computed twice shows up as a wrong
+result, not as a silently right dense product.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..pack.packed import PackedBucket, PackedWeight
+
+
+def decode_executed_tiles(packed: PackedWeight) -> torch.Tensor:
+    """Every executed tile (the plan's order) decoded from the kernel tables: [T, tile_rows, tile_cols]."""
+    t = packed.tiles
+    kinds = torch.from_numpy(packed.plan.tile_kind.copy()).to(t.device)
+    if t.shape[0] == 0:
+        return packed.tiled.values.new_zeros((0, *packed.plan.tile_shape))
+    return packed.tiled.decode(kinds, t[:, 1], t[:, 2], t[:, 3])
+
+
+def reference_matmul(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None = None,
+                     bucket: PackedBucket | None = None, tiles: torch.Tensor | None = None) -> torch.Tensor:
+    """Y = X @ W^T (+ bias) for a 2-D X [N, K], computed by the bucket's work items in fp32.
+
+    bucket: which bucket's work list to walk (default: the one for N, even if it falls back to dense).
+    tiles:  decoded executed tiles, when the caller keeps them between calls.
+    Returns Y [N, M] in X's dtype.
+    """
+    n, k = x.shape
+    m = packed.shape[0]
+    tm, tk = packed.plan.tile_shape
+    bucket = bucket or packed.bucket_for(max(n, 1))
+    tiles = decode_executed_tiles(packed) if tiles is None else tiles
+    tiles = tiles.float()
+    ti, tj = packed.plan.grid.shape
+    xf = torch.zeros((n, tj * tk), dtype=torch.float32, device=x.device)
+    xf[:, :k] = x.float()
+    xb = xf.reshape(n, tj, tk)
+    cols = packed.tiles[:, 0].long().to(x.device)
+    y = torch.zeros((n, ti * tm), dtype=torch.float32, device=x.device)
+    for row, start, stop, _slot in bucket.items.tolist():
+        if stop > start:
+            w = tiles[start:stop]  # [s, tm, tk]
+            xs = xb[:, cols[start:stop]]  # [n, s, tk]
+            y[:, row * tm : (row + 1) * tm] += torch.einsum("nsk,smk->nm", xs, w)
+    y = y[:, :m]
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(x.dtype)
