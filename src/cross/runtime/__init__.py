@@ -1,5 +1,6 @@
 """runtime: executing a packed plan (reference executor on any device, Triton kernels on GPUs)."""
 
+from .dispatch import check_input, execute
 from .reference import decode_executed_tiles, reference_matmul
 
-__all__ = ["reference_matmul", "decode_executed_tiles"]
+__all__ = ["execute", "check_input", "reference_matmul", "decode_executed_tiles"]

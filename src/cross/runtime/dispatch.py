@@ -1,0 +1,50 @@
+"""Running a packed weight on an input: validation, token-count bucket, dense fallback, and the
+choice between the GPU kernels and the reference executor."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .._checks import dtype_name
+from ..pack.packed import PackedWeight
+from .reference import reference_matmul
+
+
+def check_input(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None = None) -> None:
+    """The op boundary: dtype, device and shape of the activations must match the packed weight."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"input: expected a torch.Tensor, got {type(x).__name__}")
+    k = packed.shape[1]
+    if x.dim() < 1 or x.shape[-1] != k:
+        raise ValueError(f"input: expected last dimension {k} (in_features), got shape {tuple(x.shape)}")
+    if x.dtype != packed.dtype:
+        raise TypeError(f"input: expected dtype {dtype_name(packed.dtype)} (the weight's), got {dtype_name(x.dtype)}")
+    if x.device != packed.device:
+        raise ValueError(f"input: expected device {packed.device} (the weight's), got {x.device}")
+    if bias is not None and (bias.shape != (packed.shape[0],) or bias.device != x.device):
+        raise ValueError(f"bias: expected shape ({packed.shape[0]},) on {x.device}, got {tuple(bias.shape)} on {bias.device}")
+
+
+def execute(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None = None,
+            dense_weight: torch.Tensor | None = None, force_plan: bool = False,
+            tiles: torch.Tensor | None = None) -> torch.Tensor:
+    """Y = X @ W^T (+ bias) for X of shape [..., K], Y of shape [..., M] in X's dtype.
+
+    dense_weight: the weight as a dense tensor, used where the bucket's plan falls back to dense;
+                  without it (or with force_plan) the plan runs regardless.
+    tiles:        decoded executed tiles for the reference executor (a cache kept by the caller).
+    """
+    check_input(x, packed, bias)
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, x.shape[-1])
+    n = x2.shape[0]
+    m = packed.shape[0]
+    if n == 0:
+        return x.new_empty((*lead, m))
+    bucket = packed.bucket_for(n)
+    if bucket.plan.fallback and dense_weight is not None and not force_plan:
+        y = F.linear(x2, dense_weight, bias)
+    else:
+        y = reference_matmul(x2, packed, bias, bucket=bucket, tiles=tiles)
+    return y.reshape(*lead, m)
