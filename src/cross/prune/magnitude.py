@@ -40,7 +40,7 @@ def select_linears(model: nn.Module, filter_fn: FilterFn | None = None) -> dict[
     }
     if not linears:
         total = sum(isinstance(m, nn.Linear) for m in model.modules())
-        raise ValueError(f"expected at least one nn.Linear selected by filter_fn, got none of the model's {total}")
+        raise ValueError(f"expected at least one nn.Linear selected by filter_fn, got none (the model has {total})")
     return linears
 
 
@@ -95,6 +95,7 @@ def magnitude_prune_(
         device = next(iter(linears.values())).weight.device
         scores = torch.cat([m.weight.abs().flatten().float().to(device) for m in linears.values()])
         mask = smallest_mask(scores, round(sparsity * scores.numel()))
-        for module, layer_mask in zip(linears.values(), mask.split([m.weight.numel() for m in linears.values()])):
+        sizes = [m.weight.numel() for m in linears.values()]
+        for module, layer_mask in zip(linears.values(), mask.split(sizes)):
             module.weight.masked_fill_(layer_mask.view_as(module.weight).to(module.weight.device), 0)
     return layer_sparsity(linears)
