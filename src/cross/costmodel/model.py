@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._checks import check_tile_shape
 from ..tiling import TileKind
 from .roofline import H100, GPUSpec, dense_matmul_us, tile_cost_us
 
@@ -31,11 +32,19 @@ class TileTable:
     us: np.ndarray  # [T, D]
 
     def __post_init__(self):
+        # normalised so that lookups by (kind, tuple of ints) find tables given as (int, list)
+        object.__setattr__(self, "kind", TileKind(int(self.kind)))
+        object.__setattr__(self, "tile_shape", check_tile_shape(self.tile_shape))
         d, n, us = (np.asarray(a, dtype=np.float64) for a in (self.density, self.n_tokens, self.us))
         if d.ndim != 1 or n.ndim != 1 or us.shape != (n.size, d.size):
             raise ValueError(f"TileTable {self.kind.name}{self.tile_shape}: expected us of shape (len(n_tokens), len(density)) = {(n.size, d.size)}, got {us.shape}")
+        if d.size == 0 or n.size == 0:
+            raise ValueError(f"TileTable {self.kind.name}{self.tile_shape}: expected at least one density and one token count, got {d.size} and {n.size}")
         if np.any(np.diff(d) <= 0) or np.any(np.diff(n) <= 0):
             raise ValueError(f"TileTable {self.kind.name}{self.tile_shape}: expected strictly increasing density and n_tokens")
+        # log2(n_tokens) is interpolated: n_tokens < 1 would give NaN predictions
+        if d[0] < 0 or d[-1] > 1 or n[0] < 1:
+            raise ValueError(f"TileTable {self.kind.name}{self.tile_shape}: expected density in [0, 1] and n_tokens >= 1, got density [{d[0]}, {d[-1]}], n_tokens from {n[0]}")
         if not np.all(np.isfinite(us)) or np.any(us < 0):
             raise ValueError(f"TileTable {self.kind.name}{self.tile_shape}: expected finite non-negative times")
         for name, a in (("density", d), ("n_tokens", n), ("us", us)):
@@ -60,7 +69,12 @@ class TileTable:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TileTable":
-        return cls(TileKind[d["kind"]], tuple(d["tile_shape"]), np.array(d["density"]), np.array(d["n_tokens"]), np.array(d["us"]))
+        try:
+            kind = TileKind[d["kind"]]
+        except (KeyError, TypeError):
+            got = d.get("kind") if isinstance(d, dict) else type(d).__name__
+            raise ValueError(f"TileTable: expected kind in {[k.name for k in TileKind]}, got {got!r}") from None
+        return cls(kind, tuple(d["tile_shape"]), np.array(d["density"]), np.array(d["n_tokens"]), np.array(d["us"]))
 
 
 @dataclass(frozen=True)

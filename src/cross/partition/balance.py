@@ -76,7 +76,7 @@ def convert_swing(kinds: np.ndarray, costs: dict, swing: np.ndarray, best_sparse
             sel = best_sparse == k
             sparse_cost[sel] = costs[k][sel]
     dense_cost = costs.get(TileKind.DENSE)
-    if dense_cost is None:
+    if dense_cost is None or n_units < 2:  # one unit runs both sides: nothing to balance
         return kinds, 0
     converted = 0
     while True:

@@ -36,6 +36,12 @@ def _frozen(a, dtype) -> np.ndarray:
     return a
 
 
+def _header_digest(header: dict) -> str:
+    """sha256 of the header's canonical JSON, its own digest left out."""
+    rest = {k: v for k, v in header.items() if k != "header_sha256"}
+    return hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()
+
+
 @dataclass(frozen=True, eq=False)
 class BucketPlan:
     """How to run the layer for token counts in [n_min, n_max]."""
@@ -208,6 +214,7 @@ class Plan:
         arrays = {k: np.ascontiguousarray(v) for k, v in self._arrays().items()}
         header = self.to_header()
         header["sha256"] = {k: hashlib.sha256(v.tobytes()).hexdigest() for k, v in arrays.items()}
+        header["header_sha256"] = _header_digest(header)
         save_file(arrays, str(path), metadata={"cross.plan": json.dumps(header)})
         return path
 
@@ -226,7 +233,16 @@ class Plan:
             raise ValueError(f"plan file {path}: expected a safetensors file, got an unreadable one ({e})") from None
         if "cross.plan" not in meta:
             raise ValueError(f"plan file {path}: expected a 'cross.plan' header, got keys {sorted(meta)}")
-        header = json.loads(meta["cross.plan"])
+        try:
+            header = json.loads(meta["cross.plan"])
+        except json.JSONDecodeError as e:
+            raise ValueError(f"plan file {path}: expected a JSON 'cross.plan' header, got a parse error ({e}): the file is corrupted") from None
+        if not isinstance(header, dict) or header.get("format") != PLAN_FORMAT:
+            got = header.get("format") if isinstance(header, dict) else type(header).__name__
+            raise ValueError(f"plan file {path}: expected plan format {PLAN_FORMAT!r}, got {got!r}")
+        # the array checksums alone leave the header's own fields (shape, dtype, buckets) unprotected
+        if header.get("header_sha256") != _header_digest(header):
+            raise ValueError(f"plan file {path}: checksum mismatch in the header: the file is corrupted")
         return cls.from_parts(header, arrays, source=str(path))
 
     @classmethod

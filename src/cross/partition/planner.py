@@ -39,13 +39,35 @@ def _check_buckets(buckets) -> tuple[tuple[int, int], ...]:
     return out
 
 
+def _best_chunks(pos, rows, tile_cost, n_chunks, item_us):
+    """Chunks of one stream with the smallest largest load, work items included.
+
+    Cutting by tile cost alone ignores the items: a chunk spanning a tile-row boundary pays one
+    more, and where an item costs as much as a few tiles that can make the cost cut worse than
+    equal counts. So three cuts are tried (by tile cost, by tile cost with an item charged to each
+    tile-row's first tile, by count) and the one whose heaviest unit is lightest is kept.
+    """
+    costs = tile_cost[pos]
+    row_start = np.r_[True, rows[1:] != rows[:-1]] if pos.size else np.zeros(0, dtype=bool)
+    run_cost = np.concatenate([[0.0], np.cumsum(tile_cost)])
+    candidates = (chunk_by_cost(costs, n_chunks), chunk_by_cost(costs + item_us * row_start, n_chunks),
+                  equal_count_chunks(pos.size, n_chunks))
+
+    def largest_load(chunk):
+        items, unit = items_from_chunks(pos, rows, chunk)
+        loads = np.bincount(unit, run_cost[items[:, 2]] - run_cost[items[:, 1]] + item_us, minlength=n_chunks)
+        return loads.max() if loads.size else 0.0
+
+    return min(candidates, key=largest_load)
+
+
 def _map_bucket(tile_ptr, tile_kind, tile_cost, n_units, unit_mode, balance, item_us):
     """Work items and units for one bucket. Returns (items [W,3], unit_ptr, unit_loads, interleave)."""
     n_rows = tile_ptr.size - 1
     n_t = tile_kind.size
     rows = np.repeat(np.arange(n_rows), np.diff(tile_ptr))
     positions = np.arange(n_t)
-    if unit_mode == "split":
+    if unit_mode == "split" and n_units >= 2:  # one unit cannot be split: it runs everything
         dense = tile_kind == TileKind.DENSE
         streams = [positions[dense], positions[~dense]]
         if balance == "none":
@@ -57,13 +79,14 @@ def _map_bucket(tile_ptr, tile_kind, tile_cost, n_units, unit_mode, balance, ite
     else:
         streams = [positions]
         units = (n_units,)
-    all_items, all_units, offset = [], [], 0
+    all_items, all_units, used, offset = [], [], [], 0
     for pos, nu in zip(streams, units):
         if pos.size and nu == 0:  # a stream with work but no unit: give it one
             nu = 1
         if nu == 0:
             continue
-        chunk = equal_count_chunks(pos.size, nu) if balance == "none" else chunk_by_cost(tile_cost[pos], nu)
+        used.append(nu)
+        chunk = equal_count_chunks(pos.size, nu) if balance == "none" else _best_chunks(pos, rows[pos], tile_cost, nu, item_us)
         items, unit = items_from_chunks(pos, rows[pos], chunk)
         all_items.append(items)
         all_units.append(unit + offset)
@@ -86,8 +109,9 @@ def _map_bucket(tile_ptr, tile_kind, tile_cost, n_units, unit_mode, balance, ite
     unit_ptr = np.zeros(n_units + 1, dtype=np.int64)
     np.add.at(unit_ptr, unit + 1, 1)
     # spread the split streams over program ids so each SM gets a mix of dense and sparse units
-    interleave = np.argsort((np.arange(n_units) + 0.5) / n_units if len(units) == 1 else
-                            np.concatenate([(np.arange(u) + 0.5) / max(u, 1) for u in units if u]), kind="stable")
+    # (over the units each stream really got: one may have been added above)
+    fractions = [(np.arange(u) + 0.5) / u for u in used] or [np.array([0.5])]
+    interleave = np.argsort(np.concatenate(fractions), kind="stable")
     return items, np.cumsum(unit_ptr), loads, interleave
 
 

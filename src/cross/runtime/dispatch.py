@@ -24,6 +24,9 @@ def check_input(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None
         raise ValueError(f"input: expected device {packed.device} (the weight's), got {x.device}")
     if bias is not None and (bias.shape != (packed.shape[0],) or bias.device != x.device):
         raise ValueError(f"bias: expected shape ({packed.shape[0]},) on {x.device}, got {tuple(bias.shape)} on {bias.device}")
+    # the dense fallback (F.linear) rejects a bias of another dtype while the plan path would accept it
+    if bias is not None and bias.dtype != x.dtype:
+        raise TypeError(f"bias: expected dtype {dtype_name(x.dtype)} (the input's), got {dtype_name(bias.dtype)}")
 
 
 def execute(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None = None,

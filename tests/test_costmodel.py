@@ -1,0 +1,238 @@
+"""Cost model: the roofline's shape, measured tables (interpolation, validation), files."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from cross.costmodel import H100, CostModel, GPUSpec, TileTable, block_n_for, default_cost_model
+from cross.costmodel.model import TABLE_FORMAT
+from cross.costmodel.roofline import MAX_BLOCK_N, MIN_BLOCK_N
+from cross.tiling import TileKind
+
+TILE_SHAPES = [(16, 32), (32, 64), (64, 64), (128, 64)]
+N_TOKENS = [1, 3, 16, 17, 128, 130, 512, 2048]
+SPARSE = [TileKind.BITMAP, TileKind.INDEX]
+DENSITY = np.linspace(0.0, 1.0, 257)
+
+
+def kind_id(k):
+    return TileKind(k).name
+
+
+# ---------------------------------------------------------------------------- roofline
+@pytest.mark.parametrize("n_tokens", N_TOKENS)
+@pytest.mark.parametrize("tile_shape", TILE_SHAPES, ids=str)
+@pytest.mark.parametrize("kind", SPARSE, ids=kind_id)
+def test_roofline_sparse_cost_grows_with_density(kind, tile_shape, n_tokens):
+    cm = default_cost_model()
+    us = cm.predict(kind, tile_shape, DENSITY, n_tokens)
+    assert us.shape == DENSITY.shape and np.all(np.isfinite(us)) and np.all(us > 0)
+    assert np.all(np.diff(us) >= 0), "cost must not fall as density rises"
+    if kind == TileKind.INDEX or n_tokens <= 16:  # per-nonzero work, or a memory-bound tile
+        assert us[-1] > us[0]
+    scalars = [cm.predict(kind, tile_shape, float(d), n_tokens) for d in DENSITY[::32]]
+    assert all(isinstance(s, float) for s in scalars)
+    np.testing.assert_array_equal(scalars, us[::32])
+
+
+@pytest.mark.parametrize("n_tokens", N_TOKENS)
+@pytest.mark.parametrize("tile_shape", TILE_SHAPES, ids=str)
+def test_roofline_dense_and_empty_ignore_density(tile_shape, n_tokens):
+    cm = default_cost_model()
+    dense = cm.predict(TileKind.DENSE, tile_shape, DENSITY, n_tokens)
+    empty = cm.predict(TileKind.EMPTY, tile_shape, DENSITY, n_tokens)
+    assert np.all(dense == dense[0]) and dense[0] > 0
+    assert np.all(empty == empty[0]) and empty[0] > 0
+    for kind in (TileKind.DENSE, *SPARSE):
+        assert np.all(empty <= cm.predict(kind, tile_shape, DENSITY, n_tokens)), f"EMPTY dearer than {kind.name}"
+
+
+@pytest.mark.parametrize("kind", [TileKind.DENSE, *SPARSE], ids=kind_id)
+def test_roofline_cost_grows_with_tokens(kind):
+    cm = default_cost_model()
+    for density in (0.1, 0.5, 0.9):
+        us = [cm.predict(kind, (64, 64), density, n) for n in N_TOKENS]
+        assert all(b >= a for a, b in zip(us, us[1:])), (density, us)
+
+
+def test_dense_product_prediction():
+    cm = default_cost_model()
+    us = [cm.dense_us(4096, 4096, n) for n in N_TOKENS]
+    assert all(b >= a for a, b in zip(us, us[1:]))
+    # decode is memory-bound: 32 MiB of bf16 at 65% of 3 TB/s, plus the launch
+    assert us[0] == pytest.approx(4096 * 4096 * 2 / (3.0e12 * 0.65) * 1e6 + 5.0)
+    assert cm.launch_us == H100.launch_us and cm.n_programs == H100.n_units * H100.programs_per_unit
+
+
+@pytest.mark.parametrize("n_tokens, next_pow2", [(0, 1), (1, 1), (2, 2), (15, 16), (16, 16), (17, 32), (32, 32),
+                                                  (33, 64), (64, 64), (65, 128), (128, 128), (129, 256), (2048, 2048),
+                                                  (2**31 - 1, 2**31)])
+def test_block_n_for(n_tokens, next_pow2):
+    """The next power of two, clamped to the kernels' token tiles [MIN_BLOCK_N, MAX_BLOCK_N]."""
+    assert MIN_BLOCK_N >= 16 and MAX_BLOCK_N & (MAX_BLOCK_N - 1) == 0 and MAX_BLOCK_N >= MIN_BLOCK_N
+    assert block_n_for(n_tokens) == min(MAX_BLOCK_N, max(MIN_BLOCK_N, next_pow2))
+
+
+# ---------------------------------------------------------------------------- tables
+def random_table(rng, kind=TileKind.BITMAP, tile_shape=(64, 64), density=(0.0, 0.25, 0.5, 1.0), n_tokens=(1, 16, 128)):
+    us = torch.rand(len(n_tokens), len(density), generator=rng, dtype=torch.float64).numpy() * 10
+    return TileTable(kind, tile_shape, np.array(density, dtype=float), np.array(n_tokens, dtype=float), us)
+
+
+def test_table_exact_at_grid_points(rng):
+    t = random_table(rng)
+    for i, n in enumerate(t.n_tokens):
+        for j, d in enumerate(t.density):
+            assert t.predict(d, int(n)) == pytest.approx(t.us[i, j], rel=1e-12, abs=1e-12)
+        np.testing.assert_allclose(t.predict(t.density, int(n)), t.us[i], rtol=1e-12)
+
+
+@pytest.mark.parametrize("frac", [0.1, 0.5, 0.9])
+def test_table_linear_between_grid_points(frac, rng):
+    t = random_table(rng)
+    # in density, at a measured token count
+    for i, n in enumerate(t.n_tokens):
+        for j in range(t.density.size - 1):
+            d = (1 - frac) * t.density[j] + frac * t.density[j + 1]
+            assert t.predict(d, int(n)) == pytest.approx((1 - frac) * t.us[i, j] + frac * t.us[i, j + 1], rel=1e-12)
+    # in log2(n_tokens), at a measured density: 4 lies half-way from 1 to 16
+    for j, d in enumerate(t.density):
+        assert t.predict(d, 4) == pytest.approx(0.5 * t.us[0, j] + 0.5 * t.us[1, j], rel=1e-12)
+    # both at once: bilinear
+    d = (1 - frac) * t.density[1] + frac * t.density[2]
+    row = lambda i: (1 - frac) * t.us[i, 1] + frac * t.us[i, 2]  # noqa: E731
+    w = (math.log2(45) - 4) / 3
+    assert t.predict(d, 45) == pytest.approx((1 - w) * row(1) + w * row(2), rel=1e-12)
+
+
+def test_table_clamped_outside(rng):
+    t = random_table(rng, density=(0.2, 0.6), n_tokens=(4, 64))
+    assert t.predict(0.0, 4) == pytest.approx(t.us[0, 0]) and t.predict(1.0, 4) == pytest.approx(t.us[0, 1])
+    assert t.predict(0.2, 1) == pytest.approx(t.us[0, 0]) and t.predict(0.2, 2) == pytest.approx(t.us[0, 0])
+    assert t.predict(0.6, 10**6) == pytest.approx(t.us[1, 1]) and t.predict(0.0, 10**6) == pytest.approx(t.us[1, 0])
+
+
+def test_table_single_point(rng):
+    t = random_table(rng, density=(0.5,), n_tokens=(16,))
+    for d in (0.0, 0.5, 1.0):
+        for n in (1, 16, 4096):
+            assert t.predict(d, n) == pytest.approx(t.us[0, 0])
+
+
+def _table_kwargs(**over):
+    kw = dict(kind=TileKind.BITMAP, tile_shape=(64, 64), density=np.array([0.0, 0.5, 1.0]),
+              n_tokens=np.array([1.0, 16.0]), us=np.ones((2, 3)))
+    kw.update(over)
+    return kw
+
+
+TABLE_ERRORS = {
+    "us_shape": (dict(us=np.ones((3, 2))), r"expected us of shape \(len\(n_tokens\), len\(density\)\) = \(2, 3\), got \(3, 2\)"),
+    "us_1d": (dict(us=np.ones(6)), r"expected us of shape .* got \(6,\)"),
+    "density_2d": (dict(density=np.ones((1, 3))), "expected us of shape"),
+    "density_not_increasing": (dict(density=np.array([0.0, 0.5, 0.5])), "expected strictly increasing density and n_tokens"),
+    "n_tokens_decreasing": (dict(n_tokens=np.array([16.0, 1.0])), "expected strictly increasing density and n_tokens"),
+    "us_nan": (dict(us=np.array([[1.0, np.nan, 1.0], [1.0, 1.0, 1.0]])), "expected finite non-negative times"),
+    "us_inf": (dict(us=np.full((2, 3), np.inf)), "expected finite non-negative times"),
+    "us_negative": (dict(us=-np.ones((2, 3))), "expected finite non-negative times"),
+    "n_tokens_zero": (dict(n_tokens=np.array([0.0, 16.0])), "expected density in \\[0, 1\\] and n_tokens >= 1"),
+    "density_above_one": (dict(density=np.array([0.0, 0.5, 1.5])), "expected density in \\[0, 1\\] and n_tokens >= 1"),
+    "density_negative": (dict(density=np.array([-0.1, 0.5, 1.0])), "expected density in \\[0, 1\\]"),
+    "empty_grid": (dict(density=np.zeros(0), us=np.ones((2, 0))), "expected at least one density and one token count"),
+    "tile_shape": (dict(tile_shape=(64, 48)), r"expected powers of two >= 16, got \(64, 48\)"),
+}
+
+
+@pytest.mark.parametrize("case", list(TABLE_ERRORS))
+def test_table_validation(case):
+    over, match = TABLE_ERRORS[case]
+    with pytest.raises(ValueError, match=match):
+        TileTable(**_table_kwargs(**over))
+
+
+def test_table_accepts_plain_kind_and_list_tile_shape():
+    """A table given as (int kind, [rows, cols]) must still be found by predict()."""
+    t = TileTable(**_table_kwargs(kind=int(TileKind.BITMAP), tile_shape=[64, 64], us=np.full((2, 3), 7.0)))
+    assert t.kind is TileKind.BITMAP and t.tile_shape == (64, 64)
+    assert CostModel(tables=(t,)).predict(TileKind.BITMAP, (64, 64), 0.3, 8) == 7.0
+
+
+@pytest.mark.parametrize("kind", [TileKind.DENSE, TileKind.BITMAP, TileKind.INDEX], ids=kind_id)
+@pytest.mark.parametrize("tile_shape", [(32, 64), (64, 64)], ids=str)
+def test_tables_override_only_their_kind_and_shape(kind, tile_shape, rng):
+    table = random_table(rng, kind=kind, tile_shape=tile_shape)
+    measured = CostModel(tables=(table,), provenance={"device": "test"})
+    roofline = default_cost_model()
+    for k in TileKind:
+        for shape in TILE_SHAPES:
+            for n in (1, 16, 100, 2048):
+                got = measured.predict(k, shape, DENSITY, n)
+                want = table.predict(DENSITY, n) if (k, shape) == (kind, tile_shape) else roofline.predict(k, shape, DENSITY, n)
+                np.testing.assert_array_equal(got, want, err_msg=f"{k.name} {shape} n={n}")
+
+
+# ---------------------------------------------------------------------------- files
+def measured_model(rng):
+    tables = (random_table(rng, TileKind.BITMAP, (64, 64)), random_table(rng, TileKind.DENSE, (64, 64), density=(0.0, 1.0)),
+              random_table(rng, TileKind.INDEX, (32, 64), n_tokens=(1, 2, 4, 8)))
+    spec = GPUSpec(name="test GPU", n_units=7, programs_per_unit=2, bandwidth=1.0e12)
+    provenance = {"device": "NVIDIA H100 80GB HBM3", "driver": "570.00", "torch": "2.13.0", "triton": "3.6.0",
+                  "created": "2025-01-01T00:00:00+00:00"}
+    return CostModel(spec, tables, provenance)
+
+
+def assert_same_model(a: CostModel, b: CostModel):
+    assert a.spec == b.spec and a.provenance == b.provenance and len(a.tables) == len(b.tables)
+    for s, t in zip(a.tables, b.tables):
+        assert (s.kind, s.tile_shape) == (t.kind, t.tile_shape)
+        for name in ("density", "n_tokens", "us"):
+            np.testing.assert_array_equal(getattr(s, name), getattr(t, name))
+
+
+@pytest.mark.parametrize("which", ["roofline", "measured"])
+def test_save_load_round_trip(which, tmp_path, rng):
+    cm = default_cost_model() if which == "roofline" else measured_model(rng)
+    path = cm.save(tmp_path / "sub" / "model.json")
+    loaded = CostModel.load(path)
+    assert_same_model(cm, loaded)
+    assert loaded.source == cm.source
+    if which == "measured":
+        assert loaded.source == "measured on NVIDIA H100 80GB HBM3 (2025-01-01T00:00:00+00:00)"
+        assert loaded.n_programs == 14
+    else:
+        assert loaded.source == "roofline (H100-SXM (defaults))"
+    for kind in TileKind:
+        for shape in ((64, 64), (32, 64)):
+            for n in (1, 5, 128, 4096):
+                np.testing.assert_array_equal(loaded.predict(kind, shape, DENSITY, n), cm.predict(kind, shape, DENSITY, n))
+    assert json.loads(path.read_text())["format"] == TABLE_FORMAT
+
+
+def _write(path, text):
+    path.write_text(text)
+    return path
+
+
+BAD_FILES = {
+    "truncated": (lambda good: good[: len(good) // 2], "expected JSON, got a parse error"),
+    "not_json": (lambda good: "cost model\n", "expected JSON, got a parse error"),
+    "byte_flip": (lambda good: good.replace("{", "[", 1), "expected JSON, got a parse error"),
+    "other_format": (lambda good: good.replace(TABLE_FORMAT, "cross.costmodel/2"), "expected format 'cross.costmodel/1', got 'cross.costmodel/2'"),
+    "no_format": (lambda good: json.dumps({k: v for k, v in json.loads(good).items() if k != "format"}), "expected format 'cross.costmodel/1', got None"),
+    "a_list": (lambda good: "[1, 2]", "expected format 'cross.costmodel/1', got 'list'"),
+    "a_plan": (lambda good: json.dumps({"format": "cross.plan/1"}), "got 'cross.plan/1'"),
+    "unknown_spec_field": (lambda good: good.replace('"n_units"', '"n_sms"'), r"cost model spec: unexpected fields \['n_sms'\]"),
+    "unknown_kind": (lambda good: good.replace('"BITMAP"', '"SPARSE"'), "expected kind in .*got 'SPARSE'"),
+    "bad_table": (lambda good: good.replace('"n_tokens": [', '"n_tokens": [0.0, ', 1), "expected us of shape"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_FILES))
+def test_bad_files_rejected(case, tmp_path, rng):
+    good = measured_model(rng).save(tmp_path / "good.json").read_text()
+    damage, match = BAD_FILES[case]
+    with pytest.raises(ValueError, match=match):
+        CostModel.load(_write(tmp_path / "bad.json", damage(good)))
