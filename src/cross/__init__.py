@@ -1,3 +1,7 @@
 """cross: unstructured sparse nn.Linear layers faster than dense on GPUs."""
 
 __version__ = "0.1.0"
+
+from .nn import SparseLinear, sparsify_, unsparsify_  # noqa: E402  (after __version__: the planner reads it)
+
+__all__ = ["__version__", "SparseLinear", "sparsify_", "unsparsify_"]

@@ -1,0 +1,243 @@
+"""SparseLinear: an nn.Linear whose pruned weight is stored in the tile formats its Plan chose.
+
+The conversion is offline and one-way for the weight's dtype: plan (``cross.partition.make_plan``),
+pack (``cross.pack.pack``), keep the bias, and keep a dense copy of the weight only where some
+token-count bucket is predicted to run faster dense. ``forward`` hands everything to
+``cross.runtime.execute``. The module is for inference: it has no weight gradient.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .._checks import check_weight, dtype_name
+from ..partition import DEFAULT_BUCKETS, Plan, make_plan
+from ..pack import PackedWeight, pack
+from ..runtime import check_input, decode_executed_tiles, execute
+from ..tiling import TileKind
+
+KEEP_DENSE = ("auto", True, False)
+
+
+def plan_linear(weight: torch.Tensor, *, cost_model=None, tile_shape=(64, 64), buckets=None,
+                nan_policy: str = "propagate", balance: str = "full", unit_mode: str = "split",
+                **plan_options) -> Plan:
+    """The Plan ``SparseLinear.from_dense`` makes for ``weight`` (``plan_options`` go to make_plan:
+    allowed_kinds, swing_band, n_programs)."""
+    return make_plan(weight.detach(), tile_shape=tile_shape, cost_model=cost_model,
+                     buckets=DEFAULT_BUCKETS if buckets is None else buckets, nan_policy=nan_policy,
+                     balance=balance, unit_mode=unit_mode, **plan_options)
+
+
+def check_plan(plan: Plan, weight: torch.Tensor) -> Plan:
+    """A plan given to from_dense must be one made for a weight of this shape and dtype."""
+    if not isinstance(plan, Plan):
+        raise TypeError(f"plan: expected a cross.partition.Plan, got {type(plan).__name__}")
+    if plan.shape != tuple(weight.shape):
+        raise ValueError(f"plan: expected a plan for shape {tuple(weight.shape)}, got one for {plan.shape}")
+    if plan.dtype != dtype_name(weight.dtype):
+        raise ValueError(f"plan: expected a plan for dtype {dtype_name(weight.dtype)}, got one for {plan.dtype}")
+    return plan
+
+
+def bucket_facts(plan: Plan, dense_kept: bool) -> list[dict]:
+    """Per token-count bucket: what runs there and the predicted times.
+
+    ``runs`` is 'dense' where the bucket falls back and the dense copy is kept; otherwise 'plan'
+    (a fallback bucket without a dense copy runs its plan, slower than predicted dense).
+    ``run_us`` is the predicted time of what runs; ``speedup`` is dense_us / run_us.
+    """
+    out = []
+    for b in plan.buckets:
+        runs = "dense" if b.fallback and dense_kept else "plan"
+        effective = b.dense_us if runs == "dense" else b.predicted_us
+        out.append({"n_min": b.n_min, "n_max": b.n_max, "fallback": bool(b.fallback), "runs": runs,
+                    "predicted_us": float(b.predicted_us), "dense_us": float(b.dense_us), "run_us": float(effective),
+                    "speedup": float(b.dense_us / max(effective, 1e-9))})
+    return out
+
+
+def plan_facts(plan: Plan) -> dict:
+    """Name-free facts of a plan alone (no packed buffers needed)."""
+    return {
+        "shape": plan.shape,
+        "dtype": plan.dtype,
+        "tile_shape": plan.tile_shape,
+        "tiles": plan.kind_counts(),
+        "swing": int(plan.swing.sum()),
+        "swing_converted": int(plan.provenance.get("swing_converted", 0)),
+        "nan_policy": plan.nan_policy,
+        "cost_model": plan.provenance.get("cost_model", "?"),
+    }
+
+
+class SparseLinear(nn.Module):
+    """Y = X @ W^T + b with W stored in the tile formats of its Plan. Inference only.
+
+    Build with :meth:`from_dense`. State:
+        packed        PackedWeight: the weight's tiles and the kernel tables (not parameters)
+        bias          buffer [out_features] in the weight's dtype, or None
+        dense_weight  buffer [out_features, in_features], or None: the dense copy used by the
+                      buckets that fall back to the dense product
+    There is no autograd through the sparse weight: forward refuses inputs that require grad
+    while grad mode is on (run under ``torch.no_grad()`` or ``torch.inference_mode()``).
+    Device moves (``.to(device)``, ``.cuda()``, ``.cpu()``) move the packed weight; dtype casts
+    are refused, because the plan and formats were chosen for the weight's dtype.
+    """
+
+    def __init__(self, packed: PackedWeight, bias: torch.Tensor | None = None,
+                 dense_weight: torch.Tensor | None = None, *, weight_requires_grad: bool = True):
+        super().__init__()
+        if not isinstance(packed, PackedWeight):
+            raise TypeError(f"packed: expected a cross.pack.PackedWeight, got {type(packed).__name__}")
+        m, k = packed.shape
+        for name, t, shape in (("bias", bias, (m,)), ("dense_weight", dense_weight, (m, k))):
+            if t is None:
+                continue
+            if tuple(t.shape) != shape or t.dtype != packed.dtype or t.device != packed.device:
+                raise ValueError(f"{name}: expected {dtype_name(packed.dtype)} {shape} on {packed.device}, "
+                                 f"got {dtype_name(t.dtype)} {tuple(t.shape)} on {t.device}")
+        self.packed = packed
+        self.register_buffer("bias", bias)
+        self.register_buffer("dense_weight", dense_weight, persistent=False)
+        self._weight_requires_grad = weight_requires_grad
+        self._tiles: torch.Tensor | None = None  # decoded executed tiles, for the CPU reference path
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    @torch.no_grad()
+    def from_dense(cls, linear: nn.Linear, *, cost_model=None, tile_shape=(64, 64), buckets=None,
+                   nan_policy: str = "propagate", balance: str = "full", unit_mode: str = "split",
+                   keep_dense="auto", plan: Plan | None = None, **plan_options) -> "SparseLinear":
+        """Plan, pack and wrap ``linear``'s weight (a dense tensor with zeros), on its device.
+
+        cost_model, tile_shape, buckets (None: DEFAULT_BUCKETS), nan_policy, balance, unit_mode and
+        ``plan_options`` (allowed_kinds, swing_band, n_programs) go to ``make_plan``; they are
+        unused when ``plan`` (a Plan made for a weight of this shape and dtype) is given.
+        keep_dense: 'auto' keeps a dense copy iff some bucket falls back to dense; True keeps it
+        always; False never (every bucket then runs its plan, predicted win or not).
+        """
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"linear: expected an nn.Linear, got {type(linear).__name__}")
+        if keep_dense not in KEEP_DENSE:
+            raise ValueError(f"keep_dense: expected one of {KEEP_DENSE}, got {keep_dense!r}")
+        weight = check_weight(linear.weight.detach(), name="linear.weight")
+        if plan is None:
+            plan = plan_linear(weight, cost_model=cost_model, tile_shape=tile_shape, buckets=buckets,
+                               nan_policy=nan_policy, balance=balance, unit_mode=unit_mode, **plan_options)
+        else:
+            check_plan(plan, weight)
+        packed = pack(weight, plan)
+        keep = any(b.fallback for b in plan.buckets) if keep_dense == "auto" else keep_dense
+        dense = weight.clone(memory_format=torch.contiguous_format) if keep else None
+        bias = None if linear.bias is None else linear.bias.detach().to(weight.dtype).clone()
+        return cls(packed, bias, dense, weight_requires_grad=linear.weight.requires_grad)
+
+    def to_dense_linear(self) -> nn.Linear:
+        """An nn.Linear with exactly the packed weight and a copy of the bias."""
+        m, k = self.packed.shape
+        linear = nn.Linear(k, m, bias=self.bias is not None, device="meta", dtype=self.dtype)
+        linear.weight = nn.Parameter(self.packed.tiled.to_dense(), requires_grad=self._weight_requires_grad)
+        if self.bias is not None:
+            linear.bias = nn.Parameter(self.bias.clone(), requires_grad=self._weight_requires_grad)
+        return linear
+
+    # ------------------------------------------------------------------ running
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and isinstance(x, torch.Tensor) and x.requires_grad:
+            raise RuntimeError("SparseLinear is inference-only (no gradients through the sparse weight), got an "
+                               "input that requires grad with grad mode on: run under torch.no_grad() or "
+                               "torch.inference_mode(), or use to_dense_linear() / cross.unsparsify_ to train")
+        check_input(x, self.packed, self.bias)
+        tiles = None
+        if x.device.type == "cpu" and self._runs_plan(x):
+            if self._tiles is None:
+                self._tiles = decode_executed_tiles(self.packed)
+            tiles = self._tiles
+        return execute(x, self.packed, self.bias, dense_weight=self.dense_weight, tiles=tiles)
+
+    def _runs_plan(self, x: torch.Tensor) -> bool:
+        n = x.numel() // x.shape[-1]
+        if n == 0:
+            return False
+        bucket = self.plan.bucket_for(n)
+        return not (bucket.fallback and self.dense_weight is not None)
+
+    def _apply(self, fn, recurse=True):
+        probe = fn(torch.empty(0, dtype=self.dtype, device=self.device))
+        if probe.dtype != self.dtype:
+            raise TypeError(f"SparseLinear {self.out_features}x{self.in_features}: expected only device moves, got a "
+                            f"cast from {dtype_name(self.dtype)} to {dtype_name(probe.dtype)}; the plan and tile "
+                            f"formats were chosen for {dtype_name(self.dtype)}: cast the dense model to "
+                            f"{dtype_name(probe.dtype)} and sparsify it again (modules visited before this one "
+                            f"may already have been cast)")
+        if probe.device != self.device:
+            self.packed = self.packed.to(probe.device)
+            self._tiles = None
+        return super()._apply(fn, recurse)
+
+    # ------------------------------------------------------------------ facts
+    @property
+    def plan(self) -> Plan:
+        return self.packed.plan
+
+    @property
+    def in_features(self) -> int:
+        return self.packed.shape[1]
+
+    @property
+    def out_features(self) -> int:
+        return self.packed.shape[0]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.packed.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.packed.device
+
+    @property
+    def dense_kept(self) -> bool:
+        return self.dense_weight is not None
+
+    @property
+    def nnz(self) -> int:
+        return int(self.packed.tiled.nnz.sum())
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.nnz / (self.in_features * self.out_features)
+
+    def _bias_nbytes(self) -> int:
+        return 0 if self.bias is None else self.bias.numel() * self.bias.element_size()
+
+    @property
+    def nbytes(self) -> int:
+        """Device bytes this module holds: the packed weight, the dense copy if kept, the bias
+        (not the CPU reference path's decoded-tile cache)."""
+        dense = 0 if self.dense_weight is None else self.dense_weight.numel() * self.dense_weight.element_size()
+        return self.packed.nbytes + dense + self._bias_nbytes()
+
+    @property
+    def dense_nbytes(self) -> int:
+        """Bytes of the equivalent nn.Linear (weight and bias)."""
+        return self.packed.tiled.dense_nbytes + self._bias_nbytes()
+
+    def summary(self) -> dict:
+        """Name-free facts: shape, tiles per kind, swing tiles, per-bucket predictions, bytes."""
+        facts = plan_facts(self.plan)
+        facts.update(sparsity=self.sparsity, nnz=self.nnz, bias=self.bias is not None, dense_kept=self.dense_kept,
+                     buckets=bucket_facts(self.plan, self.dense_kept), nbytes=self.nbytes,
+                     dense_nbytes=self.dense_nbytes)
+        return facts
+
+    def extra_repr(self) -> str:
+        counts = self.plan.kind_counts()
+        kinds = ", ".join(f"{k.name.lower()} {counts[k.name]}" for k in TileKind if counts[k.name])
+        tm, tk = self.plan.tile_shape
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"dtype={dtype_name(self.dtype)}, sparsity={self.sparsity:.1%}, tiles {tm}x{tk}: {kinds}, "
+                f"dense kept: {'yes' if self.dense_kept else 'no'}, "
+                f"{self.nbytes / 1e6:.3f} MB ({self.nbytes / self.dense_nbytes:.2f}x dense)")

@@ -1,0 +1,232 @@
+"""sparsify_ / unsparsify_: swap a model's nn.Linear instances for SparseLinear and back, in place.
+
+Module instances are replaced on their parents (setattr); no library class is patched. A layer
+is swapped only when its plan is predicted to win in some token-count bucket (or the caller forces
+the plan with keep_dense=False); the report says what happened to every layer and why.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .._checks import dtype_name
+from .linear import KEEP_DENSE, SparseLinear, bucket_facts, plan_facts, plan_linear
+
+SPARSE = "sparse"
+NO_WIN = "dense: no predicted win"
+SKIP_FILTER = "skipped: filter"
+SKIP_SPARSITY = "skipped: sparsity below min"
+ACTIONS = (SPARSE, NO_WIN, SKIP_FILTER, SKIP_SPARSITY)
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    """What sparsify_ did with one nn.Linear. ``summary`` is SparseLinear.summary() for swapped
+    layers, the plan's facts for layers that stayed dense, and shape/sparsity only for skipped ones."""
+
+    fqn: str
+    action: str
+    summary: dict
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.summary["shape"])
+
+    @property
+    def sparsity(self) -> float:
+        return float(self.summary["sparsity"])
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.summary["nbytes"])
+
+    @property
+    def dense_nbytes(self) -> int:
+        return int(self.summary["dense_nbytes"])
+
+
+@dataclass(frozen=True)
+class SparsifyReport:
+    """Per layer (by fully qualified name, in model order) what sparsify_ did, and totals."""
+
+    layers: dict[str, LayerReport] = field(default_factory=dict)
+
+    def by_action(self, action: str) -> list[str]:
+        return [name for name, layer in self.layers.items() if layer.action == action]
+
+    @property
+    def n_swapped(self) -> int:
+        return len(self.by_action(SPARSE))
+
+    @property
+    def dense_nbytes(self) -> int:
+        """Bytes of every nn.Linear sparsify_ looked at, as dense layers."""
+        return sum(layer.dense_nbytes for layer in self.layers.values())
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the same layers after sparsify_ (swapped ones as SparseLinear, the rest dense)."""
+        return sum(layer.nbytes for layer in self.layers.values())
+
+    def speedup_by_bucket(self) -> dict[tuple[int, int], float]:
+        """Predicted speed-up of all planned layers together per token-count bucket:
+        sum of dense times over sum of the times each layer runs at (dense for layers kept dense).
+        Skipped layers are not planned and not counted."""
+        dense, actual = {}, {}
+        for layer in self.layers.values():
+            for b in layer.summary.get("buckets", ()):
+                key = (b["n_min"], b["n_max"])
+                run = b["run_us"] if layer.action == SPARSE else b["dense_us"]
+                dense[key] = dense.get(key, 0.0) + b["dense_us"]
+                actual[key] = actual.get(key, 0.0) + run
+        return {key: dense[key] / max(actual[key], 1e-9) for key in dense}
+
+    # ------------------------------------------------------------------ tables
+    def _first_bucket(self) -> tuple[int, int] | None:
+        for layer in self.layers.values():
+            if layer.summary.get("buckets"):
+                b = layer.summary["buckets"][0]
+                return (b["n_min"], b["n_max"])
+        return None
+
+    def _rows(self) -> tuple[list[str], list[list[str]]]:
+        first = self._first_bucket()
+        speed = f"speed-up N{first[0]}-{first[1]}" if first else "speed-up"
+        header = ["layer", "shape", "sparsity", "tiles E/D/B/I", speed, "bytes/dense", "action"]
+        rows = []
+        for name, layer in self.layers.items():
+            s = layer.summary
+            tiles = "/".join(str(s["tiles"][k]) for k in ("EMPTY", "DENSE", "BITMAP", "INDEX")) if "tiles" in s else "-"
+            if s.get("buckets"):
+                b = s["buckets"][0]
+                speedup = f"{b['speedup'] if layer.action == SPARSE else 1.0:.2f}"
+            else:
+                speedup = "-"
+            rows.append([name or "(root)", "x".join(map(str, layer.shape)), f"{layer.sparsity:.1%}", tiles, speedup,
+                         f"{layer.nbytes / layer.dense_nbytes:.2f}", layer.action])
+        return header, rows
+
+    def _totals(self) -> str:
+        speed = ", ".join(f"N {a}-{b if b < 2**31 - 1 else 'inf'}: {v:.2f}x" for (a, b), v in self.speedup_by_bucket().items())
+        return (f"{self.n_swapped} of {len(self.layers)} layers sparse; "
+                f"{self.nbytes / 1e6:.2f} MB vs {self.dense_nbytes / 1e6:.2f} MB dense "
+                f"({self.nbytes / max(self.dense_nbytes, 1):.2f}x)" + (f"; predicted speed-up {speed}" if speed else ""))
+
+    def table(self) -> str:
+        """A fixed-width table: one row per layer, then the totals."""
+        header, rows = self._rows()
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+        right = {2, 4, 5}
+        fmt = lambda r: "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()  # noqa: E731
+        lines = [fmt(header), "  ".join("-" * w for w in widths), *map(fmt, rows), self._totals()]
+        return "\n".join(lines)
+
+    def to_markdown(self) -> str:
+        header, rows = self._rows()
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" if i in (2, 4, 5) else "---" for i in range(len(header))) + "|"]
+        lines += ["| " + " | ".join(f"`{c}`" if i == 0 else c for i, c in enumerate(r)) + " |" for r in rows]
+        return "\n".join(lines + ["", self._totals()])
+
+    def __str__(self) -> str:
+        return self.table()
+
+    def __repr__(self) -> str:
+        return f"SparsifyReport({self.n_swapped} of {len(self.layers)} nn.Linear layers sparse)"
+
+
+def _occurrences(model: nn.Module, want) -> dict[int, tuple[str, nn.Module, list[tuple[nn.Module, str]]]]:
+    """Modules matching ``want`` by identity: (first fully qualified name, module, every (parent,
+    attribute) holding it). A module shared by several parents is swapped everywhere at once."""
+    found: dict[int, tuple[str, nn.Module, list]] = {}
+    for fqn, module in model.named_modules(remove_duplicate=False):  # model order, every path
+        if fqn and want(module):
+            parent_name, _, name = fqn.rpartition(".")
+            places = found.setdefault(id(module), (fqn, module, []))[2]
+            parent = model.get_submodule(parent_name)
+            if not any(p is parent and n == name for p, n in places):
+                places.append((parent, name))
+    return found
+
+
+def _weight_sparsity(weight: torch.Tensor) -> float:
+    return 1.0 - int(torch.count_nonzero(weight)) / weight.numel()
+
+
+def _dense_facts(linear: nn.Linear) -> dict:
+    w, b = linear.weight, linear.bias
+    nbytes = w.numel() * w.element_size() + (0 if b is None else b.numel() * b.element_size())
+    return {"shape": tuple(w.shape), "dtype": dtype_name(w.dtype), "sparsity": _weight_sparsity(w.detach()),
+            "bias": b is not None, "nbytes": nbytes, "dense_nbytes": nbytes}
+
+
+@torch.no_grad()
+def sparsify_(model: nn.Module, filter_fn=None, *, min_sparsity: float = 0.0, progress: bool = True,
+              **from_dense_kwargs) -> SparsifyReport:
+    """Replace, in place, every ``nn.Linear`` of ``model`` (exact type: subclasses such as
+    MultiheadAttention's out_proj or quantized linears keep their own semantics and are left alone)
+    by ``SparseLinear.from_dense(linear, **from_dense_kwargs)``.
+
+    filter_fn(module, fqn) -> bool: torchao's signature (module first, fully qualified name second);
+        a layer it rejects is skipped.
+    min_sparsity: layers whose weight has a smaller fraction of zeros are skipped.
+    A layer whose plan falls back to dense in every bucket stays the same nn.Linear object (no
+    predicted win), unless keep_dense=False forces its plan. No dense module is kept for
+    unsparsify_: it rebuilds each layer from the packed weight, exactly.
+    Returns a SparsifyReport (print it, or ``.table()`` / ``.to_markdown()``).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+    if type(model) is nn.Linear:
+        raise ValueError("model: expected a module containing nn.Linear layers, got an nn.Linear itself "
+                         "(it cannot be replaced in place): use SparseLinear.from_dense(linear)")
+    if not 0.0 <= min_sparsity <= 1.0:
+        raise ValueError(f"min_sparsity: expected a fraction in [0, 1], got {min_sparsity!r}")
+    if "plan" in from_dense_kwargs:
+        raise ValueError("plan: expected no plan for sparsify_ (one plan fits one weight); use SparseLinear.from_dense")
+    keep_dense = from_dense_kwargs.pop("keep_dense", "auto")
+    if keep_dense not in KEEP_DENSE:
+        raise ValueError(f"keep_dense: expected one of {KEEP_DENSE}, got {keep_dense!r}")
+
+    layers: dict[str, LayerReport] = {}
+    found = _occurrences(model, lambda m: type(m) is nn.Linear)
+    for fqn, linear, places in tqdm(found.values(), desc="sparsify_", unit="layer", disable=not progress):
+        if filter_fn is not None and not filter_fn(linear, fqn):
+            layers[fqn] = LayerReport(fqn, SKIP_FILTER, _dense_facts(linear))
+            continue
+        facts = _dense_facts(linear)
+        if facts["sparsity"] < min_sparsity:
+            layers[fqn] = LayerReport(fqn, SKIP_SPARSITY, facts)
+            continue
+        try:
+            plan = plan_linear(linear.weight, **from_dense_kwargs)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"{fqn}: {e}") from e
+        if plan.fully_dense_fallback and keep_dense is not False:
+            facts.update(plan_facts(plan), buckets=bucket_facts(plan, dense_kept=True))
+            layers[fqn] = LayerReport(fqn, NO_WIN, facts)
+            continue
+        sparse = SparseLinear.from_dense(linear, plan=plan, keep_dense=keep_dense)
+        for parent, name in places:
+            setattr(parent, name, sparse)
+        layers[fqn] = LayerReport(fqn, SPARSE, sparse.summary())
+    return SparsifyReport(layers)
+
+
+def unsparsify_(model: nn.Module) -> int:
+    """Replace, in place, every SparseLinear of ``model`` by an equivalent nn.Linear (weights
+    decoded exactly from the packed form). Returns how many modules were replaced."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+    if isinstance(model, SparseLinear):
+        raise ValueError("model: expected a module containing SparseLinear layers, got a SparseLinear itself: "
+                         "use its to_dense_linear()")
+    found = _occurrences(model, lambda m: isinstance(m, SparseLinear))
+    for _fqn, sparse, places in found.values():
+        dense = sparse.to_dense_linear()
+        for parent, name in places:
+            setattr(parent, name, dense)
+    return len(found)
