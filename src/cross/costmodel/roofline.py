@@ -16,11 +16,11 @@ from ..tiling import TileKind
 
 #: Token tiles (the kernels' BLOCK_N) by token count: tensor-core tiles need >= 16.
 MIN_BLOCK_N = 16
-MAX_BLOCK_N = 128
+MAX_BLOCK_N = 64
 
 
 def block_n_for(n_tokens: int) -> int:
-    """The kernels' token tile for ``n_tokens`` tokens: the next power of two in [16, 128]."""
+    """The kernels' token tile for ``n_tokens`` tokens: the next power of two in [16, 64]."""
     return int(min(MAX_BLOCK_N, max(MIN_BLOCK_N, 1 << max(0, math.ceil(math.log2(max(1, n_tokens)))))))
 
 
@@ -30,7 +30,7 @@ class GPUSpec:
 
     name: str = "H100-SXM (defaults)"
     n_units: int = 132  # streaming multiprocessors
-    programs_per_unit: int = 2  # persistent programs resident per multiprocessor
+    programs_per_unit: int = 4  # persistent programs resident per multiprocessor
     bandwidth: float = 3.0e12  # B/s, device-to-device copy counting read + write
     stream_efficiency: float = 0.80  # fraction of `bandwidth` a decoding kernel streams at
     tensor_flops: float = 700e12  # bf16 dense tensor-core FLOP/s reached by a good GEMM

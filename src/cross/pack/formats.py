@@ -6,10 +6,12 @@ One weight, cut by a TileGrid, becomes two flat buffers plus per-tile tables:
   zero-padded at the matrix edge; for a BITMAP or INDEX tile its nonzeros in row-major order. Each
   tile's run starts on a multiple of ``ALIGN`` elements, so kernels load values with 16-byte
   vectors.
-- ``meta`` (int32, 1-D): for a BITMAP tile ``tile_rows * tile_cols / 32`` words, row-major, bit ``b``
-  of word ``w`` in row ``r`` standing for column ``32 * w + b``; for an INDEX tile one int16 in-tile
-  position ``r * tile_cols + c`` per nonzero (two per int32 word, low half first). Each tile's run
-  starts on a multiple of ``META_ALIGN`` words.
+- ``meta`` (int32, 1-D): for a BITMAP tile ``n_words = tile_rows * tile_cols / 32`` words, row-major,
+  bit ``b`` of word ``w`` in row ``r`` standing for column ``32 * w + b``, followed by ``n_words``
+  int16 prefixes (two per int32 word, low half first): the number of nonzeros of the tile before
+  each word, so a decoder finds any element's rank with one popcount. For an INDEX tile one int16
+  in-tile position ``r * tile_cols + c`` per nonzero (two per int32 word, low half first). Each
+  tile's run starts on a multiple of ``META_ALIGN`` words.
 - per tile: ``kinds`` (TileKind), ``nnz``, ``value_offset`` and ``meta_offset`` (-1 where unused).
 
 EMPTY tiles store nothing. NaN and Inf count as nonzero: they are stored values.
@@ -49,7 +51,8 @@ def value_len(kind: torch.Tensor, nnz: torch.Tensor, tile_elems: int) -> torch.T
 
 def meta_len(kind: torch.Tensor, nnz: torch.Tensor, tile_elems: int) -> torch.Tensor:
     """int32 words each tile occupies in ``meta`` (padding included)."""
-    bitmap = torch.full_like(nnz, _round_up(torch.tensor(tile_elems // _BITMAP_WORD), META_ALIGN).item())
+    n_words = tile_elems // _BITMAP_WORD
+    bitmap = torch.full_like(nnz, int(_round_up(torch.tensor(n_words + (n_words + 1) // 2), META_ALIGN)))
     index = _round_up((nnz + 1) // 2, META_ALIGN)
     zero = torch.zeros_like(nnz)
     return torch.where(kind == TileKind.BITMAP, bitmap, torch.where(kind == TileKind.INDEX, index, zero))
@@ -83,7 +86,7 @@ class TiledWeight:
     @classmethod
     def from_dense(cls, weight: torch.Tensor, kinds, tile_shape) -> "TiledWeight":
         """Pack ``weight`` (M x K) with the given per-tile kinds ([ti, tj], TileKind values)."""
-        check_weight(weight)
+        weight = check_weight(weight).detach()  # packed buffers must not hold the caller's autograd graph
         grid = TileGrid.for_weight(weight, tile_shape)
         kinds = torch.as_tensor(np.array(kinds, dtype=np.uint8), dtype=torch.uint8).to(weight.device)
         if tuple(kinds.shape) != grid.shape:
@@ -129,9 +132,15 @@ class TiledWeight:
         if bitmap.any():
             bits = nz[bitmap].reshape(-1, tm * tk // _BITMAP_WORD, _BITMAP_WORD).to(torch.int64)
             words = (bits << torch.arange(_BITMAP_WORD, device=weight.device)).sum(-1)
+            counts = bits.sum(-1)
+            prefix = (torch.cumsum(counts, 1) - counts).to(torch.int16)
             words = torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
-            dst = moff[bitmap][:, None] + torch.arange(words.shape[1], device=weight.device)
+            nw = words.shape[1]
+            dst = moff[bitmap][:, None] + torch.arange(nw, device=weight.device)
             meta[dst.reshape(-1)] = words.reshape(-1)
+            meta16 = meta.view(torch.int16)
+            dst16 = 2 * (moff[bitmap][:, None] + nw) + torch.arange(nw, device=weight.device)
+            meta16[dst16.reshape(-1)] = prefix.reshape(-1)
 
         index = flat_kinds == TileKind.INDEX
         if index.any():
@@ -252,6 +261,8 @@ class TiledWeight:
         devices = {t.device for t in (self.kinds, self.nnz, self.value_offset, self.meta_offset, self.values, self.meta)}
         if len(devices) != 1:
             raise ValueError(f"expected all buffers on one device, got {sorted(map(str, devices))}")
+        if self.values.is_meta:  # shapes and types checked; meta tensors hold no offsets to check
+            return
         if int(self.kinds.max()) > max(TileKind):
             raise ValueError(f"kinds: expected TileKind values, got {int(self.kinds.max())}")
 

@@ -14,6 +14,9 @@ Per bucket (PackedBucket; also for buckets that fall back to dense, so their pla
                             (deterministic, whatever the finishing order)
     row_parts    [ti, 2]    (first slot, number of items) of every tile-row
     unit_ptr     [U + 1], unit_order [2, U]  as in the Plan
+    counters     [ti * max_token_tiles]  arrival counters of split tile-rows, zero between launches
+                            (the last arrival resets its counter), so a launch needs no memset;
+                            one launch per bucket at a time
 """
 
 from __future__ import annotations
@@ -32,6 +35,10 @@ from .formats import TiledWeight
 _I32_MAX = 2**31 - 1
 
 
+#: Token count one kernel launch covers at most (larger inputs are processed in chunks).
+MAX_LAUNCH_TOKENS = 8192
+
+
 @dataclass(frozen=True, eq=False)
 class PackedBucket:
     plan: BucketPlan
@@ -40,10 +47,15 @@ class PackedBucket:
     unit_ptr: torch.Tensor
     unit_order: torch.Tensor
     n_slots: int
+    counters: torch.Tensor
+
+    @property
+    def max_token_tiles(self) -> int:
+        return -(-min(self.plan.n_max, MAX_LAUNCH_TOKENS) // self.plan.block_n)
 
     def to(self, device) -> "PackedBucket":
         return PackedBucket(self.plan, self.items.to(device), self.row_parts.to(device), self.unit_ptr.to(device),
-                            self.unit_order.to(device), self.n_slots)
+                            self.unit_order.to(device), self.n_slots, torch.zeros_like(self.counters, device=device))
 
 
 @dataclass(frozen=True, eq=False)
@@ -102,8 +114,10 @@ def _pack_bucket(bp: BucketPlan, n_rows: int) -> PackedBucket:
         first[r[first_idx]] = slot[split_sorted[first_idx]]
     table = np.concatenate([items, slot[:, None]], axis=1).astype(np.int32)
     row_parts = np.stack([first, nparts], axis=1).astype(np.int32)
-    as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.int32))  # noqa: E731
-    return PackedBucket(bp, as_t(table), as_t(row_parts), as_t(bp.unit_ptr), as_t(bp.unit_order), int(split_sorted.size))
+    as_t = lambda a: torch.from_numpy(np.array(a, dtype=np.int32))  # noqa: E731
+    max_tt = -(-min(bp.n_max, MAX_LAUNCH_TOKENS) // bp.block_n)
+    counters = torch.zeros(n_rows * max_tt, dtype=torch.int32)
+    return PackedBucket(bp, as_t(table), as_t(row_parts), as_t(bp.unit_ptr), as_t(bp.unit_order), int(split_sorted.size), counters)
 
 
 def pack(weight: torch.Tensor, plan: Plan) -> PackedWeight:

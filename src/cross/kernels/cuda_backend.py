@@ -1,0 +1,103 @@
+"""Run-time compiled CUDA backend (``plan_matmul.cu``): NVRTC compiles one variant per
+(tile shape, token tile, dtype) on first use; launches go through the CUDA driver API on the
+current PyTorch stream (so they are captured by CUDA graphs like any other kernel).
+
+Needs the ``cuda-python`` bindings (``cuda.bindings``, shipped with PyTorch's CUDA wheels) and an
+sm_80+ GPU. Everything here is imported lazily: CPU-only installs never touch it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from importlib import resources
+
+import torch
+
+NUM_THREADS = 128
+STAGES = 4
+_SOURCE = "plan_matmul.cu"
+
+
+def _bindings():
+    try:
+        from cuda.bindings import driver, nvrtc
+    except ImportError:  # older cuda-python layout
+        from cuda import cuda as driver  # type: ignore[no-redef]
+        from cuda import nvrtc  # type: ignore[no-redef]
+    return driver, nvrtc
+
+
+def available() -> bool:
+    """True where the CUDA backend can run: a CUDA GPU of compute capability 8.0+ and cuda-python."""
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 8:
+        return False
+    try:
+        _bindings()
+    except ImportError:
+        return False
+    return True
+
+
+def _check(result, what: str):
+    err = result[0]
+    if int(err) != 0:
+        raise RuntimeError(f"{what} failed: {err}")
+    return result[1] if len(result) == 2 else result[1:]
+
+
+def smem_bytes(tile_m: int, tile_k: int, block_n: int) -> int:
+    tile = tile_m * tile_k * 2
+    n_words = tile_m * tile_k // 32
+    meta = -(-(n_words * 6) // 128) * 128
+    return tile + STAGES * (tile + meta + block_n * tile_k * 2)
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel(device_index: int, tile_m: int, tile_k: int, block_n: int, is_bf16: bool):
+    driver, nvrtc = _bindings()
+    src = resources.files(__package__).joinpath(_SOURCE).read_bytes()
+    major, minor = torch.cuda.get_device_capability(device_index)
+    prog = _check(nvrtc.nvrtcCreateProgram(src, _SOURCE.encode(), 0, [], []), "nvrtcCreateProgram")
+    opts = [f"--gpu-architecture=sm_{major}{minor}".encode(), b"-std=c++17", b"-default-device",
+            f"-DTILE_M={tile_m}".encode(), f"-DTILE_K={tile_k}".encode(), f"-DBLOCK_N={block_n}".encode(),
+            f"-DIS_BF16={int(is_bf16)}".encode(), f"-DSTAGES={STAGES}".encode()]
+    err, = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
+    if int(err) != 0:
+        size = _check(nvrtc.nvrtcGetProgramLogSize(prog), "nvrtcGetProgramLogSize")
+        log = b" " * size
+        nvrtc.nvrtcGetProgramLog(prog, log)
+        raise RuntimeError(f"NVRTC could not compile {_SOURCE}:\n{log.decode(errors='replace')}")
+    size = _check(nvrtc.nvrtcGetCUBINSize(prog), "nvrtcGetCUBINSize")
+    cubin = b" " * size
+    _check(nvrtc.nvrtcGetCUBIN(prog, cubin), "nvrtcGetCUBIN")
+    with torch.cuda.device(device_index):
+        torch.cuda.current_stream()  # makes PyTorch's primary context current for the driver API
+        module = _check(driver.cuModuleLoadData(cubin), "cuModuleLoadData")
+        func = _check(driver.cuModuleGetFunction(module, b"plan_matmul_cuda"), "cuModuleGetFunction")
+        smem = smem_bytes(tile_m, tile_k, block_n)
+        attr = driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+        _check(driver.cuFuncSetAttribute(func, attr, smem), "cuFuncSetAttribute")
+    return module, func, smem
+
+
+_ARG_TYPES = (ctypes.c_void_p,) * 13 + (ctypes.c_int,) * 9
+
+
+def launch(grid: int, tile_m: int, tile_k: int, block_n: int, ptrs, ints):
+    """One launch of plan_matmul_cuda: 13 device pointers and 9 ints, in kernel order."""
+    driver, _ = _bindings()
+    dev = torch.cuda.current_device()
+    _, func, smem = _kernel(dev, tile_m, tile_k, block_n, ptrs.is_bf16)
+    stream = driver.CUstream(torch.cuda.current_stream().cuda_stream)
+    args = tuple(ptrs.values) + tuple(int(v) for v in ints)
+    _check(driver.cuLaunchKernel(func, grid, 1, 1, NUM_THREADS, 1, 1, smem, stream, (args, _ARG_TYPES), 0),
+           "cuLaunchKernel")
+
+
+class Pointers:
+    """Device addresses of the 13 pointer arguments, in kernel order."""
+
+    def __init__(self, tensors, is_bf16: bool):
+        self.values = tuple(t.data_ptr() for t in tensors)
+        self.is_bf16 = is_bf16

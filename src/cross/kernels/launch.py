@@ -1,0 +1,144 @@
+"""Launchers: check, allocate, launch the plan kernels. ``plan_matmul`` is the public entry.
+
+Backends:
+    "cuda"    CUDA kernel compiled at run time (kernels/plan_matmul.cu): sm_80+, bf16/fp16, 64x64 or
+              64x128 tiles, K a multiple of 8; bitmap tiles expanded by scattering their nonzeros
+    "hopper"  Gluon kernel (kernels/hopper.py): sm_90+, bf16/fp16, 64x64 or 64x128 tiles
+    "triton"  portable Triton kernel (kernels/plan_matmul.py): any CUDA GPU and Triton's
+              interpreter (CPU tensors with TRITON_INTERPRET=1)
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .._checks import dtype_name
+from ..pack.packed import MAX_LAUNCH_TOKENS, PackedBucket, PackedWeight
+from ..tiling import TileKind
+
+BACKENDS = ("cuda", "hopper", "triton")
+HOPPER_TILE_M = 64
+HOPPER_TABLE = 256  # tile-table entries staged in shared memory at a time (4 KB)
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def hopper_eligible(packed: PackedWeight, device: torch.device) -> bool:
+    if device.type != "cuda" or _interpreting():
+        return False
+    major, _ = torch.cuda.get_device_capability(device)
+    return (major >= 9 and packed.dtype in (torch.bfloat16, torch.float16)
+            and packed.plan.tile_shape[0] == HOPPER_TILE_M and packed.plan.tile_shape[1] in (64, 128)
+            and not (packed.plan.tile_kind == TileKind.INDEX).any())
+
+
+def cuda_eligible(packed: PackedWeight, device: torch.device) -> bool:
+    if device.type != "cuda" or _interpreting():
+        return False
+    from . import cuda_backend
+
+    return (cuda_backend.available() and packed.dtype in (torch.bfloat16, torch.float16)
+            and packed.plan.tile_shape[0] == HOPPER_TILE_M and packed.plan.tile_shape[1] in (64, 128)
+            and packed.shape[1] % 8 == 0 and not (packed.plan.tile_kind == TileKind.INDEX).any())
+
+
+def triton_eligible(packed: PackedWeight, device: torch.device) -> bool:
+    return (device.type == "cuda" or _interpreting()) and not (packed.plan.tile_kind == TileKind.INDEX).any()
+
+
+def default_backend(packed: PackedWeight, device: torch.device) -> str | None:
+    """The fastest backend that can run this packed weight on this device, or None."""
+    if cuda_eligible(packed, device):
+        return "cuda"
+    if hopper_eligible(packed, device):
+        return "hopper"
+    if triton_eligible(packed, device):
+        return "triton"
+    return None
+
+
+def plan_matmul(x: torch.Tensor, packed: PackedWeight, bucket: PackedBucket, bias: torch.Tensor | None = None,
+                out: torch.Tensor | None = None, backend: str | None = None, stages: int = 3,
+                maxnreg: int | None = None) -> torch.Tensor:
+    """Y[N, M] = X[N, K] @ W^T (+ bias) by the bucket's work list in one launch per 8192 tokens.
+
+    x:    [N, K] with unit stride along K, the packed weight's dtype and device
+    out:  optional [N, M] output with unit stride along M (written entirely)
+    stages: shared-memory pipeline depth of the hopper kernel
+    maxnreg: register cap per thread of the hopper kernel (None: the compiler's choice)
+    """
+    n, k = x.shape
+    m = packed.shape[0]
+    if x.stride(1) != 1:
+        raise ValueError(f"x: expected unit stride along K, got strides {tuple(x.stride())}")
+    if x.dtype != packed.dtype:
+        raise TypeError(f"x: expected {dtype_name(packed.dtype)}, got {dtype_name(x.dtype)}")
+    backend = backend or default_backend(packed, x.device)
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {BACKENDS} for {x.device}, got {backend!r}")
+    if backend == "cuda" and not cuda_eligible(packed, x.device):
+        raise ValueError("backend 'cuda': expected an sm_80+ GPU with cuda-python, bf16/fp16 weights, 64x64 or 64x128 tiles, K % 8 == 0 and no INDEX tiles")
+    if backend == "cuda" and (x.stride(0) % 8 or x.data_ptr() % 16):  # cp.async moves 16-byte chunks
+        x = x.clone(memory_format=torch.contiguous_format)
+    if backend == "hopper" and not hopper_eligible(packed, x.device):
+        raise ValueError("backend 'hopper': expected an sm_90+ GPU, bf16/fp16 weights, 64x64 or 64x128 tiles and no INDEX tiles")
+    if out is None:
+        out = torch.empty((n, m), dtype=x.dtype, device=x.device)
+    elif out.shape != (n, m) or out.stride(1) != 1 or out.dtype != x.dtype:
+        raise ValueError(f"out: expected {dtype_name(x.dtype)} [{n}, {m}] with unit stride along M, got {dtype_name(out.dtype)} {tuple(out.shape)}")
+    if n == 0:
+        return out
+    if n > bucket.plan.n_max:
+        raise ValueError(f"bucket: serves up to {bucket.plan.n_max} tokens, got {n} (use packed.bucket_for(n))")
+    tm, tk = packed.plan.tile_shape
+    bn = bucket.plan.block_n
+    for lo in range(0, n, MAX_LAUNCH_TOKENS):
+        hi = min(n, lo + MAX_LAUNCH_TOKENS)
+        _launch(x[lo:hi], out[lo:hi], packed, bucket, bias, backend, tm, tk, bn, stages, maxnreg)
+    return out
+
+
+def _launch(x, y, packed: PackedWeight, bucket: PackedBucket, bias, backend, tm, tk, bn, stages, maxnreg):
+    n, k = x.shape
+    m = packed.shape[0]
+    n_token_tiles = -(-n // bn)
+    ws = torch.empty(max(1, bucket.n_slots * n_token_tiles * tm * bn), dtype=torch.float32, device=x.device)
+    values, meta = packed.tiled.values, packed.tiled.meta
+    if meta.numel() == 0:
+        meta = torch.zeros(4, dtype=torch.int32, device=x.device)
+    if values.numel() == 0:
+        values = torch.zeros(8, dtype=x.dtype, device=x.device)
+    bias_arg = bias if bias is not None else values
+    grid = (bucket.plan.n_units,)
+    common = (m, k, n, x.stride(0), y.stride(0), bucket.plan.n_units, n_token_tiles, bucket.max_token_tiles)
+    if backend == "cuda":
+        from . import cuda_backend
+
+        tensors = (x, y, bias_arg, values, meta, packed.tiles, packed.row_sections, bucket.items, bucket.row_parts,
+                   bucket.unit_ptr, bucket.unit_order, ws, bucket.counters)
+        ints = (*common, int(bias is not None))
+        cuda_backend.launch(grid[0], tm, tk, bn, cuda_backend.Pointers(tensors, x.dtype == torch.bfloat16), ints)
+    elif backend == "hopper":
+        from .hopper import NUM_WARPS, plan_matmul_hopper
+
+        n_words = tm * tk // 32
+        meta_copy = 1 << (n_words + n_words // 2 - 1).bit_length()
+        plan_matmul_hopper[grid](
+            x, y, bias_arg, values, meta, meta.view(torch.int16), packed.tiles, packed.row_sections,
+            bucket.items, bucket.row_parts, bucket.unit_ptr, bucket.unit_order, ws, bucket.counters,
+            *common, TILE_M=tm, TILE_K=tk, BLOCK_N=bn, HAS_BIAS=bias is not None, STAGES=stages,
+            META_COPY=meta_copy, TABLE=HOPPER_TABLE, num_warps=int(NUM_WARPS),
+            **({"maxnreg": maxnreg} if maxnreg else {}))
+    else:
+        from .plan_matmul import plan_matmul_kernel
+
+        plan_matmul_kernel[grid](
+            x, y, bias_arg, values, meta, packed.tiles, packed.row_sections,
+            bucket.items, bucket.row_parts, bucket.unit_ptr, bucket.unit_order, ws, bucket.counters,
+            *common, TILE_M=tm, TILE_K=tk, BLOCK_N=bn, HAS_BIAS=bias is not None,
+            HW_POPC=not _interpreting(), DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
+            GATHER=False, num_warps=4)

@@ -1,0 +1,281 @@
+// The plan kernel in CUDA: the same work-list walk as the Triton kernels, with the one thing they
+// cannot express: indexed shared-memory stores. A bitmap tile is expanded by scattering its
+// nonzeros into a zeroed, swizzled shared-memory tile (one load and one store per nonzero, no work
+// per zero element), which mma.sync then reads with ldmatrix.
+//
+// Per CTA (4 warps, persistent over the plan's units), per work item (one tile-row, a run of its
+// tiles), per tile p:
+//   stage (p + STAGES - 1) % STAGES <- cp.async: packed values, bitmap words + prefixes, X tile
+//   warp w, rows 16w..16w+15 of the A tile (no block barrier needed for A):
+//     zero its rows; lane l scatters the nonzeros of word l (row 16w + l/2, columns 32*(l%2)+b)
+//     (DENSE: copy its rows from the stage; EMPTY: zeros only, so 0 * non-finite X gives NaN)
+//   acc[16 rows x BLOCK_N tokens] += A (ldmatrix) x X^T (ldmatrix), mma.m16n8k16, fp32
+// Outputs: a work item alone on its tile-row writes Y; otherwise its fp32 partial goes to workspace
+// slot `slot` and the last item of the tile-row to arrive (atomic counter) sums the row's slots in
+// slot order and writes Y: deterministic whatever the order in which items finish.
+//
+// Compile-time parameters (NVRTC -D): TILE_M (64), TILE_K (64 or 128), BLOCK_N (16, 32, 64),
+// IS_BF16 (1: bfloat16, 0: float16), STAGES (pipeline depth, >= 2). Requirements checked by the launcher: K % 8 == 0, 16-byte
+// aligned buffers, row strides multiples of 8 elements.
+
+typedef unsigned short u16;
+typedef unsigned int u32;
+typedef unsigned long long u64;
+
+#define NUM_THREADS 128
+#define N_WORDS (TILE_M * TILE_K / 32)
+#define ROW_BYTES (TILE_K * 2)
+#define TILE_BYTES (TILE_M * TILE_K * 2)
+#define META_BYTES (N_WORDS * 4 + N_WORDS * 2)
+#define X_BYTES (BLOCK_N * TILE_K * 2)
+#define STAGE_BYTES (TILE_BYTES + ((META_BYTES + 127) / 128) * 128 + X_BYTES)
+#define SMEM_BYTES (TILE_BYTES + STAGES * STAGE_BYTES)
+#define KIND_DENSE 0
+#define KIND_BITMAP 1
+#define KIND_EMPTY 3
+
+__device__ __forceinline__ u32 smem_u32(const void* p) { return (u32)__cvta_generic_to_shared(p); }
+
+__device__ __forceinline__ void cp_async16(u32 dst, const void* src, int src_bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_async_wait_stages() { asm volatile("cp.async.wait_group %0;\n" ::"n"(STAGES - 2)); }
+
+// byte offset of element (r, c) in a tile whose rows are ROW_BYTES long: 16-byte chunks XOR-swizzled
+// by the row, so ldmatrix's eight row reads fall in eight different bank groups
+__device__ __forceinline__ u32 swz(int r, int c) {
+    return r * ROW_BYTES + ((((c >> 3) ^ (r & 7))) << 4) + ((c & 7) << 1);
+}
+
+__device__ __forceinline__ void ldmatrix_x4(u32 addr, u32& r0, u32& r1, u32& r2, u32& r3) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(addr));
+}
+
+__device__ __forceinline__ void mma16816(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+#if IS_BF16
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#else
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#endif
+}
+
+__device__ __forceinline__ float to_float(u16 v) {
+#if IS_BF16
+    return __uint_as_float(((u32)v) << 16);
+#else
+    float f;
+    asm("cvt.f32.f16 %0, %1;\n" : "=f"(f) : "h"(v));
+    return f;
+#endif
+}
+
+__device__ __forceinline__ u16 from_float(float f) {
+    u16 v;
+#if IS_BF16
+    asm("cvt.rn.bf16.f32 %0, %1;\n" : "=h"(v) : "f"(f));
+#else
+    asm("cvt.rn.f16.f32 %0, %1;\n" : "=h"(v) : "f"(f));
+#endif
+    return v;
+}
+
+struct Args {
+    const u16* x; u16* y; const u16* bias;
+    const u16* values; const int* meta; const int* tiles; const int* sections;
+    const int* items; const int* row_parts; const int* unit_ptr; const int* unit_order;
+    float* ws; int* counters;
+    int M, K, N, stride_xn, stride_yn, n_units, n_token_tiles, counter_stride, has_bias;
+};
+
+// cp.async of a tile's raw bytes (by kind) and its X tile into one stage; e = (col, voff, moff, nnz)
+__device__ __forceinline__ void issue_tile(const Args& a, unsigned char* stage, int4 e, int kind, int n0, int tid) {
+    const int col = e.x, voff = e.y, moff = e.z, nnz = e.w;
+    const u32 s_vals = smem_u32(stage);
+    const u32 s_meta = s_vals + TILE_BYTES;
+    const u32 s_x = s_meta + ((META_BYTES + 127) / 128) * 128;
+    if (kind != KIND_EMPTY) {
+        const int n_chunks = kind == KIND_DENSE ? TILE_BYTES / 16 : (nnz + 7) / 8;
+        const char* src = (const char*)(a.values + voff);
+        for (int i = tid; i < n_chunks; i += NUM_THREADS) cp_async16(s_vals + 16 * i, src + 16 * i, 16);
+        if (kind == KIND_BITMAP) {
+            const char* msrc = (const char*)(a.meta + moff);
+            for (int i = tid; i < META_BYTES / 16; i += NUM_THREADS) cp_async16(s_meta + 16 * i, msrc + 16 * i, 16);
+        }
+    }
+    // X tile: BLOCK_N rows (tokens) of TILE_K elements, rows swizzled like the A tile
+    const int k0 = col * TILE_K;
+    for (int i = tid; i < BLOCK_N * (TILE_K / 8); i += NUM_THREADS) {
+        const int n = i / (TILE_K / 8), ch = i % (TILE_K / 8);
+        const int k = k0 + ch * 8;
+        const bool ok = (n0 + n < a.N) && (k < a.K);
+        const u16* src = a.x + (ok ? (u64)(n0 + n) * a.stride_xn + k : 0);
+        cp_async16(s_x + swz(n, ch * 8), src, ok ? 16 : 0);
+    }
+}
+
+// warp `warp` builds rows 16*warp .. 16*warp+15 of the A tile from a stage
+__device__ __forceinline__ void build_rows(unsigned char* a_s, const unsigned char* stage, int kind, int warp, int lane) {
+    const int r0 = warp * 16;
+    // zero (or, for DENSE, copy) the warp's 16 rows: 16 * ROW_BYTES bytes, 16 bytes per lane per step
+    for (int i = lane; i < 16 * (TILE_K / 8); i += 32) {
+        const int r = r0 + i / (TILE_K / 8), ch = i % (TILE_K / 8);
+        uint4 v = make_uint4(0, 0, 0, 0);
+        if (kind == KIND_DENSE) v = *(const uint4*)(stage + r * ROW_BYTES + ch * 16);
+        *(uint4*)(a_s + swz(r, ch * 8)) = v;
+    }
+    if (kind != KIND_BITMAP) return;
+    __syncwarp();
+    const u16* vals = (const u16*)stage;
+    const u32* words = (const u32*)(stage + TILE_BYTES);
+    const u16* prefix = (const u16*)(stage + TILE_BYTES + N_WORDS * 4);
+    // the warp's 16 rows hold 16 * TILE_K / 32 words; lane l takes words l, l + 32, ...
+    for (int w = r0 * (TILE_K / 32) + lane; w < (r0 + 16) * (TILE_K / 32); w += 32) {
+        u32 bits = words[w];
+        const int r = w / (TILE_K / 32), cbase = (w % (TILE_K / 32)) * 32;
+        // column c = cbase + b sits in chunk ((cbase >> 3) | (b >> 3)) ^ (r & 7): the two parts share
+        // no bits, so the swizzled byte offset inside the row is ((cx8 ^ b) << 1)
+        const int cx8 = ((cbase >> 3) ^ (r & 7)) << 3;
+        unsigned char* a_row = a_s + r * ROW_BYTES;
+        const u16* v = vals + prefix[w] + __popc(bits);  // one past the word's last value
+        while (bits) {  // highest set bit first, values from the end
+            const int b = 31 - __clz(bits);
+            bits ^= 1u << b;
+            *(u16*)(a_row + ((cx8 ^ b) << 1)) = *--v;
+        }
+    }
+}
+
+// acc[nt][0..3] += A rows (16*warp..) x X^T, for BLOCK_N/8 token sub-tiles nt
+__device__ __forceinline__ void mma_tile(float (*acc)[4], const unsigned char* a_s, const unsigned char* x_s, int warp, int lane) {
+    const u32 a_base = smem_u32(a_s), x_base = smem_u32(x_s);
+#pragma unroll
+    for (int kk = 0; kk < TILE_K; kk += 16) {
+        u32 a0, a1, a2, a3;
+        ldmatrix_x4(a_base + swz(warp * 16 + (lane & 15), kk + (lane >> 4) * 8), a0, a1, a2, a3);
+#pragma unroll
+        for (int nt = 0; nt < BLOCK_N / 8; nt += 2) {
+            u32 b0, b1, b2, b3;
+            // lanes 0-7: tokens nt*8.., k kk; 8-15: k kk+8; 16-23: tokens (nt+1)*8.., k kk; 24-31: k kk+8
+            const int n = nt * 8 + (lane & 7) + ((lane >> 4) << 3);
+            ldmatrix_x4(x_base + swz(n, kk + ((lane >> 3) & 1) * 8), b0, b1, b2, b3);
+            mma16816(acc[nt], a0, a1, a2, a3, b0, b1);
+            mma16816(acc[nt + 1], a0, a1, a2, a3, b2, b3);
+        }
+    }
+}
+
+__device__ __forceinline__ int kind_of(int p, int s_bitmap, int s_index, int s_empty) {
+    return p < s_bitmap ? KIND_DENSE : (p < s_index ? KIND_BITMAP : (p < s_empty ? 2 : KIND_EMPTY));
+}
+
+__device__ __forceinline__ void store_out(const Args& a, float (*acc)[4], int row, int n0, int warp, int lane) {
+#pragma unroll
+    for (int nt = 0; nt < BLOCK_N / 8; ++nt)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int m = row * TILE_M + warp * 16 + (lane >> 2) + (i >> 1) * 8;
+            const int n = n0 + nt * 8 + (lane & 3) * 2 + (i & 1);
+            if (m < a.M && n < a.N) {
+                float v = acc[nt][i];
+                if (a.has_bias) v += to_float(a.bias[m]);
+                a.y[(u64)n * a.stride_yn + m] = from_float(v);
+            }
+        }
+}
+
+extern "C" __global__ void __launch_bounds__(NUM_THREADS) plan_matmul_cuda(
+    const u16* x, u16* y, const u16* bias, const u16* values, const int* meta, const int* tiles, const int* sections,
+    const int* items, const int* row_parts, const int* unit_ptr, const int* unit_order, float* ws, int* counters,
+    int M, int K, int N, int stride_xn, int stride_yn, int n_units, int n_token_tiles, int counter_stride, int has_bias) {
+    const Args a = {x, y, bias, values, meta, tiles, sections, items, row_parts, unit_ptr, unit_order, ws, counters,
+                    M, K, N, stride_xn, stride_yn, n_units, n_token_tiles, counter_stride, has_bias};
+    extern __shared__ __align__(128) unsigned char smem[];
+    unsigned char* a_s = smem;
+    unsigned char* stages = smem + TILE_BYTES;
+    __shared__ int last_flag;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+
+    for (int t = 0; t < a.n_token_tiles; ++t) {
+        const int unit = a.unit_order[(t & 1) * a.n_units + blockIdx.x];
+        const int n0 = t * BLOCK_N;
+        for (int wi = a.unit_ptr[unit]; wi < a.unit_ptr[unit + 1]; ++wi) {
+            const int row = a.items[4 * wi], start = a.items[4 * wi + 1], stop = a.items[4 * wi + 2], slot = a.items[4 * wi + 3];
+            const int s_bitmap = a.sections[5 * row + 1], s_index = a.sections[5 * row + 2], s_empty = a.sections[5 * row + 3];
+            float acc[BLOCK_N / 8][4];
+#pragma unroll
+            for (int nt = 0; nt < BLOCK_N / 8; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
+
+            if (stop > start) {
+                // STAGES - 1 tiles in flight; each table entry is read one tile before its copies are
+                // issued, so the dependent global load stays off the critical path
+                const int4* entries = (const int4*)a.tiles;
+#pragma unroll
+                for (int j = 0; j < STAGES - 1; ++j) {
+                    if (start + j < stop)
+                        issue_tile(a, stages + j * STAGE_BYTES, entries[start + j], kind_of(start + j, s_bitmap, s_index, s_empty), n0, tid);
+                    cp_async_commit();
+                }
+                int4 next = entries[min(start + STAGES - 1, stop - 1)];
+                for (int p = start; p < stop; ++p) {
+                    const int k = p - start;
+                    cp_async_wait_stages();
+                    __syncthreads();  // tile p landed; every warp is done with tile p - 1's stage
+                    if (p + STAGES - 1 < stop)
+                        issue_tile(a, stages + ((k + STAGES - 1) % STAGES) * STAGE_BYTES, next,
+                                   kind_of(p + STAGES - 1, s_bitmap, s_index, s_empty), n0, tid);
+                    cp_async_commit();
+                    next = entries[min(p + STAGES, stop - 1)];
+                    const unsigned char* stage = stages + (k % STAGES) * STAGE_BYTES;
+                    build_rows(a_s, stage, kind_of(p, s_bitmap, s_index, s_empty), warp, lane);
+                    __syncwarp();
+                    mma_tile(acc, a_s, stage + TILE_BYTES + ((META_BYTES + 127) / 128) * 128, warp, lane);
+                    __syncwarp();  // the warp's A rows are rebuilt by the next tile
+                }
+                __syncthreads();  // the stages are reused by the next item
+            }
+
+            if (slot < 0) {
+                store_out(a, acc, row, n0, warp, lane);
+            } else {
+                // fp32 partial, [TILE_M][BLOCK_N] per slot and token tile, each thread its own fragment
+                float* part = a.ws + ((u64)slot * a.n_token_tiles + t) * (TILE_M * BLOCK_N);
+#pragma unroll
+                for (int nt = 0; nt < BLOCK_N / 8; ++nt)
+#pragma unroll
+                    for (int i = 0; i < 4; ++i)
+                        part[(warp * 16 + (lane >> 2) + (i >> 1) * 8) * BLOCK_N + nt * 8 + (lane & 3) * 2 + (i & 1)] = acc[nt][i];
+                __threadfence();
+                __syncthreads();
+                if (tid == 0) {
+                    const int n_parts = a.row_parts[2 * row + 1];
+                    const int arrived = atomicAdd(a.counters + row * a.counter_stride + t, 1);
+                    last_flag = arrived == n_parts - 1;
+                }
+                __syncthreads();
+                if (last_flag) {
+                    __threadfence();
+                    const int first = a.row_parts[2 * row], n_parts = a.row_parts[2 * row + 1];
+#pragma unroll
+                    for (int nt = 0; nt < BLOCK_N / 8; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
+                    for (int s = first; s < first + n_parts; ++s) {
+                        const volatile float* q = a.ws + ((u64)s * a.n_token_tiles + t) * (TILE_M * BLOCK_N);
+#pragma unroll
+                        for (int nt = 0; nt < BLOCK_N / 8; ++nt)
+#pragma unroll
+                            for (int i = 0; i < 4; ++i)
+                                acc[nt][i] += q[(warp * 16 + (lane >> 2) + (i >> 1) * 8) * BLOCK_N + nt * 8 + (lane & 3) * 2 + (i & 1)];
+                    }
+                    store_out(a, acc, row, n0, warp, lane);
+                    if (tid == 0) a.counters[row * a.counter_stride + t] = 0;
+                }
+                __syncthreads();
+            }
+        }
+    }
+}

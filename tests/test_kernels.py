@@ -1,0 +1,174 @@
+"""Plan kernels against the fp64 dense product.
+
+Without a GPU, the portable Triton kernel runs under Triton's interpreter at tiny shapes (fp16 and
+fp32: the interpreter's bf16 arithmetic is wrong, upstream triton issue 11584). With a GPU
+(`-m gpu`), both backends run over shapes, dtypes, densities and structures, outputs poisoned
+with NaN before every launch.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from cross.costmodel import CostModel, GPUSpec
+from cross.kernels import plan_matmul
+from cross.kernels.launch import cuda_eligible
+from cross.pack import pack
+from cross.partition import make_plan
+from cross.tiling import TileKind
+
+HAS_GPU = torch.cuda.is_available()
+TOL = {torch.float32: 2e-3, torch.float16: 3e-3, torch.bfloat16: 2e-2}  # fp32 runs as tf32 on tensor cores
+
+
+def make_weight(shape, density, structure, dtype, gen, device="cpu"):
+    m, k = shape
+    w = torch.randn(m, k, generator=gen) * (torch.rand(m, k, generator=gen) < density)
+    if structure == "empty_rows":
+        w[: m // 2] = 0
+    elif structure == "one_dense_tile":
+        w.zero_()
+        w[: min(m, 64), : min(k, 64)] = torch.randn(min(m, 64), min(k, 64), generator=gen)
+    elif structure == "all_zero":
+        w.zero_()
+    return w.to(dtype).to(device)
+
+
+def check(x, w, bias, y):
+    ref = x.double() @ w.double().T
+    if bias is not None:
+        ref += bias.double()
+    assert not torch.isnan(y).any(), "unwritten (NaN-poisoned) outputs"
+    tol = TOL[x.dtype]
+    scale = max(ref.abs().max().item(), 1e-3)
+    torch.testing.assert_close(y.double(), ref, rtol=tol, atol=tol * scale)
+
+
+def run_all_buckets(w, x_gen, dtype, device, backend, tile_shape, kinds, n_values, bias=True, programs=7):
+    plan = make_plan(w, tile_shape=tile_shape, allowed_kinds=kinds, n_programs=programs)
+    packed = pack(w, plan)
+    if backend == "cuda" and not cuda_eligible(packed, torch.device(device)):
+        pytest.skip("the cuda backend needs K % 8 == 0")
+    b = torch.randn(w.shape[0], generator=x_gen).to(dtype).to(device) if bias else None
+    for n in n_values:
+        bucket = packed.bucket_for(n)
+        x = torch.randn(n, w.shape[1], generator=x_gen).to(dtype).to(device)
+        out = torch.full((n, w.shape[0]), float("nan"), dtype=dtype, device=device)
+        y = plan_matmul(x, packed, bucket, b, out=out, backend=backend)
+        check(x, w, b, y)
+    return packed
+
+
+KINDS = {"bitmap": (TileKind.BITMAP,), "dense": (TileKind.DENSE,), "hybrid": (TileKind.DENSE, TileKind.BITMAP)}
+
+
+@pytest.mark.skipif(HAS_GPU, reason="interpreter tier: runs where there is no GPU")
+@pytest.mark.parametrize("shape", [(40, 96), (17, 33), (64, 64)])
+@pytest.mark.parametrize("density", [0.0, 0.5, 0.9, 1.0])
+@pytest.mark.parametrize("structure", ["uniform", "empty_rows", "one_dense_tile"])
+@pytest.mark.parametrize("kinds", ["bitmap", "hybrid"])
+def test_interpreter_kernel(shape, density, structure, kinds, rng):
+    w = make_weight(shape, density, structure, torch.float16, rng)
+    run_all_buckets(w, rng, torch.float16, "cpu", "triton", (16, 32), KINDS[kinds], (1, 5, 17))
+
+
+@pytest.mark.skipif(HAS_GPU, reason="interpreter tier: runs where there is no GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_interpreter_dtypes_and_dense_tiles(dtype, rng):
+    w = make_weight((50, 70), 0.5, "uniform", dtype, rng)
+    run_all_buckets(w, rng, dtype, "cpu", "triton", (32, 32), KINDS["dense"], (3,), bias=False)
+
+
+@pytest.mark.skipif(HAS_GPU, reason="interpreter tier: runs where there is no GPU")
+def test_interpreter_nan_propagation_through_empty_tiles(rng):
+    w = make_weight((32, 64), 0.5, "uniform", torch.float16, rng)
+    w[:16, 32:] = 0  # one EMPTY tile for 16x32 tiles
+    plan = make_plan(w, tile_shape=(16, 32), n_programs=3)
+    assert (plan.kinds == TileKind.EMPTY).sum() == 1
+    packed = pack(w, plan)
+    x = torch.randn(4, 64, generator=rng).to(torch.float16)
+    x[1, 40] = float("inf")
+    x[2, 5] = float("nan")
+    y = plan_matmul(x, packed, packed.bucket_for(4), backend="triton")
+    ref = x.float() @ w.float().T
+    assert torch.equal(torch.isnan(y), torch.isnan(ref))
+    assert torch.equal(torch.isinf(y), torch.isinf(ref))
+
+
+# ---------------------------------------------------------------------------------- GPU tier
+def _backends():
+    out = ["triton"]
+    if HAS_GPU and torch.cuda.get_device_capability()[0] >= 9:
+        out.append("hopper")
+    if HAS_GPU:
+        from cross.kernels import cuda_backend
+
+        if cuda_backend.available():
+            out.append("cuda")
+    return out
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton", "hopper"])
+@pytest.mark.parametrize("shape", [(64, 64), (100, 300), (130, 70), (1000, 1000), (4096, 1024)])
+@pytest.mark.parametrize("density", [0.0, 0.5, 0.9, 0.99, 1.0])
+@pytest.mark.parametrize("structure", ["uniform", "empty_rows", "one_dense_tile"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_gpu_kernel(backend, shape, density, structure, dtype, rng):
+    if backend not in _backends():
+        pytest.skip(f"backend {backend} is not available here")
+    w = make_weight(shape, density, structure, dtype, rng, "cuda")
+    run_all_buckets(w, rng, dtype, "cuda", backend, (64, 64), KINDS["hybrid"], (1, 7, 16, 17, 100, 129, 1000), programs=264)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton", "hopper"])
+@pytest.mark.parametrize("tile_shape", [(64, 128), (32, 64)])
+@pytest.mark.parametrize("kinds", ["bitmap", "dense"])
+def test_gpu_tile_shapes_and_kinds(backend, tile_shape, kinds, rng):
+    if backend not in _backends() or (backend in ("hopper", "cuda") and tile_shape[0] != 64):
+        pytest.skip(f"backend {backend} is not available here or needs 64-row tiles")
+    w = make_weight((333, 517), 0.3, "uniform", torch.bfloat16, rng, "cuda")
+    run_all_buckets(w, rng, torch.bfloat16, "cuda", backend, tile_shape, KINDS[kinds], (1, 16, 64, 128, 300), programs=50)
+
+
+@pytest.mark.gpu
+def test_gpu_triton_fp32(rng):
+    w = make_weight((200, 300), 0.4, "uniform", torch.float32, rng, "cuda")
+    run_all_buckets(w, rng, torch.float32, "cuda", "triton", (64, 64), KINDS["hybrid"], (1, 33), programs=20)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton", "hopper"])
+def test_gpu_deterministic(backend, rng):
+    """Split tile-rows are summed in slot order by the last arrival: bitwise equal across runs."""
+    if backend not in _backends():
+        pytest.skip(f"backend {backend} is not available here")
+    w = make_weight((2048, 4096), 0.3, "uniform", torch.bfloat16, rng, "cuda")
+    plan = make_plan(w, n_programs=264)
+    packed = pack(w, plan)
+    x = torch.randn(16, 4096, generator=rng).to(torch.bfloat16).cuda()
+    bucket = packed.bucket_for(16)
+    assert bucket.n_slots > 0, "the test needs split tile-rows"
+    first = plan_matmul(x, packed, bucket, backend=backend)
+    for _ in range(20):
+        assert torch.equal(plan_matmul(x, packed, bucket, backend=backend), first)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton", "hopper"])
+def test_gpu_nan_propagation(backend, rng):
+    if backend not in _backends():
+        pytest.skip(f"backend {backend} is not available here")
+    w = make_weight((256, 512), 0.3, "uniform", torch.bfloat16, rng, "cuda")
+    w[:64, 64:128] = 0
+    plan = make_plan(w, n_programs=16)
+    assert (plan.kinds == TileKind.EMPTY).any()
+    packed = pack(w, plan)
+    x = torch.randn(5, 512, generator=rng).to(torch.bfloat16).cuda()
+    x[1, 100] = float("inf")
+    x[3, 7] = float("nan")
+    y = plan_matmul(x, packed, packed.bucket_for(5), backend=backend)
+    ref = x.float() @ w.float().T
+    assert torch.equal(torch.isnan(y), torch.isnan(ref))
+    assert torch.equal(torch.isinf(y), torch.isinf(ref))
