@@ -76,7 +76,7 @@ def main(argv=None):
     ap.add_argument("--ns", default="1,8,16,128,2048")
     ap.add_argument("--distributions", default="uniform")
     ap.add_argument("--methods", default="dense,cross,cross-hopper-bitmap,cross-triton-bitmap")
-    ap.add_argument("--programs-per-sm", type=int, default=2)
+    ap.add_argument("--programs-per-sm", type=int, default=8)
     ap.add_argument("--stages", type=int, default=3, help="pipeline depth of the hopper kernel")
     ap.add_argument("--tile", default="64x64", help="tile shape of the plans, rows x cols")
     ap.add_argument("--maxnreg", type=int, default=None, help="register cap of the hopper kernel")

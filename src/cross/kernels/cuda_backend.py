@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import os
 from importlib import resources
 
 import torch
 
 NUM_THREADS = 128
-STAGES = 4
+#: shared-memory pipeline depth (tiles in flight per CTA + 1); CROSS_CUDA_STAGES overrides it for tuning
+STAGES = int(os.environ.get("CROSS_CUDA_STAGES", "4"))
 _SOURCE = "plan_matmul.cu"
 
 
@@ -46,22 +48,38 @@ def _check(result, what: str):
     return result[1] if len(result) == 2 else result[1:]
 
 
-def smem_bytes(tile_m: int, tile_k: int, block_n: int) -> int:
+def smem_bytes(tile_m: int, tile_k: int, block_n: int, vals_bytes: int) -> int:
     tile = tile_m * tile_k * 2
     n_words = tile_m * tile_k // 32
     meta = -(-(n_words * 6) // 128) * 128
-    return tile + STAGES * (tile + meta + block_n * tile_k * 2)
+    return tile + STAGES * (vals_bytes + meta + block_n * tile_k * 2)
+
+
+def vals_bytes(packed) -> int:
+    """Room for one tile's values in a pipeline stage: the whole tile if the plan has DENSE tiles,
+    else its largest BITMAP tile's padded values, rounded up to a power of two (one compiled
+    variant per size)."""
+    from ..tiling import TileKind
+
+    tm, tk = packed.plan.tile_shape
+    full = tm * tk * 2
+    kinds = packed.plan.tile_kind
+    if (kinds == TileKind.DENSE).any() or packed.tiles.shape[0] == 0:
+        return full
+    nnz = packed.tiles[:, 3].max().item()
+    need = max(1024, -(-nnz // 8) * 16)
+    return min(full, 1 << (need - 1).bit_length())
 
 
 @functools.lru_cache(maxsize=None)
-def _kernel(device_index: int, tile_m: int, tile_k: int, block_n: int, is_bf16: bool):
+def _kernel(device_index: int, tile_m: int, tile_k: int, block_n: int, is_bf16: bool, vals: int):
     driver, nvrtc = _bindings()
     src = resources.files(__package__).joinpath(_SOURCE).read_bytes()
     major, minor = torch.cuda.get_device_capability(device_index)
     prog = _check(nvrtc.nvrtcCreateProgram(src, _SOURCE.encode(), 0, [], []), "nvrtcCreateProgram")
     opts = [f"--gpu-architecture=sm_{major}{minor}".encode(), b"-std=c++17", b"-default-device",
             f"-DTILE_M={tile_m}".encode(), f"-DTILE_K={tile_k}".encode(), f"-DBLOCK_N={block_n}".encode(),
-            f"-DIS_BF16={int(is_bf16)}".encode(), f"-DSTAGES={STAGES}".encode()]
+            f"-DIS_BF16={int(is_bf16)}".encode(), f"-DSTAGES={STAGES}".encode(), f"-DVALS_BYTES={vals}".encode()]
     err, = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
     if int(err) != 0:
         size = _check(nvrtc.nvrtcGetProgramLogSize(prog), "nvrtcGetProgramLogSize")
@@ -75,7 +93,7 @@ def _kernel(device_index: int, tile_m: int, tile_k: int, block_n: int, is_bf16: 
         torch.cuda.current_stream()  # makes PyTorch's primary context current for the driver API
         module = _check(driver.cuModuleLoadData(cubin), "cuModuleLoadData")
         func = _check(driver.cuModuleGetFunction(module, b"plan_matmul_cuda"), "cuModuleGetFunction")
-        smem = smem_bytes(tile_m, tile_k, block_n)
+        smem = smem_bytes(tile_m, tile_k, block_n, vals)
         attr = driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
         _check(driver.cuFuncSetAttribute(func, attr, smem), "cuFuncSetAttribute")
     return module, func, smem
@@ -84,11 +102,11 @@ def _kernel(device_index: int, tile_m: int, tile_k: int, block_n: int, is_bf16: 
 _ARG_TYPES = (ctypes.c_void_p,) * 13 + (ctypes.c_int,) * 9
 
 
-def launch(grid: int, tile_m: int, tile_k: int, block_n: int, ptrs, ints):
+def launch(grid: int, tile_m: int, tile_k: int, block_n: int, vals: int, ptrs, ints):
     """One launch of plan_matmul_cuda: 13 device pointers and 9 ints, in kernel order."""
     driver, _ = _bindings()
     dev = torch.cuda.current_device()
-    _, func, smem = _kernel(dev, tile_m, tile_k, block_n, ptrs.is_bf16)
+    _, func, smem = _kernel(dev, tile_m, tile_k, block_n, ptrs.is_bf16, vals)
     stream = driver.CUstream(torch.cuda.current_stream().cuda_stream)
     args = tuple(ptrs.values) + tuple(int(v) for v in ints)
     _check(driver.cuLaunchKernel(func, grid, 1, 1, NUM_THREADS, 1, 1, smem, stream, (args, _ARG_TYPES), 0),

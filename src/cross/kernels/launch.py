@@ -11,6 +11,7 @@ Backends:
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
 import torch
 
@@ -61,6 +62,64 @@ def default_backend(packed: PackedWeight, device: torch.device) -> str | None:
     return None
 
 
+class KernelArgs(NamedTuple):
+    """Everything one bucket's launches need, resolved once: device tensors, sizes and the backend.
+
+    Built by ``kernel_args`` (which checks eligibility), then reused for every call, so a call does
+    no host work beyond allocating its output and workspace and launching.
+    """
+
+    values: torch.Tensor
+    meta: torch.Tensor
+    tiles: torch.Tensor
+    sections: torch.Tensor
+    items: torch.Tensor
+    row_parts: torch.Tensor
+    unit_ptr: torch.Tensor
+    unit_order: torch.Tensor
+    counters: torch.Tensor
+    out_features: int
+    in_features: int
+    tile_m: int
+    tile_k: int
+    block_n: int
+    n_units: int
+    n_slots: int
+    max_token_tiles: int
+    n_max: int
+    vals_bytes: int  # cuda backend: room for one tile's values per pipeline stage
+    backend: str
+
+
+def kernel_args(packed: PackedWeight, bucket: PackedBucket, backend: str | None = None) -> KernelArgs:
+    """Resolve and check a backend for one bucket of a packed weight (once, not per call)."""
+    device = packed.device
+    backend = backend or default_backend(packed, device)
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {BACKENDS} for {device}, got {backend!r}")
+    if backend == "cuda" and not cuda_eligible(packed, device):
+        raise ValueError("backend 'cuda': expected an sm_80+ GPU with cuda-python, bf16/fp16 weights, 64x64 or 64x128 tiles, K % 8 == 0 and no INDEX tiles")
+    if backend == "hopper" and not hopper_eligible(packed, device):
+        raise ValueError("backend 'hopper': expected an sm_90+ GPU, bf16/fp16 weights, 64x64 or 64x128 tiles and no INDEX tiles")
+    if backend == "triton" and not triton_eligible(packed, device):
+        raise ValueError("backend 'triton': expected a CUDA device (or TRITON_INTERPRET=1) and no INDEX tiles")
+    values, meta = packed.tiled.values, packed.tiled.meta
+    if meta.numel() == 0:  # kernels take a valid address even where nothing is read
+        meta = torch.zeros(4, dtype=torch.int32, device=device)
+    if values.numel() == 0:
+        values = torch.zeros(8, dtype=packed.dtype, device=device)
+    tm, tk = packed.plan.tile_shape
+    vals = 0
+    if backend == "cuda":
+        from .cuda_backend import vals_bytes
+
+        vals = vals_bytes(packed)
+    return KernelArgs(values, meta, packed.tiles, packed.row_sections, bucket.items, bucket.row_parts, bucket.unit_ptr,
+                      bucket.unit_order, bucket.counters, packed.shape[0], packed.shape[1], tm, tk,
+                      bucket.plan.block_n, bucket.plan.n_units, bucket.n_slots, bucket.max_token_tiles,
+                      bucket.plan.n_max, vals, backend)
+
+
 def plan_matmul(x: torch.Tensor, packed: PackedWeight, bucket: PackedBucket, bias: torch.Tensor | None = None,
                 out: torch.Tensor | None = None, backend: str | None = None, stages: int = 3,
                 maxnreg: int | None = None) -> torch.Tensor:
@@ -77,59 +136,54 @@ def plan_matmul(x: torch.Tensor, packed: PackedWeight, bucket: PackedBucket, bia
         raise ValueError(f"x: expected unit stride along K, got strides {tuple(x.stride())}")
     if x.dtype != packed.dtype:
         raise TypeError(f"x: expected {dtype_name(packed.dtype)}, got {dtype_name(x.dtype)}")
-    backend = backend or default_backend(packed, x.device)
-    if backend not in BACKENDS:
-        raise ValueError(f"backend: expected one of {BACKENDS} for {x.device}, got {backend!r}")
-    if backend == "cuda" and not cuda_eligible(packed, x.device):
-        raise ValueError("backend 'cuda': expected an sm_80+ GPU with cuda-python, bf16/fp16 weights, 64x64 or 64x128 tiles, K % 8 == 0 and no INDEX tiles")
-    if backend == "cuda" and (x.stride(0) % 8 or x.data_ptr() % 16):  # cp.async moves 16-byte chunks
-        x = x.clone(memory_format=torch.contiguous_format)
-    if backend == "hopper" and not hopper_eligible(packed, x.device):
-        raise ValueError("backend 'hopper': expected an sm_90+ GPU, bf16/fp16 weights, 64x64 or 64x128 tiles and no INDEX tiles")
-    if out is None:
-        out = torch.empty((n, m), dtype=x.dtype, device=x.device)
-    elif out.shape != (n, m) or out.stride(1) != 1 or out.dtype != x.dtype:
+    if k != packed.shape[1]:
+        raise ValueError(f"x: expected {packed.shape[1]} columns, got {k}")
+    if out is not None and (out.shape != (n, m) or out.stride(1) != 1 or out.dtype != x.dtype):
         raise ValueError(f"out: expected {dtype_name(x.dtype)} [{n}, {m}] with unit stride along M, got {dtype_name(out.dtype)} {tuple(out.shape)}")
-    if n == 0:
-        return out
     if n > bucket.plan.n_max:
         raise ValueError(f"bucket: serves up to {bucket.plan.n_max} tokens, got {n} (use packed.bucket_for(n))")
-    tm, tk = packed.plan.tile_shape
-    bn = bucket.plan.block_n
+    return launch(x, kernel_args(packed, bucket, backend), bias, out, stages=stages, maxnreg=maxnreg)
+
+
+def launch(x: torch.Tensor, args: KernelArgs, bias: torch.Tensor | None = None, out: torch.Tensor | None = None,
+           stages: int = 3, maxnreg: int | None = None) -> torch.Tensor:
+    """The unchecked fast path of plan_matmul (the caller has validated x, bias and out)."""
+    n = x.shape[0]
+    if out is None:
+        out = torch.empty((n, args.out_features), dtype=x.dtype, device=x.device)
+    if n == 0:
+        return out
+    if args.backend == "cuda" and (x.stride(0) % 8 or x.data_ptr() % 16):  # cp.async moves 16-byte chunks
+        x = x.clone(memory_format=torch.contiguous_format)
     for lo in range(0, n, MAX_LAUNCH_TOKENS):
         hi = min(n, lo + MAX_LAUNCH_TOKENS)
-        _launch(x[lo:hi], out[lo:hi], packed, bucket, bias, backend, tm, tk, bn, stages, maxnreg)
+        _launch(x[lo:hi], out[lo:hi], args, bias, stages, maxnreg)
     return out
 
 
-def _launch(x, y, packed: PackedWeight, bucket: PackedBucket, bias, backend, tm, tk, bn, stages, maxnreg):
+def _launch(x, y, a: KernelArgs, bias, stages, maxnreg):
     n, k = x.shape
-    m = packed.shape[0]
+    tm, tk, bn = a.tile_m, a.tile_k, a.block_n
     n_token_tiles = -(-n // bn)
-    ws = torch.empty(max(1, bucket.n_slots * n_token_tiles * tm * bn), dtype=torch.float32, device=x.device)
-    values, meta = packed.tiled.values, packed.tiled.meta
-    if meta.numel() == 0:
-        meta = torch.zeros(4, dtype=torch.int32, device=x.device)
-    if values.numel() == 0:
-        values = torch.zeros(8, dtype=x.dtype, device=x.device)
-    bias_arg = bias if bias is not None else values
-    grid = (bucket.plan.n_units,)
-    common = (m, k, n, x.stride(0), y.stride(0), bucket.plan.n_units, n_token_tiles, bucket.max_token_tiles)
-    if backend == "cuda":
+    ws = torch.empty(max(1, a.n_slots * n_token_tiles * tm * bn), dtype=torch.float32, device=x.device)
+    bias_arg = bias if bias is not None else a.values
+    grid = (a.n_units,)
+    common = (a.out_features, k, n, x.stride(0), y.stride(0), a.n_units, n_token_tiles, a.max_token_tiles)
+    if a.backend == "cuda":
         from . import cuda_backend
 
-        tensors = (x, y, bias_arg, values, meta, packed.tiles, packed.row_sections, bucket.items, bucket.row_parts,
-                   bucket.unit_ptr, bucket.unit_order, ws, bucket.counters)
+        tensors = (x, y, bias_arg, a.values, a.meta, a.tiles, a.sections, a.items, a.row_parts,
+                   a.unit_ptr, a.unit_order, ws, a.counters)
         ints = (*common, int(bias is not None))
-        cuda_backend.launch(grid[0], tm, tk, bn, cuda_backend.Pointers(tensors, x.dtype == torch.bfloat16), ints)
-    elif backend == "hopper":
+        cuda_backend.launch(grid[0], tm, tk, bn, a.vals_bytes, cuda_backend.Pointers(tensors, x.dtype == torch.bfloat16), ints)
+    elif a.backend == "hopper":
         from .hopper import NUM_WARPS, plan_matmul_hopper
 
         n_words = tm * tk // 32
         meta_copy = 1 << (n_words + n_words // 2 - 1).bit_length()
         plan_matmul_hopper[grid](
-            x, y, bias_arg, values, meta, meta.view(torch.int16), packed.tiles, packed.row_sections,
-            bucket.items, bucket.row_parts, bucket.unit_ptr, bucket.unit_order, ws, bucket.counters,
+            x, y, bias_arg, a.values, a.meta, a.meta.view(torch.int16), a.tiles, a.sections,
+            a.items, a.row_parts, a.unit_ptr, a.unit_order, ws, a.counters,
             *common, TILE_M=tm, TILE_K=tk, BLOCK_N=bn, HAS_BIAS=bias is not None, STAGES=stages,
             META_COPY=meta_copy, TABLE=HOPPER_TABLE, num_warps=int(NUM_WARPS),
             **({"maxnreg": maxnreg} if maxnreg else {}))
@@ -137,8 +191,8 @@ def _launch(x, y, packed: PackedWeight, bucket: PackedBucket, bias, backend, tm,
         from .plan_matmul import plan_matmul_kernel
 
         plan_matmul_kernel[grid](
-            x, y, bias_arg, values, meta, packed.tiles, packed.row_sections,
-            bucket.items, bucket.row_parts, bucket.unit_ptr, bucket.unit_order, ws, bucket.counters,
+            x, y, bias_arg, a.values, a.meta, a.tiles, a.sections,
+            a.items, a.row_parts, a.unit_ptr, a.unit_order, ws, a.counters,
             *common, TILE_M=tm, TILE_K=tk, BLOCK_N=bn, HAS_BIAS=bias is not None,
             HW_POPC=not _interpreting(), DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
             GATHER=False, num_warps=4)

@@ -15,7 +15,9 @@
 // slot order and writes Y: deterministic whatever the order in which items finish.
 //
 // Compile-time parameters (NVRTC -D): TILE_M (64), TILE_K (64 or 128), BLOCK_N (16, 32, 64),
-// IS_BF16 (1: bfloat16, 0: float16), STAGES (pipeline depth, >= 2). Requirements checked by the launcher: K % 8 == 0, 16-byte
+// IS_BF16 (1: bfloat16, 0: float16), STAGES (pipeline depth, >= 2), VALS_BYTES (room for one tile's
+// values in a stage: the whole tile where the plan has DENSE tiles, else its largest bitmap tile, so
+// sparser weights leave more shared memory for more resident CTAs). Requirements checked by the launcher: K % 8 == 0, 16-byte
 // aligned buffers, row strides multiples of 8 elements.
 
 typedef unsigned short u16;
@@ -28,7 +30,8 @@ typedef unsigned long long u64;
 #define TILE_BYTES (TILE_M * TILE_K * 2)
 #define META_BYTES (N_WORDS * 4 + N_WORDS * 2)
 #define X_BYTES (BLOCK_N * TILE_K * 2)
-#define STAGE_BYTES (TILE_BYTES + ((META_BYTES + 127) / 128) * 128 + X_BYTES)
+#define META_ROOM (((META_BYTES + 127) / 128) * 128)
+#define STAGE_BYTES (VALS_BYTES + META_ROOM + X_BYTES)
 #define SMEM_BYTES (TILE_BYTES + STAGES * STAGE_BYTES)
 #define KIND_DENSE 0
 #define KIND_BITMAP 1
@@ -93,29 +96,54 @@ struct Args {
     int M, K, N, stride_xn, stride_yn, n_units, n_token_tiles, counter_stride, has_bias;
 };
 
+// The X tile of a token tile: BLOCK_N rows (tokens) of TILE_K elements, copied in 16-byte chunks,
+// X_CHUNKS per thread. Where each thread's chunks come from (up to the tile column) and go to does
+// not change from tile to tile, so it is computed once per token tile.
+#define X_CHUNKS (BLOCK_N * (TILE_K / 8) / NUM_THREADS)
+struct XCopy {
+    u64 src[X_CHUNKS];  // element offset of the chunk in x, tile column 0
+    u32 dst[X_CHUNKS];  // byte offset in the stage's X tile (swizzled)
+    int k[X_CHUNKS];    // column of the chunk within a tile
+    bool row_ok[X_CHUNKS];
+};
+
+__device__ __forceinline__ XCopy x_copy_plan(const Args& a, int n0, int tid) {
+    XCopy c;
+#pragma unroll
+    for (int j = 0; j < X_CHUNKS; ++j) {
+        const int i = tid + j * NUM_THREADS;
+        const int n = i / (TILE_K / 8), ch = i % (TILE_K / 8);
+        c.row_ok[j] = n0 + n < a.N;
+        c.src[j] = c.row_ok[j] ? (u64)(n0 + n) * a.stride_xn + ch * 8 : 0;
+        c.dst[j] = swz(n, ch * 8);
+        c.k[j] = ch * 8;
+    }
+    return c;
+}
+
 // cp.async of a tile's raw bytes (by kind) and its X tile into one stage; e = (col, voff, moff, nnz)
-__device__ __forceinline__ void issue_tile(const Args& a, unsigned char* stage, int4 e, int kind, int n0, int tid) {
+__device__ __forceinline__ void issue_tile(const Args& a, const XCopy& xc, unsigned char* stage, int4 e, int kind, int tid) {
     const int col = e.x, voff = e.y, moff = e.z, nnz = e.w;
     const u32 s_vals = smem_u32(stage);
-    const u32 s_meta = s_vals + TILE_BYTES;
-    const u32 s_x = s_meta + ((META_BYTES + 127) / 128) * 128;
+    const u32 s_meta = s_vals + VALS_BYTES;
+    const u32 s_x = s_meta + META_ROOM;
     if (kind != KIND_EMPTY) {
         const int n_chunks = kind == KIND_DENSE ? TILE_BYTES / 16 : (nnz + 7) / 8;
         const char* src = (const char*)(a.values + voff);
-        for (int i = tid; i < n_chunks; i += NUM_THREADS) cp_async16(s_vals + 16 * i, src + 16 * i, 16);
-        if (kind == KIND_BITMAP) {
-            const char* msrc = (const char*)(a.meta + moff);
-            for (int i = tid; i < META_BYTES / 16; i += NUM_THREADS) cp_async16(s_meta + 16 * i, msrc + 16 * i, 16);
+#pragma unroll
+        for (int j = 0; j < (VALS_BYTES / 16 + NUM_THREADS - 1) / NUM_THREADS; ++j) {
+            const int i = tid + j * NUM_THREADS;
+            if (i < n_chunks) cp_async16(s_vals + 16 * i, src + 16 * i, 16);
         }
+        if (kind == KIND_BITMAP && tid < META_BYTES / 16)
+            cp_async16(s_meta + 16 * tid, (const char*)(a.meta + moff) + 16 * tid, 16);
     }
-    // X tile: BLOCK_N rows (tokens) of TILE_K elements, rows swizzled like the A tile
     const int k0 = col * TILE_K;
-    for (int i = tid; i < BLOCK_N * (TILE_K / 8); i += NUM_THREADS) {
-        const int n = i / (TILE_K / 8), ch = i % (TILE_K / 8);
-        const int k = k0 + ch * 8;
-        const bool ok = (n0 + n < a.N) && (k < a.K);
-        const u16* src = a.x + (ok ? (u64)(n0 + n) * a.stride_xn + k : 0);
-        cp_async16(s_x + swz(n, ch * 8), src, ok ? 16 : 0);
+    const u16* xcol = a.x + k0;
+#pragma unroll
+    for (int j = 0; j < X_CHUNKS; ++j) {
+        const bool ok = xc.row_ok[j] && k0 + xc.k[j] < a.K;
+        cp_async16(s_x + xc.dst[j], ok ? xcol + xc.src[j] : a.x, ok ? 16 : 0);
     }
 }
 
@@ -132,8 +160,8 @@ __device__ __forceinline__ void build_rows(unsigned char* a_s, const unsigned ch
     if (kind != KIND_BITMAP) return;
     __syncwarp();
     const u16* vals = (const u16*)stage;
-    const u32* words = (const u32*)(stage + TILE_BYTES);
-    const u16* prefix = (const u16*)(stage + TILE_BYTES + N_WORDS * 4);
+    const u32* words = (const u32*)(stage + VALS_BYTES);
+    const u16* prefix = (const u16*)(stage + VALS_BYTES + N_WORDS * 4);
     // the warp's 16 rows hold 16 * TILE_K / 32 words; lane l takes words l, l + 32, ...
     for (int w = r0 * (TILE_K / 32) + lane; w < (r0 + 16) * (TILE_K / 32); w += 32) {
         u32 bits = words[w];
@@ -143,10 +171,17 @@ __device__ __forceinline__ void build_rows(unsigned char* a_s, const unsigned ch
         const int cx8 = ((cbase >> 3) ^ (r & 7)) << 3;
         unsigned char* a_row = a_s + r * ROW_BYTES;
         const u16* v = vals + prefix[w] + __popc(bits);  // one past the word's last value
-        while (bits) {  // highest set bit first, values from the end
-            const int b = 31 - __clz(bits);
-            bits ^= 1u << b;
-            *(u16*)(a_row + ((cx8 ^ b) << 1)) = *--v;
+        // highest set bit first, values from the end; two bits per step so their load-store chains
+        // overlap (31 - clz(0) = -1 marks a missing second bit)
+        while (bits) {
+            const int b0 = 31 - __clz(bits);
+            bits ^= 1u << b0;
+            const int b1 = 31 - __clz(bits);
+            bits ^= b1 >= 0 ? 1u << b1 : 0u;
+            const u16 v0 = v[-1], v1 = v[-2];  // v[-2] is read even when unused: still shared memory
+            v -= b1 >= 0 ? 2 : 1;
+            *(u16*)(a_row + ((cx8 ^ b0) << 1)) = v0;
+            if (b1 >= 0) *(u16*)(a_row + ((cx8 ^ b1) << 1)) = v1;
         }
     }
 }
@@ -204,6 +239,7 @@ extern "C" __global__ void __launch_bounds__(NUM_THREADS) plan_matmul_cuda(
     for (int t = 0; t < a.n_token_tiles; ++t) {
         const int unit = a.unit_order[(t & 1) * a.n_units + blockIdx.x];
         const int n0 = t * BLOCK_N;
+        const XCopy xc = x_copy_plan(a, n0, tid);
         for (int wi = a.unit_ptr[unit]; wi < a.unit_ptr[unit + 1]; ++wi) {
             const int row = a.items[4 * wi], start = a.items[4 * wi + 1], stop = a.items[4 * wi + 2], slot = a.items[4 * wi + 3];
             const int s_bitmap = a.sections[5 * row + 1], s_index = a.sections[5 * row + 2], s_empty = a.sections[5 * row + 3];
@@ -218,7 +254,7 @@ extern "C" __global__ void __launch_bounds__(NUM_THREADS) plan_matmul_cuda(
 #pragma unroll
                 for (int j = 0; j < STAGES - 1; ++j) {
                     if (start + j < stop)
-                        issue_tile(a, stages + j * STAGE_BYTES, entries[start + j], kind_of(start + j, s_bitmap, s_index, s_empty), n0, tid);
+                        issue_tile(a, xc, stages + j * STAGE_BYTES, entries[start + j], kind_of(start + j, s_bitmap, s_index, s_empty), tid);
                     cp_async_commit();
                 }
                 int4 next = entries[min(start + STAGES - 1, stop - 1)];
@@ -227,14 +263,14 @@ extern "C" __global__ void __launch_bounds__(NUM_THREADS) plan_matmul_cuda(
                     cp_async_wait_stages();
                     __syncthreads();  // tile p landed; every warp is done with tile p - 1's stage
                     if (p + STAGES - 1 < stop)
-                        issue_tile(a, stages + ((k + STAGES - 1) % STAGES) * STAGE_BYTES, next,
-                                   kind_of(p + STAGES - 1, s_bitmap, s_index, s_empty), n0, tid);
+                        issue_tile(a, xc, stages + ((k + STAGES - 1) % STAGES) * STAGE_BYTES, next,
+                                   kind_of(p + STAGES - 1, s_bitmap, s_index, s_empty), tid);
                     cp_async_commit();
                     next = entries[min(p + STAGES, stop - 1)];
                     const unsigned char* stage = stages + (k % STAGES) * STAGE_BYTES;
                     build_rows(a_s, stage, kind_of(p, s_bitmap, s_index, s_empty), warp, lane);
                     __syncwarp();
-                    mma_tile(acc, a_s, stage + TILE_BYTES + ((META_BYTES + 127) / 128) * 128, warp, lane);
+                    mma_tile(acc, a_s, stage + VALS_BYTES + META_ROOM, warp, lane);
                     __syncwarp();  // the warp's A rows are rebuilt by the next tile
                 }
                 __syncthreads();  // the stages are reused by the next item

@@ -103,6 +103,7 @@ class SparseLinear(nn.Module):
         self.register_buffer("dense_weight", dense_weight, persistent=False)
         self._weight_requires_grad = weight_requires_grad
         self._tiles: torch.Tensor | None = None  # decoded executed tiles, for the CPU reference path
+        self._kernels: dict = {}  # resolved GPU kernel arguments per bucket
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -155,7 +156,7 @@ class SparseLinear(nn.Module):
             if self._tiles is None:
                 self._tiles = decode_executed_tiles(self.packed)
             tiles = self._tiles
-        return execute(x, self.packed, self.bias, dense_weight=self.dense_weight, tiles=tiles)
+        return execute(x, self.packed, self.bias, dense_weight=self.dense_weight, tiles=tiles, kernels=self._kernels)
 
     def _runs_plan(self, x: torch.Tensor) -> bool:
         n = x.numel() // x.shape[-1]
@@ -175,6 +176,7 @@ class SparseLinear(nn.Module):
         if probe.device != self.device:
             self.packed = self.packed.to(probe.device)
             self._tiles = None
+            self._kernels = {}
         return super()._apply(fn, recurse)
 
     # ------------------------------------------------------------------ facts

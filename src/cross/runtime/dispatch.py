@@ -29,14 +29,31 @@ def check_input(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None
         raise TypeError(f"bias: expected dtype {dtype_name(x.dtype)} (the input's), got {dtype_name(bias.dtype)}")
 
 
+def gpu_kernel_args(packed: PackedWeight, bucket_index: int, cache: dict | None = None):
+    """The resolved kernel arguments of one bucket on the packed weight's GPU, or None where no
+    kernel backend can run it (then the reference executor does). ``cache`` keeps them per bucket."""
+    if cache is not None and bucket_index in cache:
+        return cache[bucket_index]
+    from ..kernels.launch import default_backend, kernel_args
+
+    backend = default_backend(packed, packed.device)
+    args = None if backend is None else kernel_args(packed, packed.buckets[bucket_index], backend)
+    if cache is not None:
+        cache[bucket_index] = args
+    return args
+
+
 def execute(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None = None,
             dense_weight: torch.Tensor | None = None, force_plan: bool = False,
-            tiles: torch.Tensor | None = None) -> torch.Tensor:
+            tiles: torch.Tensor | None = None, kernels: dict | None = None) -> torch.Tensor:
     """Y = X @ W^T (+ bias) for X of shape [..., K], Y of shape [..., M] in X's dtype.
 
     dense_weight: the weight as a dense tensor, used where the bucket's plan falls back to dense;
                   without it (or with force_plan) the plan runs regardless.
     tiles:        decoded executed tiles for the reference executor (a cache kept by the caller).
+    kernels:      resolved GPU kernel arguments per bucket (a cache kept by the caller).
+    On a GPU the plan runs through the ``cross::plan_linear`` operator; on the CPU, or where no
+    kernel supports the plan, through the reference executor.
     """
     check_input(x, packed, bias)
     lead = x.shape[:-1]
@@ -45,9 +62,23 @@ def execute(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None = N
     m = packed.shape[0]
     if n == 0:
         return x.new_empty((*lead, m))
-    bucket = packed.bucket_for(n)
+    index = bucket_index(packed, n)
+    bucket = packed.buckets[index]
     if bucket.plan.fallback and dense_weight is not None and not force_plan:
         y = F.linear(x2, dense_weight, bias)
     else:
-        y = reference_matmul(x2, packed, bias, bucket=bucket, tiles=tiles)
+        args = gpu_kernel_args(packed, index, kernels) if x.is_cuda else None
+        if args is not None:
+            from .op import call
+
+            y = call(x2, args, bias)
+        else:
+            y = reference_matmul(x2, packed, bias, bucket=bucket, tiles=tiles)
     return y.reshape(*lead, m)
+
+
+def bucket_index(packed: PackedWeight, n: int) -> int:
+    for i, b in enumerate(packed.buckets):
+        if b.plan.contains(n):
+            return i
+    raise ValueError(f"n_tokens: expected 1..{packed.plan.buckets[-1].n_max}, got {n}")

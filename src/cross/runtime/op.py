@@ -1,0 +1,41 @@
+"""The ``cross::plan_linear`` operator: one bucket's plan kernel behind torch.library, so
+torch.compile traces through it (a fake implementation gives the output's shape) and CUDA graphs
+capture its launch like any other kernel.
+
+The arrival counters in ``counters`` are written during a launch but always back to zero by its end
+(the last arrival resets each one), so the operator is declared free of mutations.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ..kernels.launch import KernelArgs, launch
+
+_TENSORS = ("values", "meta", "tiles", "sections", "items", "row_parts", "unit_ptr", "unit_order", "counters")
+_INTS = ("out_features", "in_features", "tile_m", "tile_k", "block_n", "n_units", "n_slots", "max_token_tiles", "n_max",
+         "vals_bytes")
+
+
+@torch.library.custom_op("cross::plan_linear", mutates_args=())
+def plan_linear(x: torch.Tensor, bias: Optional[torch.Tensor], values: torch.Tensor, meta: torch.Tensor,
+                tiles: torch.Tensor, sections: torch.Tensor, items: torch.Tensor, row_parts: torch.Tensor,
+                unit_ptr: torch.Tensor, unit_order: torch.Tensor, counters: torch.Tensor, sizes: list[int],
+                backend: str) -> torch.Tensor:
+    """Y[N, M] = X[N, K] @ W^T (+ bias) for a 2-D X, by the plan kernel described by the arguments."""
+    args = KernelArgs(values, meta, tiles, sections, items, row_parts, unit_ptr, unit_order, counters, *sizes, backend)
+    return launch(x, args, bias)
+
+
+@plan_linear.register_fake
+def _(x, bias, values, meta, tiles, sections, items, row_parts, unit_ptr, unit_order, counters, sizes, backend):
+    return x.new_empty((x.shape[0], sizes[0]))
+
+
+def call(x: torch.Tensor, args: KernelArgs, bias: torch.Tensor | None) -> torch.Tensor:
+    """Run the operator with a bucket's resolved kernel arguments."""
+    tensors = [getattr(args, name) for name in _TENSORS]
+    sizes = [getattr(args, name) for name in _INTS]
+    return torch.ops.cross.plan_linear(x, bias, *tensors, sizes, args.backend)
