@@ -22,7 +22,7 @@ import time
 import torch
 import triton
 
-from cross.kernels import plan_matmul
+from cross.kernels.launch import kernel_args, launch
 from cross.pack import pack
 from cross.partition import make_plan
 from cross.tiling import TileKind
@@ -76,7 +76,7 @@ def main(argv=None):
     ap.add_argument("--ns", default="1,8,16,128,2048")
     ap.add_argument("--distributions", default="uniform")
     ap.add_argument("--methods", default="dense,cross,cross-hopper-bitmap,cross-triton-bitmap")
-    ap.add_argument("--programs-per-sm", type=int, default=8)
+    ap.add_argument("--programs-per-sm", type=int, default=6)
     ap.add_argument("--stages", type=int, default=3, help="pipeline depth of the hopper kernel")
     ap.add_argument("--tile", default="64x64", help="tile shape of the plans, rows x cols")
     ap.add_argument("--maxnreg", type=int, default=None, help="register cap of the hopper kernel")
@@ -123,8 +123,9 @@ def main(argv=None):
                             if meth == "cross" and bucket.plan.fallback:
                                 fn = lambda: torch.matmul(x, w.T)  # noqa: E731
                             else:
-                                fn = lambda: plan_matmul(x, packed, bucket, backend=backend, stages=args.stages,  # noqa: E731
-                                                         maxnreg=args.maxnreg if backend == "hopper" else None)
+                                kargs = kernel_args(packed, bucket, backend)  # resolved once, as the runtime does
+                                fn = lambda: launch(x, kargs, stages=args.stages,  # noqa: E731
+                                                    maxnreg=args.maxnreg if kargs.backend == "hopper" else None)
                             y = fn().float()
                             err = ((y - ref).norm() / ref.norm()).item()
                             if not math.isfinite(err) or err > 2e-2:

@@ -157,5 +157,8 @@ class CostModel:
 
 
 def default_cost_model() -> CostModel:
-    """The roofline model with H100 defaults (planning on the CPU, or before `cross profile`)."""
-    return CostModel()
+    """The model planning uses when none is given: the one ``cross profile`` measured on this GPU
+    (same device, driver and library versions), else the roofline with H100 defaults."""
+    from .profile import cached_model
+
+    return cached_model() or CostModel()

@@ -30,7 +30,7 @@ class GPUSpec:
 
     name: str = "H100-SXM (defaults)"
     n_units: int = 132  # streaming multiprocessors
-    programs_per_unit: int = 8  # persistent programs per multiprocessor (CTAs resident at once, or close)
+    programs_per_unit: int = 6  # persistent programs per multiprocessor (the CUDA kernel runs 4-6 at once)
     bandwidth: float = 3.0e12  # B/s, device-to-device copy counting read + write
     stream_efficiency: float = 0.80  # fraction of `bandwidth` a decoding kernel streams at
     tensor_flops: float = 700e12  # bf16 dense tensor-core FLOP/s reached by a good GEMM

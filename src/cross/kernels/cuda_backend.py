@@ -59,15 +59,11 @@ def vals_bytes(packed) -> int:
     """Room for one tile's values in a pipeline stage: the whole tile if the plan has DENSE tiles,
     else its largest BITMAP tile's padded values, rounded up to a power of two (one compiled
     variant per size)."""
-    from ..tiling import TileKind
-
     tm, tk = packed.plan.tile_shape
     full = tm * tk * 2
-    kinds = packed.plan.tile_kind
-    if (kinds == TileKind.DENSE).any() or packed.tiles.shape[0] == 0:
+    if packed.has_dense or packed.tiles.shape[0] == 0:
         return full
-    nnz = packed.tiles[:, 3].max().item()
-    need = max(1024, -(-nnz // 8) * 16)
+    need = max(1024, -(-packed.max_sparse_nnz // 8) * 16)
     return min(full, 1 << (need - 1).bit_length())
 
 

@@ -17,7 +17,6 @@ import torch
 
 from .._checks import dtype_name
 from ..pack.packed import MAX_LAUNCH_TOKENS, PackedBucket, PackedWeight
-from ..tiling import TileKind
 
 BACKENDS = ("cuda", "hopper", "triton")
 HOPPER_TILE_M = 64
@@ -34,7 +33,7 @@ def hopper_eligible(packed: PackedWeight, device: torch.device) -> bool:
     major, _ = torch.cuda.get_device_capability(device)
     return (major >= 9 and packed.dtype in (torch.bfloat16, torch.float16)
             and packed.plan.tile_shape[0] == HOPPER_TILE_M and packed.plan.tile_shape[1] in (64, 128)
-            and not (packed.plan.tile_kind == TileKind.INDEX).any())
+            and not packed.has_index)
 
 
 def cuda_eligible(packed: PackedWeight, device: torch.device) -> bool:
@@ -44,11 +43,11 @@ def cuda_eligible(packed: PackedWeight, device: torch.device) -> bool:
 
     return (cuda_backend.available() and packed.dtype in (torch.bfloat16, torch.float16)
             and packed.plan.tile_shape[0] == HOPPER_TILE_M and packed.plan.tile_shape[1] in (64, 128)
-            and packed.shape[1] % 8 == 0 and not (packed.plan.tile_kind == TileKind.INDEX).any())
+            and packed.shape[1] % 8 == 0 and not packed.has_index)
 
 
 def triton_eligible(packed: PackedWeight, device: torch.device) -> bool:
-    return (device.type == "cuda" or _interpreting()) and not (packed.plan.tile_kind == TileKind.INDEX).any()
+    return (device.type == "cuda" or _interpreting()) and not packed.has_index
 
 
 def default_backend(packed: PackedWeight, device: torch.device) -> str | None:

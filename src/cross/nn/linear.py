@@ -15,6 +15,7 @@ from .._checks import check_weight, dtype_name
 from ..partition import DEFAULT_BUCKETS, Plan, make_plan
 from ..pack import PackedWeight, pack
 from ..runtime import check_input, decode_executed_tiles, execute
+from ..runtime.dispatch import gpu_kernel_args
 from ..tiling import TileKind
 
 KEEP_DENSE = ("auto", True, False)
@@ -103,7 +104,17 @@ class SparseLinear(nn.Module):
         self.register_buffer("dense_weight", dense_weight, persistent=False)
         self._weight_requires_grad = weight_requires_grad
         self._tiles: torch.Tensor | None = None  # decoded executed tiles, for the CPU reference path
-        self._kernels: dict = {}  # resolved GPU kernel arguments per bucket
+        self._kernels: dict = self._resolve_kernels()  # GPU kernel arguments per bucket, resolved once
+
+    def _resolve_kernels(self) -> dict:
+        """Kernel arguments of every bucket, on a GPU (empty on the CPU). Resolved eagerly so that
+        forward does no host work beyond the launch and torch.compile traces a plain lookup."""
+        if self.packed.device.type != "cuda":
+            return {}
+        cache: dict = {}
+        for i in range(len(self.packed.buckets)):
+            gpu_kernel_args(self.packed, i, cache)
+        return cache
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -176,7 +187,7 @@ class SparseLinear(nn.Module):
         if probe.device != self.device:
             self.packed = self.packed.to(probe.device)
             self._tiles = None
-            self._kernels = {}
+            self._kernels = self._resolve_kernels()
         return super()._apply(fn, recurse)
 
     # ------------------------------------------------------------------ facts

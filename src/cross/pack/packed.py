@@ -65,6 +65,9 @@ class PackedWeight:
     tiles: torch.Tensor
     row_sections: torch.Tensor
     buckets: tuple[PackedBucket, ...]
+    max_sparse_nnz: int = 0  # largest nnz of a BITMAP/INDEX tile (sizes kernel buffers without a device sync)
+    has_index: bool = False  # any INDEX tile (plain Python facts: cheap to check, and constant under torch.compile)
+    has_dense: bool = False
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -94,7 +97,7 @@ class PackedWeight:
 
     def to(self, device) -> "PackedWeight":
         return PackedWeight(self.plan, self.tiled.to(device), self.tiles.to(device), self.row_sections.to(device),
-                            tuple(b.to(device) for b in self.buckets))
+                            tuple(b.to(device) for b in self.buckets), self.max_sparse_nnz, self.has_index, self.has_dense)
 
 
 def _pack_bucket(bp: BucketPlan, n_rows: int) -> PackedBucket:
@@ -150,8 +153,11 @@ def pack(weight: torch.Tensor, plan: Plan) -> PackedWeight:
 
     dev = weight.device
     buckets = tuple(_pack_bucket(bp, grid.shape[0]).to(dev) for bp in plan.buckets)
+    sparse = np.isin(kinds, (TileKind.BITMAP, TileKind.INDEX))
+    max_sparse_nnz = int(nnz[sparse].max()) if sparse.any() else 0
     return PackedWeight(plan, tiled, torch.from_numpy(tiles).to(dev),
-                        torch.from_numpy(sections.astype(np.int32)).to(dev), buckets)
+                        torch.from_numpy(sections.astype(np.int32)).to(dev), buckets, max_sparse_nnz,
+                        bool((kinds == TileKind.INDEX).any()), bool((kinds == TileKind.DENSE).any()))
 
 
 def describe(pw: PackedWeight) -> str:

@@ -1,0 +1,186 @@
+"""Measuring the cost model on the GPU (``cross profile``).
+
+For each tile kind the kernels run (DENSE, BITMAP) and each density, a weight made of that kind only
+(8192 x 4096, 8192 tiles of 64 x 64) is timed through the same kernel the runtime uses; its time less
+the launch's fixed cost (a one-tile-row weight at N = 1: launch, pipeline fill, epilogue) over the
+number of tiles is the amortised cost of one tile. Dense cuBLAS is timed on two shapes to calibrate the
+baseline the planner must beat. The result is a CostModel whose
+tables replace the roofline, saved as JSON with its provenance and found again automatically for
+the same device and library versions.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..tiling import TileKind
+from .model import CostModel, TileTable
+from .roofline import H100, GPUSpec
+
+DENSITIES = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0)
+N_TOKENS = (1, 16, 64, 128, 512, 2048)
+ROWS = (2048, 8192)  # cuBLAS calibration sizes; the plan kernels are timed at ROWS[-1]
+COLS = 4096
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("CROSS_CACHE_DIR", Path.home() / ".cache" / "cross"))
+
+
+def provenance(device: torch.device) -> dict:
+    """What a measured table depends on: the device, its driver, the libraries and cross itself."""
+    import triton
+
+    from .. import __version__
+
+    props = torch.cuda.get_device_properties(device)
+    return {"device": torch.cuda.get_device_name(device), "sm": f"{props.major}.{props.minor}",
+            "multiprocessors": props.multi_processor_count, "driver": _driver_version(),
+            "cuda": torch.version.cuda, "torch": torch.__version__, "triton": triton.__version__,
+            "cross": __version__}
+
+
+def _driver_version() -> str:
+    try:
+        from cuda.bindings import driver
+
+        err, v = driver.cuDriverGetVersion()
+        return f"{v // 1000}.{(v % 1000) // 10}" if int(err) == 0 else "unknown"
+    except ImportError:
+        return "unknown"
+
+
+def cache_path(device: torch.device) -> Path:
+    p = provenance(device)
+    key = "-".join(str(p[k]) for k in ("device", "driver", "torch", "triton", "cross"))
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in key)
+    return cache_dir() / f"costmodel-{safe}.json"
+
+
+def cached_model(device: torch.device | None = None) -> CostModel | None:
+    """The measured model for this device and these library versions, if ``cross profile`` made one."""
+    if not torch.cuda.is_available():
+        return None
+    device = device or torch.device("cuda", torch.cuda.current_device())
+    path = cache_path(device)
+    return CostModel.load(path) if path.is_file() else None
+
+
+def _graph_time_us(fn) -> float:
+    """Median device time of fn, replayed from a CUDA graph with L2 flushed (as benchmarks/kernels.py)."""
+    import triton
+
+    fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return triton.testing.do_bench(graph.replay, warmup=10, rep=40, return_mode="median") * 1e3
+
+
+def measure(device: torch.device | None = None, tile_shape=(64, 64), densities=DENSITIES, n_tokens=N_TOKENS,
+            backend: str | None = None, progress: bool = True, seed: int = 0) -> CostModel:
+    """Time the plan kernels and cuBLAS on this GPU and return the measured CostModel."""
+    from tqdm.auto import tqdm
+
+    from ..kernels.launch import kernel_args, launch
+    from ..pack import pack
+    from ..partition import make_plan
+
+    if not torch.cuda.is_available():
+        raise RuntimeError("cross profile: expected a CUDA GPU, found none (planning on a CPU uses the roofline model)")
+    device = device or torch.device("cuda", torch.cuda.current_device())
+    n_sm = torch.cuda.get_device_properties(device).multi_processor_count
+    spec = replace(H100, name=torch.cuda.get_device_name(device), n_units=n_sm)
+    gen = torch.Generator().manual_seed(seed)
+    tm, tk = tile_shape
+    kinds = (TileKind.DENSE, TileKind.BITMAP)
+    jobs = [(kind, d) for kind in kinds for d in (densities if kind == TileKind.BITMAP else (1.0,))]
+    per_tile = {k: np.zeros((len(n_tokens), len(densities))) for k in kinds}
+    bar = tqdm(total=(len(jobs) + 1) * len(n_tokens) + 2 * len(n_tokens), desc="cross profile", disable=not progress)
+
+    def timed(w, kind):
+        plan = make_plan(w, tile_shape=tile_shape, allowed_kinds=(kind,), n_programs=spec.n_programs,
+                         cost_model=CostModel(spec=spec))
+        packed = pack(w, plan)
+        out = []
+        for n in n_tokens:
+            x = torch.randn(n, COLS, generator=gen).to(torch.bfloat16).to(device)
+            args = kernel_args(packed, packed.bucket_for(n), backend)
+            out.append(_graph_time_us(lambda: launch(x, args)))
+            bar.update()
+        return np.array(out), int(plan.tile_ptr[-1])
+
+    one_row = (torch.randn(tm, COLS, generator=gen) * (torch.rand(tm, COLS, generator=gen) < 0.3)).to(torch.bfloat16).to(device)
+    fixed, _ = timed(one_row, TileKind.BITMAP)
+    rows = ROWS[-1]
+    for kind, d in jobs:
+        keep = torch.rand(rows, COLS, generator=gen) < d
+        w = (torch.randn(rows, COLS, generator=gen) * keep).to(torch.bfloat16).to(device)
+        times, n_tiles = timed(w, kind)
+        # only the launch's fixed cost is taken off: at large N the one-tile-row weight serialises its
+        # token tiles on a few programs and says nothing about a full weight
+        cost = np.maximum(times - fixed[0], 0.0) / n_tiles
+        cols = range(len(densities)) if kind == TileKind.DENSE else [list(densities).index(d)]
+        for c in cols:
+            per_tile[kind][:, c] = cost
+    dense_times = np.zeros((len(ROWS), len(n_tokens)))
+    for r, rows in enumerate(ROWS):
+        w = torch.randn(rows, COLS, generator=gen).to(torch.bfloat16).to(device)
+        for j, n in enumerate(n_tokens):
+            x = torch.randn(n, COLS, generator=gen).to(torch.bfloat16).to(device)
+            dense_times[r, j] = _graph_time_us(lambda: torch.matmul(x, w.T))
+            bar.update()
+    bar.close()
+    spec = _calibrate_dense(spec, dense_times, n_tokens)
+    spec = replace(spec, launch_us=float(fixed[0]), item_us=0.0)  # items are inside the per-tile costs
+    tables = tuple(TileTable(k, tile_shape, np.array(densities), np.array(n_tokens, dtype=float), per_tile[k]) for k in kinds)
+    prov = provenance(device)
+    prov["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    prov["method"] = (f"({ROWS[-1]}x{COLS} weight of one tile kind) - ({tm}x{COLS}) over the tiles, "
+                      f"CUDA-graph replay, L2 flushed, backend {backend or 'default'}")
+    prov["fixed_us"] = dict(zip(map(str, n_tokens), np.round(fixed, 2).tolist()))
+    prov["dense_us"] = {f"{rows}x{COLS}": dict(zip(map(str, n_tokens), np.round(dense_times[r], 2).tolist()))
+                        for r, rows in enumerate(ROWS)}
+    return CostModel(spec, tables, prov)
+
+
+def _calibrate_dense(spec: GPUSpec, times: np.ndarray, n_tokens) -> GPUSpec:
+    """Fit cuBLAS's launch cost, its weight-streaming efficiency (small N) and tensor-core efficiency
+    (large N) to the measured times of the two weight sizes."""
+    small, large = ROWS
+    bytes_diff = (large - small) * COLS * 2
+    j1 = 0
+    slope_bw = (times[1, j1] - times[0, j1]) * 1e-6 / bytes_diff  # s per byte at the smallest N
+    bw_eff = 1.0 / (slope_bw * spec.bandwidth) if slope_bw > 0 else spec.dense_bandwidth_efficiency
+    launch = max(0.0, times[0, j1] - small * COLS * 2 * slope_bw * 1e6)
+    jn = len(n_tokens) - 1
+    flops_diff = 2.0 * (large - small) * COLS * n_tokens[jn]
+    slope_fl = (times[1, jn] - times[0, jn]) * 1e-6 / flops_diff
+    tc_eff = 1.0 / (slope_fl * spec.tensor_flops) if slope_fl > 0 else spec.dense_tensor_efficiency
+    return replace(spec, dense_bandwidth_efficiency=float(min(bw_eff, 1.0)), dense_tensor_efficiency=float(min(tc_eff, 1.5)),
+                   dense_launch_us=float(launch))
+
+
+def profile(force: bool = False, progress: bool = True, **kwargs) -> tuple[CostModel, Path, bool]:
+    """The measured model for this GPU: from the cache unless ``force``; measured and saved otherwise.
+    Returns (model, path, measured_now)."""
+    device = torch.device("cuda", torch.cuda.current_device())
+    path = cache_path(device)
+    if path.is_file() and not force:
+        return CostModel.load(path), path, False
+    model = measure(device, progress=progress, **kwargs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.save(path)
+    return model, path, True
+
+
+def describe(model: CostModel) -> str:
+    return json.dumps({"source": model.source, **{k: model.provenance.get(k) for k in ("device", "driver", "torch", "triton")}})
