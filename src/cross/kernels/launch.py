@@ -3,7 +3,6 @@
 Backends:
     "cuda"    CUDA kernel compiled at run time (kernels/plan_matmul.cu): sm_80+, bf16/fp16, 64x64 or
               64x128 tiles, K a multiple of 8; bitmap tiles expanded by scattering their nonzeros
-    "hopper"  Gluon kernel (kernels/hopper.py): sm_90+, bf16/fp16, 64x64 or 64x128 tiles
     "triton"  portable Triton kernel (kernels/plan_matmul.py): any CUDA GPU and Triton's
               interpreter (CPU tensors with TRITON_INTERPRET=1)
 """
@@ -18,22 +17,12 @@ import torch
 from .._checks import dtype_name
 from ..pack.packed import MAX_LAUNCH_TOKENS, PackedBucket, PackedWeight
 
-BACKENDS = ("cuda", "hopper", "triton")
-HOPPER_TILE_M = 64
-HOPPER_TABLE = 256  # tile-table entries staged in shared memory at a time (4 KB)
+BACKENDS = ("cuda", "triton")
+CUDA_TILE_M = 64
 
 
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-def hopper_eligible(packed: PackedWeight, device: torch.device) -> bool:
-    if device.type != "cuda" or _interpreting():
-        return False
-    major, _ = torch.cuda.get_device_capability(device)
-    return (major >= 9 and packed.dtype in (torch.bfloat16, torch.float16)
-            and packed.plan.tile_shape[0] == HOPPER_TILE_M and packed.plan.tile_shape[1] in (64, 128)
-            and not packed.has_index)
 
 
 def cuda_eligible(packed: PackedWeight, device: torch.device) -> bool:
@@ -42,7 +31,7 @@ def cuda_eligible(packed: PackedWeight, device: torch.device) -> bool:
     from . import cuda_backend
 
     return (cuda_backend.available() and packed.dtype in (torch.bfloat16, torch.float16)
-            and packed.plan.tile_shape[0] == HOPPER_TILE_M and packed.plan.tile_shape[1] in (64, 128)
+            and packed.plan.tile_shape[0] == CUDA_TILE_M and packed.plan.tile_shape[1] in (64, 128)
             and packed.shape[1] % 8 == 0 and not packed.has_index)
 
 
@@ -54,8 +43,6 @@ def default_backend(packed: PackedWeight, device: torch.device) -> str | None:
     """The fastest backend that can run this packed weight on this device, or None."""
     if cuda_eligible(packed, device):
         return "cuda"
-    if hopper_eligible(packed, device):
-        return "hopper"
     if triton_eligible(packed, device):
         return "triton"
     return None
@@ -98,8 +85,6 @@ def kernel_args(packed: PackedWeight, bucket: PackedBucket, backend: str | None 
         raise ValueError(f"backend: expected one of {BACKENDS} for {device}, got {backend!r}")
     if backend == "cuda" and not cuda_eligible(packed, device):
         raise ValueError("backend 'cuda': expected an sm_80+ GPU with cuda-python, bf16/fp16 weights, 64x64 or 64x128 tiles, K % 8 == 0 and no INDEX tiles")
-    if backend == "hopper" and not hopper_eligible(packed, device):
-        raise ValueError("backend 'hopper': expected an sm_90+ GPU, bf16/fp16 weights, 64x64 or 64x128 tiles and no INDEX tiles")
     if backend == "triton" and not triton_eligible(packed, device):
         raise ValueError("backend 'triton': expected a CUDA device (or TRITON_INTERPRET=1) and no INDEX tiles")
     values, meta = packed.tiled.values, packed.tiled.meta
@@ -120,14 +105,11 @@ def kernel_args(packed: PackedWeight, bucket: PackedBucket, backend: str | None 
 
 
 def plan_matmul(x: torch.Tensor, packed: PackedWeight, bucket: PackedBucket, bias: torch.Tensor | None = None,
-                out: torch.Tensor | None = None, backend: str | None = None, stages: int = 3,
-                maxnreg: int | None = None) -> torch.Tensor:
+                out: torch.Tensor | None = None, backend: str | None = None) -> torch.Tensor:
     """Y[N, M] = X[N, K] @ W^T (+ bias) by the bucket's work list in one launch per 8192 tokens.
 
     x:    [N, K] with unit stride along K, the packed weight's dtype and device
     out:  optional [N, M] output with unit stride along M (written entirely)
-    stages: shared-memory pipeline depth of the hopper kernel
-    maxnreg: register cap per thread of the hopper kernel (None: the compiler's choice)
     """
     n, k = x.shape
     m = packed.shape[0]
@@ -141,11 +123,11 @@ def plan_matmul(x: torch.Tensor, packed: PackedWeight, bucket: PackedBucket, bia
         raise ValueError(f"out: expected {dtype_name(x.dtype)} [{n}, {m}] with unit stride along M, got {dtype_name(out.dtype)} {tuple(out.shape)}")
     if n > bucket.plan.n_max:
         raise ValueError(f"bucket: serves up to {bucket.plan.n_max} tokens, got {n} (use packed.bucket_for(n))")
-    return launch(x, kernel_args(packed, bucket, backend), bias, out, stages=stages, maxnreg=maxnreg)
+    return launch(x, kernel_args(packed, bucket, backend), bias, out)
 
 
-def launch(x: torch.Tensor, args: KernelArgs, bias: torch.Tensor | None = None, out: torch.Tensor | None = None,
-           stages: int = 3, maxnreg: int | None = None) -> torch.Tensor:
+def launch(x: torch.Tensor, args: KernelArgs, bias: torch.Tensor | None = None,
+           out: torch.Tensor | None = None) -> torch.Tensor:
     """The unchecked fast path of plan_matmul (the caller has validated x, bias and out)."""
     n = x.shape[0]
     if out is None:
@@ -156,11 +138,11 @@ def launch(x: torch.Tensor, args: KernelArgs, bias: torch.Tensor | None = None, 
         x = x.clone(memory_format=torch.contiguous_format)
     for lo in range(0, n, MAX_LAUNCH_TOKENS):
         hi = min(n, lo + MAX_LAUNCH_TOKENS)
-        _launch(x[lo:hi], out[lo:hi], args, bias, stages, maxnreg)
+        _launch(x[lo:hi], out[lo:hi], args, bias)
     return out
 
 
-def _launch(x, y, a: KernelArgs, bias, stages, maxnreg):
+def _launch(x, y, a: KernelArgs, bias):
     n, k = x.shape
     tm, tk, bn = a.tile_m, a.tile_k, a.block_n
     n_token_tiles = -(-n // bn)
@@ -175,17 +157,6 @@ def _launch(x, y, a: KernelArgs, bias, stages, maxnreg):
                    a.unit_ptr, a.unit_order, ws, a.counters)
         ints = (*common, int(bias is not None))
         cuda_backend.launch(grid[0], tm, tk, bn, a.vals_bytes, cuda_backend.Pointers(tensors, x.dtype == torch.bfloat16), ints)
-    elif a.backend == "hopper":
-        from .hopper import NUM_WARPS, plan_matmul_hopper
-
-        n_words = tm * tk // 32
-        meta_copy = 1 << (n_words + n_words // 2 - 1).bit_length()
-        plan_matmul_hopper[grid](
-            x, y, bias_arg, a.values, a.meta, a.meta.view(torch.int16), a.tiles, a.sections,
-            a.items, a.row_parts, a.unit_ptr, a.unit_order, ws, a.counters,
-            *common, TILE_M=tm, TILE_K=tk, BLOCK_N=bn, HAS_BIAS=bias is not None, STAGES=stages,
-            META_COPY=meta_copy, TABLE=HOPPER_TABLE, num_warps=int(NUM_WARPS),
-            **({"maxnreg": maxnreg} if maxnreg else {}))
     else:
         from .plan_matmul import plan_matmul_kernel
 

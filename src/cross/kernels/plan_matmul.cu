@@ -178,7 +178,8 @@ __device__ __forceinline__ void build_rows(unsigned char* a_s, const unsigned ch
             bits ^= 1u << b0;
             const int b1 = 31 - __clz(bits);
             bits ^= b1 >= 0 ? 1u << b1 : 0u;
-            const u16 v0 = v[-1], v1 = v[-2];  // v[-2] is read even when unused: still shared memory
+            const u16 v0 = v[-1];
+            const u16 v1 = b1 >= 0 ? v[-2] : 0;  // no read before the word's values: other warps write there
             v -= b1 >= 0 ? 2 : 1;
             *(u16*)(a_row + ((cx8 ^ b0) << 1)) = v0;
             if (b1 >= 0) *(u16*)(a_row + ((cx8 ^ b1) << 1)) = v1;
