@@ -20,8 +20,8 @@ import sys
 import time
 
 import torch
-import triton
 
+from cross.costmodel.profile import graph_time_us
 from cross.kernels.launch import kernel_args, launch
 from cross.pack import pack
 from cross.partition import make_plan
@@ -47,15 +47,8 @@ def make_weight(m, k, sparsity, distribution, gen):
 
 
 def bench(fn):
-    """Median device time of fn in microseconds. fn is captured in a CUDA graph and the graph is
-    replayed, so host-side launch work (Python, argument handling) is not counted for any method;
-    do_bench flushes L2 before every replay."""
-    fn()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return triton.testing.do_bench(graph.replay, warmup=25, rep=100, return_mode="median") * 1e3
+    """Median device time of fn in microseconds (CUDA-graph replay, L2 flushed: see graph_time_us)."""
+    return graph_time_us(fn, warmup_ms=25, rep_ms=100)
 
 
 def host_us(fn, reps=50):

@@ -16,9 +16,9 @@ import os
 import time
 
 import torch
-import triton
 
 import cross
+from cross.costmodel.profile import graph_time_us
 
 FIELDS = ["model", "phase", "batch", "tokens", "sparsity", "dense_ms", "cross_ms", "speedup",
           "weight_bytes_dense", "weight_bytes_cross"]
@@ -37,12 +37,7 @@ def prune_(model: torch.nn.Module, sparsity: float) -> None:
 
 
 def graph_ms(fn) -> float:
-    fn()
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    return triton.testing.do_bench(g.replay, warmup=10, rep=50, return_mode="median")
+    return graph_time_us(fn, warmup_ms=10, rep_ms=50) / 1e3
 
 
 def linear_bytes(model) -> int:

@@ -1,6 +1,7 @@
 """cli: the `cross` command on small safetensors files written here, one-line errors with exit
 code 2 for bad input, `cross run` on a tiny BERT saved here, and the demo on the real MiniLM."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -163,6 +164,12 @@ def _empty_dir(tmp_path):
     return tmp_path / "empty"
 
 
+def _config_only_dir(tmp_path):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    return tmp_path / "model"
+
+
 def _bad_cost_model(tmp_path):
     (tmp_path / "cm.json").write_text("{not json")
     return tmp_path / "cm.json"
@@ -187,6 +194,11 @@ BAD = {
     "run: no config.json": (lambda t: ["run", t], "config.json"),
     "run: --prune without --sparsity": (lambda t: ["run", t, "--prune", "wanda"], "--sparsity"),
     "run: sparsity out of range": (lambda t: ["run", t, "--sparsity", "1.2"], "--sparsity"),
+    "compile: no model dir": (lambda t: ["compile", t / "nowhere", "--out", t / "out"], "no such file"),
+    "compile: no --out": (lambda t: ["compile", t], "--out"),
+    "compile: --prune without --sparsity": (lambda t: ["compile", t, "--out", t / "o", "--prune", "magnitude"], "--sparsity"),
+    "compile: --out not empty": (lambda t: ["compile", _config_only_dir(t), "--out", _empty_dir(t).parent],
+                                 "non-empty directory"),
     "demo: no model dir": (lambda t: ["demo", "--model-dir", t / "nowhere", "--out", t / "o"], "no such file"),
     "unknown command": (lambda t: ["frobnicate"], "invalid choice"),
 }
@@ -238,6 +250,60 @@ def test_run(extra, tiny_bert_dir, capsys):
     assert "CPU: plans run on the PyTorch reference executor" in out
     if "--force-plan" in extra:
         assert "12 of 13 layers sparse" in out  # every encoder layer; the pooler is a head and stays dense
+
+
+# ---------------------------------------------------------------------------------------- compile
+def _pruned_dense(model_dir, sparsity):
+    """The model `cross compile --prune magnitude` makes before sparsifying it, kept dense."""
+    from cross.cli.hf import load_model, not_a_head
+    from cross.prune import magnitude_prune_
+
+    model, tokenizer = load_model(model_dir, torch.device("cpu"), torch.float32, progress=False)
+    if sparsity:
+        magnitude_prune_(model, sparsity, filter_fn=not_a_head)
+    return model, tokenizer
+
+
+@pytest.mark.parametrize("extra", [[], ["--sparsity", "0.5", "--prune", "magnitude", "--force-plan"]],
+                         ids=["as-is", "magnitude-forced"])
+def test_compile_then_load_into_a_model_built_from_the_config(extra, tiny_bert_dir, tmp_path, capsys):
+    import transformers
+
+    import cross
+    from cross.cli.hf import agreement, embed, tokenize
+
+    out = tmp_path / "compiled"
+    code, stdout, err = run_cli(capsys, "compile", tiny_bert_dir, "--out", out, "--device", "cpu", "-q", *extra)
+    assert code == 0, err
+    assert "tiles E/D/B/I" in stdout and str(out / "manifest.json") in stdout
+    forced = "--force-plan" in extra
+    assert ("12 of 13 layers sparse" if forced else "0 of 13 layers sparse") in stdout
+    for name in ("manifest.json", "state.safetensors", "config.json", "tokenizer.json"):
+        assert (out / name).is_file(), name
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)  # other weights than the saved ones: load must replace all of them
+        model = transformers.AutoModel.from_config(transformers.AutoConfig.from_pretrained(out)).eval()
+    layers = cross.load(out, model)
+    assert len(layers) == (12 if forced else 0)
+    assert sum(isinstance(m, cross.SparseLinear) for m in model.modules()) == len(layers)
+
+    dense, tokenizer = _pruned_dense(tiny_bert_dir, 0.5 if forced else None)
+    batch = tokenize(transformers.AutoTokenizer.from_pretrained(out), ["a first sentence", "and another one"],
+                     torch.device("cpu"))
+    result = agreement(embed(model, batch), embed(dense, batch))
+    assert result["max_rel_err"] < (1e-5 if forced else 1e-12), result
+
+
+def test_compile_onto_a_compiled_model_replaces_it(tiny_bert_dir, tmp_path, capsys):
+    """The second compile keeps no layer sparse: the first one's plan and packed files are gone."""
+    out = tmp_path / "compiled"
+    (tmp_path / "compiled").mkdir()
+    for extra in (["--sparsity", "0.5", "--prune", "magnitude", "--force-plan"], []):
+        code, _, err = run_cli(capsys, "compile", tiny_bert_dir, "--out", out, "--device", "cpu", "-q", *extra)
+        assert code == 0, err
+    assert not json.loads((out / "manifest.json").read_text())["layers"]
+    assert not list(out.glob("*.plan.safetensors")) and not list(out.glob("*.packed.safetensors"))
 
 
 # ---------------------------------------------------------------------------------------- demo

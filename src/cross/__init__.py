@@ -2,6 +2,6 @@
 
 __version__ = "0.1.0"
 
-from .nn import SparseLinear, sparsify_, unsparsify_  # noqa: E402  (after __version__: the planner reads it)
+from .nn import SparseLinear, load, save, sparsify_, unsparsify_  # noqa: E402  (after __version__: the planner reads it)
 
-__all__ = ["__version__", "SparseLinear", "sparsify_", "unsparsify_"]
+__all__ = ["__version__", "SparseLinear", "sparsify_", "unsparsify_", "save", "load"]

@@ -1,4 +1,4 @@
-"""The `cross` command line: analyze, plan, run and demo.
+"""The `cross` command line: analyze, plan, run, compile, demo and profile.
 
 Each command is a thin layer over the library (cross.analyze, cross.partition, cross.nn): it reads
 its input, calls the stage, prints a table and writes its files. Bad input is one line on stderr
@@ -26,6 +26,7 @@ examples:
   cross analyze path/to/model_dir --out reports/analyze
   cross plan model.safetensors --tile 64x64 --out reports/plan
   cross run path/to/hf_model_dir --sparsity 0.7 --prune wanda --text "Hello world"
+  cross compile path/to/hf_model_dir --sparsity 0.7 --out compiled/   # then cross.load('compiled', model)
 
 Run 'cross COMMAND --help' for the options of one command."""
 
@@ -34,6 +35,8 @@ COMMANDS = {
                "densities, heatmaps",
     "plan": "plan every 2-D weight (tile kinds, predicted speed-up per token-count bucket) and save the plans",
     "run": "load a Hugging Face model, optionally prune it, sparsify it and compare it with the dense model",
+    "compile": "load a Hugging Face model, optionally prune it, sparsify it and save it (plans and packed "
+               "weights) for cross.load",
     "demo": "all-MiniLM-L6-v2 pruned to 70%, analysed, planned, sparsified and checked; writes a report",
     "profile": "measure the cost model on this GPU (about 30 s); planning then uses it automatically",
 }
@@ -132,6 +135,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cost-model", type=Path, metavar="JSON", help="a cost model saved by CostModel.save")
     p.add_argument("--device", help="cpu or cuda (default: cuda if available); bf16 on cuda, fp32 on cpu")
     p.set_defaults(func=cmd_run)
+
+    p = command("compile", "examples:\n  cross compile path/to/model_dir --out compiled\n"
+                "  cross compile path/to/model_dir --sparsity 0.7 --prune wanda --out compiled\n"
+                "  cross compile path/to/model_dir --sparsity 0.5 --force-plan --device cuda --out compiled-h100\n\n"
+                "loading it (the plans are not made again):\n"
+                "  config = transformers.AutoConfig.from_pretrained('compiled')\n"
+                "  model = transformers.AutoModel.from_config(config)   # .to(torch.bfloat16) if compiled on cuda\n"
+                "  cross.load('compiled', model)",
+                "Load a Hugging Face model directory (transformers AutoModel, offline), optionally prune its "
+                "nn.Linear layers (output heads excepted), replace them with cross.SparseLinear where the "
+                "planner predicts a win (every one with --force-plan) and save the result with cross.save: "
+                "manifest.json, a plan and a packed file per sparse layer, state.safetensors with the other "
+                "weights, and the config and tokenizer, so that cross.load(OUT, model) rebuilds it in a model "
+                "made from the config. Plans are made for this machine's GPU (bf16 on cuda, fp32 on cpu); "
+                "loading them onto another GPU keeps them and warns.")
+    p.add_argument("model_dir", help="a local Hugging Face model directory (config.json, weights, tokenizer)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="output folder: new, empty, or holding a model compiled before (replaced)")
+    p.add_argument("--sparsity", type=_sparsity, help="prune to this fraction of zeros first (default: use the weights as they are)")
+    p.add_argument("--prune", choices=("wanda", "magnitude", "none"),
+                   help="pruning method with --sparsity (default wanda, calibrated on 16 built-in sentences)")
+    p.add_argument("--force-plan", action="store_true",
+                   help="sparsify every layer even where the plan is predicted to lose (keep_dense=False)")
+    p.add_argument("--tile", type=_tile, default=(64, 64), metavar="ROWSxCOLS", help="tile shape (default 64x64)")
+    p.add_argument("--cost-model", type=Path, metavar="JSON", help="a cost model saved by CostModel.save")
+    p.add_argument("--device", help="cpu or cuda (default: cuda if available); bf16 on cuda, fp32 on cpu")
+    p.set_defaults(func=cmd_compile)
 
     p = command("demo", "examples:\n  cross demo\n  cross demo --out /tmp/demo --sparsity 0.8",
                 "The whole pipeline on a real model, offline: all-MiniLM-L6-v2 pruned with Wanda, profiled "
@@ -320,6 +350,49 @@ def cmd_run(args) -> int:
     where = "CPU reference timings, nothing to do with GPU speed" if device.type == "cpu" else "GPU wall time"
     print(f"wall time per forward: dense {dense_ms:.1f} ms, cross {sparse_ms:.1f} ms ({where})")
     return 0 if ok else 1
+
+
+# ---------------------------------------------------------------------- compile
+def cmd_compile(args) -> int:
+    from .. import save, sparsify_
+    from ..nn.serialize import MANIFEST, check_save_dir, device_name
+    from ..prune import magnitude_prune_, wanda_prune_
+    from .hf import calibration_batches, check_model_dir, dtype_for, load_model, not_a_head, pick_device
+    from .inputs import InputError
+
+    if args.sparsity is None and args.prune not in (None, "none"):
+        raise InputError(f"--prune {args.prune}: expected --sparsity S with it (the fraction of zeros to leave)")
+    method = "none" if args.sparsity is None else (args.prune or "wanda")
+    check_model_dir(args.model_dir)
+    try:
+        check_save_dir(args.out)  # before the model is loaded and pruned, not after
+    except ValueError as e:
+        raise InputError(f"--out {e}") from None
+    cm = _load_cost_model(args.cost_model)
+    device = pick_device(args.device)
+    dtype = dtype_for(device)
+    progress = _progress(args)
+
+    model, tokenizer = load_model(args.model_dir, device, dtype, progress=progress)
+    if method == "wanda":
+        wanda_prune_(model, calibration_batches(tokenizer, device), args.sparsity, filter_fn=not_a_head)
+    elif method == "magnitude":
+        magnitude_prune_(model, args.sparsity, filter_fn=not_a_head)
+    if method != "none":
+        print(f"pruned every nn.Linear except the output heads to {args.sparsity:.0%} ({method})")
+    report = sparsify_(model, filter_fn=not_a_head, progress=progress, cost_model=cm, tile_shape=args.tile,
+                       keep_dense=False if args.force_plan else "auto")
+    print(f"device: {device_name(device)}, {str(dtype).removeprefix('torch.')}; cost model: {cm.source}; "
+          f"keep_dense={'False (plans forced)' if args.force_plan else 'auto'}")
+    print(report.table())
+    save(model, args.out)
+    model.config.save_pretrained(args.out)
+    tokenizer.save_pretrained(args.out)
+    size = sum(f.stat().st_size for f in args.out.iterdir() if f.is_file())
+    print(f"\nwrote {args.out / MANIFEST}, {2 * report.n_swapped} plan and packed files, the other weights, config "
+          f"and tokenizer ({size / 1e6:.2f} MB) in {args.out}; load with cross.load('{args.out}', model) into a "
+          f"{str(dtype).removeprefix('torch.')} model built from its config")
+    return 0
 
 
 # ---------------------------------------------------------------------- demo

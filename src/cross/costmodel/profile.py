@@ -73,8 +73,10 @@ def cached_model(device: torch.device | None = None) -> CostModel | None:
     return CostModel.load(path) if path.is_file() else None
 
 
-def _graph_time_us(fn) -> float:
-    """Median device time of fn, replayed from a CUDA graph with L2 flushed (as benchmarks/kernels.py)."""
+def graph_time_us(fn, warmup_ms: int = 10, rep_ms: int = 40) -> float:
+    """Median device time of fn in microseconds: fn is captured in a CUDA graph and the graph replayed
+    under triton.testing.do_bench, which flushes L2 before every replay, so host-side launch work
+    (Python, argument handling) is not counted. Used by ``cross profile`` and the benchmarks."""
     import triton
 
     fn()
@@ -82,7 +84,7 @@ def _graph_time_us(fn) -> float:
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         fn()
-    return triton.testing.do_bench(graph.replay, warmup=10, rep=40, return_mode="median") * 1e3
+    return triton.testing.do_bench(graph.replay, warmup=warmup_ms, rep=rep_ms, return_mode="median") * 1e3
 
 
 def measure(device: torch.device | None = None, tile_shape=(64, 64), densities=DENSITIES, n_tokens=N_TOKENS,
@@ -114,7 +116,7 @@ def measure(device: torch.device | None = None, tile_shape=(64, 64), densities=D
         for n in n_tokens:
             x = torch.randn(n, COLS, generator=gen).to(torch.bfloat16).to(device)
             args = kernel_args(packed, packed.bucket_for(n), backend)
-            out.append(_graph_time_us(lambda: launch(x, args)))
+            out.append(graph_time_us(lambda: launch(x, args)))
             bar.update()
         return np.array(out), int(plan.tile_ptr[-1])
 
@@ -136,7 +138,7 @@ def measure(device: torch.device | None = None, tile_shape=(64, 64), densities=D
         w = torch.randn(rows, COLS, generator=gen).to(torch.bfloat16).to(device)
         for j, n in enumerate(n_tokens):
             x = torch.randn(n, COLS, generator=gen).to(torch.bfloat16).to(device)
-            dense_times[r, j] = _graph_time_us(lambda: torch.matmul(x, w.T))
+            dense_times[r, j] = graph_time_us(lambda: torch.matmul(x, w.T))
             bar.update()
     bar.close()
     spec = _calibrate_dense(spec, dense_times, n_tokens)

@@ -128,21 +128,30 @@ def pack(weight: torch.Tensor, plan: Plan) -> PackedWeight:
     check_weight(weight)
     if tuple(weight.shape) != plan.shape:
         raise ValueError(f"pack: expected a weight of shape {plan.shape} for this plan, got {tuple(weight.shape)}")
-    grid = plan.grid
-    nnz = grid.tile_nnz(weight)
-    kinds = plan.kinds
-    if np.any((kinds == TileKind.EMPTY) & (nnz > 0)):
+    nnz = plan.grid.tile_nnz(weight)
+    if np.any((plan.kinds == TileKind.EMPTY) & (nnz > 0)):
         raise ValueError("pack: expected the weight the plan was made for; it has nonzeros in tiles the plan marks EMPTY")
-    tiled = TiledWeight.from_dense(weight, kinds, plan.tile_shape)
+    return pack_tiled(TiledWeight.from_dense(weight, plan.kinds, plan.tile_shape), plan)
+
+
+def pack_tiled(tiled: TiledWeight, plan: Plan) -> PackedWeight:
+    """The kernel tables for a weight already stored in the plan's formats (on its device): the
+    second half of ``pack``, and how a saved model is rebuilt without its dense weight."""
+    grid = plan.grid
+    if tiled.grid != grid:
+        raise ValueError(f"pack: expected a tiled weight on the plan's grid {grid}, got {tiled.grid}")
+    kinds = plan.kinds
+    if not np.array_equal(tiled.kinds.cpu().numpy(), kinds):
+        raise ValueError("pack: expected the tiled weight's tile kinds to be the plan's, got different ones")
     if tiled.values.numel() > _I32_MAX or tiled.meta.numel() > _I32_MAX:
         raise ValueError(f"pack: expected at most {_I32_MAX} stored elements (int32 offsets), got {tiled.values.numel()}")
+    nnz = tiled.nnz.cpu().numpy()
 
     rows = np.repeat(np.arange(grid.shape[0]), np.diff(plan.tile_ptr))
     cols = plan.tile_col.astype(np.int64)
     voff = tiled.value_offset.cpu().numpy()[rows, cols]
     moff = tiled.meta_offset.cpu().numpy()[rows, cols]
-    tnnz = tiled.nnz.cpu().numpy()[rows, cols]
-    tiles = np.stack([cols, np.maximum(voff, 0), np.maximum(moff, 0), tnnz], axis=1).astype(np.int32)
+    tiles = np.stack([cols, np.maximum(voff, 0), np.maximum(moff, 0), nnz[rows, cols]], axis=1).astype(np.int32)
 
     sections = np.zeros((grid.shape[0], len(SECTION_ORDER) + 1), dtype=np.int64)
     sections[:, 0] = plan.tile_ptr[:-1]
@@ -151,7 +160,7 @@ def pack(weight: torch.Tensor, plan: Plan) -> PackedWeight:
         sections[:, s + 1] = sections[:, s] + count
     assert np.array_equal(sections[:, -1], plan.tile_ptr[1:])
 
-    dev = weight.device
+    dev = tiled.device
     buckets = tuple(_pack_bucket(bp, grid.shape[0]).to(dev) for bp in plan.buckets)
     sparse = np.isin(kinds, (TileKind.BITMAP, TileKind.INDEX))
     max_sparse_nnz = int(nnz[sparse].max()) if sparse.any() else 0

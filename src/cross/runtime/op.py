@@ -24,7 +24,13 @@ def plan_linear(x: torch.Tensor, bias: Optional[torch.Tensor], values: torch.Ten
                 tiles: torch.Tensor, sections: torch.Tensor, items: torch.Tensor, row_parts: torch.Tensor,
                 unit_ptr: torch.Tensor, unit_order: torch.Tensor, counters: torch.Tensor, sizes: list[int],
                 backend: str) -> torch.Tensor:
-    """Y[N, M] = X[N, K] @ W^T (+ bias) for a 2-D X, by the plan kernel described by the arguments."""
+    """Y[N, M] = X[N, K] @ W^T (+ bias) for a 2-D X of any strides, by the plan kernel described by the arguments."""
+    # the kernels take X's row stride only and read the bias densely: other layouts (a sliced or
+    # transposed X, a strided bias) would be read as if packed, so they are copied first
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    if bias is not None and bias.stride(0) != 1:
+        bias = bias.contiguous()
     args = KernelArgs(values, meta, tiles, sections, items, row_parts, unit_ptr, unit_order, counters, *sizes, backend)
     return launch(x, args, bias)
 

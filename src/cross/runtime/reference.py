@@ -50,4 +50,4 @@ def reference_matmul(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor |
     y = y[:, :m]
     if bias is not None:
         y = y + bias.float()
-    return y.to(x.dtype)
+    return y.to(x.dtype).contiguous()  # as nn.Linear's: callers may .view() it
