@@ -126,14 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "the minimum cosine similarity is below 0.999.")
     p.add_argument("model_dir", help="a local Hugging Face model directory (config.json, weights, tokenizer)")
     p.add_argument("--text", action="append", metavar="TEXT", help="a text to embed (repeatable; default: 8 built-in sentences)")
-    p.add_argument("--sparsity", type=_sparsity, help="prune to this fraction of zeros first (default: use the weights as they are)")
-    p.add_argument("--prune", choices=("wanda", "magnitude", "none"),
-                   help="pruning method with --sparsity (default wanda, calibrated on 16 built-in sentences)")
-    p.add_argument("--force-plan", action="store_true",
-                   help="sparsify every layer even where the plan is predicted to lose (keep_dense=False)")
-    p.add_argument("--tile", type=_tile, default=(64, 64), metavar="ROWSxCOLS", help="tile shape (default 64x64)")
-    p.add_argument("--cost-model", type=Path, metavar="JSON", help="a cost model saved by CostModel.save")
-    p.add_argument("--device", help="cpu or cuda (default: cuda if available); bf16 on cuda, fp32 on cpu")
+    _sparsify_options(p)
     p.set_defaults(func=cmd_run)
 
     p = command("compile", "examples:\n  cross compile path/to/model_dir --out compiled\n"
@@ -153,14 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model_dir", help="a local Hugging Face model directory (config.json, weights, tokenizer)")
     p.add_argument("--out", type=Path, required=True,
                    help="output folder: new, empty, or holding a model compiled before (replaced)")
-    p.add_argument("--sparsity", type=_sparsity, help="prune to this fraction of zeros first (default: use the weights as they are)")
-    p.add_argument("--prune", choices=("wanda", "magnitude", "none"),
-                   help="pruning method with --sparsity (default wanda, calibrated on 16 built-in sentences)")
-    p.add_argument("--force-plan", action="store_true",
-                   help="sparsify every layer even where the plan is predicted to lose (keep_dense=False)")
-    p.add_argument("--tile", type=_tile, default=(64, 64), metavar="ROWSxCOLS", help="tile shape (default 64x64)")
-    p.add_argument("--cost-model", type=Path, metavar="JSON", help="a cost model saved by CostModel.save")
-    p.add_argument("--device", help="cpu or cuda (default: cuda if available); bf16 on cuda, fp32 on cpu")
+    _sparsify_options(p)
     p.set_defaults(func=cmd_compile)
 
     p = command("demo", "examples:\n  cross demo\n  cross demo --out /tmp/demo --sparsity 0.8",
@@ -185,6 +171,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", type=Path, metavar="DIR", help="write the bands figure (PNG) to DIR")
     p.set_defaults(func=cmd_profile)
     return parser
+
+
+def _sparsify_options(p) -> None:
+    """The pruning and planning options `run` and `compile` share."""
+    p.add_argument("--sparsity", type=_sparsity, help="prune to this fraction of zeros first (default: use the weights as they are)")
+    p.add_argument("--prune", choices=("wanda", "magnitude", "none"),
+                   help="pruning method with --sparsity (default wanda, calibrated on 16 built-in sentences)")
+    p.add_argument("--force-plan", action="store_true",
+                   help="sparsify every layer even where the plan is predicted to lose (keep_dense=False)")
+    p.add_argument("--tile", type=_tile, default=(64, 64), metavar="ROWSxCOLS", help="tile shape (default 64x64)")
+    p.add_argument("--cost-model", type=Path, metavar="JSON", help="a cost model saved by CostModel.save")
+    p.add_argument("--device", help="cpu or cuda (default: cuda if available); bf16 on cuda, fp32 on cpu")
 
 
 def _progress(args) -> bool:
