@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile", type=_tile, default=(64, 64), metavar="ROWSxCOLS",
                    help="tile shape, powers of two >= 16 (default 64x64)")
     p.add_argument("--cost-model", type=Path, metavar="JSON",
-                   help="a cost model saved by CostModel.save (default: the analytic H100 roofline)")
+                   help="a cost model saved by CostModel.save (default: the one `cross profile` measured on this GPU, else the analytic H100 roofline)")
     p.add_argument("--out", type=Path, default=Path("reports/plan"), help="output folder (default reports/plan)")
     p.add_argument("--filter", metavar="SUBSTRING", help="only tensors whose name contains SUBSTRING")
     p.set_defaults(func=cmd_plan)

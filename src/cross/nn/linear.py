@@ -167,7 +167,8 @@ class SparseLinear(nn.Module):
             if self._tiles is None:
                 self._tiles = decode_executed_tiles(self.packed)
             tiles = self._tiles
-        return execute(x, self.packed, self.bias, dense_weight=self.dense_weight, tiles=tiles, kernels=self._kernels)
+        return execute(x, self.packed, self.bias, dense_weight=self.dense_weight, tiles=tiles, kernels=self._kernels,
+                       checked=True)
 
     def _runs_plan(self, x: torch.Tensor) -> bool:
         n = x.numel() // x.shape[-1]

@@ -45,17 +45,19 @@ def gpu_kernel_args(packed: PackedWeight, bucket_index: int, cache: dict | None 
 
 def execute(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None = None,
             dense_weight: torch.Tensor | None = None, force_plan: bool = False,
-            tiles: torch.Tensor | None = None, kernels: dict | None = None) -> torch.Tensor:
+            tiles: torch.Tensor | None = None, kernels: dict | None = None, checked: bool = False) -> torch.Tensor:
     """Y = X @ W^T (+ bias) for X of shape [..., K], Y of shape [..., M] in X's dtype.
 
     dense_weight: the weight as a dense tensor, used where the bucket's plan falls back to dense;
                   without it (or with force_plan) the plan runs regardless.
     tiles:        decoded executed tiles for the reference executor (a cache kept by the caller).
     kernels:      resolved GPU kernel arguments per bucket (a cache kept by the caller).
+    checked:      the caller has already run check_input on these arguments.
     On a GPU the plan runs through the ``cross::plan_linear`` operator; on the CPU, or where no
     kernel supports the plan, through the reference executor.
     """
-    check_input(x, packed, bias)
+    if not checked:
+        check_input(x, packed, bias)
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
     n = x2.shape[0]
