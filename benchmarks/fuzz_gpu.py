@@ -8,11 +8,14 @@ programs, custom buckets), 0..300 tokens in leading dims, NaN / Inf where nan_po
 Triton kernel where one supports the plan, the reference executor where none does (INDEX tiles).
 Case i of a seed is the same on every run, so a failure is replayed with --only.
 
-    PYTHONPATH=src python benchmarks/fuzz_gpu.py --cases 2000 --seed 1
+    PYTHONPATH=src python benchmarks/fuzz_gpu.py --cases 2000 --seed 1 --time-limit 300
     PYTHONPATH=src python benchmarks/fuzz_gpu.py --seed 1 --only 137
     PYTHONPATH=src python benchmarks/fuzz_gpu.py --device cpu --cases 20    # the script itself, no GPU
 
-Exit code 1 if any case fails.
+The first cases of each new tile shape / dtype / token tile compile kernels (NVRTC and Triton), so
+the first minute is mostly compilation. --time-limit stops starting new cases after that many seconds
+and still prints the summary; a progress line every 50 cases keeps a partial result if the process
+is killed. Exit code 1 if any case fails.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ def main(argv=None) -> int:
     parser.add_argument("--nonfinite", choices=("mixed", "always", "never"), default="mixed",
                         help="NaN / Inf in the inputs: drawn (default), in every case, or never")
     parser.add_argument("--max-failures", type=int, default=20, help="stop after this many failures (default 20)")
+    parser.add_argument("--time-limit", type=float, default=None, metavar="S",
+                        help="start no new case after S seconds (the summary covers the cases run)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -51,7 +56,12 @@ def main(argv=None) -> int:
     print(f"fuzz: {len(indices)} cases, seed {args.seed}, on {where}, torch {torch.__version__}")
     ran, failures = collections.Counter(), []
     start = time.perf_counter()
-    for i in indices:
+    for n_done, i in enumerate(indices):
+        if args.time_limit is not None and time.perf_counter() - start > args.time_limit:
+            print(f"time limit: {args.time_limit:.0f} s reached after {n_done} cases")
+            break
+        if n_done and n_done % 50 == 0:
+            print(f"  {n_done} cases, {len(failures)} failures, {time.perf_counter() - start:.0f} s", flush=True)
         case = random_case(random.Random(f"{args.seed}:{i}"), nonfinite)
         try:
             message, path = check_sparse_linear(case, device)

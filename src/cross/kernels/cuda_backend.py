@@ -18,6 +18,8 @@ import torch
 NUM_THREADS = 128
 #: shared-memory pipeline depth (tiles in flight per CTA + 1); CROSS_CUDA_STAGES overrides it for tuning
 STAGES = int(os.environ.get("CROSS_CUDA_STAGES", "4"))
+#: extra NVRTC options for profiling builds (e.g. "-DABLATE=2"; see plan_matmul.cu), read at compile time
+DEFINES_ENV = "CROSS_CUDA_DEFINES"
 _SOURCE = "plan_matmul.cu"
 
 
@@ -76,6 +78,7 @@ def _kernel(device_index: int, tile_m: int, tile_k: int, block_n: int, is_bf16: 
     opts = [f"--gpu-architecture=sm_{major}{minor}".encode(), b"-std=c++17", b"-default-device",
             f"-DTILE_M={tile_m}".encode(), f"-DTILE_K={tile_k}".encode(), f"-DBLOCK_N={block_n}".encode(),
             f"-DIS_BF16={int(is_bf16)}".encode(), f"-DSTAGES={STAGES}".encode(), f"-DVALS_BYTES={vals}".encode()]
+    opts += [o.encode() for o in os.environ.get(DEFINES_ENV, "").split()]
     err, = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
     if int(err) != 0:
         size = _check(nvrtc.nvrtcGetProgramLogSize(prog), "nvrtcGetProgramLogSize")

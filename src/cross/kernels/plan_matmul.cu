@@ -20,6 +20,16 @@
 // sparser weights leave more shared memory for more resident CTAs). Requirements checked by the launcher: K % 8 == 0, 16-byte
 // aligned buffers, row strides multiples of 8 elements.
 
+// Profiling switches (NVRTC -DABLATE=bits, through CROSS_CUDA_DEFINES; 0 in normal builds): each
+// removes one part of the work so its share of the time can be measured; results are then wrong.
+//   1: every item writes Y directly (no split-row reduction)   2: no decode (A tile left as it is)
+//   4: no copies of tile data or X (implies 2)                   8: every block exits at once
+//   16: no tiles (table walk and epilogue only)                  32: no mma
+//   64: split items write their partials but nobody sums them (no fence, counter or final pass)
+#ifndef ABLATE
+#define ABLATE 0
+#endif
+
 typedef unsigned short u16;
 typedef unsigned int u32;
 typedef unsigned long long u64;
@@ -123,6 +133,7 @@ __device__ __forceinline__ XCopy x_copy_plan(const Args& a, int n0, int tid) {
 
 // cp.async of a tile's raw bytes (by kind) and its X tile into one stage; e = (col, voff, moff, nnz)
 __device__ __forceinline__ void issue_tile(const Args& a, const XCopy& xc, unsigned char* stage, int4 e, int kind, int tid) {
+    if (ABLATE & 4) return;
     const int col = e.x, voff = e.y, moff = e.z, nnz = e.w;
     const u32 s_vals = smem_u32(stage);
     const u32 s_meta = s_vals + VALS_BYTES;
@@ -206,6 +217,38 @@ __device__ __forceinline__ void mma_tile(float (*acc)[4], const unsigned char* a
     }
 }
 
+// The table entries of one item, read ahead in batches: lane i of every warp holds the entry of tile
+// base + i (cur) and of tile base + 32 + i (nxt); a tile's entry reaches every lane by shuffles. The
+// batch after nxt is loaded when cur is used up, 32 tiles before it is needed, so walking the table
+// costs no dependent global load per tile.
+struct Entries {
+    int4 cur, nxt;
+    int base, stop;
+};
+
+__device__ __forceinline__ int4 entry_or_zero(const int4* entries, int q, int stop) {
+    return q < stop ? entries[q] : make_int4(0, 0, 0, 0);
+}
+
+__device__ __forceinline__ void entries_start(Entries& e, const int4* entries, int start, int stop, int lane) {
+    e.base = start;
+    e.stop = stop;
+    e.cur = entry_or_zero(entries, start + lane, stop);
+    e.nxt = entry_or_zero(entries, start + 32 + lane, stop);
+}
+
+// entry of tile q; calls come in order q = base, base + 1, ... from every thread of the block
+__device__ __forceinline__ int4 entries_get(Entries& e, const int4* entries, int q, int lane) {
+    if (q - e.base >= 32) {
+        e.base += 32;
+        e.cur = e.nxt;
+        e.nxt = entry_or_zero(entries, e.base + 32 + lane, e.stop);
+    }
+    const int i = q - e.base;
+    return make_int4(__shfl_sync(0xffffffffu, e.cur.x, i), __shfl_sync(0xffffffffu, e.cur.y, i),
+                     __shfl_sync(0xffffffffu, e.cur.z, i), __shfl_sync(0xffffffffu, e.cur.w, i));
+}
+
 __device__ __forceinline__ int kind_of(int p, int s_bitmap, int s_index, int s_empty) {
     return p < s_bitmap ? KIND_DENSE : (p < s_index ? KIND_BITMAP : (p < s_empty ? 2 : KIND_EMPTY));
 }
@@ -236,48 +279,66 @@ extern "C" __global__ void __launch_bounds__(NUM_THREADS) plan_matmul_cuda(
     unsigned char* stages = smem + TILE_BYTES;
     __shared__ int last_flag;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    if (ABLATE & 8) return;
 
+    const int4* entries = (const int4*)a.tiles;
+    const int4* item_recs = (const int4*)a.items;
     for (int t = 0; t < a.n_token_tiles; ++t) {
         const int unit = a.unit_order[(t & 1) * a.n_units + blockIdx.x];
         const int n0 = t * BLOCK_N;
         const XCopy xc = x_copy_plan(a, n0, tid);
-        for (int wi = a.unit_ptr[unit]; wi < a.unit_ptr[unit + 1]; ++wi) {
-            const int row = a.items[4 * wi], start = a.items[4 * wi + 1], stop = a.items[4 * wi + 2], slot = a.items[4 * wi + 3];
-            const int s_bitmap = a.sections[5 * row + 1], s_index = a.sections[5 * row + 2], s_empty = a.sections[5 * row + 3];
+        const int wi_end = a.unit_ptr[unit + 1];
+        int wi = a.unit_ptr[unit];
+        // the item's record (row, start, stop, slot), its row's sections and its first entries are
+        // loaded before the previous item's epilogue, so their latency overlaps it
+        int4 rec = make_int4(0, 0, 0, -1);
+        int s_bitmap = 0, s_index = 0, s_empty = 0;
+        Entries ent;
+        if (wi < wi_end) {
+            rec = item_recs[wi];
+            s_bitmap = a.sections[5 * rec.x + 1], s_index = a.sections[5 * rec.x + 2], s_empty = a.sections[5 * rec.x + 3];
+            entries_start(ent, entries, rec.y, rec.z, lane);
+        }
+        for (; wi < wi_end; ++wi) {
+            const int row = rec.x, start = rec.y, stop = rec.z, slot = rec.w;
+            const int4 rec_next = wi + 1 < wi_end ? item_recs[wi + 1] : rec;
             float acc[BLOCK_N / 8][4];
 #pragma unroll
             for (int nt = 0; nt < BLOCK_N / 8; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
 
-            if (stop > start) {
-                // STAGES - 1 tiles in flight; each table entry is read one tile before its copies are
-                // issued, so the dependent global load stays off the critical path
-                const int4* entries = (const int4*)a.tiles;
+            if (!(ABLATE & 16) && stop > start) {
+                // STAGES - 1 tiles in flight
 #pragma unroll
                 for (int j = 0; j < STAGES - 1; ++j) {
                     if (start + j < stop)
-                        issue_tile(a, xc, stages + j * STAGE_BYTES, entries[start + j], kind_of(start + j, s_bitmap, s_index, s_empty), tid);
+                        issue_tile(a, xc, stages + j * STAGE_BYTES, entries_get(ent, entries, start + j, lane),
+                                   kind_of(start + j, s_bitmap, s_index, s_empty), tid);
                     cp_async_commit();
                 }
-                int4 next = entries[min(start + STAGES - 1, stop - 1)];
                 for (int p = start; p < stop; ++p) {
                     const int k = p - start;
                     cp_async_wait_stages();
                     __syncthreads();  // tile p landed; every warp is done with tile p - 1's stage
                     if (p + STAGES - 1 < stop)
-                        issue_tile(a, xc, stages + ((k + STAGES - 1) % STAGES) * STAGE_BYTES, next,
+                        issue_tile(a, xc, stages + ((k + STAGES - 1) % STAGES) * STAGE_BYTES,
+                                   entries_get(ent, entries, p + STAGES - 1, lane),
                                    kind_of(p + STAGES - 1, s_bitmap, s_index, s_empty), tid);
                     cp_async_commit();
-                    next = entries[min(p + STAGES, stop - 1)];
                     const unsigned char* stage = stages + (k % STAGES) * STAGE_BYTES;
-                    build_rows(a_s, stage, kind_of(p, s_bitmap, s_index, s_empty), warp, lane);
+                    if (!(ABLATE & 6)) build_rows(a_s, stage, kind_of(p, s_bitmap, s_index, s_empty), warp, lane);
                     __syncwarp();
-                    mma_tile(acc, a_s, stage + VALS_BYTES + META_ROOM, warp, lane);
+                    if (!(ABLATE & 32)) mma_tile(acc, a_s, stage + VALS_BYTES + META_ROOM, warp, lane);
                     __syncwarp();  // the warp's A rows are rebuilt by the next tile
                 }
                 __syncthreads();  // the stages are reused by the next item
             }
+            if (wi + 1 < wi_end) {  // next item's tables, in flight during this item's epilogue
+                rec = rec_next;
+                s_bitmap = a.sections[5 * rec.x + 1], s_index = a.sections[5 * rec.x + 2], s_empty = a.sections[5 * rec.x + 3];
+                entries_start(ent, entries, rec.y, rec.z, lane);
+            }
 
-            if (slot < 0) {
+            if (slot < 0 || (ABLATE & 1)) {
                 store_out(a, acc, row, n0, warp, lane);
             } else {
                 // fp32 partial, [TILE_M][BLOCK_N] per slot and token tile, each thread its own fragment
@@ -287,6 +348,7 @@ extern "C" __global__ void __launch_bounds__(NUM_THREADS) plan_matmul_cuda(
 #pragma unroll
                     for (int i = 0; i < 4; ++i)
                         part[(warp * 16 + (lane >> 2) + (i >> 1) * 8) * BLOCK_N + nt * 8 + (lane & 3) * 2 + (i & 1)] = acc[nt][i];
+                if (ABLATE & 64) continue;
                 __threadfence();
                 __syncthreads();
                 if (tid == 0) {
