@@ -170,3 +170,27 @@ def test_gpu_nan_propagation(backend, rng):
     ref = x.float() @ w.float().T
     assert torch.equal(torch.isnan(y), torch.isnan(ref))
     assert torch.equal(torch.isinf(y), torch.isinf(ref))
+
+
+@pytest.mark.parametrize("programs", [1, 5, 40])
+def test_cuda_heads_match_the_unit_tables(programs):
+    """The CUDA kernel's per-block heads repeat, for each (parity, block), what the unit tables say."""
+    from cross.kernels.launch import cuda_heads
+
+    gen = torch.Generator().manual_seed(programs)
+    w = make_weight((200, 300), 0.3, "empty_rows", torch.float32, gen)
+    packed = pack(w, make_plan(w, tile_shape=(64, 64), n_programs=programs))
+    for bucket in packed.buckets:
+        heads = cuda_heads(packed.row_sections, bucket.items, bucket.unit_ptr, bucket.unit_order)
+        n_units = bucket.plan.n_units
+        assert heads.shape == (2, n_units, 12) and heads.dtype == torch.int32
+        for parity in range(2):
+            for b in range(n_units):
+                unit = int(bucket.unit_order[parity, b])
+                first, end = int(bucket.unit_ptr[unit]), int(bucket.unit_ptr[unit + 1])
+                expect = [first, end, 0, 0, 0, -1, 0, 0, 0, 0, 0, 0]
+                if first < end:
+                    rec = bucket.items[first].tolist()
+                    expect[2:6] = rec
+                    expect[6:9] = packed.row_sections[rec[0], 1:4].tolist()
+                assert heads[parity, b].tolist() == expect

@@ -52,7 +52,8 @@ class KernelArgs(NamedTuple):
     """Everything one bucket's launches need, resolved once: device tensors, sizes and the backend.
 
     Built by ``kernel_args`` (which checks eligibility), then reused for every call, so a call does
-    no host work beyond allocating its output and workspace and launching.
+    no host work beyond allocating its output and workspace and launching. For the "cuda" backend
+    ``unit_order`` holds the blocks' heads (``cuda_heads``) instead of the plain unit order.
     """
 
     values: torch.Tensor
@@ -77,6 +78,26 @@ class KernelArgs(NamedTuple):
     backend: str
 
 
+def cuda_heads(sections: torch.Tensor, items: torch.Tensor, unit_ptr: torch.Tensor,
+               unit_order: torch.Tensor) -> torch.Tensor:
+    """What block b of the CUDA kernel reads first for token tiles of parity p: int32 [2, U, 12] rows
+    (first item, end item, row, start, stop, slot of the first item, its row's BITMAP / INDEX / EMPTY
+    section starts, 0, 0, 0) of unit ``unit_order[p, b]``, so a block starts with one dependent load
+    instead of four (unit order -> unit pointer -> item -> row sections)."""
+    order = unit_order.long()
+    ptr = unit_ptr.long()
+    first, end = ptr[order], ptr[order + 1]
+    heads = torch.zeros(*order.shape, 12, dtype=torch.int64, device=order.device)
+    heads[..., 0], heads[..., 1] = first, end
+    heads[..., 5] = -1
+    has = first < end
+    if items.shape[0] and bool(has.any()):
+        rec = items.long()[first[has]]
+        heads[has, 2:6] = rec
+        heads[has, 6:9] = sections.long()[rec[:, 0], 1:4]
+    return heads.to(torch.int32).contiguous()
+
+
 def kernel_args(packed: PackedWeight, bucket: PackedBucket, backend: str | None = None) -> KernelArgs:
     """Resolve and check a backend for one bucket of a packed weight (once, not per call)."""
     device = packed.device
@@ -94,12 +115,14 @@ def kernel_args(packed: PackedWeight, bucket: PackedBucket, backend: str | None 
         values = torch.zeros(8, dtype=packed.dtype, device=device)
     tm, tk = packed.plan.tile_shape
     vals = 0
+    unit_order = bucket.unit_order
     if backend == "cuda":
         from .cuda_backend import vals_bytes
 
         vals = vals_bytes(packed)
+        unit_order = cuda_heads(packed.row_sections, bucket.items, bucket.unit_ptr, bucket.unit_order)
     return KernelArgs(values, meta, packed.tiles, packed.row_sections, bucket.items, bucket.row_parts, bucket.unit_ptr,
-                      bucket.unit_order, bucket.counters, packed.shape[0], packed.shape[1], tm, tk,
+                      unit_order, bucket.counters, packed.shape[0], packed.shape[1], tm, tk,
                       bucket.plan.block_n, bucket.plan.n_units, bucket.n_slots, bucket.max_token_tiles,
                       bucket.plan.n_max, vals, backend)
 

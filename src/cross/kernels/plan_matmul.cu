@@ -101,7 +101,7 @@ __device__ __forceinline__ u16 from_float(float f) {
 struct Args {
     const u16* x; u16* y; const u16* bias;
     const u16* values; const int* meta; const int* tiles; const int* sections;
-    const int* items; const int* row_parts; const int* unit_ptr; const int* unit_order;
+    const int* items; const int* row_parts; const int* unit_ptr; const int* unit_heads;
     float* ws; int* counters;
     int M, K, N, stride_xn, stride_yn, n_units, n_token_tiles, counter_stride, has_bias;
 };
@@ -270,9 +270,9 @@ __device__ __forceinline__ void store_out(const Args& a, float (*acc)[4], int ro
 
 extern "C" __global__ void __launch_bounds__(NUM_THREADS) plan_matmul_cuda(
     const u16* x, u16* y, const u16* bias, const u16* values, const int* meta, const int* tiles, const int* sections,
-    const int* items, const int* row_parts, const int* unit_ptr, const int* unit_order, float* ws, int* counters,
+    const int* items, const int* row_parts, const int* unit_ptr, const int* unit_heads, float* ws, int* counters,
     int M, int K, int N, int stride_xn, int stride_yn, int n_units, int n_token_tiles, int counter_stride, int has_bias) {
-    const Args a = {x, y, bias, values, meta, tiles, sections, items, row_parts, unit_ptr, unit_order, ws, counters,
+    const Args a = {x, y, bias, values, meta, tiles, sections, items, row_parts, unit_ptr, unit_heads, ws, counters,
                     M, K, N, stride_xn, stride_yn, n_units, n_token_tiles, counter_stride, has_bias};
     extern __shared__ __align__(128) unsigned char smem[];
     unsigned char* a_s = smem;
@@ -284,21 +284,20 @@ extern "C" __global__ void __launch_bounds__(NUM_THREADS) plan_matmul_cuda(
     const int4* entries = (const int4*)a.tiles;
     const int4* item_recs = (const int4*)a.items;
     for (int t = 0; t < a.n_token_tiles; ++t) {
-        const int unit = a.unit_order[(t & 1) * a.n_units + blockIdx.x];
+        // the block's head for this token tile's unit (see launch.cuda_heads): its item range, first
+        // item's record (row, start, stop, slot) and that row's sections, in one dependent load
+        const int4* head = (const int4*)a.unit_heads + 3 * ((t & 1) * a.n_units + blockIdx.x);
+        const int4 h0 = head[0], h1 = head[1], h2 = head[2];
         const int n0 = t * BLOCK_N;
         const XCopy xc = x_copy_plan(a, n0, tid);
-        const int wi_end = a.unit_ptr[unit + 1];
-        int wi = a.unit_ptr[unit];
-        // the item's record (row, start, stop, slot), its row's sections and its first entries are
-        // loaded before the previous item's epilogue, so their latency overlaps it
-        int4 rec = make_int4(0, 0, 0, -1);
-        int s_bitmap = 0, s_index = 0, s_empty = 0;
+        int wi = h0.x;
+        const int wi_end = h0.y;
+        // later items' records, sections and first entries are loaded before the previous item's
+        // epilogue, so their latency overlaps it
+        int4 rec = make_int4(h0.z, h0.w, h1.x, h1.y);
+        int s_bitmap = h1.z, s_index = h1.w, s_empty = h2.x;
         Entries ent;
-        if (wi < wi_end) {
-            rec = item_recs[wi];
-            s_bitmap = a.sections[5 * rec.x + 1], s_index = a.sections[5 * rec.x + 2], s_empty = a.sections[5 * rec.x + 3];
-            entries_start(ent, entries, rec.y, rec.z, lane);
-        }
+        if (wi < wi_end) entries_start(ent, entries, rec.y, rec.z, lane);
         for (; wi < wi_end; ++wi) {
             const int row = rec.x, start = rec.y, stop = rec.z, slot = rec.w;
             const int4 rec_next = wi + 1 < wi_end ? item_recs[wi + 1] : rec;
