@@ -6,7 +6,10 @@ use), driven by plain seeded `random` draws: a pruned weight (1..300 rows and co
 programs, custom buckets), 0..300 tokens in leading dims, NaN / Inf where nan_policy is
 'propagate'. Each layer is built with keep_dense=False, so every bucket runs its plan: the CUDA or
 Triton kernel where one supports the plan, the reference executor where none does (INDEX tiles).
-Case i of a seed is the same on every run, so a failure is replayed with --only.
+Case i of a seed is the same on every run, so a failure is replayed with --only. Few random cases
+fit the CUDA kernel (64x64 tiles, K % 8 == 0, fp16/bf16, no INDEX tiles), so --cuda-share of them
+(default half) are moved onto it: tile shape, K rounded down to a multiple of 8, dtype and kinds
+redrawn from what it runs; everything else stays random.
 
     PYTHONPATH=src python benchmarks/fuzz_gpu.py --cases 2000 --seed 1 --time-limit 300
     PYTHONPATH=src python benchmarks/fuzz_gpu.py --seed 1 --only 137
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import random
 import sys
 import time
@@ -31,7 +35,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from strategies import check_sparse_linear, random_case  # noqa: E402
+from strategies import KIND_SETS, check_sparse_linear, random_case  # noqa: E402
+
+from cross.tiling import TileKind  # noqa: E402
+
+CUDA_KIND_SETS = [tuple(int(k) for k in ks) for ks in KIND_SETS if TileKind.INDEX not in ks]
+
+
+def cuda_case(case, rng: random.Random):
+    """The case moved onto what the CUDA kernel runs (tile 64x64, K % 8 == 0, fp16/bf16, no INDEX)."""
+    return dataclasses.replace(case, tile_shape=(64, 64), k=max(8, case.k // 8 * 8),
+                               dtype=rng.choice(("float16", "bfloat16")), allowed_kinds=rng.choice(CUDA_KIND_SETS))
 
 
 def main(argv=None) -> int:
@@ -43,6 +57,8 @@ def main(argv=None) -> int:
     parser.add_argument("--nonfinite", choices=("mixed", "always", "never"), default="mixed",
                         help="NaN / Inf in the inputs: drawn (default), in every case, or never")
     parser.add_argument("--max-failures", type=int, default=20, help="stop after this many failures (default 20)")
+    parser.add_argument("--cuda-share", type=float, default=0.5, metavar="F",
+                        help="fraction of cases moved onto the CUDA kernel's shapes and dtypes (default 0.5)")
     parser.add_argument("--time-limit", type=float, default=None, metavar="S",
                         help="start no new case after S seconds (the summary covers the cases run)")
     args = parser.parse_args(argv)
@@ -62,7 +78,10 @@ def main(argv=None) -> int:
             break
         if n_done and n_done % 50 == 0:
             print(f"  {n_done} cases, {len(failures)} failures, {time.perf_counter() - start:.0f} s", flush=True)
-        case = random_case(random.Random(f"{args.seed}:{i}"), nonfinite)
+        rng = random.Random(f"{args.seed}:{i}")
+        case = random_case(rng, nonfinite)
+        if rng.random() < args.cuda_share:
+            case = cuda_case(case, rng)
         try:
             message, path = check_sparse_linear(case, device)
         except Exception as e:  # a crash is a failure like a wrong number; the next case may still run

@@ -27,6 +27,7 @@ from .roofline import H100, GPUSpec
 DENSITIES = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0)
 N_TOKENS = (1, 16, 64, 128, 512, 2048)
 ROWS = (2048, 8192)  # cuBLAS calibration sizes; the plan kernels are timed at ROWS[-1]
+FIT_DENSITY = 0.3  # the plan kernel's fixed cost: BITMAP weights of this density at ROWS[-1] // 2 and ROWS[-1] rows
 COLS = 4096
 
 
@@ -102,11 +103,11 @@ def measure(device: torch.device | None = None, tile_shape=(64, 64), densities=D
     n_sm = torch.cuda.get_device_properties(device).multi_processor_count
     spec = replace(H100, name=torch.cuda.get_device_name(device), n_units=n_sm)
     gen = torch.Generator().manual_seed(seed)
-    tm, tk = tile_shape
     kinds = (TileKind.DENSE, TileKind.BITMAP)
     jobs = [(kind, d) for kind in kinds for d in (densities if kind == TileKind.BITMAP else (1.0,))]
     per_tile = {k: np.zeros((len(n_tokens), len(densities))) for k in kinds}
-    bar = tqdm(total=(len(jobs) + 1) * len(n_tokens) + 2 * len(n_tokens), desc="cross profile", disable=not progress)
+    fit_runs = 1 if FIT_DENSITY in densities else 2
+    bar = tqdm(total=(len(jobs) + fit_runs) * len(n_tokens) + 2 * len(n_tokens), desc="cross profile", disable=not progress)
 
     def timed(w, kind):
         plan = make_plan(w, tile_shape=tile_shape, allowed_kinds=(kind,), n_programs=spec.n_programs,
@@ -120,15 +121,21 @@ def measure(device: torch.device | None = None, tile_shape=(64, 64), densities=D
             bar.update()
         return np.array(out), int(plan.tile_ptr[-1])
 
-    one_row = (torch.randn(tm, COLS, generator=gen) * (torch.rand(tm, COLS, generator=gen) < 0.3)).to(torch.bfloat16).to(device)
-    fixed, _ = timed(one_row, TileKind.BITMAP)
-    rows = ROWS[-1]
-    for kind, d in jobs:
+    def weight(rows, d):
         keep = torch.rand(rows, COLS, generator=gen) < d
-        w = (torch.randn(rows, COLS, generator=gen) * keep).to(torch.bfloat16).to(device)
-        times, n_tiles = timed(w, kind)
-        # only the launch's fixed cost is taken off: at large N the one-tile-row weight serialises its
-        # token tiles on a few programs and says nothing about a full weight
+        return (torch.randn(rows, COLS, generator=gen) * keep).to(torch.bfloat16).to(device)
+
+    rows = ROWS[-1]
+    measured = {(kind, d): timed(weight(rows, d), kind) for kind, d in jobs}
+    # the fixed cost (launch, a block's first loads, the split-row exchanges) is where the time of a
+    # BITMAP weight extrapolates to at zero rows, from ROWS[-1] // 2 and ROWS[-1] rows: a weight of
+    # a single tile-row instead splits that row over every program and times its exchange, not the
+    # fixed cost of a full weight. The N = 1 value is used at every N: at large N a weight's token
+    # tiles, not its fixed cost, decide the time.
+    half, _ = timed(weight(rows // 2, FIT_DENSITY), TileKind.BITMAP)
+    full, _ = measured.get((TileKind.BITMAP, FIT_DENSITY)) or timed(weight(rows, FIT_DENSITY), TileKind.BITMAP)
+    fixed = np.maximum(2 * half - full, 0.0)
+    for (kind, d), (times, n_tiles) in measured.items():
         cost = np.maximum(times - fixed[0], 0.0) / n_tiles
         cols = range(len(densities)) if kind == TileKind.DENSE else [list(densities).index(d)]
         for c in cols:
@@ -146,7 +153,8 @@ def measure(device: torch.device | None = None, tile_shape=(64, 64), densities=D
     tables = tuple(TileTable(k, tile_shape, np.array(densities), np.array(n_tokens, dtype=float), per_tile[k]) for k in kinds)
     prov = provenance(device)
     prov["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    prov["method"] = (f"({ROWS[-1]}x{COLS} weight of one tile kind) - ({tm}x{COLS}) over the tiles, "
+    prov["method"] = (f"(({ROWS[-1]}x{COLS} weight of one tile kind) - fixed) over its tiles; fixed = "
+                      f"2 T({ROWS[-1] // 2} rows) - T({ROWS[-1]} rows) of BITMAP weights of density {FIT_DENSITY}; "
                       f"CUDA-graph replay, L2 flushed, backend {backend or 'default'}")
     prov["fixed_us"] = dict(zip(map(str, n_tokens), np.round(fixed, 2).tolist()))
     prov["dense_us"] = {f"{rows}x{COLS}": dict(zip(map(str, n_tokens), np.round(dense_times[r], 2).tolist()))
