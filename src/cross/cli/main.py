@@ -1,4 +1,4 @@
-"""The `cross` command line: analyze, plan, run, compile, demo and profile.
+"""The `cross` command line: analyze, plan, run, compile, demo, profile and bench.
 
 Each command is a thin layer over the library (cross.analyze, cross.partition, cross.nn): it reads
 its input, calls the stage, prints a table and writes its files. Bad input is one line on stderr
@@ -27,6 +27,7 @@ examples:
   cross plan model.safetensors --tile 64x64 --out reports/plan
   cross run path/to/hf_model_dir --sparsity 0.7 --prune wanda --text "Hello world"
   cross compile path/to/hf_model_dir --sparsity 0.7 --out compiled/   # then cross.load('compiled', model)
+  cross bench kernels --dry-run                   # the benchmark rows and their commands (run them on a GPU)
 
 Run 'cross COMMAND --help' for the options of one command."""
 
@@ -39,6 +40,8 @@ COMMANDS = {
                "weights) for cross.load",
     "demo": "all-MiniLM-L6-v2 pruned to 70%, analysed, planned, sparsified and checked; writes a report",
     "profile": "measure the cost model on this GPU (about 30 s); planning then uses it automatically",
+    "bench": "benchmarks on this GPU: kernels against cuBLAS and sparse peers (Figure 1), whole models; "
+             "--dry-run lists them without a GPU",
 }
 
 
@@ -170,6 +173,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="measure again even if a model for this GPU exists")
     p.add_argument("--plot", type=Path, metavar="DIR", help="write the bands figure (PNG) to DIR")
     p.set_defaults(func=cmd_profile)
+
+    from .bench import add_bench_commands
+
+    p = command("bench", "examples:\n  cross bench kernels --dry-run\n  cross bench kernels --out reports/bench\n"
+                "  cross bench model --out reports/bench\n\nRun 'cross bench BENCHMARK --help' for its options; "
+                "docs/benchmarks.md explains the columns.",
+                "Benchmarks on this GPU. kernels: speed-up over dense cuBLAS against sparsity for cross, the "
+                "forced cross kernel, cuSPARSE CSR, torch's BSR Triton kernels and 2:4 semi-structured sparsity "
+                "(the seed's Figure 1), with the break-even sparsity of each per token count. model: end-to-end "
+                "latency of BERT-base, a Llama-2-7B-shaped decoder and all-MiniLM-L6-v2, dense against cross. "
+                "Both need a CUDA GPU except with --dry-run.")
+    add_bench_commands(p)
     return parser
 
 

@@ -1,0 +1,215 @@
+"""The kernel grid: speed-up over dense cuBLAS against sparsity, per method, shape and token count N
+(the seed's Figure 1).
+
+A case is one weight: a layer shape with a synthetic distribution and sparsity, or a real DLMC
+layer at its archive's sparsity. For every case and N the dense product is timed once, and each
+method's result is checked against the fp32 product before it is timed: a method that raises or
+fails the check is reported as failed with the reason and never timed.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .methods import DEFAULT_METHODS, Method, Prepared, parse_method, prepare, unavailable
+from .timing import check, measure_us, reason
+from .weights import (DLMC_LAYERS, SHAPES, SYNTHETIC, dlmc_files, dlmc_shape, dlmc_weight, make_weight,
+                      nearest_dlmc, seeded)
+
+FIELDS = ["shape", "M", "K", "N", "sparsity", "weight_sparsity", "distribution", "method", "dtype", "us",
+          "dense_us", "speedup_vs_dense", "timing", "status", "weight_bytes", "note", "command"]
+DEFAULT_SPARSITIES = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)
+DEFAULT_NS = (1, 16, 128, 2048)
+OK = "ok"
+#: rough costs for the dry run's estimate: one graph-timed measurement, and preparing a method
+#: (planning, packing, format conversion) per million weight elements
+MEASURE_S = 0.3
+PREPARE_S_PER_MELEM = 0.05
+
+
+@dataclass(frozen=True)
+class Case:
+    """One benchmark weight. For DLMC cases ``shape`` is the DLMC layer name and ``source`` its archive."""
+
+    shape: str
+    m: int
+    k: int
+    distribution: str
+    sparsity: float
+    source: Path | None = None
+
+    def weight(self, seed: int) -> torch.Tensor:
+        gen = seeded(seed, self.shape, self.distribution, self.sparsity)
+        if self.distribution == "dlmc":
+            return dlmc_weight(self.source, self.shape, gen)
+        return make_weight(self.m, self.k, self.sparsity, self.distribution, gen)
+
+    def input(self, n: int, seed: int) -> torch.Tensor:
+        gen = seeded(seed, self.shape, self.distribution, self.sparsity, n)
+        return torch.randn(n, self.k, generator=gen).to(torch.bfloat16)
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    shapes: tuple[str, ...] = tuple(SHAPES)
+    sparsities: tuple[float, ...] = DEFAULT_SPARSITIES
+    ns: tuple[int, ...] = DEFAULT_NS
+    distributions: tuple[str, ...] = SYNTHETIC
+    methods: tuple[Method, ...] = tuple(parse_method(m) for m in DEFAULT_METHODS)
+    dlmc: Path | None = None
+    dlmc_layers: tuple[str, ...] = tuple(DLMC_LAYERS)
+    tile: tuple[int, int] = (64, 64)
+    programs_per_sm: int = 6
+    seed: int = 0
+    cost_model: Path | None = None
+    shape_table: Mapping[str, tuple[int, int]] = field(default_factory=lambda: dict(SHAPES))
+
+
+def cases(cfg: KernelConfig) -> list[Case]:
+    """Synthetic cases shape by shape (distribution, then sparsity within), then the DLMC cases:
+    for each requested sparsity the archive nearest to it, at the archive's own sparsity."""
+    out = [Case(name, *cfg.shape_table[name], dist, s) for name in cfg.shapes
+           for dist in cfg.distributions if dist != "dlmc" for s in cfg.sparsities]
+    if "dlmc" in cfg.distributions:
+        if cfg.dlmc is None:
+            raise ValueError("distribution dlmc: expected the folder of the DLMC archives (--dlmc DIR)")
+        for nominal, path in nearest_dlmc(dlmc_files(cfg.dlmc), cfg.sparsities).items():
+            out += [Case(layer, *dlmc_shape(path, layer), "dlmc", nominal, path) for layer in cfg.dlmc_layers]
+    return out
+
+
+def row_key(shape: str, distribution: str, sparsity: float, n: int, method: str) -> tuple:
+    return shape, distribution, round(float(sparsity), 6), int(n), method
+
+
+def done_keys(rows) -> set[tuple]:
+    """The keys of rows already measured (any status), for --resume."""
+    return {row_key(r["shape"], r["distribution"], r["sparsity"], r["N"], r["method"]) for r in rows}
+
+
+def row_command(cfg: KernelConfig, case: Case, n: int, method: Method) -> str:
+    """The command that measures this one row again (same weight and input: both are seeded by
+    what they are, not by their place in the grid)."""
+    parts = ["cross", "bench", "kernels"]
+    if case.distribution == "dlmc":
+        parts += ["--distributions", "dlmc", "--dlmc", str(cfg.dlmc), "--dlmc-layers", case.shape]
+    else:
+        parts += ["--shapes", case.shape, "--distributions", case.distribution]
+    parts += ["--sparsities", f"{case.sparsity:g}", "--ns", str(n), "--methods", method.name]
+    defaults = KernelConfig()
+    if cfg.tile != defaults.tile:
+        parts += ["--tile", f"{cfg.tile[0]}x{cfg.tile[1]}"]
+    if cfg.programs_per_sm != defaults.programs_per_sm:
+        parts += ["--programs-per-sm", str(cfg.programs_per_sm)]
+    if cfg.seed != defaults.seed:
+        parts += ["--seed", str(cfg.seed)]
+    if cfg.cost_model is not None:
+        parts += ["--cost-model", str(cfg.cost_model)]
+    return shlex.join(parts)
+
+
+def _base_row(cfg: KernelConfig, case: Case, n: int, method: Method) -> dict:
+    return dict(shape=case.shape, M=case.m, K=case.k, N=n, sparsity=case.sparsity, weight_sparsity="",
+                distribution=case.distribution, method=method.name, dtype="", us="", dense_us="",
+                speedup_vs_dense="", timing="", status="", weight_bytes="", note="",
+                command=row_command(cfg, case, n, method))
+
+
+def planned_rows(cfg: KernelConfig, all_cases: list[Case] | None = None) -> list[dict]:
+    """Every row the grid has (2:4 at 50% only), unmeasured: what --dry-run prints."""
+    return [_base_row(cfg, case, n, meth) for case in (all_cases if all_cases is not None else cases(cfg))
+            for n in cfg.ns for meth in cfg.methods if meth.applies(case.sparsity)]
+
+
+def estimate_seconds(cfg: KernelConfig, all_cases: list[Case]) -> float:
+    """A rough GPU time for the grid: every timed measurement (each method's row and the dense
+    baseline per case and N) and the preparation of every method for every weight."""
+    total = 0.0
+    for case in all_cases:
+        sparse = [m for m in cfg.methods if m.applies(case.sparsity) and m.family != "dense"]
+        total += len(cfg.ns) * (len(sparse) + 1) * MEASURE_S + len(sparse) * case.m * case.k / 1e6 * PREPARE_S_PER_MELEM
+    return total
+
+
+HEADER = (f"{'shape':>13} {'M':>6} {'K':>6} {'N':>5} {'sp':>5} {'dist':>10} {'method':>18} {'dtype':>9} "
+          f"{'us':>9} {'speedup':>7}  timing / status")
+
+
+def format_row(row: dict) -> str:
+    us = f"{row['us']:9.2f}" if row["us"] != "" else f"{'-':>9}"
+    speed = f"{row['speedup_vs_dense']:7.2f}" if row["speedup_vs_dense"] != "" else f"{'-':>7}"
+    what = row["timing"] if row["status"] == OK else row["status"]
+    return (f"{row['shape']:>13} {row['M']:>6} {row['K']:>6} {row['N']:>5} {row['sparsity']:>5g} "
+            f"{row['distribution']:>10} {row['method']:>18} {row['dtype']:>9} {us} {speed}  {what}").rstrip()
+
+
+def _prepare_or_status(method: Method, w, case: Case, capability, cfg: KernelConfig, cost_model,
+                       n_programs) -> Prepared | str:
+    why = unavailable(method, case.m, case.k, capability)
+    if why:
+        return f"unavailable: {why}"
+    try:
+        return prepare(method, w, tile=cfg.tile, cost_model=cost_model, n_programs=n_programs, seed=cfg.seed)
+    except Exception as e:  # a peer library refusing this weight is a result to report, not a crash
+        return f"failed: preparing: {reason(e)}"
+
+
+def run_kernels(cfg: KernelConfig, *, device: torch.device, cost_model=None, n_programs: int | None = None,
+                done: Collection[tuple] = (), timer: Callable = measure_us, echo: Callable[[str], None] = print,
+                on_row: Callable[[dict], None] | None = None) -> list[dict]:
+    """Measure every row of the grid that is not in ``done`` (row_key tuples); returns the rows.
+    timer(fn) -> (us, how it was timed); on_row is called with each row as soon as it is measured."""
+    capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+    rows = []
+    echo(HEADER)
+    for case in cases(cfg):
+        todo = {n: [m for m in cfg.methods if m.applies(case.sparsity)
+                    and row_key(case.shape, case.distribution, case.sparsity, n, m.name) not in done]
+                for n in cfg.ns}
+        todo = {n: methods for n, methods in todo.items() if methods}
+        if not todo:
+            continue
+        w = case.weight(cfg.seed).to(device)
+        prepared = {m: _prepare_or_status(m, w, case, capability, cfg, cost_model, n_programs)
+                    for m in dict.fromkeys(m for methods in todo.values() for m in methods)}
+        for n, methods in todo.items():
+            x = case.input(n, cfg.seed).to(device)
+            refs: dict[int, torch.Tensor] = {}
+            dense_us, dense_timing = timer(lambda: torch.matmul(x, w.T))
+            for method in methods:
+                row = _base_row(cfg, case, n, method)
+                _measure(row, prepared[method], x, refs, dense_us, dense_timing, timer)
+                rows.append(row)
+                echo(format_row(row))
+                echo(f"    $ {row['command']}")
+                if on_row is not None:
+                    on_row(row)
+    return rows
+
+
+def _measure(row: dict, p: Prepared | str, x, refs: dict, dense_us: float, dense_timing: str, timer) -> None:
+    """Fill one row: check the method's result, then time it (the dense row reuses the baseline)."""
+    row["dense_us"] = round(dense_us, 2)
+    if isinstance(p, str):
+        row["status"] = p
+        return
+    row["weight_sparsity"] = round(p.sparsity, 4)
+    try:
+        bound = p.bind(x)
+        row.update(dtype=str(bound.dtype).removeprefix("torch."), note=bound.note, weight_bytes=bound.weight_bytes)
+        if id(p.weight) not in refs:
+            refs[id(p.weight)] = x.float() @ p.weight.float().T
+        problem = check(bound.fn(), refs[id(p.weight)])
+        if problem is None:
+            us, timing = (dense_us, dense_timing) if row["method"] == "dense" else timer(bound.fn)
+    except Exception as e:  # any error of a method is its row's result; the grid goes on
+        problem = reason(e)
+    if problem is not None:
+        row["status"] = f"failed: {problem}"
+        return
+    row.update(us=round(us, 2), speedup_vs_dense=round(dense_us / us, 3), timing=timing, status=OK)

@@ -1,0 +1,241 @@
+"""The ways to compute Y[N, M] = X[N, K] @ W^T that `cross bench kernels` compares.
+
+    dense                       torch.matmul(x, w.T): cuBLAS, the baseline of every speed-up
+    cross                       what the runtime runs: the planned kernel, or cuBLAS where the
+                                plan of this token count falls back
+    cross-<backend>-<kinds>     the plan kernel forced, tiles restricted to kinds (bitmap, dense,
+                                hybrid) on backend cuda or triton, e.g. cross-cuda-bitmap
+    cusparse-csr                w.to_sparse_csr() @ x.T (cuSPARSE SpMM through torch), in the
+                                weight's dtype where torch runs it there, else fp16, else fp32
+    triton-bsr-<b>              torch.sparse._triton_ops.bsr_dense_mm with b x b blocks (GPU only;
+                                N padded to a multiple of 16, which the kernel needs)
+    sparse-2:4                  torch.sparse.to_sparse_semi_structured (cuSPARSELt, else CUTLASS)
+                                on a 2:4-pruned dense random weight of the same shape; 50% only
+
+A method is prepared once per weight (planning, packing, format conversion: not timed), then
+bound to an input, which gives the callable that is checked and timed.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+
+from ..tiling import TileKind
+from .timing import reason
+from .weights import make_weight, prune_2to4, seeded, zero_fraction
+
+DEFAULT_METHODS = ("dense", "cross", "cross-cuda-bitmap", "cusparse-csr", "triton-bsr-32", "sparse-2:4")
+KINDS = {"bitmap": (TileKind.BITMAP,), "dense": (TileKind.DENSE,), "hybrid": (TileKind.DENSE, TileKind.BITMAP)}
+CROSS_BACKENDS = ("cuda", "triton")
+SEMI_SPARSITY = 0.5
+BSR_N_MULTIPLE = 16  # bsr_dense_mm refuses a dense operand whose column count is not a multiple of 16
+
+
+@dataclass(frozen=True)
+class Method:
+    """A parsed method name. family: dense, cross, csr, bsr or 2:4."""
+
+    name: str
+    family: str
+    backend: str | None = None
+    kinds: tuple[TileKind, ...] | None = None  # None: the planner's choice, as the runtime runs it
+    block: int = 0
+
+    def applies(self, sparsity: float) -> bool:
+        """Whether the method has a row at this sparsity: 2:4 exists at 50% only."""
+        return self.family != "2:4" or abs(sparsity - SEMI_SPARSITY) < 1e-9
+
+
+def parse_method(name: str) -> Method:
+    expected = ("expected dense, cross, cross-<cuda|triton>-<bitmap|dense|hybrid>, cusparse-csr, "
+                f"triton-bsr-<block: a power of two >= 16> or sparse-2:4, got {name!r}")
+    if name == "dense":
+        return Method(name, "dense")
+    if name == "cross":
+        return Method(name, "cross")
+    if name == "cusparse-csr":
+        return Method(name, "csr")
+    if name == "sparse-2:4":
+        return Method(name, "2:4")
+    parts = name.split("-")
+    if len(parts) == 3 and parts[0] == "cross" and parts[1] in CROSS_BACKENDS and parts[2] in KINDS:
+        return Method(name, "cross", backend=parts[1], kinds=KINDS[parts[2]])
+    if len(parts) == 3 and parts[:2] == ["triton", "bsr"] and parts[2].isdigit():
+        block = int(parts[2])
+        if block >= 16 and not block & (block - 1):
+            return Method(name, "bsr", block=block)
+    raise ValueError(expected)
+
+
+def _bsr_dense_mm():
+    """torch's BSR Triton matmul, or None where torch has no Triton GPU support."""
+    try:
+        from torch.sparse._triton_ops import bsr_dense_mm
+    except ImportError:
+        return None
+    return bsr_dense_mm
+
+
+def _semi_structured_class():
+    """The class to_sparse_semi_structured would use, where the backend it needs is present:
+    cuSPARSELt if torch has it, else CUTLASS (to_sparse_semi_structured itself always picks
+    cuSPARSELt unless a global flag is set, and fails without it)."""
+    from torch.sparse import SparseSemiStructuredTensorCUSPARSELT, SparseSemiStructuredTensorCUTLASS
+
+    if torch.backends.cusparselt.is_available():
+        return SparseSemiStructuredTensorCUSPARSELT
+    return SparseSemiStructuredTensorCUTLASS
+
+
+def unavailable(method: Method, m: int, k: int, capability: tuple[int, int] | None) -> str | None:
+    """Why ``method`` cannot run an m x k bf16 weight on this machine (capability: the CUDA GPU's
+    compute capability, None without one), or None if it can."""
+    if method.family == "bsr":
+        if capability is None:
+            return "torch's BSR Triton kernels need a CUDA GPU"
+        if _bsr_dense_mm() is None:
+            return "torch.sparse._triton_ops.bsr_dense_mm is not available (torch without Triton GPU support)"
+        if m % method.block or k % method.block:
+            return f"{m}x{k} is not a whole number of {method.block}x{method.block} blocks"
+    if method.family == "2:4":
+        if capability is None:
+            return "2:4 semi-structured sparsity needs a CUDA GPU"
+        if capability < (8, 0):
+            return f"2:4 semi-structured sparsity needs compute capability 8.0+, got {capability[0]}.{capability[1]}"
+        limits = _semi_structured_class()._DTYPE_SHAPE_CONSTRAINTS[torch.bfloat16]
+        if m % limits.sparse_min_rows or k % limits.sparse_min_cols:
+            return (f"{_semi_structured_class().BACKEND} 2:4 needs rows a multiple of {limits.sparse_min_rows} and "
+                    f"columns of {limits.sparse_min_cols}, got {m}x{k}")
+    if method.family == "cross" and method.backend == "cuda" and capability is None:
+        return "the cross CUDA backend needs a CUDA GPU"
+    return None
+
+
+class Bound(NamedTuple):
+    """A method bound to one input: fn() returns Y[N, M]."""
+
+    fn: Callable[[], torch.Tensor]
+    dtype: torch.dtype  # what it computes in
+    note: str
+    weight_bytes: int  # bytes of the weight in the format the call reads
+
+
+@dataclass
+class Prepared:
+    """A method prepared for one weight. ``weight`` is the weight it computes with (the 2:4 method's
+    own 2:4 weight, else the benchmark weight), the one its result is checked against."""
+
+    weight: torch.Tensor
+    sparsity: float
+    bind: Callable[[torch.Tensor], Bound]
+
+
+def nbytes(*tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+
+def prepare(method: Method, w: torch.Tensor, *, tile=(64, 64), cost_model=None, n_programs=None,
+            seed: int = 0) -> Prepared:
+    """Plan, pack or convert ``w`` (bf16, on its device) for ``method``; nothing here is timed."""
+    sparsity = zero_fraction(w)
+    if method.family == "dense":
+        return Prepared(w, sparsity, lambda x: Bound(lambda: torch.matmul(x, w.T), w.dtype, "", nbytes(w)))
+    if method.family == "cross":
+        return Prepared(w, sparsity, _prepare_cross(method, w, tile, cost_model, n_programs))
+    if method.family == "csr":
+        return Prepared(w, sparsity, _prepare_csr(w))
+    if method.family == "bsr":
+        return Prepared(w, sparsity, _prepare_bsr(method.block, w))
+    if method.family == "2:4":
+        m, k = w.shape
+        w24 = prune_2to4(make_weight(m, k, 0.0, "uniform", seeded(seed, m, k, "2:4"))).to(w.device)
+        return Prepared(w24, zero_fraction(w24), _prepare_semi_structured(w24))
+    raise ValueError(f"method: no preparation for family {method.family!r}")
+
+
+def _prepare_cross(method: Method, w, tile, cost_model, n_programs):
+    from ..kernels.launch import kernel_args, launch
+    from ..pack import pack
+    from ..partition import make_plan
+
+    kinds = {} if method.kinds is None else {"allowed_kinds": method.kinds}
+    packed = pack(w, make_plan(w, tile_shape=tile, cost_model=cost_model, n_programs=n_programs, **kinds))
+
+    def bind(x):
+        bucket = packed.bucket_for(x.shape[0])
+        if method.kinds is None and bucket.plan.fallback:
+            return Bound(lambda: torch.matmul(x, w.T), w.dtype, "the plan falls back to cuBLAS at this N", packed.nbytes)
+        kargs = kernel_args(packed, bucket, method.backend)  # resolved once, as the runtime does
+        return Bound(lambda: launch(x, kargs), w.dtype, f"{kargs.backend} kernel", packed.nbytes)
+
+    return bind
+
+
+def _prepare_csr(w):
+    """cuSPARSE SpMM through torch. torch dispatches CUDA CSR @ dense for fp16 and bf16 too, but
+    whether cuSPARSE runs a dtype depends on its version (and on the CPU, MKL runs fp32 only), so
+    the weight's dtype is tried first, then fp16, then fp32, and the one that ran is recorded."""
+    candidates = list(dict.fromkeys((w.dtype, torch.float16, torch.float32)))
+    converted: dict[torch.dtype, torch.Tensor] = {}
+    refused: dict[torch.dtype, str] = {}
+
+    def bind(x):
+        for dtype in candidates:
+            if dtype in refused:
+                continue
+            if dtype not in converted:
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+                    converted[dtype] = w.to(dtype).to_sparse_csr()
+            a = converted[dtype]
+
+            def fn(a=a, dtype=dtype):  # casts (no-ops in the weight's dtype) are part of what a caller pays
+                return (a @ x.to(dtype).T).T.to(x.dtype)
+
+            try:
+                fn()
+            except RuntimeError as e:  # torch raises NotImplementedError (a RuntimeError) for a dtype it lacks
+                refused[dtype] = reason(e)
+                del converted[dtype]
+                continue
+            note = "; ".join(f"{str(d).removeprefix('torch.')} refused ({why})" for d, why in refused.items())
+            return Bound(fn, dtype, note, nbytes(a.values(), a.crow_indices(), a.col_indices()))
+        raise RuntimeError("torch's CSR matmul refused every dtype: "
+                           + "; ".join(f"{str(d).removeprefix('torch.')}: {why}" for d, why in refused.items()))
+
+    return bind
+
+
+def _prepare_bsr(block, w):
+    bsr_dense_mm = _bsr_dense_mm()
+    a = w.to_sparse_bsr((block, block))
+    weight_bytes = nbytes(a.values(), a.crow_indices(), a.col_indices())
+
+    def bind(x):
+        n, k = x.shape
+        padded = -(-n // BSR_N_MULTIPLE) * BSR_N_MULTIPLE
+        if padded == n:
+            xt = x.T
+            return Bound(lambda: bsr_dense_mm(a, xt).T, w.dtype, "", weight_bytes)
+        buf = torch.zeros(k, padded, dtype=x.dtype, device=x.device)
+
+        def fn():
+            buf[:, :n].copy_(x.T)
+            return bsr_dense_mm(a, buf)[:, :n].T
+
+        return Bound(fn, w.dtype, f"N padded to {padded} inside the timed call", weight_bytes)
+
+    return bind
+
+
+def _prepare_semi_structured(w24):
+    cls = _semi_structured_class()
+    a = cls.from_dense(w24)
+    weight_bytes = nbytes(a.packed, a.meta)
+    note = f"{cls.BACKEND}; its own 2:4-pruned dense random weight (exactly 50%), not this row's pattern"
+    return lambda x: Bound(lambda: torch.nn.functional.linear(x, a), w24.dtype, note, weight_bytes)

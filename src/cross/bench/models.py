@@ -1,0 +1,194 @@
+"""End-to-end latency of whole models, dense vs sparsified with cross (bf16, CUDA graphs, L2 flushed).
+
+    bert     BERT-base encoder (transformers BertConfig, random weights): batch 8 x 128 and 1 x 128
+    llama    a Llama-2-7B-shaped decoder (LlamaConfig, random weights): prefill of 512 tokens, and
+             decode steps at batch 1 and 16
+    minilm   the real all-MiniLM-L6-v2, loaded and Wanda-pruned as `cross demo` does: the demo's 8
+             sentences, with the agreement of its sentence embeddings
+
+The random-weight models are magnitude-pruned per layer to the target sparsity. The dense model is
+the pruned model itself, so both compute the same function; it is timed before and after the sparse
+one and the two timings averaged, so that clock drift over the run does not pass for a speed-up or a
+loss. Each forward is captured in a CUDA graph and the graph replayed under triton.testing.do_bench
+(plain do_bench where the forward cannot be captured: the timing column says so).
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..cli.hf import agreement, not_a_head
+from ..nn.sparsify import SKIP_FILTER
+from .timing import GRAPH, measure_us
+
+FIELDS = ["model", "phase", "batch", "tokens", "sparsity", "dense_ms", "cross_ms", "speedup",
+          "weight_bytes_dense", "weight_bytes_cross", "sparse_layers", "min_cosine", "timing", "command"]
+MODELS = ("bert", "llama", "minilm")
+DEFAULT_SPARSITIES = (0.5, 0.6, 0.7, 0.8, 0.9)
+LLAMA_LAYERS = 32
+#: (phase, batch, sequence length) per model; MiniLM's length is that of its tokenized sentences
+PHASES = {"bert": (("encoder", 8, 128), ("encoder", 1, 128)),
+          "llama": (("prefill", 1, 512), ("decode", 1, 1), ("decode", 16, 1)),
+          "minilm": (("embed", 8, None),)}
+
+
+@dataclass
+class Workload:
+    """A model ready to time: its phases, the inputs of a phase, and the rows whose cosine against
+    the dense model's is reported."""
+
+    label: str
+    model: nn.Module
+    phases: tuple[tuple[str, int, int], ...]
+    inputs: Callable[[int, int], dict]  # (batch, sequence length) -> forward kwargs
+    outputs: Callable[[dict], torch.Tensor]  # forward kwargs -> [rows, features]
+
+
+def label(name: str, llama_layers: int = LLAMA_LAYERS) -> str:
+    return f"llama-{llama_layers}L" if name == "llama" else name
+
+
+def prune_(model: nn.Module, sparsity: float) -> None:
+    """Magnitude pruning per layer, heads excepted, on the model's device (fast enough for
+    7B-shaped models)."""
+    with torch.no_grad():
+        for name, mod in model.named_modules():
+            if isinstance(mod, nn.Linear) and not_a_head(mod, name):
+                w = mod.weight
+                k = int(round(sparsity * w.numel()))
+                if k:
+                    thr = w.abs().flatten().float().kthvalue(k).values
+                    w.mul_(w.abs().float() > thr)
+
+
+def linear_bytes(model: nn.Module) -> int:
+    """Bytes of the weights of every nn.Linear and SparseLinear (a SparseLinear's packed formats,
+    kernel tables and any dense copy it keeps); biases not counted."""
+    import cross
+
+    total = 0
+    for mod in model.modules():
+        if isinstance(mod, nn.Linear):
+            total += mod.weight.numel() * mod.weight.element_size()
+        elif isinstance(mod, cross.SparseLinear):
+            total += mod.nbytes - (mod.bias.numel() * mod.bias.element_size() if mod.bias is not None else 0)
+    return total
+
+
+def _hidden_rows(model: nn.Module) -> Callable[[dict], torch.Tensor]:
+    return lambda x: model(**x).last_hidden_state.float().flatten(0, -2)
+
+
+def bert(sparsity: float) -> Workload:
+    from transformers import BertConfig, BertModel
+
+    cfg = BertConfig()  # BERT-base: 12 layers, hidden 768, intermediate 3072
+    with torch.device("cuda"):
+        model = BertModel(cfg).to(torch.bfloat16).eval()
+    prune_(model, sparsity)
+
+    def inputs(batch, seq):
+        return {"input_ids": torch.randint(0, cfg.vocab_size, (batch, seq), device="cuda")}
+
+    return Workload("bert", model, PHASES["bert"], inputs, _hidden_rows(model))
+
+
+def llama(sparsity: float, layers: int = LLAMA_LAYERS) -> Workload:
+    from transformers import LlamaConfig, LlamaModel
+
+    cfg = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=layers, num_attention_heads=32,
+                      num_key_value_heads=32, vocab_size=32000, max_position_embeddings=4096)
+    with torch.device("cuda"):
+        model = LlamaModel(cfg).to(torch.bfloat16).eval()
+    prune_(model, sparsity)
+
+    # decode steps are timed as one new token per sequence without a KV cache: the linear layers,
+    # which is what cross changes, do the same work as in a cached decode step
+    def inputs(batch, seq):
+        return {"input_ids": torch.randint(0, cfg.vocab_size, (batch, seq), device="cuda"), "use_cache": False}
+
+    return Workload(label("llama", layers), model, PHASES["llama"], inputs, _hidden_rows(model))
+
+
+def minilm(sparsity: float, model_dir: Path | None = None, device: str = "cuda") -> Workload:
+    """all-MiniLM-L6-v2 as the demo loads and prunes it (Wanda, its calibration sentences), on the
+    demo's evaluation sentences; the compared rows are the sentence embeddings."""
+    from ..cli.demo import default_model_dir
+    from ..cli.hf import EVAL_SENTENCES, calibration_batches, check_model_dir, dtype_for, embed, load_model, tokenize
+    from ..prune import wanda_prune_
+
+    device = torch.device(device)
+    model_dir = check_model_dir(model_dir) if model_dir is not None else default_model_dir()
+    model, tokenizer = load_model(model_dir, device, dtype_for(device), progress=False)
+    wanda_prune_(model, calibration_batches(tokenizer, device), sparsity, filter_fn=not_a_head)
+    batch = tokenize(tokenizer, EVAL_SENTENCES, device)
+    phases = (("embed", len(EVAL_SENTENCES), batch["input_ids"].shape[1]),)
+    return Workload("minilm", model, phases, lambda b, s: batch, lambda x: embed(model, x))
+
+
+def model_command(name: str, sparsity: float, *, llama_layers: int = LLAMA_LAYERS, force_plan: bool = False,
+                  cost_model: Path | None = None, minilm_dir: Path | None = None) -> str:
+    """The command that measures one model at one sparsity again."""
+    parts = ["cross", "bench", "model", "--models", name, "--sparsities", f"{sparsity:g}"]
+    if name == "llama" and llama_layers != LLAMA_LAYERS:
+        parts += ["--llama-layers", str(llama_layers)]
+    if name == "minilm" and minilm_dir is not None:
+        parts += ["--minilm-dir", str(minilm_dir)]
+    if force_plan:
+        parts.append("--force-plan")
+    if cost_model is not None:
+        parts += ["--cost-model", str(cost_model)]
+    return shlex.join(parts)
+
+
+def run_workload(wl: Workload, sparsity: float, *, command: str = "", cost_model=None, keep_dense="auto",
+                 timer: Callable = measure_us, progress: bool = False) -> list[dict]:
+    """Time every phase dense, sparsified, and dense again; one row per phase. The model is left
+    dense (unsparsified) afterwards."""
+    import cross
+
+    def ms(x):
+        us, how = timer(lambda: wl.model(**x), 10, 50)
+        return us / 1e3, how
+
+    with torch.no_grad():
+        inputs = {phase: wl.inputs(phase[1], phase[2]) for phase in wl.phases}
+        dense_bytes = linear_bytes(wl.model)
+        dense = {phase: ms(x) for phase, x in inputs.items()}
+        want = {phase: wl.outputs(x) for phase, x in inputs.items()}
+        report = cross.sparsify_(wl.model, not_a_head, progress=progress, cost_model=cost_model, keep_dense=keep_dense)
+        cross_bytes = linear_bytes(wl.model)
+        sparse = {phase: ms(x) for phase, x in inputs.items()}
+        cosine = {phase: agreement(wl.outputs(x), want[phase])["min_cosine"] for phase, x in inputs.items()}
+        cross.unsparsify_(wl.model)
+        again = {phase: ms(x) for phase, x in inputs.items()}
+    planned = len(report.layers) - len(report.by_action(SKIP_FILTER))
+    rows = []
+    for phase in wl.phases:
+        d = (dense[phase][0] + again[phase][0]) / 2
+        s, how = sparse[phase]
+        timings = {dense[phase][1], how, again[phase][1]}
+        rows.append(dict(model=wl.label, phase=phase[0], batch=phase[1], tokens=phase[1] * phase[2], sparsity=sparsity,
+                         dense_ms=round(d, 4), cross_ms=round(s, 4), speedup=round(d / s, 3),
+                         weight_bytes_dense=dense_bytes, weight_bytes_cross=cross_bytes,
+                         sparse_layers=f"{report.n_swapped}/{planned}", min_cosine=round(cosine[phase], 6),
+                         timing=GRAPH if timings == {GRAPH} else "; ".join(sorted(timings - {GRAPH})),
+                         command=command))
+    return rows
+
+
+HEADER = (f"{'model':>10} {'phase':>8} {'batch':>5} {'tok':>5} {'sp':>4} {'dense_ms':>9} {'cross_ms':>9} {'speedup':>7} "
+          f"{'MB dense':>9} {'MB cross':>9} {'sparse':>8} {'cosine':>9}")
+
+
+def format_row(r: dict) -> str:
+    return (f"{r['model']:>10} {r['phase']:>8} {r['batch']:>5} {r['tokens']:>5} {r['sparsity']:>4g} {r['dense_ms']:9.3f} "
+            f"{r['cross_ms']:9.3f} {r['speedup']:7.2f} {r['weight_bytes_dense'] / 1e6:9.1f} "
+            f"{r['weight_bytes_cross'] / 1e6:9.1f} {r['sparse_layers']:>8} {r['min_cosine']:9.6f}"
+            + ("" if r["timing"] == GRAPH else f"  ({r['timing']})"))

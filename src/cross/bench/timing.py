@@ -1,0 +1,60 @@
+"""Device time of a callable, L2 flushed, and the check every result passes before it is timed.
+
+``graph_us`` replays a CUDA graph of the call under triton.testing.do_bench (host work is not
+counted); ``measure_us`` falls back to plain do_bench where a call cannot be captured in a graph
+(a host sync, or a library that refuses capture), and says so in the result.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+#: largest ||y - ref|| / ||ref|| against the fp32 product that a bf16 result may have
+CHECK_TOL = 2e-2
+GRAPH = "graph"
+
+
+def graph_us(fn, warmup_ms: int = 25, rep_ms: int = 100) -> float:
+    """Median device time of fn in microseconds (CUDA-graph replay, L2 flushed: see graph_time_us)."""
+    from ..costmodel.profile import graph_time_us
+
+    return graph_time_us(fn, warmup_ms=warmup_ms, rep_ms=rep_ms)
+
+
+def measure_us(fn, warmup_ms: int = 25, rep_ms: int = 100) -> tuple[float, str]:
+    """(median microseconds, how it was timed): 'graph', or 'eager: ...' with the reason the graph
+    capture failed. Both flush L2 before every run; the eager one also counts host launch work."""
+    stream = torch.cuda.current_stream()
+    try:
+        return graph_us(fn, warmup_ms, rep_ms), GRAPH
+    except Exception as e:  # libraries raise their own error types when a call refuses capture
+        import triton
+
+        torch.cuda.set_stream(stream)  # a capture that fails to end leaves its side stream current
+        torch.cuda.synchronize()
+        us = triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median") * 1e3
+        return us, f"eager: graph capture failed ({reason(e)})"
+
+
+def reason(e: BaseException, limit: int = 160) -> str:
+    """An exception as one short line: its type and the first line of its message."""
+    first = (str(e).strip().splitlines() or [""])[0]
+    text = f"{type(e).__name__}: {first}" if first else type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def relative_error(y: torch.Tensor, ref: torch.Tensor) -> float:
+    """||y - ref|| / ||ref|| in fp32 (ref's norm floored so that an all-zero product is not 0/0)."""
+    return float((y.float() - ref).norm() / ref.norm().clamp_min(1e-6))
+
+
+def check(y: torch.Tensor, ref: torch.Tensor, tol: float = CHECK_TOL) -> str | None:
+    """None if y matches the fp32 reference, else why not."""
+    if tuple(y.shape) != tuple(ref.shape):
+        return f"output shape {tuple(y.shape)}, expected {tuple(ref.shape)}"
+    err = relative_error(y, ref)
+    if not math.isfinite(err) or err > tol:
+        return f"relative error {err:.3g} against the fp32 product (limit {tol})"
+    return None

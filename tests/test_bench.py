@@ -1,0 +1,498 @@
+"""bench: the CPU side of `cross bench kernels` and `cross bench model`: argument parsing, the dry
+runs and their commands, the refusal without a GPU, the methods' availability, the CSR dtype
+fallback, 2:4 pruning and the DLMC archives, the kernel grid and a model run with a stand-in timer
+(checks before timing, failures reported, never timed), the break-even function, and the CSV,
+markdown and PNG outputs from synthetic rows."""
+
+import importlib.util
+import math
+import os
+import shlex
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from cross.bench import methods, models, report
+from cross.bench.kernels import FIELDS, KernelConfig, cases, done_keys, planned_rows, row_key, run_kernels
+from cross.bench.methods import DEFAULT_METHODS, Bound, Prepared, parse_method, prepare, unavailable
+from cross.bench.timing import check
+from cross.bench.weights import (DLMC_LAYERS, SHAPES, dlmc_files, dlmc_mask, dlmc_weight, make_weight, nearest_dlmc,
+                                 prune_2to4, seeded, zero_fraction)
+from cross.cli.bench import kernel_config
+from cross.cli.main import build_parser, main
+
+HAS_GPU = torch.cuda.is_available()
+ROOT = Path(__file__).resolve().parents[1]
+REAL_DLMC = ROOT.parent / "shared" / "data" / "dlmc"
+TINY = {"tiny": (32, 64)}
+#: a small grid on the CPU: 2:4 and BSR are unavailable there, CSR runs in fp32 (MKL)
+TINY_METHODS = ("dense", "cross", "cusparse-csr", "triton-bsr-32", "sparse-2:4")
+
+
+def run_cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def fake_timer(calls):
+    """Stands in for measure_us: runs fn once, records it and says 1 us."""
+    def timer(fn, *_):
+        calls.append(fn)
+        fn()
+        return 1.0, "graph"
+
+    return timer
+
+
+def tiny_config(**kw):
+    kw.setdefault("methods", tuple(parse_method(m) for m in TINY_METHODS))
+    return KernelConfig(shapes=("tiny",), sparsities=(0.5, 0.7), ns=(1, 4), shape_table=TINY, **kw)
+
+
+@pytest.fixture
+def dlmc_dir(tmp_path):
+    """Two DLMC-like archives (0.5 and 0.9) holding the three benchmarked layers at small shapes."""
+    shapes = dict(zip(DLMC_LAYERS.values(), [(32, 32), (64, 32), (32, 64)]))
+    masks = {}
+    for s in (0.5, 0.9):
+        arrays = {}
+        for key, (r, c) in shapes.items():
+            mask = np.random.default_rng(int(s * 10) + r + c).random((r, c)) >= s
+            masks[(s, key)] = mask
+            arrays[f"{key}__shape"] = np.array([r, c], dtype=np.int64)
+            arrays[f"{key}__bits"] = np.packbits(mask.reshape(-1))
+        np.savez(tmp_path / f"transformer__magnitude_pruning__{s}.npz", **arrays)
+    (tmp_path / "README.md").write_text("not an archive")
+    return tmp_path, masks
+
+
+# ---------------------------------------------------------------------------------------- methods
+@pytest.mark.parametrize("name, family, backend, block", [
+    ("dense", "dense", None, 0), ("cross", "cross", None, 0), ("cross-cuda-bitmap", "cross", "cuda", 0),
+    ("cross-triton-hybrid", "cross", "triton", 0), ("cusparse-csr", "csr", None, 0), ("triton-bsr-16", "bsr", None, 16),
+    ("triton-bsr-64", "bsr", None, 64), ("sparse-2:4", "2:4", None, 0)])
+def test_parse_method(name, family, backend, block):
+    m = parse_method(name)
+    assert (m.name, m.family, m.backend, m.block) == (name, family, backend, block)
+    assert (m.kinds is None) == (name == "cross" or family != "cross")
+
+
+@pytest.mark.parametrize("name", ["", "sparse", "cross-cuda", "cross-rocm-bitmap", "cross-cuda-index", "triton-bsr-8",
+                                  "triton-bsr-24", "triton-bsr-x", "sparse-4:8", "csr"])
+def test_parse_method_rejects(name):
+    with pytest.raises(ValueError, match="expected dense, cross"):
+        parse_method(name)
+
+
+@pytest.mark.parametrize("sparsity", [0.5, 0.6, 0.9, 0.98])
+def test_semi_structured_only_at_half(sparsity):
+    for name in DEFAULT_METHODS:
+        assert parse_method(name).applies(sparsity) == (name != "sparse-2:4" or sparsity == 0.5)
+
+
+@pytest.mark.parametrize("name, m, k, capability, expected", [
+    ("sparse-2:4", 4096, 4096, None, "needs a CUDA GPU"),
+    ("sparse-2:4", 4096, 4096, (7, 5), "compute capability 8.0+, got 7.5"),
+    ("sparse-2:4", 4096, 4096, (9, 0), None),
+    ("sparse-2:4", 100, 4096, (9, 0), "rows a multiple of"),
+    ("triton-bsr-32", 768, 768, None, "need a CUDA GPU"),
+    ("triton-bsr-64", 4096, 11008, (9, 0), None),
+    ("triton-bsr-512", 768, 768, (9, 0), "not a whole number of 512x512 blocks"),
+    ("cusparse-csr", 17, 33, None, None),
+    ("cross", 17, 33, None, None),
+    ("cross-triton-bitmap", 17, 33, None, None),
+    ("cross-cuda-bitmap", 64, 64, None, "CUDA backend needs a CUDA GPU"),
+    ("dense", 1, 1, None, None)])
+def test_unavailable(name, m, k, capability, expected, monkeypatch):
+    monkeypatch.setattr(methods, "_bsr_dense_mm", lambda: object())  # as on a GPU machine with Triton
+    why = unavailable(parse_method(name), m, k, capability)
+    assert why is None if expected is None else expected in why
+
+
+def test_bsr_unavailable_without_torch_triton_kernels(monkeypatch):
+    monkeypatch.setattr(methods, "_bsr_dense_mm", lambda: None)
+    assert "not available" in unavailable(parse_method("triton-bsr-32"), 768, 768, (9, 0))
+
+
+def test_every_benchmark_shape_runs_every_method_on_an_h100(monkeypatch):
+    monkeypatch.setattr(methods, "_bsr_dense_mm", lambda: object())
+    shapes = [*SHAPES.values(), (512, 512), (2048, 512), (512, 2048)]
+    for name in DEFAULT_METHODS:
+        for m, k in shapes:
+            assert unavailable(parse_method(name), m, k, (9, 0)) is None, (name, m, k)
+
+
+def test_csr_falls_back_to_a_dtype_torch_runs():
+    """On the CPU torch's CSR matmul (MKL) runs fp32 only: the bf16 weight is run in the first dtype
+    that works, and the note names the ones refused."""
+    gen = torch.Generator().manual_seed(0)
+    w = make_weight(48, 80, 0.7, "uniform", gen)
+    x = torch.randn(5, 80, generator=gen).to(torch.bfloat16)
+    bound = prepare(parse_method("cusparse-csr"), w).bind(x)
+    order = [torch.bfloat16, torch.float16, torch.float32]
+    assert bound.dtype in order
+    for refused in order[: order.index(bound.dtype)]:
+        assert f"{str(refused).removeprefix('torch.')} refused" in bound.note
+    assert check(bound.fn(), x.float() @ w.float().T) is None
+    nnz = int(torch.count_nonzero(w))
+    assert bound.weight_bytes == nnz * (bound.dtype.itemsize + 8) + 49 * 8  # values, int64 columns and row pointers
+
+
+def test_dense_and_cross_methods_match_the_fp32_product():
+    gen = torch.Generator().manual_seed(1)
+    w = make_weight(40, 96, 0.8, "uniform", gen)
+    x = torch.randn(3, 96, generator=gen).to(torch.bfloat16)
+    for name in ("dense", "cross"):  # cross: the roofline keeps this tiny weight on cuBLAS
+        p = prepare(parse_method(name), w)
+        assert p.weight is w and p.sparsity == zero_fraction(w)
+        assert check(p.bind(x).fn(), x.float() @ w.float().T) is None
+
+
+# ---------------------------------------------------------------------------------------- weights
+def test_prune_2to4_keeps_the_two_largest_of_four():
+    w = torch.randn(8, 16, generator=torch.Generator().manual_seed(2))
+    pruned = prune_2to4(w).reshape(8, 4, 4)
+    assert ((pruned != 0).sum(-1) == 2).all()
+    kept = w.reshape(8, 4, 4).abs().topk(2, dim=-1).values.sum(-1)
+    assert torch.allclose(pruned.abs().sum(-1), kept)
+    sparse = prune_2to4(w * (torch.rand(8, 16, generator=torch.Generator().manual_seed(3)) < 0.3))
+    assert ((sparse.reshape(8, 4, 4) != 0).sum(-1) <= 2).all()
+    with pytest.raises(ValueError, match="multiple of 4"):
+        prune_2to4(torch.ones(4, 6))
+
+
+def test_semi_structured_weight_is_exactly_half():
+    dense = make_weight(64, 128, 0.0, "uniform", seeded(0, "x"))
+    assert zero_fraction(dense) == 0 and zero_fraction(prune_2to4(dense)) == 0.5
+
+
+@pytest.mark.parametrize("distribution", ["uniform", "nonuniform"])
+@pytest.mark.parametrize("sparsity", [0.5, 0.9])
+def test_make_weight(distribution, sparsity):
+    w = make_weight(1024, 1024, sparsity, distribution, seeded(0, distribution, sparsity))
+    assert w.dtype == torch.bfloat16 and abs(zero_fraction(w) - sparsity) < 0.1
+    with pytest.raises(ValueError, match="distribution"):
+        make_weight(4, 4, 0.5, "banded", seeded(0))
+
+
+def test_cases_are_seeded_by_what_they_are():
+    """A row measured alone draws the weight and input it drew inside the whole grid."""
+    whole = {(c.shape, c.distribution, c.sparsity): c for c in cases(tiny_config(distributions=("uniform", "nonuniform")))}
+    alone = cases(KernelConfig(shapes=("tiny",), sparsities=(0.7,), distributions=("nonuniform",), shape_table=TINY))
+    assert len(alone) == 1
+    case = whole[("tiny", "nonuniform", 0.7)]
+    assert torch.equal(alone[0].weight(0), case.weight(0)) and torch.equal(alone[0].input(4, 0), case.input(4, 0))
+    assert not torch.equal(case.weight(0), case.weight(1))
+
+
+def test_dlmc_archives(dlmc_dir):
+    folder, masks = dlmc_dir
+    files = dlmc_files(folder)
+    assert list(files) == [0.5, 0.9]
+    assert list(nearest_dlmc(files, (0.5, 0.6, 0.7))) == [0.5]
+    assert list(nearest_dlmc(files, (0.8, 0.9, 0.98))) == [0.9]
+    for (s, key), mask in masks.items():
+        assert np.array_equal(dlmc_mask(files[s], key).numpy(), mask)
+    w = dlmc_weight(files[0.9], "dlmc-ffn-up", seeded(0))
+    assert w.dtype == torch.bfloat16 and torch.equal(w != 0, torch.from_numpy(masks[(0.9, DLMC_LAYERS["dlmc-ffn-up"])]))
+    with pytest.raises(KeyError, match="expected a matrix"):
+        dlmc_mask(files[0.5], "body_decoder_layer_9_nothing")
+    with pytest.raises(FileNotFoundError, match="no such directory"):
+        dlmc_files(folder / "missing")
+    (folder / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="found none"):
+        dlmc_files(folder / "empty")
+
+
+def test_dlmc_cases_take_the_archives_sparsity(dlmc_dir):
+    folder, _ = dlmc_dir
+    got = cases(KernelConfig(shapes=(), sparsities=(0.6, 0.7, 0.95), distributions=("dlmc",), dlmc=folder))
+    assert [(c.shape, c.m, c.k, c.sparsity) for c in got] == [
+        ("dlmc-attn-q", 32, 32, 0.5), ("dlmc-ffn-up", 64, 32, 0.5), ("dlmc-ffn-down", 32, 64, 0.5),
+        ("dlmc-attn-q", 32, 32, 0.9), ("dlmc-ffn-up", 64, 32, 0.9), ("dlmc-ffn-down", 32, 64, 0.9)]
+    with pytest.raises(ValueError, match="--dlmc DIR"):
+        cases(KernelConfig(distributions=("dlmc",)))
+
+
+@pytest.mark.skipif(not REAL_DLMC.is_dir(), reason="the DLMC data set is not on this machine")
+def test_real_dlmc_layers():
+    files = dlmc_files(REAL_DLMC)
+    assert list(files) == [0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98]
+    for s in (0.5, 0.98):
+        for layer, shape in zip(DLMC_LAYERS, [(512, 512), (2048, 512), (512, 2048)]):
+            mask = dlmc_mask(files[s], layer)
+            assert tuple(mask.shape) == shape and abs(1 - mask.float().mean().item() - s) < 0.01
+
+
+# ---------------------------------------------------------------------------------------- break-even
+@pytest.mark.parametrize("points, expected", [
+    ([(0.5, 0.8), (0.7, 1.1), (0.9, 1.5)], 0.7),
+    ([(0.9, 1.5), (0.5, 0.8), (0.7, 1.1)], 0.7),  # any order
+    ([(0.5, 1.2), (0.7, 0.9), (0.9, 1.3)], 0.9),  # a dip: it must stay above from there on
+    ([(0.5, 1.0), (0.7, 1.0)], 0.5),  # exactly 1.0 counts
+    ([(0.5, 0.5), (0.9, 0.99)], None),  # never
+    ([(0.5, 1.1), (0.5, 0.9), (0.9, 1.2)], 0.9),  # two points at one sparsity: the smaller counts
+    ([(0.5, 1.1), (0.7, math.nan), (0.9, 1.2)], 0.9),  # NaN counts as below
+    ([(0.98, 2.0)], 0.98),
+    ([], None)])
+def test_breakeven(points, expected):
+    assert report.breakeven(points) == expected
+
+
+def synthetic_rows():
+    """Two shapes, three sparsities, two N; 'cross' wins from 70% at N = 1 and never at N = 128;
+    'cusparse-csr' fails on one shape at 90% (a gap in the geometric mean)."""
+    speed = {("cross", 1): (0.8, 1.2, 1.5), ("cross", 128): (0.2, 0.3, 0.4), ("cusparse-csr", 1): (0.5, 0.9, 1.1),
+             ("cusparse-csr", 128): (0.1, 0.2, 0.3)}
+    rows = []
+    for shape in ("a", "b"):
+        for n in (1, 128):
+            for i, s in enumerate((0.5, 0.7, 0.9)):
+                rows.append(dict(shape=shape, N=n, sparsity=s, distribution="uniform", method="dense",
+                                 speedup_vs_dense=1.0, status="ok"))
+                for method in ("cross", "cusparse-csr"):
+                    failed = method == "cusparse-csr" and shape == "b" and s == 0.9
+                    value = speed[(method, n)][i] * (1.1 if shape == "a" else 1.0)
+                    rows.append(dict(shape=shape, N=n, sparsity=s, distribution="uniform", method=method,
+                                     speedup_vs_dense=None if failed else value,
+                                     status="failed: relative error 1" if failed else "ok"))
+    return rows
+
+
+def test_geomean_curves_leave_gaps_where_a_shape_failed():
+    curves = report.geomean_curves(synthetic_rows())
+    assert set(curves) == {("uniform", m, n) for m in ("cross", "cusparse-csr") for n in (1, 128)}
+    s, v = curves[("uniform", "cross", 1)][0]
+    assert s == 0.5 and v == pytest.approx(math.sqrt(0.8 * 1.1 * 0.8))
+    assert [s for s, _ in curves[("uniform", "cusparse-csr", 1)]] == [0.5, 0.7]
+
+
+def test_breakeven_rows_and_markdown():
+    be = report.breakeven_rows(synthetic_rows())
+    geo = {(r["method"], r["N"]): r for r in be if r["shape"] == report.GEOMEAN}
+    assert geo[("cross", 1)]["breakeven_sparsity"] == 0.7 and geo[("cross", 128)]["breakeven_sparsity"] == ""
+    assert geo[("cusparse-csr", 1)]["breakeven_sparsity"] == ""  # the 90% point is a gap
+    per_shape = {(r["shape"], r["method"], r["N"]): r for r in be}
+    assert per_shape[("a", "cusparse-csr", 1)]["breakeven_sparsity"] == 0.9
+    assert report.breakeven_cell(geo[("cross", 1)]) == "70%"
+    assert report.breakeven_cell(geo[("cross", 128)]) == "never (max 0.42x)"
+    assert report.breakeven_cell(dict(breakeven_sparsity=0.5, lowest_sparsity=0.5, max_speedup=2)) == "<= 50%"
+    md = report.breakeven_markdown(be, "fig.png")
+    assert "## uniform" in md and "| `cross` | 70% | never (max 0.42x) |" in md and "](fig.png)" in md
+
+
+def test_kernel_report_files(tmp_path):
+    rows = synthetic_rows()
+    paths = report.write_kernel_report(rows, tmp_path, "synthetic")
+    assert [p.name for p in paths] == ["breakeven.csv", "breakeven.md", "kernels_fig1.png", "kernels_fig1_table.md"]
+    assert (tmp_path / "kernels_fig1.png").read_bytes().startswith(b"\x89PNG")
+    back = report.read_csv(tmp_path / "breakeven.csv")
+    assert list(back[0]) == report.BREAKEVEN_FIELDS and len(back) == 4 + 2 * 4
+    table = (tmp_path / "kernels_fig1_table.md").read_text()
+    assert "| uniform | b | 1 | 0.80x | 1.20x | 1.50x | 0.50x | 0.90x | failed |" in table
+
+
+def test_csv_rows_round_trip(tmp_path):
+    path = report.start_csv(tmp_path / "k.csv", FIELDS)
+    row = {f: "" for f in FIELDS} | dict(shape="a", M=4, K=8, N=16, sparsity=0.7, distribution="uniform",
+                                          method="cross", us=3.5, speedup_vs_dense=1.25, status="ok", extra="dropped")
+    report.append_row(path, row, FIELDS)
+    back = report.kernel_rows(report.read_csv(path))
+    assert back[0]["N"] == 16 and back[0]["sparsity"] == 0.7 and back[0]["speedup_vs_dense"] == 1.25
+    assert done_keys(back) == {row_key("a", "uniform", 0.7, 16, "cross")}
+    old = tmp_path / "kernels.csv"  # written before the status column existed
+    old.write_text("shape,M,K,N,sparsity,distribution,method,us,speedup_vs_dense\n"
+                   "llama-up,11008,4096,1,0.9,uniform,cross,9.1,1.46\n")
+    assert report.kernel_rows(report.read_csv(old))[0]["status"] == "ok"
+
+
+# ---------------------------------------------------------------------------------------- the grid
+def test_run_kernels_checks_before_timing_and_reports_failures():
+    calls = []
+    rows = run_kernels(tiny_config(), device=torch.device("cpu"), timer=fake_timer(calls), echo=lambda _: None)
+    by = {(r["sparsity"], r["N"], r["method"]): r for r in rows}
+    assert len(rows) == 2 * (2 * 2 * 4 + 2)  # 2 distributions; 4 methods at both sparsities, 2:4 at 50% only
+    assert not any(r["method"] == "sparse-2:4" and r["sparsity"] != 0.5 for r in rows)
+    for (s, n, method), r in by.items():
+        assert r["command"].endswith(f"--sparsities {s:g} --ns {n} --methods {method}")
+        if method in ("triton-bsr-32", "sparse-2:4"):
+            assert r["status"].startswith("unavailable: ") and r["us"] == ""
+        else:
+            assert r["status"] == "ok" and r["speedup_vs_dense"] == 1.0 and r["timing"] == "graph"
+    assert by[(0.7, 4, "cusparse-csr")]["dtype"] == "float32"  # MKL: fp32 only
+    assert abs(by[(0.7, 1, "dense")]["weight_sparsity"] - 0.7) < 0.15
+    # one timing per dense baseline, one per measured row other than dense
+    ok = [r for r in rows if r["status"] == "ok" and r["method"] != "dense"]
+    assert len(calls) == 2 * 2 * 2 + len(ok)
+    calls.clear()
+    assert run_kernels(tiny_config(), device=torch.device("cpu"), done=done_keys(rows), timer=fake_timer(calls),
+                       echo=lambda _: None) == []
+    assert calls == []
+
+
+def raise_boom():
+    raise RuntimeError("boom\nmore")
+
+
+def test_failed_methods_are_reported_and_never_timed(monkeypatch):
+    from cross.bench import kernels
+
+    def broken(method, w, **kw):
+        if method.name == "cross":  # a wrong result
+            return Prepared(w, 0.0, lambda x: Bound(lambda: torch.zeros(x.shape[0], w.shape[0]), w.dtype, "", 0))
+        if method.name == "cusparse-csr":  # a call that raises
+            return Prepared(w, 0.0, lambda x: Bound(raise_boom, w.dtype, "", 0))
+        raise NotImplementedError("no such format here")
+
+    monkeypatch.setattr(kernels, "prepare", broken)
+    calls = []
+    cfg = tiny_config(methods=tuple(parse_method(m) for m in ("cross", "cusparse-csr", "cross-triton-dense")))
+    rows = run_kernels(cfg, device=torch.device("cpu"), timer=fake_timer(calls), echo=lambda _: None)
+    status = {r["method"]: r["status"] for r in rows}
+    assert status["cross"].startswith("failed: relative error 1 against the fp32 product")
+    assert status["cusparse-csr"] == "failed: RuntimeError: boom"
+    assert status["cross-triton-dense"] == "failed: preparing: NotImplementedError: no such format here"
+    assert all(r["us"] == "" and r["speedup_vs_dense"] == "" for r in rows)
+    assert len(calls) == 2 * 2 * 2  # the dense baselines only
+
+
+@pytest.mark.parametrize("distribution", ["uniform", "dlmc"])
+def test_row_command_measures_that_row_alone(distribution, dlmc_dir):
+    folder, _ = dlmc_dir
+    cfg = KernelConfig(shapes=("bert-up",), distributions=(distribution,), dlmc=folder, seed=3, tile=(64, 128))
+    for row in planned_rows(cfg)[::97]:
+        argv = shlex.split(row["command"])
+        assert argv[:3] == ["cross", "bench", "kernels"]
+        alone = planned_rows(kernel_config(build_parser().parse_args(argv[1:])))
+        assert len(alone) == 1 and {k: alone[0][k] for k in FIELDS} == {k: row[k] for k in FIELDS}
+
+
+# ---------------------------------------------------------------------------------------- CLI
+def test_kernels_dry_run(capsys):
+    code, out, err = run_cli(capsys, "bench", "kernels", "--dry-run")
+    assert code == 0, err
+    commands = [line for line in out.splitlines() if line.startswith("    $ cross bench kernels ")]
+    assert len(commands) == len(planned_rows(KernelConfig())) == 6 * 2 * 7 * 4 * 5 + 6 * 2 * 4
+    assert all("--sparsities 0.5 " in c for c in commands if c.endswith("sparse-2:4"))
+    assert "1728 rows over 84 weights; roughly" in out
+
+
+def test_kernels_dry_run_with_dlmc(dlmc_dir, capsys):
+    folder, _ = dlmc_dir
+    code, out, err = run_cli(capsys, "bench", "kernels", "--dry-run", "--distributions", "dlmc", "--dlmc", folder,
+                             "--ns", "16", "--methods", "dense,sparse-2:4")
+    assert code == 0, err
+    assert "9 rows over 6 weights" in out and out.count("sparse-2:4 ") == 3 and f"--dlmc {folder}" in out
+
+
+@pytest.mark.skipif(HAS_GPU, reason="checks the refusal without a GPU")
+@pytest.mark.parametrize("benchmark", ["kernels", "model"])
+def test_refuses_without_a_gpu(benchmark, capsys):
+    code, out, err = run_cli(capsys, "bench", benchmark, "--out", "/nonexistent/never-written")
+    assert code == 2 and out == ""
+    assert err.startswith("cross bench: error: expected a CUDA GPU, found none") and "--dry-run" in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["kernels", "--methods", "dense,bsr"], "argument --methods: expected dense, cross"),
+    (["kernels", "--sparsities", "0.5,1.0"], "argument --sparsities: expected a fraction of zeros in [0, 1)"),
+    (["kernels", "--ns", "0"], "argument --ns: expected token counts N >= 1"),
+    (["kernels", "--shapes", "gpt-up"], "argument --shapes: expected shapes from llama-qkvo"),
+    (["kernels", "--distributions", ","], "expected a comma-separated list of distributions"),
+    (["kernels", "--tile", "48x64"], "argument --tile"),
+    (["kernels", "--dry-run", "--distributions", "dlmc"], "--distributions dlmc: expected --dlmc DIR"),
+    (["kernels", "--dry-run", "--distributions", "dlmc", "--dlmc", "/nonexistent"], "no such directory"),
+    (["model", "--models", "gpt2"], "argument --models: expected models from bert, llama, minilm"),
+    ([], "the following arguments are required: BENCHMARK")])
+def test_bad_arguments(argv, message, capsys):
+    code, out, err = run_cli(capsys, "bench", *argv)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_model_dry_run(capsys):
+    code, out, err = run_cli(capsys, "bench", "model", "--dry-run", "--llama-layers", "4", "--llama-sparsities", "0.9",
+                             "--sparsities", "0.5,0.7")
+    assert code == 0, err
+    assert out.count(" llama-4L ") == 3 and out.count("    $ cross bench model --models llama --sparsities 0.9 "
+                                                         "--llama-layers 4") == 1
+    assert out.count("    bert  encoder     8        1024  0.5") == 1 and out.count(" minilm    embed ") == 2
+    assert "9 rows over 5 models and sparsities" in out
+
+
+# ---------------------------------------------------------------------------------------- models
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.up = nn.Linear(64, 128)
+        self.down = nn.Linear(128, 64)
+        self.pooler = nn.Linear(64, 64)  # a head: neither pruned nor sparsified
+
+    def forward(self, x):
+        return SimpleNamespace(last_hidden_state=self.down(torch.relu(self.up(x))))
+
+
+def test_run_workload_on_a_tiny_model():
+    torch.manual_seed(0)
+    model = Tiny().eval()
+    models.prune_(model, 0.7)
+    assert zero_fraction(model.up.weight) == pytest.approx(0.7, abs=1e-3) and zero_fraction(model.pooler.weight) == 0
+    x = {"x": torch.randn(2, 3, 64)}
+    wl = models.Workload("tiny", model, (("encoder", 2, 3),), lambda b, s: x,
+                         lambda inputs: model(**inputs).last_hidden_state.flatten(0, -2))
+    dense_bytes = models.linear_bytes(model)
+    calls = []
+    (row,) = models.run_workload(wl, 0.7, command="cmd", keep_dense=False, timer=fake_timer(calls))
+    assert list(row) == models.FIELDS and len(calls) == 3  # dense, cross, dense again
+    assert (row["model"], row["phase"], row["batch"], row["tokens"]) == ("tiny", "encoder", 2, 6)
+    assert row["sparse_layers"] == "2/2"  # the pooler is a head: not planned
+    assert row["speedup"] == 1.0 and row["dense_ms"] == row["cross_ms"] == 0.001 and row["timing"] == "graph"
+    assert row["weight_bytes_dense"] == dense_bytes == (64 * 128 * 2 + 64 * 64) * 4
+    assert row["weight_bytes_cross"] != dense_bytes and row["min_cosine"] > 0.9999
+    assert type(model.up) is nn.Linear  # left dense
+
+
+def test_model_report_files(tmp_path):
+    rows = [dict(model=m, phase=p, batch=b, tokens=b * 4, sparsity=s, dense_ms=2.0, cross_ms=2.0 / v, speedup=v,
+                 weight_bytes_dense=10**8, weight_bytes_cross=6 * 10**7, sparse_layers="3/7", min_cosine=0.99999,
+                 timing="graph") for m, p, b in (("bert", "encoder", 8), ("llama-4L", "decode", 1))
+            for s, v in ((0.5, 1.0), (0.9, 1.3))]
+    fig, md = report.write_model_report(rows, tmp_path, ["a note"])
+    assert fig.read_bytes().startswith(b"\x89PNG") and md.name == "model.md"
+    text = md.read_text()
+    assert "- a note" in text and "| llama-4L | decode | 1 | 4 | 90% | 2.000 | 1.538 | 1.30x | 100.0 | 60.0 | 3/7 |" in text
+
+
+# ---------------------------------------------------------------------------------------- scripts
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(f"bench_script_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_scripts_keep_their_command_lines(capsys):
+    kernels = load_script("kernels")
+    assert kernels.SHAPES is SHAPES and callable(kernels.bench) and kernels.make_weight is make_weight
+    assert kernels.main(["--shapes", "bert-qkvo", "--dry-run"]) == 0
+    assert "45 rows over 3 weights" in capsys.readouterr().out  # its own defaults: 0.5,0.7,0.9 x 5 N x 3 methods
+    assert load_script("model").main(["--dry-run"]) == 0
+    assert "12 rows over 5 models" in capsys.readouterr().out
+    if not HAS_GPU:
+        assert kernels.main([]) == 2 and "expected a CUDA GPU" in capsys.readouterr().err
+
+
+def test_report_kernels_script(tmp_path, capsys):
+    (tmp_path / "kernels.csv").write_text(
+        "shape,M,K,N,sparsity,distribution,method,us,speedup_vs_dense\n"
+        + "".join(f"llama-up,11008,4096,{n},{s},uniform,{m},1.0,{v}\n" for n in (1, 128) for s in (0.5, 0.9)
+                  for m, v in (("dense", 1.0), ("cross", 1.0), ("cross-cuda-bitmap", 0.7 + s / 2))))
+    assert load_script("report_kernels").main([str(tmp_path)]) == 0
+    assert (tmp_path / "kernels.png").read_bytes().startswith(b"\x89PNG")
+    assert "| uniform | llama-up | 1 | 1.00x | 1.00x | 0.95x | 1.15x |" in (tmp_path / "kernels_table.md").read_text()
