@@ -1,9 +1,12 @@
-"""nn: SparseLinear, the in-place model conversion sparsify_ / unsparsify_, and saved compiled
-models (save / load)."""
+"""nn: SparseLinear, the in-place model conversion sparsify_ / unsparsify_, saved compiled models
+(save / load), and tensor parallelism over torch.distributed (parallel)."""
 
 from .linear import SparseLinear
+from .parallel import (ColumnParallelLinear, RowParallelLinear, ShardedLinear, ShardSpec, ShardTimes, linear_costs,
+                       plan_tensor_parallel, predict_shards, shard_bounds, split_bounds, tensor_parallel_)
 from .serialize import PlanDeviceWarning, load, save
 from .sparsify import LayerReport, SparsifyReport, sparsify_, unsparsify_
 
 __all__ = ["SparseLinear", "sparsify_", "unsparsify_", "SparsifyReport", "LayerReport", "save", "load",
-           "PlanDeviceWarning"]
+           "PlanDeviceWarning", "ColumnParallelLinear", "RowParallelLinear", "ShardedLinear", "ShardSpec", "ShardTimes",
+           "linear_costs", "split_bounds", "shard_bounds", "predict_shards", "plan_tensor_parallel", "tensor_parallel_"]

@@ -2,7 +2,9 @@
 
 Module instances are replaced on their parents (setattr); no library class is patched. A layer
 is swapped only when its plan is predicted to win in some token-count bucket (or the caller forces
-the plan with keep_dense=False); the report says what happened to every layer and why.
+the plan with keep_dense=False); the report says what happened to every layer and why. With a
+``tp_group``, Llama-style blocks are first sharded over the group (``parallel.tensor_parallel_``)
+and each rank's parts are then planned like any other layer.
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .._checks import dtype_name
+from ..partition import DEFAULT_BUCKETS
+from ..partition.planner import design_tokens
 from .linear import KEEP_DENSE, SparseLinear, bucket_facts, plan_facts, plan_linear
+from .parallel import SPLIT_POLICIES, ShardedLinear, tensor_parallel_
 
 SPARSE = "sparse"
 NO_WIN = "dense: no predicted win"
@@ -163,9 +168,15 @@ def _dense_facts(linear: nn.Linear) -> dict:
             "bias": b is not None, "nbytes": nbytes, "dense_nbytes": nbytes}
 
 
+def _shard_facts(places) -> dict:
+    """The split of a layer that is one rank's part of a ShardedLinear (empty for whole layers)."""
+    parent = places[0][0]
+    return {"shard": parent.shard_facts()} if isinstance(parent, ShardedLinear) else {}
+
+
 @torch.no_grad()
 def sparsify_(model: nn.Module, filter_fn=None, *, min_sparsity: float = 0.0, progress: bool = True,
-              **from_dense_kwargs) -> SparsifyReport:
+              tp_group=None, tp_split: str = "cost", **from_dense_kwargs) -> SparsifyReport:
     """Replace, in place, every ``nn.Linear`` of ``model`` (exact type: subclasses such as
     MultiheadAttention's out_proj or quantized linears keep their own semantics and are left alone)
     by ``SparseLinear.from_dense(linear, **from_dense_kwargs)``.
@@ -176,6 +187,15 @@ def sparsify_(model: nn.Module, filter_fn=None, *, min_sparsity: float = 0.0, pr
     A layer whose plan falls back to dense in every bucket stays the same nn.Linear object (no
     predicted win), unless keep_dense=False forces its plan. No dense module is kept for
     unsparsify_: it rebuilds each layer from the packed weight, exactly.
+    tp_group: a torch.distributed process group to shard Hugging Face Llama-style models over, in
+        Megatron style (q/k/v and gate/up column-parallel, o and down row-parallel; see
+        ``cross.nn.parallel``), before planning; every rank calls sparsify_ on the same whole
+        model and keeps its parts. The parts are planned, filtered and reported under the layer's
+        name like whole layers (their summary adds 'shard'); a part that is not swapped stays an
+        nn.Linear shard, so the model is sharded either way. None (the default): no sharding (a
+        model already sharded with ``tensor_parallel_`` has its parts planned the same way).
+    tp_split: 'cost' (each rank gets the same predicted time at the first bucket's design token
+        count) or 'rows' (equal numbers of heads and tiles).
     Returns a SparsifyReport (print it, or ``.table()`` / ``.to_markdown()``).
     """
     if not isinstance(model, nn.Module):
@@ -190,14 +210,24 @@ def sparsify_(model: nn.Module, filter_fn=None, *, min_sparsity: float = 0.0, pr
     keep_dense = from_dense_kwargs.pop("keep_dense", "auto")
     if keep_dense not in KEEP_DENSE:
         raise ValueError(f"keep_dense: expected one of {KEEP_DENSE}, got {keep_dense!r}")
+    if tp_split not in SPLIT_POLICIES:
+        raise ValueError(f"tp_split: expected one of {SPLIT_POLICIES}, got {tp_split!r}")
+    if tp_group is not None:
+        cost = {k: from_dense_kwargs[k] for k in ("cost_model", "tile_shape", "nan_policy", "allowed_kinds")
+                if k in from_dense_kwargs}
+        buckets = from_dense_kwargs.get("buckets") or DEFAULT_BUCKETS
+        tensor_parallel_(model, tp_group, policy=tp_split, n_tokens=design_tokens(*buckets[0]), **cost)
 
     layers: dict[str, LayerReport] = {}
     found = _occurrences(model, lambda m: type(m) is nn.Linear)
     for fqn, linear, places in tqdm(found.values(), desc="sparsify_", unit="layer", disable=not progress):
+        shard = _shard_facts(places)
+        if shard:  # report and filter a rank's part under the layer's own name
+            fqn = fqn.rpartition(".")[0]
+        facts = {**_dense_facts(linear), **shard}
         if filter_fn is not None and not filter_fn(linear, fqn):
-            layers[fqn] = LayerReport(fqn, SKIP_FILTER, _dense_facts(linear))
+            layers[fqn] = LayerReport(fqn, SKIP_FILTER, facts)
             continue
-        facts = _dense_facts(linear)
         if facts["sparsity"] < min_sparsity:
             layers[fqn] = LayerReport(fqn, SKIP_SPARSITY, facts)
             continue
@@ -212,7 +242,7 @@ def sparsify_(model: nn.Module, filter_fn=None, *, min_sparsity: float = 0.0, pr
         sparse = SparseLinear.from_dense(linear, plan=plan, keep_dense=keep_dense)
         for parent, name in places:
             setattr(parent, name, sparse)
-        layers[fqn] = LayerReport(fqn, SPARSE, sparse.summary())
+        layers[fqn] = LayerReport(fqn, SPARSE, {**sparse.summary(), **shard})
     return SparsifyReport(layers)
 
 
