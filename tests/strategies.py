@@ -232,11 +232,13 @@ def error_bound(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     """Largest error allowed per output entry: the product summed in fp32 in any order and rounded
     once to the output dtype. Summing K products (each exact for fp16 / bf16 inputs, rounded once
     for fp32) and the bias in fp32 errs by at most (K + 2) u (|X| @ |W|^T + |b|) with u = 2^-24,
-    whatever the order (so GPU kernels are held to it too); the final rounding by eps(dtype) |Y|."""
+    whatever the order (so GPU kernels are held to it too); the final rounding by eps(dtype) |Y|,
+    or, where Y is subnormal in the output dtype, by the subnormals' spacing eps * smallest_normal."""
     scale = x.double().abs() @ weight.double().abs().T
     if bias is not None:
         scale = scale + bias.double().abs()
-    return torch.finfo(x.dtype).eps * ref.abs() + (x.shape[-1] + 2) * 2.0**-24 * scale
+    info = torch.finfo(x.dtype)
+    return info.eps * ref.abs() + info.eps * info.smallest_normal + (x.shape[-1] + 2) * 2.0**-24 * scale
 
 
 def mismatch(y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> str:
