@@ -236,3 +236,21 @@ def test_bad_files_rejected(case, tmp_path, rng):
     damage, match = BAD_FILES[case]
     with pytest.raises(ValueError, match=match):
         CostModel.load(_write(tmp_path / "bad.json", damage(good)))
+
+
+def test_composition_scale_makes_the_planner_reproduce_a_measurement():
+    """cross profile scales each kind's tile costs per N so that the planner's prediction for the
+    measured weight equals the measured time above the fixed cost."""
+    from cross.costmodel.profile import _composition_scale
+    from cross.partition import make_plan
+
+    model = CostModel(spec=H100)
+    rng = np.random.default_rng(0)
+    nnz = rng.integers(300, 1500, size=(8, 6))
+    shape, n_tokens = (512, 384), (1, 16, 128)
+    predicted = np.array([make_plan(nnz=nnz, shape=shape, dtype="bfloat16", cost_model=model, allowed_kinds=(TileKind.BITMAP,),
+                                    buckets=((1, n),), n_programs=20).buckets[0].predicted_us - model.spec.launch_us
+                          for n in n_tokens])
+    measured = predicted * np.array([0.5, 1.0, 3.0])
+    scale = _composition_scale(model, nnz, shape, TileKind.BITMAP, (64, 64), n_tokens, measured, 20)
+    np.testing.assert_allclose(scale, [0.5, 1.0, 3.0], rtol=1e-9)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..tiling import TileKind
+from ..tiling import TileGrid, TileKind
 from .model import CostModel, TileTable
 from .roofline import H100, GPUSpec
 
@@ -130,14 +130,21 @@ def measure(device: torch.device | None = None, tile_shape=(64, 64), densities=D
         return (torch.randn(rows, COLS, generator=gen) * keep).to(torch.bfloat16).to(device)
 
     rows = KERNEL_ROWS
-    measured = {(kind, d): timed(weight(rows, d), kind) for kind, d in jobs}
+    measured, nnz = {}, {}
+    for kind, d in jobs:
+        w = weight(rows, d)
+        measured[(kind, d)] = timed(w, kind)
+        nnz[(kind, d)] = TileGrid.for_weight(w, tile_shape).tile_nnz(w)
     # the fixed cost (launch, a block's first loads, the split-row exchanges) is where the time of a
     # BITMAP weight extrapolates to at zero rows, from KERNEL_ROWS // 2 and KERNEL_ROWS rows: a weight of
     # a single tile-row instead splits that row over every program and times its exchange, not the
     # fixed cost of a full weight. The N = 1 value is used at every N: at large N a weight's token
     # tiles, not its fixed cost, decide the time.
     half, _ = timed(weight(rows // 2, FIT_DENSITY), TileKind.BITMAP)
-    full, _ = measured.get((TileKind.BITMAP, FIT_DENSITY)) or timed(weight(rows, FIT_DENSITY), TileKind.BITMAP)
+    if FIT_DENSITY in densities:
+        full, _ = measured[(TileKind.BITMAP, FIT_DENSITY)]
+    else:
+        full, _ = timed(weight(rows, FIT_DENSITY), TileKind.BITMAP)
     fixed = np.maximum(2 * half - full, 0.0)
     for (kind, d), (times, n_tiles) in measured.items():
         cost = np.maximum(times - fixed[0], 0.0) / n_tiles
@@ -155,6 +162,16 @@ def measure(device: torch.device | None = None, tile_shape=(64, 64), densities=D
     spec = _calibrate_dense(spec, dense_times, n_tokens)
     spec = replace(spec, launch_us=float(fixed[0]), item_us=0.0)  # items are inside the per-tile costs
     tables = tuple(TileTable(k, tile_shape, np.array(densities), np.array(n_tokens, dtype=float), per_tile[k]) for k in kinds)
+    # the planner composes tile costs into a weight's time through its units (the slowest unit's
+    # load, tiles of slightly different densities): scale each kind's costs per N so that the
+    # planner's own prediction for a measured weight equals its measured time
+    unscaled = CostModel(spec, tables)
+    for kind in kinds:
+        d = FIT_DENSITY if kind == TileKind.BITMAP else 1.0
+        if (kind, d) in measured:
+            per_tile[kind] *= _composition_scale(unscaled, nnz[(kind, d)], (KERNEL_ROWS, COLS), kind, tile_shape, n_tokens,
+                                                 measured[(kind, d)][0] - fixed[0], spec.n_programs)[:, None]
+    tables = tuple(TileTable(k, tile_shape, np.array(densities), np.array(n_tokens, dtype=float), per_tile[k]) for k in kinds)
     prov = provenance(device)
     prov["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     prov["method"] = (f"(({KERNEL_ROWS}x{COLS} weight of one tile kind) - fixed) over its tiles; fixed = "
@@ -164,6 +181,21 @@ def measure(device: torch.device | None = None, tile_shape=(64, 64), densities=D
     prov["dense_us"] = {f"{rows}x{COLS}": dict(zip(map(str, n_tokens), np.round(dense_times[r], 2).tolist()))
                         for r, rows in enumerate(ROWS)}
     return CostModel(spec, tables, prov)
+
+
+def _composition_scale(model: CostModel, nnz: np.ndarray, shape, kind, tile_shape, n_tokens, measured_us,
+                       n_programs: int) -> np.ndarray:
+    """Per N: (measured - fixed) over what the planner predicts above the fixed cost for this weight."""
+    from ..partition import make_plan
+
+    scale = np.ones(len(n_tokens))
+    for j, n in enumerate(n_tokens):
+        plan = make_plan(nnz=nnz, shape=shape, dtype="bfloat16", tile_shape=tile_shape, cost_model=model,
+                         allowed_kinds=(kind,), buckets=((1, int(n)),), n_programs=n_programs)
+        predicted = plan.buckets[0].predicted_us - model.spec.launch_us
+        if predicted > 0 and measured_us[j] > 0:
+            scale[j] = measured_us[j] / predicted
+    return scale
 
 
 def _calibrate_dense(spec: GPUSpec, times: np.ndarray, n_tokens) -> GPUSpec:
