@@ -169,8 +169,9 @@ def measure(device: torch.device | None = None, tile_shape=(64, 64), densities=D
     for kind in kinds:
         d = FIT_DENSITY if kind == TileKind.BITMAP else 1.0
         if (kind, d) in measured:
-            per_tile[kind] *= _composition_scale(unscaled, nnz[(kind, d)], (KERNEL_ROWS, COLS), kind, tile_shape, n_tokens,
-                                                 measured[(kind, d)][0] - fixed[0], spec.n_programs)[:, None]
+            scale = _composition_scale(unscaled, nnz[(kind, d)], (KERNEL_ROWS, COLS), kind, tile_shape, n_tokens,
+                                       measured[(kind, d)][0] - fixed[0], spec.n_programs)
+            per_tile[kind] = per_tile[kind] * scale[:, None]
     tables = tuple(TileTable(k, tile_shape, np.array(densities), np.array(n_tokens, dtype=float), per_tile[k]) for k in kinds)
     prov = provenance(device)
     prov["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
