@@ -31,6 +31,11 @@ ROWS = (2048, 8192)  # cuBLAS calibration sizes
 #: sparse layers pay off, and where a block gets ~14 tiles; per-tile costs measured on smaller weights
 #: carry more per-item work per tile and over-predict larger ones by ~9%)
 KERNEL_ROWS = 11008
+#: a plan-kernel launch inside a model's decode graph costs this much more, against cuBLAS, than the
+#: same launch timed alone: 7.0-7.5 us per sparse layer in a 32-layer Llama-2-7B-shaped decoder at
+#: 70/80/90% on the H100 (benchmarks/results/h100/model.csv against kernels_fig1.csv). Not measured
+#: by `cross profile` itself yet: every measured model carries this H100 value.
+IN_MODEL_US = 7.4
 FIT_DENSITY = 0.3  # the fixed cost: BITMAP weights of this density at KERNEL_ROWS // 2 and KERNEL_ROWS rows
 COLS = 4096
 
@@ -160,7 +165,7 @@ def measure(device: torch.device | None = None, tile_shape=(64, 64), densities=D
             bar.update()
     bar.close()
     spec = _calibrate_dense(spec, dense_times, n_tokens)
-    spec = replace(spec, launch_us=float(fixed[0]), item_us=0.0)  # items are inside the per-tile costs
+    spec = replace(spec, launch_us=float(fixed[0]), item_us=0.0, in_model_us=IN_MODEL_US)  # items are inside the per-tile costs
     tables = tuple(TileTable(k, tile_shape, np.array(densities), np.array(n_tokens, dtype=float), per_tile[k]) for k in kinds)
     # the planner composes tile costs into a weight's time through its units (the slowest unit's
     # load, tiles of slightly different densities): scale each kind's costs per N so that the
