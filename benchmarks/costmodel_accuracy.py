@@ -27,6 +27,7 @@ from cross.costmodel import default_cost_model
 from cross.kernels.launch import kernel_args, launch
 from cross.pack import pack
 from cross.partition import make_plan
+from cross.bench.weights import DLMC_LAYERS, dlmc_files, dlmc_mask
 from cross.tiling import TileKind
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -35,19 +36,16 @@ from kernels import SHAPES, bench, make_weight  # noqa: E402
 FIELDS = ["shape", "N", "distribution", "sparsity", "plan", "predicted_us", "measured_us", "best_alternative_us"]
 
 
-def dlmc_weights(folder: Path, sparsity: float, names=("ffn_conv1", "ffn_conv2", "self_attention_multihead_attention_q")):
-    """A few real magnitude-pruned Transformer patterns (encoder layer 0) filled with random values."""
-    path = folder / f"transformer__magnitude_pruning__{sparsity}.npz"
-    if not path.is_file():
+def dlmc_weights(folder: Path, sparsity: float):
+    """The real magnitude-pruned Transformer patterns of DLMC_LAYERS (encoder layer 0) at this
+    sparsity, filled with random values; none where the folder has no archive of that sparsity."""
+    path = dlmc_files(folder).get(sparsity)
+    if path is None:
         return []
-    d = np.load(path)
     out = []
-    for key in sorted({k.rsplit("__", 1)[0] for k in d.files}):
-        if key.startswith("body_encoder_layer_0_") and any(n in key for n in names):
-            rows, cols = (int(v) for v in d[key + "__shape"])
-            mask = np.unpackbits(d[key + "__bits"])[: rows * cols].reshape(rows, cols).astype(bool)
-            w = torch.randn(rows, cols) * torch.from_numpy(mask)
-            out.append((key.removeprefix("body_encoder_layer_0_"), w.to(torch.bfloat16)))
+    for name in DLMC_LAYERS:
+        mask = dlmc_mask(path, name)
+        out.append((name, (torch.randn(mask.shape) * mask).to(torch.bfloat16)))
     return out
 
 
@@ -85,7 +83,7 @@ def main(argv=None):
     if args.dlmc:
         for sp in sparsities:
             for key, w in dlmc_weights(args.dlmc, sp):
-                cases.append((f"dlmc-{key}", "dlmc", sp, lambda w=w: w))
+                cases.append((key, "dlmc", sp, lambda w=w: w))
     rows, choice_ok, rel_err = [], [], []
     print(f"{'shape':>26} {'dist':>10} {'sp':>4} {'N':>5} {'plan':>7} {'pred us':>9} {'meas us':>9} {'best alt':>9}")
     for name, dist, sp, build in cases:

@@ -147,6 +147,12 @@ def model_command(name: str, sparsity: float, *, llama_layers: int = LLAMA_LAYER
     return shlex.join(parts)
 
 
+#: do_bench warm-up and measuring time per model timing: a Llama decode step takes ~8 ms, so 400 ms
+#: gives ~50 replays per median (50 ms gave ~6: the H100 results of 2026-11-24 were measured with 10 /
+#: 50 ms and show 0.94-1.04x between identical modules)
+MODEL_WARMUP_MS, MODEL_REP_MS = 25, 400
+
+
 def run_workload(wl: Workload, sparsity: float, *, command: str = "", cost_model=None, keep_dense="auto",
                  timer: Callable = measure_us, progress: bool = False) -> list[dict]:
     """Time every phase dense, sparsified, and dense again; one row per phase. The model is left
@@ -154,7 +160,7 @@ def run_workload(wl: Workload, sparsity: float, *, command: str = "", cost_model
     import cross
 
     def ms(x):
-        us, how = timer(lambda: wl.model(**x), 10, 50)
+        us, how = timer(lambda: wl.model(**x), MODEL_WARMUP_MS, MODEL_REP_MS)
         return us / 1e3, how
 
     with torch.no_grad():
