@@ -1,0 +1,30 @@
+"""benchmarks/sanitize.py cuts the GPU test set into parts that together cover it exactly once."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "sanitize.py"
+_spec = importlib.util.spec_from_file_location("sanitize", _PATH)
+sanitize = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(sanitize)
+
+
+@pytest.mark.parametrize("n_ids, n_chunks", [(0, 3), (1, 4), (10, 3), (334, 12), (5, 5)])
+def test_chunks_cover_every_test_once_in_order(n_ids, n_chunks):
+    ids = [f"t{i}" for i in range(n_ids)]
+    parts = [sanitize.chunk(ids, n_chunks, i) for i in range(n_chunks)]
+    assert sum(parts, []) == ids
+    sizes = [len(p) for p in parts]
+    assert max(sizes) - min(sizes) <= 1
+
+
+def test_chunk_index_is_checked():
+    with pytest.raises(ValueError, match="chunk"):
+        sanitize.chunk(["a"], 2, 2)
+
+
+def test_summary_pattern_reads_both_tools():
+    text = "========= ERROR SUMMARY: 0 errors\n========= RACECHECK SUMMARY: 3 hazards displayed (0 errors, 3 warnings)"
+    assert [(k, int(n)) for k, n, _ in sanitize.SUMMARY.findall(text)] == [("ERROR", 0), ("RACECHECK", 3)]
