@@ -90,11 +90,10 @@ def cuda_heads(sections: torch.Tensor, items: torch.Tensor, unit_ptr: torch.Tens
     heads = torch.zeros(*order.shape, 12, dtype=torch.int64, device=order.device)
     heads[..., 0], heads[..., 1] = first, end
     heads[..., 5] = -1
-    has = first < end
-    if items.shape[0] and bool(has.any()):
-        rec = items.long()[first[has]]
-        heads[has, 2:6] = rec
-        heads[has, 6:9] = sections.long()[rec[:, 0], 1:4]
+    has = first < end  # a unit without items has first == end, so nothing of `items` is read for it
+    rec = items.long()[first[has]]
+    heads[has, 2:6] = rec
+    heads[has, 6:9] = sections.long()[rec[:, 0], 1:4]
     return heads.to(torch.int32).contiguous()
 
 
