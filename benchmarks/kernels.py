@@ -6,7 +6,7 @@ Each row: one weight shape, sparsity, distribution and token count N; methods
     cross-<backend>-<kinds>   the kernel forced to run a plan restricted to those tile kinds
 and the sparse peers of `cross bench kernels` (cusparse-csr, triton-bsr-<block>, sparse-2:4).
 Every result is checked against the fp32 dense product before it is timed.
-Times are triton.testing.do_bench medians of CUDA-graph replays (L2 flushed before every run).
+Times are medians of CUDA-graph replays (L2 flushed by a 256 MB read before every run: cross.bench.timing).
 
 This is `cross bench kernels` (src/cross/bench, src/cross/cli/bench.py) with this script's
 earlier defaults, writing kernels.csv only; benchmarks/report_kernels.py draws it.

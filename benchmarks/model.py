@@ -5,7 +5,7 @@ earlier defaults (BERT-base at 50/70/90%, the Llama-2-7B-shaped decoder at 50/70
 model.csv only. Models are built from transformers configs with random weights (no downloads),
 every encoder / decoder nn.Linear magnitude-pruned per layer to the target sparsity; the dense
 model is the pruned model itself, so both compute the same function. Each forward is captured in
-a CUDA graph and the graph replayed under triton.testing.do_bench.
+a CUDA graph and the graph replayed with L2 flushed (cross.bench.timing).
 
     PYTHONPATH=src python benchmarks/model.py --out benchmarks/results/h100
 """

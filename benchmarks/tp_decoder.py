@@ -18,7 +18,7 @@ a group (the others wait) and shard copies of that decoder three ways:
 Each copy's output is first checked against the unsharded decoder (cosine >= 0.999), then timed:
 decode_ms is one decode step (batch sequences, one new token each, no KV cache: the linear layers do
 the work of a cached decode step), CUDA-graph replays in lockstep on every rank, the slowest rank's
-mean; rank_ms is each rank's own sharded linear layers alone (no communication; do_bench, L2
+mean; rank_ms is each rank's own sharded linear layers alone (no communication; graph replay, L2
 flushed), whose max/min is the spread that balancing is about; pred_ms is what the cost model
 predicts for the same layers on each rank. NCCL_NVLS_ENABLE=0 is set before NCCL starts.
 """

@@ -254,3 +254,25 @@ def test_composition_scale_makes_the_planner_reproduce_a_measurement():
     measured = predicted * np.array([0.5, 1.0, 3.0])
     scale = _composition_scale(model, nnz, shape, TileKind.BITMAP, (64, 64), n_tokens, measured, 20)
     np.testing.assert_allclose(scale, [0.5, 1.0, 3.0], rtol=1e-9)
+
+
+def test_timing_rejects_an_unknown_flush():
+    from cross.costmodel.profile import replay_time_us
+
+    with pytest.raises(ValueError, match=r"flush: expected one of \('read', 'write'\), got 'none'"):
+        replay_time_us(lambda: None, flush="none")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("flush", ["read", "write"])
+def test_graph_timing_grows_with_the_bytes_moved(flush):
+    """A copy of 256 MB takes longer than one of 1 MB under either flush, and both are positive."""
+    from cross.costmodel.profile import graph_time_us
+
+    big, small = (torch.empty(n, dtype=torch.uint8, device="cuda") for n in (256 << 20, 1 << 20))
+    big_dst, small_dst = torch.empty_like(big), torch.empty_like(small)
+    t_big = graph_time_us(lambda: big_dst.copy_(big), flush=flush)
+    t_small = graph_time_us(lambda: small_dst.copy_(small), flush=flush)
+    assert 0 < t_small < t_big
+    assert t_big > 2 * 256e6 / 4e12 * 1e6  # no faster than 4 TB/s for a read plus a write of 256 MB

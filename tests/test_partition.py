@@ -595,18 +595,3 @@ def test_not_a_plan_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="not found"):
         Plan.load(tmp_path / "missing.safetensors")
 
-
-def test_in_model_overhead_counts_against_the_plan():
-    """A plan that wins alone falls back once each launch costs more than its margin inside a model."""
-    from dataclasses import replace
-
-    from cross.costmodel import H100, CostModel
-
-    nnz = np.full((128, 128), 40)  # an 8192 x 8192 weight at 1% density
-    plan = lambda spec: make_plan(nnz=nnz, shape=(8192, 8192), dtype="bfloat16", cost_model=CostModel(spec=spec))  # noqa: E731
-    b = plan(H100).buckets[0]
-    assert not b.fallback
-    gap = b.dense_us - b.predicted_us * (1 + WIN_MARGIN)
-    in_model = plan(replace(H100, in_model_us=gap + 0.5))
-    assert in_model.buckets[0].fallback and "in a model" in in_model.buckets[0].reason
-    assert in_model.buckets[0].predicted_us == pytest.approx(b.predicted_us)

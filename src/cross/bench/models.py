@@ -9,8 +9,8 @@
 The random-weight models are magnitude-pruned per layer to the target sparsity. The dense model is
 the pruned model itself, so both compute the same function; it is timed before and after the sparse
 one and the two timings averaged, so that clock drift over the run does not pass for a speed-up or a
-loss. Each forward is captured in a CUDA graph and the graph replayed under triton.testing.do_bench
-(plain do_bench where the forward cannot be captured: the timing column says so).
+loss. Each forward is captured in a CUDA graph and the graph replayed with L2 flushed by a read before
+each replay (plain event timing where the forward cannot be captured: the timing column says so).
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ def model_command(name: str, sparsity: float, *, llama_layers: int = LLAMA_LAYER
     return shlex.join(parts)
 
 
-#: do_bench warm-up and measuring time per model timing: a Llama decode step takes ~8 ms, so 400 ms
+#: warm-up and measuring time per model timing: a Llama decode step takes ~8 ms, so 400 ms
 #: gives ~50 replays per median (50 ms gave ~6: the H100 results of 2026-11-24 were measured with 10 /
 #: 50 ms and show 0.94-1.04x between identical modules)
 MODEL_WARMUP_MS, MODEL_REP_MS = 25, 400

@@ -1,8 +1,9 @@
 """Device time of a callable, L2 flushed, and the check every result passes before it is timed.
 
-``graph_us`` replays a CUDA graph of the call under triton.testing.do_bench (host work is not
-counted); ``measure_us`` falls back to plain do_bench where a call cannot be captured in a graph
-(a host sync, or a library that refuses capture), and says so in the result.
+``graph_us`` replays a CUDA graph of the call (host work is not counted) with L2 flushed by a
+256 MB read before each replay (costmodel.profile.FLUSHES says why a read); ``measure_us`` falls
+back to timing the call itself where it cannot be captured in a graph (a host sync, or a library
+that refuses capture), and says so in the result.
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ CHECK_TOL = 2e-2
 GRAPH = "graph"
 
 
-def graph_us(fn, warmup_ms: int = 25, rep_ms: int = 100) -> float:
+def graph_us(fn, warmup_ms: int = 25, rep_ms: int = 100, flush: str = "read") -> float:
     """Median device time of fn in microseconds (CUDA-graph replay, L2 flushed: see graph_time_us)."""
     from ..costmodel.profile import graph_time_us
 
-    return graph_time_us(fn, warmup_ms=warmup_ms, rep_ms=rep_ms)
+    return graph_time_us(fn, warmup_ms=warmup_ms, rep_ms=rep_ms, flush=flush)
 
 
 def measure_us(fn, warmup_ms: int = 25, rep_ms: int = 100) -> tuple[float, str]:
@@ -30,11 +31,11 @@ def measure_us(fn, warmup_ms: int = 25, rep_ms: int = 100) -> tuple[float, str]:
     try:
         return graph_us(fn, warmup_ms, rep_ms), GRAPH
     except Exception as e:  # libraries raise their own error types when a call refuses capture
-        import triton
+        from ..costmodel.profile import replay_time_us
 
         torch.cuda.set_stream(stream)  # a capture that fails to end leaves its side stream current
         torch.cuda.synchronize()
-        us = triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median") * 1e3
+        us = replay_time_us(fn, warmup_ms, rep_ms)
         return us, f"eager: graph capture failed ({reason(e)})"
 
 

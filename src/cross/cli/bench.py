@@ -34,7 +34,7 @@ KERNELS_DESCRIPTION = (
     "cuSPARSE CSR, torch's BSR Triton kernels, 2:4 semi-structured (50% only) and dense, on BERT-base and "
     "Llama-2-7B layer shapes with uniform and non-uniform random sparsity and on real pruned Transformer masks "
     "(DLMC). Every result is checked against the fp32 product before it is timed (a method that fails or raises "
-    "is reported as failed, never timed); times are medians of CUDA-graph replays with L2 flushed (plain do_bench "
+    "is reported as failed, never timed); times are medians of CUDA-graph replays with L2 flushed by a 256 MB read (plain event timing "
     "where a call cannot be captured). Each row's command is printed with it.")
 KERNELS_EPILOG = """\
 examples:
@@ -325,7 +325,7 @@ def _run_models(args, plan, commands, csv_name: str, report: bool) -> int:
         notes = [f"device: {torch.cuda.get_device_name(device)}, bf16; cost model: {cm.source}; keep_dense={keep_dense}",
                  f"command: `{' '.join(sys.argv)}`",
                  "dense = the pruned model itself (both compute the same function), timed before and after the sparse "
-                 "model and averaged; CUDA-graph replay under triton.testing.do_bench, L2 flushed",
+                 "model and averaged; CUDA-graph replay, L2 flushed by a 256 MB read before each",
                  "Llama decode: one new token per sequence without a KV cache (the linear layers do the work of a "
                  "cached decode step); bert and llama have random weights, magnitude-pruned per layer; minilm is the "
                  "real all-MiniLM-L6-v2, Wanda-pruned as `cross demo` does",

@@ -302,8 +302,7 @@ def cmd_plan(args) -> int:
     total = ", ".join(f"{name} {dense_sum[name] / run_sum[name]:.2f}x" for name in dense_sum)
     lines = [f"cost model: {cm.source}; tiles {args.tile[0]}x{args.tile[1]}; predicted times are for that GPU",
              f"{n_winning} of {len(refs)} layers have a plan predicted to win in some bucket; 'dense': the bucket "
-             f"falls back to the dense product (the plan is not predicted {WIN_MARGIN:.0%} faster"
-             f"{f', counting {cm.spec.in_model_us:.1f} us per launch inside a model' if cm.spec.in_model_us else ''})",
+             f"falls back to the dense product (the plan is not predicted {WIN_MARGIN:.0%} faster)",
              f"predicted speed-up of all {len(refs)} layers together: {total}"]
     if passed_over:
         lines.append(f"{len(passed_over)} 2-D tensors passed over (not floating point, or empty)")

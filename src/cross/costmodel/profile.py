@@ -12,6 +12,7 @@ the same device and library versions.
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import os
 from dataclasses import replace
@@ -31,11 +32,16 @@ ROWS = (2048, 8192)  # cuBLAS calibration sizes
 #: sparse layers pay off, and where a block gets ~14 tiles; per-tile costs measured on smaller weights
 #: carry more per-item work per tile and over-predict larger ones by ~9%)
 KERNEL_ROWS = 11008
-#: a plan-kernel launch inside a model's decode graph costs this much more, against cuBLAS, than the
-#: same launch timed alone: 7.0-7.5 us per sparse layer in a 32-layer Llama-2-7B-shaped decoder at
-#: 70/80/90% on the H100 (benchmarks/results/h100/model.csv against kernels_fig1.csv). Not measured
-#: by `cross profile` itself yet: every measured model carries this H100 value.
-IN_MODEL_US = 7.4
+#: bytes that evict L2 before every timed run (H100: 50 MB of L2)
+FLUSH_BYTES = 256 * 1024 * 1024
+#: how L2 is emptied before a timed run: "read" replaces its lines by clean ones (a reduction over
+#: FLUSH_BYTES, as a model's previous layers leave it); "write" zero-fills a buffer, as
+#: triton.testing.do_bench does, which leaves up to 50 MB of dirty lines that the timed kernel's own
+#: reads must first write back to HBM (docs/perf-notes.md: 46.8 us instead of 37.2 for cuBLAS on 11008x4096 at N = 1)
+FLUSHES = ("read", "write")
+#: the timing protocol of measured tables (part of a cached table's key: tables timed another way
+#: are measured again)
+TIMING = "graph-replay-read-flush"
 FIT_DENSITY = 0.3  # the fixed cost: BITMAP weights of this density at KERNEL_ROWS // 2 and KERNEL_ROWS rows
 COLS = 4096
 
@@ -54,7 +60,7 @@ def provenance(device: torch.device) -> dict:
     return {"device": torch.cuda.get_device_name(device), "sm": f"{props.major}.{props.minor}",
             "multiprocessors": props.multi_processor_count, "driver": _driver_version(),
             "cuda": torch.version.cuda, "torch": torch.__version__, "triton": triton.__version__,
-            "cross": __version__}
+            "cross": __version__, "timing": TIMING}
 
 
 def _driver_version() -> str:
@@ -69,7 +75,7 @@ def _driver_version() -> str:
 
 def cache_path(device: torch.device) -> Path:
     p = provenance(device)
-    key = "-".join(str(p[k]) for k in ("device", "driver", "torch", "triton", "cross"))
+    key = "-".join(str(p[k]) for k in ("device", "driver", "torch", "triton", "cross", "timing"))
     safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in key)
     return cache_dir() / f"costmodel-{safe}.json"
 
@@ -83,18 +89,47 @@ def cached_model(device: torch.device | None = None) -> CostModel | None:
     return CostModel.load(path) if path.is_file() else None
 
 
-def graph_time_us(fn, warmup_ms: int = 10, rep_ms: int = 40) -> float:
-    """Median device time of fn in microseconds: fn is captured in a CUDA graph and the graph replayed
-    under triton.testing.do_bench, which flushes L2 before every replay, so host-side launch work
-    (Python, argument handling) is not counted. Used by ``cross profile`` and the benchmarks."""
-    import triton
-
+def graph_time_us(fn, warmup_ms: int = 10, rep_ms: int = 40, flush: str = "read") -> float:
+    """Median device time of fn in microseconds: fn is captured in a CUDA graph and the graph replayed,
+    with L2 flushed (``flush``) before every replay, so host-side launch work (Python, argument
+    handling) is not counted. Used by ``cross profile`` and the benchmarks."""
     fn()
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         fn()
-    return triton.testing.do_bench(graph.replay, warmup=warmup_ms, rep=rep_ms, return_mode="median") * 1e3
+    return replay_time_us(graph.replay, warmup_ms, rep_ms, flush)
+
+
+@functools.lru_cache(maxsize=None)
+def _flush_buffer(device_index: int) -> torch.Tensor:
+    return torch.zeros(FLUSH_BYTES // 4, dtype=torch.int32, device=torch.device("cuda", device_index))
+
+
+def replay_time_us(run, warmup_ms: int = 10, rep_ms: int = 40, flush: str = "read") -> float:
+    """Median time of run() in microseconds between CUDA events, L2 flushed before each run (the
+    protocol of triton.testing.do_bench, with the flush chosen: see FLUSHES)."""
+    if flush not in FLUSHES:
+        raise ValueError(f"flush: expected one of {FLUSHES}, got {flush!r}")
+    buf = _flush_buffer(torch.cuda.current_device())
+    clear = buf.zero_ if flush == "write" else buf.sum
+
+    def timed(count: int) -> list[float]:
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(count)]
+        for start, end in events:
+            clear()
+            start.record()
+            run()
+            end.record()
+        torch.cuda.synchronize()
+        return [start.elapsed_time(end) for start, end in events]
+
+    run()
+    torch.cuda.synchronize()
+    estimate_ms = max(float(np.median(timed(5))), 1e-3)
+    for _ in range(max(1, int(warmup_ms / estimate_ms))):
+        run()
+    return float(np.median(timed(max(1, int(rep_ms / estimate_ms))))) * 1e3
 
 
 def measure(device: torch.device | None = None, tile_shape=(64, 64), densities=DENSITIES, n_tokens=N_TOKENS,
@@ -165,7 +200,7 @@ def measure(device: torch.device | None = None, tile_shape=(64, 64), densities=D
             bar.update()
     bar.close()
     spec = _calibrate_dense(spec, dense_times, n_tokens)
-    spec = replace(spec, launch_us=float(fixed[0]), item_us=0.0, in_model_us=IN_MODEL_US)  # items are inside the per-tile costs
+    spec = replace(spec, launch_us=float(fixed[0]), item_us=0.0)  # items are inside the per-tile costs
     tables = tuple(TileTable(k, tile_shape, np.array(densities), np.array(n_tokens, dtype=float), per_tile[k]) for k in kinds)
     # the planner composes tile costs into a weight's time through its units (the slowest unit's
     # load, tiles of slightly different densities): scale each kind's costs per N so that the

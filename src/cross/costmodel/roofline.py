@@ -44,10 +44,6 @@ class GPUSpec:
     dense_bandwidth_efficiency: float = 0.65  # cuBLAS at small N reaches ~65% of the copy bandwidth
     dense_tensor_efficiency: float = 1.0  # cuBLAS at large N reaches `tensor_flops`
     dense_launch_us: float = 5.0
-    #: what one plan-kernel launch costs inside a model's CUDA graph beyond the same launch timed
-    #: alone; the planner adds it to a plan's prediction before comparing with dense (0 here; see
-    #: costmodel.profile.IN_MODEL_US)
-    in_model_us: float = 0.0
 
     @property
     def n_programs(self) -> int:

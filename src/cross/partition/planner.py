@@ -177,10 +177,8 @@ def make_plan(weight: torch.Tensor | None = None, *, nnz: np.ndarray | None = No
         span = simulate_makespan(loads / token_tiles, order, token_tiles)
         predicted = cm.launch_us + programs * span
         dense = cm.dense_us(grid.rows, grid.cols, n)
-        in_model = cm.spec.in_model_us
-        fallback = predicted * (1 + WIN_MARGIN) + in_model >= dense
-        reason = (f"predicted {predicted:.1f} us{f' + {in_model:.1f} us in a model' if in_model else ''} is not "
-                  f"{WIN_MARGIN:.0%} under dense {dense:.1f} us" if fallback else "")
+        fallback = predicted * (1 + WIN_MARGIN) >= dense
+        reason = f"predicted {predicted:.1f} us is not {WIN_MARGIN:.0%} under dense {dense:.1f} us" if fallback else ""
         bucket_plans.append(BucketPlan(n_min, n_max, n, bn, bool(fallback), items, unit_ptr, order, loads,
                                        float(predicted), float(dense), reason))
 
