@@ -126,7 +126,15 @@ def replay_time_us(run, warmup_ms: int = 10, rep_ms: int = 40, flush: str = "rea
 
     run()
     torch.cuda.synchronize()
-    estimate_ms = max(float(np.median(timed(5))), 1e-3)
+    # the number of runs is set by the time of a flush and a run together, as do_bench sets it
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(5):
+        clear()
+        run()
+    end.record()
+    torch.cuda.synchronize()
+    estimate_ms = max(start.elapsed_time(end) / 5, 1e-3)
     for _ in range(max(1, int(warmup_ms / estimate_ms))):
         run()
     return float(np.median(timed(max(1, int(rep_ms / estimate_ms))))) * 1e3
