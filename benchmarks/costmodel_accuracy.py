@@ -9,7 +9,8 @@ against the fp32 product first:
 and the runtime's choice (hybrid unless its bucket falls back to dense) is compared with the fastest.
 The ablation times hybrid plans made with balance='none', 'intra' and 'full' on non-uniform weights.
 
-    PYTHONPATH=src python benchmarks/costmodel_accuracy.py --dlmc ../shared/data/dlmc --out benchmarks/results/h100
+    PYTHONPATH=src python benchmarks/costmodel_accuracy.py --dlmc ../shared/data/dlmc \
+        --cost-model benchmarks/results/h100/costmodel.json --out benchmarks/results/h100
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cross.costmodel import default_cost_model
+from cross.costmodel import CostModel, default_cost_model
 from cross.kernels.launch import kernel_args, launch
 from cross.pack import pack
 from cross.partition import make_plan
@@ -67,9 +68,11 @@ def main(argv=None):
     ap.add_argument("--sparsities", default="0.5,0.7,0.9")
     ap.add_argument("--ns", default="1,16,128,2048")
     ap.add_argument("--dlmc", type=Path, default=None, help="folder of the DLMC .npz files")
+    ap.add_argument("--cost-model", type=Path, default=None, metavar="JSON",
+                    help="a measured cost model (default: the one `cross profile` measured on this GPU)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    cm = default_cost_model()
+    cm = CostModel.load(args.cost_model) if args.cost_model else default_cost_model()
     print(f"# {torch.cuda.get_device_name()}, cost model: {cm.source}", flush=True)
     gen = torch.Generator().manual_seed(0)
     ns = [int(v) for v in args.ns.split(",")]
