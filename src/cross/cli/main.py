@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "Plan every 2-D floating-point tensor of a safetensors file or model directory: each tile "
                 "is classified EMPTY / DENSE / BITMAP / INDEX by the cost model and the work balanced over "
                 "the GPU's programs, once per token-count bucket N. A bucket whose plan is not predicted "
-                "to beat the dense product by 3%, counting the cost model's in-model launch cost, falls back "
+                "to beat the dense product by 3% falls back "
                 "to dense. Saves <out>/<layer>.plan.safetensors "
                 "(cross.partition.Plan.load reads them) and plan.md.")
     p.add_argument("path", help="a .safetensors file or a directory holding *.safetensors")
