@@ -24,13 +24,40 @@ def block_n_for(n_tokens: int) -> int:
     return int(min(MAX_BLOCK_N, max(MIN_BLOCK_N, 1 << max(0, math.ceil(math.log2(max(1, n_tokens)))))))
 
 
+#: shared-memory pipeline depth of the CUDA plan kernel (kernels.cuda_backend.STAGES by default)
+PLAN_KERNEL_STAGES = 4
+#: shared memory a block of the CUDA plan kernel takes besides its dynamic buffers: its static
+#: variables and the 1 KB the runtime reserves per block
+PLAN_KERNEL_SMEM_EXTRA = 1024 + 128
+
+
+def plan_kernel_vals_bytes(tile_shape, has_dense: bool, max_sparse_nnz: int) -> int:
+    """Room for one tile's values in a pipeline stage of the CUDA plan kernel: the whole tile if the
+    plan has DENSE tiles, else its largest BITMAP tile's values padded to 16-byte chunks, rounded up
+    to a power of two (one compiled variant per size)."""
+    full = tile_shape[0] * tile_shape[1] * 2
+    if has_dense:
+        return full
+    need = max(1024, -(-max_sparse_nnz // 8) * 16)
+    return min(full, 1 << (need - 1).bit_length())
+
+
+def plan_kernel_smem(tile_shape, block_n: int, vals_bytes: int, stages: int = PLAN_KERNEL_STAGES) -> int:
+    """Dynamic shared memory of one block of the CUDA plan kernel: the decoded A tile and `stages`
+    pipeline stages of packed values, bitmap words with prefixes, and the X tile."""
+    tm, tk = tile_shape
+    meta = -(-(tm * tk // 32 * 6) // 128) * 128
+    return tm * tk * 2 + stages * (vals_bytes + meta + block_n * tk * 2)
+
+
 @dataclass(frozen=True)
 class GPUSpec:
     """Throughputs of one GPU (whole device) and the per-element costs of the kernels' decoders."""
 
     name: str = "H100-SXM (defaults)"
     n_units: int = 132  # streaming multiprocessors
-    programs_per_unit: int = 6  # persistent programs per multiprocessor (the CUDA kernel runs 4-6 at once)
+    programs_per_unit: int = 6  # persistent programs per multiprocessor, where their shared memory fits
+    smem_per_unit: int = 232448  # shared memory the blocks resident on one multiprocessor can take (227 KB)
     bandwidth: float = 3.0e12  # B/s, device-to-device copy counting read + write
     stream_efficiency: float = 0.80  # fraction of `bandwidth` a decoding kernel streams at
     tensor_flops: float = 700e12  # bf16 dense tensor-core FLOP/s reached by a good GEMM
@@ -48,6 +75,13 @@ class GPUSpec:
     @property
     def n_programs(self) -> int:
         return self.n_units * self.programs_per_unit
+
+    def resident_programs(self, tile_shape, block_n: int, vals_bytes: int) -> int:
+        """Programs of the CUDA plan kernel that run at once on the whole GPU: programs_per_unit per
+        unit, or fewer where a block's shared memory does not fit that many (a plan with more units
+        than this runs them in waves)."""
+        per_block = plan_kernel_smem(tile_shape, block_n, vals_bytes) + PLAN_KERNEL_SMEM_EXTRA
+        return self.n_units * max(1, min(self.programs_per_unit, self.smem_per_unit // per_block))
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -15,9 +15,11 @@ from importlib import resources
 
 import torch
 
+from ..costmodel.roofline import PLAN_KERNEL_STAGES, plan_kernel_smem, plan_kernel_vals_bytes
+
 NUM_THREADS = 128
 #: shared-memory pipeline depth (tiles in flight per CTA + 1); CROSS_CUDA_STAGES overrides it for tuning
-STAGES = int(os.environ.get("CROSS_CUDA_STAGES", "4"))
+STAGES = int(os.environ.get("CROSS_CUDA_STAGES", str(PLAN_KERNEL_STAGES)))
 #: extra NVRTC options for profiling builds (e.g. "-DABLATE=2"; see plan_matmul.cu), read at compile time
 DEFINES_ENV = "CROSS_CUDA_DEFINES"
 _SOURCE = "plan_matmul.cu"
@@ -51,22 +53,13 @@ def _check(result, what: str):
 
 
 def smem_bytes(tile_m: int, tile_k: int, block_n: int, vals_bytes: int) -> int:
-    tile = tile_m * tile_k * 2
-    n_words = tile_m * tile_k // 32
-    meta = -(-(n_words * 6) // 128) * 128
-    return tile + STAGES * (vals_bytes + meta + block_n * tile_k * 2)
+    return plan_kernel_smem((tile_m, tile_k), block_n, vals_bytes, STAGES)
 
 
 def vals_bytes(packed) -> int:
-    """Room for one tile's values in a pipeline stage: the whole tile if the plan has DENSE tiles,
-    else its largest BITMAP tile's padded values, rounded up to a power of two (one compiled
-    variant per size)."""
-    tm, tk = packed.plan.tile_shape
-    full = tm * tk * 2
-    if packed.has_dense or packed.tiles.shape[0] == 0:
-        return full
-    need = max(1024, -(-packed.max_sparse_nnz // 8) * 16)
-    return min(full, 1 << (need - 1).bit_length())
+    """Room for one tile's values in a pipeline stage (costmodel.roofline.plan_kernel_vals_bytes)."""
+    return plan_kernel_vals_bytes(packed.plan.tile_shape, packed.has_dense or packed.tiles.shape[0] == 0,
+                                  packed.max_sparse_nnz)
 
 
 @functools.lru_cache(maxsize=None)

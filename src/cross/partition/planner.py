@@ -10,6 +10,7 @@ import torch
 
 from .._checks import check_tile_shape, check_weight, dtype_name
 from ..costmodel import CostModel, block_n_for, default_cost_model
+from ..costmodel.roofline import plan_kernel_vals_bytes
 from ..tiling import TileGrid, TileKind
 from .balance import (alternate_order, chunk_by_cost, convert_swing, equal_count_chunks, items_from_chunks,
                       simulate_makespan, split_units, tile_list)
@@ -164,18 +165,24 @@ def make_plan(weight: torch.Tensor | None = None, *, nnz: np.ndarray | None = No
     n_exec = int(tile_ptr[-1])
     rows = np.repeat(np.arange(grid.shape[0]), np.diff(tile_ptr))
 
+    # the kernel variant's shared memory decides how many programs run at once (more would run in
+    # waves, each unit's work list after another's): units per bucket are capped to that
+    sparse = (kinds == TileKind.BITMAP) | (kinds == TileKind.INDEX)
+    vals = plan_kernel_vals_bytes(tile_shape, n_exec == 0 or bool((kinds == TileKind.DENSE).any()),
+                                  int(nnz[sparse].max()) if sparse.any() else 0)
     bucket_plans = []
     for n_min, n_max in buckets:
         n = design_tokens(n_min, n_max)
         cls: Classification = first if n == design_tokens(*buckets[0]) else classify(nnz, size, tile_shape, n, cm, allowed_kinds, swing_band)
         tile_cost = cls.cost_of(kinds)[rows, tile_col] if n_exec else np.zeros(0)
-        units = max(1, min(programs, n_exec + grid.shape[0]))
-        items, unit_ptr, loads, interleave = _map_bucket(tile_ptr, tile_kind, tile_cost, units, unit_mode, balance, cm.item_us)
         bn = block_n_for(n)
+        resident = min(programs, cm.spec.resident_programs(tile_shape, bn, vals))
+        units = max(1, min(resident, n_exec + grid.shape[0]))
+        items, unit_ptr, loads, interleave = _map_bucket(tile_ptr, tile_kind, tile_cost, units, unit_mode, balance, cm.item_us)
         token_tiles = math.ceil(n / bn)
         order = alternate_order(loads, interleave, alternate=balance == "full")
         span = simulate_makespan(loads / token_tiles, order, token_tiles)
-        predicted = cm.launch_us + programs * span
+        predicted = cm.launch_us + resident * span
         dense = cm.dense_us(grid.rows, grid.cols, n)
         fallback = predicted * (1 + WIN_MARGIN) >= dense
         reason = f"predicted {predicted:.1f} us is not {WIN_MARGIN:.0%} under dense {dense:.1f} us" if fallback else ""
