@@ -79,14 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cross {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands", parser_class=_Parser)
 
-    def command(name: str, epilog: str, description: str = ""):
+    def command(name: str, epilog: str, description: str = "", quiet: bool = True):
         # help strings go through %-formatting, descriptions do not; descriptions are wrapped here
         # because the raw formatter (kept for the examples' line breaks) does not wrap them
         p = sub.add_parser(name, help=COMMANDS[name].replace("%", "%%"),
                            description=textwrap.fill(description or COMMANDS[name], 96),
                            epilog=epilog, formatter_class=fmt)
-        p.add_argument("-q", "--quiet", action="store_true", help="no progress bars (they are off anyway when "
-                       "stderr is not a terminal)")
+        if quiet:  # commands that draw progress bars
+            p.add_argument("-q", "--quiet", action="store_true", help="no progress bars (they are off anyway when "
+                           "stderr is not a terminal)")
         return p
 
     p = command("analyze", "examples:\n  cross analyze path/to/model_dir\n"
@@ -184,7 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
                 "forced cross kernel, cuSPARSE CSR, torch's BSR Triton kernels and 2:4 semi-structured sparsity "
                 "(the seed's Figure 1), with the break-even sparsity of each per token count. model: end-to-end "
                 "latency of BERT-base, a Llama-2-7B-shaped decoder and all-MiniLM-L6-v2, dense against cross. "
-                "Both need a CUDA GPU except with --dry-run.")
+                "Both need a CUDA GPU except with --dry-run. They print each row as it is measured.",
+                quiet=False)
     add_bench_commands(p)
     return parser
 
