@@ -39,9 +39,9 @@ FLUSH_BYTES = 256 * 1024 * 1024
 #: triton.testing.do_bench does, which leaves up to 50 MB of dirty lines that the timed kernel's own
 #: reads must first write back to HBM (docs/perf-notes.md: 46.8 us instead of 37.2 for cuBLAS on 11008x4096 at N = 1)
 FLUSHES = ("read", "write")
-#: the timing protocol of measured tables (part of a cached table's key: tables timed another way
-#: are measured again)
-TIMING = "graph-replay-read-flush"
+#: how tables are measured (part of a cached table's key, so tables measured another way are measured
+#: again): CUDA-graph replays, L2 flushed by a read, plans with units capped at the resident programs
+PROTOCOL = "read-flush-resident-units"
 FIT_DENSITY = 0.3  # the fixed cost: BITMAP weights of this density at KERNEL_ROWS // 2 and KERNEL_ROWS rows
 COLS = 4096
 
@@ -60,7 +60,7 @@ def provenance(device: torch.device) -> dict:
     return {"device": torch.cuda.get_device_name(device), "sm": f"{props.major}.{props.minor}",
             "multiprocessors": props.multi_processor_count, "driver": _driver_version(),
             "cuda": torch.version.cuda, "torch": torch.__version__, "triton": triton.__version__,
-            "cross": __version__, "timing": TIMING}
+            "cross": __version__, "protocol": PROTOCOL}
 
 
 def _driver_version() -> str:
@@ -75,7 +75,7 @@ def _driver_version() -> str:
 
 def cache_path(device: torch.device) -> Path:
     p = provenance(device)
-    key = "-".join(str(p[k]) for k in ("device", "driver", "torch", "triton", "cross", "timing"))
+    key = "-".join(str(p[k]) for k in ("device", "driver", "torch", "triton", "cross", "protocol"))
     safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in key)
     return cache_dir() / f"costmodel-{safe}.json"
 
