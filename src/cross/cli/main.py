@@ -203,6 +203,22 @@ def _sparsify_options(p) -> None:
     p.add_argument("--device", help="cpu or cuda (default: cuda if available); bf16 on cuda, fp32 on cpu")
 
 
+
+def _load_pruned(args, method: str, device, dtype, progress: bool):
+    """The model of --model-dir on the device, pruned by `method` (wanda, magnitude or none) to
+    --sparsity, every nn.Linear except the output heads; with its tokenizer."""
+    from ..prune import magnitude_prune_, wanda_prune_
+    from .hf import calibration_batches, load_model, not_a_head
+
+    model, tokenizer = load_model(args.model_dir, device, dtype, progress=progress)
+    if method == "wanda":
+        wanda_prune_(model, calibration_batches(tokenizer, device), args.sparsity, filter_fn=not_a_head)
+    elif method == "magnitude":
+        magnitude_prune_(model, args.sparsity, filter_fn=not_a_head)
+    if method != "none":
+        print(f"pruned every nn.Linear except the output heads to {args.sparsity:.0%} ({method})")
+    return model, tokenizer
+
 def _progress(args) -> bool:
     return not args.quiet and sys.stderr.isatty()
 
@@ -325,9 +341,8 @@ def cmd_plan(args) -> int:
 # ---------------------------------------------------------------------- run
 def cmd_run(args) -> int:
     from .. import sparsify_
-    from ..prune import magnitude_prune_, wanda_prune_
-    from .hf import (EVAL_SENTENCES, agreement, calibration_batches, check_model_dir, dtype_for, embed, environment,
-                     load_model, not_a_head, pick_device, time_forward, tokenize)
+    from .hf import (EVAL_SENTENCES, agreement, check_model_dir, dtype_for, embed, environment, not_a_head,
+                     pick_device, time_forward, tokenize)
     from .inputs import InputError
 
     if args.sparsity is None and args.prune not in (None, "none"):
@@ -341,13 +356,7 @@ def cmd_run(args) -> int:
     for key, value in environment(device, dtype).items():
         print(f"{key:<12} {value}")
 
-    model, tokenizer = load_model(args.model_dir, device, dtype, progress=progress)
-    if method == "wanda":
-        wanda_prune_(model, calibration_batches(tokenizer, device), args.sparsity, filter_fn=not_a_head)
-    elif method == "magnitude":
-        magnitude_prune_(model, args.sparsity, filter_fn=not_a_head)
-    if method != "none":
-        print(f"pruned every nn.Linear except the output heads to {args.sparsity:.0%} ({method})")
+    model, tokenizer = _load_pruned(args, method, device, dtype, progress)
     dense = copy.deepcopy(model)
     report = sparsify_(model, filter_fn=not_a_head, progress=progress, cost_model=cm, tile_shape=args.tile,
                        keep_dense=False if args.force_plan else "auto")
@@ -372,8 +381,7 @@ def cmd_run(args) -> int:
 def cmd_compile(args) -> int:
     from .. import save, sparsify_
     from ..nn.serialize import MANIFEST, check_save_dir, device_name
-    from ..prune import magnitude_prune_, wanda_prune_
-    from .hf import calibration_batches, check_model_dir, dtype_for, load_model, not_a_head, pick_device
+    from .hf import check_model_dir, dtype_for, not_a_head, pick_device
     from .inputs import InputError
 
     if args.sparsity is None and args.prune not in (None, "none"):
@@ -389,13 +397,7 @@ def cmd_compile(args) -> int:
     dtype = dtype_for(device)
     progress = _progress(args)
 
-    model, tokenizer = load_model(args.model_dir, device, dtype, progress=progress)
-    if method == "wanda":
-        wanda_prune_(model, calibration_batches(tokenizer, device), args.sparsity, filter_fn=not_a_head)
-    elif method == "magnitude":
-        magnitude_prune_(model, args.sparsity, filter_fn=not_a_head)
-    if method != "none":
-        print(f"pruned every nn.Linear except the output heads to {args.sparsity:.0%} ({method})")
+    model, tokenizer = _load_pruned(args, method, device, dtype, progress)
     report = sparsify_(model, filter_fn=not_a_head, progress=progress, cost_model=cm, tile_shape=args.tile,
                        keep_dense=False if args.force_plan else "auto")
     print(f"device: {device_name(device)}, {str(dtype).removeprefix('torch.')}; cost model: {cm.source}; "
