@@ -194,3 +194,29 @@ def test_cuda_heads_match_the_unit_tables(programs):
                     expect[2:6] = rec
                     expect[6:9] = packed.row_sections[rec[0], 1:4].tolist()
                 assert heads[parity, b].tolist() == expect
+
+
+@pytest.mark.parametrize("backend", ["triton", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_one_tile_items_plan(backend, rng):
+    """The work list `cross profile` times the per-item latency with (every tile its own item, a
+    tile-row's tiles on different units, so every item ends in the split-row exchange) computes
+    the product."""
+    from cross.costmodel.profile import max_items_per_unit, one_tile_items
+
+    if backend == "cuda" and not HAS_GPU:
+        pytest.skip("needs a GPU")
+    device, dtype, tile = ("cuda", torch.bfloat16, (64, 64)) if HAS_GPU else ("cpu", torch.float16, (16, 32))
+    w = make_weight((tile[0] * 6, tile[1] * 3), 0.3, "uniform", dtype, rng, device)
+    plan = one_tile_items(make_plan(w, tile_shape=tile, allowed_kinds=(TileKind.BITMAP,), n_programs=7))
+    b = plan.buckets[0]
+    assert b.n_units == 6 and np.all(b.items[:, 2] - b.items[:, 1] == 1) and len(b.items) == 18
+    unit = np.repeat(np.arange(b.n_units), np.diff(b.unit_ptr))
+    for row in range(6):
+        assert len(set(unit[b.items[:, 0] == row].tolist())) == 3, "a tile-row's tiles on different units"
+    assert max_items_per_unit(b) == 3
+    packed = pack(w, plan)
+    if backend == "cuda" and not cuda_eligible(packed, torch.device(device)):
+        pytest.skip("no cuda backend here")
+    x = torch.randn(1, w.shape[1], generator=rng).to(dtype).to(device)
+    out = torch.full((1, w.shape[0]), float("nan"), dtype=dtype, device=device)
+    check(x, w, None, plan_matmul(x, packed, packed.bucket_for(1), None, out=out, backend=backend))

@@ -18,10 +18,12 @@ from torch import nn
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported (lazily, below)
 
-from cross.costmodel import CostModel, GPUSpec
+from cross.costmodel import CostModel, GPUSpec, block_n_for
 from cross.nn import (ColumnParallelLinear, RowParallelLinear, SparseLinear, linear_costs, plan_tensor_parallel,
                       predict_shards, shard_bounds, sparsify_, split_bounds, unsparsify_)
+from cross.nn.parallel import DEFAULT_TOKENS
 from cross.nn.sparsify import SKIP_FILTER, SPARSE
+from cross.partition.planner import item_cost
 from test_nn import WINNING, assert_close_fp32, assert_matches, make_linear, random_weight, seeded
 
 WORLD_SIZES = [2, 3]
@@ -31,7 +33,8 @@ COLUMN_SHAPE, ROW_SHAPE = (461, 300), (300, 461)
 TOKENS = [1, 17, 70]  # three default buckets
 #: One program and no launch cost: the predicted time of a shard is its tiles' and work items' (on
 #: the H100 defaults these small shards are launch cost plus a tile or two per program).
-SMALL_GPU = CostModel(spec=GPUSpec(name="one program, no launch cost", n_units=1, programs_per_unit=1, launch_us=0.0))
+SMALL_GPU = CostModel(spec=GPUSpec(name="one program, no launch cost", n_units=1, programs_per_unit=1, launch_us=0.0,
+                                   item_us=0.01))
 
 
 # ---------------------------------------------------------------------------------------- helpers
@@ -266,7 +269,8 @@ def test_linear_costs(dim, rng):
     # the same tiles either way; rows also carry one work item per tile-row
     rows, cols = linear_costs(weight, 0, cost_model=SMALL_GPU), linear_costs(weight, 1, cost_model=SMALL_GPU)
     n_tile_rows = -(-weight.shape[0] // 64)
-    assert rows.sum() == pytest.approx(cols.sum() + SMALL_GPU.item_us * n_tile_rows)
+    item = item_cost(SMALL_GPU, -(-DEFAULT_TOKENS // block_n_for(DEFAULT_TOKENS)), SMALL_GPU.n_programs)
+    assert rows.sum() == pytest.approx(cols.sum() + item * n_tile_rows)
     ignore = linear_costs(weight, dim, cost_model=SMALL_GPU, nan_policy="ignore")
     assert ignore.sum() < costs.sum()  # empty tiles are not checked
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from cross.costmodel import CostModel, TileTable, default_cost_model
+from cross.costmodel import H100, CostModel, TileTable, default_cost_model
 from cross.partition import DEFAULT_BUCKETS, Plan, bands, classify, make_plan, simulate_makespan
 from cross.partition.balance import alternate_order, convert_swing
 from cross.partition.plan import PLAN_FORMAT
-from cross.partition.planner import WIN_MARGIN, design_tokens
+from cross.partition.planner import WIN_MARGIN, _map_bucket, design_tokens, item_cost
 from cross.tiling import SPARSE_KINDS, TileGrid, TileKind
 from weights import STRUCTURES, random_weight, structured_weight
 
@@ -152,13 +152,16 @@ def check_plan(plan: Plan, nnz: np.ndarray, *, n_programs, balance="full", unit_
                 its = b.items[unit_of_item == unit]
                 kinds = {int(plan.tile_kind[p]) == TileKind.DENSE for s, e in its[:, 1:] for p in range(s, e)}
                 assert len(kinds) <= 1, f"{where}: unit {unit} mixes dense and sparse tiles"
-        # predicted loads: the unit's tile costs at the bucket's design token count plus one item_us per item
+        # predicted loads: the unit's tile costs at the bucket's design token count (sparse tiles
+        # scaled in a plan with DENSE tiles) plus one item's charge per item
         costs = tile_costs(plan, nnz, b.n_design, cm)[rows, plan.tile_col]
+        if (plan.kinds == TileKind.DENSE).any():
+            costs = np.where(plan.tile_kind == TileKind.DENSE, costs, costs * cm.spec.mixed_sparse_scale)
+        token_tiles = math.ceil(b.n_design / b.block_n)
         expect = np.zeros(u)
         for unit, (row, start, stop) in zip(unit_of_item, b.items):
-            expect[unit] += costs[start:stop].sum() + cm.item_us
+            expect[unit] += costs[start:stop].sum() + item_cost(cm, token_tiles, n_programs)
         np.testing.assert_allclose(b.unit_us, expect, rtol=1e-9, atol=1e-12, err_msg=where)
-        token_tiles = math.ceil(b.n_design / b.block_n)
         predicted = cm.launch_us + n_programs * simulate_makespan(b.unit_us / token_tiles, b.unit_order, token_tiles)
         assert b.predicted_us == pytest.approx(predicted, rel=1e-9)
         assert b.dense_us == pytest.approx(cm.dense_us(*plan.shape, b.n_design))
@@ -294,6 +297,52 @@ def test_plan_validation_rejects(case, rng):
 
 
 # ---------------------------------------------------------------------------- balance quality
+def test_item_latency_spreads_scattered_sparse_tiles():
+    """128 tile-rows of 7 DENSE tiles and one nearly empty BITMAP tile each, on 64 units: with items
+    free, cost balancing gives the 128 one-tile sparse items to a few units (their tiles weigh
+    little); charged per item, the sparse stream gets more units and its longest chain of items
+    shrinks at least 3x, and every unit's load counts its items."""
+    tile_ptr = np.arange(129) * 8
+    tile_kind = np.tile(np.array([TileKind.DENSE] * 7 + [TileKind.BITMAP], dtype=np.uint8), 128)
+    tile_cost = np.where(tile_kind == TileKind.DENSE, 1.0, 0.05)
+    chains = {}
+    for item in (0.0, 1.0):
+        items, unit_ptr, loads, _ = _map_bucket(tile_ptr, tile_kind, tile_cost, 64, "split", "full", item)
+        unit = np.repeat(np.arange(unit_ptr.size - 1), np.diff(unit_ptr))
+        sparse = tile_kind[items[:, 1]] == TileKind.BITMAP
+        per_unit = np.bincount(unit[sparse])
+        chains[item] = (per_unit.max(), np.count_nonzero(per_unit))
+        expect = np.bincount(unit, [tile_cost[a:b].sum() + item for _, a, b in items], minlength=unit_ptr.size - 1)
+        np.testing.assert_allclose(loads, expect, rtol=1e-12)
+    assert chains[1.0][0] * 3 <= chains[0.0][0], chains
+    assert chains[1.0][1] > chains[0.0][1], chains
+
+
+def test_hybrid_weighed_against_single_kind_twins():
+    """One full tile in a weight of 30%-dense tiles would put every tile in the kernel variant that
+    stages whole tiles; where sparse tiles cost more there, the planner keeps the all-sparse twin,
+    whose buckets are then those of a plan allowed no DENSE tiles. Half full and half 2%-dense
+    tile-rows stay hybrid: each twin would run half its tiles in the wrong kind."""
+    nnz = np.full((64, 16), 1200)
+    nnz[5, 5] = 64 * 64
+    cm = CostModel(spec=dataclasses.replace(H100, mixed_sparse_scale=1.5))
+    plan = make_plan(nnz=nnz, shape=(4096, 1024), cost_model=cm, n_programs=128)
+    assert plan.provenance["kinds_chosen"] == "all sparse" and not (plan.kinds == TileKind.DENSE).any()
+    twin = make_plan(nnz=nnz, shape=(4096, 1024), cost_model=cm, n_programs=128, allowed_kinds=(TileKind.BITMAP,))
+    assert [b.predicted_us for b in plan.buckets] == pytest.approx([b.predicted_us for b in twin.buckets], rel=1e-12)
+    check_plan(plan, nnz, n_programs=128, cm=cm)
+    halves = np.full((64, 64), 64 * 64)
+    halves[32:] = 80
+    cm = CostModel(spec=H100)
+    plan = make_plan(nnz=halves, shape=(4096, 4096), cost_model=cm, n_programs=256)
+    assert plan.provenance["kinds_chosen"] == "hybrid"
+    assert (plan.kinds[:32] == TileKind.DENSE).mean() > 0.9 and (plan.kinds[32:] == TileKind.BITMAP).all()  # swing tiles may convert
+    for kinds in ((TileKind.BITMAP,), (TileKind.DENSE,)):
+        twin = make_plan(nnz=halves, shape=(4096, 4096), cost_model=cm, n_programs=256, allowed_kinds=kinds)
+        assert twin.buckets[0].predicted_us > plan.buckets[0].predicted_us, kinds
+    check_plan(plan, halves, n_programs=256, cm=cm)
+
+
 def test_balance_uniform_1024(rng):
     """A uniform 70% matrix: cost-balanced units within 10% of the mean, in every bucket."""
     weight = random_weight((1024, 1024), 0.7, rng)
@@ -311,12 +360,17 @@ def nonuniform_weight(rng):
     return torch.cat([random_weight((256, 1024), 0.05, rng), random_weight((256, 1024), 0.7, rng)])
 
 
+#: the roofline with free work items: tests of how tile costs are balanced, where on a GPU of 4-7
+#: programs an item's latency would outweigh the tiny weights' tiles
+TILES_ONLY = CostModel(spec=dataclasses.replace(H100, item_us=0.0))
+
+
 def test_cost_balance_beats_equal_counts(rng):
     """Equal tile counts put whole 30%-sparse rows on some units and 95%-sparse rows on others;
     cost balancing evens them out. With 5 units over 8 tile-rows of 16 tiles (INDEX tiles ~7x
     cheaper than BITMAP ones at decode) the heaviest unit must shrink by 15% or more, in every bucket."""
     weight = nonuniform_weight(rng)
-    kw = dict(tile_shape=(64, 64), n_programs=5, allowed_kinds=ALL_KINDS)
+    kw = dict(tile_shape=(64, 64), n_programs=5, allowed_kinds=ALL_KINDS, cost_model=TILES_ONLY)
     none = make_plan(weight, balance="none", **kw)
     intra = make_plan(weight, balance="intra", **kw)
     for a, b in zip(none.buckets, intra.buckets):
@@ -362,15 +416,16 @@ def test_inter_batch_alternation_exact(rng):
     16 (2c + i); paired with a light unit the heavy one costs 8 (3c + 2i): the saving is exactly
     8c, i.e. c / (2 (2c + i)) of the makespan, over 10% here in every bucket."""
     weight = random_weight((64, 320), 1.0, rng)
-    cm = default_cost_model()
-    plan = make_plan(weight, tile_shape=(64, 64), n_programs=4, balance="full", unit_mode="mixed")
+    cm = TILES_ONLY
+    plan = make_plan(weight, tile_shape=(64, 64), n_programs=4, balance="full", unit_mode="mixed", cost_model=cm)
     for b in plan.buckets:
         c = cm.predict(TileKind.DENSE, (64, 64), 1.0, b.n_design)
-        np.testing.assert_allclose(np.sort(b.unit_us), [c + cm.item_us] * 3 + [2 * c + cm.item_us], rtol=1e-12)
+        i = item_cost(cm, math.ceil(b.n_design / b.block_n), 4)
+        np.testing.assert_allclose(np.sort(b.unit_us), [c + i] * 3 + [2 * c + i], rtol=1e-12)
         naive = simulate_makespan(b.unit_us, np.stack([b.unit_order[0]] * 2), 16)
         alternated = simulate_makespan(b.unit_us, b.unit_order, 16)
-        assert naive == pytest.approx(16 * (2 * c + cm.item_us))
-        assert alternated == pytest.approx(8 * (3 * c + 2 * cm.item_us))
+        assert naive == pytest.approx(16 * (2 * c + i))
+        assert alternated == pytest.approx(8 * (3 * c + 2 * i))
         assert naive - alternated == pytest.approx(8 * c)
         assert alternated <= 0.9 * naive
 

@@ -23,7 +23,7 @@ import torch
 
 from ..tiling import TileGrid, TileKind
 from .model import CostModel, TileTable
-from .roofline import H100, GPUSpec
+from .roofline import H100, GPUSpec, block_n_for, plan_kernel_vals_bytes
 
 DENSITIES = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0)
 N_TOKENS = (1, 16, 64, 128, 512, 2048)
@@ -44,6 +44,10 @@ FLUSHES = ("read", "write")
 PROTOCOL = "read-flush-resident-units"
 FIT_DENSITY = 0.3  # the fixed cost: BITMAP weights of this density at KERNEL_ROWS // 2 and KERNEL_ROWS rows
 COLS = 4096
+#: the per-item latency: a weight of as many FIT_DENSITY tiles as the KERNEL_ROWS one, two per tile-row,
+#: run with every tile its own work item (a tile-row's two on different units, so each item ends in
+#: the split-row exchange): ~14 items per unit instead of 1-2, the same tiles per unit
+ITEM_TILES_PER_ROW = 2
 
 
 def cache_dir() -> Path:
@@ -159,23 +163,29 @@ def measure(device: torch.device | None = None, tile_shape=(64, 64), densities=D
     jobs = [(kind, d) for kind in kinds for d in (densities if kind == TileKind.BITMAP else (1.0,))]
     per_tile = {k: np.zeros((len(n_tokens), len(densities))) for k in kinds}
     fit_runs = 1 if FIT_DENSITY in densities else 2
-    bar = tqdm(total=(len(jobs) + fit_runs) * len(n_tokens) + 2 * len(n_tokens), desc="cross profile", disable=not progress)
+    bar = tqdm(total=(len(jobs) + fit_runs) * len(n_tokens) + 2 * len(n_tokens) + 3, desc="cross profile", disable=not progress)
+
+    def plan_of(w, kind, programs=spec.n_programs):
+        return make_plan(w, tile_shape=tile_shape, allowed_kinds=(kind,), n_programs=programs,
+                         cost_model=CostModel(spec=spec))
+
+    def time_packed(packed, n, vals_bytes=None):
+        x = torch.randn(n, packed.shape[1], generator=gen).to(torch.bfloat16).to(device)
+        args = kernel_args(packed, packed.bucket_for(n), backend)
+        if vals_bytes is not None:
+            args = args._replace(vals_bytes=vals_bytes)
+        t = graph_time_us(lambda: launch(x, args))
+        bar.update()
+        return t, args.backend
 
     def timed(w, kind):
-        plan = make_plan(w, tile_shape=tile_shape, allowed_kinds=(kind,), n_programs=spec.n_programs,
-                         cost_model=CostModel(spec=spec))
+        plan = plan_of(w, kind)
         packed = pack(w, plan)
-        out = []
-        for n in n_tokens:
-            x = torch.randn(n, COLS, generator=gen).to(torch.bfloat16).to(device)
-            args = kernel_args(packed, packed.bucket_for(n), backend)
-            out.append(graph_time_us(lambda: launch(x, args)))
-            bar.update()
-        return np.array(out), int(plan.tile_ptr[-1])
+        return np.array([time_packed(packed, n)[0] for n in n_tokens]), int(plan.tile_ptr[-1])
 
-    def weight(rows, d):
-        keep = torch.rand(rows, COLS, generator=gen) < d
-        return (torch.randn(rows, COLS, generator=gen) * keep).to(torch.bfloat16).to(device)
+    def weight(rows, d, cols=COLS):
+        keep = torch.rand(rows, cols, generator=gen) < d
+        return (torch.randn(rows, cols, generator=gen) * keep).to(torch.bfloat16).to(device)
 
     rows = KERNEL_ROWS
     measured, nnz = {}, {}
@@ -194,6 +204,26 @@ def measure(device: torch.device | None = None, tile_shape=(64, 64), densities=D
     else:
         full, _ = timed(weight(rows, FIT_DENSITY), TileKind.BITMAP)
     fixed = np.maximum(2 * half - full, 0.0)
+    # the latency of one work item, and sparse tiles in the kernel variant that stages whole tiles
+    # (what a plan with DENSE tiles runs), both at N = 1 against the KERNEL_ROWS weight
+    base_w = weight(rows, FIT_DENSITY)
+    base_plan = plan_of(base_w, TileKind.BITMAP)
+    base_us, used_backend = time_packed(pack(base_w, base_plan), 1)
+    split_w = weight(KERNEL_ROWS * COLS // (tile_shape[1] * ITEM_TILES_PER_ROW), FIT_DENSITY,
+                     cols=tile_shape[1] * ITEM_TILES_PER_ROW)
+    split_plan = one_tile_items(plan_of(split_w, TileKind.BITMAP))
+    split_us, _ = time_packed(pack(split_w, split_plan), 1)
+    extra_items = max_items_per_unit(split_plan.buckets[0]) - max_items_per_unit(base_plan.buckets[0])
+    item_us = max(0.0, (split_us - base_us) / max(extra_items, 1))
+    mixed_scale = 1.0
+    if used_backend == "cuda":  # the Triton kernels stage tiles the same way with or without DENSE ones
+        whole = plan_kernel_vals_bytes(tile_shape, True, 0)
+        programs = spec.resident_programs(tile_shape, block_n_for(1), whole)
+        mixed_us, _ = time_packed(pack(base_w, plan_of(base_w, TileKind.BITMAP, programs)), 1, vals_bytes=whole)
+        if base_us > fixed[0]:
+            mixed_scale = max(1.0, (mixed_us - fixed[0]) / (base_us - fixed[0]))
+    else:
+        bar.update()
     for (kind, d), (times, n_tiles) in measured.items():
         cost = np.maximum(times - fixed[0], 0.0) / n_tiles
         cols = range(len(densities)) if kind == TileKind.DENSE else [list(densities).index(d)]
@@ -208,7 +238,7 @@ def measure(device: torch.device | None = None, tile_shape=(64, 64), densities=D
             bar.update()
     bar.close()
     spec = _calibrate_dense(spec, dense_times, n_tokens)
-    spec = replace(spec, launch_us=float(fixed[0]), item_us=0.0)  # items are inside the per-tile costs
+    spec = replace(spec, launch_us=float(fixed[0]), item_us=float(item_us), mixed_sparse_scale=float(mixed_scale))
     tables = tuple(TileTable(k, tile_shape, np.array(densities), np.array(n_tokens, dtype=float), per_tile[k]) for k in kinds)
     # the planner composes tile costs into a weight's time through its units (the slowest unit's
     # load, tiles of slightly different densities): scale each kind's costs per N so that the
@@ -227,9 +257,49 @@ def measure(device: torch.device | None = None, tile_shape=(64, 64), densities=D
                       f"2 T({KERNEL_ROWS // 2} rows) - T({KERNEL_ROWS} rows) of BITMAP weights of density {FIT_DENSITY}; "
                       f"CUDA-graph replay, L2 flushed, backend {backend or 'default'}")
     prov["fixed_us"] = dict(zip(map(str, n_tokens), np.round(fixed, 2).tolist()))
+    prov["item_latency"] = {"base_us": round(base_us, 2), "one_tile_items_us": round(split_us, 2),
+                            "extra_items_per_unit": int(extra_items), "item_us": round(item_us, 3),
+                            "weight": f"{split_w.shape[0]}x{split_w.shape[1]}"}
+    if used_backend == "cuda":
+        prov["mixed_variant"] = {"vals_bytes": whole, "programs": programs, "us": round(mixed_us, 2),
+                                 "scale": round(mixed_scale, 3)}
     prov["dense_us"] = {f"{rows}x{COLS}": dict(zip(map(str, n_tokens), np.round(dense_times[r], 2).tolist()))
                         for r, rows in enumerate(ROWS)}
     return CostModel(spec, tables, prov)
+
+
+def max_items_per_unit(bucket) -> int:
+    return int(np.diff(bucket.unit_ptr).max()) if bucket.n_units else 0
+
+
+def one_tile_items(plan):
+    """The plan with its first bucket's work list replaced: every executed tile is its own work item,
+    the k-th tiles of all tile-rows on the k-th group of units (each group an equal share of the
+    units, rows in order), so each tile-row is split over different units and every item ends in
+    the split-row exchange, while each unit keeps about the same number of tiles."""
+    from ..partition.balance import alternate_order
+    from ..partition.plan import BucketPlan
+
+    b = plan.buckets[0]
+    per_row = np.diff(plan.tile_ptr)
+    width = int(per_row.max()) if per_row.size else 0
+    if width < 2 or np.any(per_row != width):
+        raise ValueError(f"one_tile_items: expected every tile-row to have the same number (>= 2) of tiles, got {sorted(set(per_row.tolist()))}")
+    n_rows = per_row.size
+    group = b.n_units // width
+    if group < 1:
+        raise ValueError(f"one_tile_items: expected at least {width} units, got {b.n_units}")
+    pos = np.arange(int(plan.tile_ptr[-1]))
+    row, k = pos // width, pos % width
+    unit = k * group + row * group // n_rows
+    order = np.argsort(unit, kind="stable")
+    items = np.stack([row, pos, pos + 1], axis=1)[order]
+    n_units = group * width
+    unit_ptr = np.concatenate([[0], np.cumsum(np.bincount(unit, minlength=n_units))])
+    loads = np.diff(unit_ptr).astype(np.float64)
+    first = BucketPlan(b.n_min, b.n_max, b.n_design, b.block_n, False, items, unit_ptr,
+                       alternate_order(loads, alternate=False), loads, b.predicted_us, b.dense_us)
+    return replace(plan, buckets=(first,) + tuple(plan.buckets[1:]))
 
 
 def _composition_scale(model: CostModel, nnz: np.ndarray, shape, kind, tile_shape, n_tokens, measured_us,

@@ -65,7 +65,13 @@ class GPUSpec:
     lane_ops: float = 33e12  # lane instructions per second, all SMs together
     l2_bandwidth: float = 8.0e12  # B/s, re-reads of activations
     launch_us: float = 4.0  # launch + ramp + tail of one kernel
-    item_us: float = 0.01  # amortised cost of one work item (its partial-sum epilogue)
+    # latency of one work item on its program, per token tile: the pipeline's first exposed loads
+    # and the split-row epilogue (partial store, fence, arrival counter); the planner charges it as
+    # item_us x token tiles / resident programs per item (partition.planner.item_cost)
+    item_us: float = 0.5
+    # BITMAP / INDEX tiles cost this much more in a plan that also has DENSE tiles: the kernel then
+    # stages whole tiles (plan_kernel_vals_bytes), and fewer programs fit per unit
+    mixed_sparse_scale: float = 1.0
     bitmap_ops_per_element: float = 10.0  # lane instructions to decode one bitmap element
     index_ops_per_nonzero: float = 12.0  # lane instructions per nonzero of an INDEX tile (plus 2 per token)
     dense_bandwidth_efficiency: float = 0.65  # cuBLAS at small N reaches ~65% of the copy bandwidth

@@ -38,9 +38,10 @@ import torch.distributed as dist
 from torch import nn
 
 from .._checks import check_tile_shape, check_weight
-from ..costmodel import default_cost_model
+from ..costmodel import block_n_for, default_cost_model
 from ..partition import classify, make_plan
 from ..partition.classify import DEFAULT_KINDS
+from ..partition.planner import item_cost
 from ..tiling import TileGrid, TileKind
 from .linear import SparseLinear
 
@@ -74,7 +75,8 @@ def linear_costs(weight: torch.Tensor, dim: int, *, n_tokens: int = DEFAULT_TOKE
     if nan_policy == "ignore":
         tile_us[cls.kinds == TileKind.EMPTY] = 0.0
     if dim == 0:
-        per_tile = tile_us.sum(axis=1) + cm.item_us
+        token_tiles = -(-max(1, int(n_tokens)) // block_n_for(int(n_tokens)))
+        per_tile = tile_us.sum(axis=1) + item_cost(cm, token_tiles, cm.n_programs)
         sizes = np.minimum(grid.tile_rows, grid.rows - grid.tile_rows * np.arange(grid.n_tile_rows))
     else:
         per_tile = tile_us.sum(axis=0)

@@ -173,8 +173,7 @@ class Plan:
             raise ValueError(f"{where}: expected unit_order to hold two permutations of {u} units")
         if b.unit_us.shape != (u,):
             raise ValueError(f"{where}: expected unit_us of {u} entries")
-        if b.fallback:
-            return
+        # the work list is checked in fallback buckets too: a forced or re-planned run would use it
         row, start, stop = b.items[:, 0], b.items[:, 1], b.items[:, 2]
         if np.any(row < 0) or np.any(row >= ti):
             raise ValueError(f"{where}: expected item rows in [0, {ti})")

@@ -62,8 +62,17 @@ def _best_chunks(pos, rows, tile_cost, n_chunks, item_us):
     return min(candidates, key=largest_load)
 
 
+def item_cost(cm: CostModel, token_tiles: int, resident: int) -> float:
+    """What one work item adds to its unit's load: the item's latency on its program
+    (``cm.item_us`` per token tile, a wall time) in the amortised units of the tile costs, whose
+    sum over a unit times the resident programs is that unit's wall time."""
+    return cm.item_us * token_tiles / max(1, resident)
+
+
 def _map_bucket(tile_ptr, tile_kind, tile_cost, n_units, unit_mode, balance, item_us):
-    """Work items and units for one bucket. Returns (items [W,3], unit_ptr, unit_loads, interleave)."""
+    """Work items and units for one bucket. Returns (items [W,3], unit_ptr, unit_loads, interleave).
+
+    item_us: the load one work item adds (item_cost)."""
     n_rows = tile_ptr.size - 1
     n_t = tile_kind.size
     rows = np.repeat(np.arange(n_rows), np.diff(tile_ptr))
@@ -76,7 +85,10 @@ def _map_bucket(tile_ptr, tile_kind, tile_cost, n_units, unit_mode, balance, ite
             ud = 0 if nd == 0 else (n_units if nd == n_t else min(n_units - 1, max(1, round(n_units * nd / n_t))))
             units = (ud, n_units - ud)
         else:
-            units = split_units((float(tile_cost[dense].sum()), float(tile_cost[~dense].sum())), n_units)
+            # a stream has at least one item per tile-row it has tiles in: a few sparse tiles
+            # scattered over many tile-rows are many items, which need more units than their tiles' cost
+            loads = [float(tile_cost[sel].sum()) + item_us * np.unique(rows[sel]).size for sel in (dense, ~dense)]
+            units = split_units(tuple(loads), n_units)
     else:
         streams = [positions]
         units = (n_units,)
@@ -161,33 +173,32 @@ def make_plan(weight: torch.Tensor | None = None, *, nnz: np.ndarray | None = No
     converted = 0
     if balance != "none" and unit_mode == "split":
         kinds, converted = convert_swing(kinds, first.costs, swing, first.best_sparse, programs)
-    tile_ptr, tile_col, tile_kind = tile_list(kinds, include_empty=nan_policy == "propagate")
-    n_exec = int(tile_ptr[-1])
-    rows = np.repeat(np.arange(grid.shape[0]), np.diff(tile_ptr))
+    classes = {design_tokens(*buckets[0]): first}
 
-    # the kernel variant's shared memory decides how many programs run at once (more would run in
-    # waves, each unit's work list after another's): units per bucket are capped to that
-    sparse = (kinds == TileKind.BITMAP) | (kinds == TileKind.INDEX)
-    vals = plan_kernel_vals_bytes(tile_shape, n_exec == 0 or bool((kinds == TileKind.DENSE).any()),
-                                  int(nnz[sparse].max()) if sparse.any() else 0)
-    bucket_plans = []
-    for n_min, n_max in buckets:
-        n = design_tokens(n_min, n_max)
-        cls: Classification = first if n == design_tokens(*buckets[0]) else classify(nnz, size, tile_shape, n, cm, allowed_kinds, swing_band)
-        tile_cost = cls.cost_of(kinds)[rows, tile_col] if n_exec else np.zeros(0)
-        bn = block_n_for(n)
-        resident = min(programs, cm.spec.resident_programs(tile_shape, bn, vals))
-        units = max(1, min(resident, n_exec + grid.shape[0]))
-        items, unit_ptr, loads, interleave = _map_bucket(tile_ptr, tile_kind, tile_cost, units, unit_mode, balance, cm.item_us)
-        token_tiles = math.ceil(n / bn)
-        order = alternate_order(loads, interleave, alternate=balance == "full")
-        span = simulate_makespan(loads / token_tiles, order, token_tiles)
-        predicted = cm.launch_us + resident * span
-        dense = cm.dense_us(grid.rows, grid.cols, n)
-        fallback = predicted * (1 + WIN_MARGIN) >= dense
-        reason = f"predicted {predicted:.1f} us is not {WIN_MARGIN:.0%} under dense {dense:.1f} us" if fallback else ""
-        bucket_plans.append(BucketPlan(n_min, n_max, n, bn, bool(fallback), items, unit_ptr, order, loads,
-                                       float(predicted), float(dense), reason))
+    def classes_at(n: int) -> Classification:
+        if n not in classes:
+            classes[n] = classify(nnz, size, tile_shape, n, cm, allowed_kinds, swing_band)
+        return classes[n]
+
+    def plan_buckets(kinds):
+        return _plan_buckets(kinds, nnz, grid, tile_shape, buckets, classes_at, cm, programs, unit_mode, balance,
+                             nan_policy)
+
+    layout, bucket_plans = plan_buckets(kinds)
+    dense, sparse = kinds == TileKind.DENSE, np.isin(kinds, (TileKind.BITMAP, TileKind.INDEX))
+    chosen = "hybrid" if dense.any() and sparse.any() else "single kind"
+    if chosen == "hybrid":
+        # one DENSE tile moves every tile to the kernel variant that stages whole tiles (fewer
+        # programs at once, sparse tiles slower), and a few scattered sparse tiles cost items on
+        # top of their tiles: weigh the hybrid against its all-sparse and all-dense twins
+        # (ties keep the hybrid)
+        best = _runtime_cost(bucket_plans)
+        for name, alt in (("all sparse", np.where(dense, first.best_sparse, kinds)),
+                          ("all dense", np.where(sparse, np.uint8(TileKind.DENSE), kinds))):
+            alt_layout, alt_plans = plan_buckets(alt.astype(np.uint8))
+            if _runtime_cost(alt_plans) < best:
+                kinds, layout, bucket_plans, chosen, best = alt.astype(np.uint8), alt_layout, alt_plans, name, _runtime_cost(alt_plans)
+    tile_ptr, tile_col, tile_kind = layout
 
     provenance = {
         "cost_model": cm.source,
@@ -198,9 +209,49 @@ def make_plan(weight: torch.Tensor | None = None, *, nnz: np.ndarray | None = No
         "options": {"balance": balance, "unit_mode": unit_mode, "swing_band": swing_band, "n_programs": programs,
                     "allowed_kinds": [TileKind(k).name for k in allowed_kinds]},
         "swing_converted": int(converted),
+        "kinds_chosen": chosen,
     }
     return Plan((grid.rows, grid.cols), tile_shape, dtype, nan_policy, kinds, first.swing, tile_ptr, tile_col,
                 tile_kind, tuple(bucket_plans), provenance)
+
+
+def _runtime_cost(bucket_plans) -> float:
+    """Relative time the runtime spends over the buckets (each runs the plan or the dense product)."""
+    return sum(min(b.predicted_us, b.dense_us) / b.dense_us for b in bucket_plans)
+
+
+def _plan_buckets(kinds, nnz, grid, tile_shape, buckets, classes_at, cm, programs, unit_mode, balance, nan_policy):
+    """The work lists of every bucket for one choice of tile kinds. Returns ((tile_ptr, tile_col,
+    tile_kind), [BucketPlan])."""
+    tile_ptr, tile_col, tile_kind = tile_list(kinds, include_empty=nan_policy == "propagate")
+    n_exec = int(tile_ptr[-1])
+    rows = np.repeat(np.arange(grid.shape[0]), np.diff(tile_ptr))
+    # the kernel variant's shared memory decides how many programs run at once (more would run in
+    # waves, each unit's work list after another's): units per bucket are capped to that
+    sparse = (kinds == TileKind.BITMAP) | (kinds == TileKind.INDEX)
+    has_dense = bool((kinds == TileKind.DENSE).any())
+    vals = plan_kernel_vals_bytes(tile_shape, n_exec == 0 or has_dense, int(nnz[sparse].max()) if sparse.any() else 0)
+    # sparse tiles in the whole-tile variant (measured: costmodel.profile)
+    scale = np.where(tile_kind == TileKind.DENSE, 1.0, cm.spec.mixed_sparse_scale if has_dense else 1.0)
+    bucket_plans = []
+    for n_min, n_max in buckets:
+        n = design_tokens(n_min, n_max)
+        tile_cost = classes_at(n).cost_of(kinds)[rows, tile_col] * scale if n_exec else np.zeros(0)
+        bn = block_n_for(n)
+        resident = min(programs, cm.spec.resident_programs(tile_shape, bn, vals))
+        units = max(1, min(resident, n_exec + grid.shape[0]))
+        token_tiles = math.ceil(n / bn)
+        items, unit_ptr, loads, interleave = _map_bucket(tile_ptr, tile_kind, tile_cost, units, unit_mode, balance,
+                                                         item_cost(cm, token_tiles, resident))
+        order = alternate_order(loads, interleave, alternate=balance == "full")
+        span = simulate_makespan(loads / token_tiles, order, token_tiles)
+        predicted = cm.launch_us + resident * span
+        dense = cm.dense_us(grid.rows, grid.cols, n)
+        fallback = predicted * (1 + WIN_MARGIN) >= dense
+        reason = f"predicted {predicted:.1f} us is not {WIN_MARGIN:.0%} under dense {dense:.1f} us" if fallback else ""
+        bucket_plans.append(BucketPlan(n_min, n_max, n, bn, bool(fallback), items, unit_ptr, order, loads,
+                                       float(predicted), float(dense), reason))
+    return (tile_ptr, tile_col, tile_kind), bucket_plans
 
 
 def _version() -> str:
