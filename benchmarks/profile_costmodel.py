@@ -20,6 +20,8 @@ t0 = time.time()
 model, path, measured = profile(force=args.force)
 print(f"{'measured' if measured else 'cached'} cost model: {path} ({time.time() - t0:.0f} s)")
 print(model.source, model.spec)
+for key in ("fixed_us", "item_latency", "mixed_variant"):
+    print(f"{key}: {model.provenance.get(key, '-')}")
 for n in (1, 16, 64, 128, 512, 2048):
     b = bands(model, (64, 64), n, TileKind.BITMAP)
     sparse = b["density"][b["band"] == "sparse"]
