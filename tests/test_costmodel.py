@@ -181,11 +181,12 @@ def measured_model(rng):
     spec = GPUSpec(name="test GPU", n_units=7, programs_per_unit=2, bandwidth=1.0e12)
     provenance = {"device": "NVIDIA H100 80GB HBM3", "driver": "570.00", "torch": "2.13.0", "triton": "3.6.0",
                   "created": "2025-01-01T00:00:00+00:00"}
-    return CostModel(spec, tables, provenance)
+    return CostModel(spec, tables, provenance, item_us_by_tokens=((1, 3.5), (64, 9.0), (2048, 20.0)))
 
 
 def assert_same_model(a: CostModel, b: CostModel):
     assert a.spec == b.spec and a.provenance == b.provenance and len(a.tables) == len(b.tables)
+    assert a.item_us_by_tokens == b.item_us_by_tokens
     for s, t in zip(a.tables, b.tables):
         assert (s.kind, s.tile_shape) == (t.kind, t.tile_shape)
         for name in ("density", "n_tokens", "us"):
@@ -208,7 +209,21 @@ def test_save_load_round_trip(which, tmp_path, rng):
         for shape in ((64, 64), (32, 64)):
             for n in (1, 5, 128, 4096):
                 np.testing.assert_array_equal(loaded.predict(kind, shape, DENSITY, n), cm.predict(kind, shape, DENSITY, n))
+    assert [loaded.item_latency(n) for n in (1, 8, 64, 9000)] == [cm.item_latency(n) for n in (1, 8, 64, 9000)]
     assert json.loads(path.read_text())["format"] == TABLE_FORMAT
+
+
+def test_item_latency(rng):
+    """The measured per-item latency: linear in log2 N between measured token counts, clamped at the
+    ends; without a measurement, the spec's item_us at every N. Bad tables are refused."""
+    cm = measured_model(rng)
+    assert cm.item_latency(1) == 3.5 and cm.item_latency(64) == 9.0 and cm.item_latency(2048) == 20.0
+    assert cm.item_latency(8) == pytest.approx(3.5 + 0.5 * (9.0 - 3.5))  # log2 8 = 3, halfway from 0 to 6
+    assert cm.item_latency(1 << 20) == 20.0
+    assert CostModel(GPUSpec(item_us=1.25)).item_latency(777) == 1.25
+    for bad in (((64, 1.0), (1, 2.0)), ((0, 1.0),), ((1, -1.0),), ((1, float("nan")),)):
+        with pytest.raises(ValueError, match="item_us_by_tokens"):
+            CostModel(item_us_by_tokens=bad)
 
 
 def _write(path, text):
@@ -227,6 +242,7 @@ BAD_FILES = {
     "unknown_spec_field": (lambda good: good.replace('"n_units"', '"n_sms"'), r"cost model spec: unexpected fields \['n_sms'\]"),
     "unknown_kind": (lambda good: good.replace('"BITMAP"', '"SPARSE"'), "expected kind in .*got 'SPARSE'"),
     "bad_table": (lambda good: good.replace('"n_tokens": [', '"n_tokens": [0.0, ', 1), "expected us of shape"),
+    "bad_item_table": (lambda good: good.replace('"item_us_by_tokens": [', '"item_us_by_tokens": [[4096, 1.0], ', 1), "item_us_by_tokens"),
 }
 
 

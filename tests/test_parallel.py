@@ -269,7 +269,7 @@ def test_linear_costs(dim, rng):
     # the same tiles either way; rows also carry one work item per tile-row
     rows, cols = linear_costs(weight, 0, cost_model=SMALL_GPU), linear_costs(weight, 1, cost_model=SMALL_GPU)
     n_tile_rows = -(-weight.shape[0] // 64)
-    item = item_cost(SMALL_GPU, -(-DEFAULT_TOKENS // block_n_for(DEFAULT_TOKENS)), SMALL_GPU.n_programs)
+    item = item_cost(SMALL_GPU, DEFAULT_TOKENS, -(-DEFAULT_TOKENS // block_n_for(DEFAULT_TOKENS)), SMALL_GPU.n_programs)
     assert rows.sum() == pytest.approx(cols.sum() + item * n_tile_rows)
     ignore = linear_costs(weight, dim, cost_model=SMALL_GPU, nan_policy="ignore")
     assert ignore.sum() < costs.sum()  # empty tiles are not checked

@@ -84,6 +84,16 @@ class CostModel:
     spec: GPUSpec = H100
     tables: tuple[TileTable, ...] = ()
     provenance: dict = field(default_factory=dict)
+    #: measured latency of one work item per token tile, (n_tokens, us) pairs with n_tokens
+    #: increasing; empty: ``spec.item_us`` at every token count
+    item_us_by_tokens: tuple = ()
+
+    def __post_init__(self):
+        pairs = tuple((float(n), float(us)) for n, us in self.item_us_by_tokens)
+        n = [p[0] for p in pairs]
+        if any(b <= a for a, b in zip(n, n[1:])) or any(v < 1 for v in n) or any(not math.isfinite(us) or us < 0 for _, us in pairs):
+            raise ValueError(f"item_us_by_tokens: expected (n_tokens >= 1 increasing, finite us >= 0) pairs, got {pairs}")
+        object.__setattr__(self, "item_us_by_tokens", pairs)
 
     @property
     def source(self) -> str:
@@ -117,6 +127,14 @@ class CostModel:
     def item_us(self) -> float:
         return self.spec.item_us
 
+    def item_latency(self, n_tokens: int) -> float:
+        """Latency of one work item per token tile at ``n_tokens`` (linear in log2 n between the
+        measured token counts, clamped at the ends)."""
+        if not self.item_us_by_tokens:
+            return self.spec.item_us
+        n, us = zip(*self.item_us_by_tokens)
+        return float(np.interp(math.log2(max(1, n_tokens)), np.log2(n), us))
+
     @property
     def n_programs(self) -> int:
         return self.spec.n_programs
@@ -124,7 +142,8 @@ class CostModel:
     # ------------------------------------------------------------------ files
     def to_dict(self) -> dict:
         return {"format": TABLE_FORMAT, "provenance": dict(self.provenance), "spec": self.spec.to_dict(),
-                "tables": [t.to_dict() for t in self.tables]}
+                "tables": [t.to_dict() for t in self.tables],
+                "item_us_by_tokens": [list(p) for p in self.item_us_by_tokens]}
 
     @classmethod
     def from_dict(cls, d: dict) -> "CostModel":
@@ -138,7 +157,7 @@ class CostModel:
             raise ValueError(f"cost model spec: unexpected fields {sorted(unknown)}")
         spec = GPUSpec(**spec_d)
         tables = tuple(TileTable.from_dict(t) for t in d.get("tables", []))
-        return cls(spec, tables, dict(d.get("provenance", {})))
+        return cls(spec, tables, dict(d.get("provenance", {})), tuple(map(tuple, d.get("item_us_by_tokens", []))))
 
     def save(self, path) -> Path:
         path = Path(path)

@@ -163,7 +163,7 @@ def measure(device: torch.device | None = None, tile_shape=(64, 64), densities=D
     jobs = [(kind, d) for kind in kinds for d in (densities if kind == TileKind.BITMAP else (1.0,))]
     per_tile = {k: np.zeros((len(n_tokens), len(densities))) for k in kinds}
     fit_runs = 1 if FIT_DENSITY in densities else 2
-    bar = tqdm(total=(len(jobs) + fit_runs) * len(n_tokens) + 2 * len(n_tokens) + 3, desc="cross profile", disable=not progress)
+    bar = tqdm(total=(len(jobs) + fit_runs + 4) * len(n_tokens) + 1, desc="cross profile", disable=not progress)
 
     def plan_of(w, kind, programs=spec.n_programs):
         return make_plan(w, tile_shape=tile_shape, allowed_kinds=(kind,), n_programs=programs,
@@ -206,15 +206,24 @@ def measure(device: torch.device | None = None, tile_shape=(64, 64), densities=D
     fixed = np.maximum(2 * half - full, 0.0)
     # the latency of one work item, and sparse tiles in the kernel variant that stages whole tiles
     # (what a plan with DENSE tiles runs), both at N = 1 against the KERNEL_ROWS weight
+    # (item latency at every N: per item and token tile, the time difference over the extra items
+    # on the busiest unit and the token tiles)
     base_w = weight(rows, FIT_DENSITY)
     base_plan = plan_of(base_w, TileKind.BITMAP)
-    base_us, used_backend = time_packed(pack(base_w, base_plan), 1)
+    base_packed = pack(base_w, base_plan)
     split_w = weight(KERNEL_ROWS * COLS // (tile_shape[1] * ITEM_TILES_PER_ROW), FIT_DENSITY,
                      cols=tile_shape[1] * ITEM_TILES_PER_ROW)
     split_plan = one_tile_items(plan_of(split_w, TileKind.BITMAP))
-    split_us, _ = time_packed(pack(split_w, split_plan), 1)
-    extra_items = max_items_per_unit(split_plan.buckets[0]) - max_items_per_unit(base_plan.buckets[0])
-    item_us = max(0.0, (split_us - base_us) / max(extra_items, 1))
+    split_packed = pack(split_w, split_plan)
+    item_rows = []
+    for n in n_tokens:
+        base_us, used_backend = time_packed(base_packed, n)
+        split_us, _ = time_packed(split_packed, n)
+        extra = max_items_per_unit(split_packed.bucket_for(n).plan) - max_items_per_unit(base_packed.bucket_for(n).plan)
+        token_tiles = -(-n // block_n_for(n))
+        item_rows.append((n, base_us, split_us, extra, max(0.0, (split_us - base_us) / max(extra, 1) / token_tiles)))
+    item_us = item_rows[0][4]
+    base_us = item_rows[0][1]
     mixed_scale = 1.0
     if used_backend == "cuda":  # the Triton kernels stage tiles the same way with or without DENSE ones
         whole = plan_kernel_vals_bytes(tile_shape, True, 0)
@@ -224,6 +233,7 @@ def measure(device: torch.device | None = None, tile_shape=(64, 64), densities=D
             mixed_scale = max(1.0, (mixed_us - fixed[0]) / (base_us - fixed[0]))
     else:
         bar.update()
+    item_table = tuple((float(r[0]), float(r[4])) for r in item_rows)
     for (kind, d), (times, n_tiles) in measured.items():
         cost = np.maximum(times - fixed[0], 0.0) / n_tiles
         cols = range(len(densities)) if kind == TileKind.DENSE else [list(densities).index(d)]
@@ -243,7 +253,7 @@ def measure(device: torch.device | None = None, tile_shape=(64, 64), densities=D
     # the planner composes tile costs into a weight's time through its units (the slowest unit's
     # load, tiles of slightly different densities): scale each kind's costs per N so that the
     # planner's own prediction for a measured weight equals its measured time
-    unscaled = CostModel(spec, tables)
+    unscaled = CostModel(spec, tables, item_us_by_tokens=item_table)
     for kind in kinds:
         d = FIT_DENSITY if kind == TileKind.BITMAP else 1.0
         if (kind, d) in measured:
@@ -257,15 +267,16 @@ def measure(device: torch.device | None = None, tile_shape=(64, 64), densities=D
                       f"2 T({KERNEL_ROWS // 2} rows) - T({KERNEL_ROWS} rows) of BITMAP weights of density {FIT_DENSITY}; "
                       f"CUDA-graph replay, L2 flushed, backend {backend or 'default'}")
     prov["fixed_us"] = dict(zip(map(str, n_tokens), np.round(fixed, 2).tolist()))
-    prov["item_latency"] = {"base_us": round(base_us, 2), "one_tile_items_us": round(split_us, 2),
-                            "extra_items_per_unit": int(extra_items), "item_us": round(item_us, 3),
-                            "weight": f"{split_w.shape[0]}x{split_w.shape[1]}"}
+    prov["item_latency"] = {"weight": f"{split_w.shape[0]}x{split_w.shape[1]}",
+                            "by_tokens": [{"n": n, "base_us": round(b, 2), "one_tile_items_us": round(t, 2),
+                                           "extra_items_per_unit": int(e), "item_us": round(u, 3)}
+                                          for n, b, t, e, u in item_rows]}
     if used_backend == "cuda":
         prov["mixed_variant"] = {"vals_bytes": whole, "programs": programs, "us": round(mixed_us, 2),
                                  "scale": round(mixed_scale, 3)}
     prov["dense_us"] = {f"{rows}x{COLS}": dict(zip(map(str, n_tokens), np.round(dense_times[r], 2).tolist()))
                         for r, rows in enumerate(ROWS)}
-    return CostModel(spec, tables, prov)
+    return CostModel(spec, tables, prov, item_table)
 
 
 def max_items_per_unit(bucket) -> int:
@@ -273,33 +284,32 @@ def max_items_per_unit(bucket) -> int:
 
 
 def one_tile_items(plan):
-    """The plan with its first bucket's work list replaced: every executed tile is its own work item,
+    """The plan with every bucket's work list replaced: every executed tile is its own work item,
     the k-th tiles of all tile-rows on the k-th group of units (each group an equal share of the
     units, rows in order), so each tile-row is split over different units and every item ends in
     the split-row exchange, while each unit keeps about the same number of tiles."""
     from ..partition.balance import alternate_order
     from ..partition.plan import BucketPlan
 
-    b = plan.buckets[0]
     per_row = np.diff(plan.tile_ptr)
     width = int(per_row.max()) if per_row.size else 0
     if width < 2 or np.any(per_row != width):
         raise ValueError(f"one_tile_items: expected every tile-row to have the same number (>= 2) of tiles, got {sorted(set(per_row.tolist()))}")
     n_rows = per_row.size
-    group = b.n_units // width
-    if group < 1:
-        raise ValueError(f"one_tile_items: expected at least {width} units, got {b.n_units}")
     pos = np.arange(int(plan.tile_ptr[-1]))
     row, k = pos // width, pos % width
-    unit = k * group + row * group // n_rows
-    order = np.argsort(unit, kind="stable")
-    items = np.stack([row, pos, pos + 1], axis=1)[order]
-    n_units = group * width
-    unit_ptr = np.concatenate([[0], np.cumsum(np.bincount(unit, minlength=n_units))])
-    loads = np.diff(unit_ptr).astype(np.float64)
-    first = BucketPlan(b.n_min, b.n_max, b.n_design, b.block_n, False, items, unit_ptr,
-                       alternate_order(loads, alternate=False), loads, b.predicted_us, b.dense_us)
-    return replace(plan, buckets=(first,) + tuple(plan.buckets[1:]))
+    buckets = []
+    for b in plan.buckets:
+        group = b.n_units // width
+        if group < 1:
+            raise ValueError(f"one_tile_items: expected at least {width} units, got {b.n_units}")
+        unit = k * group + row * group // n_rows
+        order = np.argsort(unit, kind="stable")
+        unit_ptr = np.concatenate([[0], np.cumsum(np.bincount(unit, minlength=group * width))])
+        loads = np.diff(unit_ptr).astype(np.float64)
+        buckets.append(BucketPlan(b.n_min, b.n_max, b.n_design, b.block_n, False, np.stack([row, pos, pos + 1], axis=1)[order],
+                                  unit_ptr, alternate_order(loads, alternate=False), loads, b.predicted_us, b.dense_us))
+    return replace(plan, buckets=tuple(buckets))
 
 
 def _composition_scale(model: CostModel, nnz: np.ndarray, shape, kind, tile_shape, n_tokens, measured_us,

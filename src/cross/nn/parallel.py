@@ -76,7 +76,7 @@ def linear_costs(weight: torch.Tensor, dim: int, *, n_tokens: int = DEFAULT_TOKE
         tile_us[cls.kinds == TileKind.EMPTY] = 0.0
     if dim == 0:
         token_tiles = -(-max(1, int(n_tokens)) // block_n_for(int(n_tokens)))
-        per_tile = tile_us.sum(axis=1) + item_cost(cm, token_tiles, cm.n_programs)
+        per_tile = tile_us.sum(axis=1) + item_cost(cm, int(n_tokens), token_tiles, cm.n_programs)
         sizes = np.minimum(grid.tile_rows, grid.rows - grid.tile_rows * np.arange(grid.n_tile_rows))
     else:
         per_tile = tile_us.sum(axis=0)

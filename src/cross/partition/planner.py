@@ -62,17 +62,18 @@ def _best_chunks(pos, rows, tile_cost, n_chunks, item_us):
     return min(candidates, key=largest_load)
 
 
-def item_cost(cm: CostModel, token_tiles: int, resident: int) -> float:
-    """What one work item adds to its unit's load: the item's latency on its program
-    (``cm.item_us`` per token tile, a wall time) in the amortised units of the tile costs, whose
-    sum over a unit times the resident programs is that unit's wall time."""
-    return cm.item_us * token_tiles / max(1, resident)
+def item_cost(cm: CostModel, n_tokens: int, token_tiles: int, resident: int) -> float:
+    """What one work item adds to its unit's load: the item's latency on its program at
+    ``n_tokens`` (``cm.item_latency``, a wall time per token tile) in the amortised units of the
+    tile costs, whose sum over a unit times the resident programs is that unit's wall time. A
+    unit's first item is not charged: the fixed cost (``cm.launch_us``) holds one per program."""
+    return cm.item_latency(n_tokens) * token_tiles / max(1, resident)
 
 
 def _map_bucket(tile_ptr, tile_kind, tile_cost, n_units, unit_mode, balance, item_us):
     """Work items and units for one bucket. Returns (items [W,3], unit_ptr, unit_loads, interleave).
 
-    item_us: the load one work item adds (item_cost)."""
+    item_us: the load one work item adds (item_cost); a unit's first item is not charged."""
     n_rows = tile_ptr.size - 1
     n_t = tile_kind.size
     rows = np.repeat(np.arange(n_rows), np.diff(tile_ptr))
@@ -121,6 +122,7 @@ def _map_bucket(tile_ptr, tile_kind, tile_cost, n_units, unit_mode, balance, ite
     items, unit = items[order], unit[order]
     unit_ptr = np.zeros(n_units + 1, dtype=np.int64)
     np.add.at(unit_ptr, unit + 1, 1)
+    loads -= item_us * (unit_ptr[1:] > 0)  # (counts per unit here) the first item of a unit is in the fixed cost
     # spread the split streams over program ids so each SM gets a mix of dense and sparse units
     # (over the units each stream really got: one may have been added above)
     fractions = [(np.arange(u) + 0.5) / u for u in used] or [np.array([0.5])]
@@ -242,7 +244,7 @@ def _plan_buckets(kinds, nnz, grid, tile_shape, buckets, classes_at, cm, program
         units = max(1, min(resident, n_exec + grid.shape[0]))
         token_tiles = math.ceil(n / bn)
         items, unit_ptr, loads, interleave = _map_bucket(tile_ptr, tile_kind, tile_cost, units, unit_mode, balance,
-                                                         item_cost(cm, token_tiles, resident))
+                                                         item_cost(cm, n, token_tiles, resident))
         order = alternate_order(loads, interleave, alternate=balance == "full")
         span = simulate_makespan(loads / token_tiles, order, token_tiles)
         predicted = cm.launch_us + resident * span
