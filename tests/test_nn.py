@@ -251,7 +251,7 @@ def test_bytes_summary_repr(keep_dense, rng):
 
 def test_some_buckets_win_keeps_dense_for_the_rest(rng):
     """A plan that wins for small N only: 'auto' keeps the dense copy and uses it for large N."""
-    spec = GPUSpec(name="wins at small N", dense_launch_us=8.0, programs_per_unit=2)
+    spec = GPUSpec(name="wins at small N", launch_us=4.0, dense_launch_us=8.0, programs_per_unit=2)
     weight = random_weight((256, 512), 0.1, rng)
     linear = make_linear(weight, rng=rng)
     sparse = SparseLinear.from_dense(linear, cost_model=CostModel(spec=spec))
