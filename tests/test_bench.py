@@ -456,6 +456,9 @@ def test_run_workload_on_a_tiny_model():
     assert row["weight_bytes_dense"] == dense_bytes == (64 * 128 * 2 + 64 * 64) * 4
     assert row["weight_bytes_cross"] != dense_bytes and row["min_cosine"] > 0.9999
     assert type(model.up) is nn.Linear  # left dense
+    calls.clear()
+    models.run_workload(wl, 0.7, keep_dense=False, timer=fake_timer(calls), discard_pass=True)
+    assert len(calls) == models.DISCARDED_TIMINGS + 3  # the dropped timings come first, of the dense model
 
 
 def test_model_report_files(tmp_path):

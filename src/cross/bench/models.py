@@ -151,12 +151,20 @@ def model_command(name: str, sparsity: float, *, llama_layers: int = LLAMA_LAYER
 #: gives ~50 replays per median (50 ms gave ~6: the H100 results of 2026-11-24 were measured with 10 /
 #: 50 ms and show 0.94-1.04x between identical modules)
 MODEL_WARMUP_MS, MODEL_REP_MS = 25, 400
+#: timings of each phase dropped before the first workload's (benchmarks/timing_drift.py: the first
+#: three of a process read fast)
+DISCARDED_TIMINGS = 4
 
 
 def run_workload(wl: Workload, sparsity: float, *, command: str = "", cost_model=None, keep_dense="auto",
-                 timer: Callable = measure_us, progress: bool = False) -> list[dict]:
+                 timer: Callable = measure_us, progress: bool = False, discard_pass: bool = False) -> list[dict]:
     """Time every phase dense, sparsified, and dense again; one row per phase. The model is left
-    dense (unsparsified) afterwards."""
+    dense (unsparsified) afterwards.
+
+    discard_pass: time every phase once more first and drop it. A process's first few CUDA-graph
+    timings of a model can read ~13% faster than all later ones at the same clocks
+    (benchmarks/timing_drift.py), which would make the first workload's dense and sparse columns
+    differ with nothing swapped."""
     import cross
 
     def ms(x):
@@ -165,6 +173,10 @@ def run_workload(wl: Workload, sparsity: float, *, command: str = "", cost_model
 
     with torch.no_grad():
         inputs = {phase: wl.inputs(phase[1], phase[2]) for phase in wl.phases}
+        if discard_pass:
+            for x in inputs.values():
+                for _ in range(DISCARDED_TIMINGS):
+                    ms(x)
         dense_bytes = linear_bytes(wl.model)
         dense = {phase: ms(x) for phase, x in inputs.items()}
         want = {phase: wl.outputs(x) for phase, x in inputs.items()}

@@ -17,19 +17,6 @@ CHECK_TOL = 2e-2
 GRAPH = "graph"
 
 
-def warm_up_gpu(seconds: float = 2.0, device=None) -> None:
-    """Keep the GPU busy with bf16 matrix products for ``seconds``, so that the first timings of a
-    run do not meet an idle GPU (clocks, lazily loaded cuBLAS kernels) that later ones do not."""
-    import time
-
-    a = torch.randn(4096, 4096, device=device or "cuda", dtype=torch.bfloat16)
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        for _ in range(20):
-            a = torch.tanh(a @ a)
-        torch.cuda.synchronize()
-
-
 def graph_us(fn, warmup_ms: int = 25, rep_ms: int = 100, flush: str = "read") -> float:
     """Median device time of fn in microseconds (CUDA-graph replay, L2 flushed: see graph_time_us)."""
     from ..costmodel.profile import graph_time_us

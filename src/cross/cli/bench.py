@@ -17,7 +17,6 @@ from ..bench import models
 from ..bench.kernels import (DEFAULT_NS, DEFAULT_SPARSITIES, FIELDS, HEADER, KernelConfig, cases, done_keys,
                              estimate_seconds, format_row, planned_rows, run_kernels)
 from ..bench.methods import DEFAULT_METHODS, parse_method
-from ..bench.timing import warm_up_gpu
 from ..bench.weights import DISTRIBUTIONS, DLMC_LAYERS, SHAPES, SYNTHETIC
 from .inputs import InputError
 from .main import _load_cost_model, _sparsity, _tile
@@ -246,7 +245,6 @@ def bench_kernels(args, csv_name: str = KERNELS_CSV, report: bool = True) -> int
         kept = read_csv(path) if args.resume and path.is_file() else []
         done = done_keys(kernel_rows(kept))
         start_csv(path, FIELDS, kept)
-    warm_up_gpu(device=device)
     rows = run_kernels(cfg, device=device, cost_model=cm, n_programs=programs, done=done,
                        echo=lambda line: print(line, flush=True),
                        on_row=None if path is None else lambda row: append_row(path, row, FIELDS))
@@ -310,13 +308,13 @@ def _run_models(args, plan, commands, csv_name: str, report: bool) -> int:
     print(models.HEADER)
     path = start_csv(args.out / csv_name, models.FIELDS) if args.out else None
     rows = []
-    warm_up_gpu(device=device)
     for name, sp in plan:
         torch.manual_seed(0)
         t0 = time.time()
         wl = (models.bert(sp) if name == "bert" else models.llama(sp, args.llama_layers) if name == "llama"
               else models.minilm(sp, minilm_dir))
-        for row in models.run_workload(wl, sp, command=commands[(name, sp)], cost_model=cm, keep_dense=keep_dense):
+        for row in models.run_workload(wl, sp, command=commands[(name, sp)], cost_model=cm, keep_dense=keep_dense,
+                                       discard_pass=not rows):
             rows.append(row)
             print(models.format_row(row), flush=True)
             if path is not None:
