@@ -330,3 +330,31 @@ def test_run_demo_on_minilm(tmp_path):
     for section in ("## What was run", "## Environment", "## Sparsity per layer", "## Plans", "## Agreement",
                     "## Timings"):
         assert section in report
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU answer")
+def test_profile_needs_a_gpu(capsys):
+    code, out, err = run_cli(capsys, "profile")
+    assert code == 2 and "expected a CUDA GPU, found none" in err and not out
+
+
+@pytest.mark.gpu
+def test_profile_on_the_gpu(capsys, tmp_path, monkeypatch):
+    """`cross profile` measures, caches and reports the model, item latency included; a second
+    call finds it in the cache."""
+    import cross.costmodel.profile as profile_mod
+
+    monkeypatch.setenv("CROSS_CACHE_DIR", str(tmp_path))
+    measure = profile_mod.measure  # a smaller grid than the real one, for time
+    monkeypatch.setattr(profile_mod, "measure",
+                        lambda device, **kw: measure(device, densities=(0.05, 0.3, 1.0), n_tokens=(1, 16, 128), **kw))
+    code, out, err = run_cli(capsys, "profile", "--plot", tmp_path / "fig")
+    assert code == 0, err
+    assert out.startswith("measured: measured on ") and "a work item costs" in out and (tmp_path / "fig" / "bands.png").is_file()
+    (path,) = tmp_path.glob("costmodel-*.json")
+    model = CostModel.load(path)
+    assert [n for n, _ in model.item_us_by_tokens] == [1.0, 16.0, 128.0]
+    assert all(us > 0 for _, us in model.item_us_by_tokens) and model.launch_us > 0
+    assert model.spec.mixed_sparse_scale >= 1.0 and model.provenance["item_latency"]["weight"] == "352256x128"
+    code, out, _ = run_cli(capsys, "profile")
+    assert code == 0 and out.startswith("already measured: ")

@@ -438,7 +438,10 @@ def cmd_profile(args) -> int:
     for n in (1, 16, 128, 2048):
         b = bands(model, (64, 64), n, TileKind.BITMAP)
         sparse = b["density"][b["band"] == "sparse"]
-        print(f"  N={n:>5}: bitmap tiles beat dense tiles below density {sparse.max() if sparse.size else 0:.2f}")
+        print(f"  N={n:>5}: bitmap tiles beat dense tiles below density {sparse.max() if sparse.size else 0:.2f}; "
+              f"a work item costs {model.item_latency(n):.1f} us per token tile")
+    print(f"  fixed cost of a plan launch {model.launch_us:.1f} us; sparse tiles in plans with DENSE tiles "
+          f"x{model.spec.mixed_sparse_scale:.2f}")
     if args.plot:
         from ..costmodel.plot import plot_bands
 
