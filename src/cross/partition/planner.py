@@ -195,11 +195,12 @@ def make_plan(weight: torch.Tensor | None = None, *, nnz: np.ndarray | None = No
         # top of their tiles: weigh the hybrid against its all-sparse and all-dense twins
         # (ties keep the hybrid)
         best = _runtime_cost(bucket_plans)
-        for name, alt in (("all sparse", np.where(dense, first.best_sparse, kinds)),
-                          ("all dense", np.where(sparse, np.uint8(TileKind.DENSE), kinds))):
-            alt_layout, alt_plans = plan_buckets(alt.astype(np.uint8))
-            if _runtime_cost(alt_plans) < best:
-                kinds, layout, bucket_plans, chosen, best = alt.astype(np.uint8), alt_layout, alt_plans, name, _runtime_cost(alt_plans)
+        for name, alt in (("all sparse", np.where(dense, first.best_sparse, kinds).astype(np.uint8)),
+                          ("all dense", np.where(sparse, TileKind.DENSE, kinds).astype(np.uint8))):
+            alt_layout, alt_plans = plan_buckets(alt)
+            cost = _runtime_cost(alt_plans)
+            if cost < best:
+                kinds, layout, bucket_plans, chosen, best = alt, alt_layout, alt_plans, name, cost
     tile_ptr, tile_col, tile_kind = layout
 
     provenance = {
