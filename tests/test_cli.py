@@ -356,7 +356,5 @@ def test_profile_on_the_gpu(capsys, tmp_path, monkeypatch):
     assert [n for n, _ in model.item_us_by_tokens] == [1.0, 16.0, 128.0]
     assert all(us > 0 for _, us in model.item_us_by_tokens) and model.launch_us > 0
     assert model.spec.mixed_sparse_scale >= 1.0 and model.provenance["item_latency"]["weight"] == "352256x128"
-    assert model.dense_table is not None and model.dense_table.us.shape == (6, 3)
-    assert model.dense_us(4096, 4096, 1) < model.dense_us(11008, 4096, 1)
     code, out, _ = run_cli(capsys, "profile")
     assert code == 0 and out.startswith("already measured: ")

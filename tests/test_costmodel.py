@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cross.costmodel import H100, CostModel, GPUSpec, TileTable, block_n_for, default_cost_model
-from cross.costmodel.model import TABLE_FORMAT, DenseTable
+from cross.costmodel.model import TABLE_FORMAT
 from cross.costmodel.roofline import MAX_BLOCK_N, MIN_BLOCK_N
 from cross.tiling import TileKind
 
@@ -181,17 +181,12 @@ def measured_model(rng):
     spec = GPUSpec(name="test GPU", n_units=7, programs_per_unit=2, bandwidth=1.0e12)
     provenance = {"device": "NVIDIA H100 80GB HBM3", "driver": "570.00", "torch": "2.13.0", "triton": "3.6.0",
                   "created": "2025-01-01T00:00:00+00:00"}
-    dense = DenseTable(np.array([1e6, 4e6, 16e6]), np.array([1.0, 128.0]), np.array([[5.0, 6.0], [8.0, 12.0], [20.0, 40.0]]))
-    return CostModel(spec, tables, provenance, item_us_by_tokens=((1, 3.5), (64, 9.0), (2048, 20.0)), dense_table=dense)
+    return CostModel(spec, tables, provenance, item_us_by_tokens=((1, 3.5), (64, 9.0), (2048, 20.0)))
 
 
 def assert_same_model(a: CostModel, b: CostModel):
     assert a.spec == b.spec and a.provenance == b.provenance and len(a.tables) == len(b.tables)
     assert a.item_us_by_tokens == b.item_us_by_tokens
-    assert (a.dense_table is None) == (b.dense_table is None)
-    if a.dense_table is not None:
-        for name in ("elements", "n_tokens", "us"):
-            np.testing.assert_array_equal(getattr(a.dense_table, name), getattr(b.dense_table, name))
     for s, t in zip(a.tables, b.tables):
         assert (s.kind, s.tile_shape) == (t.kind, t.tile_shape)
         for name in ("density", "n_tokens", "us"):
@@ -215,33 +210,7 @@ def test_save_load_round_trip(which, tmp_path, rng):
             for n in (1, 5, 128, 4096):
                 np.testing.assert_array_equal(loaded.predict(kind, shape, DENSITY, n), cm.predict(kind, shape, DENSITY, n))
     assert [loaded.item_latency(n) for n in (1, 8, 64, 9000)] == [cm.item_latency(n) for n in (1, 8, 64, 9000)]
-    shapes = ((100, 100), (1000, 2000), (4096, 4096), (11008, 4096))
-    assert [loaded.dense_us(m, k, n) for m, k in shapes for n in (1, 16, 4096)] == [cm.dense_us(m, k, n) for m, k in shapes for n in (1, 16, 4096)]
     assert json.loads(path.read_text())["format"] == TABLE_FORMAT
-
-
-def test_dense_table(rng):
-    """Measured cuBLAS times: linear in elements between measured sizes, the last segment's slope
-    above them, the smallest's time below; linear in log2 N between token counts, clamped; used for
-    2-byte elements only (the roofline otherwise and where no table was measured). Bad tables are
-    refused."""
-    cm = measured_model(rng)
-    assert cm.dense_us(1000, 1000, 1) == 5.0 and cm.dense_us(2000, 2000, 1) == 8.0  # 1e6 and 4e6 elements
-    assert cm.dense_us(1000, 2500, 1) == pytest.approx(5.0 + 1.5 / 3 * 3.0)  # halfway from 1e6 to 4e6
-    assert cm.dense_us(10, 10, 1) == 5.0  # below the smallest size: its time
-    assert cm.dense_us(8000, 4000, 1) == pytest.approx(20.0 + 16e6 * 12.0 / 12e6)  # above: the last slope
-    assert cm.dense_us(1000, 1000, 128) == 6.0 and cm.dense_us(1000, 1000, 10**6) == 6.0
-    assert cm.dense_us(1000, 1000, 8) == pytest.approx(5.0 + 3 / 7 * 1.0)  # log2 8 = 3 of 7
-    assert cm.dense_us(1000, 1000, 1, element_size=4) == CostModel(cm.spec).dense_us(1000, 1000, 1, element_size=4)
-    assert CostModel().dense_us(1000, 1000, 1) == CostModel().dense_us(1000, 1000, 1, element_size=2) > 0
-    for bad in (dict(elements=[4e6, 1e6]), dict(elements=[1e6]), dict(us=[[5.0, 6.0], [8.0, -1.0]]),
-                dict(n_tokens=[0.0, 128.0]), dict(us=[[5.0, 6.0], [8.0, float("inf")]])):
-        args = dict(elements=[1e6, 4e6], n_tokens=[1.0, 128.0], us=[[5.0, 6.0], [8.0, 12.0]])
-        args.update(bad)
-        if "elements" in bad and len(bad["elements"]) == 1:
-            args["us"] = [[5.0, 6.0]]
-        with pytest.raises(ValueError, match="DenseTable"):
-            DenseTable(*(np.array(args[k]) for k in ("elements", "n_tokens", "us")))
 
 
 def test_item_latency(rng):
@@ -274,8 +243,6 @@ BAD_FILES = {
     "unknown_kind": (lambda good: good.replace('"BITMAP"', '"SPARSE"'), "expected kind in .*got 'SPARSE'"),
     "bad_table": (lambda good: good.replace('"n_tokens": [', '"n_tokens": [0.0, ', 1), "expected us of shape"),
     "bad_item_table": (lambda good: good.replace('"item_us_by_tokens": [', '"item_us_by_tokens": [[4096, 1.0], ', 1), "item_us_by_tokens"),
-    "bad_dense_table": (lambda good: good.replace('"elements": [', '"elements": [1e9, ', 1), "DenseTable"),
-    "dense_table_no_us": (lambda good: '"usx"'.join(good.rsplit('"us"', 1)), "DenseTable"),  # the last "us" is the dense table's
 }
 
 

@@ -78,51 +78,6 @@ class TileTable:
 
 
 @dataclass(frozen=True)
-class DenseTable:
-    """Measured microseconds of the dense product (cuBLAS, 2-byte elements) over weight sizes
-    (elements, M x K) x token counts."""
-
-    elements: np.ndarray  # [S], increasing
-    n_tokens: np.ndarray  # [T], increasing, >= 1
-    us: np.ndarray  # [S, T]
-
-    def __post_init__(self):
-        e, n, us = (np.asarray(a, dtype=np.float64) for a in (self.elements, self.n_tokens, self.us))
-        if e.ndim != 1 or n.ndim != 1 or us.shape != (e.size, n.size) or e.size < 2 or n.size < 1:
-            raise ValueError(f"DenseTable: expected at least 2 sizes and 1 token count with us of shape (sizes, token counts), got {us.shape} for {e.size} x {n.size}")
-        if np.any(np.diff(e) <= 0) or np.any(np.diff(n) <= 0) or e[0] < 1 or n[0] < 1:
-            raise ValueError("DenseTable: expected strictly increasing elements >= 1 and n_tokens >= 1")
-        if not np.all(np.isfinite(us)) or np.any(us <= 0):
-            raise ValueError("DenseTable: expected finite positive times")
-        for name, a in (("elements", e), ("n_tokens", n), ("us", us)):
-            a.setflags(write=False)
-            object.__setattr__(self, name, a)
-
-    def predict(self, elements: float, n_tokens: int) -> float:
-        """Linear in the weight's elements between measured sizes (extended along the last segment
-        above the largest, the smallest's time below it: a launch-bound floor), linear in
-        log2(n_tokens) between measured token counts (clamped at the ends)."""
-        logn = np.log2(self.n_tokens)
-        x = math.log2(max(1, n_tokens))
-        per_n = np.array([self._at_size(elements, j) for j in range(logn.size)])
-        return float(np.interp(x, logn, per_n))
-
-    def _at_size(self, elements: float, j: int) -> float:
-        e, us = self.elements, self.us[:, j]
-        if elements <= e[-1]:
-            return float(np.interp(elements, e, us))
-        slope = (us[-1] - us[-2]) / (e[-1] - e[-2])
-        return float(us[-1] + max(slope, 0.0) * (elements - e[-1]))
-
-    def to_dict(self) -> dict:
-        return {"elements": self.elements.tolist(), "n_tokens": self.n_tokens.tolist(), "us": self.us.tolist()}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "DenseTable":
-        return cls(np.array(d["elements"]), np.array(d["n_tokens"]), np.array(d["us"]))
-
-
-@dataclass(frozen=True)
 class CostModel:
     """Tile costs for planning. ``tables`` override the roofline where they exist."""
 
@@ -132,8 +87,6 @@ class CostModel:
     #: measured latency of one work item per token tile, (n_tokens, us) pairs with n_tokens
     #: increasing; empty: ``spec.item_us`` at every token count
     item_us_by_tokens: tuple = ()
-    #: measured cuBLAS times over weight sizes; None: the calibrated roofline (dense_matmul_us)
-    dense_table: DenseTable | None = None
 
     def __post_init__(self):
         pairs = tuple((float(n), float(us)) for n, us in self.item_us_by_tokens)
@@ -163,10 +116,7 @@ class CostModel:
         return float(out) if np.ndim(out) == 0 else out
 
     def dense_us(self, rows: int, cols: int, n_tokens: int, element_size: int = 2) -> float:
-        """Predicted time of the dense product with the same weight (the baseline to beat): the
-        measured table for 2-byte elements where there is one, else the calibrated roofline."""
-        if self.dense_table is not None and element_size == 2:
-            return self.dense_table.predict(rows * cols, n_tokens)
+        """Predicted time of the dense product with the same weight (the baseline to beat)."""
         return dense_matmul_us(self.spec, rows, cols, n_tokens, element_size)
 
     @property
@@ -193,8 +143,7 @@ class CostModel:
     def to_dict(self) -> dict:
         return {"format": TABLE_FORMAT, "provenance": dict(self.provenance), "spec": self.spec.to_dict(),
                 "tables": [t.to_dict() for t in self.tables],
-                "item_us_by_tokens": [list(p) for p in self.item_us_by_tokens],
-                "dense_table": self.dense_table.to_dict() if self.dense_table is not None else None}
+                "item_us_by_tokens": [list(p) for p in self.item_us_by_tokens]}
 
     @classmethod
     def from_dict(cls, d: dict) -> "CostModel":
@@ -208,12 +157,7 @@ class CostModel:
             raise ValueError(f"cost model spec: unexpected fields {sorted(unknown)}")
         spec = GPUSpec(**spec_d)
         tables = tuple(TileTable.from_dict(t) for t in d.get("tables", []))
-        dense = d.get("dense_table")
-        try:
-            dense = DenseTable.from_dict(dense) if dense is not None else None
-        except (KeyError, TypeError) as e:
-            raise ValueError(f"DenseTable: expected elements, n_tokens and us, got {type(e).__name__}: {e}") from None
-        return cls(spec, tables, dict(d.get("provenance", {})), tuple(map(tuple, d.get("item_us_by_tokens", []))), dense)
+        return cls(spec, tables, dict(d.get("provenance", {})), tuple(map(tuple, d.get("item_us_by_tokens", []))))
 
     def save(self, path) -> Path:
         path = Path(path)

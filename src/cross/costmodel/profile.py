@@ -1,11 +1,10 @@
 """Measuring the cost model on the GPU (``cross profile``).
 
 For each tile kind the kernels run (DENSE, BITMAP) and each density, a weight made of that kind only
-(11008 x 4096, 11008 tiles of 64 x 64) is timed through the same kernel the runtime uses; its time less
-the launch's fixed cost (launch, pipeline fill, epilogue: extrapolated to zero rows from 5504 and
-11008 rows) over the number of tiles is the amortised cost of one tile; one work item's latency is timed on a weight run
-with many more items per unit. Dense cuBLAS is timed on six weight sizes: the baseline the planner
-must beat. The result is a CostModel whose
+(8192 x 4096, 8192 tiles of 64 x 64) is timed through the same kernel the runtime uses; its time less
+the launch's fixed cost (a one-tile-row weight at N = 1: launch, pipeline fill, epilogue) over the
+number of tiles is the amortised cost of one tile. Dense cuBLAS is timed on two shapes to calibrate the
+baseline the planner must beat. The result is a CostModel whose
 tables replace the roofline, saved as JSON with its provenance and found again automatically for
 the same device and library versions.
 """
@@ -23,15 +22,12 @@ import numpy as np
 import torch
 
 from ..tiling import TileGrid, TileKind
-from .model import CostModel, DenseTable, TileTable
+from .model import CostModel, TileTable
 from .roofline import H100, GPUSpec, block_n_for, plan_kernel_vals_bytes
 
 DENSITIES = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0)
 N_TOKENS = (1, 16, 64, 128, 512, 2048)
-ROWS = (2048, 8192)  # cuBLAS: the roofline's calibration sizes (used outside the table's range)
-#: cuBLAS is timed on DENSE_ROWS x COLS weights (4 MB to 134 MB of bf16): the dense baseline the
-#: planner must beat is read from these times (CostModel.dense_table), not extrapolated from two
-DENSE_ROWS = (512, 1024, 2048, 4096, 8192, 16384)
+ROWS = (2048, 8192)  # cuBLAS calibration sizes
 #: the plan kernels are timed on weights of KERNEL_ROWS x COLS (Llama-2-7B's MLP: the size class where
 #: sparse layers pay off, and where a block gets ~14 tiles; per-tile costs measured on smaller weights
 #: carry more per-item work per tile and over-predict larger ones by ~9%)
@@ -167,9 +163,7 @@ def measure(device: torch.device | None = None, tile_shape=(64, 64), densities=D
     jobs = [(kind, d) for kind in kinds for d in (densities if kind == TileKind.BITMAP else (1.0,))]
     per_tile = {k: np.zeros((len(n_tokens), len(densities))) for k in kinds}
     fit_runs = 1 if FIT_DENSITY in densities else 2
-    # per N: each job, the fixed-cost fit, the item latency (2), cuBLAS per size; and the variant
-    bar = tqdm(total=(len(jobs) + fit_runs + 2 + len(DENSE_ROWS)) * len(n_tokens) + 1, desc="cross profile",
-               disable=not progress)
+    bar = tqdm(total=(len(jobs) + fit_runs + 4) * len(n_tokens) + 1, desc="cross profile", disable=not progress)
 
     def plan_of(w, kind, programs=spec.n_programs):
         return make_plan(w, tile_shape=tile_shape, allowed_kinds=(kind,), n_programs=programs,
@@ -245,22 +239,21 @@ def measure(device: torch.device | None = None, tile_shape=(64, 64), densities=D
         cols = range(len(densities)) if kind == TileKind.DENSE else [list(densities).index(d)]
         for c in cols:
             per_tile[kind][:, c] = cost
-    dense_times = np.zeros((len(DENSE_ROWS), len(n_tokens)))
-    for r, rows in enumerate(DENSE_ROWS):
+    dense_times = np.zeros((len(ROWS), len(n_tokens)))
+    for r, rows in enumerate(ROWS):
         w = torch.randn(rows, COLS, generator=gen).to(torch.bfloat16).to(device)
         for j, n in enumerate(n_tokens):
             x = torch.randn(n, COLS, generator=gen).to(torch.bfloat16).to(device)
             dense_times[r, j] = graph_time_us(lambda: torch.matmul(x, w.T))
             bar.update()
     bar.close()
-    spec = _calibrate_dense(spec, dense_times[[DENSE_ROWS.index(r) for r in ROWS]], n_tokens)
-    dense_table = DenseTable(np.array(DENSE_ROWS, dtype=float) * COLS, np.array(n_tokens, dtype=float), dense_times)
+    spec = _calibrate_dense(spec, dense_times, n_tokens)
     spec = replace(spec, launch_us=float(fixed[0]), item_us=float(item_us), mixed_sparse_scale=float(mixed_scale))
     tables = tuple(TileTable(k, tile_shape, np.array(densities), np.array(n_tokens, dtype=float), per_tile[k]) for k in kinds)
     # the planner composes tile costs into a weight's time through its units (the slowest unit's
     # load, tiles of slightly different densities): scale each kind's costs per N so that the
     # planner's own prediction for a measured weight equals its measured time
-    unscaled = CostModel(spec, tables, item_us_by_tokens=item_table, dense_table=dense_table)
+    unscaled = CostModel(spec, tables, item_us_by_tokens=item_table)
     for kind in kinds:
         d = FIT_DENSITY if kind == TileKind.BITMAP else 1.0
         if (kind, d) in measured:
@@ -282,8 +275,8 @@ def measure(device: torch.device | None = None, tile_shape=(64, 64), densities=D
         prov["mixed_variant"] = {"vals_bytes": whole, "programs": programs, "us": round(mixed_us, 2),
                                  "scale": round(mixed_scale, 3)}
     prov["dense_us"] = {f"{rows}x{COLS}": dict(zip(map(str, n_tokens), np.round(dense_times[r], 2).tolist()))
-                        for r, rows in enumerate(DENSE_ROWS)}
-    return CostModel(spec, tables, prov, item_table, dense_table)
+                        for r, rows in enumerate(ROWS)}
+    return CostModel(spec, tables, prov, item_table)
 
 
 def max_items_per_unit(bucket) -> int:
