@@ -1,10 +1,11 @@
 """Measuring the cost model on the GPU (``cross profile``).
 
 For each tile kind the kernels run (DENSE, BITMAP) and each density, a weight made of that kind only
-(8192 x 4096, 8192 tiles of 64 x 64) is timed through the same kernel the runtime uses; its time less
-the launch's fixed cost (a one-tile-row weight at N = 1: launch, pipeline fill, epilogue) over the
-number of tiles is the amortised cost of one tile. Dense cuBLAS is timed on two shapes to calibrate the
-baseline the planner must beat. The result is a CostModel whose
+(11008 x 4096, 11008 tiles of 64 x 64) is timed through the same kernel the runtime uses; its time
+less the launch's fixed cost (launch, pipeline fill, epilogue: extrapolated to zero rows from 5504
+and 11008 rows) over the number of tiles is the amortised cost of one tile; one work item's latency
+is timed on a weight run with many more items per unit. Dense cuBLAS is timed on two shapes to
+calibrate the baseline the planner must beat. The result is a CostModel whose
 tables replace the roofline, saved as JSON with its provenance and found again automatically for
 the same device and library versions.
 """
