@@ -205,10 +205,10 @@ def measure(device: torch.device | None = None, tile_shape=(64, 64), densities=D
     else:
         full, _ = timed(weight(rows, FIT_DENSITY), TileKind.BITMAP)
     fixed = np.maximum(2 * half - full, 0.0)
-    # the latency of one work item, and sparse tiles in the kernel variant that stages whole tiles
-    # (what a plan with DENSE tiles runs), both at N = 1 against the KERNEL_ROWS weight
-    # (item latency at every N: per item and token tile, the time difference over the extra items
-    # on the busiest unit and the token tiles)
+    # the latency of one work item at every N (per item and token tile: the time difference over the
+    # extra items on the busiest unit and over the token tiles), and sparse tiles in the kernel
+    # variant that stages whole tiles (what a plan with DENSE tiles runs) at N = 1, both against the
+    # KERNEL_ROWS weight
     base_w = weight(rows, FIT_DENSITY)
     base_plan = plan_of(base_w, TileKind.BITMAP)
     base_packed = pack(base_w, base_plan)
