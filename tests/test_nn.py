@@ -244,6 +244,7 @@ def test_bytes_summary_repr(keep_dense, rng):
     assert s["sparsity"] == pytest.approx(float((weight == 0).float().mean()))
     assert [(b["n_min"], b["runs"]) for b in s["buckets"]] == [(b.n_min, "dense" if kept else "plan") for b in sparse.plan.buckets]
     assert all(b["fallback"] for b in s["buckets"]) and s["cost_model"].startswith("roofline")
+    assert s["kinds_chosen"] == sparse.plan.provenance["kinds_chosen"] in ("hybrid", "single kind", "all sparse", "all dense")
     text = repr(sparse)
     assert "in_features=200, out_features=130" in text and f"dense kept: {'yes' if kept else 'no'}" in text
     assert sparse.in_features == 200 and sparse.out_features == 130 and sparse.plan is sparse.packed.plan

@@ -68,6 +68,8 @@ def plan_facts(plan: Plan) -> dict:
         "tiles": plan.kind_counts(),
         "swing": int(plan.swing.sum()),
         "swing_converted": int(plan.provenance.get("swing_converted", 0)),
+        # 'hybrid', 'single kind', or the twin that replaced a hybrid ('all sparse' / 'all dense')
+        "kinds_chosen": plan.provenance.get("kinds_chosen", "?"),
         "nan_policy": plan.nan_policy,
         "cost_model": plan.provenance.get("cost_model", "?"),
     }
