@@ -123,10 +123,6 @@ class CostModel:
     def launch_us(self) -> float:
         return self.spec.launch_us
 
-    @property
-    def item_us(self) -> float:
-        return self.spec.item_us
-
     def item_latency(self, n_tokens: int) -> float:
         """Latency of one work item per token tile at ``n_tokens`` (linear in log2 n between the
         measured token counts, clamped at the ends)."""
