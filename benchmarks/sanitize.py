@@ -3,7 +3,9 @@
 racecheck slows the CUDA kernel tests ~50x: the whole `-m gpu` set does not fit a 10-minute run.
 This script collects the GPU tests, cuts them into --chunks equal parts, runs part --chunk under
 compute-sanitizer (log per part in --out) and prints what the tool found; run every part, one per
-call, to cover the set.
+call, to cover the set. --kernels limits the checking to kernels whose name contains a string
+(default: the plan kernels, CUDA and Triton, both named plan_matmul*); the tests' own kernels
+(references, random inputs, cuBLAS) then run unchecked and at full speed.
 
     PYTHONPATH=src python benchmarks/sanitize.py --tool racecheck --chunks 12 --chunk 0 --out reports/sanitize
     PYTHONPATH=src python benchmarks/sanitize.py --chunks 12 --list    # the parts, without a GPU
@@ -48,6 +50,8 @@ def main(argv=None) -> int:
     ap.add_argument("--chunk", type=int, default=0, help="the part to run, 0-based (default 0)")
     ap.add_argument("--paths", default="tests", help="comma-separated test files or folders (default tests)")
     ap.add_argument("--out", type=Path, default=Path("reports/sanitize"), help="folder for the logs")
+    ap.add_argument("--kernels", default="plan_matmul",
+                    help="check only kernels whose name contains this (default plan_matmul; '' checks every kernel)")
     ap.add_argument("--list", action="store_true", help="print the parts and exit (no GPU needed)")
     args = ap.parse_args(argv)
     if args.chunks < 1:
@@ -61,9 +65,11 @@ def main(argv=None) -> int:
     part = chunk(ids, args.chunks, args.chunk)
     args.out.mkdir(parents=True, exist_ok=True)
     log = args.out / f"{args.tool}_{args.chunk}_of_{args.chunks}.txt"
-    cmd = ["compute-sanitizer", "--tool", args.tool, "--report-api-errors", "no", sys.executable, "-m", "pytest", "-q",
-           "-p", "no:cacheprovider", *part]
-    print(f"{args.tool}, part {args.chunk} of {args.chunks}: {len(part)} tests -> {log}", flush=True)
+    only = ["--kernel-name", f"kns={args.kernels}"] if args.kernels else []
+    cmd = ["compute-sanitizer", "--tool", args.tool, "--report-api-errors", "no", *only, sys.executable, "-m", "pytest",
+           "-q", "-p", "no:cacheprovider", *part]
+    what = f"kernels named *{args.kernels}*" if args.kernels else "every kernel"
+    print(f"{args.tool} of {what}, part {args.chunk} of {args.chunks}: {len(part)} tests -> {log}", flush=True)
     with open(log, "w") as f:
         rc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT).returncode
     text = log.read_text()

@@ -12,6 +12,7 @@ import math
 
 import torch
 
+from ..costmodel.profile import reason  # noqa: F401  (re-exported for the benchmarks)
 #: largest ||y - ref|| / ||ref|| against the fp32 product that a bf16 result may have
 CHECK_TOL = 2e-2
 GRAPH = "graph"
@@ -27,23 +28,9 @@ def graph_us(fn, warmup_ms: int = 25, rep_ms: int = 100, flush: str = "read") ->
 def measure_us(fn, warmup_ms: int = 25, rep_ms: int = 100) -> tuple[float, str]:
     """(median microseconds, how it was timed): 'graph', or 'eager: ...' with the reason the graph
     capture failed. Both flush L2 before every run; the eager one also counts host launch work."""
-    stream = torch.cuda.current_stream()
-    try:
-        return graph_us(fn, warmup_ms, rep_ms), GRAPH
-    except Exception as e:  # libraries raise their own error types when a call refuses capture
-        from ..costmodel.profile import replay_time_us
+    from ..costmodel.profile import call_time_us
 
-        torch.cuda.set_stream(stream)  # a capture that fails to end leaves its side stream current
-        torch.cuda.synchronize()
-        us = replay_time_us(fn, warmup_ms, rep_ms)
-        return us, f"eager: graph capture failed ({reason(e)})"
-
-
-def reason(e: BaseException, limit: int = 160) -> str:
-    """An exception as one short line: its type and the first line of its message."""
-    first = (str(e).strip().splitlines() or [""])[0]
-    text = f"{type(e).__name__}: {first}" if first else type(e).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return call_time_us(fn, warmup_ms, rep_ms)
 
 
 def relative_error(y: torch.Tensor, ref: torch.Tensor) -> float:

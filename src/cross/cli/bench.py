@@ -178,6 +178,11 @@ def run_script(doc: str, add_options, defaults: dict, run, argv=None) -> int:
         return 2
 
 
+def invoked() -> str:
+    """The command line as a user types it: `cross ...`, whether run as `cross` or `python -m cross`."""
+    return " ".join(["cross", *sys.argv[1:]])
+
+
 def require_cuda(command: str):
     import torch
 
@@ -238,7 +243,7 @@ def bench_kernels(args, csv_name: str = KERNELS_CSV, report: bool = True) -> int
     device = require_cuda("cross bench kernels")
     cm = bench_cost_model(args.cost_model)
     programs = torch.cuda.get_device_properties(device).multi_processor_count * args.programs_per_sm
-    print(f"# {torch.cuda.get_device_name(device)}, bf16, {programs} programs, command: {' '.join(sys.argv)}", flush=True)
+    print(f"# {torch.cuda.get_device_name(device)}, bf16, {programs} programs, command: {invoked()}", flush=True)
     path = args.out / csv_name if args.out else None
     done = set()
     if path is not None:
@@ -324,7 +329,7 @@ def _run_models(args, plan, commands, csv_name: str, report: bool) -> int:
         torch.cuda.empty_cache()
     if path is not None and report:
         notes = [f"device: {torch.cuda.get_device_name(device)}, bf16; cost model: {cm.source}; keep_dense={keep_dense}",
-                 f"command: `{' '.join(sys.argv)}`",
+                 f"command: `{invoked()}`",
                  "dense = the pruned model itself (both compute the same function), timed before and after the sparse "
                  "model and averaged; CUDA-graph replay, L2 flushed by a 256 MB read before each",
                  "Llama decode: one new token per sequence without a KV cache (the linear layers do the work of a "

@@ -106,6 +106,26 @@ def graph_time_us(fn, warmup_ms: int = 10, rep_ms: int = 40, flush: str = "read"
     return replay_time_us(graph.replay, warmup_ms, rep_ms, flush)
 
 
+def call_time_us(fn, warmup_ms: int = 10, rep_ms: int = 40) -> tuple[float, str]:
+    """(median microseconds, how it was timed): 'graph' (graph_time_us), or 'eager: ...' with the
+    reason the capture failed (replay_time_us of the call itself, host launch work included). Both
+    flush L2 by a read before every run."""
+    stream = torch.cuda.current_stream()
+    try:
+        return graph_time_us(fn, warmup_ms, rep_ms), "graph"
+    except Exception as e:  # libraries raise their own error types when a call refuses capture
+        torch.cuda.set_stream(stream)  # a capture that fails to end leaves its side stream current
+        torch.cuda.synchronize()
+        return replay_time_us(fn, warmup_ms, rep_ms), f"eager: graph capture failed ({reason(e)})"
+
+
+def reason(e: BaseException, limit: int = 160) -> str:
+    """An exception as one short line: its type and the first line of its message."""
+    first = (str(e).strip().splitlines() or [""])[0]
+    text = f"{type(e).__name__}: {first}" if first else type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 @functools.lru_cache(maxsize=None)
 def _flush_buffer(device_index: int) -> torch.Tensor:
     return torch.zeros(FLUSH_BYTES // 4, dtype=torch.int32, device=torch.device("cuda", device_index))

@@ -16,9 +16,11 @@ from ..partition import DEFAULT_BUCKETS, Plan, make_plan
 from ..pack import PackedWeight, pack
 from ..runtime import check_input, decode_executed_tiles, execute
 from ..runtime.dispatch import gpu_kernel_args
+from ..runtime.measure import measure_plan
 from ..tiling import TileKind
 
 KEEP_DENSE = ("auto", True, False)
+MEASURE = ("auto", True, False)
 
 
 def plan_linear(weight: torch.Tensor, *, cost_model=None, tile_shape=(64, 64), buckets=None,
@@ -47,7 +49,8 @@ def bucket_facts(plan: Plan, dense_kept: bool) -> list[dict]:
 
     ``runs`` is 'dense' where the bucket falls back and the dense copy is kept; otherwise 'plan'
     (a fallback bucket without a dense copy runs its plan, slower than predicted dense).
-    ``run_us`` is the predicted time of what runs; ``speedup`` is dense_us / run_us.
+    ``run_us`` is the predicted time of what runs; ``speedup`` is dense_us / run_us. Buckets
+    timed on the GPU (``measure``) add ``measured_us`` and ``measured_dense_us`` (None elsewhere).
     """
     out = []
     for b in plan.buckets:
@@ -55,7 +58,8 @@ def bucket_facts(plan: Plan, dense_kept: bool) -> list[dict]:
         effective = b.dense_us if runs == "dense" else b.predicted_us
         out.append({"n_min": b.n_min, "n_max": b.n_max, "fallback": bool(b.fallback), "runs": runs,
                     "predicted_us": float(b.predicted_us), "dense_us": float(b.dense_us), "run_us": float(effective),
-                    "speedup": float(b.dense_us / max(effective, 1e-9))})
+                    "speedup": float(b.dense_us / max(effective, 1e-9)),
+                    "measured_us": b.measured_us, "measured_dense_us": b.measured_dense_us})
     return out
 
 
@@ -123,7 +127,8 @@ class SparseLinear(nn.Module):
     @torch.no_grad()
     def from_dense(cls, linear: nn.Linear, *, cost_model=None, tile_shape=(64, 64), buckets=None,
                    nan_policy: str = "propagate", balance: str = "full", unit_mode: str = "split",
-                   keep_dense="auto", plan: Plan | None = None, **plan_options) -> "SparseLinear":
+                   keep_dense="auto", plan: Plan | None = None, measure="auto", dense_times: dict | None = None,
+                   **plan_options) -> "SparseLinear":
         """Plan, pack and wrap ``linear``'s weight (a dense tensor with zeros), on its device.
 
         cost_model, tile_shape, buckets (None: DEFAULT_BUCKETS), nan_policy, balance, unit_mode and
@@ -131,18 +136,32 @@ class SparseLinear(nn.Module):
         unused when ``plan`` (a Plan made for a weight of this shape and dtype) is given.
         keep_dense: 'auto' keeps a dense copy iff some bucket falls back to dense; True keeps it
         always; False never (every bucket then runs its plan, predicted win or not).
+        measure: 'auto' (the default) times, on a CUDA device, every bucket the plan is predicted
+        to win against the dense product and keeps the plan only where it measured faster
+        (``cross.runtime.measure_plan``; skipped on the CPU and with keep_dense=False, where the
+        plan runs anyway); True always (a CUDA weight is required); False never: the cost model's
+        prediction alone decides. ``dense_times``: a dict shared between layers so that each
+        dense shape is timed once.
         """
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear: expected an nn.Linear, got {type(linear).__name__}")
         if keep_dense not in KEEP_DENSE:
             raise ValueError(f"keep_dense: expected one of {KEEP_DENSE}, got {keep_dense!r}")
+        if measure not in MEASURE:
+            raise ValueError(f"measure: expected one of {MEASURE}, got {measure!r}")
         weight = check_weight(linear.weight.detach(), name="linear.weight")
+        if measure is True and weight.device.type != "cuda":
+            raise ValueError(f"measure=True: expected a weight on a CUDA device, got one on {weight.device} (timings "
+                             "are a GPU fact; use measure='auto' or False on the CPU)")
         if plan is None:
             plan = plan_linear(weight, cost_model=cost_model, tile_shape=tile_shape, buckets=buckets,
                                nan_policy=nan_policy, balance=balance, unit_mode=unit_mode, **plan_options)
         else:
             check_plan(plan, weight)
         packed = pack(weight, plan)
+        if measure is True or (measure == "auto" and weight.device.type == "cuda" and keep_dense is not False):
+            packed = packed.with_plan(measure_plan(packed, weight, dense_times=dense_times))
+            plan = packed.plan
         keep = any(b.fallback for b in plan.buckets) if keep_dense == "auto" else keep_dense
         dense = weight.clone(memory_format=torch.contiguous_format) if keep else None
         bias = None if linear.bias is None else linear.bias.detach().to(weight.dtype).clone()

@@ -18,11 +18,11 @@ from tqdm.auto import tqdm
 from .._checks import dtype_name
 from ..partition import DEFAULT_BUCKETS
 from ..partition.planner import design_tokens
-from .linear import KEEP_DENSE, SparseLinear, bucket_facts, plan_facts, plan_linear
+from .linear import KEEP_DENSE, MEASURE, SparseLinear, bucket_facts, plan_facts, plan_linear
 from .parallel import SPLIT_POLICIES, ShardedLinear, tensor_parallel_
 
 SPARSE = "sparse"
-NO_WIN = "dense: no predicted win"
+NO_WIN = "dense: no win (predicted or measured)"
 SKIP_FILTER = "skipped: filter"
 SKIP_SPARSITY = "skipped: sparsity below min"
 ACTIONS = (SPARSE, NO_WIN, SKIP_FILTER, SKIP_SPARSITY)
@@ -185,7 +185,8 @@ def sparsify_(model: nn.Module, filter_fn=None, *, min_sparsity: float = 0.0, pr
         a layer it rejects is skipped.
     min_sparsity: layers whose weight has a smaller fraction of zeros are skipped.
     A layer whose plan falls back to dense in every bucket stays the same nn.Linear object (no
-    predicted win), unless keep_dense=False forces its plan. No dense module is kept for
+    predicted win, or on a GPU no measured win: ``measure``, see ``SparseLinear.from_dense``),
+    unless keep_dense=False forces its plan. No dense module is kept for
     unsparsify_: it rebuilds each layer from the packed weight, exactly.
     tp_group: a torch.distributed process group to shard Hugging Face Llama-style models over, in
         Megatron style (q/k/v and gate/up column-parallel, o and down row-parallel; see
@@ -210,6 +211,10 @@ def sparsify_(model: nn.Module, filter_fn=None, *, min_sparsity: float = 0.0, pr
     keep_dense = from_dense_kwargs.pop("keep_dense", "auto")
     if keep_dense not in KEEP_DENSE:
         raise ValueError(f"keep_dense: expected one of {KEEP_DENSE}, got {keep_dense!r}")
+    measure = from_dense_kwargs.pop("measure", "auto")
+    if measure not in MEASURE:
+        raise ValueError(f"measure: expected one of {MEASURE}, got {measure!r}")
+    dense_times: dict = {}  # the dense product's time per shape, measured once for all layers
     if tp_split not in SPLIT_POLICIES:
         raise ValueError(f"tp_split: expected one of {SPLIT_POLICIES}, got {tp_split!r}")
     if tp_group is not None:
@@ -239,7 +244,12 @@ def sparsify_(model: nn.Module, filter_fn=None, *, min_sparsity: float = 0.0, pr
             facts.update(plan_facts(plan), buckets=bucket_facts(plan, dense_kept=True))
             layers[fqn] = LayerReport(fqn, NO_WIN, facts)
             continue
-        sparse = SparseLinear.from_dense(linear, plan=plan, keep_dense=keep_dense)
+        sparse = SparseLinear.from_dense(linear, plan=plan, keep_dense=keep_dense, measure=measure,
+                                         dense_times=dense_times)
+        if sparse.plan.fully_dense_fallback and keep_dense is not False:  # the GPU measured no win
+            facts.update(plan_facts(sparse.plan), buckets=bucket_facts(sparse.plan, dense_kept=True))
+            layers[fqn] = LayerReport(fqn, NO_WIN, facts)
+            continue
         for parent, name in places:
             setattr(parent, name, sparse)
         layers[fqn] = LayerReport(fqn, SPARSE, {**sparse.summary(), **shard})

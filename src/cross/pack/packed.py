@@ -21,7 +21,7 @@ Per bucket (PackedBucket; also for buckets that fall back to dense, so their pla
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -94,6 +94,15 @@ class PackedWeight:
             if pb.plan.contains(n):
                 return pb
         raise ValueError(f"n_tokens: expected 1..{self.plan.buckets[-1].n_max}, got {n}")
+
+    def with_plan(self, plan: Plan) -> "PackedWeight":
+        """The same buffers under ``plan``: this weight's plan with other bucket choices
+        (``Plan.with_buckets``), so no table changes."""
+        if plan.shape != self.plan.shape or not np.array_equal(plan.tile_kind, self.plan.tile_kind):
+            raise ValueError("with_plan: expected this weight's plan with other bucket choices, got another layout")
+        self.plan.with_buckets(plan.buckets)  # raises unless the work lists are the same
+        buckets = tuple(replace(pb, plan=bp) for pb, bp in zip(self.buckets, plan.buckets))
+        return replace(self, plan=plan, buckets=buckets)
 
     def to(self, device) -> "PackedWeight":
         return PackedWeight(self.plan, self.tiled.to(device), self.tiles.to(device), self.row_sections.to(device),

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, fields
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -58,8 +59,16 @@ class BucketPlan:
     predicted_us: float  # predicted time of the plan kernel
     dense_us: float  # predicted time of the dense product
     reason: str = ""
+    # times measured on the GPU at n_design (cross.runtime.measure), None where not measured
+    measured_us: float | None = None
+    measured_dense_us: float | None = None
 
     def __post_init__(self):
+        measured = (self.measured_us, self.measured_dense_us)
+        if (measured[0] is None) != (measured[1] is None) or not all(
+                v is None or (math.isfinite(v) and v > 0) for v in measured):
+            raise ValueError(f"bucket [{self.n_min}, {self.n_max}]: expected both measured times (positive, finite) "
+                             f"or neither, got {measured}")
         object.__setattr__(self, "items", _frozen(self.items, np.int32).reshape(-1, 3))
         object.__setattr__(self, "unit_ptr", _frozen(self.unit_ptr, np.int32))
         object.__setattr__(self, "unit_order", _frozen(self.unit_order, np.int32).reshape(2, -1))
@@ -82,6 +91,18 @@ class BucketPlan:
 
     def contains(self, n: int) -> bool:
         return self.n_min <= n <= self.n_max
+
+    @property
+    def measured(self) -> bool:
+        return self.measured_us is not None
+
+    def with_measurement(self, plan_us: float, dense_us: float, margin: float) -> "BucketPlan":
+        """This bucket with measured times recorded and the choice made from them: the plan runs
+        only if it measured ``margin`` faster than the dense product (the prediction is replaced)."""
+        fallback = plan_us * (1 + margin) >= dense_us
+        why = f"measured {plan_us:.1f} us is not {margin:.0%} under dense {dense_us:.1f} us" if fallback else ""
+        return replace(self, fallback=bool(fallback), reason=why, measured_us=float(plan_us),
+                       measured_dense_us=float(dense_us))
 
 
 @dataclass(frozen=True, eq=False)
@@ -121,6 +142,18 @@ class Plan:
     def kind_counts(self) -> dict[str, int]:
         counts = np.bincount(self.kinds.reshape(-1), minlength=len(TileKind))
         return {k.name: int(counts[k]) for k in TileKind}
+
+    def with_buckets(self, buckets, **provenance) -> "Plan":
+        """This plan with other bucket decisions (same token ranges and work lists: only the choice
+        and the times may differ), ``provenance`` added."""
+        buckets = tuple(buckets)
+        same = len(buckets) == len(self.buckets) and all(
+            (a.n_min, a.n_max, a.n_design, a.block_n) == (b.n_min, b.n_max, b.n_design, b.block_n)
+            and all(np.array_equal(getattr(a, k), getattr(b, k)) for k in ("items", "unit_ptr", "unit_order"))
+            for a, b in zip(buckets, self.buckets))
+        if not same:
+            raise ValueError("with_buckets: expected the plan's own buckets with other choices or times, got other work lists")
+        return replace(self, buckets=buckets, provenance={**self.provenance, **provenance})
 
     @property
     def fully_dense_fallback(self) -> bool:
@@ -266,5 +299,7 @@ class Plan:
                  + ", ".join(f"{k.lower()} {v}" for k, v in counts.items()) + f" (swing {int(self.swing.sum())})"]
         for b in self.buckets:
             what = "dense fallback" if b.fallback else f"{b.predicted_us:8.1f} us vs dense {b.dense_us:8.1f} us ({b.speedup:.2f}x), imbalance {b.imbalance:.3f}"
+            if b.measured:
+                what += f"; measured {b.measured_us:.1f} us vs dense {b.measured_dense_us:.1f} us"
             lines.append(f"  N {b.n_min:>5}-{b.n_max:<5} block_n {b.block_n:>3}: {what}")
         return "\n".join(lines)
