@@ -152,3 +152,26 @@ def test_sparsify_leaves_layers_the_gpu_measured_no_win_for(rng):
     assert facts["measured_us"] > facts["measured_dense_us"]
     assert np.isclose(report.layers["0"].summary["buckets"][0]["measured_dense_us"],
                       report.layers["2"].summary["buckets"][0]["measured_dense_us"])  # timed once per shape
+
+
+def test_report_shows_the_measured_speedup(rng):
+    """A layer whose plan carries GPU timings (as sparsify_ records them on a GPU) gets a 'measured'
+    column in the report: dense over plan at the first bucket; layers without timings show '-'."""
+    from cross.nn.linear import bucket_facts, plan_facts
+    from cross.nn.sparsify import NO_WIN, SPARSE, LayerReport, SparsifyReport
+
+    linear = nn.Linear(200, 130)
+    with torch.no_grad():
+        linear.weight.copy_(random_weight((130, 200), 0.3, rng))
+    plan = make_plan(linear.weight.detach(), cost_model=WINNING)
+    timed = plan.with_buckets([b.with_measurement(8.0, 10.0, 0.03) for b in plan.buckets])
+    sparse = SparseLinear.from_dense(linear, plan=timed)
+    untimed = {"shape": (130, 200), "sparsity": 0.7, "nbytes": 104000, "dense_nbytes": 104000,
+               **plan_facts(plan), "buckets": bucket_facts(plan, dense_kept=True)}
+    report = SparsifyReport({"a": LayerReport("a", SPARSE, sparse.summary()), "b": LayerReport("b", NO_WIN, untimed)})
+    header, *lines = report.table().splitlines()
+    assert "measured N1-16" in header
+    assert lines[1].split()[5] == "1.25" and lines[2].split()[5] == "-"
+    assert "| measured N1-16 |" in report.to_markdown()
+    plain = SparsifyReport({"b": LayerReport("b", NO_WIN, untimed)})
+    assert "measured" not in plain.table().splitlines()[0]

@@ -99,21 +99,28 @@ class SparsifyReport:
         return None
 
     def _rows(self) -> tuple[list[str], list[list[str]]]:
+        """Header and rows; a 'measured' column (dense over plan, timed on the GPU at the first
+        bucket: ``SparseLinear.from_dense(measure=...)``) appears where some layer was timed."""
         first = self._first_bucket()
-        speed = f"speed-up N{first[0]}-{first[1]}" if first else "speed-up"
-        header = ["layer", "shape", "sparsity", "tiles E/D/B/I", speed, "bytes/dense", "action"]
+        span = f" N{first[0]}-{first[1]}" if first else ""
+        firsts = {name: (layer.summary.get("buckets") or [None])[0] for name, layer in self.layers.items()}
+        timed = any(b is not None and b.get("measured_us") is not None for b in firsts.values())
+        header = ["layer", "shape", "sparsity", "tiles E/D/B/I", f"speed-up{span}",
+                  *([f"measured{span}"] if timed else []), "bytes/dense", "action"]
         rows = []
         for name, layer in self.layers.items():
-            s = layer.summary
+            s, b = layer.summary, firsts[name]
             tiles = "/".join(str(s["tiles"][k]) for k in ("EMPTY", "DENSE", "BITMAP", "INDEX")) if "tiles" in s else "-"
-            if s.get("buckets"):
-                b = s["buckets"][0]
-                speedup = f"{b['speedup'] if layer.action == SPARSE else 1.0:.2f}"
-            else:
-                speedup = "-"
+            speedup = "-" if b is None else f"{b['speedup'] if layer.action == SPARSE else 1.0:.2f}"
+            measured = ("-" if b is None or b.get("measured_us") is None
+                        else f"{b['measured_dense_us'] / b['measured_us']:.2f}")
             rows.append([name or "(root)", "x".join(map(str, layer.shape)), f"{layer.sparsity:.1%}", tiles, speedup,
-                         f"{layer.nbytes / layer.dense_nbytes:.2f}", layer.action])
+                         *([measured] if timed else []), f"{layer.nbytes / layer.dense_nbytes:.2f}", layer.action])
         return header, rows
+
+    @staticmethod
+    def _numeric(header: list[str]) -> set[int]:
+        return {i for i, h in enumerate(header) if h.split(" ")[0] in ("sparsity", "speed-up", "measured", "bytes/dense")}
 
     def _totals(self) -> str:
         speed = ", ".join(f"N {a}-{b if b < 2**31 - 1 else 'inf'}: {v:.2f}x" for (a, b), v in self.speedup_by_bucket().items())
@@ -125,14 +132,15 @@ class SparsifyReport:
         """A fixed-width table: one row per layer, then the totals."""
         header, rows = self._rows()
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-        right = {2, 4, 5}
+        right = self._numeric(header)
         fmt = lambda r: "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()  # noqa: E731
         lines = [fmt(header), "  ".join("-" * w for w in widths), *map(fmt, rows), self._totals()]
         return "\n".join(lines)
 
     def to_markdown(self) -> str:
         header, rows = self._rows()
-        lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" if i in (2, 4, 5) else "---" for i in range(len(header))) + "|"]
+        right = self._numeric(header)
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" if i in right else "---" for i in range(len(header))) + "|"]
         lines += ["| " + " | ".join(f"`{c}`" if i == 0 else c for i, c in enumerate(r)) + " |" for r in rows]
         return "\n".join(lines + ["", self._totals()])
 

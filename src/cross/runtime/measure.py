@@ -30,8 +30,6 @@ def measure_plan(packed: PackedWeight, dense_weight: torch.Tensor, *, margin: fl
     """``packed.plan`` with each bucket it is predicted to win timed on the GPU and decided again
     (``BucketPlan.with_measurement``); provenance gains 'measured'. ``dense_weight`` is the weight
     as a dense tensor (on the same GPU); ``dense_times`` caches the dense product's times by shape."""
-    from ..costmodel.profile import call_time_us
-
     if packed.device.type != "cuda":
         raise ValueError(f"measure_plan: expected a packed weight on a CUDA device, got one on {packed.device} "
                          "(timings are a GPU fact; on the CPU the cost model's choice stands)")
@@ -41,7 +39,19 @@ def measure_plan(packed: PackedWeight, dense_weight: torch.Tensor, *, margin: fl
                          f"{dense_weight.dtype} {tuple(dense_weight.shape)} on {dense_weight.device}")
     if not 0 <= margin < 1:
         raise ValueError(f"margin: expected a fraction in [0, 1), got {margin!r}")
-    cache = {} if dense_times is None else dense_times
+    with torch.cuda.device(packed.device):  # the flush buffer and the stream of the weight's GPU
+        buckets, how = _measure_buckets(packed, dense_weight, margin, {} if dense_times is None else dense_times, seed)
+    if not how:
+        return packed.plan
+    device = torch.cuda.get_device_name(packed.device)
+    return packed.plan.with_buckets(buckets, measured={"device": device, "timing": "; ".join(sorted(how)),
+                                                       "flush": "read", "margin": margin})
+
+
+def _measure_buckets(packed, dense_weight, margin, cache, seed):
+    from ..costmodel.profile import call_time_us
+
+    m, k = packed.shape
     kernels: dict = {}
     gen = torch.Generator(device=packed.device).manual_seed(seed)
     buckets, how = [], set()
@@ -59,8 +69,4 @@ def measure_plan(packed: PackedWeight, dense_weight: torch.Tensor, *, margin: fl
             cache[key] = call_time_us(lambda: F.linear(x, dense_weight), WARMUP_MS, REP_MS)[0]
         how.add(plan_how)
         buckets.append(b.with_measurement(plan_us, cache[key], margin))
-    if not how:
-        return packed.plan
-    device = torch.cuda.get_device_name(packed.device)
-    return packed.plan.with_buckets(buckets, measured={"device": device, "timing": "; ".join(sorted(how)),
-                                                       "flush": "read", "margin": margin})
+    return buckets, how
