@@ -459,6 +459,15 @@ def test_run_workload_on_a_tiny_model():
     calls.clear()
     models.run_workload(wl, 0.7, keep_dense=False, timer=fake_timer(calls), discard_pass=True)
     assert len(calls) == models.DISCARDED_TIMINGS + 3  # the dropped timings come first, of the dense model
+    # measure goes to sparsify_: asking for GPU timings of a CPU model is refused there
+    with pytest.raises(ValueError, match="measure=True: expected a weight on a CUDA device"):
+        models.run_workload(wl, 0.7, measure=True, timer=fake_timer([]))
+    assert type(model.up) is nn.Linear
+
+
+def test_model_command_names_the_measure_option():
+    assert models.model_command("llama", 0.7, no_measure=True).endswith("--sparsities 0.7 --no-measure")
+    assert "--no-measure" not in models.model_command("llama", 0.7)
 
 
 def test_model_report_files(tmp_path):

@@ -250,6 +250,14 @@ def test_run(extra, tiny_bert_dir, capsys):
     assert "CPU: plans run on the PyTorch reference executor" in out
     if "--force-plan" in extra:
         assert "12 of 13 layers sparse" in out  # every encoder layer; the pooler is a head and stays dense
+    assert "measured check: no (CPU: the cost model's predictions decide)" in out
+
+
+def test_run_without_the_measured_check(tiny_bert_dir, capsys):
+    code, out, err = run_cli(capsys, "run", tiny_bert_dir, "--text", "a sentence", "--device", "cpu", "-q",
+                             "--no-measure")
+    assert code == 0, err
+    assert "keep_dense=auto; measured check: no (CPU" in out
 
 
 # ---------------------------------------------------------------------------------------- compile

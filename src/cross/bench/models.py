@@ -133,7 +133,7 @@ def minilm(sparsity: float, model_dir: Path | None = None, device: str = "cuda")
 
 
 def model_command(name: str, sparsity: float, *, llama_layers: int = LLAMA_LAYERS, force_plan: bool = False,
-                  cost_model: Path | None = None, minilm_dir: Path | None = None) -> str:
+                  cost_model: Path | None = None, minilm_dir: Path | None = None, no_measure: bool = False) -> str:
     """The command that measures one model at one sparsity again."""
     parts = ["cross", "bench", "model", "--models", name, "--sparsities", f"{sparsity:g}"]
     if name == "llama" and llama_layers != LLAMA_LAYERS:
@@ -142,6 +142,8 @@ def model_command(name: str, sparsity: float, *, llama_layers: int = LLAMA_LAYER
         parts += ["--minilm-dir", str(minilm_dir)]
     if force_plan:
         parts.append("--force-plan")
+    if no_measure:
+        parts.append("--no-measure")
     if cost_model is not None:
         parts += ["--cost-model", str(cost_model)]
     return shlex.join(parts)
@@ -157,9 +159,10 @@ DISCARDED_TIMINGS = 4
 
 
 def run_workload(wl: Workload, sparsity: float, *, command: str = "", cost_model=None, keep_dense="auto",
-                 timer: Callable = measure_us, progress: bool = False, discard_pass: bool = False) -> list[dict]:
+                 measure="auto", timer: Callable = measure_us, progress: bool = False,
+                 discard_pass: bool = False) -> list[dict]:
     """Time every phase dense, sparsified, and dense again; one row per phase. The model is left
-    dense (unsparsified) afterwards.
+    dense (unsparsified) afterwards. keep_dense and measure go to sparsify_.
 
     discard_pass: time every phase once more first and drop it. A process's first few CUDA-graph
     timings of a model can read ~13% faster than all later ones at the same clocks
@@ -180,7 +183,8 @@ def run_workload(wl: Workload, sparsity: float, *, command: str = "", cost_model
         dense_bytes = linear_bytes(wl.model)
         dense = {phase: ms(x) for phase, x in inputs.items()}
         want = {phase: wl.outputs(x) for phase, x in inputs.items()}
-        report = cross.sparsify_(wl.model, not_a_head, progress=progress, cost_model=cost_model, keep_dense=keep_dense)
+        report = cross.sparsify_(wl.model, not_a_head, progress=progress, cost_model=cost_model, keep_dense=keep_dense,
+                                 measure=measure)
         cross_bytes = linear_bytes(wl.model)
         sparse = {phase: ms(x) for phase, x in inputs.items()}
         cosine = {phase: agreement(wl.outputs(x), want[phase])["min_cosine"] for phase, x in inputs.items()}

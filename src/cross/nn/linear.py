@@ -23,6 +23,16 @@ KEEP_DENSE = ("auto", True, False)
 MEASURE = ("auto", True, False)
 
 
+def check_measure(measure, device: torch.device | None = None) -> None:
+    """``measure`` is one of MEASURE, and True only for a weight on a CUDA device (``device``;
+    None checks the value alone)."""
+    if measure not in MEASURE:
+        raise ValueError(f"measure: expected one of {MEASURE}, got {measure!r}")
+    if measure is True and device is not None and device.type != "cuda":
+        raise ValueError(f"measure=True: expected a weight on a CUDA device, got one on {device} (timings "
+                         "are a GPU fact; use measure='auto' or False on the CPU)")
+
+
 def plan_linear(weight: torch.Tensor, *, cost_model=None, tile_shape=(64, 64), buckets=None,
                 nan_policy: str = "propagate", balance: str = "full", unit_mode: str = "split",
                 **plan_options) -> Plan:
@@ -147,12 +157,8 @@ class SparseLinear(nn.Module):
             raise TypeError(f"linear: expected an nn.Linear, got {type(linear).__name__}")
         if keep_dense not in KEEP_DENSE:
             raise ValueError(f"keep_dense: expected one of {KEEP_DENSE}, got {keep_dense!r}")
-        if measure not in MEASURE:
-            raise ValueError(f"measure: expected one of {MEASURE}, got {measure!r}")
         weight = check_weight(linear.weight.detach(), name="linear.weight")
-        if measure is True and weight.device.type != "cuda":
-            raise ValueError(f"measure=True: expected a weight on a CUDA device, got one on {weight.device} (timings "
-                             "are a GPU fact; use measure='auto' or False on the CPU)")
+        check_measure(measure, weight.device)
         if plan is None:
             plan = plan_linear(weight, cost_model=cost_model, tile_shape=tile_shape, buckets=buckets,
                                nan_policy=nan_policy, balance=balance, unit_mode=unit_mode, **plan_options)

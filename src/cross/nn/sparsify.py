@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from .._checks import dtype_name
 from ..partition import DEFAULT_BUCKETS
 from ..partition.planner import design_tokens
-from .linear import KEEP_DENSE, MEASURE, SparseLinear, bucket_facts, plan_facts, plan_linear
+from .linear import KEEP_DENSE, SparseLinear, check_measure, bucket_facts, plan_facts, plan_linear
 from .parallel import SPLIT_POLICIES, ShardedLinear, tensor_parallel_
 
 SPARSE = "sparse"
@@ -220,8 +220,7 @@ def sparsify_(model: nn.Module, filter_fn=None, *, min_sparsity: float = 0.0, pr
     if keep_dense not in KEEP_DENSE:
         raise ValueError(f"keep_dense: expected one of {KEEP_DENSE}, got {keep_dense!r}")
     measure = from_dense_kwargs.pop("measure", "auto")
-    if measure not in MEASURE:
-        raise ValueError(f"measure: expected one of {MEASURE}, got {measure!r}")
+    check_measure(measure)  # the value; each layer's device is checked below
     dense_times: dict = {}  # the dense product's time per shape, measured once for all layers
     if tp_split not in SPLIT_POLICIES:
         raise ValueError(f"tp_split: expected one of {SPLIT_POLICIES}, got {tp_split!r}")
@@ -245,6 +244,7 @@ def sparsify_(model: nn.Module, filter_fn=None, *, min_sparsity: float = 0.0, pr
             layers[fqn] = LayerReport(fqn, SKIP_SPARSITY, facts)
             continue
         try:
+            check_measure(measure, linear.weight.device)
             plan = plan_linear(linear.weight, **from_dense_kwargs)
         except (TypeError, ValueError) as e:
             raise type(e)(f"{fqn}: {e}") from e
