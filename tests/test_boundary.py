@@ -25,7 +25,7 @@ from cross import SparseLinear
 from cross.costmodel import CostModel, GPUSpec
 from cross.pack import pack
 from cross.partition import make_plan
-from cross.runtime import check_input, execute
+from cross.runtime import KernelFallbackWarning, check_input, execute
 from cross.tiling import TileKind
 from strategies import mismatch
 
@@ -247,10 +247,40 @@ def test_no_tokens_run_nothing(layer, spy):
 def test_gpu_plan_without_a_kernel_runs_the_reference_executor(spy, rng):
     """INDEX tiles have no GPU kernel: the plan still runs, on the reference executor, on the GPU."""
     linear = pruned_linear(128, 128, 0.02, torch.float16, rng).cuda()
-    sparse = SparseLinear.from_dense(linear, cost_model=WINNING, allowed_kinds=(TileKind.INDEX,), measure=False)
+    with pytest.warns(KernelFallbackWarning, match="INDEX tiles"):
+        sparse = SparseLinear.from_dense(linear, cost_model=WINNING, allowed_kinds=(TileKind.INDEX,), measure=False)
     assert sparse.packed.has_index and sparse._kernels[0] is None
     x = torch.randn(5, 128, generator=rng).half().cuda()
     with torch.no_grad():
         y = sparse(x)
     assert spy == {"dense": 0, "plan": 1}
     assert mismatch(y, x, linear.weight, linear.bias) == ""
+
+
+def test_a_plan_without_a_gpu_kernel_warns(rng):
+    """On a GPU, buckets whose plan no kernel can run (INDEX tiles) go to the reference executor: the
+    user is told once, at construction, with a warning category that can be silenced; buckets that
+    fall back to a kept dense copy do not count. (The packed weight's device is faked as CUDA, as
+    the check only reads it; `test_gpu_plan_without_a_kernel_runs_the_reference_executor` covers
+    the real GPU.)"""
+    import warnings
+
+    from cross.runtime.dispatch import warn_without_kernel
+
+    w = (torch.randn(128, 128, generator=rng) * (torch.rand(128, 128, generator=rng) < 0.02)).half()
+    plan = make_plan(w, cost_model=MIXED, allowed_kinds=(TileKind.INDEX,))
+    packed = pack(w, plan)
+    assert packed.has_index and any(b.fallback for b in plan.buckets) and not all(b.fallback for b in plan.buckets)
+    fake = types.SimpleNamespace(device=torch.device("cuda"), buckets=packed.buckets, shape=packed.shape, has_index=True)
+    no_kernels = {i: None for i in range(len(packed.buckets))}
+    with pytest.warns(KernelFallbackWarning, match="INDEX tiles.*token counts 1-") as record:
+        bad = warn_without_kernel(fake, no_kernels, dense_kept=True)
+    assert bad == [i for i, b in enumerate(plan.buckets) if not b.fallback] and len(record) == 1
+    with pytest.warns(KernelFallbackWarning, match=r"token counts 1-16, 17-64, 65-128, 129-512, 513 and more run"):
+        assert warn_without_kernel(fake, no_kernels, dense_kept=False) == list(range(len(plan.buckets)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert warn_without_kernel(fake, {i: object() for i in no_kernels}, dense_kept=False) == []
+        assert warn_without_kernel(packed, no_kernels, dense_kept=False) == []  # the CPU path is the reference
+        warnings.filterwarnings("ignore", category=KernelFallbackWarning)
+        assert warn_without_kernel(fake, no_kernels, dense_kept=False)  # silenced, still reported

@@ -15,7 +15,7 @@ from .._checks import check_weight, dtype_name
 from ..partition import DEFAULT_BUCKETS, Plan, make_plan
 from ..pack import PackedWeight, pack
 from ..runtime import check_input, decode_executed_tiles, execute
-from ..runtime.dispatch import gpu_kernel_args
+from ..runtime.dispatch import gpu_kernel_args, warn_without_kernel
 from ..runtime.measure import measure_plan
 from ..tiling import TileKind
 
@@ -121,6 +121,7 @@ class SparseLinear(nn.Module):
         self._weight_requires_grad = weight_requires_grad
         self._tiles: torch.Tensor | None = None  # decoded executed tiles, for the CPU reference path
         self._kernels: dict = self._resolve_kernels()  # GPU kernel arguments per bucket, resolved once
+        warn_without_kernel(packed, self._kernels, dense_weight is not None)
 
     def _resolve_kernels(self) -> dict:
         """Kernel arguments of every bucket, on a GPU (empty on the CPU). Resolved eagerly so that
@@ -216,6 +217,7 @@ class SparseLinear(nn.Module):
             self.packed = self.packed.to(probe.device)
             self._tiles = None
             self._kernels = self._resolve_kernels()
+            warn_without_kernel(self.packed, self._kernels, self.dense_weight is not None)
         return super()._apply(fn, recurse)
 
     # ------------------------------------------------------------------ facts

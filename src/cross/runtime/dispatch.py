@@ -3,6 +3,8 @@ choice between the GPU kernels and the reference executor."""
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 
@@ -27,6 +29,34 @@ def check_input(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None
     # the dense fallback (F.linear) rejects a bias of another dtype while the plan path would accept it
     if bias is not None and bias.dtype != x.dtype:
         raise TypeError(f"bias: expected dtype {dtype_name(x.dtype)} (the input's), got {dtype_name(bias.dtype)}")
+
+
+class KernelFallbackWarning(UserWarning):
+    """A plan runs on a GPU through the reference executor because no kernel supports it.
+    Silence with ``warnings.filterwarnings("ignore", category=cross.runtime.KernelFallbackWarning)``."""
+
+
+def warn_without_kernel(packed: PackedWeight, kernels: dict, dense_kept: bool) -> list[int]:
+    """Warn (KernelFallbackWarning) when buckets that run the plan on a GPU have no kernel
+    (``kernels[i]`` is None: e.g. INDEX tiles, which no GPU kernel decodes) and so run on the
+    reference executor. Buckets that fall back to a kept dense copy are not counted. Returns the
+    indices of the buckets concerned."""
+    if packed.device.type != "cuda":
+        return []
+    bad = [i for i, pb in enumerate(packed.buckets)
+           if kernels.get(i) is None and not (pb.plan.fallback and dense_kept)]
+    if bad:
+        why = "it has INDEX tiles, which no GPU kernel decodes" if packed.has_index else "no kernel backend accepts it"
+        spans = ", ".join(_span(packed.buckets[i].plan) for i in bad)
+        warnings.warn(f"plan {packed.shape[0]}x{packed.shape[1]} on {packed.device}: {why}, so token counts {spans} run "
+                      f"on the reference executor (correct, but far slower than the dense product); plan with "
+                      f"allowed_kinds without INDEX to get the GPU kernels. Silence with warnings.filterwarnings("
+                      f"'ignore', category=cross.runtime.KernelFallbackWarning)", KernelFallbackWarning, stacklevel=3)
+    return bad
+
+
+def _span(bucket) -> str:
+    return f"{bucket.n_min} and more" if bucket.n_max >= 2**31 - 1 else f"{bucket.n_min}-{bucket.n_max}"
 
 
 def gpu_kernel_args(packed: PackedWeight, bucket_index: int, cache: dict | None = None):
