@@ -632,12 +632,26 @@ def _resave_with_header(tmp_path, raw, edit):
     return path
 
 
-@pytest.mark.parametrize("fmt", ["cross.plan/2", "cross.plan/0", None])
+@pytest.mark.parametrize("fmt", ["cross.plan/3", "cross.plan/0", None])
 def test_other_format_version_rejected(fmt, tmp_path, rng):
     _, raw, _ = _saved(tmp_path, rng)
     path = _resave_with_header(tmp_path, raw, lambda h: h.update(format=fmt))
-    with pytest.raises(ValueError, match=f"expected plan format '{PLAN_FORMAT}', got {fmt!r}"):
+    with pytest.raises(ValueError, match=f"expected plan format 'cross.plan/1' or '{PLAN_FORMAT}', got {fmt!r}"):
         Plan.load(path)
+
+
+def test_version_1_plans_still_load(tmp_path, rng):
+    """A plan written before buckets carried measured times: same fields less those two."""
+    plan, raw, _ = _saved(tmp_path, rng)
+
+    def as_version_1(h):
+        h.update(format="cross.plan/1")
+        for b in h["buckets"]:
+            del b["measured_us"], b["measured_dense_us"]
+
+    loaded = Plan.load(_resave_with_header(tmp_path, raw, as_version_1))
+    assert [b.predicted_us for b in loaded.buckets] == [b.predicted_us for b in plan.buckets]
+    assert not any(b.measured for b in loaded.buckets)
 
 
 def test_re_checksummed_header_still_validated(tmp_path, rng):

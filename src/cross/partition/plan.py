@@ -28,7 +28,13 @@ import numpy as np
 
 from ..tiling import TileGrid, TileKind
 
-PLAN_FORMAT = "cross.plan/1"
+PLAN_FORMAT = "cross.plan/2"
+#: Formats this version reads: /1 had no measured times (BucketPlan.measured_us, measured_dense_us).
+READABLE_PLAN_FORMATS = ("cross.plan/1", PLAN_FORMAT)
+
+
+def _readable() -> str:
+    return " or ".join(repr(f) for f in READABLE_PLAN_FORMATS)
 
 
 def _frozen(a, dtype) -> np.ndarray:
@@ -269,9 +275,9 @@ class Plan:
             header = json.loads(meta["cross.plan"])
         except json.JSONDecodeError as e:
             raise ValueError(f"plan file {path}: expected a JSON 'cross.plan' header, got a parse error ({e}): the file is corrupted") from None
-        if not isinstance(header, dict) or header.get("format") != PLAN_FORMAT:
+        if not isinstance(header, dict) or header.get("format") not in READABLE_PLAN_FORMATS:
             got = header.get("format") if isinstance(header, dict) else type(header).__name__
-            raise ValueError(f"plan file {path}: expected plan format {PLAN_FORMAT!r}, got {got!r}")
+            raise ValueError(f"plan file {path}: expected plan format {_readable()}, got {got!r}")
         # the array checksums alone leave the header's own fields (shape, dtype, buckets) unprotected
         if header.get("header_sha256") != _header_digest(header):
             raise ValueError(f"plan file {path}: checksum mismatch in the header: the file is corrupted")
@@ -279,8 +285,8 @@ class Plan:
 
     @classmethod
     def from_parts(cls, header: dict, arrays: dict, source: str = "plan") -> "Plan":
-        if header.get("format") != PLAN_FORMAT:
-            raise ValueError(f"{source}: expected plan format {PLAN_FORMAT!r}, got {header.get('format')!r}")
+        if header.get("format") not in READABLE_PLAN_FORMATS:
+            raise ValueError(f"{source}: expected plan format {_readable()}, got {header.get('format')!r}")
         for k, digest in header.get("sha256", {}).items():
             if k not in arrays:
                 raise ValueError(f"{source}: expected array {k!r}, got none")
