@@ -424,6 +424,11 @@ def test_model_dry_run(capsys):
                                                          "--llama-layers 4") == 1
     assert out.count("    bert  encoder     8        1024  0.5") == 1 and out.count(" minilm    embed ") == 2
     assert "9 rows over 5 models and sparsities" in out
+    code, out, err = run_cli(capsys, "bench", "model", "--dry-run", "--models", "bert", "--sparsities", "0.9",
+                             "--decode-fallback", "--no-measure")
+    assert code == 0 and "$ cross bench model --models bert --sparsities 0.9 --no-measure --decode-fallback" in out
+    code, out, err = run_cli(capsys, "bench", "model", "--dry-run", "--force-plan", "--decode-fallback")
+    assert code != 0 and "expected one of them" in err
 
 
 # ---------------------------------------------------------------------------------------- models
@@ -468,6 +473,7 @@ def test_run_workload_on_a_tiny_model():
 def test_model_command_names_the_measure_option():
     assert models.model_command("llama", 0.7, no_measure=True).endswith("--sparsities 0.7 --no-measure")
     assert "--no-measure" not in models.model_command("llama", 0.7)
+    assert models.model_command("bert", 0.9, decode_fallback=True).endswith("--decode-fallback")
 
 
 def test_model_report_files(tmp_path):

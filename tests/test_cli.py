@@ -253,6 +253,15 @@ def test_run(extra, tiny_bert_dir, capsys):
     assert "measured check: no (CPU: the cost model's predictions decide)" in out
 
 
+def test_run_with_the_decode_fallback(tiny_bert_dir, capsys):
+    code, out, err = run_cli(capsys, "run", tiny_bert_dir, "--text", "a sentence", "--device", "cpu", "-q",
+                             "--sparsity", "0.5", "--prune", "magnitude", "--decode-fallback")
+    assert code == 0, err
+    assert "keep_dense='decode'" in out and "PASS" in out
+    code, out, err = run_cli(capsys, "run", tiny_bert_dir, "--device", "cpu", "-q", "--force-plan", "--decode-fallback")
+    assert code != 0 and "expected one of them" in err
+
+
 def test_run_without_the_measured_check(tiny_bert_dir, capsys):
     code, out, err = run_cli(capsys, "run", tiny_bert_dir, "--text", "a sentence", "--device", "cpu", "-q",
                              "--no-measure")

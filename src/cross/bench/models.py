@@ -133,7 +133,8 @@ def minilm(sparsity: float, model_dir: Path | None = None, device: str = "cuda")
 
 
 def model_command(name: str, sparsity: float, *, llama_layers: int = LLAMA_LAYERS, force_plan: bool = False,
-                  cost_model: Path | None = None, minilm_dir: Path | None = None, no_measure: bool = False) -> str:
+                  cost_model: Path | None = None, minilm_dir: Path | None = None, no_measure: bool = False,
+                  decode_fallback: bool = False) -> str:
     """The command that measures one model at one sparsity again."""
     parts = ["cross", "bench", "model", "--models", name, "--sparsities", f"{sparsity:g}"]
     if name == "llama" and llama_layers != LLAMA_LAYERS:
@@ -144,6 +145,8 @@ def model_command(name: str, sparsity: float, *, llama_layers: int = LLAMA_LAYER
         parts.append("--force-plan")
     if no_measure:
         parts.append("--no-measure")
+    if decode_fallback:
+        parts.append("--decode-fallback")
     if cost_model is not None:
         parts += ["--cost-model", str(cost_model)]
     return shlex.join(parts)

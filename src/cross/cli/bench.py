@@ -150,6 +150,9 @@ def add_model_options(p: argparse.ArgumentParser, **defaults) -> None:
     p.add_argument("--no-measure", action="store_true",
                    help="trust the cost model alone: do not time each predicted win against cuBLAS before "
                         "swapping the layer (measure=False; the results before the measured check)")
+    p.add_argument("--decode-fallback", action="store_true",
+                   help="keep no dense copy of swapped layers: token counts that fall back decode the packed "
+                        "weight on each call (keep_dense='decode': less memory, slower fallback buckets)")
     p.add_argument("--cost-model", type=Path, metavar="JSON",
                    help="cost model for the plans (default: the one `cross profile` measured on this GPU, "
                         "measured first, about 30 s, if there is none)")
@@ -280,10 +283,12 @@ def _model_plan(args) -> list[tuple[str, float]]:
 def bench_model(args, csv_name: str = MODEL_CSV, report: bool = True) -> int:
     """Run (or list) the model benchmark; write the CSV and, with ``report``, model.md and
     model.png. Exit code 1 if MiniLM's embeddings disagree with its dense self (min cosine < 0.999)."""
+    if args.force_plan and args.decode_fallback:
+        raise InputError("--force-plan and --decode-fallback: expected one of them (a forced plan never falls back)")
     plan = _model_plan(args)
     commands = {(name, sp): models.model_command(name, sp, llama_layers=args.llama_layers, force_plan=args.force_plan,
                                                  cost_model=args.cost_model, minilm_dir=args.minilm_dir,
-                                                 no_measure=args.no_measure)
+                                                 no_measure=args.no_measure, decode_fallback=args.decode_fallback)
                 for name, sp in plan}
     if args.dry_run:
         print(f"{'model':>10} {'phase':>8} {'batch':>5} {'tokens':>11} {'sp':>4}")
@@ -312,7 +317,7 @@ def _run_models(args, plan, commands, csv_name: str, report: bool) -> int:
     if any(name == "minilm" for name, _ in plan):  # a missing model is bad input: say so before anything runs
         minilm_dir = check_model_dir(args.minilm_dir) if args.minilm_dir else default_model_dir()
     cm = bench_cost_model(args.cost_model)
-    keep_dense = False if args.force_plan else "auto"
+    keep_dense = False if args.force_plan else "decode" if args.decode_fallback else "auto"
     measure = False if args.no_measure else "auto"
     decided = f"keep_dense={keep_dense}, measure={measure}"
     print(f"# {torch.cuda.get_device_name(device)}, bf16, cost model: {cm.source}, {decided}", flush=True)

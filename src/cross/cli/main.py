@@ -204,16 +204,24 @@ def _sparsify_options(p) -> None:
     p.add_argument("--no-measure", action="store_true",
                    help="on a GPU, trust the cost model alone: do not time each predicted win against cuBLAS "
                         "before swapping the layer (measure=False)")
+    p.add_argument("--decode-fallback", action="store_true",
+                   help="keep no dense copy of swapped layers: token counts that fall back to the dense product "
+                        "decode the packed weight first, on each call (keep_dense='decode'; less memory than dense)")
 
 
 def _sparsify_kwargs(args) -> dict:
     """sparsify_'s keep_dense and measure from the shared options."""
-    return {"keep_dense": False if args.force_plan else "auto", "measure": False if args.no_measure else "auto"}
+    from .inputs import InputError
+
+    if args.force_plan and args.decode_fallback:
+        raise InputError("--force-plan and --decode-fallback: expected one of them (a forced plan never falls back)")
+    keep = False if args.force_plan else "decode" if args.decode_fallback else "auto"
+    return {"keep_dense": keep, "measure": False if args.no_measure else "auto"}
 
 
 def _sparsify_line(args, device) -> str:
     """What decided the layers, in words."""
-    keep = "False (plans forced)" if args.force_plan else "auto"
+    keep = "False (plans forced)" if args.force_plan else "'decode'" if args.decode_fallback else "auto"
     if device.type != "cuda":
         timed = "no (CPU: the cost model's predictions decide)"
     elif args.force_plan:

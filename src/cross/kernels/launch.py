@@ -3,7 +3,7 @@
 Backends:
     "cuda"    CUDA kernel compiled at run time (kernels/plan_matmul.cu): sm_80+, bf16/fp16, 64x64 or
               64x128 tiles, K a multiple of 8; bitmap tiles expanded by scattering their nonzeros
-    "triton"  portable Triton kernel (kernels/plan_matmul.py): any CUDA GPU and Triton's
+    "triton"  portable Triton kernel (kernels/triton_plan.py): any CUDA GPU and Triton's
               interpreter (CPU tensors with TRITON_INTERPRET=1)
 """
 
@@ -180,7 +180,7 @@ def _launch(x, y, a: KernelArgs, bias):
         ints = (*common, int(bias is not None))
         cuda_backend.launch(grid[0], tm, tk, bn, a.vals_bytes, cuda_backend.Pointers(tensors, x.dtype == torch.bfloat16), ints)
     else:
-        from .plan_matmul import plan_matmul_kernel
+        from .triton_plan import plan_matmul_kernel
 
         plan_matmul_kernel[grid](
             x, y, bias_arg, a.values, a.meta, a.tiles, a.sections,

@@ -19,7 +19,7 @@ from ..runtime.dispatch import gpu_kernel_args, warn_without_kernel
 from ..runtime.measure import measure_plan
 from ..tiling import TileKind
 
-KEEP_DENSE = ("auto", True, False)
+KEEP_DENSE = ("auto", True, False, "decode")
 MEASURE = ("auto", True, False)
 
 
@@ -57,8 +57,9 @@ def check_plan(plan: Plan, weight: torch.Tensor) -> Plan:
 def bucket_facts(plan: Plan, dense_kept: bool) -> list[dict]:
     """Per token-count bucket: what runs there and the predicted times.
 
-    ``runs`` is 'dense' where the bucket falls back and the dense copy is kept; otherwise 'plan'
-    (a fallback bucket without a dense copy runs its plan, slower than predicted dense).
+    ``runs`` is 'dense' where the bucket falls back and the layer has the dense product (a kept
+    copy, or ``keep_dense="decode"``: then the decode adds to ``run_us``, which does not count it);
+    otherwise 'plan' (a fallback bucket without either runs its plan, slower than predicted dense).
     ``run_us`` is the predicted time of what runs; ``speedup`` is dense_us / run_us. Buckets
     timed on the GPU (``measure``) add ``measured_us`` and ``measured_dense_us`` (None elsewhere).
     """
@@ -97,6 +98,8 @@ class SparseLinear(nn.Module):
         bias          buffer [out_features] in the weight's dtype, or None
         dense_weight  buffer [out_features, in_features], or None: the dense copy used by the
                       buckets that fall back to the dense product
+        decode_fallback  True: no dense copy; the buckets that fall back decode the packed weight
+                      to a dense temporary on each call (``keep_dense="decode"``)
     There is no autograd through the sparse weight: forward refuses inputs that require grad
     while grad mode is on (run under ``torch.no_grad()`` or ``torch.inference_mode()``).
     Device moves (``.to(device)``, ``.cuda()``, ``.cpu()``) move the packed weight; dtype casts
@@ -104,10 +107,14 @@ class SparseLinear(nn.Module):
     """
 
     def __init__(self, packed: PackedWeight, bias: torch.Tensor | None = None,
-                 dense_weight: torch.Tensor | None = None, *, weight_requires_grad: bool = True):
+                 dense_weight: torch.Tensor | None = None, *, weight_requires_grad: bool = True,
+                 decode_fallback: bool = False):
         super().__init__()
         if not isinstance(packed, PackedWeight):
             raise TypeError(f"packed: expected a cross.pack.PackedWeight, got {type(packed).__name__}")
+        if decode_fallback and (dense_weight is not None or packed.has_index):
+            raise ValueError("decode_fallback: expected no dense_weight (the two are alternatives) and a weight "
+                             "without INDEX tiles (no GPU decoder for them)")
         m, k = packed.shape
         for name, t, shape in (("bias", bias, (m,)), ("dense_weight", dense_weight, (m, k))):
             if t is None:
@@ -119,9 +126,10 @@ class SparseLinear(nn.Module):
         self.register_buffer("bias", bias)
         self.register_buffer("dense_weight", dense_weight, persistent=False)
         self._weight_requires_grad = weight_requires_grad
+        self.decode_fallback = bool(decode_fallback)
         self._tiles: torch.Tensor | None = None  # decoded executed tiles, for the CPU reference path
         self._kernels: dict = self._resolve_kernels()  # GPU kernel arguments per bucket, resolved once
-        warn_without_kernel(packed, self._kernels, dense_weight is not None)
+        warn_without_kernel(packed, self._kernels, self.falls_back)
 
     def _resolve_kernels(self) -> dict:
         """Kernel arguments of every bucket, on a GPU (empty on the CPU). Resolved eagerly so that
@@ -146,7 +154,10 @@ class SparseLinear(nn.Module):
         ``plan_options`` (allowed_kinds, swing_band, n_programs) go to ``make_plan``; they are
         unused when ``plan`` (a Plan made for a weight of this shape and dtype) is given.
         keep_dense: 'auto' keeps a dense copy iff some bucket falls back to dense; True keeps it
-        always; False never (every bucket then runs its plan, predicted win or not).
+        always; False never (every bucket then runs its plan, predicted win or not); 'decode'
+        never, and the buckets that fall back decode the packed weight to a dense temporary on
+        each call before the dense product: the layer's memory stays below dense, at the cost of
+        the decode in those buckets (a plan with INDEX tiles is refused: no GPU decoder).
         measure: 'auto' (the default) times, on a CUDA device, every bucket the plan is predicted
         to win against the dense product and keeps the plan only where it measured faster
         (``cross.runtime.measure_plan``; skipped on the CPU and with keep_dense=False, where the
@@ -165,14 +176,18 @@ class SparseLinear(nn.Module):
                                nan_policy=nan_policy, balance=balance, unit_mode=unit_mode, **plan_options)
         else:
             check_plan(plan, weight)
+        if keep_dense == "decode" and plan.kind_counts()["INDEX"]:
+            raise ValueError("keep_dense='decode': expected a plan without INDEX tiles (no GPU decoder for them); "
+                             "plan with allowed_kinds=(TileKind.DENSE, TileKind.BITMAP)")
         packed = pack(weight, plan)
         if measure is True or (measure == "auto" and weight.device.type == "cuda" and keep_dense is not False):
             packed = packed.with_plan(measure_plan(packed, weight, dense_times=dense_times))
             plan = packed.plan
-        keep = any(b.fallback for b in plan.buckets) if keep_dense == "auto" else keep_dense
+        keep = any(b.fallback for b in plan.buckets) if keep_dense == "auto" else keep_dense is True
         dense = weight.clone(memory_format=torch.contiguous_format) if keep else None
         bias = None if linear.bias is None else linear.bias.detach().to(weight.dtype).clone()
-        return cls(packed, bias, dense, weight_requires_grad=linear.weight.requires_grad)
+        return cls(packed, bias, dense, weight_requires_grad=linear.weight.requires_grad,
+                   decode_fallback=keep_dense == "decode")
 
     def to_dense_linear(self) -> nn.Linear:
         """An nn.Linear with exactly the packed weight and a copy of the bias."""
@@ -196,6 +211,7 @@ class SparseLinear(nn.Module):
                 self._tiles = decode_executed_tiles(self.packed)
             tiles = self._tiles
         return execute(x, self.packed, self.bias, dense_weight=self.dense_weight, tiles=tiles, kernels=self._kernels,
+                       decode_fallback=self.decode_fallback,
                        checked=True)
 
     def _runs_plan(self, x: torch.Tensor) -> bool:
@@ -203,7 +219,7 @@ class SparseLinear(nn.Module):
         if n == 0:
             return False
         bucket = self.plan.bucket_for(n)
-        return not (bucket.fallback and self.dense_weight is not None)
+        return not (bucket.fallback and self.falls_back)
 
     def _apply(self, fn, recurse=True):
         probe = fn(torch.empty(0, dtype=self.dtype, device=self.device))
@@ -217,7 +233,7 @@ class SparseLinear(nn.Module):
             self.packed = self.packed.to(probe.device)
             self._tiles = None
             self._kernels = self._resolve_kernels()
-            warn_without_kernel(self.packed, self._kernels, self.dense_weight is not None)
+            warn_without_kernel(self.packed, self._kernels, self.falls_back)
         return super()._apply(fn, recurse)
 
     # ------------------------------------------------------------------ facts
@@ -246,6 +262,11 @@ class SparseLinear(nn.Module):
         return self.dense_weight is not None
 
     @property
+    def falls_back(self) -> bool:
+        """Whether buckets marked fallback run the dense product (from the kept copy or decoded)."""
+        return self.dense_weight is not None or self.decode_fallback
+
+    @property
     def nnz(self) -> int:
         return int(self.packed.tiled.nnz.sum())
 
@@ -272,7 +293,8 @@ class SparseLinear(nn.Module):
         """Name-free facts: shape, tiles per kind, swing tiles, per-bucket predictions, bytes."""
         facts = plan_facts(self.plan)
         facts.update(sparsity=self.sparsity, nnz=self.nnz, bias=self.bias is not None, dense_kept=self.dense_kept,
-                     buckets=bucket_facts(self.plan, self.dense_kept), nbytes=self.nbytes,
+                     decode_fallback=self.decode_fallback, buckets=bucket_facts(self.plan, self.falls_back),
+                     nbytes=self.nbytes,
                      dense_nbytes=self.dense_nbytes)
         return facts
 
@@ -282,5 +304,5 @@ class SparseLinear(nn.Module):
         tm, tk = self.plan.tile_shape
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
                 f"dtype={dtype_name(self.dtype)}, sparsity={self.sparsity:.1%}, tiles {tm}x{tk}: {kinds}, "
-                f"dense kept: {'yes' if self.dense_kept else 'no'}, "
+                f"dense kept: {'yes' if self.dense_kept else 'decoded per call' if self.decode_fallback else 'no'}, "
                 f"{self.nbytes / 1e6:.3f} MB ({self.nbytes / self.dense_nbytes:.2f}x dense)")

@@ -126,6 +126,7 @@ def _save_packed(layer: SparseLinear, path: Path) -> None:
     header = {"format": PACKED_FORMAT, "shape": list(pw.shape), "tile_shape": list(pw.plan.tile_shape),
               "dtype": dtype_name(pw.dtype), "n_slots": [b.n_slots for b in pw.buckets],
               "max_sparse_nnz": pw.max_sparse_nnz, "weight_requires_grad": bool(layer._weight_requires_grad),
+              "decode_fallback": bool(layer.decode_fallback),
               "sha256": {k: _tensor_digest(v) for k, v in tensors.items()}}
     header["header_sha256"] = _digest(header, "header_sha256")
     save_file(tensors, str(path), metadata={"cross.packed": json.dumps(header)})
@@ -324,7 +325,8 @@ def _load_layer(path: Path, entry: dict, device: torch.device) -> SparseLinear:
     move = lambda name: t[name].to(device) if name in t else None  # noqa: E731
     try:
         return SparseLinear(packed.to(device), move("bias"), move("dense_weight"),
-                            weight_requires_grad=bool(header["weight_requires_grad"]))
+                            weight_requires_grad=bool(header["weight_requires_grad"]),
+                            decode_fallback=bool(header.get("decode_fallback", False)))
     except (TypeError, ValueError) as e:
         raise ValueError(f"{file}: {e}") from None
 

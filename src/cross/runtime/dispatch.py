@@ -75,11 +75,14 @@ def gpu_kernel_args(packed: PackedWeight, bucket_index: int, cache: dict | None 
 
 def execute(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None = None,
             dense_weight: torch.Tensor | None = None, force_plan: bool = False,
-            tiles: torch.Tensor | None = None, kernels: dict | None = None, checked: bool = False) -> torch.Tensor:
+            tiles: torch.Tensor | None = None, kernels: dict | None = None, checked: bool = False,
+            decode_fallback: bool = False) -> torch.Tensor:
     """Y = X @ W^T (+ bias) for X of shape [..., K], Y of shape [..., M] in X's dtype.
 
     dense_weight: the weight as a dense tensor, used where the bucket's plan falls back to dense;
                   without it (or with force_plan) the plan runs regardless.
+    decode_fallback: where the bucket falls back and no dense_weight is given, decode the packed
+                  weight to a dense temporary for the dense product (``keep_dense="decode"``).
     tiles:        decoded executed tiles for the reference executor (a cache kept by the caller).
     kernels:      resolved GPU kernel arguments per bucket (a cache kept by the caller).
     checked:      the caller has already run check_input on these arguments.
@@ -96,7 +99,11 @@ def execute(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None = N
         return x.new_empty((*lead, m))
     index = bucket_index(packed, n)
     bucket = packed.buckets[index]
-    if bucket.plan.fallback and dense_weight is not None and not force_plan:
+    if bucket.plan.fallback and (dense_weight is not None or decode_fallback) and not force_plan:
+        if dense_weight is None:
+            from .op import decode
+
+            dense_weight = decode(packed)
         y = F.linear(x2, dense_weight, bias)
     else:
         args = gpu_kernel_args(packed, index, kernels) if x.is_cuda else None

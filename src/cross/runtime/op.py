@@ -1,6 +1,7 @@
 """The ``cross::plan_linear`` operator: one bucket's plan kernel behind torch.library, so
 torch.compile traces through it (a fake implementation gives the output's shape) and CUDA graphs
-capture its launch like any other kernel.
+capture its launch like any other kernel. ``cross::decode_dense`` does the same for the kernel that
+decodes a packed weight back to dense (layers with ``keep_dense="decode"``).
 
 The arrival counters in ``counters`` are written during a launch but always back to zero by its end
 (the last arrival resets each one), so the operator is declared free of mutations.
@@ -45,3 +46,29 @@ def call(x: torch.Tensor, args: KernelArgs, bias: torch.Tensor | None) -> torch.
     tensors = [getattr(args, name) for name in _TENSORS]
     sizes = [getattr(args, name) for name in _INTS]
     return torch.ops.cross.plan_linear(x, bias, *tensors, sizes, args.backend)
+
+
+@torch.library.custom_op("cross::decode_dense", mutates_args=())
+def decode_dense_op(values: torch.Tensor, meta: torch.Tensor, kinds: torch.Tensor, value_offset: torch.Tensor,
+                    meta_offset: torch.Tensor, nnz: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """The dense [M, K] weight of a tiled weight without INDEX tiles; sizes = (M, K, tile_m, tile_k)."""
+    from ..kernels.decode import decode_tensors
+
+    return decode_tensors(values, meta, kinds, value_offset, meta_offset, nnz, sizes)
+
+
+@decode_dense_op.register_fake
+def _(values, meta, kinds, value_offset, meta_offset, nnz, sizes):
+    return values.new_empty((sizes[0], sizes[1]))
+
+
+def decode(packed) -> torch.Tensor:
+    """The dense weight of a PackedWeight: the decode kernel on a GPU, the reference decoder on
+    the CPU. INDEX tiles are refused on the GPU (``decode_dense``)."""
+    t = packed.tiled
+    if not t.values.is_cuda:
+        return t.to_dense()
+    if packed.has_index:
+        raise ValueError("decode: expected a weight without INDEX tiles on the GPU (no GPU decoder for them)")
+    sizes = [t.grid.rows, t.grid.cols, *t.grid.tile_shape]
+    return torch.ops.cross.decode_dense(t.values, t.meta, t.kinds, t.value_offset, t.meta_offset, t.nnz, sizes)

@@ -1,0 +1,81 @@
+"""The packed weight decoded back to a dense M x K matrix on the GPU, one program per tile.
+
+Used by layers sparsified with ``keep_dense="decode"``: they keep no dense copy, and the token-count
+buckets that fall back to cuBLAS decode the weight into a temporary first (the allocator reuses
+that memory from layer to layer). DENSE tiles are copied, BITMAP tiles decoded as in the plan
+kernel (``_decode_bitmap``), EMPTY tiles written as zeros; INDEX tiles have no decoder here
+(``decode_dense`` refuses them).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..pack.formats import TiledWeight
+from .triton_plan import _decode_bitmap
+
+
+@triton.jit
+def decode_dense_kernel(values_ptr, meta_ptr, kinds_ptr, voff_ptr, moff_ptr, nnz_ptr, out_ptr, M, K, stride_om, TJ,
+                        TILE_M: tl.constexpr, TILE_K: tl.constexpr, HW_POPC: tl.constexpr):
+    t = tl.program_id(0)
+    ti = t // TJ
+    tj = t % TJ
+    kind = tl.load(kinds_ptr + t)
+    offs_r = tl.arange(0, TILE_M)
+    offs_c = tl.arange(0, TILE_K)
+    rows = ti * TILE_M + offs_r
+    cols = tj * TILE_K + offs_c
+    ptrs = out_ptr + rows[:, None].to(tl.int64) * stride_om + cols[None, :]
+    mask = (rows[:, None] < M) & (cols[None, :] < K)
+    if kind == 1:  # DENSE (TileKind): the whole tile, row-major, zero-padded at the matrix edge
+        voff = tl.load(voff_ptr + t)
+        tile = tl.load(values_ptr + voff + offs_r[:, None] * TILE_K + offs_c[None, :])
+        tl.store(ptrs, tile, mask=mask)
+    elif kind == 2:  # BITMAP
+        voff = tl.load(voff_ptr + t)
+        moff = tl.load(moff_ptr + t)
+        nnz = tl.load(nnz_ptr + t)
+        tile = _decode_bitmap(values_ptr, meta_ptr, voff, moff, nnz, TILE_M, TILE_K, HW_POPC, False)
+        tl.store(ptrs, tile.to(out_ptr.dtype.element_ty), mask=mask)
+    else:  # EMPTY (INDEX tiles are refused before the launch)
+        tl.store(ptrs, tl.zeros((TILE_M, TILE_K), dtype=out_ptr.dtype.element_ty), mask=mask)
+
+
+def decode_dense(tiled: TiledWeight, has_index: bool, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The M x K weight of ``tiled`` (on a CUDA device, or on the CPU under Triton's interpreter),
+    written into ``out`` if given (contiguous, M x K, the weight's dtype and device). ``has_index``:
+    whether the weight has INDEX tiles (``PackedWeight.has_index``; a plain flag, so that the call
+    needs no device sync and can be captured in a CUDA graph): those are refused."""
+    if has_index:
+        raise ValueError("decode_dense: expected no INDEX tiles (no GPU decoder for them); use TiledWeight.to_dense")
+    g = tiled.grid
+    return decode_tensors(tiled.values, tiled.meta, tiled.kinds, tiled.value_offset, tiled.meta_offset, tiled.nnz,
+                          (g.rows, g.cols, *g.tile_shape), out)
+
+
+def decode_tensors(values, meta, kinds, value_offset, meta_offset, nnz, sizes, out=None) -> torch.Tensor:
+    """decode_dense on the buffers of a TiledWeight without INDEX tiles; sizes = (M, K, tile_m,
+    tile_k). No checks of the buffers (no device sync): the caller passes a valid weight's."""
+    from .launch import _interpreting
+
+    m, k, tm, tk = (int(v) for v in sizes)
+    if values.device.type != "cuda" and not _interpreting():
+        raise ValueError(f"decode_dense: expected a CUDA weight (or TRITON_INTERPRET=1), got one on {values.device}")
+    if out is None:
+        out = torch.empty((m, k), dtype=values.dtype, device=values.device)
+    elif out.shape != (m, k) or out.dtype != values.dtype or out.device != values.device or not out.is_contiguous():
+        raise ValueError(f"out: expected a contiguous {values.dtype} ({m}, {k}) tensor on {values.device}")
+    ti, tj = -(-m // tm), -(-k // tk)
+    if ti * tj == 0:
+        return out
+    if values.numel() == 0:  # the kernel takes a valid address even where nothing is read
+        values = torch.zeros(8, dtype=out.dtype, device=out.device)
+    if meta.numel() == 0:
+        meta = torch.zeros(4, dtype=torch.int32, device=out.device)
+    decode_dense_kernel[(ti * tj,)](values, meta, kinds.reshape(-1), value_offset.reshape(-1), meta_offset.reshape(-1),
+                                    nnz.reshape(-1), out, m, k, out.stride(0), tj,
+                                    TILE_M=tm, TILE_K=tk, HW_POPC=not _interpreting(), num_warps=4)
+    return out
