@@ -165,6 +165,10 @@ def _prepare_cross(method: Method, w, tile, cost_model, n_programs):
 
     kinds = {} if method.kinds is None else {"allowed_kinds": method.kinds}
     packed = pack(w, make_plan(w, tile_shape=tile, cost_model=cost_model, n_programs=n_programs, **kinds))
+    if method.kinds is None and w.is_cuda:  # what the runtime runs: predicted wins checked on the GPU
+        from ..runtime import measure_plan
+
+        packed = packed.with_plan(measure_plan(packed, w))
 
     def bind(x):
         bucket = packed.bucket_for(x.shape[0])
