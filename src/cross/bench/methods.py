@@ -173,7 +173,9 @@ def _prepare_cross(method: Method, w, tile, cost_model, n_programs):
     def bind(x):
         bucket = packed.bucket_for(x.shape[0])
         if method.kinds is None and bucket.plan.fallback:
-            return Bound(lambda: torch.matmul(x, w.T), w.dtype, "the plan falls back to cuBLAS at this N", packed.nbytes)
+            why = f"the plan falls back to cuBLAS at this N ({bucket.plan.reason})" if bucket.plan.reason else \
+                "the plan falls back to cuBLAS at this N"
+            return Bound(lambda: torch.matmul(x, w.T), w.dtype, why, packed.nbytes)
         kargs = kernel_args(packed, bucket, method.backend)  # resolved once, as the runtime does
         return Bound(lambda: launch(x, kargs), w.dtype, f"{kargs.backend} kernel", packed.nbytes)
 
