@@ -22,9 +22,9 @@ HAS_GPU = torch.cuda.is_available()
 DEVICE = "cuda" if HAS_GPU else "cpu"
 
 
-def mixed_kinds_weight(shape, tile, dtype, rng):
+def mixed_kinds_weight(shape, tile, dtype, rng, density=0.4):
     """A weight with DENSE, BITMAP and EMPTY tiles (random per tile) and its TiledWeight."""
-    w = random_weight(shape, 0.4, rng, dtype)
+    w = random_weight(shape, density, rng, dtype)
     ti, tj = -(-shape[0] // tile[0]), -(-shape[1] // tile[1])
     kinds = torch.randint(0, 3, (ti, tj), generator=rng).numpy().astype(np.uint8)  # EMPTY, DENSE, BITMAP
     for i, j in zip(*np.nonzero(kinds == TileKind.EMPTY)):
@@ -32,11 +32,12 @@ def mixed_kinds_weight(shape, tile, dtype, rng):
     return w, TiledWeight.from_dense(w.to(DEVICE), kinds, tile)
 
 
+@pytest.mark.parametrize("density", [0.0, 0.5, 0.9, 0.99, 1.0])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("shape, tile", [((130, 200), (64, 64)), ((64, 64), (64, 64)), ((70, 300), (64, 128)),
                                          ((1, 9), (64, 64))])
-def test_decode_kernel_gives_the_packed_weight(shape, tile, dtype, rng):
-    w, tiled = mixed_kinds_weight(shape, tile, dtype, rng)
+def test_decode_kernel_gives_the_packed_weight(shape, tile, dtype, density, rng):
+    w, tiled = mixed_kinds_weight(shape, tile, dtype, rng, density)
     out = torch.full(shape, float("nan"), dtype=dtype, device=DEVICE)  # poisoned: every element must be written
     got = decode_dense(tiled, has_index=False, out=out)
     assert got is out and torch.equal(got.cpu(), w)
