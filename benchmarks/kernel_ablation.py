@@ -36,6 +36,7 @@ VARIANTS = {
     "walk-only": "-DABLATE=38",
     "no-tiles": "-DABLATE=16",
     "exit": "-DABLATE=8",
+    "gather": "-DDECODE_GATHER=1",  # not an ablation: the gathering BITMAP decode (checked like "full")
 }
 
 

@@ -30,6 +30,13 @@
 #define ABLATE 0
 #endif
 
+// Decode variant (NVRTC -DDECODE_GATHER=1 through CROSS_CUDA_DEFINES; 0 in normal builds): BITMAP rows
+// built by gathering instead of scattering (gather_rows). To be measured against the scatter
+// (benchmarks/kernel_ablation.py --variants full,gather); docs/perf-notes.md has the prediction.
+#ifndef DECODE_GATHER
+#define DECODE_GATHER 0
+#endif
+
 typedef unsigned short u16;
 typedef unsigned int u32;
 typedef unsigned long long u64;
@@ -158,9 +165,50 @@ __device__ __forceinline__ void issue_tile(const Args& a, const XCopy& xc, unsig
     }
 }
 
+// BITMAP rows r0 .. r0+15 by gathering: lane l writes columns C*l .. C*l+C-1 (C = TILE_K / 32) of
+// every row, zeros included, so no zero fill is needed and the 32 lanes' stores fall in distinct
+// banks; the values of one row lie in at most 2 * TILE_K contiguous bytes, so a warp's loads of them
+// take one or two wavefronts. The scatter below stores one value per nonzero at data-dependent
+// addresses instead: ~3.5 lanes per bank (docs/perf-notes.md, "The decode's time is shared-memory
+// wavefronts").
+__device__ __forceinline__ void gather_rows(unsigned char* a_s, const unsigned char* stage, int r0, int lane) {
+    constexpr int C = TILE_K / 32;  // columns per lane: 2 (TILE_K 64) or 4 (TILE_K 128), in one bitmap word
+    const u16* vals = (const u16*)stage;
+    const u32* words = (const u32*)(stage + VALS_BYTES);
+    const u16* prefix = (const u16*)(stage + VALS_BYTES + N_WORDS * 4);
+    const int wl = (C * lane) >> 5, sh = (C * lane) & 31;
+    const u32 below = (1u << sh) - 1u;
+#pragma unroll 4
+    for (int rr = 0; rr < 16; ++rr) {
+        const int r = r0 + rr;
+        const int w = r * (TILE_K / 32) + wl;
+        const u32 bits = words[w];
+        int rank = prefix[w] + __popc(bits & below);
+        const u32 mine = bits >> sh;
+        u32 pairs[C / 2];
+#pragma unroll
+        for (int j = 0; j < C / 2; ++j) {
+            u32 lo = 0, hi = 0;
+            if (mine & (1u << (2 * j))) lo = vals[rank++];  // no read past the row's values
+            if (mine & (2u << (2 * j))) hi = vals[rank++];
+            pairs[j] = lo | (hi << 16);
+        }
+        unsigned char* dst = a_s + swz(r, C * lane);  // 4- (C = 2) or 8-byte (C = 4) aligned in its chunk
+        if constexpr (C == 2) {
+            *(u32*)dst = pairs[0];
+        } else {
+            *(uint2*)dst = make_uint2(pairs[0], pairs[C / 2 - 1]);
+        }
+    }
+}
+
 // warp `warp` builds rows 16*warp .. 16*warp+15 of the A tile from a stage
 __device__ __forceinline__ void build_rows(unsigned char* a_s, const unsigned char* stage, int kind, int warp, int lane) {
     const int r0 = warp * 16;
+    if (DECODE_GATHER && kind == KIND_BITMAP) {
+        gather_rows(a_s, stage, r0, lane);
+        return;
+    }
     // zero (or, for DENSE, copy) the warp's 16 rows: 16 * ROW_BYTES bytes, 16 bytes per lane per step
     for (int i = lane; i < 16 * (TILE_K / 8); i += 32) {
         const int r = r0 + i / (TILE_K / 8), ch = i % (TILE_K / 8);
