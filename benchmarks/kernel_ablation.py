@@ -36,7 +36,8 @@ VARIANTS = {
     "walk-only": "-DABLATE=38",
     "no-tiles": "-DABLATE=16",
     "exit": "-DABLATE=8",
-    "gather": "-DDECODE_GATHER=1",  # not an ablation: the gathering BITMAP decode (checked like "full")
+    "gather": "-DDECODE_GATHER=1",  # not ablations: other BITMAP decodes, checked like "full"
+    "regs": "-DDECODE_REGS=1 -DMIN_BLOCKS=6",  # 95 registers unbounded: 5 blocks per SM, not 6
 }
 
 

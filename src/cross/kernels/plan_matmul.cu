@@ -36,6 +36,11 @@
 #ifndef DECODE_GATHER
 #define DECODE_GATHER 0
 #endif
+// Decode variant (-DDECODE_REGS=1): BITMAP tiles decoded straight into the mma A fragments
+// (mma_tile_regs), with no A tile in shared memory. Measured against "full" and "gather" the same way.
+#ifndef DECODE_REGS
+#define DECODE_REGS 0
+#endif
 
 typedef unsigned short u16;
 typedef unsigned int u32;
@@ -265,6 +270,53 @@ __device__ __forceinline__ void mma_tile(float (*acc)[4], const unsigned char* a
     }
 }
 
+// Elements (r, c) and (r, c + 1), c even, of a BITMAP tile as one mma operand register (low half
+// first), from the word `bits` holding them (bit b = c % 32) and its prefix `pre` (nonzeros of the
+// tile before the word). Only values of set bits are read.
+__device__ __forceinline__ u32 bitmap_pair(const u16* vals, u32 bits, int pre, int b) {
+    int rank = pre + __popc(bits & ((1u << b) - 1u));
+    u32 lo = 0, hi = 0;
+    if ((bits >> b) & 1u) lo = vals[rank++];
+    if ((bits >> (b + 1)) & 1u) hi = vals[rank];
+    return lo | (hi << 16);
+}
+
+// mma_tile for a BITMAP tile without the A tile: each lane decodes its own A fragment elements from
+// the stage (m16n8k16: a0 = row g, columns 2t, 2t+1; a1 = row g+8; a2, a3 the same at columns + 8;
+// g = lane / 4, t = lane % 4). A warp's 32 loads of values fall in 8 rows' short runs of values,
+// its word and prefix loads on 8 addresses: no stores, no zero fill, no ldmatrix for A.
+__device__ __forceinline__ void mma_tile_regs(float (*acc)[4], const unsigned char* stage, const unsigned char* x_s,
+                                              int warp, int lane) {
+    constexpr int W = TILE_K / 32;  // bitmap words per row
+    const u16* vals = (const u16*)stage;
+    const u32* words = (const u32*)(stage + VALS_BYTES);
+    const u16* prefix = (const u16*)(stage + VALS_BYTES + N_WORDS * 4);
+    const int g = lane >> 2, t = lane & 3;
+    const int w0 = (warp * 16 + g) * W, w1 = w0 + 8 * W;  // first words of rows g and g + 8
+    u32 bits0[W], bits1[W];
+    int pre0[W], pre1[W];
+#pragma unroll
+    for (int h = 0; h < W; ++h) {
+        bits0[h] = words[w0 + h], bits1[h] = words[w1 + h];
+        pre0[h] = prefix[w0 + h], pre1[h] = prefix[w1 + h];
+    }
+    const u32 x_base = smem_u32(x_s);
+#pragma unroll
+    for (int kk = 0; kk < TILE_K; kk += 16) {
+        const int h = kk >> 5, b = (kk & 31) + 2 * t;  // columns kk + 2t and kk + 2t + 8 share word h
+        const u32 a0 = bitmap_pair(vals, bits0[h], pre0[h], b), a1 = bitmap_pair(vals, bits1[h], pre1[h], b);
+        const u32 a2 = bitmap_pair(vals, bits0[h], pre0[h], b + 8), a3 = bitmap_pair(vals, bits1[h], pre1[h], b + 8);
+#pragma unroll
+        for (int nt = 0; nt < BLOCK_N / 8; nt += 2) {
+            u32 b0, b1, b2, b3;
+            const int n = nt * 8 + (lane & 7) + ((lane >> 4) << 3);
+            ldmatrix_x4(x_base + swz(n, kk + ((lane >> 3) & 1) * 8), b0, b1, b2, b3);
+            mma16816(acc[nt], a0, a1, a2, a3, b0, b1);
+            mma16816(acc[nt + 1], a0, a1, a2, a3, b2, b3);
+        }
+    }
+}
+
 // The table entries of one item, read ahead in batches: lane i of every warp holds the entry of tile
 // base + i (cur) and of tile base + 32 + i (nxt); a tile's entry reaches every lane by shuffles. The
 // batch after nxt is loaded when cur is used up, 32 tiles before it is needed, so walking the table
@@ -316,7 +368,13 @@ __device__ __forceinline__ void store_out(const Args& a, float (*acc)[4], int ro
         }
 }
 
+// -DMIN_BLOCKS=n asks the compiler to fit n blocks per SM in registers (the launch assumes 6 for
+// small-N BITMAP plans: costmodel.roofline.resident_programs counts shared memory only)
+#ifdef MIN_BLOCKS
+extern "C" __global__ void __launch_bounds__(NUM_THREADS, MIN_BLOCKS) plan_matmul_cuda(
+#else
 extern "C" __global__ void __launch_bounds__(NUM_THREADS) plan_matmul_cuda(
+#endif
     const u16* x, u16* y, const u16* bias, const u16* values, const int* meta, const int* tiles, const int* sections,
     const int* items, const int* row_parts, const int* unit_ptr, const int* unit_heads, float* ws, int* counters,
     int M, int K, int N, int stride_xn, int stride_yn, int n_units, int n_token_tiles, int counter_stride, int has_bias) {
@@ -372,9 +430,14 @@ extern "C" __global__ void __launch_bounds__(NUM_THREADS) plan_matmul_cuda(
                                    kind_of(p + STAGES - 1, s_bitmap, s_index, s_empty), tid);
                     cp_async_commit();
                     const unsigned char* stage = stages + (k % STAGES) * STAGE_BYTES;
-                    if (!(ABLATE & 6)) build_rows(a_s, stage, kind_of(p, s_bitmap, s_index, s_empty), warp, lane);
-                    __syncwarp();
-                    if (!(ABLATE & 32)) mma_tile(acc, a_s, stage + VALS_BYTES + META_ROOM, warp, lane);
+                    const int kind = kind_of(p, s_bitmap, s_index, s_empty);
+                    if (DECODE_REGS && kind == KIND_BITMAP) {
+                        if (!(ABLATE & 32)) mma_tile_regs(acc, stage, stage + VALS_BYTES + META_ROOM, warp, lane);
+                    } else {
+                        if (!(ABLATE & 6)) build_rows(a_s, stage, kind, warp, lane);
+                        __syncwarp();
+                        if (!(ABLATE & 32)) mma_tile(acc, a_s, stage + VALS_BYTES + META_ROOM, warp, lane);
+                    }
                     __syncwarp();  // the warp's A rows are rebuilt by the next tile
                 }
                 __syncthreads();  // the stages are reused by the next item
