@@ -175,3 +175,38 @@ def test_report_shows_the_measured_speedup(rng):
     assert "| measured N1-16 |" in report.to_markdown()
     plain = SparsifyReport({"b": LayerReport("b", NO_WIN, untimed)})
     assert "measured" not in plain.table().splitlines()[0]
+
+
+def test_measuring_times_only_predicted_wins_and_each_dense_shape_once(rng, monkeypatch):
+    """The timing loop with a fake clock (the GPU timer replaced; the kernel path runs on the
+    interpreter): buckets predicted to fall back are not timed, each timed bucket runs its plan
+    once, the dense time of a shape is taken once and reused, and the decision uses the margin."""
+    import cross.costmodel.profile as profile
+    from cross.runtime import measure as measure_mod
+
+    mixed = CostModel(spec=GPUSpec(name="small batches win", dense_launch_us=20.0))
+    w = random_weight((256, 256), 0.1, rng)
+    packed = pack(w, make_plan(w, cost_model=mixed, buckets=((1, 16), (17, 64), (65, 2048))))
+    predicted_wins = [not b.fallback for b in packed.plan.buckets]
+    assert any(predicted_wins) and not all(predicted_wins)
+    calls = []
+
+    def fake_time(fn, warmup_ms, rep_ms):
+        y = fn()
+        is_plan = "execute" in fn.__code__.co_names  # the plan's closure calls execute, the dense one F.linear
+        calls.append(("plan" if is_plan else "dense", tuple(y.shape)))
+        return (30.0 if is_plan else 10.0), "graph"
+
+    monkeypatch.setattr(profile, "call_time_us", fake_time)
+    cache: dict = {}
+    buckets, how = measure_mod._measure_buckets(packed, w, 0.03, cache, seed=0)
+    timed = [b.measured for b in buckets]
+    assert timed == predicted_wins and how == {"graph"}
+    assert all(b.fallback and b.reason.startswith("measured 30.0 us") for b, t in zip(buckets, timed) if t)
+    assert len(cache) == sum(timed) and [c[0] for c in calls] == ["plan", "dense"] * sum(timed)
+    n_design = [b.n_design for b in packed.plan.buckets if not b.fallback]
+    assert [c[1] for c in calls[::2]] == [(n, 256) for n in n_design]  # each at its bucket's design count
+    calls.clear()
+    again, _ = measure_mod._measure_buckets(packed, w, 0.03, cache, seed=0)
+    assert [c[0] for c in calls] == ["plan"] * sum(timed)  # a second weight of this shape: its plans only
+    assert [b.measured_dense_us for b in again] == [b.measured_dense_us for b in buckets]
