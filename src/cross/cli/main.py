@@ -193,30 +193,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _sparsify_options(p) -> None:
     """The pruning and planning options `run` and `compile` share."""
+    from .inputs import add_swap_options
+
     p.add_argument("--sparsity", type=_sparsity, help="prune to this fraction of zeros first (default: use the weights as they are)")
     p.add_argument("--prune", choices=("wanda", "magnitude", "none"),
                    help="pruning method with --sparsity (default wanda, calibrated on 16 built-in sentences)")
-    p.add_argument("--force-plan", action="store_true",
-                   help="sparsify every layer even where the plan is predicted to lose (keep_dense=False)")
+    add_swap_options(p)
     p.add_argument("--tile", type=_tile, default=(64, 64), metavar="ROWSxCOLS", help="tile shape (default 64x64)")
     p.add_argument("--cost-model", type=Path, metavar="JSON", help="a cost model saved by CostModel.save")
     p.add_argument("--device", help="cpu or cuda (default: cuda if available); bf16 on cuda, fp32 on cpu")
-    p.add_argument("--no-measure", action="store_true",
-                   help="on a GPU, trust the cost model alone: do not time each predicted win against cuBLAS "
-                        "before swapping the layer (measure=False)")
-    p.add_argument("--decode-fallback", action="store_true",
-                   help="keep no dense copy of swapped layers: token counts that fall back to the dense product "
-                        "decode the packed weight first, on each call (keep_dense='decode'; less memory than dense)")
-
-
-def _sparsify_kwargs(args) -> dict:
-    """sparsify_'s keep_dense and measure from the shared options."""
-    from .inputs import InputError
-
-    if args.force_plan and args.decode_fallback:
-        raise InputError("--force-plan and --decode-fallback: expected one of them (a forced plan never falls back)")
-    keep = False if args.force_plan else "decode" if args.decode_fallback else "auto"
-    return {"keep_dense": keep, "measure": False if args.no_measure else "auto"}
 
 
 def _sparsify_line(args, device) -> str:
@@ -373,7 +358,7 @@ def cmd_run(args) -> int:
     from .. import sparsify_
     from .hf import (EVAL_SENTENCES, agreement, check_model_dir, dtype_for, embed, environment, not_a_head,
                      pick_device, time_forward, tokenize)
-    from .inputs import InputError
+    from .inputs import InputError, swap_kwargs
 
     if args.sparsity is None and args.prune not in (None, "none"):
         raise InputError(f"--prune {args.prune}: expected --sparsity S with it (the fraction of zeros to leave)")
@@ -389,7 +374,7 @@ def cmd_run(args) -> int:
     model, tokenizer = _load_pruned(args, method, device, dtype, progress)
     dense = copy.deepcopy(model)
     report = sparsify_(model, filter_fn=not_a_head, progress=progress, cost_model=cm, tile_shape=args.tile,
-                       **_sparsify_kwargs(args))
+                       **swap_kwargs(args))
     print(f"\ncost model: {cm.source}; {_sparsify_line(args, device)}")
     print(report.table())
 
@@ -412,7 +397,7 @@ def cmd_compile(args) -> int:
     from .. import save, sparsify_
     from ..nn.serialize import MANIFEST, check_save_dir, device_name
     from .hf import check_model_dir, dtype_for, not_a_head, pick_device
-    from .inputs import InputError
+    from .inputs import InputError, swap_kwargs
 
     if args.sparsity is None and args.prune not in (None, "none"):
         raise InputError(f"--prune {args.prune}: expected --sparsity S with it (the fraction of zeros to leave)")
@@ -429,7 +414,7 @@ def cmd_compile(args) -> int:
 
     model, tokenizer = _load_pruned(args, method, device, dtype, progress)
     report = sparsify_(model, filter_fn=not_a_head, progress=progress, cost_model=cm, tile_shape=args.tile,
-                       **_sparsify_kwargs(args))
+                       **swap_kwargs(args))
     print(f"device: {device_name(device)}, {str(dtype).removeprefix('torch.')}; cost model: {cm.source}; "
           f"{_sparsify_line(args, device)}")
     print(report.table())

@@ -252,21 +252,27 @@ __device__ __forceinline__ void build_rows(unsigned char* a_s, const unsigned ch
 }
 
 // acc[nt][0..3] += A rows (16*warp..) x X^T, for BLOCK_N/8 token sub-tiles nt
+// acc[nt] += A fragment (a0..a3: 16 rows x k kk..kk+15) x X^T for every token sub-tile nt
+__device__ __forceinline__ void mma_k_step(float (*acc)[4], u32 a0, u32 a1, u32 a2, u32 a3, u32 x_base, int kk,
+                                           int lane) {
+#pragma unroll
+    for (int nt = 0; nt < BLOCK_N / 8; nt += 2) {
+        u32 b0, b1, b2, b3;
+        // lanes 0-7: tokens nt*8.., k kk; 8-15: k kk+8; 16-23: tokens (nt+1)*8.., k kk; 24-31: k kk+8
+        const int n = nt * 8 + (lane & 7) + ((lane >> 4) << 3);
+        ldmatrix_x4(x_base + swz(n, kk + ((lane >> 3) & 1) * 8), b0, b1, b2, b3);
+        mma16816(acc[nt], a0, a1, a2, a3, b0, b1);
+        mma16816(acc[nt + 1], a0, a1, a2, a3, b2, b3);
+    }
+}
+
 __device__ __forceinline__ void mma_tile(float (*acc)[4], const unsigned char* a_s, const unsigned char* x_s, int warp, int lane) {
     const u32 a_base = smem_u32(a_s), x_base = smem_u32(x_s);
 #pragma unroll
     for (int kk = 0; kk < TILE_K; kk += 16) {
         u32 a0, a1, a2, a3;
         ldmatrix_x4(a_base + swz(warp * 16 + (lane & 15), kk + (lane >> 4) * 8), a0, a1, a2, a3);
-#pragma unroll
-        for (int nt = 0; nt < BLOCK_N / 8; nt += 2) {
-            u32 b0, b1, b2, b3;
-            // lanes 0-7: tokens nt*8.., k kk; 8-15: k kk+8; 16-23: tokens (nt+1)*8.., k kk; 24-31: k kk+8
-            const int n = nt * 8 + (lane & 7) + ((lane >> 4) << 3);
-            ldmatrix_x4(x_base + swz(n, kk + ((lane >> 3) & 1) * 8), b0, b1, b2, b3);
-            mma16816(acc[nt], a0, a1, a2, a3, b0, b1);
-            mma16816(acc[nt + 1], a0, a1, a2, a3, b2, b3);
-        }
+        mma_k_step(acc, a0, a1, a2, a3, x_base, kk, lane);
     }
 }
 
@@ -306,14 +312,7 @@ __device__ __forceinline__ void mma_tile_regs(float (*acc)[4], const unsigned ch
         const int h = kk >> 5, b = (kk & 31) + 2 * t;  // columns kk + 2t and kk + 2t + 8 share word h
         const u32 a0 = bitmap_pair(vals, bits0[h], pre0[h], b), a1 = bitmap_pair(vals, bits1[h], pre1[h], b);
         const u32 a2 = bitmap_pair(vals, bits0[h], pre0[h], b + 8), a3 = bitmap_pair(vals, bits1[h], pre1[h], b + 8);
-#pragma unroll
-        for (int nt = 0; nt < BLOCK_N / 8; nt += 2) {
-            u32 b0, b1, b2, b3;
-            const int n = nt * 8 + (lane & 7) + ((lane >> 4) << 3);
-            ldmatrix_x4(x_base + swz(n, kk + ((lane >> 3) & 1) * 8), b0, b1, b2, b3);
-            mma16816(acc[nt], a0, a1, a2, a3, b0, b1);
-            mma16816(acc[nt + 1], a0, a1, a2, a3, b2, b3);
-        }
+        mma_k_step(acc, a0, a1, a2, a3, x_base, kk, lane);
     }
 }
 
