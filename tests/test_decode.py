@@ -115,8 +115,9 @@ def test_decode_mode_through_sparsify_save_and_load(rng, tmp_path):
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_decode_mode_on_the_gpu_eager_graph_and_compile(dtype, rng):
-    """On the GPU the fallback buckets run the decode operator then cuBLAS: eager, inside a CUDA
-    graph and under torch.compile, each equal to the layer that keeps a dense copy."""
+    """On the GPU the fallback buckets run the decode operator then cuBLAS: eager and inside a CUDA
+    graph exactly as the layer that keeps a dense copy; under torch.compile (which may fuse the
+    bias differently) within the dtype's tolerance of the fp64 product."""
     linear = _linear(1024, 768, 0.1, dtype, rng)
     kept = SparseLinear.from_dense(linear, cost_model=MIXED, measure=False)
     lean = SparseLinear.from_dense(linear, cost_model=MIXED, measure=False, keep_dense="decode")
@@ -127,7 +128,9 @@ def test_decode_mode_on_the_gpu_eager_graph_and_compile(dtype, rng):
             x = torch.randn(n, 768, generator=rng).to(dtype).cuda()
             want = kept(x)
             assert torch.equal(lean(x), want), n
-            assert torch.equal(compiled(x), want), n
+            ref = x.double() @ linear.weight.double().T + linear.bias.double()
+            tol = 2e-2 if dtype == torch.bfloat16 else 3e-3
+            torch.testing.assert_close(compiled(x).double(), ref, rtol=tol, atol=tol * ref.abs().max().item())
             static = x.clone()
             lean(static)
             graph = torch.cuda.CUDAGraph()
