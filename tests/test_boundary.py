@@ -274,13 +274,13 @@ def test_a_plan_without_a_gpu_kernel_warns(rng):
     fake = types.SimpleNamespace(device=torch.device("cuda"), buckets=packed.buckets, shape=packed.shape, has_index=True)
     no_kernels = {i: None for i in range(len(packed.buckets))}
     with pytest.warns(KernelFallbackWarning, match="INDEX tiles.*token counts 1-") as record:
-        bad = warn_without_kernel(fake, no_kernels, dense_kept=True)
+        bad = warn_without_kernel(fake, no_kernels, falls_back=True)
     assert bad == [i for i, b in enumerate(plan.buckets) if not b.fallback] and len(record) == 1
     with pytest.warns(KernelFallbackWarning, match=r"token counts 1-16, 17-64, 65-128, 129-512, 513 and more run"):
-        assert warn_without_kernel(fake, no_kernels, dense_kept=False) == list(range(len(plan.buckets)))
+        assert warn_without_kernel(fake, no_kernels, falls_back=False) == list(range(len(plan.buckets)))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert warn_without_kernel(fake, {i: object() for i in no_kernels}, dense_kept=False) == []
-        assert warn_without_kernel(packed, no_kernels, dense_kept=False) == []  # the CPU path is the reference
+        assert warn_without_kernel(fake, {i: object() for i in no_kernels}, falls_back=False) == []
+        assert warn_without_kernel(packed, no_kernels, falls_back=False) == []  # the CPU path is the reference
         warnings.filterwarnings("ignore", category=KernelFallbackWarning)
-        assert warn_without_kernel(fake, no_kernels, dense_kept=False)  # silenced, still reported
+        assert warn_without_kernel(fake, no_kernels, falls_back=False)  # silenced, still reported

@@ -98,7 +98,8 @@ class PackedWeight:
     def with_plan(self, plan: Plan) -> "PackedWeight":
         """The same buffers under ``plan``: this weight's plan with other bucket choices
         (``Plan.with_buckets``), so no table changes."""
-        if plan.shape != self.plan.shape or not np.array_equal(plan.tile_kind, self.plan.tile_kind):
+        if plan.shape != self.plan.shape or not all(np.array_equal(getattr(plan, k), getattr(self.plan, k))
+                                                    for k in ("tile_ptr", "tile_col", "tile_kind")):
             raise ValueError("with_plan: expected this weight's plan with other bucket choices, got another layout")
         self.plan.with_buckets(plan.buckets)  # raises unless the work lists are the same
         buckets = tuple(replace(pb, plan=bp) for pb, bp in zip(self.buckets, plan.buckets))

@@ -36,15 +36,16 @@ class KernelFallbackWarning(UserWarning):
     Silence with ``warnings.filterwarnings("ignore", category=cross.runtime.KernelFallbackWarning)``."""
 
 
-def warn_without_kernel(packed: PackedWeight, kernels: dict, dense_kept: bool) -> list[int]:
+def warn_without_kernel(packed: PackedWeight, kernels: dict, falls_back: bool) -> list[int]:
     """Warn (KernelFallbackWarning) when buckets that run the plan on a GPU have no kernel
     (``kernels[i]`` is None: e.g. INDEX tiles, which no GPU kernel decodes) and so run on the
-    reference executor. Buckets that fall back to a kept dense copy are not counted. Returns the
-    indices of the buckets concerned."""
+    reference executor. ``falls_back``: the layer runs its fallback buckets as the dense product
+    (a kept copy, or decoded), so those are not counted. Returns the indices of the buckets
+    concerned."""
     if packed.device.type != "cuda":
         return []
     bad = [i for i, pb in enumerate(packed.buckets)
-           if kernels.get(i) is None and not (pb.plan.fallback and dense_kept)]
+           if kernels.get(i) is None and not (pb.plan.fallback and falls_back)]
     if bad:
         why = "it has INDEX tiles, which no GPU kernel decodes" if packed.has_index else "no kernel backend accepts it"
         spans = ", ".join(_span(packed.buckets[i].plan) for i in bad)
