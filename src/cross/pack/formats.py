@@ -123,18 +123,21 @@ class TiledWeight:
 
         sparse = (flat_kinds == TileKind.BITMAP) | (flat_kinds == TileKind.INDEX)
         if sparse.any():
+            # a sparse tile's nonzeros, row-major, go to its run starting at voff: boolean selection
+            # keeps that order, so each nonzero's slot is its tile's voff plus its rank in the tile
             snz = nz[sparse]
-            rank = torch.cumsum(snz, 1) - 1
-            dst = voff[sparse][:, None] + rank
-            values[dst[snz]] = tiles[sparse][snz]
+            counts = n64[sparse]
+            starts = voff[sparse] - (torch.cumsum(counts, 0) - counts)
+            dst = torch.repeat_interleave(starts, counts) + torch.arange(int(counts.sum()), device=weight.device)
+            values[dst] = tiles[sparse][snz]
 
         bitmap = flat_kinds == TileKind.BITMAP
         if bitmap.any():
-            bits = nz[bitmap].reshape(-1, tm * tk // _BITMAP_WORD, _BITMAP_WORD).to(torch.int64)
-            words = (bits << torch.arange(_BITMAP_WORD, device=weight.device)).sum(-1)
-            counts = bits.sum(-1)
-            prefix = (torch.cumsum(counts, 1) - counts).to(torch.int16)
-            words = torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
+            bits = nz[bitmap].reshape(-1, tm * tk // _BITMAP_WORD, _BITMAP_WORD).to(torch.int32)
+            # distinct powers of two summed in int32 wrap around exactly as their bitwise OR would
+            words = (bits << torch.arange(_BITMAP_WORD, device=weight.device, dtype=torch.int32)).sum(-1, dtype=torch.int32)
+            counts = bits.sum(-1, dtype=torch.int32)
+            prefix = (torch.cumsum(counts, 1, dtype=torch.int32) - counts).to(torch.int16)
             nw = words.shape[1]
             dst = moff[bitmap][:, None] + torch.arange(nw, device=weight.device)
             meta[dst.reshape(-1)] = words.reshape(-1)
