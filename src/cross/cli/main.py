@@ -204,19 +204,18 @@ def _sparsify_options(p) -> None:
     p.add_argument("--device", help="cpu or cuda (default: cuda if available); bf16 on cuda, fp32 on cpu")
 
 
-def _sparsify_line(args, device) -> str:
-    """What decided the layers, in words."""
-    keep = "False (plans forced)" if args.force_plan else "'decode'" if args.decode_fallback else "auto"
+def _sparsify_line(swap: dict, device) -> str:
+    """What decided the layers (``swap``: sparsify_'s keep_dense and measure), in words."""
+    keep = {False: "False (plans forced)", "decode": "'decode'"}.get(swap["keep_dense"], "auto")
     if device.type != "cuda":
         timed = "no (CPU: the cost model's predictions decide)"
-    elif args.force_plan:
+    elif swap["keep_dense"] is False:
         timed = "no (plans forced)"
-    elif args.no_measure:
+    elif swap["measure"] is False:
         timed = "no (--no-measure)"
     else:
         timed = "yes (each predicted win timed against cuBLAS)"
     return f"keep_dense={keep}; measured check: {timed}"
-
 
 
 def _load_pruned(args, method: str, device, dtype, progress: bool):
@@ -363,6 +362,7 @@ def cmd_run(args) -> int:
     if args.sparsity is None and args.prune not in (None, "none"):
         raise InputError(f"--prune {args.prune}: expected --sparsity S with it (the fraction of zeros to leave)")
     method = "none" if args.sparsity is None else (args.prune or "wanda")
+    swap = swap_kwargs(args)  # bad flag combinations before the model is loaded
     check_model_dir(args.model_dir)
     cm = _load_cost_model(args.cost_model)
     device = pick_device(args.device)
@@ -373,9 +373,8 @@ def cmd_run(args) -> int:
 
     model, tokenizer = _load_pruned(args, method, device, dtype, progress)
     dense = copy.deepcopy(model)
-    report = sparsify_(model, filter_fn=not_a_head, progress=progress, cost_model=cm, tile_shape=args.tile,
-                       **swap_kwargs(args))
-    print(f"\ncost model: {cm.source}; {_sparsify_line(args, device)}")
+    report = sparsify_(model, filter_fn=not_a_head, progress=progress, cost_model=cm, tile_shape=args.tile, **swap)
+    print(f"\ncost model: {cm.source}; {_sparsify_line(swap, device)}")
     print(report.table())
 
     texts = args.text or list(EVAL_SENTENCES)
@@ -402,6 +401,7 @@ def cmd_compile(args) -> int:
     if args.sparsity is None and args.prune not in (None, "none"):
         raise InputError(f"--prune {args.prune}: expected --sparsity S with it (the fraction of zeros to leave)")
     method = "none" if args.sparsity is None else (args.prune or "wanda")
+    swap = swap_kwargs(args)  # bad flag combinations before the model is loaded
     check_model_dir(args.model_dir)
     try:
         check_save_dir(args.out)  # before the model is loaded and pruned, not after
@@ -413,10 +413,9 @@ def cmd_compile(args) -> int:
     progress = _progress(args)
 
     model, tokenizer = _load_pruned(args, method, device, dtype, progress)
-    report = sparsify_(model, filter_fn=not_a_head, progress=progress, cost_model=cm, tile_shape=args.tile,
-                       **swap_kwargs(args))
+    report = sparsify_(model, filter_fn=not_a_head, progress=progress, cost_model=cm, tile_shape=args.tile, **swap)
     print(f"device: {device_name(device)}, {str(dtype).removeprefix('torch.')}; cost model: {cm.source}; "
-          f"{_sparsify_line(args, device)}")
+          f"{_sparsify_line(swap, device)}")
     print(report.table())
     save(model, args.out)
     model.config.save_pretrained(args.out)
