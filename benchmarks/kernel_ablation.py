@@ -36,8 +36,9 @@ VARIANTS = {
     "walk-only": "-DABLATE=38",
     "no-tiles": "-DABLATE=16",
     "exit": "-DABLATE=8",
-    "gather": "-DDECODE_GATHER=1",  # not ablations: other BITMAP decodes, checked like "full"
-    "regs": "-DDECODE_REGS=1 -DMIN_BLOCKS=6",  # 95 registers unbounded: 5 blocks per SM, not 6
+    # not ablations: the BITMAP decode forced one way, checked like "full"
+    "scatter": "-DDECODE_REGS=0",  # every slice scattered into the A tile
+    "regs": "-DDECODE_REGS=1 -DREGS_MIN_NNZ=0",  # every slice decoded into the mma registers
 }
 
 

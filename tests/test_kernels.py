@@ -130,6 +130,32 @@ def test_gpu_tile_shapes_and_kinds(backend, tile_shape, kinds, rng):
     run_all_buckets(w, rng, torch.bfloat16, "cuda", backend, tile_shape, KINDS[kinds], (1, 16, 64, 128, 300), programs=50)
 
 
+#: CUDA builds of the BITMAP decode: chosen per tile (default), or forced one way
+DECODES = {"per-tile": "", "scatter": "-DDECODE_REGS=0", "registers": "-DDECODE_REGS=1 -DREGS_MIN_NNZ=0"}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("decode", list(DECODES))
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_gpu_cuda_bitmap_decodes(decode, dtype, rng, monkeypatch):
+    """Tile-rows of densities around the register decode's threshold (17%), so the default build
+    runs both decodes in one launch; token counts on both sides of the 16-token tile."""
+    if "cuda" not in _backends():
+        pytest.skip("the cuda backend is not available here")
+    from cross.kernels import cuda_backend
+
+    monkeypatch.setenv(cuda_backend.DEFINES_ENV, DECODES[decode])
+    cuda_backend._kernel.cache_clear()
+    try:
+        bands = torch.tensor([0.02, 0.1, 0.15, 0.19, 0.35, 0.6, 0.9, 1.0])
+        density = bands[torch.randperm(8, generator=rng)].repeat_interleave(64)[:, None]
+        w = torch.randn(512, 328, generator=rng) * (torch.rand(512, 328, generator=rng) < density)
+        w = w.to(dtype).cuda()
+        run_all_buckets(w, rng, dtype, "cuda", "cuda", (64, 64), KINDS["bitmap"], (1, 7, 16, 17, 64), programs=50)
+    finally:
+        cuda_backend._kernel.cache_clear()
+
+
 @pytest.mark.gpu
 def test_gpu_triton_fp32(rng):
     w = make_weight((200, 300), 0.4, "uniform", torch.float32, rng, "cuda")

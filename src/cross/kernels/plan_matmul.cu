@@ -1,15 +1,18 @@
-// The plan kernel in CUDA: the same work-list walk as the Triton kernels, with the one thing they
-// cannot express: indexed shared-memory stores. A bitmap tile is expanded by scattering its
-// nonzeros into a zeroed, swizzled shared-memory tile (one load and one store per nonzero, no work
-// per zero element), which mma.sync then reads with ldmatrix.
+// The plan kernel in CUDA: the same work-list walk as the Triton kernels, with what they cannot
+// express: indexed shared-memory stores and per-lane control of the mma operands. A bitmap tile's
+// tile is either decoded by each lane straight into its mma A fragment registers (dense enough
+// tiles), or scattered into a zeroed, swizzled shared-memory tile (one load and one store per
+// nonzero, no work per zero element) which mma.sync then reads with ldmatrix.
 //
 // Per CTA (4 warps, persistent over the plan's units), per work item (one tile-row, a run of its
 // tiles), per tile p:
 //   stage (p + STAGES - 1) % STAGES <- cp.async: packed values, bitmap words + prefixes, X tile
-//   warp w, rows 16w..16w+15 of the A tile (no block barrier needed for A):
-//     zero its rows; lane l scatters the nonzeros of word l (row 16w + l/2, columns 32*(l%2)+b)
-//     (DENSE: copy its rows from the stage; EMPTY: zeros only, so 0 * non-finite X gives NaN)
-//   acc[16 rows x BLOCK_N tokens] += A (ldmatrix) x X^T (ldmatrix), mma.m16n8k16, fp32
+//   warp w, rows 16w..16w+15 of the tile (no block barrier needed for A):
+//     BITMAP tile with >= REGS_MIN_NNZ nonzeros: A fragments from the stage (mma_tile_regs)
+//     otherwise: zero its rows of the A tile; lane l scatters the nonzeros of word l (row 16w + l/2,
+//     columns 32*(l%2)+b) (DENSE: copy its rows from the stage; EMPTY: zeros only, so 0 * non-finite
+//     X gives NaN), then A by ldmatrix
+//   acc[16 rows x BLOCK_N tokens] += A x X^T (ldmatrix), mma.m16n8k16, fp32
 // Outputs: a work item alone on its tile-row writes Y; otherwise its fp32 partial goes to workspace
 // slot `slot` and the last item of the tile-row to arrive (atomic counter) sums the row's slots in
 // slot order and writes Y: deterministic whatever the order in which items finish.
@@ -30,16 +33,25 @@
 #define ABLATE 0
 #endif
 
-// Decode variant (NVRTC -DDECODE_GATHER=1 through CROSS_CUDA_DEFINES; 0 in normal builds): BITMAP rows
-// built by gathering instead of scattering (gather_rows). To be measured against the scatter
-// (benchmarks/kernel_ablation.py --variants full,gather); docs/perf-notes.md has the prediction.
-#ifndef DECODE_GATHER
-#define DECODE_GATHER 0
-#endif
-// Decode variant (-DDECODE_REGS=1): BITMAP tiles decoded straight into the mma A fragments
-// (mma_tile_regs), with no A tile in shared memory. Measured against "full" and "gather" the same way.
+// BITMAP decode, chosen per tile: in a tile of at least REGS_MIN_NNZ nonzeros each warp decodes
+// its 16 rows straight into its mma A fragments (mma_tile_regs: no A tile, no stores, no ldmatrix
+// for A, the same cost at any density); sparser tiles are scattered into the A tile (build_rows,
+// whose cost follows the nonzeros). Measured on H100, 11008x4096, N <= 16: the register decode wins
+// above 17% density and loses below (docs/perf-notes.md, "The register decode, measured").
+// DECODE_REGS=0 compiles the scatter only. That is the default for token tiles above 16, where the
+// decode is shared by more tokens and the register path's registers would cost resident blocks,
+// and for 128-column tiles, where it spills under the 6-block register bound.
 #ifndef DECODE_REGS
-#define DECODE_REGS 0
+#define DECODE_REGS (BLOCK_N <= 16 && TILE_K == 64)
+#endif
+#ifndef REGS_MIN_NNZ
+#define REGS_MIN_NNZ (TILE_M * TILE_K * 17 / 100)  // density 0.17 of the tile
+#endif
+// 6 blocks per SM must fit in registers where the launch counts on them (costmodel.roofline
+// .resident_programs counts shared memory only): unbounded, the register decode takes 95 and the
+// scatter with 128-column tiles 92 (5 blocks); bounded, both fit in 80 without spills.
+#if BLOCK_N <= 16 && !defined(MIN_BLOCKS)
+#define MIN_BLOCKS 6
 #endif
 
 typedef unsigned short u16;
@@ -170,50 +182,9 @@ __device__ __forceinline__ void issue_tile(const Args& a, const XCopy& xc, unsig
     }
 }
 
-// BITMAP rows r0 .. r0+15 by gathering: lane l writes columns C*l .. C*l+C-1 (C = TILE_K / 32) of
-// every row, zeros included, so no zero fill is needed and the 32 lanes' stores fall in distinct
-// banks; the values of one row lie in at most 2 * TILE_K contiguous bytes, so a warp's loads of them
-// take one or two wavefronts. The scatter below stores one value per nonzero at data-dependent
-// addresses instead: ~3.5 lanes per bank (docs/perf-notes.md, "The decode's time is shared-memory
-// wavefronts").
-__device__ __forceinline__ void gather_rows(unsigned char* a_s, const unsigned char* stage, int r0, int lane) {
-    constexpr int C = TILE_K / 32;  // columns per lane: 2 (TILE_K 64) or 4 (TILE_K 128), in one bitmap word
-    const u16* vals = (const u16*)stage;
-    const u32* words = (const u32*)(stage + VALS_BYTES);
-    const u16* prefix = (const u16*)(stage + VALS_BYTES + N_WORDS * 4);
-    const int wl = (C * lane) >> 5, sh = (C * lane) & 31;
-    const u32 below = (1u << sh) - 1u;
-#pragma unroll 4
-    for (int rr = 0; rr < 16; ++rr) {
-        const int r = r0 + rr;
-        const int w = r * (TILE_K / 32) + wl;
-        const u32 bits = words[w];
-        int rank = prefix[w] + __popc(bits & below);
-        const u32 mine = bits >> sh;
-        u32 pairs[C / 2];
-#pragma unroll
-        for (int j = 0; j < C / 2; ++j) {
-            u32 lo = 0, hi = 0;
-            if (mine & (1u << (2 * j))) lo = vals[rank++];  // no read past the row's values
-            if (mine & (2u << (2 * j))) hi = vals[rank++];
-            pairs[j] = lo | (hi << 16);
-        }
-        unsigned char* dst = a_s + swz(r, C * lane);  // 4- (C = 2) or 8-byte (C = 4) aligned in its chunk
-        if constexpr (C == 2) {
-            *(u32*)dst = pairs[0];
-        } else {
-            *(uint2*)dst = make_uint2(pairs[0], pairs[C / 2 - 1]);
-        }
-    }
-}
-
 // warp `warp` builds rows 16*warp .. 16*warp+15 of the A tile from a stage
 __device__ __forceinline__ void build_rows(unsigned char* a_s, const unsigned char* stage, int kind, int warp, int lane) {
     const int r0 = warp * 16;
-    if (DECODE_GATHER && kind == KIND_BITMAP) {
-        gather_rows(a_s, stage, r0, lane);
-        return;
-    }
     // zero (or, for DENSE, copy) the warp's 16 rows: 16 * ROW_BYTES bytes, 16 bytes per lane per step
     for (int i = lane; i < 16 * (TILE_K / 8); i += 32) {
         const int r = r0 + i / (TILE_K / 8), ch = i % (TILE_K / 8);
@@ -367,8 +338,8 @@ __device__ __forceinline__ void store_out(const Args& a, float (*acc)[4], int ro
         }
 }
 
-// -DMIN_BLOCKS=n asks the compiler to fit n blocks per SM in registers (the launch assumes 6 for
-// small-N BITMAP plans: costmodel.roofline.resident_programs counts shared memory only)
+// MIN_BLOCKS=n asks the compiler to fit n blocks per SM in registers (set above with the register
+// decode; -DMIN_BLOCKS=n sets it for any build)
 #ifdef MIN_BLOCKS
 extern "C" __global__ void __launch_bounds__(NUM_THREADS, MIN_BLOCKS) plan_matmul_cuda(
 #else
@@ -411,26 +382,37 @@ extern "C" __global__ void __launch_bounds__(NUM_THREADS) plan_matmul_cuda(
             for (int nt = 0; nt < BLOCK_N / 8; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
 
             if (!(ABLATE & 16) && stop > start) {
-                // STAGES - 1 tiles in flight
+                // STAGES - 1 tiles in flight; nnz[j] is the nonzero count of tile p + j (its entry's w),
+                // kept in registers (unrolled shifts) for the decode choice
+                int nnz[STAGES - 1];
 #pragma unroll
                 for (int j = 0; j < STAGES - 1; ++j) {
-                    if (start + j < stop)
-                        issue_tile(a, xc, stages + j * STAGE_BYTES, entries_get(ent, entries, start + j, lane),
-                                   kind_of(start + j, s_bitmap, s_index, s_empty), tid);
+                    nnz[j] = 0;
+                    if (start + j < stop) {
+                        const int4 e = entries_get(ent, entries, start + j, lane);
+                        issue_tile(a, xc, stages + j * STAGE_BYTES, e, kind_of(start + j, s_bitmap, s_index, s_empty), tid);
+                        if (DECODE_REGS) nnz[j] = e.w;
+                    }
                     cp_async_commit();
                 }
                 for (int p = start; p < stop; ++p) {
                     const int k = p - start;
+                    const int tile_nnz = nnz[0];
+#pragma unroll
+                    for (int j = 0; j + 1 < STAGES - 1; ++j) nnz[j] = nnz[j + 1];
+                    nnz[STAGES - 2] = 0;
                     cp_async_wait_stages();
                     __syncthreads();  // tile p landed; every warp is done with tile p - 1's stage
-                    if (p + STAGES - 1 < stop)
-                        issue_tile(a, xc, stages + ((k + STAGES - 1) % STAGES) * STAGE_BYTES,
-                                   entries_get(ent, entries, p + STAGES - 1, lane),
+                    if (p + STAGES - 1 < stop) {
+                        const int4 e = entries_get(ent, entries, p + STAGES - 1, lane);
+                        issue_tile(a, xc, stages + ((k + STAGES - 1) % STAGES) * STAGE_BYTES, e,
                                    kind_of(p + STAGES - 1, s_bitmap, s_index, s_empty), tid);
+                        if (DECODE_REGS) nnz[STAGES - 2] = e.w;
+                    }
                     cp_async_commit();
                     const unsigned char* stage = stages + (k % STAGES) * STAGE_BYTES;
                     const int kind = kind_of(p, s_bitmap, s_index, s_empty);
-                    if (DECODE_REGS && kind == KIND_BITMAP) {
+                    if (DECODE_REGS && !(ABLATE & 6) && kind == KIND_BITMAP && tile_nnz >= REGS_MIN_NNZ) {
                         if (!(ABLATE & 32)) mma_tile_regs(acc, stage, stage + VALS_BYTES + META_ROOM, warp, lane);
                     } else {
                         if (!(ABLATE & 6)) build_rows(a_s, stage, kind, warp, lane);
