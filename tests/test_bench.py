@@ -462,7 +462,9 @@ def test_run_workload_on_a_tiny_model():
     assert row["weight_bytes_cross"] != dense_bytes and row["min_cosine"] > 0.9999
     assert type(model.up) is nn.Linear  # left dense
     calls.clear()
-    models.run_workload(wl, 0.7, keep_dense=False, timer=fake_timer(calls), discard_pass=True)
+    lines = []
+    models.run_workload(wl, 0.7, keep_dense=False, timer=fake_timer(calls), discard_pass=True, log=lines.append)
+    assert lines == ["measured check: no layer timed"]  # the CPU times nothing
     assert len(calls) == models.DISCARDED_TIMINGS + 3  # the dropped timings come first, of the dense model
     # measure goes to sparsify_: asking for GPU timings of a CPU model is refused there
     with pytest.raises(ValueError, match="measure=True: expected a weight on a CUDA device"):

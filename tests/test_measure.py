@@ -175,6 +175,11 @@ def test_report_shows_the_measured_speedup(rng):
     assert "| measured N1-16 |" in report.to_markdown()
     plain = SparsifyReport({"b": LayerReport("b", NO_WIN, untimed)})
     assert "measured" not in plain.table().splitlines()[0]
+    assert plain.measured_check() == "no layer timed"
+    slow = plan.with_buckets([b.with_measurement(12.0, 10.0, 0.03) for b in plan.buckets])
+    lost = {**untimed, "buckets": bucket_facts(slow, dense_kept=True)}
+    both = SparsifyReport({"a": LayerReport("a", SPARSE, sparse.summary()), "b": LayerReport("b", NO_WIN, lost)})
+    assert both.measured_check() == "N 1-16: 130x200 1 of 2 kept, measured 0.83-1.25x"
 
 
 def test_measuring_times_only_predicted_wins_and_each_dense_shape_once(rng, monkeypatch):

@@ -163,9 +163,10 @@ DISCARDED_TIMINGS = 4
 
 def run_workload(wl: Workload, sparsity: float, *, command: str = "", cost_model=None, keep_dense="auto",
                  measure="auto", timer: Callable = measure_us, progress: bool = False,
-                 discard_pass: bool = False) -> list[dict]:
+                 discard_pass: bool = False, log: Callable[[str], None] | None = None) -> list[dict]:
     """Time every phase dense, sparsified, and dense again; one row per phase. The model is left
-    dense (unsparsified) afterwards. keep_dense and measure go to sparsify_.
+    dense (unsparsified) afterwards. keep_dense and measure go to sparsify_; log, if given, gets
+    the line of what the GPU timing of the plans decided (SparsifyReport.measured_check).
 
     discard_pass: time every phase once more first and drop it. A process's first few CUDA-graph
     timings of a model can read ~13% faster than all later ones at the same clocks
@@ -188,6 +189,8 @@ def run_workload(wl: Workload, sparsity: float, *, command: str = "", cost_model
         want = {phase: wl.outputs(x) for phase, x in inputs.items()}
         report = cross.sparsify_(wl.model, not_a_head, progress=progress, cost_model=cost_model, keep_dense=keep_dense,
                                  measure=measure)
+        if log is not None:
+            log(f"measured check: {report.measured_check()}")
         cross_bytes = linear_bytes(wl.model)
         sparse = {phase: ms(x) for phase, x in inputs.items()}
         cosine = {phase: agreement(wl.outputs(x), want[phase])["min_cosine"] for phase, x in inputs.items()}

@@ -320,7 +320,7 @@ def _run_models(args, plan, commands, csv_name: str, report: bool, swap: dict) -
         wl = (models.bert(sp) if name == "bert" else models.llama(sp, args.llama_layers) if name == "llama"
               else models.minilm(sp, minilm_dir))
         for row in models.run_workload(wl, sp, command=commands[(name, sp)], cost_model=cm, **swap,
-                                       discard_pass=not rows):
+                                       discard_pass=not rows, log=lambda line: print(f"   {line}", flush=True)):
             rows.append(row)
             print(models.format_row(row), flush=True)
             if path is not None:

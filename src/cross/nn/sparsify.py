@@ -90,6 +90,25 @@ class SparsifyReport:
                 actual[key] = actual.get(key, 0.0) + run
         return {key: dense[key] / max(actual[key], 1e-9) for key in dense}
 
+    def measured_check(self) -> str:
+        """One line per weight shape on what the GPU timing decided (``SparseLinear.from_dense(measure=...)``):
+        layers timed, layers kept sparse, and the range of their measured speed-ups (dense over plan)
+        at the first bucket; "no layer timed" where nothing was."""
+        shapes: dict[str, list] = {}
+        for layer in self.layers.values():
+            b = (layer.summary.get("buckets") or [None])[0]
+            if b is None or b.get("measured_us") is None:
+                continue
+            kept, ratios = shapes.setdefault("x".join(map(str, layer.shape)), [0, []])
+            shapes["x".join(map(str, layer.shape))][0] = kept + (layer.action == SPARSE)
+            ratios.append(b["measured_dense_us"] / b["measured_us"])
+        if not shapes:
+            return "no layer timed"
+        first = self._first_bucket()
+        return f"N {first[0]}-{first[1]}: " + "; ".join(
+            f"{shape} {kept} of {len(r)} kept, measured {min(r):.2f}-{max(r):.2f}x"
+            for shape, (kept, r) in shapes.items())
+
     # ------------------------------------------------------------------ tables
     def _first_bucket(self) -> tuple[int, int] | None:
         for layer in self.layers.values():
