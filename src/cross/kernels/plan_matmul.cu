@@ -37,7 +37,7 @@
 // its 16 rows straight into its mma A fragments (mma_tile_regs: no A tile, no stores, no ldmatrix
 // for A, the same cost at any density); sparser tiles are scattered into the A tile (build_rows,
 // whose cost follows the nonzeros). Measured on H100, 11008x4096, N <= 16: the register decode wins
-// above 17% density and loses below (docs/perf-notes.md, "The register decode, measured").
+// above 11% density and loses below (docs/perf-notes.md, "The register decode, measured").
 // DECODE_REGS=0 compiles the scatter only. That is the default for token tiles above 16, where the
 // decode is shared by more tokens and the register path's registers would cost resident blocks,
 // and for 128-column tiles, where it spills under the 6-block register bound.
@@ -45,7 +45,7 @@
 #define DECODE_REGS (BLOCK_N <= 16 && TILE_K == 64)
 #endif
 #ifndef REGS_MIN_NNZ
-#define REGS_MIN_NNZ (TILE_M * TILE_K * 17 / 100)  // density 0.17 of the tile
+#define REGS_MIN_NNZ (TILE_M * TILE_K * 11 / 100)  // density 0.11 of the tile
 #endif
 // 6 blocks per SM must fit in registers where the launch counts on them (costmodel.roofline
 // .resident_programs counts shared memory only): unbounded, the register decode takes 95 and the
@@ -247,21 +247,25 @@ __device__ __forceinline__ void mma_tile(float (*acc)[4], const unsigned char* a
     }
 }
 
-// Elements (r, c) and (r, c + 1), c even, of a BITMAP tile as one mma operand register (low half
-// first), from the word `bits` holding them (bit b = c % 32) and its prefix `pre` (nonzeros of the
-// tile before the word). Only values of set bits are read.
-__device__ __forceinline__ u32 bitmap_pair(const u16* vals, u32 bits, int pre, int b) {
-    int rank = pre + __popc(bits & ((1u << b) - 1u));
-    u32 lo = 0, hi = 0;
-    if ((bits >> b) & 1u) lo = vals[rank++];
-    if ((bits >> (b + 1)) & 1u) hi = vals[rank];
-    return lo | (hi << 16);
+// A lane's elements of one bitmap word (32 columns of a row): the pairs at columns 2t + 8j, +1
+// (j = 0..3, t = lane % 4). x = word >> 2t puts pair j's two bits at 8j and 8j + 1, so every mask
+// below is a constant; rank is the index in vals of the word's first set bit at or after column 2t.
+// Pair j as one mma operand register (low half first); only values of set bits are read.
+__device__ __forceinline__ u32 bitmap_pair(const u16* vals, int rank, u32 x, int j) {
+    const u16* p = vals + rank + (j ? __popc(x & ((1u << (8 * j)) - 1u)) : 0);
+    const bool lo = x & (1u << (8 * j)), hi = x & (2u << (8 * j));
+    u32 a = 0, b = 0;
+    if (lo) a = p[0];
+    if (hi) b = p[lo ? 1 : 0];
+    return __byte_perm(a, b, 0x5410);
 }
 
 // mma_tile for a BITMAP tile without the A tile: each lane decodes its own A fragment elements from
 // the stage (m16n8k16: a0 = row g, columns 2t, 2t+1; a1 = row g+8; a2, a3 the same at columns + 8;
-// g = lane / 4, t = lane % 4). A warp's 32 loads of values fall in 8 rows' short runs of values,
-// its word and prefix loads on 8 addresses: no stores, no zero fill, no ldmatrix for A.
+// g = lane / 4, t = lane % 4). A lane loads its two rows' words and prefixes once per tile; per
+// word it shifts the word by 2t and finds its first value (one popcount), then per pair one more
+// popcount and up to two 2-byte loads. A warp's 32 loads of values fall in 8 rows' short runs of
+// values: no stores, no zero fill, no ldmatrix for A.
 __device__ __forceinline__ void mma_tile_regs(float (*acc)[4], const unsigned char* stage, const unsigned char* x_s,
                                               int warp, int lane) {
     constexpr int W = TILE_K / 32;  // bitmap words per row
@@ -269,20 +273,23 @@ __device__ __forceinline__ void mma_tile_regs(float (*acc)[4], const unsigned ch
     const u32* words = (const u32*)(stage + VALS_BYTES);
     const u16* prefix = (const u16*)(stage + VALS_BYTES + N_WORDS * 4);
     const int g = lane >> 2, t = lane & 3;
+    const u32 below_t = (1u << (2 * t)) - 1u;
     const int w0 = (warp * 16 + g) * W, w1 = w0 + 8 * W;  // first words of rows g and g + 8
-    u32 bits0[W], bits1[W];
-    int pre0[W], pre1[W];
+    u32 x0[W], x1[W];
+    int r0[W], r1[W];
 #pragma unroll
     for (int h = 0; h < W; ++h) {
-        bits0[h] = words[w0 + h], bits1[h] = words[w1 + h];
-        pre0[h] = prefix[w0 + h], pre1[h] = prefix[w1 + h];
+        const u32 b0 = words[w0 + h], b1 = words[w1 + h];
+        x0[h] = b0 >> (2 * t), x1[h] = b1 >> (2 * t);
+        r0[h] = prefix[w0 + h] + __popc(b0 & below_t);
+        r1[h] = prefix[w1 + h] + __popc(b1 & below_t);
     }
     const u32 x_base = smem_u32(x_s);
 #pragma unroll
     for (int kk = 0; kk < TILE_K; kk += 16) {
-        const int h = kk >> 5, b = (kk & 31) + 2 * t;  // columns kk + 2t and kk + 2t + 8 share word h
-        const u32 a0 = bitmap_pair(vals, bits0[h], pre0[h], b), a1 = bitmap_pair(vals, bits1[h], pre1[h], b);
-        const u32 a2 = bitmap_pair(vals, bits0[h], pre0[h], b + 8), a3 = bitmap_pair(vals, bits1[h], pre1[h], b + 8);
+        const int h = kk >> 5, j = (kk & 31) >> 3;  // columns kk + 2t (pair j) and kk + 8 + 2t (pair j + 1) of word h
+        const u32 a0 = bitmap_pair(vals, r0[h], x0[h], j), a1 = bitmap_pair(vals, r1[h], x1[h], j);
+        const u32 a2 = bitmap_pair(vals, r0[h], x0[h], j + 1), a3 = bitmap_pair(vals, r1[h], x1[h], j + 1);
         mma_k_step(acc, a0, a1, a2, a3, x_base, kk, lane);
     }
 }
