@@ -37,8 +37,8 @@ VARIANTS = {
     "no-tiles": "-DABLATE=16",
     "exit": "-DABLATE=8",
     # not ablations: the BITMAP decode forced one way, checked like "full"
-    "scatter": "-DDECODE_REGS=0",  # every slice scattered into the A tile
-    "regs": "-DDECODE_REGS=1 -DREGS_MIN_NNZ=0",  # every slice decoded into the mma registers
+    "scatter": "-DDECODE_REGS=0",  # every BITMAP tile scattered into the A tile
+    "regs": "-DDECODE_REGS=1 -DREGS_MIN_NNZ=0",  # every BITMAP tile decoded into the mma registers
 }
 
 
