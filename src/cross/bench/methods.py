@@ -26,6 +26,7 @@ from typing import NamedTuple
 import torch
 
 from ..tiling import TileKind
+from .report import FALLBACK_NOTE
 from .timing import reason
 from .weights import make_weight, prune_2to4, seeded, zero_fraction
 
@@ -173,8 +174,7 @@ def _prepare_cross(method: Method, w, tile, cost_model, n_programs):
     def bind(x):
         bucket = packed.bucket_for(x.shape[0])
         if method.kinds is None and bucket.plan.fallback:
-            why = f"the plan falls back to cuBLAS at this N ({bucket.plan.reason})" if bucket.plan.reason else \
-                "the plan falls back to cuBLAS at this N"
+            why = f"{FALLBACK_NOTE} ({bucket.plan.reason})" if bucket.plan.reason else FALLBACK_NOTE
             return Bound(lambda: torch.matmul(x, w.T), w.dtype, why, packed.nbytes)
         kargs = kernel_args(packed, bucket, method.backend)  # resolved once, as the runtime does
         return Bound(lambda: launch(x, kargs), w.dtype, f"{kargs.backend} kernel", packed.nbytes)

@@ -15,6 +15,8 @@ from pathlib import Path
 from ..cli.tables import markdown_table
 
 GEOMEAN = "all (geomean)"
+#: how a cross row's note starts where its plan fell back, so that it timed cuBLAS itself
+FALLBACK_NOTE = "the plan falls back to cuBLAS at this N"
 BREAKEVEN_FIELDS = ["distribution", "shape", "method", "N", "breakeven_sparsity", "lowest_sparsity",
                     "highest_sparsity", "max_speedup", "points"]
 
@@ -58,10 +60,11 @@ def kernel_rows(raw: Iterable[Mapping]) -> list[dict]:
 
 # ---------------------------------------------------------------------- break-even
 def breakeven(points: Iterable[tuple[float, float]], threshold: float = 1.0) -> float | None:
-    """The lowest measured sparsity from which the method stays at or above ``threshold`` times
-    dense: every speed-up measured there and at every higher sparsity is >= threshold. None if the
-    highest measured sparsity is already below it (or nothing was measured). Where one sparsity
-    has several points, the smallest counts; a NaN counts as below."""
+    """The lowest measured sparsity at which the method is faster than ``threshold`` times dense
+    and from which it stays at or above it: the speed-up there is > threshold and at every higher
+    sparsity >= threshold (a tie with dense is no win, and does not end a run of wins). None if no
+    such sparsity was measured. Where one sparsity has several points, the smallest counts; a NaN
+    counts as below."""
     worst: dict[float, float] = {}
     for s, v in points:
         worst[s] = min(worst.get(s, math.inf), v) if not math.isnan(v) else -math.inf
@@ -69,28 +72,33 @@ def breakeven(points: Iterable[tuple[float, float]], threshold: float = 1.0) -> 
     for s in sorted(worst, reverse=True):
         if not worst[s] >= threshold:
             break
-        found = s
+        if worst[s] > threshold:
+            found = s
     return found
 
 
-def _ok_points(rows) -> dict[tuple, dict[float, list[tuple[str, float]]]]:
-    """(distribution, method, N) -> sparsity -> [(shape, speed-up)] over the measured rows."""
+def _ok_points(rows, fallback_as_dense: bool = False) -> dict[tuple, dict[float, list[tuple[str, float]]]]:
+    """(distribution, method, N) -> sparsity -> [(shape, speed-up)] over the measured rows.
+    fallback_as_dense: a row whose plan fell back to cuBLAS counts as exactly 1.0, not as the ratio
+    of two timings of the same cuBLAS call (noise of a few percent either way)."""
     out: dict = defaultdict(lambda: defaultdict(list))
     for r in rows:
         if r["status"] == "ok" and r["method"] != "dense" and r["speedup_vs_dense"] is not None:
-            out[(r["distribution"], r["method"], r["N"])][r["sparsity"]].append((r["shape"], r["speedup_vs_dense"]))
+            fell_back = fallback_as_dense and str(r.get("note") or "").startswith(FALLBACK_NOTE)
+            out[(r["distribution"], r["method"], r["N"])][r["sparsity"]].append(
+                (r["shape"], 1.0 if fell_back else r["speedup_vs_dense"]))
     return out
 
 
-def geomean_curves(rows) -> dict[tuple[str, str, int], list[tuple[float, float]]]:
+def geomean_curves(rows, fallback_as_dense: bool = False) -> dict[tuple[str, str, int], list[tuple[float, float]]]:
     """(distribution, method, N) -> [(sparsity, geometric-mean speed-up over the shapes)], a point
     only where every shape of that distribution was measured (a failed shape leaves a gap rather
-    than a mean over fewer shapes)."""
+    than a mean over fewer shapes). fallback_as_dense as in _ok_points."""
     shapes: dict[str, set] = defaultdict(set)
     for r in rows:
         shapes[r["distribution"]].add(r["shape"])
     curves = {}
-    for (dist, method, n), by_sparsity in _ok_points(rows).items():
+    for (dist, method, n), by_sparsity in _ok_points(rows, fallback_as_dense).items():
         pts = [(s, math.exp(sum(math.log(v) for _, v in vals) / len(vals)))
                for s, vals in sorted(by_sparsity.items()) if {shape for shape, _ in vals} == shapes[dist]]
         if pts:
@@ -100,15 +108,16 @@ def geomean_curves(rows) -> dict[tuple[str, str, int], list[tuple[float, float]]
 
 def breakeven_rows(rows) -> list[dict]:
     """Break-even per distribution, method and N: over the geometric mean of the shapes
-    (shape 'all (geomean)'), then per shape."""
+    (shape 'all (geomean)'), then per shape. Rows where cross fell back to cuBLAS count as 1.0x:
+    the runtime ran the dense product there, so they are neither a win nor a loss."""
     def entry(dist, shape, method, n, pts):
         be = breakeven(pts)
         return dict(distribution=dist, shape=shape, method=method, N=n, breakeven_sparsity="" if be is None else be,
                     lowest_sparsity=min(s for s, _ in pts), highest_sparsity=max(s for s, _ in pts),
                     max_speedup=round(max(v for _, v in pts), 3), points=len(pts))
 
-    out = [entry(dist, GEOMEAN, method, n, pts) for (dist, method, n), pts in geomean_curves(rows).items()]
-    for (dist, method, n), by_sparsity in _ok_points(rows).items():
+    out = [entry(dist, GEOMEAN, method, n, pts) for (dist, method, n), pts in geomean_curves(rows, True).items()]
+    for (dist, method, n), by_sparsity in _ok_points(rows, True).items():
         per_shape = defaultdict(list)
         for s, vals in by_sparsity.items():
             for shape, v in vals:
@@ -119,7 +128,7 @@ def breakeven_rows(rows) -> list[dict]:
 
 def breakeven_cell(row: Mapping) -> str:
     """'70%'; '<= 50%' where the method wins already at the lowest sparsity measured; 'never
-    (max 0.85x)' where it does not win even at the highest."""
+    (max 0.85x)' where it never wins from some sparsity on."""
     if row["breakeven_sparsity"] in ("", None):
         return f"never (max {float(row['max_speedup']):.2f}x)"
     be = float(row["breakeven_sparsity"])
@@ -129,10 +138,11 @@ def breakeven_cell(row: Mapping) -> str:
 def breakeven_markdown(be_rows: Sequence[Mapping], figure: str | None = None) -> str:
     """One table per distribution (methods x N) of the break-even over the shapes' geometric mean."""
     lines = ["# Break-even sparsity", "",
-             "The break-even sparsity of a method at a token count N is the lowest measured sparsity from "
-             "which the method stays at or above 1.0x of dense cuBLAS: at that sparsity and at every higher "
-             "one measured. `<= s`: it is at or above 1.0x already at the lowest sparsity measured; `never`: "
-             "not even at the highest (with its best speed-up). Tables use the geometric mean of the speed-up "
+             "The break-even sparsity of a method at a token count N is the lowest measured sparsity at "
+             "which the method is faster than dense cuBLAS and from which it stays at or above 1.0x: at every "
+             "higher sparsity measured. Where `cross` falls back to cuBLAS it counts as 1.0x (no win, no "
+             "loss). `<= s`: it wins already at the lowest sparsity measured; `never`: no such sparsity "
+             "(with its best speed-up). Tables use the geometric mean of the speed-up "
              "over the shapes of each distribution (a sparsity where some shape failed is left out); "
              "breakeven.csv also has every shape on its own. sparse-2:4 runs at 50% only: its cell says "
              "whether it beats dense there.", ""]
