@@ -116,8 +116,8 @@ def breakeven_rows(rows) -> list[dict]:
                     lowest_sparsity=min(s for s, _ in pts), highest_sparsity=max(s for s, _ in pts),
                     max_speedup=round(max(v for _, v in pts), 3), points=len(pts))
 
-    out = [entry(dist, GEOMEAN, method, n, pts) for (dist, method, n), pts in geomean_curves(rows, True).items()]
-    for (dist, method, n), by_sparsity in _ok_points(rows, True).items():
+    out = [entry(dist, GEOMEAN, method, n, pts) for (dist, method, n), pts in geomean_curves(rows, fallback_as_dense=True).items()]
+    for (dist, method, n), by_sparsity in _ok_points(rows, fallback_as_dense=True).items():
         per_shape = defaultdict(list)
         for s, vals in by_sparsity.items():
             for shape, v in vals:

@@ -94,20 +94,18 @@ class SparsifyReport:
         """One line per weight shape on what the GPU timing decided (``SparseLinear.from_dense(measure=...)``):
         layers timed, layers kept sparse, and the range of their measured speed-ups (dense over plan)
         at the first bucket; "no layer timed" where nothing was."""
-        shapes: dict[str, list] = {}
+        shapes: dict[str, list[tuple[float, bool]]] = {}  # shape -> (measured speed-up, kept) per layer
         for layer in self.layers.values():
             b = (layer.summary.get("buckets") or [None])[0]
-            if b is None or b.get("measured_us") is None:
-                continue
-            kept, ratios = shapes.setdefault("x".join(map(str, layer.shape)), [0, []])
-            shapes["x".join(map(str, layer.shape))][0] = kept + (layer.action == SPARSE)
-            ratios.append(b["measured_dense_us"] / b["measured_us"])
+            if b is not None and b.get("measured_us") is not None:
+                shapes.setdefault("x".join(map(str, layer.shape)), []).append(
+                    (b["measured_dense_us"] / b["measured_us"], layer.action == SPARSE))
         if not shapes:
             return "no layer timed"
         first = self._first_bucket()
         return f"N {first[0]}-{first[1]}: " + "; ".join(
-            f"{shape} {kept} of {len(r)} kept, measured {min(r):.2f}-{max(r):.2f}x"
-            for shape, (kept, r) in shapes.items())
+            f"{shape} {sum(kept for _, kept in v)} of {len(v)} kept, "
+            f"measured {min(r for r, _ in v):.2f}-{max(r for r, _ in v):.2f}x" for shape, v in shapes.items())
 
     # ------------------------------------------------------------------ tables
     def _first_bucket(self) -> tuple[int, int] | None:
