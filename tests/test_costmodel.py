@@ -9,7 +9,16 @@ import torch
 
 from cross.costmodel import H100, CostModel, GPUSpec, TileTable, block_n_for, default_cost_model
 from cross.costmodel.model import TABLE_FORMAT
-from cross.costmodel.roofline import MAX_BLOCK_N, MIN_BLOCK_N
+from cross.costmodel.roofline import (
+    MAX_BLOCK_N,
+    MIN_BLOCK_N,
+    PLAN_KERNEL_MIN_STAGES,
+    PLAN_KERNEL_SMEM_EXTRA,
+    PLAN_KERNEL_STAGES,
+    plan_kernel_smem,
+    plan_kernel_stages,
+    plan_kernel_vals_bytes,
+)
 from cross.tiling import TileKind
 
 TILE_SHAPES = [(16, 32), (32, 64), (64, 64), (128, 64)]
@@ -74,6 +83,36 @@ def test_block_n_for(n_tokens, next_pow2):
     """The next power of two, clamped to the kernels' token tiles [MIN_BLOCK_N, MAX_BLOCK_N]."""
     assert MIN_BLOCK_N >= 16 and MAX_BLOCK_N & (MAX_BLOCK_N - 1) == 0 and MAX_BLOCK_N >= MIN_BLOCK_N
     assert block_n_for(n_tokens) == min(MAX_BLOCK_N, max(MIN_BLOCK_N, next_pow2))
+
+
+@pytest.mark.parametrize("max_nnz, vals", [(0, 1024), (1, 1024), (512, 1024), (513, 2048), (2176, 5120), (4096, 8192)])
+def test_plan_kernel_vals_bytes(max_nnz, vals):
+    """The largest sparse tile's values in 16-byte chunks, rounded up to 1 KB; the whole tile with DENSE tiles."""
+    assert plan_kernel_vals_bytes((64, 64), False, max_nnz) == vals
+    assert plan_kernel_vals_bytes((64, 64), True, max_nnz) == 8192
+
+
+@pytest.mark.parametrize("block_n", [16, 32, 64])
+@pytest.mark.parametrize("vals", [1024, 3072, 5120, 8192])
+def test_plan_kernel_stages_fit_the_blocks_per_unit(block_n, vals):
+    """The default depth where the spec's blocks per unit fit with it; else the most stages that fit
+    them; else (nothing fits them) the default depth, and the planner counts fewer resident programs."""
+    spec = H100
+    fit = [s for s in range(PLAN_KERNEL_MIN_STAGES, PLAN_KERNEL_STAGES + 1)
+           if spec.programs_per_unit * (plan_kernel_smem((64, 64), block_n, vals, s) + PLAN_KERNEL_SMEM_EXTRA)
+           <= spec.smem_per_unit]
+    stages = plan_kernel_stages((64, 64), block_n, vals, spec.programs_per_unit, spec.smem_per_unit)
+    assert stages == (max(fit) if fit else PLAN_KERNEL_STAGES)
+    assert plan_kernel_smem((64, 64), block_n, vals) == plan_kernel_smem((64, 64), block_n, vals, stages)
+    per_unit = spec.resident_programs((64, 64), block_n, vals) // spec.n_units
+    assert (per_unit == spec.programs_per_unit) == bool(fit)
+
+
+def test_plan_kernel_stages_h100_cases():
+    """A 50% BITMAP weight's 5 KB of values at 16 tokens: 3 stages fit 6 blocks (4 fit 5); 90%: 4 stages."""
+    assert plan_kernel_stages((64, 64), 16, 5120) == 3
+    assert plan_kernel_stages((64, 64), 16, 2048) == 4
+    assert H100.resident_programs((64, 64), 16, 5120) == 6 * H100.n_units
 
 
 # ---------------------------------------------------------------------------- tables

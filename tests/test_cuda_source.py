@@ -13,16 +13,19 @@ NVCC = shutil.which("nvcc")
 pytestmark = pytest.mark.skipif(NVCC is None, reason="needs nvcc")
 
 #: defines of the variants: the normal build, and the forced decodes of benchmarks/kernel_ablation.py
-VARIANTS = {"normal": [], "scatter": ["-DDECODE_REGS=0"], "regs": ["-DDECODE_REGS=1", "-DREGS_MIN_NNZ=0"]}
+VARIANTS = {"normal": [], "scatter": ["-DDECODE_REGS=0"], "regs": ["-DDECODE_REGS=1", "-DREGS_MIN_NNZ=0"],
+            "cp-async": ["-DBULK_COPY=0"]}
 
 
 def compile_kernel(tmp_path, tile_k, block_n, is_bf16, vals, defines):
-    from cross.kernels.cuda_backend import STAGES
+    from cross.costmodel.roofline import plan_kernel_stages
+
+    stages = plan_kernel_stages((64, tile_k), block_n, vals)
 
     src = resources.files("cross.kernels").joinpath("plan_matmul.cu")
     cmd = [NVCC, "-arch=sm_90", "-std=c++17", "-cubin", "-Xptxas", "-v", "-o", str(tmp_path / "k.cubin"),
            "-DTILE_M=64", f"-DTILE_K={tile_k}", f"-DBLOCK_N={block_n}", f"-DIS_BF16={int(is_bf16)}",
-           f"-DSTAGES={STAGES}", f"-DVALS_BYTES={vals}", *defines, str(src)]
+           f"-DSTAGES={stages}", f"-DVALS_BYTES={vals}", *defines, str(src)]
     return subprocess.run(cmd, capture_output=True, text=True)
 
 

@@ -131,7 +131,8 @@ def test_gpu_tile_shapes_and_kinds(backend, tile_shape, kinds, rng):
 
 
 #: CUDA builds of the BITMAP decode: chosen per tile (default), or forced one way
-DECODES = {"per-tile": "", "scatter": "-DDECODE_REGS=0", "registers": "-DDECODE_REGS=1 -DREGS_MIN_NNZ=0"}
+DECODES = {"per-tile": "", "scatter": "-DDECODE_REGS=0", "registers": "-DDECODE_REGS=1 -DREGS_MIN_NNZ=0",
+           "cp-async": "-DBULK_COPY=0"}  # the last: per-thread copies instead of bulk copies
 
 
 @pytest.mark.gpu

@@ -24,8 +24,10 @@ def block_n_for(n_tokens: int) -> int:
     return int(min(MAX_BLOCK_N, max(MIN_BLOCK_N, 1 << max(0, math.ceil(math.log2(max(1, n_tokens)))))))
 
 
-#: shared-memory pipeline depth of the CUDA plan kernel (kernels.cuda_backend.STAGES by default)
+#: shared-memory pipeline depth of the CUDA plan kernel (plan_kernel_stages may choose fewer)
 PLAN_KERNEL_STAGES = 4
+#: the fewest pipeline stages the kernel is built with
+PLAN_KERNEL_MIN_STAGES = 2
 #: shared memory a block of the CUDA plan kernel takes besides its dynamic buffers: its static
 #: variables and the 1 KB the runtime reserves per block
 PLAN_KERNEL_SMEM_EXTRA = 1024 + 128
@@ -34,17 +36,33 @@ PLAN_KERNEL_SMEM_EXTRA = 1024 + 128
 def plan_kernel_vals_bytes(tile_shape, has_dense: bool, max_sparse_nnz: int) -> int:
     """Room for one tile's values in a pipeline stage of the CUDA plan kernel: the whole tile if the
     plan has DENSE tiles, else its largest BITMAP tile's values padded to 16-byte chunks, rounded up
-    to a power of two (one compiled variant per size)."""
+    to a multiple of 1 KB (one compiled variant per size; a power of two would give a 50% weight's
+    ~4.3 KB tiles 8 KB and cost resident blocks)."""
     full = tile_shape[0] * tile_shape[1] * 2
     if has_dense:
         return full
     need = max(1024, -(-max_sparse_nnz // 8) * 16)
-    return min(full, 1 << (need - 1).bit_length())
+    return min(full, -(-need // 1024) * 1024)
 
 
-def plan_kernel_smem(tile_shape, block_n: int, vals_bytes: int, stages: int = PLAN_KERNEL_STAGES) -> int:
+def plan_kernel_stages(tile_shape, block_n: int, vals_bytes: int, blocks: int = 6, smem_per_unit: int = 232448) -> int:
+    """Pipeline stages of a build of the CUDA plan kernel: PLAN_KERNEL_STAGES, or the most stages
+    with which `blocks` blocks fit in one multiprocessor's shared memory where PLAN_KERNEL_STAGES
+    do not fit them (and fewer stages do). Measured on H100, 11008x4096 at 50% (5 KB of values per
+    stage): 4 stages fit 5 blocks, 34.8 us; 3 stages fit 6, 33.8 us; 2 to 4 stages run the same
+    time where blocks fit either way (docs/perf-notes.md, "Bulk copies and resident blocks")."""
+    for stages in range(PLAN_KERNEL_STAGES, PLAN_KERNEL_MIN_STAGES - 1, -1):
+        if blocks * (plan_kernel_smem(tile_shape, block_n, vals_bytes, stages) + PLAN_KERNEL_SMEM_EXTRA) <= smem_per_unit:
+            return stages
+    return PLAN_KERNEL_STAGES
+
+
+def plan_kernel_smem(tile_shape, block_n: int, vals_bytes: int, stages: int | None = None) -> int:
     """Dynamic shared memory of one block of the CUDA plan kernel: the decoded A tile and `stages`
-    pipeline stages of packed values, bitmap words with prefixes, and the X tile."""
+    pipeline stages (plan_kernel_stages by default) of packed values, bitmap words with prefixes,
+    and the X tile."""
+    if stages is None:
+        stages = plan_kernel_stages(tile_shape, block_n, vals_bytes)
     tm, tk = tile_shape
     meta = -(-(tm * tk // 32 * 6) // 128) * 128
     return tm * tk * 2 + stages * (vals_bytes + meta + block_n * tk * 2)

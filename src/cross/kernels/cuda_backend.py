@@ -15,11 +15,12 @@ from importlib import resources
 
 import torch
 
-from ..costmodel.roofline import PLAN_KERNEL_STAGES, plan_kernel_smem, plan_kernel_vals_bytes
+from ..costmodel.roofline import plan_kernel_smem, plan_kernel_stages, plan_kernel_vals_bytes
 
 NUM_THREADS = 128
-#: shared-memory pipeline depth (tiles in flight per CTA + 1); CROSS_CUDA_STAGES overrides it for tuning
-STAGES = int(os.environ.get("CROSS_CUDA_STAGES", str(PLAN_KERNEL_STAGES)))
+#: CROSS_CUDA_STAGES=n builds every variant with n pipeline stages (tiles in flight per CTA + 1),
+#: for tuning; unset, each build takes costmodel.roofline.plan_kernel_stages
+STAGES_ENV = "CROSS_CUDA_STAGES"
 #: extra NVRTC options for profiling builds (e.g. "-DABLATE=2"; see plan_matmul.cu), read at compile time
 DEFINES_ENV = "CROSS_CUDA_DEFINES"
 _SOURCE = "plan_matmul.cu"
@@ -52,8 +53,13 @@ def _check(result, what: str):
     return result[1] if len(result) == 2 else result[1:]
 
 
+def stages(tile_m: int, tile_k: int, block_n: int, vals_bytes: int) -> int:
+    forced = os.environ.get(STAGES_ENV)
+    return int(forced) if forced else plan_kernel_stages((tile_m, tile_k), block_n, vals_bytes)
+
+
 def smem_bytes(tile_m: int, tile_k: int, block_n: int, vals_bytes: int) -> int:
-    return plan_kernel_smem((tile_m, tile_k), block_n, vals_bytes, STAGES)
+    return plan_kernel_smem((tile_m, tile_k), block_n, vals_bytes, stages(tile_m, tile_k, block_n, vals_bytes))
 
 
 def vals_bytes(packed) -> int:
@@ -70,7 +76,7 @@ def _kernel(device_index: int, tile_m: int, tile_k: int, block_n: int, is_bf16: 
     prog = _check(nvrtc.nvrtcCreateProgram(src, _SOURCE.encode(), 0, [], []), "nvrtcCreateProgram")
     opts = [f"--gpu-architecture=sm_{major}{minor}".encode(), b"-std=c++17", b"-default-device",
             f"-DTILE_M={tile_m}".encode(), f"-DTILE_K={tile_k}".encode(), f"-DBLOCK_N={block_n}".encode(),
-            f"-DIS_BF16={int(is_bf16)}".encode(), f"-DSTAGES={STAGES}".encode(), f"-DVALS_BYTES={vals}".encode()]
+            f"-DIS_BF16={int(is_bf16)}".encode(), f"-DSTAGES={stages(tile_m, tile_k, block_n, vals)}".encode(), f"-DVALS_BYTES={vals}".encode()]
     opts += [o.encode() for o in os.environ.get(DEFINES_ENV, "").split()]
     err, = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
     if int(err) != 0:

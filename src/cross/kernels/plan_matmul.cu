@@ -53,6 +53,18 @@
 #if BLOCK_N <= 16 && !defined(MIN_BLOCKS)
 #define MIN_BLOCKS 6
 #endif
+// A tile's packed values and its bitmap words + prefixes are each contiguous in global memory: on
+// sm_90 one thread copies them into the stage as two bulk copies (cp.async.bulk, completed on the
+// stage's mbarrier, which counts the bytes), instead of every thread issuing 16-byte cp.async for
+// its share. The X tile keeps the per-thread cp.async: its swizzled layout is not a bulk copy.
+// BULK_COPY=0 compiles the per-thread copies for every part.
+#ifndef BULK_COPY
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define BULK_COPY 1
+#else
+#define BULK_COPY 0
+#endif
+#endif
 
 typedef unsigned short u16;
 typedef unsigned int u32;
@@ -78,6 +90,26 @@ __device__ __forceinline__ void cp_async16(u32 dst, const void* src, int src_byt
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 __device__ __forceinline__ void cp_async_wait_stages() { asm volatile("cp.async.wait_group %0;\n" ::"n"(STAGES - 2)); }
+
+// mbarrier of a stage: initialised with one arrival (the issuing thread's expect_tx), its phase
+// completes when that arrival and all the bytes it announced have landed
+__device__ __forceinline__ void mbar_init(u32 bar) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive_expect(u32 bar, u32 bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(u32 bar, u32 parity) {
+    u32 done = 0;
+    while (!done)
+        asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+                     : "=r"(done) : "r"(bar), "r"(parity) : "memory");
+}
+// bytes (a multiple of 16, both addresses 16-byte aligned) from global to shared, counted on bar
+__device__ __forceinline__ void bulk_copy(u32 dst, const void* src, u32 bytes, u32 bar) {
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n"
+                 ::"r"(dst), "l"(src), "r"(bytes), "r"(bar) : "memory");
+}
 
 // byte offset of element (r, c) in a tile whose rows are ROW_BYTES long: 16-byte chunks XOR-swizzled
 // by the row, so ldmatrix's eight row reads fall in eight different bank groups
@@ -155,13 +187,27 @@ __device__ __forceinline__ XCopy x_copy_plan(const Args& a, int n0, int tid) {
     return c;
 }
 
-// cp.async of a tile's raw bytes (by kind) and its X tile into one stage; e = (col, voff, moff, nnz)
-__device__ __forceinline__ void issue_tile(const Args& a, const XCopy& xc, unsigned char* stage, int4 e, int kind, int tid) {
-    if (ABLATE & 4) return;
+// copies of a tile's raw bytes (by kind) and its X tile into one stage; e = (col, voff, moff, nnz).
+// With BULK_COPY thread 0 arrives on the stage's mbarrier `bar` once per tile, announcing the bytes
+// of its bulk copies (none for EMPTY tiles), so every issued tile completes one phase.
+__device__ __forceinline__ void issue_tile(const Args& a, const XCopy& xc, unsigned char* stage, u32 bar, int4 e,
+                                           int kind, int tid) {
     const int col = e.x, voff = e.y, moff = e.z, nnz = e.w;
     const u32 s_vals = smem_u32(stage);
     const u32 s_meta = s_vals + VALS_BYTES;
     const u32 s_x = s_meta + META_ROOM;
+#if BULK_COPY
+    if (tid == 0) {
+        const bool copy = !(ABLATE & 4) && kind != KIND_EMPTY;
+        const u32 vbytes = !copy ? 0 : (kind == KIND_DENSE ? TILE_BYTES : 16 * ((nnz + 7) / 8));
+        const u32 mbytes = copy && kind == KIND_BITMAP ? META_BYTES : 0;
+        mbar_arrive_expect(bar, vbytes + mbytes);
+        if (vbytes) bulk_copy(s_vals, a.values + voff, vbytes, bar);
+        if (mbytes) bulk_copy(s_meta, a.meta + moff, mbytes, bar);
+    }
+    if (ABLATE & 4) return;
+#else
+    if (ABLATE & 4) return;
     if (kind != KIND_EMPTY) {
         const int n_chunks = kind == KIND_DENSE ? TILE_BYTES / 16 : (nnz + 7) / 8;
         const char* src = (const char*)(a.values + voff);
@@ -173,6 +219,7 @@ __device__ __forceinline__ void issue_tile(const Args& a, const XCopy& xc, unsig
         if (kind == KIND_BITMAP && tid < META_BYTES / 16)
             cp_async16(s_meta + 16 * tid, (const char*)(a.meta + moff) + 16 * tid, 16);
     }
+#endif
     const int k0 = col * TILE_K;
     const u16* xcol = a.x + k0;
 #pragma unroll
@@ -361,8 +408,16 @@ extern "C" __global__ void __launch_bounds__(NUM_THREADS) plan_matmul_cuda(
     unsigned char* a_s = smem;
     unsigned char* stages = smem + TILE_BYTES;
     __shared__ int last_flag;
+    __shared__ __align__(8) u64 stage_bars[STAGES];  // used with BULK_COPY
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     if (ABLATE & 8) return;
+    const u32 bars = smem_u32(stage_bars);
+#if BULK_COPY
+    if (tid == 0)
+        for (int s = 0; s < STAGES; ++s) mbar_init(bars + 8 * s);
+    __syncthreads();
+#endif
+    u32 phases = 0;  // bit s: the parity of stage s's next phase to wait for
 
     const int4* entries = (const int4*)a.tiles;
     const int4* item_recs = (const int4*)a.items;
@@ -397,7 +452,8 @@ extern "C" __global__ void __launch_bounds__(NUM_THREADS) plan_matmul_cuda(
                     nnz[j] = 0;
                     if (start + j < stop) {
                         const int4 e = entries_get(ent, entries, start + j, lane);
-                        issue_tile(a, xc, stages + j * STAGE_BYTES, e, kind_of(start + j, s_bitmap, s_index, s_empty), tid);
+                        issue_tile(a, xc, stages + j * STAGE_BYTES, bars + 8 * j, e,
+                                   kind_of(start + j, s_bitmap, s_index, s_empty), tid);
                         if (DECODE_REGS) nnz[j] = e.w;
                     }
                     cp_async_commit();
@@ -409,10 +465,15 @@ extern "C" __global__ void __launch_bounds__(NUM_THREADS) plan_matmul_cuda(
                     for (int j = 0; j + 1 < STAGES - 1; ++j) nnz[j] = nnz[j + 1];
                     nnz[STAGES - 2] = 0;
                     cp_async_wait_stages();
+#if BULK_COPY
+                    mbar_wait(bars + 8 * (k % STAGES), (phases >> (k % STAGES)) & 1u);
+                    phases ^= 1u << (k % STAGES);
+#endif
                     __syncthreads();  // tile p landed; every warp is done with tile p - 1's stage
                     if (p + STAGES - 1 < stop) {
                         const int4 e = entries_get(ent, entries, p + STAGES - 1, lane);
-                        issue_tile(a, xc, stages + ((k + STAGES - 1) % STAGES) * STAGE_BYTES, e,
+                        const int s = (k + STAGES - 1) % STAGES;
+                        issue_tile(a, xc, stages + s * STAGE_BYTES, bars + 8 * s, e,
                                    kind_of(p + STAGES - 1, s_bitmap, s_index, s_empty), tid);
                         if (DECODE_REGS) nnz[STAGES - 2] = e.w;
                     }
