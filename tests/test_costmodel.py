@@ -15,6 +15,7 @@ from cross.costmodel.roofline import (
     PLAN_KERNEL_MIN_STAGES,
     PLAN_KERNEL_SMEM_EXTRA,
     PLAN_KERNEL_STAGES,
+    REGISTER_BOUND_BLOCK_N,
     plan_kernel_smem,
     plan_kernel_stages,
     plan_kernel_vals_bytes,
@@ -95,10 +96,12 @@ def test_plan_kernel_vals_bytes(max_nnz, vals):
 @pytest.mark.parametrize("block_n", [16, 32, 64])
 @pytest.mark.parametrize("vals", [1024, 3072, 5120, 8192])
 def test_plan_kernel_stages_fit_the_blocks_per_unit(block_n, vals):
-    """The default depth where the spec's blocks per unit fit with it; else the most stages that fit
-    them; else (nothing fits them) the default depth, and the planner counts fewer resident programs."""
+    """The default depth where the spec's blocks per unit fit with it; else, in the builds bounded in
+    registers, the most stages that fit them; else the default depth, and the planner counts fewer
+    resident programs."""
     spec = H100
-    fit = [s for s in range(PLAN_KERNEL_MIN_STAGES, PLAN_KERNEL_STAGES + 1)
+    fewest = PLAN_KERNEL_MIN_STAGES if block_n <= REGISTER_BOUND_BLOCK_N else PLAN_KERNEL_STAGES
+    fit = [s for s in range(fewest, PLAN_KERNEL_STAGES + 1)
            if spec.programs_per_unit * (plan_kernel_smem((64, 64), block_n, vals, s) + PLAN_KERNEL_SMEM_EXTRA)
            <= spec.smem_per_unit]
     stages = plan_kernel_stages((64, 64), block_n, vals, spec.programs_per_unit, spec.smem_per_unit)
@@ -109,9 +112,11 @@ def test_plan_kernel_stages_fit_the_blocks_per_unit(block_n, vals):
 
 
 def test_plan_kernel_stages_h100_cases():
-    """A 50% BITMAP weight's 5 KB of values at 16 tokens: 3 stages fit 6 blocks (4 fit 5); 90%: 4 stages."""
+    """A 50% BITMAP weight's 5 KB of values at 16 tokens: 3 stages fit 6 blocks (4 fit 5); 90%: 4
+    stages; 64-token tiles keep 4 stages (their registers hold 4 blocks)."""
     assert plan_kernel_stages((64, 64), 16, 5120) == 3
     assert plan_kernel_stages((64, 64), 16, 2048) == 4
+    assert plan_kernel_stages((64, 64), 64, 3072) == 4
     assert H100.resident_programs((64, 64), 16, 5120) == 6 * H100.n_units
 
 

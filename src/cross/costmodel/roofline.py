@@ -28,6 +28,8 @@ def block_n_for(n_tokens: int) -> int:
 PLAN_KERNEL_STAGES = 4
 #: the fewest pipeline stages the kernel is built with
 PLAN_KERNEL_MIN_STAGES = 2
+#: the largest token tile whose CUDA build is bounded to 6 blocks per SM in registers (MIN_BLOCKS)
+REGISTER_BOUND_BLOCK_N = 16
 #: shared memory a block of the CUDA plan kernel takes besides its dynamic buffers: its static
 #: variables and the 1 KB the runtime reserves per block
 PLAN_KERNEL_SMEM_EXTRA = 1024 + 128
@@ -50,7 +52,13 @@ def plan_kernel_stages(tile_shape, block_n: int, vals_bytes: int, blocks: int = 
     with which `blocks` blocks fit in one multiprocessor's shared memory where PLAN_KERNEL_STAGES
     do not fit them (and fewer stages do). Measured on H100, 11008x4096 at 50% (5 KB of values per
     stage): 4 stages fit 5 blocks, 34.8 us; 3 stages fit 6, 33.8 us; 2 to 4 stages run the same
-    time where blocks fit either way (docs/perf-notes.md, "Bulk copies and resident blocks")."""
+    time where blocks fit either way (docs/perf-notes.md, "Bulk copies and resident blocks").
+    Only builds bounded to 6 blocks in registers (token tiles up to REGISTER_BOUND_BLOCK_N) take
+    fewer stages: the larger token tiles' builds use up to 127 registers (4 blocks), so fewer
+    stages there would buy blocks the registers do not hold (a profile with 2 stages at 64 tokens
+    measured the kernel's fixed cost at 64-2048 tokens 45-87% higher)."""
+    if block_n > REGISTER_BOUND_BLOCK_N:
+        return PLAN_KERNEL_STAGES
     for stages in range(PLAN_KERNEL_STAGES, PLAN_KERNEL_MIN_STAGES - 1, -1):
         if blocks * (plan_kernel_smem(tile_shape, block_n, vals_bytes, stages) + PLAN_KERNEL_SMEM_EXTRA) <= smem_per_unit:
             return stages
