@@ -86,10 +86,17 @@ def test_block_n_for(n_tokens, next_pow2):
     assert block_n_for(n_tokens) == min(MAX_BLOCK_N, max(MIN_BLOCK_N, next_pow2))
 
 
-@pytest.mark.parametrize("max_nnz, vals", [(0, 1024), (1, 1024), (512, 1024), (513, 2048), (2176, 5120), (4096, 8192)])
-def test_plan_kernel_vals_bytes(max_nnz, vals):
-    """The largest sparse tile's values in 16-byte chunks, rounded up to 1 KB; the whole tile with DENSE tiles."""
+@pytest.mark.parametrize("max_nnz, vals, vals_large_n", [(0, 1024, 1024), (1, 1024, 1024), (512, 1024, 1024),
+                                                         (513, 2048, 2048), (1100, 3072, 4096), (2176, 5120, 8192),
+                                                         (4096, 8192, 8192)])
+def test_plan_kernel_vals_bytes(max_nnz, vals, vals_large_n):
+    """The largest sparse tile's values in 16-byte chunks, rounded up to 1 KB at token tiles up to
+    REGISTER_BOUND_BLOCK_N and to a power of two above; the whole tile with DENSE tiles."""
     assert plan_kernel_vals_bytes((64, 64), False, max_nnz) == vals
+    assert plan_kernel_vals_bytes((64, 64), False, max_nnz, REGISTER_BOUND_BLOCK_N) == vals
+    for block_n in (2 * REGISTER_BOUND_BLOCK_N, MAX_BLOCK_N):
+        assert plan_kernel_vals_bytes((64, 64), False, max_nnz, block_n) == vals_large_n
+        assert plan_kernel_vals_bytes((64, 64), True, max_nnz, block_n) == 8192
     assert plan_kernel_vals_bytes((64, 64), True, max_nnz) == 8192
 
 

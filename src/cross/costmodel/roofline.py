@@ -35,15 +35,21 @@ REGISTER_BOUND_BLOCK_N = 16
 PLAN_KERNEL_SMEM_EXTRA = 1024 + 128
 
 
-def plan_kernel_vals_bytes(tile_shape, has_dense: bool, max_sparse_nnz: int) -> int:
+def plan_kernel_vals_bytes(tile_shape, has_dense: bool, max_sparse_nnz: int, block_n: int = MIN_BLOCK_N) -> int:
     """Room for one tile's values in a pipeline stage of the CUDA plan kernel: the whole tile if the
     plan has DENSE tiles, else its largest BITMAP tile's values padded to 16-byte chunks, rounded up
-    to a multiple of 1 KB (one compiled variant per size; a power of two would give a 50% weight's
-    ~4.3 KB tiles 8 KB and cost resident blocks)."""
+    (one compiled variant per size): to a multiple of 1 KB for token tiles up to
+    REGISTER_BOUND_BLOCK_N (a power of two would give a 50% weight's ~4.3 KB tiles 8 KB and cost
+    resident blocks), to a power of two for larger token tiles (measured on H100: the 1 KB rounding
+    fits them more blocks, their plans get more units and split items, and the forced kernel at 128
+    and 2048 tokens ran up to 3x slower; docs/perf-notes.md, "What the bulk copies and the resident
+    blocks gave")."""
     full = tile_shape[0] * tile_shape[1] * 2
     if has_dense:
         return full
     need = max(1024, -(-max_sparse_nnz // 8) * 16)
+    if block_n > REGISTER_BOUND_BLOCK_N:
+        return min(full, 1 << (need - 1).bit_length())
     return min(full, -(-need // 1024) * 1024)
 
 

@@ -62,10 +62,11 @@ def smem_bytes(tile_m: int, tile_k: int, block_n: int, vals_bytes: int) -> int:
     return plan_kernel_smem((tile_m, tile_k), block_n, vals_bytes, stages(tile_m, tile_k, block_n, vals_bytes))
 
 
-def vals_bytes(packed) -> int:
-    """Room for one tile's values in a pipeline stage (costmodel.roofline.plan_kernel_vals_bytes)."""
+def vals_bytes(packed, block_n: int) -> int:
+    """Room for one tile's values in a pipeline stage at token tile `block_n`
+    (costmodel.roofline.plan_kernel_vals_bytes)."""
     return plan_kernel_vals_bytes(packed.plan.tile_shape, packed.has_dense or packed.tiles.shape[0] == 0,
-                                  packed.max_sparse_nnz)
+                                  packed.max_sparse_nnz, block_n)
 
 
 @functools.lru_cache(maxsize=None)

@@ -118,7 +118,7 @@ def kernel_args(packed: PackedWeight, bucket: PackedBucket, backend: str | None 
     if backend == "cuda":
         from .cuda_backend import vals_bytes
 
-        vals = vals_bytes(packed)
+        vals = vals_bytes(packed, bucket.plan.block_n)
         unit_order = cuda_heads(packed.row_sections, bucket.items, bucket.unit_ptr, bucket.unit_order)
     return KernelArgs(values, meta, packed.tiles, packed.row_sections, bucket.items, bucket.row_parts, bucket.unit_ptr,
                       unit_order, bucket.counters, packed.shape[0], packed.shape[1], tm, tk,

@@ -233,7 +233,7 @@ def _plan_buckets(kinds, nnz, grid, tile_shape, buckets, classes_at, cm, program
     # waves, each unit's work list after another's): units per bucket are capped to that
     sparse = (kinds == TileKind.BITMAP) | (kinds == TileKind.INDEX)
     has_dense = bool((kinds == TileKind.DENSE).any())
-    vals = plan_kernel_vals_bytes(tile_shape, n_exec == 0 or has_dense, int(nnz[sparse].max()) if sparse.any() else 0)
+    max_nnz = int(nnz[sparse].max()) if sparse.any() else 0
     # sparse tiles in the whole-tile variant (measured: costmodel.profile)
     scale = np.where(tile_kind == TileKind.DENSE, 1.0, cm.spec.mixed_sparse_scale if has_dense else 1.0)
     bucket_plans = []
@@ -241,6 +241,7 @@ def _plan_buckets(kinds, nnz, grid, tile_shape, buckets, classes_at, cm, program
         n = design_tokens(n_min, n_max)
         tile_cost = classes_at(n).cost_of(kinds)[rows, tile_col] * scale if n_exec else np.zeros(0)
         bn = block_n_for(n)
+        vals = plan_kernel_vals_bytes(tile_shape, n_exec == 0 or has_dense, max_nnz, bn)
         resident = min(programs, cm.spec.resident_programs(tile_shape, bn, vals))
         units = max(1, min(resident, n_exec + grid.shape[0]))
         token_tiles = math.ceil(n / bn)
