@@ -53,7 +53,8 @@ def plan_kernel_vals_bytes(tile_shape, has_dense: bool, max_sparse_nnz: int, blo
     return min(full, -(-need // 1024) * 1024)
 
 
-def plan_kernel_stages(tile_shape, block_n: int, vals_bytes: int, blocks: int = 6, smem_per_unit: int = 232448) -> int:
+def plan_kernel_stages(tile_shape, block_n: int, vals_bytes: int, blocks: int | None = None,
+                       smem_per_unit: int | None = None) -> int:
     """Pipeline stages of a build of the CUDA plan kernel: PLAN_KERNEL_STAGES, or the most stages
     with which `blocks` blocks fit in one multiprocessor's shared memory where PLAN_KERNEL_STAGES
     do not fit them (and fewer stages do). Measured on H100, 11008x4096 at 50% (5 KB of values per
@@ -62,7 +63,10 @@ def plan_kernel_stages(tile_shape, block_n: int, vals_bytes: int, blocks: int = 
     Only builds bounded to 6 blocks in registers (token tiles up to REGISTER_BOUND_BLOCK_N) take
     fewer stages: the larger token tiles' builds use up to 127 registers (4 blocks), so fewer
     stages there would buy blocks the registers do not hold (a profile with 2 stages at 64 tokens
-    measured the kernel's fixed cost at 64-2048 tokens 45-87% higher)."""
+    measured the kernel's fixed cost at 64-2048 tokens 45-87% higher). `blocks` and
+    `smem_per_unit` default to the H100 spec's (the kernel is built for them)."""
+    blocks = H100.programs_per_unit if blocks is None else blocks
+    smem_per_unit = H100.smem_per_unit if smem_per_unit is None else smem_per_unit
     if block_n > REGISTER_BOUND_BLOCK_N:
         return PLAN_KERNEL_STAGES
     for stages in range(PLAN_KERNEL_STAGES, PLAN_KERNEL_MIN_STAGES - 1, -1):
