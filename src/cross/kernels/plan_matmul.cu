@@ -392,6 +392,28 @@ __device__ __forceinline__ void store_out(const Args& a, float (*acc)[4], int ro
         }
 }
 
+// index in a split item's fp32 partial ([TILE_M][BLOCK_N]) of a thread's accumulators
+// acc[nt][2h], acc[nt][2h + 1] (rows 16 * warp + lane / 4 + 8h, tokens 8nt + 2 (lane % 4), + 1)
+__device__ __forceinline__ int part_index(int warp, int lane, int nt, int h) {
+    return (warp * 16 + (lane >> 2) + h * 8) * BLOCK_N + nt * 8 + (lane & 3) * 2;
+}
+
+// one arrival on a split tile-row's counter, by one thread after a block barrier: the fence
+// releases the block's partial (cumulative over the barrier) and, for the last arrival, acquires
+// the other parts' partials. Returns the count before this arrival.
+__device__ __forceinline__ int arrive_gpu(int* counter) {
+    int old;
+    asm volatile("fence.acq_rel.gpu;\n"
+                 "atom.relaxed.gpu.global.add.s32 %0, [%1], 1;\n"
+                 "fence.acq_rel.gpu;\n" : "=r"(old) : "l"(counter) : "memory");
+    return old;
+}
+
+// partials of a split tile-row read at once by its last part (registers: SUM_BATCH * BLOCK_N / 2)
+#ifndef SUM_BATCH
+#define SUM_BATCH (BLOCK_N > 16 ? 1 : TILE_K == 64 ? 4 : 2)  // the most that fits the register bound
+#endif
+
 // MIN_BLOCKS=n asks the compiler to fit n blocks per SM in registers (set above with the register
 // decode; -DMIN_BLOCKS=n sets it for any build)
 #ifdef MIN_BLOCKS
@@ -501,33 +523,52 @@ extern "C" __global__ void __launch_bounds__(NUM_THREADS) plan_matmul_cuda(
                 store_out(a, acc, row, n0, warp, lane);
             } else {
                 // fp32 partial, [TILE_M][BLOCK_N] per slot and token tile, each thread its own fragment
+                // (two float2 per token sub-tile)
                 float* part = a.ws + ((u64)slot * a.n_token_tiles + t) * (TILE_M * BLOCK_N);
 #pragma unroll
                 for (int nt = 0; nt < BLOCK_N / 8; ++nt)
 #pragma unroll
-                    for (int i = 0; i < 4; ++i)
-                        part[(warp * 16 + (lane >> 2) + (i >> 1) * 8) * BLOCK_N + nt * 8 + (lane & 3) * 2 + (i & 1)] = acc[nt][i];
+                    for (int h = 0; h < 2; ++h)
+                        *(float2*)(part + part_index(warp, lane, nt, h)) = make_float2(acc[nt][2 * h], acc[nt][2 * h + 1]);
                 if (ABLATE & 64) continue;
-                __threadfence();
+                // the block's stores happen before thread 0's release (bar.sync, then a cumulative
+                // fence at GPU scope); the last arrival's acquire makes every part's stores visible
                 __syncthreads();
                 if (tid == 0) {
                     const int n_parts = a.row_parts[2 * row + 1];
-                    const int arrived = atomicAdd(a.counters + row * a.counter_stride + t, 1);
+                    const int arrived = arrive_gpu(a.counters + row * a.counter_stride + t);
                     last_flag = arrived == n_parts - 1;
                 }
                 __syncthreads();
                 if (last_flag) {
-                    __threadfence();
                     const int first = a.row_parts[2 * row], n_parts = a.row_parts[2 * row + 1];
 #pragma unroll
                     for (int nt = 0; nt < BLOCK_N / 8; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
-                    for (int s = first; s < first + n_parts; ++s) {
-                        const volatile float* q = a.ws + ((u64)s * a.n_token_tiles + t) * (TILE_M * BLOCK_N);
+                    // slots in order, SUM_BATCH at a time: all of a batch's loads are in flight
+                    // together (L2 reads, not L1: slots are rewritten by other blocks), then
+                    // added in slot order, so the sum does not depend on which part came last
+#pragma unroll 1
+                    for (int s0 = first; s0 < first + n_parts; s0 += SUM_BATCH) {
+                        float2 v[SUM_BATCH][BLOCK_N / 8][2];
 #pragma unroll
-                        for (int nt = 0; nt < BLOCK_N / 8; ++nt)
+                        for (int j = 0; j < SUM_BATCH; ++j) {
+                            const float* q = a.ws + ((u64)(s0 + j) * a.n_token_tiles + t) * (TILE_M * BLOCK_N);
 #pragma unroll
-                            for (int i = 0; i < 4; ++i)
-                                acc[nt][i] += q[(warp * 16 + (lane >> 2) + (i >> 1) * 8) * BLOCK_N + nt * 8 + (lane & 3) * 2 + (i & 1)];
+                            for (int nt = 0; nt < BLOCK_N / 8; ++nt)
+#pragma unroll
+                                for (int h = 0; h < 2; ++h)
+                                    v[j][nt][h] = s0 + j < first + n_parts ? __ldcg((const float2*)(q + part_index(warp, lane, nt, h)))
+                                                                           : make_float2(0.f, 0.f);
+                        }
+#pragma unroll
+                        for (int j = 0; j < SUM_BATCH; ++j)
+#pragma unroll
+                            for (int nt = 0; nt < BLOCK_N / 8; ++nt)
+#pragma unroll
+                                for (int h = 0; h < 2; ++h) {
+                                    acc[nt][2 * h] += v[j][nt][h].x;
+                                    acc[nt][2 * h + 1] += v[j][nt][h].y;
+                                }
                     }
                     store_out(a, acc, row, n0, warp, lane);
                     if (tid == 0) a.counters[row * a.counter_stride + t] = 0;
