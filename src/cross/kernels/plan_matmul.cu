@@ -392,11 +392,10 @@ __device__ __forceinline__ void store_out(const Args& a, float (*acc)[4], int ro
         }
 }
 
-// index in a split item's fp32 partial ([TILE_M][BLOCK_N]) of a thread's accumulators
-// acc[nt][2h], acc[nt][2h + 1] (rows 16 * warp + lane / 4 + 8h, tokens 8nt + 2 (lane % 4), + 1)
-__device__ __forceinline__ int part_index(int warp, int lane, int nt, int h) {
-    return (warp * 16 + (lane >> 2) + h * 8) * BLOCK_N + nt * 8 + (lane & 3) * 2;
-}
+// offset (floats) in a split item's fp32 partial of a thread's accumulators acc[nt][0..3]: the partial
+// is [BLOCK_N / 8][NUM_THREADS][4], so each thread stores and loads 16 contiguous bytes per token
+// sub-tile, and the sub-tiles past the last token (nt >= n_sub) are neither written nor read
+__device__ __forceinline__ int part_index(int nt, int tid) { return (nt * NUM_THREADS + tid) * 4; }
 
 // one arrival on a split tile-row's counter, by one thread after a block barrier: the fence
 // releases the block's partial (cumulative over the barrier) and, for the last arrival, acquires
@@ -409,10 +408,87 @@ __device__ __forceinline__ int arrive_gpu(int* counter) {
     return old;
 }
 
-// partials of a split tile-row read at once by its last part (registers: SUM_BATCH * BLOCK_N / 2)
+// How the last part of a split tile-row reads the other parts' partials. SUM_SMEM=1: every thread
+// copies its own 16-byte pieces of as many partials as the block's shared memory holds (cp.async
+// from L2, all in flight together: one L2 round trip per round, most rows need one), then adds
+// them in slot order from shared memory. SUM_SMEM=0: SUM_BATCH partials at a time into registers
+// (one round trip per batch). Either way the sum does not depend on which part came last.
+#ifndef SUM_SMEM
+#define SUM_SMEM (BLOCK_N <= 32)  // 64-token builds: the copies' registers would cost a resident block
+#endif
 #ifndef SUM_BATCH
 #define SUM_BATCH (BLOCK_N > 16 ? 1 : TILE_K == 64 ? 4 : 2)  // the most that fits the register bound
 #endif
+#define PART_FLOATS (TILE_M * BLOCK_N)
+
+// a 16-byte shared-memory load by its 32-bit shared address (through a generic pointer the
+// 32-token build spills)
+__device__ __forceinline__ float4 lds_f4(u32 addr) {
+    float4 v;
+    asm volatile("ld.shared.v4.f32 {%0, %1, %2, %3}, [%4];\n" : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "r"(addr));
+    return v;
+}
+
+__device__ __forceinline__ void add4(float* acc, float4 v) {
+    acc[0] += v.x, acc[1] += v.y, acc[2] += v.z, acc[3] += v.w;
+}
+
+// acc = the sum of the partials of slots first .. first + n_parts - 1 (token tile t), in slot order
+__device__ __forceinline__ void sum_partials(const Args& a, float (*acc)[4], const unsigned char* smem, int first,
+                                             int n_parts, int t, int n_sub, int tid) {
+#pragma unroll
+    for (int nt = 0; nt < BLOCK_N / 8; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
+#if SUM_SMEM
+    // each thread reads back only what it copied itself, so no block barrier is needed
+    const u32 piece = n_sub * NUM_THREADS * 16;  // bytes of one partial in shared memory
+    const int per_round = SMEM_BYTES / piece;
+    const u64 slot_floats = (u64)a.n_token_tiles * PART_FLOATS;
+    const float* q = a.ws + ((u64)first * a.n_token_tiles + t) * PART_FLOATS + part_index(0, tid);
+    const u32 base = smem_u32(smem) + tid * 16;
+#pragma unroll 1
+    for (int left = n_parts; left > 0; left -= per_round) {
+        const int cnt = min(per_round, left);
+        u32 dst = base;
+#pragma unroll 1
+        for (int j = 0; j < cnt; ++j, q += slot_floats, dst += piece)
+#pragma unroll 1
+            for (int nt = 0; nt < n_sub; ++nt)
+                cp_async16(dst + nt * (NUM_THREADS * 16), q + nt * (NUM_THREADS * 4), 16);
+        cp_async_commit();
+        asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+        u32 src = base;
+#pragma unroll 1
+        for (int j = 0; j < cnt; ++j, src += piece)
+#pragma unroll
+            for (int nt = 0; nt < BLOCK_N / 8; ++nt)
+                if (nt < n_sub) add4(acc[nt], lds_f4(src + nt * (NUM_THREADS * 16)));
+    }
+#else
+#pragma unroll 1
+    for (int s0 = first; s0 < first + n_parts; s0 += SUM_BATCH) {
+        float2 v[SUM_BATCH][BLOCK_N / 8][2];
+#pragma unroll
+        for (int j = 0; j < SUM_BATCH; ++j) {
+            const float* q = a.ws + ((u64)(s0 + j) * a.n_token_tiles + t) * PART_FLOATS;
+#pragma unroll
+            for (int nt = 0; nt < BLOCK_N / 8; ++nt)
+#pragma unroll
+                for (int h = 0; h < 2; ++h)
+                    v[j][nt][h] = s0 + j < first + n_parts && nt < n_sub ? __ldcg((const float2*)(q + part_index(nt, tid) + 2 * h))
+                                                                         : make_float2(0.f, 0.f);
+        }
+#pragma unroll
+        for (int j = 0; j < SUM_BATCH; ++j)
+#pragma unroll
+            for (int nt = 0; nt < BLOCK_N / 8; ++nt)
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    acc[nt][2 * h] += v[j][nt][h].x;
+                    acc[nt][2 * h + 1] += v[j][nt][h].y;
+                }
+    }
+#endif
+}
 
 // MIN_BLOCKS=n asks the compiler to fit n blocks per SM in registers (set above with the register
 // decode; -DMIN_BLOCKS=n sets it for any build)
@@ -522,14 +598,15 @@ extern "C" __global__ void __launch_bounds__(NUM_THREADS) plan_matmul_cuda(
             if (slot < 0 || (ABLATE & 1)) {
                 store_out(a, acc, row, n0, warp, lane);
             } else {
-                // fp32 partial, [TILE_M][BLOCK_N] per slot and token tile, each thread its own fragment
-                // (two float2 per token sub-tile)
-                float* part = a.ws + ((u64)slot * a.n_token_tiles + t) * (TILE_M * BLOCK_N);
+                // fp32 partial per slot and token tile (part_index), the token sub-tiles that hold tokens
+                const int n_sub = min(BLOCK_N / 8, (a.N - n0 + 7) / 8);
+                float* part = a.ws + ((u64)slot * a.n_token_tiles + t) * PART_FLOATS;
 #pragma unroll
                 for (int nt = 0; nt < BLOCK_N / 8; ++nt)
+                    if (nt < n_sub)
 #pragma unroll
-                    for (int h = 0; h < 2; ++h)
-                        *(float2*)(part + part_index(warp, lane, nt, h)) = make_float2(acc[nt][2 * h], acc[nt][2 * h + 1]);
+                        for (int h = 0; h < 2; ++h)
+                            *(float2*)(part + part_index(nt, tid) + 2 * h) = make_float2(acc[nt][2 * h], acc[nt][2 * h + 1]);
                 if (ABLATE & 64) continue;
                 // the block's stores happen before thread 0's release (bar.sync, then a cumulative
                 // fence at GPU scope); the last arrival's acquire makes every part's stores visible
@@ -541,35 +618,8 @@ extern "C" __global__ void __launch_bounds__(NUM_THREADS) plan_matmul_cuda(
                 }
                 __syncthreads();
                 if (last_flag) {
-                    const int first = a.row_parts[2 * row], n_parts = a.row_parts[2 * row + 1];
-#pragma unroll
-                    for (int nt = 0; nt < BLOCK_N / 8; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
-                    // slots in order, SUM_BATCH at a time: all of a batch's loads are in flight
-                    // together (L2 reads, not L1: slots are rewritten by other blocks), then
-                    // added in slot order, so the sum does not depend on which part came last
-#pragma unroll 1
-                    for (int s0 = first; s0 < first + n_parts; s0 += SUM_BATCH) {
-                        float2 v[SUM_BATCH][BLOCK_N / 8][2];
-#pragma unroll
-                        for (int j = 0; j < SUM_BATCH; ++j) {
-                            const float* q = a.ws + ((u64)(s0 + j) * a.n_token_tiles + t) * (TILE_M * BLOCK_N);
-#pragma unroll
-                            for (int nt = 0; nt < BLOCK_N / 8; ++nt)
-#pragma unroll
-                                for (int h = 0; h < 2; ++h)
-                                    v[j][nt][h] = s0 + j < first + n_parts ? __ldcg((const float2*)(q + part_index(warp, lane, nt, h)))
-                                                                           : make_float2(0.f, 0.f);
-                        }
-#pragma unroll
-                        for (int j = 0; j < SUM_BATCH; ++j)
-#pragma unroll
-                            for (int nt = 0; nt < BLOCK_N / 8; ++nt)
-#pragma unroll
-                                for (int h = 0; h < 2; ++h) {
-                                    acc[nt][2 * h] += v[j][nt][h].x;
-                                    acc[nt][2 * h + 1] += v[j][nt][h].y;
-                                }
-                    }
+                    // the stages are free: the item's tiles are done (block barrier after its last tile)
+                    sum_partials(a, acc, smem, a.row_parts[2 * row], a.row_parts[2 * row + 1], t, n_sub, tid);
                     store_out(a, acc, row, n0, warp, lane);
                     if (tid == 0) a.counters[row * a.counter_stride + t] = 0;
                 }
