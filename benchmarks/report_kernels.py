@@ -12,14 +12,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # runs from a checkout without PYTHONPATH
 from cross.bench.report import kernel_figure, kernel_rows, read_csv, speedup_table  # noqa: E402
 
-TITLE = "bf16, H100, L2 flushed, CUDA-graph replay: 'cross' = what the runtime runs (plan or dense)"
+TITLE = "bf16, {gpu}, L2 flushed, CUDA-graph replay: 'cross' = what the runtime runs (plan or dense)"
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     folder = Path(argv[0] if argv else "benchmarks/results/h100")
     rows = kernel_rows(read_csv(folder / "kernels.csv"))
-    figure = kernel_figure(rows, folder / "kernels.png", TITLE, per_shape=True)
+    # the results folder is named after the GPU (benchmarks/results/<gpu>)
+    figure = kernel_figure(rows, folder / "kernels.png", TITLE.format(gpu=folder.resolve().name.upper()), per_shape=True)
     table = folder / "kernels_table.md"
     table.write_text(speedup_table(rows) + "\n")
     print(f"wrote {figure} and {table}")

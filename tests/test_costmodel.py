@@ -342,4 +342,4 @@ def test_graph_timing_grows_with_the_bytes_moved(flush):
     t_big = graph_time_us(lambda: big_dst.copy_(big), flush=flush)
     t_small = graph_time_us(lambda: small_dst.copy_(small), flush=flush)
     assert 0 < t_small < t_big
-    assert t_big > 2 * 256e6 / 4e12 * 1e6  # no faster than 4 TB/s for a read plus a write of 256 MB
+    assert t_big > 2 * (256 << 20) / 5e12 * 1e6  # a read plus a write of 256 MB no faster than 5 TB/s (H200: 4.8 peak)
