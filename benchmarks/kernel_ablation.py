@@ -40,6 +40,7 @@ VARIANTS = {
     "scatter": "-DDECODE_REGS=0",  # every BITMAP tile scattered into the A tile
     "regs": "-DDECODE_REGS=1 -DREGS_MIN_NNZ=0",  # every BITMAP tile decoded into the mma registers
     "cp-async": "-DBULK_COPY=0",  # values and bitmap copied by every thread's cp.async, no bulk copies
+    "cores": "-DDECODE_CORES=1",  # at N = 1, BITMAP tiles under 20% density on CUDA cores
 }
 
 

@@ -132,7 +132,8 @@ def test_gpu_tile_shapes_and_kinds(backend, tile_shape, kinds, rng):
 
 #: CUDA builds of the BITMAP decode: chosen per tile (default), or forced one way
 DECODES = {"per-tile": "", "scatter": "-DDECODE_REGS=0", "registers": "-DDECODE_REGS=1 -DREGS_MIN_NNZ=0",
-           "cp-async": "-DBULK_COPY=0"}  # the last: per-thread copies instead of bulk copies
+           "cp-async": "-DBULK_COPY=0",  # per-thread copies instead of bulk copies
+           "cores": "-DDECODE_CORES=1"}  # at one token, sparse tiles on CUDA cores
 
 
 @pytest.mark.gpu
@@ -153,6 +154,29 @@ def test_gpu_cuda_bitmap_decodes(decode, dtype, rng, monkeypatch):
         w = torch.randn(512, 328, generator=rng) * (torch.rand(512, 328, generator=rng) < density)
         w = w.to(dtype).cuda()
         run_all_buckets(w, rng, dtype, "cuda", "cuda", (64, 64), KINDS["bitmap"], (1, 7, 16, 17, 64), programs=50)
+    finally:
+        cuda_backend._kernel.cache_clear()
+
+
+@pytest.mark.gpu
+def test_gpu_cuda_cores_nan_propagation(rng, monkeypatch):
+    """The one-token CUDA-core path skips zeros; an Inf or NaN in X must still poison every output
+    the dense product poisons (0 x Inf), so such tiles take the mma path."""
+    if "cuda" not in _backends():
+        pytest.skip("the cuda backend is not available here")
+    from cross.kernels import cuda_backend
+
+    monkeypatch.setenv(cuda_backend.DEFINES_ENV, DECODES["cores"])
+    cuda_backend._kernel.cache_clear()
+    try:
+        w = make_weight((256, 512), 0.05, "uniform", torch.bfloat16, rng, "cuda")
+        packed = pack(w, make_plan(w, allowed_kinds=(TileKind.BITMAP,), n_programs=16))
+        for bad in (float("inf"), float("nan")):
+            x = torch.randn(1, 512, generator=rng).to(torch.bfloat16).cuda()
+            x[0, 100] = bad
+            y = plan_matmul(x, packed, packed.bucket_for(1), backend="cuda")
+            ref = x.float() @ w.float().T
+            assert torch.equal(torch.isnan(y), torch.isnan(ref)) and torch.equal(torch.isinf(y), torch.isinf(ref))
     finally:
         cuda_backend._kernel.cache_clear()
 

@@ -47,6 +47,20 @@
 #ifndef REGS_MIN_NNZ
 #define REGS_MIN_NNZ (TILE_M * TILE_K * 11 / 100)  // density 0.11 of the tile
 #endif
+// One token (N = 1): BITMAP tiles with fewer than CORES_MAX_NNZ nonzeros multiplied on CUDA cores,
+// per nonzero (cores_tile), with no A operand at all; the zeros cost nothing, which the mma paths
+// cannot offer. Built (DECODE_CORES=1) and checked against a transcription of its index arithmetic,
+// not yet run on a GPU: off by default (docs/perf-notes.md, "A CUDA-core path for one token").
+#ifndef DECODE_CORES
+#define DECODE_CORES 0
+#endif
+#if DECODE_CORES && !(BLOCK_N <= 16 && TILE_K == 64)  // one bitmap word per lane: 64-column tiles
+#undef DECODE_CORES
+#define DECODE_CORES 0
+#endif
+#ifndef CORES_MAX_NNZ
+#define CORES_MAX_NNZ (TILE_M * TILE_K * 20 / 100)  // density 0.2 of the tile
+#endif
 // 6 blocks per SM must fit in registers where the launch counts on them (costmodel.roofline
 // .resident_programs counts shared memory only): unbounded, the register decode takes 95 and the
 // scatter with 128-column tiles 92 (5 blocks); bounded, both fit in 80 without spills.
@@ -341,6 +355,57 @@ __device__ __forceinline__ void mma_tile_regs(float (*acc)[4], const unsigned ch
     }
 }
 
+// True if either element of a pair of X values is Inf or NaN (exponent bits all set)
+__device__ __forceinline__ bool pair_nonfinite(u32 pair) {
+#if IS_BF16
+    const u32 e = 0x7f807f80u;
+#else
+    const u32 e = 0x7c007c00u;
+#endif
+    const u32 m = pair & e;
+    return (m & 0xffffu) == (e & 0xffffu) || (m >> 16) == (e >> 16);
+}
+
+// One token, one BITMAP tile on CUDA cores: lane l of warp w takes bitmap word l of the warp's 16
+// rows (row 16w + l/2, columns 32(l%2) .. +31) and adds value x X[column] for each set bit, lowest
+// first (a word's values are stored in column order from its prefix). Token 0's row of the X tile is
+// not swizzled, so lane l holds columns 2l and 2l + 1 (`xp`) and the lane that needs a column gets it
+// by a shuffle: the loop runs as many steps as the warp's fullest word, every lane in every step.
+// Per nonzero: one 2-byte load of its value and one shuffle, no stores and no mma. Returns the
+// lane's running sum for its word's row half (cores_fold adds it to the mma accumulators).
+__device__ __forceinline__ float cores_tile(float sum, const unsigned char* stage, u32 xp, int warp, int lane) {
+    const u16* vals = (const u16*)stage;
+    const u32* words = (const u32*)(stage + VALS_BYTES);
+    const u16* prefix = (const u16*)(stage + VALS_BYTES + N_WORDS * 4);
+    const int w = warp * 32 + lane;
+    u32 bits = words[w];
+    const u16* v = vals + prefix[w];
+    const int steps = __reduce_max_sync(0xffffffffu, __popc(bits));
+    const int cbase = (lane & 1) << 5;
+    // no branch in the loop: a lane whose word has no bits left adds 0 x X (finite: the caller
+    // sends tiles whose X has an Inf or NaN to the mma path) and stays where it is
+#pragma unroll 2
+    for (int i = 0; i < steps; ++i) {
+        const int col = cbase + ((__ffs(bits) - 1) & 31);
+        const u32 pair = __shfl_sync(0xffffffffu, xp, col >> 1);
+        const u16 value = bits ? *v : (u16)0;
+        sum = fmaf(to_float(value), to_float((u16)(col & 1 ? pair >> 16 : pair)), sum);
+        v += bits ? 1 : 0;
+        bits &= bits - 1;
+    }
+    return sum;
+}
+
+// Adds the lanes' CUDA-core sums to the mma accumulators of token 0: row 16w + r's two word sums
+// (lanes 2r, 2r + 1) go to lane 4(r % 8), acc[0][0] for rows 0-7 and acc[0][2] for rows 8-15
+// (m16n8k16's C layout: lane 4g + t holds rows g, g + 8 at tokens 2t, 2t + 1)
+__device__ __forceinline__ void cores_fold(float (*acc)[4], float sum, int lane) {
+    const float row = sum + __shfl_xor_sync(0xffffffffu, sum, 1);
+    const float lo = __shfl_sync(0xffffffffu, row, 2 * (lane >> 2));
+    const float hi = __shfl_sync(0xffffffffu, row, 2 * (lane >> 2) + 16);
+    if ((lane & 3) == 0) acc[0][0] += lo, acc[0][2] += hi;
+}
+
 // The table entries of one item, read ahead in batches: lane i of every warp holds the entry of tile
 // base + i (cur) and of tile base + 32 + i (nxt); a tile's entry reaches every lane by shuffles. The
 // batch after nxt is loaded when cur is used up, 32 tiles before it is needed, so walking the table
@@ -540,6 +605,7 @@ extern "C" __global__ void __launch_bounds__(NUM_THREADS) plan_matmul_cuda(
             float acc[BLOCK_N / 8][4];
 #pragma unroll
             for (int nt = 0; nt < BLOCK_N / 8; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
+            float cores_sum = 0.f;  // DECODE_CORES: this lane's sum over the item's CUDA-core tiles
 
             if (!(ABLATE & 16) && stop > start) {
                 // STAGES - 1 tiles in flight; nnz[j] is the nonzero count of tile p + j (its entry's w),
@@ -552,7 +618,7 @@ extern "C" __global__ void __launch_bounds__(NUM_THREADS) plan_matmul_cuda(
                         const int4 e = entries_get(ent, entries, start + j, lane);
                         issue_tile(a, xc, stages + j * STAGE_BYTES, bars + 8 * j, e,
                                    kind_of(start + j, s_bitmap, s_index, s_empty), tid);
-                        if (DECODE_REGS) nnz[j] = e.w;
+                        if (DECODE_REGS || DECODE_CORES) nnz[j] = e.w;
                     }
                     cp_async_commit();
                 }
@@ -573,12 +639,21 @@ extern "C" __global__ void __launch_bounds__(NUM_THREADS) plan_matmul_cuda(
                         const int s = (k + STAGES - 1) % STAGES;
                         issue_tile(a, xc, stages + s * STAGE_BYTES, bars + 8 * s, e,
                                    kind_of(p + STAGES - 1, s_bitmap, s_index, s_empty), tid);
-                        if (DECODE_REGS) nnz[STAGES - 2] = e.w;
+                        if (DECODE_REGS || DECODE_CORES) nnz[STAGES - 2] = e.w;
                     }
                     cp_async_commit();
                     const unsigned char* stage = stages + (k % STAGES) * STAGE_BYTES;
                     const int kind = kind_of(p, s_bitmap, s_index, s_empty);
-                    if (DECODE_REGS && !(ABLATE & 6) && kind == KIND_BITMAP && tile_nnz >= REGS_MIN_NNZ) {
+                    bool on_cores = false;
+                    if (DECODE_CORES && a.N == 1 && !(ABLATE & 6) && kind == KIND_BITMAP && tile_nnz < CORES_MAX_NNZ) {
+                        // skipped zeros would not turn an Inf or NaN of X into NaN: such tiles take the mma path
+                        const u32 xp = ((const u32*)(stage + VALS_BYTES + META_ROOM))[lane];
+                        on_cores = !__any_sync(0xffffffffu, pair_nonfinite(xp));
+                        if (on_cores) cores_sum = cores_tile(cores_sum, stage, xp, warp, lane);
+                    }
+                    if (on_cores) {
+                        // this tile's products are in cores_sum
+                    } else if (DECODE_REGS && !(ABLATE & 6) && kind == KIND_BITMAP && tile_nnz >= REGS_MIN_NNZ) {
                         if (!(ABLATE & 32)) mma_tile_regs(acc, stage, stage + VALS_BYTES + META_ROOM, warp, lane);
                     } else {
                         if (!(ABLATE & 6)) build_rows(a_s, stage, kind, warp, lane);
@@ -588,6 +663,7 @@ extern "C" __global__ void __launch_bounds__(NUM_THREADS) plan_matmul_cuda(
                     __syncwarp();  // the warp's A rows are rebuilt by the next tile
                 }
                 __syncthreads();  // the stages are reused by the next item
+                if (DECODE_CORES) cores_fold(acc, cores_sum, lane);
             }
             if (wi + 1 < wi_end) {  // next item's tables, in flight during this item's epilogue
                 rec = rec_next;
