@@ -29,19 +29,20 @@ def cores_tile(vals, words, prefix, x_cols, warp):
     """Each lane's sum after one tile, as cores_tile computes it (x_cols: the tile's 64 X columns)."""
     xp = [(float(x_cols[2 * m]), float(x_cols[2 * m + 1])) for m in range(32)]  # lane m holds columns 2m, 2m + 1
     bits = [words[warp * 32 + lane] for lane in range(32)]
-    v = [prefix[warp * 32 + lane] for lane in range(32)]
+    v = [prefix[warp * 32 + lane] + bin(bits[lane]).count("1") - 1 for lane in range(32)]
     sums = [0.0] * 32
     steps = max(bin(b).count("1") for b in bits)
     for _ in range(steps):
         for lane in range(32):
             b = bits[lane]
-            ffs = (b & -b).bit_length()  # __ffs: 1 + index of the lowest set bit, 0 for none
-            col = ((lane & 1) << 5) + ((ffs - 1) & 31)
-            pair = xp[col >> 1]  # __shfl_sync(xp, col >> 1)
-            value = float(vals[v[lane]]) if b else 0.0
-            sums[lane] += value * pair[col & 1]
-            v[lane] += 1 if b else 0
-            bits[lane] = b & (b - 1)
+            top = (b.bit_length() - 1) & 31  # (31 - __clz(bits)) & 31
+            col = ((lane & 1) << 5) + top
+            pair = xp[col >> 1]  # __shfl_sync(xp, (cbase + b) >> 1)
+            value = float(vals[max(v[lane], 0)]) if len(vals) else 0.0
+            if b:  # a lane without bits computes a product from below its word's values and drops it
+                sums[lane] += value * pair[top & 1]
+            v[lane] -= 1
+            bits[lane] = b & ~(1 << top)
     return sums
 
 

@@ -355,6 +355,15 @@ __device__ __forceinline__ void mma_tile_regs(float (*acc)[4], const unsigned ch
     }
 }
 
+// element `odd` (0 or 1) of a pair of 16-bit values as a float
+__device__ __forceinline__ float half_to_float(u32 pair, int odd) {
+#if IS_BF16
+    return __uint_as_float(__byte_perm(pair, 0u, odd ? 0x3244u : 0x1044u));  // its two bytes on top, zeros below
+#else
+    return to_float((u16)(odd ? pair >> 16 : pair));
+#endif
+}
+
 // True if either element of a pair of X values is Inf or NaN (exponent bits all set)
 __device__ __forceinline__ bool pair_nonfinite(u32 pair) {
 #if IS_BF16
@@ -367,31 +376,32 @@ __device__ __forceinline__ bool pair_nonfinite(u32 pair) {
 }
 
 // One token, one BITMAP tile on CUDA cores: lane l of warp w takes bitmap word l of the warp's 16
-// rows (row 16w + l/2, columns 32(l%2) .. +31) and adds value x X[column] for each set bit, lowest
-// first (a word's values are stored in column order from its prefix). Token 0's row of the X tile is
-// not swizzled, so lane l holds columns 2l and 2l + 1 (`xp`) and the lane that needs a column gets it
-// by a shuffle: the loop runs as many steps as the warp's fullest word, every lane in every step.
-// Per nonzero: one 2-byte load of its value and one shuffle, no stores and no mma. Returns the
-// lane's running sum for its word's row half (cores_fold adds it to the mma accumulators).
+// rows (row 16w + l/2, columns 32(l%2) .. +31) and adds value x X[column] for each set bit, highest
+// first (a word's values are stored in column order from its prefix, so from the last one down).
+// Token 0's row of the X tile is not swizzled, so lane l holds columns 2l and 2l + 1 (`xp`) and the
+// lane that needs a column gets it by a shuffle: the loop runs as many steps as the warp's fullest
+// word, every lane in every step. Per nonzero: one 2-byte load of its value and one shuffle, no
+// stores and no mma. Returns the lane's running sum for its word's row half (cores_fold adds it to
+// the mma accumulators).
 __device__ __forceinline__ float cores_tile(float sum, const unsigned char* stage, u32 xp, int warp, int lane) {
     const u16* vals = (const u16*)stage;
     const u32* words = (const u32*)(stage + VALS_BYTES);
     const u16* prefix = (const u16*)(stage + VALS_BYTES + N_WORDS * 4);
     const int w = warp * 32 + lane;
     u32 bits = words[w];
-    const u16* v = vals + prefix[w];
-    const int steps = __reduce_max_sync(0xffffffffu, __popc(bits));
+    const int n = __popc(bits);
+    int vi = prefix[w] + n - 1;  // index in vals of the value of the word's highest remaining bit
+    const int steps = __reduce_max_sync(0xffffffffu, n);
     const int cbase = (lane & 1) << 5;
-    // no branch in the loop: a lane whose word has no bits left adds 0 x X (finite: the caller
-    // sends tiles whose X has an Inf or NaN to the mma path) and stays where it is
+    // no branch in the loop: a lane whose word has no bits left goes on stepping its index down and
+    // drops the product (reading no lower than the tile's first value: below it other warps write)
 #pragma unroll 2
-    for (int i = 0; i < steps; ++i) {
-        const int col = cbase + ((__ffs(bits) - 1) & 31);
-        const u32 pair = __shfl_sync(0xffffffffu, xp, col >> 1);
-        const u16 value = bits ? *v : (u16)0;
-        sum = fmaf(to_float(value), to_float((u16)(col & 1 ? pair >> 16 : pair)), sum);
-        v += bits ? 1 : 0;
-        bits &= bits - 1;
+    for (int i = 0; i < steps; ++i, --vi) {
+        const int b = (31 - __clz(bits)) & 31;
+        const u32 pair = __shfl_sync(0xffffffffu, xp, (cbase + b) >> 1);
+        const float next = fmaf(to_float(vals[max(vi, 0)]), half_to_float(pair, b & 1), sum);
+        sum = bits ? next : sum;
+        bits &= ~(1u << b);
     }
     return sum;
 }
