@@ -655,14 +655,14 @@ extern "C" __global__ void __launch_bounds__(NUM_THREADS) plan_matmul_cuda(
                     const unsigned char* stage = stages + (k % STAGES) * STAGE_BYTES;
                     const int kind = kind_of(p, s_bitmap, s_index, s_empty);
                     bool on_cores = false;
+                    u32 xp = 0;  // token 0's X columns 2 lane, 2 lane + 1, for the CUDA-core path
                     if (DECODE_CORES && a.N == 1 && !(ABLATE & 6) && kind == KIND_BITMAP && tile_nnz < CORES_MAX_NNZ) {
                         // skipped zeros would not turn an Inf or NaN of X into NaN: such tiles take the mma path
-                        const u32 xp = ((const u32*)(stage + VALS_BYTES + META_ROOM))[lane];
+                        xp = ((const u32*)(stage + VALS_BYTES + META_ROOM))[lane];
                         on_cores = !__any_sync(0xffffffffu, pair_nonfinite(xp));
-                        if (on_cores) cores_sum = cores_tile(cores_sum, stage, xp, warp, lane);
                     }
                     if (on_cores) {
-                        // this tile's products are in cores_sum
+                        cores_sum = cores_tile(cores_sum, stage, xp, warp, lane);
                     } else if (DECODE_REGS && !(ABLATE & 6) && kind == KIND_BITMAP && tile_nnz >= REGS_MIN_NNZ) {
                         if (!(ABLATE & 32)) mma_tile_regs(acc, stage, stage + VALS_BYTES + META_ROOM, warp, lane);
                     } else {
