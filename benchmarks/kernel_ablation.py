@@ -37,10 +37,12 @@ VARIANTS = {
     "no-tiles": "-DABLATE=16",
     "exit": "-DABLATE=8",
     # not ablations: the BITMAP decode forced one way, checked like "full"
-    "scatter": "-DDECODE_REGS=0",  # every BITMAP tile scattered into the A tile
-    "regs": "-DDECODE_REGS=1 -DREGS_MIN_NNZ=0",  # every BITMAP tile decoded into the mma registers
+    "scatter": "-DDECODE_REGS=0 -DDECODE_CORES=0",  # every BITMAP tile scattered into the A tile
+    "regs": "-DDECODE_REGS=1 -DREGS_MIN_NNZ=0 -DDECODE_CORES=0",  # every BITMAP tile decoded into the mma registers
     "cp-async": "-DBULK_COPY=0",  # values and bitmap copied by every thread's cp.async, no bulk copies
-    "cores": "-DDECODE_CORES=1",  # at N = 1, BITMAP tiles under 20% density on CUDA cores
+    "no-cores": "-DDECODE_CORES=0",  # at N = 1, no BITMAP tile on CUDA cores (the launcher's build otherwise)
+    "cores": "-DDECODE_CORES=1",  # at N = 1, BITMAP tiles under the threshold on CUDA cores, whatever the weight
+    "cores-all": "-DDECODE_CORES=1 -DCORES_MAX_NNZ=4097",  # at N = 1, every BITMAP tile on CUDA cores
 }
 
 

@@ -47,3 +47,12 @@ def test_kernel_source_compiles(variant, tile_k, block_n, is_bf16, tmp_path):
         blocks = H100.resident_programs((64, tile_k), block_n, vals) // H100.n_units
         regs = max(int(v) for v in re.findall(r"Used (\d+) registers", out.stderr))
         assert regs * 128 * blocks <= 65536, out.stderr[-3000:]
+
+
+def test_cores_threshold_is_the_launchers():
+    """The source's default one-token CUDA-core threshold is the launcher's (which passes its own)."""
+    from cross.kernels.cuda_backend import CORES_MAX_DENSITY
+
+    src = resources.files("cross.kernels").joinpath("plan_matmul.cu").read_text()
+    percent = re.search(r"#define CORES_MAX_NNZ \(TILE_M \* TILE_K \* (\d+) / 100\)", src)
+    assert percent and int(percent.group(1)) == round(100 * CORES_MAX_DENSITY)

@@ -130,10 +130,12 @@ def test_gpu_tile_shapes_and_kinds(backend, tile_shape, kinds, rng):
     run_all_buckets(w, rng, torch.bfloat16, "cuda", backend, tile_shape, KINDS[kinds], (1, 16, 64, 128, 300), programs=50)
 
 
-#: CUDA builds of the BITMAP decode: chosen per tile (default), or forced one way
-DECODES = {"per-tile": "", "scatter": "-DDECODE_REGS=0", "registers": "-DDECODE_REGS=1 -DREGS_MIN_NNZ=0",
+#: CUDA builds of the BITMAP decode: chosen per tile (default: at one token the sparsest tiles on
+#: CUDA cores), or forced one way
+DECODES = {"per-tile": "", "scatter": "-DDECODE_REGS=0 -DDECODE_CORES=0",
+           "registers": "-DDECODE_REGS=1 -DREGS_MIN_NNZ=0 -DDECODE_CORES=0",
            "cp-async": "-DBULK_COPY=0",  # per-thread copies instead of bulk copies
-           "cores": "-DDECODE_CORES=1"}  # at one token, sparse tiles on CUDA cores
+           "cores": "-DDECODE_CORES=1 -DCORES_MAX_NNZ=4097"}  # at one token, every BITMAP tile on CUDA cores
 
 
 @pytest.mark.gpu
@@ -179,6 +181,22 @@ def test_gpu_cuda_cores_nan_propagation(rng, monkeypatch):
             assert torch.equal(torch.isnan(y), torch.isnan(ref)) and torch.equal(torch.isinf(y), torch.isinf(ref))
     finally:
         cuda_backend._kernel.cache_clear()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("density", [0.05, 0.5])
+def test_gpu_cuda_default_build_at_one_token(density, rng):
+    """Without profiling defines, one-token launches of a weight with BITMAP tiles under the
+    threshold take the CUDA-core build (others the plain one), and both match the reference."""
+    if "cuda" not in _backends():
+        pytest.skip("the cuda backend is not available here")
+    from cross.kernels import cuda_backend
+    from cross.kernels.launch import kernel_args
+
+    w = make_weight((320, 640), density, "uniform", torch.bfloat16, rng, "cuda")
+    packed = pack(w, make_plan(w, allowed_kinds=(TileKind.BITMAP,), n_programs=24))
+    assert kernel_args(packed, packed.bucket_for(1), "cuda").cores == int(density < cuda_backend.CORES_MAX_DENSITY)
+    run_all_buckets(w, rng, torch.bfloat16, "cuda", "cuda", (64, 64), KINDS["bitmap"], (1, 2, 16), programs=24)
 
 
 @pytest.mark.gpu

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ..partition.plan import bucket_name
 
-def bucket_name(n_min: int, n_max: int) -> str:
-    """A token-count bucket as a column name: N1-16, ..., N513+ for the open-ended last one."""
-    return f"N{n_min}-{n_max}" if n_max < 2**31 - 1 else f"N{n_min}+"
+__all__ = ["bucket_name", "markdown_table", "text_table"]
 
 
 def _is_number(cell: str) -> bool:

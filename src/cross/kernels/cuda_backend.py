@@ -24,6 +24,24 @@ STAGES_ENV = "CROSS_CUDA_STAGES"
 #: extra NVRTC options for profiling builds (e.g. "-DABLATE=2"; see plan_matmul.cu), read at compile time
 DEFINES_ENV = "CROSS_CUDA_DEFINES"
 _SOURCE = "plan_matmul.cu"
+#: one-token launches of weights whose median BITMAP tile is sparser than this (nonzeros per tile
+#: element) run a build that multiplies the tiles under it on CUDA cores (plan_matmul.cu,
+#: DECODE_CORES). Measured on H200 (docs/perf-notes.md, "The CUDA-core path, measured"): the build
+#: beats the other at 12.5% density and ties at 15%; in it the CUDA cores beat the mma paths up to
+#: ~19%, but it runs the tiles it leaves to them ~6% slower than the other build does.
+CORES_MAX_DENSITY = 0.17
+
+
+def cores_max_nnz(tile_m: int, tile_k: int) -> int:
+    """BITMAP tiles with fewer nonzeros than this go to the CUDA cores in a one-token build."""
+    return int(tile_m * tile_k * CORES_MAX_DENSITY)
+
+
+def cores_build(tile_m: int, tile_k: int, block_n: int, median_bitmap_nnz: int) -> bool:
+    """True if one-token launches of a weight whose median BITMAP tile has ``median_bitmap_nnz``
+    nonzeros (-1: no BITMAP tile) take the CUDA-core build: it exists for 64-column tiles and
+    token tiles of at most 16, and pays where most tiles run on the CUDA cores."""
+    return tile_k == 64 and block_n <= 16 and 0 <= median_bitmap_nnz < cores_max_nnz(tile_m, tile_k)
 
 
 def _bindings():
@@ -69,16 +87,25 @@ def vals_bytes(packed, block_n: int) -> int:
                                   packed.max_sparse_nnz, block_n)
 
 
+def _defines(tile_m: int, tile_k: int, block_n: int, is_bf16: bool, vals: int, cores: bool) -> list[str]:
+    """The build's -D options; CROSS_CUDA_DEFINES comes last and replaces any macro it names."""
+    ours = {"TILE_M": tile_m, "TILE_K": tile_k, "BLOCK_N": block_n, "IS_BF16": int(is_bf16),
+            "STAGES": stages(tile_m, tile_k, block_n, vals), "VALS_BYTES": vals}
+    if cores:
+        ours.update(DECODE_CORES=1, CORES_MAX_NNZ=cores_max_nnz(tile_m, tile_k))
+    extra = os.environ.get(DEFINES_ENV, "").split()
+    named = {o[2:].split("=")[0] for o in extra if o.startswith("-D")}
+    return [f"-D{k}={v}" for k, v in ours.items() if k not in named] + extra
+
+
 @functools.lru_cache(maxsize=None)
-def _kernel(device_index: int, tile_m: int, tile_k: int, block_n: int, is_bf16: bool, vals: int):
+def _kernel(device_index: int, tile_m: int, tile_k: int, block_n: int, is_bf16: bool, vals: int, cores: bool = False):
     driver, nvrtc = _bindings()
     src = resources.files(__package__).joinpath(_SOURCE).read_bytes()
     major, minor = torch.cuda.get_device_capability(device_index)
     prog = _check(nvrtc.nvrtcCreateProgram(src, _SOURCE.encode(), 0, [], []), "nvrtcCreateProgram")
-    opts = [f"--gpu-architecture=sm_{major}{minor}".encode(), b"-std=c++17", b"-default-device",
-            f"-DTILE_M={tile_m}".encode(), f"-DTILE_K={tile_k}".encode(), f"-DBLOCK_N={block_n}".encode(),
-            f"-DIS_BF16={int(is_bf16)}".encode(), f"-DSTAGES={stages(tile_m, tile_k, block_n, vals)}".encode(), f"-DVALS_BYTES={vals}".encode()]
-    opts += [o.encode() for o in os.environ.get(DEFINES_ENV, "").split()]
+    opts = [f"--gpu-architecture=sm_{major}{minor}".encode(), b"-std=c++17", b"-default-device"]
+    opts += [o.encode() for o in _defines(tile_m, tile_k, block_n, is_bf16, vals, cores)]
     err, = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
     if int(err) != 0:
         size = _check(nvrtc.nvrtcGetProgramLogSize(prog), "nvrtcGetProgramLogSize")
@@ -101,11 +128,12 @@ def _kernel(device_index: int, tile_m: int, tile_k: int, block_n: int, is_bf16: 
 _ARG_TYPES = (ctypes.c_void_p,) * 13 + (ctypes.c_int,) * 9
 
 
-def launch(grid: int, tile_m: int, tile_k: int, block_n: int, vals: int, ptrs, ints):
-    """One launch of plan_matmul_cuda: 13 device pointers and 9 ints, in kernel order."""
+def launch(grid: int, tile_m: int, tile_k: int, block_n: int, vals: int, ptrs, ints, cores: bool = False):
+    """One launch of plan_matmul_cuda: 13 device pointers and 9 ints, in kernel order; ``cores``
+    picks the one-token CUDA-core build (``cores_build``)."""
     driver, _ = _bindings()
     dev = torch.cuda.current_device()
-    _, func, smem = _kernel(dev, tile_m, tile_k, block_n, ptrs.is_bf16, vals)
+    _, func, smem = _kernel(dev, tile_m, tile_k, block_n, ptrs.is_bf16, vals, cores)
     stream = driver.CUstream(torch.cuda.current_stream().cuda_stream)
     args = tuple(ptrs.values) + tuple(int(v) for v in ints)
     _check(driver.cuLaunchKernel(func, grid, 1, 1, NUM_THREADS, 1, 1, smem, stream, (args, _ARG_TYPES), 0),

@@ -75,6 +75,7 @@ class KernelArgs(NamedTuple):
     max_token_tiles: int
     n_max: int
     vals_bytes: int  # cuda backend: room for one tile's values per pipeline stage
+    cores: int  # cuda backend: 1 if one-token launches take the CUDA-core build (cuda_backend.cores_build)
     backend: str
 
 
@@ -113,17 +114,18 @@ def kernel_args(packed: PackedWeight, bucket: PackedBucket, backend: str | None 
     if values.numel() == 0:
         values = torch.zeros(8, dtype=packed.dtype, device=device)
     tm, tk = packed.plan.tile_shape
-    vals = 0
+    vals = cores = 0
     unit_order = bucket.unit_order
     if backend == "cuda":
-        from .cuda_backend import vals_bytes
+        from .cuda_backend import cores_build, vals_bytes
 
         vals = vals_bytes(packed, bucket.plan.block_n)
+        cores = int(cores_build(tm, tk, bucket.plan.block_n, packed.median_bitmap_nnz))
         unit_order = cuda_heads(packed.row_sections, bucket.items, bucket.unit_ptr, bucket.unit_order)
     return KernelArgs(values, meta, packed.tiles, packed.row_sections, bucket.items, bucket.row_parts, bucket.unit_ptr,
                       unit_order, bucket.counters, packed.shape[0], packed.shape[1], tm, tk,
                       bucket.plan.block_n, bucket.plan.n_units, bucket.n_slots, bucket.max_token_tiles,
-                      bucket.plan.n_max, vals, backend)
+                      bucket.plan.n_max, vals, cores, backend)
 
 
 def plan_matmul(x: torch.Tensor, packed: PackedWeight, bucket: PackedBucket, bias: torch.Tensor | None = None,
@@ -178,7 +180,8 @@ def _launch(x, y, a: KernelArgs, bias):
         tensors = (x, y, bias_arg, a.values, a.meta, a.tiles, a.sections, a.items, a.row_parts,
                    a.unit_ptr, a.unit_order, ws, a.counters)
         ints = (*common, int(bias is not None))
-        cuda_backend.launch(grid[0], tm, tk, bn, a.vals_bytes, cuda_backend.Pointers(tensors, x.dtype == torch.bfloat16), ints)
+        cuda_backend.launch(grid[0], tm, tk, bn, a.vals_bytes, cuda_backend.Pointers(tensors, x.dtype == torch.bfloat16), ints,
+                            cores=bool(a.cores) and n == 1)
     else:
         from .triton_plan import plan_matmul_kernel
 

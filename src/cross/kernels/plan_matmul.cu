@@ -49,8 +49,10 @@
 #endif
 // One token (N = 1): BITMAP tiles with fewer than CORES_MAX_NNZ nonzeros multiplied on CUDA cores,
 // per nonzero (cores_tile), with no A operand at all; the zeros cost nothing, which the mma paths
-// cannot offer. Built (DECODE_CORES=1) and checked against a transcription of its index arithmetic,
-// not yet run on a GPU: off by default (docs/perf-notes.md, "A CUDA-core path for one token").
+// cannot offer. The launcher builds it (DECODE_CORES=1, CORES_MAX_NNZ from cuda_backend
+// .CORES_MAX_DENSITY) for one-token launches of weights whose median BITMAP tile is under the
+// threshold, and only for them: in this build the other tiles run ~6% slower than without it
+// (docs/perf-notes.md, "The CUDA-core path, measured").
 #ifndef DECODE_CORES
 #define DECODE_CORES 0
 #endif
@@ -59,7 +61,7 @@
 #define DECODE_CORES 0
 #endif
 #ifndef CORES_MAX_NNZ
-#define CORES_MAX_NNZ (TILE_M * TILE_K * 20 / 100)  // density 0.2 of the tile
+#define CORES_MAX_NNZ (TILE_M * TILE_K * 17 / 100)  // density 0.17 of the tile (as the launcher's)
 #endif
 // 6 blocks per SM must fit in registers where the launch counts on them (costmodel.roofline
 // .resident_programs counts shared memory only): unbounded, the register decode takes 95 and the

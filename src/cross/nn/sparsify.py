@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from .._checks import dtype_name
 from ..partition import DEFAULT_BUCKETS
+from ..partition.plan import bucket_name
 from ..partition.planner import design_tokens
 from .linear import KEEP_DENSE, SparseLinear, check_measure, bucket_facts, plan_facts, plan_linear
 from .parallel import SPLIT_POLICIES, ShardedLinear, tensor_parallel_
@@ -103,7 +104,7 @@ class SparsifyReport:
         if not shapes:
             return "no layer timed"
         first = self._first_bucket()
-        return f"N {first[0]}-{first[1]}: " + "; ".join(
+        return f"{bucket_name(*first)}: " + "; ".join(
             f"{shape} {sum(kept for _, kept in v)} of {len(v)} kept, "
             f"measured {min(r for r, _ in v):.2f}-{max(r for r, _ in v):.2f}x" for shape, v in shapes.items())
 
@@ -119,7 +120,7 @@ class SparsifyReport:
         """Header and rows; a 'measured' column (dense over plan, timed on the GPU at the first
         bucket: ``SparseLinear.from_dense(measure=...)``) appears where some layer was timed."""
         first = self._first_bucket()
-        span = f" N{first[0]}-{first[1]}" if first else ""
+        span = f" {bucket_name(*first)}" if first else ""
         firsts = {name: (layer.summary.get("buckets") or [None])[0] for name, layer in self.layers.items()}
         timed = any(b is not None and b.get("measured_us") is not None for b in firsts.values())
         header = ["layer", "shape", "sparsity", "tiles E/D/B/I", f"speed-up{span}",
@@ -140,7 +141,7 @@ class SparsifyReport:
         return {i for i, h in enumerate(header) if h.split(" ")[0] in ("sparsity", "speed-up", "measured", "bytes/dense")}
 
     def _totals(self) -> str:
-        speed = ", ".join(f"N {a}-{b if b < 2**31 - 1 else 'inf'}: {v:.2f}x" for (a, b), v in self.speedup_by_bucket().items())
+        speed = ", ".join(f"{bucket_name(a, b)}: {v:.2f}x" for (a, b), v in self.speedup_by_bucket().items())
         return (f"{self.n_swapped} of {len(self.layers)} layers sparse; "
                 f"{self.nbytes / 1e6:.2f} MB vs {self.dense_nbytes / 1e6:.2f} MB dense "
                 f"({self.nbytes / max(self.dense_nbytes, 1):.2f}x)" + (f"; predicted speed-up {speed}" if speed else ""))

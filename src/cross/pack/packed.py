@@ -68,6 +68,7 @@ class PackedWeight:
     max_sparse_nnz: int = 0  # largest nnz of a BITMAP/INDEX tile (sizes kernel buffers without a device sync)
     has_index: bool = False  # any INDEX tile (plain Python facts: cheap to check, and constant under torch.compile)
     has_dense: bool = False
+    median_bitmap_nnz: int = -1  # median nnz of the BITMAP tiles (-1: none): picks the one-token CUDA build
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -107,7 +108,8 @@ class PackedWeight:
 
     def to(self, device) -> "PackedWeight":
         return PackedWeight(self.plan, self.tiled.to(device), self.tiles.to(device), self.row_sections.to(device),
-                            tuple(b.to(device) for b in self.buckets), self.max_sparse_nnz, self.has_index, self.has_dense)
+                            tuple(b.to(device) for b in self.buckets), self.max_sparse_nnz, self.has_index, self.has_dense,
+                            self.median_bitmap_nnz)
 
 
 def _pack_bucket(bp: BucketPlan, n_rows: int) -> PackedBucket:
@@ -174,9 +176,11 @@ def pack_tiled(tiled: TiledWeight, plan: Plan) -> PackedWeight:
     buckets = tuple(_pack_bucket(bp, grid.shape[0]).to(dev) for bp in plan.buckets)
     sparse = np.isin(kinds, (TileKind.BITMAP, TileKind.INDEX))
     max_sparse_nnz = int(nnz[sparse].max()) if sparse.any() else 0
+    bitmap = kinds == TileKind.BITMAP
+    median_bitmap_nnz = int(np.median(nnz[bitmap])) if bitmap.any() else -1
     return PackedWeight(plan, tiled, torch.from_numpy(tiles).to(dev),
                         torch.from_numpy(sections.astype(np.int32)).to(dev), buckets, max_sparse_nnz,
-                        bool((kinds == TileKind.INDEX).any()), bool((kinds == TileKind.DENSE).any()))
+                        bool((kinds == TileKind.INDEX).any()), bool((kinds == TileKind.DENSE).any()), median_bitmap_nnz)
 
 
 def describe(pw: PackedWeight) -> str:

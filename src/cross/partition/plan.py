@@ -49,6 +49,13 @@ def _header_digest(header: dict) -> str:
     return hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()
 
 
+def bucket_name(n_min: int, n_max: int) -> str:
+    """A token-count bucket as a column name: N1, N2-16, ..., N513+ for the open-ended last one."""
+    if n_min == n_max:
+        return f"N{n_min}"
+    return f"N{n_min}-{n_max}" if n_max < 2**31 - 1 else f"N{n_min}+"
+
+
 @dataclass(frozen=True, eq=False)
 class BucketPlan:
     """How to run the layer for token counts in [n_min, n_max]."""

@@ -17,8 +17,10 @@ from .balance import (alternate_order, chunk_by_cost, convert_swing, equal_count
 from .classify import DEFAULT_KINDS, Classification, classify
 from .plan import BucketPlan, Plan
 
-#: Token-count buckets: decode, small batches, a full token tile, prefill chunks, long prefill.
-DEFAULT_BUCKETS = ((1, 16), (17, 64), (65, 128), (129, 512), (513, 2**31 - 1))
+#: Token-count buckets: one-token decode (its own CUDA build: sparse tiles on CUDA cores), small
+#: batches, a full token tile, prefill chunks, long prefill. The first bucket's token count also
+#: picks the tile kinds every bucket shares.
+DEFAULT_BUCKETS = ((1, 1), (2, 16), (17, 64), (65, 128), (129, 512), (513, 2**31 - 1))
 #: A plan must be predicted this much faster than dense, or the bucket runs the dense product.
 WIN_MARGIN = 0.03
 BALANCE_MODES = ("none", "intra", "full")

@@ -57,6 +57,8 @@ def warn_without_kernel(packed: PackedWeight, kernels: dict, falls_back: bool) -
 
 
 def _span(bucket) -> str:
+    if bucket.n_min == bucket.n_max:
+        return f"{bucket.n_min}"
     return f"{bucket.n_min} and more" if bucket.n_max >= 2**31 - 1 else f"{bucket.n_min}-{bucket.n_max}"
 
 

@@ -17,7 +17,7 @@ from ..kernels.launch import KernelArgs, launch
 
 _TENSORS = ("values", "meta", "tiles", "sections", "items", "row_parts", "unit_ptr", "unit_order", "counters")
 _INTS = ("out_features", "in_features", "tile_m", "tile_k", "block_n", "n_units", "n_slots", "max_token_tiles", "n_max",
-         "vals_bytes")
+         "vals_bytes", "cores")
 
 
 @torch.library.custom_op("cross::plan_linear", mutates_args=())
