@@ -27,7 +27,8 @@ def stage_of(tw: TiledWeight, i: int, j: int):
 
 def cores_tile(vals, words, prefix, x_cols, warp):
     """Each lane's sum after one tile, as cores_tile computes it (x_cols: the tile's 64 X columns)."""
-    xp = [(float(x_cols[2 * m]), float(x_cols[2 * m + 1])) for m in range(32)]  # lane m holds columns 2m, 2m + 1
+    x0 = [float(x_cols[m]) for m in range(32)]  # lane m holds columns m (x0) and m + 32 (x1)
+    x1 = [float(x_cols[m + 32]) for m in range(32)]
     bits = [words[warp * 32 + lane] for lane in range(32)]
     v = [prefix[warp * 32 + lane] + bin(bits[lane]).count("1") - 1 for lane in range(32)]
     sums = [0.0] * 32
@@ -36,11 +37,11 @@ def cores_tile(vals, words, prefix, x_cols, warp):
         for lane in range(32):
             b = bits[lane]
             top = (b.bit_length() - 1) & 31  # (31 - __clz(bits)) & 31
-            col = ((lane & 1) << 5) + top
-            pair = xp[col >> 1]  # __shfl_sync(xp, (cbase + b) >> 1)
+            lo, hi = x0[top], x1[top]  # __shfl_sync(x0, b), __shfl_sync(x1, b)
+            xv = hi if lane & 1 else lo  # the word's columns: 0-31 (even lanes) or 32-63
             value = float(vals[max(v[lane], 0)]) if len(vals) else 0.0
             if b:  # a lane without bits computes a product from below its word's values and drops it
-                sums[lane] += value * pair[top & 1]
+                sums[lane] += value * xv
             v[lane] -= 1
             bits[lane] = b & ~(1 << top)
     return sums

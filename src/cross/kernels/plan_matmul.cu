@@ -357,15 +357,6 @@ __device__ __forceinline__ void mma_tile_regs(float (*acc)[4], const unsigned ch
     }
 }
 
-// element `odd` (0 or 1) of a pair of 16-bit values as a float
-__device__ __forceinline__ float half_to_float(u32 pair, int odd) {
-#if IS_BF16
-    return __uint_as_float(__byte_perm(pair, 0u, odd ? 0x3244u : 0x1044u));  // its two bytes on top, zeros below
-#else
-    return to_float((u16)(odd ? pair >> 16 : pair));
-#endif
-}
-
 // True if either element of a pair of X values is Inf or NaN (exponent bits all set)
 __device__ __forceinline__ bool pair_nonfinite(u32 pair) {
 #if IS_BF16
@@ -380,12 +371,14 @@ __device__ __forceinline__ bool pair_nonfinite(u32 pair) {
 // One token, one BITMAP tile on CUDA cores: lane l of warp w takes bitmap word l of the warp's 16
 // rows (row 16w + l/2, columns 32(l%2) .. +31) and adds value x X[column] for each set bit, highest
 // first (a word's values are stored in column order from its prefix, so from the last one down).
-// Token 0's row of the X tile is not swizzled, so lane l holds columns 2l and 2l + 1 (`xp`) and the
-// lane that needs a column gets it by a shuffle: the loop runs as many steps as the warp's fullest
-// word, every lane in every step. Per nonzero: one 2-byte load of its value and one shuffle, no
-// stores and no mma. Returns the lane's running sum for its word's row half (cores_fold adds it to
-// the mma accumulators).
-__device__ __forceinline__ float cores_tile(float sum, const unsigned char* stage, u32 xp, int warp, int lane) {
+// Token 0's row of the X tile is not swizzled; lane l holds its columns l and l + 32 as floats (x0,
+// x1), so the lane that holds a bit's column is the bit's position b, and which of the two a lane
+// wants is fixed by its word: two shuffles and a select, no index arithmetic (docs/perf-notes.md,
+// "Fewer instructions per nonzero"). The loop runs as many steps as the warp's fullest word, every
+// lane in every step. Per nonzero: one 2-byte load of its value and two shuffles, no stores and no
+// mma. Returns the lane's running sum for its word's row half (cores_fold adds it to the mma
+// accumulators).
+__device__ __forceinline__ float cores_tile(float sum, const unsigned char* stage, float x0, float x1, int warp, int lane) {
     const u16* vals = (const u16*)stage;
     const u32* words = (const u32*)(stage + VALS_BYTES);
     const u16* prefix = (const u16*)(stage + VALS_BYTES + N_WORDS * 4);
@@ -394,14 +387,15 @@ __device__ __forceinline__ float cores_tile(float sum, const unsigned char* stag
     const int n = __popc(bits);
     int vi = prefix[w] + n - 1;  // index in vals of the value of the word's highest remaining bit
     const int steps = __reduce_max_sync(0xffffffffu, n);
-    const int cbase = (lane & 1) << 5;
+    const bool upper = lane & 1;  // this lane's word covers columns 32 .. 63
     // no branch in the loop: a lane whose word has no bits left goes on stepping its index down and
     // drops the product (reading no lower than the tile's first value: below it other warps write)
 #pragma unroll 2
     for (int i = 0; i < steps; ++i, --vi) {
         const int b = (31 - __clz(bits)) & 31;
-        const u32 pair = __shfl_sync(0xffffffffu, xp, (cbase + b) >> 1);
-        const float next = fmaf(to_float(vals[max(vi, 0)]), half_to_float(pair, b & 1), sum);
+        const float lo = __shfl_sync(0xffffffffu, x0, b), hi = __shfl_sync(0xffffffffu, x1, b);
+        const float xv = upper ? hi : lo;
+        const float next = fmaf(to_float(vals[max(vi, 0)]), xv, sum);
         sum = bits ? next : sum;
         bits &= ~(1u << b);
     }
@@ -657,14 +651,16 @@ extern "C" __global__ void __launch_bounds__(NUM_THREADS) plan_matmul_cuda(
                     const unsigned char* stage = stages + (k % STAGES) * STAGE_BYTES;
                     const int kind = kind_of(p, s_bitmap, s_index, s_empty);
                     bool on_cores = false;
-                    u32 xp = 0;  // token 0's X columns 2 lane, 2 lane + 1, for the CUDA-core path
+                    float x0 = 0.f, x1 = 0.f;  // token 0's X columns lane, lane + 32 for the CUDA-core path
                     if (DECODE_CORES && a.N == 1 && !(ABLATE & 6) && kind == KIND_BITMAP && tile_nnz < CORES_MAX_NNZ) {
                         // skipped zeros would not turn an Inf or NaN of X into NaN: such tiles take the mma path
-                        xp = ((const u32*)(stage + VALS_BYTES + META_ROOM))[lane];
-                        on_cores = !__any_sync(0xffffffffu, pair_nonfinite(xp));
+                        const unsigned char* x_row = stage + VALS_BYTES + META_ROOM;
+                        const u16 c0 = ((const u16*)x_row)[lane], c1 = ((const u16*)x_row)[lane + 32];
+                        x0 = to_float(c0), x1 = to_float(c1);
+                        on_cores = !__any_sync(0xffffffffu, pair_nonfinite(c0 | ((u32)c1 << 16)));
                     }
                     if (on_cores) {
-                        cores_sum = cores_tile(cores_sum, stage, xp, warp, lane);
+                        cores_sum = cores_tile(cores_sum, stage, x0, x1, warp, lane);
                     } else if (DECODE_REGS && !(ABLATE & 6) && kind == KIND_BITMAP && tile_nnz >= REGS_MIN_NNZ) {
                         if (!(ABLATE & 32)) mma_tile_regs(acc, stage, stage + VALS_BYTES + META_ROOM, warp, lane);
                     } else {
