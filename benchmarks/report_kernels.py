@@ -1,29 +1,46 @@
 """Figure 1 (speed-up over cuBLAS against sparsity, one panel per N, a line per shape and method)
-and a markdown table from benchmarks/results/<gpu>/kernels.csv (written by benchmarks/kernels.py).
+and markdown tables from benchmarks/results/<gpu>/kernels.csv (written by benchmarks/kernels.py):
+the speed-ups (kernels_table.md) and, at N <= 16, the fraction of each method's bandwidth floor
+reached (kernels_floor.md: its weight bytes at the GPU's measured copy rate, --copy-tbps, which
+defaults to the rate measured on the GPU the folder is named after).
 
     python benchmarks/report_kernels.py benchmarks/results/h100
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # runs from a checkout without PYTHONPATH
-from cross.bench.report import kernel_figure, kernel_rows, read_csv, speedup_table  # noqa: E402
+from cross.bench.report import floor_table, kernel_figure, kernel_rows, read_csv, speedup_table  # noqa: E402
 
 TITLE = "bf16, {gpu}, L2 flushed, CUDA-graph replay: 'cross' = what the runtime runs (plan or dense)"
+#: copy rates (TB/s: a device-to-device copy's read + write bytes over its time) measured on the
+#: project's GPUs: H100 3.02 (the machines' documented check), H200 a 256 MiB copy in 127.6 us
+#: (tests/test_costmodel.py's graph-timing test, 2026-12-03)
+COPY_TBPS = {"h100": 3.02, "h200": 4.2}
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    folder = Path(argv[0] if argv else "benchmarks/results/h100")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("folder", nargs="?", default="benchmarks/results/h100", type=Path)
+    ap.add_argument("--copy-tbps", type=float, default=None, help="the GPU's copy rate in TB/s (default: by folder name)")
+    args = ap.parse_args(sys.argv[1:] if argv is None else argv)
+    folder = args.folder
+    gpu = folder.resolve().name  # the results folder is named after the GPU (benchmarks/results/<gpu>)
+    tbps = args.copy_tbps or COPY_TBPS.get(gpu.lower())
+    if tbps is None:
+        ap.error(f"--copy-tbps: no measured copy rate for a folder named {gpu!r}; give one")
     rows = kernel_rows(read_csv(folder / "kernels.csv"))
-    # the results folder is named after the GPU (benchmarks/results/<gpu>)
-    figure = kernel_figure(rows, folder / "kernels.png", TITLE.format(gpu=folder.resolve().name.upper()), per_shape=True)
+    figure = kernel_figure(rows, folder / "kernels.png", TITLE.format(gpu=gpu.upper()), per_shape=True)
     table = folder / "kernels_table.md"
     table.write_text(speedup_table(rows) + "\n")
-    print(f"wrote {figure} and {table}")
+    floor = folder / "kernels_floor.md"
+    floor.write_text(f"# Bandwidth floor at N <= 16 ({gpu.upper()}, copy rate {tbps} TB/s)\n\n"
+                     + floor_table(rows, tbps * 1e12) + "\n")
+    print(f"wrote {figure}, {table} and {floor}")
     return 0
 
 

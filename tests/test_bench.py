@@ -304,6 +304,23 @@ def test_breakeven_counts_fallback_rows_as_dense():
     assert geo["breakeven_sparsity"] == "" and report.breakeven_cell(geo) == "never (max 1.00x)"
 
 
+def test_floor_table():
+    """At N <= 16: weight bytes over the copy rate against the measured time; fallback rows (the
+    dense weight's time under the plan's bytes), failed rows and larger N are left out."""
+    base = dict(shape="a", sparsity=0.9, distribution="uniform", status="ok", note="")
+    rows = [dict(base, N=1, method="dense", us=20.0, weight_bytes="4000000"),
+            dict(base, N=1, method="cross-cuda-bitmap", us=10.0, weight_bytes="1000000"),
+            dict(base, N=1, method="cross", us=20.0, weight_bytes="1000000", note=report.FALLBACK_NOTE),
+            dict(base, N=1, method="cusparse-csr", us=None, weight_bytes="1200000", status="failed: x"),
+            dict(base, N=128, method="cross-cuda-bitmap", us=50.0, weight_bytes="1000000")]
+    lines = report.floor_table(rows, 1e12).splitlines()
+    assert len(lines) == 2 + 2
+    assert lines[2] == "| uniform | a | 1 | 90% | dense | 1.00 | 20.0 | 4.0 | 0.20 |"
+    assert lines[3] == "| uniform | a | 1 | 90% | cross-cuda-bitmap | 0.25 | 10.0 | 1.0 | 0.10 |"
+    with pytest.raises(ValueError, match="copy_bytes_per_s"):
+        report.floor_table(rows, 0.0)
+
+
 def test_kernel_report_files(tmp_path):
     rows = synthetic_rows()
     paths = report.write_kernel_report(rows, tmp_path, "synthetic")
@@ -529,6 +546,11 @@ def test_report_kernels_script(tmp_path, capsys):
         "shape,M,K,N,sparsity,distribution,method,us,speedup_vs_dense\n"
         + "".join(f"llama-up,11008,4096,{n},{s},uniform,{m},1.0,{v}\n" for n in (1, 128) for s in (0.5, 0.9)
                   for m, v in (("dense", 1.0), ("cross", 1.0), ("cross-cuda-bitmap", 0.7 + s / 2))))
-    assert load_script("report_kernels").main([str(tmp_path)]) == 0
+    script = load_script("report_kernels")
+    with pytest.raises(SystemExit):  # a folder not named after a GPU with a measured copy rate
+        script.main([str(tmp_path)])
+    assert "--copy-tbps" in capsys.readouterr().err
+    assert script.main([str(tmp_path), "--copy-tbps", "3.0"]) == 0
     assert (tmp_path / "kernels.png").read_bytes().startswith(b"\x89PNG")
     assert "| uniform | llama-up | 1 | 1.00x | 1.00x | 0.95x | 1.15x |" in (tmp_path / "kernels_table.md").read_text()
+    assert "copy rate 3.0 TB/s" in (tmp_path / "kernels_floor.md").read_text()

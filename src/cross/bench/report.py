@@ -174,6 +174,29 @@ def speedup_table(rows) -> str:
     return markdown_table(header, body, code_first=False)
 
 
+def floor_table(rows, copy_bytes_per_s: float, max_tokens: int = 16) -> str:
+    """Markdown: at N <= ``max_tokens``, how close each measured method comes to streaming its own
+    weight bytes at ``copy_bytes_per_s`` (the GPU's measured copy rate): floor us = weight bytes /
+    rate, fraction = floor / measured time; and its bytes against the dense weight's. Rows where
+    the runtime fell back to cuBLAS are left out (their time is the dense weight's)."""
+    if not copy_bytes_per_s > 0:
+        raise ValueError(f"copy_bytes_per_s: expected a positive rate, got {copy_bytes_per_s}")
+    dense_bytes = {(r["distribution"], r["shape"], r["sparsity"]): _number(r.get("weight_bytes"))
+                   for r in rows if r["method"] == "dense"}
+    body = []
+    for r in rows:
+        nbytes = _number(r.get("weight_bytes"))
+        dense = dense_bytes.get((r["distribution"], r["shape"], r["sparsity"]))
+        fell_back = FALLBACK_NOTE in (r.get("note") or "")
+        if r["N"] > max_tokens or r["status"] != "ok" or fell_back or not nbytes or not r["us"] or not dense:
+            continue
+        floor_us = nbytes / copy_bytes_per_s * 1e6
+        body.append([r["distribution"], r["shape"], str(r["N"]), f"{r['sparsity']:.0%}", r["method"],
+                     f"{nbytes / dense:.2f}", f"{r['us']:.1f}", f"{floor_us:.1f}", f"{floor_us / r['us']:.2f}"])
+    header = ["distribution", "shape", "N", "sparsity", "method", "bytes / dense", "us", "floor us", "of floor"]
+    return markdown_table(header, body, code_first=False)
+
+
 def speedup_figure(panels: Mapping[tuple[str, str], Mapping[str, Sequence[tuple[float, float]]]], path: Path,
                    title: str, log: bool = True, ylabel: str = "speed-up over cuBLAS") -> Path:
     """A grid of panels keyed (row title, column title), each with lines {label: [(sparsity,
