@@ -5,6 +5,8 @@
                                 plan of this token count falls back
     cross-<backend>-<kinds>     the plan kernel forced, tiles restricted to kinds (bitmap, dense,
                                 hybrid) on backend cuda or triton, e.g. cross-cuda-bitmap
+    cross-rows                  the one-token row kernel forced (kernels/row_gemv.cu, one launch
+                                per token; GPU only, K % 8 == 0, K <= 16384)
     cusparse-csr                w.to_sparse_csr() @ x.T (cuSPARSE SpMM through torch), in the
                                 weight's dtype where torch runs it there, else fp16, else fp32
     triton-bsr-<b>              torch.sparse._triton_ops.bsr_dense_mm with b x b blocks (GPU only;
@@ -39,7 +41,7 @@ BSR_N_MULTIPLE = 16  # bsr_dense_mm refuses a dense operand whose column count i
 
 @dataclass(frozen=True)
 class Method:
-    """A parsed method name. family: dense, cross, csr, bsr or 2:4."""
+    """A parsed method name. family: dense, cross, rows, csr, bsr or 2:4."""
 
     name: str
     family: str
@@ -53,7 +55,7 @@ class Method:
 
 
 def parse_method(name: str) -> Method:
-    expected = ("expected dense, cross, cross-<cuda|triton>-<bitmap|dense|hybrid>, cusparse-csr, "
+    expected = ("expected dense, cross, cross-<cuda|triton>-<bitmap|dense|hybrid>, cross-rows, cusparse-csr, "
                 f"triton-bsr-<block: a power of two >= 16> or sparse-2:4, got {name!r}")
     if name == "dense":
         return Method(name, "dense")
@@ -61,6 +63,8 @@ def parse_method(name: str) -> Method:
         return Method(name, "cross")
     if name == "cusparse-csr":
         return Method(name, "csr")
+    if name == "cross-rows":
+        return Method(name, "rows")
     if name == "sparse-2:4":
         return Method(name, "2:4")
     parts = name.split("-")
@@ -114,6 +118,13 @@ def unavailable(method: Method, m: int, k: int, capability: tuple[int, int] | No
                     f"columns of {limits.sparse_min_cols}, got {m}x{k}")
     if method.family == "cross" and method.backend == "cuda" and capability is None:
         return "the cross CUDA backend needs a CUDA GPU"
+    if method.family == "rows":
+        from ..costmodel.roofline import row_kernel_fits
+
+        if capability is None:
+            return "the row kernel needs a CUDA GPU"
+        if not row_kernel_fits(m, k, "bfloat16"):
+            return f"the row kernel needs K % 8 == 0 and K <= 16384, got K = {k}"
     return None
 
 
@@ -148,6 +159,8 @@ def prepare(method: Method, w: torch.Tensor, *, tile=(64, 64), cost_model=None, 
         return Prepared(w, sparsity, lambda x: Bound(lambda: torch.matmul(x, w.T), w.dtype, "", nbytes(w)))
     if method.family == "cross":
         return Prepared(w, sparsity, _prepare_cross(method, w, tile, cost_model, n_programs))
+    if method.family == "rows":
+        return Prepared(w, sparsity, _prepare_rows(w))
     if method.family == "csr":
         return Prepared(w, sparsity, _prepare_csr(w))
     if method.family == "bsr":
@@ -160,12 +173,14 @@ def prepare(method: Method, w: torch.Tensor, *, tile=(64, 64), cost_model=None, 
 
 
 def _prepare_cross(method: Method, w, tile, cost_model, n_programs):
-    from ..kernels.launch import kernel_args, launch
+    from ..kernels.launch import kernel_args, launch, row_eligible, row_kernel_args, row_launch
     from ..pack import pack
+    from ..pack.rows import rows_reference
     from ..partition import make_plan
 
-    kinds = {} if method.kinds is None else {"allowed_kinds": method.kinds}
-    packed = pack(w, make_plan(w, tile_shape=tile, cost_model=cost_model, n_programs=n_programs, **kinds))
+    # a forced tile method runs the tile kernel at every token count
+    options = {"row_kernel": False, "allowed_kinds": method.kinds} if method.kinds is not None else {}
+    packed = pack(w, make_plan(w, tile_shape=tile, cost_model=cost_model, n_programs=n_programs, **options))
     if method.kinds is None and w.is_cuda:  # what the runtime runs: predicted wins checked on the GPU
         from ..runtime import measure_plan
 
@@ -176,10 +191,25 @@ def _prepare_cross(method: Method, w, tile, cost_model, n_programs):
         if method.kinds is None and bucket.plan.fallback:
             why = f"{FALLBACK_NOTE} ({bucket.plan.reason})" if bucket.plan.reason else FALLBACK_NOTE
             return Bound(lambda: torch.matmul(x, w.T), w.dtype, why, packed.nbytes)
+        if bucket.plan.kernel == "rows":
+            if row_eligible(packed, x.device):
+                rargs = row_kernel_args(packed)
+                return Bound(lambda: row_launch(x, rargs), w.dtype, "row kernel", packed.rows.nbytes)
+            return Bound(lambda: rows_reference(x, packed.rows), w.dtype, "row format, reference", packed.rows.nbytes)
         kargs = kernel_args(packed, bucket, method.backend)  # resolved once, as the runtime does
-        return Bound(lambda: launch(x, kargs), w.dtype, f"{kargs.backend} kernel", packed.nbytes)
+        tile_bytes = packed.nbytes - (packed.rows.nbytes if packed.rows is not None else 0)
+        return Bound(lambda: launch(x, kargs), w.dtype, f"{kargs.backend} kernel", tile_bytes)
 
     return bind
+
+
+def _prepare_rows(w):
+    from ..kernels.launch import row_args, row_launch
+    from ..pack.rows import RowWeight
+
+    rows = RowWeight.from_dense(w)
+    args = row_args(rows)
+    return lambda x: Bound(lambda: row_launch(x, args), w.dtype, "row kernel", rows.nbytes)
 
 
 def _prepare_csr(w):

@@ -16,7 +16,7 @@ import numpy as np
 
 from .._checks import check_tile_shape
 from ..tiling import TileKind
-from .roofline import H100, GPUSpec, dense_matmul_us, tile_cost_us
+from .roofline import H100, GPUSpec, dense_matmul_us, row_matmul_us, tile_cost_us
 
 TABLE_FORMAT = "cross.costmodel/1"
 
@@ -118,6 +118,10 @@ class CostModel:
     def dense_us(self, rows: int, cols: int, n_tokens: int, element_size: int = 2) -> float:
         """Predicted time of the dense product with the same weight (the baseline to beat)."""
         return dense_matmul_us(self.spec, rows, cols, n_tokens, element_size)
+
+    def row_us(self, rows: int, entries: int, n_tokens: int) -> float:
+        """Predicted time of the one-token row kernel over ``entries`` row-format entries."""
+        return row_matmul_us(self.spec, rows, entries, n_tokens)
 
     @property
     def launch_us(self) -> float:

@@ -167,3 +167,29 @@ def dense_matmul_us(spec: GPUSpec, rows: int, cols: int, n_tokens: int, element_
     memory = rows * cols * element_size / (spec.bandwidth * spec.dense_bandwidth_efficiency)
     compute = 2.0 * rows * cols * max(1, n_tokens) / (spec.tensor_flops * spec.dense_tensor_efficiency)
     return max(memory, compute) * 1e6 + spec.dense_launch_us
+
+
+#: The one-token row kernel (kernels/row_gemv.cu) keeps X in shared memory as fp32: K at most this
+#: (64 KB per block) and a multiple of 8 (16-byte loads of X).
+ROW_MAX_K = 16384
+#: Token counts the planner gives the row kernel (it is built for one token: each further token
+#: reads the whole row format again).
+ROW_MAX_TOKENS = 1
+
+
+def row_kernel_fits(rows: int, cols: int, dtype: str) -> bool:
+    """The row kernel can run an rows x cols weight of this dtype (name) on a GPU."""
+    return dtype in ("bfloat16", "float16") and cols % 8 == 0 and cols <= ROW_MAX_K and rows >= 1
+
+
+def row_entries(nnz: int, rows: int) -> int:
+    """Expected entries of the row format: the nonzeros, and on average 1.5 padding entries per row
+    (runs padded to multiples of 4)."""
+    return int(nnz + 1.5 * rows)
+
+
+def row_matmul_us(spec: GPUSpec, rows: int, entries: int, n_tokens: int) -> float:
+    """Predicted time of the row kernel: its 4-byte entries and row offsets streamed once per token
+    at the rate the dense product streams its weight, plus the dense product's launch term."""
+    stream = 4 * (entries + rows + 1) / (spec.bandwidth * spec.dense_bandwidth_efficiency)
+    return max(1, n_tokens) * stream * 1e6 + spec.dense_launch_us

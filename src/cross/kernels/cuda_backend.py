@@ -15,7 +15,7 @@ from importlib import resources
 
 import torch
 
-from ..costmodel.roofline import plan_kernel_smem, plan_kernel_stages, plan_kernel_vals_bytes
+from ..costmodel.roofline import ROW_MAX_K, plan_kernel_smem, plan_kernel_stages, plan_kernel_vals_bytes
 
 NUM_THREADS = 128
 #: CROSS_CUDA_STAGES=n builds every variant with n pipeline stages (tiles in flight per CTA + 1),
@@ -24,6 +24,7 @@ STAGES_ENV = "CROSS_CUDA_STAGES"
 #: extra NVRTC options for profiling builds (e.g. "-DABLATE=2"; see plan_matmul.cu), read at compile time
 DEFINES_ENV = "CROSS_CUDA_DEFINES"
 _SOURCE = "plan_matmul.cu"
+_HEADERS = ("dtype.cuh",)  # what the sources #include, handed to NVRTC by name
 #: one-token launches of weights whose median BITMAP tile is sparser than this (nonzeros per tile
 #: element) run a build that multiplies the tiles under it on CUDA cores (plan_matmul.cu,
 #: DECODE_CORES). Measured on H200 (docs/perf-notes.md, "The CUDA-core path, measured"): the build
@@ -99,29 +100,41 @@ def _defines(tile_m: int, tile_k: int, block_n: int, is_bf16: bool, vals: int, c
 
 
 @functools.lru_cache(maxsize=None)
-def _kernel(device_index: int, tile_m: int, tile_k: int, block_n: int, is_bf16: bool, vals: int, cores: bool = False):
+def _compile(device_index: int, source: str, name: str, defines: tuple[str, ...], smem: int):
+    """(module, function) of kernel ``name`` in ``source``, compiled by NVRTC for the device with
+    ``defines``, allowed ``smem`` bytes of dynamic shared memory."""
     driver, nvrtc = _bindings()
-    src = resources.files(__package__).joinpath(_SOURCE).read_bytes()
+    files = resources.files(__package__)
+    src = files.joinpath(source).read_bytes()
     major, minor = torch.cuda.get_device_capability(device_index)
-    prog = _check(nvrtc.nvrtcCreateProgram(src, _SOURCE.encode(), 0, [], []), "nvrtcCreateProgram")
+    headers = [files.joinpath(h).read_bytes() for h in _HEADERS]
+    prog = _check(nvrtc.nvrtcCreateProgram(src, source.encode(), len(headers), headers, [h.encode() for h in _HEADERS]),
+                  "nvrtcCreateProgram")
     opts = [f"--gpu-architecture=sm_{major}{minor}".encode(), b"-std=c++17", b"-default-device"]
-    opts += [o.encode() for o in _defines(tile_m, tile_k, block_n, is_bf16, vals, cores)]
+    opts += [o.encode() for o in defines]
     err, = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
     if int(err) != 0:
         size = _check(nvrtc.nvrtcGetProgramLogSize(prog), "nvrtcGetProgramLogSize")
         log = b" " * size
         nvrtc.nvrtcGetProgramLog(prog, log)
-        raise RuntimeError(f"NVRTC could not compile {_SOURCE}:\n{log.decode(errors='replace')}")
+        raise RuntimeError(f"NVRTC could not compile {source}:\n{log.decode(errors='replace')}")
     size = _check(nvrtc.nvrtcGetCUBINSize(prog), "nvrtcGetCUBINSize")
     cubin = b" " * size
     _check(nvrtc.nvrtcGetCUBIN(prog, cubin), "nvrtcGetCUBIN")
     with torch.cuda.device(device_index):
         torch.cuda.current_stream()  # makes PyTorch's primary context current for the driver API
         module = _check(driver.cuModuleLoadData(cubin), "cuModuleLoadData")
-        func = _check(driver.cuModuleGetFunction(module, b"plan_matmul_cuda"), "cuModuleGetFunction")
-        smem = smem_bytes(tile_m, tile_k, block_n, vals)
+        func = _check(driver.cuModuleGetFunction(module, name.encode()), "cuModuleGetFunction")
         attr = driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
         _check(driver.cuFuncSetAttribute(func, attr, smem), "cuFuncSetAttribute")
+    return module, func
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel(device_index: int, tile_m: int, tile_k: int, block_n: int, is_bf16: bool, vals: int, cores: bool = False):
+    smem = smem_bytes(tile_m, tile_k, block_n, vals)
+    defines = tuple(_defines(tile_m, tile_k, block_n, is_bf16, vals, cores))
+    module, func = _compile(device_index, _SOURCE, "plan_matmul_cuda", defines, smem)
     return module, func, smem
 
 
@@ -141,8 +154,48 @@ def launch(grid: int, tile_m: int, tile_k: int, block_n: int, vals: int, ptrs, i
 
 
 class Pointers:
-    """Device addresses of the 13 pointer arguments, in kernel order."""
+    """Device addresses of a kernel's pointer arguments, in kernel order (None: a null pointer)."""
 
     def __init__(self, tensors, is_bf16: bool):
-        self.values = tuple(t.data_ptr() for t in tensors)
+        self.values = tuple(0 if t is None else t.data_ptr() for t in tensors)
         self.is_bf16 = is_bf16
+
+
+# ---------------------------------------------------------------------- the one-token row kernel
+_ROW_SOURCE = "row_gemv.cu"
+#: CROSS_ROW_GRID="threads,blocks_per_sm" replaces the row kernel's block shape, for tuning (read at import)
+ROW_GRID_ENV = "CROSS_ROW_GRID"
+#: threads per block of the row kernel, and blocks per SM (each block reads X into its shared memory once)
+ROW_THREADS, ROW_BLOCKS_PER_SM = (int(v) for v in os.environ.get(ROW_GRID_ENV, "512,2").split(","))
+
+
+def row_smem(k: int) -> int:
+    return (k + 4) * 4
+
+
+def row_grid(device_index: int, k: int) -> int:
+    """Blocks of a row-kernel launch: ROW_BLOCKS_PER_SM per SM, fewer where X's shared memory
+    would not let them all run at once."""
+    props = torch.cuda.get_device_properties(device_index)
+    per_sm = getattr(props, "shared_memory_per_multiprocessor", 228 * 1024) - 1024  # the driver's reserve per block
+    fit = per_sm // (row_smem(k) + 1024)
+    return props.multi_processor_count * max(1, min(ROW_BLOCKS_PER_SM, fit))
+
+
+@functools.lru_cache(maxsize=None)
+def _row_kernel(device_index: int, is_bf16: bool):
+    defines = [f"-DIS_BF16={int(is_bf16)}", f"-DTHREADS={ROW_THREADS}"]
+    extra = os.environ.get(DEFINES_ENV, "").split()  # profiling builds (e.g. -DUNROLL=2)
+    _, func = _compile(device_index, _ROW_SOURCE, "row_gemv", tuple(defines + extra), row_smem(ROW_MAX_K))
+    return func
+
+
+def row_launch(grid: int, k: int, ptrs, propagate: bool):
+    """One launch of row_gemv: pointers (x, y, bias or 0, entries, row_ptr, block_rows) and K."""
+    driver, _ = _bindings()
+    func = _row_kernel(torch.cuda.current_device(), ptrs.is_bf16)
+    stream = driver.CUstream(torch.cuda.current_stream().cuda_stream)
+    args = tuple(ptrs.values) + (int(k), int(propagate))
+    types = (ctypes.c_void_p,) * 6 + (ctypes.c_int,) * 2
+    _check(driver.cuLaunchKernel(func, grid, 1, 1, ROW_THREADS, 1, 1, row_smem(k), stream, (args, types), 0),
+           "cuLaunchKernel")

@@ -5,6 +5,8 @@ Backends:
               64x128 tiles, K a multiple of 8; bitmap tiles expanded by scattering their nonzeros
     "triton"  portable Triton kernel (kernels/triton_plan.py): any CUDA GPU and Triton's
               interpreter (CPU tensors with TRITON_INTERPRET=1)
+The one-token row kernel (kernels/row_gemv.cu, ``row_launch``) runs buckets whose plan says
+``kernel="rows"``, over the weight's row format; it is compiled and launched like the "cuda" backend.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 
 from .._checks import dtype_name
 from ..pack.packed import MAX_LAUNCH_TOKENS, PackedBucket, PackedWeight
+from ..pack.rows import RowWeight
 
 BACKENDS = ("cuda", "triton")
 CUDA_TILE_M = 64
@@ -33,6 +36,16 @@ def cuda_eligible(packed: PackedWeight, device: torch.device) -> bool:
     return (cuda_backend.available() and packed.dtype in (torch.bfloat16, torch.float16)
             and packed.plan.tile_shape[0] == CUDA_TILE_M and packed.plan.tile_shape[1] in (64, 128)
             and packed.shape[1] % 8 == 0 and not packed.has_index)
+
+
+def row_eligible(packed: PackedWeight, device: torch.device) -> bool:
+    """The one-token row kernel (kernels/row_gemv.cu) can run this weight's row format here."""
+    if device.type != "cuda" or _interpreting() or packed.rows is None:
+        return False
+    from . import cuda_backend
+
+    return (cuda_backend.available() and packed.dtype in (torch.bfloat16, torch.float16)
+            and packed.shape[1] % 8 == 0 and packed.shape[1] <= cuda_backend.ROW_MAX_K)
 
 
 def triton_eligible(packed: PackedWeight, device: torch.device) -> bool:
@@ -77,6 +90,64 @@ class KernelArgs(NamedTuple):
     vals_bytes: int  # cuda backend: room for one tile's values per pipeline stage
     cores: int  # cuda backend: 1 if one-token launches take the CUDA-core build (cuda_backend.cores_build)
     backend: str
+
+
+class RowArgs(NamedTuple):
+    """A row-kernel bucket's launch, resolved once: the row format, each block's first row
+    (``block_rows`` [G + 1], balanced by entries) and sizes."""
+
+    entries: torch.Tensor
+    row_ptr: torch.Tensor
+    block_rows: torch.Tensor
+    out_features: int
+    in_features: int
+    propagate: int  # 1: non-finite inputs reach the rows as in the dense product (nan_policy "propagate")
+
+
+def row_blocks(row_ptr: torch.Tensor, n_blocks: int) -> torch.Tensor:
+    """int32 [n_blocks + 1]: block b runs rows [out[b], out[b + 1]), each block about the same
+    number of entries (whole rows)."""
+    m = row_ptr.numel() - 1
+    ptr = row_ptr.to(torch.int64)
+    targets = torch.arange(n_blocks + 1, device=ptr.device, dtype=torch.int64) * int(ptr[-1]) // n_blocks
+    bounds = torch.searchsorted(ptr, targets).clamp_(max=m)
+    bounds[0], bounds[-1] = 0, m
+    return bounds.to(torch.int32).contiguous()
+
+
+def row_kernel_args(packed: PackedWeight) -> RowArgs:
+    """The row kernel's arguments for a packed weight with a row format, on its GPU."""
+    if not row_eligible(packed, packed.device):
+        raise ValueError("row kernel: expected a row format on an sm_80+ GPU with cuda-python, bf16/fp16, "
+                         "K % 8 == 0 and K <= costmodel.roofline.ROW_MAX_K")
+    return row_args(packed.rows, packed.plan.nan_policy == "propagate")
+
+
+def row_args(rows: RowWeight, propagate: bool = True) -> RowArgs:
+    """The row kernel's arguments for a row format on a GPU (eligibility is the caller's check)."""
+    from .cuda_backend import row_grid
+
+    blocks = row_blocks(rows.row_ptr, row_grid(rows.device.index or 0, rows.shape[1]))
+    return RowArgs(rows.entries, rows.row_ptr, blocks, rows.shape[0], rows.shape[1], int(propagate))
+
+
+def row_launch(x: torch.Tensor, args: RowArgs, bias: torch.Tensor | None = None,
+               out: torch.Tensor | None = None) -> torch.Tensor:
+    """Y[N, M] = X[N, K] @ W^T (+ bias) by the row kernel, one launch per token (it is built for
+    one). x: unit stride along K; out: optional [N, M], unit stride along M (written entirely)."""
+    from . import cuda_backend
+
+    n = x.shape[0]
+    y = torch.empty((n, args.out_features), dtype=x.dtype, device=x.device) if out is None else out
+    is_bf16 = x.dtype == torch.bfloat16
+    grid = args.block_rows.numel() - 1
+    for i in range(n):
+        xi = x[i]
+        if xi.data_ptr() % 16:  # X is read as 16-byte vectors
+            xi = xi.clone()
+        ptrs = cuda_backend.Pointers((xi, y[i], bias, args.entries, args.row_ptr, args.block_rows), is_bf16)
+        cuda_backend.row_launch(grid, args.in_features, ptrs, bool(args.propagate))
+    return y
 
 
 def cuda_heads(sections: torch.Tensor, items: torch.Tensor, unit_ptr: torch.Tensor,

@@ -82,9 +82,7 @@
 #endif
 #endif
 
-typedef unsigned short u16;
-typedef unsigned int u32;
-typedef unsigned long long u64;
+#include "dtype.cuh"
 
 #define NUM_THREADS 128
 #define N_WORDS (TILE_M * TILE_K / 32)
@@ -148,26 +146,6 @@ __device__ __forceinline__ void mma16816(float* c, u32 a0, u32 a1, u32 a2, u32 a
                  : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                  : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 #endif
-}
-
-__device__ __forceinline__ float to_float(u16 v) {
-#if IS_BF16
-    return __uint_as_float(((u32)v) << 16);
-#else
-    float f;
-    asm("cvt.f32.f16 %0, %1;\n" : "=f"(f) : "h"(v));
-    return f;
-#endif
-}
-
-__device__ __forceinline__ u16 from_float(float f) {
-    u16 v;
-#if IS_BF16
-    asm("cvt.rn.bf16.f32 %0, %1;\n" : "=h"(v) : "f"(f));
-#else
-    asm("cvt.rn.f16.f32 %0, %1;\n" : "=h"(v) : "f"(f));
-#endif
-    return v;
 }
 
 struct Args {

@@ -7,6 +7,8 @@ Tables, int32:
                             the plan's order
     row_sections [ti, 5]    where the DENSE, BITMAP, INDEX and EMPTY runs of each tile-row start in
                             ``tiles``, then its end
+Where a bucket's plan runs the one-token row kernel, the weight is also kept in the row format
+(``rows``, pack/rows.py).
 Per bucket (PackedBucket; also for buckets that fall back to dense, so their plan can be forced):
     items        [W, 4]     (tile-row, start, stop, slot): slot -1 writes the output tile directly;
                             otherwise the item's fp32 partial goes to workspace slot ``slot`` and the
@@ -31,6 +33,7 @@ from ..partition.balance import SECTION_ORDER
 from ..partition.plan import BucketPlan, Plan
 from ..tiling import TileKind
 from .formats import TiledWeight
+from .rows import MAX_COLS, RowWeight
 
 _I32_MAX = 2**31 - 1
 
@@ -69,6 +72,7 @@ class PackedWeight:
     has_index: bool = False  # any INDEX tile (plain Python facts: cheap to check, and constant under torch.compile)
     has_dense: bool = False
     median_bitmap_nnz: int = -1  # median nnz of the BITMAP tiles (-1: none): picks the one-token CUDA build
+    rows: RowWeight | None = None  # the row format, where a bucket's plan runs the row kernel
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -86,6 +90,7 @@ class PackedWeight:
     def nbytes(self) -> int:
         """Device bytes: the formats plus the kernel tables."""
         n = self.tiled.nbytes + self.tiles.numel() * 4 + self.row_sections.numel() * 4
+        n += self.rows.nbytes if self.rows is not None else 0
         for b in self.buckets:
             n += 4 * (b.items.numel() + b.row_parts.numel() + b.unit_ptr.numel() + b.unit_order.numel())
         return n
@@ -104,12 +109,12 @@ class PackedWeight:
             raise ValueError("with_plan: expected this weight's plan with other bucket choices, got another layout")
         self.plan.with_buckets(plan.buckets)  # raises unless the work lists are the same
         buckets = tuple(replace(pb, plan=bp) for pb, bp in zip(self.buckets, plan.buckets))
-        return replace(self, plan=plan, buckets=buckets)
+        return replace(self, plan=plan, buckets=buckets, rows=self.rows if self.rows is not None else _rows_for(plan, self.tiled))
 
     def to(self, device) -> "PackedWeight":
         return PackedWeight(self.plan, self.tiled.to(device), self.tiles.to(device), self.row_sections.to(device),
                             tuple(b.to(device) for b in self.buckets), self.max_sparse_nnz, self.has_index, self.has_dense,
-                            self.median_bitmap_nnz)
+                            self.median_bitmap_nnz, None if self.rows is None else self.rows.to(device))
 
 
 def _pack_bucket(bp: BucketPlan, n_rows: int) -> PackedBucket:
@@ -133,6 +138,15 @@ def _pack_bucket(bp: BucketPlan, n_rows: int) -> PackedBucket:
     max_tt = -(-min(bp.n_max, MAX_LAUNCH_TOKENS) // bp.block_n)
     counters = torch.zeros(n_rows * max_tt, dtype=torch.int32)
     return PackedBucket(bp, as_t(table), as_t(row_parts), as_t(bp.unit_ptr), as_t(bp.unit_order), int(split_sorted.size), counters)
+
+
+def _rows_for(plan: Plan, tiled: TiledWeight) -> RowWeight | None:
+    """The row format where a bucket of the plan runs the row kernel, else None."""
+    if not any(b.kernel == "rows" for b in plan.buckets):
+        return None
+    if plan.shape[1] > MAX_COLS:
+        raise ValueError(f"pack: the plan runs the row kernel, which takes at most {MAX_COLS} columns, got {plan.shape[1]}")
+    return RowWeight.from_dense(tiled.to_dense())
 
 
 def pack(weight: torch.Tensor, plan: Plan) -> PackedWeight:
@@ -180,7 +194,8 @@ def pack_tiled(tiled: TiledWeight, plan: Plan) -> PackedWeight:
     median_bitmap_nnz = int(np.median(nnz[bitmap])) if bitmap.any() else -1
     return PackedWeight(plan, tiled, torch.from_numpy(tiles).to(dev),
                         torch.from_numpy(sections.astype(np.int32)).to(dev), buckets, max_sparse_nnz,
-                        bool((kinds == TileKind.INDEX).any()), bool((kinds == TileKind.DENSE).any()), median_bitmap_nnz)
+                        bool((kinds == TileKind.INDEX).any()), bool((kinds == TileKind.DENSE).any()), median_bitmap_nnz,
+                        _rows_for(plan, tiled))
 
 
 def describe(pw: PackedWeight) -> str:

@@ -28,9 +28,13 @@ import numpy as np
 
 from ..tiling import TileGrid, TileKind
 
-PLAN_FORMAT = "cross.plan/2"
-#: Formats this version reads: /1 had no measured times (BucketPlan.measured_us, measured_dense_us).
-READABLE_PLAN_FORMATS = ("cross.plan/1", PLAN_FORMAT)
+PLAN_FORMAT = "cross.plan/3"
+#: Formats this version reads: /1 had no measured times (BucketPlan.measured_us, measured_dense_us),
+#: /2 no row kernel (BucketPlan.kernel).
+READABLE_PLAN_FORMATS = ("cross.plan/1", "cross.plan/2", PLAN_FORMAT)
+#: What runs a bucket's plan: "tiles", the plan kernel over the tiles' work list; "rows", the
+#: one-token row kernel over the weight's row format (pack/rows.py)
+KERNELS = ("tiles", "rows")
 
 
 def _readable() -> str:
@@ -75,8 +79,11 @@ class BucketPlan:
     # times measured on the GPU at n_design (cross.runtime.measure), None where not measured
     measured_us: float | None = None
     measured_dense_us: float | None = None
+    kernel: str = "tiles"  # KERNELS; the work list is kept for "rows" too (a forced tile run)
 
     def __post_init__(self):
+        if self.kernel not in KERNELS:
+            raise ValueError(f"bucket [{self.n_min}, {self.n_max}]: expected kernel in {KERNELS}, got {self.kernel!r}")
         measured = (self.measured_us, self.measured_dense_us)
         if (measured[0] is None) != (measured[1] is None) or not all(
                 v is None or (math.isfinite(v) and v > 0) for v in measured):
@@ -311,7 +318,7 @@ class Plan:
         lines = [f"Plan {self.shape[0]}x{self.shape[1]} {self.dtype}, tiles {self.tile_shape[0]}x{self.tile_shape[1]}: "
                  + ", ".join(f"{k.lower()} {v}" for k, v in counts.items()) + f" (swing {int(self.swing.sum())})"]
         for b in self.buckets:
-            what = "dense fallback" if b.fallback else f"{b.predicted_us:8.1f} us vs dense {b.dense_us:8.1f} us ({b.speedup:.2f}x), imbalance {b.imbalance:.3f}"
+            what = "dense fallback" if b.fallback else f"{b.kernel + ' kernel ' if b.kernel != 'tiles' else ''}{b.predicted_us:8.1f} us vs dense {b.dense_us:8.1f} us ({b.speedup:.2f}x), imbalance {b.imbalance:.3f}"
             if b.measured:
                 what += f"; measured {b.measured_us:.1f} us vs dense {b.measured_dense_us:.1f} us"
             lines.append(f"  N {b.n_min:>5}-{b.n_max:<5} block_n {b.block_n:>3}: {what}")

@@ -10,7 +10,7 @@ import torch
 
 from .._checks import check_tile_shape, check_weight, dtype_name
 from ..costmodel import CostModel, block_n_for, default_cost_model
-from ..costmodel.roofline import plan_kernel_vals_bytes
+from ..costmodel.roofline import ROW_MAX_TOKENS, plan_kernel_vals_bytes, row_entries, row_kernel_fits
 from ..tiling import TileGrid, TileKind
 from .balance import (alternate_order, chunk_by_cost, convert_swing, equal_count_chunks, items_from_chunks,
                       simulate_makespan, split_units, tile_list)
@@ -135,7 +135,8 @@ def _map_bucket(tile_ptr, tile_kind, tile_cost, n_units, unit_mode, balance, ite
 def make_plan(weight: torch.Tensor | None = None, *, nnz: np.ndarray | None = None, shape=None, dtype=None,
               tile_shape=(64, 64), cost_model: CostModel | None = None, buckets=DEFAULT_BUCKETS,
               allowed_kinds=DEFAULT_KINDS, nan_policy: str = "propagate", balance: str = "full",
-              unit_mode: str = "split", swing_band: float = 0.10, n_programs: int | None = None) -> Plan:
+              unit_mode: str = "split", swing_band: float = 0.10, n_programs: int | None = None,
+              row_kernel: bool = True) -> Plan:
     """Plan one weight. Give either ``weight`` (M x K tensor with zeros) or ``nnz`` per tile with
     ``shape`` and ``dtype``.
 
@@ -146,6 +147,8 @@ def make_plan(weight: torch.Tensor | None = None, *, nnz: np.ndarray | None = No
              unit run both.
     nan_policy: 'propagate' makes non-finite inputs reach the outputs exactly as in the dense
              product (empty tiles are checked); 'ignore' skips empty tiles entirely.
+    row_kernel: one-token buckets may run the row kernel (kernels/row_gemv.cu, on the row format)
+             where it is predicted faster than the tile plan (bf16/fp16, K % 8 == 0, K <= 16384).
     """
     tile_shape = check_tile_shape(tile_shape)
     if weight is not None:
@@ -186,7 +189,9 @@ def make_plan(weight: torch.Tensor | None = None, *, nnz: np.ndarray | None = No
 
     def plan_buckets(kinds):
         return _plan_buckets(kinds, nnz, grid, tile_shape, buckets, classes_at, cm, programs, unit_mode, balance,
-                             nan_policy)
+                             nan_policy, rows_ok)
+
+    rows_ok = row_kernel and row_kernel_fits(grid.rows, grid.cols, dtype)
 
     layout, bucket_plans = plan_buckets(kinds)
     dense, sparse = kinds == TileKind.DENSE, np.isin(kinds, (TileKind.BITMAP, TileKind.INDEX))
@@ -212,6 +217,7 @@ def make_plan(weight: torch.Tensor | None = None, *, nnz: np.ndarray | None = No
         "cross_version": _version(),
         "torch": torch.__version__,
         "options": {"balance": balance, "unit_mode": unit_mode, "swing_band": swing_band, "n_programs": programs,
+                    "row_kernel": bool(row_kernel),
                     "allowed_kinds": [TileKind(k).name for k in allowed_kinds]},
         "swing_converted": int(converted),
         "kinds_chosen": chosen,
@@ -225,9 +231,11 @@ def _runtime_cost(bucket_plans) -> float:
     return sum(min(b.predicted_us, b.dense_us) / b.dense_us for b in bucket_plans)
 
 
-def _plan_buckets(kinds, nnz, grid, tile_shape, buckets, classes_at, cm, programs, unit_mode, balance, nan_policy):
-    """The work lists of every bucket for one choice of tile kinds. Returns ((tile_ptr, tile_col,
-    tile_kind), [BucketPlan])."""
+def _plan_buckets(kinds, nnz, grid, tile_shape, buckets, classes_at, cm, programs, unit_mode, balance, nan_policy,
+                  rows_ok=False):
+    """The work lists of every bucket for one choice of tile kinds; buckets of at most
+    ROW_MAX_TOKENS tokens run the row kernel where ``rows_ok`` and it is predicted faster than the
+    tiles. Returns ((tile_ptr, tile_col, tile_kind), [BucketPlan])."""
     tile_ptr, tile_col, tile_kind = tile_list(kinds, include_empty=nan_policy == "propagate")
     n_exec = int(tile_ptr[-1])
     rows = np.repeat(np.arange(grid.shape[0]), np.diff(tile_ptr))
@@ -253,10 +261,15 @@ def _plan_buckets(kinds, nnz, grid, tile_shape, buckets, classes_at, cm, program
         span = simulate_makespan(loads / token_tiles, order, token_tiles)
         predicted = cm.launch_us + resident * span
         dense = cm.dense_us(grid.rows, grid.cols, n)
+        kernel = "tiles"
+        if rows_ok and n_max <= ROW_MAX_TOKENS:  # the row format is stored only where it is predicted to win
+            row_us = cm.row_us(grid.rows, row_entries(int(nnz.sum()), grid.rows), n)
+            if row_us < predicted and row_us * (1 + WIN_MARGIN) < dense:
+                predicted, kernel = row_us, "rows"
         fallback = predicted * (1 + WIN_MARGIN) >= dense
         reason = f"predicted {predicted:.1f} us is not {WIN_MARGIN:.0%} under dense {dense:.1f} us" if fallback else ""
         bucket_plans.append(BucketPlan(n_min, n_max, n, bn, bool(fallback), items, unit_ptr, order, loads,
-                                       float(predicted), float(dense), reason))
+                                       float(predicted), float(dense), reason, kernel=kernel))
     return (tile_ptr, tile_col, tile_kind), bucket_plans
 
 

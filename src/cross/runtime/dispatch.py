@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from .._checks import dtype_name
 from ..pack.packed import PackedWeight
+from ..pack.rows import rows_reference
 from .reference import reference_matmul
 
 
@@ -67,10 +68,13 @@ def gpu_kernel_args(packed: PackedWeight, bucket_index: int, cache: dict | None 
     kernel backend can run it (then the reference executor does). ``cache`` keeps them per bucket."""
     if cache is not None and bucket_index in cache:
         return cache[bucket_index]
-    from ..kernels.launch import default_backend, kernel_args
+    from ..kernels.launch import default_backend, kernel_args, row_eligible, row_kernel_args
 
-    backend = default_backend(packed, packed.device)
-    args = None if backend is None else kernel_args(packed, packed.buckets[bucket_index], backend)
+    if packed.buckets[bucket_index].plan.kernel == "rows":
+        args = row_kernel_args(packed) if row_eligible(packed, packed.device) else None
+    else:
+        backend = default_backend(packed, packed.device)
+        args = None if backend is None else kernel_args(packed, packed.buckets[bucket_index], backend)
     if cache is not None:
         cache[bucket_index] = args
     return args
@@ -89,8 +93,9 @@ def execute(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None = N
     tiles:        decoded executed tiles for the reference executor (a cache kept by the caller).
     kernels:      resolved GPU kernel arguments per bucket (a cache kept by the caller).
     checked:      the caller has already run check_input on these arguments.
-    On a GPU the plan runs through the ``cross::plan_linear`` operator; on the CPU, or where no
-    kernel supports the plan, through the reference executor.
+    On a GPU the plan runs through the ``cross::plan_linear`` operator (``cross::row_linear`` for a
+    bucket of the row kernel); on the CPU, or where no kernel supports the plan, through the
+    reference executor (``rows_reference`` for the row kernel's buckets).
     """
     if not checked:
         check_input(x, packed, bias)
@@ -114,6 +119,8 @@ def execute(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None = N
             from .op import call
 
             y = call(x2, args, bias)
+        elif bucket.plan.kernel == "rows":
+            y = rows_reference(x2, packed.rows, bias, propagate=packed.plan.nan_policy == "propagate")
         else:
             y = reference_matmul(x2, packed, bias, bucket=bucket, tiles=tiles)
     return y.reshape(*lead, m)

@@ -1,6 +1,7 @@
 """The ``cross::plan_linear`` operator: one bucket's plan kernel behind torch.library, so
 torch.compile traces through it (a fake implementation gives the output's shape) and CUDA graphs
-capture its launch like any other kernel. ``cross::decode_dense`` does the same for the kernel that
+capture its launch like any other kernel. ``cross::row_linear`` is the one-token row kernel's
+launch (buckets whose plan says ``kernel="rows"``). ``cross::decode_dense`` does the same for the kernel that
 decodes a packed weight back to dense (layers with ``keep_dense="decode"``).
 
 The arrival counters in ``counters`` are written during a launch but always back to zero by its end
@@ -13,7 +14,7 @@ from typing import Optional
 
 import torch
 
-from ..kernels.launch import KernelArgs, launch
+from ..kernels.launch import KernelArgs, RowArgs, launch, row_launch
 
 _TENSORS = ("values", "meta", "tiles", "sections", "items", "row_parts", "unit_ptr", "unit_order", "counters")
 _INTS = ("out_features", "in_features", "tile_m", "tile_k", "block_n", "n_units", "n_slots", "max_token_tiles", "n_max",
@@ -41,8 +42,27 @@ def _(x, bias, values, meta, tiles, sections, items, row_parts, unit_ptr, unit_o
     return x.new_empty((x.shape[0], sizes[0]))
 
 
-def call(x: torch.Tensor, args: KernelArgs, bias: torch.Tensor | None) -> torch.Tensor:
+@torch.library.custom_op("cross::row_linear", mutates_args=())
+def row_linear(x: torch.Tensor, bias: Optional[torch.Tensor], entries: torch.Tensor, row_ptr: torch.Tensor,
+               block_rows: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """Y[N, M] = X[N, K] @ W^T (+ bias) by the one-token row kernel; sizes = (M, K, propagate)."""
+    if x.stride(1) != 1:
+        x = x.contiguous()
+    if bias is not None and bias.stride(0) != 1:
+        bias = bias.contiguous()
+    return row_launch(x, RowArgs(entries, row_ptr, block_rows, *sizes), bias)
+
+
+@row_linear.register_fake
+def _(x, bias, entries, row_ptr, block_rows, sizes):
+    return x.new_empty((x.shape[0], sizes[0]))
+
+
+def call(x: torch.Tensor, args: KernelArgs | RowArgs, bias: torch.Tensor | None) -> torch.Tensor:
     """Run the operator with a bucket's resolved kernel arguments."""
+    if isinstance(args, RowArgs):
+        return torch.ops.cross.row_linear(x, bias, args.entries, args.row_ptr, args.block_rows,
+                                          [args.out_features, args.in_features, args.propagate])
     tensors = [getattr(args, name) for name in _TENSORS]
     sizes = [getattr(args, name) for name in _INTS]
     return torch.ops.cross.plan_linear(x, bias, *tensors, sizes, args.backend)

@@ -1,0 +1,278 @@
+"""The row format and the one-token row kernel.
+
+On the CPU: the format round-trips exactly, its reference matches the fp64 dense product
+(non-finite inputs included), the planner gives one-token buckets the row kernel only where it
+should, plans and saved models carry the choice, and the kernel source compiles (with nvcc). With a
+GPU (`-m gpu`): the kernel against the fp64 dense product over shapes, densities, row structures,
+dtypes and non-finite inputs, outputs poisoned with NaN before every launch.
+"""
+
+import re
+import shutil
+import subprocess
+from importlib import resources
+
+import pytest
+import torch
+
+import cross
+from cross.costmodel.roofline import ROW_MAX_K, row_kernel_fits
+from cross.pack import pack
+from cross.pack.rows import MAX_COLS, ROW_ALIGN, RowWeight, rows_reference
+from cross.partition import make_plan
+from cross.runtime.dispatch import execute
+
+HAS_GPU = torch.cuda.is_available()
+TOL = {torch.float16: 3e-3, torch.bfloat16: 2e-2}
+
+
+def make_weight(m, k, density, structure, dtype, gen):
+    w = torch.randn(m, k, generator=gen) * (torch.rand(m, k, generator=gen) < density)
+    if structure == "uneven":  # empty rows, full rows, and rows of every length between
+        w[::3] = 0
+        w[1::7] = torch.randn(len(range(1, m, 7)), k, generator=gen)
+        keep = torch.rand(m, 1, generator=gen) * k > torch.arange(k)[None, :]
+        w[2::5] *= keep[2::5]
+    return torch.where(w == 0, 0.0, w).to(dtype)  # no -0.0: zeros are not stored, so they come back as +0
+
+
+def check(x, w, bias, y):
+    ref = x.double() @ w.double().T
+    if bias is not None:
+        ref += bias.double()
+    assert torch.equal(torch.isnan(y), torch.isnan(ref)), "NaN where the dense product has none, or none where it has"
+    fin = ~torch.isnan(ref)
+    tol = TOL[x.dtype]
+    scale = max(ref[fin].abs().max().item() if fin.any() else 0.0, 1e-3)
+    torch.testing.assert_close(y.double()[fin], ref[fin], rtol=tol, atol=tol * scale)
+
+
+# ---------------------------------------------------------------------------------------- format
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("density", [0.0, 0.03, 0.5, 1.0])
+def test_round_trip_is_exact(dtype, density):
+    gen = torch.Generator().manual_seed(1)
+    w = make_weight(67, 203, density, "uneven", dtype, gen)
+    w[5, 7] = float("nan")  # NaN and Inf are stored values
+    w[6, 0] = float("-inf")
+    rows = RowWeight.from_dense(w)
+    assert torch.equal(rows.to_dense().view(torch.int16), w.view(torch.int16))
+    assert rows.nnz == int((w != 0).sum())
+    lengths = torch.diff(rows.row_ptr.long())
+    assert torch.all(lengths % ROW_ALIGN == 0)
+    assert torch.equal((lengths - (w != 0).sum(1)).clamp(min=0), lengths - (w != 0).sum(1))  # never shorter
+    assert torch.all(lengths - (w != 0).sum(1) < ROW_ALIGN)
+    r, cols, values = rows.columns_values()
+    pad = cols == w.shape[1]
+    assert int(pad.sum()) == rows.entries.numel() - rows.nnz and torch.all(values[pad] == 0)
+    # columns ascend within a row (the kernel does not need it; the format says so)
+    real = ~pad
+    same_row = r[real][1:] == r[real][:-1]
+    assert torch.all(cols[real][1:][same_row] > cols[real][:-1][same_row])
+
+
+def test_entry_layout_is_the_kernels():
+    """entry = value bits << 16 | column, as row_gemv.cu reads it."""
+    w = torch.zeros(1, 16, dtype=torch.bfloat16)
+    w[0, 3], w[0, 9] = -1.5, 2.0
+    e = RowWeight.from_dense(w).entries.tolist()
+    as_u32 = [v & 0xFFFFFFFF for v in e]
+    assert as_u32 == [(0xBFC0 << 16) | 3, (0x4000 << 16) | 9, 16, 16]
+
+
+def test_refuses_what_the_format_cannot_hold():
+    with pytest.raises(TypeError, match="bfloat16 or float16"):
+        RowWeight.from_dense(torch.zeros(4, 8))
+    with pytest.raises(ValueError, match=f"at most {MAX_COLS} columns"):
+        RowWeight.from_dense(torch.zeros(1, MAX_COLS + 1, dtype=torch.bfloat16))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("bad", ["none", "inf", "nan", "covered_inf"])
+def test_reference_is_the_dense_product(dtype, bad):
+    gen = torch.Generator().manual_seed(2)
+    w = make_weight(50, 96, 0.2, "uneven", dtype, gen)
+    x = torch.randn(3, 96, generator=gen).to(dtype)
+    bias = torch.randn(50, generator=gen).to(dtype)
+    if bad == "inf":
+        x[0, 5] = float("inf")
+    elif bad == "nan":
+        x[1, 40] = float("nan")
+    elif bad == "covered_inf":  # rows with a nonzero at the Inf's column stay finite or Inf, the others NaN
+        x[2, 11] = float("-inf")
+        w[:10, 11] = 1.0
+    y = rows_reference(x, RowWeight.from_dense(w), bias)
+    check(x, w, bias, y)
+    if bad == "covered_inf":
+        assert torch.isinf(y[2, :10]).all()
+
+
+def test_reference_ignores_non_finite_through_zeros_when_asked():
+    w = torch.zeros(2, 8, dtype=torch.bfloat16)
+    w[0, 1] = 1.0
+    x = torch.zeros(1, 8, dtype=torch.bfloat16)
+    x[0, 4] = float("inf")
+    assert torch.isnan(rows_reference(x, RowWeight.from_dense(w))).all()
+    assert torch.equal(rows_reference(x, RowWeight.from_dense(w), propagate=False), torch.zeros(1, 2, dtype=torch.bfloat16))
+
+
+# ---------------------------------------------------------------------------------------- planner
+def _sparse(m, k, sparsity, dtype=torch.bfloat16, seed=3):
+    gen = torch.Generator().manual_seed(seed)
+    return make_weight(m, k, 1 - sparsity, "uniform", dtype, gen)
+
+
+def test_one_token_bucket_takes_the_row_kernel_when_very_sparse():
+    plan = make_plan(_sparse(2048, 1024, 0.95))
+    first = plan.buckets[0]
+    assert (first.n_min, first.n_max, first.kernel, first.fallback) == (1, 1, "rows", False)
+    assert first.predicted_us < plan.buckets[1].predicted_us
+    assert all(b.kernel == "tiles" for b in plan.buckets[1:])  # more tokens: the tiles or the dense product
+    assert "rows kernel" in plan.summary()
+
+
+def test_row_kernel_not_chosen_where_it_cannot_run_or_is_off():
+    w = _sparse(2048, 1024, 0.95)
+    assert make_plan(w, row_kernel=False).buckets[0].kernel == "tiles"
+    assert make_plan(w.float()).buckets[0].kernel == "tiles"  # fp32: no 16-bit entries
+    assert not row_kernel_fits(64, ROW_MAX_K + 8, "bfloat16") and not row_kernel_fits(64, 1020, "bfloat16")
+    assert make_plan(nnz=None, shape=(2048, 1020), weight=_sparse(2048, 1020, 0.95)).buckets[0].kernel == "tiles"
+
+
+def test_dense_weight_does_not_get_the_row_format():
+    plan = make_plan(_sparse(512, 512, 0.0))
+    assert all(b.kernel == "tiles" for b in plan.buckets)
+    assert pack(_sparse(512, 512, 0.0), plan).rows is None
+
+
+def test_packed_weight_carries_rows_and_runs_them():
+    w = _sparse(1024, 512, 0.95)
+    plan = make_plan(w)
+    packed = pack(w, plan)
+    assert packed.rows is not None and packed.nbytes > packed.tiled.nbytes + packed.rows.nbytes - 1
+    x = torch.randn(1, 512).to(torch.bfloat16)
+    check(x, w, None, execute(x, packed, force_plan=True))
+
+
+def test_plan_file_keeps_the_kernel(tmp_path):
+    plan = make_plan(_sparse(2048, 1024, 0.95))
+    loaded = cross.partition.Plan.load(plan.save(tmp_path / "p.safetensors"))
+    assert [b.kernel for b in loaded.buckets] == [b.kernel for b in plan.buckets]
+
+
+def test_unknown_kernel_refused():
+    b = make_plan(_sparse(256, 256, 0.9)).buckets[0]
+    from dataclasses import replace
+
+    with pytest.raises(ValueError, match="expected kernel in"):
+        replace(b, kernel="columns")
+
+
+def test_sparsified_model_with_rows_saves_and_loads(tmp_path):
+    gen = torch.Generator().manual_seed(4)
+    model = torch.nn.Sequential(torch.nn.Linear(1024, 2048), torch.nn.Linear(2048, 512)).to(torch.bfloat16)
+    with torch.no_grad():
+        for lin in model:
+            lin.weight.mul_(torch.rand(lin.weight.shape, generator=gen) < 0.05)
+    x = torch.randn(1, 1024, generator=gen).to(torch.bfloat16)
+    with torch.no_grad():
+        want = model(x)
+        cross.sparsify_(model, keep_dense=False)
+        assert any(m.packed.rows is not None for m in model if isinstance(m, cross.SparseLinear))
+        got = model(x)
+        cross.save(model, tmp_path / "m")
+        layers = cross.load(tmp_path / "m")
+        assert all((layers[n].packed.rows is None) == (model[int(n)].packed.rows is None) for n in layers)
+        again = layers["1"](layers["0"](x))
+    torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=2e-2 * want.abs().max().item())
+    assert torch.equal(again, got)
+
+
+# ---------------------------------------------------------------------------------------- kernel source
+NVCC = shutil.which("nvcc")
+
+
+@pytest.mark.skipif(NVCC is None, reason="needs nvcc")
+@pytest.mark.parametrize("is_bf16", [1, 0], ids=["bf16", "fp16"])
+def test_kernel_source_compiles(is_bf16, tmp_path):
+    from cross.kernels.cuda_backend import ROW_BLOCKS_PER_SM, ROW_THREADS
+
+    src = resources.files("cross.kernels").joinpath("row_gemv.cu")
+    out = subprocess.run([NVCC, "-arch=sm_90", "-std=c++17", "-cubin", "-Xptxas", "-v", "-o", str(tmp_path / "k.cubin"),
+                          f"-DIS_BF16={is_bf16}", f"-DTHREADS={ROW_THREADS}", str(src)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    regs = max(int(v) for v in re.findall(r"Used (\d+) registers", out.stderr))
+    # the launch's blocks per SM fit in the SM's 64 K registers
+    assert regs * ROW_THREADS * ROW_BLOCKS_PER_SM <= 65536, out.stderr[-3000:]
+
+
+# ---------------------------------------------------------------------------------------- GPU
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_GPU, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("shape", [(1, 8), (7, 64), (1000, 4096), (4096, 11008), (300, 16384)])
+@pytest.mark.parametrize("density", [0.0, 0.01, 0.1, 0.5, 1.0])
+@pytest.mark.parametrize("structure", ["uniform", "uneven"])
+def test_gpu_row_kernel(dtype, shape, density, structure):
+    from cross.kernels.launch import row_args, row_launch
+
+    gen = torch.Generator().manual_seed(hash((shape, density, structure)) % 2**31)
+    w = make_weight(*shape, density, structure, dtype, gen).cuda()
+    rows = RowWeight.from_dense(w)
+    args = row_args(rows)
+    for bias in (None, torch.randn(shape[0], generator=gen).to(dtype).cuda()):
+        x = torch.randn(2, shape[1], generator=gen).to(dtype).cuda()  # fresh inputs each run, two tokens
+        out = torch.full((2, shape[0]), float("nan"), dtype=dtype, device="cuda")
+        y = row_launch(x, args, bias, out=out)
+        assert not torch.isnan(y).any(), "unwritten (NaN-poisoned) outputs"
+        check(x, w, bias, y)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_GPU, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("propagate", [True, False])
+def test_gpu_row_kernel_non_finite_inputs(propagate):
+    from cross.kernels.launch import row_args, row_launch
+
+    gen = torch.Generator().manual_seed(5)
+    w = make_weight(2000, 4096, 0.1, "uneven", torch.bfloat16, gen)
+    w[:64, 100] = 1.0  # rows that cover the Inf's column
+    w = w.cuda()
+    rows = RowWeight.from_dense(w)
+    args = row_args(rows, propagate)
+    for col, val in ((100, float("inf")), (7, float("nan")), (100, float("-inf"))):
+        x = torch.randn(1, 4096, generator=gen).to(torch.bfloat16).cuda()
+        x[0, col] = val
+        out = torch.full((1, 2000), 7.0, dtype=torch.bfloat16, device="cuda")
+        y = row_launch(x, args, out=out)
+        want = rows_reference(x, rows, propagate=propagate)
+        assert torch.equal(torch.isnan(y), torch.isnan(want))
+        if propagate:
+            check(x, w, None, y)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_GPU, reason="needs a CUDA GPU")
+def test_gpu_runtime_runs_the_row_kernel_in_graphs_and_compile():
+    from cross.kernels.launch import RowArgs
+
+    w = _sparse(4096, 4096, 0.95).cuda()
+    lin = torch.nn.Linear(4096, 4096, bias=True).to(torch.bfloat16).cuda()
+    with torch.no_grad():
+        lin.weight.copy_(w)
+    sl = cross.SparseLinear.from_dense(lin, measure=False)
+    assert sl.plan.buckets[0].kernel == "rows" and isinstance(sl._kernels[0], RowArgs)
+    x = torch.randn(1, 4096, dtype=torch.bfloat16, device="cuda")
+    with torch.no_grad():
+        want = lin(x)
+        check(x, w, lin.bias, sl(x))
+        graph = torch.cuda.CUDAGraph()
+        static = x.clone()
+        with torch.cuda.graph(graph):
+            out = sl(static)
+        static.copy_(torch.randn_like(x))
+        graph.replay()
+        check(static, w, lin.bias, out)
+        compiled = torch.compile(sl, fullgraph=True)
+        check(x, w, lin.bias, compiled(x))
+    assert want.shape == out.shape
