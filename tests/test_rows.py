@@ -1,4 +1,4 @@
-"""The row format and the one-token row kernel.
+"""The row format and the row kernel (one to 16 tokens).
 
 On the CPU: the format round-trips exactly, its reference matches the fp64 dense product
 (non-finite inputs included), the planner gives one-token buckets the row kernel only where it
@@ -41,7 +41,9 @@ def check(x, w, bias, y):
     if bias is not None:
         ref += bias.double()
     assert torch.equal(torch.isnan(y), torch.isnan(ref)), "NaN where the dense product has none, or none where it has"
-    fin = ~torch.isnan(ref)
+    inf = torch.isinf(ref)
+    assert torch.equal(torch.isinf(y), inf) and torch.equal(y.double()[inf], ref[inf]), "Inf where the dense product has none"
+    fin = torch.isfinite(ref)
     tol = TOL[x.dtype]
     scale = max(ref[fin].abs().max().item() if fin.any() else 0.0, 1e-3)
     torch.testing.assert_close(y.double()[fin], ref[fin], rtol=tol, atol=tol * scale)
@@ -122,13 +124,36 @@ def _sparse(m, k, sparsity, dtype=torch.bfloat16, seed=3):
     return make_weight(m, k, 1 - sparsity, "uniform", dtype, gen)
 
 
-def test_one_token_bucket_takes_the_row_kernel_when_very_sparse():
+def test_small_buckets_take_the_row_kernel_when_very_sparse():
     plan = make_plan(_sparse(2048, 1024, 0.95))
-    first = plan.buckets[0]
-    assert (first.n_min, first.n_max, first.kernel, first.fallback) == (1, 1, "rows", False)
-    assert first.predicted_us < plan.buckets[1].predicted_us
-    assert all(b.kernel == "tiles" for b in plan.buckets[1:])  # more tokens: the tiles or the dense product
+    spans = [(b.n_min, b.n_max, b.kernel, b.fallback) for b in plan.buckets[:3]]
+    assert spans == [(1, 1, "rows", False), (2, 2, "rows", False), (3, 4, "rows", False)]
+    assert plan.buckets[0].predicted_us < plan.buckets[1].predicted_us < plan.buckets[2].predicted_us
+    assert all(b.kernel == "tiles" for b in plan.buckets[3:])  # 5 tokens and more: the tiles or the dense product
     assert "rows kernel" in plan.summary()
+
+
+def test_row_cost_grows_with_tokens_and_passes():
+    from cross.costmodel.roofline import H100, row_matmul_us
+
+    one, two, eight, sixteen = (row_matmul_us(H100, 4096, 4096, 2_000_000, n) for n in (1, 2, 8, 16))
+    assert one < two < eight < sixteen
+    wide = row_matmul_us(H100, 4096, 11008, 2_000_000, 8)  # 11008 columns: two passes of 4 tokens
+    assert wide > row_matmul_us(H100, 4096, 11008, 2_000_000, 4) + (one - H100.dense_launch_us) * 0.99
+
+
+def test_passes_fit_shared_memory():
+    from cross.costmodel.roofline import ROW_BLOCKS_PER_SM, SM_SHARED_BYTES, row_passes, row_smem
+
+    for k in (8, 4096, 11008, 16384):
+        for n in (1, 2, 3, 5, 8, 9, 16, 33):
+            passes = row_passes(n, k)
+            assert [p[0] for p in passes] == list(range(0, n, passes[0][1]))  # contiguous, from 0
+            assert sum(p[1] for p in passes) == n
+            for _, count, nt in passes:
+                assert count <= nt and nt in (1, 2, 4, 8)
+                assert nt == 1 or ROW_BLOCKS_PER_SM * (row_smem(k, nt) + 1024) <= SM_SHARED_BYTES
+    assert row_passes(16, 4096)[0][2] == 8 and row_passes(16, 11008)[0][2] == 4 and row_passes(3, 4096) == [(0, 3, 4)]
 
 
 def test_row_kernel_not_chosen_where_it_cannot_run_or_is_off():
@@ -194,12 +219,14 @@ NVCC = shutil.which("nvcc")
 
 @pytest.mark.skipif(NVCC is None, reason="needs nvcc")
 @pytest.mark.parametrize("is_bf16", [1, 0], ids=["bf16", "fp16"])
-def test_kernel_source_compiles(is_bf16, tmp_path):
+@pytest.mark.parametrize("nt", [1, 2, 4, 8])
+def test_kernel_source_compiles(is_bf16, nt, tmp_path):
     from cross.kernels.cuda_backend import ROW_BLOCKS_PER_SM, ROW_THREADS
 
     src = resources.files("cross.kernels").joinpath("row_gemv.cu")
     out = subprocess.run([NVCC, "-arch=sm_90", "-std=c++17", "-cubin", "-Xptxas", "-v", "-o", str(tmp_path / "k.cubin"),
-                          f"-DIS_BF16={is_bf16}", f"-DTHREADS={ROW_THREADS}", str(src)], capture_output=True, text=True)
+                          f"-DIS_BF16={is_bf16}", f"-DTHREADS={ROW_THREADS}", f"-DNT={nt}", str(src)],
+                         capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
     regs = max(int(v) for v in re.findall(r"Used (\d+) registers", out.stderr))
     # the launch's blocks per SM fit in the SM's 64 K registers
@@ -220,9 +247,9 @@ def test_gpu_row_kernel(dtype, shape, density, structure):
     w = make_weight(*shape, density, structure, dtype, gen).cuda()
     rows = RowWeight.from_dense(w)
     args = row_args(rows)
-    for bias in (None, torch.randn(shape[0], generator=gen).to(dtype).cuda()):
-        x = torch.randn(2, shape[1], generator=gen).to(dtype).cuda()  # fresh inputs each run, two tokens
-        out = torch.full((2, shape[0]), float("nan"), dtype=dtype, device="cuda")
+    for n, bias in ((1, None), (2, torch.randn(shape[0], generator=gen).to(dtype).cuda()), (7, None), (16, None)):
+        x = torch.randn(n, shape[1], generator=gen).to(dtype).cuda()  # fresh inputs each run
+        out = torch.full((n, shape[0]), float("nan"), dtype=dtype, device="cuda")
         y = row_launch(x, args, bias, out=out)
         assert not torch.isnan(y).any(), "unwritten (NaN-poisoned) outputs"
         check(x, w, bias, y)
@@ -240,15 +267,23 @@ def test_gpu_row_kernel_non_finite_inputs(propagate):
     w = w.cuda()
     rows = RowWeight.from_dense(w)
     args = row_args(rows, propagate)
-    for col, val in ((100, float("inf")), (7, float("nan")), (100, float("-inf"))):
-        x = torch.randn(1, 4096, generator=gen).to(torch.bfloat16).cuda()
-        x[0, col] = val
-        out = torch.full((1, 2000), 7.0, dtype=torch.bfloat16, device="cuda")
+    for n in (1, 3, 8, 12):  # one pass of each build, and two passes
+        x = torch.randn(n, 4096, generator=gen).to(torch.bfloat16).cuda()
+        x[0, 100] = float("inf")  # covered by rows 0-63
+        x[n - 1, 7] = float("nan")
+        if n > 2:
+            x[1, 100] = float("-inf")
+            x[1, 2000] = float("inf")
+        out = torch.full((n, 2000), 7.0, dtype=torch.bfloat16, device="cuda")
         y = row_launch(x, args, out=out)
         want = rows_reference(x, rows, propagate=propagate)
         assert torch.equal(torch.isnan(y), torch.isnan(want))
         if propagate:
             check(x, w, None, y)
+        else:
+            assert torch.equal(torch.isinf(y), torch.isinf(want))
+            fin = torch.isfinite(want)
+            torch.testing.assert_close(y[fin].float(), want[fin].float(), rtol=2e-2, atol=2e-2 * want[fin].abs().max().item())
 
 
 @pytest.mark.gpu
@@ -262,8 +297,12 @@ def test_gpu_runtime_runs_the_row_kernel_in_graphs_and_compile():
         lin.weight.copy_(w)
     sl = cross.SparseLinear.from_dense(lin, measure=False)
     assert sl.plan.buckets[0].kernel == "rows" and isinstance(sl._kernels[0], RowArgs)
+    assert all(b.kernel == "rows" and isinstance(sl._kernels[i], RowArgs) for i, b in enumerate(sl.plan.buckets[:3]))
     x = torch.randn(1, 4096, dtype=torch.bfloat16, device="cuda")
     with torch.no_grad():
+        for n in (2, 3, 4, 9, 16):  # the 2- and 3-4-token buckets (the row kernel), then the 5-16 one
+            xn = torch.randn(n, 4096, dtype=torch.bfloat16, device="cuda")
+            check(xn, w, lin.bias, sl(xn))
         want = lin(x)
         check(x, w, lin.bias, sl(x))
         graph = torch.cuda.CUDAGraph()

@@ -5,8 +5,8 @@
                                 plan of this token count falls back
     cross-<backend>-<kinds>     the plan kernel forced, tiles restricted to kinds (bitmap, dense,
                                 hybrid) on backend cuda or triton, e.g. cross-cuda-bitmap
-    cross-rows                  the one-token row kernel forced (kernels/row_gemv.cu, one launch
-                                per token; GPU only, K % 8 == 0, K <= 16384)
+    cross-rows                  the row kernel forced (kernels/row_gemv.cu, one launch per pass
+                                of up to 8 tokens; GPU only, K % 8 == 0, K <= 16384)
     cusparse-csr                w.to_sparse_csr() @ x.T (cuSPARSE SpMM through torch), in the
                                 weight's dtype where torch runs it there, else fp16, else fp32
     triton-bsr-<b>              torch.sparse._triton_ops.bsr_dense_mm with b x b blocks (GPU only;

@@ -119,9 +119,9 @@ class CostModel:
         """Predicted time of the dense product with the same weight (the baseline to beat)."""
         return dense_matmul_us(self.spec, rows, cols, n_tokens, element_size)
 
-    def row_us(self, rows: int, entries: int, n_tokens: int) -> float:
-        """Predicted time of the one-token row kernel over ``entries`` row-format entries."""
-        return row_matmul_us(self.spec, rows, entries, n_tokens)
+    def row_us(self, rows: int, cols: int, entries: int, n_tokens: int) -> float:
+        """Predicted time of the row kernel over ``entries`` row-format entries of an rows x cols weight."""
+        return row_matmul_us(self.spec, rows, cols, entries, n_tokens)
 
     @property
     def launch_us(self) -> float:

@@ -113,6 +113,10 @@ class GPUSpec:
     dense_bandwidth_efficiency: float = 0.65  # cuBLAS at small N reaches ~65% of the copy bandwidth
     dense_tensor_efficiency: float = 1.0  # cuBLAS at large N reaches `tensor_flops`
     dense_launch_us: float = 9.0  # (9.0 us measured for cuBLAS on H100)
+    # the row kernel's cost per token beyond the first of each pass: X's staging per column and the
+    # work per entry (fitted on H200 to 2-8 tokens per pass: benchmarks/results/h200/kernels_tokens.txt)
+    row_token_col_ns: float = 0.3
+    row_token_entry_ps: float = 0.15
 
     @property
     def n_programs(self) -> int:
@@ -169,12 +173,39 @@ def dense_matmul_us(spec: GPUSpec, rows: int, cols: int, n_tokens: int, element_
     return max(memory, compute) * 1e6 + spec.dense_launch_us
 
 
-#: The one-token row kernel (kernels/row_gemv.cu) keeps X in shared memory as fp32: K at most this
-#: (64 KB per block) and a multiple of 8 (16-byte loads of X).
+#: The row kernel (kernels/row_gemv.cu) keeps X in shared memory: K at most this and a multiple of
+#: 8 (16-byte loads of X). It runs 1, 2, 4 or 8 tokens per pass (ROW_PASS_TOKENS), each pass
+#: reading the whole row format.
 ROW_MAX_K = 16384
-#: Token counts the planner gives the row kernel (it is built for one token: each further token
-#: reads the whole row format again).
-ROW_MAX_TOKENS = 1
+ROW_PASS_TOKENS = (1, 2, 4, 8)
+#: Token counts the planner gives the row kernel (buckets up to this many tokens)
+ROW_MAX_TOKENS = 16
+#: Blocks of the row kernel per SM (the launcher's default), and an SM's shared memory
+ROW_BLOCKS_PER_SM = 2
+SM_SHARED_BYTES = 228 * 1024
+
+
+def row_smem(k: int, nt: int) -> int:
+    """Dynamic shared memory of a row-kernel block: X as fp32 [K + 1] at one token, as the 16-bit
+    inputs [K + 1][nt] above (rounded up to 16 bytes)."""
+    return (k + 4) * 4 if nt == 1 else ((k + 1) * nt * 2 + 15) // 16 * 16
+
+
+def row_max_pass_tokens(k: int, blocks_per_sm: int = ROW_BLOCKS_PER_SM) -> int:
+    """The most tokens one pass of the row kernel takes with blocks_per_sm blocks of X per SM
+    (1 KB per block reserved by the driver)."""
+    return max(nt for nt in ROW_PASS_TOKENS if nt == 1 or blocks_per_sm * (row_smem(k, nt) + 1024) <= SM_SHARED_BYTES)
+
+
+def row_passes(n_tokens: int, k: int, blocks_per_sm: int = ROW_BLOCKS_PER_SM) -> list[tuple[int, int, int]]:
+    """(first token, tokens, build's tokens per pass) of each pass over n_tokens: as many passes of
+    the widest build as needed, the last in the narrowest build that holds what is left."""
+    widest = row_max_pass_tokens(k, blocks_per_sm)
+    out = []
+    for start in range(0, n_tokens, widest):
+        count = min(widest, n_tokens - start)
+        out.append((start, count, min(nt for nt in ROW_PASS_TOKENS if nt >= count)))
+    return out
 
 
 def row_kernel_fits(rows: int, cols: int, dtype: str) -> bool:
@@ -188,8 +219,12 @@ def row_entries(nnz: int, rows: int) -> int:
     return int(nnz + 1.5 * rows)
 
 
-def row_matmul_us(spec: GPUSpec, rows: int, entries: int, n_tokens: int) -> float:
-    """Predicted time of the row kernel: its 4-byte entries and row offsets streamed once per token
-    at the rate the dense product streams its weight, plus the dense product's launch term."""
+def row_matmul_us(spec: GPUSpec, rows: int, cols: int, entries: int, n_tokens: int) -> float:
+    """Predicted time of the row kernel: its 4-byte entries and row offsets streamed once per pass
+    (row_passes) at the rate the dense product streams its weight, plus the dense product's launch
+    term, plus each token beyond the first of a pass (spec.row_token_col_ns, row_token_entry_ps)."""
     stream = 4 * (entries + rows + 1) / (spec.bandwidth * spec.dense_bandwidth_efficiency)
-    return max(1, n_tokens) * stream * 1e6 + spec.dense_launch_us
+    n = max(1, n_tokens)
+    passes = len(row_passes(n, cols))
+    per_token = cols * spec.row_token_col_ns * 1e-3 + entries * spec.row_token_entry_ps * 1e-6
+    return passes * stream * 1e6 + spec.dense_launch_us + (n - passes) * per_token

@@ -15,7 +15,9 @@ from importlib import resources
 
 import torch
 
-from ..costmodel.roofline import ROW_MAX_K, plan_kernel_smem, plan_kernel_stages, plan_kernel_vals_bytes
+from ..costmodel.roofline import (ROW_MAX_K, SM_SHARED_BYTES, plan_kernel_smem, plan_kernel_stages, plan_kernel_vals_bytes,
+                                  row_smem)
+from ..costmodel.roofline import row_passes as _row_passes
 
 NUM_THREADS = 128
 #: CROSS_CUDA_STAGES=n builds every variant with n pipeline stages (tiles in flight per CTA + 1),
@@ -161,7 +163,7 @@ class Pointers:
         self.is_bf16 = is_bf16
 
 
-# ---------------------------------------------------------------------- the one-token row kernel
+# ---------------------------------------------------------------------- the row kernel
 _ROW_SOURCE = "row_gemv.cu"
 #: CROSS_ROW_GRID="threads,blocks_per_sm" replaces the row kernel's block shape, for tuning (read at import)
 ROW_GRID_ENV = "CROSS_ROW_GRID"
@@ -169,33 +171,38 @@ ROW_GRID_ENV = "CROSS_ROW_GRID"
 ROW_THREADS, ROW_BLOCKS_PER_SM = (int(v) for v in os.environ.get(ROW_GRID_ENV, "512,2").split(","))
 
 
-def row_smem(k: int) -> int:
-    return (k + 4) * 4
+def row_passes(n_tokens: int, k: int) -> list[tuple[int, int, int]]:
+    """(first token, tokens, build's tokens per pass) of each launch over n_tokens (roofline.row_passes)."""
+    return _row_passes(n_tokens, k, ROW_BLOCKS_PER_SM)
 
 
 def row_grid(device_index: int, k: int) -> int:
-    """Blocks of a row-kernel launch: ROW_BLOCKS_PER_SM per SM, fewer where X's shared memory
-    would not let them all run at once."""
+    """Blocks of a row-kernel launch: ROW_BLOCKS_PER_SM per SM, fewer where X's shared memory at
+    one token would not let them all run at once (wider passes are sized to fit: row_passes)."""
     props = torch.cuda.get_device_properties(device_index)
-    per_sm = getattr(props, "shared_memory_per_multiprocessor", 228 * 1024) - 1024  # the driver's reserve per block
-    fit = per_sm // (row_smem(k) + 1024)
+    per_sm = getattr(props, "shared_memory_per_multiprocessor", SM_SHARED_BYTES)
+    fit = per_sm // (row_smem(k, 1) + 1024)  # 1 KB per block reserved by the driver
     return props.multi_processor_count * max(1, min(ROW_BLOCKS_PER_SM, fit))
 
 
 @functools.lru_cache(maxsize=None)
-def _row_kernel(device_index: int, is_bf16: bool):
-    defines = [f"-DIS_BF16={int(is_bf16)}", f"-DTHREADS={ROW_THREADS}"]
+def _row_kernel(device_index: int, is_bf16: bool, nt: int):
+    defines = [f"-DIS_BF16={int(is_bf16)}", f"-DTHREADS={ROW_THREADS}", f"-DNT={nt}"]
     extra = os.environ.get(DEFINES_ENV, "").split()  # profiling builds (e.g. -DUNROLL=2)
-    _, func = _compile(device_index, _ROW_SOURCE, "row_gemv", tuple(defines + extra), row_smem(ROW_MAX_K))
+    # the largest X this build takes (row_passes keeps each pass within it); 227 KB is sm_90's
+    # limit per block, static shared memory included
+    smem = min(227 * 1024 - 256, max(row_smem(ROW_MAX_K, nt), row_smem(ROW_MAX_K, 1)))
+    _, func = _compile(device_index, _ROW_SOURCE, "row_gemv", tuple(defines + extra), smem)
     return func
 
 
-def row_launch(grid: int, k: int, ptrs, propagate: bool):
-    """One launch of row_gemv: pointers (x, y, bias or 0, entries, row_ptr, block_rows) and K."""
+def row_launch(grid: int, k: int, nt: int, ptrs, propagate: bool, n_tok: int, ldx: int, ldy: int):
+    """One launch of row_gemv built for nt tokens per pass: pointers (x, y, bias or 0, entries,
+    row_ptr, block_rows), K, and the pass's n_tok <= nt tokens with X's and Y's row strides."""
     driver, _ = _bindings()
-    func = _row_kernel(torch.cuda.current_device(), ptrs.is_bf16)
+    func = _row_kernel(torch.cuda.current_device(), ptrs.is_bf16, nt)
     stream = driver.CUstream(torch.cuda.current_stream().cuda_stream)
-    args = tuple(ptrs.values) + (int(k), int(propagate))
-    types = (ctypes.c_void_p,) * 6 + (ctypes.c_int,) * 2
-    _check(driver.cuLaunchKernel(func, grid, 1, 1, ROW_THREADS, 1, 1, row_smem(k), stream, (args, types), 0),
+    args = tuple(ptrs.values) + (int(k), int(propagate), int(n_tok), int(ldx), int(ldy))
+    types = (ctypes.c_void_p,) * 6 + (ctypes.c_int,) * 5
+    _check(driver.cuLaunchKernel(func, grid, 1, 1, ROW_THREADS, 1, 1, row_smem(k, nt), stream, (args, types), 0),
            "cuLaunchKernel")

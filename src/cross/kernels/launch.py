@@ -5,7 +5,7 @@ Backends:
               64x128 tiles, K a multiple of 8; bitmap tiles expanded by scattering their nonzeros
     "triton"  portable Triton kernel (kernels/triton_plan.py): any CUDA GPU and Triton's
               interpreter (CPU tensors with TRITON_INTERPRET=1)
-The one-token row kernel (kernels/row_gemv.cu, ``row_launch``) runs buckets whose plan says
+The row kernel (kernels/row_gemv.cu, ``row_launch``, up to 8 tokens per pass) runs buckets whose plan says
 ``kernel="rows"``, over the weight's row format; it is compiled and launched like the "cuda" backend.
 """
 
@@ -39,7 +39,7 @@ def cuda_eligible(packed: PackedWeight, device: torch.device) -> bool:
 
 
 def row_eligible(packed: PackedWeight, device: torch.device) -> bool:
-    """The one-token row kernel (kernels/row_gemv.cu) can run this weight's row format here."""
+    """The row kernel (kernels/row_gemv.cu) can run this weight's row format here."""
     if device.type != "cuda" or _interpreting() or packed.rows is None:
         return False
     from . import cuda_backend
@@ -133,20 +133,22 @@ def row_args(rows: RowWeight, propagate: bool = True) -> RowArgs:
 
 def row_launch(x: torch.Tensor, args: RowArgs, bias: torch.Tensor | None = None,
                out: torch.Tensor | None = None) -> torch.Tensor:
-    """Y[N, M] = X[N, K] @ W^T (+ bias) by the row kernel, one launch per token (it is built for
-    one). x: unit stride along K; out: optional [N, M], unit stride along M (written entirely)."""
+    """Y[N, M] = X[N, K] @ W^T (+ bias) by the row kernel, one launch per pass of up to 8 tokens
+    (cuda_backend.row_passes). x: unit stride along K; out: optional [N, M], unit stride along M
+    (written entirely)."""
     from . import cuda_backend
 
-    n = x.shape[0]
+    n, k = x.shape
     y = torch.empty((n, args.out_features), dtype=x.dtype, device=x.device) if out is None else out
+    if n == 0:
+        return y
+    if x.stride(0) % 8 or x.data_ptr() % 16:  # X is read as 16-byte vectors
+        x = x.clone(memory_format=torch.contiguous_format)
     is_bf16 = x.dtype == torch.bfloat16
     grid = args.block_rows.numel() - 1
-    for i in range(n):
-        xi = x[i]
-        if xi.data_ptr() % 16:  # X is read as 16-byte vectors
-            xi = xi.clone()
-        ptrs = cuda_backend.Pointers((xi, y[i], bias, args.entries, args.row_ptr, args.block_rows), is_bf16)
-        cuda_backend.row_launch(grid, args.in_features, ptrs, bool(args.propagate))
+    for start, count, nt in cuda_backend.row_passes(n, k):
+        ptrs = cuda_backend.Pointers((x[start], y[start], bias, args.entries, args.row_ptr, args.block_rows), is_bf16)
+        cuda_backend.row_launch(grid, k, nt, ptrs, bool(args.propagate), count, x.stride(0), y.stride(0))
     return y
 
 

@@ -7,7 +7,7 @@ Tables, int32:
                             the plan's order
     row_sections [ti, 5]    where the DENSE, BITMAP, INDEX and EMPTY runs of each tile-row start in
                             ``tiles``, then its end
-Where a bucket's plan runs the one-token row kernel, the weight is also kept in the row format
+Where a bucket's plan runs the row kernel, the weight is also kept in the row format
 (``rows``, pack/rows.py).
 Per bucket (PackedBucket; also for buckets that fall back to dense, so their plan can be forced):
     items        [W, 4]     (tile-row, start, stop, slot): slot -1 writes the output tile directly;

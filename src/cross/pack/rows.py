@@ -1,5 +1,6 @@
-"""The row format: a weight's nonzeros row by row as 32-bit entries, for the one-token kernel
-(``kernels/row_gemv.cu``), which multiplies them on CUDA cores with every lane busy.
+"""The row format: a weight's nonzeros row by row as 32-bit entries, for the row kernel
+(``kernels/row_gemv.cu``), which multiplies them on CUDA cores with every lane busy, for up to 8
+tokens per pass over the entries.
 
     entries  int32 [E]      entry = (bits of the value in the weight's 16-bit dtype) << 16 | column;
                             row r's run is entries[row_ptr[r]:row_ptr[r + 1]], columns ascending,
@@ -101,8 +102,8 @@ class RowWeight:
 
 def rows_reference(x: torch.Tensor, weight: RowWeight, bias: torch.Tensor | None = None,
                    propagate: bool = True) -> torch.Tensor:
-    """Y[N, M] = X[N, K] @ W^T (+ bias) from the row format in fp32, in X's dtype: what the one-token
-    kernel computes, for any N. ``propagate``: where X has an Inf or NaN in a column where row r
+    """Y[N, M] = X[N, K] @ W^T (+ bias) from the row format in fp32, in X's dtype: what the row
+    kernel computes. ``propagate``: where X has an Inf or NaN in a column where row r
     has a zero, row r is NaN, as in the dense product (the zeros are not stored)."""
     m, k = weight.shape
     rows, cols, values = weight.columns_values()

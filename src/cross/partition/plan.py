@@ -33,7 +33,7 @@ PLAN_FORMAT = "cross.plan/3"
 #: /2 no row kernel (BucketPlan.kernel).
 READABLE_PLAN_FORMATS = ("cross.plan/1", "cross.plan/2", PLAN_FORMAT)
 #: What runs a bucket's plan: "tiles", the plan kernel over the tiles' work list; "rows", the
-#: one-token row kernel over the weight's row format (pack/rows.py)
+#: row kernel (up to 16 tokens) over the weight's row format (pack/rows.py)
 KERNELS = ("tiles", "rows")
 
 

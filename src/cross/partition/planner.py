@@ -17,10 +17,10 @@ from .balance import (alternate_order, chunk_by_cost, convert_swing, equal_count
 from .classify import DEFAULT_KINDS, Classification, classify
 from .plan import BucketPlan, Plan
 
-#: Token-count buckets: one-token decode (its own CUDA build: sparse tiles on CUDA cores), small
-#: batches, a full token tile, prefill chunks, long prefill. The first bucket's token count also
-#: picks the tile kinds every bucket shares.
-DEFAULT_BUCKETS = ((1, 1), (2, 16), (17, 64), (65, 128), (129, 512), (513, 2**31 - 1))
+#: Token-count buckets: one-token decode, two, three or four tokens (the row kernel's widths
+#: where it wins), small batches, a full token tile, prefill chunks, long prefill. The first
+#: bucket's token count also picks the tile kinds every bucket shares.
+DEFAULT_BUCKETS = ((1, 1), (2, 2), (3, 4), (5, 16), (17, 64), (65, 128), (129, 512), (513, 2**31 - 1))
 #: A plan must be predicted this much faster than dense, or the bucket runs the dense product.
 WIN_MARGIN = 0.03
 BALANCE_MODES = ("none", "intra", "full")
@@ -147,8 +147,9 @@ def make_plan(weight: torch.Tensor | None = None, *, nnz: np.ndarray | None = No
              unit run both.
     nan_policy: 'propagate' makes non-finite inputs reach the outputs exactly as in the dense
              product (empty tiles are checked); 'ignore' skips empty tiles entirely.
-    row_kernel: one-token buckets may run the row kernel (kernels/row_gemv.cu, on the row format)
-             where it is predicted faster than the tile plan (bf16/fp16, K % 8 == 0, K <= 16384).
+    row_kernel: buckets of at most 16 tokens may run the row kernel (kernels/row_gemv.cu, on the
+             row format) where it is predicted faster than the tile plan and the dense product
+             (bf16/fp16, K % 8 == 0, K <= 16384).
     """
     tile_shape = check_tile_shape(tile_shape)
     if weight is not None:
@@ -263,7 +264,7 @@ def _plan_buckets(kinds, nnz, grid, tile_shape, buckets, classes_at, cm, program
         dense = cm.dense_us(grid.rows, grid.cols, n)
         kernel = "tiles"
         if rows_ok and n_max <= ROW_MAX_TOKENS:  # the row format is stored only where it is predicted to win
-            row_us = cm.row_us(grid.rows, row_entries(int(nnz.sum()), grid.rows), n)
+            row_us = cm.row_us(grid.rows, grid.cols, row_entries(int(nnz.sum()), grid.rows), n)
             if row_us < predicted and row_us * (1 + WIN_MARGIN) < dense:
                 predicted, kernel = row_us, "rows"
         fallback = predicted * (1 + WIN_MARGIN) >= dense

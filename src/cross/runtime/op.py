@@ -1,7 +1,7 @@
 """The ``cross::plan_linear`` operator: one bucket's plan kernel behind torch.library, so
 torch.compile traces through it (a fake implementation gives the output's shape) and CUDA graphs
-capture its launch like any other kernel. ``cross::row_linear`` is the one-token row kernel's
-launch (buckets whose plan says ``kernel="rows"``). ``cross::decode_dense`` does the same for the kernel that
+capture its launch like any other kernel. ``cross::row_linear`` is the row kernel's
+launches (buckets whose plan says ``kernel="rows"``). ``cross::decode_dense`` does the same for the kernel that
 decodes a packed weight back to dense (layers with ``keep_dense="decode"``).
 
 The arrival counters in ``counters`` are written during a launch but always back to zero by its end
@@ -45,7 +45,7 @@ def _(x, bias, values, meta, tiles, sections, items, row_parts, unit_ptr, unit_o
 @torch.library.custom_op("cross::row_linear", mutates_args=())
 def row_linear(x: torch.Tensor, bias: Optional[torch.Tensor], entries: torch.Tensor, row_ptr: torch.Tensor,
                block_rows: torch.Tensor, sizes: list[int]) -> torch.Tensor:
-    """Y[N, M] = X[N, K] @ W^T (+ bias) by the one-token row kernel; sizes = (M, K, propagate)."""
+    """Y[N, M] = X[N, K] @ W^T (+ bias) by the row kernel; sizes = (M, K, propagate)."""
     if x.stride(1) != 1:
         x = x.contiguous()
     if bias is not None and bias.stride(0) != 1:
