@@ -204,6 +204,9 @@ def test_sparsified_model_with_rows_saves_and_loads(tmp_path):
         want = model(x)
         cross.sparsify_(model, keep_dense=False)
         assert any(m.packed.rows is not None for m in model if isinstance(m, cross.SparseLinear))
+        for m in model:
+            if isinstance(m, cross.SparseLinear):
+                assert [b["kernel"] for b in m.summary()["buckets"]] == [b.kernel for b in m.plan.buckets]
         got = model(x)
         cross.save(model, tmp_path / "m")
         layers = cross.load(tmp_path / "m")

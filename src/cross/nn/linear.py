@@ -60,14 +60,15 @@ def bucket_facts(plan: Plan, dense_kept: bool) -> list[dict]:
     ``runs`` is 'dense' where the bucket falls back and the layer has the dense product (a kept
     copy, or ``keep_dense="decode"``: then the decode adds to ``run_us``, which does not count it);
     otherwise 'plan' (a fallback bucket without either runs its plan, slower than predicted dense).
-    ``run_us`` is the predicted time of what runs; ``speedup`` is dense_us / run_us. Buckets
+    ``kernel`` is the plan's kernel ('tiles' or 'rows': partition.plan.KERNELS). ``run_us`` is
+    the predicted time of what runs; ``speedup`` is dense_us / run_us. Buckets
     timed on the GPU (``measure``) add ``measured_us`` and ``measured_dense_us`` (None elsewhere).
     """
     out = []
     for b in plan.buckets:
         runs = "dense" if b.fallback and dense_kept else "plan"
         effective = b.dense_us if runs == "dense" else b.predicted_us
-        out.append({"n_min": b.n_min, "n_max": b.n_max, "fallback": bool(b.fallback), "runs": runs,
+        out.append({"n_min": b.n_min, "n_max": b.n_max, "fallback": bool(b.fallback), "runs": runs, "kernel": b.kernel,
                     "predicted_us": float(b.predicted_us), "dense_us": float(b.dense_us), "run_us": float(effective),
                     "speedup": float(b.dense_us / max(effective, 1e-9)),
                     "measured_us": b.measured_us, "measured_dense_us": b.measured_dense_us})
