@@ -171,9 +171,10 @@ ROW_GRID_ENV = "CROSS_ROW_GRID"
 ROW_THREADS, ROW_BLOCKS_PER_SM = (int(v) for v in os.environ.get(ROW_GRID_ENV, "512,2").split(","))
 
 
-def row_passes(n_tokens: int, k: int) -> list[tuple[int, int, int]]:
+@functools.lru_cache(maxsize=1024)
+def row_passes(n_tokens: int, k: int) -> tuple[tuple[int, int, int], ...]:
     """(first token, tokens, build's tokens per pass) of each launch over n_tokens (roofline.row_passes)."""
-    return _row_passes(n_tokens, k, ROW_BLOCKS_PER_SM)
+    return tuple(_row_passes(n_tokens, k, ROW_BLOCKS_PER_SM))
 
 
 def row_grid(device_index: int, k: int) -> int:

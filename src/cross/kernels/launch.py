@@ -42,10 +42,10 @@ def row_eligible(packed: PackedWeight, device: torch.device) -> bool:
     """The row kernel (kernels/row_gemv.cu) can run this weight's row format here."""
     if device.type != "cuda" or _interpreting() or packed.rows is None:
         return False
+    from ..costmodel.roofline import row_kernel_fits
     from . import cuda_backend
 
-    return (cuda_backend.available() and packed.dtype in (torch.bfloat16, torch.float16)
-            and packed.shape[1] % 8 == 0 and packed.shape[1] <= cuda_backend.ROW_MAX_K)
+    return cuda_backend.available() and row_kernel_fits(*packed.shape, dtype_name(packed.dtype))
 
 
 def triton_eligible(packed: PackedWeight, device: torch.device) -> bool:

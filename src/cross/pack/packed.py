@@ -33,7 +33,7 @@ from ..partition.balance import SECTION_ORDER
 from ..partition.plan import BucketPlan, Plan
 from ..tiling import TileKind
 from .formats import TiledWeight
-from .rows import MAX_COLS, RowWeight
+from .rows import RowWeight
 
 _I32_MAX = 2**31 - 1
 
@@ -144,8 +144,6 @@ def _rows_for(plan: Plan, tiled: TiledWeight) -> RowWeight | None:
     """The row format where a bucket of the plan runs the row kernel, else None."""
     if not any(b.kernel == "rows" for b in plan.buckets):
         return None
-    if plan.shape[1] > MAX_COLS:
-        raise ValueError(f"pack: the plan runs the row kernel, which takes at most {MAX_COLS} columns, got {plan.shape[1]}")
     return RowWeight.from_dense(tiled.to_dense())
 
 

@@ -23,7 +23,7 @@ from .._checks import check_weight
 
 ROW_ALIGN = 4
 MAX_COLS = 65535  # column K (the padding's) must fit in 16 bits too
-_INT_BITS = {torch.bfloat16: torch.int16, torch.float16: torch.int16}
+_DTYPES = (torch.bfloat16, torch.float16)
 
 
 def _round_up(x: torch.Tensor, m: int) -> torch.Tensor:
@@ -44,7 +44,7 @@ class RowWeight:
     def from_dense(cls, weight: torch.Tensor) -> "RowWeight":
         """The row format of a 2-D bf16 or fp16 weight with at most ``MAX_COLS`` columns (on its device)."""
         check_weight(weight)
-        if weight.dtype not in _INT_BITS:
+        if weight.dtype not in _DTYPES:
             raise TypeError(f"row format: expected a bfloat16 or float16 weight (16-bit entries), got {weight.dtype}")
         m, k = weight.shape
         if k > MAX_COLS:
@@ -61,7 +61,7 @@ class RowWeight:
         first = torch.zeros(m + 1, dtype=torch.int64, device=weight.device)
         torch.cumsum(counts, 0, out=first[1:])
         rank = torch.arange(rows.numel(), device=weight.device) - first[rows]
-        bits = weight.view(_INT_BITS[weight.dtype])[rows, cols].to(torch.int64) & 0xFFFF
+        bits = weight.view(torch.int16)[rows, cols].to(torch.int64) & 0xFFFF
         packed = (bits << 16) | cols
         entries = torch.full((total,), k, dtype=torch.int64, device=weight.device)
         entries[row_ptr[rows] + rank] = packed

@@ -188,11 +188,13 @@ def make_plan(weight: torch.Tensor | None = None, *, nnz: np.ndarray | None = No
             classes[n] = classify(nnz, size, tile_shape, n, cm, allowed_kinds, swing_band)
         return classes[n]
 
+    # the row format's entries where the row kernel may run, else None
+    entries = (row_entries(int(nnz.sum()), grid.rows)
+               if row_kernel and row_kernel_fits(grid.rows, grid.cols, dtype) else None)
+
     def plan_buckets(kinds):
         return _plan_buckets(kinds, nnz, grid, tile_shape, buckets, classes_at, cm, programs, unit_mode, balance,
-                             nan_policy, rows_ok)
-
-    rows_ok = row_kernel and row_kernel_fits(grid.rows, grid.cols, dtype)
+                             nan_policy, entries)
 
     layout, bucket_plans = plan_buckets(kinds)
     dense, sparse = kinds == TileKind.DENSE, np.isin(kinds, (TileKind.BITMAP, TileKind.INDEX))
@@ -233,10 +235,10 @@ def _runtime_cost(bucket_plans) -> float:
 
 
 def _plan_buckets(kinds, nnz, grid, tile_shape, buckets, classes_at, cm, programs, unit_mode, balance, nan_policy,
-                  rows_ok=False):
+                  n_row_entries=None):
     """The work lists of every bucket for one choice of tile kinds; buckets of at most
-    ROW_MAX_TOKENS tokens run the row kernel where ``rows_ok`` and it is predicted faster than the
-    tiles. Returns ((tile_ptr, tile_col, tile_kind), [BucketPlan])."""
+    ROW_MAX_TOKENS tokens run the row kernel (over ``n_row_entries`` entries; None: not allowed)
+    where it is predicted faster than the tiles. Returns ((tile_ptr, tile_col, tile_kind), [BucketPlan])."""
     tile_ptr, tile_col, tile_kind = tile_list(kinds, include_empty=nan_policy == "propagate")
     n_exec = int(tile_ptr[-1])
     rows = np.repeat(np.arange(grid.shape[0]), np.diff(tile_ptr))
@@ -263,8 +265,8 @@ def _plan_buckets(kinds, nnz, grid, tile_shape, buckets, classes_at, cm, program
         predicted = cm.launch_us + resident * span
         dense = cm.dense_us(grid.rows, grid.cols, n)
         kernel = "tiles"
-        if rows_ok and n_max <= ROW_MAX_TOKENS:  # the row format is stored only where it is predicted to win
-            row_us = cm.row_us(grid.rows, grid.cols, row_entries(int(nnz.sum()), grid.rows), n)
+        if n_row_entries is not None and n_max <= ROW_MAX_TOKENS:  # the row format is stored only where it wins
+            row_us = cm.row_us(grid.rows, grid.cols, n_row_entries, n)
             if row_us < predicted and row_us * (1 + WIN_MARGIN) < dense:
                 predicted, kernel = row_us, "rows"
         fallback = predicted * (1 + WIN_MARGIN) >= dense
