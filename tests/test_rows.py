@@ -18,7 +18,7 @@ import torch
 import cross
 from cross.costmodel.roofline import ROW_MAX_K, row_kernel_fits
 from cross.pack import pack
-from cross.pack.rows import MAX_COLS, ROW_ALIGN, RowWeight, rows_reference
+from cross.pack.rows import GROUP, MAX_COLS, RowWeight, rows_reference
 from cross.partition import make_plan
 from cross.runtime.dispatch import execute
 
@@ -59,27 +59,54 @@ def test_round_trip_is_exact(dtype, density):
     w[6, 0] = float("-inf")
     rows = RowWeight.from_dense(w)
     assert torch.equal(rows.to_dense().view(torch.int16), w.view(torch.int16))
-    assert rows.nnz == int((w != 0).sum())
+    assert rows.nnz == int((w != 0).sum()) == int((rows.values != 0).sum())
+    assert rows.meta.numel() * 4 == rows.values.numel() and rows.nbytes == 3 * rows.n_entries + 4 * (67 + 1)
     lengths = torch.diff(rows.row_ptr.long())
-    assert torch.all(lengths % ROW_ALIGN == 0)
-    assert torch.equal((lengths - (w != 0).sum(1)).clamp(min=0), lengths - (w != 0).sum(1))  # never shorter
-    assert torch.all(lengths - (w != 0).sum(1) < ROW_ALIGN)
-    r, cols, values = rows.columns_values()
-    pad = cols == w.shape[1]
-    assert int(pad.sum()) == rows.entries.numel() - rows.nnz and torch.all(values[pad] == 0)
-    # columns ascend within a row (the kernel does not need it; the format says so)
-    real = ~pad
-    same_row = r[real][1:] == r[real][:-1]
-    assert torch.all(cols[real][1:][same_row] > cols[real][:-1][same_row])
+    assert torch.all(lengths % GROUP == 0)
+    r, cols, values = rows.entries()
+    assert torch.all((cols >= 0) & (cols < w.shape[1]))
+    # runs hold their row's nonzeros, columns ascending, with fewer than GROUP padding entries
+    # (value 0, the last column again) after the last one
+    same_row = r[1:] == r[:-1]
+    assert torch.all(cols[1:][same_row] >= cols[:-1][same_row])
+    stored = rows.values != 0
+    assert torch.all(cols[1:][same_row & stored[1:] & stored[:-1]] > cols[:-1][same_row & stored[1:] & stored[:-1]])
+    last_real = torch.zeros(67, dtype=torch.int64).scatter_reduce_(0, r[stored], torch.nonzero(stored)[:, 0], "amax",
+                                                                   include_self=False)
+    tail = rows.row_ptr[1:].long() - 1 - last_real
+    has = lengths > 0
+    assert torch.all(tail[has] < GROUP) and torch.all(tail[has] >= 0)
 
 
-def test_entry_layout_is_the_kernels():
-    """entry = value bits << 16 | column, as row_gemv.cu reads it."""
-    w = torch.zeros(1, 16, dtype=torch.bfloat16)
-    w[0, 3], w[0, 9] = -1.5, 2.0
-    e = RowWeight.from_dense(w).entries.tolist()
-    as_u32 = [v & 0xFFFFFFFF for v in e]
-    assert as_u32 == [(0xBFC0 << 16) | 3, (0x4000 << 16) | 9, 16, 16]
+def test_layout_is_the_kernels():
+    """values: the weight's bits; per 8 entries a 64-bit word: first column in bits 0-15, 6-bit steps
+    from bit 16, 22, then 32, 38, ..., 56 (the high int32's bits 0, 6, ..., 24), as row_gemv.cu reads it;
+    a step over 63 columns bridged by value-0 entries, padding repeats the last column."""
+    w = torch.zeros(1, 160, dtype=torch.bfloat16)
+    w[0, 3], w[0, 9], w[0, 100] = -1.5, 2.0, 1.0  # 9 -> 100: one bridge, at 72
+    rows = RowWeight.from_dense(w)
+    assert [v & 0xFFFF for v in rows.values.tolist()] == [0xBFC0, 0x4000, 0, 0x3F80, 0, 0, 0, 0]
+    lo, hi = (v & 0xFFFFFFFF for v in rows.meta.tolist())
+    assert lo == 3 | 6 << 16 | 63 << 22 and hi == 28
+    assert rows.row_ptr.tolist() == [0, 8] and rows.entries()[1].tolist() == [3, 9, 72, 100, 100, 100, 100, 100]
+
+
+@pytest.mark.parametrize("gap", [1, 62, 63, 64, 126, 127, 128, 1000])
+def test_bridges_cover_every_step(gap):
+    w = torch.zeros(2, 2048, dtype=torch.float16)
+    w[0, 5], w[0, 5 + gap] = 1.0, -2.0
+    w[1, 2047] = 3.0  # a first column needs no bridge
+    rows = RowWeight.from_dense(w)
+    assert torch.equal(rows.to_dense(), w)
+    row0 = 2 + (gap - 1) // 63  # two nonzeros and the bridges between them
+    assert rows.row_ptr.tolist() == [0, -(-row0 // GROUP) * GROUP, -(-row0 // GROUP) * GROUP + GROUP]
+
+
+def test_widest_rows():
+    w = torch.zeros(2, MAX_COLS, dtype=torch.bfloat16)
+    w[0, 0], w[0, MAX_COLS - 1], w[1, MAX_COLS - 1] = 1.0, 2.0, -1.0
+    rows = RowWeight.from_dense(w)
+    assert torch.equal(rows.to_dense().view(torch.int16), w.view(torch.int16))
 
 
 def test_refuses_what_the_format_cannot_hold():

@@ -186,9 +186,9 @@ SM_SHARED_BYTES = 228 * 1024
 
 
 def row_smem(k: int, nt: int) -> int:
-    """Dynamic shared memory of a row-kernel block: X as fp32 [K + 1] at one token, as the 16-bit
-    inputs [K + 1][nt] above (rounded up to 16 bytes)."""
-    return (k + 4) * 4 if nt == 1 else ((k + 1) * nt * 2 + 15) // 16 * 16
+    """Dynamic shared memory of a row-kernel block: X as fp32 [K] at one token, as the 16-bit
+    inputs [K][nt] above (rounded up to 16 bytes)."""
+    return (k * (4 if nt == 1 else 2 * nt) + 15) // 16 * 16
 
 
 def row_max_pass_tokens(k: int, blocks_per_sm: int = ROW_BLOCKS_PER_SM) -> int:
@@ -213,17 +213,24 @@ def row_kernel_fits(rows: int, cols: int, dtype: str) -> bool:
     return dtype in ("bfloat16", "float16") and cols % 8 == 0 and cols <= ROW_MAX_K and rows >= 1
 
 
-def row_entries(nnz: int, rows: int) -> int:
-    """Expected entries of the row format: the nonzeros, and on average 1.5 padding entries per row
-    (runs padded to multiples of 4)."""
-    return int(nnz + 1.5 * rows)
+def row_entries(nnz: np.ndarray, size: np.ndarray, rows: int) -> int:
+    """Expected entries of the row format (pack/rows.py) from nonzero counts ``nnz`` over regions of
+    ``size`` elements (tiles): the nonzeros; the bridges, as if each region's nonzeros were uniform
+    (a nonzero follows a step longer than 63 columns with probability q = (1 - density)^63, and then
+    needs one more entry per 63 columns: q / (1 - q) on average); and on average 3.5 padding entries
+    per row (runs padded to multiples of 8)."""
+    nnz = np.asarray(nnz, dtype=np.float64)
+    density = np.divide(nnz, np.asarray(size, dtype=np.float64), out=np.zeros_like(nnz), where=nnz > 0)
+    q = (1.0 - np.minimum(density, 1.0)) ** 63
+    bridges = np.divide(nnz * q, 1.0 - q, out=np.zeros_like(nnz), where=q < 1.0)
+    return int(nnz.sum() + bridges.sum() + 3.5 * rows)
 
 
 def row_matmul_us(spec: GPUSpec, rows: int, cols: int, entries: int, n_tokens: int) -> float:
-    """Predicted time of the row kernel: its 4-byte entries and row offsets streamed once per pass
+    """Predicted time of the row kernel: its 3-byte entries and row offsets streamed once per pass
     (row_passes) at the rate the dense product streams its weight, plus the dense product's launch
     term, plus each token beyond the first of a pass (spec.row_token_col_ns, row_token_entry_ps)."""
-    stream = 4 * (entries + rows + 1) / (spec.bandwidth * spec.dense_bandwidth_efficiency)
+    stream = (3 * entries + 4 * (rows + 1)) / (spec.bandwidth * spec.dense_bandwidth_efficiency)
     n = max(1, n_tokens)
     passes = len(row_passes(n, cols))
     per_token = cols * spec.row_token_col_ns * 1e-3 + entries * spec.row_token_entry_ps * 1e-6

@@ -198,12 +198,12 @@ def _row_kernel(device_index: int, is_bf16: bool, nt: int):
 
 
 def row_launch(grid: int, k: int, nt: int, ptrs, propagate: bool, n_tok: int, ldx: int, ldy: int):
-    """One launch of row_gemv built for nt tokens per pass: pointers (x, y, bias or 0, entries,
+    """One launch of row_gemv built for nt tokens per pass: pointers (x, y, bias or 0, values, meta,
     row_ptr, block_rows), K, and the pass's n_tok <= nt tokens with X's and Y's row strides."""
     driver, _ = _bindings()
     func = _row_kernel(torch.cuda.current_device(), ptrs.is_bf16, nt)
     stream = driver.CUstream(torch.cuda.current_stream().cuda_stream)
     args = tuple(ptrs.values) + (int(k), int(propagate), int(n_tok), int(ldx), int(ldy))
-    types = (ctypes.c_void_p,) * 6 + (ctypes.c_int,) * 5
+    types = (ctypes.c_void_p,) * 7 + (ctypes.c_int,) * 5
     _check(driver.cuLaunchKernel(func, grid, 1, 1, ROW_THREADS, 1, 1, row_smem(k, nt), stream, (args, types), 0),
            "cuLaunchKernel")

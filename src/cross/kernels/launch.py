@@ -96,7 +96,8 @@ class RowArgs(NamedTuple):
     """A row-kernel bucket's launch, resolved once: the row format, each block's first row
     (``block_rows`` [G + 1], balanced by entries) and sizes."""
 
-    entries: torch.Tensor
+    values: torch.Tensor
+    meta: torch.Tensor
     row_ptr: torch.Tensor
     block_rows: torch.Tensor
     out_features: int
@@ -128,7 +129,7 @@ def row_args(rows: RowWeight, propagate: bool = True) -> RowArgs:
     from .cuda_backend import row_grid
 
     blocks = row_blocks(rows.row_ptr, row_grid(rows.device.index or 0, rows.shape[1]))
-    return RowArgs(rows.entries, rows.row_ptr, blocks, rows.shape[0], rows.shape[1], int(propagate))
+    return RowArgs(rows.values, rows.meta, rows.row_ptr, blocks, rows.shape[0], rows.shape[1], int(propagate))
 
 
 def row_launch(x: torch.Tensor, args: RowArgs, bias: torch.Tensor | None = None,
@@ -147,7 +148,8 @@ def row_launch(x: torch.Tensor, args: RowArgs, bias: torch.Tensor | None = None,
     is_bf16 = x.dtype == torch.bfloat16
     grid = args.block_rows.numel() - 1
     for start, count, nt in cuda_backend.row_passes(n, k):
-        ptrs = cuda_backend.Pointers((x[start], y[start], bias, args.entries, args.row_ptr, args.block_rows), is_bf16)
+        ptrs = cuda_backend.Pointers((x[start], y[start], bias, args.values, args.meta, args.row_ptr,
+                                      args.block_rows), is_bf16)
         cuda_backend.row_launch(grid, k, nt, ptrs, bool(args.propagate), count, x.stride(0), y.stride(0))
     return y
 

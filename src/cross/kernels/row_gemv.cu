@@ -1,31 +1,33 @@
 // The row kernel: y[t, r] = sum over the nonzeros w[r, c] of row r of w[r, c] * x[t, c] (+ bias[r])
-// for NT tokens t at a time, on CUDA cores, over the row format (pack/rows.py). Each nonzero is one
-// 32-bit entry, the value's 16 bits above its column, and each row's run is padded to a multiple
-// of 4 entries with entries of value 0 and column K. So every lane of a warp does useful work on
-// every step (no bitmap word to walk, no lane waiting on a fuller one): at one token ~5
-// instructions per nonzero (a quarter of a 16-byte load, the column's mask, one shared-memory load
-// of X, the value's mask (bf16) and one FMA), at NT tokens ~2 NT + 3 (one shared-memory load of
-// the NT inputs of the column, NT unpacks, NT FMAs).
+// for NT tokens t at a time, on CUDA cores, over the row format (pack/rows.py): 3 bytes per entry,
+// the 16-bit value and a share of a 64-bit column word per 8 entries (the first column, then 6-bit
+// steps), each row's run padded to a multiple of 8 entries of value 0. A lane's unit is 8 entries of
+// one run: a 16-byte load of values and an 8-byte load of the column word. So every lane of a warp
+// does useful work on every step (no bitmap word to walk, no lane waiting on a fuller one): at one
+// token ~7 instructions per nonzero (loads, the column's step: shift, mask, add; one shared-memory
+// load of X, the value's unpack and one FMA), at NT tokens ~2 NT + 5 (one shared-memory load of the
+// NT inputs of the column, NT unpacks, NT FMAs).
 //
 // Per block (THREADS threads, persistent over the rows block_rows[b] .. block_rows[b + 1], balanced
-// by entries on the host): X is read once into shared memory, with zeros at column K for the
-// padding entries: as fp32 [K + 1] at NT = 1, as the 16-bit inputs [K + 1][NT] (the NT tokens of a
-// column side by side) above. Warp w takes rows r0 + w, r0 + w + WARPS, ...; lane j of the warp
-// holds the run bounds of the warp's j-th row (read 32 rows at a time), so moving to the next row
-// costs two shuffles, not a dependent load. The next chunk's loads (32 lanes x UNROLL x 16 bytes)
-// are issued before the current chunk's FMAs, and the first chunk's before X is read, so each warp
-// keeps a chunk in flight while it computes. A row's sum is a fixed butterfly over the lanes'
-// partial sums: deterministic, whatever the timing.
+// by entries on the host): X is read once into shared memory: as fp32 [K] at NT = 1, as the 16-bit
+// inputs [K][NT] (the NT tokens of a column side by side) above. Warp w takes rows r0 + w,
+// r0 + w + WARPS, ...; lane j of the warp holds the run bounds of the warp's j-th row (read 32 rows
+// at a time), so moving to the next row costs two shuffles, not a dependent load. The next chunk's
+// loads (32 lanes x UNROLL units) are issued before the current chunk's FMAs, and the first chunk's
+// before X is read, so each warp keeps a chunk in flight while it computes. A row's sum is a fixed
+// butterfly over the lanes' partial sums: deterministic, whatever the timing.
 //
-// Non-finite inputs (propagate != 0): the dense product gives NaN in y[t, r] where a zero of row r
-// meets an Inf or NaN of token t. When token t has n_bad[t] non-finite entries, y[t, r] is NaN
-// unless row r's nonzeros cover all n_bad[t] columns (then its own products carry the Inf or NaN,
-// as in the dense sum). The check costs nothing when X is finite (one block-wide vote).
+// Non-finite inputs: entries of value 0 (padding, and bridges over steps longer than 63) point at
+// real columns, where 0 x Inf would be NaN, so a block whose X has a non-finite input (one
+// block-wide vote; nothing is paid when X is finite) runs the checking loop, which skips them. With
+// propagate != 0 the dense product gives NaN in y[t, r] where a zero of row r meets an Inf or NaN of
+// token t: when token t has n_bad[t] non-finite entries, y[t, r] is NaN unless row r's nonzeros
+// cover all n_bad[t] columns (then its own products carry the Inf or NaN, as in the dense sum).
 //
 // Compile-time parameters (NVRTC -D): IS_BF16 (1: bfloat16, 0: float16), NT (tokens per pass: 1,
-// 2, 4 or 8), THREADS (a multiple of 32), UNROLL (16-byte loads per lane per chunk). Requirements
-// checked by the launcher: K % 8 == 0, K <= 65535, x 16-byte aligned with a row stride a multiple
-// of 8, 1 <= n_tok <= NT, dynamic shared memory row_smem(K, NT) bytes.
+// 2, 4 or 8), THREADS (a multiple of 32), UNROLL (units per lane per chunk). Requirements checked by
+// the launcher: K % 8 == 0, K <= 65536, x 16-byte aligned with a row stride a multiple of 8,
+// 1 <= n_tok <= NT, dynamic shared memory row_smem(K, NT) bytes.
 
 #ifndef THREADS
 #define THREADS 512
@@ -34,7 +36,7 @@
 #define NT 1
 #endif
 #ifndef UNROLL
-#define UNROLL (NT >= 8 ? 2 : 4)  // 8 tokens: more work per entry, registers for the sums
+#define UNROLL (NT >= 8 ? 1 : 2)  // 8 tokens: more work per entry, registers for the sums
 #endif
 #define WARPS (THREADS / 32)
 #if NT != 1 && NT != 2 && NT != 4 && NT != 8
@@ -60,26 +62,45 @@ __device__ __forceinline__ float high_half(u32 w) {
 #endif
 }
 
-// the value of an entry (its upper 16 bits) as fp32
-__device__ __forceinline__ float entry_value(u32 e) { return high_half(e); }
-
 __device__ __forceinline__ bool non_finite(float f) { return (__float_as_uint(f) & 0x7f800000u) == 0x7f800000u; }
 
-// entries are read once: streamed past L1
-__device__ __forceinline__ uint4 load_entries(const uint4* p) {
+// a lane's unit: 8 consecutive entries of a run, their values (16 bytes) and their column word
+struct Unit {
     uint4 v;
+    uint2 c;
+};
+
+// the format is read once: streamed past L1
+__device__ __forceinline__ Unit load_unit(const uint4* values, const uint2* meta, int i) {
+    Unit u;
     asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
-    return v;
+                 : "=r"(u.v.x), "=r"(u.v.y), "=r"(u.v.z), "=r"(u.v.w) : "l"(values + i));
+    asm volatile("ld.global.nc.L1::no_allocate.v2.u32 {%0, %1}, [%2];\n" : "=r"(u.c.x), "=r"(u.c.y) : "l"(meta + i));
+    return u;
 }
 
-// one chunk: lane j's UNROLL loads at start + j + 32 u, padding (value 0, column K) past `end`
-__device__ __forceinline__ void load_chunk(uint4 (&c)[UNROLL], const uint4* entries, int start, int end, int lane, u32 pad) {
+// one chunk: lane j's UNROLL units at start + j + 32 u; past `end` units of value 0 (column 0)
+__device__ __forceinline__ void load_chunk(Unit (&c)[UNROLL], const uint4* values, const uint2* meta, int start,
+                                           int end, int lane) {
 #pragma unroll
     for (int u = 0; u < UNROLL; ++u) {
         int i = start + lane + 32 * u;
-        c[u] = i < end ? load_entries(entries + i) : make_uint4(pad, pad, pad, pad);
+        if (i < end) {
+            c[u] = load_unit(values, meta, i);
+        } else {
+            c[u].v = make_uint4(0u, 0u, 0u, 0u);
+            c[u].c = make_uint2(0u, 0u);
+        }
     }
+}
+
+// the 8 columns of a unit: the first, then 6-bit steps (pack/rows.py)
+__device__ __forceinline__ void unit_columns(u32 (&col)[8], uint2 c) {
+    col[0] = c.x & 0xffffu;
+    col[1] = col[0] + ((c.x >> 16) & 63u);
+    col[2] = col[1] + ((c.x >> 22) & 63u);
+#pragma unroll
+    for (int q = 3; q < 8; ++q) col[q] = col[q - 1] + ((c.y >> (6 * (q - 3))) & 63u);
 }
 
 // the NT inputs of column c as 32-bit words, two tokens per word (NT > 1)
@@ -99,27 +120,34 @@ __device__ __forceinline__ void load_column(u32 (&w)[NT / 2 > 0 ? NT / 2 : 1], c
 #endif
 }
 
+// CHECK: the rare path (some input is non-finite): entries of value 0 (padding, bridges) are
+// skipped, as they are no stored weight, and each sum counts the non-finite inputs it met
 template <bool CHECK>
-__device__ __forceinline__ void fma_chunk(const uint4 (&c)[UNROLL], const void* xs, float (&acc)[NT], int (&hits)[NT]) {
+__device__ __forceinline__ void fma_chunk(const Unit (&c)[UNROLL], const void* xs, float (&acc)[NT], int (&hits)[NT]) {
 #pragma unroll
     for (int u = 0; u < UNROLL; ++u) {
-        const u32 e[4] = {c[u].x, c[u].y, c[u].z, c[u].w};
+        u32 col[8];
+        unit_columns(col, c[u].c);
+        const u32 vw[4] = {c[u].v.x, c[u].v.y, c[u].v.z, c[u].v.w};
 #pragma unroll
-        for (int q = 0; q < 4; ++q) {
-            const float v = entry_value(e[q]);
+        for (int q = 0; q < 8; ++q) {
+            const float v = q & 1 ? high_half(vw[q / 2]) : low_half(vw[q / 2]);
+            const bool stored = !CHECK || v != 0.f;  // NaN != 0: stored
 #if NT == 1
-            const float xv = static_cast<const float*>(xs)[e[q] & 0xffffu];
-            acc[0] = fmaf(v, xv, acc[0]);
-            if (CHECK) hits[0] += non_finite(xv);
+            const float xv = static_cast<const float*>(xs)[col[q]];
+            if (stored) acc[0] = fmaf(v, xv, acc[0]);
+            if (CHECK && stored) hits[0] += non_finite(xv);
 #else
             u32 w[NT / 2];
-            load_column(w, static_cast<const u16*>(xs), e[q] & 0xffffu);
+            load_column(w, static_cast<const u16*>(xs), col[q]);
 #pragma unroll
             for (int h = 0; h < NT / 2; ++h) {
                 const float x0 = low_half(w[h]), x1 = high_half(w[h]);
-                acc[2 * h] = fmaf(v, x0, acc[2 * h]);
-                acc[2 * h + 1] = fmaf(v, x1, acc[2 * h + 1]);
-                if (CHECK) {
+                if (stored) {
+                    acc[2 * h] = fmaf(v, x0, acc[2 * h]);
+                    acc[2 * h + 1] = fmaf(v, x1, acc[2 * h + 1]);
+                }
+                if (CHECK && stored) {
                     hits[2 * h] += non_finite(x0);
                     hits[2 * h + 1] += non_finite(x1);
                 }
@@ -130,12 +158,12 @@ __device__ __forceinline__ void fma_chunk(const uint4 (&c)[UNROLL], const void* 
 }
 
 template <bool CHECK>
-__device__ __forceinline__ void run_rows(const uint4* __restrict__ entries, const int* __restrict__ row_ptr,
-                                         const u16* __restrict__ bias, u16* __restrict__ y, int ldy, int n_tok,
-                                         const void* xs, int first, int r1, int k, const int* n_bad,
-                                         uint4 (&cur)[UNROLL], int bound_s, int bound_e) {
+__device__ __forceinline__ void run_rows(const uint4* __restrict__ values, const uint2* __restrict__ meta,
+                                         const int* __restrict__ row_ptr, const u16* __restrict__ bias,
+                                         u16* __restrict__ y, int ldy, int n_tok, const void* xs, int first, int r1,
+                                         bool propagate, const int* n_bad, Unit (&cur)[UNROLL], int bound_s,
+                                         int bound_e) {
     const int lane = threadIdx.x & 31;
-    const u32 pad = (u32)k;
     int row = first, j = 0;  // the warp's j-th row (j counts within the 32 rows whose bounds the lanes hold)
     int start = __shfl_sync(0xffffffffu, bound_s, 0), end = __shfl_sync(0xffffffffu, bound_e, 0);
     float acc[NT];
@@ -155,15 +183,15 @@ __device__ __forceinline__ void run_rows(const uint4* __restrict__ entries, cons
             if (nj == 32 && nrow < r1) {  // the next 32 rows' bounds
                 nj = 0;
                 int r = nrow + WARPS * lane;
-                bound_s = r < r1 ? row_ptr[r] >> 2 : 0;
-                bound_e = r < r1 ? row_ptr[r + 1] >> 2 : 0;
+                bound_s = r < r1 ? row_ptr[r] >> 3 : 0;
+                bound_e = r < r1 ? row_ptr[r + 1] >> 3 : 0;
             }
             nstart = __shfl_sync(0xffffffffu, bound_s, nj & 31);
             nend = __shfl_sync(0xffffffffu, bound_e, nj & 31);
         }
-        uint4 nxt[UNROLL];
+        Unit nxt[UNROLL];
         const bool more = nrow < r1;
-        if (more) load_chunk(nxt, entries, nstart, nend, lane, pad);
+        if (more) load_chunk(nxt, values, meta, nstart, nend, lane);
         fma_chunk<CHECK>(cur, xs, acc, hits);
         if (row_done) {
             const float b = bias ? to_float(bias[row]) : 0.f;
@@ -176,7 +204,7 @@ __device__ __forceinline__ void run_rows(const uint4* __restrict__ entries, cons
                 }
                 if (lane == t && t < n_tok) {  // lane t writes token t
                     float out = acc[t] + b;
-                    if (CHECK && hits[t] < n_bad[t]) out = __uint_as_float(0x7fc00000u);
+                    if (CHECK && propagate && hits[t] < n_bad[t]) out = __uint_as_float(0x7fc00000u);
                     y[(size_t)t * ldy + row] = from_float(out);
                 }
                 acc[t] = 0.f;
@@ -194,28 +222,28 @@ __device__ __forceinline__ void run_rows(const uint4* __restrict__ entries, cons
 }
 
 extern "C" __global__ void __launch_bounds__(THREADS) row_gemv(
-    const u16* __restrict__ x, u16* __restrict__ y, const u16* __restrict__ bias, const uint4* __restrict__ entries,
-    const int* __restrict__ row_ptr, const int* __restrict__ block_rows, int k, int propagate, int n_tok, int ldx,
+    const u16* __restrict__ x, u16* __restrict__ y, const u16* __restrict__ bias, const uint4* __restrict__ values,
+    const uint2* __restrict__ meta, const int* __restrict__ row_ptr, const int* __restrict__ block_rows, int k, int propagate, int n_tok, int ldx,
     int ldy) {
-    extern __shared__ __align__(16) unsigned char smem[];  // X (see the top), then zeros at column K
+    extern __shared__ __align__(16) unsigned char smem[];  // X (see the top)
     __shared__ int n_bad[NT];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int r0 = block_rows[blockIdx.x], r1 = block_rows[blockIdx.x + 1];
     const int first = r0 + warp;
 
-    // the warp's first 32 rows' bounds (in 16-byte units: runs start on multiples of 4 entries),
+    // the warp's first 32 rows' bounds (in units: runs start on multiples of 8 entries),
     // then its first chunk in flight before X is read
     int bound_s = 0, bound_e = 0;
     {
         int r = first + WARPS * lane;
         if (r < r1) {
-            bound_s = row_ptr[r] >> 2;
-            bound_e = row_ptr[r + 1] >> 2;
+            bound_s = row_ptr[r] >> 3;
+            bound_e = row_ptr[r + 1] >> 3;
         }
     }
-    uint4 cur[UNROLL];
+    Unit cur[UNROLL];
     if (first < r1)
-        load_chunk(cur, entries, __shfl_sync(0xffffffffu, bound_s, 0), __shfl_sync(0xffffffffu, bound_e, 0), lane, (u32)k);
+        load_chunk(cur, values, meta, __shfl_sync(0xffffffffu, bound_s, 0), __shfl_sync(0xffffffffu, bound_e, 0), lane);
 
     int bad[NT];
 #pragma unroll
@@ -233,7 +261,6 @@ extern "C" __global__ void __launch_bounds__(THREADS) row_gemv(
             bad[0] += non_finite(lo) + non_finite(hi);
         }
     }
-    if (tid == 0) xs[k] = 0.f;
 #else
     u16* xs = reinterpret_cast<u16*>(smem);
     // column pair p: each token's two inputs as one 32-bit load, stored NT apart (tokens past n_tok: zeros)
@@ -246,19 +273,23 @@ extern "C" __global__ void __launch_bounds__(THREADS) row_gemv(
             bad[t] += non_finite(low_half(w)) + non_finite(high_half(w));
         }
     }
-    if (tid < NT) xs[k * NT + tid] = 0;
 #endif
     if (tid < NT) n_bad[tid] = 0;
     int any = 0;
 #pragma unroll
     for (int t = 0; t < NT; ++t) any |= bad[t];
-    if (__syncthreads_or(propagate && any)) {  // rare: count each token's non-finite inputs exactly
+    // rare: some input is non-finite; count each token's exactly, and skip the entries of value 0
+    // (0 x Inf is NaN, and they are no stored weight)
+    if (__syncthreads_or(any)) {
 #pragma unroll
         for (int t = 0; t < NT; ++t)
             if (bad[t]) atomicAdd(&n_bad[t], bad[t]);
         __syncthreads();
-        if (first < r1) run_rows<true>(entries, row_ptr, bias, y, ldy, n_tok, xs, first, r1, k, n_bad, cur, bound_s, bound_e);
+        if (first < r1)
+            run_rows<true>(values, meta, row_ptr, bias, y, ldy, n_tok, xs, first, r1, propagate, n_bad, cur, bound_s,
+                           bound_e);
     } else if (first < r1) {
-        run_rows<false>(entries, row_ptr, bias, y, ldy, n_tok, xs, first, r1, k, n_bad, cur, bound_s, bound_e);
+        run_rows<false>(values, meta, row_ptr, bias, y, ldy, n_tok, xs, first, r1, propagate, n_bad, cur, bound_s,
+                        bound_e);
     }
 }

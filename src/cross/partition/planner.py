@@ -189,7 +189,7 @@ def make_plan(weight: torch.Tensor | None = None, *, nnz: np.ndarray | None = No
         return classes[n]
 
     # the row format's entries where the row kernel may run, else None
-    entries = (row_entries(int(nnz.sum()), grid.rows)
+    entries = (row_entries(nnz, size, grid.rows)
                if row_kernel and row_kernel_fits(grid.rows, grid.cols, dtype) else None)
 
     def plan_buckets(kinds):
