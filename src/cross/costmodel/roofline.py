@@ -114,9 +114,10 @@ class GPUSpec:
     dense_tensor_efficiency: float = 1.0  # cuBLAS at large N reaches `tensor_flops`
     dense_launch_us: float = 9.0  # (9.0 us measured for cuBLAS on H100)
     # the row kernel's cost per token beyond the first of each pass: X's staging per column and the
-    # work per entry (fitted on H200 to 2-8 tokens per pass: benchmarks/results/h200/kernels_tokens.txt)
-    row_token_col_ns: float = 0.3
-    row_token_entry_ps: float = 0.15
+    # work per entry (fitted on H200 to 1-16 tokens, 3-byte format: benchmarks/results/h200/kernels_tokens.csv
+    # and the N = 1 rows of kernels.csv, within -17% / +30% of those 54 times)
+    row_token_col_ns: float = 0.36
+    row_token_entry_ps: float = 0.16
 
     @property
     def n_programs(self) -> int:
@@ -229,9 +230,10 @@ def row_entries(nnz: np.ndarray, size: np.ndarray, rows: int) -> int:
 def row_matmul_us(spec: GPUSpec, rows: int, cols: int, entries: int, n_tokens: int) -> float:
     """Predicted time of the row kernel: its 3-byte entries and row offsets streamed once per pass
     (row_passes) at the rate the dense product streams its weight, plus the dense product's launch
-    term, plus each token beyond the first of a pass (spec.row_token_col_ns, row_token_entry_ps)."""
+    term, plus each token beyond the second of a pass (spec.row_token_col_ns, row_token_entry_ps:
+    two tokens cost about what one does, their inputs one 32-bit shared-memory word per column)."""
     stream = (3 * entries + 4 * (rows + 1)) / (spec.bandwidth * spec.dense_bandwidth_efficiency)
-    n = max(1, n_tokens)
-    passes = len(row_passes(n, cols))
+    passes = row_passes(max(1, n_tokens), cols)
+    extra = sum(max(0, count - 2) for _, count, _ in passes)
     per_token = cols * spec.row_token_col_ns * 1e-3 + entries * spec.row_token_entry_ps * 1e-6
-    return passes * stream * 1e6 + spec.dense_launch_us + (n - passes) * per_token
+    return len(passes) * stream * 1e6 + spec.dense_launch_us + extra * per_token

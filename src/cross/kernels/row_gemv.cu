@@ -263,15 +263,31 @@ extern "C" __global__ void __launch_bounds__(THREADS) row_gemv(
     }
 #else
     u16* xs = reinterpret_cast<u16*>(smem);
-    // column pair p: each token's two inputs as one 32-bit load, stored NT apart (tokens past n_tok: zeros)
+    // column pair p: each token's two inputs as one 32-bit load (tokens past n_tok: zeros), regrouped
+    // by column (two PRMTs per pair of tokens) into the pair's 4 NT contiguous bytes of X, stored
+    // 8 or 16 bytes at a time: a warp's stores are contiguous (16-bit stores NT apart were 2-8-way
+    // bank conflicted, a third of the shared-memory wavefronts at 8 tokens)
     for (int p = tid; p < k / 2; p += THREADS) {
+        u32 w[NT];
 #pragma unroll
         for (int t = 0; t < NT; ++t) {
-            const u32 w = t < n_tok ? *reinterpret_cast<const u32*>(x + (size_t)t * ldx + 2 * p) : 0u;
-            xs[(2 * p) * NT + t] = (u16)(w & 0xffffu);
-            xs[(2 * p + 1) * NT + t] = (u16)(w >> 16);
-            bad[t] += non_finite(low_half(w)) + non_finite(high_half(w));
+            w[t] = t < n_tok ? *reinterpret_cast<const u32*>(x + (size_t)t * ldx + 2 * p) : 0u;
+            bad[t] += non_finite(low_half(w[t])) + non_finite(high_half(w[t]));
         }
+        u32 c0[NT / 2], c1[NT / 2];  // columns 2p and 2p + 1, tokens 2h and 2h + 1 per word
+#pragma unroll
+        for (int h = 0; h < NT / 2; ++h) {
+            c0[h] = __byte_perm(w[2 * h], w[2 * h + 1], 0x5410);
+            c1[h] = __byte_perm(w[2 * h], w[2 * h + 1], 0x7632);
+        }
+#if NT == 2
+        *reinterpret_cast<uint2*>(xs + 2 * p * NT) = make_uint2(c0[0], c1[0]);
+#elif NT == 4
+        *reinterpret_cast<uint4*>(xs + 2 * p * NT) = make_uint4(c0[0], c0[1], c1[0], c1[1]);
+#else
+        *reinterpret_cast<uint4*>(xs + 2 * p * NT) = make_uint4(c0[0], c0[1], c0[2], c0[3]);
+        *reinterpret_cast<uint4*>(xs + (2 * p + 1) * NT) = make_uint4(c1[0], c1[1], c1[2], c1[3]);
+#endif
     }
 #endif
     if (tid < NT) n_bad[tid] = 0;
