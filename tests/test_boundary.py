@@ -34,8 +34,8 @@ HAS_GPU = torch.cuda.is_available()
 WINNING = CostModel(spec=GPUSpec(name="plan always wins", dense_launch_us=1000.0))
 #: Dense launches cost 20 us: on a 256x256 weight at 10% density the plan wins up to 128 tokens only.
 MIXED = CostModel(spec=GPUSpec(name="small batches win", dense_launch_us=20.0))
-#: A token count in each default bucket (1, 2, 3-4, 5-16, 17-64, 65-128, 129-512, 513-).
-TOKENS = [1, 2, 3, 5, 17, 65, 129, 513]
+#: A token count in each default bucket (1, 2, 3-4, 5-8, 9-16, 17-64, 65-128, 129-512, 513-).
+TOKENS = [1, 2, 3, 5, 9, 17, 65, 129, 513]
 
 
 def pruned_linear(m, k, density, dtype, rng, bias=True) -> nn.Linear:
@@ -208,7 +208,7 @@ def test_what_runs_is_what_summary_says(keep_dense, spy, rng):
     linear = pruned_linear(256, 256, 0.1, torch.float32, rng)
     sparse = SparseLinear.from_dense(linear, cost_model=MIXED, keep_dense=keep_dense)
     fallback = [b.fallback for b in sparse.plan.buckets]
-    assert fallback == [False] * 6 + [True] * 2, "the cost model no longer gives a mixed plan"
+    assert fallback == [False] * 7 + [True] * 2, "the cost model no longer gives a mixed plan"
     runs = [b["runs"] for b in sparse.summary()["buckets"]]
     assert runs == ["dense" if f and sparse.dense_kept else "plan" for f in fallback]
     assert sparse.dense_kept == (keep_dense is True or (keep_dense == "auto" and any(fallback)))
@@ -276,7 +276,7 @@ def test_a_plan_without_a_gpu_kernel_warns(rng):
     with pytest.warns(KernelFallbackWarning, match="INDEX tiles.*token counts 1, 2, 3-4, ") as record:
         bad = warn_without_kernel(fake, no_kernels, falls_back=True)
     assert bad == [i for i, b in enumerate(plan.buckets) if not b.fallback] and len(record) == 1
-    with pytest.warns(KernelFallbackWarning, match=r"token counts 1, 2, 3-4, 5-16, 17-64, 65-128, 129-512, 513 and more run"):
+    with pytest.warns(KernelFallbackWarning, match=r"token counts 1, 2, 3-4, 5-8, 9-16, 17-64, 65-128, 129-512, 513 and more run"):
         assert warn_without_kernel(fake, no_kernels, falls_back=False) == list(range(len(plan.buckets)))
     with warnings.catch_warnings():
         warnings.simplefilter("error")

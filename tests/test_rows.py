@@ -156,7 +156,8 @@ def test_small_buckets_take_the_row_kernel_when_very_sparse():
     spans = [(b.n_min, b.n_max, b.kernel, b.fallback) for b in plan.buckets[:3]]
     assert spans == [(1, 1, "rows", False), (2, 2, "rows", False), (3, 4, "rows", False)]
     assert plan.buckets[0].predicted_us <= plan.buckets[1].predicted_us < plan.buckets[2].predicted_us
-    assert all(b.kernel == "tiles" for b in plan.buckets[3:])  # 5 tokens and more: the tiles or the dense product
+    assert plan.buckets[3].n_max == 8 and plan.buckets[3].kernel == "rows"  # 5-8 tokens: one pass at 1024 columns
+    assert all(b.kernel == "tiles" for b in plan.buckets[4:])  # 9 tokens and more: the tiles or the dense product
     assert "rows kernel" in plan.summary()
 
 
@@ -330,7 +331,7 @@ def test_gpu_runtime_runs_the_row_kernel_in_graphs_and_compile():
     assert all(b.kernel == "rows" and isinstance(sl._kernels[i], RowArgs) for i, b in enumerate(sl.plan.buckets[:3]))
     x = torch.randn(1, 4096, dtype=torch.bfloat16, device="cuda")
     with torch.no_grad():
-        for n in (2, 3, 4, 9, 16):  # the 2- and 3-4-token buckets (the row kernel), then the 5-16 one
+        for n in (2, 3, 4, 6, 9, 16):  # the 2- and 3-4-token buckets (the row kernel), then the 5-8 and 9-16 ones
             xn = torch.randn(n, 4096, dtype=torch.bfloat16, device="cuda")
             check(xn, w, lin.bias, sl(xn))
         want = lin(x)

@@ -114,10 +114,11 @@ class GPUSpec:
     dense_tensor_efficiency: float = 1.0  # cuBLAS at large N reaches `tensor_flops`
     dense_launch_us: float = 9.0  # (9.0 us measured for cuBLAS on H100)
     # the row kernel's cost per token beyond the first of each pass: X's staging per column and the
-    # work per entry (fitted on H200 to 1-16 tokens, 3-byte format: benchmarks/results/h200/kernels_tokens.csv
-    # and the N = 1 rows of kernels.csv, within -17% / +30% of those 54 times)
-    row_token_col_ns: float = 0.36
-    row_token_entry_ps: float = 0.16
+    # work per entry (fitted on H200 to 1-16 tokens, 3-byte format, X staged by column pairs:
+    # benchmarks/results/h200/kernels_tokens.csv and the N = 1 rows of kernels.csv, within -23% / +30%
+    # of those 54 times)
+    row_token_col_ns: float = 0.2
+    row_token_entry_ps: float = 0.15
 
     @property
     def n_programs(self) -> int:

@@ -47,7 +47,7 @@ from .linear import SparseLinear
 
 SPLIT_POLICIES = ("cost", "rows")
 STYLES = ("column", "row")
-#: The default balance point: the top of the small-batch decode bucket (DEFAULT_BUCKETS[3] is 5-16).
+#: The default balance point: the top of the small-batch decode bucket (DEFAULT_BUCKETS[4] is 9-16).
 DEFAULT_TOKENS = 16
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
