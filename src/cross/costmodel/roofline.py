@@ -113,7 +113,7 @@ class GPUSpec:
     dense_bandwidth_efficiency: float = 0.65  # cuBLAS at small N reaches ~65% of the copy bandwidth
     dense_tensor_efficiency: float = 1.0  # cuBLAS at large N reaches `tensor_flops`
     dense_launch_us: float = 9.0  # (9.0 us measured for cuBLAS on H100)
-    # the row kernel's cost per token beyond the first of each pass: X's staging per column and the
+    # the row kernel's cost per token beyond the second of each pass: X's staging per column and the
     # work per entry (fitted on H200 to 1-16 tokens, 3-byte format, X staged by column pairs:
     # benchmarks/results/h200/kernels_tokens.csv and the N = 1 rows of kernels.csv, within -23% / +30%
     # of those 54 times)

@@ -86,7 +86,7 @@ class RowWeight:
         else:
             e_rows, e_cols, e_bits = rows, cols, bits
 
-        counts = torch.bincount(e_rows, minlength=m) if m else torch.zeros(0, dtype=torch.int64, device=dev)
+        counts = torch.bincount(e_rows, minlength=m)
         row_ptr = torch.zeros(m + 1, dtype=torch.int64, device=dev)
         torch.cumsum(_round_up(counts, GROUP), 0, out=row_ptr[1:])
         total = int(row_ptr[-1])
@@ -99,7 +99,7 @@ class RowWeight:
         values[pos] = e_bits
         # padding repeats its row's last column: every position takes the column of the last entry at
         # or before it (positions of padding belong to the row whose entries precede them)
-        col_at = torch.full((total,), -1, dtype=torch.int64, device=dev)
+        col_at = torch.empty(total, dtype=torch.int64, device=dev)
         col_at[pos] = e_cols
         filled = torch.zeros(total, dtype=torch.int64, device=dev)
         filled[pos] = pos

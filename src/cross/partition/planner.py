@@ -17,9 +17,9 @@ from .balance import (alternate_order, chunk_by_cost, convert_swing, equal_count
 from .classify import DEFAULT_KINDS, Classification, classify
 from .plan import BucketPlan, Plan
 
-#: Token-count buckets: one-token decode, two, three or four tokens (the row kernel's widths
-#: where it wins), small batches, a full token tile, prefill chunks, long prefill. The first
-#: bucket's token count also picks the tile kinds every bucket shares.
+#: Token-count buckets: one-token decode, two, three or four, five to eight tokens (the row
+#: kernel's widths where it wins), small batches, a full token tile, prefill chunks, long
+#: prefill. The first bucket's token count also picks the tile kinds every bucket shares.
 DEFAULT_BUCKETS = ((1, 1), (2, 2), (3, 4), (5, 8), (9, 16), (17, 64), (65, 128), (129, 512), (513, 2**31 - 1))
 #: A plan must be predicted this much faster than dense, or the bucket runs the dense product.
 WIN_MARGIN = 0.03
