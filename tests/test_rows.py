@@ -244,6 +244,61 @@ def test_sparsified_model_with_rows_saves_and_loads(tmp_path):
     assert torch.equal(again, got)
 
 
+def _rows_or_dense_plan(w):
+    """w's plan with every tile-kernel bucket falling back to the dense product: no bucket runs the tiles."""
+    from dataclasses import replace
+
+    plan = make_plan(w)
+    assert any(b.kernel == "rows" for b in plan.buckets) and any(b.kernel == "tiles" for b in plan.buckets)
+    return plan.with_buckets([replace(b, fallback=True) if b.kernel == "tiles" else b for b in plan.buckets])
+
+
+def test_layer_drops_the_tiles_no_bucket_runs(tmp_path):
+    gen = torch.Generator().manual_seed(5)
+    w = _sparse(2048, 1024, 0.95)
+    lin = torch.nn.Linear(1024, 2048).to(torch.bfloat16)
+    with torch.no_grad():
+        lin.weight.copy_(w)
+    plan = _rows_or_dense_plan(w)
+    full = pack(w, plan)
+    sl = cross.SparseLinear.from_dense(lin, plan=plan)
+    assert sl.dense_kept and sl.packed.tiled is None and sl.packed.rows is not None
+    assert sl.packed.nbytes == full.nbytes - full.tiled.nbytes
+    assert sl.nnz == int((w != 0).sum()) and sl.dense_nbytes == 2048 * 1024 * 2 + 2048 * 2
+    assert torch.equal(sl.to_dense_linear().weight.view(torch.int16), w.view(torch.int16))
+    with torch.no_grad():
+        n_tiles = next(b.n_min for b in plan.buckets if b.kernel == "tiles")
+        for n in (1, 3, 8, n_tiles - 1, n_tiles):  # the row kernel's buckets (reference on the CPU), the dense product
+            x = torch.randn(n, 1024, generator=gen).to(torch.bfloat16)
+            check(x, w, lin.bias, sl(x))
+        with pytest.raises(ValueError, match="dropped"):
+            execute(x, sl.packed, force_plan=True)  # a tile-kernel bucket's plan cannot run without its tiles
+        # rebuilt tiles are the ones packing made (same offsets: the kernel tables still hold)
+        rebuilt = sl.packed.tiled_weight()
+        assert all(torch.equal(getattr(rebuilt, a), getattr(full.tiled, a)) for a in ("values", "meta", "value_offset"))
+        # another plan's buckets that run the tiles get them back
+        again = sl.packed.with_plan(make_plan(w))
+        assert again.tiled is not None and torch.equal(again.tiled.values, full.tiled.values)
+        cross.save(torch.nn.Sequential(sl), tmp_path / "m")
+        loaded = cross.load(tmp_path / "m")["0"]
+        assert loaded.packed.tiled is None and loaded.dense_kept
+        x = torch.randn(2, 1024, generator=gen).to(torch.bfloat16)
+        assert torch.equal(loaded(x), sl(x))
+
+
+@pytest.mark.parametrize("keep_dense", [False, "decode"])
+def test_layer_keeps_the_tiles_it_runs_or_decodes(keep_dense):
+    w = _sparse(2048, 1024, 0.95)
+    lin = torch.nn.Linear(1024, 2048, bias=False).to(torch.bfloat16)
+    with torch.no_grad():
+        lin.weight.copy_(w)
+    sl = cross.SparseLinear.from_dense(lin, plan=_rows_or_dense_plan(w), keep_dense=keep_dense)
+    assert sl.packed.tiled is not None  # False: fallback buckets run their tile plan; 'decode': decoded from the tiles
+    x = torch.randn(16, 1024).to(torch.bfloat16)
+    with torch.no_grad():
+        check(x, w, None, sl(x))
+
+
 # ---------------------------------------------------------------------------------------- kernel source
 NVCC = shutil.which("nvcc")
 

@@ -95,7 +95,9 @@ class SparseLinear(nn.Module):
     """Y = X @ W^T + b with W stored in the tile formats of its Plan. Inference only.
 
     Build with :meth:`from_dense`. State:
-        packed        PackedWeight: the weight's tiles and the kernel tables (not parameters)
+        packed        PackedWeight: the weight's formats and the kernel tables (not parameters);
+                      where no bucket runs the tile kernel (each runs the row kernel or falls back
+                      to the dense copy) only the row format is held (``PackedWeight.without_tiles``)
         bias          buffer [out_features] in the weight's dtype, or None
         dense_weight  buffer [out_features, in_features], or None: the dense copy used by the
                       buckets that fall back to the dense product
@@ -123,6 +125,9 @@ class SparseLinear(nn.Module):
             if tuple(t.shape) != shape or t.dtype != packed.dtype or t.device != packed.device:
                 raise ValueError(f"{name}: expected {dtype_name(packed.dtype)} {shape} on {packed.device}, "
                                  f"got {dtype_name(t.dtype)} {tuple(t.shape)} on {t.device}")
+        if packed.tiled is not None and packed.rows is not None and not decode_fallback and not any(
+                b.kernel == "tiles" and not (b.fallback and dense_weight is not None) for b in packed.plan.buckets):
+            packed = packed.without_tiles()  # no bucket runs the tile kernel: the row format holds the weight
         self.packed = packed
         self.register_buffer("bias", bias)
         self.register_buffer("dense_weight", dense_weight, persistent=False)
@@ -194,7 +199,7 @@ class SparseLinear(nn.Module):
         """An nn.Linear with exactly the packed weight and a copy of the bias."""
         m, k = self.packed.shape
         linear = nn.Linear(k, m, bias=self.bias is not None, device="meta", dtype=self.dtype)
-        linear.weight = nn.Parameter(self.packed.tiled.to_dense(), requires_grad=self._weight_requires_grad)
+        linear.weight = nn.Parameter(self.packed.to_dense(), requires_grad=self._weight_requires_grad)
         if self.bias is not None:
             linear.bias = nn.Parameter(self.bias.clone(), requires_grad=self._weight_requires_grad)
         return linear
@@ -207,7 +212,7 @@ class SparseLinear(nn.Module):
                                "torch.inference_mode(), or use to_dense_linear() / cross.unsparsify_ to train")
         check_input(x, self.packed, self.bias)
         tiles = None
-        if x.device.type == "cpu" and self._runs_plan(x):
+        if x.device.type == "cpu" and self._runs_tiles(x):
             if self._tiles is None:
                 self._tiles = decode_executed_tiles(self.packed)
             tiles = self._tiles
@@ -215,12 +220,12 @@ class SparseLinear(nn.Module):
                        decode_fallback=self.decode_fallback,
                        checked=True)
 
-    def _runs_plan(self, x: torch.Tensor) -> bool:
+    def _runs_tiles(self, x: torch.Tensor) -> bool:
         n = x.numel() // x.shape[-1]
         if n == 0:
             return False
         bucket = self.plan.bucket_for(n)
-        return not (bucket.fallback and self.falls_back)
+        return bucket.kernel == "tiles" and not (bucket.fallback and self.falls_back)
 
     def _apply(self, fn, recurse=True):
         probe = fn(torch.empty(0, dtype=self.dtype, device=self.device))
@@ -269,7 +274,7 @@ class SparseLinear(nn.Module):
 
     @property
     def nnz(self) -> int:
-        return int(self.packed.tiled.nnz.sum())
+        return self.packed.nnz
 
     @property
     def sparsity(self) -> float:
@@ -288,7 +293,7 @@ class SparseLinear(nn.Module):
     @property
     def dense_nbytes(self) -> int:
         """Bytes of the equivalent nn.Linear (weight and bias)."""
-        return self.packed.tiled.dense_nbytes + self._bias_nbytes()
+        return self.packed.dense_nbytes + self._bias_nbytes()
 
     def summary(self) -> dict:
         """Name-free facts: shape, tiles per kind, swing tiles, per-bucket predictions, bytes."""

@@ -114,7 +114,8 @@ def _save_packed(layer: SparseLinear, path: Path) -> None:
     from safetensors.torch import save_file
 
     pw = layer.packed
-    tensors = {name: getattr(pw.tiled, name) for name in _TILED}
+    tiled = pw.tiled_weight()  # rebuilt from the row format where the layer dropped it
+    tensors = {name: getattr(tiled, name) for name in _TILED}
     tensors.update(tiles=pw.tiles, row_sections=pw.row_sections)
     for i, b in enumerate(pw.buckets):
         tensors.update({f"bucket{i}.{name}": getattr(b, name) for name in _BUCKET})

@@ -8,7 +8,9 @@ Tables, int32:
     row_sections [ti, 5]    where the DENSE, BITMAP, INDEX and EMPTY runs of each tile-row start in
                             ``tiles``, then its end
 Where a bucket's plan runs the row kernel, the weight is also kept in the row format
-(``rows``, pack/rows.py).
+(``rows``, pack/rows.py). Where no bucket runs the tile kernel, ``without_tiles`` drops the tile
+formats (``tiled``: None) and the row format is the weight's only copy; ``tiled_weight()`` rebuilds
+them from it (saving, another plan's buckets).
 Per bucket (PackedBucket; also for buckets that fall back to dense, so their plan can be forced):
     items        [W, 4]     (tile-row, start, stop, slot): slot -1 writes the output tile directly;
                             otherwise the item's fp32 partial goes to workspace slot ``slot`` and the
@@ -64,7 +66,7 @@ class PackedBucket:
 @dataclass(frozen=True, eq=False)
 class PackedWeight:
     plan: Plan
-    tiled: TiledWeight
+    tiled: TiledWeight | None  # None: dropped (``without_tiles``), the row format holds the weight
     tiles: torch.Tensor
     row_sections: torch.Tensor
     buckets: tuple[PackedBucket, ...]
@@ -80,16 +82,26 @@ class PackedWeight:
 
     @property
     def device(self) -> torch.device:
-        return self.tiled.device
+        return self.tiles.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.tiled.dtype
+        return self.tiled.dtype if self.tiled is not None else self.rows.dtype
+
+    @property
+    def nnz(self) -> int:
+        return int(self.tiled.nnz.sum()) if self.tiled is not None else self.rows.nnz
+
+    @property
+    def dense_nbytes(self) -> int:
+        m, k = self.shape
+        return m * k * self.dtype.itemsize
 
     @property
     def nbytes(self) -> int:
         """Device bytes: the formats plus the kernel tables."""
-        n = self.tiled.nbytes + self.tiles.numel() * 4 + self.row_sections.numel() * 4
+        n = self.tiles.numel() * 4 + self.row_sections.numel() * 4
+        n += self.tiled.nbytes if self.tiled is not None else 0
         n += self.rows.nbytes if self.rows is not None else 0
         for b in self.buckets:
             n += 4 * (b.items.numel() + b.row_parts.numel() + b.unit_ptr.numel() + b.unit_order.numel())
@@ -109,12 +121,35 @@ class PackedWeight:
             raise ValueError("with_plan: expected this weight's plan with other bucket choices, got another layout")
         self.plan.with_buckets(plan.buckets)  # raises unless the work lists are the same
         buckets = tuple(replace(pb, plan=bp) for pb, bp in zip(self.buckets, plan.buckets))
-        return replace(self, plan=plan, buckets=buckets, rows=self.rows if self.rows is not None else _rows_for(plan, self.tiled))
+        tiled = self.tiled
+        if tiled is None and any(b.kernel == "tiles" for b in plan.buckets):
+            tiled = self.tiled_weight()
+        rows = self.rows if self.rows is not None else _rows_for(plan, tiled)
+        return replace(self, plan=plan, buckets=buckets, tiled=tiled, rows=rows)
+
+    def tiled_weight(self) -> TiledWeight:
+        """The tile formats: the ones held, or rebuilt from the row format where they were dropped."""
+        if self.tiled is not None:
+            return self.tiled
+        return TiledWeight.from_dense(self.rows.to_dense(), self.plan.kinds, self.plan.tile_shape)
+
+    def to_dense(self) -> torch.Tensor:
+        """The weight as a dense tensor (exact), from whichever format is held."""
+        return self.tiled.to_dense() if self.tiled is not None else self.rows.to_dense()
+
+    def without_tiles(self) -> "PackedWeight":
+        """This weight without its tile formats, where no bucket needs them: every bucket's plan runs
+        the row kernel, or falls back to a dense product the caller holds. The kernel tables stay
+        (they are small); ``tiled_weight()`` rebuilds the formats. Raises unless the row format is held."""
+        if self.rows is None:
+            raise ValueError("without_tiles: expected a weight with the row format (the tiles are its only copy)")
+        return replace(self, tiled=None)
 
     def to(self, device) -> "PackedWeight":
-        return PackedWeight(self.plan, self.tiled.to(device), self.tiles.to(device), self.row_sections.to(device),
-                            tuple(b.to(device) for b in self.buckets), self.max_sparse_nnz, self.has_index, self.has_dense,
-                            self.median_bitmap_nnz, None if self.rows is None else self.rows.to(device))
+        return PackedWeight(self.plan, None if self.tiled is None else self.tiled.to(device), self.tiles.to(device),
+                            self.row_sections.to(device), tuple(b.to(device) for b in self.buckets),
+                            self.max_sparse_nnz, self.has_index, self.has_dense, self.median_bitmap_nnz,
+                            None if self.rows is None else self.rows.to(device))
 
 
 def _pack_bucket(bp: BucketPlan, n_rows: int) -> PackedBucket:
@@ -198,4 +233,4 @@ def pack_tiled(tiled: TiledWeight, plan: Plan) -> PackedWeight:
 
 def describe(pw: PackedWeight) -> str:
     return (f"PackedWeight {pw.shape[0]}x{pw.shape[1]} {dtype_name(pw.dtype)}: {pw.nbytes / 1e6:.2f} MB "
-            f"({pw.nbytes / pw.tiled.dense_nbytes:.2f} of dense)")
+            f"({pw.nbytes / pw.dense_nbytes:.2f} of dense)")

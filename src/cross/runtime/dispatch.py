@@ -72,6 +72,8 @@ def gpu_kernel_args(packed: PackedWeight, bucket_index: int, cache: dict | None 
 
     if packed.buckets[bucket_index].plan.kernel == "rows":
         args = row_kernel_args(packed) if row_eligible(packed, packed.device) else None
+    elif packed.tiled is None:  # tiles dropped: this bucket falls back to the dense product
+        args = None
     else:
         backend = default_backend(packed, packed.device)
         args = None if backend is None else kernel_args(packed, packed.buckets[bucket_index], backend)

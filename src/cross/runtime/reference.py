@@ -15,6 +15,9 @@ from ..pack.packed import PackedBucket, PackedWeight
 
 def decode_executed_tiles(packed: PackedWeight) -> torch.Tensor:
     """Every executed tile (the plan's order) decoded from the kernel tables: [T, tile_rows, tile_cols]."""
+    if packed.tiled is None:
+        raise ValueError("decode_executed_tiles: expected a packed weight that holds its tiles, got one whose tiles "
+                         "were dropped (no bucket runs the tile kernel); use packed.tiled_weight()")
     t = packed.tiles
     kinds = torch.from_numpy(packed.plan.tile_kind.copy()).to(t.device)
     if t.shape[0] == 0:
