@@ -157,7 +157,10 @@ def test_small_buckets_take_the_row_kernel_when_very_sparse():
     assert spans == [(1, 1, "rows", False), (2, 2, "rows", False), (3, 4, "rows", False)]
     assert plan.buckets[0].predicted_us <= plan.buckets[1].predicted_us < plan.buckets[2].predicted_us
     assert plan.buckets[3].n_max == 8 and plan.buckets[3].kernel == "rows"  # 5-8 tokens: one pass at 1024 columns
-    assert all(b.kernel == "tiles" for b in plan.buckets[4:])  # 9 tokens and more: the tiles or the dense product
+    from cross.costmodel.roofline import ROW_MAX_TOKENS
+
+    # past 16 tokens: the tiles or the dense product, never the row kernel
+    assert all(b.kernel == "tiles" for b in plan.buckets if b.n_min > ROW_MAX_TOKENS)
     assert "rows kernel" in plan.summary()
 
 
@@ -166,22 +169,54 @@ def test_row_cost_grows_with_tokens_and_passes():
 
     one, two, three, eight, sixteen = (row_matmul_us(H100, 4096, 4096, 2_000_000, n) for n in (1, 2, 3, 8, 16))
     assert one == two < three < eight < sixteen  # two tokens ride one 32-bit load of X per column
-    wide = row_matmul_us(H100, 4096, 11008, 2_000_000, 8)  # 11008 columns: two passes of 4 tokens
-    assert wide > row_matmul_us(H100, 4096, 11008, 2_000_000, 4) + (one - H100.dense_launch_us) * 0.99
+    wide = row_matmul_us(H100, 4096, 16384, 2_000_000, 8)  # 16384 columns: two passes of 4 tokens
+    assert wide > row_matmul_us(H100, 4096, 16384, 2_000_000, 4) + (one - H100.dense_launch_us) * 0.99
 
 
 def test_passes_fit_shared_memory():
-    from cross.costmodel.roofline import ROW_BLOCKS_PER_SM, SM_SHARED_BYTES, row_passes, row_smem
+    from cross.costmodel.roofline import ROW_LAUNCH, SM_SHARED_BYTES, row_passes, row_smem
 
-    for k in (8, 4096, 11008, 16384):
+    for k in (8, 4096, 11008, 14464, 14528, 16384):
         for n in (1, 2, 3, 5, 8, 9, 16, 33):
             passes = row_passes(n, k)
             assert [p[0] for p in passes] == list(range(0, n, passes[0][1]))  # contiguous, from 0
             assert sum(p[1] for p in passes) == n
             for _, count, nt in passes:
                 assert count <= nt and nt in (1, 2, 4, 8)
-                assert nt == 1 or ROW_BLOCKS_PER_SM * (row_smem(k, nt) + 1024) <= SM_SHARED_BYTES
-    assert row_passes(16, 4096)[0][2] == 8 and row_passes(16, 11008)[0][2] == 4 and row_passes(3, 4096) == [(0, 3, 4)]
+                assert nt == 1 or ROW_LAUNCH[nt][1] * (row_smem(k, nt) + 1024) <= SM_SHARED_BYTES
+    # 4 and 8 tokens in one block of X per SM: one pass of 8 up to ~14 K columns
+    assert row_passes(16, 4096)[0][2] == 8 and row_passes(16, 11008)[0][2] == 8 and row_passes(3, 4096) == [(0, 3, 4)]
+    assert row_passes(8, 16384) == [(0, 4, 4), (4, 4, 4)]
+
+
+def test_row_heads_cover_every_row_once():
+    from cross.kernels.launch import ROW_COST_ENTRIES, row_blocks, row_heads
+
+    gen = torch.Generator().manual_seed(7)
+    for w in (_sparse(1000, 512, 0.9), make_weight(777, 256, 0.3, "uneven", torch.bfloat16, gen),
+              torch.zeros(3000, 64, dtype=torch.bfloat16).index_put_((torch.tensor([0]), torch.tensor([0])),
+                                                                     torch.tensor(1.0, dtype=torch.bfloat16))):
+        rw = RowWeight.from_dense(w)
+        m = w.shape[0]
+        for blocks, warps in ((7, 4), (264, 16), (132, 32), (5000, 16)):
+            heads = row_heads(rw.row_ptr, blocks, warps).view(blocks, warps, 4).long()
+            r0, r1 = heads[:, 0, 0], heads[:, 0, 1]
+            assert torch.equal(heads[..., 0], r0[:, None].expand(-1, warps)) and int(r0[0]) == 0 and int(r1[-1]) == m
+            assert torch.equal(r0[1:], r1[:-1]) and bool((r1 >= r0).all())  # contiguous, in order
+            row = r0[:, None] + torch.arange(warps)
+            has = row < r1[:, None]
+            ptr = rw.row_ptr.long()
+            assert torch.equal(heads[..., 2][has], ptr[row[has]] >> 3) and torch.equal(heads[..., 3][has], ptr[row[has] + 1] >> 3)
+            assert not heads[..., 2:][~has].any()
+            # balanced by entries plus a cost per row: no block far over its share
+            cost = (ptr[r1] - ptr[r0]) + ROW_COST_ENTRIES * (r1 - r0)
+            share = (int(ptr[-1]) + ROW_COST_ENTRIES * m) / blocks
+            most = int(torch.diff(ptr).max()) + ROW_COST_ENTRIES  # one row more than its share at worst
+            assert int(cost.max()) <= share + most
+        assert torch.equal(row_blocks(rw.row_ptr, 1), torch.tensor([0, m]))
+    # one nonzero in 3000 rows: the rows are spread (a block of them all took 400 us on an H200)
+    single = row_blocks(RowWeight.from_dense(w).row_ptr, 264)
+    assert int(torch.diff(single).max()) <= 3000 // 264 + 2
 
 
 def test_row_kernel_not_chosen_where_it_cannot_run_or_is_off():
@@ -307,16 +342,17 @@ NVCC = shutil.which("nvcc")
 @pytest.mark.parametrize("is_bf16", [1, 0], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("nt", [1, 2, 4, 8])
 def test_kernel_source_compiles(is_bf16, nt, tmp_path):
-    from cross.kernels.cuda_backend import ROW_BLOCKS_PER_SM, ROW_THREADS
+    from cross.kernels.cuda_backend import ROW_LAUNCHES
 
+    threads, blocks = ROW_LAUNCHES[nt]
     src = resources.files("cross.kernels").joinpath("row_gemv.cu")
     out = subprocess.run([NVCC, "-arch=sm_90", "-std=c++17", "-cubin", "-Xptxas", "-v", "-o", str(tmp_path / "k.cubin"),
-                          f"-DIS_BF16={is_bf16}", f"-DTHREADS={ROW_THREADS}", f"-DNT={nt}", str(src)],
+                          f"-DIS_BF16={is_bf16}", f"-DTHREADS={threads}", f"-DNT={nt}", str(src)],
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
     regs = max(int(v) for v in re.findall(r"Used (\d+) registers", out.stderr))
     # the launch's blocks per SM fit in the SM's 64 K registers
-    assert regs * ROW_THREADS * ROW_BLOCKS_PER_SM <= 65536, out.stderr[-3000:]
+    assert regs * threads * blocks <= 65536, out.stderr[-3000:]
 
 
 # ---------------------------------------------------------------------------------------- GPU

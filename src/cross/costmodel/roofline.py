@@ -114,10 +114,10 @@ class GPUSpec:
     dense_tensor_efficiency: float = 1.0  # cuBLAS at large N reaches `tensor_flops`
     dense_launch_us: float = 9.0  # (9.0 us measured for cuBLAS on H100)
     # the row kernel's cost per token beyond the second of each pass: X's staging per column and the
-    # work per entry (fitted on H200 to 1-16 tokens, 3-byte format, X staged by column pairs:
-    # benchmarks/results/h200/kernels_tokens.csv and the N = 1 rows of kernels.csv, within -23% / +30%
-    # of those 54 times)
-    row_token_col_ns: float = 0.2
+    # work per entry (fitted on H200 to 1-16 tokens, 3-byte format, X staged by column pairs, the
+    # 8-token build one block of 1024 threads per SM: benchmarks/results/h200/kernels_tokens.csv and
+    # the N = 1 rows of kernels.csv, within -22% / +25% of those 45 times)
+    row_token_col_ns: float = 0.08
     row_token_entry_ps: float = 0.15
 
     @property
@@ -182,8 +182,12 @@ ROW_MAX_K = 16384
 ROW_PASS_TOKENS = (1, 2, 4, 8)
 #: Token counts the planner gives the row kernel (buckets up to this many tokens)
 ROW_MAX_TOKENS = 16
-#: Blocks of the row kernel per SM (the launcher's default), and an SM's shared memory
-ROW_BLOCKS_PER_SM = 2
+#: The row kernel's launch per build (tokens per pass): (threads per block, blocks per SM). The 4-
+#: and 8-token builds run one block of 1024 threads per SM: X staged once per SM, and up to ~14 K
+#: columns in one pass of 8 tokens (two blocks of 512 took two passes of 4 at 11008 columns);
+#: measured on H200: 4-12% faster at 4 tokens, 8-35% at 8; at 1-2 tokens within a few percent
+#: either way (docs/perf-notes.md)
+ROW_LAUNCH = {1: (512, 2), 2: (512, 2), 4: (1024, 1), 8: (1024, 1)}
 SM_SHARED_BYTES = 228 * 1024
 
 
@@ -193,20 +197,25 @@ def row_smem(k: int, nt: int) -> int:
     return (k * (4 if nt == 1 else 2 * nt) + 15) // 16 * 16
 
 
-def row_max_pass_tokens(k: int, blocks_per_sm: int = ROW_BLOCKS_PER_SM) -> int:
-    """The most tokens one pass of the row kernel takes with blocks_per_sm blocks of X per SM
-    (1 KB per block reserved by the driver)."""
-    return max(nt for nt in ROW_PASS_TOKENS if nt == 1 or blocks_per_sm * (row_smem(k, nt) + 1024) <= SM_SHARED_BYTES)
+def row_fits(k: int, nt: int, launch: dict = ROW_LAUNCH) -> bool:
+    """The nt-token build's blocks of X fit an SM's shared memory (1 KB per block reserved by the
+    driver). One token always runs (fewer blocks per SM where they do not all fit: the launcher)."""
+    return nt == 1 or launch[nt][1] * (row_smem(k, nt) + 1024) <= SM_SHARED_BYTES
 
 
-def row_passes(n_tokens: int, k: int, blocks_per_sm: int = ROW_BLOCKS_PER_SM) -> list[tuple[int, int, int]]:
+def row_max_pass_tokens(k: int, launch: dict = ROW_LAUNCH) -> int:
+    """The most tokens one pass of the row kernel takes at K = k."""
+    return max(nt for nt in ROW_PASS_TOKENS if row_fits(k, nt, launch))
+
+
+def row_passes(n_tokens: int, k: int, launch: dict = ROW_LAUNCH) -> list[tuple[int, int, int]]:
     """(first token, tokens, build's tokens per pass) of each pass over n_tokens: as many passes of
     the widest build as needed, the last in the narrowest build that holds what is left."""
-    widest = row_max_pass_tokens(k, blocks_per_sm)
+    widest = row_max_pass_tokens(k, launch)
     out = []
     for start in range(0, n_tokens, widest):
         count = min(widest, n_tokens - start)
-        out.append((start, count, min(nt for nt in ROW_PASS_TOKENS if nt >= count)))
+        out.append((start, count, min(nt for nt in ROW_PASS_TOKENS if nt >= count and row_fits(k, nt, launch))))
     return out
 
 

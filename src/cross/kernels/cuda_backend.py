@@ -15,8 +15,8 @@ from importlib import resources
 
 import torch
 
-from ..costmodel.roofline import (ROW_MAX_K, SM_SHARED_BYTES, plan_kernel_smem, plan_kernel_stages, plan_kernel_vals_bytes,
-                                  row_smem)
+from ..costmodel.roofline import (ROW_LAUNCH, ROW_MAX_K, SM_SHARED_BYTES, plan_kernel_smem, plan_kernel_stages,
+                                  plan_kernel_vals_bytes, row_smem)
 from ..costmodel.roofline import row_passes as _row_passes
 
 NUM_THREADS = 128
@@ -165,30 +165,53 @@ class Pointers:
 
 # ---------------------------------------------------------------------- the row kernel
 _ROW_SOURCE = "row_gemv.cu"
-#: CROSS_ROW_GRID="threads,blocks_per_sm" replaces the row kernel's block shape, for tuning (read at import)
+#: CROSS_ROW_GRID replaces the row kernel's launches, for tuning (read at import): "threads,blocks_per_sm"
+#: for every build, or per build (tokens per pass) "8=1024,1;4=512,2"
 ROW_GRID_ENV = "CROSS_ROW_GRID"
-#: threads per block of the row kernel, and blocks per SM (each block reads X into its shared memory once)
-ROW_THREADS, ROW_BLOCKS_PER_SM = (int(v) for v in os.environ.get(ROW_GRID_ENV, "512,2").split(","))
+
+
+def _row_launch_table(spec: str) -> dict[int, tuple[int, int]]:
+    table = dict(ROW_LAUNCH)
+    for part in filter(None, (p.strip() for p in spec.split(";"))):
+        nt, _, shape = part.rpartition("=")
+        threads, blocks = (int(v) for v in shape.split(","))
+        for key in ([int(nt)] if nt else table):
+            table[key] = (threads, blocks)
+    return table
+
+
+#: threads per block and blocks per SM of each build (tokens per pass); each block reads X into its
+#: shared memory once
+ROW_LAUNCHES = _row_launch_table(os.environ.get(ROW_GRID_ENV, ""))
 
 
 @functools.lru_cache(maxsize=1024)
 def row_passes(n_tokens: int, k: int) -> tuple[tuple[int, int, int], ...]:
     """(first token, tokens, build's tokens per pass) of each launch over n_tokens (roofline.row_passes)."""
-    return tuple(_row_passes(n_tokens, k, ROW_BLOCKS_PER_SM))
+    return tuple(_row_passes(n_tokens, k, ROW_LAUNCHES))
 
 
-def row_grid(device_index: int, k: int) -> int:
-    """Blocks of a row-kernel launch: ROW_BLOCKS_PER_SM per SM, fewer where X's shared memory at
-    one token would not let them all run at once (wider passes are sized to fit: row_passes)."""
+@functools.lru_cache(maxsize=256)
+def row_layout(device_index: int, k: int) -> dict[tuple[int, int], tuple[int, int]]:
+    """Per launch shape (threads, blocks per SM): (its first entry in the heads table, its grid).
+    The grid is blocks per SM on every SM, fewer where X's shared memory would not let them all
+    run at once (row_passes runs only builds whose blocks fit)."""
     props = torch.cuda.get_device_properties(device_index)
     per_sm = getattr(props, "shared_memory_per_multiprocessor", SM_SHARED_BYTES)
-    fit = per_sm // (row_smem(k, 1) + 1024)  # 1 KB per block reserved by the driver
-    return props.multi_processor_count * max(1, min(ROW_BLOCKS_PER_SM, fit))
+    out, offset = {}, 0
+    for nt, (threads, blocks) in sorted(ROW_LAUNCHES.items()):
+        if (threads, blocks) in out:
+            continue
+        fit = per_sm // (row_smem(k, nt) + 1024)  # 1 KB per block reserved by the driver
+        grid = props.multi_processor_count * max(1, min(blocks, fit))
+        out[(threads, blocks)] = (offset, grid)
+        offset += grid * (threads // 32)
+    return out
 
 
 @functools.lru_cache(maxsize=None)
 def _row_kernel(device_index: int, is_bf16: bool, nt: int):
-    defines = [f"-DIS_BF16={int(is_bf16)}", f"-DTHREADS={ROW_THREADS}", f"-DNT={nt}"]
+    defines = [f"-DIS_BF16={int(is_bf16)}", f"-DTHREADS={ROW_LAUNCHES[nt][0]}", f"-DNT={nt}"]
     extra = os.environ.get(DEFINES_ENV, "").split()  # profiling builds (e.g. -DUNROLL=2)
     # the largest X this build takes (row_passes keeps each pass within it); 227 KB is sm_90's
     # limit per block, static shared memory included
@@ -199,11 +222,11 @@ def _row_kernel(device_index: int, is_bf16: bool, nt: int):
 
 def row_launch(grid: int, k: int, nt: int, ptrs, propagate: bool, n_tok: int, ldx: int, ldy: int):
     """One launch of row_gemv built for nt tokens per pass: pointers (x, y, bias or 0, values, meta,
-    row_ptr, block_rows), K, and the pass's n_tok <= nt tokens with X's and Y's row strides."""
+    row_ptr, heads of this launch shape), K, and the pass's n_tok <= nt tokens with X's and Y's row strides."""
     driver, _ = _bindings()
     func = _row_kernel(torch.cuda.current_device(), ptrs.is_bf16, nt)
     stream = driver.CUstream(torch.cuda.current_stream().cuda_stream)
     args = tuple(ptrs.values) + (int(k), int(propagate), int(n_tok), int(ldx), int(ldy))
     types = (ctypes.c_void_p,) * 7 + (ctypes.c_int,) * 5
-    _check(driver.cuLaunchKernel(func, grid, 1, 1, ROW_THREADS, 1, 1, row_smem(k, nt), stream, (args, types), 0),
+    _check(driver.cuLaunchKernel(func, grid, 1, 1, ROW_LAUNCHES[nt][0], 1, 1, row_smem(k, nt), stream, (args, types), 0),
            "cuLaunchKernel")

@@ -93,27 +93,50 @@ class KernelArgs(NamedTuple):
 
 
 class RowArgs(NamedTuple):
-    """A row-kernel bucket's launch, resolved once: the row format, each block's first row
-    (``block_rows`` [G + 1], balanced by entries) and sizes."""
+    """A row-kernel bucket's launch, resolved once: the row format, the heads every warp reads first
+    (``heads``: row_heads for each launch shape, cuda_backend.row_layout) and sizes."""
 
     values: torch.Tensor
     meta: torch.Tensor
     row_ptr: torch.Tensor
-    block_rows: torch.Tensor
+    heads: torch.Tensor
     out_features: int
     in_features: int
     propagate: int  # 1: non-finite inputs reach the rows as in the dense product (nan_policy "propagate")
 
 
+#: What a row costs the row kernel beyond its entries, in entries (a loop step, the sum's butterfly
+#: and the write): blocks are balanced by entries plus this per row, so that rows without entries
+#: (a weight with most rows empty) are spread over the blocks, not all given to the last one
+ROW_COST_ENTRIES = 64
+
+
 def row_blocks(row_ptr: torch.Tensor, n_blocks: int) -> torch.Tensor:
-    """int32 [n_blocks + 1]: block b runs rows [out[b], out[b + 1]), each block about the same
-    number of entries (whole rows)."""
+    """int64 [n_blocks + 1]: block b runs rows [out[b], out[b + 1]), each block about the same
+    entries plus ROW_COST_ENTRIES per row (whole rows)."""
     m = row_ptr.numel() - 1
-    ptr = row_ptr.to(torch.int64)
-    targets = torch.arange(n_blocks + 1, device=ptr.device, dtype=torch.int64) * int(ptr[-1]) // n_blocks
-    bounds = torch.searchsorted(ptr, targets).clamp_(max=m)
+    cost = row_ptr.to(torch.int64) + ROW_COST_ENTRIES * torch.arange(m + 1, device=row_ptr.device)
+    targets = torch.arange(n_blocks + 1, device=cost.device, dtype=torch.int64) * int(cost[-1]) // n_blocks
+    bounds = torch.searchsorted(cost, targets).clamp_(max=m)
     bounds[0], bounds[-1] = 0, m
-    return bounds.to(torch.int32).contiguous()
+    return bounds
+
+
+def row_heads(row_ptr: torch.Tensor, n_blocks: int, warps: int) -> torch.Tensor:
+    """int32 [n_blocks * warps, 4]: what warp w of block b reads first, in one 16-byte load: the
+    block's rows [r0, r1) (row_blocks) and the run of its first row r0 + w, (start, end) in units of
+    8 entries (0, 0 where the block has fewer rows than warps). So a warp's first chunk of entries
+    waits on one load, not on the block's rows and then the row offsets."""
+    bounds = row_blocks(row_ptr, n_blocks)
+    r0, r1 = bounds[:-1, None], bounds[1:, None]
+    first = r0 + torch.arange(warps, device=bounds.device)
+    has = first < r1
+    row = torch.where(has, first, 0)
+    ptr = row_ptr.to(torch.int64)
+    start = torch.where(has, ptr[row] >> 3, 0)
+    end = torch.where(has, ptr[row + 1] >> 3, 0)
+    heads = torch.stack([r0.expand_as(first), r1.expand_as(first), start, end], dim=-1)
+    return heads.reshape(-1, 4).to(torch.int32).contiguous()
 
 
 def row_kernel_args(packed: PackedWeight) -> RowArgs:
@@ -126,10 +149,11 @@ def row_kernel_args(packed: PackedWeight) -> RowArgs:
 
 def row_args(rows: RowWeight, propagate: bool = True) -> RowArgs:
     """The row kernel's arguments for a row format on a GPU (eligibility is the caller's check)."""
-    from .cuda_backend import row_grid
+    from .cuda_backend import row_layout
 
-    blocks = row_blocks(rows.row_ptr, row_grid(rows.device.index or 0, rows.shape[1]))
-    return RowArgs(rows.values, rows.meta, rows.row_ptr, blocks, rows.shape[0], rows.shape[1], int(propagate))
+    layout = row_layout(rows.device.index or 0, rows.shape[1])
+    heads = torch.cat([row_heads(rows.row_ptr, grid, threads // 32) for (threads, _), (_, grid) in layout.items()])
+    return RowArgs(rows.values, rows.meta, rows.row_ptr, heads, rows.shape[0], rows.shape[1], int(propagate))
 
 
 def row_launch(x: torch.Tensor, args: RowArgs, bias: torch.Tensor | None = None,
@@ -146,10 +170,11 @@ def row_launch(x: torch.Tensor, args: RowArgs, bias: torch.Tensor | None = None,
     if x.stride(0) % 8 or x.data_ptr() % 16:  # X is read as 16-byte vectors
         x = x.clone(memory_format=torch.contiguous_format)
     is_bf16 = x.dtype == torch.bfloat16
-    grid = args.block_rows.numel() - 1
+    layout = cuda_backend.row_layout(x.device.index or 0, k)
     for start, count, nt in cuda_backend.row_passes(n, k):
+        first, grid = layout[cuda_backend.ROW_LAUNCHES[nt]]
         ptrs = cuda_backend.Pointers((x[start], y[start], bias, args.values, args.meta, args.row_ptr,
-                                      args.block_rows), is_bf16)
+                                      args.heads[first]), is_bf16)
         cuda_backend.row_launch(grid, k, nt, ptrs, bool(args.propagate), count, x.stride(0), y.stride(0))
     return y
 

@@ -8,14 +8,15 @@
 // load of X, the value's unpack and one FMA), at NT tokens ~2 NT + 5 (one shared-memory load of the
 // NT inputs of the column, NT unpacks, NT FMAs).
 //
-// Per block (THREADS threads, persistent over the rows block_rows[b] .. block_rows[b + 1], balanced
-// by entries on the host): X is read once into shared memory: as fp32 [K] at NT = 1, as the 16-bit
-// inputs [K][NT] (the NT tokens of a column side by side) above. Warp w takes rows r0 + w,
-// r0 + w + WARPS, ...; lane j of the warp holds the run bounds of the warp's j-th row (read 32 rows
-// at a time), so moving to the next row costs two shuffles, not a dependent load. The next chunk's
-// loads (32 lanes x UNROLL units) are issued before the current chunk's FMAs, and the first chunk's
-// before X is read, so each warp keeps a chunk in flight while it computes. A row's sum is a fixed
-// butterfly over the lanes' partial sums: deterministic, whatever the timing.
+// Per block (THREADS threads, persistent over the rows r0 .. r1 of its heads, balanced by entries and
+// rows on the host: launch.row_heads): X is read once into shared memory: as fp32 [K] at NT = 1, as
+// the 16-bit inputs [K][NT] (the NT tokens of a column side by side) above. Warp w takes rows
+// r0 + w, r0 + w + WARPS, ...; its head (one 16-byte load) holds r0, r1 and its first row's run, so
+// its first chunk waits on one round trip; lane j of the warp holds the run bounds of the warp's
+// j-th row (read 32 rows at a time), so moving to the next row costs two shuffles, not a dependent
+// load. The next chunk's loads (32 lanes x UNROLL units) are issued before the current chunk's FMAs,
+// and the first chunk's before X is read, so each warp keeps a chunk in flight while it computes. A
+// row's sum is a fixed butterfly over the lanes' partial sums: deterministic, whatever the timing.
 //
 // Non-finite inputs: entries of value 0 (padding, and bridges over steps longer than 63) point at
 // real columns, where 0 x Inf would be NaN, so a block whose X has a non-finite input (one
@@ -223,16 +224,19 @@ __device__ __forceinline__ void run_rows(const uint4* __restrict__ values, const
 
 extern "C" __global__ void __launch_bounds__(THREADS) row_gemv(
     const u16* __restrict__ x, u16* __restrict__ y, const u16* __restrict__ bias, const uint4* __restrict__ values,
-    const uint2* __restrict__ meta, const int* __restrict__ row_ptr, const int* __restrict__ block_rows, int k, int propagate, int n_tok, int ldx,
-    int ldy) {
+    const uint2* __restrict__ meta, const int* __restrict__ row_ptr, const int4* __restrict__ heads, int k,
+    int propagate, int n_tok, int ldx, int ldy) {
     extern __shared__ __align__(16) unsigned char smem[];  // X (see the top)
     __shared__ int n_bad[NT];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int r0 = block_rows[blockIdx.x], r1 = block_rows[blockIdx.x + 1];
-    const int first = r0 + warp;
+    // one load: the block's rows [r0, r1) and the run of the warp's first row (in units: runs start on
+    // multiples of 8 entries), so the first chunk waits on one round trip, not two
+    const int4 head = heads[blockIdx.x * WARPS + warp];
+    const int r1 = head.y, first = head.x + warp;
 
-    // the warp's first 32 rows' bounds (in units: runs start on multiples of 8 entries),
-    // then its first chunk in flight before X is read
+    // the first chunk in flight before X is read, then the warp's first 32 rows' bounds
+    Unit cur[UNROLL];
+    if (first < r1) load_chunk(cur, values, meta, head.z, head.w, lane);
     int bound_s = 0, bound_e = 0;
     {
         int r = first + WARPS * lane;
@@ -241,9 +245,6 @@ extern "C" __global__ void __launch_bounds__(THREADS) row_gemv(
             bound_e = row_ptr[r + 1] >> 3;
         }
     }
-    Unit cur[UNROLL];
-    if (first < r1)
-        load_chunk(cur, values, meta, __shfl_sync(0xffffffffu, bound_s, 0), __shfl_sync(0xffffffffu, bound_e, 0), lane);
 
     int bad[NT];
 #pragma unroll

@@ -44,24 +44,24 @@ def _(x, bias, values, meta, tiles, sections, items, row_parts, unit_ptr, unit_o
 
 @torch.library.custom_op("cross::row_linear", mutates_args=())
 def row_linear(x: torch.Tensor, bias: Optional[torch.Tensor], values: torch.Tensor, meta: torch.Tensor,
-               row_ptr: torch.Tensor, block_rows: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+               row_ptr: torch.Tensor, heads: torch.Tensor, sizes: list[int]) -> torch.Tensor:
     """Y[N, M] = X[N, K] @ W^T (+ bias) by the row kernel; sizes = (M, K, propagate)."""
     if x.stride(1) != 1:
         x = x.contiguous()
     if bias is not None and bias.stride(0) != 1:
         bias = bias.contiguous()
-    return row_launch(x, RowArgs(values, meta, row_ptr, block_rows, *sizes), bias)
+    return row_launch(x, RowArgs(values, meta, row_ptr, heads, *sizes), bias)
 
 
 @row_linear.register_fake
-def _(x, bias, values, meta, row_ptr, block_rows, sizes):
+def _(x, bias, values, meta, row_ptr, heads, sizes):
     return x.new_empty((x.shape[0], sizes[0]))
 
 
 def call(x: torch.Tensor, args: KernelArgs | RowArgs, bias: torch.Tensor | None) -> torch.Tensor:
     """Run the operator with a bucket's resolved kernel arguments."""
     if isinstance(args, RowArgs):
-        return torch.ops.cross.row_linear(x, bias, args.values, args.meta, args.row_ptr, args.block_rows,
+        return torch.ops.cross.row_linear(x, bias, args.values, args.meta, args.row_ptr, args.heads,
                                           [args.out_features, args.in_features, args.propagate])
     tensors = [getattr(args, name) for name in _TENSORS]
     sizes = [getattr(args, name) for name in _INTS]
