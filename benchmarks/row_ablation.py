@@ -60,6 +60,9 @@ def main(argv=None):
     ap.add_argument("--ns", default="1")
     ap.add_argument("--weights", default=",".join(WEIGHTS))
     ap.add_argument("--out", default=None, help="CSV file")
+    ap.add_argument("--unchecked", action="store_true",
+                    help="skip the check against the fp32 product: for profiling builds whose results are wrong "
+                         "(CROSS_CUDA_DEFINES=-DROW_ABLATE=1: exit at once, =2: exit once X is staged)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("row_ablation: needs a CUDA GPU")
@@ -86,7 +89,7 @@ def main(argv=None):
                     xc = torch.randn(n, k, generator=gen, device="cuda").to(torch.bfloat16)
                     out = torch.full((n, m), float("nan"), dtype=torch.bfloat16, device="cuda")
                     row_launch(xc, ra, out=out)
-                    bad = check(out, xc.float() @ w.float().T)
+                    bad = None if args.unchecked else check(out, xc.float() @ w.float().T)
                     if bad:
                         raise SystemExit(f"{shape} {kind} {sp}: {bad}")
                     us = graph_us(lambda: row_launch(x, ra, out=out))
