@@ -426,6 +426,29 @@ def test_sparsify_without_predicted_win_changes_nothing(rng):
     assert forced.n_swapped == 3 and all(isinstance(m, SparseLinear) for m in (model[0], model[2][0], model[3]))
 
 
+def test_sparsify_tokens_swaps_only_layers_that_win_there(rng):
+    gen = torch.Generator().manual_seed(3)
+    model = nn.Sequential(nn.Linear(1024, 2048), nn.Linear(2048, 1024)).to(torch.bfloat16)
+    with torch.no_grad():
+        for lin in model:  # 70%: the default roofline predicts the row kernel to win at 1-4 tokens only
+            lin.weight.mul_(torch.rand(lin.weight.shape, generator=gen) >= 0.7)
+    dense = copy.deepcopy(model)
+    wins = {name: [b for b in make_plan(lin.weight.detach()).buckets if not b.fallback] for name, lin in model.named_children()}
+    assert all(w and max(b.n_max for b in w) < 128 for w in wins.values())
+    before = list(model.modules())
+    report = sparsify_(model, tokens=(128, 1024), progress=False)  # an encoder's token counts: nothing wins
+    assert list(model.modules()) == before and report.n_swapped == 0
+    assert all(layer.action == NO_WIN for layer in report.layers.values())
+    report = sparsify_(model, tokens=(1, 1024), progress=False)  # decode and prefill: the decode bucket wins
+    assert report.n_swapped == 2 and all(isinstance(m, SparseLinear) for m in model)
+    x = torch.randn(1, 1024, generator=gen).to(torch.bfloat16)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x).float(), dense(x).float(), rtol=2e-2, atol=2e-2)
+    for bad in ((), (0,), (1.5,), (True,)):
+        with pytest.raises(ValueError, match="tokens: expected token counts"):
+            sparsify_(dense, tokens=bad, progress=False)
+
+
 def test_sparsify_shared_and_subclassed_linears(rng):
     shared = seeded(rng, lambda: nn.Linear(64, 64))
     attn = seeded(rng, lambda: nn.MultiheadAttention(64, 4, batch_first=True))

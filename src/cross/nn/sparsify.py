@@ -201,7 +201,7 @@ def _shard_facts(places) -> dict:
 
 
 @torch.no_grad()
-def sparsify_(model: nn.Module, filter_fn=None, *, min_sparsity: float = 0.0, progress: bool = True,
+def sparsify_(model: nn.Module, filter_fn=None, *, min_sparsity: float = 0.0, tokens=None, progress: bool = True,
               tp_group=None, tp_split: str = "cost", **from_dense_kwargs) -> SparsifyReport:
     """Replace, in place, every ``nn.Linear`` of ``model`` (exact type: subclasses such as
     MultiheadAttention's out_proj or quantized linears keep their own semantics and are left alone)
@@ -210,9 +210,14 @@ def sparsify_(model: nn.Module, filter_fn=None, *, min_sparsity: float = 0.0, pr
     filter_fn(module, fqn) -> bool: torchao's signature (module first, fully qualified name second);
         a layer it rejects is skipped.
     min_sparsity: layers whose weight has a smaller fraction of zeros are skipped.
-    A layer whose plan falls back to dense in every bucket stays the same nn.Linear object (no
-    predicted win, or on a GPU no measured win: ``measure``, see ``SparseLinear.from_dense``),
-    unless keep_dense=False forces its plan. No dense module is kept for
+    tokens: the token counts (rows of the layers' inputs: batch x sequence) the model will be called
+        with, e.g. ``(1,)`` for batch-1 decode or ``(1024,)`` for an encoder at batch 8 x 128; a
+        layer is swapped only where its plan wins at one of them. None (the default): a win at any
+        token count swaps it, and a layer that wins only at counts the model never sees holds its
+        dense copy and its packed weight for nothing.
+    A layer whose plan falls back to dense in every bucket (of ``tokens``) stays the same nn.Linear
+    object (no predicted win, or on a GPU no measured win: ``measure``, see
+    ``SparseLinear.from_dense``), unless keep_dense=False forces its plan. No dense module is kept for
     unsparsify_: it rebuilds each layer from the packed weight, exactly.
     tp_group: a torch.distributed process group to shard Hugging Face Llama-style models over, in
         Megatron style (q/k/v and gate/up column-parallel, o and down row-parallel; see
@@ -232,6 +237,10 @@ def sparsify_(model: nn.Module, filter_fn=None, *, min_sparsity: float = 0.0, pr
                          "(it cannot be replaced in place): use SparseLinear.from_dense(linear)")
     if not 0.0 <= min_sparsity <= 1.0:
         raise ValueError(f"min_sparsity: expected a fraction in [0, 1], got {min_sparsity!r}")
+    if tokens is not None:
+        tokens = tuple(tokens)
+        if not tokens or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in tokens):
+            raise ValueError(f"tokens: expected token counts (integers >= 1), got {tokens!r}")
     if "plan" in from_dense_kwargs:
         raise ValueError("plan: expected no plan for sparsify_ (one plan fits one weight); use SparseLinear.from_dense")
     keep_dense = from_dense_kwargs.pop("keep_dense", "auto")
@@ -266,13 +275,13 @@ def sparsify_(model: nn.Module, filter_fn=None, *, min_sparsity: float = 0.0, pr
             plan = plan_linear(linear.weight, **from_dense_kwargs)
         except (TypeError, ValueError) as e:
             raise type(e)(f"{fqn}: {e}") from e
-        if plan.fully_dense_fallback and keep_dense is not False:
+        if _no_win(plan, tokens) and keep_dense is not False:
             facts.update(plan_facts(plan), buckets=bucket_facts(plan, dense_kept=True))
             layers[fqn] = LayerReport(fqn, NO_WIN, facts)
             continue
         sparse = SparseLinear.from_dense(linear, plan=plan, keep_dense=keep_dense, measure=measure,
                                          dense_times=dense_times)
-        if sparse.plan.fully_dense_fallback and keep_dense is not False:  # the GPU measured no win
+        if _no_win(sparse.plan, tokens) and keep_dense is not False:  # the GPU measured no win
             facts.update(plan_facts(sparse.plan), buckets=bucket_facts(sparse.plan, dense_kept=True))
             layers[fqn] = LayerReport(fqn, NO_WIN, facts)
             continue
@@ -280,6 +289,13 @@ def sparsify_(model: nn.Module, filter_fn=None, *, min_sparsity: float = 0.0, pr
             setattr(parent, name, sparse)
         layers[fqn] = LayerReport(fqn, SPARSE, {**sparse.summary(), **shard})
     return SparsifyReport(layers)
+
+
+def _no_win(plan, tokens) -> bool:
+    """Every bucket falls back to dense (of those that cover ``tokens``, where given)."""
+    if tokens is None:
+        return plan.fully_dense_fallback
+    return all(plan.bucket_for(n).fallback for n in tokens)
 
 
 def unsparsify_(model: nn.Module) -> int:
