@@ -310,7 +310,8 @@ def _load_layer(path: Path, entry: dict, device: torch.device) -> SparseLinear:
     if ("bias" in t) != entry["bias"]:
         raise ValueError(f"{file}: expected {'a' if entry['bias'] else 'no'} bias, as {MANIFEST} says, got the opposite")
     try:
-        tiled = TiledWeight(TileGrid(*plan.shape, *plan.tile_shape), *(t[name] for name in _TILED))
+        # built where it will run: the row format's build is torch ops (seconds per Llama layer on a CPU)
+        tiled = TiledWeight(TileGrid(*plan.shape, *plan.tile_shape), *(t[name].to(device) for name in _TILED))
         packed = pack_tiled(tiled, plan)
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{file}: expected the tiled weight of its plan, got one that fails to load ({e})") from None
@@ -319,13 +320,13 @@ def _load_layer(path: Path, entry: dict, device: torch.device) -> SparseLinear:
     for i, b in enumerate(packed.buckets):
         rebuilt.update({f"bucket{i}.{name}": getattr(b, name) for name in _BUCKET})
     for k, v in rebuilt.items():
-        if k not in t or not torch.equal(t[k], v):
+        if k not in t or not torch.equal(t[k], v.cpu()):
             raise ValueError(f"{file}: expected kernel table {k!r} to agree with the plan, got a different one")
     if header["n_slots"] != [b.n_slots for b in packed.buckets] or header["max_sparse_nnz"] != packed.max_sparse_nnz:
         raise ValueError(f"{file}: expected the kernel facts of its plan, got different ones")
     move = lambda name: t[name].to(device) if name in t else None  # noqa: E731
     try:
-        return SparseLinear(packed.to(device), move("bias"), move("dense_weight"),
+        return SparseLinear(packed, move("bias"), move("dense_weight"),
                             weight_requires_grad=bool(header["weight_requires_grad"]),
                             decode_fallback=bool(header.get("decode_fallback", False)))
     except (TypeError, ValueError) as e:
