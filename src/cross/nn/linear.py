@@ -91,6 +91,11 @@ def plan_facts(plan: Plan) -> dict:
     }
 
 
+def _bucket_runs_tiles(bucket, falls_back: bool) -> bool:
+    """The bucket runs the tile kernel: its plan's kernel, and not a fallback the layer runs dense."""
+    return bucket.kernel == "tiles" and not (bucket.fallback and falls_back)
+
+
 class SparseLinear(nn.Module):
     """Y = X @ W^T + b with W stored in the tile formats of its Plan. Inference only.
 
@@ -125,8 +130,9 @@ class SparseLinear(nn.Module):
             if tuple(t.shape) != shape or t.dtype != packed.dtype or t.device != packed.device:
                 raise ValueError(f"{name}: expected {dtype_name(packed.dtype)} {shape} on {packed.device}, "
                                  f"got {dtype_name(t.dtype)} {tuple(t.shape)} on {t.device}")
+        falls_back = dense_weight is not None or decode_fallback
         if packed.tiled is not None and packed.rows is not None and not decode_fallback and not any(
-                b.kernel == "tiles" and not (b.fallback and dense_weight is not None) for b in packed.plan.buckets):
+                _bucket_runs_tiles(b, falls_back) for b in packed.plan.buckets):
             packed = packed.without_tiles()  # no bucket runs the tile kernel: the row format holds the weight
         self.packed = packed
         self.register_buffer("bias", bias)
@@ -224,8 +230,7 @@ class SparseLinear(nn.Module):
         n = x.numel() // x.shape[-1]
         if n == 0:
             return False
-        bucket = self.plan.bucket_for(n)
-        return bucket.kernel == "tiles" and not (bucket.fallback and self.falls_back)
+        return _bucket_runs_tiles(self.plan.bucket_for(n), self.falls_back)
 
     def _apply(self, fn, recurse=True):
         probe = fn(torch.empty(0, dtype=self.dtype, device=self.device))
