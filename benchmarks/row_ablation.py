@@ -11,6 +11,9 @@ flushed by a 256 MB read). Each row-kernel result is checked against the fp32 pr
 (output poisoned with NaN, fresh inputs).
 
     PYTHONPATH=src python benchmarks/row_ablation.py --shapes llama-up,llama-qkvo,llama-down --sparsities 0.5,0.7,0.9 --ns 1
+
+``--classes 1,16`` times each weight in each layout of the row format (pack/rows.py: the column
+classes its units take in turns; 1 is every run by column), one after the other in the same run.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from kernels import SHAPES  # noqa: E402
 
 from cross.bench.timing import check, graph_us  # noqa: E402
 from cross.kernels.launch import row_args, row_launch  # noqa: E402
-from cross.pack.rows import RowWeight  # noqa: E402
+from cross.pack.rows import CLASSES, RowWeight  # noqa: E402
 
 WEIGHTS = ("uniform", "equal", "unit", "single")
 
@@ -59,6 +62,7 @@ def main(argv=None):
     ap.add_argument("--sparsities", default="0.5,0.7,0.9")
     ap.add_argument("--ns", default="1")
     ap.add_argument("--weights", default=",".join(WEIGHTS))
+    ap.add_argument("--classes", default=str(CLASSES), help="row-format layouts to time, e.g. 1,16")
     ap.add_argument("--out", default=None, help="CSV file")
     ap.add_argument("--unchecked", action="store_true",
                     help="skip the check against the fp32 product: for profiling builds whose results are wrong "
@@ -69,7 +73,8 @@ def main(argv=None):
     gen = torch.Generator(device="cuda").manual_seed(0)
     rows_out = []
     print(f"# {torch.cuda.get_device_name()}, bf16, CUDA-graph replay, L2 flushed; us")
-    print(f"{'shape':>11} {'N':>3} {'sp':>5} {'weight':>8} {'entries':>10} {'MB':>7} {'us':>8} {'dense':>8} {'fill':>6}")
+    print(f"{'shape':>11} {'N':>3} {'sp':>5} {'weight':>8} {'classes':>7} {'entries':>10} {'MB':>7} {'us':>8} "
+          f"{'dense':>8} {'fill':>6}")
     for shape in args.shapes.split(","):
         m, k = SHAPES[shape]
         for n in (int(v) for v in args.ns.split(",")):
@@ -84,21 +89,22 @@ def main(argv=None):
                     w = make(kind, m, k, sp, gen)
                     if dense_us is None:
                         dense_us = graph_us(lambda: F.linear(x, w))
-                    rw = RowWeight.from_dense(w)
-                    ra = row_args(rw)
-                    xc = torch.randn(n, k, generator=gen, device="cuda").to(torch.bfloat16)
-                    out = torch.full((n, m), float("nan"), dtype=torch.bfloat16, device="cuda")
-                    row_launch(xc, ra, out=out)
-                    bad = None if args.unchecked else check(out, xc.float() @ w.float().T)
-                    if bad:
-                        raise SystemExit(f"{shape} {kind} {sp}: {bad}")
-                    us = graph_us(lambda: row_launch(x, ra, out=out))
-                    rec = dict(shape=shape, M=m, K=k, N=n, sparsity=sp if kind in ("uniform", "equal") else "",
-                               weight=kind, entries=rw.n_entries, mb=round(rw.nbytes / 1e6, 2), us=round(us, 2),
-                               dense_us=round(dense_us, 2), fill_us=round(fill_us, 2))
-                    rows_out.append(rec)
-                    print(f"{shape:>11} {n:>3} {rec['sparsity']!s:>5} {kind:>8} {rw.n_entries:>10} {rec['mb']:>7} "
-                          f"{us:>8.2f} {dense_us:>8.2f} {fill_us:>6.2f}", flush=True)
+                    for classes in (int(v) for v in args.classes.split(",")):
+                        rw = RowWeight.from_dense(w, classes)
+                        ra = row_args(rw)
+                        xc = torch.randn(n, k, generator=gen, device="cuda").to(torch.bfloat16)
+                        out = torch.full((n, m), float("nan"), dtype=torch.bfloat16, device="cuda")
+                        row_launch(xc, ra, out=out)
+                        bad = None if args.unchecked else check(out, xc.float() @ w.float().T)
+                        if bad:
+                            raise SystemExit(f"{shape} {kind} {sp} classes {classes}: {bad}")
+                        us = graph_us(lambda: row_launch(x, ra, out=out))
+                        rec = dict(shape=shape, M=m, K=k, N=n, sparsity=sp if kind in ("uniform", "equal") else "",
+                                   weight=kind, classes=classes, entries=rw.n_entries, mb=round(rw.nbytes / 1e6, 2),
+                                   us=round(us, 2), dense_us=round(dense_us, 2), fill_us=round(fill_us, 2))
+                        rows_out.append(rec)
+                        print(f"{shape:>11} {n:>3} {rec['sparsity']!s:>5} {kind:>8} {classes:>7} {rw.n_entries:>10} "
+                              f"{rec['mb']:>7} {us:>8.2f} {dense_us:>8.2f} {fill_us:>6.2f}", flush=True)
     if args.out:
         with open(args.out, "w", newline="") as f:
             wr = csv.DictWriter(f, fieldnames=list(rows_out[0]))

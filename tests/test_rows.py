@@ -18,7 +18,7 @@ import torch
 import cross
 from cross.costmodel.roofline import ROW_MAX_K, row_kernel_fits
 from cross.pack import pack
-from cross.pack.rows import GROUP, MAX_COLS, RowWeight, rows_reference
+from cross.pack.rows import GROUP, MAX_COLS, SCALE_BIT, RowWeight, rows_reference
 from cross.partition import make_plan
 from cross.runtime.dispatch import execute
 
@@ -50,14 +50,22 @@ def check(x, w, bias, y):
 
 
 # ---------------------------------------------------------------------------------------- format
+def units_of(rows):
+    """Per unit of a RowWeight: its row, columns [GROUP], values [GROUP] (bits), scale's power."""
+    r, cols, _ = rows.entries()
+    word = rows.meta.view(-1, 2)[:, 0].long() & 0xFFFFFFFF
+    return r.view(-1, GROUP)[:, 0], cols.view(-1, GROUP), rows.values.view(-1, GROUP), (word >> SCALE_BIT) & 7
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("density", [0.0, 0.03, 0.5, 1.0])
-def test_round_trip_is_exact(dtype, density):
+@pytest.mark.parametrize("classes", [1, 8, 16])
+def test_round_trip_is_exact(dtype, density, classes):
     gen = torch.Generator().manual_seed(1)
     w = make_weight(67, 203, density, "uneven", dtype, gen)
     w[5, 7] = float("nan")  # NaN and Inf are stored values
     w[6, 0] = float("-inf")
-    rows = RowWeight.from_dense(w)
+    rows = RowWeight.from_dense(w, classes)
     assert torch.equal(rows.to_dense().view(torch.int16), w.view(torch.int16))
     assert rows.nnz == int((w != 0).sum()) == int((rows.values != 0).sum())
     assert rows.meta.numel() * 4 == rows.values.numel() and rows.nbytes == 3 * rows.n_entries + 4 * (67 + 1)
@@ -65,17 +73,68 @@ def test_round_trip_is_exact(dtype, density):
     assert torch.all(lengths % GROUP == 0)
     r, cols, values = rows.entries()
     assert torch.all((cols >= 0) & (cols < w.shape[1]))
-    # runs hold their row's nonzeros, columns ascending, with fewer than GROUP padding entries
-    # (value 0, the last column again) after the last one
-    same_row = r[1:] == r[:-1]
-    assert torch.all(cols[1:][same_row] >= cols[:-1][same_row])
+    # a unit's columns ascend (its stored weights strictly), all of one class where its scale is the
+    # classes'; runs end fewer than GROUP entries after their last stored weight (padding)
+    u_row, u_cols, u_vals, u_shift = units_of(rows)
+    assert torch.all(torch.diff(u_cols, dim=1) >= 0)
+    both = (u_vals[:, 1:] != 0) & (u_vals[:, :-1] != 0)
+    assert torch.all(torch.diff(u_cols, dim=1)[both] > 0)
+    shift = classes.bit_length() - 1
+    assert set(u_shift.tolist()) <= {0, shift}
+    of_class = u_shift == shift
+    assert torch.all(u_cols[of_class] % classes == u_cols[of_class][:, :1] % classes)
     stored = rows.values != 0
-    assert torch.all(cols[1:][same_row & stored[1:] & stored[:-1]] > cols[:-1][same_row & stored[1:] & stored[:-1]])
     last_real = torch.zeros(67, dtype=torch.int64).scatter_reduce_(0, r[stored], torch.nonzero(stored)[:, 0], "amax",
                                                                    include_self=False)
     tail = rows.row_ptr[1:].long() - 1 - last_real
     has = lengths > 0
     assert torch.all(tail[has] < GROUP) and torch.all(tail[has] >= 0)
+
+
+@pytest.mark.parametrize("classes", [8, 16])
+def test_runs_take_the_classes_in_turns(classes):
+    """Unit i of a run holds class i mod ``classes`` while every class has units left (the row kernel's
+    lane i mod 32 then reads X without bank conflicts); the classes' units come before the rest."""
+    gen = torch.Generator().manual_seed(2)
+    w = make_weight(40, 4096, 0.3, "uniform", torch.bfloat16, gen)
+    rows = RowWeight.from_dense(w, classes)
+    u_row, u_cols, _, u_shift = units_of(rows)
+    shift = classes.bit_length() - 1
+    for row in range(40):
+        mine = u_row == row
+        cls = u_cols[mine][:, 0] % classes
+        is_class = u_shift[mine] == shift
+        n = int(is_class.sum())
+        assert torch.all(is_class[:n]) and not torch.any(is_class[n:])  # class units first
+        turns = min(int((cls[:n] == c).sum()) for c in range(classes))
+        assert turns >= 2  # ~46 units of 8 per class at this density: the check below has work
+        assert torch.equal(cls[:turns * classes], torch.arange(turns * classes) % classes)
+        # a class's units take its nonzeros by column, 8 at a time
+        for c in range(classes):
+            own = u_cols[mine][:n][cls[:n] == c].reshape(-1)
+            assert torch.all(torch.diff(own) >= 0)
+
+
+def test_class_units_bridge_in_steps_of_the_classes():
+    """A class's steps are counted in multiples of 16 columns: one longer than 63 of them is bridged;
+    what is left of a class after its units of 8 goes to the rest, by column, at scale 1."""
+    w = torch.zeros(1, 2048, dtype=torch.bfloat16)
+    q = [0, 1, 2, 70, 71, 72, 73, 127]  # class 3: q 2 -> 70 needs a bridge at q = 65
+    w[0, [3 + 16 * v for v in q]] = torch.arange(1, 9, dtype=torch.bfloat16)
+    rows = RowWeight.from_dense(w, 16)
+    assert torch.equal(rows.to_dense(), w)
+    u_row, u_cols, u_vals, u_shift = units_of(rows)
+    assert u_shift.tolist() == [4, 0]
+    assert u_cols[0].tolist() == [3 + 16 * v for v in (0, 1, 2, 65, 70, 71, 72, 73)]
+    assert u_vals[0, 3] == 0 and u_cols[1].tolist() == [3 + 16 * 127] * GROUP
+    assert rows.row_ptr.tolist() == [0, 16]
+
+
+def test_classes_must_be_a_power_of_two():
+    w = torch.ones(2, 16, dtype=torch.bfloat16)
+    for bad in (0, 3, 256, 2.0, True):
+        with pytest.raises(ValueError, match="power of two"):
+            RowWeight.from_dense(w, bad)
 
 
 def test_layout_is_the_kernels():

@@ -1,12 +1,14 @@
 // The row kernel: y[t, r] = sum over the nonzeros w[r, c] of row r of w[r, c] * x[t, c] (+ bias[r])
 // for NT tokens t at a time, on CUDA cores, over the row format (pack/rows.py): 3 bytes per entry,
 // the 16-bit value and a share of a 64-bit column word per 8 entries (the first column, then 6-bit
-// steps), each row's run padded to a multiple of 8 entries of value 0. A lane's unit is 8 entries of
+// steps of the unit's scale), each row's run a multiple of 8 entries. A lane's unit is 8 entries of
 // one run: a 16-byte load of values and an 8-byte load of the column word. So every lane of a warp
 // does useful work on every step (no bitmap word to walk, no lane waiting on a fuller one): at one
-// token ~7 instructions per nonzero (loads, the column's step: shift, mask, add; one shared-memory
-// load of X, the value's unpack and one FMA), at NT tokens ~2 NT + 5 (one shared-memory load of the
-// NT inputs of the column, NT unpacks, NT FMAs).
+// token ~7 instructions per nonzero (loads, the column's step: shift, mask, multiply-add; one
+// shared-memory load of X, the value's unpack and one FMA), at NT tokens ~2 NT + 5 (one shared-memory
+// load of the NT inputs of the column, NT unpacks, NT FMAs). Most units hold one class of columns
+// (column mod 16), and a run's unit i the class i mod 16, so the 8 lanes of a quarter warp load X from
+// 8 different classes at every step, no two in one bank (at random columns ~2.5 times the wavefronts).
 //
 // Per block (THREADS threads, persistent over the rows r0 .. r1 of its heads, balanced by entries and
 // rows on the host: launch.row_heads): X is read once into shared memory: as fp32 [K] at NT = 1, as
@@ -83,7 +85,8 @@ __device__ __forceinline__ Unit load_unit(const uint4* values, const uint2* meta
     return u;
 }
 
-// one chunk: lane j's UNROLL units at start + j + 32 u; past `end` units of value 0 (column 0)
+// one chunk: lane j's UNROLL units at start + j + 32 u; past `end` units of value 0 at column j mod 8
+// (the class lane j's units have in a run's turns: no bank conflict with them; K >= 8)
 __device__ __forceinline__ void load_chunk(Unit (&c)[UNROLL], const uint4* values, const uint2* meta, int start,
                                            int end, int lane) {
 #pragma unroll
@@ -93,18 +96,20 @@ __device__ __forceinline__ void load_chunk(Unit (&c)[UNROLL], const uint4* value
             c[u] = load_unit(values, meta, i);
         } else {
             c[u].v = make_uint4(0u, 0u, 0u, 0u);
-            c[u].c = make_uint2(0u, 0u);
+            c[u].c = make_uint2((u32)(lane & 7), 0u);
         }
     }
 }
 
-// the 8 columns of a unit: the first, then 6-bit steps (pack/rows.py)
+// the 8 columns of a unit: the first, then 6-bit steps in multiples of the unit's scale, 2 to the
+// power in bits 28-30 (pack/rows.py)
 __device__ __forceinline__ void unit_columns(u32 (&col)[8], uint2 c) {
+    const u32 scale = 1u << ((c.x >> 28) & 7u);
     col[0] = c.x & 0xffffu;
-    col[1] = col[0] + ((c.x >> 16) & 63u);
-    col[2] = col[1] + ((c.x >> 22) & 63u);
+    col[1] = col[0] + ((c.x >> 16) & 63u) * scale;
+    col[2] = col[1] + ((c.x >> 22) & 63u) * scale;
 #pragma unroll
-    for (int q = 3; q < 8; ++q) col[q] = col[q - 1] + ((c.y >> (6 * (q - 3))) & 63u);
+    for (int q = 3; q < 8; ++q) col[q] = col[q - 1] + ((c.y >> (6 * (q - 3))) & 63u) * scale;
 }
 
 // the NT inputs of column c as 32-bit words, two tokens per word (NT > 1)
