@@ -114,11 +114,12 @@ class GPUSpec:
     dense_tensor_efficiency: float = 1.0  # cuBLAS at large N reaches `tensor_flops`
     dense_launch_us: float = 9.0  # (9.0 us measured for cuBLAS on H100)
     # the row kernel's cost per token beyond the second of each pass: X's staging per column and the
-    # work per entry (fitted on H200 to 1-16 tokens, 3-byte format, X staged by column pairs, the
-    # 8-token build one block of 1024 threads per SM: benchmarks/results/h200/kernels_tokens.csv and
-    # the N = 1 rows of kernels.csv, within -22% / +25% of those 45 times)
+    # work per entry (fitted on H200 to 4-16 tokens, units by column class, X staged by column pairs,
+    # the 4- and 8-token builds one block of 1024 threads per SM:
+    # benchmarks/results/h200/ablation_rows_classes.csv, within -23% / +22% of those 27 times; it
+    # under-predicts 16 tokens at 90%, which the measured check turns down)
     row_token_col_ns: float = 0.08
-    row_token_entry_ps: float = 0.15
+    row_token_entry_ps: float = 0.10
 
     @property
     def n_programs(self) -> int:
