@@ -453,10 +453,10 @@ def test_model_dry_run(capsys):
     code, out, err = run_cli(capsys, "bench", "model", "--dry-run", "--llama-layers", "4", "--llama-sparsities", "0.9",
                              "--sparsities", "0.5,0.7")
     assert code == 0, err
-    assert out.count(" llama-4L ") == 3 and out.count("    $ cross bench model --models llama --sparsities 0.9 "
+    assert out.count(" llama-4L ") == 4 and out.count("    $ cross bench model --models llama --sparsities 0.9 "
                                                          "--llama-layers 4") == 1
     assert out.count("    bert  encoder     8        1024  0.5") == 1 and out.count(" minilm    embed ") == 2
-    assert "9 rows over 5 models and sparsities" in out
+    assert "10 rows over 5 models and sparsities" in out
     code, out, err = run_cli(capsys, "bench", "model", "--dry-run", "--models", "bert", "--sparsities", "0.9",
                              "--decode-fallback", "--no-measure")
     assert code == 0 and "$ cross bench model --models bert --sparsities 0.9 --no-measure --decode-fallback" in out
@@ -536,7 +536,7 @@ def test_benchmark_scripts_keep_their_command_lines(capsys):
     assert kernels.main(["--shapes", "bert-qkvo", "--dry-run"]) == 0
     assert "45 rows over 3 weights" in capsys.readouterr().out  # its own defaults: 0.5,0.7,0.9 x 5 N x 3 methods
     assert load_script("model").main(["--dry-run"]) == 0
-    assert "12 rows over 5 models" in capsys.readouterr().out
+    assert "14 rows over 5 models" in capsys.readouterr().out
     if not HAS_GPU:
         assert kernels.main([]) == 2 and "expected a CUDA GPU" in capsys.readouterr().err
 

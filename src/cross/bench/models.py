@@ -2,7 +2,7 @@
 
     bert     BERT-base encoder (transformers BertConfig, random weights): batch 8 x 128 and 1 x 128
     llama    a Llama-2-7B-shaped decoder (LlamaConfig, random weights): prefill of 512 tokens, and
-             decode steps at batch 1 and 16
+             decode steps at batch 1, 8 and 16
     minilm   the real all-MiniLM-L6-v2, loaded and Wanda-pruned as `cross demo` does: the demo's 8
              sentences, with the agreement of its sentence embeddings
 
@@ -34,7 +34,7 @@ DEFAULT_SPARSITIES = (0.5, 0.6, 0.7, 0.8, 0.9)
 LLAMA_LAYERS = 32
 #: (phase, batch, sequence length) per model; MiniLM's length is that of its tokenized sentences
 PHASES = {"bert": (("encoder", 8, 128), ("encoder", 1, 128)),
-          "llama": (("prefill", 1, 512), ("decode", 1, 1), ("decode", 16, 1)),
+          "llama": (("prefill", 1, 512), ("decode", 1, 1), ("decode", 8, 1), ("decode", 16, 1)),
           "minilm": (("embed", 8, None),)}
 
 
@@ -165,7 +165,8 @@ def run_workload(wl: Workload, sparsity: float, *, command: str = "", cost_model
                  measure="auto", timer: Callable = measure_us, progress: bool = False,
                  discard_pass: bool = False, log: Callable[[str], None] | None = None) -> list[dict]:
     """Time every phase dense, sparsified, and dense again; one row per phase. The model is left
-    dense (unsparsified) afterwards. keep_dense and measure go to sparsify_; log, if given, gets
+    dense (unsparsified) afterwards. keep_dense and measure go to sparsify_, with the phases'
+    token counts (``tokens``: a layer that wins at none of them stays dense); log, if given, gets
     the line of what the GPU timing of the plans decided (SparsifyReport.measured_check).
 
     discard_pass: time every phase once more first and drop it. A process's first few CUDA-graph
@@ -187,8 +188,10 @@ def run_workload(wl: Workload, sparsity: float, *, command: str = "", cost_model
         dense_bytes = linear_bytes(wl.model)
         dense = {phase: ms(x) for phase, x in inputs.items()}
         want = {phase: wl.outputs(x) for phase, x in inputs.items()}
-        report = cross.sparsify_(wl.model, not_a_head, progress=progress, cost_model=cost_model, keep_dense=keep_dense,
-                                 measure=measure)
+        # the token counts the phases call the layers with: a layer is swapped where it wins at one of them
+        tokens = tuple(sorted({phase[1] * phase[2] for phase in wl.phases}))
+        report = cross.sparsify_(wl.model, not_a_head, tokens=tokens, progress=progress, cost_model=cost_model,
+                                 keep_dense=keep_dense, measure=measure)
         if log is not None:
             log(f"measured check: {report.measured_check()}")
         cross_bytes = linear_bytes(wl.model)

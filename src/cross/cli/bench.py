@@ -50,7 +50,7 @@ a panel per distribution and N), kernels_fig1_table.md (every speed-up)."""
 MODEL_HELP = "end-to-end latency of whole models, dense vs cross, against sparsity"
 MODEL_DESCRIPTION = (
     "End-to-end latency of BERT-base (batch 8 x 128 and 1 x 128), a Llama-2-7B-shaped decoder (prefill of 512 "
-    "tokens, decode at batch 1 and 16) and the real all-MiniLM-L6-v2, pruned, dense against sparsified with cross, "
+    "tokens, decode at batch 1, 8 and 16) and the real all-MiniLM-L6-v2, pruned, dense against sparsified with cross, "
     "with CUDA graphs, L2 flushed; the weights' bytes and the agreement (cosine) of the outputs with the dense model.")
 MODEL_EPILOG = """\
 examples:

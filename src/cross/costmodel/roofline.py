@@ -113,13 +113,14 @@ class GPUSpec:
     dense_bandwidth_efficiency: float = 0.65  # cuBLAS at small N reaches ~65% of the copy bandwidth
     dense_tensor_efficiency: float = 1.0  # cuBLAS at large N reaches `tensor_flops`
     dense_launch_us: float = 9.0  # (9.0 us measured for cuBLAS on H100)
-    # the row kernel's cost per token beyond the second of each pass: X's staging per column and the
-    # work per entry (fitted on H200 to 4-16 tokens, units by column class, X staged by column pairs,
-    # the 4- and 8-token builds one block of 1024 threads per SM:
-    # benchmarks/results/h200/ablation_rows_classes.csv, within -23% / +22% of those 27 times; it
-    # under-predicts 16 tokens at 90%, which the measured check turns down)
-    row_token_col_ns: float = 0.08
-    row_token_entry_ps: float = 0.10
+    # the row kernel's cost per token beyond the second of each pass (X's staging per column, the
+    # work per entry) and per pass beyond the first (a launch of its own: its fixed part), fitted on
+    # H200 to 1-16 tokens, units by column class, the 4- and 8-token builds one block of 1024 threads
+    # per SM (benchmarks/results/h200/ablation_rows_classes.csv and kernels_tokens.csv, 126 times:
+    # within -14% / +16% at 2-16 tokens; one token over-predicted by up to 31%)
+    row_token_col_ns: float = 0.05
+    row_token_entry_ps: float = 0.09
+    row_pass_us: float = 5.0
 
     @property
     def n_programs(self) -> int:
@@ -242,9 +243,11 @@ def row_matmul_us(spec: GPUSpec, rows: int, cols: int, entries: int, n_tokens: i
     """Predicted time of the row kernel: its 3-byte entries and row offsets streamed once per pass
     (row_passes) at the rate the dense product streams its weight, plus the dense product's launch
     term, plus each token beyond the second of a pass (spec.row_token_col_ns, row_token_entry_ps:
-    two tokens cost about what one does, their inputs one 32-bit shared-memory word per column)."""
+    two tokens cost about what one does, their inputs one 32-bit shared-memory word per column), plus
+    each pass beyond the first (spec.row_pass_us: one launch per pass)."""
     stream = (3 * entries + 4 * (rows + 1)) / (spec.bandwidth * spec.dense_bandwidth_efficiency)
     passes = row_passes(max(1, n_tokens), cols)
     extra = sum(max(0, count - 2) for _, count, _ in passes)
     per_token = cols * spec.row_token_col_ns * 1e-3 + entries * spec.row_token_entry_ps * 1e-6
-    return len(passes) * stream * 1e6 + spec.dense_launch_us + extra * per_token
+    return (len(passes) * stream * 1e6 + spec.dense_launch_us + (len(passes) - 1) * spec.row_pass_us
+            + extra * per_token)

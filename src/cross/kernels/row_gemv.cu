@@ -44,11 +44,6 @@
 #ifndef UNROLL
 #define UNROLL (NT >= 8 ? 1 : 2)  // 8 tokens: more work per entry, registers for the sums
 #endif
-#ifndef ROW_PREFETCH
-#define ROW_PREFETCH 1  // the first chunks of a warp's next rows toward L2 ahead of their loads
-#endif
-#define CHUNK_LINES (6 * UNROLL)            // 128-byte lines of a chunk: values, then column words
-#define PREFETCH_ROWS (32 / CHUNK_LINES)    // rows ahead whose first chunk is on its way to L2
 #define WARPS (THREADS / 32)
 #if NT != 1 && NT != 2 && NT != 4 && NT != 8
 #error "NT must be 1, 2, 4 or 8"
@@ -171,19 +166,6 @@ __device__ __forceinline__ void fma_chunk(const Unit (&c)[UNROLL], const void* x
     }
 }
 
-// line q (0 .. CHUNK_LINES - 1) of the first chunk of the run [s, e) toward L2: its values' lines,
-// then its column words'
-__device__ __forceinline__ void prefetch_line(const uint4* values, const uint2* meta, int s, int e, int q) {
-    const int n = min(e - s, 32 * UNROLL);  // units
-    const void* p = nullptr;
-    if (q < 4 * UNROLL) {
-        if (8 * q < n) p = values + s + 8 * q;
-    } else if (16 * (q - 4 * UNROLL) < n) {
-        p = meta + s + 16 * (q - 4 * UNROLL);
-    }
-    if (p) asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p));
-}
-
 template <bool CHECK>
 __device__ __forceinline__ void run_rows(const uint4* __restrict__ values, const uint2* __restrict__ meta,
                                          const int* __restrict__ row_ptr, const u16* __restrict__ bias,
@@ -200,13 +182,6 @@ __device__ __forceinline__ void run_rows(const uint4* __restrict__ values, const
         acc[t] = 0.f;
         hits[t] = 0;
     }
-#if ROW_PREFETCH
-    {  // rows 1 .. PREFETCH_ROWS of the warp: lane l a line of row 1 + l / CHUNK_LINES
-        const int pj = 1 + lane / CHUNK_LINES;
-        const int ps = __shfl_sync(0xffffffffu, bound_s, pj & 31), pe = __shfl_sync(0xffffffffu, bound_e, pj & 31);
-        if (pj <= PREFETCH_ROWS && first + WARPS * pj < r1) prefetch_line(values, meta, ps, pe, lane % CHUNK_LINES);
-    }
-#endif
     while (true) {
         // where the next chunk is: further along this row, or the start of the warp's next row
         int nstart = start + 32 * UNROLL, nend = end, nrow = row, nj = j;
@@ -222,13 +197,6 @@ __device__ __forceinline__ void run_rows(const uint4* __restrict__ values, const
             }
             nstart = __shfl_sync(0xffffffffu, bound_s, nj & 31);
             nend = __shfl_sync(0xffffffffu, bound_e, nj & 31);
-#if ROW_PREFETCH
-            // the row PREFETCH_ROWS further on (within the 32 whose bounds the lanes hold)
-            const int pj = nj + PREFETCH_ROWS;
-            const int ps = __shfl_sync(0xffffffffu, bound_s, pj & 31), pe = __shfl_sync(0xffffffffu, bound_e, pj & 31);
-            if (pj < 32 && lane < CHUNK_LINES && nrow + WARPS * PREFETCH_ROWS < r1)
-                prefetch_line(values, meta, ps, pe, lane);
-#endif
         }
         Unit nxt[UNROLL];
         const bool more = nrow < r1;
