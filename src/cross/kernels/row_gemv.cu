@@ -41,6 +41,14 @@
 #ifndef ROW_ABLATE
 #define ROW_ABLATE 0  // profiling builds only (results wrong): 1 exit at once, 2 exit once X is staged
 #endif
+#ifndef ROW_X_FIRST
+// X's first piece read before the head arrives, and the row bounds kept in entries until used, so
+// that nothing waits on them before X is staged: 0.2-0.6 us faster at 1-2 tokens, 0.3-1.5 us slower
+// at 8 (docs/perf-notes.md, "X before the head"), so only the 1- and 2-token builds
+#define ROW_X_FIRST (NT <= 2)
+#endif
+#define BOUNDS_SHIFT_LOAD (ROW_X_FIRST ? 0 : 3)  // row_ptr (entries) >> 3: units
+#define BOUNDS_SHIFT_USE (ROW_X_FIRST ? 3 : 0)
 #ifndef UNROLL
 #define UNROLL (NT >= 8 ? 1 : 2)  // 8 tokens: more work per entry, registers for the sums
 #endif
@@ -174,7 +182,8 @@ __device__ __forceinline__ void run_rows(const uint4* __restrict__ values, const
                                          int bound_e) {
     const int lane = threadIdx.x & 31;
     int row = first, j = 0;  // the warp's j-th row (j counts within the 32 rows whose bounds the lanes hold)
-    int start = __shfl_sync(0xffffffffu, bound_s, 0), end = __shfl_sync(0xffffffffu, bound_e, 0);
+    int start = __shfl_sync(0xffffffffu, bound_s, 0) >> BOUNDS_SHIFT_USE,
+        end = __shfl_sync(0xffffffffu, bound_e, 0) >> BOUNDS_SHIFT_USE;
     float acc[NT];
     int hits[NT];
 #pragma unroll
@@ -192,11 +201,11 @@ __device__ __forceinline__ void run_rows(const uint4* __restrict__ values, const
             if (nj == 32 && nrow < r1) {  // the next 32 rows' bounds
                 nj = 0;
                 int r = nrow + WARPS * lane;
-                bound_s = r < r1 ? row_ptr[r] >> 3 : 0;
-                bound_e = r < r1 ? row_ptr[r + 1] >> 3 : 0;
+                bound_s = r < r1 ? row_ptr[r] >> BOUNDS_SHIFT_LOAD : 0;
+                bound_e = r < r1 ? row_ptr[r + 1] >> BOUNDS_SHIFT_LOAD : 0;
             }
-            nstart = __shfl_sync(0xffffffffu, bound_s, nj & 31);
-            nend = __shfl_sync(0xffffffffu, bound_e, nj & 31);
+            nstart = __shfl_sync(0xffffffffu, bound_s, nj & 31) >> BOUNDS_SHIFT_USE;
+            nend = __shfl_sync(0xffffffffu, bound_e, nj & 31) >> BOUNDS_SHIFT_USE;
         }
         Unit nxt[UNROLL];
         const bool more = nrow < r1;
@@ -245,15 +254,28 @@ extern "C" __global__ void __launch_bounds__(THREADS) row_gemv(
     const int4 head = heads[blockIdx.x * WARPS + warp];
     const int r1 = head.y, first = head.x + warp;
 
-    // the first chunk in flight before X is read, then the warp's first 32 rows' bounds
+#if ROW_X_FIRST
+    // each thread's first piece of X in flight before anything waits on the head: X and the head
+    // take one round trip together, then the first chunk and the row bounds one more
+#if NT == 1
+    const uint4 x_first = tid * 8 < k ? *reinterpret_cast<const uint4*>(x + tid * 8) : make_uint4(0u, 0u, 0u, 0u);
+#else
+    u32 x_first[NT];
+#pragma unroll
+    for (int t = 0; t < NT; ++t)
+        x_first[t] = t < n_tok && tid < k / 2 ? *reinterpret_cast<const u32*>(x + (size_t)t * ldx + 2 * tid) : 0u;
+#endif
+#endif
+
+    // the first chunk in flight before X is staged, then the warp's first 32 rows' bounds
     Unit cur[UNROLL];
     if (first < r1) load_chunk(cur, values, meta, head.z, head.w, lane);
     int bound_s = 0, bound_e = 0;
     {
         int r = first + WARPS * lane;
         if (r < r1) {
-            bound_s = row_ptr[r] >> 3;
-            bound_e = row_ptr[r + 1] >> 3;
+            bound_s = row_ptr[r] >> BOUNDS_SHIFT_LOAD;
+            bound_e = row_ptr[r + 1] >> BOUNDS_SHIFT_LOAD;
         }
     }
 
@@ -263,7 +285,11 @@ extern "C" __global__ void __launch_bounds__(THREADS) row_gemv(
 #if NT == 1
     float* xs = reinterpret_cast<float*>(smem);
     for (int i = tid * 8; i < k; i += THREADS * 8) {
+#if ROW_X_FIRST
+        const uint4 v = i == tid * 8 ? x_first : *reinterpret_cast<const uint4*>(x + i);
+#else
         const uint4 v = *reinterpret_cast<const uint4*>(x + i);
+#endif
         const u32 w[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
         for (int q = 0; q < 4; ++q) {
@@ -283,7 +309,11 @@ extern "C" __global__ void __launch_bounds__(THREADS) row_gemv(
         u32 w[NT];
 #pragma unroll
         for (int t = 0; t < NT; ++t) {
+#if ROW_X_FIRST
+            w[t] = p == tid ? x_first[t] : t < n_tok ? *reinterpret_cast<const u32*>(x + (size_t)t * ldx + 2 * p) : 0u;
+#else
             w[t] = t < n_tok ? *reinterpret_cast<const u32*>(x + (size_t)t * ldx + 2 * p) : 0u;
+#endif
             bad[t] += non_finite(low_half(w[t])) + non_finite(high_half(w[t]));
         }
         u32 c0[NT / 2], c1[NT / 2];  // columns 2p and 2p + 1, tokens 2h and 2h + 1 per word
