@@ -23,6 +23,7 @@ from cross.partition import make_plan
 from cross.runtime.dispatch import execute
 
 HAS_GPU = torch.cuda.is_available()
+DEVICE = "cuda" if HAS_GPU else "cpu"
 TOL = {torch.float16: 3e-3, torch.bfloat16: 2e-2}
 
 
@@ -347,12 +348,18 @@ def _rows_or_dense_plan(w):
     return plan.with_buckets([replace(b, fallback=True) if b.kernel == "tiles" else b for b in plan.buckets])
 
 
+def _linear_of(w, bias=True):
+    """A bf16 nn.Linear holding w."""
+    lin = torch.nn.Linear(w.shape[1], w.shape[0], bias=bias).to(torch.bfloat16)
+    with torch.no_grad():
+        lin.weight.copy_(w)
+    return lin
+
+
 def test_layer_drops_the_tiles_no_bucket_runs(tmp_path):
     gen = torch.Generator().manual_seed(5)
     w = _sparse(2048, 1024, 0.95)
-    lin = torch.nn.Linear(1024, 2048).to(torch.bfloat16)
-    with torch.no_grad():
-        lin.weight.copy_(w)
+    lin = _linear_of(w)
     plan = _rows_or_dense_plan(w)
     full = pack(w, plan)
     sl = cross.SparseLinear.from_dense(lin, plan=plan)
@@ -380,17 +387,55 @@ def test_layer_drops_the_tiles_no_bucket_runs(tmp_path):
         assert torch.equal(loaded(x), sl(x))
 
 
-@pytest.mark.parametrize("keep_dense", [False, "decode"])
-def test_layer_keeps_the_tiles_it_runs_or_decodes(keep_dense):
+def test_layer_keeps_the_tiles_it_runs():
     w = _sparse(2048, 1024, 0.95)
-    lin = torch.nn.Linear(1024, 2048, bias=False).to(torch.bfloat16)
-    with torch.no_grad():
-        lin.weight.copy_(w)
-    sl = cross.SparseLinear.from_dense(lin, plan=_rows_or_dense_plan(w), keep_dense=keep_dense)
-    assert sl.packed.tiled is not None  # False: fallback buckets run their tile plan; 'decode': decoded from the tiles
+    sl = cross.SparseLinear.from_dense(_linear_of(w, bias=False), plan=_rows_or_dense_plan(w), keep_dense=False)
+    assert sl.packed.tiled is not None  # the fallback buckets run their tile plan
     x = torch.randn(16, 1024).to(torch.bfloat16)
     with torch.no_grad():
         check(x, w, None, sl(x))
+
+
+def test_decode_mode_drops_the_tiles_and_decodes_the_rows(tmp_path):
+    """keep_dense='decode' with every bucket on the row kernel or falling back: the layer holds the
+    row format alone, and the fallback buckets decode it (the reference decoder on the CPU, the
+    decode_rows operator on a GPU) to exactly the weight."""
+    gen = torch.Generator().manual_seed(6)
+    w = _sparse(2048, 1024, 0.95)
+    lin = _linear_of(w)
+    plan = _rows_or_dense_plan(w)
+    sl = cross.SparseLinear.from_dense(lin, plan=plan, keep_dense="decode")
+    kept = cross.SparseLinear.from_dense(lin, plan=plan)
+    assert sl.packed.tiled is None and sl.dense_weight is None and sl.decode_fallback
+    assert sl.nbytes == sl.packed.nbytes + 2048 * 2 and kept.nbytes == sl.nbytes + 2048 * 1024 * 2  # no dense copy
+    n_tiles = next(b.n_min for b in plan.buckets if b.kernel == "tiles")
+    with torch.no_grad():
+        for n in (1, 8, n_tiles):  # row kernel (reference on the CPU), and a fallback bucket that decodes
+            x = torch.randn(n, 1024, generator=gen).to(torch.bfloat16)
+            assert torch.equal(sl(x), kept(x)), n
+    cross.save(torch.nn.Sequential(sl), tmp_path / "m")
+    loaded = cross.load(tmp_path / "m")["0"]
+    assert loaded.packed.tiled is None and loaded.decode_fallback
+    x = torch.randn(n_tiles, 1024, generator=gen).to(torch.bfloat16)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), kept(x))
+
+
+@pytest.mark.parametrize("classes", [1, 16])
+@pytest.mark.parametrize("density", [0.0, 0.03, 0.5, 1.0])
+def test_decode_rows_kernel_gives_the_weight(density, classes):
+    """The row format's decoder (Triton; its interpreter without a GPU), and its operator."""
+    import cross.runtime.op  # noqa: F401  (registers the operators)
+    from cross.kernels.decode import decode_rows
+
+    gen = torch.Generator().manual_seed(7)
+    w = make_weight(37, 300, density, "uneven", torch.bfloat16, gen)
+    w[3, 5], w[4, 299] = float("nan"), float("-inf")
+    rows = RowWeight.from_dense(w.to(DEVICE), classes)
+    out = torch.full((37, 300), 7.0, dtype=torch.bfloat16, device=DEVICE)  # zeroed by the decoder
+    assert torch.equal(decode_rows(rows, out=out).cpu().view(torch.int16), w.view(torch.int16))
+    got = torch.ops.cross.decode_rows(rows.values, rows.meta, rows.row_ptr, [37, 300], torch.bfloat16)
+    assert torch.equal(got.cpu().view(torch.int16), w.view(torch.int16))
 
 
 # ---------------------------------------------------------------------------------------- kernel source

@@ -1,10 +1,12 @@
-"""The packed weight decoded back to a dense M x K matrix on the GPU, one program per tile.
+"""The packed weight decoded back to a dense M x K matrix on the GPU.
 
 Used by layers sparsified with ``keep_dense="decode"``: they keep no dense copy, and the token-count
 buckets that fall back to cuBLAS decode the weight into a temporary first (the allocator reuses
-that memory from layer to layer). DENSE tiles are copied, BITMAP tiles decoded as in the plan
-kernel (``_decode_bitmap``), EMPTY tiles written as zeros; INDEX tiles have no decoder here
-(``decode_dense`` refuses them).
+that memory from layer to layer). From the tile formats (``decode_dense``, one program per tile):
+DENSE tiles are copied, BITMAP tiles decoded as in the plan kernel (``_decode_bitmap``), EMPTY
+tiles written as zeros; INDEX tiles have no decoder here (``decode_dense`` refuses them). From the
+row format (``decode_rows``, one program per row, for a layer that dropped its tiles): each unit's
+columns from its column word, its stored values scattered into a zeroed row.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import triton
 import triton.language as tl
 
 from ..pack.formats import TiledWeight
+from ..pack.rows import RowWeight
 from .triton_plan import _decode_bitmap
 
 
@@ -78,4 +81,56 @@ def decode_tensors(values, meta, kinds, value_offset, meta_offset, nnz, sizes, o
     decode_dense_kernel[(ti * tj,)](values, meta, kinds.reshape(-1), value_offset.reshape(-1), meta_offset.reshape(-1),
                                     nnz.reshape(-1), out, m, k, out.stride(0), tj,
                                     TILE_M=tm, TILE_K=tk, HW_POPC=not _interpreting(), num_warps=4)
+    return out
+
+
+@triton.jit
+def decode_rows_kernel(values_ptr, meta_ptr, row_ptr_ptr, out_ptr, stride_om, BLOCK_U: tl.constexpr):
+    """Row r of the row format (pack/rows.py) into out[r] (int16 bits, zeroed before): per unit of 8
+    entries the first column, then the 6-bit steps times the unit's scale; entries of value 0
+    (padding, bridges) are not written, so a repeated column never overwrites a stored weight."""
+    r = tl.program_id(0)
+    start = tl.load(row_ptr_ptr + r) // 8
+    end = tl.load(row_ptr_ptr + r + 1) // 8
+    q = tl.arange(0, 8)
+    bit = tl.where(q <= 2, 16 + 6 * (q - 1), 32 + 6 * (q - 3)).to(tl.int64)  # entry q's step (q >= 1)
+    offs = tl.arange(0, BLOCK_U)
+    row_out = out_ptr + r.to(tl.int64) * stride_om
+    for u0 in range(start, end, BLOCK_U):
+        u = u0 + offs
+        live = u < end
+        lo = tl.load(meta_ptr + 2 * u, mask=live, other=0).to(tl.int64) & 0xFFFFFFFF
+        hi = tl.load(meta_ptr + 2 * u + 1, mask=live, other=0).to(tl.int64) & 0xFFFFFFFF
+        word = lo | (hi << 32)
+        scale = (lo >> 28) & 7
+        step = ((word[:, None] >> bit[None, :]) & 63) << scale[:, None]
+        step = tl.where(q[None, :] == 0, 0, step)
+        cols = (lo & 0xFFFF)[:, None] + tl.cumsum(step, axis=1)
+        vals = tl.load(values_ptr + u[:, None].to(tl.int64) * 8 + q[None, :], mask=live[:, None], other=0)
+        tl.store(row_out + cols, vals, mask=live[:, None] & (vals != 0))
+
+
+def decode_rows(rows: RowWeight, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The M x K weight of the row format ``rows`` (on a CUDA device, or on the CPU under Triton's
+    interpreter), written into ``out`` if given (contiguous, M x K, the weight's dtype and device)."""
+    return decode_row_tensors(rows.values, rows.meta, rows.row_ptr, [*rows.shape], rows.dtype, out)
+
+
+def decode_row_tensors(values, meta, row_ptr, sizes, dtype, out=None) -> torch.Tensor:
+    """decode_rows on the buffers of a RowWeight; sizes = (M, K). No checks of the buffers (no device
+    sync): the caller passes a valid weight's."""
+    from .launch import _interpreting
+
+    m, k = (int(v) for v in sizes)
+    if values.device.type != "cuda" and not _interpreting():
+        raise ValueError(f"decode_rows: expected a CUDA weight (or TRITON_INTERPRET=1), got one on {values.device}")
+    if out is None:
+        out = torch.zeros((m, k), dtype=dtype, device=values.device)
+    elif out.shape != (m, k) or out.dtype != dtype or out.device != values.device or not out.is_contiguous():
+        raise ValueError(f"out: expected a contiguous {dtype} ({m}, {k}) tensor on {values.device}")
+    else:
+        out.zero_()
+    if m * k == 0 or values.numel() == 0:
+        return out
+    decode_rows_kernel[(m,)](values, meta, row_ptr, out.view(torch.int16), out.stride(0), BLOCK_U=32, num_warps=4)
     return out

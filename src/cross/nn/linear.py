@@ -102,12 +102,13 @@ class SparseLinear(nn.Module):
     Build with :meth:`from_dense`. State:
         packed        PackedWeight: the weight's formats and the kernel tables (not parameters);
                       where no bucket runs the tile kernel (each runs the row kernel or falls back
-                      to the dense copy) only the row format is held (``PackedWeight.without_tiles``)
+                      to the dense product) only the row format is held (``PackedWeight.without_tiles``)
         bias          buffer [out_features] in the weight's dtype, or None
         dense_weight  buffer [out_features, in_features], or None: the dense copy used by the
                       buckets that fall back to the dense product
         decode_fallback  True: no dense copy; the buckets that fall back decode the packed weight
-                      to a dense temporary on each call (``keep_dense="decode"``)
+                      (its tiles, or its row format where the tiles were dropped) to a dense
+                      temporary on each call (``keep_dense="decode"``)
     There is no autograd through the sparse weight: forward refuses inputs that require grad
     while grad mode is on (run under ``torch.no_grad()`` or ``torch.inference_mode()``).
     Device moves (``.to(device)``, ``.cuda()``, ``.cpu()``) move the packed weight; dtype casts
@@ -131,9 +132,11 @@ class SparseLinear(nn.Module):
                 raise ValueError(f"{name}: expected {dtype_name(packed.dtype)} {shape} on {packed.device}, "
                                  f"got {dtype_name(t.dtype)} {tuple(t.shape)} on {t.device}")
         falls_back = dense_weight is not None or decode_fallback
-        if packed.tiled is not None and packed.rows is not None and not decode_fallback and not any(
+        if packed.tiled is not None and packed.rows is not None and not any(
                 _bucket_runs_tiles(b, falls_back) for b in packed.plan.buckets):
-            packed = packed.without_tiles()  # no bucket runs the tile kernel: the row format holds the weight
+            # no bucket runs the tile kernel: the row format holds the weight (and is what the
+            # fallback buckets decode under decode_fallback)
+            packed = packed.without_tiles()
         self.packed = packed
         self.register_buffer("bias", bias)
         self.register_buffer("dense_weight", dense_weight, persistent=False)

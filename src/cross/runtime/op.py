@@ -82,9 +82,29 @@ def _(values, meta, kinds, value_offset, meta_offset, nnz, sizes):
     return values.new_empty((sizes[0], sizes[1]))
 
 
+@torch.library.custom_op("cross::decode_rows", mutates_args=())
+def decode_rows_op(values: torch.Tensor, meta: torch.Tensor, row_ptr: torch.Tensor, sizes: list[int],
+                   dtype: torch.dtype) -> torch.Tensor:
+    """The dense [M, K] weight of a row format; sizes = (M, K)."""
+    from ..kernels.decode import decode_row_tensors
+
+    return decode_row_tensors(values, meta, row_ptr, sizes, dtype)
+
+
+@decode_rows_op.register_fake
+def _(values, meta, row_ptr, sizes, dtype):
+    return values.new_empty((sizes[0], sizes[1]), dtype=dtype)
+
+
 def decode(packed) -> torch.Tensor:
     """The dense weight of a PackedWeight: the decode kernel on a GPU, the reference decoder on
-    the CPU. INDEX tiles are refused on the GPU (``decode_dense``)."""
+    the CPU; from the row format where the layer dropped its tiles. INDEX tiles are refused on the
+    GPU (``decode_dense``)."""
+    if packed.tiled is None:
+        r = packed.rows
+        if not r.values.is_cuda:
+            return r.to_dense()
+        return torch.ops.cross.decode_rows(r.values, r.meta, r.row_ptr, [*r.shape], r.dtype)
     t = packed.tiled
     if not t.values.is_cuda:
         return t.to_dense()
