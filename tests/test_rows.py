@@ -459,6 +459,14 @@ def test_kernel_source_compiles(is_bf16, nt, tmp_path):
     assert regs * threads * blocks <= 65536, out.stderr[-3000:]
 
 
+@pytest.mark.skipif(NVCC is None, reason="needs nvcc")
+def test_decode_source_compiles(tmp_path):
+    src = resources.files("cross.kernels").joinpath("row_decode.cu")
+    out = subprocess.run([NVCC, "-arch=sm_90", "-std=c++17", "-cubin", "-Xptxas", "-v", "-o", str(tmp_path / "d.cubin"),
+                          str(src)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+
+
 # ---------------------------------------------------------------------------------------- GPU
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_GPU, reason="needs a CUDA GPU")
@@ -541,3 +549,46 @@ def test_gpu_runtime_runs_the_row_kernel_in_graphs_and_compile():
         compiled = torch.compile(sl, fullgraph=True)
         check(x, w, lin.bias, compiled(x))
     assert want.shape == out.shape
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_GPU, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("shape", [(37, 300), (4096, 11008), (11008, 4096)])
+@pytest.mark.parametrize("density", [0.0, 0.01, 0.3, 0.5, 1.0])
+def test_gpu_decode_rows(shape, density):
+    """The row format's decode on the GPU (row_decode.cu), over a NaN-poisoned output: exactly the weight."""
+    from cross.kernels.decode import decode_rows
+
+    gen = torch.Generator().manual_seed(hash((shape, density)) % 2**31)
+    w = make_weight(*shape, density, "uneven", torch.bfloat16, gen)
+    w[3, 5], w[4, shape[1] - 1] = float("nan"), float("-inf")
+    rows = RowWeight.from_dense(w.cuda())
+    out = torch.full(shape, float("nan"), dtype=torch.bfloat16, device="cuda")
+    assert torch.equal(decode_rows(rows, out=out).cpu().view(torch.int16), w.view(torch.int16))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_GPU, reason="needs a CUDA GPU")
+def test_gpu_decode_mode_from_rows_in_graphs():
+    """A decode-mode layer without tiles on the GPU: eager and replayed in a CUDA graph, exactly what
+    the layer that keeps a dense copy computes, at the row kernel's token counts and a fallback's."""
+    gen = torch.Generator().manual_seed(8)
+    w = _sparse(2048, 1024, 0.95)
+    lin = _linear_of(w).cuda()
+    plan = _rows_or_dense_plan(w)
+    sl = cross.SparseLinear.from_dense(lin, plan=plan, keep_dense="decode")
+    kept = cross.SparseLinear.from_dense(lin, plan=plan)
+    assert sl.packed.tiled is None and sl.dense_weight is None
+    n_tiles = next(b.n_min for b in plan.buckets if b.kernel == "tiles")
+    with torch.no_grad():
+        for n in (1, 8, n_tiles):
+            x = torch.randn(n, 1024, generator=gen).to(torch.bfloat16).cuda()
+            assert torch.equal(sl(x), kept(x)), n
+            static = x.clone()
+            sl(static)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                out = sl(static)
+            static.copy_(torch.randn(n, 1024, generator=gen).to(torch.bfloat16).cuda())
+            graph.replay()
+            assert torch.equal(out, kept(static)), n

@@ -230,3 +230,28 @@ def row_launch(grid: int, k: int, nt: int, ptrs, propagate: bool, n_tok: int, ld
     types = (ctypes.c_void_p,) * 7 + (ctypes.c_int,) * 5
     _check(driver.cuLaunchKernel(func, grid, 1, 1, ROW_LAUNCHES[nt][0], 1, 1, row_smem(k, nt), stream, (args, types), 0),
            "cuLaunchKernel")
+
+
+# ---------------------------------------------------------------------- the row format's decode
+_DECODE_SOURCE = "row_decode.cu"
+_DECODE_THREADS = 256  # row_decode.cu's THREADS
+
+
+@functools.lru_cache(maxsize=None)
+def _decode_kernel(device_index: int):
+    from ..pack.rows import MAX_COLS
+
+    _, func = _compile(device_index, _DECODE_SOURCE, "row_decode", (), 2 * MAX_COLS)
+    return func
+
+
+def row_decode(rows: int, k: int, ptrs) -> None:
+    """One launch of row_decode: pointers (values, meta, row_ptr, out), a block per row."""
+    driver, _ = _bindings()
+    func = _decode_kernel(torch.cuda.current_device())
+    stream = driver.CUstream(torch.cuda.current_stream().cuda_stream)
+    args = tuple(ptrs.values) + (int(k),)
+    types = (ctypes.c_void_p,) * 4 + (ctypes.c_int,)
+    smem = -(-k // 8) * 16
+    _check(driver.cuLaunchKernel(func, rows, 1, 1, _DECODE_THREADS, 1, 1, smem, stream, (args, types), 0),
+           "cuLaunchKernel")

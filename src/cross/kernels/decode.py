@@ -5,8 +5,10 @@ buckets that fall back to cuBLAS decode the weight into a temporary first (the a
 that memory from layer to layer). From the tile formats (``decode_dense``, one program per tile):
 DENSE tiles are copied, BITMAP tiles decoded as in the plan kernel (``_decode_bitmap``), EMPTY
 tiles written as zeros; INDEX tiles have no decoder here (``decode_dense`` refuses them). From the
-row format (``decode_rows``, one program per row, for a layer that dropped its tiles): each unit's
-columns from its column word, its stored values scattered into a zeroed row.
+row format (``decode_rows``, for a layer that dropped its tiles): on a GPU with the CUDA backend
+``row_decode.cu`` (a block per row builds it in shared memory and writes it whole: 30-42 us for a
+11008x4096 weight on the H200, against 42-53 us from the tiles); elsewhere the Triton kernel here,
+one program per row scattering each unit's stored values into a zeroed row (4.5-6x slower).
 """
 
 from __future__ import annotations
@@ -118,19 +120,27 @@ def decode_rows(rows: RowWeight, out: torch.Tensor | None = None) -> torch.Tenso
 
 def decode_row_tensors(values, meta, row_ptr, sizes, dtype, out=None) -> torch.Tensor:
     """decode_rows on the buffers of a RowWeight; sizes = (M, K). No checks of the buffers (no device
-    sync): the caller passes a valid weight's."""
+    sync): the caller passes a valid weight's. On a GPU with the CUDA backend, row_decode.cu (each
+    row built in shared memory and written whole); else the Triton kernel above."""
+    from . import cuda_backend
     from .launch import _interpreting
 
     m, k = (int(v) for v in sizes)
     if values.device.type != "cuda" and not _interpreting():
         raise ValueError(f"decode_rows: expected a CUDA weight (or TRITON_INTERPRET=1), got one on {values.device}")
-    if out is None:
-        out = torch.zeros((m, k), dtype=dtype, device=values.device)
-    elif out.shape != (m, k) or out.dtype != dtype or out.device != values.device or not out.is_contiguous():
+    if out is not None and (out.shape != (m, k) or out.dtype != dtype or out.device != values.device
+                            or not out.is_contiguous()):
         raise ValueError(f"out: expected a contiguous {dtype} ({m}, {k}) tensor on {values.device}")
-    else:
-        out.zero_()
-    if m * k == 0 or values.numel() == 0:
+    if out is None:
+        out = torch.empty((m, k), dtype=dtype, device=values.device)
+    if m * k == 0:
+        return out
+    if values.device.type == "cuda" and not _interpreting() and cuda_backend.available() and values.numel():
+        # writes every element
+        cuda_backend.row_decode(m, k, cuda_backend.Pointers((values, meta, row_ptr, out), dtype == torch.bfloat16))
+        return out
+    out.zero_()
+    if values.numel() == 0:
         return out
     decode_rows_kernel[(m,)](values, meta, row_ptr, out.view(torch.int16), out.stride(0), BLOCK_U=32, num_warps=4)
     return out
