@@ -43,7 +43,7 @@
 #endif
 #ifndef ROW_X_FIRST
 // X's first piece read before the head arrives, and the row bounds kept in entries until used, so
-// that nothing waits on them before X is staged: 0.2-0.6 us faster at 1-2 tokens, 0.3-1.5 us slower
+// that nothing waits on them before X is staged: 0.1-0.6 us faster at 1-2 tokens, 0.3-1.5 us slower
 // at 8 (docs/perf-notes.md, "X before the head"), so only the 1- and 2-token builds
 #define ROW_X_FIRST (NT <= 2)
 #endif
