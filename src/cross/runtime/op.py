@@ -100,14 +100,12 @@ def decode(packed) -> torch.Tensor:
     """The dense weight of a PackedWeight: the decode kernel on a GPU, the reference decoder on
     the CPU; from the row format where the layer dropped its tiles. INDEX tiles are refused on the
     GPU (``decode_dense``)."""
+    if packed.device.type != "cuda":
+        return packed.to_dense()  # whichever format is held
     if packed.tiled is None:
         r = packed.rows
-        if not r.values.is_cuda:
-            return r.to_dense()
         return torch.ops.cross.decode_rows(r.values, r.meta, r.row_ptr, [*r.shape], r.dtype)
     t = packed.tiled
-    if not t.values.is_cuda:
-        return t.to_dense()
     if packed.has_index:
         raise ValueError("decode: expected a weight without INDEX tiles on the GPU (no GPU decoder for them)")
     sizes = [t.grid.rows, t.grid.cols, *t.grid.tile_shape]
