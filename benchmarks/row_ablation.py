@@ -19,9 +19,9 @@ classes its units take in turns; 1 is every run by column), one after the other 
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +29,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(__file__))
 from kernels import SHAPES  # noqa: E402
 
+from cross.bench.report import start_csv  # noqa: E402
 from cross.bench.timing import check, graph_us  # noqa: E402
 from cross.kernels.launch import row_args, row_launch  # noqa: E402
 from cross.pack.rows import CLASSES, RowWeight  # noqa: E402
@@ -106,10 +107,7 @@ def main(argv=None):
                         print(f"{shape:>11} {n:>3} {rec['sparsity']!s:>5} {kind:>8} {classes:>7} {rw.n_entries:>10} "
                               f"{rec['mb']:>7} {us:>8.2f} {dense_us:>8.2f} {fill_us:>6.2f}", flush=True)
     if args.out:
-        with open(args.out, "w", newline="") as f:
-            wr = csv.DictWriter(f, fieldnames=list(rows_out[0]))
-            wr.writeheader()
-            wr.writerows(rows_out)
+        start_csv(Path(args.out), list(rows_out[0]), rows_out)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ STAGES_ENV = "CROSS_CUDA_STAGES"
 #: extra NVRTC options for profiling builds (e.g. "-DABLATE=2"; see plan_matmul.cu), read at compile time
 DEFINES_ENV = "CROSS_CUDA_DEFINES"
 _SOURCE = "plan_matmul.cu"
-_HEADERS = ("dtype.cuh",)  # what the sources #include, handed to NVRTC by name
+_HEADERS = ("dtype.cuh", "async.cuh")  # what the sources #include, handed to NVRTC by name
 #: one-token launches of weights whose median BITMAP tile is sparser than this (nonzeros per tile
 #: element) run a build that multiplies the tiles under it on CUDA cores (plan_matmul.cu,
 #: DECODE_CORES). Measured on H200 (docs/perf-notes.md, "The CUDA-core path, measured"): the build
@@ -254,4 +254,30 @@ def row_decode(rows: int, k: int, ptrs) -> None:
     types = (ctypes.c_void_p,) * 4 + (ctypes.c_int,)
     smem = -(-k // 8) * 16
     _check(driver.cuLaunchKernel(func, rows, 1, 1, _DECODE_THREADS, 1, 1, smem, stream, (args, types), 0),
+           "cuLaunchKernel")
+
+
+# ---------------------------------------------------------------------- the strip kernel
+_STRIP_SOURCE = "strip_mma.cu"
+
+
+@functools.lru_cache(maxsize=None)
+def _strip_kernel(device_index: int, is_bf16: bool, nt: int, warps: int, ring: int, depth: int, mt: int, smem: int):
+    defines = [f"-DIS_BF16={int(is_bf16)}", f"-DNT={nt}", f"-DWARPS={warps}", f"-DRING={ring}", f"-DDEPTH={depth}",
+               f"-DMT={mt}"]
+    extra = os.environ.get(DEFINES_ENV, "").split()
+    _, func = _compile(device_index, _STRIP_SOURCE, "strip_mma", tuple(defines + extra), smem)
+    return func
+
+
+def strip_launch(blocks: int, nt: int, warps: int, ring: int, depth: int, mt: int, smem: int, ptrs, m: int, k: int,
+                 n_tok: int, ldx: int, ldy: int) -> None:
+    """One launch of strip_mma: pointers (x, y, bias or 0, values, masks, chunks, heads), M, K and
+    the pass's n_tok <= nt tokens with X's and Y's row strides."""
+    driver, _ = _bindings()
+    func = _strip_kernel(torch.cuda.current_device(), ptrs.is_bf16, nt, warps, ring, depth, mt, smem)
+    stream = driver.CUstream(torch.cuda.current_stream().cuda_stream)
+    args = tuple(ptrs.values) + (int(m), int(k), int(n_tok), int(ldx), int(ldy))
+    types = (ctypes.c_void_p,) * 7 + (ctypes.c_int,) * 5
+    _check(driver.cuLaunchKernel(func, blocks, 1, 1, warps * 32, 1, 1, smem, stream, (args, types), 0),
            "cuLaunchKernel")

@@ -291,3 +291,32 @@ def _launch(x, y, a: KernelArgs, bias):
             *common, TILE_M=tm, TILE_K=tk, BLOCK_N=bn, HAS_BIAS=bias is not None,
             HW_POPC=not _interpreting(), DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
             GATHER=False, num_warps=4)
+
+
+def strip_matmul(x: torch.Tensor, weight, bias: torch.Tensor | None = None, out: torch.Tensor | None = None,
+                 nt: int = 16) -> torch.Tensor:
+    """Y[N, M] = X[N, K] @ W^T (+ bias) by the strip kernel (kernels/strip_mma.cu) over a
+    StripWeight (pack/strips.py), one launch per pass of up to ``nt`` (8 or 16) tokens."""
+    from ..pack.strips import smem_bytes
+    from . import cuda_backend
+
+    n, k = x.shape
+    m = weight.shape[0]
+    if k != weight.shape[1] or x.dtype != weight.dtype:
+        raise ValueError(f"strip_matmul: x {tuple(x.shape)} {x.dtype} against a {weight.shape} {weight.dtype} weight")
+    if k % 8:
+        raise ValueError(f"strip_matmul: K must be a multiple of 8, got {k}")
+    if not all(t.is_contiguous() for t in (weight.values, weight.masks, weight.chunks, weight.heads)):
+        raise ValueError("strip_matmul: the StripWeight's tensors must be contiguous")
+    y = torch.empty((n, m), dtype=x.dtype, device=x.device) if out is None else out
+    if x.stride(0) % 8 or x.data_ptr() % 16 or x.stride(1) != 1:
+        x = x.contiguous()
+    smem = smem_bytes(k, nt, weight.warps, weight.ring, weight.depth, weight.mt)
+    is_bf16 = x.dtype == torch.bfloat16
+    for start in range(0, n, nt):
+        count = min(nt, n - start)
+        ptrs = cuda_backend.Pointers((x[start], y[start], bias, weight.values, weight.masks, weight.chunks,
+                                      weight.heads), is_bf16)
+        cuda_backend.strip_launch(weight.blocks, nt, weight.warps, weight.ring, weight.depth, weight.mt, smem, ptrs,
+                                  m, k, count, x.stride(0), y.stride(0))
+    return y
