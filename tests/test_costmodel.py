@@ -2,6 +2,7 @@
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -77,18 +78,23 @@ def test_dense_product_prediction():
     assert cm.launch_us == H100.launch_us and cm.n_programs == H100.n_units * H100.programs_per_unit
 
 
-@pytest.mark.parametrize("small_us, large_us", [(13.9, 37.4), (12.3, 26.7)], ids=["h100", "h200"])
-def test_dense_calibration_reproduces_its_points(small_us, large_us):
-    """The cuBLAS fit of `cross profile` predicts, at N = 1, the two weights it was timed on, also
+@pytest.mark.parametrize("small_us, large_us, wide_us", [(13.9, 37.4, 37.4), (12.3, 26.7, 30.0)], ids=["h100", "h200"])
+def test_dense_calibration_reproduces_its_points(small_us, large_us, wide_us):
+    """The cuBLAS fit of `cross profile` predicts, at N = 1, the three weights it was timed on, also
     where they stream faster than the spec's copy bandwidth (H200: 11008x4096 in 26.7 us, ~1.7x of
-    3.0 TB/s)."""
-    from cross.costmodel.profile import COLS, ROWS, _calibrate_dense
+    3.0 TB/s) and where the transpose of one runs slower than it (H200: 4096x11008 in 30.0 us)."""
+    from cross.costmodel.profile import DENSE_SHAPES, _calibrate_dense
     from cross.costmodel.roofline import dense_matmul_us
 
-    times = np.array([[small_us, 50.0], [large_us, 50.0 * ROWS[1] / ROWS[0]]])  # N = 1 and 2048
+    times = np.array([[small_us, 50.0], [large_us, 50.0 * DENSE_SHAPES[1][0] / DENSE_SHAPES[0][0]],
+                      [wide_us, 50.0 * DENSE_SHAPES[1][0] / DENSE_SHAPES[0][0]]])  # N = 1 and 2048
     spec = _calibrate_dense(H100, times, (1, 2048))
-    for r, rows in enumerate(ROWS):
-        assert dense_matmul_us(spec, rows, COLS, 1) == pytest.approx(times[r, 0], rel=1e-6)
+    for r, (rows, cols) in enumerate(DENSE_SHAPES):
+        assert dense_matmul_us(spec, rows, cols, 1) == pytest.approx(times[r, 0], rel=1e-6)
+    # rows no longer than the calibration's pay nothing for their width: the fit below 4096 columns
+    # is the two-weight one
+    assert dense_matmul_us(spec, 768, 3072, 1) == pytest.approx(dense_matmul_us(replace(spec, dense_col_us=0.0),
+                                                                                768, 3072, 1))
 
 
 @pytest.mark.parametrize("n_tokens, next_pow2", [(0, 1), (1, 1), (2, 2), (15, 16), (16, 16), (17, 32), (32, 32),

@@ -32,9 +32,12 @@ N_TOKENS = (1, 16, 64, 128, 512, 2048)
 #: sparse layers pay off, and where a block gets ~14 tiles; per-tile costs measured on smaller weights
 #: carry more per-item work per tile and over-predict larger ones by ~9%)
 KERNEL_ROWS = 11008
+COLS = 4096
 #: cuBLAS is timed on ROWS x COLS weights; its fit (_calibrate_dense) reproduces these two and
-#: interpolates between them, so the largest is the largest layer the planner usually sees
+#: interpolates between them, so the largest is the largest layer the planner usually sees; and on
+#: the largest one's transpose (COLS x KERNEL_ROWS), whose longer rows it runs slower (dense_col_us)
 ROWS = (2048, KERNEL_ROWS)
+DENSE_SHAPES = ((ROWS[0], COLS), (ROWS[1], COLS), (COLS, KERNEL_ROWS))
 #: bytes that evict L2 before every timed run (H100: 50 MB of L2)
 FLUSH_BYTES = 256 * 1024 * 1024
 #: how L2 is emptied before a timed run: "read" replaces its lines by clean ones (a reduction over
@@ -44,9 +47,8 @@ FLUSH_BYTES = 256 * 1024 * 1024
 FLUSHES = ("read", "write")
 #: how tables are measured (part of a cached table's key, so tables measured another way are measured
 #: again): CUDA-graph replays, L2 flushed by a read, plans with units capped at the resident programs
-PROTOCOL = "read-flush-resident-units-dense-11008"
+PROTOCOL = "read-flush-resident-units-dense-11008-wide"
 FIT_DENSITY = 0.3  # the fixed cost: BITMAP weights of this density at KERNEL_ROWS // 2 and KERNEL_ROWS rows
-COLS = 4096
 #: the per-item latency: a weight of as many FIT_DENSITY tiles as the KERNEL_ROWS one, two per tile-row,
 #: run with every tile its own work item (a tile-row's two on different units, so each item ends in
 #: the split-row exchange): ~14 items per unit instead of 1-2, the same tiles per unit
@@ -186,7 +188,8 @@ def measure(device: torch.device | None = None, tile_shape=(64, 64), densities=D
     jobs = [(kind, d) for kind in kinds for d in (densities if kind == TileKind.BITMAP else (1.0,))]
     per_tile = {k: np.zeros((len(n_tokens), len(densities))) for k in kinds}
     fit_runs = 1 if FIT_DENSITY in densities else 2
-    bar = tqdm(total=(len(jobs) + fit_runs + 4) * len(n_tokens) + 1, desc="cross profile", disable=not progress)
+    bar = tqdm(total=(len(jobs) + fit_runs + 2 + len(DENSE_SHAPES)) * len(n_tokens) + 1, desc="cross profile",
+               disable=not progress)
 
     def plan_of(w, kind, programs=spec.n_programs):
         return make_plan(w, tile_shape=tile_shape, allowed_kinds=(kind,), n_programs=programs,
@@ -262,11 +265,11 @@ def measure(device: torch.device | None = None, tile_shape=(64, 64), densities=D
         cols = range(len(densities)) if kind == TileKind.DENSE else [list(densities).index(d)]
         for c in cols:
             per_tile[kind][:, c] = cost
-    dense_times = np.zeros((len(ROWS), len(n_tokens)))
-    for r, rows in enumerate(ROWS):
-        w = torch.randn(rows, COLS, generator=gen).to(torch.bfloat16).to(device)
+    dense_times = np.zeros((len(DENSE_SHAPES), len(n_tokens)))
+    for r, (rows, cols) in enumerate(DENSE_SHAPES):
+        w = torch.randn(rows, cols, generator=gen).to(torch.bfloat16).to(device)
         for j, n in enumerate(n_tokens):
-            x = torch.randn(n, COLS, generator=gen).to(torch.bfloat16).to(device)
+            x = torch.randn(n, cols, generator=gen).to(torch.bfloat16).to(device)
             dense_times[r, j] = graph_time_us(lambda: torch.matmul(x, w.T))
             bar.update()
     bar.close()
@@ -297,8 +300,8 @@ def measure(device: torch.device | None = None, tile_shape=(64, 64), densities=D
     if used_backend == "cuda":
         prov["mixed_variant"] = {"vals_bytes": whole, "programs": programs, "us": round(mixed_us, 2),
                                  "scale": round(mixed_scale, 3)}
-    prov["dense_us"] = {f"{rows}x{COLS}": dict(zip(map(str, n_tokens), np.round(dense_times[r], 2).tolist()))
-                        for r, rows in enumerate(ROWS)}
+    prov["dense_us"] = {f"{rows}x{cols}": dict(zip(map(str, n_tokens), np.round(dense_times[r], 2).tolist()))
+                        for r, (rows, cols) in enumerate(DENSE_SHAPES)}
     return CostModel(spec, tables, prov, item_table)
 
 
@@ -352,23 +355,26 @@ def _composition_scale(model: CostModel, nnz: np.ndarray, shape, kind, tile_shap
 
 def _calibrate_dense(spec: GPUSpec, times: np.ndarray, n_tokens) -> GPUSpec:
     """Fit cuBLAS's launch cost, its weight-streaming efficiency (small N) and tensor-core efficiency
-    (large N) to the measured times of the two weight sizes. The streaming efficiency is relative to
+    (large N) to the measured times of the two weight sizes of DENSE_SHAPES (rows x COLS), and its
+    extra time per column past COLS to the third (the larger one's transpose: the same bytes in rows
+    of KERNEL_ROWS columns), at the smallest N. The streaming efficiency is relative to
     ``spec.bandwidth`` (a copy's read + write rate) and is not capped at 1: cuBLAS only reads, and
     an H200 streams a weight at ~1.7x the H100 spec's 3.0 TB/s. Capped at 1 (as before), the fit
     missed its own calibration points: on an H200 it predicted 39.3 us for 11008x4096 at N = 1, which
-    cuBLAS ran in 26.7, and every sparse plan looked like a win."""
-    small, large = ROWS
+    cuBLAS ran in 26.7, and every sparse plan looked like a win. ``times``: [shape, N]."""
+    (small, _), (large, _), (_, wide) = DENSE_SHAPES
     bytes_diff = (large - small) * COLS * 2
     j1 = 0
     slope_bw = (times[1, j1] - times[0, j1]) * 1e-6 / bytes_diff  # s per byte at the smallest N
     bw_eff = 1.0 / (slope_bw * spec.bandwidth) if slope_bw > 0 else spec.dense_bandwidth_efficiency
     launch = max(0.0, times[0, j1] - small * COLS * 2 * slope_bw * 1e6)
+    col_us = max(0.0, (times[2, j1] - times[1, j1]) / (wide - COLS)) if len(times) > 2 else 0.0
     jn = len(n_tokens) - 1
     flops_diff = 2.0 * (large - small) * COLS * n_tokens[jn]
     slope_fl = (times[1, jn] - times[0, jn]) * 1e-6 / flops_diff
     tc_eff = 1.0 / (slope_fl * spec.tensor_flops) if slope_fl > 0 else spec.dense_tensor_efficiency
     return replace(spec, dense_bandwidth_efficiency=float(bw_eff), dense_tensor_efficiency=float(min(tc_eff, 1.5)),
-                   dense_launch_us=float(launch))
+                   dense_launch_us=float(launch), dense_col_us=float(col_us))
 
 
 def profile(force: bool = False, progress: bool = True, **kwargs) -> tuple[CostModel, Path, bool]:

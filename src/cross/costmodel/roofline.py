@@ -113,6 +113,9 @@ class GPUSpec:
     dense_bandwidth_efficiency: float = 0.65  # cuBLAS at small N reaches ~65% of the copy bandwidth
     dense_tensor_efficiency: float = 1.0  # cuBLAS at large N reaches `tensor_flops`
     dense_launch_us: float = 9.0  # (9.0 us measured for cuBLAS on H100)
+    # cuBLAS's extra time per column of a row past DENSE_REF_COLS (the width it is calibrated at): at
+    # 1-16 tokens it ran 4096x11008 ~10% slower than 11008x4096, the same bytes (H200)
+    dense_col_us: float = 0.0
     # the row kernel's cost per token beyond the second of each pass (X's staging per column, the
     # work per entry) and per pass beyond the first (a launch of its own: its fixed part), fitted on
     # H200 to 1-16 tokens, units by column class, the 4- and 8-token builds one block of 1024 threads
@@ -170,11 +173,15 @@ def tile_cost_us(spec: GPUSpec, kind: int, tile_shape, density, n_tokens: int) -
     return t * 1e6
 
 
+#: the row width cuBLAS's fit is calibrated at (costmodel.profile.COLS); wider rows pay dense_col_us per column
+DENSE_REF_COLS = 4096
+
+
 def dense_matmul_us(spec: GPUSpec, rows: int, cols: int, n_tokens: int, element_size: int = 2) -> float:
     """Predicted time of the dense product (cuBLAS) of an rows x cols weight with n_tokens tokens."""
     memory = rows * cols * element_size / (spec.bandwidth * spec.dense_bandwidth_efficiency)
     compute = 2.0 * rows * cols * max(1, n_tokens) / (spec.tensor_flops * spec.dense_tensor_efficiency)
-    return max(memory, compute) * 1e6 + spec.dense_launch_us
+    return max(memory, compute) * 1e6 + spec.dense_launch_us + spec.dense_col_us * max(0, cols - DENSE_REF_COLS)
 
 
 #: The row kernel (kernels/row_gemv.cu) keeps X in shared memory: K at most this and a multiple of
