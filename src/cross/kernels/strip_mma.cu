@@ -1,27 +1,25 @@
 // The strip kernel: y[t, r] = sum over c of w[r, c] * x[t, c] (+ bias[r]) for NT = 8 or 16 tokens,
-// on tensor cores, over the strip format (pack/strips.py): each lane decodes its mask byte and its
-// values straight into its mma.m16n8k16 A registers, so the decode is a few integer instructions per
-// lane and step, shared by the NT tokens, with no load per element and no A tile in shared memory.
+// on tensor cores, over the strip format (pack/strips.py): a bit per pair of weight elements and the
+// pairs that hold a nonzero stored whole, so that each of a lane's mma.m16n8k16 A registers is a
+// stored word or zero: per step and m-tile a lane loads four words from its position in its stream
+// and picks its registers among them by its four pair bits (selects, no decode of the elements),
+// shared by the NT tokens.
 //
 // Per block (WARPS warps, one block per SM): X is read once into shared memory ([NT][SX] 16-bit,
 // rows 32 bytes apart modulo 128 so that a warp's B loads take two wavefronts), each warp its own
-// columns, with its first chunk's copies. The block walks its
-// strips; warp w computes its columns of each strip (its chunks) into fp32 mma accumulators; the
-// block sums the warps' partial sums in warp order and writes the strip (deterministic). Each warp
-// copies its region of the format into its ring in shared memory (cp.async, DEPTH chunks ahead), and
-// each lane reads its own column of the ring: three 32-bit words from its position, which hold the 4
-// values a nibble of mask may need at any half-word offset.
-//
-// A nibble (4 bits: one row, 4 columns) becomes two registers of the A operand: elements 0-1 from
-// the window's first two values, elements 2-3 from the next two after the values elements 0-1 took
-// (a funnel shift by their count), each by a byte permutation that fills unset elements with zero.
+// columns, with its first chunk's copies. The block walks its strips (MT m-tiles of 16 rows); warp w
+// computes its columns of each strip (its chunks) into fp32 mma accumulators; the block sums the
+// warps' partial sums in warp order and writes the strip (deterministic). Each warp's lane 0 copies
+// the warp's region of the format into its ring in shared memory with the bulk-copy engine, DEPTH
+// chunks ahead, and each lane reads its own column of the ring.
 //
 // Non-finite inputs: every element is multiplied, zeros included, so the result is the dense
 // product's (0 x Inf = NaN where a zero of row r meets a non-finite input): nan_policy "propagate".
 //
 // Compile-time parameters (NVRTC -D): IS_BF16, NT (8 or 16), WARPS, RING (rows, a power of two),
-// DEPTH (chunks in flight). Requirements checked by the launcher: K % 8 == 0, x 16-byte aligned
-// with a row stride a multiple of 8, 1 <= n_tok <= NT, dynamic shared memory strips.smem_bytes.
+// DEPTH (chunks in flight), MT (1 or 2). Requirements checked by the launcher: K % 8 == 0, x 16-byte
+// aligned with a row stride a multiple of 8, 1 <= n_tok <= NT, dynamic shared memory
+// strips.smem_bytes.
 
 #ifndef NT
 #define NT 16
@@ -39,6 +37,7 @@
 #define MT 1  // m-tiles (16 rows each) per warp and step: each decodes its own A, all share X's B
 #endif
 #define ACC_SETS (MT == 1 ? 2 : 1)  // accumulators per m-tile and mma: independent chains of mmas
+#define MIRROR 3  // ring rows copied again past its end: a lane's four words never wrap
 #if DEPTH > 32
 #error "DEPTH must be at most 32 (the lanes hold 64 chunks' table entries)"
 #endif
@@ -67,43 +66,17 @@ __device__ __forceinline__ void mma16816(float (&d)[4], const u32 (&a)[4], u32 b
 #endif
 }
 
-__device__ __forceinline__ u32 prmt(u32 a, u32 b, u32 sel) {  // PTX prmt: no masking of the selector
-    u32 d;
-    asm("prmt.b32 %0, %1, %2, %3;\n" : "=r"(d) : "r"(a), "r"(b), "r"(sel));
-    return d;
-}
-
-// the byte selectors of a step's four register pairs (mask byte mb: bits 2i, 2i + 1 are pair i):
-// a pair's two mask bits b pick (e0, e1) from values (v0, v1) of a word and zeros (bytes 4-7 of a
-// zero word): 00 -> (0, 0) 0x5454, 01 -> (v0, 0) 0x5410, 10 -> (0, v0) 0x1054, 11 -> (v0, v1)
-// 0x3210. The four are 16-bit fields of two constants; spreading the pairs into bytes (b -> 0x22 b
-// + 0x10: the field's two byte indices) makes one permutation pick two of them.
-// sel[0]: pairs 0 (low 16 bits) and 1 (high), sel[1]: pairs 2 and 3
-__device__ __forceinline__ void step_selectors(u32 (&sel)[2], u32 mb) {
-    const u32 y = (mb * 0x1001u) & 0x000f000fu;           // nibbles to bits 0-3 and 16-19
-    const u32 z = (y * 0x41u) & 0x03030303u;              // pairs to bytes
-    const u32 ss = z * 0x22u + 0x10101010u;
-    sel[0] = prmt(0x54105454u, 0x32101054u, ss);
-    sel[1] = prmt(0x54105454u, 0x32101054u, ss >> 16);
-}
-
-// a nibble's three words from half-word position p of the lane's stream (they hold its 4 values at
-// any half-word offset)
-struct Window {
-    u32 w0, w1, w2, s;
-};
-__device__ __forceinline__ Window load_window(u32 p, const u32* ring) {
-    const u32* w = ring + ((p >> 1) & (RING - 1)) * 32;
-    return Window{w[0], w[32], w[64], (p & 1u) << 4};
-}
-
-// one nibble of mask m (selectors sel: low 16 bits columns 0-1, high 16 bits columns 2-3) from its
-// window: A registers r01 (columns 0-1) and r23 (columns 2-3)
-__device__ __forceinline__ void decode_nibble(u32& r01, u32& r23, u32 m, u32 sel, const Window& w) {
-    const u32 lo = __funnelshift_r(w.w0, w.w1, w.s), hi = __funnelshift_r(w.w1, w.w2, w.s);
-    const u32 x = __funnelshift_rc(lo, hi, __popc(m & 3u) << 4);
-    r01 = prmt(lo, 0u, sel);
-    r23 = prmt(x, 0u, sel >> 16);
+// a lane's four A registers of one step and m-tile from the four words w at its position and its
+// pair bits pm (register r holds a nonzero iff bit r): register r is the stored word number
+// popcount(pm & ((1 << r) - 1)), or zero
+__device__ __forceinline__ void select_pairs(u32 (&a)[4], u32 pm, const u32 (&w)[4]) {
+    const bool p0 = pm & 1u, p1 = pm & 2u, p2 = pm & 4u, p3 = pm & 8u;
+    const u32 s1 = p0 ? w[1] : w[0], s2 = p0 ? w[2] : w[1], s3 = p0 ? w[3] : w[2];  // word b0 + i
+    const u32 m1 = p1 ? s2 : s1, m2 = p1 ? s3 : s2;                                 // word b0 + b1 + i
+    a[0] = p0 ? w[0] : 0u;
+    a[1] = p1 ? s1 : 0u;
+    a[2] = p2 ? m1 : 0u;
+    a[3] = p3 ? (p2 ? m2 : m1) : 0u;
 }
 
 extern "C" __global__ void __launch_bounds__(THREADS, 1) strip_mma(
@@ -116,17 +89,17 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) strip_mma(
     const int sx = kc + 16;          // X's row stride (half-words)
     u16* xs = reinterpret_cast<u16*>(smem);
     unsigned char* after_x = smem + (size_t)NT * sx * 2;
-    u32* ring = reinterpret_cast<u32*>(after_x) + warp * ((RING + 2) * 32);
-    u32* mring = reinterpret_cast<u32*>(after_x) + WARPS * ((RING + 2) * 32) + warp * (MSLOTS * MT * 32);
-    float4* part = reinterpret_cast<float4*>(after_x + (size_t)WARPS * (RING + 2 + MSLOTS * MT) * 128);
-    u64* bars = reinterpret_cast<u64*>(after_x + (size_t)WARPS * (RING + 2 + MSLOTS * MT) * 128 +
+    u32* ring = reinterpret_cast<u32*>(after_x) + warp * ((RING + MIRROR) * 32);
+    u32* mring = reinterpret_cast<u32*>(after_x) + WARPS * ((RING + MIRROR) * 32) + warp * (MSLOTS * 32);
+    float4* part = reinterpret_cast<float4*>(after_x + (size_t)WARPS * (RING + MIRROR + MSLOTS) * 128);
+    u64* bars = reinterpret_cast<u64*>(after_x + (size_t)WARPS * (RING + MIRROR + MSLOTS) * 128 +
                                        (size_t)WARPS * MT * NH * 32 * 16) + warp * MSLOTS;
 
     const int4 h0 = heads[(blockIdx.x * WARPS + warp) * 2];
     const int4 h1 = heads[(blockIdx.x * WARPS + warp) * 2 + 1];
     const int s0 = h0.x, s1 = h0.y, cfirst = h0.z, cn = h0.w;
     const u32* region = values + (size_t)h1.x * 32;
-    const u32* wmask = masks + (size_t)h1.y * MT * 32;
+    const u32* wmask = masks + (size_t)h1.y * 32;
     const int2* table = chunks + h1.y;
     const int n_chunks = (s1 - s0) * cn;
     if (s1 <= s0) return;  // no strip for this block (the same for all its warps)
@@ -145,7 +118,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) strip_mma(
     };
 
     // warp chunk c's copies, issued by lane 0 on the mbarrier of its mask slot: its new rows
-    // [hi_{c-1}, hi_c) into the ring (at most 16 rows: at most one wrap), rows of slots 0-1 again past
+    // [hi_{c-1}, hi_c) into the ring (at most 16 MT rows: at most one wrap), rows of slots 0-2 again past
     // the ring's end (so that a lane's three words never wrap), and its mask row
     int staged = 0;  // hi of the last chunk staged
     auto stage = [&](int c) {
@@ -155,9 +128,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) strip_mma(
         if (lane == 0) {
             const u32 bar = smem_u32(bars + (c & (MSLOTS - 1)));
             const int lap = (r_hi - 1) & ~(RING - 1);   // the last multiple of RING below r_hi
-            const int m_lo = max(r_lo, lap), m_hi = min(r_hi, lap + 2);  // rows of slots 0-1
+            const int m_lo = max(r_lo, lap), m_hi = min(r_hi, lap + MIRROR);  // rows of slots 0-2
             const int n_rows = r_hi - r_lo, n_mirror = max(0, m_hi - m_lo);
-            mbar_arrive_expect(bar, (u32)(n_rows + n_mirror + MT) * 128u);
+            mbar_arrive_expect(bar, (u32)(n_rows + n_mirror + 1) * 128u);
             asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // the lanes' reads of these rows are done
             if (n_rows > 0) {
                 const int first = lap > r_lo ? lap - r_lo : n_rows;  // rows up to the ring's end
@@ -168,7 +141,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) strip_mma(
                     bulk_copy(smem_u32(ring + (RING + (m_lo & (RING - 1))) * 32), region + (size_t)m_lo * 32,
                               n_mirror * 128u, bar);
             }
-            bulk_copy(smem_u32(mring + (c & (MSLOTS - 1)) * MT * 32), wmask + (size_t)c * MT * 32, MT * 128u, bar);
+            bulk_copy(smem_u32(mring + (c & (MSLOTS - 1)) * 32), wmask + (size_t)c * 32, 128u, bar);
         }
     };
     // the warp's columns of X into shared memory: a bulk copy per token, on chunk 0's mbarrier, by
@@ -192,7 +165,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) strip_mma(
     const int g = lane >> 2, q = lane & 3;
     const u16* xg = xs + g * sx + 4 * q;  // the lane's B operand: token g (+ 8 h), columns 4q..4q+3 of a step
     const u32* lring = ring + lane;
-    u32 p = 0;  // the lane's position in its stream (half-words)
+    u32 p = 0;  // the lane's position in its stream (words)
     int c = 0;  // warp chunk
     for (int s = s0; s < s1; ++s) {
         float acc[ACC_SETS][MT][NH][4];
@@ -212,24 +185,22 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) strip_mma(
             }
             __syncwarp();  // every lane is past chunk c - 1 before its rows are overwritten
             stage(c + DEPTH);
-            p = max(p, (u32)entry(c, false) * 2u);
+            p = max(p, (u32)entry(c, false));
             mbar_wait(smem_u32(bars + (c & (MSLOTS - 1))), (u32)(c / MSLOTS) & 1u);
-            u32 mword[MT];
-#pragma unroll
-            for (int t = 0; t < MT; ++t) mword[t] = mring[((c & (MSLOTS - 1)) * MT + t) * 32 + lane];
+            const u32 mword = mring[(c & (MSLOTS - 1)) * 32 + lane];  // bit 16 t + 4 j + r
             const u16* xc = xg + (cfirst + cc) * 64;
-            // the chunk's nibbles (step by step, m-tile by m-tile, row g then g + 8): every window's
-            // loads and X's before any decode, so that the loads of all 4 steps are in flight together
-            Window win[4][MT][2];
+            // every step's four words and X's loads before any select, so that the loads of all 4
+            // steps are in flight together
+            u32 w[4][MT][4];
 #pragma unroll
             for (int j = 0; j < 4; ++j)
 #pragma unroll
-                for (int t = 0; t < MT; ++t)
+                for (int t = 0; t < MT; ++t) {
+                    const u32* r = lring + (p & (RING - 1)) * 32;
 #pragma unroll
-                    for (int n = 0; n < 2; ++n) {
-                        win[j][t][n] = load_window(p, lring);
-                        p += __popc((mword[t] >> (8 * j + 4 * n)) & 15u);
-                    }
+                    for (int i = 0; i < 4; ++i) w[j][t][i] = r[32 * i];
+                    p += __popc((mword >> (16 * t + 4 * j)) & 15u);
+                }
             uint2 b[4][NH];
 #pragma unroll
             for (int j = 0; j < 4; ++j)
@@ -239,11 +210,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) strip_mma(
             for (int j = 0; j < 4; ++j)
 #pragma unroll
                 for (int t = 0; t < MT; ++t) {
-                    const u32 mb = (mword[t] >> (8 * j)) & 0xffu;
-                    u32 a[4], sel[2];
-                    step_selectors(sel, mb);
-                    decode_nibble(a[0], a[2], mb & 15u, sel[0], win[j][t][0]);
-                    decode_nibble(a[1], a[3], mb >> 4, sel[1], win[j][t][1]);
+                    u32 a[4];
+                    select_pairs(a, (mword >> (16 * t + 4 * j)) & 15u, w[j][t]);
 #pragma unroll
                     for (int h = 0; h < NH; ++h) mma16816(acc[j % ACC_SETS][t][h], a, b[j][h].x, b[j][h].y);
                 }
