@@ -114,6 +114,31 @@ def test_bad_arguments(rng, bad):
         StripWeight.from_dense(w, **kw)
 
 
+@pytest.mark.parametrize("bad", ["nt", "shape", "dtype", "bias", "out", "device"])
+def test_strip_matmul_refuses_bad_input(rng, bad):
+    """Wrong arguments fail with a clear error before anything is launched (the checks need no GPU)."""
+    from cross.kernels.launch import strip_matmul
+
+    w = _weight(32, 64, 0.5, rng)
+    sw = StripWeight.from_dense(w, blocks=2, warps=2)
+    x = torch.randn(3, 64, generator=rng).to(torch.bfloat16)
+    kw = {}
+    if bad == "nt":
+        kw["nt"] = 12
+    elif bad == "shape":
+        x = x[:, :32]
+    elif bad == "dtype":
+        x = x.half()
+    elif bad == "bias":
+        kw["bias"] = torch.zeros(31, dtype=torch.bfloat16)
+    elif bad == "out":
+        kw["out"] = torch.empty(3, 32, dtype=torch.bfloat16).t().contiguous().t()  # stride 3 along M
+    match = {"nt": "8 or 16", "shape": "expected x", "dtype": "expected x", "bias": "bias", "out": "out",
+             "device": "CUDA device"}[bad]
+    with pytest.raises(ValueError, match=match):
+        strip_matmul(x, sw, **kw)
+
+
 # ------------------------------------------------- the kernel's data path, transcribed
 def _select_pairs(pm, w):  # strip_mma.cu's select_pairs
     p0, p1, p2, p3 = (bool(pm >> i & 1) for i in range(4))

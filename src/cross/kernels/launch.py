@@ -296,22 +296,44 @@ def _launch(x, y, a: KernelArgs, bias):
 def strip_matmul(x: torch.Tensor, weight, bias: torch.Tensor | None = None, out: torch.Tensor | None = None,
                  nt: int = 16) -> torch.Tensor:
     """Y[N, M] = X[N, K] @ W^T (+ bias) by the strip kernel (kernels/strip_mma.cu) over a
-    StripWeight (pack/strips.py), one launch per pass of up to ``nt`` (8 or 16) tokens."""
+    StripWeight (pack/strips.py), one launch per pass of up to ``nt`` (8 or 16) tokens. x: [N, K]
+    in the weight's dtype, on a CUDA device; bias: [M] in the same dtype; out: optional [N, M] with
+    unit stride along M (written entirely). Non-finite inputs give the dense product's result."""
     from ..pack.strips import smem_bytes
     from . import cuda_backend
 
-    n, k = x.shape
-    m = weight.shape[0]
-    if k != weight.shape[1] or x.dtype != weight.dtype:
-        raise ValueError(f"strip_matmul: x {tuple(x.shape)} {x.dtype} against a {weight.shape} {weight.dtype} weight")
+    m, k = weight.shape
+    if nt not in (8, 16):
+        raise ValueError(f"strip_matmul: nt (tokens per pass) must be 8 or 16, got {nt!r}")
+    if x.dim() != 2 or x.shape[1] != k or x.dtype != weight.dtype:
+        raise ValueError(f"strip_matmul: expected x [N, {k}] {weight.dtype} (the {m}x{k} weight's), got "
+                         f"{tuple(x.shape)} {x.dtype}")
     if k % 8:
-        raise ValueError(f"strip_matmul: K must be a multiple of 8, got {k}")
+        raise ValueError(f"strip_matmul: K must be a multiple of 8 (16-byte copies of X), got {k}")
+    if bias is not None and (bias.shape != (m,) or bias.dtype != x.dtype or not bias.is_contiguous()):
+        raise ValueError(f"strip_matmul: expected a contiguous bias [{m}] {x.dtype}, got {tuple(bias.shape)} "
+                         f"{bias.dtype}")
+    n = x.shape[0]
+    if out is not None and (out.shape != (n, m) or out.dtype != x.dtype or out.stride(1) != 1):
+        raise ValueError(f"strip_matmul: expected out [{n}, {m}] {x.dtype} with unit stride along M, got "
+                         f"{tuple(out.shape)} {out.dtype} strides {out.stride()}")
+    tensors = [t for t in (x, bias, out, weight.values) if t is not None]
+    if not x.is_cuda or any(t.device != x.device for t in tensors):
+        raise ValueError(f"strip_matmul: x, bias, out and the weight must be on one CUDA device, got "
+                         f"{[str(t.device) for t in tensors]}")
     if not all(t.is_contiguous() for t in (weight.values, weight.masks, weight.chunks, weight.heads)):
         raise ValueError("strip_matmul: the StripWeight's tensors must be contiguous")
+    smem = smem_bytes(k, nt, weight.warps, weight.ring, weight.depth, weight.mt)
+    limit = getattr(torch.cuda.get_device_properties(x.device), "shared_memory_per_block_optin", 227 * 1024)
+    if smem > limit:
+        raise ValueError(f"strip_matmul: {nt} tokens of X ({k} columns) and {weight.warps} rings of {weight.ring} rows "
+                         f"need {smem} bytes of shared memory per block, over this GPU's {limit}: pack with fewer "
+                         f"warps or a smaller ring, or run 8 tokens per pass")
     y = torch.empty((n, m), dtype=x.dtype, device=x.device) if out is None else out
+    if n == 0:
+        return y
     if x.stride(0) % 8 or x.data_ptr() % 16 or x.stride(1) != 1:
         x = x.contiguous()
-    smem = smem_bytes(k, nt, weight.warps, weight.ring, weight.depth, weight.mt)
     is_bf16 = x.dtype == torch.bfloat16
     for start in range(0, n, nt):
         count = min(nt, n - start)
