@@ -2,7 +2,8 @@
 
 CPU: the format read back the way the kernel reads it (each lane's stream, the chunk floors, the
 ring's rows) gives the weight bit for bit, over shapes, densities, launches and ring settings; what
-is stored and what is not (zeros, -0.0, NaN, Inf); bad arguments fail with a clear error.
+is stored and what is not (zeros, -0.0, NaN, Inf); the kernel's data path (copies, ring, selects)
+transcribed step by step; bad arguments fail with a clear error.
 GPU (`-m gpu`): the kernel against the fp32 product with outputs poisoned, fresh inputs each time,
 over shapes (ragged M and K), densities, dtypes, token counts, bias, and non-finite inputs (the dense
 product's semantics).

@@ -119,7 +119,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) strip_mma(
 
     // warp chunk c's copies, issued by lane 0 on the mbarrier of its mask slot: its new rows
     // [hi_{c-1}, hi_c) into the ring (at most 16 MT rows: at most one wrap), rows of slots 0-2 again past
-    // the ring's end (so that a lane's three words never wrap), and its mask row
+    // the ring's end (so that a lane's four words never wrap), and its mask row
     int staged = 0;  // hi of the last chunk staged
     auto stage = [&](int c) {
         if (c >= n_chunks) return;
