@@ -24,7 +24,7 @@ import torch
 
 from ..tiling import TileGrid, TileKind
 from .model import CostModel, TileTable
-from .roofline import H100, GPUSpec, block_n_for, plan_kernel_vals_bytes
+from .roofline import DENSE_REF_COLS, H100, GPUSpec, block_n_for, plan_kernel_vals_bytes
 
 DENSITIES = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0)
 N_TOKENS = (1, 16, 64, 128, 512, 2048)
@@ -32,7 +32,7 @@ N_TOKENS = (1, 16, 64, 128, 512, 2048)
 #: sparse layers pay off, and where a block gets ~14 tiles; per-tile costs measured on smaller weights
 #: carry more per-item work per tile and over-predict larger ones by ~9%)
 KERNEL_ROWS = 11008
-COLS = 4096
+COLS = DENSE_REF_COLS  # 4096: the width the cuBLAS fit is calibrated at
 #: cuBLAS is timed on ROWS x COLS weights; its fit (_calibrate_dense) reproduces these two and
 #: interpolates between them, so the largest is the largest layer the planner usually sees; and on
 #: the largest one's transpose (COLS x KERNEL_ROWS), whose longer rows it runs slower (dense_col_us)
@@ -368,7 +368,7 @@ def _calibrate_dense(spec: GPUSpec, times: np.ndarray, n_tokens) -> GPUSpec:
     slope_bw = (times[1, j1] - times[0, j1]) * 1e-6 / bytes_diff  # s per byte at the smallest N
     bw_eff = 1.0 / (slope_bw * spec.bandwidth) if slope_bw > 0 else spec.dense_bandwidth_efficiency
     launch = max(0.0, times[0, j1] - small * COLS * 2 * slope_bw * 1e6)
-    col_us = max(0.0, (times[2, j1] - times[1, j1]) / (wide - COLS)) if len(times) > 2 else 0.0
+    col_us = max(0.0, (times[2, j1] - times[1, j1]) / (wide - COLS))
     jn = len(n_tokens) - 1
     flops_diff = 2.0 * (large - small) * COLS * n_tokens[jn]
     slope_fl = (times[1, jn] - times[0, jn]) * 1e-6 / flops_diff

@@ -34,7 +34,7 @@
 #define DEPTH 3
 #endif
 #ifndef MT
-#define MT 1  // m-tiles (16 rows each) per warp and step: each decodes its own A, all share X's B
+#define MT 1  // m-tiles (16 rows each) per warp and step: each picks its own A, all share X's B
 #endif
 #define ACC_SETS (MT == 1 ? 2 : 1)  // accumulators per m-tile and mma: independent chains of mmas
 #define MIRROR 3  // ring rows copied again past its end: a lane's four words never wrap

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 import torch
 
 from .._checks import check_weight
+from .rows import _as_int32
 
 ROWS = 16  # rows per strip: the mma's M
 STEP = 16  # columns per step: the mma's K
@@ -53,11 +54,6 @@ CHUNK_COLS = STEP * CHUNK
 WINDOW = 4  # words a lane reads from its position at every step (its m-tile's up to 4 stored pairs)
 PAIRS = 4  # pairs (A registers) per lane, step and m-tile
 _DTYPES = (torch.bfloat16, torch.float16)
-
-
-def _as_int32(x: torch.Tensor) -> torch.Tensor:
-    x = x & 0xFFFFFFFF
-    return torch.where(x >= 2**31, x - 2**32, x).to(torch.int32)
 
 
 def lane_slots(weight: torch.Tensor, mt: int = 1) -> torch.Tensor:
