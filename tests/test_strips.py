@@ -188,18 +188,19 @@ def _transcribe(sw):
                 p = [max(v, table[ch0 + c][0]) for v in p]
                 for lane in range(32):
                     g, q = lane >> 2, lane & 3
-                    word = masks[(ch0 + c) * 32 + lane]
+                    word, start = masks[(ch0 + c) * 32 + lane], p[lane]
                     for j in range(4):
                         for t in range(mt):
-                            pm = (word >> (16 * t + 4 * j)) & 15
-                            a = _select_pairs(pm, [ring[(p[lane] & (RING - 1)) + i][lane] for i in range(4)])
-                            p[lane] += bin(pm).count("1")
+                            sh = 4 * (mt * j + t)  # the words before this step and m-tile: the bits below
+                            at = start + bin(word & ((1 << sh) - 1)).count("1")
+                            a = _select_pairs((word >> sh) & 15, [ring[(at & (RING - 1)) + i][lane] for i in range(4)])
                             col = (cfirst + cc) * 64 + 16 * j + 4 * q
                             for reg, v in enumerate(a):  # (g, 0-1), (g + 8, 0-1), (g, 2-3), (g + 8, 2-3)
                                 r, c0 = (s * mt + t) * 16 + g + 8 * (reg & 1), col + 2 * (reg >> 1)
                                 for e, h in enumerate((v & 0xFFFF, v >> 16)):
                                     if r < m and c0 + e < k:
                                         out[r, c0 + e] = h - 65536 if h >= 32768 else h
+                    p[lane] = start + bin(word).count("1")
                 c += 1
     return out.to(torch.int16)
 

@@ -67,16 +67,35 @@ __device__ __forceinline__ void mma16816(float (&d)[4], const u32 (&a)[4], u32 b
 }
 
 // a lane's four A registers of one step and m-tile from the four words w at its position and its
-// pair bits pm (register r holds a nonzero iff bit r): register r is the stored word number
-// popcount(pm & ((1 << r) - 1)), or zero
-__device__ __forceinline__ void select_pairs(u32 (&a)[4], u32 pm, const u32 (&w)[4]) {
-    const bool p0 = pm & 1u, p1 = pm & 2u, p2 = pm & 4u, p3 = pm & 8u;
-    const u32 s1 = p0 ? w[1] : w[0], s2 = p0 ? w[2] : w[1], s3 = p0 ? w[3] : w[2];  // word b0 + i
-    const u32 m1 = p1 ? s2 : s1, m2 = p1 ? s3 : s2;                                 // word b0 + b1 + i
-    a[0] = p0 ? w[0] : 0u;
-    a[1] = p1 ? s1 : 0u;
-    a[2] = p2 ? m1 : 0u;
-    a[3] = p3 ? (p2 ? m2 : m1) : 0u;
+// pair bits, bits sh .. sh + 3 of the chunk word mw (register r holds a nonzero iff bit sh + r):
+// register r is the stored word number popcount of the bits sh .. sh + r - 1, or zero. In PTX, so that
+// each bit's test is one instruction (C++'s tests become a shift, a mask and a compare each)
+__device__ __forceinline__ void select_pairs(u32 (&a)[4], u32 mw, int sh, const u32 (&w)[4]) {
+    asm("{\n"
+        ".reg .pred p0, p1, p2, p3;\n"
+        ".reg .b32 b0, b1, b2, b3, s1, s2, s3, m1, m2;\n"
+        "and.b32 b0, %4, %9;\n"
+        "and.b32 b1, %4, %10;\n"
+        "and.b32 b2, %4, %11;\n"
+        "and.b32 b3, %4, %12;\n"
+        "setp.ne.u32 p0, b0, 0;\n"
+        "setp.ne.u32 p1, b1, 0;\n"
+        "setp.ne.u32 p2, b2, 0;\n"
+        "setp.ne.u32 p3, b3, 0;\n"
+        "selp.b32 s1, %6, %5, p0;\n"   // word b0 + 1
+        "selp.b32 s2, %7, %6, p0;\n"   // word b0 + 2
+        "selp.b32 s3, %8, %7, p0;\n"   // word b0 + 3
+        "selp.b32 m1, s2, s1, p1;\n"   // word b0 + b1 + 1... of register 2
+        "selp.b32 m2, s3, s2, p1;\n"
+        "selp.b32 %0, %5, 0, p0;\n"
+        "selp.b32 %1, s1, 0, p1;\n"
+        "selp.b32 %2, m1, 0, p2;\n"
+        "selp.b32 m2, m2, m1, p2;\n"
+        "selp.b32 %3, m2, 0, p3;\n"
+        "}\n"
+        : "=r"(a[0]), "=r"(a[1]), "=r"(a[2]), "=r"(a[3])
+        : "r"(mw), "r"(w[0]), "r"(w[1]), "r"(w[2]), "r"(w[3]), "r"(1u << sh), "r"(2u << sh), "r"(4u << sh),
+          "r"(8u << sh));
 }
 
 extern "C" __global__ void __launch_bounds__(THREADS, 1) strip_mma(
@@ -185,22 +204,24 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) strip_mma(
             }
             __syncwarp();  // every lane is past chunk c - 1 before its rows are overwritten
             stage(c + DEPTH);
-            p = max(p, (u32)entry(c, false));
+            p = max(p, (u32)entry(c, false));  // the lane's position at the chunk's start
             mbar_wait(smem_u32(bars + (c & (MSLOTS - 1))), (u32)(c / MSLOTS) & 1u);
-            const u32 mword = mring[(c & (MSLOTS - 1)) * 32 + lane];  // bit 16 t + 4 j + r
+            const u32 mword = mring[(c & (MSLOTS - 1)) * 32 + lane];  // bit 4 (MT j + t) + r
             const u16* xc = xg + (cfirst + cc) * 64;
             // every step's four words and X's loads before any select, so that the loads of all 4
-            // steps are in flight together
+            // steps are in flight together; step j and m-tile t start at the chunk's start plus the
+            // pairs stored before them, the bits below 4 (MT j + t)
             u32 w[4][MT][4];
 #pragma unroll
             for (int j = 0; j < 4; ++j)
 #pragma unroll
                 for (int t = 0; t < MT; ++t) {
-                    const u32* r = lring + (p & (RING - 1)) * 32;
+                    const u32 at = p + __popc(mword & ((1u << (4 * (MT * j + t))) - 1u));
+                    const u32* r = lring + (at & (RING - 1)) * 32;
 #pragma unroll
                     for (int i = 0; i < 4; ++i) w[j][t][i] = r[32 * i];
-                    p += __popc((mword >> (16 * t + 4 * j)) & 15u);
                 }
+            p += __popc(mword);
             uint2 b[4][NH];
 #pragma unroll
             for (int j = 0; j < 4; ++j)
@@ -211,7 +232,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) strip_mma(
 #pragma unroll
                 for (int t = 0; t < MT; ++t) {
                     u32 a[4];
-                    select_pairs(a, (mword >> (16 * t + 4 * j)) & 15u, w[j][t]);
+                    select_pairs(a, mword, 4 * (MT * j + t), w[j][t]);
 #pragma unroll
                     for (int h = 0; h < NH; ++h) mma16816(acc[j % ACC_SETS][t][h], a, b[j][h].x, b[j][h].y);
                 }
