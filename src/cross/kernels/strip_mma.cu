@@ -184,36 +184,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) strip_mma(
     const int g = lane >> 2, q = lane & 3;
     const u16* xg = xs + g * sx + 4 * q;  // the lane's B operand: token g (+ 8 h), columns 4q..4q+3 of a step
     const u32* lring = ring + lane;
-    u32 p = 0;        // the lane's position in its stream (words): past the chunk fetched
-    u32 mword = 0;    // the chunk's pair bits: bit 4 (MT j + t) + r
-    u32 w[4][MT][4];  // the chunk's words: four per step and m-tile from its start
-    uint2 b[4][NH];   // the chunk's B operands (X)
-    // warp chunk c's mask word, words and X's operands into registers (cc: its chunk in the strip).
-    // Issued right after the chunk before it is computed, so that its loads are in flight while the
-    // warp stages the next copies. Step j and m-tile t start at the chunk's start plus the pairs
-    // stored before them, the bits below 4 (MT j + t).
-    auto fetch = [&](int c, int cc) {
-        p = max(p, (u32)entry(c, false));  // the chunk's floor
-        mbar_wait(smem_u32(bars + (c & (MSLOTS - 1))), (u32)(c / MSLOTS) & 1u);
-        mword = mring[(c & (MSLOTS - 1)) * 32 + lane];
-#pragma unroll
-        for (int j = 0; j < 4; ++j)
-#pragma unroll
-            for (int t = 0; t < MT; ++t) {
-                const u32 at = p + __popc(mword & ((1u << (4 * (MT * j + t))) - 1u));
-                const u32* r = lring + (at & (RING - 1)) * 32;
-#pragma unroll
-                for (int i = 0; i < 4; ++i) w[j][t][i] = r[32 * i];
-            }
-        p += __popc(mword);
-        const u16* xc = xg + (cfirst + cc) * 64;
-#pragma unroll
-        for (int j = 0; j < 4; ++j)
-#pragma unroll
-            for (int h = 0; h < NH; ++h) b[j][h] = *reinterpret_cast<const uint2*>(xc + h * 8 * sx + 16 * j);
-    };
+    u32 p = 0;  // the lane's position in its stream (words)
     int c = 0;  // warp chunk
-    if (n_chunks > 0) fetch(0, 0);
     for (int s = s0; s < s1; ++s) {
         float acc[ACC_SETS][MT][NH][4];
 #pragma unroll
@@ -232,6 +204,29 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) strip_mma(
             }
             __syncwarp();  // every lane is past chunk c - 1 before its rows are overwritten
             stage(c + DEPTH);
+            p = max(p, (u32)entry(c, false));  // the lane's position at the chunk's start
+            mbar_wait(smem_u32(bars + (c & (MSLOTS - 1))), (u32)(c / MSLOTS) & 1u);
+            const u32 mword = mring[(c & (MSLOTS - 1)) * 32 + lane];  // bit 4 (MT j + t) + r
+            const u16* xc = xg + (cfirst + cc) * 64;
+            // every step's four words and X's loads before any select, so that the loads of all 4
+            // steps are in flight together; step j and m-tile t start at the chunk's start plus the
+            // pairs stored before them, the bits below 4 (MT j + t)
+            u32 w[4][MT][4];
+#pragma unroll
+            for (int j = 0; j < 4; ++j)
+#pragma unroll
+                for (int t = 0; t < MT; ++t) {
+                    const u32 at = p + __popc(mword & ((1u << (4 * (MT * j + t))) - 1u));
+                    const u32* r = lring + (at & (RING - 1)) * 32;
+#pragma unroll
+                    for (int i = 0; i < 4; ++i) w[j][t][i] = r[32 * i];
+                }
+            p += __popc(mword);
+            uint2 b[4][NH];
+#pragma unroll
+            for (int j = 0; j < 4; ++j)
+#pragma unroll
+                for (int h = 0; h < NH; ++h) b[j][h] = *reinterpret_cast<const uint2*>(xc + h * 8 * sx + 16 * j);
 #pragma unroll
             for (int j = 0; j < 4; ++j)
 #pragma unroll
@@ -241,7 +236,6 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) strip_mma(
 #pragma unroll
                     for (int h = 0; h < NH; ++h) mma16816(acc[j % ACC_SETS][t][h], a, b[j][h].x, b[j][h].y);
                 }
-            if (c + 1 < n_chunks) fetch(c + 1, cc + 1 < cn ? cc + 1 : 0);
         }
         // the strip's partial sums: [warp][t][h][lane] float4, summed in warp order
         float4* mine = part + (size_t)warp * MT * NH * 32;
