@@ -19,6 +19,7 @@ from torch import nn
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from cross.bench import methods, models, report
+from cross.bench import kernels as bench_kernels
 from cross.bench.kernels import FIELDS, KernelConfig, cases, done_keys, planned_rows, row_key, run_kernels
 from cross.bench.methods import DEFAULT_METHODS, Bound, Prepared, parse_method, prepare, unavailable
 from cross.bench.timing import check
@@ -361,9 +362,9 @@ def test_run_kernels_checks_before_timing_and_reports_failures():
             assert r["status"] == "ok" and r["speedup_vs_dense"] == 1.0 and r["timing"] == "graph"
     assert by[(0.7, 4, "cusparse-csr")]["dtype"] == "float32"  # MKL: fp32 only
     assert abs(by[(0.7, 1, "dense")]["weight_sparsity"] - 0.7) < 0.15
-    # one timing per dense baseline, one per measured row other than dense
+    # two timings per dense baseline and per measured row other than dense
     ok = [r for r in rows if r["status"] == "ok" and r["method"] != "dense"]
-    assert len(calls) == 2 * 2 * 2 + len(ok)
+    assert len(calls) == 2 * (2 * 2 * 2 + len(ok))
     calls.clear()
     assert run_kernels(tiny_config(), device=torch.device("cpu"), done=done_keys(rows), timer=fake_timer(calls),
                        echo=lambda _: None) == []
@@ -393,7 +394,33 @@ def test_failed_methods_are_reported_and_never_timed(monkeypatch):
     assert status["cusparse-csr"] == "failed: RuntimeError: boom"
     assert status["cross-triton-dense"] == "failed: preparing: NotImplementedError: no such format here"
     assert all(r["us"] == "" and r["speedup_vs_dense"] == "" for r in rows)
-    assert len(calls) == 2 * 2 * 2  # the dense baselines only
+    assert len(calls) == 2 * 2 * 2 * 2  # the dense baselines only, twice each
+
+
+def test_timing_palindrome_cancels_a_linear_drift():
+    """Every call reads slower than the one before; the dense baseline and the methods (all the
+    same speed here) still come out at 1.0x, and each time is the mean of its two."""
+    clock = []
+
+    def drifting(fn, *_):
+        fn()
+        clock.append(fn)
+        return 1.0 + 0.1 * len(clock), "graph"
+
+    rows = run_kernels(tiny_config(), device=torch.device("cpu"), timer=drifting, echo=lambda _: None)
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert ok and all(r["speedup_vs_dense"] == 1.0 for r in ok)
+    first = [r for r in ok if (r["sparsity"], r["N"], r["distribution"]) == (ok[0]["sparsity"], ok[0]["N"], ok[0]["distribution"])]
+    n_timed = len([r for r in first if r["method"] != "dense"]) + 1
+    # calls 1 .. 2 n_timed of the first case and N: each pair sums to 2 n_timed + 1
+    assert first[0]["dense_us"] == round(1.0 + 0.1 * (2 * n_timed + 1) / 2, 2)
+
+
+def test_palindrome_times_reports_a_timing_that_raises():
+    calls = []
+    got = bench_kernels.palindrome_times([lambda: None, raise_boom, lambda: None], fake_timer(calls))
+    assert got[0] == (1.0, "graph") and got[2] == (1.0, "graph") and got[1] == "RuntimeError: boom"
+    assert len(calls) == 5  # the failing one is not timed again
 
 
 @pytest.mark.parametrize("distribution", ["uniform", "dlmc"])
