@@ -202,6 +202,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) strip_mma(
                 t_cur = t_nxt;
                 t_nxt = tb + 32 + lane < n_chunks ? table[tb + 32 + lane] : make_int2(0, 0);
             }
+            __syncwarp();  // every lane is past chunk c - 1 before its rows are overwritten
+            stage(c + DEPTH);
             p = max(p, (u32)entry(c, false));  // the lane's position at the chunk's start
             mbar_wait(smem_u32(bars + (c & (MSLOTS - 1))), (u32)(c / MSLOTS) & 1u);
             const u32 mword = mring[(c & (MSLOTS - 1)) * 32 + lane];  // bit 4 (MT j + t) + r
@@ -220,10 +222,6 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) strip_mma(
                     for (int i = 0; i < 4; ++i) w[j][t][i] = r[32 * i];
                 }
             p += __popc(mword);
-            // the copies of chunk c + DEPTH while this chunk's loads are in flight: they overwrite
-            // rows below chunk c's (the packer's floors), whose loads were consumed in chunk c - 1
-            __syncwarp();
-            stage(c + DEPTH);
             uint2 b[4][NH];
 #pragma unroll
             for (int j = 0; j < 4; ++j)
