@@ -336,7 +336,8 @@ def test_composition_scale_makes_the_planner_reproduce_a_measurement():
     nnz = rng.integers(300, 1500, size=(8, 6))
     shape, n_tokens = (512, 384), (1, 16, 128)
     predicted = np.array([make_plan(nnz=nnz, shape=shape, dtype="bfloat16", cost_model=model, allowed_kinds=(TileKind.BITMAP,),
-                                    buckets=((1, n),), n_programs=20).buckets[0].predicted_us - model.spec.launch_us
+                                    buckets=((1, n),), n_programs=20, row_kernel=False).buckets[0].predicted_us
+                          - model.spec.launch_us
                           for n in n_tokens])
     measured = predicted * np.array([0.5, 1.0, 3.0])
     scale = _composition_scale(model, nnz, shape, TileKind.BITMAP, (64, 64), n_tokens, measured, 20)

@@ -340,13 +340,14 @@ def one_tile_items(plan):
 
 def _composition_scale(model: CostModel, nnz: np.ndarray, shape, kind, tile_shape, n_tokens, measured_us,
                        n_programs: int) -> np.ndarray:
-    """Per N: (measured - fixed) over what the planner predicts above the fixed cost for this weight."""
+    """Per N: (measured - fixed) over what the planner predicts above the fixed cost for this weight
+    on the tile kernel (the row kernel left out: its prediction is not what was measured)."""
     from ..partition import make_plan
 
     scale = np.ones(len(n_tokens))
     for j, n in enumerate(n_tokens):
         plan = make_plan(nnz=nnz, shape=shape, dtype="bfloat16", tile_shape=tile_shape, cost_model=model,
-                         allowed_kinds=(kind,), buckets=((1, int(n)),), n_programs=n_programs)
+                         allowed_kinds=(kind,), buckets=((1, int(n)),), n_programs=n_programs, row_kernel=False)
         predicted = plan.buckets[0].predicted_us - model.spec.launch_us
         if predicted > 0 and measured_us[j] > 0:
             scale[j] = measured_us[j] / predicted

@@ -246,13 +246,18 @@ def row_entries(nnz: np.ndarray, size: np.ndarray, rows: int) -> int:
     return int(nnz.sum() + bridges.sum() + 3.5 * rows)
 
 
+def row_format_bytes(rows: int, entries: int) -> int:
+    """Bytes the row kernel streams per pass: 3-byte entries and a 4-byte offset per row."""
+    return 3 * entries + 4 * (rows + 1)
+
+
 def row_matmul_us(spec: GPUSpec, rows: int, cols: int, entries: int, n_tokens: int) -> float:
     """Predicted time of the row kernel: its 3-byte entries and row offsets streamed once per pass
     (row_passes) at the rate the dense product streams its weight, plus the dense product's launch
     term, plus each token beyond the second of a pass (spec.row_token_col_ns, row_token_entry_ps:
     two tokens cost about what one does, their inputs one 32-bit shared-memory word per column), plus
     each pass beyond the first (spec.row_pass_us: one launch per pass)."""
-    stream = (3 * entries + 4 * (rows + 1)) / (spec.bandwidth * spec.dense_bandwidth_efficiency)
+    stream = row_format_bytes(rows, entries) / (spec.bandwidth * spec.dense_bandwidth_efficiency)
     passes = row_passes(max(1, n_tokens), cols)
     extra = sum(max(0, count - 2) for _, count, _ in passes)
     per_token = cols * spec.row_token_col_ns * 1e-3 + entries * spec.row_token_entry_ps * 1e-6

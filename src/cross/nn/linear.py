@@ -91,9 +91,14 @@ def plan_facts(plan: Plan) -> dict:
     }
 
 
-def _bucket_runs_tiles(bucket, falls_back: bool) -> bool:
-    """The bucket runs the tile kernel: its plan's kernel, and not a fallback the layer runs dense."""
-    return bucket.kernel == "tiles" and not (bucket.fallback and falls_back)
+def measures(measure, device: torch.device, keep_dense) -> bool:
+    """Whether from_dense times the plan on the GPU (the measured check) with these arguments."""
+    return measure is True or (measure == "auto" and device.type == "cuda" and keep_dense is not False)
+
+
+def _bucket_runs(bucket, kernel: str, falls_back: bool) -> bool:
+    """The bucket runs ``kernel`` ("tiles" or "rows"): its plan's kernel, and not a fallback the layer runs dense."""
+    return bucket.kernel == kernel and not (bucket.fallback and falls_back)
 
 
 class SparseLinear(nn.Module):
@@ -133,10 +138,14 @@ class SparseLinear(nn.Module):
                                  f"got {dtype_name(t.dtype)} {tuple(t.shape)} on {t.device}")
         falls_back = dense_weight is not None or decode_fallback
         if packed.tiled is not None and packed.rows is not None and not any(
-                _bucket_runs_tiles(b, falls_back) for b in packed.plan.buckets):
+                _bucket_runs(b, "tiles", falls_back) for b in packed.plan.buckets):
             # no bucket runs the tile kernel: the row format holds the weight (and is what the
             # fallback buckets decode under decode_fallback)
             packed = packed.without_tiles()
+        if packed.tiled is not None and packed.rows is not None and not any(
+                _bucket_runs(b, "rows", falls_back) for b in packed.plan.buckets):
+            # no bucket runs the row kernel (near wins the measured check did not take fall back)
+            packed = packed.without_rows()
         self.packed = packed
         self.register_buffer("bias", bias)
         self.register_buffer("dense_weight", dense_weight, persistent=False)
@@ -195,7 +204,7 @@ class SparseLinear(nn.Module):
             raise ValueError("keep_dense='decode': expected a plan without INDEX tiles (no GPU decoder for them); "
                              "plan with allowed_kinds=(TileKind.DENSE, TileKind.BITMAP)")
         packed = pack(weight, plan)
-        if measure is True or (measure == "auto" and weight.device.type == "cuda" and keep_dense is not False):
+        if measures(measure, weight.device, keep_dense):
             packed = packed.with_plan(measure_plan(packed, weight, dense_times=dense_times))
             plan = packed.plan
         keep = any(b.fallback for b in plan.buckets) if keep_dense == "auto" else keep_dense is True
@@ -233,7 +242,7 @@ class SparseLinear(nn.Module):
         n = x.numel() // x.shape[-1]
         if n == 0:
             return False
-        return _bucket_runs_tiles(self.plan.bucket_for(n), self.falls_back)
+        return _bucket_runs(self.plan.bucket_for(n), "tiles", self.falls_back)
 
     def _apply(self, fn, recurse=True):
         probe = fn(torch.empty(0, dtype=self.dtype, device=self.device))

@@ -18,8 +18,8 @@ from tqdm.auto import tqdm
 from .._checks import dtype_name
 from ..partition import DEFAULT_BUCKETS
 from ..partition.plan import bucket_name
-from ..partition.planner import design_tokens
-from .linear import KEEP_DENSE, SparseLinear, check_measure, bucket_facts, plan_facts, plan_linear
+from ..partition.planner import design_tokens, is_near_win
+from .linear import KEEP_DENSE, SparseLinear, bucket_facts, check_measure, measures, plan_facts, plan_linear
 from .parallel import SPLIT_POLICIES, ShardedLinear, tensor_parallel_
 
 SPARSE = "sparse"
@@ -275,7 +275,8 @@ def sparsify_(model: nn.Module, filter_fn=None, *, min_sparsity: float = 0.0, to
             plan = plan_linear(linear.weight, **from_dense_kwargs)
         except (TypeError, ValueError) as e:
             raise type(e)(f"{fqn}: {e}") from e
-        if _no_win(plan, tokens) and keep_dense is not False:
+        # a near win counts where the measured check will time it
+        if _no_win(plan, tokens, measures(measure, linear.weight.device, keep_dense)) and keep_dense is not False:
             facts.update(plan_facts(plan), buckets=bucket_facts(plan, dense_kept=True))
             layers[fqn] = LayerReport(fqn, NO_WIN, facts)
             continue
@@ -291,11 +292,11 @@ def sparsify_(model: nn.Module, filter_fn=None, *, min_sparsity: float = 0.0, to
     return SparsifyReport(layers)
 
 
-def _no_win(plan, tokens) -> bool:
-    """Every bucket falls back to dense (of those that cover ``tokens``, where given)."""
-    if tokens is None:
-        return plan.fully_dense_fallback
-    return all(plan.bucket_for(n).fallback for n in tokens)
+def _no_win(plan, tokens, near: bool = False) -> bool:
+    """Every bucket falls back to dense (of those that cover ``tokens``, where given); ``near``: a
+    near win (``planner.is_near_win``, which the measured check times) is not counted as one."""
+    buckets = plan.buckets if tokens is None else [plan.bucket_for(n) for n in tokens]
+    return all(b.fallback and not (near and is_near_win(b)) for b in buckets)
 
 
 def unsparsify_(model: nn.Module) -> int:

@@ -145,6 +145,13 @@ class PackedWeight:
             raise ValueError("without_tiles: expected a weight with the row format (the tiles are its only copy)")
         return replace(self, tiled=None)
 
+    def without_rows(self) -> "PackedWeight":
+        """This weight without its row format, where no bucket runs the row kernel (a near win the
+        measured check did not take falls back). Raises unless the tile formats are held."""
+        if self.tiled is None:
+            raise ValueError("without_rows: expected a weight with the tile formats (the row format is its only copy)")
+        return replace(self, rows=None)
+
     def to(self, device) -> "PackedWeight":
         return PackedWeight(self.plan, None if self.tiled is None else self.tiled.to(device), self.tiles.to(device),
                             self.row_sections.to(device), tuple(b.to(device) for b in self.buckets),
@@ -176,7 +183,8 @@ def _pack_bucket(bp: BucketPlan, n_rows: int) -> PackedBucket:
 
 
 def _rows_for(plan: Plan, tiled: TiledWeight) -> RowWeight | None:
-    """The row format where a bucket of the plan runs the row kernel, else None."""
+    """The row format where a bucket of the plan runs the row kernel (or nearly wins with it and
+    falls back until the measured check times it), else None."""
     if not any(b.kernel == "rows" for b in plan.buckets):
         return None
     return RowWeight.from_dense(tiled.to_dense())

@@ -71,7 +71,8 @@ def gpu_kernel_args(packed: PackedWeight, bucket_index: int, cache: dict | None 
     from ..kernels.launch import default_backend, kernel_args, row_eligible, row_kernel_args
 
     if packed.buckets[bucket_index].plan.kernel == "rows":
-        args = row_kernel_args(packed) if row_eligible(packed, packed.device) else None
+        # no row format: dropped (PackedWeight.without_rows) where the bucket falls back
+        args = row_kernel_args(packed) if packed.rows is not None and row_eligible(packed, packed.device) else None
     elif packed.tiled is None:  # tiles dropped: this bucket falls back to the dense product
         args = None
     else:
