@@ -52,9 +52,6 @@
 #ifndef UNROLL
 #define UNROLL (NT >= 8 ? 1 : 2)  // 8 tokens: more work per entry, registers for the sums
 #endif
-#ifndef ROW_AHEAD
-#define ROW_AHEAD 1  // chunks whose loads are in flight while a warp computes one (1 or 2)
-#endif
 #define WARPS (THREADS / 32)
 #if NT != 1 && NT != 2 && NT != 4 && NT != 8
 #error "NT must be 1, 2, 4 or 8"
@@ -177,55 +174,16 @@ __device__ __forceinline__ void fma_chunk(const Unit (&c)[UNROLL], const void* x
     }
 }
 
-// a chunk's place: units [start, end) of the run of the warp's row `row`, its j-th (mod 32)
-struct Cursor {
-    int start, end, row, j;
-};
-
-// the chunk after c: further along its row, or the start of the warp's next row. Lane j holds the
-// bounds of the warp's j-th row of 32; crossing them loads the next 32 (so a row change costs two
-// shuffles, not a dependent load)
-__device__ __forceinline__ Cursor next_chunk(const Cursor& c, int r1, const int* __restrict__ row_ptr, int& bound_s,
-                                             int& bound_e, int lane) {
-    Cursor n{c.start + 32 * UNROLL, c.end, c.row, c.j};
-    if (n.start >= c.end) {
-        n.row = c.row + WARPS;
-        n.j = c.j + 1;
-        if (n.j == 32 && n.row < r1) {
-            n.j = 0;
-            const int r = n.row + WARPS * lane;
-            bound_s = r < r1 ? row_ptr[r] >> BOUNDS_SHIFT_LOAD : 0;
-            bound_e = r < r1 ? row_ptr[r + 1] >> BOUNDS_SHIFT_LOAD : 0;
-        }
-        n.start = __shfl_sync(0xffffffffu, bound_s, n.j & 31) >> BOUNDS_SHIFT_USE;
-        n.end = __shfl_sync(0xffffffffu, bound_e, n.j & 31) >> BOUNDS_SHIFT_USE;
-    }
-    return n;
-}
-
 template <bool CHECK>
 __device__ __forceinline__ void run_rows(const uint4* __restrict__ values, const uint2* __restrict__ meta,
                                          const int* __restrict__ row_ptr, const u16* __restrict__ bias,
                                          u16* __restrict__ y, int ldy, int n_tok, const void* xs, int first, int r1,
-                                         bool propagate, const int* n_bad, const Unit (&cur)[UNROLL], int bound_s,
+                                         bool propagate, const int* n_bad, Unit (&cur)[UNROLL], int bound_s,
                                          int bound_e) {
     const int lane = threadIdx.x & 31;
-    // at[0]: the chunk computed, its units q[0]; at[i]: the chunk i ahead, its loads in flight (q[i]);
-    // in[i]: at[i] is one of the warp's chunks (its row below r1)
-    Cursor at[ROW_AHEAD + 1];
-    Unit q[ROW_AHEAD][UNROLL];
-    bool in[ROW_AHEAD + 1];
-    at[0] = Cursor{__shfl_sync(0xffffffffu, bound_s, 0) >> BOUNDS_SHIFT_USE,
-                   __shfl_sync(0xffffffffu, bound_e, 0) >> BOUNDS_SHIFT_USE, first, 0};
-    in[0] = true;
-#pragma unroll
-    for (int u = 0; u < UNROLL; ++u) q[0][u] = cur[u];
-#pragma unroll
-    for (int i = 1; i < ROW_AHEAD; ++i) {
-        at[i] = in[i - 1] ? next_chunk(at[i - 1], r1, row_ptr, bound_s, bound_e, lane) : at[i - 1];
-        in[i] = in[i - 1] && at[i].row < r1;
-        if (in[i]) load_chunk(q[i], values, meta, at[i].start, at[i].end, lane);
-    }
+    int row = first, j = 0;  // the warp's j-th row (j counts within the 32 rows whose bounds the lanes hold)
+    int start = __shfl_sync(0xffffffffu, bound_s, 0) >> BOUNDS_SHIFT_USE,
+        end = __shfl_sync(0xffffffffu, bound_e, 0) >> BOUNDS_SHIFT_USE;
     float acc[NT];
     int hits[NT];
 #pragma unroll
@@ -234,15 +192,26 @@ __device__ __forceinline__ void run_rows(const uint4* __restrict__ values, const
         hits[t] = 0;
     }
     while (true) {
-        // the next chunk's loads issued before this chunk's FMAs
-        at[ROW_AHEAD] = in[ROW_AHEAD - 1] ? next_chunk(at[ROW_AHEAD - 1], r1, row_ptr, bound_s, bound_e, lane)
-                                          : at[ROW_AHEAD - 1];
-        in[ROW_AHEAD] = in[ROW_AHEAD - 1] && at[ROW_AHEAD].row < r1;
+        // where the next chunk is: further along this row, or the start of the warp's next row
+        int nstart = start + 32 * UNROLL, nend = end, nrow = row, nj = j;
+        const bool row_done = nstart >= end;
+        if (row_done) {
+            nrow = row + WARPS;
+            nj = j + 1;
+            if (nj == 32 && nrow < r1) {  // the next 32 rows' bounds
+                nj = 0;
+                int r = nrow + WARPS * lane;
+                bound_s = r < r1 ? row_ptr[r] >> BOUNDS_SHIFT_LOAD : 0;
+                bound_e = r < r1 ? row_ptr[r + 1] >> BOUNDS_SHIFT_LOAD : 0;
+            }
+            nstart = __shfl_sync(0xffffffffu, bound_s, nj & 31) >> BOUNDS_SHIFT_USE;
+            nend = __shfl_sync(0xffffffffu, bound_e, nj & 31) >> BOUNDS_SHIFT_USE;
+        }
         Unit nxt[UNROLL];
-        if (in[ROW_AHEAD]) load_chunk(nxt, values, meta, at[ROW_AHEAD].start, at[ROW_AHEAD].end, lane);
-        fma_chunk<CHECK>(q[0], xs, acc, hits);
-        if (at[1].row != at[0].row) {  // the row's last chunk
-            const int row = at[0].row;
+        const bool more = nrow < r1;
+        if (more) load_chunk(nxt, values, meta, nstart, nend, lane);
+        fma_chunk<CHECK>(cur, xs, acc, hits);
+        if (row_done) {
             const float b = bias ? to_float(bias[row]) : 0.f;
 #pragma unroll
             for (int t = 0; t < NT; ++t) {
@@ -260,14 +229,13 @@ __device__ __forceinline__ void run_rows(const uint4* __restrict__ values, const
                 hits[t] = 0;
             }
         }
-        if (!in[1]) break;
+        if (!more) break;
 #pragma unroll
-        for (int i = 0; i < ROW_AHEAD; ++i) {
-#pragma unroll
-            for (int u = 0; u < UNROLL; ++u) q[i][u] = i + 1 < ROW_AHEAD ? q[i + 1][u] : nxt[u];
-            at[i] = at[i + 1];
-            in[i] = in[i + 1];
-        }
+        for (int u = 0; u < UNROLL; ++u) cur[u] = nxt[u];
+        start = nstart;
+        end = nend;
+        row = nrow;
+        j = nj;
     }
 }
 
