@@ -183,7 +183,8 @@ class SparseLinear(nn.Module):
         each call before the dense product: the layer's memory stays below dense, at the cost of
         the decode in those buckets (a plan with INDEX tiles is refused: no GPU decoder).
         measure: 'auto' (the default) times, on a CUDA device, every bucket the plan is predicted
-        to win against the dense product and keeps the plan only where it measured faster
+        to win against the dense product, and every near win (the row kernel predicted within 5% of
+        it), and keeps the plan only where it measured faster
         (``cross.runtime.measure_plan``; skipped on the CPU and with keep_dense=False, where the
         plan runs anyway); True always (a CUDA weight is required); False never: the cost model's
         prediction alone decides. ``dense_times``: a dict shared between layers so that each
