@@ -92,21 +92,28 @@ class SparsifyReport:
         return {key: dense[key] / max(actual[key], 1e-9) for key in dense}
 
     def measured_check(self) -> str:
-        """One line per weight shape on what the GPU timing decided (``SparseLinear.from_dense(measure=...)``):
-        layers timed, layers kept sparse, and the range of their measured speed-ups (dense over plan)
-        at the first bucket; "no layer timed" where nothing was."""
-        shapes: dict[str, list[tuple[float, bool]]] = {}  # shape -> (measured speed-up, kept) per layer
-        for layer in self.layers.values():
-            b = (layer.summary.get("buckets") or [None])[0]
-            if b is not None and b.get("measured_us") is not None:
-                shapes.setdefault("x".join(map(str, layer.shape)), []).append(
-                    (b["measured_dense_us"] / b["measured_us"], layer.action == SPARSE))
-        if not shapes:
-            return "no layer timed"
+        """What the GPU timing decided (``SparseLinear.from_dense(measure=...)``), per bucket that
+        some layer timed and per weight shape: at the first bucket the layers kept sparse of those
+        timed, at the others the layers whose plan runs there (a predicted win confirmed, or a near
+        win taken) of those timed, each with the range of their measured speed-ups (dense over
+        plan); "no layer timed" where nothing was."""
+        spans: dict[tuple[int, int], dict[str, list[tuple[float, bool]]]] = {}
         first = self._first_bucket()
-        return f"{bucket_name(*first)}: " + "; ".join(
-            f"{shape} {sum(kept for _, kept in v)} of {len(v)} kept, "
-            f"measured {min(r for r, _ in v):.2f}-{max(r for r, _ in v):.2f}x" for shape, v in shapes.items())
+        for layer in self.layers.values():
+            for b in layer.summary.get("buckets") or []:
+                if b.get("measured_us") is None:
+                    continue
+                span = (b["n_min"], b["n_max"])
+                runs = layer.action == SPARSE and (span == first or not b["fallback"])
+                spans.setdefault(span, {}).setdefault("x".join(map(str, layer.shape)), []).append(
+                    (b["measured_dense_us"] / b["measured_us"], runs))
+        if not spans:
+            return "no layer timed"
+        return " | ".join(
+            f"{bucket_name(*span)}: " + "; ".join(
+                f"{shape} {sum(runs for _, runs in v)} of {len(v)} {'kept' if span == first else 'taken'}, "
+                f"measured {min(r for r, _ in v):.2f}-{max(r for r, _ in v):.2f}x" for shape, v in shapes.items())
+            for span, shapes in sorted(spans.items()))
 
     # ------------------------------------------------------------------ tables
     def _first_bucket(self) -> tuple[int, int] | None:
