@@ -117,6 +117,24 @@ def test_analyze_model_dir_filter_and_tile(weights_file, tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------------------- plan
+def test_plan_marks_near_wins(tmp_path, capsys):
+    """Under the H200 cost model a 512x512 bf16 weight at 70% is a near win for the row kernel at
+    1-8 tokens (a small product, where the launch is most of the time): shown as 'dense near'."""
+    from safetensors.torch import save_file
+
+    path = tmp_path / "w.safetensors"
+    save_file({"proj.weight": pruned((512, 512), torch.bfloat16, 0.3, torch.Generator().manual_seed(0))}, str(path))
+    cm = SRC.parent / "benchmarks" / "results" / "h200" / "costmodel.json"
+    code, out, err = run_cli(capsys, "plan", path, "--cost-model", cm, "--out", tmp_path / "p", "-q")
+    assert code == 0, err
+    plan = Plan.load(tmp_path / "p" / "proj.plan.safetensors")
+    from cross.partition.planner import is_near_win
+
+    near = [is_near_win(b) for b in plan.buckets]
+    row = next(line for line in out.splitlines() if line.startswith("proj"))
+    assert any(near) and row.count("dense near") == sum(near) and "'dense near': the row kernel" in out
+
+
 def test_plan(weights_file, tmp_path, capsys):
     path, tensors = weights_file
     out_dir = tmp_path / "plans"

@@ -297,7 +297,7 @@ def cmd_plan(args) -> int:
     from tqdm.auto import tqdm
 
     from ..partition import make_plan
-    from ..partition.planner import WIN_MARGIN
+    from ..partition.planner import NEAR_MARGIN, WIN_MARGIN, is_near_win
     from ..tiling import TileKind
     from .analysis import safe_filename
     from .inputs import list_weights
@@ -322,8 +322,9 @@ def cmd_plan(args) -> int:
             name = bucket_name(b.n_min, b.n_max)
             ratio = b.dense_us / max(b.predicted_us, 1e-9)
             rows_kernel = " rows" if b.kernel == "rows" else ""  # the row kernel, not the tiles
-            cells.append("dense" if b.fallback else f"{ratio:.2f}x{rows_kernel}")
-            md_cells.append(f"dense ({ratio:.2f}x)" if b.fallback else f"**{ratio:.2f}x**{rows_kernel}")
+            near = " near" if is_near_win(b) else ""  # falls back unless a GPU times it faster
+            cells.append(f"dense{near}" if b.fallback else f"{ratio:.2f}x{rows_kernel}")
+            md_cells.append(f"dense{near} ({ratio:.2f}x)" if b.fallback else f"**{ratio:.2f}x**{rows_kernel}")
             dense_sum[name] = dense_sum.get(name, 0.0) + b.dense_us
             run_sum[name] = run_sum.get(name, 0.0) + (b.dense_us if b.fallback else b.predicted_us)
         n_winning += not plan.fully_dense_fallback
@@ -335,8 +336,9 @@ def cmd_plan(args) -> int:
     total = ", ".join(f"{name} {dense_sum[name] / run_sum[name]:.2f}x" for name in dense_sum)
     lines = [f"cost model: {cm.source}; tiles {args.tile[0]}x{args.tile[1]}; predicted times are for that GPU",
              f"{n_winning} of {len(refs)} layers have a plan predicted to win in some bucket; 'dense': the bucket "
-             f"falls back to the dense product (the plan is not predicted {WIN_MARGIN:.0%} faster); 'rows': the "
-             f"bucket runs the row kernel",
+             f"falls back to the dense product (the plan is not predicted {WIN_MARGIN:.0%} faster); 'dense near': "
+             f"the row kernel is predicted within {NEAR_MARGIN:.0%} of it, and sparsify_ on a GPU times it and takes "
+             f"it where it measures {WIN_MARGIN:.0%} faster; 'rows': the bucket runs the row kernel",
              f"predicted speed-up of all {len(refs)} layers together: {total}"]
     if passed_over:
         lines.append(f"{len(passed_over)} 2-D tensors passed over (not floating point, or empty)")
