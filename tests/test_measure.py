@@ -199,3 +199,132 @@ def test_measured_check_names_a_near_win_taken(rng):
     report = SparsifyReport({"a": LayerReport("a", SPARSE, facts)})
     assert report.measured_check() == ("N1: 256x256 1 of 1 kept, measured 1.25-1.25x | "
                                        "N2-64: 256x256 1 of 1 taken, measured 1.11-1.11x")
+
+
+def test_measuring_times_only_predicted_wins_and_each_dense_shape_once(rng, monkeypatch):
+    """The timing loop with a fake clock (the GPU timer replaced; the kernel path runs on the
+    interpreter): buckets predicted to fall back are not timed, each timed bucket runs its plan
+    once, the dense time of a shape is taken twice around the first plan of the shape and then
+    reused, and the decision uses the margin."""
+    import cross.costmodel.profile as profile
+    from cross.runtime import measure as measure_mod
+
+    mixed = CostModel(spec=GPUSpec(name="small batches win", dense_launch_us=20.0))
+    w = random_weight((256, 256), 0.1, rng)
+    packed = pack(w, make_plan(w, cost_model=mixed, buckets=((1, 16), (17, 64), (65, 2048))))
+    predicted_wins = [not b.fallback for b in packed.plan.buckets]
+    assert any(predicted_wins) and not all(predicted_wins)
+    calls = []
+
+    def fake_time(fn, warmup_ms, rep_ms):
+        y = fn()
+        is_plan = "execute" in fn.__code__.co_names  # the plan's closure calls execute, the dense one F.linear
+        calls.append(("plan" if is_plan else "dense", tuple(y.shape)))
+        return (30.0 if is_plan else 10.0), "graph"
+
+    monkeypatch.setattr(profile, "call_time_us", fake_time)
+    cache: dict = {}
+    buckets, how = measure_mod._measure_buckets(packed, w, 0.03, cache, seed=0)
+    timed = [b.measured for b in buckets]
+    assert timed == predicted_wins and how == {"graph"}
+    assert all(b.fallback and b.reason.startswith("measured 30.0 us") for b, t in zip(buckets, timed) if t)
+    # dense first (a process's first timings can read fast: a fast dense time errs safe), the plan
+    # twice, dense again
+    assert len(cache) == sum(timed) and [c[0] for c in calls] == ["dense", "plan", "plan", "dense"] * sum(timed)
+    n_design = [b.n_design for b in packed.plan.buckets if not b.fallback]
+    assert [c[1] for c in calls[1::4]] == [(n, 256) for n in n_design]  # each at its bucket's design count
+    calls.clear()
+    again, _ = measure_mod._measure_buckets(packed, w, 0.03, cache, seed=0)
+    assert [c[0] for c in calls] == ["plan", "plan"] * sum(timed)  # a second weight of this shape: its plans only
+    assert [b.measured_dense_us for b in again] == [b.measured_dense_us for b in buckets]
+
+
+def test_a_dense_time_that_reads_slow_once_does_not_judge_the_shape(rng, monkeypatch):
+    """The dense time cached for a shape is the faster of its two timings: a first reading 3x slow
+    (as one cuBLAS timing read in a model build on the H100) must not make a plan that loses look
+    like a win, for this layer or for the next layer of the same shape."""
+    import cross.costmodel.profile as profile
+    from cross.runtime import measure as measure_mod
+
+    w = random_weight((256, 256), 0.1, rng)
+    packed = pack(w, make_plan(w, cost_model=WINNING, buckets=((1, 16),)))
+    dense_readings = iter([30.0, 10.0])
+
+    def fake_time(fn, warmup_ms, rep_ms):
+        fn()
+        return (12.0 if "execute" in fn.__code__.co_names else next(dense_readings)), "graph"
+
+    monkeypatch.setattr(profile, "call_time_us", fake_time)
+    cache: dict = {}
+    buckets, _ = measure_mod._measure_buckets(packed, w, 0.03, cache, seed=0)
+    assert list(cache.values()) == [10.0]
+    assert buckets[0].measured_dense_us == 10.0 and buckets[0].fallback  # 12 us against 10: cuBLAS stays
+    again, _ = measure_mod._measure_buckets(packed, w, 0.03, cache, seed=0)  # no dense reading left: cached
+    assert again[0].measured_dense_us == 10.0 and again[0].fallback
+
+
+def _near_win_plan(plan: Plan) -> Plan:
+    """``plan`` with its first bucket a near win (falls back, its row kernel predicted 2% slower
+    than dense) and the others falling back on the tile kernel."""
+    first = replace(plan.buckets[0], fallback=True, kernel="rows", predicted_us=plan.buckets[0].dense_us * 1.02)
+    rest = [replace(b, fallback=True) for b in plan.buckets[1:]]
+    return plan.with_buckets([first, *rest])
+
+
+def test_near_wins_are_timed_and_taken_where_they_measure_faster(rng, monkeypatch):
+    """A bucket the row kernel nearly wins is timed (where a kernel runs it) and runs the row
+    kernel if it measured the margin faster; other fallback buckets are not timed."""
+    import cross.costmodel.profile as profile
+    from cross.partition.planner import is_near_win
+    from cross.runtime import measure as measure_mod
+
+    w = random_weight((256, 256), 0.3, rng).to(torch.bfloat16)  # the row format holds 16-bit values
+    plan = _near_win_plan(make_plan(w, cost_model=WINNING, buckets=((1, 4), (5, 64))))
+    assert [is_near_win(b) for b in plan.buckets] == [True, False]
+    packed = pack(w, plan)
+    assert packed.rows is not None  # built for the check
+    monkeypatch.setattr(measure_mod, "gpu_kernel_args", lambda packed, i, cache: "kernel arguments")
+    timed = []
+
+    def fake_time(fn, warmup_ms, rep_ms):
+        is_plan = "execute" in fn.__code__.co_names
+        timed.append("plan" if is_plan else "dense")
+        return (9.0 if is_plan else 10.0), "graph"
+
+    monkeypatch.setattr(profile, "call_time_us", fake_time)
+    buckets, _ = measure_mod._measure_buckets(packed, w, 0.03, {}, seed=0)
+    assert timed == ["dense", "plan", "plan", "dense"]
+    assert (buckets[0].measured, buckets[0].fallback, buckets[0].kernel) == (True, False, "rows")
+    assert buckets[1] is plan.buckets[1]
+    assert not is_near_win(buckets[0].with_measurement(12.0, 10.0, 0.03))  # measured: never timed again
+
+
+def test_a_layer_drops_the_row_format_no_bucket_runs(rng):
+    """A near win the check did not take falls back: where the tile formats are held and no
+    bucket runs the row kernel, the layer does not keep the row format."""
+    w = random_weight((256, 256), 0.3, rng).to(torch.bfloat16)
+    base = make_plan(w, cost_model=WINNING, buckets=((1, 4), (5, 64)))
+    plan = _near_win_plan(base).with_buckets([_near_win_plan(base).buckets[0],
+                                              replace(base.buckets[1], fallback=False)])
+    linear = nn.Linear(256, 256, bias=False, dtype=torch.bfloat16)
+    linear.weight.data = w
+    layer = SparseLinear.from_dense(linear, plan=plan, measure=False)
+    assert layer.packed.tiled is not None and layer.packed.rows is None
+    x = torch.randn(3, 256).to(torch.bfloat16)
+    ref = (x.float() @ w.float().T).to(torch.bfloat16)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), ref, rtol=2e-2, atol=2e-2)
+        forced = SparseLinear.from_dense(linear, plan=plan, measure=False, keep_dense=False)  # the near win runs
+        assert forced.packed.rows is not None
+        torch.testing.assert_close(forced(x), ref, rtol=2e-2, atol=2e-2)
+
+
+def test_sparsify_measures_a_layer_whose_only_candidates_are_near_wins(rng):
+    """sparsify_ passes over a layer predicted to win nowhere, unless the measured check will run
+    and some bucket is a near win (it is timed rather than assumed lost)."""
+    from cross.nn.sparsify import _no_win
+
+    w = random_weight((256, 256), 0.3, rng).to(torch.bfloat16)
+    plan = _near_win_plan(make_plan(w, cost_model=WINNING, buckets=((1, 4), (5, 64))))
+    assert _no_win(plan, None) and not _no_win(plan, None, near=True)
+    assert _no_win(plan, [8, 64], near=True) and not _no_win(plan, [2, 64], near=True)
