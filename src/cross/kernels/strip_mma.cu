@@ -82,10 +82,10 @@ __device__ __forceinline__ void select_pairs(u32 (&a)[4], u32 mw, int sh, const 
         "setp.ne.u32 p1, b1, 0;\n"
         "setp.ne.u32 p2, b2, 0;\n"
         "setp.ne.u32 p3, b3, 0;\n"
-        "selp.b32 s1, %6, %5, p0;\n"   // word b0 + 1
-        "selp.b32 s2, %7, %6, p0;\n"   // word b0 + 2
-        "selp.b32 s3, %8, %7, p0;\n"   // word b0 + 3
-        "selp.b32 m1, s2, s1, p1;\n"   // word b0 + b1 + 1... of register 2
+        "selp.b32 s1, %6, %5, p0;\n"   // s_i: word p0 + i
+        "selp.b32 s2, %7, %6, p0;\n"
+        "selp.b32 s3, %8, %7, p0;\n"
+        "selp.b32 m1, s2, s1, p1;\n"   // m_i: word p0 + p1 + i - 1 (register 2's if p2)
         "selp.b32 m2, s3, s2, p1;\n"
         "selp.b32 %0, %5, 0, p0;\n"
         "selp.b32 %1, s1, 0, p1;\n"
