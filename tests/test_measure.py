@@ -314,6 +314,9 @@ def test_a_layer_drops_the_row_format_no_bucket_runs(rng):
     ref = (x.float() @ w.float().T).to(torch.bfloat16)
     with torch.no_grad():
         torch.testing.assert_close(layer(x), ref, rtol=2e-2, atol=2e-2)
+        # the near win's plan forced without its row format: the tiles run it
+        from cross.runtime.dispatch import execute
+        torch.testing.assert_close(execute(x, layer.packed, force_plan=True), ref, rtol=2e-2, atol=2e-2)
         forced = SparseLinear.from_dense(linear, plan=plan, measure=False, keep_dense=False)  # the near win runs
         assert forced.packed.rows is not None
         torch.testing.assert_close(forced(x), ref, rtol=2e-2, atol=2e-2)

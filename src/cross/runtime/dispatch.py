@@ -122,7 +122,7 @@ def execute(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None = N
             from .op import call
 
             y = call(x2, args, bias)
-        elif bucket.plan.kernel == "rows":
+        elif bucket.plan.kernel == "rows" and packed.rows is not None:  # else the tiles (a row format dropped)
             y = rows_reference(x2, packed.rows, bias, propagate=packed.plan.nan_policy == "propagate")
         else:
             y = reference_matmul(x2, packed, bias, bucket=bucket, tiles=tiles)
