@@ -331,3 +331,28 @@ def test_sparsify_measures_a_layer_whose_only_candidates_are_near_wins(rng):
     plan = _near_win_plan(make_plan(w, cost_model=WINNING, buckets=((1, 4), (5, 64))))
     assert _no_win(plan, None) and not _no_win(plan, None, near=True)
     assert _no_win(plan, [8, 64], near=True) and not _no_win(plan, [2, 64], near=True)
+
+
+def test_a_saved_layer_loads_without_building_a_row_format_no_bucket_runs(rng, tmp_path, monkeypatch):
+    """A near win the check did not take, in a layer with its dense copy: loading the saved layer
+    builds no row format (it would be dropped at once), and the loaded layer runs as the saved one."""
+    import cross
+    import cross.pack.packed as packed_mod
+
+    w = random_weight((256, 256), 0.3, rng).to(torch.bfloat16)
+    base = make_plan(w, cost_model=WINNING, buckets=((1, 4), (5, 64)))
+    near = _near_win_plan(base).buckets[0].with_measurement(12.0, 10.0, 0.03)  # timed, not taken
+    plan = base.with_buckets([near, replace(base.buckets[1], fallback=False)])
+    linear = nn.Linear(256, 256, bias=False, dtype=torch.bfloat16)
+    linear.weight.data = w
+    model = nn.Sequential(SparseLinear.from_dense(linear, plan=plan, keep_dense=True, measure=False))
+    assert model[0].dense_kept and model[0].packed.rows is None
+    cross.save(model, tmp_path)
+    built = []
+    real = packed_mod.RowWeight.from_dense
+    monkeypatch.setattr(packed_mod.RowWeight, "from_dense", lambda *a, **k: built.append(1) or real(*a, **k))
+    loaded = cross.load(tmp_path)["0"]
+    assert built == [] and loaded.packed.rows is None
+    x = torch.randn(3, 256).to(torch.bfloat16)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model[0](x))

@@ -312,7 +312,8 @@ def _load_layer(path: Path, entry: dict, device: torch.device) -> SparseLinear:
     try:
         # built where it will run: the row format's build is torch ops (seconds per Llama layer on a CPU)
         tiled = TiledWeight(TileGrid(*plan.shape, *plan.tile_shape), *(t[name].to(device) for name in _TILED))
-        packed = pack_tiled(tiled, plan)
+        # a dense copy (or the decode) runs the fallback buckets: no row format for a near win not taken
+        packed = pack_tiled(tiled, plan, falls_back="dense_weight" in t or bool(header.get("decode_fallback", False)))
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{file}: expected the tiled weight of its plan, got one that fails to load ({e})") from None
     # the saved tables were built from the same plan: any difference means the files disagree

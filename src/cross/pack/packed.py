@@ -182,10 +182,14 @@ def _pack_bucket(bp: BucketPlan, n_rows: int) -> PackedBucket:
     return PackedBucket(bp, as_t(table), as_t(row_parts), as_t(bp.unit_ptr), as_t(bp.unit_order), int(split_sorted.size), counters)
 
 
-def _rows_for(plan: Plan, tiled: TiledWeight) -> RowWeight | None:
-    """The row format where a bucket of the plan runs the row kernel (or nearly wins with it and
-    falls back until the measured check times it), else None."""
-    if not any(b.kernel == "rows" for b in plan.buckets):
+def _rows_for(plan: Plan, tiled: TiledWeight, falls_back: bool = False) -> RowWeight | None:
+    """The row format where a bucket of the plan runs the row kernel, or nearly wins with it and
+    falls back until the measured check times it, else None. ``falls_back``: the layer runs its
+    fallback buckets as the dense product, so a fallback bucket the check has already timed (a
+    near win it did not take) needs no row format."""
+    from ..partition.planner import is_near_win
+
+    if not any(b.kernel == "rows" and not (b.fallback and falls_back and not is_near_win(b)) for b in plan.buckets):
         return None
     return RowWeight.from_dense(tiled.to_dense())
 
@@ -201,9 +205,11 @@ def pack(weight: torch.Tensor, plan: Plan) -> PackedWeight:
     return pack_tiled(TiledWeight.from_dense(weight, plan.kinds, plan.tile_shape), plan)
 
 
-def pack_tiled(tiled: TiledWeight, plan: Plan) -> PackedWeight:
+def pack_tiled(tiled: TiledWeight, plan: Plan, falls_back: bool = False) -> PackedWeight:
     """The kernel tables for a weight already stored in the plan's formats (on its device): the
-    second half of ``pack``, and how a saved model is rebuilt without its dense weight."""
+    second half of ``pack``, and how a saved model is rebuilt without its dense weight.
+    ``falls_back``: the layer will run its fallback buckets as the dense product (no row format is
+    built for a measured bucket that falls back)."""
     grid = plan.grid
     if tiled.grid != grid:
         raise ValueError(f"pack: expected a tiled weight on the plan's grid {grid}, got {tiled.grid}")
@@ -236,7 +242,7 @@ def pack_tiled(tiled: TiledWeight, plan: Plan) -> PackedWeight:
     return PackedWeight(plan, tiled, torch.from_numpy(tiles).to(dev),
                         torch.from_numpy(sections.astype(np.int32)).to(dev), buckets, max_sparse_nnz,
                         bool((kinds == TileKind.INDEX).any()), bool((kinds == TileKind.DENSE).any()), median_bitmap_nnz,
-                        _rows_for(plan, tiled))
+                        _rows_for(plan, tiled, falls_back))
 
 
 def describe(pw: PackedWeight) -> str:
