@@ -211,22 +211,17 @@ def run_kernels(cfg: KernelConfig, *, device: torch.device, cost_model=None, n_p
 def palindrome_times(fns: list[Callable], timer: Callable) -> list[tuple[float, str] | str]:
     """Each callable timed twice, in the order given and then in reverse: (mean microseconds, how
     it was timed), or the reason its timing raised (then it is not timed again)."""
-    first: list[tuple[float, str] | str] = []
-    for fn in fns:
+    def timed(fn) -> tuple[float, str] | str:
         try:
-            first.append(timer(fn))
+            return timer(fn)
         except Exception as e:  # any error of a method is its row's result; the grid goes on
-            first.append(reason(e))
-    out = list(first)
+            return reason(e)
+
+    out = [timed(fn) for fn in fns]
     for i in reversed(range(len(fns))):
-        if isinstance(first[i], str):
-            continue
-        try:
-            us, how = timer(fns[i])
-        except Exception as e:
-            out[i] = reason(e)
-            continue
-        out[i] = ((first[i][0] + us) / 2, first[i][1])
+        if not isinstance(out[i], str):
+            again = timed(fns[i])
+            out[i] = again if isinstance(again, str) else ((out[i][0] + again[0]) / 2, out[i][1])
     return out
 
 
