@@ -26,7 +26,7 @@ STAGES_ENV = "CROSS_CUDA_STAGES"
 #: extra NVRTC options for profiling builds (e.g. "-DABLATE=2"; see plan_matmul.cu), read at compile time
 DEFINES_ENV = "CROSS_CUDA_DEFINES"
 _SOURCE = "plan_matmul.cu"
-_HEADERS = ("dtype.cuh", "async.cuh")  # what the sources #include, handed to NVRTC by name
+_HEADERS = ("dtype.cuh", "async.cuh", "strip_sum.cuh")  # what the sources #include, handed to NVRTC by name
 #: one-token launches of weights whose median BITMAP tile is sparser than this (nonzeros per tile
 #: element) run a build that multiplies the tiles under it on CUDA cores (plan_matmul.cu,
 #: DECODE_CORES). Measured on H200 (docs/perf-notes.md, "The CUDA-core path, measured"): the build
@@ -279,5 +279,30 @@ def strip_launch(blocks: int, nt: int, warps: int, ring: int, depth: int, mt: in
     stream = driver.CUstream(torch.cuda.current_stream().cuda_stream)
     args = tuple(ptrs.values) + (int(m), int(k), int(n_tok), int(ldx), int(ldy))
     types = (ctypes.c_void_p,) * 7 + (ctypes.c_int,) * 5
+    _check(driver.cuLaunchKernel(func, blocks, 1, 1, warps * 32, 1, 1, smem, stream, (args, types), 0),
+           "cuLaunchKernel")
+
+
+# ---------------------------------------------------------------------- the 2:4 kernel
+_SPARSE24_SOURCE = "sparse24_mma.cu"
+
+
+@functools.lru_cache(maxsize=None)
+def _sparse24_kernel(device_index: int, is_bf16: bool, nt: int, warps: int, mt: int, smem: int):
+    defines = [f"-DIS_BF16={int(is_bf16)}", f"-DNT={nt}", f"-DWARPS={warps}", f"-DMT={mt}"]
+    extra = os.environ.get(DEFINES_ENV, "").split()
+    _, func = _compile(device_index, _SPARSE24_SOURCE, "sparse24_mma", tuple(defines + extra), smem)
+    return func
+
+
+def sparse24_launch(blocks: int, nt: int, warps: int, mt: int, smem: int, ptrs, m: int, k: int, n_tok: int, ldx: int,
+                    ldy: int, strips: int, steps: int) -> None:
+    """One launch of sparse24_mma: pointers (x, y, bias or 0, values), M, K, the pass's n_tok <= nt
+    tokens with X's and Y's row strides, and the weight's strips and steps (64 columns) per strip."""
+    driver, _ = _bindings()
+    func = _sparse24_kernel(torch.cuda.current_device(), ptrs.is_bf16, nt, warps, mt, smem)
+    stream = driver.CUstream(torch.cuda.current_stream().cuda_stream)
+    args = tuple(ptrs.values) + (int(m), int(k), int(n_tok), int(ldx), int(ldy), int(strips), int(steps))
+    types = (ctypes.c_void_p,) * 4 + (ctypes.c_int,) * 7
     _check(driver.cuLaunchKernel(func, blocks, 1, 1, warps * 32, 1, 1, smem, stream, (args, types), 0),
            "cuLaunchKernel")

@@ -293,6 +293,30 @@ def _launch(x, y, a: KernelArgs, bias):
             GATHER=False, num_warps=4)
 
 
+def _check_pass_args(name: str, x: torch.Tensor, weight, bias, out, nt: int) -> int:
+    """The checks strip_matmul and sparse24_matmul share (tokens per pass, x, bias, out, one CUDA
+    device); returns N. Each error names the function and what it expected."""
+    m, k = weight.shape
+    if nt not in (8, 16):
+        raise ValueError(f"{name}: nt (tokens per pass) must be 8 or 16, got {nt!r}")
+    if x.dim() != 2 or x.shape[1] != k or x.dtype != weight.dtype:
+        raise ValueError(f"{name}: expected x [N, {k}] {weight.dtype} (the {m}x{k} weight's), got "
+                         f"{tuple(x.shape)} {x.dtype}")
+    if k % 8:
+        raise ValueError(f"{name}: K must be a multiple of 8 (16-byte copies of X), got {k}")
+    if bias is not None and (bias.shape != (m,) or bias.dtype != x.dtype or not bias.is_contiguous()):
+        raise ValueError(f"{name}: expected a contiguous bias [{m}] {x.dtype}, got {tuple(bias.shape)} {bias.dtype}")
+    n = x.shape[0]
+    if out is not None and (out.shape != (n, m) or out.dtype != x.dtype or out.stride(1) != 1):
+        raise ValueError(f"{name}: expected out [{n}, {m}] {x.dtype} with unit stride along M, got "
+                         f"{tuple(out.shape)} {out.dtype} strides {out.stride()}")
+    tensors = [t for t in (x, bias, out, weight.values) if t is not None]
+    if not x.is_cuda or any(t.device != x.device for t in tensors):
+        raise ValueError(f"{name}: x, bias, out and the weight must be on one CUDA device, got "
+                         f"{[str(t.device) for t in tensors]}")
+    return n
+
+
 def strip_matmul(x: torch.Tensor, weight, bias: torch.Tensor | None = None, out: torch.Tensor | None = None,
                  nt: int = 16) -> torch.Tensor:
     """Y[N, M] = X[N, K] @ W^T (+ bias) by the strip kernel (kernels/strip_mma.cu) over a
@@ -303,24 +327,7 @@ def strip_matmul(x: torch.Tensor, weight, bias: torch.Tensor | None = None, out:
     from . import cuda_backend
 
     m, k = weight.shape
-    if nt not in (8, 16):
-        raise ValueError(f"strip_matmul: nt (tokens per pass) must be 8 or 16, got {nt!r}")
-    if x.dim() != 2 or x.shape[1] != k or x.dtype != weight.dtype:
-        raise ValueError(f"strip_matmul: expected x [N, {k}] {weight.dtype} (the {m}x{k} weight's), got "
-                         f"{tuple(x.shape)} {x.dtype}")
-    if k % 8:
-        raise ValueError(f"strip_matmul: K must be a multiple of 8 (16-byte copies of X), got {k}")
-    if bias is not None and (bias.shape != (m,) or bias.dtype != x.dtype or not bias.is_contiguous()):
-        raise ValueError(f"strip_matmul: expected a contiguous bias [{m}] {x.dtype}, got {tuple(bias.shape)} "
-                         f"{bias.dtype}")
-    n = x.shape[0]
-    if out is not None and (out.shape != (n, m) or out.dtype != x.dtype or out.stride(1) != 1):
-        raise ValueError(f"strip_matmul: expected out [{n}, {m}] {x.dtype} with unit stride along M, got "
-                         f"{tuple(out.shape)} {out.dtype} strides {out.stride()}")
-    tensors = [t for t in (x, bias, out, weight.values) if t is not None]
-    if not x.is_cuda or any(t.device != x.device for t in tensors):
-        raise ValueError(f"strip_matmul: x, bias, out and the weight must be on one CUDA device, got "
-                         f"{[str(t.device) for t in tensors]}")
+    n = _check_pass_args("strip_matmul", x, weight, bias, out, nt)
     if not all(t.is_contiguous() for t in (weight.values, weight.masks, weight.chunks, weight.heads)):
         raise ValueError("strip_matmul: the StripWeight's tensors must be contiguous")
     smem = smem_bytes(k, nt, weight.warps, weight.ring, weight.depth, weight.mt)
@@ -341,4 +348,38 @@ def strip_matmul(x: torch.Tensor, weight, bias: torch.Tensor | None = None, out:
                                       weight.heads), is_bf16)
         cuda_backend.strip_launch(weight.blocks, nt, weight.warps, weight.ring, weight.depth, weight.mt, smem, ptrs,
                                   m, k, count, x.stride(0), y.stride(0))
+    return y
+
+
+def sparse24_matmul(x: torch.Tensor, weight, bias: torch.Tensor | None = None, out: torch.Tensor | None = None,
+                    nt: int = 16, warps: int = 16) -> torch.Tensor:
+    """Y[N, M] = X[N, K] @ W^T (+ bias) by the 2:4 kernel (kernels/sparse24_mma.cu, the sparse tensor
+    cores) over a Sparse24Weight (pack/sparse24.py), one launch per pass of up to ``nt`` (8 or 16)
+    tokens on a block of ``warps`` warps per SM. x: [N, K] in the weight's dtype, finite (only the
+    stored slots are multiplied: see the kernel); bias: [M]; out: optional [N, M], unit stride along M."""
+    from ..pack.sparse24 import smem_bytes
+    from . import cuda_backend
+
+    m, k = weight.shape
+    if not isinstance(warps, int) or not 1 <= warps <= 32:
+        raise ValueError(f"sparse24_matmul: warps must be an int in 1..32, got {warps!r}")
+    n = _check_pass_args("sparse24_matmul", x, weight, bias, out, nt)
+    smem = smem_bytes(k, nt, warps, weight.mt)
+    limit = getattr(torch.cuda.get_device_properties(x.device), "shared_memory_per_block_optin", 227 * 1024)
+    if smem > limit:
+        raise ValueError(f"sparse24_matmul: {nt} tokens of X ({k} columns) and {warps} warps' partial sums need "
+                         f"{smem} bytes of shared memory per block, over this GPU's {limit}: run 8 tokens per pass "
+                         "or fewer warps")
+    y = torch.empty((n, m), dtype=x.dtype, device=x.device) if out is None else out
+    if n == 0:
+        return y
+    if x.stride(0) % 8 or x.data_ptr() % 16 or x.stride(1) != 1:
+        x = x.contiguous()
+    blocks = torch.cuda.get_device_properties(x.device).multi_processor_count
+    strips, steps = weight.values.shape[:2]
+    for start in range(0, n, nt):
+        count = min(nt, n - start)
+        ptrs = cuda_backend.Pointers((x[start], y[start], bias, weight.values), x.dtype == torch.bfloat16)
+        cuda_backend.sparse24_launch(blocks, nt, warps, weight.mt, smem, ptrs, m, k, count, x.stride(0), y.stride(0),
+                                     strips, steps)
     return y

@@ -51,6 +51,7 @@
 
 #include "dtype.cuh"
 #include "async.cuh"
+#include "strip_sum.cuh"
 
 __device__ __forceinline__ void mma16816(float (&d)[4], const u32 (&a)[4], u32 b0, u32 b1) {
 #if IS_BF16
@@ -188,14 +189,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) strip_mma(
     int c = 0;  // warp chunk
     for (int s = s0; s < s1; ++s) {
         float acc[ACC_SETS][MT][NH][4];
-#pragma unroll
-        for (int a = 0; a < ACC_SETS; ++a)
-#pragma unroll
-            for (int t = 0; t < MT; ++t)
-#pragma unroll
-                for (int h = 0; h < NH; ++h)
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) acc[a][t][h][e] = 0.f;
+        zero_acc(acc);
         for (int cc = 0; cc < cn; ++cc, ++c) {
             if (c == tb + 32) {  // the next 32 chunks' entries move down; the 32 after them are loaded
                 tb += 32;
@@ -253,29 +247,6 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) strip_mma(
                 }
                 mine[(t * NH + h) * 32 + lane] = v;
             }
-        __syncthreads();
-        for (int i = tid; i < MT * NH * 32; i += THREADS) {
-            const int t = i / (NH * 32), h = (i >> 5) % NH, l = i & 31, gg = l >> 2, qq = l & 3;
-            const float4* col = part + i;
-            float4 sum = col[0];
-            for (int w = 1; w < WARPS; ++w) {
-                const float4 v = col[(size_t)w * MT * NH * 32];
-                sum.x += v.x;
-                sum.y += v.y;
-                sum.z += v.z;
-                sum.w += v.w;
-            }
-            const int r0 = (s * MT + t) * 16 + gg, r1 = r0 + 8, t0 = h * 8 + 2 * qq, t1 = t0 + 1;
-            const float b0 = bias && r0 < m ? to_float(bias[r0]) : 0.f, b1 = bias && r1 < m ? to_float(bias[r1]) : 0.f;
-            if (r0 < m) {
-                if (t0 < n_tok) y[(size_t)t0 * ldy + r0] = from_float(sum.x + b0);
-                if (t1 < n_tok) y[(size_t)t1 * ldy + r0] = from_float(sum.y + b0);
-            }
-            if (r1 < m) {
-                if (t0 < n_tok) y[(size_t)t0 * ldy + r1] = from_float(sum.z + b1);
-                if (t1 < n_tok) y[(size_t)t1 * ldy + r1] = from_float(sum.w + b1);
-            }
-        }
-        __syncthreads();  // the partial sums are read before the next strip writes them
+        write_strip(part, s, bias, y, m, n_tok, ldy);
     }
 }

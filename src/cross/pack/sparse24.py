@@ -1,0 +1,165 @@
+"""The 2:4 format: a weight whose every group of 4 columns holds at most 2 nonzeros,
+stored for the sparse tensor cores (``mma.sp.sync.m16n8k32``, ``kernels/sparse24_mma.cu``): each
+lane's A registers are loaded as they are stored, and the hardware picks the columns they multiply
+from 2-bit metadata, so the kernel spends no instruction per element on the sparsity.
+
+Groups. The mma's k index 2 q + 8 i + e (lane q's B register i, half e) multiplies the column of X
+that its A slot names. The kernel loads a lane's four B registers of a k-tile as 8 adjacent columns
+of X, 8 q .. 8 q + 7, so its k index 2 q + 8 i + e is column 8 q + 2 i + e of the k-tile: the groups
+of 4 consecutive k indices are, in columns of a 32-column k-tile, {2 i, 2 i + 1, 2 i + 8, 2 i + 9}
+and 16 + the same, i = 0..3 (``group_columns``). Which 4 columns share a group does not matter to a
+weight pruned without regard to it; a weight pruned 2:4 over consecutive columns (torch's
+semi-structured sparsity) is not 2:4 in these groups.
+
+Layout. A strip is 16 mt rows (mt m-tiles of 16), a k-tile 32 columns (8 groups of 4), a step two
+k-tiles (64 columns). Each group keeps two slots (first position < second position; a group with
+one nonzero keeps a stored zero beside it, an empty group two), a 32-bit word (the first slot in the
+low half) and a nibble of metadata (first position | second position << 2). In an m16n8k32 sparse
+mma lane 4 g + q holds, as its A register i, the word of row g + 8 (i & 1), group q + 4 (i >> 1) of
+the k-tile. Its metadata word for a step (the sparsity selector picks the lanes: 0 for the first
+k-tile, 1 for the second): lane 4 g + q (q = 2 kt + h) holds the nibbles of row g (bits 0-15) and
+row g + 8 (bits 16-31), groups 4 h .. 4 h + 3 of k-tile kt, group 4 h + i at bits 4 i (the layout
+measured on the H200: docs/perf-notes.md, "Sparse tensor cores for 8-16 tokens").
+
+    values  int32 [S, KP, mt, 1152 / 4]   per strip, step and m-tile: the A words [k-tile][lane][4]
+                                          (1024 bytes), then the metadata [lane] (128 bytes)
+
+so a warp's loads of a step are 16 bytes per lane, contiguous, at addresses fixed by (strip, step):
+no table. Bytes: 0.5 of dense for the values plus 1/16 for the metadata, whatever the sparsity.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .._checks import check_weight
+from .rows import _as_int32
+
+ROWS = 16
+GROUP = 4
+KTILE = 32
+STEP = 2 * KTILE
+WORDS = 2 * 32 * 4 + 32  # per strip, step and m-tile: A words of both k-tiles, then the metadata
+_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def _slots() -> tuple[torch.Tensor, torch.Tensor]:
+    """Per 4-bit mask of a group's nonzeros (at most 2): its two slots' positions (first < second)."""
+    p0, p1 = torch.zeros(16, dtype=torch.int64), torch.ones(16, dtype=torch.int64)
+    for mask in range(16):
+        bits = [p for p in range(GROUP) if mask >> p & 1]
+        if len(bits) == 2:
+            p0[mask], p1[mask] = bits
+        elif len(bits) == 1:
+            p0[mask], p1[mask] = (bits[0], 3) if bits[0] < 3 else (2, 3)
+    return p0, p1
+
+
+def group_columns(k: int, device=None) -> torch.Tensor:
+    """The column of each k index, over ``k`` rounded up to whole k-tiles: k index 32 b + 2 q + 8 i + e
+    is column 32 b + 8 q + 2 i + e; group j holds k indices 4 j .. 4 j + 3."""
+    kappa = torch.arange(KTILE, device=device)
+    q, i, e = (kappa % 8) // 2, kappa // 8, kappa % 2
+    tile = 8 * q + 2 * i + e
+    blocks = -(-k // KTILE)
+    return (KTILE * torch.arange(blocks, device=device)[:, None] + tile[None, :]).reshape(-1)
+
+
+def is_24(weight: torch.Tensor) -> bool:
+    """Every group (``group_columns``) holds at most 2 nonzeros."""
+    m, k = weight.shape
+    cols = group_columns(k, weight.device)
+    nz = torch.nn.functional.pad(weight != 0, (0, len(cols) - k))[:, cols]
+    return bool((nz.view(m, -1, GROUP).sum(-1) <= 2).all())
+
+
+class Sparse24Weight:
+    """A 2:4 weight in the sparse tensor cores' layout; ``from_dense`` packs one."""
+
+    def __init__(self, shape: tuple[int, int], dtype: torch.dtype, mt: int, values: torch.Tensor):
+        self.shape, self.dtype, self.mt, self.values = shape, dtype, mt, values
+
+    @classmethod
+    def from_dense(cls, weight: torch.Tensor, mt: int = 2) -> "Sparse24Weight":
+        """Pack a 2-D bf16/fp16 weight with at most 2 nonzeros in every group of 4 columns (a
+        ValueError names the first group that has more); zeros (and -0.0) are stored as +0.0."""
+        check_weight(weight)
+        if weight.dtype not in _DTYPES:
+            raise TypeError(f"2:4 format: expected a bfloat16 or float16 weight, got {weight.dtype}")
+        if mt not in (1, 2):
+            raise ValueError(f"Sparse24Weight: mt must be 1 or 2, got {mt!r}")
+        m, k = weight.shape
+        dev = weight.device
+        rows = ROWS * mt
+        s_, kp = -(-m // rows), -(-k // STEP)
+        w = torch.zeros(s_ * rows, kp * STEP, dtype=weight.dtype, device=dev)
+        w[:m, :k] = weight
+        cols = group_columns(kp * STEP, dev)
+        w = w[:, cols]  # k index order: each group's 4 columns side by side
+        bits = w.view(torch.int16).to(torch.int64) & 0xFFFF
+        nz = (bits & 0x7FFF) != 0
+        g = nz.view(s_ * rows, -1, GROUP)
+        count = g.sum(-1)
+        if bool((count > 2).any()):
+            r, c = (count > 2).nonzero()[0].tolist()
+            where = sorted(cols[GROUP * c:GROUP * c + GROUP].tolist())
+            raise ValueError(f"2:4 format: row {r}, columns {where} (a group) hold {int(count[r, c])} nonzeros "
+                             "(at most 2 per group: pack.sparse24.group_columns)")
+        mask = (g.to(torch.int64) * (1 << torch.arange(GROUP, device=dev))).sum(-1)  # [R, groups]
+        p0t, p1t = (t.to(dev) for t in _slots())
+        p0, p1 = p0t[mask], p1t[mask]
+        vals = torch.where(nz, bits, 0).view(s_ * rows, -1, GROUP)
+        v0 = vals.gather(-1, p0[..., None])[..., 0]
+        v1 = vals.gather(-1, p1[..., None])[..., 0]
+        word = v0 | (v1 << 16)  # [R, groups]
+        nib = p0 | (p1 << 2)
+        # (s, t, half, g, kp, kt, hq, q) with row = 16 t + 8 half + g, group = 8 kt + 4 hq + q
+        word = word.view(s_, mt, 2, 8, kp, 2, 2, 4)
+        nib = nib.view(s_, mt, 2, 8, kp, 2, 2, 4)
+        # A words: [s, kp, t, kt, lane = 4 g + q, i = half + 2 hq]
+        a = word.permute(0, 4, 1, 5, 3, 7, 6, 2).reshape(s_, kp, mt, 2 * 32 * 4)
+        # metadata: lane 4 g + (2 kt + hq): nibbles of groups 4 hq + i (bits 4 i) of row g, then row g + 8
+        shift = 4 * torch.arange(4, device=dev)
+        half_words = (nib << shift).sum(-1)  # [s, t, half, g, kp, kt, hq]: 16 bits
+        meta = half_words[:, :, 0] | (half_words[:, :, 1] << 16)  # [s, t, g, kp, kt, hq]
+        meta = meta.permute(0, 3, 1, 2, 4, 5).reshape(s_, kp, mt, 32)
+        values = _as_int32(torch.cat([a, meta], -1)).contiguous()
+        if values.numel() >= 2**31:
+            raise ValueError("Sparse24Weight: the weight is too large for 32-bit offsets")
+        return cls((m, k), weight.dtype, mt, values)
+
+    @property
+    def device(self) -> torch.device:
+        return self.values.device
+
+    def nbytes(self) -> int:
+        return self.values.numel() * self.values.element_size()
+
+    def to_dense(self) -> torch.Tensor:
+        """The weight, read from the format as the sparse mma reads it."""
+        m, k = self.shape
+        mt = self.mt
+        s_, kp = self.values.shape[:2]
+        v = self.values.to(torch.int64) & 0xFFFFFFFF
+        a = v[..., :256].reshape(s_, kp, mt, 2, 8, 4, 2, 2)  # s, kp, t, kt, g, q, hq, half
+        meta = v[..., 256:].reshape(s_, kp, mt, 8, 2, 2)  # s, kp, t, g, kt, hq
+        word = a.permute(0, 2, 7, 4, 1, 3, 6, 5)  # s, t, half, g, kp, kt, hq, q
+        half_words = torch.stack([meta & 0xFFFF, meta >> 16], 3)  # s, kp, t, half, g, kt, hq
+        nib = (half_words[..., None] >> (4 * torch.arange(4, device=v.device))) & 15  # ..., q
+        nib = nib.permute(0, 2, 3, 4, 1, 5, 6, 7)  # s, t, half, g, kp, kt, hq, q
+        rows = s_ * ROWS * mt
+        out = torch.zeros(rows, kp * STEP // GROUP, GROUP, dtype=torch.int64, device=v.device)
+        word, nib = word.reshape(rows, -1), nib.reshape(rows, -1)
+        out.scatter_(-1, (nib & 3)[..., None], (word & 0xFFFF)[..., None])
+        out.scatter_(-1, (nib >> 2)[..., None], (word >> 16)[..., None])
+        out = torch.where(out >= 2**15, out - 2**16, out).to(torch.int16).view(self.dtype).reshape(rows, kp * STEP)
+        dense = torch.empty_like(out)
+        dense[:, group_columns(kp * STEP, out.device)] = out
+        return dense[:m, :k].contiguous()
+
+
+def smem_bytes(k: int, nt: int, warps: int, mt: int) -> int:
+    """Dynamic shared memory of a sparse24_mma block (sparse24_mma.cu's layout): X, the partial sums,
+    X's mbarrier."""
+    sx = -(-k // STEP) * STEP + 32
+    return nt * sx * 2 + warps * mt * (nt // 8) * 32 * 16 + 8
