@@ -1,9 +1,10 @@
-"""The 2:4 kernel (kernels/sparse24_mma.cu, sparse tensor cores over pack/sparse24.py) against
-cuBLAS at 8-16 tokens, on the 2:4 part of uniform random sparse weights: each weight (bf16) pruned
-to the sparsity, then its two largest-magnitude entries kept in every group of 4 columns
-(pack.sparse24.group_columns; all of them where a group holds two or fewer). Each launch setting (warps:m-tiles) is checked against the
-fp32 product (output poisoned with NaN, fresh inputs), then timed: CUDA-graph replay, L2 flushed by
-a 256 MB read, cuBLAS (F.linear on the same 2:4 weight as a dense tensor) in the same run.
+"""The 2:4 kernel (kernels/sparse24_mma.cu, sparse tensor cores over pack/sparse24.py, CUDA cores for
+the overflow) against cuBLAS at 8-16 tokens. Weights (bf16): uniform random sparse at each sparsity
+("uniform": a group's third and fourth nonzeros are overflow entries), or their 2:4 part ("2:4": the
+two largest-magnitude entries of every group kept, pack.sparse24.group_columns; no overflow). Each
+launch setting (warps:m-tiles) is checked against the fp32 product (output poisoned with NaN, fresh
+inputs), then timed: CUDA-graph replay, L2 flushed by a 256 MB read, cuBLAS (F.linear on the same
+weight as a dense tensor) in the same run.
 
     PYTHONPATH=src python benchmarks/sparse24_bench.py --shapes llama-qkvo,llama-up --sparsities 0.5,0.7,0.9 --ns 8,16
 """
@@ -44,7 +45,8 @@ def main(argv=None):
     ap.add_argument("--shapes", default="llama-qkvo,llama-up")
     ap.add_argument("--sparsities", default="0.5,0.7,0.9")
     ap.add_argument("--ns", default="8,16")
-    ap.add_argument("--settings", default="16:2,8:2,16:1", help="launch settings warps:m-tiles, comma-separated")
+    ap.add_argument("--settings", default="16:2,8:2", help="launch settings warps:m-tiles, comma-separated")
+    ap.add_argument("--weights", default="uniform,2:4", help="uniform and/or 2:4 (see above), comma-separated")
     ap.add_argument("--out", default=None, help="CSV file")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -53,15 +55,18 @@ def main(argv=None):
     cpu_gen = torch.Generator().manual_seed(0)
     out_rows = []
     print(f"# {torch.cuda.get_device_name()}, bf16, CUDA-graph replay, L2 flushed; us")
-    print(f"{'shape':>11} {'N':>3} {'sp':>4} {'2:4 kept':>8} {'setting':>8} {'MB':>6} {'dense':>7} {'2:4':>7} {'x dense':>7} "
-          f"{'TB/s':>5}")
+    print(f"{'shape':>11} {'N':>3} {'sp':>4} {'weight':>7} {'overflow':>8} {'setting':>8} {'MB':>6} {'dense':>7} "
+          f"{'2:4':>7} {'x dense':>7} {'TB/s':>5}")
     for shape in args.shapes.split(","):
         m, k = SHAPES[shape]
-        for sp in (float(v) for v in args.sparsities.split(",")):
-            w0 = make_weight(m, k, sp, "uniform", cpu_gen).cuda()
-            w = two_of_four(w0)
-            kept = float((w != 0).sum() / (w0 != 0).sum().clamp(min=1))
+        for sp, kind in ((float(v), kind) for v in args.sparsities.split(",") for kind in args.weights.split(",")):
+            w = make_weight(m, k, sp, "uniform", cpu_gen).cuda()
+            if kind == "2:4":
+                w = two_of_four(w)
+            elif kind != "uniform":
+                raise SystemExit(f"--weights: expected uniform or 2:4, got {kind!r}")
             packed = {s: Sparse24Weight.from_dense(w, mt=int(s.split(":")[1])) for s in args.settings.split(",")}
+            over = next(iter(packed.values())).entries.numel() / max(int((w != 0).sum()), 1)
             for n in (int(v) for v in args.ns.split(",")):
                 nt = 8 if n <= 8 else 16
                 x = torch.randn(n, k, generator=gen, device="cuda").to(torch.bfloat16)
@@ -70,7 +75,8 @@ def main(argv=None):
                 for setting, sw in packed.items():
                     warps = int(setting.split(":")[0])
                     if smem_bytes(k, nt, warps, sw.mt) > 227 * 1024:
-                        print(f"{shape:>11} {n:>3} {sp:>4} {'':>8} {setting:>8}  (X and partial sums over the shared memory)")
+                        print(f"{shape:>11} {n:>3} {sp:>4} {kind:>7} {'':>8} {setting:>8}  (X and partial sums over the "
+                              "shared memory)")
                         continue
                     xc = torch.randn(n, k, generator=gen, device="cuda").to(torch.bfloat16)
                     yc = torch.full((n, m), float("nan"), dtype=torch.bfloat16, device="cuda")
@@ -80,11 +86,12 @@ def main(argv=None):
                         raise SystemExit(f"{shape} N={n} {sp} {setting}: {bad}")
                     us = graph_us(lambda: sparse24_matmul(x, sw, out=y, nt=nt, warps=warps))
                     mb = sw.nbytes() / 1e6
-                    rec = dict(shape=shape, M=m, K=k, N=n, sparsity=sp, kept_of_nonzeros=round(kept, 4), setting=setting,
+                    rec = dict(shape=shape, M=m, K=k, N=n, sparsity=sp, weight=kind, overflow_of_nonzeros=round(over, 4),
+                               setting=setting,
                                mb=round(mb, 2), dense_us=round(dense_us, 2), sparse24_us=round(us, 2),
                                speedup_vs_dense=round(dense_us / us, 3))
                     out_rows.append(rec)
-                    print(f"{shape:>11} {n:>3} {sp:>4} {kept:>8.3f} {setting:>8} {mb:>6.1f} {dense_us:>7.2f} {us:>7.2f} "
+                    print(f"{shape:>11} {n:>3} {sp:>4} {kind:>7} {over:>8.3f} {setting:>8} {mb:>6.1f} {dense_us:>7.2f} {us:>7.2f} "
                           f"{dense_us / us:>7.2f} {mb / us:>5.2f}", flush=True)
     if args.out and out_rows:
         start_csv(Path(args.out), list(out_rows[0]), out_rows)

@@ -1,7 +1,8 @@
 """The 2:4 format (pack/sparse24.py) and the 2:4 kernel (kernels/sparse24_mma.cu).
 
-CPU: the format read back gives the weight bit for bit over shapes and m-tiles; the lane layout of
-the A words and the metadata nibbles; weights with more than 2 nonzeros in a group of 4 refused.
+CPU: the format read back (the mma's slots, and the overflow entries through the head words) gives
+the weight bit for bit over shapes, densities and m-tiles; the lane layout of the A words, the
+metadata nibbles and the head words.
 GPU (`-m gpu`): the kernel against the fp64 product with outputs poisoned, fresh inputs, over
 shapes (ragged M and K), densities, dtypes, token counts, m-tiles, warps and bias.
 """
@@ -38,7 +39,24 @@ def test_round_trip(rng, m, k, mt, dtype):
     sw = Sparse24Weight.from_dense(w, mt=mt)
     assert sw.values.is_contiguous()
     assert torch.equal(_bits(sw.to_dense()), _bits(torch.where(w == 0, torch.zeros_like(w), w)))
+    assert sw.entries.numel() == 0 and not sw.overflow  # 2:4 already: no entries, no head words
     assert sw.nbytes() == -(-m // (16 * mt)) * -(-k // 64) * mt * 1152
+
+
+@pytest.mark.parametrize("m,k", [(16, 64), (40, 200), (33, 136), (64, 1024)])
+@pytest.mark.parametrize("density", [0.1, 0.3, 0.5, 1.0])
+@pytest.mark.parametrize("mt", [1, 2])
+def test_round_trip_with_overflow(rng, m, k, density, mt):
+    """An unstructured weight: a group's first two nonzeros in the mma's slots, the others entries."""
+    w = (torch.randn(m, k, generator=rng) * (torch.rand(m, k, generator=rng) < density)).to(torch.bfloat16)
+    w = torch.where(w == 0, torch.zeros_like(w), w)
+    sw = Sparse24Weight.from_dense(w, mt=mt)
+    assert torch.equal(_bits(sw.to_dense()), _bits(w))
+    if sw.overflow:
+        assert sw.nbytes() == -(-m // (16 * mt)) * -(-k // 64) * (mt * 1152 + 128) + 4 * sw.entries.numel()
+    cols = group_columns(k)
+    nz = torch.nn.functional.pad(w != 0, (0, len(cols) - k))[:, cols].view(m, -1, 4).sum(-1)
+    assert sw.entries.numel() == int((nz - 2).clamp(min=0).sum())
 
 
 def test_groups_are_the_lanes_b_columns():
@@ -63,25 +81,34 @@ def test_lane_layout():
     w[row, cols[1]], w[row, cols[3]] = 1.5, -2.0
     sw = Sparse24Weight.from_dense(w, mt=1)
     lane = 4 * g + q
-    word = int(sw.values[0, 0, 0, kt * 128 + lane * 4 + i]) & 0xFFFFFFFF
+    word = int(sw.values[0, 0, kt * 128 + lane * 4 + i]) & 0xFFFFFFFF
     assert word == (int(_bits(w[row, cols[1]:cols[1] + 1])) & 0xFFFF) | \
         ((int(_bits(w[row, cols[3]:cols[3] + 1])) & 0xFFFF) << 16)
     h = (q + 4 * (i >> 1)) // 4
-    meta = int(sw.values[0, 0, 0, 256 + 4 * g + 2 * kt + h]) & 0xFFFFFFFF
+    meta = int(sw.values[0, 0, 256 + 4 * g + 2 * kt + h]) & 0xFFFFFFFF
     nibble = (meta >> (16 * (i & 1) + 4 * q)) & 15
     assert nibble == 1 | (3 << 2)
 
 
-def test_refuses_more_than_two_of_four(rng):
-    w = _weight(32, 64, 2, rng)
-    w[5, [0, 1, 8, 9]] = torch.tensor([1.0, 1.0, 1.0, 0.0], dtype=w.dtype)
+def test_head_words_name_each_rows_entries(rng):
+    """Lane 4 g + 2 t + hf's head word of a step: the first entry and the count of row 16 t + 8 hf + g
+    in the step's 64 columns; an entry is the value's bits | its column in the step << 16."""
+    w = _weight(32, 128, 2, rng)
+    w[21, [64, 65, 72, 73]] = torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=w.dtype)  # a full group of step 1
     assert not is_24(w)
-    with pytest.raises(ValueError, match=r"row 5, columns \[0, 1, 8, 9\] \(a group\) hold 3 nonzeros"):
-        Sparse24Weight.from_dense(w)
+    sw = Sparse24Weight.from_dense(w, mt=2)
+    assert sw.entries.numel() == 2
+    g, t, hf = 21 % 8, 21 // 16, (21 % 16) // 8
+    head = int(sw.values[0, 1, 2 * 288 + 4 * g + 2 * t + hf]) & 0xFFFFFFFF
+    first, count = head & (2**25 - 1), head >> 25
+    assert count == 2
+    entries = [int(v) & 0xFFFFFFFF for v in sw.entries[first:first + count]]
+    assert [e >> 16 for e in entries] == [8, 9]  # columns 72, 73: the group's third and fourth
+    assert [e & 0xFFFF for e in entries] == [int(_bits(w[21, c:c + 1])) & 0xFFFF for c in (72, 73)]
     with pytest.raises(TypeError, match="bfloat16 or float16"):
         Sparse24Weight.from_dense(w.float())
     with pytest.raises(ValueError, match="mt must be 1 or 2"):
-        Sparse24Weight.from_dense(_weight(32, 64, 2, rng), mt=3)
+        Sparse24Weight.from_dense(w, mt=3)
 
 
 @pytest.mark.parametrize("bad", ["warps", "shape", "device"])
@@ -104,14 +131,18 @@ def test_shared_memory_grows_with_tokens_and_warps():
 # ---------------------------------------------------------------------- GPU
 @pytest.mark.gpu
 @pytest.mark.parametrize("m,k", [(16, 64), (40, 200), (1000, 1032), (4096, 4096), (11008, 4096)])
-@pytest.mark.parametrize("per_group", [0, 1, 2])
+@pytest.mark.parametrize("weight", ["2:4", "0.05", "0.3", "0.5", "1.0"])
 @pytest.mark.parametrize("nt", [8, 16])
 @pytest.mark.parametrize("mt,warps", [(2, 16), (1, 8), (2, 5)])
-def test_gpu_sparse24_kernel(m, k, per_group, nt, mt, warps):
+def test_gpu_sparse24_kernel(m, k, weight, nt, mt, warps):
+    """2:4 weights, and unstructured ones of the given density (their overflow on CUDA cores)."""
     from cross.kernels.launch import sparse24_matmul
 
     gen = torch.Generator().manual_seed(int.from_bytes(__import__("os").urandom(4), "little"))
-    w = _weight(m, k, per_group, gen).cuda()
+    if weight == "2:4":
+        w = _weight(m, k, 2, gen).cuda()
+    else:
+        w = (torch.randn(m, k, generator=gen) * (torch.rand(m, k, generator=gen) < float(weight))).to(torch.bfloat16).cuda()
     sw = Sparse24Weight.from_dense(w, mt=mt)
     for n in sorted({1, nt - 3, nt, nt + 5}):
         x = torch.randn(n, k, generator=gen).to(torch.bfloat16).cuda()
@@ -129,7 +160,7 @@ def test_gpu_sparse24_kernel_fp16():
     from cross.kernels.launch import sparse24_matmul
 
     gen = torch.Generator().manual_seed(3)
-    w = _weight(300, 520, 2, gen, torch.float16).cuda()
+    w = (torch.randn(300, 520, generator=gen) * (torch.rand(300, 520, generator=gen) < 0.4)).to(torch.float16).cuda()
     x = torch.randn(11, 520, generator=gen).to(torch.float16).cuda()
     y = sparse24_matmul(x, Sparse24Weight.from_dense(w), nt=16)
     ref = x.double() @ w.double().t()

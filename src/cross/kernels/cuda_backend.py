@@ -288,21 +288,22 @@ _SPARSE24_SOURCE = "sparse24_mma.cu"
 
 
 @functools.lru_cache(maxsize=None)
-def _sparse24_kernel(device_index: int, is_bf16: bool, nt: int, warps: int, mt: int, smem: int):
-    defines = [f"-DIS_BF16={int(is_bf16)}", f"-DNT={nt}", f"-DWARPS={warps}", f"-DMT={mt}"]
+def _sparse24_kernel(device_index: int, is_bf16: bool, nt: int, warps: int, mt: int, overflow: bool, smem: int):
+    defines = [f"-DIS_BF16={int(is_bf16)}", f"-DNT={nt}", f"-DWARPS={warps}", f"-DMT={mt}", f"-DOVERFLOW={int(overflow)}"]
     extra = os.environ.get(DEFINES_ENV, "").split()
     _, func = _compile(device_index, _SPARSE24_SOURCE, "sparse24_mma", tuple(defines + extra), smem)
     return func
 
 
-def sparse24_launch(blocks: int, nt: int, warps: int, mt: int, smem: int, ptrs, m: int, k: int, n_tok: int, ldx: int,
-                    ldy: int, strips: int, steps: int) -> None:
-    """One launch of sparse24_mma: pointers (x, y, bias or 0, values), M, K, the pass's n_tok <= nt
-    tokens with X's and Y's row strides, and the weight's strips and steps (64 columns) per strip."""
+def sparse24_launch(blocks: int, nt: int, warps: int, mt: int, overflow: bool, smem: int, ptrs, m: int, k: int,
+                    n_tok: int, ldx: int, ldy: int, strips: int, steps: int) -> None:
+    """One launch of sparse24_mma: pointers (x, y, bias or 0, values, entries), M, K, the pass's
+    n_tok <= nt tokens with X's and Y's row strides, and the weight's strips and steps (64 columns);
+    ``overflow``: the weight has overflow entries (the build with head words and the CUDA-core loop)."""
     driver, _ = _bindings()
-    func = _sparse24_kernel(torch.cuda.current_device(), ptrs.is_bf16, nt, warps, mt, smem)
+    func = _sparse24_kernel(torch.cuda.current_device(), ptrs.is_bf16, nt, warps, mt, overflow, smem)
     stream = driver.CUstream(torch.cuda.current_stream().cuda_stream)
     args = tuple(ptrs.values) + (int(m), int(k), int(n_tok), int(ldx), int(ldy), int(strips), int(steps))
-    types = (ctypes.c_void_p,) * 4 + (ctypes.c_int,) * 7
+    types = (ctypes.c_void_p,) * 5 + (ctypes.c_int,) * 7
     _check(driver.cuLaunchKernel(func, blocks, 1, 1, warps * 32, 1, 1, smem, stream, (args, types), 0),
            "cuLaunchKernel")

@@ -310,7 +310,7 @@ def _check_pass_args(name: str, x: torch.Tensor, weight, bias, out, nt: int) -> 
     if out is not None and (out.shape != (n, m) or out.dtype != x.dtype or out.stride(1) != 1):
         raise ValueError(f"{name}: expected out [{n}, {m}] {x.dtype} with unit stride along M, got "
                          f"{tuple(out.shape)} {out.dtype} strides {out.stride()}")
-    tensors = [t for t in (x, bias, out, weight.values) if t is not None]
+    tensors = [t for t in (x, bias, out, weight.values, getattr(weight, "entries", None)) if t is not None]
     if not x.is_cuda or any(t.device != x.device for t in tensors):
         raise ValueError(f"{name}: x, bias, out and the weight must be on one CUDA device, got "
                          f"{[str(t.device) for t in tensors]}")
@@ -354,9 +354,10 @@ def strip_matmul(x: torch.Tensor, weight, bias: torch.Tensor | None = None, out:
 def sparse24_matmul(x: torch.Tensor, weight, bias: torch.Tensor | None = None, out: torch.Tensor | None = None,
                     nt: int = 16, warps: int = 16) -> torch.Tensor:
     """Y[N, M] = X[N, K] @ W^T (+ bias) by the 2:4 kernel (kernels/sparse24_mma.cu, the sparse tensor
-    cores) over a Sparse24Weight (pack/sparse24.py), one launch per pass of up to ``nt`` (8 or 16)
-    tokens on a block of ``warps`` warps per SM. x: [N, K] in the weight's dtype, finite (only the
-    stored slots are multiplied: see the kernel); bias: [M]; out: optional [N, M], unit stride along M."""
+    cores, and CUDA cores for the overflow) over a Sparse24Weight (pack/sparse24.py), one launch per
+    pass of up to ``nt`` (8 or 16) tokens on a block of ``warps`` warps per SM. x: [N, K] in the
+    weight's dtype, finite (only the stored slots are multiplied: see the kernel); bias: [M]; out:
+    optional [N, M], unit stride along M."""
     from ..pack.sparse24 import smem_bytes
     from . import cuda_backend
 
@@ -379,7 +380,8 @@ def sparse24_matmul(x: torch.Tensor, weight, bias: torch.Tensor | None = None, o
     strips, steps = weight.values.shape[:2]
     for start in range(0, n, nt):
         count = min(nt, n - start)
-        ptrs = cuda_backend.Pointers((x[start], y[start], bias, weight.values), x.dtype == torch.bfloat16)
-        cuda_backend.sparse24_launch(blocks, nt, warps, weight.mt, smem, ptrs, m, k, count, x.stride(0), y.stride(0),
-                                     strips, steps)
+        ptrs = cuda_backend.Pointers((x[start], y[start], bias, weight.values, weight.entries),
+                                     x.dtype == torch.bfloat16)
+        cuda_backend.sparse24_launch(blocks, nt, warps, weight.mt, weight.overflow, smem, ptrs, m, k, count,
+                                     x.stride(0), y.stride(0), strips, steps)
     return y

@@ -1,8 +1,10 @@
 // The 2:4 kernel: y[t, r] = sum over c of w[r, c] * x[t, c] (+ bias[r]) for NT = 8 or 16 tokens, on
-// the sparse tensor cores (mma.sp.sync.m16n8k32), over a weight with at most 2 nonzeros in every group
-// of 4 columns stored in their layout (pack/sparse24.py): per warp step (16 MT rows x 64 columns) each
-// lane loads its A words (16 bytes per m-tile and k-tile) and one metadata word, from addresses fixed
-// by the layout, and the hardware picks the columns of X they multiply. No instruction per element.
+// the sparse tensor cores (mma.sp.sync.m16n8k32), over the 2:4 format (pack/sparse24.py): per warp
+// step (16 MT rows x 64 columns) each lane loads its A words (16 bytes per m-tile and k-tile) and one
+// metadata word, from addresses fixed by the layout, and the hardware picks the columns of X they
+// multiply: no instruction per element. A group's third and fourth nonzeros (the overflow) are
+// entries that each lane group multiplies on CUDA cores for its rows, found through the step's head
+// words (loaded with the step) and asked of L1 a step ahead.
 //
 // Per block (WARPS warps, one block per SM): X is read once into shared memory by the bulk-copy
 // engine (a copy per token row, rows 64 bytes apart modulo 128: a quarter warp's 16-byte loads in
@@ -14,7 +16,8 @@
 // Non-finite inputs: only the stored slots are multiplied (a kept zero beside a lone nonzero is one),
 // so where X holds Inf or NaN the result is not the dense product's; the caller checks X.
 //
-// Compile-time parameters (NVRTC -D): IS_BF16, NT (8 or 16), WARPS, MT (1 or 2), AHEAD (1 or 2). Requirements checked
+// Compile-time parameters (NVRTC -D): IS_BF16, NT (8 or 16), WARPS, MT (1 or 2), AHEAD (1 or 2),
+// OVERFLOW (0 for a weight without overflow entries: no head words, no CUDA-core loop). Requirements checked
 // by the launcher: K % 8 == 0, x 16-byte aligned with a row stride a multiple of 8, 1 <= n_tok <= NT,
 // dynamic shared memory sparse24.smem_bytes.
 
@@ -33,6 +36,11 @@
 #define THREADS (WARPS * 32)
 #define NH (NT / 8)          // n-tiles (8 tokens each)
 #define TILE_U4 72           // uint4 per strip, step and m-tile: 64 of A words, 8 of metadata
+#ifndef OVERFLOW
+#define OVERFLOW 1  // the weight has overflow entries (and head words in each step)
+#endif
+#define STEP_U4 (MT * TILE_U4 + (OVERFLOW ? 8 : 0))  // uint4 per strip and step: its m-tiles, the head words
+#define START_MASK 0x1ffffffu  // a head word: first entry (bits 0-24), entries (bits 25-31)
 #if NT != 8 && NT != 16
 #error "NT must be 8 or 16"
 #endif
@@ -63,7 +71,11 @@ struct Step {
     u32 e;
 };
 
-__device__ __forceinline__ void load_step(Step (&st)[MT], const uint4* p, int lane) {
+__device__ __forceinline__ void load_step(Step (&st)[MT], u32& head, const uint4* p, int lane) {
+#if OVERFLOW
+    asm volatile("ld.global.nc.L1::no_allocate.u32 %0, [%1];\n"
+                 : "=r"(head) : "l"(reinterpret_cast<const u32*>(p + MT * TILE_U4) + lane));
+#endif
 #pragma unroll
     for (int t = 0; t < MT; ++t) {
         const uint4* q = p + t * TILE_U4;
@@ -79,7 +91,7 @@ __device__ __forceinline__ void load_step(Step (&st)[MT], const uint4* p, int la
 
 extern "C" __global__ void __launch_bounds__(THREADS, 1) sparse24_mma(
     const u16* __restrict__ x, u16* __restrict__ y, const u16* __restrict__ bias, const uint4* __restrict__ values,
-    int m, int k, int n_tok, int ldx, int ldy, int strips, int kp) {
+    const u32* __restrict__ entries, int m, int k, int n_tok, int ldx, int ldy, int strips, int kp) {
     extern __shared__ __align__(16) unsigned char smem[];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int kc = kp * 64;     // columns in whole steps
@@ -108,7 +120,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) sparse24_mma(
     const int kb = min(kp, warp * per), ke = min(kp, kb + per);
     const int g = lane >> 2, q = lane & 3;
     const u16* xg = xs + g * sx + 8 * q;  // the lane's B operand: token g (+ 8 h), columns 8q .. 8q + 7 of a k-tile
-    auto at = [&](int s, int st) { return values + ((size_t)s * kp + st) * MT * TILE_U4; };
+    auto at = [&](int s, int st) { return values + ((size_t)s * kp + st) * STEP_U4; };
 
     // the warp's steps, strip after strip (its part of each): loads AHEAD steps ahead in registers,
     // across a strip's end, so that a warp keeps AHEAD + 1 steps of the weight in flight; the first
@@ -122,12 +134,13 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) sparse24_mma(
     };
     const bool any = s0 < s1 && kb < ke;
     Step cur[MT], n1[MT], n2[MT];
+    u32 hcur = 0, hn1 = 0, hn2 = 0;  // the lane's head word of each step loaded
     if (any) {
-        load_step(cur, at(ls, lst), lane);
+        load_step(cur, hcur, at(ls, lst), lane);
         advance();
 #if AHEAD == 2
         if (ls < s1) {
-            load_step(n1, at(ls, lst), lane);
+            load_step(n1, hn1, at(ls, lst), lane);
             advance();
         }
 #endif
@@ -139,11 +152,18 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) sparse24_mma(
         for (int st = kb; st < ke; ++st) {
             if (ls < s1) {
 #if AHEAD == 2
-                load_step(n2, at(ls, lst), lane);
+                load_step(n2, hn2, at(ls, lst), lane);
 #else
-                load_step(n1, at(ls, lst), lane);
+                load_step(n1, hn1, at(ls, lst), lane);
 #endif
                 advance();
+            }
+            // the next step's overflow entries of the lane's segment toward L1 (its head word arrived
+            // with that step's loads), read by its lane group while this step's products run
+            if (OVERFLOW && AHEAD == 2 && (hn1 >> 25)) {
+                const u32* e = entries + (hn1 & START_MASK);
+                asm volatile("prefetch.global.L1 [%0];\n" ::"l"(e));
+                asm volatile("prefetch.global.L1 [%0];\n" ::"l"(e + (hn1 >> 25) - 1));
             }
 #pragma unroll
             for (int kt = 0; kt < 2; ++kt) {
@@ -161,6 +181,34 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) sparse24_mma(
                             mma_sp<1>(acc[1][t][h], cur[t].a[1], b[h], cur[t].e);
                     }
             }
+            // the overflow entries of the step on CUDA cores: segment sg (m-tile sg / 2, rows g + 8 (sg % 2))
+            // is named by lane 4 g + sg's head word; each of the group's lanes adds its tokens' products.
+            // The first entry of every segment is loaded before any is used (one wait, not four)
+#if OVERFLOW
+            {
+                u32 hw[2 * MT], e0[2 * MT];
+#pragma unroll
+                for (int sg = 0; sg < 2 * MT; ++sg) {
+                    hw[sg] = __shfl_sync(0xffffffffu, hcur, (lane & ~3) | sg);
+                    e0[sg] = (hw[sg] >> 25) ? __ldg(entries + (hw[sg] & START_MASK)) : 0u;
+                }
+#pragma unroll
+                for (int sg = 0; sg < 2 * MT; ++sg) {
+                    const u32* e = entries + (hw[sg] & START_MASK);
+                    const int n = (int)(hw[sg] >> 25);
+                    for (int i = 0; i < n; ++i) {
+                        const u32 ent = i == 0 ? e0[sg] : __ldg(e + i);
+                        const float v = to_float((u16)(ent & 0xffffu));
+                        const u16* xc = xs + (2 * q) * sx + st * 64 + (ent >> 16);
+#pragma unroll
+                        for (int h = 0; h < NH; ++h) {
+                            acc[0][sg / 2][h][2 * (sg % 2)] += v * to_float(xc[h * 8 * sx]);
+                            acc[0][sg / 2][h][2 * (sg % 2) + 1] += v * to_float(xc[h * 8 * sx + sx]);
+                        }
+                    }
+                }
+            }
+#endif
 #pragma unroll
             for (int t = 0; t < MT; ++t) {
                 cur[t] = n1[t];
@@ -168,6 +216,10 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) sparse24_mma(
                 n1[t] = n2[t];
 #endif
             }
+            hcur = hn1;
+#if AHEAD == 2
+            hn1 = hn2;
+#endif
         }
         // the strip's partial sums: [warp][t][h][lane] float4, summed in warp order
         float4* mine = part + (size_t)warp * MT * NH * 32;

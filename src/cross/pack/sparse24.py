@@ -21,8 +21,17 @@ k-tile, 1 for the second): lane 4 g + q (q = 2 kt + h) holds the nibbles of row 
 row g + 8 (bits 16-31), groups 4 h .. 4 h + 3 of k-tile kt, group 4 h + i at bits 4 i (the layout
 measured on the H200: docs/perf-notes.md, "Sparse tensor cores for 8-16 tokens").
 
-    values  int32 [S, KP, mt, 1152 / 4]   per strip, step and m-tile: the A words [k-tile][lane][4]
-                                          (1024 bytes), then the metadata [lane] (128 bytes)
+    values   int32 [S, KP, 288 mt (+ 32)]  per strip and step: per m-tile the A words [k-tile][lane][4]
+                                          (1024 bytes), then the metadata [lane] (128 bytes); then,
+                                          where there is overflow, the head words [lane] (128 bytes)
+    entries  int32 [E]                    the overflow entries: value bits | column in the step << 16
+
+Overflow. A group's third and fourth nonzeros do not fit the sparse mma: they are entries, which
+the kernel multiplies on CUDA cores. The lanes 4 g + q of a lane group hold the accumulators of rows
+g and g + 8 of each m-tile, for their tokens; lane 4 g + 2 t + hf's head word of a step names the
+entries of row 16 t + 8 hf + g in the step's 64 columns (first entry, count), so each lane group
+finds its rows' entries without a search. At 70% sparsity ~8% of the nonzeros are entries, at 50%
+~23%, at 90% ~1%.
 
 so a warp's loads of a step are 16 bytes per lane, contiguous, at addresses fixed by (strip, step):
 no table. Bytes: 0.5 of dense for the values plus 1/16 for the metadata, whatever the sparsity.
@@ -39,7 +48,9 @@ ROWS = 16
 GROUP = 4
 KTILE = 32
 STEP = 2 * KTILE
-WORDS = 2 * 32 * 4 + 32  # per strip, step and m-tile: A words of both k-tiles, then the metadata
+TILE_WORDS = 2 * 32 * 4 + 32  # per strip, step and m-tile: A words of both k-tiles, then the metadata
+HEAD_WORDS = 32  # per strip and step, after its m-tiles: a word per lane, its overflow segment
+START_BITS = 25  # a head word: first entry (bits 0-24), entries (bits 25-31)
 _DTYPES = (torch.bfloat16, torch.float16)
 
 
@@ -53,6 +64,36 @@ def _slots() -> tuple[torch.Tensor, torch.Tensor]:
         elif len(bits) == 1:
             p0[mask], p1[mask] = (bits[0], 3) if bits[0] < 3 else (2, 3)
     return p0, p1
+
+
+def _overflow(bits: torch.Tensor, over: torch.Tensor, cols: torch.Tensor, s_: int, kp: int, mt: int):
+    """The overflow entries (a group's third and fourth nonzeros: ``over`` over ``bits``, both in
+    k order, rows padded to whole strips) and each step's head words: [S, KP, 32] int64, lane 4 g +
+    2 t + hf's word the first entry and count of row 16 t + 8 hf + g of that strip's m-tile t in the
+    step's 64 columns (its segment), and int32 [E] entries in the order of (strip, step, lane,
+    column), each the value's bits | its column within the step << 16."""
+    rows = ROWS * mt
+    r, kappa = over.nonzero(as_tuple=True)
+    col = cols[kappa]
+    s, step, c = r // rows, col // STEP, col % STEP
+    t, hf, g = (r % rows) // ROWS, (r % ROWS) // 8, r % 8
+    lane = 4 * g + 2 * t + hf
+    seg = (s * kp + step) * HEAD_WORDS + lane
+    order = torch.argsort(seg * STEP + c)
+    seg, entries = seg[order], (bits[r, kappa] | (c << 16))[order]
+    count = torch.bincount(seg, minlength=s_ * kp * HEAD_WORDS)
+    start = torch.cumsum(count, 0) - count
+    most = int(count.max())
+    if len(entries) >= 2**START_BITS or most >= 2 ** (32 - START_BITS):
+        raise ValueError(f"Sparse24Weight: {len(entries)} overflow entries, at most {most} in "
+                         f"one row's 64 columns: over the head words' {START_BITS}/{32 - START_BITS} bits")
+    head = (start | (count << START_BITS)).view(s_, kp, HEAD_WORDS)
+    return head, _as_int32(entries).contiguous()
+
+
+def _from_bits(bits: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """16-bit patterns held in int64 (0 .. 65535) as values of a 16-bit dtype."""
+    return torch.where(bits >= 2**15, bits - 2**16, bits).to(torch.int16).view(dtype)
 
 
 def group_columns(k: int, device=None) -> torch.Tensor:
@@ -76,13 +117,15 @@ def is_24(weight: torch.Tensor) -> bool:
 class Sparse24Weight:
     """A 2:4 weight in the sparse tensor cores' layout; ``from_dense`` packs one."""
 
-    def __init__(self, shape: tuple[int, int], dtype: torch.dtype, mt: int, values: torch.Tensor):
-        self.shape, self.dtype, self.mt, self.values = shape, dtype, mt, values
+    def __init__(self, shape: tuple[int, int], dtype: torch.dtype, mt: int, values: torch.Tensor,
+                 entries: torch.Tensor):
+        self.shape, self.dtype, self.mt, self.values, self.entries = shape, dtype, mt, values, entries
 
     @classmethod
     def from_dense(cls, weight: torch.Tensor, mt: int = 2) -> "Sparse24Weight":
-        """Pack a 2-D bf16/fp16 weight with at most 2 nonzeros in every group of 4 columns (a
-        ValueError names the first group that has more); zeros (and -0.0) are stored as +0.0."""
+        """Pack a 2-D bf16/fp16 weight: in every group the first two nonzeros (in k order) in the
+        2:4 part, the others (a group's third and fourth) as overflow entries; zeros (and -0.0) are
+        not stored (a kept slot beside a lone nonzero holds +0.0)."""
         check_weight(weight)
         if weight.dtype not in _DTYPES:
             raise TypeError(f"2:4 format: expected a bfloat16 or float16 weight, got {weight.dtype}")
@@ -98,13 +141,9 @@ class Sparse24Weight:
         w = w[:, cols]  # k index order: each group's 4 columns side by side
         bits = w.view(torch.int16).to(torch.int64) & 0xFFFF
         nz = (bits & 0x7FFF) != 0
+        over = nz & (nz.view(s_ * rows, -1, GROUP).cumsum(-1).view_as(nz) > 2)  # a group's third and fourth
+        nz = nz & ~over
         g = nz.view(s_ * rows, -1, GROUP)
-        count = g.sum(-1)
-        if bool((count > 2).any()):
-            r, c = (count > 2).nonzero()[0].tolist()
-            where = sorted(cols[GROUP * c:GROUP * c + GROUP].tolist())
-            raise ValueError(f"2:4 format: row {r}, columns {where} (a group) hold {int(count[r, c])} nonzeros "
-                             "(at most 2 per group: pack.sparse24.group_columns)")
         mask = (g.to(torch.int64) * (1 << torch.arange(GROUP, device=dev))).sum(-1)  # [R, groups]
         p0t, p1t = (t.to(dev) for t in _slots())
         p0, p1 = p0t[mask], p1t[mask]
@@ -123,26 +162,36 @@ class Sparse24Weight:
         half_words = (nib << shift).sum(-1)  # [s, t, half, g, kp, kt, hq]: 16 bits
         meta = half_words[:, :, 0] | (half_words[:, :, 1] << 16)  # [s, t, g, kp, kt, hq]
         meta = meta.permute(0, 3, 1, 2, 4, 5).reshape(s_, kp, mt, 32)
-        values = _as_int32(torch.cat([a, meta], -1)).contiguous()
+        head, entries = _overflow(bits, over, cols, s_, kp, mt)
+        tiles = torch.cat([a, meta], -1).reshape(s_, kp, mt * TILE_WORDS)
+        # head words only where there is overflow: a 2:4 weight runs the kernel's build without it
+        values = _as_int32(torch.cat([tiles, head], -1) if entries.numel() else tiles).contiguous()
         if values.numel() >= 2**31:
             raise ValueError("Sparse24Weight: the weight is too large for 32-bit offsets")
-        return cls((m, k), weight.dtype, mt, values)
+        return cls((m, k), weight.dtype, mt, values, entries)
 
     @property
     def device(self) -> torch.device:
         return self.values.device
 
+    @property
+    def overflow(self) -> bool:
+        """Whether some group holds more than 2 nonzeros (entries, and head words in each step)."""
+        return self.entries.numel() > 0
+
     def nbytes(self) -> int:
-        return self.values.numel() * self.values.element_size()
+        return sum(t.numel() * t.element_size() for t in (self.values, self.entries))
 
     def to_dense(self) -> torch.Tensor:
-        """The weight, read from the format as the sparse mma reads it."""
+        """The weight, read from the format as the kernel reads it: the sparse mma's slots, then each
+        lane group's overflow entries found through its step's head words."""
         m, k = self.shape
         mt = self.mt
         s_, kp = self.values.shape[:2]
         v = self.values.to(torch.int64) & 0xFFFFFFFF
-        a = v[..., :256].reshape(s_, kp, mt, 2, 8, 4, 2, 2)  # s, kp, t, kt, g, q, hq, half
-        meta = v[..., 256:].reshape(s_, kp, mt, 8, 2, 2)  # s, kp, t, g, kt, hq
+        tiles = v[..., :mt * TILE_WORDS].reshape(s_, kp, mt, TILE_WORDS)
+        a = tiles[..., :256].reshape(s_, kp, mt, 2, 8, 4, 2, 2)  # s, kp, t, kt, g, q, hq, half
+        meta = tiles[..., 256:].reshape(s_, kp, mt, 8, 2, 2)  # s, kp, t, g, kt, hq
         word = a.permute(0, 2, 7, 4, 1, 3, 6, 5)  # s, t, half, g, kp, kt, hq, q
         half_words = torch.stack([meta & 0xFFFF, meta >> 16], 3)  # s, kp, t, half, g, kt, hq
         nib = (half_words[..., None] >> (4 * torch.arange(4, device=v.device))) & 15  # ..., q
@@ -152,10 +201,25 @@ class Sparse24Weight:
         word, nib = word.reshape(rows, -1), nib.reshape(rows, -1)
         out.scatter_(-1, (nib & 3)[..., None], (word & 0xFFFF)[..., None])
         out.scatter_(-1, (nib >> 2)[..., None], (word >> 16)[..., None])
-        out = torch.where(out >= 2**15, out - 2**16, out).to(torch.int16).view(self.dtype).reshape(rows, kp * STEP)
-        dense = torch.empty_like(out)
-        dense[:, group_columns(kp * STEP, out.device)] = out
-        return dense[:m, :k].contiguous()
+        dense = torch.zeros(rows, kp * STEP, dtype=torch.int64, device=v.device)
+        dense[:, group_columns(kp * STEP, v.device)] = out.reshape(rows, kp * STEP)
+        if not self.overflow:
+            return _from_bits(dense, self.dtype)[:m, :k].contiguous()
+        # overflow: lane 4 g + 2 t + hf of step (s, st) names the entries of row 16 (s mt + t) + 8 hf + g
+        head = v[..., mt * TILE_WORDS:].reshape(-1)  # [(s, st, lane)]
+        ent = self.entries.to(torch.int64) & 0xFFFFFFFF
+        count = head >> START_BITS
+        seg = torch.repeat_interleave(torch.arange(len(head), device=v.device), count)
+        first = torch.repeat_interleave(head & (2**START_BITS - 1), count)
+        e = ent[first + torch.arange(len(seg), device=v.device) - torch.repeat_interleave(torch.cumsum(count, 0) - count,
+                                                                                             count)]
+        lane, st, s = seg % HEAD_WORDS, (seg // HEAD_WORDS) % kp, seg // (HEAD_WORDS * kp)
+        g, t, hf = lane // 4, (lane % 4) // 2, lane % 2
+        if mt == 1 and bool((t > 0).any()):
+            raise RuntimeError("2:4 format: a one-m-tile step names entries of a second m-tile")
+        row = s * ROWS * mt + ROWS * t + 8 * hf + g
+        dense[row, st * STEP + (e >> 16)] = e & 0xFFFF
+        return _from_bits(dense, self.dtype)[:m, :k].contiguous()
 
 
 def smem_bytes(k: int, nt: int, warps: int, mt: int) -> int:
