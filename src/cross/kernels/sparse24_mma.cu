@@ -40,7 +40,8 @@
 #define OVERFLOW 1  // the weight has overflow entries (and head words in each step)
 #endif
 #define STEP_U4 (MT * TILE_U4 + (OVERFLOW ? 8 : 0))  // uint4 per strip and step: its m-tiles, the head words
-#define START_MASK 0x1ffffffu  // a head word: first entry (bits 0-24), entries (bits 25-31)
+#define COUNT_SHIFT 25  // a head word: first entry (bits 0-24), entries (bits 25-31): pack/sparse24.START_BITS
+#define START_MASK ((1u << COUNT_SHIFT) - 1u)
 #if NT != 8 && NT != 16
 #error "NT must be 8 or 16"
 #endif
@@ -160,10 +161,10 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) sparse24_mma(
             }
             // the next step's overflow entries of the lane's segment toward L1 (its head word arrived
             // with that step's loads), read by its lane group while this step's products run
-            if (OVERFLOW && AHEAD == 2 && (hn1 >> 25)) {
+            if (OVERFLOW && AHEAD == 2 && (hn1 >> COUNT_SHIFT)) {
                 const u32* e = entries + (hn1 & START_MASK);
                 asm volatile("prefetch.global.L1 [%0];\n" ::"l"(e));
-                asm volatile("prefetch.global.L1 [%0];\n" ::"l"(e + (hn1 >> 25) - 1));
+                asm volatile("prefetch.global.L1 [%0];\n" ::"l"(e + (hn1 >> COUNT_SHIFT) - 1));
             }
 #pragma unroll
             for (int kt = 0; kt < 2; ++kt) {
@@ -190,12 +191,12 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) sparse24_mma(
 #pragma unroll
                 for (int sg = 0; sg < 2 * MT; ++sg) {
                     hw[sg] = __shfl_sync(0xffffffffu, hcur, (lane & ~3) | sg);
-                    e0[sg] = (hw[sg] >> 25) ? __ldg(entries + (hw[sg] & START_MASK)) : 0u;
+                    e0[sg] = (hw[sg] >> COUNT_SHIFT) ? __ldg(entries + (hw[sg] & START_MASK)) : 0u;
                 }
 #pragma unroll
                 for (int sg = 0; sg < 2 * MT; ++sg) {
                     const u32* e = entries + (hw[sg] & START_MASK);
-                    const int n = (int)(hw[sg] >> 25);
+                    const int n = (int)(hw[sg] >> COUNT_SHIFT);
                     for (int i = 0; i < n; ++i) {
                         const u32 ent = i == 0 ? e0[sg] : __ldg(e + i);
                         const float v = to_float((u16)(ent & 0xffffu));
@@ -221,15 +222,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) sparse24_mma(
             hn1 = hn2;
 #endif
         }
-        // the strip's partial sums: [warp][t][h][lane] float4, summed in warp order
-        float4* mine = part + (size_t)warp * MT * NH * 32;
-#pragma unroll
-        for (int t = 0; t < MT; ++t)
-#pragma unroll
-            for (int h = 0; h < NH; ++h)
-                mine[(t * NH + h) * 32 + lane] =
-                    make_float4(acc[0][t][h][0] + acc[1][t][h][0], acc[0][t][h][1] + acc[1][t][h][1],
-                                acc[0][t][h][2] + acc[1][t][h][2], acc[0][t][h][3] + acc[1][t][h][3]);
+        store_part(part, warp, lane, acc);  // summed in warp order by write_strip
         write_strip(part, s, bias, y, m, n_tok, ldy);
     }
 }

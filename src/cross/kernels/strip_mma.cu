@@ -231,22 +231,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) strip_mma(
                     for (int h = 0; h < NH; ++h) mma16816(acc[j % ACC_SETS][t][h], a, b[j][h].x, b[j][h].y);
                 }
         }
-        // the strip's partial sums: [warp][t][h][lane] float4, summed in warp order
-        float4* mine = part + (size_t)warp * MT * NH * 32;
-#pragma unroll
-        for (int t = 0; t < MT; ++t)
-#pragma unroll
-            for (int h = 0; h < NH; ++h) {
-                float4 v = make_float4(acc[0][t][h][0], acc[0][t][h][1], acc[0][t][h][2], acc[0][t][h][3]);
-#pragma unroll
-                for (int a = 1; a < ACC_SETS; ++a) {
-                    v.x += acc[a][t][h][0];
-                    v.y += acc[a][t][h][1];
-                    v.z += acc[a][t][h][2];
-                    v.w += acc[a][t][h][3];
-                }
-                mine[(t * NH + h) * 32 + lane] = v;
-            }
+        store_part(part, warp, lane, acc);  // summed in warp order by write_strip
         write_strip(part, s, bias, y, m, n_tok, ldy);
     }
 }

@@ -16,6 +16,26 @@ __device__ __forceinline__ void zero_acc(float (&acc)[A][MT][NH][4]) {
                 for (int e = 0; e < 4; ++e) acc[a][t][h][e] = 0.f;
 }
 
+// The warp's part of a strip into part[warp][t][h][lane]: its A accumulator sets added in set order
+template <int A>
+__device__ __forceinline__ void store_part(float4* part, int warp, int lane, const float (&acc)[A][MT][NH][4]) {
+    float4* mine = part + (size_t)warp * MT * NH * 32;
+#pragma unroll
+    for (int t = 0; t < MT; ++t)
+#pragma unroll
+        for (int h = 0; h < NH; ++h) {
+            float4 v = make_float4(acc[0][t][h][0], acc[0][t][h][1], acc[0][t][h][2], acc[0][t][h][3]);
+#pragma unroll
+            for (int a = 1; a < A; ++a) {
+                v.x += acc[a][t][h][0];
+                v.y += acc[a][t][h][1];
+                v.z += acc[a][t][h][2];
+                v.w += acc[a][t][h][3];
+            }
+            mine[(t * NH + h) * 32 + lane] = v;
+        }
+}
+
 // The strip s from the warps' partial sums part[warp][t][h][lane] (a lane's float4 accumulator of
 // m-tile t and n-tile h: rows g and g + 8, tokens 8 h + 2 q and + 1), summed in warp order (the same
 // bits whatever the timing), with the bias, into y. Barriers before (every warp's part written) and

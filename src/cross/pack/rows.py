@@ -52,6 +52,12 @@ def _as_int32(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x >= 2**31, x - 2**32, x).to(torch.int32)
 
 
+def _as_int16(x: torch.Tensor) -> torch.Tensor:
+    """The low 16 bits of int64 values as int16 (two's complement): 16-bit weights' bit patterns."""
+    x = x & 0xFFFF
+    return torch.where(x >= 2**15, x - 2**16, x).to(torch.int16)
+
+
 def _segment_rank(seg: torch.Tensor, n_segs: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per entry of ``seg`` (sorted), its rank within its segment; and each segment's size."""
     counts = torch.bincount(seg, minlength=n_segs)

@@ -42,7 +42,7 @@ from __future__ import annotations
 import torch
 
 from .._checks import check_weight
-from .rows import _as_int32
+from .rows import _as_int16, _as_int32
 
 ROWS = 16
 GROUP = 4
@@ -89,11 +89,6 @@ def _overflow(bits: torch.Tensor, over: torch.Tensor, cols: torch.Tensor, s_: in
                          f"one row's 64 columns: over the head words' {START_BITS}/{32 - START_BITS} bits")
     head = (start | (count << START_BITS)).view(s_, kp, HEAD_WORDS)
     return head, _as_int32(entries).contiguous()
-
-
-def _from_bits(bits: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """16-bit patterns held in int64 (0 .. 65535) as values of a 16-bit dtype."""
-    return torch.where(bits >= 2**15, bits - 2**16, bits).to(torch.int16).view(dtype)
 
 
 def group_columns(k: int, device=None) -> torch.Tensor:
@@ -204,7 +199,7 @@ class Sparse24Weight:
         dense = torch.zeros(rows, kp * STEP, dtype=torch.int64, device=v.device)
         dense[:, group_columns(kp * STEP, v.device)] = out.reshape(rows, kp * STEP)
         if not self.overflow:
-            return _from_bits(dense, self.dtype)[:m, :k].contiguous()
+            return _as_int16(dense).view(self.dtype)[:m, :k].contiguous()
         # overflow: lane 4 g + 2 t + hf of step (s, st) names the entries of row 16 (s mt + t) + 8 hf + g
         head = v[..., mt * TILE_WORDS:].reshape(-1)  # [(s, st, lane)]
         ent = self.entries.to(torch.int64) & 0xFFFFFFFF
@@ -219,7 +214,7 @@ class Sparse24Weight:
             raise RuntimeError("2:4 format: a one-m-tile step names entries of a second m-tile")
         row = s * ROWS * mt + ROWS * t + 8 * hf + g
         dense[row, st * STEP + (e >> 16)] = e & 0xFFFF
-        return _from_bits(dense, self.dtype)[:m, :k].contiguous()
+        return _as_int16(dense).view(self.dtype)[:m, :k].contiguous()
 
 
 def smem_bytes(k: int, nt: int, warps: int, mt: int) -> int:

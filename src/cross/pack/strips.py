@@ -46,7 +46,7 @@ from dataclasses import dataclass
 import torch
 
 from .._checks import check_weight
-from .rows import _as_int32
+from .rows import _as_int16, _as_int32
 
 ROWS = 16  # rows per strip: the mma's M
 STEP = 16  # columns per step: the mma's K
@@ -246,7 +246,7 @@ class StripWeight:
                     p = p + bit.sum(1)
         halves = torch.stack([out & 0xFFFF, out >> 16], -1)  # [.., 4 mt, 2]: (t, ip, half) then e
         halves = halves.view(s_, ch, CHUNK, 32, mt, 2, 2, 2).permute(0, 1, 2, 3, 4, 6, 5, 7)  # (t, half, ip, e)
-        bits = torch.where(halves >= 2**15, halves - 2**16, halves).to(torch.int16).reshape(s_, ch, CHUNK, 32, 8 * mt)
+        bits = _as_int16(halves).reshape(s_, ch, CHUNK, 32, 8 * mt)
         w = bits.view(self.dtype).view(s_, ch, CHUNK, 8, 4, mt, 2, 4)  # (s, c, j, g, q, t, half, i)
         w = w.permute(0, 5, 6, 3, 1, 2, 4, 7).reshape(s_ * ROWS * mt, ch * CHUNK_COLS)
         return w[:m, :k].contiguous()
