@@ -26,7 +26,7 @@ STAGES_ENV = "CROSS_CUDA_STAGES"
 #: extra NVRTC options for profiling builds (e.g. "-DABLATE=2"; see plan_matmul.cu), read at compile time
 DEFINES_ENV = "CROSS_CUDA_DEFINES"
 _SOURCE = "plan_matmul.cu"
-_HEADERS = ("dtype.cuh", "async.cuh", "strip_sum.cuh")  # what the sources #include, handed to NVRTC by name
+_HEADERS = ("dtype.cuh", "async.cuh", "strip_sum.cuh", "mma.cuh")  # what the sources #include, handed to NVRTC by name
 #: one-token launches of weights whose median BITMAP tile is sparser than this (nonzeros per tile
 #: element) run a build that multiplies the tiles under it on CUDA cores (plan_matmul.cu,
 #: DECODE_CORES). Measured on H200 (docs/perf-notes.md, "The CUDA-core path, measured"): the build
@@ -305,5 +305,31 @@ def sparse24_launch(blocks: int, nt: int, warps: int, mt: int, overflow: bool, s
     stream = driver.CUstream(torch.cuda.current_stream().cuda_stream)
     args = tuple(ptrs.values) + (int(m), int(k), int(n_tok), int(ldx), int(ldy), int(strips), int(steps))
     types = (ctypes.c_void_p,) * 5 + (ctypes.c_int,) * 7
+    _check(driver.cuLaunchKernel(func, blocks, 1, 1, warps * 32, 1, 1, smem, stream, (args, types), 0),
+           "cuLaunchKernel")
+
+
+# ---------------------------------------------------------------------- the slice kernel
+_SLICE_SOURCE = "slice_mma.cu"
+
+
+@functools.lru_cache(maxsize=None)
+def _slice_kernel(device_index: int, is_bf16: bool, warps: int, sp: int, d: int, prefetch: int, smem: int):
+    defines = [f"-DIS_BF16={int(is_bf16)}", f"-DWARPS={warps}", f"-DSP={sp}", f"-DD={d}", f"-DPREFETCH={prefetch}"]
+    extra = os.environ.get(DEFINES_ENV, "").split()
+    _, func = _compile(device_index, _SLICE_SOURCE, "slice_mma", tuple(defines + extra), smem)
+    return func
+
+
+def slice_launch(blocks: int, warps: int, sp: int, d: int, prefetch: int, smem: int, ptrs, m: int, k: int,
+                 n_tok: int, ldx: int, ldy: int, tiles: int, pieces: int, rt: int) -> None:
+    """One launch of slice_mma: pointers (x, y, bias or 0, heads, values, ranges), M, K, the pass's
+    n_tok <= 16 tokens with X's and Y's row strides, the weight's n-tiles and pieces per warp, and
+    the n-tiles per round ``rt``."""
+    driver, _ = _bindings()
+    func = _slice_kernel(torch.cuda.current_device(), ptrs.is_bf16, warps, sp, d, prefetch, smem)
+    stream = driver.CUstream(torch.cuda.current_stream().cuda_stream)
+    args = tuple(ptrs.values) + (int(m), int(k), int(n_tok), int(ldx), int(ldy), int(tiles), int(pieces), int(rt))
+    types = (ctypes.c_void_p,) * 6 + (ctypes.c_int,) * 8
     _check(driver.cuLaunchKernel(func, blocks, 1, 1, warps * 32, 1, 1, smem, stream, (args, types), 0),
            "cuLaunchKernel")

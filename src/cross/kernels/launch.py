@@ -385,3 +385,44 @@ def sparse24_matmul(x: torch.Tensor, weight, bias: torch.Tensor | None = None, o
         cuda_backend.sparse24_launch(blocks, nt, warps, weight.mt, weight.overflow, smem, ptrs, m, k, count,
                                      x.stride(0), y.stride(0), strips, steps)
     return y
+
+
+def slice_matmul(x: torch.Tensor, weight, bias: torch.Tensor | None = None, out: torch.Tensor | None = None,
+                 d: int = 8, prefetch: int = 8192) -> torch.Tensor:
+    """Y[N, M] = X[N, K] @ W^T (+ bias) by the slice kernel (kernels/slice_mma.cu) over a SliceWeight
+    (pack/slices.py), one launch per pass of up to 16 tokens, a block of the weight's warps per SM,
+    each step's words loaded ``d`` steps ahead (2 d must divide the weight's steps per piece) and L2
+    asked for each warp's stream ``prefetch`` bytes ahead (0: not). x: [N, K] in the weight's dtype;
+    bias: [M]; out: optional [N, M], unit stride along M. Non-finite inputs give the dense product's
+    result."""
+    from ..pack.slices import PAD_WORDS, smem_bytes
+    from . import cuda_backend
+
+    m, k = weight.shape
+    if d not in (1, 2, 4, 8, 16) or weight.sp % d:
+        raise ValueError(f"slice_matmul: d must be 1, 2, 4, 8 or 16 and divide the weight's {weight.sp} steps per "
+                         f"piece, got {d!r}")
+    if not isinstance(prefetch, int) or not 0 <= prefetch <= 4 * PAD_WORDS - 4096 or prefetch % 128:
+        raise ValueError(f"slice_matmul: prefetch must be a multiple of 128 in 0..{4 * PAD_WORDS - 4096}, "
+                         f"got {prefetch!r}")
+    n = _check_pass_args("slice_matmul", x, weight, bias, out, 16)
+    if not (weight.heads.is_contiguous() and weight.values.is_contiguous()):
+        raise ValueError("slice_matmul: the SliceWeight's tensors must be contiguous")
+    props = torch.cuda.get_device_properties(x.device)
+    limit = getattr(props, "shared_memory_per_block_optin", 227 * 1024)
+    blocks = props.multi_processor_count
+    ranges, most = weight.ranges(blocks)
+    rt = max(1, min(most, limit // smem_bytes(weight.warps, 1)))
+    smem = smem_bytes(weight.warps, rt)
+    y = torch.empty((n, m), dtype=x.dtype, device=x.device) if out is None else out
+    if n == 0:
+        return y
+    if x.stride(0) % 8 or x.data_ptr() % 16 or x.stride(1) != 1:
+        x = x.contiguous()
+    for start in range(0, n, 16):
+        count = min(16, n - start)
+        ptrs = cuda_backend.Pointers((x[start], y[start], bias, weight.heads, weight.values, ranges),
+                                     x.dtype == torch.bfloat16)
+        cuda_backend.slice_launch(blocks, weight.warps, weight.sp, d, prefetch, smem, ptrs, m, k, count,
+                                  x.stride(0), y.stride(0), weight.tiles, weight.pieces, rt)
+    return y

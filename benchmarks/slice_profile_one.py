@@ -1,0 +1,61 @@
+"""Run the slice kernel on one uniform random weight a few times, for a profiler (ncu) to attach to;
+with --sass DIR, also write the SASS of the build NVRTC made on this machine.
+
+    PYTHONPATH=src ncu -k regex:slice_mma --launch-count 1 --set full \\
+        python benchmarks/slice_profile_one.py --shape 11008x4096 --sparsity 0.7 --n 16
+"""
+
+import argparse
+import subprocess
+from pathlib import Path
+
+import torch
+
+from cross.bench.weights import make_weight
+from cross.kernels.launch import slice_matmul
+from cross.pack.slices import SliceWeight
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--shape", default="11008x4096")
+ap.add_argument("--sparsity", type=float, default=0.7)
+ap.add_argument("--n", type=int, default=16)
+ap.add_argument("--setting", default="4:8192", help="d:prefetch")
+ap.add_argument("--launches", type=int, default=1)
+ap.add_argument("--sass", default=None, help="a folder for the build's cubin and SASS")
+args = ap.parse_args()
+m, k = (int(v) for v in args.shape.split("x"))
+d, prefetch = (int(v) for v in args.setting.split(":"))
+w = make_weight(m, k, args.sparsity, "uniform", torch.Generator().manual_seed(0)).cuda()
+x = torch.randn(args.n, k, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16).cuda()
+sw = SliceWeight.from_dense(w)
+for _ in range(args.launches):
+    y = slice_matmul(x, sw, d=d, prefetch=prefetch)
+torch.cuda.synchronize()
+ref = x.float() @ w.float().T
+print(f"ok rel err {float((y.float() - ref).norm() / ref.norm()):.2e}, {sw.warps} warps, {sw.sp} steps per piece")
+if args.sass:
+    import triton
+
+    from cross.kernels import cuda_backend
+
+    driver, nvrtc = cuda_backend._bindings()
+    out = Path(args.sass)
+    out.mkdir(parents=True, exist_ok=True)
+    src = (Path(cuda_backend.__file__).parent / "slice_mma.cu").read_bytes()
+    headers = [(Path(cuda_backend.__file__).parent / h).read_bytes() for h in cuda_backend._HEADERS]
+    prog = cuda_backend._check(nvrtc.nvrtcCreateProgram(src, b"slice_mma.cu", len(headers), headers,
+                                                         [h.encode() for h in cuda_backend._HEADERS]), "create")
+    major, minor = torch.cuda.get_device_capability()
+    opts = [f"--gpu-architecture=sm_{major}{minor}".encode(), b"-std=c++17", b"-default-device", b"-DIS_BF16=1",
+            f"-DWARPS={sw.warps}".encode(), f"-DSP={sw.sp}".encode(), f"-DD={d}".encode(),
+            f"-DPREFETCH={prefetch}".encode()]
+    nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
+    size = cuda_backend._check(nvrtc.nvrtcGetCUBINSize(prog), "size")
+    cubin = b" " * size
+    nvrtc.nvrtcGetCUBIN(prog, cubin)
+    (out / "slice_mma.cubin").write_bytes(cubin)
+    tool = Path(triton.__file__).parent / "backends/nvidia/bin/cuobjdump"
+    sass = subprocess.run([str(tool), "-sass", str(out / "slice_mma.cubin")], capture_output=True, text=True).stdout
+    (out / "slice_mma.sass").write_text(sass)
+    res = subprocess.run([str(tool), "-res-usage", str(out / "slice_mma.cubin")], capture_output=True, text=True)
+    print(res.stdout.strip())

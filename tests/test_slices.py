@@ -1,0 +1,207 @@
+"""The slice format (pack/slices.py) and the slice kernel (kernels/slice_mma.cu).
+
+CPU: the format read back as the kernel reads it (each lane's two words from its half's start plus a
+popcount, each register that word, the next, or zero) gives the weight bit for bit over shapes,
+densities and warps; the lane layout of the pairs; the pieces' split of K; the blocks' n-tile ranges.
+GPU (`-m gpu`): the kernel against the fp64 product with outputs poisoned, fresh inputs, over shapes
+(ragged M and K, several pieces per warp, several rounds per block), densities, token counts, dtypes,
+loads ahead and bias; non-finite inputs give the dense product's NaN.
+"""
+
+import pytest
+import torch
+
+from cross.pack.slices import PAD_WORDS, SliceWeight, default_warps, slice_steps, smem_bytes
+
+
+def _sparse(m, k, density, gen, dtype=torch.bfloat16):
+    w = torch.randn(m, k, generator=gen) * (torch.rand(m, k, generator=gen) < density)
+    return w.to(dtype)
+
+
+def _bits(t):
+    return t.contiguous().view(torch.int16)
+
+
+@pytest.mark.parametrize("m,k", [(8, 16), (40, 200), (33, 136), (100, 8), (64, 1024), (24, 3000)])
+@pytest.mark.parametrize("density", [0.0, 0.1, 0.5, 1.0])
+@pytest.mark.parametrize("warps", [None, 1, 3, 16])
+def test_round_trip(rng, m, k, density, warps):
+    w = _sparse(m, k, density, rng)
+    w[0, 0] = -0.0  # no nonzero: not stored (read back as +0.0)
+    sw = SliceWeight.from_dense(w, warps=warps)
+    assert sw.heads.is_contiguous() and sw.values.is_contiguous()
+    assert torch.equal(_bits(sw.to_dense()), _bits(torch.where(w == 0, torch.zeros_like(w), w)))
+    pairs = torch.nn.functional.pad(w != 0, (0, sw.ksp * 16 - k, 0, -m % 8)).view(-1, sw.ksp * 8, 2).any(-1)
+    assert sw.values.numel() == int(pairs.sum()) + PAD_WORDS  # a word per pair that holds a nonzero
+    assert int(sw.tile_words.sum()) == int(pairs.sum())
+
+
+def test_fp16_round_trip(rng):
+    w = _sparse(40, 96, 0.4, rng, torch.float16)
+    w = torch.where(w == 0, torch.zeros_like(w), w)  # -0.0 is read back as +0.0
+    assert torch.equal(_bits(SliceWeight.from_dense(w).to_dense()), _bits(w))
+
+
+def test_lane_layout():
+    """Lane 4 g + q of half h owns rows 4 h + g' (g = 4 h + g') and columns 4 q .. 4 q + 3: its pairs
+    are bits 2 j, 2 j + 1 (j = lane % 16) of its half's mask, the lower column in a word's low half."""
+    w = torch.zeros(8, 16, dtype=torch.bfloat16)
+    w[5, 6] = 1.0  # g = 5 (half 1, g' = 1), q = 1, second pair (columns 6-7), first element
+    w[2, 1] = 2.0  # g = 2 (half 0, g' = 2), q = 0, first pair, second element
+    sw = SliceWeight.from_dense(w, warps=1)
+    h = sw.heads[0, 0].tolist() + sw.heads[0, sw.sp].tolist()  # mask, start of half 0, then half 1
+    assert h[0] == 1 << (2 * (4 * 2 + 0)) and h[1] == 0
+    assert h[2] == 1 << (2 * (4 * 1 + 1) + 1) and h[3] == 1
+    bits = [v & 0xFFFFFFFF for v in sw.values[:2].tolist()]
+    assert bits[0] == 0x4000 << 16  # bf16 2.0 in the high half (column 1), +0.0 in the low
+    assert bits[1] == 0x3F80  # bf16 1.0 in the low half (column 6)
+
+
+@pytest.mark.parametrize("k,warps", [(16, 1), (4096, 16), (11008, 15), (768, 6), (5000, 16)])
+def test_pieces_cover_k(k, warps):
+    pieces, sp, ksp = slice_steps(k, warps)
+    assert sp % 8 == 0 and sp <= 16 and ksp == warps * pieces * sp and ksp * 16 >= k
+    assert (ksp - sp * warps) * 16 < k  # one piece fewer per warp would not cover K
+
+
+def test_default_warps_pad_little():
+    assert default_warps(4096) == 16 and slice_steps(4096, 16)[2] == 256  # no padding
+    assert slice_steps(768, default_warps(768))[2] == 48  # BERT's 768 columns exactly
+
+
+@pytest.mark.parametrize("blocks", [1, 5, 132])
+def test_ranges_cover_the_tiles_in_order(rng, blocks):
+    w = _sparse(1000, 256, 0.3, rng)
+    w[:400] = 0  # the lower tiles cost less: their blocks take more of them
+    sw = SliceWeight.from_dense(w)
+    r, most = sw.ranges(blocks)
+    r = r.tolist()
+    assert most == max(b - a for a, b in zip(r, r[1:]))
+    assert r[0] == 0 and r[-1] == sw.tiles == 125 and all(a <= b for a, b in zip(r, r[1:]))
+    if blocks == 5:
+        assert r[1] > 125 // 5  # more empty n-tiles in the first block
+
+
+def test_from_dense_refuses_bad_input(rng):
+    with pytest.raises(TypeError, match="bfloat16 or float16"):
+        SliceWeight.from_dense(torch.ones(8, 16))
+    with pytest.raises(ValueError, match="warps must be"):
+        SliceWeight.from_dense(torch.ones(8, 16, dtype=torch.bfloat16), warps=0)
+
+
+@pytest.mark.parametrize("bad", ["d", "prefetch", "shape", "device"])
+def test_slice_matmul_refuses_bad_input(rng, bad):
+    """Its own checks (d, prefetch) and the checks it shares with strip_matmul (test_strips covers
+    each of them) fail with a clear error before anything is launched."""
+    from cross.kernels.launch import slice_matmul
+
+    sw = SliceWeight.from_dense(_sparse(32, 64, 0.5, rng))
+    x = torch.randn(3, 64 if bad != "shape" else 32, generator=rng).to(torch.bfloat16)
+    kw = {"d": 3} if bad == "d" else {"prefetch": 100} if bad == "prefetch" else {}
+    match = {"d": "d must be", "prefetch": "prefetch must be", "shape": "expected x", "device": "CUDA"}[bad]
+    with pytest.raises(ValueError, match=match):
+        slice_matmul(x, sw, **kw)
+
+
+def test_shared_memory_is_the_warps_partial_sums():
+    assert smem_bytes(16, 11) == 16 * 11 * 32 * 16 < 227 * 1024
+
+
+# ---------------------------------------------------------------------- GPU
+def _check(y, x, w, b):
+    ref = x.double() @ w.double().t() + (b.double() if b is not None else 0)
+    assert bool(torch.isfinite(y).all()), "non-finite output (unwritten?)"
+    err = (y.double() - ref).abs() / (ref.abs() + ref.pow(2).mean().sqrt() + 1e-30)
+    assert float(err.max()) < 2e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m,k", [(8, 16), (40, 200), (1000, 1032), (4096, 4096), (11008, 4096), (300, 11008)])
+@pytest.mark.parametrize("density", [0.0, 0.05, 0.3, 0.5, 1.0])
+@pytest.mark.parametrize("d", [2, 8])
+def test_gpu_slice_kernel(m, k, density, d):
+    from cross.kernels.launch import slice_matmul
+
+    gen = torch.Generator().manual_seed(int.from_bytes(__import__("os").urandom(4), "little"))
+    w = _sparse(m, k, density, gen).cuda()
+    sw = SliceWeight.from_dense(w)
+    for n in (1, 7, 16, 21):
+        x = torch.randn(n, k, generator=gen).to(torch.bfloat16).cuda()
+        b = torch.randn(m, generator=gen).to(torch.bfloat16).cuda() if n % 2 == 0 else None
+        y = torch.full((n, m), float("nan"), dtype=torch.bfloat16, device="cuda")
+        slice_matmul(x, sw, b, out=y, d=d)
+        _check(y, x, w, b)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("warps,prefetch", [(4, 0), (7, 4096), (16, 12288)])
+def test_gpu_slice_kernel_warps_and_rounds(warps, prefetch):
+    """Few warps (several pieces each), prefetch distances, and M large enough for several rounds of
+    n-tiles per block (each round's partial sums in shared memory, summed and written)."""
+    from cross.kernels.launch import slice_matmul
+
+    gen = torch.Generator().manual_seed(5)
+    m = 8 * 30 * torch.cuda.get_device_properties(0).multi_processor_count + 13  # 30+ n-tiles per block
+    w = _sparse(m, 520, 0.3, gen).cuda()
+    sw = SliceWeight.from_dense(w, warps=warps)
+    x = torch.randn(16, 520, generator=gen).to(torch.bfloat16).cuda()
+    y = torch.full((16, m), float("nan"), dtype=torch.bfloat16, device="cuda")
+    _check(slice_matmul(x, sw, out=y, prefetch=prefetch), x, w, None)
+
+
+@pytest.mark.gpu
+def test_gpu_slice_kernel_fp16_and_strided_x():
+    from cross.kernels.launch import slice_matmul
+
+    gen = torch.Generator().manual_seed(3)
+    w = _sparse(300, 520, 0.4, gen, torch.float16).cuda()
+    x = torch.randn(11, 600, generator=gen).to(torch.float16).cuda()[:, 40:560]  # a strided view
+    y = slice_matmul(x, SliceWeight.from_dense(w))
+    ref = x.double() @ w.double().t()
+    assert float(((y.double() - ref).abs() / (ref.abs() + ref.pow(2).mean().sqrt())).max()) < 5e-3
+
+
+@pytest.mark.gpu
+def test_gpu_slice_kernel_propagates_non_finite_inputs():
+    """Every element of a step is multiplied, zeros included: Inf in X gives NaN where a zero weight
+    meets it, as the dense product does."""
+    from cross.kernels.launch import slice_matmul
+
+    w = torch.zeros(16, 32, dtype=torch.bfloat16, device="cuda")
+    w[:, 1] = 1.0
+    x = torch.ones(2, 32, dtype=torch.bfloat16, device="cuda")
+    x[0, 0] = float("inf")
+    y = slice_matmul(x, SliceWeight.from_dense(w))
+    ref = x.float() @ w.float().t()
+    assert torch.equal(torch.isnan(y), torch.isnan(ref)) and bool(torch.isnan(y[0]).all())
+
+
+@pytest.mark.parametrize("m,k,warps,blocks", [(40, 200, None, 3), (1000, 1032, 4, 7), (24, 3000, 16, 2), (8, 16, 16, 5)])
+def test_kernel_reads_stay_inside_the_format(rng, m, k, warps, blocks):
+    """The kernel's reads and L2 requests ahead (slice_mma.cu: heads two n-tiles ahead and asked of L2
+    four ahead; words at a step's position and the next; words asked of L2 PREFETCH bytes past an
+    n-tile's first word, 4 KB per request), transcribed for every block, warp, piece and n-tile, stay
+    inside the heads and values arrays, at the largest PREFETCH the launcher allows."""
+    sw = SliceWeight.from_dense(_sparse(m, k, 0.6, rng), warps=warps)
+    sp, t_all = sw.sp, sw.tiles
+    heads = sw.heads.view(-1).to(torch.int64)
+    n_heads, n_vals = heads.numel(), sw.values.numel()
+    prefetch = 4 * PAD_WORDS - 4096
+    ranges, _ = sw.ranges(blocks)
+    r = ranges.tolist()
+    for b in range(blocks):
+        t0, t1 = r[b], r[b + 1]
+        for pc in range(sw.warps * sw.pieces):
+            base = (pc * t_all + t0) * sp * 4  # hbase without the lane's offset
+            nr = t1 - t0
+            if nr == 0:
+                continue
+            for i in range(nr):
+                assert base + (i + 2) * sp * 4 + 2 * sp * 2 <= n_heads  # block_at(i + 2), every lane
+                assert base + (i + 4) * sp * 4 + 32 * (sp // 8) <= n_heads  # heads asked of L2
+                first = int(heads[base + i * sp * 4 + 1])  # lane 0: half 0, step 0's start
+                assert first + prefetch // 4 + 32 * 31 + 32 <= n_vals  # words asked of L2
+            # every step's two words (the steps D ahead of the last n-tile read the next n-tile's heads)
+            blk = heads[base:base + (nr + 1) * sp * 4].view(-1, 2)
+            assert int((blk[:, 1] + 32).max()) <= n_vals  # start + popcount (<= 31) + 1
