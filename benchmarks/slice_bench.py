@@ -1,12 +1,14 @@
 """The slice kernel (kernels/slice_mma.cu over pack/slices.py: X in registers, K split across a
 block's warps) against cuBLAS at 1-16 tokens. Weights: uniform random sparse (bf16) at each
-sparsity. Each launch setting (d:prefetch: words loaded d steps ahead, L2 asked prefetch bytes
+sparsity. Each launch setting d:prefetch[:words] (a step's words fetched d steps ahead into words:
+registers, a ring in shared memory filled by cp.async, or L1 lines asked for; L2 asked prefetch bytes
 ahead) is checked against the fp32 product (output poisoned with NaN, fresh inputs), then timed:
 CUDA-graph replay, L2 flushed by a 256 MB read, cuBLAS (F.linear on the same weight as a dense
 tensor) in the same run. "floor": the format's bytes at the streaming rate of cuBLAS in this run
 (dense bytes / cuBLAS time), as a fraction of the time measured.
 
-    PYTHONPATH=src python benchmarks/slice_bench.py --shapes llama-qkvo,llama-up,llama-down --sparsities 0.5,0.7,0.9 --ns 1,8,16
+    PYTHONPATH=src python benchmarks/slice_bench.py --shapes llama-qkvo,llama-up,llama-down --sparsities 0.5,0.7,0.9 \
+        --ns 1,16 --settings 8:8192,8:8192:shared,8:8192:l1
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ def main(argv=None):
     ap.add_argument("--shapes", default="llama-qkvo,llama-up,llama-down")
     ap.add_argument("--sparsities", default="0.5,0.7,0.9")
     ap.add_argument("--ns", default="1,8,16")
-    ap.add_argument("--settings", default="4:8192", help="launch settings d:prefetch, comma-separated")
+    ap.add_argument("--settings", default="8:8192", help="launch settings d:prefetch[:words], comma-separated "
+                    "(words: registers, shared or l1; default registers)")
     ap.add_argument("--warps", default="auto", help="warps per block of the format (auto: default_warps)")
     ap.add_argument("--out", default=None, help="CSV file")
     args = ap.parse_args(argv)
@@ -58,14 +61,15 @@ def main(argv=None):
                 y = torch.empty(n, m, dtype=torch.bfloat16, device="cuda")
                 dense_us = graph_us(lambda: F.linear(x, w))
                 for setting in args.settings.split(","):
-                    d, prefetch = (int(v) for v in setting.split(":"))
+                    d, prefetch, words = (setting.split(":") + ["registers"])[:3]
+                    d, prefetch = int(d), int(prefetch)
                     xc = torch.randn(n, k, generator=gen, device="cuda").to(torch.bfloat16)
                     yc = torch.full((n, m), float("nan"), dtype=torch.bfloat16, device="cuda")
-                    slice_matmul(xc, sw, out=yc, d=d, prefetch=prefetch)
+                    slice_matmul(xc, sw, out=yc, d=d, prefetch=prefetch, words=words)
                     bad = check(yc, xc.float() @ w.float().T)
                     if bad:
                         raise SystemExit(f"{shape} N={n} {sp} {setting}: {bad}")
-                    us = graph_us(lambda: slice_matmul(x, sw, out=y, d=d, prefetch=prefetch))
+                    us = graph_us(lambda: slice_matmul(x, sw, out=y, d=d, prefetch=prefetch, words=words))
                     floor = ratio * dense_us / us
                     rec = dict(shape=shape, M=m, K=k, N=n, sparsity=sp, warps=sw.warps, setting=setting,
                                bytes_vs_dense=round(ratio, 4), dense_us=round(dense_us, 2), slices_us=round(us, 2),

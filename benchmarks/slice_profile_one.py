@@ -12,24 +12,25 @@ from pathlib import Path
 import torch
 
 from cross.bench.weights import make_weight
-from cross.kernels.launch import slice_matmul
+from cross.kernels.launch import SLICE_WORDS, slice_matmul
 from cross.pack.slices import SliceWeight
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--shape", default="11008x4096")
 ap.add_argument("--sparsity", type=float, default=0.7)
 ap.add_argument("--n", type=int, default=16)
-ap.add_argument("--setting", default="4:8192", help="d:prefetch")
+ap.add_argument("--setting", default="8:8192", help="d:prefetch[:words]")
 ap.add_argument("--launches", type=int, default=1)
 ap.add_argument("--sass", default=None, help="a folder for the build's cubin and SASS")
 args = ap.parse_args()
 m, k = (int(v) for v in args.shape.split("x"))
-d, prefetch = (int(v) for v in args.setting.split(":"))
+d, prefetch, words = (args.setting.split(":") + ["registers"])[:3]
+d, prefetch = int(d), int(prefetch)
 w = make_weight(m, k, args.sparsity, "uniform", torch.Generator().manual_seed(0)).cuda()
 x = torch.randn(args.n, k, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16).cuda()
 sw = SliceWeight.from_dense(w)
 for _ in range(args.launches):
-    y = slice_matmul(x, sw, d=d, prefetch=prefetch)
+    y = slice_matmul(x, sw, d=d, prefetch=prefetch, words=words)
 torch.cuda.synchronize()
 ref = x.float() @ w.float().T
 print(f"ok rel err {float((y.float() - ref).norm() / ref.norm()):.2e}, {sw.warps} warps, {sw.sp} steps per piece")
@@ -48,7 +49,7 @@ if args.sass:
     major, minor = torch.cuda.get_device_capability()
     opts = [f"--gpu-architecture=sm_{major}{minor}".encode(), b"-std=c++17", b"-default-device", b"-DIS_BF16=1",
             f"-DWARPS={sw.warps}".encode(), f"-DSP={sw.sp}".encode(), f"-DD={d}".encode(),
-            f"-DPREFETCH={prefetch}".encode()]
+            f"-DPREFETCH={prefetch}".encode(), f"-DWORDS={SLICE_WORDS[words]}".encode()]
     nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
     size = cuda_backend._check(nvrtc.nvrtcGetCUBINSize(prog), "size")
     cubin = b" " * size

@@ -90,22 +90,24 @@ def test_from_dense_refuses_bad_input(rng):
         SliceWeight.from_dense(torch.ones(8, 16, dtype=torch.bfloat16), warps=0)
 
 
-@pytest.mark.parametrize("bad", ["d", "prefetch", "shape", "device"])
+@pytest.mark.parametrize("bad", ["d", "prefetch", "words", "shape", "device"])
 def test_slice_matmul_refuses_bad_input(rng, bad):
-    """Its own checks (d, prefetch) and the checks it shares with strip_matmul (test_strips covers
-    each of them) fail with a clear error before anything is launched."""
+    """Its own checks (d, prefetch, words) and the checks it shares with strip_matmul (test_strips
+    covers each of them) fail with a clear error before anything is launched."""
     from cross.kernels.launch import slice_matmul
 
     sw = SliceWeight.from_dense(_sparse(32, 64, 0.5, rng))
     x = torch.randn(3, 64 if bad != "shape" else 32, generator=rng).to(torch.bfloat16)
-    kw = {"d": 3} if bad == "d" else {"prefetch": 100} if bad == "prefetch" else {}
-    match = {"d": "d must be", "prefetch": "prefetch must be", "shape": "expected x", "device": "CUDA"}[bad]
+    kw = {"d": {"d": 3}, "prefetch": {"prefetch": 100}, "words": {"words": "smem"}}.get(bad, {})
+    match = {"d": "d must be", "prefetch": "prefetch must be", "words": "words must be", "shape": "expected x",
+             "device": "CUDA"}[bad]
     with pytest.raises(ValueError, match=match):
         slice_matmul(x, sw, **kw)
 
 
-def test_shared_memory_is_the_warps_partial_sums():
+def test_shared_memory_is_the_warps_partial_sums_and_rings():
     assert smem_bytes(16, 11) == 16 * 11 * 32 * 16 < 227 * 1024
+    assert smem_bytes(16, 11, 8) == smem_bytes(16, 11) + 16 * 8 * 256  # 8 bytes per lane and step in flight
 
 
 # ---------------------------------------------------------------------- GPU
@@ -119,8 +121,8 @@ def _check(y, x, w, b):
 @pytest.mark.gpu
 @pytest.mark.parametrize("m,k", [(8, 16), (40, 200), (1000, 1032), (4096, 4096), (11008, 4096), (300, 11008)])
 @pytest.mark.parametrize("density", [0.0, 0.05, 0.3, 0.5, 1.0])
-@pytest.mark.parametrize("d", [2, 8])
-def test_gpu_slice_kernel(m, k, density, d):
+@pytest.mark.parametrize("d,words", [(2, "registers"), (8, "registers"), (8, "shared"), (4, "shared"), (8, "l1")])
+def test_gpu_slice_kernel(m, k, density, d, words):
     from cross.kernels.launch import slice_matmul
 
     gen = torch.Generator().manual_seed(int.from_bytes(__import__("os").urandom(4), "little"))
@@ -130,15 +132,17 @@ def test_gpu_slice_kernel(m, k, density, d):
         x = torch.randn(n, k, generator=gen).to(torch.bfloat16).cuda()
         b = torch.randn(m, generator=gen).to(torch.bfloat16).cuda() if n % 2 == 0 else None
         y = torch.full((n, m), float("nan"), dtype=torch.bfloat16, device="cuda")
-        slice_matmul(x, sw, b, out=y, d=d)
+        slice_matmul(x, sw, b, out=y, d=d, words=words)
         _check(y, x, w, b)
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("warps,prefetch", [(4, 0), (7, 4096), (16, 12288)])
-def test_gpu_slice_kernel_warps_and_rounds(warps, prefetch):
-    """Few warps (several pieces each), prefetch distances, and M large enough for several rounds of
-    n-tiles per block (each round's partial sums in shared memory, summed and written)."""
+@pytest.mark.parametrize("words", ["registers", "shared", "l1"])
+def test_gpu_slice_kernel_warps_and_rounds(warps, prefetch, words):
+    """Few warps (several pieces each, the ring drained between them), prefetch distances, and M large
+    enough for several rounds of n-tiles per block (each round's partial sums in shared memory,
+    summed and written)."""
     from cross.kernels.launch import slice_matmul
 
     gen = torch.Generator().manual_seed(5)
@@ -147,7 +151,7 @@ def test_gpu_slice_kernel_warps_and_rounds(warps, prefetch):
     sw = SliceWeight.from_dense(w, warps=warps)
     x = torch.randn(16, 520, generator=gen).to(torch.bfloat16).cuda()
     y = torch.full((16, m), float("nan"), dtype=torch.bfloat16, device="cuda")
-    _check(slice_matmul(x, sw, out=y, prefetch=prefetch), x, w, None)
+    _check(slice_matmul(x, sw, out=y, prefetch=prefetch, words=words), x, w, None)
 
 
 @pytest.mark.gpu

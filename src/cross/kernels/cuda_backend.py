@@ -314,20 +314,22 @@ _SLICE_SOURCE = "slice_mma.cu"
 
 
 @functools.lru_cache(maxsize=None)
-def _slice_kernel(device_index: int, is_bf16: bool, warps: int, sp: int, d: int, prefetch: int, smem: int):
-    defines = [f"-DIS_BF16={int(is_bf16)}", f"-DWARPS={warps}", f"-DSP={sp}", f"-DD={d}", f"-DPREFETCH={prefetch}"]
+def _slice_kernel(device_index: int, is_bf16: bool, warps: int, sp: int, d: int, prefetch: int, words: int,
+                  smem: int):
+    defines = [f"-DIS_BF16={int(is_bf16)}", f"-DWARPS={warps}", f"-DSP={sp}", f"-DD={d}", f"-DPREFETCH={prefetch}",
+               f"-DWORDS={words}"]
     extra = os.environ.get(DEFINES_ENV, "").split()
     _, func = _compile(device_index, _SLICE_SOURCE, "slice_mma", tuple(defines + extra), smem)
     return func
 
 
-def slice_launch(blocks: int, warps: int, sp: int, d: int, prefetch: int, smem: int, ptrs, m: int, k: int,
-                 n_tok: int, ldx: int, ldy: int, tiles: int, pieces: int, rt: int) -> None:
+def slice_launch(blocks: int, warps: int, sp: int, d: int, prefetch: int, words: int, smem: int, ptrs, m: int,
+                 k: int, n_tok: int, ldx: int, ldy: int, tiles: int, pieces: int, rt: int) -> None:
     """One launch of slice_mma: pointers (x, y, bias or 0, heads, values, ranges), M, K, the pass's
     n_tok <= 16 tokens with X's and Y's row strides, the weight's n-tiles and pieces per warp, and
-    the n-tiles per round ``rt``."""
+    the n-tiles per round ``rt``; ``words``: slice_mma.cu's WORDS."""
     driver, _ = _bindings()
-    func = _slice_kernel(torch.cuda.current_device(), ptrs.is_bf16, warps, sp, d, prefetch, smem)
+    func = _slice_kernel(torch.cuda.current_device(), ptrs.is_bf16, warps, sp, d, prefetch, words, smem)
     stream = driver.CUstream(torch.cuda.current_stream().cuda_stream)
     args = tuple(ptrs.values) + (int(m), int(k), int(n_tok), int(ldx), int(ldy), int(tiles), int(pieces), int(rt))
     types = (ctypes.c_void_p,) * 6 + (ctypes.c_int,) * 8

@@ -387,11 +387,16 @@ def sparse24_matmul(x: torch.Tensor, weight, bias: torch.Tensor | None = None, o
     return y
 
 
+#: where the slice kernel's words wait from D steps ahead (slice_mma.cu's WORDS)
+SLICE_WORDS = {"registers": 0, "shared": 1, "l1": 2}
+
+
 def slice_matmul(x: torch.Tensor, weight, bias: torch.Tensor | None = None, out: torch.Tensor | None = None,
-                 d: int = 8, prefetch: int = 8192) -> torch.Tensor:
+                 d: int = 8, prefetch: int = 8192, words: str = "registers") -> torch.Tensor:
     """Y[N, M] = X[N, K] @ W^T (+ bias) by the slice kernel (kernels/slice_mma.cu) over a SliceWeight
     (pack/slices.py), one launch per pass of up to 16 tokens, a block of the weight's warps per SM,
-    each step's words loaded ``d`` steps ahead (2 d must divide the weight's steps per piece) and L2
+    each step's words fetched ``d`` steps ahead (a divisor of the weight's steps per piece) into
+    ``words`` (registers; shared: a ring per warp by cp.async; l1: the lines asked of L1) and L2
     asked for each warp's stream ``prefetch`` bytes ahead (0: not). x: [N, K] in the weight's dtype;
     bias: [M]; out: optional [N, M], unit stride along M. Non-finite inputs give the dense product's
     result."""
@@ -405,6 +410,8 @@ def slice_matmul(x: torch.Tensor, weight, bias: torch.Tensor | None = None, out:
     if not isinstance(prefetch, int) or not 0 <= prefetch <= 4 * PAD_WORDS - 4096 or prefetch % 128:
         raise ValueError(f"slice_matmul: prefetch must be a multiple of 128 in 0..{4 * PAD_WORDS - 4096}, "
                          f"got {prefetch!r}")
+    if words not in SLICE_WORDS:
+        raise ValueError(f"slice_matmul: words must be one of {sorted(SLICE_WORDS)}, got {words!r}")
     n = _check_pass_args("slice_matmul", x, weight, bias, out, 16)
     if not (weight.heads.is_contiguous() and weight.values.is_contiguous()):
         raise ValueError("slice_matmul: the SliceWeight's tensors must be contiguous")
@@ -412,8 +419,9 @@ def slice_matmul(x: torch.Tensor, weight, bias: torch.Tensor | None = None, out:
     limit = getattr(props, "shared_memory_per_block_optin", 227 * 1024)
     blocks = props.multi_processor_count
     ranges, most = weight.ranges(blocks)
-    rt = max(1, min(most, limit // smem_bytes(weight.warps, 1)))
-    smem = smem_bytes(weight.warps, rt)
+    ring = d if words == "shared" else 0
+    rt = max(1, min(most, (limit - smem_bytes(weight.warps, 0, ring)) // smem_bytes(weight.warps, 1)))
+    smem = smem_bytes(weight.warps, rt, ring)
     y = torch.empty((n, m), dtype=x.dtype, device=x.device) if out is None else out
     if n == 0:
         return y
@@ -423,6 +431,6 @@ def slice_matmul(x: torch.Tensor, weight, bias: torch.Tensor | None = None, out:
         count = min(16, n - start)
         ptrs = cuda_backend.Pointers((x[start], y[start], bias, weight.heads, weight.values, ranges),
                                      x.dtype == torch.bfloat16)
-        cuda_backend.slice_launch(blocks, weight.warps, weight.sp, d, prefetch, smem, ptrs, m, k, count,
-                                  x.stride(0), y.stride(0), weight.tiles, weight.pieces, rt)
+        cuda_backend.slice_launch(blocks, weight.warps, weight.sp, d, prefetch, SLICE_WORDS[words], smem, ptrs, m,
+                                  k, count, x.stride(0), y.stride(0), weight.tiles, weight.pieces, rt)
     return y

@@ -16,8 +16,10 @@
 // so the result is the dense product's: nan_policy "propagate".
 //
 // Compile-time parameters (NVRTC -D): IS_BF16, WARPS, SP (steps per piece), D (steps of words in
-// flight, a divisor of SP), PREFETCH. Requirements checked by the launcher: K % 8 == 0, x 8-byte
-// aligned with an even row stride, 1 <= n_tok <= 16, dynamic shared memory WARPS * rt * 512 bytes.
+// flight, a divisor of SP), WORDS (where the words in flight wait: 0 registers, the build measured;
+// 1 and 2 built, not yet run on a GPU), PREFETCH. Requirements checked by the launcher: K % 8 == 0, x
+// 8-byte aligned with an even row stride, 1 <= n_tok <= 16, dynamic shared memory
+// pack/slices.smem_bytes (the partial sums of rt n-tiles per warp; WORDS 1: each warp's ring).
 
 #ifndef WARPS
 #define WARPS 16
@@ -27,6 +29,12 @@
 #endif
 #ifndef D
 #define D 4
+#endif
+#ifndef WORDS
+#define WORDS 0  // where a step's words wait from D steps ahead: 0 registers, 1 shared memory (cp.async), 2 L1
+#endif
+#if WORDS < 0 || WORDS > 2
+#error "WORDS must be 0, 1 or 2"
 #endif
 #ifndef PREFETCH
 #define PREFETCH 8192  // bytes past an n-tile's first word that its start asks L2 for (0: none)
@@ -44,6 +52,7 @@
 
 #include "dtype.cuh"
 #include "mma.cuh"
+#include "async.cuh"
 
 __device__ __forceinline__ uint2 load_head(const u32* p) {
     uint2 v;
@@ -61,9 +70,39 @@ __device__ __forceinline__ void prefetch_l2(const u32* p) {
     asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p));
 }
 
-// a step's words for this lane: its two candidate words and the half warp's mask
+__device__ __forceinline__ void prefetch_l1(const u32* p) {
+    asm volatile("prefetch.global.L1 [%0];\n" ::"l"(p));
+}
+
+__device__ __forceinline__ void copy_word(u32 dst, const u32* src) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(dst), "l"(src) : "memory");
+}
+
+__device__ __forceinline__ void copy_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+
+template <int N>
+__device__ __forceinline__ void copy_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+__device__ __forceinline__ uint2 load_shared2(u32 addr) {
+    uint2 v;
+    asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];\n" : "=r"(v.x), "=r"(v.y) : "r"(addr) : "memory");
+    return v;
+}
+
+// a step D ahead, for this lane: the half warp's mask and, by WORDS, its two candidate words (0), nothing
+// more (1: the words are on their way to the lane's slot of the warp's ring in shared memory, one
+// cp.async group per step), or their address (2: the line asked of L1, the words loaded when the step
+// is multiplied). ptxas issues a load whose result is not needed yet where it likes, late (the second
+// build's SASS, docs/perf-notes.md); a copy to shared memory or a prefetch has no result to wait for.
 struct Words {
-    u32 mask, w0, w1;
+    u32 mask;
+#if WORDS == 0
+    u32 w0, w1;
+#elif WORDS == 2
+    const u32* p;
+#endif
 };
 
 extern "C" __global__ void __launch_bounds__(THREADS, 1) slice_mma(
@@ -77,6 +116,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) slice_mma(
     const u32 below = (1u << (2 * j)) - 1u, bit0 = 1u << (2 * j), bit1 = 2u << (2 * j);
     const int t0 = ranges[blockIdx.x], t1 = ranges[blockIdx.x + 1];
     float4* mine = part + (size_t)warp * rt * 32 + lane;
+    // WORDS 1: the warp's ring of step slots after all the partial sums, lane's 8 bytes in each
+    const u32 ring = smem_u32(smem + (size_t)WARPS * rt * 512) + warp * (D * 256) + lane * 8;
 
     for (int r0 = t0; r0 < t1; r0 += rt) {
         const int r1 = min(r0 + rt, t1), nr = r1 - r0;
@@ -105,20 +146,31 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) slice_mma(
             // piece, words of padding)
             const u32* hbase = heads + ((size_t)pc * tiles + r0) * (SP * 4) + 2 * (half * SP + (lane & 15) % SP);
             auto block_at = [&](int i) { return load_head(hbase + i * (SP * 4)); };
-            auto words_for = [&](const uint2& blk, int u) {
+            // WORDS 1: lane's slot of step u in the warp's ring (D slots of 32 lanes x 2 words)
+            auto slot = [&](int u) { return ring + (u32)((u % D) * 256); };
+            auto words_for = [&](const uint2& blk, int u, int slot_u) {
                 const u32 mask = __shfl_sync(0xffffffffu, blk.x, u, 16);
                 const u32 start = __shfl_sync(0xffffffffu, blk.y, u, 16);
                 const u32* p = words + (start + (u32)__popc(mask & below));  // one 32-bit add, one wide multiply-add
                 Words w;
                 w.mask = mask;
+#if WORDS == 0
                 w.w0 = load_word(p);
                 w.w1 = load_word(p + 1);
+#elif WORDS == 1
+                copy_word(slot(slot_u), p);
+                copy_word(slot(slot_u) + 4, p + 1);
+                copy_commit();
+#else
+                w.p = p;
+                prefetch_l1(p);
+#endif
                 return w;
             };
             uint2 b0 = block_at(0), b1 = block_at(1);
             Words wd[D];
 #pragma unroll
-            for (int u = 0; u < D; ++u) wd[u] = words_for(b0, u);
+            for (int u = 0; u < D; ++u) wd[u] = words_for(b0, u, u);
             for (int i = 0; i < nr; ++i) {
                 const uint2 b2 = block_at(i + 2);
 #if PREFETCH
@@ -131,10 +183,20 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) slice_mma(
 #pragma unroll
                 for (int u = 0; u < SP; ++u) {
                     const Words cur = wd[u % D];
+#if WORDS == 0
+                    const u32 w0 = cur.w0, w1 = cur.w1;
+#elif WORDS == 1
+                    copy_wait<D - 1>();  // this step's group is complete; the D - 1 after it may not be
+                    const uint2 sw = load_shared2(slot(u));
+                    const u32 w0 = sw.x, w1 = sw.y;
+#else
+                    const u32 w0 = load_word(cur.p), w1 = load_word(cur.p + 1);
+#endif
                     const bool p0 = cur.mask & bit0, p1 = cur.mask & bit1;
-                    const u32 bw0 = p0 ? cur.w0 : 0u;
-                    const u32 bw1 = p1 ? (p0 ? cur.w1 : cur.w0) : 0u;
-                    wd[u % D] = u + D < SP ? words_for(b0, u + D) : words_for(b1, u + D - SP);
+                    const u32 bw0 = p0 ? w0 : 0u;
+                    const u32 bw1 = p1 ? (p0 ? w1 : w0) : 0u;
+                    // step u + D (its slot is step u's, read above)
+                    wd[u % D] = u + D < SP ? words_for(b0, u + D, u) : words_for(b1, u + D - SP, u);
                     mma16816(acc[u & 1], xa[u], bw0, bw1);
                 }
                 b0 = b1;
@@ -146,6 +208,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) slice_mma(
                 s.w += acc[0][3] + acc[1][3];
                 mine[i * 32] = s;
             }
+#if WORDS == 1
+            copy_wait<0>();  // the copies for steps past the piece's last land before the ring is reused
+#endif
         }
         __syncthreads();
         // the warps' regions summed in warp order; fragment f = (n-tile f / 32, lane f % 32): rows

@@ -198,6 +198,8 @@ def _popcount(x: torch.Tensor) -> torch.Tensor:
     return c
 
 
-def smem_bytes(warps: int, rt: int) -> int:
-    """Dynamic shared memory of a slice_mma block: each warp's partial sums of ``rt`` n-tiles."""
-    return warps * rt * 32 * 16
+def smem_bytes(warps: int, rt: int, ring_steps: int = 0) -> int:
+    """Dynamic shared memory of a slice_mma block: each warp's partial sums of ``rt`` n-tiles, then
+    (the build whose words wait in shared memory) each warp's ring of ``ring_steps`` steps (8 bytes
+    per lane and step)."""
+    return warps * rt * 32 * 16 + warps * ring_steps * 32 * 8
