@@ -74,6 +74,17 @@ def _check(result, what: str):
     return result[1] if len(result) == 2 else result[1:]
 
 
+def _launch(func, grid: int, threads: int, smem: int, ptrs, ints) -> None:
+    """cuLaunchKernel of ``func`` on PyTorch's current stream: ``grid`` blocks of ``threads``,
+    ``smem`` bytes of dynamic shared memory, the arguments ``ptrs`` (Pointers: device pointers) and
+    then ``ints`` (C ints), in kernel order."""
+    driver, _ = _bindings()
+    stream = driver.CUstream(torch.cuda.current_stream().cuda_stream)
+    args = tuple(ptrs.values) + tuple(int(v) for v in ints)
+    types = (ctypes.c_void_p,) * len(ptrs.values) + (ctypes.c_int,) * len(ints)
+    _check(driver.cuLaunchKernel(func, grid, 1, 1, threads, 1, 1, smem, stream, (args, types), 0), "cuLaunchKernel")
+
+
 def stages(tile_m: int, tile_k: int, block_n: int, vals_bytes: int) -> int:
     forced = os.environ.get(STAGES_ENV)
     return int(forced) if forced else plan_kernel_stages((tile_m, tile_k), block_n, vals_bytes)
@@ -140,19 +151,11 @@ def _kernel(device_index: int, tile_m: int, tile_k: int, block_n: int, is_bf16: 
     return module, func, smem
 
 
-_ARG_TYPES = (ctypes.c_void_p,) * 13 + (ctypes.c_int,) * 9
-
-
 def launch(grid: int, tile_m: int, tile_k: int, block_n: int, vals: int, ptrs, ints, cores: bool = False):
     """One launch of plan_matmul_cuda: 13 device pointers and 9 ints, in kernel order; ``cores``
     picks the one-token CUDA-core build (``cores_build``)."""
-    driver, _ = _bindings()
-    dev = torch.cuda.current_device()
-    _, func, smem = _kernel(dev, tile_m, tile_k, block_n, ptrs.is_bf16, vals, cores)
-    stream = driver.CUstream(torch.cuda.current_stream().cuda_stream)
-    args = tuple(ptrs.values) + tuple(int(v) for v in ints)
-    _check(driver.cuLaunchKernel(func, grid, 1, 1, NUM_THREADS, 1, 1, smem, stream, (args, _ARG_TYPES), 0),
-           "cuLaunchKernel")
+    _, func, smem = _kernel(torch.cuda.current_device(), tile_m, tile_k, block_n, ptrs.is_bf16, vals, cores)
+    _launch(func, grid, NUM_THREADS, smem, ptrs, ints)
 
 
 class Pointers:
@@ -223,13 +226,8 @@ def _row_kernel(device_index: int, is_bf16: bool, nt: int):
 def row_launch(grid: int, k: int, nt: int, ptrs, propagate: bool, n_tok: int, ldx: int, ldy: int):
     """One launch of row_gemv built for nt tokens per pass: pointers (x, y, bias or 0, values, meta,
     row_ptr, heads of this launch shape), K, and the pass's n_tok <= nt tokens with X's and Y's row strides."""
-    driver, _ = _bindings()
     func = _row_kernel(torch.cuda.current_device(), ptrs.is_bf16, nt)
-    stream = driver.CUstream(torch.cuda.current_stream().cuda_stream)
-    args = tuple(ptrs.values) + (int(k), int(propagate), int(n_tok), int(ldx), int(ldy))
-    types = (ctypes.c_void_p,) * 7 + (ctypes.c_int,) * 5
-    _check(driver.cuLaunchKernel(func, grid, 1, 1, ROW_LAUNCHES[nt][0], 1, 1, row_smem(k, nt), stream, (args, types), 0),
-           "cuLaunchKernel")
+    _launch(func, grid, ROW_LAUNCHES[nt][0], row_smem(k, nt), ptrs, (k, propagate, n_tok, ldx, ldy))
 
 
 # ---------------------------------------------------------------------- the row format's decode
@@ -247,14 +245,8 @@ def _decode_kernel(device_index: int):
 
 def row_decode(rows: int, k: int, ptrs) -> None:
     """One launch of row_decode: pointers (values, meta, row_ptr, out), a block per row."""
-    driver, _ = _bindings()
     func = _decode_kernel(torch.cuda.current_device())
-    stream = driver.CUstream(torch.cuda.current_stream().cuda_stream)
-    args = tuple(ptrs.values) + (int(k),)
-    types = (ctypes.c_void_p,) * 4 + (ctypes.c_int,)
-    smem = -(-k // 8) * 16
-    _check(driver.cuLaunchKernel(func, rows, 1, 1, _DECODE_THREADS, 1, 1, smem, stream, (args, types), 0),
-           "cuLaunchKernel")
+    _launch(func, rows, _DECODE_THREADS, -(-k // 8) * 16, ptrs, (k,))
 
 
 # ---------------------------------------------------------------------- the strip kernel
@@ -274,13 +266,8 @@ def strip_launch(blocks: int, nt: int, warps: int, ring: int, depth: int, mt: in
                  n_tok: int, ldx: int, ldy: int) -> None:
     """One launch of strip_mma: pointers (x, y, bias or 0, values, masks, chunks, heads), M, K and
     the pass's n_tok <= nt tokens with X's and Y's row strides."""
-    driver, _ = _bindings()
     func = _strip_kernel(torch.cuda.current_device(), ptrs.is_bf16, nt, warps, ring, depth, mt, smem)
-    stream = driver.CUstream(torch.cuda.current_stream().cuda_stream)
-    args = tuple(ptrs.values) + (int(m), int(k), int(n_tok), int(ldx), int(ldy))
-    types = (ctypes.c_void_p,) * 7 + (ctypes.c_int,) * 5
-    _check(driver.cuLaunchKernel(func, blocks, 1, 1, warps * 32, 1, 1, smem, stream, (args, types), 0),
-           "cuLaunchKernel")
+    _launch(func, blocks, warps * 32, smem, ptrs, (m, k, n_tok, ldx, ldy))
 
 
 # ---------------------------------------------------------------------- the 2:4 kernel
@@ -300,13 +287,8 @@ def sparse24_launch(blocks: int, nt: int, warps: int, mt: int, overflow: bool, s
     """One launch of sparse24_mma: pointers (x, y, bias or 0, values, entries), M, K, the pass's
     n_tok <= nt tokens with X's and Y's row strides, and the weight's strips and steps (64 columns);
     ``overflow``: the weight has overflow entries (the build with head words and the CUDA-core loop)."""
-    driver, _ = _bindings()
     func = _sparse24_kernel(torch.cuda.current_device(), ptrs.is_bf16, nt, warps, mt, overflow, smem)
-    stream = driver.CUstream(torch.cuda.current_stream().cuda_stream)
-    args = tuple(ptrs.values) + (int(m), int(k), int(n_tok), int(ldx), int(ldy), int(strips), int(steps))
-    types = (ctypes.c_void_p,) * 5 + (ctypes.c_int,) * 7
-    _check(driver.cuLaunchKernel(func, blocks, 1, 1, warps * 32, 1, 1, smem, stream, (args, types), 0),
-           "cuLaunchKernel")
+    _launch(func, blocks, warps * 32, smem, ptrs, (m, k, n_tok, ldx, ldy, strips, steps))
 
 
 # ---------------------------------------------------------------------- the slice kernel
@@ -328,10 +310,5 @@ def slice_launch(blocks: int, warps: int, sp: int, d: int, prefetch: int, words:
     """One launch of slice_mma: pointers (x, y, bias or 0, heads, values, ranges), M, K, the pass's
     n_tok <= 16 tokens with X's and Y's row strides, the weight's n-tiles and pieces per warp, and
     the n-tiles per round ``rt``; ``words``: slice_mma.cu's WORDS."""
-    driver, _ = _bindings()
     func = _slice_kernel(torch.cuda.current_device(), ptrs.is_bf16, warps, sp, d, prefetch, words, smem)
-    stream = driver.CUstream(torch.cuda.current_stream().cuda_stream)
-    args = tuple(ptrs.values) + (int(m), int(k), int(n_tok), int(ldx), int(ldy), int(tiles), int(pieces), int(rt))
-    types = (ctypes.c_void_p,) * 6 + (ctypes.c_int,) * 8
-    _check(driver.cuLaunchKernel(func, blocks, 1, 1, warps * 32, 1, 1, smem, stream, (args, types), 0),
-           "cuLaunchKernel")
+    _launch(func, blocks, warps * 32, smem, ptrs, (m, k, n_tok, ldx, ldy, tiles, pieces, rt))

@@ -1,0 +1,88 @@
+"""The driver calls of the CUDA launchers (kernels/cuda_backend.py), on CPU: a fake driver records
+each cuLaunchKernel, the kernels' builds are stubbed, and each launcher's call is compared with the
+kernel's signature (grid, block, shared memory, the stream, arguments and their C types in kernel
+order). The GPU tests check that the kernels compute the right thing with these calls."""
+
+import ctypes
+import types
+
+import pytest
+
+from cross.kernels import cuda_backend
+
+
+class _FakeDriver:
+    def __init__(self):
+        self.calls = []
+
+    def CUstream(self, handle):
+        return ("stream", handle)
+
+    def cuLaunchKernel(self, func, gx, gy, gz, bx, by, bz, smem, stream, args, extra):
+        self.calls.append(dict(func=func, grid=(gx, gy, gz), block=(bx, by, bz), smem=smem, stream=stream,
+                               args=args, extra=extra))
+        return (0, None)
+
+
+@pytest.fixture
+def driver(monkeypatch):
+    fake = _FakeDriver()
+    monkeypatch.setattr(cuda_backend, "_bindings", lambda: (fake, None))
+    monkeypatch.setattr(cuda_backend.torch.cuda, "current_stream", lambda *a: types.SimpleNamespace(cuda_stream=77))
+    monkeypatch.setattr(cuda_backend.torch.cuda, "current_device", lambda: 0)
+    for name in ("_strip_kernel", "_sparse24_kernel", "_slice_kernel", "_row_kernel", "_decode_kernel"):
+        monkeypatch.setattr(cuda_backend, name, lambda *a, _n=name: (_n, a))
+    monkeypatch.setattr(cuda_backend, "_kernel", lambda *a: ("module", ("_kernel", a), 4096))
+    return fake
+
+
+def _ptrs(n):
+    return cuda_backend.Pointers(tuple(types.SimpleNamespace(data_ptr=lambda i=i: 1000 + i) for i in range(n)), True)
+
+
+def _check_call(call, func, grid, threads, smem, values, n_ptrs):
+    assert call["func"] == func
+    assert call["grid"] == (grid, 1, 1) and call["block"] == (threads, 1, 1) and call["smem"] == smem
+    assert call["stream"] == ("stream", 77) and call["extra"] == 0
+    args, kinds = call["args"]
+    assert tuple(args) == tuple(values) and all(type(v) is int for v in args)
+    assert tuple(kinds) == (ctypes.c_void_p,) * n_ptrs + (ctypes.c_int,) * (len(values) - n_ptrs)
+
+
+def test_strip_launch(driver):
+    cuda_backend.strip_launch(5, 16, 8, 64, 3, 2, 12345, _ptrs(7), 300, 520, 11, 528, 300)
+    _check_call(driver.calls[0], ("_strip_kernel", (0, True, 16, 8, 64, 3, 2, 12345)), 5, 256, 12345,
+                tuple(range(1000, 1007)) + (300, 520, 11, 528, 300), 7)
+
+
+def test_sparse24_launch(driver):
+    cuda_backend.sparse24_launch(132, 16, 16, 2, True, 9000, _ptrs(5), 300, 520, 11, 528, 300, 10, 9)
+    _check_call(driver.calls[0], ("_sparse24_kernel", (0, True, 16, 16, 2, True, 9000)), 132, 512, 9000,
+                tuple(range(1000, 1005)) + (300, 520, 11, 528, 300, 10, 9), 5)
+
+
+def test_slice_launch(driver):
+    cuda_backend.slice_launch(132, 15, 16, 8, 8192, 1, 7000, _ptrs(6), 300, 11008, 11, 11008, 300, 38, 3, 3)
+    _check_call(driver.calls[0], ("_slice_kernel", (0, True, 15, 16, 8, 8192, 1, 7000)), 132, 480, 7000,
+                tuple(range(1000, 1006)) + (300, 11008, 11, 11008, 300, 38, 3, 3), 6)
+
+
+def test_row_launch(driver):
+    nt = sorted(cuda_backend.ROW_LAUNCHES)[-1]
+    cuda_backend.row_launch(264, 4096, nt, _ptrs(7), True, 5, 4096, 11008)
+    threads = cuda_backend.ROW_LAUNCHES[nt][0]
+    _check_call(driver.calls[0], ("_row_kernel", (0, True, nt)), 264, threads, cuda_backend.row_smem(4096, nt),
+                tuple(range(1000, 1007)) + (4096, 1, 5, 4096, 11008), 7)
+
+
+def test_row_decode(driver):
+    cuda_backend.row_decode(40, 200, _ptrs(4))
+    _check_call(driver.calls[0], ("_decode_kernel", (0,)), 40, cuda_backend._DECODE_THREADS, 25 * 16,
+                tuple(range(1000, 1004)) + (200,), 4)
+
+
+def test_plan_launch(driver):
+    ints = tuple(range(9))
+    cuda_backend.launch(64, 64, 64, 16, 3072, _ptrs(13), ints)
+    _check_call(driver.calls[0], ("_kernel", (0, 64, 64, 16, True, 3072, False)), 64, cuda_backend.NUM_THREADS,
+                4096, tuple(range(1000, 1013)) + ints, 13)
