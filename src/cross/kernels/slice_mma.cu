@@ -28,7 +28,7 @@
 #define SP 16
 #endif
 #ifndef D
-#define D 4
+#define D 8
 #endif
 #ifndef WORDS
 #define WORDS 0  // where a step's words wait from D steps ahead: 0 registers, 1 shared memory (cp.async), 2 L1
