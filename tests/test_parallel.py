@@ -125,6 +125,7 @@ def worker(rank: int, world: int, init_file: str, out_dir: str, seed: int) -> No
             assert unsparsify_(model) == report.n_swapped
             out[policy]["llama_unsparsified"] = llama_logits(model, ids)
         torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier(group)  # no rank tears its connections down while another still uses them
     finally:
         dist.destroy_process_group()
 
