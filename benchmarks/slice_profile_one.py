@@ -39,21 +39,10 @@ if args.sass:
 
     from cross.kernels import cuda_backend
 
-    driver, nvrtc = cuda_backend._bindings()
     out = Path(args.sass)
     out.mkdir(parents=True, exist_ok=True)
-    src = (Path(cuda_backend.__file__).parent / "slice_mma.cu").read_bytes()
-    headers = [(Path(cuda_backend.__file__).parent / h).read_bytes() for h in cuda_backend._HEADERS]
-    prog = cuda_backend._check(nvrtc.nvrtcCreateProgram(src, b"slice_mma.cu", len(headers), headers,
-                                                         [h.encode() for h in cuda_backend._HEADERS]), "create")
-    major, minor = torch.cuda.get_device_capability()
-    opts = [f"--gpu-architecture=sm_{major}{minor}".encode(), b"-std=c++17", b"-default-device", b"-DIS_BF16=1",
-            f"-DWARPS={sw.warps}".encode(), f"-DSP={sw.sp}".encode(), f"-DD={d}".encode(),
-            f"-DPREFETCH={prefetch}".encode(), f"-DWORDS={SLICE_WORDS[words]}".encode()]
-    nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
-    size = cuda_backend._check(nvrtc.nvrtcGetCUBINSize(prog), "size")
-    cubin = b" " * size
-    nvrtc.nvrtcGetCUBIN(prog, cubin)
+    defines = cuda_backend.slice_defines(True, sw.warps, sw.sp, d, prefetch, SLICE_WORDS[words])
+    cubin = cuda_backend.nvrtc_cubin(torch.cuda.current_device(), "slice_mma.cu", defines)
     (out / "slice_mma.cubin").write_bytes(cubin)
     tool = Path(triton.__file__).parent / "backends/nvidia/bin/cuobjdump"
     sass = subprocess.run([str(tool), "-sass", str(out / "slice_mma.cubin")], capture_output=True, text=True).stdout

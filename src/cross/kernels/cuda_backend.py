@@ -112,11 +112,10 @@ def _defines(tile_m: int, tile_k: int, block_n: int, is_bf16: bool, vals: int, c
     return [f"-D{k}={v}" for k, v in ours.items() if k not in named] + extra
 
 
-@functools.lru_cache(maxsize=None)
-def _compile(device_index: int, source: str, name: str, defines: tuple[str, ...], smem: int):
-    """(module, function) of kernel ``name`` in ``source``, compiled by NVRTC for the device with
-    ``defines``, allowed ``smem`` bytes of dynamic shared memory."""
-    driver, nvrtc = _bindings()
+def nvrtc_cubin(device_index: int, source: str, defines: tuple[str, ...]) -> bytes:
+    """The cubin NVRTC builds of ``source`` (a file of this package, with its headers) for the device
+    with ``defines`` (also what profiling scripts disassemble)."""
+    _, nvrtc = _bindings()
     files = resources.files(__package__)
     src = files.joinpath(source).read_bytes()
     major, minor = torch.cuda.get_device_capability(device_index)
@@ -134,6 +133,15 @@ def _compile(device_index: int, source: str, name: str, defines: tuple[str, ...]
     size = _check(nvrtc.nvrtcGetCUBINSize(prog), "nvrtcGetCUBINSize")
     cubin = b" " * size
     _check(nvrtc.nvrtcGetCUBIN(prog, cubin), "nvrtcGetCUBIN")
+    return cubin
+
+
+@functools.lru_cache(maxsize=None)
+def _compile(device_index: int, source: str, name: str, defines: tuple[str, ...], smem: int):
+    """(module, function) of kernel ``name`` in ``source``, compiled by NVRTC for the device with
+    ``defines``, allowed ``smem`` bytes of dynamic shared memory."""
+    driver, _ = _bindings()
+    cubin = nvrtc_cubin(device_index, source, defines)
     with torch.cuda.device(device_index):
         torch.cuda.current_stream()  # makes PyTorch's primary context current for the driver API
         module = _check(driver.cuModuleLoadData(cubin), "cuModuleLoadData")
@@ -295,13 +303,18 @@ def sparse24_launch(blocks: int, nt: int, warps: int, mt: int, overflow: bool, s
 _SLICE_SOURCE = "slice_mma.cu"
 
 
+def slice_defines(is_bf16: bool, warps: int, sp: int, d: int, prefetch: int, words: int) -> tuple[str, ...]:
+    """NVRTC defines of a slice_mma build (``words``: its WORDS), with CROSS_CUDA_DEFINES' extras."""
+    defines = [f"-DIS_BF16={int(is_bf16)}", f"-DWARPS={warps}", f"-DSP={sp}", f"-DD={d}", f"-DPREFETCH={prefetch}",
+               f"-DWORDS={words}"]
+    return tuple(defines + os.environ.get(DEFINES_ENV, "").split())
+
+
 @functools.lru_cache(maxsize=None)
 def _slice_kernel(device_index: int, is_bf16: bool, warps: int, sp: int, d: int, prefetch: int, words: int,
                   smem: int):
-    defines = [f"-DIS_BF16={int(is_bf16)}", f"-DWARPS={warps}", f"-DSP={sp}", f"-DD={d}", f"-DPREFETCH={prefetch}",
-               f"-DWORDS={words}"]
-    extra = os.environ.get(DEFINES_ENV, "").split()
-    _, func = _compile(device_index, _SLICE_SOURCE, "slice_mma", tuple(defines + extra), smem)
+    defines = slice_defines(is_bf16, warps, sp, d, prefetch, words)
+    _, func = _compile(device_index, _SLICE_SOURCE, "slice_mma", defines, smem)
     return func
 
 

@@ -58,6 +58,20 @@ def _as_int16(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x >= 2**15, x - 2**16, x).to(torch.int16)
 
 
+def _stored_halves(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A 16-bit weight's elements as int32 bit patterns with every zero (-0.0 included) as +0.0, and
+    whether each is a nonzero: the rule of the formats that store pairs whole (strips, slices)."""
+    bits = w.contiguous().view(torch.int16).to(torch.int32)
+    nz = (bits & 0x7FFF) != 0
+    return torch.where(nz, bits & 0xFFFF, 0), nz
+
+
+def _pair_words(half: torch.Tensor) -> torch.Tensor:
+    """Pairs of 16-bit patterns [..., 2] (int32, the lower column first) as int32 words, the lower
+    column in the low half: a B or A register of an mma."""
+    return _as_int32(half[..., 0].to(torch.int64) | (half[..., 1].to(torch.int64) << 16))
+
+
 def _segment_rank(seg: torch.Tensor, n_segs: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per entry of ``seg`` (sorted), its rank within its segment; and each segment's size."""
     counts = torch.bincount(seg, minlength=n_segs)

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .._checks import check_weight
-from .rows import _as_int16, _as_int32
+from .rows import _as_int16, _as_int32, _pair_words, _stored_halves
 
 ROWS = 8  # rows per n-tile: the mma's N
 STEP = 16  # columns per step: the mma's K
@@ -73,14 +73,11 @@ def pair_words(weight: torch.Tensor, ksp: int) -> tuple[torch.Tensor, torch.Tens
     t = -(-m // ROWS)
     w = torch.zeros(t * ROWS, ksp * STEP, dtype=weight.dtype, device=weight.device)
     w[:m, :k] = weight
-    bits = w.view(torch.int16).to(torch.int32)
-    nz = (bits & 0x7FFF) != 0
-    half = torch.where(nz, bits & 0xFFFF, 0)
+    half, nz = _stored_halves(w)
     # (T, half, gg, ksp, q, pair, e) -> (T, ksp, half, gg, q, pair, e): bit 8 gg + 2 q + pair
     half = half.view(t, 2, 4, ksp, 4, 2, 2).permute(0, 3, 1, 2, 4, 5, 6).reshape(t, ksp, 2, 32, 2)
     nz = nz.view(t, 2, 4, ksp, 4, 2, 2).permute(0, 3, 1, 2, 4, 5, 6).reshape(t, ksp, 2, 32, 2)
-    words = _as_int32(half[..., 0].to(torch.int64) | (half[..., 1].to(torch.int64) << 16))
-    return words.contiguous(), nz.any(-1).contiguous()
+    return _pair_words(half).contiguous(), nz.any(-1).contiguous()
 
 
 @dataclass

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 import torch
 
 from .._checks import check_weight
-from .rows import _as_int16, _as_int32
+from .rows import _as_int16, _as_int32, _pair_words, _stored_halves
 
 ROWS = 16  # rows per strip: the mma's M
 STEP = 16  # columns per step: the mma's K
@@ -74,14 +74,12 @@ def pair_words(weight: torch.Tensor, mt: int = 1) -> tuple[torch.Tensor, torch.T
     """Each lane's A registers per step and m-tile as 32-bit words (the lower column in the low half;
     zeros, -0.0 included, as +0.0) and whether each holds a nonzero: two [strips, chunks, steps,
     lanes, 4 mt] tensors (int32, bool), registers (row g, cols 0-1), (g + 8, 0-1), (g, 2-3), (g + 8, 2-3)."""
-    bits = lane_slots(weight, mt).contiguous().view(torch.int16)  # [S, CH, 4, 32, 8 mt]: (t, half, i)
-    s_, ch = bits.shape[:2]
-    nz = (bits.to(torch.int32) & 0x7FFF) != 0
-    half = torch.where(nz, bits.to(torch.int32) & 0xFFFF, 0)
+    half, nz = _stored_halves(lane_slots(weight, mt))  # [S, CH, 4, 32, 8 mt]: (t, half, i)
+    s_, ch = half.shape[:2]
     # (t, half, i = 2 ip + e) -> (t, ip, half, e): register r = 2 ip + half
     half = half.view(s_, ch, CHUNK, 32, mt, 2, 2, 2).permute(0, 1, 2, 3, 4, 6, 5, 7)
     nz = nz.view(s_, ch, CHUNK, 32, mt, 2, 2, 2).permute(0, 1, 2, 3, 4, 6, 5, 7)
-    words = _as_int32(half[..., 0].to(torch.int64) | (half[..., 1].to(torch.int64) << 16))
+    words = _pair_words(half)
     return (words.reshape(s_, ch, CHUNK, 32, PAIRS * mt).contiguous(),
             nz.any(-1).reshape(s_, ch, CHUNK, 32, PAIRS * mt).contiguous())
 
