@@ -1,14 +1,12 @@
 """The slice kernel (kernels/slice_mma.cu over pack/slices.py: X in registers, K split across a
 block's warps) against cuBLAS at 1-16 tokens. Weights: uniform random sparse (bf16) at each
-sparsity. Each launch setting d:prefetch[:words] (a step's words fetched d steps ahead into words:
-registers, a ring in shared memory filled by cp.async, or L1 lines asked for; L2 asked prefetch bytes
-ahead) is checked against the fp32 product (output poisoned with NaN, fresh inputs), then timed:
-CUDA-graph replay, L2 flushed by a 256 MB read, cuBLAS (F.linear on the same weight as a dense
+sparsity. Each is checked against the fp32 product (output poisoned with NaN, fresh inputs), then
+timed: CUDA-graph replay, L2 flushed by a 256 MB read, cuBLAS (F.linear on the same weight as a dense
 tensor) in the same run. "floor": the format's bytes at the streaming rate of cuBLAS in this run
 (dense bytes / cuBLAS time), as a fraction of the time measured.
 
     PYTHONPATH=src python benchmarks/slice_bench.py --shapes llama-qkvo,llama-up,llama-down --sparsities 0.5,0.7,0.9 \
-        --ns 1,16 --settings 8:8192,8:8192:shared,8:8192:l1
+        --ns 1,8,16
 """
 
 from __future__ import annotations
@@ -36,8 +34,6 @@ def main(argv=None):
     ap.add_argument("--shapes", default="llama-qkvo,llama-up,llama-down")
     ap.add_argument("--sparsities", default="0.5,0.7,0.9")
     ap.add_argument("--ns", default="1,8,16")
-    ap.add_argument("--settings", default="8:8192", help="launch settings d:prefetch[:words], comma-separated "
-                    "(words: registers, shared or l1; default registers)")
     ap.add_argument("--warps", default="auto", help="warps per block of the format (auto: default_warps)")
     ap.add_argument("--out", default=None, help="CSV file")
     args = ap.parse_args(argv)
@@ -48,7 +44,7 @@ def main(argv=None):
     warps = None if args.warps == "auto" else int(args.warps)
     out_rows = []
     print(f"# {torch.cuda.get_device_name()}, bf16, CUDA-graph replay, L2 flushed; us")
-    print(f"{'shape':>11} {'N':>3} {'sp':>4} {'warps':>5} {'setting':>10} {'x bytes':>7} {'dense':>7} {'slices':>7} "
+    print(f"{'shape':>11} {'N':>3} {'sp':>4} {'warps':>5} {'x bytes':>7} {'dense':>7} {'slices':>7} "
           f"{'x dense':>7} {'floor':>5}")
     for shape in args.shapes.split(","):
         m, k = SHAPES[shape]
@@ -60,23 +56,20 @@ def main(argv=None):
                 x = torch.randn(n, k, generator=gen, device="cuda").to(torch.bfloat16)
                 y = torch.empty(n, m, dtype=torch.bfloat16, device="cuda")
                 dense_us = graph_us(lambda: F.linear(x, w))
-                for setting in args.settings.split(","):
-                    d, prefetch, words = (setting.split(":") + ["registers"])[:3]
-                    d, prefetch = int(d), int(prefetch)
-                    xc = torch.randn(n, k, generator=gen, device="cuda").to(torch.bfloat16)
-                    yc = torch.full((n, m), float("nan"), dtype=torch.bfloat16, device="cuda")
-                    slice_matmul(xc, sw, out=yc, d=d, prefetch=prefetch, words=words)
-                    bad = check(yc, xc.float() @ w.float().T)
-                    if bad:
-                        raise SystemExit(f"{shape} N={n} {sp} {setting}: {bad}")
-                    us = graph_us(lambda: slice_matmul(x, sw, out=y, d=d, prefetch=prefetch, words=words))
-                    floor = ratio * dense_us / us
-                    rec = dict(shape=shape, M=m, K=k, N=n, sparsity=sp, warps=sw.warps, setting=setting,
-                               bytes_vs_dense=round(ratio, 4), dense_us=round(dense_us, 2), slices_us=round(us, 2),
-                               speedup_vs_dense=round(dense_us / us, 3), floor_fraction=round(floor, 3))
-                    out_rows.append(rec)
-                    print(f"{shape:>11} {n:>3} {sp:>4} {sw.warps:>5} {setting:>10} {ratio:>7.3f} {dense_us:>7.2f} "
-                          f"{us:>7.2f} {dense_us / us:>7.2f} {floor:>5.2f}", flush=True)
+                xc = torch.randn(n, k, generator=gen, device="cuda").to(torch.bfloat16)
+                yc = torch.full((n, m), float("nan"), dtype=torch.bfloat16, device="cuda")
+                slice_matmul(xc, sw, out=yc)
+                bad = check(yc, xc.float() @ w.float().T)
+                if bad:
+                    raise SystemExit(f"{shape} N={n} {sp}: {bad}")
+                us = graph_us(lambda: slice_matmul(x, sw, out=y))
+                floor = ratio * dense_us / us
+                rec = dict(shape=shape, M=m, K=k, N=n, sparsity=sp, warps=sw.warps, bytes_vs_dense=round(ratio, 4),
+                           dense_us=round(dense_us, 2), slices_us=round(us, 2),
+                           speedup_vs_dense=round(dense_us / us, 3), floor_fraction=round(floor, 3))
+                out_rows.append(rec)
+                print(f"{shape:>11} {n:>3} {sp:>4} {sw.warps:>5} {ratio:>7.3f} {dense_us:>7.2f} {us:>7.2f} "
+                      f"{dense_us / us:>7.2f} {floor:>5.2f}", flush=True)
     if args.out and out_rows:
         start_csv(Path(args.out), list(out_rows[0]), out_rows)
 

@@ -12,25 +12,22 @@ from pathlib import Path
 import torch
 
 from cross.bench.weights import make_weight
-from cross.kernels.launch import SLICE_WORDS, slice_matmul
+from cross.kernels.launch import slice_matmul
 from cross.pack.slices import SliceWeight
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--shape", default="11008x4096")
 ap.add_argument("--sparsity", type=float, default=0.7)
 ap.add_argument("--n", type=int, default=16)
-ap.add_argument("--setting", default="8:8192", help="d:prefetch[:words]")
 ap.add_argument("--launches", type=int, default=1)
 ap.add_argument("--sass", default=None, help="a folder for the build's cubin and SASS")
 args = ap.parse_args()
 m, k = (int(v) for v in args.shape.split("x"))
-d, prefetch, words = (args.setting.split(":") + ["registers"])[:3]
-d, prefetch = int(d), int(prefetch)
 w = make_weight(m, k, args.sparsity, "uniform", torch.Generator().manual_seed(0)).cuda()
 x = torch.randn(args.n, k, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16).cuda()
 sw = SliceWeight.from_dense(w)
 for _ in range(args.launches):
-    y = slice_matmul(x, sw, d=d, prefetch=prefetch, words=words)
+    y = slice_matmul(x, sw)
 torch.cuda.synchronize()
 ref = x.float() @ w.float().T
 print(f"ok rel err {float((y.float() - ref).norm() / ref.norm()):.2e}, {sw.warps} warps, {sw.sp} steps per piece")
@@ -41,7 +38,7 @@ if args.sass:
 
     out = Path(args.sass)
     out.mkdir(parents=True, exist_ok=True)
-    defines = cuda_backend.slice_defines(True, sw.warps, sw.sp, d, prefetch, SLICE_WORDS[words])
+    defines = cuda_backend.slice_defines(True, sw.warps)
     cubin = cuda_backend.nvrtc_cubin(torch.cuda.current_device(), "slice_mma.cu", defines)
     (out / "slice_mma.cubin").write_bytes(cubin)
     tool = Path(triton.__file__).parent / "backends/nvidia/bin/cuobjdump"

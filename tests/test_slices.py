@@ -11,7 +11,7 @@ loads ahead and bias; non-finite inputs give the dense product's NaN.
 import pytest
 import torch
 
-from cross.pack.slices import PAD_WORDS, SliceWeight, default_warps, slice_steps, smem_bytes
+from cross.pack.slices import HEAD_PAD, PAD_WORDS, SliceWeight, default_warps, slice_steps, smem_bytes
 
 
 def _sparse(m, k, density, gen, dtype=torch.bfloat16):
@@ -90,24 +90,24 @@ def test_from_dense_refuses_bad_input(rng):
         SliceWeight.from_dense(torch.ones(8, 16, dtype=torch.bfloat16), warps=0)
 
 
-@pytest.mark.parametrize("bad", ["d", "prefetch", "words", "shape", "device"])
+@pytest.mark.parametrize("bad", ["steps", "shape", "device"])
 def test_slice_matmul_refuses_bad_input(rng, bad):
-    """Its own checks (d, prefetch, words) and the checks it shares with strip_matmul (test_strips
+    """Its own check (the format's steps per piece) and the checks it shares with strip_matmul (test_strips
     covers each of them) fail with a clear error before anything is launched."""
     from cross.kernels.launch import slice_matmul
 
-    sw = SliceWeight.from_dense(_sparse(32, 64, 0.5, rng))
-    x = torch.randn(3, 64 if bad != "shape" else 32, generator=rng).to(torch.bfloat16)
-    kw = {"d": {"d": 3}, "prefetch": {"prefetch": 100}, "words": {"words": "smem"}}.get(bad, {})
-    match = {"d": "d must be", "prefetch": "prefetch must be", "words": "words must be", "shape": "expected x",
-             "device": "CUDA"}[bad]
+    sw = SliceWeight.from_dense(_sparse(32, 256, 0.5, rng), warps=1, max_steps=16 if bad == "steps" else 8)
+    assert sw.sp == (16 if bad == "steps" else 8)
+    x = torch.randn(3, 256 if bad != "shape" else 32, generator=rng).to(torch.bfloat16)
+    match = {"steps": "8 steps per piece", "shape": "expected x", "device": "CUDA"}[bad]
     with pytest.raises(ValueError, match=match):
-        slice_matmul(x, sw, **kw)
+        slice_matmul(x, sw)
 
 
 def test_shared_memory_is_the_warps_partial_sums_and_rings():
-    assert smem_bytes(16, 11) == 16 * 11 * 32 * 16 < 227 * 1024
-    assert smem_bytes(16, 11, 8) == smem_bytes(16, 11) + 16 * 8 * 256  # 8 bytes per lane and step in flight
+    per_warp = (2048 + 4) * 4 + 10 * 8 + 8 * 4  # the ring of words, 10 mbarriers, the copies' ends
+    assert smem_bytes(16, 0) == 16 * per_warp
+    assert smem_bytes(16, 7) == smem_bytes(16, 0) + 16 * 7 * (512 + 256) < 227 * 1024  # 7 n-tiles per round fit
 
 
 # ---------------------------------------------------------------------- GPU
@@ -121,8 +121,7 @@ def _check(y, x, w, b):
 @pytest.mark.gpu
 @pytest.mark.parametrize("m,k", [(8, 16), (40, 200), (1000, 1032), (4096, 4096), (11008, 4096), (300, 11008)])
 @pytest.mark.parametrize("density", [0.0, 0.05, 0.3, 0.5, 1.0])
-@pytest.mark.parametrize("d,words", [(2, "registers"), (8, "registers"), (8, "shared"), (4, "shared"), (8, "l1")])
-def test_gpu_slice_kernel(m, k, density, d, words):
+def test_gpu_slice_kernel(m, k, density):
     from cross.kernels.launch import slice_matmul
 
     gen = torch.Generator().manual_seed(int.from_bytes(__import__("os").urandom(4), "little"))
@@ -132,26 +131,26 @@ def test_gpu_slice_kernel(m, k, density, d, words):
         x = torch.randn(n, k, generator=gen).to(torch.bfloat16).cuda()
         b = torch.randn(m, generator=gen).to(torch.bfloat16).cuda() if n % 2 == 0 else None
         y = torch.full((n, m), float("nan"), dtype=torch.bfloat16, device="cuda")
-        slice_matmul(x, sw, b, out=y, d=d, words=words)
+        slice_matmul(x, sw, b, out=y)
         _check(y, x, w, b)
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("warps,prefetch", [(4, 0), (7, 4096), (16, 12288)])
-@pytest.mark.parametrize("words", ["registers", "shared", "l1"])
-def test_gpu_slice_kernel_warps_and_rounds(warps, prefetch, words):
-    """Few warps (several pieces each, the ring drained between them), prefetch distances, and M large
-    enough for several rounds of n-tiles per block (each round's partial sums in shared memory,
-    summed and written)."""
+@pytest.mark.parametrize("warps", [4, 7, 16])
+@pytest.mark.parametrize("density", [0.3, 1.0])
+def test_gpu_slice_kernel_warps_and_rounds(warps, density):
+    """Few warps (several pieces each: positions of several pieces in flight), dense n-tiles (the
+    rings at their fullest), and M large enough for several rounds of n-tiles per block (each round's
+    partial sums in shared memory, summed and written)."""
     from cross.kernels.launch import slice_matmul
 
     gen = torch.Generator().manual_seed(5)
     m = 8 * 30 * torch.cuda.get_device_properties(0).multi_processor_count + 13  # 30+ n-tiles per block
-    w = _sparse(m, 520, 0.3, gen).cuda()
+    w = _sparse(m, 520, density, gen).cuda()
     sw = SliceWeight.from_dense(w, warps=warps)
     x = torch.randn(16, 520, generator=gen).to(torch.bfloat16).cuda()
     y = torch.full((16, m), float("nan"), dtype=torch.bfloat16, device="cuda")
-    _check(slice_matmul(x, sw, out=y, prefetch=prefetch, words=words), x, w, None)
+    _check(slice_matmul(x, sw, out=y), x, w, None)
 
 
 @pytest.mark.gpu
@@ -181,31 +180,97 @@ def test_gpu_slice_kernel_propagates_non_finite_inputs():
     assert torch.equal(torch.isnan(y), torch.isnan(ref)) and bool(torch.isnan(y[0]).all())
 
 
-@pytest.mark.parametrize("m,k,warps,blocks", [(40, 200, None, 3), (1000, 1032, 4, 7), (24, 3000, 16, 2), (8, 16, 16, 5)])
-def test_kernel_reads_stay_inside_the_format(rng, m, k, warps, blocks):
-    """The kernel's reads and L2 requests ahead (slice_mma.cu: heads two n-tiles ahead and asked of L2
-    four ahead; words at a step's position and the next; words asked of L2 PREFETCH bytes past an
-    n-tile's first word, 4 KB per request), transcribed for every block, warp, piece and n-tile, stay
-    inside the heads and values arrays, at the largest PREFETCH the launcher allows."""
-    sw = SliceWeight.from_dense(_sparse(m, k, 0.6, rng), warps=warps)
+def _simulate_warp(sw, r0, nr, warp, ring=2048, blk=512, nb=8):
+    """slice_mma.cu's copies and reads for one warp and round, transcribed: the pieces' heads (one copy
+    per piece, asked for when the piece before starts), the words streamed through the ring (copies of
+    at most ``blk`` words, at most ``nb`` in flight, never over words not yet multiplied, the cursor
+    entering a piece only once its heads were asked for), each n-tile waiting for the copies that hold
+    its words. Checks every copy's source and every read's place; returns the copies made."""
     sp, t_all = sw.sp, sw.tiles
-    heads = sw.heads.view(-1).to(torch.int64)
-    n_heads, n_vals = heads.numel(), sw.values.numel()
-    prefetch = 4 * PAD_WORDS - 4096
-    ranges, _ = sw.ranges(blocks)
-    r = ranges.tolist()
-    for b in range(blocks):
-        t0, t1 = r[b], r[b + 1]
-        for pc in range(sw.warps * sw.pieces):
-            base = (pc * t_all + t0) * sp * 4  # hbase without the lane's offset
-            nr = t1 - t0
-            if nr == 0:
+    heads = sw.heads.view(-1, 2 * sp, 2).to(torch.int64)
+    n_vals = sw.values.numel()
+    pc0 = warp * sw.pieces
+
+    def span(piece):  # a piece's words for the round, 16-byte aligned
+        rows = heads[(pc0 + piece) * t_all + r0:(pc0 + piece) * t_all + r0 + nr]
+        assert (pc0 + piece) * t_all + r0 + nr <= sw.heads.shape[0] - HEAD_PAD  # the heads copy
+        last = rows[-1, 2 * sp - 1]
+        return int(rows[0, 0, 1]) & ~3, (int(last[1]) + bin(int(last[0]) & 0xFFFFFFFF).count("1") + 3) & ~3
+
+    copied = landed = 0
+    flight = []  # ends of the copies in flight, in order
+    cp, hlast = 0, 0
+    nxt, stop = span(0)
+    base = {0: copied - nxt}
+    copies = []
+
+    def fill(freed):
+        nonlocal cp, nxt, stop, copied
+        while True:
+            if nxt >= stop:
+                if cp >= hlast:
+                    return
+                cp += 1
+                nxt, stop = span(cp)
+                base[cp] = copied - nxt
                 continue
-            for i in range(nr):
-                assert base + (i + 2) * sp * 4 + 2 * sp * 2 <= n_heads  # block_at(i + 2), every lane
-                assert base + (i + 4) * sp * 4 + 32 * (sp // 8) <= n_heads  # heads asked of L2
-                first = int(heads[base + i * sp * 4 + 1])  # lane 0: half 0, step 0's start
-                assert first + prefetch // 4 + 32 * 31 + 32 <= n_vals  # words asked of L2
-            # every step's two words (the steps D ahead of the last n-tile read the next n-tile's heads)
-            blk = heads[base:base + (nr + 1) * sp * 4].view(-1, 2)
-            assert int((blk[:, 1] + 32).max()) <= n_vals  # start + popcount (<= 31) + 1
+            at = copied % ring
+            n = min(stop - nxt, blk, ring - at)
+            if copied + n > freed + ring or len(flight) >= nb:
+                return
+            assert nxt % 4 == 0 and n % 4 == 0 and nxt + n <= n_vals  # inside the values, 16-byte chunks
+            copies.append((nxt, n))
+            flight.append(copied + n)
+            copied, nxt = copied + n, nxt + n
+
+    freed = copied
+    for pl in range(sw.pieces):
+        if pl > 0 and cp < pl:
+            cp = pl
+            nxt, stop = span(pl)
+            base[pl] = copied - nxt
+        if pl + 1 < sw.pieces:
+            hlast = pl + 1
+        for i in range(nr):
+            h = heads[(pc0 + pl) * t_all + r0 + i]
+            last = h[2 * sp - 1]
+            start = int(h[0, 1]) + base[pl]
+            end = int(last[1]) + bin(int(last[0]) & 0xFFFFFFFF).count("1") + base[pl]
+            while landed < end:
+                if not flight:
+                    fill(freed)
+                assert flight, "the n-tile waits for a copy that was never issued"
+                landed = flight.pop(0)
+            assert freed <= start and end - freed <= ring  # its words are in the ring, none overwritten
+            for u in range(2 * sp):
+                mask, st = (int(v) for v in h[u])
+                for j in range(16):  # a lane's word and the next
+                    at = (st + base[pl] + bin(mask & ((1 << (2 * j)) - 1)).count("1")) % ring
+                    assert at + 1 < ring + 4
+            freed = end
+            fill(freed)
+    return copies
+
+
+@pytest.mark.parametrize("m,k,warps,blocks,density", [(40, 200, None, 3, 0.4), (1000, 1032, 4, 7, 0.4),
+                                                     (24, 3000, 16, 2, 1.0), (8, 16, 16, 5, 0.4), (400, 520, 5, 3, 1.0),
+                                                     (2000, 3000, 3, 2, 0.1)])
+@pytest.mark.parametrize("rt", [2, 7])
+def test_kernel_copies_and_reads(rng, m, k, warps, blocks, density, rt):
+    """The kernel's copies and reads (slice_mma.cu, transcribed in _simulate_warp) for every block,
+    round of ``rt`` n-tiles and warp: sources inside the format, each n-tile's words landed before it
+    is multiplied and not overwritten while it is, and every copy after the one before it (pieces share at most
+    a 16-byte chunk; the stream is contiguous: an n-tile's last start plus its popcount is the next n-tile's first)."""
+    sw = SliceWeight.from_dense(_sparse(m, k, density, rng), warps=warps)
+    r = sw.ranges(blocks)[0].tolist()
+    for b in range(blocks):
+        for r0 in range(r[b], r[b + 1], rt):
+            nr = min(r0 + rt, r[b + 1]) - r0
+            for warp in range(sw.warps):
+                copies = _simulate_warp(sw, r0, nr, warp)
+                for (a, n), (c, _) in zip(copies, copies[1:]):
+                    assert c >= a + n - 4  # in stream order; pieces may share a 16-byte chunk, nothing more
+    heads = sw.heads.view(-1, 2 * sw.sp, 2).to(torch.int64)
+    ends = heads[:, -1, 1] + torch.tensor([bin(int(v) & 0xFFFFFFFF).count("1") for v in heads[:, -1, 0]])
+    real = sw.warps * sw.pieces * sw.tiles
+    assert torch.equal(ends[:real - 1], heads[1:real, 0, 1])  # contiguous from n-tile to n-tile, piece to piece

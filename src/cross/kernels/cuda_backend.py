@@ -303,25 +303,23 @@ def sparse24_launch(blocks: int, nt: int, warps: int, mt: int, overflow: bool, s
 _SLICE_SOURCE = "slice_mma.cu"
 
 
-def slice_defines(is_bf16: bool, warps: int, sp: int, d: int, prefetch: int, words: int) -> tuple[str, ...]:
-    """NVRTC defines of a slice_mma build (``words``: its WORDS), with CROSS_CUDA_DEFINES' extras."""
-    defines = [f"-DIS_BF16={int(is_bf16)}", f"-DWARPS={warps}", f"-DSP={sp}", f"-DD={d}", f"-DPREFETCH={prefetch}",
-               f"-DWORDS={words}"]
+def slice_defines(is_bf16: bool, warps: int) -> tuple[str, ...]:
+    """NVRTC defines of a slice_mma build, with CROSS_CUDA_DEFINES' extras."""
+    defines = [f"-DIS_BF16={int(is_bf16)}", f"-DWARPS={warps}"]
     return tuple(defines + os.environ.get(DEFINES_ENV, "").split())
 
 
 @functools.lru_cache(maxsize=None)
-def _slice_kernel(device_index: int, is_bf16: bool, warps: int, sp: int, d: int, prefetch: int, words: int,
-                  smem: int):
-    defines = slice_defines(is_bf16, warps, sp, d, prefetch, words)
+def _slice_kernel(device_index: int, is_bf16: bool, warps: int, smem: int):
+    defines = slice_defines(is_bf16, warps)
     _, func = _compile(device_index, _SLICE_SOURCE, "slice_mma", defines, smem)
     return func
 
 
-def slice_launch(blocks: int, warps: int, sp: int, d: int, prefetch: int, words: int, smem: int, ptrs, m: int,
-                 k: int, n_tok: int, ldx: int, ldy: int, tiles: int, pieces: int, rt: int) -> None:
+def slice_launch(blocks: int, warps: int, smem: int, ptrs, m: int, k: int, n_tok: int, ldx: int, ldy: int,
+                 tiles: int, pieces: int, rt: int) -> None:
     """One launch of slice_mma: pointers (x, y, bias or 0, heads, values, ranges), M, K, the pass's
     n_tok <= 16 tokens with X's and Y's row strides, the weight's n-tiles and pieces per warp, and
-    the n-tiles per round ``rt``; ``words``: slice_mma.cu's WORDS."""
-    func = _slice_kernel(torch.cuda.current_device(), ptrs.is_bf16, warps, sp, d, prefetch, words, smem)
+    the n-tiles per round ``rt``."""
+    func = _slice_kernel(torch.cuda.current_device(), ptrs.is_bf16, warps, smem)
     _launch(func, blocks, warps * 32, smem, ptrs, (m, k, n_tok, ldx, ldy, tiles, pieces, rt))

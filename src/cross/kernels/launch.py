@@ -387,31 +387,19 @@ def sparse24_matmul(x: torch.Tensor, weight, bias: torch.Tensor | None = None, o
     return y
 
 
-#: where the slice kernel's words wait from D steps ahead (slice_mma.cu's WORDS)
-SLICE_WORDS = {"registers": 0, "shared": 1, "l1": 2}
-
-
-def slice_matmul(x: torch.Tensor, weight, bias: torch.Tensor | None = None, out: torch.Tensor | None = None,
-                 d: int = 8, prefetch: int = 8192, words: str = "registers") -> torch.Tensor:
+def slice_matmul(x: torch.Tensor, weight, bias: torch.Tensor | None = None,
+                 out: torch.Tensor | None = None) -> torch.Tensor:
     """Y[N, M] = X[N, K] @ W^T (+ bias) by the slice kernel (kernels/slice_mma.cu) over a SliceWeight
-    (pack/slices.py), one launch per pass of up to 16 tokens, a block of the weight's warps per SM,
-    each step's words fetched ``d`` steps ahead (a divisor of the weight's steps per piece) into
-    ``words`` (registers; shared: a ring per warp by cp.async; l1: the lines asked of L1) and L2
-    asked for each warp's stream ``prefetch`` bytes ahead (0: not). x: [N, K] in the weight's dtype;
-    bias: [M]; out: optional [N, M], unit stride along M. Non-finite inputs give the dense product's
-    result."""
-    from ..pack.slices import PAD_WORDS, smem_bytes
+    (pack/slices.py) of 8 steps per piece, one launch per pass of up to 16 tokens, a block of the
+    weight's warps per SM. x: [N, K] in the weight's dtype; bias: [M]; out: optional [N, M], unit
+    stride along M. Non-finite inputs give the dense product's result."""
+    from ..pack.slices import smem_bytes
     from . import cuda_backend
 
     m, k = weight.shape
-    if d not in (1, 2, 4, 8, 16) or weight.sp % d:
-        raise ValueError(f"slice_matmul: d must be 1, 2, 4, 8 or 16 and divide the weight's {weight.sp} steps per "
-                         f"piece, got {d!r}")
-    if not isinstance(prefetch, int) or not 0 <= prefetch <= 4 * PAD_WORDS - 4096 or prefetch % 128:
-        raise ValueError(f"slice_matmul: prefetch must be a multiple of 128 in 0..{4 * PAD_WORDS - 4096}, "
-                         f"got {prefetch!r}")
-    if words not in SLICE_WORDS:
-        raise ValueError(f"slice_matmul: words must be one of {sorted(SLICE_WORDS)}, got {words!r}")
+    if weight.sp != 8:
+        raise ValueError(f"slice_matmul: the kernel takes 8 steps per piece (SliceWeight.from_dense(max_steps=8)), "
+                         f"got a weight of {weight.sp}")
     n = _check_pass_args("slice_matmul", x, weight, bias, out, 16)
     if not (weight.heads.is_contiguous() and weight.values.is_contiguous()):
         raise ValueError("slice_matmul: the SliceWeight's tensors must be contiguous")
@@ -419,9 +407,12 @@ def slice_matmul(x: torch.Tensor, weight, bias: torch.Tensor | None = None, out:
     limit = getattr(props, "shared_memory_per_block_optin", 227 * 1024)
     blocks = props.multi_processor_count
     ranges, most = weight.ranges(blocks)
-    ring = d if words == "shared" else 0
-    rt = max(1, min(most, (limit - smem_bytes(weight.warps, 0, ring)) // smem_bytes(weight.warps, 1)))
-    smem = smem_bytes(weight.warps, rt, ring)
+    if smem_bytes(weight.warps, 1) > limit:
+        raise ValueError(f"slice_matmul: a block of {weight.warps} warps needs {smem_bytes(weight.warps, 1)} bytes of "
+                         f"shared memory, the device has {limit}: pack the weight for fewer warps")
+    per_tile = smem_bytes(weight.warps, 1) - smem_bytes(weight.warps, 0)
+    rt = max(1, min(most, (limit - smem_bytes(weight.warps, 0)) // per_tile))
+    smem = smem_bytes(weight.warps, rt)
     y = torch.empty((n, m), dtype=x.dtype, device=x.device) if out is None else out
     if n == 0:
         return y
@@ -431,6 +422,6 @@ def slice_matmul(x: torch.Tensor, weight, bias: torch.Tensor | None = None, out:
         count = min(16, n - start)
         ptrs = cuda_backend.Pointers((x[start], y[start], bias, weight.heads, weight.values, ranges),
                                      x.dtype == torch.bfloat16)
-        cuda_backend.slice_launch(blocks, weight.warps, weight.sp, d, prefetch, SLICE_WORDS[words], smem, ptrs, m,
-                                  k, count, x.stride(0), y.stride(0), weight.tiles, weight.pieces, rt)
+        cuda_backend.slice_launch(blocks, weight.warps, smem, ptrs, m, k, count, x.stride(0), y.stride(0), weight.tiles,
+                                  weight.pieces, rt)
     return y

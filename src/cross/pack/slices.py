@@ -1,4 +1,4 @@
-"""The slice format: a weight for the slice kernel (``kernels/slice_mma.cu``), which multiplies 8 or
+"""The slice format: a weight for the slice kernel (``kernels/slice_mma.cu``), which multiplies up to
 16 tokens of X (the A operand of ``mma.m16n8k16``, held in registers) by the weight as the B operand
 (8 rows x 16 columns per step), K split among a block's warps so that no warp reads X more than once.
 
@@ -14,14 +14,15 @@ is at the half's start plus the popcount of the mask's bits below 2 j.
 Pieces. The K steps are split into ``warps * pieces`` pieces of ``sp`` steps (the columns padded with
 zeros to ``ksp = warps * pieces * sp`` steps); warp w of every block takes pieces w * pieces ..
 (w + 1) * pieces - 1 and holds X's registers of one piece at a time (4 sp registers). A piece's heads
-and words are one stream over the n-tiles (piece, n-tile, step, half, bit), which a warp reads in
-order and asks L2 for ahead of itself.
+and words are one stream over the n-tiles (piece, n-tile, step, half, bit): the words of a piece's
+consecutive n-tiles are one contiguous range (an n-tile's last step's start plus that step's popcount
+is the next n-tile's first start), which the kernel copies into shared memory in large pieces.
 
     heads   int32 [pieces_total * T + HEAD_PAD, 2 sp, 2]  per piece and n-tile (8 rows), per half and
                                     step: mask and start (word index); n-tiles of zeros past the
-                                    last (the kernel's reads ahead stay inside)
-    values  int32 [W + PAD_WORDS]   the stored pairs in stream order; padding for the kernel's reads
-                                    and L2 requests ahead
+                                    last (read by no kernel now; kept for reads ahead)
+    values  int32 [W + PAD_WORDS]   the stored pairs in stream order; padding (the kernel's copies
+                                    read at most 3 words past a range's end)
 
 Bytes per weight element: 16 / 128 per step for the heads (1/16 of dense) plus 2 bytes per stored
 pair's element: at 70% sparsity 0.57 of dense, at 90% 0.25, at 50% 0.81.
@@ -39,8 +40,8 @@ from .rows import _as_int16, _as_int32, _pair_words, _stored_halves
 ROWS = 8  # rows per n-tile: the mma's N
 STEP = 16  # columns per step: the mma's K
 PAIRS = 64  # pairs per n-tile and step
-HEAD_PAD = 4  # n-tiles of zero heads past the last piece: the kernel's loads and L2 requests ahead
-PAD_WORDS = 4096  # past the last word: the kernel's reads ahead and L2 requests (slice_mma.cu's PREFETCH)
+HEAD_PAD = 4  # n-tiles of zero heads past the last piece (slice_mma.cu copies only real ones)
+PAD_WORDS = 4096  # past the last word (slice_mma.cu's copies read at most 3 words past a range's end)
 _DTYPES = (torch.bfloat16, torch.float16)
 
 
@@ -58,7 +59,7 @@ def slice_steps(k: int, warps: int, max_steps: int = 16) -> tuple[int, int, int]
     return pieces, sp, warps * pieces * sp
 
 
-def default_warps(k: int, max_steps: int = 16, most: int = 16) -> int:
+def default_warps(k: int, max_steps: int = 8, most: int = 16) -> int:
     """Warps per block for K columns: the fewest padded steps, weighed against fewer warps (each warp
     short of ``most`` costs 1/32 more: fewer warps hide less latency)."""
     return min(range(4, most + 1),
@@ -93,10 +94,10 @@ class SliceWeight:
     _ranges: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
-    def from_dense(cls, weight: torch.Tensor, warps: int | None = None, max_steps: int = 16) -> "SliceWeight":
+    def from_dense(cls, weight: torch.Tensor, warps: int | None = None, max_steps: int = 8) -> "SliceWeight":
         """Pack a 2-D bf16/fp16 weight for blocks of ``warps`` warps (None: ``default_warps``), each
-        holding X for at most ``max_steps`` (8 or 16) steps of 16 columns; zeros (and -0.0) are not
-        stored; NaN and Inf are."""
+        holding X for at most ``max_steps`` (8 or 16; the kernel takes 8) steps of 16 columns; zeros
+        (and -0.0) are not stored; NaN and Inf are."""
         check_weight(weight)
         if weight.dtype not in _DTYPES:
             raise TypeError(f"slice format: expected a bfloat16 or float16 weight (16-bit values), got {weight.dtype}")
@@ -195,8 +196,8 @@ def _popcount(x: torch.Tensor) -> torch.Tensor:
     return c
 
 
-def smem_bytes(warps: int, rt: int, ring_steps: int = 0) -> int:
-    """Dynamic shared memory of a slice_mma block: each warp's partial sums of ``rt`` n-tiles, then
-    (the build whose words wait in shared memory) each warp's ring of ``ring_steps`` steps (8 bytes
-    per lane and step)."""
-    return warps * rt * 32 * 16 + warps * ring_steps * 32 * 8
+def smem_bytes(warps: int, rt: int) -> int:
+    """Dynamic shared memory of a slice_mma block (slice_mma.cu): per warp the partial sums of ``rt``
+    n-tiles and two buffers of a piece's heads for them (512 + 2 x 128 bytes per n-tile), the ring of
+    words (2048 + 4 words), 10 mbarriers and the ring's copies' ends (8 words)."""
+    return warps * (rt * (512 + 2 * 128) + (2048 + 4) * 4 + 10 * 8 + 8 * 4)
