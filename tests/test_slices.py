@@ -180,76 +180,131 @@ def test_gpu_slice_kernel_propagates_non_finite_inputs():
     assert torch.equal(torch.isnan(y), torch.isnan(ref)) and bool(torch.isnan(y[0]).all())
 
 
-def _simulate_warp(sw, r0, nr, warp, ring=2048, blk=512, nb=8):
-    """slice_mma.cu's copies and reads for one warp and round, transcribed: the pieces' heads (one copy
-    per piece, asked for when the piece before starts), the words streamed through the ring (copies of
-    at most ``blk`` words, at most ``nb`` in flight, never over words not yet multiplied, the cursor
-    entering a piece only once its heads were asked for), each n-tile waiting for the copies that hold
-    its words. Checks every copy's source and every read's place; returns the copies made."""
+class _Barriers:
+    """mbarriers as slice_mma.cu uses them: a copy arms barrier b for its next phase; a wait on (b,
+    parity) for a copy must find that copy's phase the newest armed one, of that parity; a barrier is
+    armed again only after its newest phase was waited for."""
+
+    def __init__(self, n):
+        self.arms = [[] for _ in range(n)]
+        self.waited = [0] * n
+
+    def arm(self, b, copy):
+        assert self.waited[b] == len(self.arms[b]), f"barrier {b} armed before its phase was waited for"
+        self.arms[b].append(copy)
+
+    def wait(self, b, parity, copy):
+        phase = len(self.arms[b]) - 1
+        assert phase >= 0 and self.arms[b][phase] == copy, f"barrier {b}: copy {copy} is not its newest phase"
+        assert phase & 1 == parity, f"barrier {b}: waits for parity {parity} of phase {phase}"
+        self.waited[b] = phase + 1
+
+
+def _simulate_warp(sw, rounds, warp, ring=2048, blk=512, nb=8):
+    """slice_mma.cu's copies, waits and reads for one warp over a block's ``rounds`` ((r0, n-tiles)
+    each), transcribed: the pieces' heads (one copy per piece and round, asked for when the piece
+    before starts, copy n on mbarrier nb + n % 2), the words streamed through the ring (copies of at
+    most ``blk`` words, at most ``nb`` in flight, copy n on mbarrier n % nb, never over words not yet
+    multiplied, the cursor entering a piece only once its heads were asked for), each n-tile waiting
+    for the copies that hold its words. Checks every copy's source, every read's place and every
+    mbarrier's phases; returns the word copies made, per round."""
     sp, t_all = sw.sp, sw.tiles
     heads = sw.heads.view(-1, 2 * sp, 2).to(torch.int64)
     n_vals = sw.values.numel()
     pc0 = warp * sw.pieces
+    bars = _Barriers(nb + 2)
+    copied = landed = issued = waited = hcopies = 0
+    ends = {}
+    out = []
+    for r0, nr in rounds:
+        def span(piece):  # a piece's words for the round, 16-byte aligned
+            row = (pc0 + piece) * t_all + r0
+            assert row + nr <= sw.heads.shape[0] - HEAD_PAD  # the heads copy: real pieces and n-tiles
+            last = heads[row + nr - 1, 2 * sp - 1]
+            end = int(last[1]) + bin(int(last[0]) & 0xFFFFFFFF).count("1")
+            return int(heads[row, 0, 1]) & ~3, (end + 3) & ~3
 
-    def span(piece):  # a piece's words for the round, 16-byte aligned
-        rows = heads[(pc0 + piece) * t_all + r0:(pc0 + piece) * t_all + r0 + nr]
-        assert (pc0 + piece) * t_all + r0 + nr <= sw.heads.shape[0] - HEAD_PAD  # the heads copy
-        last = rows[-1, 2 * sp - 1]
-        return int(rows[0, 0, 1]) & ~3, (int(last[1]) + bin(int(last[0]) & 0xFFFFFFFF).count("1") + 3) & ~3
+        def copy_heads():
+            nonlocal hcopies
+            bars.arm(nb + (hcopies & 1), ("heads", hcopies))
+            hcopies += 1
 
-    copied = landed = 0
-    flight = []  # ends of the copies in flight, in order
-    cp, hlast = 0, 0
-    nxt, stop = span(0)
-    base = {0: copied - nxt}
-    copies = []
+        def wait_heads(n):
+            bars.wait(nb + (n & 1), (n >> 1) & 1, ("heads", n))
 
-    def fill(freed):
-        nonlocal cp, nxt, stop, copied
-        while True:
-            if nxt >= stop:
-                if cp >= hlast:
+        def wait_words():
+            nonlocal waited
+            bars.wait(waited % nb, (waited // nb) & 1, ("words", waited))
+            waited += 1
+
+        h0 = hcopies
+        cp, hlast = 0, 0
+        copies = []
+        base = {}
+
+        def enter(piece):
+            nonlocal nxt, stop
+            nxt, stop = span(piece)
+            base[piece] = copied - nxt
+
+        def fill(freed):
+            nonlocal cp, copied, nxt, issued
+            while True:
+                if nxt >= stop:
+                    if cp >= hlast:
+                        return
+                    cp += 1
+                    wait_heads(h0 + cp)
+                    enter(cp)
+                    continue
+                at = copied % ring
+                n = min(stop - nxt, blk, ring - at)
+                if copied + n > freed + ring or issued - waited >= nb:
                     return
-                cp += 1
-                nxt, stop = span(cp)
-                base[cp] = copied - nxt
-                continue
-            at = copied % ring
-            n = min(stop - nxt, blk, ring - at)
-            if copied + n > freed + ring or len(flight) >= nb:
-                return
-            assert nxt % 4 == 0 and n % 4 == 0 and nxt + n <= n_vals  # inside the values, 16-byte chunks
-            copies.append((nxt, n))
-            flight.append(copied + n)
-            copied, nxt = copied + n, nxt + n
+                assert nxt % 4 == 0 and n % 4 == 0 and nxt + n <= n_vals  # inside the values, 16-byte chunks
+                bars.arm(issued % nb, ("words", issued))
+                copies.append((nxt, n))
+                ends[issued] = copied + n
+                copied, nxt, issued = copied + n, nxt + n, issued + 1
 
-    freed = copied
-    for pl in range(sw.pieces):
-        if pl > 0 and cp < pl:
-            cp = pl
-            nxt, stop = span(pl)
-            base[pl] = copied - nxt
-        if pl + 1 < sw.pieces:
-            hlast = pl + 1
-        for i in range(nr):
-            h = heads[(pc0 + pl) * t_all + r0 + i]
-            last = h[2 * sp - 1]
-            start = int(h[0, 1]) + base[pl]
-            end = int(last[1]) + bin(int(last[0]) & 0xFFFFFFFF).count("1") + base[pl]
-            while landed < end:
-                if not flight:
-                    fill(freed)
-                assert flight, "the n-tile waits for a copy that was never issued"
-                landed = flight.pop(0)
-            assert freed <= start and end - freed <= ring  # its words are in the ring, none overwritten
-            for u in range(2 * sp):
-                mask, st = (int(v) for v in h[u])
-                for j in range(16):  # a lane's word and the next
-                    at = (st + base[pl] + bin(mask & ((1 << (2 * j)) - 1)).count("1")) % ring
-                    assert at + 1 < ring + 4
-            freed = end
-            fill(freed)
-    return copies
+        nxt = stop = 0
+        copy_heads()
+        wait_heads(h0)
+        enter(0)
+        freed = copied
+        for pl in range(sw.pieces):
+            if pl > 0:
+                wait_heads(h0 + pl)
+                if cp < pl:
+                    cp = pl
+                    enter(pl)
+            if pl + 1 < sw.pieces:
+                copy_heads()
+                hlast = pl + 1
+            for i in range(nr):
+                h = heads[(pc0 + pl) * t_all + r0 + i]
+                last = h[2 * sp - 1]
+                start = int(h[0, 1]) + base[pl]
+                end = int(last[1]) + bin(int(last[0]) & 0xFFFFFFFF).count("1") + base[pl]
+                while landed < end:
+                    if waited == issued:
+                        fill(freed)
+                    assert waited < issued, "the n-tile waits for a copy that was never issued"
+                    landed = ends[waited]
+                    wait_words()
+                assert freed <= start and end - freed <= ring  # its words are in the ring, none overwritten
+                for u in range(2 * sp):
+                    mask, st = (int(v) for v in h[u])
+                    for j in range(16):  # a lane's word and the next
+                        at = (st + base[pl] + bin(mask & ((1 << (2 * j)) - 1)).count("1")) % ring
+                        assert at + 1 < ring + 4
+                freed = end
+                fill(freed)
+        while waited < issued:
+            wait_words()
+        landed = copied
+        out.append(copies)
+    return out
 
 
 @pytest.mark.parametrize("m,k,warps,blocks,density", [(40, 200, None, 3, 0.4), (1000, 1032, 4, 7, 0.4),
@@ -264,10 +319,9 @@ def test_kernel_copies_and_reads(rng, m, k, warps, blocks, density, rt):
     sw = SliceWeight.from_dense(_sparse(m, k, density, rng), warps=warps)
     r = sw.ranges(blocks)[0].tolist()
     for b in range(blocks):
-        for r0 in range(r[b], r[b + 1], rt):
-            nr = min(r0 + rt, r[b + 1]) - r0
-            for warp in range(sw.warps):
-                copies = _simulate_warp(sw, r0, nr, warp)
+        rounds = [(r0, min(r0 + rt, r[b + 1]) - r0) for r0 in range(r[b], r[b + 1], rt)]
+        for warp in range(sw.warps):
+            for copies in _simulate_warp(sw, rounds, warp):
                 for (a, n), (c, _) in zip(copies, copies[1:]):
                     assert c >= a + n - 4  # in stream order; pieces may share a 16-byte chunk, nothing more
     heads = sw.heads.view(-1, 2 * sw.sp, 2).to(torch.int64)

@@ -77,9 +77,11 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) slice_mma(
         const int r1 = min(r0 + rt, t1), nr = r1 - r0;
         for (int i = 0; i < nr; ++i) mine[i * 32] = make_float4(0.f, 0.f, 0.f, 0.f);
         const u32 hbytes = (u32)nr * (SP * 16);
-        // a piece's heads for the round into its buffer (lane 0), its copy counted on mbarrier NB + piece % 2
+        // a piece's heads for the round into its buffer (lane 0); heads copy n (counted from the warp's first,
+        // across rounds) completes a phase of mbarrier NB + n % 2. (The count, not the piece: with an odd
+        // number of pieces a round's first piece is an odd copy.)
         auto copy_heads = [&](int piece) {
-            const u32 bar = bars + (NB + (piece & 1)) * 8;
+            const u32 bar = bars + (NB + (hcopies & 1u)) * 8;
             if (lane == 0) {
                 mbar_arrive_expect(bar, hbytes);
                 asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // the lanes' reads are done
@@ -88,7 +90,6 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) slice_mma(
             }
             ++hcopies;
         };
-        // heads copy n (counted from the first, across rounds) completes a phase of mbarrier NB + n % 2
         auto wait_heads = [&](u32 n) { mbar_wait(bars + (NB + (n & 1)) * 8, (n >> 1) & 1u); };
         // the copying cursor: piece cp, its words [next, stop) still to copy (16-byte aligned), and the offset
         // that turns a word's position in the weight into its place in the ring's stream (base_cp); the
