@@ -92,8 +92,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) slice_mma(
         };
         auto wait_heads = [&](u32 n) { mbar_wait(bars + (NB + (n & 1)) * 8, (n >> 1) & 1u); };
         // the copying cursor: piece cp, its words [next, stop) still to copy (16-byte aligned), and the offset
-        // that turns a word's position in the weight into its place in the ring's stream (base_cp); the
-        // reading side keeps the offset of the piece it multiplies (base_rd) and of the next (base_nx)
+        // that turns a word's position in the weight into its place in the ring's stream (base_nx, set when
+        // the cursor enters a piece); the reading side copies it into base_rd when it starts that piece
         int cp = 0;
         u32 next = 0, stop = 0, base_nx = 0;
         const u32 h0 = hcopies;  // piece p's heads are copy h0 + p
