@@ -2,10 +2,12 @@
 
 CPU: the format read back as the kernel reads it (each lane's two words from its half's start plus a
 popcount, each register that word, the next, or zero) gives the weight bit for bit over shapes,
-densities and warps; the lane layout of the pairs; the pieces' split of K; the blocks' n-tile ranges.
+densities and warps; the lane layout of the pairs; the pieces' split of K; the blocks' n-tile ranges;
+the kernel's producer and consumers, transcribed and interleaved at random (every word a lane selects
+is the right one, no copy over unread words, no deadlock).
 GPU (`-m gpu`): the kernel against the fp64 product with outputs poisoned, fresh inputs, over shapes
-(ragged M and K, several pieces per warp, several rounds per block), densities, token counts, dtypes,
-loads ahead and bias; non-finite inputs give the dense product's NaN.
+(ragged M and K, several pieces per warp, several rounds per block), densities, token counts, dtypes
+and bias; non-finite inputs give the dense product's NaN.
 """
 
 import pytest
@@ -105,9 +107,11 @@ def test_slice_matmul_refuses_bad_input(rng, bad):
 
 
 def test_shared_memory_is_the_warps_partial_sums_and_rings():
-    per_warp = (2048 + 4) * 4 + 10 * 8 + 8 * 4  # the ring of words, 10 mbarriers, the copies' ends
+    ring = (_kernel_constant("RING") + 4) * 4
+    per_warp = ring + 2 * _kernel_constant("NB") * 4 + 20 * 8  # the ring, the slots' bases and places, 20 mbarriers
     assert smem_bytes(16, 0) == 16 * per_warp
-    assert smem_bytes(16, 7) == smem_bytes(16, 0) + 16 * 7 * (512 + 256) < 227 * 1024  # 7 n-tiles per round fit
+    # 11 n-tiles per round fit (11008 rows on 132 SMs: one round)
+    assert smem_bytes(16, 11) == smem_bytes(16, 0) + 16 * 11 * (512 + 256) <= 227 * 1024
 
 
 # ---------------------------------------------------------------------- GPU
@@ -180,150 +184,220 @@ def test_gpu_slice_kernel_propagates_non_finite_inputs():
     assert torch.equal(torch.isnan(y), torch.isnan(ref)) and bool(torch.isnan(y[0]).all())
 
 
-class _Barriers:
-    """mbarriers as slice_mma.cu uses them: a copy arms barrier b for its next phase; a wait on (b,
-    parity) for a copy must find that copy's phase the newest armed one, of that parity; a barrier is
-    armed again only after its newest phase was waited for."""
+def _kernel_constant(name):
+    """A #define of slice_mma.cu (the transcription below uses the kernel's own sizes)."""
+    import re
+    from importlib import resources
 
-    def __init__(self, n):
-        self.arms = [[] for _ in range(n)]
-        self.waited = [0] * n
-
-    def arm(self, b, copy):
-        assert self.waited[b] == len(self.arms[b]), f"barrier {b} armed before its phase was waited for"
-        self.arms[b].append(copy)
-
-    def wait(self, b, parity, copy):
-        phase = len(self.arms[b]) - 1
-        assert phase >= 0 and self.arms[b][phase] == copy, f"barrier {b}: copy {copy} is not its newest phase"
-        assert phase & 1 == parity, f"barrier {b}: waits for parity {parity} of phase {phase}"
-        self.waited[b] = phase + 1
+    src = resources.files("cross.kernels").joinpath("slice_mma.cu").read_text()
+    return int(re.search(rf"#define {name} (\d+)", src).group(1))
 
 
-def _simulate_warp(sw, rounds, warp, ring=2048, blk=512, nb=8):
-    """slice_mma.cu's copies, waits and reads for one warp over a block's ``rounds`` ((r0, n-tiles)
-    each), transcribed: the pieces' heads (one copy per piece and round, asked for when the piece
-    before starts, copy n on mbarrier nb + n % 2), the words streamed through the ring (copies of at
-    most ``blk`` words, at most ``nb`` in flight, copy n on mbarrier n % nb, never over words not yet
-    multiplied, the cursor entering a piece only once its heads were asked for), each n-tile waiting
-    for the copies that hold its words. Checks every copy's source, every read's place and every
-    mbarrier's phases; returns the word copies made, per round."""
-    sp, t_all = sw.sp, sw.tiles
+class _Mbar:
+    """An mbarrier of one arrival, as the kernel arms and tests it: a phase completes when its arrival
+    (with the bytes it announces) came and those bytes landed. A test for phase n answers as the
+    hardware does for its parity; the transcription also requires n to be the current phase or the
+    one just completed (a parity test cannot tell older phases apart)."""
+
+    def __init__(self):
+        self.done, self.arrived, self.bytes = 0, False, 0
+
+    def arrive(self, nbytes=0):
+        assert not self.arrived, "a second arrival on a phase of one"
+        self.arrived, self.bytes = True, self.bytes + nbytes
+        self._complete()
+
+    def land(self, nbytes):
+        self.bytes -= nbytes
+        assert self.bytes >= 0
+        self._complete()
+
+    def _complete(self):
+        if self.arrived and self.bytes == 0:
+            self.done, self.arrived = self.done + 1, False
+
+    def test(self, n):
+        assert n >= 0 and self.done in (n, n + 1), f"tests phase {n} with {self.done} completed"
+        return (self.done & 1) != (n & 1)
+
+
+def _run_warp(sw, t0, t1, rt, warp, rng, ring=None, nb=None):
+    """slice_mma.cu for one consumer warp and the producer lane that serves it, over a block's n-tiles
+    [t0, t1) in rounds of ``rt``, transcribed: each side as a coroutine that yields where the kernel
+    polls or waits, the bulk copies landing in any order, all three interleaved at random (``rng``).
+    Checks: every copy's source is inside the format and 16-byte aligned; no copy overwrites ring words
+    or heads whose reader has not arrived past them; every word a lane selects is the stream's word it
+    wants; every mbarrier test asks for the current or just completed phase; the run ends (no
+    deadlock). Returns the ring places of the words copies and how often the consumer took two
+    positions at a time."""
+    import random
+
+    ring = ring or _kernel_constant("RING")
+    nb = nb or _kernel_constant("NB")
+    together = _kernel_constant("TOGETHER")
+    sp, tiles, pieces = sw.sp, sw.tiles, sw.pieces
     heads = sw.heads.view(-1, 2 * sp, 2).to(torch.int64)
-    n_vals = sw.values.numel()
-    pc0 = warp * sw.pieces
-    bars = _Barriers(nb + 2)
-    copied = landed = issued = waited = hcopies = 0
-    ends = {}
-    out = []
-    for r0, nr in rounds:
-        def span(piece):  # a piece's words for the round, 16-byte aligned
-            row = (pc0 + piece) * t_all + r0
-            assert row + nr <= sw.heads.shape[0] - HEAD_PAD  # the heads copy: real pieces and n-tiles
-            last = heads[row + nr - 1, 2 * sp - 1]
-            end = int(last[1]) + bin(int(last[0]) & 0xFFFFFFFF).count("1")
-            return int(heads[row, 0, 1]) & ~3, (end + 3) & ~3
+    n_vals, n_heads = sw.values.numel(), sw.heads.shape[0] - HEAD_PAD
+    full, empty = [_Mbar() for _ in range(nb)], [_Mbar() for _ in range(nb)]
+    hfull, hempty = [_Mbar(), _Mbar()], [_Mbar(), _Mbar()]
+    smem_ring = [None] * (ring + 4)  # the stream word each ring word holds
+    hbuf = [None, None]  # the heads rows each buffer holds
+    base, place = [None] * nb, [None] * nb
+    flight = []  # copies issued, not landed: (apply, barrier, bytes)
+    live = {}  # position -> its ring words [at, at + n), until the consumer arrives past it
+    hreading = [None, None]  # the heads rows each buffer's reader has not arrived past
+    nq = -(-(t1 - t0) // rt) * pieces if t1 > t0 else 0
+    pc0 = warp * pieces
+    places, pairs = [], [0]
 
-        def copy_heads():
-            nonlocal hcopies
-            bars.arm(nb + (hcopies & 1), ("heads", hcopies))
-            hcopies += 1
+    def pop(x):
+        return bin(int(x) & 0xFFFFFFFF).count("1")
 
-        def wait_heads(n):
-            bars.wait(nb + (n & 1), (n >> 1) & 1, ("heads", n))
+    def nr_of(r0):
+        return min(rt, t1 - r0)
 
-        def wait_words():
-            nonlocal waited
-            bars.wait(waited % nb, (waited // nb) & 1, ("words", waited))
-            waited += 1
+    def producer():
+        hq, hr0, hpl, qw, wr0, wpl, i = 0, t0, 0, 0, t0, 0, 0
+        hready = False
+        p = old = wh = 0
+        while qw < nq:
+            if hq < nq and hq <= qw + 1 and (hq < 2 or hempty[hq & 1].test((hq >> 1) - 1)):
+                row0, n = (pc0 + hpl) * tiles + hr0, nr_of(hr0)
+                assert row0 + n <= n_heads  # real pieces and n-tiles
+                assert hreading[hq & 1] is None, "a heads copy over heads not yet read"
+                hreading[hq & 1] = (row0, n)
+                hfull[hq & 1].arrive(n * sp * 16)
+                flight.append((lambda b=hq & 1, v=(row0, n): hbuf.__setitem__(b, v), hfull[hq & 1], n * sp * 16))
+                hq += 1
+                hpl += 1
+                if hpl == pieces:
+                    hpl, hr0 = 0, hr0 + rt
+            while qw < nq and (hready or hfull[qw & 1].test(qw >> 1)):  # as many positions as fit
+                hready = True
+                row0 = (pc0 + wpl) * tiles + wr0
+                assert hbuf[qw & 1] == (row0, nr_of(wr0))  # the heads the producer reads have landed
+                h = heads[row0 + i]
+                a = int(h[0, 1]) & ~3
+                n = ((int(h[-1, 1]) + pop(h[-1, 0]) + 3) & ~3) - a
+                fits, at = False, 0
+                while True:
+                    if p - old < nb:
+                        tail = place[old % nb]
+                        if old == p:
+                            at, fits = (wh if wh + n <= ring else 0), True
+                        elif wh >= tail:
+                            if wh + n <= ring:
+                                at, fits = wh, True
+                            elif n < tail:
+                                at, fits = 0, True
+                        elif wh + n < tail:
+                            at, fits = wh, True
+                    if fits or old == p or not empty[old % nb].test(old // nb):
+                        break
+                    old += 1
+                if not fits:
+                    break
+                s = p % nb
+                assert a % 4 == 0 and n % 4 == 0 and a + n <= n_vals  # inside the values, 16-byte chunks
+                for q, (lo, hi) in live.items():
+                    assert at + n <= lo or hi <= at or n == 0 or lo == hi, f"position {p} over {q}'s words"
+                live[p] = (at, at + n)
+                places.append(at)
+                place[s], base[s] = at, at - a
+                full[s].arrive(n * 4)
 
-        h0 = hcopies
-        cp, hlast = 0, 0
-        copies = []
-        base = {}
+                def land(at=at, a=a, n=n):
+                    smem_ring[at:at + n] = range(a, a + n)
+                flight.append((land, full[s], n * 4))
+                wh, p, i = at + n, p + 1, i + 1
+                if i == nr_of(wr0):
+                    i, qw, hready, wpl = 0, qw + 1, False, wpl + 1
+                    if wpl == pieces:
+                        wpl, wr0 = 0, wr0 + rt
+            yield
 
-        def enter(piece):
-            nonlocal nxt, stop
-            nxt, stop = span(piece)
-            base[piece] = copied - nxt
+    def consumer():
+        p = qc = 0
+        for r0 in range(t0, t1, rt):
+            nr = nr_of(r0)
+            for pl in range(pieces):
+                while not hfull[qc & 1].test(qc >> 1):
+                    yield
+                row0 = (pc0 + pl) * tiles + r0
+                assert hbuf[qc & 1] == (row0, nr)
+                i = 0
+                while i < nr:  # a position, or two when the second has landed too (no wait while holding one)
+                    while not full[p % nb].test(p // nb):
+                        yield
+                    group = 2 if together == 2 and i + 1 < nr and full[(p + 1) % nb].test((p + 1) // nb) else 1
+                    pairs[0] += group == 2
+                    for e in range(group):
+                        h, b = heads[row0 + i + e], base[(p + e) % nb]
+                        for u in range(2 * sp):  # (half, step)
+                            mask, st = int(h[u, 0]) & 0xFFFFFFFF, int(h[u, 1])
+                            for j in range(16):  # a lane's word and the next, as the ring holds them
+                                c = st + pop(mask & ((1 << (2 * j)) - 1))
+                                assert 0 <= c + b and c + b + 1 < ring + 4
+                                for bit in (2 * j, 2 * j + 1):  # the words its selects keep
+                                    if mask >> bit & 1:
+                                        pos = c + (bit & 1 and mask >> (2 * j) & 1)
+                                        assert smem_ring[pos + b] == pos, "a lane reads a word not (yet) there"
+                    yield  # the lanes' reads take time; the arrivals follow
+                    for e in range(group):
+                        del live[p]
+                        empty[p % nb].arrive()
+                        p += 1
+                    i += group
+                hreading[qc & 1] = None
+                hempty[qc & 1].arrive()
+                qc += 1
 
-        def fill(freed):
-            nonlocal cp, copied, nxt, issued
-            while True:
-                if nxt >= stop:
-                    if cp >= hlast:
-                        return
-                    cp += 1
-                    wait_heads(h0 + cp)
-                    enter(cp)
-                    continue
-                at = copied % ring
-                n = min(stop - nxt, blk, ring - at)
-                if copied + n > freed + ring or issued - waited >= nb:
-                    return
-                assert nxt % 4 == 0 and n % 4 == 0 and nxt + n <= n_vals  # inside the values, 16-byte chunks
-                bars.arm(issued % nb, ("words", issued))
-                copies.append((nxt, n))
-                ends[issued] = copied + n
-                copied, nxt, issued = copied + n, nxt + n, issued + 1
-
-        nxt = stop = 0
-        copy_heads()
-        wait_heads(h0)
-        enter(0)
-        freed = copied
-        for pl in range(sw.pieces):
-            if pl > 0:
-                wait_heads(h0 + pl)
-                if cp < pl:
-                    cp = pl
-                    enter(pl)
-            if pl + 1 < sw.pieces:
-                copy_heads()
-                hlast = pl + 1
-            for i in range(nr):
-                h = heads[(pc0 + pl) * t_all + r0 + i]
-                last = h[2 * sp - 1]
-                start = int(h[0, 1]) + base[pl]
-                end = int(last[1]) + bin(int(last[0]) & 0xFFFFFFFF).count("1") + base[pl]
-                while landed < end:
-                    if waited == issued:
-                        fill(freed)
-                    assert waited < issued, "the n-tile waits for a copy that was never issued"
-                    landed = ends[waited]
-                    wait_words()
-                assert freed <= start and end - freed <= ring  # its words are in the ring, none overwritten
-                for u in range(2 * sp):
-                    mask, st = (int(v) for v in h[u])
-                    for j in range(16):  # a lane's word and the next
-                        at = (st + base[pl] + bin(mask & ((1 << (2 * j)) - 1)).count("1")) % ring
-                        assert at + 1 < ring + 4
-                freed = end
-                fill(freed)
-        while waited < issued:
-            wait_words()
-        landed = copied
-        out.append(copies)
-    return out
+    sides = [producer(), consumer()]
+    for _ in range(10 ** 6):
+        moves = [("side", g) for g in sides] + [("land", c) for c in flight]
+        if not moves:
+            break
+        kind, what = moves[rng.randrange(len(moves))]
+        if kind == "land":
+            flight.remove(what)
+            what[0]()
+            what[1].land(what[2])
+        else:
+            try:
+                next(what)
+            except StopIteration:
+                sides.remove(what)
+    else:
+        raise AssertionError("no end: a deadlock")
+    assert not live and all(b.bytes == 0 and not b.arrived for b in full + empty + hfull + hempty)
+    return places, pairs[0]
 
 
 @pytest.mark.parametrize("m,k,warps,blocks,density", [(40, 200, None, 3, 0.4), (1000, 1032, 4, 7, 0.4),
                                                      (24, 3000, 16, 2, 1.0), (8, 16, 16, 5, 0.4), (400, 520, 5, 3, 1.0),
-                                                     (2000, 3000, 3, 2, 0.1)])
-@pytest.mark.parametrize("rt", [2, 7])
+                                                     (2000, 3000, 3, 2, 0.1), (1000, 520, 1, 2, 0.7)])
+@pytest.mark.parametrize("rt", [1, 2, 7])
 def test_kernel_copies_and_reads(rng, m, k, warps, blocks, density, rt):
-    """The kernel's copies and reads (slice_mma.cu, transcribed in _simulate_warp) for every block,
-    round of ``rt`` n-tiles and warp: sources inside the format, each n-tile's words landed before it
-    is multiplied and not overwritten while it is, and every copy after the one before it (pieces share at most
-    a 16-byte chunk; the stream is contiguous: an n-tile's last start plus its popcount is the next n-tile's first)."""
+    """The kernel's producer and consumers (slice_mma.cu, transcribed in _run_warp) for every block and
+    warp, interleaved at random: sources inside the format, no copy over words or heads not yet read,
+    every selected word the right one, no aliased mbarrier phase, no deadlock; and the stream is
+    contiguous (an n-tile's last start plus its popcount is the next n-tile's first), so a position's
+    words are one range."""
+    import random
+
     sw = SliceWeight.from_dense(_sparse(m, k, density, rng), warps=warps)
     r = sw.ranges(blocks)[0].tolist()
+    order = random.Random(int(torch.randint(0, 2**31, (1,), generator=rng)))
+    wrapped = paired = 0
     for b in range(blocks):
-        rounds = [(r0, min(r0 + rt, r[b + 1]) - r0) for r0 in range(r[b], r[b + 1], rt)]
         for warp in range(sw.warps):
-            for copies in _simulate_warp(sw, rounds, warp):
-                for (a, n), (c, _) in zip(copies, copies[1:]):
-                    assert c >= a + n - 4  # in stream order; pieces may share a 16-byte chunk, nothing more
+            places, pairs = _run_warp(sw, r[b], r[b + 1], rt, warp, order)
+            wrapped += sum(1 for x, y in zip(places, places[1:]) if y < x)
+            paired += pairs
+    if density == 1.0 and m * k > 100_000:
+        assert wrapped > 0  # the ring's start was reused
+    if rt > 1 and sw.tiles > 2 * blocks and _kernel_constant("TOGETHER") == 2:
+        assert paired > 0  # two positions at a time
     heads = sw.heads.view(-1, 2 * sw.sp, 2).to(torch.int64)
     ends = heads[:, -1, 1] + torch.tensor([bin(int(v) & 0xFFFFFFFF).count("1") for v in heads[:, -1, 0]])
     real = sw.warps * sw.pieces * sw.tiles

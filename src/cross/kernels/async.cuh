@@ -1,4 +1,5 @@
-// Shared by the CUDA kernels that copy with the Hopper bulk-copy engine (plan_matmul.cu, strip_mma.cu):
+// Shared by the CUDA kernels that copy with the Hopper bulk-copy engine (plan_matmul.cu, strip_mma.cu,
+// slice_mma.cu):
 // shared-memory addresses, mbarriers and cp.async.bulk.
 #pragma once
 
@@ -17,6 +18,17 @@ __device__ __forceinline__ void mbar_wait(u32 bar, u32 parity) {
     while (!done)
         asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
                      : "=r"(done) : "r"(bar), "r"(parity) : "memory");
+}
+// whether the phase of parity `parity` has completed, without waiting (acquire: what it covers is visible)
+__device__ __forceinline__ bool mbar_test(u32 bar, u32 parity) {
+    u32 done;
+    asm volatile("{\n.reg .pred p;\nmbarrier.test_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+                 : "=r"(done) : "r"(bar), "r"(parity) : "memory");
+    return done != 0;
+}
+// one arrival (release: the arriving thread's earlier accesses happen before the phase completes)
+__device__ __forceinline__ void mbar_arrive(u32 bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
 }
 // bytes (a multiple of 16, both addresses 16-byte aligned) from global to shared, counted on bar
 __device__ __forceinline__ void bulk_copy(u32 dst, const void* src, u32 bytes, u32 bar) {

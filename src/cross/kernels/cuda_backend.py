@@ -320,6 +320,6 @@ def slice_launch(blocks: int, warps: int, smem: int, ptrs, m: int, k: int, n_tok
                  tiles: int, pieces: int, rt: int) -> None:
     """One launch of slice_mma: pointers (x, y, bias or 0, heads, values, ranges), M, K, the pass's
     n_tok <= 16 tokens with X's and Y's row strides, the weight's n-tiles and pieces per warp, and
-    the n-tiles per round ``rt``."""
+    the n-tiles per round ``rt``; blocks of ``warps`` consumer warps and one producer warp."""
     func = _slice_kernel(torch.cuda.current_device(), ptrs.is_bf16, warps, smem)
-    _launch(func, blocks, warps * 32, smem, ptrs, (m, k, n_tok, ldx, ldy, tiles, pieces, rt))
+    _launch(func, blocks, (warps + 1) * 32, smem, ptrs, (m, k, n_tok, ldx, ldy, tiles, pieces, rt))

@@ -12,11 +12,12 @@ warp (lanes 0-15: rows 0-3, lanes 16-31: rows 4-7); in a half, lane j's pairs ar
 is at the half's start plus the popcount of the mask's bits below 2 j.
 
 Pieces. The K steps are split into ``warps * pieces`` pieces of ``sp`` steps (the columns padded with
-zeros to ``ksp = warps * pieces * sp`` steps); warp w of every block takes pieces w * pieces ..
-(w + 1) * pieces - 1 and holds X's registers of one piece at a time (4 sp registers). A piece's heads
+zeros to ``ksp = warps * pieces * sp`` steps); (consumer) warp w of every block takes pieces w *
+pieces .. (w + 1) * pieces - 1 and holds X's registers of one piece at a time (4 sp registers). A piece's heads
 and words are one stream over the n-tiles (piece, n-tile, step, half, bit): the words of a piece's
 consecutive n-tiles are one contiguous range (an n-tile's last step's start plus that step's popcount
-is the next n-tile's first start), which the kernel copies into shared memory in large pieces.
+is the next n-tile's first start); the kernel copies a position's (piece and n-tile) words into
+shared memory as one range.
 
     heads   int32 [pieces_total * T + HEAD_PAD, 2 sp, 2]  per piece and n-tile (8 rows), per half and
                                     step: mask and start (word index); n-tiles of zeros past the
@@ -197,7 +198,8 @@ def _popcount(x: torch.Tensor) -> torch.Tensor:
 
 
 def smem_bytes(warps: int, rt: int) -> int:
-    """Dynamic shared memory of a slice_mma block (slice_mma.cu): per warp the partial sums of ``rt``
-    n-tiles and two buffers of a piece's heads for them (512 + 2 x 128 bytes per n-tile), the ring of
-    words (2048 + 4 words), 10 mbarriers and the ring's copies' ends (8 words)."""
-    return warps * (rt * (512 + 2 * 128) + (2048 + 4) * 4 + 10 * 8 + 8 * 4)
+    """Dynamic shared memory of a slice_mma block (slice_mma.cu) of ``warps`` consumer warps: per warp
+    the partial sums of ``rt`` n-tiles and two buffers of a piece's heads for them (512 + 2 x 128 bytes
+    per n-tile), the ring of words (1440 + 4 words), its slots' bases and ring places (8 words each) and
+    20 mbarriers."""
+    return warps * (rt * (512 + 2 * 128) + (1440 + 4) * 4 + 2 * 8 * 4 + 20 * 8)
