@@ -3,7 +3,8 @@ block's warps) against cuBLAS at 1-16 tokens. Weights: uniform random sparse (bf
 sparsity. Each is checked against the fp32 product (output poisoned with NaN, fresh inputs), then
 timed: CUDA-graph replay, L2 flushed by a 256 MB read, cuBLAS (F.linear on the same weight as a dense
 tensor) in the same run. "floor": the format's bytes at the streaming rate of cuBLAS in this run
-(dense bytes / cuBLAS time), as a fraction of the time measured.
+(dense bytes / cuBLAS time), as a fraction of the time measured. "defines": the build's extra
+defines from CROSS_CUDA_DEFINES (e.g. -DTOGETHER=1), empty for the code as it is.
 
     PYTHONPATH=src python benchmarks/slice_bench.py --shapes llama-qkvo,llama-up,llama-down --sparsities 0.5,0.7,0.9 \
         --ns 1,8,16
@@ -25,6 +26,7 @@ from kernels import SHAPES  # noqa: E402
 from cross.bench.report import start_csv  # noqa: E402
 from cross.bench.timing import check, graph_us  # noqa: E402
 from cross.bench.weights import make_weight  # noqa: E402
+from cross.kernels.cuda_backend import DEFINES_ENV  # noqa: E402
 from cross.kernels.launch import slice_matmul  # noqa: E402
 from cross.pack.slices import SliceWeight  # noqa: E402
 
@@ -43,7 +45,8 @@ def main(argv=None):
     cpu_gen = torch.Generator().manual_seed(0)
     warps = None if args.warps == "auto" else int(args.warps)
     out_rows = []
-    print(f"# {torch.cuda.get_device_name()}, bf16, CUDA-graph replay, L2 flushed; us")
+    defines = os.environ.get(DEFINES_ENV, "")  # the build's extra defines (e.g. -DTOGETHER=1)
+    print(f"# {torch.cuda.get_device_name()}, bf16, CUDA-graph replay, L2 flushed; us; defines '{defines}'")
     print(f"{'shape':>11} {'N':>3} {'sp':>4} {'warps':>5} {'x bytes':>7} {'dense':>7} {'slices':>7} "
           f"{'x dense':>7} {'floor':>5}")
     for shape in args.shapes.split(","):
@@ -66,7 +69,8 @@ def main(argv=None):
                 floor = ratio * dense_us / us
                 rec = dict(shape=shape, M=m, K=k, N=n, sparsity=sp, warps=sw.warps, bytes_vs_dense=round(ratio, 4),
                            dense_us=round(dense_us, 2), slices_us=round(us, 2),
-                           speedup_vs_dense=round(dense_us / us, 3), floor_fraction=round(floor, 3))
+                           speedup_vs_dense=round(dense_us / us, 3), floor_fraction=round(floor, 3),
+                           defines=defines)
                 out_rows.append(rec)
                 print(f"{shape:>11} {n:>3} {sp:>4} {sw.warps:>5} {ratio:>7.3f} {dense_us:>7.2f} {us:>7.2f} "
                       f"{dense_us / us:>7.2f} {floor:>5.2f}", flush=True)
