@@ -221,20 +221,18 @@ class _Mbar:
         return (self.done & 1) != (n & 1)
 
 
-def _run_warp(sw, t0, t1, rt, warp, rng, ring=None, nb=None):
+def _run_warp(sw, t0, t1, rt, warp, rng, together, ring=None, nb=None):
     """slice_mma.cu for one consumer warp and the producer lane that serves it, over a block's n-tiles
     [t0, t1) in rounds of ``rt``, transcribed: each side as a coroutine that yields where the kernel
     polls or waits, the bulk copies landing in any order, all three interleaved at random (``rng``).
     Checks: every copy's source is inside the format and 16-byte aligned; no copy overwrites ring words
     or heads whose reader has not arrived past them; every word a lane selects is the stream's word it
     wants; every mbarrier test asks for the current or just completed phase; the run ends (no
-    deadlock). Returns the ring places of the words copies and how often the consumer took two
+    deadlock). ``together``: the build's TOGETHER (1, or 2: two positions at a time when both have
+    landed). Returns the ring places of the words copies and how often the consumer took two
     positions at a time."""
-    import random
-
     ring = ring or _kernel_constant("RING")
     nb = nb or _kernel_constant("NB")
-    together = _kernel_constant("TOGETHER")
     sp, tiles, pieces = sw.sp, sw.tiles, sw.pieces
     heads = sw.heads.view(-1, 2 * sp, 2).to(torch.int64)
     n_vals, n_heads = sw.values.numel(), sw.heads.shape[0] - HEAD_PAD
@@ -377,7 +375,8 @@ def _run_warp(sw, t0, t1, rt, warp, rng, ring=None, nb=None):
                                                      (24, 3000, 16, 2, 1.0), (8, 16, 16, 5, 0.4), (400, 520, 5, 3, 1.0),
                                                      (2000, 3000, 3, 2, 0.1), (1000, 520, 1, 2, 0.7)])
 @pytest.mark.parametrize("rt", [1, 2, 7])
-def test_kernel_copies_and_reads(rng, m, k, warps, blocks, density, rt):
+@pytest.mark.parametrize("together", [1, 2])
+def test_kernel_copies_and_reads(rng, m, k, warps, blocks, density, rt, together):
     """The kernel's producer and consumers (slice_mma.cu, transcribed in _run_warp) for every block and
     warp, interleaved at random: sources inside the format, no copy over words or heads not yet read,
     every selected word the right one, no aliased mbarrier phase, no deadlock; and the stream is
@@ -391,13 +390,13 @@ def test_kernel_copies_and_reads(rng, m, k, warps, blocks, density, rt):
     wrapped = paired = 0
     for b in range(blocks):
         for warp in range(sw.warps):
-            places, pairs = _run_warp(sw, r[b], r[b + 1], rt, warp, order)
+            places, pairs = _run_warp(sw, r[b], r[b + 1], rt, warp, order, together)
             wrapped += sum(1 for x, y in zip(places, places[1:]) if y < x)
             paired += pairs
     if density == 1.0 and m * k > 100_000:
         assert wrapped > 0  # the ring's start was reused
-    if rt > 1 and sw.tiles > 2 * blocks and _kernel_constant("TOGETHER") == 2:
-        assert paired > 0  # two positions at a time
+    if rt > 1 and sw.tiles > 2 * blocks:
+        assert (paired > 0) == (together == 2)  # two positions at a time, in that build only
     heads = sw.heads.view(-1, 2 * sw.sp, 2).to(torch.int64)
     ends = heads[:, -1, 1] + torch.tensor([bin(int(v) & 0xFFFFFFFF).count("1") for v in heads[:, -1, 0]])
     real = sw.warps * sw.pieces * sw.tiles

@@ -22,7 +22,7 @@
 //   word) before it arms the mbarrier; the consumer reads it after its wait.
 // The producer never blocks: it tests the mbarriers, issues what it can and sleeps when no lane could.
 // A lane reads its two words from the ring at its popcount by two shared loads. A consumer multiplies
-// one position at a time, or two (TOGETHER 2: their steps interleaved) when the second has landed too;
+// one position at a time, or (TOGETHER 2) two, their steps interleaved, when the second has landed too;
 // it never waits for a second while it holds the first (two dense positions of 520 words may not fit
 // the ring side by side). Each consumer warp adds its n-tile partial sums into its own region of
 // shared memory; at the end of a round the consumers sum the regions in warp order (deterministic)
@@ -44,18 +44,15 @@
 #define NBAR (2 * NB + 4)  // mbarriers per consumer warp: full[NB], empty[NB], hfull[2], hempty[2]
 #define THREADS ((WARPS + 1) * 32)
 static_assert(WARPS >= 1 && WARPS <= 32, "a lane of the producer per consumer warp");
-// registers per thread: what one block of THREADS leaves (65,536 per SM, in steps of 8), at most 120
-// (__launch_bounds__ would let ptxas assume warps allocated in fours: 96 for 17 warps)
-#define MAXREG ((65536 / THREADS) / 8 * 8 < 120 ? (65536 / THREADS) / 8 * 8 : 120)
 #ifndef TOGETHER
-#define TOGETHER 2  // positions a consumer may multiply per pass (1 or 2)
+#define TOGETHER 1  // positions a consumer may multiply per pass: 1, or 2 (ptxas then spills outside the loop)
 #endif
 
 #include "dtype.cuh"
 #include "mma.cuh"
 #include "async.cuh"
 
-extern "C" __global__ void __maxnreg__(MAXREG) slice_mma(
+extern "C" __global__ void __launch_bounds__(THREADS, 1) slice_mma(
     const u16* __restrict__ x, u16* __restrict__ y, const u16* __restrict__ bias, const u32* __restrict__ heads,
     const u32* __restrict__ words, const int* __restrict__ ranges, int m, int k, int n_tok, int ldx, int ldy,
     int tiles, int pieces, int rt) {
