@@ -45,7 +45,7 @@
 #define THREADS ((WARPS + 1) * 32)
 static_assert(WARPS >= 1 && WARPS <= 32, "a lane of the producer per consumer warp");
 #ifndef TOGETHER
-#define TOGETHER 1  // positions a consumer may multiply per pass: 1, or 2 (ptxas then spills outside the loop)
+#define TOGETHER 1  // positions a consumer may multiply per pass: 1, or 2 (at the register limit of 17 warps)
 #endif
 
 #include "dtype.cuh"
@@ -80,7 +80,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) slice_mma(
 
     if (warp == WARPS) {  // the producer; lane w serves consumer warp w
         const int w = lane < WARPS ? lane : 0;
-        const u32 wb = bar0 + 8 * NBAR * w, ring_at = smem_u32(rings + w * (RING + 4));
+        const u32 ring0 = w * (RING + 4), wb = bar0 + 8 * NBAR * w, ring_at = smem_u32(rings + ring0);
         const uint2* hb = hbufs + (size_t)w * 2 * rt * (2 * SP);
         u32* base = sbase + w * NB;
         u32* place = splace + w * NB;
@@ -128,7 +128,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) slice_mma(
                     if (!fits) break;
                     const u32 s = p % NB, bar = wb + FULL(s);
                     place[s] = at;
-                    base[s] = at - a;  // the consumer's word c is at ring[c + base]
+                    base[s] = ring0 + at - a;  // the consumer's word c is at rings[c + base]
                     mbar_arrive_expect(bar, n * 4);
                     if (n) bulk_copy(ring_at + at * 4, words + a, n * 4, bar);
                     wh = at + n;
@@ -151,7 +151,6 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) slice_mma(
     const int g = lane >> 2, q = lane & 3, j = lane & 15, half = lane >> 4;
     const u32 below = (1u << (2 * j)) - 1u, bit0 = 1u << (2 * j), bit1 = 2u << (2 * j);
     const u32 wb = bar0 + 8 * NBAR * warp;
-    const u32 ring0 = warp * (RING + 4);  // the warp's ring in rings
     const uint2* hb = hbufs + (size_t)warp * 2 * rt * (2 * SP) + half * SP;
     const u32* base = sbase + warp * NB;
     float4* mine = part + (size_t)warp * rt * 32 + lane;
@@ -180,8 +179,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) slice_mma(
             mbar_wait(wb + HFULL(qc & 1), (qc >> 1) & 1);
             const uint2* hp = hb + (qc & 1) * rt * (2 * SP);
             // step u of the n-tile whose heads are h and whose word c is at rings[c + b] (the sum modulo
-            // 2^32; b includes the warp's ring): a lane's two words at its popcount, each B register that
-            // word, the next or zero
+            // 2^32): a lane's two words at its popcount, each B register that word, the next or zero
             auto step = [&](const uint2* h, u32 b, float (&acc)[2][4], int u) {
                 const uint2 hu = h[u];  // {mask, start} of the lane's half at step u
                 const u32* w = rings + (int)(hu.y + b + (u32)__popc(hu.x & below));
@@ -203,11 +201,11 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) slice_mma(
             for (int i = 0; i < nr;) {
                 const u32 s0 = p % NB, s1 = (p + 1) % NB;
                 mbar_wait(wb + FULL(s0), (p / NB) & 1);
-                const u32 b0 = base[s0] + ring0;
+                const u32 b0 = base[s0];
                 const uint2* h0 = hp + i * (2 * SP);
                 float acc0[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
                 if (TOGETHER == 2 && i + 1 < nr && mbar_test(wb + FULL(s1), ((p + 1) / NB) & 1)) {
-                    const u32 b1 = base[s1] + ring0;
+                    const u32 b1 = base[s1];
                     const uint2* h1 = h0 + 2 * SP;
                     float acc1[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
 #pragma unroll
