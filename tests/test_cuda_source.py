@@ -60,11 +60,13 @@ def test_cores_threshold_is_the_launchers():
 
 @pytest.mark.parametrize("warps", [16, 5])
 @pytest.mark.parametrize("is_bf16", [True, False], ids=["bf16", "fp16"])
-def test_slice_kernel_source_compiles(warps, is_bf16, tmp_path):
-    """slice_mma.cu with its headers from the package as NVRTC gets them, without spills."""
+@pytest.mark.parametrize("variant", ["", "-DTOGETHER=2", "-DXPREFETCH=1"])
+def test_slice_kernel_source_compiles(warps, is_bf16, variant, tmp_path):
+    """slice_mma.cu with its headers from the package as NVRTC gets them, and its variants to
+    measure, without spills."""
     kernels = resources.files("cross.kernels")
     cmd = [NVCC, "-arch=sm_90a", "-std=c++17", "-cubin", "-Xptxas", "-v", "-o", str(tmp_path / "k.cubin"),
-           f"-I{kernels}", f"-DWARPS={warps}", f"-DIS_BF16={int(is_bf16)}",
+           f"-I{kernels}", f"-DWARPS={warps}", f"-DIS_BF16={int(is_bf16)}", *variant.split(),
            str(kernels.joinpath("slice_mma.cu"))]
     out = subprocess.run(cmd, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]

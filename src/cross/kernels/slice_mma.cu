@@ -31,7 +31,8 @@
 // Non-finite inputs: every weight element of a step is multiplied, zeros included (0 x Inf = NaN),
 // so the result is the dense product's: nan_policy "propagate".
 //
-// Compile-time parameters (NVRTC -D): IS_BF16, WARPS (consumer warps; the block has WARPS + 1).
+// Compile-time parameters (NVRTC -D): IS_BF16, WARPS (consumer warps; the block has WARPS + 1);
+// variants to measure against the defaults (CROSS_CUDA_DEFINES): TOGETHER=2, XPREFETCH=1.
 // Requirements checked by the launcher: the format's 8 steps per piece, x 8-byte aligned with an even
 // row stride, 1 <= n_tok <= 16, dynamic shared memory pack/slices.smem_bytes.
 
@@ -44,6 +45,9 @@
 #define NBAR (2 * NB + 4)  // mbarriers per consumer warp: full[NB], empty[NB], hfull[2], hempty[2]
 #define THREADS ((WARPS + 1) * 32)
 static_assert(WARPS >= 1 && WARPS <= 32, "a lane of the producer per consumer warp");
+#ifndef XPREFETCH
+#define XPREFETCH 0  // 1: the consumers ask L2 for X's rows of their later pieces at the start
+#endif
 #ifndef TOGETHER
 #define TOGETHER 1  // positions a consumer may multiply per pass: 1, or 2 (at the register limit of 17 warps)
 #endif
@@ -157,6 +161,14 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) slice_mma(
     const int pc0 = warp * pieces;
     u32 p = 0, qc = 0;  // positions and piece-rounds, counted across rounds
     u32 xa[SP][4];
+#if XPREFETCH
+    // X's rows of the warp's later pieces asked of L2 now (lane: row lane % 16, the piece's 64-column
+    // half lane / 16), so that a piece's start does not wait on DRAM
+    for (int pl = 1; pl < pieces && t0 < t1; ++pl) {
+        const int row = lane & 15, c = (pc0 + pl) * (SP * 16) + (lane >> 4) * 64;
+        if (row < n_tok && c < k) asm volatile("prefetch.global.L2 [%0];\n" ::"l"(x + (size_t)row * ldx + c));
+    }
+#endif
     for (int r0 = t0; r0 < t1; r0 += rt) {
         const int nr = min(rt, t1 - r0);
         for (int i = 0; i < nr; ++i) mine[i * 32] = make_float4(0.f, 0.f, 0.f, 0.f);
