@@ -36,7 +36,8 @@ def main(argv=None):
     ap.add_argument("--shapes", default="llama-qkvo,llama-up,llama-down")
     ap.add_argument("--sparsities", default="0.5,0.7,0.9")
     ap.add_argument("--ns", default="1,8,16")
-    ap.add_argument("--warps", default="auto", help="warps per block of the format (auto: default_warps)")
+    ap.add_argument("--warps", default="auto", help="consumer warps per block of the format (auto: default_warps)")
+    ap.add_argument("--producers", type=int, default=1, help="producer warps per block (1-4)")
     ap.add_argument("--out", default=None, help="CSV file")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -46,7 +47,8 @@ def main(argv=None):
     warps = None if args.warps == "auto" else int(args.warps)
     out_rows = []
     defines = os.environ.get(DEFINES_ENV, "")  # the build's extra defines (e.g. -DTOGETHER=1)
-    print(f"# {torch.cuda.get_device_name()}, bf16, CUDA-graph replay, L2 flushed; us; defines '{defines}'")
+    print(f"# {torch.cuda.get_device_name()}, bf16, CUDA-graph replay, L2 flushed; us; {args.producers} producer warps; "
+          f"defines '{defines}'")
     print(f"{'shape':>11} {'N':>3} {'sp':>4} {'warps':>5} {'x bytes':>7} {'dense':>7} {'slices':>7} "
           f"{'x dense':>7} {'floor':>5}")
     for shape in args.shapes.split(","):
@@ -61,13 +63,14 @@ def main(argv=None):
                 dense_us = graph_us(lambda: F.linear(x, w))
                 xc = torch.randn(n, k, generator=gen, device="cuda").to(torch.bfloat16)
                 yc = torch.full((n, m), float("nan"), dtype=torch.bfloat16, device="cuda")
-                slice_matmul(xc, sw, out=yc)
+                slice_matmul(xc, sw, out=yc, producers=args.producers)
                 bad = check(yc, xc.float() @ w.float().T)
                 if bad:
                     raise SystemExit(f"{shape} N={n} {sp}: {bad}")
-                us = graph_us(lambda: slice_matmul(x, sw, out=y))
+                us = graph_us(lambda: slice_matmul(x, sw, out=y, producers=args.producers))
                 floor = ratio * dense_us / us
-                rec = dict(shape=shape, M=m, K=k, N=n, sparsity=sp, warps=sw.warps, bytes_vs_dense=round(ratio, 4),
+                rec = dict(shape=shape, M=m, K=k, N=n, sparsity=sp, warps=sw.warps, producers=args.producers,
+                           bytes_vs_dense=round(ratio, 4),
                            dense_us=round(dense_us, 2), slices_us=round(us, 2),
                            speedup_vs_dense=round(dense_us / us, 3), floor_fraction=round(floor, 3),
                            defines=defines)

@@ -92,18 +92,30 @@ def test_from_dense_refuses_bad_input(rng):
         SliceWeight.from_dense(torch.ones(8, 16, dtype=torch.bfloat16), warps=0)
 
 
-@pytest.mark.parametrize("bad", ["steps", "shape", "device"])
+@pytest.mark.parametrize("bad", ["steps", "shape", "device", "producers"])
 def test_slice_matmul_refuses_bad_input(rng, bad):
-    """Its own check (the format's steps per piece) and the checks it shares with strip_matmul (test_strips
-    covers each of them) fail with a clear error before anything is launched."""
+    """Its own checks (the format's steps per piece, the producer warps) and the checks it shares with
+    strip_matmul (test_strips covers each of them) fail with a clear error before anything is launched."""
     from cross.kernels.launch import slice_matmul
 
     sw = SliceWeight.from_dense(_sparse(32, 256, 0.5, rng), warps=1, max_steps=16 if bad == "steps" else 8)
     assert sw.sp == (16 if bad == "steps" else 8)
     x = torch.randn(3, 256 if bad != "shape" else 32, generator=rng).to(torch.bfloat16)
-    match = {"steps": "8 steps per piece", "shape": "expected x", "device": "CUDA"}[bad]
+    match = {"steps": "8 steps per piece", "shape": "expected x", "device": "CUDA", "producers": "producers must"}[bad]
     with pytest.raises(ValueError, match=match):
-        slice_matmul(x, sw)
+        slice_matmul(x, sw, producers=5 if bad == "producers" else 1)
+
+
+def test_producer_lanes_serve_every_consumer_once():
+    """Lane l of producer k serves consumer warp k + P l (slice_mma.cu): for every warp count the format
+    allows and every number of producers the launcher allows, each consumer warp has one producer lane."""
+    from cross.kernels.cuda_backend import SLICE_MAX_PRODUCERS
+
+    assert _kernel_constant("MAX_PRODUCERS") == SLICE_MAX_PRODUCERS
+    for warps in range(1, 33):
+        for producers in range(1, SLICE_MAX_PRODUCERS + 1):
+            served = [k + producers * lane for k in range(producers) for lane in range(32)]
+            assert sorted(w for w in served if w < warps) == list(range(warps))
 
 
 def test_shared_memory_is_the_warps_partial_sums_and_rings():
@@ -142,10 +154,11 @@ def test_gpu_slice_kernel(m, k, density):
 @pytest.mark.gpu
 @pytest.mark.parametrize("warps", [4, 7, 16])
 @pytest.mark.parametrize("density", [0.3, 1.0])
-def test_gpu_slice_kernel_warps_and_rounds(warps, density):
+@pytest.mark.parametrize("producers", [1, 3])
+def test_gpu_slice_kernel_warps_and_rounds(warps, density, producers):
     """Few warps (several pieces each: positions of several pieces in flight), dense n-tiles (the
-    rings at their fullest), and M large enough for several rounds of n-tiles per block (each round's
-    partial sums in shared memory, summed and written)."""
+    rings at their fullest), M large enough for several rounds of n-tiles per block (each round's
+    partial sums in shared memory, summed and written), one or several producer warps."""
     from cross.kernels.launch import slice_matmul
 
     gen = torch.Generator().manual_seed(5)
@@ -154,7 +167,7 @@ def test_gpu_slice_kernel_warps_and_rounds(warps, density):
     sw = SliceWeight.from_dense(w, warps=warps)
     x = torch.randn(16, 520, generator=gen).to(torch.bfloat16).cuda()
     y = torch.full((16, m), float("nan"), dtype=torch.bfloat16, device="cuda")
-    _check(slice_matmul(x, sw, out=y), x, w, None)
+    _check(slice_matmul(x, sw, out=y, producers=producers), x, w, None)
 
 
 @pytest.mark.gpu

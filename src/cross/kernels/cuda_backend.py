@@ -316,10 +316,13 @@ def _slice_kernel(device_index: int, is_bf16: bool, warps: int, smem: int):
     return func
 
 
+SLICE_MAX_PRODUCERS = 4  # slice_mma.cu's MAX_PRODUCERS
+
+
 def slice_launch(blocks: int, warps: int, smem: int, ptrs, m: int, k: int, n_tok: int, ldx: int, ldy: int,
-                 tiles: int, pieces: int, rt: int) -> None:
+                 tiles: int, pieces: int, rt: int, producers: int = 1) -> None:
     """One launch of slice_mma: pointers (x, y, bias or 0, heads, values, ranges), M, K, the pass's
     n_tok <= 16 tokens with X's and Y's row strides, the weight's n-tiles and pieces per warp, and
-    the n-tiles per round ``rt``; blocks of ``warps`` consumer warps and one producer warp."""
+    the n-tiles per round ``rt``; blocks of ``warps`` consumer warps and ``producers`` producer warps."""
     func = _slice_kernel(torch.cuda.current_device(), ptrs.is_bf16, warps, smem)
-    _launch(func, blocks, (warps + 1) * 32, smem, ptrs, (m, k, n_tok, ldx, ldy, tiles, pieces, rt))
+    _launch(func, blocks, (warps + producers) * 32, smem, ptrs, (m, k, n_tok, ldx, ldy, tiles, pieces, rt))

@@ -388,15 +388,19 @@ def sparse24_matmul(x: torch.Tensor, weight, bias: torch.Tensor | None = None, o
 
 
 def slice_matmul(x: torch.Tensor, weight, bias: torch.Tensor | None = None,
-                 out: torch.Tensor | None = None) -> torch.Tensor:
+                 out: torch.Tensor | None = None, producers: int = 1) -> torch.Tensor:
     """Y[N, M] = X[N, K] @ W^T (+ bias) by the slice kernel (kernels/slice_mma.cu) over a SliceWeight
-    (pack/slices.py) of 8 steps per piece, one launch per pass of up to 16 tokens, a block of the
-    weight's warps per SM. x: [N, K] in the weight's dtype; bias: [M]; out: optional [N, M], unit
-    stride along M. Non-finite inputs give the dense product's result."""
+    (pack/slices.py) of 8 steps per piece, one launch per pass of up to 16 tokens, a block per SM of
+    the weight's warps and ``producers`` (1-4) warps that copy the weight for them. x: [N, K] in the
+    weight's dtype; bias: [M]; out: optional [N, M], unit stride along M. Non-finite inputs give the
+    dense product's result."""
     from ..pack.slices import smem_bytes
     from . import cuda_backend
 
     m, k = weight.shape
+    if not isinstance(producers, int) or not 1 <= producers <= cuda_backend.SLICE_MAX_PRODUCERS:
+        raise ValueError(f"slice_matmul: producers must be an int in 1..{cuda_backend.SLICE_MAX_PRODUCERS}, "
+                         f"got {producers!r}")
     if weight.sp != 8:
         raise ValueError(f"slice_matmul: the kernel takes 8 steps per piece (SliceWeight.from_dense(max_steps=8)), "
                          f"got a weight of {weight.sp}")
@@ -423,5 +427,5 @@ def slice_matmul(x: torch.Tensor, weight, bias: torch.Tensor | None = None,
         ptrs = cuda_backend.Pointers((x[start], y[start], bias, weight.heads, weight.values, ranges),
                                      x.dtype == torch.bfloat16)
         cuda_backend.slice_launch(blocks, weight.warps, smem, ptrs, m, k, count, x.stride(0), y.stride(0), weight.tiles,
-                                  weight.pieces, rt)
+                                  weight.pieces, rt, producers)
     return y

@@ -7,10 +7,10 @@
 // Work: block b takes the n-tiles (8 rows) [ranges[b], ranges[b + 1]) in rounds of at most rt; each of
 // its WARPS consumer warps takes the columns of its `pieces` pieces of 8 steps (a K-slice each) and
 // walks a round's n-tiles over them, piece after piece: a stream of positions (piece, n-tile). For a
-// piece it holds X's A registers (32; X is never in shared memory). One more warp, the producer,
-// issues every copy of the weight for the consumers: its lane w serves consumer warp w, so that a
-// consumer only waits, multiplies and adds. Per consumer warp, by the bulk-copy engine into shared
-// memory, counted on mbarriers:
+// piece it holds X's A registers (32; X is never in shared memory). One more warp, the producer (or P
+// of them: the block's warps past WARPS), issues every copy of the weight for the consumers: lane l of
+// producer k serves consumer warp k + P l, so that a consumer only waits, multiplies and adds. Per
+// consumer warp, by the bulk-copy engine into shared memory, counted on mbarriers:
 // - a piece's heads for the round (2 halves x 8 steps x {mask, start} per n-tile, contiguous) in one
 //   copy into one of two buffers (copy q into buffer q % 2, on mbarrier hfull[q % 2]), at most one
 //   piece ahead, into a buffer whose piece the consumer has finished (it arrives on hempty[q % 2]);
@@ -31,7 +31,8 @@
 // Non-finite inputs: every weight element of a step is multiplied, zeros included (0 x Inf = NaN),
 // so the result is the dense product's: nan_policy "propagate".
 //
-// Compile-time parameters (NVRTC -D): IS_BF16, WARPS (consumer warps; the block has WARPS + 1);
+// Compile-time parameters (NVRTC -D): IS_BF16, WARPS (consumer warps; the block has WARPS + P, P = 1
+// to MAX_PRODUCERS producer warps, the launch's choice);
 // variants to measure against the defaults (CROSS_CUDA_DEFINES): TOGETHER=2, XPREFETCH=1.
 // Requirements checked by the launcher: the format's 8 steps per piece, x 8-byte aligned with an even
 // row stride, 1 <= n_tok <= 16, dynamic shared memory pack/slices.smem_bytes.
@@ -43,8 +44,9 @@
 #define RING 1440  // words of a consumer warp's ring (~5 positions at 70%), and 4 more read past it
 #define NB 8       // slots: positions in flight per consumer warp (a power of two)
 #define NBAR (2 * NB + 4)  // mbarriers per consumer warp: full[NB], empty[NB], hfull[2], hempty[2]
-#define THREADS ((WARPS + 1) * 32)
-static_assert(WARPS >= 1 && WARPS <= 32, "a lane of the producer per consumer warp");
+#define MAX_PRODUCERS 4
+#define MAX_THREADS ((WARPS + MAX_PRODUCERS) * 32)  // (for WARPS % 4 == 0 no fewer registers than WARPS + 1)
+static_assert(WARPS >= 1 && WARPS <= 32, "a producer lane per consumer warp");
 #ifndef XPREFETCH
 #define XPREFETCH 0  // 1: the consumers ask L2 for X's rows of their later pieces at the start
 #endif
@@ -56,7 +58,7 @@ static_assert(WARPS >= 1 && WARPS <= 32, "a lane of the producer per consumer wa
 #include "mma.cuh"
 #include "async.cuh"
 
-extern "C" __global__ void __launch_bounds__(THREADS, 1) slice_mma(
+extern "C" __global__ void __launch_bounds__(MAX_THREADS, 1) slice_mma(
     const u16* __restrict__ x, u16* __restrict__ y, const u16* __restrict__ bias, const u32* __restrict__ heads,
     const u32* __restrict__ words, const int* __restrict__ ranges, int m, int k, int n_tok, int ldx, int ldy,
     int tiles, int pieces, int rt) {
@@ -74,7 +76,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) slice_mma(
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int t0 = ranges[blockIdx.x], t1 = ranges[blockIdx.x + 1];
     const int nq = (t1 - t0 + rt - 1) / rt * pieces;  // a consumer's pieces x rounds
-    for (int i = tid; i < WARPS * NBAR; i += THREADS) mbar_init(bar0 + 8 * i);
+    for (int i = tid; i < WARPS * NBAR; i += blockDim.x) mbar_init(bar0 + 8 * i);
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     __syncthreads();
 #define FULL(s) (8 * (s))
@@ -82,8 +84,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) slice_mma(
 #define HFULL(b) (8 * (2 * NB + (b)))
 #define HEMPTY(b) (8 * (2 * NB + 2 + (b)))
 
-    if (warp == WARPS) {  // the producer; lane w serves consumer warp w
-        const int w = lane < WARPS ? lane : 0;
+    if (warp >= WARPS) {  // producer k = warp - WARPS of P: its lane l serves consumer warp k + P l
+        const int producers = (int)(blockDim.x >> 5) - WARPS, served = warp - WARPS + producers * lane;
+        const int w = served < WARPS ? served : 0;
         const u32 ring0 = w * (RING + 4), wb = bar0 + 8 * NBAR * w, ring_at = smem_u32(rings + ring0);
         const uint2* hb = hbufs + (size_t)w * 2 * rt * (2 * SP);
         u32* base = sbase + w * NB;
@@ -95,7 +98,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1) slice_mma(
         int hq = 0, hr0 = t0, hpl = 0, qw = 0, wr0 = t0, wpl = 0, i = 0;
         bool hready = false;
         u32 p = 0, old = 0, wh = 0;
-        bool live = lane < WARPS && nq > 0;
+        bool live = served < WARPS && nq > 0;
         for (;;) {
             bool moved = false;
             if (live) {
