@@ -337,10 +337,16 @@ def _run_warp(sw, t0, t1, rt, warp, rng, together, ring=None, nb=None):
                 row0 = (pc0 + pl) * tiles + r0
                 assert hbuf[qc & 1] == (row0, nr)
                 i = 0
+                s0, par = p % nb, (p // nb) & 1  # carried from position to position, as the kernel does
                 while i < nr:  # a position, or two when the second has landed too (no wait while holding one)
-                    while not full[p % nb].test(p // nb):
+                    assert (s0, par) == (p % nb, (p // nb) & 1)
+                    while not full[s0].test(p // nb):
                         yield
-                    group = 2 if together == 2 and i + 1 < nr and full[(p + 1) % nb].test((p + 1) // nb) else 1
+                    s1 = (s0 + 1) % nb
+                    par1 = par ^ (s1 == 0)
+                    group = 2 if together == 2 and i + 1 < nr and full[s1].test((p + 1) // nb) else 1
+                    assert (s1, par1) == ((p + 1) % nb, ((p + 1) // nb) & 1)
+                    s0, par = (s1, par1) if group == 1 else ((s1 + 1) % nb, par1 ^ ((s1 + 1) % nb == 0))
                     pairs[0] += group == 2
                     for e in range(group):
                         h, b = heads[row0 + i + e], base[(p + e) % nb]

@@ -51,7 +51,7 @@ static_assert(WARPS >= 1 && WARPS <= 32, "a producer lane per consumer warp");
 #define XPREFETCH 0  // 1: the consumers ask L2 for X's rows of their later pieces at the start
 #endif
 #ifndef TOGETHER
-#define TOGETHER 1  // positions a consumer may multiply per pass: 1, or 2 (at the register limit of 17 warps)
+#define TOGETHER 1  // positions a consumer may multiply per pass: 1, or 2 (for fewer warps: 17 spill)
 #endif
 
 #include "dtype.cuh"
@@ -156,7 +156,9 @@ extern "C" __global__ void __launch_bounds__(MAX_THREADS, 1) slice_mma(
 
     // a consumer warp
     const int g = lane >> 2, q = lane & 3, j = lane & 15, half = lane >> 4;
-    const u32 below = (1u << (2 * j)) - 1u, bit0 = 1u << (2 * j), bit1 = 2u << (2 * j);
+    u32 below = (1u << (2 * j)) - 1u, bit0 = 1u << (2 * j), bit1 = 2u << (2 * j);
+    u32 leader = lane == 0;
+    asm volatile("" : "+r"(below), "+r"(bit0), "+r"(bit1), "+r"(leader));  // kept in registers, not recomputed
     const u32 wb = bar0 + 8 * NBAR * warp;
     const uint2* hb = hbufs + (size_t)warp * 2 * rt * (2 * SP) + half * SP;
     const u32* base = sbase + warp * NB;
@@ -202,44 +204,50 @@ extern "C" __global__ void __launch_bounds__(MAX_THREADS, 1) slice_mma(
                 const bool p0 = hu.x & bit0, p1 = hu.x & bit1;
                 mma16816(acc[u & 1], xa[u], p0 ? w0 : 0u, p1 ? (p0 ? w1 : w0) : 0u);
             };
-            auto add = [&](int i, const float (&acc)[2][4]) {
-                float4 t = mine[i * 32];
+            auto add = [&](float4* at, const float (&acc)[2][4]) {
+                float4 t = *at;
                 t.x += acc[0][0] + acc[1][0];
                 t.y += acc[0][1] + acc[1][1];
                 t.z += acc[0][2] + acc[1][2];
                 t.w += acc[0][3] + acc[1][3];
-                mine[i * 32] = t;
+                *at = t;
             };
             // positions one by one, or two at a time (their steps interleaved) when the second has landed
             // too: a consumer never waits for a second while it holds the first (the ring may hold only one
-            // dense position next to another's place)
+            // dense position next to another's place). The slot of position p and its phase's parity, the
+            // n-tile's heads and partial sums are carried from position to position (recomputed from p and i
+            // they cost ~15 instructions per position)
+            u32 s0 = p % NB, par = (p / NB) & 1;
+            const uint2* h0 = hp;
+            float4* mp = mine;
             for (int i = 0; i < nr;) {
-                const u32 s0 = p % NB, s1 = (p + 1) % NB;
-                mbar_wait(wb + FULL(s0), (p / NB) & 1);
+                mbar_wait(wb + FULL(s0), par);
                 const u32 b0 = base[s0];
-                const uint2* h0 = hp + i * (2 * SP);
                 float acc0[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
-                if (TOGETHER == 2 && i + 1 < nr && mbar_test(wb + FULL(s1), ((p + 1) / NB) & 1)) {
+                const u32 s1 = (s0 + 1) % NB, par1 = par ^ (s1 == 0);
+                if (TOGETHER == 2 && i + 1 < nr && mbar_test(wb + FULL(s1), par1)) {
                     const u32 b1 = base[s1];
                     const uint2* h1 = h0 + 2 * SP;
                     float acc1[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
 #pragma unroll
                     for (int u = 0; u < SP; ++u) step(h0, b0, acc0, u), step(h1, b1, acc1, u);
-                    add(i, acc0);
-                    add(i + 1, acc1);
+                    add(mp, acc0);
+                    add(mp + 32, acc1);
                     __syncwarp();  // every lane is past the slots' words (and, at the last n-tile, the heads)
-                    if (lane == 0) mbar_arrive(wb + EMPTY(s0)), mbar_arrive(wb + EMPTY(s1));
-                    i += 2, p += 2;
+                    if (leader) mbar_arrive(wb + EMPTY(s0)), mbar_arrive(wb + EMPTY(s1));
+                    i += 2, p += 2, h0 += 4 * SP, mp += 64;
+                    s0 = (s1 + 1) % NB, par = par1 ^ (s0 == 0);
                 } else {
 #pragma unroll
                     for (int u = 0; u < SP; ++u) step(h0, b0, acc0, u);
-                    add(i, acc0);
+                    add(mp, acc0);
                     __syncwarp();
-                    if (lane == 0) mbar_arrive(wb + EMPTY(s0));
-                    i += 1, p += 1;
+                    if (leader) mbar_arrive(wb + EMPTY(s0));
+                    i += 1, p += 1, h0 += 2 * SP, mp += 32;
+                    s0 = s1, par = par1;
                 }
             }
-            if (lane == 0) mbar_arrive(wb + HEMPTY(qc & 1));
+            if (leader) mbar_arrive(wb + HEMPTY(qc & 1));
         }
         asm volatile("bar.sync 1, %0;\n" ::"r"(WARPS * 32) : "memory");  // the consumers' partial sums are in
         // the warps' regions summed in warp order; fragment f = (n-tile f / 32, lane f % 32): rows
