@@ -87,11 +87,12 @@ extern "C" __global__ void __launch_bounds__(MAX_THREADS, 1) slice_mma(
     if (warp >= WARPS) {  // producer k = warp - WARPS of P: its lane l serves consumer warp k + P l
         const int producers = (int)(blockDim.x >> 5) - WARPS, served = warp - WARPS + producers * lane;
         const int w = served < WARPS ? served : 0;
-        const u32 ring0 = w * (RING + 4), wb = bar0 + 8 * NBAR * w, ring_at = smem_u32(rings + ring0);
+        u32 ring0 = w * (RING + 4), wb = bar0 + 8 * NBAR * w, ring_at = smem_u32(rings + ring0);
         const uint2* hb = hbufs + (size_t)w * 2 * rt * (2 * SP);
         u32* base = sbase + w * NB;
         u32* place = splace + w * NB;
         const size_t pc0 = (size_t)w * pieces;
+        asm volatile("" : "+r"(ring0), "+r"(wb), "+r"(ring_at));  // kept in registers, not recomputed
         // heads copies issued (hq), for the piece-round (hr0, hpl); the piece-round whose words are being
         // copied (qw: round wr0, piece wpl), its next n-tile i, whether its heads have landed; positions
         // copied (p) and retired (old: multiplied); the ring's next free word wh
