@@ -34,8 +34,8 @@
 // Compile-time parameters (NVRTC -D): IS_BF16, WARPS (consumer warps; the block has WARPS + P, P = 1
 // to MAX_PRODUCERS producer warps, the launch's choice);
 // variants to measure against the defaults (CROSS_CUDA_DEFINES): TOGETHER=2, XPREFETCH=1.
-// Requirements checked by the launcher: the format's 8 steps per piece, x 8-byte aligned with an even
-// row stride, 1 <= n_tok <= 16, dynamic shared memory pack/slices.smem_bytes.
+// Requirements checked by the launcher: the format's 8 steps per piece, K % 8 == 0, x 8-byte aligned
+// with an even row stride, 1 <= n_tok <= 16, dynamic shared memory pack/slices.smem_bytes.
 
 #ifndef WARPS
 #define WARPS 16
