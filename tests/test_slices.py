@@ -92,16 +92,18 @@ def test_from_dense_refuses_bad_input(rng):
         SliceWeight.from_dense(torch.ones(8, 16, dtype=torch.bfloat16), warps=0)
 
 
-@pytest.mark.parametrize("bad", ["steps", "shape", "device", "producers"])
+@pytest.mark.parametrize("bad", ["steps", "shape", "device", "producers", "threads"])
 def test_slice_matmul_refuses_bad_input(rng, bad):
     """Its own checks (the format's steps per piece, the producer warps) and the checks it shares with
     strip_matmul (test_strips covers each of them) fail with a clear error before anything is launched."""
     from cross.kernels.launch import slice_matmul
 
-    sw = SliceWeight.from_dense(_sparse(32, 256, 0.5, rng), warps=1, max_steps=16 if bad == "steps" else 8)
+    sw = SliceWeight.from_dense(_sparse(32, 256, 0.5, rng), warps=32 if bad == "threads" else 1,
+                                max_steps=16 if bad == "steps" else 8)
     assert sw.sp == (16 if bad == "steps" else 8)
     x = torch.randn(3, 256 if bad != "shape" else 32, generator=rng).to(torch.bfloat16)
-    match = {"steps": "8 steps per piece", "shape": "expected x", "device": "CUDA", "producers": "producers must"}[bad]
+    match = {"steps": "8 steps per piece", "shape": "expected x", "device": "CUDA", "producers": "producers must",
+             "threads": "1,024 threads"}[bad]
     with pytest.raises(ValueError, match=match):
         slice_matmul(x, sw, producers=5 if bad == "producers" else 1)
 

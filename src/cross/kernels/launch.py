@@ -401,6 +401,9 @@ def slice_matmul(x: torch.Tensor, weight, bias: torch.Tensor | None = None,
     if not isinstance(producers, int) or not 1 <= producers <= cuda_backend.SLICE_MAX_PRODUCERS:
         raise ValueError(f"slice_matmul: producers must be an int in 1..{cuda_backend.SLICE_MAX_PRODUCERS}, "
                          f"got {producers!r}")
+    if weight.warps + producers > 32:
+        raise ValueError(f"slice_matmul: a block of the weight's {weight.warps} warps and {producers} producer warps "
+                         f"exceeds 1,024 threads: pack the weight for at most {32 - producers} warps")
     if weight.sp != 8:
         raise ValueError(f"slice_matmul: the kernel takes 8 steps per piece (SliceWeight.from_dense(max_steps=8)), "
                          f"got a weight of {weight.sp}")

@@ -45,7 +45,8 @@
 #define NB 8       // slots: positions in flight per consumer warp (a power of two)
 #define NBAR (2 * NB + 4)  // mbarriers per consumer warp: full[NB], empty[NB], hfull[2], hempty[2]
 #define MAX_PRODUCERS 4
-#define MAX_THREADS ((WARPS + MAX_PRODUCERS) * 32)  // (for WARPS % 4 == 0 no fewer registers than WARPS + 1)
+// the launch bounds: for WARPS % 4 == 0 no fewer registers than WARPS + 1 warps get; at most 1,024 threads
+#define MAX_THREADS ((WARPS + MAX_PRODUCERS) * 32 < 1024 ? (WARPS + MAX_PRODUCERS) * 32 : 1024)
 static_assert(WARPS >= 1 && WARPS <= 32, "a producer lane per consumer warp");
 #ifndef XPREFETCH
 #define XPREFETCH 0  // 1: the consumers ask L2 for X's rows of their later pieces at the start
