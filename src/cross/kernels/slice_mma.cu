@@ -33,7 +33,8 @@
 //
 // Compile-time parameters (NVRTC -D): IS_BF16, WARPS (consumer warps; the block has WARPS + P, P = 1
 // to MAX_PRODUCERS producer warps, the launch's choice);
-// variants to measure against the defaults (CROSS_CUDA_DEFINES): TOGETHER=2, XPREFETCH=1.
+// variants to measure against the defaults (CROSS_CUDA_DEFINES): TOGETHER=2, XPREFETCH=1; profiling
+// builds whose results are wrong: SLICE_ABLATE=1 or 2.
 // Requirements checked by the launcher: the format's 8 steps per piece, K % 8 == 0, x 8-byte aligned
 // with an even row stride, 1 <= n_tok <= 16, dynamic shared memory pack/slices.smem_bytes.
 
@@ -48,6 +49,9 @@
 // the launch bounds: for WARPS % 4 == 0 no fewer registers than WARPS + 1 warps get; at most 1,024 threads
 #define MAX_THREADS ((WARPS + MAX_PRODUCERS) * 32 < 1024 ? (WARPS + MAX_PRODUCERS) * 32 : 1024)
 static_assert(WARPS >= 1 && WARPS <= 32, "a producer lane per consumer warp");
+#ifndef SLICE_ABLATE
+#define SLICE_ABLATE 0  // profiling builds only (results wrong): 1 the consumers skip the steps (the copies'
+#endif                  // pace alone), 2 no words are copied (the consumers' and the heads' pace alone)
 #ifndef XPREFETCH
 #define XPREFETCH 0  // 1: the consumers ask L2 for X's rows of their later pieces at the start
 #endif
@@ -138,8 +142,8 @@ extern "C" __global__ void __launch_bounds__(MAX_THREADS, 1) slice_mma(
                     const u32 s = p % NB, bar = wb + FULL(s);
                     place[s] = at;
                     base[s] = ring0 + at - a;  // the consumer's word c is at rings[c + base]
-                    mbar_arrive_expect(bar, n * 4);
-                    if (n) bulk_copy(ring_at + at * 4, words + a, n * 4, bar);
+                    mbar_arrive_expect(bar, SLICE_ABLATE == 2 ? 0u : n * 4);
+                    if (n && SLICE_ABLATE != 2) bulk_copy(ring_at + at * 4, words + a, n * 4, bar);
                     wh = at + n;
                     ++p;
                     if (++i == min(rt, t1 - wr0)) {
@@ -200,6 +204,7 @@ extern "C" __global__ void __launch_bounds__(MAX_THREADS, 1) slice_mma(
             // step u of the n-tile whose heads are h and whose word c is at rings[c + b] (the sum modulo
             // 2^32): a lane's two words at its popcount, each B register that word, the next or zero
             auto step = [&](const uint2* h, u32 b, float (&acc)[2][4], int u) {
+                if (SLICE_ABLATE == 1) return;
                 const uint2 hu = h[u];  // {mask, start} of the lane's half at step u
                 const u32* w = rings + (int)(hu.y + b + (u32)__popc(hu.x & below));
                 const u32 w0 = w[0], w1 = w[1];
