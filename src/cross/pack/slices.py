@@ -11,13 +11,13 @@ warp (lanes 0-15: rows 0-3, lanes 16-31: rows 4-7); in a half, lane j's pairs ar
 2 j + 1 of the half's mask, and the stored words follow the bit order, so that lane j's first word
 is at the half's start plus the popcount of the mask's bits below 2 j.
 
-Pieces. The K steps are split into ``warps * pieces`` pieces of ``sp`` steps (the columns padded with
-zeros to ``ksp = warps * pieces * sp`` steps); (consumer) warp w of every block takes pieces w *
-pieces .. (w + 1) * pieces - 1 and holds X's registers of one piece at a time (4 sp registers). A piece's heads
-and words are one stream over the n-tiles (piece, n-tile, step, half, bit): the words of a piece's
-consecutive n-tiles are one contiguous range (an n-tile's last step's start plus that step's popcount
-is the next n-tile's first start); the kernel copies a position's (piece and n-tile) words into
-shared memory as one range.
+Pieces. The K steps are split into ``warps * pieces`` pieces of ``sp`` steps (the columns padded
+with zeros to ``ksp = warps * pieces * sp`` steps); each (consumer) warp of every block takes its
+``pieces`` consecutive pieces (warp w from piece ``w * pieces``) and holds X's registers of one
+piece at a time (4 sp registers). A piece's heads and words are one stream over the n-tiles (piece,
+n-tile, step, half, bit): the words of a piece's consecutive n-tiles are one contiguous range (an
+n-tile's last step's start plus that step's popcount is the next n-tile's first start); the kernel
+copies a position's (piece and n-tile) words into shared memory as one range.
 
     heads   int32 [pieces_total * T + HEAD_PAD, 2 sp, 2]  per piece and n-tile (8 rows), per half and
                                     step: mask and start (word index); n-tiles of zeros past the
