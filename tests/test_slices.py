@@ -10,6 +10,8 @@ GPU (`-m gpu`): the kernel against the fp64 product with outputs poisoned, fresh
 and bias; non-finite inputs give the dense product's NaN.
 """
 
+import functools
+
 import pytest
 import torch
 
@@ -199,6 +201,7 @@ def test_gpu_slice_kernel_propagates_non_finite_inputs():
     assert torch.equal(torch.isnan(y), torch.isnan(ref)) and bool(torch.isnan(y[0]).all())
 
 
+@functools.lru_cache(maxsize=None)
 def _kernel_constant(name):
     """A #define of slice_mma.cu (the transcription below uses the kernel's own sizes)."""
     import re

@@ -200,7 +200,6 @@ extern "C" __global__ void __launch_bounds__(MAX_THREADS, 1) slice_mma(
                 xa[u][3] = in_hi ? hi[1] : 0u;
             }
             mbar_wait(wb + HFULL(qc & 1), (qc >> 1) & 1);
-            const uint2* hp = hb + (qc & 1) * rt * (2 * SP);
             // step u of the n-tile whose heads are h and whose word c is at rings[c + b] (the sum modulo
             // 2^32): a lane's two words at its popcount, each B register that word, the next or zero
             auto step = [&](const uint2* h, u32 b, float (&acc)[2][4], int u) {
@@ -225,7 +224,7 @@ extern "C" __global__ void __launch_bounds__(MAX_THREADS, 1) slice_mma(
             // n-tile's heads and partial sums are carried from position to position (recomputed from p and i
             // they cost ~15 instructions per position)
             u32 s0 = p % NB, par = (p / NB) & 1;
-            const uint2* h0 = hp;
+            const uint2* h0 = hb + (qc & 1) * rt * (2 * SP);  // the piece's heads buffer
             float4* mp = mine;
             for (int i = 0; i < nr;) {
                 mbar_wait(wb + FULL(s0), par);
