@@ -63,7 +63,7 @@ def main(argv=None):
         for sp in (float(v) for v in args.sparsities.split(",")):
             w = make_weight(m, k, sp, "uniform", cpu_gen).cuda()
             sw = SliceWeight.from_dense(w, warps=warps)
-            ratio = sw.nbytes() / (2 * m * k)
+            ratio = sw.nbytes / (2 * m * k)
             for n in (int(v) for v in args.ns.split(",")):
                 x = torch.randn(n, k, generator=gen, device="cuda").to(torch.bfloat16)
                 y = torch.empty(n, m, dtype=torch.bfloat16, device="cuda")

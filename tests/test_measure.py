@@ -299,6 +299,64 @@ def test_near_wins_are_timed_and_taken_where_they_measure_faster(rng, monkeypatc
     assert not is_near_win(buckets[0].with_measurement(12.0, 10.0, 0.03))  # measured: never timed again
 
 
+def test_slice_candidates_are_timed_and_taken_where_they_measure_faster(rng, monkeypatch):
+    """The slice kernel's candidates (no prediction) are timed like near wins: the one that measured
+    the margin faster runs the slice kernel, the one that did not falls back, measured."""
+    import cross.costmodel.profile as profile
+    from cross.partition.planner import is_near_win
+    from cross.runtime import measure as measure_mod
+
+    w = random_weight((256, 256), 0.2, rng).to(torch.bfloat16)
+    plan = make_plan(w, buckets=((1, 4), (5, 16), (17, 64)), row_kernel=False, slice_kernel=True)
+    assert [(b.kernel, is_near_win(b)) for b in plan.buckets] == [("slices", True), ("slices", True), ("tiles", False)]
+    packed = pack(w, plan)
+    assert packed.slices is not None  # built for the check
+    monkeypatch.setattr(measure_mod, "gpu_kernel_args", lambda packed, i, cache: "kernel arguments")
+    plan_times = iter([9.0, 9.0, 11.0, 11.0])
+    monkeypatch.setattr(profile, "call_time_us", lambda fn, warmup_ms, rep_ms: (
+        next(plan_times) if "execute" in fn.__code__.co_names else 10.0, "graph"))
+    buckets, _ = measure_mod._measure_buckets(packed, w, 0.03, {}, seed=0)
+    assert [(b.kernel, b.measured, b.fallback) for b in buckets[:2]] == [("slices", True, False), ("slices", True, True)]
+    assert buckets[2].fallback == plan.buckets[2].fallback and not buckets[2].measured
+
+
+def test_a_kernel_that_disagrees_with_dense_is_not_taken(rng, monkeypatch):
+    """Before a bucket is timed its result is compared with the dense product's: a wrong one is not
+    timed, the bucket falls back (whatever the prediction), and a PlanCheckWarning names the kernel."""
+    import cross.costmodel.profile as profile
+    from cross.runtime import measure as measure_mod
+
+    w = random_weight((256, 256), 0.1, rng)
+    packed = pack(w, make_plan(w, cost_model=WINNING, buckets=((1, 16), (17, 64))))
+    assert not any(b.fallback for b in packed.plan.buckets)
+    real = measure_mod.execute
+    monkeypatch.setattr(measure_mod, "execute", lambda x, *a, **kw: real(x, *a, **kw) * (1.5 if x.shape[0] > 16 else 1))
+    timed = []
+    monkeypatch.setattr(profile, "call_time_us", lambda fn, warmup_ms, rep_ms: (
+        timed.append(fn) or (4.0 if "execute" in fn.__code__.co_names else 5.0), "graph"))
+    with pytest.warns(measure_mod.PlanCheckWarning, match="256x256 at 64 tokens: the tile kernel's result disagrees"):
+        buckets, _ = measure_mod._measure_buckets(packed, w, 0.03, {}, seed=0)
+    assert (buckets[0].measured, buckets[0].fallback) == (True, False)  # right, and timed faster
+    assert (buckets[1].measured, buckets[1].fallback) == (False, True) and "disagreed" in buckets[1].reason
+    assert len(timed) == 4  # the first bucket's dense, plan, plan, dense; nothing of the second
+
+
+def test_disagreement():
+    from cross.runtime.measure import AGREE, disagreement
+
+    y = torch.tensor([[1.0, -2.0, float("inf"), float("nan")]])
+    assert disagreement(y, y.clone()) == 0.0  # Inf and NaN where the dense product has them
+    assert disagreement(y.bfloat16(), y) < 1e-2
+    off = y.clone()
+    off[0, 0] = 1.5
+    assert disagreement(off, y) > AGREE
+    for bad in (float("nan"), float("inf"), 0.0):
+        wrong = y.clone()
+        wrong[0, 1] = bad
+        assert disagreement(wrong, y) > AGREE, bad
+    assert disagreement(torch.zeros(0, 3), torch.zeros(0, 3)) == 0.0
+
+
 def test_a_layer_drops_the_row_format_no_bucket_runs(rng):
     """A near win the check did not take falls back: where the tile formats are held and no
     bucket runs the row kernel, the layer does not keep the row format."""

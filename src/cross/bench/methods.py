@@ -5,8 +5,13 @@
                                 plan of this token count falls back
     cross-<backend>-<kinds>     the plan kernel forced, tiles restricted to kinds (bitmap, dense,
                                 hybrid) on backend cuda or triton, e.g. cross-cuda-bitmap
+    cross+slices                what the runtime runs when the planner may offer buckets of up to 16
+                                tokens to the slice kernel (make_plan(slice_kernel=True)), which
+                                the measured check takes where it times faster than dense
     cross-rows                  the row kernel forced (kernels/row_gemv.cu, one launch per pass
                                 of up to 8 tokens; GPU only, K % 8 == 0, K <= 16384)
+    cross-slices                the slice kernel forced (kernels/slice_mma.cu, one launch per pass
+                                of up to 16 tokens; sm_90+, K % 8 == 0)
     cusparse-csr                w.to_sparse_csr() @ x.T (cuSPARSE SpMM through torch), in the
                                 weight's dtype where torch runs it there, else fp16, else fp32
     triton-bsr-<b>              torch.sparse._triton_ops.bsr_dense_mm with b x b blocks (GPU only;
@@ -41,13 +46,14 @@ BSR_N_MULTIPLE = 16  # bsr_dense_mm refuses a dense operand whose column count i
 
 @dataclass(frozen=True)
 class Method:
-    """A parsed method name. family: dense, cross, rows, csr, bsr or 2:4."""
+    """A parsed method name. family: dense, cross, rows, slices, csr, bsr or 2:4."""
 
     name: str
     family: str
     backend: str | None = None
     kinds: tuple[TileKind, ...] | None = None  # None: the planner's choice, as the runtime runs it
     block: int = 0
+    slice_kernel: bool = False  # cross: the planner may offer buckets to the slice kernel
 
     def applies(self, sparsity: float) -> bool:
         """Whether the method has a row at this sparsity: 2:4 exists at 50% only."""
@@ -55,7 +61,8 @@ class Method:
 
 
 def parse_method(name: str) -> Method:
-    expected = ("expected dense, cross, cross-<cuda|triton>-<bitmap|dense|hybrid>, cross-rows, cusparse-csr, "
+    expected = ("expected dense, cross, cross+slices, cross-<cuda|triton>-<bitmap|dense|hybrid>, cross-rows, "
+                "cross-slices, cusparse-csr, "
                 f"triton-bsr-<block: a power of two >= 16> or sparse-2:4, got {name!r}")
     if name == "dense":
         return Method(name, "dense")
@@ -63,8 +70,12 @@ def parse_method(name: str) -> Method:
         return Method(name, "cross")
     if name == "cusparse-csr":
         return Method(name, "csr")
+    if name == "cross+slices":
+        return Method(name, "cross", slice_kernel=True)
     if name == "cross-rows":
         return Method(name, "rows")
+    if name == "cross-slices":
+        return Method(name, "slices")
     if name == "sparse-2:4":
         return Method(name, "2:4")
     parts = name.split("-")
@@ -125,6 +136,11 @@ def unavailable(method: Method, m: int, k: int, capability: tuple[int, int] | No
             return "the row kernel needs a CUDA GPU"
         if not row_kernel_fits(m, k, "bfloat16"):
             return f"the row kernel needs K % 8 == 0 and K <= 16384, got K = {k}"
+    if method.family == "slices":
+        if capability is None or capability < (9, 0):
+            return "the slice kernel needs an sm_90+ GPU"
+        if k % 8:
+            return f"the slice kernel needs K % 8 == 0, got K = {k}"
     return None
 
 
@@ -161,6 +177,8 @@ def prepare(method: Method, w: torch.Tensor, *, tile=(64, 64), cost_model=None, 
         return Prepared(w, sparsity, _prepare_cross(method, w, tile, cost_model, n_programs))
     if method.family == "rows":
         return Prepared(w, sparsity, _prepare_rows(w))
+    if method.family == "slices":
+        return Prepared(w, sparsity, _prepare_slices(w))
     if method.family == "csr":
         return Prepared(w, sparsity, _prepare_csr(w))
     if method.family == "bsr":
@@ -173,13 +191,16 @@ def prepare(method: Method, w: torch.Tensor, *, tile=(64, 64), cost_model=None, 
 
 
 def _prepare_cross(method: Method, w, tile, cost_model, n_programs):
-    from ..kernels.launch import kernel_args, launch, row_eligible, row_kernel_args, row_launch
+    from ..kernels.launch import (kernel_args, launch, row_eligible, row_kernel_args, row_launch, slice_eligible,
+                                  slice_kernel_args, slice_run)
     from ..pack import pack
     from ..pack.rows import rows_reference
+    from ..pack.slices import slices_reference
     from ..partition import make_plan
 
     # a forced tile method runs the tile kernel at every token count
-    options = {"row_kernel": False, "allowed_kinds": method.kinds} if method.kinds is not None else {}
+    options = ({"row_kernel": False, "allowed_kinds": method.kinds} if method.kinds is not None
+               else {"slice_kernel": method.slice_kernel})
     packed = pack(w, make_plan(w, tile_shape=tile, cost_model=cost_model, n_programs=n_programs, **options))
     if method.kinds is None and w.is_cuda:  # what the runtime runs: predicted wins checked on the GPU
         from ..runtime import measure_plan
@@ -196,8 +217,14 @@ def _prepare_cross(method: Method, w, tile, cost_model, n_programs):
                 rargs = row_kernel_args(packed)
                 return Bound(lambda: row_launch(x, rargs), w.dtype, "row kernel", packed.rows.nbytes)
             return Bound(lambda: rows_reference(x, packed.rows), w.dtype, "row format, reference", packed.rows.nbytes)
+        if bucket.plan.kernel == "slices":
+            if slice_eligible(packed, x.device):
+                sargs = slice_kernel_args(packed)
+                return Bound(lambda: slice_run(x, sargs), w.dtype, "slice kernel", packed.slices.nbytes)
+            return Bound(lambda: slices_reference(x, packed.slices), w.dtype, "slice format, reference",
+                         packed.slices.nbytes)
         kargs = kernel_args(packed, bucket, method.backend)  # resolved once, as the runtime does
-        tile_bytes = packed.nbytes - (packed.rows.nbytes if packed.rows is not None else 0)
+        tile_bytes = packed.nbytes - sum(f.nbytes for f in (packed.rows, packed.slices) if f is not None)
         return Bound(lambda: launch(x, kargs), w.dtype, f"{kargs.backend} kernel", tile_bytes)
 
     return bind
@@ -210,6 +237,15 @@ def _prepare_rows(w):
     rows = RowWeight.from_dense(w)
     args = row_args(rows)
     return lambda x: Bound(lambda: row_launch(x, args), w.dtype, "row kernel", rows.nbytes)
+
+
+def _prepare_slices(w):
+    from ..kernels.launch import slice_args, slice_run
+    from ..pack.slices import SliceWeight
+
+    sw = SliceWeight.from_dense(w)
+    args = slice_args(sw)
+    return lambda x: Bound(lambda: slice_run(x, args), w.dtype, "slice kernel", sw.nbytes)
 
 
 def _prepare_csr(w):

@@ -108,8 +108,10 @@ def add_kernel_options(p: argparse.ArgumentParser, **defaults) -> None:
                         "seed's Figure 2), dlmc (real pruned Transformer masks, needs --dlmc) "
                         f"(default {d['distributions']})")
     p.add_argument("--methods", type=_items(parse_method, "methods"), default=d["methods"],
-                   help="dense, cross (what the runtime runs), cross-<cuda|triton>-<bitmap|dense|hybrid> (the kernel "
-                        "forced), cusparse-csr, triton-bsr-<block>, sparse-2:4 (50%% only) "
+                   help="dense, cross (what the runtime runs), cross+slices (the runtime with the slice kernel's "
+                        "candidates, make_plan(slice_kernel=True)), cross-<cuda|triton>-<bitmap|dense|hybrid> (the "
+                        "kernel forced), cross-rows, cross-slices (the row and slice kernels forced), cusparse-csr, "
+                        "triton-bsr-<block>, sparse-2:4 (50%% only) "
                         f"(default {d['methods']}; the dense baseline is timed for every row anyway)")
     p.add_argument("--dlmc", type=Path, metavar="DIR",
                    help="folder of the DLMC archives transformer__magnitude_pruning__<sparsity>.npz")

@@ -321,7 +321,7 @@ def cmd_plan(args) -> int:
         for b in plan.buckets:
             name = bucket_name(b.n_min, b.n_max)
             ratio = b.dense_us / max(b.predicted_us, 1e-9)
-            rows_kernel = " rows" if b.kernel == "rows" else ""  # the row kernel, not the tiles
+            rows_kernel = f" {b.kernel}" if b.kernel != "tiles" else ""  # the row or slice kernel, not the tiles
             near = " near" if is_near_win(b) else ""  # falls back unless a GPU times it faster
             cells.append(f"dense{near}" if b.fallback else f"{ratio:.2f}x{rows_kernel}")
             md_cells.append(f"dense{near} ({ratio:.2f}x)" if b.fallback else f"**{ratio:.2f}x**{rows_kernel}")
@@ -337,7 +337,8 @@ def cmd_plan(args) -> int:
     lines = [f"cost model: {cm.source}; tiles {args.tile[0]}x{args.tile[1]}; predicted times are for that GPU",
              f"{n_winning} of {len(refs)} layers have a plan predicted to win in some bucket; 'dense': the bucket "
              f"falls back to the dense product (the plan is not predicted {WIN_MARGIN:.0%} faster); 'dense near': "
-             f"the row kernel is predicted within {NEAR_MARGIN:.0%} of it, and sparsify_ on a GPU times it and takes "
+             f"the row kernel is predicted within {NEAR_MARGIN:.0%} of it (or the slice kernel, which has no cost "
+             f"model, is a candidate: make_plan(slice_kernel=True)), and sparsify_ on a GPU times it and takes "
              f"it where it measures {WIN_MARGIN:.0%} faster; 'rows': the bucket runs the row kernel",
              f"predicted speed-up of all {len(refs)} layers together: {total}"]
     if passed_over:

@@ -263,3 +263,24 @@ def row_matmul_us(spec: GPUSpec, rows: int, cols: int, entries: int, n_tokens: i
     per_token = cols * spec.row_token_col_ns * 1e-3 + entries * spec.row_token_entry_ps * 1e-6
     return (len(passes) * stream * 1e6 + spec.dense_launch_us + (len(passes) - 1) * spec.row_pass_us
             + extra * per_token)
+
+
+#: Token counts the planner offers the slice kernel (kernels/slice_mma.cu: up to 16 tokens per pass)
+SLICE_MAX_TOKENS = 16
+
+
+def slice_kernel_fits(rows: int, cols: int, dtype: str) -> bool:
+    """The slice kernel can run an rows x cols weight of this dtype (name) on a GPU (sm_90+)."""
+    return dtype in ("bfloat16", "float16") and cols % 8 == 0 and rows >= 1
+
+
+def slice_format_bytes(nnz: np.ndarray, size: np.ndarray, rows: int, cols: int, element_size: int = 2) -> int:
+    """Expected bytes of the slice format (pack/slices.py) from nonzero counts ``nnz`` over regions
+    of ``size`` elements (tiles): a pair of adjacent elements is stored whole when either is nonzero,
+    as if each region's nonzeros were uniform (probability 1 - (1 - density)^2), plus the heads (8
+    bytes per 8 x 16 elements and half, 1/16 of the dense bytes)."""
+    nnz = np.asarray(nnz, dtype=np.float64)
+    size = np.asarray(size, dtype=np.float64)
+    density = np.divide(nnz, size, out=np.zeros_like(nnz), where=size > 0)
+    pairs = (size / 2 * (1.0 - (1.0 - np.minimum(density, 1.0)) ** 2)).sum()
+    return int(2 * element_size * pairs + rows * cols * element_size / 16)

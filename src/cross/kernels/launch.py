@@ -7,6 +7,9 @@ Backends:
               interpreter (CPU tensors with TRITON_INTERPRET=1)
 The row kernel (kernels/row_gemv.cu, ``row_launch``, up to 8 tokens per pass) runs buckets whose plan says
 ``kernel="rows"``, over the weight's row format; it is compiled and launched like the "cuda" backend.
+The slice kernel (kernels/slice_mma.cu, ``slice_run``, up to 16 tokens per pass, sm_90+) runs buckets
+whose plan says ``kernel="slices"``, over the weight's slice format. The strip and 2:4 kernels
+(``strip_matmul``, ``sparse24_matmul``) are not used by the runtime.
 """
 
 from __future__ import annotations
@@ -294,8 +297,8 @@ def _launch(x, y, a: KernelArgs, bias):
 
 
 def _check_pass_args(name: str, x: torch.Tensor, weight, bias, out, nt: int) -> int:
-    """The checks strip_matmul and sparse24_matmul share (tokens per pass, x, bias, out, one CUDA
-    device); returns N. Each error names the function and what it expected."""
+    """The checks strip_matmul, sparse24_matmul and slice_matmul share (tokens per pass, x, bias, out,
+    one CUDA device); returns N. Each error names the function and what it expected."""
     m, k = weight.shape
     if nt not in (8, 16):
         raise ValueError(f"{name}: nt (tokens per pass) must be 8 or 16, got {nt!r}")
@@ -387,6 +390,109 @@ def sparse24_matmul(x: torch.Tensor, weight, bias: torch.Tensor | None = None, o
     return y
 
 
+class SliceArgs(NamedTuple):
+    """A slice-kernel launch, resolved once (``slice_args``): the format's tensors, each block's
+    n-tiles (``ranges``) and the launch's sizes, so that a call does no host work beyond its launches."""
+
+    heads: torch.Tensor
+    values: torch.Tensor
+    ranges: torch.Tensor
+    out_features: int
+    in_features: int
+    tiles: int
+    pieces: int
+    warps: int
+    blocks: int
+    rt: int  # n-tiles per round of a block (its partial sums and heads in shared memory)
+    smem: int
+    producers: int
+
+
+def slice_capable(device: torch.device) -> bool:
+    """The slice kernel can run on this device: an sm_90+ GPU (bulk copies, mbarrier waits) with
+    cuda-python, outside Triton's interpreter."""
+    if device.type != "cuda" or _interpreting():
+        return False
+    from . import cuda_backend
+
+    return cuda_backend.available() and torch.cuda.get_device_capability(device)[0] >= 9
+
+
+def slice_eligible(packed: PackedWeight, device: torch.device) -> bool:
+    """The slice kernel can run this weight's slice format here."""
+    return packed.slices is not None and slice_capable(device)
+
+
+def slice_kernel_args(packed: PackedWeight) -> SliceArgs:
+    """The slice kernel's arguments for a packed weight with a slice format, on its GPU."""
+    if not slice_eligible(packed, packed.device):
+        raise ValueError("slice kernel: expected a slice format on an sm_90+ GPU with cuda-python")
+    return slice_args(packed.slices)
+
+
+def _check_slice_weight(weight, producers: int) -> None:
+    """The slice kernel's checks of a SliceWeight and the producer warps that need no device."""
+    from . import cuda_backend
+
+    if not isinstance(producers, int) or not 1 <= producers <= cuda_backend.SLICE_MAX_PRODUCERS:
+        raise ValueError(f"slice kernel: producers must be an int in 1..{cuda_backend.SLICE_MAX_PRODUCERS}, "
+                         f"got {producers!r}")
+    if weight.warps + producers > 32:
+        raise ValueError(f"slice kernel: a block of the weight's {weight.warps} warps and {producers} producer warps "
+                         f"exceeds 1,024 threads: pack the weight for at most {32 - producers} warps")
+    if weight.sp != 8:
+        raise ValueError(f"slice kernel: the kernel takes 8 steps per piece (SliceWeight.from_dense(max_steps=8)), "
+                         f"got a weight of {weight.sp}")
+    if weight.shape[1] % 8:
+        raise ValueError(f"slice kernel: K must be a multiple of 8 (8-byte loads of X), got {weight.shape[1]}")
+    if not (weight.heads.is_contiguous() and weight.values.is_contiguous()):
+        raise ValueError("slice kernel: the SliceWeight's tensors must be contiguous")
+
+
+def slice_args(weight, producers: int = 1) -> SliceArgs:
+    """Check a SliceWeight (pack/slices.py) on its GPU and resolve its launches: a block per SM of
+    the weight's warps and ``producers`` (1-4) warps that copy the weight for them, each block's
+    n-tiles (``SliceWeight.ranges``) and as many n-tiles per round as shared memory holds."""
+    from ..pack.slices import smem_bytes
+
+    _check_slice_weight(weight, producers)
+    if weight.device.type != "cuda":
+        raise ValueError(f"slice kernel: expected a SliceWeight on a CUDA device, got one on {weight.device}")
+    props = torch.cuda.get_device_properties(weight.device)
+    limit = getattr(props, "shared_memory_per_block_optin", 227 * 1024)
+    if smem_bytes(weight.warps, 1) > limit:
+        raise ValueError(f"slice kernel: a block of {weight.warps} warps needs {smem_bytes(weight.warps, 1)} bytes of "
+                         f"shared memory, the device has {limit}: pack the weight for fewer warps")
+    blocks = props.multi_processor_count
+    ranges, most = weight.ranges(blocks)
+    per_tile = smem_bytes(weight.warps, 1) - smem_bytes(weight.warps, 0)
+    rt = max(1, min(most, (limit - smem_bytes(weight.warps, 0)) // per_tile))
+    return SliceArgs(weight.heads, weight.values, ranges, weight.shape[0], weight.shape[1], weight.tiles,
+                     weight.pieces, weight.warps, blocks, rt, smem_bytes(weight.warps, rt), producers)
+
+
+def slice_run(x: torch.Tensor, args: SliceArgs, bias: torch.Tensor | None = None,
+              out: torch.Tensor | None = None) -> torch.Tensor:
+    """Y[N, M] = X[N, K] @ W^T (+ bias) by the slice kernel, one launch per pass of up to 16 tokens.
+    x: [N, K] in the weight's dtype on its GPU; bias: contiguous [M]; out: optional [N, M], unit
+    stride along M (written entirely). No checks beyond X's layout (``slice_matmul`` checks)."""
+    from . import cuda_backend
+
+    n = x.shape[0]
+    y = torch.empty((n, args.out_features), dtype=x.dtype, device=x.device) if out is None else out
+    if n == 0:
+        return y
+    if x.stride(0) % 8 or x.data_ptr() % 16 or x.stride(1) != 1:
+        x = x.contiguous()
+    for start in range(0, n, 16):
+        count = min(16, n - start)
+        ptrs = cuda_backend.Pointers((x[start], y[start], bias, args.heads, args.values, args.ranges),
+                                     x.dtype == torch.bfloat16)
+        cuda_backend.slice_launch(args.blocks, args.warps, args.smem, ptrs, args.out_features, args.in_features,
+                                  count, x.stride(0), y.stride(0), args.tiles, args.pieces, args.rt, args.producers)
+    return y
+
+
 def slice_matmul(x: torch.Tensor, weight, bias: torch.Tensor | None = None,
                  out: torch.Tensor | None = None, producers: int = 1) -> torch.Tensor:
     """Y[N, M] = X[N, K] @ W^T (+ bias) by the slice kernel (kernels/slice_mma.cu) over a SliceWeight
@@ -394,41 +500,6 @@ def slice_matmul(x: torch.Tensor, weight, bias: torch.Tensor | None = None,
     the weight's warps and ``producers`` (1-4) warps that copy the weight for them. x: [N, K] in the
     weight's dtype; bias: [M]; out: optional [N, M], unit stride along M. Non-finite inputs give the
     dense product's result."""
-    from ..pack.slices import smem_bytes
-    from . import cuda_backend
-
-    m, k = weight.shape
-    if not isinstance(producers, int) or not 1 <= producers <= cuda_backend.SLICE_MAX_PRODUCERS:
-        raise ValueError(f"slice_matmul: producers must be an int in 1..{cuda_backend.SLICE_MAX_PRODUCERS}, "
-                         f"got {producers!r}")
-    if weight.warps + producers > 32:
-        raise ValueError(f"slice_matmul: a block of the weight's {weight.warps} warps and {producers} producer warps "
-                         f"exceeds 1,024 threads: pack the weight for at most {32 - producers} warps")
-    if weight.sp != 8:
-        raise ValueError(f"slice_matmul: the kernel takes 8 steps per piece (SliceWeight.from_dense(max_steps=8)), "
-                         f"got a weight of {weight.sp}")
-    n = _check_pass_args("slice_matmul", x, weight, bias, out, 16)
-    if not (weight.heads.is_contiguous() and weight.values.is_contiguous()):
-        raise ValueError("slice_matmul: the SliceWeight's tensors must be contiguous")
-    props = torch.cuda.get_device_properties(x.device)
-    limit = getattr(props, "shared_memory_per_block_optin", 227 * 1024)
-    blocks = props.multi_processor_count
-    ranges, most = weight.ranges(blocks)
-    if smem_bytes(weight.warps, 1) > limit:
-        raise ValueError(f"slice_matmul: a block of {weight.warps} warps needs {smem_bytes(weight.warps, 1)} bytes of "
-                         f"shared memory, the device has {limit}: pack the weight for fewer warps")
-    per_tile = smem_bytes(weight.warps, 1) - smem_bytes(weight.warps, 0)
-    rt = max(1, min(most, (limit - smem_bytes(weight.warps, 0)) // per_tile))
-    smem = smem_bytes(weight.warps, rt)
-    y = torch.empty((n, m), dtype=x.dtype, device=x.device) if out is None else out
-    if n == 0:
-        return y
-    if x.stride(0) % 8 or x.data_ptr() % 16 or x.stride(1) != 1:
-        x = x.contiguous()
-    for start in range(0, n, 16):
-        count = min(16, n - start)
-        ptrs = cuda_backend.Pointers((x[start], y[start], bias, weight.heads, weight.values, ranges),
-                                     x.dtype == torch.bfloat16)
-        cuda_backend.slice_launch(blocks, weight.warps, smem, ptrs, m, k, count, x.stride(0), y.stride(0), weight.tiles,
-                                  weight.pieces, rt, producers)
-    return y
+    _check_slice_weight(weight, producers)
+    _check_pass_args("slice_matmul", x, weight, bias, out, 16)
+    return slice_run(x, slice_args(weight, producers), bias, out)

@@ -37,7 +37,7 @@ def plan_linear(weight: torch.Tensor, *, cost_model=None, tile_shape=(64, 64), b
                 nan_policy: str = "propagate", balance: str = "full", unit_mode: str = "split",
                 **plan_options) -> Plan:
     """The Plan ``SparseLinear.from_dense`` makes for ``weight`` (``plan_options`` go to make_plan:
-    allowed_kinds, swing_band, n_programs)."""
+    allowed_kinds, swing_band, n_programs, row_kernel, slice_kernel)."""
     return make_plan(weight.detach(), tile_shape=tile_shape, cost_model=cost_model,
                      buckets=DEFAULT_BUCKETS if buckets is None else buckets, nan_policy=nan_policy,
                      balance=balance, unit_mode=unit_mode, **plan_options)
@@ -97,7 +97,8 @@ def measures(measure, device: torch.device, keep_dense) -> bool:
 
 
 def _bucket_runs(bucket, kernel: str, falls_back: bool) -> bool:
-    """The bucket runs ``kernel`` ("tiles" or "rows"): its plan's kernel, and not a fallback the layer runs dense."""
+    """The bucket runs ``kernel`` ("tiles", "rows" or "slices"): its plan's kernel, and not a fallback the layer
+    runs dense."""
     return bucket.kernel == kernel and not (bucket.fallback and falls_back)
 
 
@@ -107,7 +108,8 @@ class SparseLinear(nn.Module):
     Build with :meth:`from_dense`. State:
         packed        PackedWeight: the weight's formats and the kernel tables (not parameters);
                       where no bucket runs the tile kernel (each runs the row kernel or falls back
-                      to the dense product) only the row format is held (``PackedWeight.without_tiles``)
+                      to the dense product) only the row format is held (``PackedWeight.without_tiles``);
+                      where a bucket runs the slice kernel, also the slice format
         bias          buffer [out_features] in the weight's dtype, or None
         dense_weight  buffer [out_features, in_features], or None: the dense copy used by the
                       buckets that fall back to the dense product
@@ -146,6 +148,9 @@ class SparseLinear(nn.Module):
                 _bucket_runs(b, "rows", falls_back) for b in packed.plan.buckets):
             # no bucket runs the row kernel (near wins the measured check did not take fall back)
             packed = packed.without_rows()
+        if packed.slices is not None and not any(_bucket_runs(b, "slices", falls_back) for b in packed.plan.buckets):
+            # no bucket runs the slice kernel (candidates the measured check did not take fall back)
+            packed = packed.without_slices()
         self.packed = packed
         self.register_buffer("bias", bias)
         self.register_buffer("dense_weight", dense_weight, persistent=False)
@@ -184,7 +189,7 @@ class SparseLinear(nn.Module):
         the decode in those buckets (a plan with INDEX tiles is refused: no GPU decoder).
         measure: 'auto' (the default) times, on a CUDA device, every bucket the plan is predicted
         to win against the dense product, and every near win (the row kernel predicted within 5% of
-        it), and keeps the plan only where it measured faster
+        it, or the slice kernel's candidate), and keeps the plan only where it measured faster
         (``cross.runtime.measure_plan``; skipped on the CPU and with keep_dense=False, where the
         plan runs anyway); True always (a CUDA weight is required); False never: the cost model's
         prediction alone decides. ``dense_times``: a dict shared between layers so that each

@@ -47,7 +47,7 @@ from .linear import SparseLinear
 from .sparsify import _occurrences
 
 FORMAT = "cross.model"
-FORMAT_VERSION = 3  # 3: plans may choose the row kernel (cross.plan/3); 2: measured times (cross.plan/2); older directories still load
+FORMAT_VERSION = 4  # 4: plans may choose the slice kernel (cross.plan/4); 3: the row kernel (cross.plan/3); 2: measured times (cross.plan/2); older directories still load
 MANIFEST = "manifest.json"
 STATE = "state.safetensors"
 PACKED_FORMAT = "cross.packed/1"

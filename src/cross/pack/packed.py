@@ -8,7 +8,8 @@ Tables, int32:
     row_sections [ti, 5]    where the DENSE, BITMAP, INDEX and EMPTY runs of each tile-row start in
                             ``tiles``, then its end
 Where a bucket's plan runs the row kernel, the weight is also kept in the row format
-(``rows``, pack/rows.py). Where no bucket runs the tile kernel, ``without_tiles`` drops the tile
+(``rows``, pack/rows.py); where one runs the slice kernel, in the slice format (``slices``,
+pack/slices.py). Where no bucket runs the tile kernel, ``without_tiles`` drops the tile
 formats (``tiled``: None) and the row format is the weight's only copy; ``tiled_weight()`` rebuilds
 them from it (saving, another plan's buckets).
 Per bucket (PackedBucket; also for buckets that fall back to dense, so their plan can be forced):
@@ -36,6 +37,7 @@ from ..partition.plan import BucketPlan, Plan
 from ..tiling import TileKind
 from .formats import TiledWeight
 from .rows import RowWeight
+from .slices import SliceWeight
 
 _I32_MAX = 2**31 - 1
 
@@ -75,6 +77,7 @@ class PackedWeight:
     has_dense: bool = False
     median_bitmap_nnz: int = -1  # median nnz of the BITMAP tiles (-1: none): picks the one-token CUDA build
     rows: RowWeight | None = None  # the row format, where a bucket's plan runs the row kernel
+    slices: SliceWeight | None = None  # the slice format, where a bucket's plan runs the slice kernel
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -103,6 +106,7 @@ class PackedWeight:
         n = self.tiles.numel() * 4 + self.row_sections.numel() * 4
         n += self.tiled.nbytes if self.tiled is not None else 0
         n += self.rows.nbytes if self.rows is not None else 0
+        n += self.slices.nbytes if self.slices is not None else 0
         for b in self.buckets:
             n += 4 * (b.items.numel() + b.row_parts.numel() + b.unit_ptr.numel() + b.unit_order.numel())
         return n
@@ -125,7 +129,8 @@ class PackedWeight:
         if tiled is None and any(b.kernel == "tiles" for b in plan.buckets):
             tiled = self.tiled_weight()
         rows = self.rows if self.rows is not None else _rows_for(plan, tiled)
-        return replace(self, plan=plan, buckets=buckets, tiled=tiled, rows=rows)
+        slices = self.slices if self.slices is not None else _slices_for(plan, self)
+        return replace(self, plan=plan, buckets=buckets, tiled=tiled, rows=rows, slices=slices)
 
     def tiled_weight(self) -> TiledWeight:
         """The tile formats: the ones held, or rebuilt from the row format where they were dropped."""
@@ -152,11 +157,17 @@ class PackedWeight:
             raise ValueError("without_rows: expected a weight with the tile formats (the row format is its only copy)")
         return replace(self, rows=None)
 
+    def without_slices(self) -> "PackedWeight":
+        """This weight without its slice format, where no bucket runs the slice kernel (a candidate
+        the measured check did not take falls back). The slice format is never the only copy."""
+        return replace(self, slices=None)
+
     def to(self, device) -> "PackedWeight":
         return PackedWeight(self.plan, None if self.tiled is None else self.tiled.to(device), self.tiles.to(device),
                             self.row_sections.to(device), tuple(b.to(device) for b in self.buckets),
                             self.max_sparse_nnz, self.has_index, self.has_dense, self.median_bitmap_nnz,
-                            None if self.rows is None else self.rows.to(device))
+                            None if self.rows is None else self.rows.to(device),
+                            None if self.slices is None else self.slices.to(device))
 
 
 def _pack_bucket(bp: BucketPlan, n_rows: int) -> PackedBucket:
@@ -182,16 +193,24 @@ def _pack_bucket(bp: BucketPlan, n_rows: int) -> PackedBucket:
     return PackedBucket(bp, as_t(table), as_t(row_parts), as_t(bp.unit_ptr), as_t(bp.unit_order), int(split_sorted.size), counters)
 
 
-def _rows_for(plan: Plan, tiled: TiledWeight, falls_back: bool = False) -> RowWeight | None:
-    """The row format where a bucket of the plan runs the row kernel, or nearly wins with it and
-    falls back until the measured check times it, else None. ``falls_back``: the layer runs its
-    fallback buckets as the dense product, so a fallback bucket the check has already timed (a
-    near win it did not take) needs no row format."""
+def _runs(plan: Plan, kernel: str, falls_back: bool) -> bool:
+    """Some bucket of the plan runs ``kernel``, or nearly wins with it and falls back until the
+    measured check times it. ``falls_back``: the layer runs its fallback buckets as the dense
+    product, so a fallback bucket the check has already timed (a near win it did not take) does not
+    count."""
     from ..partition.planner import is_near_win
 
-    if not any(b.kernel == "rows" and not (b.fallback and falls_back and not is_near_win(b)) for b in plan.buckets):
-        return None
-    return RowWeight.from_dense(tiled.to_dense())
+    return any(b.kernel == kernel and not (b.fallback and falls_back and not is_near_win(b)) for b in plan.buckets)
+
+
+def _rows_for(plan: Plan, tiled: TiledWeight, falls_back: bool = False) -> RowWeight | None:
+    """The row format where a bucket runs the row kernel (``_runs``), else None."""
+    return RowWeight.from_dense(tiled.to_dense()) if _runs(plan, "rows", falls_back) else None
+
+
+def _slices_for(plan: Plan, weight: "TiledWeight | PackedWeight", falls_back: bool = False) -> SliceWeight | None:
+    """The slice format (from ``weight.to_dense()``) where a bucket runs the slice kernel (``_runs``), else None."""
+    return SliceWeight.from_dense(weight.to_dense()) if _runs(plan, "slices", falls_back) else None
 
 
 def pack(weight: torch.Tensor, plan: Plan) -> PackedWeight:
@@ -242,7 +261,7 @@ def pack_tiled(tiled: TiledWeight, plan: Plan, falls_back: bool = False) -> Pack
     return PackedWeight(plan, tiled, torch.from_numpy(tiles).to(dev),
                         torch.from_numpy(sections.astype(np.int32)).to(dev), buckets, max_sparse_nnz,
                         bool((kinds == TileKind.INDEX).any()), bool((kinds == TileKind.DENSE).any()), median_bitmap_nnz,
-                        _rows_for(plan, tiled, falls_back))
+                        _rows_for(plan, tiled, falls_back), _slices_for(plan, tiled, falls_back))
 
 
 def describe(pw: PackedWeight) -> str:

@@ -144,7 +144,9 @@ class SliceWeight:
         """Steps (16 columns each) of the padded K."""
         return self.warps * self.pieces * self.sp
 
+    @property
     def nbytes(self) -> int:
+        """Device bytes of the format (heads and words)."""
         return self.heads.numel() * 4 + self.values.numel() * 4
 
     def to(self, device) -> "SliceWeight":
@@ -187,6 +189,16 @@ class SliceWeight:
         # (piece, T, step, half, gg, q, pair, e) -> (T, half, gg, piece, step, q, pair, e)
         w = w.permute(1, 3, 4, 0, 2, 5, 6, 7).reshape(t * ROWS, n_p * sp * STEP)
         return w[:m, :k].contiguous()
+
+
+def slices_reference(x: torch.Tensor, weight: SliceWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Y[N, M] = X[N, K] @ W^T (+ bias) from the slice format in fp32, in X's dtype: what the slice
+    kernel computes. Every weight element is multiplied, zeros included (0 x Inf is NaN), so
+    non-finite inputs reach the outputs as in the dense product."""
+    y = x.float() @ weight.to_dense().float().t()
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(x.dtype)
 
 
 def _popcount(x: torch.Tensor) -> torch.Tensor:

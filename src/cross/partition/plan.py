@@ -28,13 +28,14 @@ import numpy as np
 
 from ..tiling import TileGrid, TileKind
 
-PLAN_FORMAT = "cross.plan/3"
+PLAN_FORMAT = "cross.plan/4"
 #: Formats this version reads: /1 had no measured times (BucketPlan.measured_us, measured_dense_us),
-#: /2 no row kernel (BucketPlan.kernel).
-READABLE_PLAN_FORMATS = ("cross.plan/1", "cross.plan/2", PLAN_FORMAT)
+#: /2 no row kernel (BucketPlan.kernel), /3 no slice kernel.
+READABLE_PLAN_FORMATS = ("cross.plan/1", "cross.plan/2", "cross.plan/3", PLAN_FORMAT)
 #: What runs a bucket's plan: "tiles", the plan kernel over the tiles' work list; "rows", the
-#: row kernel (up to 16 tokens) over the weight's row format (pack/rows.py)
-KERNELS = ("tiles", "rows")
+#: row kernel (up to 16 tokens) over the weight's row format (pack/rows.py); "slices", the slice
+#: kernel (up to 16 tokens, sm_90+) over the weight's slice format (pack/slices.py)
+KERNELS = ("tiles", "rows", "slices")
 
 
 def _readable() -> str:
@@ -73,13 +74,14 @@ class BucketPlan:
     unit_ptr: np.ndarray
     unit_order: np.ndarray
     unit_us: np.ndarray  # float64 [U] predicted amortised load of each unit
-    predicted_us: float  # predicted time of the plan kernel
+    predicted_us: float  # predicted time of the plan kernel (for "slices", which has no cost model, the
+    # time of the kernel the prediction chose before the bucket became the slice kernel's candidate)
     dense_us: float  # predicted time of the dense product
     reason: str = ""
     # times measured on the GPU at n_design (cross.runtime.measure), None where not measured
     measured_us: float | None = None
     measured_dense_us: float | None = None
-    kernel: str = "tiles"  # KERNELS; the work list is kept for "rows" too (a forced tile run)
+    kernel: str = "tiles"  # KERNELS; the work list is kept for the others too (a forced tile run)
 
     def __post_init__(self):
         if self.kernel not in KERNELS:

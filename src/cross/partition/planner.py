@@ -10,8 +10,8 @@ import torch
 
 from .._checks import check_tile_shape, check_weight, dtype_name
 from ..costmodel import CostModel, block_n_for, default_cost_model
-from ..costmodel.roofline import (ROW_MAX_TOKENS, plan_kernel_vals_bytes, row_entries, row_format_bytes,
-                                  row_kernel_fits)
+from ..costmodel.roofline import (ROW_MAX_TOKENS, SLICE_MAX_TOKENS, plan_kernel_vals_bytes, row_entries,
+                                  row_format_bytes, row_kernel_fits, slice_format_bytes, slice_kernel_fits)
 from ..tiling import TileGrid, TileKind
 from .balance import (alternate_order, chunk_by_cost, convert_swing, equal_count_chunks, items_from_chunks,
                       simulate_makespan, split_units, tile_list)
@@ -30,15 +30,28 @@ WIN_MARGIN = 0.03
 #: prediction's error at 5-16 tokens (5-10% on the H200) is as large as the gap: measured, the row
 #: kernel ran 1.08-1.12x of cuBLAS at 6-8 tokens and 70% on 4096x4096, predicted 1.00x.
 NEAR_MARGIN = 0.05
+#: The slice kernel (kernels/slice_mma.cu, up to 16 tokens, sm_90+) has no cost model: a bucket of at
+#: most SLICE_MAX_TOKENS tokens that the prediction gives the tile kernel (or the dense product after
+#: it), of a weight whose slice format is expected to take at most this fraction of the dense bytes
+#: (its bound at the streaming rate: 1.5x), becomes the slice kernel's candidate, with the standing of
+#: a near win: it falls back until the measured check times it faster than dense. Buckets the row
+#: kernel wins or nearly wins keep it.
+SLICE_MAX_BYTES = 2 / 3
+#: Whether make_plan offers buckets to the slice kernel by default (``slice_kernel``): off until it is
+#: measured to win (docs/perf-notes.md).
+SLICE_KERNEL_DEFAULT = False
 BALANCE_MODES = ("none", "intra", "full")
 UNIT_MODES = ("split", "mixed")
 
 
 def is_near_win(bucket: BucketPlan) -> bool:
-    """The bucket falls back on the prediction, but its plan (the row kernel) is predicted within
-    NEAR_MARGIN of dense: the measured check times it (a plan predicted to win is always timed)."""
-    return (bucket.fallback and bucket.kernel == "rows" and not bucket.measured
-            and bucket.predicted_us <= bucket.dense_us * (1 + NEAR_MARGIN))
+    """The bucket falls back on the prediction, but its plan is the row kernel predicted within
+    NEAR_MARGIN of dense, or the slice kernel (a candidate: no cost model): the measured check times
+    it (a plan predicted to win is always timed)."""
+    if not bucket.fallback or bucket.measured:
+        return False
+    return bucket.kernel == "slices" or (bucket.kernel == "rows"
+                                         and bucket.predicted_us <= bucket.dense_us * (1 + NEAR_MARGIN))
 
 
 def design_tokens(n_min: int, n_max: int) -> int:
@@ -150,7 +163,7 @@ def make_plan(weight: torch.Tensor | None = None, *, nnz: np.ndarray | None = No
               tile_shape=(64, 64), cost_model: CostModel | None = None, buckets=DEFAULT_BUCKETS,
               allowed_kinds=DEFAULT_KINDS, nan_policy: str = "propagate", balance: str = "full",
               unit_mode: str = "split", swing_band: float = 0.10, n_programs: int | None = None,
-              row_kernel: bool = True) -> Plan:
+              row_kernel: bool = True, slice_kernel: bool = SLICE_KERNEL_DEFAULT) -> Plan:
     """Plan one weight. Give either ``weight`` (M x K tensor with zeros) or ``nnz`` per tile with
     ``shape`` and ``dtype``.
 
@@ -164,6 +177,10 @@ def make_plan(weight: torch.Tensor | None = None, *, nnz: np.ndarray | None = No
     row_kernel: buckets of at most 16 tokens may run the row kernel (kernels/row_gemv.cu, on the
              row format) where it is predicted faster than the tile plan and the dense product
              (bf16/fp16, K % 8 == 0, K <= 16384).
+    slice_kernel: buckets of at most 16 tokens not given to the row kernel become the slice
+             kernel's candidates (kernels/slice_mma.cu on the slice format; SLICE_MAX_BYTES; bf16/
+             fp16, K % 8 == 0, nan_policy 'propagate': the kernel multiplies every element), which the
+             measured check times on an sm_90+ GPU. Off by default (SLICE_KERNEL_DEFAULT).
     """
     tile_shape = check_tile_shape(tile_shape)
     if weight is not None:
@@ -205,10 +222,13 @@ def make_plan(weight: torch.Tensor | None = None, *, nnz: np.ndarray | None = No
     # the row format's entries where the row kernel may run, else None
     entries = (row_entries(nnz, size, grid.rows)
                if row_kernel and row_kernel_fits(grid.rows, grid.cols, dtype) else None)
+    # whether buckets may become the slice kernel's candidates
+    slices = (bool(slice_kernel) and nan_policy == "propagate" and slice_kernel_fits(grid.rows, grid.cols, dtype)
+              and slice_format_bytes(nnz, size, grid.rows, grid.cols) <= SLICE_MAX_BYTES * 2 * grid.rows * grid.cols)
 
     def plan_buckets(kinds):
         return _plan_buckets(kinds, nnz, grid, tile_shape, buckets, classes_at, cm, programs, unit_mode, balance,
-                             nan_policy, entries)
+                             nan_policy, entries, slices)
 
     layout, bucket_plans = plan_buckets(kinds)
     dense, sparse = kinds == TileKind.DENSE, np.isin(kinds, (TileKind.BITMAP, TileKind.INDEX))
@@ -234,7 +254,7 @@ def make_plan(weight: torch.Tensor | None = None, *, nnz: np.ndarray | None = No
         "cross_version": _version(),
         "torch": torch.__version__,
         "options": {"balance": balance, "unit_mode": unit_mode, "swing_band": swing_band, "n_programs": programs,
-                    "row_kernel": bool(row_kernel),
+                    "row_kernel": bool(row_kernel), "slice_kernel": bool(slice_kernel),
                     "allowed_kinds": [TileKind(k).name for k in allowed_kinds]},
         "swing_converted": int(converted),
         "kinds_chosen": chosen,
@@ -249,10 +269,13 @@ def _runtime_cost(bucket_plans) -> float:
 
 
 def _plan_buckets(kinds, nnz, grid, tile_shape, buckets, classes_at, cm, programs, unit_mode, balance, nan_policy,
-                  n_row_entries=None):
+                  n_row_entries=None, slices=False):
     """The work lists of every bucket for one choice of tile kinds; buckets of at most
     ROW_MAX_TOKENS tokens run the row kernel (over ``n_row_entries`` entries; None: not allowed)
-    where it is predicted faster than the tiles. Returns ((tile_ptr, tile_col, tile_kind), [BucketPlan])."""
+    where it is predicted faster than the tiles; with ``slices``, buckets of at most
+    SLICE_MAX_TOKENS tokens that would run the tiles or fall back after them become the slice
+    kernel's candidates.
+    Returns ((tile_ptr, tile_col, tile_kind), [BucketPlan])."""
     tile_ptr, tile_col, tile_kind = tile_list(kinds, include_empty=nan_policy == "propagate")
     n_exec = int(tile_ptr[-1])
     rows = np.repeat(np.arange(grid.shape[0]), np.diff(tile_ptr))
@@ -290,6 +313,12 @@ def _plan_buckets(kinds, nnz, grid, tile_shape, buckets, classes_at, cm, program
         reason = f"predicted {predicted:.1f} us is not {WIN_MARGIN:.0%} under dense {dense:.1f} us" if fallback else ""
         if fallback and kernel == "rows":
             reason += f" (within {NEAR_MARGIN:.0%}: timed by the measured check)"
+        if slices and n_max <= SLICE_MAX_TOKENS and kernel == "tiles":
+            # at 9-16 tokens the tile kernel measured 0.85-1.0x of cuBLAS where it was predicted to win
+            # (H200, benchmarks/results/h200/kernels_buckets.csv): the slice kernel is timed instead
+            kernel, fallback = "slices", True
+            reason = f"the slice kernel's candidate (no cost model; the tile kernel predicted {predicted:.1f} us, " \
+                     f"dense {dense:.1f} us): timed by the measured check"
         bucket_plans.append(BucketPlan(n_min, n_max, n, bn, bool(fallback), items, unit_ptr, order, loads,
                                        float(predicted), float(dense), reason, kernel=kernel))
     return (tile_ptr, tile_col, tile_kind), bucket_plans

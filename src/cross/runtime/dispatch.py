@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from .._checks import dtype_name
 from ..pack.packed import PackedWeight
 from ..pack.rows import rows_reference
+from ..pack.slices import slices_reference
 from .reference import reference_matmul
 
 
@@ -48,11 +49,15 @@ def warn_without_kernel(packed: PackedWeight, kernels: dict, falls_back: bool) -
     bad = [i for i, pb in enumerate(packed.buckets)
            if kernels.get(i) is None and not (pb.plan.fallback and falls_back)]
     if bad:
-        why = "it has INDEX tiles, which no GPU kernel decodes" if packed.has_index else "no kernel backend accepts it"
+        if all(packed.buckets[i].plan.kernel == "slices" for i in bad):
+            why, fix = "the slice kernel needs an sm_90+ GPU", "plan with slice_kernel=False"
+        else:
+            why = "it has INDEX tiles, which no GPU kernel decodes" if packed.has_index else "no kernel backend accepts it"
+            fix = "plan with allowed_kinds without INDEX"
         spans = ", ".join(_span(packed.buckets[i].plan) for i in bad)
         warnings.warn(f"plan {packed.shape[0]}x{packed.shape[1]} on {packed.device}: {why}, so token counts {spans} run "
-                      f"on the reference executor (correct, but far slower than the dense product); plan with "
-                      f"allowed_kinds without INDEX to get the GPU kernels. Silence with warnings.filterwarnings("
+                      f"on the reference executor (correct, but far slower than the dense product); {fix} to get the "
+                      f"GPU kernels. Silence with warnings.filterwarnings("
                       f"'ignore', category=cross.runtime.KernelFallbackWarning)", KernelFallbackWarning, stacklevel=3)
     return bad
 
@@ -68,11 +73,17 @@ def gpu_kernel_args(packed: PackedWeight, bucket_index: int, cache: dict | None 
     kernel backend can run it (then the reference executor does). ``cache`` keeps them per bucket."""
     if cache is not None and bucket_index in cache:
         return cache[bucket_index]
-    from ..kernels.launch import default_backend, kernel_args, row_eligible, row_kernel_args
+    from ..kernels.launch import (default_backend, kernel_args, row_eligible, row_kernel_args, slice_eligible,
+                                  slice_kernel_args)
 
-    if packed.buckets[bucket_index].plan.kernel == "rows":
+    kernel = packed.buckets[bucket_index].plan.kernel
+    if kernel == "rows":
         # no row format: dropped (PackedWeight.without_rows) where the bucket falls back
         args = row_kernel_args(packed) if packed.rows is not None and row_eligible(packed, packed.device) else None
+    elif kernel == "slices":
+        # no slice format: dropped (PackedWeight.without_slices) where the bucket falls back; before
+        # sm_90 the bucket runs on the reference executor (warn_without_kernel says so)
+        args = slice_kernel_args(packed) if slice_eligible(packed, packed.device) else None
     elif packed.tiled is None:  # tiles dropped: this bucket falls back to the dense product
         args = None
     else:
@@ -97,8 +108,9 @@ def execute(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None = N
     kernels:      resolved GPU kernel arguments per bucket (a cache kept by the caller).
     checked:      the caller has already run check_input on these arguments.
     On a GPU the plan runs through the ``cross::plan_linear`` operator (``cross::row_linear`` for a
-    bucket of the row kernel); on the CPU, or where no kernel supports the plan, through the
-    reference executor (``rows_reference`` for the row kernel's buckets).
+    bucket of the row kernel, ``cross::slice_linear`` for one of the slice kernel); on the CPU, or
+    where no kernel supports the plan, through the reference executor (``rows_reference`` and
+    ``slices_reference`` for the row and slice kernels' buckets).
     """
     if not checked:
         check_input(x, packed, bias)
@@ -124,6 +136,8 @@ def execute(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None = N
             y = call(x2, args, bias)
         elif bucket.plan.kernel == "rows" and packed.rows is not None:  # else the tiles (a row format dropped)
             y = rows_reference(x2, packed.rows, bias, propagate=packed.plan.nan_policy == "propagate")
+        elif bucket.plan.kernel == "slices" and packed.slices is not None:  # else the tiles (dropped)
+            y = slices_reference(x2, packed.slices, bias)
         else:
             y = reference_matmul(x2, packed, bias, bucket=bucket, tiles=tiles)
     return y.reshape(*lead, m)

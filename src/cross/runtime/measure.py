@@ -6,8 +6,9 @@ predicted 6% faster can run at 1.00x: more memory for no speed. ``measure_plan``
 the plan is predicted to win (at the bucket's design token count, CUDA-graph replay, L2 flushed
 by a read, as ``cross profile`` times) against ``F.linear`` on the same weight, and keeps the plan
 only where it measured ``margin`` faster. It also times the near wins (``planner.is_near_win``:
-predicted to fall back, but with the row kernel within ``NEAR_MARGIN`` of dense) and takes those
-that measured ``margin`` faster. Other buckets predicted to fall back are not timed.
+predicted to fall back, but with the row kernel within ``NEAR_MARGIN`` of dense, or the slice
+kernel's candidates, which have no prediction) and takes those that measured ``margin`` faster.
+Other buckets predicted to fall back are not timed.
 Dense times depend only on the shape, so a caller planning many layers passes one ``dense_times``
 dict to time each shape once. Because that one time then judges every layer of the shape, it is the
 faster of two timings, one before and one after the first plan of the shape: a dense time that
@@ -16,9 +17,15 @@ reads slow once (measured on H100: one shape's cuBLAS read 2.7x slow in one mode
 twice and the faster kept too, so that the estimator (a minimum of two) does not favour dense: with
 one plan timing against the faster of two dense ones, 4096x11008 at 8 tokens and 70% measured 2%
 faster in the check (not the 3% asked) and 1.10x in the benchmark (H200).
+Before a bucket is timed its result on the timing input is compared with the dense product's: a
+kernel that disagrees (beyond bf16 rounding) on this GPU is not timed, its bucket falls back, and a
+PlanCheckWarning says so; a wrong result never runs silently.
 """
 
 from __future__ import annotations
+
+import warnings
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +37,23 @@ from .dispatch import execute, gpu_kernel_args
 
 #: Timing per call (ms of warm-up, ms of timed runs): short, as it runs once per layer and bucket.
 WARMUP_MS, REP_MS = 5, 20
+#: A plan's result agrees with the dense product's where |y - dense| <= AGREE x (|dense| + rms(dense))
+#: everywhere: bf16 rounding of the outputs and fp32 sums in another order stay near 1e-2.
+AGREE = 3e-2
+
+
+class PlanCheckWarning(UserWarning):
+    """A plan's kernel gave a result that disagrees with the dense product on this GPU; the bucket
+    falls back to the dense product."""
+
+
+def disagreement(y: torch.Tensor, dense: torch.Tensor) -> float:
+    """The largest |y - dense| / (|dense| + rms(dense)), in fp32 (inf where y is NaN and dense is not)."""
+    y, dense = y.float(), dense.float()
+    scale = dense.abs() + dense.pow(2).mean().sqrt() + 1e-30
+    err = ((y - dense).abs() / scale).nan_to_num(nan=float("inf"))
+    same = (y == dense) | (y.isnan() & dense.isnan())  # Inf and NaN where the dense product has them
+    return float(torch.where(same, 0.0, err).max()) if err.numel() else 0.0
 
 
 def measure_plan(packed: PackedWeight, dense_weight: torch.Tensor, *, margin: float = WIN_MARGIN,
@@ -48,11 +72,15 @@ def measure_plan(packed: PackedWeight, dense_weight: torch.Tensor, *, margin: fl
         raise ValueError(f"margin: expected a fraction in [0, 1), got {margin!r}")
     with torch.cuda.device(packed.device):  # the flush buffer and the stream of the weight's GPU
         buckets, how = _measure_buckets(packed, dense_weight, margin, {} if dense_times is None else dense_times, seed)
-    if not how:
+    if all(a is b for a, b in zip(buckets, packed.plan.buckets)):  # nothing timed or refused
         return packed.plan
-    device = torch.cuda.get_device_name(packed.device)
-    return packed.plan.with_buckets(buckets, measured={"device": device, "timing": "; ".join(sorted(how)),
+    timing = "; ".join(sorted(how)) or "none"  # none: every bucket concerned refused before timing
+    return packed.plan.with_buckets(buckets, measured={"device": _name(packed.device), "timing": timing,
                                                        "flush": "read", "margin": margin})
+
+
+def _name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
 
 
 def _measure_buckets(packed, dense_weight, margin, cache, seed):
@@ -68,13 +96,23 @@ def _measure_buckets(packed, dense_weight, margin, cache, seed):
             continue
         n = min(b.n_design, MAX_LAUNCH_TOKENS)
         x = torch.randn(n, k, generator=gen, device=packed.device, dtype=packed.dtype)
+        # the result first: a kernel that is wrong on this GPU is not timed, and its bucket falls back
+        err = disagreement(execute(x, packed, force_plan=True, kernels=kernels, checked=True), F.linear(x, dense_weight))
+        if not err <= AGREE:
+            kernel = "tile" if b.kernel == "tiles" else b.kernel[:-1]
+            warnings.warn(f"{m}x{k} at {n} tokens: the {kernel} kernel's result disagrees with the dense product "
+                          f"(error {err:.3g} of the output's scale, more than {AGREE}) on {_name(packed.device)}"
+                          f"; the bucket falls back to the dense product. Please report it with the weight's shape, "
+                          f"sparsity and dtype", PlanCheckWarning, stacklevel=4)
+            buckets.append(replace(b, fallback=True, reason=f"its {kernel} kernel disagreed with the dense product "
+                                                            f"(error {err:.3g}): not timed"))
+            continue
         key = (m, k, n, str(packed.dtype), str(packed.device))
         # dense first: a process's first timings can read fast (benchmarks/timing_drift.py), and a
         # dense time that reads fast errs on the safe side (the plan must beat it)
         first_of_shape = key not in cache
         if first_of_shape:
             cache[key] = call_time_us(lambda: F.linear(x, dense_weight), WARMUP_MS, REP_MS)[0]
-        gpu_kernel_args(packed, i, kernels)
         # the plan twice and the faster kept, as dense is (dense, plan, plan, dense for the first layer
         # of a shape): the same estimator on both sides, so neither is favoured by it
         plan_us, plan_how = min(call_time_us(lambda: execute(x, packed, force_plan=True, kernels=kernels,

@@ -1,7 +1,8 @@
 """The ``cross::plan_linear`` operator: one bucket's plan kernel behind torch.library, so
 torch.compile traces through it (a fake implementation gives the output's shape) and CUDA graphs
 capture its launch like any other kernel. ``cross::row_linear`` is the row kernel's
-launches (buckets whose plan says ``kernel="rows"``). ``cross::decode_dense`` does the same for the kernel that
+launches (buckets whose plan says ``kernel="rows"``), ``cross::slice_linear`` the slice kernel's
+(``kernel="slices"``). ``cross::decode_dense`` does the same for the kernel that
 decodes a packed weight back to dense (layers with ``keep_dense="decode"``).
 
 The arrival counters in ``counters`` are written during a launch but always back to zero by its end
@@ -14,7 +15,7 @@ from typing import Optional
 
 import torch
 
-from ..kernels.launch import KernelArgs, RowArgs, launch, row_launch
+from ..kernels.launch import KernelArgs, RowArgs, SliceArgs, launch, row_launch, slice_run
 
 _TENSORS = ("values", "meta", "tiles", "sections", "items", "row_parts", "unit_ptr", "unit_order", "counters")
 _INTS = ("out_features", "in_features", "tile_m", "tile_k", "block_n", "n_units", "n_slots", "max_token_tiles", "n_max",
@@ -58,11 +59,28 @@ def _(x, bias, values, meta, row_ptr, heads, sizes):
     return x.new_empty((x.shape[0], sizes[0]))
 
 
-def call(x: torch.Tensor, args: KernelArgs | RowArgs, bias: torch.Tensor | None) -> torch.Tensor:
+@torch.library.custom_op("cross::slice_linear", mutates_args=())
+def slice_linear(x: torch.Tensor, bias: Optional[torch.Tensor], heads: torch.Tensor, values: torch.Tensor,
+                 ranges: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """Y[N, M] = X[N, K] @ W^T (+ bias) by the slice kernel; sizes = SliceArgs' ints (M, K, tiles,
+    pieces, warps, blocks, rt, smem, producers)."""
+    if bias is not None and bias.stride(0) != 1:
+        bias = bias.contiguous()
+    return slice_run(x, SliceArgs(heads, values, ranges, *sizes), bias)
+
+
+@slice_linear.register_fake
+def _(x, bias, heads, values, ranges, sizes):
+    return x.new_empty((x.shape[0], sizes[0]))
+
+
+def call(x: torch.Tensor, args: KernelArgs | RowArgs | SliceArgs, bias: torch.Tensor | None) -> torch.Tensor:
     """Run the operator with a bucket's resolved kernel arguments."""
     if isinstance(args, RowArgs):
         return torch.ops.cross.row_linear(x, bias, args.values, args.meta, args.row_ptr, args.heads,
                                           [args.out_features, args.in_features, args.propagate])
+    if isinstance(args, SliceArgs):
+        return torch.ops.cross.slice_linear(x, bias, args.heads, args.values, args.ranges, list(args[3:]))
     tensors = [getattr(args, name) for name in _TENSORS]
     sizes = [getattr(args, name) for name in _INTS]
     return torch.ops.cross.plan_linear(x, bias, *tensors, sizes, args.backend)

@@ -1,0 +1,294 @@
+"""The slice kernel in the runtime: buckets of up to 16 tokens the planner offers it (``make_plan(
+slice_kernel=True)``), which the measured check takes only where it times faster than dense.
+
+On the CPU: which buckets become candidates (and which never do), the slice format packed beside
+the tiles, the reference executor's result on it (non-finite inputs included), the layer dropping
+the format where no bucket runs it, plans and saved models carrying the choice, and the benchmark's
+method names (the measured check's part: test_measure.py). With a GPU (`-m gpu`): the runtime's
+slice-kernel buckets against the fp64 product (poisoned outputs), under CUDA graphs and
+torch.compile, and the measured check deciding, refusing a kernel whose result is wrong.
+"""
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+import cross
+from cross.costmodel.roofline import SLICE_MAX_TOKENS, slice_format_bytes
+from cross.pack import pack
+from cross.pack.slices import SliceWeight, slices_reference
+from cross.partition import make_plan
+from cross.partition.planner import SLICE_KERNEL_DEFAULT, SLICE_MAX_BYTES, is_near_win
+from cross.runtime.dispatch import execute
+from cross.tiling import TileGrid
+
+HAS_GPU = torch.cuda.is_available()
+SM90 = HAS_GPU and torch.cuda.get_device_capability()[0] >= 9
+
+
+def _sparse(m, k, sparsity, dtype=torch.bfloat16, seed=3):
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.randn(m, k, generator=gen) * (torch.rand(m, k, generator=gen) >= sparsity)
+    return torch.where(w == 0, 0.0, w).to(dtype)  # no -0.0: zeros are not stored
+
+
+def _linear_of(w, bias=True):
+    lin = torch.nn.Linear(w.shape[1], w.shape[0], bias=bias).to(w.dtype)
+    with torch.no_grad():
+        lin.weight.copy_(w)
+    return lin.to(w.device)
+
+
+def _check(x, w, bias, y):
+    """y against the fp64 product: same shape and dtype, finite, within bf16 rounding of its scale."""
+    ref = x.double() @ w.double().t() + (bias.double() if bias is not None else 0)
+    assert y.shape == ref.shape and y.dtype == x.dtype
+    assert bool(torch.isfinite(y).all()), "non-finite output (unwritten?)"
+    err = (y.double() - ref).abs() / (ref.abs() + ref.pow(2).mean().sqrt() + 1e-30)
+    assert float(err.max()) < 2e-2
+
+
+# ---------------------------------------------------------------------------------------- planner
+def test_off_by_default():
+    assert SLICE_KERNEL_DEFAULT is False
+    plan = make_plan(_sparse(1024, 512, 0.8))
+    assert all(b.kernel != "slices" for b in plan.buckets) and plan.provenance["options"]["slice_kernel"] is False
+
+
+@pytest.mark.parametrize("shape", [(1024, 512), (11008, 4096)])
+def test_candidates_are_the_small_buckets_of_the_tiles(shape):
+    w = _sparse(*shape, 0.8)
+    off, on = make_plan(w), make_plan(w, slice_kernel=True)
+    assert on.provenance["options"]["slice_kernel"] is True
+    assert any(b.kernel == "slices" for b in on.buckets)
+    for a, b in zip(off.buckets, on.buckets):
+        # a bucket becomes a candidate exactly where it has up to 16 tokens and the tile kernel's
+        # plan (a win or not: the row kernel's wins and near wins stay); it falls back until the
+        # measured check times it; the rest of the bucket stays as it was
+        offered = a.n_max <= SLICE_MAX_TOKENS and a.kernel == "tiles"
+        assert (b.kernel == "slices") == offered, (a.n_min, a.n_max)
+        assert b.predicted_us == a.predicted_us and b.dense_us == a.dense_us
+        if offered:
+            assert b.fallback and is_near_win(b) and "slice kernel's candidate" in b.reason
+        else:
+            assert b.kernel == a.kernel and b.fallback == a.fallback and b.reason == a.reason
+
+
+@pytest.mark.parametrize("why", ["denser", "ignore", "fp32", "odd K"])
+def test_no_candidates_where_the_kernel_cannot_win_or_run(why):
+    sparsity = 0.5 if why == "denser" else 0.8
+    k = 516 if why == "odd K" else 512
+    w = _sparse(1024, k, sparsity, torch.float32 if why == "fp32" else torch.bfloat16)
+    plan = make_plan(w, slice_kernel=True, nan_policy="ignore" if why == "ignore" else "propagate")
+    assert all(b.kernel != "slices" for b in plan.buckets)
+
+
+def test_byte_estimate_is_the_formats():
+    """The planner's estimate of the slice format's bytes, from tile counts, is within 2% of the bytes
+    the format takes on a uniform weight; 50% sparsity is over SLICE_MAX_BYTES, 70% under."""
+    for sparsity in (0.5, 0.7, 0.9):
+        w = _sparse(1024, 1024, sparsity)
+        grid = TileGrid.for_weight(w, (64, 64))
+        est = slice_format_bytes(grid.tile_nnz(w), grid.tile_sizes(), 1024, 1024)
+        sw = SliceWeight.from_dense(w)
+        fmt = sw.heads[:-4].numel() * 4 + (sw.values.numel() - 4096) * 4  # less the padding
+        assert abs(est - fmt) <= 0.02 * fmt, sparsity
+        assert (est <= SLICE_MAX_BYTES * 2 * w.numel()) == (sparsity > 0.6)
+
+
+def test_plan_file_keeps_the_slice_kernel(tmp_path):
+    plan = make_plan(_sparse(1024, 512, 0.8), slice_kernel=True)
+    loaded = cross.partition.Plan.load(plan.save(tmp_path / "p.safetensors"))
+    assert [b.kernel for b in loaded.buckets] == [b.kernel for b in plan.buckets]
+    assert [is_near_win(b) for b in loaded.buckets] == [is_near_win(b) for b in plan.buckets]
+
+
+# ---------------------------------------------------------------------------------------- pack and run
+def test_packed_weight_carries_the_slice_format():
+    w = _sparse(1024, 512, 0.8)
+    packed = pack(w, make_plan(w, slice_kernel=True))
+    assert isinstance(packed.slices, SliceWeight) and torch.equal(packed.slices.to_dense(), w)
+    assert packed.nbytes >= packed.tiled.nbytes + packed.slices.nbytes
+    assert pack(w, make_plan(w)).slices is None
+    # another plan's candidates get the format back; no candidate, no format
+    assert pack(w, make_plan(w)).with_plan(make_plan(w, slice_kernel=True)).slices is not None
+
+
+@pytest.mark.parametrize("bad", ["none", "inf", "nan"])
+def test_reference_is_the_dense_product(bad):
+    """slices_reference multiplies every element, zeros included: an Inf or NaN of X reaches every
+    row, as in the dense product, also rows whose weights in its column are zero."""
+    gen = torch.Generator().manual_seed(1)
+    w = _sparse(40, 96, 0.8)
+    w[:, 5] = 0
+    x = torch.randn(3, 96, generator=gen).to(torch.bfloat16)
+    if bad != "none":
+        x[1, 5] = float(bad)
+    b = torch.randn(40, generator=gen).to(torch.bfloat16)
+    y = slices_reference(x, SliceWeight.from_dense(w), b)
+    ref = (x.double() @ w.double().t() + b.double())
+    assert torch.equal(y.isnan(), ref.isnan()) and bool(y[1].isnan().all()) == (bad != "none")
+    fin = ref.isfinite()
+    assert float(((y.double() - ref).abs()[fin] / (ref.abs()[fin] + 1)).max()) < 2e-2
+
+
+def test_forced_slice_bucket_runs_the_format():
+    """A candidate's plan forced (or run where the layer keeps no dense copy) is the slice format's
+    reference on the CPU: the dense product, every token count of the bucket."""
+    gen = torch.Generator().manual_seed(2)
+    w = _sparse(1000, 520, 0.8)
+    packed = pack(w, make_plan(w, slice_kernel=True))
+    bias = torch.randn(1000, generator=gen).to(torch.bfloat16)
+    for i, pb in enumerate(packed.buckets):
+        if pb.plan.kernel != "slices":
+            continue
+        for n in {pb.plan.n_min, pb.plan.n_max}:
+            x = torch.randn(n, 520, generator=gen).to(torch.bfloat16)
+            _check(x, w, bias, execute(x, packed, bias, force_plan=True))
+            # the bucket reads the slice format, not the tiles
+            doubled = replace(packed, slices=SliceWeight.from_dense(2 * w))
+            _check(x, 2 * w, bias, execute(x, doubled, bias, force_plan=True))
+
+
+def test_layer_drops_the_format_no_bucket_runs():
+    """A layer that runs its fallback buckets dense (a kept copy) holds no slice format for a
+    candidate the measured check did not take (or could not: the CPU); without a dense copy the
+    candidates run their plan, so the format stays, and the layer's results are the product's."""
+    gen = torch.Generator().manual_seed(3)
+    w = _sparse(1024, 512, 0.8)
+    lin = _linear_of(w)
+    plan = make_plan(w, slice_kernel=True)
+    checked = plan.with_buckets([replace(b, measured_us=20.0, measured_dense_us=10.0) if b.kernel == "slices" else b
+                                 for b in plan.buckets])  # timed: slower than dense
+    kept = cross.SparseLinear.from_dense(lin, plan=checked)
+    assert kept.dense_kept and kept.packed.slices is None
+    bare = cross.SparseLinear.from_dense(lin, plan=plan, keep_dense=False)
+    assert bare.packed.slices is not None
+    n = next(b.n_max for b in plan.buckets if b.kernel == "slices")
+    x = torch.randn(n, 512, generator=gen).to(torch.bfloat16)
+    with torch.no_grad():
+        _check(x, w, lin.bias, kept(x))
+        _check(x, w, lin.bias, bare(x))
+
+
+def test_sparsified_model_with_the_slice_format_saves_and_loads(tmp_path):
+    gen = torch.Generator().manual_seed(4)
+    model = torch.nn.Sequential(torch.nn.Linear(512, 1024), torch.nn.Linear(1024, 256)).to(torch.bfloat16)
+    with torch.no_grad():
+        for lin in model:
+            lin.weight.mul_(torch.rand(lin.weight.shape, generator=gen) >= 0.8)
+    x = torch.randn(16, 512, generator=gen).to(torch.bfloat16)
+    with torch.no_grad():
+        want = model(x)
+        cross.sparsify_(model, keep_dense=False, slice_kernel=True)
+        assert all(m.packed.slices is not None for m in model)
+        got = model(x)
+        cross.save(model, tmp_path / "m")
+        layers = cross.load(tmp_path / "m")
+        assert all(layers[n].packed.slices is not None for n in layers)
+        assert [b.kernel for b in layers["0"].plan.buckets] == [b.kernel for b in model[0].plan.buckets]
+        again = layers["1"](layers["0"](x))
+    torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=2e-2 * want.abs().max().item())
+    assert torch.equal(again, got)
+
+
+def test_operator_shape_without_running():
+    """cross::slice_linear's fake (what torch.compile traces) gives [N, M] in X's dtype; ``call``
+    routes a SliceArgs to it."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from cross.kernels.launch import SliceArgs
+    from cross.runtime.op import call
+
+    sw = SliceWeight.from_dense(_sparse(300, 520, 0.8))
+    with FakeTensorMode() as mode:
+        heads, values = mode.from_tensor(sw.heads), mode.from_tensor(sw.values)
+        args = SliceArgs(heads, values, mode.from_tensor(torch.zeros(5, dtype=torch.int32)), 300, 520, sw.tiles,
+                         sw.pieces, sw.warps, 4, 2, 1024, 1)
+        y = call(mode.from_tensor(torch.zeros(7, 520, dtype=torch.bfloat16)), args, None)
+        assert tuple(y.shape) == (7, 300) and y.dtype == torch.bfloat16
+
+
+# ---------------------------------------------------------------------------------------- benchmark
+def test_bench_methods():
+    from cross.bench.methods import parse_method, unavailable
+
+    assert parse_method("cross+slices").slice_kernel and parse_method("cross+slices").family == "cross"
+    assert not parse_method("cross").slice_kernel
+    assert parse_method("cross-slices").family == "slices"
+    assert "sm_90" in unavailable(parse_method("cross-slices"), 64, 64, None)
+    assert "sm_90" in unavailable(parse_method("cross-slices"), 64, 64, (8, 0))
+    assert "K % 8" in unavailable(parse_method("cross-slices"), 64, 60, (9, 0))
+    assert unavailable(parse_method("cross-slices"), 64, 64, (9, 0)) is None
+
+
+# ---------------------------------------------------------------------------------------- GPU
+@pytest.mark.gpu
+@pytest.mark.skipif(not SM90, reason="needs an sm_90+ GPU")
+@pytest.mark.parametrize("shape", [(1000, 520), (4096, 4096), (11008, 4096)])
+def test_gpu_runtime_runs_the_slice_kernel(shape):
+    """A layer whose candidates run (no dense copy): the slice kernel at every token count of their
+    buckets, against the fp64 product, outputs poisoned; in a CUDA graph and under torch.compile."""
+    from cross.kernels.launch import SliceArgs
+
+    m, k = shape
+    gen = torch.Generator().manual_seed(int.from_bytes(__import__("os").urandom(4), "little"))
+    w = _sparse(m, k, 0.8, seed=int(torch.randint(1 << 30, (1,), generator=gen))).cuda()
+    lin = _linear_of(w)
+    sl = cross.SparseLinear.from_dense(lin, keep_dense=False, measure=False, slice_kernel=True)
+    runs = [i for i, b in enumerate(sl.plan.buckets) if b.kernel == "slices"]
+    assert runs and all(isinstance(sl._kernels[i], SliceArgs) for i in runs)
+    with torch.no_grad():
+        for i in runs:
+            b = sl.plan.buckets[i]
+            for n in sorted({b.n_min, (b.n_min + b.n_max) // 2, b.n_max}):
+                x = torch.randn(n, k, generator=gen).to(torch.bfloat16).cuda()
+                _check(x, w, lin.bias, sl(x))
+        n = sl.plan.buckets[runs[-1]].n_max
+        static = torch.randn(n, k, generator=gen).to(torch.bfloat16).cuda()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = sl(static)
+        out.fill_(float("nan"))
+        static.copy_(torch.randn(n, k, generator=gen).to(torch.bfloat16))
+        graph.replay()
+        _check(static, w, lin.bias, out)
+        compiled = torch.compile(sl, fullgraph=True)
+        _check(static, w, lin.bias, compiled(static))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not SM90, reason="needs an sm_90+ GPU")
+def test_gpu_measured_check_times_the_candidates():
+    """The measured check times every candidate: each ends measured, and runs the slice kernel
+    exactly where it measured the margin faster than dense; the layer's results are the product's."""
+    w = _sparse(11008, 4096, 0.8).cuda()
+    lin = _linear_of(w)
+    sl = cross.SparseLinear.from_dense(lin, slice_kernel=True)
+    cands = [b for b in sl.plan.buckets if b.kernel == "slices"]
+    assert cands and all(b.measured for b in cands)
+    for b in cands:
+        assert b.fallback == (b.measured_us * 1.03 >= b.measured_dense_us)
+    assert (sl.packed.slices is None) == all(b.fallback for b in cands)
+    with torch.no_grad():
+        for b in cands:
+            x = torch.randn(b.n_max, 4096, dtype=torch.bfloat16, device="cuda")
+            _check(x, w, lin.bias, sl(x))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not SM90, reason="needs an sm_90+ GPU")
+def test_gpu_measured_check_refuses_a_wrong_kernel(monkeypatch):
+    """A kernel whose result disagrees with the dense product is not timed: its bucket falls back and
+    a PlanCheckWarning names it."""
+    import cross.runtime.measure as measure
+
+    real = measure.execute
+    monkeypatch.setattr(measure, "execute", lambda *a, **kw: real(*a, **kw) * 1.5)
+    w = _sparse(4096, 4096, 0.8).cuda()
+    with pytest.warns(measure.PlanCheckWarning, match="slice kernel's result disagrees"):
+        sl = cross.SparseLinear.from_dense(_linear_of(w), slice_kernel=True)
+    cands = [b for b in sl.plan.buckets if b.kernel == "slices"]
+    assert cands and all(b.fallback and not b.measured and "disagreed" in b.reason for b in cands)
+    assert sl.packed.slices is None and sl.dense_kept
