@@ -487,6 +487,9 @@ def test_model_dry_run(capsys):
     code, out, err = run_cli(capsys, "bench", "model", "--dry-run", "--models", "bert", "--sparsities", "0.9",
                              "--decode-fallback", "--no-measure")
     assert code == 0 and "$ cross bench model --models bert --sparsities 0.9 --no-measure --decode-fallback" in out
+    code, out, err = run_cli(capsys, "bench", "model", "--dry-run", "--models", "llama", "--sparsities", "0.7",
+                             "--slice-kernel")
+    assert code == 0 and "$ cross bench model --models llama --sparsities 0.7 --slice-kernel" in out
     code, out, err = run_cli(capsys, "bench", "model", "--dry-run", "--force-plan", "--decode-fallback")
     assert code != 0 and "expected one of them" in err
 
@@ -536,6 +539,7 @@ def test_model_command_names_the_measure_option():
     assert models.model_command("llama", 0.7, no_measure=True).endswith("--sparsities 0.7 --no-measure")
     assert "--no-measure" not in models.model_command("llama", 0.7)
     assert models.model_command("bert", 0.9, decode_fallback=True).endswith("--decode-fallback")
+    assert models.model_command("llama", 0.7, slice_kernel=True).endswith("--sparsities 0.7 --slice-kernel")
 
 
 def test_model_report_files(tmp_path):

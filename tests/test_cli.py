@@ -280,6 +280,15 @@ def test_run_with_the_decode_fallback(tiny_bert_dir, capsys):
     assert code != 0 and "expected one of them" in err
 
 
+def test_run_offering_the_slice_kernel(tiny_bert_dir, capsys):
+    """--slice-kernel is taken and the report says the slice kernel was offered (on the CPU the
+    model is fp32, which the slice kernel does not take: its plans are test_slice_runtime's)."""
+    code, out, err = run_cli(capsys, "run", tiny_bert_dir, "--text", "a sentence", "--device", "cpu", "-q",
+                             "--sparsity", "0.8", "--prune", "magnitude", "--force-plan", "--slice-kernel")
+    assert code == 0, err
+    assert "slice kernel offered" in out and "PASS" in out
+
+
 def test_run_without_the_measured_check(tiny_bert_dir, capsys):
     code, out, err = run_cli(capsys, "run", tiny_bert_dir, "--text", "a sentence", "--device", "cpu", "-q",
                              "--no-measure")

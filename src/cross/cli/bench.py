@@ -282,7 +282,8 @@ def bench_model(args, csv_name: str = MODEL_CSV, report: bool = True) -> int:
     plan = _model_plan(args)
     commands = {(name, sp): models.model_command(name, sp, llama_layers=args.llama_layers, force_plan=args.force_plan,
                                                  cost_model=args.cost_model, minilm_dir=args.minilm_dir,
-                                                 no_measure=args.no_measure, decode_fallback=args.decode_fallback)
+                                                 no_measure=args.no_measure, decode_fallback=args.decode_fallback,
+                                                 slice_kernel=args.slice_kernel)
                 for name, sp in plan}
     if args.dry_run:
         print(f"{'model':>10} {'phase':>8} {'batch':>5} {'tokens':>11} {'sp':>4}")
@@ -311,7 +312,7 @@ def _run_models(args, plan, commands, csv_name: str, report: bool, swap: dict) -
     if any(name == "minilm" for name, _ in plan):  # a missing model is bad input: say so before anything runs
         minilm_dir = check_model_dir(args.minilm_dir) if args.minilm_dir else default_model_dir()
     cm = bench_cost_model(args.cost_model)
-    decided = f"keep_dense={swap['keep_dense']}, measure={swap['measure']}"
+    decided = f"keep_dense={swap['keep_dense']}, measure={swap['measure']}, slice_kernel={swap['slice_kernel']}"
     print(f"# {torch.cuda.get_device_name(device)}, bf16, cost model: {cm.source}, {decided}", flush=True)
     print(models.HEADER)
     path = start_csv(args.out / csv_name, models.FIELDS) if args.out else None

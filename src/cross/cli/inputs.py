@@ -22,8 +22,8 @@ class InputError(Exception):
 
 
 def add_swap_options(p) -> None:
-    """--force-plan, --no-measure and --decode-fallback: how sparsify_ decides and what a swapped
-    layer keeps (shared by run, compile and bench model; read back with swap_kwargs)."""
+    """--force-plan, --no-measure, --decode-fallback and --slice-kernel: how sparsify_ decides and
+    what a swapped layer keeps (shared by run, compile and bench model; read back with swap_kwargs)."""
     p.add_argument("--force-plan", action="store_true",
                    help="sparsify every layer even where its plan is predicted to lose (keep_dense=False)")
     p.add_argument("--no-measure", action="store_true",
@@ -33,14 +33,19 @@ def add_swap_options(p) -> None:
                    help="keep no dense copy of swapped layers: token counts that fall back to the dense product "
                         "decode the packed weight first, on each call (keep_dense='decode': less memory than "
                         "dense, slower fallback buckets)")
+    p.add_argument("--slice-kernel", action="store_true",
+                   help="offer token counts up to 16 that the row kernel does not take to the slice kernel "
+                        "(experimental, sm_90+): a layer runs it where the GPU times it faster than cuBLAS "
+                        "(make_plan(slice_kernel=True))")
 
 
 def swap_kwargs(args) -> dict:
-    """sparsify_'s keep_dense and measure from add_swap_options' flags."""
+    """sparsify_'s keep_dense, measure and slice_kernel from add_swap_options' flags."""
     if args.force_plan and args.decode_fallback:
         raise InputError("--force-plan and --decode-fallback: expected one of them (a forced plan never falls back)")
     keep = False if args.force_plan else "decode" if args.decode_fallback else "auto"
-    return {"keep_dense": keep, "measure": False if args.no_measure else "auto"}
+    return {"keep_dense": keep, "measure": False if args.no_measure else "auto",
+            "slice_kernel": bool(args.slice_kernel)}
 
 
 def parse_tile(text: str) -> tuple[int, int]:

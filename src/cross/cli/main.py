@@ -205,7 +205,7 @@ def _sparsify_options(p) -> None:
 
 
 def _sparsify_line(swap: dict, device) -> str:
-    """What decided the layers (``swap``: sparsify_'s keep_dense and measure), in words."""
+    """What decided the layers (``swap``: sparsify_'s keep_dense, measure and slice_kernel), in words."""
     keep = {False: "False (plans forced)", "decode": "'decode'"}.get(swap["keep_dense"], "auto")
     if device.type != "cuda":
         timed = "no (CPU: the cost model's predictions decide)"
@@ -215,7 +215,7 @@ def _sparsify_line(swap: dict, device) -> str:
         timed = "no (--no-measure)"
     else:
         timed = "yes (each predicted win timed against cuBLAS)"
-    return f"keep_dense={keep}; measured check: {timed}"
+    return f"keep_dense={keep}; measured check: {timed}" + ("; slice kernel offered" if swap["slice_kernel"] else "")
 
 
 def _load_pruned(args, method: str, device, dtype, progress: bool):
