@@ -22,18 +22,19 @@ ap.add_argument("--n", type=int, default=16)
 ap.add_argument("--launches", type=int, default=1)
 ap.add_argument("--warps", type=int, default=None, help="consumer warps per block of the format (default: default_warps)")
 ap.add_argument("--producers", type=int, default=1, help="producer warps per block (1-4)")
+ap.add_argument("--elements", action="store_true", help="the element format (default: pairs)")
 ap.add_argument("--sass", default=None, help="a folder for the build's cubin and SASS")
 args = ap.parse_args()
 m, k = (int(v) for v in args.shape.split("x"))
 w = make_weight(m, k, args.sparsity, "uniform", torch.Generator().manual_seed(0)).cuda()
 x = torch.randn(args.n, k, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16).cuda()
-sw = SliceWeight.from_dense(w, warps=args.warps)
+sw = SliceWeight.from_dense(w, warps=args.warps, elements=args.elements)
 for _ in range(args.launches):
     y = slice_matmul(x, sw, producers=args.producers)
 torch.cuda.synchronize()
 ref = x.float() @ w.float().T
 print(f"ok rel err {float((y.float() - ref).norm() / ref.norm()):.2e}, {sw.warps} warps, {args.producers} producers, "
-      f"{sw.sp} steps per piece")
+      f"{sw.sp} steps per piece, {'elements' if sw.elements else 'pairs'}")
 if args.sass:
     import triton
 
@@ -41,7 +42,7 @@ if args.sass:
 
     out = Path(args.sass)
     out.mkdir(parents=True, exist_ok=True)
-    defines = cuda_backend.slice_defines(True, sw.warps)
+    defines = cuda_backend.slice_defines(True, sw.warps, sw.elements)
     cubin = cuda_backend.nvrtc_cubin(torch.cuda.current_device(), "slice_mma.cu", defines)
     (out / "slice_mma.cubin").write_bytes(cubin)
     tool = Path(triton.__file__).parent / "backends/nvidia/bin/cuobjdump"

@@ -59,12 +59,14 @@ def test_cores_threshold_is_the_launchers():
 
 
 @pytest.mark.parametrize("warps,variant", [(16, ""), (5, ""), (16, "-DXPREFETCH=1"), (8, "-DTOGETHER=2"),
-                                           (16, "-DSLICE_ABLATE=1"), (16, "-DSLICE_ABLATE=2")])
+                                           (16, "-DSLICE_ABLATE=1"), (16, "-DSLICE_ABLATE=2"), (16, "-DELEMS=1"),
+                                           (5, "-DELEMS=1"), (8, "-DELEMS=1 -DTOGETHER=2"),
+                                           (16, "-DELEMS=1 -DSLICE_ABLATE=2")])
 @pytest.mark.parametrize("is_bf16", [True, False], ids=["bf16", "fp16"])
 def test_slice_kernel_source_compiles(warps, variant, is_bf16, tmp_path):
-    """slice_mma.cu with its headers from the package as NVRTC gets them, and its variants to
-    measure (two positions at a time with the registers of 8 consumer warps) and profiling builds,
-    without spills."""
+    """slice_mma.cu with its headers from the package as NVRTC gets them, for both formats, and its
+    variants to measure (two positions at a time with the registers of 8 consumer warps) and profiling
+    builds, without spills."""
     kernels = resources.files("cross.kernels")
     cmd = [NVCC, "-arch=sm_90a", "-std=c++17", "-cubin", "-Xptxas", "-v", "-o", str(tmp_path / "k.cubin"),
            f"-I{kernels}", f"-DWARPS={warps}", f"-DIS_BF16={int(is_bf16)}", *variant.split(),

@@ -61,10 +61,10 @@ def test_sparse24_launch(driver):
                 tuple(range(1000, 1005)) + (300, 520, 11, 528, 300, 10, 9), 5)
 
 
-@pytest.mark.parametrize("producers", [1, 3])
-def test_slice_launch(driver, producers):
-    cuda_backend.slice_launch(132, 15, 7000, _ptrs(6), 300, 11008, 11, 11008, 300, 38, 3, 3, producers)
-    _check_call(driver.calls[0], ("_slice_kernel", (0, True, 15, 7000)), 132, (15 + producers) * 32, 7000,
+@pytest.mark.parametrize("producers,elements", [(1, False), (3, False), (1, True)])
+def test_slice_launch(driver, producers, elements):
+    cuda_backend.slice_launch(132, 15, 7000, _ptrs(6), 300, 11008, 11, 11008, 300, 38, 3, 3, producers, elements)
+    _check_call(driver.calls[0], ("_slice_kernel", (0, True, 15, 7000, elements)), 132, (15 + producers) * 32, 7000,
                 tuple(range(1000, 1006)) + (300, 11008, 11, 11008, 300, 38, 3, 3), 6)
 
 

@@ -30,21 +30,29 @@ def _bits(t):
 @pytest.mark.parametrize("m,k", [(8, 16), (40, 200), (33, 136), (100, 8), (64, 1024), (24, 3000)])
 @pytest.mark.parametrize("density", [0.0, 0.1, 0.5, 1.0])
 @pytest.mark.parametrize("warps", [None, 1, 3, 16])
-def test_round_trip(rng, m, k, density, warps):
+@pytest.mark.parametrize("elements", [False, True], ids=["pairs", "elements"])
+def test_round_trip(rng, m, k, density, warps, elements):
     w = _sparse(m, k, density, rng)
     w[0, 0] = -0.0  # no nonzero: not stored (read back as +0.0)
-    sw = SliceWeight.from_dense(w, warps=warps)
+    sw = SliceWeight.from_dense(w, warps=warps, elements=elements)
     assert sw.heads.is_contiguous() and sw.values.is_contiguous()
     assert torch.equal(_bits(sw.to_dense()), _bits(torch.where(w == 0, torch.zeros_like(w), w)))
+    if elements:  # a 16-bit value per nonzero, two per word
+        nnz = int((w != 0).sum())
+        per_tile = torch.nn.functional.pad(w != 0, (0, 0, 0, -m % 8)).view(-1, 8 * k).sum(1)
+        assert sw.values.numel() == -(-nnz // 2) + PAD_WORDS and torch.equal(sw.tile_words, (per_tile + 1) // 2)
+        assert sw.heads.shape == (sw.warps * sw.pieces * sw.tiles + HEAD_PAD, 4 * sw.sp, 2)
+        return
     pairs = torch.nn.functional.pad(w != 0, (0, sw.ksp * 16 - k, 0, -m % 8)).view(-1, sw.ksp * 8, 2).any(-1)
     assert sw.values.numel() == int(pairs.sum()) + PAD_WORDS  # a word per pair that holds a nonzero
     assert int(sw.tile_words.sum()) == int(pairs.sum())
 
 
-def test_fp16_round_trip(rng):
+@pytest.mark.parametrize("elements", [False, True])
+def test_fp16_round_trip(rng, elements):
     w = _sparse(40, 96, 0.4, rng, torch.float16)
     w = torch.where(w == 0, torch.zeros_like(w), w)  # -0.0 is read back as +0.0
-    assert torch.equal(_bits(SliceWeight.from_dense(w).to_dense()), _bits(w))
+    assert torch.equal(_bits(SliceWeight.from_dense(w, elements=elements).to_dense()), _bits(w))
 
 
 def test_lane_layout():
@@ -60,6 +68,93 @@ def test_lane_layout():
     bits = [v & 0xFFFFFFFF for v in sw.values[:2].tolist()]
     assert bits[0] == 0x4000 << 16  # bf16 2.0 in the high half (column 1), +0.0 in the low
     assert bits[1] == 0x3F80  # bf16 1.0 in the low half (column 6)
+
+
+def test_element_lane_layout():
+    """Elements: lane 4 g + q (quarter lane // 8, jj = lane % 8) owns row g and columns 4 q .. 4 q + 3:
+    bits 4 jj + c of its quarter's mask; the elements follow the stream (step, half, quarter, bit), two
+    per word, the first in the low half."""
+    w = torch.zeros(8, 32, dtype=torch.bfloat16)
+    w[5, 6] = 1.0  # g = 5: half 1, quarter 0 (lanes 16-23), jj = 4 + 1, c = 2
+    w[2, 1] = 2.0  # g = 2: half 0, quarter 1 (lanes 8-15), jj = 0, c = 1
+    w[2, 3] = 3.0  # the same lane, c = 3
+    w[0, 16 + 12] = 4.0  # step 1, g = 0, q = 3, c = 0: half 0, quarter 0, jj = 3
+    sw = SliceWeight.from_dense(w, warps=1, elements=True)
+    h = sw.heads[0].view(2, sw.sp, 2, 2)  # (half, step, quarter, {mask, start})
+    assert h[0, 0, 1].tolist() == [(1 << 1) | (1 << 3), 0]
+    assert h[1, 0, 0].tolist() == [1 << (4 * 5 + 2), 2]
+    assert h[0, 1, 0].tolist() == [1 << (4 * 3), 3]
+    halves = sw.values.view(torch.int16)[:4].view(torch.bfloat16).tolist()
+    assert halves == [2.0, 3.0, 1.0, 4.0]
+
+
+def _funnel(lo, hi, shift):
+    """__funnelshift_r: the low 32 bits of (hi:lo) >> (shift % 32)."""
+    return (((hi << 32) | lo) >> (shift & 31)) & 0xFFFFFFFF
+
+
+def _prmt(a, b, sel):
+    """prmt.b32 (default mode): byte i of the result is byte (sel >> 4 i) & 7 of (b:a)."""
+    assert all(not (sel >> (4 * i + 3)) & 1 for i in range(4))  # no sign-replicating selector
+    data = a | (b << 32)
+    return sum(((data >> (8 * ((sel >> (4 * i)) & 7))) & 0xFF) << (8 * i) for i in range(4))
+
+
+def _element_table():
+    """slice_mma.cu's table (ELEMS), transcribed: per 4 bits, the byte selectors of the two B registers
+    from v0 .. v3 (low 16 bits: register 0), and the mask of v3."""
+    table = []
+    for bits in range(16):
+        sel, r = 0, 0
+        for c in range(4):
+            v = r if bits >> c & 1 else 3
+            r += bits >> c & 1
+            sel |= (2 * v | (2 * v + 1) << 4) << (8 * c)
+        table.append((sel, 0xFFFFFFFF if bits == 15 else 0xFFFF))
+    return table
+
+
+@pytest.mark.parametrize("density", [0.2, 0.5, 1.0])
+def test_element_step_bits(rng, density):
+    """The element build's step (slice_mma.cu, ELEMS), transcribed to the bit: for each position copied
+    to a ring place, each step and lane, its first element's byte from the slot's base, the three words,
+    the funnel shifts, the table's entry from the rotated mask, the byte permutes: the two B registers
+    are the weight's columns 4 q .. 4 q + 3 of row g (zeros, -0.0 included, as +0.0; NaN and Inf kept)."""
+    import random
+
+    w = _sparse(24, 272, density, rng)
+    w[1, 3], w[2, 5], w[3, 7], w[0, 0] = float("nan"), float("inf"), -0.0, -0.0
+    sw = SliceWeight.from_dense(w, warps=2, elements=True)
+    kept = _bits(torch.where(w == 0, torch.zeros_like(w), w)).to(torch.int64) & 0xFFFF
+    bits = torch.zeros(sw.tiles * 8, sw.ksp * 16, dtype=torch.int64)
+    bits[:24, :272] = kept
+    words = [v & 0xFFFFFFFF for v in sw.values.tolist()]
+    heads = sw.heads.view(-1, 4 * sw.sp, 2).tolist()
+    table, order = _element_table(), random.Random(int(torch.randint(0, 2**31, (1,), generator=rng)))
+    ring_off = 0x16900 + 4 * (1444 * order.randrange(16))  # a warp's ring in shared memory (bytes)
+    for piece in range(sw.warps * sw.pieces):
+        for t in range(sw.tiles):
+            h = heads[piece * sw.tiles + t]
+            end = h[-1][1] + bin(h[-1][0] & 0xFFFFFFFF).count("1")
+            a, at = (h[0][1] >> 1) & ~3, 4 * order.randrange(100)
+            n = ((((end + 1) >> 1) + 3) & ~3) - a
+            smem = {ring_off + 4 * (at + i): words[a + i] for i in range(n)}
+            b = (ring_off + 4 * (at - a)) & 0xFFFFFFFF  # the slot's base, as the producer writes it
+            for u in range(sw.sp):
+                for lane in range(32):
+                    jj, half, quarter, g, q = lane & 7, lane >> 4, (lane >> 3) & 1, lane >> 2, lane & 3
+                    mask, start = h[half * 2 * sw.sp + 2 * u + quarter]
+                    mask &= 0xFFFFFFFF
+                    below, rot = (1 << (4 * jj)) - 1, (4 * jj - 3) & 31
+                    eb = (2 * (start + bin(mask & below).count("1")) + b) & 0xFFFFFFFF
+                    w0, w1, w2 = (smem.get((eb & ~3) + 4 * i, 0xDEADBEEF) for i in range(3))
+                    t0, t1 = table[(_funnel(mask, mask, rot) & 0x78) >> 3]
+                    lo = _funnel(w0, w1, eb << 3)
+                    hi = _funnel(w1, w2, eb << 3) & t1
+                    b0, b1 = _prmt(lo, hi, t0), _prmt(lo, hi, t0 >> 16)
+                    row, col = 8 * t + g, 16 * (piece * sw.sp + u) + 4 * q
+                    want = [int(v) for v in bits[row, col:col + 4]]
+                    assert (b0, b1) == (want[0] | want[1] << 16, want[2] | want[3] << 16), (piece, t, u, lane)
 
 
 @pytest.mark.parametrize("k,warps", [(16, 1), (4096, 16), (11008, 15), (768, 6), (5000, 16)])
@@ -128,6 +223,9 @@ def test_shared_memory_is_the_warps_partial_sums_and_rings():
     assert smem_bytes(16, 0) == 16 * per_warp
     # 11 n-tiles per round fit (11008 rows on 132 SMs: one round)
     assert smem_bytes(16, 11) == smem_bytes(16, 0) + 16 * 11 * (512 + 256) <= 227 * 1024
+    # elements: heads per quarter-step (twice the bytes) and the block's table of 16 x 8 bytes
+    assert smem_bytes(16, 0, elements=True) == smem_bytes(16, 0) + 128
+    assert smem_bytes(16, 8, elements=True) == smem_bytes(16, 0, elements=True) + 16 * 8 * (512 + 512) <= 227 * 1024
 
 
 # ---------------------------------------------------------------------- GPU
@@ -141,12 +239,13 @@ def _check(y, x, w, b):
 @pytest.mark.gpu
 @pytest.mark.parametrize("m,k", [(8, 16), (40, 200), (1000, 1032), (4096, 4096), (11008, 4096), (300, 11008)])
 @pytest.mark.parametrize("density", [0.0, 0.05, 0.3, 0.5, 1.0])
-def test_gpu_slice_kernel(m, k, density):
+@pytest.mark.parametrize("elements", [False, True], ids=["pairs", "elements"])
+def test_gpu_slice_kernel(m, k, density, elements):
     from cross.kernels.launch import slice_matmul
 
     gen = torch.Generator().manual_seed(int.from_bytes(__import__("os").urandom(4), "little"))
     w = _sparse(m, k, density, gen).cuda()
-    sw = SliceWeight.from_dense(w)
+    sw = SliceWeight.from_dense(w, elements=elements)
     for n in (1, 7, 16, 21):
         x = torch.randn(n, k, generator=gen).to(torch.bfloat16).cuda()
         b = torch.randn(m, generator=gen).to(torch.bfloat16).cuda() if n % 2 == 0 else None
@@ -159,7 +258,8 @@ def test_gpu_slice_kernel(m, k, density):
 @pytest.mark.parametrize("warps", [4, 7, 16])
 @pytest.mark.parametrize("density", [0.3, 1.0])
 @pytest.mark.parametrize("producers", [1, 3])
-def test_gpu_slice_kernel_warps_and_rounds(warps, density, producers):
+@pytest.mark.parametrize("elements", [False, True], ids=["pairs", "elements"])
+def test_gpu_slice_kernel_warps_and_rounds(warps, density, producers, elements):
     """Few warps (several pieces each: positions of several pieces in flight), dense n-tiles (the
     rings at their fullest), M large enough for several rounds of n-tiles per block (each round's
     partial sums in shared memory, summed and written), one or several producer warps."""
@@ -168,26 +268,28 @@ def test_gpu_slice_kernel_warps_and_rounds(warps, density, producers):
     gen = torch.Generator().manual_seed(5)
     m = 8 * 30 * torch.cuda.get_device_properties(0).multi_processor_count + 13  # 30+ n-tiles per block
     w = _sparse(m, 520, density, gen).cuda()
-    sw = SliceWeight.from_dense(w, warps=warps)
+    sw = SliceWeight.from_dense(w, warps=warps, elements=elements)
     x = torch.randn(16, 520, generator=gen).to(torch.bfloat16).cuda()
     y = torch.full((16, m), float("nan"), dtype=torch.bfloat16, device="cuda")
     _check(slice_matmul(x, sw, out=y, producers=producers), x, w, None)
 
 
 @pytest.mark.gpu
-def test_gpu_slice_kernel_fp16_and_strided_x():
+@pytest.mark.parametrize("elements", [False, True], ids=["pairs", "elements"])
+def test_gpu_slice_kernel_fp16_and_strided_x(elements):
     from cross.kernels.launch import slice_matmul
 
     gen = torch.Generator().manual_seed(3)
     w = _sparse(300, 520, 0.4, gen, torch.float16).cuda()
     x = torch.randn(11, 600, generator=gen).to(torch.float16).cuda()[:, 40:560]  # a strided view
-    y = slice_matmul(x, SliceWeight.from_dense(w))
+    y = slice_matmul(x, SliceWeight.from_dense(w, elements=elements))
     ref = x.double() @ w.double().t()
     assert float(((y.double() - ref).abs() / (ref.abs() + ref.pow(2).mean().sqrt())).max()) < 5e-3
 
 
 @pytest.mark.gpu
-def test_gpu_slice_kernel_propagates_non_finite_inputs():
+@pytest.mark.parametrize("elements", [False, True], ids=["pairs", "elements"])
+def test_gpu_slice_kernel_propagates_non_finite_inputs(elements):
     """Every element of a step is multiplied, zeros included: Inf in X gives NaN where a zero weight
     meets it, as the dense product does."""
     from cross.kernels.launch import slice_matmul
@@ -196,7 +298,7 @@ def test_gpu_slice_kernel_propagates_non_finite_inputs():
     w[:, 1] = 1.0
     x = torch.ones(2, 32, dtype=torch.bfloat16, device="cuda")
     x[0, 0] = float("inf")
-    y = slice_matmul(x, SliceWeight.from_dense(w))
+    y = slice_matmul(x, SliceWeight.from_dense(w, elements=elements))
     ref = x.float() @ w.float().t()
     assert torch.equal(torch.isnan(y), torch.isnan(ref)) and bool(torch.isnan(y[0]).all())
 
@@ -251,8 +353,9 @@ def _run_warp(sw, t0, t1, rt, warp, rng, together, ring=None, nb=None):
     positions at a time."""
     ring = ring or _kernel_constant("RING")
     nb = nb or _kernel_constant("NB")
-    sp, tiles, pieces = sw.sp, sw.tiles, sw.pieces
-    heads = sw.heads.view(-1, 2 * sp, 2).to(torch.int64)
+    sp, tiles, pieces, elements = sw.sp, sw.tiles, sw.pieces, sw.elements
+    hw = (4 if elements else 2) * sp  # a position's heads: per half and step (and quarter)
+    heads = sw.heads.view(-1, hw, 2).to(torch.int64)
     n_vals, n_heads = sw.values.numel(), sw.heads.shape[0] - HEAD_PAD
     full, empty = [_Mbar() for _ in range(nb)], [_Mbar() for _ in range(nb)]
     hfull, hempty = [_Mbar(), _Mbar()], [_Mbar(), _Mbar()]
@@ -282,8 +385,8 @@ def _run_warp(sw, t0, t1, rt, warp, rng, together, ring=None, nb=None):
                 assert row0 + n <= n_heads  # real pieces and n-tiles
                 assert hreading[hq & 1] is None, "a heads copy over heads not yet read"
                 hreading[hq & 1] = (row0, n)
-                hfull[hq & 1].arrive(n * sp * 16)
-                flight.append((lambda b=hq & 1, v=(row0, n): hbuf.__setitem__(b, v), hfull[hq & 1], n * sp * 16))
+                hfull[hq & 1].arrive(n * hw * 8)
+                flight.append((lambda b=hq & 1, v=(row0, n): hbuf.__setitem__(b, v), hfull[hq & 1], n * hw * 8))
                 hq += 1
                 hpl += 1
                 if hpl == pieces:
@@ -293,8 +396,12 @@ def _run_warp(sw, t0, t1, rt, warp, rng, together, ring=None, nb=None):
                 row0 = (pc0 + wpl) * tiles + wr0
                 assert hbuf[qw & 1] == (row0, nr_of(wr0))  # the heads the producer reads have landed
                 h = heads[row0 + i]
-                a = int(h[0, 1]) & ~3
-                n = ((int(h[-1, 1]) + pop(h[-1, 0]) + 3) & ~3) - a
+                if elements:  # element starts: the words from the first element's to the last one's
+                    a = (int(h[0, 1]) >> 1) & ~3
+                    n = ((((int(h[-1, 1]) + pop(h[-1, 0]) + 1) >> 1) + 3) & ~3) - a
+                else:
+                    a = int(h[0, 1]) & ~3
+                    n = ((int(h[-1, 1]) + pop(h[-1, 0]) + 3) & ~3) - a
                 fits, at = False, 0
                 while True:
                     if p - old < nb:
@@ -355,6 +462,9 @@ def _run_warp(sw, t0, t1, rt, warp, rng, together, ring=None, nb=None):
                     pairs[0] += group == 2
                     for e in range(group):
                         h, b = heads[row0 + i + e], base[(p + e) % nb]
+                        if elements:
+                            _element_reads(h, b, smem_ring, ring)
+                            continue
                         for u in range(2 * sp):  # (half, step)
                             mask, st = int(h[u, 0]) & 0xFFFFFFFF, int(h[u, 1])
                             for j in range(16):  # a lane's word and the next, as the ring holds them
@@ -395,12 +505,27 @@ def _run_warp(sw, t0, t1, rt, warp, rng, together, ring=None, nb=None):
     return places, pairs[0]
 
 
+def _element_reads(h, b, smem_ring, ring):
+    """The words a consumer's lanes read for a position of the element format (heads h, its word c at
+    ring word c + b): per quarter-step, lane jj's first element at the start plus the popcount below
+    its 4 bits, three words from that element's; each word that holds one of its values is that word."""
+    for mask, st in h.tolist():  # (half, step, quarter)
+        mask &= 0xFFFFFFFF
+        for jj in range(8):
+            e = st + bin(mask & ((1 << (4 * jj)) - 1)).count("1")
+            assert 0 <= (e >> 1) + b and (e >> 1) + b + 2 < ring + 4
+            for r in range(bin(mask >> (4 * jj) & 15).count("1")):
+                word = (e + r) >> 1
+                assert smem_ring[word + b] == word, "a lane reads a word not (yet) there"
+
+
+@pytest.mark.parametrize("elements", [False, True], ids=["pairs", "elements"])
 @pytest.mark.parametrize("m,k,warps,blocks,density", [(40, 200, None, 3, 0.4), (1000, 1032, 4, 7, 0.4),
                                                      (24, 3000, 16, 2, 1.0), (8, 16, 16, 5, 0.4), (400, 520, 5, 3, 1.0),
                                                      (2000, 3000, 3, 2, 0.1), (1000, 520, 1, 2, 0.7)])
 @pytest.mark.parametrize("rt", [1, 2, 7])
 @pytest.mark.parametrize("together", [1, 2])
-def test_kernel_copies_and_reads(rng, m, k, warps, blocks, density, rt, together):
+def test_kernel_copies_and_reads(rng, m, k, warps, blocks, density, rt, together, elements):
     """The kernel's producer and consumers (slice_mma.cu, transcribed in _run_warp) for every block and
     warp, interleaved at random: sources inside the format, no copy over words or heads not yet read,
     every selected word the right one, no aliased mbarrier phase, no deadlock; and the stream is
@@ -408,7 +533,7 @@ def test_kernel_copies_and_reads(rng, m, k, warps, blocks, density, rt, together
     words are one range."""
     import random
 
-    sw = SliceWeight.from_dense(_sparse(m, k, density, rng), warps=warps)
+    sw = SliceWeight.from_dense(_sparse(m, k, density, rng), warps=warps, elements=elements)
     r = sw.ranges(blocks)[0].tolist()
     order = random.Random(int(torch.randint(0, 2**31, (1,), generator=rng)))
     wrapped = paired = 0
@@ -421,7 +546,7 @@ def test_kernel_copies_and_reads(rng, m, k, warps, blocks, density, rt, together
         assert wrapped > 0  # the ring's start was reused
     if rt > 1 and sw.tiles > 2 * blocks:
         assert (paired > 0) == (together == 2)  # two positions at a time, in that build only
-    heads = sw.heads.view(-1, 2 * sw.sp, 2).to(torch.int64)
+    heads = sw.heads.view(-1, (4 if elements else 2) * sw.sp, 2).to(torch.int64)
     ends = heads[:, -1, 1] + torch.tensor([bin(int(v) & 0xFFFFFFFF).count("1") for v in heads[:, -1, 0]])
     real = sw.warps * sw.pieces * sw.tiles
     assert torch.equal(ends[:real - 1], heads[1:real, 0, 1])  # contiguous from n-tile to n-tile, piece to piece

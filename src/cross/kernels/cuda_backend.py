@@ -303,15 +303,16 @@ def sparse24_launch(blocks: int, nt: int, warps: int, mt: int, overflow: bool, s
 _SLICE_SOURCE = "slice_mma.cu"
 
 
-def slice_defines(is_bf16: bool, warps: int) -> tuple[str, ...]:
-    """NVRTC defines of a slice_mma build, with CROSS_CUDA_DEFINES' extras."""
-    defines = [f"-DIS_BF16={int(is_bf16)}", f"-DWARPS={warps}"]
+def slice_defines(is_bf16: bool, warps: int, elements: bool = False) -> tuple[str, ...]:
+    """NVRTC defines of a slice_mma build (``elements``: the element format's), with
+    CROSS_CUDA_DEFINES' extras."""
+    defines = [f"-DIS_BF16={int(is_bf16)}", f"-DWARPS={warps}", f"-DELEMS={int(elements)}"]
     return tuple(defines + os.environ.get(DEFINES_ENV, "").split())
 
 
 @functools.lru_cache(maxsize=None)
-def _slice_kernel(device_index: int, is_bf16: bool, warps: int, smem: int):
-    defines = slice_defines(is_bf16, warps)
+def _slice_kernel(device_index: int, is_bf16: bool, warps: int, smem: int, elements: bool = False):
+    defines = slice_defines(is_bf16, warps, elements)
     _, func = _compile(device_index, _SLICE_SOURCE, "slice_mma", defines, smem)
     return func
 
@@ -320,9 +321,10 @@ SLICE_MAX_PRODUCERS = 4  # slice_mma.cu's MAX_PRODUCERS
 
 
 def slice_launch(blocks: int, warps: int, smem: int, ptrs, m: int, k: int, n_tok: int, ldx: int, ldy: int,
-                 tiles: int, pieces: int, rt: int, producers: int = 1) -> None:
+                 tiles: int, pieces: int, rt: int, producers: int = 1, elements: bool = False) -> None:
     """One launch of slice_mma: pointers (x, y, bias or 0, heads, values, ranges), M, K, the pass's
     n_tok <= 16 tokens with X's and Y's row strides, the weight's n-tiles and pieces per warp, and
-    the n-tiles per round ``rt``; blocks of ``warps`` consumer warps and ``producers`` producer warps."""
-    func = _slice_kernel(torch.cuda.current_device(), ptrs.is_bf16, warps, smem)
+    the n-tiles per round ``rt``; blocks of ``warps`` consumer warps and ``producers`` producer warps;
+    ``elements``: the weight is in the element format (the ELEMS build)."""
+    func = _slice_kernel(torch.cuda.current_device(), ptrs.is_bf16, warps, smem, bool(elements))
     _launch(func, blocks, (warps + producers) * 32, smem, ptrs, (m, k, n_tok, ldx, ldy, tiles, pieces, rt))

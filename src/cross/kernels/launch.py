@@ -406,6 +406,7 @@ class SliceArgs(NamedTuple):
     rt: int  # n-tiles per round of a block (its partial sums and heads in shared memory)
     smem: int
     producers: int
+    elements: int = 0  # 1: the element format (pack/slices.py), the kernel's ELEMS build
 
 
 def slice_capable(device: torch.device) -> bool:
@@ -460,15 +461,17 @@ def slice_args(weight, producers: int = 1) -> SliceArgs:
         raise ValueError(f"slice kernel: expected a SliceWeight on a CUDA device, got one on {weight.device}")
     props = torch.cuda.get_device_properties(weight.device)
     limit = getattr(props, "shared_memory_per_block_optin", 227 * 1024)
-    if smem_bytes(weight.warps, 1) > limit:
-        raise ValueError(f"slice kernel: a block of {weight.warps} warps needs {smem_bytes(weight.warps, 1)} bytes of "
+    def smem(rt):
+        return smem_bytes(weight.warps, rt, weight.elements)
+
+    if smem(1) > limit:
+        raise ValueError(f"slice kernel: a block of {weight.warps} warps needs {smem(1)} bytes of "
                          f"shared memory, the device has {limit}: pack the weight for fewer warps")
     blocks = props.multi_processor_count
     ranges, most = weight.ranges(blocks)
-    per_tile = smem_bytes(weight.warps, 1) - smem_bytes(weight.warps, 0)
-    rt = max(1, min(most, (limit - smem_bytes(weight.warps, 0)) // per_tile))
+    rt = max(1, min(most, (limit - smem(0)) // (smem(1) - smem(0))))
     return SliceArgs(weight.heads, weight.values, ranges, weight.shape[0], weight.shape[1], weight.tiles,
-                     weight.pieces, weight.warps, blocks, rt, smem_bytes(weight.warps, rt), producers)
+                     weight.pieces, weight.warps, blocks, rt, smem(rt), producers, int(weight.elements))
 
 
 def slice_run(x: torch.Tensor, args: SliceArgs, bias: torch.Tensor | None = None,
@@ -489,7 +492,8 @@ def slice_run(x: torch.Tensor, args: SliceArgs, bias: torch.Tensor | None = None
         ptrs = cuda_backend.Pointers((x[start], y[start], bias, args.heads, args.values, args.ranges),
                                      x.dtype == torch.bfloat16)
         cuda_backend.slice_launch(args.blocks, args.warps, args.smem, ptrs, args.out_features, args.in_features,
-                                  count, x.stride(0), y.stride(0), args.tiles, args.pieces, args.rt, args.producers)
+                                  count, x.stride(0), y.stride(0), args.tiles, args.pieces, args.rt, args.producers,
+                                  bool(args.elements))
     return y
 
 

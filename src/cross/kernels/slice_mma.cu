@@ -28,11 +28,20 @@
 // shared memory; at the end of a round the consumers sum the regions in warp order (deterministic)
 // and write the rows.
 //
+// The element format (ELEMS 1, pack/slices.py elements=True): each nonzero stored alone, a step's heads
+// per quarter warp (8 lanes); lane jj of a quarter finds its first element at the quarter's start plus
+// the popcount of its mask below bit 4 jj, loads the three words around it, shifts them to that
+// element (a funnel shift by 16 bits where it is odd) and places its 0-4 values at its 4 bits by two
+// byte permutes whose selectors (and a mask that zeroes the fourth value where it is not the lane's)
+// come from a 16-entry table in shared memory indexed by those bits. A slot's base is then a byte
+// offset in shared memory (element e at byte 2 e + base), and a position's words run from its first
+// element's word to its last element's, widened to 16 bytes.
+//
 // Non-finite inputs: every weight element of a step is multiplied, zeros included (0 x Inf = NaN),
 // so the result is the dense product's: nan_policy "propagate".
 //
 // Compile-time parameters (NVRTC -D): IS_BF16, WARPS (consumer warps; the block has WARPS + P, P = 1
-// to MAX_PRODUCERS producer warps, the launch's choice);
+// to MAX_PRODUCERS producer warps, the launch's choice), ELEMS (0 pairs, 1 elements: the format's);
 // variants to measure against the defaults (CROSS_CUDA_DEFINES): TOGETHER=2, XPREFETCH=1; profiling
 // builds whose results are wrong: SLICE_ABLATE=1 or 2.
 // Requirements checked by the launcher: the format's 8 steps per piece, K % 8 == 0, x 8-byte aligned
@@ -58,6 +67,11 @@ static_assert(WARPS >= 1 && WARPS <= 32, "a producer lane per consumer warp");
 #ifndef TOGETHER
 #define TOGETHER 1  // positions a consumer may multiply per pass: 1, or 2 (for fewer warps: 17 spill)
 #endif
+#ifndef ELEMS
+#define ELEMS 0  // the format: 0 pairs, 1 elements
+#endif
+#define HW ((2 + 2 * ELEMS) * SP)  // a position's heads ({mask, start} each): per half and step, or per
+                                   // half, step and quarter
 
 #include "dtype.cuh"
 #include "mma.cuh"
@@ -70,18 +84,33 @@ extern "C" __global__ void __launch_bounds__(MAX_THREADS, 1) slice_mma(
     extern __shared__ __align__(16) unsigned char smem[];
     // the consumers' partial sums [WARPS][rt][32] float4, then per consumer warp: its ring (RING + 4
     // words), two buffers of a piece's heads for rt n-tiles, its slots' bases and ring places (NB words
-    // each), its NBAR mbarriers. Written by the bulk-copy engine at their shared addresses, read by plain
-    // shared loads after an mbarrier's wait (acquire)
+    // each), its NBAR mbarriers; for ELEMS the block's table of byte selectors (16 x 8 bytes). Written
+    // by the bulk-copy engine at their shared addresses, read by plain shared loads after an mbarrier's
+    // wait (acquire)
     float4* part = reinterpret_cast<float4*>(smem);
     u32* rings = reinterpret_cast<u32*>(smem + (size_t)WARPS * rt * 512);
     uint2* hbufs = reinterpret_cast<uint2*>(rings + WARPS * (RING + 4));
-    u32* sbase = reinterpret_cast<u32*>(hbufs + (size_t)WARPS * 2 * rt * (2 * SP));
+    u32* sbase = reinterpret_cast<u32*>(hbufs + (size_t)WARPS * 2 * rt * HW);
     u32* splace = sbase + WARPS * NB;
     const u32 bar0 = smem_u32(splace + WARPS * NB);
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int t0 = ranges[blockIdx.x], t1 = ranges[blockIdx.x + 1];
     const int nq = (t1 - t0 + rt - 1) / rt * pieces;  // a consumer's pieces x rounds
     for (int i = tid; i < WARPS * NBAR; i += blockDim.x) mbar_init(bar0 + 8 * i);
+#if ELEMS
+    // entry b (a lane's 4 bits): {selectors of its two B registers from bytes 0-7 = values v0 .. v3 at
+    // its first element (low 16 bits: register 0; high: register 1), the mask of v3}: column c takes
+    // v[popcount of b below c] if bit c is set, else v3's bytes, zero by the mask unless b = 15
+    uint2* table = reinterpret_cast<uint2*>(splace + WARPS * NB + 2 * WARPS * NBAR);
+    if (tid < 16) {
+        u32 sel = 0, r = 0;
+        for (int c = 0; c < 4; ++c) {
+            const u32 v = (tid >> c) & 1 ? r++ : 3u;
+            sel |= (2 * v | (2 * v + 1) << 4) << (8 * c);
+        }
+        table[tid] = make_uint2(sel, tid == 15 ? 0xFFFFFFFFu : 0xFFFFu);
+    }
+#endif
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     __syncthreads();
 #define FULL(s) (8 * (s))
@@ -93,7 +122,7 @@ extern "C" __global__ void __launch_bounds__(MAX_THREADS, 1) slice_mma(
         const int producers = (int)(blockDim.x >> 5) - WARPS, served = warp - WARPS + producers * lane;
         const int w = served < WARPS ? served : 0;
         u32 ring0 = w * (RING + 4), wb = bar0 + 8 * NBAR * w, ring_at = smem_u32(rings + ring0);
-        const uint2* hb = hbufs + (size_t)w * 2 * rt * (2 * SP);
+        const uint2* hb = hbufs + (size_t)w * 2 * rt * HW;
         u32* base = sbase + w * NB;
         u32* place = splace + w * NB;
         const size_t pc0 = (size_t)w * pieces;
@@ -109,19 +138,24 @@ extern "C" __global__ void __launch_bounds__(MAX_THREADS, 1) slice_mma(
             bool moved = false;
             if (live) {
                 if (hq < nq && hq <= qw + 1 && (hq < 2 || mbar_test(wb + HEMPTY(hq & 1), ((hq >> 1) - 1) & 1))) {
-                    const u32 bytes = (u32)min(rt, t1 - hr0) * (SP * 16), bar = wb + HFULL(hq & 1);
+                    const u32 bytes = (u32)min(rt, t1 - hr0) * (HW * 8), bar = wb + HFULL(hq & 1);
                     mbar_arrive_expect(bar, bytes);
-                    bulk_copy(smem_u32(hb + (hq & 1) * rt * (2 * SP)), heads + ((pc0 + hpl) * tiles + hr0) * (SP * 4),
-                              bytes, bar);
+                    bulk_copy(smem_u32(hb + (hq & 1) * rt * HW), heads + ((pc0 + hpl) * tiles + hr0) * (HW * 2), bytes,
+                              bar);
                     ++hq;
                     if (++hpl == pieces) hpl = 0, hr0 += rt;
                     moved = true;
                 }
                 // words: as many positions as the ring and the slots take, each in one copy
                 while (qw < nq && (hready || (hready = mbar_test(wb + HFULL(qw & 1), (qw >> 1) & 1)))) {
-                    const uint2* h = hb + ((qw & 1) * rt + i) * (2 * SP);
-                    const uint2 last = h[2 * SP - 1];  // step SP - 1, half 1
+                    const uint2* h = hb + ((qw & 1) * rt + i) * HW;
+                    const uint2 last = h[HW - 1];  // step SP - 1, half 1 (quarter 1)
+#if ELEMS
+                    const u32 a = (h[0].y >> 1) & ~3u;
+                    const u32 n = ((((last.y + (u32)__popc(last.x) + 1u) >> 1) + 3u) & ~3u) - a;
+#else
                     const u32 a = h[0].y & ~3u, n = ((last.y + (u32)__popc(last.x) + 3u) & ~3u) - a;
+#endif
                     // the place of n words: after the last position's, or at the ring's start; positions
                     // retired (oldest first, as the consumer arrived on their slots) until it is free
                     u32 at = 0;
@@ -141,7 +175,11 @@ extern "C" __global__ void __launch_bounds__(MAX_THREADS, 1) slice_mma(
                     if (!fits) break;
                     const u32 s = p % NB, bar = wb + FULL(s);
                     place[s] = at;
+#if ELEMS
+                    base[s] = ring_at - smem_u32(smem) + 4 * (at - a);  // element e: byte 2 e + base of smem
+#else
                     base[s] = ring0 + at - a;  // the consumer's word c is at rings[c + base]
+#endif
                     mbar_arrive_expect(bar, SLICE_ABLATE == 2 ? 0u : n * 4);
                     if (n && SLICE_ABLATE != 2) bulk_copy(ring_at + at * 4, words + a, n * 4, bar);
                     wh = at + n;
@@ -161,12 +199,19 @@ extern "C" __global__ void __launch_bounds__(MAX_THREADS, 1) slice_mma(
     }
 
     // a consumer warp
-    const int g = lane >> 2, q = lane & 3, j = lane & 15, half = lane >> 4;
+    const int g = lane >> 2, q = lane & 3, half = lane >> 4;
+#if ELEMS
+    // the mask's bits below the lane's 4 (bits 4 jj ..), and the right rotation that puts them at bits 3-6
+    // (8 times the table's index)
+    u32 below = (1u << (4 * (lane & 7))) - 1u, bit0 = (4u * (lane & 7) - 3u) & 31u, bit1 = smem_u32(table);
+#else
+    const int j = lane & 15;
     u32 below = (1u << (2 * j)) - 1u, bit0 = 1u << (2 * j), bit1 = 2u << (2 * j);
+#endif
     u32 leader = lane == 0;
     asm volatile("" : "+r"(below), "+r"(bit0), "+r"(bit1), "+r"(leader));  // kept in registers, not recomputed
     const u32 wb = bar0 + 8 * NBAR * warp;
-    const uint2* hb = hbufs + (size_t)warp * 2 * rt * (2 * SP) + half * SP;
+    const uint2* hb = hbufs + (size_t)warp * 2 * rt * HW + (ELEMS ? half * 2 * SP + ((lane >> 3) & 1) : half * SP);
     const u32* base = sbase + warp * NB;
     float4* mine = part + (size_t)warp * rt * 32 + lane;
     const int pc0 = warp * pieces;
@@ -200,6 +245,26 @@ extern "C" __global__ void __launch_bounds__(MAX_THREADS, 1) slice_mma(
                 xa[u][3] = in_hi ? hi[1] : 0u;
             }
             mbar_wait(wb + HFULL(qc & 1), (qc >> 1) & 1);
+#if ELEMS
+            // step u of the n-tile whose heads are h and whose element e is at byte 2 e + b of shared memory
+            // (modulo 2^32): the three words from the lane's first element's, shifted to it (v0 v1, v2 v3),
+            // placed at the lane's bits by the table's byte permutes (bit0: the rotation that gives 8 times
+            // the lane's 4 bits, bit1: the table's shared address)
+            auto step = [&](const uint2* h, u32 b, float (&acc)[2][4], int u) {
+                if (SLICE_ABLATE == 1) return;
+                const uint2 hu = h[2 * u];  // {mask, start} of the lane's quarter at step u
+                const u32 eb = 2 * (hu.y + (u32)__popc(hu.x & below)) + b;
+                const u32* w = reinterpret_cast<const u32*>(smem + (int)(eb & ~3u));
+                const u32 w0 = w[0], w1 = w[1], w2 = w[2];
+                u32 t0, t1, b0, b1;
+                asm("ld.shared.v2.u32 {%0, %1}, [%2];\n"
+                    : "=r"(t0), "=r"(t1) : "r"(bit1 + (__funnelshift_r(hu.x, hu.x, bit0) & 0x78u)));
+                const u32 lo = __funnelshift_r(w0, w1, eb << 3), hi = __funnelshift_r(w1, w2, eb << 3) & t1;
+                asm("prmt.b32 %0, %2, %3, %4;\n\tprmt.b32 %1, %2, %3, %5;\n"
+                    : "=r"(b0), "=r"(b1) : "r"(lo), "r"(hi), "r"(t0), "r"(t0 >> 16));
+                mma16816(acc[u & 1], xa[u], b0, b1);
+            };
+#else
             // step u of the n-tile whose heads are h and whose word c is at rings[c + b] (the sum modulo
             // 2^32): a lane's two words at its popcount, each B register that word, the next or zero
             auto step = [&](const uint2* h, u32 b, float (&acc)[2][4], int u) {
@@ -210,6 +275,7 @@ extern "C" __global__ void __launch_bounds__(MAX_THREADS, 1) slice_mma(
                 const bool p0 = hu.x & bit0, p1 = hu.x & bit1;
                 mma16816(acc[u & 1], xa[u], p0 ? w0 : 0u, p1 ? (p0 ? w1 : w0) : 0u);
             };
+#endif
             auto add = [&](float4* at, const float (&acc)[2][4]) {
                 float4 t = *at;
                 t.x += acc[0][0] + acc[1][0];
@@ -224,7 +290,7 @@ extern "C" __global__ void __launch_bounds__(MAX_THREADS, 1) slice_mma(
             // n-tile's heads and partial sums are carried from position to position (recomputed from p and i
             // they cost ~15 instructions per position)
             u32 s0 = p % NB, par = (p / NB) & 1;
-            const uint2* h0 = hb + (qc & 1) * rt * (2 * SP);  // the piece's heads buffer
+            const uint2* h0 = hb + (qc & 1) * rt * HW;  // the piece's heads buffer
             float4* mp = mine;
             for (int i = 0; i < nr;) {
                 mbar_wait(wb + FULL(s0), par);
@@ -233,7 +299,7 @@ extern "C" __global__ void __launch_bounds__(MAX_THREADS, 1) slice_mma(
                 const u32 s1 = (s0 + 1) % NB, par1 = par ^ (s1 == 0);
                 if (TOGETHER == 2 && i + 1 < nr && mbar_test(wb + FULL(s1), par1)) {
                     const u32 b1 = base[s1];
-                    const uint2* h1 = h0 + 2 * SP;
+                    const uint2* h1 = h0 + HW;
                     float acc1[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
 #pragma unroll
                     for (int u = 0; u < SP; ++u) step(h0, b0, acc0, u), step(h1, b1, acc1, u);
@@ -241,7 +307,7 @@ extern "C" __global__ void __launch_bounds__(MAX_THREADS, 1) slice_mma(
                     add(mp + 32, acc1);
                     __syncwarp();  // every lane is past the slots' words (and, at the last n-tile, the heads)
                     if (leader) mbar_arrive(wb + EMPTY(s0)), mbar_arrive(wb + EMPTY(s1));
-                    i += 2, p += 2, h0 += 4 * SP, mp += 64;
+                    i += 2, p += 2, h0 += 2 * HW, mp += 64;
                     s0 = (s1 + 1) % NB, par = par1 ^ (s0 == 0);
                 } else {
 #pragma unroll
@@ -249,7 +315,7 @@ extern "C" __global__ void __launch_bounds__(MAX_THREADS, 1) slice_mma(
                     add(mp, acc0);
                     __syncwarp();
                     if (leader) mbar_arrive(wb + EMPTY(s0));
-                    i += 1, p += 1, h0 += 2 * SP, mp += 32;
+                    i += 1, p += 1, h0 += HW, mp += 32;
                     s0 = s1, par = par1;
                 }
             }

@@ -27,6 +27,22 @@ copies a position's (piece and n-tile) words into shared memory as one range.
 
 Bytes per weight element: 16 / 128 per step for the heads (1/16 of dense) plus 2 bytes per stored
 pair's element: at 70% sparsity 0.57 of dense, at 90% 0.25, at 50% 0.81.
+
+Elements (``elements=True``, the kernel's ELEMS build). Each nonzero is stored alone (16 bits), so the
+values take (1 - s) of dense. A step's lanes are four quarters of 8 (lanes 0-7, 8-15, 16-23, 24-31:
+rows 2 h' and 2 h' + 1); in a quarter, lane jj = lane % 8 holds bits 4 jj .. 4 jj + 3 of the
+quarter's mask, bit c for its column 4 q + c, and the stored elements follow the bit order, so that
+its first element is at the quarter's start (an element index) plus the popcount of the mask below
+bit 4 jj. The kernel loads the three words around it, shifts them to that element, and places its
+0-4 values by two byte permutes from a 16-entry table indexed by its 4 bits.
+
+    heads   int32 [pieces_total * T + HEAD_PAD, 4 sp, 2]  per piece and n-tile, per half, step and
+                                    quarter: mask and start (element index)
+    values  int32 [ceil(E / 2) + PAD_WORDS]   the E stored elements in stream order (piece, n-tile,
+                                    step, half, quarter, bit), two per word, the first in the low half
+
+Bytes: 8 / 64 per quarter-step for the heads (1/8 of dense) plus 2 per nonzero: at 50% 0.63 of dense,
+at 70% 0.43, at 90% 0.23.
 """
 
 from __future__ import annotations
@@ -43,6 +59,7 @@ STEP = 16  # columns per step: the mma's K
 PAIRS = 64  # pairs per n-tile and step
 HEAD_PAD = 4  # n-tiles of zero heads past the last piece (slice_mma.cu copies only real ones)
 PAD_WORDS = 4096  # past the last word (slice_mma.cu's copies read at most 3 words past a range's end)
+QUARTER = 32  # bits of an element mask: 8 lanes x 4 columns
 _DTYPES = (torch.bfloat16, torch.float16)
 
 
@@ -82,6 +99,21 @@ def pair_words(weight: torch.Tensor, ksp: int) -> tuple[torch.Tensor, torch.Tens
     return _pair_words(half).contiguous(), nz.any(-1).contiguous()
 
 
+def element_bits(weight: torch.Tensor, ksp: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weight (padded to whole n-tiles and ``ksp`` steps) as each quarter warp's elements per
+    n-tile and step, in bit order (lane jj's columns 4 q .. 4 q + 3 at bits 4 jj ..): bit patterns
+    (int16) and whether each is a nonzero (-0.0 is not), two [T, ksp, 2, 2, 32] tensors."""
+    m, k = weight.shape
+    t = -(-m // ROWS)
+    w = torch.zeros(t * ROWS, ksp * STEP, dtype=weight.dtype, device=weight.device)
+    w[:m, :k] = weight
+    bits = w.view(torch.int16)
+    # rows g = 4 h + 2 quarter + g'' (lane jj = 4 g'' + q), columns 4 q + c:
+    # (T, h, quarter, g'', ksp, q, c) -> (T, ksp, h, quarter, g'', q, c)
+    bits = bits.view(t, 2, 2, 2, ksp, 4, 4).permute(0, 4, 1, 2, 3, 5, 6).reshape(t, ksp, 2, 2, QUARTER)
+    return bits.contiguous(), (bits & 0x7FFF) != 0
+
+
 @dataclass
 class SliceWeight:
     shape: tuple[int, int]
@@ -92,13 +124,15 @@ class SliceWeight:
     heads: torch.Tensor
     values: torch.Tensor
     tile_words: torch.Tensor  # int64 [T]: stored words per n-tile (for balancing the blocks)
+    elements: bool = False  # the element format (each nonzero alone) instead of pairs
     _ranges: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
-    def from_dense(cls, weight: torch.Tensor, warps: int | None = None, max_steps: int = 8) -> "SliceWeight":
+    def from_dense(cls, weight: torch.Tensor, warps: int | None = None, max_steps: int = 8,
+                   elements: bool = False) -> "SliceWeight":
         """Pack a 2-D bf16/fp16 weight for blocks of ``warps`` warps (None: ``default_warps``), each
-        holding X for at most ``max_steps`` (8 or 16; the kernel takes 8) steps of 16 columns; zeros
-        (and -0.0) are not stored; NaN and Inf are."""
+        holding X for at most ``max_steps`` (8 or 16; the kernel takes 8) steps of 16 columns, as
+        pairs or (``elements``) as elements; zeros (and -0.0) are not stored; NaN and Inf are."""
         check_weight(weight)
         if weight.dtype not in _DTYPES:
             raise TypeError(f"slice format: expected a bfloat16 or float16 weight (16-bit values), got {weight.dtype}")
@@ -108,6 +142,8 @@ class SliceWeight:
         if not isinstance(warps, int) or not 1 <= warps <= 32:
             raise ValueError(f"SliceWeight: warps must be an int in 1..32, got {warps!r}")
         pieces, sp, ksp = slice_steps(k, warps, max_steps)
+        if elements:
+            return cls._elements(weight, warps, pieces, sp, ksp)
         words, stored = pair_words(weight, ksp)  # [T, ksp, 2, 32]
         t = words.shape[0]
         n_p = warps * pieces
@@ -130,6 +166,30 @@ class SliceWeight:
         return cls((m, k), weight.dtype, warps, pieces, sp, heads.view(n_p * t + HEAD_PAD, 2 * sp, 2).contiguous(),
                    values.contiguous(), tile_words)
 
+    @classmethod
+    def _elements(cls, weight: torch.Tensor, warps: int, pieces: int, sp: int, ksp: int) -> "SliceWeight":
+        bits, stored = element_bits(weight, ksp)  # [T, ksp, 2, 2, 32]
+        t, n_p, dev = bits.shape[0], warps * pieces, weight.device
+        # stream order: (piece, n-tile, step, half, quarter, bit)
+        bits = bits.view(t, n_p, sp, 2, 2, QUARTER).transpose(0, 1).reshape(n_p * t, sp, 2, 2, QUARTER)
+        stored = stored.view(t, n_p, sp, 2, 2, QUARTER).transpose(0, 1).reshape(n_p * t, sp, 2, 2, QUARTER)
+        mask = _as_int32((stored.to(torch.int64) << torch.arange(QUARTER, device=dev)).sum(-1))  # [P T, sp, 2, 2]
+        counts = stored.sum(-1).reshape(-1)
+        start = torch.cumsum(counts, 0) - counts
+        total = int(counts.sum())
+        words = -(-total // 2)
+        if 2 * (words + PAD_WORDS) >= 2**31:
+            raise ValueError("SliceWeight: the weight is too large for 32-bit element positions")
+        heads = torch.zeros(n_p * t + HEAD_PAD, 2, sp, 2, 2, dtype=torch.int32, device=dev)
+        heads[:n_p * t, ..., 0] = mask.transpose(1, 2)  # (half, step, quarter)
+        heads[:n_p * t, ..., 1] = start.view(n_p * t, sp, 2, 2).transpose(1, 2).to(torch.int32)
+        halves = torch.zeros(2 * (words + PAD_WORDS), dtype=torch.int16, device=dev)
+        halves[:total] = bits[stored]
+        tile_words = (stored.view(n_p, t, -1).sum((0, 2)) + 1) // 2
+        return cls(tuple(weight.shape), weight.dtype, warps, pieces, sp,
+                   heads.view(n_p * t + HEAD_PAD, 4 * sp, 2).contiguous(), halves.view(torch.int32).contiguous(),
+                   tile_words, elements=True)
+
     @property
     def device(self) -> torch.device:
         return self.values.device
@@ -151,7 +211,7 @@ class SliceWeight:
 
     def to(self, device) -> "SliceWeight":
         return SliceWeight(self.shape, self.dtype, self.warps, self.pieces, self.sp, self.heads.to(device),
-                           self.values.to(device), self.tile_words.to(device))
+                           self.values.to(device), self.tile_words.to(device), self.elements)
 
     def ranges(self, blocks: int) -> tuple[torch.Tensor, int]:
         """n-tile ranges of ``blocks`` blocks (int32 [blocks + 1], on the weight's device), balanced by
@@ -170,6 +230,8 @@ class SliceWeight:
     def to_dense(self) -> torch.Tensor:
         """The weight, read as the kernel reads it: each lane's two words from its half's start plus
         the popcount of the mask below its bits, each register that word, the next, or zero."""
+        if self.elements:
+            return self._elements_to_dense()
         m, k = self.shape
         t, n_p, sp = self.tiles, self.warps * self.pieces, self.sp
         h = self.heads[:n_p * t].to(torch.int64).view(n_p * t, 2, sp, 2).transpose(1, 2)
@@ -188,6 +250,26 @@ class SliceWeight:
         w = halves.view(self.dtype).view(n_p, t, sp, 2, 4, 4, 2, 2)
         # (piece, T, step, half, gg, q, pair, e) -> (T, half, gg, piece, step, q, pair, e)
         w = w.permute(1, 3, 4, 0, 2, 5, 6, 7).reshape(t * ROWS, n_p * sp * STEP)
+        return w[:m, :k].contiguous()
+
+    def _elements_to_dense(self) -> torch.Tensor:
+        """The element format read as the kernel reads it: each lane's first element at its quarter's
+        start plus the popcount of the mask below its bits, its values placed at its set bits in order."""
+        m, k = self.shape
+        t, n_p, sp = self.tiles, self.warps * self.pieces, self.sp
+        h = self.heads[:n_p * t].to(torch.int64).view(n_p * t, 2, sp, 2, 2).transpose(1, 2)  # (step, half, quarter)
+        mask, start = h[..., 0] & 0xFFFFFFFF, h[..., 1]
+        jj = torch.arange(8, device=self.device)
+        first = start[..., None] + _popcount(mask[..., None] & ((1 << (4 * jj)) - 1))  # [P T, sp, 2, 2, 8]
+        nib = (mask[..., None] >> (4 * jj)) & 15
+        c = torch.arange(4, device=self.device)
+        bit = ((nib[..., None] >> c) & 1).bool()  # [.., 8, 4]
+        rank = _popcount(nib[..., None] & ((1 << c) - 1))
+        halves = self.values.view(torch.int16)
+        vals = torch.where(bit, halves[(first[..., None] + rank).clamp(max=halves.numel() - 1)], 0)
+        w = vals.view(self.dtype).view(n_p, t, sp, 2, 2, 2, 4, 4)
+        # (piece, T, step, half, quarter, g'', q, c) -> (T, half, quarter, g'', piece, step, q, c)
+        w = w.permute(1, 3, 4, 5, 0, 2, 6, 7).reshape(t * ROWS, n_p * sp * STEP)
         return w[:m, :k].contiguous()
 
 
@@ -209,9 +291,10 @@ def _popcount(x: torch.Tensor) -> torch.Tensor:
     return c
 
 
-def smem_bytes(warps: int, rt: int) -> int:
+def smem_bytes(warps: int, rt: int, elements: bool = False) -> int:
     """Dynamic shared memory of a slice_mma block (slice_mma.cu) of ``warps`` consumer warps: per warp
     the partial sums of ``rt`` n-tiles and two buffers of a piece's heads for them (512 + 2 x 128 bytes
-    per n-tile), the ring of words (1440 + 4 words), its slots' bases and ring places (8 words each) and
-    20 mbarriers."""
-    return warps * (rt * (512 + 2 * 128) + (1440 + 4) * 4 + 2 * 8 * 4 + 20 * 8)
+    per n-tile; 512 + 2 x 256 for elements), the ring of words (1440 + 4 words), its slots' bases and
+    ring places (8 words each) and 20 mbarriers; for elements, the block's 16-entry table (128 bytes)."""
+    heads = 256 if elements else 128
+    return warps * (rt * (512 + 2 * heads) + (1440 + 4) * 4 + 2 * 8 * 4 + 20 * 8) + (128 if elements else 0)
