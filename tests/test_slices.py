@@ -94,7 +94,8 @@ def _funnel(lo, hi, shift):
 
 
 def _prmt(a, b, sel):
-    """prmt.b32 (default mode): byte i of the result is byte (sel >> 4 i) & 7 of (b:a)."""
+    """prmt.b32 (default mode): byte i of the result is byte (sel >> 4 i) & 7 of (b:a); the selector's
+    high 16 bits are not read."""
     assert all(not (sel >> (4 * i + 3)) & 1 for i in range(4))  # no sign-replicating selector
     data = a | (b << 32)
     return sum(((data >> (8 * ((sel >> (4 * i)) & 7))) & 0xFF) << (8 * i) for i in range(4))
@@ -102,7 +103,8 @@ def _prmt(a, b, sel):
 
 def _element_table():
     """slice_mma.cu's table (ELEMS), transcribed: per 4 bits, the byte selectors of the two B registers
-    from v0 .. v3 (low 16 bits: register 0), and the mask of v3."""
+    from v0 .. v3 (the low 16 bits of each word; the first word's high 16 bits, ORed with 0xFFFF, the
+    mask of v3)."""
     table = []
     for bits in range(16):
         sel, r = 0, 0
@@ -110,7 +112,7 @@ def _element_table():
             v = r if bits >> c & 1 else 3
             r += bits >> c & 1
             sel |= (2 * v | (2 * v + 1) << 4) << (8 * c)
-        table.append((sel, 0xFFFFFFFF if bits == 15 else 0xFFFF))
+        table.append(((sel & 0xFFFF) | (0xFFFF0000 if bits == 15 else 0), sel >> 16))
     return table
 
 
@@ -150,8 +152,8 @@ def test_element_step_bits(rng, density):
                     w0, w1, w2 = (smem.get((eb & ~3) + 4 * i, 0xDEADBEEF) for i in range(3))
                     t0, t1 = table[(_funnel(mask, mask, rot) & 0x78) >> 3]
                     lo = _funnel(w0, w1, eb << 3)
-                    hi = _funnel(w1, w2, eb << 3) & t1
-                    b0, b1 = _prmt(lo, hi, t0), _prmt(lo, hi, t0 >> 16)
+                    hi = _funnel(w1, w2, eb << 3) & (t0 | 0xFFFF)
+                    b0, b1 = _prmt(lo, hi, t0), _prmt(lo, hi, t1)
                     row, col = 8 * t + g, 16 * (piece * sw.sp + u) + 4 * q
                     want = [int(v) for v in bits[row, col:col + 4]]
                     assert (b0, b1) == (want[0] | want[1] << 16, want[2] | want[3] << 16), (piece, t, u, lane)

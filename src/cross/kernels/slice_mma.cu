@@ -98,9 +98,10 @@ extern "C" __global__ void __launch_bounds__(MAX_THREADS, 1) slice_mma(
     const int nq = (t1 - t0 + rt - 1) / rt * pieces;  // a consumer's pieces x rounds
     for (int i = tid; i < WARPS * NBAR; i += blockDim.x) mbar_init(bar0 + 8 * i);
 #if ELEMS
-    // entry b (a lane's 4 bits): {selectors of its two B registers from bytes 0-7 = values v0 .. v3 at
-    // its first element (low 16 bits: register 0; high: register 1), the mask of v3}: column c takes
-    // v[popcount of b below c] if bit c is set, else v3's bytes, zero by the mask unless b = 15
+    // entry b (a lane's 4 bits): the byte selectors of its two B registers (the low 16 bits of each word;
+    // prmt reads no more) from bytes 0-7 = values v0 .. v3 at its first element: column c takes
+    // v[popcount of b below c] if bit c is set, else v3's bytes, which are zeroed unless b = 15: the high
+    // 16 bits of the first word, ORed with 0xFFFF, are the mask of v3
     uint2* table = reinterpret_cast<uint2*>(splace + WARPS * NB + 2 * WARPS * NBAR);
     if (tid < 16) {
         u32 sel = 0, r = 0;
@@ -108,7 +109,7 @@ extern "C" __global__ void __launch_bounds__(MAX_THREADS, 1) slice_mma(
             const u32 v = (tid >> c) & 1 ? r++ : 3u;
             sel |= (2 * v | (2 * v + 1) << 4) << (8 * c);
         }
-        table[tid] = make_uint2(sel, tid == 15 ? 0xFFFFFFFFu : 0xFFFFu);
+        table[tid] = make_uint2((sel & 0xFFFFu) | (tid == 15 ? 0xFFFF0000u : 0u), sel >> 16);
     }
 #endif
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
@@ -259,9 +260,9 @@ extern "C" __global__ void __launch_bounds__(MAX_THREADS, 1) slice_mma(
                 u32 t0, t1, b0, b1;
                 asm("ld.shared.v2.u32 {%0, %1}, [%2];\n"
                     : "=r"(t0), "=r"(t1) : "r"(bit1 + (__funnelshift_r(hu.x, hu.x, bit0) & 0x78u)));
-                const u32 lo = __funnelshift_r(w0, w1, eb << 3), hi = __funnelshift_r(w1, w2, eb << 3) & t1;
+                const u32 lo = __funnelshift_r(w0, w1, eb << 3), hi = __funnelshift_r(w1, w2, eb << 3) & (t0 | 0xFFFFu);
                 asm("prmt.b32 %0, %2, %3, %4;\n\tprmt.b32 %1, %2, %3, %5;\n"
-                    : "=r"(b0), "=r"(b1) : "r"(lo), "r"(hi), "r"(t0), "r"(t0 >> 16));
+                    : "=r"(b0), "=r"(b1) : "r"(lo), "r"(hi), "r"(t0), "r"(t1));
                 mma16816(acc[u & 1], xa[u], b0, b1);
             };
 #else
