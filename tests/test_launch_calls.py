@@ -64,7 +64,7 @@ def test_sparse24_launch(driver):
 @pytest.mark.parametrize("producers,elements", [(1, False), (3, False), (1, True)])
 def test_slice_launch(driver, producers, elements):
     cuda_backend.slice_launch(132, 15, 7000, _ptrs(6), 300, 11008, 11, 11008, 300, 38, 3, 3, producers, elements)
-    _check_call(driver.calls[0], ("_slice_kernel", (0, True, 15, 7000, elements)), 132, (15 + producers) * 32, 7000,
+    _check_call(driver.calls[0], ("_slice_kernel", (0, True, 15, elements)), 132, (15 + producers) * 32, 7000,
                 tuple(range(1000, 1006)) + (300, 11008, 11, 11008, 300, 38, 3, 3), 6)
 
 

@@ -311,9 +311,14 @@ def slice_defines(is_bf16: bool, warps: int, elements: bool = False) -> tuple[st
 
 
 @functools.lru_cache(maxsize=None)
-def _slice_kernel(device_index: int, is_bf16: bool, warps: int, smem: int, elements: bool = False):
+def _slice_kernel(device_index: int, is_bf16: bool, warps: int, elements: bool = False):
+    """One build per dtype, warps and format, allowed the device's shared memory per block (slice_mma
+    has no static shared memory): a launch's n-tiles per round, and so its shared memory, vary with
+    the weight's shape."""
     defines = slice_defines(is_bf16, warps, elements)
-    _, func = _compile(device_index, _SLICE_SOURCE, "slice_mma", defines, smem)
+    props = torch.cuda.get_device_properties(device_index)
+    _, func = _compile(device_index, _SLICE_SOURCE, "slice_mma", defines,
+                       getattr(props, "shared_memory_per_block_optin", 227 * 1024))
     return func
 
 
@@ -326,5 +331,5 @@ def slice_launch(blocks: int, warps: int, smem: int, ptrs, m: int, k: int, n_tok
     n_tok <= 16 tokens with X's and Y's row strides, the weight's n-tiles and pieces per warp, and
     the n-tiles per round ``rt``; blocks of ``warps`` consumer warps and ``producers`` producer warps;
     ``elements``: the weight is in the element format (the ELEMS build)."""
-    func = _slice_kernel(torch.cuda.current_device(), ptrs.is_bf16, warps, smem, bool(elements))
+    func = _slice_kernel(torch.cuda.current_device(), ptrs.is_bf16, warps, bool(elements))
     _launch(func, blocks, (warps + producers) * 32, smem, ptrs, (m, k, n_tok, ldx, ldy, tiles, pieces, rt))
