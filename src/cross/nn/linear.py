@@ -33,11 +33,20 @@ def check_measure(measure, device: torch.device | None = None) -> None:
                          "are a GPU fact; use measure='auto' or False on the CPU)")
 
 
+def check_values(weight: torch.Tensor, name: str = "weight") -> torch.Tensor:
+    """A weight whose values can be read: planning and packing look at every element."""
+    if isinstance(weight, torch.Tensor) and weight.is_meta:
+        raise ValueError(f"{name}: expected a weight with values, got one on the meta device (no data to plan "
+                         "from): load the weights before sparsifying")
+    return weight
+
+
 def plan_linear(weight: torch.Tensor, *, cost_model=None, tile_shape=(64, 64), buckets=None,
                 nan_policy: str = "propagate", balance: str = "full", unit_mode: str = "split",
                 **plan_options) -> Plan:
     """The Plan ``SparseLinear.from_dense`` makes for ``weight`` (``plan_options`` go to make_plan:
     allowed_kinds, swing_band, n_programs, row_kernel, slice_kernel)."""
+    check_values(weight)
     return make_plan(weight.detach(), tile_shape=tile_shape, cost_model=cost_model,
                      buckets=DEFAULT_BUCKETS if buckets is None else buckets, nan_policy=nan_policy,
                      balance=balance, unit_mode=unit_mode, **plan_options)
@@ -124,7 +133,7 @@ class SparseLinear(nn.Module):
 
     def __init__(self, packed: PackedWeight, bias: torch.Tensor | None = None,
                  dense_weight: torch.Tensor | None = None, *, weight_requires_grad: bool = True,
-                 decode_fallback: bool = False):
+                 decode_fallback: bool = False, bias_requires_grad: bool | None = None):
         super().__init__()
         if not isinstance(packed, PackedWeight):
             raise TypeError(f"packed: expected a cross.pack.PackedWeight, got {type(packed).__name__}")
@@ -155,6 +164,11 @@ class SparseLinear(nn.Module):
         self.register_buffer("bias", bias)
         self.register_buffer("dense_weight", dense_weight, persistent=False)
         self._weight_requires_grad = weight_requires_grad
+        # the bias's flag where it differs (frozen weight, trained bias); None: the weight's
+        self._bias_requires_grad = weight_requires_grad if bias_requires_grad is None else bias_requires_grad
+        # sparsify_'s record of the nn.Parameter the weight came from (a WeightSource), so that
+        # unsparsify_ restores weights tied between modules; None for a layer built alone
+        self._weight_source = None
         self.decode_fallback = bool(decode_fallback)
         self._tiles: torch.Tensor | None = None  # decoded executed tiles, for the CPU reference path
         self._kernels: dict = self._resolve_kernels()  # GPU kernel arguments per bucket, resolved once
@@ -199,7 +213,7 @@ class SparseLinear(nn.Module):
             raise TypeError(f"linear: expected an nn.Linear, got {type(linear).__name__}")
         if keep_dense not in KEEP_DENSE:
             raise ValueError(f"keep_dense: expected one of {KEEP_DENSE}, got {keep_dense!r}")
-        weight = check_weight(linear.weight.detach(), name="linear.weight")
+        weight = check_values(check_weight(linear.weight.detach(), name="linear.weight"), name="linear.weight")
         check_measure(measure, weight.device)
         if plan is None:
             plan = plan_linear(weight, cost_model=cost_model, tile_shape=tile_shape, buckets=buckets,
@@ -217,7 +231,8 @@ class SparseLinear(nn.Module):
         dense = weight.clone(memory_format=torch.contiguous_format) if keep else None
         bias = None if linear.bias is None else linear.bias.detach().to(weight.dtype).clone()
         return cls(packed, bias, dense, weight_requires_grad=linear.weight.requires_grad,
-                   decode_fallback=keep_dense == "decode")
+                   decode_fallback=keep_dense == "decode",
+                   bias_requires_grad=None if linear.bias is None else linear.bias.requires_grad)
 
     def to_dense_linear(self) -> nn.Linear:
         """An nn.Linear with exactly the packed weight and a copy of the bias."""
@@ -225,7 +240,7 @@ class SparseLinear(nn.Module):
         linear = nn.Linear(k, m, bias=self.bias is not None, device="meta", dtype=self.dtype)
         linear.weight = nn.Parameter(self.packed.to_dense(), requires_grad=self._weight_requires_grad)
         if self.bias is not None:
-            linear.bias = nn.Parameter(self.bias.clone(), requires_grad=self._weight_requires_grad)
+            linear.bias = nn.Parameter(self.bias.clone(), requires_grad=self._bias_requires_grad)
         return linear
 
     # ------------------------------------------------------------------ running

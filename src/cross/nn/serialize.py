@@ -127,6 +127,7 @@ def _save_packed(layer: SparseLinear, path: Path) -> None:
     header = {"format": PACKED_FORMAT, "shape": list(pw.shape), "tile_shape": list(pw.plan.tile_shape),
               "dtype": dtype_name(pw.dtype), "n_slots": [b.n_slots for b in pw.buckets],
               "max_sparse_nnz": pw.max_sparse_nnz, "weight_requires_grad": bool(layer._weight_requires_grad),
+              "bias_requires_grad": bool(layer._bias_requires_grad),
               "decode_fallback": bool(layer.decode_fallback),
               "sha256": {k: _tensor_digest(v) for k, v in tensors.items()}}
     header["header_sha256"] = _digest(header, "header_sha256")
@@ -329,7 +330,8 @@ def _load_layer(path: Path, entry: dict, device: torch.device) -> SparseLinear:
     try:
         return SparseLinear(packed, move("bias"), move("dense_weight"),
                             weight_requires_grad=bool(header["weight_requires_grad"]),
-                            decode_fallback=bool(header.get("decode_fallback", False)))
+                            decode_fallback=bool(header.get("decode_fallback", False)),
+                            bias_requires_grad=header.get("bias_requires_grad"))
     except (TypeError, ValueError) as e:
         raise ValueError(f"{file}: {e}") from None
 
@@ -423,6 +425,11 @@ def load(path, model: nn.Module | None = None, *, device="cpu") -> dict[str, Spa
     corrupted or newer-format file and for a model that does not match; warns with
     PlanDeviceWarning when loading onto a GPU other than the one the plans were made on.
     """
+    if isinstance(path, nn.Module):
+        raise TypeError(f"path: expected the directory of a saved model, got a {type(path).__name__} (the "
+                        "arguments are load(path, model), save's in the other order)")
+    if model is not None and not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected an nn.Module or None, got {type(model).__name__}")
     path = Path(path)
     manifest = read_manifest(path)
     _check_files(path, manifest)

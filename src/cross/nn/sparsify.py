@@ -9,6 +9,7 @@ and each rank's parts are then planned like any other layer.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -190,7 +191,25 @@ def _occurrences(model: nn.Module, want) -> dict[int, tuple[str, nn.Module, list
     return found
 
 
+class WeightSource:
+    """The nn.Parameter that sparsify_ swapped layers were made from, one object shared by every
+    SparseLinear made from that Parameter (weights tied between modules, or to an embedding), so
+    that unsparsify_ gives them one Parameter again. The reference is weak (the dense weight is not
+    kept alive); copies and pickles keep the sharing but not the reference."""
+
+    def __init__(self, param: torch.Tensor):
+        self._ref = weakref.ref(param)
+
+    def param(self) -> torch.Tensor | None:
+        return None if self._ref is None else self._ref()
+
+    def __getstate__(self):
+        return {"_ref": None}
+
+
 def _weight_sparsity(weight: torch.Tensor) -> float:
+    if weight.is_meta:  # no values: unknown (planning refuses it, plan_linear)
+        return float("nan")
     return 1.0 - int(torch.count_nonzero(weight)) / weight.numel()
 
 
@@ -245,7 +264,11 @@ def sparsify_(model: nn.Module, filter_fn=None, *, min_sparsity: float = 0.0, to
     if not 0.0 <= min_sparsity <= 1.0:
         raise ValueError(f"min_sparsity: expected a fraction in [0, 1], got {min_sparsity!r}")
     if tokens is not None:
-        tokens = tuple(tokens)
+        try:
+            tokens = tuple(tokens)
+        except TypeError:
+            raise TypeError(f"tokens: expected a sequence of token counts, e.g. (1,) or (128, 1024), got "
+                            f"{tokens!r}") from None
         if not tokens or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in tokens):
             raise ValueError(f"tokens: expected token counts (integers >= 1), got {tokens!r}")
     if "plan" in from_dense_kwargs:
@@ -265,6 +288,7 @@ def sparsify_(model: nn.Module, filter_fn=None, *, min_sparsity: float = 0.0, to
         tensor_parallel_(model, tp_group, policy=tp_split, n_tokens=design_tokens(*buckets[0]), **cost)
 
     layers: dict[str, LayerReport] = {}
+    sources: dict[int, WeightSource] = {}  # by the weight Parameter's id: one per Parameter (tied weights)
     found = _occurrences(model, lambda m: type(m) is nn.Linear)
     for fqn, linear, places in tqdm(found.values(), desc="sparsify_", unit="layer", disable=not progress):
         shard = _shard_facts(places)
@@ -293,6 +317,10 @@ def sparsify_(model: nn.Module, filter_fn=None, *, min_sparsity: float = 0.0, to
             facts.update(plan_facts(sparse.plan), buckets=bucket_facts(sparse.plan, dense_kept=True))
             layers[fqn] = LayerReport(fqn, NO_WIN, facts)
             continue
+        source = sources.get(id(linear.weight))
+        if source is None or source.param() is not linear.weight:
+            source = sources[id(linear.weight)] = WeightSource(linear.weight)
+        sparse._weight_source = source
         for parent, name in places:
             setattr(parent, name, sparse)
         layers[fqn] = LayerReport(fqn, SPARSE, {**sparse.summary(), **shard})
@@ -306,17 +334,34 @@ def _no_win(plan, tokens, near: bool = False) -> bool:
     return all(b.fallback and not (near and is_near_win(b)) for b in buckets)
 
 
+def _same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a.detach(), b.detach())
+
+
 def unsparsify_(model: nn.Module) -> int:
     """Replace, in place, every SparseLinear of ``model`` by an equivalent nn.Linear (weights
-    decoded exactly from the packed form). Returns how many modules were replaced."""
+    decoded exactly from the packed form). Layers that sparsify_ made from one weight Parameter
+    (tied weights) get one Parameter again: the original where the model still holds it (a weight
+    tied to an embedding) with the same values. Returns how many modules were replaced."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
     if isinstance(model, SparseLinear):
         raise ValueError("model: expected a module containing SparseLinear layers, got a SparseLinear itself: "
                          "use its to_dense_linear()")
     found = _occurrences(model, lambda m: isinstance(m, SparseLinear))
+    held = {id(p): p for p in model.parameters()}
+    tied: dict[int, nn.Parameter] = {}  # by WeightSource: the Parameter its layers share
     for _fqn, sparse, places in found.values():
         dense = sparse.to_dense_linear()
+        source = getattr(sparse, "_weight_source", None)
+        if source is not None:
+            weight = tied.get(id(source))
+            if weight is None:
+                original = source.param()  # None once no module holds it
+                weight = original if original is not None and held.get(id(original)) is original else None
+            if weight is not None and _same_values(weight, dense.weight):
+                dense.weight = weight
+            tied.setdefault(id(source), dense.weight)
         for parent, name in places:
             setattr(parent, name, dense)
     return len(found)

@@ -1,0 +1,147 @@
+"""Edges of the user-facing API: arguments users plausibly get wrong give an error naming the
+problem, and the sparsify_ / unsparsify_ round trip keeps what training depends on (tied weights,
+requires_grad flags)."""
+
+import os
+
+import pytest
+import torch
+from torch import nn
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers is imported (lazily, by the CLI)
+
+import cross
+from cross.cli.main import main
+from cross.nn import SparseLinear, sparsify_, unsparsify_
+
+
+def pruned_linear(rng, out_features=64, in_features=128, bias=True, density=0.3) -> nn.Linear:
+    linear = nn.Linear(in_features, out_features, bias=bias)
+    with torch.no_grad():
+        linear.weight.copy_(torch.randn(out_features, in_features, generator=rng))
+        linear.weight.mul_(torch.rand(out_features, in_features, generator=rng) < density)
+        if bias:
+            linear.bias.copy_(torch.randn(out_features, generator=rng))
+    return linear
+
+
+def assert_close_to_dense(model: nn.Module, dense: nn.Module, x: torch.Tensor):
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), dense(x), rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------- tied weights
+def test_unsparsify_keeps_two_linears_sharing_a_weight_tied(rng):
+    a = pruned_linear(rng)
+    b = nn.Linear(128, 64)
+    b.weight = a.weight
+    model = nn.ModuleDict({"a": a, "b": b})
+    x = torch.randn(5, 128, generator=rng)
+    with torch.no_grad():
+        want = a(x), b(x)
+    assert sparsify_(model, keep_dense=False, progress=False).n_swapped == 2
+    with torch.no_grad():
+        torch.testing.assert_close(model["a"](x), want[0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(model["b"](x), want[1], rtol=1e-5, atol=1e-5)
+    assert unsparsify_(model) == 2
+    assert model["a"].weight is model["b"].weight and model["a"].bias is not model["b"].bias
+    assert len(list(model.parameters())) == 3
+    with torch.no_grad():
+        assert torch.equal(model["a"](x), want[0]) and torch.equal(model["b"](x), want[1])
+
+
+def test_unsparsify_ties_a_head_to_its_embedding_again(rng):
+    embedding = nn.Embedding(64, 128)
+    head = pruned_linear(rng, bias=False)
+    embedding.weight = head.weight  # an LM head tied to the input embedding
+    model = nn.ModuleDict({"embed": embedding, "head": head})
+    sparsify_(model, keep_dense=False, progress=False)
+    assert isinstance(model["head"], SparseLinear)
+    unsparsify_(model)
+    assert model["head"].weight is model["embed"].weight
+
+
+# ---------------------------------------------------------------------------------- requires_grad
+def test_unsparsify_keeps_the_bias_flag_of_a_frozen_weight(rng, tmp_path):
+    linear = pruned_linear(rng)
+    linear.weight.requires_grad_(False)  # frozen weight, trained bias (BitFit)
+    model = nn.Sequential(linear)
+    sparsify_(model, keep_dense=False, progress=False)
+    cross.save(model, tmp_path / "saved")
+    loaded = nn.Sequential(pruned_linear(rng))
+    cross.load(tmp_path / "saved", loaded)
+    for m in (model, loaded):
+        unsparsify_(m)
+        assert not m[0].weight.requires_grad and m[0].bias.requires_grad
+
+
+# ---------------------------------------------------------------------------------- bad arguments
+def test_meta_weights_are_refused_naming_the_layer():
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 32))
+    with pytest.raises(ValueError, match="^0: weight: expected a weight with values, got one on the meta device"):
+        sparsify_(model, progress=False)
+    with pytest.raises(ValueError, match="linear.weight: expected a weight with values"):
+        SparseLinear.from_dense(model[0], keep_dense=False)
+    report = sparsify_(model, filter_fn=lambda module, fqn: False, progress=False)  # filtered out: not read
+    assert report.n_swapped == 0 and len(report.layers) == 2
+
+
+def test_sparsify_tokens_not_a_sequence(rng):
+    with pytest.raises(TypeError, match=r"tokens: expected a sequence of token counts, e\.g\. \(1,\)"):
+        sparsify_(nn.Sequential(pruned_linear(rng)), tokens=1, progress=False)
+
+
+def test_load_with_the_arguments_of_save(rng, tmp_path):
+    model = nn.Sequential(pruned_linear(rng))
+    sparsify_(model, keep_dense=False, progress=False)
+    cross.save(model, tmp_path / "saved")
+    with pytest.raises(TypeError, match=r"path: expected the directory of a saved model, got a Sequential"):
+        cross.load(model, tmp_path / "saved")
+    with pytest.raises(TypeError, match="model: expected an nn.Module or None, got str"):
+        cross.load(tmp_path / "saved", "model")
+
+
+# ---------------------------------------------------------------------------------- CLI
+def _cli_error(capsys, *argv) -> str:
+    code = main([str(a) for a in argv])
+    _out, err = capsys.readouterr()
+    assert code == 2 and "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cross"), err
+    return lines[0]
+
+
+def _config_dir(tmp_path, config: str = '{"model_type": "bert"}'):
+    path = tmp_path / "model"
+    path.mkdir()
+    (path / "config.json").write_text(config)
+    return path
+
+
+@pytest.mark.parametrize("device, message", [
+    ("gpu", "device 'gpu': expected cpu or cuda"),
+    ("meta", "device meta: expected cpu or cuda (or cuda:INDEX), got meta"),
+])
+def test_cli_bad_device(device, message, tmp_path, capsys):
+    assert message in _cli_error(capsys, "run", _config_dir(tmp_path), "--device", device)
+
+
+def test_cli_model_dir_transformers_cannot_load(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    line = _cli_error(capsys, "compile", _config_dir(tmp_path), "--out", tmp_path / "out", "--device", "cpu")
+    assert "expected a model and tokenizer that transformers can load" in line
+
+
+@pytest.mark.parametrize("command", [
+    lambda t, out: ["analyze", t / "w.safetensors", "--out", out],
+    lambda t, out: ["plan", t / "w.safetensors", "--out", out],
+    lambda t, out: ["compile", t / "model", "--out", out],
+    lambda t, out: ["demo", "--out", out],
+], ids=["analyze", "plan", "compile", "demo"])
+@pytest.mark.parametrize("where", ["a file", "under a file"])
+def test_cli_out_is_a_file(command, where, tmp_path, capsys):
+    (tmp_path / "file").write_text("not a folder")
+    out = tmp_path / "file" if where == "a file" else tmp_path / "file" / "sub"
+    line = _cli_error(capsys, *command(tmp_path, out))
+    assert "argument --out: expected a folder to write to" in line and "is a file" in line
