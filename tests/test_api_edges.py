@@ -1,6 +1,6 @@
 """Edges of the user-facing API: arguments users plausibly get wrong give an error naming the
-problem, and the sparsify_ / unsparsify_ round trip keeps what training depends on (tied weights,
-requires_grad flags)."""
+problem, the sparsify_ / unsparsify_ round trip keeps what training depends on (tied weights,
+requires_grad flags), and a sparsified model's state dict is its dense model's."""
 
 import os
 
@@ -73,6 +73,69 @@ def test_unsparsify_keeps_the_bias_flag_of_a_frozen_weight(rng, tmp_path):
     for m in (model, loaded):
         unsparsify_(m)
         assert not m[0].weight.requires_grad and m[0].bias.requires_grad
+
+
+# ---------------------------------------------------------------------------------- state dict
+def _toy(rng):
+    return nn.Sequential(pruned_linear(rng), nn.ReLU(), pruned_linear(rng, 32, 64, bias=False))
+
+
+@pytest.mark.parametrize("keep_dense", [False, True])
+def test_state_dict_is_the_dense_models(rng, keep_dense):
+    """A sparsified model's state dict is its dense model's (weight decoded, or the dense copy kept):
+    it loads strictly into a fresh dense model, which then computes what the dense model did."""
+    import copy
+
+    model = _toy(rng)
+    model[0].weight.data[0, :3] = torch.tensor([float("nan"), float("inf"), -0.0])
+    dense = copy.deepcopy(model)
+    for i in (0, 2):  # every plan forced, with or without the dense copy
+        model[i] = SparseLinear.from_dense(model[i], keep_dense=keep_dense)
+        assert (model[i].dense_weight is not None) == keep_dense
+    state, want = model.state_dict(), dense.state_dict()
+    assert list(state) == list(want)
+    for key in want:
+        assert torch.equal(state[key].nan_to_num(), want[key].nan_to_num()), key
+        assert torch.equal(state[key].isnan(), want[key].isnan()), key
+    fresh = _toy(rng)
+    fresh.load_state_dict(state)
+    x = torch.randn(5, 128, generator=rng)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), dense(x), equal_nan=True)
+    model.load_state_dict(want)  # the weights it was packed from: accepted, nothing changes
+    model.load_state_dict(state)
+
+
+def test_loading_another_weight_into_a_sparsified_model_is_refused(rng):
+    model = _toy(rng)
+    sparsify_(model, keep_dense=False, progress=False)
+    other = _toy(rng).state_dict()
+    with pytest.raises(RuntimeError, match=r"0\.weight: expected the weight this SparseLinear was packed from"):
+        model.load_state_dict(other)
+    wrong = {**model.state_dict(), "2.weight": torch.zeros(32, 65)}
+    with pytest.raises(RuntimeError, match=r"size mismatch for 2\.weight"):
+        model.load_state_dict(wrong)
+    biases = {"0.bias": model[0].bias.clone()}
+    with pytest.raises(RuntimeError, match=r"Missing key\(s\) in state_dict: \"0\.weight\", \"2\.weight\""):
+        model.load_state_dict(biases)
+    model.load_state_dict(biases, strict=False)  # the weights are optional when not strict
+
+
+def test_save_stores_the_packed_form_without_decoding(rng, tmp_path, monkeypatch):
+    from cross.pack import PackedWeight
+
+    model = _toy(rng)
+    sparsify_(model, keep_dense=False, progress=False)
+
+    def refuse(self):
+        raise AssertionError("decoded")
+
+    monkeypatch.setattr(PackedWeight, "to_dense", refuse)
+    cross.save(model, tmp_path / "saved")
+    monkeypatch.undo()
+    loaded = _toy(rng)
+    cross.load(tmp_path / "saved", loaded)
+    assert torch.equal(loaded.state_dict()["0.weight"], model.state_dict()["0.weight"])
 
 
 # ---------------------------------------------------------------------------------- bad arguments

@@ -4,9 +4,16 @@ The conversion is offline and one-way for the weight's dtype: plan (``cross.part
 pack (``cross.pack.pack``), keep the bias, and keep a dense copy of the weight only where some
 token-count bucket is predicted to run faster dense. ``forward`` hands everything to
 ``cross.runtime.execute``. The module is for inference: it has no weight gradient.
+
+Its state dict is nn.Linear's (``weight``, decoded from the packed form, and ``bias``), so that a
+sparsified model's checkpoint is its dense model's; loading one into it checks that the weight is
+the one it was packed from (the packed form cannot take another). ``cross.save`` stores the packed
+form instead (``packed_state``).
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 from torch import nn
@@ -280,6 +287,36 @@ class SparseLinear(nn.Module):
             warn_without_kernel(self.packed, self._kernels, self.falls_back)
         return super()._apply(fn, recurse)
 
+    # ------------------------------------------------------------------ state dict
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        if not _PACKED_STATE[0]:
+            weight = self.dense_weight if self.dense_weight is not None else self.packed.to_dense()
+            destination[prefix + "weight"] = weight.detach()
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        key = prefix + "weight"
+        if key in unexpected_keys:
+            unexpected_keys.remove(key)
+        if key not in state_dict:
+            if strict:
+                missing_keys.append(key)
+            return
+        given = state_dict[key]
+        if tuple(given.shape) != tuple(self.packed.shape):
+            error_msgs.append(f"size mismatch for {key}: copying a param with shape {tuple(given.shape)} from "
+                              f"checkpoint, the shape in current model is {tuple(self.packed.shape)}.")
+            return
+        mine = self.dense_weight if self.dense_weight is not None else self.packed.to_dense()
+        given = given.detach().to(device=mine.device, dtype=mine.dtype)
+        if not bool(((given == mine) | (given.isnan() & mine.isnan())).all()):
+            error_msgs.append(f"{key}: expected the weight this SparseLinear was packed from, got another (its "
+                              "packed form cannot take a new weight in place): load the state dict into the "
+                              "dense model (cross.unsparsify_ first) and sparsify_ it again")
+
     # ------------------------------------------------------------------ facts
     @property
     def plan(self) -> Plan:
@@ -350,3 +387,17 @@ class SparseLinear(nn.Module):
                 f"dtype={dtype_name(self.dtype)}, sparsity={self.sparsity:.1%}, tiles {tm}x{tk}: {kinds}, "
                 f"dense kept: {'yes' if self.dense_kept else 'decoded per call' if self.decode_fallback else 'no'}, "
                 f"{self.nbytes / 1e6:.3f} MB ({self.nbytes / self.dense_nbytes:.2f}x dense)")
+
+
+_PACKED_STATE = [False]  # True inside packed_state(): SparseLinear's state dict leaves the weight out
+
+
+@contextlib.contextmanager
+def packed_state():
+    """Inside it, SparseLinear layers leave ``weight`` out of their state dict (no decode): what
+    ``cross.save`` stores beside their packed form."""
+    before, _PACKED_STATE[0] = _PACKED_STATE[0], True
+    try:
+        yield
+    finally:
+        _PACKED_STATE[0] = before

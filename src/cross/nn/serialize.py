@@ -43,7 +43,7 @@ from .._checks import dtype_name
 from ..pack import TiledWeight, pack_tiled
 from ..partition import Plan
 from ..tiling import TileGrid
-from .linear import SparseLinear
+from .linear import SparseLinear, packed_state
 from .sparsify import _occurrences
 
 FORMAT = "cross.model"
@@ -144,7 +144,9 @@ def _rest_state(model: nn.Module, sparse: set[str]) -> tuple[dict[str, torch.Ten
     """The state dict without the SparseLinear entries: (tensors, aliases). A tensor held under
     several names (tied weights) is stored once and its other names become aliases."""
     tensors, aliases, first, storages = {}, {}, {}, set()
-    for key, value in model.state_dict().items():
+    with packed_state():
+        state = model.state_dict()
+    for key, value in state.items():
         if key.rpartition(".")[0] in sparse:
             continue
         storage = value.untyped_storage().data_ptr() if value.numel() else None
@@ -400,7 +402,8 @@ def _read_state(path: Path, manifest: dict) -> dict[str, torch.Tensor]:
 
 def _check_state(file: Path, model: nn.Module, targets: dict[str, nn.Module], state: dict[str, torch.Tensor]) -> None:
     sparse = _sparse_fqns(model, targets.values())
-    own = {k: v for k, v in model.state_dict().items() if k.rpartition(".")[0] not in sparse}
+    with packed_state():
+        own = {k: v for k, v in model.state_dict().items() if k.rpartition(".")[0] not in sparse}
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     if missing or unexpected:
         raise ValueError(f"{file}: expected the model's other parameters and buffers, got {len(missing)} missing "
