@@ -138,6 +138,22 @@ def test_save_stores_the_packed_form_without_decoding(rng, tmp_path, monkeypatch
     assert torch.equal(loaded.state_dict()["0.weight"], model.state_dict()["0.weight"])
 
 
+def test_autocast_to_the_layers_dtype_casts_the_input(rng):
+    """Under autocast to a bf16 layer's dtype, an fp32 input (a LayerNorm's output, say) is cast, as
+    nn.Linear does; outside autocast, or autocast to another dtype, a dtype mismatch is an error."""
+    linear = pruned_linear(rng).to(torch.bfloat16)
+    sparse = SparseLinear.from_dense(linear, keep_dense=False)
+    x = torch.randn(5, 128, generator=rng)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        y, want = sparse(x), linear(x)
+    assert y.dtype == want.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), want.float(), rtol=2e-2, atol=2e-2)
+    with torch.no_grad(), pytest.raises(TypeError, match="expected dtype bfloat16"):
+        sparse(x)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16), pytest.raises(TypeError, match="expected dtype"):
+        sparse(x)
+
+
 # ---------------------------------------------------------------------------------- bad arguments
 def test_meta_weights_are_refused_naming_the_layer():
     with torch.device("meta"):

@@ -256,6 +256,9 @@ class SparseLinear(nn.Module):
             raise RuntimeError("SparseLinear is inference-only (no gradients through the sparse weight), got an "
                                "input that requires grad with grad mode on: run under torch.no_grad() or "
                                "torch.inference_mode(), or use to_dense_linear() / cross.unsparsify_ to train")
+        if isinstance(x, torch.Tensor) and x.dtype != self.dtype and x.is_floating_point() and \
+                torch.is_autocast_enabled(x.device.type) and torch.get_autocast_dtype(x.device.type) == self.dtype:
+            x = x.to(self.dtype)  # as nn.Linear under autocast to the layer's dtype: the input in that dtype
         check_input(x, self.packed, self.bias)
         tiles = None
         if x.device.type == "cpu" and self._runs_tiles(x):
