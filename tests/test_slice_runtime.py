@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import cross
-from cross.costmodel.roofline import SLICE_MAX_TOKENS, slice_format_bytes
+from cross.costmodel.roofline import SLICE_MAX_TOKENS, slice_format, slice_format_bytes
 from cross.pack import pack
 from cross.pack.slices import SliceWeight, slices_reference
 from cross.partition import make_plan
@@ -77,38 +77,57 @@ def test_candidates_are_the_small_buckets_of_the_tiles(shape):
 
 @pytest.mark.parametrize("why", ["denser", "ignore", "fp32", "odd K"])
 def test_no_candidates_where_the_kernel_cannot_win_or_run(why):
-    sparsity = 0.5 if why == "denser" else 0.8
+    sparsity = 0.35 if why == "denser" else 0.8
     k = 516 if why == "odd K" else 512
     w = _sparse(1024, k, sparsity, torch.float32 if why == "fp32" else torch.bfloat16)
     plan = make_plan(w, slice_kernel=True, nan_policy="ignore" if why == "ignore" else "propagate")
     assert all(b.kernel != "slices" for b in plan.buckets)
 
 
+def _format_bytes(sw):
+    return sw.heads[:-4].numel() * 4 + (sw.values.numel() - 4096) * 4  # less the padding
+
+
 def test_byte_estimate_is_the_formats():
-    """The planner's estimate of the slice format's bytes, from tile counts, is within 2% of the bytes
-    the format takes on a uniform weight; 50% sparsity is over SLICE_MAX_BYTES, 70% under."""
-    for sparsity in (0.5, 0.7, 0.9):
+    """The planner's estimate of the pair format's bytes, from tile counts, is within 2% of the bytes
+    the format takes on a uniform weight, and the element format's within 1%; the format chosen is
+    the one whose larger floor (bytes, or instructions at SLICE_BYTES_PER_INSTRUCTION) is smaller:
+    elements where pairs cost more bytes (50%), pairs where the elements' instructions weigh more
+    (90%); a 35% sparse weight is over SLICE_MAX_BYTES in either."""
+    for sparsity, want in ((0.35, "elements"), (0.5, "elements"), (0.9, "pairs")):
         w = _sparse(1024, 1024, sparsity)
         grid = TileGrid.for_weight(w, (64, 64))
-        est = slice_format_bytes(grid.tile_nnz(w), grid.tile_sizes(), 1024, 1024)
-        sw = SliceWeight.from_dense(w)
-        fmt = sw.heads[:-4].numel() * 4 + (sw.values.numel() - 4096) * 4  # less the padding
+        nnz, size = grid.tile_nnz(w), grid.tile_sizes()
+        est = slice_format_bytes(nnz, size, 1024, 1024)
+        fmt = _format_bytes(SliceWeight.from_dense(w))
         assert abs(est - fmt) <= 0.02 * fmt, sparsity
-        assert (est <= SLICE_MAX_BYTES * 2 * w.numel()) == (sparsity > 0.6)
+        elements = _format_bytes(SliceWeight.from_dense(w, elements=True))
+        chosen, floor = slice_format(nnz, size, 1024, 1024)
+        assert chosen == want, sparsity
+        if chosen == "elements":
+            assert abs(floor - elements) <= 0.01 * elements and elements < fmt
+        assert (floor <= SLICE_MAX_BYTES * 2 * w.numel()) == (sparsity > 0.4)
 
 
-def test_plan_file_keeps_the_slice_kernel(tmp_path):
-    plan = make_plan(_sparse(1024, 512, 0.8), slice_kernel=True)
+@pytest.mark.parametrize("sparsity, fmt", [(0.5, "elements"), (0.9, "pairs")])
+def test_plan_file_keeps_the_slice_kernel(tmp_path, sparsity, fmt):
+    plan = make_plan(_sparse(1024, 512, sparsity), slice_kernel=True)
+    assert plan.provenance["options"]["slice_format"] == fmt
     loaded = cross.partition.Plan.load(plan.save(tmp_path / "p.safetensors"))
     assert [b.kernel for b in loaded.buckets] == [b.kernel for b in plan.buckets]
     assert [is_near_win(b) for b in loaded.buckets] == [is_near_win(b) for b in plan.buckets]
+    assert loaded.provenance["options"]["slice_format"] == fmt
+    assert make_plan(_sparse(1024, 512, sparsity)).provenance["options"]["slice_format"] is None  # not offered
 
 
 # ---------------------------------------------------------------------------------------- pack and run
-def test_packed_weight_carries_the_slice_format():
-    w = _sparse(1024, 512, 0.8)
-    packed = pack(w, make_plan(w, slice_kernel=True))
+@pytest.mark.parametrize("sparsity", [0.5, 0.8])
+def test_packed_weight_carries_the_slice_format(sparsity):
+    w = _sparse(1024, 512, sparsity)
+    plan = make_plan(w, slice_kernel=True)
+    packed = pack(w, plan)
     assert isinstance(packed.slices, SliceWeight) and torch.equal(packed.slices.to_dense(), w)
+    assert packed.slices.elements == (plan.provenance["options"]["slice_format"] == "elements")
     assert packed.nbytes >= packed.tiled.nbytes + packed.slices.nbytes
     assert pack(w, make_plan(w)).slices is None
     # another plan's candidates get the format back; no candidate, no format

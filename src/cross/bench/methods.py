@@ -220,7 +220,8 @@ def _prepare_cross(method: Method, w, tile, cost_model, n_programs):
         if bucket.plan.kernel == "slices":
             if slice_eligible(packed, x.device):
                 sargs = slice_kernel_args(packed)
-                return Bound(lambda: slice_run(x, sargs), w.dtype, "slice kernel", packed.slices.nbytes)
+                fmt = "elements" if packed.slices.elements else "pairs"
+                return Bound(lambda: slice_run(x, sargs), w.dtype, f"slice kernel ({fmt})", packed.slices.nbytes)
             return Bound(lambda: slices_reference(x, packed.slices), w.dtype, "slice format, reference",
                          packed.slices.nbytes)
         kargs = kernel_args(packed, bucket, method.backend)  # resolved once, as the runtime does
@@ -240,12 +241,18 @@ def _prepare_rows(w):
 
 
 def _prepare_slices(w):
+    """The slice kernel forced, in the format the planner would choose for the weight (its nonzeros
+    taken as uniform: roofline.slice_format)."""
+    import numpy as np
+
+    from ..costmodel.roofline import slice_format
     from ..kernels.launch import slice_args, slice_run
     from ..pack.slices import SliceWeight
 
-    sw = SliceWeight.from_dense(w)
+    fmt, _ = slice_format(np.array([int(torch.count_nonzero(w))]), np.array([w.numel()]), *w.shape)
+    sw = SliceWeight.from_dense(w, elements=fmt == "elements")
     args = slice_args(sw)
-    return lambda x: Bound(lambda: slice_run(x, args), w.dtype, "slice kernel", sw.nbytes)
+    return lambda x: Bound(lambda: slice_run(x, args), w.dtype, f"slice kernel ({fmt})", sw.nbytes)
 
 
 def _prepare_csr(w):

@@ -284,3 +284,30 @@ def slice_format_bytes(nnz: np.ndarray, size: np.ndarray, rows: int, cols: int, 
     density = np.divide(nnz, size, out=np.zeros_like(nnz), where=size > 0)
     pairs = (size / 2 * (1.0 - (1.0 - np.minimum(density, 1.0)) ** 2)).sum()
     return int(2 * element_size * pairs + rows * cols * element_size / 16)
+
+
+#: The slice kernel's consumer instructions per position (8 steps of an 8-row n-tile: 8 x 16 x 8 weight
+#: elements) by format (nvcc, sm_90a, kernels/slice_mma.cu; docs/perf-notes.md, "An element format for
+#: the slice kernel")
+SLICE_POSITION_INSTRUCTIONS = {"pairs": 128, "elements": 188}
+#: Weight bytes streamed per instruction the slice kernel's consumers issue, if they issue 0.5 per
+#: scheduler and cycle (H200: ~3.25 TB/s against 528 schedulers x 0.5 x 1.98 GHz): the exchange rate
+#: between a slice format's two floors. An estimate, not yet measured (the kernel has not run at its
+#: floors).
+SLICE_BYTES_PER_INSTRUCTION = 6.2
+
+
+def slice_format(nnz: np.ndarray, size: np.ndarray, rows: int, cols: int,
+                 element_size: int = 2) -> tuple[str, int]:
+    """The slice format (pack/slices.py) whose larger floor is the smaller, and that floor in bytes:
+    per format, the larger of its expected bytes (pairs: ``slice_format_bytes``; elements: 2 bytes per
+    nonzero and heads of 1/8 of dense) and its consumers' instructions (SLICE_POSITION_INSTRUCTIONS)
+    in bytes at SLICE_BYTES_PER_INSTRUCTION. Ties go to pairs."""
+    positions = -(-rows // 8) * -(-cols // 128)
+    stored = {"pairs": slice_format_bytes(nnz, size, rows, cols, element_size),
+              "elements": int(element_size * float(np.asarray(nnz, dtype=np.float64).sum())
+                              + rows * cols * element_size / 8)}
+    floors = {name: max(b, int(positions * SLICE_POSITION_INSTRUCTIONS[name] * SLICE_BYTES_PER_INSTRUCTION))
+              for name, b in stored.items()}
+    best = min(floors, key=floors.get)
+    return best, floors[best]

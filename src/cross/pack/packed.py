@@ -209,8 +209,12 @@ def _rows_for(plan: Plan, tiled: TiledWeight, falls_back: bool = False) -> RowWe
 
 
 def _slices_for(plan: Plan, weight: "TiledWeight | PackedWeight", falls_back: bool = False) -> SliceWeight | None:
-    """The slice format (from ``weight.to_dense()``) where a bucket runs the slice kernel (``_runs``), else None."""
-    return SliceWeight.from_dense(weight.to_dense()) if _runs(plan, "slices", falls_back) else None
+    """The slice format (from ``weight.to_dense()``) where a bucket runs the slice kernel (``_runs``), else
+    None: elements where the plan chose them (its options' ``slice_format``), else pairs."""
+    if not _runs(plan, "slices", falls_back):
+        return None
+    elements = plan.provenance.get("options", {}).get("slice_format") == "elements"
+    return SliceWeight.from_dense(weight.to_dense(), elements=elements)
 
 
 def pack(weight: torch.Tensor, plan: Plan) -> PackedWeight:

@@ -11,7 +11,7 @@ import torch
 from .._checks import check_tile_shape, check_weight, dtype_name
 from ..costmodel import CostModel, block_n_for, default_cost_model
 from ..costmodel.roofline import (ROW_MAX_TOKENS, SLICE_MAX_TOKENS, plan_kernel_vals_bytes, row_entries,
-                                  row_format_bytes, row_kernel_fits, slice_format_bytes, slice_kernel_fits)
+                                  row_format_bytes, row_kernel_fits, slice_format, slice_kernel_fits)
 from ..tiling import TileGrid, TileKind
 from .balance import (alternate_order, chunk_by_cost, convert_swing, equal_count_chunks, items_from_chunks,
                       simulate_makespan, split_units, tile_list)
@@ -32,10 +32,10 @@ WIN_MARGIN = 0.03
 NEAR_MARGIN = 0.05
 #: The slice kernel (kernels/slice_mma.cu, up to 16 tokens, sm_90+) has no cost model: a bucket of at
 #: most SLICE_MAX_TOKENS tokens that the prediction gives the tile kernel (or the dense product after
-#: it), of a weight whose slice format is expected to take at most this fraction of the dense bytes
-#: (its bound at the streaming rate: 1.5x), becomes the slice kernel's candidate, with the standing of
-#: a near win: it falls back until the measured check times it faster than dense. Buckets the row
-#: kernel wins or nearly wins keep it.
+#: it), of a weight whose slice format (pairs or elements, the smaller larger floor: roofline.slice_format)
+#: is expected to cost at most this fraction of the dense bytes (its bound at the streaming rate:
+#: 1.5x), becomes the slice kernel's candidate, with the standing of a near win: it falls back until
+#: the measured check times it faster than dense. Buckets the row kernel wins or nearly wins keep it.
 SLICE_MAX_BYTES = 2 / 3
 #: Whether make_plan offers buckets to the slice kernel by default (``slice_kernel``): off until it is
 #: measured to win (docs/perf-notes.md).
@@ -222,9 +222,10 @@ def make_plan(weight: torch.Tensor | None = None, *, nnz: np.ndarray | None = No
     # the row format's entries where the row kernel may run, else None
     entries = (row_entries(nnz, size, grid.rows)
                if row_kernel and row_kernel_fits(grid.rows, grid.cols, dtype) else None)
-    # whether buckets may become the slice kernel's candidates
+    # whether buckets may become the slice kernel's candidates, and in which format
+    slice_fmt, slice_floor = slice_format(nnz, size, grid.rows, grid.cols)
     slices = (bool(slice_kernel) and nan_policy == "propagate" and slice_kernel_fits(grid.rows, grid.cols, dtype)
-              and slice_format_bytes(nnz, size, grid.rows, grid.cols) <= SLICE_MAX_BYTES * 2 * grid.rows * grid.cols)
+              and slice_floor <= SLICE_MAX_BYTES * 2 * grid.rows * grid.cols)
 
     def plan_buckets(kinds):
         return _plan_buckets(kinds, nnz, grid, tile_shape, buckets, classes_at, cm, programs, unit_mode, balance,
@@ -255,6 +256,7 @@ def make_plan(weight: torch.Tensor | None = None, *, nnz: np.ndarray | None = No
         "torch": torch.__version__,
         "options": {"balance": balance, "unit_mode": unit_mode, "swing_band": swing_band, "n_programs": programs,
                     "row_kernel": bool(row_kernel), "slice_kernel": bool(slice_kernel),
+                    "slice_format": slice_fmt if slices else None,
                     "allowed_kinds": [TileKind(k).name for k in allowed_kinds]},
         "swing_converted": int(converted),
         "kinds_chosen": chosen,
