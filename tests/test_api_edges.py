@@ -166,6 +166,12 @@ def test_meta_weights_are_refused_naming_the_layer():
     assert report.n_swapped == 0 and len(report.layers) == 2
 
 
+@pytest.mark.parametrize("value", ["0.5", True, None])
+def test_sparsify_min_sparsity_not_a_number(rng, value):
+    with pytest.raises(ValueError, match="min_sparsity: expected a fraction in"):
+        sparsify_(nn.Sequential(pruned_linear(rng)), min_sparsity=value, progress=False)
+
+
 def test_sparsify_tokens_not_a_sequence(rng):
     with pytest.raises(TypeError, match=r"tokens: expected a sequence of token counts, e\.g\. \(1,\)"):
         sparsify_(nn.Sequential(pruned_linear(rng)), tokens=1, progress=False)
@@ -217,7 +223,9 @@ def test_cli_model_dir_transformers_cannot_load(tmp_path, capsys):
     lambda t, out: ["plan", t / "w.safetensors", "--out", out],
     lambda t, out: ["compile", t / "model", "--out", out],
     lambda t, out: ["demo", "--out", out],
-], ids=["analyze", "plan", "compile", "demo"])
+    lambda t, out: ["bench", "kernels", "--out", out],
+    lambda t, out: ["bench", "model", "--out", out],
+], ids=["analyze", "plan", "compile", "demo", "bench kernels", "bench model"])
 @pytest.mark.parametrize("where", ["a file", "under a file"])
 def test_cli_out_is_a_file(command, where, tmp_path, capsys):
     (tmp_path / "file").write_text("not a folder")

@@ -19,7 +19,7 @@ from ..bench.kernels import (DEFAULT_NS, DEFAULT_SPARSITIES, FIELDS, HEADER, Ker
 from ..bench.methods import DEFAULT_METHODS, parse_method
 from ..bench.weights import DISTRIBUTIONS, DLMC_LAYERS, SHAPES, SYNTHETIC
 from .inputs import InputError, add_swap_options, swap_kwargs
-from .main import _load_cost_model, _sparsity, _tile
+from .main import _load_cost_model, _out_dir, _sparsity, _tile
 
 KERNELS_CSV = "kernels_fig1.csv"
 MODEL_CSV = "model.csv"
@@ -125,7 +125,7 @@ def add_kernel_options(p: argparse.ArgumentParser, **defaults) -> None:
     p.add_argument("--cost-model", type=Path, metavar="JSON",
                    help="cost model for the plans (default: the one `cross profile` measured on this GPU, "
                         "measured first, about 30 s, if there is none)")
-    p.add_argument("--out", type=Path, default=d["out"], help=f"output folder (default {d['out']})")
+    p.add_argument("--out", type=_out_dir, default=d["out"], help=f"output folder (default {d['out']})")
     p.add_argument("--resume", action="store_true",
                    help="keep the rows already in the CSV in --out and measure only the missing ones")
     p.add_argument("--dry-run", action="store_true", help="print the rows and their commands, measure nothing")
@@ -151,7 +151,7 @@ def add_model_options(p: argparse.ArgumentParser, **defaults) -> None:
     p.add_argument("--cost-model", type=Path, metavar="JSON",
                    help="cost model for the plans (default: the one `cross profile` measured on this GPU, "
                         "measured first, about 30 s, if there is none)")
-    p.add_argument("--out", type=Path, default=d["out"], help=f"output folder (default {d['out']})")
+    p.add_argument("--out", type=_out_dir, default=d["out"], help=f"output folder (default {d['out']})")
     p.add_argument("--dry-run", action="store_true", help="print the rows and their commands, measure nothing")
 
 

@@ -261,7 +261,7 @@ def sparsify_(model: nn.Module, filter_fn=None, *, min_sparsity: float = 0.0, to
     if type(model) is nn.Linear:
         raise ValueError("model: expected a module containing nn.Linear layers, got an nn.Linear itself "
                          "(it cannot be replaced in place): use SparseLinear.from_dense(linear)")
-    if not 0.0 <= min_sparsity <= 1.0:
+    if isinstance(min_sparsity, bool) or not isinstance(min_sparsity, (int, float)) or not 0.0 <= min_sparsity <= 1.0:
         raise ValueError(f"min_sparsity: expected a fraction in [0, 1], got {min_sparsity!r}")
     if tokens is not None:
         try:
