@@ -76,3 +76,19 @@ def test_slice_kernel_source_compiles(warps, variant, is_bf16, tmp_path):
     assert re.search(r"Used \d+ registers", out.stderr), out.stderr[-2000:]
     spills = sum(int(v) for v in re.findall(r"(\d+) bytes spill stores", out.stderr))
     assert spills == 0, out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("variant", ["-DSPARSE=1 -DDECODE=32", "-DSPARSE=1 -DDECODE=0 -DWGS=1",
+                                     "-DSPARSE=0 -DDECODE=32"])
+def test_wgmma_probe_compiles(variant, tmp_path):
+    """benchmarks/wgmma_probe.cu (wgmma.mma_async with A in registers, sparse and dense) assembles for
+    sm_90a without spills, and ptxas keeps its mma asynchronous (no serialization warning)."""
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[1] / "benchmarks" / "wgmma_probe.cu"
+    cmd = [NVCC, "-arch=sm_90a", "-std=c++17", "-cubin", "-Xptxas", "-v", "-o", str(tmp_path / "p.cubin"),
+           *variant.split(), str(src)]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "serializ" not in out.stderr, out.stderr[-2000:]
+    assert sum(int(v) for v in re.findall(r"(\d+) bytes spill stores", out.stderr)) == 0, out.stderr[-2000:]

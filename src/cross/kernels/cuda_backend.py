@@ -115,12 +115,19 @@ def _defines(tile_m: int, tile_k: int, block_n: int, is_bf16: bool, vals: int, c
 def nvrtc_cubin(device_index: int, source: str, defines: tuple[str, ...]) -> bytes:
     """The cubin NVRTC builds of ``source`` (a file of this package, with its headers) for the device
     with ``defines`` (also what profiling scripts disassemble)."""
-    _, nvrtc = _bindings()
     files = resources.files(__package__)
-    src = files.joinpath(source).read_bytes()
+    headers = {h: files.joinpath(h).read_bytes() for h in _HEADERS}
+    return nvrtc_cubin_of(device_index, files.joinpath(source).read_bytes(), source, defines, headers)
+
+
+def nvrtc_cubin_of(device_index: int, src: bytes, source: str, defines: tuple[str, ...],
+                   headers: dict[str, bytes] | None = None) -> bytes:
+    """The cubin NVRTC builds of the CUDA source text ``src`` (named ``source`` in its messages, with
+    ``headers`` by name) for the device with ``defines``."""
+    _, nvrtc = _bindings()
     major, minor = torch.cuda.get_device_capability(device_index)
-    headers = [files.joinpath(h).read_bytes() for h in _HEADERS]
-    prog = _check(nvrtc.nvrtcCreateProgram(src, source.encode(), len(headers), headers, [h.encode() for h in _HEADERS]),
+    names, texts = list(headers or {}), list((headers or {}).values())
+    prog = _check(nvrtc.nvrtcCreateProgram(src, source.encode(), len(texts), texts, [h.encode() for h in names]),
                   "nvrtcCreateProgram")
     opts = [f"--gpu-architecture=sm_{major}{minor}".encode(), b"-std=c++17", b"-default-device"]
     opts += [o.encode() for o in defines]
@@ -140,8 +147,13 @@ def nvrtc_cubin(device_index: int, source: str, defines: tuple[str, ...]) -> byt
 def _compile(device_index: int, source: str, name: str, defines: tuple[str, ...], smem: int):
     """(module, function) of kernel ``name`` in ``source``, compiled by NVRTC for the device with
     ``defines``, allowed ``smem`` bytes of dynamic shared memory."""
+    return load_kernel(device_index, nvrtc_cubin(device_index, source, defines), name, smem)
+
+
+def load_kernel(device_index: int, cubin: bytes, name: str, smem: int):
+    """(module, function) of kernel ``name`` in ``cubin``, loaded on the device in PyTorch's context,
+    allowed ``smem`` bytes of dynamic shared memory."""
     driver, _ = _bindings()
-    cubin = nvrtc_cubin(device_index, source, defines)
     with torch.cuda.device(device_index):
         torch.cuda.current_stream()  # makes PyTorch's primary context current for the driver API
         module = _check(driver.cuModuleLoadData(cubin), "cuModuleLoadData")
