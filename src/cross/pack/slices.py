@@ -284,11 +284,21 @@ def slices_reference(x: torch.Tensor, weight: SliceWeight, bias: torch.Tensor | 
 
 
 def _popcount(x: torch.Tensor) -> torch.Tensor:
-    """Set bits of each non-negative int64 below 2**32."""
-    c = torch.zeros_like(x)
-    for b in range(32):
-        c += (x >> b) & 1
-    return c
+    """Set bits of each non-negative int64 below 2**32 (two lookups in a table of 16-bit counts)."""
+    table = _popcount_table(x.device)
+    return table[x & 0xFFFF] + table[x >> 16]
+
+
+_POPCOUNT_TABLES: dict = {}
+
+
+def _popcount_table(device: torch.device) -> torch.Tensor:
+    if device not in _POPCOUNT_TABLES:
+        table = torch.zeros(1 << 16, dtype=torch.int64)
+        for b in range(16):
+            table += (torch.arange(1 << 16) >> b) & 1
+        _POPCOUNT_TABLES[device] = table.to(device)
+    return _POPCOUNT_TABLES[device]
 
 
 def smem_bytes(warps: int, rt: int, elements: bool = False) -> int:
