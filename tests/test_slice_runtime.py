@@ -152,6 +152,18 @@ def test_reference_is_the_dense_product(bad):
     assert float(((y.double() - ref).abs()[fin] / (ref.abs()[fin] + 1)).max()) < 2e-2
 
 
+def test_reference_reads_the_format_once(monkeypatch):
+    """slices_reference decodes a SliceWeight once and keeps it; a copy moved with .to() reads again."""
+    sw = SliceWeight.from_dense(_sparse(40, 96, 0.8))
+    calls = []
+    read = SliceWeight.to_dense
+    monkeypatch.setattr(SliceWeight, "to_dense", lambda self: calls.append(1) or read(self))
+    x = torch.randn(3, 96).to(torch.bfloat16)
+    y = slices_reference(x, sw)
+    assert torch.equal(slices_reference(x, sw), y) and len(calls) == 1
+    assert torch.equal(slices_reference(x, sw.to("cpu")), y) and len(calls) == 2
+
+
 def test_forced_slice_bucket_runs_the_format():
     """A candidate's plan forced (or run where the layer keeps no dense copy) is the slice format's
     reference on the CPU: the dense product, every token count of the bucket."""

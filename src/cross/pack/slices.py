@@ -126,6 +126,7 @@ class SliceWeight:
     tile_words: torch.Tensor  # int64 [T]: stored words per n-tile (for balancing the blocks)
     elements: bool = False  # the element format (each nonzero alone) instead of pairs
     _ranges: dict = field(default_factory=dict, repr=False, compare=False)
+    _dense: list = field(default_factory=list, repr=False, compare=False)  # to_dense(), once read
 
     @classmethod
     def from_dense(cls, weight: torch.Tensor, warps: int | None = None, max_steps: int = 8,
@@ -276,8 +277,11 @@ class SliceWeight:
 def slices_reference(x: torch.Tensor, weight: SliceWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
     """Y[N, M] = X[N, K] @ W^T (+ bias) from the slice format in fp32, in X's dtype: what the slice
     kernel computes. Every weight element is multiplied, zeros included (0 x Inf is NaN), so
-    non-finite inputs reach the outputs as in the dense product."""
-    y = x.float() @ weight.to_dense().float().t()
+    non-finite inputs reach the outputs as in the dense product. The format is read once per
+    SliceWeight (``to_dense``, kept for the next calls: seconds on the CPU for a 7B model's MLP weight)."""
+    if not weight._dense:
+        weight._dense.append(weight.to_dense())
+    y = x.float() @ weight._dense[0].float().t()
     if bias is not None:
         y = y + bias.float()
     return y.to(x.dtype)
