@@ -178,7 +178,7 @@ def prepare(method: Method, w: torch.Tensor, *, tile=(64, 64), cost_model=None, 
     if method.family == "rows":
         return Prepared(w, sparsity, _prepare_rows(w))
     if method.family == "slices":
-        return Prepared(w, sparsity, _prepare_slices(w))
+        return Prepared(w, sparsity, _prepare_slices(w, tile))
     if method.family == "csr":
         return Prepared(w, sparsity, _prepare_csr(w))
     if method.family == "bsr":
@@ -240,16 +240,16 @@ def _prepare_rows(w):
     return lambda x: Bound(lambda: row_launch(x, args), w.dtype, "row kernel", rows.nbytes)
 
 
-def _prepare_slices(w):
-    """The slice kernel forced, in the format the planner would choose for the weight (its nonzeros
-    taken as uniform: roofline.slice_format)."""
-    import numpy as np
-
+def _prepare_slices(w, tile):
+    """The slice kernel forced, in the format the planner chooses for the weight (roofline.slice_format
+    on its tile counts, as make_plan takes it)."""
     from ..costmodel.roofline import slice_format
     from ..kernels.launch import slice_args, slice_run
     from ..pack.slices import SliceWeight
+    from ..tiling import TileGrid
 
-    fmt, _ = slice_format(np.array([int(torch.count_nonzero(w))]), np.array([w.numel()]), *w.shape)
+    grid = TileGrid.for_weight(w, tile)
+    fmt, _ = slice_format(grid.tile_nnz(w), grid.tile_sizes(), *w.shape)
     sw = SliceWeight.from_dense(w, elements=fmt == "elements")
     args = slice_args(sw)
     return lambda x: Bound(lambda: slice_run(x, args), w.dtype, f"slice kernel ({fmt})", sw.nbytes)

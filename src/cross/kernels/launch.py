@@ -461,6 +461,7 @@ def slice_args(weight, producers: int = 1) -> SliceArgs:
         raise ValueError(f"slice kernel: expected a SliceWeight on a CUDA device, got one on {weight.device}")
     props = torch.cuda.get_device_properties(weight.device)
     limit = getattr(props, "shared_memory_per_block_optin", 227 * 1024)
+
     def smem(rt):
         return smem_bytes(weight.warps, rt, weight.elements)
 

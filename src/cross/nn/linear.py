@@ -291,10 +291,13 @@ class SparseLinear(nn.Module):
         return super()._apply(fn, recurse)
 
     # ------------------------------------------------------------------ state dict
+    def _weight_values(self) -> torch.Tensor:
+        """The weight as a dense tensor: the dense copy kept, else decoded from the packed form."""
+        return self.dense_weight if self.dense_weight is not None else self.packed.to_dense()
+
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         if not _PACKED_STATE[0]:
-            weight = self.dense_weight if self.dense_weight is not None else self.packed.to_dense()
-            destination[prefix + "weight"] = weight.detach()
+            destination[prefix + "weight"] = self._weight_values().detach()
         super()._save_to_state_dict(destination, prefix, keep_vars)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
@@ -313,7 +316,7 @@ class SparseLinear(nn.Module):
             error_msgs.append(f"size mismatch for {key}: copying a param with shape {tuple(given.shape)} from "
                               f"checkpoint, the shape in current model is {tuple(self.packed.shape)}.")
             return
-        mine = self.dense_weight if self.dense_weight is not None else self.packed.to_dense()
+        mine = self._weight_values()
         given = given.detach().to(device=mine.device, dtype=mine.dtype)
         if not bool(((given == mine) | (given.isnan() & mine.isnan())).all()):
             error_msgs.append(f"{key}: expected the weight this SparseLinear was packed from, got another (its "

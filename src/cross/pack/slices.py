@@ -126,7 +126,7 @@ class SliceWeight:
     tile_words: torch.Tensor  # int64 [T]: stored words per n-tile (for balancing the blocks)
     elements: bool = False  # the element format (each nonzero alone) instead of pairs
     _ranges: dict = field(default_factory=dict, repr=False, compare=False)
-    _dense: list = field(default_factory=list, repr=False, compare=False)  # to_dense(), once read
+    _decoded: list = field(default_factory=list, repr=False, compare=False)  # decoded(): to_dense(), kept
 
     @classmethod
     def from_dense(cls, weight: torch.Tensor, warps: int | None = None, max_steps: int = 8,
@@ -253,6 +253,12 @@ class SliceWeight:
         w = w.permute(1, 3, 4, 0, 2, 5, 6, 7).reshape(t * ROWS, n_p * sp * STEP)
         return w[:m, :k].contiguous()
 
+    def decoded(self) -> torch.Tensor:
+        """``to_dense()``, read once and kept (seconds on the CPU for a 7B model's MLP weight)."""
+        if not self._decoded:
+            self._decoded.append(self.to_dense())
+        return self._decoded[0]
+
     def _elements_to_dense(self) -> torch.Tensor:
         """The element format read as the kernel reads it: each lane's first element at its quarter's
         start plus the popcount of the mask below its bits, its values placed at its set bits in order."""
@@ -278,10 +284,8 @@ def slices_reference(x: torch.Tensor, weight: SliceWeight, bias: torch.Tensor | 
     """Y[N, M] = X[N, K] @ W^T (+ bias) from the slice format in fp32, in X's dtype: what the slice
     kernel computes. Every weight element is multiplied, zeros included (0 x Inf is NaN), so
     non-finite inputs reach the outputs as in the dense product. The format is read once per
-    SliceWeight (``to_dense``, kept for the next calls: seconds on the CPU for a 7B model's MLP weight)."""
-    if not weight._dense:
-        weight._dense.append(weight.to_dense())
-    y = x.float() @ weight._dense[0].float().t()
+    SliceWeight (``decoded``)."""
+    y = x.float() @ weight.decoded().float().t()
     if bias is not None:
         y = y + bias.float()
     return y.to(x.dtype)
