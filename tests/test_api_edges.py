@@ -177,6 +177,15 @@ def test_sparsify_tokens_not_a_sequence(rng):
         sparsify_(nn.Sequential(pruned_linear(rng)), tokens=1, progress=False)
 
 
+def test_sparsify_tokens_beyond_the_buckets(rng):
+    model = nn.Sequential(pruned_linear(rng))
+    with pytest.raises(ValueError, match=r"tokens: 64 is beyond the last bucket of buckets=\(\(1, 1\), \(2, 16\)\)"):
+        sparsify_(model, tokens=(1, 64), buckets=((1, 1), (2, 16)), progress=False)
+    assert type(model[0]) is nn.Linear  # refused before any layer was touched
+    sparsify_(model, tokens=(1, 16), buckets=((1, 1), (2, 16)), progress=False, keep_dense=False)
+    assert type(model[0]) is SparseLinear
+
+
 def test_load_with_the_arguments_of_save(rng, tmp_path):
     model = nn.Sequential(pruned_linear(rng))
     sparsify_(model, keep_dense=False, progress=False)

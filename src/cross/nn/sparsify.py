@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from .._checks import dtype_name
 from ..partition import DEFAULT_BUCKETS
 from ..partition.plan import bucket_name
-from ..partition.planner import design_tokens, is_near_win
+from ..partition.planner import check_buckets, design_tokens, is_near_win
 from .linear import KEEP_DENSE, SparseLinear, bucket_facts, check_measure, measures, plan_facts, plan_linear
 from .parallel import SPLIT_POLICIES, ShardedLinear, tensor_parallel_
 
@@ -271,6 +271,10 @@ def sparsify_(model: nn.Module, filter_fn=None, *, min_sparsity: float = 0.0, to
                             f"{tokens!r}") from None
         if not tokens or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in tokens):
             raise ValueError(f"tokens: expected token counts (integers >= 1), got {tokens!r}")
+        buckets = check_buckets(from_dense_kwargs.get("buckets") or DEFAULT_BUCKETS)
+        if max(tokens) > buckets[-1][1]:
+            raise ValueError(f"tokens: {max(tokens)} is beyond the last bucket of buckets={buckets}: extend "
+                             "the buckets or leave that count out")
     if "plan" in from_dense_kwargs:
         raise ValueError("plan: expected no plan for sparsify_ (one plan fits one weight); use SparseLinear.from_dense")
     keep_dense = from_dense_kwargs.pop("keep_dense", "auto")

@@ -59,7 +59,8 @@ def design_tokens(n_min: int, n_max: int) -> int:
     return n_max if n_max <= 8192 else max(n_min, 2048)
 
 
-def _check_buckets(buckets) -> tuple[tuple[int, int], ...]:
+def check_buckets(buckets) -> tuple[tuple[int, int], ...]:
+    """``buckets`` as (n_min, n_max) pairs of ints; contiguous token ranges from 1, or a ValueError."""
     out = tuple((int(a), int(b)) for a, b in buckets)
     prev = 0
     for a, b in out:
@@ -202,7 +203,7 @@ def make_plan(weight: torch.Tensor | None = None, *, nnz: np.ndarray | None = No
         raise ValueError(f"unit_mode: expected one of {UNIT_MODES}, got {unit_mode!r}")
     if nan_policy not in ("propagate", "ignore"):
         raise ValueError(f"nan_policy: expected 'propagate' or 'ignore', got {nan_policy!r}")
-    buckets = _check_buckets(buckets)
+    buckets = check_buckets(buckets)
     cm = cost_model or default_cost_model()
     size = grid.tile_sizes()
     programs = int(n_programs or cm.n_programs)
