@@ -47,11 +47,11 @@ def main(argv=None):
             kinds = np.full((-(-m // 64), -(-k // 64)), TileKind.BITMAP, dtype=np.uint8)
             tiled, rows = TiledWeight.from_dense(w, kinds, (64, 64)), RowWeight.from_dense(w)
             out = torch.empty_like(w)
-            for name, fn in (("tiles", lambda: decode_dense(tiled, False, out=out)), ("rows", lambda: decode_rows(rows, out=out))):
+            for name, fn in (("tiles", lambda: decode_dense(tiled, out=out)), ("rows", lambda: decode_rows(rows, out=out))):
                 out.fill_(float("nan"))
                 if not torch.equal(fn().view(torch.int16), w.view(torch.int16)):
                     raise SystemExit(f"{shape} {sp}: the {name} decode does not give the weight")
-            t_us = graph_us(lambda: decode_dense(tiled, False, out=out))
+            t_us = graph_us(lambda: decode_dense(tiled, out=out))
             r_us = graph_us(lambda: decode_rows(rows, out=out))
             d_us = graph_us(lambda: F.linear(x, w))
             print(f"{shape:>11} {sp:>5} {t_us:>8.1f} {r_us:>8.1f} {d_us:>14.1f}", flush=True)

@@ -244,21 +244,25 @@ def test_no_tokens_run_nothing(layer, spy):
 
 
 @pytest.mark.gpu
-def test_gpu_plan_without_a_kernel_runs_the_reference_executor(spy, rng):
-    """INDEX tiles have no GPU kernel: the plan still runs, on the reference executor, on the GPU."""
+def test_gpu_index_tiles_run_the_triton_kernel(spy, rng):
+    """INDEX tiles run on the GPU through the Triton backend (the CUDA kernel has no INDEX path),
+    not on the reference executor, and without a KernelFallbackWarning."""
+    import warnings
+
     linear = pruned_linear(128, 128, 0.02, torch.float16, rng).cuda()
-    with pytest.warns(KernelFallbackWarning, match="INDEX tiles"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", KernelFallbackWarning)
         sparse = SparseLinear.from_dense(linear, cost_model=WINNING, allowed_kinds=(TileKind.INDEX,), measure=False)
-    assert sparse.packed.has_index and sparse._kernels[0] is None
+    assert sparse.packed.has_index and sparse._kernels[0].backend == "triton"
     x = torch.randn(5, 128, generator=rng).half().cuda()
     with torch.no_grad():
         y = sparse(x)
-    assert spy == {"dense": 0, "plan": 1}
+    assert spy == {"dense": 0, "plan": 0}
     assert mismatch(y, x, linear.weight, linear.bias) == ""
 
 
 def test_a_plan_without_a_gpu_kernel_warns(rng):
-    """On a GPU, buckets whose plan no kernel can run (INDEX tiles) go to the reference executor: the
+    """On a GPU, buckets whose plan no kernel can run go to the reference executor: the
     user is told once, at construction, with a warning category that can be silenced; buckets that
     fall back to a kept dense copy do not count. (The packed weight's device is faked as CUDA, as
     the check only reads it; `test_gpu_plan_without_a_kernel_runs_the_reference_executor` covers
@@ -273,7 +277,7 @@ def test_a_plan_without_a_gpu_kernel_warns(rng):
     assert packed.has_index and any(b.fallback for b in plan.buckets) and not all(b.fallback for b in plan.buckets)
     fake = types.SimpleNamespace(device=torch.device("cuda"), buckets=packed.buckets, shape=packed.shape, has_index=True)
     no_kernels = {i: None for i in range(len(packed.buckets))}
-    with pytest.warns(KernelFallbackWarning, match="INDEX tiles.*token counts 1, 2, 3-4, ") as record:
+    with pytest.warns(KernelFallbackWarning, match="no kernel backend accepts it.*token counts 1, 2, 3-4, ") as record:
         bad = warn_without_kernel(fake, no_kernels, falls_back=True)
     assert bad == [i for i, b in enumerate(plan.buckets) if not b.fallback] and len(record) == 1
     with pytest.warns(KernelFallbackWarning, match=r"token counts 1, 2, 3-4, 5-8, 9-16, 17-64, 65-128, 129-512, 513 and more run"):

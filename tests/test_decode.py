@@ -23,10 +23,10 @@ DEVICE = "cuda" if HAS_GPU else "cpu"
 
 
 def mixed_kinds_weight(shape, tile, dtype, rng, density=0.4):
-    """A weight with DENSE, BITMAP and EMPTY tiles (random per tile) and its TiledWeight."""
+    """A weight with DENSE, BITMAP, INDEX and EMPTY tiles (random per tile) and its TiledWeight."""
     w = random_weight(shape, density, rng, dtype)
     ti, tj = -(-shape[0] // tile[0]), -(-shape[1] // tile[1])
-    kinds = torch.randint(0, 3, (ti, tj), generator=rng).numpy().astype(np.uint8)  # EMPTY, DENSE, BITMAP
+    kinds = torch.randint(0, 4, (ti, tj), generator=rng).numpy().astype(np.uint8)  # EMPTY, DENSE, BITMAP, INDEX
     for i, j in zip(*np.nonzero(kinds == TileKind.EMPTY)):
         w[i * tile[0]:(i + 1) * tile[0], j * tile[1]:(j + 1) * tile[1]] = 0
     return w, TiledWeight.from_dense(w.to(DEVICE), kinds, tile)
@@ -39,17 +39,15 @@ def mixed_kinds_weight(shape, tile, dtype, rng, density=0.4):
 def test_decode_kernel_gives_the_packed_weight(shape, tile, dtype, density, rng):
     w, tiled = mixed_kinds_weight(shape, tile, dtype, rng, density)
     out = torch.full(shape, float("nan"), dtype=dtype, device=DEVICE)  # poisoned: every element must be written
-    got = decode_dense(tiled, has_index=False, out=out)
+    got = decode_dense(tiled, out=out)
     assert got is out and torch.equal(got.cpu(), w)
-    assert torch.equal(decode_dense(tiled, has_index=False).cpu(), w)
+    assert torch.equal(decode_dense(tiled).cpu(), w)
 
 
 def test_decode_kernel_refuses_what_it_cannot_do(rng):
     _, tiled = mixed_kinds_weight((64, 64), (64, 64), torch.float16, rng)
-    with pytest.raises(ValueError, match="expected no INDEX tiles"):
-        decode_dense(tiled, has_index=True)
     with pytest.raises(ValueError, match="out: expected a contiguous"):
-        decode_dense(tiled, has_index=False, out=torch.empty(64, 65, dtype=torch.float16, device=DEVICE))
+        decode_dense(tiled, out=torch.empty(64, 65, dtype=torch.float16, device=DEVICE))
 
 
 def test_decode_operator(rng):
@@ -89,11 +87,17 @@ def test_decode_mode_computes_what_the_dense_copy_does(dtype, rng):
             assert torch.equal(lean(x), kept(x)), n
 
 
-def test_decode_mode_refuses_index_tiles(rng):
-    linear = _linear(128, 128, 0.02, torch.float16, rng)
-    with pytest.raises(ValueError, match="keep_dense='decode': expected a plan without INDEX tiles"):
-        SparseLinear.from_dense(linear, cost_model=MIXED, allowed_kinds=(TileKind.INDEX,), keep_dense="decode",
-                                measure=False)
+def test_decode_mode_with_index_tiles(rng):
+    """INDEX tiles decode too (on a GPU by the decode kernel's scatter)."""
+    linear = _linear(256, 256, 0.02, torch.float16, rng)
+    kept = SparseLinear.from_dense(linear, cost_model=MIXED, allowed_kinds=(TileKind.INDEX,), measure=False)
+    lean = SparseLinear.from_dense(linear, cost_model=MIXED, allowed_kinds=(TileKind.INDEX,), keep_dense="decode",
+                                   measure=False)
+    assert lean.packed.has_index and lean.decode_fallback and any(b.fallback for b in lean.plan.buckets)
+    with torch.no_grad():
+        for n in TOKENS:
+            x = torch.randn(n, 256, generator=rng).to(torch.float16).to(DEVICE)
+            assert torch.equal(lean(x), kept(x)), n
 
 
 def test_decode_mode_through_sparsify_save_and_load(rng, tmp_path):

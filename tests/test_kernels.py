@@ -59,7 +59,8 @@ def run_all_buckets(w, x_gen, dtype, device, backend, tile_shape, kinds, n_value
     return packed
 
 
-KINDS = {"bitmap": (TileKind.BITMAP,), "dense": (TileKind.DENSE,), "hybrid": (TileKind.DENSE, TileKind.BITMAP)}
+KINDS = {"bitmap": (TileKind.BITMAP,), "dense": (TileKind.DENSE,), "hybrid": (TileKind.DENSE, TileKind.BITMAP),
+         "index": (TileKind.INDEX,), "all": (TileKind.DENSE, TileKind.BITMAP, TileKind.INDEX)}
 
 
 @pytest.mark.skipif(HAS_GPU, reason="interpreter tier: runs where there is no GPU")
@@ -80,17 +81,36 @@ def test_interpreter_dtypes_and_dense_tiles(dtype, rng):
 
 
 @pytest.mark.skipif(HAS_GPU, reason="interpreter tier: runs where there is no GPU")
-def test_interpreter_nan_propagation_through_empty_tiles(rng):
-    w = make_weight((32, 64), 0.5, "uniform", torch.float16, rng)
+@pytest.mark.parametrize("shape", [(40, 96), (17, 33)])
+@pytest.mark.parametrize("density", [0.02, 0.3, 1.0])
+@pytest.mark.parametrize("structure", ["uniform", "empty_rows"])
+@pytest.mark.parametrize("kinds", ["index", "all"])
+def test_interpreter_index_tiles(shape, density, structure, kinds, rng):
+    """INDEX tiles (entries taken 32 at a time: 1 to 17 chunks per 16x32 tile here)."""
+    w = make_weight(shape, density, structure, torch.float16, rng)
+    packed = run_all_buckets(w, rng, torch.float16, "cpu", "triton", (16, 32), KINDS[kinds], (1, 5, 17))
+    if kinds == "index" and density < 1.0:
+        assert packed.has_index
+
+
+@pytest.mark.skipif(HAS_GPU, reason="interpreter tier: runs where there is no GPU")
+@pytest.mark.parametrize("kinds", ["hybrid", "index"])
+def test_interpreter_nan_propagation_through_empty_tiles(kinds, rng):
+    """Non-finite inputs reach the outputs the dense product poisons, also through a tile's zeros
+    (an INDEX tile's, where X's column meets no entry) and through EMPTY tiles."""
+    w = make_weight((32, 64), 0.3, "uniform", torch.float16, rng)
     w[:16, 32:] = 0  # one EMPTY tile for 16x32 tiles
-    plan = make_plan(w, tile_shape=(16, 32), n_programs=3)
+    w[16:, 40] = 0  # column 40 meets only zeros, so its Inf reaches rows 16-31 through their zeros alone
+    plan = make_plan(w, tile_shape=(16, 32), n_programs=3, allowed_kinds=KINDS[kinds])
     assert (plan.kinds == TileKind.EMPTY).sum() == 1
+    assert (plan.kinds == TileKind.INDEX).sum() == (3 if kinds == "index" else 0)
     packed = pack(w, plan)
     x = torch.randn(4, 64, generator=rng).to(torch.float16)
     x[1, 40] = float("inf")
     x[2, 5] = float("nan")
     y = plan_matmul(x, packed, packed.bucket_for(4), backend="triton")
     ref = x.float() @ w.float().T
+    assert torch.isnan(ref[1]).all() and torch.isnan(ref[2]).all()
     assert torch.equal(torch.isnan(y), torch.isnan(ref))
     assert torch.equal(torch.isinf(y), torch.isinf(ref))
 
@@ -220,6 +240,18 @@ def test_gpu_deterministic(backend, rng):
     first = plan_matmul(x, packed, bucket, backend=backend)
     for _ in range(20):
         assert torch.equal(plan_matmul(x, packed, bucket, backend=backend), first)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", [(64, 64), (130, 70), (1000, 1000)])
+@pytest.mark.parametrize("density", [0.005, 0.05, 0.3])
+@pytest.mark.parametrize("kinds", ["index", "all"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_gpu_triton_index_tiles(shape, density, kinds, dtype, rng):
+    """INDEX tiles run on the Triton backend (the CUDA kernel has no INDEX path)."""
+    w = make_weight(shape, density, "uniform", dtype, rng, "cuda")
+    packed = run_all_buckets(w, rng, dtype, "cuda", "triton", (64, 64), KINDS[kinds], (1, 16, 17, 129), programs=132)
+    assert not cuda_eligible(packed, torch.device("cuda")) or not packed.has_index
 
 
 @pytest.mark.gpu

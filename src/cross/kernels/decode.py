@@ -4,7 +4,7 @@ Used by layers sparsified with ``keep_dense="decode"``: they keep no dense copy,
 buckets that fall back to cuBLAS decode the weight into a temporary first (the allocator reuses
 that memory from layer to layer). From the tile formats (``decode_dense``, one program per tile):
 DENSE tiles are copied, BITMAP tiles decoded as in the plan kernel (``_decode_bitmap``), EMPTY
-tiles written as zeros; INDEX tiles have no decoder here (``decode_dense`` refuses them). From the
+tiles written as zeros, INDEX tiles written as zeros and then their entries scattered. From the
 row format (``decode_rows``, for a layer that dropped its tiles): on a GPU with the CUDA backend
 ``row_decode.cu`` (a block per row builds it in shared memory and writes it whole: 30-42 us for a
 11008x4096 weight on the H200, against 42-53 us from the tiles); elsewhere the Triton kernel here,
@@ -19,12 +19,13 @@ import triton.language as tl
 
 from ..pack.formats import TiledWeight
 from ..pack.rows import RowWeight
-from .triton_plan import _decode_bitmap
+from .triton_plan import _decode_bitmap, _index_entries
 
 
 @triton.jit
 def decode_dense_kernel(values_ptr, meta_ptr, kinds_ptr, voff_ptr, moff_ptr, nnz_ptr, out_ptr, M, K, stride_om, TJ,
-                        TILE_M: tl.constexpr, TILE_K: tl.constexpr, HW_POPC: tl.constexpr):
+                        TILE_M: tl.constexpr, TILE_K: tl.constexpr, HW_POPC: tl.constexpr,
+                        INDEX_CHUNK: tl.constexpr):
     t = tl.program_id(0)
     ti = t // TJ
     tj = t % TJ
@@ -45,24 +46,29 @@ def decode_dense_kernel(values_ptr, meta_ptr, kinds_ptr, voff_ptr, moff_ptr, nnz
         nnz = tl.load(nnz_ptr + t)
         tile = _decode_bitmap(values_ptr, meta_ptr, voff, moff, nnz, TILE_M, TILE_K, HW_POPC, False)
         tl.store(ptrs, tile.to(out_ptr.dtype.element_ty), mask=mask)
-    else:  # EMPTY (INDEX tiles are refused before the launch)
+    else:  # EMPTY, INDEX
         tl.store(ptrs, tl.zeros((TILE_M, TILE_K), dtype=out_ptr.dtype.element_ty), mask=mask)
+        if kind == 3:  # INDEX: each entry (value, in-tile position r * TILE_K + c) over the zeros
+            tl.debug_barrier()  # the zeros are written before any entry
+            voff = tl.load(voff_ptr + t)
+            moff = tl.load(moff_ptr + t)
+            nnz = tl.load(nnz_ptr + t)
+            for e0 in range(0, nnz, INDEX_CHUNK):
+                valid, r, c, v = _index_entries(values_ptr, meta_ptr, voff, moff, nnz, e0, INDEX_CHUNK, TILE_K)
+                r = ti * TILE_M + r
+                tl.store(out_ptr + r.to(tl.int64) * stride_om + tj * TILE_K + c, v, mask=valid)
 
 
-def decode_dense(tiled: TiledWeight, has_index: bool, out: torch.Tensor | None = None) -> torch.Tensor:
+def decode_dense(tiled: TiledWeight, out: torch.Tensor | None = None) -> torch.Tensor:
     """The M x K weight of ``tiled`` (on a CUDA device, or on the CPU under Triton's interpreter),
-    written into ``out`` if given (contiguous, M x K, the weight's dtype and device). ``has_index``:
-    whether the weight has INDEX tiles (``PackedWeight.has_index``; a plain flag, so that the call
-    needs no device sync and can be captured in a CUDA graph): those are refused."""
-    if has_index:
-        raise ValueError("decode_dense: expected no INDEX tiles (no GPU decoder for them); use TiledWeight.to_dense")
+    written into ``out`` if given (contiguous, M x K, the weight's dtype and device)."""
     g = tiled.grid
     return decode_tensors(tiled.values, tiled.meta, tiled.kinds, tiled.value_offset, tiled.meta_offset, tiled.nnz,
                           (g.rows, g.cols, *g.tile_shape), out)
 
 
 def decode_tensors(values, meta, kinds, value_offset, meta_offset, nnz, sizes, out=None) -> torch.Tensor:
-    """decode_dense on the buffers of a TiledWeight without INDEX tiles; sizes = (M, K, tile_m,
+    """decode_dense on the buffers of a TiledWeight; sizes = (M, K, tile_m,
     tile_k). No checks of the buffers (no device sync): the caller passes a valid weight's."""
     from .launch import _interpreting
 
@@ -82,7 +88,7 @@ def decode_tensors(values, meta, kinds, value_offset, meta_offset, nnz, sizes, o
         meta = torch.zeros(4, dtype=torch.int32, device=out.device)
     decode_dense_kernel[(ti * tj,)](values, meta, kinds.reshape(-1), value_offset.reshape(-1), meta_offset.reshape(-1),
                                     nnz.reshape(-1), out, m, k, out.stride(0), tj,
-                                    TILE_M=tm, TILE_K=tk, HW_POPC=not _interpreting(), num_warps=4)
+                                    TILE_M=tm, TILE_K=tk, HW_POPC=not _interpreting(), INDEX_CHUNK=64, num_warps=4)
     return out
 
 

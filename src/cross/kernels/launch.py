@@ -25,6 +25,8 @@ from ..pack.rows import RowWeight
 
 BACKENDS = ("cuda", "triton")
 CUDA_TILE_M = 64
+#: INDEX-tile entries per tl.dot in the Triton kernel (the dot's K: at least 16)
+INDEX_CHUNK = 32
 
 
 def _interpreting() -> bool:
@@ -52,7 +54,7 @@ def row_eligible(packed: PackedWeight, device: torch.device) -> bool:
 
 
 def triton_eligible(packed: PackedWeight, device: torch.device) -> bool:
-    return (device.type == "cuda" or _interpreting()) and not packed.has_index
+    return device.type == "cuda" or _interpreting()
 
 
 def default_backend(packed: PackedWeight, device: torch.device) -> str | None:
@@ -210,7 +212,7 @@ def kernel_args(packed: PackedWeight, bucket: PackedBucket, backend: str | None 
     if backend == "cuda" and not cuda_eligible(packed, device):
         raise ValueError("backend 'cuda': expected an sm_80+ GPU with cuda-python, bf16/fp16 weights, 64x64 or 64x128 tiles, K % 8 == 0 and no INDEX tiles")
     if backend == "triton" and not triton_eligible(packed, device):
-        raise ValueError("backend 'triton': expected a CUDA device (or TRITON_INTERPRET=1) and no INDEX tiles")
+        raise ValueError("backend 'triton': expected a CUDA device (or TRITON_INTERPRET=1)")
     values, meta = packed.tiled.values, packed.tiled.meta
     if meta.numel() == 0:  # kernels take a valid address even where nothing is read
         meta = torch.zeros(4, dtype=torch.int32, device=device)
@@ -293,7 +295,7 @@ def _launch(x, y, a: KernelArgs, bias):
             a.items, a.row_parts, a.unit_ptr, a.unit_order, ws, a.counters,
             *common, TILE_M=tm, TILE_K=tk, BLOCK_N=bn, HAS_BIAS=bias is not None,
             HW_POPC=not _interpreting(), DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
-            GATHER=False, num_warps=4)
+            GATHER=False, INDEX_CHUNK=INDEX_CHUNK, num_warps=4)
 
 
 def _check_pass_args(name: str, x: torch.Tensor, weight, bias, out, nt: int) -> int:

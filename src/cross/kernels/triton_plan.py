@@ -7,6 +7,9 @@ Blocked algorithm (program p of U, token tile t of BLOCK_N tokens):
         acc[TILE_M, BLOCK_N] = 0 (fp32)
         DENSE tiles:   acc += W_tile @ X_tile^T           (tensor cores)
         BITMAP tiles:  W_tile decoded in registers from its words and packed values, then tl.dot
+        INDEX tiles:   acc += A @ X[:, entry columns]^T   (A: the entries' values placed in their rows,
+                                                           INDEX_CHUNK entries per tl.dot) + sum(0 *
+                                                           X_tile) (its zeros meet X as a dense tile's)
         EMPTY tiles:   acc += sum(0 * X_tile)             (non-finite inputs reach the output as
                                                            in the dense product; nan_policy)
         slot < 0: write acc (+ bias) to Y
@@ -69,6 +72,33 @@ def _decode_bitmap(values_ptr, meta_ptr, voff, moff, nnz,
 
 
 @triton.jit
+def _index_entries(values_ptr, meta_ptr, voff, moff, nnz, e0, CHUNK: tl.constexpr, TILE_K: tl.constexpr):
+    """Entries e0 .. e0 + CHUNK - 1 of an INDEX tile (int16 in-tile positions r * TILE_K + c from
+    meta word ``moff`` on, values from ``voff`` on): (valid, r, c, value), value 0 past nnz."""
+    e = e0 + tl.arange(0, CHUNK)
+    valid = e < nnz
+    pos = tl.load(meta_ptr.to(tl.pointer_type(tl.int16)) + 2 * moff + e, mask=valid, other=0).to(tl.int32)
+    v = tl.load(values_ptr + voff + e, mask=valid, other=0.0)
+    return valid, pos // TILE_K, pos % TILE_K, v
+
+
+@triton.jit
+def _index_product(acc, values_ptr, meta_ptr, x_ptr, stride_xn, voff, moff, nnz, col, offs_m, n_idx, n_mask,
+                   TILE_K: tl.constexpr, CHUNK: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """acc + W_tile @ X_tile^T for an INDEX tile, its entries (value, in-tile position r * TILE_K + c)
+    CHUNK at a time: A[m, e] = entry e's value where its row is m (else 0), B[e, n] = X[n, its
+    column], one tl.dot per chunk. Entries past nnz read as 0 in both A and B."""
+    for e0 in range(0, nnz, CHUNK):
+        valid, r, c, v = _index_entries(values_ptr, meta_ptr, voff, moff, nnz, e0, CHUNK, TILE_K)
+        a = tl.where(offs_m[:, None] == r[None, :], v[None, :], 0.0).to(v.dtype)
+        k_idx = col * TILE_K + c
+        b = tl.load(x_ptr + n_idx[None, :].to(tl.int64) * stride_xn + k_idx[:, None],
+                    mask=valid[:, None] & n_mask[None, :], other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+    return acc
+
+
+@triton.jit
 def _load_x_tile(x_ptr, stride_xn, col, K, offs_k, n_idx, n_mask, TILE_K: tl.constexpr):
     """X[n_idx, col*TILE_K + offs_k] as a [TILE_K, BLOCK_N] tile (zeros outside K and N)."""
     k_idx = col * TILE_K + offs_k
@@ -85,6 +115,7 @@ def plan_matmul_kernel(
     M, K, N, stride_xn, stride_yn, n_units, n_token_tiles, counter_stride,
     TILE_M: tl.constexpr, TILE_K: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_BIAS: tl.constexpr, HW_POPC: tl.constexpr, DOT_PRECISION: tl.constexpr, GATHER: tl.constexpr,
+    INDEX_CHUNK: tl.constexpr,
 ):
     pid = tl.program_id(0)
     offs_m = tl.arange(0, TILE_M)
@@ -121,6 +152,17 @@ def plan_matmul_kernel(
                 w_tile = _decode_bitmap(values_ptr, meta_ptr, voff, moff, nnz, TILE_M, TILE_K, HW_POPC, GATHER)
                 x_tile = _load_x_tile(x_ptr, stride_xn, col, K, offs_k, n_idx, n_mask, TILE_K)
                 acc = tl.dot(w_tile, x_tile, acc, input_precision=DOT_PRECISION)
+
+            for p in range(tl.maximum(start, sec_index), tl.minimum(stop, sec_empty)):  # INDEX
+                col = tl.load(tiles_ptr + 4 * p)
+                voff = tl.load(tiles_ptr + 4 * p + 1)
+                moff = tl.load(tiles_ptr + 4 * p + 2)
+                nnz = tl.load(tiles_ptr + 4 * p + 3)
+                acc = _index_product(acc, values_ptr, meta_ptr, x_ptr, stride_xn,
+                                     voff, moff, nnz, col, offs_m, n_idx, n_mask, TILE_K, INDEX_CHUNK, DOT_PRECISION)
+                # the tile's zeros meet every column of X, as in the dense product (and a BITMAP tile)
+                x_tile = _load_x_tile(x_ptr, stride_xn, col, K, offs_k, n_idx, n_mask, TILE_K)
+                acc += tl.sum(x_tile.to(tl.float32) * 0.0, axis=0)[None, :]
 
             for p in range(tl.maximum(start, sec_empty), stop):  # EMPTY: non-finite inputs only
                 col = tl.load(tiles_ptr + 4 * p)

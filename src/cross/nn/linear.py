@@ -144,9 +144,8 @@ class SparseLinear(nn.Module):
         super().__init__()
         if not isinstance(packed, PackedWeight):
             raise TypeError(f"packed: expected a cross.pack.PackedWeight, got {type(packed).__name__}")
-        if decode_fallback and (dense_weight is not None or packed.has_index):
-            raise ValueError("decode_fallback: expected no dense_weight (the two are alternatives) and a weight "
-                             "without INDEX tiles (no GPU decoder for them)")
+        if decode_fallback and dense_weight is not None:
+            raise ValueError("decode_fallback: expected no dense_weight (the two are alternatives)")
         m, k = packed.shape
         for name, t, shape in (("bias", bias, (m,)), ("dense_weight", dense_weight, (m, k))):
             if t is None:
@@ -207,7 +206,7 @@ class SparseLinear(nn.Module):
         always; False never (every bucket then runs its plan, predicted win or not); 'decode'
         never, and the buckets that fall back decode the packed weight to a dense temporary on
         each call before the dense product: the layer's memory stays below dense, at the cost of
-        the decode in those buckets (a plan with INDEX tiles is refused: no GPU decoder).
+        the decode in those buckets.
         measure: 'auto' (the default) times, on a CUDA device, every bucket the plan is predicted
         to win against the dense product, and every near win (the row kernel predicted within 5% of
         it, or the slice kernel's candidate), and keeps the plan only where it measured faster
@@ -227,9 +226,6 @@ class SparseLinear(nn.Module):
                                nan_policy=nan_policy, balance=balance, unit_mode=unit_mode, **plan_options)
         else:
             check_plan(plan, weight)
-        if keep_dense == "decode" and plan.kind_counts()["INDEX"]:
-            raise ValueError("keep_dense='decode': expected a plan without INDEX tiles (no GPU decoder for them); "
-                             "plan with allowed_kinds=(TileKind.DENSE, TileKind.BITMAP)")
         packed = pack(weight, plan)
         if measures(measure, weight.device, keep_dense):
             packed = packed.with_plan(measure_plan(packed, weight, dense_times=dense_times))

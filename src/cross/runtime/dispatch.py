@@ -40,7 +40,7 @@ class KernelFallbackWarning(UserWarning):
 
 def warn_without_kernel(packed: PackedWeight, kernels: dict, falls_back: bool) -> list[int]:
     """Warn (KernelFallbackWarning) when buckets that run the plan on a GPU have no kernel
-    (``kernels[i]`` is None: e.g. INDEX tiles, which no GPU kernel decodes) and so run on the
+    (``kernels[i]`` is None: e.g. the slice kernel's buckets below sm_90) and so run on the
     reference executor. ``falls_back``: the layer runs its fallback buckets as the dense product
     (a kept copy, or decoded), so those are not counted. Returns the indices of the buckets
     concerned."""
@@ -52,8 +52,7 @@ def warn_without_kernel(packed: PackedWeight, kernels: dict, falls_back: bool) -
         if all(packed.buckets[i].plan.kernel == "slices" for i in bad):
             why, fix = "the slice kernel needs an sm_90+ GPU", "plan with slice_kernel=False"
         else:
-            why = "it has INDEX tiles, which no GPU kernel decodes" if packed.has_index else "no kernel backend accepts it"
-            fix = "plan with allowed_kinds without INDEX"
+            why, fix = "no kernel backend accepts it", "plan with the default options"
         spans = ", ".join(_span(packed.buckets[i].plan) for i in bad)
         warnings.warn(f"plan {packed.shape[0]}x{packed.shape[1]} on {packed.device}: {why}, so token counts {spans} run "
                       f"on the reference executor (correct, but far slower than the dense product); {fix} to get the "

@@ -89,7 +89,7 @@ def call(x: torch.Tensor, args: KernelArgs | RowArgs | SliceArgs, bias: torch.Te
 @torch.library.custom_op("cross::decode_dense", mutates_args=())
 def decode_dense_op(values: torch.Tensor, meta: torch.Tensor, kinds: torch.Tensor, value_offset: torch.Tensor,
                     meta_offset: torch.Tensor, nnz: torch.Tensor, sizes: list[int]) -> torch.Tensor:
-    """The dense [M, K] weight of a tiled weight without INDEX tiles; sizes = (M, K, tile_m, tile_k)."""
+    """The dense [M, K] weight of a tiled weight; sizes = (M, K, tile_m, tile_k)."""
     from ..kernels.decode import decode_tensors
 
     return decode_tensors(values, meta, kinds, value_offset, meta_offset, nnz, sizes)
@@ -116,15 +116,12 @@ def _(values, meta, row_ptr, sizes, dtype):
 
 def decode(packed) -> torch.Tensor:
     """The dense weight of a PackedWeight: the decode kernel on a GPU, the reference decoder on
-    the CPU; from the row format where the layer dropped its tiles. INDEX tiles are refused on the
-    GPU (``decode_dense``)."""
+    the CPU; from the row format where the layer dropped its tiles."""
     if packed.device.type != "cuda":
         return packed.to_dense()  # whichever format is held
     if packed.tiled is None:
         r = packed.rows
         return torch.ops.cross.decode_rows(r.values, r.meta, r.row_ptr, [*r.shape], r.dtype)
     t = packed.tiled
-    if packed.has_index:
-        raise ValueError("decode: expected a weight without INDEX tiles on the GPU (no GPU decoder for them)")
     sizes = [t.grid.rows, t.grid.cols, *t.grid.tile_shape]
     return torch.ops.cross.decode_dense(t.values, t.meta, t.kinds, t.value_offset, t.meta_offset, t.nnz, sizes)
