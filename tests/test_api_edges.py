@@ -241,3 +241,54 @@ def test_cli_out_is_a_file(command, where, tmp_path, capsys):
     out = tmp_path / "file" if where == "a file" else tmp_path / "file" / "sub"
     line = _cli_error(capsys, *command(tmp_path, out))
     assert "argument --out: expected a folder to write to" in line and "is a file" in line
+
+
+# ---------------------------------------------------------------------------------- torch's fused paths
+def _encoder(rng):
+    torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=rng)))
+    layer = nn.TransformerEncoderLayer(64, 4, 128, batch_first=True)
+    encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=True).eval()
+    cross.prune.magnitude_prune_(encoder, 0.7)
+    return encoder
+
+
+def _encoder_outputs(encoder, x, mask):
+    with torch.inference_mode():
+        plain, masked = encoder(x), encoder(x, src_key_padding_mask=mask)
+    return plain, masked[~mask]  # the fused path writes zeros at padded positions, the modules do not
+
+
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors")  # the dense encoder's fused path
+def test_transformer_encoder_runs_its_sparse_linears_as_modules(rng, tmp_path):
+    """nn.TransformerEncoderLayer's fused inference path reads linear1/linear2.weight and would
+    bypass the SparseLinears: sparsify_ turns it off, unsparsify_ turns it back on."""
+    encoder = _encoder(rng)
+    x = torch.randn(2, 5, 64, generator=rng)
+    mask = torch.zeros(2, 5, dtype=torch.bool)
+    mask[1, 3:] = True
+    want = _encoder_outputs(encoder, x, mask)
+    report = cross.sparsify_(encoder, keep_dense=False, progress=False)
+    assert report.n_swapped == 4 and isinstance(encoder.layers[1].linear2, SparseLinear)
+    assert not encoder.use_nested_tensor and all(layer._forward_pre_hooks for layer in encoder.layers)
+    for got, ref in zip(_encoder_outputs(encoder, x, mask), want):
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
+
+    cross.save(encoder, tmp_path / "enc")
+    fresh = _encoder(rng)
+    cross.load(tmp_path / "enc", fresh)
+    for got, ref in zip(_encoder_outputs(fresh, x, mask), want):
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
+
+    assert cross.unsparsify_(encoder) == 4
+    assert encoder.use_nested_tensor and not any(layer._forward_pre_hooks for layer in encoder.layers)
+    for got, ref in zip(_encoder_outputs(encoder, x, mask), want):
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_import_cross_gives_the_prune_helpers():
+    import subprocess
+    import sys
+
+    code = "import cross; print(cross.prune.magnitude_prune_.__name__, cross.prune.wanda_prune_.__name__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["magnitude_prune_", "wanda_prune_"]

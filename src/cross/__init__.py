@@ -2,6 +2,7 @@
 
 __version__ = "0.1.0"
 
+from . import prune  # noqa: E402
 from .nn import SparseLinear, load, save, sparsify_, unsparsify_  # noqa: E402  (after __version__: the planner reads it)
 
-__all__ = ["__version__", "SparseLinear", "sparsify_", "unsparsify_", "save", "load"]
+__all__ = ["__version__", "SparseLinear", "sparsify_", "unsparsify_", "save", "load", "prune"]

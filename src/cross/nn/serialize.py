@@ -44,7 +44,7 @@ from ..pack import TiledWeight, pack_tiled
 from ..partition import Plan
 from ..tiling import TileGrid
 from .linear import SparseLinear, packed_state
-from .sparsify import _occurrences
+from .sparsify import _occurrences, fused_paths_off
 
 FORMAT = "cross.model"
 FORMAT_VERSION = 4  # 4: plans may choose the slice kernel (cross.plan/4); 3: the row kernel (cross.plan/3); 2: measured times (cross.plan/2); older directories still load
@@ -450,4 +450,5 @@ def load(path, model: nn.Module | None = None, *, device="cpu") -> dict[str, Spa
     for fqn, target in targets.items():
         for parent, name in places[id(target)][2]:
             setattr(parent, name, layers[fqn])
+    fused_paths_off(model)
     return layers

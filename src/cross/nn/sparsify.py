@@ -328,7 +328,53 @@ def sparsify_(model: nn.Module, filter_fn=None, *, min_sparsity: float = 0.0, to
         for parent, name in places:
             setattr(parent, name, sparse)
         layers[fqn] = LayerReport(fqn, SPARSE, {**sparse.summary(), **shard})
+    fused_paths_off(model)
     return SparsifyReport(layers)
+
+
+def fused_paths_off(model: nn.Module) -> None:
+    """Turn off torch's fused inference paths that would read a SparseLinear's ``weight``.
+
+    nn.TransformerEncoderLayer, in eval mode, runs itself as one fused op from ``linear1.weight``
+    and ``linear2.weight`` (bypassing the modules), and nn.TransformerEncoder, given a padding mask,
+    reads its first layer's and runs its layers on nested tensors. Where those are SparseLinear the
+    layer gets a no-op forward pre-hook (the fused path is not taken when a hook is attached) and
+    the encoder ``use_nested_tensor = False``, so each calls its Linears as modules on plain tensors. ``fused_paths_on`` undoes
+    both where no SparseLinear is left."""
+    for module in model.modules():
+        if isinstance(module, nn.TransformerEncoderLayer) and _holds_sparse(module, ("linear1", "linear2")):
+            if getattr(module, "_cross_fused_off", None) is None:
+                module._cross_fused_off = module.register_forward_pre_hook(_modules_not_fused)
+        elif isinstance(module, nn.TransformerEncoder) and _sparse_layers(module) and getattr(
+                module, "use_nested_tensor", False):
+            module.use_nested_tensor = False
+            module._cross_nested_was = True
+
+
+def fused_paths_on(model: nn.Module) -> None:
+    """Undo ``fused_paths_off`` where the Linears are plain again."""
+    for module in model.modules():
+        if isinstance(module, nn.TransformerEncoderLayer) and not _holds_sparse(module, ("linear1", "linear2")):
+            handle = getattr(module, "_cross_fused_off", None)
+            if handle is not None:
+                handle.remove()
+                del module._cross_fused_off
+        elif isinstance(module, nn.TransformerEncoder) and getattr(module, "_cross_nested_was", False) and not (
+                _sparse_layers(module)):
+            module.use_nested_tensor = True
+            del module._cross_nested_was
+
+
+def _holds_sparse(module: nn.Module, names) -> bool:
+    return any(isinstance(getattr(module, name, None), SparseLinear) for name in names)
+
+
+def _sparse_layers(encoder: nn.TransformerEncoder) -> bool:
+    return any(_holds_sparse(layer, ("linear1", "linear2")) for layer in encoder.layers)
+
+
+def _modules_not_fused(module, args):
+    return None
 
 
 def _no_win(plan, tokens, near: bool = False) -> bool:
@@ -368,4 +414,5 @@ def unsparsify_(model: nn.Module) -> int:
             tied.setdefault(id(source), dense.weight)
         for parent, name in places:
             setattr(parent, name, dense)
+    fused_paths_on(model)
     return len(found)
