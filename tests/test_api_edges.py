@@ -223,8 +223,20 @@ def test_cli_bad_device(device, message, tmp_path, capsys):
 
 def test_cli_model_dir_transformers_cannot_load(tmp_path, capsys):
     pytest.importorskip("transformers")
-    line = _cli_error(capsys, "compile", _config_dir(tmp_path), "--out", tmp_path / "out", "--device", "cpu")
+    model_dir = _config_dir(tmp_path)
+    (model_dir / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\nhello\n")  # a tokenizer, no weights
+    line = _cli_error(capsys, "compile", model_dir, "--out", tmp_path / "out", "--device", "cpu")
     assert "expected a model and tokenizer that transformers can load" in line
+
+
+@pytest.mark.parametrize("command", ["run", "compile"])
+def test_cli_model_dir_without_a_tokenizer(command, tmp_path, capsys):
+    """Without a vocabulary transformers may build a tokenizer that maps every word to [UNK]."""
+    model_dir = _config_dir(tmp_path)
+    (model_dir / "tokenizer_config.json").write_text("{}")
+    args = [command, model_dir, "--device", "cpu"] + (["--out", tmp_path / "out"] if command == "compile" else [])
+    line = _cli_error(capsys, *args)
+    assert "expected a tokenizer's vocabulary (one of tokenizer.json, vocab.txt" in line and "found none" in line
 
 
 @pytest.mark.parametrize("command", [

@@ -90,10 +90,19 @@ def check_model_dir(model_dir: str | Path) -> Path:
     return model_dir
 
 
+#: Files one of which a tokenizer needs (its vocabulary): without them transformers may build a
+#: tokenizer of a few special tokens that maps every word to [UNK], and the run would compare garbage.
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model",
+                   "sentencepiece.bpe.model")
+
+
 def load_model(model_dir: str | Path, device: torch.device, dtype: torch.dtype, progress: bool = True):
     """(model in eval mode on device/dtype, tokenizer) from a local Hugging Face model directory.
     progress=False turns transformers' own progress bars off (process-wide: it is a global switch)."""
     model_dir = check_model_dir(model_dir)
+    if not any((model_dir / name).is_file() for name in TOKENIZER_FILES):
+        raise InputError(f"{model_dir}: expected a tokenizer's vocabulary (one of {', '.join(TOKENIZER_FILES)}), "
+                         "found none")
     import transformers
 
     if not progress:
