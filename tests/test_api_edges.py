@@ -304,3 +304,36 @@ def test_import_cross_gives_the_prune_helpers():
     code = "import cross; print(cross.prune.magnitude_prune_.__name__, cross.prune.wanda_prune_.__name__)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["magnitude_prune_", "wanda_prune_"]
+
+
+# ---------------------------------------------------------------------------------- the CPU path said
+def test_sparsify_on_the_cpu_says_the_layers_run_on_the_reference_executor(rng):
+    from cross.runtime import ReferencePathWarning
+
+    model = nn.Sequential(pruned_linear(rng), nn.ReLU(), pruned_linear(rng, 32, 64))
+    with pytest.warns(ReferencePathWarning, match=r"sparsify_: 2 sparse layer\(s\) on the CPU \(0, \.\.\.\) run") as record:
+        sparsify_(model, keep_dense=False, progress=False)
+    assert len(record) == 1 and record[0].filename == __file__  # one warning, pointing at the caller
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ReferencePathWarning)
+        sparsify_(nn.Sequential(pruned_linear(rng)), filter_fn=lambda m, n: False, progress=False)  # none swapped
+
+
+def test_cli_sparsity_with_prune_none(tmp_path, capsys):
+    line = _cli_error(capsys, "run", _config_dir(tmp_path), "--sparsity", "0.7", "--prune", "none")
+    assert "--sparsity 0.7: expected --prune wanda or magnitude with it" in line
+
+
+def test_cli_output_into_a_closed_pipe():
+    """`cross ... | head`: no BrokenPipeError traceback."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "cross", "bench", "kernels", "--dry-run"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": "src"})
+    proc.stdout.readline()
+    proc.stdout.close()  # the reader goes away after one line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 1 and "Traceback" not in err and "BrokenPipeError" not in err, err

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 DESCRIPTION = """\
@@ -231,6 +233,18 @@ def _sparsify_line(swap: dict, device) -> str:
     return f"keep_dense={keep}; measured check: {timed}" + ("; slice kernel offered" if swap["slice_kernel"] else "")
 
 
+def _prune_method(args) -> str:
+    """wanda, magnitude or none, from --prune and --sparsity (each needs the other, but --prune none)."""
+    from .inputs import InputError
+
+    if args.sparsity is None and args.prune not in (None, "none"):
+        raise InputError(f"--prune {args.prune}: expected --sparsity S with it (the fraction of zeros to leave)")
+    if args.sparsity is not None and args.prune == "none":
+        raise InputError(f"--sparsity {args.sparsity}: expected --prune wanda or magnitude with it (--prune none "
+                         "keeps the model's own zeros)")
+    return "none" if args.sparsity is None else (args.prune or "wanda")
+
+
 def _load_pruned(args, method: str, device, dtype, progress: bool):
     """The model of --model-dir on the device, pruned by `method` (wanda, magnitude or none) to
     --sparsity, every nn.Linear except the output heads; with its tokenizer."""
@@ -377,9 +391,7 @@ def cmd_run(args) -> int:
                      pick_device, time_forward, tokenize)
     from .inputs import InputError, swap_kwargs
 
-    if args.sparsity is None and args.prune not in (None, "none"):
-        raise InputError(f"--prune {args.prune}: expected --sparsity S with it (the fraction of zeros to leave)")
-    method = "none" if args.sparsity is None else (args.prune or "wanda")
+    method = _prune_method(args)
     swap = swap_kwargs(args)  # bad flag combinations before the model is loaded
     check_model_dir(args.model_dir)
     cm = _load_cost_model(args.cost_model)
@@ -416,9 +428,7 @@ def cmd_compile(args) -> int:
     from .hf import check_model_dir, dtype_for, not_a_head, pick_device
     from .inputs import InputError, swap_kwargs
 
-    if args.sparsity is None and args.prune not in (None, "none"):
-        raise InputError(f"--prune {args.prune}: expected --sparsity S with it (the fraction of zeros to leave)")
-    method = "none" if args.sparsity is None else (args.prune or "wanda")
+    method = _prune_method(args)
     swap = swap_kwargs(args)  # bad flag combinations before the model is loaded
     check_model_dir(args.model_dir)
     try:
@@ -493,14 +503,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    from ..runtime import ReferencePathWarning
+
     try:
-        return args.func(args)
+        with warnings.catch_warnings():  # the commands say in their own output where layers run
+            warnings.filterwarnings("ignore", category=ReferencePathWarning)
+            return args.func(args)
     except InputError as e:
         print(f"cross {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"cross {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`cross ... | head`): no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor at exit's flush
+        return 1
 
 
 if __name__ == "__main__":

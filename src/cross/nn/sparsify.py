@@ -9,6 +9,7 @@ and each rank's parts are then planned like any other layer.
 
 from __future__ import annotations
 
+import warnings
 import weakref
 from dataclasses import dataclass, field
 
@@ -20,6 +21,7 @@ from .._checks import dtype_name
 from ..partition import DEFAULT_BUCKETS
 from ..partition.plan import bucket_name
 from ..partition.planner import check_buckets, design_tokens, is_near_win
+from ..runtime import ReferencePathWarning
 from .linear import KEEP_DENSE, SparseLinear, bucket_facts, check_measure, measures, plan_facts, plan_linear
 from .parallel import SPLIT_POLICIES, ShardedLinear, tensor_parallel_
 
@@ -293,6 +295,7 @@ def sparsify_(model: nn.Module, filter_fn=None, *, min_sparsity: float = 0.0, to
 
     layers: dict[str, LayerReport] = {}
     sources: dict[int, WeightSource] = {}  # by the weight Parameter's id: one per Parameter (tied weights)
+    on_cpu: list[str] = []  # sparse layers that will run on the reference executor
     found = _occurrences(model, lambda m: type(m) is nn.Linear)
     for fqn, linear, places in tqdm(found.values(), desc="sparsify_", unit="layer", disable=not progress):
         shard = _shard_facts(places)
@@ -328,7 +331,15 @@ def sparsify_(model: nn.Module, filter_fn=None, *, min_sparsity: float = 0.0, to
         for parent, name in places:
             setattr(parent, name, sparse)
         layers[fqn] = LayerReport(fqn, SPARSE, {**sparse.summary(), **shard})
+        if sparse.packed.device.type == "cpu":
+            on_cpu.append(fqn)
     fused_paths_off(model)
+    if on_cpu:
+        warnings.warn(f"sparsify_: {len(on_cpu)} sparse layer(s) on the CPU ({on_cpu[0]}{', ...' if len(on_cpu) > 1 else ''}) "
+                      "run their plans on the reference executor: correct, and slower than the dense product (the "
+                      "kernels, and the speed-ups the plans predict, are a GPU's: sparsify the model on its GPU). "
+                      "Silence with warnings.filterwarnings('ignore', category=cross.runtime.ReferencePathWarning)",
+                      ReferencePathWarning, stacklevel=3)  # past the no_grad decorator, at the caller
     return SparsifyReport(layers)
 
 

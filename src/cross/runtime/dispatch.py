@@ -33,6 +33,12 @@ def check_input(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None
         raise TypeError(f"bias: expected dtype {dtype_name(x.dtype)} (the input's), got {dtype_name(bias.dtype)}")
 
 
+class ReferencePathWarning(UserWarning):
+    """Sparse layers on the CPU run their plans on the reference executor: correct, and slower than
+    the dense product (the kernels, and the speed-ups the plans predict, are a GPU's).
+    Silence with ``warnings.filterwarnings("ignore", category=cross.runtime.ReferencePathWarning)``."""
+
+
 class KernelFallbackWarning(UserWarning):
     """A plan runs on a GPU through the reference executor because no kernel supports it.
     Silence with ``warnings.filterwarnings("ignore", category=cross.runtime.KernelFallbackWarning)``."""
