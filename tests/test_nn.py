@@ -521,8 +521,10 @@ def check_model_roundtrip(model, inputs, output, dtype, skip_fqn):
         assert got.dtype == dtype
         if dtype == torch.float32:
             assert_close_fp32(got, want)
-        else:
-            assert cosine_min(got, want) >= 0.999
+        else:  # about an ulp of the outputs (|y| ~ 3): the layers' errors, damped by the residual stream,
+            # are far smaller (0 measured); a sparse path 2% off moves them 5e-3 (fp16) / 2.3e-2 (bf16)
+            torch.testing.assert_close(got.float(), want.float(), rtol=0,
+                                       atol=4e-3 if dtype == torch.float16 else 2e-2)
         assert unsparsify_(model) == n_linear - 1
         assert torch.equal(output(model(**inputs)), want)
 
