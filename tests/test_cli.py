@@ -3,6 +3,7 @@ code 2 for bad input, `cross run` on a tiny BERT saved here, and the demo on the
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -258,24 +259,38 @@ def tiny_bert_dir(tmp_path):
     return path
 
 
+def _winning_cost_model(tmp_path):
+    """Dense costs a millisecond more: every plan is predicted to win, so the run has sparse layers."""
+    return CostModel(spec=GPUSpec(name="plan always wins", dense_launch_us=1000.0)).save(tmp_path / "win.json")
+
+
+def _agreement(out: str) -> float:
+    """The largest relative error `cross run` printed (sparse model against the pruned dense one)."""
+    return float(re.search(r"max relative error ([0-9.e+-]+)", out).group(1))
+
+
 @pytest.mark.parametrize("extra", [[], ["--sparsity", "0.6"], ["--sparsity", "0.5", "--prune", "magnitude", "--force-plan"]],
                          ids=["as-is", "wanda", "magnitude-forced"])
-def test_run(extra, tiny_bert_dir, capsys):
+def test_run(extra, tiny_bert_dir, tmp_path, capsys):
+    """Every encoder layer sparse (the pooler is a head and stays dense), the embeddings those of the
+    pruned dense model to fp32 rounding."""
+    cm = [] if "--force-plan" in extra else ["--cost-model", _winning_cost_model(tmp_path)]
     code, out, err = run_cli(capsys, "run", tiny_bert_dir, "--text", "a first sentence", "--text", "and another one",
-                             "--device", "cpu", "-q", *extra)
+                             "--device", "cpu", "-q", *extra, *cm)
     assert code == 0, err
     assert "PASS" in out and "embeddings of 2 texts" in out
     assert "CPU: plans run on the PyTorch reference executor" in out
-    if "--force-plan" in extra:
-        assert "12 of 13 layers sparse" in out  # every encoder layer; the pooler is a head and stays dense
+    assert "12 of 13 layers sparse" in out and _agreement(out) < 1e-5
     assert "measured check: no (CPU: the cost model's predictions decide)" in out
 
 
-def test_run_with_the_decode_fallback(tiny_bert_dir, capsys):
+def test_run_with_the_decode_fallback(tiny_bert_dir, tmp_path, capsys):
     code, out, err = run_cli(capsys, "run", tiny_bert_dir, "--text", "a sentence", "--device", "cpu", "-q",
-                             "--sparsity", "0.5", "--prune", "magnitude", "--decode-fallback")
+                             "--sparsity", "0.5", "--prune", "magnitude", "--decode-fallback",
+                             "--cost-model", _winning_cost_model(tmp_path))
     assert code == 0, err
     assert "keep_dense='decode'" in out and "PASS" in out
+    assert "12 of 13 layers sparse" in out and _agreement(out) < 1e-5
     code, out, err = run_cli(capsys, "run", tiny_bert_dir, "--device", "cpu", "-q", "--force-plan", "--decode-fallback")
     assert code != 0 and "expected one of them" in err
 
@@ -287,13 +302,15 @@ def test_run_offering_the_slice_kernel(tiny_bert_dir, capsys):
                              "--sparsity", "0.8", "--prune", "magnitude", "--force-plan", "--slice-kernel")
     assert code == 0, err
     assert "slice kernel offered" in out and "PASS" in out
+    assert "12 of 13 layers sparse" in out and _agreement(out) < 1e-5
 
 
-def test_run_without_the_measured_check(tiny_bert_dir, capsys):
+def test_run_without_the_measured_check(tiny_bert_dir, tmp_path, capsys):
     code, out, err = run_cli(capsys, "run", tiny_bert_dir, "--text", "a sentence", "--device", "cpu", "-q",
-                             "--no-measure")
+                             "--no-measure", "--cost-model", _winning_cost_model(tmp_path))
     assert code == 0, err
     assert "keep_dense=auto; measured check: no (CPU" in out
+    assert "12 of 13 layers sparse" in out and _agreement(out) < 1e-5
 
 
 # ---------------------------------------------------------------------------------------- compile
