@@ -244,6 +244,24 @@ def test_no_tokens_run_nothing(layer, spy):
 
 
 @pytest.mark.gpu
+def test_gpu_plan_without_a_kernel_runs_the_reference_executor(spy, rng, monkeypatch):
+    """A bucket no kernel backend takes (here: none offered) still runs its plan, on the reference
+    executor, on the GPU, and the layer says so once."""
+    import cross.kernels.launch as launch
+
+    monkeypatch.setattr(launch, "default_backend", lambda packed, device: None)
+    linear = pruned_linear(128, 128, 0.05, torch.float16, rng).cuda()
+    with pytest.warns(KernelFallbackWarning, match="no kernel backend accepts it"):
+        sparse = SparseLinear.from_dense(linear, cost_model=WINNING, measure=False, row_kernel=False)
+    assert all(k is None for k in sparse._kernels.values())
+    x = torch.randn(5, 128, generator=rng).half().cuda()
+    with torch.no_grad():
+        y = sparse(x)
+    assert spy == {"dense": 0, "plan": 1}
+    assert mismatch(y, x, linear.weight, linear.bias) == ""
+
+
+@pytest.mark.gpu
 def test_gpu_index_tiles_run_the_triton_kernel(spy, rng):
     """INDEX tiles run on the GPU through the Triton backend (the CUDA kernel has no INDEX path),
     not on the reference executor, and without a KernelFallbackWarning."""
@@ -275,7 +293,7 @@ def test_a_plan_without_a_gpu_kernel_warns(rng):
     plan = make_plan(w, cost_model=MIXED, allowed_kinds=(TileKind.INDEX,))
     packed = pack(w, plan)
     assert packed.has_index and any(b.fallback for b in plan.buckets) and not all(b.fallback for b in plan.buckets)
-    fake = types.SimpleNamespace(device=torch.device("cuda"), buckets=packed.buckets, shape=packed.shape, has_index=True)
+    fake = types.SimpleNamespace(device=torch.device("cuda"), buckets=packed.buckets, shape=packed.shape)
     no_kernels = {i: None for i in range(len(packed.buckets))}
     with pytest.warns(KernelFallbackWarning, match="no kernel backend accepts it.*token counts 1, 2, 3-4, ") as record:
         bad = warn_without_kernel(fake, no_kernels, falls_back=True)

@@ -31,6 +31,9 @@ def make_weight(shape, density, structure, dtype, gen, device="cpu"):
         w[: min(m, 64), : min(k, 64)] = torch.randn(min(m, 64), min(k, 64), generator=gen)
     elif structure == "all_zero":
         w.zero_()
+    elif structure == "column_bands":  # column thirds at density 1, 0.5 and 0.03
+        band = torch.tensor([1.0, 0.5, 0.03]).repeat_interleave(-(-k // 3))[:k]
+        w = torch.randn(m, k, generator=gen) * (torch.rand(m, k, generator=gen) < band)
     return w.to(dtype).to(device)
 
 
@@ -91,6 +94,15 @@ def test_interpreter_index_tiles(shape, density, structure, kinds, rng):
     packed = run_all_buckets(w, rng, torch.float16, "cpu", "triton", (16, 32), KINDS[kinds], (1, 5, 17))
     if kinds == "index" and density < 1.0:
         assert packed.has_index
+
+
+@pytest.mark.skipif(HAS_GPU, reason="interpreter tier: runs where there is no GPU")
+def test_interpreter_dense_bitmap_and_index_tiles_in_one_tile_row(rng):
+    """Every tile-row runs a BITMAP and an INDEX section, the lower ones a DENSE section too."""
+    w = make_weight((40, 96), 1.0, "column_bands", torch.float16, rng)
+    packed = run_all_buckets(w, rng, torch.float16, "cpu", "triton", (16, 32), KINDS["all"], (1, 5, 17), programs=2)
+    kinds = packed.plan.kinds
+    assert (kinds[:, 1:] == [TileKind.BITMAP, TileKind.INDEX]).all() and (kinds[1:, 0] == TileKind.DENSE).all()
 
 
 @pytest.mark.skipif(HAS_GPU, reason="interpreter tier: runs where there is no GPU")
