@@ -474,10 +474,10 @@ def test_decode_source_compiles(tmp_path):
 @pytest.mark.parametrize("shape", [(1, 8), (7, 64), (1000, 4096), (4096, 11008), (300, 16384)])
 @pytest.mark.parametrize("density", [0.0, 0.01, 0.1, 0.5, 1.0])
 @pytest.mark.parametrize("structure", ["uniform", "uneven"])
-def test_gpu_row_kernel(dtype, shape, density, structure):
+def test_gpu_row_kernel(dtype, shape, density, structure, rng):
     from cross.kernels.launch import row_args, row_launch
 
-    gen = torch.Generator().manual_seed(hash((shape, density, structure)) % 2**31)
+    gen = rng
     w = make_weight(*shape, density, structure, dtype, gen).cuda()
     rows = RowWeight.from_dense(w)
     args = row_args(rows)
@@ -555,11 +555,11 @@ def test_gpu_runtime_runs_the_row_kernel_in_graphs_and_compile():
 @pytest.mark.skipif(not HAS_GPU, reason="needs a CUDA GPU")
 @pytest.mark.parametrize("shape", [(37, 300), (4096, 11008), (11008, 4096)])
 @pytest.mark.parametrize("density", [0.0, 0.01, 0.3, 0.5, 1.0])
-def test_gpu_decode_rows(shape, density):
+def test_gpu_decode_rows(shape, density, rng):
     """The row format's decode on the GPU (row_decode.cu), over a NaN-poisoned output: exactly the weight."""
     from cross.kernels.decode import decode_rows
 
-    gen = torch.Generator().manual_seed(hash((shape, density)) % 2**31)
+    gen = rng
     w = make_weight(*shape, density, "uneven", torch.bfloat16, gen)
     w[3, 5], w[4, shape[1] - 1] = float("nan"), float("-inf")
     rows = RowWeight.from_dense(w.cuda())

@@ -7,7 +7,7 @@ import torch.nn as nn
 
 from cross import SparseLinear
 from cross.costmodel import CostModel, GPUSpec
-from cross.runtime.dispatch import gpu_kernel_args
+from cross.runtime.dispatch import bucket_index, gpu_kernel_args
 
 pytestmark = pytest.mark.gpu
 
@@ -42,7 +42,8 @@ def test_eager(dtype, n, rng):
     x = torch.randn(n, 768, generator=rng).to(dtype).cuda()
     with torch.no_grad():
         y = sparse(x)
-    assert gpu_kernel_args(sparse.packed, 0, sparse._kernels) is not None, "no GPU kernel ran"
+    ran = bucket_index(sparse.packed, n)
+    assert gpu_kernel_args(sparse.packed, ran, sparse._kernels) is not None, f"no GPU kernel for bucket {ran}"
     assert_close(y, reference(linear, x), dtype)
 
 

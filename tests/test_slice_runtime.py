@@ -258,13 +258,13 @@ def test_bench_methods():
 @pytest.mark.gpu
 @pytest.mark.skipif(not SM90, reason="needs an sm_90+ GPU")
 @pytest.mark.parametrize("shape", [(1000, 520), (4096, 4096), (11008, 4096)])
-def test_gpu_runtime_runs_the_slice_kernel(shape):
+def test_gpu_runtime_runs_the_slice_kernel(shape, rng):
     """A layer whose candidates run (no dense copy): the slice kernel at every token count of their
     buckets, against the fp64 product, outputs poisoned; in a CUDA graph and under torch.compile."""
     from cross.kernels.launch import SliceArgs
 
     m, k = shape
-    gen = torch.Generator().manual_seed(int.from_bytes(__import__("os").urandom(4), "little"))
+    gen = rng
     w = _sparse(m, k, 0.8, seed=int(torch.randint(1 << 30, (1,), generator=gen))).cuda()
     lin = _linear_of(w)
     sl = cross.SparseLinear.from_dense(lin, keep_dense=False, measure=False, slice_kernel=True)

@@ -242,10 +242,10 @@ def _check(y, x, w, b):
 @pytest.mark.parametrize("m,k", [(8, 16), (40, 200), (1000, 1032), (4096, 4096), (11008, 4096), (300, 11008)])
 @pytest.mark.parametrize("density", [0.0, 0.05, 0.3, 0.5, 1.0])
 @pytest.mark.parametrize("elements", [False, True], ids=["pairs", "elements"])
-def test_gpu_slice_kernel(m, k, density, elements):
+def test_gpu_slice_kernel(m, k, density, elements, rng):
     from cross.kernels.launch import slice_matmul
 
-    gen = torch.Generator().manual_seed(int.from_bytes(__import__("os").urandom(4), "little"))
+    gen = rng
     w = _sparse(m, k, density, gen).cuda()
     sw = SliceWeight.from_dense(w, elements=elements)
     for n in (1, 7, 16, 21):
@@ -261,13 +261,13 @@ def test_gpu_slice_kernel(m, k, density, elements):
 @pytest.mark.parametrize("density", [0.3, 1.0])
 @pytest.mark.parametrize("producers", [1, 3])
 @pytest.mark.parametrize("elements", [False, True], ids=["pairs", "elements"])
-def test_gpu_slice_kernel_warps_and_rounds(warps, density, producers, elements):
+def test_gpu_slice_kernel_warps_and_rounds(warps, density, producers, elements, rng):
     """Few warps (several pieces each: positions of several pieces in flight), dense n-tiles (the
     rings at their fullest), M large enough for several rounds of n-tiles per block (each round's
     partial sums in shared memory, summed and written), one or several producer warps."""
     from cross.kernels.launch import slice_matmul
 
-    gen = torch.Generator().manual_seed(5)
+    gen = rng
     m = 8 * 30 * torch.cuda.get_device_properties(0).multi_processor_count + 13  # 30+ n-tiles per block
     w = _sparse(m, 520, density, gen).cuda()
     sw = SliceWeight.from_dense(w, warps=warps, elements=elements)
@@ -278,10 +278,10 @@ def test_gpu_slice_kernel_warps_and_rounds(warps, density, producers, elements):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("elements", [False, True], ids=["pairs", "elements"])
-def test_gpu_slice_kernel_fp16_and_strided_x(elements):
+def test_gpu_slice_kernel_fp16_and_strided_x(elements, rng):
     from cross.kernels.launch import slice_matmul
 
-    gen = torch.Generator().manual_seed(3)
+    gen = rng
     w = _sparse(300, 520, 0.4, gen, torch.float16).cuda()
     x = torch.randn(11, 600, generator=gen).to(torch.float16).cuda()[:, 40:560]  # a strided view
     y = slice_matmul(x, SliceWeight.from_dense(w, elements=elements))

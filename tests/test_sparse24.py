@@ -134,11 +134,11 @@ def test_shared_memory_grows_with_tokens_and_warps():
 @pytest.mark.parametrize("weight", ["2:4", "0.05", "0.3", "0.5", "1.0"])
 @pytest.mark.parametrize("nt", [8, 16])
 @pytest.mark.parametrize("mt,warps", [(2, 16), (1, 8), (2, 5)])
-def test_gpu_sparse24_kernel(m, k, weight, nt, mt, warps):
+def test_gpu_sparse24_kernel(m, k, weight, nt, mt, warps, rng):
     """2:4 weights, and unstructured ones of the given density (their overflow on CUDA cores)."""
     from cross.kernels.launch import sparse24_matmul
 
-    gen = torch.Generator().manual_seed(int.from_bytes(__import__("os").urandom(4), "little"))
+    gen = rng
     if weight == "2:4":
         w = _weight(m, k, 2, gen).cuda()
     else:

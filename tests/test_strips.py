@@ -216,10 +216,9 @@ def test_kernel_transcription(rng, m, k, blocks, warps, mt, depth, density):
 
 
 # ---------------------------------------------------------------------- GPU
-def _gpu_case(m, k, density, n, nt, dtype, bias, warps=8, mt=1):
+def _gpu_case(gen, m, k, density, n, nt, dtype, bias, warps=8, mt=1):
     from cross.kernels.launch import strip_matmul
 
-    gen = torch.Generator().manual_seed(int.from_bytes(__import__("os").urandom(4), "little"))
     w = _weight(m, k, density, gen, dtype).cuda()
     blocks = torch.cuda.get_device_properties(0).multi_processor_count
     depth, ring = (2, 64) if mt == 1 else (1, 64) if density <= 0.3 else (1, 128)
@@ -239,9 +238,9 @@ def _gpu_case(m, k, density, n, nt, dtype, bias, warps=8, mt=1):
 @pytest.mark.parametrize("density", [0.05, 0.3, 0.5, 1.0])
 @pytest.mark.parametrize("nt", [8, 16])
 @pytest.mark.parametrize("mt", [1, 2])
-def test_gpu_strip_kernel(m, k, density, nt, mt):
+def test_gpu_strip_kernel(m, k, density, nt, mt, rng):
     for n in sorted({1, nt - 3, nt, nt + 5}):
-        y, ref = _gpu_case(m, k, density, n, nt, torch.bfloat16, bias=n % 2 == 0, mt=mt)
+        y, ref = _gpu_case(rng, m, k, density, n, nt, torch.bfloat16, bias=n % 2 == 0, mt=mt)
         err = (y.double() - ref).abs()
         scale = ref.abs() + ref.pow(2).mean().sqrt()
         assert bool(torch.isfinite(y).all()), f"n={n}: non-finite output (unwritten?)"
@@ -250,8 +249,8 @@ def test_gpu_strip_kernel(m, k, density, nt, mt):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_gpu_strip_kernel_dtypes(dtype):
-    y, ref = _gpu_case(300, 520, 0.4, 11, 16, dtype, bias=True)
+def test_gpu_strip_kernel_dtypes(dtype, rng):
+    y, ref = _gpu_case(rng, 300, 520, 0.4, 11, 16, dtype, bias=True)
     err = (y.double() - ref).abs() / (ref.abs() + ref.pow(2).mean().sqrt())
     assert float(err.max()) < 2e-2
 
