@@ -128,6 +128,16 @@ def test_interpreter_nan_propagation_through_empty_tiles(kinds, rng):
 
 
 # ---------------------------------------------------------------------------------- GPU tier
+@pytest.mark.gpu
+def test_gpu_cuda_backend_is_available():
+    """On an sm_80+ GPU the CUDA kernels must be there (the cuda-backend tests below would skip)."""
+    from cross.kernels import cuda_backend
+
+    if torch.cuda.get_device_capability()[0] < 8:
+        pytest.skip("the CUDA backend needs sm_80+")
+    assert cuda_backend.available(), "cuda-python is missing: pip install '.[gpu]' (cuda-python>=12)"
+
+
 def _backends():
     out = ["triton"]
     if HAS_GPU:
