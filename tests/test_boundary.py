@@ -102,6 +102,8 @@ def test_input_that_needs_grad_is_rejected(layer):
         sparse(x)
     with torch.no_grad():
         assert sparse(x).shape == (3, 130)
+    with torch.inference_mode():
+        assert sparse(x.detach()).shape == (3, 130)
 
 
 # ---------------------------------------------------------------------------------------- layouts
