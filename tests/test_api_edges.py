@@ -102,8 +102,12 @@ def test_state_dict_is_the_dense_models(rng, keep_dense):
     x = torch.randn(5, 128, generator=rng)
     with torch.no_grad():
         torch.testing.assert_close(fresh(x), dense(x), equal_nan=True)
-    model.load_state_dict(want)  # the weights it was packed from: accepted, nothing changes
-    model.load_state_dict(state)
+    with torch.no_grad():
+        before = model(x)
+        model.load_state_dict(want)  # the weights it was packed from: accepted, nothing changes
+        model.load_state_dict(state)
+        assert all(isinstance(model[i], SparseLinear) for i in (0, 2))
+        assert torch.equal(model(x).nan_to_num(), before.nan_to_num())
 
 
 def test_loading_another_weight_into_a_sparsified_model_is_refused(rng):
