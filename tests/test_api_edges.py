@@ -341,3 +341,13 @@ def test_cli_output_into_a_closed_pipe():
     proc.stdout.close()  # the reader goes away after one line
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 1 and "Traceback" not in err and "BrokenPipeError" not in err, err
+
+
+def test_float64_models_prune_and_are_refused_by_sparsify_naming_the_layer(rng):
+    model = nn.Sequential(nn.Linear(64, 32)).double()
+    cross.prune.magnitude_prune_(model, 0.7)
+    assert float((model[0].weight == 0).double().mean()) == pytest.approx(0.7, abs=1 / 64)
+    cross.prune.wanda_prune_(model, [torch.randn(4, 64, generator=rng).double()], 0.8)
+    assert float((model[0].weight == 0).double().mean()) == pytest.approx(0.8, abs=1 / 64)
+    with pytest.raises(TypeError, match=r"^0: weight: expected dtype in \(float32, float16, bfloat16\), got float64"):
+        sparsify_(model, progress=False)

@@ -5,20 +5,22 @@ from __future__ import annotations
 import torch
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+#: pruning does not depend on the dtype: float64 models may be pruned (and cast before sparsify_)
+PRUNE_DTYPES = (torch.float64, *SUPPORTED_DTYPES)
 
 
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def check_weight(weight, name: str = "weight") -> torch.Tensor:
-    """A 2-D floating weight in the nn.Linear layout (out_features x in_features)."""
+def check_weight(weight, name: str = "weight", dtypes=SUPPORTED_DTYPES) -> torch.Tensor:
+    """A 2-D floating weight in the nn.Linear layout (out_features x in_features), of one of ``dtypes``."""
     if not isinstance(weight, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(weight).__name__}")
     if weight.dim() != 2:
         raise ValueError(f"{name}: expected a 2-D tensor (out_features x in_features), got {weight.dim()}-D with shape {tuple(weight.shape)}")
-    if weight.dtype not in SUPPORTED_DTYPES:
-        expected = ", ".join(dtype_name(d) for d in SUPPORTED_DTYPES)
+    if weight.dtype not in dtypes:
+        expected = ", ".join(dtype_name(d) for d in dtypes)
         raise TypeError(f"{name}: expected dtype in ({expected}), got {dtype_name(weight.dtype)}")
     if weight.numel() == 0:
         raise ValueError(f"{name}: expected a non-empty tensor, got shape {tuple(weight.shape)}")

@@ -13,7 +13,7 @@ from numbers import Real
 import torch
 from torch import nn
 
-from .._checks import check_weight
+from .._checks import PRUNE_DTYPES, check_weight
 
 FilterFn = Callable[[nn.Module, str], bool]
 SCOPES = ("layer", "global")
@@ -61,7 +61,7 @@ def magnitude_prune(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
     Zeros already there count among them (they have the smallest |w|), so the result has exactly
     that many zeros unless the weight started with more.
     """
-    check_weight(weight)
+    check_weight(weight, dtypes=PRUNE_DTYPES)
     n_prune = round(check_sparsity(sparsity) * weight.numel())
     mask = smallest_mask(weight.detach().abs().flatten().float(), n_prune)
     return weight.detach().masked_fill(mask.view_as(weight), 0)
@@ -87,7 +87,7 @@ def magnitude_prune_(
         raise ValueError(f"scope: expected one of {SCOPES}, got {scope!r}")
     linears = select_linears(model, filter_fn)
     for name, module in linears.items():
-        check_weight(module.weight, name=f"{name}.weight")
+        check_weight(module.weight, name=f"{name}.weight", dtypes=PRUNE_DTYPES)
     if scope == "layer":
         for module in linears.values():
             module.weight.copy_(magnitude_prune(module.weight, sparsity))

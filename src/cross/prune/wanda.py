@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._checks import check_weight
+from .._checks import PRUNE_DTYPES, check_weight
 from .magnitude import FilterFn, check_sparsity, layer_sparsity, select_linears, smallest_mask
 
 ForwardFn = Callable[[nn.Module, Any], Any]
@@ -32,7 +32,7 @@ def wanda_prune(weight: torch.Tensor, input_norms: torch.Tensor, sparsity: float
 
     input_norms: [K], the L2 norm of each input feature over the calibration tokens.
     """
-    check_weight(weight)
+    check_weight(weight, dtypes=PRUNE_DTYPES)
     sparsity = check_sparsity(sparsity)
     k = weight.shape[1]
     if not isinstance(input_norms, torch.Tensor) or tuple(input_norms.shape) != (k,):
@@ -81,7 +81,7 @@ def wanda_prune_(
     sparsity = check_sparsity(sparsity)
     linears = select_linears(model, filter_fn)
     for name, module in linears.items():
-        check_weight(module.weight, name=f"{name}.weight")
+        check_weight(module.weight, name=f"{name}.weight", dtypes=PRUNE_DTYPES)
     if calibration_inputs is None:
         raise ValueError("calibration_inputs: expected the inputs of a forward pass, got None")
     if forward_fn is None:
