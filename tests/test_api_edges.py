@@ -158,6 +158,20 @@ def test_autocast_to_the_layers_dtype_casts_the_input(rng):
         sparse(x)
 
 
+def test_autocast_to_another_dtype_gives_its_dtype(rng):
+    """An fp32 layer under autocast to bf16: computed in fp32, given in bf16 as nn.Linear's output is."""
+    linear = pruned_linear(rng)
+    sparse = SparseLinear.from_dense(linear, keep_dense=False)
+    x = torch.randn(5, 128, generator=rng)
+    with torch.no_grad():
+        exact = linear(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y, want = sparse(x), linear(x)
+    assert y.dtype == want.dtype == torch.bfloat16
+    # the fp32 product rounded once (half a bf16 ulp; computed in bf16 it is off by up to 0.1 here)
+    torch.testing.assert_close(y.float(), exact, rtol=2 ** -8, atol=1e-5)
+
+
 # ---------------------------------------------------------------------------------- bad arguments
 def test_meta_weights_are_refused_naming_the_layer():
     with torch.device("meta"):

@@ -252,8 +252,9 @@ class SparseLinear(nn.Module):
             raise RuntimeError("SparseLinear is inference-only (no gradients through the sparse weight), got an "
                                "input that requires grad with grad mode on: run under torch.no_grad() or "
                                "torch.inference_mode(), or use to_dense_linear() / cross.unsparsify_ to train")
-        if isinstance(x, torch.Tensor) and x.dtype != self.dtype and x.is_floating_point() and \
-                torch.is_autocast_enabled(x.device.type) and torch.get_autocast_dtype(x.device.type) == self.dtype:
+        autocast = (isinstance(x, torch.Tensor) and x.device.type in ("cpu", "cuda")
+                    and torch.is_autocast_enabled(x.device.type) and torch.get_autocast_dtype(x.device.type))
+        if autocast == self.dtype and x.dtype != self.dtype and x.is_floating_point():
             x = x.to(self.dtype)  # as nn.Linear under autocast to the layer's dtype: the input in that dtype
         check_input(x, self.packed, self.bias)
         tiles = None
@@ -261,9 +262,12 @@ class SparseLinear(nn.Module):
             if self._tiles is None:
                 self._tiles = decode_executed_tiles(self.packed)
             tiles = self._tiles
-        return execute(x, self.packed, self.bias, dense_weight=self.dense_weight, tiles=tiles, kernels=self._kernels,
-                       decode_fallback=self.decode_fallback,
-                       checked=True)
+        # under autocast the layer computes in its own dtype (its plan's) and gives the output in the
+        # autocast dtype, the dtype nn.Linear's would have
+        with torch.autocast(x.device.type, enabled=False) if autocast else contextlib.nullcontext():
+            y = execute(x, self.packed, self.bias, dense_weight=self.dense_weight, tiles=tiles, kernels=self._kernels,
+                        decode_fallback=self.decode_fallback, checked=True)
+        return y.to(autocast) if autocast else y
 
     def _runs_tiles(self, x: torch.Tensor) -> bool:
         n = x.numel() // x.shape[-1]
