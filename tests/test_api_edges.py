@@ -365,3 +365,13 @@ def test_float64_models_prune_and_are_refused_by_sparsify_naming_the_layer(rng):
     assert float((model[0].weight == 0).double().mean()) == pytest.approx(0.8, abs=1 / 64)
     with pytest.raises(TypeError, match=r"^0: weight: expected dtype in \(float32, float16, bfloat16\), got float64"):
         sparsify_(model, progress=False)
+
+
+def test_sparsify_says_when_there_is_nothing_to_do(rng):
+    with pytest.warns(UserWarning, match=r"nothing to do: Sequential holds no nn\.Linear layers \(subclasses"):
+        report = sparsify_(nn.Sequential(nn.ReLU(), nn.Conv2d(3, 3, 3)), progress=False)
+    assert report.n_swapped == 0 and str(report).endswith("no nn.Linear layers")
+    model = nn.Sequential(pruned_linear(rng))
+    sparsify_(model, keep_dense=False, progress=False)
+    with pytest.warns(UserWarning, match=r"\(1 SparseLinear already: sparsify_ ran on it before\)"):
+        sparsify_(model, progress=False)

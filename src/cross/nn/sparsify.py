@@ -152,6 +152,8 @@ class SparsifyReport:
 
     def _totals(self) -> str:
         speed = ", ".join(f"{bucket_name(a, b)}: {v:.2f}x" for (a, b), v in self.speedup_by_bucket().items())
+        if not self.layers:
+            return "no nn.Linear layers"
         return (f"{self.n_swapped} of {len(self.layers)} layers sparse; "
                 f"{self.nbytes / 1e6:.2f} MB vs {self.dense_nbytes / 1e6:.2f} MB dense "
                 f"({self.nbytes / max(self.dense_nbytes, 1):.2f}x)" + (f"; predicted speed-up {speed}" if speed else ""))
@@ -297,6 +299,12 @@ def sparsify_(model: nn.Module, filter_fn=None, *, min_sparsity: float = 0.0, to
     sources: dict[int, WeightSource] = {}  # by the weight Parameter's id: one per Parameter (tied weights)
     on_cpu: list[str] = []  # sparse layers that will run on the reference executor
     found = _occurrences(model, lambda m: type(m) is nn.Linear)
+    if not found:
+        already = sum(isinstance(m, SparseLinear) for m in model.modules())
+        warnings.warn(f"sparsify_: nothing to do: {type(model).__name__} holds no nn.Linear layers"
+                      + (f" ({already} SparseLinear already: sparsify_ ran on it before)" if already else
+                         " (subclasses of nn.Linear, such as MultiheadAttention's out_proj, are left alone)"),
+                      stacklevel=3)
     for fqn, linear, places in tqdm(found.values(), desc="sparsify_", unit="layer", disable=not progress):
         shard = _shard_facts(places)
         if shard:  # report and filter a rank's part under the layer's own name
