@@ -189,7 +189,7 @@ def measure(device: torch.device | None = None, tile_shape=(64, 64), densities=D
     per_tile = {k: np.zeros((len(n_tokens), len(densities))) for k in kinds}
     fit_runs = 1 if FIT_DENSITY in densities else 2
     bar = tqdm(total=(len(jobs) + fit_runs + 2 + len(DENSE_SHAPES)) * len(n_tokens) + 1, desc="cross profile",
-               disable=not progress)
+               disable=None if progress else True)  # a bar where stderr is a terminal
 
     def plan_of(w, kind, programs=spec.n_programs):
         return make_plan(w, tile_shape=tile_shape, allowed_kinds=(kind,), n_programs=programs,

@@ -258,6 +258,9 @@ def sparsify_(model: nn.Module, filter_fn=None, *, min_sparsity: float = 0.0, to
         model already sharded with ``tensor_parallel_`` has its parts planned the same way).
     tp_split: 'cost' (each rank gets the same predicted time at the first bucket's design token
         count) or 'rows' (equal numbers of heads and tiles).
+    progress: a progress bar over the layers where stderr is a terminal; False: none.
+    Warns with cross.runtime.ReferencePathWarning where sparse layers are left on the CPU (they run
+    on the reference executor there), and with a UserWarning where there is no nn.Linear to look at.
     Returns a SparsifyReport (print it, or ``.table()`` / ``.to_markdown()``).
     """
     if not isinstance(model, nn.Module):
@@ -305,7 +308,7 @@ def sparsify_(model: nn.Module, filter_fn=None, *, min_sparsity: float = 0.0, to
                       + (f" ({already} SparseLinear already: sparsify_ ran on it before)" if already else
                          " (subclasses of nn.Linear, such as MultiheadAttention's out_proj, are left alone)"),
                       stacklevel=3)
-    for fqn, linear, places in tqdm(found.values(), desc="sparsify_", unit="layer", disable=not progress):
+    for fqn, linear, places in tqdm(found.values(), desc="sparsify_", unit="layer", disable=None if progress else True):
         shard = _shard_facts(places)
         if shard:  # report and filter a rank's part under the layer's own name
             fqn = fqn.rpartition(".")[0]
