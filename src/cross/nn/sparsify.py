@@ -139,7 +139,9 @@ class SparsifyReport:
         for name, layer in self.layers.items():
             s, b = layer.summary, firsts[name]
             tiles = "/".join(str(s["tiles"][k]) for k in ("EMPTY", "DENSE", "BITMAP", "INDEX")) if "tiles" in s else "-"
-            speedup = "-" if b is None else f"{b['speedup'] if layer.action == SPARSE else 1.0:.2f}"
+            # what runs at the first bucket; a layer kept dense also shows what its plan was predicted
+            speedup = ("-" if b is None else f"{b['speedup']:.2f}" if layer.action == SPARSE
+                       else f"1.00 (plan {b['dense_us'] / max(b['predicted_us'], 1e-9):.2f})")
             measured = ("-" if b is None or b.get("measured_us") is None
                         else f"{b['measured_dense_us'] / b['measured_us']:.2f}")
             rows.append([name or "(root)", "x".join(map(str, layer.shape)), f"{layer.sparsity:.1%}", tiles, speedup,
