@@ -271,7 +271,7 @@ def cmd_analyze(args) -> int:
     from ..analyze import profile_weight
     from .analysis import GRID_LIMIT, PROFILE_HEADER, grid_heatmap, layer_heatmap, profile_row
     from .inputs import list_weights
-    from .tables import markdown_table, text_table
+    from .tables import counted, markdown_table, text_table
 
     refs, passed_over = list_weights(args.path, args.filter)
     profiles, rows, pngs = {}, [], {}
@@ -285,7 +285,7 @@ def cmd_analyze(args) -> int:
     tm, tk = args.tile
     notes = [f"{len(refs)} weights, tiles {tm}x{tk}"]
     if passed_over:
-        notes.append(f"{len(passed_over)} 2-D tensors passed over (not floating point, or empty): "
+        notes.append(f"{counted(len(passed_over), '2-D tensor')} passed over (not floating point, or empty): "
                      + ", ".join(passed_over[:5]) + (" ..." if len(passed_over) > 5 else ""))
     if len(profiles) > GRID_LIMIT:
         notes.append(f"the grid PNG shows the first {GRID_LIMIT} layers; every layer has its own PNG")
@@ -328,7 +328,7 @@ def cmd_plan(args) -> int:
     from ..tiling import TileKind
     from .analysis import safe_filename
     from .inputs import list_weights
-    from .tables import bucket_name, markdown_table, text_table
+    from .tables import bucket_name, counted, markdown_table, text_table
 
     cm = _load_cost_model(args.cost_model)
     refs, passed_over = list_weights(args.path, args.filter)
@@ -361,15 +361,21 @@ def cmd_plan(args) -> int:
 
     header = ["layer", "shape", "dtype", "sparsity", "tiles E/D/B/I"] + list(dense_sum)
     total = ", ".join(f"{name} {dense_sum[name] / run_sum[name]:.2f}x" for name in dense_sum)
+    cells = " ".join(c for r in rows for c in r)
+    legend = [f"'dense': the bucket falls back to the dense product (the plan is not predicted {WIN_MARGIN:.0%} "
+              "faster)"]
+    if "dense near" in cells:
+        legend.append(f"'dense near': the row kernel is predicted within {NEAR_MARGIN:.0%} of it (or the slice "
+                      "kernel, which has no cost model, is a candidate: make_plan(slice_kernel=True)), and sparsify_ "
+                      f"on a GPU times it and takes it where it measures {WIN_MARGIN:.0%} faster")
+    if "rows" in cells:
+        legend.append("'rows': the bucket runs the row kernel")
     lines = [f"cost model: {cm.source}; tiles {args.tile[0]}x{args.tile[1]}; predicted times are for that GPU",
-             f"{n_winning} of {len(refs)} layers have a plan predicted to win in some bucket; 'dense': the bucket "
-             f"falls back to the dense product (the plan is not predicted {WIN_MARGIN:.0%} faster); 'dense near': "
-             f"the row kernel is predicted within {NEAR_MARGIN:.0%} of it (or the slice kernel, which has no cost "
-             f"model, is a candidate: make_plan(slice_kernel=True)), and sparsify_ on a GPU times it and takes "
-             f"it where it measures {WIN_MARGIN:.0%} faster; 'rows': the bucket runs the row kernel",
-             f"predicted speed-up of all {len(refs)} layers together: {total}"]
+             f"{n_winning} of {counted(len(refs), 'layer')} {'has' if len(refs) == 1 else 'have'} a plan predicted "
+             "to win in some bucket; " + "; ".join(legend),
+             f"predicted speed-up of all {counted(len(refs), 'layer')} together: {total}"]
     if passed_over:
-        lines.append(f"{len(passed_over)} 2-D tensors passed over (not floating point, or empty)")
+        lines.append(f"{counted(len(passed_over), '2-D tensor')} passed over (not floating point, or empty)")
     print(text_table(header, rows))
     print("\n".join(lines))
 
@@ -380,7 +386,7 @@ def cmd_plan(args) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     report = args.out / "plan.md"
     report.write_text("\n".join(md))
-    print(f"wrote {len(refs)} plans (*.plan.safetensors) and {report} in {args.out}")
+    print(f"wrote {counted(len(refs), 'plan')} (*.plan.safetensors) and {report} in {args.out}")
     return 0
 
 
@@ -389,7 +395,8 @@ def cmd_run(args) -> int:
     from .. import sparsify_
     from .hf import (EVAL_SENTENCES, agreement, check_model_dir, dtype_for, embed, environment, not_a_head,
                      pick_device, time_forward, tokenize)
-    from .inputs import InputError, swap_kwargs
+    from .inputs import swap_kwargs
+    from .tables import counted
 
     method = _prune_method(args)
     swap = swap_kwargs(args)  # bad flag combinations before the model is loaded
@@ -411,7 +418,7 @@ def cmd_run(args) -> int:
     batch = tokenize(tokenizer, texts, device)
     result = agreement(embed(model, batch), embed(dense, batch))
     ok = result["min_cosine"] >= 0.999
-    print(f"\nembeddings of {len(texts)} texts (mean-pooled, L2-normalised) against the "
+    print(f"\nembeddings of {counted(len(texts), 'text')} (mean-pooled, L2-normalised) against the "
           f"{'pruned ' if method != 'none' else ''}dense model: cosine min {result['min_cosine']:.6f} "
           f"mean {result['mean_cosine']:.6f}, max relative error {result['max_rel_err']:.2e} "
           f"({'PASS' if ok else 'FAIL'}: min cosine must be >= 0.999)")

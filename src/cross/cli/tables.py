@@ -9,6 +9,11 @@ from ..partition.plan import bucket_name
 __all__ = ["bucket_name", "markdown_table", "text_table"]
 
 
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """'1 layer', '3 layers' ('1 2-D tensor', ...)."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
 def _is_number(cell: str) -> bool:
     return cell[:1].isdigit() or (cell[:1] in ("-", "+", ".") and cell[1:2].isdigit())
 
