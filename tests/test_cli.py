@@ -34,10 +34,12 @@ def pruned(shape, dtype, density, rng):
 
 @pytest.fixture
 def weights_file(tmp_path, rng):
-    """A safetensors file with three pruned weights, a 1-D bias and a 2-D integer buffer (both skipped)."""
+    """A safetensors file with three pruned weights, a 1-D bias and a 2-D integer buffer (both skipped),
+    and an embedding table (profiled by analyze, passed over by plan)."""
     from safetensors.torch import save_file
 
     tensors = {name: pruned(shape, dtype, density, rng) for name, (shape, dtype, density) in WEIGHTS.items()}
+    tensors["embeddings.word_embeddings.weight"] = torch.randn(50, 96, generator=rng)
     tensors["layers.0.attn.q.bias"] = torch.randn(128, generator=rng)
     tensors["position_ids"] = torch.arange(16).reshape(1, 16)
     path = tmp_path / "model.safetensors"
@@ -96,6 +98,7 @@ def test_analyze(weights_file, tmp_path, capsys):
         assert f"{sparsity(tensors[key]):.1%}" in row
         assert (out_dir / "heatmaps" / f"{name}.png").read_bytes().startswith(b"\x89PNG")
     assert "bias" not in out and "position_ids" in out  # the int buffer is named as passed over
+    assert any(line.startswith("embeddings.word_embeddings ") for line in out.splitlines())  # profiled
     assert (out_dir / "tile_sparsity_grid.png").read_bytes().startswith(b"\x89PNG")
     report = (out_dir / "analysis.md").read_text()
     assert "](tile_sparsity_grid.png)" in report and "](heatmaps/layers.0.attn.q.png)" in report
@@ -149,6 +152,7 @@ def test_plan(weights_file, tmp_path, capsys):
         assert plan.shape == shape and plan.dtype == str(dtype).removeprefix("torch.")
         assert sum(plan.kind_counts().values()) == plan.grid.shape[0] * plan.grid.shape[1]
     assert not list(out_dir.glob("*bias*")) and not list(out_dir.glob("position_ids*"))
+    assert not list(out_dir.glob("*embeddings*")) and "2 2-D tensors passed over (embedding tables" in out
     assert "| `layers.0.attn.q` |" in (out_dir / "plan.md").read_text()
 
 

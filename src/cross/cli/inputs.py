@@ -92,9 +92,16 @@ def safetensors_files(path: str | Path) -> list[Path]:
     return [path]
 
 
-def list_weights(path: str | Path, name_filter: str | None = None) -> tuple[list[WeightRef], list[str]]:
+#: Keys of embedding tables (BERT's word/position/token-type embeddings, Llama's embed_tokens,
+#: GPT-2's wte/wpe): 2-D, but a lookup, never the weight of a matrix product
+EMBEDDING_KEY = re.compile(r"(^|\.)(\w*embeddings?|embed|embed_tokens|embed_positions|wte|wpe)\.weight$")
+
+
+def list_weights(path: str | Path, name_filter: str | None = None,
+                 embeddings: bool = True) -> tuple[list[WeightRef], list[str]]:
     """The 2-D floating-point tensors of ``path`` whose name contains ``name_filter``, in file order,
-    and the keys of the 2-D tensors passed over (integer or fp8 dtypes, no elements).
+    and the keys of the 2-D tensors passed over (integer or fp8 dtypes, no elements; embedding
+    tables too, with ``embeddings=False``).
     1-D tensors (biases, norms) and tensors of more dimensions are not weights of an nn.Linear."""
     from safetensors import safe_open
 
@@ -110,7 +117,8 @@ def list_weights(path: str | Path, name_filter: str | None = None) -> tuple[list
         for key, shape, dtype in entries:
             if len(shape) != 2 or (name_filter and name_filter not in key):
                 continue
-            if (dtype not in FLOAT_DTYPES and dtype not in CAST_DTYPES) or 0 in shape:
+            if ((dtype not in FLOAT_DTYPES and dtype not in CAST_DTYPES) or 0 in shape
+                    or (not embeddings and EMBEDDING_KEY.search(key))):
                 passed_over.append(key)
                 continue
             name = key.removesuffix(".weight") or key

@@ -36,7 +36,7 @@ Run 'cross COMMAND --help' for the options of one command."""
 COMMANDS = {
     "analyze": "profile every 2-D weight of a safetensors file or model directory: sparsity, tile "
                "densities, heatmaps",
-    "plan": "plan every 2-D weight (tile kinds, predicted speed-up per token-count bucket) and save the plans",
+    "plan": "plan every 2-D weight but embedding tables (tile kinds, predicted speed-up per token-count bucket) and save the plans",
     "run": "load a Hugging Face model, optionally prune it, sparsify it and compare it with the dense model",
     "compile": "load a Hugging Face model, optionally prune it, sparsify it and save it (plans and packed "
                "weights) for cross.load",
@@ -331,7 +331,7 @@ def cmd_plan(args) -> int:
     from .tables import bucket_name, counted, markdown_table, text_table
 
     cm = _load_cost_model(args.cost_model)
-    refs, passed_over = list_weights(args.path, args.filter)
+    refs, passed_over = list_weights(args.path, args.filter, embeddings=False)
     rows, md_rows, summaries = [], [], []
     dense_sum: dict[str, float] = {}
     run_sum: dict[str, float] = {}
@@ -375,7 +375,8 @@ def cmd_plan(args) -> int:
              "to win in some bucket; " + "; ".join(legend),
              f"predicted speed-up of all {counted(len(refs), 'layer')} together: {total}"]
     if passed_over:
-        lines.append(f"{counted(len(passed_over), '2-D tensor')} passed over (not floating point, or empty)")
+        lines.append(f"{counted(len(passed_over), '2-D tensor')} passed over (embedding tables, not floating point, "
+                     "or empty)")
     print(text_table(header, rows))
     print("\n".join(lines))
 
