@@ -108,6 +108,7 @@ def load_model(model_dir: str | Path, device: torch.device, dtype: torch.dtype, 
     if not progress:
         transformers.utils.logging.disable_progress_bar()
     try:
+        transformers.AutoConfig.from_pretrained(model_dir)  # an unknown model type, named as such
         tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
         model = transformers.AutoModel.from_pretrained(model_dir)
     except (OSError, ValueError) as e:  # missing files, an unknown model type, an unusable tokenizer
