@@ -77,7 +77,8 @@ def dlmc_dir(tmp_path):
 # ---------------------------------------------------------------------------------------- methods
 @pytest.mark.parametrize("name, family, backend, block", [
     ("dense", "dense", None, 0), ("cross", "cross", None, 0), ("cross-cuda-bitmap", "cross", "cuda", 0),
-    ("cross-triton-hybrid", "cross", "triton", 0), ("cusparse-csr", "csr", None, 0), ("triton-bsr-16", "bsr", None, 16),
+    ("cross-triton-hybrid", "cross", "triton", 0), ("cross-triton-all", "cross", "triton", 0),
+    ("cross-triton-index", "cross", "triton", 0), ("cusparse-csr", "csr", None, 0), ("triton-bsr-16", "bsr", None, 16),
     ("triton-bsr-64", "bsr", None, 64), ("sparse-2:4", "2:4", None, 0)])
 def test_parse_method(name, family, backend, block):
     m = parse_method(name)
@@ -85,7 +86,7 @@ def test_parse_method(name, family, backend, block):
     assert (m.kinds is None) == (name == "cross" or family != "cross")
 
 
-@pytest.mark.parametrize("name", ["", "sparse", "cross-cuda", "cross-rocm-bitmap", "cross-cuda-index", "triton-bsr-8",
+@pytest.mark.parametrize("name", ["", "sparse", "cross-cuda", "cross-rocm-bitmap", "cross-cuda-index", "cross-cuda-all", "triton-bsr-8",
                                   "triton-bsr-24", "triton-bsr-x", "sparse-4:8", "csr"])
 def test_parse_method_rejects(name):
     with pytest.raises(ValueError, match="expected dense, cross"):

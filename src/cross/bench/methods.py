@@ -38,7 +38,8 @@ from .timing import reason
 from .weights import make_weight, prune_2to4, seeded, zero_fraction
 
 DEFAULT_METHODS = ("dense", "cross", "cross-cuda-bitmap", "cusparse-csr", "triton-bsr-32", "sparse-2:4")
-KINDS = {"bitmap": (TileKind.BITMAP,), "dense": (TileKind.DENSE,), "hybrid": (TileKind.DENSE, TileKind.BITMAP)}
+KINDS = {"bitmap": (TileKind.BITMAP,), "dense": (TileKind.DENSE,), "hybrid": (TileKind.DENSE, TileKind.BITMAP),
+         "index": (TileKind.INDEX,), "all": (TileKind.DENSE, TileKind.BITMAP, TileKind.INDEX)}
 CROSS_BACKENDS = ("cuda", "triton")
 SEMI_SPARSITY = 0.5
 BSR_N_MULTIPLE = 16  # bsr_dense_mm refuses a dense operand whose column count is not a multiple of 16
@@ -61,7 +62,8 @@ class Method:
 
 
 def parse_method(name: str) -> Method:
-    expected = ("expected dense, cross, cross+slices, cross-<cuda|triton>-<bitmap|dense|hybrid>, cross-rows, "
+    expected = ("expected dense, cross, cross+slices, cross-cuda-<bitmap|dense|hybrid>, "
+                "cross-triton-<bitmap|dense|hybrid|index|all>, cross-rows, "
                 "cross-slices, cusparse-csr, "
                 f"triton-bsr-<block: a power of two >= 16> or sparse-2:4, got {name!r}")
     if name == "dense":
@@ -79,7 +81,8 @@ def parse_method(name: str) -> Method:
     if name == "sparse-2:4":
         return Method(name, "2:4")
     parts = name.split("-")
-    if len(parts) == 3 and parts[0] == "cross" and parts[1] in CROSS_BACKENDS and parts[2] in KINDS:
+    if (len(parts) == 3 and parts[0] == "cross" and parts[1] in CROSS_BACKENDS and parts[2] in KINDS
+            and not (parts[1] == "cuda" and TileKind.INDEX in KINDS[parts[2]])):  # INDEX: Triton only
         return Method(name, "cross", backend=parts[1], kinds=KINDS[parts[2]])
     if len(parts) == 3 and parts[:2] == ["triton", "bsr"] and parts[2].isdigit():
         block = int(parts[2])
