@@ -139,13 +139,14 @@ class SparsifyReport:
         for name, layer in self.layers.items():
             s, b = layer.summary, firsts[name]
             tiles = "/".join(str(s["tiles"][k]) for k in ("EMPTY", "DENSE", "BITMAP", "INDEX")) if "tiles" in s else "-"
-            # what runs at the first bucket; a layer kept dense also shows what its plan was predicted
-            speedup = ("-" if b is None else f"{b['speedup']:.2f}" if layer.action == SPARSE
-                       else f"1.00 (plan {b['dense_us'] / max(b['predicted_us'], 1e-9):.2f})")
+            speedup = "-" if b is None else f"{b['speedup'] if layer.action == SPARSE else 1.0:.2f}"  # what runs
+            action = layer.action
+            if action == NO_WIN and b is not None:  # and what its plan was predicted to do there
+                action += f"; plan {b['dense_us'] / max(b['predicted_us'], 1e-9):.2f}x{span}"
             measured = ("-" if b is None or b.get("measured_us") is None
                         else f"{b['measured_dense_us'] / b['measured_us']:.2f}")
             rows.append([name or "(root)", "x".join(map(str, layer.shape)), f"{layer.sparsity:.1%}", tiles, speedup,
-                         *([measured] if timed else []), f"{layer.nbytes / layer.dense_nbytes:.2f}", layer.action])
+                         *([measured] if timed else []), f"{layer.nbytes / layer.dense_nbytes:.2f}", action])
         return header, rows
 
     @staticmethod
