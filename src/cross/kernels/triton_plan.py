@@ -8,8 +8,10 @@ Blocked algorithm (program p of U, token tile t of BLOCK_N tokens):
         DENSE tiles:   acc += W_tile @ X_tile^T           (tensor cores)
         BITMAP tiles:  W_tile decoded in registers from its words and packed values, then tl.dot
         INDEX tiles:   acc += A @ X[:, entry columns]^T   (A: the entries' values placed in their rows,
-                                                           INDEX_CHUNK entries per tl.dot) + sum(0 *
-                                                           X_tile) (its zeros meet X as a dense tile's)
+                                                           INDEX_CHUNK entries per tl.dot); where the
+                                                           X tile holds Inf or NaN, the dense tile
+                                                           built from the entries instead (its zeros
+                                                           and entries meet X as the dense product's)
         EMPTY tiles:   acc += sum(0 * X_tile)             (non-finite inputs reach the output as
                                                            in the dense product; nan_policy)
         slot < 0: write acc (+ bias) to Y
@@ -99,6 +101,20 @@ def _index_product(acc, values_ptr, meta_ptr, x_ptr, stride_xn, voff, moff, nnz,
 
 
 @triton.jit
+def _index_tile(values_ptr, meta_ptr, voff, moff, nnz, offs_m, offs_k,
+                TILE_M: tl.constexpr, TILE_K: tl.constexpr, CHUNK: tl.constexpr):
+    """An INDEX tile as a dense [TILE_M, TILE_K] fp32 tile: per chunk of entries, A[m, e] = value e
+    where its row is m, C[e, c] = 1 where its column is c, W += A @ C (one entry per element: exact)."""
+    w = tl.zeros((TILE_M, TILE_K), dtype=tl.float32)
+    for e0 in range(0, nnz, CHUNK):
+        valid, r, c, v = _index_entries(values_ptr, meta_ptr, voff, moff, nnz, e0, CHUNK, TILE_K)
+        a = tl.where(offs_m[:, None] == r[None, :], v[None, :], 0.0).to(v.dtype)
+        one = tl.where(valid[:, None] & (c[:, None] == offs_k[None, :]), 1.0, 0.0).to(v.dtype)
+        w = tl.dot(a, one, w, input_precision="ieee" if v.dtype == tl.float32 else "tf32")
+    return w
+
+
+@triton.jit
 def _load_x_tile(x_ptr, stride_xn, col, K, offs_k, n_idx, n_mask, TILE_K: tl.constexpr):
     """X[n_idx, col*TILE_K + offs_k] as a [TILE_K, BLOCK_N] tile (zeros outside K and N)."""
     k_idx = col * TILE_K + offs_k
@@ -158,11 +174,16 @@ def plan_matmul_kernel(
                 voff = tl.load(tiles_ptr + 4 * p + 1)
                 moff = tl.load(tiles_ptr + 4 * p + 2)
                 nnz = tl.load(tiles_ptr + 4 * p + 3)
-                acc = _index_product(acc, values_ptr, meta_ptr, x_ptr, stride_xn,
-                                     voff, moff, nnz, col, offs_m, n_idx, n_mask, TILE_K, INDEX_CHUNK, DOT_PRECISION)
-                # the tile's zeros meet every column of X, as in the dense product (and a BITMAP tile)
                 x_tile = _load_x_tile(x_ptr, stride_xn, col, K, offs_k, n_idx, n_mask, TILE_K)
-                acc += tl.sum(x_tile.to(tl.float32) * 0.0, axis=0)[None, :]
+                xf = x_tile.to(tl.float32)
+                # X finite here (x - x is NaN for Inf and NaN): the entries alone are the product
+                if tl.sum(tl.where(xf - xf == 0, 0, 1)) == 0:
+                    acc = _index_product(acc, values_ptr, meta_ptr, x_ptr, stride_xn, voff, moff, nnz, col,
+                                         offs_m, n_idx, n_mask, TILE_K, INDEX_CHUNK, DOT_PRECISION)
+                else:  # Inf or NaN in X: the dense tile, so its zeros and entries meet it as the dense product's
+                    w_tile = _index_tile(values_ptr, meta_ptr, voff, moff, nnz, offs_m, offs_k, TILE_M, TILE_K,
+                                         INDEX_CHUNK)
+                    acc = tl.dot(w_tile.to(x_tile.dtype), x_tile, acc, input_precision=DOT_PRECISION)
 
             for p in range(tl.maximum(start, sec_empty), stop):  # EMPTY: non-finite inputs only
                 col = tl.load(tiles_ptr + 4 * p)
