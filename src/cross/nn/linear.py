@@ -252,22 +252,25 @@ class SparseLinear(nn.Module):
             raise RuntimeError("SparseLinear is inference-only (no gradients through the sparse weight), got an "
                                "input that requires grad with grad mode on: run under torch.no_grad() or "
                                "torch.inference_mode(), or use to_dense_linear() / cross.unsparsify_ to train")
-        autocast = (isinstance(x, torch.Tensor) and x.device.type in ("cpu", "cuda")
-                    and torch.is_autocast_enabled(x.device.type) and torch.get_autocast_dtype(x.device.type))
-        if autocast == self.dtype and x.dtype != self.dtype and x.is_floating_point():
-            x = x.to(self.dtype)  # as nn.Linear under autocast to the layer's dtype: the input in that dtype
+        if isinstance(x, torch.Tensor) and x.is_floating_point():
+            kind = "cuda" if x.is_cuda else "cpu" if x.is_cpu else None
+            if kind is not None and torch.is_autocast_enabled(kind):
+                # under autocast the layer computes in its own dtype (its plan's), the input cast to it, and
+                # gives the output in the autocast dtype, as nn.Linear's (an fp16 layer under bf16 autocast
+                # takes bf16 inputs beyond fp16's range as Inf)
+                with torch.autocast(kind, enabled=False):
+                    return self._run(x.to(self.dtype)).to(torch.get_autocast_dtype(kind))
+        return self._run(x)
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.packed, self.bias)
         tiles = None
         if x.device.type == "cpu" and self._runs_tiles(x):
             if self._tiles is None:
                 self._tiles = decode_executed_tiles(self.packed)
             tiles = self._tiles
-        # under autocast the layer computes in its own dtype (its plan's) and gives the output in the
-        # autocast dtype, the dtype nn.Linear's would have
-        with torch.autocast(x.device.type, enabled=False) if autocast else contextlib.nullcontext():
-            y = execute(x, self.packed, self.bias, dense_weight=self.dense_weight, tiles=tiles, kernels=self._kernels,
-                        decode_fallback=self.decode_fallback, checked=True)
-        return y.to(autocast) if autocast else y
+        return execute(x, self.packed, self.bias, dense_weight=self.dense_weight, tiles=tiles, kernels=self._kernels,
+                       decode_fallback=self.decode_fallback, checked=True)
 
     def _runs_tiles(self, x: torch.Tensor) -> bool:
         n = x.numel() // x.shape[-1]
