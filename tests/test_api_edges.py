@@ -273,7 +273,18 @@ def test_cli_model_dir_without_a_tokenizer(command, tmp_path, capsys):
     (model_dir / "tokenizer_config.json").write_text("{}")
     args = [command, model_dir, "--device", "cpu"] + (["--out", tmp_path / "out"] if command == "compile" else [])
     line = _cli_error(capsys, *args)
-    assert "expected a tokenizer's vocabulary (one of tokenizer.json, vocab.txt" in line and "found none" in line
+    assert "expected a tokenizer that knows words, got one that maps 'hello world, this is a test' to unknown" in line
+
+
+def test_cli_tokenizers_without_a_vocabulary_file_load(tmp_path):
+    """Byte-level tokenizers need no vocabulary file; a real vocabulary passes the check."""
+    transformers = pytest.importorskip("transformers")
+    from cross.cli.hf import _check_tokenizer
+
+    _check_tokenizer(tmp_path, transformers.ByT5Tokenizer())
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "hello", "world", ",", "this", "is", "a", "test"]))
+    _check_tokenizer(tmp_path, transformers.BertTokenizer(str(vocab)))
 
 
 @pytest.mark.parametrize("command", [

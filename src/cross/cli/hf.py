@@ -90,19 +90,14 @@ def check_model_dir(model_dir: str | Path) -> Path:
     return model_dir
 
 
-#: Files one of which a tokenizer needs (its vocabulary): without them transformers may build a
-#: tokenizer of a few special tokens that maps every word to [UNK], and the run would compare garbage.
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model",
-                   "sentencepiece.bpe.model")
+#: A sentence every real tokenizer maps to something other than unknown tokens
+TOKENIZER_PROBE = "hello world, this is a test"
 
 
 def load_model(model_dir: str | Path, device: torch.device, dtype: torch.dtype, progress: bool = True):
     """(model in eval mode on device/dtype, tokenizer) from a local Hugging Face model directory.
     progress=False turns transformers' own progress bars off (process-wide: it is a global switch)."""
     model_dir = check_model_dir(model_dir)
-    if not any((model_dir / name).is_file() for name in TOKENIZER_FILES):
-        raise InputError(f"{model_dir}: expected a tokenizer's vocabulary (one of {', '.join(TOKENIZER_FILES)}), "
-                         "found none")
     import transformers
 
     if not progress:
@@ -110,6 +105,7 @@ def load_model(model_dir: str | Path, device: torch.device, dtype: torch.dtype, 
     try:
         transformers.AutoConfig.from_pretrained(model_dir)  # an unknown model type, named as such
         tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
+        _check_tokenizer(model_dir, tokenizer)
         model = transformers.AutoModel.from_pretrained(model_dir)
     except (OSError, ValueError) as e:  # missing files, an unknown model type, an unusable tokenizer
         why = " ".join(str(e).split())  # one line
@@ -117,6 +113,16 @@ def load_model(model_dir: str | Path, device: torch.device, dtype: torch.dtype, 
         raise InputError(f"{model_dir}: expected a model and tokenizer that transformers can load, got "
                          f"{type(e).__name__}: {why}") from None
     return model.to(device=device, dtype=dtype).eval(), tokenizer
+
+
+def _check_tokenizer(model_dir: Path, tokenizer) -> None:
+    """Without its vocabulary file transformers may build a tokenizer of a few special tokens that maps
+    every word to the unknown token: a run would then compare embeddings of nothing."""
+    ids = tokenizer(TOKENIZER_PROBE)["input_ids"]
+    words = [i for i in ids if i not in set(tokenizer.all_special_ids)]
+    if not words or (tokenizer.unk_token_id is not None and all(i == tokenizer.unk_token_id for i in words)):
+        raise InputError(f"{model_dir}: expected a tokenizer that knows words, got one that maps "
+                         f"{TOKENIZER_PROBE!r} to unknown tokens only (is its vocabulary file missing?)")
 
 
 def tokenize(tokenizer, texts: Sequence[str], device: torch.device) -> dict[str, torch.Tensor]:
