@@ -516,7 +516,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():  # the commands say in their own output where layers run
             warnings.filterwarnings("ignore", category=ReferencePathWarning)
-            return args.func(args)
+            code = args.func(args)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
+        return code
     except InputError as e:
         print(f"cross {args.command}: error: {e}", file=sys.stderr)
         return 2

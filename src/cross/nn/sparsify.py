@@ -281,7 +281,8 @@ def sparsify_(model: nn.Module, filter_fn=None, *, min_sparsity: float = 0.0, to
                             f"{tokens!r}") from None
         if not tokens or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in tokens):
             raise ValueError(f"tokens: expected token counts (integers >= 1), got {tokens!r}")
-        buckets = check_buckets(from_dense_kwargs.get("buckets") or DEFAULT_BUCKETS)
+        given = from_dense_kwargs.get("buckets")
+        buckets = check_buckets(DEFAULT_BUCKETS if given is None else given)
         if max(tokens) > buckets[-1][1]:
             raise ValueError(f"tokens: {max(tokens)} is beyond the last bucket of buckets={buckets}: extend "
                              "the buckets or leave that count out")
