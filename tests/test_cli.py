@@ -423,3 +423,17 @@ def test_profile_on_the_gpu(capsys, tmp_path, monkeypatch):
     assert model.spec.mixed_sparse_scale >= 1.0 and model.provenance["item_latency"]["weight"] == "352256x128"
     code, out, _ = run_cli(capsys, "profile")
     assert code == 0 and out.startswith("already measured: ")
+
+
+@pytest.mark.parametrize("key, table", [
+    ("embeddings.word_embeddings.weight", True), ("model.embed_tokens.weight", True), ("transformer.wte.weight", True),
+    ("shared.weight", True), ("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight", True),
+    ("gpt_neox.embed_in.weight", True), ("embeddings.position_embeddings.weight", True),
+    ("vision_model.embeddings.patch_embedding.weight", False),  # Siglip2: an nn.Linear
+    ("encoder.embedder.input_embedding.weight", False),  # PatchTST: an nn.Linear
+    ("encoder.layer.0.attention.self.query.weight", False), ("lm_head.weight", False),
+    ("model.layers.0.mlp.shared_expert.gate_proj.weight", False)])
+def test_embedding_tables_by_name(key, table):
+    from cross.cli.inputs import EMBEDDING_KEY
+
+    assert bool(EMBEDDING_KEY.search(key)) == table

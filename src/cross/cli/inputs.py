@@ -92,9 +92,12 @@ def safetensors_files(path: str | Path) -> list[Path]:
     return [path]
 
 
-#: Keys of embedding tables (BERT's word/position/token-type embeddings, Llama's embed_tokens,
-#: GPT-2's wte/wpe): 2-D, but a lookup, never the weight of a matrix product
-EMBEDDING_KEY = re.compile(r"(^|\.)(\w*embeddings?|embed|embed_tokens|embed_positions|wte|wpe)\.weight$")
+#: Keys of the common embedding tables, by their exact module names (BERT's word/position/token-type
+#: embeddings, Llama's embed_tokens, GPT-2's wte/wpe, T5's and BART's shared, GPT-NeoX's embed_in,
+#: T5's relative_attention_bias): 2-D, but a lookup, never the weight of a matrix product. By exact
+#: name, as some models call nn.Linear layers "...embedding" (Siglip2's patch_embedding)
+EMBEDDING_KEY = re.compile(r"(^|\.)(word_embeddings|position_embeddings|token_type_embeddings|embed_tokens|"
+                           r"embed_positions|wte|wpe|shared|embed_in|relative_attention_bias)\.weight$")
 
 
 def list_weights(path: str | Path, name_filter: str | None = None,
