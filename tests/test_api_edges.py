@@ -414,3 +414,18 @@ def test_sparsify_says_when_there_is_nothing_to_do(rng):
     sparsify_(model, keep_dense=False, progress=False)
     with pytest.warns(UserWarning, match=r"\(1 SparseLinear already: sparsify_ ran on it before\)"):
         sparsify_(model, progress=False)
+
+
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors")
+def test_fused_paths_off_after_sparsify_on_a_part(rng):
+    """sparsify_ on the encoder's layers alone cannot reach the encoder: fused_paths_off does."""
+    encoder = _encoder(rng)
+    x = torch.randn(2, 5, 64, generator=rng)
+    mask = torch.zeros(2, 5, dtype=torch.bool)
+    mask[1, 3:] = True
+    want = _encoder_outputs(encoder, x, mask)
+    sparsify_(encoder.layers, keep_dense=False, progress=False)
+    assert encoder.use_nested_tensor  # the part's sparsify_ did not see the encoder
+    cross.nn.fused_paths_off(encoder)
+    for got, ref in zip(_encoder_outputs(encoder, x, mask), want):
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)

@@ -365,7 +365,9 @@ def fused_paths_off(model: nn.Module) -> None:
     and ``linear2.weight`` (bypassing the modules), and nn.TransformerEncoder, given a padding mask,
     reads its first layer's and runs its layers on nested tensors. Where those are SparseLinear the
     layer gets a no-op forward pre-hook (the fused path is not taken when a hook is attached) and
-    the encoder ``use_nested_tensor = False``, so each calls its Linears as modules on plain tensors. ``fused_paths_on`` undoes
+    the encoder ``use_nested_tensor = False``, so each calls its Linears as modules on plain tensors.
+    sparsify_ and load call it on the model they are given; call it on the encoder after putting
+    SparseLinear layers into one by other means (by hand, or sparsify_ on a part of it). ``fused_paths_on`` undoes
     both where no SparseLinear is left."""
     for module in model.modules():
         if isinstance(module, nn.TransformerEncoderLayer) and _holds_sparse(module, ("linear1", "linear2")):
