@@ -350,10 +350,11 @@ def sparsify_(model: nn.Module, filter_fn=None, *, min_sparsity: float = 0.0, to
             on_cpu.append(fqn)
     fused_paths_off(model)
     if on_cpu:
-        warnings.warn(f"sparsify_: {len(on_cpu)} sparse layer(s) on the CPU ({on_cpu[0]}{', ...' if len(on_cpu) > 1 else ''}) "
-                      "run their plans on the reference executor: correct, and slower than the dense product (the "
-                      "kernels, and the speed-ups the plans predict, are a GPU's: sparsify the model on its GPU). "
-                      "Silence with warnings.filterwarnings('ignore', category=cross.runtime.ReferencePathWarning)",
+        first = on_cpu[0] + (", ..." if len(on_cpu) > 1 else "")
+        warnings.warn(f"sparsify_: {len(on_cpu)} sparse layer(s) on the CPU ({first}) run their plans on the "
+                      "reference executor: correct, and slower than the dense product (the kernels, and the "
+                      "speed-ups the plans predict, are a GPU's: sparsify the model on its GPU). Silence with "
+                      "warnings.filterwarnings('ignore', category=cross.runtime.ReferencePathWarning)",
                       ReferencePathWarning, stacklevel=3)  # past the no_grad decorator, at the caller
     return SparsifyReport(layers)
 
@@ -367,8 +368,8 @@ def fused_paths_off(model: nn.Module) -> None:
     layer gets a no-op forward pre-hook (the fused path is not taken when a hook is attached) and
     the encoder ``use_nested_tensor = False``, so each calls its Linears as modules on plain tensors.
     sparsify_ and load call it on the model they are given; call it on the encoder after putting
-    SparseLinear layers into one by other means (by hand, or sparsify_ on a part of it). ``fused_paths_on`` undoes
-    both where no SparseLinear is left."""
+    SparseLinear layers into one by other means (by hand, or sparsify_ on a part of it).
+    ``fused_paths_on`` undoes both where no SparseLinear is left."""
     for module in model.modules():
         if isinstance(module, nn.TransformerEncoderLayer) and _holds_sparse(module, ("linear1", "linear2")):
             if getattr(module, "_cross_fused_off", None) is None:
