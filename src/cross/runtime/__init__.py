@@ -4,5 +4,5 @@ from .dispatch import KernelFallbackWarning, ReferencePathWarning, check_input, 
 from .measure import PlanCheckWarning, measure_plan
 from .reference import decode_executed_tiles, reference_matmul
 
-__all__ = ["KernelFallbackWarning", "PlanCheckWarning", "ReferencePathWarning", "execute", "check_input", "reference_matmul",
-           "decode_executed_tiles", "measure_plan"]
+__all__ = ["KernelFallbackWarning", "PlanCheckWarning", "ReferencePathWarning", "execute", "check_input",
+           "reference_matmul", "decode_executed_tiles", "measure_plan"]
