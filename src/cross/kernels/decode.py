@@ -68,8 +68,8 @@ def decode_dense(tiled: TiledWeight, out: torch.Tensor | None = None) -> torch.T
 
 
 def decode_tensors(values, meta, kinds, value_offset, meta_offset, nnz, sizes, out=None) -> torch.Tensor:
-    """decode_dense on the buffers of a TiledWeight; sizes = (M, K, tile_m,
-    tile_k). No checks of the buffers (no device sync): the caller passes a valid weight's."""
+    """decode_dense on the buffers of a TiledWeight; sizes = (M, K, tile_m, tile_k). No checks of the
+    buffers (no device sync): the caller passes a valid weight's."""
     from .launch import _interpreting
 
     m, k, tm, tk = (int(v) for v in sizes)
