@@ -525,6 +525,19 @@ def test_sparsify_hf_llama(dtype, rng):
     check_model_roundtrip(model, inputs, lambda out: out.logits, dtype, "lm_head")
 
 
+def test_sparsify_hf_t5_reads_weight_dtype(rng):
+    """Hugging Face's T5 casts its hidden states to ``wo.weight.dtype``: a SparseLinear's weight gives
+    the dtype and shape (on the meta device, no values)."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.T5Config(d_model=64, d_ff=128, num_layers=2, num_heads=2, d_kv=32, vocab_size=100)
+    model = seeded(rng, lambda: transformers.T5EncoderModel(config)).eval()
+    inputs = {"input_ids": torch.randint(100, (2, 7), generator=rng)}
+    check_model_roundtrip(model, inputs, lambda out: out.last_hidden_state, torch.float32, "encoder.block.0.layer.1.DenseReluDense.wo")
+    layer = SparseLinear.from_dense(nn.Linear(64, 32).to(torch.bfloat16), keep_dense=False)
+    assert layer.weight.shape == (32, 64) and layer.weight.dtype == torch.bfloat16 and layer.weight.is_meta
+    assert "weight" in layer.state_dict()  # the decoded values, as before
+
+
 def test_sparsify_real_minilm(rng):
     """all-MiniLM-L6-v2 (6-layer BERT, 384 hidden), magnitude-pruned to 50% per layer: sentence
     embeddings of the sparsified model against the pruned dense one."""

@@ -344,6 +344,18 @@ class SparseLinear(nn.Module):
         return self.packed.dtype
 
     @property
+    def weight(self) -> torch.Tensor:
+        """The weight's shape and dtype as an nn.Linear's ``weight`` has them, on the meta device: for
+        code that reads ``layer.weight.dtype`` or ``.shape`` (Hugging Face's T5 casts its input to
+        ``wo.weight.dtype``); it holds no values (``to_dense_linear()`` gives them), so arithmetic
+        with it fails loudly, and torch's fused paths that would read the values are not taken."""
+        meta = self.__dict__.get("_weight_meta")
+        if meta is None or meta.dtype != self.dtype:
+            meta = self.__dict__["_weight_meta"] = torch.empty(self.out_features, self.in_features,
+                                                               dtype=self.dtype, device="meta")
+        return meta
+
+    @property
     def device(self) -> torch.device:
         return self.packed.device
 
