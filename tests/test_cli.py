@@ -209,6 +209,8 @@ BAD = {
     "empty dir": (lambda t: ["plan", _empty_dir(t)], "found none"),
     "tile not a power of two": (lambda t: ["analyze", t, "--tile", "48x64"], "--tile"),
     "tile too small": (lambda t: ["plan", t, "--tile", "8x8"], "--tile"),
+    "plan tile of 16 columns": (lambda t: ["plan", t, "--tile", "64x16"], "at least 32 columns"),
+    "compile tile of 16 columns": (lambda t: ["compile", t, "--out", t / "o", "--tile", "64x16"], "at least 32 columns"),
     "tile malformed": (lambda t: ["analyze", t, "--tile", "64"], "--tile"),
     "tile not numbers": (lambda t: ["plan", t, "--tile", "axb"], "--tile"),
     "bad cost model": (lambda t: ["plan", _no_2d(t), "--cost-model", _bad_cost_model(t)], "cost model"),

@@ -252,6 +252,7 @@ MAKE_PLAN_ERRORS = [
     (dict(buckets=((1, 16), (18, 64))), ValueError, "buckets: expected contiguous token ranges from 1"),
     (dict(buckets=((2, 16),)), ValueError, "buckets: expected contiguous token ranges from 1"),
     (dict(tile_shape=(64, 40)), ValueError, "expected powers of two >= 16"),
+    (dict(tile_shape=(64, 16)), ValueError, r"expected at least 32 tile columns for a plan .* got \(64, 16\)"),
     (dict(weight=torch.zeros(4, 4, 4)), ValueError, "expected a 2-D tensor"),
     (dict(weight=torch.zeros(4, 4, dtype=torch.int64)), TypeError, "expected dtype in"),
     (dict(weight=None), ValueError, "expected a weight, or nnz per tile together with shape"),

@@ -39,6 +39,16 @@ def check_tile_shape(tile_shape, name: str = "tile_shape") -> tuple[int, int]:
     return tm, tk
 
 
+def check_plan_tile_shape(tile_shape, name: str = "tile_shape") -> tuple[int, int]:
+    """A tile shape a plan can use: powers of two >= 16, and at least 32 columns (a BITMAP tile's
+    rows are 32-bit words)."""
+    tm, tk = check_tile_shape(tile_shape, name)
+    if tk < 32:
+        raise ValueError(f"{name}: expected at least 32 tile columns for a plan (a BITMAP tile's rows are 32-bit "
+                         f"words), got {(tm, tk)}")
+    return tm, tk
+
+
 def check_same_device(**tensors: torch.Tensor) -> torch.device:
     devices = {name: t.device for name, t in tensors.items()}
     first = next(iter(devices.values()))

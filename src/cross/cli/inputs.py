@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from .._checks import check_tile_shape
+from .._checks import check_plan_tile_shape, check_tile_shape
 
 #: safetensors dtypes the pipeline takes as they are; F64 is read as float32, other dtypes
 #: (integer buffers such as BERT's position_ids, fp8) are not weights of an nn.Linear.
@@ -48,15 +48,17 @@ def swap_kwargs(args) -> dict:
             "slice_kernel": bool(args.slice_kernel)}
 
 
-def parse_tile(text: str) -> tuple[int, int]:
-    """'64x64' -> (64, 64); both sides powers of two >= 16 (the kernels' tile sizes)."""
+def parse_tile(text: str, plan: bool = False) -> tuple[int, int]:
+    """'64x64' -> (64, 64); both sides powers of two >= 16 (the kernels' tile sizes), with ``plan``
+    at least 32 columns (a BITMAP tile's rows are 32-bit words)."""
     parts = text.lower().split("x")
     try:
         if len(parts) != 2:
             raise ValueError
-        return check_tile_shape((int(parts[0]), int(parts[1])))
+        return (check_plan_tile_shape if plan else check_tile_shape)((int(parts[0]), int(parts[1])))
     except (TypeError, ValueError):
-        raise ValueError(f"expected ROWSxCOLS with powers of two >= 16 (e.g. 64x64), got {text!r}") from None
+        cols = ", at least 32 columns" if plan else ""
+        raise ValueError(f"expected ROWSxCOLS with powers of two >= 16{cols} (e.g. 64x64), got {text!r}") from None
 
 
 @dataclass(frozen=True)

@@ -54,13 +54,17 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
-def _tile(text: str) -> tuple[int, int]:
+def _tile(text: str, plan: bool = False) -> tuple[int, int]:
     from .inputs import parse_tile
 
     try:
-        return parse_tile(text)
+        return parse_tile(text, plan)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _plan_tile(text: str) -> tuple[int, int]:
+    return _tile(text, plan=True)
 
 
 def _out_dir(text: str) -> Path:
@@ -128,8 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
                 "to dense. Saves <out>/<layer>.plan.safetensors "
                 "(cross.partition.Plan.load reads them) and plan.md.")
     p.add_argument("path", help="a .safetensors file or a directory holding *.safetensors")
-    p.add_argument("--tile", type=_tile, default=(64, 64), metavar="ROWSxCOLS",
-                   help="tile shape, powers of two >= 16 (default 64x64)")
+    p.add_argument("--tile", type=_plan_tile, default=(64, 64), metavar="ROWSxCOLS",
+                   help="tile shape, powers of two >= 16, at least 32 columns (default 64x64)")
     p.add_argument("--cost-model", type=Path, metavar="JSON",
                    help="a cost model saved by CostModel.save (default: the one `cross profile` measured on this GPU, else the analytic H100 roofline)")
     p.add_argument("--out", type=_out_dir, default=Path("reports/plan"), help="output folder (default reports/plan)")
@@ -214,7 +218,8 @@ def _sparsify_options(p) -> None:
     p.add_argument("--prune", choices=("wanda", "magnitude", "none"),
                    help="pruning method with --sparsity (default wanda, calibrated on 16 built-in sentences)")
     add_swap_options(p)
-    p.add_argument("--tile", type=_tile, default=(64, 64), metavar="ROWSxCOLS", help="tile shape (default 64x64)")
+    p.add_argument("--tile", type=_plan_tile, default=(64, 64), metavar="ROWSxCOLS",
+                   help="tile shape, powers of two >= 16, at least 32 columns (default 64x64)")
     p.add_argument("--cost-model", type=Path, metavar="JSON", help="a cost model saved by CostModel.save")
     p.add_argument("--device", help="cpu or cuda (default: cuda if available); bf16 on cuda, fp32 on cpu")
 

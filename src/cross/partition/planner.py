@@ -8,7 +8,7 @@ import math
 import numpy as np
 import torch
 
-from .._checks import check_tile_shape, check_weight, dtype_name
+from .._checks import check_plan_tile_shape, check_weight, dtype_name
 from ..costmodel import CostModel, block_n_for, default_cost_model
 from ..costmodel.roofline import (ROW_MAX_TOKENS, SLICE_MAX_TOKENS, plan_kernel_vals_bytes, row_entries,
                                   row_format_bytes, row_kernel_fits, slice_format, slice_kernel_fits)
@@ -183,7 +183,7 @@ def make_plan(weight: torch.Tensor | None = None, *, nnz: np.ndarray | None = No
              fp16, K % 8 == 0, nan_policy 'propagate': the kernel multiplies every element), which the
              measured check times on an sm_90+ GPU. Off by default (SLICE_KERNEL_DEFAULT).
     """
-    tile_shape = check_tile_shape(tile_shape)
+    tile_shape = check_plan_tile_shape(tile_shape)
     if weight is not None:
         check_weight(weight)
         grid = TileGrid.for_weight(weight, tile_shape)
