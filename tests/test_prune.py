@@ -251,3 +251,41 @@ def test_wanda_tiny_bert(rng, monkeypatch):
         assert torch.all(zeros_per_row(module.weight) == module.in_features // 2), name
     with torch.no_grad():
         assert torch.isfinite(model(**batch).last_hidden_state).all()
+
+
+class _TiedHead(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(50, 32)
+        self.body = nn.Linear(32, 32)
+        self.head = nn.Linear(32, 50, bias=False)
+        self.head.weight = self.emb.weight
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda"])
+def test_a_head_tied_to_an_embedding_is_left_out(method, rng):
+    model = _TiedHead()
+    before = model.emb.weight.clone()
+    with pytest.warns(UserWarning, match=r"pruning leaves out \['head'\]: their weights are also held") as record:
+        if method == "magnitude":
+            report = magnitude_prune_(model, 0.7)
+        else:
+            report = wanda_prune_(model, torch.randn(6, 32, generator=rng), 0.7,
+                                  forward_fn=lambda m, x: m.head(m.body(x)))
+    assert record[0].filename == __file__
+    assert list(report) == ["body"] and torch.equal(model.emb.weight, before)
+
+
+def test_a_weight_shared_by_two_linears_counts_once_under_a_global_threshold(rng):
+    model = nn.Sequential(nn.Linear(16, 16), nn.Linear(16, 16), nn.Linear(16, 16))
+    model[1].weight = model[0].weight
+    report = magnitude_prune_(model, 0.5, scope="global")
+    assert list(report) == ["0", "2"]
+    zeros = sum(int((model[i].weight == 0).sum()) for i in (0, 2))
+    assert zeros == 256  # half of the 512 distinct weights, not of 768 counted with the shared one twice
+
+
+def test_wanda_calibration_without_tokens_is_refused():
+    model = nn.Sequential(nn.Linear(64, 64))
+    with pytest.raises(ValueError, match=r"expected every selected nn.Linear to see calibration tokens, got none"):
+        wanda_prune_(model, torch.randn(0, 64), 0.5)

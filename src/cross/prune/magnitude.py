@@ -7,6 +7,7 @@ so a given weight always prunes the same way.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from numbers import Real
 
@@ -30,14 +31,25 @@ def select_linears(model: nn.Module, filter_fn: FilterFn | None = None) -> dict[
     """The nn.Linear modules of `model` that `filter_fn(module, fqn)` accepts (all when None).
 
     filter_fn takes the module first and its fully qualified name second, as torchao's sparsify_.
+    A weight held by several Linears is selected once (under the first name); a Linear whose weight
+    another kind of module also holds (an LM head tied to its input embedding) is left out with a
+    warning: pruning it would prune the embedding table too.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
-    linears = {
-        name: module
-        for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and (filter_fn is None or filter_fn(module, name))
-    }
+    others = {id(p) for m in model.modules() if not isinstance(m, nn.Linear) for p in m.parameters(recurse=False)}
+    linears, seen, tied = {}, set(), []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Linear) or (filter_fn is not None and not filter_fn(module, name)):
+            continue
+        if id(module.weight) in others:
+            tied.append(name)
+        elif id(module.weight) not in seen:
+            seen.add(id(module.weight))
+            linears[name] = module
+    if tied:
+        warnings.warn(f"pruning leaves out {tied}: their weights are also held by other modules (a head tied to an "
+                      "embedding?), which pruning would change too", stacklevel=4)  # the pruning call's caller
     if not linears:
         total = sum(isinstance(m, nn.Linear) for m in model.modules())
         raise ValueError(f"expected at least one nn.Linear selected by filter_fn, got none (the model has {total})")

@@ -93,6 +93,8 @@ def wanda_prune_(
     def hook_for(name: str):
         def hook(module: nn.Linear, args: tuple) -> None:
             x = args[0].detach().reshape(-1, module.in_features).float()
+            if x.shape[0] == 0:  # no tokens (an expert no token was routed to): not seen
+                return
             s = x.square().sum(dim=0)
             sum_sq[name] = sum_sq[name] + s if name in sum_sq else s
 
