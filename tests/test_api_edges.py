@@ -429,3 +429,14 @@ def test_fused_paths_off_after_sparsify_on_a_part(rng):
     cross.nn.fused_paths_off(encoder)
     for got, ref in zip(_encoder_outputs(encoder, x, mask), want):
         torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_load_into_a_meta_model_is_refused(rng, tmp_path):
+    model = nn.Sequential(pruned_linear(rng), nn.ReLU())
+    sparsify_(model, keep_dense=False, progress=False)
+    cross.save(model, tmp_path / "saved")
+    with torch.device("meta"):
+        fresh = nn.Sequential(nn.Linear(128, 64), nn.ReLU())
+    with pytest.raises(ValueError, match=r"model: expected a model with its tensors in memory, got '0.weight' "
+                                         r"\(and 1 more\) on the meta device"):
+        cross.load(tmp_path / "saved", fresh)

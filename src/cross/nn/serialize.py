@@ -436,6 +436,12 @@ def load(path, model: nn.Module | None = None, *, device="cpu") -> dict[str, Spa
     path = Path(path)
     manifest = read_manifest(path)
     _check_files(path, manifest)
+    if model is not None:
+        meta = [name for name, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
+        if meta:
+            raise ValueError(f"model: expected a model with its tensors in memory, got {meta[0]!r} (and "
+                             f"{len(meta) - 1} more) on the meta device: build it on the CPU, or give it "
+                             "memory first (model.to_empty(device='cpu'))")
     targets = {} if model is None else _targets(model, manifest)
     layers = {e["fqn"]: _load_layer(path, e, _module_device(targets[e["fqn"]]) if targets else torch.device(device))
               for e in manifest["layers"]}
