@@ -471,6 +471,8 @@ def test_refuses_without_a_gpu(benchmark, capsys):
     (["kernels", "--dry-run", "--distributions", "dlmc"], "--distributions dlmc: expected --dlmc DIR"),
     (["kernels", "--dry-run", "--distributions", "dlmc", "--dlmc", "/nonexistent"], "no such directory"),
     (["model", "--models", "gpt2"], "argument --models: expected models from bert, llama, minilm"),
+    (["model", "--llama-layers", "-2"], "argument --llama-layers: expected an integer >= 1, got '-2'"),
+    (["kernels", "--programs-per-sm", "0"], "argument --programs-per-sm: expected an integer >= 1, got '0'"),
     ([], "the following arguments are required: BENCHMARK")])
 def test_bad_arguments(argv, message, capsys):
     code, out, err = run_cli(capsys, "bench", *argv)

