@@ -356,7 +356,7 @@ def test_run_kernels_checks_before_timing_and_reports_failures():
     assert len(rows) == 2 * (2 * 2 * 4 + 2)  # 2 distributions; 4 methods at both sparsities, 2:4 at 50% only
     assert not any(r["method"] == "sparse-2:4" and r["sparsity"] != 0.5 for r in rows)
     for (s, n, method), r in by.items():
-        assert r["command"].endswith(f"--sparsities {s:g} --ns {n} --methods {method}")
+        assert r["command"].endswith(f"--sparsities {s:g} --ns {n} --methods {method} --out reports/bench/row")
         if method in ("triton-bsr-32", "sparse-2:4"):
             assert r["status"].startswith("unavailable: ") and r["us"] == ""
         else:
@@ -441,7 +441,7 @@ def test_kernels_dry_run(capsys):
     assert code == 0, err
     commands = [line for line in out.splitlines() if line.startswith("    $ cross bench kernels ")]
     assert len(commands) == len(planned_rows(KernelConfig())) == 6 * 2 * 7 * 4 * 5 + 6 * 2 * 4
-    assert all("--sparsities 0.5 " in c for c in commands if c.endswith("sparse-2:4"))
+    assert all("--sparsities 0.5 " in c for c in commands if "--methods sparse-2:4 " in c)
     assert "1728 rows over 84 weights; roughly" in out
 
 
@@ -450,7 +450,7 @@ def test_kernels_dry_run_with_dlmc(dlmc_dir, capsys):
     code, out, err = run_cli(capsys, "bench", "kernels", "--dry-run", "--distributions", "dlmc", "--dlmc", folder,
                              "--ns", "16", "--methods", "dense,sparse-2:4")
     assert code == 0, err
-    assert "9 rows over 6 weights" in out and out.count("sparse-2:4 ") == 3 and f"--dlmc {folder}" in out
+    assert "9 rows over 6 weights" in out and out.count("--methods sparse-2:4 --out") == 3 and f"--dlmc {folder}" in out
 
 
 @pytest.mark.skipif(HAS_GPU, reason="checks the refusal without a GPU")
@@ -539,10 +539,11 @@ def test_run_workload_on_a_tiny_model():
 
 
 def test_model_command_names_the_measure_option():
-    assert models.model_command("llama", 0.7, no_measure=True).endswith("--sparsities 0.7 --no-measure")
+    row = " --out reports/bench/row"  # a row's own folder: it does not replace the grid's model.csv
+    assert models.model_command("llama", 0.7, no_measure=True).endswith("--sparsities 0.7 --no-measure" + row)
     assert "--no-measure" not in models.model_command("llama", 0.7)
-    assert models.model_command("bert", 0.9, decode_fallback=True).endswith("--decode-fallback")
-    assert models.model_command("llama", 0.7, slice_kernel=True).endswith("--sparsities 0.7 --slice-kernel")
+    assert models.model_command("bert", 0.9, decode_fallback=True).endswith("--decode-fallback" + row)
+    assert models.model_command("llama", 0.7, slice_kernel=True).endswith("--sparsities 0.7 --slice-kernel" + row)
 
 
 def test_model_report_files(tmp_path):

@@ -95,9 +95,14 @@ def done_keys(rows) -> set[tuple]:
     return {row_key(r["shape"], r["distribution"], r["sparsity"], r["N"], r["method"]) for r in rows}
 
 
+#: Where a row's own command writes
+ROW_OUT = "reports/bench/row"
+
+
 def row_command(cfg: KernelConfig, case: Case, n: int, method: Method) -> str:
     """The command that measures this one row again (same weight and input: both are seeded by
-    what they are, not by their place in the grid)."""
+    what they are, not by their place in the grid), into a folder of its own (ROW_OUT), so that it
+    does not replace the grid's results."""
     parts = ["cross", "bench", "kernels"]
     if case.distribution == "dlmc":
         parts += ["--distributions", "dlmc", "--dlmc", str(cfg.dlmc), "--dlmc-layers", case.shape]
@@ -113,7 +118,7 @@ def row_command(cfg: KernelConfig, case: Case, n: int, method: Method) -> str:
         parts += ["--seed", str(cfg.seed)]
     if cfg.cost_model is not None:
         parts += ["--cost-model", str(cfg.cost_model)]
-    return shlex.join(parts)
+    return shlex.join(parts + ["--out", ROW_OUT])
 
 
 def _base_row(cfg: KernelConfig, case: Case, n: int, method: Method) -> dict:

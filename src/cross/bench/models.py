@@ -25,6 +25,7 @@ from torch import nn
 
 from ..cli.hf import agreement, not_a_head
 from ..nn.sparsify import SKIP_FILTER
+from .kernels import ROW_OUT
 from .timing import GRAPH, measure_us
 
 FIELDS = ["model", "phase", "batch", "tokens", "sparsity", "dense_ms", "cross_ms", "speedup",
@@ -135,7 +136,8 @@ def minilm(sparsity: float, model_dir: Path | None = None, device: str = "cuda")
 def model_command(name: str, sparsity: float, *, llama_layers: int = LLAMA_LAYERS, force_plan: bool = False,
                   cost_model: Path | None = None, minilm_dir: Path | None = None, no_measure: bool = False,
                   decode_fallback: bool = False, slice_kernel: bool = False) -> str:
-    """The command that measures one model at one sparsity again."""
+    """The command that measures one model at one sparsity again, into a folder of its own
+    (kernels.ROW_OUT), so that it does not replace the grid's results."""
     parts = ["cross", "bench", "model", "--models", name, "--sparsities", f"{sparsity:g}"]
     if name == "llama" and llama_layers != LLAMA_LAYERS:
         parts += ["--llama-layers", str(llama_layers)]
@@ -151,7 +153,7 @@ def model_command(name: str, sparsity: float, *, llama_layers: int = LLAMA_LAYER
         parts.append("--slice-kernel")
     if cost_model is not None:
         parts += ["--cost-model", str(cost_model)]
-    return shlex.join(parts)
+    return shlex.join(parts + ["--out", ROW_OUT])
 
 
 #: warm-up and measuring time per model timing: a Llama decode step takes ~8 ms, so 400 ms
