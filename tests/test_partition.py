@@ -251,6 +251,7 @@ MAKE_PLAN_ERRORS = [
     (dict(nan_policy="raise"), ValueError, "nan_policy: expected 'propagate' or 'ignore', got 'raise'"),
     (dict(buckets=((1, 16), (18, 64))), ValueError, "buckets: expected contiguous token ranges from 1"),
     (dict(buckets=((2, 16),)), ValueError, "buckets: expected contiguous token ranges from 1"),
+    (dict(buckets=()), ValueError, "buckets: expected at least one token range"),
     (dict(tile_shape=(64, 40)), ValueError, "expected powers of two >= 16"),
     (dict(tile_shape=(64, 16)), ValueError, r"expected at least 32 tile columns for a plan .* got \(64, 16\)"),
     (dict(weight=torch.zeros(4, 4, 4)), ValueError, "expected a 2-D tensor"),

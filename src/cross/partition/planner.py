@@ -62,6 +62,8 @@ def design_tokens(n_min: int, n_max: int) -> int:
 def check_buckets(buckets) -> tuple[tuple[int, int], ...]:
     """``buckets`` as (n_min, n_max) pairs of ints; contiguous token ranges from 1, or a ValueError."""
     out = tuple((int(a), int(b)) for a, b in buckets)
+    if not out:
+        raise ValueError("buckets: expected at least one token range, e.g. ((1, 2**31 - 1),), got none")
     prev = 0
     for a, b in out:
         if a != prev + 1 or b < a:
