@@ -206,6 +206,14 @@ def make_plan(weight: torch.Tensor | None = None, *, nnz: np.ndarray | None = No
     if nan_policy not in ("propagate", "ignore"):
         raise ValueError(f"nan_policy: expected 'propagate' or 'ignore', got {nan_policy!r}")
     buckets = check_buckets(buckets)
+    if cost_model is not None and not isinstance(cost_model, CostModel):
+        raise TypeError(f"cost_model: expected a cross.costmodel.CostModel (CostModel.load(path) reads a saved one), "
+                        f"got {type(cost_model).__name__}")
+    if n_programs is not None and (isinstance(n_programs, bool) or not isinstance(n_programs, int) or n_programs < 1):
+        raise ValueError(f"n_programs: expected an integer >= 1 (or None: the cost model's), got {n_programs!r}")
+    if isinstance(allowed_kinds, (str, TileKind)) or not all(isinstance(k, TileKind) for k in allowed_kinds):
+        raise TypeError(f"allowed_kinds: expected a sequence of TileKind, e.g. (TileKind.DENSE, TileKind.BITMAP), "
+                        f"got {allowed_kinds!r}")
     cm = cost_model or default_cost_model()
     size = grid.tile_sizes()
     programs = int(n_programs or cm.n_programs)
