@@ -289,3 +289,9 @@ def test_wanda_calibration_without_tokens_is_refused():
     model = nn.Sequential(nn.Linear(64, 64))
     with pytest.raises(ValueError, match=r"expected every selected nn.Linear to see calibration tokens, got none"):
         wanda_prune_(model, torch.randn(0, 64), 0.5)
+
+
+def test_wanda_calibration_of_the_wrong_width_gets_the_models_error(rng):
+    model = nn.Sequential(nn.Linear(64, 64))
+    with pytest.raises(RuntimeError, match=r"mat1 and mat2 shapes cannot be multiplied \(4x63 and 64x64\)"):
+        wanda_prune_(model, torch.randn(4, 63, generator=rng), 0.5)

@@ -92,6 +92,8 @@ def wanda_prune_(
 
     def hook_for(name: str):
         def hook(module: nn.Linear, args: tuple) -> None:
+            if args[0].shape[-1] != module.in_features:  # the module's own call says what is wrong
+                return
             x = args[0].detach().reshape(-1, module.in_features).float()
             if x.shape[0] == 0:  # no tokens (an expert no token was routed to): not seen
                 return
