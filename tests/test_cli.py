@@ -40,6 +40,7 @@ def weights_file(tmp_path, rng):
 
     tensors = {name: pruned(shape, dtype, density, rng) for name, (shape, dtype, density) in WEIGHTS.items()}
     tensors["embeddings.word_embeddings.weight"] = torch.randn(50, 96, generator=rng)
+    tensors["layers.2.fp8.weight"] = pruned((64, 64), torch.float32, 0.25, rng).to(torch.float8_e4m3fn)
     tensors["layers.0.attn.q.bias"] = torch.randn(128, generator=rng)
     tensors["position_ids"] = torch.arange(16).reshape(1, 16)
     path = tmp_path / "model.safetensors"
@@ -99,6 +100,8 @@ def test_analyze(weights_file, tmp_path, capsys):
         assert (out_dir / "heatmaps" / f"{name}.png").read_bytes().startswith(b"\x89PNG")
     assert "bias" not in out and "position_ids" in out  # the int buffer is named as passed over
     assert any(line.startswith("embeddings.word_embeddings ") for line in out.splitlines())  # profiled
+    fp8 = next(line for line in out.splitlines() if line.startswith("layers.2.fp8 "))  # read as float32
+    assert f"{sparsity(tensors['layers.2.fp8.weight'].float()):.1%}" in fp8
     assert (out_dir / "tile_sparsity_grid.png").read_bytes().startswith(b"\x89PNG")
     report = (out_dir / "analysis.md").read_text()
     assert "](tile_sparsity_grid.png)" in report and "](heatmaps/layers.0.attn.q.png)" in report
@@ -162,7 +165,7 @@ def test_plan_cost_model(weights_file, tmp_path, capsys):
     cm = CostModel(spec=GPUSpec(name="plan always wins", dense_launch_us=1000.0)).save(tmp_path / "cm.json")
     code, out, err = run_cli(capsys, "plan", path, "--cost-model", cm, "--out", tmp_path / "p", "-q")
     assert code == 0, err
-    assert "3 of 3 layers have a plan predicted to win" in out and "plan always wins" in out
+    assert "4 of 4 layers have a plan predicted to win" in out and "plan always wins" in out  # the fp8 one too
     plan = Plan.load(tmp_path / "p" / "layers.0.attn.q.plan.safetensors")
     assert not any(b.fallback for b in plan.buckets)
 

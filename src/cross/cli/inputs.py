@@ -14,7 +14,9 @@ from .._checks import check_plan_tile_shape, check_tile_shape
 #: safetensors dtypes the pipeline takes as they are; F64 is read as float32, other dtypes
 #: (integer buffers such as BERT's position_ids, fp8) are not weights of an nn.Linear.
 FLOAT_DTYPES = ("F32", "F16", "BF16")
-CAST_DTYPES = {"F64": torch.float32}
+#: Floating dtypes the commands read as float32 (exactly, but for float64's extra precision): the
+#: zeros, which are what the profile and the plan look at, stay zeros
+CAST_DTYPES = {"F64": torch.float32, "F8_E4M3": torch.float32, "F8_E5M2": torch.float32}
 
 
 class InputError(Exception):
@@ -105,8 +107,8 @@ EMBEDDING_KEY = re.compile(r"(^|\.)(word_embeddings|position_embeddings|token_ty
 def list_weights(path: str | Path, name_filter: str | None = None,
                  embeddings: bool = True) -> tuple[list[WeightRef], list[str]]:
     """The 2-D floating-point tensors of ``path`` whose name contains ``name_filter``, in file order,
-    and the keys of the 2-D tensors passed over (integer or fp8 dtypes, no elements; embedding
-    tables too, with ``embeddings=False``).
+    and the keys of the 2-D tensors passed over (integer or boolean dtypes, no elements; embedding
+    tables too, with ``embeddings=False``). float64 and fp8 tensors are read as float32.
     1-D tensors (biases, norms) and tensors of more dimensions are not weights of an nn.Linear."""
     from safetensors import safe_open
 

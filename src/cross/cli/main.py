@@ -290,7 +290,7 @@ def cmd_analyze(args) -> int:
     tm, tk = args.tile
     notes = [f"{len(refs)} weights, tiles {tm}x{tk}"]
     if passed_over:
-        notes.append(f"{counted(len(passed_over), '2-D tensor')} passed over (not floating point, or empty): "
+        notes.append(f"{counted(len(passed_over), '2-D tensor')} passed over (integer or boolean, or empty): "
                      + ", ".join(passed_over[:5]) + (" ..." if len(passed_over) > 5 else ""))
     if len(profiles) > GRID_LIMIT:
         notes.append(f"the grid PNG shows the first {GRID_LIMIT} layers; every layer has its own PNG")
@@ -380,7 +380,7 @@ def cmd_plan(args) -> int:
              "to win in some bucket; " + "; ".join(legend),
              f"predicted speed-up of all {counted(len(refs), 'layer')} together: {total}"]
     if passed_over:
-        lines.append(f"{counted(len(passed_over), '2-D tensor')} passed over (embedding tables, not floating point, "
+        lines.append(f"{counted(len(passed_over), '2-D tensor')} passed over (embedding tables, integer or boolean, "
                      "or empty)")
     print(text_table(header, rows))
     print("\n".join(lines))
