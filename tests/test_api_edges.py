@@ -440,3 +440,19 @@ def test_load_into_a_meta_model_is_refused(rng, tmp_path):
     with pytest.raises(ValueError, match=r"model: expected a model with its tensors in memory, got '0.weight' "
                                          r"\(and 1 more\) on the meta device"):
         cross.load(tmp_path / "saved", fresh)
+
+
+def test_weights_tied_between_sparse_layers_stay_tied_through_save_and_load(rng, tmp_path):
+    def model_of_two():
+        model = nn.Sequential(nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 128))
+        model[2].weight = model[0].weight
+        return model
+
+    model = model_of_two()
+    cross.prune.magnitude_prune_(model, 0.7)
+    sparsify_(model, keep_dense=False, progress=False)
+    cross.save(model, tmp_path / "saved")
+    fresh = model_of_two()
+    cross.load(tmp_path / "saved", fresh)
+    unsparsify_(fresh)
+    assert fresh[0].weight is fresh[2].weight and float((fresh[0].weight == 0).float().mean()) == pytest.approx(0.7, abs=0.01)

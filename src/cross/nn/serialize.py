@@ -13,7 +13,8 @@ A saved model directory:
 manifest.json holds the format name "cross.model" and format_version, the cross and torch versions,
 the device the plans were made on ("cpu" or the GPU's name: where the SparseLinear layers were when
 saved, which is where sparsify_ planned them unless they were moved), one entry per SparseLinear (fqn,
-shape, dtype, bias, its two files), the size and sha256 of every file, and manifest_sha256 over all
+shape, dtype, bias, its two files; ``tied_to``: the first layer made from the same weight Parameter,
+so that unsparsify_ after load ties them again), the size and sha256 of every file, and manifest_sha256 over all
 of that (canonical JSON). ``load`` checks every one of them before it changes the model and fails
 with a ValueError naming the file: a truncated, corrupted, edited or missing file never loads.
 
@@ -44,7 +45,7 @@ from ..pack import TiledWeight, pack_tiled
 from ..partition import Plan
 from ..tiling import TileGrid
 from .linear import SparseLinear, packed_state
-from .sparsify import _occurrences, fused_paths_off
+from .sparsify import WeightSource, _occurrences, fused_paths_off
 
 FORMAT = "cross.model"
 FORMAT_VERSION = 4  # 4: plans may choose the slice kernel (cross.plan/4); 3: the row kernel (cross.plan/3); 2: measured times (cross.plan/2); older directories still load
@@ -194,12 +195,15 @@ def save(model: nn.Module, path) -> Path:
     _remove_saved(path)
 
     found = _occurrences(model, lambda m: isinstance(m, SparseLinear))
-    layers, used = [], set()
+    layers, used, sources = [], set(), {}
     for fqn, layer, _places in found.values():
         stem = _file_stem(fqn, used)
         entry = {"fqn": fqn, "shape": list(layer.packed.shape), "dtype": dtype_name(layer.dtype),
                  "bias": layer.bias is not None, "dense_kept": layer.dense_kept,
                  "plan": f"{stem}.plan.safetensors", "packed": f"{stem}.packed.safetensors"}
+        source = getattr(layer, "_weight_source", None)
+        if source is not None:  # made from one weight Parameter with an earlier layer: unsparsify_ ties them
+            entry["tied_to"] = sources.setdefault(id(source), fqn)
         layer.plan.save(path / entry["plan"])
         _save_packed(layer, path / entry["packed"])
         layers.append(entry)
@@ -446,6 +450,10 @@ def load(path, model: nn.Module | None = None, *, device="cpu") -> dict[str, Spa
     layers = {e["fqn"]: _load_layer(path, e, _module_device(targets[e["fqn"]]) if targets else torch.device(device))
               for e in manifest["layers"]}
     _warn_other_gpu(manifest, layers)
+    ties: dict[str, WeightSource] = {}
+    for e in manifest["layers"]:  # layers made from one Parameter share a WeightSource again
+        if e.get("tied_to") in layers:
+            layers[e["fqn"]]._weight_source = ties.setdefault(e["tied_to"], WeightSource(None))
     if model is None:
         return layers
     state = _read_state(path, manifest)

@@ -204,8 +204,8 @@ class WeightSource:
     that unsparsify_ gives them one Parameter again. The reference is weak (the dense weight is not
     kept alive); copies and pickles keep the sharing but not the reference."""
 
-    def __init__(self, param: torch.Tensor):
-        self._ref = weakref.ref(param)
+    def __init__(self, param: torch.Tensor | None):
+        self._ref = None if param is None else weakref.ref(param)
 
     def param(self) -> torch.Tensor | None:
         return None if self._ref is None else self._ref()
