@@ -456,3 +456,14 @@ def test_weights_tied_between_sparse_layers_stay_tied_through_save_and_load(rng,
     cross.load(tmp_path / "saved", fresh)
     unsparsify_(fresh)
     assert fresh[0].weight is fresh[2].weight and float((fresh[0].weight == 0).float().mean()) == pytest.approx(0.7, abs=0.01)
+
+
+def test_an_edit_of_the_state_dict_leaves_the_layer_as_it_was(rng):
+    """The state dict's weight is a copy: zeroing it in place changes neither the dense copy the
+    fallback buckets use nor the packed form."""
+    layer = SparseLinear.from_dense(pruned_linear(rng), keep_dense=True)
+    x = torch.randn(5, 128, generator=rng)
+    with torch.no_grad():
+        before = layer(x)
+        layer.state_dict()["weight"].zero_()
+        assert torch.equal(layer(x), before) and layer.dense_weight.abs().sum() > 0

@@ -299,8 +299,9 @@ class SparseLinear(nn.Module):
         return self.dense_weight if self.dense_weight is not None else self.packed.to_dense()
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
-        if not _PACKED_STATE[0]:
-            destination[prefix + "weight"] = self._weight_values().detach()
+        if not _PACKED_STATE[0]:  # a copy, not the kept dense one: an edit of it must not change one path alone
+            weight = self._weight_values()
+            destination[prefix + "weight"] = (weight.clone() if weight is self.dense_weight else weight).detach()
         super()._save_to_state_dict(destination, prefix, keep_vars)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
