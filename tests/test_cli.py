@@ -121,6 +121,17 @@ def test_analyze_model_dir_filter_and_tile(weights_file, tmp_path, capsys):
     assert code == 0, err
     assert "layers.0.mlp.up" in out and "layers.2.mlp.up" in out and "attn" not in out
     assert "tiles 16x32" in out
+    # an index names the shards: a consolidated copy beside them is not read as more layers
+    shutil.copy(path, model_dir / "consolidated.safetensors")
+    shards = {"model-00001-of-00002.safetensors": [*tensors], "model-00002-of-00002.safetensors": ["layers.2.mlp.up.weight"]}
+    (model_dir / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {key: file for file, keys in shards.items() for key in keys}}))
+    code, out, err = run_cli(capsys, "analyze", model_dir, "--out", tmp_path / "b", "--filter", "mlp.up", "-q")
+    assert code == 0, err
+    assert out.count("layers.0.mlp.up ") == 1 and "consolidated" not in out
+    (model_dir / "model-00002-of-00002.safetensors").unlink()
+    code, out, err = run_cli(capsys, "analyze", model_dir, "--out", tmp_path / "c", "-q")
+    assert code == 2 and "expected the shards it names, found no model-00002-of-00002.safetensors" in err
 
 
 # ---------------------------------------------------------------------------------------- plan

@@ -3,6 +3,7 @@ files, listed from the headers and loaded one at a time without building a model
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,11 +83,23 @@ class WeightRef:
 
 
 def safetensors_files(path: str | Path) -> list[Path]:
-    """The file itself, or every *.safetensors directly inside a model directory (shards too)."""
+    """The file itself, or every *.safetensors directly inside a model directory (shards too); where
+    the directory has a model.safetensors.index.json, the shards it names (a directory may also hold
+    the same weights consolidated in one more file)."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or directory")
     if path.is_dir():
+        index = path / "model.safetensors.index.json"
+        if index.is_file():
+            try:
+                names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            except (ValueError, KeyError, TypeError, AttributeError):
+                raise InputError(f"{index}: expected a safetensors index with a weight_map, got an unreadable one") from None
+            missing = [n for n in names if not (path / n).is_file()]
+            if missing:
+                raise InputError(f"{index}: expected the shards it names, found no {missing[0]}")
+            return [path / n for n in names]
         files = sorted(path.glob("*.safetensors"))
         if not files:
             raise InputError(f"{path}: expected a model directory with *.safetensors files, found none")
