@@ -252,7 +252,7 @@ class SparseLinear(nn.Module):
             raise RuntimeError("SparseLinear is inference-only (no gradients through the sparse weight), got an "
                                "input that requires grad with grad mode on: run under torch.no_grad() or "
                                "torch.inference_mode(), or use to_dense_linear() / cross.unsparsify_ to train")
-        if isinstance(x, torch.Tensor) and x.is_floating_point():
+        if _any_autocast() and isinstance(x, torch.Tensor) and x.is_floating_point():
             kind = "cuda" if x.is_cuda else "cpu" if x.is_cpu else None
             if kind is not None and torch.is_autocast_enabled(kind):
                 # under autocast the layer computes in its own dtype (its plan's), the input cast to it, and
@@ -410,6 +410,10 @@ class SparseLinear(nn.Module):
                 f"dense kept: {'yes' if self.dense_kept else 'decoded per call' if self.decode_fallback else 'no'}, "
                 f"{self.nbytes / 1e6:.3f} MB ({self.nbytes / self.dense_nbytes:.2f}x dense)")
 
+
+#: Whether autocast is on for any device: one cheap check on every forward (torch's own; where a
+#: torch lacks it, the per-device check below always runs)
+_any_autocast = getattr(torch._C, "_is_any_autocast_enabled", lambda: True)
 
 _PACKED_STATE = [False]  # True inside packed_state(): SparseLinear's state dict leaves the weight out
 
