@@ -29,7 +29,7 @@ def probe_kernel(sparse: bool, decode: int, wgs: int):
     """The probe's build for the current device."""
     device = torch.cuda.current_device()
     defines = (f"-DSPARSE={int(sparse)}", f"-DDECODE={decode}", f"-DWGS={wgs}")
-    cubin = cuda_backend.nvrtc_cubin_of(device, SOURCE.read_bytes(), SOURCE.name, defines)
+    cubin = cuda_backend.nvrtc_cubin_of(device, SOURCE.read_bytes(), SOURCE.name, defines, arch_specific=True)
     return cuda_backend.load_kernel(device, cubin, "wgmma_probe", SMEM)[1]
 
 

@@ -121,15 +121,17 @@ def nvrtc_cubin(device_index: int, source: str, defines: tuple[str, ...]) -> byt
 
 
 def nvrtc_cubin_of(device_index: int, src: bytes, source: str, defines: tuple[str, ...],
-                   headers: dict[str, bytes] | None = None) -> bytes:
+                   headers: dict[str, bytes] | None = None, arch_specific: bool = False) -> bytes:
     """The cubin NVRTC builds of the CUDA source text ``src`` (named ``source`` in its messages, with
-    ``headers`` by name) for the device with ``defines``."""
+    ``headers`` by name) for the device with ``defines``; ``arch_specific``: for that architecture
+    only (sm_90a: what wgmma needs)."""
     _, nvrtc = _bindings()
     major, minor = torch.cuda.get_device_capability(device_index)
     names, texts = list(headers or {}), list((headers or {}).values())
     prog = _check(nvrtc.nvrtcCreateProgram(src, source.encode(), len(texts), texts, [h.encode() for h in names]),
                   "nvrtcCreateProgram")
-    opts = [f"--gpu-architecture=sm_{major}{minor}".encode(), b"-std=c++17", b"-default-device"]
+    arch = f"sm_{major}{minor}{'a' if arch_specific else ''}"
+    opts = [f"--gpu-architecture={arch}".encode(), b"-std=c++17", b"-default-device"]
     opts += [o.encode() for o in defines]
     err, = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
     if int(err) != 0:
