@@ -119,7 +119,8 @@ def _check_tokenizer(model_dir: Path, tokenizer) -> None:
     """Without its vocabulary file transformers may build a tokenizer of a few special tokens that maps
     every word to the unknown token: a run would then compare embeddings of nothing."""
     ids = tokenizer(TOKENIZER_PROBE)["input_ids"]
-    words = [i for i in ids if i not in set(tokenizer.all_special_ids)]
+    special = set(tokenizer.all_special_ids)
+    words = [i for i in ids if i not in special]
     if not words or (tokenizer.unk_token_id is not None and all(i == tokenizer.unk_token_id for i in words)):
         raise InputError(f"{model_dir}: expected a tokenizer that knows words, got one that maps "
                          f"{TOKENIZER_PROBE!r} to unknown tokens only (is its vocabulary file missing?)")

@@ -102,7 +102,7 @@ def _index_product(acc, values_ptr, meta_ptr, x_ptr, stride_xn, voff, moff, nnz,
 
 @triton.jit
 def _index_tile(values_ptr, meta_ptr, voff, moff, nnz, offs_m, offs_k,
-                TILE_M: tl.constexpr, TILE_K: tl.constexpr, CHUNK: tl.constexpr):
+                TILE_M: tl.constexpr, TILE_K: tl.constexpr, CHUNK: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """An INDEX tile as a dense [TILE_M, TILE_K] fp32 tile: per chunk of entries, A[m, e] = value e
     where its row is m, C[e, c] = 1 where its column is c, W += A @ C (one entry per element: exact)."""
     w = tl.zeros((TILE_M, TILE_K), dtype=tl.float32)
@@ -110,7 +110,7 @@ def _index_tile(values_ptr, meta_ptr, voff, moff, nnz, offs_m, offs_k,
         valid, r, c, v = _index_entries(values_ptr, meta_ptr, voff, moff, nnz, e0, CHUNK, TILE_K)
         a = tl.where(offs_m[:, None] == r[None, :], v[None, :], 0.0).to(v.dtype)
         one = tl.where(valid[:, None] & (c[:, None] == offs_k[None, :]), 1.0, 0.0).to(v.dtype)
-        w = tl.dot(a, one, w, input_precision="ieee" if v.dtype == tl.float32 else "tf32")
+        w = tl.dot(a, one, w, input_precision=DOT_PRECISION)
     return w
 
 
@@ -182,7 +182,7 @@ def plan_matmul_kernel(
                                          offs_m, n_idx, n_mask, TILE_K, INDEX_CHUNK, DOT_PRECISION)
                 else:  # Inf or NaN in X: the dense tile, so its zeros and entries meet it as the dense product's
                     w_tile = _index_tile(values_ptr, meta_ptr, voff, moff, nnz, offs_m, offs_k, TILE_M, TILE_K,
-                                         INDEX_CHUNK)
+                                         INDEX_CHUNK, DOT_PRECISION)
                     acc = tl.dot(w_tile.to(x_tile.dtype), x_tile, acc, input_precision=DOT_PRECISION)
 
             for p in range(tl.maximum(start, sec_empty), stop):  # EMPTY: non-finite inputs only

@@ -371,7 +371,7 @@ def fused_paths_off(model: nn.Module) -> None:
     SparseLinear layers into one by other means (by hand, or sparsify_ on a part of it).
     ``fused_paths_on`` undoes both where no SparseLinear is left."""
     for module in model.modules():
-        if isinstance(module, nn.TransformerEncoderLayer) and _holds_sparse(module, ("linear1", "linear2")):
+        if isinstance(module, nn.TransformerEncoderLayer) and _ffn_sparse(module):
             if getattr(module, "_cross_fused_off", None) is None:
                 module._cross_fused_off = module.register_forward_pre_hook(_modules_not_fused)
         elif isinstance(module, nn.TransformerEncoder) and _sparse_layers(module) and getattr(
@@ -383,7 +383,7 @@ def fused_paths_off(model: nn.Module) -> None:
 def fused_paths_on(model: nn.Module) -> None:
     """Undo ``fused_paths_off`` where the Linears are plain again."""
     for module in model.modules():
-        if isinstance(module, nn.TransformerEncoderLayer) and not _holds_sparse(module, ("linear1", "linear2")):
+        if isinstance(module, nn.TransformerEncoderLayer) and not _ffn_sparse(module):
             handle = getattr(module, "_cross_fused_off", None)
             if handle is not None:
                 handle.remove()
@@ -394,12 +394,14 @@ def fused_paths_on(model: nn.Module) -> None:
             del module._cross_nested_was
 
 
-def _holds_sparse(module: nn.Module, names) -> bool:
-    return any(isinstance(getattr(module, name, None), SparseLinear) for name in names)
+def _ffn_sparse(layer: nn.Module) -> bool:
+    """A TransformerEncoderLayer whose feed-forward Linears (what its fused path reads) include a
+    SparseLinear."""
+    return isinstance(layer.linear1, SparseLinear) or isinstance(layer.linear2, SparseLinear)
 
 
 def _sparse_layers(encoder: nn.TransformerEncoder) -> bool:
-    return any(_holds_sparse(layer, ("linear1", "linear2")) for layer in encoder.layers)
+    return any(_ffn_sparse(layer) for layer in encoder.layers)
 
 
 def _modules_not_fused(module, args):
