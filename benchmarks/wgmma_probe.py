@@ -14,6 +14,7 @@ TFLOP/s of the GPU; the sparse mma's peak is twice it).
 from __future__ import annotations
 
 import argparse
+from importlib import resources
 from pathlib import Path
 
 import torch
@@ -29,7 +30,9 @@ def probe_kernel(sparse: bool, decode: int, wgs: int):
     """The probe's build for the current device."""
     device = torch.cuda.current_device()
     defines = (f"-DSPARSE={int(sparse)}", f"-DDECODE={decode}", f"-DWGS={wgs}")
-    cubin = cuda_backend.nvrtc_cubin_of(device, SOURCE.read_bytes(), SOURCE.name, defines, arch_specific=True)
+    header = resources.files(cuda_backend.__package__).joinpath("wgmma.cuh").read_bytes()
+    cubin = cuda_backend.nvrtc_cubin_of(device, SOURCE.read_bytes(), SOURCE.name, defines, {"wgmma.cuh": header},
+                                        arch_specific=True)
     return cuda_backend.load_kernel(device, cubin, "wgmma_probe", SMEM)[1]
 
 

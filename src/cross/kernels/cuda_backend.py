@@ -26,7 +26,7 @@ STAGES_ENV = "CROSS_CUDA_STAGES"
 #: extra NVRTC options for profiling builds (e.g. "-DABLATE=2"; see plan_matmul.cu), read at compile time
 DEFINES_ENV = "CROSS_CUDA_DEFINES"
 _SOURCE = "plan_matmul.cu"
-_HEADERS = ("dtype.cuh", "async.cuh", "strip_sum.cuh", "mma.cuh")  # what the sources #include, handed to NVRTC by name
+_HEADERS = ("dtype.cuh", "async.cuh", "strip_sum.cuh", "mma.cuh", "wgmma.cuh")  # what the sources #include, handed to NVRTC by name
 #: one-token launches of weights whose median BITMAP tile is sparser than this (nonzeros per tile
 #: element) run a build that multiplies the tiles under it on CUDA cores (plan_matmul.cu,
 #: DECODE_CORES). Measured on H200 (docs/perf-notes.md, "The CUDA-core path, measured"): the build
@@ -74,15 +74,16 @@ def _check(result, what: str):
     return result[1] if len(result) == 2 else result[1:]
 
 
-def _launch(func, grid: int, threads: int, smem: int, ptrs, ints) -> None:
-    """cuLaunchKernel of ``func`` on PyTorch's current stream: ``grid`` blocks of ``threads``,
-    ``smem`` bytes of dynamic shared memory, the arguments ``ptrs`` (Pointers: device pointers) and
-    then ``ints`` (C ints), in kernel order."""
+def _launch(func, grid: int, threads: int, smem: int, ptrs, ints, grid_y: int = 1) -> None:
+    """cuLaunchKernel of ``func`` on PyTorch's current stream: ``grid`` x ``grid_y`` blocks of
+    ``threads``, ``smem`` bytes of dynamic shared memory, the arguments ``ptrs`` (Pointers: device
+    pointers) and then ``ints`` (C ints), in kernel order."""
     driver, _ = _bindings()
     stream = driver.CUstream(torch.cuda.current_stream().cuda_stream)
     args = tuple(ptrs.values) + tuple(int(v) for v in ints)
     types = (ctypes.c_void_p,) * len(ptrs.values) + (ctypes.c_int,) * len(ints)
-    _check(driver.cuLaunchKernel(func, grid, 1, 1, threads, 1, 1, smem, stream, (args, types), 0), "cuLaunchKernel")
+    _check(driver.cuLaunchKernel(func, grid, grid_y, 1, threads, 1, 1, smem, stream, (args, types), 0),
+           "cuLaunchKernel")
 
 
 def stages(tile_m: int, tile_k: int, block_n: int, vals_bytes: int) -> int:
@@ -112,12 +113,13 @@ def _defines(tile_m: int, tile_k: int, block_n: int, is_bf16: bool, vals: int, c
     return [f"-D{k}={v}" for k, v in ours.items() if k not in named] + extra
 
 
-def nvrtc_cubin(device_index: int, source: str, defines: tuple[str, ...]) -> bytes:
+def nvrtc_cubin(device_index: int, source: str, defines: tuple[str, ...], arch_specific: bool = False) -> bytes:
     """The cubin NVRTC builds of ``source`` (a file of this package, with its headers) for the device
-    with ``defines`` (also what profiling scripts disassemble)."""
+    with ``defines`` (also what profiling scripts disassemble); ``arch_specific`` as in
+    ``nvrtc_cubin_of``."""
     files = resources.files(__package__)
     headers = {h: files.joinpath(h).read_bytes() for h in _HEADERS}
-    return nvrtc_cubin_of(device_index, files.joinpath(source).read_bytes(), source, defines, headers)
+    return nvrtc_cubin_of(device_index, files.joinpath(source).read_bytes(), source, defines, headers, arch_specific)
 
 
 def nvrtc_cubin_of(device_index: int, src: bytes, source: str, defines: tuple[str, ...],
@@ -146,10 +148,11 @@ def nvrtc_cubin_of(device_index: int, src: bytes, source: str, defines: tuple[st
 
 
 @functools.lru_cache(maxsize=None)
-def _compile(device_index: int, source: str, name: str, defines: tuple[str, ...], smem: int):
+def _compile(device_index: int, source: str, name: str, defines: tuple[str, ...], smem: int,
+             arch_specific: bool = False):
     """(module, function) of kernel ``name`` in ``source``, compiled by NVRTC for the device with
     ``defines``, allowed ``smem`` bytes of dynamic shared memory."""
-    return load_kernel(device_index, nvrtc_cubin(device_index, source, defines), name, smem)
+    return load_kernel(device_index, nvrtc_cubin(device_index, source, defines, arch_specific), name, smem)
 
 
 def load_kernel(device_index: int, cubin: bytes, name: str, smem: int):
@@ -311,6 +314,33 @@ def sparse24_launch(blocks: int, nt: int, warps: int, mt: int, overflow: bool, s
     ``overflow``: the weight has overflow entries (the build with head words and the CUDA-core loop)."""
     func = _sparse24_kernel(torch.cuda.current_device(), ptrs.is_bf16, nt, warps, mt, overflow, smem)
     _launch(func, blocks, warps * 32, smem, ptrs, (m, k, n_tok, ldx, ldy, strips, steps))
+
+
+# ---------------------------------------------------------------------- the 128-token 2:4 kernel
+_WGMMA24_SOURCE = "wgmma24.cu"
+
+
+def wgmma24_defines(is_bf16: bool, wgs: int, mt: int, split: int, overflow: bool) -> tuple[str, ...]:
+    """NVRTC defines of a wgmma24 build, with CROSS_CUDA_DEFINES' extras last."""
+    defines = [f"-DIS_BF16={int(is_bf16)}", f"-DWGS={wgs}", f"-DMT={mt}", f"-DSPLIT={split}",
+               f"-DOVERFLOW={int(overflow)}"]
+    return tuple(defines + os.environ.get(DEFINES_ENV, "").split())
+
+
+@functools.lru_cache(maxsize=None)
+def _wgmma24_kernel(device_index: int, is_bf16: bool, wgs: int, mt: int, split: int, overflow: bool, smem: int):
+    defines = wgmma24_defines(is_bf16, wgs, mt, split, overflow)
+    _, func = _compile(device_index, _WGMMA24_SOURCE, "wgmma24", defines, smem, arch_specific=True)
+    return func
+
+
+def wgmma24_launch(row_blocks: int, token_tiles: int, wgs: int, mt: int, split: int, overflow: bool, smem: int,
+                   ptrs, m: int, k: int, n_tok: int, ldx: int, ldy: int, chunks: int) -> None:
+    """One launch of wgmma24 (sm_90a): pointers (x, y, bias or 0, values, entries), M, K, N, X's and
+    Y's row strides and the weight's chunks (64 columns); row_blocks x split blocks (clusters of
+    ``split`` along K) by ``token_tiles`` of 128 tokens."""
+    func = _wgmma24_kernel(torch.cuda.current_device(), ptrs.is_bf16, wgs, mt, split, overflow, smem)
+    _launch(func, row_blocks * split, wgs * 128, smem, ptrs, (m, k, n_tok, ldx, ldy, chunks), grid_y=token_tiles)
 
 
 # ---------------------------------------------------------------------- the slice kernel

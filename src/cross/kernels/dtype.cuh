@@ -2,6 +2,13 @@
 // between the 16-bit storage dtype (IS_BF16: 1 bfloat16, 0 float16) and fp32 (round to nearest).
 #pragma once
 
+// the storage dtype's operand types in an mma's PTX name
+#if IS_BF16
+#define SP_TYPES "bf16.bf16"
+#else
+#define SP_TYPES "f16.f16"
+#endif
+
 typedef unsigned short u16;
 typedef unsigned int u32;
 typedef unsigned long long u64;

@@ -392,6 +392,46 @@ def sparse24_matmul(x: torch.Tensor, weight, bias: torch.Tensor | None = None, o
     return y
 
 
+def wgmma24_split(row_blocks: int, chunks: int, sms: int) -> int:
+    """Parts of K per row block for the 128-token 2:4 kernel (a cluster of that many blocks, at most
+    8): enough blocks to fill the GPU's ``sms`` once, each with at least 4 chunks."""
+    want = max(1, round(sms / row_blocks))
+    return max(1, min(8, want, chunks // 4 or 1))
+
+
+def wgmma24_matmul(x: torch.Tensor, weight, bias: torch.Tensor | None = None, out: torch.Tensor | None = None,
+                   split: int | None = None) -> torch.Tensor:
+    """Y[N, M] = X[N, K] @ W^T (+ bias) by the 128-token 2:4 kernel (kernels/wgmma24.cu: Hopper's sparse
+    warpgroup mma, CUDA cores for the overflow) over a Wgmma24Weight (pack/wgmma24.py), 128 tokens per
+    block. x: [N, K] in the weight's dtype, finite (only the stored slots are multiplied); bias: [M];
+    out: optional [N, M], unit stride along M; ``split``: parts of K per row block (1..8, default
+    ``wgmma24_split``). Needs compute capability 9.0 (sm_90a)."""
+    from ..pack.wgmma24 import NTOK, smem_bytes
+    from . import cuda_backend
+
+    m, k = weight.shape
+    n = _check_pass_args("wgmma24_matmul", x, weight, bias, out, 16)
+    if torch.cuda.get_device_capability(x.device) != (9, 0):
+        raise ValueError("wgmma24_matmul: needs a compute capability 9.0 GPU (Hopper's wgmma.sp), got "
+                         f"{torch.cuda.get_device_capability(x.device)}")
+    row_blocks, chunks = weight.values.shape[:2]
+    props = torch.cuda.get_device_properties(x.device)
+    if split is None:
+        split = wgmma24_split(row_blocks, chunks, props.multi_processor_count)
+    if not isinstance(split, int) or not 1 <= split <= 8:
+        raise ValueError(f"wgmma24_matmul: split must be an int in 1..8, got {split!r}")
+    y = torch.empty((n, m), dtype=x.dtype, device=x.device) if out is None else out
+    if n == 0:
+        return y
+    if x.stride(0) % 8 or x.data_ptr() % 16 or x.stride(1) != 1:
+        x = x.contiguous()
+    smem = smem_bytes(weight.wgs, weight.mt, weight.overflow)
+    ptrs = cuda_backend.Pointers((x, y, bias, weight.values, weight.entries), x.dtype == torch.bfloat16)
+    cuda_backend.wgmma24_launch(row_blocks, -(-n // NTOK), weight.wgs, weight.mt, split, weight.overflow, smem, ptrs,
+                                m, k, n, x.stride(0), y.stride(0), chunks)
+    return y
+
+
 class SliceArgs(NamedTuple):
     """A slice-kernel launch, resolved once (``slice_args``): the format's tensors, each block's
     n-tiles (``ranges``) and the launch's sizes, so that a call does no host work beyond its launches."""

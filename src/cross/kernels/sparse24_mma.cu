@@ -50,12 +50,6 @@
 #include "async.cuh"
 #include "strip_sum.cuh"
 
-#if IS_BF16
-#define SP_TYPES "bf16.bf16"
-#else
-#define SP_TYPES "f16.f16"
-#endif
-
 // d += A (2:4, a lane's four words, its metadata word e; positions in order) x B (32 x 8): the first k-tile of a step
 // reads the metadata of lanes 4g and 4g + 1 (selector 0), the second that of 4g + 2 and 4g + 3
 template <int SEL>

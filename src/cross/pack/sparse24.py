@@ -79,16 +79,23 @@ def _overflow(bits: torch.Tensor, over: torch.Tensor, cols: torch.Tensor, s_: in
     t, hf, g = (r % rows) // ROWS, (r % ROWS) // 8, r % 8
     lane = 4 * g + 2 * t + hf
     seg = (s * kp + step) * HEAD_WORDS + lane
-    order = torch.argsort(seg * STEP + c)
-    seg, entries = seg[order], (bits[r, kappa] | (c << 16))[order]
-    count = torch.bincount(seg, minlength=s_ * kp * HEAD_WORDS)
+    head, entries = head_words(seg, c, bits[r, kappa], s_ * kp * HEAD_WORDS, "Sparse24Weight")
+    return head.view(s_, kp, HEAD_WORDS), entries
+
+
+def head_words(seg: torch.Tensor, col: torch.Tensor, value_bits: torch.Tensor, segments: int, name: str):
+    """Overflow entries, each in segment ``seg`` at column ``col`` (< 2**16) of its step or chunk with
+    16-bit pattern ``value_bits``, as (int64 head words [segments], first entry | count << START_BITS;
+    int32 entries in the order of (segment, column), value bits | column << 16)."""
+    order = torch.argsort(seg * 2**16 + col)
+    seg, entries = seg[order], (value_bits | (col << 16))[order]
+    count = torch.bincount(seg, minlength=segments)
     start = torch.cumsum(count, 0) - count
     most = int(count.max())
     if len(entries) >= 2**START_BITS or most >= 2 ** (32 - START_BITS):
-        raise ValueError(f"Sparse24Weight: {len(entries)} overflow entries, at most {most} in "
+        raise ValueError(f"{name}: {len(entries)} overflow entries, at most {most} in "
                          f"one row's 64 columns: over the head words' {START_BITS}/{32 - START_BITS} bits")
-    head = (start | (count << START_BITS)).view(s_, kp, HEAD_WORDS)
-    return head, _as_int32(entries).contiguous()
+    return start | (count << START_BITS), _as_int32(entries).contiguous()
 
 
 def group_columns(k: int, device=None) -> torch.Tensor:

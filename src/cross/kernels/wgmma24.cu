@@ -1,0 +1,259 @@
+// The 128-token 2:4 kernel: y[t, r] = sum over c of w[r, c] * x[t, c] (+ bias[r]) for up to 128 tokens
+// per block, on Hopper's sparse warpgroup mma (wgmma.mma_async.sp m64n128k32), over the format of
+// pack/wgmma24.py. The weight is the mma's A operand, read from shared memory into registers as it is
+// stored (no instruction per element on the sparsity); X^T is the B operand, in shared memory in the
+// no-swizzle K-major layout (core matrices of 8 tokens x 8 columns, 128 bytes). A group's third and
+// fourth nonzeros (the overflow) are entries that the lanes holding their row's accumulators add on
+// CUDA cores, reading X from the same stage (docs/perf-notes.md, "128 tokens: the weight as the
+// sparse A operand of wgmma.sp").
+//
+// Per block: WGS warpgroups of MT m-tiles (64 rows) each, R = 64 MT WGS rows, a token tile of 128
+// tokens (grid.y) and one of SPLIT parts of K (the block's rank in a cluster of SPLIT blocks, which
+// share a row block). All threads copy: each chunk of 64 columns (the weight's bytes of the row block
+// and X's 128 x 64 values) is one cp.async group, STAGES - 1 chunks ahead. Per chunk a warpgroup runs
+// 2 k-steps x MT sparse mmas, waits for them, adds its rows' overflow entries, and the block moves on.
+// The end: each block stages its fp32 partial sums [token][row] in its shared memory, and block s of
+// the cluster sums rows s R / SPLIT .. of all SPLIT blocks in rank order (deterministic), adds the
+// bias and writes Y.
+//
+// Non-finite inputs: only the stored slots are multiplied (a kept zero beside a lone nonzero is one),
+// so where X holds Inf or NaN the result is not the dense product's; the caller checks X.
+//
+// Compile-time parameters (NVRTC -D): IS_BF16, WGS (1 or 2), MT (1 or 2), SPLIT (1..8), STAGES,
+// OVERFLOW (0: no head words, no CUDA-core loop). Requirements checked by the launcher: K % 8 == 0, x
+// 16-byte aligned with a row stride a multiple of 8, dynamic shared memory wgmma24.smem_bytes.
+
+#ifndef WGS
+#define WGS 2
+#endif
+#ifndef MT
+#define MT 2
+#endif
+#ifndef SPLIT
+#define SPLIT 1
+#endif
+#ifndef STAGES
+#define STAGES 6
+#endif
+#ifndef OVERFLOW
+#define OVERFLOW 0
+#endif
+#define THREADS (WGS * 128)
+#define MTILES (WGS * MT)
+#define R (64 * MTILES)
+#define NTOK 128
+#define KC 64                                     // columns per chunk: two k-steps of 32
+#define TILE_BYTES 4608                           // per m-tile and chunk: A words of 2 k-steps (2 x 2048), metadata (512)
+#define HEAD_BYTES (OVERFLOW ? THREADS * 4 : 0)   // per chunk: a head word per thread
+#define W_BYTES (MTILES * TILE_BYTES + HEAD_BYTES)  // the weight's bytes of a row block's chunk
+#define X_BYTES (NTOK * KC * 2)                   // X's 128 tokens x 64 columns
+#define STAGE_BYTES (W_BYTES + X_BYTES)
+#define COUNT_SHIFT 25  // a head word: first entry (bits 0-24), entries (bits 25-31): pack/wgmma24.START_BITS
+#define START_MASK ((1u << COUNT_SHIFT) - 1u)
+#define TS (R + 4)  // the staged partial sums' row stride (floats)
+#if MT != 1 && MT != 2
+#error "MT must be 1 or 2"
+#endif
+
+#include "dtype.cuh"
+#include "async.cuh"
+#include "wgmma.cuh"
+
+// 16 bytes global -> shared, asynchronously; src_bytes 0 writes zeros (no read)
+__device__ __forceinline__ void cp16(u32 dst, const void* src, u32 src_bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
+}
+
+// the B descriptor of a k-step: no swizzle, core matrices 128 bytes apart along K (leading byte
+// offset), 8-token groups 512 bytes apart (stride byte offset)
+__device__ __forceinline__ u64 b_desc(u32 addr) {
+    return (u64)((addr >> 4) & 0x3FFF) | (u64)(128 >> 4) << 16 | (u64)(512 >> 4) << 32;
+}
+
+// d += A (64 x 32, 2:4: the thread's four words and its metadata word e) x B (32 x 128, descriptor);
+// SEL picks the lanes whose metadata the k-step reads (0: 4g, 4g + 1; 1: 4g + 2, 4g + 3)
+template <int SEL>
+__device__ __forceinline__ void wgmma_sp(float (&d)[64], const uint4& a, u64 db, u32 e) {
+    asm volatile("wgmma.mma_async.sp.sync.aligned.m64n128k32.f32." SP_TYPES " " ACC_LIST
+                 ", {%64, %65, %66, %67}, %68, %69, %70, 1, 1, 1, 0;\n"
+                 : ACC_OUT(d) : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "l"(db), "r"(e), "n"(SEL));
+}
+
+// keeps the compiler from moving accesses of the accumulators across the asynchronous mma's fences
+__device__ __forceinline__ void fence_acc(float (&d)[64]) {
+#pragma unroll
+    for (int i = 0; i < 64; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+__device__ __forceinline__ void cluster_sync() {
+#if SPLIT > 1
+    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+#else
+    __syncthreads();
+#endif
+}
+
+// the copies of chunk c (of the block's row block rb and token tile) into stage st: the weight's
+// bytes of the chunk, and X's 128 x 64 values in the k-steps' core-matrix layout (zeros past n_tok
+// tokens and past K)
+__device__ __forceinline__ void load_chunk(unsigned char* stage, const unsigned char* wsrc, const u16* x, int c,
+                                           int n_tok, int k, int ldx, int tid) {
+    const u32 sw = smem_u32(stage);
+    for (int i = tid; i < W_BYTES / 16; i += THREADS) cp16(sw + 16 * i, wsrc + 16 * i, 16);
+    const u32 sx = sw + W_BYTES;
+#pragma unroll
+    for (int j = 0; j < NTOK * KC / 8 / THREADS; ++j) {
+        const int p = tid + j * THREADS;
+        const int t = p >> 3, g8 = p & 7;  // token, 8-column group of the chunk
+        const int col = c * KC + 8 * g8;
+        const bool in = t < n_tok && col < k;
+        const u16* src = in ? x + (size_t)t * ldx + col : x;
+        const u32 dst = sx + (g8 >> 2) * (NTOK * 32 * 2) + (t >> 3) * 512 + (g8 & 3) * 128 + (t & 7) * 16;
+        cp16(dst, src, in ? 16u : 0u);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(THREADS, 1)
+#if SPLIT > 1
+    __cluster_dims__(SPLIT, 1, 1)
+#endif
+    wgmma24(const u16* __restrict__ x, u16* __restrict__ y, const u16* __restrict__ bias,
+            const unsigned char* __restrict__ values, const u32* __restrict__ entries, int m, int k, int n_tok,
+            int ldx, int ldy, int chunks) {
+    extern __shared__ __align__(128) unsigned char smem[];
+    const int tid = threadIdx.x, wg = tid >> 7, tw = tid & 127, lane = tid & 31, warp = tw >> 5;
+    const int rb = blockIdx.x / SPLIT, part = blockIdx.x % SPLIT;
+    const int tok0 = blockIdx.y * NTOK;
+    const int ntok = min(NTOK, n_tok - tok0);
+    const u16* xt = x + (size_t)tok0 * ldx;
+    const int c0 = (int)((long long)part * chunks / SPLIT), c1 = (int)((long long)(part + 1) * chunks / SPLIT);
+    const int nch = c1 - c0;
+    const unsigned char* wrb = values + (size_t)rb * chunks * W_BYTES;
+
+    float acc[MT][64];
+#pragma unroll
+    for (int t = 0; t < MT; ++t)
+#pragma unroll
+        for (int i = 0; i < 64; ++i) acc[t][i] = 0.f;
+
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) {
+        if (s < nch) load_chunk(smem + s * STAGE_BYTES, wrb + (size_t)(c0 + s) * W_BYTES, xt, c0 + s, ntok, k, ldx, tid);
+        asm volatile("cp.async.commit_group;\n" ::: "memory");
+    }
+    for (int i = 0; i < nch; ++i) {
+        asm volatile("cp.async.wait_group %0;\n" ::"n"(STAGES - 2) : "memory");
+        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // the copies, seen by the mma's reads
+        __syncthreads();  // chunk i in place; every warpgroup done with chunk i - 1's stage
+        {
+            const int nx = i + STAGES - 1;
+            if (nx < nch)
+                load_chunk(smem + (nx % STAGES) * STAGE_BYTES, wrb + (size_t)(c0 + nx) * W_BYTES, xt, c0 + nx, ntok, k,
+                           ldx, tid);
+            asm volatile("cp.async.commit_group;\n" ::: "memory");
+        }
+        unsigned char* stage = smem + (i % STAGES) * STAGE_BYTES;
+        uint4 a[2][MT];
+        u32 e[MT];
+#pragma unroll
+        for (int t = 0; t < MT; ++t) {
+            const unsigned char* tile = stage + (wg * MT + t) * TILE_BYTES;
+            a[0][t] = *reinterpret_cast<const uint4*>(tile + 16 * tw);
+            a[1][t] = *reinterpret_cast<const uint4*>(tile + 2048 + 16 * tw);
+            e[t] = *reinterpret_cast<const u32*>(tile + 4096 + 4 * tw);
+        }
+        const u32 sx = smem_u32(stage + W_BYTES);
+#pragma unroll
+        for (int t = 0; t < MT; ++t) fence_acc(acc[t]);
+        asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#pragma unroll
+        for (int t = 0; t < MT; ++t) {
+            wgmma_sp<0>(acc[t], a[0][t], b_desc(sx), e[t]);
+            wgmma_sp<1>(acc[t], a[1][t], b_desc(sx + NTOK * 32 * 2), e[t]);
+        }
+        asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+        asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+#pragma unroll
+        for (int t = 0; t < MT; ++t) fence_acc(acc[t]);
+#if OVERFLOW
+        // the chunk's overflow entries on CUDA cores: lane 4 g + 2 t + hf's head word names those of row
+        // 16 warp + 8 hf + g of m-tile t; each lane q of the group adds its 32 tokens (8 j + 2 q + {0, 1})
+        {
+            const u32 mine = reinterpret_cast<const u32*>(stage + MTILES * TILE_BYTES)[tid];
+            const int q = lane & 3;
+            const u16* xs = reinterpret_cast<const u16*>(stage + W_BYTES);
+#pragma unroll
+            for (int t = 0; t < MT; ++t)
+#pragma unroll
+                for (int hf = 0; hf < 2; ++hf) {
+                    const u32 hw = __shfl_sync(0xffffffffu, mine, (lane & ~3) | (2 * t + hf));
+                    const u32* ent = entries + (hw & START_MASK);
+                    const int cnt = (int)(hw >> COUNT_SHIFT);
+                    for (int j = 0; j < cnt; ++j) {
+                        const u32 en = __ldg(ent + j);
+                        const float v = to_float((u16)(en & 0xffffu));
+                        const int col = (int)(en >> 16);
+                        const u16* xc = xs + ((col >> 5) * (NTOK * 32 * 2) + ((col & 31) >> 3) * 128 + (2 * q) * 16) / 2
+                                        + (col & 7);
+#pragma unroll
+                        for (int jj = 0; jj < 16; ++jj) {
+                            acc[t][4 * jj + 2 * hf] += v * to_float(xc[jj * 256]);
+                            acc[t][4 * jj + 2 * hf + 1] += v * to_float(xc[jj * 256 + 8]);
+                        }
+                    }
+                }
+        }
+#endif
+    }
+    asm volatile("cp.async.wait_all;\n" ::: "memory");
+    __syncthreads();  // every warpgroup done with the stages: they hold the partial sums now
+
+    // partial sums [token][row] (row stride TS floats): thread's d[4 j + 2 h + b] is row 16 warp + g + 8 h
+    // of its m-tile, token 8 j + 2 q + b
+    float* ts = reinterpret_cast<float*>(smem);
+    {
+        const int g = lane >> 2, q = lane & 3;
+#pragma unroll
+        for (int t = 0; t < MT; ++t) {
+            const int r0 = (wg * MT + t) * 64 + 16 * warp + g;
+#pragma unroll
+            for (int i = 0; i < 64; ++i) {
+                const int row = r0 + 8 * ((i >> 1) & 1), tok = 8 * (i >> 2) + 2 * q + (i & 1);
+                ts[tok * TS + row] = acc[t][i];
+            }
+        }
+    }
+    cluster_sync();
+    // this block's share of the row block's rows, summed over the cluster's blocks in rank order
+    constexpr int PER = ((R / 4 + SPLIT - 1) / SPLIT) * 4;
+    const int rlo = part * PER, rhi = min(R, rlo + PER);
+    const int row0 = rb * R;
+    const u32 tsa = smem_u32(ts);
+    for (int p = tid; p < ntok * (PER / 4); p += THREADS) {
+        const int tok = p / (PER / 4), r4 = rlo + 4 * (p % (PER / 4));
+        if (r4 >= rhi) continue;
+        float4 s = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+        for (int src = 0; src < SPLIT; ++src) {
+            const u32 local = tsa + 4u * (u32)(tok * TS + r4);
+            float4 v;
+#if SPLIT > 1
+            u32 remote;
+            asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(local), "r"(src));
+            asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];\n"
+                         : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "r"(remote));
+#else
+            v = *reinterpret_cast<const float4*>(ts + tok * TS + r4);
+#endif
+            s.x += v.x, s.y += v.y, s.z += v.z, s.w += v.w;
+        }
+        const float sv[4] = {s.x, s.y, s.z, s.w};
+        u16* yr = y + (size_t)(tok0 + tok) * ldy + row0 + r4;
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+            const int row = row0 + r4 + u;
+            if (row < m) yr[u] = from_float(sv[u] + (bias ? to_float(bias[row]) : 0.f));
+        }
+    }
+    cluster_sync();  // no block leaves while another reads its partial sums
+}

@@ -1,0 +1,180 @@
+"""The 128-token 2:4 format: a weight stored for Hopper's sparse warpgroup mma
+(``wgmma.mma_async.sp`` m64n128k32, ``kernels/wgmma24.cu``) with the weight as the A operand: each
+thread's A registers and metadata word are read as they are stored, and the hardware picks the
+columns of X they multiply, so the kernel spends no instruction per element on the sparsity.
+
+Groups are 4 consecutive columns (X^T is the mma's B operand in shared memory, read in its natural
+column order). Each group keeps two slots, as in ``pack/sparse24.py``: first position < second, a
+lone nonzero with a stored zero beside it, an empty group two; a 32-bit word (first slot in the low
+half) and a nibble of metadata (first position | second position << 2). A group's third and fourth
+nonzeros are overflow entries, added by the lanes that hold their row on CUDA cores.
+
+Layout. A row block is R = 64 mtiles rows (``mtiles`` = warpgroups x m-tiles per warpgroup), a chunk
+64 columns (two k-steps of 32, 16 groups). Per row block and chunk, contiguous:
+
+    per m-tile (4608 bytes): A words [k-step][thread][4], then the metadata [thread]
+    where there is overflow: a head word [thread] (wg 128 + tw), naming entries (first | count << 25)
+
+In a warpgroup's m64n128k32 sparse mma, thread tw = 32 w + 4 g + q holds as its A register i the
+word of row 16 w + g + 8 (i & 1), group q + 4 (i >> 1) of the k-step (the m16n8k32 sparse A layout
+of each warp's 16 rows); its metadata word: thread 32 w + 4 g + 2 ks + h holds the nibbles of rows
+16 w + g (bits 0-15) and 16 w + g + 8 (bits 16-31), groups 4 h .. 4 h + 3 of k-step ks, group 4 h + i
+at bits 4 i (sparsity selector ks). Overflow: thread wg 128 + 32 w + 4 g + 2 t + hf's head word names
+the entries of row 16 w + 8 hf + g of m-tile wg mt + t in the chunk; entries are int32, the value's
+bits | its column in the chunk << 16, in the order of (row block, chunk, thread, column).
+
+Bytes: 0.5625 of dense whatever the sparsity (values and metadata), plus 1 / 16 of dense for the
+head words and 4 bytes per entry where there is overflow.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .._checks import check_weight
+from .rows import _as_int16, _as_int32
+from .sparse24 import START_BITS, _slots, head_words
+
+GROUP = 4
+KSTEP = 32
+CHUNK = 64
+TILE_ROWS = 64
+TILE_WORDS = 2 * 128 * 4 + 128  # per m-tile and chunk: A words of both k-steps, then the metadata
+STAGES = 6
+NTOK = 128
+_DTYPES = (torch.bfloat16, torch.float16)
+
+
+class Wgmma24Weight:
+    """A weight in the 128-token 2:4 layout; ``from_dense`` packs one."""
+
+    def __init__(self, shape: tuple[int, int], dtype: torch.dtype, wgs: int, mt: int, values: torch.Tensor,
+                 entries: torch.Tensor):
+        self.shape, self.dtype, self.wgs, self.mt, self.values, self.entries = shape, dtype, wgs, mt, values, entries
+
+    @property
+    def mtiles(self) -> int:
+        return self.wgs * self.mt
+
+    @property
+    def rows(self) -> int:
+        """Rows per row block (R)."""
+        return TILE_ROWS * self.mtiles
+
+    @property
+    def overflow(self) -> bool:
+        """Whether some group holds more than 2 nonzeros (entries, and head words in each chunk)."""
+        return self.entries.numel() > 0
+
+    @property
+    def device(self) -> torch.device:
+        return self.values.device
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.values, self.entries))
+
+    @classmethod
+    def from_dense(cls, weight: torch.Tensor, wgs: int = 2, mt: int = 2) -> "Wgmma24Weight":
+        """Pack a 2-D bf16/fp16 weight: in every group of 4 consecutive columns the first two nonzeros
+        in the 2:4 part, the others as overflow entries; zeros (and -0.0) are not stored."""
+        check_weight(weight)
+        if weight.dtype not in _DTYPES:
+            raise TypeError(f"128-token 2:4 format: expected a bfloat16 or float16 weight, got {weight.dtype}")
+        if wgs not in (1, 2) or mt not in (1, 2):
+            raise ValueError(f"Wgmma24Weight: wgs and mt must be 1 or 2, got {wgs!r}, {mt!r}")
+        m, k = weight.shape
+        dev = weight.device
+        mtiles = wgs * mt
+        rows = TILE_ROWS * mtiles
+        rb_, nc = -(-m // rows), -(-k // CHUNK)
+        w = torch.zeros(rb_ * rows, nc * CHUNK, dtype=weight.dtype, device=dev)
+        w[:m, :k] = weight
+        bits = w.view(torch.int16).to(torch.int64) & 0xFFFF
+        nz = (bits & 0x7FFF) != 0
+        over = nz & (nz.view(rb_ * rows, -1, GROUP).cumsum(-1).view_as(nz) > 2)  # a group's third and fourth
+        nz = nz & ~over
+        mask = (nz.view(rb_ * rows, -1, GROUP).to(torch.int64) * (1 << torch.arange(GROUP, device=dev))).sum(-1)
+        p0t, p1t = (t.to(dev) for t in _slots())
+        p0, p1 = p0t[mask], p1t[mask]
+        vals = torch.where(nz, bits, 0).view(rb_ * rows, -1, GROUP)
+        word = vals.gather(-1, p0[..., None])[..., 0] | (vals.gather(-1, p1[..., None])[..., 0] << 16)
+        nib = p0 | (p1 << 2)
+        # (rb, mtile, w, hf, g, chunk, ks, hq, q): row = 64 mtile + 16 w + 8 hf + g, group = 16 chunk + 8 ks + 4 hq + q
+        shape = (rb_, mtiles, 4, 2, 8, nc, 2, 2, 4)
+        word, nib = word.view(shape), nib.view(shape)
+        # A words: [rb, chunk, mtile, ks, thread = 32 w + 4 g + q, i = hf + 2 hq]
+        a = word.permute(0, 5, 1, 6, 2, 4, 8, 7, 3).reshape(rb_, nc, mtiles, 2 * 128 * 4)
+        # metadata: thread 32 w + 4 g + 2 ks + hq: groups 4 hq + q (bits 4 q) of row g (low half), g + 8 (high)
+        half = (nib << (4 * torch.arange(4, device=dev))).sum(-1)  # [rb, mtile, w, hf, g, chunk, ks, hq]
+        meta = half[:, :, :, 0] | (half[:, :, :, 1] << 16)  # [rb, mtile, w, g, chunk, ks, hq]
+        meta = meta.permute(0, 4, 1, 2, 3, 5, 6).reshape(rb_, nc, mtiles, 128)
+        tiles = torch.cat([a, meta], -1).reshape(rb_, nc, mtiles * TILE_WORDS)
+        entries = torch.zeros(0, dtype=torch.int32, device=dev)
+        if bool(over.any()):
+            head, entries = _overflow(bits, over, rb_, nc, wgs, mt)
+            tiles = torch.cat([tiles, head], -1)
+        values = _as_int32(tiles).contiguous()
+        if values.numel() * 4 >= 2**31:
+            raise ValueError("Wgmma24Weight: the weight is too large for 32-bit offsets")
+        return cls((m, k), weight.dtype, wgs, mt, values, entries)
+
+    def to_dense(self) -> torch.Tensor:
+        """The weight, read from the format as the kernel reads it: the sparse mma's slots, then each
+        lane group's overflow entries found through its chunk's head words."""
+        m, k = self.shape
+        mtiles = self.mtiles
+        rb_, nc = self.values.shape[:2]
+        dev = self.values.device
+        v = self.values.to(torch.int64) & 0xFFFFFFFF
+        tiles = v[..., :mtiles * TILE_WORDS].reshape(rb_, nc, mtiles, TILE_WORDS)
+        a = tiles[..., :1024].reshape(rb_, nc, mtiles, 2, 4, 8, 4, 2, 2)  # rb, chunk, mtile, ks, w, g, q, hq, hf
+        word = a.permute(0, 2, 4, 8, 5, 1, 3, 7, 6)  # rb, mtile, w, hf, g, chunk, ks, hq, q
+        meta = tiles[..., 1024:].reshape(rb_, nc, mtiles, 4, 8, 2, 2)  # rb, chunk, mtile, w, g, ks, hq
+        half = torch.stack([meta & 0xFFFF, meta >> 16], 4)  # rb, chunk, mtile, w, hf, g, ks, hq
+        nib = (half[..., None] >> (4 * torch.arange(4, device=dev))) & 15  # ..., q
+        nib = nib.permute(0, 2, 3, 4, 5, 1, 6, 7, 8)  # rb, mtile, w, hf, g, chunk, ks, hq, q
+        rows = rb_ * TILE_ROWS * mtiles
+        word, nib = word.reshape(rows, -1), nib.reshape(rows, -1)
+        out = torch.zeros(rows, nc * CHUNK // GROUP, GROUP, dtype=torch.int64, device=dev)
+        out.scatter_(-1, (nib & 3)[..., None], (word & 0xFFFF)[..., None])
+        out.scatter_(-1, (nib >> 2)[..., None], (word >> 16)[..., None])
+        dense = out.reshape(rows, nc * CHUNK)
+        if self.overflow:
+            threads = 128 * self.wgs
+            head = v[..., mtiles * TILE_WORDS:].reshape(-1)  # [(rb, chunk, thread)]
+            count = head >> START_BITS
+            seg = torch.repeat_interleave(torch.arange(len(head), device=dev), count)
+            first = torch.repeat_interleave(head & (2**START_BITS - 1), count)
+            offset = torch.arange(len(seg), device=dev) - torch.repeat_interleave(torch.cumsum(count, 0) - count, count)
+            e = self.entries.to(torch.int64)[first + offset] & 0xFFFFFFFF
+            thread, chunk, rb = seg % threads, (seg // threads) % nc, seg // (threads * nc)
+            wg, w, lane = thread // 128, (thread % 128) // 32, thread % 32
+            g, t, hf = lane // 4, (lane % 4) // 2, lane % 2
+            if self.mt == 1 and bool((t > 0).any()):
+                raise RuntimeError("128-token 2:4 format: a one-m-tile warpgroup's head word names a second m-tile")
+            row = rb * self.rows + (wg * self.mt + t) * TILE_ROWS + 16 * w + 8 * hf + g
+            dense[row, chunk * CHUNK + (e >> 16)] = e & 0xFFFF
+        return _as_int16(dense).view(self.dtype)[:m, :k].contiguous()
+
+
+def _overflow(bits: torch.Tensor, over: torch.Tensor, rb_: int, nc: int, wgs: int, mt: int):
+    """Head words [rb, chunk, threads] (int64) and int32 entries of the overflow ``over`` (a group's
+    third and fourth nonzeros) of the padded weight's bit patterns ``bits``."""
+    rows, threads = TILE_ROWS * wgs * mt, 128 * wgs
+    r, col = over.nonzero(as_tuple=True)
+    rb, rr, chunk, c = r // rows, r % rows, col // CHUNK, col % CHUNK
+    mtile, w, hf, g = rr // TILE_ROWS, (rr % TILE_ROWS) // 16, (rr % 16) // 8, rr % 8
+    wg, t = mtile // mt, mtile % mt
+    thread = wg * 128 + 32 * w + 4 * g + 2 * t + hf
+    seg = (rb * nc + chunk) * threads + thread
+    head, entries = head_words(seg, c, bits[r, col], rb_ * nc * threads, "Wgmma24Weight")
+    return head.view(rb_, nc, threads), entries
+
+
+def smem_bytes(wgs: int, mt: int, overflow: bool, stages: int = STAGES) -> int:
+    """Dynamic shared memory of a wgmma24 block (kernels/wgmma24.cu): its pipeline's stages, which
+    then hold the partial sums."""
+    mtiles = wgs * mt
+    w_bytes = mtiles * TILE_WORDS * 4 + (128 * wgs * 4 if overflow else 0)
+    pipeline = stages * (w_bytes + NTOK * CHUNK * 2)
+    return max(pipeline, NTOK * (TILE_ROWS * mtiles + 4) * 4)

@@ -1,0 +1,169 @@
+"""The 128-token 2:4 format (pack/wgmma24.py) and its kernel (kernels/wgmma24.cu).
+
+CPU: the format read back (the mma's slots, and the overflow entries through the head words) gives
+the weight bit for bit over shapes, densities, warpgroups and m-tiles; the thread layout of the A
+words and the metadata nibbles; the bytes; the launcher's split.
+GPU (`-m gpu`, compute capability 9.0): the kernel against the fp64 product with outputs poisoned,
+fresh inputs, over shapes (ragged M and K), densities, dtypes, token counts (token tiles), warpgroups,
+m-tiles, splits of K and bias.
+"""
+
+import pytest
+import torch
+
+from cross.kernels.launch import wgmma24_split
+from cross.pack.wgmma24 import CHUNK, TILE_WORDS, Wgmma24Weight, smem_bytes
+
+
+def _weight(m, k, per_group, gen, dtype=torch.bfloat16):
+    """A random weight with 0..per_group nonzeros (uniformly) in every group of 4 consecutive columns."""
+    kk = -(-k // 4) * 4
+    w = torch.randn(m, kk // 4, 4, generator=gen)
+    order = torch.rand(m, kk // 4, 4, generator=gen).argsort(-1)
+    n = torch.randint(0, per_group + 1, (m, kk // 4, 1), generator=gen)
+    keep = torch.zeros_like(w, dtype=torch.bool).scatter_(-1, order, torch.arange(4)[None, None, :] < n)
+    return torch.where(keep, w, 0.0).view(m, kk)[:, :k].to(dtype)
+
+
+def _bits(t):
+    return t.contiguous().view(torch.int16)
+
+
+def _unstructured(m, k, density, gen, dtype=torch.bfloat16):
+    w = (torch.randn(m, k, generator=gen) * (torch.rand(m, k, generator=gen) < density)).to(dtype)
+    return torch.where(w == 0, torch.zeros_like(w), w)
+
+
+@pytest.mark.parametrize("m,k", [(64, 64), (40, 200), (300, 136), (129, 8), (256, 1024)])
+@pytest.mark.parametrize("wgs,mt", [(2, 2), (1, 1), (1, 2), (2, 1)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_round_trip(rng, m, k, wgs, mt, dtype):
+    w = _weight(m, k, 2, rng, dtype)
+    w[0, 0] = -0.0  # no nonzero: stored as +0.0
+    sw = Wgmma24Weight.from_dense(w, wgs, mt)
+    assert sw.values.is_contiguous()
+    assert torch.equal(_bits(sw.to_dense()), _bits(torch.where(w == 0, torch.zeros_like(w), w)))
+    assert not sw.overflow  # 2:4 already: no entries, no head words
+    assert sw.nbytes() == -(-m // sw.rows) * -(-k // CHUNK) * wgs * mt * TILE_WORDS * 4
+
+
+@pytest.mark.parametrize("m,k", [(64, 64), (40, 200), (300, 136), (256, 1024)])
+@pytest.mark.parametrize("density", [0.1, 0.3, 0.5, 1.0])
+@pytest.mark.parametrize("wgs,mt", [(2, 2), (1, 1), (1, 2)])
+def test_round_trip_with_overflow(rng, m, k, density, wgs, mt):
+    """An unstructured weight: a group's first two nonzeros in the mma's slots, the others entries."""
+    w = _unstructured(m, k, density, rng)
+    sw = Wgmma24Weight.from_dense(w, wgs, mt)
+    assert torch.equal(_bits(sw.to_dense()), _bits(w))
+    kk = -(-k // 4) * 4
+    nz = torch.nn.functional.pad(w != 0, (0, kk - k)).view(m, -1, 4).sum(-1)
+    assert sw.entries.numel() == int((nz - 2).clamp(min=0).sum())
+    if sw.overflow:
+        per_chunk = wgs * mt * TILE_WORDS * 4 + wgs * 128 * 4
+        assert sw.nbytes() == -(-m // sw.rows) * -(-k // CHUNK) * per_chunk + 4 * sw.entries.numel()
+
+
+def test_thread_layout():
+    """Thread 32 w + 4 g + q's A register i is the word of row 16 w + g + 8 (i & 1), group q + 4 (i >> 1) of
+    the k-step; thread 32 w + 4 g + 2 ks + h's metadata word holds groups 4 h .. 4 h + 3 of k-step ks,
+    rows 16 w + g (low half) and 16 w + g + 8 (high half), group 4 h + i at bits 4 i."""
+    m, k = 64, 64
+    w = torch.zeros(m, k, dtype=torch.bfloat16)
+    # row r, group j: one nonzero at position (r + j) % 4 of value r * 64 + j + 1 (exact in bf16 up to 256)
+    for r in (0, 9, 21, 63):
+        for j in range(16):
+            w[r, 4 * j + (r + j) % 4] = float(r + j + 1)
+    sw = Wgmma24Weight.from_dense(w, 1, 1)
+    tile = sw.values[0, 0].to(torch.int64) & 0xFFFFFFFF
+    a = tile[:1024].view(2, 128, 4)  # k-step, thread, register
+    meta = tile[1024:].view(128)
+    for r in (0, 9, 21, 63):
+        wv, g, hf = r // 16, r % 8, (r % 16) // 8
+        for j in range(16):
+            ks, jj = j // 8, j % 8
+            q, hq = jj % 4, jj // 4
+            thread, reg = 32 * wv + 4 * g + q, hf + 2 * hq
+            p = (r + j) % 4
+            first = p if p < 3 else 2  # the lone nonzero's slot: first unless it is at position 3
+            word = int(a[ks, thread, reg])
+            value = torch.tensor([word >> (16 * (first != p)) & 0xFFFF], dtype=torch.int32).to(torch.int16)
+            assert float(value.view(torch.bfloat16)) == float(r + j + 1)
+            mw = int(meta[32 * wv + 4 * g + 2 * ks + hq]) >> (16 * hf)
+            nib = (mw >> (4 * q)) & 15
+            assert (nib & 3, nib >> 2) == ((p, 3) if p < 3 else (2, 3))
+
+
+def test_bad_input():
+    with pytest.raises(TypeError, match="bfloat16 or float16"):
+        Wgmma24Weight.from_dense(torch.randn(64, 64))
+    with pytest.raises(ValueError, match="wgs and mt"):
+        Wgmma24Weight.from_dense(torch.randn(64, 64).bfloat16(), wgs=3)
+
+
+def test_split_and_smem():
+    assert wgmma24_split(43, 64, 132) == 3  # 11008 rows in blocks of 256: 129 blocks
+    assert wgmma24_split(16, 64, 132) == 8  # 4096 rows: 128 blocks
+    assert wgmma24_split(200, 64, 132) == 1
+    assert wgmma24_split(16, 8, 132) == 2  # at least 4 chunks per part
+    assert smem_bytes(2, 2, False) == 6 * (4 * 4608 + 128 * 64 * 2) <= 227 * 1024
+    assert smem_bytes(2, 2, True) == 6 * (4 * 4608 + 1024 + 128 * 64 * 2) <= 227 * 1024
+
+
+# ---------------------------------------------------------------------- GPU
+def _needs_sm90():
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("the 128-token 2:4 kernel needs a compute capability 9.0 GPU")
+
+
+def _check(y, x, w, b):
+    ref = x.double() @ w.double().t() + (b.double() if b is not None else 0)
+    assert bool(torch.isfinite(y).all()), "non-finite output (unwritten?)"
+    err = (y.double() - ref).abs() / (ref.abs() + ref.pow(2).mean().sqrt() + 1e-30)
+    return float(err.max())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m,k", [(64, 64), (40, 200), (1000, 1032), (4096, 4096), (11008, 4096), (4096, 11008)])
+@pytest.mark.parametrize("weight", ["2:4", "0.05", "0.3", "0.5", "1.0"])
+@pytest.mark.parametrize("wgs,mt", [(2, 2), (1, 1), (2, 1)])
+def test_gpu_wgmma24_kernel(m, k, weight, wgs, mt, rng):
+    """2:4 weights, and unstructured ones of the given density (their overflow on CUDA cores)."""
+    from cross.kernels.launch import wgmma24_matmul
+
+    _needs_sm90()
+    w = (_weight(m, k, 2, rng) if weight == "2:4" else _unstructured(m, k, float(weight), rng)).cuda()
+    sw = Wgmma24Weight.from_dense(w, wgs, mt)
+    for n in (1, 100, 128, 300):
+        x = torch.randn(n, k, generator=rng).to(torch.bfloat16).cuda()
+        b = torch.randn(m, generator=rng).to(torch.bfloat16).cuda() if n % 2 == 0 else None
+        y = torch.full((n, m), float("nan"), dtype=torch.bfloat16, device="cuda")
+        wgmma24_matmul(x, sw, b, out=y)
+        assert _check(y, x, w, b) < 2e-2, f"n={n}"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("split", [1, 2, 3, 5, 8])
+def test_gpu_wgmma24_splits(split, rng):
+    """Every split of K sums to the same product, and a split's result is deterministic run to run."""
+    from cross.kernels.launch import wgmma24_matmul
+
+    _needs_sm90()
+    m, k = 700, 2056
+    w = _unstructured(m, k, 0.3, rng).cuda()
+    sw = Wgmma24Weight.from_dense(w)
+    x = torch.randn(128, k, generator=rng).to(torch.bfloat16).cuda()
+    y = torch.full((128, m), float("nan"), dtype=torch.bfloat16, device="cuda")
+    wgmma24_matmul(x, sw, out=y, split=split)
+    assert _check(y, x, w, None) < 2e-2
+    assert torch.equal(wgmma24_matmul(x, sw, split=split).view(torch.int16), y.view(torch.int16))
+
+
+@pytest.mark.gpu
+def test_gpu_wgmma24_fp16(rng):
+    from cross.kernels.launch import wgmma24_matmul
+
+    _needs_sm90()
+    w = _unstructured(300, 520, 0.4, rng, torch.float16).cuda()
+    x = torch.randn(77, 520, generator=rng).to(torch.float16).cuda()
+    y = wgmma24_matmul(x, Wgmma24Weight.from_dense(w))
+    assert _check(y, x, w, None) < 5e-3
