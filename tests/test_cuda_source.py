@@ -85,9 +85,10 @@ def test_wgmma_probe_compiles(variant, tmp_path):
     sm_90a without spills, and ptxas keeps its mma asynchronous (no serialization warning)."""
     from pathlib import Path
 
-    src = Path(__file__).resolve().parents[1] / "benchmarks" / "wgmma_probe.cu"
+    root = Path(__file__).resolve().parents[1]
+    src = root / "benchmarks" / "wgmma_probe.cu"
     cmd = [NVCC, "-arch=sm_90a", "-std=c++17", "-cubin", "-Xptxas", "-v", "-o", str(tmp_path / "p.cubin"),
-           *variant.split(), str(src)]
+           "-I", str(root / "src" / "cross" / "kernels"), *variant.split(), str(src)]
     out = subprocess.run(cmd, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "serializ" not in out.stderr, out.stderr[-2000:]
