@@ -298,12 +298,16 @@ def _launch(x, y, a: KernelArgs, bias):
             GATHER=False, INDEX_CHUNK=INDEX_CHUNK, num_warps=4)
 
 
-def _check_pass_args(name: str, x: torch.Tensor, weight, bias, out, nt: int) -> int:
-    """The checks strip_matmul, sparse24_matmul and slice_matmul share (tokens per pass, x, bias, out,
-    one CUDA device); returns N. Each error names the function and what it expected."""
-    m, k = weight.shape
+def _check_nt(name: str, nt) -> None:
+    """strip_matmul's and sparse24_matmul's tokens per pass: 8 or 16."""
     if nt not in (8, 16):
         raise ValueError(f"{name}: nt (tokens per pass) must be 8 or 16, got {nt!r}")
+
+
+def _check_pass_args(name: str, x: torch.Tensor, weight, bias, out) -> int:
+    """The checks of x, bias, out and one CUDA device that the kernels' launchers share; returns N.
+    Each error names the function and what it expected."""
+    m, k = weight.shape
     if x.dim() != 2 or x.shape[1] != k or x.dtype != weight.dtype:
         raise ValueError(f"{name}: expected x [N, {k}] {weight.dtype} (the {m}x{k} weight's), got "
                          f"{tuple(x.shape)} {x.dtype}")
@@ -332,7 +336,8 @@ def strip_matmul(x: torch.Tensor, weight, bias: torch.Tensor | None = None, out:
     from . import cuda_backend
 
     m, k = weight.shape
-    n = _check_pass_args("strip_matmul", x, weight, bias, out, nt)
+    _check_nt("strip_matmul", nt)
+    n = _check_pass_args("strip_matmul", x, weight, bias, out)
     if not all(t.is_contiguous() for t in (weight.values, weight.masks, weight.chunks, weight.heads)):
         raise ValueError("strip_matmul: the StripWeight's tensors must be contiguous")
     smem = smem_bytes(k, nt, weight.warps, weight.ring, weight.depth, weight.mt)
@@ -369,7 +374,8 @@ def sparse24_matmul(x: torch.Tensor, weight, bias: torch.Tensor | None = None, o
     m, k = weight.shape
     if not isinstance(warps, int) or not 1 <= warps <= 32:
         raise ValueError(f"sparse24_matmul: warps must be an int in 1..32, got {warps!r}")
-    n = _check_pass_args("sparse24_matmul", x, weight, bias, out, nt)
+    _check_nt("sparse24_matmul", nt)
+    n = _check_pass_args("sparse24_matmul", x, weight, bias, out)
     smem = smem_bytes(k, nt, warps, weight.mt)
     limit = getattr(torch.cuda.get_device_properties(x.device), "shared_memory_per_block_optin", 227 * 1024)
     if smem > limit:
@@ -410,7 +416,7 @@ def wgmma24_matmul(x: torch.Tensor, weight, bias: torch.Tensor | None = None, ou
     from . import cuda_backend
 
     m, k = weight.shape
-    n = _check_pass_args("wgmma24_matmul", x, weight, bias, out, 16)
+    n = _check_pass_args("wgmma24_matmul", x, weight, bias, out)
     if torch.cuda.get_device_capability(x.device) != (9, 0):
         raise ValueError("wgmma24_matmul: needs a compute capability 9.0 GPU (Hopper's wgmma.sp), got "
                          f"{torch.cuda.get_device_capability(x.device)}")
@@ -548,5 +554,5 @@ def slice_matmul(x: torch.Tensor, weight, bias: torch.Tensor | None = None,
     weight's dtype; bias: [M]; out: optional [N, M], unit stride along M. Non-finite inputs give the
     dense product's result."""
     _check_slice_weight(weight, producers)
-    _check_pass_args("slice_matmul", x, weight, bias, out, 16)
+    _check_pass_args("slice_matmul", x, weight, bias, out)
     return slice_run(x, slice_args(weight, producers), bias, out)

@@ -66,8 +66,14 @@ __device__ __forceinline__ void cp16(u32 dst, const void* src, u32 src_bytes) {
 
 // the B descriptor of a k-step: no swizzle, core matrices 128 bytes apart along K (leading byte
 // offset), 8-token groups 512 bytes apart (stride byte offset)
+#ifndef B_LBO
+#define B_LBO 128
+#endif
+#ifndef B_SBO
+#define B_SBO 512
+#endif
 __device__ __forceinline__ u64 b_desc(u32 addr) {
-    return (u64)((addr >> 4) & 0x3FFF) | (u64)(128 >> 4) << 16 | (u64)(512 >> 4) << 32;
+    return (u64)((addr >> 4) & 0x3FFF) | (u64)(B_LBO >> 4) << 16 | (u64)(B_SBO >> 4) << 32;
 }
 
 // d += A (64 x 32, 2:4: the thread's four words and its metadata word e) x B (32 x 128, descriptor);
