@@ -84,7 +84,7 @@ def main(argv=None):
                     if bad:
                         raise SystemExit(f"{shape} N={n} {sp} {kind} {setting}: {bad}")
                     us = graph_us(lambda: wgmma24_matmul(x, sw, out=y, split=split))
-                    mb = sw.nbytes() / 1e6
+                    mb = sw.nbytes / 1e6
                     rec = dict(shape=shape, M=m, K=k, N=n, sparsity=sp, weight=kind, overflow_of_nonzeros=round(over, 4),
                                setting=f"{parts[0]}:{parts[1]}:{split}", mb=round(mb, 2), dense_us=round(dense_us, 2),
                                wgmma24_us=round(us, 2), speedup_vs_dense=round(dense_us / us, 3))

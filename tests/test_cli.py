@@ -325,6 +325,16 @@ def test_run_offering_the_slice_kernel(tiny_bert_dir, capsys):
     assert "12 of 13 layers sparse" in out and _agreement(out) < 1e-5
 
 
+def test_run_offering_the_wgmma_kernel(tiny_bert_dir, capsys):
+    """--wgmma-kernel is taken with nan_policy 'ignore' and the report says so (on the CPU the model
+    is fp32, which the kernel does not take: its plans are test_wgmma24_runtime's)."""
+    code, out, err = run_cli(capsys, "run", tiny_bert_dir, "--text", "a sentence", "--device", "cpu", "-q",
+                             "--sparsity", "0.8", "--prune", "magnitude", "--force-plan", "--wgmma-kernel")
+    assert code == 0, err
+    assert "128-token 2:4 kernel offered (nan_policy='ignore')" in out and "PASS" in out
+    assert "12 of 13 layers sparse" in out and _agreement(out) < 1e-5
+
+
 def test_run_without_the_measured_check(tiny_bert_dir, tmp_path, capsys):
     code, out, err = run_cli(capsys, "run", tiny_bert_dir, "--text", "a sentence", "--device", "cpu", "-q",
                              "--no-measure", "--cost-model", _winning_cost_model(tmp_path))

@@ -22,43 +22,24 @@ from cross.partition import make_plan
 from cross.partition.planner import SLICE_KERNEL_DEFAULT, SLICE_MAX_BYTES, is_near_win
 from cross.runtime.dispatch import execute
 from cross.tiling import TileGrid
+from runtime_checks import (check_candidates_run, check_measured_candidates, check_product,
+                            check_wrong_kernel_refused, linear_of)
+from weights import pruned
 
 HAS_GPU = torch.cuda.is_available()
 SM90 = HAS_GPU and torch.cuda.get_device_capability()[0] >= 9
 
 
-def _sparse(m, k, sparsity, dtype=torch.bfloat16, seed=3):
-    gen = torch.Generator().manual_seed(seed)
-    w = torch.randn(m, k, generator=gen) * (torch.rand(m, k, generator=gen) >= sparsity)
-    return torch.where(w == 0, 0.0, w).to(dtype)  # no -0.0: zeros are not stored
-
-
-def _linear_of(w, bias=True):
-    lin = torch.nn.Linear(w.shape[1], w.shape[0], bias=bias).to(w.dtype)
-    with torch.no_grad():
-        lin.weight.copy_(w)
-    return lin.to(w.device)
-
-
-def _check(x, w, bias, y):
-    """y against the fp64 product: same shape and dtype, finite, within bf16 rounding of its scale."""
-    ref = x.double() @ w.double().t() + (bias.double() if bias is not None else 0)
-    assert y.shape == ref.shape and y.dtype == x.dtype
-    assert bool(torch.isfinite(y).all()), "non-finite output (unwritten?)"
-    err = (y.double() - ref).abs() / (ref.abs() + ref.pow(2).mean().sqrt() + 1e-30)
-    assert float(err.max()) < 2e-2
-
-
 # ---------------------------------------------------------------------------------------- planner
 def test_off_by_default():
     assert SLICE_KERNEL_DEFAULT is False
-    plan = make_plan(_sparse(1024, 512, 0.8))
+    plan = make_plan(pruned(1024, 512, 0.8))
     assert all(b.kernel != "slices" for b in plan.buckets) and plan.provenance["options"]["slice_kernel"] is False
 
 
 @pytest.mark.parametrize("shape", [(1024, 512), (11008, 4096)])
 def test_candidates_are_the_small_buckets_of_the_tiles(shape):
-    w = _sparse(*shape, 0.8)
+    w = pruned(*shape, 0.8)
     off, on = make_plan(w), make_plan(w, slice_kernel=True)
     assert on.provenance["options"]["slice_kernel"] is True
     assert any(b.kernel == "slices" for b in on.buckets)
@@ -79,7 +60,7 @@ def test_candidates_are_the_small_buckets_of_the_tiles(shape):
 def test_no_candidates_where_the_kernel_cannot_win_or_run(why):
     sparsity = 0.35 if why == "denser" else 0.8
     k = 516 if why == "odd K" else 512
-    w = _sparse(1024, k, sparsity, torch.float32 if why == "fp32" else torch.bfloat16)
+    w = pruned(1024, k, sparsity, torch.float32 if why == "fp32" else torch.bfloat16)
     plan = make_plan(w, slice_kernel=True, nan_policy="ignore" if why == "ignore" else "propagate")
     assert all(b.kernel != "slices" for b in plan.buckets)
 
@@ -95,7 +76,7 @@ def test_byte_estimate_is_the_formats():
     elements where pairs cost more bytes (50%), pairs where the elements' instructions weigh more
     (90%); a 35% sparse weight is over SLICE_MAX_BYTES in either."""
     for sparsity, want in ((0.35, "elements"), (0.5, "elements"), (0.9, "pairs")):
-        w = _sparse(1024, 1024, sparsity)
+        w = pruned(1024, 1024, sparsity)
         grid = TileGrid.for_weight(w, (64, 64))
         nnz, size = grid.tile_nnz(w), grid.tile_sizes()
         est = slice_format_bytes(nnz, size, 1024, 1024)
@@ -111,19 +92,19 @@ def test_byte_estimate_is_the_formats():
 
 @pytest.mark.parametrize("sparsity, fmt", [(0.5, "elements"), (0.9, "pairs")])
 def test_plan_file_keeps_the_slice_kernel(tmp_path, sparsity, fmt):
-    plan = make_plan(_sparse(1024, 512, sparsity), slice_kernel=True)
+    plan = make_plan(pruned(1024, 512, sparsity), slice_kernel=True)
     assert plan.provenance["options"]["slice_format"] == fmt
     loaded = cross.partition.Plan.load(plan.save(tmp_path / "p.safetensors"))
     assert [b.kernel for b in loaded.buckets] == [b.kernel for b in plan.buckets]
     assert [is_near_win(b) for b in loaded.buckets] == [is_near_win(b) for b in plan.buckets]
     assert loaded.provenance["options"]["slice_format"] == fmt
-    assert make_plan(_sparse(1024, 512, sparsity)).provenance["options"]["slice_format"] is None  # not offered
+    assert make_plan(pruned(1024, 512, sparsity)).provenance["options"]["slice_format"] is None  # not offered
 
 
 # ---------------------------------------------------------------------------------------- pack and run
 @pytest.mark.parametrize("sparsity", [0.5, 0.8])
 def test_packed_weight_carries_the_slice_format(sparsity):
-    w = _sparse(1024, 512, sparsity)
+    w = pruned(1024, 512, sparsity)
     plan = make_plan(w, slice_kernel=True)
     packed = pack(w, plan)
     assert isinstance(packed.slices, SliceWeight) and torch.equal(packed.slices.to_dense(), w)
@@ -139,7 +120,7 @@ def test_reference_is_the_dense_product(bad):
     """slices_reference multiplies every element, zeros included: an Inf or NaN of X reaches every
     row, as in the dense product, also rows whose weights in its column are zero."""
     gen = torch.Generator().manual_seed(1)
-    w = _sparse(40, 96, 0.8)
+    w = pruned(40, 96, 0.8)
     w[:, 5] = 0
     x = torch.randn(3, 96, generator=gen).to(torch.bfloat16)
     if bad != "none":
@@ -154,7 +135,7 @@ def test_reference_is_the_dense_product(bad):
 
 def test_reference_reads_the_format_once(monkeypatch):
     """slices_reference decodes a SliceWeight once and keeps it; a copy moved with .to() reads again."""
-    sw = SliceWeight.from_dense(_sparse(40, 96, 0.8))
+    sw = SliceWeight.from_dense(pruned(40, 96, 0.8))
     calls = []
     read = SliceWeight.to_dense
     monkeypatch.setattr(SliceWeight, "to_dense", lambda self: calls.append(1) or read(self))
@@ -168,7 +149,7 @@ def test_forced_slice_bucket_runs_the_format():
     """A candidate's plan forced (or run where the layer keeps no dense copy) is the slice format's
     reference on the CPU: the dense product, at each end of the buckets it has."""
     gen = torch.Generator().manual_seed(2)
-    w = _sparse(1000, 520, 0.8)
+    w = pruned(1000, 520, 0.8)
     packed = pack(w, make_plan(w, slice_kernel=True))
     bias = torch.randn(1000, generator=gen).to(torch.bfloat16)
     slices = [pb for pb in packed.buckets if pb.plan.kernel == "slices"]
@@ -176,10 +157,10 @@ def test_forced_slice_bucket_runs_the_format():
     for pb in slices:
         for n in {pb.plan.n_min, pb.plan.n_max}:
             x = torch.randn(n, 520, generator=gen).to(torch.bfloat16)
-            _check(x, w, bias, execute(x, packed, bias, force_plan=True))
+            check_product(x, w, bias, execute(x, packed, bias, force_plan=True))
             # the bucket reads the slice format, not the tiles
             doubled = replace(packed, slices=SliceWeight.from_dense(2 * w))
-            _check(x, 2 * w, bias, execute(x, doubled, bias, force_plan=True))
+            check_product(x, 2 * w, bias, execute(x, doubled, bias, force_plan=True))
 
 
 def test_layer_drops_the_format_no_bucket_runs():
@@ -187,8 +168,8 @@ def test_layer_drops_the_format_no_bucket_runs():
     candidate the measured check did not take (or could not: the CPU); without a dense copy the
     candidates run their plan, so the format stays, and the layer's results are the product's."""
     gen = torch.Generator().manual_seed(3)
-    w = _sparse(1024, 512, 0.8)
-    lin = _linear_of(w)
+    w = pruned(1024, 512, 0.8)
+    lin = linear_of(w)
     plan = make_plan(w, slice_kernel=True)
     checked = plan.with_buckets([replace(b, measured_us=20.0, measured_dense_us=10.0) if b.kernel == "slices" else b
                                  for b in plan.buckets])  # timed: slower than dense
@@ -199,8 +180,8 @@ def test_layer_drops_the_format_no_bucket_runs():
     n = next(b.n_max for b in plan.buckets if b.kernel == "slices")
     x = torch.randn(n, 512, generator=gen).to(torch.bfloat16)
     with torch.no_grad():
-        _check(x, w, lin.bias, kept(x))
-        _check(x, w, lin.bias, bare(x))
+        check_product(x, w, lin.bias, kept(x))
+        check_product(x, w, lin.bias, bare(x))
 
 
 def test_sparsified_model_with_the_slice_format_saves_and_loads(tmp_path):
@@ -232,7 +213,7 @@ def test_operator_shape_without_running():
     from cross.kernels.launch import SliceArgs
     from cross.runtime.op import call
 
-    sw = SliceWeight.from_dense(_sparse(300, 520, 0.8))
+    sw = SliceWeight.from_dense(pruned(300, 520, 0.8))
     with FakeTensorMode() as mode:
         heads, values = mode.from_tensor(sw.heads), mode.from_tensor(sw.values)
         args = SliceArgs(heads, values, mode.from_tensor(torch.zeros(5, dtype=torch.int32)), 300, 520, sw.tiles,
@@ -259,67 +240,24 @@ def test_bench_methods():
 @pytest.mark.skipif(not SM90, reason="needs an sm_90+ GPU")
 @pytest.mark.parametrize("shape", [(1000, 520), (4096, 4096), (11008, 4096)])
 def test_gpu_runtime_runs_the_slice_kernel(shape, rng):
-    """A layer whose candidates run (no dense copy): the slice kernel at every token count of their
-    buckets, against the fp64 product, outputs poisoned; in a CUDA graph and under torch.compile."""
+    """A layer whose candidates run (no dense copy): the slice kernel at each end and the middle of
+    their buckets, against the fp64 product, outputs poisoned; in a CUDA graph and under torch.compile."""
     from cross.kernels.launch import SliceArgs
 
-    m, k = shape
-    gen = rng
-    w = _sparse(m, k, 0.8, seed=int(torch.randint(1 << 30, (1,), generator=gen))).cuda()
-    lin = _linear_of(w)
-    sl = cross.SparseLinear.from_dense(lin, keep_dense=False, measure=False, slice_kernel=True)
-    runs = [i for i, b in enumerate(sl.plan.buckets) if b.kernel == "slices"]
-    assert runs and all(isinstance(sl._kernels[i], SliceArgs) for i in runs)
-    with torch.no_grad():
-        for i in runs:
-            b = sl.plan.buckets[i]
-            for n in sorted({b.n_min, (b.n_min + b.n_max) // 2, b.n_max}):
-                x = torch.randn(n, k, generator=gen).to(torch.bfloat16).cuda()
-                _check(x, w, lin.bias, sl(x))
-        n = sl.plan.buckets[runs[-1]].n_max
-        static = torch.randn(n, k, generator=gen).to(torch.bfloat16).cuda()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out = sl(static)
-        out.fill_(float("nan"))
-        static.copy_(torch.randn(n, k, generator=gen).to(torch.bfloat16))
-        graph.replay()
-        _check(static, w, lin.bias, out)
-        compiled = torch.compile(sl, fullgraph=True)
-        _check(static, w, lin.bias, compiled(static))
+    w = pruned(*shape, 0.8, seed=int(torch.randint(1 << 30, (1,), generator=rng))).cuda()
+    check_candidates_run(w, "slices", SliceArgs, rng, slice_kernel=True)
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not SM90, reason="needs an sm_90+ GPU")
 def test_gpu_measured_check_times_the_candidates():
-    """The measured check times every candidate: each ends measured, and runs the slice kernel
-    exactly where it measured the margin faster than dense; the layer's results are the product's."""
-    w = _sparse(11008, 4096, 0.8).cuda()
-    lin = _linear_of(w)
-    sl = cross.SparseLinear.from_dense(lin, slice_kernel=True)
-    cands = [b for b in sl.plan.buckets if b.kernel == "slices"]
-    assert cands and all(b.measured for b in cands)
-    for b in cands:
-        assert b.fallback == (b.measured_us * 1.03 >= b.measured_dense_us)
-    assert (sl.packed.slices is None) == all(b.fallback for b in cands)
-    with torch.no_grad():
-        for b in cands:
-            x = torch.randn(b.n_max, 4096, dtype=torch.bfloat16, device="cuda")
-            _check(x, w, lin.bias, sl(x))
+    """The measured check times every candidate; the slice kernel runs exactly where it measured faster."""
+    check_measured_candidates(pruned(11008, 4096, 0.8).cuda(), "slices", "slices", slice_kernel=True)
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not SM90, reason="needs an sm_90+ GPU")
 def test_gpu_measured_check_refuses_a_wrong_kernel(monkeypatch):
-    """A kernel whose result disagrees with the dense product is not timed: its bucket falls back and
-    a PlanCheckWarning names it."""
-    import cross.runtime.measure as measure
-
-    real = measure.execute
-    monkeypatch.setattr(measure, "execute", lambda *a, **kw: real(*a, **kw) * 1.5)
-    w = _sparse(4096, 4096, 0.8).cuda()
-    with pytest.warns(measure.PlanCheckWarning, match="slice kernel's result disagrees"):
-        sl = cross.SparseLinear.from_dense(_linear_of(w), slice_kernel=True)
-    cands = [b for b in sl.plan.buckets if b.kernel == "slices"]
-    assert cands and all(b.fallback and not b.measured and "disagreed" in b.reason for b in cands)
-    assert sl.packed.slices is None and sl.dense_kept
+    """A slice kernel whose result disagrees with the dense product is not timed; its buckets fall back."""
+    w = pruned(4096, 4096, 0.8).cuda()
+    check_wrong_kernel_refused(monkeypatch, w, "slices", "slices", "slice kernel", slice_kernel=True)

@@ -44,7 +44,7 @@ def test_round_trip(rng, m, k, wgs, mt, dtype):
     assert sw.values.is_contiguous()
     assert torch.equal(_bits(sw.to_dense()), _bits(torch.where(w == 0, torch.zeros_like(w), w)))
     assert not sw.overflow  # 2:4 already: no entries, no head words
-    assert sw.nbytes() == -(-m // sw.rows) * -(-k // CHUNK) * wgs * mt * TILE_WORDS * 4
+    assert sw.nbytes == -(-m // sw.rows) * -(-k // CHUNK) * wgs * mt * TILE_WORDS * 4
 
 
 @pytest.mark.parametrize("m,k", [(64, 64), (40, 200), (300, 136), (256, 1024)])
@@ -60,7 +60,7 @@ def test_round_trip_with_overflow(rng, m, k, density, wgs, mt):
     assert sw.entries.numel() == int((nz - 2).clamp(min=0).sum())
     if sw.overflow:
         per_chunk = wgs * mt * TILE_WORDS * 4 + wgs * 128 * 4
-        assert sw.nbytes() == -(-m // sw.rows) * -(-k // CHUNK) * per_chunk + 4 * sw.entries.numel()
+        assert sw.nbytes == -(-m // sw.rows) * -(-k // CHUNK) * per_chunk + 4 * sw.entries.numel()
 
 
 def test_thread_layout():

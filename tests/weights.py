@@ -1,5 +1,6 @@
 """Test weights shared by the format, partition and pack tests: uniform random masks at a density,
-and weights with structure (empty rows, all zero, one dense tile, non-finite entries)."""
+and weights with structure (empty rows, all zero, one dense tile, non-finite entries); a seeded pruned
+weight for the runtime tests of the opt-in kernels."""
 
 import torch
 
@@ -31,3 +32,10 @@ def structured_weight(name, rng, dtype=torch.float32):
     else:
         raise ValueError(name)
     return w.to(dtype)
+
+
+def pruned(m, k, sparsity, dtype=torch.bfloat16, seed=3):
+    """A seeded normal weight with a uniform fraction ``sparsity`` of zeros (+0.0: zeros are not stored)."""
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.randn(m, k, generator=gen) * (torch.rand(m, k, generator=gen) >= sparsity)
+    return torch.where(w == 0, 0.0, w).to(dtype)

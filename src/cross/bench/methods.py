@@ -8,10 +8,16 @@
     cross+slices                what the runtime runs when the planner may offer buckets of up to 16
                                 tokens to the slice kernel (make_plan(slice_kernel=True)), which
                                 the measured check takes where it times faster than dense
+    cross+wgmma24               what the runtime runs when the planner may offer buckets of 17-512
+                                tokens to the 128-token 2:4 kernel (make_plan(wgmma_kernel=True,
+                                nan_policy="ignore")), which the measured check takes where it
+                                times faster than dense
     cross-rows                  the row kernel forced (kernels/row_gemv.cu, one launch per pass
                                 of up to 8 tokens; GPU only, K % 8 == 0, K <= 16384)
     cross-slices                the slice kernel forced (kernels/slice_mma.cu, one launch per pass
                                 of up to 16 tokens; sm_90+, K % 8 == 0)
+    cross-wgmma24               the 128-token 2:4 kernel forced (kernels/wgmma24.cu, one launch of
+                                128-token tiles; compute capability 9.0, K % 8 == 0)
     cusparse-csr                w.to_sparse_csr() @ x.T (cuSPARSE SpMM through torch), in the
                                 weight's dtype where torch runs it there, else fp16, else fp32
     triton-bsr-<b>              torch.sparse._triton_ops.bsr_dense_mm with b x b blocks (GPU only;
@@ -47,7 +53,7 @@ BSR_N_MULTIPLE = 16  # bsr_dense_mm refuses a dense operand whose column count i
 
 @dataclass(frozen=True)
 class Method:
-    """A parsed method name. family: dense, cross, rows, slices, csr, bsr or 2:4."""
+    """A parsed method name. family: dense, cross, rows, slices, wgmma24, csr, bsr or 2:4."""
 
     name: str
     family: str
@@ -55,6 +61,7 @@ class Method:
     kinds: tuple[TileKind, ...] | None = None  # None: the planner's choice, as the runtime runs it
     block: int = 0
     slice_kernel: bool = False  # cross: the planner may offer buckets to the slice kernel
+    wgmma_kernel: bool = False  # cross: the planner may offer buckets to the 128-token 2:4 kernel
 
     def applies(self, sparsity: float) -> bool:
         """Whether the method has a row at this sparsity: 2:4 exists at 50% only."""
@@ -62,9 +69,9 @@ class Method:
 
 
 def parse_method(name: str) -> Method:
-    expected = ("expected dense, cross, cross+slices, cross-cuda-<bitmap|dense|hybrid>, "
+    expected = ("expected dense, cross, cross+slices, cross+wgmma24, cross-cuda-<bitmap|dense|hybrid>, "
                 "cross-triton-<bitmap|dense|hybrid|index|all>, cross-rows, "
-                "cross-slices, cusparse-csr, "
+                "cross-slices, cross-wgmma24, cusparse-csr, "
                 f"triton-bsr-<block: a power of two >= 16> or sparse-2:4, got {name!r}")
     if name == "dense":
         return Method(name, "dense")
@@ -74,6 +81,10 @@ def parse_method(name: str) -> Method:
         return Method(name, "csr")
     if name == "cross+slices":
         return Method(name, "cross", slice_kernel=True)
+    if name == "cross+wgmma24":
+        return Method(name, "cross", wgmma_kernel=True)
+    if name == "cross-wgmma24":
+        return Method(name, "wgmma24")
     if name == "cross-rows":
         return Method(name, "rows")
     if name == "cross-slices":
@@ -144,6 +155,11 @@ def unavailable(method: Method, m: int, k: int, capability: tuple[int, int] | No
             return "the slice kernel needs an sm_90+ GPU"
         if k % 8:
             return f"the slice kernel needs K % 8 == 0, got K = {k}"
+    if method.family == "wgmma24":
+        if capability != (9, 0):
+            return "the 128-token 2:4 kernel needs a compute capability 9.0 GPU"
+        if k % 8:
+            return f"the 128-token 2:4 kernel needs K % 8 == 0, got K = {k}"
     return None
 
 
@@ -182,6 +198,8 @@ def prepare(method: Method, w: torch.Tensor, *, tile=(64, 64), cost_model=None, 
         return Prepared(w, sparsity, _prepare_rows(w))
     if method.family == "slices":
         return Prepared(w, sparsity, _prepare_slices(w, tile))
+    if method.family == "wgmma24":
+        return Prepared(w, sparsity, _prepare_wgmma24(w))
     if method.family == "csr":
         return Prepared(w, sparsity, _prepare_csr(w))
     if method.family == "bsr":
@@ -195,15 +213,18 @@ def prepare(method: Method, w: torch.Tensor, *, tile=(64, 64), cost_model=None, 
 
 def _prepare_cross(method: Method, w, tile, cost_model, n_programs):
     from ..kernels.launch import (kernel_args, launch, row_eligible, row_kernel_args, row_launch, slice_eligible,
-                                  slice_kernel_args, slice_run)
+                                  slice_kernel_args, slice_run, wgmma24_eligible, wgmma24_kernel_args, wgmma24_run)
     from ..pack import pack
     from ..pack.rows import rows_reference
     from ..pack.slices import slices_reference
+    from ..pack.wgmma24 import wgmma24_reference
     from ..partition import make_plan
 
-    # a forced tile method runs the tile kernel at every token count
+    # a forced tile method runs the tile kernel at every token count; the 2:4 kernel's candidates need
+    # nan_policy 'ignore' (it multiplies only the stored slots)
     options = ({"row_kernel": False, "allowed_kinds": method.kinds} if method.kinds is not None
-               else {"slice_kernel": method.slice_kernel})
+               else {"slice_kernel": method.slice_kernel, "wgmma_kernel": method.wgmma_kernel,
+                     "nan_policy": "ignore" if method.wgmma_kernel else "propagate"})
     packed = pack(w, make_plan(w, tile_shape=tile, cost_model=cost_model, n_programs=n_programs, **options))
     if method.kinds is None and w.is_cuda:  # what the runtime runs: predicted wins checked on the GPU
         from ..runtime import measure_plan
@@ -227,8 +248,15 @@ def _prepare_cross(method: Method, w, tile, cost_model, n_programs):
                 return Bound(lambda: slice_run(x, sargs), w.dtype, f"slice kernel ({fmt})", packed.slices.nbytes)
             return Bound(lambda: slices_reference(x, packed.slices), w.dtype, "slice format, reference",
                          packed.slices.nbytes)
+        if bucket.plan.kernel == "wgmma24":
+            if wgmma24_eligible(packed, x.device):
+                wargs = wgmma24_kernel_args(packed)
+                return Bound(lambda: wgmma24_run(x, wargs), w.dtype, "128-token 2:4 kernel", packed.wgmma24.nbytes)
+            return Bound(lambda: wgmma24_reference(x, packed.wgmma24), w.dtype, "2:4 format, reference",
+                         packed.wgmma24.nbytes)
         kargs = kernel_args(packed, bucket, method.backend)  # resolved once, as the runtime does
-        tile_bytes = packed.nbytes - sum(f.nbytes for f in (packed.rows, packed.slices) if f is not None)
+        tile_bytes = packed.nbytes - sum(f.nbytes for f in (packed.rows, packed.slices, packed.wgmma24)
+                                         if f is not None)
         return Bound(lambda: launch(x, kargs), w.dtype, f"{kargs.backend} kernel", tile_bytes)
 
     return bind
@@ -241,6 +269,15 @@ def _prepare_rows(w):
     rows = RowWeight.from_dense(w)
     args = row_args(rows)
     return lambda x: Bound(lambda: row_launch(x, args), w.dtype, "row kernel", rows.nbytes)
+
+
+def _prepare_wgmma24(w):
+    from ..kernels.launch import wgmma24_args, wgmma24_run
+    from ..pack.wgmma24 import Wgmma24Weight
+
+    sw = Wgmma24Weight.from_dense(w)
+    args = wgmma24_args(sw)
+    return lambda x: Bound(lambda: wgmma24_run(x, args), w.dtype, "128-token 2:4 kernel", sw.nbytes)
 
 
 def _prepare_slices(w, tile):

@@ -115,8 +115,10 @@ def add_kernel_options(p: argparse.ArgumentParser, **defaults) -> None:
                         f"(default {d['distributions']})")
     p.add_argument("--methods", type=_items(parse_method, "methods"), default=d["methods"],
                    help="dense, cross (what the runtime runs), cross+slices (the runtime with the slice kernel's "
-                        "candidates, make_plan(slice_kernel=True)), cross-<cuda|triton>-<bitmap|dense|hybrid> (the "
-                        "kernel forced), cross-rows, cross-slices (the row and slice kernels forced), cusparse-csr, "
+                        "candidates, make_plan(slice_kernel=True)), cross+wgmma24 (the runtime with the 128-token "
+                        "2:4 kernel's candidates, make_plan(wgmma_kernel=True, nan_policy='ignore')), "
+                        "cross-<cuda|triton>-<bitmap|dense|hybrid> (the kernel forced), cross-rows, cross-slices, "
+                        "cross-wgmma24 (the row, slice and 128-token 2:4 kernels forced), cusparse-csr, "
                         "triton-bsr-<block>, sparse-2:4 (50%% only) "
                         f"(default {d['methods']}; the dense baseline is timed for every row anyway)")
     p.add_argument("--dlmc", type=Path, metavar="DIR",
@@ -289,7 +291,7 @@ def bench_model(args, csv_name: str = MODEL_CSV, report: bool = True) -> int:
     commands = {(name, sp): models.model_command(name, sp, llama_layers=args.llama_layers, force_plan=args.force_plan,
                                                  cost_model=args.cost_model, minilm_dir=args.minilm_dir,
                                                  no_measure=args.no_measure, decode_fallback=args.decode_fallback,
-                                                 slice_kernel=args.slice_kernel)
+                                                 slice_kernel=args.slice_kernel, wgmma_kernel=args.wgmma_kernel)
                 for name, sp in plan}
     if args.dry_run:
         print(f"{'model':>10} {'phase':>8} {'batch':>5} {'tokens':>11} {'sp':>4}")
@@ -318,7 +320,8 @@ def _run_models(args, plan, commands, csv_name: str, report: bool, swap: dict) -
     if any(name == "minilm" for name, _ in plan):  # a missing model is bad input: say so before anything runs
         minilm_dir = check_model_dir(args.minilm_dir) if args.minilm_dir else default_model_dir()
     cm = bench_cost_model(args.cost_model)
-    decided = f"keep_dense={swap['keep_dense']}, measure={swap['measure']}, slice_kernel={swap['slice_kernel']}"
+    decided = (f"keep_dense={swap['keep_dense']}, measure={swap['measure']}, slice_kernel={swap['slice_kernel']}, "
+               f"wgmma_kernel={swap['wgmma_kernel']}")
     print(f"# {torch.cuda.get_device_name(device)}, bf16, cost model: {cm.source}, {decided}", flush=True)
     print(models.HEADER)
     path = start_csv(args.out / csv_name, models.FIELDS) if args.out else None

@@ -25,7 +25,7 @@ class InputError(Exception):
 
 
 def add_swap_options(p) -> None:
-    """--force-plan, --no-measure, --decode-fallback and --slice-kernel: how sparsify_ decides and
+    """--force-plan, --no-measure, --decode-fallback, --slice-kernel and --wgmma-kernel: how sparsify_ decides and
     what a swapped layer keeps (shared by run, compile and bench model; read back with swap_kwargs)."""
     p.add_argument("--force-plan", action="store_true",
                    help="sparsify every layer even where its plan is predicted to lose (keep_dense=False)")
@@ -40,15 +40,22 @@ def add_swap_options(p) -> None:
                    help="offer token counts up to 16 that the row kernel does not take to the slice kernel "
                         "(experimental, sm_90+): a layer runs it where the GPU times it faster than cuBLAS "
                         "(make_plan(slice_kernel=True))")
+    p.add_argument("--wgmma-kernel", action="store_true",
+                   help="offer token counts of 17-512 to the 128-token 2:4 kernel (experimental, compute "
+                        "capability 9.0; not yet measured): a layer runs it where the GPU finds its result right "
+                        "and times it faster than cuBLAS. Plans with nan_policy='ignore' (the kernel multiplies "
+                        "only the stored slots) (make_plan(wgmma_kernel=True, nan_policy='ignore'))")
 
 
 def swap_kwargs(args) -> dict:
-    """sparsify_'s keep_dense, measure and slice_kernel from add_swap_options' flags."""
+    """sparsify_'s keep_dense, measure, slice_kernel, wgmma_kernel and nan_policy from add_swap_options'
+    flags."""
     if args.force_plan and args.decode_fallback:
         raise InputError("--force-plan and --decode-fallback: expected one of them (a forced plan never falls back)")
     keep = False if args.force_plan else "decode" if args.decode_fallback else "auto"
     return {"keep_dense": keep, "measure": False if args.no_measure else "auto",
-            "slice_kernel": bool(args.slice_kernel)}
+            "slice_kernel": bool(args.slice_kernel), "wgmma_kernel": bool(args.wgmma_kernel),
+            "nan_policy": "ignore" if args.wgmma_kernel else "propagate"}
 
 
 def parse_tile(text: str, plan: bool = False) -> tuple[int, int]:

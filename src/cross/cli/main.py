@@ -225,7 +225,8 @@ def _sparsify_options(p) -> None:
 
 
 def _sparsify_line(swap: dict, device) -> str:
-    """What decided the layers (``swap``: sparsify_'s keep_dense, measure and slice_kernel), in words."""
+    """What decided the layers (``swap``: sparsify_'s keep_dense, measure, slice_kernel and
+    wgmma_kernel), in words."""
     keep = {False: "False (plans forced)", "decode": "'decode'"}.get(swap["keep_dense"], "auto")
     if device.type != "cuda":
         timed = "no (CPU: the cost model's predictions decide)"
@@ -235,7 +236,10 @@ def _sparsify_line(swap: dict, device) -> str:
         timed = "no (--no-measure)"
     else:
         timed = "yes (each predicted win timed against cuBLAS)"
-    return f"keep_dense={keep}; measured check: {timed}" + ("; slice kernel offered" if swap["slice_kernel"] else "")
+    offered = "; slice kernel offered" if swap["slice_kernel"] else ""
+    if swap["wgmma_kernel"]:
+        offered += "; 128-token 2:4 kernel offered (nan_policy='ignore')"
+    return f"keep_dense={keep}; measured check: {timed}{offered}"
 
 
 def _prune_method(args) -> str:

@@ -286,6 +286,36 @@ def slice_format_bytes(nnz: np.ndarray, size: np.ndarray, rows: int, cols: int, 
     return int(2 * element_size * pairs + rows * cols * element_size / 16)
 
 
+#: Token counts the planner offers the 128-token 2:4 kernel (kernels/wgmma24.cu: tiles of 128 tokens,
+#: sm_90a): buckets from WGMMA_MIN_TOKENS to WGMMA_MAX_TOKENS tokens
+WGMMA_MIN_TOKENS, WGMMA_MAX_TOKENS = 17, 512
+
+
+def wgmma24_kernel_fits(rows: int, cols: int, dtype: str) -> bool:
+    """The 128-token 2:4 kernel can run an rows x cols weight of this dtype (name) on an sm_90 GPU."""
+    return dtype in ("bfloat16", "float16") and cols % 8 == 0 and rows >= 1
+
+
+def wgmma24_format_bytes(nnz: np.ndarray, size: np.ndarray, rows: int, cols: int, element_size: int = 2,
+                         entries: int | None = None) -> int:
+    """Expected bytes of the 128-token 2:4 format (pack/wgmma24.py) from nonzero counts ``nnz`` over
+    regions of ``size`` elements (tiles), as if each region's nonzeros were uniform (or with the
+    weight's own count of overflow ``entries``, where the caller has the weight): half the
+    elements and a nibble per group of 4 (0.5625 of the dense bytes), and where a group may hold
+    more than two nonzeros, a head word per thread and chunk (1/32 of dense in the default block of
+    two warpgroups of two m-tiles, weighted by the chance of any entry) and 4 bytes per entry (a group's third and fourth nonzeros:
+    4 p^3 (1 - p) + 2 p^4 per group of density p). Padding to whole row blocks and chunks is not
+    counted."""
+    nnz = np.asarray(nnz, dtype=np.float64)
+    size = np.asarray(size, dtype=np.float64)
+    p = np.minimum(np.divide(nnz, size, out=np.zeros_like(nnz), where=size > 0), 1.0)
+    if entries is None:
+        entries = float((size / 4 * (4 * p**3 * (1 - p) + 2 * p**4)).sum())
+    dense = rows * cols * element_size
+    heads = dense / 32 * (1.0 - np.exp(-entries))  # as likely as any entry (a Poisson count of them)
+    return int(dense * 0.5625 + heads + 4 * entries)
+
+
 #: The slice kernel's consumer instructions per position (8 steps of an 8-row n-tile: 8 x 16 x 8 weight
 #: elements) by format (nvcc, sm_90a, kernels/slice_mma.cu; docs/perf-notes.md, "An element format for
 #: the slice kernel")

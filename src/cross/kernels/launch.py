@@ -8,7 +8,8 @@ Backends:
 The row kernel (kernels/row_gemv.cu, ``row_launch``, up to 8 tokens per pass) runs buckets whose plan says
 ``kernel="rows"``, over the weight's row format; it is compiled and launched like the "cuda" backend.
 The slice kernel (kernels/slice_mma.cu, ``slice_run``, up to 16 tokens per pass, sm_90+) runs buckets
-whose plan says ``kernel="slices"``, over the weight's slice format. The strip and 2:4 kernels
+whose plan says ``kernel="slices"``, over the weight's slice format; the 128-token 2:4 kernel
+(kernels/wgmma24.cu, ``wgmma24_run``, sm_90a) those that say ``kernel="wgmma24"``. The strip and 2:4 kernels
 (``strip_matmul``, ``sparse24_matmul``) are not used by the runtime.
 """
 
@@ -405,6 +406,94 @@ def wgmma24_split(row_blocks: int, chunks: int, sms: int) -> int:
     return max(1, min(8, want, chunks // 4 or 1))
 
 
+class Wgmma24Args(NamedTuple):
+    """A launch of the 128-token 2:4 kernel, resolved once (``wgmma24_args``): the format's tensors and
+    the launch's sizes, so that a call does no host work beyond its launch."""
+
+    values: torch.Tensor
+    entries: torch.Tensor
+    out_features: int
+    in_features: int
+    row_blocks: int
+    chunks: int
+    wgs: int
+    mt: int
+    split: int
+    overflow: int
+    smem: int
+
+
+def _runs_here(device: torch.device, capability_ok) -> bool:
+    """A CUDA kernel of ours can run on this device: a GPU whose compute capability passes
+    ``capability_ok``, with cuda-python, outside Triton's interpreter."""
+    if device.type != "cuda" or _interpreting():
+        return False
+    from . import cuda_backend
+
+    return cuda_backend.available() and capability_ok(torch.cuda.get_device_capability(device))
+
+
+def wgmma24_capable(device: torch.device) -> bool:
+    """The 128-token 2:4 kernel can run on this device: a compute capability 9.0 GPU (wgmma.sp, sm_90a)."""
+    return _runs_here(device, lambda cc: cc == (9, 0))
+
+
+def wgmma24_eligible(packed: PackedWeight, device: torch.device) -> bool:
+    """The 128-token 2:4 kernel can run this weight's 2:4 format here."""
+    return packed.wgmma24 is not None and wgmma24_capable(device)
+
+
+def wgmma24_kernel_args(packed: PackedWeight) -> Wgmma24Args:
+    """The 128-token 2:4 kernel's arguments for a packed weight with that format, on its GPU."""
+    if not wgmma24_eligible(packed, packed.device):
+        raise ValueError("128-token 2:4 kernel: expected its format on a compute capability 9.0 GPU with cuda-python")
+    return wgmma24_args(packed.wgmma24)
+
+
+def wgmma24_args(weight, split: int | None = None) -> Wgmma24Args:
+    """Check a Wgmma24Weight (pack/wgmma24.py) on its GPU and resolve its launch: ``split`` parts of K
+    per row block (1..8; default ``wgmma24_split``)."""
+    from ..pack.wgmma24 import smem_bytes
+
+    if weight.device.type != "cuda":
+        raise ValueError(f"wgmma24_matmul: expected a Wgmma24Weight on a CUDA device, got one on {weight.device}")
+    if torch.cuda.get_device_capability(weight.device) != (9, 0):
+        raise ValueError("wgmma24_matmul: needs a compute capability 9.0 GPU (Hopper's wgmma.sp), got "
+                         f"{torch.cuda.get_device_capability(weight.device)}")
+    if weight.shape[1] % 8:
+        raise ValueError(f"wgmma24_matmul: K must be a multiple of 8 (16-byte copies of X), got {weight.shape[1]}")
+    if not (weight.values.is_contiguous() and weight.entries.is_contiguous()):
+        raise ValueError("wgmma24_matmul: the Wgmma24Weight's tensors must be contiguous")
+    row_blocks, chunks = weight.values.shape[:2]
+    if split is None:
+        split = wgmma24_split(row_blocks, chunks, torch.cuda.get_device_properties(weight.device).multi_processor_count)
+    if isinstance(split, bool) or not isinstance(split, int) or not 1 <= split <= 8:
+        raise ValueError(f"wgmma24_matmul: split must be an int in 1..8, got {split!r}")
+    return Wgmma24Args(weight.values, weight.entries, weight.shape[0], weight.shape[1], row_blocks, chunks, weight.wgs,
+                       weight.mt, split, int(weight.overflow), smem_bytes(weight.wgs, weight.mt, weight.overflow))
+
+
+def wgmma24_run(x: torch.Tensor, args: Wgmma24Args, bias: torch.Tensor | None = None,
+                out: torch.Tensor | None = None) -> torch.Tensor:
+    """Y[N, M] = X[N, K] @ W^T (+ bias) by the 128-token 2:4 kernel, one launch of 128-token tiles.
+    x: [N, K] in the weight's dtype on its GPU; bias: contiguous [M]; out: optional [N, M], unit
+    stride along M (written entirely). No checks beyond X's layout (``wgmma24_matmul`` checks)."""
+    from ..pack.wgmma24 import NTOK
+    from . import cuda_backend
+
+    n = x.shape[0]
+    y = torch.empty((n, args.out_features), dtype=x.dtype, device=x.device) if out is None else out
+    if n == 0:
+        return y
+    if x.stride(0) % 8 or x.data_ptr() % 16 or x.stride(1) != 1:
+        x = x.contiguous()
+    ptrs = cuda_backend.Pointers((x, y, bias, args.values, args.entries), x.dtype == torch.bfloat16)
+    cuda_backend.wgmma24_launch(args.row_blocks, -(-n // NTOK), args.wgs, args.mt, args.split, bool(args.overflow),
+                                args.smem, ptrs, args.out_features, args.in_features, n, x.stride(0), y.stride(0),
+                                args.chunks)
+    return y
+
+
 def wgmma24_matmul(x: torch.Tensor, weight, bias: torch.Tensor | None = None, out: torch.Tensor | None = None,
                    split: int | None = None) -> torch.Tensor:
     """Y[N, M] = X[N, K] @ W^T (+ bias) by the 128-token 2:4 kernel (kernels/wgmma24.cu: Hopper's sparse
@@ -412,30 +501,8 @@ def wgmma24_matmul(x: torch.Tensor, weight, bias: torch.Tensor | None = None, ou
     block. x: [N, K] in the weight's dtype, finite (only the stored slots are multiplied); bias: [M];
     out: optional [N, M], unit stride along M; ``split``: parts of K per row block (1..8, default
     ``wgmma24_split``). Needs compute capability 9.0 (sm_90a)."""
-    from ..pack.wgmma24 import NTOK, smem_bytes
-    from . import cuda_backend
-
-    m, k = weight.shape
-    n = _check_pass_args("wgmma24_matmul", x, weight, bias, out)
-    if torch.cuda.get_device_capability(x.device) != (9, 0):
-        raise ValueError("wgmma24_matmul: needs a compute capability 9.0 GPU (Hopper's wgmma.sp), got "
-                         f"{torch.cuda.get_device_capability(x.device)}")
-    row_blocks, chunks = weight.values.shape[:2]
-    props = torch.cuda.get_device_properties(x.device)
-    if split is None:
-        split = wgmma24_split(row_blocks, chunks, props.multi_processor_count)
-    if not isinstance(split, int) or not 1 <= split <= 8:
-        raise ValueError(f"wgmma24_matmul: split must be an int in 1..8, got {split!r}")
-    y = torch.empty((n, m), dtype=x.dtype, device=x.device) if out is None else out
-    if n == 0:
-        return y
-    if x.stride(0) % 8 or x.data_ptr() % 16 or x.stride(1) != 1:
-        x = x.contiguous()
-    smem = smem_bytes(weight.wgs, weight.mt, weight.overflow)
-    ptrs = cuda_backend.Pointers((x, y, bias, weight.values, weight.entries), x.dtype == torch.bfloat16)
-    cuda_backend.wgmma24_launch(row_blocks, -(-n // NTOK), weight.wgs, weight.mt, split, weight.overflow, smem, ptrs,
-                                m, k, n, x.stride(0), y.stride(0), chunks)
-    return y
+    _check_pass_args("wgmma24_matmul", x, weight, bias, out)
+    return wgmma24_run(x, wgmma24_args(weight, split), bias, out)
 
 
 class SliceArgs(NamedTuple):
@@ -458,13 +525,8 @@ class SliceArgs(NamedTuple):
 
 
 def slice_capable(device: torch.device) -> bool:
-    """The slice kernel can run on this device: an sm_90+ GPU (bulk copies, mbarrier waits) with
-    cuda-python, outside Triton's interpreter."""
-    if device.type != "cuda" or _interpreting():
-        return False
-    from . import cuda_backend
-
-    return cuda_backend.available() and torch.cuda.get_device_capability(device)[0] >= 9
+    """The slice kernel can run on this device: an sm_90+ GPU (bulk copies, mbarrier waits)."""
+    return _runs_here(device, lambda cc: cc[0] >= 9)
 
 
 def slice_eligible(packed: PackedWeight, device: torch.device) -> bool:

@@ -113,7 +113,7 @@ def measures(measure, device: torch.device, keep_dense) -> bool:
 
 
 def _bucket_runs(bucket, kernel: str, falls_back: bool) -> bool:
-    """The bucket runs ``kernel`` ("tiles", "rows" or "slices"): its plan's kernel, and not a fallback the layer
+    """The bucket runs ``kernel`` (``plan.KERNELS``): its plan's kernel, and not a fallback the layer
     runs dense."""
     return bucket.kernel == kernel and not (bucket.fallback and falls_back)
 
@@ -125,7 +125,8 @@ class SparseLinear(nn.Module):
         packed        PackedWeight: the weight's formats and the kernel tables (not parameters);
                       where no bucket runs the tile kernel (each runs the row kernel or falls back
                       to the dense product) only the row format is held (``PackedWeight.without_tiles``);
-                      where a bucket runs the slice kernel, also the slice format
+                      where a bucket runs the slice kernel, also the slice format; where one
+                      runs the 128-token 2:4 kernel, also its 2:4 format
         bias          buffer [out_features] in the weight's dtype, or None
         dense_weight  buffer [out_features, in_features], or None: the dense copy used by the
                       buckets that fall back to the dense product
@@ -166,6 +167,9 @@ class SparseLinear(nn.Module):
         if packed.slices is not None and not any(_bucket_runs(b, "slices", falls_back) for b in packed.plan.buckets):
             # no bucket runs the slice kernel (candidates the measured check did not take fall back)
             packed = packed.without_slices()
+        if packed.wgmma24 is not None and not any(_bucket_runs(b, "wgmma24", falls_back) for b in packed.plan.buckets):
+            # no bucket runs the 128-token 2:4 kernel (candidates the measured check did not take fall back)
+            packed = packed.without_wgmma24()
         self.packed = packed
         self.register_buffer("bias", bias)
         self.register_buffer("dense_weight", dense_weight, persistent=False)

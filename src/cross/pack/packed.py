@@ -9,7 +9,8 @@ Tables, int32:
                             ``tiles``, then its end
 Where a bucket's plan runs the row kernel, the weight is also kept in the row format
 (``rows``, pack/rows.py); where one runs the slice kernel, in the slice format (``slices``,
-pack/slices.py). Where no bucket runs the tile kernel, ``without_tiles`` drops the tile
+pack/slices.py); where one runs the 128-token 2:4 kernel, in its format (``wgmma24``,
+pack/wgmma24.py). Where no bucket runs the tile kernel, ``without_tiles`` drops the tile
 formats (``tiled``: None) and the row format is the weight's only copy; ``tiled_weight()`` rebuilds
 them from it (saving, another plan's buckets).
 Per bucket (PackedBucket; also for buckets that fall back to dense, so their plan can be forced):
@@ -38,6 +39,7 @@ from ..tiling import TileKind
 from .formats import TiledWeight
 from .rows import RowWeight
 from .slices import SliceWeight
+from .wgmma24 import Wgmma24Weight
 
 _I32_MAX = 2**31 - 1
 
@@ -78,6 +80,7 @@ class PackedWeight:
     median_bitmap_nnz: int = -1  # median nnz of the BITMAP tiles (-1: none): picks the one-token CUDA build
     rows: RowWeight | None = None  # the row format, where a bucket's plan runs the row kernel
     slices: SliceWeight | None = None  # the slice format, where a bucket's plan runs the slice kernel
+    wgmma24: Wgmma24Weight | None = None  # the 2:4 format, where a bucket's plan runs the 128-token 2:4 kernel
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -107,6 +110,7 @@ class PackedWeight:
         n += self.tiled.nbytes if self.tiled is not None else 0
         n += self.rows.nbytes if self.rows is not None else 0
         n += self.slices.nbytes if self.slices is not None else 0
+        n += self.wgmma24.nbytes if self.wgmma24 is not None else 0
         for b in self.buckets:
             n += 4 * (b.items.numel() + b.row_parts.numel() + b.unit_ptr.numel() + b.unit_order.numel())
         return n
@@ -130,7 +134,8 @@ class PackedWeight:
             tiled = self.tiled_weight()
         rows = self.rows if self.rows is not None else _rows_for(plan, tiled)
         slices = self.slices if self.slices is not None else _slices_for(plan, self)
-        return replace(self, plan=plan, buckets=buckets, tiled=tiled, rows=rows, slices=slices)
+        wgmma24 = self.wgmma24 if self.wgmma24 is not None else _wgmma24_for(plan, self)
+        return replace(self, plan=plan, buckets=buckets, tiled=tiled, rows=rows, slices=slices, wgmma24=wgmma24)
 
     def tiled_weight(self) -> TiledWeight:
         """The tile formats: the ones held, or rebuilt from the row format where they were dropped."""
@@ -162,12 +167,18 @@ class PackedWeight:
         the measured check did not take falls back). The slice format is never the only copy."""
         return replace(self, slices=None)
 
+    def without_wgmma24(self) -> "PackedWeight":
+        """This weight without its 128-token 2:4 format, where no bucket runs that kernel (a candidate
+        the measured check did not take falls back). The format is never the only copy."""
+        return replace(self, wgmma24=None)
+
     def to(self, device) -> "PackedWeight":
         return PackedWeight(self.plan, None if self.tiled is None else self.tiled.to(device), self.tiles.to(device),
                             self.row_sections.to(device), tuple(b.to(device) for b in self.buckets),
                             self.max_sparse_nnz, self.has_index, self.has_dense, self.median_bitmap_nnz,
                             None if self.rows is None else self.rows.to(device),
-                            None if self.slices is None else self.slices.to(device))
+                            None if self.slices is None else self.slices.to(device),
+                            None if self.wgmma24 is None else self.wgmma24.to(device))
 
 
 def _pack_bucket(bp: BucketPlan, n_rows: int) -> PackedBucket:
@@ -215,6 +226,12 @@ def _slices_for(plan: Plan, weight: "TiledWeight | PackedWeight", falls_back: bo
         return None
     elements = plan.provenance.get("options", {}).get("slice_format") == "elements"
     return SliceWeight.from_dense(weight.to_dense(), elements=elements)
+
+
+def _wgmma24_for(plan: Plan, weight: "TiledWeight | PackedWeight", falls_back: bool = False) -> Wgmma24Weight | None:
+    """The 128-token 2:4 format (from ``weight.to_dense()``) where a bucket runs that kernel (``_runs``),
+    else None."""
+    return Wgmma24Weight.from_dense(weight.to_dense()) if _runs(plan, "wgmma24", falls_back) else None
 
 
 def pack(weight: torch.Tensor, plan: Plan) -> PackedWeight:
@@ -265,7 +282,8 @@ def pack_tiled(tiled: TiledWeight, plan: Plan, falls_back: bool = False) -> Pack
     return PackedWeight(plan, tiled, torch.from_numpy(tiles).to(dev),
                         torch.from_numpy(sections.astype(np.int32)).to(dev), buckets, max_sparse_nnz,
                         bool((kinds == TileKind.INDEX).any()), bool((kinds == TileKind.DENSE).any()), median_bitmap_nnz,
-                        _rows_for(plan, tiled, falls_back), _slices_for(plan, tiled, falls_back))
+                        _rows_for(plan, tiled, falls_back), _slices_for(plan, tiled, falls_back),
+                        _wgmma24_for(plan, tiled, falls_back))
 
 
 def describe(pw: PackedWeight) -> str:

@@ -51,6 +51,7 @@ class Wgmma24Weight:
     def __init__(self, shape: tuple[int, int], dtype: torch.dtype, wgs: int, mt: int, values: torch.Tensor,
                  entries: torch.Tensor):
         self.shape, self.dtype, self.wgs, self.mt, self.values, self.entries = shape, dtype, wgs, mt, values, entries
+        self._decoded: list[torch.Tensor] = []  # to_dense(), once read (wgmma24_reference)
 
     @property
     def mtiles(self) -> int:
@@ -70,8 +71,19 @@ class Wgmma24Weight:
     def device(self) -> torch.device:
         return self.values.device
 
+    @property
     def nbytes(self) -> int:
+        """Device bytes of the format (tiles, head words and entries)."""
         return sum(t.numel() * t.element_size() for t in (self.values, self.entries))
+
+    def to(self, device) -> "Wgmma24Weight":
+        return Wgmma24Weight(self.shape, self.dtype, self.wgs, self.mt, self.values.to(device), self.entries.to(device))
+
+    def decoded(self) -> torch.Tensor:
+        """``to_dense()``, read once and kept."""
+        if not self._decoded:
+            self._decoded.append(self.to_dense())
+        return self._decoded[0]
 
     @classmethod
     def from_dense(cls, weight: torch.Tensor, wgs: int = 2, mt: int = 2) -> "Wgmma24Weight":
@@ -155,6 +167,16 @@ class Wgmma24Weight:
             row = rb * self.rows + (wg * self.mt + t) * TILE_ROWS + 16 * w + 8 * hf + g
             dense[row, chunk * CHUNK + (e >> 16)] = e & 0xFFFF
         return _as_int16(dense).view(self.dtype)[:m, :k].contiguous()
+
+
+def wgmma24_reference(x: torch.Tensor, weight: Wgmma24Weight, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Y[N, M] = X[N, K] @ W^T (+ bias) from the 128-token 2:4 format in fp32, in X's dtype. The
+    kernel multiplies only the stored slots, so this is its result for finite X; with non-finite
+    inputs both differ from the dense product (the plans that run it have nan_policy 'ignore')."""
+    y = x.float() @ weight.decoded().float().t()
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(x.dtype)
 
 
 def _overflow(bits: torch.Tensor, over: torch.Tensor, rb_: int, nc: int, wgs: int, mt: int):

@@ -10,8 +10,9 @@ import torch
 
 from .._checks import check_plan_tile_shape, check_weight, dtype_name
 from ..costmodel import CostModel, block_n_for, default_cost_model
-from ..costmodel.roofline import (ROW_MAX_TOKENS, SLICE_MAX_TOKENS, plan_kernel_vals_bytes, row_entries,
-                                  row_format_bytes, row_kernel_fits, slice_format, slice_kernel_fits)
+from ..costmodel.roofline import (ROW_MAX_TOKENS, SLICE_MAX_TOKENS, WGMMA_MAX_TOKENS, WGMMA_MIN_TOKENS,
+                                  plan_kernel_vals_bytes, row_entries, row_format_bytes, row_kernel_fits, slice_format,
+                                  slice_kernel_fits, wgmma24_format_bytes, wgmma24_kernel_fits)
 from ..tiling import TileGrid, TileKind
 from .balance import (alternate_order, chunk_by_cost, convert_swing, equal_count_chunks, items_from_chunks,
                       simulate_makespan, split_units, tile_list)
@@ -40,23 +41,42 @@ SLICE_MAX_BYTES = 2 / 3
 #: Whether make_plan offers buckets to the slice kernel by default (``slice_kernel``): off until it is
 #: measured to win (docs/perf-notes.md).
 SLICE_KERNEL_DEFAULT = False
+#: The 128-token 2:4 kernel (kernels/wgmma24.cu, sm_90a) has no cost model either: with
+#: ``wgmma_kernel``, a bucket of WGMMA_MIN_TOKENS..WGMMA_MAX_TOKENS tokens that the prediction gives
+#: the tile kernel (or the dense product after it), of a weight whose 2:4 format is expected to cost
+#: at most this fraction of the dense bytes (roofline.wgmma24_format_bytes), becomes its candidate
+#: with the standing of a near win: it falls back until the measured check times it faster than dense.
+#: The bytes stand for the overflow's work on CUDA cores too (4 bytes per entry): 0.75 is uniform
+#: sparsity from ~54%, where at 50% the entries were predicted to make it slower than cuBLAS.
+WGMMA_MAX_BYTES = 0.75
+#: Whether make_plan offers buckets to the 128-token 2:4 kernel by default (``wgmma_kernel``): off
+#: until it is measured correct and faster on a GPU (docs/perf-notes.md).
+WGMMA_KERNEL_DEFAULT = False
 BALANCE_MODES = ("none", "intra", "full")
 UNIT_MODES = ("split", "mixed")
 
 
 def is_near_win(bucket: BucketPlan) -> bool:
     """The bucket falls back on the prediction, but its plan is the row kernel predicted within
-    NEAR_MARGIN of dense, or the slice kernel (a candidate: no cost model): the measured check times
-    it (a plan predicted to win is always timed)."""
+    NEAR_MARGIN of dense, or the slice or 128-token 2:4 kernel (a candidate: no cost model): the
+    measured check times it (a plan predicted to win is always timed)."""
     if not bucket.fallback or bucket.measured:
         return False
-    return bucket.kernel == "slices" or (bucket.kernel == "rows"
+    return bucket.kernel in ("slices", "wgmma24") or (bucket.kernel == "rows"
                                          and bucket.predicted_us <= bucket.dense_us * (1 + NEAR_MARGIN))
 
 
 def design_tokens(n_min: int, n_max: int) -> int:
     """The token count a bucket's costs are predicted at: its top, or 2048 for an open-ended bucket."""
     return n_max if n_max <= 8192 else max(n_min, 2048)
+
+
+def overflow_entries(weight: torch.Tensor) -> int:
+    """A weight's nonzeros beyond the second of each group of 4 consecutive columns (the 128-token
+    2:4 format's overflow entries, pack/wgmma24.py; -0.0 is a zero, NaN a nonzero)."""
+    m, k = weight.shape
+    nz = torch.nn.functional.pad(weight != 0, (0, -k % 4)).view(m, -1, 4).sum(-1, dtype=torch.int64)
+    return int((nz - 2).clamp_(min=0).sum())
 
 
 def check_buckets(buckets) -> tuple[tuple[int, int], ...]:
@@ -166,7 +186,8 @@ def make_plan(weight: torch.Tensor | None = None, *, nnz: np.ndarray | None = No
               tile_shape=(64, 64), cost_model: CostModel | None = None, buckets=DEFAULT_BUCKETS,
               allowed_kinds=DEFAULT_KINDS, nan_policy: str = "propagate", balance: str = "full",
               unit_mode: str = "split", swing_band: float = 0.10, n_programs: int | None = None,
-              row_kernel: bool = True, slice_kernel: bool = SLICE_KERNEL_DEFAULT) -> Plan:
+              row_kernel: bool = True, slice_kernel: bool = SLICE_KERNEL_DEFAULT,
+              wgmma_kernel: bool = WGMMA_KERNEL_DEFAULT) -> Plan:
     """Plan one weight. Give either ``weight`` (M x K tensor with zeros) or ``nnz`` per tile with
     ``shape`` and ``dtype``.
 
@@ -184,6 +205,11 @@ def make_plan(weight: torch.Tensor | None = None, *, nnz: np.ndarray | None = No
              kernel's candidates (kernels/slice_mma.cu on the slice format; SLICE_MAX_BYTES; bf16/
              fp16, K % 8 == 0, nan_policy 'propagate': the kernel multiplies every element), which the
              measured check times on an sm_90+ GPU. Off by default (SLICE_KERNEL_DEFAULT).
+    wgmma_kernel: buckets of 17 to 512 tokens (WGMMA_MIN_TOKENS, WGMMA_MAX_TOKENS) become the
+             128-token 2:4 kernel's candidates (kernels/wgmma24.cu on pack/wgmma24.py's format;
+             WGMMA_MAX_BYTES; bf16/fp16, K % 8 == 0, nan_policy 'ignore': the kernel multiplies only
+             the stored slots), which the measured check times on a compute capability 9.0 GPU. Off
+             by default (WGMMA_KERNEL_DEFAULT).
     """
     tile_shape = check_plan_tile_shape(tile_shape)
     if weight is not None:
@@ -237,10 +263,16 @@ def make_plan(weight: torch.Tensor | None = None, *, nnz: np.ndarray | None = No
     slice_fmt, slice_floor = slice_format(nnz, size, grid.rows, grid.cols)
     slices = (bool(slice_kernel) and nan_policy == "propagate" and slice_kernel_fits(grid.rows, grid.cols, dtype)
               and slice_floor <= SLICE_MAX_BYTES * 2 * grid.rows * grid.cols)
+    # whether buckets may become the 128-token 2:4 kernel's candidates (its overflow counted on the
+    # weight where there is one: tile counts cannot tell a 2:4 weight from a uniform one)
+    wgmma = (bool(wgmma_kernel) and nan_policy == "ignore" and wgmma24_kernel_fits(grid.rows, grid.cols, dtype)
+             and wgmma24_format_bytes(nnz, size, grid.rows, grid.cols,
+                                      entries=None if weight is None else overflow_entries(weight))
+             <= WGMMA_MAX_BYTES * 2 * grid.rows * grid.cols)
 
     def plan_buckets(kinds):
         return _plan_buckets(kinds, nnz, grid, tile_shape, buckets, classes_at, cm, programs, unit_mode, balance,
-                             nan_policy, entries, slices)
+                             nan_policy, entries, slices, wgmma)
 
     layout, bucket_plans = plan_buckets(kinds)
     dense, sparse = kinds == TileKind.DENSE, np.isin(kinds, (TileKind.BITMAP, TileKind.INDEX))
@@ -267,6 +299,7 @@ def make_plan(weight: torch.Tensor | None = None, *, nnz: np.ndarray | None = No
         "torch": torch.__version__,
         "options": {"balance": balance, "unit_mode": unit_mode, "swing_band": swing_band, "n_programs": programs,
                     "row_kernel": bool(row_kernel), "slice_kernel": bool(slice_kernel),
+                    "wgmma_kernel": bool(wgmma_kernel),
                     "slice_format": slice_fmt if slices else None,
                     "allowed_kinds": [TileKind(k).name for k in allowed_kinds]},
         "swing_converted": int(converted),
@@ -282,12 +315,13 @@ def _runtime_cost(bucket_plans) -> float:
 
 
 def _plan_buckets(kinds, nnz, grid, tile_shape, buckets, classes_at, cm, programs, unit_mode, balance, nan_policy,
-                  n_row_entries=None, slices=False):
+                  n_row_entries=None, slices=False, wgmma=False):
     """The work lists of every bucket for one choice of tile kinds; buckets of at most
     ROW_MAX_TOKENS tokens run the row kernel (over ``n_row_entries`` entries; None: not allowed)
     where it is predicted faster than the tiles; with ``slices``, buckets of at most
     SLICE_MAX_TOKENS tokens that would run the tiles or fall back after them become the slice
-    kernel's candidates.
+    kernel's candidates; with ``wgmma``, those of WGMMA_MIN_TOKENS..WGMMA_MAX_TOKENS tokens the
+    128-token 2:4 kernel's.
     Returns ((tile_ptr, tile_col, tile_kind), [BucketPlan])."""
     tile_ptr, tile_col, tile_kind = tile_list(kinds, include_empty=nan_policy == "propagate")
     n_exec = int(tile_ptr[-1])
@@ -332,6 +366,12 @@ def _plan_buckets(kinds, nnz, grid, tile_shape, buckets, classes_at, cm, program
             kernel, fallback = "slices", True
             reason = f"the slice kernel's candidate (no cost model; the tile kernel predicted {predicted:.1f} us, " \
                      f"dense {dense:.1f} us): timed by the measured check"
+        if wgmma and WGMMA_MIN_TOKENS <= n_min and n_max <= WGMMA_MAX_TOKENS and kernel == "tiles":
+            # the tile kernel loses to cuBLAS at 16-128 tokens (H200, docs/results.md): the 2:4 kernel
+            # is timed instead
+            kernel, fallback = "wgmma24", True
+            reason = f"the 128-token 2:4 kernel's candidate (no cost model; the tile kernel predicted " \
+                     f"{predicted:.1f} us, dense {dense:.1f} us): timed by the measured check"
         bucket_plans.append(BucketPlan(n_min, n_max, n, bn, bool(fallback), items, unit_ptr, order, loads,
                                        float(predicted), float(dense), reason, kernel=kernel))
     return (tile_ptr, tile_col, tile_kind), bucket_plans

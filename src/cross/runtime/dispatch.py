@@ -12,6 +12,7 @@ from .._checks import dtype_name
 from ..pack.packed import PackedWeight
 from ..pack.rows import rows_reference
 from ..pack.slices import slices_reference
+from ..pack.wgmma24 import wgmma24_reference
 from .reference import reference_matmul
 
 
@@ -57,6 +58,8 @@ def warn_without_kernel(packed: PackedWeight, kernels: dict, falls_back: bool) -
     if bad:
         if all(packed.buckets[i].plan.kernel == "slices" for i in bad):
             why, fix = "the slice kernel needs an sm_90+ GPU", "plan with slice_kernel=False"
+        elif all(packed.buckets[i].plan.kernel == "wgmma24" for i in bad):
+            why, fix = "the 128-token 2:4 kernel needs a compute capability 9.0 GPU", "plan with wgmma_kernel=False"
         else:
             why, fix = "no kernel backend accepts it", "plan with the default options"
         spans = ", ".join(_span(packed.buckets[i].plan) for i in bad)
@@ -79,7 +82,7 @@ def gpu_kernel_args(packed: PackedWeight, bucket_index: int, cache: dict | None 
     if cache is not None and bucket_index in cache:
         return cache[bucket_index]
     from ..kernels.launch import (default_backend, kernel_args, row_eligible, row_kernel_args, slice_eligible,
-                                  slice_kernel_args)
+                                  slice_kernel_args, wgmma24_eligible, wgmma24_kernel_args)
 
     kernel = packed.buckets[bucket_index].plan.kernel
     if kernel == "rows":
@@ -89,6 +92,10 @@ def gpu_kernel_args(packed: PackedWeight, bucket_index: int, cache: dict | None 
         # no slice format: dropped (PackedWeight.without_slices) where the bucket falls back; before
         # sm_90 the bucket runs on the reference executor (warn_without_kernel says so)
         args = slice_kernel_args(packed) if slice_eligible(packed, packed.device) else None
+    elif kernel == "wgmma24":
+        # as the slice kernel's: dropped where the bucket falls back; elsewhere than compute
+        # capability 9.0 the bucket runs on the reference executor (warn_without_kernel says so)
+        args = wgmma24_kernel_args(packed) if wgmma24_eligible(packed, packed.device) else None
     elif packed.tiled is None:  # tiles dropped: this bucket falls back to the dense product
         args = None
     else:
@@ -113,9 +120,10 @@ def execute(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None = N
     kernels:      resolved GPU kernel arguments per bucket (a cache kept by the caller).
     checked:      the caller has already run check_input on these arguments.
     On a GPU the plan runs through the ``cross::plan_linear`` operator (``cross::row_linear`` for a
-    bucket of the row kernel, ``cross::slice_linear`` for one of the slice kernel); on the CPU, or
-    where no kernel supports the plan, through the reference executor (``rows_reference`` and
-    ``slices_reference`` for the row and slice kernels' buckets).
+    bucket of the row kernel, ``cross::slice_linear`` for one of the slice kernel,
+    ``cross::wgmma24_linear`` for one of the 128-token 2:4 kernel); on the CPU, or where no kernel
+    supports the plan, through the reference executor (``rows_reference``, ``slices_reference`` and
+    ``wgmma24_reference`` for those kernels' buckets).
     """
     if not checked:
         check_input(x, packed, bias)
@@ -143,6 +151,8 @@ def execute(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None = N
             y = rows_reference(x2, packed.rows, bias, propagate=packed.plan.nan_policy == "propagate")
         elif bucket.plan.kernel == "slices" and packed.slices is not None:  # else the tiles (dropped)
             y = slices_reference(x2, packed.slices, bias)
+        elif bucket.plan.kernel == "wgmma24" and packed.wgmma24 is not None:  # else the tiles (dropped)
+            y = wgmma24_reference(x2, packed.wgmma24, bias)
         else:
             y = reference_matmul(x2, packed, bias, bucket=bucket, tiles=tiles)
     return y.reshape(*lead, m)

@@ -6,8 +6,8 @@ predicted 6% faster can run at 1.00x: more memory for no speed. ``measure_plan``
 the plan is predicted to win (at the bucket's design token count, CUDA-graph replay, L2 flushed
 by a read, as ``cross profile`` times) against ``F.linear`` on the same weight, and keeps the plan
 only where it measured ``margin`` faster. It also times the near wins (``planner.is_near_win``:
-predicted to fall back, but with the row kernel within ``NEAR_MARGIN`` of dense, or the slice
-kernel's candidates, which have no prediction) and takes those that measured ``margin`` faster.
+predicted to fall back, but with the row kernel within ``NEAR_MARGIN`` of dense, or the slice and
+128-token 2:4 kernels' candidates, which have no prediction) and takes those that measured ``margin`` faster.
 Other buckets predicted to fall back are not timed.
 Dense times depend only on the shape, so a caller planning many layers passes one ``dense_times``
 dict to time each shape once. Because that one time then judges every layer of the shape, it is the
@@ -35,6 +35,8 @@ from ..partition.plan import Plan
 from ..partition.planner import WIN_MARGIN, is_near_win
 from .dispatch import execute, gpu_kernel_args
 
+#: The kernels by name in warnings and reasons, by plan.KERNELS
+KERNEL_NAMES = {"tiles": "tile", "rows": "row", "slices": "slice", "wgmma24": "128-token 2:4"}
 #: Timing per call (ms of warm-up, ms of timed runs): short, as it runs once per layer and bucket.
 WARMUP_MS, REP_MS = 5, 20
 #: A plan's result agrees with the dense product's where |y - dense| <= AGREE x (|dense| + rms(dense))
@@ -99,7 +101,7 @@ def _measure_buckets(packed, dense_weight, margin, cache, seed):
         # the result first: a kernel that is wrong on this GPU is not timed, and its bucket falls back
         err = disagreement(execute(x, packed, force_plan=True, kernels=kernels, checked=True), F.linear(x, dense_weight))
         if not err <= AGREE:
-            kernel = "tile" if b.kernel == "tiles" else b.kernel[:-1]
+            kernel = KERNEL_NAMES[b.kernel]
             warnings.warn(f"{m}x{k} at {n} tokens: the {kernel} kernel's result disagrees with the dense product "
                           f"(error {err:.3g} of the output's scale, more than {AGREE}) on {_name(packed.device)}"
                           f"; the bucket falls back to the dense product. Please report it with the weight's shape, "

@@ -2,7 +2,8 @@
 torch.compile traces through it (a fake implementation gives the output's shape) and CUDA graphs
 capture its launch like any other kernel. ``cross::row_linear`` is the row kernel's
 launches (buckets whose plan says ``kernel="rows"``), ``cross::slice_linear`` the slice kernel's
-(``kernel="slices"``). ``cross::decode_dense`` does the same for the kernel that
+(``kernel="slices"``), ``cross::wgmma24_linear`` the 128-token 2:4 kernel's (``kernel="wgmma24"``).
+``cross::decode_dense`` does the same for the kernel that
 decodes a packed weight back to dense (layers with ``keep_dense="decode"``).
 
 The arrival counters in ``counters`` are written during a launch but always back to zero by its end
@@ -15,7 +16,7 @@ from typing import Optional
 
 import torch
 
-from ..kernels.launch import KernelArgs, RowArgs, SliceArgs, launch, row_launch, slice_run
+from ..kernels.launch import KernelArgs, RowArgs, SliceArgs, Wgmma24Args, launch, row_launch, slice_run, wgmma24_run
 
 _TENSORS = ("values", "meta", "tiles", "sections", "items", "row_parts", "unit_ptr", "unit_order", "counters")
 _INTS = ("out_features", "in_features", "tile_m", "tile_k", "block_n", "n_units", "n_slots", "max_token_tiles", "n_max",
@@ -74,8 +75,26 @@ def _(x, bias, heads, values, ranges, sizes):
     return x.new_empty((x.shape[0], sizes[0]))
 
 
-def call(x: torch.Tensor, args: KernelArgs | RowArgs | SliceArgs, bias: torch.Tensor | None) -> torch.Tensor:
+@torch.library.custom_op("cross::wgmma24_linear", mutates_args=())
+def wgmma24_linear(x: torch.Tensor, bias: Optional[torch.Tensor], values: torch.Tensor, entries: torch.Tensor,
+                   sizes: list[int]) -> torch.Tensor:
+    """Y[N, M] = X[N, K] @ W^T (+ bias) by the 128-token 2:4 kernel; sizes = Wgmma24Args' ints (M, K,
+    row blocks, chunks, warpgroups, m-tiles, split, overflow, smem)."""
+    if bias is not None and bias.stride(0) != 1:
+        bias = bias.contiguous()
+    return wgmma24_run(x, Wgmma24Args(values, entries, *sizes), bias)
+
+
+@wgmma24_linear.register_fake
+def _(x, bias, values, entries, sizes):
+    return x.new_empty((x.shape[0], sizes[0]))
+
+
+def call(x: torch.Tensor, args: KernelArgs | RowArgs | SliceArgs | Wgmma24Args,
+         bias: torch.Tensor | None) -> torch.Tensor:
     """Run the operator with a bucket's resolved kernel arguments."""
+    if isinstance(args, Wgmma24Args):
+        return torch.ops.cross.wgmma24_linear(x, bias, args.values, args.entries, list(args[2:]))
     if isinstance(args, RowArgs):
         return torch.ops.cross.row_linear(x, bias, args.values, args.meta, args.row_ptr, args.heads,
                                           [args.out_features, args.in_features, args.propagate])

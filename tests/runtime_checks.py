@@ -1,0 +1,86 @@
+"""Checks shared by the runtime tests of the opt-in kernels (the slice and 128-token 2:4 kernels,
+whose buckets are candidates the measured check decides): a layer's result against the fp64
+product, its candidate buckets run on the GPU (eager, CUDA graph, torch.compile), and the measured
+check timing them or refusing a wrong kernel."""
+
+import pytest
+import torch
+
+import cross
+
+
+def linear_of(w, bias=True):
+    """An nn.Linear holding ``w`` (and a random bias), in its dtype and on its device."""
+    lin = torch.nn.Linear(w.shape[1], w.shape[0], bias=bias).to(w.dtype)
+    with torch.no_grad():
+        lin.weight.copy_(w)
+    return lin.to(w.device)
+
+
+def check_product(x, w, bias, y):
+    """y against the fp64 product: same shape and dtype, finite, within bf16 rounding of its scale."""
+    ref = x.double() @ w.double().t() + (bias.double() if bias is not None else 0)
+    assert y.shape == ref.shape and y.dtype == x.dtype
+    assert bool(torch.isfinite(y).all()), "non-finite output (unwritten?)"
+    err = (y.double() - ref).abs() / (ref.abs() + ref.pow(2).mean().sqrt() + 1e-30)
+    assert float(err.max()) < 2e-2
+
+
+def check_candidates_run(w, kernel, args_type, gen, **options):
+    """A layer of ``w`` (on a GPU) whose candidates run (no dense copy, no measured check): the
+    buckets of ``kernel`` resolve ``args_type`` arguments and give the product at each end and the
+    middle of their token counts, outputs poisoned, then in a CUDA graph and under torch.compile."""
+    k = w.shape[1]
+    lin = linear_of(w)
+    sl = cross.SparseLinear.from_dense(lin, keep_dense=False, measure=False, **options)
+    runs = [i for i, b in enumerate(sl.plan.buckets) if b.kernel == kernel]
+    assert runs and all(isinstance(sl._kernels[i], args_type) for i in runs)
+    with torch.no_grad():
+        for i in runs:
+            b = sl.plan.buckets[i]
+            for n in sorted({b.n_min, (b.n_min + b.n_max) // 2, b.n_max}):
+                x = torch.randn(n, k, generator=gen).to(torch.bfloat16).cuda()
+                check_product(x, w, lin.bias, sl(x))
+        n = sl.plan.buckets[runs[-1]].n_max
+        static = torch.randn(n, k, generator=gen).to(torch.bfloat16).cuda()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = sl(static)
+        out.fill_(float("nan"))
+        static.copy_(torch.randn(n, k, generator=gen).to(torch.bfloat16))
+        graph.replay()
+        check_product(static, w, lin.bias, out)
+        compiled = torch.compile(sl, fullgraph=True)
+        check_product(static, w, lin.bias, compiled(static))
+
+
+def check_measured_candidates(w, kernel, fmt, **options):
+    """The measured check times every candidate of ``kernel``: each ends measured and runs the kernel
+    exactly where it measured the margin faster than dense; the layer keeps its format (``fmt``,
+    a PackedWeight field) only where one does; its results are the product's."""
+    lin = linear_of(w)
+    sl = cross.SparseLinear.from_dense(lin, **options)
+    cands = [b for b in sl.plan.buckets if b.kernel == kernel]
+    assert cands and all(b.measured for b in cands)
+    for b in cands:
+        assert b.fallback == (b.measured_us * 1.03 >= b.measured_dense_us)
+    assert (getattr(sl.packed, fmt) is None) == all(b.fallback for b in cands)
+    with torch.no_grad():
+        for b in cands:
+            x = torch.randn(b.n_max, w.shape[1], dtype=torch.bfloat16, device="cuda")
+            check_product(x, w, lin.bias, sl(x))
+
+
+def check_wrong_kernel_refused(monkeypatch, w, kernel, fmt, name, **options):
+    """A kernel whose result disagrees with the dense product (here: scaled by 1.5) is not timed:
+    its buckets fall back, a PlanCheckWarning names it (``name``), the layer drops its format and
+    keeps the dense copy."""
+    import cross.runtime.measure as measure
+
+    real = measure.execute
+    monkeypatch.setattr(measure, "execute", lambda *a, **kw: real(*a, **kw) * 1.5)
+    with pytest.warns(measure.PlanCheckWarning, match=f"{name}'s result disagrees"):
+        sl = cross.SparseLinear.from_dense(linear_of(w), **options)
+    cands = [b for b in sl.plan.buckets if b.kernel == kernel]
+    assert cands and all(b.fallback and not b.measured and "disagreed" in b.reason for b in cands)
+    assert getattr(sl.packed, fmt) is None and sl.dense_kept

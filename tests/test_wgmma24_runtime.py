@@ -1,0 +1,275 @@
+"""The 128-token 2:4 kernel in the runtime: buckets of 17-512 tokens the planner offers it
+(``make_plan(wgmma_kernel=True, nan_policy="ignore")``), which the measured check takes only where
+it times faster than dense.
+
+On the CPU: which buckets become candidates (and which never do), the planner's byte estimate
+against the format's, the 2:4 format packed beside the tiles, the reference executor's result on
+it, the layer dropping the format where no bucket runs it, plans and saved models carrying the
+choice, the operator's fake and the benchmark's method names. With a GPU of compute capability 9.0
+(`-m gpu`): the runtime's 2:4 buckets against the fp64 product (poisoned outputs), under CUDA
+graphs and torch.compile, and the measured check deciding, refusing a kernel whose result is wrong.
+"""
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+import cross
+from cross.costmodel.roofline import WGMMA_MAX_TOKENS, WGMMA_MIN_TOKENS, wgmma24_format_bytes
+from cross.pack import pack
+from cross.pack.wgmma24 import Wgmma24Weight, wgmma24_reference
+from cross.partition import make_plan
+from cross.partition.planner import WGMMA_KERNEL_DEFAULT, WGMMA_MAX_BYTES, is_near_win, overflow_entries
+from cross.runtime.dispatch import execute
+from cross.tiling import TileGrid
+from runtime_checks import (check_candidates_run, check_measured_candidates, check_product,
+                            check_wrong_kernel_refused, linear_of)
+from weights import pruned
+
+HAS_GPU = torch.cuda.is_available()
+SM90 = HAS_GPU and torch.cuda.get_device_capability() == (9, 0)
+IGNORE = {"wgmma_kernel": True, "nan_policy": "ignore"}
+
+
+# ---------------------------------------------------------------------------------------- planner
+def test_off_by_default():
+    assert WGMMA_KERNEL_DEFAULT is False
+    plan = make_plan(pruned(1024, 512, 0.9), nan_policy="ignore")
+    assert all(b.kernel != "wgmma24" for b in plan.buckets) and plan.provenance["options"]["wgmma_kernel"] is False
+
+
+@pytest.mark.parametrize("shape", [(1024, 512), (11008, 4096)])
+def test_candidates_are_the_middle_buckets_of_the_tiles(shape):
+    w = pruned(*shape, 0.9)
+    off, on = make_plan(w, nan_policy="ignore"), make_plan(w, **IGNORE)
+    assert on.provenance["options"]["wgmma_kernel"] is True
+    assert any(b.kernel == "wgmma24" for b in on.buckets)
+    for a, b in zip(off.buckets, on.buckets):
+        # a candidate exactly where the bucket lies within 17-512 tokens and has the tile kernel's plan
+        # (a win or not); it falls back until the measured check times it; the rest stays as it was
+        offered = WGMMA_MIN_TOKENS <= a.n_min and a.n_max <= WGMMA_MAX_TOKENS and a.kernel == "tiles"
+        assert (b.kernel == "wgmma24") == offered, (a.n_min, a.n_max)
+        assert b.predicted_us == a.predicted_us and b.dense_us == a.dense_us
+        if offered:
+            assert b.fallback and is_near_win(b) and "2:4 kernel's candidate" in b.reason
+        else:
+            assert b.kernel == a.kernel and b.fallback == a.fallback and b.reason == a.reason
+    # the default buckets offer it 17-64, 65-128 and 129-512 tokens
+    assert [(b.n_min, b.n_max) for b in on.buckets if b.kernel == "wgmma24"] == [(17, 64), (65, 128), (129, 512)]
+
+
+@pytest.mark.parametrize("why", ["denser", "propagate", "fp32", "odd K"])
+def test_no_candidates_where_the_kernel_cannot_win_or_run(why):
+    """Not where the format would cost over WGMMA_MAX_BYTES of dense (a 40% sparse weight: many
+    overflow entries), nor with nan_policy 'propagate' (the kernel multiplies only the stored slots),
+    nor fp32, nor K % 8 != 0."""
+    sparsity = 0.4 if why == "denser" else 0.9
+    k = 516 if why == "odd K" else 512
+    w = pruned(1024, k, sparsity, torch.float32 if why == "fp32" else torch.bfloat16)
+    plan = make_plan(w, wgmma_kernel=True, nan_policy="propagate" if why == "propagate" else "ignore")
+    assert all(b.kernel != "wgmma24" for b in plan.buckets)
+
+
+def test_byte_estimate_is_the_formats():
+    """The planner's estimate of the format's bytes, from tile counts, is within 2% of what the
+    format takes on uniform weights (whole row blocks and chunks: no padding), and decides which
+    sparsities are offered."""
+    for sparsity in (0.3, 0.5, 0.7, 0.9):
+        w = pruned(1024, 1024, sparsity)
+        grid = TileGrid.for_weight(w, (64, 64))
+        est = wgmma24_format_bytes(grid.tile_nnz(w), grid.tile_sizes(), 1024, 1024)
+        fmt = Wgmma24Weight.from_dense(w).nbytes
+        assert abs(est - fmt) <= 0.02 * fmt, (sparsity, est, fmt)
+        assert (est <= WGMMA_MAX_BYTES * 2 * w.numel()) == (sparsity > 0.5), sparsity
+    # tile counts cannot see a 2:4 pattern: on a 2:4 weight (no overflow) their estimate is that of a
+    # uniform 50% weight, above WGMMA_MAX_BYTES; given the weight, the planner counts its overflow
+    # (none) and offers it; from tile counts alone it does not
+    w = pruned(1024, 1024, 0.0)
+    w.view(1024, 256, 4)[..., 2:] = 0
+    grid = TileGrid.for_weight(w, (64, 64))
+    est = wgmma24_format_bytes(grid.tile_nnz(w), grid.tile_sizes(), 1024, 1024)
+    assert Wgmma24Weight.from_dense(w).nbytes == 0.5625 * 2 * w.numel() < WGMMA_MAX_BYTES * 2 * w.numel() < est
+    assert overflow_entries(w) == 0
+    assert wgmma24_format_bytes(grid.tile_nnz(w), grid.tile_sizes(), 1024, 1024, entries=0) == 0.5625 * 2 * w.numel()
+    assert any(b.kernel == "wgmma24" for b in make_plan(w, **IGNORE).buckets)
+    counts = make_plan(nnz=grid.tile_nnz(w), shape=(1024, 1024), dtype="bfloat16", **IGNORE)
+    assert all(b.kernel != "wgmma24" for b in counts.buckets)
+
+
+def test_overflow_entries_are_the_formats():
+    """The planner's count of a weight's overflow is the format's entries (odd K, -0.0, NaN)."""
+    w = pruned(300, 130, 0.3)
+    w[0, :4] = torch.tensor([-0.0, 1.0, float("nan"), 2.0])
+    w[1, 128:130] = 1.0
+    assert overflow_entries(w) == Wgmma24Weight.from_dense(w).entries.numel() > 0
+
+
+def test_plan_file_keeps_the_kernel(tmp_path):
+    plan = make_plan(pruned(1024, 512, 0.9), **IGNORE)
+    loaded = cross.partition.Plan.load(plan.save(tmp_path / "p.safetensors"))
+    assert [b.kernel for b in loaded.buckets] == [b.kernel for b in plan.buckets]
+    assert [is_near_win(b) for b in loaded.buckets] == [is_near_win(b) for b in plan.buckets]
+    assert loaded.provenance["options"]["wgmma_kernel"] is True
+
+
+# ---------------------------------------------------------------------------------------- pack and run
+@pytest.mark.parametrize("sparsity", [0.6, 0.9])
+def test_packed_weight_carries_the_format(sparsity):
+    w = pruned(1024, 512, sparsity)
+    packed = pack(w, make_plan(w, **IGNORE))
+    assert isinstance(packed.wgmma24, Wgmma24Weight) and torch.equal(packed.wgmma24.to_dense(), w)
+    assert packed.nbytes >= packed.tiled.nbytes + packed.wgmma24.nbytes
+    assert pack(w, make_plan(w, nan_policy="ignore")).wgmma24 is None
+    # another plan's candidates get the format back
+    assert pack(w, make_plan(w, nan_policy="ignore")).with_plan(make_plan(w, **IGNORE)).wgmma24 is not None
+    moved = packed.to("cpu")
+    assert moved.wgmma24 is not packed.wgmma24 and torch.equal(moved.wgmma24.values, packed.wgmma24.values)
+
+
+def test_reference_is_the_product_and_reads_once(monkeypatch):
+    """wgmma24_reference is the product for finite inputs (bias added in fp32) and decodes a
+    Wgmma24Weight once; a copy moved with .to() reads again."""
+    gen = torch.Generator().manual_seed(1)
+    w = pruned(100, 136, 0.6)
+    sw = Wgmma24Weight.from_dense(w)
+    x = torch.randn(5, 136, generator=gen).to(torch.bfloat16)
+    b = torch.randn(100, generator=gen).to(torch.bfloat16)
+    calls = []
+    read = Wgmma24Weight.to_dense
+    monkeypatch.setattr(Wgmma24Weight, "to_dense", lambda self: calls.append(1) or read(self))
+    y = wgmma24_reference(x, sw, b)
+    check_product(x, w, b, y)
+    assert torch.equal(wgmma24_reference(x, sw, b), y) and len(calls) == 1
+    assert torch.equal(wgmma24_reference(x, sw.to("cpu"), b), y) and len(calls) == 2
+
+
+def test_forced_bucket_runs_the_format():
+    """A candidate's plan forced is the 2:4 format's reference on the CPU: the product, at each end
+    of the buckets it has, read from the format and not the tiles."""
+    gen = torch.Generator().manual_seed(2)
+    w = pruned(1000, 520, 0.9)
+    packed = pack(w, make_plan(w, **IGNORE))
+    bias = torch.randn(1000, generator=gen).to(torch.bfloat16)
+    runs = [pb for pb in packed.buckets if pb.plan.kernel == "wgmma24"]
+    assert runs, "the plan no longer offers the 2:4 kernel a bucket"
+    doubled = replace(packed, wgmma24=Wgmma24Weight.from_dense(2 * w))
+    for pb in runs:
+        for n in {pb.plan.n_min, pb.plan.n_max}:
+            x = torch.randn(n, 520, generator=gen).to(torch.bfloat16)
+            check_product(x, w, bias, execute(x, packed, bias, force_plan=True))
+            check_product(x, 2 * w, bias, execute(x, doubled, bias, force_plan=True))
+
+
+def test_layer_drops_the_format_no_bucket_runs():
+    """A layer that runs its fallback buckets dense holds no 2:4 format for a candidate the measured
+    check did not take; without a dense copy the candidates run their plan, so the format stays."""
+    gen = torch.Generator().manual_seed(3)
+    w = pruned(1024, 512, 0.9)
+    lin = linear_of(w)
+    plan = make_plan(w, **IGNORE)
+    checked = plan.with_buckets([replace(b, measured_us=20.0, measured_dense_us=10.0) if b.kernel == "wgmma24" else b
+                                 for b in plan.buckets])  # timed: slower than dense
+    kept = cross.SparseLinear.from_dense(lin, plan=checked)
+    assert kept.dense_kept and kept.packed.wgmma24 is None
+    bare = cross.SparseLinear.from_dense(lin, plan=plan, keep_dense=False)
+    assert bare.packed.wgmma24 is not None
+    n = next(b.n_max for b in plan.buckets if b.kernel == "wgmma24")
+    x = torch.randn(n, 512, generator=gen).to(torch.bfloat16)
+    with torch.no_grad():
+        check_product(x, w, lin.bias, kept(x))
+        check_product(x, w, lin.bias, bare(x))
+
+
+def test_sparsified_model_with_the_format_saves_and_loads(tmp_path):
+    gen = torch.Generator().manual_seed(4)
+    model = torch.nn.Sequential(torch.nn.Linear(512, 1024), torch.nn.Linear(1024, 256)).to(torch.bfloat16)
+    with torch.no_grad():
+        for lin in model:
+            lin.weight.mul_(torch.rand(lin.weight.shape, generator=gen) >= 0.9)
+    x = torch.randn(100, 512, generator=gen).to(torch.bfloat16)
+    with torch.no_grad():
+        want = model(x)
+        cross.sparsify_(model, keep_dense=False, progress=False, **IGNORE)
+        assert all(m.packed.wgmma24 is not None for m in model)
+        got = model(x)
+        cross.save(model, tmp_path / "m")
+        layers = cross.load(tmp_path / "m")
+        assert all(layers[n].packed.wgmma24 is not None for n in layers)
+        assert [b.kernel for b in layers["0"].plan.buckets] == [b.kernel for b in model[0].plan.buckets]
+        again = layers["1"](layers["0"](x))
+    torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=2e-2 * want.abs().max().item())
+    assert torch.equal(again, got)
+
+
+def test_operator_shape_without_running():
+    """cross::wgmma24_linear's fake (what torch.compile traces) gives [N, M] in X's dtype; ``call``
+    routes a Wgmma24Args to it."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from cross.kernels.launch import Wgmma24Args
+    from cross.runtime.op import call
+
+    sw = Wgmma24Weight.from_dense(pruned(300, 520, 0.8))
+    with FakeTensorMode() as mode:
+        args = Wgmma24Args(mode.from_tensor(sw.values), mode.from_tensor(sw.entries), 300, 520, *sw.values.shape[:2],
+                           sw.wgs, sw.mt, 2, int(sw.overflow), 1024)
+        y = call(mode.from_tensor(torch.zeros(7, 520, dtype=torch.bfloat16)), args, None)
+        assert tuple(y.shape) == (7, 300) and y.dtype == torch.bfloat16
+
+
+def test_cpu_layer_does_not_resolve_the_kernel():
+    """On the CPU (or any GPU other than compute capability 9.0) no kernel arguments are resolved
+    for the 2:4 buckets; they run on the reference."""
+    from cross.kernels.launch import wgmma24_capable, wgmma24_eligible
+
+    w = pruned(256, 128, 0.9)
+    packed = pack(w, make_plan(w, **IGNORE))
+    assert not wgmma24_capable(torch.device("cpu")) and not wgmma24_eligible(packed, torch.device("cpu"))
+    with pytest.raises(ValueError, match="compute capability 9.0"):
+        from cross.kernels.launch import wgmma24_kernel_args
+
+        wgmma24_kernel_args(packed)
+
+
+# ---------------------------------------------------------------------------------------- benchmark
+def test_bench_methods():
+    from cross.bench.methods import parse_method, unavailable
+
+    m = parse_method("cross+wgmma24")
+    assert m.family == "cross" and m.wgmma_kernel and not m.slice_kernel
+    assert not parse_method("cross").wgmma_kernel
+    assert parse_method("cross-wgmma24").family == "wgmma24"
+    assert "9.0" in unavailable(parse_method("cross-wgmma24"), 64, 64, None)
+    assert "9.0" in unavailable(parse_method("cross-wgmma24"), 64, 64, (10, 0))
+    assert "K % 8" in unavailable(parse_method("cross-wgmma24"), 64, 60, (9, 0))
+    assert unavailable(parse_method("cross-wgmma24"), 64, 64, (9, 0)) is None
+
+
+# ---------------------------------------------------------------------------------------- GPU
+@pytest.mark.gpu
+@pytest.mark.skipif(not SM90, reason="needs a compute capability 9.0 GPU")
+@pytest.mark.parametrize("shape", [(1000, 520), (4096, 4096), (11008, 4096)])
+@pytest.mark.parametrize("sparsity", [0.6, 0.9])
+def test_gpu_runtime_runs_the_kernel(shape, sparsity, rng):
+    """A layer whose candidates run (no dense copy): the 128-token 2:4 kernel at each end and the middle of
+    their buckets, against the fp64 product, outputs poisoned; in a CUDA graph and under torch.compile."""
+    from cross.kernels.launch import Wgmma24Args
+
+    w = pruned(*shape, sparsity, seed=int(torch.randint(1 << 30, (1,), generator=rng))).cuda()
+    check_candidates_run(w, "wgmma24", Wgmma24Args, rng, **IGNORE)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not SM90, reason="needs a compute capability 9.0 GPU")
+def test_gpu_measured_check_times_the_candidates():
+    """The measured check times every candidate; the 128-token 2:4 kernel runs exactly where it measured faster."""
+    check_measured_candidates(pruned(11008, 4096, 0.9).cuda(), "wgmma24", "wgmma24", **IGNORE)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not SM90, reason="needs a compute capability 9.0 GPU")
+def test_gpu_measured_check_refuses_a_wrong_kernel(monkeypatch):
+    """A 128-token 2:4 kernel whose result disagrees with the dense product is not timed; its buckets fall back."""
+    w = pruned(4096, 4096, 0.9).cuda()
+    check_wrong_kernel_refused(monkeypatch, w, "wgmma24", "wgmma24", "128-token 2:4 kernel", **IGNORE)
