@@ -1,0 +1,184 @@
+"""Index arithmetic of the 128-token 2:4 kernel (kernels/wgmma24.cu), transcribed and run on weights
+packed by ``Wgmma24Weight.from_dense``: where ``load_chunk`` puts X in a stage, which words each
+thread loads as its A registers and metadata, the sparse warpgroup mma as PTX documents it (the
+m16n8k32 sparse A and metadata layout per warp, B read through the no-swizzle K-major descriptor
+with its leading and stride byte offsets, the m64nNk16 accumulator layout), the overflow loop's
+shuffles and X addresses, the partial sums' staging, and the cluster's split of K and of the rows
+it sums. The GPU tests run the kernel itself; this checks the same arithmetic where there is no GPU,
+and that a misread layout (the descriptor's offsets swapped) would be caught.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from cross.pack.wgmma24 import CHUNK, NTOK, TILE_ROWS, TILE_WORDS, Wgmma24Weight
+
+COUNT_SHIFT = 25  # a head word: first entry (bits 0-24), entries (bits 25-31)
+KSTEP_BYTES = NTOK * 32 * 2  # X's bytes per k-step of a stage
+B_LBO, B_SBO = 128, 512  # the kernel's b_desc
+
+
+def _float(bits, dtype):
+    """16-bit patterns (any integer array) as float64 values of ``dtype``."""
+    b = np.asarray(bits, dtype=np.int64) & 0xFFFF
+    if dtype == torch.bfloat16:
+        return (b.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+    return b.astype(np.uint16).view(np.float16).astype(np.float64)
+
+
+def stage_x(x_bits, c, n_tok, k):
+    """X's part of a stage as load_chunk writes it: 16-bit slots, zeros past n_tok tokens and past K."""
+    xs = np.zeros(NTOK * CHUNK, dtype=np.int64)
+    for p in range(NTOK * CHUNK // 8):
+        t, g8 = p >> 3, p & 7
+        col = c * CHUNK + 8 * g8
+        if t < n_tok and col < k:
+            dst = (g8 >> 2) * KSTEP_BYTES + (t >> 3) * 512 + (g8 & 3) * 128 + (t & 7) * 16
+            xs[dst // 2: dst // 2 + 8] = x_bits[t, col: col + 8]
+    return xs
+
+
+def wgmma_sp(acc, a, e, xs, b_start, sel, dtype, lbo, sbo):
+    """acc[128 threads][64] += A (64 x 32) x B (32 x 128) as wgmma.mma_async.sp m64n128k32 reads them:
+    thread 32 w + 4 g + q's A register i holds the two stored values of row 16 w + g + 8 (i & 1),
+    group q + 4 (i >> 1); the metadata of row 16 w + g (+ 8: high half), group j comes from thread
+    32 w + 4 g + 2 sel + (j >> 2), nibble j & 3; B element (token n, k kk) sits at
+    b_start + (n >> 3) SBO + (kk >> 3) LBO + (n & 7) 16 + (kk & 7) 2 bytes."""
+    A = np.zeros((64, 32))
+    for tw in range(128):
+        w, g, q = tw >> 5, (tw >> 2) & 7, tw & 3
+        for i in range(4):
+            row, grp = 16 * w + g + 8 * (i & 1), q + 4 * (i >> 1)
+            meta = int(e[32 * w + 4 * g + 2 * sel + (grp >> 2)])
+            nib = (meta >> (16 * (i & 1) + 4 * (grp & 3))) & 15
+            word = int(a[tw, i])
+            A[row, 4 * grp + (nib & 3)] += _float(word & 0xFFFF, dtype)
+            A[row, 4 * grp + (nib >> 2)] += _float(word >> 16, dtype)
+    n, kk = np.meshgrid(np.arange(NTOK), np.arange(32), indexing="ij")
+    B = _float(xs[(b_start + (n >> 3) * sbo + (kk >> 3) * lbo + (n & 7) * 16 + (kk & 7) * 2) // 2], dtype)
+    D = A @ B.T  # [row][token]
+    tw = np.arange(128)[:, None]
+    i = np.arange(64)[None, :]
+    rows = 16 * (tw >> 5) + ((tw >> 2) & 7) + 8 * ((i >> 1) & 1)
+    toks = 8 * (i >> 2) + 2 * (tw & 3) + (i & 1)
+    acc += D[rows, toks]
+
+
+def run_kernel(x, sw, split, bias=None, lbo=B_LBO, sbo=B_SBO):
+    """Y as wgmma24 computes it, block by block, with the kernel's index arithmetic."""
+    m, k = sw.shape
+    n = x.shape[0]
+    dtype = sw.dtype
+    wgs, mt, mtiles = sw.wgs, sw.mt, sw.mtiles
+    R, threads = TILE_ROWS * mtiles, 128 * wgs
+    values = sw.values.to(torch.int64).numpy() & 0xFFFFFFFF
+    entries = sw.entries.to(torch.int64).numpy() & 0xFFFFFFFF
+    row_blocks, chunks = values.shape[:2]
+    x_bits = x.view(torch.int16).to(torch.int64).numpy() & 0xFFFF
+    y = np.full((n, m), np.nan)
+    per = -(-(R // 4) // split) * 4
+    for rb in range(row_blocks):
+        for tok0 in range(0, n, NTOK):
+            ntok = min(NTOK, n - tok0)
+            ts = np.zeros((split, NTOK, R))  # each cluster block's staged partial sums [token][row]
+            for part in range(split):
+                c0, c1 = part * chunks // split, (part + 1) * chunks // split
+                acc = np.zeros((mtiles, 128, 64))  # acc[wg MT + t][thread of the warpgroup][register]
+                for c in range(c0, c1):
+                    stage = values[rb, c]
+                    xs = stage_x(x_bits[tok0:], c, ntok, k)
+                    for mtile in range(mtiles):
+                        tile = stage[mtile * TILE_WORDS:(mtile + 1) * TILE_WORDS]
+                        e = tile[1024:1152]
+                        for ks in range(2):
+                            a = tile[512 * ks: 512 * (ks + 1)].reshape(128, 4)  # 16 bytes per thread
+                            wgmma_sp(acc[mtile], a, e, xs, ks * KSTEP_BYTES, ks, dtype, lbo, sbo)
+                    if sw.overflow:
+                        heads = stage[mtiles * TILE_WORDS:]
+                        for tid in range(threads):
+                            lane, q, wg = tid & 31, tid & 3, tid >> 7
+                            for t in range(mt):
+                                for hf in range(2):
+                                    src = (tid & ~31) | (lane & ~3) | (2 * t + hf)  # __shfl_sync's lane
+                                    hw = int(heads[src])
+                                    start, cnt = hw & ((1 << COUNT_SHIFT) - 1), hw >> COUNT_SHIFT
+                                    for j in range(cnt):
+                                        en = int(entries[start + j])
+                                        v = _float(en & 0xFFFF, dtype)
+                                        col = en >> 16
+                                        xc = ((col >> 5) * KSTEP_BYTES + ((col & 31) >> 3) * 128 + 2 * q * 16) // 2 \
+                                            + (col & 7)
+                                        for jj in range(16):
+                                            acc[wg * mt + t, tid & 127, 4 * jj + 2 * hf] += \
+                                                v * _float(xs[xc + jj * 256], dtype)
+                                            acc[wg * mt + t, tid & 127, 4 * jj + 2 * hf + 1] += \
+                                                v * _float(xs[xc + jj * 256 + 8], dtype)
+                for mtile in range(mtiles):
+                    for tw in range(128):
+                        warp, g, q = tw >> 5, (tw >> 2) & 7, tw & 3
+                        r0 = mtile * 64 + 16 * warp + g
+                        for i in range(64):
+                            row, tok = r0 + 8 * ((i >> 1) & 1), 8 * (i >> 2) + 2 * q + (i & 1)
+                            ts[part, tok, row] = acc[mtile, tw, i]
+            # block ``part`` of the cluster sums rows [part PER, part PER + PER) over the cluster, in rank order
+            for part in range(split):
+                rlo, rhi = part * per, min(R, part * per + per)
+                for r4 in range(rlo, rhi, 4):
+                    s = sum(ts[src, :ntok, r4:r4 + 4] for src in range(split))
+                    for u in range(4):
+                        row = rb * R + r4 + u
+                        if row < m:
+                            y[tok0:tok0 + ntok, row] = s[:, u] + (0.0 if bias is None else float(bias[row]))
+    return y
+
+
+def _weight(m, k, sparsity, dtype, seed):
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.randn(m, k, generator=gen) * (torch.rand(m, k, generator=gen) >= sparsity)
+    return torch.where(w == 0, 0.0, w).to(dtype), gen
+
+
+@pytest.mark.parametrize("m,k,n,wgs,mt,split,sparsity", [
+    (64, 64, 16, 1, 1, 1, 0.5),      # one block, one chunk
+    (200, 136, 130, 2, 2, 1, 0.3),   # ragged rows, K and tokens (two token tiles), overflow
+    (130, 256, 40, 1, 2, 3, 0.4),    # K split over a cluster of 3 (chunks 1/1/2), overflow
+    (70, 200, 9, 2, 1, 2, 0.8),      # two warpgroups of one m-tile, a cluster of 2
+])
+def test_kernel_arithmetic_is_the_product(m, k, n, wgs, mt, split, sparsity):
+    w, gen = _weight(m, k, sparsity, torch.bfloat16, seed=m + k)
+    sw = Wgmma24Weight.from_dense(w, wgs, mt)
+    assert sw.overflow  # some groups hold 3 or 4 nonzeros: the overflow loop runs
+    x = torch.randn(n, k, generator=gen).to(torch.bfloat16)
+    bias = torch.randn(m, generator=gen).to(torch.bfloat16)
+    y = run_kernel(x, sw, split, bias.double().numpy())
+    ref = (x.double() @ w.double().t() + bias.double()).numpy()
+    assert not np.isnan(y).any(), "an output the blocks never wrote"
+    np.testing.assert_allclose(y, ref, rtol=1e-9, atol=1e-9 * np.abs(ref).max())
+
+
+def test_two_four_weight_without_overflow():
+    w, gen = _weight(128, 192, 0.0, torch.bfloat16, seed=7)
+    w.view(128, 48, 4)[..., 1::2] = 0
+    sw = Wgmma24Weight.from_dense(w, 1, 2)
+    assert not sw.overflow
+    x = torch.randn(33, 192, generator=gen).to(torch.bfloat16)
+    ref = (x.double() @ w.double().t()).numpy()
+    np.testing.assert_allclose(run_kernel(x, sw, 2), ref, rtol=1e-9, atol=1e-9 * np.abs(ref).max())
+
+
+def test_fp16():
+    w, gen = _weight(64, 128, 0.4, torch.float16, seed=5)
+    x = torch.randn(20, 128, generator=gen).to(torch.float16)
+    y = run_kernel(x, Wgmma24Weight.from_dense(w, 1, 1), 2)
+    ref = (x.double() @ w.double().t()).numpy()
+    np.testing.assert_allclose(y, ref, rtol=1e-9, atol=1e-9 * np.abs(ref).max())
+
+
+def test_swapped_descriptor_offsets_are_caught():
+    """The check can fail: B read with the leading and stride byte offsets swapped gives another product."""
+    w, gen = _weight(64, 64, 0.5, torch.bfloat16, seed=6)
+    x = torch.randn(16, 64, generator=gen).to(torch.bfloat16)
+    y = run_kernel(x, Wgmma24Weight.from_dense(w, 1, 1), 1, lbo=B_SBO, sbo=B_LBO)
+    ref = (x.double() @ w.double().t()).numpy()
+    assert np.abs(y - ref).max() > 0.1 * np.abs(ref).max()
