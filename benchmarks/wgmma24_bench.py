@@ -1,4 +1,4 @@
-"""The 128-token 2:4 kernel (kernels/wgmma24.cu: Hopper's sparse warpgroup mma over pack/wgmma24.py,
+"""The warpgroup 2:4 kernel (kernels/wgmma24.cu: Hopper's sparse warpgroup mma over pack/wgmma24.py,
 CUDA cores for the overflow) against cuBLAS at 64-256 tokens. Weights (bf16): uniform random sparse at
 each sparsity ("uniform": a group's third and fourth nonzeros are overflow entries), or their 2:4 part
 ("2:4": the two largest-magnitude entries of every group of 4 consecutive columns kept; no overflow).

@@ -1,4 +1,4 @@
-"""Checks shared by the runtime tests of the opt-in kernels (the slice and 128-token 2:4 kernels,
+"""Checks shared by the runtime tests of the opt-in kernels (the slice and warpgroup 2:4 kernels,
 whose buckets are candidates the measured check decides): a layer's result against the fp64
 product, its candidate buckets run on the GPU (eager, CUDA graph, torch.compile), and the measured
 check timing them or refusing a wrong kernel."""

@@ -1,4 +1,4 @@
-"""The 128-token 2:4 format (pack/wgmma24.py) and its kernel (kernels/wgmma24.cu).
+"""The warpgroup 2:4 format (pack/wgmma24.py) and its kernel (kernels/wgmma24.cu).
 
 CPU: the format read back (the mma's slots, and the overflow entries through the head words) gives
 the weight bit for bit over shapes, densities, warpgroups and m-tiles; the thread layout of the A
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from cross.kernels.launch import wgmma24_split
-from cross.pack.wgmma24 import CHUNK, TILE_WORDS, Wgmma24Weight, smem_bytes
+from cross.pack.wgmma24 import CHUNK, NTOKS, TILE_WORDS, Wgmma24Weight, smem_bytes, stages, token_tile
 
 
 def _weight(m, k, per_group, gen, dtype=torch.bfloat16):
@@ -107,12 +107,21 @@ def test_split_and_smem():
     assert wgmma24_split(16, 8, 132) == 2  # at least 4 chunks per part
     assert smem_bytes(2, 2, False) == 6 * (4 * 4608 + 128 * 64 * 2) <= 227 * 1024
     assert smem_bytes(2, 2, True) == 6 * (4 * 4608 + 1024 + 128 * 64 * 2) <= 227 * 1024
+    # fewer tokens per block: smaller stages, more of them (at most 8)
+    assert [stages(2, 2, True, t) for t in NTOKS] == [8, 8, 8, 6]
+    assert smem_bytes(2, 2, True, 16) == 8 * (4 * 4608 + 1024 + 16 * 64 * 2)
+    assert all(smem_bytes(w, m, o, t) <= 227 * 1024 for w in (1, 2) for m in (1, 2) for o in (False, True) for t in NTOKS)
+    # the partial sums fit in the stages they replace
+    assert all(smem_bytes(w, m, o, t) >= t * (64 * w * m + 4) * 4 for w in (1, 2) for m in (1, 2) for o in (0, 1)
+               for t in NTOKS)
+    assert [token_tile(n) for n in (1, 16, 17, 32, 33, 64, 65, 128, 129, 5000)] == [16, 16, 32, 32, 64, 64, 128,
+                                                                                    128, 128, 128]
 
 
 # ---------------------------------------------------------------------- GPU
 def _needs_sm90():
     if not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0):
-        pytest.skip("the 128-token 2:4 kernel needs a compute capability 9.0 GPU")
+        pytest.skip("the warpgroup 2:4 kernel needs a compute capability 9.0 GPU")
 
 
 def _check(y, x, w, b):
@@ -133,7 +142,7 @@ def test_gpu_wgmma24_kernel(m, k, weight, wgs, mt, rng):
     _needs_sm90()
     w = (_weight(m, k, 2, rng) if weight == "2:4" else _unstructured(m, k, float(weight), rng)).cuda()
     sw = Wgmma24Weight.from_dense(w, wgs, mt)
-    for n in (1, 100, 128, 300):
+    for n in (1, 16, 20, 50, 100, 128, 300):  # blocks of 16, 32, 64 and 128 tokens
         x = torch.randn(n, k, generator=rng).to(torch.bfloat16).cuda()
         b = torch.randn(m, generator=rng).to(torch.bfloat16).cuda() if n % 2 == 0 else None
         y = torch.full((n, m), float("nan"), dtype=torch.bfloat16, device="cuda")

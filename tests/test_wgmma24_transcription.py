@@ -1,4 +1,4 @@
-"""Index arithmetic of the 128-token 2:4 kernel (kernels/wgmma24.cu), transcribed and run on weights
+"""Index arithmetic of the warpgroup 2:4 kernel (kernels/wgmma24.cu), transcribed and run on weights
 packed by ``Wgmma24Weight.from_dense``: where ``load_chunk`` puts X in a stage, which words each
 thread loads as its A registers and metadata, the sparse warpgroup mma as PTX documents it (the
 m16n8k32 sparse A and metadata layout per warp, B read through the no-swizzle K-major descriptor
@@ -12,10 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from cross.pack.wgmma24 import CHUNK, NTOK, TILE_ROWS, TILE_WORDS, Wgmma24Weight
+from cross.pack.wgmma24 import CHUNK, TILE_ROWS, TILE_WORDS, Wgmma24Weight, token_tile
 
 COUNT_SHIFT = 25  # a head word: first entry (bits 0-24), entries (bits 25-31)
-KSTEP_BYTES = NTOK * 32 * 2  # X's bytes per k-step of a stage
 B_LBO, B_SBO = 128, 512  # the kernel's b_desc
 
 
@@ -27,20 +26,21 @@ def _float(bits, dtype):
     return b.astype(np.uint16).view(np.float16).astype(np.float64)
 
 
-def stage_x(x_bits, c, n_tok, k):
-    """X's part of a stage as load_chunk writes it: 16-bit slots, zeros past n_tok tokens and past K."""
-    xs = np.zeros(NTOK * CHUNK, dtype=np.int64)
-    for p in range(NTOK * CHUNK // 8):
+def stage_x(x_bits, c, n_tok, k, ntok):
+    """X's part of a stage of ``ntok`` tokens as load_chunk writes it: 16-bit slots, zeros past n_tok
+    tokens and past K."""
+    xs = np.zeros(ntok * CHUNK, dtype=np.int64)
+    for p in range(ntok * CHUNK // 8):
         t, g8 = p >> 3, p & 7
         col = c * CHUNK + 8 * g8
         if t < n_tok and col < k:
-            dst = (g8 >> 2) * KSTEP_BYTES + (t >> 3) * 512 + (g8 & 3) * 128 + (t & 7) * 16
+            dst = (g8 >> 2) * (ntok * 64) + (t >> 3) * 512 + (g8 & 3) * 128 + (t & 7) * 16
             xs[dst // 2: dst // 2 + 8] = x_bits[t, col: col + 8]
     return xs
 
 
 def wgmma_sp(acc, a, e, xs, b_start, sel, dtype, lbo, sbo):
-    """acc[128 threads][64] += A (64 x 32) x B (32 x 128) as wgmma.mma_async.sp m64n128k32 reads them:
+    """acc[128 threads][N / 2] += A (64 x 32) x B (32 x N) as wgmma.mma_async.sp m64nNk32 reads them:
     thread 32 w + 4 g + q's A register i holds the two stored values of row 16 w + g + 8 (i & 1),
     group q + 4 (i >> 1); the metadata of row 16 w + g (+ 8: high half), group j comes from thread
     32 w + 4 g + 2 sel + (j >> 2), nibble j & 3; B element (token n, k kk) sits at
@@ -55,20 +55,24 @@ def wgmma_sp(acc, a, e, xs, b_start, sel, dtype, lbo, sbo):
             word = int(a[tw, i])
             A[row, 4 * grp + (nib & 3)] += _float(word & 0xFFFF, dtype)
             A[row, 4 * grp + (nib >> 2)] += _float(word >> 16, dtype)
-    n, kk = np.meshgrid(np.arange(NTOK), np.arange(32), indexing="ij")
+    ntok = 2 * acc.shape[1]
+    n, kk = np.meshgrid(np.arange(ntok), np.arange(32), indexing="ij")
     B = _float(xs[(b_start + (n >> 3) * sbo + (kk >> 3) * lbo + (n & 7) * 16 + (kk & 7) * 2) // 2], dtype)
     D = A @ B.T  # [row][token]
     tw = np.arange(128)[:, None]
-    i = np.arange(64)[None, :]
+    i = np.arange(ntok // 2)[None, :]
     rows = 16 * (tw >> 5) + ((tw >> 2) & 7) + 8 * ((i >> 1) & 1)
     toks = 8 * (i >> 2) + 2 * (tw & 3) + (i & 1)
     acc += D[rows, toks]
 
 
 def run_kernel(x, sw, split, bias=None, lbo=B_LBO, sbo=B_SBO):
-    """Y as wgmma24 computes it, block by block, with the kernel's index arithmetic."""
+    """Y as wgmma24 computes it, block by block, with the kernel's index arithmetic, in blocks of the
+    tokens the launcher picks (16, 32, 64, or tiles of 128)."""
     m, k = sw.shape
     n = x.shape[0]
+    ntok = token_tile(n)
+    kstep = ntok * 64  # X's bytes per k-step of a stage
     dtype = sw.dtype
     wgs, mt, mtiles = sw.wgs, sw.mt, sw.mtiles
     R, threads = TILE_ROWS * mtiles, 128 * wgs
@@ -79,21 +83,21 @@ def run_kernel(x, sw, split, bias=None, lbo=B_LBO, sbo=B_SBO):
     y = np.full((n, m), np.nan)
     per = -(-(R // 4) // split) * 4
     for rb in range(row_blocks):
-        for tok0 in range(0, n, NTOK):
-            ntok = min(NTOK, n - tok0)
-            ts = np.zeros((split, NTOK, R))  # each cluster block's staged partial sums [token][row]
+        for tok0 in range(0, n, ntok):
+            n_in = min(ntok, n - tok0)
+            ts = np.zeros((split, ntok, R))  # each cluster block's staged partial sums [token][row]
             for part in range(split):
                 c0, c1 = part * chunks // split, (part + 1) * chunks // split
-                acc = np.zeros((mtiles, 128, 64))  # acc[wg MT + t][thread of the warpgroup][register]
+                acc = np.zeros((mtiles, 128, ntok // 2))  # acc[wg MT + t][thread of the warpgroup][register]
                 for c in range(c0, c1):
                     stage = values[rb, c]
-                    xs = stage_x(x_bits[tok0:], c, ntok, k)
+                    xs = stage_x(x_bits[tok0:], c, n_in, k, ntok)
                     for mtile in range(mtiles):
                         tile = stage[mtile * TILE_WORDS:(mtile + 1) * TILE_WORDS]
                         e = tile[1024:1152]
                         for ks in range(2):
                             a = tile[512 * ks: 512 * (ks + 1)].reshape(128, 4)  # 16 bytes per thread
-                            wgmma_sp(acc[mtile], a, e, xs, ks * KSTEP_BYTES, ks, dtype, lbo, sbo)
+                            wgmma_sp(acc[mtile], a, e, xs, ks * kstep, ks, dtype, lbo, sbo)
                     if sw.overflow:
                         heads = stage[mtiles * TILE_WORDS:]
                         for tid in range(threads):
@@ -107,9 +111,9 @@ def run_kernel(x, sw, split, bias=None, lbo=B_LBO, sbo=B_SBO):
                                         en = int(entries[start + j])
                                         v = _float(en & 0xFFFF, dtype)
                                         col = en >> 16
-                                        xc = ((col >> 5) * KSTEP_BYTES + ((col & 31) >> 3) * 128 + 2 * q * 16) // 2 \
+                                        xc = ((col >> 5) * kstep + ((col & 31) >> 3) * 128 + 2 * q * 16) // 2 \
                                             + (col & 7)
-                                        for jj in range(16):
+                                        for jj in range(ntok // 8):
                                             acc[wg * mt + t, tid & 127, 4 * jj + 2 * hf] += \
                                                 v * _float(xs[xc + jj * 256], dtype)
                                             acc[wg * mt + t, tid & 127, 4 * jj + 2 * hf + 1] += \
@@ -118,18 +122,18 @@ def run_kernel(x, sw, split, bias=None, lbo=B_LBO, sbo=B_SBO):
                     for tw in range(128):
                         warp, g, q = tw >> 5, (tw >> 2) & 7, tw & 3
                         r0 = mtile * 64 + 16 * warp + g
-                        for i in range(64):
+                        for i in range(ntok // 2):
                             row, tok = r0 + 8 * ((i >> 1) & 1), 8 * (i >> 2) + 2 * q + (i & 1)
                             ts[part, tok, row] = acc[mtile, tw, i]
             # block ``part`` of the cluster sums rows [part PER, part PER + PER) over the cluster, in rank order
             for part in range(split):
                 rlo, rhi = part * per, min(R, part * per + per)
                 for r4 in range(rlo, rhi, 4):
-                    s = sum(ts[src, :ntok, r4:r4 + 4] for src in range(split))
+                    s = sum(ts[src, :n_in, r4:r4 + 4] for src in range(split))
                     for u in range(4):
                         row = rb * R + r4 + u
                         if row < m:
-                            y[tok0:tok0 + ntok, row] = s[:, u] + (0.0 if bias is None else float(bias[row]))
+                            y[tok0:tok0 + n_in, row] = s[:, u] + (0.0 if bias is None else float(bias[row]))
     return y
 
 
@@ -140,10 +144,12 @@ def _weight(m, k, sparsity, dtype, seed):
 
 
 @pytest.mark.parametrize("m,k,n,wgs,mt,split,sparsity", [
-    (64, 64, 16, 1, 1, 1, 0.5),      # one block, one chunk
-    (200, 136, 130, 2, 2, 1, 0.3),   # ragged rows, K and tokens (two token tiles), overflow
-    (130, 256, 40, 1, 2, 3, 0.4),    # K split over a cluster of 3 (chunks 1/1/2), overflow
+    (64, 64, 16, 1, 1, 1, 0.5),      # one block of 16 tokens, one chunk
+    (200, 136, 130, 2, 2, 1, 0.3),   # ragged rows, K and tokens (two tiles of 128)
+    (130, 256, 40, 1, 2, 3, 0.4),    # 64 tokens per block; K split over a cluster of 3 (chunks 1/1/2)
     (70, 200, 9, 2, 1, 2, 0.8),      # two warpgroups of one m-tile, a cluster of 2
+    (64, 128, 30, 1, 1, 1, 0.6),     # 32 tokens per block
+    (100, 64, 100, 1, 2, 1, 0.5),    # 128 tokens per block, 28 of them padding
 ])
 def test_kernel_arithmetic_is_the_product(m, k, n, wgs, mt, split, sparsity):
     w, gen = _weight(m, k, sparsity, torch.bfloat16, seed=m + k)
@@ -178,7 +184,7 @@ def test_fp16():
 def test_swapped_descriptor_offsets_are_caught():
     """The check can fail: B read with the leading and stride byte offsets swapped gives another product."""
     w, gen = _weight(64, 64, 0.5, torch.bfloat16, seed=6)
-    x = torch.randn(16, 64, generator=gen).to(torch.bfloat16)
+    x = torch.randn(100, 64, generator=gen).to(torch.bfloat16)  # a block of 128 tokens: the reads stay in the stage
     y = run_kernel(x, Wgmma24Weight.from_dense(w, 1, 1), 1, lbo=B_SBO, sbo=B_LBO)
     ref = (x.double() @ w.double().t()).numpy()
     assert np.abs(y - ref).max() > 0.1 * np.abs(ref).max()

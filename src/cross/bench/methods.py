@@ -8,16 +8,16 @@
     cross+slices                what the runtime runs when the planner may offer buckets of up to 16
                                 tokens to the slice kernel (make_plan(slice_kernel=True)), which
                                 the measured check takes where it times faster than dense
-    cross+wgmma24               what the runtime runs when the planner may offer buckets of 17-512
-                                tokens to the 128-token 2:4 kernel (make_plan(wgmma_kernel=True,
+    cross+wgmma24               what the runtime runs when the planner may offer buckets of up to
+                                512 tokens to the warpgroup 2:4 kernel (make_plan(wgmma_kernel=True,
                                 nan_policy="ignore")), which the measured check takes where it
                                 times faster than dense
     cross-rows                  the row kernel forced (kernels/row_gemv.cu, one launch per pass
                                 of up to 8 tokens; GPU only, K % 8 == 0, K <= 16384)
     cross-slices                the slice kernel forced (kernels/slice_mma.cu, one launch per pass
                                 of up to 16 tokens; sm_90+, K % 8 == 0)
-    cross-wgmma24               the 128-token 2:4 kernel forced (kernels/wgmma24.cu, one launch of
-                                128-token tiles; compute capability 9.0, K % 8 == 0)
+    cross-wgmma24               the warpgroup 2:4 kernel forced (kernels/wgmma24.cu, one launch of
+                                blocks of 16-128 tokens; compute capability 9.0, K % 8 == 0)
     cusparse-csr                w.to_sparse_csr() @ x.T (cuSPARSE SpMM through torch), in the
                                 weight's dtype where torch runs it there, else fp16, else fp32
     triton-bsr-<b>              torch.sparse._triton_ops.bsr_dense_mm with b x b blocks (GPU only;
@@ -61,7 +61,7 @@ class Method:
     kinds: tuple[TileKind, ...] | None = None  # None: the planner's choice, as the runtime runs it
     block: int = 0
     slice_kernel: bool = False  # cross: the planner may offer buckets to the slice kernel
-    wgmma_kernel: bool = False  # cross: the planner may offer buckets to the 128-token 2:4 kernel
+    wgmma_kernel: bool = False  # cross: the planner may offer buckets to the warpgroup 2:4 kernel
 
     def applies(self, sparsity: float) -> bool:
         """Whether the method has a row at this sparsity: 2:4 exists at 50% only."""
@@ -157,9 +157,9 @@ def unavailable(method: Method, m: int, k: int, capability: tuple[int, int] | No
             return f"the slice kernel needs K % 8 == 0, got K = {k}"
     if method.family == "wgmma24":
         if capability != (9, 0):
-            return "the 128-token 2:4 kernel needs a compute capability 9.0 GPU"
+            return "the warpgroup 2:4 kernel needs a compute capability 9.0 GPU"
         if k % 8:
-            return f"the 128-token 2:4 kernel needs K % 8 == 0, got K = {k}"
+            return f"the warpgroup 2:4 kernel needs K % 8 == 0, got K = {k}"
     return None
 
 
@@ -251,7 +251,7 @@ def _prepare_cross(method: Method, w, tile, cost_model, n_programs):
         if bucket.plan.kernel == "wgmma24":
             if wgmma24_eligible(packed, x.device):
                 wargs = wgmma24_kernel_args(packed)
-                return Bound(lambda: wgmma24_run(x, wargs), w.dtype, "128-token 2:4 kernel", packed.wgmma24.nbytes)
+                return Bound(lambda: wgmma24_run(x, wargs), w.dtype, "warpgroup 2:4 kernel", packed.wgmma24.nbytes)
             return Bound(lambda: wgmma24_reference(x, packed.wgmma24), w.dtype, "2:4 format, reference",
                          packed.wgmma24.nbytes)
         kargs = kernel_args(packed, bucket, method.backend)  # resolved once, as the runtime does
@@ -277,7 +277,7 @@ def _prepare_wgmma24(w):
 
     sw = Wgmma24Weight.from_dense(w)
     args = wgmma24_args(sw)
-    return lambda x: Bound(lambda: wgmma24_run(x, args), w.dtype, "128-token 2:4 kernel", sw.nbytes)
+    return lambda x: Bound(lambda: wgmma24_run(x, args), w.dtype, "warpgroup 2:4 kernel", sw.nbytes)
 
 
 def _prepare_slices(w, tile):

@@ -286,19 +286,19 @@ def slice_format_bytes(nnz: np.ndarray, size: np.ndarray, rows: int, cols: int, 
     return int(2 * element_size * pairs + rows * cols * element_size / 16)
 
 
-#: Token counts the planner offers the 128-token 2:4 kernel (kernels/wgmma24.cu: tiles of 128 tokens,
-#: sm_90a): buckets from WGMMA_MIN_TOKENS to WGMMA_MAX_TOKENS tokens
-WGMMA_MIN_TOKENS, WGMMA_MAX_TOKENS = 17, 512
+#: Token counts the planner offers the warpgroup 2:4 kernel (kernels/wgmma24.cu, sm_90a: blocks of 16,
+#: 32, 64 or 128 tokens): buckets of at most WGMMA_MAX_TOKENS tokens
+WGMMA_MAX_TOKENS = 512
 
 
 def wgmma24_kernel_fits(rows: int, cols: int, dtype: str) -> bool:
-    """The 128-token 2:4 kernel can run an rows x cols weight of this dtype (name) on an sm_90 GPU."""
+    """The warpgroup 2:4 kernel can run an rows x cols weight of this dtype (name) on an sm_90 GPU."""
     return dtype in ("bfloat16", "float16") and cols % 8 == 0 and rows >= 1
 
 
 def wgmma24_format_bytes(nnz: np.ndarray, size: np.ndarray, rows: int, cols: int, element_size: int = 2,
                          entries: int | None = None) -> int:
-    """Expected bytes of the 128-token 2:4 format (pack/wgmma24.py) from nonzero counts ``nnz`` over
+    """Expected bytes of the warpgroup 2:4 format (pack/wgmma24.py) from nonzero counts ``nnz`` over
     regions of ``size`` elements (tiles), as if each region's nonzeros were uniform (or with the
     weight's own count of overflow ``entries``, where the caller has the weight): half the
     elements and a nibble per group of 4 (0.5625 of the dense bytes), and where a group may hold

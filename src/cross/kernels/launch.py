@@ -8,7 +8,7 @@ Backends:
 The row kernel (kernels/row_gemv.cu, ``row_launch``, up to 8 tokens per pass) runs buckets whose plan says
 ``kernel="rows"``, over the weight's row format; it is compiled and launched like the "cuda" backend.
 The slice kernel (kernels/slice_mma.cu, ``slice_run``, up to 16 tokens per pass, sm_90+) runs buckets
-whose plan says ``kernel="slices"``, over the weight's slice format; the 128-token 2:4 kernel
+whose plan says ``kernel="slices"``, over the weight's slice format; the warpgroup 2:4 kernel
 (kernels/wgmma24.cu, ``wgmma24_run``, sm_90a) those that say ``kernel="wgmma24"``. The strip and 2:4 kernels
 (``strip_matmul``, ``sparse24_matmul``) are not used by the runtime.
 """
@@ -400,14 +400,14 @@ def sparse24_matmul(x: torch.Tensor, weight, bias: torch.Tensor | None = None, o
 
 
 def wgmma24_split(row_blocks: int, chunks: int, sms: int) -> int:
-    """Parts of K per row block for the 128-token 2:4 kernel (a cluster of that many blocks, at most
+    """Parts of K per row block for the warpgroup 2:4 kernel (a cluster of that many blocks, at most
     8): enough blocks to fill the GPU's ``sms`` once, each with at least 4 chunks."""
     want = max(1, round(sms / row_blocks))
     return max(1, min(8, want, chunks // 4 or 1))
 
 
 class Wgmma24Args(NamedTuple):
-    """A launch of the 128-token 2:4 kernel, resolved once (``wgmma24_args``): the format's tensors and
+    """A launch of the warpgroup 2:4 kernel, resolved once (``wgmma24_args``): the format's tensors and
     the launch's sizes, so that a call does no host work beyond its launch."""
 
     values: torch.Tensor
@@ -420,7 +420,6 @@ class Wgmma24Args(NamedTuple):
     mt: int
     split: int
     overflow: int
-    smem: int
 
 
 def _runs_here(device: torch.device, capability_ok) -> bool:
@@ -434,26 +433,26 @@ def _runs_here(device: torch.device, capability_ok) -> bool:
 
 
 def wgmma24_capable(device: torch.device) -> bool:
-    """The 128-token 2:4 kernel can run on this device: a compute capability 9.0 GPU (wgmma.sp, sm_90a)."""
+    """The warpgroup 2:4 kernel can run on this device: a compute capability 9.0 GPU (wgmma.sp, sm_90a)."""
     return _runs_here(device, lambda cc: cc == (9, 0))
 
 
 def wgmma24_eligible(packed: PackedWeight, device: torch.device) -> bool:
-    """The 128-token 2:4 kernel can run this weight's 2:4 format here."""
+    """The warpgroup 2:4 kernel can run this weight's 2:4 format here."""
     return packed.wgmma24 is not None and wgmma24_capable(device)
 
 
 def wgmma24_kernel_args(packed: PackedWeight) -> Wgmma24Args:
-    """The 128-token 2:4 kernel's arguments for a packed weight with that format, on its GPU."""
+    """The warpgroup 2:4 kernel's arguments for a packed weight with that format, on its GPU."""
     if not wgmma24_eligible(packed, packed.device):
-        raise ValueError("128-token 2:4 kernel: expected its format on a compute capability 9.0 GPU with cuda-python")
+        raise ValueError("warpgroup 2:4 kernel: expected its format on a compute capability 9.0 GPU with cuda-python")
     return wgmma24_args(packed.wgmma24)
 
 
 def wgmma24_args(weight, split: int | None = None) -> Wgmma24Args:
     """Check a Wgmma24Weight (pack/wgmma24.py) on its GPU and resolve its launch: ``split`` parts of K
     per row block (1..8; default ``wgmma24_split``)."""
-    from ..pack.wgmma24 import smem_bytes
+    from ..pack.wgmma24 import NTOKS, smem_bytes
 
     if weight.device.type != "cuda":
         raise ValueError(f"wgmma24_matmul: expected a Wgmma24Weight on a CUDA device, got one on {weight.device}")
@@ -469,16 +468,21 @@ def wgmma24_args(weight, split: int | None = None) -> Wgmma24Args:
         split = wgmma24_split(row_blocks, chunks, torch.cuda.get_device_properties(weight.device).multi_processor_count)
     if isinstance(split, bool) or not isinstance(split, int) or not 1 <= split <= 8:
         raise ValueError(f"wgmma24_matmul: split must be an int in 1..8, got {split!r}")
+    limit = getattr(torch.cuda.get_device_properties(weight.device), "shared_memory_per_block_optin", 227 * 1024)
+    most = max(smem_bytes(weight.wgs, weight.mt, weight.overflow, t) for t in NTOKS)
+    if most > limit:
+        raise ValueError(f"wgmma24_matmul: a block needs up to {most} bytes of shared memory, the device has {limit}")
     return Wgmma24Args(weight.values, weight.entries, weight.shape[0], weight.shape[1], row_blocks, chunks, weight.wgs,
-                       weight.mt, split, int(weight.overflow), smem_bytes(weight.wgs, weight.mt, weight.overflow))
+                       weight.mt, split, int(weight.overflow))
 
 
 def wgmma24_run(x: torch.Tensor, args: Wgmma24Args, bias: torch.Tensor | None = None,
                 out: torch.Tensor | None = None) -> torch.Tensor:
-    """Y[N, M] = X[N, K] @ W^T (+ bias) by the 128-token 2:4 kernel, one launch of 128-token tiles.
-    x: [N, K] in the weight's dtype on its GPU; bias: contiguous [M]; out: optional [N, M], unit
-    stride along M (written entirely). No checks beyond X's layout (``wgmma24_matmul`` checks)."""
-    from ..pack.wgmma24 import NTOK
+    """Y[N, M] = X[N, K] @ W^T (+ bias) by the warpgroup 2:4 kernel, one launch: blocks of 16, 32 or 64
+    tokens where N is at most that (``token_tile``), else tiles of 128. x: [N, K] in the weight's dtype
+    on its GPU; bias: contiguous [M]; out: optional [N, M], unit stride along M (written entirely). No
+    checks beyond X's layout (``wgmma24_matmul`` checks)."""
+    from ..pack.wgmma24 import token_tile
     from . import cuda_backend
 
     n = x.shape[0]
@@ -488,17 +492,16 @@ def wgmma24_run(x: torch.Tensor, args: Wgmma24Args, bias: torch.Tensor | None = 
     if x.stride(0) % 8 or x.data_ptr() % 16 or x.stride(1) != 1:
         x = x.contiguous()
     ptrs = cuda_backend.Pointers((x, y, bias, args.values, args.entries), x.dtype == torch.bfloat16)
-    cuda_backend.wgmma24_launch(args.row_blocks, -(-n // NTOK), args.wgs, args.mt, args.split, bool(args.overflow),
-                                args.smem, ptrs, args.out_features, args.in_features, n, x.stride(0), y.stride(0),
-                                args.chunks)
+    cuda_backend.wgmma24_launch(args.row_blocks, token_tile(n), args.wgs, args.mt, args.split, bool(args.overflow),
+                                ptrs, args.out_features, args.in_features, n, x.stride(0), y.stride(0), args.chunks)
     return y
 
 
 def wgmma24_matmul(x: torch.Tensor, weight, bias: torch.Tensor | None = None, out: torch.Tensor | None = None,
                    split: int | None = None) -> torch.Tensor:
-    """Y[N, M] = X[N, K] @ W^T (+ bias) by the 128-token 2:4 kernel (kernels/wgmma24.cu: Hopper's sparse
-    warpgroup mma, CUDA cores for the overflow) over a Wgmma24Weight (pack/wgmma24.py), 128 tokens per
-    block. x: [N, K] in the weight's dtype, finite (only the stored slots are multiplied); bias: [M];
+    """Y[N, M] = X[N, K] @ W^T (+ bias) by the warpgroup 2:4 kernel (kernels/wgmma24.cu: Hopper's sparse
+    warpgroup mma, CUDA cores for the overflow) over a Wgmma24Weight (pack/wgmma24.py), 16-128 tokens
+    per block. x: [N, K] in the weight's dtype, finite (only the stored slots are multiplied); bias: [M];
     out: optional [N, M], unit stride along M; ``split``: parts of K per row block (1..8, default
     ``wgmma24_split``). Needs compute capability 9.0 (sm_90a)."""
     _check_pass_args("wgmma24_matmul", x, weight, bias, out)

@@ -1,5 +1,5 @@
-// The 128-token 2:4 kernel: y[t, r] = sum over c of w[r, c] * x[t, c] (+ bias[r]) for up to 128 tokens
-// per block, on Hopper's sparse warpgroup mma (wgmma.mma_async.sp m64n128k32), over the format of
+// The warpgroup 2:4 kernel: y[t, r] = sum over c of w[r, c] * x[t, c] (+ bias[r]) for up to NTOK (16, 32,
+// 64 or 128) tokens per block, on Hopper's sparse warpgroup mma (wgmma.mma_async.sp m64n{NTOK}k32), over the format of
 // pack/wgmma24.py. The weight is the mma's A operand, read from shared memory into registers as it is
 // stored (no instruction per element on the sparsity); X^T is the B operand, in shared memory in the
 // no-swizzle K-major layout (core matrices of 8 tokens x 8 columns, 128 bytes). A group's third and
@@ -7,10 +7,10 @@
 // CUDA cores, reading X from the same stage (docs/perf-notes.md, "128 tokens: the weight as the
 // sparse A operand of wgmma.sp").
 //
-// Per block: WGS warpgroups of MT m-tiles (64 rows) each, R = 64 MT WGS rows, a token tile of 128
+// Per block: WGS warpgroups of MT m-tiles (64 rows) each, R = 64 MT WGS rows, a token tile of NTOK
 // tokens (grid.y) and one of SPLIT parts of K (the block's rank in a cluster of SPLIT blocks, which
 // share a row block). All threads copy: each chunk of 64 columns (the weight's bytes of the row block
-// and X's 128 x 64 values) is one cp.async group, STAGES - 1 chunks ahead. Per chunk a warpgroup runs
+// and X's NTOK x 64 values) is one cp.async group, STAGES - 1 chunks ahead. Per chunk a warpgroup runs
 // 2 k-steps x MT sparse mmas, waits for them, adds its rows' overflow entries, and the block moves on.
 // The end: each block stages its fp32 partial sums [token][row] in its shared memory, and block s of
 // the cluster sums rows s R / SPLIT .. of all SPLIT blocks in rank order (deterministic), adds the
@@ -19,8 +19,8 @@
 // Non-finite inputs: only the stored slots are multiplied (a kept zero beside a lone nonzero is one),
 // so where X holds Inf or NaN the result is not the dense product's; the caller checks X.
 //
-// Compile-time parameters (NVRTC -D): IS_BF16, WGS (1 or 2), MT (1 or 2), SPLIT (1..8), STAGES,
-// OVERFLOW (0: no head words, no CUDA-core loop). Requirements checked by the launcher: K % 8 == 0, x
+// Compile-time parameters (NVRTC -D): IS_BF16, WGS (1 or 2), MT (1 or 2), SPLIT (1..8), NTOK (16, 32, 64
+// or 128: tokens per block and the mma's N), STAGES, OVERFLOW (0: no head words, no CUDA-core loop). Requirements checked by the launcher: K % 8 == 0, x
 // 16-byte aligned with a row stride a multiple of 8, dynamic shared memory wgmma24.smem_bytes.
 
 #ifndef WGS
@@ -41,18 +41,44 @@
 #define THREADS (WGS * 128)
 #define MTILES (WGS * MT)
 #define R (64 * MTILES)
+#ifndef NTOK
 #define NTOK 128
+#endif
+#define NACC (NTOK / 2)  // accumulators per thread and m-tile
 #define KC 64                                     // columns per chunk: two k-steps of 32
 #define TILE_BYTES 4608                           // per m-tile and chunk: A words of 2 k-steps (2 x 2048), metadata (512)
 #define HEAD_BYTES (OVERFLOW ? THREADS * 4 : 0)   // per chunk: a head word per thread
 #define W_BYTES (MTILES * TILE_BYTES + HEAD_BYTES)  // the weight's bytes of a row block's chunk
-#define X_BYTES (NTOK * KC * 2)                   // X's 128 tokens x 64 columns
+#define X_BYTES (NTOK * KC * 2)                   // X's NTOK tokens x 64 columns
 #define STAGE_BYTES (W_BYTES + X_BYTES)
 #define COUNT_SHIFT 25  // a head word: first entry (bits 0-24), entries (bits 25-31): pack/wgmma24.START_BITS
 #define START_MASK ((1u << COUNT_SHIFT) - 1u)
 #define TS (R + 4)  // the staged partial sums' row stride (floats)
 #if MT != 1 && MT != 2
 #error "MT must be 1 or 2"
+#endif
+#if NTOK == 128
+#define SP_SHAPE "m64n128k32"
+#define SP_ACC_LIST ACC_LIST
+#define SP_ACC_OUT(d) ACC_OUT(d)
+#define SP_OPERANDS ", {%64, %65, %66, %67}, %68, %69, %70, 1, 1, 1, 0;\n"
+#elif NTOK == 64
+#define SP_SHAPE "m64n64k32"
+#define SP_ACC_LIST ACC_LIST32
+#define SP_ACC_OUT(d) ACC_OUT32(d)
+#define SP_OPERANDS ", {%32, %33, %34, %35}, %36, %37, %38, 1, 1, 1, 0;\n"
+#elif NTOK == 32
+#define SP_SHAPE "m64n32k32"
+#define SP_ACC_LIST ACC_LIST16
+#define SP_ACC_OUT(d) ACC_OUT16(d)
+#define SP_OPERANDS ", {%16, %17, %18, %19}, %20, %21, %22, 1, 1, 1, 0;\n"
+#elif NTOK == 16
+#define SP_SHAPE "m64n16k32"
+#define SP_ACC_LIST ACC_LIST8
+#define SP_ACC_OUT(d) ACC_OUT8(d)
+#define SP_OPERANDS ", {%8, %9, %10, %11}, %12, %13, %14, 1, 1, 1, 0;\n"
+#else
+#error "NTOK must be 16, 32, 64 or 128"
 #endif
 
 #include "dtype.cuh"
@@ -76,19 +102,18 @@ __device__ __forceinline__ u64 b_desc(u32 addr) {
     return (u64)((addr >> 4) & 0x3FFF) | (u64)(B_LBO >> 4) << 16 | (u64)(B_SBO >> 4) << 32;
 }
 
-// d += A (64 x 32, 2:4: the thread's four words and its metadata word e) x B (32 x 128, descriptor);
+// d += A (64 x 32, 2:4: the thread's four words and its metadata word e) x B (32 x NTOK, descriptor);
 // SEL picks the lanes whose metadata the k-step reads (0: 4g, 4g + 1; 1: 4g + 2, 4g + 3)
 template <int SEL>
-__device__ __forceinline__ void wgmma_sp(float (&d)[64], const uint4& a, u64 db, u32 e) {
-    asm volatile("wgmma.mma_async.sp.sync.aligned.m64n128k32.f32." SP_TYPES " " ACC_LIST
-                 ", {%64, %65, %66, %67}, %68, %69, %70, 1, 1, 1, 0;\n"
-                 : ACC_OUT(d) : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "l"(db), "r"(e), "n"(SEL));
+__device__ __forceinline__ void wgmma_sp(float (&d)[NACC], const uint4& a, u64 db, u32 e) {
+    asm volatile("wgmma.mma_async.sp.sync.aligned." SP_SHAPE ".f32." SP_TYPES " " SP_ACC_LIST SP_OPERANDS
+                 : SP_ACC_OUT(d) : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "l"(db), "r"(e), "n"(SEL));
 }
 
 // keeps the compiler from moving accesses of the accumulators across the asynchronous mma's fences
-__device__ __forceinline__ void fence_acc(float (&d)[64]) {
+__device__ __forceinline__ void fence_acc(float (&d)[NACC]) {
 #pragma unroll
-    for (int i = 0; i < 64; ++i) asm volatile("" : "+f"(d[i])::"memory");
+    for (int i = 0; i < NACC; ++i) asm volatile("" : "+f"(d[i])::"memory");
 }
 
 __device__ __forceinline__ void cluster_sync() {
@@ -100,7 +125,7 @@ __device__ __forceinline__ void cluster_sync() {
 }
 
 // the copies of chunk c (of the block's row block rb and token tile) into stage st: the weight's
-// bytes of the chunk, and X's 128 x 64 values in the k-steps' core-matrix layout (zeros past n_tok
+// bytes of the chunk, and X's NTOK x 64 values in the k-steps' core-matrix layout (zeros past n_tok
 // tokens and past K)
 __device__ __forceinline__ void load_chunk(unsigned char* stage, const unsigned char* wsrc, const u16* x, int c,
                                            int n_tok, int k, int ldx, int tid) {
@@ -108,8 +133,7 @@ __device__ __forceinline__ void load_chunk(unsigned char* stage, const unsigned 
     for (int i = tid; i < W_BYTES / 16; i += THREADS) cp16(sw + 16 * i, wsrc + 16 * i, 16);
     const u32 sx = sw + W_BYTES;
 #pragma unroll
-    for (int j = 0; j < NTOK * KC / 8 / THREADS; ++j) {
-        const int p = tid + j * THREADS;
+    for (int p = tid; p < NTOK * KC / 8; p += THREADS) {
         const int t = p >> 3, g8 = p & 7;  // token, 8-column group of the chunk
         const int col = c * KC + 8 * g8;
         const bool in = t < n_tok && col < k;
@@ -136,11 +160,11 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
     const int nch = c1 - c0;
     const unsigned char* wrb = values + (size_t)rb * chunks * W_BYTES;
 
-    float acc[MT][64];
+    float acc[MT][NACC];
 #pragma unroll
     for (int t = 0; t < MT; ++t)
 #pragma unroll
-        for (int i = 0; i < 64; ++i) acc[t][i] = 0.f;
+        for (int i = 0; i < NACC; ++i) acc[t][i] = 0.f;
 
 #pragma unroll
     for (int s = 0; s < STAGES - 1; ++s) {
@@ -183,7 +207,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
         for (int t = 0; t < MT; ++t) fence_acc(acc[t]);
 #if OVERFLOW
         // the chunk's overflow entries on CUDA cores: lane 4 g + 2 t + hf's head word names those of row
-        // 16 warp + 8 hf + g of m-tile t; each lane q of the group adds its 32 tokens (8 j + 2 q + {0, 1})
+        // 16 warp + 8 hf + g of m-tile t; each lane q of the group adds its NTOK / 4 tokens (8 j + 2 q + {0, 1})
         {
             const u32 mine = reinterpret_cast<const u32*>(stage + MTILES * TILE_BYTES)[tid];
             const int q = lane & 3;
@@ -202,7 +226,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
                         const u16* xc = xs + ((col >> 5) * (NTOK * 32 * 2) + ((col & 31) >> 3) * 128 + (2 * q) * 16) / 2
                                         + (col & 7);
 #pragma unroll
-                        for (int jj = 0; jj < 16; ++jj) {
+                        for (int jj = 0; jj < NTOK / 8; ++jj) {
                             acc[t][4 * jj + 2 * hf] += v * to_float(xc[jj * 256]);
                             acc[t][4 * jj + 2 * hf + 1] += v * to_float(xc[jj * 256 + 8]);
                         }
@@ -223,7 +247,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
         for (int t = 0; t < MT; ++t) {
             const int r0 = (wg * MT + t) * 64 + 16 * warp + g;
 #pragma unroll
-            for (int i = 0; i < 64; ++i) {
+            for (int i = 0; i < NACC; ++i) {
                 const int row = r0 + 8 * ((i >> 1) & 1), tok = 8 * (i >> 2) + 2 * q + (i & 1);
                 ts[tok * TS + row] = acc[t][i];
             }

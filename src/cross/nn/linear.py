@@ -126,7 +126,7 @@ class SparseLinear(nn.Module):
                       where no bucket runs the tile kernel (each runs the row kernel or falls back
                       to the dense product) only the row format is held (``PackedWeight.without_tiles``);
                       where a bucket runs the slice kernel, also the slice format; where one
-                      runs the 128-token 2:4 kernel, also its 2:4 format
+                      runs the warpgroup 2:4 kernel, also its 2:4 format
         bias          buffer [out_features] in the weight's dtype, or None
         dense_weight  buffer [out_features, in_features], or None: the dense copy used by the
                       buckets that fall back to the dense product
@@ -168,7 +168,7 @@ class SparseLinear(nn.Module):
             # no bucket runs the slice kernel (candidates the measured check did not take fall back)
             packed = packed.without_slices()
         if packed.wgmma24 is not None and not any(_bucket_runs(b, "wgmma24", falls_back) for b in packed.plan.buckets):
-            # no bucket runs the 128-token 2:4 kernel (candidates the measured check did not take fall back)
+            # no bucket runs the warpgroup 2:4 kernel (candidates the measured check did not take fall back)
             packed = packed.without_wgmma24()
         self.packed = packed
         self.register_buffer("bias", bias)

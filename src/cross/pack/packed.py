@@ -9,7 +9,7 @@ Tables, int32:
                             ``tiles``, then its end
 Where a bucket's plan runs the row kernel, the weight is also kept in the row format
 (``rows``, pack/rows.py); where one runs the slice kernel, in the slice format (``slices``,
-pack/slices.py); where one runs the 128-token 2:4 kernel, in its format (``wgmma24``,
+pack/slices.py); where one runs the warpgroup 2:4 kernel, in its format (``wgmma24``,
 pack/wgmma24.py). Where no bucket runs the tile kernel, ``without_tiles`` drops the tile
 formats (``tiled``: None) and the row format is the weight's only copy; ``tiled_weight()`` rebuilds
 them from it (saving, another plan's buckets).
@@ -80,7 +80,7 @@ class PackedWeight:
     median_bitmap_nnz: int = -1  # median nnz of the BITMAP tiles (-1: none): picks the one-token CUDA build
     rows: RowWeight | None = None  # the row format, where a bucket's plan runs the row kernel
     slices: SliceWeight | None = None  # the slice format, where a bucket's plan runs the slice kernel
-    wgmma24: Wgmma24Weight | None = None  # the 2:4 format, where a bucket's plan runs the 128-token 2:4 kernel
+    wgmma24: Wgmma24Weight | None = None  # the 2:4 format, where a bucket's plan runs the warpgroup 2:4 kernel
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -168,7 +168,7 @@ class PackedWeight:
         return replace(self, slices=None)
 
     def without_wgmma24(self) -> "PackedWeight":
-        """This weight without its 128-token 2:4 format, where no bucket runs that kernel (a candidate
+        """This weight without its warpgroup 2:4 format, where no bucket runs that kernel (a candidate
         the measured check did not take falls back). The format is never the only copy."""
         return replace(self, wgmma24=None)
 
@@ -229,7 +229,7 @@ def _slices_for(plan: Plan, weight: "TiledWeight | PackedWeight", falls_back: bo
 
 
 def _wgmma24_for(plan: Plan, weight: "TiledWeight | PackedWeight", falls_back: bool = False) -> Wgmma24Weight | None:
-    """The 128-token 2:4 format (from ``weight.to_dense()``) where a bucket runs that kernel (``_runs``),
+    """The warpgroup 2:4 format (from ``weight.to_dense()``) where a bucket runs that kernel (``_runs``),
     else None."""
     return Wgmma24Weight.from_dense(weight.to_dense()) if _runs(plan, "wgmma24", falls_back) else None
 

@@ -1,4 +1,4 @@
-"""The 128-token 2:4 format: a weight stored for Hopper's sparse warpgroup mma
+"""The warpgroup 2:4 format: a weight stored for Hopper's sparse warpgroup mma
 (``wgmma.mma_async.sp`` m64n128k32, ``kernels/wgmma24.cu``) with the weight as the A operand: each
 thread's A registers and metadata word are read as they are stored, and the hardware picks the
 columns of X they multiply, so the kernel spends no instruction per element on the sparsity.
@@ -40,13 +40,17 @@ KSTEP = 32
 CHUNK = 64
 TILE_ROWS = 64
 TILE_WORDS = 2 * 128 * 4 + 128  # per m-tile and chunk: A words of both k-steps, then the metadata
-STAGES = 6
-NTOK = 128
+#: Tokens per block of the kernel's builds (the mma's N): a launch takes the smallest that holds its
+#: tokens (``token_tile``), else tiles of 128
+NTOKS = (16, 32, 64, 128)
+NTOK = NTOKS[-1]
+#: The pipeline's stages take at most this much shared memory, and are at most MAX_STAGES
+STAGE_SMEM, MAX_STAGES = 220 * 1024, 8
 _DTYPES = (torch.bfloat16, torch.float16)
 
 
 class Wgmma24Weight:
-    """A weight in the 128-token 2:4 layout; ``from_dense`` packs one."""
+    """A weight in the warpgroup 2:4 layout; ``from_dense`` packs one."""
 
     def __init__(self, shape: tuple[int, int], dtype: torch.dtype, wgs: int, mt: int, values: torch.Tensor,
                  entries: torch.Tensor):
@@ -91,7 +95,7 @@ class Wgmma24Weight:
         in the 2:4 part, the others as overflow entries; zeros (and -0.0) are not stored."""
         check_weight(weight)
         if weight.dtype not in _DTYPES:
-            raise TypeError(f"128-token 2:4 format: expected a bfloat16 or float16 weight, got {weight.dtype}")
+            raise TypeError(f"warpgroup 2:4 format: expected a bfloat16 or float16 weight, got {weight.dtype}")
         if wgs not in (1, 2) or mt not in (1, 2):
             raise ValueError(f"Wgmma24Weight: wgs and mt must be 1 or 2, got {wgs!r}, {mt!r}")
         m, k = weight.shape
@@ -163,14 +167,14 @@ class Wgmma24Weight:
             wg, w, lane = thread // 128, (thread % 128) // 32, thread % 32
             g, t, hf = lane // 4, (lane % 4) // 2, lane % 2
             if self.mt == 1 and bool((t > 0).any()):
-                raise RuntimeError("128-token 2:4 format: a one-m-tile warpgroup's head word names a second m-tile")
+                raise RuntimeError("warpgroup 2:4 format: a one-m-tile warpgroup's head word names a second m-tile")
             row = rb * self.rows + (wg * self.mt + t) * TILE_ROWS + 16 * w + 8 * hf + g
             dense[row, chunk * CHUNK + (e >> 16)] = e & 0xFFFF
         return _as_int16(dense).view(self.dtype)[:m, :k].contiguous()
 
 
 def wgmma24_reference(x: torch.Tensor, weight: Wgmma24Weight, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """Y[N, M] = X[N, K] @ W^T (+ bias) from the 128-token 2:4 format in fp32, in X's dtype. The
+    """Y[N, M] = X[N, K] @ W^T (+ bias) from the warpgroup 2:4 format in fp32, in X's dtype. The
     kernel multiplies only the stored slots, so this is its result for finite X; with non-finite
     inputs both differ from the dense product (the plans that run it have nan_policy 'ignore')."""
     y = x.float() @ weight.decoded().float().t()
@@ -193,10 +197,22 @@ def _overflow(bits: torch.Tensor, over: torch.Tensor, rb_: int, nc: int, wgs: in
     return head.view(rb_, nc, threads), entries
 
 
-def smem_bytes(wgs: int, mt: int, overflow: bool, stages: int = STAGES) -> int:
-    """Dynamic shared memory of a wgmma24 block (kernels/wgmma24.cu): its pipeline's stages, which
-    then hold the partial sums."""
+def token_tile(n: int) -> int:
+    """Tokens per block for a launch of ``n`` tokens: the smallest of NTOKS that holds them, else 128."""
+    return next(t for t in NTOKS if n <= t or t == NTOK)
+
+
+def stages(wgs: int, mt: int, overflow: bool, ntok: int = NTOK) -> int:
+    """The pipeline's stages (chunks in flight, one being read): as many as STAGE_SMEM holds, at most
+    MAX_STAGES (6 at 128 tokens, 8 at 16-64 in the default block)."""
+    stage = wgs * mt * TILE_WORDS * 4 + (128 * wgs * 4 if overflow else 0) + ntok * CHUNK * 2
+    return min(MAX_STAGES, STAGE_SMEM // stage)
+
+
+def smem_bytes(wgs: int, mt: int, overflow: bool, ntok: int = NTOK) -> int:
+    """Dynamic shared memory of a wgmma24 block (kernels/wgmma24.cu) of ``ntok`` tokens: its
+    pipeline's stages, which then hold the partial sums."""
     mtiles = wgs * mt
     w_bytes = mtiles * TILE_WORDS * 4 + (128 * wgs * 4 if overflow else 0)
-    pipeline = stages * (w_bytes + NTOK * CHUNK * 2)
-    return max(pipeline, NTOK * (TILE_ROWS * mtiles + 4) * 4)
+    pipeline = stages(wgs, mt, overflow, ntok) * (w_bytes + ntok * CHUNK * 2)
+    return max(pipeline, ntok * (TILE_ROWS * mtiles + 4) * 4)

@@ -30,12 +30,12 @@ from ..tiling import TileGrid, TileKind
 
 PLAN_FORMAT = "cross.plan/5"
 #: Formats this version reads: /1 had no measured times (BucketPlan.measured_us, measured_dense_us),
-#: /2 no row kernel (BucketPlan.kernel), /3 no slice kernel, /4 no 128-token 2:4 kernel.
+#: /2 no row kernel (BucketPlan.kernel), /3 no slice kernel, /4 no warpgroup 2:4 kernel.
 READABLE_PLAN_FORMATS = ("cross.plan/1", "cross.plan/2", "cross.plan/3", "cross.plan/4", PLAN_FORMAT)
 #: What runs a bucket's plan: "tiles", the plan kernel over the tiles' work list; "rows", the
 #: row kernel (up to 16 tokens) over the weight's row format (pack/rows.py); "slices", the slice
 #: kernel (up to 16 tokens, sm_90+) over the weight's slice format (pack/slices.py); "wgmma24", the
-#: 128-token 2:4 kernel (sm_90a) over the weight's 2:4 format (pack/wgmma24.py)
+#: warpgroup 2:4 kernel (sm_90a) over the weight's 2:4 format (pack/wgmma24.py)
 KERNELS = ("tiles", "rows", "slices", "wgmma24")
 
 

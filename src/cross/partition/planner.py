@@ -10,8 +10,7 @@ import torch
 
 from .._checks import check_plan_tile_shape, check_weight, dtype_name
 from ..costmodel import CostModel, block_n_for, default_cost_model
-from ..costmodel.roofline import (ROW_MAX_TOKENS, SLICE_MAX_TOKENS, WGMMA_MAX_TOKENS, WGMMA_MIN_TOKENS,
-                                  plan_kernel_vals_bytes, row_entries, row_format_bytes, row_kernel_fits, slice_format,
+from ..costmodel.roofline import (ROW_MAX_TOKENS, SLICE_MAX_TOKENS, WGMMA_MAX_TOKENS, plan_kernel_vals_bytes, row_entries, row_format_bytes, row_kernel_fits, slice_format,
                                   slice_kernel_fits, wgmma24_format_bytes, wgmma24_kernel_fits)
 from ..tiling import TileGrid, TileKind
 from .balance import (alternate_order, chunk_by_cost, convert_swing, equal_count_chunks, items_from_chunks,
@@ -41,15 +40,15 @@ SLICE_MAX_BYTES = 2 / 3
 #: Whether make_plan offers buckets to the slice kernel by default (``slice_kernel``): off until it is
 #: measured to win (docs/perf-notes.md).
 SLICE_KERNEL_DEFAULT = False
-#: The 128-token 2:4 kernel (kernels/wgmma24.cu, sm_90a) has no cost model either: with
-#: ``wgmma_kernel``, a bucket of WGMMA_MIN_TOKENS..WGMMA_MAX_TOKENS tokens that the prediction gives
-#: the tile kernel (or the dense product after it), of a weight whose 2:4 format is expected to cost
+#: The warpgroup 2:4 kernel (kernels/wgmma24.cu, sm_90a) has no cost model either: with
+#: ``wgmma_kernel``, a bucket of at most WGMMA_MAX_TOKENS tokens that the prediction gives the tile
+#: kernel (or the dense product after it; the row kernel's wins and near wins stay), of a weight whose 2:4 format is expected to cost
 #: at most this fraction of the dense bytes (roofline.wgmma24_format_bytes), becomes its candidate
 #: with the standing of a near win: it falls back until the measured check times it faster than dense.
 #: The bytes stand for the overflow's work on CUDA cores too (4 bytes per entry): 0.75 is uniform
 #: sparsity from ~54%, where at 50% the entries were predicted to make it slower than cuBLAS.
 WGMMA_MAX_BYTES = 0.75
-#: Whether make_plan offers buckets to the 128-token 2:4 kernel by default (``wgmma_kernel``): off
+#: Whether make_plan offers buckets to the warpgroup 2:4 kernel by default (``wgmma_kernel``): off
 #: until it is measured correct and faster on a GPU (docs/perf-notes.md).
 WGMMA_KERNEL_DEFAULT = False
 BALANCE_MODES = ("none", "intra", "full")
@@ -58,7 +57,7 @@ UNIT_MODES = ("split", "mixed")
 
 def is_near_win(bucket: BucketPlan) -> bool:
     """The bucket falls back on the prediction, but its plan is the row kernel predicted within
-    NEAR_MARGIN of dense, or the slice or 128-token 2:4 kernel (a candidate: no cost model): the
+    NEAR_MARGIN of dense, or the slice or warpgroup 2:4 kernel (a candidate: no cost model): the
     measured check times it (a plan predicted to win is always timed)."""
     if not bucket.fallback or bucket.measured:
         return False
@@ -72,7 +71,7 @@ def design_tokens(n_min: int, n_max: int) -> int:
 
 
 def overflow_entries(weight: torch.Tensor) -> int:
-    """A weight's nonzeros beyond the second of each group of 4 consecutive columns (the 128-token
+    """A weight's nonzeros beyond the second of each group of 4 consecutive columns (the warpgroup
     2:4 format's overflow entries, pack/wgmma24.py; -0.0 is a zero, NaN a nonzero)."""
     m, k = weight.shape
     nz = torch.nn.functional.pad(weight != 0, (0, -k % 4)).view(m, -1, 4).sum(-1, dtype=torch.int64)
@@ -205,8 +204,8 @@ def make_plan(weight: torch.Tensor | None = None, *, nnz: np.ndarray | None = No
              kernel's candidates (kernels/slice_mma.cu on the slice format; SLICE_MAX_BYTES; bf16/
              fp16, K % 8 == 0, nan_policy 'propagate': the kernel multiplies every element), which the
              measured check times on an sm_90+ GPU. Off by default (SLICE_KERNEL_DEFAULT).
-    wgmma_kernel: buckets of 17 to 512 tokens (WGMMA_MIN_TOKENS, WGMMA_MAX_TOKENS) become the
-             128-token 2:4 kernel's candidates (kernels/wgmma24.cu on pack/wgmma24.py's format;
+    wgmma_kernel: buckets of at most 512 tokens (WGMMA_MAX_TOKENS) not given to the row or slice
+             kernel become the warpgroup 2:4 kernel's candidates (kernels/wgmma24.cu on pack/wgmma24.py's format;
              WGMMA_MAX_BYTES; bf16/fp16, K % 8 == 0, nan_policy 'ignore': the kernel multiplies only
              the stored slots), which the measured check times on a compute capability 9.0 GPU. Off
              by default (WGMMA_KERNEL_DEFAULT).
@@ -263,7 +262,7 @@ def make_plan(weight: torch.Tensor | None = None, *, nnz: np.ndarray | None = No
     slice_fmt, slice_floor = slice_format(nnz, size, grid.rows, grid.cols)
     slices = (bool(slice_kernel) and nan_policy == "propagate" and slice_kernel_fits(grid.rows, grid.cols, dtype)
               and slice_floor <= SLICE_MAX_BYTES * 2 * grid.rows * grid.cols)
-    # whether buckets may become the 128-token 2:4 kernel's candidates (its overflow counted on the
+    # whether buckets may become the warpgroup 2:4 kernel's candidates (its overflow counted on the
     # weight where there is one: tile counts cannot tell a 2:4 weight from a uniform one)
     wgmma = (bool(wgmma_kernel) and nan_policy == "ignore" and wgmma24_kernel_fits(grid.rows, grid.cols, dtype)
              and wgmma24_format_bytes(nnz, size, grid.rows, grid.cols,
@@ -320,8 +319,8 @@ def _plan_buckets(kinds, nnz, grid, tile_shape, buckets, classes_at, cm, program
     ROW_MAX_TOKENS tokens run the row kernel (over ``n_row_entries`` entries; None: not allowed)
     where it is predicted faster than the tiles; with ``slices``, buckets of at most
     SLICE_MAX_TOKENS tokens that would run the tiles or fall back after them become the slice
-    kernel's candidates; with ``wgmma``, those of WGMMA_MIN_TOKENS..WGMMA_MAX_TOKENS tokens the
-    128-token 2:4 kernel's.
+    kernel's candidates; with ``wgmma``, those of at most WGMMA_MAX_TOKENS tokens the warpgroup 2:4
+    kernel's.
     Returns ((tile_ptr, tile_col, tile_kind), [BucketPlan])."""
     tile_ptr, tile_col, tile_kind = tile_list(kinds, include_empty=nan_policy == "propagate")
     n_exec = int(tile_ptr[-1])
@@ -366,11 +365,11 @@ def _plan_buckets(kinds, nnz, grid, tile_shape, buckets, classes_at, cm, program
             kernel, fallback = "slices", True
             reason = f"the slice kernel's candidate (no cost model; the tile kernel predicted {predicted:.1f} us, " \
                      f"dense {dense:.1f} us): timed by the measured check"
-        if wgmma and WGMMA_MIN_TOKENS <= n_min and n_max <= WGMMA_MAX_TOKENS and kernel == "tiles":
-            # the tile kernel loses to cuBLAS at 16-128 tokens (H200, docs/results.md): the 2:4 kernel
-            # is timed instead
+        if wgmma and n_max <= WGMMA_MAX_TOKENS and kernel == "tiles":
+            # the tile kernel loses to cuBLAS at 9-128 tokens (H200, docs/results.md): the 2:4 kernel is
+            # timed instead
             kernel, fallback = "wgmma24", True
-            reason = f"the 128-token 2:4 kernel's candidate (no cost model; the tile kernel predicted " \
+            reason = f"the warpgroup 2:4 kernel's candidate (no cost model; the tile kernel predicted " \
                      f"{predicted:.1f} us, dense {dense:.1f} us): timed by the measured check"
         bucket_plans.append(BucketPlan(n_min, n_max, n, bn, bool(fallback), items, unit_ptr, order, loads,
                                        float(predicted), float(dense), reason, kernel=kernel))

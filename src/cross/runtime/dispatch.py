@@ -59,7 +59,7 @@ def warn_without_kernel(packed: PackedWeight, kernels: dict, falls_back: bool) -
         if all(packed.buckets[i].plan.kernel == "slices" for i in bad):
             why, fix = "the slice kernel needs an sm_90+ GPU", "plan with slice_kernel=False"
         elif all(packed.buckets[i].plan.kernel == "wgmma24" for i in bad):
-            why, fix = "the 128-token 2:4 kernel needs a compute capability 9.0 GPU", "plan with wgmma_kernel=False"
+            why, fix = "the warpgroup 2:4 kernel needs a compute capability 9.0 GPU", "plan with wgmma_kernel=False"
         else:
             why, fix = "no kernel backend accepts it", "plan with the default options"
         spans = ", ".join(_span(packed.buckets[i].plan) for i in bad)
@@ -121,7 +121,7 @@ def execute(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None = N
     checked:      the caller has already run check_input on these arguments.
     On a GPU the plan runs through the ``cross::plan_linear`` operator (``cross::row_linear`` for a
     bucket of the row kernel, ``cross::slice_linear`` for one of the slice kernel,
-    ``cross::wgmma24_linear`` for one of the 128-token 2:4 kernel); on the CPU, or where no kernel
+    ``cross::wgmma24_linear`` for one of the warpgroup 2:4 kernel); on the CPU, or where no kernel
     supports the plan, through the reference executor (``rows_reference``, ``slices_reference`` and
     ``wgmma24_reference`` for those kernels' buckets).
     """

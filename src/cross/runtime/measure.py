@@ -7,7 +7,7 @@ the plan is predicted to win (at the bucket's design token count, CUDA-graph rep
 by a read, as ``cross profile`` times) against ``F.linear`` on the same weight, and keeps the plan
 only where it measured ``margin`` faster. It also times the near wins (``planner.is_near_win``:
 predicted to fall back, but with the row kernel within ``NEAR_MARGIN`` of dense, or the slice and
-128-token 2:4 kernels' candidates, which have no prediction) and takes those that measured ``margin`` faster.
+warpgroup 2:4 kernels' candidates, which have no prediction) and takes those that measured ``margin`` faster.
 Other buckets predicted to fall back are not timed.
 Dense times depend only on the shape, so a caller planning many layers passes one ``dense_times``
 dict to time each shape once. Because that one time then judges every layer of the shape, it is the
@@ -36,7 +36,7 @@ from ..partition.planner import WIN_MARGIN, is_near_win
 from .dispatch import execute, gpu_kernel_args
 
 #: The kernels by name in warnings and reasons, by plan.KERNELS
-KERNEL_NAMES = {"tiles": "tile", "rows": "row", "slices": "slice", "wgmma24": "128-token 2:4"}
+KERNEL_NAMES = {"tiles": "tile", "rows": "row", "slices": "slice", "wgmma24": "warpgroup 2:4"}
 #: Timing per call (ms of warm-up, ms of timed runs): short, as it runs once per layer and bucket.
 WARMUP_MS, REP_MS = 5, 20
 #: A plan's result agrees with the dense product's where |y - dense| <= AGREE x (|dense| + rms(dense))

@@ -2,7 +2,7 @@
 torch.compile traces through it (a fake implementation gives the output's shape) and CUDA graphs
 capture its launch like any other kernel. ``cross::row_linear`` is the row kernel's
 launches (buckets whose plan says ``kernel="rows"``), ``cross::slice_linear`` the slice kernel's
-(``kernel="slices"``), ``cross::wgmma24_linear`` the 128-token 2:4 kernel's (``kernel="wgmma24"``).
+(``kernel="slices"``), ``cross::wgmma24_linear`` the warpgroup 2:4 kernel's (``kernel="wgmma24"``).
 ``cross::decode_dense`` does the same for the kernel that
 decodes a packed weight back to dense (layers with ``keep_dense="decode"``).
 
@@ -78,8 +78,8 @@ def _(x, bias, heads, values, ranges, sizes):
 @torch.library.custom_op("cross::wgmma24_linear", mutates_args=())
 def wgmma24_linear(x: torch.Tensor, bias: Optional[torch.Tensor], values: torch.Tensor, entries: torch.Tensor,
                    sizes: list[int]) -> torch.Tensor:
-    """Y[N, M] = X[N, K] @ W^T (+ bias) by the 128-token 2:4 kernel; sizes = Wgmma24Args' ints (M, K,
-    row blocks, chunks, warpgroups, m-tiles, split, overflow, smem)."""
+    """Y[N, M] = X[N, K] @ W^T (+ bias) by the warpgroup 2:4 kernel; sizes = Wgmma24Args' ints (M, K,
+    row blocks, chunks, warpgroups, m-tiles, split, overflow)."""
     if bias is not None and bias.stride(0) != 1:
         bias = bias.contiguous()
     return wgmma24_run(x, Wgmma24Args(values, entries, *sizes), bias)
