@@ -1,5 +1,5 @@
 """The warpgroup 2:4 kernel (kernels/wgmma24.cu: Hopper's sparse warpgroup mma over pack/wgmma24.py,
-CUDA cores for the overflow) against cuBLAS at 64-256 tokens. Weights (bf16): uniform random sparse at
+CUDA cores for the overflow) against cuBLAS at 1-512 tokens (blocks of 16, 32, 64 or 128 tokens). Weights (bf16): uniform random sparse at
 each sparsity ("uniform": a group's third and fourth nonzeros are overflow entries), or their 2:4 part
 ("2:4": the two largest-magnitude entries of every group of 4 consecutive columns kept; no overflow).
 Each launch setting (warpgroups:m-tiles[:split]) is checked against the fp32 product (output poisoned
@@ -7,7 +7,7 @@ with NaN, fresh inputs), then timed: CUDA-graph replay, L2 flushed by a 256 MB r
 the same weight as a dense tensor) in the same run.
 
     PYTHONPATH=src python benchmarks/wgmma24_bench.py --shapes llama-qkvo,llama-up,llama-down \\
-        --sparsities 0.5,0.7,0.9 --ns 128
+        --sparsities 0.6,0.7,0.9 --ns 16,64,128
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def main(argv=None):
             for s in args.settings.split(","):
                 wgs, mt = (int(v) for v in s.split(":")[:2])
                 packed[s] = Wgmma24Weight.from_dense(w, wgs, mt)
-            over = next(iter(packed.values())).entries.numel() / max(int((w != 0).sum()), 1)
+            over = next(iter(packed.values())).n_entries / max(int((w != 0).sum()), 1)
             for n in (int(v) for v in args.ns.split(",")):
                 x = torch.randn(n, k, generator=gen, device="cuda").to(torch.bfloat16)
                 y = torch.empty(n, m, dtype=torch.bfloat16, device="cuda")

@@ -106,7 +106,7 @@ def test_wgmma24_kernel_source_compiles(wgs, mt, split, overflow, ntok, is_bf16,
 
     kernels = resources.files("cross.kernels")
     cmd = [NVCC, "-arch=sm_90a", "-std=c++17", "-cubin", "-Xptxas", "-v", "-o", str(tmp_path / "k.cubin"),
-           f"-I{kernels}", *wgmma24_defines(is_bf16, wgs, mt, split, bool(overflow), ntok),
+           f"-I{kernels}", *wgmma24_defines(is_bf16, wgs, mt, split, 64 * overflow, ntok),
            str(kernels.joinpath("wgmma24.cu"))]
     out = subprocess.run(cmd, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]

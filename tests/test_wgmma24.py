@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from cross.kernels.launch import wgmma24_split
+from cross.costmodel.roofline import wgmma24_slots
 from cross.pack.wgmma24 import CHUNK, NTOKS, TILE_WORDS, Wgmma24Weight, smem_bytes, stages, token_tile
 
 
@@ -57,10 +58,14 @@ def test_round_trip_with_overflow(rng, m, k, density, wgs, mt):
     assert torch.equal(_bits(sw.to_dense()), _bits(w))
     kk = -(-k // 4) * 4
     nz = torch.nn.functional.pad(w != 0, (0, kk - k)).view(m, -1, 4).sum(-1)
-    assert sw.entries.numel() == int((nz - 2).clamp(min=0).sum())
+    assert sw.n_entries == int((nz - 2).clamp(min=0).sum())
+    assert sw.overflow == (sw.n_entries > 0) == (sw.slots > 0)
     if sw.overflow:
-        per_chunk = wgs * mt * TILE_WORDS * 4 + wgs * 128 * 4
-        assert sw.nbytes == -(-m // sw.rows) * -(-k // CHUNK) * per_chunk + 4 * sw.entries.numel()
+        # the slots: the fullest chunk's entries rounded up
+        per = sw.values[..., wgs * mt * TILE_WORDS: wgs * mt * TILE_WORDS + 128 * wgs].to(torch.int64) >> 25
+        assert sw.slots == wgmma24_slots(int(per.sum(-1).max()))
+        per_chunk = wgs * mt * TILE_WORDS * 4 + wgs * 128 * 4 + 4 * sw.slots
+        assert sw.nbytes == -(-m // sw.rows) * -(-k // CHUNK) * per_chunk
 
 
 def test_thread_layout():
@@ -100,20 +105,27 @@ def test_bad_input():
         Wgmma24Weight.from_dense(torch.randn(64, 64).bfloat16(), wgs=3)
 
 
+def test_slots():
+    """Entry slots: a power of two from 16 to 256, then multiples of 256."""
+    got = [wgmma24_slots(n) for n in (0, 1, 16, 17, 100, 256, 257, 500, 513, 8192)]
+    assert got == [0, 16, 16, 32, 128, 256, 512, 512, 768, 8192]
+
+
 def test_split_and_smem():
     assert wgmma24_split(43, 64, 132) == 3  # 11008 rows in blocks of 256: 129 blocks
     assert wgmma24_split(16, 64, 132) == 8  # 4096 rows: 128 blocks
     assert wgmma24_split(200, 64, 132) == 1
     assert wgmma24_split(16, 8, 132) == 2  # at least 4 chunks per part
-    assert smem_bytes(2, 2, False) == 6 * (4 * 4608 + 128 * 64 * 2) <= 227 * 1024
-    assert smem_bytes(2, 2, True) == 6 * (4 * 4608 + 1024 + 128 * 64 * 2) <= 227 * 1024
-    # fewer tokens per block: smaller stages, more of them (at most 8)
-    assert [stages(2, 2, True, t) for t in NTOKS] == [8, 8, 8, 6]
-    assert smem_bytes(2, 2, True, 16) == 8 * (4 * 4608 + 1024 + 16 * 64 * 2)
-    assert all(smem_bytes(w, m, o, t) <= 227 * 1024 for w in (1, 2) for m in (1, 2) for o in (False, True) for t in NTOKS)
+    assert smem_bytes(2, 2, 0) == 6 * (4 * 4608 + 128 * 64 * 2) <= 227 * 1024
+    assert smem_bytes(2, 2, 16) == 6 * (4 * 4608 + 1024 + 64 + 128 * 64 * 2) <= 227 * 1024
+    # fewer tokens per block: smaller stages, more of them (at most 8); many entries: fewer
+    assert [stages(2, 2, 512, t) for t in NTOKS] == [8, 8, 7, 5]
+    assert smem_bytes(2, 2, 512, 16) == 8 * (4 * 4608 + 1024 + 2048 + 16 * 64 * 2)
+    assert stages(2, 2, 8192, 128) == 3  # a dense weight: every group's 2 extra nonzeros
+    sizes = [(w, m, s, t) for w in (1, 2) for m in (1, 2) for s in (0, 16, 1024, 4096 * w * m) for t in NTOKS]
+    assert all(smem_bytes(*a) <= 227 * 1024 for a in sizes)
     # the partial sums fit in the stages they replace
-    assert all(smem_bytes(w, m, o, t) >= t * (64 * w * m + 4) * 4 for w in (1, 2) for m in (1, 2) for o in (0, 1)
-               for t in NTOKS)
+    assert all(smem_bytes(w, m, s, t) >= t * (64 * w * m + 4) * 4 for w, m, s, t in sizes)
     assert [token_tile(n) for n in (1, 16, 17, 32, 33, 64, 65, 128, 129, 5000)] == [16, 16, 32, 32, 64, 64, 128,
                                                                                     128, 128, 128]
 

@@ -77,7 +77,6 @@ def run_kernel(x, sw, split, bias=None, lbo=B_LBO, sbo=B_SBO):
     wgs, mt, mtiles = sw.wgs, sw.mt, sw.mtiles
     R, threads = TILE_ROWS * mtiles, 128 * wgs
     values = sw.values.to(torch.int64).numpy() & 0xFFFFFFFF
-    entries = sw.entries.to(torch.int64).numpy() & 0xFFFFFFFF
     row_blocks, chunks = values.shape[:2]
     x_bits = x.view(torch.int16).to(torch.int64).numpy() & 0xFFFF
     y = np.full((n, m), np.nan)
@@ -99,7 +98,8 @@ def run_kernel(x, sw, split, bias=None, lbo=B_LBO, sbo=B_SBO):
                             a = tile[512 * ks: 512 * (ks + 1)].reshape(128, 4)  # 16 bytes per thread
                             wgmma_sp(acc[mtile], a, e, xs, ks * kstep, ks, dtype, lbo, sbo)
                     if sw.overflow:
-                        heads = stage[mtiles * TILE_WORDS:]
+                        heads = stage[mtiles * TILE_WORDS:mtiles * TILE_WORDS + threads]
+                        slots = stage[mtiles * TILE_WORDS + threads:]  # the chunk's entries, in its stage
                         for tid in range(threads):
                             lane, q, wg = tid & 31, tid & 3, tid >> 7
                             for t in range(mt):
@@ -108,7 +108,7 @@ def run_kernel(x, sw, split, bias=None, lbo=B_LBO, sbo=B_SBO):
                                     hw = int(heads[src])
                                     start, cnt = hw & ((1 << COUNT_SHIFT) - 1), hw >> COUNT_SHIFT
                                     for j in range(cnt):
-                                        en = int(entries[start + j])
+                                        en = int(slots[start + j])
                                         v = _float(en & 0xFFFF, dtype)
                                         col = en >> 16
                                         xc = ((col >> 5) * kstep + ((col & 31) >> 3) * 128 + 2 * q * 16) // 2 \

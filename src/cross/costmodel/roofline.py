@@ -296,24 +296,41 @@ def wgmma24_kernel_fits(rows: int, cols: int, dtype: str) -> bool:
     return dtype in ("bfloat16", "float16") and cols % 8 == 0 and rows >= 1
 
 
-def wgmma24_format_bytes(nnz: np.ndarray, size: np.ndarray, rows: int, cols: int, element_size: int = 2,
-                         entries: int | None = None) -> int:
-    """Expected bytes of the warpgroup 2:4 format (pack/wgmma24.py) from nonzero counts ``nnz`` over
-    regions of ``size`` elements (tiles), as if each region's nonzeros were uniform (or with the
-    weight's own count of overflow ``entries``, where the caller has the weight): half the
-    elements and a nibble per group of 4 (0.5625 of the dense bytes), and where a group may hold
-    more than two nonzeros, a head word per thread and chunk (1/32 of dense in the default block of
-    two warpgroups of two m-tiles, weighted by the chance of any entry) and 4 bytes per entry (a group's third and fourth nonzeros:
-    4 p^3 (1 - p) + 2 p^4 per group of density p). Padding to whole row blocks and chunks is not
-    counted."""
-    nnz = np.asarray(nnz, dtype=np.float64)
-    size = np.asarray(size, dtype=np.float64)
-    p = np.minimum(np.divide(nnz, size, out=np.zeros_like(nnz), where=size > 0), 1.0)
-    if entries is None:
-        entries = float((size / 4 * (4 * p**3 * (1 - p) + 2 * p**4)).sum())
-    dense = rows * cols * element_size
-    heads = dense / 32 * (1.0 - np.exp(-entries))  # as likely as any entry (a Poisson count of them)
-    return int(dense * 0.5625 + heads + 4 * entries)
+#: The warpgroup 2:4 format's default block (pack/wgmma24.py): rows per row block, columns per chunk,
+#: bytes of a chunk's record without overflow and its head words
+WGMMA_BLOCK_ROWS, WGMMA_CHUNK, WGMMA_TILES_BYTES, WGMMA_HEAD_BYTES = 256, 64, 4 * 4608, 1024
+
+
+def wgmma24_slots(most: int) -> int:
+    """Entry slots per chunk of the warpgroup 2:4 format for a weight whose fullest chunk holds
+    ``most`` overflow entries: 0 without any, else a power of two from 16 up to 256, then a multiple
+    of 256 (a kernel build per value: few of them, and at most 256 slots unused)."""
+    if most <= 0:
+        return 0
+    return max(16, 1 << (most - 1).bit_length()) if most <= 256 else -(-most // 256) * 256
+
+
+def wgmma24_format_bytes(nnz: np.ndarray, size: np.ndarray, rows: int, cols: int,
+                         chunk_entries: np.ndarray | None = None) -> int:
+    """Bytes of the warpgroup 2:4 format (pack/wgmma24.py, bf16/fp16, the default block of two
+    warpgroups of two m-tiles): per row block and chunk, the 2:4 part (half the elements and a
+    nibble per group of 4: 0.5625 of their dense bytes) and, where a group holds more than two
+    nonzeros, the head words (1/32 of dense) and the entry slots (4 bytes each: ``wgmma24_slots`` of
+    the fullest chunk's entries). With ``chunk_entries`` (the overflow entries of each row
+    block and chunk, counted on the weight) exact; without, expected from nonzero counts ``nnz``
+    over regions of ``size`` elements (tiles) as if each region's nonzeros were uniform: a group of
+    density p has 4 p^3 (1 - p) + 2 p^4 entries, the fullest chunk the mean and 4 standard deviations."""
+    blocks = -(-rows // WGMMA_BLOCK_ROWS) * -(-cols // WGMMA_CHUNK)
+    if chunk_entries is not None:
+        most = int(np.max(chunk_entries)) if np.size(chunk_entries) else 0
+    else:
+        nnz = np.asarray(nnz, dtype=np.float64)
+        size = np.asarray(size, dtype=np.float64)
+        p = np.minimum(np.divide(nnz, size, out=np.zeros_like(nnz), where=size > 0), 1.0)
+        mean = float((size / 4 * (4 * p**3 * (1 - p) + 2 * p**4)).sum()) / blocks
+        most = math.ceil(mean + 4 * math.sqrt(mean)) if mean >= 0.5 / blocks else 0
+    slots = wgmma24_slots(most)
+    return blocks * (WGMMA_TILES_BYTES + (WGMMA_HEAD_BYTES + 4 * slots if slots else 0))
 
 
 #: The slice kernel's consumer instructions per position (8 steps of an 8-row n-tile: 8 x 16 x 8 weight

@@ -320,32 +320,34 @@ def sparse24_launch(blocks: int, nt: int, warps: int, mt: int, overflow: bool, s
 _WGMMA24_SOURCE = "wgmma24.cu"
 
 
-def wgmma24_defines(is_bf16: bool, wgs: int, mt: int, split: int, overflow: bool, ntok: int = 128) -> tuple[str, ...]:
-    """NVRTC defines of a wgmma24 build of ``ntok`` tokens per block (its pipeline's stages:
-    pack/wgmma24.stages), with CROSS_CUDA_DEFINES' extras last."""
+def wgmma24_defines(is_bf16: bool, wgs: int, mt: int, split: int, slots: int, ntok: int = 128) -> tuple[str, ...]:
+    """NVRTC defines of a wgmma24 build of ``ntok`` tokens per block over a weight of ``slots`` entry
+    slots per chunk (0: no overflow; its pipeline's stages: pack/wgmma24.stages), with
+    CROSS_CUDA_DEFINES' extras last."""
     from ..pack.wgmma24 import stages
 
-    defines = [f"-DIS_BF16={int(is_bf16)}", f"-DWGS={wgs}", f"-DMT={mt}", f"-DSPLIT={split}",
-               f"-DOVERFLOW={int(overflow)}", f"-DNTOK={ntok}", f"-DSTAGES={stages(wgs, mt, overflow, ntok)}"]
+    defines = [f"-DIS_BF16={int(is_bf16)}", f"-DWGS={wgs}", f"-DMT={mt}", f"-DSPLIT={split}", f"-DSLOTS={slots}",
+               f"-DNTOK={ntok}", f"-DSTAGES={stages(wgs, mt, slots, ntok)}"]
     return tuple(defines + os.environ.get(DEFINES_ENV, "").split())
 
 
 @functools.lru_cache(maxsize=None)
-def _wgmma24_kernel(device_index: int, is_bf16: bool, wgs: int, mt: int, split: int, overflow: bool, ntok: int):
+def _wgmma24_kernel(device_index: int, is_bf16: bool, wgs: int, mt: int, split: int, slots: int, ntok: int):
     from ..pack.wgmma24 import smem_bytes
 
-    defines = wgmma24_defines(is_bf16, wgs, mt, split, overflow, ntok)
-    smem = smem_bytes(wgs, mt, overflow, ntok)
+    defines = wgmma24_defines(is_bf16, wgs, mt, split, slots, ntok)
+    smem = smem_bytes(wgs, mt, slots, ntok)
     _, func = _compile(device_index, _WGMMA24_SOURCE, "wgmma24", defines, smem, arch_specific=True)
     return func, smem
 
 
-def wgmma24_launch(row_blocks: int, ntok: int, wgs: int, mt: int, split: int, overflow: bool, ptrs, m: int, k: int,
+def wgmma24_launch(row_blocks: int, ntok: int, wgs: int, mt: int, split: int, slots: int, ptrs, m: int, k: int,
                    n_tok: int, ldx: int, ldy: int, chunks: int) -> None:
-    """One launch of wgmma24 (sm_90a) of ``ntok`` tokens per block: pointers (x, y, bias or 0, values,
-    entries), M, K, N, X's and Y's row strides and the weight's chunks (64 columns); row_blocks x split
-    blocks (clusters of ``split`` along K) by the token tiles of N."""
-    func, smem = _wgmma24_kernel(torch.cuda.current_device(), ptrs.is_bf16, wgs, mt, split, overflow, ntok)
+    """One launch of wgmma24 (sm_90a) of ``ntok`` tokens per block over a weight of ``slots`` entry
+    slots per chunk: pointers (x, y, bias or 0, values), M, K, N, X's and Y's row strides and the
+    weight's chunks (64 columns); row_blocks x split blocks (clusters of ``split`` along K) by the
+    token tiles of N."""
+    func, smem = _wgmma24_kernel(torch.cuda.current_device(), ptrs.is_bf16, wgs, mt, split, slots, ntok)
     _launch(func, row_blocks * split, wgs * 128, smem, ptrs, (m, k, n_tok, ldx, ldy, chunks),
             grid_y=-(-n_tok // ntok))
 

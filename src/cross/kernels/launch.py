@@ -411,7 +411,6 @@ class Wgmma24Args(NamedTuple):
     the launch's sizes, so that a call does no host work beyond its launch."""
 
     values: torch.Tensor
-    entries: torch.Tensor
     out_features: int
     in_features: int
     row_blocks: int
@@ -419,7 +418,7 @@ class Wgmma24Args(NamedTuple):
     wgs: int
     mt: int
     split: int
-    overflow: int
+    slots: int  # entry slots per chunk (0: no overflow)
 
 
 def _runs_here(device: torch.device, capability_ok) -> bool:
@@ -461,19 +460,19 @@ def wgmma24_args(weight, split: int | None = None) -> Wgmma24Args:
                          f"{torch.cuda.get_device_capability(weight.device)}")
     if weight.shape[1] % 8:
         raise ValueError(f"wgmma24_matmul: K must be a multiple of 8 (16-byte copies of X), got {weight.shape[1]}")
-    if not (weight.values.is_contiguous() and weight.entries.is_contiguous()):
-        raise ValueError("wgmma24_matmul: the Wgmma24Weight's tensors must be contiguous")
+    if not weight.values.is_contiguous():
+        raise ValueError("wgmma24_matmul: the Wgmma24Weight's values must be contiguous")
     row_blocks, chunks = weight.values.shape[:2]
     if split is None:
         split = wgmma24_split(row_blocks, chunks, torch.cuda.get_device_properties(weight.device).multi_processor_count)
     if isinstance(split, bool) or not isinstance(split, int) or not 1 <= split <= 8:
         raise ValueError(f"wgmma24_matmul: split must be an int in 1..8, got {split!r}")
     limit = getattr(torch.cuda.get_device_properties(weight.device), "shared_memory_per_block_optin", 227 * 1024)
-    most = max(smem_bytes(weight.wgs, weight.mt, weight.overflow, t) for t in NTOKS)
+    most = max(smem_bytes(weight.wgs, weight.mt, weight.slots, t) for t in NTOKS)
     if most > limit:
         raise ValueError(f"wgmma24_matmul: a block needs up to {most} bytes of shared memory, the device has {limit}")
-    return Wgmma24Args(weight.values, weight.entries, weight.shape[0], weight.shape[1], row_blocks, chunks, weight.wgs,
-                       weight.mt, split, int(weight.overflow))
+    return Wgmma24Args(weight.values, weight.shape[0], weight.shape[1], row_blocks, chunks, weight.wgs, weight.mt, split,
+                       weight.slots)
 
 
 def wgmma24_run(x: torch.Tensor, args: Wgmma24Args, bias: torch.Tensor | None = None,
@@ -491,9 +490,8 @@ def wgmma24_run(x: torch.Tensor, args: Wgmma24Args, bias: torch.Tensor | None = 
         return y
     if x.stride(0) % 8 or x.data_ptr() % 16 or x.stride(1) != 1:
         x = x.contiguous()
-    ptrs = cuda_backend.Pointers((x, y, bias, args.values, args.entries), x.dtype == torch.bfloat16)
-    cuda_backend.wgmma24_launch(args.row_blocks, token_tile(n), args.wgs, args.mt, args.split, bool(args.overflow),
-                                ptrs, args.out_features, args.in_features, n, x.stride(0), y.stride(0), args.chunks)
+    ptrs = cuda_backend.Pointers((x, y, bias, args.values), x.dtype == torch.bfloat16)
+    cuda_backend.wgmma24_launch(args.row_blocks, token_tile(n), args.wgs, args.mt, args.split, args.slots, ptrs, args.out_features, args.in_features, n, x.stride(0), y.stride(0), args.chunks)
     return y
 
 

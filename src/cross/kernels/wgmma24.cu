@@ -1,11 +1,11 @@
-// The warpgroup 2:4 kernel: y[t, r] = sum over c of w[r, c] * x[t, c] (+ bias[r]) for up to NTOK (16, 32,
-// 64 or 128) tokens per block, on Hopper's sparse warpgroup mma (wgmma.mma_async.sp m64n{NTOK}k32), over the format of
-// pack/wgmma24.py. The weight is the mma's A operand, read from shared memory into registers as it is
-// stored (no instruction per element on the sparsity); X^T is the B operand, in shared memory in the
-// no-swizzle K-major layout (core matrices of 8 tokens x 8 columns, 128 bytes). A group's third and
-// fourth nonzeros (the overflow) are entries that the lanes holding their row's accumulators add on
-// CUDA cores, reading X from the same stage (docs/perf-notes.md, "128 tokens: the weight as the
-// sparse A operand of wgmma.sp").
+// The warpgroup 2:4 kernel: y[t, r] = sum over c of w[r, c] * x[t, c] (+ bias[r]) for up to NTOK (16,
+// 32, 64 or 128) tokens per block, on Hopper's sparse warpgroup mma (wgmma.mma_async.sp m64n{NTOK}k32),
+// over the format of pack/wgmma24.py. The weight is the mma's A operand, read from shared memory into
+// registers as it is stored (no instruction per element on the sparsity); X^T is the B operand, in
+// shared memory in the no-swizzle K-major layout (core matrices of 8 tokens x 8 columns, 128 bytes).
+// A group's third and fourth nonzeros (the overflow) are entries that the lanes holding their row's
+// accumulators add on CUDA cores, reading them and X from the same stage (a chunk's entries are part
+// of its record) (docs/perf-notes.md, "128 tokens: the weight as the sparse A operand of wgmma.sp").
 //
 // Per block: WGS warpgroups of MT m-tiles (64 rows) each, R = 64 MT WGS rows, a token tile of NTOK
 // tokens (grid.y) and one of SPLIT parts of K (the block's rank in a cluster of SPLIT blocks, which
@@ -20,7 +20,8 @@
 // so where X holds Inf or NaN the result is not the dense product's; the caller checks X.
 //
 // Compile-time parameters (NVRTC -D): IS_BF16, WGS (1 or 2), MT (1 or 2), SPLIT (1..8), NTOK (16, 32, 64
-// or 128: tokens per block and the mma's N), STAGES, OVERFLOW (0: no head words, no CUDA-core loop). Requirements checked by the launcher: K % 8 == 0, x
+// or 128: tokens per block and the mma's N), STAGES, SLOTS (the weight's entry slots per chunk; 0: no
+// overflow, no head words, no CUDA-core loop). Requirements checked by the launcher: K % 8 == 0, x
 // 16-byte aligned with a row stride a multiple of 8, dynamic shared memory wgmma24.smem_bytes.
 
 #ifndef WGS
@@ -35,9 +36,10 @@
 #ifndef STAGES
 #define STAGES 6
 #endif
-#ifndef OVERFLOW
-#define OVERFLOW 0
+#ifndef SLOTS
+#define SLOTS 0
 #endif
+#define OVERFLOW (SLOTS > 0)
 #define THREADS (WGS * 128)
 #define MTILES (WGS * MT)
 #define R (64 * MTILES)
@@ -48,7 +50,7 @@
 #define KC 64                                     // columns per chunk: two k-steps of 32
 #define TILE_BYTES 4608                           // per m-tile and chunk: A words of 2 k-steps (2 x 2048), metadata (512)
 #define HEAD_BYTES (OVERFLOW ? THREADS * 4 : 0)   // per chunk: a head word per thread
-#define W_BYTES (MTILES * TILE_BYTES + HEAD_BYTES)  // the weight's bytes of a row block's chunk
+#define W_BYTES (MTILES * TILE_BYTES + HEAD_BYTES + SLOTS * 4)  // a row block's chunk: tiles, heads, entries
 #define X_BYTES (NTOK * KC * 2)                   // X's NTOK tokens x 64 columns
 #define STAGE_BYTES (W_BYTES + X_BYTES)
 #define COUNT_SHIFT 25  // a head word: first entry (bits 0-24), entries (bits 25-31): pack/wgmma24.START_BITS
@@ -148,7 +150,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
     __cluster_dims__(SPLIT, 1, 1)
 #endif
     wgmma24(const u16* __restrict__ x, u16* __restrict__ y, const u16* __restrict__ bias,
-            const unsigned char* __restrict__ values, const u32* __restrict__ entries, int m, int k, int n_tok,
+            const unsigned char* __restrict__ values, int m, int k, int n_tok,
             int ldx, int ldy, int chunks) {
     extern __shared__ __align__(128) unsigned char smem[];
     const int tid = threadIdx.x, wg = tid >> 7, tw = tid & 127, lane = tid & 31, warp = tw >> 5;
@@ -210,6 +212,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
         // 16 warp + 8 hf + g of m-tile t; each lane q of the group adds its NTOK / 4 tokens (8 j + 2 q + {0, 1})
         {
             const u32 mine = reinterpret_cast<const u32*>(stage + MTILES * TILE_BYTES)[tid];
+            const u32* slots = reinterpret_cast<const u32*>(stage + MTILES * TILE_BYTES + HEAD_BYTES);
             const int q = lane & 3;
             const u16* xs = reinterpret_cast<const u16*>(stage + W_BYTES);
 #pragma unroll
@@ -217,10 +220,10 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
 #pragma unroll
                 for (int hf = 0; hf < 2; ++hf) {
                     const u32 hw = __shfl_sync(0xffffffffu, mine, (lane & ~3) | (2 * t + hf));
-                    const u32* ent = entries + (hw & START_MASK);
+                    const u32* ent = slots + (hw & START_MASK);
                     const int cnt = (int)(hw >> COUNT_SHIFT);
                     for (int j = 0; j < cnt; ++j) {
-                        const u32 en = __ldg(ent + j);
+                        const u32 en = ent[j];
                         const float v = to_float((u16)(en & 0xffffu));
                         const int col = (int)(en >> 16);
                         const u16* xc = xs + ((col >> 5) * (NTOK * 32 * 2) + ((col & 31) >> 3) * 128 + (2 * q) * 16) / 2

@@ -1,5 +1,5 @@
 """The warpgroup 2:4 format: a weight stored for Hopper's sparse warpgroup mma
-(``wgmma.mma_async.sp`` m64n128k32, ``kernels/wgmma24.cu``) with the weight as the A operand: each
+(``wgmma.mma_async.sp`` m64nNk32, ``kernels/wgmma24.cu``) with the weight as the A operand: each
 thread's A registers and metadata word are read as they are stored, and the hardware picks the
 columns of X they multiply, so the kernel spends no instruction per element on the sparsity.
 
@@ -13,18 +13,21 @@ Layout. A row block is R = 64 mtiles rows (``mtiles`` = warpgroups x m-tiles per
 64 columns (two k-steps of 32, 16 groups). Per row block and chunk, contiguous:
 
     per m-tile (4608 bytes): A words [k-step][thread][4], then the metadata [thread]
-    where there is overflow: a head word [thread] (wg 128 + tw), naming entries (first | count << 25)
+    where there is overflow: a head word [thread] (wg 128 + tw), naming entries (first | count << 25,
+    first counted from the chunk's first slot), then the chunk's entries in ``slots`` slots (the
+    most any chunk holds, rounded up: costmodel.roofline.wgmma24_slots; zeros after its entries)
 
-In a warpgroup's m64n128k32 sparse mma, thread tw = 32 w + 4 g + q holds as its A register i the
+so a chunk's entries arrive in shared memory with its copy, and the CUDA-core loop waits on no
+global load. In a warpgroup's m64nNk32 sparse mma, thread tw = 32 w + 4 g + q holds as its A register i the
 word of row 16 w + g + 8 (i & 1), group q + 4 (i >> 1) of the k-step (the m16n8k32 sparse A layout
 of each warp's 16 rows); its metadata word: thread 32 w + 4 g + 2 ks + h holds the nibbles of rows
 16 w + g (bits 0-15) and 16 w + g + 8 (bits 16-31), groups 4 h .. 4 h + 3 of k-step ks, group 4 h + i
 at bits 4 i (sparsity selector ks). Overflow: thread wg 128 + 32 w + 4 g + 2 t + hf's head word names
 the entries of row 16 w + 8 hf + g of m-tile wg mt + t in the chunk; entries are int32, the value's
-bits | its column in the chunk << 16, in the order of (row block, chunk, thread, column).
+bits | its column in the chunk << 16, in the order of (thread, column).
 
-Bytes: 0.5625 of dense whatever the sparsity (values and metadata), plus 1 / 16 of dense for the
-head words and 4 bytes per entry where there is overflow.
+Bytes: 0.5625 of dense whatever the sparsity (values and metadata), plus, where there is overflow,
+1 / 32 of dense for the head words (two warpgroups of two m-tiles) and 4 bytes per slot.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import torch
 
 from .._checks import check_weight
 from .rows import _as_int16, _as_int32
+from ..costmodel.roofline import wgmma24_slots
 from .sparse24 import START_BITS, _slots, head_words
 
 GROUP = 4
@@ -53,8 +57,9 @@ class Wgmma24Weight:
     """A weight in the warpgroup 2:4 layout; ``from_dense`` packs one."""
 
     def __init__(self, shape: tuple[int, int], dtype: torch.dtype, wgs: int, mt: int, values: torch.Tensor,
-                 entries: torch.Tensor):
-        self.shape, self.dtype, self.wgs, self.mt, self.values, self.entries = shape, dtype, wgs, mt, values, entries
+                 slots: int, n_entries: int):
+        self.shape, self.dtype, self.wgs, self.mt, self.values = shape, dtype, wgs, mt, values
+        self.slots, self.n_entries = slots, n_entries  # entry slots per chunk (0: no overflow), entries in all
         self._decoded: list[torch.Tensor] = []  # to_dense(), once read (wgmma24_reference)
 
     @property
@@ -69,7 +74,7 @@ class Wgmma24Weight:
     @property
     def overflow(self) -> bool:
         """Whether some group holds more than 2 nonzeros (entries, and head words in each chunk)."""
-        return self.entries.numel() > 0
+        return self.slots > 0
 
     @property
     def device(self) -> torch.device:
@@ -77,11 +82,12 @@ class Wgmma24Weight:
 
     @property
     def nbytes(self) -> int:
-        """Device bytes of the format (tiles, head words and entries)."""
-        return sum(t.numel() * t.element_size() for t in (self.values, self.entries))
+        """Device bytes of the format (tiles, head words and entry slots)."""
+        return self.values.numel() * self.values.element_size()
 
     def to(self, device) -> "Wgmma24Weight":
-        return Wgmma24Weight(self.shape, self.dtype, self.wgs, self.mt, self.values.to(device), self.entries.to(device))
+        return Wgmma24Weight(self.shape, self.dtype, self.wgs, self.mt, self.values.to(device), self.slots,
+                             self.n_entries)
 
     def decoded(self) -> torch.Tensor:
         """``to_dense()``, read once and kept."""
@@ -125,14 +131,15 @@ class Wgmma24Weight:
         meta = half[:, :, :, 0] | (half[:, :, :, 1] << 16)  # [rb, mtile, w, g, chunk, ks, hq]
         meta = meta.permute(0, 4, 1, 2, 3, 5, 6).reshape(rb_, nc, mtiles, 128)
         tiles = torch.cat([a, meta], -1).reshape(rb_, nc, mtiles * TILE_WORDS)
-        entries = torch.zeros(0, dtype=torch.int32, device=dev)
-        if bool(over.any()):
+        slots, n_entries = 0, int(over.sum())
+        if n_entries:
             head, entries = _overflow(bits, over, rb_, nc, wgs, mt)
-            tiles = torch.cat([tiles, head], -1)
+            tiles = torch.cat([tiles, head, entries], -1)
+            slots = entries.shape[-1]
         values = _as_int32(tiles).contiguous()
         if values.numel() * 4 >= 2**31:
             raise ValueError("Wgmma24Weight: the weight is too large for 32-bit offsets")
-        return cls((m, k), weight.dtype, wgs, mt, values, entries)
+        return cls((m, k), weight.dtype, wgs, mt, values, slots, n_entries)
 
     def to_dense(self) -> torch.Tensor:
         """The weight, read from the format as the kernel reads it: the sparse mma's slots, then each
@@ -157,12 +164,13 @@ class Wgmma24Weight:
         dense = out.reshape(rows, nc * CHUNK)
         if self.overflow:
             threads = 128 * self.wgs
-            head = v[..., mtiles * TILE_WORDS:].reshape(-1)  # [(rb, chunk, thread)]
+            head = v[..., mtiles * TILE_WORDS: mtiles * TILE_WORDS + threads].reshape(-1)  # [(rb, chunk, thread)]
+            slots = v[..., mtiles * TILE_WORDS + threads:].reshape(-1, self.slots)  # [(rb, chunk), slot]
             count = head >> START_BITS
             seg = torch.repeat_interleave(torch.arange(len(head), device=dev), count)
             first = torch.repeat_interleave(head & (2**START_BITS - 1), count)
             offset = torch.arange(len(seg), device=dev) - torch.repeat_interleave(torch.cumsum(count, 0) - count, count)
-            e = self.entries.to(torch.int64)[first + offset] & 0xFFFFFFFF
+            e = slots[seg // threads, first + offset]
             thread, chunk, rb = seg % threads, (seg // threads) % nc, seg // (threads * nc)
             wg, w, lane = thread // 128, (thread % 128) // 32, thread % 32
             g, t, hf = lane // 4, (lane % 4) // 2, lane % 2
@@ -184,8 +192,9 @@ def wgmma24_reference(x: torch.Tensor, weight: Wgmma24Weight, bias: torch.Tensor
 
 
 def _overflow(bits: torch.Tensor, over: torch.Tensor, rb_: int, nc: int, wgs: int, mt: int):
-    """Head words [rb, chunk, threads] (int64) and int32 entries of the overflow ``over`` (a group's
-    third and fourth nonzeros) of the padded weight's bit patterns ``bits``."""
+    """Head words [rb, chunk, threads] (int64, first entry counted from the chunk's) and the entry
+    slots [rb, chunk, slots] (int64 bit patterns of int32 entries, zeros after a chunk's) of the
+    overflow ``over`` (a group's third and fourth nonzeros) of the padded weight's bit patterns ``bits``."""
     rows, threads = TILE_ROWS * wgs * mt, 128 * wgs
     r, col = over.nonzero(as_tuple=True)
     rb, rr, chunk, c = r // rows, r % rows, col // CHUNK, col % CHUNK
@@ -194,7 +203,15 @@ def _overflow(bits: torch.Tensor, over: torch.Tensor, rb_: int, nc: int, wgs: in
     thread = wg * 128 + 32 * w + 4 * g + 2 * t + hf
     seg = (rb * nc + chunk) * threads + thread
     head, entries = head_words(seg, c, bits[r, col], rb_ * nc * threads, "Wgmma24Weight")
-    return head.view(rb_, nc, threads), entries
+    head = head.view(rb_ * nc, threads)
+    start = head[:, :1] & (2**START_BITS - 1)  # the chunk's first entry: its first thread's
+    count = (head >> START_BITS).sum(1)
+    slots = wgmma24_slots(int(count.max()))
+    chunk_of = torch.repeat_interleave(torch.arange(rb_ * nc, device=head.device), count)
+    table = torch.zeros(rb_ * nc, slots, dtype=torch.int64, device=head.device)
+    table[chunk_of, torch.arange(len(entries), device=head.device) - start[chunk_of, 0]] = \
+        entries.to(torch.int64) & 0xFFFFFFFF
+    return (head - start).view(rb_, nc, threads), table.view(rb_, nc, slots)
 
 
 def token_tile(n: int) -> int:
@@ -202,17 +219,20 @@ def token_tile(n: int) -> int:
     return next(t for t in NTOKS if n <= t or t == NTOK)
 
 
-def stages(wgs: int, mt: int, overflow: bool, ntok: int = NTOK) -> int:
+def record_bytes(wgs: int, mt: int, slots: int) -> int:
+    """Bytes of a row block's chunk in the format: the m-tiles' words, and where there is overflow
+    (``slots`` > 0) the head words and the entry slots."""
+    return wgs * mt * TILE_WORDS * 4 + (128 * wgs * 4 + 4 * slots if slots else 0)
+
+
+def stages(wgs: int, mt: int, slots: int, ntok: int = NTOK) -> int:
     """The pipeline's stages (chunks in flight, one being read): as many as STAGE_SMEM holds, at most
-    MAX_STAGES (6 at 128 tokens, 8 at 16-64 in the default block)."""
-    stage = wgs * mt * TILE_WORDS * 4 + (128 * wgs * 4 if overflow else 0) + ntok * CHUNK * 2
-    return min(MAX_STAGES, STAGE_SMEM // stage)
+    MAX_STAGES (6 at 128 tokens, 8 at 16-64 in the default block with few entries)."""
+    return max(2, min(MAX_STAGES, STAGE_SMEM // (record_bytes(wgs, mt, slots) + ntok * CHUNK * 2)))
 
 
-def smem_bytes(wgs: int, mt: int, overflow: bool, ntok: int = NTOK) -> int:
-    """Dynamic shared memory of a wgmma24 block (kernels/wgmma24.cu) of ``ntok`` tokens: its
-    pipeline's stages, which then hold the partial sums."""
-    mtiles = wgs * mt
-    w_bytes = mtiles * TILE_WORDS * 4 + (128 * wgs * 4 if overflow else 0)
-    pipeline = stages(wgs, mt, overflow, ntok) * (w_bytes + ntok * CHUNK * 2)
-    return max(pipeline, ntok * (TILE_ROWS * mtiles + 4) * 4)
+def smem_bytes(wgs: int, mt: int, slots: int, ntok: int = NTOK) -> int:
+    """Dynamic shared memory of a wgmma24 block (kernels/wgmma24.cu) of ``ntok`` tokens over a weight
+    of ``slots`` entry slots per chunk: its pipeline's stages, which then hold the partial sums."""
+    pipeline = stages(wgs, mt, slots, ntok) * (record_bytes(wgs, mt, slots) + ntok * CHUNK * 2)
+    return max(pipeline, ntok * (TILE_ROWS * wgs * mt + 4) * 4)

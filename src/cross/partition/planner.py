@@ -10,7 +10,8 @@ import torch
 
 from .._checks import check_plan_tile_shape, check_weight, dtype_name
 from ..costmodel import CostModel, block_n_for, default_cost_model
-from ..costmodel.roofline import (ROW_MAX_TOKENS, SLICE_MAX_TOKENS, WGMMA_MAX_TOKENS, plan_kernel_vals_bytes, row_entries, row_format_bytes, row_kernel_fits, slice_format,
+from ..costmodel.roofline import (ROW_MAX_TOKENS, SLICE_MAX_TOKENS, WGMMA_BLOCK_ROWS, WGMMA_CHUNK, WGMMA_MAX_TOKENS,
+                                  plan_kernel_vals_bytes, row_entries, row_format_bytes, row_kernel_fits, slice_format,
                                   slice_kernel_fits, wgmma24_format_bytes, wgmma24_kernel_fits)
 from ..tiling import TileGrid, TileKind
 from .balance import (alternate_order, chunk_by_cost, convert_swing, equal_count_chunks, items_from_chunks,
@@ -42,11 +43,13 @@ SLICE_MAX_BYTES = 2 / 3
 SLICE_KERNEL_DEFAULT = False
 #: The warpgroup 2:4 kernel (kernels/wgmma24.cu, sm_90a) has no cost model either: with
 #: ``wgmma_kernel``, a bucket of at most WGMMA_MAX_TOKENS tokens that the prediction gives the tile
-#: kernel (or the dense product after it; the row kernel's wins and near wins stay), of a weight whose 2:4 format is expected to cost
-#: at most this fraction of the dense bytes (roofline.wgmma24_format_bytes), becomes its candidate
-#: with the standing of a near win: it falls back until the measured check times it faster than dense.
+#: kernel (or the dense product after it; the row kernel's wins and near wins stay), of a weight
+#: whose 2:4 format costs at most this fraction of the dense bytes (roofline.wgmma24_format_bytes),
+#: becomes its candidate with the standing of a near win: it falls back until the measured check
+#: times it faster than dense.
 #: The bytes stand for the overflow's work on CUDA cores too (4 bytes per entry): 0.75 is uniform
-#: sparsity from ~54%, where at 50% the entries were predicted to make it slower than cuBLAS.
+#: sparsity from ~60% (the entry slots of the fullest chunk counted), where at 50% the entries were
+#: predicted to make it slower than cuBLAS.
 WGMMA_MAX_BYTES = 0.75
 #: Whether make_plan offers buckets to the warpgroup 2:4 kernel by default (``wgmma_kernel``): off
 #: until it is measured correct and faster on a GPU (docs/perf-notes.md).
@@ -70,12 +73,15 @@ def design_tokens(n_min: int, n_max: int) -> int:
     return n_max if n_max <= 8192 else max(n_min, 2048)
 
 
-def overflow_entries(weight: torch.Tensor) -> int:
-    """A weight's nonzeros beyond the second of each group of 4 consecutive columns (the warpgroup
-    2:4 format's overflow entries, pack/wgmma24.py; -0.0 is a zero, NaN a nonzero)."""
+def overflow_entries(weight: torch.Tensor) -> np.ndarray:
+    """A weight's nonzeros beyond the second of each group of 4 consecutive columns (the warpgroup 2:4
+    format's overflow entries, pack/wgmma24.py; -0.0 is a zero, NaN a nonzero) per row block of
+    WGMMA_BLOCK_ROWS and chunk of WGMMA_CHUNK columns (int64 [row blocks, chunks])."""
     m, k = weight.shape
-    nz = torch.nn.functional.pad(weight != 0, (0, -k % 4)).view(m, -1, 4).sum(-1, dtype=torch.int64)
-    return int((nz - 2).clamp_(min=0).sum())
+    rows, cols = -(-m // WGMMA_BLOCK_ROWS) * WGMMA_BLOCK_ROWS, -(-k // WGMMA_CHUNK) * WGMMA_CHUNK
+    nz = torch.nn.functional.pad(weight != 0, (0, cols - k, 0, rows - m)).view(rows, -1, 4).sum(-1, dtype=torch.int64)
+    over = (nz - 2).clamp_(min=0).view(rows // WGMMA_BLOCK_ROWS, WGMMA_BLOCK_ROWS, -1, WGMMA_CHUNK // 4)
+    return over.sum((1, 3)).cpu().numpy()
 
 
 def check_buckets(buckets) -> tuple[tuple[int, int], ...]:
@@ -266,7 +272,7 @@ def make_plan(weight: torch.Tensor | None = None, *, nnz: np.ndarray | None = No
     # weight where there is one: tile counts cannot tell a 2:4 weight from a uniform one)
     wgmma = (bool(wgmma_kernel) and nan_policy == "ignore" and wgmma24_kernel_fits(grid.rows, grid.cols, dtype)
              and wgmma24_format_bytes(nnz, size, grid.rows, grid.cols,
-                                      entries=None if weight is None else overflow_entries(weight))
+                                      chunk_entries=None if weight is None else overflow_entries(weight))
              <= WGMMA_MAX_BYTES * 2 * grid.rows * grid.cols)
 
     def plan_buckets(kinds):
