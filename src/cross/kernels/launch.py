@@ -9,8 +9,8 @@ The row kernel (kernels/row_gemv.cu, ``row_launch``, up to 8 tokens per pass) ru
 ``kernel="rows"``, over the weight's row format; it is compiled and launched like the "cuda" backend.
 The slice kernel (kernels/slice_mma.cu, ``slice_run``, up to 16 tokens per pass, sm_90+) runs buckets
 whose plan says ``kernel="slices"``, over the weight's slice format; the warpgroup 2:4 kernel
-(kernels/wgmma24.cu, ``wgmma24_run``, sm_90a) those that say ``kernel="wgmma24"``. The strip and 2:4 kernels
-(``strip_matmul``, ``sparse24_matmul``) are not used by the runtime.
+(kernels/wgmma24.cu, ``wgmma24_run``, sm_90a) those that say ``kernel="wgmma24"``. The strip and
+2:4 kernels (``strip_matmul``, ``sparse24_matmul``) are not used by the runtime.
 """
 
 from __future__ import annotations
@@ -491,7 +491,8 @@ def wgmma24_run(x: torch.Tensor, args: Wgmma24Args, bias: torch.Tensor | None = 
     if x.stride(0) % 8 or x.data_ptr() % 16 or x.stride(1) != 1:
         x = x.contiguous()
     ptrs = cuda_backend.Pointers((x, y, bias, args.values), x.dtype == torch.bfloat16)
-    cuda_backend.wgmma24_launch(args.row_blocks, token_tile(n), args.wgs, args.mt, args.split, args.slots, ptrs, args.out_features, args.in_features, n, x.stride(0), y.stride(0), args.chunks)
+    cuda_backend.wgmma24_launch(args.row_blocks, token_tile(n), args.wgs, args.mt, args.split, args.slots, ptrs,
+                                args.out_features, args.in_features, n, x.stride(0), y.stride(0), args.chunks)
     return y
 
 
