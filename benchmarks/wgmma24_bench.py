@@ -12,7 +12,6 @@ the same weight as a dense tensor) in the same run.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -21,76 +20,48 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(__file__))
-from kernels import SHAPES  # noqa: E402
+from sparse24_bench import bench_weights, parse_bench_args, print_header  # noqa: E402
 
 from cross.bench.report import start_csv  # noqa: E402
 from cross.bench.timing import check, graph_us  # noqa: E402
-from cross.bench.weights import make_weight  # noqa: E402
 from cross.kernels.launch import wgmma24_matmul, wgmma24_split  # noqa: E402
 from cross.pack.wgmma24 import Wgmma24Weight  # noqa: E402
 
 
-def two_of_four(w: torch.Tensor) -> torch.Tensor:
-    """w with only the two largest-magnitude entries of every group of 4 consecutive columns kept."""
-    m, k = w.shape
-    kk = -(-k // 4) * 4
-    g = torch.nn.functional.pad(w, (0, kk - k)).view(m, -1, 4)
-    keep = torch.zeros_like(g, dtype=torch.bool).scatter_(-1, g.abs().float().topk(2, -1).indices, True)
-    return torch.where(keep, g, torch.zeros_like(g)).view(m, kk)[:, :k].contiguous()
-
-
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--shapes", default="llama-qkvo,llama-up,llama-down")
-    ap.add_argument("--sparsities", default="0.5,0.7,0.9")
-    ap.add_argument("--ns", default="128")
-    ap.add_argument("--settings", default="2:2", help="warpgroups:m-tiles[:split], comma-separated")
-    ap.add_argument("--weights", default="uniform,2:4", help="uniform and/or 2:4 (see above), comma-separated")
-    ap.add_argument("--out", default=None, help="CSV file")
-    args = ap.parse_args(argv)
-    if not torch.cuda.is_available():
-        raise SystemExit("wgmma24_bench: needs a CUDA GPU")
+    args = parse_bench_args(argv, __doc__, "wgmma24_bench", "llama-qkvo,llama-up,llama-down", "128", "2:2",
+                            "warpgroups:m-tiles[:split], comma-separated")
     gen = torch.Generator(device="cuda").manual_seed(0)
-    cpu_gen = torch.Generator().manual_seed(0)
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     out_rows = []
-    print(f"# {torch.cuda.get_device_name()}, bf16, CUDA-graph replay, L2 flushed; us")
-    print(f"{'shape':>11} {'N':>4} {'sp':>4} {'weight':>7} {'overflow':>8} {'setting':>8} {'MB':>6} {'dense':>7} "
-          f"{'2:4':>7} {'x dense':>7} {'TB/s':>5}")
-    for shape in args.shapes.split(","):
-        m, k = SHAPES[shape]
-        for sp, kind in ((float(v), kind) for v in args.sparsities.split(",") for kind in args.weights.split(",")):
-            w = make_weight(m, k, sp, "uniform", cpu_gen).cuda()
-            if kind == "2:4":
-                w = two_of_four(w)
-            elif kind != "uniform":
-                raise SystemExit(f"--weights: expected uniform or 2:4, got {kind!r}")
-            packed = {}
-            for s in args.settings.split(","):
-                wgs, mt = (int(v) for v in s.split(":")[:2])
-                packed[s] = Wgmma24Weight.from_dense(w, wgs, mt)
-            over = next(iter(packed.values())).n_entries / max(int((w != 0).sum()), 1)
-            for n in (int(v) for v in args.ns.split(",")):
-                x = torch.randn(n, k, generator=gen, device="cuda").to(torch.bfloat16)
-                y = torch.empty(n, m, dtype=torch.bfloat16, device="cuda")
-                dense_us = graph_us(lambda: F.linear(x, w))
-                for setting, sw in packed.items():
-                    parts = setting.split(":")
-                    split = int(parts[2]) if len(parts) > 2 else wgmma24_split(*sw.values.shape[:2], sms)
-                    xc = torch.randn(n, k, generator=gen, device="cuda").to(torch.bfloat16)
-                    yc = torch.full((n, m), float("nan"), dtype=torch.bfloat16, device="cuda")
-                    wgmma24_matmul(xc, sw, out=yc, split=split)
-                    bad = check(yc, xc.float() @ w.float().T)
-                    if bad:
-                        raise SystemExit(f"{shape} N={n} {sp} {kind} {setting}: {bad}")
-                    us = graph_us(lambda: wgmma24_matmul(x, sw, out=y, split=split))
-                    mb = sw.nbytes / 1e6
-                    rec = dict(shape=shape, M=m, K=k, N=n, sparsity=sp, weight=kind, overflow_of_nonzeros=round(over, 4),
-                               setting=f"{parts[0]}:{parts[1]}:{split}", mb=round(mb, 2), dense_us=round(dense_us, 2),
-                               wgmma24_us=round(us, 2), speedup_vs_dense=round(dense_us / us, 3))
-                    out_rows.append(rec)
-                    print(f"{shape:>11} {n:>4} {sp:>4} {kind:>7} {over:>8.3f} {rec['setting']:>8} {mb:>6.1f} "
-                          f"{dense_us:>7.2f} {us:>7.2f} {dense_us / us:>7.2f} {mb / us:>5.2f}", flush=True)
+    print_header(4)
+    for shape, m, k, sp, kind, w in bench_weights(args):  # 2:4: groups of 4 consecutive columns
+        packed = {}
+        for s in args.settings.split(","):
+            wgs, mt = (int(v) for v in s.split(":")[:2])
+            packed[s] = Wgmma24Weight.from_dense(w, wgs, mt)
+        over = next(iter(packed.values())).n_entries / max(int((w != 0).sum()), 1)
+        for n in (int(v) for v in args.ns.split(",")):
+            x = torch.randn(n, k, generator=gen, device="cuda").to(torch.bfloat16)
+            y = torch.empty(n, m, dtype=torch.bfloat16, device="cuda")
+            dense_us = graph_us(lambda: F.linear(x, w))
+            for setting, sw in packed.items():
+                parts = setting.split(":")
+                split = int(parts[2]) if len(parts) > 2 else wgmma24_split(*sw.values.shape[:2], sms)
+                xc = torch.randn(n, k, generator=gen, device="cuda").to(torch.bfloat16)
+                yc = torch.full((n, m), float("nan"), dtype=torch.bfloat16, device="cuda")
+                wgmma24_matmul(xc, sw, out=yc, split=split)
+                bad = check(yc, xc.float() @ w.float().T)
+                if bad:
+                    raise SystemExit(f"{shape} N={n} {sp} {kind} {setting}: {bad}")
+                us = graph_us(lambda: wgmma24_matmul(x, sw, out=y, split=split))
+                mb = sw.nbytes / 1e6
+                rec = dict(shape=shape, M=m, K=k, N=n, sparsity=sp, weight=kind, overflow_of_nonzeros=round(over, 4),
+                           setting=f"{parts[0]}:{parts[1]}:{split}", mb=round(mb, 2), dense_us=round(dense_us, 2),
+                           wgmma24_us=round(us, 2), speedup_vs_dense=round(dense_us / us, 3))
+                out_rows.append(rec)
+                print(f"{shape:>11} {n:>4} {sp:>4} {kind:>7} {over:>8.3f} {rec['setting']:>8} {mb:>6.1f} "
+                      f"{dense_us:>7.2f} {us:>7.2f} {dense_us / us:>7.2f} {mb / us:>5.2f}", flush=True)
     if args.out and out_rows:
         start_csv(Path(args.out), list(out_rows[0]), out_rows)
 

@@ -242,6 +242,15 @@ class RowWeight:
         return dense
 
 
+def decoded_product(x: torch.Tensor, weight, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Y[N, M] = X[N, K] @ W^T (+ bias) in fp32, in X's dtype, with W the format ``weight`` read as a
+    dense tensor once (its ``decoded()``): every element multiplied, zeros included."""
+    y = x.float() @ weight.decoded().float().t()
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(x.dtype)
+
+
 def rows_reference(x: torch.Tensor, weight: RowWeight, bias: torch.Tensor | None = None,
                    propagate: bool = True) -> torch.Tensor:
     """Y[N, M] = X[N, K] @ W^T (+ bias) from the row format in fp32, in X's dtype: what the row

@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .._checks import check_weight
-from .rows import _as_int16, _as_int32, _pair_words, _stored_halves
+from .rows import _as_int16, _as_int32, _pair_words, _stored_halves, decoded_product
 
 ROWS = 8  # rows per n-tile: the mma's N
 STEP = 16  # columns per step: the mma's K
@@ -285,10 +285,7 @@ def slices_reference(x: torch.Tensor, weight: SliceWeight, bias: torch.Tensor | 
     kernel computes. Every weight element is multiplied, zeros included (0 x Inf is NaN), so
     non-finite inputs reach the outputs as in the dense product. The format is read once per
     SliceWeight (``decoded``)."""
-    y = x.float() @ weight.decoded().float().t()
-    if bias is not None:
-        y = y + bias.float()
-    return y.to(x.dtype)
+    return decoded_product(x, weight, bias)
 
 
 def _popcount(x: torch.Tensor) -> torch.Tensor:

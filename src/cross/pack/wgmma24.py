@@ -35,8 +35,8 @@ from __future__ import annotations
 import torch
 
 from .._checks import check_weight
-from .rows import _as_int16, _as_int32
 from ..costmodel.roofline import wgmma24_slots
+from .rows import _as_int16, _as_int32, decoded_product
 from .sparse24 import START_BITS, _slots, head_words
 
 GROUP = 4
@@ -185,10 +185,7 @@ def wgmma24_reference(x: torch.Tensor, weight: Wgmma24Weight, bias: torch.Tensor
     """Y[N, M] = X[N, K] @ W^T (+ bias) from the warpgroup 2:4 format in fp32, in X's dtype. The
     kernel multiplies only the stored slots, so this is its result for finite X; with non-finite
     inputs both differ from the dense product (the plans that run it have nan_policy 'ignore')."""
-    y = x.float() @ weight.decoded().float().t()
-    if bias is not None:
-        y = y + bias.float()
-    return y.to(x.dtype)
+    return decoded_product(x, weight, bias)
 
 
 def _overflow(bits: torch.Tensor, over: torch.Tensor, rb_: int, nc: int, wgs: int, mt: int):
