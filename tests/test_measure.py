@@ -43,6 +43,22 @@ def test_measured_times_come_in_pairs(plan):
             replace(b, **bad)
 
 
+def test_alternatives_are_kernels_other_than_the_buckets(plan):
+    b = plan.buckets[0]
+    assert b.alternatives == () and replace(b, alternatives=["rows"]).alternatives == ("rows",)
+    for bad in (("tiles",), ("rows", "rows"), ("cusparse",)):
+        with pytest.raises(ValueError, match="expected alternatives among"):
+            replace(b, alternatives=bad)
+    with pytest.raises(TypeError, match="expected alternatives as a sequence"):
+        replace(b, alternatives="rows")
+    with pytest.raises(ValueError, match="no alternatives in a measured bucket"):
+        replace(b.with_measurement(5.0, 8.0, 0.03), alternatives=("rows",))
+    # the measurement keeps one kernel, names the others' times, and empties the alternatives
+    timed = replace(b, alternatives=("rows",)).with_measurement(5.0, 8.0, 0.03, kernel="rows", others={"tiles": 6.0})
+    assert (timed.kernel, timed.alternatives, timed.fallback) == ("rows", (), False)
+    assert timed.reason == "the row kernel, fastest of those timed (5.0 us; tile 6.0 us)"
+
+
 def test_measured_plan_round_trips(plan, tmp_path):
     measured = plan.with_buckets([b.with_measurement(5.0 + i, 8.0, 0.03) for i, b in enumerate(plan.buckets)],
                                  measured={"device": "test"})
@@ -414,3 +430,84 @@ def test_a_saved_layer_loads_without_building_a_row_format_no_bucket_runs(rng, t
     x = torch.randn(3, 256).to(torch.bfloat16)
     with torch.no_grad():
         assert torch.equal(loaded(x), model[0](x))
+
+
+def _kernel_tagged_calls(measure_mod, monkeypatch):
+    """The measured check's plan calls tagged with the kernel their weight runs at their token count."""
+    real = measure_mod._plan_call
+
+    def tagged(x, weight, kernels):
+        call = real(x, weight, kernels)
+        run = lambda: call()  # noqa: E731
+        run.kernel = weight.plan.bucket_for(x.shape[0]).kernel
+        return run
+
+    monkeypatch.setattr(measure_mod, "_plan_call", tagged)
+
+
+def test_alternatives_are_timed_and_the_fastest_taken(rng, monkeypatch):
+    """A bucket with alternatives has each kernel checked and timed (each twice, between the dense
+    timings), and runs the fastest where it measured the margin faster than dense; its format is
+    built for the check (the row format here, which the weight did not hold)."""
+    import cross.costmodel.profile as profile
+    from cross.runtime import measure as measure_mod
+
+    w = random_weight((256, 256), 0.3, rng).to(torch.bfloat16)
+    base = make_plan(w, cost_model=WINNING, buckets=((1, 4), (5, 64)))
+    plan = base.with_buckets([replace(base.buckets[0], fallback=True, alternatives=("rows",)), base.buckets[1]])
+    packed = pack(w, plan)
+    assert packed.rows is None
+    monkeypatch.setattr(measure_mod, "gpu_kernel_args", lambda packed, i, cache: "kernel arguments")
+    _kernel_tagged_calls(measure_mod, monkeypatch)
+    times = {"tiles": 9.0, "rows": 7.0, None: 10.0}
+    timed = []
+    monkeypatch.setattr(profile, "call_time_us", lambda fn, warmup_ms, rep_ms: (
+        timed.append(getattr(fn, "kernel", None)) or times[getattr(fn, "kernel", None)], "graph"))
+    buckets, _ = measure_mod._measure_buckets(packed, w, 0.03, {}, seed=0)
+    assert timed == [None, "tiles", "tiles", "rows", "rows", None] + [None, "tiles", "tiles", None]
+    first = buckets[0]
+    assert (first.kernel, first.fallback, first.measured_us, first.alternatives) == ("rows", False, 7.0, ())
+    assert "row kernel, fastest of those timed (7.0 us; tile 9.0 us)" in first.reason
+    assert buckets[1].kernel == "tiles" and buckets[1].measured_us == 9.0  # no alternatives: its kernel alone
+    chosen = packed.with_plan(plan.with_buckets(buckets))
+    assert chosen.rows is not None  # the format the check chose, built for the layer
+    x = torch.randn(3, 256).to(torch.bfloat16)
+    from cross.runtime.dispatch import execute
+    torch.testing.assert_close(execute(x, chosen), (x.float() @ w.float().T).to(torch.bfloat16), rtol=2e-2, atol=2e-2)
+    # slower than dense by the margin, whichever is fastest: the bucket falls back, measured
+    times.update(rows=9.8, tiles=9.9)
+    buckets, _ = measure_mod._measure_buckets(packed, w, 0.03, {}, seed=0)
+    assert (buckets[0].kernel, buckets[0].fallback, buckets[0].alternatives) == ("rows", True, ())
+    assert buckets[0].reason.startswith("measured 9.8 us is not 3% under dense 10.0 us; the row kernel")
+
+
+@pytest.mark.parametrize("wrong", [("tiles",), ("tiles", "rows")])
+def test_an_alternative_that_disagrees_is_not_taken(rng, monkeypatch, wrong):
+    """Each kernel's result is checked before it is timed: a wrong one is left out with a
+    PlanCheckWarning and the others compete; where all are wrong the bucket falls back, untimed."""
+    import cross.costmodel.profile as profile
+    from cross.runtime import measure as measure_mod
+
+    w = random_weight((256, 256), 0.3, rng).to(torch.bfloat16)
+    base = make_plan(w, cost_model=WINNING, buckets=((1, 4),))
+    packed = pack(w, base.with_buckets([replace(base.buckets[0], alternatives=("rows",))]))
+    real = measure_mod.execute
+
+    def execute(x, weight, *a, **kw):
+        y = real(x, weight, *a, **kw)
+        return y * 1.5 if weight.plan.buckets[0].kernel in wrong else y
+
+    monkeypatch.setattr(measure_mod, "execute", execute)
+    monkeypatch.setattr(measure_mod, "gpu_kernel_args", lambda packed, i, cache: "kernel arguments")
+    timed = []
+    monkeypatch.setattr(profile, "call_time_us", lambda fn, warmup_ms, rep_ms: (timed.append(fn) or 5.0, "graph"))
+    with pytest.warns(measure_mod.PlanCheckWarning, match="the tile kernel's result disagrees") as record:
+        buckets, _ = measure_mod._measure_buckets(packed, w, 0.03, {}, seed=0)
+    b = buckets[0]
+    if len(wrong) == 1:
+        assert "the row kernel is timed instead" in str(record[0].message)
+        assert (b.kernel, b.measured, b.alternatives) == ("rows", True, ()) and len(timed) == 4
+    else:
+        assert (b.fallback, b.measured, b.alternatives) == (True, False, ()) and not timed
+        assert b.reason == "its tile and row kernels disagreed with the dense product: not timed"
+        assert all("the bucket falls back to the dense product" in str(r.message) for r in record)

@@ -638,12 +638,12 @@ def _resave_with_header(tmp_path, raw, edit):
     return path
 
 
-@pytest.mark.parametrize("fmt", ["cross.plan/6", "cross.plan/0", None])
+@pytest.mark.parametrize("fmt", ["cross.plan/7", "cross.plan/0", None])
 def test_other_format_version_rejected(fmt, tmp_path, rng):
     _, raw, _ = _saved(tmp_path, rng)
     path = _resave_with_header(tmp_path, raw, lambda h: h.update(format=fmt))
     with pytest.raises(ValueError, match=f"expected plan format 'cross.plan/1' or 'cross.plan/2' or 'cross.plan/3' or 'cross.plan/4' or "
-                                         f"'{PLAN_FORMAT}', got {fmt!r}"):
+                                         f"'cross.plan/5' or '{PLAN_FORMAT}', got {fmt!r}"):
         Plan.load(path)
 
 

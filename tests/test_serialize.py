@@ -106,7 +106,7 @@ def saved(tmp_path, rng):
 def test_round_trip(dtype, keep_dense, tmp_path, rng):
     model = compiled_toy(rng, dtype, keep_dense)
     manifest = json.loads(cross.save(model, tmp_path).read_text())
-    assert manifest["format"] == "cross.model" and manifest["format_version"] == serialize.FORMAT_VERSION == 5 and manifest["device"] == "cpu"
+    assert manifest["format"] == "cross.model" and manifest["format_version"] == serialize.FORMAT_VERSION == 6 and manifest["device"] == "cpu"
     assert [e["fqn"] for e in manifest["layers"]] == ["up", "down"]
     assert manifest["state"]["aliases"] == {"head.weight": "embed.weight"}
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["manifest.json", *manifest["files"]])
@@ -246,13 +246,13 @@ def test_plan_of_another_layer_is_refused(tmp_path, rng):
 # ---------------------------------------------------------------------------------------- format
 def test_format_version_from_the_future(saved):
     _, path = saved
-    resign(path, lambda m: m.update(format_version=6, cross_version="9.0"))
-    with pytest.raises(ValueError, match=r"manifest.json: format_version 6 is newer .* upgrade cross .* cross 9.0"):
+    resign(path, lambda m: m.update(format_version=serialize.FORMAT_VERSION + 1, cross_version="9.0"))
+    with pytest.raises(ValueError, match=rf"manifest.json: format_version {serialize.FORMAT_VERSION + 1} is newer .* upgrade cross .* cross 9.0"):
         cross.load(path)
     manifest = json.loads((path / "manifest.json").read_text())  # version checked before the checksum
-    manifest["format_version"] = 7
+    manifest["format_version"] = serialize.FORMAT_VERSION + 2
     (path / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ValueError, match="format_version 7 is newer"):
+    with pytest.raises(ValueError, match=f"format_version {serialize.FORMAT_VERSION + 2} is newer"):
         cross.load(path)
 
 

@@ -54,8 +54,15 @@ def test_candidates_are_the_tile_kernels_buckets(shape):
         assert b.predicted_us == a.predicted_us and b.dense_us == a.dense_us
         if offered:
             assert b.fallback and is_near_win(b) and "2:4 kernel's candidate" in b.reason
+            # timed against the tile kernel where it was predicted to win, and the row kernel where it
+            # wins or nearly does (only up to 16 tokens)
+            assert ("tiles" in b.alternatives) == (not a.fallback)
+            assert set(b.alternatives) <= {"tiles", "rows"} and ("rows" not in b.alternatives or b.n_max <= 16)
         else:
             assert b.kernel == a.kernel and b.fallback == a.fallback and b.reason == a.reason
+            # a row kernel's bucket is timed against the candidate
+            assert b.alternatives == (("wgmma24",) if a.kernel == "rows" else ())
+        assert a.alternatives == ()  # none without a candidate kernel
     # of the default buckets 17-64, 65-128 and 129-512 tokens (the tile kernel's), not 513 and more
     spans = [(b.n_min, b.n_max) for b in on.buckets if b.kernel == "wgmma24"]
     assert spans[-3:] == [(17, 64), (65, 128), (129, 512)]
@@ -117,6 +124,8 @@ def test_plan_file_keeps_the_kernel(tmp_path):
     plan = make_plan(pruned(1024, 512, 0.9), **IGNORE)
     loaded = cross.partition.Plan.load(plan.save(tmp_path / "p.safetensors"))
     assert [b.kernel for b in loaded.buckets] == [b.kernel for b in plan.buckets]
+    assert [b.alternatives for b in loaded.buckets] == [b.alternatives for b in plan.buckets]
+    assert any(b.alternatives for b in plan.buckets)
     assert [is_near_win(b) for b in loaded.buckets] == [is_near_win(b) for b in plan.buckets]
     assert loaded.provenance["options"]["wgmma_kernel"] is True
 
@@ -280,3 +289,24 @@ def test_gpu_measured_check_refuses_a_wrong_kernel(monkeypatch):
     """A warpgroup 2:4 kernel whose result disagrees with the dense product is not timed; its buckets fall back."""
     w = pruned(4096, 4096, 0.9).cuda()
     check_wrong_kernel_refused(monkeypatch, w, "wgmma24", "wgmma24", "warpgroup 2:4 kernel", **IGNORE)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not SM90, reason="needs a compute capability 9.0 GPU")
+def test_gpu_measured_check_times_the_alternatives():
+    """The row kernel's buckets are timed against the warpgroup 2:4 kernel: each ends measured, with
+    no alternatives left, running the faster (the reason names the other's time), and gives the
+    product at its top token count."""
+    w = pruned(11008, 4096, 0.9).cuda()
+    offered = make_plan(w, **IGNORE)
+    assert any(b.alternatives for b in offered.buckets)
+    lin = linear_of(w)
+    sl = cross.SparseLinear.from_dense(lin, **IGNORE)
+    for a, b in zip(offered.buckets, sl.plan.buckets):
+        if a.alternatives:
+            assert b.measured and b.alternatives == () and b.kernel in (a.kernel, *a.alternatives)
+            assert "fastest of those timed" in b.reason
+    with torch.no_grad():
+        for b in sl.plan.buckets[:-1]:
+            x = torch.randn(b.n_max, w.shape[1], dtype=torch.bfloat16, device="cuda")
+            check_product(x, w, lin.bias, sl(x))

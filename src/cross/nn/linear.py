@@ -213,7 +213,8 @@ class SparseLinear(nn.Module):
         the decode in those buckets.
         measure: 'auto' (the default) times, on a CUDA device, every bucket the plan is predicted
         to win against the dense product, and every near win (the row kernel predicted within 5% of
-        it, or the slice kernel's candidate), and keeps the plan only where it measured faster
+        it, or the slice or warpgroup 2:4 kernel's candidate), each with its bucket's alternative
+        kernels, and keeps the fastest plan only where it measured faster
         (``cross.runtime.measure_plan``; skipped on the CPU and with keep_dense=False, where the
         plan runs anyway); True always (a CUDA weight is required); False never: the cost model's
         prediction alone decides. ``dense_times``: a dict shared between layers so that each

@@ -48,7 +48,7 @@ from .linear import SparseLinear, packed_state
 from .sparsify import WeightSource, _occurrences, fused_paths_off
 
 FORMAT = "cross.model"
-FORMAT_VERSION = 5  # 5: plans may choose the warpgroup 2:4 kernel (cross.plan/5); 4: the slice kernel (cross.plan/4); 3: the row kernel (cross.plan/3); 2: measured times (cross.plan/2); older directories still load
+FORMAT_VERSION = 6  # 6: plans may carry alternatives the measured check times (cross.plan/6); 5: plans may choose the warpgroup 2:4 kernel (cross.plan/5); 4: the slice kernel (cross.plan/4); 3: the row kernel (cross.plan/3); 2: measured times (cross.plan/2); older directories still load
 MANIFEST = "manifest.json"
 STATE = "state.safetensors"
 PACKED_FORMAT = "cross.packed/1"

@@ -28,15 +28,18 @@ import numpy as np
 
 from ..tiling import TileGrid, TileKind
 
-PLAN_FORMAT = "cross.plan/5"
+PLAN_FORMAT = "cross.plan/6"
 #: Formats this version reads: /1 had no measured times (BucketPlan.measured_us, measured_dense_us),
-#: /2 no row kernel (BucketPlan.kernel), /3 no slice kernel, /4 no warpgroup 2:4 kernel.
-READABLE_PLAN_FORMATS = ("cross.plan/1", "cross.plan/2", "cross.plan/3", "cross.plan/4", PLAN_FORMAT)
+#: /2 no row kernel (BucketPlan.kernel), /3 no slice kernel, /4 no warpgroup 2:4 kernel, /5 no
+#: alternatives (BucketPlan.alternatives).
+READABLE_PLAN_FORMATS = ("cross.plan/1", "cross.plan/2", "cross.plan/3", "cross.plan/4", "cross.plan/5", PLAN_FORMAT)
 #: What runs a bucket's plan: "tiles", the plan kernel over the tiles' work list; "rows", the
 #: row kernel (up to 16 tokens) over the weight's row format (pack/rows.py); "slices", the slice
 #: kernel (up to 16 tokens, sm_90+) over the weight's slice format (pack/slices.py); "wgmma24", the
 #: warpgroup 2:4 kernel (sm_90a) over the weight's 2:4 format (pack/wgmma24.py)
 KERNELS = ("tiles", "rows", "slices", "wgmma24")
+#: The kernels by name in reasons and warnings
+KERNEL_NAMES = {"tiles": "tile", "rows": "row", "slices": "slice", "wgmma24": "warpgroup 2:4"}
 
 
 def _readable() -> str:
@@ -83,10 +86,26 @@ class BucketPlan:
     measured_us: float | None = None
     measured_dense_us: float | None = None
     kernel: str = "tiles"  # KERNELS; the work list is kept for the others too (a forced tile run)
+    # other KERNELS the measured check times against ``kernel`` before it decides (it keeps the
+    # fastest and empties this); unmeasured, only ``kernel`` runs
+    alternatives: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.kernel not in KERNELS:
             raise ValueError(f"bucket [{self.n_min}, {self.n_max}]: expected kernel in {KERNELS}, got {self.kernel!r}")
+        alternatives = self.alternatives
+        if isinstance(alternatives, str) or not all(isinstance(a, str) for a in alternatives):
+            raise TypeError(f"bucket [{self.n_min}, {self.n_max}]: expected alternatives as a sequence of kernel "
+                            f"names, got {alternatives!r}")
+        alternatives = tuple(alternatives)
+        if (not set(alternatives) <= set(KERNELS) or self.kernel in alternatives
+                or len(set(alternatives)) != len(alternatives)):
+            raise ValueError(f"bucket [{self.n_min}, {self.n_max}]: expected alternatives among {KERNELS}, each once "
+                             f"and not the bucket's kernel {self.kernel!r}, got {alternatives!r}")
+        if alternatives and self.measured_us is not None:
+            raise ValueError(f"bucket [{self.n_min}, {self.n_max}]: expected no alternatives in a measured bucket (the "
+                             f"measured check keeps the fastest kernel), got {alternatives!r}")
+        object.__setattr__(self, "alternatives", alternatives)
         measured = (self.measured_us, self.measured_dense_us)
         if (measured[0] is None) != (measured[1] is None) or not all(
                 v is None or (math.isfinite(v) and v > 0) for v in measured):
@@ -119,13 +138,22 @@ class BucketPlan:
     def measured(self) -> bool:
         return self.measured_us is not None
 
-    def with_measurement(self, plan_us: float, dense_us: float, margin: float) -> "BucketPlan":
+    def with_measurement(self, plan_us: float, dense_us: float, margin: float, *, kernel: str | None = None,
+                         others: dict[str, float] | None = None) -> "BucketPlan":
         """This bucket with measured times recorded and the choice made from them: the plan runs
-        only if it measured ``margin`` faster than the dense product (the prediction is replaced)."""
+        only if it measured ``margin`` faster than the dense product (the prediction is replaced).
+        ``kernel``: the kernel ``plan_us`` was measured on, the fastest of those timed (default the
+        bucket's); ``others``: the other kernels timed, name to us (the reason lists them). The
+        result has no alternatives left."""
+        kernel = self.kernel if kernel is None else kernel
         fallback = plan_us * (1 + margin) >= dense_us
         why = f"measured {plan_us:.1f} us is not {margin:.0%} under dense {dense_us:.1f} us" if fallback else ""
+        if others:
+            why += ("; " if why else "") + f"the {KERNEL_NAMES[kernel]} kernel, fastest of those timed " \
+                f"({plan_us:.1f} us; " + ", ".join(f"{KERNEL_NAMES[k]} {us:.1f} us" for k, us in
+                                                   sorted(others.items(), key=lambda kv: kv[1])) + ")"
         return replace(self, fallback=bool(fallback), reason=why, measured_us=float(plan_us),
-                       measured_dense_us=float(dense_us))
+                       measured_dense_us=float(dense_us), kernel=kernel, alternatives=())
 
 
 @dataclass(frozen=True, eq=False)
@@ -256,7 +284,8 @@ class Plan:
         buckets = []
         for b in self.buckets:
             d = {f.name: getattr(b, f.name) for f in fields(b) if f.name not in ("items", "unit_ptr", "unit_order", "unit_us")}
-            buckets.append({k: (bool(v) if isinstance(v, (bool, np.bool_)) else v) for k, v in d.items()})
+            buckets.append({k: (bool(v) if isinstance(v, (bool, np.bool_)) else list(v) if isinstance(v, tuple) else v)
+                            for k, v in d.items()})
         return {"format": PLAN_FORMAT, "shape": list(self.shape), "tile_shape": list(self.tile_shape), "dtype": self.dtype,
                 "nan_policy": self.nan_policy, "buckets": buckets, "provenance": self.provenance}
 
@@ -324,5 +353,7 @@ class Plan:
             what = "dense fallback" if b.fallback else f"{b.kernel + ' kernel ' if b.kernel != 'tiles' else ''}{b.predicted_us:8.1f} us vs dense {b.dense_us:8.1f} us ({b.speedup:.2f}x), imbalance {b.imbalance:.3f}"
             if b.measured:
                 what += f"; measured {b.measured_us:.1f} us vs dense {b.measured_dense_us:.1f} us"
+            if b.alternatives:
+                what += f"; the measured check also times the {', '.join(b.alternatives)} kernel(s)"
             lines.append(f"  N {b.n_min:>5}-{b.n_max:<5} block_n {b.block_n:>3}: {what}")
         return "\n".join(lines)

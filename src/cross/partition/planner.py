@@ -17,7 +17,7 @@ from ..tiling import TileGrid, TileKind
 from .balance import (alternate_order, chunk_by_cost, convert_swing, equal_count_chunks, items_from_chunks,
                       simulate_makespan, split_units, tile_list)
 from .classify import DEFAULT_KINDS, Classification, classify
-from .plan import BucketPlan, Plan
+from .plan import KERNEL_NAMES, BucketPlan, Plan
 
 #: Token-count buckets: one-token decode, two, three or four, five to eight tokens (the row
 #: kernel's widths where it wins), small batches, a full token tile, prefill chunks, long
@@ -60,12 +60,12 @@ UNIT_MODES = ("split", "mixed")
 
 def is_near_win(bucket: BucketPlan) -> bool:
     """The bucket falls back on the prediction, but its plan is the row kernel predicted within
-    NEAR_MARGIN of dense, or the slice or warpgroup 2:4 kernel (a candidate: no cost model): the
-    measured check times it (a plan predicted to win is always timed)."""
+    NEAR_MARGIN of dense, or the slice or warpgroup 2:4 kernel (a candidate: no cost model), or it
+    has alternatives: the measured check times it (a plan predicted to win is always timed)."""
     if not bucket.fallback or bucket.measured:
         return False
-    return bucket.kernel in ("slices", "wgmma24") or (bucket.kernel == "rows"
-                                         and bucket.predicted_us <= bucket.dense_us * (1 + NEAR_MARGIN))
+    return bucket.kernel in ("slices", "wgmma24") or bool(bucket.alternatives) or (
+        bucket.kernel == "rows" and bucket.predicted_us <= bucket.dense_us * (1 + NEAR_MARGIN))
 
 
 def design_tokens(n_min: int, n_max: int) -> int:
@@ -215,6 +215,10 @@ def make_plan(weight: torch.Tensor | None = None, *, nnz: np.ndarray | None = No
              WGMMA_MAX_BYTES; bf16/fp16, K % 8 == 0, nan_policy 'ignore': the kernel multiplies only
              the stored slots), which the measured check times on a compute capability 9.0 GPU. Off
              by default (WGMMA_KERNEL_DEFAULT).
+    Where the slice or warpgroup 2:4 kernel is offered, buckets get alternatives that the measured
+    check times beside their kernel (``BucketPlan.alternatives``): a row kernel's bucket the
+    candidate kernel, a candidate's bucket the tile kernel where it was predicted to win and the row
+    kernel where it wins or nearly does.
     """
     tile_shape = check_plan_tile_shape(tile_shape)
     if weight is not None:
@@ -353,32 +357,36 @@ def _plan_buckets(kinds, nnz, grid, tile_shape, buckets, classes_at, cm, program
         span = simulate_makespan(loads / token_tiles, order, token_tiles)
         predicted = cm.launch_us + resident * span
         dense = cm.dense_us(grid.rows, grid.cols, n)
-        kernel = "tiles"
+        kernel, tiles_win, row_ok = "tiles", predicted * (1 + WIN_MARGIN) < dense, False
         if n_row_entries is not None and n_max <= ROW_MAX_TOKENS:
             # the row format is stored only where the row kernel wins or nearly wins (is_near_win)
             row_us = cm.row_us(grid.rows, grid.cols, n_row_entries, n)
             fewer_bytes = row_format_bytes(grid.rows, n_row_entries) < 2 * grid.rows * grid.cols
-            if row_us < predicted and (row_us * (1 + WIN_MARGIN) < dense
-                                       or (fewer_bytes and row_us <= dense * (1 + NEAR_MARGIN))):
+            row_ok = row_us * (1 + WIN_MARGIN) < dense or (fewer_bytes and row_us <= dense * (1 + NEAR_MARGIN))
+            if row_us < predicted and row_ok:
                 predicted, kernel = row_us, "rows"
         fallback = predicted * (1 + WIN_MARGIN) >= dense
         reason = f"predicted {predicted:.1f} us is not {WIN_MARGIN:.0%} under dense {dense:.1f} us" if fallback else ""
         if fallback and kernel == "rows":
             reason += f" (within {NEAR_MARGIN:.0%}: timed by the measured check)"
-        if slices and n_max <= SLICE_MAX_TOKENS and kernel == "tiles":
-            # at 9-16 tokens the tile kernel measured 0.85-1.0x of cuBLAS where it was predicted to win
-            # (H200, benchmarks/results/h200/kernels_buckets.csv): the slice kernel is timed instead
-            kernel, fallback = "slices", True
-            reason = f"the slice kernel's candidate (no cost model; the tile kernel predicted {predicted:.1f} us, " \
-                     f"dense {dense:.1f} us): timed by the measured check"
-        if wgmma and n_max <= WGMMA_MAX_TOKENS and kernel == "tiles":
-            # the tile kernel loses to cuBLAS at 9-128 tokens (H200, docs/results.md): the 2:4 kernel is
-            # timed instead
-            kernel, fallback = "wgmma24", True
-            reason = f"the warpgroup 2:4 kernel's candidate (no cost model; the tile kernel predicted " \
+        # the candidates, which have no cost model: at 9-16 tokens the tile kernel measured 0.85-1.0x of
+        # cuBLAS where it was predicted to win, and it loses at 9-128 tokens (H200,
+        # benchmarks/results/h200/kernels_buckets.csv, docs/results.md): they are timed instead
+        candidates = [k for k, offered in (("slices", slices and n_max <= SLICE_MAX_TOKENS),
+                                           ("wgmma24", wgmma and n_max <= WGMMA_MAX_TOKENS)) if offered]
+        alternatives: list[str] = []
+        if candidates and kernel == "tiles":
+            # the first candidate with the standing of a near win, timed against the others, the
+            # tile kernel where it was predicted to win and the row kernel where it wins or nearly does
+            reason = f"the {KERNEL_NAMES[candidates[0]]} kernel's candidate (no cost model; the tile kernel predicted " \
                      f"{predicted:.1f} us, dense {dense:.1f} us): timed by the measured check"
+            alternatives = candidates[1:] + ["tiles"] * tiles_win + ["rows"] * row_ok
+            kernel, fallback = candidates[0], True
+        elif candidates and kernel == "rows":
+            alternatives = candidates  # the row kernel's win or near win, timed against the candidates
         bucket_plans.append(BucketPlan(n_min, n_max, n, bn, bool(fallback), items, unit_ptr, order, loads,
-                                       float(predicted), float(dense), reason, kernel=kernel))
+                                       float(predicted), float(dense), reason, kernel=kernel,
+                                       alternatives=tuple(alternatives)))
     return (tile_ptr, tile_col, tile_kind), bucket_plans
 
 

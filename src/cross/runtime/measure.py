@@ -9,6 +9,11 @@ only where it measured ``margin`` faster. It also times the near wins (``planner
 predicted to fall back, but with the row kernel within ``NEAR_MARGIN`` of dense, or the slice and
 warpgroup 2:4 kernels' candidates, which have no prediction) and takes those that measured ``margin`` faster.
 Other buckets predicted to fall back are not timed.
+A bucket's alternatives (``BucketPlan.alternatives``: where a candidate kernel is offered, the row
+kernel's bucket timed against it, or the candidate's against the tile kernel's predicted win and the
+row kernel's win or near win) are timed beside its kernel, their formats built for the check, and
+the fastest runs where it measured ``margin`` faster than dense: a cost model that knows only some
+of the kernels does not get to choose between them.
 Dense times depend only on the shape, so a caller planning many layers passes one ``dense_times``
 dict to time each shape once. Because that one time then judges every layer of the shape, it is the
 faster of two timings, one before and one after the first plan of the shape: a dense time that
@@ -18,8 +23,8 @@ twice and the faster kept too, so that the estimator (a minimum of two) does not
 one plan timing against the faster of two dense ones, 4096x11008 at 8 tokens and 70% measured 2%
 faster in the check (not the 3% asked) and 1.10x in the benchmark (H200).
 Before a bucket is timed its result on the timing input is compared with the dense product's: a
-kernel that disagrees (beyond bf16 rounding) on this GPU is not timed, its bucket falls back, and a
-PlanCheckWarning says so; a wrong result never runs silently.
+kernel that disagrees (beyond bf16 rounding) on this GPU is not timed, and a PlanCheckWarning says so;
+its bucket falls back unless another of its kernels agrees. A wrong result never runs silently.
 """
 
 from __future__ import annotations
@@ -31,12 +36,10 @@ import torch
 import torch.nn.functional as F
 
 from ..pack.packed import MAX_LAUNCH_TOKENS, PackedWeight
-from ..partition.plan import Plan
+from ..partition.plan import KERNEL_NAMES, Plan
 from ..partition.planner import WIN_MARGIN, is_near_win
 from .dispatch import execute, gpu_kernel_args
 
-#: The kernels by name in warnings and reasons, by plan.KERNELS
-KERNEL_NAMES = {"tiles": "tile", "rows": "row", "slices": "slice", "wgmma24": "warpgroup 2:4"}
 #: Timing per call (ms of warm-up, ms of timed runs): short, as it runs once per layer and bucket.
 WARMUP_MS, REP_MS = 5, 20
 #: A plan's result agrees with the dense product's where |y - dense| <= AGREE x (|dense| + rms(dense))
@@ -89,25 +92,44 @@ def _measure_buckets(packed, dense_weight, margin, cache, seed):
     from ..costmodel.profile import call_time_us
 
     m, k = packed.shape
-    kernels: dict = {}
+    kernels: dict = {}  # resolved kernel arguments per kernel name, then bucket index
+    held = [packed]  # a weight holding the formats of the alternatives timed so far (PackedWeight.with_plan)
     gen = torch.Generator(device=packed.device).manual_seed(seed)
     buckets, how = [], set()
     for i, b in enumerate(packed.plan.buckets):
-        if b.fallback and not (is_near_win(b) and gpu_kernel_args(packed, i, kernels) is not None):
+        # a bucket is timed where its plan is predicted to win or nearly wins; the kernels timed are
+        # its own and its alternatives, those that have a kernel on this GPU (a predicted win is timed
+        # whatever runs it)
+        runs = {}
+        if not b.fallback or is_near_win(b):
+            for kernel in (b.kernel, *b.alternatives):
+                weight = packed if kernel == b.kernel else _with_kernel(held, i, kernel)
+                if gpu_kernel_args(weight, i, kernels.setdefault(kernel, {})) is not None or (
+                        kernel == b.kernel and not b.fallback):
+                    runs[kernel] = weight
+        if not runs:
             buckets.append(b)
             continue
         n = min(b.n_design, MAX_LAUNCH_TOKENS)
         x = torch.randn(n, k, generator=gen, device=packed.device, dtype=packed.dtype)
-        # the result first: a kernel that is wrong on this GPU is not timed, and its bucket falls back
-        err = disagreement(execute(x, packed, force_plan=True, kernels=kernels, checked=True), F.linear(x, dense_weight))
-        if not err <= AGREE:
-            kernel = KERNEL_NAMES[b.kernel]
-            warnings.warn(f"{m}x{k} at {n} tokens: the {kernel} kernel's result disagrees with the dense product "
-                          f"(error {err:.3g} of the output's scale, more than {AGREE}) on {_name(packed.device)}"
-                          f"; the bucket falls back to the dense product. Please report it with the weight's shape, "
-                          f"sparsity and dtype", PlanCheckWarning, stacklevel=4)
-            buckets.append(replace(b, fallback=True, reason=f"its {kernel} kernel disagreed with the dense product "
-                                                            f"(error {err:.3g}): not timed"))
+        dense_y = F.linear(x, dense_weight)
+        # the result first: a kernel that is wrong on this GPU is not timed
+        calls = {kernel: _plan_call(x, weight, kernels[kernel]) for kernel, weight in runs.items()}
+        errors = {kernel: disagreement(call(), dense_y) for kernel, call in calls.items()}
+        calls = {kernel: call for kernel, call in calls.items() if errors[kernel] <= AGREE}
+        instead = ("the bucket falls back to the dense product" if not calls else
+                   "the " + " and ".join(KERNEL_NAMES[kernel] for kernel in calls) + " kernel"
+                   + ("s are" if len(calls) > 1 else " is") + " timed instead")
+        for kernel, err in errors.items():
+            if not err <= AGREE:
+                warnings.warn(f"{m}x{k} at {n} tokens: the {KERNEL_NAMES[kernel]} kernel's result disagrees with the "
+                              f"dense product (error {err:.3g} of the output's scale, more than {AGREE}) on "
+                              f"{_name(packed.device)}; {instead}. Please report it with the weight's shape, sparsity "
+                              "and dtype", PlanCheckWarning, stacklevel=4)
+        if not calls:  # every kernel concerned disagreed: the bucket falls back
+            names = " and ".join(KERNEL_NAMES[kernel] for kernel in runs)
+            buckets.append(replace(b, fallback=True, alternatives=(), reason=f"its {names} kernel"
+                                   f"{'s' if len(runs) > 1 else ''} disagreed with the dense product: not timed"))
             continue
         key = (m, k, n, str(packed.dtype), str(packed.device))
         # dense first: a process's first timings can read fast (benchmarks/timing_drift.py), and a
@@ -115,12 +137,29 @@ def _measure_buckets(packed, dense_weight, margin, cache, seed):
         first_of_shape = key not in cache
         if first_of_shape:
             cache[key] = call_time_us(lambda: F.linear(x, dense_weight), WARMUP_MS, REP_MS)[0]
-        # the plan twice and the faster kept, as dense is (dense, plan, plan, dense for the first layer
-        # of a shape): the same estimator on both sides, so neither is favoured by it
-        plan_us, plan_how = min(call_time_us(lambda: execute(x, packed, force_plan=True, kernels=kernels,
-                                                             checked=True), WARMUP_MS, REP_MS) for _ in range(2))
+        # each kernel twice and the faster kept, as dense is (dense, plan, plan, dense for the first
+        # layer of a shape): the same estimator on both sides, so neither is favoured by it
+        times = {}
+        for kernel, call in calls.items():
+            times[kernel], plan_how = min(call_time_us(call, WARMUP_MS, REP_MS) for _ in range(2))
+            how.add(plan_how)
         if first_of_shape:  # again after the plan: the faster of the two judges every layer of the shape
             cache[key] = min(cache[key], call_time_us(lambda: F.linear(x, dense_weight), WARMUP_MS, REP_MS)[0])
-        how.add(plan_how)
-        buckets.append(b.with_measurement(plan_us, cache[key], margin))
+        best = min(times, key=times.get)
+        others = {kernel: us for kernel, us in times.items() if kernel != best}
+        buckets.append(b.with_measurement(times[best], cache[key], margin, kernel=best, others=others))
     return buckets, how
+
+
+def _plan_call(x, weight, kernels):
+    return lambda: execute(x, weight, force_plan=True, kernels=kernels, checked=True)
+
+
+def _with_kernel(held: list, index: int, kernel: str):
+    """``held[0]`` with bucket ``index`` run by ``kernel`` (its format built where it is missing);
+    ``held[0]`` becomes the result, so that each alternative's format is built once."""
+    weight = held[0]
+    plan = weight.plan.with_buckets(replace(b, kernel=kernel, fallback=False, alternatives=()) if j == index else b
+                                    for j, b in enumerate(weight.plan.buckets))
+    held[0] = weight.with_plan(plan)
+    return held[0]

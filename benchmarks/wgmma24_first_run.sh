@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The warpgroup 2:4 kernel's first GPU run in one device call (under ~580 s): the identity-X layout
+# diagnostic, its GPU tests and the runtime's (the measured check with alternatives), its block
+# settings on Llama-2-7B shapes, the 2:4 kernel's bench again (its code moved), and what the runtime
+# runs with it against cuBLAS. Each step has its own time limit, so one that hangs leaves the rest.
+# Usage (repository root, on the GPU machine): OUT=<dir> bash benchmarks/wgmma24_first_run.sh
+set -u
+OUT=${OUT:?set OUT to a folder for the results}
+export PYTHONPATH=src
+step() {  # step <name> <seconds> <command...>: output to $OUT/<name>.txt, exit status on its last line
+    local name=$1 limit=$2
+    shift 2
+    echo "== $name: $*" | tee "$OUT/$name.txt"
+    timeout "$limit" "$@" >> "$OUT/$name.txt" 2>&1
+    echo "exit $?" >> "$OUT/$name.txt"
+    tail -4 "$OUT/$name.txt"
+}
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/device.txt"
+step layout 90 python3 benchmarks/wgmma24_layout_check.py
+step gpu_tests_wgmma24 150 python3 -m pytest -q -m gpu -x tests/test_wgmma24.py tests/test_wgmma24_runtime.py
+step wgmma24_bench 120 python3 benchmarks/wgmma24_bench.py --shapes llama-up,llama-qkvo,llama-down \
+    --sparsities 0.6,0.7,0.9 --ns 16,64,128 --settings 2:2,2:2:2,2:2:4,2:1 --out "$OUT/wgmma24_first.csv"
+step kernels 150 python3 -m cross bench kernels --shapes llama-up,llama-qkvo,llama-down --sparsities 0.6,0.7,0.9 \
+    --ns 8,16,64,128,512 --methods dense,cross,cross+wgmma24,cross-wgmma24 --out "$OUT/kernels_wgmma24"
+step gpu_tests_rest 60 python3 -m pytest -q -m gpu -x tests/test_slice_runtime.py tests/test_measure.py
