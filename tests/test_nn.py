@@ -568,3 +568,29 @@ def test_sparsify_real_minilm(rng):
 def test_top_level_exports():
     assert cross.sparsify_ is sparsify_ and cross.unsparsify_ is unsparsify_ and cross.SparseLinear is SparseLinear
     assert isinstance(cross.__version__, str)
+
+
+@pytest.mark.parametrize("path", ["tiles and rows", "decode", "warpgroup 2:4", "slices"])
+def test_cpu_layer_compiles_whole(path, rng):
+    """torch.compile(fullgraph=True) takes a CPU layer without a graph break on each path of the
+    reference executor: the tile walk and the row format (both operators), the fallback's decode,
+    and the slice and 2:4 formats' references; the compiled layer gives the eager layer's result."""
+    from weights import random_weight
+
+    w = random_weight((256, 256), 0.1, rng).to(torch.bfloat16)  # a whole row block of the 2:4 format
+    lin = nn.Linear(256, 256).to(torch.bfloat16)
+    with torch.no_grad():
+        lin.weight.copy_(w)
+    options = {"tiles and rows": {"keep_dense": False}, "decode": {"keep_dense": "decode"},
+               "warpgroup 2:4": {"keep_dense": False, "wgmma_kernel": True, "nan_policy": "ignore"},
+               "slices": {"keep_dense": False, "slice_kernel": True}}[path]
+    layer = SparseLinear.from_dense(lin, measure=False, **options)
+    kernels = {b.kernel for b in layer.plan.buckets}
+    assert {"tiles and rows": kernels >= {"tiles", "rows"}, "decode": any(b.fallback for b in layer.plan.buckets),
+            "warpgroup 2:4": "wgmma24" in kernels, "slices": "slices" in kernels}[path]
+    torch._dynamo.reset()  # the earlier cases' graphs of SparseLinear.forward count towards the recompile limit
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")  # a graph per bucket
+    with torch.no_grad():
+        for n in (1, 3, 17, 130):
+            x = torch.randn(n, 256, generator=rng).to(torch.bfloat16)
+            torch.testing.assert_close(compiled(x), layer(x), rtol=0, atol=0)

@@ -168,43 +168,10 @@ class TiledWeight:
 
     def decode(self, kinds: torch.Tensor, value_offset: torch.Tensor, meta_offset: torch.Tensor,
                nnz: torch.Tensor) -> torch.Tensor:
-        """Tiles given by their (kind, offsets, nnz) decoded to dense [n, tile_rows, tile_cols]."""
-        tm, tk = self.grid.tile_shape
-        dev = self.values.device
-        kinds, voff, moff = kinds.to(dev).to(torch.int64), value_offset.to(dev).to(torch.int64), meta_offset.to(dev).to(torch.int64)
-        nnz = nnz.to(dev).to(torch.int64)
-        tiles = self.values.new_zeros(kinds.numel(), tm * tk)
-        ar = torch.arange(tm * tk, device=dev)
-
-        dense = kinds == TileKind.DENSE
-        if dense.any():
-            tiles[dense] = self.values[voff[dense][:, None] + ar]
-
-        bitmap = kinds == TileKind.BITMAP
-        if bitmap.any():
-            nw = tm * tk // _BITMAP_WORD
-            words = self.meta[moff[bitmap][:, None] + torch.arange(nw, device=dev)].to(torch.int64) & 0xFFFFFFFF
-            bits = ((words[:, :, None] >> torch.arange(_BITMAP_WORD, device=dev)) & 1).reshape(-1, tm * tk).bool()
-            src = voff[bitmap][:, None] + torch.cumsum(bits, 1) - 1
-            sub = tiles[bitmap]
-            sub[bits] = self.values[src[bits]]
-            tiles[bitmap] = sub
-
-        index = kinds == TileKind.INDEX
-        if index.any():
-            n_idx = nnz[index]
-            width = int(n_idx.max())
-            slot = torch.arange(width, device=dev)
-            valid = slot[None, :] < n_idx[:, None]
-            pos16 = self.meta.view(torch.int16)
-            src = (2 * moff[index])[:, None] + slot
-            pos = pos16[src.clamp(max=pos16.numel() - 1)].to(torch.int64) & 0xFFFF
-            vals = self.values[(voff[index][:, None] + slot).clamp(max=self.values.numel() - 1)]
-            sub = tiles[index]
-            rows = torch.arange(sub.shape[0], device=dev)[:, None].expand_as(pos)
-            sub[rows[valid], pos[valid]] = vals[valid]
-            tiles[index] = sub
-        return tiles.reshape(-1, tm, tk)
+        """Tiles given by their (kind, offsets, nnz) decoded to dense [n, tile_rows, tile_cols]: the
+        ``cross::decode_tiles`` operator, so that torch.compile takes the decode whole."""
+        return torch.ops.cross.decode_tiles(self.values, self.meta, kinds, value_offset, meta_offset, nnz,
+                                            list(self.grid.tile_shape))
 
     def to_dense(self) -> torch.Tensor:
         """The M x K weight, exactly as packed."""
@@ -289,3 +256,51 @@ class TiledWeight:
             raise ValueError(f"value_offset: expected multiples of {ALIGN}")
         if (self.meta_offset.reshape(-1)[mlen > 0] % META_ALIGN).any():
             raise ValueError(f"meta_offset: expected multiples of {META_ALIGN}")
+
+
+@torch.library.custom_op("cross::decode_tiles", mutates_args=())
+def decode_tiles(values: torch.Tensor, meta: torch.Tensor, kinds: torch.Tensor, value_offset: torch.Tensor,
+                 meta_offset: torch.Tensor, nnz: torch.Tensor, tile_shape: list[int]) -> torch.Tensor:
+    """Tiles of a tiled weight's ``values`` and ``meta`` given by their (kind, offsets, nnz) decoded
+    to dense [n, tile_rows, tile_cols] (``TiledWeight.decode``)."""
+    tm, tk = tile_shape
+    dev = values.device
+    kinds, voff, moff = kinds.to(dev).to(torch.int64), value_offset.to(dev).to(torch.int64), meta_offset.to(dev).to(torch.int64)
+    nnz = nnz.to(dev).to(torch.int64)
+    tiles = values.new_zeros(kinds.numel(), tm * tk)
+    ar = torch.arange(tm * tk, device=dev)
+
+    dense = kinds == TileKind.DENSE
+    if dense.any():
+        tiles[dense] = values[voff[dense][:, None] + ar]
+
+    bitmap = kinds == TileKind.BITMAP
+    if bitmap.any():
+        nw = tm * tk // _BITMAP_WORD
+        words = meta[moff[bitmap][:, None] + torch.arange(nw, device=dev)].to(torch.int64) & 0xFFFFFFFF
+        bits = ((words[:, :, None] >> torch.arange(_BITMAP_WORD, device=dev)) & 1).reshape(-1, tm * tk).bool()
+        src = voff[bitmap][:, None] + torch.cumsum(bits, 1) - 1
+        sub = tiles[bitmap]
+        sub[bits] = values[src[bits]]
+        tiles[bitmap] = sub
+
+    index = kinds == TileKind.INDEX
+    if index.any():
+        n_idx = nnz[index]
+        width = int(n_idx.max())
+        slot = torch.arange(width, device=dev)
+        valid = slot[None, :] < n_idx[:, None]
+        pos16 = meta.view(torch.int16)
+        src = (2 * moff[index])[:, None] + slot
+        pos = pos16[src.clamp(max=pos16.numel() - 1)].to(torch.int64) & 0xFFFF
+        vals = values[(voff[index][:, None] + slot).clamp(max=values.numel() - 1)]
+        sub = tiles[index]
+        rows = torch.arange(sub.shape[0], device=dev)[:, None].expand_as(pos)
+        sub[rows[valid], pos[valid]] = vals[valid]
+        tiles[index] = sub
+    return tiles.reshape(-1, tm, tk)
+
+
+@decode_tiles.register_fake
+def _(values, meta, kinds, value_offset, meta_offset, nnz, tile_shape):
+    return values.new_empty((kinds.numel(), *tile_shape))

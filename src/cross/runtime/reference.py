@@ -8,6 +8,8 @@ result, not as a silently right dense product.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from ..pack.packed import PackedBucket, PackedWeight
@@ -31,21 +33,30 @@ def reference_matmul(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor |
 
     bucket: which bucket's work list to walk (default: the one for N, even if it falls back to dense).
     tiles:  decoded executed tiles, when the caller keeps them between calls.
-    Returns Y [N, M] in X's dtype.
+    Returns Y [N, M] in X's dtype. The walk is the ``cross::reference_linear`` operator, so that
+    torch.compile (fullgraph too) takes it whole instead of tracing a loop over the work list.
     """
-    n, k = x.shape
-    m = packed.shape[0]
-    tm, tk = packed.plan.tile_shape
-    bucket = bucket or packed.bucket_for(max(n, 1))
+    bucket = bucket or packed.bucket_for(max(x.shape[0], 1))
     tiles = decode_executed_tiles(packed) if tiles is None else tiles
+    sizes = [packed.shape[0], *packed.plan.tile_shape, *packed.plan.grid.shape]
+    return torch.ops.cross.reference_linear(x, bias, tiles, packed.tiles[:, 0], bucket.items, sizes)
+
+
+@torch.library.custom_op("cross::reference_linear", mutates_args=())
+def reference_linear(x: torch.Tensor, bias: Optional[torch.Tensor], tiles: torch.Tensor, cols: torch.Tensor,
+                     items: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """Y[N, M] = X[N, K] @ W^T (+ bias) in fp32 from the decoded executed tiles [T, tm, tk], their
+    tile columns [T] and a bucket's work items [W, >= 3] (tile-row, start, stop, ...); sizes = (M,
+    tm, tk, tile-rows, tile-columns)."""
+    n, k = x.shape
+    m, tm, tk, ti, tj = sizes
     tiles = tiles.float()
-    ti, tj = packed.plan.grid.shape
     xf = torch.zeros((n, tj * tk), dtype=torch.float32, device=x.device)
     xf[:, :k] = x.float()
     xb = xf.reshape(n, tj, tk)
-    cols = packed.tiles[:, 0].long().to(x.device)
+    cols = cols.long().to(x.device)
     y = torch.zeros((n, ti * tm), dtype=torch.float32, device=x.device)
-    for row, start, stop, _slot in bucket.items.tolist():
+    for row, start, stop, *_ in items.tolist():
         if stop > start:
             w = tiles[start:stop]  # [s, tm, tk]
             xs = xb[:, cols[start:stop]]  # [n, s, tk]
@@ -54,3 +65,8 @@ def reference_matmul(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor |
     if bias is not None:
         y = y + bias.float()
     return y.to(x.dtype).contiguous()  # as nn.Linear's: callers may .view() it
+
+
+@reference_linear.register_fake
+def _(x, bias, tiles, cols, items, sizes):
+    return x.new_empty((x.shape[0], sizes[0]))
