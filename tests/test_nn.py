@@ -298,9 +298,58 @@ def sparse32(rng):
     lambda m: m.to("cpu", torch.bfloat16), lambda m: nn.Sequential(m).half(),
 ], ids=["half", "bfloat16", "double", "to(fp16)", "to(cpu, bf16)", "parent.half"])
 def test_dtype_cast_is_refused(sparse32, cast):
+    """From float32 (or to float64) a cast is refused: the plan was chosen for the weight's bytes."""
     with pytest.raises(TypeError, match="sparsify it again"):
         cast(sparse32)
     assert sparse32.dtype == torch.float32 and sparse32.packed.tiled.values.dtype == torch.float32
+
+
+@pytest.mark.parametrize("keep_dense", [True, False, "decode"])
+@pytest.mark.parametrize("start, cast, dtype", [
+    (torch.bfloat16, lambda m: m.half(), torch.float16),
+    (torch.float16, lambda m: m.bfloat16(), torch.bfloat16),
+    (torch.bfloat16, lambda m: m.to("cpu", torch.float16), torch.float16),
+], ids=["half", "bfloat16", "to(cpu, fp16)"])
+def test_cast_between_16_bit_dtypes_keeps_the_plan(rng, keep_dense, start, cast, dtype):
+    """A model cast between float16 and bfloat16 after sparsify_ runs its plan (every bucket's choice,
+    the kernels' formats, the measured times) in the new dtype and gives the product of the dense
+    weight cast the same way; the bias and the dense copy are cast too."""
+    dense = make_linear(random_weight((130, 200), 0.2, rng), rng=rng).to(start)
+    model = nn.Sequential(nn.LayerNorm(200).to(start), copy.deepcopy(dense))
+    sparsify_(model, keep_dense=keep_dense, cost_model=WINNING, progress=False)
+    layer = model[1]
+    assert isinstance(layer, SparseLinear)
+    plan = layer.plan
+    measured = plan.with_buckets([b.with_measurement(5.0, 9.0, 0.03) if i == 0 else
+                                  b.with_measurement(9.0, 5.0, 0.03) if i == 1 else b
+                                  for i, b in enumerate(plan.buckets)])
+    layer.packed = layer.packed.with_plan(measured)  # as the measured check leaves it on a GPU
+    held = {f: getattr(layer.packed, f) is not None for f in ("tiled", "rows", "slices", "wgmma24")}
+    cast(model)
+    assert layer.dtype == dtype and model[0].weight.dtype == dtype
+    assert [(b.kernel, b.fallback, b.measured_us) for b in layer.plan.buckets] == \
+        [(b.kernel, b.fallback, b.measured_us) for b in measured.buckets]
+    assert layer.plan.dtype == {torch.float16: "float16", torch.bfloat16: "bfloat16"}[dtype]
+    assert {f: getattr(layer.packed, f) is not None for f in held} == held
+    assert layer.bias.dtype == dtype and (layer.dense_weight is None or layer.dense_weight.dtype == dtype)
+    w, b = dense.weight.detach().to(dtype), dense.bias.detach().to(dtype)
+    torch.testing.assert_close(layer.packed.to_dense(), w, rtol=0, atol=0)
+    with torch.no_grad():
+        for n in TOKENS:
+            x = torch.randn(n, 200, generator=rng).to(dtype)
+            y = layer(x)
+            ref = x.double() @ w.double().t() + b.double()
+            assert y.dtype == dtype
+            torch.testing.assert_close(y.double(), ref, rtol=2e-2, atol=2e-2)
+
+
+def test_cast_to_inf_is_refused(rng):
+    w = random_weight((64, 64), 0.5, rng)
+    w[3, 5] = 1e6  # beyond float16's 65504
+    layer = SparseLinear.from_dense(make_linear(w, rng=rng).to(torch.bfloat16), keep_dense=False)
+    with pytest.raises(ValueError, match="cast to Inf"):
+        layer.half()
+    assert layer.dtype == torch.bfloat16 and layer.bias.dtype == torch.bfloat16
 
 
 def test_device_moves_and_same_dtype_are_allowed(sparse32, rng):
@@ -575,8 +624,6 @@ def test_cpu_layer_compiles_whole(path, rng):
     """torch.compile(fullgraph=True) takes a CPU layer without a graph break on each path of the
     reference executor: the tile walk and the row format (both operators), the fallback's decode,
     and the slice and 2:4 formats' references; the compiled layer gives the eager layer's result."""
-    from weights import random_weight
-
     w = random_weight((256, 256), 0.1, rng).to(torch.bfloat16)  # a whole row block of the 2:4 format
     lin = nn.Linear(256, 256).to(torch.bfloat16)
     with torch.no_grad():

@@ -14,6 +14,7 @@ form instead (``packed_state``).
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -28,6 +29,9 @@ from ..tiling import TileKind
 
 KEEP_DENSE = ("auto", True, False, "decode")
 MEASURE = ("auto", True, False)
+#: The casts a SparseLinear takes (``.half()``, ``.to(torch.bfloat16)``, ...): between these dtypes its
+#: plan's choices hold (the same bytes, the same kernels)
+CASTS = {torch.float16, torch.bfloat16}
 
 
 def check_measure(measure, device: torch.device | None = None) -> None:
@@ -118,6 +122,28 @@ def _bucket_runs(bucket, kernel: str, falls_back: bool) -> bool:
     return bucket.kernel == kernel and not (bucket.fallback and falls_back)
 
 
+def _formats_run(packed: PackedWeight, falls_back: bool) -> PackedWeight:
+    """``packed`` with only the formats some bucket runs (``falls_back``: the layer runs its fallback
+    buckets as the dense product, a kept copy or decoded)."""
+    def runs(kernel):
+        return any(_bucket_runs(b, kernel, falls_back) for b in packed.plan.buckets)
+
+    if packed.tiled is not None and packed.rows is not None and not runs("tiles"):
+        # no bucket runs the tile kernel: the row format holds the weight (and is what the
+        # fallback buckets decode under decode_fallback)
+        packed = packed.without_tiles()
+    if packed.tiled is not None and packed.rows is not None and not runs("rows"):
+        # no bucket runs the row kernel (near wins the measured check did not take fall back)
+        packed = packed.without_rows()
+    if packed.slices is not None and not runs("slices"):
+        # no bucket runs the slice kernel (candidates the measured check did not take fall back)
+        packed = packed.without_slices()
+    if packed.wgmma24 is not None and not runs("wgmma24"):
+        # no bucket runs the warpgroup 2:4 kernel (candidates the measured check did not take fall back)
+        packed = packed.without_wgmma24()
+    return packed
+
+
 class SparseLinear(nn.Module):
     """Y = X @ W^T + b with W stored in the tile formats of its Plan. Inference only.
 
@@ -135,8 +161,11 @@ class SparseLinear(nn.Module):
                       temporary on each call (``keep_dense="decode"``)
     There is no autograd through the sparse weight: forward refuses inputs that require grad
     while grad mode is on (run under ``torch.no_grad()`` or ``torch.inference_mode()``).
-    Device moves (``.to(device)``, ``.cuda()``, ``.cpu()``) move the packed weight; dtype casts
-    are refused, because the plan and formats were chosen for the weight's dtype.
+    Device moves (``.to(device)``, ``.cuda()``, ``.cpu()``) move the packed weight. Casts between
+    float16 and bfloat16 (``.half()``, ``.bfloat16()``, ``.to(dtype)``) re-pack it under the same plan
+    (the same bytes and kernels: its choices, measured ones too, hold); a weight that would cast to
+    Inf is refused. Other casts (to or from float32) are refused, because the plan and formats were
+    chosen for the weight's bytes.
     """
 
     def __init__(self, packed: PackedWeight, bias: torch.Tensor | None = None,
@@ -154,23 +183,7 @@ class SparseLinear(nn.Module):
             if tuple(t.shape) != shape or t.dtype != packed.dtype or t.device != packed.device:
                 raise ValueError(f"{name}: expected {dtype_name(packed.dtype)} {shape} on {packed.device}, "
                                  f"got {dtype_name(t.dtype)} {tuple(t.shape)} on {t.device}")
-        falls_back = dense_weight is not None or decode_fallback
-        if packed.tiled is not None and packed.rows is not None and not any(
-                _bucket_runs(b, "tiles", falls_back) for b in packed.plan.buckets):
-            # no bucket runs the tile kernel: the row format holds the weight (and is what the
-            # fallback buckets decode under decode_fallback)
-            packed = packed.without_tiles()
-        if packed.tiled is not None and packed.rows is not None and not any(
-                _bucket_runs(b, "rows", falls_back) for b in packed.plan.buckets):
-            # no bucket runs the row kernel (near wins the measured check did not take fall back)
-            packed = packed.without_rows()
-        if packed.slices is not None and not any(_bucket_runs(b, "slices", falls_back) for b in packed.plan.buckets):
-            # no bucket runs the slice kernel (candidates the measured check did not take fall back)
-            packed = packed.without_slices()
-        if packed.wgmma24 is not None and not any(_bucket_runs(b, "wgmma24", falls_back) for b in packed.plan.buckets):
-            # no bucket runs the warpgroup 2:4 kernel (candidates the measured check did not take fall back)
-            packed = packed.without_wgmma24()
-        self.packed = packed
+        self.packed = _formats_run(packed, dense_weight is not None or decode_fallback)
         self.register_buffer("bias", bias)
         self.register_buffer("dense_weight", dense_weight, persistent=False)
         self._weight_requires_grad = weight_requires_grad
@@ -285,18 +298,37 @@ class SparseLinear(nn.Module):
 
     def _apply(self, fn, recurse=True):
         probe = fn(torch.empty(0, dtype=self.dtype, device=self.device))
-        if probe.dtype != self.dtype:
-            raise TypeError(f"SparseLinear {self.out_features}x{self.in_features}: expected only device moves, got a "
-                            f"cast from {dtype_name(self.dtype)} to {dtype_name(probe.dtype)}; the plan and tile "
-                            f"formats were chosen for {dtype_name(self.dtype)}: cast the dense model to "
-                            f"{dtype_name(probe.dtype)} and sparsify it again (modules visited before this one "
-                            f"may already have been cast)")
+        if probe.dtype != self.dtype and {probe.dtype, self.dtype} <= CASTS:
+            self._cast(probe.dtype)  # the buffers (bias, dense copy) are cast below
+        elif probe.dtype != self.dtype:
+            raise TypeError(f"SparseLinear {self.out_features}x{self.in_features}: expected device moves and casts "
+                            f"between float16 and bfloat16, got a cast from {dtype_name(self.dtype)} to "
+                            f"{dtype_name(probe.dtype)}; the plan and tile formats were chosen for "
+                            f"{dtype_name(self.dtype)}'s bytes: cast the dense model to {dtype_name(probe.dtype)} and "
+                            f"sparsify it again (modules visited before this one may already have been cast)")
         if probe.device != self.device:
             self.packed = self.packed.to(probe.device)
             self._tiles = None
             self._kernels = self._resolve_kernels()
             warn_without_kernel(self.packed, self._kernels, self.falls_back)
         return super()._apply(fn, recurse)
+
+    def _cast(self, dtype: torch.dtype) -> None:
+        """The packed weight in ``dtype`` (float16 <-> bfloat16) under the same plan: the formats' bytes
+        and the kernels' speed are the same in both, so its choices, measured ones too, still hold.
+        Raises, before changing anything, where a value would cast to Inf (beyond float16's range)."""
+        weight = self.packed.to_dense()
+        cast = weight.to(dtype)
+        if not bool((cast.isfinite() | ~weight.isfinite()).all()):
+            raise ValueError(f"SparseLinear {self.out_features}x{self.in_features}: expected weights within "
+                             f"{dtype_name(dtype)}'s range, got values that cast to Inf (largest |w| "
+                             f"{float(weight.float().abs().max()):.4g}); modules visited before this one may "
+                             f"already have been cast")
+        plan = replace(self.packed.plan, dtype=dtype_name(dtype))
+        self.packed = _formats_run(pack(cast, plan), self.falls_back)
+        self._tiles = None
+        self._kernels = self._resolve_kernels()
+        warn_without_kernel(self.packed, self._kernels, self.falls_back)
 
     # ------------------------------------------------------------------ state dict
     def _weight_values(self) -> torch.Tensor:
