@@ -25,6 +25,8 @@ NUM_THREADS = 128
 STAGES_ENV = "CROSS_CUDA_STAGES"
 #: extra NVRTC options for profiling builds (e.g. "-DABLATE=2"; see plan_matmul.cu), read at compile time
 DEFINES_ENV = "CROSS_CUDA_DEFINES"
+#: where built cubins are kept between processes (``cache_dir``); empty: nowhere
+CACHE_ENV = "CROSS_CACHE_DIR"
 _SOURCE = "plan_matmul.cu"
 _HEADERS = ("dtype.cuh", "async.cuh", "strip_sum.cuh", "mma.cuh", "wgmma.cuh")  # what the sources #include, handed to NVRTC by name
 #: one-token launches of weights whose median BITMAP tile is sparser than this (nonzeros per tile
@@ -126,16 +128,76 @@ def nvrtc_cubin_of(device_index: int, src: bytes, source: str, defines: tuple[st
                    headers: dict[str, bytes] | None = None, arch_specific: bool = False) -> bytes:
     """The cubin NVRTC builds of the CUDA source text ``src`` (named ``source`` in its messages, with
     ``headers`` by name) for the device with ``defines``; ``arch_specific``: for that architecture
-    only (sm_90a: what wgmma needs)."""
-    _, nvrtc = _bindings()
+    only (sm_90a: what wgmma needs). Kept in the cubin cache (``cache_dir``) between processes."""
     major, minor = torch.cuda.get_device_capability(device_index)
-    names, texts = list(headers or {}), list((headers or {}).values())
+    arch = f"sm_{major}{minor}{'a' if arch_specific else ''}"
+    opts = [f"--gpu-architecture={arch}", "-std=c++17", "-default-device", *defines]
+    headers = dict(headers or {})
+    folder = cache_dir()
+    path = None if folder is None else folder / f"{_build_digest(src, headers, opts)}.cubin"
+    if path is not None and path.is_file():
+        cubin = path.read_bytes()
+        if cubin.startswith(_ELF):  # else a damaged file: built again and replaced
+            return cubin
+    cubin = _nvrtc_build(src, source, headers, opts)
+    if path is not None:
+        _cache_write(path, cubin)
+    return cubin
+
+
+_ELF = b"\x7fELF"
+
+
+def cache_dir():
+    """Where built cubins are kept between processes (a pathlib.Path), or None: ``CROSS_CACHE_DIR``
+    where set (empty: no cache), else ``$XDG_CACHE_HOME/cross/cubin`` or ``~/.cache/cross/cubin``.
+    A file's name is a digest of everything its build depends on (source and headers, options and
+    architecture, NVRTC's version), so an edit or an upgrade builds anew; delete the folder to
+    clear it."""
+    from pathlib import Path
+
+    given = os.environ.get(CACHE_ENV)
+    if given is not None:
+        return Path(given).expanduser() if given else None
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "cross" / "cubin"
+
+
+def _build_digest(src: bytes, headers: dict[str, bytes], opts: list[str]) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for part in (_nvrtc_version().encode(), src, *(n.encode() + b"\0" + t for n, t in sorted(headers.items())),
+                 "\0".join(opts).encode()):
+        digest.update(len(part).to_bytes(8, "little") + part)
+    return digest.hexdigest()
+
+
+def _cache_write(path, cubin: bytes) -> None:
+    """Write ``cubin`` to ``path`` whole (a temporary file renamed: concurrent processes never read a
+    part); a folder that cannot be written leaves the build uncached."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(cubin)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+def _nvrtc_version() -> str:
+    _, nvrtc = _bindings()
+    major, minor = _check(nvrtc.nvrtcVersion(), "nvrtcVersion")
+    return f"nvrtc {major}.{minor}"
+
+
+def _nvrtc_build(src: bytes, source: str, headers: dict[str, bytes], opts: list[str]) -> bytes:
+    """NVRTC's cubin of ``src`` with ``headers`` and the options ``opts``."""
+    _, nvrtc = _bindings()
+    names, texts = list(headers), list(headers.values())
     prog = _check(nvrtc.nvrtcCreateProgram(src, source.encode(), len(texts), texts, [h.encode() for h in names]),
                   "nvrtcCreateProgram")
-    arch = f"sm_{major}{minor}{'a' if arch_specific else ''}"
-    opts = [f"--gpu-architecture={arch}".encode(), b"-std=c++17", b"-default-device"]
-    opts += [o.encode() for o in defines]
-    err, = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
+    err, = nvrtc.nvrtcCompileProgram(prog, len(opts), [o.encode() for o in opts])
     if int(err) != 0:
         size = _check(nvrtc.nvrtcGetProgramLogSize(prog), "nvrtcGetProgramLogSize")
         log = b" " * size
