@@ -143,6 +143,38 @@ def _check(y, x, w, b):
     return float(err.max())
 
 
+def test_tuning_stages_size_the_shared_memory(monkeypatch):
+    """A build whose stages CROSS_CUDA_DEFINES sets (a tuning build) is allowed the shared memory of
+    those stages, not of the default's."""
+    from cross.kernels import cuda_backend
+
+    seen = {}
+    monkeypatch.setattr(cuda_backend, "_compile", lambda dev, src, name, defines, smem, arch_specific=False: (
+        seen.update(defines=defines, smem=smem), (None, "func"))[1])
+    monkeypatch.setenv(cuda_backend.DEFINES_ENV, "-DSTAGES=3")
+    cuda_backend._wgmma24_kernel.cache_clear()
+    try:
+        assert cuda_backend._wgmma24_kernel(0, True, 2, 2, 1, 64, 16) == ("func", smem_bytes(2, 2, 64, 16, 3))
+        assert stages(2, 2, 64, 16) != 3 and seen["defines"][-1] == "-DSTAGES=3"
+    finally:
+        cuda_backend._wgmma24_kernel.cache_clear()
+
+
+def test_x_at_an_odd_offset_is_copied_aligned():
+    """The kernels copy X's rows in 16-byte pieces: a contiguous view that starts 2 bytes past an
+    aligned address (which ``contiguous()`` returns as it is) is copied; an aligned X is not."""
+    from cross.kernels.launch import _rows_16_byte_aligned
+
+    base = torch.randn(1 + 4 * 64).to(torch.bfloat16)
+    odd = base[1:].view(4, 64)
+    assert odd.is_contiguous() and odd.data_ptr() % 16 and odd.contiguous().data_ptr() == odd.data_ptr()
+    fixed = _rows_16_byte_aligned(odd)
+    assert fixed.data_ptr() % 16 == 0 and torch.equal(fixed, odd)
+    aligned = torch.randn(4, 64).to(torch.bfloat16)
+    assert _rows_16_byte_aligned(aligned) is aligned
+    assert _rows_16_byte_aligned(aligned.t().contiguous().t()).is_contiguous()  # column-major: copied
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("m,k", [(64, 64), (40, 200), (1000, 1032), (4096, 4096), (11008, 4096), (4096, 11008)])
 @pytest.mark.parametrize("weight", ["2:4", "0.05", "0.3", "0.5", "1.0"])
@@ -188,3 +220,15 @@ def test_gpu_wgmma24_fp16(rng):
     x = torch.randn(77, 520, generator=rng).to(torch.float16).cuda()
     y = wgmma24_matmul(x, Wgmma24Weight.from_dense(w))
     assert _check(y, x, w, None) < 5e-3
+
+
+@pytest.mark.gpu
+def test_gpu_wgmma24_x_at_an_odd_offset(rng):
+    """X a contiguous view 2 bytes past an aligned address (copied aligned before the launch)."""
+    from cross.kernels.launch import wgmma24_matmul
+
+    _needs_sm90()
+    w = _unstructured(256, 512, 0.3, rng).cuda()
+    x = torch.randn(1 + 20 * 512, generator=rng).to(torch.bfloat16).cuda()[1:].view(20, 512)
+    assert x.data_ptr() % 16
+    assert _check(wgmma24_matmul(x, Wgmma24Weight.from_dense(w)), x, w, None) < 2e-2

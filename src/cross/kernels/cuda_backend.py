@@ -398,7 +398,9 @@ def _wgmma24_kernel(device_index: int, is_bf16: bool, wgs: int, mt: int, split: 
     from ..pack.wgmma24 import smem_bytes
 
     defines = wgmma24_defines(is_bf16, wgs, mt, split, slots, ntok)
-    smem = smem_bytes(wgs, mt, slots, ntok)
+    # the stages the build has: CROSS_CUDA_DEFINES' come last and win (a tuning build's)
+    n_stages = int([d for d in defines if d.startswith("-DSTAGES=")][-1].split("=", 1)[1])
+    smem = smem_bytes(wgs, mt, slots, ntok, n_stages)
     _, func = _compile(device_index, _WGMMA24_SOURCE, "wgmma24", defines, smem, arch_specific=True)
     return func, smem
 

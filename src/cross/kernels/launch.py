@@ -30,6 +30,15 @@ CUDA_TILE_M = 64
 INDEX_CHUNK = 32
 
 
+
+def _rows_16_byte_aligned(x: torch.Tensor) -> torch.Tensor:
+    """X as the kernels that copy its rows in 16-byte pieces read it: unit column stride, rows a
+    multiple of 8 elements apart, the first 16-byte aligned; a copy where it is not (``contiguous``
+    alone keeps a contiguous view at an odd offset)."""
+    if x.stride(0) % 8 or x.data_ptr() % 16 or x.stride(1) != 1:
+        return x.clone(memory_format=torch.contiguous_format)
+    return x
+
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -173,8 +182,7 @@ def row_launch(x: torch.Tensor, args: RowArgs, bias: torch.Tensor | None = None,
     y = torch.empty((n, args.out_features), dtype=x.dtype, device=x.device) if out is None else out
     if n == 0:
         return y
-    if x.stride(0) % 8 or x.data_ptr() % 16:  # X is read as 16-byte vectors
-        x = x.clone(memory_format=torch.contiguous_format)
+    x = _rows_16_byte_aligned(x)  # X is read as 16-byte vectors
     is_bf16 = x.dtype == torch.bfloat16
     layout = cuda_backend.row_layout(x.device.index or 0, k)
     for start, count, nt in cuda_backend.row_passes(n, k):
@@ -264,8 +272,8 @@ def launch(x: torch.Tensor, args: KernelArgs, bias: torch.Tensor | None = None,
         out = torch.empty((n, args.out_features), dtype=x.dtype, device=x.device)
     if n == 0:
         return out
-    if args.backend == "cuda" and (x.stride(0) % 8 or x.data_ptr() % 16):  # cp.async moves 16-byte chunks
-        x = x.clone(memory_format=torch.contiguous_format)
+    if args.backend == "cuda":  # cp.async moves 16-byte chunks
+        x = _rows_16_byte_aligned(x)
     for lo in range(0, n, MAX_LAUNCH_TOKENS):
         hi = min(n, lo + MAX_LAUNCH_TOKENS)
         _launch(x[lo:hi], out[lo:hi], args, bias)
@@ -350,8 +358,7 @@ def strip_matmul(x: torch.Tensor, weight, bias: torch.Tensor | None = None, out:
     y = torch.empty((n, m), dtype=x.dtype, device=x.device) if out is None else out
     if n == 0:
         return y
-    if x.stride(0) % 8 or x.data_ptr() % 16 or x.stride(1) != 1:
-        x = x.contiguous()
+    x = _rows_16_byte_aligned(x)
     is_bf16 = x.dtype == torch.bfloat16
     for start in range(0, n, nt):
         count = min(nt, n - start)
@@ -386,8 +393,7 @@ def sparse24_matmul(x: torch.Tensor, weight, bias: torch.Tensor | None = None, o
     y = torch.empty((n, m), dtype=x.dtype, device=x.device) if out is None else out
     if n == 0:
         return y
-    if x.stride(0) % 8 or x.data_ptr() % 16 or x.stride(1) != 1:
-        x = x.contiguous()
+    x = _rows_16_byte_aligned(x)
     blocks = torch.cuda.get_device_properties(x.device).multi_processor_count
     strips, steps = weight.values.shape[:2]
     for start in range(0, n, nt):
@@ -488,8 +494,7 @@ def wgmma24_run(x: torch.Tensor, args: Wgmma24Args, bias: torch.Tensor | None = 
     y = torch.empty((n, args.out_features), dtype=x.dtype, device=x.device) if out is None else out
     if n == 0:
         return y
-    if x.stride(0) % 8 or x.data_ptr() % 16 or x.stride(1) != 1:
-        x = x.contiguous()
+    x = _rows_16_byte_aligned(x)
     ptrs = cuda_backend.Pointers((x, y, bias, args.values), x.dtype == torch.bfloat16)
     cuda_backend.wgmma24_launch(args.row_blocks, token_tile(n), args.wgs, args.mt, args.split, args.slots, ptrs,
                                 args.out_features, args.in_features, n, x.stride(0), y.stride(0), args.chunks)
@@ -598,8 +603,7 @@ def slice_run(x: torch.Tensor, args: SliceArgs, bias: torch.Tensor | None = None
     y = torch.empty((n, args.out_features), dtype=x.dtype, device=x.device) if out is None else out
     if n == 0:
         return y
-    if x.stride(0) % 8 or x.data_ptr() % 16 or x.stride(1) != 1:
-        x = x.contiguous()
+    x = _rows_16_byte_aligned(x)
     for start in range(0, n, 16):
         count = min(16, n - start)
         ptrs = cuda_backend.Pointers((x[start], y[start], bias, args.heads, args.values, args.ranges),

@@ -268,9 +268,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
         float4 s = make_float4(0.f, 0.f, 0.f, 0.f);
 #pragma unroll
         for (int src = 0; src < SPLIT; ++src) {
-            const u32 local = tsa + 4u * (u32)(tok * TS + r4);
             float4 v;
 #if SPLIT > 1
+            const u32 local = tsa + 4u * (u32)(tok * TS + r4);
             u32 remote;
             asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(local), "r"(src));
             asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];\n"

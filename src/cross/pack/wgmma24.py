@@ -228,8 +228,10 @@ def stages(wgs: int, mt: int, slots: int, ntok: int = NTOK) -> int:
     return max(2, min(MAX_STAGES, STAGE_SMEM // (record_bytes(wgs, mt, slots) + ntok * CHUNK * 2)))
 
 
-def smem_bytes(wgs: int, mt: int, slots: int, ntok: int = NTOK) -> int:
+def smem_bytes(wgs: int, mt: int, slots: int, ntok: int = NTOK, n_stages: int | None = None) -> int:
     """Dynamic shared memory of a wgmma24 block (kernels/wgmma24.cu) of ``ntok`` tokens over a weight
-    of ``slots`` entry slots per chunk: its pipeline's stages, which then hold the partial sums."""
-    pipeline = stages(wgs, mt, slots, ntok) * (record_bytes(wgs, mt, slots) + ntok * CHUNK * 2)
+    of ``slots`` entry slots per chunk: its pipeline's stages (``n_stages``, default ``stages``), which
+    then hold the partial sums."""
+    n_stages = stages(wgs, mt, slots, ntok) if n_stages is None else n_stages
+    pipeline = n_stages * (record_bytes(wgs, mt, slots) + ntok * CHUNK * 2)
     return max(pipeline, ntok * (TILE_ROWS * wgs * mt + 4) * 4)
