@@ -128,8 +128,10 @@ def _measure_buckets(packed, dense_weight, margin, cache, seed):
                               "and dtype", PlanCheckWarning, stacklevel=4)
         if not calls:  # every kernel concerned disagreed: the bucket falls back
             names = " and ".join(KERNEL_NAMES[kernel] for kernel in runs)
+            errs = ", ".join(f"{err:.3g}" for err in errors.values())
             buckets.append(replace(b, fallback=True, alternatives=(), reason=f"its {names} kernel"
-                                   f"{'s' if len(runs) > 1 else ''} disagreed with the dense product: not timed"))
+                                   f"{'s' if len(runs) > 1 else ''} disagreed with the dense product (error"
+                                   f"{'s' if len(runs) > 1 else ''} {errs}): not timed"))
             continue
         key = (m, k, n, str(packed.dtype), str(packed.device))
         # dense first: a process's first timings can read fast (benchmarks/timing_drift.py), and a
