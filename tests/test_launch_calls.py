@@ -32,6 +32,7 @@ def driver(monkeypatch):
     monkeypatch.setattr(cuda_backend.torch.cuda, "current_device", lambda: 0)
     for name in ("_strip_kernel", "_sparse24_kernel", "_slice_kernel", "_row_kernel", "_decode_kernel"):
         monkeypatch.setattr(cuda_backend, name, lambda *a, _n=name: (_n, a))
+    monkeypatch.setattr(cuda_backend, "_wgmma24_kernel", lambda *a: (("_wgmma24_kernel", a), 5000))
     monkeypatch.setattr(cuda_backend, "_kernel", lambda *a: ("module", ("_kernel", a), 4096))
     return fake
 
@@ -66,6 +67,14 @@ def test_slice_launch(driver, producers, elements):
     cuda_backend.slice_launch(132, 15, 7000, _ptrs(6), 300, 11008, 11, 11008, 300, 38, 3, 3, producers, elements)
     _check_call(driver.calls[0], ("_slice_kernel", (0, True, 15, elements)), 132, (15 + producers) * 32, 7000,
                 tuple(range(1000, 1006)) + (300, 11008, 11, 11008, 300, 38, 3, 3), 6)
+
+
+@pytest.mark.parametrize("n_tok, ntok, tiles", [(16, 16, 1), (100, 128, 1), (300, 128, 3)])
+def test_wgmma24_launch(driver, n_tok, ntok, tiles):
+    """One block per row block, token tile and part of K: clusters of ``split`` consecutive blocks."""
+    cuda_backend.wgmma24_launch(43, ntok, 2, 2, 3, 64, _ptrs(4), 11008, 4096, n_tok, 4096, 11008, 64)
+    _check_call(driver.calls[0], ("_wgmma24_kernel", (0, True, 2, 2, 3, 64, ntok)), 43 * tiles * 3, 256, 5000,
+                tuple(range(1000, 1004)) + (11008, 4096, n_tok, 4096, 11008, 64), 4)
 
 
 def test_row_launch(driver):

@@ -81,59 +81,60 @@ def run_kernel(x, sw, split, bias=None, lbo=B_LBO, sbo=B_SBO):
     x_bits = x.view(torch.int16).to(torch.int64).numpy() & 0xFFFF
     y = np.full((n, m), np.nan)
     per = -(-(R // 4) // split) * 4
-    for rb in range(row_blocks):
-        for tok0 in range(0, n, ntok):
-            n_in = min(ntok, n - tok0)
-            ts = np.zeros((split, ntok, R))  # each cluster block's staged partial sums [token][row]
-            for part in range(split):
-                c0, c1 = part * chunks // split, (part + 1) * chunks // split
-                acc = np.zeros((mtiles, 128, ntok // 2))  # acc[wg MT + t][thread of the warpgroup][register]
-                for c in range(c0, c1):
-                    stage = values[rb, c]
-                    xs = stage_x(x_bits[tok0:], c, n_in, k, ntok)
-                    for mtile in range(mtiles):
-                        tile = stage[mtile * TILE_WORDS:(mtile + 1) * TILE_WORDS]
-                        e = tile[1024:1152]
-                        for ks in range(2):
-                            a = tile[512 * ks: 512 * (ks + 1)].reshape(128, 4)  # 16 bytes per thread
-                            wgmma_sp(acc[mtile], a, e, xs, ks * kstep, ks, dtype, lbo, sbo)
-                    if sw.overflow:
-                        heads = stage[mtiles * TILE_WORDS:mtiles * TILE_WORDS + threads]
-                        slots = stage[mtiles * TILE_WORDS + threads:]  # the chunk's entries, in its stage
-                        for tid in range(threads):
-                            lane, q, wg = tid & 31, tid & 3, tid >> 7
-                            for t in range(mt):
-                                for hf in range(2):
-                                    src = (tid & ~31) | (lane & ~3) | (2 * t + hf)  # __shfl_sync's lane
-                                    hw = int(heads[src])
-                                    start, cnt = hw & ((1 << COUNT_SHIFT) - 1), hw >> COUNT_SHIFT
-                                    for j in range(cnt):
-                                        en = int(slots[start + j])
-                                        v = _float(en & 0xFFFF, dtype)
-                                        col = en >> 16
-                                        xc = ((col >> 5) * kstep + ((col & 31) >> 3) * 128 + 2 * q * 16) // 2 \
-                                            + (col & 7)
-                                        for jj in range(ntok // 8):
-                                            acc[wg * mt + t, tid & 127, 4 * jj + 2 * hf] += \
-                                                v * _float(xs[xc + jj * 256], dtype)
-                                            acc[wg * mt + t, tid & 127, 4 * jj + 2 * hf + 1] += \
-                                                v * _float(xs[xc + jj * 256 + 8], dtype)
+    tiles = -(-n // ntok)
+    for cluster in range(row_blocks * tiles):  # the launcher's grid: blockIdx.x / SPLIT
+        rb, tok0 = cluster // tiles, (cluster % tiles) * ntok
+        n_in = min(ntok, n - tok0)
+        ts = np.zeros((split, ntok, R))  # each cluster block's staged partial sums [token][row]
+        for part in range(split):
+            c0, c1 = part * chunks // split, (part + 1) * chunks // split
+            acc = np.zeros((mtiles, 128, ntok // 2))  # acc[wg MT + t][thread of the warpgroup][register]
+            for c in range(c0, c1):
+                stage = values[rb, c]
+                xs = stage_x(x_bits[tok0:], c, n_in, k, ntok)
                 for mtile in range(mtiles):
-                    for tw in range(128):
-                        warp, g, q = tw >> 5, (tw >> 2) & 7, tw & 3
-                        r0 = mtile * 64 + 16 * warp + g
-                        for i in range(ntok // 2):
-                            row, tok = r0 + 8 * ((i >> 1) & 1), 8 * (i >> 2) + 2 * q + (i & 1)
-                            ts[part, tok, row] = acc[mtile, tw, i]
-            # block ``part`` of the cluster sums rows [part PER, part PER + PER) over the cluster, in rank order
-            for part in range(split):
-                rlo, rhi = part * per, min(R, part * per + per)
-                for r4 in range(rlo, rhi, 4):
-                    s = sum(ts[src, :n_in, r4:r4 + 4] for src in range(split))
-                    for u in range(4):
-                        row = rb * R + r4 + u
-                        if row < m:
-                            y[tok0:tok0 + n_in, row] = s[:, u] + (0.0 if bias is None else float(bias[row]))
+                    tile = stage[mtile * TILE_WORDS:(mtile + 1) * TILE_WORDS]
+                    e = tile[1024:1152]
+                    for ks in range(2):
+                        a = tile[512 * ks: 512 * (ks + 1)].reshape(128, 4)  # 16 bytes per thread
+                        wgmma_sp(acc[mtile], a, e, xs, ks * kstep, ks, dtype, lbo, sbo)
+                if sw.overflow:
+                    heads = stage[mtiles * TILE_WORDS:mtiles * TILE_WORDS + threads]
+                    slots = stage[mtiles * TILE_WORDS + threads:]  # the chunk's entries, in its stage
+                    for tid in range(threads):
+                        lane, q, wg = tid & 31, tid & 3, tid >> 7
+                        for t in range(mt):
+                            for hf in range(2):
+                                src = (tid & ~31) | (lane & ~3) | (2 * t + hf)  # __shfl_sync's lane
+                                hw = int(heads[src])
+                                start, cnt = hw & ((1 << COUNT_SHIFT) - 1), hw >> COUNT_SHIFT
+                                for j in range(cnt):
+                                    en = int(slots[start + j])
+                                    v = _float(en & 0xFFFF, dtype)
+                                    col = en >> 16
+                                    xc = ((col >> 5) * kstep + ((col & 31) >> 3) * 128 + 2 * q * 16) // 2 \
+                                        + (col & 7)
+                                    for jj in range(ntok // 8):
+                                        acc[wg * mt + t, tid & 127, 4 * jj + 2 * hf] += \
+                                            v * _float(xs[xc + jj * 256], dtype)
+                                        acc[wg * mt + t, tid & 127, 4 * jj + 2 * hf + 1] += \
+                                            v * _float(xs[xc + jj * 256 + 8], dtype)
+            for mtile in range(mtiles):
+                for tw in range(128):
+                    warp, g, q = tw >> 5, (tw >> 2) & 7, tw & 3
+                    r0 = mtile * 64 + 16 * warp + g
+                    for i in range(ntok // 2):
+                        row, tok = r0 + 8 * ((i >> 1) & 1), 8 * (i >> 2) + 2 * q + (i & 1)
+                        ts[part, tok, row] = acc[mtile, tw, i]
+        # block ``part`` of the cluster sums rows [part PER, part PER + PER) over the cluster, in rank order
+        for part in range(split):
+            rlo, rhi = part * per, min(R, part * per + per)
+            for r4 in range(rlo, rhi, 4):
+                s = sum(ts[src, :n_in, r4:r4 + 4] for src in range(split))
+                for u in range(4):
+                    row = rb * R + r4 + u
+                    if row < m:
+                        y[tok0:tok0 + n_in, row] = s[:, u] + (0.0 if bias is None else float(bias[row]))
     return y
 
 
@@ -150,6 +151,7 @@ def _weight(m, k, sparsity, dtype, seed):
     (70, 200, 9, 2, 1, 2, 0.8),      # two warpgroups of one m-tile, a cluster of 2
     (64, 128, 30, 1, 1, 1, 0.6),     # 32 tokens per block
     (100, 64, 100, 1, 2, 1, 0.5),    # 128 tokens per block, 28 of them padding
+    (150, 64, 260, 1, 1, 2, 0.5),    # 3 row blocks x 3 token tiles x clusters of 2, by the grid's order
 ])
 def test_kernel_arithmetic_is_the_product(m, k, n, wgs, mt, split, sparsity):
     w, gen = _weight(m, k, sparsity, torch.bfloat16, seed=m + k)

@@ -409,11 +409,10 @@ def wgmma24_launch(row_blocks: int, ntok: int, wgs: int, mt: int, split: int, sl
                    n_tok: int, ldx: int, ldy: int, chunks: int) -> None:
     """One launch of wgmma24 (sm_90a) of ``ntok`` tokens per block over a weight of ``slots`` entry
     slots per chunk: pointers (x, y, bias or 0, values), M, K, N, X's and Y's row strides and the
-    weight's chunks (64 columns); row_blocks x split blocks (clusters of ``split`` along K) by the
-    token tiles of N."""
+    weight's chunks (64 columns); a cluster of ``split`` blocks (the parts of K) per row block and
+    token tile of N, a row block's token tiles adjacent (wgmma24.cu)."""
     func, smem = _wgmma24_kernel(torch.cuda.current_device(), ptrs.is_bf16, wgs, mt, split, slots, ntok)
-    _launch(func, row_blocks * split, wgs * 128, smem, ptrs, (m, k, n_tok, ldx, ldy, chunks),
-            grid_y=-(-n_tok // ntok))
+    _launch(func, row_blocks * -(-n_tok // ntok) * split, wgs * 128, smem, ptrs, (m, k, n_tok, ldx, ldy, chunks))
 
 
 # ---------------------------------------------------------------------- the slice kernel

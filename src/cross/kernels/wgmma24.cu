@@ -8,8 +8,10 @@
 // of its record) (docs/perf-notes.md, "128 tokens: the weight as the sparse A operand of wgmma.sp").
 //
 // Per block: WGS warpgroups of MT m-tiles (64 rows) each, R = 64 MT WGS rows, a token tile of NTOK
-// tokens (grid.y) and one of SPLIT parts of K (the block's rank in a cluster of SPLIT blocks, which
-// share a row block). All threads copy: each chunk of 64 columns (the weight's bytes of the row block
+// tokens and one of SPLIT parts of K (the block's rank in a cluster of SPLIT blocks, which share a row
+// block and a token tile). Blocks are numbered cluster by cluster, and a row block's clusters of all
+// token tiles one after another, so that the blocks that read the same weight bytes run together and
+// all but the first read them from L2. All threads copy: each chunk of 64 columns (the weight's bytes of the row block
 // and X's NTOK x 64 values) is one cp.async group, STAGES - 1 chunks ahead. Per chunk a warpgroup runs
 // 2 k-steps x MT sparse mmas, waits for them, adds its rows' overflow entries, and the block moves on.
 // The end: each block stages its fp32 partial sums [token][row] in its shared memory, and block s of
@@ -154,8 +156,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
             int ldx, int ldy, int chunks) {
     extern __shared__ __align__(128) unsigned char smem[];
     const int tid = threadIdx.x, wg = tid >> 7, tw = tid & 127, lane = tid & 31, warp = tw >> 5;
-    const int rb = blockIdx.x / SPLIT, part = blockIdx.x % SPLIT;
-    const int tok0 = blockIdx.y * NTOK;
+    const int tiles = (n_tok + NTOK - 1) / NTOK, cluster = blockIdx.x / SPLIT, part = blockIdx.x % SPLIT;
+    const int rb = cluster / tiles, tok0 = (cluster % tiles) * NTOK;
     const int ntok = min(NTOK, n_tok - tok0);
     const u16* xt = x + (size_t)tok0 * ldx;
     const int c0 = (int)((long long)part * chunks / SPLIT), c1 = (int)((long long)(part + 1) * chunks / SPLIT);
