@@ -168,10 +168,10 @@ class TiledWeight:
 
     def decode(self, kinds: torch.Tensor, value_offset: torch.Tensor, meta_offset: torch.Tensor,
                nnz: torch.Tensor) -> torch.Tensor:
-        """Tiles given by their (kind, offsets, nnz) decoded to dense [n, tile_rows, tile_cols]: the
-        ``cross::decode_tiles`` operator, so that torch.compile takes the decode whole."""
-        return torch.ops.cross.decode_tiles(self.values, self.meta, kinds, value_offset, meta_offset, nnz,
-                                            list(self.grid.tile_shape))
+        """Tiles given by their (kind, offsets, nnz) decoded to dense [n, tile_rows, tile_cols]; under
+        torch.compile the ``cross::decode_tiles`` operator, so that it takes the decode whole."""
+        args = (self.values, self.meta, kinds, value_offset, meta_offset, nnz, list(self.grid.tile_shape))
+        return decode_tiles(*args) if torch.compiler.is_compiling() else _decode_tiles(*args)
 
     def to_dense(self) -> torch.Tensor:
         """The M x K weight, exactly as packed."""
@@ -258,8 +258,11 @@ class TiledWeight:
             raise ValueError(f"meta_offset: expected multiples of {META_ALIGN}")
 
 
-@torch.library.custom_op("cross::decode_tiles", mutates_args=())
-def decode_tiles(values: torch.Tensor, meta: torch.Tensor, kinds: torch.Tensor, value_offset: torch.Tensor,
+#: bit j of byte value v, for v in 0..255
+_BYTE_BITS = (torch.arange(256)[:, None] >> torch.arange(8)) & 1 == 1
+
+
+def _decode_tiles(values: torch.Tensor, meta: torch.Tensor, kinds: torch.Tensor, value_offset: torch.Tensor,
                  meta_offset: torch.Tensor, nnz: torch.Tensor, tile_shape: list[int]) -> torch.Tensor:
     """Tiles of a tiled weight's ``values`` and ``meta`` given by their (kind, offsets, nnz) decoded
     to dense [n, tile_rows, tile_cols] (``TiledWeight.decode``)."""
@@ -276,13 +279,18 @@ def decode_tiles(values: torch.Tensor, meta: torch.Tensor, kinds: torch.Tensor, 
 
     bitmap = kinds == TileKind.BITMAP
     if bitmap.any():
+        # a tile's bits by byte through a table (bit b of word w is element 32 w + b: the words'
+        # little-endian bytes in order); its values are stored in the order of its set bits
         nw = tm * tk // _BITMAP_WORD
-        words = meta[moff[bitmap][:, None] + torch.arange(nw, device=dev)].to(torch.int64) & 0xFFFFFFFF
-        bits = ((words[:, :, None] >> torch.arange(_BITMAP_WORD, device=dev)) & 1).reshape(-1, tm * tk).bool()
-        src = voff[bitmap][:, None] + torch.cumsum(bits, 1) - 1
-        sub = tiles[bitmap]
-        sub[bits] = values[src[bits]]
-        tiles[bitmap] = sub
+        words = meta[moff[bitmap][:, None] + torch.arange(nw, device=dev)].contiguous()
+        bits = _BYTE_BITS.to(dev)[words.view(torch.uint8).long()].reshape(-1, tm * tk)
+        counts = bits.sum(1)
+        tile = torch.repeat_interleave(torch.arange(bits.shape[0], device=dev), counts)
+        first = torch.cumsum(counts, 0) - counts  # each tile's first set bit in the flat order
+        pos = bits.reshape(-1).nonzero().squeeze(1)  # tile by tile, elements ascending
+        src = voff[bitmap][tile] + torch.arange(pos.numel(), device=dev) - first[tile]
+        where = bitmap.nonzero().squeeze(1)[tile] * (tm * tk) + pos % (tm * tk)
+        tiles.view(-1)[where] = values[src]
 
     index = kinds == TileKind.INDEX
     if index.any():
@@ -299,6 +307,9 @@ def decode_tiles(values: torch.Tensor, meta: torch.Tensor, kinds: torch.Tensor, 
         sub[rows[valid], pos[valid]] = vals[valid]
         tiles[index] = sub
     return tiles.reshape(-1, tm, tk)
+
+
+decode_tiles = torch.library.custom_op("cross::decode_tiles", _decode_tiles, mutates_args=())
 
 
 @decode_tiles.register_fake

@@ -132,9 +132,10 @@ class PackedWeight:
         tiled = self.tiled
         if tiled is None and any(b.kernel == "tiles" for b in plan.buckets):
             tiled = self.tiled_weight()
-        rows = self.rows if self.rows is not None else _rows_for(plan, tiled)
-        slices = self.slices if self.slices is not None else _slices_for(plan, self)
-        wgmma24 = self.wgmma24 if self.wgmma24 is not None else _wgmma24_for(plan, self)
+        source = _DenseOnce(self)
+        rows = self.rows if self.rows is not None else _rows_for(plan, source)
+        slices = self.slices if self.slices is not None else _slices_for(plan, source)
+        wgmma24 = self.wgmma24 if self.wgmma24 is not None else _wgmma24_for(plan, source)
         return replace(self, plan=plan, buckets=buckets, tiled=tiled, rows=rows, slices=slices, wgmma24=wgmma24)
 
     def tiled_weight(self) -> TiledWeight:
@@ -214,12 +215,25 @@ def _runs(plan: Plan, kernel: str, falls_back: bool) -> bool:
     return any(b.kernel == kernel and not (b.fallback and falls_back and not is_near_win(b)) for b in plan.buckets)
 
 
-def _rows_for(plan: Plan, tiled: TiledWeight, falls_back: bool = False) -> RowWeight | None:
-    """The row format where a bucket runs the row kernel (``_runs``), else None."""
-    return RowWeight.from_dense(tiled.to_dense()) if _runs(plan, "rows", falls_back) else None
+class _DenseOnce:
+    """A weight's ``to_dense()``, computed at most once: the formats beside the tiles each start
+    from it (``dense``: the dense weight where the caller has it, so nothing is decoded)."""
+
+    def __init__(self, weight, dense: torch.Tensor | None = None):
+        self._weight, self._dense = weight, dense
+
+    def to_dense(self) -> torch.Tensor:
+        if self._dense is None:
+            self._dense = self._weight.to_dense()
+        return self._dense
 
 
-def _slices_for(plan: Plan, weight: "TiledWeight | PackedWeight", falls_back: bool = False) -> SliceWeight | None:
+def _rows_for(plan: Plan, weight: "TiledWeight | _DenseOnce", falls_back: bool = False) -> RowWeight | None:
+    """The row format (from ``weight.to_dense()``) where a bucket runs the row kernel (``_runs``), else None."""
+    return RowWeight.from_dense(weight.to_dense()) if _runs(plan, "rows", falls_back) else None
+
+
+def _slices_for(plan: Plan, weight: "TiledWeight | PackedWeight | _DenseOnce", falls_back: bool = False) -> SliceWeight | None:
     """The slice format (from ``weight.to_dense()``) where a bucket runs the slice kernel (``_runs``), else
     None: elements where the plan chose them (its options' ``slice_format``), else pairs."""
     if not _runs(plan, "slices", falls_back):
@@ -228,7 +242,7 @@ def _slices_for(plan: Plan, weight: "TiledWeight | PackedWeight", falls_back: bo
     return SliceWeight.from_dense(weight.to_dense(), elements=elements)
 
 
-def _wgmma24_for(plan: Plan, weight: "TiledWeight | PackedWeight", falls_back: bool = False) -> Wgmma24Weight | None:
+def _wgmma24_for(plan: Plan, weight: "TiledWeight | PackedWeight | _DenseOnce", falls_back: bool = False) -> Wgmma24Weight | None:
     """The warpgroup 2:4 format (from ``weight.to_dense()``) where a bucket runs that kernel (``_runs``),
     else None."""
     return Wgmma24Weight.from_dense(weight.to_dense()) if _runs(plan, "wgmma24", falls_back) else None
@@ -242,14 +256,16 @@ def pack(weight: torch.Tensor, plan: Plan) -> PackedWeight:
     nnz = plan.grid.tile_nnz(weight)
     if np.any((plan.kinds == TileKind.EMPTY) & (nnz > 0)):
         raise ValueError("pack: expected the weight the plan was made for; it has nonzeros in tiles the plan marks EMPTY")
-    return pack_tiled(TiledWeight.from_dense(weight, plan.kinds, plan.tile_shape), plan)
+    return pack_tiled(TiledWeight.from_dense(weight, plan.kinds, plan.tile_shape), plan, dense=weight)
 
 
-def pack_tiled(tiled: TiledWeight, plan: Plan, falls_back: bool = False) -> PackedWeight:
+def pack_tiled(tiled: TiledWeight, plan: Plan, falls_back: bool = False,
+               dense: torch.Tensor | None = None) -> PackedWeight:
     """The kernel tables for a weight already stored in the plan's formats (on its device): the
     second half of ``pack``, and how a saved model is rebuilt without its dense weight.
     ``falls_back``: the layer will run its fallback buckets as the dense product (no row format is
-    built for a measured bucket that falls back)."""
+    built for a measured bucket that falls back). ``dense``: the weight as a dense tensor, where the
+    caller has it (the other formats start from it; else from the tiles, decoded once)."""
     grid = plan.grid
     if tiled.grid != grid:
         raise ValueError(f"pack: expected a tiled weight on the plan's grid {grid}, got {tiled.grid}")
@@ -274,6 +290,7 @@ def pack_tiled(tiled: TiledWeight, plan: Plan, falls_back: bool = False) -> Pack
     assert np.array_equal(sections[:, -1], plan.tile_ptr[1:])
 
     dev = tiled.device
+    source = _DenseOnce(tiled, dense)
     buckets = tuple(_pack_bucket(bp, grid.shape[0]).to(dev) for bp in plan.buckets)
     sparse = np.isin(kinds, (TileKind.BITMAP, TileKind.INDEX))
     max_sparse_nnz = int(nnz[sparse].max()) if sparse.any() else 0
@@ -282,8 +299,8 @@ def pack_tiled(tiled: TiledWeight, plan: Plan, falls_back: bool = False) -> Pack
     return PackedWeight(plan, tiled, torch.from_numpy(tiles).to(dev),
                         torch.from_numpy(sections.astype(np.int32)).to(dev), buckets, max_sparse_nnz,
                         bool((kinds == TileKind.INDEX).any()), bool((kinds == TileKind.DENSE).any()), median_bitmap_nnz,
-                        _rows_for(plan, tiled, falls_back), _slices_for(plan, tiled, falls_back),
-                        _wgmma24_for(plan, tiled, falls_back))
+                        _rows_for(plan, source, falls_back), _slices_for(plan, source, falls_back),
+                        _wgmma24_for(plan, source, falls_back))
 
 
 def describe(pw: PackedWeight) -> str:

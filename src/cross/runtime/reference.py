@@ -33,17 +33,17 @@ def reference_matmul(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor |
 
     bucket: which bucket's work list to walk (default: the one for N, even if it falls back to dense).
     tiles:  decoded executed tiles, when the caller keeps them between calls.
-    Returns Y [N, M] in X's dtype. The walk is the ``cross::reference_linear`` operator, so that
-    torch.compile (fullgraph too) takes it whole instead of tracing a loop over the work list.
+    Returns Y [N, M] in X's dtype. Under torch.compile the walk is the ``cross::reference_linear``
+    operator, so that it (fullgraph too) takes it whole instead of tracing a loop over the work list.
     """
     bucket = bucket or packed.bucket_for(max(x.shape[0], 1))
     tiles = decode_executed_tiles(packed) if tiles is None else tiles
-    sizes = [packed.shape[0], *packed.plan.tile_shape, *packed.plan.grid.shape]
-    return torch.ops.cross.reference_linear(x, bias, tiles, packed.tiles[:, 0], bucket.items, sizes)
+    args = (x, bias, tiles, packed.tiles[:, 0], bucket.items,
+            [packed.shape[0], *packed.plan.tile_shape, *packed.plan.grid.shape])
+    return reference_linear(*args) if torch.compiler.is_compiling() else _reference_linear(*args)
 
 
-@torch.library.custom_op("cross::reference_linear", mutates_args=())
-def reference_linear(x: torch.Tensor, bias: Optional[torch.Tensor], tiles: torch.Tensor, cols: torch.Tensor,
+def _reference_linear(x: torch.Tensor, bias: Optional[torch.Tensor], tiles: torch.Tensor, cols: torch.Tensor,
                      items: torch.Tensor, sizes: list[int]) -> torch.Tensor:
     """Y[N, M] = X[N, K] @ W^T (+ bias) in fp32 from the decoded executed tiles [T, tm, tk], their
     tile columns [T] and a bucket's work items [W, >= 3] (tile-row, start, stop, ...); sizes = (M,
@@ -65,6 +65,9 @@ def reference_linear(x: torch.Tensor, bias: Optional[torch.Tensor], tiles: torch
     if bias is not None:
         y = y + bias.float()
     return y.to(x.dtype).contiguous()  # as nn.Linear's: callers may .view() it
+
+
+reference_linear = torch.library.custom_op("cross::reference_linear", _reference_linear, mutates_args=())
 
 
 @reference_linear.register_fake
