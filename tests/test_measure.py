@@ -512,3 +512,21 @@ def test_an_alternative_that_disagrees_is_not_taken(rng, monkeypatch, wrong):
         assert b.reason.startswith("its tile and row kernels disagreed with the dense product (errors 0.")
         assert b.reason.endswith("): not timed")
         assert all("the bucket falls back to the dense product" in str(r.message) for r in record)
+
+
+def test_an_alternative_this_gpu_cannot_run_is_not_built(rng, monkeypatch):
+    """An alternative whose kernel cannot run on the device (here the warpgroup 2:4 kernel, which
+    needs compute capability 9.0) gets no format built and no timing; the bucket's kernel is timed."""
+    import cross.costmodel.profile as profile
+    from cross.runtime import measure as measure_mod
+
+    w = random_weight((256, 256), 0.1, rng).to(torch.bfloat16)
+    base = make_plan(w, cost_model=WINNING, buckets=((1, 4),))
+    packed = pack(w, base.with_buckets([replace(base.buckets[0], alternatives=("wgmma24",))]))
+    monkeypatch.setattr(measure_mod, "gpu_kernel_args", lambda packed, i, cache: "kernel arguments")
+    built = []
+    monkeypatch.setattr(measure_mod, "_with_kernel", lambda held, i, kernel: built.append(kernel))
+    monkeypatch.setattr(profile, "call_time_us", lambda fn, warmup_ms, rep_ms: (5.0, "graph"))
+    buckets, _ = measure_mod._measure_buckets(packed, w, 0.03, {}, seed=0)
+    assert not built and (buckets[0].kernel, buckets[0].measured, buckets[0].alternatives) == ("tiles", True, ())
+    assert "fastest of those timed" not in buckets[0].reason

@@ -103,6 +103,8 @@ def _measure_buckets(packed, dense_weight, margin, cache, seed):
         runs = {}
         if not b.fallback or is_near_win(b):
             for kernel in (b.kernel, *b.alternatives):
+                if kernel != b.kernel and not _capable(kernel, packed.device):
+                    continue  # no format built for a kernel this GPU cannot run
                 weight = packed if kernel == b.kernel else _with_kernel(held, i, kernel)
                 if gpu_kernel_args(weight, i, kernels.setdefault(kernel, {})) is not None or (
                         kernel == b.kernel and not b.fallback):
@@ -151,6 +153,14 @@ def _measure_buckets(packed, dense_weight, margin, cache, seed):
         others = {kernel: us for kernel, us in times.items() if kernel != best}
         buckets.append(b.with_measurement(times[best], cache[key], margin, kernel=best, others=others))
     return buckets, how
+
+
+def _capable(kernel: str, device: torch.device) -> bool:
+    """Whether this device can run ``kernel`` at all (before its format is built): the slice kernel
+    needs sm_90+, the warpgroup 2:4 kernel compute capability 9.0."""
+    from ..kernels.launch import slice_capable, wgmma24_capable
+
+    return {"slices": slice_capable, "wgmma24": wgmma24_capable}.get(kernel, lambda device: True)(device)
 
 
 def _plan_call(x, weight, kernels):
