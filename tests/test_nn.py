@@ -641,3 +641,26 @@ def test_cpu_layer_compiles_whole(path, rng):
         for n in (1, 3, 17, 130):
             x = torch.randn(n, 256, generator=rng).to(torch.bfloat16)
             torch.testing.assert_close(compiled(x), layer(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("options, fmt", [({"wgmma_kernel": True, "nan_policy": "ignore"}, "wgmma24"),
+                                          ({"slice_kernel": True}, "slices")])
+def test_cast_re_packs_the_opt_in_formats(rng, options, fmt):
+    """A layer holding the warpgroup 2:4 or slice format, cast from bfloat16 to float16: the format is
+    built again in float16 and its buckets give the float16 product."""
+    w = random_weight((256, 256), 0.1, rng).to(torch.bfloat16)
+    lin = nn.Linear(256, 256).to(torch.bfloat16)
+    with torch.no_grad():
+        lin.weight.copy_(w)
+    layer = SparseLinear.from_dense(lin, measure=False, keep_dense=False, **options)
+    kernel = {"wgmma24": "wgmma24", "slices": "slices"}[fmt]
+    runs = [b for b in layer.plan.buckets if b.kernel == kernel]
+    assert runs and getattr(layer.packed, fmt).dtype == torch.bfloat16
+    layer.half()
+    assert getattr(layer.packed, fmt).dtype == torch.float16 and layer.plan.dtype == "float16"
+    w16, b16 = w.to(torch.float16), lin.bias.detach().to(torch.float16)
+    with torch.no_grad():
+        for b in runs:
+            x = torch.randn(b.n_max, 256, generator=rng).to(torch.float16)
+            ref = x.double() @ w16.double().t() + b16.double()
+            torch.testing.assert_close(layer(x).double(), ref, rtol=2e-2, atol=2e-2)
