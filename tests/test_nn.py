@@ -509,14 +509,18 @@ def test_report_tables(rng):
     table = report.table()
     lines = table.splitlines()
     assert lines[0].split() == ["layer", "shape", "sparsity", "tiles", "E/D/B/I", "speed-up", "N1", "bytes/dense", "action"]
-    assert len(lines) == 2 + 3 + 1 and "2 of 3 layers sparse" in lines[-1]
+    assert len(lines) == 2 + 3 + 2 and "2 of 3 layers sparse" in lines[-2]
+    runs = report.kernels_by_bucket()  # the two sparse layers, every bucket won (rows or tiles)
+    assert list(runs) == [(b["n_min"], b["n_max"]) for b in report.layers["0"].summary["buckets"]]
+    assert all(sum(counts.values()) == 2 and set(counts) <= {"row", "tile"} for counts in runs.values())
+    assert lines[-1].startswith("the sparse layers run, by bucket: N1 ")
     last = lines[1].rindex(" ") + 1  # fixed width: the action column starts at the same offset in every row
     assert lines[0][last:] == "action"
     for name, shape, action in (("0", "130x70", SPARSE), ("2.0", "33x130", SPARSE), ("3", "17x33", SKIP_FILTER)):
         row = next(line for line in lines[2:-1] if line.split()[0] == name)
         assert shape in row and row[last:] == action
     md = report.to_markdown().splitlines()
-    assert md[0].startswith("| layer |") and md[1].startswith("|---") and len(md) == 2 + 3 + 2
+    assert md[0].startswith("| layer |") and md[1].startswith("|---") and len(md) == 2 + 3 + 3
     assert str(report) == table and "2 of 3" in repr(report)
 
 

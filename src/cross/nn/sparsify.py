@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .._checks import dtype_name
 from ..partition import DEFAULT_BUCKETS
-from ..partition.plan import bucket_name
+from ..partition.plan import KERNEL_NAMES, bucket_name
 from ..partition.planner import check_buckets, design_tokens, is_near_win
 from ..runtime import ReferencePathWarning
 from .linear import KEEP_DENSE, SparseLinear, bucket_facts, check_measure, measures, plan_facts, plan_linear
@@ -94,6 +94,19 @@ class SparsifyReport:
                 actual[key] = actual.get(key, 0.0) + run
         return {key: dense[key] / max(actual[key], 1e-9) for key in dense}
 
+    def kernels_by_bucket(self) -> dict[tuple[int, int], dict[str, int]]:
+        """Per token-count bucket, how many of the swapped layers run each kernel there (by name:
+        'row', 'tile', 'warpgroup 2:4', ...; 'dense' where the bucket runs the dense product)."""
+        runs: dict[tuple[int, int], dict[str, int]] = {}
+        for layer in self.layers.values():
+            if layer.action != SPARSE:
+                continue
+            for b in layer.summary.get("buckets", ()):
+                what = "dense" if b["runs"] == "dense" else KERNEL_NAMES[b["kernel"]]
+                counts = runs.setdefault((b["n_min"], b["n_max"]), {})
+                counts[what] = counts.get(what, 0) + 1
+        return runs
+
     def measured_check(self) -> str:
         """What the GPU timing decided (``SparseLinear.from_dense(measure=...)``), per bucket that
         some layer timed and per weight shape: at the first bucket the layers kept sparse of those
@@ -157,9 +170,13 @@ class SparsifyReport:
         speed = ", ".join(f"{bucket_name(a, b)}: {v:.2f}x" for (a, b), v in self.speedup_by_bucket().items())
         if not self.layers:
             return "no nn.Linear layers"
+        runs = " | ".join(f"{bucket_name(*span)} " + ", ".join(f"{kernel} {count}" for kernel, count in
+                                                               sorted(counts.items(), key=lambda kv: -kv[1]))
+                          for span, counts in self.kernels_by_bucket().items())
         return (f"{self.n_swapped} of {len(self.layers)} layers sparse; "
                 f"{self.nbytes / 1e6:.2f} MB vs {self.dense_nbytes / 1e6:.2f} MB dense "
-                f"({self.nbytes / max(self.dense_nbytes, 1):.2f}x)" + (f"; predicted speed-up {speed}" if speed else ""))
+                f"({self.nbytes / max(self.dense_nbytes, 1):.2f}x)" + (f"; predicted speed-up {speed}" if speed else "")
+                + (f"\nthe sparse layers run, by bucket: {runs}" if runs else ""))
 
     def table(self) -> str:
         """A fixed-width table: one row per layer, then the totals."""
