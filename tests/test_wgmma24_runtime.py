@@ -1,4 +1,4 @@
-"""The warpgroup 2:4 kernel in the runtime: buckets of up to 512 tokens the planner offers it
+"""The warpgroup 2:4 kernel in the runtime: buckets the planner offers it
 (``make_plan(wgmma_kernel=True, nan_policy="ignore")``), which the measured check takes only where
 it times faster than dense.
 
@@ -24,7 +24,7 @@ from cross.partition.planner import WGMMA_KERNEL_DEFAULT, WGMMA_MAX_BYTES, is_ne
 from cross.runtime.dispatch import execute
 from cross.tiling import TileGrid
 from runtime_checks import (check_candidates_run, check_measured_candidates, check_product,
-                            check_wrong_kernel_refused, linear_of)
+                            check_wrong_kernel_refused, linear_of, top)
 from weights import pruned
 
 HAS_GPU = torch.cuda.is_available()
@@ -46,7 +46,7 @@ def test_candidates_are_the_tile_kernels_buckets(shape):
     assert on.provenance["options"]["wgmma_kernel"] is True
     assert any(b.kernel == "wgmma24" for b in on.buckets)
     for a, b in zip(off.buckets, on.buckets):
-        # a candidate exactly where the bucket has at most 512 tokens and the tile kernel's plan (a win
+        # a candidate exactly where the bucket has at most WGMMA_MAX_TOKENS tokens and the tile kernel's plan (a win
         # or not: the row kernel's wins and near wins stay); it falls back until the measured check
         # times it; the rest stays as it was
         offered = a.n_max <= WGMMA_MAX_TOKENS and a.kernel == "tiles"
@@ -63,9 +63,9 @@ def test_candidates_are_the_tile_kernels_buckets(shape):
             # a row kernel's bucket is timed against the candidate
             assert b.alternatives == (("wgmma24",) if a.kernel == "rows" else ())
         assert a.alternatives == ()  # none without a candidate kernel
-    # of the default buckets 17-64, 65-128 and 129-512 tokens (the tile kernel's), not 513 and more
+    # of the default buckets 17-64, 65-128, 129-512 tokens and 513 and more (the tile kernel's)
     spans = [(b.n_min, b.n_max) for b in on.buckets if b.kernel == "wgmma24"]
-    assert spans[-3:] == [(17, 64), (65, 128), (129, 512)]
+    assert spans[-4:] == [(17, 64), (65, 128), (129, 512), (513, 2**31 - 1)]
 
 
 @pytest.mark.parametrize("why", ["denser", "propagate", "fp32", "odd K"])
@@ -172,7 +172,7 @@ def test_forced_bucket_runs_the_format():
     assert runs, "the plan no longer offers the 2:4 kernel a bucket"
     doubled = replace(packed, wgmma24=Wgmma24Weight.from_dense(2 * w))
     for pb in runs:
-        for n in {pb.plan.n_min, pb.plan.n_max}:
+        for n in {pb.plan.n_min, top(pb.plan)}:
             x = torch.randn(n, 520, generator=gen).to(torch.bfloat16)
             check_product(x, w, bias, execute(x, packed, bias, force_plan=True))
             check_product(x, 2 * w, bias, execute(x, doubled, bias, force_plan=True))
@@ -191,7 +191,7 @@ def test_layer_drops_the_format_no_bucket_runs():
     assert kept.dense_kept and kept.packed.wgmma24 is None
     bare = cross.SparseLinear.from_dense(lin, plan=plan, keep_dense=False)
     assert bare.packed.wgmma24 is not None
-    n = next(b.n_max for b in plan.buckets if b.kernel == "wgmma24")
+    n = next(top(b) for b in plan.buckets if b.kernel == "wgmma24")
     x = torch.randn(n, 512, generator=gen).to(torch.bfloat16)
     with torch.no_grad():
         check_product(x, w, lin.bias, kept(x))
@@ -307,6 +307,6 @@ def test_gpu_measured_check_times_the_alternatives():
             assert b.measured and b.alternatives == () and b.kernel in (a.kernel, *a.alternatives)
             assert "fastest of those timed" in b.reason
     with torch.no_grad():
-        for b in sl.plan.buckets[:-1]:
-            x = torch.randn(b.n_max, w.shape[1], dtype=torch.bfloat16, device="cuda")
+        for b in sl.plan.buckets:
+            x = torch.randn(top(b), w.shape[1], dtype=torch.bfloat16, device="cuda")
             check_product(x, w, lin.bias, sl(x))

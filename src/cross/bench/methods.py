@@ -8,10 +8,10 @@
     cross+slices                what the runtime runs when the planner may offer buckets of up to 16
                                 tokens to the slice kernel (make_plan(slice_kernel=True)), which
                                 the measured check takes where it times faster than dense
-    cross+wgmma24               what the runtime runs when the planner may offer buckets of up to
-                                512 tokens to the warpgroup 2:4 kernel (make_plan(wgmma_kernel=True,
-                                nan_policy="ignore")), which the measured check takes where it
-                                times faster than dense
+    cross+wgmma24               what the runtime runs when the planner may offer buckets that the
+                                row kernel does not take to the warpgroup 2:4 kernel
+                                (make_plan(wgmma_kernel=True, nan_policy="ignore")), which the
+                                measured check takes where it times faster than dense
     cross-rows                  the row kernel forced (kernels/row_gemv.cu, one launch per pass
                                 of up to 8 tokens; GPU only, K % 8 == 0, K <= 16384)
     cross-slices                the slice kernel forced (kernels/slice_mma.cu, one launch per pass

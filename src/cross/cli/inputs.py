@@ -41,7 +41,7 @@ def add_swap_options(p) -> None:
                         "(experimental, sm_90+): a layer runs it where the GPU times it faster than cuBLAS "
                         "(make_plan(slice_kernel=True))")
     p.add_argument("--wgmma-kernel", action="store_true",
-                   help="offer token counts up to 512 that the row kernel does not take to the warpgroup 2:4 kernel (experimental, compute "
+                   help="offer the token counts that the row kernel does not take to the warpgroup 2:4 kernel (experimental, compute "
                         "capability 9.0; not yet measured): a layer runs it where the GPU finds its result right "
                         "and times it faster than cuBLAS. Plans with nan_policy='ignore' (the kernel multiplies "
                         "only the stored slots) (make_plan(wgmma_kernel=True, nan_policy='ignore'))")

@@ -287,8 +287,10 @@ def slice_format_bytes(nnz: np.ndarray, size: np.ndarray, rows: int, cols: int, 
 
 
 #: Token counts the planner offers the warpgroup 2:4 kernel (kernels/wgmma24.cu, sm_90a: blocks of 16,
-#: 32, 64 or 128 tokens): buckets of at most WGMMA_MAX_TOKENS tokens
-WGMMA_MAX_TOKENS = 512
+#: 32, 64 or 128 tokens): buckets of at most WGMMA_MAX_TOKENS tokens, so every bucket: beyond 512 tokens
+#: its sparse mmas have half the dense product's work where the overflow is small (the measured check
+#: decides at the bucket's design count)
+WGMMA_MAX_TOKENS = 2**31 - 1
 
 
 def wgmma24_kernel_fits(rows: int, cols: int, dtype: str) -> bool:

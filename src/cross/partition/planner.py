@@ -210,7 +210,7 @@ def make_plan(weight: torch.Tensor | None = None, *, nnz: np.ndarray | None = No
              kernel's candidates (kernels/slice_mma.cu on the slice format; SLICE_MAX_BYTES; bf16/
              fp16, K % 8 == 0, nan_policy 'propagate': the kernel multiplies every element), which the
              measured check times on an sm_90+ GPU. Off by default (SLICE_KERNEL_DEFAULT).
-    wgmma_kernel: buckets of at most 512 tokens (WGMMA_MAX_TOKENS) not given to the row or slice
+    wgmma_kernel: buckets (of at most WGMMA_MAX_TOKENS tokens: all) not given to the row or slice
              kernel become the warpgroup 2:4 kernel's candidates (kernels/wgmma24.cu on pack/wgmma24.py's format;
              WGMMA_MAX_BYTES; bf16/fp16, K % 8 == 0, nan_policy 'ignore': the kernel multiplies only
              the stored slots), which the measured check times on a compute capability 9.0 GPU. Off
