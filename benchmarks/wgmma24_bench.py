@@ -25,7 +25,7 @@ from sparse24_bench import bench_weights, parse_bench_args, print_header  # noqa
 from cross.bench.report import start_csv  # noqa: E402
 from cross.bench.timing import check, graph_us  # noqa: E402
 from cross.kernels.launch import wgmma24_matmul, wgmma24_split  # noqa: E402
-from cross.pack.wgmma24 import Wgmma24Weight  # noqa: E402
+from cross.pack.wgmma24 import Wgmma24Weight, token_tile  # noqa: E402
 
 
 def main(argv=None):
@@ -47,7 +47,8 @@ def main(argv=None):
             dense_us = graph_us(lambda: F.linear(x, w))
             for setting, sw in packed.items():
                 parts = setting.split(":")
-                split = int(parts[2]) if len(parts) > 2 else wgmma24_split(*sw.values.shape[:2], sms)
+                split = int(parts[2]) if len(parts) > 2 else wgmma24_split(*sw.values.shape[:2], sms,
+                                                                           -(-n // token_tile(n)))
                 xc = torch.randn(n, k, generator=gen, device="cuda").to(torch.bfloat16)
                 yc = torch.full((n, m), float("nan"), dtype=torch.bfloat16, device="cuda")
                 wgmma24_matmul(xc, sw, out=yc, split=split)

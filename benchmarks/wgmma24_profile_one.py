@@ -16,7 +16,7 @@ from sparse24_bench import two_of_four  # noqa: E402
 
 from cross.bench.weights import make_weight  # noqa: E402
 from cross.kernels.launch import wgmma24_matmul, wgmma24_split  # noqa: E402
-from cross.pack.wgmma24 import Wgmma24Weight  # noqa: E402
+from cross.pack.wgmma24 import Wgmma24Weight, token_tile  # noqa: E402
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--shape", default="11008x4096")
@@ -35,7 +35,7 @@ w = w.cuda()
 x = torch.randn(args.n, k, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16).cuda()
 sw = Wgmma24Weight.from_dense(w, parts[0], parts[1])
 sms = torch.cuda.get_device_properties(0).multi_processor_count
-split = parts[2] if len(parts) > 2 else wgmma24_split(*sw.values.shape[:2], sms)
+split = parts[2] if len(parts) > 2 else wgmma24_split(*sw.values.shape[:2], sms, -(-args.n // token_tile(args.n)))
 for _ in range(args.launches):
     y = wgmma24_matmul(x, sw, split=split)
 torch.cuda.synchronize()

@@ -15,6 +15,7 @@ whose plan says ``kernel="slices"``, over the weight's slice format; the warpgro
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import NamedTuple
 
@@ -405,11 +406,20 @@ def sparse24_matmul(x: torch.Tensor, weight, bias: torch.Tensor | None = None, o
     return y
 
 
-def wgmma24_split(row_blocks: int, chunks: int, sms: int) -> int:
-    """Parts of K per row block for the warpgroup 2:4 kernel (a cluster of that many blocks, at most
-    8): enough blocks to fill the GPU's ``sms`` once, each with at least 4 chunks."""
-    want = max(1, round(sms / row_blocks))
-    return max(1, min(8, want, chunks // 4 or 1))
+#: A block's fixed cost in the split's model (``wgmma24_split``), in chunks: its pipeline's fill and
+#: the cluster's sum of partial sums (a model, not measured)
+WGMMA_BLOCK_CHUNKS = 2
+
+
+@functools.lru_cache(maxsize=4096)  # on every launch: no host work beyond a lookup
+def wgmma24_split(row_blocks: int, chunks: int, sms: int, tiles: int = 1) -> int:
+    """Parts of K per row block and token tile for the warpgroup 2:4 kernel (a cluster of that many
+    blocks, 1 to 8, each with at least 4 chunks): the split with the least time in a model of waves
+    (one block per SM, as its shared memory allows): waves of ``row_blocks x tiles x split`` blocks
+    on ``sms`` SMs times each block's chunks plus WGMMA_BLOCK_CHUNKS; ties go to the smaller split."""
+    blocks = row_blocks * tiles
+    options = range(1, max(1, min(8, chunks // 4)) + 1)
+    return min(options, key=lambda s: (-(-blocks * s // sms) * (chunks / s + WGMMA_BLOCK_CHUNKS), s))
 
 
 class Wgmma24Args(NamedTuple):
@@ -423,8 +433,9 @@ class Wgmma24Args(NamedTuple):
     chunks: int
     wgs: int
     mt: int
-    split: int
+    split: int  # parts of K; 0: by the launch's token tiles (wgmma24_split)
     slots: int  # entry slots per chunk (0: no overflow)
+    sms: int  # the GPU's SMs (for the split by launch)
 
 
 def _runs_here(device: torch.device, capability_ok) -> bool:
@@ -456,7 +467,7 @@ def wgmma24_kernel_args(packed: PackedWeight) -> Wgmma24Args:
 
 def wgmma24_args(weight, split: int | None = None) -> Wgmma24Args:
     """Check a Wgmma24Weight (pack/wgmma24.py) on its GPU and resolve its launch: ``split`` parts of K
-    per row block (1..8; default ``wgmma24_split``)."""
+    per row block (1..8; None: ``wgmma24_split`` of each launch's token tiles)."""
     from ..pack.wgmma24 import NTOKS, smem_bytes
 
     if weight.device.type != "cuda":
@@ -469,16 +480,15 @@ def wgmma24_args(weight, split: int | None = None) -> Wgmma24Args:
     if not weight.values.is_contiguous():
         raise ValueError("wgmma24_matmul: the Wgmma24Weight's values must be contiguous")
     row_blocks, chunks = weight.values.shape[:2]
-    if split is None:
-        split = wgmma24_split(row_blocks, chunks, torch.cuda.get_device_properties(weight.device).multi_processor_count)
-    if isinstance(split, bool) or not isinstance(split, int) or not 1 <= split <= 8:
-        raise ValueError(f"wgmma24_matmul: split must be an int in 1..8, got {split!r}")
+    if split is not None and (isinstance(split, bool) or not isinstance(split, int) or not 1 <= split <= 8):
+        raise ValueError(f"wgmma24_matmul: split must be an int in 1..8 (or None: by launch), got {split!r}")
     limit = getattr(torch.cuda.get_device_properties(weight.device), "shared_memory_per_block_optin", 227 * 1024)
     most = max(smem_bytes(weight.wgs, weight.mt, weight.slots, t) for t in NTOKS)
     if most > limit:
         raise ValueError(f"wgmma24_matmul: a block needs up to {most} bytes of shared memory, the device has {limit}")
-    return Wgmma24Args(weight.values, weight.shape[0], weight.shape[1], row_blocks, chunks, weight.wgs, weight.mt, split,
-                       weight.slots)
+    sms = torch.cuda.get_device_properties(weight.device).multi_processor_count
+    return Wgmma24Args(weight.values, weight.shape[0], weight.shape[1], row_blocks, chunks, weight.wgs, weight.mt,
+                       split or 0, weight.slots, sms)
 
 
 def wgmma24_run(x: torch.Tensor, args: Wgmma24Args, bias: torch.Tensor | None = None,
@@ -495,8 +505,10 @@ def wgmma24_run(x: torch.Tensor, args: Wgmma24Args, bias: torch.Tensor | None = 
     if n == 0:
         return y
     x = _rows_16_byte_aligned(x)
+    ntok = token_tile(n)
+    split = args.split or wgmma24_split(args.row_blocks, args.chunks, args.sms, -(-n // ntok))
     ptrs = cuda_backend.Pointers((x, y, bias, args.values), x.dtype == torch.bfloat16)
-    cuda_backend.wgmma24_launch(args.row_blocks, token_tile(n), args.wgs, args.mt, args.split, args.slots, ptrs,
+    cuda_backend.wgmma24_launch(args.row_blocks, ntok, args.wgs, args.mt, split, args.slots, ptrs,
                                 args.out_features, args.in_features, n, x.stride(0), y.stride(0), args.chunks)
     return y
 
@@ -506,8 +518,8 @@ def wgmma24_matmul(x: torch.Tensor, weight, bias: torch.Tensor | None = None, ou
     """Y[N, M] = X[N, K] @ W^T (+ bias) by the warpgroup 2:4 kernel (kernels/wgmma24.cu: Hopper's sparse
     warpgroup mma, CUDA cores for the overflow) over a Wgmma24Weight (pack/wgmma24.py), 16-128 tokens
     per block. x: [N, K] in the weight's dtype, finite (only the stored slots are multiplied); bias: [M];
-    out: optional [N, M], unit stride along M; ``split``: parts of K per row block (1..8, default
-    ``wgmma24_split``). Needs compute capability 9.0 (sm_90a)."""
+    out: optional [N, M], unit stride along M; ``split``: parts of K per row block (1..8; default
+    ``wgmma24_split`` of the launch's token tiles). Needs compute capability 9.0 (sm_90a)."""
     _check_pass_args("wgmma24_matmul", x, weight, bias, out)
     return wgmma24_run(x, wgmma24_args(weight, split), bias, out)
 
