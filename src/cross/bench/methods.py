@@ -239,27 +239,36 @@ def _prepare_cross(method: Method, w, tile, cost_model, n_programs):
         if bucket.plan.kernel == "rows":
             if row_eligible(packed, x.device):
                 rargs = row_kernel_args(packed)
-                return Bound(lambda: row_launch(x, rargs), w.dtype, "row kernel", packed.rows.nbytes)
+                return Bound(lambda: row_launch(x, rargs), w.dtype, _note("row kernel", bucket), packed.rows.nbytes)
             return Bound(lambda: rows_reference(x, packed.rows), w.dtype, "row format, reference", packed.rows.nbytes)
         if bucket.plan.kernel == "slices":
             if slice_eligible(packed, x.device):
                 sargs = slice_kernel_args(packed)
                 fmt = "elements" if packed.slices.elements else "pairs"
-                return Bound(lambda: slice_run(x, sargs), w.dtype, f"slice kernel ({fmt})", packed.slices.nbytes)
+                return Bound(lambda: slice_run(x, sargs), w.dtype, _note(f"slice kernel ({fmt})", bucket),
+                             packed.slices.nbytes)
             return Bound(lambda: slices_reference(x, packed.slices), w.dtype, "slice format, reference",
                          packed.slices.nbytes)
         if bucket.plan.kernel == "wgmma24":
             if wgmma24_eligible(packed, x.device):
                 wargs = wgmma24_kernel_args(packed)
-                return Bound(lambda: wgmma24_run(x, wargs), w.dtype, "warpgroup 2:4 kernel", packed.wgmma24.nbytes)
+                return Bound(lambda: wgmma24_run(x, wargs), w.dtype, _note("warpgroup 2:4 kernel", bucket),
+                             packed.wgmma24.nbytes)
             return Bound(lambda: wgmma24_reference(x, packed.wgmma24), w.dtype, "2:4 format, reference",
                          packed.wgmma24.nbytes)
         kargs = kernel_args(packed, bucket, method.backend)  # resolved once, as the runtime does
         tile_bytes = packed.nbytes - sum(f.nbytes for f in (packed.rows, packed.slices, packed.wgmma24)
                                          if f is not None)
-        return Bound(lambda: launch(x, kargs), w.dtype, f"{kargs.backend} kernel", tile_bytes)
+        return Bound(lambda: launch(x, kargs), w.dtype, _note(f"{kargs.backend} kernel", bucket), tile_bytes)
 
     return bind
+
+
+def _note(kernel: str, bucket) -> str:
+    """What ran, with the reason of a bucket that runs its plan where there is one (the other kernels
+    the measured check timed); a forced run of a bucket that falls back gets the kernel alone."""
+    plan = bucket.plan
+    return f"{kernel} ({plan.reason})" if plan.reason and not plan.fallback else kernel
 
 
 def _prepare_rows(w):
