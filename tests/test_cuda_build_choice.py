@@ -77,16 +77,18 @@ def test_cubins_are_kept_between_processes(fake_nvrtc, tmp_path, monkeypatch):
     """A build is kept in the cache folder under a digest of what it depends on: the same source,
     headers, defines and NVRTC version read it back (no build); any of them changed builds anew; a
     damaged file is built again and replaced."""
-    monkeypatch.setenv(cuda_backend.CACHE_ENV, str(tmp_path / "cubins"))
+    monkeypatch.setenv("CROSS_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv(cuda_backend.CUBIN_CACHE_ENV, raising=False)
+    assert cuda_backend.cache_dir() == tmp_path / "cubin"
     args = (0, b"__global__ void k() {}", "k.cu", ("-DA=1",), {"h.cuh": b"// h"})
     first = cuda_backend.nvrtc_cubin_of(*args)
     assert cuda_backend.nvrtc_cubin_of(*args) == first and len(fake_nvrtc) == 1
-    files = list((tmp_path / "cubins").glob("*.cubin"))
+    files = list((tmp_path / "cubin").glob("*.cubin"))
     assert len(files) == 1 and files[0].read_bytes() == first
     for changed in ((0, b"__global__ void k() { }", *args[2:]), (*args[:3], ("-DA=2",), args[4]),
                     (*args[:4], {"h.cuh": b"// h2"}), (*args, True)):
         cuda_backend.nvrtc_cubin_of(*changed)
-    assert len(fake_nvrtc) == 5 and len(list((tmp_path / "cubins").glob("*.cubin"))) == 5
+    assert len(fake_nvrtc) == 5 and len(list((tmp_path / "cubin").glob("*.cubin"))) == 5
     assert "--gpu-architecture=sm_90a" in fake_nvrtc[-1]
     monkeypatch.setattr(cuda_backend, "_nvrtc_version", lambda: "nvrtc 13.1")  # an upgrade builds anew
     cuda_backend.nvrtc_cubin_of(*args)
@@ -94,20 +96,22 @@ def test_cubins_are_kept_between_processes(fake_nvrtc, tmp_path, monkeypatch):
     monkeypatch.setattr(cuda_backend, "_nvrtc_version", lambda: "nvrtc 13.0")
     files[0].write_bytes(b"half a cub")  # damaged: built again, replaced
     assert cuda_backend.nvrtc_cubin_of(*args) == first and len(fake_nvrtc) == 7 and files[0].read_bytes() == first
-    assert not list((tmp_path / "cubins").glob("*.tmp"))
+    assert not list((tmp_path / "cubin").glob("*.tmp"))
 
 
 def test_cubin_cache_can_be_turned_off(fake_nvrtc, tmp_path, monkeypatch):
-    monkeypatch.setenv(cuda_backend.CACHE_ENV, "")
+    monkeypatch.setenv("CROSS_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv(cuda_backend.CUBIN_CACHE_ENV, "0")
     assert cuda_backend.cache_dir() is None
     args = (0, b"__global__ void k() {}", "k.cu", ())
     cuda_backend.nvrtc_cubin_of(*args)
     cuda_backend.nvrtc_cubin_of(*args)
-    assert len(fake_nvrtc) == 2
-    monkeypatch.delenv(cuda_backend.CACHE_ENV)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert cuda_backend.cache_dir() == tmp_path / "cross" / "cubin"
+    assert len(fake_nvrtc) == 2 and not (tmp_path / "cubin").exists()
+    monkeypatch.delenv(cuda_backend.CUBIN_CACHE_ENV)
+    monkeypatch.delenv("CROSS_CACHE_DIR")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert cuda_backend.cache_dir() == tmp_path / ".cache" / "cross" / "cubin"
     blocked = tmp_path / "file"
     blocked.write_text("not a folder")
-    monkeypatch.setenv(cuda_backend.CACHE_ENV, str(blocked / "cubins"))  # cannot be written: builds, uncached
+    monkeypatch.setenv("CROSS_CACHE_DIR", str(blocked))  # cannot be written: builds, uncached
     assert cuda_backend.nvrtc_cubin_of(*args).startswith(b"\x7fELF") and len(fake_nvrtc) == 3

@@ -56,7 +56,10 @@ ITEM_TILES_PER_ROW = 2
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("CROSS_CACHE_DIR", Path.home() / ".cache" / "cross"))
+    """cross's cache folder: ``CROSS_CACHE_DIR`` where set (not empty), else ``~/.cache/cross``. The
+    measured cost models are kept in it, and NVRTC's builds in its ``cubin`` folder."""
+    given = os.environ.get("CROSS_CACHE_DIR")
+    return Path(given).expanduser() if given else Path.home() / ".cache" / "cross"
 
 
 def provenance(device: torch.device) -> dict:

@@ -25,8 +25,8 @@ NUM_THREADS = 128
 STAGES_ENV = "CROSS_CUDA_STAGES"
 #: extra NVRTC options for profiling builds (e.g. "-DABLATE=2"; see plan_matmul.cu), read at compile time
 DEFINES_ENV = "CROSS_CUDA_DEFINES"
-#: where built cubins are kept between processes (``cache_dir``); empty: nowhere
-CACHE_ENV = "CROSS_CACHE_DIR"
+#: CROSS_CUBIN_CACHE=0 keeps no built cubin between processes (``cache_dir``)
+CUBIN_CACHE_ENV = "CROSS_CUBIN_CACHE"
 _SOURCE = "plan_matmul.cu"
 _HEADERS = ("dtype.cuh", "async.cuh", "strip_sum.cuh", "mma.cuh", "wgmma.cuh")  # what the sources #include, handed to NVRTC by name
 #: one-token launches of weights whose median BITMAP tile is sparser than this (nonzeros per tile
@@ -149,18 +149,14 @@ _ELF = b"\x7fELF"
 
 
 def cache_dir():
-    """Where built cubins are kept between processes (a pathlib.Path), or None: ``CROSS_CACHE_DIR``
-    where set (empty: no cache), else ``$XDG_CACHE_HOME/cross/cubin`` or ``~/.cache/cross/cubin``.
-    A file's name is a digest of everything its build depends on (source and headers, options and
-    architecture, NVRTC's version), so an edit or an upgrade builds anew; delete the folder to
-    clear it."""
-    from pathlib import Path
+    """Where built cubins are kept between processes (a pathlib.Path): the ``cubin`` folder of
+    cross's cache folder (``CROSS_CACHE_DIR``, else ``~/.cache/cross``: costmodel.profile.cache_dir),
+    or None with CROSS_CUBIN_CACHE=0. A file's name is a digest of everything its build depends on
+    (source and headers, options and architecture, NVRTC's version), so an edit or an upgrade builds
+    anew; delete the folder to clear it."""
+    from ..costmodel.profile import cache_dir as cache_root
 
-    given = os.environ.get(CACHE_ENV)
-    if given is not None:
-        return Path(given).expanduser() if given else None
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "cross" / "cubin"
+    return None if os.environ.get(CUBIN_CACHE_ENV, "1") == "0" else cache_root() / "cubin"
 
 
 def _build_digest(src: bytes, headers: dict[str, bytes], opts: list[str]) -> str:
