@@ -18,6 +18,7 @@ step() {  # step <name> <seconds> <command...>: output to $OUT/<name>.txt, exit 
     tail -4 "$OUT/$name.txt"
 }
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/device.txt"
+python3 -m cross info | tee -a "$OUT/device.txt"
 step layout 60 python3 benchmarks/wgmma24_layout_check.py
 step gpu_tests_kernel 150 python3 -m pytest -q -m gpu -x tests/test_wgmma24.py \
     -k "test_gpu_wgmma24_kernel and 2-2 or splits or fp16"

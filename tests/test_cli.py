@@ -86,6 +86,27 @@ def test_no_command_prints_help(capsys):
     assert code == 2 and "commands:" in out
 
 
+# ---------------------------------------------------------------------------------------- info
+def test_info(capsys, tmp_path, monkeypatch):
+    """Versions, the GPUs (none here: the reference executor says so), the cost model and the cache
+    folder with the builds kept in it."""
+    import cross
+
+    monkeypatch.setenv("CROSS_CACHE_DIR", str(tmp_path))
+    (tmp_path / "cubin").mkdir()
+    (tmp_path / "cubin" / "a.cubin").write_bytes(b"\x7fELF" + bytes(2**20))
+    code, out, err = run_cli(capsys, "info")
+    assert code == 0 and err == ""
+    lines = out.splitlines()
+    assert lines[0].startswith(f"cross {cross.__version__}; Python ") and f"torch {torch.__version__}" in lines[0]
+    if not torch.cuda.is_available():
+        assert lines[1].startswith("GPU: none: plans run on the reference executor")
+    assert lines[-2].startswith("cost model: ")
+    assert lines[-1] == f"cache folder: {tmp_path} (CROSS_CACHE_DIR); NVRTC builds kept there: 1 build(s), 1.0 MiB"
+    monkeypatch.setenv("CROSS_CUBIN_CACHE", "0")
+    assert run_cli(capsys, "info")[1].splitlines()[-1].endswith("kept there: off (CROSS_CUBIN_CACHE=0)")
+
+
 # ---------------------------------------------------------------------------------------- analyze
 def test_analyze(weights_file, tmp_path, capsys):
     path, tensors = weights_file

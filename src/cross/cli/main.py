@@ -44,6 +44,8 @@ COMMANDS = {
     "profile": "measure the cost model on this GPU (about 30 s); planning then uses it automatically",
     "bench": "benchmarks on this GPU: kernels against cuBLAS and sparse peers (Figure 1), whole models; "
              "--dry-run lists them without a GPU",
+    "info": "what this machine gives cross: versions, GPUs, which kernels run here, the cost model "
+            "planning uses, the cache folder",
 }
 
 
@@ -207,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
                 "Both need a CUDA GPU except with --dry-run. They print each row as it is measured.",
                 quiet=False)
     add_bench_commands(p)
+
+    p = command("info", "examples:\n  cross info", quiet=False)
+    p.set_defaults(func=cmd_info)
     return parser
 
 
@@ -506,6 +511,60 @@ def cmd_profile(args) -> int:
 
         print(f"  figure: {plot_bands(model, args.plot / 'bands.png')}")
     return 0
+
+
+def cmd_info(args) -> int:
+    print("\n".join(info_lines()))
+    return 0
+
+
+def info_lines() -> list[str]:
+    """``cross info``: versions, the GPUs and the kernels each can run, the cost model planning
+    uses, and the cache folder."""
+    import platform
+
+    import torch
+
+    from .. import __version__
+    from ..costmodel import default_cost_model
+    from ..costmodel.profile import cache_dir
+    from ..kernels import cuda_backend
+    from ..kernels.launch import slice_capable, wgmma24_capable
+
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = "not installed"
+    try:
+        cuda_backend._bindings()
+        bindings = "installed"
+    except ImportError:
+        bindings = "not installed (the CUDA kernels need it: pip install '.[gpu]'; Triton's kernel still runs)"
+    lines = [f"cross {__version__}; Python {platform.python_version()}; torch {torch.__version__}; "
+             f"triton {triton_version}; cuda-python {bindings}"]
+    if not torch.cuda.is_available():
+        lines.append("GPU: none: plans run on the reference executor (plain PyTorch; correct, not fast), the "
+                     "kernels' tests under Triton's interpreter")
+    for i in range(torch.cuda.device_count()):
+        props = torch.cuda.get_device_properties(i)
+        device = torch.device("cuda", i)
+        cuda = cuda_backend.available() and (props.major, props.minor) >= (8, 0)
+        kernels = [("tile (CUDA)", cuda), ("tile (Triton)", True), ("row", cuda), ("slice", slice_capable(device)),
+                   ("warpgroup 2:4", wgmma24_capable(device))]
+        lines.append(f"GPU {i}: {props.name}, compute capability {props.major}.{props.minor}, "
+                     f"{props.multi_processor_count} SMs, {props.total_memory / 2**30:.0f} GiB; kernels: "
+                     + ", ".join(name for name, ok in kernels if ok)
+                     + "".join(f"; not {name}" for name, ok in kernels if not ok))
+    lines.append(f"cost model: {default_cost_model().source}"
+                 + ("" if torch.cuda.is_available() else " (on a GPU, 'cross profile' measures one)"))
+    folder = cache_dir()
+    cubins = sorted((folder / "cubin").glob("*.cubin")) if (folder / "cubin").is_dir() else []
+    size = sum(p.stat().st_size for p in cubins)
+    cached = "off (CROSS_CUBIN_CACHE=0)" if cuda_backend.cache_dir() is None else \
+        f"{len(cubins)} build(s), {size / 2**20:.1f} MiB"
+    lines.append(f"cache folder: {folder} (CROSS_CACHE_DIR); NVRTC builds kept there: {cached}")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
