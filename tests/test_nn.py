@@ -247,6 +247,8 @@ def test_bytes_summary_repr(keep_dense, rng):
     assert s["kinds_chosen"] == sparse.plan.provenance["kinds_chosen"] in ("hybrid", "single kind", "all sparse", "all dense")
     text = repr(sparse)
     assert "in_features=200, out_features=130" in text and f"dense kept: {'yes' if kept else 'no'}" in text
+    if kept:  # every bucket falls back here, to the dense product
+        assert text.endswith("runs: N1+ dense)")
     assert sparse.in_features == 200 and sparse.out_features == 130 and sparse.plan is sparse.packed.plan
 
 
@@ -668,3 +670,19 @@ def test_cast_re_packs_the_opt_in_formats(rng, options, fmt):
             x = torch.randn(min(b.n_max, b.n_design), 256, generator=rng).to(torch.float16)
             ref = x.double() @ w16.double().t() + b16.double()
             torch.testing.assert_close(layer(x).double(), ref, rtol=2e-2, atol=2e-2)
+
+
+def test_runs_joins_the_buckets_that_run_the_same(rng):
+    """``runs()`` (also the repr's end): per span of adjacent buckets, the kernel that runs there or the
+    dense product where a bucket falls back and the layer keeps a dense copy."""
+    from dataclasses import replace
+
+    lin = make_linear(random_weight((130, 200), 0.2, rng), rng=rng).to(torch.bfloat16)
+    plan = make_plan(lin.weight.detach(), cost_model=WINNING)
+    kernel = {1: "rows", 2: "rows", 3: "rows", 5: "rows", 9: "tiles"}
+    chosen = plan.with_buckets([replace(b, kernel=kernel.get(b.n_min, "tiles"), fallback=b.n_min > 16)
+                                for b in plan.buckets])
+    kept = SparseLinear.from_dense(lin, plan=chosen, keep_dense=True, measure=False)
+    assert kept.runs() == "N1-8 row, N9-16 tile, N17+ dense" and repr(kept).endswith(kept.runs() + ")")
+    forced = SparseLinear.from_dense(lin, plan=chosen, keep_dense=False, measure=False)
+    assert forced.runs() == "N1-8 row, N9+ tile"

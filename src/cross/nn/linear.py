@@ -21,6 +21,7 @@ from torch import nn
 
 from .._checks import check_weight, dtype_name
 from ..partition import DEFAULT_BUCKETS, Plan, make_plan
+from ..partition.plan import KERNEL_NAMES, bucket_name
 from ..pack import PackedWeight, pack
 from ..runtime import check_input, decode_executed_tiles, execute
 from ..runtime.dispatch import gpu_kernel_args, warn_without_kernel
@@ -445,7 +446,19 @@ class SparseLinear(nn.Module):
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
                 f"dtype={dtype_name(self.dtype)}, sparsity={self.sparsity:.1%}, tiles {tm}x{tk}: {kinds}, "
                 f"dense kept: {'yes' if self.dense_kept else 'decoded per call' if self.decode_fallback else 'no'}, "
-                f"{self.nbytes / 1e6:.3f} MB ({self.nbytes / self.dense_nbytes:.2f}x dense)")
+                f"{self.nbytes / 1e6:.3f} MB ({self.nbytes / self.dense_nbytes:.2f}x dense), runs: {self.runs()}")
+
+    def runs(self) -> str:
+        """What runs at each token count, adjacent buckets that run the same joined: e.g. 'N1-8 row,
+        N9-16 tile, N17+ dense' ('dense': the dense product; a kernel's name: the plan on it)."""
+        spans: list[list] = []
+        for b in self.plan.buckets:
+            what = "dense" if b.fallback and self.falls_back else KERNEL_NAMES[b.kernel]
+            if spans and spans[-1][2] == what:
+                spans[-1][1] = b.n_max
+            else:
+                spans.append([b.n_min, b.n_max, what])
+        return ", ".join(f"{bucket_name(lo, hi)} {what}" for lo, hi, what in spans)
 
 
 #: Whether autocast is on for any device: one cheap check on every forward (torch's own; where a
