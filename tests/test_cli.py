@@ -334,6 +334,8 @@ def test_run_with_the_decode_fallback(tiny_bert_dir, tmp_path, capsys):
     assert "12 of 13 layers sparse" in out and _agreement(out) < 1e-5
     code, out, err = run_cli(capsys, "run", tiny_bert_dir, "--device", "cpu", "-q", "--force-plan", "--decode-fallback")
     assert code != 0 and "expected one of them" in err
+    code, out, err = run_cli(capsys, "run", tiny_bert_dir, "--device", "cpu", "-q", "--slice-kernel", "--wgmma-kernel")
+    assert code == 2 and "--slice-kernel and --wgmma-kernel: expected one of them" in err
 
 
 def test_run_offering_the_slice_kernel(tiny_bert_dir, capsys):

@@ -68,16 +68,25 @@ def test_candidates_are_the_tile_kernels_buckets(shape):
     assert spans[-4:] == [(17, 64), (65, 128), (129, 512), (513, 2**31 - 1)]
 
 
-@pytest.mark.parametrize("why", ["denser", "propagate", "fp32", "odd K"])
+@pytest.mark.parametrize("why", ["denser", "fp32", "odd K"])
 def test_no_candidates_where_the_kernel_cannot_win_or_run(why):
     """Not where the format would cost over WGMMA_MAX_BYTES of dense (a 40% sparse weight: many
-    overflow entries), nor with nan_policy 'propagate' (the kernel multiplies only the stored slots),
-    nor fp32, nor K % 8 != 0."""
+    overflow entries), nor fp32, nor K % 8 != 0."""
     sparsity = 0.4 if why == "denser" else 0.9
     k = 516 if why == "odd K" else 512
     w = pruned(1024, k, sparsity, torch.float32 if why == "fp32" else torch.bfloat16)
-    plan = make_plan(w, wgmma_kernel=True, nan_policy="propagate" if why == "propagate" else "ignore")
+    plan = make_plan(w, **IGNORE)
     assert all(b.kernel != "wgmma24" for b in plan.buckets)
+
+
+def test_nan_policy_propagate_is_refused():
+    """The kernel multiplies only the stored slots: asked for with nan_policy 'propagate' (the default),
+    or with the slice kernel (which needs it), the planner says so instead of offering nothing."""
+    w = pruned(1024, 512, 0.9)
+    with pytest.raises(ValueError, match="wgmma_kernel=True: expected nan_policy='ignore'"):
+        make_plan(w, wgmma_kernel=True)
+    with pytest.raises(ValueError, match="slice_kernel=True: expected nan_policy='propagate'"):
+        make_plan(w, slice_kernel=True, **IGNORE)
 
 
 def test_byte_estimate_is_the_formats():

@@ -52,6 +52,9 @@ def swap_kwargs(args) -> dict:
     flags."""
     if args.force_plan and args.decode_fallback:
         raise InputError("--force-plan and --decode-fallback: expected one of them (a forced plan never falls back)")
+    if args.slice_kernel and args.wgmma_kernel:
+        raise InputError("--slice-kernel and --wgmma-kernel: expected one of them (their plans take different NaN "
+                         "policies)")
     keep = False if args.force_plan else "decode" if args.decode_fallback else "auto"
     return {"keep_dense": keep, "measure": False if args.no_measure else "auto",
             "slice_kernel": bool(args.slice_kernel), "wgmma_kernel": bool(args.wgmma_kernel),

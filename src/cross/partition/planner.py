@@ -208,13 +208,13 @@ def make_plan(weight: torch.Tensor | None = None, *, nnz: np.ndarray | None = No
              (bf16/fp16, K % 8 == 0, K <= 16384).
     slice_kernel: buckets of at most 16 tokens not given to the row kernel become the slice
              kernel's candidates (kernels/slice_mma.cu on the slice format; SLICE_MAX_BYTES; bf16/
-             fp16, K % 8 == 0, nan_policy 'propagate': the kernel multiplies every element), which the
-             measured check times on an sm_90+ GPU. Off by default (SLICE_KERNEL_DEFAULT).
+             fp16, K % 8 == 0), which the measured check times on an sm_90+ GPU. Needs nan_policy
+             'propagate' (else a ValueError). Off by default (SLICE_KERNEL_DEFAULT).
     wgmma_kernel: buckets (of at most WGMMA_MAX_TOKENS tokens: all) not given to the row or slice
              kernel become the warpgroup 2:4 kernel's candidates (kernels/wgmma24.cu on pack/wgmma24.py's format;
-             WGMMA_MAX_BYTES; bf16/fp16, K % 8 == 0, nan_policy 'ignore': the kernel multiplies only
-             the stored slots), which the measured check times on a compute capability 9.0 GPU. Off
-             by default (WGMMA_KERNEL_DEFAULT).
+             WGMMA_MAX_BYTES; bf16/fp16, K % 8 == 0), which the measured check times on a compute
+             capability 9.0 GPU. Needs nan_policy 'ignore' (the kernel multiplies only the stored
+             slots; else a ValueError). Off by default (WGMMA_KERNEL_DEFAULT).
     Where the slice or warpgroup 2:4 kernel is offered, buckets get alternatives that the measured
     check times beside their kernel (``BucketPlan.alternatives``): a row kernel's bucket the
     candidate kernel, a candidate's bucket the tile kernel where it was predicted to win and the row
@@ -240,6 +240,12 @@ def make_plan(weight: torch.Tensor | None = None, *, nnz: np.ndarray | None = No
         raise ValueError(f"unit_mode: expected one of {UNIT_MODES}, got {unit_mode!r}")
     if nan_policy not in ("propagate", "ignore"):
         raise ValueError(f"nan_policy: expected 'propagate' or 'ignore', got {nan_policy!r}")
+    if wgmma_kernel and nan_policy != "ignore":
+        raise ValueError("wgmma_kernel=True: expected nan_policy='ignore' (the warpgroup 2:4 kernel multiplies only "
+                         "the stored slots, so a non-finite input does not reach every output as in the dense product)")
+    if slice_kernel and nan_policy != "propagate":
+        raise ValueError("slice_kernel=True: expected nan_policy='propagate' (the slice kernel's candidates are "
+                         "planned with it; with wgmma_kernel=True as well, choose one of the two)")
     buckets = check_buckets(buckets)
     if cost_model is not None and not isinstance(cost_model, CostModel):
         raise TypeError(f"cost_model: expected a cross.costmodel.CostModel (CostModel.load(path) reads a saved one), "
