@@ -31,6 +31,31 @@ def check_product(x, w, bias, y):
     assert float(err.max()) < 2e-2
 
 
+def check_saved_model(tmp_path, fmt, zeros, tokens, **options):
+    """A two-layer bf16 model (``zeros`` of each weight zero), sparsified with ``options`` and its plans
+    forced: both layers hold the format ``fmt`` (a PackedWeight field), give the dense model's result
+    on ``tokens`` tokens (the reference executor), and, saved and loaded, hold it again, keep their
+    kernels and give the same result exactly."""
+    gen = torch.Generator().manual_seed(4)
+    model = torch.nn.Sequential(torch.nn.Linear(512, 1024), torch.nn.Linear(1024, 256)).to(torch.bfloat16)
+    with torch.no_grad():
+        for lin in model:
+            lin.weight.mul_(torch.rand(lin.weight.shape, generator=gen) >= zeros)
+    x = torch.randn(tokens, 512, generator=gen).to(torch.bfloat16)
+    with torch.no_grad():
+        want = model(x)
+        cross.sparsify_(model, keep_dense=False, progress=False, **options)
+        assert all(getattr(m.packed, fmt) is not None for m in model)
+        got = model(x)
+        cross.save(model, tmp_path / "m")
+        layers = cross.load(tmp_path / "m")
+        assert all(getattr(layers[n].packed, fmt) is not None for n in layers)
+        assert [b.kernel for b in layers["0"].plan.buckets] == [b.kernel for b in model[0].plan.buckets]
+        again = layers["1"](layers["0"](x))
+    torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=2e-2 * want.abs().max().item())
+    assert torch.equal(again, got)
+
+
 def check_candidates_run(w, kernel, args_type, gen, **options):
     """A layer of ``w`` (on a GPU) whose candidates run (no dense copy, no measured check): the
     buckets of ``kernel`` resolve ``args_type`` arguments and give the product at each end and the

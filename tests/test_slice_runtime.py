@@ -22,7 +22,7 @@ from cross.partition import make_plan
 from cross.partition.planner import SLICE_KERNEL_DEFAULT, SLICE_MAX_BYTES, is_near_win
 from cross.runtime.dispatch import execute
 from cross.tiling import TileGrid
-from runtime_checks import (check_candidates_run, check_measured_candidates, check_product,
+from runtime_checks import (check_candidates_run, check_measured_candidates, check_product, check_saved_model,
                             check_wrong_kernel_refused, linear_of)
 from weights import pruned
 
@@ -185,24 +185,7 @@ def test_layer_drops_the_format_no_bucket_runs():
 
 
 def test_sparsified_model_with_the_slice_format_saves_and_loads(tmp_path):
-    gen = torch.Generator().manual_seed(4)
-    model = torch.nn.Sequential(torch.nn.Linear(512, 1024), torch.nn.Linear(1024, 256)).to(torch.bfloat16)
-    with torch.no_grad():
-        for lin in model:
-            lin.weight.mul_(torch.rand(lin.weight.shape, generator=gen) >= 0.8)
-    x = torch.randn(16, 512, generator=gen).to(torch.bfloat16)
-    with torch.no_grad():
-        want = model(x)
-        cross.sparsify_(model, keep_dense=False, slice_kernel=True)
-        assert all(m.packed.slices is not None for m in model)
-        got = model(x)
-        cross.save(model, tmp_path / "m")
-        layers = cross.load(tmp_path / "m")
-        assert all(layers[n].packed.slices is not None for n in layers)
-        assert [b.kernel for b in layers["0"].plan.buckets] == [b.kernel for b in model[0].plan.buckets]
-        again = layers["1"](layers["0"](x))
-    torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=2e-2 * want.abs().max().item())
-    assert torch.equal(again, got)
+    check_saved_model(tmp_path, "slices", 0.8, 16, slice_kernel=True)
 
 
 def test_operator_shape_without_running():
