@@ -13,7 +13,7 @@ import torch
 
 from cross.kernels.launch import wgmma24_split
 from cross.costmodel.roofline import wgmma24_slots
-from cross.pack.wgmma24 import CHUNK, NTOKS, TILE_WORDS, Wgmma24Weight, smem_bytes, stages, token_tile
+from cross.pack.wgmma24 import CHUNK, NTOKS, START_BITS, TILE_WORDS, Wgmma24Weight, smem_bytes, stages, token_tile
 
 
 def _weight(m, k, per_group, gen, dtype=torch.bfloat16):
@@ -52,18 +52,21 @@ def test_round_trip(rng, m, k, wgs, mt, dtype):
 @pytest.mark.parametrize("density", [0.1, 0.3, 0.5, 1.0])
 @pytest.mark.parametrize("wgs,mt", [(2, 2), (1, 1), (1, 2)])
 def test_round_trip_with_overflow(rng, m, k, density, wgs, mt):
-    """An unstructured weight: a group's first two nonzeros in the mma's slots, the others entries."""
+    """An unstructured weight: a group's first two nonzeros in the mma's slots, the others in the
+    overflow operand."""
     w = _unstructured(m, k, density, rng)
     sw = Wgmma24Weight.from_dense(w, wgs, mt)
     assert torch.equal(_bits(sw.to_dense()), _bits(w))
     kk = -(-k // 4) * 4
     nz = torch.nn.functional.pad(w != 0, (0, kk - k)).view(m, -1, 4).sum(-1)
     assert sw.n_entries == int((nz - 2).clamp(min=0).sum())
+    assert sw.n_groups == int((nz > 2).sum())  # one overflow word per group holding a third nonzero
     assert sw.overflow == (sw.n_entries > 0) == (sw.slots > 0)
     if sw.overflow:
-        # the slots: the fullest chunk's entries rounded up
-        per = sw.values[..., wgs * mt * TILE_WORDS: wgs * mt * TILE_WORDS + 128 * wgs].to(torch.int64) >> 25
-        assert sw.slots == wgmma24_slots(int(per.sum(-1).max()))
+        # the slots: the fullest chunk's overflow words (the bits set in its head words' masks) rounded up
+        heads = sw.values[..., wgs * mt * TILE_WORDS: wgs * mt * TILE_WORDS + 128 * wgs].to(torch.int64)
+        words = sum((heads >> (START_BITS + b)) & 1 for b in range(8 * mt)).sum(-1)
+        assert int(words.sum()) == sw.n_groups and sw.slots == wgmma24_slots(int(words.max()))
         per_chunk = wgs * mt * TILE_WORDS * 4 + wgs * 128 * 4 + 4 * sw.slots
         assert sw.nbytes == -(-m // sw.rows) * -(-k // CHUNK) * per_chunk
 
@@ -96,6 +99,41 @@ def test_thread_layout():
             mw = int(meta[32 * wv + 4 * g + 2 * ks + hq]) >> (16 * hf)
             nib = (mw >> (4 * q)) & 15
             assert (nib & 3, nib >> 2) == ((p, 3) if p < 3 else (2, 3))
+
+
+def test_overflow_thread_layout():
+    """A group's third and fourth nonzeros are the overflow operand's word (position 2 low, 3 high,
+    zero where that position is not overflow) in the A register of the main part's layout: thread 32 w +
+    4 g + q of m-tile t's warpgroup, register i of k-step ks; its head word's mask bit 8 t + 4 ks + i is
+    set, and its words follow its first one in register order."""
+    m, k = 256, 128
+    w = torch.zeros(m, k, dtype=torch.bfloat16)
+    cases = [(5, 3, (0, 1, 2, 3)), (5, 22, (0, 2, 3)), (77, 8, (1, 2, 3)), (200, 31, (0, 1, 2)), (130, 17, (0, 1, 3))]
+    for r, grp, positions in cases:
+        for n, p in enumerate(positions):
+            w[r, 4 * grp + p] = float(r % 50 + n + 1)
+    sw = Wgmma24Weight.from_dense(w, 2, 2)
+    assert torch.equal(_bits(sw.to_dense()), _bits(w)) and sw.n_groups == len(cases)
+    v = sw.values[0].to(torch.int64) & 0xFFFFFFFF  # row block 0: [chunk, words]
+    head, words = v[:, 4 * TILE_WORDS: 4 * TILE_WORDS + 256], v[:, 4 * TILE_WORDS + 256:]
+    seen = 0
+    for r, grp, positions in cases:
+        mtile, wv, hf, g = r // 64, (r % 64) // 16, (r % 16) // 8, r % 8
+        chunk, ks, hq, q = grp // 16, (grp % 16) // 8, (grp % 8) // 4, grp % 4
+        wg, t = mtile // 2, mtile % 2
+        thread, bit = 128 * wg + 32 * wv + 4 * g + q, 8 * t + 4 * ks + hf + 2 * hq
+        hw = int(head[chunk, thread])
+        assert hw >> (START_BITS + bit) & 1
+        index = (hw & ((1 << START_BITS) - 1)) + bin((hw >> START_BITS) & ((1 << bit) - 1)).count("1")
+        word = int(words[chunk, index])
+        over = positions[2:]
+        for half, p in enumerate((2, 3)):
+            bits = torch.tensor([word >> (16 * half) & 0xFFFF], dtype=torch.int32).to(torch.int16)
+            want = w[r, 4 * grp + p] if p in over else 0.0
+            assert float(bits.view(torch.bfloat16)) == float(want)
+        seen += 1
+    masks = sum(int(((head >> (START_BITS + b)) & 1).sum()) for b in range(16))
+    assert masks == seen  # no other bit set
 
 
 def test_bad_input():

@@ -18,9 +18,9 @@ import torch
 import cross
 from cross.costmodel.roofline import WGMMA_MAX_TOKENS, wgmma24_format_bytes
 from cross.pack import pack
-from cross.pack.wgmma24 import TILE_WORDS, Wgmma24Weight, wgmma24_reference
+from cross.pack.wgmma24 import START_BITS, TILE_WORDS, Wgmma24Weight, wgmma24_reference
 from cross.partition import make_plan
-from cross.partition.planner import WGMMA_KERNEL_DEFAULT, WGMMA_MAX_BYTES, is_near_win, overflow_entries
+from cross.partition.planner import WGMMA_KERNEL_DEFAULT, WGMMA_MAX_BYTES, is_near_win, overflow_groups
 from cross.runtime.dispatch import execute
 from cross.tiling import TileGrid
 from runtime_checks import (check_candidates_run, check_measured_candidates, check_product, check_saved_model,
@@ -97,7 +97,7 @@ def test_byte_estimate_is_the_formats():
         w = pruned(1024, 1024, sparsity)
         grid = TileGrid.for_weight(w, (64, 64))
         fmt = Wgmma24Weight.from_dense(w).nbytes
-        exact = wgmma24_format_bytes(grid.tile_nnz(w), grid.tile_sizes(), 1024, 1024, overflow_entries(w))
+        exact = wgmma24_format_bytes(grid.tile_nnz(w), grid.tile_sizes(), 1024, 1024, overflow_groups(w))
         est = wgmma24_format_bytes(grid.tile_nnz(w), grid.tile_sizes(), 1024, 1024)
         assert exact == fmt and abs(est - fmt) <= 0.03 * fmt, (sparsity, est, fmt)
         assert (fmt <= WGMMA_MAX_BYTES * 2 * w.numel()) == (sparsity >= 0.6), sparsity
@@ -110,23 +110,25 @@ def test_byte_estimate_is_the_formats():
     grid = TileGrid.for_weight(w, (64, 64))
     est = wgmma24_format_bytes(grid.tile_nnz(w), grid.tile_sizes(), 1024, 1024)
     assert Wgmma24Weight.from_dense(w).nbytes == 0.5625 * 2 * w.numel() < WGMMA_MAX_BYTES * 2 * w.numel() < est
-    assert not overflow_entries(w).any()
+    assert not overflow_groups(w).any()
     assert any(b.kernel == "wgmma24" for b in make_plan(w, **IGNORE).buckets)
     counts = make_plan(nnz=grid.tile_nnz(w), shape=(1024, 1024), dtype="bfloat16", **IGNORE)
     assert all(b.kernel != "wgmma24" for b in counts.buckets)
 
 
-def test_overflow_entries_are_the_formats():
-    """The planner's count of a weight's overflow per row block and chunk is the format's (its head
-    words' counts; odd K and M, -0.0, NaN)."""
+def test_overflow_groups_are_the_formats():
+    """The planner's count of a weight's groups with overflow per row block and chunk is the format's
+    (the bits set in its head words' masks; odd K and M, -0.0, NaN)."""
     w = pruned(300, 130, 0.3)
     w[0, :4] = torch.tensor([-0.0, 1.0, float("nan"), 2.0])
     w[1, 128:130] = 1.0
+    w[2, :4] = torch.tensor([1.0, 2.0, 3.0, 4.0])
     sw = Wgmma24Weight.from_dense(w)
-    heads = sw.values[..., 4 * TILE_WORDS: 4 * TILE_WORDS + 256].to(torch.int64) >> 25
-    counts = overflow_entries(w)
-    assert counts.shape == (2, 3) and counts.sum() == sw.n_entries > 0
-    assert (counts == heads.sum(-1).numpy()).all()
+    heads = sw.values[..., 4 * TILE_WORDS: 4 * TILE_WORDS + 256].to(torch.int64)
+    words = sum((heads >> (START_BITS + b)) & 1 for b in range(16)).sum(-1)
+    counts = overflow_groups(w)
+    assert counts.shape == (2, 3) and counts.sum() == sw.n_groups > 0
+    assert (counts == words.numpy()).all()
 
 
 def test_plan_file_keeps_the_kernel(tmp_path):

@@ -2,8 +2,8 @@
 packed by ``Wgmma24Weight.from_dense``: where ``load_chunk`` puts X in a stage, which words each
 thread loads as its A registers and metadata, the sparse warpgroup mma as PTX documents it (the
 m16n8k32 sparse A and metadata layout per warp, B read through the no-swizzle K-major descriptor
-with its leading and stride byte offsets, the m64nNk16 accumulator layout), the overflow loop's
-shuffles and X addresses, the partial sums' staging, and the cluster's split of K and of the rows
+with its leading and stride byte offsets, the m64nNk16 accumulator layout), the overflow operand's
+registers built from the head words and a second mma over them, the partial sums' staging, and the cluster's split of K and of the rows
 it sums. The GPU tests run the kernel itself; this checks the same arithmetic where there is no GPU,
 and that a misread layout (the descriptor's offsets swapped) would be caught.
 """
@@ -14,7 +14,8 @@ import torch
 
 from cross.pack.wgmma24 import CHUNK, TILE_ROWS, TILE_WORDS, Wgmma24Weight, token_tile
 
-COUNT_SHIFT = 25  # a head word: first entry (bits 0-24), entries (bits 25-31)
+START_BITS = 14  # a head word: first overflow word (bits 0-13), then a mask of 8 bits per m-tile
+OVERFLOW_META = 0xEEEEEEEE  # the overflow operand's metadata: positions 2 and 3 in every nibble
 B_LBO, B_SBO = 128, 512  # the kernel's b_desc
 
 
@@ -98,27 +99,24 @@ def run_kernel(x, sw, split, bias=None, lbo=B_LBO, sbo=B_SBO):
                     for ks in range(2):
                         a = tile[512 * ks: 512 * (ks + 1)].reshape(128, 4)  # 16 bytes per thread
                         wgmma_sp(acc[mtile], a, e, xs, ks * kstep, ks, dtype, lbo, sbo)
-                if sw.overflow:
+                if sw.overflow:  # the second mma: each thread's registers of the overflow operand
                     heads = stage[mtiles * TILE_WORDS:mtiles * TILE_WORDS + threads]
-                    slots = stage[mtiles * TILE_WORDS + threads:]  # the chunk's entries, in its stage
+                    words = stage[mtiles * TILE_WORDS + threads:]  # the chunk's overflow words, in its stage
+                    o = np.zeros((mtiles, 2, 128, 4), dtype=np.int64)  # [m-tile, k-step, thread, register]
                     for tid in range(threads):
-                        lane, q, wg = tid & 31, tid & 3, tid >> 7
+                        hw = int(heads[tid])
+                        base = hw & ((1 << START_BITS) - 1)
                         for t in range(mt):
-                            for hf in range(2):
-                                src = (tid & ~31) | (lane & ~3) | (2 * t + hf)  # __shfl_sync's lane
-                                hw = int(heads[src])
-                                start, cnt = hw & ((1 << COUNT_SHIFT) - 1), hw >> COUNT_SHIFT
-                                for j in range(cnt):
-                                    en = int(slots[start + j])
-                                    v = _float(en & 0xFFFF, dtype)
-                                    col = en >> 16
-                                    xc = ((col >> 5) * kstep + ((col & 31) >> 3) * 128 + 2 * q * 16) // 2 \
-                                        + (col & 7)
-                                    for jj in range(ntok // 8):
-                                        acc[wg * mt + t, tid & 127, 4 * jj + 2 * hf] += \
-                                            v * _float(xs[xc + jj * 256], dtype)
-                                        acc[wg * mt + t, tid & 127, 4 * jj + 2 * hf + 1] += \
-                                            v * _float(xs[xc + jj * 256 + 8], dtype)
+                            mask = (hw >> (START_BITS + 8 * t)) & 0xFF
+                            for r in range(8):
+                                if mask >> r & 1:
+                                    o[(tid >> 7) * mt + t, r >> 2, tid & 127, r & 3] = \
+                                        int(words[base + bin(mask & ((1 << r) - 1)).count("1")])
+                            base += bin(mask).count("1")
+                    meta = np.full(128, OVERFLOW_META)
+                    for mtile in range(mtiles):
+                        for ks in range(2):
+                            wgmma_sp(acc[mtile], o[mtile, ks], meta, xs, ks * kstep, ks, dtype, lbo, sbo)
             for mtile in range(mtiles):
                 for tw in range(128):
                     warp, g, q = tw >> 5, (tw >> 2) & 7, tw & 3
@@ -156,7 +154,7 @@ def _weight(m, k, sparsity, dtype, seed):
 def test_kernel_arithmetic_is_the_product(m, k, n, wgs, mt, split, sparsity):
     w, gen = _weight(m, k, sparsity, torch.bfloat16, seed=m + k)
     sw = Wgmma24Weight.from_dense(w, wgs, mt)
-    assert sw.overflow  # some groups hold 3 or 4 nonzeros: the overflow loop runs
+    assert sw.overflow  # some groups hold 3 or 4 nonzeros: the second mma runs
     x = torch.randn(n, k, generator=gen).to(torch.bfloat16)
     bias = torch.randn(m, generator=gen).to(torch.bfloat16)
     y = run_kernel(x, sw, split, bias.double().numpy())

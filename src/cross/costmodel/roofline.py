@@ -304,33 +304,35 @@ WGMMA_BLOCK_ROWS, WGMMA_CHUNK, WGMMA_TILES_BYTES, WGMMA_HEAD_BYTES = 256, 64, 4 
 
 
 def wgmma24_slots(most: int) -> int:
-    """Entry slots per chunk of the warpgroup 2:4 format for a weight whose fullest chunk holds
-    ``most`` overflow entries: 0 without any, else a power of two from 16 up to 256, then a multiple
-    of 256 (a kernel build per value: few of them, and at most 256 slots unused)."""
+    """Overflow word slots per chunk of the warpgroup 2:4 format for a weight whose fullest chunk
+    holds ``most`` groups with overflow: 0 without any, else a power of two from 16 up to 256, then a
+    multiple of 256 (a kernel build per value: few of them, and at most 256 slots unused)."""
     if most <= 0:
         return 0
     return max(16, 1 << (most - 1).bit_length()) if most <= 256 else -(-most // 256) * 256
 
 
 def wgmma24_format_bytes(nnz: np.ndarray, size: np.ndarray, rows: int, cols: int,
-                         chunk_entries: np.ndarray | None = None) -> int:
+                         chunk_groups: np.ndarray | None = None) -> int:
     """Bytes of the warpgroup 2:4 format (pack/wgmma24.py, bf16/fp16, the default block of two
     warpgroups of two m-tiles): per row block and chunk, the 2:4 part (half the elements and a
     nibble per group of 4: 0.5625 of their dense bytes) and, where a group holds more than two
-    nonzeros, the head words (1/32 of dense) and the entry slots (4 bytes each: ``wgmma24_slots`` of
-    the fullest chunk's entries). With ``chunk_entries`` (the overflow entries of each row
-    block and chunk, counted on the weight) exact; without, expected from nonzero counts ``nnz``
-    over regions of ``size`` elements (tiles) as if each region's nonzeros were uniform: a group of
-    density p has 4 p^3 (1 - p) + 2 p^4 entries, the fullest chunk the mean and 4 standard deviations."""
+    nonzeros, the head words (1/32 of dense) and the overflow word slots (4 bytes each, one per group
+    with overflow: ``wgmma24_slots`` of the fullest chunk's). With ``chunk_groups`` (the groups with
+    overflow of each row block and chunk, counted on the weight) exact; without, expected from
+    nonzero counts ``nnz`` over regions of ``size`` elements (tiles) as if each region's nonzeros
+    were uniform: a group of density p has overflow with probability P = 4 p^3 (1 - p) + p^4, the
+    fullest chunk the mean and 4 standard deviations (of a binomial count of groups of probability P)."""
     blocks = -(-rows // WGMMA_BLOCK_ROWS) * -(-cols // WGMMA_CHUNK)
-    if chunk_entries is not None:
-        most = int(np.max(chunk_entries)) if np.size(chunk_entries) else 0
+    if chunk_groups is not None:
+        most = int(np.max(chunk_groups)) if np.size(chunk_groups) else 0
     else:
         nnz = np.asarray(nnz, dtype=np.float64)
         size = np.asarray(size, dtype=np.float64)
         p = np.minimum(np.divide(nnz, size, out=np.zeros_like(nnz), where=size > 0), 1.0)
-        mean = float((size / 4 * (4 * p**3 * (1 - p) + 2 * p**4)).sum()) / blocks
-        most = math.ceil(mean + 4 * math.sqrt(mean)) if mean >= 0.5 / blocks else 0
+        over = 4 * p**3 * (1 - p) + p**4
+        mean, var = (float((size / 4 * f).sum()) / blocks for f in (over, over * (1 - over)))
+        most = math.ceil(mean + 4 * math.sqrt(var)) if mean >= 0.5 / blocks else 0
     slots = wgmma24_slots(most)
     return blocks * (WGMMA_TILES_BYTES + (WGMMA_HEAD_BYTES + 4 * slots if slots else 0))
 

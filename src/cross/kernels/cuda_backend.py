@@ -379,8 +379,8 @@ _WGMMA24_SOURCE = "wgmma24.cu"
 
 
 def wgmma24_defines(is_bf16: bool, wgs: int, mt: int, split: int, slots: int, ntok: int = 128) -> tuple[str, ...]:
-    """NVRTC defines of a wgmma24 build of ``ntok`` tokens per block over a weight of ``slots`` entry
-    slots per chunk (0: no overflow; its pipeline's stages: pack/wgmma24.stages), with
+    """NVRTC defines of a wgmma24 build of ``ntok`` tokens per block over a weight of ``slots`` overflow
+    word slots per chunk (0: no overflow; its pipeline's stages: pack/wgmma24.stages), with
     CROSS_CUDA_DEFINES' extras last."""
     from ..pack.wgmma24 import stages
 
@@ -403,8 +403,8 @@ def _wgmma24_kernel(device_index: int, is_bf16: bool, wgs: int, mt: int, split: 
 
 def wgmma24_launch(row_blocks: int, ntok: int, wgs: int, mt: int, split: int, slots: int, ptrs, m: int, k: int,
                    n_tok: int, ldx: int, ldy: int, chunks: int) -> None:
-    """One launch of wgmma24 (sm_90a) of ``ntok`` tokens per block over a weight of ``slots`` entry
-    slots per chunk: pointers (x, y, bias or 0, values), M, K, N, X's and Y's row strides and the
+    """One launch of wgmma24 (sm_90a) of ``ntok`` tokens per block over a weight of ``slots`` overflow
+    word slots per chunk: pointers (x, y, bias or 0, values), M, K, N, X's and Y's row strides and the
     weight's chunks (64 columns); a cluster of ``split`` blocks (the parts of K) per row block and
     token tile of N, a row block's token tiles adjacent (wgmma24.cu)."""
     func, smem = _wgmma24_kernel(torch.cuda.current_device(), ptrs.is_bf16, wgs, mt, split, slots, ntok)

@@ -434,7 +434,7 @@ class Wgmma24Args(NamedTuple):
     wgs: int
     mt: int
     split: int  # parts of K; 0: by the launch's token tiles (wgmma24_split)
-    slots: int  # entry slots per chunk (0: no overflow)
+    slots: int  # overflow word slots per chunk (0: no overflow)
     sms: int  # the GPU's SMs (for the split by launch)
 
 
@@ -516,7 +516,7 @@ def wgmma24_run(x: torch.Tensor, args: Wgmma24Args, bias: torch.Tensor | None = 
 def wgmma24_matmul(x: torch.Tensor, weight, bias: torch.Tensor | None = None, out: torch.Tensor | None = None,
                    split: int | None = None) -> torch.Tensor:
     """Y[N, M] = X[N, K] @ W^T (+ bias) by the warpgroup 2:4 kernel (kernels/wgmma24.cu: Hopper's sparse
-    warpgroup mma, CUDA cores for the overflow) over a Wgmma24Weight (pack/wgmma24.py), 16-128 tokens
+    warpgroup mma, a second one for the overflow) over a Wgmma24Weight (pack/wgmma24.py), 16-128 tokens
     per block. x: [N, K] in the weight's dtype, finite (only the stored slots are multiplied); bias: [M];
     out: optional [N, M], unit stride along M; ``split``: parts of K per row block (1..8; default
     ``wgmma24_split`` of the launch's token tiles). Needs compute capability 9.0 (sm_90a)."""

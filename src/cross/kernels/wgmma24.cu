@@ -3,9 +3,11 @@
 // over the format of pack/wgmma24.py. The weight is the mma's A operand, read from shared memory into
 // registers as it is stored (no instruction per element on the sparsity); X^T is the B operand, in
 // shared memory in the no-swizzle K-major layout (core matrices of 8 tokens x 8 columns, 128 bytes).
-// A group's third and fourth nonzeros (the overflow) are entries that the lanes holding their row's
-// accumulators add on CUDA cores, reading them and X from the same stage (a chunk's entries are part
-// of its record) (docs/perf-notes.md, "128 tokens: the weight as the sparse A operand of wgmma.sp").
+// A group's third and fourth nonzeros (the overflow) can only sit at its positions 2 and 3: they are a
+// second sparse A operand with one metadata nibble for every group, whose registers each thread
+// builds from its chunk's overflow words (part of the chunk's record) while the first mmas run, for
+// a second sparse mma into the same accumulators (docs/perf-notes.md, "128 tokens: the weight as the
+// sparse A operand of wgmma.sp", "The overflow as a second sparse mma").
 //
 // Per block: WGS warpgroups of MT m-tiles (64 rows) each, R = 64 MT WGS rows, a token tile of NTOK
 // tokens and one of SPLIT parts of K (the block's rank in a cluster of SPLIT blocks, which share a row
@@ -13,17 +15,18 @@
 // token tiles one after another, so that the blocks that read the same weight bytes run together and
 // all but the first read them from L2. All threads copy: each chunk of 64 columns (the weight's bytes of the row block
 // and X's NTOK x 64 values) is one cp.async group, STAGES - 1 chunks ahead. Per chunk a warpgroup runs
-// 2 k-steps x MT sparse mmas, waits for them, adds its rows' overflow entries, and the block moves on.
+// 2 k-steps x MT sparse mmas (twice where there is overflow), waits for them, and the block moves on.
 // The end: each block stages its fp32 partial sums [token][row] in its shared memory, and block s of
 // the cluster sums rows s R / SPLIT .. of all SPLIT blocks in rank order (deterministic), adds the
 // bias and writes Y.
 //
-// Non-finite inputs: only the stored slots are multiplied (a kept zero beside a lone nonzero is one),
-// so where X holds Inf or NaN the result is not the dense product's; the caller checks X.
+// Non-finite inputs: only the stored slots are multiplied (a kept zero beside a lone nonzero is one,
+// and so are the overflow operand's zeros), so where X holds Inf or NaN the result is not the dense
+// product's; the caller checks X.
 //
 // Compile-time parameters (NVRTC -D): IS_BF16, WGS (1 or 2), MT (1 or 2), SPLIT (1..8), NTOK (16, 32, 64
-// or 128: tokens per block and the mma's N), STAGES, SLOTS (the weight's entry slots per chunk; 0: no
-// overflow, no head words, no CUDA-core loop). Requirements checked by the launcher: K % 8 == 0, x
+// or 128: tokens per block and the mma's N), STAGES, SLOTS (the weight's overflow word slots per chunk;
+// 0: no overflow, no head words, no second mma). Requirements checked by the launcher: K % 8 == 0, x
 // 16-byte aligned with a row stride a multiple of 8, dynamic shared memory wgmma24.smem_bytes.
 
 #ifndef WGS
@@ -52,11 +55,12 @@
 #define KC 64                                     // columns per chunk: two k-steps of 32
 #define TILE_BYTES 4608                           // per m-tile and chunk: A words of 2 k-steps (2 x 2048), metadata (512)
 #define HEAD_BYTES (OVERFLOW ? THREADS * 4 : 0)   // per chunk: a head word per thread
-#define W_BYTES (MTILES * TILE_BYTES + HEAD_BYTES + SLOTS * 4)  // a row block's chunk: tiles, heads, entries
+#define W_BYTES (MTILES * TILE_BYTES + HEAD_BYTES + SLOTS * 4)  // a row block's chunk: tiles, heads, overflow
 #define X_BYTES (NTOK * KC * 2)                   // X's NTOK tokens x 64 columns
 #define STAGE_BYTES (W_BYTES + X_BYTES)
-#define COUNT_SHIFT 25  // a head word: first entry (bits 0-24), entries (bits 25-31): pack/wgmma24.START_BITS
-#define START_MASK ((1u << COUNT_SHIFT) - 1u)
+#define START_BITS 14  // a head word: first overflow word (bits 0-13), a mask per m-tile (8 bits): pack/wgmma24
+#define START_MASK ((1u << START_BITS) - 1u)
+#define OVERFLOW_META 0xEEEEEEEEu  // every nibble: positions 2 and 3
 #define TS (R + 4)  // the staged partial sums' row stride (floats)
 #if MT != 1 && MT != 2
 #error "MT must be 1 or 2"
@@ -205,40 +209,37 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
             wgmma_sp<0>(acc[t], a[0][t], b_desc(sx), e[t]);
             wgmma_sp<1>(acc[t], a[1][t], b_desc(sx + NTOK * 32 * 2), e[t]);
         }
+#if OVERFLOW
+        // the chunk's overflow, while those mmas run: a group's third and fourth nonzeros sit at its
+        // positions 2 and 3, a second 2:4 operand with the metadata nibble 2 | 3 << 2 everywhere. The
+        // thread's A registers of it (zero where its groups have none) are the words its head word's
+        // mask of m-tile t names, in register order 4 ks + i, after its earlier m-tiles' words
+        {
+            const u32 hw = reinterpret_cast<const u32*>(stage + MTILES * TILE_BYTES)[tid];
+            const u32* words = reinterpret_cast<const u32*>(stage + MTILES * TILE_BYTES + HEAD_BYTES) + (hw & START_MASK);
+            uint4 o[2][MT];
+#pragma unroll
+            for (int t = 0; t < MT; ++t) {
+                const u32 mask = (hw >> (START_BITS + 8 * t)) & 0xFFu;
+                u32 r[8];
+#pragma unroll
+                for (int i = 0; i < 8; ++i) r[i] = (mask >> i) & 1u ? words[__popc(mask & ((1u << i) - 1u))] : 0u;
+                o[0][t] = make_uint4(r[0], r[1], r[2], r[3]);
+                o[1][t] = make_uint4(r[4], r[5], r[6], r[7]);
+                words += __popc(mask);
+            }
+            asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");  // the registers just written
+#pragma unroll
+            for (int t = 0; t < MT; ++t) {
+                wgmma_sp<0>(acc[t], o[0][t], b_desc(sx), OVERFLOW_META);
+                wgmma_sp<1>(acc[t], o[1][t], b_desc(sx + NTOK * 32 * 2), OVERFLOW_META);
+            }
+        }
+#endif
         asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
         asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
 #pragma unroll
         for (int t = 0; t < MT; ++t) fence_acc(acc[t]);
-#if OVERFLOW
-        // the chunk's overflow entries on CUDA cores: lane 4 g + 2 t + hf's head word names those of row
-        // 16 warp + 8 hf + g of m-tile t; each lane q of the group adds its NTOK / 4 tokens (8 j + 2 q + {0, 1})
-        {
-            const u32 mine = reinterpret_cast<const u32*>(stage + MTILES * TILE_BYTES)[tid];
-            const u32* slots = reinterpret_cast<const u32*>(stage + MTILES * TILE_BYTES + HEAD_BYTES);
-            const int q = lane & 3;
-            const u16* xs = reinterpret_cast<const u16*>(stage + W_BYTES);
-#pragma unroll
-            for (int t = 0; t < MT; ++t)
-#pragma unroll
-                for (int hf = 0; hf < 2; ++hf) {
-                    const u32 hw = __shfl_sync(0xffffffffu, mine, (lane & ~3) | (2 * t + hf));
-                    const u32* ent = slots + (hw & START_MASK);
-                    const int cnt = (int)(hw >> COUNT_SHIFT);
-                    for (int j = 0; j < cnt; ++j) {
-                        const u32 en = ent[j];
-                        const float v = to_float((u16)(en & 0xffffu));
-                        const int col = (int)(en >> 16);
-                        const u16* xc = xs + ((col >> 5) * (NTOK * 32 * 2) + ((col & 31) >> 3) * 128 + (2 * q) * 16) / 2
-                                        + (col & 7);
-#pragma unroll
-                        for (int jj = 0; jj < NTOK / 8; ++jj) {
-                            acc[t][4 * jj + 2 * hf] += v * to_float(xc[jj * 256]);
-                            acc[t][4 * jj + 2 * hf + 1] += v * to_float(xc[jj * 256 + 8]);
-                        }
-                    }
-                }
-        }
-#endif
     }
     asm volatile("cp.async.wait_all;\n" ::: "memory");
     __syncthreads();  // every warpgroup done with the stages: they hold the partial sums now

@@ -7,27 +7,32 @@ Groups are 4 consecutive columns (X^T is the mma's B operand in shared memory, r
 column order). Each group keeps two slots, as in ``pack/sparse24.py``: first position < second, a
 lone nonzero with a stored zero beside it, an empty group two; a 32-bit word (first slot in the low
 half) and a nibble of metadata (first position | second position << 2). A group's third and fourth
-nonzeros are overflow entries, added by the lanes that hold their row on CUDA cores.
+nonzeros (the overflow) can only sit at its positions 2 and 3, so they are a second 2:4 operand
+whose metadata is the same nibble (2 | 3 << 2) everywhere: the kernel runs a second sparse mma over
+them, and the format stores only their words (position 2 in the low half, 3 in the high, zero where
+that position is not overflow), for the groups that have any.
 
 Layout. A row block is R = 64 mtiles rows (``mtiles`` = warpgroups x m-tiles per warpgroup), a chunk
 64 columns (two k-steps of 32, 16 groups). Per row block and chunk, contiguous:
 
     per m-tile (4608 bytes): A words [k-step][thread][4], then the metadata [thread]
-    where there is overflow: a head word [thread] (wg 128 + tw), naming entries (first | count << 25,
-    first counted from the chunk's first slot), then the chunk's entries in ``slots`` slots (the
-    most any chunk holds, rounded up: costmodel.roofline.wgmma24_slots; zeros after its entries)
+    where there is overflow: a head word [thread] (wg 128 + tw): its first overflow word counted from
+    the chunk's first slot (bits 0-13) and per m-tile t of its warpgroup a mask (bits 14 + 8 t ..):
+    bit 4 ks + i set where its A register i of k-step ks has an overflow word; then the chunk's
+    overflow words in ``slots`` slots (the most any chunk holds, rounded up:
+    costmodel.roofline.wgmma24_slots; zeros after its words), by thread, m-tile and register
 
-so a chunk's entries arrive in shared memory with its copy, and the CUDA-core loop waits on no
-global load. In a warpgroup's m64nNk32 sparse mma, thread tw = 32 w + 4 g + q holds as its A register i the
-word of row 16 w + g + 8 (i & 1), group q + 4 (i >> 1) of the k-step (the m16n8k32 sparse A layout
-of each warp's 16 rows); its metadata word: thread 32 w + 4 g + 2 ks + h holds the nibbles of rows
-16 w + g (bits 0-15) and 16 w + g + 8 (bits 16-31), groups 4 h .. 4 h + 3 of k-step ks, group 4 h + i
-at bits 4 i (sparsity selector ks). Overflow: thread wg 128 + 32 w + 4 g + 2 t + hf's head word names
-the entries of row 16 w + 8 hf + g of m-tile wg mt + t in the chunk; entries are int32, the value's
-bits | its column in the chunk << 16, in the order of (thread, column).
+so a chunk's overflow arrives in shared memory with its copy, and the kernel builds each thread's
+registers of the second operand from its head word, without a loop. In a warpgroup's m64nNk32
+sparse mma, thread tw = 32 w + 4 g + q holds as its A register i the word of row 16 w + g + 8 (i & 1),
+group q + 4 (i >> 1) of the k-step (the m16n8k32 sparse A layout of each warp's 16 rows); its
+metadata word: thread 32 w + 4 g + 2 ks + h holds the nibbles of rows 16 w + g (bits 0-15) and
+16 w + g + 8 (bits 16-31), groups 4 h .. 4 h + 3 of k-step ks, group 4 h + i at bits 4 i (sparsity
+selector ks).
 
 Bytes: 0.5625 of dense whatever the sparsity (values and metadata), plus, where there is overflow,
-1 / 32 of dense for the head words (two warpgroups of two m-tiles) and 4 bytes per slot.
+1 / 32 of dense for the head words (two warpgroups of two m-tiles) and 4 bytes per slot (a group
+with overflow needs one).
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ import torch
 from .._checks import check_weight
 from ..costmodel.roofline import wgmma24_slots
 from .rows import _as_int16, _as_int32, decoded_product
-from .sparse24 import START_BITS, _slots, head_words
+from .sparse24 import _slots
 
 GROUP = 4
 KSTEP = 32
@@ -48,6 +53,10 @@ TILE_WORDS = 2 * 128 * 4 + 128  # per m-tile and chunk: A words of both k-steps,
 #: tokens (``token_tile``), else tiles of 128
 NTOKS = (16, 32, 64, 128)
 NTOK = NTOKS[-1]
+#: A head word: the thread's first overflow word (bits 0 .. START_BITS - 1), then a mask of 8 bits per m-tile
+START_BITS = 14
+#: The overflow operand's metadata nibble: positions 2 and 3 of every group
+OVERFLOW_NIBBLE = 2 | 3 << 2
 #: The pipeline's stages take at most this much shared memory, and are at most MAX_STAGES
 STAGE_SMEM, MAX_STAGES = 220 * 1024, 8
 _DTYPES = (torch.bfloat16, torch.float16)
@@ -57,9 +66,10 @@ class Wgmma24Weight:
     """A weight in the warpgroup 2:4 layout; ``from_dense`` packs one."""
 
     def __init__(self, shape: tuple[int, int], dtype: torch.dtype, wgs: int, mt: int, values: torch.Tensor,
-                 slots: int, n_entries: int):
+                 slots: int, n_entries: int, n_groups: int = 0):
         self.shape, self.dtype, self.wgs, self.mt, self.values = shape, dtype, wgs, mt, values
-        self.slots, self.n_entries = slots, n_entries  # entry slots per chunk (0: no overflow), entries in all
+        # overflow word slots per chunk (0: no overflow); overflow nonzeros, and groups holding them, in all
+        self.slots, self.n_entries, self.n_groups = slots, n_entries, n_groups
         self._decoded: list[torch.Tensor] = []  # to_dense(), once read (wgmma24_reference)
 
     @property
@@ -82,12 +92,12 @@ class Wgmma24Weight:
 
     @property
     def nbytes(self) -> int:
-        """Device bytes of the format (tiles, head words and entry slots)."""
+        """Device bytes of the format (tiles, head words and overflow word slots)."""
         return self.values.numel() * self.values.element_size()
 
     def to(self, device) -> "Wgmma24Weight":
         return Wgmma24Weight(self.shape, self.dtype, self.wgs, self.mt, self.values.to(device), self.slots,
-                             self.n_entries)
+                             self.n_entries, self.n_groups)
 
     def decoded(self) -> torch.Tensor:
         """``to_dense()``, read once and kept."""
@@ -98,7 +108,8 @@ class Wgmma24Weight:
     @classmethod
     def from_dense(cls, weight: torch.Tensor, wgs: int = 2, mt: int = 2) -> "Wgmma24Weight":
         """Pack a 2-D bf16/fp16 weight: in every group of 4 consecutive columns the first two nonzeros
-        in the 2:4 part, the others as overflow entries; zeros (and -0.0) are not stored."""
+        in the 2:4 part, the others (at positions 2 and 3) in the overflow operand; zeros (and -0.0)
+        are not stored."""
         check_weight(weight)
         if weight.dtype not in _DTYPES:
             raise TypeError(f"warpgroup 2:4 format: expected a bfloat16 or float16 weight, got {weight.dtype}")
@@ -131,19 +142,19 @@ class Wgmma24Weight:
         meta = half[:, :, :, 0] | (half[:, :, :, 1] << 16)  # [rb, mtile, w, g, chunk, ks, hq]
         meta = meta.permute(0, 4, 1, 2, 3, 5, 6).reshape(rb_, nc, mtiles, 128)
         tiles = torch.cat([a, meta], -1).reshape(rb_, nc, mtiles * TILE_WORDS)
-        slots, n_entries = 0, int(over.sum())
+        slots, n_entries, n_groups = 0, int(over.sum()), 0
         if n_entries:
-            head, entries = _overflow(bits, over, rb_, nc, wgs, mt)
-            tiles = torch.cat([tiles, head, entries], -1)
-            slots = entries.shape[-1]
+            head, words, n_groups = _overflow(bits, over, rb_, nc, wgs, mt)
+            tiles = torch.cat([tiles, head, words], -1)
+            slots = words.shape[-1]
         values = _as_int32(tiles).contiguous()
         if values.numel() * 4 >= 2**31:
             raise ValueError("Wgmma24Weight: the weight is too large for 32-bit offsets")
-        return cls((m, k), weight.dtype, wgs, mt, values, slots, n_entries)
+        return cls((m, k), weight.dtype, wgs, mt, values, slots, n_entries, n_groups)
 
     def to_dense(self) -> torch.Tensor:
-        """The weight, read from the format as the kernel reads it: the sparse mma's slots, then each
-        lane group's overflow entries found through its chunk's head words."""
+        """The weight, read from the format as the kernel reads it: the sparse mma's slots, then the
+        overflow operand's registers found through each thread's head word."""
         m, k = self.shape
         mtiles = self.mtiles
         rb_, nc = self.values.shape[:2]
@@ -163,21 +174,9 @@ class Wgmma24Weight:
         out.scatter_(-1, (nib >> 2)[..., None], (word >> 16)[..., None])
         dense = out.reshape(rows, nc * CHUNK)
         if self.overflow:
-            threads = 128 * self.wgs
-            head = v[..., mtiles * TILE_WORDS: mtiles * TILE_WORDS + threads].reshape(-1)  # [(rb, chunk, thread)]
-            slots = v[..., mtiles * TILE_WORDS + threads:].reshape(-1, self.slots)  # [(rb, chunk), slot]
-            count = head >> START_BITS
-            seg = torch.repeat_interleave(torch.arange(len(head), device=dev), count)
-            first = torch.repeat_interleave(head & (2**START_BITS - 1), count)
-            offset = torch.arange(len(seg), device=dev) - torch.repeat_interleave(torch.cumsum(count, 0) - count, count)
-            e = slots[seg // threads, first + offset]
-            thread, chunk, rb = seg % threads, (seg // threads) % nc, seg // (threads * nc)
-            wg, w, lane = thread // 128, (thread % 128) // 32, thread % 32
-            g, t, hf = lane // 4, (lane % 4) // 2, lane % 2
-            if self.mt == 1 and bool((t > 0).any()):
-                raise RuntimeError("warpgroup 2:4 format: a one-m-tile warpgroup's head word names a second m-tile")
-            row = rb * self.rows + (wg * self.mt + t) * TILE_ROWS + 16 * w + 8 * hf + g
-            dense[row, chunk * CHUNK + (e >> 16)] = e & 0xFFFF
+            over = _read_overflow(v[..., mtiles * TILE_WORDS:], self.wgs, self.mt, self.slots)
+            over = over.reshape(rows, nc * CHUNK)
+            dense = torch.where(over != 0, over, dense)
         return _as_int16(dense).view(self.dtype)[:m, :k].contiguous()
 
 
@@ -189,26 +188,61 @@ def wgmma24_reference(x: torch.Tensor, weight: Wgmma24Weight, bias: torch.Tensor
 
 
 def _overflow(bits: torch.Tensor, over: torch.Tensor, rb_: int, nc: int, wgs: int, mt: int):
-    """Head words [rb, chunk, threads] (int64, first entry counted from the chunk's) and the entry
-    slots [rb, chunk, slots] (int64 bit patterns of int32 entries, zeros after a chunk's) of the
-    overflow ``over`` (a group's third and fourth nonzeros) of the padded weight's bit patterns ``bits``."""
-    rows, threads = TILE_ROWS * wgs * mt, 128 * wgs
-    r, col = over.nonzero(as_tuple=True)
-    rb, rr, chunk, c = r // rows, r % rows, col // CHUNK, col % CHUNK
-    mtile, w, hf, g = rr // TILE_ROWS, (rr % TILE_ROWS) // 16, (rr % 16) // 8, rr % 8
-    wg, t = mtile // mt, mtile % mt
-    thread = wg * 128 + 32 * w + 4 * g + 2 * t + hf
-    seg = (rb * nc + chunk) * threads + thread
-    head, entries = head_words(seg, c, bits[r, col], rb_ * nc * threads, "Wgmma24Weight")
-    head = head.view(rb_ * nc, threads)
-    start = head[:, :1] & (2**START_BITS - 1)  # the chunk's first entry: its first thread's
-    count = (head >> START_BITS).sum(1)
-    slots = wgmma24_slots(int(count.max()))
-    chunk_of = torch.repeat_interleave(torch.arange(rb_ * nc, device=head.device), count)
-    table = torch.zeros(rb_ * nc, slots, dtype=torch.int64, device=head.device)
-    table[chunk_of, torch.arange(len(entries), device=head.device) - start[chunk_of, 0]] = \
-        entries.to(torch.int64) & 0xFFFFFFFF
-    return (head - start).view(rb_, nc, threads), table.view(rb_, nc, slots)
+    """Head words [rb, chunk, threads] (int64), the overflow word slots [rb, chunk, slots] (int64 bit
+    patterns of int32 words, zeros after a chunk's) and the number of groups with overflow, of the
+    overflow ``over`` (a group's third and fourth nonzeros) of the padded weight's bit patterns
+    ``bits``."""
+    rows = TILE_ROWS * wgs * mt
+    dev = bits.device
+    over = over.view(rb_ * rows, nc * CHUNK // GROUP, GROUP)
+    if bool(over[..., :2].any()):  # a third nonzero is at position 2 or 3
+        raise RuntimeError("warpgroup 2:4 format: an overflow nonzero before a group's position 2")
+    ov = torch.where(over, bits.view_as(over), 0)
+    word = ov[..., 2] | (ov[..., 3] << 16)
+    has = over[..., 2:].any(-1)
+    # (rb, wg, t, w, hf, g, chunk, ks, hq, q) -> (rb, chunk, wg, w, g, q, t, ks, hq, hf): a thread's
+    # registers by m-tile t and register 4 ks + i, i = hf + 2 hq
+    shape = (rb_, wgs, mt, 4, 2, 8, nc, 2, 2, 4)
+    order = (0, 6, 1, 3, 5, 9, 2, 7, 8, 4)
+    threads = 128 * wgs
+    word = word.view(shape).permute(order).reshape(rb_ * nc, threads, mt * 8)
+    has = has.view(shape).permute(order).reshape(rb_ * nc, threads, mt * 8)
+    reg = torch.arange(8, device=dev)
+    masks = (has.view(rb_ * nc, threads, mt, 8).to(torch.int64) << reg).sum(-1)  # [(rb, chunk), thread, t]
+    count = has.sum(-1)  # [(rb, chunk), thread]
+    start = torch.cumsum(count, -1) - count
+    head = start | (masks << (START_BITS + 8 * torch.arange(mt, device=dev))).sum(-1)
+    per_chunk = count.sum(-1)
+    slots = wgmma24_slots(int(per_chunk.max()))
+    table = torch.zeros(rb_ * nc, slots, dtype=torch.int64, device=dev)
+    chunk_of = torch.arange(rb_ * nc, device=dev)[:, None, None].expand_as(has)[has]
+    first = (torch.cumsum(per_chunk, 0) - per_chunk)[chunk_of]
+    table[chunk_of, torch.arange(len(chunk_of), device=dev) - first] = word[has] & 0xFFFFFFFF
+    return head.view(rb_, nc, threads), table.view(rb_, nc, slots), int(has.sum())
+
+
+def _read_overflow(record: torch.Tensor, wgs: int, mt: int, slots: int) -> torch.Tensor:
+    """The overflow operand's nonzeros as 16-bit patterns [rows of the row blocks, chunk columns] (int64,
+    zero elsewhere), read from each chunk's record after the m-tiles (``record``: [rb, chunk, words],
+    int64 bit patterns) as the kernel reads them: each thread's head word, its masks, and its words
+    in the slots."""
+    rb_, nc = record.shape[:2]
+    dev = record.device
+    threads = 128 * wgs
+    head = record[..., :threads]  # [rb, chunk, thread]
+    table = record[..., threads:threads + slots].reshape(rb_, nc, slots)
+    masks = (head[..., None] >> (START_BITS + 8 * torch.arange(mt, device=dev))) & 0xFF  # [rb, chunk, thread, t]
+    reg = torch.arange(8, device=dev)
+    has = ((masks[..., None] >> reg) & 1).bool()  # [rb, chunk, thread, t, reg]
+    before = torch.cumsum(has.flatten(-2), -1).view_as(has) - has.to(torch.int64)  # the thread's earlier words
+    index = (head & (2**START_BITS - 1))[..., None, None] + before
+    word = torch.where(has, table.gather(-1, torch.where(has, index, 0).flatten(2)).view_as(has), 0)
+    # (rb, chunk, wg, w, g, q, t, ks, hq, hf) back to (rb, wg, t, w, hf, g, chunk, ks, hq, q)
+    word = word.view(rb_, nc, wgs, 4, 8, 4, mt, 2, 2, 2).permute(0, 2, 6, 3, 9, 4, 1, 7, 8, 5)
+    out = torch.zeros(*word.shape, GROUP, dtype=torch.int64, device=dev)
+    out[..., 2] = word & 0xFFFF
+    out[..., 3] = (word >> 16) & 0xFFFF
+    return out.reshape(rb_ * TILE_ROWS * wgs * mt, nc * CHUNK)
 
 
 def token_tile(n: int) -> int:
@@ -218,20 +252,20 @@ def token_tile(n: int) -> int:
 
 def record_bytes(wgs: int, mt: int, slots: int) -> int:
     """Bytes of a row block's chunk in the format: the m-tiles' words, and where there is overflow
-    (``slots`` > 0) the head words and the entry slots."""
+    (``slots`` > 0) the head words and the overflow word slots."""
     return wgs * mt * TILE_WORDS * 4 + (128 * wgs * 4 + 4 * slots if slots else 0)
 
 
 def stages(wgs: int, mt: int, slots: int, ntok: int = NTOK) -> int:
     """The pipeline's stages (chunks in flight, one being read): as many as STAGE_SMEM holds, at most
-    MAX_STAGES (6 at 128 tokens, 8 at 16-64 in the default block with few entries)."""
+    MAX_STAGES (6 at 128 tokens, 8 at 16-64 in the default block with little overflow)."""
     return max(2, min(MAX_STAGES, STAGE_SMEM // (record_bytes(wgs, mt, slots) + ntok * CHUNK * 2)))
 
 
 def smem_bytes(wgs: int, mt: int, slots: int, ntok: int = NTOK, n_stages: int | None = None) -> int:
     """Dynamic shared memory of a wgmma24 block (kernels/wgmma24.cu) of ``ntok`` tokens over a weight
-    of ``slots`` entry slots per chunk: its pipeline's stages (``n_stages``, default ``stages``), which
-    then hold the partial sums."""
+    of ``slots`` overflow word slots per chunk: its pipeline's stages (``n_stages``, default
+    ``stages``), which then hold the partial sums."""
     n_stages = stages(wgs, mt, slots, ntok) if n_stages is None else n_stages
     pipeline = n_stages * (record_bytes(wgs, mt, slots) + ntok * CHUNK * 2)
     return max(pipeline, ntok * (TILE_ROWS * wgs * mt + 4) * 4)

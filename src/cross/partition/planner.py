@@ -47,9 +47,9 @@ SLICE_KERNEL_DEFAULT = False
 #: whose 2:4 format costs at most this fraction of the dense bytes (roofline.wgmma24_format_bytes),
 #: becomes its candidate with the standing of a near win: it falls back until the measured check
 #: times it faster than dense.
-#: The bytes stand for the overflow's work on CUDA cores too (4 bytes per entry): 0.75 is uniform
-#: sparsity from ~60% (the entry slots of the fullest chunk counted), where at 50% the entries were
-#: predicted to make it slower than cuBLAS.
+#: The overflow runs as a second sparse mma (no instruction per entry), so the bytes are its cost:
+#: 0.75 is uniform sparsity from ~55% (the overflow word slots of the fullest chunk counted; 50% is
+#: 0.78 of dense, a ceiling of 1.28x, not offered).
 WGMMA_MAX_BYTES = 0.75
 #: Whether make_plan offers buckets to the warpgroup 2:4 kernel by default (``wgmma_kernel``): off
 #: until it is measured correct and faster on a GPU (docs/perf-notes.md).
@@ -73,15 +73,15 @@ def design_tokens(n_min: int, n_max: int) -> int:
     return n_max if n_max <= 8192 else max(n_min, 2048)
 
 
-def overflow_entries(weight: torch.Tensor) -> np.ndarray:
-    """A weight's nonzeros beyond the second of each group of 4 consecutive columns (the warpgroup 2:4
-    format's overflow entries, pack/wgmma24.py; -0.0 is a zero, NaN a nonzero) per row block of
-    WGMMA_BLOCK_ROWS and chunk of WGMMA_CHUNK columns (int64 [row blocks, chunks])."""
+def overflow_groups(weight: torch.Tensor) -> np.ndarray:
+    """A weight's groups of 4 consecutive columns holding more than two nonzeros (each one overflow
+    word of the warpgroup 2:4 format, pack/wgmma24.py; -0.0 is a zero, NaN a nonzero) per row block
+    of WGMMA_BLOCK_ROWS and chunk of WGMMA_CHUNK columns (int64 [row blocks, chunks])."""
     m, k = weight.shape
     rows, cols = -(-m // WGMMA_BLOCK_ROWS) * WGMMA_BLOCK_ROWS, -(-k // WGMMA_CHUNK) * WGMMA_CHUNK
     nz = torch.nn.functional.pad(weight != 0, (0, cols - k, 0, rows - m)).view(rows, -1, 4).sum(-1, dtype=torch.int64)
-    over = (nz - 2).clamp_(min=0).view(rows // WGMMA_BLOCK_ROWS, WGMMA_BLOCK_ROWS, -1, WGMMA_CHUNK // 4)
-    return over.sum((1, 3)).cpu().numpy()
+    over = (nz > 2).view(rows // WGMMA_BLOCK_ROWS, WGMMA_BLOCK_ROWS, -1, WGMMA_CHUNK // 4)
+    return over.sum((1, 3), dtype=torch.int64).cpu().numpy()
 
 
 def check_buckets(buckets) -> tuple[tuple[int, int], ...]:
@@ -282,7 +282,7 @@ def make_plan(weight: torch.Tensor | None = None, *, nnz: np.ndarray | None = No
     # weight where there is one: tile counts cannot tell a 2:4 weight from a uniform one)
     wgmma = (bool(wgmma_kernel) and nan_policy == "ignore" and wgmma24_kernel_fits(grid.rows, grid.cols, dtype)
              and wgmma24_format_bytes(nnz, size, grid.rows, grid.cols,
-                                      chunk_entries=None if weight is None else overflow_entries(weight))
+                                      chunk_groups=None if weight is None else overflow_groups(weight))
              <= WGMMA_MAX_BYTES * 2 * grid.rows * grid.cols)
 
     def plan_buckets(kinds):
