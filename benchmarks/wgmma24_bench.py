@@ -1,13 +1,14 @@
 """The warpgroup 2:4 kernel (kernels/wgmma24.cu: Hopper's sparse warpgroup mma over pack/wgmma24.py,
-CUDA cores for the overflow) against cuBLAS at 1-512 tokens (blocks of 16, 32, 64 or 128 tokens). Weights (bf16): uniform random sparse at
-each sparsity ("uniform": a group's third and fourth nonzeros are overflow entries), or their 2:4 part
+a second one for the overflow) against cuBLAS at 1-512 tokens (blocks of 16, 32, 64 or 128 tokens), in
+the slots layout or the compressed one (a setting with a leading c). Weights (bf16): uniform random
+sparse at each sparsity ("uniform": a group's third and fourth nonzeros are overflow), or their 2:4 part
 ("2:4": the two largest-magnitude entries of every group of 4 consecutive columns kept; no overflow).
 Each launch setting (warpgroups:m-tiles[:split]) is checked against the fp32 product (output poisoned
 with NaN, fresh inputs), then timed: CUDA-graph replay, L2 flushed by a 256 MB read, cuBLAS (F.linear on
 the same weight as a dense tensor) in the same run.
 
     PYTHONPATH=src python benchmarks/wgmma24_bench.py --shapes llama-qkvo,llama-up,llama-down \\
-        --sparsities 0.6,0.7,0.9 --ns 16,64,128
+        --sparsities 0.6,0.7,0.9 --ns 16,64,128 --settings 2:2,c2:2
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from cross.pack.wgmma24 import Wgmma24Weight, token_tile  # noqa: E402
 
 def main(argv=None):
     args = parse_bench_args(argv, __doc__, "wgmma24_bench", "llama-qkvo,llama-up,llama-down", "128", "2:2",
-                            "warpgroups:m-tiles[:split], comma-separated")
+                            "[c]warpgroups:m-tiles[:split], comma-separated (c: the compressed layout)")
     gen = torch.Generator(device="cuda").manual_seed(0)
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     out_rows = []
@@ -38,15 +39,15 @@ def main(argv=None):
     for shape, m, k, sp, kind, w in bench_weights(args):  # 2:4: groups of 4 consecutive columns
         packed = {}
         for s in args.settings.split(","):
-            wgs, mt = (int(v) for v in s.split(":")[:2])
-            packed[s] = Wgmma24Weight.from_dense(w, wgs, mt)
+            wgs, mt = (int(v) for v in s.lstrip("c").split(":")[:2])
+            packed[s] = Wgmma24Weight.from_dense(w, wgs, mt, compressed=s.startswith("c"))
         over = next(iter(packed.values())).n_entries / max(int((w != 0).sum()), 1)
         for n in (int(v) for v in args.ns.split(",")):
             x = torch.randn(n, k, generator=gen, device="cuda").to(torch.bfloat16)
             y = torch.empty(n, m, dtype=torch.bfloat16, device="cuda")
             dense_us = graph_us(lambda: F.linear(x, w))
             for setting, sw in packed.items():
-                parts = setting.split(":")
+                parts = setting.lstrip("c").split(":")
                 split = int(parts[2]) if len(parts) > 2 else wgmma24_split(*sw.values.shape[:2], sms,
                                                                            -(-n // token_tile(n)))
                 xc = torch.randn(n, k, generator=gen, device="cuda").to(torch.bfloat16)
@@ -58,10 +59,12 @@ def main(argv=None):
                 us = graph_us(lambda: wgmma24_matmul(x, sw, out=y, split=split))
                 mb = sw.nbytes / 1e6
                 rec = dict(shape=shape, M=m, K=k, N=n, sparsity=sp, weight=kind, overflow_of_nonzeros=round(over, 4),
+                           layout="compressed" if sw.compressed else "slots",
                            setting=f"{parts[0]}:{parts[1]}:{split}", mb=round(mb, 2), dense_us=round(dense_us, 2),
                            wgmma24_us=round(us, 2), speedup_vs_dense=round(dense_us / us, 3))
                 out_rows.append(rec)
-                print(f"{shape:>11} {n:>4} {sp:>4} {kind:>7} {over:>8.3f} {rec['setting']:>8} {mb:>6.1f} "
+                print(f"{shape:>11} {n:>4} {sp:>4} {kind:>7} {over:>8.3f} {setting[0] if sw.compressed else ''}"
+                      f"{rec['setting']:>8} {mb:>6.1f} "
                       f"{dense_us:>7.2f} {us:>7.2f} {dense_us / us:>7.2f} {mb / us:>5.2f}", flush=True)
     if args.out and out_rows:
         start_csv(Path(args.out), list(out_rows[0]), out_rows)

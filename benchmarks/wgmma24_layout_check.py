@@ -6,7 +6,7 @@ A 64 x 64 2:4 weight of small integers (exact in bf16) runs in one block of one 
 Y^T differs from W it prints both corners and the row and column sums, then tries the descriptor's
 byte offsets swapped (-DB_LBO=512 -DB_SBO=128 through CROSS_CUDA_DEFINES). Then random weights and
 inputs at each block size (16, 32, 64, 128 tokens, several token tiles), splits of K and overflow,
-against the fp64 product, outputs poisoned with NaN.
+in both layouts (slots, and the compressed one), against the fp64 product, outputs poisoned with NaN.
 
     PYTHONPATH=src python benchmarks/wgmma24_layout_check.py
 """
@@ -61,15 +61,16 @@ def random_checks() -> bool:
     for m, k, wgs, mt, split, density in [(256, 256, 2, 2, 1, 0.5), (1000, 1032, 2, 2, 3, 0.3),
                                           (4096, 4096, 2, 2, None, 0.3), (11008, 4096, 2, 2, None, 0.1)]:
         w = (torch.randn(m, k, generator=gen) * (torch.rand(m, k, generator=gen) < density)).bfloat16().cuda()
-        sw = Wgmma24Weight.from_dense(w, wgs, mt)
-        for n in (1, 16, 30, 64, 128, 200):
+        for sw, n in ((Wgmma24Weight.from_dense(w, wgs, mt, compressed=c), n)
+                      for c in (False, True) for n in (1, 16, 30, 64, 128, 200)):
             x = torch.randn(n, k, generator=gen).bfloat16().cuda()
             y = torch.full((n, m), float("nan"), dtype=torch.bfloat16, device="cuda")
             wgmma24_matmul(x, sw, out=y, split=split)
             ref = x.double() @ w.double().t()
             err = float(((y.double() - ref).abs() / (ref.abs() + ref.pow(2).mean().sqrt())).nan_to_num(1e9).max())
             ok &= err < 2e-2
-            print(f"{m}x{k} density {density} slots {sw.slots} split {split} N {n}: max relative error {err:.3g}")
+            print(f"{m}x{k} density {density} {'compressed' if sw.compressed else 'slots'} {sw.slots} split {split} "
+                  f"N {n}: max relative error {err:.3g}")
     return ok
 
 

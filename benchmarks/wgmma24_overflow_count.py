@@ -8,8 +8,8 @@ steps (a warp runs as many steps as its fullest lane group) against the steps if
 the mean, and the shared-memory wavefronts per load of X (the most distinct 4-byte words any bank
 serves to the warp's active lanes) in X's no-swizzle K-major layout (``plain``), in a 128-byte swizzled
 one (``swizzle``), and with each row's entries reordered so that the lanes of a step meet in fewer
-banks (``--greedy``). The build that replaced it runs the overflow as a second sparse mma; the format's
-bytes of both are printed.
+banks (``--greedy``). The build that replaced it runs the overflow as a second sparse mma; the bytes of
+its two layouts (slots, compressed) are printed.
 
     PYTHONPATH=src python benchmarks/wgmma24_overflow_count.py --shape 11008x4096 --sparsities 0.5,0.7,0.9
 """
@@ -120,9 +120,10 @@ def main():
         if args.greedy:
             order = greedy(unit, g, c)
             print(f"  swizzle, reordered: {wavefronts(unit, g, c, order, 'swizzle') / (2 * steps):.2f} wavefronts per load")
-        sw = Wgmma24Weight.from_dense(w)
+        sw, cw = Wgmma24Weight.from_dense(w), Wgmma24Weight.from_dense(w, compressed=True)
         print(f"  format: {sw.nbytes / 1e6:.1f} MB ({sw.nbytes / (2 * m * k):.3f} of dense), "
-              f"{sw.n_groups} overflow words, {sw.slots} slots per chunk")
+              f"{sw.n_groups} overflow words, {sw.slots} slots per chunk; compressed: {cw.nbytes / 1e6:.1f} MB "
+              f"({cw.nbytes / (2 * m * k):.3f} of dense), {cw.slots} slots per chunk")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Run the warpgroup 2:4 kernel on one weight a few times, for a profiler (ncu) to attach to: a
-uniform random sparse weight (its overflow on CUDA cores) or its 2:4 part (``--weight 2:4``).
+uniform random sparse weight (its overflow as a second mma) or its 2:4 part (``--weight 2:4``), in the
+slots layout or the compressed one (``--compressed``).
 
     PYTHONPATH=src ncu -k regex:wgmma24 --launch-count 1 --section SpeedOfLight --section MemoryWorkloadAnalysis_Tables \\
         --section WarpStateStats python benchmarks/wgmma24_profile_one.py --shape 11008x4096 --sparsity 0.7 --n 16
@@ -25,6 +26,7 @@ ap.add_argument("--weight", default="uniform", choices=("uniform", "2:4"))
 ap.add_argument("--n", type=int, default=16)
 ap.add_argument("--setting", default="2:2", help="warpgroups:m-tiles[:split]")
 ap.add_argument("--launches", type=int, default=1)
+ap.add_argument("--compressed", action="store_true", help="the compressed layout")
 args = ap.parse_args()
 m, k = (int(v) for v in args.shape.split("x"))
 parts = [int(v) for v in args.setting.split(":")]
@@ -33,7 +35,7 @@ if args.weight == "2:4":
     w = two_of_four(w)  # groups of 4 consecutive columns, as the format's
 w = w.cuda()
 x = torch.randn(args.n, k, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16).cuda()
-sw = Wgmma24Weight.from_dense(w, parts[0], parts[1])
+sw = Wgmma24Weight.from_dense(w, parts[0], parts[1], compressed=args.compressed)
 sms = torch.cuda.get_device_properties(0).multi_processor_count
 split = parts[2] if len(parts) > 2 else wgmma24_split(*sw.values.shape[:2], sms, -(-args.n // token_tile(args.n)))
 for _ in range(args.launches):

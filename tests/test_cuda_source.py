@@ -95,18 +95,21 @@ def test_wgmma_probe_compiles(variant, tmp_path):
     assert sum(int(v) for v in re.findall(r"(\d+) bytes spill stores", out.stderr)) == 0, out.stderr[-2000:]
 
 
-@pytest.mark.parametrize("wgs,mt,split,overflow,ntok", [(2, 2, 1, 0, 128), (2, 2, 4, 1, 128), (1, 1, 1, 1, 128),
-                                                        (2, 1, 8, 1, 64), (1, 2, 3, 0, 32), (2, 2, 3, 1, 16),
-                                                        (2, 2, 2, 0, 16)])
+@pytest.mark.parametrize("wgs,mt,split,overflow,ntok,compressed", [
+    (2, 2, 1, 0, 128, False), (2, 2, 4, 1, 128, False), (1, 1, 1, 1, 128, False), (2, 1, 8, 1, 64, False),
+    (1, 2, 3, 0, 32, False), (2, 2, 3, 1, 16, False), (2, 2, 2, 0, 16, False),
+    (2, 2, 3, 1, 16, True), (2, 2, 1, 1, 128, True), (1, 2, 2, 0, 64, True)])
 @pytest.mark.parametrize("is_bf16", [True, False], ids=["bf16", "fp16"])
-def test_wgmma24_kernel_source_compiles(wgs, mt, split, overflow, ntok, is_bf16, tmp_path):
-    """wgmma24.cu (the warpgroup 2:4 kernel) with the defines the launcher gives it assembles for
-    sm_90a without spills, and ptxas keeps its mma asynchronous (no serialization warning)."""
+def test_wgmma24_kernel_source_compiles(wgs, mt, split, overflow, ntok, compressed, is_bf16, tmp_path):
+    """wgmma24.cu (the warpgroup 2:4 kernel, both layouts) with the defines the launcher gives it
+    assembles for sm_90a without spills, and ptxas keeps its mma asynchronous (no serialization
+    warning)."""
     from cross.kernels.cuda_backend import wgmma24_defines
 
     kernels = resources.files("cross.kernels")
     cmd = [NVCC, "-arch=sm_90a", "-std=c++17", "-cubin", "-Xptxas", "-v", "-o", str(tmp_path / "k.cubin"),
-           f"-I{kernels}", *wgmma24_defines(is_bf16, wgs, mt, split, 64 * overflow, ntok),
+           f"-I{kernels}", *wgmma24_defines(is_bf16, wgs, mt, split, 1024 if compressed else 64 * overflow, ntok, compressed,
+                                         bool(overflow)),
            str(kernels.joinpath("wgmma24.cu"))]
     out = subprocess.run(cmd, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -73,8 +73,14 @@ def test_slice_launch(driver, producers, elements):
 def test_wgmma24_launch(driver, n_tok, ntok, tiles):
     """One block per row block, token tile and part of K: clusters of ``split`` consecutive blocks."""
     cuda_backend.wgmma24_launch(43, ntok, 2, 2, 3, 64, _ptrs(4), 11008, 4096, n_tok, 4096, 11008, 64)
-    _check_call(driver.calls[0], ("_wgmma24_kernel", (0, True, 2, 2, 3, 64, ntok)), 43 * tiles * 3, 256, 5000,
-                tuple(range(1000, 1004)) + (11008, 4096, n_tok, 4096, 11008, 64), 4)
+    _check_call(driver.calls[0], ("_wgmma24_kernel", (0, True, 2, 2, 3, 64, ntok, False, False)), 43 * tiles * 3,
+                256, 5000, tuple(range(1000, 1004)) + (11008, 4096, n_tok, 4096, 11008, 64), 4)
+
+
+def test_wgmma24_launch_compressed(driver):
+    cuda_backend.wgmma24_launch(43, 16, 2, 2, 3, 1024, _ptrs(4), 11008, 4096, 16, 4096, 11008, 64, True, True)
+    _check_call(driver.calls[0], ("_wgmma24_kernel", (0, True, 2, 2, 3, 1024, 16, True, True)), 43 * 3, 256, 5000,
+                tuple(range(1000, 1004)) + (11008, 4096, 16, 4096, 11008, 64), 4)
 
 
 def test_row_launch(driver):

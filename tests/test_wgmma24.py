@@ -101,6 +101,31 @@ def test_thread_layout():
             assert (nib & 3, nib >> 2) == ((p, 3) if p < 3 else (2, 3))
 
 
+@pytest.mark.parametrize("m,k", [(64, 64), (40, 200), (300, 136), (256, 1024)])
+@pytest.mark.parametrize("density", [0.0, 0.1, 0.5, 1.0])
+@pytest.mark.parametrize("wgs,mt", [(2, 2), (1, 1), (2, 1)])
+def test_compressed_round_trip(rng, m, k, density, wgs, mt):
+    """The compressed layout read back is the weight; its bytes are the bitmap words, the 16-bit heads
+    and the nonzeros' slots, 3 words past the fullest chunk's; each head is its thread's first
+    nonzero (the nonzeros of the threads before it in the chunk)."""
+    w = _unstructured(m, k, density, rng)
+    sw = Wgmma24Weight.from_dense(w, wgs, mt, compressed=True)
+    assert sw.compressed and sw.values.is_contiguous()
+    assert torch.equal(_bits(sw.to_dense()), _bits(w))
+    kk = -(-k // 4) * 4
+    nz = torch.nn.functional.pad(w != 0, (0, kk - k)).view(m, -1, 4).sum(-1)
+    assert sw.n_entries == int((nz - 2).clamp(min=0).sum()) and sw.overflow == (sw.n_entries > 0)
+    mtiles, threads = wgs * mt, 128 * wgs
+    v = sw.values.to(torch.int64) & 0xFFFFFFFF
+    bitmaps = v[..., :mtiles * 128]
+    counts = sum((bitmaps >> b) & 1 for b in range(32)).view(*v.shape[:2], wgs, mt, 128).sum(3).flatten(2)
+    hw = v[..., mtiles * 128: mtiles * 128 + threads // 2]
+    heads = torch.stack([hw & 0xFFFF, hw >> 16], -1).flatten(2)
+    assert torch.equal(heads, torch.cumsum(counts, -1) - counts)
+    assert sw.slots == wgmma24_slots(int(counts.sum(-1).max()) // 2 + 3)
+    assert sw.nbytes == v.shape[0] * v.shape[1] * (mtiles * 512 + threads * 2 + 4 * sw.slots)
+
+
 def test_overflow_thread_layout():
     """A group's third and fourth nonzeros are the overflow operand's word (position 2 low, 3 high,
     zero where that position is not overflow) in the A register of the main part's layout: thread 32 w +
@@ -222,7 +247,7 @@ def test_x_at_an_odd_offset_is_copied_aligned():
 @pytest.mark.parametrize("weight", ["2:4", "0.05", "0.3", "0.5", "1.0"])
 @pytest.mark.parametrize("wgs,mt", [(2, 2), (1, 1), (2, 1)])
 def test_gpu_wgmma24_kernel(m, k, weight, wgs, mt, rng):
-    """2:4 weights, and unstructured ones of the given density (their overflow on CUDA cores)."""
+    """2:4 weights, and unstructured ones of the given density (their overflow as the second mma)."""
     from cross.kernels.launch import wgmma24_matmul
 
     _needs_sm90()
@@ -233,6 +258,26 @@ def test_gpu_wgmma24_kernel(m, k, weight, wgs, mt, rng):
         b = torch.randn(m, generator=rng).to(torch.bfloat16).cuda() if n % 2 == 0 else None
         y = torch.full((n, m), float("nan"), dtype=torch.bfloat16, device="cuda")
         wgmma24_matmul(x, sw, b, out=y)
+        assert _check(y, x, w, b) < 2e-2, f"n={n}"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m,k", [(40, 200), (1000, 1032), (11008, 4096)])
+@pytest.mark.parametrize("weight", ["2:4", "0.05", "0.3", "1.0"])
+@pytest.mark.parametrize("wgs,mt", [(2, 2), (1, 1)])
+def test_gpu_wgmma24_compressed(m, k, weight, wgs, mt, rng):
+    """The compressed layout (both operands decoded from the nonzeros and a bitmap) at every block of
+    tokens, with split K (the default by launch) and without."""
+    from cross.kernels.launch import wgmma24_matmul
+
+    _needs_sm90()
+    w = (_weight(m, k, 2, rng) if weight == "2:4" else _unstructured(m, k, float(weight), rng)).cuda()
+    sw = Wgmma24Weight.from_dense(w, wgs, mt, compressed=True)
+    for n, split in ((1, None), (16, 1), (20, None), (50, None), (100, 2), (128, None), (300, None)):
+        x = torch.randn(n, k, generator=rng).to(torch.bfloat16).cuda()
+        b = torch.randn(m, generator=rng).to(torch.bfloat16).cuda() if n % 2 == 0 else None
+        y = torch.full((n, m), float("nan"), dtype=torch.bfloat16, device="cuda")
+        wgmma24_matmul(x, sw, b, out=y, split=split if split is None or sw.values.shape[1] >= 4 * split else None)
         assert _check(y, x, w, b) < 2e-2, f"n={n}"
 
 

@@ -8,6 +8,9 @@ it sums. The GPU tests run the kernel itself; this checks the same arithmetic wh
 and that a misread layout (the descriptor's offsets swapped) would be caught.
 """
 
+import re
+from importlib import resources
+
 import numpy as np
 import pytest
 import torch
@@ -17,6 +20,9 @@ from cross.pack.wgmma24 import CHUNK, TILE_ROWS, TILE_WORDS, Wgmma24Weight, toke
 START_BITS = 14  # a head word: first overflow word (bits 0-13), then a mask of 8 bits per m-tile
 OVERFLOW_META = 0xEEEEEEEE  # the overflow operand's metadata: positions 2 and 3 in every nibble
 B_LBO, B_SBO = 128, 512  # the kernel's b_desc
+# the compressed layout's decode table, as the kernel has it
+DECODE = [int(v, 16) for v in re.findall(r"0x([0-9A-F]+)ull", re.search(
+    r"DECODE\[16\] = \{([^}]*)\}", resources.files("cross.kernels").joinpath("wgmma24.cu").read_text()).group(1))]
 
 
 def _float(bits, dtype):
@@ -67,6 +73,50 @@ def wgmma_sp(acc, a, e, xs, b_start, sel, dtype, lbo, sbo):
     acc += D[rows, toks]
 
 
+def funnel_right(lo, hi, sh):
+    """__funnelshift_r: the low 32 bits of (hi:lo) >> sh."""
+    return ((hi << 32 | lo) >> (sh & 31)) & 0xFFFFFFFF
+
+
+def prmt(x, s):
+    """prmt.b32 d, x, 0, s: byte i of d is byte (nibble i of s) of x's 4 bytes and 4 zeros."""
+    src = [(x >> (8 * i)) & 0xFF for i in range(4)] + [0] * 4
+    return sum(src[(s >> (4 * i)) & 7] << (8 * i) for i in range(4))
+
+
+def decode_chunk(record, wgs, mt):
+    """decode_chunk of the compressed layout, thread by thread: the 2:4 part's A registers, its
+    metadata words after the 4 lanes' transpose, and the overflow's A registers, per m-tile
+    ([m-tile][k-step][thread of the warpgroup][register], [m-tile][thread], as the first)."""
+    mtiles, threads = wgs * mt, 128 * wgs
+    bitmaps = record[:mtiles * 128]
+    halves = record[mtiles * 128: mtiles * 128 + threads // 2]
+    words = record[mtiles * 128 + threads // 2:]
+    a = np.zeros((mtiles, 2, 128, 4), dtype=np.int64)
+    o = np.zeros_like(a)
+    c = np.zeros((threads, mt, 4), dtype=np.int64)  # each lane's shifted nibbles, by destination lane d
+    for tid in range(threads):
+        wg, tw, q = tid >> 7, tid & 127, tid & 3
+        off = int(halves[tid >> 1]) >> (16 * (tid & 1)) & 0xFFFF
+        for t in range(mt):
+            bw = int(bitmaps[(wg * mt + t) * 128 + tw])
+            for r in range(8):
+                b = (bw >> (4 * r)) & 15
+                p, sh = off >> 1, (off & 1) * 16
+                lo = funnel_right(int(words[p]), int(words[p + 1]), sh)
+                hi = funnel_right(int(words[p + 1]), int(words[p + 2]), sh)
+                d = DECODE[b]
+                a[wg * mt + t, r >> 2, tw, r & 3] = prmt(lo, d & 0xFFFF)
+                o[wg * mt + t, r >> 2, tw, r & 3] = prmt(hi, (d >> 16) & 0xFFFF)
+                c[tid, t, r >> 1] |= (d >> 32) << (16 * (r & 1) + 4 * q)
+                off += bin(b).count("1")
+    e = np.zeros((mtiles, 128), dtype=np.int64)
+    for tid in range(threads):  # lane q's word: its own c[q], and c[q] of lanes q ^ 1, q ^ 2, q ^ 3 (shuffles)
+        for t in range(mt):
+            e[(tid >> 7) * mt + t, tid & 127] = np.bitwise_or.reduce([c[tid ^ s, t, tid & 3] for s in range(4)])
+    return a, e, o
+
+
 def run_kernel(x, sw, split, bias=None, lbo=B_LBO, sbo=B_SBO):
     """Y as wgmma24 computes it, block by block, with the kernel's index arithmetic, in blocks of the
     tokens the launcher picks (16, 32, 64, or tiles of 128)."""
@@ -93,6 +143,15 @@ def run_kernel(x, sw, split, bias=None, lbo=B_LBO, sbo=B_SBO):
             for c in range(c0, c1):
                 stage = values[rb, c]
                 xs = stage_x(x_bits[tok0:], c, n_in, k, ntok)
+                if sw.compressed:
+                    a, e, o = decode_chunk(stage, wgs, mt)
+                    meta = np.full(128, OVERFLOW_META)
+                    for mtile in range(mtiles):
+                        for ks in range(2):
+                            wgmma_sp(acc[mtile], a[mtile, ks], e[mtile], xs, ks * kstep, ks, dtype, lbo, sbo)
+                            if sw.overflow:
+                                wgmma_sp(acc[mtile], o[mtile, ks], meta, xs, ks * kstep, ks, dtype, lbo, sbo)
+                    continue
                 for mtile in range(mtiles):
                     tile = stage[mtile * TILE_WORDS:(mtile + 1) * TILE_WORDS]
                     e = tile[1024:1152]
@@ -151,9 +210,10 @@ def _weight(m, k, sparsity, dtype, seed):
     (100, 64, 100, 1, 2, 1, 0.5),    # 128 tokens per block, 28 of them padding
     (150, 64, 260, 1, 1, 2, 0.5),    # 3 row blocks x 3 token tiles x clusters of 2, by the grid's order
 ])
-def test_kernel_arithmetic_is_the_product(m, k, n, wgs, mt, split, sparsity):
+@pytest.mark.parametrize("compressed", [False, True], ids=["slots", "compressed"])
+def test_kernel_arithmetic_is_the_product(m, k, n, wgs, mt, split, sparsity, compressed):
     w, gen = _weight(m, k, sparsity, torch.bfloat16, seed=m + k)
-    sw = Wgmma24Weight.from_dense(w, wgs, mt)
+    sw = Wgmma24Weight.from_dense(w, wgs, mt, compressed)
     assert sw.overflow  # some groups hold 3 or 4 nonzeros: the second mma runs
     x = torch.randn(n, k, generator=gen).to(torch.bfloat16)
     bias = torch.randn(m, generator=gen).to(torch.bfloat16)

@@ -378,36 +378,43 @@ def sparse24_launch(blocks: int, nt: int, warps: int, mt: int, overflow: bool, s
 _WGMMA24_SOURCE = "wgmma24.cu"
 
 
-def wgmma24_defines(is_bf16: bool, wgs: int, mt: int, split: int, slots: int, ntok: int = 128) -> tuple[str, ...]:
+def wgmma24_defines(is_bf16: bool, wgs: int, mt: int, split: int, slots: int, ntok: int = 128,
+                    compressed: bool = False, over: bool = False) -> tuple[str, ...]:
     """NVRTC defines of a wgmma24 build of ``ntok`` tokens per block over a weight of ``slots`` overflow
-    word slots per chunk (0: no overflow; its pipeline's stages: pack/wgmma24.stages), with
+    word slots per chunk (0: no overflow; ``compressed``: the compressed layout's value word slots,
+    ``over``: its weight has overflow; its pipeline's stages: pack/wgmma24.stages), with
     CROSS_CUDA_DEFINES' extras last."""
     from ..pack.wgmma24 import stages
 
     defines = [f"-DIS_BF16={int(is_bf16)}", f"-DWGS={wgs}", f"-DMT={mt}", f"-DSPLIT={split}", f"-DSLOTS={slots}",
-               f"-DNTOK={ntok}", f"-DSTAGES={stages(wgs, mt, slots, ntok)}"]
+               f"-DNTOK={ntok}", f"-DSTAGES={stages(wgs, mt, slots, ntok, compressed)}"]
+    if compressed:
+        defines += ["-DCOMPRESSED=1", f"-DOVER={int(over)}"]
     return tuple(defines + os.environ.get(DEFINES_ENV, "").split())
 
 
 @functools.lru_cache(maxsize=None)
-def _wgmma24_kernel(device_index: int, is_bf16: bool, wgs: int, mt: int, split: int, slots: int, ntok: int):
+def _wgmma24_kernel(device_index: int, is_bf16: bool, wgs: int, mt: int, split: int, slots: int, ntok: int,
+                    compressed: bool = False, over: bool = False):
     from ..pack.wgmma24 import smem_bytes
 
-    defines = wgmma24_defines(is_bf16, wgs, mt, split, slots, ntok)
+    defines = wgmma24_defines(is_bf16, wgs, mt, split, slots, ntok, compressed, over)
     # the stages the build has: CROSS_CUDA_DEFINES' come last and win (a tuning build's)
     n_stages = int([d for d in defines if d.startswith("-DSTAGES=")][-1].split("=", 1)[1])
-    smem = smem_bytes(wgs, mt, slots, ntok, n_stages)
+    smem = smem_bytes(wgs, mt, slots, ntok, n_stages, compressed)
     _, func = _compile(device_index, _WGMMA24_SOURCE, "wgmma24", defines, smem, arch_specific=True)
     return func, smem
 
 
 def wgmma24_launch(row_blocks: int, ntok: int, wgs: int, mt: int, split: int, slots: int, ptrs, m: int, k: int,
-                   n_tok: int, ldx: int, ldy: int, chunks: int) -> None:
+                   n_tok: int, ldx: int, ldy: int, chunks: int, compressed: bool = False, over: bool = False) -> None:
     """One launch of wgmma24 (sm_90a) of ``ntok`` tokens per block over a weight of ``slots`` overflow
-    word slots per chunk: pointers (x, y, bias or 0, values), M, K, N, X's and Y's row strides and the
-    weight's chunks (64 columns); a cluster of ``split`` blocks (the parts of K) per row block and
-    token tile of N, a row block's token tiles adjacent (wgmma24.cu)."""
-    func, smem = _wgmma24_kernel(torch.cuda.current_device(), ptrs.is_bf16, wgs, mt, split, slots, ntok)
+    word slots per chunk (``compressed``: the compressed layout's, ``over``: with overflow): pointers
+    (x, y, bias or 0, values), M, K, N, X's and Y's row strides and the weight's chunks (64 columns); a
+    cluster of ``split`` blocks (the parts of K) per row block and token tile of N, a row block's token
+    tiles adjacent (wgmma24.cu)."""
+    func, smem = _wgmma24_kernel(torch.cuda.current_device(), ptrs.is_bf16, wgs, mt, split, slots, ntok,
+                                 compressed, over)
     _launch(func, row_blocks * -(-n_tok // ntok) * split, wgs * 128, smem, ptrs, (m, k, n_tok, ldx, ldy, chunks))
 
 

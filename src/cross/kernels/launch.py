@@ -434,8 +434,10 @@ class Wgmma24Args(NamedTuple):
     wgs: int
     mt: int
     split: int  # parts of K; 0: by the launch's token tiles (wgmma24_split)
-    slots: int  # overflow word slots per chunk (0: no overflow)
+    slots: int  # overflow word slots per chunk (0: no overflow); compressed: value word slots
     sms: int  # the GPU's SMs (for the split by launch)
+    compressed: bool = False  # the compressed layout (pack/wgmma24._compressed)
+    over: bool = False  # compressed: the weight has overflow (the second mma runs)
 
 
 def _runs_here(device: torch.device, capability_ok) -> bool:
@@ -483,12 +485,12 @@ def wgmma24_args(weight, split: int | None = None) -> Wgmma24Args:
     if split is not None and (isinstance(split, bool) or not isinstance(split, int) or not 1 <= split <= 8):
         raise ValueError(f"wgmma24_matmul: split must be an int in 1..8 (or None: by launch), got {split!r}")
     limit = getattr(torch.cuda.get_device_properties(weight.device), "shared_memory_per_block_optin", 227 * 1024)
-    most = max(smem_bytes(weight.wgs, weight.mt, weight.slots, t) for t in NTOKS)
+    most = max(smem_bytes(weight.wgs, weight.mt, weight.slots, t, compressed=weight.compressed) for t in NTOKS)
     if most > limit:
         raise ValueError(f"wgmma24_matmul: a block needs up to {most} bytes of shared memory, the device has {limit}")
     sms = torch.cuda.get_device_properties(weight.device).multi_processor_count
     return Wgmma24Args(weight.values, weight.shape[0], weight.shape[1], row_blocks, chunks, weight.wgs, weight.mt,
-                       split or 0, weight.slots, sms)
+                       split or 0, weight.slots, sms, weight.compressed, weight.overflow)
 
 
 def wgmma24_run(x: torch.Tensor, args: Wgmma24Args, bias: torch.Tensor | None = None,
@@ -509,7 +511,8 @@ def wgmma24_run(x: torch.Tensor, args: Wgmma24Args, bias: torch.Tensor | None = 
     split = args.split or wgmma24_split(args.row_blocks, args.chunks, args.sms, -(-n // ntok))
     ptrs = cuda_backend.Pointers((x, y, bias, args.values), x.dtype == torch.bfloat16)
     cuda_backend.wgmma24_launch(args.row_blocks, ntok, args.wgs, args.mt, split, args.slots, ptrs,
-                                args.out_features, args.in_features, n, x.stride(0), y.stride(0), args.chunks)
+                                args.out_features, args.in_features, n, x.stride(0), y.stride(0), args.chunks,
+                                args.compressed, args.over)
     return y
 
 

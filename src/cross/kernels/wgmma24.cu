@@ -44,7 +44,17 @@
 #ifndef SLOTS
 #define SLOTS 0
 #endif
+#ifndef COMPRESSED
+#define COMPRESSED 0
+#endif
+#if COMPRESSED
+#ifndef OVER
+#define OVER 1
+#endif
+#define OVERFLOW OVER  // the weight has overflow: the second mma runs
+#else
 #define OVERFLOW (SLOTS > 0)
+#endif
 #define THREADS (WGS * 128)
 #define MTILES (WGS * MT)
 #define R (64 * MTILES)
@@ -54,8 +64,23 @@
 #define NACC (NTOK / 2)  // accumulators per thread and m-tile
 #define KC 64                                     // columns per chunk: two k-steps of 32
 #define TILE_BYTES 4608                           // per m-tile and chunk: A words of 2 k-steps (2 x 2048), metadata (512)
+#if COMPRESSED
+#define BITMAP_BYTES (MTILES * 512)               // per chunk: a bitmap word per m-tile and thread
+#define W_BYTES (BITMAP_BYTES + THREADS * 2 + SLOTS * 4)  // a row block's chunk: bitmaps, heads, nonzeros
+// per 4-bit bitmap b of a group: the byte selectors (__byte_perm with zero) of its 2:4 part's word
+// from its first two halves (bits 0-15: the first two nonzeros; a lone one at p < 3 in the low half,
+// at 3 in the high), of its overflow word from its third and fourth (bits 16-31: at positions 2 and
+// 3), and the 2:4 part's metadata nibble (bits 32-35: first | second position << 2; a lone one at p
+// < 3 with position 3 beside it, at 3 after position 2)
+__constant__ unsigned long long DECODE[16] = {
+    0x444444444ull, 0xC44444410ull, 0xD44444410ull, 0x444443210ull,
+    0xE44444410ull, 0x844443210ull, 0x944443210ull, 0x444103210ull,
+    0xE44441044ull, 0xC44443210ull, 0xD44443210ull, 0x410443210ull,
+    0xE44443210ull, 0x810443210ull, 0x910443210ull, 0x432103210ull};
+#else
 #define HEAD_BYTES (OVERFLOW ? THREADS * 4 : 0)   // per chunk: a head word per thread
 #define W_BYTES (MTILES * TILE_BYTES + HEAD_BYTES + SLOTS * 4)  // a row block's chunk: tiles, heads, overflow
+#endif
 #define X_BYTES (NTOK * KC * 2)                   // X's NTOK tokens x 64 columns
 #define STAGE_BYTES (W_BYTES + X_BYTES)
 #define START_BITS 14  // a head word: first overflow word (bits 0-13), a mask per m-tile (8 bits): pack/wgmma24
@@ -151,6 +176,58 @@ __device__ __forceinline__ void load_chunk(unsigned char* stage, const unsigned 
     }
 }
 
+#if COMPRESSED
+// the bytes of x (selector nibbles 0-3) and zeros (4) that selector s names, byte i by nibble i
+__device__ __forceinline__ u32 prmt(u32 x, u32 s) {
+    u32 d;
+    asm("prmt.b32 %0, %1, 0, %2;\n" : "=r"(d) : "r"(x), "r"(s));
+    return d;
+}
+
+__device__ __forceinline__ u32 pick(const u32 (&c)[4], int i) { return i & 2 ? (i & 1 ? c[3] : c[2]) : (i & 1 ? c[1] : c[0]); }
+
+// both operands' registers of a chunk from the compressed layout (pack/wgmma24._compressed): per m-tile
+// the thread's bitmap word names the nonzeros of the groups its 8 registers (4 ks + i) hold; it reads
+// them from its head on, four halves per group (three words and a funnel shift), and builds by the
+// group's DECODE entry the 2:4 part's word, the overflow's and the metadata nibble. The metadata word
+// of lane 4 g + d holds the nibbles of registers 2 d and 2 d + 1 of the 4 lanes 4 g + q at bits 4 q
+// (and 16 + 4 q): a transpose across the 4 lanes by three shuffles.
+__device__ __forceinline__ void decode_chunk(const unsigned char* stage, uint4 (&a)[2][MT], u32 (&e)[MT],
+                                             uint4 (&o)[2][MT], int wg, int tw, int tid, int lane) {
+    const u32* bitmaps = reinterpret_cast<const u32*>(stage);
+    const u32* words = reinterpret_cast<const u32*>(stage + BITMAP_BYTES + THREADS * 2);
+    u32 off = reinterpret_cast<const u16*>(stage + BITMAP_BYTES)[tid];
+    const int q = lane & 3;
+#pragma unroll
+    for (int t = 0; t < MT; ++t) {
+        const u32 bw = bitmaps[(wg * MT + t) * 128 + tw];
+        u32 mw[8], ow[8], c[4];
+#pragma unroll
+        for (int r = 0; r < 8; ++r) {
+            const u32 b = (bw >> (4 * r)) & 15u;
+            const u32* p = words + (off >> 1);
+            const u32 sh = (off & 1u) * 16u;
+            const u32 lo = __funnelshift_r(p[0], p[1], sh), hi = __funnelshift_r(p[1], p[2], sh);
+            const unsigned long long d = DECODE[b];
+            mw[r] = prmt(lo, (u32)d);  // prmt reads the selector's low 16 bits
+            ow[r] = prmt(hi, (u32)d >> 16);
+            const u32 nib = (u32)(d >> 32);
+            if (r & 1) c[r >> 1] |= nib << (16 + 4 * q);
+            else c[r >> 1] = nib << (4 * q);
+            off += __popc(b);
+        }
+        a[0][t] = make_uint4(mw[0], mw[1], mw[2], mw[3]);
+        a[1][t] = make_uint4(mw[4], mw[5], mw[6], mw[7]);
+        o[0][t] = make_uint4(ow[0], ow[1], ow[2], ow[3]);
+        o[1][t] = make_uint4(ow[4], ow[5], ow[6], ow[7]);
+        u32 m = pick(c, q);
+#pragma unroll
+        for (int s = 1; s < 4; ++s) m |= __shfl_xor_sync(0xffffffffu, pick(c, q ^ s), s);
+        e[t] = m;
+    }
+}
+#endif
+
 extern "C" __global__ void __launch_bounds__(THREADS, 1)
 #if SPLIT > 1
     __cluster_dims__(SPLIT, 1, 1)
@@ -193,6 +270,10 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
         unsigned char* stage = smem + (i % STAGES) * STAGE_BYTES;
         uint4 a[2][MT];
         u32 e[MT];
+#if COMPRESSED
+        uint4 o[2][MT];
+        decode_chunk(stage, a, e, o, wg, tw, tid, lane);
+#else
 #pragma unroll
         for (int t = 0; t < MT; ++t) {
             const unsigned char* tile = stage + (wg * MT + t) * TILE_BYTES;
@@ -200,6 +281,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
             a[1][t] = *reinterpret_cast<const uint4*>(tile + 2048 + 16 * tw);
             e[t] = *reinterpret_cast<const u32*>(tile + 4096 + 4 * tw);
         }
+#endif
         const u32 sx = smem_u32(stage + W_BYTES);
 #pragma unroll
         for (int t = 0; t < MT; ++t) fence_acc(acc[t]);
@@ -209,7 +291,13 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
             wgmma_sp<0>(acc[t], a[0][t], b_desc(sx), e[t]);
             wgmma_sp<1>(acc[t], a[1][t], b_desc(sx + NTOK * 32 * 2), e[t]);
         }
-#if OVERFLOW
+#if COMPRESSED && OVERFLOW
+#pragma unroll
+        for (int t = 0; t < MT; ++t) {  // the overflow operand, decoded with the first (no fence: no register written since)
+            wgmma_sp<0>(acc[t], o[0][t], b_desc(sx), OVERFLOW_META);
+            wgmma_sp<1>(acc[t], o[1][t], b_desc(sx + NTOK * 32 * 2), OVERFLOW_META);
+        }
+#elif OVERFLOW
         // the chunk's overflow, while those mmas run: a group's third and fourth nonzeros sit at its
         // positions 2 and 3, a second 2:4 operand with the metadata nibble 2 | 3 << 2 everywhere. The
         // thread's A registers of it (zero where its groups have none) are the words its head word's

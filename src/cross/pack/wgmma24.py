@@ -66,10 +66,12 @@ class Wgmma24Weight:
     """A weight in the warpgroup 2:4 layout; ``from_dense`` packs one."""
 
     def __init__(self, shape: tuple[int, int], dtype: torch.dtype, wgs: int, mt: int, values: torch.Tensor,
-                 slots: int, n_entries: int, n_groups: int = 0):
+                 slots: int, n_entries: int, n_groups: int = 0, compressed: bool = False):
         self.shape, self.dtype, self.wgs, self.mt, self.values = shape, dtype, wgs, mt, values
-        # overflow word slots per chunk (0: no overflow); overflow nonzeros, and groups holding them, in all
+        # word slots per chunk: the overflow's (0: none), or the compressed layout's values; overflow
+        # nonzeros, and groups holding them, in all
         self.slots, self.n_entries, self.n_groups = slots, n_entries, n_groups
+        self.compressed = compressed
         self._decoded: list[torch.Tensor] = []  # to_dense(), once read (wgmma24_reference)
 
     @property
@@ -83,8 +85,8 @@ class Wgmma24Weight:
 
     @property
     def overflow(self) -> bool:
-        """Whether some group holds more than 2 nonzeros (entries, and head words in each chunk)."""
-        return self.slots > 0
+        """Whether some group holds more than 2 nonzeros (the kernel's second mma runs)."""
+        return self.n_entries > 0
 
     @property
     def device(self) -> torch.device:
@@ -97,7 +99,7 @@ class Wgmma24Weight:
 
     def to(self, device) -> "Wgmma24Weight":
         return Wgmma24Weight(self.shape, self.dtype, self.wgs, self.mt, self.values.to(device), self.slots,
-                             self.n_entries, self.n_groups)
+                             self.n_entries, self.n_groups, self.compressed)
 
     def decoded(self) -> torch.Tensor:
         """``to_dense()``, read once and kept."""
@@ -106,10 +108,11 @@ class Wgmma24Weight:
         return self._decoded[0]
 
     @classmethod
-    def from_dense(cls, weight: torch.Tensor, wgs: int = 2, mt: int = 2) -> "Wgmma24Weight":
+    def from_dense(cls, weight: torch.Tensor, wgs: int = 2, mt: int = 2, compressed: bool = False) -> "Wgmma24Weight":
         """Pack a 2-D bf16/fp16 weight: in every group of 4 consecutive columns the first two nonzeros
         in the 2:4 part, the others (at positions 2 and 3) in the overflow operand; zeros (and -0.0)
-        are not stored."""
+        are not stored. ``compressed``: the compressed layout (``_compressed``: nonzeros only, and a
+        bitmap, from which the kernel builds both operands)."""
         check_weight(weight)
         if weight.dtype not in _DTYPES:
             raise TypeError(f"warpgroup 2:4 format: expected a bfloat16 or float16 weight, got {weight.dtype}")
@@ -125,6 +128,10 @@ class Wgmma24Weight:
         bits = w.view(torch.int16).to(torch.int64) & 0xFFFF
         nz = (bits & 0x7FFF) != 0
         over = nz & (nz.view(rb_ * rows, -1, GROUP).cumsum(-1).view_as(nz) > 2)  # a group's third and fourth
+        n_entries, n_groups = int(over.sum()), int(over.view(rb_ * rows, -1, GROUP).any(-1).sum())
+        if compressed:
+            values, slots = _compressed(bits, nz, rb_, nc, wgs, mt)
+            return cls((m, k), weight.dtype, wgs, mt, values, slots, n_entries, n_groups, True)
         nz = nz & ~over
         mask = (nz.view(rb_ * rows, -1, GROUP).to(torch.int64) * (1 << torch.arange(GROUP, device=dev))).sum(-1)
         p0t, p1t = (t.to(dev) for t in _slots())
@@ -142,9 +149,9 @@ class Wgmma24Weight:
         meta = half[:, :, :, 0] | (half[:, :, :, 1] << 16)  # [rb, mtile, w, g, chunk, ks, hq]
         meta = meta.permute(0, 4, 1, 2, 3, 5, 6).reshape(rb_, nc, mtiles, 128)
         tiles = torch.cat([a, meta], -1).reshape(rb_, nc, mtiles * TILE_WORDS)
-        slots, n_entries, n_groups = 0, int(over.sum()), 0
+        slots = 0
         if n_entries:
-            head, words, n_groups = _overflow(bits, over, rb_, nc, wgs, mt)
+            head, words = _overflow(bits, over, rb_, nc, wgs, mt)
             tiles = torch.cat([tiles, head, words], -1)
             slots = words.shape[-1]
         values = _as_int32(tiles).contiguous()
@@ -154,8 +161,12 @@ class Wgmma24Weight:
 
     def to_dense(self) -> torch.Tensor:
         """The weight, read from the format as the kernel reads it: the sparse mma's slots, then the
-        overflow operand's registers found through each thread's head word."""
+        overflow operand's registers found through each thread's head word (the compressed layout:
+        each thread's nonzeros from its first one, by its bitmap words)."""
         m, k = self.shape
+        if self.compressed:
+            dense = _read_compressed(self.values, self.wgs, self.mt, self.slots)
+            return _as_int16(dense).view(self.dtype)[:m, :k].contiguous()
         mtiles = self.mtiles
         rb_, nc = self.values.shape[:2]
         dev = self.values.device
@@ -188,10 +199,9 @@ def wgmma24_reference(x: torch.Tensor, weight: Wgmma24Weight, bias: torch.Tensor
 
 
 def _overflow(bits: torch.Tensor, over: torch.Tensor, rb_: int, nc: int, wgs: int, mt: int):
-    """Head words [rb, chunk, threads] (int64), the overflow word slots [rb, chunk, slots] (int64 bit
-    patterns of int32 words, zeros after a chunk's) and the number of groups with overflow, of the
-    overflow ``over`` (a group's third and fourth nonzeros) of the padded weight's bit patterns
-    ``bits``."""
+    """Head words [rb, chunk, threads] (int64) and the overflow word slots [rb, chunk, slots] (int64
+    bit patterns of int32 words, zeros after a chunk's) of the overflow ``over`` (a group's third and
+    fourth nonzeros) of the padded weight's bit patterns ``bits``."""
     rows = TILE_ROWS * wgs * mt
     dev = bits.device
     over = over.view(rb_ * rows, nc * CHUNK // GROUP, GROUP)
@@ -218,7 +228,7 @@ def _overflow(bits: torch.Tensor, over: torch.Tensor, rb_: int, nc: int, wgs: in
     chunk_of = torch.arange(rb_ * nc, device=dev)[:, None, None].expand_as(has)[has]
     first = (torch.cumsum(per_chunk, 0) - per_chunk)[chunk_of]
     table[chunk_of, torch.arange(len(chunk_of), device=dev) - first] = word[has] & 0xFFFFFFFF
-    return head.view(rb_, nc, threads), table.view(rb_, nc, slots), int(has.sum())
+    return head.view(rb_, nc, threads), table.view(rb_, nc, slots)
 
 
 def _read_overflow(record: torch.Tensor, wgs: int, mt: int, slots: int) -> torch.Tensor:
@@ -245,27 +255,90 @@ def _read_overflow(record: torch.Tensor, wgs: int, mt: int, slots: int) -> torch
     return out.reshape(rb_ * TILE_ROWS * wgs * mt, nc * CHUNK)
 
 
+# (rb, wg, t, w, hf, g, chunk, ks, hq, q, pos) <-> (rb, chunk, wg, w, g, q, t, ks, hq, hf, pos): a thread's
+# groups by m-tile t and register 4 ks + i (i = hf + 2 hq)
+_BY_THREAD = (0, 6, 1, 3, 5, 9, 2, 7, 8, 4, 10)
+_BY_ROW = (0, 2, 6, 3, 9, 4, 1, 7, 8, 5, 10)
+
+
+def _compressed(bits: torch.Tensor, nz: torch.Tensor, rb_: int, nc: int, wgs: int, mt: int):
+    """The compressed layout's records [rb, chunk, words] (int32) and its value word slots per chunk.
+    Per row block and chunk: a bitmap word per m-tile and thread (nibble 4 ks + i: the nonzeros of the
+    group its A register i of k-step ks holds), a 16-bit head per thread (its first nonzero, counted
+    in halves from the chunk's first), then the nonzeros in slots of two, by thread, m-tile, register
+    and position; the slots hold 3 words more than the fullest chunk's, which the kernel's loads of
+    a group's four halves may read past its last."""
+    dev = bits.device
+    threads, mtiles = 128 * wgs, wgs * mt
+    shape = (rb_, wgs, mt, 4, 2, 8, nc, 2, 2, 4, GROUP)
+    nzt = nz.view(shape).permute(_BY_THREAD).reshape(rb_, nc, threads, mt, 8, GROUP)
+    vals = bits.view(shape).permute(_BY_THREAD).reshape(rb_, nc, threads, mt, 8, GROUP)
+    nib = (nzt.to(torch.int64) << torch.arange(GROUP, device=dev)).sum(-1)  # [rb, nc, thread, t, r]
+    word = (nib << (4 * torch.arange(8, device=dev))).sum(-1)  # [rb, nc, thread, t]
+    bitmaps = word.view(rb_, nc, wgs, 128, mt).transpose(3, 4).reshape(rb_, nc, mtiles * 128)
+    count = nzt.flatten(3).sum(-1)  # [rb, nc, thread]
+    head = torch.cumsum(count, -1) - count
+    halves = count.sum(-1)  # [rb, nc]
+    if int(halves.max()) >= 2**16:
+        raise RuntimeError("warpgroup 2:4 format: a chunk's nonzeros over the 16-bit heads")
+    slots = wgmma24_slots(int(halves.max()) // 2 + 3)
+    stream = torch.zeros(rb_ * nc, 2 * slots, dtype=torch.int64, device=dev)
+    chunk_of = torch.arange(rb_ * nc, device=dev).view(rb_, nc, 1, 1, 1, 1).expand_as(nzt)[nzt]
+    first = (torch.cumsum(halves.flatten(), 0) - halves.flatten())[chunk_of]
+    stream[chunk_of, torch.arange(len(chunk_of), device=dev) - first] = vals[nzt]
+    heads = head.view(rb_, nc, threads // 2, 2)
+    records = torch.cat([bitmaps, heads[..., 0] | (heads[..., 1] << 16),
+                         (stream[:, 0::2] | (stream[:, 1::2] << 16)).view(rb_, nc, slots)], -1)
+    return _as_int32(records).contiguous(), slots
+
+
+def _read_compressed(values: torch.Tensor, wgs: int, mt: int, slots: int) -> torch.Tensor:
+    """The compressed layout's weight as 16-bit patterns [rows of the row blocks, chunk columns]
+    (int64), read as the kernel reads it: each thread's bitmap words, its head, and its nonzeros
+    from there in order."""
+    rb_, nc = values.shape[:2]
+    dev = values.device
+    threads, mtiles = 128 * wgs, wgs * mt
+    v = values.to(torch.int64) & 0xFFFFFFFF
+    bitmaps = v[..., :mtiles * 128].view(rb_, nc, wgs, mt, 128).transpose(3, 4).reshape(rb_, nc, threads, mt)
+    nib = (bitmaps[..., None] >> (4 * torch.arange(8, device=dev))) & 15  # [rb, nc, thread, t, r]
+    nzt = ((nib[..., None] >> torch.arange(GROUP, device=dev)) & 1).bool()
+    hw = v[..., mtiles * 128: mtiles * 128 + threads // 2]
+    head = torch.stack([hw & 0xFFFF, hw >> 16], -1).reshape(rb_, nc, threads)
+    words = v[..., mtiles * 128 + threads // 2:]
+    stream = torch.stack([words & 0xFFFF, words >> 16], -1).reshape(rb_, nc, 2 * slots)
+    rank = torch.cumsum(nzt.flatten(3).to(torch.int64), -1).view_as(nzt) - 1
+    index = torch.where(nzt, head[..., None, None, None] + rank, 0)
+    out = torch.where(nzt, stream.gather(-1, index.flatten(2)).view_as(nzt), 0)
+    out = out.view(rb_, nc, wgs, 4, 8, 4, mt, 2, 2, 2, GROUP).permute(_BY_ROW)
+    return out.reshape(rb_ * TILE_ROWS * mtiles, nc * CHUNK)
+
+
 def token_tile(n: int) -> int:
     """Tokens per block for a launch of ``n`` tokens: the smallest of NTOKS that holds them, else 128."""
     return next(t for t in NTOKS if n <= t or t == NTOK)
 
 
-def record_bytes(wgs: int, mt: int, slots: int) -> int:
+def record_bytes(wgs: int, mt: int, slots: int, compressed: bool = False) -> int:
     """Bytes of a row block's chunk in the format: the m-tiles' words, and where there is overflow
-    (``slots`` > 0) the head words and the overflow word slots."""
+    (``slots`` > 0) the head words and the overflow word slots; ``compressed``: the bitmap words, the
+    heads and the value word slots."""
+    if compressed:
+        return wgs * mt * 128 * 4 + 128 * wgs * 2 + 4 * slots
     return wgs * mt * TILE_WORDS * 4 + (128 * wgs * 4 + 4 * slots if slots else 0)
 
 
-def stages(wgs: int, mt: int, slots: int, ntok: int = NTOK) -> int:
+def stages(wgs: int, mt: int, slots: int, ntok: int = NTOK, compressed: bool = False) -> int:
     """The pipeline's stages (chunks in flight, one being read): as many as STAGE_SMEM holds, at most
     MAX_STAGES (6 at 128 tokens, 8 at 16-64 in the default block with little overflow)."""
-    return max(2, min(MAX_STAGES, STAGE_SMEM // (record_bytes(wgs, mt, slots) + ntok * CHUNK * 2)))
+    return max(2, min(MAX_STAGES, STAGE_SMEM // (record_bytes(wgs, mt, slots, compressed) + ntok * CHUNK * 2)))
 
 
-def smem_bytes(wgs: int, mt: int, slots: int, ntok: int = NTOK, n_stages: int | None = None) -> int:
+def smem_bytes(wgs: int, mt: int, slots: int, ntok: int = NTOK, n_stages: int | None = None,
+               compressed: bool = False) -> int:
     """Dynamic shared memory of a wgmma24 block (kernels/wgmma24.cu) of ``ntok`` tokens over a weight
-    of ``slots`` overflow word slots per chunk: its pipeline's stages (``n_stages``, default
-    ``stages``), which then hold the partial sums."""
-    n_stages = stages(wgs, mt, slots, ntok) if n_stages is None else n_stages
-    pipeline = n_stages * (record_bytes(wgs, mt, slots) + ntok * CHUNK * 2)
+    of ``slots`` overflow word slots per chunk (``compressed``: value word slots): its pipeline's
+    stages (``n_stages``, default ``stages``), which then hold the partial sums."""
+    n_stages = stages(wgs, mt, slots, ntok, compressed) if n_stages is None else n_stages
+    pipeline = n_stages * (record_bytes(wgs, mt, slots, compressed) + ntok * CHUNK * 2)
     return max(pipeline, ntok * (TILE_ROWS * wgs * mt + 4) * 4)
