@@ -119,7 +119,8 @@ def main():
             print(f"  {layout:>7}: {wavefronts(unit, g, c, step, layout) / (2 * steps):.2f} wavefronts per load")
         if args.greedy:
             order = greedy(unit, g, c)
-            print(f"  swizzle, reordered: {wavefronts(unit, g, c, order, 'swizzle') / (2 * steps):.2f} wavefronts per load")
+            spread = wavefronts(unit, g, c, order, "swizzle") / (2 * steps)
+            print(f"  swizzle, reordered: {spread:.2f} wavefronts per load")
         sw, cw = Wgmma24Weight.from_dense(w), Wgmma24Weight.from_dense(w, compressed=True)
         print(f"  format: {sw.nbytes / 1e6:.1f} MB ({sw.nbytes / (2 * m * k):.3f} of dense), "
               f"{sw.n_groups} overflow words, {sw.slots} slots per chunk; compressed: {cw.nbytes / 1e6:.1f} MB "

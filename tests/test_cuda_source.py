@@ -108,8 +108,8 @@ def test_wgmma24_kernel_source_compiles(wgs, mt, split, overflow, ntok, compress
 
     kernels = resources.files("cross.kernels")
     cmd = [NVCC, "-arch=sm_90a", "-std=c++17", "-cubin", "-Xptxas", "-v", "-o", str(tmp_path / "k.cubin"),
-           f"-I{kernels}", *wgmma24_defines(is_bf16, wgs, mt, split, 1024 if compressed else 64 * overflow, ntok, compressed,
-                                         bool(overflow)),
+           f"-I{kernels}",
+           *wgmma24_defines(is_bf16, wgs, mt, split, 1024 if compressed else 64 * overflow, ntok, compressed, bool(overflow)),
            str(kernels.joinpath("wgmma24.cu"))]
     out = subprocess.run(cmd, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -3,9 +3,10 @@ packed by ``Wgmma24Weight.from_dense``: where ``load_chunk`` puts X in a stage, 
 thread loads as its A registers and metadata, the sparse warpgroup mma as PTX documents it (the
 m16n8k32 sparse A and metadata layout per warp, B read through the no-swizzle K-major descriptor
 with its leading and stride byte offsets, the m64nNk16 accumulator layout), the overflow operand's
-registers built from the head words and a second mma over them, the partial sums' staging, and the cluster's split of K and of the rows
-it sums. The GPU tests run the kernel itself; this checks the same arithmetic where there is no GPU,
-and that a misread layout (the descriptor's offsets swapped) would be caught.
+registers built from the head words and a second mma over them, the compressed layout's decode
+(with the kernel's own table), the partial sums' staging, and the cluster's split of K and of the
+rows it sums. The GPU tests run the kernel itself; this checks the same arithmetic where there is no
+GPU, and that a misread layout (the descriptor's offsets swapped) would be caught.
 """
 
 import re

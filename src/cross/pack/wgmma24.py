@@ -33,6 +33,12 @@ selector ks).
 Bytes: 0.5625 of dense whatever the sparsity (values and metadata), plus, where there is overflow,
 1 / 32 of dense for the head words (two warpgroups of two m-tiles) and 4 bytes per slot (a group
 with overflow needs one).
+
+The compressed layout (``from_dense(..., compressed=True)``) stores the nonzeros alone: per row block
+and chunk a bitmap word per m-tile and thread (nibble 4 ks + i: the group its A register i of
+k-step ks holds), a 16-bit head per thread (its first nonzero, in halves from the chunk's first),
+and the nonzeros by thread, m-tile, register and position (``_compressed``); the kernel builds both
+operands' registers and the metadata from them (2 bytes per nonzero and 1 / 16 + 1 / 64 of dense).
 """
 
 from __future__ import annotations
@@ -55,8 +61,6 @@ NTOKS = (16, 32, 64, 128)
 NTOK = NTOKS[-1]
 #: A head word: the thread's first overflow word (bits 0 .. START_BITS - 1), then a mask of 8 bits per m-tile
 START_BITS = 14
-#: The overflow operand's metadata nibble: positions 2 and 3 of every group
-OVERFLOW_NIBBLE = 2 | 3 << 2
 #: The pipeline's stages take at most this much shared memory, and are at most MAX_STAGES
 STAGE_SMEM, MAX_STAGES = 220 * 1024, 8
 _DTYPES = (torch.bfloat16, torch.float16)
@@ -108,7 +112,8 @@ class Wgmma24Weight:
         return self._decoded[0]
 
     @classmethod
-    def from_dense(cls, weight: torch.Tensor, wgs: int = 2, mt: int = 2, compressed: bool = False) -> "Wgmma24Weight":
+    def from_dense(cls, weight: torch.Tensor, wgs: int = 2, mt: int = 2,
+                   compressed: bool = False) -> "Wgmma24Weight":
         """Pack a 2-D bf16/fp16 weight: in every group of 4 consecutive columns the first two nonzeros
         in the 2:4 part, the others (at positions 2 and 3) in the overflow operand; zeros (and -0.0)
         are not stored. ``compressed``: the compressed layout (``_compressed``: nonzeros only, and a
