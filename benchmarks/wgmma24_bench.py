@@ -4,8 +4,8 @@ the slots layout or the compressed one (a setting with a leading c). Weights (bf
 sparse at each sparsity ("uniform": a group's third and fourth nonzeros are overflow), or their 2:4 part
 ("2:4": the two largest-magnitude entries of every group of 4 consecutive columns kept; no overflow).
 Each launch setting (warpgroups:m-tiles[:split]) is checked against the fp32 product (output poisoned
-with NaN, fresh inputs; a wrong one is reported and not timed), then timed: CUDA-graph replay, L2 flushed by a 256 MB read, cuBLAS (F.linear on
-the same weight as a dense tensor) in the same run.
+with NaN, fresh inputs; a wrong one is reported and not timed), then timed: CUDA-graph replay, L2
+flushed by a 256 MB read, cuBLAS (F.linear on the same weight as a dense tensor) in the same run.
 
     PYTHONPATH=src python benchmarks/wgmma24_bench.py --shapes llama-qkvo,llama-up,llama-down \\
         --sparsities 0.6,0.7,0.9 --ns 16,64,128 --settings 2:2,c2:2
