@@ -26,4 +26,4 @@ step gpu_tests_runtime 120 python3 -m pytest -q -m gpu -x tests/test_wgmma24_run
 step wgmma24_bench 110 python3 benchmarks/wgmma24_bench.py --shapes llama-up --sparsities 0.7,0.9 --ns 16,128,512,2048 \
     --settings 2:2,c2:2,2:1,2:2:2 --out "$OUT/wgmma24_first.csv"
 step kernels 120 python3 -m cross bench kernels --shapes llama-up,llama-qkvo,llama-down --sparsities 0.7,0.9 \
-    --ns 8,16,128,512 --methods dense,cross,cross+wgmma24,cross-wgmma24 --out "$OUT/kernels_wgmma24"
+    --ns 8,16,128,512 --methods dense,cross,cross+wgmma24,cross+wgmma24c,cross-wgmma24 --out "$OUT/kernels_wgmma24"

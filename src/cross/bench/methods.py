@@ -12,12 +12,15 @@
                                 row kernel does not take to the warpgroup 2:4 kernel
                                 (make_plan(wgmma_kernel=True, nan_policy="ignore")), which the
                                 measured check takes where it times faster than dense
+    cross+wgmma24c              the same with the 2:4 format's compressed layout
+                                (make_plan(..., wgmma_layout="compressed"))
     cross-rows                  the row kernel forced (kernels/row_gemv.cu, one launch per pass
                                 of up to 8 tokens; GPU only, K % 8 == 0, K <= 16384)
     cross-slices                the slice kernel forced (kernels/slice_mma.cu, one launch per pass
                                 of up to 16 tokens; sm_90+, K % 8 == 0)
     cross-wgmma24               the warpgroup 2:4 kernel forced (kernels/wgmma24.cu, one launch of
                                 blocks of 16-128 tokens; compute capability 9.0, K % 8 == 0)
+    cross-wgmma24c              the same over the compressed layout
     cusparse-csr                w.to_sparse_csr() @ x.T (cuSPARSE SpMM through torch), in the
                                 weight's dtype where torch runs it there, else fp16, else fp32
     triton-bsr-<b>              torch.sparse._triton_ops.bsr_dense_mm with b x b blocks (GPU only;
@@ -62,6 +65,7 @@ class Method:
     block: int = 0
     slice_kernel: bool = False  # cross: the planner may offer buckets to the slice kernel
     wgmma_kernel: bool = False  # cross: the planner may offer buckets to the warpgroup 2:4 kernel
+    wgmma_layout: str = "slots"  # cross, wgmma24: the 2:4 format's layout (make_plan's wgmma_layout)
 
     def applies(self, sparsity: float) -> bool:
         """Whether the method has a row at this sparsity: 2:4 exists at 50% only."""
@@ -69,9 +73,9 @@ class Method:
 
 
 def parse_method(name: str) -> Method:
-    expected = ("expected dense, cross, cross+slices, cross+wgmma24, cross-cuda-<bitmap|dense|hybrid>, "
-                "cross-triton-<bitmap|dense|hybrid|index|all>, cross-rows, "
-                "cross-slices, cross-wgmma24, cusparse-csr, "
+    expected = ("expected dense, cross, cross+slices, cross+wgmma24, cross+wgmma24c, "
+                "cross-cuda-<bitmap|dense|hybrid>, cross-triton-<bitmap|dense|hybrid|index|all>, cross-rows, "
+                "cross-slices, cross-wgmma24, cross-wgmma24c, cusparse-csr, "
                 f"triton-bsr-<block: a power of two >= 16> or sparse-2:4, got {name!r}")
     if name == "dense":
         return Method(name, "dense")
@@ -81,10 +85,10 @@ def parse_method(name: str) -> Method:
         return Method(name, "csr")
     if name == "cross+slices":
         return Method(name, "cross", slice_kernel=True)
-    if name == "cross+wgmma24":
-        return Method(name, "cross", wgmma_kernel=True)
-    if name == "cross-wgmma24":
-        return Method(name, "wgmma24")
+    if name in ("cross+wgmma24", "cross+wgmma24c"):
+        return Method(name, "cross", wgmma_kernel=True, wgmma_layout="compressed" if name[-1] == "c" else "slots")
+    if name in ("cross-wgmma24", "cross-wgmma24c"):
+        return Method(name, "wgmma24", wgmma_layout="compressed" if name[-1] == "c" else "slots")
     if name == "cross-rows":
         return Method(name, "rows")
     if name == "cross-slices":
@@ -199,7 +203,7 @@ def prepare(method: Method, w: torch.Tensor, *, tile=(64, 64), cost_model=None, 
     if method.family == "slices":
         return Prepared(w, sparsity, _prepare_slices(w, tile))
     if method.family == "wgmma24":
-        return Prepared(w, sparsity, _prepare_wgmma24(w))
+        return Prepared(w, sparsity, _prepare_wgmma24(w, method.wgmma_layout == "compressed"))
     if method.family == "csr":
         return Prepared(w, sparsity, _prepare_csr(w))
     if method.family == "bsr":
@@ -224,6 +228,7 @@ def _prepare_cross(method: Method, w, tile, cost_model, n_programs):
     # nan_policy 'ignore' (it multiplies only the stored slots)
     options = ({"row_kernel": False, "allowed_kinds": method.kinds} if method.kinds is not None
                else {"slice_kernel": method.slice_kernel, "wgmma_kernel": method.wgmma_kernel,
+                     "wgmma_layout": method.wgmma_layout,
                      "nan_policy": "ignore" if method.wgmma_kernel else "propagate"})
     packed = pack(w, make_plan(w, tile_shape=tile, cost_model=cost_model, n_programs=n_programs, **options))
     if method.kinds is None and w.is_cuda:  # what the runtime runs: predicted wins checked on the GPU
@@ -280,11 +285,11 @@ def _prepare_rows(w):
     return lambda x: Bound(lambda: row_launch(x, args), w.dtype, "row kernel", rows.nbytes)
 
 
-def _prepare_wgmma24(w):
+def _prepare_wgmma24(w, compressed: bool):
     from ..kernels.launch import wgmma24_args, wgmma24_run
     from ..pack.wgmma24 import Wgmma24Weight
 
-    sw = Wgmma24Weight.from_dense(w)
+    sw = Wgmma24Weight.from_dense(w, compressed=compressed)
     args = wgmma24_args(sw)
     return lambda x: Bound(lambda: wgmma24_run(x, args), w.dtype, "warpgroup 2:4 kernel", sw.nbytes)
 

@@ -117,8 +117,10 @@ def add_kernel_options(p: argparse.ArgumentParser, **defaults) -> None:
                    help="dense, cross (what the runtime runs), cross+slices (the runtime with the slice kernel's "
                         "candidates, make_plan(slice_kernel=True)), cross+wgmma24 (the runtime with the warpgroup "
                         "2:4 kernel's candidates, make_plan(wgmma_kernel=True, nan_policy='ignore')), "
+                        "cross+wgmma24c (the same in the compressed layout, wgmma_layout='compressed'), "
                         "cross-<cuda|triton>-<bitmap|dense|hybrid> (the kernel forced), cross-rows, cross-slices, "
-                        "cross-wgmma24 (the row, slice and warpgroup 2:4 kernels forced), cusparse-csr, "
+                        "cross-wgmma24, cross-wgmma24c (the row, slice and warpgroup 2:4 kernels forced), "
+                        "cusparse-csr, "
                         "triton-bsr-<block>, sparse-2:4 (50%% only) "
                         f"(default {d['methods']}; the dense baseline is timed for every row anyway)")
     p.add_argument("--dlmc", type=Path, metavar="DIR",

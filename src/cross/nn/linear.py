@@ -57,7 +57,7 @@ def plan_linear(weight: torch.Tensor, *, cost_model=None, tile_shape=(64, 64), b
                 nan_policy: str = "propagate", balance: str = "full", unit_mode: str = "split",
                 **plan_options) -> Plan:
     """The Plan ``SparseLinear.from_dense`` makes for ``weight`` (``plan_options`` go to make_plan:
-    allowed_kinds, swing_band, n_programs, row_kernel, slice_kernel)."""
+    allowed_kinds, swing_band, n_programs, row_kernel, slice_kernel, wgmma_kernel, wgmma_layout)."""
     check_values(weight)
     return make_plan(weight.detach(), tile_shape=tile_shape, cost_model=cost_model,
                      buckets=DEFAULT_BUCKETS if buckets is None else buckets, nan_policy=nan_policy,

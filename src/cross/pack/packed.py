@@ -244,8 +244,11 @@ def _slices_for(plan: Plan, weight: "TiledWeight | PackedWeight | _DenseOnce", f
 
 def _wgmma24_for(plan: Plan, weight: "TiledWeight | PackedWeight | _DenseOnce", falls_back: bool = False) -> Wgmma24Weight | None:
     """The warpgroup 2:4 format (from ``weight.to_dense()``) where a bucket runs that kernel (``_runs``),
-    else None."""
-    return Wgmma24Weight.from_dense(weight.to_dense()) if _runs(plan, "wgmma24", falls_back) else None
+    else None: in the layout of the plan's options (``wgmma_layout``; slots in plans made before it)."""
+    if not _runs(plan, "wgmma24", falls_back):
+        return None
+    compressed = plan.provenance.get("options", {}).get("wgmma_layout") == "compressed"
+    return Wgmma24Weight.from_dense(weight.to_dense(), compressed=compressed)
 
 
 def pack(weight: torch.Tensor, plan: Plan) -> PackedWeight:

@@ -12,7 +12,8 @@ from .._checks import check_plan_tile_shape, check_weight, dtype_name
 from ..costmodel import CostModel, block_n_for, default_cost_model
 from ..costmodel.roofline import (ROW_MAX_TOKENS, SLICE_MAX_TOKENS, WGMMA_BLOCK_ROWS, WGMMA_CHUNK, WGMMA_MAX_TOKENS,
                                   plan_kernel_vals_bytes, row_entries, row_format_bytes, row_kernel_fits, slice_format,
-                                  slice_kernel_fits, wgmma24_format_bytes, wgmma24_kernel_fits)
+                                  slice_kernel_fits, wgmma24_compressed_bytes, wgmma24_format_bytes,
+                                  wgmma24_kernel_fits)
 from ..tiling import TileGrid, TileKind
 from .balance import (alternate_order, chunk_by_cost, convert_swing, equal_count_chunks, items_from_chunks,
                       simulate_makespan, split_units, tile_list)
@@ -51,6 +52,8 @@ SLICE_KERNEL_DEFAULT = False
 #: 0.75 is uniform sparsity from ~55% (the overflow word slots of the fullest chunk counted; 50% is
 #: 0.78 of dense, a ceiling of 1.28x, not offered).
 WGMMA_MAX_BYTES = 0.75
+#: The warpgroup 2:4 format's layouts (``wgmma_layout``; pack/wgmma24.py)
+WGMMA_LAYOUTS = ("slots", "compressed")
 #: Whether make_plan offers buckets to the warpgroup 2:4 kernel by default (``wgmma_kernel``): off
 #: until it is measured correct and faster on a GPU (docs/perf-notes.md).
 WGMMA_KERNEL_DEFAULT = False
@@ -82,6 +85,16 @@ def overflow_groups(weight: torch.Tensor) -> np.ndarray:
     nz = torch.nn.functional.pad(weight != 0, (0, cols - k, 0, rows - m)).view(rows, -1, 4).sum(-1, dtype=torch.int64)
     over = (nz > 2).view(rows // WGMMA_BLOCK_ROWS, WGMMA_BLOCK_ROWS, -1, WGMMA_CHUNK // 4)
     return over.sum((1, 3), dtype=torch.int64).cpu().numpy()
+
+
+def chunk_nonzeros(weight: torch.Tensor) -> np.ndarray:
+    """A weight's nonzeros (-0.0 a zero, NaN a nonzero) per row block of WGMMA_BLOCK_ROWS and chunk of
+    WGMMA_CHUNK columns (int64 [row blocks, chunks]): the warpgroup 2:4 compressed layout's values."""
+    m, k = weight.shape
+    rows, cols = -(-m // WGMMA_BLOCK_ROWS) * WGMMA_BLOCK_ROWS, -(-k // WGMMA_CHUNK) * WGMMA_CHUNK
+    nz = torch.nn.functional.pad(weight != 0, (0, cols - k, 0, rows - m))
+    per = nz.view(rows // WGMMA_BLOCK_ROWS, WGMMA_BLOCK_ROWS, -1, WGMMA_CHUNK).sum((1, 3), dtype=torch.int64)
+    return per.cpu().numpy()
 
 
 def check_buckets(buckets) -> tuple[tuple[int, int], ...]:
@@ -192,7 +205,7 @@ def make_plan(weight: torch.Tensor | None = None, *, nnz: np.ndarray | None = No
               allowed_kinds=DEFAULT_KINDS, nan_policy: str = "propagate", balance: str = "full",
               unit_mode: str = "split", swing_band: float = 0.10, n_programs: int | None = None,
               row_kernel: bool = True, slice_kernel: bool = SLICE_KERNEL_DEFAULT,
-              wgmma_kernel: bool = WGMMA_KERNEL_DEFAULT) -> Plan:
+              wgmma_kernel: bool = WGMMA_KERNEL_DEFAULT, wgmma_layout: str = "slots") -> Plan:
     """Plan one weight. Give either ``weight`` (M x K tensor with zeros) or ``nnz`` per tile with
     ``shape`` and ``dtype``.
 
@@ -215,6 +228,9 @@ def make_plan(weight: torch.Tensor | None = None, *, nnz: np.ndarray | None = No
              WGMMA_MAX_BYTES; bf16/fp16, K % 8 == 0), which the measured check times on a compute
              capability 9.0 GPU. Needs nan_policy 'ignore' (the kernel multiplies only the stored
              slots; else a ValueError). Off by default (WGMMA_KERNEL_DEFAULT).
+    wgmma_layout: the warpgroup 2:4 format's layout, 'slots' (two slots per group and the overflow's
+             words) or 'compressed' (the nonzeros and a bitmap, decoded in registers: fewer bytes,
+             more instructions per chunk); its bytes decide whether a weight is offered.
     Where the slice or warpgroup 2:4 kernel is offered, buckets get alternatives that the measured
     check times beside their kernel (``BucketPlan.alternatives``): a row kernel's bucket the
     candidate kernel, a candidate's bucket the tile kernel where it was predicted to win and the row
@@ -243,6 +259,8 @@ def make_plan(weight: torch.Tensor | None = None, *, nnz: np.ndarray | None = No
     if wgmma_kernel and nan_policy != "ignore":
         raise ValueError("wgmma_kernel=True: expected nan_policy='ignore' (the warpgroup 2:4 kernel multiplies only "
                          "the stored slots, so a non-finite input does not reach every output as in the dense product)")
+    if wgmma_layout not in WGMMA_LAYOUTS:
+        raise ValueError(f"wgmma_layout: expected one of {WGMMA_LAYOUTS}, got {wgmma_layout!r}")
     if slice_kernel and nan_policy != "propagate":
         raise ValueError("slice_kernel=True: expected nan_policy='propagate' (the slice kernel's candidates are "
                          "planned with it; with wgmma_kernel=True as well, choose one of the two)")
@@ -280,10 +298,14 @@ def make_plan(weight: torch.Tensor | None = None, *, nnz: np.ndarray | None = No
               and slice_floor <= SLICE_MAX_BYTES * 2 * grid.rows * grid.cols)
     # whether buckets may become the warpgroup 2:4 kernel's candidates (its overflow counted on the
     # weight where there is one: tile counts cannot tell a 2:4 weight from a uniform one)
+    if wgmma_layout == "compressed":
+        wgmma_bytes = wgmma24_compressed_bytes(nnz, size, grid.rows, grid.cols,
+                                               chunk_nonzeros=None if weight is None else chunk_nonzeros(weight))
+    else:
+        wgmma_bytes = wgmma24_format_bytes(nnz, size, grid.rows, grid.cols,
+                                           chunk_groups=None if weight is None else overflow_groups(weight))
     wgmma = (bool(wgmma_kernel) and nan_policy == "ignore" and wgmma24_kernel_fits(grid.rows, grid.cols, dtype)
-             and wgmma24_format_bytes(nnz, size, grid.rows, grid.cols,
-                                      chunk_groups=None if weight is None else overflow_groups(weight))
-             <= WGMMA_MAX_BYTES * 2 * grid.rows * grid.cols)
+             and wgmma_bytes <= WGMMA_MAX_BYTES * 2 * grid.rows * grid.cols)
 
     def plan_buckets(kinds):
         return _plan_buckets(kinds, nnz, grid, tile_shape, buckets, classes_at, cm, programs, unit_mode, balance,
@@ -314,7 +336,7 @@ def make_plan(weight: torch.Tensor | None = None, *, nnz: np.ndarray | None = No
         "torch": torch.__version__,
         "options": {"balance": balance, "unit_mode": unit_mode, "swing_band": swing_band, "n_programs": programs,
                     "row_kernel": bool(row_kernel), "slice_kernel": bool(slice_kernel),
-                    "wgmma_kernel": bool(wgmma_kernel),
+                    "wgmma_kernel": bool(wgmma_kernel), "wgmma_layout": wgmma_layout,
                     "slice_format": slice_fmt if slices else None,
                     "allowed_kinds": [TileKind(k).name for k in allowed_kinds]},
         "swing_converted": int(converted),
