@@ -189,11 +189,14 @@ __device__ __forceinline__ u32 pick(const u32 (&c)[4], int i) { return i & 2 ? (
 // both operands' registers of a chunk from the compressed layout (pack/wgmma24._compressed): per m-tile
 // the thread's bitmap word names the nonzeros of the groups its 8 registers (4 ks + i) hold; it reads
 // them from its head on, four halves per group (three words and a funnel shift), and builds by the
-// group's DECODE entry the 2:4 part's word, the overflow's and the metadata nibble. The metadata word
+// group's DECODE entry (``table``: its copy in shared memory, where lanes reading different entries
+// cost no replays, as they would in the constant cache) the 2:4 part's word, the overflow's and the
+// metadata nibble. The metadata word
 // of lane 4 g + d holds the nibbles of registers 2 d and 2 d + 1 of the 4 lanes 4 g + q at bits 4 q
 // (and 16 + 4 q): a transpose across the 4 lanes by three shuffles.
-__device__ __forceinline__ void decode_chunk(const unsigned char* stage, uint4 (&a)[2][MT], u32 (&e)[MT],
-                                             uint4 (&o)[2][MT], int wg, int tw, int tid, int lane) {
+__device__ __forceinline__ void decode_chunk(const unsigned char* stage, const unsigned long long* table,
+                                             uint4 (&a)[2][MT], u32 (&e)[MT], uint4 (&o)[2][MT], int wg, int tw,
+                                             int tid, int lane) {
     const u32* bitmaps = reinterpret_cast<const u32*>(stage);
     const u32* words = reinterpret_cast<const u32*>(stage + BITMAP_BYTES + THREADS * 2);
     u32 off = reinterpret_cast<const u16*>(stage + BITMAP_BYTES)[tid];
@@ -208,7 +211,7 @@ __device__ __forceinline__ void decode_chunk(const unsigned char* stage, uint4 (
             const u32* p = words + (off >> 1);
             const u32 sh = (off & 1u) * 16u;
             const u32 lo = __funnelshift_r(p[0], p[1], sh), hi = __funnelshift_r(p[1], p[2], sh);
-            const unsigned long long d = DECODE[b];
+            const unsigned long long d = table[b];
             mw[r] = prmt(lo, (u32)d);  // prmt reads the selector's low 16 bits
             ow[r] = prmt(hi, (u32)d >> 16);
             const u32 nib = (u32)(d >> 32);
@@ -237,6 +240,10 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
             int ldx, int ldy, int chunks) {
     extern __shared__ __align__(128) unsigned char smem[];
     const int tid = threadIdx.x, wg = tid >> 7, tw = tid & 127, lane = tid & 31, warp = tw >> 5;
+#if COMPRESSED
+    __shared__ unsigned long long table[16];  // read after the chunk loop's first barrier
+    if (tid < 16) table[tid] = DECODE[tid];
+#endif
     const int tiles = (n_tok + NTOK - 1) / NTOK, cluster = blockIdx.x / SPLIT, part = blockIdx.x % SPLIT;
     const int rb = cluster / tiles, tok0 = (cluster % tiles) * NTOK;
     const int ntok = min(NTOK, n_tok - tok0);
@@ -272,7 +279,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
         u32 e[MT];
 #if COMPRESSED
         uint4 o[2][MT];
-        decode_chunk(stage, a, e, o, wg, tw, tid, lane);
+        decode_chunk(stage, table, a, e, o, wg, tw, tid, lane);
 #else
 #pragma unroll
         for (int t = 0; t < MT; ++t) {
