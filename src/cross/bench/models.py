@@ -135,7 +135,8 @@ def minilm(sparsity: float, model_dir: Path | None = None, device: str = "cuda")
 
 def model_command(name: str, sparsity: float, *, llama_layers: int = LLAMA_LAYERS, force_plan: bool = False,
                   cost_model: Path | None = None, minilm_dir: Path | None = None, no_measure: bool = False,
-                  decode_fallback: bool = False, slice_kernel: bool = False, wgmma_kernel: bool = False) -> str:
+                  decode_fallback: bool = False, slice_kernel: bool = False, wgmma_kernel: bool = False,
+                  wgmma_layout: str = "slots") -> str:
     """The command that measures one model at one sparsity again, into a folder of its own
     (kernels.ROW_OUT), so that it does not replace the grid's results."""
     parts = ["cross", "bench", "model", "--models", name, "--sparsities", f"{sparsity:g}"]
@@ -153,6 +154,8 @@ def model_command(name: str, sparsity: float, *, llama_layers: int = LLAMA_LAYER
         parts.append("--slice-kernel")
     if wgmma_kernel:
         parts.append("--wgmma-kernel")
+        if wgmma_layout != "slots":
+            parts += ["--wgmma-layout", wgmma_layout]
     if cost_model is not None:
         parts += ["--cost-model", str(cost_model)]
     return shlex.join(parts + ["--out", ROW_OUT])
@@ -168,14 +171,15 @@ DISCARDED_TIMINGS = 4
 
 
 def run_workload(wl: Workload, sparsity: float, *, command: str = "", cost_model=None, keep_dense="auto",
-                 measure="auto", slice_kernel: bool = False, wgmma_kernel: bool = False, nan_policy: str = "propagate",
+                 measure="auto", slice_kernel: bool = False, wgmma_kernel: bool = False, wgmma_layout: str = "slots",
+                 nan_policy: str = "propagate",
                  timer: Callable = measure_us, progress: bool = False,
                  discard_pass: bool = False, log: Callable[[str], None] | None = None) -> list[dict]:
     """Time every phase dense, sparsified, and dense again; one row per phase. The model is left
-    dense (unsparsified) afterwards. keep_dense, measure, slice_kernel, wgmma_kernel and nan_policy go to
-    sparsify_, with the
-    phases' token counts (``tokens``: a layer that wins at none of them stays dense); log, if given,
-    gets the line of what the GPU timing of the plans decided (SparsifyReport.measured_check).
+    dense (unsparsified) afterwards. keep_dense, measure, slice_kernel, wgmma_kernel, wgmma_layout and
+    nan_policy go to sparsify_, with the phases' token counts (``tokens``: a layer that wins at none
+    of them stays dense); log, if given, gets the line of what the GPU timing of the plans decided
+    (SparsifyReport.measured_check).
 
     discard_pass: time every phase once more first and drop it. A process's first few CUDA-graph
     timings of a model can read ~13% faster than all later ones at the same clocks
@@ -200,7 +204,7 @@ def run_workload(wl: Workload, sparsity: float, *, command: str = "", cost_model
         tokens = tuple(sorted({phase[1] * phase[2] for phase in wl.phases}))
         report = cross.sparsify_(wl.model, not_a_head, tokens=tokens, progress=progress, cost_model=cost_model,
                                  keep_dense=keep_dense, measure=measure, slice_kernel=slice_kernel,
-                                 wgmma_kernel=wgmma_kernel, nan_policy=nan_policy)
+                                 wgmma_kernel=wgmma_kernel, wgmma_layout=wgmma_layout, nan_policy=nan_policy)
         if log is not None:
             log(f"measured check: {report.measured_check()}")
         cross_bytes = linear_bytes(wl.model)

@@ -45,20 +45,27 @@ def add_swap_options(p) -> None:
                         "capability 9.0; not yet measured): a layer runs it where the GPU finds its result right "
                         "and times it faster than cuBLAS. Plans with nan_policy='ignore' (the kernel multiplies "
                         "only the stored slots) (make_plan(wgmma_kernel=True, nan_policy='ignore'))")
+    p.add_argument("--wgmma-layout", choices=("slots", "compressed"), default="slots",
+                   help="with --wgmma-kernel, the 2:4 format's layout: slots (two per group and the overflow's "
+                        "words) or compressed (the nonzeros and a bitmap, decoded in registers: fewer bytes) "
+                        "(make_plan(wgmma_layout=...); default slots)")
 
 
 def swap_kwargs(args) -> dict:
-    """sparsify_'s keep_dense, measure, slice_kernel, wgmma_kernel and nan_policy from add_swap_options'
-    flags."""
+    """sparsify_'s keep_dense, measure, slice_kernel, wgmma_kernel, wgmma_layout and nan_policy from
+    add_swap_options' flags."""
     if args.force_plan and args.decode_fallback:
         raise InputError("--force-plan and --decode-fallback: expected one of them (a forced plan never falls back)")
     if args.slice_kernel and args.wgmma_kernel:
         raise InputError("--slice-kernel and --wgmma-kernel: expected one of them (their plans take different NaN "
                          "policies)")
+    if args.wgmma_layout != "slots" and not args.wgmma_kernel:
+        raise InputError(f"--wgmma-layout {args.wgmma_layout}: expected --wgmma-kernel too (the layout is the "
+                         "warpgroup 2:4 kernel's)")
     keep = False if args.force_plan else "decode" if args.decode_fallback else "auto"
     return {"keep_dense": keep, "measure": False if args.no_measure else "auto",
             "slice_kernel": bool(args.slice_kernel), "wgmma_kernel": bool(args.wgmma_kernel),
-            "nan_policy": "ignore" if args.wgmma_kernel else "propagate"}
+            "wgmma_layout": args.wgmma_layout, "nan_policy": "ignore" if args.wgmma_kernel else "propagate"}
 
 
 def parse_tile(text: str, plan: bool = False) -> tuple[int, int]:
