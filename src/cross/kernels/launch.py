@@ -409,16 +409,22 @@ def sparse24_matmul(x: torch.Tensor, weight, bias: torch.Tensor | None = None, o
 #: A block's fixed cost in the split's model (``wgmma24_split``), in chunks: its pipeline's fill and
 #: the cluster's sum of partial sums (a model, not measured)
 WGMMA_BLOCK_CHUNKS = 2
+#: The splits the model chooses from: clusters of 3 fit 39 at once on the H100 (117 of 132 SMs, ncu's
+#: max active clusters), so 43 of them take two waves, and clusters of 8 measured slower than of 4
+#: (docs/perf-notes.md, "The warpgroup 2:4 kernel's first run"); a split given to the launch may be
+#: any of 1..8
+WGMMA_SPLITS = (1, 2, 4)
 
 
 @functools.lru_cache(maxsize=4096)  # on every launch: no host work beyond a lookup
 def wgmma24_split(row_blocks: int, chunks: int, sms: int, tiles: int = 1) -> int:
     """Parts of K per row block and token tile for the warpgroup 2:4 kernel (a cluster of that many
-    blocks, 1 to 8, each with at least 4 chunks): the split with the least time in a model of waves
-    (one block per SM, as its shared memory allows): waves of ``row_blocks x tiles x split`` blocks
-    on ``sms`` SMs times each block's chunks plus WGMMA_BLOCK_CHUNKS; ties go to the smaller split."""
+    blocks, one of WGMMA_SPLITS, each with at least 4 chunks): the split with the least time in a
+    model of waves (one block per SM, as its shared memory allows): waves of ``row_blocks x tiles x
+    split`` blocks on ``sms`` SMs times each block's chunks plus WGMMA_BLOCK_CHUNKS; ties go to the
+    smaller split."""
     blocks = row_blocks * tiles
-    options = range(1, max(1, min(8, chunks // 4)) + 1)
+    options = [s for s in WGMMA_SPLITS if s == 1 or chunks // s >= 4]
     return min(options, key=lambda s: (-(-blocks * s // sms) * (chunks / s + WGMMA_BLOCK_CHUNKS), s))
 
 
