@@ -191,9 +191,8 @@ __device__ __forceinline__ u32 pick(const u32 (&c)[4], int i) { return i & 2 ? (
 // them from its head on, four halves per group (three words and a funnel shift), and builds by the
 // group's DECODE entry (``table``: its copy in shared memory, where lanes reading different entries
 // cost no replays, as they would in the constant cache) the 2:4 part's word, the overflow's and the
-// metadata nibble. The metadata word
-// of lane 4 g + d holds the nibbles of registers 2 d and 2 d + 1 of the 4 lanes 4 g + q at bits 4 q
-// (and 16 + 4 q): a transpose across the 4 lanes by three shuffles.
+// metadata nibble. The metadata word of lane 4 g + d holds the nibbles of registers 2 d and 2 d + 1
+// of the 4 lanes 4 g + q at bits 4 q (and 16 + 4 q): a transpose across the 4 lanes by three shuffles.
 __device__ __forceinline__ void decode_chunk(const unsigned char* stage, const unsigned long long* table,
                                              uint4 (&a)[2][MT], u32 (&e)[MT], uint4 (&o)[2][MT], int wg, int tw,
                                              int tid, int lane) {

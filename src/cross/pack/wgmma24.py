@@ -203,6 +203,12 @@ def wgmma24_reference(x: torch.Tensor, weight: Wgmma24Weight, bias: torch.Tensor
     return decoded_product(x, weight, bias)
 
 
+# (rb, wg, t, w, hf, g, chunk, ks, hq, q) <-> (rb, chunk, wg, w, g, q, t, ks, hq, hf): a thread's groups
+# by m-tile t and register 4 ks + i (i = hf + 2 hq); the compressed layout adds each group's positions
+_BY_THREAD = (0, 6, 1, 3, 5, 9, 2, 7, 8, 4)
+_BY_ROW = (0, 2, 6, 3, 9, 4, 1, 7, 8, 5)
+
+
 def _overflow(bits: torch.Tensor, over: torch.Tensor, rb_: int, nc: int, wgs: int, mt: int):
     """Head words [rb, chunk, threads] (int64) and the overflow word slots [rb, chunk, slots] (int64
     bit patterns of int32 words, zeros after a chunk's) of the overflow ``over`` (a group's third and
@@ -215,13 +221,10 @@ def _overflow(bits: torch.Tensor, over: torch.Tensor, rb_: int, nc: int, wgs: in
     ov = torch.where(over, bits.view_as(over), 0)
     word = ov[..., 2] | (ov[..., 3] << 16)
     has = over[..., 2:].any(-1)
-    # (rb, wg, t, w, hf, g, chunk, ks, hq, q) -> (rb, chunk, wg, w, g, q, t, ks, hq, hf): a thread's
-    # registers by m-tile t and register 4 ks + i, i = hf + 2 hq
     shape = (rb_, wgs, mt, 4, 2, 8, nc, 2, 2, 4)
-    order = (0, 6, 1, 3, 5, 9, 2, 7, 8, 4)
     threads = 128 * wgs
-    word = word.view(shape).permute(order).reshape(rb_ * nc, threads, mt * 8)
-    has = has.view(shape).permute(order).reshape(rb_ * nc, threads, mt * 8)
+    word = word.view(shape).permute(_BY_THREAD).reshape(rb_ * nc, threads, mt * 8)
+    has = has.view(shape).permute(_BY_THREAD).reshape(rb_ * nc, threads, mt * 8)
     reg = torch.arange(8, device=dev)
     masks = (has.view(rb_ * nc, threads, mt, 8).to(torch.int64) << reg).sum(-1)  # [(rb, chunk), thread, t]
     count = has.sum(-1)  # [(rb, chunk), thread]
@@ -252,18 +255,13 @@ def _read_overflow(record: torch.Tensor, wgs: int, mt: int, slots: int) -> torch
     before = torch.cumsum(has.flatten(-2), -1).view_as(has) - has.to(torch.int64)  # the thread's earlier words
     index = (head & (2**START_BITS - 1))[..., None, None] + before
     word = torch.where(has, table.gather(-1, torch.where(has, index, 0).flatten(2)).view_as(has), 0)
-    # (rb, chunk, wg, w, g, q, t, ks, hq, hf) back to (rb, wg, t, w, hf, g, chunk, ks, hq, q)
-    word = word.view(rb_, nc, wgs, 4, 8, 4, mt, 2, 2, 2).permute(0, 2, 6, 3, 9, 4, 1, 7, 8, 5)
+    word = word.view(rb_, nc, wgs, 4, 8, 4, mt, 2, 2, 2).permute(_BY_ROW)
     out = torch.zeros(*word.shape, GROUP, dtype=torch.int64, device=dev)
     out[..., 2] = word & 0xFFFF
     out[..., 3] = (word >> 16) & 0xFFFF
     return out.reshape(rb_ * TILE_ROWS * wgs * mt, nc * CHUNK)
 
 
-# (rb, wg, t, w, hf, g, chunk, ks, hq, q, pos) <-> (rb, chunk, wg, w, g, q, t, ks, hq, hf, pos): a thread's
-# groups by m-tile t and register 4 ks + i (i = hf + 2 hq)
-_BY_THREAD = (0, 6, 1, 3, 5, 9, 2, 7, 8, 4, 10)
-_BY_ROW = (0, 2, 6, 3, 9, 4, 1, 7, 8, 5, 10)
 
 
 def _compressed(bits: torch.Tensor, nz: torch.Tensor, rb_: int, nc: int, wgs: int, mt: int):
@@ -276,8 +274,8 @@ def _compressed(bits: torch.Tensor, nz: torch.Tensor, rb_: int, nc: int, wgs: in
     dev = bits.device
     threads, mtiles = 128 * wgs, wgs * mt
     shape = (rb_, wgs, mt, 4, 2, 8, nc, 2, 2, 4, GROUP)
-    nzt = nz.view(shape).permute(_BY_THREAD).reshape(rb_, nc, threads, mt, 8, GROUP)
-    vals = bits.view(shape).permute(_BY_THREAD).reshape(rb_, nc, threads, mt, 8, GROUP)
+    nzt = nz.view(shape).permute(_BY_THREAD + (10,)).reshape(rb_, nc, threads, mt, 8, GROUP)
+    vals = bits.view(shape).permute(_BY_THREAD + (10,)).reshape(rb_, nc, threads, mt, 8, GROUP)
     nib = (nzt.to(torch.int64) << torch.arange(GROUP, device=dev)).sum(-1)  # [rb, nc, thread, t, r]
     word = (nib << (4 * torch.arange(8, device=dev))).sum(-1)  # [rb, nc, thread, t]
     bitmaps = word.view(rb_, nc, wgs, 128, mt).transpose(3, 4).reshape(rb_, nc, mtiles * 128)
@@ -315,7 +313,7 @@ def _read_compressed(values: torch.Tensor, wgs: int, mt: int, slots: int) -> tor
     rank = torch.cumsum(nzt.flatten(3).to(torch.int64), -1).view_as(nzt) - 1
     index = torch.where(nzt, head[..., None, None, None] + rank, 0)
     out = torch.where(nzt, stream.gather(-1, index.flatten(2)).view_as(nzt), 0)
-    out = out.view(rb_, nc, wgs, 4, 8, 4, mt, 2, 2, 2, GROUP).permute(_BY_ROW)
+    out = out.view(rb_, nc, wgs, 4, 8, 4, mt, 2, 2, 2, GROUP).permute(_BY_ROW + (10,))
     return out.reshape(rb_ * TILE_ROWS * mtiles, nc * CHUNK)
 
 

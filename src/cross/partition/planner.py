@@ -87,6 +87,16 @@ def overflow_groups(weight: torch.Tensor) -> np.ndarray:
     return over.sum((1, 3), dtype=torch.int64).cpu().numpy()
 
 
+def _wgmma24_bytes(layout: str, weight: torch.Tensor | None, nnz, size, grid: TileGrid) -> int:
+    """The warpgroup 2:4 format's bytes in ``layout``: counted on the weight where there is one (tile
+    counts cannot tell a 2:4 weight from a uniform one), else expected from the tile counts."""
+    if layout == "compressed":
+        return wgmma24_compressed_bytes(nnz, size, grid.rows, grid.cols,
+                                        chunk_nonzeros=None if weight is None else chunk_nonzeros(weight))
+    return wgmma24_format_bytes(nnz, size, grid.rows, grid.cols,
+                                chunk_groups=None if weight is None else overflow_groups(weight))
+
+
 def chunk_nonzeros(weight: torch.Tensor) -> np.ndarray:
     """A weight's nonzeros (-0.0 a zero, NaN a nonzero) per row block of WGMMA_BLOCK_ROWS and chunk of
     WGMMA_CHUNK columns (int64 [row blocks, chunks]): the warpgroup 2:4 compressed layout's values."""
@@ -296,16 +306,10 @@ def make_plan(weight: torch.Tensor | None = None, *, nnz: np.ndarray | None = No
     slice_fmt, slice_floor = slice_format(nnz, size, grid.rows, grid.cols)
     slices = (bool(slice_kernel) and nan_policy == "propagate" and slice_kernel_fits(grid.rows, grid.cols, dtype)
               and slice_floor <= SLICE_MAX_BYTES * 2 * grid.rows * grid.cols)
-    # whether buckets may become the warpgroup 2:4 kernel's candidates (its overflow counted on the
-    # weight where there is one: tile counts cannot tell a 2:4 weight from a uniform one)
-    if wgmma_layout == "compressed":
-        wgmma_bytes = wgmma24_compressed_bytes(nnz, size, grid.rows, grid.cols,
-                                               chunk_nonzeros=None if weight is None else chunk_nonzeros(weight))
-    else:
-        wgmma_bytes = wgmma24_format_bytes(nnz, size, grid.rows, grid.cols,
-                                           chunk_groups=None if weight is None else overflow_groups(weight))
+    # whether buckets may become the warpgroup 2:4 kernel's candidates (its bytes counted only where
+    # the kernel is offered: the default plans pay nothing for them)
     wgmma = (bool(wgmma_kernel) and nan_policy == "ignore" and wgmma24_kernel_fits(grid.rows, grid.cols, dtype)
-             and wgmma_bytes <= WGMMA_MAX_BYTES * 2 * grid.rows * grid.cols)
+             and _wgmma24_bytes(wgmma_layout, weight, nnz, size, grid) <= WGMMA_MAX_BYTES * 2 * grid.rows * grid.cols)
 
     def plan_buckets(kinds):
         return _plan_buckets(kinds, nnz, grid, tile_shape, buckets, classes_at, cm, programs, unit_mode, balance,
