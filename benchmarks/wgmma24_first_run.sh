@@ -6,17 +6,7 @@
 # one that hangs or runs long leaves the rest their time; NVRTC's builds are kept between steps
 # (kernels/cuda_backend.py, cache_dir). The other launch settings' tests: drop the -k filter.
 # Usage (repository root, on the GPU machine): OUT=<dir> bash benchmarks/wgmma24_first_run.sh
-set -u
-OUT=${OUT:?set OUT to a folder for the results}
-export PYTHONPATH=src
-step() {  # step <name> <seconds> <command...>: output to $OUT/<name>.txt, exit status on its last line
-    local name=$1 limit=$2
-    shift 2
-    echo "== $name: $*" | tee "$OUT/$name.txt"
-    timeout "$limit" "$@" >> "$OUT/$name.txt" 2>&1
-    echo "exit $?" >> "$OUT/$name.txt"
-    tail -4 "$OUT/$name.txt"
-}
+source "$(dirname "$0")/steps.sh"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/device.txt"
 python3 -m cross info | tee -a "$OUT/device.txt"
 step layout 50 python3 benchmarks/wgmma24_layout_check.py

@@ -32,7 +32,8 @@ def driver(monkeypatch):
     monkeypatch.setattr(cuda_backend.torch.cuda, "current_device", lambda: 0)
     for name in ("_strip_kernel", "_sparse24_kernel", "_slice_kernel", "_row_kernel", "_decode_kernel"):
         monkeypatch.setattr(cuda_backend, name, lambda *a, _n=name: (_n, a))
-    monkeypatch.setattr(cuda_backend, "_wgmma24_kernel", lambda *a: (("_wgmma24_kernel", a), 5000))
+    monkeypatch.setattr(cuda_backend, "_wgmma24_kernel", lambda *a: (("_wgmma24_kernel", a), 5000, 2))
+    monkeypatch.setattr(cuda_backend, "workspace", lambda floats: types.SimpleNamespace(data_ptr=lambda: 7 * floats))
     monkeypatch.setattr(cuda_backend, "_kernel", lambda *a: ("module", ("_kernel", a), 4096))
     return fake
 
@@ -71,16 +72,27 @@ def test_slice_launch(driver, producers, elements):
 
 @pytest.mark.parametrize("n_tok, ntok, tiles", [(16, 16, 1), (100, 128, 1), (300, 128, 3)])
 def test_wgmma24_launch(driver, n_tok, ntok, tiles):
-    """One block per row block, token tile and part of K: clusters of ``split`` consecutive blocks."""
-    cuda_backend.wgmma24_launch(43, ntok, 2, 2, 3, 64, _ptrs(4), 11008, 4096, n_tok, 4096, 11008, 64)
+    """Split 3: one block per row block, token tile and part of K (clusters of 3 consecutive blocks),
+    no workspace."""
+    cuda_backend.wgmma24_launch(43, ntok, 2, 2, 3, 64, _ptrs(5), 11008, 4096, n_tok, 4096, 11008, 64, 132)
     _check_call(driver.calls[0], ("_wgmma24_kernel", (0, True, 2, 2, 3, 64, ntok, False, False)), 43 * tiles * 3,
-                256, 5000, tuple(range(1000, 1004)) + (11008, 4096, n_tok, 4096, 11008, 64), 4)
+                256, 5000, (1000, 1001, 1002, 1003, 0, 1004) + (11008, 4096, n_tok, 4096, 11008, 64), 6)
+
+
+@pytest.mark.parametrize("n_tok, ntok, tiles", [(16, 16, 1), (300, 128, 3)])
+def test_wgmma24_launch_stream(driver, n_tok, ntok, tiles):
+    """Split 0: the SMs' resident blocks (2 per SM in the fake build) over the units, with a workspace
+    of two slots of R x NTOK floats per block."""
+    cuda_backend.wgmma24_launch(43, ntok, 2, 2, 0, 64, _ptrs(5), 11008, 4096, n_tok, 4096, 11008, 64, 132)
+    ws = 7 * 2 * 264 * 256 * ntok
+    _check_call(driver.calls[0], ("_wgmma24_kernel", (0, True, 2, 2, 0, 64, ntok, False, False)), 264,
+                256, 5000, (1000, 1001, 1002, 1003, ws, 1004) + (11008, 4096, n_tok, 4096, 11008, 64), 6)
 
 
 def test_wgmma24_launch_compressed(driver):
-    cuda_backend.wgmma24_launch(43, 16, 2, 2, 3, 1024, _ptrs(4), 11008, 4096, 16, 4096, 11008, 64, True, True)
+    cuda_backend.wgmma24_launch(43, 16, 2, 2, 3, 1024, _ptrs(5), 11008, 4096, 16, 4096, 11008, 64, 132, True, True)
     _check_call(driver.calls[0], ("_wgmma24_kernel", (0, True, 2, 2, 3, 1024, 16, True, True)), 43 * 3, 256, 5000,
-                tuple(range(1000, 1004)) + (11008, 4096, 16, 4096, 11008, 64), 4)
+                (1000, 1001, 1002, 1003, 0, 1004) + (11008, 4096, 16, 4096, 11008, 64), 6)
 
 
 def test_row_launch(driver):

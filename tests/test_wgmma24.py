@@ -11,7 +11,7 @@ m-tiles, splits of K and bias.
 import pytest
 import torch
 
-from cross.kernels.launch import wgmma24_split
+from cross.kernels.cuda_backend import WGMMA24_MAX_PER_SM, WGMMA24_MIN_UNITS, wgmma24_stream_blocks
 from cross.costmodel.roofline import wgmma24_slots
 from cross.pack.wgmma24 import CHUNK, NTOKS, START_BITS, TILE_WORDS, Wgmma24Weight, smem_bytes, stages, token_tile
 
@@ -174,16 +174,68 @@ def test_slots():
     assert got == [0, 16, 16, 32, 128, 256, 512, 512, 768, 8192]
 
 
-def test_split_and_smem():
-    assert wgmma24_split(43, 64, 132) == 2  # 11008 rows in blocks of 256: 86 blocks (172 would take 2 waves)
-    assert wgmma24_split(16, 64, 132) == 4  # 4096 rows: 64 blocks (clusters of 8 are not among WGMMA_SPLITS)
-    assert wgmma24_split(16, 172, 132) == 4  # 4096 x 11008
-    assert wgmma24_split(200, 64, 132) == 4  # 7 waves of 18 chunks against 4 of 34 or 2 of 66
-    assert wgmma24_split(16, 8, 132) == 2  # at least 4 chunks per part
-    # more token tiles, fewer parts: 4096 rows at 512 tokens (4 tiles) in one wave of 128 blocks, at
-    # 2048 tokens (16 tiles) 2 waves of whole row blocks; 11008 rows at 512 tokens as at one tile
-    assert [wgmma24_split(16, 64, 132, t) for t in (1, 4, 16)] == [4, 2, 1]
-    assert wgmma24_split(43, 64, 132, 4) == 2
+def _stream(units, blocks, chunks, contributions):
+    """The STREAM launch's sums as wgmma24.cu does them (its integer formulas, transcribed): block j
+    walks units [j U / P, (j + 1) U / P); at its last unit of an output, the output's blocks j_first ..
+    j_last (block_of), and where they differ its partial to slot (j, 0 if the output is its first else
+    1), an arrival on counter j_first, and the last arrival sums the slots of blocks j_first .. j_last
+    in block order. Returns the outputs as written (each once) and the slots and counters used."""
+    block_of = lambda u: ((u + 1) * blocks - 1) // units  # noqa: E731
+    slots, arrivals, written = {}, {}, {}
+    for j in range(blocks):
+        u0, u1 = j * units // blocks, (j + 1) * units // blocks
+        acc = 0.0
+        for u in range(u0, u1):
+            acc += contributions[u]
+            o, c = divmod(u, chunks)
+            if c != chunks - 1 and u != u1 - 1:
+                continue
+            first = o * chunks
+            jf, jl = block_of(first), block_of(first + chunks - 1)
+            if jf == jl:
+                assert o not in written
+                written[o] = acc
+            else:
+                key = (j, 0 if u0 >= first else 1)
+                assert key not in slots, "a slot written twice"
+                slots[key] = acc
+                arrivals.setdefault(jf, []).append((o, j))
+                if len(arrivals[jf]) == jl - jf + 1:  # the last: every block's partial is in its slot
+                    assert o not in written and {b for _, b in arrivals[jf]} == set(range(jf, jl + 1))
+                    written[o] = sum(slots[(b, 0 if b * units // blocks >= first else 1)] for b in range(jf, jl + 1))
+            acc = 0.0
+    return written, slots, arrivals
+
+
+@pytest.mark.parametrize("outputs,chunks,blocks", [(43, 64, 132), (43, 64, 264), (16, 64, 132), (16, 172, 256),
+                                                   (3, 12, 9), (1, 5, 1), (7, 3, 21), (5, 7, 12), (200, 64, 528)])
+def test_stream_partition(outputs, chunks, blocks):
+    """Every output written once with the sum of its units' contributions; a counter per split output
+    (none shared, each below the block count), each arrived on by exactly its blocks; two slots per block."""
+    units = outputs * chunks
+    assert blocks <= units
+    contributions = [float(1 << (u % 40)) + u for u in range(units)]
+    written, slots, arrivals = _stream(units, blocks, chunks, contributions)
+    assert sorted(written) == list(range(outputs))
+    for o in range(outputs):
+        assert written[o] == sum(contributions[o * chunks:(o + 1) * chunks])
+    assert all(len({o for o, _ in v}) == 1 for v in arrivals.values())  # one output per counter
+    assert max(arrivals, default=0) < blocks and all(s in (0, 1) for _, s in slots)
+
+
+def test_stream_blocks():
+    """The SMs' resident blocks, each with at least WGMMA24_MIN_UNITS units where there are that many,
+    and the kernel's 32-bit unit arithmetic kept in range."""
+    assert wgmma24_stream_blocks(43 * 64, 132, 1) == 132
+    assert wgmma24_stream_blocks(43 * 64, 132, 2) == 264
+    assert wgmma24_stream_blocks(43 * 64, 132, 9) == 132 * WGMMA24_MAX_PER_SM
+    assert wgmma24_stream_blocks(16 * 64, 132, 2) == 16 * 64 // WGMMA24_MIN_UNITS  # 4096 x 4096: 256 blocks
+    assert wgmma24_stream_blocks(3, 132, 1) == 1
+    big = 2**24
+    assert (big + 1) * wgmma24_stream_blocks(big, 132, 4) < 2**32
+
+
+def test_smem():
     assert smem_bytes(2, 2, 0) == 6 * (4 * 4608 + 128 * 64 * 2) <= 227 * 1024
     assert smem_bytes(2, 2, 16) == 6 * (4 * 4608 + 1024 + 64 + 128 * 64 * 2) <= 227 * 1024
     # fewer tokens per block: smaller stages, more of them (at most 8); many entries: fewer
@@ -219,10 +271,12 @@ def test_tuning_stages_size_the_shared_memory(monkeypatch):
     seen = {}
     monkeypatch.setattr(cuda_backend, "_compile", lambda dev, src, name, defines, smem, arch_specific=False: (
         seen.update(defines=defines, smem=smem), (None, "func"))[1])
+    monkeypatch.setattr(cuda_backend, "resident_blocks", lambda func, threads, smem: (func, threads, smem))
     monkeypatch.setenv(cuda_backend.DEFINES_ENV, "-DSTAGES=3")
     cuda_backend._wgmma24_kernel.cache_clear()
     try:
-        assert cuda_backend._wgmma24_kernel(0, True, 2, 2, 1, 64, 16) == ("func", smem_bytes(2, 2, 64, 16, 3))
+        smem = smem_bytes(2, 2, 64, 16, 3)
+        assert cuda_backend._wgmma24_kernel(0, True, 2, 2, 1, 64, 16) == ("func", smem, ("func", 256, smem))
         assert stages(2, 2, 64, 16) != 3 and seen["defines"][-1] == "-DSTAGES=3"
     finally:
         cuda_backend._wgmma24_kernel.cache_clear()
@@ -297,6 +351,28 @@ def test_gpu_wgmma24_splits(split, rng):
     wgmma24_matmul(x, sw, out=y, split=split)
     assert _check(y, x, w, None) < 2e-2
     assert torch.equal(wgmma24_matmul(x, sw, split=split).view(torch.int16), y.view(torch.int16))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m,k,n", [(700, 2056, 128), (2752, 4096, 16), (300, 520, 300), (256, 256, 1), (64, 64, 40)])
+def test_gpu_wgmma24_stream(m, k, n, rng):
+    """The launch's chunks in equal parts over the SMs (the default): outputs split across blocks sum
+    their slots in block order, so two launches give the same bits; the counters are back to zero."""
+    from cross.kernels.launch import wgmma24_args, wgmma24_run
+
+    _needs_sm90()
+    w = _unstructured(m, k, 0.3, rng).cuda()
+    args = wgmma24_args(Wgmma24Weight.from_dense(w))
+    assert args.split == 0
+    x = torch.randn(n, k, generator=rng).to(torch.bfloat16).cuda()
+    b = torch.randn(m, generator=rng).to(torch.bfloat16).cuda()
+    ys = []
+    for _ in range(2):
+        y = torch.full((n, m), float("nan"), dtype=torch.bfloat16, device="cuda")
+        ys.append(wgmma24_run(x, args, b, y))
+        assert _check(y, x, w, b) < 2e-2
+        assert not args.counters.any()
+    assert torch.equal(_bits(ys[0]), _bits(ys[1]))
 
 
 @pytest.mark.gpu

@@ -224,7 +224,9 @@ def test_operator_shape_without_running():
 
     sw = Wgmma24Weight.from_dense(pruned(300, 520, 0.8))
     with FakeTensorMode() as mode:
-        args = Wgmma24Args(mode.from_tensor(sw.values), 300, 520, *sw.values.shape[:2], sw.wgs, sw.mt, 0, sw.slots, 132)
+        counters = mode.from_tensor(torch.zeros(132 * 4, dtype=torch.int32))
+        args = Wgmma24Args(mode.from_tensor(sw.values), counters, 300, 520, *sw.values.shape[:2], sw.wgs, sw.mt, 0,
+                           sw.slots, 132)
         y = call(mode.from_tensor(torch.zeros(7, 520, dtype=torch.bfloat16)), args, None)
         assert tuple(y.shape) == (7, 300) and y.dtype == torch.bfloat16
 

@@ -1,6 +1,6 @@
 // Shared by the CUDA kernels that copy with the Hopper bulk-copy engine (plan_matmul.cu, strip_mma.cu,
-// slice_mma.cu):
-// shared-memory addresses, mbarriers and cp.async.bulk.
+// slice_mma.cu) or sum partial sums across blocks (plan_matmul.cu, wgmma24.cu): shared-memory
+// addresses, mbarriers, cp.async.bulk and the arrival counter of a split output.
 #pragma once
 
 __device__ __forceinline__ u32 smem_u32(const void* p) { return (u32)__cvta_generic_to_shared(p); }
@@ -34,4 +34,15 @@ __device__ __forceinline__ void mbar_arrive(u32 bar) {
 __device__ __forceinline__ void bulk_copy(u32 dst, const void* src, u32 bytes, u32 bar) {
     asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n"
                  ::"r"(dst), "l"(src), "r"(bytes), "r"(bar) : "memory");
+}
+
+// one arrival on a split output's counter, by one thread after a block barrier: the fence releases
+// the block's partial (cumulative over the barrier) and, for the last arrival, acquires the other
+// parts' partials. Returns the count before this arrival.
+__device__ __forceinline__ int arrive_gpu(int* counter) {
+    int old;
+    asm volatile("fence.acq_rel.gpu;\n"
+                 "atom.relaxed.gpu.global.add.s32 %0, [%1], 1;\n"
+                 "fence.acq_rel.gpu;\n" : "=r"(old) : "l"(counter) : "memory");
+    return old;
 }

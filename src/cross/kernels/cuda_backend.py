@@ -248,6 +248,13 @@ class Pointers:
         self.values = tuple(0 if t is None else t.data_ptr() for t in tensors)
         self.is_bf16 = is_bf16
 
+    @classmethod
+    def of(cls, *addresses: int, is_bf16: bool) -> "Pointers":
+        """Pointers of device addresses already taken."""
+        p = cls((), is_bf16)
+        p.values = addresses
+        return p
+
 
 # ---------------------------------------------------------------------- the row kernel
 _ROW_SOURCE = "row_gemv.cu"
@@ -382,12 +389,14 @@ def wgmma24_defines(is_bf16: bool, wgs: int, mt: int, split: int, slots: int, nt
                     compressed: bool = False, over: bool = False) -> tuple[str, ...]:
     """NVRTC defines of a wgmma24 build of ``ntok`` tokens per block over a weight of ``slots`` overflow
     word slots per chunk (0: no overflow; ``compressed``: the compressed layout's value word slots,
-    ``over``: its weight has overflow; its pipeline's stages: pack/wgmma24.stages), with
+    ``over``: its weight has overflow; its pipeline's stages: pack/wgmma24.stages), K split by
+    ``split`` (0: the launch's units in equal parts, STREAM; 1..8: clusters of that many blocks), with
     CROSS_CUDA_DEFINES' extras last."""
     from ..pack.wgmma24 import stages
 
-    defines = [f"-DIS_BF16={int(is_bf16)}", f"-DWGS={wgs}", f"-DMT={mt}", f"-DSPLIT={split}", f"-DSLOTS={slots}",
-               f"-DNTOK={ntok}", f"-DSTAGES={stages(wgs, mt, slots, ntok, compressed)}"]
+    defines = [f"-DIS_BF16={int(is_bf16)}", f"-DWGS={wgs}", f"-DMT={mt}", f"-DSTREAM={int(split == 0)}",
+               f"-DSPLIT={max(split, 1)}", f"-DSLOTS={slots}", f"-DNTOK={ntok}",
+               f"-DSTAGES={stages(wgs, mt, slots, ntok, compressed)}"]
     if compressed:
         defines += ["-DCOMPRESSED=1", f"-DOVER={int(over)}"]
     return tuple(defines + os.environ.get(DEFINES_ENV, "").split())
@@ -396,6 +405,7 @@ def wgmma24_defines(is_bf16: bool, wgs: int, mt: int, split: int, slots: int, nt
 @functools.lru_cache(maxsize=None)
 def _wgmma24_kernel(device_index: int, is_bf16: bool, wgs: int, mt: int, split: int, slots: int, ntok: int,
                     compressed: bool = False, over: bool = False):
+    """(function, dynamic shared memory, blocks per SM) of a wgmma24 build."""
     from ..pack.wgmma24 import smem_bytes
 
     defines = wgmma24_defines(is_bf16, wgs, mt, split, slots, ntok, compressed, over)
@@ -403,19 +413,59 @@ def _wgmma24_kernel(device_index: int, is_bf16: bool, wgs: int, mt: int, split: 
     n_stages = int([d for d in defines if d.startswith("-DSTAGES=")][-1].split("=", 1)[1])
     smem = smem_bytes(wgs, mt, slots, ntok, n_stages, compressed)
     _, func = _compile(device_index, _WGMMA24_SOURCE, "wgmma24", defines, smem, arch_specific=True)
-    return func, smem
+    return func, smem, resident_blocks(func, wgs * 128, smem)
+
+
+def resident_blocks(func, threads: int, smem: int) -> int:
+    """Blocks of ``threads`` threads and ``smem`` bytes of dynamic shared memory that an SM holds at once
+    (the driver's occupancy: registers, shared memory, the build's launch bounds)."""
+    driver, _ = _bindings()
+    return int(_check(driver.cuOccupancyMaxActiveBlocksPerMultiprocessor(func, threads, smem),
+                      "cuOccupancyMaxActiveBlocksPerMultiprocessor"))
+
+
+def wgmma24_stream_blocks(units: int, sms: int, per_sm: int) -> int:
+    """Blocks of a STREAM launch of wgmma24 over ``units`` units (chunks of an output): every SM's
+    resident blocks (``per_sm``, at most WGMMA24_MAX_PER_SM), each with at least WGMMA24_MIN_UNITS units
+    (where there are that many), and (units + 1) x blocks under 2^32 (the kernel's 32-bit unit arithmetic)."""
+    return max(1, min(sms * min(per_sm, WGMMA24_MAX_PER_SM), units // WGMMA24_MIN_UNITS, (2**32 - 1) // (units + 1)))
+
+
+#: A STREAM launch's blocks per SM, at most (its counters: that many per SM), and units per block, at
+#: least (a block's pipeline fill and its outputs' ends cost about as much as a unit's work each)
+WGMMA24_MAX_PER_SM, WGMMA24_MIN_UNITS = 4, 4
+
+
+def workspace(floats: int) -> torch.Tensor:
+    """fp32 scratch of a launch on the current GPU, from PyTorch's caching allocator (kept for the
+    stream's later work once the launch's tensor is dropped)."""
+    return torch.empty(floats, dtype=torch.float32, device=torch.cuda.current_device())
 
 
 def wgmma24_launch(row_blocks: int, ntok: int, wgs: int, mt: int, split: int, slots: int, ptrs, m: int, k: int,
-                   n_tok: int, ldx: int, ldy: int, chunks: int, compressed: bool = False, over: bool = False) -> None:
+                   n_tok: int, ldx: int, ldy: int, chunks: int, sms: int, compressed: bool = False,
+                   over: bool = False) -> None:
     """One launch of wgmma24 (sm_90a) of ``ntok`` tokens per block over a weight of ``slots`` overflow
     word slots per chunk (``compressed``: the compressed layout's, ``over``: with overflow): pointers
-    (x, y, bias or 0, values), M, K, N, X's and Y's row strides and the weight's chunks (64 columns); a
-    cluster of ``split`` blocks (the parts of K) per row block and token tile of N, a row block's token
-    tiles adjacent (wgmma24.cu)."""
-    func, smem = _wgmma24_kernel(torch.cuda.current_device(), ptrs.is_bf16, wgs, mt, split, slots, ntok,
-                                 compressed, over)
-    _launch(func, row_blocks * -(-n_tok // ntok) * split, wgs * 128, smem, ptrs, (m, k, n_tok, ldx, ldy, chunks))
+    (x, y, bias or 0, values, counters), M, K, N, X's and Y's row strides and the weight's chunks (64
+    columns). ``split`` 0: the launch's units in equal parts over the resident blocks of ``sms`` SMs
+    (STREAM; a workspace of two slots of partial sums per block, allocated here, and the weight's
+    ``counters``);
+    1..8: a cluster of ``split`` blocks (the parts of K) per row block and token tile of N, a row
+    block's token tiles adjacent (wgmma24.cu)."""
+    func, smem, per_sm = _wgmma24_kernel(torch.cuda.current_device(), ptrs.is_bf16, wgs, mt, split, slots, ntok,
+                                         compressed, over)
+    x, y, bias, values, counters = ptrs.values
+    outputs = row_blocks * -(-n_tok // ntok)
+    ws = None
+    if split:
+        grid = outputs * split
+    else:
+        grid = wgmma24_stream_blocks(outputs * chunks, sms, per_sm)
+        ws = workspace(2 * grid * 64 * wgs * mt * ntok)
+    _launch(func, grid, wgs * 128, smem,
+            Pointers.of(x, y, bias, values, 0 if ws is None else ws.data_ptr(), counters, is_bf16=ptrs.is_bf16),
+            (m, k, n_tok, ldx, ldy, chunks))
 
 
 # ---------------------------------------------------------------------- the slice kernel

@@ -406,42 +406,21 @@ def sparse24_matmul(x: torch.Tensor, weight, bias: torch.Tensor | None = None, o
     return y
 
 
-#: A block's fixed cost in the split's model (``wgmma24_split``), in chunks: its pipeline's fill and
-#: the cluster's sum of partial sums (a model, not measured)
-WGMMA_BLOCK_CHUNKS = 2
-#: The splits the model chooses from: clusters of 3 fit 39 at once on the H100 (117 of 132 SMs, ncu's
-#: max active clusters), so 43 of them take two waves, and clusters of 8 measured slower than of 4
-#: (docs/perf-notes.md, "The warpgroup 2:4 kernel's first run"); a split given to the launch may be
-#: any of 1..8
-WGMMA_SPLITS = (1, 2, 4)
-
-
-@functools.lru_cache(maxsize=4096)  # on every launch: no host work beyond a lookup
-def wgmma24_split(row_blocks: int, chunks: int, sms: int, tiles: int = 1) -> int:
-    """Parts of K per row block and token tile for the warpgroup 2:4 kernel (a cluster of that many
-    blocks, one of WGMMA_SPLITS, each with at least 4 chunks): the split with the least time in a
-    model of waves (one block per SM, as its shared memory allows): waves of ``row_blocks x tiles x
-    split`` blocks on ``sms`` SMs times each block's chunks plus WGMMA_BLOCK_CHUNKS; ties go to the
-    smaller split."""
-    blocks = row_blocks * tiles
-    options = [s for s in WGMMA_SPLITS if s == 1 or chunks // s >= 4]
-    return min(options, key=lambda s: (-(-blocks * s // sms) * (chunks / s + WGMMA_BLOCK_CHUNKS), s))
-
-
 class Wgmma24Args(NamedTuple):
     """A launch of the warpgroup 2:4 kernel, resolved once (``wgmma24_args``): the format's tensors and
     the launch's sizes, so that a call does no host work beyond its launch."""
 
     values: torch.Tensor
+    counters: torch.Tensor  # int32, one per block a launch may have (split 0): zero between launches
     out_features: int
     in_features: int
     row_blocks: int
     chunks: int
     wgs: int
     mt: int
-    split: int  # parts of K; 0: by the launch's token tiles (wgmma24_split)
+    split: int  # 0: the launch's units in equal parts over the SMs' resident blocks; 1..8: clusters
     slots: int  # overflow word slots per chunk (0: no overflow); compressed: value word slots
-    sms: int  # the GPU's SMs (for the split by launch)
+    sms: int  # the GPU's SMs
     compressed: bool = False  # the compressed layout (pack/wgmma24._compressed)
     over: bool = False  # compressed: the weight has overflow (the second mma runs)
 
@@ -475,8 +454,10 @@ def wgmma24_kernel_args(packed: PackedWeight) -> Wgmma24Args:
 
 def wgmma24_args(weight, split: int | None = None) -> Wgmma24Args:
     """Check a Wgmma24Weight (pack/wgmma24.py) on its GPU and resolve its launch: ``split`` parts of K
-    per row block (1..8; None: ``wgmma24_split`` of each launch's token tiles)."""
+    per row block and token tile, a cluster of that many blocks (1..8; None: each launch's units, the
+    chunks of its row blocks and token tiles, in equal parts over the SMs' resident blocks)."""
     from ..pack.wgmma24 import NTOKS, smem_bytes
+    from .cuda_backend import WGMMA24_MAX_PER_SM
 
     if weight.device.type != "cuda":
         raise ValueError(f"wgmma24_matmul: expected a Wgmma24Weight on a CUDA device, got one on {weight.device}")
@@ -495,8 +476,9 @@ def wgmma24_args(weight, split: int | None = None) -> Wgmma24Args:
     if most > limit:
         raise ValueError(f"wgmma24_matmul: a block needs up to {most} bytes of shared memory, the device has {limit}")
     sms = torch.cuda.get_device_properties(weight.device).multi_processor_count
-    return Wgmma24Args(weight.values, weight.shape[0], weight.shape[1], row_blocks, chunks, weight.wgs, weight.mt,
-                       split or 0, weight.slots, sms, weight.compressed, weight.overflow)
+    counters = torch.zeros(sms * WGMMA24_MAX_PER_SM, dtype=torch.int32, device=weight.device)
+    return Wgmma24Args(weight.values, counters, weight.shape[0], weight.shape[1], row_blocks, chunks, weight.wgs,
+                       weight.mt, split or 0, weight.slots, sms, weight.compressed, weight.overflow)
 
 
 def wgmma24_run(x: torch.Tensor, args: Wgmma24Args, bias: torch.Tensor | None = None,
@@ -513,12 +495,10 @@ def wgmma24_run(x: torch.Tensor, args: Wgmma24Args, bias: torch.Tensor | None = 
     if n == 0:
         return y
     x = _rows_16_byte_aligned(x)
-    ntok = token_tile(n)
-    split = args.split or wgmma24_split(args.row_blocks, args.chunks, args.sms, -(-n // ntok))
-    ptrs = cuda_backend.Pointers((x, y, bias, args.values), x.dtype == torch.bfloat16)
-    cuda_backend.wgmma24_launch(args.row_blocks, ntok, args.wgs, args.mt, split, args.slots, ptrs,
+    ptrs = cuda_backend.Pointers((x, y, bias, args.values, args.counters), x.dtype == torch.bfloat16)
+    cuda_backend.wgmma24_launch(args.row_blocks, token_tile(n), args.wgs, args.mt, args.split, args.slots, ptrs,
                                 args.out_features, args.in_features, n, x.stride(0), y.stride(0), args.chunks,
-                                args.compressed, args.over)
+                                args.sms, args.compressed, args.over)
     return y
 
 
@@ -527,8 +507,9 @@ def wgmma24_matmul(x: torch.Tensor, weight, bias: torch.Tensor | None = None, ou
     """Y[N, M] = X[N, K] @ W^T (+ bias) by the warpgroup 2:4 kernel (kernels/wgmma24.cu: Hopper's sparse
     warpgroup mma, a second one for the overflow) over a Wgmma24Weight (pack/wgmma24.py), 16-128 tokens
     per block. x: [N, K] in the weight's dtype, finite (only the stored slots are multiplied); bias: [M];
-    out: optional [N, M], unit stride along M; ``split``: parts of K per row block (1..8; default
-    ``wgmma24_split`` of the launch's token tiles). Needs compute capability 9.0 (sm_90a)."""
+    out: optional [N, M], unit stride along M; ``split``: parts of K per row block, a cluster of that
+    many blocks (1..8; default: the launch's chunks in equal parts over the SMs, wgmma24_args). Needs
+    compute capability 9.0 (sm_90a)."""
     _check_pass_args("wgmma24_matmul", x, weight, bias, out)
     return wgmma24_run(x, wgmma24_args(weight, split), bias, out)
 

@@ -425,17 +425,6 @@ __device__ __forceinline__ void store_out(const Args& a, float (*acc)[4], int ro
 // sub-tile, and the sub-tiles past the last token (nt >= n_sub) are neither written nor read
 __device__ __forceinline__ int part_index(int nt, int tid) { return (nt * NUM_THREADS + tid) * 4; }
 
-// one arrival on a split tile-row's counter, by one thread after a block barrier: the fence
-// releases the block's partial (cumulative over the barrier) and, for the last arrival, acquires
-// the other parts' partials. Returns the count before this arrival.
-__device__ __forceinline__ int arrive_gpu(int* counter) {
-    int old;
-    asm volatile("fence.acq_rel.gpu;\n"
-                 "atom.relaxed.gpu.global.add.s32 %0, [%1], 1;\n"
-                 "fence.acq_rel.gpu;\n" : "=r"(old) : "l"(counter) : "memory");
-    return old;
-}
-
 // How the last part of a split tile-row reads the other parts' partials. SUM_SMEM=1: every thread
 // copies its own 16-byte pieces of as many partials as the block's shared memory holds (cp.async
 // from L2, all in flight together: one L2 round trip per round, most rows need one), then adds

@@ -9,25 +9,35 @@
 // a second sparse mma into the same accumulators (docs/perf-notes.md, "128 tokens: the weight as the
 // sparse A operand of wgmma.sp", "The overflow as a second sparse mma").
 //
-// Per block: WGS warpgroups of MT m-tiles (64 rows) each, R = 64 MT WGS rows, a token tile of NTOK
-// tokens and one of SPLIT parts of K (the block's rank in a cluster of SPLIT blocks, which share a row
-// block and a token tile). Blocks are numbered cluster by cluster, and a row block's clusters of all
-// token tiles one after another, so that the blocks that read the same weight bytes run together and
-// all but the first read them from L2. All threads copy: each chunk of 64 columns (the weight's bytes of the row block
-// and X's NTOK x 64 values) is one cp.async group, STAGES - 1 chunks ahead. Per chunk a warpgroup runs
-// 2 k-steps x MT sparse mmas (twice where there is overflow), waits for them, and the block moves on.
-// The end: each block stages its fp32 partial sums [token][row] in its shared memory, and block s of
-// the cluster sums rows s R / SPLIT .. of all SPLIT blocks in rank order (deterministic), adds the
-// bias and writes Y.
+// Per block: WGS warpgroups of MT m-tiles (64 rows) each, R = 64 MT WGS rows. The launch's work is its
+// units: chunk c (64 columns) of row block rb and token tile tt (NTOK tokens) is unit (rb tiles + tt)
+// chunks + c, so that a row block's token tiles are adjacent and the blocks that read the same weight
+// bytes run together (all but the first read them from L2). A block walks a range of units: all
+// threads copy, each unit (the weight's bytes of the row block's chunk and X's NTOK x 64 values) one
+// cp.async group, STAGES - 1 units ahead; per unit a warpgroup runs 2 k-steps x MT sparse mmas (twice
+// where there is overflow), waits for them, and the block moves on. Two ways to split the units:
+// - STREAM=1: block j of P takes units [j U / P, (j + 1) U / P) of all U, whatever row blocks they
+//   cross (every SM's share within one unit of the mean). A row block and token tile ("output") whose
+//   units one block holds alone is written from the accumulators; one split across blocks j_first ..
+//   j_last: each writes its fp32 partial sums to a workspace slot (ws: two per block, 0 for its first
+//   output, 1 for its last), arrives on the output's counter (counters[j_first]: an output split
+//   across blocks is the only one to start in block j_first), and the last to arrive sums the slots in
+//   block order (deterministic: the order does not depend on who is last), adds the bias, writes Y
+//   and resets the counter for the next launch.
+// - SPLIT > 1 (clusters): a cluster of SPLIT blocks per output, block s taking its s-th part of K. The
+//   end: each block stages its fp32 partial sums [token][row] in its shared memory, and block s sums
+//   rows s R / SPLIT .. of all SPLIT blocks in rank order (deterministic), adds the bias and writes Y.
 //
 // Non-finite inputs: only the stored slots are multiplied (a kept zero beside a lone nonzero is one,
 // and so are the overflow operand's zeros), so where X holds Inf or NaN the result is not the dense
 // product's; the caller checks X.
 //
-// Compile-time parameters (NVRTC -D): IS_BF16, WGS (1 or 2), MT (1 or 2), SPLIT (1..8), NTOK (16, 32, 64
-// or 128: tokens per block and the mma's N), STAGES, SLOTS (the weight's overflow word slots per chunk;
-// 0: no overflow, no head words, no second mma). Requirements checked by the launcher: K % 8 == 0, x
-// 16-byte aligned with a row stride a multiple of 8, dynamic shared memory wgmma24.smem_bytes.
+// Compile-time parameters (NVRTC -D): IS_BF16, WGS (1 or 2), MT (1 or 2), STREAM (0 or 1), SPLIT (1..8;
+// 1 with STREAM), NTOK (16, 32, 64 or 128: tokens per block and the mma's N), STAGES, SLOTS (the
+// weight's overflow word slots per chunk; 0: no overflow, no head words, no second mma). Requirements
+// checked by the launcher: K % 8 == 0, x 16-byte aligned with a row stride a multiple of 8, dynamic
+// shared memory wgmma24.smem_bytes; STREAM: at least one unit per block, ws of 2 R NTOK floats per
+// block, counters of one int per block, zero before the first launch.
 
 #ifndef WGS
 #define WGS 2
@@ -37,6 +47,12 @@
 #endif
 #ifndef SPLIT
 #define SPLIT 1
+#endif
+#ifndef STREAM
+#define STREAM 0
+#endif
+#if STREAM && SPLIT != 1
+#error "STREAM splits K by units, not clusters: SPLIT must be 1"
 #endif
 #ifndef STAGES
 #define STAGES 6
@@ -230,26 +246,90 @@ __device__ __forceinline__ void decode_chunk(const unsigned char* stage, const u
 }
 #endif
 
+// the launch's units (unit (rb tiles + tt) chunks + c: chunk c of output o = rb tiles + tt, row block rb
+// and token tile tt) walked in order, with the current unit's output's weight bytes, X rows and tokens
+struct Walk {
+    const unsigned char* values;
+    const u16* x;
+    int chunks, tiles, ldx, n_tok;
+    int c, o;                   // the unit: chunk c of output o
+    const unsigned char* w;     // output o's row block: its chunks' records
+    const u16* xt;              // output o's token tile: its first row of X
+    int ntok;                   // and its tokens
+    __device__ __forceinline__ void seek(u32 u) {
+        o = (int)(u / chunks);
+        c = (int)(u - o * chunks);
+        output();
+    }
+    __device__ __forceinline__ void next() {
+        if (++c == chunks) c = 0, ++o, output();
+    }
+    __device__ __forceinline__ void output() {
+        const int tt = o % tiles;
+        w = values + (size_t)(o / tiles) * chunks * W_BYTES;
+        xt = x + (size_t)tt * NTOK * ldx;
+        ntok = min(NTOK, n_tok - tt * NTOK);
+    }
+};
+
+// Y's rows row0 .. and tokens tok0 .. of the output from the block's accumulators (with the bias): the
+// thread's d[4 j + 2 h + b] of m-tile t is row 16 warp + g + 8 h of the m-tile, token 8 j + 2 q + b
+__device__ __forceinline__ void store_y(const float (&acc)[MT][NACC], u16* y, const u16* bias, int row0, int tok0,
+                                        int m, int n_tok, int ldy, int wg, int warp, int lane) {
+    const int g = lane >> 2, q = lane & 3;
+#pragma unroll
+    for (int t = 0; t < MT; ++t)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int row = row0 + (wg * MT + t) * 64 + 16 * warp + g + 8 * h;
+            if (row >= m) continue;
+            const float b = bias ? to_float(bias[row]) : 0.f;
+#pragma unroll
+            for (int i = 2 * h; i < NACC; i += 4)
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    const int tok = tok0 + 8 * (i >> 2) + 2 * q + e;
+                    if (tok < n_tok) y[(size_t)tok * ldy + row] = from_float(acc[t][i + e] + b);
+                }
+        }
+}
+
+// the accumulators of a thread summed at once from the partial sums' slots (their loads in flight together)
+#define SUM_GROUP (MT * NACC < 32 ? MT * NACC : 32)
+
+// the block (of `blocks`, STREAM) whose units [j units / blocks, (j + 1) units / blocks) hold unit u; 32-bit
+// (a 64-bit division is a call, whose saved registers spill at 128 tokens): the launcher keeps
+// (units + 1) blocks under 2^32
+__device__ __forceinline__ u32 block_of(u32 u, u32 units, u32 blocks) { return ((u + 1) * blocks - 1) / units; }
+
 extern "C" __global__ void __launch_bounds__(THREADS, 1)
 #if SPLIT > 1
     __cluster_dims__(SPLIT, 1, 1)
 #endif
     wgmma24(const u16* __restrict__ x, u16* __restrict__ y, const u16* __restrict__ bias,
-            const unsigned char* __restrict__ values, int m, int k, int n_tok,
-            int ldx, int ldy, int chunks) {
+            const unsigned char* __restrict__ values, float* __restrict__ ws, int* __restrict__ counters, int m,
+            int k, int n_tok, int ldx, int ldy, int chunks) {
     extern __shared__ __align__(128) unsigned char smem[];
     const int tid = threadIdx.x, wg = tid >> 7, tw = tid & 127, lane = tid & 31, warp = tw >> 5;
 #if COMPRESSED
     __shared__ unsigned long long table[16];  // read after the chunk loop's first barrier
     if (tid < 16) table[tid] = DECODE[tid];
 #endif
-    const int tiles = (n_tok + NTOK - 1) / NTOK, cluster = blockIdx.x / SPLIT, part = blockIdx.x % SPLIT;
-    const int rb = cluster / tiles, tok0 = (cluster % tiles) * NTOK;
-    const int ntok = min(NTOK, n_tok - tok0);
-    const u16* xt = x + (size_t)tok0 * ldx;
-    const int c0 = (int)((long long)part * chunks / SPLIT), c1 = (int)((long long)(part + 1) * chunks / SPLIT);
-    const int nch = c1 - c0;
-    const unsigned char* wrb = values + (size_t)rb * chunks * W_BYTES;
+    const int tiles = (n_tok + NTOK - 1) / NTOK;
+#if STREAM
+    __shared__ int last;  // this block arrived last on an output's counter
+    const u32 units = (u32)((m + R - 1) / R) * tiles * chunks;
+    const u32 u0 = blockIdx.x * units / gridDim.x, u1 = (blockIdx.x + 1) * units / gridDim.x;
+#else
+    const int cluster = blockIdx.x / SPLIT, part = blockIdx.x % SPLIT;  // the cluster's output, this block's part of K
+    const u32 u0 = cluster * chunks + part * chunks / SPLIT, u1 = cluster * chunks + (part + 1) * chunks / SPLIT;
+#endif
+    const int nun = (int)(u1 - u0);
+    Walk ld{values, x, chunks, tiles, ldx, n_tok};  // the next unit to copy
+    ld.seek(u0);
+#if STREAM
+    int uc = ld.c, uo = ld.o;  // the unit the mmas are on: chunk uc of output uo
+#endif
 
     float acc[MT][NACC];
 #pragma unroll
@@ -259,20 +339,22 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
 
 #pragma unroll
     for (int s = 0; s < STAGES - 1; ++s) {
-        if (s < nch) load_chunk(smem + s * STAGE_BYTES, wrb + (size_t)(c0 + s) * W_BYTES, xt, c0 + s, ntok, k, ldx, tid);
+        if (s < nun) {
+            load_chunk(smem + s * STAGE_BYTES, ld.w + (size_t)ld.c * W_BYTES, ld.xt, ld.c, ld.ntok, k, ldx, tid);
+            ld.next();
+        }
         asm volatile("cp.async.commit_group;\n" ::: "memory");
     }
-    for (int i = 0; i < nch; ++i) {
+    for (int i = 0; i < nun; ++i) {
         asm volatile("cp.async.wait_group %0;\n" ::"n"(STAGES - 2) : "memory");
         asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // the copies, seen by the mma's reads
-        __syncthreads();  // chunk i in place; every warpgroup done with chunk i - 1's stage
-        {
-            const int nx = i + STAGES - 1;
-            if (nx < nch)
-                load_chunk(smem + (nx % STAGES) * STAGE_BYTES, wrb + (size_t)(c0 + nx) * W_BYTES, xt, c0 + nx, ntok, k,
-                           ldx, tid);
-            asm volatile("cp.async.commit_group;\n" ::: "memory");
+        __syncthreads();  // unit i in place; every warpgroup done with unit i - 1's stage
+        if (i + STAGES - 1 < nun) {
+            load_chunk(smem + ((i + STAGES - 1) % STAGES) * STAGE_BYTES, ld.w + (size_t)ld.c * W_BYTES, ld.xt, ld.c,
+                       ld.ntok, k, ldx, tid);
+            ld.next();
         }
+        asm volatile("cp.async.commit_group;\n" ::: "memory");
         unsigned char* stage = smem + (i % STAGES) * STAGE_BYTES;
         uint4 a[2][MT];
         u32 e[MT];
@@ -334,12 +416,60 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
         asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
 #pragma unroll
         for (int t = 0; t < MT; ++t) fence_acc(acc[t]);
+#if STREAM
+        if (uc == chunks - 1 || i == nun - 1) {  // this block's last unit of output uo
+            const u32 first = uo * chunks;
+            const u32 jf = block_of(first, units, gridDim.x), jl = block_of(first + chunks - 1, units, gridDim.x);
+            bool write = jf == jl;  // the block holds all of uo's units
+            if (!write) {
+                // the partial sums to slot 0 (uo is the block's first output) or 1 (its last), thread-major;
+                // the block's stores happen before thread 0's release (bar.sync, then a cumulative fence at
+                // GPU scope), the last arrival's acquire makes every block's stores visible
+                float* part = ws + ((size_t)blockIdx.x * 2 + (u0 >= first ? 0 : 1)) * (R * NTOK);
+#pragma unroll
+                for (int t = 0; t < MT; ++t)
+#pragma unroll
+                    for (int j = 0; j < NACC; ++j) part[(t * NACC + j) * THREADS + tid] = acc[t][j];
+                __syncthreads();
+                if (tid == 0) last = arrive_gpu(counters + jf) == jl - jf;
+                __syncthreads();
+                write = last;
+                if (write) {  // uo's partial sums in block order, SUM_GROUP accumulators at a time
+#pragma unroll
+                    for (int f0 = 0; f0 < MT * NACC; f0 += SUM_GROUP) {
+                        float s[SUM_GROUP];
+#pragma unroll
+                        for (int f = 0; f < SUM_GROUP; ++f) s[f] = 0.f;
+                        for (u32 b = jf; b <= jl; ++b) {
+                            const bool first_of_b = b * units / gridDim.x >= first;
+                            const float* p = ws + ((size_t)b * 2 + (first_of_b ? 0 : 1)) * (R * NTOK) + tid;
+#pragma unroll
+                            for (int f = 0; f < SUM_GROUP; ++f) s[f] += __ldcg(p + (f0 + f) * THREADS);
+                        }
+#pragma unroll
+                        for (int f = 0; f < SUM_GROUP; ++f) acc[(f0 + f) / NACC][(f0 + f) % NACC] = s[f];
+                    }
+                    if (tid == 0) counters[jf] = 0;  // for the next launch
+                }
+            }
+            if (write) store_y(acc, y, bias, (uo / tiles) * R, (uo % tiles) * NTOK, m, n_tok, ldy, wg, warp, lane);
+#pragma unroll
+            for (int t = 0; t < MT; ++t)
+#pragma unroll
+                for (int j = 0; j < NACC; ++j) acc[t][j] = 0.f;
+        }
+        if (++uc == chunks) uc = 0, ++uo;
+#endif
     }
+#if STREAM
+}
+#else
     asm volatile("cp.async.wait_all;\n" ::: "memory");
     __syncthreads();  // every warpgroup done with the stages: they hold the partial sums now
 
     // partial sums [token][row] (row stride TS floats): thread's d[4 j + 2 h + b] is row 16 warp + g + 8 h
     // of its m-tile, token 8 j + 2 q + b
+    const int rb = cluster / tiles, tok0 = (cluster % tiles) * NTOK, ntok = min(NTOK, n_tok - tok0);
     float* ts = reinterpret_cast<float*>(smem);
     {
         const int g = lane >> 2, q = lane & 3;
@@ -387,3 +517,4 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
     }
     cluster_sync();  // no block leaves while another reads its partial sums
 }
+#endif

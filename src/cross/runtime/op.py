@@ -76,17 +76,17 @@ def _(x, bias, heads, values, ranges, sizes):
 
 
 @torch.library.custom_op("cross::wgmma24_linear", mutates_args=())
-def wgmma24_linear(x: torch.Tensor, bias: Optional[torch.Tensor], values: torch.Tensor,
+def wgmma24_linear(x: torch.Tensor, bias: Optional[torch.Tensor], values: torch.Tensor, counters: torch.Tensor,
                    sizes: list[int]) -> torch.Tensor:
     """Y[N, M] = X[N, K] @ W^T (+ bias) by the warpgroup 2:4 kernel; sizes = Wgmma24Args' ints (M, K,
     row blocks, chunks, warpgroups, m-tiles, split, word slots, SMs, compressed, its overflow)."""
     if bias is not None and bias.stride(0) != 1:
         bias = bias.contiguous()
-    return wgmma24_run(x, Wgmma24Args(values, *sizes), bias)
+    return wgmma24_run(x, Wgmma24Args(values, counters, *sizes), bias)
 
 
 @wgmma24_linear.register_fake
-def _(x, bias, values, sizes):
+def _(x, bias, values, counters, sizes):
     return x.new_empty((x.shape[0], sizes[0]))
 
 
@@ -94,7 +94,7 @@ def call(x: torch.Tensor, args: KernelArgs | RowArgs | SliceArgs | Wgmma24Args,
          bias: torch.Tensor | None) -> torch.Tensor:
     """Run the operator with a bucket's resolved kernel arguments."""
     if isinstance(args, Wgmma24Args):
-        return torch.ops.cross.wgmma24_linear(x, bias, args.values, [int(v) for v in args[1:]])
+        return torch.ops.cross.wgmma24_linear(x, bias, args.values, args.counters, [int(v) for v in args[2:]])
     if isinstance(args, RowArgs):
         return torch.ops.cross.row_linear(x, bias, args.values, args.meta, args.row_ptr, args.heads,
                                           [args.out_features, args.in_features, args.propagate])
