@@ -99,6 +99,7 @@ __constant__ unsigned long long DECODE[16] = {
 #endif
 #define X_BYTES (NTOK * KC * 2)                   // X's NTOK tokens x 64 columns
 #define STAGE_BYTES (W_BYTES + X_BYTES)
+#define AHEAD (STAGES - 1)  // units copied ahead of the one the mmas read
 #define START_BITS 14  // a head word: first overflow word (bits 0-13), a mask per m-tile (8 bits): pack/wgmma24
 #define START_MASK ((1u << START_BITS) - 1u)
 #define OVERFLOW_META 0xEEEEEEEEu  // every nibble: positions 2 and 3
@@ -110,22 +111,26 @@ __constant__ unsigned long long DECODE[16] = {
 #define SP_SHAPE "m64n128k32"
 #define SP_ACC_LIST ACC_LIST
 #define SP_ACC_OUT(d) ACC_OUT(d)
-#define SP_OPERANDS ", {%64, %65, %66, %67}, %68, %69, %70, 1, 1, 1, 0;\n"
+#define SP_OPERANDS ", {%64, %65, %66, %67}, %68, %69, %70, p, 1, 1, 0;\n"
+#define SP_SCALE "%71"
 #elif NTOK == 64
 #define SP_SHAPE "m64n64k32"
 #define SP_ACC_LIST ACC_LIST32
 #define SP_ACC_OUT(d) ACC_OUT32(d)
-#define SP_OPERANDS ", {%32, %33, %34, %35}, %36, %37, %38, 1, 1, 1, 0;\n"
+#define SP_OPERANDS ", {%32, %33, %34, %35}, %36, %37, %38, p, 1, 1, 0;\n"
+#define SP_SCALE "%39"
 #elif NTOK == 32
 #define SP_SHAPE "m64n32k32"
 #define SP_ACC_LIST ACC_LIST16
 #define SP_ACC_OUT(d) ACC_OUT16(d)
-#define SP_OPERANDS ", {%16, %17, %18, %19}, %20, %21, %22, 1, 1, 1, 0;\n"
+#define SP_OPERANDS ", {%16, %17, %18, %19}, %20, %21, %22, p, 1, 1, 0;\n"
+#define SP_SCALE "%23"
 #elif NTOK == 16
 #define SP_SHAPE "m64n16k32"
 #define SP_ACC_LIST ACC_LIST8
 #define SP_ACC_OUT(d) ACC_OUT8(d)
-#define SP_OPERANDS ", {%8, %9, %10, %11}, %12, %13, %14, 1, 1, 1, 0;\n"
+#define SP_OPERANDS ", {%8, %9, %10, %11}, %12, %13, %14, p, 1, 1, 0;\n"
+#define SP_SCALE "%15"
 #else
 #error "NTOK must be 16, 32, 64 or 128"
 #endif
@@ -151,12 +156,15 @@ __device__ __forceinline__ u64 b_desc(u32 addr) {
     return (u64)((addr >> 4) & 0x3FFF) | (u64)(B_LBO >> 4) << 16 | (u64)(B_SBO >> 4) << 32;
 }
 
-// d += A (64 x 32, 2:4: the thread's four words and its metadata word e) x B (32 x NTOK, descriptor);
-// SEL picks the lanes whose metadata the k-step reads (0: 4g, 4g + 1; 1: 4g + 2, 4g + 3)
+// d = A (64 x 32, 2:4: the thread's four words and its metadata word e) x B (32 x NTOK, descriptor)
+// + d where acc_in, else without d (the first mma of an output: the accumulators are never written but
+// by the mmas, so that no instruction between a unit's mmas and the next's waits for them); SEL picks
+// the lanes whose metadata the k-step reads (0: 4g, 4g + 1; 1: 4g + 2, 4g + 3)
 template <int SEL>
-__device__ __forceinline__ void wgmma_sp(float (&d)[NACC], const uint4& a, u64 db, u32 e) {
-    asm volatile("wgmma.mma_async.sp.sync.aligned." SP_SHAPE ".f32." SP_TYPES " " SP_ACC_LIST SP_OPERANDS
-                 : SP_ACC_OUT(d) : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "l"(db), "r"(e), "n"(SEL));
+__device__ __forceinline__ void wgmma_sp(float (&d)[NACC], const uint4& a, u64 db, u32 e, u32 acc_in = 1) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, " SP_SCALE ", 0;\n"
+                 "wgmma.mma_async.sp.sync.aligned." SP_SHAPE ".f32." SP_TYPES " " SP_ACC_LIST SP_OPERANDS "}\n"
+                 : SP_ACC_OUT(d) : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "l"(db), "r"(e), "n"(SEL), "r"(acc_in));
 }
 
 // keeps the compiler from moving accesses of the accumulators across the asynchronous mma's fences
@@ -272,26 +280,15 @@ struct Walk {
     }
 };
 
-// Y's rows row0 .. and tokens tok0 .. of the output from the block's accumulators (with the bias): the
-// thread's d[4 j + 2 h + b] of m-tile t is row 16 warp + g + 8 h of the m-tile, token 8 j + 2 q + b
-__device__ __forceinline__ void store_y(const float (&acc)[MT][NACC], u16* y, const u16* bias, int row0, int tok0,
-                                        int m, int n_tok, int ldy, int wg, int warp, int lane) {
-    const int g = lane >> 2, q = lane & 3;
-#pragma unroll
-    for (int t = 0; t < MT; ++t)
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            const int row = row0 + (wg * MT + t) * 64 + 16 * warp + g + 8 * h;
-            if (row >= m) continue;
-            const float b = bias ? to_float(bias[row]) : 0.f;
-#pragma unroll
-            for (int i = 2 * h; i < NACC; i += 4)
-#pragma unroll
-                for (int e = 0; e < 2; ++e) {
-                    const int tok = tok0 + 8 * (i >> 2) + 2 * q + e;
-                    if (tok < n_tok) y[(size_t)tok * ldy + row] = from_float(acc[t][i + e] + b);
-                }
-        }
+// Y[tok0 + token][row0 + row] = v (+ the bias) for the thread's accumulator f (of MT x NACC: m-tile f /
+// NACC, d[4 j + 2 h + b] with f % NACC = 4 j + 2 h + b: row 16 warp + g + 8 h of the m-tile, token 8 j +
+// 2 q + b), where row and token are inside Y
+__device__ __forceinline__ void store_one(u16* y, const u16* bias, int row0, int tok0, int m, int n_tok, int ldy,
+                                          int wg, int warp, int lane, int f, float v) {
+    const int i = f % NACC;
+    const int row = row0 + (wg * MT + f / NACC) * 64 + 16 * warp + (lane >> 2) + 8 * ((i >> 1) & 1);
+    const int tok = tok0 + 8 * (i >> 2) + 2 * (lane & 3) + (i & 1);
+    if (row < m && tok < n_tok) y[(size_t)tok * ldy + row] = from_float(v + (bias ? to_float(bias[row]) : 0.f));
 }
 
 // the accumulators of a thread summed at once from the partial sums' slots (their loads in flight together)
@@ -338,7 +335,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
         for (int i = 0; i < NACC; ++i) acc[t][i] = 0.f;
 
 #pragma unroll
-    for (int s = 0; s < STAGES - 1; ++s) {
+    for (int s = 0; s < AHEAD; ++s) {
         if (s < nun) {
             load_chunk(smem + s * STAGE_BYTES, ld.w + (size_t)ld.c * W_BYTES, ld.xt, ld.c, ld.ntok, k, ldx, tid);
             ld.next();
@@ -346,11 +343,11 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
         asm volatile("cp.async.commit_group;\n" ::: "memory");
     }
     for (int i = 0; i < nun; ++i) {
-        asm volatile("cp.async.wait_group %0;\n" ::"n"(STAGES - 2) : "memory");
+        asm volatile("cp.async.wait_group %0;\n" ::"n"(AHEAD - 1) : "memory");
         asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // the copies, seen by the mma's reads
-        __syncthreads();  // unit i in place; every warpgroup done with unit i - 1's stage
-        if (i + STAGES - 1 < nun) {
-            load_chunk(smem + ((i + STAGES - 1) % STAGES) * STAGE_BYTES, ld.w + (size_t)ld.c * W_BYTES, ld.xt, ld.c,
+        __syncthreads();  // unit i in place; every warpgroup done with unit i - 1's stage, refilled next
+        if (i + AHEAD < nun) {
+            load_chunk(smem + ((i + AHEAD) % STAGES) * STAGE_BYTES, ld.w + (size_t)ld.c * W_BYTES, ld.xt, ld.c,
                        ld.ntok, k, ldx, tid);
             ld.next();
         }
@@ -374,9 +371,14 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
 #pragma unroll
         for (int t = 0; t < MT; ++t) fence_acc(acc[t]);
         asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#if STREAM
+        const u32 acc_in = i != 0 && uc != 0;  // not the first unit of an output or of the block's units
+#else
+        const u32 acc_in = i != 0;
+#endif
 #pragma unroll
         for (int t = 0; t < MT; ++t) {
-            wgmma_sp<0>(acc[t], a[0][t], b_desc(sx), e[t]);
+            wgmma_sp<0>(acc[t], a[0][t], b_desc(sx), e[t], acc_in);
             wgmma_sp<1>(acc[t], a[1][t], b_desc(sx + NTOK * 32 * 2), e[t]);
         }
 #if COMPRESSED && OVERFLOW
@@ -420,8 +422,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
         if (uc == chunks - 1 || i == nun - 1) {  // this block's last unit of output uo
             const u32 first = uo * chunks;
             const u32 jf = block_of(first, units, gridDim.x), jl = block_of(first + chunks - 1, units, gridDim.x);
-            bool write = jf == jl;  // the block holds all of uo's units
-            if (!write) {
+            if (jf != jl) {  // uo's units are split across blocks
                 // the partial sums to slot 0 (uo is the block's first output) or 1 (its last), thread-major;
                 // the block's stores happen before thread 0's release (bar.sync, then a cumulative fence at
                 // GPU scope), the last arrival's acquire makes every block's stores visible
@@ -433,8 +434,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
                 __syncthreads();
                 if (tid == 0) last = arrive_gpu(counters + jf) == jl - jf;
                 __syncthreads();
-                write = last;
-                if (write) {  // uo's partial sums in block order, SUM_GROUP accumulators at a time
+                if (last) {  // uo's partial sums in block order, SUM_GROUP accumulators at a time, to Y
 #pragma unroll
                     for (int f0 = 0; f0 < MT * NACC; f0 += SUM_GROUP) {
                         float s[SUM_GROUP];
@@ -447,16 +447,18 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
                             for (int f = 0; f < SUM_GROUP; ++f) s[f] += __ldcg(p + (f0 + f) * THREADS);
                         }
 #pragma unroll
-                        for (int f = 0; f < SUM_GROUP; ++f) acc[(f0 + f) / NACC][(f0 + f) % NACC] = s[f];
+                        for (int f = 0; f < SUM_GROUP; ++f)
+                            store_one(y, bias, (uo / tiles) * R, (uo % tiles) * NTOK, m, n_tok, ldy, wg, warp, lane,
+                                      f0 + f, s[f]);
                     }
                     if (tid == 0) counters[jf] = 0;  // for the next launch
                 }
+            } else {
+#pragma unroll
+                for (int f = 0; f < MT * NACC; ++f)
+                    store_one(y, bias, (uo / tiles) * R, (uo % tiles) * NTOK, m, n_tok, ldy, wg, warp, lane, f,
+                              acc[f / NACC][f % NACC]);
             }
-            if (write) store_y(acc, y, bias, (uo / tiles) * R, (uo % tiles) * NTOK, m, n_tok, ldy, wg, warp, lane);
-#pragma unroll
-            for (int t = 0; t < MT; ++t)
-#pragma unroll
-                for (int j = 0; j < NACC; ++j) acc[t][j] = 0.f;
         }
         if (++uc == chunks) uc = 0, ++uo;
 #endif
