@@ -51,6 +51,9 @@
 #ifndef STREAM
 #define STREAM 0
 #endif
+#ifndef BULK
+#define BULK 1  // a unit's weight record by one bulk copy on its stage's mbarrier (0: 16-byte cp.async by all threads)
+#endif
 #if STREAM && SPLIT != 1
 #error "STREAM splits K by units, not clusters: SPLIT must be 1"
 #endif
@@ -181,13 +184,20 @@ __device__ __forceinline__ void cluster_sync() {
 #endif
 }
 
-// the copies of chunk c (of the block's row block rb and token tile) into stage st: the weight's
-// bytes of the chunk, and X's NTOK x 64 values in the k-steps' core-matrix layout (zeros past n_tok
-// tokens and past K)
-__device__ __forceinline__ void load_chunk(unsigned char* stage, const unsigned char* wsrc, const u16* x, int c,
-                                           int n_tok, int k, int ldx, int tid) {
+// the copies of chunk c (of a row block and token tile) into a stage: the weight's bytes of the chunk
+// (BULK: one bulk copy by thread 0, counted on the stage's mbarrier bar), and X's NTOK x 64 values in
+// the k-steps' core-matrix layout (zeros past n_tok tokens and past K; cp.async, this thread's group)
+__device__ __forceinline__ void load_chunk(unsigned char* stage, u32 bar, const unsigned char* wsrc, const u16* x,
+                                           int c, int n_tok, int k, int ldx, int tid) {
     const u32 sw = smem_u32(stage);
+#if BULK
+    if (tid == 0) {
+        mbar_arrive_expect(bar, W_BYTES);
+        bulk_copy(sw, wsrc, W_BYTES, bar);
+    }
+#else
     for (int i = tid; i < W_BYTES / 16; i += THREADS) cp16(sw + 16 * i, wsrc + 16 * i, 16);
+#endif
     const u32 sx = sw + W_BYTES;
 #pragma unroll
     for (int p = tid; p < NTOK * KC / 8; p += THREADS) {
@@ -334,21 +344,34 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
 #pragma unroll
         for (int i = 0; i < NACC; ++i) acc[t][i] = 0.f;
 
+    __shared__ __align__(8) unsigned long long full[STAGES];  // BULK: a stage's weight record landed
+    const u32 bars = smem_u32(full);
+#if BULK
+    if (tid < STAGES) mbar_init(bars + 8 * tid);
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    __syncthreads();
+#endif
 #pragma unroll
     for (int s = 0; s < AHEAD; ++s) {
         if (s < nun) {
-            load_chunk(smem + s * STAGE_BYTES, ld.w + (size_t)ld.c * W_BYTES, ld.xt, ld.c, ld.ntok, k, ldx, tid);
+            load_chunk(smem + s * STAGE_BYTES, bars + 8 * s, ld.w + (size_t)ld.c * W_BYTES, ld.xt, ld.c, ld.ntok, k,
+                       ldx, tid);
             ld.next();
         }
         asm volatile("cp.async.commit_group;\n" ::: "memory");
     }
     for (int i = 0; i < nun; ++i) {
         asm volatile("cp.async.wait_group %0;\n" ::"n"(AHEAD - 1) : "memory");
-        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // the copies, seen by the mma's reads
+#if BULK
+        mbar_wait(bars + 8 * (i % STAGES), (u32)(i / STAGES) & 1u);  // unit i's weight record in place
+#endif
+        // the copies, seen by the mma's reads; this thread's reads of the stage refilled next, done
+        // before the refill's bulk copy
+        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
         __syncthreads();  // unit i in place; every warpgroup done with unit i - 1's stage, refilled next
         if (i + AHEAD < nun) {
-            load_chunk(smem + ((i + AHEAD) % STAGES) * STAGE_BYTES, ld.w + (size_t)ld.c * W_BYTES, ld.xt, ld.c,
-                       ld.ntok, k, ldx, tid);
+            load_chunk(smem + ((i + AHEAD) % STAGES) * STAGE_BYTES, bars + 8 * ((i + AHEAD) % STAGES),
+                       ld.w + (size_t)ld.c * W_BYTES, ld.xt, ld.c, ld.ntok, k, ldx, tid);
             ld.next();
         }
         asm volatile("cp.async.commit_group;\n" ::: "memory");
