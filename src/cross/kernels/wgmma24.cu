@@ -200,7 +200,9 @@ __device__ __forceinline__ void load_chunk(unsigned char* stage, u32 bar, const 
 #endif
     const u32 sx = sw + W_BYTES;
 #pragma unroll
-    for (int p = tid; p < NTOK * KC / 8; p += THREADS) {
+    for (int j = 0; j < (NTOK * KC / 8 + THREADS - 1) / THREADS; ++j) {  // a trip count the compiler knows
+        const int p = tid + j * THREADS;
+        if (NTOK * KC / 8 % THREADS && p >= NTOK * KC / 8) break;
         const int t = p >> 3, g8 = p & 7;  // token, 8-column group of the chunk
         const int col = c * KC + 8 * g8;
         const bool in = t < n_tok && col < k;
