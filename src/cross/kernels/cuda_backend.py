@@ -450,9 +450,8 @@ def wgmma24_launch(row_blocks: int, ntok: int, wgs: int, mt: int, split: int, sl
     (x, y, bias or 0, values, counters), M, K, N, X's and Y's row strides and the weight's chunks (64
     columns). ``split`` 0: the launch's units in equal parts over the resident blocks of ``sms`` SMs
     (STREAM; a workspace of two slots of partial sums per block, allocated here, and the weight's
-    ``counters``);
-    1..8: a cluster of ``split`` blocks (the parts of K) per row block and token tile of N, a row
-    block's token tiles adjacent (wgmma24.cu)."""
+    ``counters``); 1..8: a cluster of ``split`` blocks (the parts of K) per row block and token tile of
+    N, a row block's token tiles adjacent (wgmma24.cu)."""
     func, smem, per_sm = _wgmma24_kernel(torch.cuda.current_device(), ptrs.is_bf16, wgs, mt, split, slots, ntok,
                                          compressed, over)
     x, y, bias, values, counters = ptrs.values
