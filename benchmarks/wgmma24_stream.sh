@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The warpgroup 2:4 kernel with the launch's chunks in equal parts over the SMs (STREAM, the default)
-# in one device call (under ~570 s): the identity-X layout diagnostic; the GPU tests of the kernel's
+# in one device call (under ~450 s): the identity-X layout diagnostic; the GPU tests of the kernel's
 # splits, STREAM launches (correct, the same bits twice, counters back to zero) and the compressed
-# layout; benchmarks/wgmma24_bench.py on the three Llama shapes at 16, 64 and 128
-# tokens, STREAM (setting 2:2) against clusters of 2 and 4; STREAM with CROSS_CUDA_DEFINES=-DSTAGES=4
-# (~94 KB of shared memory at 16 tokens: two blocks per SM) and with -DBULK=0 (the weight's records by
-# 16-byte cp.async of all threads, as before the bulk copies); one ncu launch (the SMs' occupancy,
-# the DRAM rate and the warps' stalls); last, the runtime's GPU tests. Each step has its own time limit. The runtime's view
-# (`cross bench kernels --methods dense,cross,cross+wgmma24,cross-wgmma24`) is a call of its own.
+# layout; benchmarks/wgmma24_bench.py on the three Llama shapes at 16, 64 and 128 tokens, STREAM
+# (setting 2:2) against clusters of 2 and 4; STREAM with CROSS_CUDA_DEFINES=-DSTAGES=4 (~94 KB of
+# shared memory at 16 tokens: two blocks per SM) and with -DBULK=0 (the weight's records by 16-byte
+# cp.async of all threads, as before the bulk copies); one ncu launch (the SMs' occupancy, the DRAM
+# rate and the warps' stalls); last, the runtime's GPU tests. Each step has its own time limit. The
+# runtime's view (`cross bench kernels --methods dense,cross,cross+wgmma24,cross-wgmma24`) is a call
+# of its own.
 # Usage (repository root, on the GPU machine): OUT=<dir> bash benchmarks/wgmma24_stream.sh
 source "$(dirname "$0")/steps.sh"
 BENCH="benchmarks/wgmma24_bench.py --shapes llama-up,llama-qkvo,llama-down --sparsities 0.7,0.9 --weights uniform"
