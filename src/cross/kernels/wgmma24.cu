@@ -51,6 +51,16 @@
 #ifndef STREAM
 #define STREAM 0
 #endif
+// Diagnostics (0 in normal builds; benchmarks/wgmma24_ablate.py): ABLATE=1 skips the A registers' loads
+// and the mmas (the copies, waits and barriers alone; the result is wrong); BLOCK_TIMES=1 (STREAM) has
+// thread 0 of block j write its start and end (%globaltimer, ns) and its SM at u64 [3 j ..] past the
+// workspace's 2 P R NTOK floats
+#ifndef ABLATE
+#define ABLATE 0
+#endif
+#ifndef BLOCK_TIMES
+#define BLOCK_TIMES 0
+#endif
 #ifndef BULK
 #define BULK 1  // a unit's weight record by one bulk copy on its stage's mbarrier (0: 16-byte cp.async by all threads)
 #endif
@@ -320,6 +330,10 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
             int k, int n_tok, int ldx, int ldy, int chunks) {
     extern __shared__ __align__(128) unsigned char smem[];
     const int tid = threadIdx.x, wg = tid >> 7, tw = tid & 127, lane = tid & 31, warp = tw >> 5;
+#if BLOCK_TIMES
+    unsigned long long t_start;
+    asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t_start));
+#endif
 #if COMPRESSED
     __shared__ unsigned long long table[16];  // read after the chunk loop's first barrier
     if (tid < 16) table[tid] = DECODE[tid];
@@ -377,6 +391,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
             ld.next();
         }
         asm volatile("cp.async.commit_group;\n" ::: "memory");
+#if !(ABLATE & 1)
         unsigned char* stage = smem + (i % STAGES) * STAGE_BYTES;
         uint4 a[2][MT];
         u32 e[MT];
@@ -443,6 +458,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
         asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
 #pragma unroll
         for (int t = 0; t < MT; ++t) fence_acc(acc[t]);
+#endif  // !(ABLATE & 1)
 #if STREAM
         if (uc == chunks - 1 || i == nun - 1) {  // this block's last unit of output uo
             const u32 first = uo * chunks;
@@ -489,6 +505,16 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
 #endif
     }
 #if STREAM
+#if BLOCK_TIMES
+    if (tid == 0) {
+        unsigned long long t_end;
+        u32 sm;
+        asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t_end));
+        asm volatile("mov.u32 %0, %%smid;\n" : "=r"(sm));
+        unsigned long long* out = reinterpret_cast<unsigned long long*>(ws + (size_t)2 * gridDim.x * R * NTOK) + 3 * blockIdx.x;
+        out[0] = t_start, out[1] = t_end, out[2] = sm;
+    }
+#endif
 }
 #else
     asm volatile("cp.async.wait_all;\n" ::: "memory");

@@ -1,0 +1,93 @@
+"""Where the warpgroup 2:4 kernel's STREAM launch spends its time: the full build against one whose
+blocks only copy (CROSS_CUDA_DEFINES=-DABLATE=1: the weight's records and X through the pipeline, the
+waits and barriers, no A registers, no mmas; its result is wrong and not checked), each timed
+(CUDA-graph replay, L2 flushed by a 256 MB read, cuBLAS in the same run) and then launched once more
+after a flush with -DBLOCK_TIMES=1: every block's start and end (%globaltimer) and SM, so that the
+spread of the blocks' ends (the SMs idle while the last ones finish) is seen, not inferred.
+
+    PYTHONPATH=src python benchmarks/wgmma24_ablate.py --shape 11008x4096 --sparsity 0.7 --n 16
+"""
+
+import argparse
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from cross.bench.timing import graph_us  # noqa: E402
+from cross.bench.weights import make_weight  # noqa: E402
+from cross.costmodel.profile import FLUSH_BYTES  # noqa: E402
+from cross.kernels import cuda_backend  # noqa: E402
+from cross.kernels.launch import wgmma24_args  # noqa: E402
+from cross.pack.wgmma24 import Wgmma24Weight, token_tile  # noqa: E402
+
+VARIANTS = (("full", ""), ("copies only", "-DABLATE=1"))
+
+
+def launcher(args, x, y, ntok: int, defines: str):
+    """A STREAM launch of a build with ``defines`` (and BLOCK_TIMES), its workspace with room for the
+    blocks' times, and the times' view (u64 [blocks, 3]: start, end, SM)."""
+    os.environ[cuda_backend.DEFINES_ENV] = f"{defines} -DBLOCK_TIMES=1"
+    cuda_backend._wgmma24_kernel.cache_clear()
+    func, smem, per_sm = cuda_backend._wgmma24_kernel(torch.cuda.current_device(), True, args.wgs, args.mt, 0,
+                                                      args.slots, ntok, args.compressed, args.over)
+    outputs = args.row_blocks * -(-x.shape[0] // ntok)
+    grid = cuda_backend.wgmma24_stream_blocks(outputs * args.chunks, args.sms, per_sm)
+    slots = 2 * grid * 64 * args.wgs * args.mt * ntok
+    ws = torch.zeros(slots + 6 * grid, dtype=torch.float32, device="cuda")
+    ptrs = cuda_backend.Pointers.of(x.data_ptr(), y.data_ptr(), 0, args.values.data_ptr(), ws.data_ptr(),
+                                    args.counters.data_ptr(), is_bf16=True)
+    ints = (args.out_features, args.in_features, x.shape[0], x.stride(0), y.stride(0), args.chunks)
+
+    def run():
+        cuda_backend._launch(func, grid, args.wgs * 128, smem, ptrs, ints)
+
+    return run, ws[slots:].view(torch.int64).view(grid, 3), grid, per_sm
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shape", default="11008x4096")
+    ap.add_argument("--sparsity", type=float, default=0.7)
+    ap.add_argument("--n", type=int, default=16)
+    ap.add_argument("--stages", type=int, default=None, help="-DSTAGES for both builds (default: the format's)")
+    opts = ap.parse_args(argv)
+    m, k = (int(v) for v in opts.shape.split("x"))
+    w = make_weight(m, k, opts.sparsity, "uniform", torch.Generator().manual_seed(0)).cuda()
+    sw = Wgmma24Weight.from_dense(w)
+    args = wgmma24_args(sw)
+    x = torch.randn(opts.n, k, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16).cuda()
+    y = torch.empty(opts.n, m, dtype=torch.bfloat16, device="cuda")
+    dense_us = graph_us(lambda: F.linear(x, w))
+    print(f"# {torch.cuda.get_device_name()}, {opts.shape} {opts.sparsity} N={opts.n}: {sw.nbytes / 1e6:.1f} MB, "
+          f"cuBLAS {dense_us:.2f} us")
+    flush = torch.zeros(FLUSH_BYTES // 4, dtype=torch.int32, device="cuda")
+    for name, defines in VARIANTS:
+        if opts.stages:
+            defines += f" -DSTAGES={opts.stages}"
+        run, times, grid, per_sm = launcher(args, x, y, token_tile(opts.n), defines)
+        us = graph_us(run)
+        flush.sum()
+        run()
+        torch.cuda.synchronize()
+        t = times.cpu()
+        start, end = t[:, 0] - t[:, 0].min(), t[:, 1] - t[:, 0].min()
+        dur = (end - start).double()
+        q = torch.quantile(dur, torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)) / 1e3
+        busy = float(dur.sum()) / (min(grid, args.sms * per_sm) * float(end.max()))  # of the resident slots
+        print(f"{name:>12}: {us:7.2f} us ({dense_us / us:.2f}x, {sw.nbytes / us / 1e6:.2f} TB/s), {grid} blocks "
+              f"({per_sm} per SM); block starts within {start.max() / 1e3:.2f} us, ends {end.min() / 1e3:.2f}"
+              f"-{end.max() / 1e3:.2f} us; a block's time min/median/max {q[0]:.2f}/{q[1]:.2f}/{q[2]:.2f} us; "
+              f"block slots busy {busy * 100:.0f}%", flush=True)
+        order = torch.argsort(end)
+        print(f"{'':>12}  first ends: {', '.join(f'{float(end[i]) / 1e3:.1f} (SM {int(t[i, 2])})' for i in order[:5])}; "
+              f"last: {', '.join(f'{float(end[i]) / 1e3:.1f} (SM {int(t[i, 2])})' for i in order[-5:])}")
+    os.environ.pop(cuda_backend.DEFINES_ENV, None)
+    cuda_backend._wgmma24_kernel.cache_clear()
+
+
+if __name__ == "__main__":
+    main()
