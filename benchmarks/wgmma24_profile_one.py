@@ -24,7 +24,7 @@ ap.add_argument("--shape", default="11008x4096")
 ap.add_argument("--sparsity", type=float, default=0.7)
 ap.add_argument("--weight", default="uniform", choices=("uniform", "2:4"))
 ap.add_argument("--n", type=int, default=16)
-ap.add_argument("--setting", default="2:2", help="warpgroups:m-tiles[:split] (no split: the units in equal parts)")
+ap.add_argument("--setting", default="2:2", help="warpgroups:m-tiles[:split] (0: the units in equal parts)")
 ap.add_argument("--launches", type=int, default=1)
 ap.add_argument("--compressed", action="store_true", help="the compressed layout")
 args = ap.parse_args()
@@ -36,10 +36,10 @@ if args.weight == "2:4":
 w = w.cuda()
 x = torch.randn(args.n, k, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16).cuda()
 sw = Wgmma24Weight.from_dense(w, parts[0], parts[1], compressed=args.compressed)
-split = parts[2] if len(parts) > 2 else None  # None: the launch's units in equal parts over the SMs
+split = parts[2] if len(parts) > 2 else None  # None: wgmma24_split's; 0: the units in equal parts over the SMs
 for _ in range(args.launches):
     y = wgmma24_matmul(x, sw, split=split)
 torch.cuda.synchronize()
 ref = x.float() @ w.float().T
 err = float((y.float() - ref).norm() / ref.norm())
-print(f"ok rel err {err:.2e}, split {split or 0}, {sw.n_entries} overflow entries, {sw.nbytes / 1e6:.1f} MB")
+print(f"ok rel err {err:.2e}, split {split}, {sw.n_entries} overflow entries, {sw.nbytes / 1e6:.1f} MB")

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from cross.kernels.cuda_backend import WGMMA24_MAX_PER_SM, WGMMA24_MIN_UNITS, wgmma24_stream_blocks
+from cross.kernels.launch import wgmma24_split
 from cross.costmodel.roofline import wgmma24_slots
 from cross.pack.wgmma24 import CHUNK, NTOKS, START_BITS, TILE_WORDS, Wgmma24Weight, smem_bytes, stages, token_tile
 
@@ -235,7 +236,16 @@ def test_stream_blocks():
     assert (big + 1) * wgmma24_stream_blocks(big, 132, 4) < 2**32
 
 
-def test_smem():
+def test_split_and_smem():
+    assert wgmma24_split(43, 64, 132) == 2  # 11008 rows in blocks of 256: 86 blocks (172 would take 2 waves)
+    assert wgmma24_split(16, 64, 132) == 4  # 4096 rows: 64 blocks (clusters of 8 are not among WGMMA_SPLITS)
+    assert wgmma24_split(16, 172, 132) == 4  # 4096 x 11008
+    assert wgmma24_split(200, 64, 132) == 4  # 7 waves of 18 chunks against 4 of 34 or 2 of 66
+    assert wgmma24_split(16, 8, 132) == 2  # at least 4 chunks per part
+    # more token tiles, fewer parts: 4096 rows at 512 tokens (4 tiles) in one wave of 128 blocks, at
+    # 2048 tokens (16 tiles) 2 waves of whole row blocks; 11008 rows at 512 tokens as at one tile
+    assert [wgmma24_split(16, 64, 132, t) for t in (1, 4, 16)] == [4, 2, 1]
+    assert wgmma24_split(43, 64, 132, 4) == 2
     assert smem_bytes(2, 2, 0) == 6 * (4 * 4608 + 128 * 64 * 2) <= 227 * 1024
     assert smem_bytes(2, 2, 16) == 6 * (4 * 4608 + 1024 + 64 + 128 * 64 * 2) <= 227 * 1024
     # fewer tokens per block: smaller stages, more of them (at most 8); many entries: fewer
@@ -328,7 +338,7 @@ def test_gpu_wgmma24_compressed(m, k, weight, wgs, mt, rng):
     _needs_sm90()
     w = (_weight(m, k, 2, rng) if weight == "2:4" else _unstructured(m, k, float(weight), rng)).cuda()
     sw = Wgmma24Weight.from_dense(w, wgs, mt, compressed=True)
-    for n, split in ((1, None), (16, 1), (20, None), (50, None), (100, 2), (128, None), (300, None)):
+    for n, split in ((1, None), (16, 1), (20, None), (50, None), (60, 0), (100, 2), (128, None), (300, None)):
         x = torch.randn(n, k, generator=rng).to(torch.bfloat16).cuda()
         b = torch.randn(m, generator=rng).to(torch.bfloat16).cuda() if n % 2 == 0 else None
         y = torch.full((n, m), float("nan"), dtype=torch.bfloat16, device="cuda")
@@ -356,13 +366,13 @@ def test_gpu_wgmma24_splits(split, rng):
 @pytest.mark.gpu
 @pytest.mark.parametrize("m,k,n", [(700, 2056, 128), (2752, 4096, 16), (300, 520, 300), (256, 256, 1), (64, 64, 40)])
 def test_gpu_wgmma24_stream(m, k, n, rng):
-    """The launch's chunks in equal parts over the SMs (the default): outputs split across blocks sum
+    """The launch's chunks in equal parts over the SMs (split 0): outputs split across blocks sum
     their slots in block order, so two launches give the same bits; the counters are back to zero."""
     from cross.kernels.launch import wgmma24_args, wgmma24_run
 
     _needs_sm90()
     w = _unstructured(m, k, 0.3, rng).cuda()
-    args = wgmma24_args(Wgmma24Weight.from_dense(w))
+    args = wgmma24_args(Wgmma24Weight.from_dense(w), 0)
     assert args.split == 0
     x = torch.randn(n, k, generator=rng).to(torch.bfloat16).cuda()
     b = torch.randn(m, generator=rng).to(torch.bfloat16).cuda()

@@ -406,6 +406,29 @@ def sparse24_matmul(x: torch.Tensor, weight, bias: torch.Tensor | None = None, o
     return y
 
 
+#: A block's fixed cost in the split's model (``wgmma24_split``), in chunks: its pipeline's fill and
+#: the cluster's sum of partial sums (a model, not measured)
+WGMMA_BLOCK_CHUNKS = 2
+#: The splits the model chooses from: clusters of 3 fit 39 at once on the H100 (117 of 132 SMs, ncu's
+#: max active clusters), so 43 of them take two waves, and clusters of 8 measured slower than of 4
+#: (docs/perf-notes.md, "The warpgroup 2:4 kernel's first run"); a split given to the launch may be
+#: any of 1..8, or 0: STREAM, slower at 16 tokens on all three Llama shapes (docs/perf-notes.md,
+#: "STREAM measured")
+WGMMA_SPLITS = (1, 2, 4)
+
+
+@functools.lru_cache(maxsize=4096)  # on every launch: no host work beyond a lookup
+def wgmma24_split(row_blocks: int, chunks: int, sms: int, tiles: int = 1) -> int:
+    """Parts of K per row block and token tile for the warpgroup 2:4 kernel (a cluster of that many
+    blocks, one of WGMMA_SPLITS, each with at least 4 chunks): the split with the least time in a
+    model of waves (one block per SM, as its shared memory allows): waves of ``row_blocks x tiles x
+    split`` blocks on ``sms`` SMs times each block's chunks plus WGMMA_BLOCK_CHUNKS; ties go to the
+    smaller split."""
+    blocks = row_blocks * tiles
+    options = [s for s in WGMMA_SPLITS if s == 1 or chunks // s >= 4]
+    return min(options, key=lambda s: (-(-blocks * s // sms) * (chunks / s + WGMMA_BLOCK_CHUNKS), s))
+
+
 class Wgmma24Args(NamedTuple):
     """A launch of the warpgroup 2:4 kernel, resolved once (``wgmma24_args``): the format's tensors and
     the launch's sizes, so that a call does no host work beyond its launch."""
@@ -418,7 +441,8 @@ class Wgmma24Args(NamedTuple):
     chunks: int
     wgs: int
     mt: int
-    split: int  # 0: the launch's units in equal parts over the SMs' resident blocks; 1..8: clusters
+    split: int  # -1: clusters of wgmma24_split's per launch; 0: the launch's units in equal parts over the
+    # SMs' resident blocks (STREAM); 1..8: clusters of that many blocks
     slots: int  # overflow word slots per chunk (0: no overflow); compressed: value word slots
     sms: int  # the GPU's SMs
     compressed: bool = False  # the compressed layout (pack/wgmma24._compressed)
@@ -454,8 +478,9 @@ def wgmma24_kernel_args(packed: PackedWeight) -> Wgmma24Args:
 
 def wgmma24_args(weight, split: int | None = None) -> Wgmma24Args:
     """Check a Wgmma24Weight (pack/wgmma24.py) on its GPU and resolve its launch: ``split`` parts of K
-    per row block and token tile, a cluster of that many blocks (1..8; None: each launch's units, the
-    chunks of its row blocks and token tiles, in equal parts over the SMs' resident blocks)."""
+    per row block and token tile, a cluster of that many blocks (1..8; None: ``wgmma24_split`` of each
+    launch's token tiles), or 0: each launch's units (the chunks of its row blocks and token tiles) in
+    equal parts over the SMs' resident blocks (STREAM)."""
     from ..pack.wgmma24 import NTOKS, smem_bytes
     from .cuda_backend import WGMMA24_MAX_PER_SM
 
@@ -469,8 +494,8 @@ def wgmma24_args(weight, split: int | None = None) -> Wgmma24Args:
     if not weight.values.is_contiguous():
         raise ValueError("wgmma24_matmul: the Wgmma24Weight's values must be contiguous")
     row_blocks, chunks = weight.values.shape[:2]
-    if split is not None and (isinstance(split, bool) or not isinstance(split, int) or not 1 <= split <= 8):
-        raise ValueError(f"wgmma24_matmul: split must be an int in 1..8 (or None: by launch), got {split!r}")
+    if split is not None and (isinstance(split, bool) or not isinstance(split, int) or not 0 <= split <= 8):
+        raise ValueError(f"wgmma24_matmul: split must be an int in 0..8 (0: STREAM; or None: by launch), got {split!r}")
     limit = getattr(torch.cuda.get_device_properties(weight.device), "shared_memory_per_block_optin", 227 * 1024)
     most = max(smem_bytes(weight.wgs, weight.mt, weight.slots, t, compressed=weight.compressed) for t in NTOKS)
     if most > limit:
@@ -478,7 +503,8 @@ def wgmma24_args(weight, split: int | None = None) -> Wgmma24Args:
     sms = torch.cuda.get_device_properties(weight.device).multi_processor_count
     counters = torch.zeros(sms * WGMMA24_MAX_PER_SM, dtype=torch.int32, device=weight.device)
     return Wgmma24Args(weight.values, counters, weight.shape[0], weight.shape[1], row_blocks, chunks, weight.wgs,
-                       weight.mt, split or 0, weight.slots, sms, weight.compressed, weight.overflow)
+                       weight.mt, -1 if split is None else split, weight.slots, sms, weight.compressed,
+                       weight.overflow)
 
 
 def wgmma24_run(x: torch.Tensor, args: Wgmma24Args, bias: torch.Tensor | None = None,
@@ -495,8 +521,10 @@ def wgmma24_run(x: torch.Tensor, args: Wgmma24Args, bias: torch.Tensor | None = 
     if n == 0:
         return y
     x = _rows_16_byte_aligned(x)
+    ntok = token_tile(n)
+    split = args.split if args.split >= 0 else wgmma24_split(args.row_blocks, args.chunks, args.sms, -(-n // ntok))
     ptrs = cuda_backend.Pointers((x, y, bias, args.values, args.counters), x.dtype == torch.bfloat16)
-    cuda_backend.wgmma24_launch(args.row_blocks, token_tile(n), args.wgs, args.mt, args.split, args.slots, ptrs,
+    cuda_backend.wgmma24_launch(args.row_blocks, ntok, args.wgs, args.mt, split, args.slots, ptrs,
                                 args.out_features, args.in_features, n, x.stride(0), y.stride(0), args.chunks,
                                 args.sms, args.compressed, args.over)
     return y
@@ -508,8 +536,8 @@ def wgmma24_matmul(x: torch.Tensor, weight, bias: torch.Tensor | None = None, ou
     warpgroup mma, a second one for the overflow) over a Wgmma24Weight (pack/wgmma24.py), 16-128 tokens
     per block. x: [N, K] in the weight's dtype, finite (only the stored slots are multiplied); bias: [M];
     out: optional [N, M], unit stride along M; ``split``: parts of K per row block, a cluster of that
-    many blocks (1..8; default: the launch's chunks in equal parts over the SMs, wgmma24_args). Needs
-    compute capability 9.0 (sm_90a)."""
+    many blocks (1..8; default ``wgmma24_split`` of the launch's token tiles; 0: the launch's chunks in
+    equal parts over the SMs, wgmma24_args). Needs compute capability 9.0 (sm_90a)."""
     _check_pass_args("wgmma24_matmul", x, weight, bias, out)
     return wgmma24_run(x, wgmma24_args(weight, split), bias, out)
 
