@@ -2,10 +2,11 @@
 
 CPU: the format read back (the mma's slots, and the overflow entries through the head words) gives
 the weight bit for bit over shapes, densities, warpgroups and m-tiles; the thread layout of the A
-words and the metadata nibbles; the bytes; the launcher's split.
+words and the metadata nibbles; the bytes; the launcher's split; the STREAM launch's partition (its
+integer arithmetic transcribed: every output summed once, counters and slots never shared).
 GPU (`-m gpu`, compute capability 9.0): the kernel against the fp64 product with outputs poisoned,
 fresh inputs, over shapes (ragged M and K), densities, dtypes, token counts (token tiles), warpgroups,
-m-tiles, splits of K and bias.
+m-tiles, splits of K (clusters, and STREAM: the same bits twice, counters back to zero) and bias.
 """
 
 import pytest
