@@ -58,7 +58,7 @@ def main(argv=None):
     m, k = (int(v) for v in opts.shape.split("x"))
     w = make_weight(m, k, opts.sparsity, "uniform", torch.Generator().manual_seed(0)).cuda()
     sw = Wgmma24Weight.from_dense(w)
-    args = wgmma24_args(sw)
+    args = wgmma24_args(sw, 0)  # STREAM: its counters
     x = torch.randn(opts.n, k, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16).cuda()
     y = torch.empty(opts.n, m, dtype=torch.bfloat16, device="cuda")
     dense_us = graph_us(lambda: F.linear(x, w))

@@ -51,7 +51,7 @@ def main(argv=None):
                 parts = setting.lstrip("c").split(":")
                 split = int(parts[2]) if len(parts) > 2 else wgmma24_split(*sw.values.shape[:2], sms,
                                                                            -(-n // token_tile(n)))
-                run = wgmma24_args(sw, split)  # resolved once, as the runtime does (its counters allocated)
+                run = wgmma24_args(sw, split)  # resolved once, as the runtime does
                 xc = torch.randn(n, k, generator=gen, device="cuda").to(torch.bfloat16)
                 yc = torch.full((n, m), float("nan"), dtype=torch.bfloat16, device="cuda")
                 wgmma24_run(xc, run, None, yc)

@@ -434,7 +434,7 @@ class Wgmma24Args(NamedTuple):
     the launch's sizes, so that a call does no host work beyond its launch."""
 
     values: torch.Tensor
-    counters: torch.Tensor  # int32, one per block a launch may have (split 0): zero between launches
+    counters: torch.Tensor  # split 0: int32, one per block a launch may have, zero between launches; else empty
     out_features: int
     in_features: int
     row_blocks: int
@@ -501,7 +501,8 @@ def wgmma24_args(weight, split: int | None = None) -> Wgmma24Args:
     if most > limit:
         raise ValueError(f"wgmma24_matmul: a block needs up to {most} bytes of shared memory, the device has {limit}")
     sms = torch.cuda.get_device_properties(weight.device).multi_processor_count
-    counters = torch.zeros(sms * WGMMA24_MAX_PER_SM, dtype=torch.int32, device=weight.device)
+    # only a STREAM launch arrives on counters (the clusters sum through shared memory)
+    counters = torch.zeros(sms * WGMMA24_MAX_PER_SM if split == 0 else 0, dtype=torch.int32, device=weight.device)
     return Wgmma24Args(weight.values, counters, weight.shape[0], weight.shape[1], row_blocks, chunks, weight.wgs,
                        weight.mt, -1 if split is None else split, weight.slots, sms, weight.compressed,
                        weight.overflow)
