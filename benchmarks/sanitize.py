@@ -25,10 +25,11 @@ ROOT = Path(__file__).resolve().parents[1]
 SUMMARY = re.compile(r"=+ (ERROR|RACECHECK|SYNCCHECK|INITCHECK) SUMMARY: (\d+) (errors?|hazards?)")
 
 
-def gpu_tests(paths: list[str]) -> list[str]:
-    """Node ids of the tests marked gpu (collected without running them)."""
+def gpu_tests(paths: list[str], select: str = "") -> list[str]:
+    """Node ids of the tests marked gpu (collected without running them), those that ``-k select`` picks if given."""
+    pick = ["-k", select] if select else []
     out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "gpu", "-p", "no:cacheprovider",
-                          *paths], cwd=ROOT, capture_output=True, text=True)
+                          *pick, *paths], cwd=ROOT, capture_output=True, text=True)
     ids = [line.strip() for line in out.stdout.splitlines() if "::" in line and not line.startswith(" ")]
     if not ids:
         raise SystemExit(f"no GPU tests collected from {paths}:\n{out.stdout[-2000:]}{out.stderr[-2000:]}")
@@ -52,11 +53,12 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path("reports/sanitize"), help="folder for the logs")
     ap.add_argument("--kernels", default="plan_matmul",
                     help="check only kernels whose name contains this (default plan_matmul; '' checks every kernel)")
+    ap.add_argument("--select", default="", help="only the tests that pytest -k selects (default: all)")
     ap.add_argument("--list", action="store_true", help="print the parts and exit (no GPU needed)")
     args = ap.parse_args(argv)
     if args.chunks < 1:
         ap.error(f"--chunks: expected at least 1, got {args.chunks}")
-    ids = gpu_tests(args.paths.split(","))
+    ids = gpu_tests(args.paths.split(","), args.select)
     if args.list:
         for i in range(args.chunks):
             part = chunk(ids, args.chunks, i)
