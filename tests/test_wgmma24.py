@@ -107,9 +107,10 @@ def test_thread_layout():
 @pytest.mark.parametrize("density", [0.0, 0.1, 0.5, 1.0])
 @pytest.mark.parametrize("wgs,mt", [(2, 2), (1, 1), (2, 1)])
 def test_compressed_round_trip(rng, m, k, density, wgs, mt):
-    """The compressed layout read back is the weight; its bytes are the bitmap words, the 16-bit heads
-    and the nonzeros' slots, 3 words past the fullest chunk's; each head is its thread's first
-    nonzero (the nonzeros of the threads before it in the chunk)."""
+    """The compressed layout read back is the weight; its words are the slots layout's nonzero A words
+    and overflow words; a head word's masks name them, each warp's base word is the count of the words
+    before its first (the 2:4 part's from the chunk's first slot, the overflow's after every 2:4 word);
+    its bytes are the metadata, head and base words and the slots of the fullest chunk's words."""
     w = _unstructured(m, k, density, rng)
     sw = Wgmma24Weight.from_dense(w, wgs, mt, compressed=True)
     assert sw.compressed and sw.values.is_contiguous()
@@ -119,13 +120,19 @@ def test_compressed_round_trip(rng, m, k, density, wgs, mt):
     assert sw.n_entries == int((nz - 2).clamp(min=0).sum()) and sw.overflow == (sw.n_entries > 0)
     mtiles, threads = wgs * mt, 128 * wgs
     v = sw.values.to(torch.int64) & 0xFFFFFFFF
-    bitmaps = v[..., :mtiles * 128]
-    counts = sum((bitmaps >> b) & 1 for b in range(32)).view(*v.shape[:2], wgs, mt, 128).sum(3).flatten(2)
-    hw = v[..., mtiles * 128: mtiles * 128 + threads // 2]
-    heads = torch.stack([hw & 0xFFFF, hw >> 16], -1).flatten(2)
-    assert torch.equal(heads, torch.cumsum(counts, -1) - counts)
-    assert sw.slots == wgmma24_slots(int(counts.sum(-1).max()) // 2 + 3)
-    assert sw.nbytes == v.shape[0] * v.shape[1] * (mtiles * 512 + threads * 2 + 4 * sw.slots)
+    heads = v[..., mtiles * 128: mtiles * 128 + threads]
+    bases = v[..., mtiles * 128 + threads: mtiles * 128 + threads + threads // 32]
+    count = [sum((heads >> (b + s)) & 1 for b in range(16)).view(*v.shape[:2], threads // 32, 32).sum(-1)
+             for s in (0, 16)]  # [rb, chunk, warp] per part
+    assert torch.equal(bases & 0xFFFF, torch.cumsum(count[0], -1) - count[0])
+    assert torch.equal(bases >> 16, count[0].sum(-1, keepdim=True) + torch.cumsum(count[1], -1) - count[1])
+    words = count[0].sum(-1) + count[1].sum(-1)  # [rb, chunk]
+    assert int(words.sum()) == int((nz > 0).sum() + (nz > 2).sum())  # a word per group, one more with overflow
+    assert sw.slots == wgmma24_slots(max(int(words.max()), 1))
+    assert sw.nbytes == v.shape[0] * v.shape[1] * (mtiles * 512 + threads * 4 + threads // 32 * 4 + 4 * sw.slots)
+    slots_layout = Wgmma24Weight.from_dense(w, wgs, mt).values.to(torch.int64) & 0xFFFFFFFF
+    meta = slots_layout[..., :mtiles * TILE_WORDS].reshape(*v.shape[:2], mtiles, TILE_WORDS)[..., 1024:]
+    assert torch.equal(v[..., :mtiles * 128], meta.flatten(2))  # the same metadata words
 
 
 def test_overflow_thread_layout():

@@ -3,14 +3,13 @@ packed by ``Wgmma24Weight.from_dense``: where ``load_chunk`` puts X in a stage, 
 thread loads as its A registers and metadata, the sparse warpgroup mma as PTX documents it (the
 m16n8k32 sparse A and metadata layout per warp, B read through the no-swizzle K-major descriptor
 with its leading and stride byte offsets, the m64nNk16 accumulator layout), the overflow operand's
-registers built from the head words and a second mma over them, the compressed layout's decode
-(with the kernel's own table), the partial sums' staging, and the cluster's split of K and of the
-rows it sums. The GPU tests run the kernel itself; this checks the same arithmetic where there is no
-GPU, and that a misread layout (the descriptor's offsets swapped) would be caught.
+registers built from the head words and a second mma over them, the compressed layout's registers
+(each thread's first words from its warp's base and the scan of its lanes' counts), the partial
+sums' staging, and the cluster's split of K and of the rows it sums. The GPU tests run the kernel
+itself; this checks the same arithmetic where there is no GPU, and that a misread layout (the
+descriptor's offsets swapped, the compressed layout's words found without the lanes' scan) would be
+caught.
 """
-
-import re
-from importlib import resources
 
 import numpy as np
 import pytest
@@ -21,9 +20,6 @@ from cross.pack.wgmma24 import CHUNK, TILE_ROWS, TILE_WORDS, Wgmma24Weight, toke
 START_BITS = 14  # a head word: first overflow word (bits 0-13), then a mask of 8 bits per m-tile
 OVERFLOW_META = 0xEEEEEEEE  # the overflow operand's metadata: positions 2 and 3 in every nibble
 B_LBO, B_SBO = 128, 512  # the kernel's b_desc
-# the compressed layout's decode table, as the kernel has it
-DECODE = [int(v, 16) for v in re.findall(r"0x([0-9A-F]+)ull", re.search(
-    r"DECODE\[16\] = \{([^}]*)\}", resources.files("cross.kernels").joinpath("wgmma24.cu").read_text()).group(1))]
 
 
 def _float(bits, dtype):
@@ -74,51 +70,53 @@ def wgmma_sp(acc, a, e, xs, b_start, sel, dtype, lbo, sbo):
     acc += D[rows, toks]
 
 
-def funnel_right(lo, hi, sh):
-    """__funnelshift_r: the low 32 bits of (hi:lo) >> sh."""
-    return ((hi << 32 | lo) >> (sh & 31)) & 0xFFFFFFFF
+def popc(v):
+    return bin(v).count("1")
 
 
-def prmt(x, s):
-    """prmt.b32 d, x, 0, s: byte i of d is byte (nibble i of s) of x's 4 bytes and 4 zeros."""
-    src = [(x >> (8 * i)) & 0xFF for i in range(4)] + [0] * 4
-    return sum(src[(s >> (4 * i)) & 7] << (8 * i) for i in range(4))
+def masked_registers(words, start, masks, mt):
+    """masked_registers: a thread's registers [m-tile t][k-step][register] of an operand stored as its
+    nonzero words from ``start`` on: register r of m-tile t is the word at start + the bits of its
+    mask (m-tile t's 8 at 8 t) below it, zero where its bit is clear."""
+    o = np.zeros((mt, 2, 4), dtype=np.int64)
+    for t in range(mt):
+        mask = (masks >> (8 * t)) & 0xFF
+        for r in range(8):
+            if mask >> r & 1:
+                o[t, r >> 2, r & 3] = int(words[start + popc(mask & ((1 << r) - 1))])
+        start += popc(mask)
+    return o
 
 
-def decode_chunk(record, wgs, mt):
-    """decode_chunk of the compressed layout, thread by thread: the 2:4 part's A registers, its
-    metadata words after the 4 lanes' transpose, and the overflow's A registers, per m-tile
-    ([m-tile][k-step][thread of the warpgroup][register], [m-tile][thread], as the first)."""
+def compressed_registers(record, wgs, mt, lane_scan=True):
+    """The compressed layout's registers, thread by thread: each thread's first word of each part is
+    its warp's base plus the inclusive scan of its lanes' counts (both parts' at once, 16 bits each)
+    less its own (without ``lane_scan``: the base alone, a misreading); the 2:4 part's A registers,
+    the metadata words and the overflow's A registers, per m-tile ([m-tile][k-step][thread of the
+    warpgroup][register], [m-tile][thread], as the first)."""
     mtiles, threads = wgs * mt, 128 * wgs
-    bitmaps = record[:mtiles * 128]
-    halves = record[mtiles * 128: mtiles * 128 + threads // 2]
-    words = record[mtiles * 128 + threads // 2:]
+    meta = record[:mtiles * 128]
+    heads = record[mtiles * 128:mtiles * 128 + threads]
+    bases = record[mtiles * 128 + threads:mtiles * 128 + threads + threads // 32]
+    words = record[mtiles * 128 + threads + threads // 32:]
     a = np.zeros((mtiles, 2, 128, 4), dtype=np.int64)
     o = np.zeros_like(a)
-    c = np.zeros((threads, mt, 4), dtype=np.int64)  # each lane's shifted nibbles, by destination lane d
+    cnt = [popc(int(h) & 0xFFFF) | popc(int(h) >> 16) << 16 for h in heads]
     for tid in range(threads):
-        wg, tw, q = tid >> 7, tid & 127, tid & 3
-        off = int(halves[tid >> 1]) >> (16 * (tid & 1)) & 0xFFFF
+        wg, tw, lane = tid >> 7, tid & 127, tid & 31
+        scan = sum(cnt[tid - lane: tid + 1]) if lane_scan else cnt[tid]
+        starts = int(bases[tid >> 5]) + scan - cnt[tid]
+        hw = int(heads[tid])
+        ra = masked_registers(words, starts & 0xFFFF, hw & 0xFFFF, mt)
+        ro = masked_registers(words, starts >> 16, hw >> 16, mt)
         for t in range(mt):
-            bw = int(bitmaps[(wg * mt + t) * 128 + tw])
-            for r in range(8):
-                b = (bw >> (4 * r)) & 15
-                p, sh = off >> 1, (off & 1) * 16
-                lo = funnel_right(int(words[p]), int(words[p + 1]), sh)
-                hi = funnel_right(int(words[p + 1]), int(words[p + 2]), sh)
-                d = DECODE[b]
-                a[wg * mt + t, r >> 2, tw, r & 3] = prmt(lo, d & 0xFFFF)
-                o[wg * mt + t, r >> 2, tw, r & 3] = prmt(hi, (d >> 16) & 0xFFFF)
-                c[tid, t, r >> 1] |= (d >> 32) << (16 * (r & 1) + 4 * q)
-                off += bin(b).count("1")
-    e = np.zeros((mtiles, 128), dtype=np.int64)
-    for tid in range(threads):  # lane q's word: its own c[q], and c[q] of lanes q ^ 1, q ^ 2, q ^ 3 (shuffles)
-        for t in range(mt):
-            e[(tid >> 7) * mt + t, tid & 127] = np.bitwise_or.reduce([c[tid ^ s, t, tid & 3] for s in range(4)])
+            a[wg * mt + t, :, tw] = ra[t]
+            o[wg * mt + t, :, tw] = ro[t]
+    e = np.asarray(meta, dtype=np.int64).reshape(mtiles, 128)
     return a, e, o
 
 
-def run_kernel(x, sw, split, bias=None, lbo=B_LBO, sbo=B_SBO):
+def run_kernel(x, sw, split, bias=None, lbo=B_LBO, sbo=B_SBO, lane_scan=True):
     """Y as wgmma24 computes it, block by block, with the kernel's index arithmetic, in blocks of the
     tokens the launcher picks (16, 32, 64, or tiles of 128)."""
     m, k = sw.shape
@@ -145,7 +143,7 @@ def run_kernel(x, sw, split, bias=None, lbo=B_LBO, sbo=B_SBO):
                 stage = values[rb, c]
                 xs = stage_x(x_bits[tok0:], c, n_in, k, ntok)
                 if sw.compressed:
-                    a, e, o = decode_chunk(stage, wgs, mt)
+                    a, e, o = compressed_registers(stage, wgs, mt, lane_scan)
                     meta = np.full(128, OVERFLOW_META)
                     for mtile in range(mtiles):
                         for ks in range(2):
@@ -165,14 +163,9 @@ def run_kernel(x, sw, split, bias=None, lbo=B_LBO, sbo=B_SBO):
                     o = np.zeros((mtiles, 2, 128, 4), dtype=np.int64)  # [m-tile, k-step, thread, register]
                     for tid in range(threads):
                         hw = int(heads[tid])
-                        base = hw & ((1 << START_BITS) - 1)
+                        regs = masked_registers(words, hw & ((1 << START_BITS) - 1), hw >> START_BITS, mt)
                         for t in range(mt):
-                            mask = (hw >> (START_BITS + 8 * t)) & 0xFF
-                            for r in range(8):
-                                if mask >> r & 1:
-                                    o[(tid >> 7) * mt + t, r >> 2, tid & 127, r & 3] = \
-                                        int(words[base + bin(mask & ((1 << r) - 1)).count("1")])
-                            base += bin(mask).count("1")
+                            o[(tid >> 7) * mt + t, :, tid & 127] = regs[t]
                     meta = np.full(128, OVERFLOW_META)
                     for mtile in range(mtiles):
                         for ks in range(2):
@@ -247,5 +240,15 @@ def test_swapped_descriptor_offsets_are_caught():
     w, gen = _weight(64, 64, 0.5, torch.bfloat16, seed=6)
     x = torch.randn(100, 64, generator=gen).to(torch.bfloat16)  # a block of 128 tokens: the reads stay in the stage
     y = run_kernel(x, Wgmma24Weight.from_dense(w, 1, 1), 1, lbo=B_SBO, sbo=B_LBO)
+    ref = (x.double() @ w.double().t()).numpy()
+    assert np.abs(y - ref).max() > 0.1 * np.abs(ref).max()
+
+
+def test_compressed_words_without_the_lanes_scan_are_caught():
+    """The check can fail: the compressed layout's words found from the warp's base alone (no scan of
+    the lanes' counts) give another product."""
+    w, gen = _weight(64, 64, 0.5, torch.bfloat16, seed=8)
+    x = torch.randn(16, 64, generator=gen).to(torch.bfloat16)
+    y = run_kernel(x, Wgmma24Weight.from_dense(w, 1, 1, compressed=True), 1, lane_scan=False)
     ref = (x.double() @ w.double().t()).numpy()
     assert np.abs(y - ref).max() > 0.1 * np.abs(ref).max()

@@ -47,7 +47,7 @@ def add_swap_options(p) -> None:
                         "only the stored slots) (make_plan(wgmma_kernel=True, nan_policy='ignore'))")
     p.add_argument("--wgmma-layout", choices=("slots", "compressed"), default="slots",
                    help="with --wgmma-kernel, the 2:4 format's layout: slots (two per group and the overflow's "
-                        "words) or compressed (the nonzeros and a bitmap, decoded in registers: fewer bytes) "
+                        "words) or compressed (only the nonzero words, found by each thread's masks: fewer bytes) "
                         "(make_plan(wgmma_layout=...); default slots)")
 
 

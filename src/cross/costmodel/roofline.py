@@ -301,8 +301,9 @@ def wgmma24_kernel_fits(rows: int, cols: int, dtype: str) -> bool:
 #: The warpgroup 2:4 format's default block (pack/wgmma24.py): rows per row block, columns per chunk,
 #: bytes of a chunk's record without overflow and its head words
 WGMMA_BLOCK_ROWS, WGMMA_CHUNK, WGMMA_TILES_BYTES, WGMMA_HEAD_BYTES = 256, 64, 4 * 4608, 1024
-#: The compressed layout's bitmap words per row block and chunk (its 16-bit heads: half the head words')
-WGMMA_BITMAP_BYTES = 4 * 512
+#: The compressed layout's metadata words per row block and chunk, and its warps' base words (its head
+#: words: the slots layout's)
+WGMMA_META_BYTES, WGMMA_BASES_BYTES = 4 * 512, 8 * 4
 
 
 def wgmma24_slots(most: int) -> int:
@@ -317,14 +318,16 @@ def wgmma24_slots(most: int) -> int:
 def _fullest_chunk(counted, nnz, size, blocks: int, unit: int, chance) -> int:
     """The most items any of ``blocks`` chunks holds: the largest of ``counted`` (per chunk) where given,
     else from nonzero counts ``nnz`` over regions of ``size`` elements as if each region were uniform:
-    an item per ``unit`` elements, present with probability ``chance(density)``; the mean and 4
-    standard deviations of a binomial count (0 where the mean is under half an item in all)."""
+    ``chance(density)`` items per ``unit`` elements (a probability; above 1: that many on average, the
+    whole part always there and the fraction by chance); the mean and 4 standard deviations of the
+    count (binomial in the fraction; 0 where the mean is under half an item in all)."""
     if counted is not None:
         return int(np.max(counted)) if np.size(counted) else 0
     nnz = np.asarray(nnz, dtype=np.float64)
     size = np.asarray(size, dtype=np.float64)
     f = chance(np.minimum(np.divide(nnz, size, out=np.zeros_like(nnz), where=size > 0), 1.0))
-    mean, var = (float((size / unit * v).sum()) / blocks for v in (f, f * (1 - f)))
+    frac = f - np.floor(f)
+    mean, var = (float((size / unit * v).sum()) / blocks for v in (f, frac * (1 - frac)))
     return math.ceil(mean + 4 * math.sqrt(var)) if mean >= 0.5 / blocks else 0
 
 
@@ -346,16 +349,19 @@ def wgmma24_format_bytes(nnz: np.ndarray, size: np.ndarray, rows: int, cols: int
 
 
 def wgmma24_compressed_bytes(nnz: np.ndarray, size: np.ndarray, rows: int, cols: int,
-                             chunk_nonzeros: np.ndarray | None = None) -> int:
+                             chunk_words: np.ndarray | None = None) -> int:
     """Bytes of the warpgroup 2:4 format's compressed layout (pack/wgmma24._compressed, bf16/fp16, the
-    default block): per row block and chunk, a bitmap word per m-tile and thread (1/16 of dense), a
-    16-bit head per thread (1/64) and the nonzeros in word slots (``wgmma24_slots`` of the fullest
-    chunk's words and 3 more). With ``chunk_nonzeros`` (per row block and chunk, counted on the
-    weight) exact; without, from nonzero counts ``nnz`` over regions of ``size`` elements: the mean
-    and 4 standard deviations (binomial) of a chunk's nonzeros."""
+    default block): per row block and chunk, the metadata words (1/16 of dense), a head word per
+    thread (1/32), a base word per warp, and a word per group with a nonzero and one more per group
+    with overflow, in word slots (``wgmma24_slots`` of the fullest chunk's, at least one). With
+    ``chunk_words`` (per row block and chunk, counted on the weight) exact; without, from nonzero
+    counts ``nnz`` over regions of ``size`` elements as if each region were uniform: a group of
+    density p has a nonzero with probability 1 - (1 - p)^4 and overflow with 4 p^3 (1 - p) + p^4:
+    their sum words per group on average, the fullest chunk the mean and 4 standard deviations."""
     blocks = -(-rows // WGMMA_BLOCK_ROWS) * -(-cols // WGMMA_CHUNK)
-    most = min(_fullest_chunk(chunk_nonzeros, nnz, size, blocks, 1, lambda p: p), WGMMA_BLOCK_ROWS * WGMMA_CHUNK)
-    return blocks * (WGMMA_BITMAP_BYTES + WGMMA_HEAD_BYTES // 2 + 4 * wgmma24_slots(most // 2 + 3))
+    most = _fullest_chunk(chunk_words, nnz, size, blocks, 4,
+                          lambda p: np.minimum(1 - (1 - p)**4 + 4 * p**3 * (1 - p) + p**4, 2.0))
+    return blocks * (WGMMA_META_BYTES + WGMMA_HEAD_BYTES + WGMMA_BASES_BYTES + 4 * wgmma24_slots(max(most, 1)))
 
 
 #: The slice kernel's consumer instructions per position (8 steps of an 8-row n-tile: 8 x 16 x 8 weight

@@ -99,18 +99,11 @@
 #define KC 64                                     // columns per chunk: two k-steps of 32
 #define TILE_BYTES 4608                           // per m-tile and chunk: A words of 2 k-steps (2 x 2048), metadata (512)
 #if COMPRESSED
-#define BITMAP_BYTES (MTILES * 512)               // per chunk: a bitmap word per m-tile and thread
-#define W_BYTES (BITMAP_BYTES + THREADS * 2 + SLOTS * 4)  // a row block's chunk: bitmaps, heads, nonzeros
-// per 4-bit bitmap b of a group: the byte selectors (__byte_perm with zero) of its 2:4 part's word
-// from its first two halves (bits 0-15: the first two nonzeros; a lone one at p < 3 in the low half,
-// at 3 in the high), of its overflow word from its third and fourth (bits 16-31: at positions 2 and
-// 3), and the 2:4 part's metadata nibble (bits 32-35: first | second position << 2; a lone one at p
-// < 3 with position 3 beside it, at 3 after position 2)
-__constant__ unsigned long long DECODE[16] = {
-    0x444444444ull, 0xC44444410ull, 0xD44444410ull, 0x444443210ull,
-    0xE44444410ull, 0x844443210ull, 0x944443210ull, 0x444103210ull,
-    0xE44441044ull, 0xC44443210ull, 0xD44443210ull, 0x410443210ull,
-    0xE44443210ull, 0x810443210ull, 0x910443210ull, 0x432103210ull};
+// a row block's chunk: the metadata words, a head word per thread (masks: the 2:4 part's at bits 8 t +
+// r, the overflow's at 16 + 8 t + r), a base word per warp (its first word of each part), the words
+#define BASES_OFFSET (MTILES * 512 + THREADS * 4)
+#define WORDS_OFFSET (BASES_OFFSET + THREADS / 32 * 4)
+#define W_BYTES (WORDS_OFFSET + SLOTS * 4)
 #else
 #define HEAD_BYTES (OVERFLOW ? THREADS * 4 : 0)   // per chunk: a head word per thread
 #define W_BYTES (MTILES * TILE_BYTES + HEAD_BYTES + SLOTS * 4)  // a row block's chunk: tiles, heads, overflow
@@ -227,59 +220,22 @@ __device__ __forceinline__ void load_chunk(unsigned char* stage, u32 bar, const 
     }
 }
 
-#if COMPRESSED
-// the bytes of x (selector nibbles 0-3) and zeros (4) that selector s names, byte i by nibble i
-__device__ __forceinline__ u32 prmt(u32 x, u32 s) {
-    u32 d;
-    asm("prmt.b32 %0, %1, 0, %2;\n" : "=r"(d) : "r"(x), "r"(s));
-    return d;
-}
-
-__device__ __forceinline__ u32 pick(const u32 (&c)[4], int i) { return i & 2 ? (i & 1 ? c[3] : c[2]) : (i & 1 ? c[1] : c[0]); }
-
-// both operands' registers of a chunk from the compressed layout (pack/wgmma24._compressed): per m-tile
-// the thread's bitmap word names the nonzeros of the groups its 8 registers (4 ks + i) hold; it reads
-// them from its head on, four halves per group (three words and a funnel shift), and builds by the
-// group's DECODE entry (``table``: its copy in shared memory, where lanes reading different entries
-// cost no replays, as they would in the constant cache) the 2:4 part's word, the overflow's and the
-// metadata nibble. The metadata word of lane 4 g + d holds the nibbles of registers 2 d and 2 d + 1
-// of the 4 lanes 4 g + q at bits 4 q (and 16 + 4 q): a transpose across the 4 lanes by three shuffles.
-__device__ __forceinline__ void decode_chunk(const unsigned char* stage, const unsigned long long* table,
-                                             uint4 (&a)[2][MT], u32 (&e)[MT], uint4 (&o)[2][MT], int wg, int tw,
-                                             int tid, int lane) {
-    const u32* bitmaps = reinterpret_cast<const u32*>(stage);
-    const u32* words = reinterpret_cast<const u32*>(stage + BITMAP_BYTES + THREADS * 2);
-    u32 off = reinterpret_cast<const u16*>(stage + BITMAP_BYTES)[tid];
-    const int q = lane & 3;
+// a thread's registers of an operand stored as only its nonzero words (the slots layout's overflow, both
+// of the compressed layout's parts): register r (= 4 ks + i) of m-tile t is the word after the thread's
+// `words` counted by the bits of `masks` (m-tile t's 8 at 8 t) below 8 t + r, zero where its bit is
+// clear. Predicated loads at popcounts: no loop, no divergence
+__device__ __forceinline__ void masked_registers(const u32* words, u32 masks, uint4 (&o)[2][MT]) {
 #pragma unroll
     for (int t = 0; t < MT; ++t) {
-        const u32 bw = bitmaps[(wg * MT + t) * 128 + tw];
-        u32 mw[8], ow[8], c[4];
+        const u32 mask = (masks >> (8 * t)) & 0xFFu;
+        u32 r[8];
 #pragma unroll
-        for (int r = 0; r < 8; ++r) {
-            const u32 b = (bw >> (4 * r)) & 15u;
-            const u32* p = words + (off >> 1);
-            const u32 sh = (off & 1u) * 16u;
-            const u32 lo = __funnelshift_r(p[0], p[1], sh), hi = __funnelshift_r(p[1], p[2], sh);
-            const unsigned long long d = table[b];
-            mw[r] = prmt(lo, (u32)d);  // prmt reads the selector's low 16 bits
-            ow[r] = prmt(hi, (u32)d >> 16);
-            const u32 nib = (u32)(d >> 32);
-            if (r & 1) c[r >> 1] |= nib << (16 + 4 * q);
-            else c[r >> 1] = nib << (4 * q);
-            off += __popc(b);
-        }
-        a[0][t] = make_uint4(mw[0], mw[1], mw[2], mw[3]);
-        a[1][t] = make_uint4(mw[4], mw[5], mw[6], mw[7]);
-        o[0][t] = make_uint4(ow[0], ow[1], ow[2], ow[3]);
-        o[1][t] = make_uint4(ow[4], ow[5], ow[6], ow[7]);
-        u32 m = pick(c, q);
-#pragma unroll
-        for (int s = 1; s < 4; ++s) m |= __shfl_xor_sync(0xffffffffu, pick(c, q ^ s), s);
-        e[t] = m;
+        for (int i = 0; i < 8; ++i) r[i] = (mask >> i) & 1u ? words[__popc(mask & ((1u << i) - 1u))] : 0u;
+        o[0][t] = make_uint4(r[0], r[1], r[2], r[3]);
+        o[1][t] = make_uint4(r[4], r[5], r[6], r[7]);
+        words += __popc(mask);
     }
 }
-#endif
 
 // the launch's units (unit (rb tiles + tt) chunks + c: chunk c of output o = rb tiles + tt, row block rb
 // and token tile tt) walked in order, with the current unit's output's weight bytes, X rows and tokens
@@ -338,10 +294,6 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
 #if BLOCK_TIMES
     unsigned long long t_start;
     asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t_start));
-#endif
-#if COMPRESSED
-    __shared__ unsigned long long table[16];  // read after the chunk loop's first barrier
-    if (tid < 16) table[tid] = DECODE[tid];
 #endif
     const int tiles = (n_tok + NTOK - 1) / NTOK;
     float acc[MT][NACC];
@@ -441,8 +393,21 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
         uint4 a[2][MT];
         u32 e[MT];
 #if COMPRESSED
-        uint4 o[2][MT];
-        decode_chunk(stage, table, a, e, o, wg, tw, tid, lane);
+        // the thread's first word of each part: its warp's base and the words of the lanes before it (an
+        // inclusive scan of both counts at once, 16 bits each: a chunk holds under 2^16 words)
+        const u32 hw = reinterpret_cast<const u32*>(stage + MTILES * 512)[tid];
+        const u32 cnt = __popc(hw & 0xFFFFu) | __popc(hw >> 16) << 16;
+        u32 scan = cnt;
+#pragma unroll
+        for (int d = 1; d < 32; d *= 2) {
+            const u32 v = __shfl_up_sync(0xffffffffu, scan, d);
+            if (lane >= d) scan += v;
+        }
+        const u32 starts = reinterpret_cast<const u32*>(stage + BASES_OFFSET)[tid >> 5] + scan - cnt;
+        const u32* words = reinterpret_cast<const u32*>(stage + WORDS_OFFSET);
+        masked_registers(words + (starts & 0xFFFFu), hw & 0xFFFFu, a);
+#pragma unroll
+        for (int t = 0; t < MT; ++t) e[t] = reinterpret_cast<const u32*>(stage)[(wg * MT + t) * 128 + tw];
 #else
 #pragma unroll
         for (int t = 0; t < MT; ++t) {
@@ -466,31 +431,20 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
             wgmma_sp<0>(acc[t], a[0][t], b_desc(sx), e[t], acc_in);
             wgmma_sp<1>(acc[t], a[1][t], b_desc(sx + NTOK * 32 * 2), e[t]);
         }
-#if COMPRESSED && OVERFLOW
-#pragma unroll
-        for (int t = 0; t < MT; ++t) {  // the overflow operand, decoded with the first (no fence: no register written since)
-            wgmma_sp<0>(acc[t], o[0][t], b_desc(sx), OVERFLOW_META);
-            wgmma_sp<1>(acc[t], o[1][t], b_desc(sx + NTOK * 32 * 2), OVERFLOW_META);
-        }
-#elif OVERFLOW
+#if OVERFLOW
         // the chunk's overflow, while those mmas run: a group's third and fourth nonzeros sit at its
         // positions 2 and 3, a second 2:4 operand with the metadata nibble 2 | 3 << 2 everywhere. The
-        // thread's A registers of it (zero where its groups have none) are the words its head word's
-        // mask of m-tile t names, in register order 4 ks + i, after its earlier m-tiles' words
+        // thread's A registers of it (zero where its groups have none) are the words its mask of m-tile t
+        // names, in register order 4 ks + i, after its earlier m-tiles' words
         {
-            const u32 hw = reinterpret_cast<const u32*>(stage + MTILES * TILE_BYTES)[tid];
-            const u32* words = reinterpret_cast<const u32*>(stage + MTILES * TILE_BYTES + HEAD_BYTES) + (hw & START_MASK);
             uint4 o[2][MT];
-#pragma unroll
-            for (int t = 0; t < MT; ++t) {
-                const u32 mask = (hw >> (START_BITS + 8 * t)) & 0xFFu;
-                u32 r[8];
-#pragma unroll
-                for (int i = 0; i < 8; ++i) r[i] = (mask >> i) & 1u ? words[__popc(mask & ((1u << i) - 1u))] : 0u;
-                o[0][t] = make_uint4(r[0], r[1], r[2], r[3]);
-                o[1][t] = make_uint4(r[4], r[5], r[6], r[7]);
-                words += __popc(mask);
-            }
+#if COMPRESSED
+            masked_registers(words + (starts >> 16), hw >> 16, o);
+#else
+            const u32 hw = reinterpret_cast<const u32*>(stage + MTILES * TILE_BYTES)[tid];
+            masked_registers(reinterpret_cast<const u32*>(stage + MTILES * TILE_BYTES + HEAD_BYTES) + (hw & START_MASK),
+                             hw >> START_BITS, o);
+#endif
             asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");  // the registers just written
 #pragma unroll
             for (int t = 0; t < MT; ++t) {

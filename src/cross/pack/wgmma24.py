@@ -34,11 +34,17 @@ Bytes: 0.5625 of dense whatever the sparsity (values and metadata), plus, where 
 1 / 32 of dense for the head words (two warpgroups of two m-tiles) and 4 bytes per slot (a group
 with overflow needs one).
 
-The compressed layout (``from_dense(..., compressed=True)``) stores the nonzeros alone: per row block
-and chunk a bitmap word per m-tile and thread (nibble 4 ks + i: the group its A register i of
-k-step ks holds), a 16-bit head per thread (its first nonzero, in halves from the chunk's first),
-and the nonzeros by thread, m-tile, register and position (``_compressed``); the kernel builds both
-operands' registers and the metadata from them (2 bytes per nonzero and 1 / 16 + 1 / 64 of dense).
+The compressed layout (``from_dense(..., compressed=True)``) stores only the A words that are not
+zero, of both operands (``_compressed``): per row block and chunk, the metadata words as above, a
+head word per thread (bits 8 t + r: its A register r = 4 ks + i of m-tile t has a word in the 2:4
+part; bits 16 + 8 t + r: in the overflow), a base word per warp (its first 2:4 word, bits 0-15, and
+its first overflow word, bits 16-31, counted from the chunk's first slot), then the words in
+``slots`` slots: all the threads' 2:4 words, then their overflow words, each thread's by m-tile and
+register. A thread finds its first word of each part from its warp's base and the counts of the
+lanes before it (a scan across the warp), and builds its registers like the overflow's. Bytes: 4 per
+group with a nonzero and 4 more per group with overflow, 1 / 16 of dense for the metadata, 1 / 32
+for the head words (the default block), whatever the sparsity no more than the slots layout's
+values but 1 / 32 of dense.
 """
 
 from __future__ import annotations
@@ -134,9 +140,6 @@ class Wgmma24Weight:
         nz = (bits & 0x7FFF) != 0
         over = nz & (nz.view(rb_ * rows, -1, GROUP).cumsum(-1).view_as(nz) > 2)  # a group's third and fourth
         n_entries, n_groups = int(over.sum()), int(over.view(rb_ * rows, -1, GROUP).any(-1).sum())
-        if compressed:
-            values, slots = _compressed(bits, nz, rb_, nc, wgs, mt)
-            return cls((m, k), weight.dtype, wgs, mt, values, slots, n_entries, n_groups, True)
         nz = nz & ~over
         mask = (nz.view(rb_ * rows, -1, GROUP).to(torch.int64) * (1 << torch.arange(GROUP, device=dev))).sum(-1)
         p0t, p1t = (t.to(dev) for t in _slots())
@@ -153,6 +156,9 @@ class Wgmma24Weight:
         half = (nib << (4 * torch.arange(4, device=dev))).sum(-1)  # [rb, mtile, w, hf, g, chunk, ks, hq]
         meta = half[:, :, :, 0] | (half[:, :, :, 1] << 16)  # [rb, mtile, w, g, chunk, ks, hq]
         meta = meta.permute(0, 4, 1, 2, 3, 5, 6).reshape(rb_, nc, mtiles, 128)
+        if compressed:
+            values, slots = _compressed(word, meta, bits, over, rb_, nc, wgs, mt)
+            return cls((m, k), weight.dtype, wgs, mt, values, slots, n_entries, n_groups, True)
         tiles = torch.cat([a, meta], -1).reshape(rb_, nc, mtiles * TILE_WORDS)
         slots = 0
         if n_entries:
@@ -169,14 +175,15 @@ class Wgmma24Weight:
         overflow operand's registers found through each thread's head word (the compressed layout:
         each thread's nonzeros from its first one, by its bitmap words)."""
         m, k = self.shape
-        if self.compressed:
-            dense = _read_compressed(self.values, self.wgs, self.mt, self.slots)
-            return _as_int16(dense).view(self.dtype)[:m, :k].contiguous()
         mtiles = self.mtiles
         rb_, nc = self.values.shape[:2]
         dev = self.values.device
         v = self.values.to(torch.int64) & 0xFFFFFFFF
-        tiles = v[..., :mtiles * TILE_WORDS].reshape(rb_, nc, mtiles, TILE_WORDS)
+        if self.compressed:
+            tiles, over = _read_compressed(v, self.wgs, self.mt, self.slots)
+        else:
+            tiles = v[..., :mtiles * TILE_WORDS].reshape(rb_, nc, mtiles, TILE_WORDS)
+            over = _read_overflow(v[..., mtiles * TILE_WORDS:], self.wgs, self.mt, self.slots) if self.overflow else None
         a = tiles[..., :1024].reshape(rb_, nc, mtiles, 2, 4, 8, 4, 2, 2)  # rb, chunk, mtile, ks, w, g, q, hq, hf
         word = a.permute(0, 2, 4, 8, 5, 1, 3, 7, 6)  # rb, mtile, w, hf, g, chunk, ks, hq, q
         meta = tiles[..., 1024:].reshape(rb_, nc, mtiles, 4, 8, 2, 2)  # rb, chunk, mtile, w, g, ks, hq
@@ -189,8 +196,7 @@ class Wgmma24Weight:
         out.scatter_(-1, (nib & 3)[..., None], (word & 0xFFFF)[..., None])
         out.scatter_(-1, (nib >> 2)[..., None], (word >> 16)[..., None])
         dense = out.reshape(rows, nc * CHUNK)
-        if self.overflow:
-            over = _read_overflow(v[..., mtiles * TILE_WORDS:], self.wgs, self.mt, self.slots)
+        if over is not None:
             over = over.reshape(rows, nc * CHUNK)
             dense = torch.where(over != 0, over, dense)
         return _as_int16(dense).view(self.dtype)[:m, :k].contiguous()
@@ -209,34 +215,70 @@ _BY_THREAD = (0, 6, 1, 3, 5, 9, 2, 7, 8, 4)
 _BY_ROW = (0, 2, 6, 3, 9, 4, 1, 7, 8, 5)
 
 
-def _overflow(bits: torch.Tensor, over: torch.Tensor, rb_: int, nc: int, wgs: int, mt: int):
-    """Head words [rb, chunk, threads] (int64) and the overflow word slots [rb, chunk, slots] (int64
-    bit patterns of int32 words, zeros after a chunk's) of the overflow ``over`` (a group's third and
-    fourth nonzeros) of the padded weight's bit patterns ``bits``."""
+def _overflow_words(bits: torch.Tensor, over: torch.Tensor, rb_: int, nc: int, wgs: int, mt: int):
+    """The overflow operand's words (position 2 in the low half, 3 in the high; int64 bit patterns) of
+    the overflow ``over`` (a group's third and fourth nonzeros) of the padded weight's bit patterns
+    ``bits``, and which groups have one, both [rows, groups]."""
     rows = TILE_ROWS * wgs * mt
-    dev = bits.device
     over = over.view(rb_ * rows, nc * CHUNK // GROUP, GROUP)
     if bool(over[..., :2].any()):  # a third nonzero is at position 2 or 3
         raise RuntimeError("warpgroup 2:4 format: an overflow nonzero before a group's position 2")
     ov = torch.where(over, bits.view_as(over), 0)
-    word = ov[..., 2] | (ov[..., 3] << 16)
-    has = over[..., 2:].any(-1)
-    shape = (rb_, wgs, mt, 4, 2, 8, nc, 2, 2, 4)
-    threads = 128 * wgs
-    word = word.view(shape).permute(_BY_THREAD).reshape(rb_ * nc, threads, mt * 8)
-    has = has.view(shape).permute(_BY_THREAD).reshape(rb_ * nc, threads, mt * 8)
-    reg = torch.arange(8, device=dev)
-    masks = (has.view(rb_ * nc, threads, mt, 8).to(torch.int64) << reg).sum(-1)  # [(rb, chunk), thread, t]
-    count = has.sum(-1)  # [(rb, chunk), thread]
-    start = torch.cumsum(count, -1) - count
-    head = start | (masks << (START_BITS + 8 * torch.arange(mt, device=dev))).sum(-1)
-    per_chunk = count.sum(-1)
-    slots = wgmma24_slots(int(per_chunk.max()))
-    table = torch.zeros(rb_ * nc, slots, dtype=torch.int64, device=dev)
-    chunk_of = torch.arange(rb_ * nc, device=dev)[:, None, None].expand_as(has)[has]
+    return ov[..., 2] | (ov[..., 3] << 16), over[..., 2:].any(-1)
+
+
+def _by_thread(t: torch.Tensor, rb_: int, nc: int, wgs: int, mt: int) -> torch.Tensor:
+    """A per-group tensor (rows x groups, or the (rb, m-tile, w, hf, g, chunk, ks, hq, q) view) in a
+    chunk's thread order: [(rb, chunk), thread, m-tile t x 8 + register 4 ks + i]."""
+    return t.reshape(rb_, wgs, mt, 4, 2, 8, nc, 2, 2, 4).permute(_BY_THREAD).reshape(rb_ * nc, 128 * wgs, mt * 8)
+
+
+def _masks(has: torch.Tensor, mt: int) -> torch.Tensor:
+    """Per thread a mask of the registers with a word ([(rb, chunk), thread, mt x 8] -> int64, m-tile t's
+    8 bits at 8 t) and their count."""
+    dev = has.device
+    masks = (has.to(torch.int64) << torch.arange(8 * mt, device=dev)).sum(-1)
+    return masks, has.sum(-1)
+
+
+def _slot_table(words: torch.Tensor, has: torch.Tensor, slots: int | None = None):
+    """The ``has`` words of each chunk in order ([(rb, chunk), ...] flattened per chunk) in a table of
+    ``slots`` slots per chunk (default ``wgmma24_slots`` of the fullest chunk's), zeros after a chunk's
+    words: ([(rb, chunk), slots] int64, slots)."""
+    dev = words.device
+    has, words = has.flatten(1), words.flatten(1)
+    per_chunk = has.sum(-1)
+    slots = wgmma24_slots(int(per_chunk.max())) if slots is None else slots
+    table = torch.zeros(has.shape[0], slots, dtype=torch.int64, device=dev)
+    chunk_of = torch.arange(has.shape[0], device=dev)[:, None].expand_as(has)[has]
     first = (torch.cumsum(per_chunk, 0) - per_chunk)[chunk_of]
-    table[chunk_of, torch.arange(len(chunk_of), device=dev) - first] = word[has] & 0xFFFFFFFF
-    return head.view(rb_, nc, threads), table.view(rb_, nc, slots)
+    table[chunk_of, torch.arange(len(chunk_of), device=dev) - first] = words[has] & 0xFFFFFFFF
+    return table, slots
+
+
+def _overflow(bits: torch.Tensor, over: torch.Tensor, rb_: int, nc: int, wgs: int, mt: int):
+    """Head words [rb, chunk, threads] (int64) and the overflow word slots [rb, chunk, slots] (int64
+    bit patterns of int32 words, zeros after a chunk's) of the overflow ``over`` (a group's third and
+    fourth nonzeros) of the padded weight's bit patterns ``bits``."""
+    word, has = _overflow_words(bits, over, rb_, nc, wgs, mt)
+    word, has = _by_thread(word, rb_, nc, wgs, mt), _by_thread(has, rb_, nc, wgs, mt)
+    masks, count = _masks(has, mt)
+    start = torch.cumsum(count, -1) - count
+    head = start | (masks << START_BITS)
+    table, slots = _slot_table(word, has)
+    return head.view(rb_, nc, -1), table.view(rb_, nc, slots)
+
+
+def _registers(masks: torch.Tensor, start: torch.Tensor, table: torch.Tensor, mt: int) -> torch.Tensor:
+    """Each thread's registers as the kernel builds them ([rb, chunk, thread, t, reg], int64; zero where
+    its mask has no bit): register r of m-tile t is the table's word at the thread's ``start`` plus
+    the bits of its ``masks`` (m-tile t's at 8 t) below 8 t + r."""
+    dev = masks.device
+    has = ((masks[..., None] >> torch.arange(8 * mt, device=dev)) & 1).bool()  # [rb, chunk, thread, 8 mt]
+    before = torch.cumsum(has, -1) - has.to(torch.int64)  # the thread's earlier words
+    index = torch.where(has, start[..., None] + before, 0)
+    word = torch.where(has, table.gather(-1, index.flatten(2)).view_as(has), 0)
+    return word.view(*masks.shape, mt, 8)
 
 
 def _read_overflow(record: torch.Tensor, wgs: int, mt: int, slots: int) -> torch.Tensor:
@@ -244,18 +286,19 @@ def _read_overflow(record: torch.Tensor, wgs: int, mt: int, slots: int) -> torch
     zero elsewhere), read from each chunk's record after the m-tiles (``record``: [rb, chunk, words],
     int64 bit patterns) as the kernel reads them: each thread's head word, its masks, and its words
     in the slots."""
-    rb_, nc = record.shape[:2]
-    dev = record.device
     threads = 128 * wgs
     head = record[..., :threads]  # [rb, chunk, thread]
-    table = record[..., threads:threads + slots].reshape(rb_, nc, slots)
-    masks = (head[..., None] >> (START_BITS + 8 * torch.arange(mt, device=dev))) & 0xFF  # [rb, chunk, thread, t]
-    reg = torch.arange(8, device=dev)
-    has = ((masks[..., None] >> reg) & 1).bool()  # [rb, chunk, thread, t, reg]
-    before = torch.cumsum(has.flatten(-2), -1).view_as(has) - has.to(torch.int64)  # the thread's earlier words
-    index = (head & (2**START_BITS - 1))[..., None, None] + before
-    word = torch.where(has, table.gather(-1, torch.where(has, index, 0).flatten(2)).view_as(has), 0)
-    word = word.view(rb_, nc, wgs, 4, 8, 4, mt, 2, 2, 2).permute(_BY_ROW)
+    table = record[..., threads:threads + slots]
+    word = _registers(head >> START_BITS, head & (2**START_BITS - 1), table, mt)
+    return _overflow_dense(word, wgs, mt)
+
+
+def _overflow_dense(word: torch.Tensor, wgs: int, mt: int) -> torch.Tensor:
+    """The overflow registers ([rb, chunk, thread, t, reg]) as 16-bit patterns at positions 2 and 3 of
+    their groups: [rows of the row blocks, chunk columns] (int64, zero elsewhere)."""
+    rb_, nc = word.shape[:2]
+    dev = word.device
+    word = word.reshape(rb_, nc, wgs, 4, 8, 4, mt, 2, 2, 2).permute(_BY_ROW)
     out = torch.zeros(*word.shape, GROUP, dtype=torch.int64, device=dev)
     out[..., 2] = word & 0xFFFF
     out[..., 3] = (word >> 16) & 0xFFFF
@@ -264,57 +307,58 @@ def _read_overflow(record: torch.Tensor, wgs: int, mt: int, slots: int) -> torch
 
 
 
-def _compressed(bits: torch.Tensor, nz: torch.Tensor, rb_: int, nc: int, wgs: int, mt: int):
-    """The compressed layout's records [rb, chunk, words] (int32) and its value word slots per chunk.
-    Per row block and chunk: a bitmap word per m-tile and thread (nibble 4 ks + i: the nonzeros of the
-    group its A register i of k-step ks holds), a 16-bit head per thread (its first nonzero, counted
-    in halves from the chunk's first), then the nonzeros in slots of two, by thread, m-tile, register
-    and position; the slots hold 3 words more than the fullest chunk's, which the kernel's loads of
-    a group's four halves may read past its last."""
-    dev = bits.device
-    threads, mtiles = 128 * wgs, wgs * mt
-    shape = (rb_, wgs, mt, 4, 2, 8, nc, 2, 2, 4, GROUP)
-    nzt = nz.view(shape).permute(_BY_THREAD + (10,)).reshape(rb_, nc, threads, mt, 8, GROUP)
-    vals = bits.view(shape).permute(_BY_THREAD + (10,)).reshape(rb_, nc, threads, mt, 8, GROUP)
-    nib = (nzt.to(torch.int64) << torch.arange(GROUP, device=dev)).sum(-1)  # [rb, nc, thread, t, r]
-    word = (nib << (4 * torch.arange(8, device=dev))).sum(-1)  # [rb, nc, thread, t]
-    bitmaps = word.view(rb_, nc, wgs, 128, mt).transpose(3, 4).reshape(rb_, nc, mtiles * 128)
-    count = nzt.flatten(3).sum(-1)  # [rb, nc, thread]
-    head = torch.cumsum(count, -1) - count
-    halves = count.sum(-1)  # [rb, nc]
-    if int(halves.max()) >= 2**16:
-        raise RuntimeError("warpgroup 2:4 format: a chunk's nonzeros over the 16-bit heads")
-    slots = wgmma24_slots(int(halves.max()) // 2 + 3)
-    stream = torch.zeros(rb_ * nc, 2 * slots, dtype=torch.int64, device=dev)
-    chunk_of = torch.arange(rb_ * nc, device=dev).view(rb_, nc, 1, 1, 1, 1).expand_as(nzt)[nzt]
-    first = (torch.cumsum(halves.flatten(), 0) - halves.flatten())[chunk_of]
-    stream[chunk_of, torch.arange(len(chunk_of), device=dev) - first] = vals[nzt]
-    heads = head.view(rb_, nc, threads // 2, 2)
-    records = torch.cat([bitmaps, heads[..., 0] | (heads[..., 1] << 16),
-                         (stream[:, 0::2] | (stream[:, 1::2] << 16)).view(rb_, nc, slots)], -1)
-    return _as_int32(records).contiguous(), slots
+def _compressed(word: torch.Tensor, meta: torch.Tensor, bits: torch.Tensor, over: torch.Tensor, rb_: int,
+                nc: int, wgs: int, mt: int):
+    """The compressed layout's records [rb, chunk, words] (int32) and word slots per chunk, from the 2:4
+    part's words (the (rb, m-tile, w, hf, g, chunk, ks, hq, q) view; zero: no nonzero in the group),
+    its metadata words [rb, chunk, m-tiles, 128] and the overflow ``over`` of the bit patterns
+    ``bits``. Per chunk: the metadata, a head word per thread (the 2:4 part's masks at bits 0-15, the
+    overflow's at 16-31), a base word per warp (its first word of each part), then the 2:4 part's
+    words of every thread and after them the overflow's."""
+    dev = word.device
+    threads = 128 * wgs
+    ow, oh = _overflow_words(bits, over, rb_, nc, wgs, mt)
+    parts = [(_by_thread(word, rb_, nc, wgs, mt), _by_thread(word != 0, rb_, nc, wgs, mt)),
+             (_by_thread(ow, rb_, nc, wgs, mt), _by_thread(oh, rb_, nc, wgs, mt))]
+    (m24, c24), (mov, cov) = (_masks(h, mt) for _, h in parts)
+    per_warp = torch.stack([c24, cov], -1).view(rb_ * nc, threads // 32, 32, 2).sum(2)  # [(rb, chunk), warp, part]
+    before = torch.cumsum(per_warp, 1) - per_warp
+    before[..., 1] += per_warp[..., 0].sum(-1, keepdim=True)  # the overflow's words after every 2:4 word
+    if int(per_warp.sum((1, 2)).max()) >= 2**16:
+        raise RuntimeError("warpgroup 2:4 format: a chunk's words over the 16-bit bases")
+    has = torch.cat([parts[0][1], parts[1][1]], 1)
+    table, slots = _slot_table(torch.cat([parts[0][0], parts[1][0]], 1), has,
+                               wgmma24_slots(max(int(has.flatten(1).sum(-1).max()), 1)))  # a slot at least
+    records = torch.cat([meta.reshape(rb_ * nc, -1), m24 | (mov << 16), before[..., 0] | (before[..., 1] << 16),
+                         table], -1)
+    return _as_int32(records.view(rb_, nc, -1)).contiguous(), slots
 
 
-def _read_compressed(values: torch.Tensor, wgs: int, mt: int, slots: int) -> torch.Tensor:
-    """The compressed layout's weight as 16-bit patterns [rows of the row blocks, chunk columns]
-    (int64), read as the kernel reads it: each thread's bitmap words, its head, and its nonzeros
-    from there in order."""
-    rb_, nc = values.shape[:2]
-    dev = values.device
+def _read_compressed(v: torch.Tensor, wgs: int, mt: int, slots: int):
+    """The compressed layout's records (``v``: [rb, chunk, words], int64 bit patterns) read as the kernel
+    reads them: the m-tiles' A words and metadata as the slots layout has them ([rb, chunk, m-tiles,
+    TILE_WORDS]; zero words where a thread's mask has no bit) and the overflow as 16-bit patterns
+    (``_overflow_dense``; None without overflow). A thread's first word of a part is its warp's base
+    plus the words of the lanes before it."""
+    rb_, nc = v.shape[:2]
     threads, mtiles = 128 * wgs, wgs * mt
-    v = values.to(torch.int64) & 0xFFFFFFFF
-    bitmaps = v[..., :mtiles * 128].view(rb_, nc, wgs, mt, 128).transpose(3, 4).reshape(rb_, nc, threads, mt)
-    nib = (bitmaps[..., None] >> (4 * torch.arange(8, device=dev))) & 15  # [rb, nc, thread, t, r]
-    nzt = ((nib[..., None] >> torch.arange(GROUP, device=dev)) & 1).bool()
-    hw = v[..., mtiles * 128: mtiles * 128 + threads // 2]
-    head = torch.stack([hw & 0xFFFF, hw >> 16], -1).reshape(rb_, nc, threads)
-    words = v[..., mtiles * 128 + threads // 2:]
-    stream = torch.stack([words & 0xFFFF, words >> 16], -1).reshape(rb_, nc, 2 * slots)
-    rank = torch.cumsum(nzt.flatten(3).to(torch.int64), -1).view_as(nzt) - 1
-    index = torch.where(nzt, head[..., None, None, None] + rank, 0)
-    out = torch.where(nzt, stream.gather(-1, index.flatten(2)).view_as(nzt), 0)
-    out = out.view(rb_, nc, wgs, 4, 8, 4, mt, 2, 2, 2, GROUP).permute(_BY_ROW + (10,))
-    return out.reshape(rb_ * TILE_ROWS * mtiles, nc * CHUNK)
+    meta = v[..., :mtiles * 128].reshape(rb_, nc, mtiles, 128)
+    heads = v[..., mtiles * 128:mtiles * 128 + threads]
+    bases = v[..., mtiles * 128 + threads:mtiles * 128 + threads + threads // 32]
+    table = v[..., mtiles * 128 + threads + threads // 32:]
+    assert table.shape[-1] == slots
+    regs = []
+    for shift in (0, 16):
+        masks = (heads >> shift) & 0xFFFF
+        count = sum((masks >> b) & 1 for b in range(16)).view(rb_, nc, threads // 32, 32)
+        lanes = torch.cumsum(count, -1) - count
+        start = ((bases >> shift) & 0xFFFF)[..., None] + lanes
+        regs.append(_registers(masks, start.view(rb_, nc, threads), table, mt))
+    # the 2:4 registers [rb, chunk, thread = (wg, w, g, q), t, ks, i] as A words [rb, chunk, m-tile, ks, w, g, q, i]
+    a = regs[0].view(rb_, nc, wgs, 4, 8, 4, mt, 2, 4).permute(0, 1, 2, 6, 7, 3, 4, 5, 8)
+    tiles = torch.cat([a.reshape(rb_, nc, mtiles, 1024), meta], -1)
+    over = _overflow_dense(regs[1], wgs, mt) if bool((heads >> 16).any()) else None
+    return tiles, over
 
 
 def token_tile(n: int) -> int:
@@ -324,10 +368,10 @@ def token_tile(n: int) -> int:
 
 def record_bytes(wgs: int, mt: int, slots: int, compressed: bool = False) -> int:
     """Bytes of a row block's chunk in the format: the m-tiles' words, and where there is overflow
-    (``slots`` > 0) the head words and the overflow word slots; ``compressed``: the bitmap words, the
-    heads and the value word slots."""
+    (``slots`` > 0) the head words and the overflow word slots; ``compressed``: the metadata words, the
+    head words, the warps' base words and the word slots."""
     if compressed:
-        return wgs * mt * 128 * 4 + 128 * wgs * 2 + 4 * slots
+        return wgs * mt * 128 * 4 + 128 * wgs * 4 + 4 * wgs * 4 + 4 * slots
     return wgs * mt * TILE_WORDS * 4 + (128 * wgs * 4 + 4 * slots if slots else 0)
 
 

@@ -92,18 +92,20 @@ def _wgmma24_bytes(layout: str, weight: torch.Tensor | None, nnz, size, grid: Ti
     counts cannot tell a 2:4 weight from a uniform one), else expected from the tile counts."""
     if layout == "compressed":
         return wgmma24_compressed_bytes(nnz, size, grid.rows, grid.cols,
-                                        chunk_nonzeros=None if weight is None else chunk_nonzeros(weight))
+                                        chunk_words=None if weight is None else chunk_words(weight))
     return wgmma24_format_bytes(nnz, size, grid.rows, grid.cols,
                                 chunk_groups=None if weight is None else overflow_groups(weight))
 
 
-def chunk_nonzeros(weight: torch.Tensor) -> np.ndarray:
-    """A weight's nonzeros (-0.0 a zero, NaN a nonzero) per row block of WGMMA_BLOCK_ROWS and chunk of
-    WGMMA_CHUNK columns (int64 [row blocks, chunks]): the warpgroup 2:4 compressed layout's values."""
+def chunk_words(weight: torch.Tensor) -> np.ndarray:
+    """A weight's words in the warpgroup 2:4 compressed layout per row block of WGMMA_BLOCK_ROWS and chunk
+    of WGMMA_CHUNK columns (int64 [row blocks, chunks]): a word per group of 4 with a nonzero (-0.0 a
+    zero, NaN a nonzero), one more per group with more than two."""
     m, k = weight.shape
     rows, cols = -(-m // WGMMA_BLOCK_ROWS) * WGMMA_BLOCK_ROWS, -(-k // WGMMA_CHUNK) * WGMMA_CHUNK
-    nz = torch.nn.functional.pad(weight != 0, (0, cols - k, 0, rows - m))
-    per = nz.view(rows // WGMMA_BLOCK_ROWS, WGMMA_BLOCK_ROWS, -1, WGMMA_CHUNK).sum((1, 3), dtype=torch.int64)
+    nz = torch.nn.functional.pad(weight != 0, (0, cols - k, 0, rows - m)).view(rows, -1, 4).sum(-1)
+    words = (nz > 0).to(torch.int64) + (nz > 2).to(torch.int64)
+    per = words.view(rows // WGMMA_BLOCK_ROWS, WGMMA_BLOCK_ROWS, -1, WGMMA_CHUNK // 4).sum((1, 3))
     return per.cpu().numpy()
 
 
@@ -239,8 +241,8 @@ def make_plan(weight: torch.Tensor | None = None, *, nnz: np.ndarray | None = No
              capability 9.0 GPU. Needs nan_policy 'ignore' (the kernel multiplies only the stored
              slots; else a ValueError). Off by default (WGMMA_KERNEL_DEFAULT).
     wgmma_layout: the warpgroup 2:4 format's layout, 'slots' (two slots per group and the overflow's
-             words) or 'compressed' (the nonzeros and a bitmap, decoded in registers: fewer bytes,
-             more instructions per chunk); its bytes decide whether a weight is offered.
+             words) or 'compressed' (only the nonzero words, found by each thread's masks: fewer
+             bytes, more instructions per chunk); its bytes decide whether a weight is offered.
     Where the slice or warpgroup 2:4 kernel is offered, buckets get alternatives that the measured
     check times beside their kernel (``BucketPlan.alternatives``): a row kernel's bucket the
     candidate kernel, a candidate's bucket the tile kernel where it was predicted to win and the row
