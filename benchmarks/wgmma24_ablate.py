@@ -27,26 +27,24 @@ from cross.pack.wgmma24 import Wgmma24Weight, token_tile  # noqa: E402
 VARIANTS = (("full", ""), ("copies only", "-DABLATE=1"))
 
 
-def launcher(args, x, y, ntok: int, defines: str, waves: int = 1, tickets: bool = False):
-    """A STREAM launch of a build with ``defines`` (and BLOCK_TIMES) in ``waves`` ranges per resident block
-    of the SMs (more than one: ``tickets``, the resident blocks take the later ranges by tickets; else
-    as many blocks as ranges, which the hardware's block scheduler starts on whichever SM frees first),
-    its workspace with room for the blocks' times, and the times' view (u64 [blocks, 3]: start, end, SM)."""
+def launcher(args, x, y, ntok: int, defines: str, waves: int = 1):
+    """A STREAM launch of a build with ``defines`` (and BLOCK_TIMES) over ``waves`` times the SMs' resident
+    blocks (more than one: the hardware's block scheduler hands the later ranges to whichever SM frees
+    first), its workspace with room for the blocks' times, and the times' view (u64 [blocks, 3]: start,
+    end, SM)."""
     os.environ[cuda_backend.DEFINES_ENV] = f"{defines} -DBLOCK_TIMES=1"
     cuda_backend._wgmma24_kernel.cache_clear()
     func, smem, per_sm = cuda_backend._wgmma24_kernel(torch.cuda.current_device(), True, args.wgs, args.mt, 0,
                                                       args.slots, ntok, args.compressed, args.over)
     outputs = args.row_blocks * -(-x.shape[0] // ntok)
     units = outputs * args.chunks
-    resident = cuda_backend.wgmma24_stream_blocks(units, args.sms, per_sm)
-    ranges = cuda_backend.wgmma24_stream_ranges(units, resident, waves)
-    grid = resident if tickets else ranges
-    slots = 2 * ranges * 64 * args.wgs * args.mt * ntok
+    grid = min(waves * cuda_backend.wgmma24_stream_blocks(units, args.sms, per_sm), units)
+    slots = 2 * grid * 64 * args.wgs * args.mt * ntok
     ws = torch.zeros(slots + 6 * grid, dtype=torch.float32, device="cuda")
-    counters = torch.zeros(ranges + 1, dtype=torch.int32, device="cuda")  # one per range, and the tickets' 
+    counters = torch.zeros(grid, dtype=torch.int32, device="cuda")  # one per block (the args' are per resident block)
     ptrs = cuda_backend.Pointers.of(x.data_ptr(), y.data_ptr(), 0, args.values.data_ptr(), ws.data_ptr(),
                                     counters.data_ptr(), is_bf16=True)
-    ints = (args.out_features, args.in_features, x.shape[0], x.stride(0), y.stride(0), args.chunks, ranges)
+    ints = (args.out_features, args.in_features, x.shape[0], x.stride(0), y.stride(0), args.chunks)
 
     def run():
         cuda_backend._launch(func, grid, args.wgs * 128, smem, ptrs, ints)
@@ -61,26 +59,26 @@ def main(argv=None):
     ap.add_argument("--sparsity", type=float, default=0.7)
     ap.add_argument("--n", type=int, default=16)
     ap.add_argument("--stages", type=int, default=None, help="-DSTAGES for both builds (default: the format's)")
-    ap.add_argument("--waves", default="1", help="comma-separated ranges per resident block (default 1)")
-    ap.add_argument("--tickets", action="store_true",
-                    help="the resident blocks take the later ranges by tickets (default: one block per range)")
+    ap.add_argument("--waves", default="1", help="comma-separated multiples of the resident blocks to launch (default 1)")
     ap.add_argument("--variants", default="full,copies only", help="comma-separated, of: full, copies only")
+    ap.add_argument("--compressed", action="store_true", help="the compressed layout (default: the slots layout)")
     opts = ap.parse_args(argv)
     m, k = (int(v) for v in opts.shape.split("x"))
     w = make_weight(m, k, opts.sparsity, "uniform", torch.Generator().manual_seed(0)).cuda()
-    sw = Wgmma24Weight.from_dense(w)
+    sw = Wgmma24Weight.from_dense(w, compressed=opts.compressed)
     args = wgmma24_args(sw, 0)  # STREAM: its counters
     x = torch.randn(opts.n, k, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16).cuda()
     y = torch.empty(opts.n, m, dtype=torch.bfloat16, device="cuda")
     dense_us = graph_us(lambda: F.linear(x, w))
-    print(f"# {torch.cuda.get_device_name()}, {opts.shape} {opts.sparsity} N={opts.n}: {sw.nbytes / 1e6:.1f} MB, "
+    layout = "compressed" if opts.compressed else "slots"
+    print(f"# {torch.cuda.get_device_name()}, {opts.shape} {opts.sparsity} N={opts.n}, {layout}: {sw.nbytes / 1e6:.1f} MB, "
           f"cuBLAS {dense_us:.2f} us")
     flush = torch.zeros(FLUSH_BYTES // 4, dtype=torch.int32, device="cuda")
     wanted = opts.variants.split(",")
     for (name, defines), waves in [(v, w) for v in VARIANTS if v[0] in wanted for w in map(int, opts.waves.split(","))]:
         if opts.stages:
             defines += f" -DSTAGES={opts.stages}"
-        run, times, grid, per_sm = launcher(args, x, y, token_tile(opts.n), defines, waves, opts.tickets)
+        run, times, grid, per_sm = launcher(args, x, y, token_tile(opts.n), defines, waves)
         us = graph_us(run)
         flush.sum()
         run()
@@ -91,7 +89,7 @@ def main(argv=None):
         q = torch.quantile(dur, torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)) / 1e3
         busy = float(dur.sum()) / (min(grid, args.sms * per_sm) * float(end.max()))  # of the resident slots
         if waves > 1:
-            name = f"{name} x{waves}{' tickets' if opts.tickets else ''}"
+            name = f"{name} x{waves}"
         print(f"{name:>12}: {us:7.2f} us ({dense_us / us:.2f}x, {sw.nbytes / us / 1e6:.2f} TB/s), {grid} blocks "
               f"({per_sm} per SM); block starts within {start.max() / 1e3:.2f} us, ends {end.min() / 1e3:.2f}"
               f"-{end.max() / 1e3:.2f} us; a block's time min/median/max {q[0]:.2f}/{q[1]:.2f}/{q[2]:.2f} us; "

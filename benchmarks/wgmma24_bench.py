@@ -3,9 +3,8 @@ a second one for the overflow) against cuBLAS at 1-512 tokens (blocks of 16, 32,
 the slots layout or the compressed one (a setting with a leading c). Weights (bf16): uniform random
 sparse at each sparsity ("uniform": a group's third and fourth nonzeros are overflow), or their 2:4 part
 ("2:4": the two largest-magnitude entries of every group of 4 consecutive columns kept; no overflow).
-Each launch setting (warpgroups:m-tiles[:split[:waves]]; a split: clusters of that many blocks per row
-block, no split: wgmma24_split's, 0: the launch's chunks in equal ranges over the SMs' resident blocks,
-``waves`` of them per block, the later ones by tickets) is checked against the fp32 product (output poisoned
+Each launch setting (warpgroups:m-tiles[:split]; a split: clusters of that many blocks per row block,
+no split: wgmma24_split's, 0: the launch's chunks in equal parts over the SMs' resident blocks) is checked against the fp32 product (output poisoned
 with NaN, fresh inputs; a wrong one is reported and not timed), then timed: CUDA-graph replay, L2
 flushed by a 256 MB read, cuBLAS (F.linear on the same weight as a dense tensor) in the same run.
 
@@ -33,7 +32,7 @@ from cross.pack.wgmma24 import Wgmma24Weight, token_tile  # noqa: E402
 
 def main(argv=None):
     args = parse_bench_args(argv, __doc__, "wgmma24_bench", "llama-qkvo,llama-up,llama-down", "128", "2:2",
-                            "[c]warpgroups:m-tiles[:split[:waves]], comma-separated (c: the compressed layout)")
+                            "[c]warpgroups:m-tiles[:split], comma-separated (c: the compressed layout)")
     gen = torch.Generator(device="cuda").manual_seed(0)
     out_rows = []
     sms = torch.cuda.get_device_properties(0).multi_processor_count
@@ -52,8 +51,7 @@ def main(argv=None):
                 parts = setting.lstrip("c").split(":")
                 split = int(parts[2]) if len(parts) > 2 else wgmma24_split(*sw.values.shape[:2], sms,
                                                                            -(-n // token_tile(n)))
-                waves = int(parts[3]) if len(parts) > 3 else 1
-                run = wgmma24_args(sw, split, waves)  # resolved once, as the runtime does
+                run = wgmma24_args(sw, split)  # resolved once, as the runtime does
                 xc = torch.randn(n, k, generator=gen, device="cuda").to(torch.bfloat16)
                 yc = torch.full((n, m), float("nan"), dtype=torch.bfloat16, device="cuda")
                 wgmma24_run(xc, run, None, yc)
@@ -65,8 +63,7 @@ def main(argv=None):
                 mb = sw.nbytes / 1e6
                 rec = dict(shape=shape, M=m, K=k, N=n, sparsity=sp, weight=kind, overflow_of_nonzeros=round(over, 4),
                            layout="compressed" if sw.compressed else "slots",
-                           setting=f"{parts[0]}:{parts[1]}:{split}" + (f":{waves}" if waves > 1 else ""), mb=round(mb, 2),
-                           dense_us=round(dense_us, 2),
+                           setting=f"{parts[0]}:{parts[1]}:{split}", mb=round(mb, 2), dense_us=round(dense_us, 2),
                            wgmma24_us=round(us, 2), speedup_vs_dense=round(dense_us / us, 3))
                 out_rows.append(rec)
                 print(f"{shape:>11} {n:>4} {sp:>4} {kind:>7} {over:>8.3f} {setting[0] if sw.compressed else ''}"

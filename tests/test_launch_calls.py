@@ -76,25 +76,23 @@ def test_wgmma24_launch(driver, n_tok, ntok, tiles):
     no workspace."""
     cuda_backend.wgmma24_launch(43, ntok, 2, 2, 3, 64, _ptrs(5), 11008, 4096, n_tok, 4096, 11008, 64, 132)
     _check_call(driver.calls[0], ("_wgmma24_kernel", (0, True, 2, 2, 3, 64, ntok, False, False)), 43 * tiles * 3,
-                256, 5000, (1000, 1001, 1002, 1003, 0, 1004) + (11008, 4096, n_tok, 4096, 11008, 64, 43 * tiles * 3), 6)
+                256, 5000, (1000, 1001, 1002, 1003, 0, 1004) + (11008, 4096, n_tok, 4096, 11008, 64), 6)
 
 
 @pytest.mark.parametrize("n_tok, ntok, tiles", [(16, 16, 1), (300, 128, 3)])
-@pytest.mark.parametrize("waves", [1, 3])
-def test_wgmma24_launch_stream(driver, n_tok, ntok, tiles, waves):
-    """Split 0: the SMs' resident blocks (2 per SM in the fake build) over the units in ``waves`` ranges
-    per block, with a workspace of two slots of R x NTOK floats per range."""
-    cuda_backend.wgmma24_launch(43, ntok, 2, 2, 0, 64, _ptrs(5), 11008, 4096, n_tok, 4096, 11008, 64, 132,
-                                waves=waves)
-    ws = 7 * 2 * 264 * waves * 256 * ntok
+def test_wgmma24_launch_stream(driver, n_tok, ntok, tiles):
+    """Split 0: the SMs' resident blocks (2 per SM in the fake build) over the units, with a workspace
+    of two slots of R x NTOK floats per block."""
+    cuda_backend.wgmma24_launch(43, ntok, 2, 2, 0, 64, _ptrs(5), 11008, 4096, n_tok, 4096, 11008, 64, 132)
+    ws = 7 * 2 * 264 * 256 * ntok
     _check_call(driver.calls[0], ("_wgmma24_kernel", (0, True, 2, 2, 0, 64, ntok, False, False)), 264,
-                256, 5000, (1000, 1001, 1002, 1003, ws, 1004) + (11008, 4096, n_tok, 4096, 11008, 64, 264 * waves), 6)
+                256, 5000, (1000, 1001, 1002, 1003, ws, 1004) + (11008, 4096, n_tok, 4096, 11008, 64), 6)
 
 
 def test_wgmma24_launch_compressed(driver):
     cuda_backend.wgmma24_launch(43, 16, 2, 2, 3, 1024, _ptrs(5), 11008, 4096, 16, 4096, 11008, 64, 132, True, True)
     _check_call(driver.calls[0], ("_wgmma24_kernel", (0, True, 2, 2, 3, 1024, 16, True, True)), 43 * 3, 256, 5000,
-                (1000, 1001, 1002, 1003, 0, 1004) + (11008, 4096, 16, 4096, 11008, 64, 43 * 3), 6)
+                (1000, 1001, 1002, 1003, 0, 1004) + (11008, 4096, 16, 4096, 11008, 64), 6)
 
 
 def test_row_launch(driver):

@@ -183,16 +183,15 @@ def test_slots():
     assert got == [0, 16, 16, 32, 128, 256, 512, 512, 768, 8192]
 
 
-def _stream(units, blocks, chunks, contributions, order=None):
-    """The STREAM launch's sums as wgmma24.cu does them (its integer formulas, transcribed) over
-    ``blocks`` ranges, walked in ``order`` (default 0, 1, ...: whichever block takes them): range j
-    walks units [j U / K, (j + 1) U / K); at its last unit of an output, the output's ranges j_first ..
-    j_last (range_of), and where they differ its partial to slot (j, 0 if the output is its first else
-    1), an arrival on counter j_first, and the last arrival sums the slots of ranges j_first .. j_last
-    in range order. Returns the outputs as written (each once) and the slots and counters used."""
+def _stream(units, blocks, chunks, contributions):
+    """The STREAM launch's sums as wgmma24.cu does them (its integer formulas, transcribed): block j
+    walks units [j U / P, (j + 1) U / P); at its last unit of an output, the output's blocks j_first ..
+    j_last (block_of), and where they differ its partial to slot (j, 0 if the output is its first else
+    1), an arrival on counter j_first, and the last arrival sums the slots of blocks j_first .. j_last
+    in block order. Returns the outputs as written (each once) and the slots and counters used."""
     block_of = lambda u: ((u + 1) * blocks - 1) // units  # noqa: E731
     slots, arrivals, written = {}, {}, {}
-    for j in range(blocks) if order is None else order:
+    for j in range(blocks):
         u0, u1 = j * units // blocks, (j + 1) * units // blocks
         acc = 0.0
         for u in range(u0, u1):
@@ -219,54 +218,18 @@ def _stream(units, blocks, chunks, contributions, order=None):
 
 @pytest.mark.parametrize("outputs,chunks,blocks", [(43, 64, 132), (43, 64, 264), (16, 64, 132), (16, 172, 256),
                                                    (3, 12, 9), (1, 5, 1), (7, 3, 21), (5, 7, 12), (200, 64, 528)])
-@pytest.mark.parametrize("shuffled", [False, True])
-def test_stream_partition(outputs, chunks, blocks, shuffled):
-    """Every output written once with the sum of its units' contributions, the same bits whichever
-    order the ranges are taken in (tickets); a counter per split output (none shared, each below the
-    range count), each arrived on by exactly its ranges; two slots per range."""
+def test_stream_partition(outputs, chunks, blocks):
+    """Every output written once with the sum of its units' contributions; a counter per split output
+    (none shared, each below the block count), each arrived on by exactly its blocks; two slots per block."""
     units = outputs * chunks
     assert blocks <= units
     contributions = [float(1 << (u % 40)) + u for u in range(units)]
-    order = torch.randperm(blocks, generator=torch.Generator().manual_seed(blocks)).tolist() if shuffled else None
-    written, slots, arrivals = _stream(units, blocks, chunks, contributions, order)
+    written, slots, arrivals = _stream(units, blocks, chunks, contributions)
     assert sorted(written) == list(range(outputs))
     for o in range(outputs):
         assert written[o] == sum(contributions[o * chunks:(o + 1) * chunks])
     assert all(len({o for o, _ in v}) == 1 for v in arrivals.values())  # one output per counter
     assert max(arrivals, default=0) < blocks and all(s in (0, 1) for _, s in slots)
-
-
-def _tickets(ranges, blocks, gen):
-    """The STREAM launch's tickets as wgmma24.cu draws them (transcribed), the blocks' draws interleaved
-    at random: block j takes range j; each range a block begins, it draws t (an atomic add on the
-    counter) for its next, range P + t while that is below K; the draw t = K - 1 resets the counter.
-    Returns each block's ranges, the counter after the launch and the draws after the reset."""
-    counter, taken, after_reset, reset = [0], [[j] for j in range(blocks)], 0, False
-    active = list(range(blocks))
-    while active:
-        j = active[int(torch.randint(len(active), (1,), generator=gen))]
-        t = counter[0]
-        counter[0] += 1
-        after_reset += reset
-        if t == ranges - 1:
-            counter[0], reset = 0, True
-        if blocks + t < ranges:
-            taken[j].append(blocks + t)
-        else:
-            active.remove(j)
-    return taken, counter[0], after_reset
-
-
-@pytest.mark.parametrize("ranges,blocks", [(132, 132), (528, 132), (133, 132), (40, 7), (9, 1)])
-def test_stream_tickets(ranges, blocks):
-    """Every range taken by exactly one block (its own first), the counter back to zero, and no draw
-    after the reset: whatever the interleaving of the blocks' draws."""
-    gen = torch.Generator().manual_seed(ranges)
-    for _ in range(20):
-        taken, counter, after_reset = _tickets(ranges, blocks, gen)
-        assert sorted(k for t in taken for k in t) == list(range(ranges))
-        assert all(t[0] == j for j, t in enumerate(taken))
-        assert counter == 0 and after_reset == 0
 
 
 def test_stream_blocks():
@@ -410,17 +373,15 @@ def test_gpu_wgmma24_splits(split, rng):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("m,k,n", [(700, 2056, 128), (2752, 4096, 16), (300, 520, 300), (256, 256, 1), (64, 64, 40)])
-@pytest.mark.parametrize("waves", [1, 3])
-def test_gpu_wgmma24_stream(m, k, n, waves, rng):
-    """The launch's chunks in equal ranges, ``waves`` per block of the SMs (split 0; the later ones by
-    tickets): outputs split across ranges sum their slots in range order, so two launches give the
-    same bits; the counters (the tickets' too) are back to zero."""
+def test_gpu_wgmma24_stream(m, k, n, rng):
+    """The launch's chunks in equal parts over the SMs (split 0): outputs split across blocks sum
+    their slots in block order, so two launches give the same bits; the counters are back to zero."""
     from cross.kernels.launch import wgmma24_args, wgmma24_run
 
     _needs_sm90()
     w = _unstructured(m, k, 0.3, rng).cuda()
-    args = wgmma24_args(Wgmma24Weight.from_dense(w), 0, waves)
-    assert args.split == 0 and args.waves == waves
+    args = wgmma24_args(Wgmma24Weight.from_dense(w), 0)
+    assert args.split == 0
     x = torch.randn(n, k, generator=rng).to(torch.bfloat16).cuda()
     b = torch.randn(m, generator=rng).to(torch.bfloat16).cuda()
     ys = []

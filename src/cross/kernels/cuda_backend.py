@@ -431,17 +431,9 @@ def wgmma24_stream_blocks(units: int, sms: int, per_sm: int) -> int:
     return max(1, min(sms * min(per_sm, WGMMA24_MAX_PER_SM), units // WGMMA24_MIN_UNITS, (2**32 - 1) // (units + 1)))
 
 
-def wgmma24_stream_ranges(units: int, blocks: int, waves: int) -> int:
-    """Ranges of a STREAM launch of ``blocks`` blocks over ``units`` units: ``waves`` per block (more than
-    one: the later ones handed out by tickets to whichever block is free first), at most one per unit,
-    and (units + 1) x ranges under 2^32 (the kernel's 32-bit unit arithmetic)."""
-    return max(blocks, min(blocks * waves, units, (2**32 - 1) // (units + 1)))
-
-
-#: A STREAM launch's blocks per SM, at most, units per block, at least (a block's pipeline fill and
-#: its outputs' ends cost about as much as a unit's work each), and ranges per block, at most (its
-#: counters: one per range and the tickets')
-WGMMA24_MAX_PER_SM, WGMMA24_MIN_UNITS, WGMMA24_MAX_WAVES = 4, 4, 8
+#: A STREAM launch's blocks per SM, at most (its counters: that many per SM), and units per block, at
+#: least (a block's pipeline fill and its outputs' ends cost about as much as a unit's work each)
+WGMMA24_MAX_PER_SM, WGMMA24_MIN_UNITS = 4, 4
 
 
 def workspace(floats: int) -> torch.Tensor:
@@ -452,29 +444,27 @@ def workspace(floats: int) -> torch.Tensor:
 
 def wgmma24_launch(row_blocks: int, ntok: int, wgs: int, mt: int, split: int, slots: int, ptrs, m: int, k: int,
                    n_tok: int, ldx: int, ldy: int, chunks: int, sms: int, compressed: bool = False,
-                   over: bool = False, waves: int = 1) -> None:
+                   over: bool = False) -> None:
     """One launch of wgmma24 (sm_90a) of ``ntok`` tokens per block over a weight of ``slots`` overflow
     word slots per chunk (``compressed``: the compressed layout's, ``over``: with overflow): pointers
     (x, y, bias or 0, values, counters), M, K, N, X's and Y's row strides and the weight's chunks (64
-    columns). ``split`` 0: the launch's units in ``waves`` equal ranges per resident block of ``sms`` SMs
-    (STREAM: a block's first range its own, the later ones by tickets; a workspace of two slots of
-    partial sums per range, allocated here, and the weight's ``counters``); 1..8: a cluster of
-    ``split`` blocks (the parts of K) per row block and token tile of N, a row block's token tiles
-    adjacent (wgmma24.cu)."""
+    columns). ``split`` 0: the launch's units in equal parts over the resident blocks of ``sms`` SMs
+    (STREAM; a workspace of two slots of partial sums per block, allocated here, and the weight's
+    ``counters``); 1..8: a cluster of ``split`` blocks (the parts of K) per row block and token tile of
+    N, a row block's token tiles adjacent (wgmma24.cu)."""
     func, smem, per_sm = _wgmma24_kernel(torch.cuda.current_device(), ptrs.is_bf16, wgs, mt, split, slots, ntok,
                                          compressed, over)
     x, y, bias, values, counters = ptrs.values
     outputs = row_blocks * -(-n_tok // ntok)
     ws = None
     if split:
-        grid = ranges = outputs * split
+        grid = outputs * split
     else:
         grid = wgmma24_stream_blocks(outputs * chunks, sms, per_sm)
-        ranges = wgmma24_stream_ranges(outputs * chunks, grid, waves)
-        ws = workspace(2 * ranges * 64 * wgs * mt * ntok)
+        ws = workspace(2 * grid * 64 * wgs * mt * ntok)
     _launch(func, grid, wgs * 128, smem,
             Pointers.of(x, y, bias, values, 0 if ws is None else ws.data_ptr(), counters, is_bf16=ptrs.is_bf16),
-            (m, k, n_tok, ldx, ldy, chunks, ranges))
+            (m, k, n_tok, ldx, ldy, chunks))
 
 
 # ---------------------------------------------------------------------- the slice kernel

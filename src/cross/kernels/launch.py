@@ -434,8 +434,7 @@ class Wgmma24Args(NamedTuple):
     the launch's sizes, so that a call does no host work beyond its launch."""
 
     values: torch.Tensor
-    counters: torch.Tensor  # split 0: int32, one per range a launch may have and the tickets', zero between
-    # launches; else empty
+    counters: torch.Tensor  # split 0: int32, one per block a launch may have, zero between launches; else empty
     out_features: int
     in_features: int
     row_blocks: int
@@ -448,7 +447,6 @@ class Wgmma24Args(NamedTuple):
     sms: int  # the GPU's SMs
     compressed: bool = False  # the compressed layout (pack/wgmma24._compressed)
     over: bool = False  # compressed: the weight has overflow (the second mma runs)
-    waves: int = 1  # split 0: ranges per block (the later ones handed out by tickets)
 
 
 def _runs_here(device: torch.device, capability_ok) -> bool:
@@ -478,14 +476,13 @@ def wgmma24_kernel_args(packed: PackedWeight) -> Wgmma24Args:
     return wgmma24_args(packed.wgmma24)
 
 
-def wgmma24_args(weight, split: int | None = None, waves: int = 1) -> Wgmma24Args:
+def wgmma24_args(weight, split: int | None = None) -> Wgmma24Args:
     """Check a Wgmma24Weight (pack/wgmma24.py) on its GPU and resolve its launch: ``split`` parts of K
     per row block and token tile, a cluster of that many blocks (1..8; None: ``wgmma24_split`` of each
     launch's token tiles), or 0: each launch's units (the chunks of its row blocks and token tiles) in
-    ``waves`` equal ranges per resident block of the SMs (STREAM; a block's first range its own, the
-    later ones to whichever block is free first)."""
+    equal parts over the SMs' resident blocks (STREAM)."""
     from ..pack.wgmma24 import NTOKS, smem_bytes
-    from .cuda_backend import WGMMA24_MAX_PER_SM, WGMMA24_MAX_WAVES
+    from .cuda_backend import WGMMA24_MAX_PER_SM
 
     if weight.device.type != "cuda":
         raise ValueError(f"wgmma24_matmul: expected a Wgmma24Weight on a CUDA device, got one on {weight.device}")
@@ -499,22 +496,16 @@ def wgmma24_args(weight, split: int | None = None, waves: int = 1) -> Wgmma24Arg
     row_blocks, chunks = weight.values.shape[:2]
     if split is not None and (isinstance(split, bool) or not isinstance(split, int) or not 0 <= split <= 8):
         raise ValueError(f"wgmma24_matmul: split must be an int in 0..8 (0: STREAM; or None: by launch), got {split!r}")
-    if isinstance(waves, bool) or not isinstance(waves, int) or not 1 <= waves <= WGMMA24_MAX_WAVES:
-        raise ValueError(f"wgmma24_matmul: waves must be an int in 1..{WGMMA24_MAX_WAVES}, got {waves!r}")
-    if waves > 1 and split != 0:
-        raise ValueError(f"wgmma24_matmul: waves > 1 needs split=0 (STREAM), got split={split!r}")
     limit = getattr(torch.cuda.get_device_properties(weight.device), "shared_memory_per_block_optin", 227 * 1024)
     most = max(smem_bytes(weight.wgs, weight.mt, weight.slots, t, compressed=weight.compressed) for t in NTOKS)
     if most > limit:
         raise ValueError(f"wgmma24_matmul: a block needs up to {most} bytes of shared memory, the device has {limit}")
     sms = torch.cuda.get_device_properties(weight.device).multi_processor_count
-    # only a STREAM launch arrives on counters (the clusters sum through shared memory): one per range, and
-    # the tickets' after the launch's ranges
-    counters = torch.zeros(sms * WGMMA24_MAX_PER_SM * waves + 1 if split == 0 else 0, dtype=torch.int32,
-                           device=weight.device)
+    # only a STREAM launch arrives on counters (the clusters sum through shared memory)
+    counters = torch.zeros(sms * WGMMA24_MAX_PER_SM if split == 0 else 0, dtype=torch.int32, device=weight.device)
     return Wgmma24Args(weight.values, counters, weight.shape[0], weight.shape[1], row_blocks, chunks, weight.wgs,
                        weight.mt, -1 if split is None else split, weight.slots, sms, weight.compressed,
-                       weight.overflow, waves)
+                       weight.overflow)
 
 
 def wgmma24_run(x: torch.Tensor, args: Wgmma24Args, bias: torch.Tensor | None = None,
@@ -536,21 +527,20 @@ def wgmma24_run(x: torch.Tensor, args: Wgmma24Args, bias: torch.Tensor | None = 
     ptrs = cuda_backend.Pointers((x, y, bias, args.values, args.counters), x.dtype == torch.bfloat16)
     cuda_backend.wgmma24_launch(args.row_blocks, ntok, args.wgs, args.mt, split, args.slots, ptrs,
                                 args.out_features, args.in_features, n, x.stride(0), y.stride(0), args.chunks,
-                                args.sms, args.compressed, args.over, args.waves)
+                                args.sms, args.compressed, args.over)
     return y
 
 
 def wgmma24_matmul(x: torch.Tensor, weight, bias: torch.Tensor | None = None, out: torch.Tensor | None = None,
-                   split: int | None = None, waves: int = 1) -> torch.Tensor:
+                   split: int | None = None) -> torch.Tensor:
     """Y[N, M] = X[N, K] @ W^T (+ bias) by the warpgroup 2:4 kernel (kernels/wgmma24.cu: Hopper's sparse
     warpgroup mma, a second one for the overflow) over a Wgmma24Weight (pack/wgmma24.py), 16-128 tokens
     per block. x: [N, K] in the weight's dtype, finite (only the stored slots are multiplied); bias: [M];
     out: optional [N, M], unit stride along M; ``split``: parts of K per row block, a cluster of that
     many blocks (1..8; default ``wgmma24_split`` of the launch's token tiles; 0: the launch's chunks in
-    equal parts over the SMs, in ``waves`` ranges per block, wgmma24_args). Needs compute capability 9.0
-    (sm_90a)."""
+    equal parts over the SMs, wgmma24_args). Needs compute capability 9.0 (sm_90a)."""
     _check_pass_args("wgmma24_matmul", x, weight, bias, out)
-    return wgmma24_run(x, wgmma24_args(weight, split, waves), bias, out)
+    return wgmma24_run(x, wgmma24_args(weight, split), bias, out)
 
 
 class SliceArgs(NamedTuple):

@@ -16,18 +16,14 @@
 // threads copy, each unit (the weight's bytes of the row block's chunk and X's NTOK x 64 values) one
 // cp.async group, STAGES - 1 units ahead; per unit a warpgroup runs 2 k-steps x MT sparse mmas (twice
 // where there is overflow), waits for them, and the block moves on. Two ways to split the units:
-// - STREAM=1: the U units in K (``ranges``) equal ranges, range k = units [k U / K, (k + 1) U / K),
-//   whatever row blocks they cross. Block j of P takes range j; where K > P, then the ranges its
-//   tickets name (P + an atomic draw on counters[K], one range ahead of its copies), so that the SMs
-//   the memory system serves faster take more ranges (their rates differ by up to ~1.5x, and a static
-//   split ends with the slowest). A row block and token tile ("output") whose units one range holds
-//   alone is written from the accumulators; one split across ranges k_first .. k_last: each range
-//   writes its fp32 partial sums to a workspace slot (ws: two per range, 0 for its first output, 1
-//   for its last), arrives on the output's counter (counters[k_first]: an output split across ranges
-//   is the only one to start in range k_first), and the last to arrive sums the slots in range order
-//   (deterministic: the order depends neither on who is last nor on which block took which range),
-//   adds the bias, writes Y and resets the counter for the next launch; the block whose draw is the
-//   launch's last (K - 1) resets the ticket counter.
+// - STREAM=1: block j of P takes units [j U / P, (j + 1) U / P) of all U, whatever row blocks they
+//   cross (every SM's share within one unit of the mean). A row block and token tile ("output") whose
+//   units one block holds alone is written from the accumulators; one split across blocks j_first ..
+//   j_last: each writes its fp32 partial sums to a workspace slot (ws: two per block, 0 for its first
+//   output, 1 for its last), arrives on the output's counter (counters[j_first]: an output split
+//   across blocks is the only one to start in block j_first), and the last to arrive sums the slots in
+//   block order (deterministic: the order does not depend on who is last), adds the bias, writes Y
+//   and resets the counter for the next launch.
 // - SPLIT > 1 (clusters): a cluster of SPLIT blocks per output, block s taking its s-th part of K. The
 //   end: each block stages its fp32 partial sums [token][row] in its shared memory, and block s sums
 //   rows s R / SPLIT .. of all SPLIT blocks in rank order (deterministic), adds the bias and writes Y.
@@ -40,9 +36,8 @@
 // 1 with STREAM), NTOK (16, 32, 64 or 128: tokens per block and the mma's N), STAGES, SLOTS (the
 // weight's overflow word slots per chunk; 0: no overflow, no head words, no second mma). Requirements
 // checked by the launcher: K % 8 == 0, x 16-byte aligned with a row stride a multiple of 8, dynamic
-// shared memory wgmma24.smem_bytes; STREAM: P <= ranges <= U (at least one unit per range) and
-// (U + 1) ranges < 2^32, ws of 2 R NTOK floats per range, counters of ranges + 1 ints, zero before the
-// first launch.
+// shared memory wgmma24.smem_bytes; STREAM: at least one unit per block, ws of 2 R NTOK floats per
+// block, counters of one int per block, zero before the first launch.
 
 #ifndef WGS
 #define WGS 2
@@ -59,7 +54,7 @@
 // Diagnostics (0 in normal builds; benchmarks/wgmma24_ablate.py): ABLATE=1 skips the A registers' loads
 // and the mmas (the copies, waits and barriers alone; the result is wrong); BLOCK_TIMES=1 (STREAM) has
 // thread 0 of block j write its start and end (%globaltimer, ns) and its SM at u64 [3 j ..] past the
-// workspace's 2 K R NTOK floats
+// workspace's 2 P R NTOK floats
 #ifndef ABLATE
 #define ABLATE 0
 #endif
@@ -277,10 +272,10 @@ __device__ __forceinline__ void store_one(u16* y, const u16* bias, int row0, int
 // the accumulators of a thread summed at once from the partial sums' slots (their loads in flight together)
 #define SUM_GROUP (MT * NACC < 32 ? MT * NACC : 32)
 
-// the range (of `ranges`, STREAM) whose units [k units / ranges, (k + 1) units / ranges) hold unit u; 32-bit
+// the block (of `blocks`, STREAM) whose units [j units / blocks, (j + 1) units / blocks) hold unit u; 32-bit
 // (a 64-bit division is a call, whose saved registers spill at 128 tokens): the launcher keeps
-// (units + 1) ranges under 2^32
-__device__ __forceinline__ u32 range_of(u32 u, u32 units, u32 ranges) { return ((u + 1) * ranges - 1) / units; }
+// (units + 1) blocks under 2^32
+__device__ __forceinline__ u32 block_of(u32 u, u32 units, u32 blocks) { return ((u + 1) * blocks - 1) / units; }
 
 extern "C" __global__ void __launch_bounds__(THREADS, 1)
 #if SPLIT > 1
@@ -288,7 +283,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
 #endif
     wgmma24(const u16* __restrict__ x, u16* __restrict__ y, const u16* __restrict__ bias,
             const unsigned char* __restrict__ values, float* __restrict__ ws, int* __restrict__ counters, int m,
-            int k, int n_tok, int ldx, int ldy, int chunks, int ranges) {
+            int k, int n_tok, int ldx, int ldy, int chunks) {
     extern __shared__ __align__(128) unsigned char smem[];
     const int tid = threadIdx.x, wg = tid >> 7, tw = tid & 127, lane = tid & 31, warp = tw >> 5;
 #if BLOCK_TIMES
@@ -296,6 +291,21 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
     asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t_start));
 #endif
     const int tiles = (n_tok + NTOK - 1) / NTOK;
+#if STREAM
+    __shared__ int last;  // this block arrived last on an output's counter
+    const u32 units = (u32)((m + R - 1) / R) * tiles * chunks;
+    const u32 u0 = blockIdx.x * units / gridDim.x, u1 = (blockIdx.x + 1) * units / gridDim.x;
+#else
+    const int cluster = blockIdx.x / SPLIT, part = blockIdx.x % SPLIT;  // the cluster's output, this block's part of K
+    const u32 u0 = cluster * chunks + part * chunks / SPLIT, u1 = cluster * chunks + (part + 1) * chunks / SPLIT;
+#endif
+    const int nun = (int)(u1 - u0);
+    Walk ld{values, x, chunks, tiles, ldx, n_tok};  // the next unit to copy
+    ld.seek(u0);
+#if STREAM
+    int uc = ld.c, uo = ld.o;  // the unit the mmas are on: chunk uc of output uo
+#endif
+
     float acc[MT][NACC];
 #pragma unroll
     for (int t = 0; t < MT; ++t)
@@ -307,67 +317,18 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
 #if BULK
     if (tid < STAGES) mbar_init(bars + 8 * tid);
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    __syncthreads();
 #endif
-
-    Walk ld{values, x, chunks, tiles, ldx, n_tok};  // the next unit to copy
-    u32 lrem = 0;  // units left in the range being copied
-#if STREAM
-    __shared__ int last;  // this block arrived last on an output's counter
-#define RQ (STAGES + 1)
-    // tickets: the block's later ranges in order, range s at rq[s % RQ] (each range at least a unit: the
-    // copies are at most AHEAD units and so AHEAD + 1 ranges ahead of the mmas)
-    __shared__ u32 rq[RQ];
-    const u32 units = (u32)((m + R - 1) / R) * tiles * chunks, nr = (u32)ranges;
-    const bool tickets = nr > gridDim.x;
-    u32 ls = 0, cs = 0;  // ranges begun by the copies, by the mmas
-    // the block's range s (0: its own; then, with tickets, the draws' in rq; none: nr)
-    auto range = [&](u32 s) { return s == 0 ? blockIdx.x : tickets ? rq[s % RQ] : nr; };
-    // the copies' next range, and thread 0's draw of the one after it (every thread reads it after the
-    // barrier that follows a copied unit)
-    auto next_range = [&]() {
-        const u32 kr = range(ls);
-        if (kr >= nr) return;
-        ld.seek(kr * units / nr);
-        lrem = (kr + 1) * units / nr - kr * units / nr;
-        ++ls;
-        if (tickets && tid == 0) {
-            const u32 t = (u32)atomicAdd(counters + nr, 1);
-            if (t == nr - 1) counters[nr] = 0;  // every block has drawn its last: for the next launch
-            rq[ls % RQ] = min(gridDim.x + t, nr);
-        }
-    };
-    u32 crem = 0, ck = 0, cu0 = 0;  // the mmas' range: its units left, its index and first unit
-    int uc = 0, uo = 0;             // the unit the mmas are on: chunk uc of output uo
-#else
-    const int cluster = blockIdx.x / SPLIT, part = blockIdx.x % SPLIT;  // the cluster's output, this block's part of K
-    const u32 u0 = cluster * chunks + part * chunks / SPLIT, u1 = cluster * chunks + (part + 1) * chunks / SPLIT;
-    ld.seek(u0);
-    lrem = u1 - u0;
-#endif
-    int loaded = 0;  // units copied (or being copied)
-    // unit `loaded`'s copies into its stage, if there is one
-    auto copy_next = [&]() {
-#if STREAM
-        if (lrem == 0) next_range();
-#endif
-        if (lrem == 0) return;
-        const int s = loaded % STAGES;
-        load_chunk(smem + s * STAGE_BYTES, bars + 8 * s, ld.w + (size_t)ld.c * W_BYTES, ld.xt, ld.c, ld.ntok, k, ldx,
-                   tid);
-        ld.next();
-        --lrem;
-        ++loaded;
-    };
-    __syncthreads();  // the barriers initialized
 #pragma unroll
     for (int s = 0; s < AHEAD; ++s) {
-        copy_next();
+        if (s < nun) {
+            load_chunk(smem + s * STAGE_BYTES, bars + 8 * s, ld.w + (size_t)ld.c * W_BYTES, ld.xt, ld.c, ld.ntok, k,
+                       ldx, tid);
+            ld.next();
+        }
         asm volatile("cp.async.commit_group;\n" ::: "memory");
-#if STREAM
-        if (tickets) __syncthreads();  // a range begun here: its successor's draw seen before it is read
-#endif
     }
-    for (int i = 0; i < loaded; ++i) {  // the copies run AHEAD units ahead: unit i exists if it was copied
+    for (int i = 0; i < nun; ++i) {
         asm volatile("cp.async.wait_group %0;\n" ::"n"(AHEAD - 1) : "memory");
 #if BULK
         mbar_wait(bars + 8 * (i % STAGES), (u32)(i / STAGES) & 1u);  // unit i's weight record in place
@@ -376,17 +337,11 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
         // before the refill's bulk copy
         asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
         __syncthreads();  // unit i in place; every warpgroup done with unit i - 1's stage, refilled next
-#if STREAM
-        const bool begins = crem == 0;  // unit i begins the mmas' next range
-        if (begins) {
-            ck = range(cs++);
-            cu0 = ck * units / nr;
-            crem = (ck + 1) * units / nr - cu0;
-            uo = (int)(cu0 / chunks);
-            uc = (int)(cu0 - uo * chunks);
+        if (i + AHEAD < nun) {
+            load_chunk(smem + ((i + AHEAD) % STAGES) * STAGE_BYTES, bars + 8 * ((i + AHEAD) % STAGES),
+                       ld.w + (size_t)ld.c * W_BYTES, ld.xt, ld.c, ld.ntok, k, ldx, tid);
+            ld.next();
         }
-#endif
-        copy_next();  // unit i + AHEAD, into the stage unit i - 1 left
         asm volatile("cp.async.commit_group;\n" ::: "memory");
 #if !(ABLATE & 1)
         unsigned char* stage = smem + (i % STAGES) * STAGE_BYTES;
@@ -422,7 +377,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
         for (int t = 0; t < MT; ++t) fence_acc(acc[t]);
         asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #if STREAM
-        const u32 acc_in = !begins && uc != 0;  // not the first unit of an output or of a range
+        const u32 acc_in = i != 0 && uc != 0;  // not the first unit of an output or of the block's units
 #else
         const u32 acc_in = i != 0;
 #endif
@@ -459,14 +414,14 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
         for (int t = 0; t < MT; ++t) fence_acc(acc[t]);
 #endif  // !(ABLATE & 1)
 #if STREAM
-        if (uc == chunks - 1 || crem == 1) {  // the range's last unit of output uo
+        if (uc == chunks - 1 || i == nun - 1) {  // this block's last unit of output uo
             const u32 first = uo * chunks;
-            const u32 jf = range_of(first, units, nr), jl = range_of(first + chunks - 1, units, nr);
-            if (jf != jl) {  // uo's units are split across ranges
-                // the partial sums to slot 0 (uo is the range's first output) or 1 (its last), thread-major;
+            const u32 jf = block_of(first, units, gridDim.x), jl = block_of(first + chunks - 1, units, gridDim.x);
+            if (jf != jl) {  // uo's units are split across blocks
+                // the partial sums to slot 0 (uo is the block's first output) or 1 (its last), thread-major;
                 // the block's stores happen before thread 0's release (bar.sync, then a cumulative fence at
-                // GPU scope), the last arrival's acquire makes every range's stores visible
-                float* part = ws + ((size_t)ck * 2 + (cu0 >= first ? 0 : 1)) * (R * NTOK);
+                // GPU scope), the last arrival's acquire makes every block's stores visible
+                float* part = ws + ((size_t)blockIdx.x * 2 + (u0 >= first ? 0 : 1)) * (R * NTOK);
 #pragma unroll
                 for (int t = 0; t < MT; ++t)
 #pragma unroll
@@ -474,14 +429,14 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
                 __syncthreads();
                 if (tid == 0) last = arrive_gpu(counters + jf) == jl - jf;
                 __syncthreads();
-                if (last) {  // uo's partial sums in range order, SUM_GROUP accumulators at a time, to Y
+                if (last) {  // uo's partial sums in block order, SUM_GROUP accumulators at a time, to Y
 #pragma unroll
                     for (int f0 = 0; f0 < MT * NACC; f0 += SUM_GROUP) {
                         float s[SUM_GROUP];
 #pragma unroll
                         for (int f = 0; f < SUM_GROUP; ++f) s[f] = 0.f;
                         for (u32 b = jf; b <= jl; ++b) {
-                            const bool first_of_b = b * units / nr >= first;
+                            const bool first_of_b = b * units / gridDim.x >= first;
                             const float* p = ws + ((size_t)b * 2 + (first_of_b ? 0 : 1)) * (R * NTOK) + tid;
 #pragma unroll
                             for (int f = 0; f < SUM_GROUP; ++f) s[f] += __ldcg(p + (f0 + f) * THREADS);
@@ -501,7 +456,6 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
             }
         }
         if (++uc == chunks) uc = 0, ++uo;
-        --crem;
 #endif
     }
 #if STREAM
@@ -511,7 +465,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 1)
         u32 sm;
         asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t_end));
         asm volatile("mov.u32 %0, %%smid;\n" : "=r"(sm));
-        unsigned long long* out = reinterpret_cast<unsigned long long*>(ws + (size_t)2 * nr * R * NTOK) + 3 * blockIdx.x;
+        unsigned long long* out = reinterpret_cast<unsigned long long*>(ws + (size_t)2 * gridDim.x * R * NTOK) + 3 * blockIdx.x;
         out[0] = t_start, out[1] = t_end, out[2] = sm;
     }
 #endif
