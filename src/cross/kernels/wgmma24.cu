@@ -34,7 +34,9 @@
 //
 // Compile-time parameters (NVRTC -D): IS_BF16, WGS (1 or 2), MT (1 or 2), STREAM (0 or 1), SPLIT (1..8;
 // 1 with STREAM), NTOK (16, 32, 64 or 128: tokens per block and the mma's N), STAGES, SLOTS (the
-// weight's overflow word slots per chunk; 0: no overflow, no head words, no second mma). Requirements
+// weight's overflow word slots per chunk; 0: no overflow, no head words, no second mma), COMPRESSED and
+// OVER (the compressed layout; its weight has overflow), MIN_BLOCKS (blocks per SM the registers must
+// allow; default 1). Requirements
 // checked by the launcher: K % 8 == 0, x 16-byte aligned with a row stride a multiple of 8, dynamic
 // shared memory wgmma24.smem_bytes; STREAM: at least one unit per block, ws of 2 R NTOK floats per
 // block, counters of one int per block, zero before the first launch.
@@ -277,7 +279,10 @@ __device__ __forceinline__ void store_one(u16* y, const u16* bias, int row0, int
 // (units + 1) blocks under 2^32
 __device__ __forceinline__ u32 block_of(u32 u, u32 units, u32 blocks) { return ((u + 1) * blocks - 1) / units; }
 
-extern "C" __global__ void __launch_bounds__(THREADS, 1)
+#ifndef MIN_BLOCKS
+#define MIN_BLOCKS 1  // blocks per SM the registers must allow (__launch_bounds__)
+#endif
+extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
 #if SPLIT > 1
     __cluster_dims__(SPLIT, 1, 1)
 #endif
