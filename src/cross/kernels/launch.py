@@ -478,9 +478,10 @@ def wgmma24_kernel_args(packed: PackedWeight) -> Wgmma24Args:
 
 def wgmma24_args(weight, split: int | None = None) -> Wgmma24Args:
     """Check a Wgmma24Weight (pack/wgmma24.py) on its GPU and resolve its launch: ``split`` parts of K
-    per row block and token tile, a cluster of that many blocks (1..8; None: ``wgmma24_split`` of each
-    launch's token tiles), or 0: each launch's units (the chunks of its row blocks and token tiles) in
-    equal parts over the SMs' resident blocks (STREAM)."""
+    per row block and token tile, a cluster of that many blocks (1..8), or 0: each launch's units (the
+    chunks of its row blocks and token tiles) in equal parts over the SMs' resident blocks (STREAM);
+    None: STREAM for the compressed layout (faster than clusters in 3 of 4 cells measured at 16 tokens,
+    docs/perf-notes.md), else ``wgmma24_split`` of each launch's token tiles."""
     from ..pack.wgmma24 import NTOKS, smem_bytes
     from .cuda_backend import WGMMA24_MAX_PER_SM
 
@@ -501,6 +502,8 @@ def wgmma24_args(weight, split: int | None = None) -> Wgmma24Args:
     if most > limit:
         raise ValueError(f"wgmma24_matmul: a block needs up to {most} bytes of shared memory, the device has {limit}")
     sms = torch.cuda.get_device_properties(weight.device).multi_processor_count
+    if split is None and weight.compressed:
+        split = 0
     # only a STREAM launch arrives on counters (the clusters sum through shared memory)
     counters = torch.zeros(sms * WGMMA24_MAX_PER_SM if split == 0 else 0, dtype=torch.int32, device=weight.device)
     return Wgmma24Args(weight.values, counters, weight.shape[0], weight.shape[1], row_blocks, chunks, weight.wgs,
@@ -537,8 +540,9 @@ def wgmma24_matmul(x: torch.Tensor, weight, bias: torch.Tensor | None = None, ou
     warpgroup mma, a second one for the overflow) over a Wgmma24Weight (pack/wgmma24.py), 16-128 tokens
     per block. x: [N, K] in the weight's dtype, finite (only the stored slots are multiplied); bias: [M];
     out: optional [N, M], unit stride along M; ``split``: parts of K per row block, a cluster of that
-    many blocks (1..8; default ``wgmma24_split`` of the launch's token tiles; 0: the launch's chunks in
-    equal parts over the SMs, wgmma24_args). Needs compute capability 9.0 (sm_90a)."""
+    many blocks (1..8), or 0: the launch's chunks in equal parts over the SMs; default: 0 for the
+    compressed layout, else ``wgmma24_split`` of the launch's token tiles (wgmma24_args). Needs compute
+    capability 9.0 (sm_90a)."""
     _check_pass_args("wgmma24_matmul", x, weight, bias, out)
     return wgmma24_run(x, wgmma24_args(weight, split), bias, out)
 
