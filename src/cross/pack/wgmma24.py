@@ -42,9 +42,9 @@ its first overflow word, bits 16-31, counted from the chunk's first slot), then 
 ``slots`` slots: all the threads' 2:4 words, then their overflow words, each thread's by m-tile and
 register. A thread finds its first word of each part from its warp's base and the counts of the
 lanes before it (a scan across the warp), and builds its registers like the overflow's. Bytes: 4 per
-group with a nonzero and 4 more per group with overflow, 1 / 16 of dense for the metadata, 1 / 32
-for the head words (the default block), whatever the sparsity no more than the slots layout's
-values but 1 / 32 of dense.
+group with a nonzero and 4 more per group with overflow, 1 / 16 of dense for the metadata and 1 / 32
+for the head words (the default block): whatever the sparsity, at most the slots layout's bytes and
+1 / 32 of dense.
 """
 
 from __future__ import annotations
@@ -158,22 +158,22 @@ class Wgmma24Weight:
         meta = meta.permute(0, 4, 1, 2, 3, 5, 6).reshape(rb_, nc, mtiles, 128)
         if compressed:
             values, slots = _compressed(word, meta, bits, over, rb_, nc, wgs, mt)
-            return cls((m, k), weight.dtype, wgs, mt, values, slots, n_entries, n_groups, True)
-        tiles = torch.cat([a, meta], -1).reshape(rb_, nc, mtiles * TILE_WORDS)
-        slots = 0
-        if n_entries:
-            head, words = _overflow(bits, over, rb_, nc, wgs, mt)
-            tiles = torch.cat([tiles, head, words], -1)
-            slots = words.shape[-1]
-        values = _as_int32(tiles).contiguous()
+        else:
+            tiles = torch.cat([a, meta], -1).reshape(rb_, nc, mtiles * TILE_WORDS)
+            slots = 0
+            if n_entries:
+                head, words = _overflow(bits, over, rb_, nc, wgs, mt)
+                tiles = torch.cat([tiles, head, words], -1)
+                slots = words.shape[-1]
+            values = _as_int32(tiles).contiguous()
         if values.numel() * 4 >= 2**31:
             raise ValueError("Wgmma24Weight: the weight is too large for 32-bit offsets")
-        return cls((m, k), weight.dtype, wgs, mt, values, slots, n_entries, n_groups)
+        return cls((m, k), weight.dtype, wgs, mt, values, slots, n_entries, n_groups, compressed)
 
     def to_dense(self) -> torch.Tensor:
         """The weight, read from the format as the kernel reads it: the sparse mma's slots, then the
         overflow operand's registers found through each thread's head word (the compressed layout:
-        each thread's nonzeros from its first one, by its bitmap words)."""
+        both operands' registers by each thread's masks, from its first words)."""
         m, k = self.shape
         mtiles = self.mtiles
         rb_, nc = self.values.shape[:2]
@@ -346,7 +346,8 @@ def _read_compressed(v: torch.Tensor, wgs: int, mt: int, slots: int):
     heads = v[..., mtiles * 128:mtiles * 128 + threads]
     bases = v[..., mtiles * 128 + threads:mtiles * 128 + threads + threads // 32]
     table = v[..., mtiles * 128 + threads + threads // 32:]
-    assert table.shape[-1] == slots
+    if table.shape[-1] != slots:
+        raise ValueError(f"warpgroup 2:4 compressed layout: {table.shape[-1]} word slots per chunk, expected {slots}")
     regs = []
     for shift in (0, 16):
         masks = (heads >> shift) & 0xFFFF
