@@ -3,7 +3,8 @@ blocks only copy (CROSS_CUDA_DEFINES=-DABLATE=1: the weight's records and X thro
 waits and barriers, no A registers, no mmas; its result is wrong and not checked), each timed
 (CUDA-graph replay, L2 flushed by a 256 MB read, cuBLAS in the same run) and then launched once more
 after a flush with -DBLOCK_TIMES=1: every block's start and end (%globaltimer) and SM, so that the
-spread of the blocks' ends (the SMs idle while the last ones finish) is seen, not inferred.
+spread of the blocks' ends (the SMs idle while the last ones finish) is seen, not inferred; with
+--repeats, whether the same SMs are fast from launch to launch.
 
     PYTHONPATH=src python benchmarks/wgmma24_ablate.py --shape 11008x4096 --sparsity 0.7 --n 16
 """
@@ -53,6 +54,24 @@ def launcher(args, x, y, ntok: int, defines: str, waves: int = 1):
     return run, ws[slots:].view(torch.int64).view(grid, 3), grid, per_sm
 
 
+def sm_repeatability(per_launch: list[torch.Tensor], sms: int) -> str:
+    """Each SM's mean block time per launch (u64 [blocks, 3] times: start, end, SM), the correlation over
+    the SMs between consecutive launches (mean of the pairs'), and the 5 SMs fastest and slowest on
+    average over the launches."""
+    per_sm = []
+    for t in per_launch:
+        dur = (t[:, 1] - t[:, 0]).double()
+        sm = t[:, 2].long()
+        total = torch.zeros(sms, dtype=torch.float64).index_add_(0, sm, dur)
+        count = torch.zeros(sms, dtype=torch.float64).index_add_(0, sm, torch.ones_like(dur))
+        per_sm.append(total / count.clamp(min=1))
+    r = [float(torch.corrcoef(torch.stack([a, b]))[0, 1]) for a, b in zip(per_sm, per_sm[1:])]
+    mean = torch.stack(per_sm).mean(0)
+    order = torch.argsort(mean).tolist()
+    return (f"SMs' block times, launch to launch: correlation {sum(r) / len(r):.2f} (over {len(per_sm)} launches); "
+            f"fastest SMs {order[:5]}, slowest {order[-5:]}")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", default="11008x4096")
@@ -62,6 +81,10 @@ def main(argv=None):
     ap.add_argument("--waves", default="1", help="comma-separated multiples of the resident blocks to launch (default 1)")
     ap.add_argument("--variants", default="full,copies only", help="comma-separated, of: full, copies only")
     ap.add_argument("--compressed", action="store_true", help="the compressed layout (default: the slots layout)")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="launches with block times (each after a flush); from 2: how well each SM's block time "
+                         "in one launch predicts it in the next (the correlation over the SMs), and the SMs "
+                         "fastest and slowest on average")
     opts = ap.parse_args(argv)
     m, k = (int(v) for v in opts.shape.split("x"))
     w = make_weight(m, k, opts.sparsity, "uniform", torch.Generator().manual_seed(0)).cuda()
@@ -80,10 +103,13 @@ def main(argv=None):
             defines += f" -DSTAGES={opts.stages}"
         run, times, grid, per_sm = launcher(args, x, y, token_tile(opts.n), defines, waves)
         us = graph_us(run)
-        flush.sum()
-        run()
-        torch.cuda.synchronize()
-        t = times.cpu()
+        per_launch = []
+        for _ in range(max(opts.repeats, 1)):
+            flush.sum()
+            run()
+            torch.cuda.synchronize()
+            per_launch.append(times.cpu().clone())
+        t = per_launch[0]
         start, end = t[:, 0] - t[:, 0].min(), t[:, 1] - t[:, 0].min()
         dur = (end - start).double()
         q = torch.quantile(dur, torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)) / 1e3
@@ -97,6 +123,8 @@ def main(argv=None):
         order = torch.argsort(end)
         print(f"{'':>12}  first ends: {', '.join(f'{float(end[i]) / 1e3:.1f} (SM {int(t[i, 2])})' for i in order[:5])}; "
               f"last: {', '.join(f'{float(end[i]) / 1e3:.1f} (SM {int(t[i, 2])})' for i in order[-5:])}")
+        if len(per_launch) > 1:
+            print(f"{'':>12}  {sm_repeatability(per_launch, args.sms)}")
     os.environ.pop(cuda_backend.DEFINES_ENV, None)
     cuda_backend._wgmma24_kernel.cache_clear()
 
