@@ -233,7 +233,7 @@ def _by_thread(t: torch.Tensor, rb_: int, nc: int, wgs: int, mt: int) -> torch.T
     return t.reshape(rb_, wgs, mt, 4, 2, 8, nc, 2, 2, 4).permute(_BY_THREAD).reshape(rb_ * nc, 128 * wgs, mt * 8)
 
 
-def _masks(has: torch.Tensor, mt: int) -> torch.Tensor:
+def _masks(has: torch.Tensor, mt: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per thread a mask of the registers with a word ([(rb, chunk), thread, mt x 8] -> int64, m-tile t's
     8 bits at 8 t) and their count."""
     dev = has.device
@@ -305,8 +305,6 @@ def _overflow_dense(word: torch.Tensor, wgs: int, mt: int) -> torch.Tensor:
     return out.reshape(rb_ * TILE_ROWS * wgs * mt, nc * CHUNK)
 
 
-
-
 def _compressed(word: torch.Tensor, meta: torch.Tensor, bits: torch.Tensor, over: torch.Tensor, rb_: int,
                 nc: int, wgs: int, mt: int):
     """The compressed layout's records [rb, chunk, words] (int32) and word slots per chunk, from the 2:4
@@ -315,7 +313,6 @@ def _compressed(word: torch.Tensor, meta: torch.Tensor, bits: torch.Tensor, over
     ``bits``. Per chunk: the metadata, a head word per thread (the 2:4 part's masks at bits 0-15, the
     overflow's at 16-31), a base word per warp (its first word of each part), then the 2:4 part's
     words of every thread and after them the overflow's."""
-    dev = word.device
     threads = 128 * wgs
     ow, oh = _overflow_words(bits, over, rb_, nc, wgs, mt)
     parts = [(_by_thread(word, rb_, nc, wgs, mt), _by_thread(word != 0, rb_, nc, wgs, mt)),
