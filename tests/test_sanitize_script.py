@@ -28,3 +28,12 @@ def test_chunk_index_is_checked():
 def test_summary_pattern_reads_both_tools():
     text = "========= ERROR SUMMARY: 0 errors\n========= RACECHECK SUMMARY: 3 hazards displayed (0 errors, 3 warnings)"
     assert [(k, int(n)) for k, n, _ in sanitize.SUMMARY.findall(text)] == [("ERROR", 0), ("RACECHECK", 3)]
+
+
+def test_select_keeps_the_tests_pytest_k_picks():
+    """--select: the GPU tests of a file that ``-k`` picks, and only those (collected on the CPU)."""
+    every = sanitize.gpu_tests(["tests/test_wgmma24.py"])
+    picked = sanitize.gpu_tests(["tests/test_wgmma24.py"], "stream or splits")
+    assert picked and set(picked) < set(every)
+    assert all("stream" in t or "splits" in t for t in picked)
+    assert [t for t in every if "stream" in t or "splits" in t] == picked

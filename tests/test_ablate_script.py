@@ -1,0 +1,34 @@
+"""benchmarks/wgmma24_ablate.py's reading of block times: each SM's mean block time per launch, how well
+one launch predicts the next, and the SMs fastest and slowest on average."""
+
+import importlib.util
+import re
+import sys
+from pathlib import Path
+
+import torch
+
+_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(_DIR))
+_spec = importlib.util.spec_from_file_location("wgmma24_ablate", _DIR / "wgmma24_ablate.py")
+ablate = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(ablate)
+
+
+def _times(durations, sms):
+    """u64 [blocks, 3] block times (start, end, SM) of blocks of the given durations on the given SMs."""
+    start = torch.arange(len(durations), dtype=torch.int64) * 7
+    return torch.stack([start, start + torch.tensor(durations), torch.tensor(sms)], 1)
+
+
+def test_same_sms_fast_in_every_launch():
+    """Two blocks on SM 0 are averaged; the ranking is by the mean over launches; a repeat of the same
+    per-SM times correlates 1, a reversed one -1."""
+    sms = [0, 0, 1, 2, 3, 4, 5]
+    a = _times([10, 30, 100, 200, 300, 400, 500], sms)  # SM 0: 20 on average
+    b = _times([20, 20, 110, 190, 310, 390, 510], sms)
+    text = ablate.sm_repeatability([a, b], 6)
+    assert float(re.search(r"correlation (-?[\d.]+)", text).group(1)) > 0.99
+    assert "fastest SMs [0, 1, 2, 3, 4]" in text and "slowest [1, 2, 3, 4, 5]" in text
+    flipped = _times([500, 500, 400, 300, 200, 100, 20], sms)
+    assert float(re.search(r"correlation (-?[\d.]+)", ablate.sm_repeatability([a, flipped], 6)).group(1)) < -0.9
