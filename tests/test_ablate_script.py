@@ -9,10 +9,13 @@ from pathlib import Path
 import torch
 
 _DIR = Path(__file__).resolve().parents[1] / "benchmarks"
-sys.path.insert(0, str(_DIR))
 _spec = importlib.util.spec_from_file_location("wgmma24_ablate", _DIR / "wgmma24_ablate.py")
 ablate = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(ablate)
+_path = list(sys.path)
+try:  # the script puts benchmarks/ first on the path, where its kernels.py would shadow other packages'
+    _spec.loader.exec_module(ablate)
+finally:
+    sys.path[:] = _path
 
 
 def _times(durations, sms):
