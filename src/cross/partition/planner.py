@@ -76,15 +76,21 @@ def design_tokens(n_min: int, n_max: int) -> int:
     return n_max if n_max <= 8192 else max(n_min, 2048)
 
 
-def overflow_groups(weight: torch.Tensor) -> np.ndarray:
-    """A weight's groups of 4 consecutive columns holding more than two nonzeros (each one overflow
-    word of the warpgroup 2:4 format, pack/wgmma24.py; -0.0 is a zero, NaN a nonzero) per row block
-    of WGMMA_BLOCK_ROWS and chunk of WGMMA_CHUNK columns (int64 [row blocks, chunks])."""
+def _per_chunk(weight: torch.Tensor, count) -> np.ndarray:
+    """``count`` (of each group of 4 consecutive columns' nonzeros, -0.0 a zero and NaN a nonzero; an
+    int64 tensor per group) summed per row block of WGMMA_BLOCK_ROWS and chunk of WGMMA_CHUNK columns
+    of the weight padded to whole ones (int64 [row blocks, chunks])."""
     m, k = weight.shape
     rows, cols = -(-m // WGMMA_BLOCK_ROWS) * WGMMA_BLOCK_ROWS, -(-k // WGMMA_CHUNK) * WGMMA_CHUNK
     nz = torch.nn.functional.pad(weight != 0, (0, cols - k, 0, rows - m)).view(rows, -1, 4).sum(-1, dtype=torch.int64)
-    over = (nz > 2).view(rows // WGMMA_BLOCK_ROWS, WGMMA_BLOCK_ROWS, -1, WGMMA_CHUNK // 4)
-    return over.sum((1, 3), dtype=torch.int64).cpu().numpy()
+    per = count(nz).view(rows // WGMMA_BLOCK_ROWS, WGMMA_BLOCK_ROWS, -1, WGMMA_CHUNK // 4)
+    return per.sum((1, 3), dtype=torch.int64).cpu().numpy()
+
+
+def overflow_groups(weight: torch.Tensor) -> np.ndarray:
+    """A weight's groups of 4 consecutive columns holding more than two nonzeros (each one overflow
+    word of the warpgroup 2:4 format, pack/wgmma24.py) per row block and chunk (``_per_chunk``)."""
+    return _per_chunk(weight, lambda nz: (nz > 2).to(torch.int64))
 
 
 def _wgmma24_bytes(layout: str, weight: torch.Tensor | None, nnz, size, grid: TileGrid) -> int:
@@ -98,15 +104,9 @@ def _wgmma24_bytes(layout: str, weight: torch.Tensor | None, nnz, size, grid: Ti
 
 
 def chunk_words(weight: torch.Tensor) -> np.ndarray:
-    """A weight's words in the warpgroup 2:4 compressed layout per row block of WGMMA_BLOCK_ROWS and chunk
-    of WGMMA_CHUNK columns (int64 [row blocks, chunks]): a word per group of 4 with a nonzero (-0.0 a
-    zero, NaN a nonzero), one more per group with more than two."""
-    m, k = weight.shape
-    rows, cols = -(-m // WGMMA_BLOCK_ROWS) * WGMMA_BLOCK_ROWS, -(-k // WGMMA_CHUNK) * WGMMA_CHUNK
-    nz = torch.nn.functional.pad(weight != 0, (0, cols - k, 0, rows - m)).view(rows, -1, 4).sum(-1)
-    words = (nz > 0).to(torch.int64) + (nz > 2).to(torch.int64)
-    per = words.view(rows // WGMMA_BLOCK_ROWS, WGMMA_BLOCK_ROWS, -1, WGMMA_CHUNK // 4).sum((1, 3))
-    return per.cpu().numpy()
+    """A weight's words in the warpgroup 2:4 compressed layout per row block and chunk (``_per_chunk``):
+    a word per group of 4 with a nonzero, one more per group with more than two."""
+    return _per_chunk(weight, lambda nz: (nz > 0).to(torch.int64) + (nz > 2).to(torch.int64))
 
 
 def check_buckets(buckets) -> tuple[tuple[int, int], ...]:
