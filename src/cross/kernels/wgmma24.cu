@@ -35,7 +35,8 @@
 // Compile-time parameters (NVRTC -D): IS_BF16, WGS (1 or 2), MT (1 or 2), STREAM (0 or 1), SPLIT (1..8;
 // 1 with STREAM), NTOK (16, 32, 64 or 128: tokens per block and the mma's N), STAGES, SLOTS (the
 // weight's overflow word slots per chunk; 0: no overflow, no head words, no second mma), COMPRESSED and
-// OVER (the compressed layout; its weight has overflow), MIN_BLOCKS (blocks per SM the registers must
+// OVER (the compressed layout; its weight has overflow), REFILL_LATE (1: a unit's refill issued after its
+// mmas; 0: after the barrier), MIN_BLOCKS (blocks per SM the registers must
 // allow; default 1). Requirements
 // checked by the launcher: K % 8 == 0, x 16-byte aligned with a row stride a multiple of 8, dynamic
 // shared memory wgmma24.smem_bytes; STREAM: at least one unit per block, ws of 2 R NTOK floats per
@@ -62,6 +63,9 @@
 #endif
 #ifndef BLOCK_TIMES
 #define BLOCK_TIMES 0
+#endif
+#ifndef REFILL_LATE
+#define REFILL_LATE 1  // a unit's refill issued after its mmas, before their wait (0: right after the barrier)
 #endif
 #ifndef BULK
 #define BULK 1  // a unit's weight record by one bulk copy on its stage's mbarrier (0: 16-byte cp.async by all threads)
@@ -342,12 +346,19 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
         // before the refill's bulk copy
         asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
         __syncthreads();  // unit i in place; every warpgroup done with unit i - 1's stage, refilled next
-        if (i + AHEAD < nun) {
-            load_chunk(smem + ((i + AHEAD) % STAGES) * STAGE_BYTES, bars + 8 * ((i + AHEAD) % STAGES),
-                       ld.w + (size_t)ld.c * W_BYTES, ld.xt, ld.c, ld.ntok, k, ldx, tid);
-            ld.next();
-        }
-        asm volatile("cp.async.commit_group;\n" ::: "memory");
+        // the refill of unit i - 1's stage with unit i + AHEAD (one cp.async group per unit, empty past the
+        // block's units)
+        auto refill = [&]() {
+            if (i + AHEAD < nun) {
+                load_chunk(smem + ((i + AHEAD) % STAGES) * STAGE_BYTES, bars + 8 * ((i + AHEAD) % STAGES),
+                           ld.w + (size_t)ld.c * W_BYTES, ld.xt, ld.c, ld.ntok, k, ldx, tid);
+                ld.next();
+            }
+            asm volatile("cp.async.commit_group;\n" ::: "memory");
+        };
+#if !REFILL_LATE || (ABLATE & 1)
+        refill();
+#endif
 #if !(ABLATE & 1)
         unsigned char* stage = smem + (i % STAGES) * STAGE_BYTES;
         uint4 a[2][MT];
@@ -414,6 +425,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
         }
 #endif
         asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+#if REFILL_LATE
+        refill();  // while the mmas run: off the chain from the barrier to the mmas
+#endif
         asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
 #pragma unroll
         for (int t = 0; t < MT; ++t) fence_acc(acc[t]);
