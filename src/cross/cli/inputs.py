@@ -42,9 +42,10 @@ def add_swap_options(p) -> None:
                         "(make_plan(slice_kernel=True))")
     p.add_argument("--wgmma-kernel", action="store_true",
                    help="offer the token counts that the row kernel does not take to the warpgroup 2:4 kernel (experimental, compute "
-                        "capability 9.0; not yet measured): a layer runs it where the GPU finds its result right "
-                        "and times it faster than cuBLAS. Plans with nan_policy='ignore' (the kernel multiplies "
-                        "only the stored slots) (make_plan(wgmma_kernel=True, nan_policy='ignore'))")
+                        "capability 9.0; measured on an H100: benchmarks/results/h100/model_wgmma24.md): a layer runs it "
+                        "where the GPU finds its result right and times it faster than cuBLAS. Plans with "
+                        "nan_policy='ignore' (the kernel multiplies only the stored slots) "
+                        "(make_plan(wgmma_kernel=True, nan_policy='ignore'))")
     p.add_argument("--wgmma-layout", choices=("slots", "compressed"), default="slots",
                    help="with --wgmma-kernel, the 2:4 format's layout: slots (two per group and the overflow's "
                         "words) or compressed (only the nonzero words, found by each thread's masks: fewer bytes) "
