@@ -98,19 +98,23 @@ def test_wgmma_probe_compiles(variant, tmp_path):
 @pytest.mark.parametrize("wgs,mt,split,overflow,ntok,compressed", [
     (2, 2, 1, 0, 128, False), (2, 2, 4, 1, 128, False), (1, 1, 1, 1, 128, False), (2, 1, 8, 1, 64, False),
     (1, 2, 3, 0, 32, False), (2, 2, 3, 1, 16, False), (2, 2, 2, 0, 16, False),
-    (2, 2, 3, 1, 16, True), (2, 2, 1, 1, 128, True), (1, 2, 2, 0, 64, True)])
+    (2, 2, 3, 1, 16, True), (2, 2, 1, 1, 128, True), (1, 2, 2, 0, 64, True),
+    (2, 2, 0, 1, 16, False), (2, 2, 0, 1, 16, True), (2, 2, 0, 0, 128, False)])
 @pytest.mark.parametrize("is_bf16", [True, False], ids=["bf16", "fp16"])
-def test_wgmma24_kernel_source_compiles(wgs, mt, split, overflow, ntok, compressed, is_bf16, tmp_path):
-    """wgmma24.cu (the warpgroup 2:4 kernel, both layouts) with the defines the launcher gives it
-    assembles for sm_90a without spills, and ptxas keeps its mma asynchronous (no serialization
-    warning)."""
+@pytest.mark.parametrize("tuning", ["", "-DDYN=1", "-DREFILL_LATE=0"])
+def test_wgmma24_kernel_source_compiles(wgs, mt, split, overflow, ntok, compressed, is_bf16, tuning, tmp_path):
+    """wgmma24.cu (the warpgroup 2:4 kernel, both layouts, clusters and STREAM) with the defines the
+    launcher gives it, and with the tuning defines (DYN: STREAM builds only) assembles for sm_90a
+    without spills, and ptxas keeps its mma asynchronous (no serialization warning)."""
     from cross.kernels.cuda_backend import wgmma24_defines
 
+    if tuning == "-DDYN=1" and split:
+        pytest.skip("DYN is a STREAM build")
     kernels = resources.files("cross.kernels")
     cmd = [NVCC, "-arch=sm_90a", "-std=c++17", "-cubin", "-Xptxas", "-v", "-o", str(tmp_path / "k.cubin"),
            f"-I{kernels}",
            *wgmma24_defines(is_bf16, wgs, mt, split, 1024 if compressed else 64 * overflow, ntok, compressed, bool(overflow)),
-           str(kernels.joinpath("wgmma24.cu"))]
+           *tuning.split(), str(kernels.joinpath("wgmma24.cu"))]
     out = subprocess.run(cmd, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "serializ" not in out.stderr, out.stderr[-2000:]
