@@ -232,83 +232,6 @@ def test_stream_partition(outputs, chunks, blocks):
     assert max(arrivals, default=0) < blocks and all(s in (0, 1) for _, s in slots)
 
 
-def _dyn(outputs, chunks, blocks, ahead, first, piece, contributions, rng):
-    """The DYN launch as wgmma24.cu runs it (its integer formulas, transcribed), the blocks advanced one
-    unit at a time in a random order: block j's static piece [j s0, (j + 1) s0) (clamped to the units),
-    then the pieces of ``piece`` units after s0 P drawn from the ticket counter (each block draws at its
-    start and at each switch, until it draws -1; the launch's last draw resets the counter); a segment
-    (an output's units between two flushes) ends at an output's last chunk or a piece's last unit and is
-    written straight to Y where it is the whole output, else added into the output's workspace with an
-    arrival of its units' count; the arrival that completes the output writes it and zeroes both.
-    Returns the outputs as written, the workspace, the counters and the ticket counter after the launch."""
-    units = outputs * chunks
-    s0 = max(ahead, units * first // 100 // blocks)
-    dyn0 = min(s0 * blocks, units)
-    pieces = (units - dyn0 + piece - 1) // piece
-    ws, counters, written, ticket = [0] * outputs, [0] * outputs, {}, [0]
-
-    def draw():
-        raw = ticket[0]
-        ticket[0] += 1
-        if raw == pieces + blocks - 1:
-            ticket[0] = 0
-        return raw if raw < pieces else -1
-
-    def block(j):
-        u0 = min(j * s0, units)
-        spans = [(u0, min(u0 + s0, units))]
-        nxt = draw()
-        acc, c_first, fresh = 0, 0, True
-        while spans:
-            pu, pe = spans.pop()
-            for u in range(pu, pe):
-                if u == pe - 1 and not spans:  # the switch: the piece drawn for it, then the next draw
-                    if nxt >= 0:
-                        spans.append((dyn0 + nxt * piece, min(dyn0 + (nxt + 1) * piece, units)))
-                        nxt = draw()
-                o, c = divmod(u, chunks)
-                if fresh:
-                    acc, c_first = 0, c
-                acc += contributions[u]
-                fresh = c == chunks - 1 or u == pe - 1
-                if not fresh:
-                    pass
-                elif c - c_first + 1 == chunks:
-                    assert o not in written
-                    written[o] = acc
-                else:
-                    ws[o] += acc
-                    counters[o] += c - c_first + 1
-                    if counters[o] == chunks:
-                        assert o not in written
-                        written[o], ws[o], counters[o] = ws[o], 0, 0
-                yield
-
-    running = [block(j) for j in range(blocks)]
-    while running:
-        g = running[int(torch.randint(len(running), (1,), generator=rng))]
-        if next(g, StopIteration) is StopIteration:
-            running.remove(g)
-    return written, ws, counters, ticket[0]
-
-
-@pytest.mark.parametrize("outputs,chunks,blocks,ahead,first,piece", [
-    (43, 64, 264, 7, 50, 4), (43, 64, 132, 7, 50, 2), (16, 64, 146, 7, 50, 4), (16, 172, 256, 7, 30, 3),
-    (3, 12, 5, 7, 50, 4), (1, 1, 1, 7, 50, 4), (1, 5, 1, 7, 50, 4), (7, 3, 3, 7, 100, 4), (200, 64, 528, 3, 50, 1)])
-def test_dyn_partition(outputs, chunks, blocks, ahead, first, piece, rng):
-    """DYN (pieces by tickets, sums by reductions): whatever order the blocks run in, every unit is added
-    once, every output written once with its sum, and the workspace, counters and ticket counter end at
-    zero; the launcher's block count keeps every static piece at least AHEAD units long."""
-    units = outputs * chunks
-    assert blocks == max(1, min(blocks, units // ahead))  # as cuda_backend.wgmma24_launch picks them
-    contributions = [(u * 7919) % 1000 + 1 for u in range(units)]  # integers: sums exact in any order
-    for _ in range(3):
-        written, ws, counters, ticket = _dyn(outputs, chunks, blocks, ahead, first, piece, contributions, rng)
-        assert sorted(written) == list(range(outputs))
-        assert all(written[o] == sum(contributions[o * chunks:(o + 1) * chunks]) for o in range(outputs))
-        assert not any(ws) and not any(counters) and ticket == 0
-
-
 def test_stream_blocks():
     """The SMs' resident blocks, each with at least WGMMA24_MIN_UNITS units where there are that many,
     and the kernel's 32-bit unit arithmetic kept in range."""
@@ -468,38 +391,6 @@ def test_gpu_wgmma24_stream(m, k, n, rng):
         assert _check(y, x, w, b) < 2e-2
         assert not args.counters.any()
     assert torch.equal(_bits(ys[0]), _bits(ys[1]))
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("compressed", [False, True])
-@pytest.mark.parametrize("m,k,n", [(2752, 4096, 16), (700, 2056, 128), (300, 520, 300), (64, 64, 40), (1000, 1032, 5)])
-def test_gpu_wgmma24_dyn(m, k, n, compressed, rng, monkeypatch):
-    """DYN (CROSS_CUDA_DEFINES=-DDYN=1: pieces by tickets, partial sums by fp32 reductions): the product,
-    twice in a row (the workspace, the outputs' counters and the ticket counter are back to zero after
-    each launch, or the second would be wrong)."""
-    from cross.kernels import cuda_backend
-    from cross.kernels.launch import wgmma24_args, wgmma24_run
-
-    _needs_sm90()
-    monkeypatch.setenv(cuda_backend.DEFINES_ENV, "-DDYN=1 -DPIECE=2")
-    cuda_backend._wgmma24_kernel.cache_clear()
-    cuda_backend._wgmma24_dyn_ahead.cache_clear()
-    try:
-        w = _unstructured(m, k, 0.3, rng).cuda()
-        args = wgmma24_args(Wgmma24Weight.from_dense(w, compressed=compressed), 0)
-        x = torch.randn(n, k, generator=rng).to(torch.bfloat16).cuda()
-        b = torch.randn(m, generator=rng).to(torch.bfloat16).cuda()
-        for _ in range(2):
-            y = torch.full((n, m), float("nan"), dtype=torch.bfloat16, device="cuda")
-            wgmma24_run(x, args, b, y)
-            assert _check(y, x, w, b) < 2e-2
-        assert cuda_backend._wgmma24_dyn_ahead(True, args.wgs, args.mt, args.slots, token_tile(n), compressed,
-                                               args.over) > 0
-        for ws, counters in cuda_backend._DYN_SCRATCH.values():
-            assert not ws.any() and not counters.any()
-    finally:
-        cuda_backend._wgmma24_kernel.cache_clear()
-        cuda_backend._wgmma24_dyn_ahead.cache_clear()
 
 
 @pytest.mark.gpu

@@ -38,11 +38,11 @@ __device__ __forceinline__ void bulk_copy(u32 dst, const void* src, u32 bytes, u
 
 // one arrival on a split output's counter, by one thread after a block barrier: the fence releases
 // the block's partial (cumulative over the barrier) and, for the last arrival, acquires the other
-// parts' partials. Adds n (default 1). Returns the count before this arrival.
-__device__ __forceinline__ int arrive_gpu(int* counter, int n = 1) {
+// parts' partials. Returns the count before this arrival.
+__device__ __forceinline__ int arrive_gpu(int* counter) {
     int old;
     asm volatile("fence.acq_rel.gpu;\n"
-                 "atom.relaxed.gpu.global.add.s32 %0, [%1], %2;\n"
-                 "fence.acq_rel.gpu;\n" : "=r"(old) : "l"(counter), "r"(n) : "memory");
+                 "atom.relaxed.gpu.global.add.s32 %0, [%1], 1;\n"
+                 "fence.acq_rel.gpu;\n" : "=r"(old) : "l"(counter) : "memory");
     return old;
 }

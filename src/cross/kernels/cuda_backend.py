@@ -416,32 +416,6 @@ def _wgmma24_kernel(device_index: int, is_bf16: bool, wgs: int, mt: int, split: 
     return func, smem, resident_blocks(func, wgs * 128, smem)
 
 
-@functools.lru_cache(maxsize=None)
-def _wgmma24_dyn_ahead(is_bf16: bool, wgs: int, mt: int, slots: int, ntok: int, compressed: bool = False,
-                       over: bool = False) -> int:
-    """0, or where a STREAM build has CROSS_CUDA_DEFINES' -DDYN=1 (pieces by tickets, partial sums by fp32
-    reductions: wgmma24.cu), the units its pipeline copies ahead (STAGES - 1): each block's static piece
-    needs at least that many."""
-    defines = wgmma24_defines(is_bf16, wgs, mt, 0, slots, ntok, compressed, over)
-    if [d for d in defines if d.startswith("-DDYN=")][-1:] != ["-DDYN=1"]:
-        return 0
-    return int([d for d in defines if d.startswith("-DSTAGES=")][-1].split("=", 1)[1]) - 1
-
-
-_DYN_SCRATCH: dict = {}
-
-
-def dyn_scratch(floats: int, ints: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The zeroed fp32 workspace and int32 counters of a DYN launch of that size on the current GPU (a
-    launch leaves both zero). One pair per size, kept for the process, so that CUDA graphs captured with
-    them stay valid; launches of one size share it, so they must not run concurrently (one stream)."""
-    key = (torch.cuda.current_device(), floats, ints)
-    if key not in _DYN_SCRATCH:
-        _DYN_SCRATCH[key] = (torch.zeros(floats, dtype=torch.float32, device=key[0]),
-                             torch.zeros(ints, dtype=torch.int32, device=key[0]))
-    return _DYN_SCRATCH[key]
-
-
 def resident_blocks(func, threads: int, smem: int) -> int:
     """Blocks of ``threads`` threads and ``smem`` bytes of dynamic shared memory that an SM holds at once
     (the driver's occupancy: registers, shared memory, the build's launch bounds)."""
@@ -485,11 +459,6 @@ def wgmma24_launch(row_blocks: int, ntok: int, wgs: int, mt: int, split: int, sl
     ws = None
     if split:
         grid = outputs * split
-    elif ahead := _wgmma24_dyn_ahead(ptrs.is_bf16, wgs, mt, slots, ntok, compressed, over):
-        # DYN: static pieces of at least `ahead` units; the workspace and counters per output (+ tickets)
-        grid = max(1, min(sms * min(per_sm, WGMMA24_MAX_PER_SM), outputs * chunks // ahead))
-        ws, dyn_counters = dyn_scratch(outputs * 64 * wgs * mt * ntok, outputs + 1)
-        counters = dyn_counters.data_ptr()
     else:
         grid = wgmma24_stream_blocks(outputs * chunks, sms, per_sm)
         ws = workspace(2 * grid * 64 * wgs * mt * ntok)

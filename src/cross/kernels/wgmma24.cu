@@ -73,25 +73,6 @@
 #if STREAM && SPLIT != 1
 #error "STREAM splits K by units, not clusters: SPLIT must be 1"
 #endif
-// DYN=1 (STREAM): block j takes static piece j (DYN_FIRST percent of the units in equal contiguous
-// pieces, at least AHEAD units each), then pieces of PIECE units drawn by tickets as it frees; partial
-// sums go by fp32 reductions into a zeroed workspace per output, summed in L2 in the order they arrive
-// (not deterministic run to run; docs/perf-notes.md, "Pieces by tickets, summed by reductions")
-#ifndef DYN
-#define DYN 0
-#endif
-#ifndef DYN_FIRST
-#define DYN_FIRST 50
-#endif
-#ifndef PIECE
-#define PIECE 4
-#endif
-#if DYN && !STREAM
-#error "DYN is a STREAM launch"
-#endif
-#if DYN && BLOCK_TIMES
-#error "BLOCK_TIMES reads STREAM's workspace slots; DYN's workspace is per output"
-#endif
 #ifndef STAGES
 #define STAGES 6
 #endif
@@ -302,23 +283,6 @@ __device__ __forceinline__ void store_one(u16* y, const u16* bias, int row0, int
 // (units + 1) blocks under 2^32
 __device__ __forceinline__ u32 block_of(u32 u, u32 units, u32 blocks) { return ((u + 1) * blocks - 1) / units; }
 
-#if DYN
-// one ticket of the counter at ctr: a dynamic piece (0 .. pieces - 1) or -1 when none is left; every
-// block draws until it gets -1, so the launch draws pieces + blocks times and its last draw resets the
-// counter for the next launch
-__device__ __forceinline__ int draw(int* ctr, u32 pieces) {
-    const u32 raw = atomicAdd(reinterpret_cast<unsigned*>(ctr), 1u);
-    if (raw == pieces + gridDim.x - 1) *ctr = 0;
-    return raw < pieces ? (int)raw : -1;
-}
-
-// 4 consecutive floats added to global memory (in L2)
-__device__ __forceinline__ void red_add4(float* p, float a, float b, float c, float d) {
-    asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"l"(p), "f"(a), "f"(b), "f"(c), "f"(d)
-                 : "memory");
-}
-#endif
-
 #ifndef MIN_BLOCKS
 #define MIN_BLOCKS 1  // blocks per SM the registers must allow (__launch_bounds__)
 #endif
@@ -339,24 +303,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
 #if STREAM
     __shared__ int last;  // this block arrived last on an output's counter
     const u32 units = (u32)((m + R - 1) / R) * tiles * chunks;
-#if DYN
-    // static pieces of s0 units (the launcher keeps gridDim.x x AHEAD <= units, so that no piece ends
-    // inside the prologue and unit i stays in cp.async group i), then pieces of PIECE
-    const u32 s0 = max((u32)AHEAD, (u32)((unsigned long long)units * DYN_FIRST / 100 / gridDim.x));
-    const u32 dyn0 = min(s0 * gridDim.x, units), pieces = (units - dyn0 + PIECE - 1) / PIECE;
-    const u32 u0 = min(blockIdx.x * s0, units), u1 = min(u0 + s0, units);  // shorter only where units < AHEAD
-    int* tickets = counters + units / chunks;  // after the outputs' counters
-    __shared__ int slot[2];                    // the next piece's ticket, by the parity of the block's pieces
-    __shared__ u32 ring[STAGES];               // each stage's unit, bit 31: the last of its piece
-    u32 pu = u0, pe = u1;                      // the piece being copied: its next unit and its end
-    int kp = 0, issued = 0;                    // the block's pieces entered; units copied
-    bool more = true;                          // pieces may remain
-    int drawn = 0;                             // thread 0: a ticket drawn, stored before the switch that reads it
-    bool pending = false;
-    if (tid == 0) drawn = draw(tickets, pieces), pending = true;
-#else
     const u32 u0 = blockIdx.x * units / gridDim.x, u1 = (blockIdx.x + 1) * units / gridDim.x;
-#endif
 #else
     const int cluster = blockIdx.x / SPLIT, part = blockIdx.x % SPLIT;  // the cluster's output, this block's part of K
     const u32 u0 = cluster * chunks + part * chunks / SPLIT, u1 = cluster * chunks + (part + 1) * chunks / SPLIT;
@@ -366,10 +313,6 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
     ld.seek(u0);
 #if STREAM
     int uc = ld.c, uo = ld.o;  // the unit the mmas are on: chunk uc of output uo
-#endif
-#if DYN
-    bool fresh = true;  // the accumulators start a segment (an output's units summed before one flush)
-    int c_first = 0;    // the segment's first chunk
 #endif
 
     float acc[MT][NACC];
@@ -391,19 +334,10 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
             load_chunk(smem + s * STAGE_BYTES, bars + 8 * s, ld.w + (size_t)ld.c * W_BYTES, ld.xt, ld.c, ld.ntok, k,
                        ldx, tid);
             ld.next();
-#if DYN
-            if (tid == 0) ring[s] = pu | (u32)(pu + 1 == pe) << 31;
-            ++pu, ++issued;
-#endif
         }
         asm volatile("cp.async.commit_group;\n" ::: "memory");
     }
-#if DYN
-    for (int i = 0; i < issued; ++i) {  // issued grows with the refills
-        if (tid == 0 && pending && pu == pe) slot[(kp + 1) & 1] = drawn, pending = false;  // read after the barrier
-#else
     for (int i = 0; i < nun; ++i) {
-#endif
         asm volatile("cp.async.wait_group %0;\n" ::"n"(AHEAD - 1) : "memory");
 #if BULK
         mbar_wait(bars + 8 * (i % STAGES), (u32)(i / STAGES) & 1u);  // unit i's weight record in place
@@ -415,40 +349,13 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
         // the refill of unit i - 1's stage with unit i + AHEAD (one cp.async group per unit, empty past the
         // block's units)
         auto refill = [&]() {
-#if DYN
-            if (more && pu == pe) {  // the piece is copied: the next one is the ticket drawn for it
-                const int t = slot[++kp & 1];
-                if (t < 0) {
-                    more = false;
-                } else {
-                    pu = dyn0 + (u32)t * PIECE, pe = min(pu + PIECE, units);
-                    ld.seek(pu);
-                    if (tid == 0) drawn = draw(tickets, pieces), pending = true;
-                }
-            }
-            if (more) {  // issued == i + AHEAD
-                const int s = issued % STAGES;
-                load_chunk(smem + s * STAGE_BYTES, bars + 8 * s, ld.w + (size_t)ld.c * W_BYTES, ld.xt, ld.c, ld.ntok, k,
-                           ldx, tid);
-                if (tid == 0) ring[s] = pu | (u32)(pu + 1 == pe) << 31;
-                ld.next();
-                ++pu, ++issued;
-            }
-#else
             if (i + AHEAD < nun) {
                 load_chunk(smem + ((i + AHEAD) % STAGES) * STAGE_BYTES, bars + 8 * ((i + AHEAD) % STAGES),
                            ld.w + (size_t)ld.c * W_BYTES, ld.xt, ld.c, ld.ntok, k, ldx, tid);
                 ld.next();
             }
-#endif
             asm volatile("cp.async.commit_group;\n" ::: "memory");
         };
-#if DYN
-        const u32 info = ring[i % STAGES];  // this unit: written before the barrier, rewritten after the next
-        const bool piece_end = info >> 31;
-        uo = (int)((info & 0x7FFFFFFFu) / chunks), uc = (int)((info & 0x7FFFFFFFu) - (u32)uo * chunks);
-        if (fresh) c_first = uc;
-#endif
 #if !REFILL_LATE || (ABLATE & 1)
         refill();
 #endif
@@ -485,9 +392,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
 #pragma unroll
         for (int t = 0; t < MT; ++t) fence_acc(acc[t]);
         asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-#if DYN
-        const u32 acc_in = !fresh;
-#elif STREAM
+#if STREAM
         const u32 acc_in = i != 0 && uc != 0;  // not the first unit of an output or of the block's units
 #else
         const u32 acc_in = i != 0;
@@ -527,38 +432,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
 #pragma unroll
         for (int t = 0; t < MT; ++t) fence_acc(acc[t]);
 #endif  // !(ABLATE & 1)
-#if DYN
-        fresh = uc == chunks - 1 || piece_end;
-        if (fresh && uc - c_first + 1 == chunks) {  // the whole output in one segment: to Y
-#pragma unroll
-            for (int f = 0; f < MT * NACC; ++f)
-                store_one(y, bias, (uo / tiles) * R, (uo % tiles) * NTOK, m, n_tok, ldy, wg, warp, lane, f,
-                          acc[f / NACC][f % NACC]);
-        } else if (fresh) {  // the segment's partial sums into the output's workspace, 4 floats per thread at a time
-            float* part = ws + (size_t)uo * (R * NTOK);
-#pragma unroll
-            for (int f = 0; f < MT * NACC; f += 4)
-                red_add4(part + ((size_t)(f / 4) * THREADS + tid) * 4, acc[f / NACC][f % NACC],
-                         acc[f / NACC][f % NACC + 1], acc[f / NACC][f % NACC + 2], acc[f / NACC][f % NACC + 3]);
-            __syncthreads();
-            if (tid == 0) last = arrive_gpu(counters + uo, uc - c_first + 1) + uc - c_first + 1 == chunks;
-            __syncthreads();
-            if (last) {  // every segment of uo arrived: its sum to Y, the workspace and counter zeroed
-#pragma unroll
-                for (int f = 0; f < MT * NACC; f += 4) {
-                    float4* q = reinterpret_cast<float4*>(part + ((size_t)(f / 4) * THREADS + tid) * 4);
-                    const float4 v = __ldcg(q);
-                    __stcg(q, make_float4(0.f, 0.f, 0.f, 0.f));
-                    const float sv[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-                    for (int e = 0; e < 4; ++e)
-                        store_one(y, bias, (uo / tiles) * R, (uo % tiles) * NTOK, m, n_tok, ldy, wg, warp, lane,
-                                  f + e, sv[e]);
-                }
-                if (tid == 0) counters[uo] = 0;
-            }
-        }
-#elif STREAM
+#if STREAM
         if (uc == chunks - 1 || i == nun - 1) {  // this block's last unit of output uo
             const u32 first = uo * chunks;
             const u32 jf = block_of(first, units, gridDim.x), jl = block_of(first + chunks - 1, units, gridDim.x);
