@@ -394,6 +394,32 @@ def test_gpu_wgmma24_stream(m, k, n, rng):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("compressed", [False, True])
+@pytest.mark.parametrize("split", [0, None])
+@pytest.mark.parametrize("m,k,n", [(2752, 4096, 16), (700, 2056, 128), (300, 520, 300), (64, 64, 40), (1000, 1032, 5)])
+def test_gpu_wgmma24_xpre(m, k, n, split, compressed, rng, monkeypatch):
+    """XPRE builds (CROSS_CUDA_DEFINES=-DXPRE=1: X laid out per launch as the stages hold it, a unit's
+    part by one bulk copy beside the weight's): the product, by STREAM and by clusters."""
+    from cross.kernels import cuda_backend
+    from cross.kernels.launch import wgmma24_args, wgmma24_run
+
+    _needs_sm90()
+    monkeypatch.setenv(cuda_backend.DEFINES_ENV, "-DXPRE=1")
+    cuda_backend._wgmma24_kernel.cache_clear()
+    try:
+        assert cuda_backend.wgmma24_xpre()
+        w = _unstructured(m, k, 0.3, rng).cuda()
+        args = wgmma24_args(Wgmma24Weight.from_dense(w, compressed=compressed), split)
+        x = torch.randn(n, k, generator=rng).to(torch.bfloat16).cuda()
+        b = torch.randn(m, generator=rng).to(torch.bfloat16).cuda()
+        y = torch.full((n, m), float("nan"), dtype=torch.bfloat16, device="cuda")
+        wgmma24_run(x, args, b, y)
+        assert _check(y, x, w, b) < 2e-2
+    finally:
+        cuda_backend._wgmma24_kernel.cache_clear()
+
+
+@pytest.mark.gpu
 def test_gpu_wgmma24_fp16(rng):
     from cross.kernels.launch import wgmma24_matmul
 

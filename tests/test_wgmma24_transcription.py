@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from cross.pack.wgmma24 import CHUNK, TILE_ROWS, TILE_WORDS, Wgmma24Weight, token_tile
+from cross.pack.wgmma24 import CHUNK, TILE_ROWS, TILE_WORDS, Wgmma24Weight, token_tile, x_stages
 
 START_BITS = 14  # a head word: first overflow word (bits 0-13), then a mask of 8 bits per m-tile
 OVERFLOW_META = 0xEEEEEEEE  # the overflow operand's metadata: positions 2 and 3 in every nibble
@@ -215,6 +215,22 @@ def test_kernel_arithmetic_is_the_product(m, k, n, wgs, mt, split, sparsity, com
     ref = (x.double() @ w.double().t() + bias.double()).numpy()
     assert not np.isnan(y).any(), "an output the blocks never wrote"
     np.testing.assert_allclose(y, ref, rtol=1e-9, atol=1e-9 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("n,k,ntok", [(16, 64, 16), (5, 200, 16), (40, 136, 64), (300, 520, 128), (129, 8, 128)])
+def test_x_stages_are_the_stages(n, k, ntok, rng):
+    """X laid out once per launch for XPRE builds (pack/wgmma24.x_stages): every unit's part is, bit for
+    bit, X's part of a stage as load_chunk's cp.async copies write it (zeros past N and K)."""
+    x = torch.randn(n, k, generator=rng).to(torch.bfloat16)
+    chunks = -(-k // CHUNK)
+    xs = x_stages(x, ntok, chunks)
+    bits = x.view(torch.int16).numpy().astype(np.int64) & 0xFFFF
+    assert xs.shape == (-(-n // ntok), chunks, ntok * CHUNK)
+    for tt in range(xs.shape[0]):
+        rows = bits[tt * ntok:(tt + 1) * ntok]
+        for c in range(chunks):
+            want = stage_x(rows, c, rows.shape[0], k, ntok)
+            assert np.array_equal(xs[tt, c].view(torch.int16).numpy().astype(np.int64) & 0xFFFF, want)
 
 
 def test_two_four_weight_without_overflow():

@@ -416,6 +416,17 @@ def _wgmma24_kernel(device_index: int, is_bf16: bool, wgs: int, mt: int, split: 
     return func, smem, resident_blocks(func, wgs * 128, smem)
 
 
+def wgmma24_xpre() -> bool:
+    """Whether CROSS_CUDA_DEFINES makes the wgmma24 builds XPRE ones (-DXPRE=1: X handed to the kernel
+    laid out as its stages hold it, pack/wgmma24.x_stages, a unit's part by one bulk copy)."""
+    return _define_set(os.environ.get(DEFINES_ENV, ""), "-DXPRE=")
+
+
+@functools.lru_cache(maxsize=None)
+def _define_set(extras: str, name: str) -> bool:
+    return [d for d in extras.split() if d.startswith(name)][-1:] == [name + "1"]
+
+
 def resident_blocks(func, threads: int, smem: int) -> int:
     """Blocks of ``threads`` threads and ``smem`` bytes of dynamic shared memory that an SM holds at once
     (the driver's occupancy: registers, shared memory, the build's launch bounds)."""

@@ -517,7 +517,7 @@ def wgmma24_run(x: torch.Tensor, args: Wgmma24Args, bias: torch.Tensor | None = 
     tokens where N is at most that (``token_tile``), else tiles of 128. x: [N, K] in the weight's dtype
     on its GPU; bias: contiguous [M]; out: optional [N, M], unit stride along M (written entirely). No
     checks beyond X's layout (``wgmma24_matmul`` checks)."""
-    from ..pack.wgmma24 import token_tile
+    from ..pack.wgmma24 import token_tile, x_stages
     from . import cuda_backend
 
     n = x.shape[0]
@@ -527,7 +527,8 @@ def wgmma24_run(x: torch.Tensor, args: Wgmma24Args, bias: torch.Tensor | None = 
     x = _rows_16_byte_aligned(x)
     ntok = token_tile(n)
     split = args.split if args.split >= 0 else wgmma24_split(args.row_blocks, args.chunks, args.sms, -(-n // ntok))
-    ptrs = cuda_backend.Pointers((x, y, bias, args.values, args.counters), x.dtype == torch.bfloat16)
+    xk = x_stages(x, ntok, args.chunks) if cuda_backend.wgmma24_xpre() else x  # an XPRE build's X
+    ptrs = cuda_backend.Pointers((xk, y, bias, args.values, args.counters), x.dtype == torch.bfloat16)
     cuda_backend.wgmma24_launch(args.row_blocks, ntok, args.wgs, args.mt, split, args.slots, ptrs,
                                 args.out_features, args.in_features, n, x.stride(0), y.stride(0), args.chunks,
                                 args.sms, args.compressed, args.over)

@@ -70,6 +70,12 @@
 #ifndef BULK
 #define BULK 1  // a unit's weight record by one bulk copy on its stage's mbarrier (0: 16-byte cp.async by all threads)
 #endif
+#ifndef XPRE
+#define XPRE 0  // 1: x is X laid out as the stages hold it (pack/wgmma24.x_stages), a unit's part by one bulk copy
+#endif
+#if XPRE && !BULK
+#error "XPRE copies X on the weight's mbarrier: BULK must be 1"
+#endif
 #if STREAM && SPLIT != 1
 #error "STREAM splits K by units, not clusters: SPLIT must be 1"
 #endif
@@ -195,10 +201,18 @@ __device__ __forceinline__ void cluster_sync() {
 
 // the copies of chunk c (of a row block and token tile) into a stage: the weight's bytes of the chunk
 // (BULK: one bulk copy by thread 0, counted on the stage's mbarrier bar), and X's NTOK x 64 values in
-// the k-steps' core-matrix layout (zeros past n_tok tokens and past K; cp.async, this thread's group)
+// the k-steps' core-matrix layout (zeros past n_tok tokens and past K; cp.async, this thread's group;
+// XPRE: x holds them laid out so already, one bulk copy on the same mbarrier)
 __device__ __forceinline__ void load_chunk(unsigned char* stage, u32 bar, const unsigned char* wsrc, const u16* x,
                                            int c, int n_tok, int k, int ldx, int tid) {
     const u32 sw = smem_u32(stage);
+#if XPRE  // x: the token tile's stages; chunk c's part as the stage holds it
+    if (tid == 0) {
+        mbar_arrive_expect(bar, W_BYTES + X_BYTES);
+        bulk_copy(sw, wsrc, W_BYTES, bar);
+        bulk_copy(sw + W_BYTES, x + (size_t)c * (NTOK * KC), X_BYTES, bar);
+    }
+#else
 #if BULK
     if (tid == 0) {
         mbar_arrive_expect(bar, W_BYTES);
@@ -219,6 +233,7 @@ __device__ __forceinline__ void load_chunk(unsigned char* stage, u32 bar, const 
         const u32 dst = sx + (g8 >> 2) * (NTOK * 32 * 2) + (t >> 3) * 512 + (g8 & 3) * 128 + (t & 7) * 16;
         cp16(dst, src, in ? 16u : 0u);
     }
+#endif
 }
 
 // a thread's registers of an operand stored as only its nonzero words (the slots layout's overflow, both
@@ -246,7 +261,7 @@ struct Walk {
     int chunks, tiles, ldx, n_tok;
     int c, o;                   // the unit: chunk c of output o
     const unsigned char* w;     // output o's row block: its chunks' records
-    const u16* xt;              // output o's token tile: its first row of X
+    const u16* xt;              // output o's token tile: its first row of X (XPRE: its first stage's X)
     int ntok;                   // and its tokens
     __device__ __forceinline__ void seek(u32 u) {
         o = (int)(u / chunks);
@@ -259,7 +274,7 @@ struct Walk {
     __device__ __forceinline__ void output() {
         const int tt = o % tiles;
         w = values + (size_t)(o / tiles) * chunks * W_BYTES;
-        xt = x + (size_t)tt * NTOK * ldx;
+        xt = x + (size_t)tt * (XPRE ? (size_t)chunks * NTOK * KC : (size_t)NTOK * ldx);
         ntok = min(NTOK, n_tok - tt * NTOK);
     }
 };

@@ -364,6 +364,18 @@ def token_tile(n: int) -> int:
     return next(t for t in NTOKS if n <= t or t == NTOK)
 
 
+def x_stages(x: torch.Tensor, ntok: int, chunks: int) -> torch.Tensor:
+    """X [N, K] as the kernel's stages hold it, for builds that copy it by one bulk copy per unit
+    (``-DXPRE=1``, kernels/wgmma24.cu): [token tiles, chunks, ntok x 64], unit (tile, chunk)'s part
+    contiguous in the B operand's no-swizzle K-major layout (k-step, 8-token group, 8-column group,
+    token, column: core matrices of 8 tokens x 8 columns), zeros past N tokens and past K."""
+    n, k = x.shape
+    tiles = -(-n // ntok)
+    xp = torch.nn.functional.pad(x, (0, chunks * CHUNK - k, 0, tiles * ntok - n))
+    return xp.view(tiles, ntok // 8, 8, chunks, 2, 4, 8).permute(0, 3, 4, 1, 5, 2, 6).reshape(tiles, chunks,
+                                                                                              ntok * CHUNK)
+
+
 def record_bytes(wgs: int, mt: int, slots: int, compressed: bool = False) -> int:
     """Bytes of a row block's chunk in the format: the m-tiles' words, and where there is overflow
     (``slots`` > 0) the head words and the overflow word slots; ``compressed``: the metadata words, the
