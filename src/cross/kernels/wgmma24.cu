@@ -36,8 +36,8 @@
 // 1 with STREAM), NTOK (16, 32, 64 or 128: tokens per block and the mma's N), STAGES, SLOTS (the
 // weight's overflow word slots per chunk; 0: no overflow, no head words, no second mma), COMPRESSED and
 // OVER (the compressed layout; its weight has overflow), REFILL_LATE (1: a unit's refill issued after its
-// mmas; 0: after the barrier), MIN_BLOCKS (blocks per SM the registers must
-// allow; default 1). Requirements
+// mmas; 0: after the barrier), XPRE (1: x is X laid out as the stages hold it, pack/wgmma24.x_stages,
+// copied by bulk copies), MIN_BLOCKS (blocks per SM the registers must allow; default 1). Requirements
 // checked by the launcher: K % 8 == 0, x 16-byte aligned with a row stride a multiple of 8, dynamic
 // shared memory wgmma24.smem_bytes; STREAM: at least one unit per block, ws of 2 R NTOK floats per
 // block, counters of one int per block, zero before the first launch.
