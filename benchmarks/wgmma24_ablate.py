@@ -4,7 +4,8 @@ waits and barriers, no A registers, no mmas; its result is wrong and not checked
 (CUDA-graph replay, L2 flushed by a 256 MB read, cuBLAS in the same run) and then launched once more
 after a flush with -DBLOCK_TIMES=1: every block's start and end (%globaltimer) and SM, so that the
 spread of the blocks' ends (the SMs idle while the last ones finish) is seen, not inferred; with
---repeats, whether the same SMs are fast from launch to launch.
+--repeats, whether the same SMs are fast from launch to launch; with --units (-DBLOCK_TIMES=2), when
+each block's units land: whether the blocks that end last got their first copies late or their refills.
 
     PYTHONPATH=src python benchmarks/wgmma24_ablate.py --shape 11008x4096 --sparsity 0.7 --n 16
 """
@@ -23,17 +24,18 @@ from cross.bench.weights import make_weight  # noqa: E402
 from cross.costmodel.profile import FLUSH_BYTES  # noqa: E402
 from cross.kernels import cuda_backend  # noqa: E402
 from cross.kernels.launch import wgmma24_args  # noqa: E402
-from cross.pack.wgmma24 import Wgmma24Weight, token_tile  # noqa: E402
+from cross.pack.wgmma24 import Wgmma24Weight, stages, token_tile  # noqa: E402
 
 VARIANTS = (("full", ""), ("copies only", "-DABLATE=1"))
+UNIT_TIMES = 64  # wgmma24.cu's units timed per block with -DBLOCK_TIMES=2
 
 
-def launcher(args, x, y, ntok: int, defines: str, waves: int = 1):
+def launcher(args, x, y, ntok: int, defines: str, waves: int = 1, units_timed: bool = False):
     """A STREAM launch of a build with ``defines`` (and BLOCK_TIMES) over ``waves`` times the SMs' resident
     blocks (more than one: the hardware's block scheduler hands the later ranges to whichever SM frees
     first), its workspace with room for the blocks' times, and the times' view (u64 [blocks, 3]: start,
-    end, SM)."""
-    os.environ[cuda_backend.DEFINES_ENV] = f"{defines} -DBLOCK_TIMES=1"
+    end, SM; with ``units_timed``, BLOCK_TIMES=2, also [blocks, UNIT_TIMES]: when each unit was in place)."""
+    os.environ[cuda_backend.DEFINES_ENV] = f"{defines} -DBLOCK_TIMES={2 if units_timed else 1}"
     cuda_backend._wgmma24_kernel.cache_clear()
     func, smem, per_sm = cuda_backend._wgmma24_kernel(torch.cuda.current_device(), True, args.wgs, args.mt, 0,
                                                       args.slots, ntok, args.compressed, args.over)
@@ -41,7 +43,7 @@ def launcher(args, x, y, ntok: int, defines: str, waves: int = 1):
     units = outputs * args.chunks
     grid = min(waves * cuda_backend.wgmma24_stream_blocks(units, args.sms, per_sm), units)
     slots = 2 * grid * 64 * args.wgs * args.mt * ntok
-    ws = torch.zeros(slots + 6 * grid, dtype=torch.float32, device="cuda")
+    ws = torch.zeros(slots + 6 * grid + 2 * UNIT_TIMES * grid, dtype=torch.float32, device="cuda")
     counters = torch.zeros(grid, dtype=torch.int32, device="cuda")  # one per block (the args' are per resident block)
     ptrs = cuda_backend.Pointers.of(x.data_ptr(), y.data_ptr(), 0, args.values.data_ptr(), ws.data_ptr(),
                                     counters.data_ptr(), is_bf16=True)
@@ -51,7 +53,35 @@ def launcher(args, x, y, ntok: int, defines: str, waves: int = 1):
         cuda_backend._launch(func, grid, args.wgs * 128, smem, ptrs, ints)
 
     run.keep = counters
-    return run, ws[slots:].view(torch.int64).view(grid, 3), grid, per_sm
+    words = ws[slots:].view(torch.int64)
+    run.units = words[3 * grid:].view(grid, UNIT_TIMES)
+    return run, words[:3 * grid].view(grid, 3), grid, per_sm
+
+
+def unit_landings(times: torch.Tensor, units: torch.Tensor, total: int, ahead: int) -> list[str]:
+    """When each block's units were in place (u64 [blocks, UNIT_TIMES], ns; ``times``: [blocks, 3] start,
+    end, SM), from the first block's start, for a STREAM launch of ``total`` units whose pipeline copies
+    ``ahead`` units before its first wait: over the blocks (min/median/max), unit 0, the prologue's last
+    (ahead - 1), the first refilled (ahead) and each block's last timed unit; then the medians of the
+    same for the tenth of the blocks that ended first and the tenth that ended last."""
+    grid = times.shape[0]
+    t0 = times[:, 0].min()
+    counts = [min((j + 1) * total // grid - j * total // grid, units.shape[1]) for j in range(grid)]
+    rel = (units - t0).double() / 1e3
+    end = (times[:, 1] - t0).double() / 1e3
+    picks = {"unit 0": [0] * grid, f"unit {ahead - 1} (the prologue's last)": [min(ahead - 1, c - 1) for c in counts],
+             f"unit {ahead} (the first refill)": [min(ahead, c - 1) for c in counts],
+             "the last unit": [c - 1 for c in counts]}
+    cols = {name: torch.stack([rel[j, i] for j, i in enumerate(idx)]) for name, idx in picks.items()}
+    cols["the end"] = end
+    q = lambda v: "/".join(f"{float(x):.1f}" for x in torch.quantile(v, torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)))  # noqa: E731
+    lines = ["units in place, us from the first start (min/median/max over blocks): "
+             + "; ".join(f"{name} {q(v)}" for name, v in cols.items())]
+    order = torch.argsort(end)
+    tenth = max(1, grid // 10)
+    for label, sel in (("the tenth ending first", order[:tenth]), ("the tenth ending last", order[-tenth:])):
+        lines.append(f"{label}: " + "; ".join(f"{name} {float(v[sel].median()):.1f}" for name, v in cols.items()))
+    return lines
 
 
 def sm_repeatability(per_launch: list[torch.Tensor], sms: int) -> str:
@@ -81,6 +111,9 @@ def main(argv=None):
     ap.add_argument("--waves", default="1", help="comma-separated multiples of the resident blocks to launch (default 1)")
     ap.add_argument("--variants", default="full,copies only", help="comma-separated, of: full, copies only")
     ap.add_argument("--compressed", action="store_true", help="the compressed layout (default: the slots layout)")
+    ap.add_argument("--units", action="store_true",
+                    help="also time when each block's first units land (-DBLOCK_TIMES=2; the launch timed "
+                         "for its speed is the plain BLOCK_TIMES=1 build)")
     ap.add_argument("--repeats", type=int, default=1,
                     help="launches with block times (each after a flush); from 2: how well each SM's block time "
                          "in one launch predicts it in the next (the correlation over the SMs), and the SMs "
@@ -125,6 +158,15 @@ def main(argv=None):
               f"last: {', '.join(f'{float(end[i]) / 1e3:.1f} (SM {int(t[i, 2])})' for i in order[-5:])}")
         if len(per_launch) > 1:
             print(f"{'':>12}  {sm_repeatability(per_launch, args.sms)}")
+        if opts.units:
+            urun, utimes, ugrid, _ = launcher(args, x, y, token_tile(opts.n), defines, waves, units_timed=True)
+            flush.sum()
+            urun()
+            torch.cuda.synchronize()
+            ahead = (opts.stages or stages(args.wgs, args.mt, args.slots, token_tile(opts.n), args.compressed)) - 1
+            total = args.row_blocks * -(-opts.n // token_tile(opts.n)) * args.chunks
+            for line in unit_landings(utimes.cpu(), urun.units.cpu(), total, ahead):
+                print(f"{'':>12}  {line}")
     os.environ.pop(cuda_backend.DEFINES_ENV, None)
     cuda_backend._wgmma24_kernel.cache_clear()
 

@@ -35,3 +35,22 @@ def test_same_sms_fast_in_every_launch():
     assert "fastest SMs [0, 1, 2, 3, 4]" in text and "slowest [1, 2, 3, 4, 5]" in text
     flipped = _times([500, 500, 400, 300, 200, 100, 20], sms)
     assert float(re.search(r"correlation (-?[\d.]+)", ablate.sm_repeatability([a, flipped], 6)).group(1)) < -0.9
+
+
+def test_unit_landings_split_the_first_and_last_blocks():
+    """When units land, read per block: unit 0, the prologue's last, the first refill and the block's
+    last unit (each block's share of the launch's units), over all blocks and for the tenth of the
+    blocks that ended first and last."""
+    blocks, per_block, ahead = 10, 5, 3
+    start = torch.zeros(blocks, dtype=torch.int64)
+    end = torch.tensor([1000 * (10 * j + per_block) for j in range(blocks)], dtype=torch.int64)
+    times = torch.stack([start, end, torch.arange(blocks)], 1)
+    units = torch.zeros(blocks, ablate.UNIT_TIMES, dtype=torch.int64)
+    for j in range(blocks):
+        units[j, :per_block] = torch.tensor([1000 * (10 * j + i) for i in range(per_block)])
+    overall, first, last = ablate.unit_landings(times, units, blocks * per_block, ahead)
+    assert "unit 0 0.0/45.0/90.0" in overall and "the last unit 4.0/49.0/94.0" in overall
+    assert first.startswith("the tenth ending first: unit 0 0.0; unit 2 (the prologue's last) 2.0; "
+                            "unit 3 (the first refill) 3.0; the last unit 4.0; the end 5.0")
+    assert last.startswith("the tenth ending last: unit 0 90.0; unit 2 (the prologue's last) 92.0")
+    assert "the end 95.0" in last

@@ -101,11 +101,11 @@ def test_wgmma_probe_compiles(variant, tmp_path):
     (2, 2, 3, 1, 16, True), (2, 2, 1, 1, 128, True), (1, 2, 2, 0, 64, True),
     (2, 2, 0, 1, 16, False), (2, 2, 0, 1, 16, True), (2, 2, 0, 0, 128, False)])
 @pytest.mark.parametrize("is_bf16", [True, False], ids=["bf16", "fp16"])
-@pytest.mark.parametrize("tuning", ["", "-DREFILL_LATE=0", "-DXPRE=1"])
+@pytest.mark.parametrize("tuning", ["", "-DREFILL_LATE=0", "-DXPRE=1", "-DBLOCK_TIMES=2"])
 def test_wgmma24_kernel_source_compiles(wgs, mt, split, overflow, ntok, compressed, is_bf16, tuning, tmp_path):
     """wgmma24.cu (the warpgroup 2:4 kernel, both layouts, clusters and STREAM) with the defines the
-    launcher gives it, with the refill right after the barrier (REFILL_LATE=0) and with X by bulk
-    copies (XPRE=1), assembles for sm_90a without spills, and ptxas keeps its mma asynchronous (no
+    launcher gives it, with the refill right after the barrier (REFILL_LATE=0), with X by bulk
+    copies (XPRE=1) and with the ablation's unit times (BLOCK_TIMES=2), assembles for sm_90a without spills, and ptxas keeps its mma asynchronous (no
     serialization warning)."""
     from cross.kernels.cuda_backend import wgmma24_defines
 

@@ -57,13 +57,15 @@
 // Diagnostics (0 in normal builds; benchmarks/wgmma24_ablate.py): ABLATE=1 skips the A registers' loads
 // and the mmas (the copies, waits and barriers alone; the result is wrong); BLOCK_TIMES=1 (STREAM) has
 // thread 0 of block j write its start and end (%globaltimer, ns) and its SM at u64 [3 j ..] past the
-// workspace's 2 P R NTOK floats
+// workspace's 2 P R NTOK floats; BLOCK_TIMES=2 also the time each of its first UNIT_TIMES units is seen
+// in place (after its waits) at u64 [3 P + UNIT_TIMES j + i]
 #ifndef ABLATE
 #define ABLATE 0
 #endif
 #ifndef BLOCK_TIMES
 #define BLOCK_TIMES 0
 #endif
+#define UNIT_TIMES 64
 #ifndef REFILL_LATE
 #define REFILL_LATE 1  // a unit's refill issued after its mmas, before their wait (0: right after the barrier)
 #endif
@@ -356,6 +358,13 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
         asm volatile("cp.async.wait_group %0;\n" ::"n"(AHEAD - 1) : "memory");
 #if BULK
         mbar_wait(bars + 8 * (i % STAGES), (u32)(i / STAGES) & 1u);  // unit i's weight record in place
+#endif
+#if BLOCK_TIMES >= 2 && STREAM
+        if (tid == 0 && i < UNIT_TIMES) {
+            unsigned long long t_unit;
+            asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t_unit));
+            reinterpret_cast<unsigned long long*>(ws + (size_t)2 * gridDim.x * R * NTOK)[3 * gridDim.x + UNIT_TIMES * blockIdx.x + i] = t_unit;
+        }
 #endif
         // the copies, seen by the mma's reads; this thread's reads of the stage refilled next, done
         // before the refill's bulk copy
