@@ -196,9 +196,9 @@ def test_report_shows_the_measured_speedup(rng):
     slow = plan.with_buckets([b.with_measurement(12.0, 10.0, 0.03) for b in plan.buckets])
     lost = {**untimed, "buckets": bucket_facts(slow, dense_kept=True)}
     both = SparsifyReport({"a": LayerReport("a", SPARSE, sparse.summary()), "b": LayerReport("b", NO_WIN, lost)})
-    assert both.measured_check().startswith("N1: 130x200 1 of 2 kept, measured 0.83-1.25x | ")
+    assert both.measured_check().startswith("N1: 130x200 1 of 2 kept (tile), measured 0.83-1.25x | ")
     # every later bucket timed: layer a's plan runs there, b's does not
-    assert both.measured_check().count("130x200 1 of 2 taken, measured 0.83-1.25x") == len(plan.buckets) - 1
+    assert both.measured_check().count("130x200 1 of 2 taken (tile), measured 0.83-1.25x") == len(plan.buckets) - 1
 
 
 def test_measured_check_names_a_near_win_taken(rng):
@@ -213,8 +213,28 @@ def test_measured_check_names_a_near_win_taken(rng):
     facts = {"shape": (256, 256), "sparsity": 0.7, "nbytes": 1, "dense_nbytes": 2, **plan_facts(timed),
              "buckets": bucket_facts(timed, dense_kept=True)}
     report = SparsifyReport({"a": LayerReport("a", SPARSE, facts)})
-    assert report.measured_check() == ("N1: 256x256 1 of 1 kept, measured 1.25-1.25x | "
-                                       "N2-64: 256x256 1 of 1 taken, measured 1.11-1.11x")
+    assert report.measured_check() == ("N1: 256x256 1 of 1 kept (tile), measured 1.25-1.25x | "
+                                       "N2-64: 256x256 1 of 1 taken (row), measured 1.11-1.11x")
+
+
+def test_measured_check_counts_the_kernels_that_run():
+    """Where the layers of a shape run different kernels in a bucket, the check counts each (most
+    first); layers whose plan does not run there are not counted; a bucket no layer runs names none."""
+    from cross.nn.sparsify import NO_WIN, SPARSE, LayerReport, SparsifyReport
+
+    def facts(kernel, fallback=False):
+        bucket = {"n_min": 1, "n_max": 1, "measured_us": 8.0, "measured_dense_us": 10.0, "runs": "plan",
+                  "kernel": kernel, "fallback": fallback}
+        later = {**bucket, "n_min": 2, "n_max": 16}
+        return {"shape": (64, 128), "buckets": [bucket, later]}
+
+    layers = {"a": LayerReport("a", SPARSE, facts("rows")), "b": LayerReport("b", SPARSE, facts("wgmma24")),
+              "c": LayerReport("c", SPARSE, facts("wgmma24")), "d": LayerReport("d", NO_WIN, facts("rows"))}
+    check = SparsifyReport(layers).measured_check()
+    assert check.startswith("N1: 64x128 3 of 4 kept (warpgroup 2:4 2, row 1), measured 1.25-1.25x | ")
+    assert "N2-16: 64x128 3 of 4 taken (warpgroup 2:4 2, row 1)" in check
+    none = SparsifyReport({"d": LayerReport("d", NO_WIN, facts("rows"))}).measured_check()
+    assert none == "N1: 64x128 0 of 1 kept, measured 1.25-1.25x | N2-16: 64x128 0 of 1 taken, measured 1.25-1.25x"
 
 
 def test_measuring_times_only_predicted_wins_and_each_dense_shape_once(rng, monkeypatch):

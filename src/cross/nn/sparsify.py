@@ -113,7 +113,7 @@ class SparsifyReport:
         timed, at the others the layers whose plan runs there (a predicted win confirmed, or a near
         win taken) of those timed, each with the range of their measured speed-ups (dense over
         plan); "no layer timed" where nothing was."""
-        spans: dict[tuple[int, int], dict[str, list[tuple[float, bool]]]] = {}
+        spans: dict[tuple[int, int], dict[str, list[tuple[float, str | None]]]] = {}
         first = self._first_bucket()
         for layer in self.layers.values():
             for b in layer.summary.get("buckets") or []:
@@ -121,13 +121,15 @@ class SparsifyReport:
                     continue
                 span = (b["n_min"], b["n_max"])
                 runs = layer.action == SPARSE and (span == first or not b["fallback"])
+                kernel = ("dense" if b["runs"] == "dense" else KERNEL_NAMES[b["kernel"]]) if runs else None
                 spans.setdefault(span, {}).setdefault("x".join(map(str, layer.shape)), []).append(
-                    (b["measured_dense_us"] / b["measured_us"], runs))
+                    (b["measured_dense_us"] / b["measured_us"], kernel))
         if not spans:
             return "no layer timed"
         return " | ".join(
             f"{bucket_name(*span)}: " + "; ".join(
-                f"{shape} {sum(runs for _, runs in v)} of {len(v)} {'kept' if span == first else 'taken'}, "
+                f"{shape} {sum(k is not None for _, k in v)} of {len(v)} {'kept' if span == first else 'taken'}"
+                f"{_kernel_counts([k for _, k in v if k is not None])}, "
                 f"measured {min(r for r, _ in v):.2f}-{max(r for r, _ in v):.2f}x" for shape, v in shapes.items())
             for span, shapes in sorted(spans.items()))
 
@@ -199,6 +201,15 @@ class SparsifyReport:
 
     def __repr__(self) -> str:
         return f"SparsifyReport({self.n_swapped} of {len(self.layers)} nn.Linear layers sparse)"
+
+
+def _kernel_counts(kernels: list[str]) -> str:
+    """What the layers counted as running a bucket run there: " (row)" where they all run one kernel,
+    " (row 40, warpgroup 2:4 24)" where they differ (most first), "" where none runs."""
+    if not kernels:
+        return ""
+    counts = sorted(((kernels.count(k), k) for k in set(kernels)), key=lambda c: (-c[0], c[1]))
+    return f" ({counts[0][1]})" if len(counts) == 1 else " (" + ", ".join(f"{k} {n}" for n, k in counts) + ")"
 
 
 def _occurrences(model: nn.Module, want) -> dict[int, tuple[str, nn.Module, list[tuple[nn.Module, str]]]]:
