@@ -406,6 +406,7 @@ def test_gpu_wgmma24_xpre(m, k, n, split, compressed, rng, monkeypatch):
     _needs_sm90()
     monkeypatch.setenv(cuda_backend.DEFINES_ENV, "-DXPRE=1")
     cuda_backend._wgmma24_kernel.cache_clear()
+    cuda_backend.wgmma24_xpre.cache_clear()
     try:
         assert cuda_backend.wgmma24_xpre()
         w = _unstructured(m, k, 0.3, rng).cuda()
@@ -417,6 +418,7 @@ def test_gpu_wgmma24_xpre(m, k, n, split, compressed, rng, monkeypatch):
         assert _check(y, x, w, b) < 2e-2
     finally:
         cuda_backend._wgmma24_kernel.cache_clear()
+        cuda_backend.wgmma24_xpre.cache_clear()
 
 
 @pytest.mark.gpu

@@ -416,15 +416,11 @@ def _wgmma24_kernel(device_index: int, is_bf16: bool, wgs: int, mt: int, split: 
     return func, smem, resident_blocks(func, wgs * 128, smem)
 
 
+@functools.lru_cache(maxsize=None)  # read once, as the builds' defines are (_wgmma24_kernel): not per launch
 def wgmma24_xpre() -> bool:
     """Whether CROSS_CUDA_DEFINES makes the wgmma24 builds XPRE ones (-DXPRE=1: X handed to the kernel
     laid out as its stages hold it, pack/wgmma24.x_stages, a unit's part by one bulk copy)."""
-    return _define_set(os.environ.get(DEFINES_ENV, ""), "-DXPRE=")
-
-
-@functools.lru_cache(maxsize=None)
-def _define_set(extras: str, name: str) -> bool:
-    return [d for d in extras.split() if d.startswith(name)][-1:] == [name + "1"]
+    return [d for d in os.environ.get(DEFINES_ENV, "").split() if d.startswith("-DXPRE=")][-1:] == ["-DXPRE=1"]
 
 
 def resident_blocks(func, threads: int, smem: int) -> int:
