@@ -256,9 +256,11 @@ def test_split_and_smem():
     assert wgmma24_split(43, 64, 132, 4) == 2
     assert smem_bytes(2, 2, 0) == 6 * (4 * 4608 + 128 * 64 * 2) <= 227 * 1024
     assert smem_bytes(2, 2, 16) == 6 * (4 * 4608 + 1024 + 64 + 128 * 64 * 2) <= 227 * 1024
-    # fewer tokens per block: smaller stages, more of them (at most 8); many entries: fewer
-    assert [stages(2, 2, 512, t) for t in NTOKS] == [8, 8, 7, 5]
-    assert smem_bytes(2, 2, 512, 16) == 8 * (4 * 4608 + 1024 + 2048 + 16 * 64 * 2)
+    # up to 64 tokens a shallow pipeline (4 stages in the slots layout, 3 compressed); at 128 as many
+    # as fit (at most 8); many entries: fewer
+    assert [stages(2, 2, 512, t) for t in NTOKS] == [4, 4, 4, 5]
+    assert [stages(2, 2, 512, t, compressed=True) for t in NTOKS] == [3, 3, 3, 8]
+    assert smem_bytes(2, 2, 512, 16) == 4 * (4 * 4608 + 1024 + 2048 + 16 * 64 * 2)
     assert stages(2, 2, 8192, 128) == 3  # a dense weight: every group's 2 extra nonzeros
     sizes = [(w, m, s, t) for w in (1, 2) for m in (1, 2) for s in (0, 16, 1024, 4096 * w * m) for t in NTOKS]
     assert all(smem_bytes(*a) <= 227 * 1024 for a in sizes)

@@ -69,6 +69,10 @@ NTOK = NTOKS[-1]
 START_BITS = 14
 #: The pipeline's stages take at most this much shared memory, and are at most MAX_STAGES
 STAGE_SMEM, MAX_STAGES = 220 * 1024, 8
+#: At most this many stages in blocks of up to SHALLOW_TOKENS tokens, by layout (slots, compressed): a
+#: shallower burst of copies at the launch's start ends the blocks sooner (H100, 16 and 64 tokens:
+#: docs/perf-notes.md, "The pipeline's depth at 16-64 tokens")
+SHALLOW_TOKENS, SHALLOW_STAGES = 64, (4, 3)
 _DTYPES = (torch.bfloat16, torch.float16)
 
 
@@ -387,8 +391,10 @@ def record_bytes(wgs: int, mt: int, slots: int, compressed: bool = False) -> int
 
 def stages(wgs: int, mt: int, slots: int, ntok: int = NTOK, compressed: bool = False) -> int:
     """The pipeline's stages (chunks in flight, one being read): as many as STAGE_SMEM holds, at most
-    MAX_STAGES (6 at 128 tokens, 8 at 16-64 in the default block with little overflow)."""
-    return max(2, min(MAX_STAGES, STAGE_SMEM // (record_bytes(wgs, mt, slots, compressed) + ntok * CHUNK * 2)))
+    MAX_STAGES (6 at 128 tokens in the default block with little overflow), and at most
+    SHALLOW_STAGES (4 in the slots layout, 3 in the compressed one) at up to SHALLOW_TOKENS tokens."""
+    most = SHALLOW_STAGES[compressed] if ntok <= SHALLOW_TOKENS else MAX_STAGES
+    return max(2, min(most, STAGE_SMEM // (record_bytes(wgs, mt, slots, compressed) + ntok * CHUNK * 2)))
 
 
 def smem_bytes(wgs: int, mt: int, slots: int, ntok: int = NTOK, n_stages: int | None = None,

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The pipeline's depth at 16 and 64 tokens (docs/perf-notes.md, "X by one bulk copy per unit, and the
+# burst's depth, measured"): benchmarks/wgmma24_bench.py on the three Llama-2-7B shapes at 50 / 70 /
+# 90%, the slots layout (wgmma24_split's launch) and the compressed one by STREAM, with the format's
+# stages (pack/wgmma24.stages: 8 here) and with CROSS_CUDA_DEFINES=-DSTAGES=3, 4, 5 and 6; then when
+# each block's units land at 3 stages (--units), against the default's in wgmma24_xpre.sh. One device
+# call, under ~300 s.
+# Usage (repository root, on the GPU machine): OUT=<dir> bash benchmarks/wgmma24_stages.sh
+source "$(dirname "$0")/steps.sh"
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/device.txt"
+B="python3 benchmarks/wgmma24_bench.py --shapes llama-up,llama-qkvo,llama-down --sparsities 0.5,0.7,0.9 --weights uniform --ns 16,64 --settings 2:2,c2:2:0"
+step stages_default 80 $B --out "$OUT/stages_default.csv"
+for s in 3 4 5 6; do
+    CROSS_CUDA_DEFINES="-DSTAGES=$s" step "stages_$s" 80 $B --out "$OUT/stages_$s.csv"
+done
+step units_3 40 python3 benchmarks/wgmma24_ablate.py --shape 11008x4096 --sparsity 0.9 --n 16 --compressed --stages 3 --units
