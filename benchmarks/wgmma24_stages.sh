@@ -4,7 +4,7 @@
 # 90%, the slots layout (wgmma24_split's launch) and the compressed one by STREAM, with the format's
 # stages (pack/wgmma24.stages: 8 here) and with CROSS_CUDA_DEFINES=-DSTAGES=3, 4, 5 and 6; then when
 # each block's units land at 3 stages (--units), against the default's in wgmma24_xpre.sh. One device
-# call, under ~300 s.
+# call, under ~300 s; the steps' logs and CSVs come back as stages.tgz (a device call returns at most 8 files).
 # Usage (repository root, on the GPU machine): OUT=<dir> bash benchmarks/wgmma24_stages.sh
 source "$(dirname "$0")/steps.sh"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/device.txt"
@@ -14,3 +14,4 @@ for s in 3 4 5 6; do
     CROSS_CUDA_DEFINES="-DSTAGES=$s" step "stages_$s" 80 $B --out "$OUT/stages_$s.csv"
 done
 step units_3 40 python3 benchmarks/wgmma24_ablate.py --shape 11008x4096 --sparsity 0.9 --n 16 --compressed --stages 3 --units
+tar czf "$OUT/stages.tgz" -C "$OUT" $(cd "$OUT" && ls stages_*) && rm "$OUT"/stages_*
