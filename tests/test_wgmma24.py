@@ -245,14 +245,18 @@ def test_stream_blocks():
 
 
 def test_split_and_smem():
-    assert wgmma24_split(43, 64, 132) == 2  # 11008 rows in blocks of 256: 86 blocks (172 would take 2 waves)
-    assert wgmma24_split(16, 64, 132) == 4  # 4096 rows: 64 blocks (clusters of 8 are not among WGMMA_SPLITS)
-    assert wgmma24_split(16, 172, 132) == 4  # 4096 x 11008
+    # 11008 rows in blocks of 256: 86 blocks (172 would take 2 waves; clusters of 8, 344 blocks, more
+    # than one round, are not offered, though the waves' model would take them)
+    assert wgmma24_split(43, 64, 132) == 2
+    assert wgmma24_split(16, 64, 132) == 8  # 4096 rows: 128 blocks, one round
+    assert wgmma24_split(16, 172, 132) == 8  # 4096 x 11008
+    assert wgmma24_split(16, 172, 100) == 4  # on 100 SMs, 128 blocks would not start at once
     assert wgmma24_split(200, 64, 132) == 4  # 7 waves of 18 chunks against 4 of 34 or 2 of 66
     assert wgmma24_split(16, 8, 132) == 2  # at least 4 chunks per part
+    assert wgmma24_split(16, 24, 132) == 4  # clusters of 8 would have 3 chunks each
     # more token tiles, fewer parts: 4096 rows at 512 tokens (4 tiles) in one wave of 128 blocks, at
     # 2048 tokens (16 tiles) 2 waves of whole row blocks; 11008 rows at 512 tokens as at one tile
-    assert [wgmma24_split(16, 64, 132, t) for t in (1, 4, 16)] == [4, 2, 1]
+    assert [wgmma24_split(16, 64, 132, t) for t in (1, 4, 16)] == [8, 2, 1]
     assert wgmma24_split(43, 64, 132, 4) == 2
     assert smem_bytes(2, 2, 0) == 6 * (4 * 4608 + 128 * 64 * 2) <= 227 * 1024
     assert smem_bytes(2, 2, 16) == 6 * (4 * 4608 + 1024 + 64 + 128 * 64 * 2) <= 227 * 1024

@@ -410,22 +410,27 @@ def sparse24_matmul(x: torch.Tensor, weight, bias: torch.Tensor | None = None, o
 #: the cluster's sum of partial sums (a model, not measured)
 WGMMA_BLOCK_CHUNKS = 2
 #: The splits the model chooses from: clusters of 3 fit 39 at once on the H100 (117 of 132 SMs, ncu's
-#: max active clusters), so 43 of them take two waves, and clusters of 8 measured slower than of 4
-#: (docs/perf-notes.md, "The warpgroup 2:4 kernel's first run"); a split given to the launch may be
-#: any of 1..8, or 0: STREAM, slower at 16 tokens on all three Llama shapes (docs/perf-notes.md,
-#: "STREAM measured")
-WGMMA_SPLITS = (1, 2, 4)
+#: max active clusters), so 43 of them take two waves (docs/perf-notes.md, "The warpgroup 2:4 kernel's
+#: first run"); a split given to the launch may be any of 1..8, or 0: STREAM, slower at 16 tokens on
+#: all three Llama shapes (docs/perf-notes.md, "STREAM measured")
+WGMMA_SPLITS = (1, 2, 4, 8)
+#: Splits above this one only where all their blocks start at once, one per SM: with the shallow
+#: pipeline clusters of 8 are the fastest for 4096-row weights at 16 tokens (4096x11008 1.13 -> 1.27x
+#: at 70%) and slower where they take more than one round (11008x4096: 34.46 us against 29.82 at 2)
+#: (docs/perf-notes.md, "Clusters of 8 for 4096-row weights")
+WGMMA_ONE_ROUND_SPLIT = 4
 
 
 @functools.lru_cache(maxsize=4096)  # on every launch: no host work beyond a lookup
 def wgmma24_split(row_blocks: int, chunks: int, sms: int, tiles: int = 1) -> int:
     """Parts of K per row block and token tile for the warpgroup 2:4 kernel (a cluster of that many
-    blocks, one of WGMMA_SPLITS, each with at least 4 chunks): the split with the least time in a
-    model of waves (one block per SM, as its shared memory allows): waves of ``row_blocks x tiles x
-    split`` blocks on ``sms`` SMs times each block's chunks plus WGMMA_BLOCK_CHUNKS; ties go to the
-    smaller split."""
+    blocks, one of WGMMA_SPLITS, each with at least 4 chunks; above WGMMA_ONE_ROUND_SPLIT only if its
+    blocks are at most ``sms``): the split with the least time in a model of waves (one block per SM,
+    as its shared memory allows): waves of ``row_blocks x tiles x split`` blocks on ``sms`` SMs times
+    each block's chunks plus WGMMA_BLOCK_CHUNKS; ties go to the smaller split."""
     blocks = row_blocks * tiles
-    options = [s for s in WGMMA_SPLITS if s == 1 or chunks // s >= 4]
+    options = [s for s in WGMMA_SPLITS
+               if (s == 1 or chunks // s >= 4) and (s <= WGMMA_ONE_ROUND_SPLIT or blocks * s <= sms)]
     return min(options, key=lambda s: (-(-blocks * s // sms) * (chunks / s + WGMMA_BLOCK_CHUNKS), s))
 
 
