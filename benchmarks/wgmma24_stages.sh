@@ -4,7 +4,8 @@
 # 90%, the slots layout (wgmma24_split's launch) and the compressed one by STREAM, with the format's
 # stages (pack/wgmma24.stages: 8 here) and with CROSS_CUDA_DEFINES=-DSTAGES=3, 4, 5 and 6; then when
 # each block's units land at 3 stages (--units), against the default's in wgmma24_xpre.sh. One device
-# call, under ~300 s; the steps' logs and CSVs come back as stages.tgz (a device call returns at most 8 files).
+# call, under ~300 s; the steps' logs and CSVs come back as stages.tgz (a device call returns at most 8
+# files); benchmarks/wgmma24_stages_plot.py plots the CSVs once merged (benchmarks/results/h100/README.md).
 # Usage (repository root, on the GPU machine): OUT=<dir> bash benchmarks/wgmma24_stages.sh
 source "$(dirname "$0")/steps.sh"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/device.txt"

@@ -198,9 +198,11 @@ def floor_table(rows, copy_bytes_per_s: float, max_tokens: int = 16) -> str:
 
 
 def speedup_figure(panels: Mapping[tuple[str, str], Mapping[str, Sequence[tuple[float, float]]]], path: Path,
-                   title: str, log: bool = True, ylabel: str = "speed-up over cuBLAS") -> Path:
+                   title: str, log: bool = True, ylabel: str = "speed-up over cuBLAS",
+                   xlabel: str = "sparsity") -> Path:
     """A grid of panels keyed (row title, column title), each with lines {label: [(sparsity,
-    speed-up)]} and a horizontal line at 1.0; one colour per label across panels; Agg backend."""
+    speed-up)]} (or another ``xlabel``) and a horizontal line at 1.0; one colour per label across
+    panels; Agg backend."""
     from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -229,7 +231,7 @@ def speedup_figure(panels: Mapping[tuple[str, str], Mapping[str, Sequence[tuple[
                 ax.set_yscale("log")
                 ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
             if i == len(rows) - 1:
-                ax.set_xlabel("sparsity")
+                ax.set_xlabel(xlabel)
             if j == 0:
                 ax.set_ylabel(ylabel)
     if handles:
