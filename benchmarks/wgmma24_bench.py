@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from sparse24_bench import bench_weights, parse_bench_args, print_header  # noqa: E402
 
 from cross.bench.report import start_csv  # noqa: E402
+from cross.kernels import cuda_backend  # noqa: E402
 from cross.bench.timing import check, graph_us  # noqa: E402
 from cross.kernels.launch import wgmma24_args, wgmma24_run, wgmma24_split  # noqa: E402
 from cross.pack.wgmma24 import Wgmma24Weight, token_tile  # noqa: E402
@@ -61,9 +62,12 @@ def main(argv=None):
                     continue
                 us = graph_us(lambda: wgmma24_run(x, run, None, y))
                 mb = sw.nbytes / 1e6
+                stages = cuda_backend.defined_stages(cuda_backend.wgmma24_defines(
+                    True, sw.wgs, sw.mt, split, sw.slots, token_tile(n), sw.compressed))  # the build's depth
                 rec = dict(shape=shape, M=m, K=k, N=n, sparsity=sp, weight=kind, overflow_of_nonzeros=round(over, 4),
                            layout="compressed" if sw.compressed else "slots",
-                           setting=f"{parts[0]}:{parts[1]}:{split}", mb=round(mb, 2), dense_us=round(dense_us, 2),
+                           setting=f"{parts[0]}:{parts[1]}:{split}", stages=stages, mb=round(mb, 2),
+                           dense_us=round(dense_us, 2),
                            wgmma24_us=round(us, 2), speedup_vs_dense=round(dense_us / us, 3))
                 out_rows.append(rec)
                 print(f"{shape:>11} {n:>4} {sp:>4} {kind:>7} {over:>8.3f} {setting[0] if sw.compressed else ''}"

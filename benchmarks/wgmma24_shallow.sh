@@ -3,8 +3,8 @@
 # as the default, in one device call (under ~330 s on the H100): the warpgroup 2:4 kernel's GPU tests
 # (~75 s once NVRTC's builds are cached, ~150 s before) and the runtime's; benchmarks/wgmma24_bench.py at
 # 1, 8 and 16 tokens on the three Llama-2-7B shapes at 70 and 90% (the slots layout by wgmma24_split's
-# launch, the compressed one by STREAM) (docs/perf-notes.md, "X by one bulk copy per unit, measured; the
-# pipeline's depth at 16-64 tokens"). The decoder with it takes a call of its own (~270 s per sparsity):
+# launch, the compressed one by STREAM) (docs/perf-notes.md, "The pipeline's depth at 16-64 tokens").
+# The decoder with it takes a call of its own (~270 s per sparsity):
 #   python3 -m cross bench model --models llama --llama-sparsities 0.7 --wgmma-kernel --wgmma-layout slots \
 #       --cost-model benchmarks/results/h100/costmodel.json --out <dir>
 # Usage (repository root, on the GPU machine): OUT=<dir> bash benchmarks/wgmma24_shallow.sh

@@ -402,6 +402,12 @@ def wgmma24_defines(is_bf16: bool, wgs: int, mt: int, split: int, slots: int, nt
     return tuple(defines + os.environ.get(DEFINES_ENV, "").split())
 
 
+def defined_stages(defines: tuple[str, ...]) -> int:
+    """The pipeline's stages a wgmma24 build's defines give it: CROSS_CUDA_DEFINES' come last and win
+    (a tuning build's)."""
+    return int([d for d in defines if d.startswith("-DSTAGES=")][-1].split("=", 1)[1])
+
+
 @functools.lru_cache(maxsize=None)
 def _wgmma24_kernel(device_index: int, is_bf16: bool, wgs: int, mt: int, split: int, slots: int, ntok: int,
                     compressed: bool = False, over: bool = False):
@@ -409,9 +415,7 @@ def _wgmma24_kernel(device_index: int, is_bf16: bool, wgs: int, mt: int, split: 
     from ..pack.wgmma24 import smem_bytes
 
     defines = wgmma24_defines(is_bf16, wgs, mt, split, slots, ntok, compressed, over)
-    # the stages the build has: CROSS_CUDA_DEFINES' come last and win (a tuning build's)
-    n_stages = int([d for d in defines if d.startswith("-DSTAGES=")][-1].split("=", 1)[1])
-    smem = smem_bytes(wgs, mt, slots, ntok, n_stages, compressed)
+    smem = smem_bytes(wgs, mt, slots, ntok, defined_stages(defines), compressed)
     _, func = _compile(device_index, _WGMMA24_SOURCE, "wgmma24", defines, smem, arch_specific=True)
     return func, smem, resident_blocks(func, wgs * 128, smem)
 
