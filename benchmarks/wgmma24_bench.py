@@ -25,8 +25,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 from sparse24_bench import bench_weights, parse_bench_args, print_header  # noqa: E402
 
 from cross.bench.report import start_csv  # noqa: E402
-from cross.kernels import cuda_backend  # noqa: E402
 from cross.bench.timing import check, graph_us  # noqa: E402
+from cross.kernels import cuda_backend  # noqa: E402
 from cross.kernels.launch import wgmma24_args, wgmma24_run, wgmma24_split  # noqa: E402
 from cross.pack.wgmma24 import Wgmma24Weight, token_tile  # noqa: E402
 
