@@ -55,3 +55,15 @@ def test_defined_stages(monkeypatch, compressed):
         assert cuda_backend.defined_stages(defines) == stages(2, 2, 512, ntok, compressed)
     monkeypatch.setenv(cuda_backend.DEFINES_ENV, "-DSTAGES=5 -DREFILL_LATE=0 -DSTAGES=6")
     assert cuda_backend.defined_stages(cuda_backend.wgmma24_defines(True, 2, 2, 0, 512, 16, compressed)) == 6
+
+
+@pytest.mark.parametrize("extra,xpre", [("", False), ("-DXPRE=1", True), ("-DXPRE=1 -DXPREFETCH=0", True),
+                                        ("-DXPRE=1 -DXPRE=0", False), ("-DXPREFETCH=1", False)])
+def test_xpre_read_from_the_defines(monkeypatch, extra, xpre):
+    """Whether builds are XPRE ones: the last -DXPRE= in CROSS_CUDA_DEFINES, no other name that starts so."""
+    monkeypatch.setenv(cuda_backend.DEFINES_ENV, extra)
+    cuda_backend.wgmma24_xpre.cache_clear()
+    try:
+        assert cuda_backend.wgmma24_xpre() is xpre
+    finally:
+        cuda_backend.wgmma24_xpre.cache_clear()

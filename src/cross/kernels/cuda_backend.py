@@ -402,10 +402,16 @@ def wgmma24_defines(is_bf16: bool, wgs: int, mt: int, split: int, slots: int, nt
     return tuple(defines + os.environ.get(DEFINES_ENV, "").split())
 
 
+def _define(defines, name: str) -> str | None:
+    """The value of the last ``-D<name>=`` among ``defines`` (a build's CROSS_CUDA_DEFINES come last
+    and win), None where there is none."""
+    values = [d.split("=", 1)[1] for d in defines if d.startswith(f"-D{name}=")]
+    return values[-1] if values else None
+
+
 def defined_stages(defines: tuple[str, ...]) -> int:
-    """The pipeline's stages a wgmma24 build's defines give it: CROSS_CUDA_DEFINES' come last and win
-    (a tuning build's)."""
-    return int([d for d in defines if d.startswith("-DSTAGES=")][-1].split("=", 1)[1])
+    """The pipeline's stages a wgmma24 build's defines give it (a tuning build's -DSTAGES wins)."""
+    return int(_define(defines, "STAGES"))
 
 
 @functools.lru_cache(maxsize=None)
@@ -424,7 +430,7 @@ def _wgmma24_kernel(device_index: int, is_bf16: bool, wgs: int, mt: int, split: 
 def wgmma24_xpre() -> bool:
     """Whether CROSS_CUDA_DEFINES makes the wgmma24 builds XPRE ones (-DXPRE=1: X handed to the kernel
     laid out as its stages hold it, pack/wgmma24.x_stages, a unit's part by one bulk copy)."""
-    return [d for d in os.environ.get(DEFINES_ENV, "").split() if d.startswith("-DXPRE=")][-1:] == ["-DXPRE=1"]
+    return _define(os.environ.get(DEFINES_ENV, "").split(), "XPRE") == "1"
 
 
 def resident_blocks(func, threads: int, smem: int) -> int:
