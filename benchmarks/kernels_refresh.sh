@@ -15,15 +15,7 @@ CM=benchmarks/results/$GPU/costmodel.json
 step grid 240 python3 benchmarks/kernels.py --shapes llama-qkvo,llama-up,llama-down --sparsities 0.5,0.7,0.9 \
     --ns 1,8,16,128,2048 --methods dense,cross,cross+wgmma24,cross+wgmma24c --cost-model $CM --out "$OUT"
 mkdir -p "$OUT/fig1"
-python3 - "benchmarks/results/$GPU/kernels_fig1.csv" "$OUT/fig1/kernels_fig1.csv" <<'PY'
-import csv, sys
-with open(sys.argv[1], newline="") as f:
-    rows = list(csv.DictReader(f))
-with open(sys.argv[2], "w", newline="") as f:
-    out = csv.DictWriter(f, fieldnames=list(rows[0]))
-    out.writeheader()
-    out.writerows(r for r in rows if r["method"] != "cross")
-PY
+python3 benchmarks/drop_rows.py "benchmarks/results/$GPU/kernels_fig1.csv" "$OUT/fig1/kernels_fig1.csv" --method cross
 step fig1 330 python3 -m cross bench kernels --shapes llama-up,llama-qkvo,bert-up --ns 1,16,128,2048 \
     --distributions uniform,nonuniform,dlmc --dlmc .carry/dlmc --dlmc-layers dlmc-ffn-up \
     --methods dense,cross,cross-cuda-bitmap,cusparse-csr,triton-bsr-32,sparse-2:4 \

@@ -208,7 +208,8 @@ def test_measured_check_names_a_near_win_taken(rng):
 
     w = random_weight((256, 256), 0.3, rng).to(torch.bfloat16)
     plan = make_plan(w, cost_model=WINNING, buckets=((1, 1), (2, 64)))
-    near = replace(plan.buckets[1], fallback=True, kernel="rows", predicted_us=plan.buckets[1].dense_us * 1.02)
+    near = replace(plan.buckets[1], fallback=True, kernel="rows", predicted_us=plan.buckets[1].dense_us * 1.02,
+                   alternatives=())
     timed = plan.with_buckets([plan.buckets[0].with_measurement(8.0, 10.0, 0.03), near.with_measurement(9.0, 10.0, 0.03)])
     facts = {"shape": (256, 256), "sparsity": 0.7, "nbytes": 1, "dense_nbytes": 2, **plan_facts(timed),
              "buckets": bucket_facts(timed, dense_kept=True)}
@@ -299,11 +300,28 @@ def test_a_dense_time_that_reads_slow_once_does_not_judge_the_shape(rng, monkeyp
     assert again[0].measured_dense_us == 10.0 and again[0].fallback
 
 
+@pytest.mark.parametrize("row_vs_dense, expect", [(0.99, ("tiles", ("rows",))), (1.2, ("tiles", ())),
+                                                   (1e-3, ("rows", ()))])
+def test_the_row_kernel_is_timed_beside_the_tile_kernel_it_nearly_matches(rng, monkeypatch, row_vs_dense, expect):
+    """A bucket the prediction gives the tile kernel, where the row kernel wins or nearly wins but is
+    predicted slower than the tiles, has the row kernel as its alternative (the measured check
+    times both); a row kernel predicted far slower than dense is not; one predicted fastest runs."""
+    from cross.costmodel.roofline import ROW_MAX_TOKENS
+
+    monkeypatch.setattr(CostModel, "row_us", lambda self, rows, cols, entries, n: self.dense_us(rows, cols, n) * row_vs_dense)
+    w = random_weight((256, 256), 0.3, rng).to(torch.bfloat16)
+    plan = make_plan(w, cost_model=WINNING, buckets=((1, 4), (5, 16), (17, 64)))
+    small, large = plan.buckets[:2], plan.buckets[2]
+    assert all(not b.fallback and (b.kernel, b.alternatives) == expect for b in small)
+    assert large.n_min > ROW_MAX_TOKENS and (large.kernel, large.alternatives) == ("tiles", ())
+
+
 def _near_win_plan(plan: Plan) -> Plan:
     """``plan`` with its first bucket a near win (falls back, its row kernel predicted 2% slower
-    than dense) and the others falling back on the tile kernel."""
-    first = replace(plan.buckets[0], fallback=True, kernel="rows", predicted_us=plan.buckets[0].dense_us * 1.02)
-    rest = [replace(b, fallback=True) for b in plan.buckets[1:]]
+    than dense) and the others falling back on the tile kernel, none with alternatives."""
+    first = replace(plan.buckets[0], fallback=True, kernel="rows", predicted_us=plan.buckets[0].dense_us * 1.02,
+                    alternatives=())
+    rest = [replace(b, fallback=True, alternatives=()) for b in plan.buckets[1:]]
     return plan.with_buckets([first, *rest])
 
 

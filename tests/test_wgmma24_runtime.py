@@ -40,9 +40,9 @@ def test_off_by_default():
     assert all(b.kernel != "wgmma24" for b in plan.buckets) and plan.provenance["options"]["wgmma_kernel"] is False
 
 
-@pytest.mark.parametrize("shape", [(1024, 512), (11008, 4096)])
-def test_candidates_are_the_tile_kernels_buckets(shape):
-    w = pruned(*shape, 0.9)
+@pytest.mark.parametrize("shape, sparsity", [((1024, 512), 0.9), ((11008, 4096), 0.9), ((11008, 4096), 0.7)])
+def test_candidates_are_the_tile_kernels_buckets(shape, sparsity):
+    w = pruned(*shape, sparsity)
     off, on = make_plan(w, nan_policy="ignore"), make_plan(w, **IGNORE)
     assert on.provenance["options"]["wgmma_kernel"] is True
     assert any(b.kernel == "wgmma24" for b in on.buckets)
@@ -59,11 +59,14 @@ def test_candidates_are_the_tile_kernels_buckets(shape):
             # wins or nearly does (only up to 16 tokens)
             assert ("tiles" in b.alternatives) == (not a.fallback)
             assert set(b.alternatives) <= {"tiles", "rows"} and ("rows" not in b.alternatives or b.n_max <= 16)
+            # the row kernel where the plan without the candidate times it beside the tile kernel
+            assert ("rows" in b.alternatives) == (a.alternatives == ("rows",))
         else:
             assert b.kernel == a.kernel and b.fallback == a.fallback and b.reason == a.reason
             # a row kernel's bucket is timed against the candidate
-            assert b.alternatives == (("wgmma24",) if a.kernel == "rows" else ())
-        assert a.alternatives == ()  # none without a candidate kernel
+            assert b.alternatives == (("wgmma24",) if a.kernel == "rows" else a.alternatives)
+        # without a candidate: only the row kernel, beside the tile kernel, up to 16 tokens
+        assert a.alternatives in ((), ("rows",)) and (not a.alternatives or (a.kernel == "tiles" and a.n_max <= 16))
     # of the default buckets 17-64, 65-128, 129-512 tokens and 513 and more (the tile kernel's)
     spans = [(b.n_min, b.n_max) for b in on.buckets if b.kernel == "wgmma24"]
     assert spans[-4:] == [(17, 64), (65, 128), (129, 512), (513, 2**31 - 1)]

@@ -1,0 +1,53 @@
+"""benchmarks/drop_rows.py: a kernel CSV less one method's rows (at some token counts), the rest
+kept as they were, for `cross bench kernels --resume` to measure those rows again."""
+
+import csv
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from cross.bench.kernels import FIELDS, done_keys
+from cross.bench.report import kernel_rows, read_csv
+
+_spec = importlib.util.spec_from_file_location(
+    "drop_rows", Path(__file__).resolve().parents[1] / "benchmarks" / "drop_rows.py")
+drop = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(drop)
+
+
+def _write(path, rows):
+    with open(path, "w", newline="") as f:
+        out = csv.DictWriter(f, fieldnames=FIELDS)
+        out.writeheader()
+        out.writerows({**dict.fromkeys(FIELDS, ""), **r} for r in rows)
+
+
+def _row(method, n, us):
+    return dict(shape="llama-up", M="11008", K="4096", N=str(n), sparsity="0.7", weight_sparsity="0.7",
+                distribution="uniform", method=method, dtype="bfloat16", us=str(us), dense_us="38.0",
+                speedup_vs_dense=str(round(38.0 / us, 3)), timing="graph", status="ok")
+
+
+@pytest.mark.parametrize("ns, left", [(None, {("dense", 1), ("dense", 8), ("dense", 128), ("cross+wgmma24", 8)}),
+                                      ({1, 8}, {("dense", 1), ("dense", 8), ("dense", 128), ("cross+wgmma24", 8),
+                                                ("cross", 128)})])
+def test_drops_one_methods_rows_and_keeps_the_rest(tmp_path, ns, left):
+    rows = [_row(m, n, us) for m, n, us in [("dense", 1, 38.0), ("cross", 1, 20.0), ("dense", 8, 38.0), ("cross", 8, 30.0),
+                                            ("cross+wgmma24", 8, 27.0), ("dense", 128, 60.0), ("cross", 128, 60.1)]]
+    src, dst = tmp_path / "kernels.csv", tmp_path / "out" / "kernels.csv"
+    _write(src, rows)
+    assert drop.main([str(src), str(dst), "--method", "cross"] + ([] if ns is None else ["--ns", "1,8"])) == 0
+    kept = read_csv(dst)
+    assert {(r["method"], int(r["N"])) for r in kept} == left
+    # what is left is what --resume skips, in its order and with its values
+    assert len(done_keys(kernel_rows(kept))) == len(left)
+    assert [dict(r) for r in kept] == [{**dict.fromkeys(FIELDS, ""), **r} for r in rows
+                                       if (r["method"], int(r["N"])) in left]
+
+
+def test_refuses_a_file_that_is_not_a_kernel_csv(tmp_path):
+    src = tmp_path / "model.csv"
+    src.write_text("model,phase\nllama,decode\n")
+    with pytest.raises(ValueError, match="expected a kernel benchmark CSV"):
+        drop.drop_rows(src, tmp_path / "x.csv", "cross")
