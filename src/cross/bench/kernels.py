@@ -99,6 +99,14 @@ def done_keys(rows) -> set[tuple]:
 ROW_OUT = "reports/bench/row"
 
 
+def in_grid_order(rows, planned) -> list:
+    """``rows`` (of a CSV, in any order) sorted as ``planned`` (planned_rows) lists their keys; rows the
+    grid does not plan keep their order after the others."""
+    index = {row_key(r["shape"], r["distribution"], r["sparsity"], r["N"], r["method"]): i for i, r in enumerate(planned)}
+    at = lambda r: index.get(row_key(r["shape"], r["distribution"], r["sparsity"], r["N"], r["method"]), len(index))  # noqa: E731
+    return sorted(rows, key=at)
+
+
 def row_command(cfg: KernelConfig, case: Case, n: int, method: Method) -> str:
     """The command that measures this one row again (same weight and input: both are seeded by
     what they are, not by their place in the grid), into a folder of its own (ROW_OUT), so that it

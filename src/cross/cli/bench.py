@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..bench import models
 from ..bench.kernels import (DEFAULT_NS, DEFAULT_SPARSITIES, FIELDS, HEADER, KernelConfig, cases, done_keys,
-                             estimate_seconds, format_row, planned_rows, run_kernels)
+                             estimate_seconds, format_row, in_grid_order, planned_rows, run_kernels)
 from ..bench.methods import DEFAULT_METHODS, parse_method
 from ..bench.weights import DISTRIBUTIONS, DLMC_LAYERS, SHAPES, SYNTHETIC
 from .inputs import InputError, add_swap_options, swap_kwargs
@@ -265,6 +265,8 @@ def bench_kernels(args, csv_name: str = KERNELS_CSV, report: bool = True) -> int
                        echo=lambda line: print(line, flush=True),
                        on_row=None if path is None else lambda row: append_row(path, row, FIELDS))
     if path is not None:
+        if args.resume:  # the rows measured again were appended: back in the grid's order, for the tables
+            start_csv(path, FIELDS, in_grid_order(read_csv(path), planned_rows(cfg, all_cases)))
         print(f"wrote {path}")
     if path is not None and report:
         measured = kernel_rows(read_csv(path))
