@@ -680,7 +680,8 @@ def test_runs_joins_the_buckets_that_run_the_same(rng):
     lin = make_linear(random_weight((130, 200), 0.2, rng), rng=rng).to(torch.bfloat16)
     plan = make_plan(lin.weight.detach(), cost_model=WINNING)
     kernel = {1: "rows", 2: "rows", 3: "rows", 5: "rows", 9: "tiles"}
-    chosen = plan.with_buckets([replace(b, kernel=kernel.get(b.n_min, "tiles"), fallback=b.n_min > 16)
+    chosen = plan.with_buckets([replace(b, kernel=kernel.get(b.n_min, "tiles"), fallback=b.n_min > 16,
+                                        alternatives=())
                                 for b in plan.buckets])
     kept = SparseLinear.from_dense(lin, plan=chosen, keep_dense=True, measure=False)
     assert kept.runs() == "N1-8 row, N9-16 tile, N17+ dense" and repr(kept).endswith(kept.runs() + ")")
