@@ -31,6 +31,7 @@ from weights import pruned
 HAS_GPU = torch.cuda.is_available()
 SM90 = HAS_GPU and torch.cuda.get_device_capability() == (9, 0)
 IGNORE = {"wgmma_kernel": True, "nan_policy": "ignore"}
+AUTO = {**IGNORE, "wgmma_layout": "auto"}
 
 
 # ---------------------------------------------------------------------------------------- planner
@@ -261,6 +262,7 @@ def test_bench_methods():
     assert "K % 8" in unavailable(parse_method("cross-wgmma24"), 64, 60, (9, 0))
     assert unavailable(parse_method("cross-wgmma24"), 64, 64, (9, 0)) is None
     assert parse_method("cross+wgmma24c").wgmma_layout == "compressed" and m.wgmma_layout == "slots"
+    assert parse_method("cross+wgmma24a").wgmma_layout == "auto" and parse_method("cross+wgmma24a").wgmma_kernel
     forced = parse_method("cross-wgmma24c")
     assert forced.family == "wgmma24" and forced.wgmma_layout == "compressed"
 
@@ -326,6 +328,26 @@ def test_gpu_measured_check_refuses_a_wrong_kernel(monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not SM90, reason="needs a compute capability 9.0 GPU")
+def test_gpu_auto_layout_keeps_the_layout_it_timed_faster():
+    """With wgmma_layout='auto' a layer ends with one concrete layout, the one whose buckets timed
+    faster in sum (both sums in the provenance), holds its format in that layout where a bucket runs
+    the kernel, and gives the product at each bucket's top token count."""
+    w = pruned(11008, 4096, 0.9).cuda()
+    lin = linear_of(w)
+    sl = cross.SparseLinear.from_dense(lin, **AUTO)
+    sums = sl.plan.provenance["measured"]["wgmma_layouts_us"]
+    layout = sl.plan.provenance["options"]["wgmma_layout"]
+    assert set(sums) == {"slots", "compressed"} and layout == min(sums, key=lambda k: (sums[k], k != "slots"))
+    if any(b.kernel == "wgmma24" and not b.fallback for b in sl.plan.buckets):
+        assert sl.packed.wgmma24.compressed == (layout == "compressed")
+    with torch.no_grad():
+        for b in sl.plan.buckets:
+            x = torch.randn(top(b), w.shape[1], dtype=torch.bfloat16, device="cuda")
+            check_product(x, w, lin.bias, sl(x))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not SM90, reason="needs a compute capability 9.0 GPU")
 def test_gpu_measured_check_times_the_alternatives():
     """The row kernel's buckets are timed against the warpgroup 2:4 kernel: each ends measured, with
     no alternatives left, running the faster (the reason names the other's time), and gives the
@@ -343,3 +365,107 @@ def test_gpu_measured_check_times_the_alternatives():
         for b in sl.plan.buckets:
             x = torch.randn(top(b), w.shape[1], dtype=torch.bfloat16, device="cuda")
             check_product(x, w, lin.bias, sl(x))
+
+
+# ---------------------------------------------------------------------------------------- wgmma_layout="auto"
+
+
+def test_auto_offers_where_either_layout_fits_and_packs_slots_until_measured():
+    """'auto' offers the weight where the smaller of the two layouts' bytes is within WGMMA_MAX_BYTES,
+    and packs the slots layout until the measured check chooses."""
+    w = pruned(1024, 512, 0.9)
+    auto = make_plan(w, **AUTO)
+    assert auto.provenance["options"]["wgmma_layout"] == "auto"
+    assert [b.kernel for b in auto.buckets] == [b.kernel for b in make_plan(w, **IGNORE).buckets]
+    packed = pack(w, auto)
+    assert packed.wgmma24 is not None and not packed.wgmma24.compressed
+    with pytest.raises(ValueError, match="wgmma_layout: expected one of"):
+        make_plan(w, **{**IGNORE, "wgmma_layout": "best"})
+
+
+def test_with_plan_builds_the_format_again_in_the_plans_layout():
+    """A packed weight given a plan whose options name the other layout holds the format in that
+    layout, and runs the same product; the same layout keeps the format it holds."""
+    w = pruned(1024, 512, 0.9).to(torch.bfloat16)
+    slots = pack(w, make_plan(w, **AUTO))
+    plan = slots.plan.with_buckets([replace(b, fallback=False, alternatives=()) if b.kernel == "wgmma24" else b
+                                    for b in slots.plan.buckets])
+    same = slots.with_plan(plan)
+    assert same.wgmma24 is slots.wgmma24
+    compressed = slots.with_plan(plan.with_buckets(plan.buckets, options={**plan.provenance["options"],
+                                                                           "wgmma_layout": "compressed"}))
+    assert compressed.wgmma24.compressed and compressed.wgmma24.nbytes < slots.wgmma24.nbytes
+    x = torch.randn(12, 512).to(torch.bfloat16)
+    torch.testing.assert_close(wgmma24_reference(x, compressed.wgmma24), wgmma24_reference(x, slots.wgmma24))
+
+
+@pytest.mark.parametrize("faster", ["slots", "compressed"])
+def test_the_measured_check_keeps_the_faster_layout(monkeypatch, faster):
+    """With 'auto' the buckets offered the warpgroup 2:4 kernel are timed in both layouts (each result
+    checked first: the compressed format's too) and the faster layout's decisions and format are
+    kept, named in the plan's options with both sums; the other buckets are timed once."""
+    import cross.costmodel.profile as profile
+    from cross.runtime import measure as measure_mod
+
+    w = pruned(1024, 512, 0.9).to(torch.bfloat16)
+    packed = pack(w, make_plan(w, **AUTO))
+    offered = {i for i, b in enumerate(packed.plan.buckets) if "wgmma24" in (b.kernel, *b.alternatives)}
+    assert offered
+    monkeypatch.setattr(measure_mod, "gpu_kernel_args", lambda packed, i, cache: "kernel arguments")
+    monkeypatch.setattr(measure_mod, "_capable", lambda kernel, device: True)
+    real = measure_mod._plan_call
+
+    def tagged(x, weight, kernels):
+        call = real(x, weight, kernels)
+        run = lambda: call()  # noqa: E731
+        kernel = weight.plan.bucket_for(x.shape[0]).kernel
+        run.tag = (kernel, None if kernel != "wgmma24" else "compressed" if weight.wgmma24.compressed else "slots")
+        return run
+
+    monkeypatch.setattr(measure_mod, "_plan_call", tagged)
+    timed = []
+
+    def fake_time(fn, warmup_ms, rep_ms):
+        tag = getattr(fn, "tag", None)
+        timed.append(tag)
+        if tag is None:
+            return 10.0, "graph"  # dense
+        if tag[0] == "wgmma24":
+            return (6.0 if tag[1] == faster else 8.0), "graph"
+        return 9.0, "graph"  # the tile and row kernels
+
+    monkeypatch.setattr(profile, "call_time_us", fake_time)
+    buckets, _, (layout, sums) = measure_mod._measure(packed, w, 0.03, {}, seed=0)
+    assert layout == faster and set(sums) == {"slots", "compressed"}
+    assert sums[faster] < sums["compressed" if faster == "slots" else "slots"]
+    assert ("wgmma24", "compressed") in timed and ("wgmma24", "slots") in timed
+    for i in offered:
+        assert (buckets[i].kernel, buckets[i].measured_us, buckets[i].fallback) == ("wgmma24", 6.0, False)
+    plan = measure_mod._measured_plan(packed, buckets, {"graph"}, (layout, sums), 0.03)
+    assert plan.provenance["options"]["wgmma_layout"] == faster
+    assert plan.provenance["measured"]["wgmma_layouts_us"] == sums
+    chosen = packed.with_plan(plan)
+    assert chosen.wgmma24.compressed == (faster == "compressed")
+    n = max(b.n_max for i, b in enumerate(plan.buckets) if i in offered and b.n_max < 2**31 - 1)
+    x = torch.randn(min(n, 64), 512).to(torch.bfloat16)
+    check_product(x, w, None, execute(x, chosen))
+
+
+def test_a_plan_not_auto_times_one_layout(monkeypatch):
+    """Plans in a named layout are timed as before: no second pass, no layout in the result."""
+    import cross.costmodel.profile as profile
+    from cross.runtime import measure as measure_mod
+
+    w = pruned(1024, 512, 0.9).to(torch.bfloat16)
+    packed = pack(w, make_plan(w, **IGNORE))
+    monkeypatch.setattr(measure_mod, "gpu_kernel_args", lambda packed, i, cache: "kernel arguments")
+    monkeypatch.setattr(measure_mod, "_capable", lambda kernel, device: True)
+    calls = []
+    monkeypatch.setattr(profile, "call_time_us", lambda fn, warmup_ms, rep_ms: (calls.append(fn) or 9.0, "graph"))
+    buckets, _, layout = measure_mod._measure(packed, w, 0.03, {}, seed=0)
+    once = len(calls)
+    assert layout is None and once > 0
+    calls.clear()
+    auto = pack(w, make_plan(w, **AUTO))
+    measure_mod._measure(auto, w, 0.03, {}, seed=0)
+    assert len(calls) > once  # the offered buckets a second time

@@ -14,6 +14,8 @@
                                 measured check takes where it times faster than dense
     cross+wgmma24c              the same with the 2:4 format's compressed layout
                                 (make_plan(..., wgmma_layout="compressed"))
+    cross+wgmma24a              the same with either layout, the faster as the measured check
+                                timed both (make_plan(..., wgmma_layout="auto"))
     cross-rows                  the row kernel forced (kernels/row_gemv.cu, one launch per pass
                                 of up to 8 tokens; GPU only, K % 8 == 0, K <= 16384)
     cross-slices                the slice kernel forced (kernels/slice_mma.cu, one launch per pass
@@ -73,7 +75,7 @@ class Method:
 
 
 def parse_method(name: str) -> Method:
-    expected = ("expected dense, cross, cross+slices, cross+wgmma24, cross+wgmma24c, "
+    expected = ("expected dense, cross, cross+slices, cross+wgmma24, cross+wgmma24c, cross+wgmma24a, "
                 "cross-cuda-<bitmap|dense|hybrid>, cross-triton-<bitmap|dense|hybrid|index|all>, cross-rows, "
                 "cross-slices, cross-wgmma24, cross-wgmma24c, cusparse-csr, "
                 f"triton-bsr-<block: a power of two >= 16> or sparse-2:4, got {name!r}")
@@ -85,8 +87,9 @@ def parse_method(name: str) -> Method:
         return Method(name, "csr")
     if name == "cross+slices":
         return Method(name, "cross", slice_kernel=True)
-    if name in ("cross+wgmma24", "cross+wgmma24c"):
-        return Method(name, "cross", wgmma_kernel=True, wgmma_layout="compressed" if name[-1] == "c" else "slots")
+    if name in ("cross+wgmma24", "cross+wgmma24c", "cross+wgmma24a"):
+        return Method(name, "cross", wgmma_kernel=True,
+                      wgmma_layout={"c": "compressed", "a": "auto"}.get(name[-1], "slots"))
     if name in ("cross-wgmma24", "cross-wgmma24c"):
         return Method(name, "wgmma24", wgmma_layout="compressed" if name[-1] == "c" else "slots")
     if name == "cross-rows":

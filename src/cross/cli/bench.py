@@ -118,6 +118,8 @@ def add_kernel_options(p: argparse.ArgumentParser, **defaults) -> None:
                         "candidates, make_plan(slice_kernel=True)), cross+wgmma24 (the runtime with the warpgroup "
                         "2:4 kernel's candidates, make_plan(wgmma_kernel=True, nan_policy='ignore')), "
                         "cross+wgmma24c (the same in the compressed layout, wgmma_layout='compressed'), "
+                        "cross+wgmma24a (either layout, the faster as the measured check timed both, "
+                        "wgmma_layout='auto'), "
                         "cross-<cuda|triton>-<bitmap|dense|hybrid> (the kernel forced), cross-rows, cross-slices, "
                         "cross-wgmma24, cross-wgmma24c (the row, slice and warpgroup 2:4 kernels forced), "
                         "cusparse-csr, "

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from .._checks import check_plan_tile_shape, check_tile_shape
+from ..partition.planner import WGMMA_LAYOUTS
 
 #: safetensors dtypes the pipeline takes as they are; F64 is read as float32, other dtypes
 #: (integer buffers such as BERT's position_ids, fp8) are not weights of an nn.Linear.
@@ -46,9 +47,10 @@ def add_swap_options(p) -> None:
                         "where the GPU finds its result right and times it faster than cuBLAS. Plans with "
                         "nan_policy='ignore' (the kernel multiplies only the stored slots) "
                         "(make_plan(wgmma_kernel=True, nan_policy='ignore'))")
-    p.add_argument("--wgmma-layout", choices=("slots", "compressed"), default="slots",
+    p.add_argument("--wgmma-layout", choices=WGMMA_LAYOUTS, default="slots",
                    help="with --wgmma-kernel, the 2:4 format's layout: slots (two per group and the overflow's "
-                        "words) or compressed (only the nonzero words, found by each thread's masks: fewer bytes) "
+                        "words), compressed (only the nonzero words, found by each thread's masks: fewer bytes) "
+                        "or auto (both timed by the measured check, the faster kept per layer) "
                         "(make_plan(wgmma_layout=...); default slots)")
 
 

@@ -123,7 +123,8 @@ class PackedWeight:
 
     def with_plan(self, plan: Plan) -> "PackedWeight":
         """The same buffers under ``plan``: this weight's plan with other bucket choices
-        (``Plan.with_buckets``), so no table changes."""
+        (``Plan.with_buckets``), so no table changes; a warpgroup 2:4 format in another layout than
+        the plan's options name is built again in theirs."""
         if plan.shape != self.plan.shape or not all(np.array_equal(getattr(plan, k), getattr(self.plan, k))
                                                     for k in ("tile_ptr", "tile_col", "tile_kind")):
             raise ValueError("with_plan: expected this weight's plan with other bucket choices, got another layout")
@@ -135,7 +136,9 @@ class PackedWeight:
         source = _DenseOnce(self)
         rows = self.rows if self.rows is not None else _rows_for(plan, source)
         slices = self.slices if self.slices is not None else _slices_for(plan, source)
-        wgmma24 = self.wgmma24 if self.wgmma24 is not None else _wgmma24_for(plan, source)
+        wgmma24 = self.wgmma24
+        if wgmma24 is None or wgmma24.compressed != wgmma24_compressed(plan):
+            wgmma24 = _wgmma24_for(plan, source)
         return replace(self, plan=plan, buckets=buckets, tiled=tiled, rows=rows, slices=slices, wgmma24=wgmma24)
 
     def tiled_weight(self) -> TiledWeight:
@@ -242,13 +245,18 @@ def _slices_for(plan: Plan, weight: "TiledWeight | PackedWeight | _DenseOnce", f
     return SliceWeight.from_dense(weight.to_dense(), elements=elements)
 
 
+def wgmma24_compressed(plan: Plan) -> bool:
+    """Whether the plan's warpgroup 2:4 format is in the compressed layout (its options' ``wgmma_layout``;
+    'auto' is packed in slots until the measured check chooses, and plans made before it are slots)."""
+    return plan.provenance.get("options", {}).get("wgmma_layout") == "compressed"
+
+
 def _wgmma24_for(plan: Plan, weight: "TiledWeight | PackedWeight | _DenseOnce", falls_back: bool = False) -> Wgmma24Weight | None:
     """The warpgroup 2:4 format (from ``weight.to_dense()``) where a bucket runs that kernel (``_runs``),
-    else None: in the layout of the plan's options (``wgmma_layout``; slots in plans made before it)."""
+    else None: in the layout of the plan's options (``wgmma24_compressed``)."""
     if not _runs(plan, "wgmma24", falls_back):
         return None
-    compressed = plan.provenance.get("options", {}).get("wgmma_layout") == "compressed"
-    return Wgmma24Weight.from_dense(weight.to_dense(), compressed=compressed)
+    return Wgmma24Weight.from_dense(weight.to_dense(), compressed=wgmma24_compressed(plan))
 
 
 def pack(weight: torch.Tensor, plan: Plan) -> PackedWeight:

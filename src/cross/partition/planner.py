@@ -52,8 +52,9 @@ SLICE_KERNEL_DEFAULT = False
 #: 0.75 is uniform sparsity from ~55% (the overflow word slots of the fullest chunk counted; 50% is
 #: 0.78 of dense, a ceiling of 1.28x, not offered).
 WGMMA_MAX_BYTES = 0.75
-#: The warpgroup 2:4 format's layouts (``wgmma_layout``; pack/wgmma24.py)
-WGMMA_LAYOUTS = ("slots", "compressed")
+#: The warpgroup 2:4 format's layouts (``wgmma_layout``; pack/wgmma24.py), and 'auto': the measured
+#: check times both and keeps the faster for each weight (runtime.measure_plan)
+WGMMA_LAYOUTS = ("slots", "compressed", "auto")
 #: Whether make_plan offers buckets to the warpgroup 2:4 kernel by default (``wgmma_kernel``): off
 #: until it is measured correct and faster on a GPU (docs/perf-notes.md).
 WGMMA_KERNEL_DEFAULT = False
@@ -95,7 +96,10 @@ def overflow_groups(weight: torch.Tensor) -> np.ndarray:
 
 def _wgmma24_bytes(layout: str, weight: torch.Tensor | None, nnz, size, grid: TileGrid) -> int:
     """The warpgroup 2:4 format's bytes in ``layout``: counted on the weight where there is one (tile
-    counts cannot tell a 2:4 weight from a uniform one), else expected from the tile counts."""
+    counts cannot tell a 2:4 weight from a uniform one), else expected from the tile counts; 'auto':
+    the smaller of the two."""
+    if layout == "auto":
+        return min(_wgmma24_bytes(one, weight, nnz, size, grid) for one in ("slots", "compressed"))
     if layout == "compressed":
         return wgmma24_compressed_bytes(nnz, size, grid.rows, grid.cols,
                                         chunk_words=None if weight is None else chunk_words(weight))
@@ -242,7 +246,9 @@ def make_plan(weight: torch.Tensor | None = None, *, nnz: np.ndarray | None = No
              slots; else a ValueError). Off by default (WGMMA_KERNEL_DEFAULT).
     wgmma_layout: the warpgroup 2:4 format's layout, 'slots' (two slots per group and the overflow's
              words) or 'compressed' (only the nonzero words, found by each thread's masks: fewer
-             bytes, more instructions per chunk); its bytes decide whether a weight is offered.
+             bytes, more instructions per chunk); its bytes decide whether a weight is offered; or
+             'auto': packed in slots, and the measured check times the buckets it offers in both
+             layouts and keeps the faster for the weight (the smaller bytes decide the offer).
     Where the slice or warpgroup 2:4 kernel is offered, buckets get alternatives that the measured
     check times beside their kernel (``BucketPlan.alternatives``): a row kernel's bucket the
     candidate kernel, a candidate's bucket the tile kernel where it was predicted to win and the row

@@ -22,6 +22,12 @@ reads slow once (measured on H100: one shape's cuBLAS read 2.7x slow in one mode
 twice and the faster kept too, so that the estimator (a minimum of two) does not favour dense: with
 one plan timing against the faster of two dense ones, 4096x11008 at 8 tokens and 70% measured 2%
 faster in the check (not the 3% asked) and 1.10x in the benchmark (H200).
+With ``wgmma_layout='auto'`` the warpgroup 2:4 kernel's two layouts compete too: the buckets that
+offer it are timed with the slots layout (as packed) and again with the compressed layout, and the
+layout whose buckets run faster in sum (each at its chosen kernel's time, or dense where it falls
+back) becomes the plan's (its options' ``wgmma_layout``): one format per weight. Measured on the
+H100 at 16 tokens and 90%, the compressed layout ran 11008x4096 at 1.53x and 4096x4096 at 1.02x of
+cuBLAS, the slots layout 1.33x and 1.14x.
 Before a bucket is timed its result on the timing input is compared with the dense product's: a
 kernel that disagrees (beyond bf16 rounding) on this GPU is not timed, and a PlanCheckWarning says so;
 its bucket falls back unless another of its kernels agrees. A wrong result never runs silently.
@@ -76,19 +82,59 @@ def measure_plan(packed: PackedWeight, dense_weight: torch.Tensor, *, margin: fl
     if not 0 <= margin < 1:
         raise ValueError(f"margin: expected a fraction in [0, 1), got {margin!r}")
     with torch.cuda.device(packed.device):  # the flush buffer and the stream of the weight's GPU
-        buckets, how = _measure_buckets(packed, dense_weight, margin, {} if dense_times is None else dense_times, seed)
-    if all(a is b for a, b in zip(buckets, packed.plan.buckets)):  # nothing timed or refused
+        buckets, how, layout = _measure(packed, dense_weight, margin, {} if dense_times is None else dense_times, seed)
+    if layout is None and all(a is b for a, b in zip(buckets, packed.plan.buckets)):  # nothing timed or refused
         return packed.plan
+    return _measured_plan(packed, buckets, how, layout, margin)
+
+
+def _measured_plan(packed, buckets, how, layout, margin) -> Plan:
+    """The plan with the measured buckets, its provenance's 'measured' (and, where the layouts were
+    timed, the chosen one in its options, with both layouts' sums)."""
     timing = "; ".join(sorted(how)) or "none"  # none: every bucket concerned refused before timing
-    return packed.plan.with_buckets(buckets, measured={"device": _name(packed.device), "timing": timing,
-                                                       "flush": "read", "margin": margin})
+    measured = {"device": _name(packed.device), "timing": timing, "flush": "read", "margin": margin}
+    if layout is None:
+        return packed.plan.with_buckets(buckets, measured=measured)
+    chosen, sums = layout
+    options = {**packed.plan.provenance.get("options", {}), "wgmma_layout": chosen}
+    return packed.plan.with_buckets(buckets, measured={**measured, "wgmma_layouts_us": sums}, options=options)
+
+
+def _measure(packed, dense_weight, margin, cache, seed):
+    """``_measure_buckets``, and with wgmma_layout 'auto' the layouts' contest: (buckets, how,
+    None or (the chosen layout, {layout: the sum of its buckets' times in us}))."""
+    buckets, how = _measure_buckets(packed, dense_weight, margin, cache, seed)
+    if packed.plan.provenance.get("options", {}).get("wgmma_layout") != "auto":
+        return buckets, how, None
+    offered = {i for i, b in enumerate(packed.plan.buckets) if "wgmma24" in (b.kernel, *b.alternatives)}
+    if not offered or not _capable("wgmma24", packed.device):
+        return buckets, how, ("slots", {})
+    compressed_plan = packed.plan.with_buckets(packed.plan.buckets, options={
+        **packed.plan.provenance.get("options", {}), "wgmma_layout": "compressed"})
+    compressed = replace(packed, wgmma24=None).with_plan(compressed_plan)
+    other, how_other = _measure_buckets(compressed, dense_weight, margin, cache, seed, only=offered)
+    sums = {"slots": _run_us(buckets, offered), "compressed": _run_us(other, offered)}
+    if not sums["compressed"] < sums["slots"]:
+        return buckets, how, ("slots", sums)
+    return [other[i] if i in offered else b for i, b in enumerate(buckets)], how | how_other, ("compressed", sums)
+
+
+def _run_us(buckets, indices) -> float:
+    """The sum over ``indices`` of what each measured bucket runs: its kernel's time, or the dense
+    product's where it falls back (the prediction's where it was not timed)."""
+    def us(b):
+        if b.fallback:
+            return b.measured_dense_us if b.measured_dense_us is not None else b.dense_us
+        return b.measured_us if b.measured_us is not None else b.predicted_us
+    return round(sum(us(buckets[i]) for i in sorted(indices)), 3)
 
 
 def _name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
 
 
-def _measure_buckets(packed, dense_weight, margin, cache, seed):
+def _measure_buckets(packed, dense_weight, margin, cache, seed, only=None):
+    """Each bucket timed and decided again (``only``: those indices; the others as they are)."""
     from ..costmodel.profile import call_time_us
 
     m, k = packed.shape
@@ -101,7 +147,7 @@ def _measure_buckets(packed, dense_weight, margin, cache, seed):
         # its own and its alternatives, those that have a kernel on this GPU (a predicted win is timed
         # whatever runs it)
         runs = {}
-        if not b.fallback or is_near_win(b):
+        if (only is None or i in only) and (not b.fallback or is_near_win(b)):
             for kernel in (b.kernel, *b.alternatives):
                 if kernel != b.kernel and not _capable(kernel, packed.device):
                     continue  # no format built for a kernel this GPU cannot run
