@@ -55,14 +55,17 @@ def test_refuses_a_file_that_is_not_a_kernel_csv(tmp_path):
 
 def test_rows_measured_again_go_back_to_the_grids_order(tmp_path):
     """--resume appends the rows it measures; in_grid_order puts them back where the grid plans them
-    (the tables list methods in the order they first appear), rows the grid does not plan last."""
+    (the tables list methods in the order they first appear), rows the grid does not plan (an
+    earlier part's) first, in their order."""
     grid = [_row(m, n, us) for m, n, us in [("dense", 1, 38.0), ("cross", 1, 20.0), ("cross+wgmma24", 1, 20.1),
                                             ("dense", 8, 38.0), ("cross", 8, 30.0), ("cross+wgmma24", 8, 27.0)]]
     src, dst = tmp_path / "kernels.csv", tmp_path / "again.csv"
-    _write(src, grid + [_row("cusparse-csr", 8, 400.0)])
+    earlier = [dict(_row("dense", 1, 19.0), shape="llama-qkvo"), dict(_row("cusparse-csr", 1, 40.0), shape="llama-qkvo")]
+    _write(src, earlier + grid)
     drop.drop_rows(src, dst, "cross")
     kept = read_csv(dst)
     resumed = kept + [_row("cross", 1, 19.0), _row("cross", 8, 26.5)]  # appended, as the run measures them
     ordered = in_grid_order(resumed, grid)
-    assert [(r["method"], r["N"]) for r in ordered] == [(r["method"], r["N"]) for r in grid] + [("cusparse-csr", "8")]
+    assert [(r["shape"], r["method"], r["N"]) for r in ordered] == [(r["shape"], r["method"], r["N"])
+                                                                     for r in earlier + grid]
     assert [r["us"] for r in ordered if r["method"] == "cross"] == ["19.0", "26.5"]

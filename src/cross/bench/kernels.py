@@ -101,9 +101,9 @@ ROW_OUT = "reports/bench/row"
 
 def in_grid_order(rows, planned) -> list:
     """``rows`` (of a CSV, in any order) sorted as ``planned`` (planned_rows) lists their keys; rows the
-    grid does not plan keep their order after the others."""
+    grid does not plan (an earlier part's, run with other --shapes) keep their order before the others."""
     index = {row_key(r["shape"], r["distribution"], r["sparsity"], r["N"], r["method"]): i for i, r in enumerate(planned)}
-    at = lambda r: index.get(row_key(r["shape"], r["distribution"], r["sparsity"], r["N"], r["method"]), len(index))  # noqa: E731
+    at = lambda r: index.get(row_key(r["shape"], r["distribution"], r["sparsity"], r["N"], r["method"]), -1)  # noqa: E731
     return sorted(rows, key=at)
 
 
