@@ -316,6 +316,21 @@ def test_the_row_kernel_is_timed_beside_the_tile_kernel_it_nearly_matches(rng, m
     assert large.n_min > ROW_MAX_TOKENS and (large.kernel, large.alternatives) == ("tiles", ())
 
 
+@pytest.mark.parametrize("row_vs_tiles, alternatives", [(0.95, ("tiles",)), (0.5, ())])
+def test_the_tile_kernel_is_timed_beside_the_row_kernel_close_ahead(rng, monkeypatch, row_vs_tiles, alternatives):
+    """A bucket the row kernel runs has the tile kernel as its alternative where the tile kernel is
+    predicted to win too and within ALT_MARGIN behind; not where it is far behind."""
+    from cross.partition.planner import ALT_MARGIN
+
+    assert 1 / 0.95 - 1 < ALT_MARGIN < 1 / 0.5 - 1
+    w = random_weight((256, 256), 0.3, rng).to(torch.bfloat16)
+    buckets = ((1, 4), (5, 16))
+    tiles = {b.n_design: b.predicted_us for b in make_plan(w, cost_model=WINNING, buckets=buckets, row_kernel=False).buckets}
+    monkeypatch.setattr(CostModel, "row_us", lambda self, rows, cols, entries, n: tiles[n] * row_vs_tiles)
+    plan = make_plan(w, cost_model=WINNING, buckets=buckets)
+    assert all((b.kernel, b.fallback, b.alternatives) == ("rows", False, alternatives) for b in plan.buckets)
+
+
 def _near_win_plan(plan: Plan) -> Plan:
     """``plan`` with its first bucket a near win (falls back, its row kernel predicted 2% slower
     than dense) and the others falling back on the tile kernel, none with alternatives."""

@@ -64,10 +64,13 @@ def test_candidates_are_the_tile_kernels_buckets(shape, sparsity):
             assert ("rows" in b.alternatives) == (a.alternatives == ("rows",))
         else:
             assert b.kernel == a.kernel and b.fallback == a.fallback and b.reason == a.reason
-            # a row kernel's bucket is timed against the candidate
-            assert b.alternatives == (("wgmma24",) if a.kernel == "rows" else a.alternatives)
-        # without a candidate: only the row kernel, beside the tile kernel, up to 16 tokens
-        assert a.alternatives in ((), ("rows",)) and (not a.alternatives or (a.kernel == "tiles" and a.n_max <= 16))
+            # a row kernel's bucket is timed against the candidate, and the tile kernel where the
+            # plan without the candidate times it
+            assert b.alternatives == (("wgmma24", *a.alternatives) if a.kernel == "rows" else a.alternatives)
+        # without a candidate: the row and tile kernels, each beside the other, up to 16 tokens
+        assert a.alternatives in ((), ("rows",), ("tiles",)) and (not a.alternatives or a.n_max <= 16)
+        assert a.alternatives != ("rows",) or a.kernel == "tiles"
+        assert a.alternatives != ("tiles",) or a.kernel == "rows"
     # of the default buckets 17-64, 65-128, 129-512 tokens and 513 and more (the tile kernel's)
     spans = [(b.n_min, b.n_max) for b in on.buckets if b.kernel == "wgmma24"]
     assert spans[-4:] == [(17, 64), (65, 128), (129, 512), (513, 2**31 - 1)]

@@ -124,6 +124,10 @@ class GPUSpec:
     row_token_col_ns: float = 0.05
     row_token_entry_ps: float = 0.09
     row_pass_us: float = 5.0
+    # the row kernel's fixed part (launch, first loads, tail); None: the dense product's launch term.
+    # A cost model measured by `cross profile` has none; benchmarks/fit_row_costs.py fits it and the
+    # two per-token terms to a GPU's measured row-kernel times
+    row_launch_us: float | None = None
 
     @property
     def n_programs(self) -> int:
@@ -253,16 +257,17 @@ def row_format_bytes(rows: int, entries: int) -> int:
 
 def row_matmul_us(spec: GPUSpec, rows: int, cols: int, entries: int, n_tokens: int) -> float:
     """Predicted time of the row kernel: its 3-byte entries and row offsets streamed once per pass
-    (row_passes) at the rate the dense product streams its weight, plus the dense product's launch
-    term, plus each token beyond the second of a pass (spec.row_token_col_ns, row_token_entry_ps:
-    two tokens cost about what one does, their inputs one 32-bit shared-memory word per column), plus
-    each pass beyond the first (spec.row_pass_us: one launch per pass)."""
+    (row_passes) at the rate the dense product streams its weight, plus its fixed part
+    (spec.row_launch_us, else the dense product's launch term), plus each token beyond the second of
+    a pass (spec.row_token_col_ns, row_token_entry_ps: two tokens cost about what one does, their
+    inputs one 32-bit shared-memory word per column), plus each pass beyond the first
+    (spec.row_pass_us: one launch per pass)."""
     stream = row_format_bytes(rows, entries) / (spec.bandwidth * spec.dense_bandwidth_efficiency)
     passes = row_passes(max(1, n_tokens), cols)
     extra = sum(max(0, count - 2) for _, count, _ in passes)
     per_token = cols * spec.row_token_col_ns * 1e-3 + entries * spec.row_token_entry_ps * 1e-6
-    return (len(passes) * stream * 1e6 + spec.dense_launch_us + (len(passes) - 1) * spec.row_pass_us
-            + extra * per_token)
+    launch = spec.dense_launch_us if spec.row_launch_us is None else spec.row_launch_us
+    return len(passes) * stream * 1e6 + launch + (len(passes) - 1) * spec.row_pass_us + extra * per_token
 
 
 #: Token counts the planner offers the slice kernel (kernels/slice_mma.cu: up to 16 tokens per pass)

@@ -1,0 +1,125 @@
+"""Fit the row kernel's cost terms of a cost model to that GPU's measured row-kernel times.
+
+`cross profile` measures the tile kernel and cuBLAS, not the row kernel, whose prediction
+(costmodel.roofline.row_matmul_us) keeps three terms fitted elsewhere: its fixed part (the dense
+product's launch term unless ``row_launch_us`` is set), and its cost per token beyond the second of
+a pass, per column (``row_token_col_ns``) and per entry (``row_token_entry_ps``). This script takes
+the rows of kernel-benchmark CSVs (`cross bench kernels`, benchmarks/kernels.py) that ran the row
+kernel (method `cross-rows`, or a `cross` method whose note says the row kernel ran), keeps the
+streaming term as the model has it (the row format's bytes at the dense product's streaming rate),
+fits the three terms by least squares, prints each row's measured, old and new prediction, and with
+--write stores the terms in the cost model's spec, with a provenance entry `row_fit` (the source
+files, the rows, the largest error).
+
+    python benchmarks/fit_row_costs.py --kernels benchmarks/results/h100/kernels.csv \\
+        --cost-model benchmarks/results/h100/costmodel.json --write
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+_SRC = Path(__file__).resolve().parents[1] / "src"
+if str(_SRC) not in sys.path:
+    sys.path.insert(0, str(_SRC))
+
+from cross.costmodel.model import CostModel  # noqa: E402
+from cross.costmodel.roofline import row_entries, row_format_bytes, row_matmul_us, row_passes  # noqa: E402
+
+#: Fewer measured rows than this leave three terms under-determined
+MIN_ROWS = 6
+
+
+def row_kernel_rows(paths) -> list[dict]:
+    """The measured rows of the CSVs at ``paths`` that ran the row kernel."""
+    out = []
+    for path in paths:
+        with open(path, newline="") as f:
+            for r in csv.DictReader(f):
+                ran_rows = r["method"] == "cross-rows" or (r["method"].startswith("cross")
+                                                           and r.get("note", "").startswith("row kernel"))
+                if ran_rows and r.get("status") == "ok" and r.get("us"):
+                    out.append(dict(r, source=str(path)))
+    return out
+
+
+def _terms(spec, r) -> tuple[float, list[float]]:
+    """(the streaming time, [1, extra tokens x columns / 1e3, extra tokens x entries / 1e6]) of one row."""
+    m, k, n = int(r["M"]), int(r["K"]), int(r["N"])
+    nnz = round(m * k * (1.0 - float(r["weight_sparsity"] or r["sparsity"])))
+    entries = row_entries(np.array([nnz]), np.array([m * k]), m)
+    passes = row_passes(max(1, n), k)
+    extra = sum(max(0, count - 2) for _, count, _ in passes)
+    stream = len(passes) * row_format_bytes(m, entries) / (spec.bandwidth * spec.dense_bandwidth_efficiency) * 1e6
+    stream += (len(passes) - 1) * spec.row_pass_us
+    return stream, [1.0, extra * k * 1e-3, extra * entries * 1e-6], entries
+
+
+def fit(cm: CostModel, rows) -> tuple[CostModel, list[dict]]:
+    """The cost model with the row kernel's three terms fitted to ``rows``, and per row its measured
+    time and both predictions. Raises where the rows cannot determine the terms or give a negative one."""
+    if len(rows) < MIN_ROWS:
+        raise ValueError(f"expected at least {MIN_ROWS} row-kernel rows to fit three terms, got {len(rows)}")
+    stream, design, entries = zip(*(_terms(cm.spec, r) for r in rows))
+    a = np.array(design)
+    if np.linalg.matrix_rank(a) < 3:
+        raise ValueError("the rows cannot tell the terms apart: expected rows at one token and at more than "
+                         "two tokens, over more than one weight")
+    y = np.array([float(r["us"]) for r in rows]) - np.array(stream)
+    launch, col_ns, entry_ps = np.linalg.lstsq(a, y, rcond=None)[0]
+    if min(launch, col_ns, entry_ps) < 0:
+        raise ValueError(f"the fit gave a negative term (fixed part {launch:.3g} us, {col_ns:.3g} ns per column, "
+                         f"{entry_ps:.3g} ps per entry): the rows do not follow the model")
+    spec = replace(cm.spec, row_launch_us=float(launch), row_token_col_ns=float(col_ns),
+                   row_token_entry_ps=float(entry_ps))
+    fitted = replace(cm, spec=spec)
+    report = []
+    for r, e in zip(rows, entries):
+        m, k, n = int(r["M"]), int(r["K"]), int(r["N"])
+        report.append({"shape": f"{m}x{k}", "N": n, "sparsity": float(r["sparsity"]), "us": float(r["us"]),
+                       "before": row_matmul_us(cm.spec, m, k, e, n), "after": row_matmul_us(spec, m, k, e, n)})
+    return fitted, report
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--kernels", required=True, help="comma-separated kernel-benchmark CSVs")
+    p.add_argument("--cost-model", required=True, type=Path, help="the cost model JSON of the same GPU")
+    p.add_argument("--write", action="store_true", help="store the fitted terms in --cost-model")
+    args = p.parse_args(argv)
+    paths = [Path(s) for s in args.kernels.split(",")]
+    cm = CostModel.load(args.cost_model)
+    rows = row_kernel_rows(paths)
+    fitted, report = fit(cm, rows)
+    s = fitted.spec
+    print(f"# {len(rows)} row-kernel rows of {', '.join(map(str, paths))}; the spec's streaming rate "
+          f"{s.bandwidth * s.dense_bandwidth_efficiency / 1e12:.2f} TB/s kept")
+    print(f"fixed part {s.row_launch_us:.2f} us, {s.row_token_col_ns:.4f} ns per column and "
+          f"{s.row_token_entry_ps:.4f} ps per entry per token beyond the second of a pass")
+    print(f"{'shape':>12} {'N':>3} {'sp':>5} {'us':>7} {'before':>7} {'after':>7}")
+    for r in report:
+        print(f"{r['shape']:>12} {r['N']:>3} {r['sparsity']:>5.2f} {r['us']:>7.2f} {r['before']:>7.2f} {r['after']:>7.2f}")
+    errors = [abs(r["after"] / r["us"] - 1) for r in report]
+    before = [abs(r["before"] / r["us"] - 1) for r in report]
+    print(f"error: median {np.median(before):.1%} -> {np.median(errors):.1%}, largest {max(before):.1%} -> "
+          f"{max(errors):.1%}")
+    if args.write:
+        prov = dict(fitted.provenance)
+        prov["row_fit"] = {"sources": [str(q) for q in paths], "rows": len(rows),
+                           "median_error": round(float(np.median(errors)), 4),
+                           "max_error": round(float(max(errors)), 4),
+                           "command": "python benchmarks/fit_row_costs.py " + " ".join(argv if argv is not None
+                                                                                       else sys.argv[1:])}
+        replace(fitted, provenance=prov).save(args.cost_model)
+        print(f"wrote {args.cost_model}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
