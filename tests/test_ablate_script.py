@@ -1,21 +1,12 @@
 """benchmarks/wgmma24_ablate.py's reading of block times: each SM's mean block time per launch, how well
 one launch predicts the next, and the SMs fastest and slowest on average."""
 
-import importlib.util
 import re
-import sys
-from pathlib import Path
 
 import torch
+from scripts import load_benchmark
 
-_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
-_spec = importlib.util.spec_from_file_location("wgmma24_ablate", _DIR / "wgmma24_ablate.py")
-ablate = importlib.util.module_from_spec(_spec)
-_path = list(sys.path)
-try:  # the script puts benchmarks/ first on the path, where its kernels.py would shadow other packages'
-    _spec.loader.exec_module(ablate)
-finally:
-    sys.path[:] = _path
+ablate = load_benchmark("wgmma24_ablate")
 
 
 def _times(durations, sms):

@@ -4,7 +4,6 @@ fallback, 2:4 pruning and the DLMC archives, the kernel grid and a model run wit
 (checks before timing, failures reported, never timed), the break-even function, and the CSV,
 markdown and PNG outputs from synthetic rows."""
 
-import importlib.util
 import math
 import os
 import shlex
@@ -27,6 +26,7 @@ from cross.bench.weights import (DLMC_LAYERS, SHAPES, dlmc_files, dlmc_mask, dlm
                                  prune_2to4, seeded, zero_fraction)
 from cross.cli.bench import kernel_config
 from cross.cli.main import build_parser, main
+from scripts import load_benchmark
 
 HAS_GPU = torch.cuda.is_available()
 ROOT = Path(__file__).resolve().parents[1]
@@ -561,19 +561,12 @@ def test_model_report_files(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------- scripts
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(f"bench_script_{name}", ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_benchmark_scripts_keep_their_command_lines(capsys):
-    kernels = load_script("kernels")
+    kernels = load_benchmark("kernels")
     assert kernels.SHAPES is SHAPES and callable(kernels.bench) and kernels.make_weight is make_weight
     assert kernels.main(["--shapes", "bert-qkvo", "--dry-run"]) == 0
     assert "45 rows over 3 weights" in capsys.readouterr().out  # its own defaults: 0.5,0.7,0.9 x 5 N x 3 methods
-    assert load_script("model").main(["--dry-run"]) == 0
+    assert load_benchmark("model").main(["--dry-run"]) == 0
     assert "14 rows over 5 models" in capsys.readouterr().out
     if not HAS_GPU:
         assert kernels.main([]) == 2 and "expected a CUDA GPU" in capsys.readouterr().err
@@ -584,7 +577,7 @@ def test_report_kernels_script(tmp_path, capsys):
         "shape,M,K,N,sparsity,distribution,method,us,speedup_vs_dense\n"
         + "".join(f"llama-up,11008,4096,{n},{s},uniform,{m},1.0,{v}\n" for n in (1, 128) for s in (0.5, 0.9)
                   for m, v in (("dense", 1.0), ("cross", 1.0), ("cross-cuda-bitmap", 0.7 + s / 2))))
-    script = load_script("report_kernels")
+    script = load_benchmark("report_kernels")
     with pytest.raises(SystemExit):  # a folder not named after a GPU with a measured copy rate
         script.main([str(tmp_path)])
     assert "--copy-tbps" in capsys.readouterr().err

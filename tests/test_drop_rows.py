@@ -2,18 +2,14 @@
 kept as they were, for `cross bench kernels --resume` to measure those rows again."""
 
 import csv
-import importlib.util
-from pathlib import Path
 
 import pytest
 
 from cross.bench.kernels import FIELDS, done_keys, in_grid_order
 from cross.bench.report import kernel_rows, read_csv
+from scripts import load_benchmark
 
-_spec = importlib.util.spec_from_file_location(
-    "drop_rows", Path(__file__).resolve().parents[1] / "benchmarks" / "drop_rows.py")
-drop = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(drop)
+drop = load_benchmark("drop_rows")
 
 
 def _write(path, rows):

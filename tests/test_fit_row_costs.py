@@ -2,26 +2,17 @@
 row-kernel times, stored in the cost model's spec (and read back by the planner's prediction)."""
 
 import csv
-import importlib.util
 import json
-import sys
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from cross.costmodel.model import CostModel
 from cross.costmodel.roofline import H100, row_entries, row_matmul_us
+from scripts import load_benchmark
 
-_spec = importlib.util.spec_from_file_location(
-    "fit_row_costs", Path(__file__).resolve().parents[1] / "benchmarks" / "fit_row_costs.py")
-fit_mod = importlib.util.module_from_spec(_spec)
-_path = list(sys.path)
-try:  # the script puts src/ first on the path
-    _spec.loader.exec_module(fit_mod)
-finally:
-    sys.path[:] = _path
+fit_mod = load_benchmark("fit_row_costs")
 
 TRUE = replace(H100, row_launch_us=6.5, row_token_col_ns=0.07, row_token_entry_ps=0.05)
 FIELDS = ["shape", "M", "K", "N", "sparsity", "weight_sparsity", "distribution", "method", "us", "status", "note"]

@@ -1,14 +1,10 @@
 """benchmarks/sanitize.py cuts the GPU test set into parts that together cover it exactly once."""
 
-import importlib.util
-from pathlib import Path
 
 import pytest
+from scripts import load_benchmark
 
-_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "sanitize.py"
-_spec = importlib.util.spec_from_file_location("sanitize", _PATH)
-sanitize = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(sanitize)
+sanitize = load_benchmark("sanitize")
 
 
 @pytest.mark.parametrize("n_ids, n_chunks", [(0, 3), (1, 4), (10, 3), (334, 12), (5, 5)])

@@ -1,23 +1,14 @@
 """benchmarks/wgmma24_stages_plot.py: the bench's rows placed by the stages their builds had, and the
 bench's record of those stages (the format's, or CROSS_CUDA_DEFINES' -DSTAGES, which wins)."""
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 
 from cross.kernels import cuda_backend
 from cross.pack.wgmma24 import stages
+from scripts import load_benchmark
 
-_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
-_spec = importlib.util.spec_from_file_location("wgmma24_stages_plot", _DIR / "wgmma24_stages_plot.py")
-plot = importlib.util.module_from_spec(_spec)
-_path = list(sys.path)
-try:  # the script puts src/ first on the path
-    _spec.loader.exec_module(plot)
-finally:
-    sys.path[:] = _path
+plot = load_benchmark("wgmma24_stages_plot")
 
 
 def _row(stages_, n, layout, sp, speedup):
