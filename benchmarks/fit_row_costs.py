@@ -30,7 +30,7 @@ if str(_SRC) not in sys.path:
     sys.path.insert(0, str(_SRC))
 
 from cross.costmodel.model import CostModel  # noqa: E402
-from cross.costmodel.roofline import row_entries, row_format_bytes, row_matmul_us, row_passes  # noqa: E402
+from cross.costmodel.roofline import row_entries, row_matmul_parts, row_matmul_us  # noqa: E402
 
 #: Fewer measured rows than this leave three terms under-determined
 MIN_ROWS = 6
@@ -49,16 +49,14 @@ def row_kernel_rows(paths) -> list[dict]:
     return out
 
 
-def _terms(spec, r) -> tuple[float, list[float]]:
-    """(the streaming time, [1, extra tokens x columns / 1e3, extra tokens x entries / 1e6]) of one row."""
+def _terms(spec, r) -> tuple[float, list[float], int]:
+    """(the prediction less its fitted terms, [1, extra tokens x columns / 1e3, extra tokens x entries
+    / 1e6], the row format's entries) of one row (roofline.row_matmul_parts)."""
     m, k, n = int(r["M"]), int(r["K"]), int(r["N"])
     nnz = round(m * k * (1.0 - float(r["weight_sparsity"] or r["sparsity"])))
     entries = row_entries(np.array([nnz]), np.array([m * k]), m)
-    passes = row_passes(max(1, n), k)
-    extra = sum(max(0, count - 2) for _, count, _ in passes)
-    stream = len(passes) * row_format_bytes(m, entries) / (spec.bandwidth * spec.dense_bandwidth_efficiency) * 1e6
-    stream += (len(passes) - 1) * spec.row_pass_us
-    return stream, [1.0, extra * k * 1e-3, extra * entries * 1e-6], entries
+    base, extra = row_matmul_parts(spec, m, k, entries, n)
+    return base, [1.0, extra * k * 1e-3, extra * entries * 1e-6], entries
 
 
 def fit(cm: CostModel, rows) -> tuple[CostModel, list[dict]]:
@@ -66,12 +64,12 @@ def fit(cm: CostModel, rows) -> tuple[CostModel, list[dict]]:
     time and both predictions. Raises where the rows cannot determine the terms or give a negative one."""
     if len(rows) < MIN_ROWS:
         raise ValueError(f"expected at least {MIN_ROWS} row-kernel rows to fit three terms, got {len(rows)}")
-    stream, design, entries = zip(*(_terms(cm.spec, r) for r in rows))
+    base, design, entries = zip(*(_terms(cm.spec, r) for r in rows))
     a = np.array(design)
     if np.linalg.matrix_rank(a) < 3:
         raise ValueError("the rows cannot tell the terms apart: expected rows at one token and at more than "
                          "two tokens, over more than one weight")
-    y = np.array([float(r["us"]) for r in rows]) - np.array(stream)
+    y = np.array([float(r["us"]) for r in rows]) - np.array(base)
     launch, col_ns, entry_ps = np.linalg.lstsq(a, y, rcond=None)[0]
     if min(launch, col_ns, entry_ps) < 0:
         raise ValueError(f"the fit gave a negative term (fixed part {launch:.3g} us, {col_ns:.3g} ns per column, "

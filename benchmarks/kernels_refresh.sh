@@ -7,11 +7,6 @@
 # Usage (repository root, on the GPU machine): OUT=<dir> bash benchmarks/kernels_refresh.sh
 source "$(dirname "$0")/steps.sh"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/device.txt"
-case "$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)" in
-    *H200*) GPU=h200 ;;
-    *) GPU=h100 ;;
-esac
-CM=benchmarks/results/$GPU/costmodel.json
 step grid 240 python3 benchmarks/kernels.py --shapes llama-qkvo,llama-up,llama-down --sparsities 0.5,0.7,0.9 \
     --ns 1,8,16,128,2048 --methods dense,cross,cross+wgmma24,cross+wgmma24c --cost-model $CM --out "$OUT"
 mkdir -p "$OUT/fig1"

@@ -10,10 +10,6 @@ source "$(dirname "$0")/steps.sh"
 LAYOUT=${1:-slots}
 SPARSITIES=${2:-0.7}
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/device.txt"
-case "$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)" in
-    *H200*) CM=benchmarks/results/h200/costmodel.json ;;
-    *) CM=benchmarks/results/h100/costmodel.json ;;
-esac
 M="python3 -m cross bench model --models llama --llama-sparsities $SPARSITIES --cost-model $CM"
 mkdir -p "$OUT/model"
 step model_wgmma 330 $M --wgmma-kernel --wgmma-layout "$LAYOUT" --out "$OUT/model/wgmma"

@@ -9,11 +9,6 @@
 # Usage (repository root, on the GPU machine): OUT=<dir> bash benchmarks/wgmma24_auto.sh
 source "$(dirname "$0")/steps.sh"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/device.txt"
-case "$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)" in
-    *H200*) GPU=h200 ;;
-    *) GPU=h100 ;;
-esac
-CM=benchmarks/results/$GPU/costmodel.json
 step gpu_tests 60 python3 -m pytest -q -m gpu tests/test_wgmma24_runtime.py -k "auto or alternatives"
 cp "benchmarks/results/$GPU/kernels.csv" "$OUT/kernels.csv"
 step grid 150 python3 benchmarks/kernels.py --shapes llama-qkvo,llama-up,llama-down --sparsities 0.5,0.7,0.9 \

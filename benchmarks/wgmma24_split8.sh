@@ -8,10 +8,6 @@
 # Usage (repository root, on the GPU machine): OUT=<dir> bash benchmarks/wgmma24_split8.sh
 source "$(dirname "$0")/steps.sh"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/device.txt"
-case "$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)" in
-    *H200*) CM=benchmarks/results/h200/costmodel.json ;;
-    *) CM=benchmarks/results/h100/costmodel.json ;;
-esac
 step gpu_tests 120 python3 -m pytest -q -m gpu --maxfail=5 tests/test_wgmma24.py -k "split or stream"
 step gpu_tests_runtime 60 python3 -m pytest -q -m gpu -x tests/test_wgmma24_runtime.py
 step bench 40 python3 benchmarks/wgmma24_bench.py --shapes llama-up,llama-qkvo,llama-down --sparsities 0.7,0.9 \

@@ -255,6 +255,16 @@ def row_format_bytes(rows: int, entries: int) -> int:
     return 3 * entries + 4 * (rows + 1)
 
 
+def row_matmul_parts(spec: GPUSpec, rows: int, cols: int, entries: int, n_tokens: int) -> tuple[float, int]:
+    """The row kernel's prediction less its fitted terms: (the streaming of its passes and the launch of
+    each pass beyond the first, in us; the tokens beyond the second of a pass, summed over the passes).
+    row_matmul_us adds the fixed part and the per-token cost; benchmarks/fit_row_costs.py fits them."""
+    stream = row_format_bytes(rows, entries) / (spec.bandwidth * spec.dense_bandwidth_efficiency)
+    passes = row_passes(max(1, n_tokens), cols)
+    extra = sum(max(0, count - 2) for _, count, _ in passes)
+    return len(passes) * stream * 1e6 + (len(passes) - 1) * spec.row_pass_us, extra
+
+
 def row_matmul_us(spec: GPUSpec, rows: int, cols: int, entries: int, n_tokens: int) -> float:
     """Predicted time of the row kernel: its 3-byte entries and row offsets streamed once per pass
     (row_passes) at the rate the dense product streams its weight, plus its fixed part
@@ -262,12 +272,10 @@ def row_matmul_us(spec: GPUSpec, rows: int, cols: int, entries: int, n_tokens: i
     a pass (spec.row_token_col_ns, row_token_entry_ps: two tokens cost about what one does, their
     inputs one 32-bit shared-memory word per column), plus each pass beyond the first
     (spec.row_pass_us: one launch per pass)."""
-    stream = row_format_bytes(rows, entries) / (spec.bandwidth * spec.dense_bandwidth_efficiency)
-    passes = row_passes(max(1, n_tokens), cols)
-    extra = sum(max(0, count - 2) for _, count, _ in passes)
+    base, extra = row_matmul_parts(spec, rows, cols, entries, n_tokens)
     per_token = cols * spec.row_token_col_ns * 1e-3 + entries * spec.row_token_entry_ps * 1e-6
     launch = spec.dense_launch_us if spec.row_launch_us is None else spec.row_launch_us
-    return len(passes) * stream * 1e6 + launch + (len(passes) - 1) * spec.row_pass_us + extra * per_token
+    return base + launch + extra * per_token
 
 
 #: Token counts the planner offers the slice kernel (kernels/slice_mma.cu: up to 16 tokens per pass)

@@ -96,21 +96,25 @@ def _measured_plan(packed, buckets, how, layout, margin) -> Plan:
     if layout is None:
         return packed.plan.with_buckets(buckets, measured=measured)
     chosen, sums = layout
-    options = {**packed.plan.provenance.get("options", {}), "wgmma_layout": chosen}
-    return packed.plan.with_buckets(buckets, measured={**measured, "wgmma_layouts_us": sums}, options=options)
+    return packed.plan.with_buckets(buckets, measured={**measured, "wgmma_layouts_us": sums},
+                                    options={**_options(packed.plan), "wgmma_layout": chosen})
+
+
+def _options(plan: Plan) -> dict:
+    return plan.provenance.get("options", {})
 
 
 def _measure(packed, dense_weight, margin, cache, seed):
     """``_measure_buckets``, and with wgmma_layout 'auto' the layouts' contest: (buckets, how,
     None or (the chosen layout, {layout: the sum of its buckets' times in us}))."""
     buckets, how = _measure_buckets(packed, dense_weight, margin, cache, seed)
-    if packed.plan.provenance.get("options", {}).get("wgmma_layout") != "auto":
+    if _options(packed.plan).get("wgmma_layout") != "auto":
         return buckets, how, None
     offered = {i for i, b in enumerate(packed.plan.buckets) if "wgmma24" in (b.kernel, *b.alternatives)}
     if not offered or not _capable("wgmma24", packed.device):
         return buckets, how, ("slots", {})
-    compressed_plan = packed.plan.with_buckets(packed.plan.buckets, options={
-        **packed.plan.provenance.get("options", {}), "wgmma_layout": "compressed"})
+    compressed_plan = packed.plan.with_buckets(packed.plan.buckets,
+                                               options={**_options(packed.plan), "wgmma_layout": "compressed"})
     compressed = replace(packed, wgmma24=None).with_plan(compressed_plan)
     other, how_other = _measure_buckets(compressed, dense_weight, margin, cache, seed, only=offered)
     sums = {"slots": _run_us(buckets, offered), "compressed": _run_us(other, offered)}
