@@ -472,3 +472,25 @@ def test_a_plan_not_auto_times_one_layout(monkeypatch):
     auto = pack(w, make_plan(w, **AUTO))
     measure_mod._measure(auto, w, 0.03, {}, seed=0)
     assert len(calls) > once  # the offered buckets a second time
+
+
+@pytest.mark.parametrize("name, layout", [("cross+wgmma24", "slots"), ("cross+wgmma24c", "compressed")])
+def test_bench_note_names_the_layout(monkeypatch, name, layout):
+    """The benchmark's note for a bucket the warpgroup 2:4 format runs names its layout (with 'auto',
+    the one the measured check kept), and the bound call is the product. The kernel's candidate
+    bucket is taken here as the measured check would take it on a GPU."""
+    import cross.partition
+    from cross.bench.methods import parse_method, prepare
+
+    def taken(*args, **kwargs):
+        plan = make_plan(*args, **kwargs)
+        return plan.with_buckets(replace(b, fallback=False) if b.kernel == "wgmma24" else b for b in plan.buckets)
+
+    monkeypatch.setattr(cross.partition, "make_plan", taken)
+    w = pruned(1024, 512, 0.7)
+    n = next(b.n_max for b in taken(w, wgmma_layout=layout, **IGNORE).buckets if b.kernel == "wgmma24")
+    x = torch.randn(n, 512, generator=torch.Generator().manual_seed(5)).to(torch.bfloat16)
+    bound = prepare(parse_method(name), w).bind(x)
+    other = {"slots": "compressed", "compressed": "slots"}[layout]
+    assert f"{layout} layout" in bound.note and f"{other} layout" not in bound.note
+    check_product(x, w, None, bound.fn())

@@ -258,12 +258,13 @@ def _prepare_cross(method: Method, w, tile, cost_model, n_programs):
             return Bound(lambda: slices_reference(x, packed.slices), w.dtype, "slice format, reference",
                          packed.slices.nbytes)
         if bucket.plan.kernel == "wgmma24":
+            layout = "compressed" if packed.wgmma24.compressed else "slots"  # with 'auto', the check's choice
             if wgmma24_eligible(packed, x.device):
                 wargs = wgmma24_kernel_args(packed)
-                return Bound(lambda: wgmma24_run(x, wargs), w.dtype, _note("warpgroup 2:4 kernel", bucket),
-                             packed.wgmma24.nbytes)
-            return Bound(lambda: wgmma24_reference(x, packed.wgmma24), w.dtype, "2:4 format, reference",
-                         packed.wgmma24.nbytes)
+                return Bound(lambda: wgmma24_run(x, wargs), w.dtype,
+                             _note(f"warpgroup 2:4 kernel, {layout} layout", bucket), packed.wgmma24.nbytes)
+            return Bound(lambda: wgmma24_reference(x, packed.wgmma24), w.dtype,
+                         f"2:4 format, {layout} layout, reference", packed.wgmma24.nbytes)
         kargs = kernel_args(packed, bucket, method.backend)  # resolved once, as the runtime does
         tile_bytes = packed.nbytes - sum(f.nbytes for f in (packed.rows, packed.slices, packed.wgmma24)
                                          if f is not None)
