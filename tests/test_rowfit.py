@@ -180,4 +180,4 @@ def test_cross_profile_reports_the_row_terms_or_why_they_were_kept(fitted, capsy
         assert "row kernel: fixed part 6.5 us, 0.070 ns per column and 0.050 ps per entry" in out
         assert "fitted to 18 times, median error 0.0%" in out
     else:
-        assert "row kernel not timed, its terms kept: ValueError: the fit gave a negative term" in out
+        assert "row kernel not fitted, its terms kept: ValueError: the fit gave a negative term" in out

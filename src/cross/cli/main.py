@@ -508,7 +508,7 @@ def cmd_profile(args) -> int:
           f"x{model.spec.mixed_sparse_scale:.2f}")
     row_fit = model.provenance.get("row_fit")
     if row_fit and "skipped" in row_fit:
-        print(f"  row kernel not timed, its terms kept: {row_fit['skipped']}")
+        print(f"  row kernel not fitted, its terms kept: {row_fit['skipped']}")
     elif row_fit:
         s = model.spec
         print(f"  row kernel: fixed part {s.row_launch_us:.1f} us, {s.row_token_col_ns:.3f} ns per column and "
