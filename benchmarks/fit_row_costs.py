@@ -1,15 +1,16 @@
 """Fit the row kernel's cost terms of a cost model to that GPU's measured row-kernel times.
 
-`cross profile` measures the tile kernel and cuBLAS, not the row kernel, whose prediction
-(costmodel.roofline.row_matmul_us) keeps three terms fitted elsewhere: its fixed part (the dense
-product's launch term unless ``row_launch_us`` is set), and its cost per token beyond the second of
-a pass, per column (``row_token_col_ns``) and per entry (``row_token_entry_ps``). This script takes
-the rows of kernel-benchmark CSVs (`cross bench kernels`, benchmarks/kernels.py) that ran the row
-kernel (method `cross-rows`, or a `cross` method whose note says the row kernel ran), keeps the
-streaming term as the model has it (the row format's bytes at the dense product's streaming rate),
-fits the three terms by least squares, prints each row's measured, old and new prediction, and with
---write stores the terms in the cost model's spec, with a provenance entry `row_fit` (the source
-files, the rows, the largest error).
+The row kernel's prediction (costmodel.roofline.row_matmul_us) has three terms fitted to a GPU: its
+fixed part (the dense product's launch term unless ``row_launch_us`` is set), and its cost per token
+beyond the second of a pass, per column (``row_token_col_ns``) and per entry (``row_token_entry_ps``).
+`cross profile` fits them to the row kernel's times on a few random weights; this script fits them
+to the rows of kernel-benchmark CSVs (`cross bench kernels`, benchmarks/kernels.py) that ran the row
+kernel (method `cross-rows`, or a `cross` method whose note says the row kernel ran), over the
+shapes, sparsities and token counts of the kernel grid. Both fit through costmodel.rowfit: the
+streaming term is kept as the model has it (the row format's bytes at the dense product's streaming
+rate) and the three terms are fitted by least squares. The script prints each row's measured, old
+and new prediction, and with --write stores the terms in the cost model's spec, with a provenance
+entry `row_fit` (the source files, the rows, the largest error).
 
     python benchmarks/fit_row_costs.py --kernels benchmarks/results/h100/kernels.csv \\
         --cost-model benchmarks/results/h100/costmodel.json --write
@@ -30,10 +31,7 @@ if str(_SRC) not in sys.path:
     sys.path.insert(0, str(_SRC))
 
 from cross.costmodel.model import CostModel  # noqa: E402
-from cross.costmodel.roofline import row_entries, row_matmul_parts, row_matmul_us  # noqa: E402
-
-#: Fewer measured rows than this leave three terms under-determined
-MIN_ROWS = 6
+from cross.costmodel.rowfit import RowSample, fit_row_terms, relative_errors  # noqa: E402
 
 
 def row_kernel_rows(paths) -> list[dict]:
@@ -49,40 +47,22 @@ def row_kernel_rows(paths) -> list[dict]:
     return out
 
 
-def _terms(spec, r) -> tuple[float, list[float], int]:
-    """(the prediction less its fitted terms, [1, extra tokens x columns / 1e3, extra tokens x entries
-    / 1e6], the row format's entries) of one row (roofline.row_matmul_parts)."""
+def sample(r) -> RowSample:
+    """One CSV row as a measured time of the row kernel, its entries estimated from its nonzeros as
+    the planner estimates them."""
     m, k, n = int(r["M"]), int(r["K"]), int(r["N"])
     nnz = round(m * k * (1.0 - float(r["weight_sparsity"] or r["sparsity"])))
-    entries = row_entries(np.array([nnz]), np.array([m * k]), m)
-    base, extra = row_matmul_parts(spec, m, k, entries, n)
-    return base, [1.0, extra * k * 1e-3, extra * entries * 1e-6], entries
+    return RowSample.from_nnz(m, k, nnz, n, float(r["us"]))
 
 
 def fit(cm: CostModel, rows) -> tuple[CostModel, list[dict]]:
-    """The cost model with the row kernel's three terms fitted to ``rows``, and per row its measured
-    time and both predictions. Raises where the rows cannot determine the terms or give a negative one."""
-    if len(rows) < MIN_ROWS:
-        raise ValueError(f"expected at least {MIN_ROWS} row-kernel rows to fit three terms, got {len(rows)}")
-    base, design, entries = zip(*(_terms(cm.spec, r) for r in rows))
-    a = np.array(design)
-    if np.linalg.matrix_rank(a) < 3:
-        raise ValueError("the rows cannot tell the terms apart: expected rows at one token and at more than "
-                         "two tokens, over more than one weight")
-    y = np.array([float(r["us"]) for r in rows]) - np.array(base)
-    launch, col_ns, entry_ps = np.linalg.lstsq(a, y, rcond=None)[0]
-    if min(launch, col_ns, entry_ps) < 0:
-        raise ValueError(f"the fit gave a negative term (fixed part {launch:.3g} us, {col_ns:.3g} ns per column, "
-                         f"{entry_ps:.3g} ps per entry): the rows do not follow the model")
-    spec = replace(cm.spec, row_launch_us=float(launch), row_token_col_ns=float(col_ns),
-                   row_token_entry_ps=float(entry_ps))
-    fitted = replace(cm, spec=spec)
-    report = []
-    for r, e in zip(rows, entries):
-        m, k, n = int(r["M"]), int(r["K"]), int(r["N"])
-        report.append({"shape": f"{m}x{k}", "N": n, "sparsity": float(r["sparsity"]), "us": float(r["us"]),
-                       "before": row_matmul_us(cm.spec, m, k, e, n), "after": row_matmul_us(spec, m, k, e, n)})
-    return fitted, report
+    """The cost model with the row kernel's three terms fitted to ``rows`` (costmodel.rowfit), and per
+    row its measured time and both predictions. Raises where the rows cannot determine the terms or
+    give a negative one."""
+    spec, per_sample = fit_row_terms(cm.spec, [sample(r) for r in rows])
+    report = [{"shape": f"{f['rows']}x{f['cols']}", "N": f["n_tokens"], "sparsity": float(r["sparsity"]),
+               "us": f["us"], "before": f["before"], "after": f["after"]} for r, f in zip(rows, per_sample)]
+    return replace(cm, spec=spec), report
 
 
 def main(argv=None) -> int:
@@ -103,8 +83,7 @@ def main(argv=None) -> int:
     print(f"{'shape':>12} {'N':>3} {'sp':>5} {'us':>7} {'before':>7} {'after':>7}")
     for r in report:
         print(f"{r['shape']:>12} {r['N']:>3} {r['sparsity']:>5.2f} {r['us']:>7.2f} {r['before']:>7.2f} {r['after']:>7.2f}")
-    errors = [abs(r["after"] / r["us"] - 1) for r in report]
-    before = [abs(r["before"] / r["us"] - 1) for r in report]
+    errors, before = relative_errors(report), relative_errors(report, "before")
     print(f"error: median {np.median(before):.1%} -> {np.median(errors):.1%}, largest {max(before):.1%} -> "
           f"{max(errors):.1%}")
     if args.write:

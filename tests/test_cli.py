@@ -477,6 +477,7 @@ def test_profile_on_the_gpu(capsys, tmp_path, monkeypatch):
     assert [n for n, _ in model.item_us_by_tokens] == [1.0, 16.0, 128.0]
     assert all(us > 0 for _, us in model.item_us_by_tokens) and model.launch_us > 0
     assert model.spec.mixed_sparse_scale >= 1.0 and model.provenance["item_latency"]["weight"] == "352256x128"
+    assert "row kernel" in out and "row_fit" in model.provenance  # fitted, or the reason it was not
     code, out, _ = run_cli(capsys, "profile")
     assert code == 0 and out.startswith("already measured: ")
 

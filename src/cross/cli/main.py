@@ -506,6 +506,14 @@ def cmd_profile(args) -> int:
               f"a work item costs {model.item_latency(n):.1f} us per token tile")
     print(f"  fixed cost of a plan launch {model.launch_us:.1f} us; sparse tiles in plans with DENSE tiles "
           f"x{model.spec.mixed_sparse_scale:.2f}")
+    row_fit = model.provenance.get("row_fit")
+    if row_fit and "skipped" in row_fit:
+        print(f"  row kernel not fitted, its terms kept: {row_fit['skipped']}")
+    elif row_fit:
+        s = model.spec
+        print(f"  row kernel: fixed part {s.row_launch_us:.1f} us, {s.row_token_col_ns:.3f} ns per column and "
+              f"{s.row_token_entry_ps:.3f} ps per entry per token beyond the second of a pass (fitted to "
+              f"{row_fit['samples']} times, median error {row_fit['median_error']:.1%})")
     if args.plot:
         from ..costmodel.plot import plot_bands
 

@@ -5,9 +5,12 @@ For each tile kind the kernels run (DENSE, BITMAP) and each density, a weight ma
 less the launch's fixed cost (launch, pipeline fill, epilogue: extrapolated to zero rows from 5504
 and 11008 rows) over the number of tiles is the amortised cost of one tile; one work item's latency
 is timed on a weight run with many more items per unit. Dense cuBLAS is timed on two shapes to
-calibrate the baseline the planner must beat. The result is a CostModel whose
-tables replace the roofline, saved as JSON with its provenance and found again automatically for
-the same device and library versions.
+calibrate the baseline the planner must beat. The row kernel is timed on random weights of three
+shapes (two widths) and three densities at one and eight tokens, and its fixed part and per-token
+terms fitted to those times (rowfit.fit_row_terms) on the calibrated spec's streaming rate; where it
+cannot run or the fit fails, the spec keeps its row terms and the provenance says why. The result is a CostModel
+whose tables replace the roofline, saved as JSON with its provenance and found again automatically
+for the same device and library versions.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ import torch
 
 from ..tiling import TileGrid, TileKind
 from .model import CostModel, TileTable
-from .roofline import DENSE_REF_COLS, H100, GPUSpec, block_n_for, plan_kernel_vals_bytes
+from .roofline import DENSE_REF_COLS, H100, ROW_MAX_K, GPUSpec, block_n_for, plan_kernel_vals_bytes
+from .rowfit import RowSample, fit_row_terms, relative_errors
 
 DENSITIES = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0)
 N_TOKENS = (1, 16, 64, 128, 512, 2048)
@@ -46,13 +50,24 @@ FLUSH_BYTES = 256 * 1024 * 1024
 #: reads must first write back to HBM (docs/perf-notes.md: 46.8 us instead of 37.2 for cuBLAS on 11008x4096 at N = 1)
 FLUSHES = ("read", "write")
 #: how tables are measured (part of a cached table's key, so tables measured another way are measured
-#: again): CUDA-graph replays, L2 flushed by a read, plans with units capped at the resident programs
-PROTOCOL = "read-flush-resident-units-dense-11008-wide"
+#: again): CUDA-graph replays, L2 flushed by a read, plans with units capped at the resident programs,
+#: the row kernel's terms fitted (ROW_SHAPES)
+PROTOCOL = "read-flush-resident-units-dense-11008-wide-rows"
 FIT_DENSITY = 0.3  # the fixed cost: BITMAP weights of this density at KERNEL_ROWS // 2 and KERNEL_ROWS rows
 #: the per-item latency: a weight of as many FIT_DENSITY tiles as the KERNEL_ROWS one, two per tile-row,
 #: run with every tile its own work item (a tile-row's two on different units, so each item ends in
 #: the split-row exchange): ~14 items per unit instead of 1-2, the same tiles per unit
 ITEM_TILES_PER_ROW = 2
+#: the row kernel's terms (roofline.row_matmul_us) are fitted to its times on random weights of these
+#: shapes (rows x columns) and densities, at these token counts: one token gives the fixed part, a
+#: pass of eight the per-token terms, per entry (the densities and shapes vary the entries) and per
+#: column (the two widths: fitted on 4096 columns alone, the H100's kernel-grid times of the 4096 x
+#: 11008 weight at 8 tokens, benchmarks/results/h100/kernels.csv, come out over-predicted by 14-16%,
+#: against at most 5% with the wider weight in the fit); the densities are the kernel grid's (50-90%
+#: sparsity), where the row format is smaller than the dense weight
+ROW_SHAPES = ((KERNEL_ROWS, COLS), (COLS, COLS), (COLS, KERNEL_ROWS))
+ROW_DENSITIES = (0.1, 0.3, 0.5)
+ROW_TOKENS = (1, 8)
 
 
 def cache_dir() -> Path:
@@ -191,8 +206,9 @@ def measure(device: torch.device | None = None, tile_shape=(64, 64), densities=D
     jobs = [(kind, d) for kind in kinds for d in (densities if kind == TileKind.BITMAP else (1.0,))]
     per_tile = {k: np.zeros((len(n_tokens), len(densities))) for k in kinds}
     fit_runs = 1 if FIT_DENSITY in densities else 2
-    bar = tqdm(total=(len(jobs) + fit_runs + 2 + len(DENSE_SHAPES)) * len(n_tokens) + 1, desc="cross profile",
-               disable=None if progress else True)  # a bar where stderr is a terminal
+    row_runs = len(ROW_SHAPES) * len(ROW_DENSITIES) * len(ROW_TOKENS)
+    bar = tqdm(total=(len(jobs) + fit_runs + 2 + len(DENSE_SHAPES)) * len(n_tokens) + 1 + row_runs,
+               desc="cross profile", disable=None if progress else True)  # a bar where stderr is a terminal
 
     def plan_of(w, kind, programs=spec.n_programs):
         return make_plan(w, tile_shape=tile_shape, allowed_kinds=(kind,), n_programs=programs,
@@ -213,8 +229,7 @@ def measure(device: torch.device | None = None, tile_shape=(64, 64), densities=D
         return np.array([time_packed(packed, n)[0] for n in n_tokens]), int(plan.tile_ptr[-1])
 
     def weight(rows, d, cols=COLS):
-        keep = torch.rand(rows, cols, generator=gen) < d
-        return (torch.randn(rows, cols, generator=gen) * keep).to(torch.bfloat16).to(device)
+        return random_weight(rows, cols, d, gen, device)
 
     rows = KERNEL_ROWS
     measured, nnz = {}, {}
@@ -275,8 +290,10 @@ def measure(device: torch.device | None = None, tile_shape=(64, 64), densities=D
             x = torch.randn(n, cols, generator=gen).to(torch.bfloat16).to(device)
             dense_times[r, j] = graph_time_us(lambda: torch.matmul(x, w.T))
             bar.update()
-    bar.close()
     spec = _calibrate_dense(spec, dense_times, n_tokens)
+    # the row kernel's streaming term is the calibrated dense product's rate: its terms are fitted on it
+    spec, row_fit = _row_terms(spec, row_timer(device, gen, bar.update))
+    bar.close()
     spec = replace(spec, launch_us=float(fixed[0]), item_us=float(item_us), mixed_sparse_scale=float(mixed_scale))
     tables = tuple(TileTable(k, tile_shape, np.array(densities), np.array(n_tokens, dtype=float), per_tile[k]) for k in kinds)
     # the planner composes tile costs into a weight's time through its units (the slowest unit's
@@ -305,7 +322,84 @@ def measure(device: torch.device | None = None, tile_shape=(64, 64), densities=D
                                  "scale": round(mixed_scale, 3)}
     prov["dense_us"] = {f"{rows}x{cols}": dict(zip(map(str, n_tokens), np.round(dense_times[r], 2).tolist()))
                         for r, (rows, cols) in enumerate(DENSE_SHAPES)}
+    prov["row_fit"] = row_fit
     return CostModel(spec, tables, prov, item_table)
+
+
+def random_weight(rows: int, cols: int, density: float, gen: torch.Generator, device) -> torch.Tensor:
+    """A bf16 rows x cols weight on ``device`` whose elements are kept with probability ``density``
+    (normal values; drawn on the CPU from ``gen``, so a seed gives the same weight on every GPU)."""
+    keep = torch.rand(rows, cols, generator=gen) < density
+    return (torch.randn(rows, cols, generator=gen) * keep).to(torch.bfloat16).to(device)
+
+
+def row_timer(device: torch.device, gen: torch.Generator, done=lambda: None):
+    """The row kernel's timer for _row_terms on ``device``: time_weight(rows, cols, density, tokens)
+    makes a random_weight, its row format (pack.rows.RowWeight) and launch arguments as the runtime
+    does, and returns (its nonzeros, graph_time_us of row_launch at each of ``tokens``), calling
+    ``done`` after each timing. Raises where the row kernel cannot run the weight on the device, with
+    the stream it found current made current again (a capture that fails to end leaves its side
+    stream current)."""
+    from ..kernels.launch import row_args, row_kernel_eligible, row_launch
+    from ..pack.rows import RowWeight
+
+    def time_weight(rows: int, cols: int, density: float, tokens) -> tuple[int, list[float]]:
+        if not row_kernel_eligible((rows, cols), torch.bfloat16, device):
+            raise RuntimeError(f"the row kernel cannot run a {rows}x{cols} bfloat16 weight on {device}: it needs "
+                               f"an sm_80+ GPU with cuda-python, K % 8 == 0 and K <= {ROW_MAX_K}")
+        stream = torch.cuda.current_stream(device)
+        try:
+            fmt = RowWeight.from_dense(random_weight(rows, cols, density, gen, device))
+            args = row_args(fmt)
+            times = []
+            for n in tokens:
+                x = torch.randn(n, cols, generator=gen).to(torch.bfloat16).to(device)
+                times.append(graph_time_us(lambda: row_launch(x, args)))
+                done()
+        except Exception:
+            torch.cuda.set_stream(stream)
+            raise
+        return fmt.nnz, times
+
+    return time_weight
+
+
+def _row_terms(spec: GPUSpec, time_weight, shapes=ROW_SHAPES, densities=ROW_DENSITIES,
+               tokens=ROW_TOKENS) -> tuple[GPUSpec, dict]:
+    """The spec with the row kernel's fixed part and per-token terms fitted (rowfit.fit_row_terms) to
+    its times on weights of ``shapes`` x ``densities`` at each of ``tokens`` tokens, and the
+    provenance entry ``row_fit``: the samples, the fit's median and largest error, the method, and
+    each weight's times and fitted predictions. Each weight's entries are estimated from its nonzeros
+    (RowSample.from_nnz), as the planner's prediction estimates them, so the terms fit what the
+    planner predicts with. ``time_weight(rows, cols, density, tokens)`` -> (the weight's nonzeros, its
+    microseconds at each of ``tokens``): row_timer on a GPU. Where the timer raises (the row kernel
+    cannot run here) or the fit does (the times do not determine the terms), the spec comes back
+    unchanged and the entry is ``{"skipped": reason}``: the rest of the profile stands without them."""
+    tokens = tuple(tokens)
+    try:
+        samples, weights = [], []
+        for rows, cols in shapes:
+            for d in densities:
+                nnz, times = time_weight(rows, cols, d, tokens)
+                samples += [RowSample.from_nnz(rows, cols, nnz, n, us) for n, us in zip(tokens, times, strict=True)]
+                weights.append({"shape": f"{rows}x{cols}", "density": d, "nnz": int(nnz)})
+        fitted, report = fit_row_terms(spec, samples)
+    except Exception as e:  # the kernel's build and launch raise their own error types
+        return spec, {"skipped": reason(e)}
+    for i, w in enumerate(weights):
+        runs = report[i * len(tokens):(i + 1) * len(tokens)]
+        w["us"] = {str(r["n_tokens"]): round(r["us"], 2) for r in runs}
+        w["predicted_us"] = {str(r["n_tokens"]): round(r["after"], 2) for r in runs}
+    errors = relative_errors(report)
+    return fitted, {"samples": len(samples), "median_error": round(float(np.median(errors)), 4),
+                    "max_error": round(float(errors.max()), 4),
+                    "method": (f"row kernel on random bf16 weights {', '.join(f'{r}x{c}' for r, c in shapes)} of "
+                               f"densities {', '.join(map(str, densities))} at {', '.join(map(str, tokens))} "
+                               "tokens, CUDA-graph replay, L2 flushed; row_launch_us, row_token_col_ns and "
+                               "row_token_entry_ps fitted by least squares (rowfit.fit_row_terms) to the times "
+                               "less the streaming term at the calibrated dense rate, entries estimated from "
+                               "the nonzeros (row_entries)"),
+                    "by_weight": weights}
 
 
 def max_items_per_unit(bucket) -> int:

@@ -125,8 +125,8 @@ class GPUSpec:
     row_token_entry_ps: float = 0.09
     row_pass_us: float = 5.0
     # the row kernel's fixed part (launch, first loads, tail); None: the dense product's launch term.
-    # A cost model measured by `cross profile` has none; benchmarks/fit_row_costs.py fits it and the
-    # two per-token terms to a GPU's measured row-kernel times
+    # `cross profile` fits it and the two per-token terms to the row kernel's times on the GPU, and
+    # benchmarks/fit_row_costs.py to a GPU's kernel-benchmark times (both by costmodel.rowfit)
     row_launch_us: float | None = None
 
     @property
@@ -258,7 +258,7 @@ def row_format_bytes(rows: int, entries: int) -> int:
 def row_matmul_parts(spec: GPUSpec, rows: int, cols: int, entries: int, n_tokens: int) -> tuple[float, int]:
     """The row kernel's prediction less its fitted terms: (the streaming of its passes and the launch of
     each pass beyond the first, in us; the tokens beyond the second of a pass, summed over the passes).
-    row_matmul_us adds the fixed part and the per-token cost; benchmarks/fit_row_costs.py fits them."""
+    row_matmul_us adds the fixed part and the per-token cost; costmodel.rowfit fits them."""
     stream = row_format_bytes(rows, entries) / (spec.bandwidth * spec.dense_bandwidth_efficiency)
     passes = row_passes(max(1, n_tokens), cols)
     extra = sum(max(0, count - 2) for _, count, _ in passes)

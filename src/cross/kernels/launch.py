@@ -56,12 +56,17 @@ def cuda_eligible(packed: PackedWeight, device: torch.device) -> bool:
 
 def row_eligible(packed: PackedWeight, device: torch.device) -> bool:
     """The row kernel (kernels/row_gemv.cu) can run this weight's row format here."""
-    if device.type != "cuda" or _interpreting() or packed.rows is None:
+    return packed.rows is not None and row_kernel_eligible(packed.shape, packed.dtype, device)
+
+
+def row_kernel_eligible(shape, dtype: torch.dtype, device: torch.device) -> bool:
+    """The row kernel can run the row format of a weight of this shape and dtype on ``device``."""
+    if device.type != "cuda" or _interpreting():
         return False
     from ..costmodel.roofline import row_kernel_fits
     from . import cuda_backend
 
-    return cuda_backend.available() and row_kernel_fits(*packed.shape, dtype_name(packed.dtype))
+    return cuda_backend.available() and row_kernel_fits(*shape, dtype_name(dtype))
 
 
 def triton_eligible(packed: PackedWeight, device: torch.device) -> bool:
