@@ -300,10 +300,13 @@ def slice_format_bytes(nnz: np.ndarray, size: np.ndarray, rows: int, cols: int, 
 
 
 #: Token counts the planner offers the warpgroup 2:4 kernel (kernels/wgmma24.cu, sm_90a: blocks of 16,
-#: 32, 64 or 128 tokens): buckets of at most WGMMA_MAX_TOKENS tokens, so every bucket: beyond 512 tokens
-#: its sparse mmas have half the dense product's work where the overflow is small (the measured check
-#: decides at the bucket's design count)
-WGMMA_MAX_TOKENS = 2**31 - 1
+#: 32, 64 or 128 tokens): buckets of at most WGMMA_MAX_TOKENS tokens. Past 16 it lost wherever it was
+#: timed: in five runs of the Llama-2-7B-shaped decoder on the H100 (70 and 90%, both layouts) the
+#: measured check found it at 0.57-0.94x of cuBLAS at 17-64 tokens and 0.33-0.61x beyond
+#: (benchmarks/results/h100/model_wgmma24*.txt), and the kernel grid kept cuBLAS at 128 and 2048.
+#: Offering it there only cost the check's time (every bucket of every layer timed, twice with the
+#: layouts' contest). The blocks of 32-128 tokens stay for a forced run (`cross-wgmma24`).
+WGMMA_MAX_TOKENS = 16
 
 
 def wgmma24_kernel_fits(rows: int, cols: int, dtype: str) -> bool:
