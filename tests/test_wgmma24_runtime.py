@@ -219,8 +219,11 @@ def test_layer_drops_the_format_no_bucket_runs():
         check_product(x, w, lin.bias, bare(x))
 
 
-def test_sparsified_model_with_the_format_saves_and_loads(tmp_path):
-    check_saved_model(tmp_path, "wgmma24", 0.9, 100, **IGNORE)
+@pytest.mark.parametrize("layout", ["slots", "compressed"])
+def test_sparsified_model_with_the_format_saves_and_loads(tmp_path, layout):
+    check_saved_model(tmp_path, "wgmma24", 0.9, 100, wgmma_layout=layout, **IGNORE)
+    layers = cross.load(tmp_path / "m")  # in the layout it was saved in (with 'auto', the one the check kept)
+    assert all(layers[n].packed.wgmma24.compressed == (layout == "compressed") for n in layers)
 
 
 def test_operator_shape_without_running():
