@@ -532,7 +532,8 @@ def test_run_workload_on_a_tiny_model():
     lines = []
     models.run_workload(wl, 0.7, keep_dense=False, timer=fake_timer(calls), discard_pass=True, log=lines.append)
     (line,) = lines
-    assert re.fullmatch(r"sparsify_: 3 layers in \d+ s; measured check: no layer timed", line)  # the CPU times nothing
+    assert re.fullmatch(r"sparsify_: 3 layers in \d+ s; weights .*tile format .* MB; measured check: no layer timed",
+                        line)  # the CPU times nothing
     assert len(calls) == models.DISCARDED_TIMINGS + 3  # the dropped timings come first, of the dense model
     # measure goes to sparsify_: asking for GPU timings of a CPU model is refused there
     with pytest.raises(ValueError, match="measure=True: expected a weight on a CUDA device"):

@@ -526,6 +526,30 @@ def test_report_tables(rng):
     assert str(report) == table and "2 of 3" in repr(report)
 
 
+@pytest.mark.parametrize("keep_dense", [True, False])
+def test_report_bytes_by_format(rng, keep_dense):
+    """The bytes by what holds them: each swapped layer's formats as its packed weight holds them,
+    its dense copy where kept, the layers left dense as dense weights; they sum to the totals, and
+    the table's totals line names them."""
+    model = toy_model(rng)
+    prune_(model, 0.9)
+    report = sparsify_(model, lambda module, fqn: fqn != "3", progress=False, cost_model=WINNING, keep_dense=keep_dense)
+    parts = report.nbytes_by_format()
+    assert sum(parts.values()) == report.nbytes and list(parts.values()) == sorted(parts.values(), reverse=True)
+    layers = {name: module for name, module in model.named_modules() if isinstance(module, cross.SparseLinear)}
+    assert set(layers) == {"0", "2.0"}
+    for name, layer in layers.items():
+        by_format = report.layers[name].nbytes_by_format
+        held = {k: getattr(layer.packed, f) for k, f in (("tiles", "tiled"), ("rows", "rows"), ("slices", "slices"),
+                                                         ("wgmma24", "wgmma24")) if getattr(layer.packed, f) is not None}
+        assert {k: by_format[k] for k in held} == {k: fmt.nbytes for k, fmt in held.items()} and held
+        assert by_format.get("dense", 0) == (layer.packed.dense_nbytes if keep_dense else 0)
+        assert sum(by_format.values()) == layer.nbytes == report.layers[name].nbytes
+    left_dense = model[3].weight.numel() * model[3].weight.element_size()
+    assert parts.get("dense", 0) == left_dense + (sum(l.packed.dense_nbytes for l in layers.values()) if keep_dense else 0)
+    assert "dense weights " in report.table().splitlines()[-2] and "format " in report.table().splitlines()[-2]
+
+
 # ------------------------------------------------------------------------------ HF models
 def cosine_min(a: torch.Tensor, b: torch.Tensor) -> float:
     """Smallest cosine similarity between matching vectors (last dim) of a and b."""

@@ -208,8 +208,8 @@ def run_workload(wl: Workload, sparsity: float, *, command: str = "", cost_model
                                  keep_dense=keep_dense, measure=measure, slice_kernel=slice_kernel,
                                  wgmma_kernel=wgmma_kernel, wgmma_layout=wgmma_layout, nan_policy=nan_policy)
         if log is not None:  # the build's time too: the measured check is most of it on a GPU
-            log(f"sparsify_: {len(report.layers)} layers in {time.perf_counter() - start:.0f} s; "
-                f"measured check: {report.measured_check()}")
+            log(f"sparsify_: {len(report.layers)} layers in {time.perf_counter() - start:.0f} s; weights "
+                f"{report.nbytes_text()}; measured check: {report.measured_check()}")
         cross_bytes = linear_bytes(wl.model)
         sparse = {phase: ms(x) for phase, x in inputs.items()}
         cosine = {phase: agreement(wl.outputs(x), want[phase])["min_cosine"] for phase, x in inputs.items()}

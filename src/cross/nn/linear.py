@@ -422,8 +422,17 @@ class SparseLinear(nn.Module):
     def nbytes(self) -> int:
         """Device bytes this module holds: the packed weight, the dense copy if kept, the bias
         (not the CPU reference path's decoded-tile cache)."""
-        dense = 0 if self.dense_weight is None else self.dense_weight.numel() * self.dense_weight.element_size()
-        return self.packed.nbytes + dense + self._bias_nbytes()
+        return sum(self.nbytes_by_format().values())
+
+    def nbytes_by_format(self) -> dict[str, int]:
+        """``nbytes`` by what holds them: the packed weight's formats and tables
+        (PackedWeight.nbytes_by_format), 'dense' (the dense copy, where kept) and 'bias'."""
+        out = self.packed.nbytes_by_format()
+        if self.dense_weight is not None:
+            out["dense"] = self.dense_weight.numel() * self.dense_weight.element_size()
+        if self.bias is not None:
+            out["bias"] = self._bias_nbytes()
+        return out
 
     @property
     def dense_nbytes(self) -> int:
@@ -435,7 +444,7 @@ class SparseLinear(nn.Module):
         facts = plan_facts(self.plan)
         facts.update(sparsity=self.sparsity, nnz=self.nnz, bias=self.bias is not None, dense_kept=self.dense_kept,
                      decode_fallback=self.decode_fallback, buckets=bucket_facts(self.plan, self.falls_back),
-                     nbytes=self.nbytes,
+                     nbytes=self.nbytes, nbytes_by_format=self.nbytes_by_format(),
                      dense_nbytes=self.dense_nbytes)
         return facts
 

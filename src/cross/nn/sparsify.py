@@ -57,6 +57,12 @@ class LayerReport:
     def dense_nbytes(self) -> int:
         return int(self.summary["dense_nbytes"])
 
+    @property
+    def nbytes_by_format(self) -> dict[str, int]:
+        """``nbytes`` by what holds them (SparseLinear.nbytes_by_format; a dense layer's are 'dense'
+        and 'bias')."""
+        return dict(self.summary.get("nbytes_by_format") or {"dense": self.nbytes})
+
 
 @dataclass(frozen=True)
 class SparsifyReport:
@@ -80,6 +86,17 @@ class SparsifyReport:
     def nbytes(self) -> int:
         """Bytes of the same layers after sparsify_ (swapped ones as SparseLinear, the rest dense)."""
         return sum(layer.nbytes for layer in self.layers.values())
+
+    def nbytes_by_format(self) -> dict[str, int]:
+        """``nbytes`` by what holds them, summed over the layers: each sparse format by the kernel that
+        reads it ('rows', 'tiles', 'slices', 'wgmma24'), 'tables' (the kernels' work lists), 'dense'
+        (the dense copies the sparse layers keep for the token counts that fall back, and the layers
+        left dense) and 'bias'; largest first."""
+        total: dict[str, int] = {}
+        for layer in self.layers.values():
+            for part, n in layer.nbytes_by_format.items():
+                total[part] = total.get(part, 0) + int(n)
+        return dict(sorted(total.items(), key=lambda kv: -kv[1]))
 
     def speedup_by_bucket(self) -> dict[tuple[int, int], float]:
         """Predicted speed-up of all planned layers together per token-count bucket:
@@ -177,8 +194,14 @@ class SparsifyReport:
                           for span, counts in self.kernels_by_bucket().items())
         return (f"{self.n_swapped} of {len(self.layers)} layers sparse; "
                 f"{self.nbytes / 1e6:.2f} MB vs {self.dense_nbytes / 1e6:.2f} MB dense "
-                f"({self.nbytes / max(self.dense_nbytes, 1):.2f}x)" + (f"; predicted speed-up {speed}" if speed else "")
+                f"({self.nbytes / max(self.dense_nbytes, 1):.2f}x: {self.nbytes_text()})"
+                + (f"; predicted speed-up {speed}" if speed else "")
                 + (f"\nthe sparse layers run, by bucket: {runs}" if runs else ""))
+
+    def nbytes_text(self) -> str:
+        """The bytes by part, readable: 'dense weights 2.10 MB, row format 0.66 MB, ...'."""
+        names = {**{k: f"{v} format" for k, v in KERNEL_NAMES.items()}, "tables": "kernel tables", "dense": "dense weights"}
+        return ", ".join(f"{names.get(part, part)} {n / 1e6:.2f} MB" for part, n in self.nbytes_by_format().items())
 
     def table(self) -> str:
         """A fixed-width table: one row per layer, then the totals."""
@@ -251,8 +274,9 @@ def _weight_sparsity(weight: torch.Tensor) -> float:
 def _dense_facts(linear: nn.Linear) -> dict:
     w, b = linear.weight, linear.bias
     nbytes = w.numel() * w.element_size() + (0 if b is None else b.numel() * b.element_size())
+    by_format = {"dense": w.numel() * w.element_size(), **({"bias": b.numel() * b.element_size()} if b is not None else {})}
     return {"shape": tuple(w.shape), "dtype": dtype_name(w.dtype), "sparsity": _weight_sparsity(w.detach()),
-            "bias": b is not None, "nbytes": nbytes, "dense_nbytes": nbytes}
+            "bias": b is not None, "nbytes": nbytes, "nbytes_by_format": by_format, "dense_nbytes": nbytes}
 
 
 def _shard_facts(places) -> dict:

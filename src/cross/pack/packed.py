@@ -106,14 +106,18 @@ class PackedWeight:
     @property
     def nbytes(self) -> int:
         """Device bytes: the formats plus the kernel tables."""
-        n = self.tiles.numel() * 4 + self.row_sections.numel() * 4
-        n += self.tiled.nbytes if self.tiled is not None else 0
-        n += self.rows.nbytes if self.rows is not None else 0
-        n += self.slices.nbytes if self.slices is not None else 0
-        n += self.wgmma24.nbytes if self.wgmma24 is not None else 0
-        for b in self.buckets:
-            n += 4 * (b.items.numel() + b.row_parts.numel() + b.unit_ptr.numel() + b.unit_order.numel())
-        return n
+        return sum(self.nbytes_by_format().values())
+
+    def nbytes_by_format(self) -> dict[str, int]:
+        """Device bytes of each format held, by the kernel that reads it (``KERNELS``: 'tiles', 'rows',
+        'slices', 'wgmma24'), and of the kernel tables ('tables': the tile table, the row sections and
+        the buckets' work lists); formats not held are left out. Sums to ``nbytes``."""
+        out = {kernel: fmt.nbytes for kernel, fmt in (("tiles", self.tiled), ("rows", self.rows),
+                                                      ("slices", self.slices), ("wgmma24", self.wgmma24))
+               if fmt is not None}
+        out["tables"] = self.tiles.numel() * 4 + self.row_sections.numel() * 4 + sum(
+            4 * (b.items.numel() + b.row_parts.numel() + b.unit_ptr.numel() + b.unit_order.numel()) for b in self.buckets)
+        return out
 
     def bucket_for(self, n: int) -> PackedBucket:
         for pb in self.buckets:
