@@ -134,7 +134,9 @@ def test_decode_mode_on_the_gpu_eager_graph_and_compile(dtype, rng):
             assert torch.equal(lean(x), want), n
             ref = x.double() @ linear.weight.double().T + linear.bias.double()
             tol = 2e-2 if dtype == torch.bfloat16 else 3e-3
-            torch.testing.assert_close(compiled(x).double(), ref, rtol=tol, atol=tol * ref.abs().max().item())
+            close = dict(rtol=tol, atol=tol * ref.abs().max().item())
+            torch.testing.assert_close(want.double(), ref, **close)  # so the exact comparisons compare with the product
+            torch.testing.assert_close(compiled(x).double(), ref, **close)
             static = x.clone()
             lean(static)
             graph = torch.cuda.CUDAGraph()
@@ -142,4 +144,6 @@ def test_decode_mode_on_the_gpu_eager_graph_and_compile(dtype, rng):
                 out = lean(static)
             static.copy_(torch.randn(n, 768, generator=rng).to(dtype).cuda())
             graph.replay()
+            ref = static.double() @ linear.weight.double().T + linear.bias.double()
+            torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol * ref.abs().max().item())
             assert torch.equal(out, kept(static)), n

@@ -117,20 +117,22 @@ def _gpu_linear(m, k, density, rng):
 
 
 @pytest.mark.gpu
-def test_a_slow_plan_is_taken_back(rng):
-    """A half-dense weight predicted to win everywhere: at 2048 tokens the plan kernel is many times
-    slower than cuBLAS (measured 1.7 ms against 0.1 ms on 4096x4096, H100), so that bucket must fall
-    back, and the layer must still compute the product in every bucket."""
+def test_gpu_decisions_follow_the_times_and_every_bucket_computes_the_product(rng):
+    """A half-dense weight predicted to win everywhere: every bucket is timed on the GPU, each keeps
+    its plan exactly where the plan measured the margin faster than cuBLAS (and says 'measured' where
+    it falls back), and the layer computes the product in every bucket, fallen back or not. Which
+    buckets win is the GPU's business (the benchmarks report it): on the H100 the plan kernel ran the
+    2048-token bucket ~17x slower than cuBLAS, and the fake-clock tests above cover both ways."""
     linear = _gpu_linear(2048, 2048, 0.5, rng)
     sparse = SparseLinear.from_dense(linear, cost_model=WINNING, measure=True)
     buckets = sparse.plan.buckets
     assert all(b.measured for b in buckets), "every bucket was predicted to win: each must be timed"
-    assert buckets[-1].fallback and buckets[-1].reason.startswith("measured")
-    assert buckets[-1].measured_us > 2 * buckets[-1].measured_dense_us
     for b in buckets:
+        assert b.measured_us > 0 and b.measured_dense_us > 0
         assert b.fallback == (b.measured_us * 1.03 >= b.measured_dense_us)
+        assert not b.fallback or b.reason.startswith("measured")
     assert sparse.dense_weight is not None and sparse.plan.provenance["measured"]["flush"] == "read"
-    for n in (1, 17, 70, 130, 600):
+    for n in (1, 17, 70, 130, 600, 2048):
         x = torch.randn(n, 2048, generator=rng).to(torch.bfloat16).cuda()
         with torch.no_grad():
             y = sparse(x).double()
@@ -139,18 +141,18 @@ def test_a_slow_plan_is_taken_back(rng):
 
 
 @pytest.mark.gpu
-def test_a_fast_plan_is_kept(rng):
-    """98% sparse 11008x4096 at one token: the plan kernel measured 1.34-1.37x faster than cuBLAS
-    (H100 and H200), so its one-token bucket must stay on the plan, with the times recorded. (At
-    16 tokens the H200 runs it at 1.0x: no margin to test.)"""
+def test_gpu_measured_bucket_records_its_times(rng):
+    """98% sparse 11008x4096 with a one-token bucket: the bucket is timed, its decision follows the
+    times, the dense time is kept per shape for the other layers, and the layer computes the product
+    (on the H100 and H200 the plan ran this bucket 1.34-1.37x faster than cuBLAS: kept)."""
     linear = _gpu_linear(11008, 4096, 0.02, rng)
     dense_times: dict = {}
     sparse = SparseLinear.from_dense(linear, cost_model=WINNING, measure=True, dense_times=dense_times,
                                      buckets=((1, 1), (2, 2048)))
     first = sparse.plan.buckets[0]
-    assert first.measured and not first.fallback
-    assert first.measured_us * 1.03 < first.measured_dense_us
-    assert (11008, 4096, 1, str(torch.bfloat16), str(linear.weight.device)) in dense_times
+    assert first.measured and first.fallback == (first.measured_us * 1.03 >= first.measured_dense_us)
+    key = (11008, 4096, 1, str(torch.bfloat16), str(linear.weight.device))
+    assert dense_times[key] == first.measured_dense_us
     x = torch.randn(1, 4096, generator=rng).to(torch.bfloat16).cuda()
     with torch.no_grad():
         y = sparse(x).double()
@@ -159,16 +161,27 @@ def test_a_fast_plan_is_kept(rng):
 
 
 @pytest.mark.gpu
-def test_sparsify_leaves_layers_the_gpu_measured_no_win_for(rng):
+def test_gpu_sparsify_swaps_the_layers_the_gpu_measured_a_win_for(rng):
+    """sparsify_ on the GPU: a layer is swapped exactly where its bucket measured the margin faster
+    than cuBLAS (one bucket at 2048 tokens: half-dense, the plan lost there by far on the H100), the
+    dense product timed once per shape, and the model computes what it did."""
+    from cross.nn.sparsify import SPARSE
+
     model = nn.Sequential(_gpu_linear(1024, 1024, 0.5, rng), nn.ReLU(), _gpu_linear(1024, 1024, 0.5, rng))
-    first = model[0]
+    x = torch.randn(64, 1024, generator=rng).to(torch.bfloat16).cuda()
+    with torch.no_grad():
+        want = model(x).double()
     report = cross.sparsify_(model, cost_model=WINNING, progress=False, buckets=((1, 2048),))
-    # one bucket at 2048 tokens, half-dense: the plan loses by far, so nothing is swapped
-    assert model[0] is first and report.n_swapped == 0
-    facts = report.layers["0"].summary["buckets"][0]
-    assert facts["measured_us"] > facts["measured_dense_us"]
+    for name in ("0", "2"):
+        facts = report.layers[name].summary["buckets"][0]
+        won = facts["measured_us"] * 1.03 < facts["measured_dense_us"]
+        assert (report.layers[name].action == SPARSE) == won
+        assert isinstance(model[int(name)], SparseLinear) == won
     assert np.isclose(report.layers["0"].summary["buckets"][0]["measured_dense_us"],
                       report.layers["2"].summary["buckets"][0]["measured_dense_us"])  # timed once per shape
+    with torch.no_grad():
+        got = model(x).double()
+    assert float((got - want).norm() / want.norm()) < 2e-2
 
 
 def test_report_shows_the_measured_speedup(rng):

@@ -570,8 +570,9 @@ def test_gpu_decode_rows(shape, density, rng):
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_GPU, reason="needs a CUDA GPU")
 def test_gpu_decode_mode_from_rows_in_graphs():
-    """A decode-mode layer without tiles on the GPU: eager and replayed in a CUDA graph, exactly what
-    the layer that keeps a dense copy computes, at the row kernel's token counts and a fallback's."""
+    """A decode-mode layer without tiles on the GPU: eager and replayed in a CUDA graph, the product
+    (fp64 reference) and exactly what the layer that keeps a dense copy computes, at the row kernel's
+    token counts and a fallback's."""
     gen = torch.Generator().manual_seed(8)
     w = _sparse(2048, 1024, 0.95)
     lin = _linear_of(w).cuda()
@@ -583,6 +584,7 @@ def test_gpu_decode_mode_from_rows_in_graphs():
     with torch.no_grad():
         for n in (1, 8, n_tiles):
             x = torch.randn(n, 1024, generator=gen).to(torch.bfloat16).cuda()
+            check(x, lin.weight, lin.bias, sl(x))
             assert torch.equal(sl(x), kept(x)), n
             static = x.clone()
             sl(static)
@@ -591,4 +593,5 @@ def test_gpu_decode_mode_from_rows_in_graphs():
                 out = sl(static)
             static.copy_(torch.randn(n, 1024, generator=gen).to(torch.bfloat16).cuda())
             graph.replay()
+            check(static, lin.weight, lin.bias, out)
             assert torch.equal(out, kept(static)), n

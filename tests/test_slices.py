@@ -208,14 +208,21 @@ def test_slice_matmul_refuses_bad_input(rng, bad):
 
 
 def test_producer_lanes_serve_every_consumer_once():
-    """Lane l of producer k serves consumer warp k + P l (slice_mma.cu): for every warp count the format
-    allows and every number of producers the launcher allows, each consumer warp has one producer lane."""
+    """The consumer warp each producer lane serves, as slice_mma.cu computes it (its expression read
+    from the source: lane l of producer k, warp WARPS + k, serves warp k + P l): for every warp count
+    the format allows and every number of producers the launcher allows, each consumer warp has
+    exactly one producer lane."""
+    import re
+
     from cross.kernels.cuda_backend import SLICE_MAX_PRODUCERS
 
     assert _kernel_constant("MAX_PRODUCERS") == SLICE_MAX_PRODUCERS
+    expr = re.search(r"\bserved = ([^;,]+);", _kernel_source()).group(1)
+    served_by = compile(expr, "slice_mma.cu", "eval")
     for warps in range(1, 33):
         for producers in range(1, SLICE_MAX_PRODUCERS + 1):
-            served = [k + producers * lane for k in range(producers) for lane in range(32)]
+            served = [eval(served_by, {"warp": warps + k, "WARPS": warps, "producers": producers, "lane": lane})
+                      for k in range(producers) for lane in range(32)]
             assert sorted(w for w in served if w < warps) == list(range(warps))
 
 
@@ -306,13 +313,17 @@ def test_gpu_slice_kernel_propagates_non_finite_inputs(elements):
 
 
 @functools.lru_cache(maxsize=None)
+def _kernel_source() -> str:
+    from importlib import resources
+
+    return resources.files("cross.kernels").joinpath("slice_mma.cu").read_text()
+
+
 def _kernel_constant(name):
     """A #define of slice_mma.cu (the transcription below uses the kernel's own sizes)."""
     import re
-    from importlib import resources
 
-    src = resources.files("cross.kernels").joinpath("slice_mma.cu").read_text()
-    return int(re.search(rf"#define {name} (\d+)", src).group(1))
+    return int(re.search(rf"#define {name} (\d+)", _kernel_source()).group(1))
 
 
 class _Mbar:
