@@ -5,7 +5,9 @@
 # grid's cross+wgmma24a rows (benchmarks/kernels.py --resume on a copy of the
 # committed kernels.csv: the other rows kept); the Llama-2-7B-shaped decoder at 90% with
 # --wgmma-kernel --wgmma-layout auto, against the dense model in the same run. The grid comes back as
-# kernels.csv, the model folder as model.tgz.
+# kernels.csv, the model folder as model.tgz. On the H100 (2026-12-05) the decoder step ran out of its
+# 360 s (the 2:4 kernel was then offered at every token count, each timed in both layouts);
+# benchmarks/auto_decoder.sh runs it alone.
 # Usage (repository root, on the GPU machine): OUT=<dir> bash benchmarks/wgmma24_auto.sh
 source "$(dirname "$0")/steps.sh"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/device.txt"
