@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from cross.costmodel import CostModel, GPUSpec
 from cross.kernels import plan_matmul
 from cross.kernels.launch import cuda_eligible
 from cross.pack import pack
