@@ -446,6 +446,20 @@ def test_kernels_dry_run(capsys):
     assert "1728 rows over 84 weights; roughly" in out
 
 
+def test_stacked_shapes_are_offered_not_run_by_default(capsys):
+    """The sibling projections stacked (q, k, v: 12288x4096; gate, up: 22016x4096) can be asked for
+    by name; the default grid stays the six layer shapes."""
+    from cross.bench.weights import STACKED_SHAPES
+
+    assert STACKED_SHAPES == {"llama-qkv": (12288, 4096), "llama-gateup": (22016, 4096)}
+    assert not set(STACKED_SHAPES) & set(KernelConfig().shapes)
+    code, out, err = run_cli(capsys, "bench", "kernels", "--dry-run", "--shapes", "llama-qkv,llama-gateup",
+                             "--sparsities", "0.7", "--ns", "16", "--methods", "dense,cross", "--distributions", "uniform")
+    assert code == 0, err
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["llama-qkv"], ["llama-gateup"])]
+    assert [r[:4] for r in rows] == [["llama-qkv", "12288", "4096", "16"]] * 2 + [["llama-gateup", "22016", "4096", "16"]] * 2
+
+
 def test_kernels_dry_run_with_dlmc(dlmc_dir, capsys):
     folder, _ = dlmc_dir
     code, out, err = run_cli(capsys, "bench", "kernels", "--dry-run", "--distributions", "dlmc", "--dlmc", folder,

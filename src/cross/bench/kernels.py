@@ -21,7 +21,7 @@ import torch
 
 from .methods import DEFAULT_METHODS, Method, Prepared, parse_method, prepare, unavailable
 from .timing import check, measure_us, reason
-from .weights import (DLMC_LAYERS, SHAPES, SYNTHETIC, dlmc_files, dlmc_shape, dlmc_weight, make_weight,
+from .weights import (ALL_SHAPES, DLMC_LAYERS, SHAPES, SYNTHETIC, dlmc_files, dlmc_shape, dlmc_weight, make_weight,
                       nearest_dlmc, seeded)
 
 FIELDS = ["shape", "M", "K", "N", "sparsity", "weight_sparsity", "distribution", "method", "dtype", "us",
@@ -70,7 +70,7 @@ class KernelConfig:
     programs_per_sm: int = 6
     seed: int = 0
     cost_model: Path | None = None
-    shape_table: Mapping[str, tuple[int, int]] = field(default_factory=lambda: dict(SHAPES))
+    shape_table: Mapping[str, tuple[int, int]] = field(default_factory=lambda: dict(ALL_SHAPES))
 
 
 def cases(cfg: KernelConfig) -> list[Case]:

@@ -17,6 +17,11 @@ import torch
 #: nn.Linear weights (out_features x in_features) of BERT-base and Llama-2-7B
 SHAPES = {"llama-qkvo": (4096, 4096), "llama-up": (11008, 4096), "llama-down": (4096, 11008),
           "bert-qkvo": (768, 768), "bert-up": (3072, 768), "bert-down": (768, 3072)}
+#: Llama-2-7B's projections that read the same input, stacked: q, k and v; gate and up. What one
+#: launch over the siblings would run, against the separate launches of SHAPES (docs/perf-notes.md,
+#: "One launch for the projections that share an input"); not in the default grid.
+STACKED_SHAPES = {"llama-qkv": (3 * 4096, 4096), "llama-gateup": (2 * 11008, 4096)}
+ALL_SHAPES = {**SHAPES, **STACKED_SHAPES}
 SYNTHETIC = ("uniform", "nonuniform")
 DISTRIBUTIONS = (*SYNTHETIC, "dlmc")
 #: DLMC layers benchmarked (encoder layer 0 of the WMT Transformer-base): attention, FFN up, FFN down

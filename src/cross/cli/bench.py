@@ -17,7 +17,7 @@ from ..bench import models
 from ..bench.kernels import (DEFAULT_NS, DEFAULT_SPARSITIES, FIELDS, HEADER, KernelConfig, cases, done_keys,
                              estimate_seconds, format_row, in_grid_order, planned_rows, run_kernels)
 from ..bench.methods import DEFAULT_METHODS, parse_method
-from ..bench.weights import DISTRIBUTIONS, DLMC_LAYERS, SHAPES, SYNTHETIC
+from ..bench.weights import ALL_SHAPES, DISTRIBUTIONS, DLMC_LAYERS, SHAPES, SYNTHETIC
 from .inputs import InputError, add_swap_options, swap_kwargs
 from .main import _load_cost_model, _out_dir, _sparsity, _tile
 
@@ -101,9 +101,10 @@ def add_kernel_options(p: argparse.ArgumentParser, **defaults) -> None:
     distributions, methods (comma-separated strings) and out."""
     d = dict(shapes=",".join(SHAPES), sparsities=",".join(map(str, DEFAULT_SPARSITIES)), ns=",".join(map(str, DEFAULT_NS)),
              distributions=",".join(SYNTHETIC), methods=",".join(DEFAULT_METHODS), out=OUT) | defaults
-    p.add_argument("--shapes", type=_items(_one_of(SHAPES, "shapes"), "shapes"), default=d["shapes"],
+    p.add_argument("--shapes", type=_items(_one_of(ALL_SHAPES, "shapes"), "shapes"), default=d["shapes"],
                    help="layer shapes of the uniform and nonuniform weights: "
-                        + ", ".join(f"{n} ({m}x{k})" for n, (m, k) in SHAPES.items()) + f" (default {d['shapes']})")
+                        + ", ".join(f"{n} ({m}x{k})" for n, (m, k) in ALL_SHAPES.items())
+                        + f" (llama-qkv and llama-gateup: sibling projections stacked; default {d['shapes']})")
     p.add_argument("--sparsities", type=_items(_sparsity, "sparsities"), default=d["sparsities"],
                    help=f"fractions of zeros (default {d['sparsities']}); for dlmc, the archive nearest to each")
     p.add_argument("--ns", type=_items(_tokens, "token counts"), default=d["ns"],
