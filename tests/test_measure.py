@@ -249,6 +249,11 @@ def test_measured_check_counts_the_kernels_that_run():
     assert "N2-16: 64x128 3 of 4 taken (warpgroup 2:4 2, row 1)" in check
     none = SparsifyReport({"d": LayerReport("d", NO_WIN, facts("rows"))}).measured_check()
     assert none == "N1: 64x128 0 of 1 kept, measured 1.25-1.25x | N2-16: 64x128 0 of 1 taken, measured 1.25-1.25x"
+    # the 2:4 kernel's layout, where the layer names it (with 'auto', the one the check kept)
+    laid = {name: LayerReport(name, SPARSE, {**facts("wgmma24"), "wgmma_layout": layout})
+            for name, layout in (("a", "compressed"), ("b", "compressed"), ("c", "slots"), ("d", "auto"))}
+    assert SparsifyReport(laid).measured_check().startswith(
+        "N1: 64x128 4 of 4 kept (warpgroup 2:4 compressed 2, warpgroup 2:4 1, warpgroup 2:4 slots 1)")
 
 
 def test_measuring_times_only_predicted_wins_and_each_dense_shape_once(rng, monkeypatch):

@@ -109,6 +109,9 @@ def plan_facts(plan: Plan) -> dict:
         "kinds_chosen": plan.provenance.get("kinds_chosen", "?"),
         "nan_policy": plan.nan_policy,
         "cost_model": plan.provenance.get("cost_model", "?"),
+        # the warpgroup 2:4 format's layout (with 'auto', the one the measured check kept); None
+        # where the plan was made without the option
+        "wgmma_layout": plan.provenance.get("options", {}).get("wgmma_layout"),
     }
 
 

@@ -138,7 +138,7 @@ class SparsifyReport:
                     continue
                 span = (b["n_min"], b["n_max"])
                 runs = layer.action == SPARSE and (span == first or not b["fallback"])
-                kernel = ("dense" if b["runs"] == "dense" else KERNEL_NAMES[b["kernel"]]) if runs else None
+                kernel = ("dense" if b["runs"] == "dense" else _kernel_name(b["kernel"], layer.summary)) if runs else None
                 spans.setdefault(span, {}).setdefault("x".join(map(str, layer.shape)), []).append(
                     (b["measured_dense_us"] / b["measured_us"], kernel))
         if not spans:
@@ -224,6 +224,14 @@ class SparsifyReport:
 
     def __repr__(self) -> str:
         return f"SparsifyReport({self.n_swapped} of {len(self.layers)} nn.Linear layers sparse)"
+
+
+def _kernel_name(kernel: str, summary: dict) -> str:
+    """The kernel's name, the warpgroup 2:4 kernel's with its format's layout where the layer says it
+    ('warpgroup 2:4 compressed': with wgmma_layout 'auto', the layout the measured check kept)."""
+    layout = summary.get("wgmma_layout")
+    return f"{KERNEL_NAMES[kernel]} {layout}" if kernel == "wgmma24" and layout in ("slots", "compressed") \
+        else KERNEL_NAMES[kernel]
 
 
 def _kernel_counts(kernels: list[str]) -> str:
