@@ -266,8 +266,8 @@ def _prepare_cross(method: Method, w, tile, cost_model, n_programs):
             return Bound(lambda: wgmma24_reference(x, packed.wgmma24), w.dtype,
                          f"2:4 format, {layout} layout, reference", packed.wgmma24.nbytes)
         kargs = kernel_args(packed, bucket, method.backend)  # resolved once, as the runtime does
-        tile_bytes = packed.nbytes - sum(f.nbytes for f in (packed.rows, packed.slices, packed.wgmma24)
-                                         if f is not None)
+        held = packed.nbytes_by_format()  # what the tile kernel reads: its formats and the tables
+        tile_bytes = held.get("tiles", 0) + held["tables"]
         return Bound(lambda: launch(x, kargs), w.dtype, _note(f"{kargs.backend} kernel", bucket), tile_bytes)
 
     return bind
