@@ -440,6 +440,7 @@ def test_run_demo_on_minilm(tmp_path):
     assert result["agreement"]["forced plans"]["min_cosine"] >= 0.999
     assert result["layers"] == 36 and result["layers_sparse_forced"] == 36
     for needle in ("CPU: plans run on the PyTorch reference executor", "tiles E/D/B/I", "cosine min", "PASS",
+                   "x: tile format ",
                    "wall time per forward", str(result["report"])):
         assert needle in printed
     report = result["report"].read_text()

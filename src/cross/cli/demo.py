@@ -153,7 +153,8 @@ def run_demo(out_dir: str | Path = "reports/demo", sparsity: float = 0.7, model_
               f"of the planned layers: {_speedups(auto)}",
               f"forced (keep_dense=False): {forced.n_swapped} of {len(rows)} layers sparse, "
               f"{forced.nbytes / 1e6:.2f} MB vs {forced.dense_nbytes / 1e6:.2f} MB dense "
-              f"({forced.nbytes / forced.dense_nbytes:.2f}x); predicted speed-up if forced: {_speedups(forced)}"]
+              f"({forced.nbytes / forced.dense_nbytes:.2f}x: {forced.nbytes_text()}); predicted speed-up if forced: "
+              f"{_speedups(forced)}"]
     echo("\n".join(totals + ([""] + why if why else [])))
 
     batch = tokenize(tokenizer, EVAL_SENTENCES, device)
