@@ -9,9 +9,10 @@ source "$(dirname "$0")/steps.sh"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/device.txt"
 mkdir -p "$OUT/model"
 start=$(date +%s)
-step model 400 python3 -m cross bench model --models llama --llama-sparsities 0.9 --cost-model $CM \
+step model 380 python3 -m cross bench model --models llama --llama-sparsities 0.9 --cost-model $CM \
     --wgmma-kernel --wgmma-layout auto --out "$OUT/model/auto"
 echo "model step: $(( $(date +%s) - start )) s" | tee -a "$OUT/model.txt"
 tar czf "$OUT/model.tgz" -C "$OUT" model && rm -r "$OUT/model"
-step gpu_tests 170 python3 -m pytest -q -m gpu --maxfail=5 tests/test_rowfit.py tests/test_measure.py \
-    tests/test_wgmma24_runtime.py tests/test_runtime_gpu.py tests/test_nn.py
+step gpu_tests_check 90 python3 -m pytest -q -m gpu --maxfail=5 tests/test_rowfit.py tests/test_measure.py \
+    tests/test_wgmma24_runtime.py
+step gpu_tests_runtime 90 python3 -m pytest -q -m gpu --maxfail=5 tests/test_runtime_gpu.py tests/test_nn.py
