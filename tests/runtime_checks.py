@@ -3,6 +3,8 @@ whose buckets are candidates the measured check decides): a layer's result again
 product, its candidate buckets run on the GPU (eager, CUDA graph, torch.compile), and the measured
 check timing them or refusing a wrong kernel."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -57,12 +59,19 @@ def check_saved_model(tmp_path, fmt, zeros, tokens, **options):
 
 
 def check_candidates_run(w, kernel, args_type, gen, **options):
-    """A layer of ``w`` (on a GPU) whose candidates run (no dense copy, no measured check): the
-    buckets of ``kernel`` resolve ``args_type`` arguments and give the product at each end and the
-    middle of their token counts, outputs poisoned, then in a CUDA graph and under torch.compile."""
+    """A layer of ``w`` (on a GPU) whose candidates run (no dense copy, no measured check): every
+    bucket that offers ``kernel`` (its candidates, and the buckets that time it as an alternative,
+    taken as the measured check could take them) resolves ``args_type`` arguments and gives the
+    product at each end and the middle of its token counts, outputs poisoned, then in a CUDA graph
+    and under torch.compile."""
+    from cross.partition import make_plan
+
     k = w.shape[1]
     lin = linear_of(w)
-    sl = cross.SparseLinear.from_dense(lin, keep_dense=False, measure=False, **options)
+    offered = make_plan(w, **options)
+    plan = offered.with_buckets(replace(b, kernel=kernel, alternatives=()) if kernel in b.alternatives else b
+                                for b in offered.buckets)
+    sl = cross.SparseLinear.from_dense(lin, plan=plan, keep_dense=False, measure=False)
     runs = [i for i, b in enumerate(sl.plan.buckets) if b.kernel == kernel]
     assert runs and all(isinstance(sl._kernels[i], args_type) for i in runs)
     with torch.no_grad():
@@ -85,18 +94,26 @@ def check_candidates_run(w, kernel, args_type, gen, **options):
 
 
 def check_measured_candidates(w, kernel, fmt, **options):
-    """The measured check times every candidate of ``kernel``: each ends measured and runs the kernel
-    exactly where it measured the margin faster than dense; the layer keeps its format (``fmt``,
-    a PackedWeight field) only where one does; its results are the product's."""
+    """The measured check times every bucket that offers ``kernel`` (its candidates, and the buckets
+    that time it as an alternative): each ends measured and runs what it timed fastest exactly where
+    that measured the margin faster than dense; the layer keeps its format (``fmt``, a PackedWeight
+    field) exactly where some bucket runs the kernel; its results are the product's. Which kernel wins
+    where is the GPU's business: the benchmarks report it."""
+    from cross.partition import make_plan
+
     lin = linear_of(w)
-    sl = cross.SparseLinear.from_dense(lin, **options)
-    cands = [b for b in sl.plan.buckets if b.kernel == kernel]
-    assert cands and all(b.measured for b in cands)
-    for b in cands:
+    offered = make_plan(w, **options)
+    spans = {(b.n_min, b.n_max) for b in offered.buckets if kernel in (b.kernel, *b.alternatives)}
+    assert spans
+    sl = cross.SparseLinear.from_dense(lin, plan=offered)
+    timed = [b for b in sl.plan.buckets if (b.n_min, b.n_max) in spans]
+    assert len(timed) == len(spans) and all(b.measured and not b.alternatives for b in timed)
+    for b in timed:
         assert b.fallback == (b.measured_us * 1.03 >= b.measured_dense_us)
-    assert (getattr(sl.packed, fmt) is None) == all(b.fallback for b in cands)
+    runs = any(b.kernel == kernel and not b.fallback for b in sl.plan.buckets)
+    assert (getattr(sl.packed, fmt) is None) == (not runs)
     with torch.no_grad():
-        for b in cands:
+        for b in timed:
             x = torch.randn(top(b), w.shape[1], dtype=torch.bfloat16, device="cuda")
             check_product(x, w, lin.bias, sl(x))
 
