@@ -13,7 +13,7 @@ step gpu_tests 240 python3 -m pytest -q -m gpu --maxfail=5 tests/test_rowfit.py 
 step gpu_tests_wgmma24 110 python3 -m pytest -q -m gpu --maxfail=5 tests/test_wgmma24.py \
     -k "test_gpu_wgmma24_kernel and 2-2 or compressed"
 step profile 100 python3 -m cross profile --force -q
-cp "$CROSS_CACHE_DIR"/*.json "$OUT/costmodel_profile.json" 2>/dev/null
+cp "$(ls -t "$CROSS_CACHE_DIR"/costmodel-*.json | head -1)" "$OUT/costmodel_profile.json" 2>/dev/null  # the newest
 step grid 110 python3 -m cross bench kernels --shapes llama-up,llama-qkvo,llama-down --sparsities 0.7,0.9 \
     --ns 8,16 --methods dense,cross,cross+wgmma24,cross+wgmma24c,cross+wgmma24a --cost-model $CM --out "$OUT/grid"
 cp "$OUT/grid/kernels_fig1.csv" "$OUT/kernels_wgmma24.csv" 2>/dev/null
