@@ -555,6 +555,30 @@ def test_run_workload_on_a_tiny_model():
     assert type(model.up) is nn.Linear
 
 
+def test_run_workload_stacks_siblings_for_both_models():
+    """With stack_siblings the dense model is timed as given, then stacked (and timed so: the row's
+    dense column), the stacked model sparsified; the model is left dense and apart afterwards."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
+                                      num_key_value_heads=2, vocab_size=100)
+    model = transformers.LlamaForCausalLM(config).eval()
+    models.prune_(model, 0.7)
+    x = {"input_ids": torch.randint(100, (2, 5))}
+    wl = models.Workload("tiny-llama", model, (("prefill", 2, 5),), lambda b, s: x,
+                         lambda inputs: model(**inputs).logits.flatten(0, -2))
+    calls, lines = [], []
+    (row,) = models.run_workload(wl, 0.7, keep_dense=False, timer=fake_timer(calls), stack_siblings=True,
+                                 log=lines.append)
+    assert len(calls) == 4  # dense apart, dense stacked, cross, dense stacked again
+    assert lines[0].startswith("dense, siblings apart -> stacked: prefill 2x5 0.001 -> 0.001 ms")
+    # 2 x (q+k+v, o, gate+up, down) planned (14 apart); lm_head is a head: skipped, reported
+    assert lines[1].startswith("sparsify_: 9 layers") and row["sparse_layers"] == "8/8"
+    assert row["min_cosine"] > 0.9999
+    assert type(model.model.layers[0].self_attn.k_proj) is nn.Linear  # apart again
+    assert models.model_command("llama", 0.7, stack_siblings=True).endswith("--stack-siblings --out reports/bench/row")
+
+
 def test_model_command_names_the_measure_option():
     row = " --out reports/bench/row"  # a row's own folder: it does not replace the grid's model.csv
     assert models.model_command("llama", 0.7, no_measure=True).endswith("--sparsities 0.7 --no-measure" + row)

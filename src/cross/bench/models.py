@@ -137,7 +137,7 @@ def minilm(sparsity: float, model_dir: Path | None = None, device: str = "cuda")
 def model_command(name: str, sparsity: float, *, llama_layers: int = LLAMA_LAYERS, force_plan: bool = False,
                   cost_model: Path | None = None, minilm_dir: Path | None = None, no_measure: bool = False,
                   decode_fallback: bool = False, slice_kernel: bool = False, wgmma_kernel: bool = False,
-                  wgmma_layout: str = "slots") -> str:
+                  wgmma_layout: str = "slots", stack_siblings: bool = False) -> str:
     """The command that measures one model at one sparsity again, into a folder of its own
     (kernels.ROW_OUT), so that it does not replace the grid's results."""
     parts = ["cross", "bench", "model", "--models", name, "--sparsities", f"{sparsity:g}"]
@@ -157,6 +157,8 @@ def model_command(name: str, sparsity: float, *, llama_layers: int = LLAMA_LAYER
         parts.append("--wgmma-kernel")
         if wgmma_layout != "slots":
             parts += ["--wgmma-layout", wgmma_layout]
+    if stack_siblings:
+        parts.append("--stack-siblings")
     if cost_model is not None:
         parts += ["--cost-model", str(cost_model)]
     return shlex.join(parts + ["--out", ROW_OUT])
@@ -173,7 +175,7 @@ DISCARDED_TIMINGS = 4
 
 def run_workload(wl: Workload, sparsity: float, *, command: str = "", cost_model=None, keep_dense="auto",
                  measure="auto", slice_kernel: bool = False, wgmma_kernel: bool = False, wgmma_layout: str = "slots",
-                 nan_policy: str = "propagate",
+                 nan_policy: str = "propagate", stack_siblings: bool = False,
                  timer: Callable = measure_us, progress: bool = False,
                  discard_pass: bool = False, log: Callable[[str], None] | None = None) -> list[dict]:
     """Time every phase dense, sparsified, and dense again; one row per phase. The model is left
@@ -181,6 +183,10 @@ def run_workload(wl: Workload, sparsity: float, *, command: str = "", cost_model
     nan_policy go to sparsify_, with the phases' token counts (``tokens``: a layer that wins at none
     of them stays dense); log, if given, gets the line of what the GPU timing of the plans decided
     (SparsifyReport.measured_check).
+
+    stack_siblings: the siblings (q, k, v; gate, up) are stacked (``stack_siblings_``) before the
+    dense model is timed, so that the dense and sparse models both run them as one layer (stacking
+    speeds up cuBLAS too); the dense model as given is timed first, and logged.
 
     discard_pass: time every phase once more first and drop it. A process's first few CUDA-graph
     timings of a model can read ~13% faster than all later ones at the same clocks
@@ -198,8 +204,14 @@ def run_workload(wl: Workload, sparsity: float, *, command: str = "", cost_model
             for x in inputs.values():
                 for _ in range(DISCARDED_TIMINGS):
                     ms(x)
+        if stack_siblings:
+            apart = {phase: ms(x) for phase, x in inputs.items()}
+            cross.stack_siblings_(wl.model)
         dense_bytes = linear_bytes(wl.model)
         dense = {phase: ms(x) for phase, x in inputs.items()}
+        if stack_siblings and log is not None:
+            log("dense, siblings apart -> stacked: " + "; ".join(
+                f"{phase[0]} {phase[1]}x{phase[2]} {apart[phase][0]:.3f} -> {dense[phase][0]:.3f} ms" for phase in inputs))
         want = {phase: wl.outputs(x) for phase, x in inputs.items()}
         # the token counts the phases call the layers with: a layer is swapped where it wins at one of them
         tokens = tuple(sorted({phase[1] * phase[2] for phase in wl.phases}))
@@ -215,6 +227,8 @@ def run_workload(wl: Workload, sparsity: float, *, command: str = "", cost_model
         cosine = {phase: agreement(wl.outputs(x), want[phase])["min_cosine"] for phase, x in inputs.items()}
         cross.unsparsify_(wl.model)
         again = {phase: ms(x) for phase, x in inputs.items()}
+        if stack_siblings:
+            cross.unstack_siblings_(wl.model)
     planned = len(report.layers) - len(report.by_action(SKIP_FILTER))
     rows = []
     for phase in wl.phases:

@@ -299,7 +299,7 @@ def bench_model(args, csv_name: str = MODEL_CSV, report: bool = True) -> int:
                                                  cost_model=args.cost_model, minilm_dir=args.minilm_dir,
                                                  no_measure=args.no_measure, decode_fallback=args.decode_fallback,
                                                  slice_kernel=args.slice_kernel, wgmma_kernel=args.wgmma_kernel,
-                                                 wgmma_layout=args.wgmma_layout)
+                                                 wgmma_layout=args.wgmma_layout, stack_siblings=args.stack_siblings)
                 for name, sp in plan}
     if args.dry_run:
         print(f"{'model':>10} {'phase':>8} {'batch':>5} {'tokens':>11} {'sp':>4}")
@@ -330,7 +330,8 @@ def _run_models(args, plan, commands, csv_name: str, report: bool, swap: dict) -
     cm = bench_cost_model(args.cost_model)
     decided = (f"keep_dense={swap['keep_dense']}, measure={swap['measure']}, slice_kernel={swap['slice_kernel']}, "
                f"wgmma_kernel={swap['wgmma_kernel']}"
-               + (f", wgmma_layout={swap['wgmma_layout']}" if swap["wgmma_kernel"] else ""))
+               + (f", wgmma_layout={swap['wgmma_layout']}" if swap["wgmma_kernel"] else "")
+               + (", siblings stacked (dense and sparse)" if swap["stack_siblings"] else ""))
     print(f"# {torch.cuda.get_device_name(device)}, bf16, cost model: {cm.source}, {decided}", flush=True)
     print(models.HEADER)
     path = start_csv(args.out / csv_name, models.FIELDS) if args.out else None

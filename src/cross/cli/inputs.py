@@ -52,10 +52,13 @@ def add_swap_options(p) -> None:
                         "words), compressed (only the nonzero words, found by each thread's masks: fewer bytes) "
                         "or auto (both timed by the measured check, the faster kept per layer) "
                         "(make_plan(wgmma_layout=...); default slots)")
+    p.add_argument("--stack-siblings", action="store_true",
+                   help="stack the layers that read the same input (q, k, v; gate, up) into one layer before "
+                        "planning: one launch instead of three or two (sparsify_(stack_siblings=True))")
 
 
 def swap_kwargs(args) -> dict:
-    """sparsify_'s keep_dense, measure, slice_kernel, wgmma_kernel, wgmma_layout and nan_policy from
+    """sparsify_'s keep_dense, measure, slice_kernel, wgmma_kernel, wgmma_layout, nan_policy and stack_siblings from
     add_swap_options' flags."""
     if args.force_plan and args.decode_fallback:
         raise InputError("--force-plan and --decode-fallback: expected one of them (a forced plan never falls back)")
@@ -68,7 +71,8 @@ def swap_kwargs(args) -> dict:
     keep = False if args.force_plan else "decode" if args.decode_fallback else "auto"
     return {"keep_dense": keep, "measure": False if args.no_measure else "auto",
             "slice_kernel": bool(args.slice_kernel), "wgmma_kernel": bool(args.wgmma_kernel),
-            "wgmma_layout": args.wgmma_layout, "nan_policy": "ignore" if args.wgmma_kernel else "propagate"}
+            "wgmma_layout": args.wgmma_layout, "nan_policy": "ignore" if args.wgmma_kernel else "propagate",
+            "stack_siblings": bool(args.stack_siblings)}
 
 
 def parse_tile(text: str, plan: bool = False) -> tuple[int, int]:

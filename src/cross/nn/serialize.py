@@ -46,6 +46,7 @@ from ..partition import Plan
 from ..tiling import TileGrid
 from .linear import SparseLinear, packed_state
 from .sparsify import WeightSource, _occurrences, fused_paths_off
+from .stack import SiblingLinear, sibling_groups, stack_siblings_, unstack_siblings_
 
 FORMAT = "cross.model"
 FORMAT_VERSION = 6  # 6: plans may carry alternatives the measured check times (cross.plan/6); 5: plans may choose the warpgroup 2:4 kernel (cross.plan/5); 4: the slice kernel (cross.plan/4); 3: the row kernel (cross.plan/3); 2: measured times (cross.plan/2); older directories still load
@@ -217,6 +218,8 @@ def save(model: nn.Module, path) -> Path:
         "torch_version": torch.__version__, "device": device_name(devices[0]),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "layers": layers, "state": {"file": STATE, "aliases": aliases},
+        # the layers stacked by stack_siblings_ (load stacks its model the same way)
+        **({"siblings": groups} if (groups := sibling_groups(model)) else {}),
         "files": {n: {"bytes": (path / n).stat().st_size, "sha256": _file_digest(path / n)} for n in names},
     }
     manifest["manifest_sha256"] = manifest_digest(manifest)
@@ -373,6 +376,19 @@ def _targets(model: nn.Module, manifest: dict) -> dict[str, nn.Module]:
     return out
 
 
+def _stack_like_saved(model: nn.Module | None, manifest: dict) -> bool:
+    """Stack the siblings of ``model`` as the saved model's were (its manifest's 'siblings'), where
+    the model has no stacked layers of its own; whether it stacked any."""
+    groups = manifest.get("siblings") or []
+    if model is None or not groups or any(isinstance(m, SiblingLinear) for m in model.modules()):
+        return False
+    try:
+        stack_siblings_(model, groups)
+    except ValueError as e:
+        raise ValueError(f"{MANIFEST}: the saved model's stacked siblings: {e}") from None
+    return True
+
+
 def _module_device(module: nn.Module) -> torch.device:
     return module.device if isinstance(module, SparseLinear) else module.weight.device
 
@@ -423,7 +439,9 @@ def load(path, model: nn.Module | None = None, *, device="cpu") -> dict[str, Spa
     rebuilt from the saved plan, ``pack_tiled``, and must equal the saved ones).
 
     model: a model of the same architecture (e.g. built from its config), with nn.Linear (or
-        SparseLinear) modules at the saved layers' names. Each layer is rebuilt on the device of the
+        SparseLinear) modules at the saved layers' names; where the saved model's siblings were
+        stacked (``stack_siblings_``) and this model has no stacked layers, they are stacked the same
+        way first. Each layer is rebuilt on the device of the
         module it replaces and swapped in (at every place that module is held); the model's other
         parameters and buffers are loaded from state.safetensors. Everything is checked first: on
         any error the model is left unchanged.
@@ -446,9 +464,18 @@ def load(path, model: nn.Module | None = None, *, device="cpu") -> dict[str, Spa
             raise ValueError(f"model: expected a model with its tensors in memory, got {meta[0]!r} (and "
                              f"{len(meta) - 1} more) on the meta device: build it on the CPU, or give it "
                              "memory first (model.to_empty(device='cpu'))")
-    targets = {} if model is None else _targets(model, manifest)
-    layers = {e["fqn"]: _load_layer(path, e, _module_device(targets[e["fqn"]]) if targets else torch.device(device))
-              for e in manifest["layers"]}
+    stacked = _stack_like_saved(model, manifest)
+    try:
+        targets = {} if model is None else _targets(model, manifest)
+        layers = {e["fqn"]: _load_layer(path, e, _module_device(targets[e["fqn"]]) if targets else torch.device(device))
+                  for e in manifest["layers"]}
+        if model is not None:
+            state = _read_state(path, manifest)
+            _check_state(path / manifest["state"]["file"], model, targets, state)
+    except Exception:
+        if stacked:  # the model is left as it was given
+            unstack_siblings_(model)
+        raise
     _warn_other_gpu(manifest, layers)
     ties: dict[str, WeightSource] = {}
     for e in manifest["layers"]:  # layers made from one Parameter share a WeightSource again
@@ -456,8 +483,6 @@ def load(path, model: nn.Module | None = None, *, device="cpu") -> dict[str, Spa
             layers[e["fqn"]]._weight_source = ties.setdefault(e["tied_to"], WeightSource(None))
     if model is None:
         return layers
-    state = _read_state(path, manifest)
-    _check_state(path / manifest["state"]["file"], model, targets, state)
     ids = {id(t) for t in targets.values()}
     places = _occurrences(model, lambda m: id(m) in ids)
     model.load_state_dict(state, strict=False)

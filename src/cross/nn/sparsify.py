@@ -24,6 +24,7 @@ from ..partition.planner import check_buckets, design_tokens, is_near_win
 from ..runtime import ReferencePathWarning
 from .linear import KEEP_DENSE, SparseLinear, bucket_facts, check_measure, measures, plan_facts, plan_linear
 from .parallel import SPLIT_POLICIES, ShardedLinear, tensor_parallel_
+from .stack import stack_siblings_
 
 SPARSE = "sparse"
 NO_WIN = "dense: no win (predicted or measured)"
@@ -295,7 +296,8 @@ def _shard_facts(places) -> dict:
 
 @torch.no_grad()
 def sparsify_(model: nn.Module, filter_fn=None, *, min_sparsity: float = 0.0, tokens=None, progress: bool = True,
-              tp_group=None, tp_split: str = "cost", **from_dense_kwargs) -> SparsifyReport:
+              stack_siblings: bool = False, tp_group=None, tp_split: str = "cost",
+              **from_dense_kwargs) -> SparsifyReport:
     """Replace, in place, every ``nn.Linear`` of ``model`` (exact type: subclasses such as
     MultiheadAttention's out_proj or quantized linears keep their own semantics and are left alone)
     by ``SparseLinear.from_dense(linear, **from_dense_kwargs)``.
@@ -312,6 +314,10 @@ def sparsify_(model: nn.Module, filter_fn=None, *, min_sparsity: float = 0.0, to
     object (no predicted win, or on a GPU no measured win: ``measure``, see
     ``SparseLinear.from_dense``), unless keep_dense=False forces its plan. No dense module is kept for
     unsparsify_: it rebuilds each layer from the packed weight, exactly.
+    stack_siblings: stack the layers that read the same input (q, k, v; gate, up) into one layer
+        first (``stack_siblings_``; its layers are then planned and reported under the name
+        '<first sibling>.stacked'). Compare the result with the dense model stacked the same way:
+        stacking speeds up the dense product too.
     tp_group: a torch.distributed process group to shard Hugging Face Llama-style models over, in
         Megatron style (q/k/v and gate/up column-parallel, o and down row-parallel; see
         ``cross.nn.parallel``), before planning; every rank calls sparsify_ on the same whole
@@ -354,6 +360,8 @@ def sparsify_(model: nn.Module, filter_fn=None, *, min_sparsity: float = 0.0, to
     measure = from_dense_kwargs.pop("measure", "auto")
     check_measure(measure)  # the value; each layer's device is checked below
     dense_times: dict = {}  # the dense product's time per shape, measured once for all layers
+    if stack_siblings and tp_group is not None:
+        raise ValueError("stack_siblings: expected no tp_group too (sharding splits the siblings apart)")
     if tp_split not in SPLIT_POLICIES:
         raise ValueError(f"tp_split: expected one of {SPLIT_POLICIES}, got {tp_split!r}")
     if tp_group is not None:
@@ -362,6 +370,8 @@ def sparsify_(model: nn.Module, filter_fn=None, *, min_sparsity: float = 0.0, to
         buckets = from_dense_kwargs.get("buckets") or DEFAULT_BUCKETS
         tensor_parallel_(model, tp_group, policy=tp_split, n_tokens=design_tokens(*buckets[0]), **cost)
 
+    if stack_siblings:
+        stack_siblings_(model)
     layers: dict[str, LayerReport] = {}
     sources: dict[int, WeightSource] = {}  # by the weight Parameter's id: one per Parameter (tied weights)
     on_cpu: list[str] = []  # sparse layers that will run on the reference executor
