@@ -106,7 +106,7 @@ def saved(tmp_path, rng):
 def test_round_trip(dtype, keep_dense, tmp_path, rng):
     model = compiled_toy(rng, dtype, keep_dense)
     manifest = json.loads(cross.save(model, tmp_path).read_text())
-    assert manifest["format"] == "cross.model" and manifest["format_version"] == serialize.FORMAT_VERSION == 6 and manifest["device"] == "cpu"
+    assert manifest["format"] == "cross.model" and manifest["format_version"] == serialize.FORMAT_VERSION == 7 and manifest["device"] == "cpu"
     assert [e["fqn"] for e in manifest["layers"]] == ["up", "down"]
     assert manifest["state"]["aliases"] == {"head.weight": "embed.weight"}
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["manifest.json", *manifest["files"]])

@@ -244,6 +244,8 @@ def _sparsify_line(swap: dict, device) -> str:
     offered = "; slice kernel offered" if swap["slice_kernel"] else ""
     if swap["wgmma_kernel"]:
         offered += f"; warpgroup 2:4 kernel offered ({swap['wgmma_layout']} layout, nan_policy='ignore')"
+    if swap.get("stack_siblings"):
+        offered += "; siblings stacked (q, k, v and gate, up as one layer each)"
     return f"keep_dense={keep}; measured check: {timed}{offered}"
 
 
@@ -407,7 +409,7 @@ def cmd_plan(args) -> int:
 
 # ---------------------------------------------------------------------- run
 def cmd_run(args) -> int:
-    from .. import sparsify_
+    from .. import sparsify_, stack_siblings_
     from .hf import (EVAL_SENTENCES, agreement, check_model_dir, dtype_for, embed, environment, not_a_head,
                      pick_device, time_forward, tokenize)
     from .inputs import swap_kwargs
@@ -425,6 +427,8 @@ def cmd_run(args) -> int:
 
     model, tokenizer = _load_pruned(args, method, device, dtype, progress)
     dense = copy.deepcopy(model)
+    if swap["stack_siblings"]:  # the dense model timed below runs its siblings stacked too
+        stack_siblings_(dense)
     report = sparsify_(model, filter_fn=not_a_head, progress=progress, cost_model=cm, tile_shape=args.tile, **swap)
     print(f"\ncost model: {cm.source}; {_sparsify_line(swap, device)}")
     print(report.table())

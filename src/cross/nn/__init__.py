@@ -5,10 +5,10 @@ from .linear import SparseLinear
 from .parallel import (ColumnParallelLinear, RowParallelLinear, ShardedLinear, ShardSpec, ShardTimes, linear_costs,
                        plan_tensor_parallel, predict_shards, shard_bounds, split_bounds, tensor_parallel_)
 from .serialize import PlanDeviceWarning, load, save
-from .stack import SiblingLinear, stack_siblings_, unstack_siblings_
+from .stack import SiblingInputWarning, SiblingLinear, stack_siblings_, unstack_siblings_
 from .sparsify import LayerReport, SparsifyReport, fused_paths_off, fused_paths_on, sparsify_, unsparsify_
 
 __all__ = ["SparseLinear", "sparsify_", "unsparsify_", "SparsifyReport", "LayerReport", "save", "load",
-           "fused_paths_off", "fused_paths_on", "SiblingLinear", "stack_siblings_", "unstack_siblings_",
+           "fused_paths_off", "fused_paths_on", "SiblingLinear", "SiblingInputWarning", "stack_siblings_", "unstack_siblings_",
            "PlanDeviceWarning", "ColumnParallelLinear", "RowParallelLinear", "ShardedLinear", "ShardSpec", "ShardTimes",
            "linear_costs", "split_bounds", "shard_bounds", "predict_shards", "plan_tensor_parallel", "tensor_parallel_"]

@@ -46,10 +46,10 @@ from ..partition import Plan
 from ..tiling import TileGrid
 from .linear import SparseLinear, packed_state
 from .sparsify import WeightSource, _occurrences, fused_paths_off
-from .stack import SiblingLinear, sibling_groups, stack_siblings_, unstack_siblings_
+from .stack import SiblingLinear, _restore, _stack, sibling_groups
 
 FORMAT = "cross.model"
-FORMAT_VERSION = 6  # 6: plans may carry alternatives the measured check times (cross.plan/6); 5: plans may choose the warpgroup 2:4 kernel (cross.plan/5); 4: the slice kernel (cross.plan/4); 3: the row kernel (cross.plan/3); 2: measured times (cross.plan/2); older directories still load
+FORMAT_VERSION = 7  # 7: the manifest may name stacked siblings (stack_siblings_); 6: plans may carry alternatives the measured check times (cross.plan/6); 5: plans may choose the warpgroup 2:4 kernel (cross.plan/5); 4: the slice kernel (cross.plan/4); 3: the row kernel (cross.plan/3); 2: measured times (cross.plan/2); older directories still load
 MANIFEST = "manifest.json"
 STATE = "state.safetensors"
 PACKED_FORMAT = "cross.packed/1"
@@ -376,17 +376,16 @@ def _targets(model: nn.Module, manifest: dict) -> dict[str, nn.Module]:
     return out
 
 
-def _stack_like_saved(model: nn.Module | None, manifest: dict) -> bool:
+def _stack_like_saved(model: nn.Module | None, manifest: dict) -> list:
     """Stack the siblings of ``model`` as the saved model's were (its manifest's 'siblings'), where
-    the model has no stacked layers of its own; whether it stacked any."""
+    the model has no stacked layers of its own; what changed (``stack._restore`` undoes it)."""
     groups = manifest.get("siblings") or []
     if model is None or not groups or any(isinstance(m, SiblingLinear) for m in model.modules()):
-        return False
+        return []
     try:
-        stack_siblings_(model, groups)
+        return _stack(model, [list(g) for g in groups])
     except ValueError as e:
         raise ValueError(f"{MANIFEST}: the saved model's stacked siblings: {e}") from None
-    return True
 
 
 def _module_device(module: nn.Module) -> torch.device:
@@ -472,11 +471,10 @@ def load(path, model: nn.Module | None = None, *, device="cpu") -> dict[str, Spa
         if model is not None:
             state = _read_state(path, manifest)
             _check_state(path / manifest["state"]["file"], model, targets, state)
-    except Exception:
-        if stacked:  # the model is left as it was given
-            unstack_siblings_(model)
+        _warn_other_gpu(manifest, layers)
+    except BaseException:
+        _restore(model, stacked)  # the model is left as it was given: its own layers back in place
         raise
-    _warn_other_gpu(manifest, layers)
     ties: dict[str, WeightSource] = {}
     for e in manifest["layers"]:  # layers made from one Parameter share a WeightSource again
         if e.get("tied_to") in layers:

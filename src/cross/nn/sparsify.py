@@ -315,8 +315,11 @@ def sparsify_(model: nn.Module, filter_fn=None, *, min_sparsity: float = 0.0, to
     ``SparseLinear.from_dense``), unless keep_dense=False forces its plan. No dense module is kept for
     unsparsify_: it rebuilds each layer from the packed weight, exactly.
     stack_siblings: stack the layers that read the same input (q, k, v; gate, up) into one layer
-        first (``stack_siblings_``; its layers are then planned and reported under the name
-        '<first sibling>.stacked'). Compare the result with the dense model stacked the same way:
+        first (``stack_siblings_``; its layers are then planned, filtered and reported under the
+        name '<first sibling>.stacked', e.g. 'model.layers.0.self_attn.q_proj.stacked': a filter_fn
+        that should leave k_proj alone must reject that name, or stack with groups= that leave it
+        out). Under torch.compile the siblings do not share the stacked product (see
+        ``cross.nn.stack``): stack for eager and CUDA-graph runs. Compare the result with the dense model stacked the same way:
         stacking speeds up the dense product too.
     tp_group: a torch.distributed process group to shard Hugging Face Llama-style models over, in
         Megatron style (q/k/v and gate/up column-parallel, o and down row-parallel; see

@@ -12,10 +12,19 @@ stacked run 11.4 us sparse against 3 x 8.5 us apart, and cuBLAS 39.8 us against 
 holds the stacked layer as its child ``stacked`` (an ``nn.Linear``, which ``sparsify_`` then
 treats like any other), and every sibling returns its columns of the stacked product, a view. The
 lead computes the product on the first sibling's call and hands it to the others that are called
-with the same input tensor (the same object); a sibling called with another tensor, or twice with
-one, computes it again, so the outputs are always those of the siblings' own weights. What the
-reuse assumes: no one changes the input in place between the siblings' calls (checked through the
-tensor's version counter, which tensors made under ``torch.inference_mode`` do not have).
+with the same input tensor (the same object, unchanged: its version counter is checked) during the
+same call of the module that holds the group (its scope: the siblings' parent, whose forward hooks
+drop the product when it returns). A sibling called with another tensor, or twice with one,
+computes the product again, so the outputs are always those of the siblings' own weights; siblings
+found reading different inputs (cross-attention's k and v read the encoder's states) are reported
+by a ``SiblingInputWarning``, because stacking them costs time. Two limits:
+- tensors made under ``torch.inference_mode`` have no version counter: a change in place to the
+  input between the siblings' calls goes unseen there (no known model does that);
+- under ``torch.compile`` the product is not shared (the trace cannot check the input for changes
+  in place): each sibling runs a stacked ``nn.Linear`` on its own rows, and a stacked SparseLinear
+  whole, so there stacking a sparse model costs time; stack for eager and CUDA-graph runs.
+Cross-attention blocks (``encoder_attn``, ``crossattention``, ``cross_attn``) are not stacked by
+name.
 
 The model's state dict changes with it (the lead's ``stacked.weight`` in place of the siblings'
 weights): ``unstack_siblings_`` gives the separate ``nn.Linear`` layers back, exactly. ``cross.save``
@@ -24,6 +33,7 @@ records the groups, and ``cross.load`` stacks the model it loads into the same w
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -34,6 +44,13 @@ from .linear import SparseLinear
 #: The groups of sibling names found by ``stack_siblings_`` (children of one module): Hugging Face
 #: Llama / Mistral / Qwen attention and MLP, and BERT's self-attention
 SIBLING_NAMES = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"), ("query", "key", "value"))
+#: Parents not stacked by name: their siblings read different inputs (queries from the decoder, keys
+#: and values from the encoder)
+CROSS_ATTENTION = ("encoder_attn", "crossattention", "cross_attn")
+
+
+class SiblingInputWarning(UserWarning):
+    """Stacked siblings were called with different inputs: each call ran the whole stacked layer."""
 
 
 class SiblingLinear(nn.Module):
@@ -50,6 +67,8 @@ class SiblingLinear(nn.Module):
         if stacked is not None:
             self.stacked = stacked
             self._cache = None  # (input, stacked output, input version, the siblings yet to take it)
+            self._group = "siblings"  # their names, for messages (stack_siblings_ sets them)
+            self._warned = False
         object.__setattr__(self, "_lead", self if lead is None else lead)  # not a child: held once, by the model
 
     @property
@@ -79,26 +98,56 @@ class SiblingLinear(nn.Module):
         return self.lead._part(self.index, x)
 
     def _part(self, index: int, x: torch.Tensor) -> torch.Tensor:
-        version = _version(x)
+        lo, hi = self.bounds[index], self.bounds[index + 1]
+        if torch.compiler.is_compiling():  # no sharing under the trace (see the module's docstring)
+            stacked = self.stacked
+            if type(stacked) is nn.Linear:
+                return nn.functional.linear(x, stacked.weight[lo:hi], None if stacked.bias is None else stacked.bias[lo:hi])
+            return stacked(x)[..., lo:hi]
+        version = (None if x.is_inference() else x._version, *self._weight_versions())
         cache = self._cache
-        if cache is not None and cache[0] is x and cache[2] == version and index in cache[3]:
+        if (cache is not None and cache[0] is x and cache[2] == version and index in cache[3]
+                and all(a is b for a, b in zip(cache[4], self._weight_objects()))):
             out, waiting = cache[1], cache[3] - {index}
         else:
+            if cache is not None and cache[0] is not x and not self._warned:
+                self._warned = True
+                warnings.warn(f"{self._group}: stacked siblings called with different inputs, so each call ran the "
+                              "whole stacked layer (slower than the layers apart): unstack_siblings_, or "
+                              "stack_siblings_ with groups= that leave them out", SiblingInputWarning, stacklevel=5)
             out, waiting = self.stacked(x), frozenset(range(len(self.bounds) - 1)) - {index}
-        self._cache = (x, out, version, waiting) if waiting else None
-        return out[..., self.bounds[index]:self.bounds[index + 1]]
+        self._cache = (x, out, version, waiting, self._weight_objects()) if waiting else None
+        return out[..., lo:hi]
+
+    def _weight_objects(self) -> tuple:
+        """What the stacked product was made from: a new weight (a cast, a device move, sparsify_)
+        makes the shared product stale."""
+        st = self.stacked
+        return (st, st.weight, st.bias) if type(st) is nn.Linear else (st, getattr(st, "packed", None), st.bias)
+
+    def _weight_versions(self) -> tuple:
+        """The stacked nn.Linear's parameters' version counters (changes in place, such as
+        load_state_dict's copies)."""
+        st = self.stacked
+        if type(st) is not nn.Linear:
+            return ()
+        return (st.weight._version, None if st.bias is None else st.bias._version)
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        if "_cache" in state:  # copies and pickles hold no product (nor an autograd graph)
+            state = {**state, "_cache": None}
+        return state
 
     def extra_repr(self) -> str:
         return f"rows {self.bounds[self.index]}:{self.bounds[self.index + 1]} of the stacked layer, sibling {self.index}"
 
 
-def _version(x: torch.Tensor) -> int | None:
-    """The tensor's version counter (bumped by in-place changes); None for inference tensors, which
-    have none, and while torch.compile traces (the traced graph has no in-place change between the
-    siblings' calls that the trace would not see)."""
-    if torch.compiler.is_compiling() or x.is_inference():
-        return None
-    return x._version
+def _end_scope(scope: nn.Module, *_) -> None:
+    """Drop the stacked products of the groups ``scope`` holds (its forward pre-hook and hook: the
+    product is shared within one call of the scope only)."""
+    for name in scope._cross_sibling_leads:
+        scope.get_submodule(name)._cache = None
 
 
 def _siblings_ok(layers: Sequence[nn.Module]) -> str | None:
@@ -141,6 +190,8 @@ def _found_groups(model: nn.Module) -> list[list[str]]:
     holders = _holders(model)
     groups = []
     for fqn, module in model.named_modules():
+        if any(c in part for part in fqn.split(".") for c in CROSS_ATTENTION):
+            continue
         for names in SIBLING_NAMES:
             layers = [getattr(module, n, None) for n in names]
             if any(not isinstance(m, nn.Module) for m in layers) or _siblings_ok(layers) is not None:
@@ -174,8 +225,26 @@ def stack_siblings_(model: nn.Module, groups: Sequence[Sequence[str]] | None = N
         for g in groups:
             if len(g) < 2 or not all(isinstance(n, str) for n in g):
                 raise ValueError(f"groups: expected groups of two or more layer names, got {g!r}")
+    _stack(model, groups)
+    return [list(g) for g in groups]
+
+
+def _scope(model: nn.Module, names: Sequence[str]) -> str:
+    """The name of the innermost module holding every one of ``names`` (their common parent)."""
+    parts = [n.split(".")[:-1] for n in names]
+    common = []
+    for level in zip(*parts):
+        if len(set(level)) > 1:
+            break
+        common.append(level[0])
+    return ".".join(common)
+
+
+def _stack(model: nn.Module, groups: list[list[str]]) -> list[tuple[nn.Module, str, nn.Module]]:
+    """stack_siblings_'s work: every group checked, then stacked; returns (parent, attribute, the
+    layer it held) for each place changed, for ``_restore``."""
     resolved, seen = [], set()
-    for names in groups:  # every group checked before any is stacked
+    for names in groups:
         try:
             layers = [model.get_submodule(n) for n in names]
         except AttributeError as e:
@@ -186,9 +255,10 @@ def stack_siblings_(model: nn.Module, groups: Sequence[Sequence[str]] | None = N
         if seen & {id(m) for m in layers}:
             raise ValueError(f"groups: {names}: expected each layer in one group, got one in two")
         seen |= {id(m) for m in layers}
-        resolved.append(layers)
+        resolved.append((names, layers))
     holders = _holders(model)
-    for layers in resolved:
+    changed = []
+    for names, layers in resolved:
         bounds = [0]
         for m in layers:
             bounds.append(bounds[-1] + m.out_features)
@@ -199,11 +269,40 @@ def stack_siblings_(model: nn.Module, groups: Sequence[Sequence[str]] | None = N
         if first.bias is not None:
             stacked.bias = nn.Parameter(torch.cat([m.bias for m in layers]), first.bias.requires_grad)
         lead = SiblingLinear(None, 0, bounds, stacked).train(first.training)
+        lead._group = " / ".join(names)
         members = [lead] + [SiblingLinear(lead, i, bounds).train(m.training) for i, m in enumerate(layers) if i]
         for layer, member in zip(layers, members):
             for parent, name in holders[id(layer)]:
                 setattr(parent, name, member)
-    return [list(g) for g in groups]
+                changed.append((parent, name, layer))
+        scope_name = _scope(model, names)
+        scope = model.get_submodule(scope_name)
+        lead_name = names[0][len(scope_name) + 1:] if scope_name else names[0]
+        if not hasattr(scope, "_cross_sibling_leads"):
+            scope._cross_sibling_leads = ()
+            scope.register_forward_pre_hook(_end_scope)
+            scope.register_forward_hook(_end_scope)
+        scope._cross_sibling_leads += (lead_name,)
+    return changed
+
+
+def _drop_scopes(model: nn.Module) -> None:
+    """Remove the scope hooks and names ``_stack`` gave the modules of ``model``."""
+    for module in model.modules():
+        if hasattr(module, "_cross_sibling_leads"):
+            del module._cross_sibling_leads
+            for hooks in (module._forward_pre_hooks, module._forward_hooks):
+                for key in [k for k, fn in hooks.items() if fn is _end_scope]:
+                    del hooks[key]
+
+
+def _restore(model: nn.Module, changed: list[tuple[nn.Module, str, nn.Module]]) -> None:
+    """Undo ``_stack``: the very layers it replaced, back in their places."""
+    if not changed:
+        return
+    for parent, name, layer in changed:
+        setattr(parent, name, layer)
+    _drop_scopes(model)
 
 
 def sibling_groups(model: nn.Module) -> list[list[str]]:
@@ -240,4 +339,5 @@ def unstack_siblings_(model: nn.Module) -> int:
             linear.bias = nn.Parameter(whole.bias[lo:hi].clone(), whole.bias.requires_grad)
         for parent, name in holders.get(id(member), []):
             setattr(parent, name, linear)
+    _drop_scopes(model)
     return len(members)
