@@ -103,24 +103,84 @@ def test_stacked_product_runs_once_per_input(rng):
         assert calls[0] == 5
 
 
-@pytest.mark.parametrize("mode", ["no_grad", "inference"])
-def test_input_changed_in_place_between_siblings(mode, rng):
-    """With a version counter (outside inference mode) a change in place between the siblings' calls
-    is seen and the product computed again; inference tensors have none (the documented limit)."""
-    attn = seeded(rng, Attention)
-    stack_siblings_(attn)
-    calls = counting(attn.q_proj.stacked)
-    context = torch.inference_mode() if mode == "inference" else torch.no_grad()
-    with context:
-        x = torch.randn(2, 24, generator=rng)
-        attn.q_proj(x)
+class Mutating(nn.Module):
+    """A parent that changes its input in place between the siblings' calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.q_proj, self.k_proj, self.v_proj = nn.Linear(24, 24), nn.Linear(24, 8), nn.Linear(24, 8)
+
+    def forward(self, x):
+        q = self.q_proj(x)
         x.mul_(-1)
+        return q, self.k_proj(x), self.v_proj(x)
+
+
+def test_input_changed_in_place_between_siblings(rng):
+    """With a version counter (outside inference mode) a change in place between the siblings' calls
+    is seen and the product computed again, eager and compiled."""
+    module = seeded(rng, Mutating)
+    stack_siblings_(module)
+    calls = counting(module.q_proj.stacked)
+    compiled = torch.compile(module, backend="eager")
+    for run in (module, compiled):
+        with torch.no_grad():
+            x = torch.randn(2, 24, generator=rng)
+            x0 = x.clone()
+            q, k, v = run(x)
+        torch.testing.assert_close(q.double(), reference([module.q_proj], x0)[0], rtol=1e-5, atol=1e-5)
+        for sibling, y in ((module.k_proj, k), (module.v_proj, v)):
+            torch.testing.assert_close(y.double(), reference([sibling], -x0)[0], rtol=1e-5, atol=1e-5)
+    assert calls[0] == 2  # eagerly: q's product, then k's (v shares k's); compiled: not counted by the hook
+
+
+def test_inference_tensor_changed_in_place_is_the_documented_limit(rng):
+    """Inference tensors have no version counter: a change in place between the siblings' calls
+    goes unseen, and k is computed from the input as it was at q's call (the limit the module's
+    docstring states)."""
+    module = seeded(rng, Mutating)
+    stack_siblings_(module)
+    with torch.inference_mode():
+        x = torch.randn(2, 24, generator=rng)
+        x0 = x.clone()
+        _, k, _ = module(x)
+    torch.testing.assert_close(k.double(), reference([module.k_proj], x0)[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore::cross.nn.SiblingInputWarning")  # q called again before v
+def test_product_lives_one_call_of_the_parent(rng):
+    """The parent's forward hooks drop the shared product; a sibling called outside it shares it
+    only until the stacked weight changes, and copies hold none."""
+    block = seeded(rng, Block)
+    stack_siblings_(block)
+    attn = block.attn
+    x = torch.randn(3, 24, generator=rng, requires_grad=True)
+    attn(x)
+    assert attn.q_proj._cache is None and block.gate_proj._cache is None
+    attn.q_proj(x)  # outside the parent's call: kept for k and v, with its autograd graph
+    assert attn.q_proj._cache is not None
+    copied = copy.deepcopy(block)
+    assert copied.attn.q_proj._cache is None and copied.attn.k_proj.lead is copied.attn.q_proj
+    with torch.no_grad():
+        attn.q_proj.stacked.weight.zero_()
         k = attn.k_proj(x)
-    if mode == "no_grad":
-        assert calls[0] == 2
-        torch.testing.assert_close(k.double(), reference([attn.k_proj], x)[0], rtol=1e-5, atol=1e-5)
-    else:
-        assert calls[0] == 1
+        assert float(k.abs().max()) == float(attn.k_proj.bias.abs().max())  # the zeroed weight's product
+        xh = x.detach().half()
+        attn.half().q_proj(xh)
+        stacked = attn.q_proj.stacked
+        stacked.weight = nn.Parameter(torch.zeros_like(stacked.weight))  # a new weight object, same version
+        assert torch.equal(attn.k_proj(xh), attn.k_proj.bias.expand(3, -1))  # from it, not from the shared product
+
+
+def test_cross_attention_is_not_stacked_by_name(rng):
+    class Decoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.self_attn, self.encoder_attn = Attention(), Attention()
+
+    model = seeded(rng, Decoder)
+    assert stack_siblings_(model) == [["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]]
+    assert type(model.encoder_attn.k_proj) is nn.Linear
 
 
 def test_unstack_gives_the_layers_back_exactly(rng):
@@ -222,9 +282,11 @@ def test_hf_llama_stacked_sparse_save_load(rng, tmp_path):
         other = seeded(rng, lambda: transformers.LlamaForCausalLM(transformers.LlamaConfig(
             hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
             vocab_size=100))).eval()
+        own = other.model.layers[0].mlp.up_proj
         with pytest.raises(ValueError, match="gate_proj.stacked"):
-            cross.load(tmp_path / "saved", other)  # another MLP width: refused, and left unstacked
+            cross.load(tmp_path / "saved", other)  # another MLP width: refused, and left as it was
         assert not any(isinstance(m, SiblingLinear) for m in other.modules())
+        assert other.model.layers[0].mlp.up_proj is own and not other.model.layers[0].mlp._forward_hooks
         cross.load(tmp_path / "saved", fresh)  # stacked as the saved model was
         assert isinstance(fresh.model.layers[1].mlp.up_proj, SiblingLinear)
         assert torch.equal(fresh(**inputs).logits, got)
