@@ -349,20 +349,24 @@ def test_run_offering_the_slice_kernel(tiny_bert_dir, capsys):
 
 
 def test_run_offering_the_wgmma_kernel(tiny_bert_dir, capsys):
-    """--wgmma-kernel is taken with nan_policy 'ignore' and the report says so (on the CPU the model
-    is fp32, which the kernel does not take: its plans are test_wgmma24_runtime's)."""
+    """--wgmma-kernel is taken with nan_policy 'ignore' and the report says so, in the auto layout
+    unless --wgmma-layout names one (on the CPU the model is fp32, which the kernel does not take: its
+    plans are test_wgmma24_runtime's); --wgmma-layout without --wgmma-kernel is refused, whichever
+    layout it names."""
     code, out, err = run_cli(capsys, "run", tiny_bert_dir, "--text", "a sentence", "--device", "cpu", "-q",
                              "--sparsity", "0.8", "--prune", "magnitude", "--force-plan", "--wgmma-kernel")
     assert code == 0, err
-    assert "warpgroup 2:4 kernel offered (slots layout, nan_policy='ignore')" in out and "PASS" in out
+    assert "warpgroup 2:4 kernel offered (auto layout, nan_policy='ignore')" in out and "PASS" in out
     assert "12 of 13 layers sparse" in out and _agreement(out) < 1e-5
-    code, out, err = run_cli(capsys, "run", tiny_bert_dir, "--text", "a sentence", "--device", "cpu", "-q",
-                             "--sparsity", "0.8", "--prune", "magnitude", "--force-plan", "--wgmma-kernel",
-                             "--wgmma-layout", "compressed")
-    assert code == 0, err
-    assert "warpgroup 2:4 kernel offered (compressed layout, nan_policy='ignore')" in out and "PASS" in out
-    code, out, err = run_cli(capsys, "run", tiny_bert_dir, "--device", "cpu", "-q", "--wgmma-layout", "compressed")
-    assert code == 2 and "expected --wgmma-kernel too" in err
+    for layout in ("compressed", "slots"):
+        code, out, err = run_cli(capsys, "run", tiny_bert_dir, "--text", "a sentence", "--device", "cpu", "-q",
+                                 "--sparsity", "0.8", "--prune", "magnitude", "--force-plan", "--wgmma-kernel",
+                                 "--wgmma-layout", layout)
+        assert code == 0, err
+        assert f"warpgroup 2:4 kernel offered ({layout} layout, nan_policy='ignore')" in out and "PASS" in out
+    for layout in ("compressed", "slots", "auto"):
+        code, out, err = run_cli(capsys, "run", tiny_bert_dir, "--device", "cpu", "-q", "--wgmma-layout", layout)
+        assert code == 2 and "expected --wgmma-kernel too" in err
 
 
 def test_run_without_the_measured_check(tiny_bert_dir, tmp_path, capsys):

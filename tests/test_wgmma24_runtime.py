@@ -20,8 +20,8 @@ from cross.costmodel.roofline import WGMMA_MAX_TOKENS, wgmma24_compressed_bytes,
 from cross.pack import pack
 from cross.pack.wgmma24 import START_BITS, TILE_WORDS, Wgmma24Weight, wgmma24_reference
 from cross.partition import make_plan
-from cross.partition.planner import (WGMMA_KERNEL_DEFAULT, WGMMA_MAX_BYTES, chunk_words, is_near_win,
-                                    overflow_groups)
+from cross.partition.planner import (WGMMA_KERNEL_DEFAULT, WGMMA_LAYOUT_DEFAULT, WGMMA_MAX_BYTES, chunk_words,
+                                    is_near_win, overflow_groups)
 from cross.runtime.dispatch import execute
 from cross.tiling import TileGrid
 from runtime_checks import (check_candidates_run, check_measured_candidates, check_product, check_saved_model,
@@ -285,7 +285,7 @@ def test_compressed_layout_option(sparsity):
     plan = make_plan(w, wgmma_layout="compressed", **IGNORE)
     assert plan.provenance["options"]["wgmma_layout"] == "compressed"
     assert any(b.kernel == "wgmma24" for b in plan.buckets) == (sparsity > 0.5)
-    slots_plan = make_plan(w, **IGNORE)
+    slots_plan = make_plan(w, wgmma_layout="slots", **IGNORE)
     assert slots_plan.provenance["options"]["wgmma_layout"] == "slots"
     assert any(b.kernel == "wgmma24" for b in slots_plan.buckets) == (sparsity > 0.5)
     if sparsity <= 0.5:
@@ -393,6 +393,29 @@ def test_auto_offers_where_either_layout_fits_and_packs_slots_until_measured():
         make_plan(w, **{**IGNORE, "wgmma_layout": "best"})
 
 
+def test_auto_is_the_default_layout_and_stays_in_slots_without_the_measured_check():
+    """make_plan, sparsify_ and from_dense take 'auto' unless a layout is named; where the measured check
+    does not run (measure=False, or on the CPU) the layer keeps the slots layout it was packed in, and
+    its product is the weight's."""
+    assert WGMMA_LAYOUT_DEFAULT == "auto"
+    w = pruned(1024, 512, 0.9)
+    plan = make_plan(w, **IGNORE)
+    assert plan.provenance["options"]["wgmma_layout"] == "auto"
+    assert [b.kernel for b in plan.buckets] == [b.kernel for b in make_plan(w, **AUTO).buckets]
+    lin = linear_of(w)
+    for measure in (False, "auto"):  # "auto" does not time on the CPU
+        sl = cross.SparseLinear.from_dense(lin, keep_dense=False, measure=measure, **IGNORE)
+        assert sl.plan.provenance["options"]["wgmma_layout"] == "auto"
+        assert sl.packed.wgmma24 is not None and not sl.packed.wgmma24.compressed
+        assert "measured" not in sl.plan.provenance
+    model = torch.nn.Sequential(linear_of(w))
+    report = cross.sparsify_(model, keep_dense=False, measure=False, progress=False, **IGNORE)
+    assert report.layers["0"].summary["wgmma_layout"] == "auto" and not model[0].packed.wgmma24.compressed
+    x = torch.randn(16, 512, generator=torch.Generator().manual_seed(4)).to(torch.bfloat16)
+    with torch.no_grad():
+        check_product(x, w, lin.bias, model[0](x))
+
+
 def test_with_plan_builds_the_format_again_in_the_plans_layout():
     """A packed weight given a plan whose options name the other layout holds the format in that
     layout, and runs the same product; the same layout keeps the format it holds."""
@@ -467,7 +490,7 @@ def test_a_plan_not_auto_times_one_layout(monkeypatch):
     from cross.runtime import measure as measure_mod
 
     w = pruned(1024, 512, 0.9).to(torch.bfloat16)
-    packed = pack(w, make_plan(w, **IGNORE))
+    packed = pack(w, make_plan(w, wgmma_layout="slots", **IGNORE))
     monkeypatch.setattr(measure_mod, "gpu_kernel_args", lambda packed, i, cache: "kernel arguments")
     monkeypatch.setattr(measure_mod, "_capable", lambda kernel, device: True)
     calls = []
@@ -479,6 +502,26 @@ def test_a_plan_not_auto_times_one_layout(monkeypatch):
     auto = pack(w, make_plan(w, **AUTO))
     measure_mod._measure(auto, w, 0.03, {}, seed=0)
     assert len(calls) > once  # the offered buckets a second time
+
+
+def test_a_plan_without_the_kernel_has_no_layouts_contest(monkeypatch):
+    """With the default layout ('auto') a plan that offers no bucket to the warpgroup 2:4 kernel (the
+    kernel off, as by default) is timed once and keeps no layout in the result: it holds no 2:4 format."""
+    import cross.costmodel.profile as profile
+    from cross.runtime import measure as measure_mod
+
+    w = pruned(1024, 512, 0.9).to(torch.bfloat16)
+    packed = pack(w, make_plan(w))
+    assert packed.plan.provenance["options"]["wgmma_layout"] == "auto" and packed.wgmma24 is None
+    monkeypatch.setattr(measure_mod, "gpu_kernel_args", lambda packed, i, cache: "kernel arguments")
+    monkeypatch.setattr(measure_mod, "_capable", lambda kernel, device: True)
+    calls = []
+    monkeypatch.setattr(profile, "call_time_us", lambda fn, warmup_ms, rep_ms: (calls.append(fn) or 9.0, "graph"))
+    buckets, _, layout = measure_mod._measure(packed, w, 0.03, {}, seed=0)
+    assert layout is None and calls
+    plan = measure_mod._measured_plan(packed, buckets, {"graph"}, layout, 0.03)
+    assert plan.provenance["options"]["wgmma_layout"] == "auto"
+    assert "wgmma_layouts_us" not in plan.provenance["measured"]
 
 
 @pytest.mark.parametrize("name, layout", [("cross+wgmma24", "slots"), ("cross+wgmma24c", "compressed")])

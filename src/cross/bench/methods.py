@@ -9,13 +9,14 @@
                                 tokens to the slice kernel (make_plan(slice_kernel=True)), which
                                 the measured check takes where it times faster than dense
     cross+wgmma24               what the runtime runs when the planner may offer buckets that the
-                                row kernel does not take to the warpgroup 2:4 kernel
-                                (make_plan(wgmma_kernel=True, nan_policy="ignore")), which the
-                                measured check takes where it times faster than dense
+                                row kernel does not take to the warpgroup 2:4 kernel, its format
+                                in the slots layout (make_plan(wgmma_kernel=True,
+                                nan_policy="ignore", wgmma_layout="slots")), which the measured
+                                check takes where it times faster than dense
     cross+wgmma24c              the same with the 2:4 format's compressed layout
                                 (make_plan(..., wgmma_layout="compressed"))
     cross+wgmma24a              the same with either layout, the faster as the measured check
-                                timed both (make_plan(..., wgmma_layout="auto"))
+                                timed both (make_plan(..., wgmma_layout="auto"): the default)
     cross-rows                  the row kernel forced (kernels/row_gemv.cu, one launch per pass
                                 of up to 8 tokens; GPU only, K % 8 == 0, K <= 16384)
     cross-slices                the slice kernel forced (kernels/slice_mma.cu, one launch per pass

@@ -26,6 +26,7 @@ from torch import nn
 
 from ..cli.hf import agreement, not_a_head
 from ..nn.sparsify import SKIP_FILTER
+from ..partition.planner import WGMMA_LAYOUT_DEFAULT
 from .kernels import ROW_OUT
 from .timing import GRAPH, measure_us
 
@@ -137,9 +138,10 @@ def minilm(sparsity: float, model_dir: Path | None = None, device: str = "cuda")
 def model_command(name: str, sparsity: float, *, llama_layers: int = LLAMA_LAYERS, force_plan: bool = False,
                   cost_model: Path | None = None, minilm_dir: Path | None = None, no_measure: bool = False,
                   decode_fallback: bool = False, slice_kernel: bool = False, wgmma_kernel: bool = False,
-                  wgmma_layout: str = "slots", stack_siblings: bool = False) -> str:
+                  wgmma_layout: str = WGMMA_LAYOUT_DEFAULT, stack_siblings: bool = False) -> str:
     """The command that measures one model at one sparsity again, into a folder of its own
-    (kernels.ROW_OUT), so that it does not replace the grid's results."""
+    (kernels.ROW_OUT), so that it does not replace the grid's results; --wgmma-layout only where it is
+    not the default."""
     parts = ["cross", "bench", "model", "--models", name, "--sparsities", f"{sparsity:g}"]
     if name == "llama" and llama_layers != LLAMA_LAYERS:
         parts += ["--llama-layers", str(llama_layers)]
@@ -155,7 +157,7 @@ def model_command(name: str, sparsity: float, *, llama_layers: int = LLAMA_LAYER
         parts.append("--slice-kernel")
     if wgmma_kernel:
         parts.append("--wgmma-kernel")
-        if wgmma_layout != "slots":
+        if wgmma_layout != WGMMA_LAYOUT_DEFAULT:
             parts += ["--wgmma-layout", wgmma_layout]
     if stack_siblings:
         parts.append("--stack-siblings")
@@ -174,7 +176,8 @@ DISCARDED_TIMINGS = 4
 
 
 def run_workload(wl: Workload, sparsity: float, *, command: str = "", cost_model=None, keep_dense="auto",
-                 measure="auto", slice_kernel: bool = False, wgmma_kernel: bool = False, wgmma_layout: str = "slots",
+                 measure="auto", slice_kernel: bool = False, wgmma_kernel: bool = False,
+                 wgmma_layout: str = WGMMA_LAYOUT_DEFAULT,
                  nan_policy: str = "propagate", stack_siblings: bool = False,
                  timer: Callable = measure_us, progress: bool = False,
                  discard_pass: bool = False, log: Callable[[str], None] | None = None) -> list[dict]:

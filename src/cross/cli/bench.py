@@ -117,10 +117,11 @@ def add_kernel_options(p: argparse.ArgumentParser, **defaults) -> None:
     p.add_argument("--methods", type=_items(parse_method, "methods"), default=d["methods"],
                    help="dense, cross (what the runtime runs), cross+slices (the runtime with the slice kernel's "
                         "candidates, make_plan(slice_kernel=True)), cross+wgmma24 (the runtime with the warpgroup "
-                        "2:4 kernel's candidates, make_plan(wgmma_kernel=True, nan_policy='ignore')), "
+                        "2:4 kernel's candidates in the slots layout, make_plan(wgmma_kernel=True, "
+                        "nan_policy='ignore', wgmma_layout='slots')), "
                         "cross+wgmma24c (the same in the compressed layout, wgmma_layout='compressed'), "
                         "cross+wgmma24a (either layout, the faster as the measured check timed both, "
-                        "wgmma_layout='auto'), "
+                        "wgmma_layout='auto': make_plan's default), "
                         "cross-<cuda|triton>-<bitmap|dense|hybrid> (the kernel forced), cross-rows, cross-slices, "
                         "cross-wgmma24, cross-wgmma24c (the row, slice and warpgroup 2:4 kernels forced), "
                         "cusparse-csr, "
@@ -299,7 +300,7 @@ def bench_model(args, csv_name: str = MODEL_CSV, report: bool = True) -> int:
                                                  cost_model=args.cost_model, minilm_dir=args.minilm_dir,
                                                  no_measure=args.no_measure, decode_fallback=args.decode_fallback,
                                                  slice_kernel=args.slice_kernel, wgmma_kernel=args.wgmma_kernel,
-                                                 wgmma_layout=args.wgmma_layout, stack_siblings=args.stack_siblings)
+                                                 wgmma_layout=swap["wgmma_layout"], stack_siblings=args.stack_siblings)
                 for name, sp in plan}
     if args.dry_run:
         print(f"{'model':>10} {'phase':>8} {'batch':>5} {'tokens':>11} {'sp':>4}")

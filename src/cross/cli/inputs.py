@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from .._checks import check_plan_tile_shape, check_tile_shape
-from ..partition.planner import WGMMA_LAYOUTS
+from ..partition.planner import WGMMA_LAYOUT_DEFAULT, WGMMA_LAYOUTS
 
 #: safetensors dtypes the pipeline takes as they are; F64 is read as float32, other dtypes
 #: (integer buffers such as BERT's position_ids, fp8) are not weights of an nn.Linear.
@@ -43,15 +43,15 @@ def add_swap_options(p) -> None:
                         "(make_plan(slice_kernel=True))")
     p.add_argument("--wgmma-kernel", action="store_true",
                    help="offer the token counts that the row kernel does not take to the warpgroup 2:4 kernel (experimental, compute "
-                        "capability 9.0; measured on an H100: benchmarks/results/h100/model_wgmma24.md): a layer runs it "
+                        "capability 9.0; measured on an H100: benchmarks/results/h100/model_auto.md): a layer runs it "
                         "where the GPU finds its result right and times it faster than cuBLAS. Plans with "
                         "nan_policy='ignore' (the kernel multiplies only the stored slots) "
                         "(make_plan(wgmma_kernel=True, nan_policy='ignore'))")
-    p.add_argument("--wgmma-layout", choices=WGMMA_LAYOUTS, default="slots",
+    p.add_argument("--wgmma-layout", choices=WGMMA_LAYOUTS, default=None,
                    help="with --wgmma-kernel, the 2:4 format's layout: slots (two per group and the overflow's "
                         "words), compressed (only the nonzero words, found by each thread's masks: fewer bytes) "
-                        "or auto (both timed by the measured check, the faster kept per layer) "
-                        "(make_plan(wgmma_layout=...); default slots)")
+                        "or auto (both timed by the measured check, the faster kept per layer; slots where the "
+                        f"check does not run) (make_plan(wgmma_layout=...); default {WGMMA_LAYOUT_DEFAULT})")
     p.add_argument("--stack-siblings", action="store_true",
                    help="stack the layers that read the same input (q, k, v; gate, up) into one layer before "
                         "planning: one launch instead of three or two (sparsify_(stack_siblings=True))")
@@ -65,14 +65,14 @@ def swap_kwargs(args) -> dict:
     if args.slice_kernel and args.wgmma_kernel:
         raise InputError("--slice-kernel and --wgmma-kernel: expected one of them (their plans take different NaN "
                          "policies)")
-    if args.wgmma_layout != "slots" and not args.wgmma_kernel:
+    if args.wgmma_layout is not None and not args.wgmma_kernel:
         raise InputError(f"--wgmma-layout {args.wgmma_layout}: expected --wgmma-kernel too (the layout is the "
                          "warpgroup 2:4 kernel's)")
     keep = False if args.force_plan else "decode" if args.decode_fallback else "auto"
     return {"keep_dense": keep, "measure": False if args.no_measure else "auto",
             "slice_kernel": bool(args.slice_kernel), "wgmma_kernel": bool(args.wgmma_kernel),
-            "wgmma_layout": args.wgmma_layout, "nan_policy": "ignore" if args.wgmma_kernel else "propagate",
-            "stack_siblings": bool(args.stack_siblings)}
+            "wgmma_layout": args.wgmma_layout or WGMMA_LAYOUT_DEFAULT,
+            "nan_policy": "ignore" if args.wgmma_kernel else "propagate", "stack_siblings": bool(args.stack_siblings)}
 
 
 def parse_tile(text: str, plan: bool = False) -> tuple[int, int]:

@@ -60,6 +60,10 @@ WGMMA_MAX_BYTES = 0.75
 #: The warpgroup 2:4 format's layouts (``wgmma_layout``; pack/wgmma24.py), and 'auto': the measured
 #: check times both and keeps the faster for each weight (runtime.measure_plan)
 WGMMA_LAYOUTS = ("slots", "compressed", "auto")
+#: make_plan's ``wgmma_layout`` unless given: measured on the H100, the Llama-2-7B-shaped decoder at
+#: 90% decoded at batch 16 at 1.23x with it against 1.16x in the compressed layout alone, each shape
+#: in the layout the kernel grid had timed faster (benchmarks/results/h100/model_auto.md)
+WGMMA_LAYOUT_DEFAULT = "auto"
 #: Whether make_plan offers buckets to the warpgroup 2:4 kernel by default (``wgmma_kernel``): off
 #: until it is measured correct and faster on a GPU (docs/perf-notes.md).
 WGMMA_KERNEL_DEFAULT = False
@@ -226,7 +230,7 @@ def make_plan(weight: torch.Tensor | None = None, *, nnz: np.ndarray | None = No
               allowed_kinds=DEFAULT_KINDS, nan_policy: str = "propagate", balance: str = "full",
               unit_mode: str = "split", swing_band: float = 0.10, n_programs: int | None = None,
               row_kernel: bool = True, slice_kernel: bool = SLICE_KERNEL_DEFAULT,
-              wgmma_kernel: bool = WGMMA_KERNEL_DEFAULT, wgmma_layout: str = "slots") -> Plan:
+              wgmma_kernel: bool = WGMMA_KERNEL_DEFAULT, wgmma_layout: str = WGMMA_LAYOUT_DEFAULT) -> Plan:
     """Plan one weight. Give either ``weight`` (M x K tensor with zeros) or ``nnz`` per tile with
     ``shape`` and ``dtype``.
 
@@ -252,8 +256,10 @@ def make_plan(weight: torch.Tensor | None = None, *, nnz: np.ndarray | None = No
     wgmma_layout: the warpgroup 2:4 format's layout, 'slots' (two slots per group and the overflow's
              words) or 'compressed' (only the nonzero words, found by each thread's masks: fewer
              bytes, more instructions per chunk); its bytes decide whether a weight is offered; or
-             'auto': packed in slots, and the measured check times the buckets it offers in both
-             layouts and keeps the faster for the weight (the smaller bytes decide the offer).
+             'auto' (the default, WGMMA_LAYOUT_DEFAULT): packed in slots, and the measured check
+             times the buckets it offers in both layouts and keeps the faster for the weight (the
+             smaller bytes decide the offer). Where the check does not run (measure=False, on the
+             CPU, keep_dense=False) 'auto' stays in slots.
     Where the slice or warpgroup 2:4 kernel is offered, buckets get alternatives that the measured
     check times beside their kernel (``BucketPlan.alternatives``): a row kernel's bucket the
     candidate kernel, a candidate's bucket the tile kernel where it was predicted to win and the row
