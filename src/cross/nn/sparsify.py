@@ -24,7 +24,7 @@ from ..partition.planner import check_buckets, design_tokens, is_near_win
 from ..runtime import ReferencePathWarning
 from .linear import KEEP_DENSE, SparseLinear, bucket_facts, check_measure, measures, plan_facts, plan_linear
 from .parallel import SPLIT_POLICIES, ShardedLinear, tensor_parallel_
-from .stack import stack_siblings_
+from .stack import _holders, stack_siblings_
 
 SPARSE = "sparse"
 NO_WIN = "dense: no win (predicted or measured)"
@@ -247,14 +247,11 @@ def _kernel_counts(kernels: list[str]) -> str:
 def _occurrences(model: nn.Module, want) -> dict[int, tuple[str, nn.Module, list[tuple[nn.Module, str]]]]:
     """Modules matching ``want`` by identity: (first fully qualified name, module, every (parent,
     attribute) holding it). A module shared by several parents is swapped everywhere at once."""
+    holders = _holders(model)
     found: dict[int, tuple[str, nn.Module, list]] = {}
     for fqn, module in model.named_modules(remove_duplicate=False):  # model order, every path
-        if fqn and want(module):
-            parent_name, _, name = fqn.rpartition(".")
-            places = found.setdefault(id(module), (fqn, module, []))[2]
-            parent = model.get_submodule(parent_name)
-            if not any(p is parent and n == name for p, n in places):
-                places.append((parent, name))
+        if fqn and want(module) and id(module) not in found:
+            found[id(module)] = (fqn, module, holders[id(module)])
     return found
 
 
