@@ -7,6 +7,7 @@ bit, and the reuse of the stacked product by counting the stacked layer's calls.
 from __future__ import annotations
 
 import copy
+import warnings
 import os
 
 import pytest
@@ -329,3 +330,25 @@ def test_gpu_stacked_sparse_siblings_in_cuda_graph(tokens, rng):
     assert outs[1].data_ptr() == outs[0].data_ptr() + 512 * outs[0].element_size()
     for (w, b), y in zip(weights, outs):
         check_product(x, w, b, y)
+
+
+def test_hf_models_share_the_product(rng):
+    """In Hugging Face's BERT and Llama (generate, with its cache) each group's stacked layer runs
+    once per forward, with no SiblingInputWarning: the siblings are called with one input tensor."""
+    transformers = pytest.importorskip("transformers")
+    bert = seeded(rng, lambda: transformers.BertModel(transformers.BertConfig(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128, vocab_size=100))).eval()
+    llama = seeded(rng, lambda: transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        vocab_size=100))).eval()
+    stack_siblings_(bert), stack_siblings_(llama)
+    bert_calls = counting(bert.encoder.layer[1].attention.self.query.stacked)
+    attn_calls = counting(llama.model.layers[1].self_attn.q_proj.stacked)
+    mlp_calls = counting(llama.model.layers[1].mlp.gate_proj.stacked)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", cross.nn.SiblingInputWarning)
+        with torch.inference_mode():
+            bert(input_ids=torch.randint(100, (2, 7), generator=rng))
+            llama.generate(torch.randint(100, (1, 5), generator=rng), max_new_tokens=3, do_sample=False,
+                           min_new_tokens=3)
+    assert bert_calls[0] == 1 and attn_calls[0] == mlp_calls[0] == 3  # the prompt, then two new tokens
