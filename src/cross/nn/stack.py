@@ -66,7 +66,8 @@ class SiblingLinear(nn.Module):
         self.bounds = tuple(int(b) for b in bounds)
         if stacked is not None:
             self.stacked = stacked
-            self._cache = None  # (input, stacked output, input version, the siblings yet to take it)
+            # (input, stacked output, (input version, weight versions), siblings yet to take it, weight objects)
+            self._cache = None
             self._group = "siblings"  # their names, for messages (stack_siblings_ sets them)
             self._warned = False
         object.__setattr__(self, "_lead", self if lead is None else lead)  # not a child: held once, by the model
