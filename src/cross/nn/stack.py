@@ -106,9 +106,10 @@ class SiblingLinear(nn.Module):
                 return nn.functional.linear(x, stacked.weight[lo:hi], None if stacked.bias is None else stacked.bias[lo:hi])
             return stacked(x)[..., lo:hi]
         version = (None if x.is_inference() else x._version, *self._weight_versions())
+        objects = self._weight_objects()
         cache = self._cache
         if (cache is not None and cache[0] is x and cache[2] == version and index in cache[3]
-                and all(a is b for a, b in zip(cache[4], self._weight_objects()))):
+                and all(a is b for a, b in zip(cache[4], objects))):
             out, waiting = cache[1], cache[3] - {index}
         else:
             if cache is not None and cache[0] is not x and not self._warned:
@@ -117,7 +118,7 @@ class SiblingLinear(nn.Module):
                               "whole stacked layer (slower than the layers apart): unstack_siblings_, or "
                               "stack_siblings_ with groups= that leave them out", SiblingInputWarning, stacklevel=5)
             out, waiting = self.stacked(x), frozenset(range(len(self.bounds) - 1)) - {index}
-        self._cache = (x, out, version, waiting, self._weight_objects()) if waiting else None
+        self._cache = (x, out, version, waiting, objects) if waiting else None
         return out[..., lo:hi]
 
     def _weight_objects(self) -> tuple:
@@ -230,6 +231,16 @@ def stack_siblings_(model: nn.Module, groups: Sequence[Sequence[str]] | None = N
     return [list(g) for g in groups]
 
 
+def _linear(weight: torch.Tensor, bias: torch.Tensor | None, like: nn.Linear) -> nn.Linear:
+    """An nn.Linear holding ``weight`` and ``bias`` (no initialisation drawn first), with ``like``'s
+    requires_grad flags and training mode."""
+    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta", dtype=weight.dtype)
+    linear.weight = nn.Parameter(weight, like.weight.requires_grad)
+    if bias is not None:
+        linear.bias = nn.Parameter(bias, like.bias.requires_grad)
+    return linear.train(like.training)
+
+
 def _scope(model: nn.Module, names: Sequence[str]) -> str:
     """The name of the innermost module holding every one of ``names`` (their common parent)."""
     parts = [n.split(".")[:-1] for n in names]
@@ -264,11 +275,8 @@ def _stack(model: nn.Module, groups: list[list[str]]) -> list[tuple[nn.Module, s
         for m in layers:
             bounds.append(bounds[-1] + m.out_features)
         first = layers[0]
-        stacked = nn.Linear(first.in_features, bounds[-1], bias=first.bias is not None,
-                            device=first.weight.device, dtype=first.weight.dtype)
-        stacked.weight = nn.Parameter(torch.cat([m.weight for m in layers]), first.weight.requires_grad)
-        if first.bias is not None:
-            stacked.bias = nn.Parameter(torch.cat([m.bias for m in layers]), first.bias.requires_grad)
+        stacked = _linear(torch.cat([m.weight for m in layers]),
+                          None if first.bias is None else torch.cat([m.bias for m in layers]), first)
         lead = SiblingLinear(None, 0, bounds, stacked).train(first.training)
         lead._group = " / ".join(names)
         members = [lead] + [SiblingLinear(lead, i, bounds).train(m.training) for i, m in enumerate(layers) if i]
@@ -333,11 +341,8 @@ def unstack_siblings_(model: nn.Module) -> int:
             dense[id(lead)] = stacked.to_dense_linear() if isinstance(stacked, SparseLinear) else stacked
         whole = dense[id(lead)]
         lo, hi = member.bounds[member.index], member.bounds[member.index + 1]
-        linear = nn.Linear(whole.in_features, hi - lo, bias=whole.bias is not None, device=whole.weight.device,
-                           dtype=whole.weight.dtype).train(member.training)
-        linear.weight = nn.Parameter(whole.weight[lo:hi].clone(), whole.weight.requires_grad)
-        if whole.bias is not None:
-            linear.bias = nn.Parameter(whole.bias[lo:hi].clone(), whole.bias.requires_grad)
+        linear = _linear(whole.weight[lo:hi].clone(), None if whole.bias is None else whole.bias[lo:hi].clone(),
+                         whole).train(member.training)
         for parent, name in holders.get(id(member), []):
             setattr(parent, name, linear)
     _drop_scopes(model)
