@@ -539,6 +539,7 @@ def test_run_workload_on_a_tiny_model():
     assert (row["model"], row["phase"], row["batch"], row["tokens"]) == ("tiny", "encoder", 2, 6)
     assert row["sparse_layers"] == "2/2"  # the pooler is a head: not planned
     assert row["speedup"] == 1.0 and row["dense_ms"] == row["cross_ms"] == 0.001 and row["timing"] == "graph"
+    assert row["dense_apart_ms"] == "" and "apart" not in models.format_row(row)  # nothing stacked
     assert row["weight_bytes_dense"] == dense_bytes == (64 * 128 * 2 + 64 * 64) * 4
     assert row["weight_bytes_cross"] != dense_bytes and row["min_cosine"] > 0.9999
     assert type(model.up) is nn.Linear  # left dense
@@ -568,10 +569,20 @@ def test_run_workload_stacks_siblings_for_both_models():
     wl = models.Workload("tiny-llama", model, (("prefill", 2, 5),), lambda b, s: x,
                          lambda inputs: model(**inputs).logits.flatten(0, -2))
     calls, lines = [], []
-    (row,) = models.run_workload(wl, 0.7, keep_dense=False, timer=fake_timer(calls), stack_siblings=True,
-                                 log=lines.append)
-    assert len(calls) == 4  # dense apart, dense stacked, cross, dense stacked again
-    assert lines[0].startswith("dense, siblings apart -> stacked: prefill 2x5 0.001 -> 0.001 ms")
+    times = iter([3.0, 2.0, 1.0, 2.0])  # us: dense apart, dense stacked, cross, dense stacked again
+
+    def timer(fn, *_):
+        calls.append(fn)
+        fn()
+        return next(times), "graph"
+
+    (row,) = models.run_workload(wl, 0.7, keep_dense=False, timer=timer, stack_siblings=True, log=lines.append)
+    assert len(calls) == 4
+    assert lines[0].startswith("dense, siblings apart -> stacked: prefill 2x5 0.003 -> 0.002 ms")
+    # the fair comparison is against the stacked dense model; the model as given is kept beside it
+    assert row["dense_ms"] == 0.002 and row["cross_ms"] == 0.001 and row["speedup"] == 2.0
+    assert row["dense_apart_ms"] == 0.003
+    assert models.format_row(row).endswith("(dense apart 0.003 ms: 3.00x)")
     # 2 x (q+k+v, o, gate+up, down) planned (14 apart); lm_head is a head: skipped, reported
     assert lines[1].startswith("sparsify_: 9 layers") and row["sparse_layers"] == "8/8"
     assert row["min_cosine"] > 0.9999
@@ -603,6 +614,13 @@ def test_model_report_files(tmp_path):
     assert fig.read_bytes().startswith(b"\x89PNG") and md.name == "model.md"
     text = md.read_text()
     assert "- a note" in text and "| llama-4L | decode | 1 | 4 | 90% | 2.000 | 1.538 | 1.30x | 100.0 | 60.0 | 3/7 |" in text
+    assert "dense apart" not in text
+    # stacked siblings: the dense model as given gets two more columns
+    rows[-1]["dense_apart_ms"] = 2.5
+    _, md = report.write_model_report(rows, tmp_path, ["a note"])
+    text = md.read_text()
+    assert "| vs dense apart |" in text and "| 3/7 | 0.999990 | graph | 2.500 | 1.63x |" in text
+    assert "| 3/7 | 0.999990 | graph |  |  |" in text  # the rows without it stay empty
 
 
 # ---------------------------------------------------------------------------------------- scripts

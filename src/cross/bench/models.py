@@ -31,7 +31,8 @@ from .kernels import ROW_OUT
 from .timing import GRAPH, measure_us
 
 FIELDS = ["model", "phase", "batch", "tokens", "sparsity", "dense_ms", "cross_ms", "speedup",
-          "weight_bytes_dense", "weight_bytes_cross", "sparse_layers", "min_cosine", "timing", "command"]
+          "weight_bytes_dense", "weight_bytes_cross", "sparse_layers", "min_cosine", "timing",
+          "dense_apart_ms", "command"]
 MODELS = ("bert", "llama", "minilm")
 DEFAULT_SPARSITIES = (0.5, 0.6, 0.7, 0.8, 0.9)
 LLAMA_LAYERS = 32
@@ -189,7 +190,9 @@ def run_workload(wl: Workload, sparsity: float, *, command: str = "", cost_model
 
     stack_siblings: the siblings (q, k, v; gate, up) are stacked (``stack_siblings_``) before the
     dense model is timed, so that the dense and sparse models both run them as one layer (stacking
-    speeds up cuBLAS too); the dense model as given is timed first, and logged.
+    speeds up cuBLAS too); the dense model as given is timed first, logged, and kept in the row
+    (``dense_apart_ms``; empty without stacking), so that the gain over the model as given can be read
+    beside the fair comparison.
 
     discard_pass: time every phase once more first and drop it. A process's first few CUDA-graph
     timings of a model can read ~13% faster than all later ones at the same clocks
@@ -243,7 +246,7 @@ def run_workload(wl: Workload, sparsity: float, *, command: str = "", cost_model
                          weight_bytes_dense=dense_bytes, weight_bytes_cross=cross_bytes,
                          sparse_layers=f"{report.n_swapped}/{planned}", min_cosine=round(cosine[phase], 6),
                          timing=GRAPH if timings == {GRAPH} else "; ".join(sorted(timings - {GRAPH})),
-                         command=command))
+                         dense_apart_ms=round(apart[phase][0], 4) if stack_siblings else "", command=command))
     return rows
 
 
@@ -255,4 +258,6 @@ def format_row(r: dict) -> str:
     return (f"{r['model']:>10} {r['phase']:>8} {r['batch']:>5} {r['tokens']:>5} {r['sparsity']:>4g} {r['dense_ms']:9.3f} "
             f"{r['cross_ms']:9.3f} {r['speedup']:7.2f} {r['weight_bytes_dense'] / 1e6:9.1f} "
             f"{r['weight_bytes_cross'] / 1e6:9.1f} {r['sparse_layers']:>8} {r['min_cosine']:9.6f}"
-            + ("" if r["timing"] == GRAPH else f"  ({r['timing']})"))
+            + ("" if r["timing"] == GRAPH else f"  ({r['timing']})")
+            + (f"  (dense apart {r['dense_apart_ms']:.3f} ms: {r['dense_apart_ms'] / r['cross_ms']:.2f}x)"
+               if r.get("dense_apart_ms") not in (None, "") else ""))

@@ -288,8 +288,15 @@ def write_model_report(rows: Sequence[Mapping], out: Path, notes: Sequence[str])
              f"{float(r['dense_ms']):.3f}", f"{float(r['cross_ms']):.3f}", f"{float(r['speedup']):.2f}x",
              f"{int(r['weight_bytes_dense']) / 1e6:.1f}", f"{int(r['weight_bytes_cross']) / 1e6:.1f}",
              str(r["sparse_layers"]), f"{float(r['min_cosine']):.6f}", str(r["timing"])] for r in rows]
+    header = MODEL_HEADER
+    if any(r.get("dense_apart_ms") not in (None, "") for r in rows):  # stacked siblings: the model as given too
+        header = [*MODEL_HEADER, "dense apart ms", "vs dense apart"]
+        for line, r in zip(body, rows):
+            apart = r.get("dense_apart_ms")
+            line += ["", ""] if apart in (None, "") else [
+                f"{float(apart):.3f}", f"{float(apart) / float(r['cross_ms']):.2f}x"]
     md = out / "model.md"
     md.write_text("\n".join(["# Whole models: dense vs cross", "", *[f"- {n}" for n in notes], "",
-                             markdown_table(MODEL_HEADER, body, code_first=False), "",
+                             markdown_table(header, body, code_first=False), "",
                              f"![speed-up against sparsity]({figure.name})", ""]))
     return [figure, md]

@@ -359,6 +359,9 @@ def _run_models(args, plan, commands, csv_name: str, report: bool, swap: dict) -
                  "Llama decode: one new token per sequence without a KV cache (the linear layers do the work of a "
                  "cached decode step); bert and llama have random weights, magnitude-pruned per layer; minilm is the "
                  "real all-MiniLM-L6-v2, Wanda-pruned as `cross demo` does",
+                 *(["siblings stacked: the dense model is stacked the same way (the speed-up column); "
+                    "dense apart: the dense model as given, siblings apart, timed first in the same run"]
+                   if swap["stack_siblings"] else []),
                  "weights: bytes of every linear layer's weight (a sparsified layer: packed formats, kernel tables and "
                  "any dense copy it keeps); min cosine: of the outputs (MiniLM: sentence embeddings; the others: "
                  f"hidden states per token) against the dense model's; MiniLM must reach {MIN_COSINE}"]
