@@ -360,7 +360,7 @@ def _run_models(args, plan, commands, csv_name: str, report: bool, swap: dict) -
                  "cached decode step); bert and llama have random weights, magnitude-pruned per layer; minilm is the "
                  "real all-MiniLM-L6-v2, Wanda-pruned as `cross demo` does",
                  *(["siblings stacked: the dense model is stacked the same way (the speed-up column); "
-                    "dense apart: the dense model as given, siblings apart, timed first in the same run"]
+                    "dense apart: the dense model as given, siblings apart, timed first and last in the same run and averaged"]
                    if swap["stack_siblings"] else []),
                  "weights: bytes of every linear layer's weight (a sparsified layer: packed formats, kernel tables and "
                  "any dense copy it keeps); min cosine: of the outputs (MiniLM: sentence embeddings; the others: "
