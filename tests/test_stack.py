@@ -352,3 +352,41 @@ def test_hf_models_share_the_product(rng):
             llama.generate(torch.randint(100, (1, 5), generator=rng), max_new_tokens=3, do_sample=False,
                            min_new_tokens=3)
     assert bert_calls[0] == 1 and attn_calls[0] == mlp_calls[0] == 3  # the prompt, then two new tokens
+
+
+def test_hf_t5_and_distilbert_siblings(rng):
+    """T5 (gated MLP): each block's self-attention q, k, v and wi_0, wi_1 are stacked, the decoder's
+    cross-attention (EncDecAttention) is not; generate's tokens and the logits are the unstacked
+    model's, and each stacked layer runs once per forward. DistilBERT: q_lin, k_lin, v_lin."""
+    transformers = pytest.importorskip("transformers")
+    t5 = seeded(rng, lambda: transformers.T5ForConditionalGeneration(transformers.T5Config(
+        vocab_size=100, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=2, num_heads=4,
+        feed_forward_proj="gated-gelu", decoder_start_token_id=0))).eval()
+    distil = seeded(rng, lambda: transformers.DistilBertModel(transformers.DistilBertConfig(
+        vocab_size=100, dim=32, hidden_dim=64, n_layers=2, n_heads=4))).eval()
+    plain_t5, plain_distil = copy.deepcopy(t5), copy.deepcopy(distil)
+    groups = stack_siblings_(t5)
+    assert ["encoder.block.0.layer.0.SelfAttention.q", "encoder.block.0.layer.0.SelfAttention.k",
+            "encoder.block.0.layer.0.SelfAttention.v"] in groups
+    assert ["decoder.block.1.layer.2.DenseReluDense.wi_0", "decoder.block.1.layer.2.DenseReluDense.wi_1"] in groups
+    assert len(groups) == 8  # 2 encoder + 2 decoder blocks x (self-attention, MLP)
+    assert type(t5.decoder.block[0].layer[1].EncDecAttention.k) is nn.Linear
+    assert stack_siblings_(distil) == [[f"transformer.layer.{i}.attention.{n}" for n in ("q_lin", "k_lin", "v_lin")]
+                                       for i in range(2)]
+    encoder_calls = counting(t5.encoder.block[1].layer[0].SelfAttention.q.stacked)
+    decoder_calls = counting(t5.decoder.block[1].layer[0].SelfAttention.q.stacked)
+    mlp_calls = counting(t5.decoder.block[1].layer[2].DenseReluDense.wi_0.stacked)
+    distil_calls = counting(distil.transformer.layer[1].attention.q_lin.stacked)
+    ids = torch.randint(100, (2, 7), generator=rng)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", cross.nn.SiblingInputWarning)
+        with torch.no_grad():
+            got = t5.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+            assert encoder_calls[0] == 1 and decoder_calls[0] == mlp_calls[0] == 4
+            assert torch.equal(got, plain_t5.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False))
+            labels = torch.randint(100, (2, 5), generator=rng)
+            torch.testing.assert_close(t5(input_ids=ids, labels=labels).logits,
+                                       plain_t5(input_ids=ids, labels=labels).logits, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(distil(input_ids=ids).last_hidden_state,
+                                       plain_distil(input_ids=ids).last_hidden_state, rtol=1e-5, atol=1e-5)
+            assert distil_calls[0] == 1

@@ -23,8 +23,8 @@ by a ``SiblingInputWarning``, because stacking them costs time. Two limits:
 - under ``torch.compile`` the product is not shared (the trace cannot check the input for changes
   in place): each sibling runs a stacked ``nn.Linear`` on its own rows, and a stacked SparseLinear
   whole, so there stacking a sparse model costs time; stack for eager and CUDA-graph runs.
-Cross-attention blocks (``encoder_attn``, ``crossattention``, ``cross_attn``) are not stacked by
-name.
+Cross-attention blocks (``encoder_attn``, ``crossattention``, ``cross_attn``, T5's
+``EncDecAttention``) are not stacked by name.
 
 The model's state dict changes with it (the lead's ``stacked.weight`` in place of the siblings'
 weights): ``unstack_siblings_`` gives the separate ``nn.Linear`` layers back, exactly. ``cross.save``
@@ -42,11 +42,13 @@ from torch import nn
 from .linear import SparseLinear
 
 #: The groups of sibling names found by ``stack_siblings_`` (children of one module): Hugging Face
-#: Llama / Mistral / Qwen attention and MLP, and BERT's self-attention
-SIBLING_NAMES = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"), ("query", "key", "value"))
+#: Llama / Mistral / Qwen / Gemma attention and MLP, BERT's self-attention, T5's attention and gated
+#: MLP, DistilBERT's attention
+SIBLING_NAMES = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"), ("query", "key", "value"),
+                 ("q", "k", "v"), ("wi_0", "wi_1"), ("q_lin", "k_lin", "v_lin"))
 #: Parents not stacked by name: their siblings read different inputs (queries from the decoder, keys
 #: and values from the encoder)
-CROSS_ATTENTION = ("encoder_attn", "crossattention", "cross_attn")
+CROSS_ATTENTION = ("encoder_attn", "crossattention", "cross_attn", "EncDecAttention")
 
 
 class SiblingInputWarning(UserWarning):
@@ -210,8 +212,9 @@ def stack_siblings_(model: nn.Module, groups: Sequence[Sequence[str]] | None = N
     input) by ``SiblingLinear`` views of one stacked ``nn.Linear`` (see the module's docstring).
 
     groups: the fully qualified names of each group, in the order their rows are stacked; None (the
-        default): every q_proj / k_proj / v_proj, gate_proj / up_proj and query / key / value found
-        as children of one module (``SIBLING_NAMES``), where they are nn.Linear layers of one input
+        default): every q_proj / k_proj / v_proj, gate_proj / up_proj, query / key / value (and
+        T5's q / k / v and wi_0 / wi_1, DistilBERT's q_lin / k_lin / v_lin) found as children of
+        one module (``SIBLING_NAMES``), where they are nn.Linear layers of one input
         width, dtype, device and bias setting, each held in one place only.
     Call it before ``sparsify_`` (which then plans the stacked layers) and, for a fair comparison,
     on the dense model that the sparse one is timed against: stacking speeds up cuBLAS too.
