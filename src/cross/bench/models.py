@@ -235,19 +235,23 @@ def run_workload(wl: Workload, sparsity: float, *, command: str = "", cost_model
         again = {phase: ms(x) for phase, x in inputs.items()}
         if stack_siblings:  # the model as given again: its two timings averaged, as the dense ones are
             cross.unstack_siblings_(wl.model)
-            apart = {phase: ((apart[phase][0] + ms(x)[0]) / 2, apart[phase][1]) for phase, x in inputs.items()}
+            apart_again = {phase: ms(x) for phase, x in inputs.items()}
     planned = len(report.layers) - len(report.by_action(SKIP_FILTER))
     rows = []
     for phase in wl.phases:
         d = (dense[phase][0] + again[phase][0]) / 2
         s, how = sparse[phase]
         timings = {dense[phase][1], how, again[phase][1]}
+        apart_ms = ""
+        if stack_siblings:
+            apart_ms = round((apart[phase][0] + apart_again[phase][0]) / 2, 4)
+            timings |= {apart[phase][1], apart_again[phase][1]}
         rows.append(dict(model=wl.label, phase=phase[0], batch=phase[1], tokens=phase[1] * phase[2], sparsity=sparsity,
                          dense_ms=round(d, 4), cross_ms=round(s, 4), speedup=round(d / s, 3),
                          weight_bytes_dense=dense_bytes, weight_bytes_cross=cross_bytes,
                          sparse_layers=f"{report.n_swapped}/{planned}", min_cosine=round(cosine[phase], 6),
                          timing=GRAPH if timings == {GRAPH} else "; ".join(sorted(timings - {GRAPH})),
-                         dense_apart_ms=round(apart[phase][0], 4) if stack_siblings else "", command=command))
+                         dense_apart_ms=apart_ms, command=command))
     return rows
 
 
