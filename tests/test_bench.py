@@ -8,6 +8,7 @@ import math
 import os
 import re
 import shlex
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -510,6 +511,14 @@ def test_model_dry_run(capsys):
     assert code == 0 and "$ cross bench model --models llama --sparsities 0.7 --slice-kernel" in out
     code, out, err = run_cli(capsys, "bench", "model", "--dry-run", "--force-plan", "--decode-fallback")
     assert code != 0 and "expected one of them" in err
+    code, out, err = run_cli(capsys, "bench", "model", "--dry-run", "--models", "llama", "--sparsities", "0.7",
+                             "--phases", "decode-16,decode-1", "--compile")
+    assert code == 0 and out.count(" llama-32L ") == 2 and " decode    16 " in out and "prefill" not in out
+    assert "$ cross bench model --models llama --sparsities 0.7 --phases decode-16,decode-1 --compile" in out
+    code, out, err = run_cli(capsys, "bench", "model", "--dry-run", "--models", "bert,llama", "--phases", "decode-16")
+    assert code != 0 and "bert has none of them; its phases are encoder-8, encoder-1" in err
+    code, out, err = run_cli(capsys, "bench", "model", "--dry-run", "--phases", "decode-2")
+    assert code != 0 and "decode-2" in err and "decode-16" in err  # the names it takes
 
 
 # ---------------------------------------------------------------------------------------- models
@@ -531,7 +540,7 @@ def test_run_workload_on_a_tiny_model():
     assert zero_fraction(model.up.weight) == pytest.approx(0.7, abs=1e-3) and zero_fraction(model.pooler.weight) == 0
     x = {"x": torch.randn(2, 3, 64)}
     wl = models.Workload("tiny", model, (("encoder", 2, 3),), lambda b, s: x,
-                         lambda inputs: model(**inputs).last_hidden_state.flatten(0, -2))
+                         lambda run, inputs: run(**inputs).last_hidden_state.flatten(0, -2))
     dense_bytes = models.linear_bytes(model)
     calls = []
     (row,) = models.run_workload(wl, 0.7, command="cmd", keep_dense=False, timer=fake_timer(calls))
@@ -567,7 +576,7 @@ def test_run_workload_stacks_siblings_for_both_models():
     models.prune_(model, 0.7)
     x = {"input_ids": torch.randint(100, (2, 5))}
     wl = models.Workload("tiny-llama", model, (("prefill", 2, 5),), lambda b, s: x,
-                         lambda inputs: model(**inputs).logits.flatten(0, -2))
+                         lambda run, inputs: run(**inputs).logits.flatten(0, -2))
     calls, lines = [], []
     # us: dense apart, dense stacked, cross, dense stacked again, dense apart again
     times = iter([3.0, 2.0, 1.0, 2.0, 4.0])
@@ -649,3 +658,41 @@ def test_report_kernels_script(tmp_path, capsys):
     assert (tmp_path / "kernels.png").read_bytes().startswith(b"\x89PNG")
     assert "| uniform | llama-up | 1 | 1.00x | 1.00x | 0.95x | 1.15x |" in (tmp_path / "kernels_table.md").read_text()
     assert "copy rate 3.0 TB/s" in (tmp_path / "kernels_floor.md").read_text()
+
+
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                    reason="inductor's CPU code needs a C++ compiler")
+def test_run_workload_compiled():
+    """compile=True times the models compiled by cross.compile (the timer gets the compiled callable),
+    checks the compiled sparse model against the dense one run eagerly, and logs the repeated calls
+    merged: the stacked siblings' products of the sparse model (the CPU's reference executor)."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(hidden_size=64, intermediate_size=160, num_hidden_layers=1, num_attention_heads=4,
+                                      num_key_value_heads=2, vocab_size=100)
+    model = transformers.LlamaModel(config).eval()
+    models.prune_(model, 0.7)
+    x = {"input_ids": torch.randint(100, (2, 5)), "use_cache": False}
+    wl = models.Workload("tiny-llama", model, (("prefill", 2, 5), ("decode", 2, 1)), lambda b, s: x, models.hidden_rows)
+    wl = models.select_phases(wl, ("prefill-2",))
+    assert [models.phase_name(p) for p in wl.phases] == ["prefill-2"]
+    with pytest.raises(ValueError, match="tiny-llama has none of decode-16"):
+        models.select_phases(wl, ("decode-16",))
+    runs, lines = [], []
+
+    def timer(fn, *_):
+        fn()  # compiles this phase's graph for the model's present state
+        runs.append(fn)
+        return 1.0, "graph"
+
+    try:
+        (row,) = models.run_workload(wl, 0.7, keep_dense=False, timer=timer, stack_siblings=True, compile=True,
+                                     log=lines.append)
+    finally:
+        torch._dynamo.reset()
+    assert len(runs) == 5 and row["min_cosine"] > 0.9999 and row["sparse_layers"] == "4/4"
+    (merged,) = [line for line in lines if line.startswith("cross.compile:")]
+    assert int(re.match(r"cross.compile: (\d+) repeated calls merged", merged).group(1)) > 0
+    assert type(model.layers[0].self_attn.k_proj) is nn.Linear  # dense and apart again
+    command = models.model_command("llama", 0.7, phases=("decode-16", "decode-1"), compile=True)
+    assert command.endswith("--phases decode-16,decode-1 --compile --out reports/bench/row")

@@ -15,10 +15,11 @@ each replay (plain event timing where the forward cannot be captured: the timing
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -51,11 +52,31 @@ class Workload:
     model: nn.Module
     phases: tuple[tuple[str, int, int], ...]
     inputs: Callable[[int, int], dict]  # (batch, sequence length) -> forward kwargs
-    outputs: Callable[[dict], torch.Tensor]  # forward kwargs -> [rows, features]
+    outputs: Callable[[Callable, dict], torch.Tensor]  # (the model or its compiled self, forward kwargs) -> [rows, features]
 
 
 def label(name: str, llama_layers: int = LLAMA_LAYERS) -> str:
     return f"llama-{llama_layers}L" if name == "llama" else name
+
+
+def phase_name(phase: tuple) -> str:
+    """A phase as ``--phases`` names it: ``decode-16`` (the phase and its batch)."""
+    return f"{phase[0]}-{phase[1]}"
+
+
+PHASE_NAMES = tuple(dict.fromkeys(phase_name(p) for phases in PHASES.values() for p in phases))
+
+
+def select_phases(wl: Workload, names) -> Workload:
+    """The workload with only the phases named (``phase_name``); all of them for names None. A model
+    with none of the names among its phases is refused."""
+    if names is None:
+        return wl
+    kept = tuple(p for p in wl.phases if phase_name(p) in names)
+    if not kept:
+        raise ValueError(f"--phases: {wl.label} has none of {', '.join(names)}; its phases are "
+                         f"{', '.join(map(phase_name, wl.phases))}")
+    return replace(wl, phases=kept)
 
 
 def prune_(model: nn.Module, sparsity: float) -> None:
@@ -85,8 +106,8 @@ def linear_bytes(model: nn.Module) -> int:
     return total
 
 
-def _hidden_rows(model: nn.Module) -> Callable[[dict], torch.Tensor]:
-    return lambda x: model(**x).last_hidden_state.float().flatten(0, -2)
+def hidden_rows(run: Callable, x: dict) -> torch.Tensor:
+    return run(**x).last_hidden_state.float().flatten(0, -2)
 
 
 def bert(sparsity: float) -> Workload:
@@ -100,7 +121,7 @@ def bert(sparsity: float) -> Workload:
     def inputs(batch, seq):
         return {"input_ids": torch.randint(0, cfg.vocab_size, (batch, seq), device="cuda")}
 
-    return Workload("bert", model, PHASES["bert"], inputs, _hidden_rows(model))
+    return Workload("bert", model, PHASES["bert"], inputs, hidden_rows)
 
 
 def llama(sparsity: float, layers: int = LLAMA_LAYERS) -> Workload:
@@ -117,7 +138,7 @@ def llama(sparsity: float, layers: int = LLAMA_LAYERS) -> Workload:
     def inputs(batch, seq):
         return {"input_ids": torch.randint(0, cfg.vocab_size, (batch, seq), device="cuda"), "use_cache": False}
 
-    return Workload(label("llama", layers), model, PHASES["llama"], inputs, _hidden_rows(model))
+    return Workload(label("llama", layers), model, PHASES["llama"], inputs, hidden_rows)
 
 
 def minilm(sparsity: float, model_dir: Path | None = None, device: str = "cuda") -> Workload:
@@ -133,13 +154,14 @@ def minilm(sparsity: float, model_dir: Path | None = None, device: str = "cuda")
     wanda_prune_(model, calibration_batches(tokenizer, device), sparsity, filter_fn=not_a_head)
     batch = tokenize(tokenizer, EVAL_SENTENCES, device)
     phases = (("embed", len(EVAL_SENTENCES), batch["input_ids"].shape[1]),)
-    return Workload("minilm", model, phases, lambda b, s: batch, lambda x: embed(model, x))
+    return Workload("minilm", model, phases, lambda b, s: batch, embed)
 
 
 def model_command(name: str, sparsity: float, *, llama_layers: int = LLAMA_LAYERS, force_plan: bool = False,
                   cost_model: Path | None = None, minilm_dir: Path | None = None, no_measure: bool = False,
                   decode_fallback: bool = False, slice_kernel: bool = False, wgmma_kernel: bool = False,
-                  wgmma_layout: str = WGMMA_LAYOUT_DEFAULT, stack_siblings: bool = False) -> str:
+                  wgmma_layout: str = WGMMA_LAYOUT_DEFAULT, stack_siblings: bool = False, phases=None,
+                  compile: bool = False) -> str:
     """The command that measures one model at one sparsity again, into a folder of its own
     (kernels.ROW_OUT), so that it does not replace the grid's results; --wgmma-layout only where it is
     not the default."""
@@ -162,6 +184,10 @@ def model_command(name: str, sparsity: float, *, llama_layers: int = LLAMA_LAYER
             parts += ["--wgmma-layout", wgmma_layout]
     if stack_siblings:
         parts.append("--stack-siblings")
+    if phases is not None:
+        parts += ["--phases", ",".join(phases)]
+    if compile:
+        parts.append("--compile")
     if cost_model is not None:
         parts += ["--cost-model", str(cost_model)]
     return shlex.join(parts + ["--out", ROW_OUT])
@@ -179,7 +205,7 @@ DISCARDED_TIMINGS = 4
 def run_workload(wl: Workload, sparsity: float, *, command: str = "", cost_model=None, keep_dense="auto",
                  measure="auto", slice_kernel: bool = False, wgmma_kernel: bool = False,
                  wgmma_layout: str = WGMMA_LAYOUT_DEFAULT,
-                 nan_policy: str = "propagate", stack_siblings: bool = False,
+                 nan_policy: str = "propagate", stack_siblings: bool = False, compile: bool = False,
                  timer: Callable = measure_us, progress: bool = False,
                  discard_pass: bool = False, log: Callable[[str], None] | None = None) -> list[dict]:
     """Time every phase dense, sparsified, and dense again; one row per phase. The model is left
@@ -194,17 +220,33 @@ def run_workload(wl: Workload, sparsity: float, *, command: str = "", cost_model
     model unstacked), and the two averaged in the row (``dense_apart_ms``; empty without stacking), so
     that the gain over the model as given can be read beside the fair comparison.
 
+    compile: time the models compiled by ``cross.compile`` (torch.compile, inductor, dynamic=False, the
+    stacked siblings' repeated products merged), dense and sparse alike; each phase and each state of
+    the model (stacked, sparsified, ...) compiles on its first call, before its timing. The rows'
+    cosines are then those of the compiled sparse model against the dense model run eagerly; log gets
+    the number of repeated calls the compiled sparse model had merged.
+
     discard_pass: time every phase once more first and drop it. A process's first few CUDA-graph
     timings of a model can read ~13% faster than all later ones at the same clocks
     (benchmarks/timing_drift.py), which would make the first workload's dense and sparse columns
     differ with nothing swapped."""
     import cross
 
+    run, shared, limits = wl.model, None, contextlib.nullcontext()
+    if compile:
+        from ..nn.compile import compile_options
+
+        options = compile_options()
+        shared = options["post_grad_custom_post_pass"]
+        run = torch.compile(wl.model, options=options, dynamic=False)
+        # every phase in every state of the model (apart, stacked, sparse, dense again) is a graph of its own
+        limits = torch._dynamo.config.patch(recompile_limit=64, accumulated_recompile_limit=1024)
+
     def ms(x):
-        us, how = timer(lambda: wl.model(**x), MODEL_WARMUP_MS, MODEL_REP_MS)
+        us, how = timer(lambda: run(**x), MODEL_WARMUP_MS, MODEL_REP_MS)
         return us / 1e3, how
 
-    with torch.no_grad():
+    with torch.no_grad(), limits:
         inputs = {phase: wl.inputs(phase[1], phase[2]) for phase in wl.phases}
         if discard_pass:
             for x in inputs.values():
@@ -218,7 +260,7 @@ def run_workload(wl: Workload, sparsity: float, *, command: str = "", cost_model
         if stack_siblings and log is not None:
             log("dense, siblings apart -> stacked: " + "; ".join(
                 f"{phase[0]} {phase[1]}x{phase[2]} {apart[phase][0]:.3f} -> {dense[phase][0]:.3f} ms" for phase in inputs))
-        want = {phase: wl.outputs(x) for phase, x in inputs.items()}
+        want = {phase: wl.outputs(wl.model, x) for phase, x in inputs.items()}
         # the token counts the phases call the layers with: a layer is swapped where it wins at one of them
         tokens = tuple(sorted({phase[1] * phase[2] for phase in wl.phases}))
         start = time.perf_counter()
@@ -229,13 +271,19 @@ def run_workload(wl: Workload, sparsity: float, *, command: str = "", cost_model
             log(f"sparsify_: {len(report.layers)} layers in {time.perf_counter() - start:.0f} s; weights "
                 f"{report.nbytes_text()}; measured check: {report.measured_check()}")
         cross_bytes = linear_bytes(wl.model)
+        merged = shared.removed if shared is not None else 0
         sparse = {phase: ms(x) for phase, x in inputs.items()}
-        cosine = {phase: agreement(wl.outputs(x), want[phase])["min_cosine"] for phase, x in inputs.items()}
+        cosine = {phase: agreement(wl.outputs(run, x), want[phase])["min_cosine"] for phase, x in inputs.items()}
+        if shared is not None and log is not None:
+            log(f"cross.compile: {shared.removed - merged} repeated calls merged in the sparse model's graphs "
+                f"(none where inductor's cache had the graph)")
         cross.unsparsify_(wl.model)
         again = {phase: ms(x) for phase, x in inputs.items()}
         if stack_siblings:  # the model as given again: its two timings averaged, as the dense ones are
             cross.unstack_siblings_(wl.model)
             apart_again = {phase: ms(x) for phase, x in inputs.items()}
+    if compile:
+        torch._dynamo.reset()  # the compiled graphs go with the workload
     planned = len(report.layers) - len(report.by_action(SKIP_FILTER))
     rows = []
     for phase in wl.phases:

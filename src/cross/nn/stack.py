@@ -20,9 +20,10 @@ found reading different inputs (cross-attention's k and v read the encoder's sta
 by a ``SiblingInputWarning``, because stacking them costs time. Two limits:
 - tensors made under ``torch.inference_mode`` have no version counter: a change in place to the
   input between the siblings' calls goes unseen there (no known model does that);
-- under ``torch.compile`` the product is not shared (the trace cannot check the input for changes
-  in place): each sibling runs a stacked ``nn.Linear`` on its own rows, and a stacked SparseLinear
-  whole, so there stacking a sparse model costs time; stack for eager and CUDA-graph runs.
+- under ``torch.compile`` the trace cannot check the input for changes in place, so each sibling's
+  call traces the whole stacked product and takes its rows; ``cross.compile`` (``nn/compile.py``)
+  merges those identical calls in the compiled graph, so the siblings share one product there too.
+  Under a plain ``torch.compile`` each sibling runs the whole stacked layer: stacking then costs time.
 Cross-attention blocks (``encoder_attn``, ``crossattention``, ``cross_attn``, T5's
 ``EncDecAttention``) are not stacked by name.
 
@@ -102,11 +103,8 @@ class SiblingLinear(nn.Module):
 
     def _part(self, index: int, x: torch.Tensor) -> torch.Tensor:
         lo, hi = self.bounds[index], self.bounds[index + 1]
-        if torch.compiler.is_compiling():  # no sharing under the trace (see the module's docstring)
-            stacked = self.stacked
-            if type(stacked) is nn.Linear:
-                return nn.functional.linear(x, stacked.weight[lo:hi], None if stacked.bias is None else stacked.bias[lo:hi])
-            return stacked(x)[..., lo:hi]
+        if torch.compiler.is_compiling():  # the whole product, shared by cross.compile's pass (module docstring)
+            return self.stacked(x)[..., lo:hi]
         version = (None if x.is_inference() else x._version, *self._weight_versions())
         objects = self._weight_objects()
         cache = self._cache
