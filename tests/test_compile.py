@@ -23,6 +23,15 @@ needs_inductor = pytest.mark.skipif(shutil.which("c++") is None and shutil.which
                                     reason="inductor's CPU code needs a C++ compiler")
 
 
+@pytest.fixture(autouse=True)
+def uncached():
+    """Inductor's caches off (a graph compiled before comes back without the passes run on it) and
+    dynamo's compiled code dropped after each test."""
+    with torch._inductor.config.patch(force_disable_caches=True):
+        yield
+    torch._dynamo.reset()
+
+
 def traced(fn) -> torch.fx.GraphModule:
     return torch.fx.symbolic_trace(fn)
 
@@ -110,10 +119,9 @@ def test_compiled_stacked_siblings_run_one_product(rng):
         for compiled, products in ((cross.compile, 4), (torch.compile, 7)):
             torch._dynamo.reset()
             count = Products()
-            run = compiled(model, dynamic=False, options={"post_grad_custom_post_pass": count, "fx_graph_cache": False})
+            run = compiled(model, dynamic=False, options={"post_grad_custom_post_pass": count})
             torch.testing.assert_close(run(x), want, rtol=1e-5, atol=1e-5)
             assert count.products == [products]
-    torch._dynamo.reset()
 
 
 @needs_inductor
@@ -136,7 +144,6 @@ def test_compiled_sparse_stacked_model_and_input_changed_in_place(rng):
     torch.testing.assert_close(q.double(), reference([mutating.q_proj], y0)[0], rtol=1e-5, atol=1e-5)
     for sibling, out in ((mutating.k_proj, k), (mutating.v_proj, v)):
         torch.testing.assert_close(out.double(), reference([sibling], -y0)[0], rtol=1e-5, atol=1e-5)
-    torch._dynamo.reset()
 
 
 class CrossCalls(Products):
@@ -164,7 +171,7 @@ def test_gpu_compiled_stacked_sparse_siblings(tokens, rng):
             torch._dynamo.reset()
             count = CrossCalls()
             run = compiled(lambda x: [m(x) for m in siblings], dynamic=False,
-                           options={"post_grad_custom_post_pass": count, "fx_graph_cache": False})
+                           options={"post_grad_custom_post_pass": count})
             outs = run(x)
             assert count.products == [calls_left]
             for y in outs:
@@ -173,4 +180,3 @@ def test_gpu_compiled_stacked_sparse_siblings(tokens, rng):
             outs = run(x)
             for (w, b), y in zip(weights, outs):
                 check_product(x, w, b, y)
-    torch._dynamo.reset()
