@@ -392,3 +392,36 @@ def test_hf_t5_and_distilbert_siblings(rng):
             torch.testing.assert_close(distil(input_ids=ids).last_hidden_state,
                                        plain_distil(input_ids=ids).last_hidden_state, rtol=1e-5, atol=1e-5)
             assert distil_calls[0] == 1
+
+
+def test_siblings_take_their_rows_where_the_stacked_plan_falls_back(rng, monkeypatch):
+    """Where the stacked SparseLinear's plan falls back to its dense copy above APART_ABOVE_TOKENS
+    tokens (a prefill), each sibling runs its own rows of the copy (no stacked call, contiguous
+    outputs, the layers apart's products); where the plan runs, or a fallback at fewer tokens, the
+    product is shared as before."""
+    from test_boundary import MIXED  # the plan wins up to 128 tokens only
+
+    attn = seeded(rng, lambda: Attention(d=256, kv=64))
+    magnitude_prune_(attn, 0.9)
+    apart = copy.deepcopy([attn.q_proj, attn.k_proj, attn.v_proj])
+    sparsify_(attn, stack_siblings=True, progress=False, cost_model=MIXED)
+    stacked = attn.q_proj.stacked
+    assert isinstance(stacked, SparseLinear) and stacked.runs_dense_copy(200) and not stacked.runs_dense_copy(3)
+    calls = counting(stacked)
+    layers = [attn.q_proj, attn.k_proj, attn.v_proj]
+    for tokens, products in ((200, 0), (3, 1)):
+        calls[0] = 0
+        x = torch.randn(tokens, 256, generator=rng)
+        with torch.no_grad():
+            outs = [m(x) for m in layers]
+        assert calls[0] == products
+        assert all(y.is_contiguous() for y in outs) == (tokens == 200)  # apart: each its own tensor
+        for y, want in zip(outs, reference(apart, x)):
+            torch.testing.assert_close(y.double(), want, rtol=1e-4, atol=1e-4)
+    monkeypatch.setattr(cross.nn.stack, "APART_ABOVE_TOKENS", 256)  # 200 tokens: one stacked cuBLAS call
+    calls[0] = 0
+    with torch.no_grad():
+        outs = [m(torch.randn(200, 256, generator=rng)) for m in layers[:1]]
+    assert calls[0] == 1 and not outs[0].is_contiguous()
+    with pytest.raises(ValueError, match="a call that runs the dense copy"):
+        stacked.forward_rows(torch.randn(3, 256), 0, 64)

@@ -270,6 +270,20 @@ class SparseLinear(nn.Module):
 
     # ------------------------------------------------------------------ running
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._forward(x, None)
+
+    def runs_dense_copy(self, n: int) -> bool:
+        """Whether a call with ``n`` rows (batch x sequence) runs the dense copy on cuBLAS: ``n``'s
+        bucket falls back and the layer keeps its dense weight."""
+        return self.dense_weight is not None and n > 0 and self.plan.bucket_for(n).fallback
+
+    def forward_rows(self, x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        """Output features ``[lo, hi)`` of ``forward(x)``, for a call that runs the dense copy
+        (``runs_dense_copy``): the product of those rows of the copy alone, the cuBLAS call a layer of
+        those rows would make (stacked siblings take their rows so where their product falls back)."""
+        return self._forward(x, (int(lo), int(hi)))
+
+    def _forward(self, x: torch.Tensor, rows: tuple[int, int] | None) -> torch.Tensor:
         if torch.is_grad_enabled() and isinstance(x, torch.Tensor) and x.requires_grad:
             raise RuntimeError("SparseLinear is inference-only (no gradients through the sparse weight), got an "
                                "input that requires grad with grad mode on: run under torch.no_grad() or "
@@ -281,11 +295,18 @@ class SparseLinear(nn.Module):
                 # gives the output in the autocast dtype, as nn.Linear's (an fp16 layer under bf16 autocast
                 # takes bf16 inputs beyond fp16's range as Inf)
                 with torch.autocast(kind, enabled=False):
-                    return self._run(x.to(self.dtype)).to(torch.get_autocast_dtype(kind))
-        return self._run(x)
+                    return self._run(x.to(self.dtype), rows).to(torch.get_autocast_dtype(kind))
+        return self._run(x, rows)
 
-    def _run(self, x: torch.Tensor) -> torch.Tensor:
+    def _run(self, x: torch.Tensor, rows: tuple[int, int] | None = None) -> torch.Tensor:
         check_input(x, self.packed, self.bias)
+        if rows is not None:
+            lo, hi = rows
+            n = x.numel() // x.shape[-1]
+            if not (0 <= lo < hi <= self.out_features and self.runs_dense_copy(n)):
+                raise ValueError(f"forward_rows: expected rows within 0..{self.out_features} of a call that runs the "
+                                 f"dense copy, got [{lo}, {hi}) at {n} tokens")
+            return nn.functional.linear(x, self.dense_weight[lo:hi], None if self.bias is None else self.bias[lo:hi])
         tiles = None
         if x.device.type == "cpu" and self._runs_tiles(x):
             if self._tiles is None:
