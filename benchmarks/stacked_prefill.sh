@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The stacked decoder's prefill of 512 tokens at 70% with the defaults (eager, CUDA graph), against the
+# dense model stacked and as given (`dense_apart_ms`): the sparse siblings run their own rows of the
+# dense copy above 64 tokens (nn/stack.py APART_ABOVE_TOKENS), so the sparse prefill should read ~1.00x
+# against the model as given (0.96-0.97x before, model_stacked_wgmma{60,80}). ~110 s on the H100.
+# Usage (repository root, on the GPU machine): OUT=<dir> bash benchmarks/stacked_prefill.sh
+source "$(dirname "$0")/steps.sh"
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/device.txt"
+step model_stacked_prefill 240 python3 -m cross bench model --models llama --llama-sparsities 0.7 \
+    --phases prefill-1 --stack-siblings --cost-model $CM --out "$OUT/model_prefill"
