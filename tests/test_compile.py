@@ -46,15 +46,17 @@ def test_identical_pure_calls_merged(rng):
         b = aten.mm.default(x, w)  # the same call: merged into a
         c = aten.mm.default(x, aten.t.default(w))  # another argument: kept
         d = aten.mm.default(x, aten.t.default(w))  # the same as c once the two t's are one
-        return a + b + c + d
+        z0, z1 = aten.add.Tensor(x, 0.0), aten.add.Tensor(x, -0.0)  # equal constants, not the same: kept
+        return a + b + c + d, z0, z1
 
     gm = traced(f)
     x, w = torch.randn(4, 4, generator=rng), torch.randn(4, 4, generator=rng)
     want = f(x, w)
     assert share_repeated_calls(gm.graph) == 3  # b, the second t, d
     gm.recompile()
-    assert calls(gm, aten.mm.default) == 2 and calls(gm, aten.t.default) == 1
-    torch.testing.assert_close(gm(x, w), want)
+    assert calls(gm, aten.mm.default) == 2 and calls(gm, aten.t.default) == 1 and calls(gm, aten.add.Tensor) == 2
+    for got, expected in zip(gm(x, w), want):
+        torch.testing.assert_close(got, expected)
 
 
 def test_random_calls_and_changes_in_place_are_not_merged(rng):

@@ -47,13 +47,16 @@ def _barrier(target) -> bool:
 
 
 def _key(value):
-    """A hashable stand-in for a node's arguments (nodes by identity, lists as tuples)."""
+    """A hashable stand-in for a node's arguments (nodes by identity, lists as tuples, floats by their
+    bits)."""
     if isinstance(value, (list, tuple)):
         return (type(value).__name__, *(_key(v) for v in value))
     if isinstance(value, dict):
         return ("dict", *sorted((k, _key(v)) for k, v in value.items()))
     if isinstance(value, torch.fx.Node):
-        return ("node", id(value))
+        return ("node", value)
+    if isinstance(value, float):  # 0.0 and -0.0 are equal but not the same constant
+        return ("float", value.hex())
     if isinstance(value, (torch.dtype, torch.device, torch.layout, torch.memory_format)):
         return str(value)
     hash(value)  # TypeError for anything unhashable: that node is left alone
