@@ -11,6 +11,7 @@ product, as they do in eager mode and in CUDA graphs. ``compile`` is ``torch.com
     model = cross.compile(model)                      # any torch.compile arguments: mode=, dynamic=, ...
 
 A plain ``torch.compile`` gives the same outputs, with each sibling running the whole stacked layer.
+(Not the ``cross compile`` command, which sparsifies a Hugging Face model and saves it.)
 """
 
 from __future__ import annotations
