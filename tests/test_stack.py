@@ -425,3 +425,26 @@ def test_siblings_take_their_rows_where_the_stacked_plan_falls_back(rng, monkeyp
     assert calls[0] == 1 and not outs[0].is_contiguous()
     with pytest.raises(ValueError, match="a call that runs the dense copy"):
         stacked.forward_rows(torch.randn(3, 256), 0, 64)
+
+
+def test_forward_rows_keeps_the_layers_checks(rng):
+    """forward_rows refuses what forward refuses (an input of another dtype, one that needs grad)
+    and gives forward's rows where the call runs the dense copy."""
+    from test_boundary import MIXED
+
+    linear = seeded(rng, lambda: nn.Linear(256, 96))
+    magnitude_prune_(linear, 0.9)
+    layer = SparseLinear.from_dense(linear, cost_model=MIXED)
+    x = torch.randn(200, 256, generator=rng)
+    with torch.no_grad():
+        torch.testing.assert_close(layer.forward_rows(x, 32, 96), layer(x)[:, 32:96], rtol=1e-6, atol=1e-6)
+        errors = []
+        for call in (lambda: layer.forward_rows(x.double(), 0, 8), lambda: layer(x.double())):
+            with pytest.raises(Exception) as error:
+                call()
+            errors.append((type(error.value), str(error.value)))
+        assert errors[0] == errors[1] and "float64" in errors[0][1]
+        with pytest.raises(ValueError, match="rows within 0..96"):
+            layer.forward_rows(x, 90, 100)
+    with pytest.raises(RuntimeError, match="inference-only"):
+        layer.forward_rows(x.requires_grad_(), 0, 8)
