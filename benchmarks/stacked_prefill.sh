@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The stacked decoder's prefill of 512 tokens at 70% with the defaults (eager, CUDA graph), against the
-# dense model stacked and as given (`dense_apart_ms`): the sparse siblings run their own rows of the
-# dense copy above 64 tokens (nn/stack.py APART_ABOVE_TOKENS), so the sparse prefill should read ~1.00x
-# against the model as given (0.96-0.97x before, model_stacked_wgmma{60,80}). ~110 s on the H100.
+# dense model stacked and as given (`dense_apart_ms`): above 64 tokens (nn/stack.py APART_ABOVE_TOKENS)
+# stacked siblings on cuBLAS (dense, or sparse falling back to the dense copy) run their own rows, so
+# both prefills should read as the model as given (the sparse one 0.96-0.97x of it before,
+# model_stacked_wgmma{60,80}). ~110 s on the H100.
 # Usage (repository root, on the GPU machine): OUT=<dir> bash benchmarks/stacked_prefill.sh
 source "$(dirname "$0")/steps.sh"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/device.txt"

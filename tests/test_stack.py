@@ -448,3 +448,23 @@ def test_forward_rows_keeps_the_layers_checks(rng):
             layer.forward_rows(x, 90, 100)
     with pytest.raises(RuntimeError, match="inference-only"):
         layer.forward_rows(x.requires_grad_(), 0, 8)
+
+
+def test_dense_siblings_apart_above_the_threshold(rng):
+    """A stacked nn.Linear runs each sibling's rows alone above APART_ABOVE_TOKENS tokens (contiguous
+    outputs, the stacked layer not called), and one stacked product at or below it."""
+    from cross.nn.stack import APART_ABOVE_TOKENS
+
+    attn = seeded(rng, Attention)
+    apart = copy.deepcopy([attn.q_proj, attn.k_proj, attn.v_proj])
+    stack_siblings_(attn)
+    calls = counting(attn.q_proj.stacked)
+    layers = [attn.q_proj, attn.k_proj, attn.v_proj]
+    for tokens, products in ((APART_ABOVE_TOKENS + 1, 0), (APART_ABOVE_TOKENS, 1)):
+        calls[0] = 0
+        x = torch.randn(tokens, 24, generator=rng)
+        with torch.no_grad():
+            outs = [m(x) for m in layers]
+        assert calls[0] == products and all(y.is_contiguous() for y in outs) == (products == 0)
+        for y, want in zip(outs, reference(apart, x)):
+            torch.testing.assert_close(y.double(), want, rtol=1e-5, atol=1e-5)

@@ -24,12 +24,12 @@ by a ``SiblingInputWarning``, because stacking them costs time. Two limits:
   call traces the whole stacked product and takes its rows; ``cross.compile`` (``nn/compile.py``)
   merges those identical calls in the compiled graph, so the siblings share one product there too.
   Under a plain ``torch.compile`` each sibling runs the whole stacked layer: stacking then costs time.
-Where the stacked layer is a SparseLinear whose plan falls back to cuBLAS on its dense copy at more
-than ``APART_ABOVE_TOKENS`` tokens (a prefill), each sibling runs its own rows of the copy
-(``forward_rows``): there is no sparse launch to share, and the stacked dense product measured ~2%
-slower than the layers apart in a 512-token prefill on the H100
-(``benchmarks/results/h100/model_stacked_wgmma60.md``). At a few tokens a fallback stays one stacked
-cuBLAS call, which beats three (at one token 39.8 us against 3 x 19.3).
+Above ``APART_ABOVE_TOKENS`` tokens (a prefill) a stacked ``nn.Linear``, and a stacked SparseLinear
+whose plan falls back to cuBLAS on its dense copy there, run each sibling's own rows of the weight
+(``forward_rows`` for the SparseLinear), as the layers apart do: the stacked dense product measured
+~2% slower than the layers apart in a 512-token prefill on the H100
+(``benchmarks/results/h100/model_stacked_wgmma60.md``). At a few tokens stacking is one cuBLAS call
+that beats three (at one token 39.8 us against 3 x 19.3).
 Cross-attention blocks (``encoder_attn``, ``crossattention``, ``cross_attn``, T5's
 ``EncDecAttention``) are not stacked by name.
 
@@ -58,9 +58,9 @@ SIBLING_NAMES = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"), ("que
 CROSS_ATTENTION = ("encoder_attn", "crossattention", "cross_attn", "EncDecAttention")
 
 
-#: Above this many tokens (rows of the input), siblings whose stacked SparseLinear falls back to its dense
-#: copy run their own rows of it; at or below, the stacked cuBLAS call. Measured: stacked faster at 1-16
-#: tokens, slower at 512; the threshold between is not measured.
+#: Above this many tokens (rows of the input), siblings whose stacked layer runs cuBLAS (an nn.Linear, or a
+#: SparseLinear falling back to its dense copy) run their own rows of its weight; at or below, the stacked
+#: call. Measured: stacked faster at 1-16 tokens, slower at 512; the threshold between is not measured.
 APART_ABOVE_TOKENS = 64
 
 
@@ -117,9 +117,11 @@ class SiblingLinear(nn.Module):
         lo, hi = self.bounds[index], self.bounds[index + 1]
         stacked = self.stacked
         n = x.numel() // x.shape[-1] if x.dim() and x.shape[-1] else 0
-        if n > APART_ABOVE_TOKENS and isinstance(stacked, SparseLinear) and stacked.runs_dense_copy(n):
-            # cuBLAS on the dense copy at a prefill's size: each sibling its own rows, as apart
-            return stacked.forward_rows(x, lo, hi)
+        if n > APART_ABOVE_TOKENS:  # cuBLAS at a prefill's size: each sibling its own rows, as apart
+            if type(stacked) is nn.Linear:
+                return nn.functional.linear(x, stacked.weight[lo:hi], None if stacked.bias is None else stacked.bias[lo:hi])
+            if isinstance(stacked, SparseLinear) and stacked.runs_dense_copy(n):
+                return stacked.forward_rows(x, lo, hi)
         if torch.compiler.is_compiling():  # the whole product, shared by cross.compile's pass (module docstring)
             return self.stacked(x)[..., lo:hi]
         version = (None if x.is_inference() else x._version, *self._weight_versions())
