@@ -565,15 +565,21 @@ def test_run_workload_on_a_tiny_model():
     assert type(model.up) is nn.Linear
 
 
+def tiny_llama(kind: str, layers: int) -> nn.Module:
+    """A seeded tiny Llama (transformers' ``kind``: LlamaModel or LlamaForCausalLM), pruned to 70%."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(hidden_size=64, intermediate_size=160, num_hidden_layers=layers,
+                                      num_attention_heads=4, num_key_value_heads=2, vocab_size=100)
+    model = getattr(transformers, kind)(config).eval()
+    models.prune_(model, 0.7)
+    return model
+
+
 def test_run_workload_stacks_siblings_for_both_models():
     """With stack_siblings the dense model is timed as given, then stacked (and timed so: the row's
     dense column), the stacked model sparsified; the model is left dense and apart afterwards."""
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
-                                      num_key_value_heads=2, vocab_size=100)
-    model = transformers.LlamaForCausalLM(config).eval()
-    models.prune_(model, 0.7)
+    model = tiny_llama("LlamaForCausalLM", layers=2)
     x = {"input_ids": torch.randint(100, (2, 5))}
     wl = models.Workload("tiny-llama", model, (("prefill", 2, 5),), lambda b, s: x,
                          lambda run, inputs: run(**inputs).logits.flatten(0, -2))
@@ -666,12 +672,7 @@ def test_run_workload_compiled():
     """compile=True times the models compiled by cross.compile (the timer gets the compiled callable),
     checks the compiled sparse model against the dense one run eagerly, and logs the repeated calls
     merged: the stacked siblings' products of the sparse model (the CPU's reference executor)."""
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(hidden_size=64, intermediate_size=160, num_hidden_layers=1, num_attention_heads=4,
-                                      num_key_value_heads=2, vocab_size=100)
-    model = transformers.LlamaModel(config).eval()
-    models.prune_(model, 0.7)
+    model = tiny_llama("LlamaModel", layers=1)
     x = {"input_ids": torch.randint(100, (2, 5)), "use_cache": False}
     wl = models.Workload("tiny-llama", model, (("prefill", 2, 5), ("decode", 2, 1)), lambda b, s: x, models.hidden_rows)
     wl = models.select_phases(wl, ("prefill-2",))

@@ -67,12 +67,15 @@ def phase_name(phase: tuple) -> str:
 PHASE_NAMES = tuple(dict.fromkeys(phase_name(p) for phases in PHASES.values() for p in phases))
 
 
+def named_phases(phases, names) -> tuple:
+    """The phases named (``phase_name``) among ``phases``; all of them for names None."""
+    return tuple(p for p in phases if names is None or phase_name(p) in names)
+
+
 def select_phases(wl: Workload, names) -> Workload:
-    """The workload with only the phases named (``phase_name``); all of them for names None. A model
-    with none of the names among its phases is refused."""
-    if names is None:
-        return wl
-    kept = tuple(p for p in wl.phases if phase_name(p) in names)
+    """The workload with only the phases named (``named_phases``). A model with none of the names
+    among its phases is refused."""
+    kept = named_phases(wl.phases, names)
     if not kept:
         raise ValueError(f"--phases: {wl.label} has none of {', '.join(names)}; its phases are "
                          f"{', '.join(map(phase_name, wl.phases))}")

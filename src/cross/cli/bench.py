@@ -311,26 +311,22 @@ def bench_model(args, csv_name: str = MODEL_CSV, report: bool = True) -> int:
                                                  phases=args.phases, compile=args.compile)
                 for name, sp in plan}
     for name in dict.fromkeys(name for name, _ in plan):  # a model left with no phase is bad input: before anything runs
-        if args.phases is not None and not any(models.phase_name(p) in args.phases for p in models.PHASES[name]):
+        if not models.named_phases(models.PHASES[name], args.phases):
             raise InputError(f"--phases {','.join(args.phases)}: {name} has none of them; its phases are "
                              f"{', '.join(map(models.phase_name, models.PHASES[name]))}")
     if args.dry_run:
         print(f"{'model':>10} {'phase':>8} {'batch':>5} {'tokens':>11} {'sp':>4}")
         for name, sp in plan:
-            for phase, batch, seq in _phases(name, args.phases):
+            for phase, batch, seq in models.named_phases(models.PHASES[name], args.phases):
                 tokens = batch * seq if seq else "-"  # MiniLM's: its sentences' padded length, known once tokenized
                 print(f"{models.label(name, args.llama_layers):>10} {phase:>8} {batch:>5} {tokens:>11} {sp:>4g}")
             print(f"    $ {commands[(name, sp)]}")
         seconds = sum(MODEL_SECONDS[name] * (args.llama_layers / models.LLAMA_LAYERS if name == "llama" else 1)
                       for name, _ in plan)
-        print(f"{sum(len(_phases(n, args.phases)) for n, _ in plan)} rows over {len(plan)} models and sparsities; roughly "
+        print(f"{sum(len(models.named_phases(models.PHASES[n], args.phases)) for n, _ in plan)} rows over {len(plan)} models and sparsities; roughly "
               f"{_minutes(seconds)} on an H100, plus about 30 s to measure the cost model where none was measured")
         return 0
     return _run_models(args, plan, commands, csv_name, report, swap)
-
-
-def _phases(name: str, names) -> tuple:
-    return tuple(p for p in models.PHASES[name] if names is None or models.phase_name(p) in names)
 
 
 def _run_models(args, plan, commands, csv_name: str, report: bool, swap: dict) -> int:
