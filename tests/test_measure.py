@@ -280,7 +280,7 @@ def test_measuring_times_only_predicted_wins_and_each_dense_shape_once(rng, monk
 
     monkeypatch.setattr(profile, "call_time_us", fake_time)
     cache: dict = {}
-    buckets, how = measure_mod._measure_buckets(packed, w, 0.03, cache, seed=0)
+    buckets, how, _ = measure_mod._measure_buckets(packed, w, 0.03, cache, seed=0)
     timed = [b.measured for b in buckets]
     assert timed == predicted_wins and how == {"graph"}
     assert all(b.fallback and b.reason.startswith("measured 30.0 us") for b, t in zip(buckets, timed) if t)
@@ -290,7 +290,7 @@ def test_measuring_times_only_predicted_wins_and_each_dense_shape_once(rng, monk
     n_design = [b.n_design for b in packed.plan.buckets if not b.fallback]
     assert [c[1] for c in calls[1::4]] == [(n, 256) for n in n_design]  # each at its bucket's design count
     calls.clear()
-    again, _ = measure_mod._measure_buckets(packed, w, 0.03, cache, seed=0)
+    again, _, _ = measure_mod._measure_buckets(packed, w, 0.03, cache, seed=0)
     assert [c[0] for c in calls] == ["plan", "plan"] * sum(timed)  # a second weight of this shape: its plans only
     assert [b.measured_dense_us for b in again] == [b.measured_dense_us for b in buckets]
 
@@ -312,10 +312,10 @@ def test_a_dense_time_that_reads_slow_once_does_not_judge_the_shape(rng, monkeyp
 
     monkeypatch.setattr(profile, "call_time_us", fake_time)
     cache: dict = {}
-    buckets, _ = measure_mod._measure_buckets(packed, w, 0.03, cache, seed=0)
+    buckets, _, _ = measure_mod._measure_buckets(packed, w, 0.03, cache, seed=0)
     assert list(cache.values()) == [10.0]
     assert buckets[0].measured_dense_us == 10.0 and buckets[0].fallback  # 12 us against 10: cuBLAS stays
-    again, _ = measure_mod._measure_buckets(packed, w, 0.03, cache, seed=0)  # no dense reading left: cached
+    again, _, _ = measure_mod._measure_buckets(packed, w, 0.03, cache, seed=0)  # no dense reading left: cached
     assert again[0].measured_dense_us == 10.0 and again[0].fallback
 
 
@@ -380,7 +380,7 @@ def test_near_wins_are_timed_and_taken_where_they_measure_faster(rng, monkeypatc
         return (9.0 if is_plan else 10.0), "graph"
 
     monkeypatch.setattr(profile, "call_time_us", fake_time)
-    buckets, _ = measure_mod._measure_buckets(packed, w, 0.03, {}, seed=0)
+    buckets, _, _ = measure_mod._measure_buckets(packed, w, 0.03, {}, seed=0)
     assert timed == ["dense", "plan", "plan", "dense"]
     assert (buckets[0].measured, buckets[0].fallback, buckets[0].kernel) == (True, False, "rows")
     assert buckets[1] is plan.buckets[1]
@@ -403,7 +403,7 @@ def test_slice_candidates_are_timed_and_taken_where_they_measure_faster(rng, mon
     plan_times = iter([9.0, 9.0, 11.0, 11.0])
     monkeypatch.setattr(profile, "call_time_us", lambda fn, warmup_ms, rep_ms: (
         next(plan_times) if "execute" in fn.__code__.co_names else 10.0, "graph"))
-    buckets, _ = measure_mod._measure_buckets(packed, w, 0.03, {}, seed=0)
+    buckets, _, _ = measure_mod._measure_buckets(packed, w, 0.03, {}, seed=0)
     assert [(b.kernel, b.measured, b.fallback) for b in buckets[:2]] == [("slices", True, False), ("slices", True, True)]
     assert buckets[2].fallback == plan.buckets[2].fallback and not buckets[2].measured
 
@@ -423,7 +423,7 @@ def test_a_kernel_that_disagrees_with_dense_is_not_taken(rng, monkeypatch):
     monkeypatch.setattr(profile, "call_time_us", lambda fn, warmup_ms, rep_ms: (
         timed.append(fn) or (4.0 if "execute" in fn.__code__.co_names else 5.0), "graph"))
     with pytest.warns(measure_mod.PlanCheckWarning, match="256x256 at 64 tokens: the tile kernel's result disagrees"):
-        buckets, _ = measure_mod._measure_buckets(packed, w, 0.03, {}, seed=0)
+        buckets, _, _ = measure_mod._measure_buckets(packed, w, 0.03, {}, seed=0)
     assert (buckets[0].measured, buckets[0].fallback) == (True, False)  # right, and timed faster
     assert (buckets[1].measured, buckets[1].fallback) == (False, True) and "disagreed" in buckets[1].reason
     assert len(timed) == 4  # the first bucket's dense, plan, plan, dense; nothing of the second
@@ -535,7 +535,7 @@ def test_alternatives_are_timed_and_the_fastest_taken(rng, monkeypatch):
     timed = []
     monkeypatch.setattr(profile, "call_time_us", lambda fn, warmup_ms, rep_ms: (
         timed.append(getattr(fn, "kernel", None)) or times[getattr(fn, "kernel", None)], "graph"))
-    buckets, _ = measure_mod._measure_buckets(packed, w, 0.03, {}, seed=0)
+    buckets, _, built = measure_mod._measure_buckets(packed, w, 0.03, {}, seed=0)
     assert timed == [None, "tiles", "tiles", "rows", "rows", None] + [None, "tiles", "tiles", None]
     first = buckets[0]
     assert (first.kernel, first.fallback, first.measured_us, first.alternatives) == ("rows", False, 7.0, ())
@@ -543,12 +543,22 @@ def test_alternatives_are_timed_and_the_fastest_taken(rng, monkeypatch):
     assert buckets[1].kernel == "tiles" and buckets[1].measured_us == 9.0  # no alternatives: its kernel alone
     chosen = packed.with_plan(plan.with_buckets(buckets))
     assert chosen.rows is not None  # the format the check chose, built for the layer
+    assert built.rows is not None and built.rows is not chosen.rows
+    reused = packed.with_plan(plan.with_buckets(buckets), built=built)
+    assert reused.rows is built.rows  # the format built for the timing, not built again
     x = torch.randn(3, 256).to(torch.bfloat16)
     from cross.runtime.dispatch import execute
-    torch.testing.assert_close(execute(x, chosen), (x.float() @ w.float().T).to(torch.bfloat16), rtol=2e-2, atol=2e-2)
+    for weight in (chosen, reused):
+        torch.testing.assert_close(execute(x, weight), (x.float() @ w.float().T).to(torch.bfloat16),
+                                   rtol=2e-2, atol=2e-2)
+    # the tile kernel faster: the row format built for the timing is not kept
+    times.update(rows=8.0, tiles=7.0)
+    buckets, _, built = measure_mod._measure_buckets(packed, w, 0.03, {}, seed=0)
+    assert buckets[0].kernel == "tiles" and built.rows is not None
+    assert packed.with_plan(plan.with_buckets(buckets), built=built).rows is None
     # slower than dense by the margin, whichever is fastest: the bucket falls back, measured
     times.update(rows=9.8, tiles=9.9)
-    buckets, _ = measure_mod._measure_buckets(packed, w, 0.03, {}, seed=0)
+    buckets, _, _ = measure_mod._measure_buckets(packed, w, 0.03, {}, seed=0)
     assert (buckets[0].kernel, buckets[0].fallback, buckets[0].alternatives) == ("rows", True, ())
     assert buckets[0].reason.startswith("measured 9.8 us is not 3% under dense 10.0 us; the row kernel")
 
@@ -574,7 +584,7 @@ def test_an_alternative_that_disagrees_is_not_taken(rng, monkeypatch, wrong):
     timed = []
     monkeypatch.setattr(profile, "call_time_us", lambda fn, warmup_ms, rep_ms: (timed.append(fn) or 5.0, "graph"))
     with pytest.warns(measure_mod.PlanCheckWarning, match="the tile kernel's result disagrees") as record:
-        buckets, _ = measure_mod._measure_buckets(packed, w, 0.03, {}, seed=0)
+        buckets, _, _ = measure_mod._measure_buckets(packed, w, 0.03, {}, seed=0)
     b = buckets[0]
     if len(wrong) == 1:
         assert "the row kernel is timed instead" in str(record[0].message)
@@ -599,6 +609,6 @@ def test_an_alternative_this_gpu_cannot_run_is_not_built(rng, monkeypatch):
     built = []
     monkeypatch.setattr(measure_mod, "_with_kernel", lambda held, i, kernel: built.append(kernel))
     monkeypatch.setattr(profile, "call_time_us", lambda fn, warmup_ms, rep_ms: (5.0, "graph"))
-    buckets, _ = measure_mod._measure_buckets(packed, w, 0.03, {}, seed=0)
+    buckets, _, _ = measure_mod._measure_buckets(packed, w, 0.03, {}, seed=0)
     assert not built and (buckets[0].kernel, buckets[0].measured, buckets[0].alternatives) == ("tiles", True, ())
     assert "fastest of those timed" not in buckets[0].reason

@@ -468,7 +468,13 @@ def test_the_measured_check_keeps_the_faster_layout(monkeypatch, faster):
         return 9.0, "graph"  # the tile and row kernels
 
     monkeypatch.setattr(profile, "call_time_us", fake_time)
-    buckets, _, (layout, sums) = measure_mod._measure(packed, w, 0.03, {}, seed=0)
+    from cross.pack.wgmma24 import Wgmma24Weight
+
+    builds = []
+    real_build = Wgmma24Weight.from_dense.__func__
+    monkeypatch.setattr(Wgmma24Weight, "from_dense", classmethod(
+        lambda cls, *a, **kw: builds.append(kw.get("compressed")) or real_build(cls, *a, **kw)))
+    buckets, _, (layout, sums), built = measure_mod._measure(packed, w, 0.03, {}, seed=0)
     assert layout == faster and set(sums) == {"slots", "compressed"}
     assert sums[faster] < sums["compressed" if faster == "slots" else "slots"]
     assert ("wgmma24", "compressed") in timed and ("wgmma24", "slots") in timed
@@ -477,8 +483,11 @@ def test_the_measured_check_keeps_the_faster_layout(monkeypatch, faster):
     plan = measure_mod._measured_plan(packed, buckets, {"graph"}, (layout, sums), 0.03)
     assert plan.provenance["options"]["wgmma_layout"] == faster
     assert plan.provenance["measured"]["wgmma_layouts_us"] == sums
-    chosen = packed.with_plan(plan)
+    chosen = packed.with_plan(plan, built=built)
     assert chosen.wgmma24.compressed == (faster == "compressed")
+    # the compressed layout built once, for its timing, and kept from it where it won
+    assert builds == [True]
+    assert chosen.wgmma24 is (built.wgmma24 if faster == "compressed" else packed.wgmma24)
     n = max(b.n_max for i, b in enumerate(plan.buckets) if i in offered and b.n_max < 2**31 - 1)
     x = torch.randn(min(n, 64), 512).to(torch.bfloat16)
     check_product(x, w, None, execute(x, chosen))
@@ -495,7 +504,7 @@ def test_a_plan_not_auto_times_one_layout(monkeypatch):
     monkeypatch.setattr(measure_mod, "_capable", lambda kernel, device: True)
     calls = []
     monkeypatch.setattr(profile, "call_time_us", lambda fn, warmup_ms, rep_ms: (calls.append(fn) or 9.0, "graph"))
-    buckets, _, layout = measure_mod._measure(packed, w, 0.03, {}, seed=0)
+    buckets, _, layout, _ = measure_mod._measure(packed, w, 0.03, {}, seed=0)
     once = len(calls)
     assert layout is None and once > 0
     calls.clear()
@@ -517,7 +526,7 @@ def test_a_plan_without_the_kernel_has_no_layouts_contest(monkeypatch):
     monkeypatch.setattr(measure_mod, "_capable", lambda kernel, device: True)
     calls = []
     monkeypatch.setattr(profile, "call_time_us", lambda fn, warmup_ms, rep_ms: (calls.append(fn) or 9.0, "graph"))
-    buckets, _, layout = measure_mod._measure(packed, w, 0.03, {}, seed=0)
+    buckets, _, layout, _ = measure_mod._measure(packed, w, 0.03, {}, seed=0)
     assert layout is None and calls
     plan = measure_mod._measured_plan(packed, buckets, {"graph"}, layout, 0.03)
     assert plan.provenance["options"]["wgmma_layout"] == "auto"

@@ -236,9 +236,9 @@ def _prepare_cross(method: Method, w, tile, cost_model, n_programs):
                      "nan_policy": "ignore" if method.wgmma_kernel else "propagate"})
     packed = pack(w, make_plan(w, tile_shape=tile, cost_model=cost_model, n_programs=n_programs, **options))
     if method.kinds is None and w.is_cuda:  # what the runtime runs: predicted wins checked on the GPU
-        from ..runtime import measure_plan
+        from ..runtime import measure_weight
 
-        packed = packed.with_plan(measure_plan(packed, w))
+        packed = measure_weight(packed, w)
 
     def bind(x):
         bucket = packed.bucket_for(x.shape[0])

@@ -25,7 +25,7 @@ from ..partition.plan import KERNEL_NAMES, bucket_name
 from ..pack import PackedWeight, pack
 from ..runtime import check_input, decode_executed_tiles, execute
 from ..runtime.dispatch import gpu_kernel_args, warn_without_kernel
-from ..runtime.measure import measure_plan
+from ..runtime.measure import measure_weight
 from ..tiling import TileKind
 
 KEEP_DENSE = ("auto", True, False, "decode")
@@ -250,7 +250,7 @@ class SparseLinear(nn.Module):
             check_plan(plan, weight)
         packed = pack(weight, plan)
         if measures(measure, weight.device, keep_dense):
-            packed = packed.with_plan(measure_plan(packed, weight, dense_times=dense_times))
+            packed = measure_weight(packed, weight, dense_times=dense_times)
             plan = packed.plan
         keep = any(b.fallback for b in plan.buckets) if keep_dense == "auto" else keep_dense is True
         dense = weight.clone(memory_format=torch.contiguous_format) if keep else None

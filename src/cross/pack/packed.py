@@ -125,24 +125,35 @@ class PackedWeight:
                 return pb
         raise ValueError(f"n_tokens: expected 1..{self.plan.buckets[-1].n_max}, got {n}")
 
-    def with_plan(self, plan: Plan) -> "PackedWeight":
+    def with_plan(self, plan: Plan, built: "PackedWeight | None" = None) -> "PackedWeight":
         """The same buffers under ``plan``: this weight's plan with other bucket choices
-        (``Plan.with_buckets``), so no table changes; a warpgroup 2:4 format in another layout than
-        the plan's options name is built again in theirs."""
-        if plan.shape != self.plan.shape or not all(np.array_equal(getattr(plan, k), getattr(self.plan, k))
-                                                    for k in ("tile_ptr", "tile_col", "tile_kind")):
-            raise ValueError("with_plan: expected this weight's plan with other bucket choices, got another layout")
-        self.plan.with_buckets(plan.buckets)  # raises unless the work lists are the same
+        (``Plan.with_buckets``), so no table changes; a format the plan runs and this weight lacks is
+        built (a warpgroup 2:4 format in another layout than the plan's options name, in theirs).
+        ``built``: a weight of the same tiles (an earlier ``with_plan`` of this one) whose formats are
+        taken where this weight lacks them and the plan runs them, in place of building them again."""
+        _check_same_work(self, plan)
+        if built is not None:
+            _check_same_work(self, built.plan)
         buckets = tuple(replace(pb, plan=bp) for pb, bp in zip(self.buckets, plan.buckets))
         tiled = self.tiled
         if tiled is None and any(b.kernel == "tiles" for b in plan.buckets):
-            tiled = self.tiled_weight()
+            tiled = built.tiled if built is not None and built.tiled is not None else self.tiled_weight()
         source = _DenseOnce(self)
-        rows = self.rows if self.rows is not None else _rows_for(plan, source)
-        slices = self.slices if self.slices is not None else _slices_for(plan, source)
-        wgmma24 = self.wgmma24
-        if wgmma24 is None or wgmma24.compressed != wgmma24_compressed(plan):
-            wgmma24 = _wgmma24_for(plan, source)
+        compressed = wgmma24_compressed(plan)
+        spare = {} if built is None else {"rows": built.rows, "slices": built.slices, "wgmma24": (
+            built.wgmma24 if built.wgmma24 is not None and built.wgmma24.compressed == compressed else None)}
+
+        def held_or_built(kernel, own, build):
+            if own is not None:
+                return own
+            if spare.get(kernel) is not None and _runs(plan, kernel, False):
+                return spare[kernel]
+            return build(plan, source)
+
+        rows = held_or_built("rows", self.rows, _rows_for)
+        slices = held_or_built("slices", self.slices, _slices_for)
+        own24 = self.wgmma24 if self.wgmma24 is not None and self.wgmma24.compressed == compressed else None
+        wgmma24 = held_or_built("wgmma24", own24, _wgmma24_for)
         return replace(self, plan=plan, buckets=buckets, tiled=tiled, rows=rows, slices=slices, wgmma24=wgmma24)
 
     def tiled_weight(self) -> TiledWeight:
@@ -210,6 +221,14 @@ def _pack_bucket(bp: BucketPlan, n_rows: int) -> PackedBucket:
     max_tt = -(-min(bp.n_max, MAX_LAUNCH_TOKENS) // bp.block_n)
     counters = torch.zeros(n_rows * max_tt, dtype=torch.int32)
     return PackedBucket(bp, as_t(table), as_t(row_parts), as_t(bp.unit_ptr), as_t(bp.unit_order), int(split_sorted.size), counters)
+
+
+def _check_same_work(weight: PackedWeight, plan: Plan) -> None:
+    """Raises unless ``plan`` is ``weight``'s plan with other bucket choices (the same tiles and work lists)."""
+    if plan.shape != weight.plan.shape or not all(np.array_equal(getattr(plan, k), getattr(weight.plan, k))
+                                                  for k in ("tile_ptr", "tile_col", "tile_kind")):
+        raise ValueError("with_plan: expected this weight's plan with other bucket choices, got another layout")
+    weight.plan.with_buckets(plan.buckets)  # raises unless the work lists are the same
 
 
 def _runs(plan: Plan, kernel: str, falls_back: bool) -> bool:

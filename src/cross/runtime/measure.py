@@ -73,6 +73,14 @@ def measure_plan(packed: PackedWeight, dense_weight: torch.Tensor, *, margin: fl
     """``packed.plan`` with each bucket it is predicted to win timed on the GPU and decided again
     (``BucketPlan.with_measurement``); provenance gains 'measured'. ``dense_weight`` is the weight
     as a dense tensor (on the same GPU); ``dense_times`` caches the dense product's times by shape."""
+    return measure_weight(packed, dense_weight, margin=margin, dense_times=dense_times, seed=seed).plan
+
+
+def measure_weight(packed: PackedWeight, dense_weight: torch.Tensor, *, margin: float = WIN_MARGIN,
+                   dense_times: dict | None = None, seed: int = 0) -> PackedWeight:
+    """``packed.with_plan(measure_plan(packed, ...))``, with the formats the check built to time the
+    alternatives (the row format, the other 2:4 layout) taken where the measured plan runs them,
+    not built a second time. ``packed`` itself where nothing was timed."""
     if packed.device.type != "cuda":
         raise ValueError(f"measure_plan: expected a packed weight on a CUDA device, got one on {packed.device} "
                          "(timings are a GPU fact; on the CPU the cost model's choice stands)")
@@ -83,10 +91,11 @@ def measure_plan(packed: PackedWeight, dense_weight: torch.Tensor, *, margin: fl
     if not 0 <= margin < 1:
         raise ValueError(f"margin: expected a fraction in [0, 1), got {margin!r}")
     with torch.cuda.device(packed.device):  # the flush buffer and the stream of the weight's GPU
-        buckets, how, layout = _measure(packed, dense_weight, margin, {} if dense_times is None else dense_times, seed)
+        buckets, how, layout, built = _measure(packed, dense_weight, margin,
+                                               {} if dense_times is None else dense_times, seed)
     if layout is None and all(a is b for a, b in zip(buckets, packed.plan.buckets)):  # nothing timed or refused
-        return packed.plan
-    return _measured_plan(packed, buckets, how, layout, margin)
+        return packed
+    return packed.with_plan(_measured_plan(packed, buckets, how, layout, margin), built=built)
 
 
 def _measured_plan(packed, buckets, how, layout, margin) -> Plan:
@@ -107,25 +116,27 @@ def _options(plan: Plan) -> dict:
 
 def _measure(packed, dense_weight, margin, cache, seed):
     """``_measure_buckets``, and with wgmma_layout 'auto' the layouts' contest: (buckets, how,
-    None or (the chosen layout, {layout: the sum of its buckets' times in us})). None also where no
-    bucket offers the warpgroup 2:4 kernel (the plan holds no 2:4 format: 'auto', the default, then
-    changes nothing)."""
-    buckets, how = _measure_buckets(packed, dense_weight, margin, cache, seed)
+    None or (the chosen layout, {layout: the sum of its buckets' times in us}), a weight holding the
+    formats built for the timings). None also where no bucket offers the warpgroup 2:4 kernel (the
+    plan holds no 2:4 format: 'auto', the default, then changes nothing)."""
+    buckets, how, built = _measure_buckets(packed, dense_weight, margin, cache, seed)
     if _options(packed.plan).get("wgmma_layout") != "auto":
-        return buckets, how, None
+        return buckets, how, None, built
     offered = {i for i, b in enumerate(packed.plan.buckets) if "wgmma24" in (b.kernel, *b.alternatives)}
     if not offered:
-        return buckets, how, None
+        return buckets, how, None, built
     if not _capable("wgmma24", packed.device):
-        return buckets, how, ("slots", {})
+        return buckets, how, ("slots", {}), built
     compressed_plan = packed.plan.with_buckets(packed.plan.buckets,
                                                options={**_options(packed.plan), "wgmma_layout": "compressed"})
-    compressed = replace(packed, wgmma24=None).with_plan(compressed_plan)
-    other, how_other = _measure_buckets(compressed, dense_weight, margin, cache, seed, only=offered)
+    # from the weight the slots' timings built, so that it holds their alternatives' formats too
+    compressed = replace(built, wgmma24=None).with_plan(compressed_plan)
+    other, how_other, built_other = _measure_buckets(compressed, dense_weight, margin, cache, seed, only=offered)
     sums = {"slots": _run_us(buckets, offered), "compressed": _run_us(other, offered)}
     if not sums["compressed"] < sums["slots"]:
-        return buckets, how, ("slots", sums)
-    return [other[i] if i in offered else b for i, b in enumerate(buckets)], how | how_other, ("compressed", sums)
+        return buckets, how, ("slots", sums), built
+    merged = [other[i] if i in offered else b for i, b in enumerate(buckets)]
+    return merged, how | how_other, ("compressed", sums), built_other
 
 
 def _run_us(buckets, indices) -> float:
@@ -143,7 +154,8 @@ def _name(device: torch.device) -> str:
 
 
 def _measure_buckets(packed, dense_weight, margin, cache, seed, only=None):
-    """Each bucket timed and decided again (``only``: those indices; the others as they are)."""
+    """Each bucket timed and decided again (``only``: those indices; the others as they are): (buckets,
+    how, a weight of ``packed``'s tiles holding every format built for the timings)."""
     from ..costmodel.profile import call_time_us
 
     m, k = packed.shape
@@ -207,7 +219,7 @@ def _measure_buckets(packed, dense_weight, margin, cache, seed, only=None):
         best = min(times, key=times.get)
         others = {kernel: us for kernel, us in times.items() if kernel != best}
         buckets.append(b.with_measurement(times[best], cache[key], margin, kernel=best, others=others))
-    return buckets, how
+    return buckets, how, held[0]
 
 
 def _capable(kernel: str, device: torch.device) -> bool:
