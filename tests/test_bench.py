@@ -698,3 +698,15 @@ def test_run_workload_compiled():
     assert type(model.layers[0].self_attn.k_proj) is nn.Linear  # dense and apart again
     command = models.model_command("llama", 0.7, phases=("decode-16", "decode-1"), compile=True)
     assert command.endswith("--phases decode-16,decode-1 --compile --out reports/bench/row")
+
+
+def test_measured_sums_line_names_each_phases_bucket():
+    """The log line gives, per phase token count, its bucket's summed times (dense -> cross) with the
+    layers counted; a token count in no timed bucket is left out, and no line without timings."""
+    sums = {(1, 1): {"dense_us": 3000.0, "run_us": 2000.0, "timed": 4, "layers": 4},
+            (9, 16): {"dense_us": 6000.0, "run_us": 5000.0, "timed": 3, "layers": 4}}
+    report = SimpleNamespace(measured_by_bucket=lambda: sums)
+    line = models.measured_sums_line(report, (1, 8, 16))
+    assert line.endswith(": 1 token 3.000 -> 2.000 ms (1.50x, 4 of 4 layers); 16 tokens 6.000 -> 5.000 ms "
+                         "(1.20x, 3 of 4 layers)")
+    assert models.measured_sums_line(SimpleNamespace(measured_by_bucket=dict), (1, 16)) == ""

@@ -257,6 +257,27 @@ def test_measured_check_counts_the_kernels_that_run():
         "N1: 64x128 4 of 4 kept (warpgroup 2:4 compressed 2, warpgroup 2:4 1, warpgroup 2:4 slots 1)")
 
 
+def test_measured_times_summed_per_bucket():
+    """The timed layers' times summed per bucket: a plan that runs counts its time, a bucket that
+    falls back (or a layer left dense) counts cuBLAS's on both sides, an untimed bucket counts
+    nothing but is among the layers; a bucket no layer timed is left out."""
+    from cross.nn.sparsify import NO_WIN, SPARSE, LayerReport, SparsifyReport
+
+    def facts(plan_us, dense_us, fallback=False, runs="plan"):
+        timed = {"n_min": 1, "n_max": 1, "measured_us": plan_us, "measured_dense_us": dense_us, "runs": runs,
+                 "kernel": "rows", "fallback": fallback}
+        untimed = {**timed, "n_min": 2, "n_max": 16, "measured_us": None, "measured_dense_us": None}
+        return {"shape": (64, 128), "buckets": [timed, untimed]}
+
+    layers = {"a": LayerReport("a", SPARSE, facts(8.0, 10.0)),
+              "b": LayerReport("b", SPARSE, facts(12.0, 11.0, fallback=True, runs="dense")),
+              "c": LayerReport("c", NO_WIN, facts(9.0, 20.0)),
+              "d": LayerReport("d", SPARSE, facts(30.0, 25.0, fallback=True))}  # no dense copy: the plan runs
+    assert SparsifyReport(layers).measured_by_bucket() == {
+        (1, 1): {"dense_us": 66.0, "run_us": 8.0 + 11.0 + 20.0 + 30.0, "timed": 4, "layers": 4}}
+    assert SparsifyReport({"c": LayerReport("c", NO_WIN, facts(None, None))}).measured_by_bucket() == {}
+
+
 def test_measuring_times_only_predicted_wins_and_each_dense_shape_once(rng, monkeypatch):
     """The timing loop with a fake clock (the GPU timer replaced; the kernel path runs on the
     interpreter): buckets predicted to fall back are not timed, each timed bucket runs its plan

@@ -273,6 +273,8 @@ def run_workload(wl: Workload, sparsity: float, *, command: str = "", cost_model
         if log is not None:  # the build's time too: the measured check is most of it on a GPU
             log(f"sparsify_: {len(report.layers)} layers in {time.perf_counter() - start:.0f} s; weights "
                 f"{report.nbytes_text()}; measured check: {report.measured_check()}")
+            if line := measured_sums_line(report, tokens):
+                log(line)
         cross_bytes = linear_bytes(wl.model)
         merged = shared.removed if shared is not None else 0
         sparse = {phase: ms(x) for phase, x in inputs.items()}
@@ -304,6 +306,21 @@ def run_workload(wl: Workload, sparsity: float, *, command: str = "", cost_model
                          timing=GRAPH if timings == {GRAPH} else "; ".join(sorted(timings - {GRAPH})),
                          dense_apart_ms=apart_ms, command=command))
     return rows
+
+
+def measured_sums_line(report, tokens) -> str:
+    """The linear layers' times as the measured check took them, per token count of ``tokens``
+    (``SparsifyReport.measured_by_bucket``: each layer alone, summed; dense -> what runs), or '' where
+    no layer was timed: beside the model step's times, how much of the step the linear layers are."""
+    sums = report.measured_by_bucket()
+    parts = []
+    for n in tokens:
+        e = next((e for (lo, hi), e in sums.items() if lo <= n <= hi), None)
+        if e is not None:
+            parts.append(f"{n} token{'s' if n > 1 else ''} {e['dense_us'] / 1e3:.3f} -> {e['run_us'] / 1e3:.3f} ms "
+                         f"({e['dense_us'] / e['run_us']:.2f}x, {e['timed']} of {e['layers']} layers)")
+    return ("the linear layers as the measured check timed them (each alone, summed; dense -> cross): "
+            + "; ".join(parts)) if parts else ""
 
 
 HEADER = (f"{'model':>10} {'phase':>8} {'batch':>5} {'tok':>5} {'sp':>4} {'dense_ms':>9} {'cross_ms':>9} {'speedup':>7} "

@@ -112,6 +112,27 @@ class SparsifyReport:
                 actual[key] = actual.get(key, 0.0) + run
         return {key: dense[key] / max(actual[key], 1e-9) for key in dense}
 
+    def measured_by_bucket(self) -> dict[tuple[int, int], dict]:
+        """Per token-count bucket that some layer timed on the GPU (the measured check), the layers'
+        measured times summed: 'dense_us' (cuBLAS on each layer's weight), 'run_us' (what each runs
+        there: its plan's time where the plan runs, cuBLAS's where the bucket falls back to the dense
+        product or the layer stayed dense), 'timed' (the layers counted) and 'layers' (all planned
+        layers). Each time is one layer alone (``do_bench``-style, L2 flushed), so the ratio is the
+        linear layers' own speed-up, not the model step's."""
+        out: dict[tuple[int, int], dict] = {}
+        for layer in self.layers.values():
+            for b in layer.summary.get("buckets", ()):
+                key = (b["n_min"], b["n_max"])
+                entry = out.setdefault(key, {"dense_us": 0.0, "run_us": 0.0, "timed": 0, "layers": 0})
+                entry["layers"] += 1
+                if b.get("measured_us") is None:
+                    continue
+                plan_runs = layer.action == SPARSE and b["runs"] == "plan"
+                entry["dense_us"] += b["measured_dense_us"]
+                entry["run_us"] += b["measured_us"] if plan_runs else b["measured_dense_us"]
+                entry["timed"] += 1
+        return {key: entry for key, entry in out.items() if entry["timed"]}
+
     def kernels_by_bucket(self) -> dict[tuple[int, int], dict[str, int]]:
         """Per token-count bucket, how many of the swapped layers run each kernel there (by name:
         'row', 'tile', 'warpgroup 2:4', ...; 'dense' where the bucket runs the dense product)."""
