@@ -338,13 +338,21 @@ def test_gpu_measured_check_refuses_a_wrong_kernel(monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not SM90, reason="needs a compute capability 9.0 GPU")
-def test_gpu_auto_layout_keeps_the_layout_it_timed_faster():
+def test_gpu_auto_layout_keeps_the_layout_it_timed_faster(monkeypatch):
     """With wgmma_layout='auto' a layer ends with one concrete layout, the one whose buckets timed
     faster in sum (both sums in the provenance), holds its format in that layout where a bucket runs
-    the kernel, and gives the product at each bucket's top token count."""
+    the kernel (the compressed one built once, for its timing: measure_weight), and gives the product
+    at each bucket's top token count."""
+    from cross.pack.wgmma24 import Wgmma24Weight
+
+    builds = []
+    real_build = Wgmma24Weight.from_dense.__func__
+    monkeypatch.setattr(Wgmma24Weight, "from_dense", classmethod(
+        lambda cls, *a, **kw: builds.append(kw.get("compressed", False)) or real_build(cls, *a, **kw)))
     w = pruned(11008, 4096, 0.9).cuda()
     lin = linear_of(w)
     sl = cross.SparseLinear.from_dense(lin, **AUTO)
+    assert builds == [False, True]  # the slots layout when packed, the compressed one for the contest
     sums = sl.plan.provenance["measured"]["wgmma_layouts_us"]
     layout = sl.plan.provenance["options"]["wgmma_layout"]
     assert set(sums) == {"slots", "compressed"} and layout == min(sums, key=lambda k: (sums[k], k != "slots"))
