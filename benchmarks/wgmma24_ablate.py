@@ -46,8 +46,8 @@ def launcher(args, x, y, ntok: int, defines: str, waves: int = 1, units_timed: b
     ws = torch.zeros(slots + 6 * grid + 2 * UNIT_TIMES * grid, dtype=torch.float32, device="cuda")
     counters = torch.zeros(grid, dtype=torch.int32, device="cuda")  # one per block (the args' are per resident block)
     ptrs = cuda_backend.Pointers.of(x.data_ptr(), y.data_ptr(), 0, args.values.data_ptr(), ws.data_ptr(),
-                                    counters.data_ptr(), 0, is_bf16=True)  # no prefetch
-    ints = (args.out_features, args.in_features, x.shape[0], x.stride(0), y.stride(0), args.chunks, 0)
+                                    counters.data_ptr(), is_bf16=True)
+    ints = (args.out_features, args.in_features, x.shape[0], x.stride(0), y.stride(0), args.chunks)
 
     def run():
         cuda_backend._launch(func, grid, args.wgs * 128, smem, ptrs, ints)

@@ -244,43 +244,6 @@ def test_stream_blocks():
     assert (big + 1) * wgmma24_stream_blocks(big, 132, 4) < 2**32
 
 
-def _prefetch_args(rb, chunks, words, split, compressed=False):
-    from cross.kernels.launch import Wgmma24Args
-
-    values = torch.zeros(rb, chunks, words, dtype=torch.int32)
-    return Wgmma24Args(values, torch.zeros(0), rb * 128, chunks * CHUNK, rb, chunks, 2, 2, split, 64, 132, compressed)
-
-
-@pytest.mark.parametrize("rb,chunks,split,n,units", [(16, 64, 8, 16, 3), (43, 64, 2, 16, 4), (43, 64, 0, 16, 3),
-                                                     (16, 64, 0, 16, 100), (5, 10, 1, 300, 2), (3, 12, 0, 200, 5)])
-def test_prefetch_ranges_are_each_blocks_first_units(rb, chunks, split, n, units, monkeypatch):
-    """The ranges a layer hints into L2 for the next: exactly the records of each block's first
-    ``units`` units (a block's later units not), inside the weight, in pieces of at most PREFETCH_PIECE."""
-    from cross.kernels import cuda_backend
-    from cross.kernels.launch import PREFETCH_PIECE, wgmma24_block_units, wgmma24_prefetch
-
-    monkeypatch.setattr(cuda_backend, "wgmma24_resident", lambda *a: 2)
-    words = 1168
-    args = _prefetch_args(rb, chunks, words, split)
-    blocks = wgmma24_block_units(args, n)
-    tiles = -(-n // token_tile(n))
-    assert [e for _, e in blocks[:-1]] == [f for f, _ in blocks[1:]] and blocks[0][0] == 0
-    assert blocks[-1][1] == rb * tiles * chunks  # the blocks' units in order, every unit once
-    if split == 0:
-        assert len(blocks) == wgmma24_stream_blocks(rb * tiles * chunks, 132, 2)
-    want = {(u // chunks // tiles) * chunks + u % chunks for f, e in blocks for u in range(f, min(e, f + units))}
-    record, base = words * 4, args.values.data_ptr()
-    got = set()
-    for addr, size in wgmma24_prefetch(args, n, units).tolist():
-        assert 0 < size <= PREFETCH_PIECE and size % 16 == 0 and (addr - base) % 16 == 0
-        assert base <= addr and addr + size <= base + args.values.numel() * 4
-        got |= set(range((addr - base) // record, -(-(addr - base + size) // record)))
-    assert got == want
-    assert wgmma24_prefetch(args, n, 0).shape == (0, 2)
-    with pytest.raises(ValueError, match="units"):
-        wgmma24_prefetch(args, n, -1)
-
-
 def test_split_and_smem():
     # 11008 rows in blocks of 256: 86 blocks (172 would take 2 waves; clusters of 8, 344 blocks, more
     # than one round, are not offered, though the waves' model would take them)
@@ -462,28 +425,6 @@ def test_gpu_wgmma24_xpre(m, k, n, split, compressed, rng, monkeypatch):
     finally:
         cuda_backend._wgmma24_kernel.cache_clear()
         cuda_backend.wgmma24_xpre.cache_clear()
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("compressed", [False, True])
-@pytest.mark.parametrize("n", [16, 100])
-def test_gpu_wgmma24_prefetch_changes_nothing(compressed, n, rng):
-    """A launch that hints another weight's first records into L2 (the next layer's) computes the same
-    bits as one that does not, right against the product, for both ways of splitting K."""
-    from cross.kernels.launch import wgmma24_args, wgmma24_prefetch, wgmma24_run
-
-    _needs_sm90()
-    w = _unstructured(2752, 4096, 0.3, rng).cuda()
-    nxt = wgmma24_args(Wgmma24Weight.from_dense(_unstructured(4096, 2752, 0.3, rng).cuda(), compressed=compressed))
-    x = torch.randn(n, 4096, generator=rng).to(torch.bfloat16).cuda()
-    for split in (0, None):
-        args = wgmma24_args(Wgmma24Weight.from_dense(w, compressed=compressed), split)
-        ys = []
-        for pf in (None, wgmma24_prefetch(nxt, n, 3), wgmma24_prefetch(nxt, n, 1 << 20)):
-            y = torch.full((n, 2752), float("nan"), dtype=torch.bfloat16, device="cuda")
-            ys.append(wgmma24_run(x, args, None, y, pf))
-            assert _check(y, x, w, None) < 2e-2
-        assert all(torch.equal(_bits(ys[0]), _bits(v)) for v in ys[1:])
 
 
 @pytest.mark.gpu

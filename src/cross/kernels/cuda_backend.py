@@ -453,18 +453,6 @@ def wgmma24_stream_blocks(units: int, sms: int, per_sm: int) -> int:
 WGMMA24_MAX_PER_SM, WGMMA24_MIN_UNITS = 4, 4
 
 
-def wgmma24_grid(outputs: int, chunks: int, split: int, sms: int, per_sm: int) -> int:
-    """Blocks of a wgmma24 launch over ``outputs`` row blocks x token tiles of ``chunks`` chunks each:
-    ``split`` per output (clusters), or for split 0 (STREAM) ``wgmma24_stream_blocks``."""
-    return outputs * split if split else wgmma24_stream_blocks(outputs * chunks, sms, per_sm)
-
-
-def wgmma24_resident(is_bf16: bool, wgs: int, mt: int, split: int, slots: int, ntok: int, compressed: bool = False,
-                     over: bool = False) -> int:
-    """Blocks per SM of a wgmma24 build on the current GPU (built here if it was not yet)."""
-    return _wgmma24_kernel(torch.cuda.current_device(), is_bf16, wgs, mt, split, slots, ntok, compressed, over)[2]
-
-
 def workspace(floats: int) -> torch.Tensor:
     """fp32 scratch of a launch on the current GPU, from PyTorch's caching allocator (kept for the
     stream's later work once the launch's tensor is dropped)."""
@@ -473,25 +461,27 @@ def workspace(floats: int) -> torch.Tensor:
 
 def wgmma24_launch(row_blocks: int, ntok: int, wgs: int, mt: int, split: int, slots: int, ptrs, m: int, k: int,
                    n_tok: int, ldx: int, ldy: int, chunks: int, sms: int, compressed: bool = False,
-                   over: bool = False, prefetch: torch.Tensor | None = None) -> None:
+                   over: bool = False) -> None:
     """One launch of wgmma24 (sm_90a) of ``ntok`` tokens per block over a weight of ``slots`` overflow
     word slots per chunk (``compressed``: the compressed layout's, ``over``: with overflow): pointers
     (x, y, bias or 0, values, counters), M, K, N, X's and Y's row strides and the weight's chunks (64
     columns). ``split`` 0: the launch's units in equal parts over the resident blocks of ``sms`` SMs
     (STREAM; a workspace of two slots of partial sums per block, allocated here, and the weight's
     ``counters``); 1..8: a cluster of ``split`` blocks (the parts of K) per row block and token tile of
-    N, a row block's token tiles adjacent (wgmma24.cu). ``prefetch``: int64 [ranges, 2] (device address,
-    bytes) that the blocks done with their units hint into L2 (the next layer's first reads:
-    ``launch.wgmma24_prefetch``), or None."""
+    N, a row block's token tiles adjacent (wgmma24.cu)."""
     func, smem, per_sm = _wgmma24_kernel(torch.cuda.current_device(), ptrs.is_bf16, wgs, mt, split, slots, ntok,
                                          compressed, over)
     x, y, bias, values, counters = ptrs.values
-    grid = wgmma24_grid(row_blocks * -(-n_tok // ntok), chunks, split, sms, per_sm)
-    ws = None if split else workspace(2 * grid * 64 * wgs * mt * ntok)
+    outputs = row_blocks * -(-n_tok // ntok)
+    ws = None
+    if split:
+        grid = outputs * split
+    else:
+        grid = wgmma24_stream_blocks(outputs * chunks, sms, per_sm)
+        ws = workspace(2 * grid * 64 * wgs * mt * ntok)
     _launch(func, grid, wgs * 128, smem,
-            Pointers.of(x, y, bias, values, 0 if ws is None else ws.data_ptr(), counters,
-                        0 if prefetch is None else prefetch.data_ptr(), is_bf16=ptrs.is_bf16),
-            (m, k, n_tok, ldx, ldy, chunks, 0 if prefetch is None else prefetch.shape[0]))
+            Pointers.of(x, y, bias, values, 0 if ws is None else ws.data_ptr(), counters, is_bf16=ptrs.is_bf16),
+            (m, k, n_tok, ldx, ldy, chunks))
 
 
 # ---------------------------------------------------------------------- the slice kernel

@@ -521,64 +521,12 @@ def wgmma24_args(weight, split: int | None = None) -> Wgmma24Args:
                        weight.overflow)
 
 
-def wgmma24_block_units(args: Wgmma24Args, n: int, is_bf16: bool = True) -> list[tuple[int, int]]:
-    """[first, end) of the units each block of a launch of ``args`` at ``n`` tokens walks, in block
-    order, as kernels/wgmma24.cu splits them: STREAM's equal ranges, or a cluster's parts of K (unit (rb
-    tiles + tt) chunks + c: chunk c of row block rb and token tile tt)."""
-    from ..pack.wgmma24 import token_tile
-    from . import cuda_backend
-
-    ntok = token_tile(n)
-    tiles = -(-n // ntok)
-    split = args.split if args.split >= 0 else wgmma24_split(args.row_blocks, args.chunks, args.sms, tiles)
-    outputs, chunks = args.row_blocks * tiles, args.chunks
-    if split:
-        return [(o * chunks + p * chunks // split, o * chunks + (p + 1) * chunks // split)
-                for o in range(outputs) for p in range(split)]
-    per_sm = cuda_backend.wgmma24_resident(is_bf16, args.wgs, args.mt, 0, args.slots, ntok, args.compressed,
-                                           args.over)
-    grid = cuda_backend.wgmma24_grid(outputs, chunks, 0, args.sms, per_sm)
-    total = outputs * chunks
-    return [(j * total // grid, (j + 1) * total // grid) for j in range(grid)]
-
-
-#: Bytes of one L2 prefetch range at most (one cp.async.bulk.prefetch each)
-PREFETCH_PIECE = 32 * 1024
-
-
-def wgmma24_prefetch(args: Wgmma24Args, n: int, units: int, is_bf16: bool = True) -> torch.Tensor:
-    """The weight bytes a launch of ``args`` at ``n`` tokens reads first, for the launch before it to
-    hint into L2 (``wgmma24_run``'s ``prefetch``): each block's first ``units`` units' records, as int64
-    [ranges, 2] (device address, bytes; runs of adjacent records merged, then cut into pieces of at most
-    PREFETCH_PIECE) on the weight's GPU."""
-    from ..pack.wgmma24 import token_tile
-
-    if units < 0:
-        raise ValueError(f"wgmma24_prefetch: units must be >= 0, got {units}")
-    tiles = -(-n // token_tile(n))
-    record = args.values.shape[2] * args.values.element_size()
-    runs: list[list[int]] = []  # [first record, records]
-    for first, end in wgmma24_block_units(args, n, is_bf16):
-        for u in range(first, min(end, first + units)):
-            o, c = divmod(u, args.chunks)
-            rec = (o // tiles) * args.chunks + c  # a row block's token tiles read the same records
-            if runs and runs[-1][0] + runs[-1][1] == rec:
-                runs[-1][1] += 1
-            elif not runs or not runs[-1][0] <= rec < runs[-1][0] + runs[-1][1]:
-                runs.append([rec, 1])
-    base = args.values.data_ptr()
-    ranges = [(base + a * record + off, min(PREFETCH_PIECE, (a + cnt) * record - a * record - off))
-              for a, cnt in runs for off in range(0, cnt * record, PREFETCH_PIECE)]
-    return torch.tensor(ranges, dtype=torch.int64).reshape(-1, 2).to(args.values.device)
-
-
 def wgmma24_run(x: torch.Tensor, args: Wgmma24Args, bias: torch.Tensor | None = None,
-                out: torch.Tensor | None = None, prefetch: torch.Tensor | None = None) -> torch.Tensor:
+                out: torch.Tensor | None = None) -> torch.Tensor:
     """Y[N, M] = X[N, K] @ W^T (+ bias) by the warpgroup 2:4 kernel, one launch: blocks of 16, 32 or 64
     tokens where N is at most that (``token_tile``), else tiles of 128. x: [N, K] in the weight's dtype
-    on its GPU; bias: contiguous [M]; out: optional [N, M], unit stride along M (written entirely);
-    ``prefetch``: ranges (``wgmma24_prefetch``) its blocks hint into L2 when done (the next layer's first
-    reads; no effect on Y). No checks beyond X's layout (``wgmma24_matmul`` checks)."""
+    on its GPU; bias: contiguous [M]; out: optional [N, M], unit stride along M (written entirely). No
+    checks beyond X's layout (``wgmma24_matmul`` checks)."""
     from ..pack.wgmma24 import token_tile, x_stages
     from . import cuda_backend
 
@@ -593,7 +541,7 @@ def wgmma24_run(x: torch.Tensor, args: Wgmma24Args, bias: torch.Tensor | None = 
     ptrs = cuda_backend.Pointers((xk, y, bias, args.values, args.counters), x.dtype == torch.bfloat16)
     cuda_backend.wgmma24_launch(args.row_blocks, ntok, args.wgs, args.mt, split, args.slots, ptrs,
                                 args.out_features, args.in_features, n, x.stride(0), y.stride(0), args.chunks,
-                                args.sms, args.compressed, args.over, prefetch)
+                                args.sms, args.compressed, args.over)
     return y
 
 

@@ -295,14 +295,6 @@ __device__ __forceinline__ void store_one(u16* y, const u16* bias, int row0, int
 // the accumulators of a thread summed at once from the partial sums' slots (their loads in flight together)
 #define SUM_GROUP (MT * NACC < 32 ? MT * NACC : 32)
 
-// a block done with its units: the ranges e = blockIdx.x + gridDim.x * thread (of pf_n: address, bytes at
-// pf[2 e], pf[2 e + 1]) of another launch's weight (the next layer's, read first there) into L2. A hint:
-// the block does not wait for it, and nothing it computes depends on it
-__device__ __forceinline__ void prefetch_l2(const unsigned long long* pf, int pf_n) {
-    for (int e = blockIdx.x + gridDim.x * threadIdx.x; e < pf_n; e += gridDim.x * blockDim.x)
-        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(pf[2 * e]), "r"((u32)pf[2 * e + 1]) : "memory");
-}
-
 // the block (of `blocks`, STREAM) whose units [j units / blocks, (j + 1) units / blocks) hold unit u; 32-bit
 // (a 64-bit division is a call, whose saved registers spill at 128 tokens): the launcher keeps
 // (units + 1) blocks under 2^32
@@ -316,8 +308,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
     __cluster_dims__(SPLIT, 1, 1)
 #endif
     wgmma24(const u16* __restrict__ x, u16* __restrict__ y, const u16* __restrict__ bias,
-            const unsigned char* __restrict__ values, float* __restrict__ ws, int* __restrict__ counters,
-            const unsigned long long* __restrict__ pf, int m, int k, int n_tok, int ldx, int ldy, int chunks, int pf_n) {
+            const unsigned char* __restrict__ values, float* __restrict__ ws, int* __restrict__ counters, int m,
+            int k, int n_tok, int ldx, int ldy, int chunks) {
     extern __shared__ __align__(128) unsigned char smem[];
     const int tid = threadIdx.x, wg = tid >> 7, tw = tid & 127, lane = tid & 31, warp = tw >> 5;
 #if BLOCK_TIMES
@@ -510,7 +502,6 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
 #endif
     }
 #if STREAM
-    prefetch_l2(pf, pf_n);
 #if BLOCK_TIMES
     if (tid == 0) {
         unsigned long long t_end;
@@ -525,7 +516,6 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
 #else
     asm volatile("cp.async.wait_all;\n" ::: "memory");
     __syncthreads();  // every warpgroup done with the stages: they hold the partial sums now
-    prefetch_l2(pf, pf_n);
 
     // partial sums [token][row] (row stride TS floats): thread's d[4 j + 2 h + b] is row 16 warp + g + 8 h
     // of its m-tile, token 8 j + 2 q + b
