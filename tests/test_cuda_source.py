@@ -99,7 +99,7 @@ def test_wgmma_probe_compiles(variant, tmp_path):
     (2, 2, 1, 0, 128, False), (2, 2, 4, 1, 128, False), (1, 1, 1, 1, 128, False), (2, 1, 8, 1, 64, False),
     (1, 2, 3, 0, 32, False), (2, 2, 3, 1, 16, False), (2, 2, 2, 0, 16, False),
     (2, 2, 3, 1, 16, True), (2, 2, 1, 1, 128, True), (1, 2, 2, 0, 64, True),
-    (2, 2, 0, 1, 16, False), (2, 2, 0, 1, 16, True), (2, 2, 0, 0, 128, False)])
+    (2, 2, 0, 1, 16, False), (2, 2, 0, 1, 16, True), (2, 2, 0, 0, 128, False), (2, 2, 8, 1, 16, True)])
 @pytest.mark.parametrize("is_bf16", [True, False], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("tuning", ["", "-DREFILL_LATE=0", "-DXPRE=1", "-DBLOCK_TIMES=2"])
 def test_wgmma24_kernel_source_compiles(wgs, mt, split, overflow, ntok, compressed, is_bf16, tuning, tmp_path):
