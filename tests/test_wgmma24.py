@@ -244,24 +244,6 @@ def test_stream_blocks():
     assert (big + 1) * wgmma24_stream_blocks(big, 132, 4) < 2**32
 
 
-def test_compressed_layout_takes_clusters_of_8_only_in_one_round():
-    """By default the compressed layout runs clusters where wgmma24_split takes 8 (4096 rows: 128
-    blocks that start at once) and STREAM elsewhere; the slots layout runs wgmma24_split's clusters;
-    a split given is kept."""
-    from cross.kernels.launch import Wgmma24Args, wgmma24_launch_split
-
-    def args(rb, chunks, split):
-        return Wgmma24Args(torch.zeros(0), torch.zeros(0), rb * 256, chunks * CHUNK, rb, chunks, 2, 2, split, 16, 132)
-
-    assert [wgmma24_launch_split(args(16, 64, -2), n) for n in (1, 16, 40, 128, 300)] == [8, 8, 8, 8, 0]
-    assert wgmma24_launch_split(args(16, 172, -2), 16) == 8  # 4096 x 11008
-    assert wgmma24_launch_split(args(43, 64, -2), 16) == 0  # 11008 rows: clusters of 2, so STREAM
-    assert wgmma24_launch_split(args(48, 64, -2), 16) == 0  # q, k, v stacked: 12288 rows
-    assert wgmma24_launch_split(args(16, 24, -2), 16) == 0  # clusters of 8 would have 3 chunks each
-    assert wgmma24_launch_split(args(43, 64, -1), 16) == 2 and wgmma24_launch_split(args(16, 64, -1), 300) == 2
-    assert [wgmma24_launch_split(args(16, 64, s), 16) for s in (0, 1, 3)] == [0, 1, 3]
-
-
 def test_split_and_smem():
     # 11008 rows in blocks of 256: 86 blocks (172 would take 2 waves; clusters of 8, 344 blocks, more
     # than one round, are not offered, though the waves' model would take them)
@@ -393,22 +375,6 @@ def _twice_the_same_bits(args, w, n, rng):
         assert _check(y, x, w, b) < 2e-2, f"n={n}"
         assert not args.counters.any()
     assert torch.equal(_bits(ys[0]), _bits(ys[1]))
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("k", [4096, 1032])
-def test_gpu_wgmma24_compressed_clusters_by_default(k, rng):
-    """A 4096-row weight in the compressed layout runs clusters of 8 by default up to 128 tokens and
-    STREAM beyond one token tile: right against the product, the same bits twice, counters at zero."""
-    from cross.kernels.launch import wgmma24_args, wgmma24_launch_split
-
-    _needs_sm90()
-    m = 4096
-    w = _unstructured(m, k, 0.3, rng).cuda()
-    args = wgmma24_args(Wgmma24Weight.from_dense(w, compressed=True))
-    for n in (16, 40, 128, 300):
-        assert wgmma24_launch_split(args, n) == (8 if n <= 128 and k == 4096 else 0)
-        _twice_the_same_bits(args, w, n, rng)
 
 
 @pytest.mark.gpu

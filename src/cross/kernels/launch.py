@@ -451,9 +451,8 @@ class Wgmma24Args(NamedTuple):
     chunks: int
     wgs: int
     mt: int
-    split: int  # -1: clusters of wgmma24_split's per launch; -2: those where they all start at once and
-    # exceed WGMMA_ONE_ROUND_SPLIT, else STREAM (wgmma24_launch_split); 0: the launch's units in equal parts
-    # over the SMs' resident blocks (STREAM); 1..8: clusters of that many blocks
+    split: int  # -1: clusters of wgmma24_split's per launch; 0: the launch's units in equal parts over the
+    # SMs' resident blocks (STREAM); 1..8: clusters of that many blocks
     slots: int  # overflow word slots per chunk (0: no overflow); compressed: value word slots
     sms: int  # the GPU's SMs
     compressed: bool = False  # the compressed layout (pack/wgmma24._compressed)
@@ -491,9 +490,8 @@ def wgmma24_args(weight, split: int | None = None) -> Wgmma24Args:
     """Check a Wgmma24Weight (pack/wgmma24.py) on its GPU and resolve its launch: ``split`` parts of K
     per row block and token tile, a cluster of that many blocks (1..8), or 0: each launch's units (the
     chunks of its row blocks and token tiles) in equal parts over the SMs' resident blocks (STREAM);
-    None: ``wgmma24_split`` of each launch's token tiles; in the compressed layout only where that is a
-    split above WGMMA_ONE_ROUND_SPLIT, else STREAM (``wgmma24_launch_split``; docs/perf-notes.md,
-    "The compressed layout by clusters of 8")."""
+    None: STREAM for the compressed layout (faster than clusters in 3 of 4 cells measured at 16 tokens,
+    docs/perf-notes.md), else ``wgmma24_split`` of each launch's token tiles."""
     from ..pack.wgmma24 import NTOKS, smem_bytes
     from .cuda_backend import WGMMA24_MAX_PER_SM
 
@@ -514,26 +512,13 @@ def wgmma24_args(weight, split: int | None = None) -> Wgmma24Args:
     if most > limit:
         raise ValueError(f"wgmma24_matmul: a block needs up to {most} bytes of shared memory, the device has {limit}")
     sms = torch.cuda.get_device_properties(weight.device).multi_processor_count
-    if split is None:
-        split = -2 if weight.compressed else -1
+    if split is None and weight.compressed:
+        split = 0
     # only a STREAM launch arrives on counters (the clusters sum through shared memory)
-    counters = torch.zeros(sms * WGMMA24_MAX_PER_SM if split in (0, -2) else 0, dtype=torch.int32,
-                           device=weight.device)
+    counters = torch.zeros(sms * WGMMA24_MAX_PER_SM if split == 0 else 0, dtype=torch.int32, device=weight.device)
     return Wgmma24Args(weight.values, counters, weight.shape[0], weight.shape[1], row_blocks, chunks, weight.wgs,
-                       weight.mt, split, weight.slots, sms, weight.compressed, weight.overflow)
-
-
-def wgmma24_launch_split(args: Wgmma24Args, n: int) -> int:
-    """The split a launch of ``args`` at ``n`` tokens runs (0: STREAM; 1..8: clusters): ``args.split``
-    where it names one; -1: ``wgmma24_split`` of the launch's token tiles; -2 (the compressed layout's
-    default): that split where it is above WGMMA_ONE_ROUND_SPLIT (clusters of 8 that all start at once,
-    one block per SM: 4096-row weights at up to 128 tokens), else STREAM."""
-    from ..pack.wgmma24 import token_tile
-
-    if args.split >= 0:
-        return args.split
-    split = wgmma24_split(args.row_blocks, args.chunks, args.sms, -(-n // token_tile(n)))
-    return split if args.split == -1 or split > WGMMA_ONE_ROUND_SPLIT else 0
+                       weight.mt, -1 if split is None else split, weight.slots, sms, weight.compressed,
+                       weight.overflow)
 
 
 def wgmma24_run(x: torch.Tensor, args: Wgmma24Args, bias: torch.Tensor | None = None,
@@ -551,7 +536,7 @@ def wgmma24_run(x: torch.Tensor, args: Wgmma24Args, bias: torch.Tensor | None = 
         return y
     x = _rows_16_byte_aligned(x)
     ntok = token_tile(n)
-    split = wgmma24_launch_split(args, n)
+    split = args.split if args.split >= 0 else wgmma24_split(args.row_blocks, args.chunks, args.sms, -(-n // ntok))
     xk = x_stages(x, ntok, args.chunks) if cuda_backend.wgmma24_xpre() else x  # an XPRE build's X
     ptrs = cuda_backend.Pointers((xk, y, bias, args.values, args.counters), x.dtype == torch.bfloat16)
     cuda_backend.wgmma24_launch(args.row_blocks, ntok, args.wgs, args.mt, split, args.slots, ptrs,
@@ -566,9 +551,8 @@ def wgmma24_matmul(x: torch.Tensor, weight, bias: torch.Tensor | None = None, ou
     warpgroup mma, a second one for the overflow) over a Wgmma24Weight (pack/wgmma24.py), 16-128 tokens
     per block. x: [N, K] in the weight's dtype, finite (only the stored slots are multiplied); bias: [M];
     out: optional [N, M], unit stride along M; ``split``: parts of K per row block, a cluster of that
-    many blocks (1..8), or 0: the launch's chunks in equal parts over the SMs; default: by launch
-    (``wgmma24_launch_split``: clusters of ``wgmma24_split``, in the compressed layout only clusters of 8
-    that start at once, else 0). Needs compute
+    many blocks (1..8), or 0: the launch's chunks in equal parts over the SMs; default: 0 for the
+    compressed layout, else ``wgmma24_split`` of the launch's token tiles (wgmma24_args). Needs compute
     capability 9.0 (sm_90a)."""
     _check_pass_args("wgmma24_matmul", x, weight, bias, out)
     return wgmma24_run(x, wgmma24_args(weight, split), bias, out)
