@@ -119,3 +119,25 @@ def test_wgmma24_kernel_source_compiles(wgs, mt, split, overflow, ntok, compress
     assert "serializ" not in out.stderr, out.stderr[-2000:]
     assert re.search(r"Used \d+ registers", out.stderr), out.stderr[-2000:]
     assert sum(int(v) for v in re.findall(r"(\d+) bytes spill stores", out.stderr)) == 0, out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("split,compressed", [(8, False), (0, True)])
+@pytest.mark.parametrize("ablate", [1, 3, 4])
+def test_wgmma24_ablation_builds_compile(split, compressed, ablate, tmp_path):
+    """The ablation builds of benchmarks/wgmma24_floor.py (ABLATE 1: no mmas; 3: no copies either; 4:
+    the launch alone) assemble at 16 tokens, for the clusters and for STREAM; bit 2 without bit 1 is
+    refused by the source itself."""
+    from cross.kernels.cuda_backend import wgmma24_defines
+
+    kernels = resources.files("cross.kernels")
+
+    def build(value):
+        return subprocess.run([NVCC, "-arch=sm_90a", "-std=c++17", "-cubin", "-o", str(tmp_path / "k.cubin"),
+                               f"-I{kernels}", *wgmma24_defines(True, 2, 2, split, 1024 if compressed else 64, 16,
+                                                                compressed, True),
+                               f"-DABLATE={value}", str(kernels.joinpath("wgmma24.cu"))], capture_output=True, text=True)
+
+    out = build(ablate)
+    assert out.returncode == 0, out.stderr[-3000:]
+    refused = build(2)
+    assert refused.returncode != 0 and "needs bit 1" in refused.stderr

@@ -54,13 +54,18 @@
 #ifndef STREAM
 #define STREAM 0
 #endif
-// Diagnostics (0 in normal builds; benchmarks/wgmma24_ablate.py): ABLATE=1 skips the A registers' loads
-// and the mmas (the copies, waits and barriers alone; the result is wrong); BLOCK_TIMES=1 (STREAM) has
+// Diagnostics (0 in normal builds; benchmarks/wgmma24_ablate.py, wgmma24_floor.py): ABLATE bit 1 skips the
+// A registers' loads and the mmas (the copies, waits and barriers alone), bit 2 the copies and their
+// waits, bit 4 everything (each block returns at its start: the launch alone); the result is wrong in
+// every ABLATE build; BLOCK_TIMES=1 (STREAM) has
 // thread 0 of block j write its start and end (%globaltimer, ns) and its SM at u64 [3 j ..] past the
 // workspace's 2 P R NTOK floats; BLOCK_TIMES=2 also the time each of its first UNIT_TIMES units is seen
 // in place (after its waits) at u64 [3 P + UNIT_TIMES j + i]
 #ifndef ABLATE
 #define ABLATE 0
+#endif
+#if (ABLATE & 2) && !(ABLATE & 1)
+#error "ABLATE bit 2 (no copies) needs bit 1 (no mmas): the registers would be read from stages never written"
 #endif
 #ifndef BLOCK_TIMES
 #define BLOCK_TIMES 0
@@ -207,6 +212,9 @@ __device__ __forceinline__ void cluster_sync() {
 // XPRE: x holds them laid out so already, one bulk copy on the same mbarrier)
 __device__ __forceinline__ void load_chunk(unsigned char* stage, u32 bar, const unsigned char* wsrc, const u16* x,
                                            int c, int n_tok, int k, int ldx, int tid) {
+#if ABLATE & 2
+    return;  // no copies (nor their waits)
+#endif
     const u32 sw = smem_u32(stage);
 #if XPRE  // x: the token tile's stages; chunk c's part as the stage holds it
     if (tid == 0) {
@@ -310,6 +318,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
     wgmma24(const u16* __restrict__ x, u16* __restrict__ y, const u16* __restrict__ bias,
             const unsigned char* __restrict__ values, float* __restrict__ ws, int* __restrict__ counters, int m,
             int k, int n_tok, int ldx, int ldy, int chunks) {
+#if ABLATE & 4
+    return;  // the launch alone
+#endif
     extern __shared__ __align__(128) unsigned char smem[];
     const int tid = threadIdx.x, wg = tid >> 7, tw = tid & 127, lane = tid & 31, warp = tw >> 5;
 #if BLOCK_TIMES
@@ -356,7 +367,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
     }
     for (int i = 0; i < nun; ++i) {
         asm volatile("cp.async.wait_group %0;\n" ::"n"(AHEAD - 1) : "memory");
-#if BULK
+#if BULK && !(ABLATE & 2)
         mbar_wait(bars + 8 * (i % STAGES), (u32)(i / STAGES) & 1u);  // unit i's weight record in place
 #endif
 #if BLOCK_TIMES >= 2 && STREAM

@@ -1,0 +1,101 @@
+"""What a warpgroup 2:4 launch at few tokens spends outside its mmas: the launch as the runtime makes it
+(the slots layout by its clusters, or with --compressed the compressed layout by STREAM), timed in full
+and in three ablation builds (kernels/wgmma24.cu's ABLATE bits, through CROSS_CUDA_DEFINES; their
+results are wrong by design and not checked): "copies only" (-DABLATE=1: the weight's records and X
+through the pipeline, the waits, barriers and the end's sums, no A registers, no mmas), "no copies"
+(-DABLATE=3: the loop's barriers and the end alone) and "launch only" (-DABLATE=4: every block returns
+at its start). Each is timed as the benchmarks time everything (CUDA-graph replay, L2 flushed by a
+256 MB read before each replay), cuBLAS in the same run; the full build is checked against the fp32
+product (output poisoned) before it is timed. The differences split the launch's time: the launch
+alone, the loop's barriers and the end's sums, the copies' streaming, and the mmas' chain.
+
+    PYTHONPATH=src python benchmarks/wgmma24_floor.py --shapes llama-qkvo,llama-down --sparsities 0.7,0.9 --n 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from cross.bench.report import start_csv  # noqa: E402
+from cross.bench.timing import check, graph_us  # noqa: E402
+from cross.bench.weights import ALL_SHAPES, make_weight  # noqa: E402
+from cross.kernels import cuda_backend  # noqa: E402
+from cross.kernels.launch import wgmma24_args, wgmma24_run, wgmma24_split  # noqa: E402
+from cross.pack.wgmma24 import Wgmma24Weight, token_tile  # noqa: E402
+
+#: the builds timed after the full one: (name, CROSS_CUDA_DEFINES)
+ABLATIONS = (("copies only", "-DABLATE=1"), ("no copies", "-DABLATE=3"), ("launch only", "-DABLATE=4"))
+
+
+def build_with(defines: str) -> None:
+    """Make the next wgmma24 launches use a build with ``defines`` (empty: the normal build)."""
+    os.environ[cuda_backend.DEFINES_ENV] = defines
+    cuda_backend._wgmma24_kernel.cache_clear()
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shapes", default="llama-qkvo,llama-down", help=f"comma-separated, of {', '.join(ALL_SHAPES)}")
+    ap.add_argument("--sparsities", default="0.7,0.9")
+    ap.add_argument("--n", type=int, default=16, help="tokens")
+    ap.add_argument("--compressed", action="store_true", help="the compressed layout (default: the slots layout)")
+    ap.add_argument("--out", default="")
+    opts = ap.parse_args(argv)
+    if cuda_backend.DEFINES_ENV in os.environ:
+        raise SystemExit(f"wgmma24_floor: unset {cuda_backend.DEFINES_ENV}; the script sets it for each build")
+    gen = torch.Generator().manual_seed(0)
+    layout = "compressed" if opts.compressed else "slots"
+    print(f"# {torch.cuda.get_device_name()}, bf16, N={opts.n}, the {layout} layout at its default launch; "
+          f"CUDA-graph replay, L2 flushed; us")
+    rows = []
+    try:
+        for shape in opts.shapes.split(","):
+            m, k = ALL_SHAPES[shape]
+            for sp in (float(v) for v in opts.sparsities.split(",")):
+                w = make_weight(m, k, sp, "uniform", gen).cuda()
+                sw = Wgmma24Weight.from_dense(w, compressed=opts.compressed)
+                args = wgmma24_args(sw)
+                split = args.split if args.split >= 0 else wgmma24_split(args.row_blocks, args.chunks, args.sms,
+                                                                        -(-opts.n // token_tile(opts.n)))
+                x = torch.randn(opts.n, k, generator=gen).to(torch.bfloat16).cuda()
+                y = torch.full((opts.n, m), float("nan"), dtype=torch.bfloat16, device="cuda")
+                dense_us = graph_us(lambda: F.linear(x, w))
+                build_with("")
+                wgmma24_run(x, args, None, y)
+                bad = check(y, x.float() @ w.float().T)
+                if bad:
+                    raise SystemExit(f"{shape} {sp}: the full build is WRONG: {bad}")
+                times = {"full": graph_us(lambda: wgmma24_run(x, args, None, y))}
+                for name, defines in ABLATIONS:
+                    build_with(defines)
+                    times[name] = graph_us(lambda: wgmma24_run(x, args, None, y))
+                build_with("")
+                parts = {"launch only": times["launch only"],
+                         "barriers and the end's sums": times["no copies"] - times["launch only"],
+                         "the copies": times["copies only"] - times["no copies"],
+                         "the mmas": times["full"] - times["copies only"]}
+                rec = dict(shape=shape, M=m, K=k, N=opts.n, sparsity=sp, layout=layout,
+                           split=split if split else "STREAM", mb=round(sw.nbytes / 1e6, 2), dense_us=round(dense_us, 2),
+                           **{f"{name.replace(' ', '_')}_us": round(us, 2) for name, us in times.items()})
+                rows.append(rec)
+                print(f"{shape:>11} {sp:>4} {rec['mb']:>6.1f} MB, split {rec['split']}: cuBLAS {dense_us:.2f}, "
+                      + ", ".join(f"{name} {us:.2f}" for name, us in times.items())
+                      + "\n" + " " * 12 + "parts: " + ", ".join(f"{name} {us:+.2f}" for name, us in parts.items()),
+                      flush=True)
+    finally:
+        os.environ.pop(cuda_backend.DEFINES_ENV, None)
+        cuda_backend._wgmma24_kernel.cache_clear()
+    if opts.out and rows:
+        start_csv(Path(opts.out), list(rows[0]), rows)
+
+
+if __name__ == "__main__":
+    main()
