@@ -4,7 +4,7 @@ and in three ablation builds (kernels/wgmma24.cu's ABLATE bits, through CROSS_CU
 results are wrong by design and not checked): "copies only" (-DABLATE=1: the weight's records and X
 through the pipeline, the waits, barriers and the end's sums, no A registers, no mmas), "no copies"
 (-DABLATE=3: the loop's barriers and the end alone) and "launch only" (-DABLATE=4: every block returns
-at its start). Each is timed as the benchmarks time everything (CUDA-graph replay, L2 flushed by a
+at its start), each launched with the full build's grid. Each is timed as the benchmarks time everything (CUDA-graph replay, L2 flushed by a
 256 MB read before each replay), cuBLAS in the same run; the full build is checked against the fp32
 product (output poisoned) before it is timed. The differences split the launch's time: the launch
 alone, the loop's barriers and the end's sums, the copies' streaming, and the mmas' chain.
@@ -35,10 +35,17 @@ from cross.pack.wgmma24 import Wgmma24Weight, token_tile  # noqa: E402
 ABLATIONS = (("copies only", "-DABLATE=1"), ("no copies", "-DABLATE=3"), ("launch only", "-DABLATE=4"))
 
 
-def build_with(defines: str) -> None:
-    """Make the next wgmma24 launches use a build with ``defines`` (empty: the normal build)."""
+BUILD = cuda_backend._wgmma24_kernel  # the launcher's builds: (function, shared memory, blocks per SM)
+
+
+def build_with(defines: str, per_sm: int | None = None) -> None:
+    """Make the next wgmma24 launches use a build with ``defines`` (empty: the normal build), launched
+    as if ``per_sm`` of its blocks fitted on an SM (None: as many as do). An ablation build needs fewer
+    registers, so more of its blocks fit, and a STREAM launch sized by that would have more blocks than
+    the full build's: pinned, the ablations run the full launch's grid."""
     os.environ[cuda_backend.DEFINES_ENV] = defines
-    cuda_backend._wgmma24_kernel.cache_clear()
+    BUILD.cache_clear()
+    cuda_backend._wgmma24_kernel = BUILD if per_sm is None else (lambda *a: BUILD(*a)[:2] + (per_sm,))
 
 
 def main(argv=None):
@@ -69,13 +76,15 @@ def main(argv=None):
                 y = torch.full((opts.n, m), float("nan"), dtype=torch.bfloat16, device="cuda")
                 dense_us = graph_us(lambda: F.linear(x, w))
                 build_with("")
+                per_sm = BUILD(torch.cuda.current_device(), True, args.wgs, args.mt, split, args.slots,
+                               token_tile(opts.n), args.compressed, args.over)[2]
                 wgmma24_run(x, args, None, y)
                 bad = check(y, x.float() @ w.float().T)
                 if bad:
                     raise SystemExit(f"{shape} {sp}: the full build is WRONG: {bad}")
                 times = {"full": graph_us(lambda: wgmma24_run(x, args, None, y))}
                 for name, defines in ABLATIONS:
-                    build_with(defines)
+                    build_with(defines, per_sm)
                     times[name] = graph_us(lambda: wgmma24_run(x, args, None, y))
                 build_with("")
                 parts = {"launch only": times["launch only"],
@@ -83,16 +92,18 @@ def main(argv=None):
                          "the copies": times["copies only"] - times["no copies"],
                          "the mmas": times["full"] - times["copies only"]}
                 rec = dict(shape=shape, M=m, K=k, N=opts.n, sparsity=sp, layout=layout,
-                           split=split if split else "STREAM", mb=round(sw.nbytes / 1e6, 2), dense_us=round(dense_us, 2),
+                           split=split if split else "STREAM", blocks_per_sm=per_sm, mb=round(sw.nbytes / 1e6, 2),
+                           dense_us=round(dense_us, 2),
                            **{f"{name.replace(' ', '_')}_us": round(us, 2) for name, us in times.items()})
                 rows.append(rec)
-                print(f"{shape:>11} {sp:>4} {rec['mb']:>6.1f} MB, split {rec['split']}: cuBLAS {dense_us:.2f}, "
+                print(f"{shape:>11} {sp:>4} {rec['mb']:>6.1f} MB, split {rec['split']} ({per_sm} per SM): "
+                      f"cuBLAS {dense_us:.2f}, "
                       + ", ".join(f"{name} {us:.2f}" for name, us in times.items())
                       + "\n" + " " * 12 + "parts: " + ", ".join(f"{name} {us:+.2f}" for name, us in parts.items()),
                       flush=True)
     finally:
+        build_with("")
         os.environ.pop(cuda_backend.DEFINES_ENV, None)
-        cuda_backend._wgmma24_kernel.cache_clear()
     if opts.out and rows:
         start_csv(Path(opts.out), list(rows[0]), rows)
 
