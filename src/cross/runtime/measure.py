@@ -73,7 +73,8 @@ def measure_plan(packed: PackedWeight, dense_weight: torch.Tensor, *, margin: fl
     """``packed.plan`` with each bucket it is predicted to win timed on the GPU and decided again
     (``BucketPlan.with_measurement``); provenance gains 'measured'. ``dense_weight`` is the weight
     as a dense tensor (on the same GPU); ``dense_times`` caches the dense product's times by shape."""
-    return measure_weight(packed, dense_weight, margin=margin, dense_times=dense_times, seed=seed).plan
+    plan, _ = _measured(packed, dense_weight, margin, dense_times, seed)
+    return packed.plan if plan is None else plan
 
 
 def measure_weight(packed: PackedWeight, dense_weight: torch.Tensor, *, margin: float = WIN_MARGIN,
@@ -81,6 +82,13 @@ def measure_weight(packed: PackedWeight, dense_weight: torch.Tensor, *, margin: 
     """``packed.with_plan(measure_plan(packed, ...))``, with the formats the check built to time the
     alternatives (the row format, the other 2:4 layout) taken where the measured plan runs them,
     not built a second time. ``packed`` itself where nothing was timed."""
+    plan, built = _measured(packed, dense_weight, margin, dense_times, seed)
+    return packed if plan is None else packed.with_plan(plan, built=built)
+
+
+def _measured(packed, dense_weight, margin, dense_times, seed):
+    """(the measured plan, or None where nothing was timed or refused; a weight of ``packed``'s tiles
+    holding the formats the timings built)."""
     if packed.device.type != "cuda":
         raise ValueError(f"measure_plan: expected a packed weight on a CUDA device, got one on {packed.device} "
                          "(timings are a GPU fact; on the CPU the cost model's choice stands)")
@@ -94,8 +102,8 @@ def measure_weight(packed: PackedWeight, dense_weight: torch.Tensor, *, margin: 
         buckets, how, layout, built = _measure(packed, dense_weight, margin,
                                                {} if dense_times is None else dense_times, seed)
     if layout is None and all(a is b for a, b in zip(buckets, packed.plan.buckets)):  # nothing timed or refused
-        return packed
-    return packed.with_plan(_measured_plan(packed, buckets, how, layout, margin), built=built)
+        return None, built
+    return _measured_plan(packed, buckets, how, layout, margin), built
 
 
 def _measured_plan(packed, buckets, how, layout, margin) -> Plan:
