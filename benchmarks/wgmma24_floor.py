@@ -3,8 +3,11 @@
 and in three ablation builds (kernels/wgmma24.cu's ABLATE bits, through CROSS_CUDA_DEFINES; their
 results are wrong by design and not checked): "copies only" (-DABLATE=1: the weight's records and X
 through the pipeline, the waits, barriers and the end's sums, no A registers, no mmas), "no copies"
-(-DABLATE=3: the loop's barriers and the end alone) and "launch only" (-DABLATE=4: every block returns
-at its start), each launched with the full build's grid. Each is timed as the benchmarks time everything (CUDA-graph replay, L2 flushed by a
+(-DABLATE=3: the loop's barriers and the end alone), "launch only" (-DABLATE=4: every block returns
+at its start), "no end" (-DABLATE=8: no partial sums across blocks, each block writes its own) and "no
+copies, no end" (-DABLATE=11), each launched with the full build's grid; with --builds, other full
+builds (CROSS_CUDA_DEFINES each, e.g. -DSUM_SLOTS=4), checked like the full one and launched with their
+own grid. Each is timed as the benchmarks time everything (CUDA-graph replay, L2 flushed by a
 256 MB read before each replay), cuBLAS in the same run; the full build is checked against the fp32
 product (output poisoned) before it is timed. The differences split the launch's time: the launch
 alone, the loop's barriers and the end's sums, the copies' streaming, and the mmas' chain.
@@ -32,7 +35,8 @@ from cross.kernels.launch import wgmma24_args, wgmma24_run, wgmma24_split  # noq
 from cross.pack.wgmma24 import Wgmma24Weight, token_tile  # noqa: E402
 
 #: the builds timed after the full one: (name, CROSS_CUDA_DEFINES)
-ABLATIONS = (("copies only", "-DABLATE=1"), ("no copies", "-DABLATE=3"), ("launch only", "-DABLATE=4"))
+ABLATIONS = (("copies only", "-DABLATE=1"), ("no copies", "-DABLATE=3"), ("launch only", "-DABLATE=4"),
+             ("no end", "-DABLATE=8"), ("no copies, no end", "-DABLATE=11"))
 
 
 BUILD = cuda_backend._wgmma24_kernel  # the launcher's builds: (function, shared memory, blocks per SM)
@@ -54,6 +58,9 @@ def main(argv=None):
     ap.add_argument("--sparsities", default="0.7,0.9")
     ap.add_argument("--n", type=int, default=16, help="tokens")
     ap.add_argument("--compressed", action="store_true", help="the compressed layout (default: the slots layout)")
+    ap.add_argument("--wgs", type=int, default=2, help="warpgroups per block (the weight's row blocks: 64 wgs mt rows)")
+    ap.add_argument("--mt", type=int, default=2, help="m-tiles per warpgroup")
+    ap.add_argument("--builds", default="", help="comma-separated CROSS_CUDA_DEFINES of other full builds to time")
     ap.add_argument("--out", default="")
     opts = ap.parse_args(argv)
     if cuda_backend.DEFINES_ENV in os.environ:
@@ -68,7 +75,7 @@ def main(argv=None):
             m, k = ALL_SHAPES[shape]
             for sp in (float(v) for v in opts.sparsities.split(",")):
                 w = make_weight(m, k, sp, "uniform", gen).cuda()
-                sw = Wgmma24Weight.from_dense(w, compressed=opts.compressed)
+                sw = Wgmma24Weight.from_dense(w, wgs=opts.wgs, mt=opts.mt, compressed=opts.compressed)
                 args = wgmma24_args(sw)
                 split = args.split if args.split >= 0 else wgmma24_split(args.row_blocks, args.chunks, args.sms,
                                                                         -(-opts.n // token_tile(opts.n)))
@@ -83,6 +90,14 @@ def main(argv=None):
                 if bad:
                     raise SystemExit(f"{shape} {sp}: the full build is WRONG: {bad}")
                 times = {"full": graph_us(lambda: wgmma24_run(x, args, None, y))}
+                for defines in filter(None, opts.builds.split(",")):
+                    build_with(defines)
+                    y.fill_(float("nan"))
+                    wgmma24_run(x, args, None, y)
+                    bad = check(y, x.float() @ w.float().T)
+                    if bad:
+                        raise SystemExit(f"{shape} {sp}: the build {defines} is WRONG: {bad}")
+                    times[defines] = graph_us(lambda: wgmma24_run(x, args, None, y))
                 for name, defines in ABLATIONS:
                     build_with(defines, per_sm)
                     times[name] = graph_us(lambda: wgmma24_run(x, args, None, y))
@@ -90,13 +105,15 @@ def main(argv=None):
                 parts = {"launch only": times["launch only"],
                          "barriers and the end's sums": times["no copies"] - times["launch only"],
                          "the copies": times["copies only"] - times["no copies"],
-                         "the mmas": times["full"] - times["copies only"]}
-                rec = dict(shape=shape, M=m, K=k, N=opts.n, sparsity=sp, layout=layout,
+                         "the mmas": times["full"] - times["copies only"],
+                         "the end (full - no end)": times["full"] - times["no end"],
+                         "the end (no copies)": times["no copies"] - times["no copies, no end"]}
+                rec = dict(shape=shape, M=m, K=k, N=opts.n, sparsity=sp, layout=layout, rows=64 * opts.wgs * opts.mt,
                            split=split if split else "STREAM", blocks_per_sm=per_sm, mb=round(sw.nbytes / 1e6, 2),
                            dense_us=round(dense_us, 2),
-                           **{f"{name.replace(' ', '_')}_us": round(us, 2) for name, us in times.items()})
+                           **{name.replace("-D", "").replace("=", "").replace(" ", "_").replace(",", "") + "_us": round(us, 2) for name, us in times.items()})
                 rows.append(rec)
-                print(f"{shape:>11} {sp:>4} {rec['mb']:>6.1f} MB, split {rec['split']} ({per_sm} per SM): "
+                print(f"{shape:>11} {sp:>4} {rec['mb']:>6.1f} MB, {rec['rows']}-row blocks, split {rec['split']} ({per_sm} per SM): "
                       f"cuBLAS {dense_us:.2f}, "
                       + ", ".join(f"{name} {us:.2f}" for name, us in times.items())
                       + "\n" + " " * 12 + "parts: " + ", ".join(f"{name} {us:+.2f}" for name, us in parts.items()),

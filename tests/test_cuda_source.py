@@ -122,10 +122,10 @@ def test_wgmma24_kernel_source_compiles(wgs, mt, split, overflow, ntok, compress
 
 
 @pytest.mark.parametrize("split,compressed", [(8, False), (0, True)])
-@pytest.mark.parametrize("ablate", [1, 3, 4])
+@pytest.mark.parametrize("ablate", [1, 3, 4, 8, 11])
 def test_wgmma24_ablation_builds_compile(split, compressed, ablate, tmp_path):
     """The ablation builds of benchmarks/wgmma24_floor.py (ABLATE 1: no mmas; 3: no copies either; 4:
-    the launch alone) assemble at 16 tokens, for the clusters and for STREAM; bit 2 without bit 1 is
+    the launch alone; 8: no end's sums; 11: neither copies nor the end) assemble at 16 tokens, for the clusters and for STREAM; bit 2 without bit 1 is
     refused by the source itself."""
     from cross.kernels.cuda_backend import wgmma24_defines
 

@@ -395,15 +395,18 @@ def test_gpu_wgmma24_splits(split, rng):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("m,k,n", [(700, 2056, 128), (2752, 4096, 16), (300, 520, 300), (256, 256, 1), (64, 64, 40)])
-def test_gpu_wgmma24_stream(m, k, n, rng):
-    """The launch's chunks in equal parts over the SMs (split 0): outputs split across blocks sum
-    their slots in block order, so two launches give the same bits; the counters are back to zero."""
+@pytest.mark.parametrize("m,k,n,compressed", [(700, 2056, 128, False), (2752, 4096, 16, False), (300, 520, 300, False),
+                                              (256, 256, 1, False), (64, 64, 40, False), (4096, 4096, 16, True),
+                                              (4096, 1024, 3, False)])
+def test_gpu_wgmma24_stream(m, k, n, compressed, rng):
+    """The launch's chunks in equal parts over the SMs (split 0): outputs split across blocks (4096
+    rows at 16 tokens: each over ~16 blocks, which share its sums) sum their slots in block order, so
+    two launches give the same bits; the counters are back to zero."""
     from cross.kernels.launch import wgmma24_args
 
     _needs_sm90()
     w = _unstructured(m, k, 0.3, rng).cuda()
-    args = wgmma24_args(Wgmma24Weight.from_dense(w), 0)
+    args = wgmma24_args(Wgmma24Weight.from_dense(w, compressed=compressed), 0)
     assert args.split == 0
     _twice_the_same_bits(args, w, n, rng)
 

@@ -46,3 +46,20 @@ __device__ __forceinline__ int arrive_gpu(int* counter) {
                  "fence.acq_rel.gpu;\n" : "=r"(old) : "l"(counter) : "memory");
     return old;
 }
+
+// one arrival that returns nothing (a waiting block acquires with wait_arrivals_gpu): a release at GPU
+// scope, cumulative over the block barrier before it
+__device__ __forceinline__ void arrive_release_gpu(int* counter) {
+    asm volatile("red.release.gpu.global.add.s32 [%0], 1;\n" ::"l"(counter) : "memory");
+}
+
+// wait, by one thread, until the low 16 bits of a counter (arrivals made by arrive_gpu) reach
+// `count`; acquires what the arrivals released (the other threads see it after a block barrier)
+__device__ __forceinline__ void wait_arrivals_gpu(const int* counter, int count) {
+    for (;;) {
+        int v;
+        asm volatile("ld.acquire.gpu.global.s32 %0, [%1];\n" : "=r"(v) : "l"(counter) : "memory");
+        if ((v & 0xFFFF) == count) return;
+        __nanosleep(32);
+    }
+}

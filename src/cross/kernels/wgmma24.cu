@@ -20,10 +20,15 @@
 //   cross (every SM's share within one unit of the mean). A row block and token tile ("output") whose
 //   units one block holds alone is written from the accumulators; one split across blocks j_first ..
 //   j_last: each writes its fp32 partial sums to a workspace slot (ws: two per block, 0 for its first
-//   output, 1 for its last), arrives on the output's counter (counters[j_first]: an output split
-//   across blocks is the only one to start in block j_first), and the last to arrive sums the slots in
-//   block order (deterministic: the order does not depend on who is last), adds the bias, writes Y
-//   and resets the counter for the next launch.
+//   output, 1 for its last) and arrives on the output's counter (counters[j_first]: an output split
+//   across blocks is the only one to start in block j_first). Blocks j_first .. j_last - 1 end with
+//   the output (block j_last holds its last units at its start, arrives and goes on): each waits for
+//   all the arrivals, then sums its share of the output's values over every slot in block order
+//   (deterministic: the order does not depend on who arrives when), adds the bias and writes Y; the
+//   last of them resets the counter for the next launch. The wait needs the blocks a waiting block
+//   waits on to be resident or to become so: blocks start in index order and wait only on later
+//   blocks of their own output, so a launch progresses while the GPU holds more resident blocks than
+//   one output spans (the launcher's grid is at most the blocks resident at once).
 // - SPLIT > 1 (clusters): a cluster of SPLIT blocks per output, block s taking its s-th part of K. The
 //   end: each block stages its fp32 partial sums [token][row] in its shared memory, and block s sums
 //   rows s R / SPLIT .. of all SPLIT blocks in rank order (deterministic), adds the bias and writes Y.
@@ -56,8 +61,10 @@
 #endif
 // Diagnostics (0 in normal builds; benchmarks/wgmma24_ablate.py, wgmma24_floor.py): ABLATE bit 1 skips the
 // A registers' loads and the mmas (the copies, waits and barriers alone), bit 2 the copies and their
-// waits, bit 4 everything (each block returns at its start: the launch alone); the result is wrong in
-// every ABLATE build; BLOCK_TIMES=1 (STREAM) has
+// waits, bit 4 everything (each block returns at its start: the launch alone), bit 8 the end's sums
+// (STREAM: an output split across blocks is written by each from its own accumulators, as if it held
+// the output alone; clusters: each block writes its own partial sums, no staging, no cluster barrier);
+// the result is wrong in every ABLATE build; BLOCK_TIMES=1 (STREAM) has
 // thread 0 of block j write its start and end (%globaltimer, ns) and its SM at u64 [3 j ..] past the
 // workspace's 2 P R NTOK floats; BLOCK_TIMES=2 also the time each of its first UNIT_TIMES units is seen
 // in place (after its waits) at u64 [3 P + UNIT_TIMES j + i]
@@ -69,6 +76,12 @@
 #endif
 #ifndef BLOCK_TIMES
 #define BLOCK_TIMES 0
+#endif
+#ifndef SUM_SLOTS
+#define SUM_SLOTS 8  // STREAM's end: the partial sums' slots whose loads a thread keeps in flight together
+#endif
+#ifndef SUM_ELEMS
+#define SUM_ELEMS 4  // STREAM's end: the values a thread sums at once
 #endif
 #define UNIT_TIMES 64
 #ifndef REFILL_LATE
@@ -300,9 +313,6 @@ __device__ __forceinline__ void store_one(u16* y, const u16* bias, int row0, int
     if (row < m && tok < n_tok) y[(size_t)tok * ldy + row] = from_float(v + (bias ? to_float(bias[row]) : 0.f));
 }
 
-// the accumulators of a thread summed at once from the partial sums' slots (their loads in flight together)
-#define SUM_GROUP (MT * NACC < 32 ? MT * NACC : 32)
-
 // the block (of `blocks`, STREAM) whose units [j units / blocks, (j + 1) units / blocks) hold unit u; 32-bit
 // (a 64-bit division is a call, whose saved registers spill at 128 tokens): the launcher keeps
 // (units + 1) blocks under 2^32
@@ -329,7 +339,6 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
 #endif
     const int tiles = (n_tok + NTOK - 1) / NTOK;
 #if STREAM
-    __shared__ int last;  // this block arrived last on an output's counter
     const u32 units = (u32)((m + R - 1) / R) * tiles * chunks;
     const u32 u0 = blockIdx.x * units / gridDim.x, u1 = (blockIdx.x + 1) * units / gridDim.x;
 #else
@@ -471,36 +480,62 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
         if (uc == chunks - 1 || i == nun - 1) {  // this block's last unit of output uo
             const u32 first = uo * chunks;
             const u32 jf = block_of(first, units, gridDim.x), jl = block_of(first + chunks - 1, units, gridDim.x);
-            if (jf != jl) {  // uo's units are split across blocks
+            if (jf != jl && !(ABLATE & 8)) {  // uo's units are split across blocks
                 // the partial sums to slot 0 (uo is the block's first output) or 1 (its last), thread-major;
-                // the block's stores happen before thread 0's release (bar.sync, then a cumulative fence at
-                // GPU scope), the last arrival's acquire makes every block's stores visible
+                // the block's stores happen before thread 0's release (bar.sync, then a release at GPU
+                // scope, cumulative), the waiting blocks' acquire makes every block's stores visible
                 float* part = ws + ((size_t)blockIdx.x * 2 + (u0 >= first ? 0 : 1)) * (R * NTOK);
 #pragma unroll
                 for (int t = 0; t < MT; ++t)
 #pragma unroll
                     for (int j = 0; j < NACC; ++j) part[(t * NACC + j) * THREADS + tid] = acc[t][j];
                 __syncthreads();
-                if (tid == 0) last = arrive_gpu(counters + jf) == jl - jf;
+                // blocks jf .. jl - 1 end with uo (block jl holds its last units at its start and only
+                // arrives): each waits for all jl - jf + 1 arrivals, then sums its share of uo's
+                // R NTOK values over every slot in block order (deterministic) and writes it to Y; the
+                // last of them to finish (the counter's high 16 bits) resets the counter
+                const bool sums = blockIdx.x != jl;
+                if (tid == 0) {
+                    arrive_release_gpu(counters + jf);
+                    if (sums) wait_arrivals_gpu(counters + jf, (int)(jl - jf + 1));
+                }
                 __syncthreads();
-                if (last) {  // uo's partial sums in block order, SUM_GROUP accumulators at a time, to Y
+                if (sums) {
+                    const int parts = (int)(jl - jf), p = (int)(blockIdx.x - jf);
+                    const int lo = p * (R * NTOK) / parts, hi = (p + 1) * (R * NTOK) / parts;
+                    // SUM_ELEMS values of the thread at a time, SUM_SLOTS slots' loads of each in flight together
+                    for (int e0 = lo + tid; e0 < hi; e0 += SUM_ELEMS * THREADS) {
+                        float sum[SUM_ELEMS];
 #pragma unroll
-                    for (int f0 = 0; f0 < MT * NACC; f0 += SUM_GROUP) {
-                        float s[SUM_GROUP];
+                        for (int k = 0; k < SUM_ELEMS; ++k) sum[k] = 0.f;
+                        for (u32 b0 = jf; b0 <= jl; b0 += SUM_SLOTS) {
+                            float v[SUM_SLOTS][SUM_ELEMS];
 #pragma unroll
-                        for (int f = 0; f < SUM_GROUP; ++f) s[f] = 0.f;
-                        for (u32 b = jf; b <= jl; ++b) {
-                            const bool first_of_b = b * units / gridDim.x >= first;
-                            const float* p = ws + ((size_t)b * 2 + (first_of_b ? 0 : 1)) * (R * NTOK) + tid;
+                            for (int q = 0; q < SUM_SLOTS; ++q) {
+                                const u32 b = min(b0 + q, jl);  // past jl: loaded again, not added
+                                const bool first_of_b = b * units / gridDim.x >= first;
+                                const float* slot = ws + ((size_t)b * 2 + (first_of_b ? 0 : 1)) * (R * NTOK);
 #pragma unroll
-                            for (int f = 0; f < SUM_GROUP; ++f) s[f] += __ldcg(p + (f0 + f) * THREADS);
+                                for (int k = 0; k < SUM_ELEMS; ++k) {
+                                    const int e = e0 + k * THREADS;
+                                    v[q][k] = e < hi ? __ldcg(slot + e) : 0.f;
+                                }
+                            }
+#pragma unroll
+                            for (int q = 0; q < SUM_SLOTS; ++q)
+                                if (b0 + q <= jl)
+#pragma unroll
+                                    for (int k = 0; k < SUM_ELEMS; ++k) sum[k] += v[q][k];
                         }
 #pragma unroll
-                        for (int f = 0; f < SUM_GROUP; ++f)
-                            store_one(y, bias, (uo / tiles) * R, (uo % tiles) * NTOK, m, n_tok, ldy, wg, warp, lane,
-                                      f0 + f, s[f]);
+                        for (int k = 0; k < SUM_ELEMS; ++k) {
+                            const int e = e0 + k * THREADS, te = e % THREADS;  // accumulator e / THREADS of thread te
+                            if (e < hi)
+                                store_one(y, bias, (uo / tiles) * R, (uo % tiles) * NTOK, m, n_tok, ldy, te >> 7,
+                                          (te & 127) >> 5, te & 31, e / THREADS, sum[k]);
+                        }
                     }
-                    if (tid == 0) counters[jf] = 0;  // for the next launch
+                    if (tid == 0 && atomicAdd(counters + jf, 1 << 16) >> 16 == parts - 1) counters[jf] = 0;  // for the next launch
                 }
             } else {
 #pragma unroll
@@ -525,6 +560,13 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
 #endif
 }
 #else
+#if ABLATE & 8
+#pragma unroll
+    for (int f = 0; f < MT * NACC; ++f)
+        store_one(y, bias, (cluster / tiles) * R, (cluster % tiles) * NTOK, m, n_tok, ldy, wg, warp, lane, f,
+                  acc[f / NACC][f % NACC]);
+    return;
+#endif
     asm volatile("cp.async.wait_all;\n" ::: "memory");
     __syncthreads();  // every warpgroup done with the stages: they hold the partial sums now
 

@@ -7,7 +7,7 @@ launches (buckets whose plan says ``kernel="rows"``), ``cross::slice_linear`` th
 decodes a packed weight back to dense (layers with ``keep_dense="decode"``).
 
 The arrival counters in ``counters`` are written during a launch but always back to zero by its end
-(the last arrival resets each one), so the operator is declared free of mutations.
+(the last block to use each one resets it), so the operator is declared free of mutations.
 """
 
 from __future__ import annotations
