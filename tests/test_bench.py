@@ -606,6 +606,35 @@ def test_run_workload_stacks_siblings_for_both_models():
     assert models.model_command("llama", 0.7, stack_siblings=True).endswith("--stack-siblings --out reports/bench/row")
 
 
+def test_run_workload_logs_the_kernels_of_both_sides(monkeypatch):
+    """--kernel-times: one log of each phase's kernels after the dense and after the sparse timing,
+    each with the model's call on that phase's inputs."""
+    torch.manual_seed(0)
+    model = Tiny().eval()
+    models.prune_(model, 0.7)
+    x = {"x": torch.randn(2, 3, 64)}
+    wl = models.Workload("tiny", model, (("encoder", 2, 3),), lambda b, s: x,
+                         lambda run, inputs: run(**inputs).last_hidden_state.flatten(0, -2))
+    seen = []
+
+    def fake_log_kernels(run, inputs, side, layers, log):
+        seen.append((side, list(inputs), layers, type(model.up).__name__))
+        log(f"kernels of {side}")
+
+    monkeypatch.setattr(models, "log_kernels", fake_log_kernels)
+    lines = []
+    models.run_workload(wl, 0.7, keep_dense=False, timer=fake_timer([]), kernel_times=True, log=lines.append)
+    assert [s[0] for s in seen] == ["dense", "cross"] and seen[0][1] == [("encoder", 2, 3)]
+    assert seen[0][3] == "Linear" and seen[1][3] == "SparseLinear"  # timed as each side runs
+    assert seen[0][2] == 0  # no config: no decoder layers to group by
+    assert "kernels of dense" in lines and "kernels of cross" in lines
+    seen.clear()
+    models.run_workload(wl, 0.7, keep_dense=False, timer=fake_timer([]), log=lines.append)
+    assert seen == []  # off by default
+    assert models.model_command("llama", 0.7, compile=True, kernel_times=True).endswith(
+        "--compile --kernel-times --out reports/bench/row")
+
+
 def test_model_command_names_the_measure_option():
     row = " --out reports/bench/row"  # a row's own folder: it does not replace the grid's model.csv
     assert models.model_command("llama", 0.7, no_measure=True).endswith("--sparsities 0.7 --no-measure" + row)

@@ -164,7 +164,7 @@ def model_command(name: str, sparsity: float, *, llama_layers: int = LLAMA_LAYER
                   cost_model: Path | None = None, minilm_dir: Path | None = None, no_measure: bool = False,
                   decode_fallback: bool = False, slice_kernel: bool = False, wgmma_kernel: bool = False,
                   wgmma_layout: str = WGMMA_LAYOUT_DEFAULT, stack_siblings: bool = False, phases=None,
-                  compile: bool = False) -> str:
+                  compile: bool = False, kernel_times: bool = False) -> str:
     """The command that measures one model at one sparsity again, into a folder of its own
     (kernels.ROW_OUT), so that it does not replace the grid's results; --wgmma-layout only where it is
     not the default."""
@@ -191,6 +191,8 @@ def model_command(name: str, sparsity: float, *, llama_layers: int = LLAMA_LAYER
         parts += ["--phases", ",".join(phases)]
     if compile:
         parts.append("--compile")
+    if kernel_times:
+        parts.append("--kernel-times")
     if cost_model is not None:
         parts += ["--cost-model", str(cost_model)]
     return shlex.join(parts + ["--out", ROW_OUT])
@@ -210,7 +212,8 @@ def run_workload(wl: Workload, sparsity: float, *, command: str = "", cost_model
                  wgmma_layout: str = WGMMA_LAYOUT_DEFAULT,
                  nan_policy: str = "propagate", stack_siblings: bool = False, compile: bool = False,
                  timer: Callable = measure_us, progress: bool = False,
-                 discard_pass: bool = False, log: Callable[[str], None] | None = None) -> list[dict]:
+                 discard_pass: bool = False, kernel_times: bool = False,
+                 log: Callable[[str], None] | None = None) -> list[dict]:
     """Time every phase dense, sparsified, and dense again; one row per phase. The model is left
     dense (unsparsified) afterwards. keep_dense, measure, slice_kernel, wgmma_kernel, wgmma_layout and
     nan_policy go to sparsify_, with the phases' token counts (``tokens``: a layer that wins at none
@@ -232,7 +235,12 @@ def run_workload(wl: Workload, sparsity: float, *, command: str = "", cost_model
     discard_pass: time every phase once more first and drop it. A process's first few CUDA-graph
     timings of a model can read ~13% faster than all later ones at the same clocks
     (benchmarks/timing_drift.py), which would make the first workload's dense and sparse columns
-    differ with nothing swapped."""
+    differ with nothing swapped.
+
+    kernel_times: after the dense and the sparse model's timings, log each phase's kernels per step
+    (bench.step_kernels: a few graph replays under torch.profiler, by category, and the 2:4 kernel by
+    its launch's place in a decoder layer), to set beside the measured check's times of the layers
+    alone."""
     import cross
 
     run, shared, limits = wl.model, None, contextlib.nullcontext()
@@ -260,6 +268,8 @@ def run_workload(wl: Workload, sparsity: float, *, command: str = "", cost_model
             cross.stack_siblings_(wl.model)
         dense_bytes = linear_bytes(wl.model)
         dense = {phase: ms(x) for phase, x in inputs.items()}
+        if kernel_times and log is not None:
+            log_kernels(run, inputs, "dense", getattr(getattr(wl.model, "config", None), "num_hidden_layers", 0), log)
         if stack_siblings and log is not None:
             log("dense, siblings apart -> stacked: " + "; ".join(
                 f"{phase[0]} {phase[1]}x{phase[2]} {apart[phase][0]:.3f} -> {dense[phase][0]:.3f} ms" for phase in inputs))
@@ -278,6 +288,8 @@ def run_workload(wl: Workload, sparsity: float, *, command: str = "", cost_model
         cross_bytes = linear_bytes(wl.model)
         merged = shared.removed if shared is not None else 0
         sparse = {phase: ms(x) for phase, x in inputs.items()}
+        if kernel_times and log is not None:
+            log_kernels(run, inputs, "cross", getattr(getattr(wl.model, "config", None), "num_hidden_layers", 0), log)
         cosine = {phase: agreement(wl.outputs(run, x), want[phase])["min_cosine"] for phase, x in inputs.items()}
         if shared is not None and log is not None:
             log(f"cross.compile: {shared.removed - merged} repeated calls merged in the sparse model's graphs "
@@ -306,6 +318,24 @@ def run_workload(wl: Workload, sparsity: float, *, command: str = "", cost_model
                          timing=GRAPH if timings == {GRAPH} else "; ".join(sorted(timings - {GRAPH})),
                          dense_apart_ms=apart_ms, command=command))
     return rows
+
+
+#: graph replays of a step that --kernel-times records
+KERNEL_TIME_REPS = 5
+
+
+def log_kernels(run: Callable, inputs: dict, side: str, layers: int, log: Callable[[str], None]) -> None:
+    """Log the kernels of one step of each phase of ``inputs`` (bench.step_kernels), ``side`` naming
+    the model ('dense', 'cross'), the 2:4 kernel's launches grouped by ``layers`` (decoder layers)."""
+    from .step_kernels import describe, per_step, step_kernels
+
+    for phase, x in inputs.items():
+        kernels, how = step_kernels(lambda: run(**x), KERNEL_TIME_REPS)
+        try:
+            text = describe(per_step(kernels, KERNEL_TIME_REPS, layers))
+        except ValueError as e:
+            text = f"not split into steps ({e})"
+        log(f"kernels per step, {phase_name(phase)} {side} ({how}): {text}")
 
 
 def measured_sums_line(report, tokens) -> str:

@@ -168,6 +168,10 @@ def add_model_options(p: argparse.ArgumentParser, **defaults) -> None:
                    help="time the dense and the sparse model compiled by cross.compile (torch.compile with the stacked "
                         "siblings' product shared, dynamic=False); each phase compiles on its first call, before it is "
                         "timed (tens of seconds per phase and model state for the 32-layer decoder)")
+    p.add_argument("--kernel-times", action="store_true",
+                   help="also log each phase's kernels per step, dense and sparse (a few CUDA-graph replays under "
+                        "torch.profiler: time by kernel category, the gaps between kernels, the 2:4 kernel by its "
+                        "place in a layer), beside the measured check's times of the layers alone")
     add_swap_options(p)
     p.add_argument("--cost-model", type=Path, metavar="JSON",
                    help="cost model for the plans (default: the one `cross profile` measured on this GPU, "
@@ -308,7 +312,8 @@ def bench_model(args, csv_name: str = MODEL_CSV, report: bool = True) -> int:
                                                  no_measure=args.no_measure, decode_fallback=args.decode_fallback,
                                                  slice_kernel=args.slice_kernel, wgmma_kernel=args.wgmma_kernel,
                                                  wgmma_layout=swap["wgmma_layout"], stack_siblings=args.stack_siblings,
-                                                 phases=args.phases, compile=args.compile)
+                                                 phases=args.phases, compile=args.compile,
+                                                 kernel_times=args.kernel_times)
                 for name, sp in plan}
     for name in dict.fromkeys(name for name, _ in plan):  # a model left with no phase is bad input: before anything runs
         if not models.named_phases(models.PHASES[name], args.phases):
@@ -357,7 +362,8 @@ def _run_models(args, plan, commands, csv_name: str, report: bool, swap: dict) -
               else models.minilm(sp, minilm_dir))
         wl = models.select_phases(wl, args.phases)
         for row in models.run_workload(wl, sp, command=commands[(name, sp)], cost_model=cm, **swap, compile=args.compile,
-                                       discard_pass=not rows, log=lambda line: print(f"   {line}", flush=True)):
+                                       discard_pass=not rows, kernel_times=args.kernel_times,
+                                       log=lambda line: print(f"   {line}", flush=True)):
             rows.append(row)
             print(models.format_row(row), flush=True)
             if path is not None:
