@@ -5,7 +5,8 @@ m16n8k32 sparse A and metadata layout per warp, B read through the no-swizzle K-
 with its leading and stride byte offsets, the m64nNk16 accumulator layout), the overflow operand's
 registers built from the head words and a second mma over them, the compressed layout's registers
 (each thread's first words from its warp's base and the scan of its lanes' counts), the partial
-sums' staging, and the cluster's split of K and of the rows it sums. The GPU tests run the kernel
+sums' staging, the cluster's split of K and of the rows it sums, and STREAM's end (which blocks
+sum a split output, and which of its values each). The GPU tests run the kernel
 itself; this checks the same arithmetic where there is no GPU, and that a misread layout (the
 descriptor's offsets swapped, the compressed layout's words found without the lanes' scan) would be
 caught.
@@ -268,3 +269,79 @@ def test_compressed_words_without_the_lanes_scan_are_caught():
     y = run_kernel(x, Wgmma24Weight.from_dense(w, 1, 1, compressed=True), 1, lane_scan=False)
     ref = (x.double() @ w.double().t()).numpy()
     assert np.abs(y - ref).max() > 0.1 * np.abs(ref).max()
+
+
+def _block_of(u, units, blocks):
+    return ((u + 1) * blocks - 1) // units
+
+
+@pytest.mark.parametrize("outputs,chunks,blocks", [
+    (16, 64, 264),   # 4096 rows at 16 tokens: each output over ~16.5 blocks
+    (48, 64, 264),   # 12288 rows: ~5.5 blocks per output
+    (16, 172, 264),  # 4096x11008
+    (3, 5, 4),       # few units: outputs split 2 ways, and blocks holding an output's middle
+    (7, 3, 7),       # one output per block: nothing split
+    (5, 4, 6),       # outputs of 4 units over 6 blocks
+])
+@pytest.mark.parametrize("wgs,mt,ntok", [(2, 2, 16), (1, 1, 32), (2, 1, 64)])
+def test_stream_end_sums_every_value_once(outputs, chunks, blocks, wgs, mt, ntok):
+    """STREAM's end (wgmma24.cu), transcribed: block j takes units [j U / P, (j + 1) U / P); an output
+    split across blocks jf .. jl is summed by blocks jf .. jl - 1, each its share of the output's R NTOK
+    values over every block's slot, value e being accumulator e / THREADS of thread e % THREADS, written
+    to its row and token; an output one block holds alone, from its accumulators. Every value of every
+    output is written once and is the sum of all its units' partials; a block sums only the output it
+    ends with (it never waits between its units), block jl holds the output's last units first, and no
+    two split outputs share a counter (counters[jf])."""
+    rng = np.random.default_rng(outputs * 1000 + chunks)
+    threads, nacc = 128 * wgs, ntok // 2
+    R, regs = 64 * wgs * mt, mt * nacc
+    units = outputs * chunks
+    unit_acc = rng.standard_normal((outputs, chunks, threads, regs))  # a unit's accumulators, per thread
+
+    def row_tok(tid, f):
+        wg, warp, lane, i = tid >> 7, (tid & 127) >> 5, tid & 31, f % nacc
+        row = (wg * mt + f // nacc) * 64 + 16 * warp + (lane >> 2) + 8 * ((i >> 1) & 1)
+        return row, 8 * (i >> 2) + 2 * (lane & 3) + (i & 1)
+
+    y = np.full((outputs, R, ntok), np.nan)
+    writes = np.zeros((outputs, R, ntok), dtype=int)
+    slots = {}  # (block, 0 or 1) -> its partial sums, thread-major
+    counters = set()
+    ranges = [(j * units // blocks, (j + 1) * units // blocks) for j in range(blocks)]
+    for j, (u0, u1) in enumerate(ranges):  # first every block's partials (the arrivals) ...
+        for uo in sorted({u // chunks for u in range(u0, u1)}):
+            first = uo * chunks
+            jf, jl = _block_of(first, units, blocks), _block_of(first + chunks - 1, units, blocks)
+            acc = sum(unit_acc[uo, u - first] for u in range(max(u0, first), min(u1, first + chunks)))
+            if jf == jl:
+                for tid in range(threads):
+                    for f in range(regs):
+                        y[(uo,) + row_tok(tid, f)] = acc[tid, f]
+                        writes[(uo,) + row_tok(tid, f)] += 1
+            else:
+                slots[(j, 0 if u0 >= first else 1)] = acc.T.reshape(-1)  # part[f THREADS + tid]
+                counters.add((jf, uo))
+    assert len({jf for jf, _ in counters}) == len(counters)  # one split output per counter
+    for jf, uo in counters:  # ... then the blocks that end with each split output sum it
+        first = uo * chunks
+        jl = _block_of(first + chunks - 1, units, blocks)
+        assert ranges[jl][0] >= first  # jl starts inside the output: it arrives and goes on
+        parts = jl - jf
+        for p in range(parts):
+            j = jf + p
+            assert (ranges[j][1] - 1) // chunks == uo  # the output a waiting block ends with
+            lo, hi = p * (R * ntok) // parts, (p + 1) * (R * ntok) // parts
+            for e in range(lo, hi):
+                s = 0.0
+                for b in range(jf, jl + 1):
+                    s += slots[(b, 0 if ranges[b][0] >= first else 1)][e]
+                te, f = e % threads, e // threads
+                y[(uo,) + row_tok(te, f)] = s
+                writes[(uo,) + row_tok(te, f)] += 1
+    assert (writes == 1).all()
+    want = np.zeros((outputs, R, ntok))
+    for tid in range(threads):
+        for f in range(regs):
+            r, t = row_tok(tid, f)
+            want[:, r, t] = unit_acc[:, :, tid, f].sum(axis=1)
+    np.testing.assert_allclose(y, want, rtol=1e-12, atol=1e-12)
