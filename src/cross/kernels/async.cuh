@@ -53,7 +53,7 @@ __device__ __forceinline__ void arrive_release_gpu(int* counter) {
     asm volatile("red.release.gpu.global.add.s32 [%0], 1;\n" ::"l"(counter) : "memory");
 }
 
-// wait, by one thread, until the low 16 bits of a counter (arrivals made by arrive_gpu) reach
+// wait, by one thread, until the low 16 bits of a counter (arrivals made by arrive_release_gpu) reach
 // `count`; acquires what the arrivals released (the other threads see it after a block barrier)
 __device__ __forceinline__ void wait_arrivals_gpu(const int* counter, int count) {
     for (;;) {
