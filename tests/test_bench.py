@@ -739,3 +739,8 @@ def test_measured_sums_line_names_each_phases_bucket():
     assert line.endswith(": 1 token 3.000 -> 2.000 ms (1.50x, 4 of 4 layers); 16 tokens 6.000 -> 5.000 ms "
                          "(1.20x, 3 of 4 layers)")
     assert models.measured_sums_line(SimpleNamespace(measured_by_bucket=dict), (1, 16)) == ""
+    shapes = {(4096, 4096): {"dense_us": 18.14, "run_us": 16.5, "timed": 32}}
+    assert models.measured_shapes_line(SimpleNamespace(measured_by_shape=lambda n: shapes), 16) == (
+        "alone, as the measured check timed them (median per shape, dense -> cross): 4096x4096 18.14 -> 16.50 us "
+        "(32 layers)")
+    assert models.measured_shapes_line(SimpleNamespace(measured_by_shape=lambda n: {}), 16) == ""

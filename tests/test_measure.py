@@ -276,6 +276,9 @@ def test_measured_times_summed_per_bucket():
     assert SparsifyReport(layers).measured_by_bucket() == {
         (1, 1): {"dense_us": 66.0, "run_us": 8.0 + 11.0 + 20.0 + 30.0, "timed": 4, "layers": 4}}
     assert SparsifyReport({"c": LayerReport("c", NO_WIN, facts(None, None))}).measured_by_bucket() == {}
+    # per shape at a token count: medians of what the same layers count, only of the bucket holding it
+    assert SparsifyReport(layers).measured_by_shape(1) == {(64, 128): {"dense_us": 15.5, "run_us": 15.5, "timed": 4}}
+    assert SparsifyReport(layers).measured_by_shape(5) == {}  # that bucket was not timed
 
 
 def test_measuring_times_only_predicted_wins_and_each_dense_shape_once(rng, monkeypatch):

@@ -289,6 +289,9 @@ def run_workload(wl: Workload, sparsity: float, *, command: str = "", cost_model
         merged = shared.removed if shared is not None else 0
         sparse = {phase: ms(x) for phase, x in inputs.items()}
         if kernel_times and log is not None:
+            for phase in inputs:
+                if line := measured_shapes_line(report, phase[1] * phase[2]):
+                    log(f"{phase_name(phase)}: {line}")
             log_kernels(run, inputs, "cross", getattr(getattr(wl.model, "config", None), "num_hidden_layers", 0), log)
         cosine = {phase: agreement(wl.outputs(run, x), want[phase])["min_cosine"] for phase, x in inputs.items()}
         if shared is not None and log is not None:
@@ -336,6 +339,15 @@ def log_kernels(run: Callable, inputs: dict, side: str, layers: int, log: Callab
         except ValueError as e:
             text = f"not split into steps ({e})"
         log(f"kernels per step, {phase_name(phase)} {side} ({how}): {text}")
+
+
+def measured_shapes_line(report, n_tokens: int) -> str:
+    """The measured check's times per weight shape at ``n_tokens`` (SparsifyReport.measured_by_shape:
+    medians, each layer alone), or '' where none was timed: beside --kernel-times' times in the step."""
+    shapes = report.measured_by_shape(n_tokens)
+    return ("alone, as the measured check timed them (median per shape, dense -> cross): " + "; ".join(
+        f"{'x'.join(map(str, shape))} {e['dense_us']:.2f} -> {e['run_us']:.2f} us ({e['timed']} layers)"
+        for shape, e in shapes.items())) if shapes else ""
 
 
 def measured_sums_line(report, tokens) -> str:

@@ -9,6 +9,7 @@ and each rank's parts are then planned like any other layer.
 
 from __future__ import annotations
 
+import statistics
 import warnings
 import weakref
 from dataclasses import dataclass, field
@@ -132,6 +133,22 @@ class SparsifyReport:
                 entry["run_us"] += b["measured_us"] if plan_runs else b["measured_dense_us"]
                 entry["timed"] += 1
         return {key: entry for key, entry in out.items() if entry["timed"]}
+
+    def measured_by_shape(self, n_tokens: int) -> dict[tuple[int, int], dict]:
+        """Per weight shape, the measured check's times at the bucket holding ``n_tokens`` (each
+        layer alone, L2 flushed), as measured_by_bucket counts them: medians of 'dense_us' and
+        'run_us' over the shape's timed layers, and 'timed' (their count); shapes none was timed
+        for are left out."""
+        times: dict[tuple[int, int], list[tuple[float, float]]] = {}
+        for layer in self.layers.values():
+            for b in layer.summary.get("buckets", ()):
+                if not b["n_min"] <= n_tokens <= b["n_max"] or b.get("measured_us") is None:
+                    continue
+                plan_runs = layer.action == SPARSE and b["runs"] == "plan"
+                times.setdefault(layer.shape, []).append(
+                    (b["measured_dense_us"], b["measured_us"] if plan_runs else b["measured_dense_us"]))
+        return {shape: {"dense_us": statistics.median(d for d, _ in v), "run_us": statistics.median(r for _, r in v),
+                        "timed": len(v)} for shape, v in times.items()}
 
     def kernels_by_bucket(self) -> dict[tuple[int, int], dict[str, int]]:
         """Per token-count bucket, how many of the swapped layers run each kernel there (by name:
