@@ -635,6 +635,73 @@ def test_run_workload_logs_the_kernels_of_both_sides(monkeypatch):
         "--compile --kernel-times --out reports/bench/row")
 
 
+def test_model_rows_resume_where_the_same_command_measured_every_phase(tmp_path):
+    """--resume: the model CSV read back gives the rows as run_workload made them; a model and
+    sparsity is kept only where the same command measured each of its phases, else measured again."""
+    from cross.bench.report import append_row, read_csv, start_csv
+
+    def row(phase, batch, sp=0.7, command="cmd", apart=""):
+        return dict(model="llama-32L", phase=phase, batch=batch, tokens=batch, sparsity=sp, dense_ms=5.7766,
+                    cross_ms=4.5257, speedup=1.276, weight_bytes_dense=12952010752, weight_bytes_cross=25744708936,
+                    sparse_layers="128/128", min_cosine=0.999525, timing="graph", dense_apart_ms=apart, command=command)
+
+    written = [row("decode", 16, apart=6.4028), row("decode", 1), row("decode", 16, sp=0.9),
+               row("decode", 1, sp=0.9, command="other")]
+    path = start_csv(tmp_path / "model.csv", models.FIELDS)
+    for r in written:
+        append_row(path, r, models.FIELDS)
+    kept = models.model_rows(read_csv(path))
+    assert kept == written  # numbers parsed back to what was written
+    phases = (("decode", 16, 1), ("decode", 1, 1))
+    assert models.measured_before(kept, "llama-32L", 0.7, phases, "cmd") == written[:2]
+    assert models.measured_before(kept, "llama-32L", 0.7, phases[::-1], "cmd") == written[1::-1]  # the phases' order
+    assert models.measured_before(kept, "llama-32L", 0.9, phases, "cmd") is None  # decode-1 by another command
+    assert models.measured_before(kept, "llama-32L", 0.9, phases[:1], "cmd") == [written[2]]
+    assert models.measured_before(kept, "llama-32L", 0.5, phases, "cmd") is None
+    assert models.measured_before(kept, "bert", 0.7, phases, "cmd") is None
+
+
+def test_bench_model_resume_measures_only_what_is_missing(tmp_path, capsys, monkeypatch):
+    """`cross bench model --resume`, the GPU's parts stubbed: a first run cut short after one sparsity
+    leaves its rows; the same command again keeps them and measures the rest; a row another
+    command measured is measured again; the other sparsities' rows stay."""
+    from cross.cli import bench as cli_bench
+
+    monkeypatch.setattr(cli_bench, "require_cuda", lambda command: 0)
+    monkeypatch.setattr(cli_bench, "bench_cost_model", lambda path: SimpleNamespace(source="stub"))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "stub GPU")
+    monkeypatch.setattr(models, "llama", lambda sp, layers: SimpleNamespace(label=f"llama-{layers}L", sp=sp))
+    monkeypatch.setattr(models, "select_phases", lambda wl, names: wl)
+    measured = []
+
+    def fake_run(wl, sp, command="", discard_pass=False, **_):
+        measured.append((sp, discard_pass))
+        if sp == 0.8 and stop_at_08:
+            raise KeyboardInterrupt  # the call's time ran out
+        return [dict(model=wl.label, phase="decode", batch=b, tokens=b, sparsity=sp, dense_ms=2.0, cross_ms=1.0,
+                     speedup=2.0, weight_bytes_dense=10, weight_bytes_cross=8, sparse_layers="4/4", min_cosine=0.9995,
+                     timing="graph", dense_apart_ms="", command=command) for b in (1, 16)]  # the phases' order
+
+    monkeypatch.setattr(models, "run_workload", fake_run)
+    argv = ["bench", "model", "--models", "llama", "--llama-layers", "2", "--phases", "decode-16,decode-1",
+            "--out", tmp_path, "--resume"]
+    stop_at_08 = True
+    code, _, err = run_cli(capsys, *argv, "--sparsities", "0.7,0.8")
+    assert code == 130 and "interrupted" in err and measured == [(0.7, True), (0.8, False)]
+    stop_at_08, measured[:] = False, []
+    code, out, _ = run_cli(capsys, *argv, "--sparsities", "0.7,0.8")
+    assert code == 0 and measured == [(0.8, True)] and out.count("(kept)") == 2  # 0.7's two phases
+    rows = models.model_rows(report.read_csv(tmp_path / "model.csv"))
+    assert [(r["sparsity"], r["batch"]) for r in rows] == [(0.7, 1), (0.7, 16), (0.8, 1), (0.8, 16)]
+    measured[:] = []
+    code, out, _ = run_cli(capsys, *argv, "--sparsities", "0.8", "--wgmma-kernel")  # another command at 0.8
+    assert measured == [(0.8, True)]
+    rows = models.model_rows(report.read_csv(tmp_path / "model.csv"))
+    assert [(r["sparsity"], r["batch"]) for r in rows] == [(0.8, 1), (0.8, 16), (0.7, 1), (0.7, 16)]  # 0.7 stays
+    assert "--wgmma-kernel" in rows[0]["command"] and "--wgmma-kernel" not in rows[2]["command"]
+    assert (tmp_path / "model.md").is_file()
+
+
 def test_model_command_names_the_measure_option():
     row = " --out reports/bench/row"  # a row's own folder: it does not replace the grid's model.csv
     assert models.model_command("llama", 0.7, no_measure=True).endswith("--sparsities 0.7 --no-measure" + row)

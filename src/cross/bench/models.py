@@ -323,6 +323,34 @@ def run_workload(wl: Workload, sparsity: float, *, command: str = "", cost_model
     return rows
 
 
+def model_rows(raw) -> list[dict]:
+    """Rows of a model CSV (report.read_csv) with their numbers parsed, as run_workload makes them."""
+    rows = []
+    for r in raw:
+        row = {k: r.get(k, "") for k in FIELDS}
+        for k in ("batch", "tokens", "weight_bytes_dense", "weight_bytes_cross"):
+            row[k] = int(row[k])
+        for k in ("sparsity", "dense_ms", "cross_ms", "speedup", "min_cosine"):
+            row[k] = float(row[k])
+        row["dense_apart_ms"] = float(row["dense_apart_ms"]) if row["dense_apart_ms"] not in (None, "") else ""
+        rows.append(row)
+    return rows
+
+
+def measured_before(kept: list[dict], model: str, sparsity: float, phases, command: str) -> list[dict] | None:
+    """The rows of ``kept`` (model_rows) of ``model`` (its label) at ``sparsity`` that ``command``
+    measured, one per phase of ``phases`` ((phase, batch, sequence)) in their order, the last where
+    there are several; None where a phase has none (the workload is measured again, whole)."""
+    found = []
+    for phase, batch, _ in phases:
+        match = [r for r in kept if (r["model"], r["phase"], r["batch"], r["command"]) == (model, phase, batch, command)
+                 and abs(r["sparsity"] - sparsity) < 1e-9]
+        if not match:
+            return None
+        found.append(match[-1])
+    return found
+
+
 #: graph replays of a step that --kernel-times records
 KERNEL_TIME_REPS = 5
 

@@ -168,6 +168,10 @@ def add_model_options(p: argparse.ArgumentParser, **defaults) -> None:
                    help="time the dense and the sparse model compiled by cross.compile (torch.compile with the stacked "
                         "siblings' product shared, dynamic=False); each phase compiles on its first call, before it is "
                         "timed (tens of seconds per phase and model state for the 32-layer decoder)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the rows already in the CSV in --out that the same command measured and measure only "
+                        "the models and sparsities with a phase missing (a run cut short goes on where it stopped); "
+                        "rows of models and sparsities not asked for stay in the CSV")
     p.add_argument("--kernel-times", action="store_true",
                    help="also log each phase's kernels per step, dense and sparse (a few CUDA-graph replays under "
                         "torch.profiler: time by kernel category, the gaps between kernels, the 2:4 kernel by its "
@@ -337,7 +341,7 @@ def bench_model(args, csv_name: str = MODEL_CSV, report: bool = True) -> int:
 def _run_models(args, plan, commands, csv_name: str, report: bool, swap: dict) -> int:
     import torch
 
-    from ..bench.report import append_row, start_csv, write_model_report
+    from ..bench.report import append_row, read_csv, start_csv, write_model_report
     from .demo import MIN_COSINE, default_model_dir
     from .hf import check_model_dir
 
@@ -353,24 +357,43 @@ def _run_models(args, plan, commands, csv_name: str, report: bool, swap: dict) -
                + (", compiled by cross.compile (dense and sparse)" if args.compile else ""))
     print(f"# {torch.cuda.get_device_name(device)}, bf16, cost model: {cm.source}, {decided}", flush=True)
     print(models.HEADER)
-    path = start_csv(args.out / csv_name, models.FIELDS) if args.out else None
-    rows = []
+    path = args.out / csv_name if args.out else None
+    kept = models.model_rows(read_csv(path)) if path is not None and args.resume and path.is_file() else []
+    if path is not None:
+        start_csv(path, models.FIELDS)
+    rows, measured = [], 0
     for name, sp in plan:
+        before = models.measured_before(kept, models.label(name, args.llama_layers), sp,
+                                        models.named_phases(models.PHASES[name], args.phases), commands[(name, sp)])
+        if before is not None:  # --resume: measured by the same command before
+            for row in before:
+                rows.append(row)
+                print(models.format_row(row) + "  (kept)", flush=True)
+                if path is not None:
+                    append_row(path, row, models.FIELDS)
+            continue
         torch.manual_seed(0)
         t0 = time.time()
         wl = (models.bert(sp) if name == "bert" else models.llama(sp, args.llama_layers) if name == "llama"
               else models.minilm(sp, minilm_dir))
         wl = models.select_phases(wl, args.phases)
         for row in models.run_workload(wl, sp, command=commands[(name, sp)], cost_model=cm, **swap, compile=args.compile,
-                                       discard_pass=not rows, kernel_times=args.kernel_times,
+                                       discard_pass=not measured, kernel_times=args.kernel_times,
                                        log=lambda line: print(f"   {line}", flush=True)):
             rows.append(row)
             print(models.format_row(row), flush=True)
             if path is not None:
                 append_row(path, row, models.FIELDS)
         print(f"   ({wl.label} at {sp:g}: built, pruned, planned and timed in {time.time() - t0:.0f} s)", flush=True)
+        measured += 1
         del wl
         torch.cuda.empty_cache()
+    asked = {(models.label(name, args.llama_layers), sp) for name, sp in plan}
+    for row in kept:  # --resume: the rows of other models and sparsities stay
+        if not any(row["model"] == m and abs(row["sparsity"] - sp) < 1e-9 for m, sp in asked):
+            rows.append(row)
+            if path is not None:
+                append_row(path, row, models.FIELDS)
     if path is not None and report:
         notes = [f"device: {torch.cuda.get_device_name(device)}, bf16; cost model: {cm.source}; {decided}",
                  f"command: `{invoked()}`",
