@@ -52,6 +52,12 @@ def build_with(defines: str, per_sm: int | None = None) -> None:
     cuda_backend._wgmma24_kernel = BUILD if per_sm is None else (lambda *a: BUILD(*a)[:2] + (per_sm,))
 
 
+def column(name: str) -> str:
+    """The CSV column of a build's time: 'no copies, no end' -> no_copies_no_end_us, '-DSUM_SLOTS=4' ->
+    SUM_SLOTS4_us."""
+    return name.replace("-D", "").replace("=", "").replace(" ", "_").replace(",", "") + "_us"
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default="llama-qkvo,llama-down", help=f"comma-separated, of {', '.join(ALL_SHAPES)}")
@@ -111,9 +117,10 @@ def main(argv=None):
                 rec = dict(shape=shape, M=m, K=k, N=opts.n, sparsity=sp, layout=layout, rows=64 * opts.wgs * opts.mt,
                            split=split if split else "STREAM", blocks_per_sm=per_sm, mb=round(sw.nbytes / 1e6, 2),
                            dense_us=round(dense_us, 2),
-                           **{name.replace("-D", "").replace("=", "").replace(" ", "_").replace(",", "") + "_us": round(us, 2) for name, us in times.items()})
+                           **{column(name): round(us, 2) for name, us in times.items()})
                 rows.append(rec)
-                print(f"{shape:>11} {sp:>4} {rec['mb']:>6.1f} MB, {rec['rows']}-row blocks, split {rec['split']} ({per_sm} per SM): "
+                print(f"{shape:>11} {sp:>4} {rec['mb']:>6.1f} MB, {rec['rows']}-row blocks, split {rec['split']} "
+                      f"({per_sm} per SM): "
                       f"cuBLAS {dense_us:.2f}, "
                       + ", ".join(f"{name} {us:.2f}" for name, us in times.items())
                       + "\n" + " " * 12 + "parts: " + ", ".join(f"{name} {us:+.2f}" for name, us in parts.items()),

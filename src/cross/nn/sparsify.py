@@ -66,6 +66,15 @@ class LayerReport:
         return dict(self.summary.get("nbytes_by_format") or {"dense": self.nbytes})
 
 
+def _timed(layer: LayerReport, bucket: dict) -> tuple[float, float] | None:
+    """A bucket's measured times (cuBLAS's, then what the layer runs there: its plan's where the plan
+    runs, cuBLAS's where the bucket falls back or the layer stayed dense); None where it was not timed."""
+    if bucket.get("measured_us") is None:
+        return None
+    plan_runs = layer.action == SPARSE and bucket["runs"] == "plan"
+    return bucket["measured_dense_us"], bucket["measured_us"] if plan_runs else bucket["measured_dense_us"]
+
+
 @dataclass(frozen=True)
 class SparsifyReport:
     """Per layer (by fully qualified name, in model order) what sparsify_ did, and totals."""
@@ -126,11 +135,10 @@ class SparsifyReport:
                 key = (b["n_min"], b["n_max"])
                 entry = out.setdefault(key, {"dense_us": 0.0, "run_us": 0.0, "timed": 0, "layers": 0})
                 entry["layers"] += 1
-                if b.get("measured_us") is None:
+                if (timed := _timed(layer, b)) is None:
                     continue
-                plan_runs = layer.action == SPARSE and b["runs"] == "plan"
-                entry["dense_us"] += b["measured_dense_us"]
-                entry["run_us"] += b["measured_us"] if plan_runs else b["measured_dense_us"]
+                entry["dense_us"] += timed[0]
+                entry["run_us"] += timed[1]
                 entry["timed"] += 1
         return {key: entry for key, entry in out.items() if entry["timed"]}
 
@@ -142,11 +150,8 @@ class SparsifyReport:
         times: dict[tuple[int, int], list[tuple[float, float]]] = {}
         for layer in self.layers.values():
             for b in layer.summary.get("buckets", ()):
-                if not b["n_min"] <= n_tokens <= b["n_max"] or b.get("measured_us") is None:
-                    continue
-                plan_runs = layer.action == SPARSE and b["runs"] == "plan"
-                times.setdefault(layer.shape, []).append(
-                    (b["measured_dense_us"], b["measured_us"] if plan_runs else b["measured_dense_us"]))
+                if b["n_min"] <= n_tokens <= b["n_max"] and (timed := _timed(layer, b)) is not None:
+                    times.setdefault(layer.shape, []).append(timed)
         return {shape: {"dense_us": statistics.median(d for d, _ in v), "run_us": statistics.median(r for _, r in v),
                         "timed": len(v)} for shape, v in times.items()}
 
