@@ -19,7 +19,7 @@ import torch
 CATEGORIES = (
     ("warpgroup 2:4", ("wgmma24",)),
     ("row kernel", ("row_gemv", "row_decode")),
-    ("tile kernels", ("plan_matmul", "slice_mma", "strip_mma", "sparse24_mma", "_plan_kernel")),
+    ("tile kernels", ("plan_matmul", "slice_mma", "strip_mma", "sparse24_mma")),
     ("attention", ("flash", "fmha", "attention", "sdpa")),
     ("cuBLAS", ("gemm", "nvjet", "cutlass", "xmma", "cublas")),
     ("inductor", ("triton_",)),
