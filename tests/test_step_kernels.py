@@ -45,8 +45,13 @@ def test_steps_are_split_and_summed_per_category():
     assert s["positions"] == [(0, 2, pytest.approx(12.0)), (1, 2, pytest.approx(22.0))]
     line = describe(s)
     assert line.startswith("6 kernels, 0.074 ms of kernels") and "warpgroup 2:4 0.068 ms (4 launches)" in line
-    assert line.endswith("1. 12.00 us, 2. 22.00 us")
-    assert "positions" not in per_step(kernels, 2, layers=3)  # 4 launches do not group by 3 layers
+    assert line.endswith("warpgroup 2:4 by the launch's place in a layer: 1. 12.00 us, 2. 22.00 us")
+    three = per_step(kernels, 2, layers=3)  # 4 launches over 3 layers: one a layer, one past them (a head)
+    assert three["positions"] == [(0, 3, pytest.approx(13.0))] and three["past_layers"] == 1
+    assert describe(three).endswith("1. 13.00 us (and 1 after the layers)")
+    assert "positions" not in per_step(kernels, 2, layers=5)  # fewer launches than layers
+    fused = per_step(kernels, 2, layers=2, by_place="inductor")  # another category by place
+    assert fused["positions"] == [(0, 2, pytest.approx(3.0))] and "inductor by the launch's place" in describe(fused)
 
 
 def test_steps_that_differ_are_refused():

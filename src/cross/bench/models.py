@@ -357,13 +357,14 @@ KERNEL_TIME_REPS = 5
 
 def log_kernels(run: Callable, inputs: dict, side: str, layers: int, log: Callable[[str], None]) -> None:
     """Log the kernels of one step of each phase of ``inputs`` (bench.step_kernels), ``side`` naming
-    the model ('dense', 'cross'), the 2:4 kernel's launches grouped by ``layers`` (decoder layers)."""
-    from .step_kernels import describe, per_step, step_kernels
+    the model ('dense', 'cross'), the linear layers' kernel (cuBLAS in the dense model, the 2:4 kernel
+    in the sparse one) by its place in each of ``layers`` decoder layers."""
+    from .step_kernels import WGMMA24, describe, per_step, step_kernels
 
     for phase, x in inputs.items():
         kernels, how = step_kernels(lambda: run(**x), KERNEL_TIME_REPS)
         try:
-            text = describe(per_step(kernels, KERNEL_TIME_REPS, layers))
+            text = describe(per_step(kernels, KERNEL_TIME_REPS, layers, WGMMA24 if side == "cross" else "cuBLAS"))
         except ValueError as e:
             text = f"not split into steps ({e})"
         log(f"kernels per step, {phase_name(phase)} {side} ({how}): {text}")

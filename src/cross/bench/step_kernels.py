@@ -2,7 +2,8 @@
 replays recorded by torch.profiler (CUPTI), each kernel named into a category (the 2:4 kernel, the row
 kernel, the tile kernels, cuBLAS, attention, inductor's fused kernels, the rest), and per step: each
 category's launches and time, the kernels' summed time against the step's span (the gaps between
-kernels), and the 2:4 kernel's time by its launch's position in a decoder layer. Beside the measured
+kernels), and the linear layers' kernel (the 2:4 kernel, or cuBLAS in the dense model) by its
+launch's place in a decoder layer. Beside the measured
 check's times of the same layers, each timed alone, it tells whether a kernel is slower inside the
 step than alone (``cross bench model --kernel-times``)."""
 
@@ -82,11 +83,12 @@ def _profiled(run, reps: int) -> list[tuple[str, float, float]]:
         os.remove(path)
 
 
-def per_step(kernels: list[tuple[str, float, float]], reps: int, layers: int = 0) -> dict:
+def per_step(kernels: list[tuple[str, float, float]], reps: int, layers: int = 0, by_place: str = WGMMA24) -> dict:
     """Per step of ``reps`` identical steps' ``kernels``: launches and ms of each category, the kernels'
     summed ms ('busy'), the span from the first kernel's start to the last one's end ('span'), and,
-    where the 2:4 kernel's launches per step are a multiple of ``layers``, its median us by the
-    launch's position in a layer ('positions': [(position, launches, median us)])."""
+    where category ``by_place`` has at least ``layers`` launches per step, its median us by the
+    launch's place in a layer ('positions': [(place, launches, median us)], over the first ``layers``
+    x n of them; 'past_layers': the launches after those, a model's head)."""
     if reps < 1 or not kernels or len(kernels) % reps:
         raise ValueError(f"{len(kernels)} kernels do not split into {reps} identical steps")
     per = len(kernels) // reps
@@ -102,10 +104,11 @@ def per_step(kernels: list[tuple[str, float, float]], reps: int, layers: int = 0
         entry[1] += statistics.median(s[i][2] for s in steps) / 1e3
     out["busy"] = sum(ms for _, ms in out["categories"].values())
     out["span"] = statistics.median((s[-1][1] + s[-1][2] - s[0][1]) / 1e3 for s in steps)
-    idx = [i for i, name in enumerate(names) if category(name) == WGMMA24]
-    if layers and idx and len(idx) % layers == 0:
+    idx = [i for i, name in enumerate(names) if category(name) == by_place]
+    if layers and len(idx) >= layers:
         n = len(idx) // layers
-        out["positions"] = [(p, layers, statistics.median(s[i][2] for s in steps for i in idx[p::n]))
+        out["by_place"], out["past_layers"] = by_place, len(idx) - n * layers
+        out["positions"] = [(p, layers, statistics.median(s[i][2] for s in steps for i in idx[:n * layers][p::n]))
                             for p in range(n)]
     return out
 
@@ -116,6 +119,8 @@ def describe(summary: dict) -> str:
     text = (f"{summary['launches']} kernels, {summary['busy']:.3f} ms of kernels in a {summary['span']:.3f} ms span: "
             + ", ".join(f"{cat} {ms:.3f} ms ({n} launches)" for cat, (n, ms) in cats))
     if "positions" in summary:
-        text += "; the 2:4 kernel by its launch's place in a layer: " + ", ".join(
+        text += f"; {summary['by_place']} by the launch's place in a layer: " + ", ".join(
             f"{p + 1}. {us:.2f} us" for p, _, us in summary["positions"])
+        if summary["past_layers"]:
+            text += f" (and {summary['past_layers']} after the layers)"
     return text
