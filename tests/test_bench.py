@@ -617,8 +617,8 @@ def test_run_workload_logs_the_kernels_of_both_sides(monkeypatch):
                          lambda run, inputs: run(**inputs).last_hidden_state.flatten(0, -2))
     seen = []
 
-    def fake_log_kernels(run, inputs, side, layers, log):
-        seen.append((side, list(inputs), layers, type(model.up).__name__))
+    def fake_log_kernels(run, inputs, side, logged_model, log):
+        seen.append((side, list(inputs), logged_model is model, type(model.up).__name__))
         log(f"kernels of {side}")
 
     monkeypatch.setattr(models, "log_kernels", fake_log_kernels)
@@ -626,13 +626,33 @@ def test_run_workload_logs_the_kernels_of_both_sides(monkeypatch):
     models.run_workload(wl, 0.7, keep_dense=False, timer=fake_timer([]), kernel_times=True, log=lines.append)
     assert [s[0] for s in seen] == ["dense", "cross"] and seen[0][1] == [("encoder", 2, 3)]
     assert seen[0][3] == "Linear" and seen[1][3] == "SparseLinear"  # timed as each side runs
-    assert seen[0][2] == 0  # no config: no decoder layers to group by
+    assert seen[0][2] and seen[1][2]  # the workload's model, whose config gives the decoder layers
     assert "kernels of dense" in lines and "kernels of cross" in lines
     seen.clear()
     models.run_workload(wl, 0.7, keep_dense=False, timer=fake_timer([]), log=lines.append)
     assert seen == []  # off by default
     assert models.model_command("llama", 0.7, compile=True, kernel_times=True).endswith(
         "--compile --kernel-times --out reports/bench/row")
+
+
+def test_log_kernels_groups_by_the_models_decoder_layers(monkeypatch):
+    """log_kernels takes the decoder layers from the model's config (none without one) and groups the
+    linear layers' kernel by its place in a layer: cuBLAS on the dense side, the 2:4 kernel on the other."""
+    from cross.bench import step_kernels
+
+    step = [("wgmma24", 10.0), ("nvjet_gemm", 5.0), ("wgmma24", 20.0), ("nvjet_gemm", 6.0)]
+    monkeypatch.setattr(step_kernels, "step_kernels", lambda fn, reps: (
+        [(n, 100.0 * r + i, d) for r in range(reps) for i, (n, d) in enumerate(step)], "graph"))
+    phase = ("decode", 16, 1)
+    lines = []
+    models.log_kernels(None, {phase: {}}, "cross", Tiny(), lines.append)
+    assert "by the launch's place" not in lines[-1]  # no config: no decoder layers to group by
+    two = SimpleNamespace(config=SimpleNamespace(num_hidden_layers=2))
+    models.log_kernels(None, {phase: {}}, "cross", two, lines.append)
+    assert lines[-1].startswith("kernels per step, decode-16 cross (graph): 4 kernels")
+    assert lines[-1].endswith("warpgroup 2:4 by the launch's place in a layer: 1. 15.00 us")
+    models.log_kernels(None, {phase: {}}, "dense", two, lines.append)
+    assert lines[-1].endswith("cuBLAS by the launch's place in a layer: 1. 5.50 us")
 
 
 def test_model_rows_resume_where_the_same_command_measured_every_phase(tmp_path):

@@ -269,7 +269,7 @@ def run_workload(wl: Workload, sparsity: float, *, command: str = "", cost_model
         dense_bytes = linear_bytes(wl.model)
         dense = {phase: ms(x) for phase, x in inputs.items()}
         if kernel_times and log is not None:
-            log_kernels(run, inputs, "dense", getattr(getattr(wl.model, "config", None), "num_hidden_layers", 0), log)
+            log_kernels(run, inputs, "dense", wl.model, log)
         if stack_siblings and log is not None:
             log("dense, siblings apart -> stacked: " + "; ".join(
                 f"{phase[0]} {phase[1]}x{phase[2]} {apart[phase][0]:.3f} -> {dense[phase][0]:.3f} ms" for phase in inputs))
@@ -292,7 +292,7 @@ def run_workload(wl: Workload, sparsity: float, *, command: str = "", cost_model
             for phase in inputs:
                 if line := measured_shapes_line(report, phase[1] * phase[2]):
                     log(f"{phase_name(phase)}: {line}")
-            log_kernels(run, inputs, "cross", getattr(getattr(wl.model, "config", None), "num_hidden_layers", 0), log)
+            log_kernels(run, inputs, "cross", wl.model, log)
         cosine = {phase: agreement(wl.outputs(run, x), want[phase])["min_cosine"] for phase, x in inputs.items()}
         if shared is not None and log is not None:
             log(f"cross.compile: {shared.removed - merged} repeated calls merged in the sparse model's graphs "
@@ -355,12 +355,14 @@ def measured_before(kept: list[dict], model: str, sparsity: float, phases, comma
 KERNEL_TIME_REPS = 5
 
 
-def log_kernels(run: Callable, inputs: dict, side: str, layers: int, log: Callable[[str], None]) -> None:
+def log_kernels(run: Callable, inputs: dict, side: str, model: nn.Module, log: Callable[[str], None]) -> None:
     """Log the kernels of one step of each phase of ``inputs`` (bench.step_kernels), ``side`` naming
     the model ('dense', 'cross'), the linear layers' kernel (cuBLAS in the dense model, the 2:4 kernel
-    in the sparse one) by its place in each of ``layers`` decoder layers."""
+    in the sparse one) by its place in each of the model's decoder layers (its config's
+    num_hidden_layers; none without one)."""
     from .step_kernels import WGMMA24, describe, per_step, step_kernels
 
+    layers = getattr(getattr(model, "config", None), "num_hidden_layers", 0)
     for phase, x in inputs.items():
         kernels, how = step_kernels(lambda: run(**x), KERNEL_TIME_REPS)
         try:
