@@ -654,6 +654,13 @@ def test_log_kernels_groups_by_the_models_decoder_layers(monkeypatch):
     models.log_kernels(None, {phase: {}}, "dense", two, lines.append)
     assert lines[-1].endswith("cuBLAS by the launch's place in a layer: 1. 5.50 us")
 
+    def broken(fn, reps):
+        raise RuntimeError("CUPTI unavailable")
+
+    monkeypatch.setattr(step_kernels, "step_kernels", broken)  # the run keeps its timings, the log says why
+    models.log_kernels(None, {phase: {}}, "dense", two, lines.append)
+    assert lines[-1] == "kernels per step, decode-16 dense: not recorded (RuntimeError: CUPTI unavailable)"
+
 
 def test_model_rows_resume_where_the_same_command_measured_every_phase(tmp_path):
     """--resume: the model CSV read back gives the rows as run_workload made them; a model and

@@ -364,7 +364,11 @@ def log_kernels(run: Callable, inputs: dict, side: str, model: nn.Module, log: C
 
     layers = getattr(getattr(model, "config", None), "num_hidden_layers", 0)
     for phase, x in inputs.items():
-        kernels, how = step_kernels(lambda: run(**x), KERNEL_TIME_REPS)
+        try:
+            kernels, how = step_kernels(lambda: run(**x), KERNEL_TIME_REPS)
+        except Exception as e:  # a diagnostic: the profiler failing must not cost the run its timings
+            log(f"kernels per step, {phase_name(phase)} {side}: not recorded ({type(e).__name__}: {e})")
+            continue
         try:
             text = describe(per_step(kernels, KERNEL_TIME_REPS, layers, WGMMA24 if side == "cross" else "cuBLAS"))
         except ValueError as e:
