@@ -14,6 +14,8 @@ def test_kernel_names_fall_into_their_categories():
     assert category("nvjet_hsh_64x8_64x16_2x1_v_bz_splitK_TNT") == "cuBLAS"
     assert category("void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<128>>") == "attention"
     assert category("triton_red_fused__to_copy_add_mean_mul_pow_rsqrt_0") == "inductor"
+    # inductor names a kernel after the ops it fuses, the custom op it feeds among them
+    assert category("triton_per_fused__to_copy_add_mean_mul_pow_rsqrt_wgmma24_linear_3") == "inductor"
     assert category("void at::native::vectorized_elementwise_kernel<4>") == OTHER
 
 

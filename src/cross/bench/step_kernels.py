@@ -16,14 +16,16 @@ import tempfile
 
 import torch
 
-#: (category, substrings of the kernel names it holds), the first match wins
+#: (category, substrings of the kernel names it holds), the first match wins; inductor's kernels by
+#: their prefix first, since it names a fused kernel after its ops (one feeding the 2:4 op holds "wgmma24")
+INDUCTOR = "inductor"
 CATEGORIES = (
     ("warpgroup 2:4", ("wgmma24",)),
     ("row kernel", ("row_gemv", "row_decode")),
     ("tile kernels", ("plan_matmul", "slice_mma", "strip_mma", "sparse24_mma")),
     ("attention", ("flash", "fmha", "attention", "sdpa")),
     ("cuBLAS", ("gemm", "nvjet", "cutlass", "xmma", "cublas")),
-    ("inductor", ("triton_",)),
+    (INDUCTOR, ("triton_",)),
 )
 OTHER = "other"
 WGMMA24 = CATEGORIES[0][0]
@@ -32,6 +34,8 @@ WGMMA24 = CATEGORIES[0][0]
 def category(name: str) -> str:
     """The category of a kernel ``name`` (CATEGORIES; OTHER where none matches)."""
     low = name.lower()
+    if low.startswith("triton_"):
+        return INDUCTOR
     return next((cat for cat, keys in CATEGORIES if any(k in low for k in keys)), OTHER)
 
 
