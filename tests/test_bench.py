@@ -650,9 +650,9 @@ def test_log_kernels_groups_by_the_models_decoder_layers(monkeypatch):
     two = SimpleNamespace(config=SimpleNamespace(num_hidden_layers=2))
     models.log_kernels(None, {phase: {}}, "cross", two, lines.append)
     assert lines[-1].startswith("kernels per step, decode-16 cross (graph): 4 kernels")
-    assert lines[-1].endswith("warpgroup 2:4 by the launch's place in a layer: 1. 15.00 us")
+    assert lines[-1].endswith("warpgroup 2:4 by the launch's place in a layer: 1. 15.00 us (wgmma24)")
     models.log_kernels(None, {phase: {}}, "dense", two, lines.append)
-    assert lines[-1].endswith("cuBLAS by the launch's place in a layer: 1. 5.50 us")
+    assert lines[-1].endswith("cuBLAS by the launch's place in a layer: 1. 5.50 us (nvjet_gemm)")
 
     def broken(fn, reps):
         raise RuntimeError("CUPTI unavailable")

@@ -3,7 +3,7 @@ steps (the GPU recording itself runs in `cross bench model --kernel-times` on th
 
 import pytest
 
-from cross.bench.step_kernels import OTHER, WGMMA24, category, describe, per_step, trace_kernels
+from cross.bench.step_kernels import OTHER, WGMMA24, category, describe, per_step, short_name, trace_kernels
 
 
 def test_kernel_names_fall_into_their_categories():
@@ -44,16 +44,24 @@ def test_steps_are_split_and_summed_per_category():
     assert s["busy"] == pytest.approx((11 + 21 + 13 + 23 + 6) / 1e3)
     assert s["span"] == pytest.approx(((68 + 5) + (80 + 5)) / 2 / 1e3)  # kernels and the 1 us gaps, median
     # first and second launch of each layer: medians over both layers and both steps
-    assert s["positions"] == [(0, 2, pytest.approx(12.0)), (1, 2, pytest.approx(22.0))]
+    assert s["positions"] == [(0, 2, pytest.approx(12.0), "wgmma24"), (1, 2, pytest.approx(22.0), "wgmma24")]
     line = describe(s)
     assert line.startswith("6 kernels, 0.074 ms of kernels") and "warpgroup 2:4 0.068 ms (4 launches)" in line
-    assert line.endswith("warpgroup 2:4 by the launch's place in a layer: 1. 12.00 us, 2. 22.00 us")
+    assert line.endswith("warpgroup 2:4 by the launch's place in a layer: 1. 12.00 us (wgmma24), 2. 22.00 us (wgmma24)")
     three = per_step(kernels, 2, layers=3)  # 4 launches over 3 layers: one a layer, one past them (a head)
-    assert three["positions"] == [(0, 3, pytest.approx(13.0))] and three["past_layers"] == 1
-    assert describe(three).endswith("1. 13.00 us (and 1 after the layers)")
+    assert three["positions"] == [(0, 3, pytest.approx(13.0), "wgmma24")] and three["past_layers"] == 1
+    assert describe(three).endswith("1. 13.00 us (wgmma24) (and 1 after the layers)")
     assert "positions" not in per_step(kernels, 2, layers=5)  # fewer launches than layers
     fused = per_step(kernels, 2, layers=2, by_place="inductor")  # another category by place
-    assert fused["positions"] == [(0, 2, pytest.approx(3.0))] and "inductor by the launch's place" in describe(fused)
+    assert fused["positions"] == [(0, 2, pytest.approx(3.0), "triton_poi_fused_0")] and "inductor by the launch's place" in describe(fused)
+
+
+def test_short_names_drop_types_namespaces_and_templates():
+    assert short_name("void at::native::vectorized_elementwise_kernel<4, Foo>(int, Bar)") == "vectorized_elementwise_kernel"
+    assert short_name("nvjet_hsh_64x8_64x16_2x1_v_bz_splitK_TNT") == "nvjet_hsh_64x8_64x16_2x1_v_bz_splitK_TNT"
+    assert short_name("void cublasLt::splitKreduce_kernel<32, 16, int, float>(cublasLt::cublasSplitKParams<float>)") == (
+        "splitKreduce_kernel")
+    assert short_name("x" * 50) == "x" * 37 + "..."
 
 
 def test_steps_that_differ_are_refused():

@@ -92,7 +92,8 @@ def per_step(kernels: list[tuple[str, float, float]], reps: int, layers: int = 0
     summed ms ('busy'), the span from the first kernel's start to the last one's end ('span'), and,
     where category ``by_place`` has at least ``layers`` launches per step, its median us by the
     launch's place in a layer ('positions': [(place, launches, median us)], over the first ``layers``
-    x n of them; 'past_layers': the launches after those, a model's head)."""
+    x n of them, with the kernel's short name most often there; 'past_layers': the launches after those,
+    a model's head)."""
     if reps < 1 or not kernels or len(kernels) % reps:
         raise ValueError(f"{len(kernels)} kernels do not split into {reps} identical steps")
     per = len(kernels) // reps
@@ -112,9 +113,17 @@ def per_step(kernels: list[tuple[str, float, float]], reps: int, layers: int = 0
     if layers and len(idx) >= layers:
         n = len(idx) // layers
         out["by_place"], out["past_layers"] = by_place, len(idx) - n * layers
-        out["positions"] = [(p, layers, statistics.median(s[i][2] for s in steps for i in idx[:n * layers][p::n]))
+        out["positions"] = [(p, layers, statistics.median(s[i][2] for s in steps for i in idx[:n * layers][p::n]),
+                             statistics.mode(short_name(names[i]) for i in idx[:n * layers][p::n]))
                             for p in range(n)]
     return out
+
+
+def short_name(name: str, width: int = 40) -> str:
+    """A kernel's name without its return type, namespaces and template arguments, cut to ``width``."""
+    name = name.split("<", 1)[0].split("(", 1)[0].strip()
+    name = name.rsplit(" ", 1)[-1].rsplit("::", 1)[-1]
+    return name if len(name) <= width else name[:width - 3] + "..."
 
 
 def describe(summary: dict) -> str:
@@ -124,7 +133,7 @@ def describe(summary: dict) -> str:
             + ", ".join(f"{cat} {ms:.3f} ms ({n} launches)" for cat, (n, ms) in cats))
     if "positions" in summary:
         text += f"; {summary['by_place']} by the launch's place in a layer: " + ", ".join(
-            f"{p + 1}. {us:.2f} us" for p, _, us in summary["positions"])
+            f"{p + 1}. {us:.2f} us ({name})" for p, _, us, name in summary["positions"])
         if summary["past_layers"]:
             text += f" (and {summary['past_layers']} after the layers)"
     return text
