@@ -720,13 +720,17 @@ def test_bench_model_resume_measures_only_what_is_missing(tmp_path, capsys, monk
     assert code == 0 and measured == [(0.8, True)] and out.count("(kept)") == 2  # 0.7's two phases
     rows = models.model_rows(report.read_csv(tmp_path / "model.csv"))
     assert [(r["sparsity"], r["batch"]) for r in rows] == [(0.7, 1), (0.7, 16), (0.8, 1), (0.8, 16)]
+    assert "--resume: 2 of the 4 rows come from earlier runs" in (tmp_path / "model.md").read_text()
     measured[:] = []
     code, out, _ = run_cli(capsys, *argv, "--sparsities", "0.8", "--wgmma-kernel")  # another command at 0.8
     assert measured == [(0.8, True)]
     rows = models.model_rows(report.read_csv(tmp_path / "model.csv"))
     assert [(r["sparsity"], r["batch"]) for r in rows] == [(0.8, 1), (0.8, 16), (0.7, 1), (0.7, 16)]  # 0.7 stays
     assert "--wgmma-kernel" in rows[0]["command"] and "--wgmma-kernel" not in rows[2]["command"]
-    assert (tmp_path / "model.md").is_file()
+    assert "--resume: 2 of the 4 rows come from earlier runs" in (tmp_path / "model.md").read_text()  # 0.7's
+    measured[:] = []
+    run_cli(capsys, *argv[:-1], "--sparsities", "0.7,0.8")  # without --resume: all measured, no such note
+    assert measured == [(0.7, True), (0.8, False)] and "--resume:" not in (tmp_path / "model.md").read_text()
 
 
 def test_model_command_names_the_measure_option():

@@ -361,13 +361,14 @@ def _run_models(args, plan, commands, csv_name: str, report: bool, swap: dict) -
     kept = models.model_rows(read_csv(path)) if path is not None and args.resume and path.is_file() else []
     if path is not None:
         start_csv(path, models.FIELDS)
-    rows, measured = [], 0
+    rows, measured, earlier = [], 0, 0
     for name, sp in plan:
         before = models.measured_before(kept, models.label(name, args.llama_layers), sp,
                                         models.named_phases(models.PHASES[name], args.phases), commands[(name, sp)])
         if before is not None:  # --resume: measured by the same command before
             for row in before:
                 rows.append(row)
+                earlier += 1
                 print(models.format_row(row) + "  (kept)", flush=True)
                 if path is not None:
                     append_row(path, row, models.FIELDS)
@@ -392,11 +393,14 @@ def _run_models(args, plan, commands, csv_name: str, report: bool, swap: dict) -
     for row in kept:  # --resume: the rows of other models and sparsities stay
         if not any(row["model"] == m and abs(row["sparsity"] - sp) < 1e-9 for m, sp in asked):
             rows.append(row)
+            earlier += 1
             if path is not None:
                 append_row(path, row, models.FIELDS)
     if path is not None and report:
         notes = [f"device: {torch.cuda.get_device_name(device)}, bf16; cost model: {cm.source}; {decided}",
                  f"command: `{invoked()}`",
+                 *([f"--resume: {earlier} of the {len(rows)} rows come from earlier runs (each row's own command is in "
+                    f"{csv_name})"] if earlier else []),
                  "dense = the pruned model itself (both compute the same function), timed before and after the sparse "
                  "model and averaged; CUDA-graph replay, L2 flushed by a 256 MB read before each",
                  "Llama decode: one new token per sequence without a KV cache (the linear layers do the work of a "
