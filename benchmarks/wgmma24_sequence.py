@@ -1,0 +1,151 @@
+"""The 2:4 kernel's launches as a decoder step runs them, block by block: the four linear layers of
+--layers stacked Llama-2-7B decoder layers (q, k, v 12288x4096; o 4096x4096; gate, up 22016x4096;
+down 4096x11008; each layer its own weights, so that nothing stays in L2) launched back to back in one
+CUDA graph, a small elementwise kernel before each (where inductor's norms and activation sit in the
+step), the kernel built with -DBLOCK_TIMES=1 (each block's start and end by %globaltimer, and its SM).
+The same sequence with the dense weights through cuBLAS is timed beside it (CUDA-graph replay, L2
+flushed before each replay), and every launch's output is checked against the fp32 product.
+
+Per weight shape, medians over the layers, us: the gap from the last block end of the launch before
+(the elementwise kernel between, the launch's start) to this launch's first block start, the blocks'
+starts' spread, the first, median and last block end from the first start, and the format's bytes over
+the span. In the compiled decoder the kernel costs ~4.8 us a launch beyond streaming its bytes, cuBLAS
+~0.5 (docs/perf-notes.md, "The decoder's kernels inside the compiled step"); this splits that time into
+the launch's start, the blocks' ramp, their uneven ends and the end's sums, in ~1 min of device time.
+
+    PYTHONPATH=src python benchmarks/wgmma24_sequence.py --sparsity 0.7 --layers 4 [--out DIR]
+"""
+
+import argparse
+import csv
+import os
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from cross.bench.timing import check, graph_us  # noqa: E402
+from cross.bench.weights import make_weight  # noqa: E402
+from cross.costmodel.profile import FLUSH_BYTES, replay_time_us  # noqa: E402
+from cross.kernels import cuda_backend  # noqa: E402
+from cross.kernels.launch import wgmma24_args  # noqa: E402
+from cross.pack.wgmma24 import Wgmma24Weight, token_tile  # noqa: E402
+
+#: a stacked Llama-2-7B decoder layer's linear layers in the step's order: (name, out features, in features)
+LAYER = (("qkv", 12288, 4096), ("o", 4096, 4096), ("gate_up", 22016, 4096), ("down", 4096, 11008))
+FIELDS = ("shape", "launches", "gap_us", "starts_us", "first_end_us", "median_end_us", "span_us", "mb", "tb_s")
+
+
+def launch_phases(times: list[torch.Tensor]) -> list[dict]:
+    """Per launch of ``times`` (u64 [blocks, 3]: start, end, SM, ns, one tensor per launch in launch
+    order), us: 'gap' from the launch before's last block end to this one's first block start (None for
+    the first), 'starts' (last start - first start) and 'first_end', 'median_end', 'span' (the last end),
+    each from the launch's first start."""
+    out, before = [], None
+    for t in times:
+        t0 = int(t[:, 0].min())
+        ends = sorted(int(e) - t0 for e in t[:, 1])
+        out.append(dict(gap=None if before is None else (t0 - before) / 1e3, starts=(int(t[:, 0].max()) - t0) / 1e3,
+                        first_end=ends[0] / 1e3, median_end=statistics.median(ends) / 1e3, span=ends[-1] / 1e3))
+        before = t0 + ends[-1]
+    return out
+
+
+def by_shape(phases: list[dict], names: list[str], nbytes: dict) -> list[dict]:
+    """``launch_phases``' launches grouped by their shape's name (``names``, one per launch), medians over
+    each shape's launches (the gap over those that have one), with the format's MB (``nbytes``: per name)
+    and TB/s over the median span; in the order the names first come."""
+    rows = []
+    for name in dict.fromkeys(names):
+        mine = [p for p, n in zip(phases, names) if n == name]
+        med = {k: statistics.median(p[k] for p in mine if p[k] is not None) if any(p[k] is not None for p in mine)
+               else None for k in ("gap", "starts", "first_end", "median_end", "span")}
+        rows.append(dict(shape=name, launches=len(mine), gap_us=med["gap"], starts_us=med["starts"],
+                         first_end_us=med["first_end"], median_end_us=med["median_end"], span_us=med["span"],
+                         mb=nbytes[name] / 1e6, tb_s=nbytes[name] / med["span"] / 1e6))
+    return rows
+
+
+def main(argv=None):
+    from wgmma24_ablate import launcher
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sparsity", type=float, default=0.7)
+    ap.add_argument("--n", type=int, default=16, help="tokens (default 16)")
+    ap.add_argument("--layers", type=int, default=4, help="decoder layers in the sequence (default 4)")
+    ap.add_argument("--slots", action="store_true", help="the slots layout (default: the compressed one)")
+    ap.add_argument("--out", type=Path, default=None, help="folder for wgmma24_sequence.csv")
+    opts = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        sys.exit("wgmma24_sequence: needs a CUDA GPU")
+    gen = torch.Generator().manual_seed(0)
+    flush = torch.zeros(FLUSH_BYTES // 4, dtype=torch.int32, device="cuda")
+    between = torch.zeros(opts.n, 4096, dtype=torch.bfloat16, device="cuda")  # the elementwise kernel's tensor
+    launches, dense, names, nbytes = [], [], [], {}
+    for _ in range(opts.layers):
+        for name, m, k in LAYER:
+            w = make_weight(m, k, opts.sparsity, "uniform", gen).cuda()
+            sw = Wgmma24Weight.from_dense(w, compressed=not opts.slots)
+            args = wgmma24_args(sw, 0)
+            x = torch.randn(opts.n, k, generator=gen).to(torch.bfloat16).cuda()
+            y = torch.empty(opts.n, m, dtype=torch.bfloat16, device="cuda")
+            run, times, _, _ = launcher(args, x, y, token_tile(opts.n), "")
+            launches.append((run, times, x, y, w))
+            dense.append((x, w))
+            names.append(name)
+            nbytes[name] = sw.nbytes
+    os.environ.pop(cuda_backend.DEFINES_ENV, None)
+    cuda_backend._wgmma24_kernel.cache_clear()
+
+    def sparse_step():
+        for run, *_ in launches:
+            between.add_(1)
+            run()
+
+    def dense_step():
+        for x, w in dense:
+            between.add_(1)
+            F.linear(x, w)
+
+    sparse_step()  # each build's first launch outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        sparse_step()
+    graph.replay()
+    for _, _, _, y, _ in launches:
+        y.fill_(float("nan"))  # poisoned again: the replay read below writes every output
+    flush.sum()
+    graph.replay()  # the block times read and the outputs checked: this replay's, after a flush
+    torch.cuda.synchronize()
+    times = [t.cpu().clone() for _, t, *_ in launches]
+    for (_, _, x, y, w), name in zip(launches, names):
+        if (why := check(y, x.float() @ w.float().t())) is not None:
+            sys.exit(f"wgmma24_sequence: {name}: {why}")
+    sparse_us, dense_us = replay_time_us(graph.replay, 25, 100), graph_us(dense_step)
+    print(f"# {torch.cuda.get_device_name()}, bf16, {opts.sparsity:g} sparse, {opts.n} tokens, "
+          f"{'slots' if opts.slots else 'compressed'} layout, {opts.layers} decoder layers: the sequence "
+          f"{dense_us:.1f} us dense (cuBLAS), {sparse_us:.1f} us sparse ({dense_us / sparse_us:.2f}x; block times "
+          f"from one replay after a flush)")
+    rows = by_shape(launch_phases(times), names, nbytes)
+    for r in rows:
+        gap = "-" if r["gap_us"] is None else f"{r['gap_us']:.2f}"
+        print(f"{r['shape']:>8}: gap {gap} us, starts within {r['starts_us']:.2f}, ends {r['first_end_us']:.2f} / "
+              f"{r['median_end_us']:.2f} / {r['span_us']:.2f} us (first / median / last), {r['mb']:.1f} MB, "
+              f"{r['tb_s']:.2f} TB/s over the span")
+    if opts.out:
+        opts.out.mkdir(parents=True, exist_ok=True)
+        with open(opts.out / "wgmma24_sequence.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, FIELDS)
+            writer.writeheader()
+            writer.writerows({k: ("" if v is None else round(v, 3) if isinstance(v, float) else v)
+                              for k, v in r.items()} for r in rows)
+        print(f"wrote {opts.out / 'wgmma24_sequence.csv'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""benchmarks/wgmma24_sequence.py's reading of the block times of launches run back to back: the gap
+between launches, the blocks' starts and ends, and the medians per weight shape."""
+
+import pytest
+import torch
+from scripts import load_benchmark
+
+sequence = load_benchmark("wgmma24_sequence")
+
+
+def _times(starts, ends):
+    """u64 [blocks, 3] (start, end, SM) in ns."""
+    return torch.tensor([[s, e, i] for i, (s, e) in enumerate(zip(starts, ends))], dtype=torch.int64)
+
+
+def test_launch_phases_read_each_launch_from_its_first_start():
+    a = _times([1000, 1100], [6000, 8000])  # a second launch starts 1.5 us after a's last end
+    b = _times([9700, 9500, 10500], [13500, 15500, 14500])
+    first, second = sequence.launch_phases([a, b])
+    assert first == dict(gap=None, starts=0.1, first_end=5.0, median_end=6.0, span=7.0)
+    assert second == dict(gap=pytest.approx(1.5), starts=pytest.approx(1.0), first_end=pytest.approx(4.0),
+                          median_end=pytest.approx(5.0), span=pytest.approx(6.0))
+
+
+def test_by_shape_takes_medians_over_each_shapes_launches():
+    phases = [dict(gap=None, starts=0.1, first_end=5.0, median_end=6.0, span=7.0),
+              dict(gap=1.0, starts=0.2, first_end=3.0, median_end=4.0, span=5.0),
+              dict(gap=2.0, starts=0.3, first_end=6.0, median_end=7.0, span=9.0),
+              dict(gap=3.0, starts=0.4, first_end=4.0, median_end=5.0, span=6.0)]
+    rows = sequence.by_shape(phases, ["qkv", "o", "qkv", "o"], {"qkv": 18e6, "o": 6e6})
+    assert [r["shape"] for r in rows] == ["qkv", "o"]
+    qkv, o = rows
+    assert qkv["launches"] == 2 and qkv["gap_us"] == 2.0  # the first launch has no gap: the other one's
+    assert qkv["span_us"] == 8.0 and qkv["tb_s"] == pytest.approx(18e6 / 8.0 / 1e6)  # 2.25 TB/s
+    assert o["gap_us"] == 2.0 and o["starts_us"] == pytest.approx(0.3) and o["median_end_us"] == 4.5
+    assert o["mb"] == 6.0 and set(sequence.FIELDS) == set(o)
