@@ -13,12 +13,19 @@ the span. In the compiled decoder the kernel costs ~4.8 us a launch beyond strea
 ~0.5 (docs/perf-notes.md, "The decoder's kernels inside the compiled step"); this splits that time into
 the launch's start, the blocks' ramp, their uneven ends and the end's sums, in ~1 min of device time.
 
-    PYTHONPATH=src python benchmarks/wgmma24_sequence.py --sparsity 0.7 --layers 4 [--out DIR]
+With --units (-DBLOCK_TIMES=2) each block also stamps when each of its units is in place: printed per
+shape for the second layer's launch (wgmma24_ablate.unit_landings, and STREAM's end: how long the
+summing blocks wait for their output's last arrival and end after it, ``end_split``), and with --out every launch's block
+and unit times saved (wgmma24_sequence_blocks.pt) for reading offline.
+
+    PYTHONPATH=src python benchmarks/wgmma24_sequence.py --sparsity 0.7 --layers 4 [--units] [--out DIR]
 """
 
 import argparse
 import csv
+import functools
 import os
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -32,8 +39,8 @@ from cross.bench.timing import check, graph_us  # noqa: E402
 from cross.bench.weights import make_weight  # noqa: E402
 from cross.costmodel.profile import FLUSH_BYTES, replay_time_us  # noqa: E402
 from cross.kernels import cuda_backend  # noqa: E402
-from cross.kernels.launch import wgmma24_args  # noqa: E402
-from cross.pack.wgmma24 import Wgmma24Weight, token_tile  # noqa: E402
+from cross.kernels.launch import wgmma24_args, wgmma24_run  # noqa: E402
+from cross.pack.wgmma24 import Wgmma24Weight, stages, token_tile  # noqa: E402
 
 #: a stacked Llama-2-7B decoder layer's linear layers in the step's order: (name, out features, in features)
 LAYER = (("qkv", 12288, 4096), ("o", 4096, 4096), ("gate_up", 22016, 4096), ("down", 4096, 11008))
@@ -42,11 +49,16 @@ FIELDS = ("shape", "launches", "gap_us", "starts_us", "first_end_us", "median_en
 
 def launch_phases(times: list[torch.Tensor]) -> list[dict]:
     """Per launch of ``times`` (u64 [blocks, 3]: start, end, SM, ns, one tensor per launch in launch
-    order), us: 'gap' from the launch before's last block end to this one's first block start (None for
-    the first), 'starts' (last start - first start) and 'first_end', 'median_end', 'span' (the last end),
-    each from the launch's first start."""
+    order; None for a launch without block times, whose phases are None), us: 'gap' from the launch
+    before's last block end to this one's first block start (None for the first and after a launch
+    without times), 'starts' (last start - first start) and 'first_end', 'median_end', 'span' (the last
+    end), each from the launch's first start."""
     out, before = [], None
     for t in times:
+        if t is None:  # a launch without block times (clusters): no phases, and no gap for the next
+            out.append(None)
+            before = None
+            continue
         t0 = int(t[:, 0].min())
         ends = sorted(int(e) - t0 for e in t[:, 1])
         out.append(dict(gap=None if before is None else (t0 - before) / 1e3, starts=(int(t[:, 0].max()) - t0) / 1e3,
@@ -55,13 +67,45 @@ def launch_phases(times: list[torch.Tensor]) -> list[dict]:
     return out
 
 
+def end_split(times: torch.Tensor, units: torch.Tensor, total: int, chunks: int) -> dict | None:
+    """STREAM's end in one launch (``times``: u64 [blocks, 3] start, end, SM; ``units``: [blocks, UNIT_TIMES],
+    when each of a block's units was in place, ns; ``total`` units of ``chunks`` per output): for each block
+    that sums its last output (split across blocks j_first .. j_last, the block not j_last), its arrival
+    read as its last unit's landing, the output's last arrival (j_last's is the landing of the output's
+    last unit, at its start), us: 'wait', the last arrival after the block's own (median); 'end' from the
+    last arrival to the block's end (median, min, max). None where no block sums or a stamp is missing."""
+    grid = times.shape[0]
+    start = lambda j: j * total // grid  # noqa: E731
+    block_of = lambda u: ((u + 1) * grid - 1) // total  # noqa: E731
+    t0 = int(times[:, 0].min())
+    landed = lambda j, i: (int(units[j, i]) - t0) / 1e3 if i < units.shape[1] else None  # noqa: E731
+    waits, ends = [], []
+    for j in range(grid):
+        first = (start(j + 1) - 1) // chunks * chunks  # the block's last output's first unit
+        jf, jl = block_of(first), block_of(first + chunks - 1)
+        if jf == jl or j == jl:
+            continue
+        arrivals = [landed(b, start(b + 1) - 1 - start(b)) for b in range(jf, jl)]
+        arrivals.append(landed(jl, first + chunks - 1 - start(jl)))
+        if None in arrivals:
+            return None
+        last = max(arrivals)
+        waits.append(last - arrivals[j - jf])
+        ends.append((int(times[j, 1]) - t0) / 1e3 - last)
+    if not ends:
+        return None
+    return dict(wait=statistics.median(waits), end=statistics.median(ends), end_min=min(ends), end_max=max(ends))
+
+
 def by_shape(phases: list[dict], names: list[str], nbytes: dict) -> list[dict]:
     """``launch_phases``' launches grouped by their shape's name (``names``, one per launch), medians over
-    each shape's launches (the gap over those that have one), with the format's MB (``nbytes``: per name)
+    each shape's launches (the gap over those that have one; shapes without block times left out), with the format's MB (``nbytes``: per name)
     and TB/s over the median span; in the order the names first come."""
     rows = []
     for name in dict.fromkeys(names):
-        mine = [p for p, n in zip(phases, names) if n == name]
+        mine = [p for p, n in zip(phases, names) if n == name and p is not None]
+        if not mine:
+            continue
         med = {k: statistics.median(p[k] for p in mine if p[k] is not None) if any(p[k] is not None for p in mine)
                else None for k in ("gap", "starts", "first_end", "median_end", "span")}
         rows.append(dict(shape=name, launches=len(mine), gap_us=med["gap"], starts_us=med["starts"],
@@ -71,17 +115,26 @@ def by_shape(phases: list[dict], names: list[str], nbytes: dict) -> list[dict]:
 
 
 def main(argv=None):
-    from wgmma24_ablate import launcher
+    from wgmma24_ablate import launcher, unit_landings
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sparsity", type=float, default=0.7)
     ap.add_argument("--n", type=int, default=16, help="tokens (default 16)")
     ap.add_argument("--layers", type=int, default=4, help="decoder layers in the sequence (default 4)")
     ap.add_argument("--slots", action="store_true", help="the slots layout (default: the compressed one)")
+    ap.add_argument("--defines", default="", help="the 2:4 kernel's build defines (e.g. '-DSTAGES=4')")
+    ap.add_argument("--splits", default="",
+                    help="shapes launched by clusters instead of STREAM, e.g. 'qkv=5,gate_up=3' (no block times)")
+    ap.add_argument("--unchecked", action="store_true",
+                    help="outputs not checked (an ABLATE build, whose results are wrong by design)")
+    ap.add_argument("--units", action="store_true", help="also stamp each unit's landing (-DBLOCK_TIMES=2)")
     ap.add_argument("--out", type=Path, default=None, help="folder for wgmma24_sequence.csv")
     opts = ap.parse_args(argv)
     if not torch.cuda.is_available():
         sys.exit("wgmma24_sequence: needs a CUDA GPU")
+    splits = {name: int(c) for name, c in (kv.split("=") for kv in opts.splits.split(",") if kv)}
+    if unknown := set(splits) - {name for name, _, _ in LAYER}:
+        sys.exit(f"wgmma24_sequence: --splits names {sorted(unknown)}; the shapes are {[n for n, _, _ in LAYER]}")
     gen = torch.Generator().manual_seed(0)
     flush = torch.zeros(FLUSH_BYTES // 4, dtype=torch.int32, device="cuda")
     between = torch.zeros(opts.n, 4096, dtype=torch.bfloat16, device="cuda")  # the elementwise kernel's tensor
@@ -90,10 +143,18 @@ def main(argv=None):
         for name, m, k in LAYER:
             w = make_weight(m, k, opts.sparsity, "uniform", gen).cuda()
             sw = Wgmma24Weight.from_dense(w, compressed=not opts.slots)
-            args = wgmma24_args(sw, 0)
+            args = wgmma24_args(sw, splits.get(name, 0))
             x = torch.randn(opts.n, k, generator=gen).to(torch.bfloat16).cuda()
             y = torch.empty(opts.n, m, dtype=torch.bfloat16, device="cuda")
-            run, times, _, _ = launcher(args, x, y, token_tile(opts.n), "")
+            if name in splits:  # clusters: the runtime's launch, no block times
+                run, times = functools.partial(wgmma24_run, x, args, out=y), None
+            else:
+                run, times, _, _ = launcher(args, x, y, token_tile(opts.n), opts.defines, units_timed=opts.units)
+            run.total = args.row_blocks * -(-opts.n // token_tile(opts.n)) * args.chunks
+            run.chunks = args.chunks
+            staged = re.search(r"-DSTAGES=(\d+)", opts.defines)
+            run.ahead = (int(staged[1]) if staged else stages(args.wgs, args.mt, args.slots, token_tile(opts.n),
+                                                              args.compressed)) - 1
             launches.append((run, times, x, y, w))
             dense.append((x, w))
             names.append(name)
@@ -122,23 +183,49 @@ def main(argv=None):
     flush.sum()
     graph.replay()  # the block times read and the outputs checked: this replay's, after a flush
     torch.cuda.synchronize()
-    times = [t.cpu().clone() for _, t, *_ in launches]
-    for (_, _, x, y, w), name in zip(launches, names):
-        if (why := check(y, x.float() @ w.float().t())) is not None:
-            sys.exit(f"wgmma24_sequence: {name}: {why}")
+    times = [None if t is None else t.cpu().clone() for _, t, *_ in launches]
+    units = [None if t is None else run.units.cpu().clone() for run, t, *_ in launches] if opts.units else None
+
+    def checked(when: str):
+        for (_, _, x, y, w), name in zip(launches, names):
+            if not opts.unchecked and (why := check(y, x.float() @ w.float().t())) is not None:
+                sys.exit(f"wgmma24_sequence: {name}, {when}: {why}")
+
+    checked("the read replay")
     sparse_us, dense_us = replay_time_us(graph.replay, 25, 100), graph_us(dense_step)
+    for _, _, x, y, _ in launches:  # fresh inputs after the timed replays: whatever a launch leaves, the next is right
+        x.copy_(torch.randn(x.shape, generator=gen).to(x.dtype))
+        y.fill_(float("nan"))
+    graph.replay()
+    torch.cuda.synchronize()
+    checked("fresh inputs after the timed replays")
     print(f"# {torch.cuda.get_device_name()}, bf16, {opts.sparsity:g} sparse, {opts.n} tokens, "
-          f"{'slots' if opts.slots else 'compressed'} layout, {opts.layers} decoder layers: the sequence "
+          f"{'slots' if opts.slots else 'compressed'} layout{' ' + opts.defines if opts.defines else ''}, {opts.layers} decoder layers: the sequence "
           f"{dense_us:.1f} us dense (cuBLAS), {sparse_us:.1f} us sparse ({dense_us / sparse_us:.2f}x; block times "
-          f"from one replay after a flush)")
+          f"from one replay after a flush{'; outputs NOT checked' if opts.unchecked else ''})")
     rows = by_shape(launch_phases(times), names, nbytes)
     for r in rows:
         gap = "-" if r["gap_us"] is None else f"{r['gap_us']:.2f}"
         print(f"{r['shape']:>8}: gap {gap} us, starts within {r['starts_us']:.2f}, ends {r['first_end_us']:.2f} / "
               f"{r['median_end_us']:.2f} / {r['span_us']:.2f} us (first / median / last), {r['mb']:.1f} MB, "
               f"{r['tb_s']:.2f} TB/s over the span")
+    if units:
+        first = len(LAYER) if opts.layers > 1 else 0  # the second layer's launches (the first's if it is alone)
+        for i in range(first, first + len(LAYER)):
+            run = launches[i][0]
+            if times[i] is None:
+                continue
+            print(f"{names[i]} ({run.total} units, {run.ahead} ahead): " + " | ".join(
+                unit_landings(times[i], units[i], run.total, run.ahead)))
+            if (end := end_split(times[i], units[i], run.total, run.chunks)) is not None:
+                print(f"{names[i]}: the summing blocks' end: the output's last arrival {end['wait']:.2f} us after "
+                      f"their own (median), their end {end['end']:.2f} us after it (median; {end['end_min']:.2f}"
+                      f"-{end['end_max']:.2f})")
     if opts.out:
         opts.out.mkdir(parents=True, exist_ok=True)
+        if units:
+            torch.save(dict(names=names, times=times, units=units, totals=[r.total for r, *_ in launches]),
+                       opts.out / "wgmma24_sequence_blocks.pt")
         with open(opts.out / "wgmma24_sequence.csv", "w", newline="") as f:
             writer = csv.DictWriter(f, FIELDS)
             writer.writeheader()

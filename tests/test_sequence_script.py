@@ -34,3 +34,24 @@ def test_by_shape_takes_medians_over_each_shapes_launches():
     assert qkv["span_us"] == 8.0 and qkv["tb_s"] == pytest.approx(18e6 / 8.0 / 1e6)  # 2.25 TB/s
     assert o["gap_us"] == 2.0 and o["starts_us"] == pytest.approx(0.3) and o["median_end_us"] == 4.5
     assert o["mb"] == 6.0 and set(sequence.FIELDS) == set(o)
+
+
+def test_launches_without_block_times_are_left_out():
+    a = _times([1000, 1100], [6000, 8000])
+    b = _times([9700, 9500], [13500, 15500])
+    phases = sequence.launch_phases([a, None, b])  # the launch between (clusters) has no times
+    assert phases[1] is None and phases[2]["gap"] is None  # nor a gap after it
+    rows = sequence.by_shape(phases, ["qkv", "o", "qkv"], {"qkv": 18e6, "o": 6e6})
+    assert [r["shape"] for r in rows] == ["qkv"] and rows[0]["launches"] == 2 and rows[0]["gap_us"] is None
+
+
+def test_end_split_reads_the_summing_blocks_wait_and_end():
+    # 8 units of 4 per output over 3 blocks: block 0 [0, 2) and block 1 [2, 5) share output 0 (block 1
+    # holds its last units at its start), blocks 1 and 2 [5, 8) share output 1; blocks 0 and 1 sum
+    times = _times([0, 0, 0], [9000, 10000, 7000])
+    units = torch.tensor([[1000, 3000, 0], [1000, 2500, 4000], [1500, 2000, 6000]], dtype=torch.int64)
+    end = sequence.end_split(times, units, total=8, chunks=4)
+    # block 0: arrivals 3.0 (its own) and 2.5 (block 1's unit 3): waits 0, ends 6.0 after;
+    # block 1: 4.0 (its own) and 6.0 (block 2's unit 7): waits 2.0, ends 4.0 after
+    assert end == dict(wait=1.0, end=5.0, end_min=4.0, end_max=6.0)
+    assert sequence.end_split(times, units[:, :2], total=8, chunks=4) is None  # a stamp missing
