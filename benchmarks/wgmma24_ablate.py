@@ -44,8 +44,6 @@ def launcher(args, x, y, ntok: int, defines: str, waves: int = 1, units_timed: b
     grid = min(waves * cuda_backend.wgmma24_stream_blocks(units, args.sms, per_sm), units)
     slots = 2 * grid * 64 * args.wgs * args.mt * ntok
     ws = torch.zeros(slots + 6 * grid + 2 * UNIT_TIMES * grid, dtype=torch.float32, device="cuda")
-    if "-DVALUE_WAIT=1" in defines.split():
-        ws[:slots].view(torch.int32).fill_(-1)  # the end's mark (wgmma24.cu's MARK) in every slot
     counters = torch.zeros(grid, dtype=torch.int32, device="cuda")  # one per block (the args' are per resident block)
     ptrs = cuda_backend.Pointers.of(x.data_ptr(), y.data_ptr(), 0, args.values.data_ptr(), ws.data_ptr(),
                                     counters.data_ptr(), is_bf16=True)

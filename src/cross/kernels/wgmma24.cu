@@ -84,9 +84,6 @@
 #define SUM_ELEMS 4  // STREAM's end: the values a thread sums at once
 #endif
 #define UNIT_TIMES 64
-#ifndef VALUE_WAIT
-#define VALUE_WAIT 0  // STREAM's end: 1, the summers wait on the partial sums' values (a workspace of MARKs); 0, on counters
-#endif
 #ifndef REFILL_LATE
 #define REFILL_LATE 1  // a unit's refill issued after its mmas, before their wait (0: right after the barrier)
 #endif
@@ -321,24 +318,6 @@ __device__ __forceinline__ void store_one(u16* y, const u16* bias, int row0, int
 // (units + 1) blocks under 2^32
 __device__ __forceinline__ u32 block_of(u32 u, u32 units, u32 blocks) { return ((u + 1) * blocks - 1) / units; }
 
-#if VALUE_WAIT
-// STREAM's end by the values themselves: a workspace value not yet stored this launch holds MARK (a NaN
-// no arithmetic produces: the GPU's NaN results are 0x7FFFFFFF), stored back by the summer that read it
-#define MARK 0xFFFFFFFFu
-__device__ __forceinline__ float ld_value(const float* p) {
-    float v;
-    asm volatile("ld.relaxed.gpu.global.f32 %0, [%1];\n" : "=f"(v) : "l"(p) : "memory");
-    return v;
-}
-__device__ __forceinline__ void st_value(float* p, float v) {
-    asm volatile("st.relaxed.gpu.global.f32 [%0], %1;\n" ::"l"(p), "f"(v) : "memory");
-}
-__device__ __forceinline__ void st_mark(float* p) {
-    asm volatile("st.relaxed.gpu.global.b32 [%0], %1;\n" ::"l"(p), "r"(MARK) : "memory");
-}
-__device__ __forceinline__ bool pending(float v) { return __float_as_uint(v) == MARK; }
-#endif
-
 #ifndef MIN_BLOCKS
 #define MIN_BLOCKS 1  // blocks per SM the registers must allow (__launch_bounds__)
 #endif
@@ -506,13 +485,6 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
                 // the block's stores happen before thread 0's release (bar.sync, then a release at GPU
                 // scope, cumulative), the waiting blocks' acquire makes every block's stores visible
                 float* part = ws + ((size_t)blockIdx.x * 2 + (u0 >= first ? 0 : 1)) * (R * NTOK);
-#if VALUE_WAIT  // each value a relaxed store that is its own arrival: the summers wait on the values
-#pragma unroll
-                for (int t = 0; t < MT; ++t)
-#pragma unroll
-                    for (int j = 0; j < NACC; ++j) st_value(part + (t * NACC + j) * THREADS + tid, acc[t][j]);
-                const bool sums = blockIdx.x != jl;
-#else
 #pragma unroll
                 for (int t = 0; t < MT; ++t)
 #pragma unroll
@@ -528,7 +500,6 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
                     if (sums) wait_arrivals_gpu(counters + jf, (int)(jl - jf + 1));
                 }
                 __syncthreads();
-#endif
                 if (sums) {
                     const int parts = (int)(jl - jf), p = (int)(blockIdx.x - jf);
                     const int lo = p * (R * NTOK) / parts, hi = (p + 1) * (R * NTOK) / parts;
@@ -539,57 +510,17 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
                         for (int k = 0; k < SUM_ELEMS; ++k) sum[k] = 0.f;
                         for (u32 b0 = jf; b0 <= jl; b0 += SUM_SLOTS) {
                             float v[SUM_SLOTS][SUM_ELEMS];
-#if VALUE_WAIT
-                            float* slots[SUM_SLOTS];
-#endif
 #pragma unroll
                             for (int q = 0; q < SUM_SLOTS; ++q) {
                                 const u32 b = min(b0 + q, jl);  // past jl: loaded again, not added
                                 const bool first_of_b = b * units / gridDim.x >= first;
-                                float* slot = ws + ((size_t)b * 2 + (first_of_b ? 0 : 1)) * (R * NTOK);
-#if VALUE_WAIT
-                                slots[q] = slot;
-#endif
+                                const float* slot = ws + ((size_t)b * 2 + (first_of_b ? 0 : 1)) * (R * NTOK);
 #pragma unroll
                                 for (int k = 0; k < SUM_ELEMS; ++k) {
                                     const int e = e0 + k * THREADS;
-#if VALUE_WAIT
-                                    v[q][k] = e < hi && b0 + q <= jl ? ld_value(slot + e) : 0.f;
-#else
                                     v[q][k] = e < hi ? __ldcg(slot + e) : 0.f;
-#endif
                                 }
                             }
-#if VALUE_WAIT
-                            // the values not yet stored: one watched at a time (one load in flight per
-                            // thread while it waits), then all the rest loaded again together
-                            for (;;) {
-                                bool waiting = false;
-#pragma unroll
-                                for (int q = 0; q < SUM_SLOTS; ++q)
-#pragma unroll
-                                    for (int k = 0; k < SUM_ELEMS; ++k)
-                                        if (!waiting && pending(v[q][k])) {
-                                            waiting = true;
-                                            do {
-                                                __nanosleep(32);
-                                                v[q][k] = ld_value(slots[q] + e0 + k * THREADS);
-                                            } while (pending(v[q][k]));
-                                        }
-                                if (!waiting) break;
-#pragma unroll
-                                for (int q = 0; q < SUM_SLOTS; ++q)
-#pragma unroll
-                                    for (int k = 0; k < SUM_ELEMS; ++k)
-                                        if (pending(v[q][k])) v[q][k] = ld_value(slots[q] + e0 + k * THREADS);
-                            }
-                            // every value read, each by one thread: back to the mark for the next launch
-#pragma unroll
-                            for (int q = 0; q < SUM_SLOTS; ++q)
-#pragma unroll
-                                for (int k = 0; k < SUM_ELEMS; ++k)
-                                    if (e0 + k * THREADS < hi && b0 + q <= jl) st_mark(slots[q] + e0 + k * THREADS);
-#endif
 #pragma unroll
                             for (int q = 0; q < SUM_SLOTS; ++q)
                                 if (b0 + q <= jl)
@@ -604,9 +535,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
                                           (te & 127) >> 5, te & 31, e / THREADS, sum[k]);
                         }
                     }
-#if !VALUE_WAIT
                     if (tid == 0 && atomicAdd(counters + jf, 1 << 16) >> 16 == parts - 1) counters[jf] = 0;  // for the next launch
-#endif
                 }
             } else {
 #pragma unroll
