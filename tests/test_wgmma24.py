@@ -3,7 +3,8 @@
 CPU: the format read back (the mma's slots, and the overflow entries through the head words) gives
 the weight bit for bit over shapes, densities, warpgroups and m-tiles; the thread layout of the A
 words and the metadata nibbles; the bytes; the launcher's split; the STREAM launch's partition (its
-integer arithmetic transcribed: every output summed once, counters and slots never shared).
+integer arithmetic transcribed: every output summed once, counters and slots never shared, counters
+back at zero by their own wrap).
 GPU (`-m gpu`, compute capability 9.0): the kernel against the fp64 product with outputs poisoned,
 fresh inputs, over shapes (ragged M and K), densities, dtypes, token counts (token tiles), warpgroups,
 m-tiles, splits of K (clusters, and STREAM: the same bits twice, counters back to zero) and bias.
@@ -183,13 +184,16 @@ def test_slots():
     assert got == [0, 16, 16, 32, 128, 256, 512, 512, 768, 8192]
 
 
-def _stream(units, blocks, chunks, contributions):
+def _stream(units, blocks, chunks, contributions, counters=None):
     """The STREAM launch's sums as wgmma24.cu does them (its integer formulas, transcribed): block j
     walks units [j U / P, (j + 1) U / P); at its last unit of an output, the output's blocks j_first ..
     j_last (block_of), and where they differ its partial to slot (j, 0 if the output is its first else
-    1), an arrival on counter j_first, and the last arrival sums the slots of blocks j_first .. j_last
-    in block order. Returns the outputs as written (each once) and the slots and counters used."""
+    1), an arrival on counter j_first (atom.inc with bound j_last - j_first: the count wraps to zero at
+    the last arrival; ``counters``: the values the launch starts from, updated), and the last arrival
+    sums the slots of blocks j_first .. j_last in block order. Returns the outputs as written (each
+    once) and the slots and counters used."""
     block_of = lambda u: ((u + 1) * blocks - 1) // units  # noqa: E731
+    counters = {} if counters is None else counters
     slots, arrivals, written = {}, {}, {}
     for j in range(blocks):
         u0, u1 = j * units // blocks, (j + 1) * units // blocks
@@ -209,7 +213,11 @@ def _stream(units, blocks, chunks, contributions):
                 assert key not in slots, "a slot written twice"
                 slots[key] = acc
                 arrivals.setdefault(jf, []).append((o, j))
+                count = counters.get(jf, 0)
+                assert count == len(arrivals[jf]) - 1, "a counter not at zero when its output's launch began"
+                counters[jf] = 0 if count >= jl - jf else count + 1  # atom.inc
                 if len(arrivals[jf]) == jl - jf + 1:  # the last: every block's partial is in its slot
+                    assert counters[jf] == 0  # wrapped: the waiting blocks go on, the next launch finds zero
                     assert o not in written and {b for _, b in arrivals[jf]} == set(range(jf, jl + 1))
                     written[o] = sum(slots[(b, 0 if b * units // blocks >= first else 1)] for b in range(jf, jl + 1))
             acc = 0.0
@@ -230,6 +238,16 @@ def test_stream_partition(outputs, chunks, blocks):
         assert written[o] == sum(contributions[o * chunks:(o + 1) * chunks])
     assert all(len({o for o, _ in v}) == 1 for v in arrivals.values())  # one output per counter
     assert max(arrivals, default=0) < blocks and all(s in (0, 1) for _, s in slots)
+
+
+def test_stream_counters_wrap_to_zero_for_any_next_launch():
+    """The counters wrap back to zero at each output's last arrival, so launches of other grids (other
+    token counts) on the same counters find them at zero, with no reset."""
+    counters = {}
+    for outputs, chunks, blocks in [(16, 64, 256), (32, 64, 264), (16, 64, 132), (48, 64, 264), (16, 172, 256)]:
+        units = outputs * chunks
+        _stream(units, blocks, chunks, [1.0] * units, counters)
+        assert counters and not any(counters.values())
 
 
 def test_stream_blocks():

@@ -47,19 +47,26 @@ __device__ __forceinline__ int arrive_gpu(int* counter) {
     return old;
 }
 
-// one arrival that returns nothing (a waiting block acquires with wait_arrivals_gpu): a release at GPU
-// scope, cumulative over the block barrier before it
-__device__ __forceinline__ void arrive_release_gpu(int* counter) {
-    asm volatile("red.release.gpu.global.add.s32 [%0], 1;\n" ::"l"(counter) : "memory");
+// one arrival of `bound + 1` on a counter that wraps back to zero at the last of them (atom.inc: the
+// counter counts 0, 1, .., bound, 0), so that the counter is zero again after every launch with no
+// reset: a release at GPU scope, cumulative over the block barrier before it. The waiting arrivals:
+// arrive_inc_acq_rel_gpu returns the count before (bound: the last arrival, no wait), then
+// wait_zero_gpu until the last arrival wraps it (the counter is zero only before the first arrival
+// and after the last, and a launch's arrivals all happen in it)
+__device__ __forceinline__ void arrive_inc_release_gpu(int* counter, u32 bound) {
+    asm volatile("red.release.gpu.global.inc.u32 [%0], %1;\n" ::"l"(counter), "r"(bound) : "memory");
 }
-
-// wait, by one thread, until the low 16 bits of a counter (arrivals made by arrive_release_gpu) reach
-// `count`; acquires what the arrivals released (the other threads see it after a block barrier)
-__device__ __forceinline__ void wait_arrivals_gpu(const int* counter, int count) {
+__device__ __forceinline__ u32 arrive_inc_acq_rel_gpu(int* counter, u32 bound) {
+    u32 old;
+    asm volatile("atom.acq_rel.gpu.global.inc.u32 %0, [%1], %2;\n" : "=r"(old) : "l"(counter), "r"(bound) : "memory");
+    return old;
+}
+__device__ __forceinline__ void wait_zero_gpu(const int* counter) {
     for (;;) {
         int v;
         asm volatile("ld.acquire.gpu.global.s32 %0, [%1];\n" : "=r"(v) : "l"(counter) : "memory");
-        if ((v & 0xFFFF) == count) return;
+        if (v == 0) return;
         __nanosleep(32);
     }
 }
+

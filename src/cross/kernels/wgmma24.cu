@@ -25,7 +25,7 @@
 //   the output (block j_last holds its last units at its start, arrives and goes on): each waits for
 //   all the arrivals, then sums its share of the output's values over every slot in block order
 //   (deterministic: the order does not depend on who arrives when), adds the bias and writes Y; the
-//   last of them resets the counter for the next launch. The wait needs the blocks a waiting block
+//   counter wraps back to zero at the output's last arrival (atom.inc), ready for the next launch. The wait needs the blocks a waiting block
 //   waits on to be resident or to become so: blocks start in index order and wait only on later
 //   blocks of their own output, so a launch progresses while the GPU holds more resident blocks than
 //   one output spans (the launcher's grid is at most the blocks resident at once).
@@ -492,12 +492,14 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
                 __syncthreads();
                 // blocks jf .. jl - 1 end with uo (block jl holds its last units at its start and only
                 // arrives): each waits for all jl - jf + 1 arrivals, then sums its share of uo's
-                // R NTOK values over every slot in block order (deterministic) and writes it to Y; the
-                // last of them to finish (the counter's high 16 bits) resets the counter
+                // R NTOK values over every slot in block order (deterministic) and writes it to Y. The
+                // counter wraps to zero at the last arrival: zero again for the next launch, no reset
                 const bool sums = blockIdx.x != jl;
                 if (tid == 0) {
-                    arrive_release_gpu(counters + jf);
-                    if (sums) wait_arrivals_gpu(counters + jf, (int)(jl - jf + 1));
+                    if (!sums)
+                        arrive_inc_release_gpu(counters + jf, jl - jf);
+                    else if (arrive_inc_acq_rel_gpu(counters + jf, jl - jf) != jl - jf)
+                        wait_zero_gpu(counters + jf);
                 }
                 __syncthreads();
                 if (sums) {
@@ -535,7 +537,6 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
                                           (te & 127) >> 5, te & 31, e / THREADS, sum[k]);
                         }
                     }
-                    if (tid == 0 && atomicAdd(counters + jf, 1 << 16) >> 16 == parts - 1) counters[jf] = 0;  // for the next launch
                 }
             } else {
 #pragma unroll
