@@ -30,12 +30,15 @@ VARIANTS = (("full", ""), ("copies only", "-DABLATE=1"))
 UNIT_TIMES = 64  # wgmma24.cu's units timed per block with -DBLOCK_TIMES=2
 
 
-def launcher(args, x, y, ntok: int, defines: str, waves: int = 1, units_timed: bool = False):
+def launcher(args, x, y, ntok: int, defines: str, waves: int = 1, units_timed: bool = False,
+             end_steps: bool = False):
     """A STREAM launch of a build with ``defines`` (and BLOCK_TIMES) over ``waves`` times the SMs' resident
     blocks (more than one: the hardware's block scheduler hands the later ranges to whichever SM frees
     first), its workspace with room for the blocks' times, and the times' view (u64 [blocks, 3]: start,
-    end, SM; with ``units_timed``, BLOCK_TIMES=2, also [blocks, UNIT_TIMES]: when each unit was in place)."""
-    os.environ[cuda_backend.DEFINES_ENV] = f"{defines} -DBLOCK_TIMES={2 if units_timed else 1}"
+    end, SM; with ``units_timed``, BLOCK_TIMES=2, also ``run.units`` [blocks, UNIT_TIMES]: when each unit
+    was in place; with ``end_steps``, BLOCK_TIMES=3, also ``run.steps`` [blocks, 4]: a summing block's
+    end, step by step, wgmma24.cu's END_STAMP; zero in blocks that do not sum)."""
+    os.environ[cuda_backend.DEFINES_ENV] = f"{defines} -DBLOCK_TIMES={3 if end_steps else 2 if units_timed else 1}"
     cuda_backend._wgmma24_kernel.cache_clear()
     func, smem, per_sm = cuda_backend._wgmma24_kernel(torch.cuda.current_device(), True, args.wgs, args.mt, 0,
                                                       args.slots, ntok, args.compressed, args.over)
@@ -43,7 +46,7 @@ def launcher(args, x, y, ntok: int, defines: str, waves: int = 1, units_timed: b
     units = outputs * args.chunks
     grid = min(waves * cuda_backend.wgmma24_stream_blocks(units, args.sms, per_sm), units)
     slots = 2 * grid * 64 * args.wgs * args.mt * ntok
-    ws = torch.zeros(slots + 6 * grid + 2 * UNIT_TIMES * grid, dtype=torch.float32, device="cuda")
+    ws = torch.zeros(slots + 6 * grid + 2 * UNIT_TIMES * grid + 8 * grid, dtype=torch.float32, device="cuda")
     counters = torch.zeros(grid, dtype=torch.int32, device="cuda")  # one per block (the args' are per resident block)
     ptrs = cuda_backend.Pointers.of(x.data_ptr(), y.data_ptr(), 0, args.values.data_ptr(), ws.data_ptr(),
                                     counters.data_ptr(), is_bf16=True)
@@ -54,7 +57,8 @@ def launcher(args, x, y, ntok: int, defines: str, waves: int = 1, units_timed: b
 
     run.keep = counters
     words = ws[slots:].view(torch.int64)
-    run.units = words[3 * grid:].view(grid, UNIT_TIMES)
+    run.units = words[3 * grid:(3 + UNIT_TIMES) * grid].view(grid, UNIT_TIMES)
+    run.steps = words[(3 + UNIT_TIMES) * grid:].view(grid, 4)
     return run, words[:3 * grid].view(grid, 3), grid, per_sm
 
 

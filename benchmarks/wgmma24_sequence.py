@@ -15,7 +15,8 @@ the launch's start, the blocks' ramp, their uneven ends and the end's sums, in ~
 
 With --units (-DBLOCK_TIMES=2) each block also stamps when each of its units is in place: printed per
 shape for the second layer's launch (wgmma24_ablate.unit_landings, and STREAM's end: how long the
-summing blocks wait for their output's last arrival and end after it, ``end_split``), and with --out every launch's block
+summing blocks wait for their output's last arrival and end after it, ``end_split``; --end-steps,
+-DBLOCK_TIMES=3, splits that end into its steps), and with --out every launch's block
 and unit times saved (wgmma24_sequence_blocks.pt) for reading offline.
 
     PYTHONPATH=src python benchmarks/wgmma24_sequence.py --sparsity 0.7 --layers 4 [--units] [--out DIR]
@@ -67,19 +68,29 @@ def launch_phases(times: list[torch.Tensor]) -> list[dict]:
     return out
 
 
-def end_split(times: torch.Tensor, units: torch.Tensor, total: int, chunks: int) -> dict | None:
+#: a summing block's end, step by step (wgmma24.cu's END_STAMP 0-3, then the block's end): the names of
+#: the four intervals between them
+END_STEPS = ("step_stores", "step_wait", "step_sums", "step_exit")
+
+
+def end_split(times: torch.Tensor, units: torch.Tensor, total: int, chunks: int,
+              steps: torch.Tensor | None = None) -> dict | None:
     """STREAM's end in one launch (``times``: u64 [blocks, 3] start, end, SM; ``units``: [blocks, UNIT_TIMES],
     when each of a block's units was in place, ns; ``total`` units of ``chunks`` per output): for each block
     that sums its last output (split across blocks j_first .. j_last, the block not j_last), its arrival
     read as its last unit's landing, the output's last arrival (j_last's is the landing of the output's
     last unit, at its start), us: 'wait', the last arrival after the block's own (median); 'end' from the
-    last arrival to the block's end (median, min, max). None where no block sums or a stamp is missing."""
+    last arrival to the block's end (median, min, max); with ``steps`` (u64 [blocks, 4], BLOCK_TIMES=3:
+    the last unit's mmas done, the partial sums stored, the wait over, the sums issued), also the medians
+    of END_STEPS: from the mmas to the stores' barrier, the wait (barrier to barrier), the sums, from the
+    sums to the block's end, and 'step_mmas', from the block's last unit landing to its mmas done. None where no block sums or a
+    stamp is missing."""
     grid = times.shape[0]
     start = lambda j: j * total // grid  # noqa: E731
     block_of = lambda u: ((u + 1) * grid - 1) // total  # noqa: E731
     t0 = int(times[:, 0].min())
     landed = lambda j, i: (int(units[j, i]) - t0) / 1e3 if i < units.shape[1] else None  # noqa: E731
-    waits, ends = [], []
+    waits, ends, parts = [], [], {name: [] for name in ("step_mmas",) + END_STEPS}
     for j in range(grid):
         first = (start(j + 1) - 1) // chunks * chunks  # the block's last output's first unit
         jf, jl = block_of(first), block_of(first + chunks - 1)
@@ -92,9 +103,19 @@ def end_split(times: torch.Tensor, units: torch.Tensor, total: int, chunks: int)
         last = max(arrivals)
         waits.append(last - arrivals[j - jf])
         ends.append((int(times[j, 1]) - t0) / 1e3 - last)
+        if steps is not None:
+            marks = [int(v) for v in steps[j]] + [int(times[j, 1])]
+            if 0 in marks:
+                return None
+            parts["step_mmas"].append((marks[0] - t0) / 1e3 - arrivals[j - jf])
+            for name, a, b in zip(END_STEPS, marks, marks[1:]):
+                parts[name].append((b - a) / 1e3)
     if not ends:
         return None
-    return dict(wait=statistics.median(waits), end=statistics.median(ends), end_min=min(ends), end_max=max(ends))
+    out = dict(wait=statistics.median(waits), end=statistics.median(ends), end_min=min(ends), end_max=max(ends))
+    if steps is not None:
+        out.update({name: statistics.median(v) for name, v in parts.items()})
+    return out
 
 
 def by_shape(phases: list[dict], names: list[str], nbytes: dict) -> list[dict]:
@@ -128,8 +149,11 @@ def main(argv=None):
     ap.add_argument("--unchecked", action="store_true",
                     help="outputs not checked (an ABLATE build, whose results are wrong by design)")
     ap.add_argument("--units", action="store_true", help="also stamp each unit's landing (-DBLOCK_TIMES=2)")
+    ap.add_argument("--end-steps", action="store_true",
+                    help="--units, and each summing block's end step by step (-DBLOCK_TIMES=3)")
     ap.add_argument("--out", type=Path, default=None, help="folder for wgmma24_sequence.csv")
     opts = ap.parse_args(argv)
+    opts.units = opts.units or opts.end_steps
     if not torch.cuda.is_available():
         sys.exit("wgmma24_sequence: needs a CUDA GPU")
     splits = {name: int(c) for name, c in (kv.split("=") for kv in opts.splits.split(",") if kv)}
@@ -149,7 +173,8 @@ def main(argv=None):
             if name in splits:  # clusters: the runtime's launch, no block times
                 run, times = functools.partial(wgmma24_run, x, args, out=y), None
             else:
-                run, times, _, _ = launcher(args, x, y, token_tile(opts.n), opts.defines, units_timed=opts.units)
+                run, times, _, _ = launcher(args, x, y, token_tile(opts.n), opts.defines, units_timed=opts.units,
+                                            end_steps=opts.end_steps)
             run.total = args.row_blocks * -(-opts.n // token_tile(opts.n)) * args.chunks
             run.chunks = args.chunks
             staged = re.search(r"-DSTAGES=(\d+)", opts.defines)
@@ -185,6 +210,7 @@ def main(argv=None):
     torch.cuda.synchronize()
     times = [None if t is None else t.cpu().clone() for _, t, *_ in launches]
     units = [None if t is None else run.units.cpu().clone() for run, t, *_ in launches] if opts.units else None
+    steps = [None if t is None else run.steps.cpu().clone() for run, t, *_ in launches] if opts.end_steps else None
 
     def checked(when: str):
         for (_, _, x, y, w), name in zip(launches, names):
@@ -217,14 +243,16 @@ def main(argv=None):
                 continue
             print(f"{names[i]} ({run.total} units, {run.ahead} ahead): " + " | ".join(
                 unit_landings(times[i], units[i], run.total, run.ahead)))
-            if (end := end_split(times[i], units[i], run.total, run.chunks)) is not None:
+            if (end := end_split(times[i], units[i], run.total, run.chunks,
+                                   None if steps is None else steps[i])) is not None:
                 print(f"{names[i]}: the summing blocks' end: the output's last arrival {end['wait']:.2f} us after "
                       f"their own (median), their end {end['end']:.2f} us after it (median; {end['end_min']:.2f}"
-                      f"-{end['end_max']:.2f})")
+                      f"-{end['end_max']:.2f})" + ("" if steps is None else "; step by step (medians, us): "
+                      + ", ".join(f"{k[5:]} {end[k]:.2f}" for k in ("step_mmas",) + END_STEPS)))
     if opts.out:
         opts.out.mkdir(parents=True, exist_ok=True)
         if units:
-            torch.save(dict(names=names, times=times, units=units, totals=[r.total for r, *_ in launches]),
+            torch.save(dict(names=names, times=times, units=units, steps=steps, totals=[r.total for r, *_ in launches]),
                        opts.out / "wgmma24_sequence_blocks.pt")
         with open(opts.out / "wgmma24_sequence.csv", "w", newline="") as f:
             writer = csv.DictWriter(f, FIELDS)

@@ -55,3 +55,20 @@ def test_end_split_reads_the_summing_blocks_wait_and_end():
     # block 1: 4.0 (its own) and 6.0 (block 2's unit 7): waits 2.0, ends 4.0 after
     assert end == dict(wait=1.0, end=5.0, end_min=4.0, end_max=6.0)
     assert sequence.end_split(times, units[:, :2], total=8, chunks=4) is None  # a stamp missing
+
+
+def test_end_split_step_by_step():
+    # the same launch as above, with the summing blocks' end stamped step by step (BLOCK_TIMES=3)
+    times = _times([0, 0, 0], [9000, 10000, 7000])
+    units = torch.tensor([[1000, 3000, 0], [1000, 2500, 4000], [1500, 2000, 6000]], dtype=torch.int64)
+    steps = torch.tensor([[3500, 4000, 7000, 8000],  # block 0: mmas done 0.5 after its last unit, ...
+                          [4300, 4500, 8000, 9600],  # block 1: mmas 0.3, stores 0.2, wait 3.5, sums 1.6, exit 0.4
+                          [0, 0, 0, 0]], dtype=torch.int64)  # block 2 does not sum
+    end = sequence.end_split(times, units, total=8, chunks=4, steps=steps)
+    assert end["end"] == 5.0 and end["wait"] == 1.0  # as without steps
+    # block 0: mmas 0.5, stores 0.5, wait 3.0, sums 1.0, exit 1.0; the medians of two are their means
+    assert end["step_mmas"] == pytest.approx(0.4) and end["step_stores"] == pytest.approx(0.35)
+    assert end["step_wait"] == pytest.approx(3.25) and end["step_sums"] == pytest.approx(1.3)
+    assert end["step_exit"] == pytest.approx(0.7)
+    steps[1, 0] = 0  # a summing block's stamp missing
+    assert sequence.end_split(times, units, total=8, chunks=4, steps=steps) is None

@@ -67,7 +67,10 @@
 // the result is wrong in every ABLATE build; BLOCK_TIMES=1 (STREAM) has
 // thread 0 of block j write its start and end (%globaltimer, ns) and its SM at u64 [3 j ..] past the
 // workspace's 2 P R NTOK floats; BLOCK_TIMES=2 also the time each of its first UNIT_TIMES units is seen
-// in place (after its waits) at u64 [3 P + UNIT_TIMES j + i]
+// in place (after its waits) at u64 [3 P + UNIT_TIMES j + i]; BLOCK_TIMES=3 also, where the block sums
+// its last output (split across blocks), its end's steps at u64 [(3 + UNIT_TIMES) P + 4 j + s]: s = 0
+// the last unit's mmas done, 1 the partial sums stored (after the block barrier), 2 the wait over
+// (after the barrier after it), 3 the sums' loads and Y's stores issued
 #ifndef ABLATE
 #define ABLATE 0
 #endif
@@ -76,6 +79,19 @@
 #endif
 #ifndef BLOCK_TIMES
 #define BLOCK_TIMES 0
+#endif
+#if BLOCK_TIMES >= 3  // thread 0 stamps step s of a summing block's end (%globaltimer) past the unit times
+#define END_STAMP(s)                                                                                     \
+    do {                                                                                                 \
+        if (tid == 0) {                                                                                  \
+            unsigned long long t_step;                                                                   \
+            asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t_step));                                \
+            reinterpret_cast<unsigned long long*>(ws + (size_t)2 * gridDim.x * R * NTOK)                 \
+                [(3 + UNIT_TIMES) * gridDim.x + 4 * blockIdx.x + (s)] = t_step;                          \
+        }                                                                                                \
+    } while (0)
+#else
+#define END_STAMP(s) do {} while (0)
 #endif
 #ifndef SUM_SLOTS
 #define SUM_SLOTS 8  // STREAM's end: the partial sums' slots whose loads a thread keeps in flight together
@@ -485,16 +501,18 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
                 // the block's stores happen before thread 0's release (bar.sync, then a release at GPU
                 // scope, cumulative), the waiting blocks' acquire makes every block's stores visible
                 float* part = ws + ((size_t)blockIdx.x * 2 + (u0 >= first ? 0 : 1)) * (R * NTOK);
-#pragma unroll
-                for (int t = 0; t < MT; ++t)
-#pragma unroll
-                    for (int j = 0; j < NACC; ++j) part[(t * NACC + j) * THREADS + tid] = acc[t][j];
-                __syncthreads();
                 // blocks jf .. jl - 1 end with uo (block jl holds its last units at its start and only
                 // arrives): each waits for all jl - jf + 1 arrivals, then sums its share of uo's
                 // R NTOK values over every slot in block order (deterministic) and writes it to Y. The
                 // counter wraps to zero at the last arrival: zero again for the next launch, no reset
                 const bool sums = blockIdx.x != jl;
+                if (sums) END_STAMP(0);
+#pragma unroll
+                for (int t = 0; t < MT; ++t)
+#pragma unroll
+                    for (int j = 0; j < NACC; ++j) part[(t * NACC + j) * THREADS + tid] = acc[t][j];
+                __syncthreads();
+                if (sums) END_STAMP(1);
                 if (tid == 0) {
                     if (!sums)
                         arrive_inc_release_gpu(counters + jf, jl - jf);
@@ -503,6 +521,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
                 }
                 __syncthreads();
                 if (sums) {
+                    END_STAMP(2);
                     const int parts = (int)(jl - jf), p = (int)(blockIdx.x - jf);
                     const int lo = p * (R * NTOK) / parts, hi = (p + 1) * (R * NTOK) / parts;
                     // SUM_ELEMS values of the thread at a time, SUM_SLOTS slots' loads of each in flight together
@@ -537,6 +556,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
                                           (te & 127) >> 5, te & 31, e / THREADS, sum[k]);
                         }
                     }
+                    END_STAMP(3);
                 }
             } else {
 #pragma unroll
