@@ -83,8 +83,8 @@ def end_split(times: torch.Tensor, units: torch.Tensor, total: int, chunks: int,
     last arrival to the block's end (median, min, max); with ``steps`` (u64 [blocks, 4], BLOCK_TIMES=3:
     the last unit's mmas done, the partial sums stored, the wait over, the sums issued), also the medians
     of END_STEPS: from the mmas to the stores' barrier, the wait (barrier to barrier), the sums, from the
-    sums to the block's end, and 'step_mmas', from the block's last unit landing to its mmas done. None where no block sums or a
-    stamp is missing."""
+    sums to the block's end, and 'step_mmas', from the block's last unit landing to its mmas done. None
+    where no block sums or a stamp is missing."""
     grid = times.shape[0]
     start = lambda j: j * total // grid  # noqa: E731
     block_of = lambda u: ((u + 1) * grid - 1) // total  # noqa: E731
@@ -120,8 +120,9 @@ def end_split(times: torch.Tensor, units: torch.Tensor, total: int, chunks: int,
 
 def by_shape(phases: list[dict], names: list[str], nbytes: dict) -> list[dict]:
     """``launch_phases``' launches grouped by their shape's name (``names``, one per launch), medians over
-    each shape's launches (the gap over those that have one; shapes without block times left out), with the format's MB (``nbytes``: per name)
-    and TB/s over the median span; in the order the names first come."""
+    each shape's launches (the gap over those that have one; shapes without block times left out), with
+    the format's MB (``nbytes``: per name) and TB/s over the median span; in the order the names first
+    come."""
     rows = []
     for name in dict.fromkeys(names):
         mine = [p for p, n in zip(phases, names) if n == name and p is not None]
@@ -226,7 +227,8 @@ def main(argv=None):
     torch.cuda.synchronize()
     checked("fresh inputs after the timed replays")
     print(f"# {torch.cuda.get_device_name()}, bf16, {opts.sparsity:g} sparse, {opts.n} tokens, "
-          f"{'slots' if opts.slots else 'compressed'} layout{' ' + opts.defines if opts.defines else ''}, {opts.layers} decoder layers: the sequence "
+          f"{'slots' if opts.slots else 'compressed'} layout{' ' + opts.defines if opts.defines else ''}, "
+          f"{opts.layers} decoder layers: the sequence "
           f"{dense_us:.1f} us dense (cuBLAS), {sparse_us:.1f} us sparse ({dense_us / sparse_us:.2f}x; block times "
           f"from one replay after a flush{'; outputs NOT checked' if opts.unchecked else ''})")
     rows = by_shape(launch_phases(times), names, nbytes)

@@ -69,4 +69,3 @@ __device__ __forceinline__ void wait_zero_gpu(const int* counter) {
         __nanosleep(32);
     }
 }
-

@@ -25,10 +25,11 @@
 //   the output (block j_last holds its last units at its start, arrives and goes on): each waits for
 //   all the arrivals, then sums its share of the output's values over every slot in block order
 //   (deterministic: the order does not depend on who arrives when), adds the bias and writes Y; the
-//   counter wraps back to zero at the output's last arrival (atom.inc), ready for the next launch. The wait needs the blocks a waiting block
-//   waits on to be resident or to become so: blocks start in index order and wait only on later
-//   blocks of their own output, so a launch progresses while the GPU holds more resident blocks than
-//   one output spans (the launcher's grid is at most the blocks resident at once).
+//   counter wraps back to zero at the output's last arrival (atom.inc), ready for the next launch. The
+//   wait needs the blocks a waiting block waits on to be resident or to become so: blocks start in
+//   index order and wait only on later blocks of their own output, so a launch progresses while the
+//   GPU holds more resident blocks than one output spans (the launcher's grid is at most the blocks
+//   resident at once).
 // - SPLIT > 1 (clusters): a cluster of SPLIT blocks per output, block s taking its s-th part of K. The
 //   end: each block stages its fp32 partial sums [token][row] in its shared memory, and block s sums
 //   rows s R / SPLIT .. of all SPLIT blocks in rank order (deterministic), adds the bias and writes Y.
