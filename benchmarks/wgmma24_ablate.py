@@ -31,17 +31,19 @@ UNIT_TIMES = 64  # wgmma24.cu's units timed per block with -DBLOCK_TIMES=2
 
 
 def launcher(args, x, y, ntok: int, defines: str, waves: int = 1, units_timed: bool = False,
-             end_steps: bool = False):
+             end_steps: bool = False, per_sm: int | None = None):
     """A STREAM launch of a build with ``defines`` (and BLOCK_TIMES) over ``waves`` times the SMs' resident
     blocks (more than one: the hardware's block scheduler hands the later ranges to whichever SM frees
     first), its workspace with room for the blocks' times, and the times' view (u64 [blocks, 3]: start,
     end, SM; with ``units_timed``, BLOCK_TIMES=2, also ``run.units`` [blocks, UNIT_TIMES]: when each unit
     was in place; with ``end_steps``, BLOCK_TIMES=3, also ``run.steps`` [blocks, 4]: a summing block's
-    end, step by step, wgmma24.cu's END_STAMP; zero in blocks that do not sum)."""
+    end, step by step, wgmma24.cu's END_STAMP; zero in blocks that do not sum). ``per_sm``: at most that
+    many blocks per SM (default: as many as fit, as the runtime launches)."""
     os.environ[cuda_backend.DEFINES_ENV] = f"{defines} -DBLOCK_TIMES={3 if end_steps else 2 if units_timed else 1}"
     cuda_backend._wgmma24_kernel.cache_clear()
-    func, smem, per_sm = cuda_backend._wgmma24_kernel(torch.cuda.current_device(), True, args.wgs, args.mt, 0,
-                                                      args.slots, ntok, args.compressed, args.over)
+    func, smem, fit = cuda_backend._wgmma24_kernel(torch.cuda.current_device(), True, args.wgs, args.mt, 0,
+                                                   args.slots, ntok, args.compressed, args.over)
+    per_sm = fit if per_sm is None else min(per_sm, fit)
     outputs = args.row_blocks * -(-x.shape[0] // ntok)
     units = outputs * args.chunks
     grid = min(waves * cuda_backend.wgmma24_stream_blocks(units, args.sms, per_sm), units)

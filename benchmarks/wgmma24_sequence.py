@@ -48,6 +48,23 @@ LAYER = (("qkv", 12288, 4096), ("o", 4096, 4096), ("gate_up", 22016, 4096), ("do
 FIELDS = ("shape", "launches", "gap_us", "starts_us", "first_end_us", "median_end_us", "span_us", "mb", "tb_s")
 
 
+#: rows per block -> (warpgroups, m-tiles of 64 rows per warpgroup) of the format
+ROWS = {64: (1, 1), 128: (2, 1), 256: (2, 2)}
+
+
+def by_name(text: str, flag: str) -> dict[str, int]:
+    """'qkv=5,gate_up=3' -> {'qkv': 5, 'gate_up': 3}: a per-shape option (``flag``, for the message),
+    its names LAYER's."""
+    out = {}
+    for item in filter(None, text.split(",")):
+        name, _, value = item.partition("=")
+        if name not in {n for n, _, _ in LAYER} or not value.isdigit():
+            sys.exit(f"wgmma24_sequence: --{flag.replace('_', '-')} takes name=count with names "
+                     f"{[n for n, _, _ in LAYER]}, got {item!r}")
+        out[name] = int(value)
+    return out
+
+
 def launch_phases(times: list[torch.Tensor]) -> list[dict]:
     """Per launch of ``times`` (u64 [blocks, 3]: start, end, SM, ns, one tensor per launch in launch
     order; None for a launch without block times, whose phases are None), us: 'gap' from the launch
@@ -147,6 +164,11 @@ def main(argv=None):
     ap.add_argument("--defines", default="", help="the 2:4 kernel's build defines (e.g. '-DSTAGES=4')")
     ap.add_argument("--splits", default="",
                     help="shapes launched by clusters instead of STREAM, e.g. 'qkv=5,gate_up=3' (no block times)")
+    ap.add_argument("--rows", default="",
+                    help="rows per block by shape, e.g. 'qkv=64,gate_up=128' (64: one warpgroup of one m-tile; "
+                         "128: two of one; default 256)")
+    ap.add_argument("--per-sm", default="",
+                    help="STREAM blocks per SM at most, by shape, e.g. 'qkv=1' (default: as many as fit)")
     ap.add_argument("--unchecked", action="store_true",
                     help="outputs not checked (an ABLATE build, whose results are wrong by design)")
     ap.add_argument("--units", action="store_true", help="also stamp each unit's landing (-DBLOCK_TIMES=2)")
@@ -157,9 +179,9 @@ def main(argv=None):
     opts.units = opts.units or opts.end_steps
     if not torch.cuda.is_available():
         sys.exit("wgmma24_sequence: needs a CUDA GPU")
-    splits = {name: int(c) for name, c in (kv.split("=") for kv in opts.splits.split(",") if kv)}
-    if unknown := set(splits) - {name for name, _, _ in LAYER}:
-        sys.exit(f"wgmma24_sequence: --splits names {sorted(unknown)}; the shapes are {[n for n, _, _ in LAYER]}")
+    splits, rows, per_sm = (by_name(getattr(opts, flag), flag) for flag in ("splits", "rows", "per_sm"))
+    if bad := {r for r in rows.values() if r not in ROWS}:
+        sys.exit(f"wgmma24_sequence: --rows takes {sorted(ROWS)}, got {sorted(bad)}")
     gen = torch.Generator().manual_seed(0)
     flush = torch.zeros(FLUSH_BYTES // 4, dtype=torch.int32, device="cuda")
     between = torch.zeros(opts.n, 4096, dtype=torch.bfloat16, device="cuda")  # the elementwise kernel's tensor
@@ -167,7 +189,8 @@ def main(argv=None):
     for _ in range(opts.layers):
         for name, m, k in LAYER:
             w = make_weight(m, k, opts.sparsity, "uniform", gen).cuda()
-            sw = Wgmma24Weight.from_dense(w, compressed=not opts.slots)
+            wgs, mt = ROWS[rows.get(name, 256)]
+            sw = Wgmma24Weight.from_dense(w, wgs=wgs, mt=mt, compressed=not opts.slots)
             args = wgmma24_args(sw, splits.get(name, 0))
             x = torch.randn(opts.n, k, generator=gen).to(torch.bfloat16).cuda()
             y = torch.empty(opts.n, m, dtype=torch.bfloat16, device="cuda")
@@ -175,7 +198,7 @@ def main(argv=None):
                 run, times = functools.partial(wgmma24_run, x, args, out=y), None
             else:
                 run, times, _, _ = launcher(args, x, y, token_tile(opts.n), opts.defines, units_timed=opts.units,
-                                            end_steps=opts.end_steps)
+                                            end_steps=opts.end_steps, per_sm=per_sm.get(name))
             run.total = args.row_blocks * -(-opts.n // token_tile(opts.n)) * args.chunks
             run.chunks = args.chunks
             staged = re.search(r"-DSTAGES=(\d+)", opts.defines)

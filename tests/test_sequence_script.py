@@ -72,3 +72,13 @@ def test_end_split_step_by_step():
     assert end["step_exit"] == pytest.approx(0.7)
     steps[1, 0] = 0  # a summing block's stamp missing
     assert sequence.end_split(times, units, total=8, chunks=4, steps=steps) is None
+
+
+def test_per_shape_options():
+    assert sequence.by_name("qkv=64,gate_up=128", "rows") == {"qkv": 64, "gate_up": 128}
+    assert sequence.by_name("", "splits") == {}
+    for bad in ("qkv", "qkv=x", "attn=2", "qkv=-1"):
+        with pytest.raises(SystemExit, match="--per-sm takes name=count"):
+            sequence.by_name(bad, "per_sm")
+    assert set(sequence.ROWS) == {64, 128, 256}
+    assert all(64 * wgs * mt == rows for rows, (wgs, mt) in sequence.ROWS.items())
