@@ -42,7 +42,7 @@ def launcher(args, x, y, ntok: int, defines: str, waves: int = 1, units_timed: b
     os.environ[cuda_backend.DEFINES_ENV] = f"{defines} -DBLOCK_TIMES={3 if end_steps else 2 if units_timed else 1}"
     cuda_backend._wgmma24_kernel.cache_clear()
     func, smem, fit = cuda_backend._wgmma24_kernel(torch.cuda.current_device(), True, args.wgs, args.mt, 0,
-                                                   args.slots, ntok, args.compressed, args.over)
+                                                   args.slots, ntok, args.compressed, args.over, args.sized)
     per_sm = fit if per_sm is None else min(per_sm, fit)
     outputs = args.row_blocks * -(-x.shape[0] // ntok)
     units = outputs * args.chunks

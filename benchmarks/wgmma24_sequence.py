@@ -48,8 +48,9 @@ LAYER = (("qkv", 12288, 4096), ("o", 4096, 4096), ("gate_up", 22016, 4096), ("do
 FIELDS = ("shape", "launches", "gap_us", "starts_us", "first_end_us", "median_end_us", "span_us", "mb", "tb_s")
 
 
-#: rows per block -> (warpgroups, m-tiles of 64 rows per warpgroup) of the format
-ROWS = {64: (1, 1), 128: (2, 1), 256: (2, 2)}
+#: rows per block -> (warpgroups, m-tiles of 64 rows per warpgroup) of the format (128 rows: one
+#: warpgroup of two m-tiles, whose head words carry both m-tiles' masks: as few bytes per row as 256)
+ROWS = {64: (1, 1), 128: (1, 2), 256: (2, 2)}
 
 
 def by_name(text: str, flag: str) -> dict[str, int]:
@@ -138,7 +139,7 @@ def end_split(times: torch.Tensor, units: torch.Tensor, total: int, chunks: int,
 def by_shape(phases: list[dict], names: list[str], nbytes: dict) -> list[dict]:
     """``launch_phases``' launches grouped by their shape's name (``names``, one per launch), medians over
     each shape's launches (the gap over those that have one; shapes without block times left out), with
-    the format's MB (``nbytes``: per name) and TB/s over the median span; in the order the names first
+    the MB a launch reads (``nbytes``: per name) and TB/s over the median span; in the order the names first
     come."""
     rows = []
     for name in dict.fromkeys(names):
@@ -161,12 +162,14 @@ def main(argv=None):
     ap.add_argument("--n", type=int, default=16, help="tokens (default 16)")
     ap.add_argument("--layers", type=int, default=4, help="decoder layers in the sequence (default 4)")
     ap.add_argument("--slots", action="store_true", help="the slots layout (default: the compressed one)")
+    ap.add_argument("--sized", action="store_true",
+                    help="the compressed layout's sized records (each refill copies its record's own bytes)")
     ap.add_argument("--defines", default="", help="the 2:4 kernel's build defines (e.g. '-DSTAGES=4')")
     ap.add_argument("--splits", default="",
                     help="shapes launched by clusters instead of STREAM, e.g. 'qkv=5,gate_up=3' (no block times)")
     ap.add_argument("--rows", default="",
                     help="rows per block by shape, e.g. 'qkv=64,gate_up=128' (64: one warpgroup of one m-tile; "
-                         "128: two of one; default 256)")
+                         "128: one of two; default 256: two of two)")
     ap.add_argument("--per-sm", default="",
                     help="STREAM blocks per SM at most, by shape, e.g. 'qkv=1' (default: as many as fit)")
     ap.add_argument("--unchecked", action="store_true",
@@ -177,6 +180,8 @@ def main(argv=None):
     ap.add_argument("--out", type=Path, default=None, help="folder for wgmma24_sequence.csv")
     opts = ap.parse_args(argv)
     opts.units = opts.units or opts.end_steps
+    if opts.sized and opts.slots:
+        sys.exit("wgmma24_sequence: --sized records are the compressed layout's (not with --slots)")
     if not torch.cuda.is_available():
         sys.exit("wgmma24_sequence: needs a CUDA GPU")
     splits, rows, per_sm = (by_name(getattr(opts, flag), flag) for flag in ("splits", "rows", "per_sm"))
@@ -190,7 +195,7 @@ def main(argv=None):
         for name, m, k in LAYER:
             w = make_weight(m, k, opts.sparsity, "uniform", gen).cuda()
             wgs, mt = ROWS[rows.get(name, 256)]
-            sw = Wgmma24Weight.from_dense(w, wgs=wgs, mt=mt, compressed=not opts.slots)
+            sw = Wgmma24Weight.from_dense(w, wgs=wgs, mt=mt, compressed=not opts.slots, sized=opts.sized)
             args = wgmma24_args(sw, splits.get(name, 0))
             x = torch.randn(opts.n, k, generator=gen).to(torch.bfloat16).cuda()
             y = torch.empty(opts.n, m, dtype=torch.bfloat16, device="cuda")
@@ -207,7 +212,7 @@ def main(argv=None):
             launches.append((run, times, x, y, w))
             dense.append((x, w))
             names.append(name)
-            nbytes[name] = sw.nbytes
+            nbytes[name] = sw.bytes_read
     os.environ.pop(cuda_backend.DEFINES_ENV, None)
     cuda_backend._wgmma24_kernel.cache_clear()
 
@@ -250,7 +255,8 @@ def main(argv=None):
     torch.cuda.synchronize()
     checked("fresh inputs after the timed replays")
     print(f"# {torch.cuda.get_device_name()}, bf16, {opts.sparsity:g} sparse, {opts.n} tokens, "
-          f"{'slots' if opts.slots else 'compressed'} layout{' ' + opts.defines if opts.defines else ''}, "
+          f"{'slots' if opts.slots else 'compressed'} layout{', sized records' if opts.sized else ''}"
+          f"{' ' + opts.defines if opts.defines else ''}, "
           f"{opts.layers} decoder layers: the sequence "
           f"{dense_us:.1f} us dense (cuBLAS), {sparse_us:.1f} us sparse ({dense_us / sparse_us:.2f}x; block times "
           f"from one replay after a flush{'; outputs NOT checked' if opts.unchecked else ''})")

@@ -107,6 +107,33 @@ def test_thread_layout():
 @pytest.mark.parametrize("m,k", [(64, 64), (40, 200), (300, 136), (256, 1024)])
 @pytest.mark.parametrize("density", [0.0, 0.1, 0.5, 1.0])
 @pytest.mark.parametrize("wgs,mt", [(2, 2), (1, 1), (2, 1)])
+def test_sized_records(rng, m, k, density, wgs, mt):
+    """Sized records: the compressed layout's records as they are, after a row block holding each
+    record's size (16-byte units: its header and the words its masks count, rounded up); read back
+    from only those bytes (to_dense masks the rest) it is the weight."""
+    w = _unstructured(m, k, density, rng)
+    plain = Wgmma24Weight.from_dense(w, wgs, mt, compressed=True)
+    sw = Wgmma24Weight.from_dense(w, wgs, mt, compressed=True, sized=True)
+    assert sw.sized and torch.equal(sw.records, plain.values) and sw.values.shape[0] == plain.values.shape[0] + 1
+    assert torch.equal(_bits(sw.to_dense()), _bits(w))
+    mtiles, threads = wgs * mt, 128 * wgs
+    v = plain.values.to(torch.int64) & 0xFFFFFFFF
+    heads = v[..., mtiles * 128: mtiles * 128 + threads]
+    used = sum(((heads >> b) & 1).sum(-1) for b in range(32))  # [rb, chunk]
+    header = mtiles * 128 + threads + threads // 32
+    assert torch.equal(sw.record_sizes(), -(-(header + used) // 4))
+    assert int(sw.record_sizes().max()) * 4 <= v.shape[-1]  # no record past the fixed stride
+    assert sw.bytes_read == 16 * int(sw.record_sizes().sum()) <= plain.bytes_read == plain.nbytes
+    assert sw.to("cpu").sized and sw.nbytes == plain.nbytes + plain.values[0].numel() * 4
+    with pytest.raises(ValueError, match="compressed layout"):
+        Wgmma24Weight.from_dense(w, wgs, mt, sized=True)
+    with pytest.raises(ValueError, match="not sized"):
+        plain.record_sizes()
+
+
+@pytest.mark.parametrize("m,k", [(64, 64), (40, 200), (300, 136), (256, 1024)])
+@pytest.mark.parametrize("density", [0.0, 0.1, 0.5, 1.0])
+@pytest.mark.parametrize("wgs,mt", [(2, 2), (1, 1), (2, 1)])
 def test_compressed_round_trip(rng, m, k, density, wgs, mt):
     """The compressed layout read back is the weight; its words are the slots layout's nonzero A words
     and overflow words; a head word's masks name them, each warp's base word is the count of the words
@@ -362,19 +389,21 @@ def test_gpu_wgmma24_kernel(m, k, weight, wgs, mt, rng):
 @pytest.mark.parametrize("m,k", [(40, 200), (1000, 1032), (11008, 4096)])
 @pytest.mark.parametrize("weight", ["2:4", "0.05", "0.3", "1.0"])
 @pytest.mark.parametrize("wgs,mt", [(2, 2), (1, 1)])
-def test_gpu_wgmma24_compressed(m, k, weight, wgs, mt, rng):
+@pytest.mark.parametrize("sized", [False, True])
+def test_gpu_wgmma24_compressed(m, k, weight, wgs, mt, sized, rng):
     """The compressed layout (both operands decoded from the nonzeros and a bitmap) at every block of
-    tokens, with split K (the default by launch) and without."""
+    tokens, with split K (the default by launch) and without; sized: each refill copies its record's
+    own bytes."""
     from cross.kernels.launch import wgmma24_matmul
 
     _needs_sm90()
     w = (_weight(m, k, 2, rng) if weight == "2:4" else _unstructured(m, k, float(weight), rng)).cuda()
-    sw = Wgmma24Weight.from_dense(w, wgs, mt, compressed=True)
+    sw = Wgmma24Weight.from_dense(w, wgs, mt, compressed=True, sized=sized)
     for n, split in ((1, None), (16, 1), (20, None), (50, None), (60, 0), (100, 2), (128, None), (300, None)):
         x = torch.randn(n, k, generator=rng).to(torch.bfloat16).cuda()
         b = torch.randn(m, generator=rng).to(torch.bfloat16).cuda() if n % 2 == 0 else None
         y = torch.full((n, m), float("nan"), dtype=torch.bfloat16, device="cuda")
-        wgmma24_matmul(x, sw, b, out=y, split=split if split is None or sw.values.shape[1] >= 4 * split else None)
+        wgmma24_matmul(x, sw, b, out=y, split=split if split is None or sw.records.shape[1] >= 4 * split else None)
         assert _check(y, x, w, b) < 2e-2, f"n={n}"
 
 
@@ -426,6 +455,20 @@ def test_gpu_wgmma24_stream(m, k, n, compressed, rng):
     w = _unstructured(m, k, 0.3, rng).cuda()
     args = wgmma24_args(Wgmma24Weight.from_dense(w, compressed=compressed), 0)
     assert args.split == 0
+    _twice_the_same_bits(args, w, n, rng)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m,k,n", [(4096, 4096, 16), (12288, 4096, 9), (700, 2056, 128), (300, 520, 300)])
+def test_gpu_wgmma24_sized_stream(m, k, n, rng):
+    """Sized records by STREAM (each refill copies its record's own bytes): right, the same bits twice,
+    the counters back to zero, as the fixed records."""
+    from cross.kernels.launch import wgmma24_args
+
+    _needs_sm90()
+    w = _unstructured(m, k, 0.3, rng).cuda()
+    args = wgmma24_args(Wgmma24Weight.from_dense(w, compressed=True, sized=True), 0)
+    assert args.sized and args.row_blocks == -(-m // 256)
     _twice_the_same_bits(args, w, n, rng)
 
 

@@ -386,10 +386,11 @@ _WGMMA24_SOURCE = "wgmma24.cu"
 
 
 def wgmma24_defines(is_bf16: bool, wgs: int, mt: int, split: int, slots: int, ntok: int = 128,
-                    compressed: bool = False, over: bool = False) -> tuple[str, ...]:
+                    compressed: bool = False, over: bool = False, sized: bool = False) -> tuple[str, ...]:
     """NVRTC defines of a wgmma24 build of ``ntok`` tokens per block over a weight of ``slots`` overflow
     word slots per chunk (0: no overflow; ``compressed``: the compressed layout's value word slots,
-    ``over``: its weight has overflow; its pipeline's stages: pack/wgmma24.stages), K split by
+    ``over``: its weight has overflow, ``sized``: its sized records; its pipeline's stages:
+    pack/wgmma24.stages), K split by
     ``split`` (0: the launch's units in equal parts, STREAM; 1..8: clusters of that many blocks), with
     CROSS_CUDA_DEFINES' extras last."""
     from ..pack.wgmma24 import stages
@@ -398,7 +399,7 @@ def wgmma24_defines(is_bf16: bool, wgs: int, mt: int, split: int, slots: int, nt
                f"-DSPLIT={max(split, 1)}", f"-DSLOTS={slots}", f"-DNTOK={ntok}",
                f"-DSTAGES={stages(wgs, mt, slots, ntok, compressed)}"]
     if compressed:
-        defines += ["-DCOMPRESSED=1", f"-DOVER={int(over)}"]
+        defines += ["-DCOMPRESSED=1", f"-DOVER={int(over)}"] + (["-DSIZED=1"] if sized else [])
     return tuple(defines + os.environ.get(DEFINES_ENV, "").split())
 
 
@@ -416,11 +417,11 @@ def defined_stages(defines: tuple[str, ...]) -> int:
 
 @functools.lru_cache(maxsize=None)
 def _wgmma24_kernel(device_index: int, is_bf16: bool, wgs: int, mt: int, split: int, slots: int, ntok: int,
-                    compressed: bool = False, over: bool = False):
+                    compressed: bool = False, over: bool = False, sized: bool = False):
     """(function, dynamic shared memory, blocks per SM) of a wgmma24 build."""
     from ..pack.wgmma24 import smem_bytes
 
-    defines = wgmma24_defines(is_bf16, wgs, mt, split, slots, ntok, compressed, over)
+    defines = wgmma24_defines(is_bf16, wgs, mt, split, slots, ntok, compressed, over, sized)
     smem = smem_bytes(wgs, mt, slots, ntok, defined_stages(defines), compressed)
     _, func = _compile(device_index, _WGMMA24_SOURCE, "wgmma24", defines, smem, arch_specific=True)
     return func, smem, resident_blocks(func, wgs * 128, smem)
@@ -461,16 +462,17 @@ def workspace(floats: int) -> torch.Tensor:
 
 def wgmma24_launch(row_blocks: int, ntok: int, wgs: int, mt: int, split: int, slots: int, ptrs, m: int, k: int,
                    n_tok: int, ldx: int, ldy: int, chunks: int, sms: int, compressed: bool = False,
-                   over: bool = False) -> None:
+                   over: bool = False, sized: bool = False) -> None:
     """One launch of wgmma24 (sm_90a) of ``ntok`` tokens per block over a weight of ``slots`` overflow
-    word slots per chunk (``compressed``: the compressed layout's, ``over``: with overflow): pointers
+    word slots per chunk (``compressed``: the compressed layout's, ``over``: with overflow, ``sized``:
+    sized records, ``values`` starting with the sizes' row block): pointers
     (x, y, bias or 0, values, counters), M, K, N, X's and Y's row strides and the weight's chunks (64
     columns). ``split`` 0: the launch's units in equal parts over the resident blocks of ``sms`` SMs
     (STREAM; a workspace of two slots of partial sums per block, allocated here, and the weight's
     ``counters``); 1..8: a cluster of ``split`` blocks (the parts of K) per row block and token tile of
     N, a row block's token tiles adjacent (wgmma24.cu)."""
     func, smem, per_sm = _wgmma24_kernel(torch.cuda.current_device(), ptrs.is_bf16, wgs, mt, split, slots, ntok,
-                                         compressed, over)
+                                         compressed, over, sized)
     x, y, bias, values, counters = ptrs.values
     outputs = row_blocks * -(-n_tok // ntok)
     ws = None

@@ -457,6 +457,7 @@ class Wgmma24Args(NamedTuple):
     sms: int  # the GPU's SMs
     compressed: bool = False  # the compressed layout (pack/wgmma24._compressed)
     over: bool = False  # compressed: the weight has overflow (the second mma runs)
+    sized: bool = False  # compressed: sized records (values' first row block: the sizes; -DSIZED=1)
 
 
 def _runs_here(device: torch.device, capability_ok) -> bool:
@@ -504,7 +505,7 @@ def wgmma24_args(weight, split: int | None = None) -> Wgmma24Args:
         raise ValueError(f"wgmma24_matmul: K must be a multiple of 8 (16-byte copies of X), got {weight.shape[1]}")
     if not weight.values.is_contiguous():
         raise ValueError("wgmma24_matmul: the Wgmma24Weight's values must be contiguous")
-    row_blocks, chunks = weight.values.shape[:2]
+    row_blocks, chunks = weight.records.shape[:2]
     if split is not None and (isinstance(split, bool) or not isinstance(split, int) or not 0 <= split <= 8):
         raise ValueError(f"wgmma24_matmul: split must be an int in 0..8 (0: STREAM; or None: by launch), got {split!r}")
     limit = getattr(torch.cuda.get_device_properties(weight.device), "shared_memory_per_block_optin", 227 * 1024)
@@ -518,7 +519,7 @@ def wgmma24_args(weight, split: int | None = None) -> Wgmma24Args:
     counters = torch.zeros(sms * WGMMA24_MAX_PER_SM if split == 0 else 0, dtype=torch.int32, device=weight.device)
     return Wgmma24Args(weight.values, counters, weight.shape[0], weight.shape[1], row_blocks, chunks, weight.wgs,
                        weight.mt, -1 if split is None else split, weight.slots, sms, weight.compressed,
-                       weight.overflow)
+                       weight.overflow, weight.sized)
 
 
 def wgmma24_run(x: torch.Tensor, args: Wgmma24Args, bias: torch.Tensor | None = None,
@@ -541,7 +542,7 @@ def wgmma24_run(x: torch.Tensor, args: Wgmma24Args, bias: torch.Tensor | None = 
     ptrs = cuda_backend.Pointers((xk, y, bias, args.values, args.counters), x.dtype == torch.bfloat16)
     cuda_backend.wgmma24_launch(args.row_blocks, ntok, args.wgs, args.mt, split, args.slots, ptrs,
                                 args.out_features, args.in_features, n, x.stride(0), y.stride(0), args.chunks,
-                                args.sms, args.compressed, args.over)
+                                args.sms, args.compressed, args.over, args.sized)
     return y
 
 

@@ -41,9 +41,11 @@
 // Compile-time parameters (NVRTC -D): IS_BF16, WGS (1 or 2), MT (1 or 2), STREAM (0 or 1), SPLIT (1..8;
 // 1 with STREAM), NTOK (16, 32, 64 or 128: tokens per block and the mma's N), STAGES, SLOTS (the
 // weight's overflow word slots per chunk; 0: no overflow, no head words, no second mma), COMPRESSED and
-// OVER (the compressed layout; its weight has overflow), REFILL_LATE (1: a unit's refill issued after its
-// mmas; 0: after the barrier), XPRE (1: x is X laid out as the stages hold it, pack/wgmma24.x_stages,
-// copied by bulk copies), MIN_BLOCKS (blocks per SM the registers must allow; default 1). Requirements
+// OVER (the compressed layout; its weight has overflow), SIZED (1: the compressed layout's sized
+// records: values' first row block holds each record's size, uint16 in 16-byte units by row block and
+// chunk, and a refill copies only the record's own bytes; the prologue's copies take the fixed size),
+// REFILL_LATE (1: a unit's refill issued after its mmas; 0: after the barrier), XPRE (1: x is X laid out
+// as the stages hold it, pack/wgmma24.x_stages, copied by bulk copies), MIN_BLOCKS (blocks per SM the registers must allow; default 1). Requirements
 // checked by the launcher: K % 8 == 0, x 16-byte aligned with a row stride a multiple of 8, dynamic
 // shared memory wgmma24.smem_bytes; STREAM: at least one unit per block, ws of 2 R NTOK floats per
 // block, counters of one int per block, zero before the first launch.
@@ -124,6 +126,12 @@
 #endif
 #ifndef COMPRESSED
 #define COMPRESSED 0
+#endif
+#ifndef SIZED
+#define SIZED 0
+#endif
+#if SIZED && !COMPRESSED
+#error "sized records are the compressed layout's: COMPRESSED must be 1"
 #endif
 #if COMPRESSED
 #ifndef OVER
@@ -236,30 +244,30 @@ __device__ __forceinline__ void cluster_sync() {
 #endif
 }
 
-// the copies of chunk c (of a row block and token tile) into a stage: the weight's bytes of the chunk
+// the copies of chunk c (of a row block and token tile) into a stage: the weight's wbytes of the chunk
 // (BULK: one bulk copy by thread 0, counted on the stage's mbarrier bar), and X's NTOK x 64 values in
 // the k-steps' core-matrix layout (zeros past n_tok tokens and past K; cp.async, this thread's group;
 // XPRE: x holds them laid out so already, one bulk copy on the same mbarrier)
-__device__ __forceinline__ void load_chunk(unsigned char* stage, u32 bar, const unsigned char* wsrc, const u16* x,
-                                           int c, int n_tok, int k, int ldx, int tid) {
+__device__ __forceinline__ void load_chunk(unsigned char* stage, u32 bar, const unsigned char* wsrc, u32 wbytes,
+                                           const u16* x, int c, int n_tok, int k, int ldx, int tid) {
 #if ABLATE & 2
     return;  // no copies (nor their waits)
 #endif
     const u32 sw = smem_u32(stage);
 #if XPRE  // x: the token tile's stages; chunk c's part as the stage holds it
     if (tid == 0) {
-        mbar_arrive_expect(bar, W_BYTES + X_BYTES);
-        bulk_copy(sw, wsrc, W_BYTES, bar);
+        mbar_arrive_expect(bar, wbytes + X_BYTES);
+        bulk_copy(sw, wsrc, wbytes, bar);
         bulk_copy(sw + W_BYTES, x + (size_t)c * (NTOK * KC), X_BYTES, bar);
     }
 #else
 #if BULK
     if (tid == 0) {
-        mbar_arrive_expect(bar, W_BYTES);
-        bulk_copy(sw, wsrc, W_BYTES, bar);
+        mbar_arrive_expect(bar, wbytes);
+        bulk_copy(sw, wsrc, wbytes, bar);
     }
 #else
-    for (int i = tid; i < W_BYTES / 16; i += THREADS) cp16(sw + 16 * i, wsrc + 16 * i, 16);
+    for (int i = tid; i < (int)(wbytes / 16); i += THREADS) cp16(sw + 16 * i, wsrc + 16 * i, 16);
 #endif
     const u32 sx = sw + W_BYTES;
 #pragma unroll
@@ -303,19 +311,42 @@ struct Walk {
     const unsigned char* w;     // output o's row block: its chunks' records
     const u16* xt;              // output o's token tile: its first row of X (XPRE: its first stage's X)
     int ntok;                   // and its tokens
+#if SIZED
+    const u16* sizes;           // each record's size (16-byte units) by row block and chunk
+    int rbc;                    // output o's row block's first record
+    u32 wbytes;                 // the unit's record's bytes (loaded a unit before its copy is issued)
+#endif
     __device__ __forceinline__ void seek(u32 u) {
         o = (int)(u / chunks);
         c = (int)(u - o * chunks);
         output();
+        size();
     }
     __device__ __forceinline__ void next() {
         if (++c == chunks) c = 0, ++o, output();
+        size();
     }
     __device__ __forceinline__ void output() {
         const int tt = o % tiles;
         w = values + (size_t)(o / tiles) * chunks * W_BYTES;
         xt = x + (size_t)tt * (XPRE ? (size_t)chunks * NTOK * KC : (size_t)NTOK * ldx);
         ntok = min(NTOK, n_tok - tt * NTOK);
+#if SIZED
+        rbc = (o / tiles) * chunks;
+#endif
+    }
+    __device__ __forceinline__ void size() {
+#if SIZED
+        wbytes = 16u * sizes[rbc + c];
+#endif
+    }
+    // the unit's bytes to copy: its record's own (sized records), else the fixed record's
+    __device__ __forceinline__ u32 bytes() const {
+#if SIZED
+        return wbytes;
+#else
+        return W_BYTES;
+#endif
     }
 };
 
@@ -363,7 +394,12 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
     const u32 u0 = cluster * chunks + part * chunks / SPLIT, u1 = cluster * chunks + (part + 1) * chunks / SPLIT;
 #endif
     const int nun = (int)(u1 - u0);
+#if SIZED  // values' first row block: the sizes; the records after it
+    Walk ld{values + (size_t)chunks * W_BYTES, x, chunks, tiles, ldx, n_tok};  // the next unit to copy
+    ld.sizes = reinterpret_cast<const u16*>(values);
+#else
     Walk ld{values, x, chunks, tiles, ldx, n_tok};  // the next unit to copy
+#endif
     ld.seek(u0);
 #if STREAM
     int uc = ld.c, uo = ld.o;  // the unit the mmas are on: chunk uc of output uo
@@ -385,8 +421,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
 #pragma unroll
     for (int s = 0; s < AHEAD; ++s) {
         if (s < nun) {
-            load_chunk(smem + s * STAGE_BYTES, bars + 8 * s, ld.w + (size_t)ld.c * W_BYTES, ld.xt, ld.c, ld.ntok, k,
-                       ldx, tid);
+            // the record's fixed size: its own size would wait for the sizes' load at the launch's start
+            load_chunk(smem + s * STAGE_BYTES, bars + 8 * s, ld.w + (size_t)ld.c * W_BYTES, W_BYTES, ld.xt, ld.c,
+                       ld.ntok, k, ldx, tid);
             ld.next();
         }
         asm volatile("cp.async.commit_group;\n" ::: "memory");
@@ -412,7 +449,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
         auto refill = [&]() {
             if (i + AHEAD < nun) {
                 load_chunk(smem + ((i + AHEAD) % STAGES) * STAGE_BYTES, bars + 8 * ((i + AHEAD) % STAGES),
-                           ld.w + (size_t)ld.c * W_BYTES, ld.xt, ld.c, ld.ntok, k, ldx, tid);
+                           ld.w + (size_t)ld.c * W_BYTES, ld.bytes(), ld.xt, ld.c, ld.ntok, k, ldx, tid);
                 ld.next();
             }
             asm volatile("cp.async.commit_group;\n" ::: "memory");

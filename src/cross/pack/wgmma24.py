@@ -45,6 +45,12 @@ lanes before it (a scan across the warp), and builds its registers like the over
 group with a nonzero and 4 more per group with overflow, 1 / 16 of dense for the metadata and 1 / 32
 for the head words (the default block): whatever the sparsity, at most the slots layout's bytes and
 1 / 32 of dense.
+
+Sized records (``from_dense(..., compressed=True, sized=True)``): the same records at the same stride,
+and before them one row block's room holding each record's size (its header and the words it uses,
+rounded up to 16 bytes; uint16 in 16-byte units, by row block and chunk), so that a launch copies
+each chunk's own bytes rather than the weight's largest chunk's (``-DSIZED=1``). The device memory is
+the same plus that one row block; the bytes a launch reads (``bytes_read``) are the records' sizes.
 """
 
 from __future__ import annotations
@@ -80,12 +86,12 @@ class Wgmma24Weight:
     """A weight in the warpgroup 2:4 layout; ``from_dense`` packs one."""
 
     def __init__(self, shape: tuple[int, int], dtype: torch.dtype, wgs: int, mt: int, values: torch.Tensor,
-                 slots: int, n_entries: int, n_groups: int = 0, compressed: bool = False):
+                 slots: int, n_entries: int, n_groups: int = 0, compressed: bool = False, sized: bool = False):
         self.shape, self.dtype, self.wgs, self.mt, self.values = shape, dtype, wgs, mt, values
         # word slots per chunk: the overflow's (0: none), or the compressed layout's values; overflow
         # nonzeros, and groups holding them, in all
         self.slots, self.n_entries, self.n_groups = slots, n_entries, n_groups
-        self.compressed = compressed
+        self.compressed, self.sized = compressed, sized
         self._decoded: list[torch.Tensor] = []  # to_dense(), once read (wgmma24_reference)
 
     @property
@@ -108,12 +114,30 @@ class Wgmma24Weight:
 
     @property
     def nbytes(self) -> int:
-        """Device bytes of the format (tiles, head words and overflow word slots)."""
+        """Device bytes of the format (tiles, head words and overflow word slots; sized records: and the
+        sizes' row block)."""
         return self.values.numel() * self.values.element_size()
+
+    @property
+    def records(self) -> torch.Tensor:
+        """The records [row blocks, chunks, words] (int32; sized records: past the sizes' row block)."""
+        return self.values[1:] if self.sized else self.values
+
+    def record_sizes(self) -> torch.Tensor:
+        """Sized records: each record's size in 16-byte units [row blocks, chunks] (int64)."""
+        if not self.sized:
+            raise ValueError("Wgmma24Weight.record_sizes: the records are not sized (from_dense(..., sized=True))")
+        rb_, nc = self.records.shape[:2]
+        return (self.values[0].reshape(-1).view(torch.int16)[:rb_ * nc].to(torch.int64) & 0xFFFF).view(rb_, nc)
+
+    @property
+    def bytes_read(self) -> int:
+        """Bytes of the weight a launch reads for one token tile: every record (sized: its own size)."""
+        return int(self.record_sizes().sum()) * 16 if self.sized else self.nbytes
 
     def to(self, device) -> "Wgmma24Weight":
         return Wgmma24Weight(self.shape, self.dtype, self.wgs, self.mt, self.values.to(device), self.slots,
-                             self.n_entries, self.n_groups, self.compressed)
+                             self.n_entries, self.n_groups, self.compressed, self.sized)
 
     def decoded(self) -> torch.Tensor:
         """``to_dense()``, read once and kept."""
@@ -122,13 +146,16 @@ class Wgmma24Weight:
         return self._decoded[0]
 
     @classmethod
-    def from_dense(cls, weight: torch.Tensor, wgs: int = 2, mt: int = 2,
-                   compressed: bool = False) -> "Wgmma24Weight":
+    def from_dense(cls, weight: torch.Tensor, wgs: int = 2, mt: int = 2, compressed: bool = False,
+                   sized: bool = False) -> "Wgmma24Weight":
         """Pack a 2-D bf16/fp16 weight: in every group of 4 consecutive columns the first two nonzeros
         in the 2:4 part, the others (at positions 2 and 3) in the overflow operand; zeros (and -0.0)
         are not stored. ``compressed``: the compressed layout (``_compressed``: nonzeros only, and a
-        bitmap, from which the kernel builds both operands)."""
+        bitmap, from which the kernel builds both operands); ``sized``: its records' sizes kept, so
+        that a launch copies each record's own bytes (the compressed layout only)."""
         check_weight(weight)
+        if sized and not compressed:
+            raise ValueError("Wgmma24Weight: sized records are the compressed layout's (compressed=True)")
         if weight.dtype not in _DTYPES:
             raise TypeError(f"warpgroup 2:4 format: expected a bfloat16 or float16 weight, got {weight.dtype}")
         if wgs not in (1, 2) or mt not in (1, 2):
@@ -162,6 +189,8 @@ class Wgmma24Weight:
         meta = meta.permute(0, 4, 1, 2, 3, 5, 6).reshape(rb_, nc, mtiles, 128)
         if compressed:
             values, slots = _compressed(word, meta, bits, over, rb_, nc, wgs, mt)
+            if sized:
+                values = torch.cat([_size_table(values, wgs, mt), values])
         else:
             tiles = torch.cat([a, meta], -1).reshape(rb_, nc, mtiles * TILE_WORDS)
             slots = 0
@@ -172,7 +201,7 @@ class Wgmma24Weight:
             values = _as_int32(tiles).contiguous()
         if values.numel() * 4 >= 2**31:
             raise ValueError("Wgmma24Weight: the weight is too large for 32-bit offsets")
-        return cls((m, k), weight.dtype, wgs, mt, values, slots, n_entries, n_groups, compressed)
+        return cls((m, k), weight.dtype, wgs, mt, values, slots, n_entries, n_groups, compressed, sized)
 
     def to_dense(self) -> torch.Tensor:
         """The weight, read from the format as the kernel reads it: the sparse mma's slots, then the
@@ -180,9 +209,12 @@ class Wgmma24Weight:
         both operands' registers by each thread's masks, from its first words)."""
         m, k = self.shape
         mtiles = self.mtiles
-        rb_, nc = self.values.shape[:2]
+        rb_, nc = self.records.shape[:2]
         dev = self.values.device
-        v = self.values.to(torch.int64) & 0xFFFFFFFF
+        v = self.records.to(torch.int64) & 0xFFFFFFFF
+        if self.sized:  # only each record's own bytes: what a launch copies
+            words = torch.arange(v.shape[-1], device=dev)
+            v = torch.where(words < 4 * self.record_sizes()[..., None], v, 0)
         if self.compressed:
             tiles, over = _read_compressed(v, self.wgs, self.mt, self.slots)
         else:
@@ -333,6 +365,22 @@ def _compressed(word: torch.Tensor, meta: torch.Tensor, bits: torch.Tensor, over
     records = torch.cat([meta.reshape(rb_ * nc, -1), m24 | (mov << 16), before[..., 0] | (before[..., 1] << 16),
                          table], -1)
     return _as_int32(records.view(rb_, nc, -1)).contiguous(), slots
+
+
+def _size_table(records: torch.Tensor, wgs: int, mt: int) -> torch.Tensor:
+    """The sizes' row block [1, chunks, words] (int32) of compressed ``records`` [rb, chunks, words]: each
+    record's header (``record_bytes`` with no slots) and the words its heads' masks count, rounded up to
+    16 bytes, as uint16 in 16-byte units, by row block and chunk, zeros after."""
+    rb_, nc, words = records.shape
+    header = record_bytes(wgs, mt, 0, compressed=True) // 4
+    heads = records[..., wgs * mt * 128:wgs * mt * 128 + 128 * wgs].to(torch.int64) & 0xFFFFFFFF
+    used = sum(((heads >> b) & 1).sum(-1) for b in range(32))
+    units = -(-(header + used) // 4)
+    if rb_ * nc > nc * words * 2:
+        raise RuntimeError("warpgroup 2:4 format: the sizes do not fit one row block")
+    table = torch.zeros(nc * words * 2, dtype=torch.int16, device=records.device)
+    table[:rb_ * nc] = units.reshape(-1).to(torch.int32).to(torch.int16)  # < 2^15: a record is under 512 KB
+    return table.view(torch.int32).view(1, nc, words)
 
 
 def _read_compressed(v: torch.Tensor, wgs: int, mt: int, slots: int):
