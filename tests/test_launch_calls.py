@@ -75,7 +75,7 @@ def test_wgmma24_launch(driver, n_tok, ntok, tiles):
     """Split 3: one block per row block, token tile and part of K (clusters of 3 consecutive blocks),
     no workspace."""
     cuda_backend.wgmma24_launch(43, ntok, 2, 2, 3, 64, _ptrs(5), 11008, 4096, n_tok, 4096, 11008, 64, 132)
-    _check_call(driver.calls[0], ("_wgmma24_kernel", (0, True, 2, 2, 3, 64, ntok, False, False)), 43 * tiles * 3,
+    _check_call(driver.calls[0], ("_wgmma24_kernel", (0, True, 2, 2, 3, 64, ntok, False, False, False)), 43 * tiles * 3,
                 256, 5000, (1000, 1001, 1002, 1003, 0, 1004) + (11008, 4096, n_tok, 4096, 11008, 64), 6)
 
 
@@ -85,14 +85,18 @@ def test_wgmma24_launch_stream(driver, n_tok, ntok, tiles):
     of two slots of R x NTOK floats per block."""
     cuda_backend.wgmma24_launch(43, ntok, 2, 2, 0, 64, _ptrs(5), 11008, 4096, n_tok, 4096, 11008, 64, 132)
     ws = 7 * 2 * 264 * 256 * ntok
-    _check_call(driver.calls[0], ("_wgmma24_kernel", (0, True, 2, 2, 0, 64, ntok, False, False)), 264,
+    _check_call(driver.calls[0], ("_wgmma24_kernel", (0, True, 2, 2, 0, 64, ntok, False, False, False)), 264,
                 256, 5000, (1000, 1001, 1002, 1003, ws, 1004) + (11008, 4096, n_tok, 4096, 11008, 64), 6)
 
 
-def test_wgmma24_launch_compressed(driver):
-    cuda_backend.wgmma24_launch(43, 16, 2, 2, 3, 1024, _ptrs(5), 11008, 4096, 16, 4096, 11008, 64, 132, True, True)
-    _check_call(driver.calls[0], ("_wgmma24_kernel", (0, True, 2, 2, 3, 1024, 16, True, True)), 43 * 3, 256, 5000,
-                (1000, 1001, 1002, 1003, 0, 1004) + (11008, 4096, 16, 4096, 11008, 64), 6)
+@pytest.mark.parametrize("sized", [False, True])
+def test_wgmma24_launch_compressed(driver, sized):
+    """The compressed layout's build (sized records: their build too; the same pointers, the sizes being
+    at the front of the values)."""
+    cuda_backend.wgmma24_launch(43, 16, 2, 2, 3, 1024, _ptrs(5), 11008, 4096, 16, 4096, 11008, 64, 132, True, True,
+                                sized)
+    _check_call(driver.calls[0], ("_wgmma24_kernel", (0, True, 2, 2, 3, 1024, 16, True, True, sized)), 43 * 3, 256,
+                5000, (1000, 1001, 1002, 1003, 0, 1004) + (11008, 4096, 16, 4096, 11008, 64), 6)
 
 
 def test_row_launch(driver):
