@@ -26,7 +26,6 @@ import argparse
 import csv
 import functools
 import os
-import re
 import statistics
 import sys
 from pathlib import Path
@@ -41,7 +40,7 @@ from cross.bench.weights import make_weight  # noqa: E402
 from cross.costmodel.profile import FLUSH_BYTES, replay_time_us  # noqa: E402
 from cross.kernels import cuda_backend  # noqa: E402
 from cross.kernels.launch import wgmma24_args, wgmma24_run  # noqa: E402
-from cross.pack.wgmma24 import Wgmma24Weight, stages, token_tile  # noqa: E402
+from cross.pack.wgmma24 import Wgmma24Weight, token_tile  # noqa: E402
 
 #: a stacked Llama-2-7B decoder layer's linear layers in the step's order: (name, out features, in features)
 LAYER = (("qkv", 12288, 4096), ("o", 4096, 4096), ("gate_up", 22016, 4096), ("down", 4096, 11008))
@@ -206,9 +205,9 @@ def main(argv=None):
                                             end_steps=opts.end_steps, per_sm=per_sm.get(name))
             run.total = args.row_blocks * -(-opts.n // token_tile(opts.n)) * args.chunks
             run.chunks = args.chunks
-            staged = re.search(r"-DSTAGES=(\d+)", opts.defines)
-            run.ahead = (int(staged[1]) if staged else stages(args.wgs, args.mt, args.slots, token_tile(opts.n),
-                                                              args.compressed)) - 1
+            run.ahead = cuda_backend.defined_stages(  # the build's stages, a -DSTAGES in --defines winning
+                cuda_backend.wgmma24_defines(True, args.wgs, args.mt, 0, args.slots, token_tile(opts.n),
+                                             args.compressed, args.over, args.sized) + tuple(opts.defines.split())) - 1
             launches.append((run, times, x, y, w))
             dense.append((x, w))
             names.append(name)
