@@ -161,8 +161,9 @@ def main(argv=None):
     ap.add_argument("--n", type=int, default=16, help="tokens (default 16)")
     ap.add_argument("--layers", type=int, default=4, help="decoder layers in the sequence (default 4)")
     ap.add_argument("--slots", action="store_true", help="the slots layout (default: the compressed one)")
-    ap.add_argument("--sized", action="store_true",
-                    help="the compressed layout's sized records (each refill copies its record's own bytes)")
+    ap.add_argument("--fixed-records", action="store_true",
+                    help="the compressed layout's records at their fixed size (default: sized records, each "
+                         "refill copying its record's own bytes, as the runtime packs them)")
     ap.add_argument("--defines", default="", help="the 2:4 kernel's build defines (e.g. '-DSTAGES=4')")
     ap.add_argument("--splits", default="",
                     help="shapes launched by clusters instead of STREAM, e.g. 'qkv=5,gate_up=3' (no block times)")
@@ -179,8 +180,7 @@ def main(argv=None):
     ap.add_argument("--out", type=Path, default=None, help="folder for wgmma24_sequence.csv")
     opts = ap.parse_args(argv)
     opts.units = opts.units or opts.end_steps
-    if opts.sized and opts.slots:
-        sys.exit("wgmma24_sequence: --sized records are the compressed layout's (not with --slots)")
+    sized = not (opts.slots or opts.fixed_records)
     if not torch.cuda.is_available():
         sys.exit("wgmma24_sequence: needs a CUDA GPU")
     splits, rows, per_sm = (by_name(getattr(opts, flag), flag) for flag in ("splits", "rows", "per_sm"))
@@ -194,7 +194,7 @@ def main(argv=None):
         for name, m, k in LAYER:
             w = make_weight(m, k, opts.sparsity, "uniform", gen).cuda()
             wgs, mt = ROWS[rows.get(name, 256)]
-            sw = Wgmma24Weight.from_dense(w, wgs=wgs, mt=mt, compressed=not opts.slots, sized=opts.sized)
+            sw = Wgmma24Weight.from_dense(w, wgs=wgs, mt=mt, compressed=not opts.slots, sized=sized)
             args = wgmma24_args(sw, splits.get(name, 0))
             x = torch.randn(opts.n, k, generator=gen).to(torch.bfloat16).cuda()
             y = torch.empty(opts.n, m, dtype=torch.bfloat16, device="cuda")
@@ -254,7 +254,7 @@ def main(argv=None):
     torch.cuda.synchronize()
     checked("fresh inputs after the timed replays")
     print(f"# {torch.cuda.get_device_name()}, bf16, {opts.sparsity:g} sparse, {opts.n} tokens, "
-          f"{'slots' if opts.slots else 'compressed'} layout{', sized records' if opts.sized else ''}"
+          f"{'slots' if opts.slots else 'compressed'} layout{', sized records' if sized else ''}"
           f"{' ' + opts.defines if opts.defines else ''}, "
           f"{opts.layers} decoder layers: the sequence "
           f"{dense_us:.1f} us dense (cuBLAS), {sparse_us:.1f} us sparse ({dense_us / sparse_us:.2f}x; block times "

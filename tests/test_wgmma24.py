@@ -16,7 +16,7 @@ import torch
 from cross.kernels.cuda_backend import WGMMA24_MAX_PER_SM, WGMMA24_MIN_UNITS, wgmma24_stream_blocks
 from cross.kernels.launch import wgmma24_split
 from cross.costmodel.roofline import wgmma24_slots
-from cross.pack.wgmma24 import CHUNK, NTOKS, START_BITS, TILE_WORDS, Wgmma24Weight, smem_bytes, stages, token_tile
+from cross.pack.wgmma24 import CHUNK, NTOKS, START_BITS, TILE_WORDS, Wgmma24Weight, size_words, smem_bytes, stages, token_tile
 
 
 def _weight(m, k, per_group, gen, dtype=torch.bfloat16):
@@ -108,13 +108,16 @@ def test_thread_layout():
 @pytest.mark.parametrize("density", [0.0, 0.1, 0.5, 1.0])
 @pytest.mark.parametrize("wgs,mt", [(2, 2), (1, 1), (2, 1)])
 def test_sized_records(rng, m, k, density, wgs, mt):
-    """Sized records: the compressed layout's records as they are, after a row block holding each
-    record's size (16-byte units: its header and the words its masks count, rounded up); read back
-    from only those bytes (to_dense masks the rest) it is the weight."""
+    """Sized records: the compressed layout's records as they are, after a table of each record's size
+    (16-byte units: its header and the words its masks count, rounded up; a uint16 a record, padded to
+    16 bytes); read back from only those bytes (to_dense masks the rest) it is the weight."""
     w = _unstructured(m, k, density, rng)
     plain = Wgmma24Weight.from_dense(w, wgs, mt, compressed=True)
     sw = Wgmma24Weight.from_dense(w, wgs, mt, compressed=True, sized=True)
-    assert sw.sized and torch.equal(sw.records, plain.values) and sw.values.shape[0] == plain.values.shape[0] + 1
+    rb_, nc = plain.values.shape[:2]
+    assert sw.sized and sw.blocks == (rb_, nc) and torch.equal(sw.records, plain.values)
+    assert sw.values.dim() == 1 and sw.values.is_contiguous() and sw.records.data_ptr() % 16 == 0
+    assert torch.equal(sw.values[size_words(rb_, nc):], plain.values.reshape(-1))
     assert torch.equal(_bits(sw.to_dense()), _bits(w))
     mtiles, threads = wgs * mt, 128 * wgs
     v = plain.values.to(torch.int64) & 0xFFFFFFFF
@@ -124,7 +127,7 @@ def test_sized_records(rng, m, k, density, wgs, mt):
     assert torch.equal(sw.record_sizes(), -(-(header + used) // 4))
     assert int(sw.record_sizes().max()) * 4 <= v.shape[-1]  # no record past the fixed stride
     assert sw.bytes_read == 16 * int(sw.record_sizes().sum()) <= plain.bytes_read == plain.nbytes
-    assert sw.to("cpu").sized and sw.nbytes == plain.nbytes + plain.values[0].numel() * 4
+    assert sw.to("cpu").sized and sw.nbytes == plain.nbytes + 16 * -(-rb_ * nc // 8)  # 2 bytes a record, padded
     with pytest.raises(ValueError, match="compressed layout"):
         Wgmma24Weight.from_dense(w, wgs, mt, sized=True)
     with pytest.raises(ValueError, match="not sized"):

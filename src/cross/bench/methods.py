@@ -294,7 +294,7 @@ def _prepare_wgmma24(w, compressed: bool):
     from ..kernels.launch import wgmma24_args, wgmma24_run
     from ..pack.wgmma24 import Wgmma24Weight
 
-    sw = Wgmma24Weight.from_dense(w, compressed=compressed)
+    sw = Wgmma24Weight.from_dense(w, compressed=compressed, sized=compressed)  # as the runtime packs it
     args = wgmma24_args(sw)
     return lambda x: Bound(lambda: wgmma24_run(x, args), w.dtype, "warpgroup 2:4 kernel", sw.nbytes)
 

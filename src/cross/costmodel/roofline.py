@@ -369,7 +369,8 @@ def wgmma24_compressed_bytes(nnz: np.ndarray, size: np.ndarray, rows: int, cols:
     """Bytes of the warpgroup 2:4 format's compressed layout (pack/wgmma24._compressed, bf16/fp16, the
     default block): per row block and chunk, the metadata words (1/16 of dense), a head word per
     thread (1/32), a base word per warp, and a word per group with a nonzero and one more per group
-    with overflow, in word slots (``wgmma24_slots`` of the fullest chunk's, at least one). With
+    with overflow, in word slots (``wgmma24_slots`` of the fullest chunk's, at least one), and the
+    records' size table (2 bytes a record, padded to 16: the runtime packs the records sized). With
     ``chunk_words`` (per row block and chunk, counted on the weight) exact; without, from nonzero
     counts ``nnz`` over regions of ``size`` elements as if each region were uniform: a group of
     density p has a nonzero with probability 1 - (1 - p)^4 and overflow with 4 p^3 (1 - p) + p^4:
@@ -377,7 +378,8 @@ def wgmma24_compressed_bytes(nnz: np.ndarray, size: np.ndarray, rows: int, cols:
     blocks = -(-rows // WGMMA_BLOCK_ROWS) * -(-cols // WGMMA_CHUNK)
     most = _fullest_chunk(chunk_words, nnz, size, blocks, 4,
                           lambda p: np.minimum(1 - (1 - p)**4 + 4 * p**3 * (1 - p) + p**4, 2.0))
-    return blocks * (WGMMA_META_BYTES + WGMMA_HEAD_BYTES + WGMMA_BASES_BYTES + 4 * wgmma24_slots(max(most, 1)))
+    records = blocks * (WGMMA_META_BYTES + WGMMA_HEAD_BYTES + WGMMA_BASES_BYTES + 4 * wgmma24_slots(max(most, 1)))
+    return records + 16 * -(-blocks // 8)
 
 
 #: The slice kernel's consumer instructions per position (8 steps of an 8-row n-tile: 8 x 16 x 8 weight

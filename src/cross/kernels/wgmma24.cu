@@ -42,8 +42,9 @@
 // 1 with STREAM), NTOK (16, 32, 64 or 128: tokens per block and the mma's N), STAGES, SLOTS (the
 // weight's overflow word slots per chunk; 0: no overflow, no head words, no second mma), COMPRESSED and
 // OVER (the compressed layout; its weight has overflow), SIZED (1: the compressed layout's sized
-// records: values' first row block holds each record's size, uint16 in 16-byte units by row block and
-// chunk, and a refill copies only the record's own bytes; the prologue's copies take the fixed size),
+// records: values starts with each record's size, uint16 in 16-byte units by row block and chunk,
+// padded to 16 bytes, and a refill copies only the record's own bytes; the prologue's copies take the
+// fixed size),
 // PAIR_END (STREAM, up to 32 tokens: an output split across exactly two blocks, j_first and j_first + 1,
 // is summed by j_first without slots of its own or a wait at its end: block j_first + 1 holds the output's
 // last units at its start, stores its partial sums and arrives (a counter of 1); every thread of block
@@ -405,8 +406,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
     const u32 u0 = cluster * chunks + part * chunks / SPLIT, u1 = cluster * chunks + (part + 1) * chunks / SPLIT;
 #endif
     const int nun = (int)(u1 - u0);
-#if SIZED  // values' first row block: the sizes; the records after it
-    Walk ld{values + (size_t)chunks * W_BYTES, x, chunks, tiles, ldx, n_tok};  // the next unit to copy
+#if SIZED  // values: the sizes (a uint16 a record, padded to 16 bytes), then the records
+    Walk ld{values + (size_t)(((m + R - 1) / R * chunks + 7) / 8) * 16, x, chunks, tiles, ldx, n_tok};  // the next unit to copy
     ld.sizes = reinterpret_cast<const u16*>(values);
 #else
     Walk ld{values, x, chunks, tiles, ldx, n_tok};  // the next unit to copy

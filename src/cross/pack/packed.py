@@ -276,10 +276,12 @@ def wgmma24_compressed(plan: Plan) -> bool:
 
 def _wgmma24_for(plan: Plan, weight: "TiledWeight | PackedWeight | _DenseOnce", falls_back: bool = False) -> Wgmma24Weight | None:
     """The warpgroup 2:4 format (from ``weight.to_dense()``) where a bucket runs that kernel (``_runs``),
-    else None: in the layout of the plan's options (``wgmma24_compressed``)."""
+    else None: in the layout of the plan's options (``wgmma24_compressed``; its records sized, so that a
+    launch copies each record's own bytes)."""
     if not _runs(plan, "wgmma24", falls_back):
         return None
-    return Wgmma24Weight.from_dense(weight.to_dense(), compressed=wgmma24_compressed(plan))
+    compressed = wgmma24_compressed(plan)
+    return Wgmma24Weight.from_dense(weight.to_dense(), compressed=compressed, sized=compressed)
 
 
 def pack(weight: torch.Tensor, plan: Plan) -> PackedWeight:

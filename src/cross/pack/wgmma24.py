@@ -47,10 +47,11 @@ for the head words (the default block): whatever the sparsity, at most the slots
 1 / 32 of dense.
 
 Sized records (``from_dense(..., compressed=True, sized=True)``): the same records at the same stride,
-and before them one row block's room holding each record's size (its header and the words it uses,
-rounded up to 16 bytes; uint16 in 16-byte units, by row block and chunk), so that a launch copies
-each chunk's own bytes rather than the weight's largest chunk's (``-DSIZED=1``). The device memory is
-the same plus that one row block; the bytes a launch reads (``bytes_read``) are the records' sizes.
+and before them each record's size (its header and the words it uses, rounded up to 16 bytes; uint16
+in 16-byte units, by row block and chunk, the table padded to 16 bytes: ``size_words``), so that a
+launch copies each chunk's own bytes rather than the weight's largest chunk's (``-DSIZED=1``).
+``values`` is then one flat int32 buffer, the sizes then the records; the device memory is the
+records' plus 2 bytes a record; the bytes a launch reads (``bytes_read``) are the records' sizes.
 """
 
 from __future__ import annotations
@@ -114,21 +115,30 @@ class Wgmma24Weight:
 
     @property
     def nbytes(self) -> int:
-        """Device bytes of the format (tiles, head words and overflow word slots; sized records: and the
-        sizes' row block)."""
+        """Device bytes of the format (tiles, head words and overflow word slots; sized records: and their
+        sizes)."""
         return self.values.numel() * self.values.element_size()
 
     @property
+    def blocks(self) -> tuple[int, int]:
+        """(row blocks, chunks) of the records."""
+        return -(-self.shape[0] // self.rows), -(-self.shape[1] // CHUNK)
+
+    @property
     def records(self) -> torch.Tensor:
-        """The records [row blocks, chunks, words] (int32; sized records: past the sizes' row block)."""
-        return self.values[1:] if self.sized else self.values
+        """The records [row blocks, chunks, words] (int32; sized records: the flat buffer past the sizes)."""
+        if not self.sized:
+            return self.values
+        rb_, nc = self.blocks
+        return self.values[size_words(rb_, nc):].view(rb_, nc, -1)
 
     def record_sizes(self) -> torch.Tensor:
         """Sized records: each record's size in 16-byte units [row blocks, chunks] (int64)."""
         if not self.sized:
             raise ValueError("Wgmma24Weight.record_sizes: the records are not sized (from_dense(..., sized=True))")
-        rb_, nc = self.records.shape[:2]
-        return (self.values[0].reshape(-1).view(torch.int16)[:rb_ * nc].to(torch.int64) & 0xFFFF).view(rb_, nc)
+        rb_, nc = self.blocks
+        table = self.values[:size_words(rb_, nc)].view(torch.int16)[:rb_ * nc]
+        return (table.to(torch.int64) & 0xFFFF).view(rb_, nc)
 
     @property
     def bytes_read(self) -> int:
@@ -190,7 +200,7 @@ class Wgmma24Weight:
         if compressed:
             values, slots = _compressed(word, meta, bits, over, rb_, nc, wgs, mt)
             if sized:
-                values = torch.cat([_size_table(values, wgs, mt), values])
+                values = torch.cat([_size_table(values, wgs, mt), values.reshape(-1)])
         else:
             tiles = torch.cat([a, meta], -1).reshape(rb_, nc, mtiles * TILE_WORDS)
             slots = 0
@@ -367,20 +377,26 @@ def _compressed(word: torch.Tensor, meta: torch.Tensor, bits: torch.Tensor, over
     return _as_int32(records.view(rb_, nc, -1)).contiguous(), slots
 
 
+def size_words(row_blocks: int, chunks: int) -> int:
+    """int32 words of sized records' size table: a uint16 a record, padded to 16 bytes (the records
+    after it stay 16-byte aligned for the bulk copies); the kernel computes the same offset."""
+    return -(-row_blocks * chunks // 8) * 4
+
+
 def _size_table(records: torch.Tensor, wgs: int, mt: int) -> torch.Tensor:
-    """The sizes' row block [1, chunks, words] (int32) of compressed ``records`` [rb, chunks, words]: each
-    record's header (``record_bytes`` with no slots) and the words its heads' masks count, rounded up to
-    16 bytes, as uint16 in 16-byte units, by row block and chunk, zeros after."""
+    """The size table (``size_words`` int32 words) of compressed ``records`` [rb, chunks, words]: each
+    record's header (``record_bytes`` with no slots) and the words its heads' masks count, rounded up
+    to 16 bytes, as uint16 in 16-byte units, by row block and chunk, zeros after."""
     rb_, nc, words = records.shape
     header = record_bytes(wgs, mt, 0, compressed=True) // 4
     heads = records[..., wgs * mt * 128:wgs * mt * 128 + 128 * wgs].to(torch.int64) & 0xFFFFFFFF
     used = sum(((heads >> b) & 1).sum(-1) for b in range(32))
     units = -(-(header + used) // 4)
-    if rb_ * nc > nc * words * 2:
-        raise RuntimeError("warpgroup 2:4 format: the sizes do not fit one row block")
-    table = torch.zeros(nc * words * 2, dtype=torch.int16, device=records.device)
-    table[:rb_ * nc] = units.reshape(-1).to(torch.int32).to(torch.int16)  # < 2^15: a record is under 512 KB
-    return table.view(torch.int32).view(1, nc, words)
+    if int(units.max()) >= 2**15:
+        raise RuntimeError("warpgroup 2:4 format: a record of 512 KB or more cannot be sized")
+    table = torch.zeros(size_words(rb_, nc) * 2, dtype=torch.int16, device=records.device)
+    table[:rb_ * nc] = units.reshape(-1).to(torch.int32).to(torch.int16)
+    return table.view(torch.int32)
 
 
 def _read_compressed(v: torch.Tensor, wgs: int, mt: int, slots: int):
