@@ -102,11 +102,8 @@
 #else
 #define END_STAMP(s) do {} while (0)
 #endif
-#ifndef SUM_SLOTS
-#define SUM_SLOTS 8  // STREAM's end: the partial sums' slots whose loads a thread keeps in flight together
-#endif
-#ifndef SUM_ELEMS
-#define SUM_ELEMS 4  // STREAM's end: the values a thread sums at once
+#ifndef SUM_LOADS
+#define SUM_LOADS 32  // STREAM's end: the partial sums' loads a thread keeps in flight together (a power of 2)
 #endif
 #define UNIT_TIMES 64
 #ifndef REFILL_LATE
@@ -378,6 +375,51 @@ __device__ __forceinline__ void store_one(u16* y, const u16* bias, int row0, int
 // (units + 1) blocks under 2^32
 __device__ __forceinline__ u32 block_of(u32 u, u32 units, u32 blocks) { return ((u + 1) * blocks - 1) / units; }
 
+#if STREAM
+// STREAM's end, one summing block's share [lo, hi) of output uo's R NTOK values (thread-major, as the
+// slots hold them): each value summed over the slots of blocks jf .. jl in block order (the same bits
+// whichever block sums it) and written to Y. S slots' loads of E = SUM_LOADS / S values each are in
+// flight together, only those of the output's slots (a load past jl would be bytes read for nothing
+// while every summing block of the launch reads at once)
+template <int S>
+__device__ __forceinline__ void sum_share(const float* ws, u16* y, const u16* bias, u32 jf, u32 jl, u32 first,
+                                          u32 units, int lo, int hi, u32 uo, u32 tiles, int m, int n_tok, int ldy,
+                                          int tid) {
+    constexpr int E = SUM_LOADS / S > 0 ? SUM_LOADS / S : 1;
+    for (int e0 = lo + tid; e0 < hi; e0 += E * THREADS) {
+        float sum[E];
+#pragma unroll
+        for (int k = 0; k < E; ++k) sum[k] = 0.f;
+        for (u32 b0 = jf; b0 <= jl; b0 += S) {
+            float v[S][E];
+#pragma unroll
+            for (int q = 0; q < S; ++q) {
+                const u32 b = b0 + q;
+                const bool first_of_b = b * units / gridDim.x >= first;
+                const float* slot = ws + ((size_t)b * 2 + (first_of_b ? 0 : 1)) * (R * NTOK);
+#pragma unroll
+                for (int k = 0; k < E; ++k) {
+                    const int e = e0 + k * THREADS;
+                    v[q][k] = b <= jl && e < hi ? __ldcg(slot + e) : 0.f;
+                }
+            }
+#pragma unroll
+            for (int q = 0; q < S; ++q)
+                if (b0 + q <= jl)
+#pragma unroll
+                    for (int k = 0; k < E; ++k) sum[k] += v[q][k];
+        }
+#pragma unroll
+        for (int k = 0; k < E; ++k) {
+            const int e = e0 + k * THREADS, te = e % THREADS;  // accumulator e / THREADS of thread te
+            if (e < hi)
+                store_one(y, bias, (uo / tiles) * R, (uo % tiles) * NTOK, m, n_tok, ldy, te >> 7, (te & 127) >> 5,
+                          te & 31, e / THREADS, sum[k]);
+        }
+    }
+}
+#endif
+
 #ifndef MIN_BLOCKS
 #define MIN_BLOCKS 1  // blocks per SM the registers must allow (__launch_bounds__)
 #endif
@@ -614,38 +656,19 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
                     END_STAMP(2);
                     const int parts = (int)(jl - jf), p = (int)(blockIdx.x - jf);
                     const int lo = p * (R * NTOK) / parts, hi = (p + 1) * (R * NTOK) / parts;
-                    // SUM_ELEMS values of the thread at a time, SUM_SLOTS slots' loads of each in flight together
-                    for (int e0 = lo + tid; e0 < hi; e0 += SUM_ELEMS * THREADS) {
-                        float sum[SUM_ELEMS];
-#pragma unroll
-                        for (int k = 0; k < SUM_ELEMS; ++k) sum[k] = 0.f;
-                        for (u32 b0 = jf; b0 <= jl; b0 += SUM_SLOTS) {
-                            float v[SUM_SLOTS][SUM_ELEMS];
-#pragma unroll
-                            for (int q = 0; q < SUM_SLOTS; ++q) {
-                                const u32 b = min(b0 + q, jl);  // past jl: loaded again, not added
-                                const bool first_of_b = b * units / gridDim.x >= first;
-                                const float* slot = ws + ((size_t)b * 2 + (first_of_b ? 0 : 1)) * (R * NTOK);
-#pragma unroll
-                                for (int k = 0; k < SUM_ELEMS; ++k) {
-                                    const int e = e0 + k * THREADS;
-                                    v[q][k] = e < hi ? __ldcg(slot + e) : 0.f;
-                                }
-                            }
-#pragma unroll
-                            for (int q = 0; q < SUM_SLOTS; ++q)
-                                if (b0 + q <= jl)
-#pragma unroll
-                                    for (int k = 0; k < SUM_ELEMS; ++k) sum[k] += v[q][k];
-                        }
-#pragma unroll
-                        for (int k = 0; k < SUM_ELEMS; ++k) {
-                            const int e = e0 + k * THREADS, te = e % THREADS;  // accumulator e / THREADS of thread te
-                            if (e < hi)
-                                store_one(y, bias, (uo / tiles) * R, (uo % tiles) * NTOK, m, n_tok, ldy, te >> 7,
-                                          (te & 127) >> 5, te & 31, e / THREADS, sum[k]);
-                        }
-                    }
+                    // as many slots' loads in flight as the output has slots (up to SUM_LOADS), times the
+                    // values of the share a thread then needs: at 256 rows and 16 tokens one round of loads
+                    const u32 slots = jl - jf + 1;
+                    if (slots <= 2)
+                        sum_share<2>(ws, y, bias, jf, jl, first, units, lo, hi, uo, tiles, m, n_tok, ldy, tid);
+                    else if (slots <= 4)
+                        sum_share<4>(ws, y, bias, jf, jl, first, units, lo, hi, uo, tiles, m, n_tok, ldy, tid);
+                    else if (slots <= 8)
+                        sum_share<8>(ws, y, bias, jf, jl, first, units, lo, hi, uo, tiles, m, n_tok, ldy, tid);
+                    else if (slots <= 16)
+                        sum_share<16>(ws, y, bias, jf, jl, first, units, lo, hi, uo, tiles, m, n_tok, ldy, tid);
+                    else
+                        sum_share<32>(ws, y, bias, jf, jl, first, units, lo, hi, uo, tiles, m, n_tok, ldy, tid);
                     END_STAMP(3);
                 }
             } else {
