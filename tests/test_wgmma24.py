@@ -476,28 +476,6 @@ def test_gpu_wgmma24_sized_stream(m, k, n, rng):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("m,k,n,wgs,mt", [(22016, 4096, 16, 1, 2), (22016, 4096, 16, 2, 2), (12288, 4096, 9, 1, 1),
-                                         (4096, 1024, 3, 2, 2), (700, 2056, 32, 1, 2)])
-@pytest.mark.parametrize("sized", [False, True])
-def test_gpu_wgmma24_pair_end(m, k, n, wgs, mt, sized, rng, monkeypatch):
-    """PAIR_END builds (CROSS_CUDA_DEFINES=-DPAIR_END=1): outputs split across two blocks summed by the
-    first from the second's slot, read early, beside outputs over more blocks summed as before (both in
-    the 22016-row launches): right, the same bits twice, the counters back to zero."""
-    from cross.kernels import cuda_backend
-    from cross.kernels.launch import wgmma24_args
-
-    _needs_sm90()
-    monkeypatch.setenv(cuda_backend.DEFINES_ENV, "-DPAIR_END=1")
-    cuda_backend._wgmma24_kernel.cache_clear()
-    try:
-        w = _unstructured(m, k, 0.3, rng).cuda()
-        args = wgmma24_args(Wgmma24Weight.from_dense(w, wgs, mt, compressed=True, sized=sized), 0)
-        _twice_the_same_bits(args, w, n, rng)
-    finally:
-        cuda_backend._wgmma24_kernel.cache_clear()
-
-
-@pytest.mark.gpu
 @pytest.mark.parametrize("compressed", [False, True])
 @pytest.mark.parametrize("split", [0, None])
 @pytest.mark.parametrize("m,k,n", [(2752, 4096, 16), (700, 2056, 128), (300, 520, 300), (64, 64, 40), (1000, 1032, 5)])

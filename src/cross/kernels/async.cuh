@@ -69,18 +69,3 @@ __device__ __forceinline__ void wait_zero_gpu(const int* counter) {
         __nanosleep(32);
     }
 }
-
-// one arrival on a counter that one waiting block sets back to zero (PAIR_END): a release at GPU scope,
-// cumulative over the block barrier before it
-__device__ __forceinline__ void arrive_add_release_gpu(int* counter) {
-    asm volatile("red.release.gpu.global.add.s32 [%0], 1;\n" ::"l"(counter) : "memory");
-}
-// wait until a counter reaches `count`, acquiring what its arrivals released (each thread that calls it)
-__device__ __forceinline__ void wait_count_gpu(const int* counter, int count) {
-    for (;;) {
-        int v;
-        asm volatile("ld.acquire.gpu.global.s32 %0, [%1];\n" : "=r"(v) : "l"(counter) : "memory");
-        if (v == count) return;
-        __nanosleep(32);
-    }
-}

@@ -45,11 +45,6 @@
 // records: values starts with each record's size, uint16 in 16-byte units by row block and chunk,
 // padded to 16 bytes, and a refill copies only the record's own bytes; the prologue's copies take the
 // fixed size),
-// PAIR_END (STREAM, up to 32 tokens: an output split across exactly two blocks, j_first and j_first + 1,
-// is summed by j_first without slots of its own or a wait at its end: block j_first + 1 holds the output's
-// last units at its start, stores its partial sums and arrives (a counter of 1); every thread of block
-// j_first, at its last unit, acquires that arrival and loads its accumulators' values from that slot
-// while the unit's mmas run, then adds them to its own and writes Y; it sets the counter back to zero),
 // REFILL_LATE (1: a unit's refill issued after its mmas; 0: after the barrier), XPRE (1: x is X laid out
 // as the stages hold it, pack/wgmma24.x_stages, copied by bulk copies), MIN_BLOCKS (blocks per SM the registers must allow; default 1). Requirements
 // checked by the launcher: K % 8 == 0, x 16-byte aligned with a row stride a multiple of 8, dynamic
@@ -132,12 +127,6 @@
 #endif
 #ifndef SIZED
 #define SIZED 0
-#endif
-#ifndef PAIR_END
-#define PAIR_END 0  // STREAM: an output split across two blocks summed by the first from the second's slot, read early
-#endif
-#if PAIR_END && (!STREAM || (ABLATE & 1) || NTOK > 32)
-#error "PAIR_END: a STREAM build with its mmas, up to 32 tokens (its early loads take a register per accumulator)"
 #endif
 #if SIZED && !COMPRESSED
 #error "sized records are the compressed layout's: COMPRESSED must be 1"
@@ -580,24 +569,6 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
 #if REFILL_LATE
         refill();  // while the mmas run: off the chain from the barrier to the mmas
 #endif
-#if PAIR_END
-        // the block's last unit, of an output split across it and the next block only: the next block's
-        // partial sums (its slot 0, stored at its start), read while this unit's mmas run
-        float pre[MT][NACC];
-        bool pair_sum = false;
-        if (i == nun - 1) {
-            const u32 first = uo * chunks, jl = block_of(first + chunks - 1, units, gridDim.x);
-            pair_sum = !(ABLATE & 8) && block_of(first, units, gridDim.x) == blockIdx.x && jl == blockIdx.x + 1;
-            if (pair_sum) {
-                wait_count_gpu(counters + blockIdx.x, 1);  // each thread acquires the arrival itself
-                const float* slot = ws + (size_t)jl * 2 * (R * NTOK);
-#pragma unroll
-                for (int t = 0; t < MT; ++t)
-#pragma unroll
-                    for (int j = 0; j < NACC; ++j) pre[t][j] = __ldcg(slot + (t * NACC + j) * THREADS + tid);
-            }
-        }
-#endif
         asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
 #pragma unroll
         for (int t = 0; t < MT; ++t) fence_acc(acc[t]);
@@ -606,28 +577,6 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
         if (uc == chunks - 1 || i == nun - 1) {  // this block's last unit of output uo
             const u32 first = uo * chunks;
             const u32 jf = block_of(first, units, gridDim.x), jl = block_of(first + chunks - 1, units, gridDim.x);
-#if PAIR_END
-            if (pair_sum) {  // this block and the next hold uo: their sums, from the registers (read above)
-                END_STAMP(0);  // (no stores or wait here: steps 0-2 at once)
-                END_STAMP(1);
-                END_STAMP(2);
-#pragma unroll
-                for (int f = 0; f < MT * NACC; ++f)
-                    store_one(y, bias, (uo / tiles) * R, (uo % tiles) * NTOK, m, n_tok, ldy, wg, warp, lane, f,
-                              acc[f / NACC][f % NACC] + pre[f / NACC][f % NACC]);
-                END_STAMP(3);
-                __syncthreads();  // every thread has acquired the arrival
-                if (tid == 0) counters[jf] = 0;  // for the next launch
-            } else if (jl == jf + 1 && blockIdx.x == jl && !(ABLATE & 8)) {  // the pair's second block, at its start
-                float* part = ws + (size_t)blockIdx.x * 2 * (R * NTOK);
-#pragma unroll
-                for (int t = 0; t < MT; ++t)
-#pragma unroll
-                    for (int j = 0; j < NACC; ++j) part[(t * NACC + j) * THREADS + tid] = acc[t][j];
-                __syncthreads();
-                if (tid == 0) arrive_add_release_gpu(counters + jf);
-            } else
-#endif
             if (jf != jl && !(ABLATE & 8)) {  // uo's units are split across blocks
                 // the partial sums to slot 0 (uo is the block's first output) or 1 (its last), thread-major;
                 // the block's stores happen before thread 0's release (bar.sync, then a release at GPU
