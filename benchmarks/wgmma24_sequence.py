@@ -100,14 +100,18 @@ def end_split(times: torch.Tensor, units: torch.Tensor, total: int, chunks: int,
     last arrival to the block's end (median, min, max); with ``steps`` (u64 [blocks, 4], BLOCK_TIMES=3:
     the last unit's mmas done, the partial sums stored, the wait over, the sums issued), also the medians
     of END_STEPS: from the mmas to the stores' barrier, the wait (barrier to barrier), the sums, from the
-    sums to the block's end, and 'step_mmas', from the block's last unit landing to its mmas done. None
-    where no block sums or a stamp is missing."""
+    sums to the block's end, and 'step_mmas', from the block's last unit landing to its mmas done; and the
+    sums step split by the block's SM (``times``' third column): 'sums_shared' where another block of the
+    launch on that SM was still running when the wait ended (its copies share the SM's port), 'sums_alone'
+    where none was (None where no block was so), with their counts 'n_shared' and 'n_alone'. None where no
+    block sums or a stamp is missing."""
     grid = times.shape[0]
     start = lambda j: j * total // grid  # noqa: E731
     block_of = lambda u: ((u + 1) * grid - 1) // total  # noqa: E731
     t0 = int(times[:, 0].min())
     landed = lambda j, i: (int(units[j, i]) - t0) / 1e3 if i < units.shape[1] else None  # noqa: E731
     waits, ends, parts = [], [], {name: [] for name in ("step_mmas",) + END_STEPS}
+    sums_shared, sums_alone = [], []
     for j in range(grid):
         first = (start(j + 1) - 1) // chunks * chunks  # the block's last output's first unit
         jf, jl = block_of(first), block_of(first + chunks - 1)
@@ -127,12 +131,25 @@ def end_split(times: torch.Tensor, units: torch.Tensor, total: int, chunks: int,
             parts["step_mmas"].append((marks[0] - t0) / 1e3 - arrivals[j - jf])
             for name, a, b in zip(END_STEPS, marks, marks[1:]):
                 parts[name].append((b - a) / 1e3)
+            shared = any(int(times[o, 2]) == int(times[j, 2]) and int(times[o, 1]) > marks[2]
+                         for o in range(grid) if o != j)
+            (sums_shared if shared else sums_alone).append((marks[3] - marks[2]) / 1e3)
     if not ends:
         return None
     out = dict(wait=statistics.median(waits), end=statistics.median(ends), end_min=min(ends), end_max=max(ends))
     if steps is not None:
         out.update({name: statistics.median(v) for name, v in parts.items()})
+        out.update(n_shared=len(sums_shared), n_alone=len(sums_alone),
+                   **{k: statistics.median(v) if v else None for k, v in (("sums_shared", sums_shared),
+                                                                          ("sums_alone", sums_alone))})
     return out
+
+
+def shared_split(end: dict) -> str:
+    """``end_split``'s sums step by whether the summing block shared its SM with a running block."""
+    say = lambda k, n: "-" if end[k] is None else f"{end[k]:.2f} us ({end[n]} blocks)"  # noqa: E731
+    return (f"the sums with another block of the launch running on the SM {say('sums_shared', 'n_shared')}, "
+            f"alone on it {say('sums_alone', 'n_alone')}")
 
 
 def by_shape(phases: list[dict], names: list[str], nbytes: dict) -> list[dict]:
@@ -278,7 +295,8 @@ def main(argv=None):
                 print(f"{names[i]}: the summing blocks' end: the output's last arrival {end['wait']:.2f} us after "
                       f"their own (median), their end {end['end']:.2f} us after it (median; {end['end_min']:.2f}"
                       f"-{end['end_max']:.2f})" + ("" if steps is None else "; step by step (medians, us): "
-                      + ", ".join(f"{k[5:]} {end[k]:.2f}" for k in ("step_mmas",) + END_STEPS)))
+                      + ", ".join(f"{k[5:]} {end[k]:.2f}" for k in ("step_mmas",) + END_STEPS)
+                      + "; " + shared_split(end)))
     if opts.out:
         opts.out.mkdir(parents=True, exist_ok=True)
         if units:

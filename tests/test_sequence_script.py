@@ -70,6 +70,17 @@ def test_end_split_step_by_step():
     assert end["step_mmas"] == pytest.approx(0.4) and end["step_stores"] == pytest.approx(0.35)
     assert end["step_wait"] == pytest.approx(3.25) and end["step_sums"] == pytest.approx(1.3)
     assert end["step_exit"] == pytest.approx(0.7)
+    # each block on its own SM: both sums alone on theirs
+    assert (end["n_shared"], end["n_alone"], end["sums_shared"]) == (0, 2, None)
+    assert end["sums_alone"] == pytest.approx(1.3)
+    times[:, 2] = torch.tensor([0, 1, 0])  # block 2 on block 0's SM, ending at 7.0 us, as block 0's wait ends
+    assert sequence.end_split(times, units, total=8, chunks=4, steps=steps)["n_shared"] == 0
+    times[2, 1] = 7500  # block 2 still running when block 0's wait ends
+    end = sequence.end_split(times, units, total=8, chunks=4, steps=steps)
+    assert (end["n_shared"], end["n_alone"]) == (1, 1)
+    assert end["sums_shared"] == pytest.approx(1.0) and end["sums_alone"] == pytest.approx(1.6)
+    assert sequence.shared_split(end) == ("the sums with another block of the launch running on the SM 1.00 us "
+                                          "(1 blocks), alone on it 1.60 us (1 blocks)")
     steps[1, 0] = 0  # a summing block's stamp missing
     assert sequence.end_split(times, units, total=8, chunks=4, steps=steps) is None
 

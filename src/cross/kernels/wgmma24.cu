@@ -67,7 +67,8 @@
 // A registers' loads and the mmas (the copies, waits and barriers alone), bit 2 the copies and their
 // waits, bit 4 everything (each block returns at its start: the launch alone), bit 8 the end's sums
 // (STREAM: an output split across blocks is written by each from its own accumulators, as if it held
-// the output alone; clusters: each block writes its own partial sums, no staging, no cluster barrier);
+// the output alone; clusters: each block writes its own partial sums, no staging, no cluster barrier),
+// STREAM's bit 16 the sums' loads of the slots (zeros summed and written), bit 32 their stores to Y;
 // the result is wrong in every ABLATE build; BLOCK_TIMES=1 (STREAM) has
 // thread 0 of block j write its start and end (%globaltimer, ns) and its SM at u64 [3 j ..] past the
 // workspace's 2 P R NTOK floats; BLOCK_TIMES=2 also the time each of its first UNIT_TIMES units is seen
@@ -389,7 +390,7 @@ __device__ __forceinline__ void sum_share(const float* ws, u16* y, const u16* bi
 #pragma unroll
                 for (int k = 0; k < E; ++k) {
                     const int e = e0 + k * THREADS;
-                    v[q][k] = b <= jl && e < hi ? __ldcg(slot + e) : 0.f;
+                    v[q][k] = !(ABLATE & 16) && b <= jl && e < hi ? __ldcg(slot + e) : 0.f;
                 }
             }
 #pragma unroll
@@ -401,7 +402,7 @@ __device__ __forceinline__ void sum_share(const float* ws, u16* y, const u16* bi
 #pragma unroll
         for (int k = 0; k < E; ++k) {
             const int e = e0 + k * THREADS, te = e % THREADS;  // accumulator e / THREADS of thread te
-            if (e < hi)
+            if (e < hi && (!(ABLATE & 32) || sum[k] == 1e30f))  // (bit 32: the loads kept, almost no store)
                 store_one(y, bias, (uo / tiles) * R, (uo % tiles) * NTOK, m, n_tok, ldy, te >> 7, (te & 127) >> 5,
                           te & 31, e / THREADS, sum[k]);
         }
