@@ -12,6 +12,9 @@ descriptor's offsets swapped, the compressed layout's words found without the la
 caught.
 """
 
+import re
+from importlib.resources import files
+
 import numpy as np
 import pytest
 import torch
@@ -275,9 +278,32 @@ def _block_of(u, units, blocks):
     return ((u + 1) * blocks - 1) // units
 
 
+# STREAM's end: the loads a summing thread keeps in flight (wgmma24.cu's default, read from it)
+SUM_LOADS = int(re.search(r"#define SUM_LOADS (\d+)", (files("cross.kernels") / "wgmma24.cu").read_text())[1])
+
+
+def sum_share(jf, jl, lo, hi, threads):
+    """wgmma24.cu's sum_share<S> (S as its caller picks it from the output's slots), transcribed: for
+    each thread, its rounds of loads, each a list of (block, value) pairs it loads together; the values
+    it sums in that order, per value, are the blocks jf .. jl in block order."""
+    n = jl - jf + 1
+    S = next(s for s in (2, 4, 8, 16, 32) if n <= s or s == 32)
+    E = max(SUM_LOADS // S, 1)
+    rounds = {}
+    for tid in range(threads):
+        mine = []
+        for e0 in range(lo + tid, hi, E * threads):
+            for b0 in range(jf, jl + 1, S):
+                mine.append([(b0 + q, e0 + k * threads) for q in range(S) for k in range(E)
+                             if b0 + q <= jl and e0 + k * threads < hi])
+        rounds[tid] = mine
+    return rounds
+
+
 @pytest.mark.parametrize("outputs,chunks,blocks", [
     (16, 64, 264),   # 4096 rows at 16 tokens: each output over ~16.5 blocks
     (48, 64, 264),   # 12288 rows: ~5.5 blocks per output
+    (86, 64, 264),   # 22016 rows (gate, up stacked): ~3.1 blocks per output
     (16, 172, 264),  # 4096x11008
     (3, 5, 4),       # few units: outputs split 2 ways, and blocks holding an output's middle
     (7, 3, 7),       # one output per block: nothing split
@@ -287,7 +313,9 @@ def _block_of(u, units, blocks):
 def test_stream_end_sums_every_value_once(outputs, chunks, blocks, wgs, mt, ntok):
     """STREAM's end (wgmma24.cu), transcribed: block j takes units [j U / P, (j + 1) U / P); an output
     split across blocks jf .. jl is summed by blocks jf .. jl - 1, each its share of the output's R NTOK
-    values over every block's slot, value e being accumulator e / THREADS of thread e % THREADS, written
+    values over every block's slot (``sum_share``: each slot's value loaded once, in rounds of at most
+    SUM_LOADS loads, one round at 256 rows and 16 tokens; summed in block order), value e being
+    accumulator e / THREADS of thread e % THREADS, written
     to its row and token; an output one block holds alone, from its accumulators. Every value of every
     output is written once and is the sum of all its units' partials; a block sums only the output it
     ends with (it never waits between its units), block jl holds the output's last units first, and no
@@ -331,12 +359,22 @@ def test_stream_end_sums_every_value_once(outputs, chunks, blocks, wgs, mt, ntok
             j = jf + p
             assert (ranges[j][1] - 1) // chunks == uo  # the output a waiting block ends with
             lo, hi = p * (R * ntok) // parts, (p + 1) * (R * ntok) // parts
-            for e in range(lo, hi):
-                s = 0.0
-                for b in range(jf, jl + 1):
-                    s += slots[(b, 0 if ranges[b][0] >= first else 1)][e]
+            rounds = sum_share(jf, jl, lo, hi, threads)
+            loads = [pair for r in rounds.values() for batch in r for pair in batch]
+            # each slot's value of the share loaded once, no slot past jl, at most SUM_LOADS in flight
+            assert sorted(loads) == [(b, e) for b in range(jf, jl + 1) for e in range(lo, hi)]
+            assert all(len(batch) <= SUM_LOADS for r in rounds.values() for batch in r)
+            if R * ntok == 4096 and threads == 256 and jl - jf < 32:  # 256 rows, 16 tokens: one round
+                assert all(len(r) <= 1 for r in rounds.values())
+            sums = {}
+            for r in rounds.values():
+                for batch in r:
+                    for b, e in batch:  # per value, in block order
+                        assert sums.get(e, (jf - 1, 0.0))[0] == b - 1
+                        sums[e] = (b, sums.get(e, (jf - 1, 0.0))[1] + slots[(b, 0 if ranges[b][0] >= first else 1)][e])
+            for e, (_, v) in sums.items():
                 te, f = e % threads, e // threads
-                y[(uo,) + row_tok(te, f)] = s
+                y[(uo,) + row_tok(te, f)] = v
                 writes[(uo,) + row_tok(te, f)] += 1
     assert (writes == 1).all()
     want = np.zeros((outputs, R, ntok))
