@@ -38,7 +38,8 @@ def launcher(args, x, y, ntok: int, defines: str, waves: int = 1, units_timed: b
     end, SM; with ``units_timed``, BLOCK_TIMES=2, also ``run.units`` [blocks, UNIT_TIMES]: when each unit
     was in place; with ``end_steps``, BLOCK_TIMES=3, also ``run.steps`` [blocks, 4]: a summing block's
     end, step by step, wgmma24.cu's END_STAMP; zero in blocks that do not sum). ``per_sm``: at most that
-    many blocks per SM (default: as many as fit, as the runtime launches)."""
+    many blocks per SM (default: as many as fit, as the runtime launches). Cooperative where the runtime's
+    STREAM launches are (``cuda_backend.stream_cooperative``) and there is one wave."""
     os.environ[cuda_backend.DEFINES_ENV] = f"{defines} -DBLOCK_TIMES={3 if end_steps else 2 if units_timed else 1}"
     cuda_backend._wgmma24_kernel.cache_clear()
     func, smem, fit = cuda_backend._wgmma24_kernel(torch.cuda.current_device(), True, args.wgs, args.mt, 0,
@@ -54,8 +55,10 @@ def launcher(args, x, y, ntok: int, defines: str, waves: int = 1, units_timed: b
                                     counters.data_ptr(), is_bf16=True)
     ints = (args.out_features, args.in_features, x.shape[0], x.stride(0), y.stride(0), args.chunks)
 
+    cooperative = waves == 1 and cuda_backend.stream_cooperative()  # (more waves cannot all be resident)
+
     def run():
-        cuda_backend._launch(func, grid, args.wgs * 128, smem, ptrs, ints)
+        cuda_backend._launch(func, grid, args.wgs * 128, smem, ptrs, ints, cooperative=cooperative)
 
     run.keep = counters
     words = ws[slots:].view(torch.int64)

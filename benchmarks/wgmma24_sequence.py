@@ -272,7 +272,8 @@ def main(argv=None):
     checked("fresh inputs after the timed replays")
     print(f"# {torch.cuda.get_device_name()}, bf16, {opts.sparsity:g} sparse, {opts.n} tokens, "
           f"{'slots' if opts.slots else 'compressed'} layout{', sized records' if sized else ''}"
-          f"{' ' + opts.defines if opts.defines else ''}, "
+          f"{' ' + opts.defines if opts.defines else ''}"
+          f"{', cooperative launches' if cuda_backend.stream_cooperative() else ''}, "
           f"{opts.layers} decoder layers: the sequence "
           f"{dense_us:.1f} us dense (cuBLAS), {sparse_us:.1f} us sparse ({dense_us / sparse_us:.2f}x; block times "
           f"from one replay after a flush{'; outputs NOT checked' if opts.unchecked else ''})")

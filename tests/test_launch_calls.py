@@ -23,6 +23,11 @@ class _FakeDriver:
                                args=args, extra=extra))
         return (0, None)
 
+    def cuLaunchCooperativeKernel(self, func, gx, gy, gz, bx, by, bz, smem, stream, args):
+        self.calls.append(dict(func=func, grid=(gx, gy, gz), block=(bx, by, bz), smem=smem, stream=stream,
+                               args=args, extra=0, cooperative=True))
+        return (0, None)
+
 
 @pytest.fixture
 def driver(monkeypatch):
@@ -97,6 +102,26 @@ def test_wgmma24_launch_compressed(driver, sized):
                                 sized)
     _check_call(driver.calls[0], ("_wgmma24_kernel", (0, True, 2, 2, 3, 1024, 16, True, True, sized)), 43 * 3, 256,
                 5000, (1000, 1001, 1002, 1003, 0, 1004) + (11008, 4096, 16, 4096, 11008, 64), 6)
+
+
+def test_wgmma24_stream_cooperative(driver, monkeypatch):
+    """CROSS_STREAM_COOPERATIVE=1: STREAM launches by cuLaunchCooperativeKernel with the same arguments,
+    cluster launches as before; unset or 0 none; another value refused."""
+    stream = (43, 16, 2, 2, 0, 64, _ptrs(5), 11008, 4096, 16, 4096, 11008, 64, 132)
+    cluster = (43, 16, 2, 2, 3, 1024, _ptrs(5), 11008, 4096, 16, 4096, 11008, 64, 132)
+    cuda_backend.wgmma24_launch(*stream)
+    monkeypatch.setenv(cuda_backend.COOPERATIVE_ENV, "0")
+    cuda_backend.wgmma24_launch(*stream)
+    monkeypatch.setenv(cuda_backend.COOPERATIVE_ENV, "1")
+    cuda_backend.wgmma24_launch(*stream)
+    cuda_backend.wgmma24_launch(*cluster)
+    assert [c.get("cooperative", False) for c in driver.calls] == [False, False, True, False]
+    ws = 7 * 2 * 264 * 256 * 16
+    _check_call(driver.calls[2], ("_wgmma24_kernel", (0, True, 2, 2, 0, 64, 16, False, False, False)), 264,
+                256, 5000, (1000, 1001, 1002, 1003, ws, 1004) + (11008, 4096, 16, 4096, 11008, 64), 6)
+    monkeypatch.setenv(cuda_backend.COOPERATIVE_ENV, "yes")
+    with pytest.raises(ValueError, match="CROSS_STREAM_COOPERATIVE: expected 0 or 1"):
+        cuda_backend.wgmma24_launch(*stream)
 
 
 def test_row_launch(driver):

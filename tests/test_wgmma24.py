@@ -476,6 +476,33 @@ def test_gpu_wgmma24_sized_stream(m, k, n, rng):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("m,k,n", [(4096, 4096, 16), (12288, 4096, 9), (700, 2056, 128)])
+def test_gpu_wgmma24_stream_cooperative(m, k, n, rng, monkeypatch):
+    """STREAM launched cooperatively (CROSS_STREAM_COOPERATIVE=1): right, the same bits twice, and the same
+    inside a CUDA graph, replayed on fresh X with the output poisoned."""
+    from cross.kernels import cuda_backend
+    from cross.kernels.launch import wgmma24_args, wgmma24_run
+
+    _needs_sm90()
+    monkeypatch.setenv(cuda_backend.COOPERATIVE_ENV, "1")
+    w = _unstructured(m, k, 0.3, rng).cuda()
+    args = wgmma24_args(Wgmma24Weight.from_dense(w, compressed=True, sized=True), 0)
+    _twice_the_same_bits(args, w, n, rng)
+    x = torch.randn(n, k, generator=rng).to(torch.bfloat16).cuda()
+    y = torch.empty(n, m, dtype=torch.bfloat16, device="cuda")
+    wgmma24_run(x, args, None, y)  # warm-up (the build) outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        wgmma24_run(x, args, None, y)
+    for _ in range(2):
+        x.copy_(torch.randn(n, k, generator=rng).to(torch.bfloat16))
+        y.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        assert _check(y, x, w, None) < 2e-2 and not args.counters.any()
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("compressed", [False, True])
 @pytest.mark.parametrize("split", [0, None])
 @pytest.mark.parametrize("m,k,n", [(2752, 4096, 16), (700, 2056, 128), (300, 520, 300), (64, 64, 40), (1000, 1032, 5)])

@@ -27,6 +27,10 @@ STAGES_ENV = "CROSS_CUDA_STAGES"
 DEFINES_ENV = "CROSS_CUDA_DEFINES"
 #: CROSS_CUBIN_CACHE=0 keeps no built cubin between processes (``cache_dir``)
 CUBIN_CACHE_ENV = "CROSS_CUBIN_CACHE"
+#: CROSS_STREAM_COOPERATIVE=1 launches the 2:4 kernel's STREAM launches cooperatively (every block
+#: resident at once, or an error instead of a hang where other kernels hold SMs): off until its cost
+#: and its capture in CUDA graphs are measured (docs/perf-notes.md, "STREAM's blocks must all be resident")
+COOPERATIVE_ENV = "CROSS_STREAM_COOPERATIVE"
 _SOURCE = "plan_matmul.cu"
 _HEADERS = ("dtype.cuh", "async.cuh", "strip_sum.cuh", "mma.cuh", "wgmma.cuh")  # what the sources #include, handed to NVRTC by name
 #: one-token launches of weights whose median BITMAP tile is sparser than this (nonzeros per tile
@@ -76,16 +80,29 @@ def _check(result, what: str):
     return result[1] if len(result) == 2 else result[1:]
 
 
-def _launch(func, grid: int, threads: int, smem: int, ptrs, ints, grid_y: int = 1) -> None:
+def _launch(func, grid: int, threads: int, smem: int, ptrs, ints, grid_y: int = 1, cooperative: bool = False) -> None:
     """cuLaunchKernel of ``func`` on PyTorch's current stream: ``grid`` x ``grid_y`` blocks of
     ``threads``, ``smem`` bytes of dynamic shared memory, the arguments ``ptrs`` (Pointers: device
-    pointers) and then ``ints`` (C ints), in kernel order."""
+    pointers) and then ``ints`` (C ints), in kernel order; ``cooperative``: cuLaunchCooperativeKernel
+    (all blocks resident at once, or the launch fails)."""
     driver, _ = _bindings()
     stream = driver.CUstream(torch.cuda.current_stream().cuda_stream)
     args = tuple(ptrs.values) + tuple(int(v) for v in ints)
     types = (ctypes.c_void_p,) * len(ptrs.values) + (ctypes.c_int,) * len(ints)
+    if cooperative:
+        _check(driver.cuLaunchCooperativeKernel(func, grid, grid_y, 1, threads, 1, 1, smem, stream, (args, types)),
+               "cuLaunchCooperativeKernel")
+        return
     _check(driver.cuLaunchKernel(func, grid, grid_y, 1, threads, 1, 1, smem, stream, (args, types), 0),
            "cuLaunchKernel")
+
+
+def stream_cooperative() -> bool:
+    """Whether STREAM launches are cooperative (``COOPERATIVE_ENV``: '1' on, '0' or unset off)."""
+    value = os.environ.get(COOPERATIVE_ENV, "0")
+    if value not in ("0", "1"):
+        raise ValueError(f"{COOPERATIVE_ENV}: expected 0 or 1, got {value!r}")
+    return value == "1"
 
 
 def stages(tile_m: int, tile_k: int, block_n: int, vals_bytes: int) -> int:
@@ -483,7 +500,7 @@ def wgmma24_launch(row_blocks: int, ntok: int, wgs: int, mt: int, split: int, sl
         ws = workspace(2 * grid * 64 * wgs * mt * ntok)
     _launch(func, grid, wgs * 128, smem,
             Pointers.of(x, y, bias, values, 0 if ws is None else ws.data_ptr(), counters, is_bf16=ptrs.is_bf16),
-            (m, k, n_tok, ldx, ldy, chunks))
+            (m, k, n_tok, ldx, ldy, chunks), cooperative=not split and stream_cooperative())
 
 
 # ---------------------------------------------------------------------- the slice kernel
