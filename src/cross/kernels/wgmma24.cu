@@ -86,17 +86,29 @@
 #define BLOCK_TIMES 0
 #endif
 #if BLOCK_TIMES >= 3  // thread 0 stamps step s of a summing block's end (%globaltimer) past the unit times
+#define END_CLOCK(t) asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t))
+#define END_STAMP_AT(s, t)                                                                               \
+    do {                                                                                                 \
+        if (tid == 0)                                                                                    \
+            reinterpret_cast<unsigned long long*>(ws + (size_t)2 * gridDim.x * R * NTOK)                 \
+                [(3 + UNIT_TIMES) * gridDim.x + 4 * blockIdx.x + (s)] = (t);                             \
+    } while (0)
 #define END_STAMP(s)                                                                                     \
     do {                                                                                                 \
-        if (tid == 0) {                                                                                  \
-            unsigned long long t_step;                                                                   \
-            asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t_step));                                \
-            reinterpret_cast<unsigned long long*>(ws + (size_t)2 * gridDim.x * R * NTOK)                 \
-                [(3 + UNIT_TIMES) * gridDim.x + 4 * blockIdx.x + (s)] = t_step;                          \
-        }                                                                                                \
+        unsigned long long t_step;                                                                       \
+        END_CLOCK(t_step);                                                                               \
+        END_STAMP_AT(s, t_step);                                                                         \
     } while (0)
 #else
+#define END_CLOCK(t) (void)(t)
+#define END_STAMP_AT(s, t) do {} while (0)
 #define END_STAMP(s) do {} while (0)
+#endif
+#ifndef END_RED
+#define END_RED 0  // STREAM's end by fp32 reductions at L2 and the output's last arrival (a diagnostic: below)
+#endif
+#if END_RED && NTOK > 64
+#error "END_RED holds a block's whole share in registers: up to 64 tokens"
 #endif
 #ifndef SUM_LOADS
 #define SUM_LOADS 32  // STREAM's end: the partial sums' loads a thread keeps in flight together (a power of 2)
@@ -578,6 +590,48 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
         if (uc == chunks - 1 || i == nun - 1) {  // this block's last unit of output uo
             const u32 first = uo * chunks;
             const u32 jf = block_of(first, units, gridDim.x), jl = block_of(first + chunks - 1, units, gridDim.x);
+#if END_RED
+            if (jf != jl && !(ABLATE & 8)) {
+                // END_RED=1 (a diagnostic, not deterministic: the sums' order is the arrivals'): every
+                // block of uo adds its accumulators into block jl's slot 0 by fp32 reductions at L2 (uo
+                // is block jl's first output, so the slot is uo's alone), four at a time, in the thread's
+                // own positions; the output's last arrival (the counter's acq_rel increment, wrapping to
+                // zero) reads them back, writes Y and zeroes the slot for the next launch (the slots are
+                // zero before the first: benchmarks/wgmma24_ablate.py's launcher). No block waits
+                float* area = ws + (size_t)jl * 2 * (R * NTOK);
+                unsigned long long t0, t1;
+                END_CLOCK(t0);
+#pragma unroll
+                for (int f = 0; f < MT * NACC; f += 4)
+                    asm volatile("red.relaxed.gpu.global.add.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"l"(
+                                     area + ((size_t)(f / 4) * THREADS + tid) * 4),
+                                 "f"(acc[f / NACC][f % NACC]), "f"(acc[f / NACC][f % NACC + 1]),
+                                 "f"(acc[f / NACC][f % NACC + 2]), "f"(acc[f / NACC][f % NACC + 3])
+                                 : "memory");
+                __syncthreads();
+                END_CLOCK(t1);
+                __shared__ u32 last;
+                if (tid == 0) last = arrive_inc_acq_rel_gpu(counters + jf, jl - jf) == jl - jf;
+                __syncthreads();
+                if (last) {
+                    END_STAMP_AT(0, t0);
+                    END_STAMP_AT(1, t1);
+                    END_STAMP(2);
+                    float4 v[MT * NACC / 4];
+#pragma unroll
+                    for (int q = 0; q < MT * NACC / 4; ++q)
+                        v[q] = __ldcg(reinterpret_cast<const float4*>(area) + (size_t)q * THREADS + tid);
+#pragma unroll
+                    for (int q = 0; q < MT * NACC / 4; ++q)
+                        __stcg(reinterpret_cast<float4*>(area) + (size_t)q * THREADS + tid, make_float4(0.f, 0.f, 0.f, 0.f));
+#pragma unroll
+                    for (int f = 0; f < MT * NACC; ++f)
+                        store_one(y, bias, (uo / tiles) * R, (uo % tiles) * NTOK, m, n_tok, ldy, wg, warp, lane, f,
+                                  f % 4 == 0 ? v[f / 4].x : f % 4 == 1 ? v[f / 4].y : f % 4 == 2 ? v[f / 4].z : v[f / 4].w);
+                    END_STAMP(3);
+                }
+            } else
+#endif
             if (jf != jl && !(ABLATE & 8)) {  // uo's units are split across blocks
                 // the partial sums to slot 0 (uo is the block's first output) or 1 (its last), thread-major;
                 // the block's stores happen before thread 0's release (bar.sync, then a release at GPU
