@@ -300,7 +300,7 @@ def sum_share(jf, jl, lo, hi, threads):
     return rounds
 
 
-@pytest.mark.parametrize("outputs,chunks,blocks", [
+STREAM_GRIDS = [
     (16, 64, 264),   # 4096 rows at 16 tokens: each output over ~16.5 blocks
     (48, 64, 264),   # 12288 rows: ~5.5 blocks per output
     (86, 64, 264),   # 22016 rows (gate, up stacked): ~3.1 blocks per output
@@ -308,7 +308,17 @@ def sum_share(jf, jl, lo, hi, threads):
     (3, 5, 4),       # few units: outputs split 2 ways, and blocks holding an output's middle
     (7, 3, 7),       # one output per block: nothing split
     (5, 4, 6),       # outputs of 4 units over 6 blocks
-])
+]
+
+
+def _row_tok(tid, f, mt, nacc):
+    """The row and token of thread tid's accumulator f (of mt x nacc) in its output (m64nNk16 layout)."""
+    wg, warp, lane, i = tid >> 7, (tid & 127) >> 5, tid & 31, f % nacc
+    row = (wg * mt + f // nacc) * 64 + 16 * warp + (lane >> 2) + 8 * ((i >> 1) & 1)
+    return row, 8 * (i >> 2) + 2 * (lane & 3) + (i & 1)
+
+
+@pytest.mark.parametrize("outputs,chunks,blocks", STREAM_GRIDS)
 @pytest.mark.parametrize("wgs,mt,ntok", [(2, 2, 16), (1, 1, 32), (2, 1, 64)])
 def test_stream_end_sums_every_value_once(outputs, chunks, blocks, wgs, mt, ntok):
     """STREAM's end (wgmma24.cu), transcribed: block j takes units [j U / P, (j + 1) U / P); an output
@@ -327,9 +337,7 @@ def test_stream_end_sums_every_value_once(outputs, chunks, blocks, wgs, mt, ntok
     unit_acc = rng.standard_normal((outputs, chunks, threads, regs))  # a unit's accumulators, per thread
 
     def row_tok(tid, f):
-        wg, warp, lane, i = tid >> 7, (tid & 127) >> 5, tid & 31, f % nacc
-        row = (wg * mt + f // nacc) * 64 + 16 * warp + (lane >> 2) + 8 * ((i >> 1) & 1)
-        return row, 8 * (i >> 2) + 2 * (lane & 3) + (i & 1)
+        return _row_tok(tid, f, mt, nacc)
 
     y = np.full((outputs, R, ntok), np.nan)
     writes = np.zeros((outputs, R, ntok), dtype=int)
@@ -383,3 +391,58 @@ def test_stream_end_sums_every_value_once(outputs, chunks, blocks, wgs, mt, ntok
             r, t = row_tok(tid, f)
             want[:, r, t] = unit_acc[:, :, tid, f].sum(axis=1)
     np.testing.assert_allclose(y, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("outputs,chunks,blocks", STREAM_GRIDS)
+@pytest.mark.parametrize("wgs,mt,ntok", [(2, 2, 16), (1, 1, 32), (2, 1, 64)])
+def test_stream_end_red_sums_every_value_once(outputs, chunks, blocks, wgs, mt, ntok):
+    """The END_RED=1 build's end (wgmma24.cu), transcribed: every block of an output split across blocks
+    jf .. jl adds its accumulators into block jl's slot 0 (R NTOK floats), accumulator f of thread tid at
+    ((f / 4) THREADS + tid) 4 + f % 4, the blocks arriving in any order; the arrival that makes the
+    count jl - jf + 1 reads its own positions back, writes them to Y and zeroes them. Each split output's
+    slot is its own (block jl's units start inside it), the positions cover the slot once, every value
+    of every output is written once and is the sum of its units' partials, and the slots are zero after."""
+    rng = np.random.default_rng(outputs * 1000 + chunks + 7)
+    threads, nacc = 128 * wgs, ntok // 2
+    R, regs = 64 * wgs * mt, mt * nacc
+    units = outputs * chunks
+    unit_acc = rng.standard_normal((outputs, chunks, threads, regs))
+    pos = np.array([[((f // 4) * threads + tid) * 4 + f % 4 for f in range(regs)] for tid in range(threads)])
+    assert sorted(pos.reshape(-1)) == list(range(R * ntok))  # a slot's floats, each one thread's once
+    ws = np.zeros((blocks, 2, R * ntok))
+    y = np.full((outputs, R, ntok), np.nan)
+    writes = np.zeros((outputs, R, ntok), dtype=int)
+    ranges = [(j * units // blocks, (j + 1) * units // blocks) for j in range(blocks)]
+    arrivals, owner = [], {}
+    for j, (u0, u1) in enumerate(ranges):
+        for uo in sorted({u // chunks for u in range(u0, u1)}):
+            first = uo * chunks
+            jf, jl = _block_of(first, units, blocks), _block_of(first + chunks - 1, units, blocks)
+            acc = sum(unit_acc[uo, u - first] for u in range(max(u0, first), min(u1, first + chunks)))
+            if jf == jl:
+                for tid in range(threads):
+                    for f in range(regs):
+                        y[(uo,) + _row_tok(tid, f, mt, nacc)] = acc[tid, f]
+                        writes[(uo,) + _row_tok(tid, f, mt, nacc)] += 1
+            else:
+                assert ranges[jl][0] >= first and owner.setdefault(jl, uo) == uo  # block jl's slot 0 is uo's alone
+                arrivals.append((jf, jl, uo, acc))
+    counts = {}
+    for i in rng.permutation(len(arrivals)):  # the arrivals in any order
+        jf, jl, uo, acc = arrivals[i]
+        area = ws[jl, 0]
+        area[pos] += acc
+        counts[jf] = counts.get(jf, 0) + 1
+        if counts[jf] == jl - jf + 1:  # the last arrival: its own positions back, Y, the slot zeroed
+            for tid in range(threads):
+                for f in range(regs):
+                    y[(uo,) + _row_tok(tid, f, mt, nacc)] = area[pos[tid, f]]
+                    writes[(uo,) + _row_tok(tid, f, mt, nacc)] += 1
+            area[pos] = 0.0
+    assert (writes == 1).all() and not ws.any()
+    want = np.zeros((outputs, R, ntok))
+    for tid in range(threads):
+        for f in range(regs):
+            r, t = _row_tok(tid, f, mt, nacc)
+            want[:, r, t] = unit_acc[:, :, tid, f].sum(axis=1)
+    np.testing.assert_allclose(y, want, rtol=1e-9, atol=1e-9)
