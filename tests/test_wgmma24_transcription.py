@@ -318,6 +318,28 @@ def _row_tok(tid, f, mt, nacc):
     return row, 8 * (i >> 2) + 2 * (lane & 3) + (i & 1)
 
 
+def _stream_partials(unit_acc, blocks):
+    """STREAM's blocks' partial sums (unit_acc: [outputs, chunks, threads, registers], a unit's
+    accumulators): for each block j and output uo it holds units of, (j, its first unit u0, uo, jf, jl,
+    the accumulators summed over j's units of uo), block jf .. jl holding uo's units."""
+    outputs, chunks = unit_acc.shape[:2]
+    units = outputs * chunks
+    for j in range(blocks):
+        u0, u1 = j * units // blocks, (j + 1) * units // blocks
+        for uo in sorted({u // chunks for u in range(u0, u1)}):
+            first = uo * chunks
+            jf, jl = _block_of(first, units, blocks), _block_of(first + chunks - 1, units, blocks)
+            yield j, u0, uo, jf, jl, sum(unit_acc[uo, u - first] for u in range(max(u0, first), min(u1, first + chunks)))
+
+
+def _write(y, writes, uo, value, mt, nacc):
+    """Output uo's values written from value(tid, f), each counted in ``writes``."""
+    for tid in range(y.shape[1] * y.shape[2] // (mt * nacc)):
+        for f in range(mt * nacc):
+            y[(uo,) + _row_tok(tid, f, mt, nacc)] = value(tid, f)
+            writes[(uo,) + _row_tok(tid, f, mt, nacc)] += 1
+
+
 @pytest.mark.parametrize("outputs,chunks,blocks", STREAM_GRIDS)
 @pytest.mark.parametrize("wgs,mt,ntok", [(2, 2, 16), (1, 1, 32), (2, 1, 64)])
 def test_stream_end_sums_every_value_once(outputs, chunks, blocks, wgs, mt, ntok):
@@ -344,19 +366,12 @@ def test_stream_end_sums_every_value_once(outputs, chunks, blocks, wgs, mt, ntok
     slots = {}  # (block, 0 or 1) -> its partial sums, thread-major
     counters = set()
     ranges = [(j * units // blocks, (j + 1) * units // blocks) for j in range(blocks)]
-    for j, (u0, u1) in enumerate(ranges):  # first every block's partials (the arrivals) ...
-        for uo in sorted({u // chunks for u in range(u0, u1)}):
-            first = uo * chunks
-            jf, jl = _block_of(first, units, blocks), _block_of(first + chunks - 1, units, blocks)
-            acc = sum(unit_acc[uo, u - first] for u in range(max(u0, first), min(u1, first + chunks)))
-            if jf == jl:
-                for tid in range(threads):
-                    for f in range(regs):
-                        y[(uo,) + row_tok(tid, f)] = acc[tid, f]
-                        writes[(uo,) + row_tok(tid, f)] += 1
-            else:
-                slots[(j, 0 if u0 >= first else 1)] = acc.T.reshape(-1)  # part[f THREADS + tid]
-                counters.add((jf, uo))
+    for j, u0, uo, jf, jl, acc in _stream_partials(unit_acc, blocks):  # first every block's partials (the arrivals) ...
+        if jf == jl:
+            _write(y, writes, uo, lambda tid, f: acc[tid, f], mt, nacc)
+        else:
+            slots[(j, 0 if u0 >= uo * chunks else 1)] = acc.T.reshape(-1)  # part[f THREADS + tid]
+            counters.add((jf, uo))
     assert len({jf for jf, _ in counters}) == len(counters)  # one split output per counter
     for jf, uo in counters:  # ... then the blocks that end with each split output sum it
         first = uo * chunks
@@ -412,21 +427,13 @@ def test_stream_end_red_sums_every_value_once(outputs, chunks, blocks, wgs, mt, 
     ws = np.zeros((blocks, 2, R * ntok))
     y = np.full((outputs, R, ntok), np.nan)
     writes = np.zeros((outputs, R, ntok), dtype=int)
-    ranges = [(j * units // blocks, (j + 1) * units // blocks) for j in range(blocks)]
     arrivals, owner = [], {}
-    for j, (u0, u1) in enumerate(ranges):
-        for uo in sorted({u // chunks for u in range(u0, u1)}):
-            first = uo * chunks
-            jf, jl = _block_of(first, units, blocks), _block_of(first + chunks - 1, units, blocks)
-            acc = sum(unit_acc[uo, u - first] for u in range(max(u0, first), min(u1, first + chunks)))
-            if jf == jl:
-                for tid in range(threads):
-                    for f in range(regs):
-                        y[(uo,) + _row_tok(tid, f, mt, nacc)] = acc[tid, f]
-                        writes[(uo,) + _row_tok(tid, f, mt, nacc)] += 1
-            else:
-                assert ranges[jl][0] >= first and owner.setdefault(jl, uo) == uo  # block jl's slot 0 is uo's alone
-                arrivals.append((jf, jl, uo, acc))
+    for j, u0, uo, jf, jl, acc in _stream_partials(unit_acc, blocks):
+        if jf == jl:
+            _write(y, writes, uo, lambda tid, f: acc[tid, f], mt, nacc)
+        else:  # block jl's slot 0 is uo's alone: jl's units start inside uo, and no other output's jl is jl
+            assert jl * units // blocks >= uo * chunks and owner.setdefault(jl, uo) == uo
+            arrivals.append((jf, jl, uo, acc))
     counts = {}
     for i in rng.permutation(len(arrivals)):  # the arrivals in any order
         jf, jl, uo, acc = arrivals[i]
@@ -434,10 +441,7 @@ def test_stream_end_red_sums_every_value_once(outputs, chunks, blocks, wgs, mt, 
         area[pos] += acc
         counts[jf] = counts.get(jf, 0) + 1
         if counts[jf] == jl - jf + 1:  # the last arrival: its own positions back, Y, the slot zeroed
-            for tid in range(threads):
-                for f in range(regs):
-                    y[(uo,) + _row_tok(tid, f, mt, nacc)] = area[pos[tid, f]]
-                    writes[(uo,) + _row_tok(tid, f, mt, nacc)] += 1
+            _write(y, writes, uo, lambda tid, f: area[pos[tid, f]], mt, nacc)
             area[pos] = 0.0
     assert (writes == 1).all() and not ws.any()
     want = np.zeros((outputs, R, ntok))
