@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# What STREAM's sums step is made of, in one device call (~480 s on the H100; the steps in order of
+# What STREAM's sums step is made of, in one device call (~280 s on the H100; the steps in order of
 # what they tell, so that a shorter call keeps the first; memcheck over the 2:4 kernel's STREAM tests late): the four-layer sequence at 70%, 16 tokens,
 # with the end's steps (benchmarks/wgmma24_sequence.py --end-steps; its per-block stamps kept as
 # blocks.tgz) as built, without the sums' loads (-DABLATE=16), without their stores to Y (-DABLATE=32),

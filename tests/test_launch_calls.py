@@ -38,6 +38,7 @@ def driver(monkeypatch):
     for name in ("_strip_kernel", "_sparse24_kernel", "_slice_kernel", "_row_kernel", "_decode_kernel"):
         monkeypatch.setattr(cuda_backend, name, lambda *a, _n=name: (_n, a))
     monkeypatch.setattr(cuda_backend, "_wgmma24_kernel", lambda *a: (("_wgmma24_kernel", a), 5000, 2))
+    monkeypatch.delenv(cuda_backend.COOPERATIVE_ENV, raising=False)
     monkeypatch.setattr(cuda_backend, "workspace", lambda floats: types.SimpleNamespace(data_ptr=lambda: 7 * floats))
     monkeypatch.setattr(cuda_backend, "_kernel", lambda *a: ("module", ("_kernel", a), 4096))
     return fake
@@ -105,8 +106,8 @@ def test_wgmma24_launch_compressed(driver, sized):
 
 
 def test_wgmma24_stream_cooperative(driver, monkeypatch):
-    """CROSS_STREAM_COOPERATIVE=1: STREAM launches by cuLaunchCooperativeKernel with the same arguments,
-    cluster launches as before; unset or 0 none; another value refused."""
+    """STREAM launches by cuLaunchCooperativeKernel with the same arguments (CROSS_STREAM_COOPERATIVE unset
+    or 1), cluster launches by cuLaunchKernel; 0: STREAM by cuLaunchKernel too; another value refused."""
     stream = (43, 16, 2, 2, 0, 64, _ptrs(5), 11008, 4096, 16, 4096, 11008, 64, 132)
     cluster = (43, 16, 2, 2, 3, 1024, _ptrs(5), 11008, 4096, 16, 4096, 11008, 64, 132)
     cuda_backend.wgmma24_launch(*stream)
@@ -115,7 +116,7 @@ def test_wgmma24_stream_cooperative(driver, monkeypatch):
     monkeypatch.setenv(cuda_backend.COOPERATIVE_ENV, "1")
     cuda_backend.wgmma24_launch(*stream)
     cuda_backend.wgmma24_launch(*cluster)
-    assert [c.get("cooperative", False) for c in driver.calls] == [False, False, True, False]
+    assert [c.get("cooperative", False) for c in driver.calls] == [True, False, True, False]
     ws = 7 * 2 * 264 * 256 * 16
     _check_call(driver.calls[2], ("_wgmma24_kernel", (0, True, 2, 2, 0, 64, 16, False, False, False)), 264,
                 256, 5000, (1000, 1001, 1002, 1003, ws, 1004) + (11008, 4096, 16, 4096, 11008, 64), 6)

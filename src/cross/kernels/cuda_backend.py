@@ -27,9 +27,10 @@ STAGES_ENV = "CROSS_CUDA_STAGES"
 DEFINES_ENV = "CROSS_CUDA_DEFINES"
 #: CROSS_CUBIN_CACHE=0 keeps no built cubin between processes (``cache_dir``)
 CUBIN_CACHE_ENV = "CROSS_CUBIN_CACHE"
-#: CROSS_STREAM_COOPERATIVE=1 launches the 2:4 kernel's STREAM launches cooperatively (every block
-#: resident at once, or an error instead of a hang where other kernels hold SMs): off until its cost
-#: and its capture in CUDA graphs are measured (docs/perf-notes.md, "STREAM's blocks must all be resident")
+#: The 2:4 kernel's STREAM launches are cooperative (cuLaunchCooperativeKernel: every block resident at
+#: once, as STREAM's end needs, or an error instead of a hang where other kernels hold SMs); measured at
+#: no cost and captured in CUDA graphs (docs/perf-notes.md, "What the sums step is, and END_RED,
+#: measured"); CROSS_STREAM_COOPERATIVE=0 launches them by cuLaunchKernel
 COOPERATIVE_ENV = "CROSS_STREAM_COOPERATIVE"
 _SOURCE = "plan_matmul.cu"
 _HEADERS = ("dtype.cuh", "async.cuh", "strip_sum.cuh", "mma.cuh", "wgmma.cuh")  # what the sources #include, handed to NVRTC by name
@@ -98,8 +99,8 @@ def _launch(func, grid: int, threads: int, smem: int, ptrs, ints, grid_y: int = 
 
 
 def stream_cooperative() -> bool:
-    """Whether STREAM launches are cooperative (``COOPERATIVE_ENV``: '1' on, '0' or unset off)."""
-    value = os.environ.get(COOPERATIVE_ENV, "0")
+    """Whether STREAM launches are cooperative (``COOPERATIVE_ENV``: '1' or unset on, '0' off)."""
+    value = os.environ.get(COOPERATIVE_ENV, "1")
     if value not in ("0", "1"):
         raise ValueError(f"{COOPERATIVE_ENV}: expected 0 or 1, got {value!r}")
     return value == "1"
