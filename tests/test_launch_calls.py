@@ -39,6 +39,7 @@ def driver(monkeypatch):
         monkeypatch.setattr(cuda_backend, name, lambda *a, _n=name: (_n, a))
     monkeypatch.setattr(cuda_backend, "_wgmma24_kernel", lambda *a: (("_wgmma24_kernel", a), 5000, 2))
     monkeypatch.delenv(cuda_backend.COOPERATIVE_ENV, raising=False)
+    monkeypatch.delenv(cuda_backend.REDUCE_ENV, raising=False)
     monkeypatch.setattr(cuda_backend, "workspace", lambda floats: types.SimpleNamespace(data_ptr=lambda: 7 * floats))
     monkeypatch.setattr(cuda_backend, "_kernel", lambda *a: ("module", ("_kernel", a), 4096))
     return fake
@@ -81,7 +82,7 @@ def test_wgmma24_launch(driver, n_tok, ntok, tiles):
     """Split 3: one block per row block, token tile and part of K (clusters of 3 consecutive blocks),
     no workspace."""
     cuda_backend.wgmma24_launch(43, ntok, 2, 2, 3, 64, _ptrs(5), 11008, 4096, n_tok, 4096, 11008, 64, 132)
-    _check_call(driver.calls[0], ("_wgmma24_kernel", (0, True, 2, 2, 3, 64, ntok, False, False, False)), 43 * tiles * 3,
+    _check_call(driver.calls[0], ("_wgmma24_kernel", (0, True, 2, 2, 3, 64, ntok, False, False, False, False)), 43 * tiles * 3,
                 256, 5000, (1000, 1001, 1002, 1003, 0, 1004) + (11008, 4096, n_tok, 4096, 11008, 64), 6)
 
 
@@ -91,7 +92,7 @@ def test_wgmma24_launch_stream(driver, n_tok, ntok, tiles):
     of two slots of R x NTOK floats per block."""
     cuda_backend.wgmma24_launch(43, ntok, 2, 2, 0, 64, _ptrs(5), 11008, 4096, n_tok, 4096, 11008, 64, 132)
     ws = 7 * 2 * 264 * 256 * ntok
-    _check_call(driver.calls[0], ("_wgmma24_kernel", (0, True, 2, 2, 0, 64, ntok, False, False, False)), 264,
+    _check_call(driver.calls[0], ("_wgmma24_kernel", (0, True, 2, 2, 0, 64, ntok, False, False, False, False)), 264,
                 256, 5000, (1000, 1001, 1002, 1003, ws, 1004) + (11008, 4096, n_tok, 4096, 11008, 64), 6)
 
 
@@ -101,7 +102,7 @@ def test_wgmma24_launch_compressed(driver, sized):
     at the front of the values)."""
     cuda_backend.wgmma24_launch(43, 16, 2, 2, 3, 1024, _ptrs(5), 11008, 4096, 16, 4096, 11008, 64, 132, True, True,
                                 sized)
-    _check_call(driver.calls[0], ("_wgmma24_kernel", (0, True, 2, 2, 3, 1024, 16, True, True, sized)), 43 * 3, 256,
+    _check_call(driver.calls[0], ("_wgmma24_kernel", (0, True, 2, 2, 3, 1024, 16, True, True, sized, False)), 43 * 3, 256,
                 5000, (1000, 1001, 1002, 1003, 0, 1004) + (11008, 4096, 16, 4096, 11008, 64), 6)
 
 
@@ -118,11 +119,35 @@ def test_wgmma24_stream_cooperative(driver, monkeypatch):
     cuda_backend.wgmma24_launch(*cluster)
     assert [c.get("cooperative", False) for c in driver.calls] == [True, False, True, False]
     ws = 7 * 2 * 264 * 256 * 16
-    _check_call(driver.calls[2], ("_wgmma24_kernel", (0, True, 2, 2, 0, 64, 16, False, False, False)), 264,
+    _check_call(driver.calls[2], ("_wgmma24_kernel", (0, True, 2, 2, 0, 64, 16, False, False, False, False)), 264,
                 256, 5000, (1000, 1001, 1002, 1003, ws, 1004) + (11008, 4096, 16, 4096, 11008, 64), 6)
     monkeypatch.setenv(cuda_backend.COOPERATIVE_ENV, "yes")
     with pytest.raises(ValueError, match="CROSS_STREAM_COOPERATIVE: expected 0 or 1"):
         cuda_backend.wgmma24_launch(*stream)
+
+
+def test_wgmma24_stream_reduce(driver, monkeypatch):
+    """CROSS_STREAM_REDUCE=1: STREAM launches of up to 64 tokens build END_RED and take the GPU's zeroed
+    reduction area as their workspace, the same one each launch; 128 tokens and cluster launches as
+    before; unset or 0 none; another value refused."""
+    area = types.SimpleNamespace(data_ptr=lambda: 4242)
+    monkeypatch.setattr(cuda_backend, "reduce_area", lambda device: area if device == 0 else None)
+
+    def launch(ntok, split=0):
+        cuda_backend.wgmma24_launch(43, ntok, 2, 2, split, 64, _ptrs(5), 11008, 4096, 16, 4096, 11008, 64, 132)
+        call = driver.calls[-1]
+        return call["func"][1][-1], call["args"][0][4]  # the build's reduce, the workspace pointer
+
+    assert launch(16) == (False, 7 * 2 * 264 * 256 * 16)
+    monkeypatch.setenv(cuda_backend.REDUCE_ENV, "1")
+    assert [launch(16), launch(64), launch(16)] == [(True, 4242)] * 3
+    assert launch(128) == (False, 7 * 2 * 264 * 256 * 128)
+    assert launch(16, split=3) == (False, 0)
+    monkeypatch.setenv(cuda_backend.REDUCE_ENV, "0")
+    assert launch(16) == (False, 7 * 2 * 264 * 256 * 16)
+    monkeypatch.setenv(cuda_backend.REDUCE_ENV, "on")
+    with pytest.raises(ValueError, match="CROSS_STREAM_REDUCE: expected 0 or 1"):
+        launch(16)
 
 
 def test_row_launch(driver):

@@ -503,6 +503,44 @@ def test_gpu_wgmma24_stream_cooperative(m, k, n, rng, monkeypatch):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("sized", [False, True])
+@pytest.mark.parametrize("m,k,n", [(4096, 4096, 16), (12288, 4096, 9), (22016, 4096, 16), (700, 2056, 64),
+                                   (300, 520, 33), (700, 2056, 128)])
+def test_gpu_wgmma24_stream_reduce(m, k, n, sized, rng, monkeypatch):
+    """CROSS_STREAM_REDUCE=1 (split outputs summed by fp32 reductions, END_RED, up to 64 tokens; 128 by the
+    deterministic end): right against fp32 on fresh X each launch with the output poisoned, eagerly and
+    replayed in a CUDA graph, the counters and the reductions' area back to zero after every launch."""
+    from cross.kernels import cuda_backend
+    from cross.kernels.launch import wgmma24_args, wgmma24_run
+
+    _needs_sm90()
+    monkeypatch.setenv(cuda_backend.REDUCE_ENV, "1")
+    w = _unstructured(m, k, 0.3, rng).cuda()
+    args = wgmma24_args(Wgmma24Weight.from_dense(w, compressed=True, sized=sized), 0)
+    area = cuda_backend.reduce_area(torch.cuda.current_device())
+    x = torch.empty(n, k, dtype=torch.bfloat16, device="cuda")
+    y = torch.empty(n, m, dtype=torch.bfloat16, device="cuda")
+
+    def fresh():
+        x.copy_(torch.randn(n, k, generator=rng).to(torch.bfloat16))
+        y.fill_(float("nan"))
+
+    for _ in range(3):
+        fresh()
+        wgmma24_run(x, args, None, y)
+        torch.cuda.synchronize()
+        assert _check(y, x, w, None) < 2e-2 and not args.counters.any() and not area.any()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        wgmma24_run(x, args, None, y)
+    for _ in range(3):
+        fresh()
+        graph.replay()
+        torch.cuda.synchronize()
+        assert _check(y, x, w, None) < 2e-2 and not args.counters.any() and not area.any()
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("compressed", [False, True])
 @pytest.mark.parametrize("split", [0, None])
 @pytest.mark.parametrize("m,k,n", [(2752, 4096, 16), (700, 2056, 128), (300, 520, 300), (64, 64, 40), (1000, 1032, 5)])

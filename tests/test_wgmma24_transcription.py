@@ -412,7 +412,7 @@ def test_stream_end_sums_every_value_once(outputs, chunks, blocks, wgs, mt, ntok
 @pytest.mark.parametrize("wgs,mt,ntok", [(2, 2, 16), (1, 1, 32), (2, 1, 64)])
 def test_stream_end_red_sums_every_value_once(outputs, chunks, blocks, wgs, mt, ntok):
     """The END_RED=1 build's end (wgmma24.cu), transcribed: every block of an output split across blocks
-    jf .. jl adds its accumulators into block jl's slot 0 (R NTOK floats), accumulator f of thread tid at
+    jf .. jl adds its accumulators into block jl's slot (R NTOK floats from jl R NTOK), accumulator f of thread tid at
     ((f / 4) THREADS + tid) 4 + f % 4, the blocks arriving in any order; the arrival that makes the
     count jl - jf + 1 reads its own positions back, writes them to Y and zeroes them. Each split output's
     slot is its own (block jl's units start inside it), the positions cover the slot once, every value
@@ -424,20 +424,20 @@ def test_stream_end_red_sums_every_value_once(outputs, chunks, blocks, wgs, mt, 
     unit_acc = rng.standard_normal((outputs, chunks, threads, regs))
     pos = np.array([[((f // 4) * threads + tid) * 4 + f % 4 for f in range(regs)] for tid in range(threads)])
     assert sorted(pos.reshape(-1)) == list(range(R * ntok))  # a slot's floats, each one thread's once
-    ws = np.zeros((blocks, 2, R * ntok))
+    ws = np.zeros((blocks, R * ntok))
     y = np.full((outputs, R, ntok), np.nan)
     writes = np.zeros((outputs, R, ntok), dtype=int)
     arrivals, owner = [], {}
     for j, u0, uo, jf, jl, acc in _stream_partials(unit_acc, blocks):
         if jf == jl:
             _write(y, writes, uo, lambda tid, f: acc[tid, f], mt, nacc)
-        else:  # block jl's slot 0 is uo's alone: jl's units start inside uo, and no other output's jl is jl
+        else:  # block jl's slot is uo's alone: jl's units start inside uo, and no other output's jl is jl
             assert jl * units // blocks >= uo * chunks and owner.setdefault(jl, uo) == uo
             arrivals.append((jf, jl, uo, acc))
     counts = {}
     for i in rng.permutation(len(arrivals)):  # the arrivals in any order
         jf, jl, uo, acc = arrivals[i]
-        area = ws[jl, 0]
+        area = ws[jl]
         area[pos] += acc
         counts[jf] = counts.get(jf, 0) + 1
         if counts[jf] == jl - jf + 1:  # the last arrival: its own positions back, Y, the slot zeroed

@@ -32,6 +32,13 @@ CUBIN_CACHE_ENV = "CROSS_CUBIN_CACHE"
 #: no cost and captured in CUDA graphs (docs/perf-notes.md, "What the sums step is, and END_RED,
 #: measured"); CROSS_STREAM_COOPERATIVE=0 launches them by cuLaunchKernel
 COOPERATIVE_ENV = "CROSS_STREAM_COOPERATIVE"
+#: CROSS_STREAM_REDUCE=1: the 2:4 kernel's STREAM launches of up to 64 tokens sum an output split across
+#: blocks by fp32 reductions at L2, its last block writing it (wgmma24.cu's END_RED: 5-6% faster on the
+#: decoder's sequence, docs/perf-notes.md), instead of its blocks waiting for each other and summing in
+#: block order: not bitwise deterministic (the sums' order is the blocks' arrivals'), and the launches of
+#: one GPU share one zeroed area (``reduce_area``), so they must not run on two streams at once. Off (0)
+#: by default until the decoder measures it
+REDUCE_ENV = "CROSS_STREAM_REDUCE"
 _SOURCE = "plan_matmul.cu"
 _HEADERS = ("dtype.cuh", "async.cuh", "strip_sum.cuh", "mma.cuh", "wgmma.cuh")  # what the sources #include, handed to NVRTC by name
 #: one-token launches of weights whose median BITMAP tile is sparser than this (nonzeros per tile
@@ -103,6 +110,15 @@ def stream_cooperative() -> bool:
     value = os.environ.get(COOPERATIVE_ENV, "1")
     if value not in ("0", "1"):
         raise ValueError(f"{COOPERATIVE_ENV}: expected 0 or 1, got {value!r}")
+    return value == "1"
+
+
+def stream_reduce() -> bool:
+    """Whether STREAM launches of up to ``REDUCE_MAX_TOKENS`` tokens sum split outputs by fp32 reductions
+    (``REDUCE_ENV``: '1' on, '0' or unset off)."""
+    value = os.environ.get(REDUCE_ENV, "0")
+    if value not in ("0", "1"):
+        raise ValueError(f"{REDUCE_ENV}: expected 0 or 1, got {value!r}")
     return value == "1"
 
 
@@ -435,11 +451,13 @@ def defined_stages(defines: tuple[str, ...]) -> int:
 
 @functools.lru_cache(maxsize=None)
 def _wgmma24_kernel(device_index: int, is_bf16: bool, wgs: int, mt: int, split: int, slots: int, ntok: int,
-                    compressed: bool = False, over: bool = False, sized: bool = False):
-    """(function, dynamic shared memory, blocks per SM) of a wgmma24 build."""
+                    compressed: bool = False, over: bool = False, sized: bool = False, reduce: bool = False):
+    """(function, dynamic shared memory, blocks per SM) of a wgmma24 build (``reduce``: STREAM's end by
+    fp32 reductions, END_RED)."""
     from ..pack.wgmma24 import smem_bytes
 
-    defines = wgmma24_defines(is_bf16, wgs, mt, split, slots, ntok, compressed, over, sized)
+    defines = wgmma24_defines(is_bf16, wgs, mt, split, slots, ntok, compressed, over, sized) + (
+        ("-DEND_RED=1",) if reduce else ())
     smem = smem_bytes(wgs, mt, slots, ntok, defined_stages(defines), compressed)
     _, func = _compile(device_index, _WGMMA24_SOURCE, "wgmma24", defines, smem, arch_specific=True)
     return func, smem, resident_blocks(func, wgs * 128, smem)
@@ -472,6 +490,30 @@ def wgmma24_stream_blocks(units: int, sms: int, per_sm: int) -> int:
 WGMMA24_MAX_PER_SM, WGMMA24_MIN_UNITS = 4, 4
 
 
+#: END_RED builds: at most this many tokens per block (the kernel holds a block's share in registers)
+REDUCE_MAX_TOKENS = 64
+
+
+_REDUCE_AREAS: dict[int, torch.Tensor] = {}
+
+
+def reduce_area(device_index: int) -> torch.Tensor:
+    """The zeroed fp32 area of a GPU's END_RED launches: a slot of R x NTOK floats per block, for the
+    largest launch (every SM's WGMMA24_MAX_PER_SM blocks of 256 rows and REDUCE_MAX_TOKENS tokens; 35 MB
+    on 132 SMs); each launch leaves it zero. Allocated once and kept, so CUDA graphs that captured its
+    address stay valid; not inside a capture (its zeros would only be written at the graph's replay):
+    ``wgmma24_args`` allocates it when the weight's launches are resolved."""
+    area = _REDUCE_AREAS.get(device_index)
+    if area is None:
+        if torch.cuda.is_current_stream_capturing():
+            raise RuntimeError(f"{REDUCE_ENV}=1: the reductions' area of cuda:{device_index} must be allocated "
+                               "before a CUDA graph capture (build the weights' launch arguments first)")
+        sms = torch.cuda.get_device_properties(device_index).multi_processor_count
+        area = _REDUCE_AREAS[device_index] = torch.zeros(sms * WGMMA24_MAX_PER_SM * 256 * REDUCE_MAX_TOKENS,
+                                                         dtype=torch.float32, device=torch.device("cuda", device_index))
+    return area
+
+
 def workspace(floats: int) -> torch.Tensor:
     """fp32 scratch of a launch on the current GPU, from PyTorch's caching allocator (kept for the
     stream's later work once the launch's tensor is dropped)."""
@@ -486,11 +528,13 @@ def wgmma24_launch(row_blocks: int, ntok: int, wgs: int, mt: int, split: int, sl
     sized records, ``values`` starting with their sizes): pointers
     (x, y, bias or 0, values, counters), M, K, N, X's and Y's row strides and the weight's chunks (64
     columns). ``split`` 0: the launch's units in equal parts over the resident blocks of ``sms`` SMs
-    (STREAM; a workspace of two slots of partial sums per block, allocated here, and the weight's
-    ``counters``); 1..8: a cluster of ``split`` blocks (the parts of K) per row block and token tile of
+    (STREAM; a workspace of two slots of partial sums per block, allocated here, or with
+    ``stream_reduce`` up to 64 tokens the GPU's ``reduce_area``, and the weight's ``counters``); 1..8: a cluster of ``split`` blocks (the parts of K) per row block and token tile of
     N, a row block's token tiles adjacent (wgmma24.cu)."""
-    func, smem, per_sm = _wgmma24_kernel(torch.cuda.current_device(), ptrs.is_bf16, wgs, mt, split, slots, ntok,
-                                         compressed, over, sized)
+    device = torch.cuda.current_device()
+    reduce = not split and ntok <= REDUCE_MAX_TOKENS and stream_reduce()
+    func, smem, per_sm = _wgmma24_kernel(device, ptrs.is_bf16, wgs, mt, split, slots, ntok, compressed, over,
+                                         sized, reduce)
     x, y, bias, values, counters = ptrs.values
     outputs = row_blocks * -(-n_tok // ntok)
     ws = None
@@ -498,7 +542,7 @@ def wgmma24_launch(row_blocks: int, ntok: int, wgs: int, mt: int, split: int, sl
         grid = outputs * split
     else:
         grid = wgmma24_stream_blocks(outputs * chunks, sms, per_sm)
-        ws = workspace(2 * grid * 64 * wgs * mt * ntok)
+        ws = reduce_area(device) if reduce else workspace(2 * grid * 64 * wgs * mt * ntok)
     _launch(func, grid, wgs * 128, smem,
             Pointers.of(x, y, bias, values, 0 if ws is None else ws.data_ptr(), counters, is_bf16=ptrs.is_bf16),
             (m, k, n_tok, ldx, ldy, chunks), cooperative=not split and stream_cooperative())

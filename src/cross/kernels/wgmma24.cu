@@ -105,7 +105,7 @@
 #define END_STAMP(s) do {} while (0)
 #endif
 #ifndef END_RED
-#define END_RED 0  // STREAM's end by fp32 reductions at L2 and the output's last arrival (a diagnostic: below)
+#define END_RED 0  // STREAM's end by fp32 reductions at L2 and the output's last arrival (below; CROSS_STREAM_REDUCE=1)
 #endif
 #if END_RED && NTOK > 64
 #error "END_RED holds a block's whole share in registers: up to 64 tokens"
@@ -592,13 +592,14 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
             const u32 jf = block_of(first, units, gridDim.x), jl = block_of(first + chunks - 1, units, gridDim.x);
 #if END_RED
             if (jf != jl && !(ABLATE & 8)) {
-                // END_RED=1 (a diagnostic, not deterministic: the sums' order is the arrivals'): every
-                // block of uo adds its accumulators into block jl's slot 0 by fp32 reductions at L2 (uo
-                // is block jl's first output, so the slot is uo's alone), four at a time, in the thread's
-                // own positions; the output's last arrival (the counter's acq_rel increment, wrapping to
-                // zero) reads them back, writes Y and zeroes the slot for the next launch (the slots are
-                // zero before the first: benchmarks/wgmma24_ablate.py's launcher). No block waits
-                float* area = ws + (size_t)jl * 2 * (R * NTOK);
+                // END_RED=1 (not deterministic: the sums' order is the arrivals'): every block of uo
+                // adds its accumulators into block jl's slot of R NTOK floats by fp32 reductions at L2
+                // (uo is block jl's first output, so the slot is uo's alone), four at a time, in the
+                // thread's own positions; the output's last arrival (the counter's acq_rel increment,
+                // wrapping to zero) reads them back, writes Y and zeroes the slot for the next launch (ws
+                // is zero before the first: cuda_backend.reduce_area, or the benchmarks' launcher). No
+                // block waits
+                float* area = ws + (size_t)jl * (R * NTOK);
                 unsigned long long t0, t1;
                 END_CLOCK(t0);
 #pragma unroll
