@@ -515,6 +515,8 @@ def test_gpu_wgmma24_stream_reduce(m, k, n, sized, rng, monkeypatch):
 
     _needs_sm90()
     monkeypatch.setenv(cuda_backend.REDUCE_ENV, "1")
+    builds, build = [], cuda_backend._wgmma24_kernel  # which build each launch takes (its last argument: END_RED)
+    monkeypatch.setattr(cuda_backend, "_wgmma24_kernel", lambda *a: builds.append(a[-1]) or build(*a))
     w = _unstructured(m, k, 0.3, rng).cuda()
     args = wgmma24_args(Wgmma24Weight.from_dense(w, compressed=True, sized=sized), 0)
     area = cuda_backend.reduce_area(torch.cuda.current_device())
@@ -538,6 +540,7 @@ def test_gpu_wgmma24_stream_reduce(m, k, n, sized, rng, monkeypatch):
         graph.replay()
         torch.cuda.synchronize()
         assert _check(y, x, w, None) < 2e-2 and not args.counters.any() and not area.any()
+    assert set(builds) == {n <= 64}
 
 
 @pytest.mark.gpu

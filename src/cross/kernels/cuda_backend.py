@@ -529,8 +529,9 @@ def wgmma24_launch(row_blocks: int, ntok: int, wgs: int, mt: int, split: int, sl
     (x, y, bias or 0, values, counters), M, K, N, X's and Y's row strides and the weight's chunks (64
     columns). ``split`` 0: the launch's units in equal parts over the resident blocks of ``sms`` SMs
     (STREAM; a workspace of two slots of partial sums per block, allocated here, or with
-    ``stream_reduce`` up to 64 tokens the GPU's ``reduce_area``, and the weight's ``counters``); 1..8: a cluster of ``split`` blocks (the parts of K) per row block and token tile of
-    N, a row block's token tiles adjacent (wgmma24.cu)."""
+    ``stream_reduce`` up to 64 tokens the GPU's ``reduce_area``, and the weight's ``counters``); 1..8:
+    a cluster of ``split`` blocks (the parts of K) per row block and token tile of N, a row block's
+    token tiles adjacent (wgmma24.cu)."""
     device = torch.cuda.current_device()
     reduce = not split and ntok <= REDUCE_MAX_TOKENS and stream_reduce()
     func, smem, per_sm = _wgmma24_kernel(device, ptrs.is_bf16, wgs, mt, split, slots, ntok, compressed, over,
