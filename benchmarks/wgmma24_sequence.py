@@ -16,7 +16,8 @@ the launch's start, the blocks' ramp, their uneven ends and the end's sums, in ~
 With --units (-DBLOCK_TIMES=2) each block also stamps when each of its units is in place: printed per
 shape for the second layer's launch (wgmma24_ablate.unit_landings, and STREAM's end: how long the
 summing blocks wait for their output's last arrival and end after it, ``end_split``; --end-steps,
--DBLOCK_TIMES=3, splits that end into its steps), and with --out every launch's block
+-DBLOCK_TIMES=3, splits that end into its steps; under --defines -DEND_RED=1 the steps of each split
+output's last arrival, ``reduce_end_split``), and with --out every launch's block
 and unit times saved (wgmma24_sequence_blocks.pt) for reading offline.
 
     PYTHONPATH=src python benchmarks/wgmma24_sequence.py --sparsity 0.7 --layers 4 [--units] [--out DIR]
@@ -145,6 +146,39 @@ def end_split(times: torch.Tensor, units: torch.Tensor, total: int, chunks: int,
     return out
 
 
+#: END_RED's end in the output's last arrival, step by step (END_STAMP 0-3 there, then the block's end)
+REDUCE_STEPS = ("step_reductions", "step_arrive", "step_readback", "step_exit")
+
+
+def reduce_end_split(times: torch.Tensor, units: torch.Tensor, total: int, chunks: int,
+                     steps: torch.Tensor) -> dict | None:
+    """END_RED's end in one launch (``times``, ``units`` as ``end_split``'s; ``steps``: u64 [blocks, 4], where
+    a block was its output's last arrival: its reductions issued, their barrier passed, its arrival's barrier
+    passed, its read-back, zeroing and Y stores issued; zero elsewhere): over the blocks whose stamps are
+    their last output's (a split output; the stamps of a block that arrived last for both of its outputs
+    are the later's), us, the medians of REDUCE_STEPS (the reductions to their barrier, the arrival's round
+    trip, the read-back, the rest to the block's end), 'step_mmas' from the block's last unit landing to its
+    reductions, and 'n' such blocks. None where no block's stamps are its last output's."""
+    grid = times.shape[0]
+    start = lambda j: j * total // grid  # noqa: E731
+    block_of = lambda u: ((u + 1) * grid - 1) // total  # noqa: E731
+    parts = {name: [] for name in ("step_mmas",) + REDUCE_STEPS}
+    for j in range(grid):
+        marks = [int(v) for v in steps[j]] + [int(times[j, 1])]
+        first = (start(j + 1) - 1) // chunks * chunks  # the block's last output's first unit
+        if 0 in marks or block_of(first) == block_of(first + chunks - 1):
+            continue
+        mine = start(j + 1) - 1 - start(j)  # the block's last unit
+        if mine >= units.shape[1] or marks[0] < int(units[j, mine]):
+            continue  # its stamps are its first output's (it arrived last there, and not in its last)
+        parts["step_mmas"].append((marks[0] - int(units[j, mine])) / 1e3)
+        for name, a, b in zip(REDUCE_STEPS, marks, marks[1:]):
+            parts[name].append((b - a) / 1e3)
+    if not parts["step_mmas"]:
+        return None
+    return dict(n=len(parts["step_mmas"]), **{name: statistics.median(v) for name, v in parts.items()})
+
+
 def shared_split(end: dict) -> str:
     """``end_split``'s sums step by whether the summing block shared its SM with a running block."""
     say = lambda k, n: "-" if end[k] is None else f"{end[k]:.2f} us ({end[n]} blocks)"  # noqa: E731
@@ -197,6 +231,7 @@ def main(argv=None):
     ap.add_argument("--out", type=Path, default=None, help="folder for wgmma24_sequence.csv")
     opts = ap.parse_args(argv)
     opts.units = opts.units or opts.end_steps
+    reduce = "-DEND_RED=1" in opts.defines.split()  # the end's stamps sit in each output's last arrival
     sized = not (opts.slots or opts.fixed_records)
     if not torch.cuda.is_available():
         sys.exit("wgmma24_sequence: needs a CUDA GPU")
@@ -291,7 +326,11 @@ def main(argv=None):
                 continue
             print(f"{names[i]} ({run.total} units, {run.ahead} ahead): " + " | ".join(
                 unit_landings(times[i], units[i], run.total, run.ahead)))
-            if (end := end_split(times[i], units[i], run.total, run.chunks,
+            if reduce and steps is not None:
+                if (end := reduce_end_split(times[i], units[i], run.total, run.chunks, steps[i])) is not None:
+                    print(f"{names[i]}: END_RED's end in the last arrivals ({end['n']} blocks), step by step "
+                          "(medians, us): " + ", ".join(f"{k[5:]} {end[k]:.2f}" for k in ("step_mmas",) + REDUCE_STEPS))
+            elif (end := end_split(times[i], units[i], run.total, run.chunks,
                                    None if steps is None else steps[i])) is not None:
                 print(f"{names[i]}: the summing blocks' end: the output's last arrival {end['wait']:.2f} us after "
                       f"their own (median), their end {end['end']:.2f} us after it (median; {end['end_min']:.2f}"

@@ -85,6 +85,27 @@ def test_end_split_step_by_step():
     assert sequence.end_split(times, units, total=8, chunks=4, steps=steps) is None
 
 
+def test_reduce_end_split_reads_the_last_arrivals_steps():
+    # the launch above under END_RED: output 0 split over blocks 0 and 1, output 1 over blocks 1 and 2;
+    # block 0 arrived last at output 0 (its last output), block 2 at output 1 (its first output: its
+    # stamps count, its last unit being output 1's), block 1 at neither
+    times = _times([0, 0, 0], [9000, 10000, 7000])
+    units = torch.tensor([[1000, 3000, 0], [1000, 2500, 4000], [1500, 2000, 6000]], dtype=torch.int64)
+    steps = torch.tensor([[3500, 3700, 4700, 6700],  # block 0: mmas 0.5, reductions 0.2, arrive 1.0, read-back 2.0, exit 2.3
+                          [0, 0, 0, 0],
+                          [6400, 6500, 6600, 6800]], dtype=torch.int64)  # block 2: 0.4, 0.1, 0.1, 0.2, exit 0.2
+    end = sequence.reduce_end_split(times, units, total=8, chunks=4, steps=steps)
+    assert end["n"] == 2
+    for name, want in (("step_mmas", 0.45), ("step_reductions", 0.15), ("step_arrive", 0.55),
+                       ("step_readback", 1.1), ("step_exit", 1.25)):
+        assert end[name] == pytest.approx(want), name
+    steps[0] = torch.tensor([2600, 2700, 2800, 2900])  # stamped before its last unit landed: an earlier replay's
+    end = sequence.reduce_end_split(times, units, total=8, chunks=4, steps=steps)
+    assert end["n"] == 1 and end["step_readback"] == pytest.approx(0.2)
+    steps[2] = 0
+    assert sequence.reduce_end_split(times, units, total=8, chunks=4, steps=steps) is None
+
+
 def test_per_shape_options():
     assert sequence.by_name("qkv=64,gate_up=128", "rows") == {"qkv": 64, "gate_up": 128}
     assert sequence.by_name("", "splits") == {}
