@@ -39,7 +39,7 @@ def driver(monkeypatch):
         monkeypatch.setattr(cuda_backend, name, lambda *a, _n=name: (_n, a))
     monkeypatch.setattr(cuda_backend, "_wgmma24_kernel", lambda *a: (("_wgmma24_kernel", a), 5000, 2))
     monkeypatch.delenv(cuda_backend.COOPERATIVE_ENV, raising=False)
-    monkeypatch.delenv(cuda_backend.REDUCE_ENV, raising=False)
+    monkeypatch.setenv(cuda_backend.REDUCE_ENV, "0")  # STREAM's deterministic end (the reductions' own test unsets it)
     monkeypatch.setattr(cuda_backend, "workspace", lambda floats: types.SimpleNamespace(data_ptr=lambda: 7 * floats))
     monkeypatch.setattr(cuda_backend, "_kernel", lambda *a: ("module", ("_kernel", a), 4096))
     return fake
@@ -127,9 +127,10 @@ def test_wgmma24_stream_cooperative(driver, monkeypatch):
 
 
 def test_wgmma24_stream_reduce(driver, monkeypatch):
-    """CROSS_STREAM_REDUCE=1: STREAM launches of up to 64 tokens build END_RED and take the GPU's zeroed
-    reduction area as their workspace, the same one each launch; 128 tokens and cluster launches as
-    before; unset or 0 none; another value refused."""
+    """STREAM launches of up to 64 tokens build END_RED and take the GPU's zeroed reduction area as their
+    workspace, the same one each launch (CROSS_STREAM_REDUCE unset, or 1 even under torch's deterministic
+    algorithms); 128 tokens and cluster launches as before; none under the deterministic algorithms
+    (CROSS_STREAM_REDUCE unset) or with 0; another value refused."""
     area = types.SimpleNamespace(data_ptr=lambda: 4242)
     monkeypatch.setattr(cuda_backend, "reduce_area", lambda device: area if device == 0 else None)
 
@@ -138,13 +139,16 @@ def test_wgmma24_stream_reduce(driver, monkeypatch):
         call = driver.calls[-1]
         return call["func"][1][-1], call["args"][0][4]  # the build's reduce, the workspace pointer
 
-    assert launch(16) == (False, 7 * 2 * 264 * 256 * 16)
-    monkeypatch.setenv(cuda_backend.REDUCE_ENV, "1")
+    plain = lambda ntok: (False, 7 * 2 * 264 * 256 * ntok)  # noqa: E731  the deterministic end's build and workspace
+    assert launch(16) == plain(16)  # CROSS_STREAM_REDUCE=0 (the fixture's)
+    monkeypatch.delenv(cuda_backend.REDUCE_ENV)
     assert [launch(16), launch(64), launch(16)] == [(True, 4242)] * 3
-    assert launch(128) == (False, 7 * 2 * 264 * 256 * 128)
+    assert launch(128) == plain(128)
     assert launch(16, split=3) == (False, 0)
-    monkeypatch.setenv(cuda_backend.REDUCE_ENV, "0")
-    assert launch(16) == (False, 7 * 2 * 264 * 256 * 16)
+    monkeypatch.setattr(cuda_backend.torch, "are_deterministic_algorithms_enabled", lambda: True)
+    assert launch(16) == plain(16)
+    monkeypatch.setenv(cuda_backend.REDUCE_ENV, "1")
+    assert launch(16) == (True, 4242)
     monkeypatch.setenv(cuda_backend.REDUCE_ENV, "on")
     with pytest.raises(ValueError, match="CROSS_STREAM_REDUCE: expected 0 or 1"):
         launch(16)

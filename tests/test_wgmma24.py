@@ -411,19 +411,24 @@ def test_gpu_wgmma24_compressed(m, k, weight, wgs, mt, sized, rng):
 
 
 def _twice_the_same_bits(args, w, n, rng):
-    """Two launches of ``args`` on fresh X and bias, outputs poisoned: right against the product, the same
-    bits both times, the STREAM counters back to zero after each."""
+    """Two launches of ``args`` on fresh X and bias under torch's deterministic algorithms (STREAM's end in
+    block order), outputs poisoned: right against the product, the same bits both times, the STREAM
+    counters back to zero after each."""
     from cross.kernels.launch import wgmma24_run
 
     m, k = w.shape
     x = torch.randn(n, k, generator=rng).to(torch.bfloat16).cuda()
     b = torch.randn(m, generator=rng).to(torch.bfloat16).cuda()
-    ys = []
-    for _ in range(2):
-        y = torch.full((n, m), float("nan"), dtype=torch.bfloat16, device="cuda")
-        ys.append(wgmma24_run(x, args, b, y))
-        assert _check(y, x, w, b) < 2e-2, f"n={n}"
-        assert not args.counters.any()
+    ys, before = [], (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        for _ in range(2):
+            y = torch.full((n, m), float("nan"), dtype=torch.bfloat16, device="cuda")
+            ys.append(wgmma24_run(x, args, b, y))
+            assert _check(y, x, w, b) < 2e-2, f"n={n}"
+            assert not args.counters.any()
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
     assert torch.equal(_bits(ys[0]), _bits(ys[1]))
 
 
@@ -450,8 +455,8 @@ def test_gpu_wgmma24_splits(split, rng):
                                               (4096, 1024, 3, False)])
 def test_gpu_wgmma24_stream(m, k, n, compressed, rng):
     """The launch's chunks in equal parts over the SMs (split 0): outputs split across blocks (4096
-    rows at 16 tokens: each over ~16 blocks, which share its sums) sum their slots in block order, so
-    two launches give the same bits; the counters are back to zero."""
+    rows at 16 tokens: each over ~16 blocks, which share its sums) sum their slots in block order under
+    torch's deterministic algorithms, so two launches give the same bits; the counters are back to zero."""
     from cross.kernels.launch import wgmma24_args
 
     _needs_sm90()
@@ -507,14 +512,15 @@ def test_gpu_wgmma24_stream_cooperative(m, k, n, rng, monkeypatch):
 @pytest.mark.parametrize("m,k,n", [(4096, 4096, 16), (12288, 4096, 9), (22016, 4096, 16), (700, 2056, 64),
                                    (300, 520, 33), (700, 2056, 128)])
 def test_gpu_wgmma24_stream_reduce(m, k, n, sized, rng, monkeypatch):
-    """CROSS_STREAM_REDUCE=1 (split outputs summed by fp32 reductions, END_RED, up to 64 tokens; 128 by the
-    deterministic end): right against fp32 on fresh X each launch with the output poisoned, eagerly and
-    replayed in a CUDA graph, the counters and the reductions' area back to zero after every launch."""
+    """STREAM's default end (CROSS_STREAM_REDUCE unset: split outputs summed by fp32 reductions, END_RED, up
+    to 64 tokens; 128 by the deterministic end): right against fp32 on fresh X each launch with the output
+    poisoned, eagerly and replayed in a CUDA graph, the counters and the reductions' area back to zero
+    after every launch."""
     from cross.kernels import cuda_backend
     from cross.kernels.launch import wgmma24_args, wgmma24_run
 
     _needs_sm90()
-    monkeypatch.setenv(cuda_backend.REDUCE_ENV, "1")
+    monkeypatch.delenv(cuda_backend.REDUCE_ENV, raising=False)
     builds, build = [], cuda_backend._wgmma24_kernel  # which build each launch takes (its last argument: END_RED)
     monkeypatch.setattr(cuda_backend, "_wgmma24_kernel", lambda *a: builds.append(a[-1]) or build(*a))
     w = _unstructured(m, k, 0.3, rng).cuda()

@@ -32,12 +32,12 @@ CUBIN_CACHE_ENV = "CROSS_CUBIN_CACHE"
 #: no cost and captured in CUDA graphs (docs/perf-notes.md, "What the sums step is, and END_RED,
 #: measured"); CROSS_STREAM_COOPERATIVE=0 launches them by cuLaunchKernel
 COOPERATIVE_ENV = "CROSS_STREAM_COOPERATIVE"
-#: CROSS_STREAM_REDUCE=1: the 2:4 kernel's STREAM launches of up to 64 tokens sum an output split across
-#: blocks by fp32 reductions at L2, its last block writing it (wgmma24.cu's END_RED: 5-6% faster on the
-#: decoder's sequence, docs/perf-notes.md), instead of its blocks waiting for each other and summing in
-#: block order: not bitwise deterministic (the sums' order is the blocks' arrivals'), and the launches of
-#: one GPU share one zeroed area (``reduce_area``), so they must not run on two streams at once. Off (0)
-#: by default until the decoder measures it
+#: The 2:4 kernel's STREAM launches of up to 64 tokens sum an output split across blocks by fp32
+#: reductions at L2, its last block writing it (wgmma24.cu's END_RED; docs/perf-notes.md, "What the sums
+#: step is, and END_RED, measured"): not bitwise reproducible (the sums' order is the blocks' arrivals'),
+#: and the launches of one GPU share one zeroed area (``reduce_area``), so they must not run on two
+#: streams at once. Off where torch.use_deterministic_algorithms is on, or with CROSS_STREAM_REDUCE=0:
+#: the blocks then wait for each other and sum in block order, the same bits every run
 REDUCE_ENV = "CROSS_STREAM_REDUCE"
 _SOURCE = "plan_matmul.cu"
 _HEADERS = ("dtype.cuh", "async.cuh", "strip_sum.cuh", "mma.cuh", "wgmma.cuh")  # what the sources #include, handed to NVRTC by name
@@ -115,8 +115,10 @@ def stream_cooperative() -> bool:
 
 def stream_reduce() -> bool:
     """Whether STREAM launches of up to ``REDUCE_MAX_TOKENS`` tokens sum split outputs by fp32 reductions
-    (``REDUCE_ENV``: '1' on, '0' or unset off)."""
-    value = os.environ.get(REDUCE_ENV, "0")
+    (``REDUCE_ENV``: '1' on, '0' off; unset: on unless torch's deterministic algorithms are)."""
+    value = os.environ.get(REDUCE_ENV)
+    if value is None:
+        return not torch.are_deterministic_algorithms_enabled()
     if value not in ("0", "1"):
         raise ValueError(f"{REDUCE_ENV}: expected 0 or 1, got {value!r}")
     return value == "1"

@@ -518,7 +518,7 @@ def wgmma24_args(weight, split: int | None = None) -> Wgmma24Args:
         split = 0
     # only a STREAM launch arrives on counters (the clusters sum through shared memory)
     counters = torch.zeros(sms * WGMMA24_MAX_PER_SM if split == 0 else 0, dtype=torch.int32, device=weight.device)
-    if split == 0 and cuda_backend.stream_reduce():  # its zeroed area now, not inside a later graph capture
+    if split == 0:  # the reductions' zeroed area now (whichever end a launch takes), not inside a graph capture
         cuda_backend.reduce_area(torch.cuda.current_device() if weight.device.index is None else weight.device.index)
     return Wgmma24Args(weight.values, counters, weight.shape[0], weight.shape[1], row_blocks, chunks, weight.wgs,
                        weight.mt, -1 if split is None else split, weight.slots, sms, weight.compressed,
