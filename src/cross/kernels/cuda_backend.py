@@ -33,8 +33,9 @@ CUBIN_CACHE_ENV = "CROSS_CUBIN_CACHE"
 #: measured"); CROSS_STREAM_COOPERATIVE=0 launches them by cuLaunchKernel
 COOPERATIVE_ENV = "CROSS_STREAM_COOPERATIVE"
 #: The 2:4 kernel's STREAM launches of up to 64 tokens sum an output split across blocks by fp32
-#: reductions at L2, its last block writing it (wgmma24.cu's END_RED; docs/perf-notes.md, "What the sums
-#: step is, and END_RED, measured"): not bitwise reproducible (the sums' order is the blocks' arrivals'),
+#: reductions at L2, its last block writing it (wgmma24.cu's END_RED: the compiled decoder's 2:4 launches
+#: 7% faster; docs/perf-notes.md, "END_RED in the runtime, the default: the compiled decoder, measured"):
+#: not bitwise reproducible (the sums' order is the blocks' arrivals'),
 #: and the launches of one GPU share one zeroed area (``reduce_area``), so they must not run on two
 #: streams at once. Off where torch.use_deterministic_algorithms is on, or with CROSS_STREAM_REDUCE=0:
 #: the blocks then wait for each other and sum in block order, the same bits every run

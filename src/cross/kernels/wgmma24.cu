@@ -105,7 +105,7 @@
 #define END_STAMP(s) do {} while (0)
 #endif
 #ifndef END_RED
-#define END_RED 0  // STREAM's end by fp32 reductions at L2 and the output's last arrival (below; CROSS_STREAM_REDUCE=1)
+#define END_RED 0  // STREAM's end by fp32 reductions at L2 and the output's last arrival (below; the runtime builds it for STREAM up to 64 tokens unless cuda_backend.stream_reduce() is off)
 #endif
 #if END_RED && NTOK > 64
 #error "END_RED holds a block's whole share in registers: up to 64 tokens"
