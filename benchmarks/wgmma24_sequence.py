@@ -17,7 +17,8 @@ With --units (-DBLOCK_TIMES=2) each block also stamps when each of its units is 
 shape for the second layer's launch (wgmma24_ablate.unit_landings, and STREAM's end: how long the
 summing blocks wait for their output's last arrival and end after it, ``end_split``; --end-steps,
 -DBLOCK_TIMES=3, splits that end into its steps; under --defines -DEND_RED=1 the steps of each split
-output's last arrival, ``reduce_end_split``), and with --out every launch's block
+output's last arrival, ``reduce_end_split``, and with -DEND_FENCE=1 too its reductions' step ends after
+thread 0's fence, its arrival step being the counter's round trip alone), and with --out every launch's block
 and unit times saved (wgmma24_sequence_blocks.pt) for reading offline.
 
     PYTHONPATH=src python benchmarks/wgmma24_sequence.py --sparsity 0.7 --layers 4 [--units] [--out DIR]

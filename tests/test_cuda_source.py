@@ -147,7 +147,7 @@ def test_wgmma24_ablation_builds_compile(split, compressed, ablate, tmp_path):
 @pytest.mark.parametrize("stamps", ["", "-DBLOCK_TIMES=3"])
 def test_wgmma24_end_red_builds_compile(wgs, mt, ntok, stamps, tmp_path):
     """The END_RED=1 build (STREAM's end by fp32 reductions and the output's last arrival; the runtime's
-    with CROSS_STREAM_REDUCE=1), with and without the end's stamps, assembles for the compressed layout's
+    default up to 64 tokens), with and without the end's stamps, assembles for the compressed layout's
     STREAM at 64-256 rows per block up to 64 tokens
     without spills (128 is refused by the source), and its reductions are the four-float vector form."""
     from cross.kernels.cuda_backend import wgmma24_defines
@@ -166,3 +166,25 @@ def test_wgmma24_end_red_builds_compile(wgs, mt, ntok, stamps, tmp_path):
     big = subprocess.run([*common[:2], "-ptx", "-o", str(tmp_path / "k.ptx"),
                           *[d.replace(f"-DNTOK={ntok}", "-DNTOK=128") for d in common[2:]]], capture_output=True, text=True)
     assert big.returncode != 0 and "up to 64 tokens" in big.stderr
+
+
+def test_wgmma24_end_fence_build(tmp_path):
+    """END_FENCE=1 (a diagnostic: END_RED's arrival split by thread 0's fence before the increment) adds one
+    GPU-scope acq_rel fence to the stamped END_RED build's PTX; refused without END_RED."""
+    from cross.kernels.cuda_backend import wgmma24_defines
+
+    kernels = resources.files("cross.kernels")
+
+    def ptx(*extra):
+        out = subprocess.run([NVCC, "-arch=sm_90a", "-std=c++17", f"-I{kernels}", "-ptx", "-o", str(tmp_path / "k.ptx"),
+                              *wgmma24_defines(True, 2, 2, 0, 1024, 16, True, True), "-DBLOCK_TIMES=3", *extra,
+                              str(kernels.joinpath("wgmma24.cu"))], capture_output=True, text=True)
+        return out, (tmp_path / "k.ptx").read_text() if out.returncode == 0 else ""
+
+    out, plain = ptx("-DEND_RED=1")
+    assert out.returncode == 0, out.stderr[-3000:]
+    out, fenced = ptx("-DEND_RED=1", "-DEND_FENCE=1")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert fenced.count("fence.acq_rel.gpu") == plain.count("fence.acq_rel.gpu") + 1
+    refused, _ = ptx("-DEND_FENCE=1")
+    assert refused.returncode != 0 and "needs END_RED=1" in refused.stderr

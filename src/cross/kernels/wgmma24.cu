@@ -110,6 +110,12 @@
 #if END_RED && NTOK > 64
 #error "END_RED holds a block's whole share in registers: up to 64 tokens"
 #endif
+#ifndef END_FENCE
+#define END_FENCE 0  // diagnostic: END_RED's thread 0 fences (acq_rel, GPU scope) before its arrival, and stamp 1 follows the fence
+#endif
+#if END_FENCE && !END_RED
+#error "END_FENCE splits END_RED's arrival: it needs END_RED=1"
+#endif
 #ifndef SUM_LOADS
 #define SUM_LOADS 32  // STREAM's end: the partial sums' loads a thread keeps in flight together (a power of 2)
 #endif
@@ -610,6 +616,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
                                  "f"(acc[f / NACC][f % NACC + 2]), "f"(acc[f / NACC][f % NACC + 3])
                                  : "memory");
                 __syncthreads();
+#if END_FENCE  // the release's wait for the block's reductions alone, before the counter's round trip
+                if (tid == 0) asm volatile("fence.acq_rel.gpu;\n" ::: "memory");
+#endif
                 END_CLOCK(t1);
                 __shared__ u32 last;
                 if (tid == 0) last = arrive_inc_acq_rel_gpu(counters + jf, jl - jf) == jl - jf;
