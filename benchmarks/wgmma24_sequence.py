@@ -87,6 +87,12 @@ def launch_phases(times: list[torch.Tensor]) -> list[dict]:
     return out
 
 
+def stream_parts(total: int, grid: int):
+    """STREAM's equal parts of ``total`` units over ``grid`` blocks (wgmma24.cu): (block j's first unit,
+    the block that holds unit u), as functions."""
+    return (lambda j: j * total // grid), (lambda u: ((u + 1) * grid - 1) // total)
+
+
 #: a summing block's end, step by step (wgmma24.cu's END_STAMP 0-3, then the block's end): the names of
 #: the four intervals between them
 END_STEPS = ("step_stores", "step_wait", "step_sums", "step_exit")
@@ -108,8 +114,7 @@ def end_split(times: torch.Tensor, units: torch.Tensor, total: int, chunks: int,
     where none was (None where no block was so), with their counts 'n_shared' and 'n_alone'. None where no
     block sums or a stamp is missing."""
     grid = times.shape[0]
-    start = lambda j: j * total // grid  # noqa: E731
-    block_of = lambda u: ((u + 1) * grid - 1) // total  # noqa: E731
+    start, block_of = stream_parts(total, grid)
     t0 = int(times[:, 0].min())
     landed = lambda j, i: (int(units[j, i]) - t0) / 1e3 if i < units.shape[1] else None  # noqa: E731
     waits, ends, parts = [], [], {name: [] for name in ("step_mmas",) + END_STEPS}
@@ -161,8 +166,7 @@ def reduce_end_split(times: torch.Tensor, units: torch.Tensor, total: int, chunk
     trip, the read-back, the rest to the block's end), 'step_mmas' from the block's last unit landing to its
     reductions, and 'n' such blocks. None where no block's stamps are its last output's."""
     grid = times.shape[0]
-    start = lambda j: j * total // grid  # noqa: E731
-    block_of = lambda u: ((u + 1) * grid - 1) // total  # noqa: E731
+    start, block_of = stream_parts(total, grid)
     parts = {name: [] for name in ("step_mmas",) + REDUCE_STEPS}
     for j in range(grid):
         marks = [int(v) for v in steps[j]] + [int(times[j, 1])]

@@ -509,7 +509,7 @@ def reduce_area(device_index: int) -> torch.Tensor:
     area = _REDUCE_AREAS.get(device_index)
     if area is None:
         if torch.cuda.is_current_stream_capturing():
-            raise RuntimeError(f"{REDUCE_ENV}=1: the reductions' area of cuda:{device_index} must be allocated "
+            raise RuntimeError(f"STREAM's fp32 reductions: their area of cuda:{device_index} must be allocated "
                                "before a CUDA graph capture (build the weights' launch arguments first)")
         sms = torch.cuda.get_device_properties(device_index).multi_processor_count
         area = _REDUCE_AREAS[device_index] = torch.zeros(sms * WGMMA24_MAX_PER_SM * 256 * REDUCE_MAX_TOKENS,

@@ -494,8 +494,7 @@ def wgmma24_args(weight, split: int | None = None) -> Wgmma24Args:
     None: STREAM for the compressed layout (faster than clusters in 3 of 4 cells measured at 16 tokens,
     docs/perf-notes.md), else ``wgmma24_split`` of each launch's token tiles."""
     from ..pack.wgmma24 import NTOKS, smem_bytes
-    from . import cuda_backend
-    from .cuda_backend import WGMMA24_MAX_PER_SM
+    from .cuda_backend import WGMMA24_MAX_PER_SM, reduce_area
 
     if weight.device.type != "cuda":
         raise ValueError(f"wgmma24_matmul: expected a Wgmma24Weight on a CUDA device, got one on {weight.device}")
@@ -519,7 +518,7 @@ def wgmma24_args(weight, split: int | None = None) -> Wgmma24Args:
     # only a STREAM launch arrives on counters (the clusters sum through shared memory)
     counters = torch.zeros(sms * WGMMA24_MAX_PER_SM if split == 0 else 0, dtype=torch.int32, device=weight.device)
     if split == 0:  # the reductions' zeroed area now (whichever end a launch takes), not inside a graph capture
-        cuda_backend.reduce_area(torch.cuda.current_device() if weight.device.index is None else weight.device.index)
+        reduce_area(torch.cuda.current_device() if weight.device.index is None else weight.device.index)
     return Wgmma24Args(weight.values, counters, weight.shape[0], weight.shape[1], row_blocks, chunks, weight.wgs,
                        weight.mt, -1 if split is None else split, weight.slots, sms, weight.compressed,
                        weight.overflow, weight.sized)
