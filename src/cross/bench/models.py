@@ -323,6 +323,25 @@ def run_workload(wl: Workload, sparsity: float, *, command: str = "", cost_model
     return rows
 
 
+def table_notes(stack_siblings: bool, compiled: bool, min_cosine: float) -> list[str]:
+    """What a model table's columns mean (model.md's notes after the device and the command): how
+    dense is timed, what the models are, stacking and compiling where the rows used them."""
+    return ["dense = the pruned model itself (both compute the same function), timed before and after the sparse "
+            "model and averaged; CUDA-graph replay, L2 flushed by a 256 MB read before each",
+            "Llama decode: one new token per sequence without a KV cache (the linear layers do the work of a "
+            "cached decode step); bert and llama have random weights, magnitude-pruned per layer; minilm is the "
+            "real all-MiniLM-L6-v2, Wanda-pruned as `cross demo` does",
+            *(["siblings stacked: the dense model is stacked the same way (the speed-up column); "
+               "dense apart: the dense model as given, siblings apart, timed first and last in the same run and averaged"]
+              if stack_siblings else []),
+            *(["compiled (`--compile`; the figure's \"compiled\" lines): both models run through cross.compile "
+               "(torch.compile, inductor, dynamic=False), each phase compiled before its timing; min cosine is the "
+               "compiled sparse model's against the dense model run eagerly"] if compiled else []),
+            "weights: bytes of every linear layer's weight (a sparsified layer: packed formats, kernel tables and "
+            "any dense copy it keeps); min cosine: of the outputs (MiniLM: sentence embeddings; the others: "
+            f"hidden states per token) against the dense model's; MiniLM must reach {min_cosine}"]
+
+
 def model_rows(raw) -> list[dict]:
     """Rows of a model CSV (report.read_csv) with their numbers parsed, as run_workload makes them."""
     rows = []

@@ -276,11 +276,12 @@ MODEL_HEADER = ["model", "phase", "batch", "tokens", "sparsity", "dense ms", "cr
 
 
 def write_model_report(rows: Sequence[Mapping], out: Path, notes: Sequence[str]) -> list[Path]:
-    """model.png (speed-up against sparsity, a panel per model, a line per phase and batch) and
-    model.md (the notes, the table and the figure)."""
+    """model.png (speed-up against sparsity, a panel per model, a line per phase and batch, ", compiled"
+    where the row's command compiled the models) and model.md (the notes, the table and the figure)."""
     panels: dict = defaultdict(dict)
     for r in rows:
-        line = panels[("", str(r["model"]))].setdefault(f"{r['phase']}, batch {r['batch']}", [])
+        compiled = ", compiled" if "--compile" in str(r.get("command", "")).split() else ""
+        line = panels[("", str(r["model"]))].setdefault(f"{r['phase']}, batch {r['batch']}{compiled}", [])
         line.append((float(r["sparsity"]), float(r["speedup"])))
     figure = speedup_figure(panels, out / "model.png", "whole models, bf16: dense (pruned) vs cross.sparsify_",
                             log=False, ylabel="speed-up over dense")

@@ -401,20 +401,7 @@ def _run_models(args, plan, commands, csv_name: str, report: bool, swap: dict) -
                  f"command: `{invoked()}`",
                  *([f"--resume: {earlier} of the {len(rows)} rows come from earlier runs (each row's own command is in "
                     f"{csv_name})"] if earlier else []),
-                 "dense = the pruned model itself (both compute the same function), timed before and after the sparse "
-                 "model and averaged; CUDA-graph replay, L2 flushed by a 256 MB read before each",
-                 "Llama decode: one new token per sequence without a KV cache (the linear layers do the work of a "
-                 "cached decode step); bert and llama have random weights, magnitude-pruned per layer; minilm is the "
-                 "real all-MiniLM-L6-v2, Wanda-pruned as `cross demo` does",
-                 *(["siblings stacked: the dense model is stacked the same way (the speed-up column); "
-                    "dense apart: the dense model as given, siblings apart, timed first and last in the same run and averaged"]
-                   if swap["stack_siblings"] else []),
-                 *(["compiled: both models run through cross.compile (torch.compile, inductor, dynamic=False), each "
-                    "phase compiled before its timing; min cosine is the compiled sparse model's against the dense "
-                    "model run eagerly"] if args.compile else []),
-                 "weights: bytes of every linear layer's weight (a sparsified layer: packed formats, kernel tables and "
-                 "any dense copy it keeps); min cosine: of the outputs (MiniLM: sentence embeddings; the others: "
-                 f"hidden states per token) against the dense model's; MiniLM must reach {MIN_COSINE}"]
+                 *models.table_notes(swap["stack_siblings"], args.compile, MIN_COSINE)]
         for p in [path, *write_model_report(rows, args.out, notes)]:
             print(f"wrote {p}")
     bad = [r for r in rows if r["model"] == "minilm" and r["min_cosine"] < MIN_COSINE]
