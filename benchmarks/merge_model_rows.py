@@ -13,8 +13,8 @@ prefill rows eager) says which is which; the figure marks compiled rows' lines.
 from __future__ import annotations
 
 import argparse
-import sys
 import re
+import sys
 from collections import defaultdict
 from pathlib import Path
 
