@@ -46,3 +46,22 @@ def check(y: torch.Tensor, ref: torch.Tensor, tol: float = CHECK_TOL) -> str | N
     if not math.isfinite(err) or err > tol:
         return f"relative error {err:.3g} against the fp32 product (limit {tol})"
     return None
+
+
+def checked_us(run, w: torch.Tensor, n: int, gen: torch.Generator, what: str) -> tuple[float, float]:
+    """(cuBLAS us, run's us) of an [n, K] x [M, K]^T product in one process: ``run(x, out)`` is first
+    checked against the fp32 product on fresh inputs with its output poisoned with NaN (SystemExit
+    naming ``what`` if it is wrong), then both are timed by graph_us on other inputs."""
+    import torch.nn.functional as F
+
+    m, k = w.shape
+    x = torch.randn(n, k, generator=gen, device=w.device).to(w.dtype)
+    y = torch.empty(n, m, dtype=w.dtype, device=w.device)
+    dense_us = graph_us(lambda: F.linear(x, w))
+    xc = torch.randn(n, k, generator=gen, device=w.device).to(w.dtype)
+    yc = torch.full((n, m), float("nan"), dtype=w.dtype, device=w.device)
+    run(xc, yc)
+    bad = check(yc, xc.float() @ w.float().T)
+    if bad:
+        raise SystemExit(f"{what}: {bad}")
+    return dense_us, graph_us(lambda: run(x, y))

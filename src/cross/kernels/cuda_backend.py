@@ -586,3 +586,29 @@ def slice_launch(blocks: int, warps: int, smem: int, ptrs, m: int, k: int, n_tok
     ``elements``: the weight is in the element format (the ELEMS build)."""
     func = _slice_kernel(torch.cuda.current_device(), ptrs.is_bf16, warps, bool(elements))
     _launch(func, blocks, (warps + producers) * 32, smem, ptrs, (m, k, n_tok, ldx, ldy, tiles, pieces, rt))
+
+
+# ---------------------------------------------------------------------- the gather kernel
+_GATHER_SOURCE = "gather_mma.cu"
+#: gather_mma.cu's default WARPS: one block of 1,024 threads per SM (X at 16 tokens is 32 bytes a column)
+GATHER_WARPS = 32
+
+
+@functools.lru_cache(maxsize=None)
+def _gather_kernel(device_index: int, is_bf16: bool, warps: int, nt: int):
+    """One build per dtype, warps and tokens per pass (8 or 16), allowed the device's shared memory per
+    block (X's 2 nt bytes a column and 512 per group of the block: the launch's)."""
+    defines = tuple([f"-DIS_BF16={int(is_bf16)}", f"-DWARPS={warps}", f"-DNT={nt}"]
+                    + os.environ.get(DEFINES_ENV, "").split())
+    props = torch.cuda.get_device_properties(device_index)
+    _, func = _compile(device_index, _GATHER_SOURCE, "gather_mma", defines,
+                       getattr(props, "shared_memory_per_block_optin", 227 * 1024))
+    return func
+
+
+def gather_launch(blocks: int, warps: int, nt: int, smem: int, ptrs, m: int, k: int, n_tok: int, ldx: int,
+                  ldy: int) -> None:
+    """One launch of gather_mma's nt-token build (8 or 16): pointers (x, y, bias or 0, records, segs,
+    starts, the block table), M, K, the pass's n_tok <= nt tokens with X's and Y's row strides."""
+    func = _gather_kernel(torch.cuda.current_device(), ptrs.is_bf16, warps, nt)
+    _launch(func, blocks, warps * 32, smem, ptrs, (m, k, n_tok, ldx, ldy))

@@ -673,3 +673,58 @@ def slice_matmul(x: torch.Tensor, weight, bias: torch.Tensor | None = None,
     _check_slice_weight(weight, producers)
     _check_pass_args("slice_matmul", x, weight, bias, out)
     return slice_run(x, slice_args(weight, producers), bias, out)
+
+
+# ---------------------------------------------------------------------- the gather kernel
+def gather_blocks(group_seg: torch.Tensor, blocks: int) -> tuple[torch.Tensor, int]:
+    """The groups of each of ``blocks`` blocks, contiguous and balanced by segments (a group counts a
+    quarter segment more, so that empty groups spread): int32 [blocks + 1] boundaries on the CPU, and
+    the most groups a block takes."""
+    segs = (group_seg[1:] - group_seg[:-1]).cpu().to(torch.float64) + 0.25
+    cum = torch.cumsum(segs, 0)
+    bounds = torch.searchsorted(cum, cum[-1] * torch.arange(1, blocks) / blocks, right=True)
+    edges = torch.cat([torch.zeros(1, dtype=torch.int64), bounds, torch.tensor([segs.numel()])])
+    return edges.to(torch.int32), int((edges[1:] - edges[:-1]).max())
+
+
+@functools.lru_cache(maxsize=64)
+def _gather_table(weight, blocks: int) -> tuple[torch.Tensor, int]:
+    """The kernel's block table on the weight's device: per block int4 (g0, g1, first segment, end
+    segment); and the most groups a block takes."""
+    edges, most = gather_blocks(weight.group_seg, blocks)
+    seg = weight.group_seg.cpu()[edges.to(torch.int64)]
+    table = torch.stack([edges[:-1], edges[1:], seg[:-1], seg[1:]], 1).to(torch.int32).contiguous()
+    return table.to(weight.device), most
+
+
+def gather_matmul(x: torch.Tensor, weight, bias: torch.Tensor | None = None, out: torch.Tensor | None = None,
+                  warps: int | None = None) -> torch.Tensor:
+    """Y[N, M] = X[N, K] @ W^T (+ bias) by the gather kernel (kernels/gather_mma.cu) over a GatherWeight
+    (pack/gather.py), one launch per pass of up to 16 tokens (8 or fewer: the 8-token build), a block per
+    SM. x: [N, K] in the weight's
+    dtype on its GPU; bias: contiguous [M]; out: optional [N, M], unit stride along M (written
+    entirely). For finite inputs (the format's note on Inf and NaN)."""
+    from . import cuda_backend
+
+    m, k = weight.shape
+    n = _check_pass_args("gather_matmul", x, weight, bias, out)
+    warps = cuda_backend.GATHER_WARPS if warps is None else warps
+    if isinstance(warps, bool) or not isinstance(warps, int) or not 1 <= warps <= 32:
+        raise ValueError(f"gather_matmul: warps must be an int in 1..32, got {warps!r}")
+    blocks = torch.cuda.get_device_properties(x.device).multi_processor_count
+    table, most = _gather_table(weight, blocks)
+    limit = getattr(torch.cuda.get_device_properties(x.device), "shared_memory_per_block_optin", 227 * 1024)
+    y = torch.empty((n, m), dtype=x.dtype, device=x.device) if out is None else out
+    if x.stride(1) != 1 or x.stride(0) % 2 or x.data_ptr() % 4:
+        x = x.contiguous()
+    for start in range(0, n, 16):
+        count = min(16, n - start)
+        nt = 8 if count <= 8 else 16
+        smem = 2 * nt * k + 512 * most
+        if smem > limit:
+            raise ValueError(f"gather_matmul: {nt} tokens of X ({k} columns) and {most} groups' sums need {smem} bytes "
+                             f"of shared memory per block, over this GPU's {limit}")
+        ptrs = cuda_backend.Pointers((x[start], y[start], bias, weight.records, weight.segs, weight.starts, table),
+                                     x.dtype == torch.bfloat16)
+        cuda_backend.gather_launch(blocks, warps, nt, smem, ptrs, m, k, count, x.stride(0), y.stride(0))
+    return y
