@@ -140,7 +140,7 @@ def _kernel_transcribed(x, gw, nt):
                     a[g + 8, 2 * qq:2 * qq + 2] = a_regs[1][t]
                     a[g, 2 * qq + 8:2 * qq + 10] = a_regs[2][t]
                     a[g + 8, 2 * qq + 8:2 * qq + 10] = a_regs[3][t]
-                rv = (r[32 + cc] >> (8 * q)) ^ (g4 | (g4 << 4))
+                rv = (r[32 + q] >> (8 * cc)) ^ (g4 | (g4 << 4))
                 w0 = torch.where((rv & 0xF) != 0, 0, r[8 * q + 2 * cc])
                 w1 = torch.where((rv & 0xF0) != 0, 0, r[8 * q + 2 * cc + 1])
                 b = torch.zeros(16, 8, dtype=torch.float64)

@@ -36,6 +36,9 @@
 #define COL_BYTES (2 * NT)
 #define THREADS (WARPS * 32)
 #define REC_WORDS 52
+#ifndef DEPTH
+#define DEPTH 2  // records a warp holds in registers ahead of the one it multiplies
+#endif
 #ifndef PREFETCH
 #define PREFETCH 1  // the next segment's records into L2 a segment ahead (0: not)
 #endif
@@ -46,6 +49,21 @@
 // a bulk prefetch of bytes (a multiple of 16, from a 16-byte aligned address) into L2
 __device__ __forceinline__ void prefetch_l2(const void* p, u32 bytes) {
     asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" :: "l"(p), "r"(bytes) : "memory");
+}
+
+// what a lane reads of a record: its pair class's 8 words, its row nibbles' word, its slot's column steps
+struct Rec {
+    uint4 wa, wb;
+    u32 rq, dl;
+};
+
+__device__ __forceinline__ Rec load_rec(const uint4* rp, int q, int kk) {
+    Rec r;
+    r.wa = rp[2 * q];
+    r.wb = rp[2 * q + 1];
+    r.rq = reinterpret_cast<const u32*>(rp)[32 + q];
+    r.dl = reinterpret_cast<const u32*>(rp)[36 + kk];
+    return r;
 }
 
 __device__ __forceinline__ u32 smem_addr(const void* p) { return (u32)__cvta_generic_to_shared(p); }
@@ -78,6 +96,9 @@ gather_mma(const u16* __restrict__ x, u16* __restrict__ y, const u16* __restrict
     const int4 none = make_int4(0, 0, 0, 0);
     int4 sg_next = s_lo + warp < s_hi ? segs[s_lo + warp] : none;
     int4 sg_after = s_lo + warp + WARPS < s_hi ? segs[s_lo + warp + WARPS] : none;
+    // the lane's slot (see below) and its column before the warp's first segment
+    const int kk = (lane & 7) + ((NT == 16 ? lane >> 4 : (lane >> 3) & 1) << 3), hh = NT == 16 ? (lane >> 3) & 1 : 0;
+    int start_next = s_lo + warp < s_hi ? starts[(s_lo + warp) * 16 + kk] : 0;
     for (int i = tid; i < (g1 - g0) * 128; i += THREADS) acc[i] = 0.f;
 
     // X staged: a thread takes columns (2 p, 2 p + 1) of token half h: 8 words of X, two 16-byte rows
@@ -104,7 +125,6 @@ gather_mma(const u16* __restrict__ x, u16* __restrict__ y, const u16* __restrict
 
     // the lane's roles: ldmatrix row supplier of slot kk, half hh; B holder of row g4, pair class q
     // (at 8 tokens lanes 0-15 give the addresses: slot (lane & 7) + 8 ((lane >> 3) & 1), half 0)
-    const int kk = (lane & 7) + ((NT == 16 ? lane >> 4 : (lane >> 3) & 1) << 3), hh = NT == 16 ? (lane >> 3) & 1 : 0;
     const int cls = kk & 7;
     const u32 lane_off = smem_addr(xs) + x_offset(cls, hh);
     const int g4 = lane >> 2, q = lane & 3;
@@ -118,37 +138,40 @@ gather_mma(const u16* __restrict__ x, u16* __restrict__ y, const u16* __restrict
         if (lane == 0 && sg_next.z > 0)
             prefetch_l2(records + (size_t)sg_next.y * (REC_WORDS / 4), sg_next.z * REC_WORDS * 4);
 #endif
-        u32 addr = lane_off + 8u * COL_BYTES * (u32)(int)starts[s * 16 + kk];
+        u32 addr = lane_off + 8u * COL_BYTES * (u32)start_next;
+        start_next = s + WARPS < s_hi ? starts[(s + WARPS) * 16 + kk] : 0;  // a segment ahead
         float c[4] = {0.f, 0.f, 0.f, 0.f};
         const uint4* rp = records + (size_t)sg.y * (REC_WORDS / 4);
-        uint4 wa = rp[2 * q], wb = rp[2 * q + 1], rh = rp[8];
-        u32 dl = reinterpret_cast<const u32*>(rp)[36 + kk];
-        for (int i = 0; i < sg.z; ++i) {
-            uint4 na = wa, nb = wb, nr = rh;
-            u32 nd = dl;
-            if (i + 1 < sg.z) {
-                const uint4* np = rp + (i + 1) * (REC_WORDS / 4);
-                na = np[2 * q]; nb = np[2 * q + 1]; nr = np[8];
-                nd = reinterpret_cast<const u32*>(np)[36 + kk];
-            }
-            const u32 wv[8] = {wa.x, wa.y, wa.z, wa.w, wb.x, wb.y, wb.z, wb.w};
-            const u32 rv[4] = {rh.x, rh.y, rh.z, rh.w};
+        // records in registers DEPTH ahead: buf[j] holds record i + j of each round of DEPTH + 1 (static
+        // indices, no copies between registers); the loads of record i + DEPTH + 1 go out as record i is used
+        Rec buf[DEPTH + 1];
 #pragma unroll
-            for (int cc = 0; cc < 4; ++cc) {
-                const int d = ((int)(dl << (24 - 8 * cc))) >> 24;
-                addr += (u32)(d * 8 * COL_BYTES);
-                u32 a[4];
+        for (int j = 0; j <= DEPTH; ++j)
+            if (j < sg.z) buf[j] = load_rec(rp + j * (REC_WORDS / 4), q, kk);
+        for (int i = 0; i < sg.z; i += DEPTH + 1) {
+#pragma unroll
+            for (int j = 0; j <= DEPTH; ++j) {
+                if (i + j < sg.z) {
+                    const Rec r = buf[j];
+                    if (i + j + DEPTH + 1 < sg.z) buf[j] = load_rec(rp + (i + j + DEPTH + 1) * (REC_WORDS / 4), q, kk);
+                    const u32 wv[8] = {r.wa.x, r.wa.y, r.wa.z, r.wa.w, r.wb.x, r.wb.y, r.wb.z, r.wb.w};
+#pragma unroll
+                    for (int cc = 0; cc < 4; ++cc) {
+                        const int d = ((int)(r.dl << (24 - 8 * cc))) >> 24;
+                        addr += (u32)(d * 8 * COL_BYTES);
+                        u32 a[4];
 #if NT == 16
-                ldmatrix_x4_trans(a, addr);
+                        ldmatrix_x4_trans(a, addr);
 #else
-                ldmatrix_x2_trans(a[0], a[2], addr);  // tokens 0-7 of slots 0-7 and 8-15
-                a[1] = a[3] = 0u;
+                        ldmatrix_x2_trans(a[0], a[2], addr);  // tokens 0-7 of slots 0-7 and 8-15
+                        a[1] = a[3] = 0u;
 #endif
-                const u32 r = (rv[cc] >> (8 * q)) ^ gg;
-                const u32 b0 = (r & 0xFu) ? 0u : wv[2 * cc], b1 = (r & 0xF0u) ? 0u : wv[2 * cc + 1];
-                mma16816(c, a, b0, b1);
+                        const u32 rr = (r.rq >> (8 * cc)) ^ gg;
+                        const u32 b0 = (rr & 0xFu) ? 0u : wv[2 * cc], b1 = (rr & 0xF0u) ? 0u : wv[2 * cc + 1];
+                        mma16816(c, a, b0, b1);
+                    }
+                }
             }
-            wa = na; wb = nb; rh = nr; dl = nd;
         }
         // c0, c1: token g4, rows 2q, 2q + 1; c2, c3: token g4 + 8
         float* ga = acc + (sg.x - g0) * 128;

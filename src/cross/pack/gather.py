@@ -23,7 +23,7 @@ up to a multiple of 4 steps.
 Records. Four steps are a record of 52 words (208 bytes, what a lane loads in four 16-byte loads):
 
     words 0-31   the pairs' words, pair class q's at 8 q + 2 c + o (c: the record's step)
-    words 32-35  the steps' row nibbles
+    words 32-35  the row nibbles, pair class q's in word 32 + q: step c's byte c (nibble o, o = 0, 1)
     words 36-51  the column steps, slot k's four (one per step) in word 36 + k, step c in byte c
 
 A group's records are consecutive and split into segments of ``seg_quads`` records, the kernel's unit
@@ -183,7 +183,8 @@ class GatherWeight:
         rec = torch.zeros((n_rec, RECORD_WORDS), dtype=torch.int64)
         wq = words.view(n_rec, QUAD, 4, 2).permute(0, 2, 1, 3).reshape(n_rec, 32)  # [rec][q][c][o]
         rec[:, :32] = wq
-        rec[:, 32:36] = rho.view(n_rec, QUAD)
+        rb = (rho.view(n_rec, QUAD, 1) >> (8 * torch.arange(4))) & 0xFF  # [rec][c][q]: byte q of step c
+        rec[:, 32:36] = (rb << (8 * torch.arange(QUAD)).view(1, QUAD, 1)).sum(1)
         db = (delta & 0xFF).view(n_rec, QUAD, SLOTS).permute(0, 2, 1)  # [rec][slot][c]
         rec[:, 36:] = (db << (8 * torch.arange(QUAD))).sum(-1)
         # segments of seg_quads records per group
@@ -209,7 +210,8 @@ class GatherWeight:
         rec = self.records.cpu().to(torch.int64) & 0xFFFFFFFF
         n_rec = rec.shape[0]
         words = rec[:, :32].view(n_rec, 4, QUAD, 2).permute(0, 2, 1, 3).reshape(-1, 8)  # [step][2q + o]
-        rho = rec[:, 32:36].reshape(-1)
+        rb = (rec[:, 32:36, None] >> (8 * torch.arange(QUAD))) & 0xFF  # [rec][q][c]
+        rho = (rb.permute(0, 2, 1) << (8 * torch.arange(4))).sum(-1).reshape(-1)  # per step: byte q, nibbles 2 q + o
         db = (rec[:, 36:, None] >> (8 * torch.arange(QUAD))) & 0xFF  # [rec][slot][c]
         delta = db.permute(0, 2, 1).reshape(-1, SLOTS)
         delta = torch.where(delta >= 128, delta - 256, delta)
