@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# The gather kernel on a GPU: OUT=<folder> bash benchmarks/gather_run.sh first|depth (~3-6 min). Both: its
+# The gather kernel on a GPU: OUT=<folder> bash benchmarks/gather_run.sh first|depth|fixed (~3-6 min). All: its
 # GPU tests, the benchmark against cuBLAS at 8 and 16 tokens (50-90%; 4096x11008 at 8 tokens), the kernel
 # grid's dense, cross and cross+wgmma24c at 8 and 16 tokens in the same run, memcheck on a few tests.
 # Variants of the build at 16 tokens, 70 and 90%: "first" (the first run): without the L2 prefetch, 16
-# warps, segments of 4 and 16 records; "depth": records held 1 (32 warps) and 3 (24 warps) ahead.
+# warps, segments of 4 and 16 records; "depth": records held 1 (32 warps) and 3 (24 warps) ahead (both at
+# the commits that ran them); "fixed" (the fixed positions' layout): records held 1 and 5 ahead, and ncu at 70%.
 source "$(dirname "$0")/steps.sh"
 set -e
-case "${1:-}" in first | depth) ;; *) echo "usage: OUT=... bash benchmarks/gather_run.sh first|depth" >&2; exit 2 ;; esac
+case "${1:-}" in first | depth | fixed) ;; *) echo "usage: OUT=... bash benchmarks/gather_run.sh first|depth|fixed" >&2; exit 2 ;; esac
 set +e
 V="--shapes llama-qkvo,llama-up --sparsities 0.7,0.9 --ns 16"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader > "$OUT/gpu.txt"
@@ -19,9 +20,14 @@ if [ "$1" = first ]; then
     step gather_warps16 60 python3 benchmarks/gather_bench.py $V --warps 16
     step gather_seg4 60 python3 benchmarks/gather_bench.py $V --seg-quads 4
     step gather_seg16 60 python3 benchmarks/gather_bench.py $V --seg-quads 16
-else
+elif [ "$1" = depth ]; then
     CROSS_CUDA_DEFINES=-DDEPTH=1 step gather_depth1 60 python3 benchmarks/gather_bench.py $V
     CROSS_CUDA_DEFINES=-DDEPTH=3 step gather_depth3 60 python3 benchmarks/gather_bench.py $V --warps 24
+else
+    CROSS_CUDA_DEFINES=-DDEPTH=1 step gather_depth1 60 python3 benchmarks/gather_bench.py $V
+    CROSS_CUDA_DEFINES=-DDEPTH=5 step gather_depth5 60 python3 benchmarks/gather_bench.py $V
+    step ncu_gather70 120 ncu -k regex:gather_mma --launch-count 1 --set full python3 benchmarks/gather_profile_one.py \
+        --shape 11008x4096 --sparsity 0.7 --n 16
 fi
 step grid 120 python3 benchmarks/kernels.py --shapes llama-qkvo,llama-up --sparsities 0.7,0.9 --ns 8,16 \
     --methods dense,cross,cross+wgmma24c --cost-model "$CM" --out "$OUT/grid"

@@ -609,6 +609,6 @@ def _gather_kernel(device_index: int, is_bf16: bool, warps: int, nt: int):
 def gather_launch(blocks: int, warps: int, nt: int, smem: int, ptrs, m: int, k: int, n_tok: int, ldx: int,
                   ldy: int) -> None:
     """One launch of gather_mma's nt-token build (8 or 16): pointers (x, y, bias or 0, records, segs,
-    starts, the block table), M, K, the pass's n_tok <= nt tokens with X's and Y's row strides."""
+    the block table), M, K, the pass's n_tok <= nt tokens with X's and Y's row strides."""
     func = _gather_kernel(torch.cuda.current_device(), ptrs.is_bf16, warps, nt)
     _launch(func, blocks, warps * 32, smem, ptrs, (m, k, n_tok, ldx, ldy))

@@ -2,14 +2,15 @@
 // to 16 tokens, on tensor cores, over the gather format (pack/gather.py), at a cost per stored slot:
 // a step multiplies 16 slots of a group of 8 rows by the 16 tokens with one mma.m16n8k16, whose A
 // operand (16 tokens x 16 slots) is X gathered at the slots' columns by one ldmatrix.x4.trans from
-// shared memory, and whose B operand (16 slots x 8 rows) is the slots' pair words, each kept by the
-// lane of its row (a nibble compare) and zero in the others.
+// shared memory, and whose B operand (16 slots x 8 rows) is the slots' pair words, each held by the
+// lane of its row (lane 4 g + q holds one word a record: pair class q's position (g - q) mod 8) and
+// zero in the others.
 //
 // X in shared memory: column c's 16 tokens as two 16-byte halves (tokens 0-7, 8-15), the half h at
 // byte 32 c + 16 (h ^ bit 2 of c): an ldmatrix matrix reads 8 slots of 8 different classes (column
 // mod 8), which this swizzle puts in 8 different bank groups (one wavefront a matrix). A slot's class
-// is fixed, so its address moves by 256 bytes per unit of its column step and the swizzle is the
-// lane's constant.
+// is fixed, so its address is the lane's constant plus 256 bytes per unit of its stored column (the
+// column / 8), and the swizzle is the lane's constant.
 //
 // Work: one block per SM, persistent over its groups and their segments (blocks[b]: g0, g1, s_lo, s_hi;
 // host balanced by segments); its warps take the groups' segments in turn (warp w: w, w + WARPS, ...); a
@@ -17,10 +18,10 @@
 // groups in shared memory (atomic adds: the order of a row's segments is the warps' timing, so the
 // last bits are not reproducible run to run), which the block writes once its warps are done. A
 // warp loads its next segment's entry a segment ahead and (PREFETCH) asks L2 for that segment's
-// records as it starts the one before, so its records' loads find them in L2.
+// records as it starts the one before, and holds DEPTH records ahead in registers (3 words a lane each).
 //
 // Compile-time parameters (NVRTC -D): IS_BF16, WARPS, NT (16, or 8: X's columns half as wide, one
-// ldmatrix.x2 a step). Requirements checked by the launcher: K % 8 == 0, 1 <= n_tok <= NT, x 4-byte
+// ldmatrix.x2 a step), DEPTH, PREFETCH. Requirements checked by the launcher: K % 8 == 0, 1 <= n_tok <= NT, x 4-byte
 // aligned with an even row stride, dynamic shared memory 2 NT K + 512 G bytes (G: the most groups a
 // block takes).
 
@@ -35,9 +36,9 @@
 #endif
 #define COL_BYTES (2 * NT)
 #define THREADS (WARPS * 32)
-#define REC_WORDS 52
+#define REC_WORDS 64
 #ifndef DEPTH
-#define DEPTH 2  // records a warp holds in registers ahead of the one it multiplies
+#define DEPTH 3  // records a warp holds in registers ahead of the one it multiplies
 #endif
 #ifndef PREFETCH
 #define PREFETCH 1  // the next segment's records into L2 a segment ahead (0: not)
@@ -51,18 +52,16 @@ __device__ __forceinline__ void prefetch_l2(const void* p, u32 bytes) {
     asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" :: "l"(p), "r"(bytes) : "memory");
 }
 
-// what a lane reads of a record: its pair class's 8 words, its row nibbles' word, its slot's column steps
+// what a lane reads of a record: the one pair word it keeps, its slot's four columns (16 bits each)
 struct Rec {
-    uint4 wa, wb;
-    u32 rq, dl;
+    u32 w;
+    uint2 cw;
 };
 
-__device__ __forceinline__ Rec load_rec(const uint4* rp, int q, int kk) {
+__device__ __forceinline__ Rec load_rec(const uint4* rp, int widx, int kk) {
     Rec r;
-    r.wa = rp[2 * q];
-    r.wb = rp[2 * q + 1];
-    r.rq = reinterpret_cast<const u32*>(rp)[32 + q];
-    r.dl = reinterpret_cast<const u32*>(rp)[36 + kk];
+    r.w = reinterpret_cast<const u32*>(rp)[widx];
+    r.cw = reinterpret_cast<const uint2*>(rp)[16 + kk];
     return r;
 }
 
@@ -84,8 +83,7 @@ __device__ __forceinline__ void ldmatrix_x2_trans(u32& a0, u32& a1, u32 addr) {
 
 extern "C" __global__ void __launch_bounds__(THREADS, 1)
 gather_mma(const u16* __restrict__ x, u16* __restrict__ y, const u16* __restrict__ bias,
-           const uint4* __restrict__ records, const int4* __restrict__ segs, const short* __restrict__ starts,
-           const int4* __restrict__ blocks, int m, int k, int n_tok, int ldx, int ldy) {
+           const uint4* __restrict__ records, const int4* __restrict__ segs, const int4* __restrict__ blocks, int m, int k, int n_tok, int ldx, int ldy) {
     extern __shared__ uint4 smem[];
     u16* xs = reinterpret_cast<u16*>(smem);
     float* acc = reinterpret_cast<float*>(reinterpret_cast<char*>(smem) + COL_BYTES * (size_t)k);
@@ -96,9 +94,8 @@ gather_mma(const u16* __restrict__ x, u16* __restrict__ y, const u16* __restrict
     const int4 none = make_int4(0, 0, 0, 0);
     int4 sg_next = s_lo + warp < s_hi ? segs[s_lo + warp] : none;
     int4 sg_after = s_lo + warp + WARPS < s_hi ? segs[s_lo + warp + WARPS] : none;
-    // the lane's slot (see below) and its column before the warp's first segment
+    // the lane's slot (see below)
     const int kk = (lane & 7) + ((NT == 16 ? lane >> 4 : (lane >> 3) & 1) << 3), hh = NT == 16 ? (lane >> 3) & 1 : 0;
-    int start_next = s_lo + warp < s_hi ? starts[(s_lo + warp) * 16 + kk] : 0;
     for (int i = tid; i < (g1 - g0) * 128; i += THREADS) acc[i] = 0.f;
 
     // X staged: a thread takes columns (2 p, 2 p + 1) of token half h: 8 words of X, two 16-byte rows
@@ -128,7 +125,7 @@ gather_mma(const u16* __restrict__ x, u16* __restrict__ y, const u16* __restrict
     const int cls = kk & 7;
     const u32 lane_off = smem_addr(xs) + x_offset(cls, hh);
     const int g4 = lane >> 2, q = lane & 3;
-    const u32 gg = (u32)(g4 | (g4 << 4));
+    const int pos = (g4 - q) & 7, c_keep = pos >> 1, o_keep = pos & 1, widx = 8 * q + pos;  // the word it keeps
     for (int s = s_lo + warp; s < s_hi; s += WARPS) {
         const int4 sg = sg_next;
         sg_next = sg_after;
@@ -138,8 +135,6 @@ gather_mma(const u16* __restrict__ x, u16* __restrict__ y, const u16* __restrict
         if (lane == 0 && sg_next.z > 0)
             prefetch_l2(records + (size_t)sg_next.y * (REC_WORDS / 4), sg_next.z * REC_WORDS * 4);
 #endif
-        u32 addr = lane_off + 8u * COL_BYTES * (u32)start_next;
-        start_next = s + WARPS < s_hi ? starts[(s + WARPS) * 16 + kk] : 0;  // a segment ahead
         float c[4] = {0.f, 0.f, 0.f, 0.f};
         const uint4* rp = records + (size_t)sg.y * (REC_WORDS / 4);
         // records in registers DEPTH ahead: buf[j] holds record i + j of each round of DEPTH + 1 (static
@@ -147,18 +142,19 @@ gather_mma(const u16* __restrict__ x, u16* __restrict__ y, const u16* __restrict
         Rec buf[DEPTH + 1];
 #pragma unroll
         for (int j = 0; j <= DEPTH; ++j)
-            if (j < sg.z) buf[j] = load_rec(rp + j * (REC_WORDS / 4), q, kk);
+            if (j < sg.z) buf[j] = load_rec(rp + j * (REC_WORDS / 4), widx, kk);
         for (int i = 0; i < sg.z; i += DEPTH + 1) {
 #pragma unroll
             for (int j = 0; j <= DEPTH; ++j) {
                 if (i + j < sg.z) {
                     const Rec r = buf[j];
-                    if (i + j + DEPTH + 1 < sg.z) buf[j] = load_rec(rp + (i + j + DEPTH + 1) * (REC_WORDS / 4), q, kk);
-                    const u32 wv[8] = {r.wa.x, r.wa.y, r.wa.z, r.wa.w, r.wb.x, r.wb.y, r.wb.z, r.wb.w};
+                    if (i + j + DEPTH + 1 < sg.z)
+                        buf[j] = load_rec(rp + (i + j + DEPTH + 1) * (REC_WORDS / 4), widx, kk);
+                    const u32 w0 = o_keep ? 0u : r.w, w1 = o_keep ? r.w : 0u;
 #pragma unroll
                     for (int cc = 0; cc < 4; ++cc) {
-                        const int d = ((int)(r.dl << (24 - 8 * cc))) >> 24;
-                        addr += (u32)(d * 8 * COL_BYTES);
+                        const u32 u = ((cc < 2 ? r.cw.x : r.cw.y) >> (16 * (cc & 1))) & 0xFFFFu;
+                        const u32 addr = lane_off + u * (8u * COL_BYTES);
                         u32 a[4];
 #if NT == 16
                         ldmatrix_x4_trans(a, addr);
@@ -166,9 +162,8 @@ gather_mma(const u16* __restrict__ x, u16* __restrict__ y, const u16* __restrict
                         ldmatrix_x2_trans(a[0], a[2], addr);  // tokens 0-7 of slots 0-7 and 8-15
                         a[1] = a[3] = 0u;
 #endif
-                        const u32 rr = (r.rq >> (8 * cc)) ^ gg;
-                        const u32 b0 = (rr & 0xFu) ? 0u : wv[2 * cc], b1 = (rr & 0xF0u) ? 0u : wv[2 * cc + 1];
-                        mma16816(c, a, b0, b1);
+                        const bool keep = cc == c_keep;
+                        mma16816(c, a, keep ? w0 : 0u, keep ? w1 : 0u);
                     }
                 }
             }

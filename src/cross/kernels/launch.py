@@ -724,7 +724,7 @@ def gather_matmul(x: torch.Tensor, weight, bias: torch.Tensor | None = None, out
         if smem > limit:
             raise ValueError(f"gather_matmul: {nt} tokens of X ({k} columns) and {most} groups' sums need {smem} bytes "
                              f"of shared memory per block, over this GPU's {limit}")
-        ptrs = cuda_backend.Pointers((x[start], y[start], bias, weight.records, weight.segs, weight.starts, table),
+        ptrs = cuda_backend.Pointers((x[start], y[start], bias, weight.records, weight.segs, table),
                                      x.dtype == torch.bfloat16)
         cuda_backend.gather_launch(blocks, warps, nt, smem, ptrs, m, k, count, x.stride(0), y.stride(0))
     return y

@@ -12,27 +12,24 @@ bit 2 of the column). Slots 2q, 2q + 1 (and 8 + 2q, 8 + 2q + 1) are a pair: two 
 of classes 2q and 2q + 1, stored as one 32-bit word (the lower slot in the low half), which is lane
 (4 g + q)'s B register where the pair's row is g, and zero in the other lanes of that q. A row's
 nonzeros of classes 2q and 2q + 1, each by column, are zipped into pairs (where one class has more,
-the other's half is a value-0 entry in the same 8-column block). The pairs of pair class q of a group
-of 8 rows are pooled, sorted by their columns, and dealt alternately to two sequences (o = 0, 1): a
-group has 8 sequences (q, o), one pair of each per step. A step stores its 8 pairs' words, their rows
-(a nibble each, nibble 2 q + o) and per slot the step of its column from the slot's previous step, in
-units of 8 columns (the class is the slot's): a signed byte. Steps longer than 127 units get value-0
-pairs between (bridges); a group's sequences are padded with value-0 pairs to its longest, rounded
-up to a multiple of 4 steps.
+the other's half is a value-0 entry in the same 8-column block).
 
-Records. Four steps are a record of 52 words (208 bytes, what a lane loads in four 16-byte loads):
+Records. A group of 8 rows is a run of records of 4 steps; record r holds the r-th pair of every
+(row, pair class): pair class q's 8 positions p (step p >> 1, slots 8 (p & 1) + 2q, + 1) are rows
+(p + q) mod 8, so lane (4 g + q) keeps exactly one word a record, at position (g - q) mod 8, and no row
+index is stored. A group has as many records as its longest (row, pair class) has pairs; the others
+are padded with value-0 pairs. A record is 64 words (256 bytes):
 
-    words 0-31   the pairs' words, pair class q's at 8 q + 2 c + o (c: the record's step)
-    words 32-35  the row nibbles, pair class q's in word 32 + q: step c's byte c (nibble o, o = 0, 1)
-    words 36-51  the column steps, slot k's four (one per step) in word 36 + k, step c in byte c
+    words 0-31   the pair words, pair class q's position p at 8 q + p (a lane loads one word)
+    words 32-63  each slot's column in units of 8 (its class is the slot's), 16 bits a step: slot k's
+                 steps 0, 1 in word 32 + 2 k, steps 2, 3 in word 33 + 2 k (a lane loads 8 bytes)
 
-A group's records are consecutive and split into segments of ``seg_quads`` records, the kernel's unit
-of work (a warp's): ``segs`` [S, 4] (group, first record, records, 0), and per segment and slot the
-column (in units of 8) before its first step: ``starts`` [S, 16]. ``group_seg`` [G + 1]: each group's
-first segment.
+A group's records are split into segments of ``seg_quads`` records, the kernel's unit of work (a
+warp's): ``segs`` [S, 4] (group, first record, records, 0); ``group_seg`` [G + 1]: each group's first
+segment.
 
-Bytes: 52 per 16 slots, 3.25 per slot: at uniform 90% sparsity ~0.19 of dense with the padding, at
-70% ~0.52, at 50% ~0.85.
+Bytes: 4 per slot (256 per 64); padding is the spread of the (row, pair class) pair counts within a
+group and the classes' imbalance within a row: at uniform 90% sparsity ~0.26 of dense, at 70% ~0.70.
 
 Non-finite inputs: every slot multiplies X's 16 tokens at its column by the 8 rows' B values, zeros
 included, so an Inf or NaN of X reaches every row of the groups that read its column (not every row,
@@ -52,21 +49,10 @@ GROUP_ROWS = 8  # rows per group: the mma's N
 CLASSES = 8  # column classes (column mod 8): X's bank groups
 SLOTS = 16  # nonzeros per step: the mma's K
 QUAD = 4  # steps per record
-RECORD_WORDS = 52
+RECORD_WORDS = 64
 RECORD_BYTES = 4 * RECORD_WORDS
-DELTA_BYTE = 4 * 36  # the column steps' first byte in a record
-MAX_STEP = 127  # the longest column step a slot's signed byte holds, in units of 8 columns
 SEG_QUADS = 8  # records per segment: a warp's unit of work
-MAX_K = 8 * 32767  # columns a start (int16, units of 8) can reach
-
-
-def _ffill_groups(val: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
-    """Along dim 0, each unset entry (-1) takes the last set entry above it; rows where ``first`` (a
-    group's first step) is unset become 0, so nothing is carried across groups."""
-    val = torch.where((val < 0) & first[:, None], 0, val)
-    idx = torch.where(val >= 0, torch.arange(val.shape[0], device=val.device)[:, None], -1)
-    idx = torch.cummax(idx, 0).values
-    return torch.gather(val, 0, idx)
+MAX_K = 8 * 65536  # columns a slot's 16-bit column (in units of 8) reaches
 
 
 @dataclass(frozen=True, eq=False)
@@ -77,7 +63,6 @@ class GatherWeight:
     dtype: torch.dtype
     records: torch.Tensor  # int32 [Q, RECORD_WORDS]
     segs: torch.Tensor  # int32 [S, 4]
-    starts: torch.Tensor  # int16 [S, SLOTS]
     group_seg: torch.Tensor  # int32 [G + 1]
     nnz: int
     seg_quads: int
@@ -101,8 +86,8 @@ class GatherWeight:
 
     @property
     def nbytes(self) -> int:
-        """Device bytes: the records, segments, starts and the group table."""
-        return sum(t.numel() * t.element_size() for t in (self.records, self.segs, self.starts, self.group_seg))
+        """Device bytes: the records, segments and the group table."""
+        return sum(t.numel() * t.element_size() for t in (self.records, self.segs, self.group_seg))
 
     @property
     def padding(self) -> float:
@@ -111,7 +96,7 @@ class GatherWeight:
 
     def to(self, device) -> "GatherWeight":
         return GatherWeight(self.shape, self.dtype, self.records.to(device), self.segs.to(device),
-                            self.starts.to(device), self.group_seg.to(device), self.nnz, self.seg_quads)
+                            self.group_seg.to(device), self.nnz, self.seg_quads)
 
     @classmethod
     def from_dense(cls, weight: torch.Tensor, seg_quads: int = SEG_QUADS) -> "GatherWeight":
@@ -144,91 +129,54 @@ class GatherWeight:
         pu = torch.where(pu < 0, pu.flip(1), pu)  # a missing half: its partner's 8-column block
         owner = torch.repeat_interleave(torch.arange(m * 4), pairs_per)  # row * 4 + pair class
         prow, pq = owner // 4, owner % 4
-        # pooled per (group, pair class), by column, dealt to the sequences o = 0, 1
-        pool = (prow // GROUP_ROWS) * 4 + pq
-        order = torch.argsort(pool * (2 * k) + pu.sum(1))
-        pu, pv, prow, pool = pu[order], pv[order], prow[order], pool[order]
-        rank, _ = _segment_rank(pool, n_groups * 4)
-        seq = pool * 2 + rank % 2  # (group, q, o)
-        order = torch.argsort(seq * (n_pairs + 1) + rank // 2)
-        pu, pv, prow, seq = pu[order], pv[order], prow[order], seq[order]
-        pu, pv, prow, seq = _bridged(pu, pv, prow, seq)
-        # steps: each group's sequences padded to its longest, rounded up to QUAD
-        t, seq_len = _segment_rank(seq, n_groups * 8)
-        g_steps = (seq_len.view(n_groups, 8).max(1).values + QUAD - 1) // QUAD * QUAD
-        g_first = torch.cumsum(g_steps, 0) - g_steps
-        n_steps = int(g_steps.sum())
-        grp, qo = seq // 8, seq % 8
-        q, o = qo // 2, qo % 2
-        step = g_first[grp] + t
-        words = torch.zeros((n_steps, 8), dtype=torch.int64)
-        words[step, 2 * q + o] = pv[:, 0] | (pv[:, 1] << 16)
-        nib = torch.zeros((n_steps, 8), dtype=torch.int64)
-        nib[step, 2 * q + o] = prow % GROUP_ROWS
-        ucol = torch.full((n_steps, SLOTS), -1, dtype=torch.int64)
-        slot = 8 * o + 2 * q
-        ucol[step, slot] = pu[:, 0]
-        ucol[step, slot + 1] = pu[:, 1]
-        first = torch.zeros(n_steps, dtype=torch.bool)
-        first[g_first[g_steps > 0]] = True
-        ucol = _ffill_groups(ucol, first)
-        delta = torch.zeros_like(ucol)
-        delta[1:] = ucol[1:] - ucol[:-1]
-        delta[first] = 0
-        if delta.numel() and int(delta.abs().max()) > MAX_STEP:  # the bridges bound every step
-            raise AssertionError("gather format: a column step beyond a byte")
-        rho = (nib << (4 * torch.arange(8))).sum(1)
-        # records of QUAD steps
-        n_rec = n_steps // QUAD
+        # records: per group, record r holds the r-th pair of every (row, pair class); pair class q's
+        # position p (step p >> 1, sequence p & 1) is row (p + q) mod 8's
+        r_idx = torch.arange(n_pairs) - base[owner]
+        per = torch.zeros(n_groups * GROUP_ROWS * 4, dtype=torch.int64)
+        per[: m * 4] = pairs_per
+        g_rec = per.view(n_groups, GROUP_ROWS * 4).max(1).values
+        g_first = torch.cumsum(g_rec, 0) - g_rec
+        n_rec = int(g_rec.sum())
+        rec_of = g_first[prow // GROUP_ROWS] + r_idx
+        pos = (prow % GROUP_ROWS - pq) % GROUP_ROWS
         rec = torch.zeros((n_rec, RECORD_WORDS), dtype=torch.int64)
-        wq = words.view(n_rec, QUAD, 4, 2).permute(0, 2, 1, 3).reshape(n_rec, 32)  # [rec][q][c][o]
-        rec[:, :32] = wq
-        rb = (rho.view(n_rec, QUAD, 1) >> (8 * torch.arange(4))) & 0xFF  # [rec][c][q]: byte q of step c
-        rec[:, 32:36] = (rb << (8 * torch.arange(QUAD)).view(1, QUAD, 1)).sum(1)
-        db = (delta & 0xFF).view(n_rec, QUAD, SLOTS).permute(0, 2, 1)  # [rec][slot][c]
-        rec[:, 36:] = (db << (8 * torch.arange(QUAD))).sum(-1)
+        rec[rec_of, 8 * pq + pos] = pv[:, 0] | (pv[:, 1] << 16)
+        ucol = torch.zeros((n_rec, SLOTS, QUAD), dtype=torch.int64)  # padding reads column (slot mod 8): value 0
+        slot = 8 * (pos % 2) + 2 * pq
+        ucol[rec_of, slot, pos // 2] = pu[:, 0]
+        ucol[rec_of, slot + 1, pos // 2] = pu[:, 1]
+        uw = ucol.view(n_rec, SLOTS, 2, 2)
+        rec[:, 32:] = (uw[..., 0] | (uw[..., 1] << 16)).reshape(n_rec, 2 * SLOTS)
         # segments of seg_quads records per group
-        g_rec = g_steps // QUAD
         g_segs = (g_rec + seg_quads - 1) // seg_quads
         group_seg = torch.zeros(n_groups + 1, dtype=torch.int64)
         group_seg[1:] = torch.cumsum(g_segs, 0)
         n_seg = int(group_seg[-1])
         s_group = torch.repeat_interleave(torch.arange(n_groups), g_segs)
         s_rank = torch.arange(n_seg) - group_seg[s_group]
-        s_first = g_first[s_group] // QUAD + s_rank * seg_quads
-        s_len = torch.minimum(torch.full_like(s_first, seg_quads), g_first[s_group] // QUAD + g_rec[s_group] - s_first)
+        s_first = g_first[s_group] + s_rank * seg_quads
+        s_len = torch.minimum(torch.full_like(s_first, seg_quads), g_first[s_group] + g_rec[s_group] - s_first)
         segs = torch.stack([s_group, s_first, s_len, torch.zeros_like(s_len)], 1)
-        c0 = s_first * QUAD
-        starts = ucol[c0] - delta[c0] if n_seg else torch.zeros((0, SLOTS), dtype=torch.int64)
         dev = weight.device
         return cls((m, k), weight.dtype, _as_int32(rec).to(dev), segs.to(torch.int32).to(dev),
-                   starts.to(torch.int16).to(dev), group_seg.to(torch.int32).to(dev), int(rows.numel()), seg_quads)
+                   group_seg.to(torch.int32).to(dev), int(rows.numel()), seg_quads)
 
     def stored(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(rows, columns, 16-bit patterns as int16) of every slot, padding included (value 0), decoded from
         the records as the kernel reads them."""
         rec = self.records.cpu().to(torch.int64) & 0xFFFFFFFF
         n_rec = rec.shape[0]
-        words = rec[:, :32].view(n_rec, 4, QUAD, 2).permute(0, 2, 1, 3).reshape(-1, 8)  # [step][2q + o]
-        rb = (rec[:, 32:36, None] >> (8 * torch.arange(QUAD))) & 0xFF  # [rec][q][c]
-        rho = (rb.permute(0, 2, 1) << (8 * torch.arange(4))).sum(-1).reshape(-1)  # per step: byte q, nibbles 2 q + o
-        db = (rec[:, 36:, None] >> (8 * torch.arange(QUAD))) & 0xFF  # [rec][slot][c]
-        delta = db.permute(0, 2, 1).reshape(-1, SLOTS)
-        delta = torch.where(delta >= 128, delta - 256, delta)
-        segs = self.segs.cpu().to(torch.int64)
-        ucol = torch.zeros_like(delta)
-        step_group = torch.zeros(delta.shape[0], dtype=torch.int64)
-        for s in range(segs.shape[0]):  # each segment's columns from its starts, as a warp walks them
-            g, first, n = (int(v) for v in segs[s, :3])
-            a, b = first * QUAD, (first + n) * QUAD
-            ucol[a:b] = self.starts[s].cpu().to(torch.int64) + torch.cumsum(delta[a:b], 0)
-            step_group[a:b] = g
-        k_slot = torch.arange(SLOTS)
-        o, q, j = k_slot // 8, (k_slot % 8) // 2, k_slot % 2
-        cols = ucol * CLASSES + (k_slot % CLASSES)
-        nib = (rho[:, None] >> (4 * (2 * q + o))) & 0xF
-        rows = step_group[:, None] * GROUP_ROWS + nib
-        half = (words[:, 2 * q + o] >> (16 * j)) & 0xFFFF
+        rec_group = torch.zeros(n_rec, dtype=torch.int64)
+        for g, first, n, _ in self.segs.cpu().tolist():
+            rec_group[first:first + n] = g
+        cw = rec[:, 32:].view(n_rec, SLOTS, 2)
+        ucol = torch.stack([cw & 0xFFFF, cw >> 16], -1).view(n_rec, SLOTS, QUAD)  # [rec][slot][step]
+        q, pos, j = torch.meshgrid(torch.arange(4), torch.arange(8), torch.arange(2), indexing="ij")
+        q, pos, j = q.reshape(-1), pos.reshape(-1), j.reshape(-1)
+        slot = 8 * (pos % 2) + 2 * q + j
+        rows = rec_group[:, None] * GROUP_ROWS + (pos + q) % GROUP_ROWS
+        cols = ucol[:, slot, pos // 2] * CLASSES + slot % CLASSES
+        half = (rec[:, 8 * q + pos] >> (16 * j)) & 0xFFFF
         half = torch.where(half >= 2**15, half - 2**16, half)
         keep = rows < self.shape[0]
         return rows[keep], cols[keep], half[keep].to(torch.int16)
@@ -239,28 +187,6 @@ class GatherWeight:
         dense = torch.zeros(self.shape, dtype=torch.float32)
         dense.index_put_((rows, cols), bits.view(self.dtype).float(), accumulate=True)
         return dense.to(self.dtype).to(self.device)
-
-
-def _bridged(pu, pv, prow, seq):
-    """Pairs sorted by (sequence, step) with value-0 pairs inserted where a half's column (units of 8)
-    steps by more than MAX_STEP from the sequence's previous pair, the steps split evenly."""
-    n = seq.numel()
-    if not n:
-        return pu, pv, prow, seq
-    first = torch.ones(n, dtype=torch.bool)
-    first[1:] = seq[1:] != seq[:-1]
-    prev = torch.where(first[:, None], pu, torch.cat([pu[:1], pu[:-1]]))
-    d = pu - prev
-    nb = ((d.abs() + MAX_STEP - 1) // MAX_STEP - 1).clamp_min(0).max(1).values
-    if not int(nb.sum()):
-        return pu, pv, prow, seq
-    reps = nb + 1
-    src = torch.repeat_interleave(torch.arange(n), reps)
-    off = torch.arange(src.numel()) - torch.repeat_interleave(torch.cumsum(reps, 0) - reps, reps)
-    real = off == nb[src]
-    u = prev[src] + torch.div(d[src] * (off + 1)[:, None], reps[src][:, None], rounding_mode="floor")
-    v = torch.where(real[:, None], pv[src], 0)
-    return u, v, prow[src], seq[src]
 
 
 def gather_reference(x: torch.Tensor, weight: GatherWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
