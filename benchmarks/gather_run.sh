@@ -4,7 +4,8 @@
 # grid's dense, cross and cross+wgmma24c at 8 and 16 tokens in the same run, memcheck on a few tests.
 # Variants of the build at 16 tokens, 70 and 90%: "first" (the first run): without the L2 prefetch, 16
 # warps, segments of 4 and 16 records; "depth": records held 1 (32 warps) and 3 (24 warps) ahead (both at
-# the commits that ran them); "fixed" (the fixed positions' layout): records held 1 and 5 ahead, and ncu at 70%.
+# the commits that ran them); "fixed" (the fixed positions' layout; shorter: no grid, no 4096x11008): records
+# held 5 ahead, and ncu at 70%.
 source "$(dirname "$0")/steps.sh"
 set -e
 case "${1:-}" in first | depth | fixed) ;; *) echo "usage: OUT=... bash benchmarks/gather_run.sh first|depth|fixed" >&2; exit 2 ;; esac
@@ -14,7 +15,7 @@ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader > "$OUT/gpu.txt
 step gather_tests 200 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gather.py -x
 step gather_bench 200 python3 benchmarks/gather_bench.py --shapes llama-qkvo,llama-up --sparsities 0.5,0.7,0.8,0.9 \
     --ns 8,16 --out "$OUT/gather_bench.csv"
-step gather_down8 60 python3 benchmarks/gather_bench.py --shapes llama-down --sparsities 0.7,0.9 --ns 8
+[ "$1" = fixed ] || step gather_down8 60 python3 benchmarks/gather_bench.py --shapes llama-down --sparsities 0.7,0.9 --ns 8
 if [ "$1" = first ]; then
     CROSS_CUDA_DEFINES=-DPREFETCH=0 step gather_noprefetch 60 python3 benchmarks/gather_bench.py $V
     step gather_warps16 60 python3 benchmarks/gather_bench.py $V --warps 16
@@ -24,12 +25,11 @@ elif [ "$1" = depth ]; then
     CROSS_CUDA_DEFINES=-DDEPTH=1 step gather_depth1 60 python3 benchmarks/gather_bench.py $V
     CROSS_CUDA_DEFINES=-DDEPTH=3 step gather_depth3 60 python3 benchmarks/gather_bench.py $V --warps 24
 else
-    CROSS_CUDA_DEFINES=-DDEPTH=1 step gather_depth1 60 python3 benchmarks/gather_bench.py $V
     CROSS_CUDA_DEFINES=-DDEPTH=5 step gather_depth5 60 python3 benchmarks/gather_bench.py $V
     step ncu_gather70 120 ncu -k regex:gather_mma --launch-count 1 --set full python3 benchmarks/gather_profile_one.py \
         --shape 11008x4096 --sparsity 0.7 --n 16
 fi
-step grid 120 python3 benchmarks/kernels.py --shapes llama-qkvo,llama-up --sparsities 0.7,0.9 --ns 8,16 \
+[ "$1" = fixed ] || step grid 120 python3 benchmarks/kernels.py --shapes llama-qkvo,llama-up --sparsities 0.7,0.9 --ns 8,16 \
     --methods dense,cross,cross+wgmma24c --cost-model "$CM" --out "$OUT/grid"
 step gather_memcheck 100 compute-sanitizer --tool memcheck --report-api-errors no python3 -m pytest -q -p no:cacheprovider \
     -m gpu tests/test_gather.py -k "40-200 or warps"
