@@ -65,6 +65,12 @@ __device__ __forceinline__ Rec load_rec(const uint4* rp, int widx, int kk) {
     return r;
 }
 
+// v, opaque to the compiler: a loop-invariant value it keeps in a register instead of recomputing
+__device__ __forceinline__ u32 opaque(u32 v) {
+    asm volatile("mov.b32 %0, %0;\n" : "+r"(v));
+    return v;
+}
+
 __device__ __forceinline__ u32 smem_addr(const void* p) { return (u32)__cvta_generic_to_shared(p); }
 
 __device__ __forceinline__ void ldmatrix_x4_trans(u32 (&a)[4], u32 addr) {
@@ -123,9 +129,13 @@ gather_mma(const u16* __restrict__ x, u16* __restrict__ y, const u16* __restrict
     // the lane's roles: ldmatrix row supplier of slot kk, half hh; B holder of row g4, pair class q
     // (at 8 tokens lanes 0-15 give the addresses: slot (lane & 7) + 8 ((lane >> 3) & 1), half 0)
     const int cls = kk & 7;
-    const u32 lane_off = smem_addr(xs) + x_offset(cls, hh);
+    const u32 lane_off = opaque(smem_addr(xs) + x_offset(cls, hh));
     const int g4 = lane >> 2, q = lane & 3;
-    const int pos = (g4 - q) & 7, c_keep = pos >> 1, o_keep = pos & 1, widx = 8 * q + pos;  // the word it keeps
+    const int pos = (g4 - q) & 7, widx = 8 * q + pos;  // the word it keeps: step pos >> 1, register pos & 1
+    // per step and B register, all ones where the lane's word goes there (registers, not recomputed)
+    u32 keep[8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) keep[i] = opaque(i == pos ? 0xFFFFFFFFu : 0u);
     for (int s = s_lo + warp; s < s_hi; s += WARPS) {
         const int4 sg = sg_next;
         sg_next = sg_after;
@@ -143,14 +153,14 @@ gather_mma(const u16* __restrict__ x, u16* __restrict__ y, const u16* __restrict
 #pragma unroll
         for (int j = 0; j <= DEPTH; ++j)
             if (j < sg.z) buf[j] = load_rec(rp + j * (REC_WORDS / 4), widx, kk);
+        const uint4* np = rp + (DEPTH + 1) * (REC_WORDS / 4);  // the next record to load
         for (int i = 0; i < sg.z; i += DEPTH + 1) {
 #pragma unroll
             for (int j = 0; j <= DEPTH; ++j) {
                 if (i + j < sg.z) {
                     const Rec r = buf[j];
-                    if (i + j + DEPTH + 1 < sg.z)
-                        buf[j] = load_rec(rp + (i + j + DEPTH + 1) * (REC_WORDS / 4), widx, kk);
-                    const u32 w0 = o_keep ? 0u : r.w, w1 = o_keep ? r.w : 0u;
+                    if (i + j + DEPTH + 1 < sg.z) buf[j] = load_rec(np, widx, kk);
+                    np += REC_WORDS / 4;
 #pragma unroll
                     for (int cc = 0; cc < 4; ++cc) {
                         const u32 u = ((cc < 2 ? r.cw.x : r.cw.y) >> (16 * (cc & 1))) & 0xFFFFu;
@@ -162,8 +172,7 @@ gather_mma(const u16* __restrict__ x, u16* __restrict__ y, const u16* __restrict
                         ldmatrix_x2_trans(a[0], a[2], addr);  // tokens 0-7 of slots 0-7 and 8-15
                         a[1] = a[3] = 0u;
 #endif
-                        const bool keep = cc == c_keep;
-                        mma16816(c, a, keep ? w0 : 0u, keep ? w1 : 0u);
+                        mma16816(c, a, r.w & keep[2 * cc], r.w & keep[2 * cc + 1]);
                     }
                 }
             }
