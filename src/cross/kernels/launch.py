@@ -10,7 +10,8 @@ The row kernel (kernels/row_gemv.cu, ``row_launch``, up to 8 tokens per pass) ru
 The slice kernel (kernels/slice_mma.cu, ``slice_run``, up to 16 tokens per pass, sm_90+) runs buckets
 whose plan says ``kernel="slices"``, over the weight's slice format; the warpgroup 2:4 kernel
 (kernels/wgmma24.cu, ``wgmma24_run``, sm_90a) those that say ``kernel="wgmma24"``. The strip and
-2:4 kernels (``strip_matmul``, ``sparse24_matmul``) are not used by the runtime.
+2:4 kernels (``strip_matmul``, ``sparse24_matmul``) and the gather kernel (``gather_matmul``,
+kernels/gather_mma.cu: X gathered by ldmatrix at each nonzero's column) are not used by the runtime.
 """
 
 from __future__ import annotations
