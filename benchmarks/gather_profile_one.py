@@ -7,8 +7,6 @@ with --sass DIR, also write the SASS of the build NVRTC made on this machine.
 
 import argparse
 import os
-import subprocess
-from pathlib import Path
 
 import torch
 
@@ -33,19 +31,9 @@ torch.cuda.synchronize()
 ref = x.float() @ w.float().T
 print(f"ok rel err {float((y.float() - ref).norm() / ref.norm()):.2e}, {gw.steps} steps, padding {gw.padding:.3f}")
 if args.sass:
-    import triton
-
     from cross.kernels import cuda_backend
 
-    out = Path(args.sass)
-    out.mkdir(parents=True, exist_ok=True)
     nt = 8 if args.n <= 8 else 16
     defines = tuple(["-DIS_BF16=1", f"-DWARPS={cuda_backend.GATHER_WARPS}", f"-DNT={nt}"]
                     + os.environ.get(cuda_backend.DEFINES_ENV, "").split())
-    cubin = cuda_backend.nvrtc_cubin(torch.cuda.current_device(), "gather_mma.cu", defines)
-    (out / "gather_mma.cubin").write_bytes(cubin)
-    tool = Path(triton.__file__).parent / "backends/nvidia/bin/cuobjdump"
-    sass = subprocess.run([str(tool), "-sass", str(out / "gather_mma.cubin")], capture_output=True, text=True).stdout
-    (out / "gather_mma.sass").write_text(sass)
-    res = subprocess.run([str(tool), "-res-usage", str(out / "gather_mma.cubin")], capture_output=True, text=True)
-    print(res.stdout.strip())
+    print(cuda_backend.write_sass(args.sass, "gather_mma.cu", defines))

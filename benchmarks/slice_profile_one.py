@@ -6,8 +6,6 @@ with --sass DIR, also write the SASS of the build NVRTC made on this machine.
 """
 
 import argparse
-import subprocess
-from pathlib import Path
 
 import torch
 
@@ -36,17 +34,6 @@ ref = x.float() @ w.float().T
 print(f"ok rel err {float((y.float() - ref).norm() / ref.norm()):.2e}, {sw.warps} warps, {args.producers} producers, "
       f"{sw.sp} steps per piece, {'elements' if sw.elements else 'pairs'}")
 if args.sass:
-    import triton
-
     from cross.kernels import cuda_backend
 
-    out = Path(args.sass)
-    out.mkdir(parents=True, exist_ok=True)
-    defines = cuda_backend.slice_defines(True, sw.warps, sw.elements)
-    cubin = cuda_backend.nvrtc_cubin(torch.cuda.current_device(), "slice_mma.cu", defines)
-    (out / "slice_mma.cubin").write_bytes(cubin)
-    tool = Path(triton.__file__).parent / "backends/nvidia/bin/cuobjdump"
-    sass = subprocess.run([str(tool), "-sass", str(out / "slice_mma.cubin")], capture_output=True, text=True).stdout
-    (out / "slice_mma.sass").write_text(sass)
-    res = subprocess.run([str(tool), "-res-usage", str(out / "slice_mma.cubin")], capture_output=True, text=True)
-    print(res.stdout.strip())
+    print(cuda_backend.write_sass(args.sass, "slice_mma.cu", cuda_backend.slice_defines(True, sw.warps, sw.elements)))

@@ -612,3 +612,23 @@ def gather_launch(blocks: int, warps: int, nt: int, smem: int, ptrs, m: int, k: 
     the block table), M, K, the pass's n_tok <= nt tokens with X's and Y's row strides."""
     func = _gather_kernel(torch.cuda.current_device(), ptrs.is_bf16, warps, nt)
     _launch(func, blocks, warps * 32, smem, ptrs, (m, k, n_tok, ldx, ldy))
+
+
+def write_sass(folder, source: str, defines: tuple[str, ...]) -> str:
+    """Profiling aid: the cubin NVRTC builds of ``source`` with ``defines`` on the current device, and its
+    SASS (cuobjdump from Triton's NVIDIA backend), written to ``folder`` as <stem>.cubin and <stem>.sass;
+    returns cuobjdump's resource usage (registers, shared memory) of the build."""
+    import subprocess
+    from pathlib import Path
+
+    import triton
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = Path(source).stem
+    cubin = out / f"{stem}.cubin"
+    cubin.write_bytes(nvrtc_cubin(torch.cuda.current_device(), source, defines))
+    tool = Path(triton.__file__).parent / "backends/nvidia/bin/cuobjdump"
+    (out / f"{stem}.sass").write_text(subprocess.run([str(tool), "-sass", str(cubin)], capture_output=True,
+                                                     text=True).stdout)
+    return subprocess.run([str(tool), "-res-usage", str(cubin)], capture_output=True, text=True).stdout.strip()
