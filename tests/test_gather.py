@@ -176,6 +176,26 @@ def test_blocks_take_every_group_once_balanced(rng, blocks):
     assert float(per_block.max()) <= float(segs.sum()) / blocks + float(segs.max()) + 1e-9
 
 
+def test_block_table_is_groups_and_their_segments(rng):
+    """The kernel's table: per block (g0, g1, first segment, end segment), the segments those of its groups;
+    made once per weight and block count, and dropped with the weight."""
+    import gc
+
+    from cross.kernels import launch
+
+    gw = GatherWeight.from_dense(_sparse(8 * 40 + 3, 256, 0.3, rng), seg_quads=1)
+    table, most = launch._gather_table(gw, 9)
+    edges, most_b = launch.gather_blocks(gw.group_seg, 9)
+    gs = gw.group_seg.to(torch.int64)
+    assert most == most_b and table.shape == (9, 4)
+    for b, (g0, g1, s0, s1) in enumerate(table.tolist()):
+        assert (g0, g1) == (int(edges[b]), int(edges[b + 1])) and (s0, s1) == (int(gs[g0]), int(gs[g1]))
+    assert launch._gather_table(gw, 9)[0] is table
+    del gw, table
+    gc.collect()
+    assert len(launch._GATHER_TABLES) == 0
+
+
 def _check(y, x, w, b):
     ref = x.double() @ w.double().t() + (0 if b is None else b.double())
     assert not torch.isnan(y).any()

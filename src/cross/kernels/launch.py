@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import os
+import weakref
 from typing import NamedTuple
 
 import torch
@@ -688,23 +689,28 @@ def gather_blocks(group_seg: torch.Tensor, blocks: int) -> tuple[torch.Tensor, i
     return edges.to(torch.int32), int((edges[1:] - edges[:-1]).max())
 
 
-@functools.lru_cache(maxsize=64)
+_GATHER_TABLES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 def _gather_table(weight, blocks: int) -> tuple[torch.Tensor, int]:
     """The kernel's block table on the weight's device: per block int4 (g0, g1, first segment, end
-    segment); and the most groups a block takes."""
-    edges, most = gather_blocks(weight.group_seg, blocks)
-    seg = weight.group_seg.cpu()[edges.to(torch.int64)]
-    table = torch.stack([edges[:-1], edges[1:], seg[:-1], seg[1:]], 1).to(torch.int32).contiguous()
-    return table.to(weight.device), most
+    segment); and the most groups a block takes. Made once per weight and block count (kept while the
+    weight lives)."""
+    tables = _GATHER_TABLES.setdefault(weight, {})
+    if blocks not in tables:
+        edges, most = gather_blocks(weight.group_seg, blocks)
+        seg = weight.group_seg.cpu()[edges.to(torch.int64)]
+        table = torch.stack([edges[:-1], edges[1:], seg[:-1], seg[1:]], 1).to(torch.int32).contiguous()
+        tables[blocks] = (table.to(weight.device), most)
+    return tables[blocks]
 
 
 def gather_matmul(x: torch.Tensor, weight, bias: torch.Tensor | None = None, out: torch.Tensor | None = None,
                   warps: int | None = None) -> torch.Tensor:
     """Y[N, M] = X[N, K] @ W^T (+ bias) by the gather kernel (kernels/gather_mma.cu) over a GatherWeight
     (pack/gather.py), one launch per pass of up to 16 tokens (8 or fewer: the 8-token build), a block per
-    SM. x: [N, K] in the weight's
-    dtype on its GPU; bias: contiguous [M]; out: optional [N, M], unit stride along M (written
-    entirely). For finite inputs (the format's note on Inf and NaN)."""
+    SM. x: [N, K] in the weight's dtype on its GPU; bias: contiguous [M]; out: optional [N, M], unit
+    stride along M (written entirely). For finite inputs (the format's note on Inf and NaN)."""
     from . import cuda_backend
 
     m, k = weight.shape
@@ -716,8 +722,7 @@ def gather_matmul(x: torch.Tensor, weight, bias: torch.Tensor | None = None, out
     table, most = _gather_table(weight, blocks)
     limit = getattr(torch.cuda.get_device_properties(x.device), "shared_memory_per_block_optin", 227 * 1024)
     y = torch.empty((n, m), dtype=x.dtype, device=x.device) if out is None else out
-    if x.stride(1) != 1 or x.stride(0) % 2 or x.data_ptr() % 4:
-        x = x.contiguous()
+    x = _rows_16_byte_aligned(x)  # the kernel reads X in 4-byte words
     for start in range(0, n, 16):
         count = min(16, n - start)
         nt = 8 if count <= 8 else 16
