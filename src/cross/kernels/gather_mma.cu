@@ -9,8 +9,8 @@
 // X in shared memory: column c's 16 tokens as two 16-byte halves (tokens 0-7, 8-15), the half h at
 // byte 32 c + 16 (h ^ bit 2 of c): an ldmatrix matrix reads 8 slots of 8 different classes (column
 // mod 8), which this swizzle puts in 8 different bank groups (one wavefront a matrix). A slot's class
-// is fixed, so its address is the lane's constant plus 256 bytes per unit of its stored column (the
-// column / 8), and the swizzle is the lane's constant.
+// is fixed, so its address is the lane's constant plus 8 columns' bytes (256; 128 at 8 tokens) per unit
+// of its stored column (the column / 8), and the swizzle is the lane's constant.
 //
 // Work: one block per SM, persistent over its groups and their segments (blocks[b]: g0, g1, s_lo, s_hi;
 // host balanced by segments); its warps take the groups' segments in turn (warp w: w, w + WARPS, ...); a
@@ -21,9 +21,9 @@
 // records as it starts the one before, and holds DEPTH records ahead in registers (3 words a lane each).
 //
 // Compile-time parameters (NVRTC -D): IS_BF16, WARPS, NT (16, or 8: X's columns half as wide, one
-// ldmatrix.x2 a step), DEPTH, PREFETCH. Requirements checked by the launcher: K % 8 == 0, 1 <= n_tok <= NT, x 4-byte
-// aligned with an even row stride, dynamic shared memory 2 NT K + 512 G bytes (G: the most groups a
-// block takes).
+// ldmatrix.x2 a step), DEPTH, PREFETCH. Requirements checked by the launcher: K % 8 == 0, 1 <= n_tok <=
+// NT, x 4-byte aligned with an even row stride, dynamic shared memory 2 NT K + 512 G bytes (G: the most
+// groups a block takes).
 
 #ifndef WARPS
 #define WARPS 32
