@@ -40,12 +40,17 @@ def main(argv=None):
     ap.add_argument("--ns", default="8,16")
     ap.add_argument("--warps", type=int, default=None, help="warps per block (default: the kernel's, 32)")
     ap.add_argument("--seg-quads", type=int, default=SEG_QUADS, help="records (4 steps each) per segment")
+    ap.add_argument("--no-check", action="store_true",
+                    help="time without checking the result: only for the profiling builds whose results are wrong "
+                         "(CROSS_CUDA_DEFINES with -DGATHER_ABLATE=1 or 2)")
     ap.add_argument("--out", default=None, help="CSV file")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("gather_bench: needs a CUDA GPU")
     gen = torch.Generator(device="cuda").manual_seed(0)
     defines = os.environ.get(DEFINES_ENV, "")
+    if args.no_check and "GATHER_ABLATE" not in defines:
+        ap.error("--no-check: only for a profiling build (CROSS_CUDA_DEFINES=-DGATHER_ABLATE=1 or 2)")
     rows = []
     print(f"# {torch.cuda.get_device_name()}, bf16, CUDA-graph replay, L2 flushed; us; warps {args.warps or 'default'}, "
           f"seg_quads {args.seg_quads}; defines '{defines}'")
@@ -59,7 +64,7 @@ def main(argv=None):
             ratio = gw.nbytes / (2 * m * k)
             for n in (int(v) for v in args.ns.split(",")):
                 dense_us, us = checked_us(lambda x, y: gather_matmul(x, gw, out=y, warps=args.warps), w, n, gen,
-                                          f"{shape} N={n} {sp}")
+                                          f"{shape} N={n} {sp}", verify=not args.no_check)
                 floor = gw.nbytes / COPY_RATE * 1e6 / us
                 rec = dict(shape=shape, M=m, K=k, N=n, sparsity=sp, bytes_vs_dense=round(ratio, 4),
                            padding=round(gw.padding, 4), dense_us=round(dense_us, 2), gather_us=round(us, 2),

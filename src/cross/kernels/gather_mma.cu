@@ -21,7 +21,7 @@
 // records as it starts the one before, and holds DEPTH records ahead in registers (3 words a lane each).
 //
 // Compile-time parameters (NVRTC -D): IS_BF16, WARPS, NT (16, or 8: X's columns half as wide, one
-// ldmatrix.x2 a step), DEPTH, PREFETCH. Requirements checked by the launcher: K % 8 == 0, 1 <= n_tok <=
+// ldmatrix.x2 a step), DEPTH, PREFETCH; GATHER_ABLATE for profiling builds. Requirements checked by the launcher: K % 8 == 0, 1 <= n_tok <=
 // NT, x 4-byte aligned with an even row stride, dynamic shared memory 2 NT K + 512 G bytes (G: the most
 // groups a block takes).
 
@@ -42,6 +42,11 @@
 #endif
 #ifndef PREFETCH
 #define PREFETCH 1  // the next segment's records into L2 a segment ahead (0: not)
+#endif
+#ifndef GATHER_ABLATE
+// profiling builds only (results wrong): 1 every block exits once X is staged; 2 each warp runs at most
+// its first segment (the time without the warps' second rounds)
+#define GATHER_ABLATE 0
 #endif
 
 #include "dtype.cuh"
@@ -125,6 +130,9 @@ gather_mma(const u16* __restrict__ x, u16* __restrict__ y, const u16* __restrict
     if (lane == 0 && sg_next.z > 0) prefetch_l2(records + (size_t)sg_next.y * (REC_WORDS / 4), sg_next.z * REC_WORDS * 4);
 #endif
     __syncthreads();
+#if GATHER_ABLATE == 1
+    return;
+#endif
 
     // the lane's roles: ldmatrix row supplier of slot kk, half hh; B holder of row g4, pair class q
     // (at 8 tokens lanes 0-15 give the addresses: slot (lane & 7) + 8 ((lane >> 3) & 1), half 0)
@@ -136,7 +144,12 @@ gather_mma(const u16* __restrict__ x, u16* __restrict__ y, const u16* __restrict
     u32 keep[8];
 #pragma unroll
     for (int i = 0; i < 8; ++i) keep[i] = opaque(i == pos ? 0xFFFFFFFFu : 0u);
-    for (int s = s_lo + warp; s < s_hi; s += WARPS) {
+#if GATHER_ABLATE == 2
+    const int s_end = min(s_hi, s_lo + WARPS);
+#else
+    const int s_end = s_hi;
+#endif
+    for (int s = s_lo + warp; s < s_end; s += WARPS) {
         const int4 sg = sg_next;
         sg_next = sg_after;
         sg_after = s + 2 * WARPS < s_hi ? segs[s + 2 * WARPS] : none;
