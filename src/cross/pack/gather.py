@@ -91,7 +91,8 @@ class GatherWeight:
 
     @property
     def padding(self) -> float:
-        """Slots that hold no nonzero (class padding, bridges, group padding), as a fraction of all slots."""
+        """Slots that hold no nonzero (a row's classes unequal, a group's (row, pair class) pair counts unequal),
+        as a fraction of all slots."""
         return 1.0 - self.nnz / max(1, SLOTS * self.steps)
 
     def to(self, device) -> "GatherWeight":
