@@ -6,7 +6,6 @@ with --sass DIR, also write the SASS of the build NVRTC made on this machine.
 """
 
 import argparse
-import os
 
 import torch
 
@@ -33,7 +32,5 @@ print(f"ok rel err {float((y.float() - ref).norm() / ref.norm()):.2e}, {gw.steps
 if args.sass:
     from cross.kernels import cuda_backend
 
-    nt = 8 if args.n <= 8 else 16
-    defines = tuple(["-DIS_BF16=1", f"-DWARPS={cuda_backend.GATHER_WARPS}", f"-DNT={nt}"]
-                    + os.environ.get(cuda_backend.DEFINES_ENV, "").split())
+    defines = cuda_backend.gather_defines(True, cuda_backend.GATHER_WARPS, 8 if args.n <= 8 else 16)
     print(cuda_backend.write_sass(args.sass, "gather_mma.cu", defines))

@@ -594,12 +594,16 @@ _GATHER_SOURCE = "gather_mma.cu"
 GATHER_WARPS = 32
 
 
+def gather_defines(is_bf16: bool, warps: int, nt: int) -> tuple[str, ...]:
+    """NVRTC defines of a gather_mma build (tokens per pass nt: 8 or 16), with CROSS_CUDA_DEFINES' extras."""
+    return tuple([f"-DIS_BF16={int(is_bf16)}", f"-DWARPS={warps}", f"-DNT={nt}"] + os.environ.get(DEFINES_ENV, "").split())
+
+
 @functools.lru_cache(maxsize=None)
 def _gather_kernel(device_index: int, is_bf16: bool, warps: int, nt: int):
     """One build per dtype, warps and tokens per pass (8 or 16), allowed the device's shared memory per
     block (X's 2 nt bytes a column and 512 per group of the block: the launch's)."""
-    defines = tuple([f"-DIS_BF16={int(is_bf16)}", f"-DWARPS={warps}", f"-DNT={nt}"]
-                    + os.environ.get(DEFINES_ENV, "").split())
+    defines = gather_defines(is_bf16, warps, nt)
     props = torch.cuda.get_device_properties(device_index)
     _, func = _compile(device_index, _GATHER_SOURCE, "gather_mma", defines,
                        getattr(props, "shared_memory_per_block_optin", 227 * 1024))

@@ -50,6 +50,7 @@
 #endif
 
 #include "dtype.cuh"
+#include "async.cuh"
 #include "mma.cuh"
 
 // a bulk prefetch of bytes (a multiple of 16, from a 16-byte aligned address) into L2
@@ -75,8 +76,6 @@ __device__ __forceinline__ u32 opaque(u32 v) {
     asm volatile("mov.b32 %0, %0;\n" : "+r"(v));
     return v;
 }
-
-__device__ __forceinline__ u32 smem_addr(const void* p) { return (u32)__cvta_generic_to_shared(p); }
 
 __device__ __forceinline__ void ldmatrix_x4_trans(u32 (&a)[4], u32 addr) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
@@ -137,7 +136,7 @@ gather_mma(const u16* __restrict__ x, u16* __restrict__ y, const u16* __restrict
     // the lane's roles: ldmatrix row supplier of slot kk, half hh; B holder of row g4, pair class q
     // (at 8 tokens lanes 0-15 give the addresses: slot (lane & 7) + 8 ((lane >> 3) & 1), half 0)
     const int cls = kk & 7;
-    const u32 lane_off = opaque(smem_addr(xs) + x_offset(cls, hh));
+    const u32 lane_off = opaque(smem_u32(xs) + x_offset(cls, hh));
     const int g4 = lane >> 2, q = lane & 3;
     const int pos = (g4 - q) & 7, widx = 8 * q + pos;  // the word it keeps: step pos >> 1, register pos & 1
     // per step and B register, all ones where the lane's word goes there (registers, not recomputed)

@@ -718,9 +718,9 @@ def gather_matmul(x: torch.Tensor, weight, bias: torch.Tensor | None = None, out
     warps = cuda_backend.GATHER_WARPS if warps is None else warps
     if isinstance(warps, bool) or not isinstance(warps, int) or not 1 <= warps <= 32:
         raise ValueError(f"gather_matmul: warps must be an int in 1..32, got {warps!r}")
-    blocks = torch.cuda.get_device_properties(x.device).multi_processor_count
+    props = torch.cuda.get_device_properties(x.device)
+    blocks, limit = props.multi_processor_count, getattr(props, "shared_memory_per_block_optin", 227 * 1024)
     table, most = _gather_table(weight, blocks)
-    limit = getattr(torch.cuda.get_device_properties(x.device), "shared_memory_per_block_optin", 227 * 1024)
     y = torch.empty((n, m), dtype=x.dtype, device=x.device) if out is None else out
     x = _rows_16_byte_aligned(x)  # the kernel reads X in 4-byte words
     for start in range(0, n, 16):

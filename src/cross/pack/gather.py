@@ -167,9 +167,8 @@ class GatherWeight:
         the records as the kernel reads them."""
         rec = self.records.cpu().to(torch.int64) & 0xFFFFFFFF
         n_rec = rec.shape[0]
-        rec_group = torch.zeros(n_rec, dtype=torch.int64)
-        for g, first, n, _ in self.segs.cpu().tolist():
-            rec_group[first:first + n] = g
+        segs = self.segs.cpu().to(torch.int64)
+        rec_group = torch.repeat_interleave(segs[:, 0], segs[:, 2])  # the segments cover the records in order
         cw = rec[:, 32:].view(n_rec, SLOTS, 2)
         ucol = torch.stack([cw & 0xFFFF, cw >> 16], -1).view(n_rec, SLOTS, QUAD)  # [rec][slot][step]
         q, pos, j = torch.meshgrid(torch.arange(4), torch.arange(8), torch.arange(2), indexing="ij")
