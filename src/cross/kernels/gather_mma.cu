@@ -43,6 +43,12 @@
 #ifndef PREFETCH
 #define PREFETCH 1  // the next segment's records into L2 a segment ahead (0: not)
 #endif
+#ifndef X_BATCH
+#define X_BATCH 1  // X's staging units a thread loads before it stores them (one round trip each batch)
+#endif
+#ifndef X_SWAP
+#define X_SWAP 0  // 1: half the threads store their second column first (X's staging stores without 2-way conflicts)
+#endif
 #ifndef GATHER_ABLATE
 // profiling builds only (results wrong): 1 every block exits once X is staged; 2 each warp runs at most
 // its first segment (the time without the warps' second rounds)
@@ -108,22 +114,40 @@ gather_mma(const u16* __restrict__ x, u16* __restrict__ y, const u16* __restrict
     const int kk = (lane & 7) + ((NT == 16 ? lane >> 4 : (lane >> 3) & 1) << 3), hh = NT == 16 ? (lane >> 3) & 1 : 0;
     for (int i = tid; i < (g1 - g0) * 128; i += THREADS) acc[i] = 0.f;
 
-    // X staged: a thread takes columns (2 p, 2 p + 1) of token half h: 8 words of X, two 16-byte rows
-    for (int u = tid; u < k * NT / 16; u += THREADS) {
-        const int p = NT == 16 ? u >> 1 : u, h = NT == 16 ? u & 1 : 0;
-        u32 w[8];
+    // X staged: a thread takes columns (2 p, 2 p + 1) of token half h: 8 words of X, two 16-byte rows.
+    // X_BATCH units a thread at a time, their loads issued before any store (one round trip a batch);
+    // X_SWAP: threads with bit 2 set store column 2 p + 1 first, so that each store instruction of a warp
+    // reaches 8 bank groups (4 wavefronts) instead of 4
+    const int x_units = k * NT / 16;
+    for (int u0 = tid; u0 < x_units; u0 += THREADS * X_BATCH) {
+        u32 w[X_BATCH][8];
+        // unit u0 + b THREADS: the same half (THREADS is even), its columns b THREADS (16 tokens) or 2 b THREADS
+        // (8) further on
+        const int h0 = NT == 16 ? u0 & 1 : 0;
+        const u16* xp = x + (size_t)(8 * h0) * ldx + 2 * (NT == 16 ? u0 >> 1 : u0);
 #pragma unroll
         for (int j = 0; j < 8; ++j) {
-            const int t = 8 * h + j;
-            w[j] = t < n_tok ? *reinterpret_cast<const u32*>(x + (size_t)t * ldx + 2 * p) : 0u;
+            const bool tok = 8 * h0 + j < n_tok;
+#pragma unroll
+            for (int b = 0; b < X_BATCH; ++b)
+                w[b][j] = tok && u0 + b * THREADS < x_units
+                              ? *reinterpret_cast<const u32*>(xp + (NT == 16 ? 1 : 2) * b * THREADS) : 0u;
+            xp += ldx;
         }
-        uint4 lo, hi;
-        lo.x = __byte_perm(w[0], w[1], 0x5410); hi.x = __byte_perm(w[0], w[1], 0x7632);
-        lo.y = __byte_perm(w[2], w[3], 0x5410); hi.y = __byte_perm(w[2], w[3], 0x7632);
-        lo.z = __byte_perm(w[4], w[5], 0x5410); hi.z = __byte_perm(w[4], w[5], 0x7632);
-        lo.w = __byte_perm(w[6], w[7], 0x5410); hi.w = __byte_perm(w[6], w[7], 0x7632);
-        *reinterpret_cast<uint4*>(reinterpret_cast<char*>(xs) + x_offset(2 * p, h)) = lo;
-        *reinterpret_cast<uint4*>(reinterpret_cast<char*>(xs) + x_offset(2 * p + 1, h)) = hi;
+#pragma unroll
+        for (int b = 0; b < X_BATCH; ++b) {
+            const int u = u0 + b * THREADS;
+            if (u >= x_units) break;
+            const int p = NT == 16 ? u >> 1 : u, h = NT == 16 ? u & 1 : 0;
+            uint4 lo, hi;
+            lo.x = __byte_perm(w[b][0], w[b][1], 0x5410); hi.x = __byte_perm(w[b][0], w[b][1], 0x7632);
+            lo.y = __byte_perm(w[b][2], w[b][3], 0x5410); hi.y = __byte_perm(w[b][2], w[b][3], 0x7632);
+            lo.z = __byte_perm(w[b][4], w[b][5], 0x5410); hi.z = __byte_perm(w[b][4], w[b][5], 0x7632);
+            lo.w = __byte_perm(w[b][6], w[b][7], 0x5410); hi.w = __byte_perm(w[b][6], w[b][7], 0x7632);
+            const int sw = X_SWAP ? (tid >> 2) & 1 : 0;
+            *reinterpret_cast<uint4*>(reinterpret_cast<char*>(xs) + x_offset(2 * p + sw, h)) = sw ? hi : lo;
+            *reinterpret_cast<uint4*>(reinterpret_cast<char*>(xs) + x_offset(2 * p + 1 - sw, h)) = sw ? lo : hi;
+        }
     }
 #if PREFETCH
     if (lane == 0 && sg_next.z > 0) prefetch_l2(records + (size_t)sg_next.y * (REC_WORDS / 4), sg_next.z * REC_WORDS * 4);
