@@ -9,7 +9,7 @@
 # staged (GATHER_ABLATE=1) and that run each warp's first segment only (2), segments of 2 and 4 records, and
 # X's staging by batches of 4 units a thread (X_BATCH=4: one round trip) with and without the stores' order
 # swapped (X_SWAP=1), the latter also exiting once X is staged, with segments of 4 records, and with 16 warps
-# a block (X_BATCH=8).
+# a block (X_BATCH=8), and with the records by loads that skip L1 (REC_NC=1).
 source "$(dirname "$0")/steps.sh"
 set -e
 case "${1:-}" in first | depth | fixed | ablate) ;;
@@ -44,6 +44,8 @@ elif [ "$1" = ablate ]; then
         --seg-quads 4
     CROSS_CUDA_DEFINES="-DX_BATCH=8 -DX_SWAP=1" step gather_xbatch8_swap_warps16 60 python3 benchmarks/gather_bench.py \
         $V90 --warps 16
+    CROSS_CUDA_DEFINES="-DX_BATCH=4 -DX_SWAP=1 -DREC_NC=1" step gather_xbatch_swap_recnc 60 \
+        python3 benchmarks/gather_bench.py $V90
 else
     CROSS_CUDA_DEFINES=-DDEPTH=5 step gather_depth5 60 python3 benchmarks/gather_bench.py $V
     step ncu_gather70 120 ncu -k regex:gather_mma --launch-count 1 --set full python3 benchmarks/gather_profile_one.py \
