@@ -5,11 +5,11 @@
 # Variants of the build at 16 tokens, 70 and 90%: "first" (the first run): without the L2 prefetch, 16
 # warps, segments of 4 and 16 records; "depth": records held 1 (32 warps) and 3 (24 warps) ahead (both at
 # the commits that ran them); "fixed" (the fixed positions' layout; shorter: no grid, no 4096x11008): records
-# held 5 ahead, and ncu at 70%; "ablate" (shorter, the same way): the profiling builds that exit once X is
-# staged (GATHER_ABLATE=1) and that run each warp's first segment only (2), segments of 2 and 4 records, and
-# X's staging by batches of 4 units a thread (X_BATCH=4: one round trip) with and without the stores' order
-# swapped (X_SWAP=1), the latter also exiting once X is staged, with segments of 4 records, and with 16 warps
-# a block (X_BATCH=8), and with the records by loads that skip L1 (REC_NC=1).
+# held 5 ahead, and ncu at 70%; "ablate" (shorter still: the benchmark at 16 tokens, 70 and 90%, only): the
+# profiling builds that exit once X is staged (GATHER_ABLATE=1) and that run each warp's first segment only
+# (2), segments of 4 records, and X's staging by batches of 4 units a thread (X_BATCH=4: one round trip) with
+# the stores' order swapped (X_SWAP=1), that build also exiting once X is staged, with the records by loads
+# that skip L1 (REC_NC=1) and with segments of 4 records.
 source "$(dirname "$0")/steps.sh"
 set -e
 case "${1:-}" in first | depth | fixed | ablate) ;;
@@ -19,8 +19,13 @@ set +e
 V="--shapes llama-qkvo,llama-up --sparsities 0.7,0.9 --ns 16"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader > "$OUT/gpu.txt"
 step gather_tests 200 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gather.py -x
-step gather_bench 200 python3 benchmarks/gather_bench.py --shapes llama-qkvo,llama-up --sparsities 0.5,0.7,0.8,0.9 \
-    --ns 8,16 --out "$OUT/gather_bench.csv"
+V90="--shapes llama-qkvo,llama-up --sparsities 0.9,0.7 --ns 16"
+if [ "$1" = ablate ]; then  # the default build at the variants' points only
+    step gather_bench 100 python3 benchmarks/gather_bench.py $V90 --out "$OUT/gather_bench.csv"
+else
+    step gather_bench 200 python3 benchmarks/gather_bench.py --shapes llama-qkvo,llama-up --sparsities 0.5,0.7,0.8,0.9 \
+        --ns 8,16 --out "$OUT/gather_bench.csv"
+fi
 [ "$SHORT" = 1 ] || step gather_down8 60 python3 benchmarks/gather_bench.py --shapes llama-down --sparsities 0.7,0.9 --ns 8
 if [ "$1" = first ]; then
     CROSS_CUDA_DEFINES=-DPREFETCH=0 step gather_noprefetch 60 python3 benchmarks/gather_bench.py $V
@@ -31,21 +36,16 @@ elif [ "$1" = depth ]; then
     CROSS_CUDA_DEFINES=-DDEPTH=1 step gather_depth1 60 python3 benchmarks/gather_bench.py $V
     CROSS_CUDA_DEFINES=-DDEPTH=3 step gather_depth3 60 python3 benchmarks/gather_bench.py $V --warps 24
 elif [ "$1" = ablate ]; then
-    V90="--shapes llama-qkvo,llama-up --sparsities 0.9,0.7 --ns 16"
     CROSS_CUDA_DEFINES=-DGATHER_ABLATE=1 step gather_ablate1 60 python3 benchmarks/gather_bench.py $V90 --no-check
     CROSS_CUDA_DEFINES=-DGATHER_ABLATE=2 step gather_ablate2 60 python3 benchmarks/gather_bench.py $V90 --no-check
-    step gather_seg2 60 python3 benchmarks/gather_bench.py $V90 --seg-quads 2
     step gather_seg4 60 python3 benchmarks/gather_bench.py $V90 --seg-quads 4
-    CROSS_CUDA_DEFINES="-DX_BATCH=4" step gather_xbatch 60 python3 benchmarks/gather_bench.py $V90
     CROSS_CUDA_DEFINES="-DX_BATCH=4 -DX_SWAP=1" step gather_xbatch_swap 60 python3 benchmarks/gather_bench.py $V90
     CROSS_CUDA_DEFINES="-DX_BATCH=4 -DX_SWAP=1 -DGATHER_ABLATE=1" step gather_xbatch_swap_ablate1 60 \
         python3 benchmarks/gather_bench.py $V90 --no-check
-    CROSS_CUDA_DEFINES="-DX_BATCH=4 -DX_SWAP=1" step gather_xbatch_swap_seg4 60 python3 benchmarks/gather_bench.py $V90 \
-        --seg-quads 4
-    CROSS_CUDA_DEFINES="-DX_BATCH=8 -DX_SWAP=1" step gather_xbatch8_swap_warps16 60 python3 benchmarks/gather_bench.py \
-        $V90 --warps 16
     CROSS_CUDA_DEFINES="-DX_BATCH=4 -DX_SWAP=1 -DREC_NC=1" step gather_xbatch_swap_recnc 60 \
         python3 benchmarks/gather_bench.py $V90
+    CROSS_CUDA_DEFINES="-DX_BATCH=4 -DX_SWAP=1" step gather_xbatch_swap_seg4 60 python3 benchmarks/gather_bench.py $V90 \
+        --seg-quads 4
 else
     CROSS_CUDA_DEFINES=-DDEPTH=5 step gather_depth5 60 python3 benchmarks/gather_bench.py $V
     step ncu_gather70 120 ncu -k regex:gather_mma --launch-count 1 --set full python3 benchmarks/gather_profile_one.py \
