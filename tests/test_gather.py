@@ -88,6 +88,56 @@ def _x_shared(x16, nt):
     return xs
 
 
+def _x_staged(x16, k, nt, threads, batch, swap):
+    """X's shared copy as the kernel's staging loop writes it (gather_mma.cu, X_BATCH and X_SWAP): each
+    thread's loads by the pointer walk over the 8 tokens of its units' half, its stores at the columns
+    of each unit; and per warp and store instruction the 16-byte bank groups (byte offset mod 128 // 16)
+    its 32 lanes reach. Checks that no byte is written twice."""
+    n = x16.shape[0]
+    xs = torch.full((k * nt,), float("nan"), dtype=torch.float64)
+    written = torch.zeros(k * nt, dtype=torch.int64)
+    groups = {}  # (warp, u0 round, batch, store) -> bank groups of its lanes
+    x_units = k * nt // 16
+    for tid in range(threads):
+        for rnd, u0 in enumerate(range(tid, x_units, threads * batch)):
+            h0 = u0 & 1 if nt == 16 else 0
+            col0 = 2 * (u0 >> 1 if nt == 16 else u0)  # the pointer's column; units b threads further on
+            w = [[(0.0, 0.0)] * 8 for _ in range(batch)]
+            for j in range(8):
+                for b in range(batch):
+                    if 8 * h0 + j < n and u0 + b * threads < x_units:
+                        col = col0 + (1 if nt == 16 else 2) * b * threads
+                        w[b][j] = (float(x16[8 * h0 + j, col]), float(x16[8 * h0 + j, col + 1]))
+            for b in range(batch):
+                u = u0 + b * threads
+                if u >= x_units:
+                    break
+                p, h = (u >> 1, u & 1) if nt == 16 else (u, 0)
+                lo, hi = [v[0] for v in w[b]], [v[1] for v in w[b]]
+                sw = (tid >> 2) & 1 if swap else 0
+                for store, (c, vals) in enumerate(((2 * p + sw, hi if sw else lo), (2 * p + 1 - sw, lo if sw else hi))):
+                    off = _x_offset(c, h, nt) // 2
+                    xs[off:off + 8] = torch.tensor(vals, dtype=torch.float64)
+                    written[off:off + 8] += 1
+                    groups.setdefault((tid // 32, rnd, b, store), []).append((2 * off) % 128 // 16)
+    assert int(written.max()) == 1
+    return xs, groups
+
+
+@pytest.mark.parametrize("k,nt,threads,batch", [(4096, 16, 1024, 4), (4096, 8, 1024, 4), (520, 16, 128, 4),
+                                                (520, 8, 64, 1), (64, 16, 512, 2)])
+def test_x_staging_transcribed(rng, k, nt, threads, batch):
+    x16 = torch.zeros(16, k, dtype=torch.float64)
+    x16[:nt - 3] = torch.randn(nt - 3, k, generator=rng).to(torch.bfloat16).double()
+    for swap in (0, 1):
+        xs, groups = _x_staged(x16, k, nt, threads, batch, swap)
+        assert torch.equal(xs, _x_shared(x16, nt))
+        full = [g for g in groups.values() if len(g) == 32]
+        assert full
+        # without the swap a warp's store reaches 4 bank groups (8 wavefronts for 512 bytes), with it all 8 (4)
+        assert all(len(set(g)) == (8 if swap else 4) for g in full)
+
+
 def _kernel_transcribed(x, gw, nt):
     """The kernel's lanes step by step in fp64: per segment and step, the ldmatrix.trans row addresses
     (lane i: slot (i % 8) + 8 (i // 16), half (i // 8) % 2; at 8 tokens lanes 0-15: slot (i % 8) + 8 (i // 8),

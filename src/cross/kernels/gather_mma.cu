@@ -44,10 +44,10 @@
 #define PREFETCH 1  // the next segment's records into L2 a segment ahead (0: not)
 #endif
 #ifndef X_BATCH
-#define X_BATCH 1  // X's staging units a thread loads before it stores them (one round trip each batch)
+#define X_BATCH 4  // X's staging units a thread loads before it stores them (one round trip each batch)
 #endif
 #ifndef X_SWAP
-#define X_SWAP 0  // 1: half the threads store their second column first (X's staging stores without 2-way conflicts)
+#define X_SWAP 1  // 1: half the threads store their second column first (X's staging stores without 2-way conflicts)
 #endif
 #ifndef REC_NC
 #define REC_NC 0  // 1: the records by non-coherent loads that do not allocate in L1 (they are read once)
