@@ -19,9 +19,12 @@
 // last bits are not reproducible run to run), which the block writes once its warps are done. A
 // warp loads its next segment's entry a segment ahead and (PREFETCH) asks L2 for that segment's
 // records as it starts the one before, and holds DEPTH records ahead in registers (3 words a lane each).
+// Before any step every block stages all of X (every SM reads it from L2: ~5 us of a launch at 16 tokens
+// and K = 4096 on an H200, docs/perf-notes.md, "The gather kernel's fixed part, measured"), X_BATCH units
+// a thread at a time.
 //
 // Compile-time parameters (NVRTC -D): IS_BF16, WARPS, NT (16, or 8: X's columns half as wide, one
-// ldmatrix.x2 a step), DEPTH, PREFETCH; GATHER_ABLATE for profiling builds. Requirements checked by the launcher: K % 8 == 0, 1 <= n_tok <=
+// ldmatrix.x2 a step), DEPTH, PREFETCH, X_BATCH, X_SWAP, REC_NC; GATHER_ABLATE for profiling builds. Requirements checked by the launcher: K % 8 == 0, 1 <= n_tok <=
 // NT, x 4-byte aligned with an even row stride, dynamic shared memory 2 NT K + 512 G bytes (G: the most
 // groups a block takes).
 
