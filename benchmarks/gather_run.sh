@@ -9,7 +9,8 @@
 # profiling builds that exit once X is staged (GATHER_ABLATE=1) and that run each warp's first segment only
 # (2), segments of 4 records, and X's staging by batches of 4 units a thread (X_BATCH=4: one round trip) with
 # the stores' order swapped (X_SWAP=1), that build also exiting once X is staged, with the records by loads
-# that skip L1 (REC_NC=1) and with segments of 4 records.
+# that skip L1 (REC_NC=1) and with segments of 4 records (as run at 59c3243, whose defaults were X_BATCH=1 and
+# X_SWAP=0; the defaults are now that variant's).
 source "$(dirname "$0")/steps.sh"
 set -e
 case "${1:-}" in first | depth | fixed | ablate) ;;
