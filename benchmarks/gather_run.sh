@@ -8,9 +8,9 @@
 # held 5 ahead, and ncu at 70%; "ablate" (shorter still: the benchmark at 16 tokens, 70 and 90%, only): the
 # profiling builds that exit once X is staged (GATHER_ABLATE=1) and that run each warp's first segment only
 # (2), segments of 4 records, and X's staging by batches of 4 units a thread (X_BATCH=4: one round trip) with
-# the stores' order swapped (X_SWAP=1), that build also exiting once X is staged, with the records by loads
-# that skip L1 (REC_NC=1) and with segments of 4 records (as run at 59c3243, whose defaults were X_BATCH=1 and
-# X_SWAP=0; the defaults are now that variant's).
+# the stores' order swapped (X_SWAP=1), that build also exiting once X is staged and with segments of 4
+# records (as run at 59c3243, whose defaults were X_BATCH=1 and X_SWAP=0; the variant's are the defaults now; it also
+# timed records by loads that skip L1, REC_NC=1, slower and since removed).
 source "$(dirname "$0")/steps.sh"
 set -e
 case "${1:-}" in first | depth | fixed | ablate) ;;
@@ -43,8 +43,6 @@ elif [ "$1" = ablate ]; then
     CROSS_CUDA_DEFINES="-DX_BATCH=4 -DX_SWAP=1" step gather_xbatch_swap 60 python3 benchmarks/gather_bench.py $V90
     CROSS_CUDA_DEFINES="-DX_BATCH=4 -DX_SWAP=1 -DGATHER_ABLATE=1" step gather_xbatch_swap_ablate1 60 \
         python3 benchmarks/gather_bench.py $V90 --no-check
-    CROSS_CUDA_DEFINES="-DX_BATCH=4 -DX_SWAP=1 -DREC_NC=1" step gather_xbatch_swap_recnc 60 \
-        python3 benchmarks/gather_bench.py $V90
     CROSS_CUDA_DEFINES="-DX_BATCH=4 -DX_SWAP=1" step gather_xbatch_swap_seg4 60 python3 benchmarks/gather_bench.py $V90 \
         --seg-quads 4
 else

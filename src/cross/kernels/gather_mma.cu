@@ -24,7 +24,7 @@
 // a thread at a time.
 //
 // Compile-time parameters (NVRTC -D): IS_BF16, WARPS, NT (16, or 8: X's columns half as wide, one
-// ldmatrix.x2 a step), DEPTH, PREFETCH, X_BATCH, X_SWAP, REC_NC; GATHER_ABLATE for profiling builds. Requirements checked by the launcher: K % 8 == 0, 1 <= n_tok <=
+// ldmatrix.x2 a step), DEPTH, PREFETCH, X_BATCH, X_SWAP; GATHER_ABLATE for profiling builds. Requirements checked by the launcher: K % 8 == 0, 1 <= n_tok <=
 // NT, x 4-byte aligned with an even row stride, dynamic shared memory 2 NT K + 512 G bytes (G: the most
 // groups a block takes).
 
@@ -52,9 +52,6 @@
 #ifndef X_SWAP
 #define X_SWAP 1  // 1: half the threads store their second column first (X's staging stores without 2-way conflicts)
 #endif
-#ifndef REC_NC
-#define REC_NC 0  // 1: the records by non-coherent loads that do not allocate in L1 (they are read once)
-#endif
 #ifndef GATHER_ABLATE
 // profiling builds only (results wrong): 1 every block exits once X is staged; 2 each warp runs at most
 // its first segment (the time without the warps' second rounds)
@@ -78,14 +75,8 @@ struct Rec {
 
 __device__ __forceinline__ Rec load_rec(const uint4* rp, int widx, int kk) {
     Rec r;
-#if REC_NC
-    asm volatile("ld.global.nc.L1::no_allocate.u32 %0, [%1];\n" : "=r"(r.w) : "l"(reinterpret_cast<const u32*>(rp) + widx));
-    asm volatile("ld.global.nc.L1::no_allocate.v2.u32 {%0, %1}, [%2];\n"
-                 : "=r"(r.cw.x), "=r"(r.cw.y) : "l"(reinterpret_cast<const uint2*>(rp) + 16 + kk));
-#else
     r.w = reinterpret_cast<const u32*>(rp)[widx];
     r.cw = reinterpret_cast<const uint2*>(rp)[16 + kk];
-#endif
     return r;
 }
 
