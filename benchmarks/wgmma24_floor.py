@@ -42,12 +42,15 @@ ABLATIONS = (("copies only", "-DABLATE=1"), ("no copies", "-DABLATE=3"), ("launc
 BUILD = cuda_backend._wgmma24_kernel  # the launcher's builds: (function, shared memory, blocks per SM)
 
 
+BASE = ""  # --base: the defines every build starts with
+
+
 def build_with(defines: str, per_sm: int | None = None) -> None:
     """Make the next wgmma24 launches use a build with ``defines`` (empty: the normal build), launched
     as if ``per_sm`` of its blocks fitted on an SM (None: as many as do). An ablation build needs fewer
     registers, so more of its blocks fit, and a STREAM launch sized by that would have more blocks than
     the full build's: pinned, the ablations run the full launch's grid."""
-    os.environ[cuda_backend.DEFINES_ENV] = defines
+    os.environ[cuda_backend.DEFINES_ENV] = f"{BASE} {defines}".strip()
     BUILD.cache_clear()
     cuda_backend._wgmma24_kernel = BUILD if per_sm is None else (lambda *a: BUILD(*a)[:2] + (per_sm,))
 
@@ -67,13 +70,17 @@ def main(argv=None):
     ap.add_argument("--wgs", type=int, default=2, help="warpgroups per block (the weight's row blocks: 64 wgs mt rows)")
     ap.add_argument("--mt", type=int, default=2, help="m-tiles per warpgroup")
     ap.add_argument("--builds", default="", help="comma-separated CROSS_CUDA_DEFINES of other full builds to time")
+    ap.add_argument("--base", default="", help="CROSS_CUDA_DEFINES put before every build's own (e.g. -DXPRE=1)")
     ap.add_argument("--out", default="")
     opts = ap.parse_args(argv)
     if cuda_backend.DEFINES_ENV in os.environ:
         raise SystemExit(f"wgmma24_floor: unset {cuda_backend.DEFINES_ENV}; the script sets it for each build")
+    global BASE
+    BASE = opts.base
     gen = torch.Generator().manual_seed(0)
     layout = "compressed" if opts.compressed else "slots"
-    print(f"# {torch.cuda.get_device_name()}, bf16, N={opts.n}, the {layout} layout at its default launch; "
+    print(f"# {torch.cuda.get_device_name()}, bf16, N={opts.n}, the {layout} layout at its default launch"
+          f"{', every build with ' + opts.base if opts.base else ''}; "
           f"CUDA-graph replay, L2 flushed; us")
     rows = []
     try:
@@ -82,6 +89,7 @@ def main(argv=None):
             for sp in (float(v) for v in opts.sparsities.split(",")):
                 w = make_weight(m, k, sp, "uniform", gen).cuda()
                 sw = Wgmma24Weight.from_dense(w, wgs=opts.wgs, mt=opts.mt, compressed=opts.compressed)
+                build_with("")  # the base defines (an A_SMEM base: the records' order wgmma24_args gives)
                 args = wgmma24_args(sw)
                 split = args.split if args.split >= 0 else wgmma24_split(args.row_blocks, args.chunks, args.sms,
                                                                         -(-opts.n // token_tile(opts.n)))
@@ -114,7 +122,7 @@ def main(argv=None):
                          "the mmas": times["full"] - times["copies only"],
                          "the end (full - no end)": times["full"] - times["no end"],
                          "the end (no copies)": times["no copies"] - times["no copies, no end"]}
-                rec = dict(shape=shape, M=m, K=k, N=opts.n, sparsity=sp, layout=layout, rows=64 * opts.wgs * opts.mt,
+                rec = dict(base=opts.base, shape=shape, M=m, K=k, N=opts.n, sparsity=sp, layout=layout, rows=64 * opts.wgs * opts.mt,
                            split=split if split else "STREAM", blocks_per_sm=per_sm, mb=round(sw.nbytes / 1e6, 2),
                            dense_us=round(dense_us, 2),
                            **{column(name): round(us, 2) for name, us in times.items()})

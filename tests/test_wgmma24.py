@@ -10,6 +10,8 @@ fresh inputs, over shapes (ragged M and K), densities, dtypes, token counts (tok
 m-tiles, splits of K (clusters, and STREAM: the same bits twice, counters back to zero) and bias.
 """
 
+import os
+
 import pytest
 import torch
 
@@ -335,6 +337,63 @@ def _check(y, x, w, b):
     return float(err.max())
 
 
+@pytest.mark.parametrize("wgs,mt", [(2, 2), (1, 1), (2, 1)])
+def test_a_smem_order(rng, wgs, mt):
+    """The A_SMEM builds' records (pack/wgmma24.a_smem_order): each k-step's A word of row r and word j
+    (group j of the k-step's 8, as the thread layout assigns them to registers) sits where the
+    descriptor's no-swizzle K-major layout reads it: byte 256 (r / 8) + 128 (j / 4) + 16 (r % 8) +
+    4 (j % 4) of the tile (the kernel's A_SBO, A_LBO); the metadata, head words and overflow unchanged."""
+    from cross.pack.wgmma24 import a_smem_order
+
+    w = _unstructured(300, 200, 0.4, rng)
+    sw = Wgmma24Weight.from_dense(w, wgs, mt)
+    new = a_smem_order(sw).to(torch.int64) & 0xFFFFFFFF
+    old = sw.values.to(torch.int64) & 0xFFFFFFFF
+    rb_, nc = sw.blocks
+    n = sw.mtiles * TILE_WORDS
+    t_old = old.view(rb_, nc, -1)[..., :n].reshape(rb_, nc, sw.mtiles, TILE_WORDS)
+    t_new = new.view(rb_, nc, -1)[..., :n].reshape(rb_, nc, sw.mtiles, TILE_WORDS)
+    for ks in range(2):
+        for r in range(64):
+            for j in range(8):
+                wv, g, hf, q, hq = r // 16, r % 8, (r % 16) // 8, j % 4, j // 4
+                reg = 512 * ks + 4 * (32 * wv + 4 * g + q) + hf + 2 * hq  # the thread layout (test_thread_layout)
+                at = 512 * ks + (256 * (r // 8) + 128 * (j // 4) + 16 * (r % 8) + 4 * (j % 4)) // 4
+                assert torch.equal(t_new[..., at], t_old[..., reg]), (ks, r, j)
+    assert torch.equal(t_new[..., 1024:], t_old[..., 1024:])
+    assert torch.equal(new.view(rb_, nc, -1)[..., n:], old.view(rb_, nc, -1)[..., n:])
+    assert not torch.equal(new, old)
+    with pytest.raises(ValueError, match="slots layout"):
+        a_smem_order(Wgmma24Weight.from_dense(w, compressed=True))
+
+
+def test_a_smem_builds_reserve_the_overflow_buffers(monkeypatch):
+    """An A_SMEM build (CROSS_CUDA_DEFINES=-DA_SMEM=1) gets its two overflow buffers past the stages,
+    fewer stages where they would not fit, at least 3; none without overflow."""
+    from cross.kernels import cuda_backend
+    from cross.pack.wgmma24 import STAGE_SMEM, a_smem_reserve, record_bytes
+
+    monkeypatch.setattr(cuda_backend, "_compile", lambda dev, src, name, defines, smem, arch_specific=False: (None, defines))
+    monkeypatch.setattr(cuda_backend, "resident_blocks", lambda func, threads, smem: 1)
+    monkeypatch.setenv(cuda_backend.DEFINES_ENV, "-DA_SMEM=1")
+    cuda_backend._wgmma24_kernel.cache_clear()
+    cuda_backend.wgmma24_a_smem.cache_clear()
+    try:
+        for slots, ntok in ((64, 128), (64, 16), (0, 128)):
+            defines, smem, _ = cuda_backend._wgmma24_kernel(0, True, 2, 2, 2, slots, ntok)
+            n = cuda_backend.defined_stages(defines)
+            reserve = a_smem_reserve(2, 2, slots)
+            assert reserve == (32768 if slots else 0)
+            assert smem == n * (record_bytes(2, 2, slots) + ntok * 128) + reserve <= STAGE_SMEM
+            assert n >= 3 and n <= stages(2, 2, slots, ntok)
+        assert cuda_backend.defined_stages(cuda_backend._wgmma24_kernel(0, True, 2, 2, 2, 64, 128)[0]) < stages(2, 2, 64, 128)
+        with pytest.raises(ValueError, match="slots layout"):
+            cuda_backend._wgmma24_kernel(0, True, 2, 2, 0, 64, 16, True, True)
+    finally:
+        cuda_backend._wgmma24_kernel.cache_clear()
+        cuda_backend.wgmma24_a_smem.cache_clear()
+
+
 def test_tuning_stages_size_the_shared_memory(monkeypatch):
     """A build whose stages CROSS_CUDA_DEFINES sets (a tuning build) is allowed the shared memory of
     those stages, not of the default's."""
@@ -547,6 +606,36 @@ def test_gpu_wgmma24_stream_reduce(m, k, n, sized, rng, monkeypatch):
         torch.cuda.synchronize()
         assert _check(y, x, w, None) < 2e-2 and not args.counters.any() and not area.any()
     assert set(builds) == {n <= 64}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("split", [1, 2, 4, None])
+@pytest.mark.parametrize("weight", ["2:4", "0.1", "0.3", "1.0"])
+@pytest.mark.parametrize("m,k", [(11008, 4096), (700, 2056), (64, 64), (300, 520)])
+def test_gpu_wgmma24_a_smem(m, k, weight, split, rng, monkeypatch):
+    """A_SMEM builds (CROSS_CUDA_DEFINES=-DA_SMEM=1: A read by the mmas from shared memory in
+    a_smem_order, the overflow staged there per unit, a unit's mmas waited for after the next unit's are
+    issued) by clusters: the product at 16-300 tokens (token tiles), with and without overflow."""
+    from cross.kernels import cuda_backend
+    from cross.kernels.launch import wgmma24_args, wgmma24_run
+
+    _needs_sm90()
+    # after any CROSS_CUDA_DEFINES of the run (a tuning of the descriptors' strides, say)
+    monkeypatch.setenv(cuda_backend.DEFINES_ENV, os.environ.get(cuda_backend.DEFINES_ENV, "") + " -DA_SMEM=1")
+    cuda_backend._wgmma24_kernel.cache_clear()
+    cuda_backend.wgmma24_a_smem.cache_clear()
+    try:
+        w = (_weight(m, k, 2, rng) if weight == "2:4" else _unstructured(m, k, float(weight), rng)).cuda()
+        args = wgmma24_args(Wgmma24Weight.from_dense(w), split)
+        for n in (16, 50, 128, 300):
+            x = torch.randn(n, k, generator=rng).to(torch.bfloat16).cuda()
+            b = torch.randn(m, generator=rng).to(torch.bfloat16).cuda() if n % 2 == 0 else None
+            y = torch.full((n, m), float("nan"), dtype=torch.bfloat16, device="cuda")
+            wgmma24_run(x, args, b, y)
+            assert _check(y, x, w, b) < 2e-2, f"n={n}"
+    finally:
+        cuda_backend._wgmma24_kernel.cache_clear()
+        cuda_backend.wgmma24_a_smem.cache_clear()
 
 
 @pytest.mark.gpu

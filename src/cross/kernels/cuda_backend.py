@@ -432,9 +432,10 @@ def wgmma24_defines(is_bf16: bool, wgs: int, mt: int, split: int, slots: int, nt
     CROSS_CUDA_DEFINES' extras last."""
     from ..pack.wgmma24 import stages
 
+    reserve = _a_smem_reserve(wgs, mt, slots, compressed)
     defines = [f"-DIS_BF16={int(is_bf16)}", f"-DWGS={wgs}", f"-DMT={mt}", f"-DSTREAM={int(split == 0)}",
                f"-DSPLIT={max(split, 1)}", f"-DSLOTS={slots}", f"-DNTOK={ntok}",
-               f"-DSTAGES={stages(wgs, mt, slots, ntok, compressed)}"]
+               f"-DSTAGES={stages(wgs, mt, slots, ntok, compressed, reserve)}"]
     if compressed:
         defines += ["-DCOMPRESSED=1", f"-DOVER={int(over)}"] + (["-DSIZED=1"] if sized else [])
     return tuple(defines + os.environ.get(DEFINES_ENV, "").split())
@@ -461,7 +462,7 @@ def _wgmma24_kernel(device_index: int, is_bf16: bool, wgs: int, mt: int, split: 
 
     defines = wgmma24_defines(is_bf16, wgs, mt, split, slots, ntok, compressed, over, sized) + (
         ("-DEND_RED=1",) if reduce else ())
-    smem = smem_bytes(wgs, mt, slots, ntok, defined_stages(defines), compressed)
+    smem = smem_bytes(wgs, mt, slots, ntok, defined_stages(defines), compressed, _a_smem_reserve(wgs, mt, slots, compressed))
     _, func = _compile(device_index, _WGMMA24_SOURCE, "wgmma24", defines, smem, arch_specific=True)
     return func, smem, resident_blocks(func, wgs * 128, smem)
 
@@ -471,6 +472,24 @@ def wgmma24_xpre() -> bool:
     """Whether CROSS_CUDA_DEFINES makes the wgmma24 builds XPRE ones (-DXPRE=1: X handed to the kernel
     laid out as its stages hold it, pack/wgmma24.x_stages, a unit's part by one bulk copy)."""
     return _define(os.environ.get(DEFINES_ENV, "").split(), "XPRE") == "1"
+
+
+@functools.lru_cache(maxsize=None)  # read once, as wgmma24_xpre
+def wgmma24_a_smem() -> bool:
+    """Whether CROSS_CUDA_DEFINES makes the wgmma24 builds A_SMEM ones (-DA_SMEM=1: the mmas read A from
+    shared memory by descriptors, the slots layout's records in pack/wgmma24.a_smem_order; a tuning build)."""
+    return _define(os.environ.get(DEFINES_ENV, "").split(), "A_SMEM") == "1"
+
+
+def _a_smem_reserve(wgs: int, mt: int, slots: int, compressed: bool) -> int:
+    """Shared memory past the stages of an A_SMEM build (pack/wgmma24.a_smem_reserve), 0 in other builds."""
+    from ..pack.wgmma24 import a_smem_reserve
+
+    if not wgmma24_a_smem():
+        return 0
+    if compressed:
+        raise ValueError("-DA_SMEM=1 reads the slots layout: not a build of the compressed layout")
+    return a_smem_reserve(wgs, mt, slots)
 
 
 def resident_blocks(func, threads: int, smem: int) -> int:

@@ -495,8 +495,8 @@ def wgmma24_args(weight, split: int | None = None) -> Wgmma24Args:
     chunks of its row blocks and token tiles) in equal parts over the SMs' resident blocks (STREAM);
     None: STREAM for the compressed layout (faster than clusters in 3 of 4 cells measured at 16 tokens,
     docs/perf-notes.md), else ``wgmma24_split`` of each launch's token tiles."""
-    from ..pack.wgmma24 import NTOKS, smem_bytes
-    from .cuda_backend import WGMMA24_MAX_PER_SM, reduce_area
+    from ..pack.wgmma24 import NTOKS, a_smem_order, smem_bytes
+    from .cuda_backend import WGMMA24_MAX_PER_SM, reduce_area, wgmma24_a_smem
 
     if weight.device.type != "cuda":
         raise ValueError(f"wgmma24_matmul: expected a Wgmma24Weight on a CUDA device, got one on {weight.device}")
@@ -521,7 +521,8 @@ def wgmma24_args(weight, split: int | None = None) -> Wgmma24Args:
     counters = torch.zeros(sms * WGMMA24_MAX_PER_SM if split == 0 else 0, dtype=torch.int32, device=weight.device)
     if split == 0:  # the reductions' zeroed area now (whichever end a launch takes), not inside a graph capture
         reduce_area(torch.cuda.current_device() if weight.device.index is None else weight.device.index)
-    return Wgmma24Args(weight.values, counters, weight.shape[0], weight.shape[1], row_blocks, chunks, weight.wgs,
+    values = a_smem_order(weight) if wgmma24_a_smem() else weight.values  # an A_SMEM build's records
+    return Wgmma24Args(values, counters, weight.shape[0], weight.shape[1], row_blocks, chunks, weight.wgs,
                        weight.mt, -1 if split is None else split, weight.slots, sms, weight.compressed,
                        weight.overflow, weight.sized)
 

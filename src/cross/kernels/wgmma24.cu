@@ -132,6 +132,15 @@
 #if XPRE && !BULK
 #error "XPRE copies X on the weight's mbarrier: BULK must be 1"
 #endif
+#ifndef A_SMEM
+#define A_SMEM 0  // 1: the mmas read A from shared memory (the slots layout's tiles in core-matrix order, below)
+#endif
+#if A_SMEM && COMPRESSED
+#error "A_SMEM reads the slots layout's tiles: COMPRESSED must be 0"
+#endif
+#if A_SMEM && WGS > 2
+#error "A_SMEM's warpgroup barriers are named 1 and 2: WGS must be 1 or 2"
+#endif
 #if STREAM && SPLIT != 1
 #error "STREAM splits K by units, not clusters: SPLIT must be 1"
 #endif
@@ -179,13 +188,31 @@
 #endif
 #define X_BYTES (NTOK * KC * 2)                   // X's NTOK tokens x 64 columns
 #define STAGE_BYTES (W_BYTES + X_BYTES)
-#define AHEAD (STAGES - 1)  // units copied ahead of the one the mmas read
+#if A_SMEM && STAGES < 3
+#error "A_SMEM reads a unit's stage until the next unit's mmas are issued: STAGES must be at least 3"
+#endif
+#define AHEAD (STAGES - 1 - A_SMEM)  // units copied ahead of the one the mmas read (A_SMEM: the one before it still read too)
+#define OVER_STAGE_BYTES (MTILES * 2 * 2048)  // A_SMEM: a unit's overflow operand, staged as the tiles are laid out
 #define START_BITS 14  // a head word: first overflow word (bits 0-13), a mask per m-tile (8 bits): pack/wgmma24
 #define START_MASK ((1u << START_BITS) - 1u)
 #define OVERFLOW_META 0xEEEEEEEEu  // every nibble: positions 2 and 3
 #define TS (R + 4)  // the staged partial sums' row stride (floats)
 #if MT != 1 && MT != 2
 #error "MT must be 1 or 2"
+#endif
+// SPS_*: the same mma with A from shared memory (a descriptor): d, a-desc, b-desc, e, sel, scale-d, 1, 1, trans-a 0, trans-b 0
+#if NTOK == 128
+#define SPS_OPERANDS ", %64, %65, %66, %67, p, 1, 1, 0, 0;\n"
+#define SPS_SCALE "%68"
+#elif NTOK == 64
+#define SPS_OPERANDS ", %32, %33, %34, %35, p, 1, 1, 0, 0;\n"
+#define SPS_SCALE "%36"
+#elif NTOK == 32
+#define SPS_OPERANDS ", %16, %17, %18, %19, p, 1, 1, 0, 0;\n"
+#define SPS_SCALE "%20"
+#else
+#define SPS_OPERANDS ", %8, %9, %10, %11, p, 1, 1, 0, 0;\n"
+#define SPS_SCALE "%12"
 #endif
 #if NTOK == 128
 #define SP_SHAPE "m64n128k32"
@@ -232,9 +259,9 @@ __device__ __forceinline__ void cp16(u32 dst, const void* src, u32 src_bytes) {
 #ifndef B_SBO
 #define B_SBO 512
 #endif
-__device__ __forceinline__ u64 b_desc(u32 addr) {
-    return (u64)((addr >> 4) & 0x3FFF) | (u64)(B_LBO >> 4) << 16 | (u64)(B_SBO >> 4) << 32;
-}
+// a no-swizzle shared memory descriptor: start address, leading and stride byte offsets (16-byte units)
+#define SMEM_DESC(addr, lbo, sbo) ((u64)(((addr) >> 4) & 0x3FFF) | (u64)((lbo) >> 4) << 16 | (u64)((sbo) >> 4) << 32)
+__device__ __forceinline__ u64 b_desc(u32 addr) { return SMEM_DESC(addr, B_LBO, B_SBO); }
 
 // d = A (64 x 32, 2:4: the thread's four words and its metadata word e) x B (32 x NTOK, descriptor)
 // + d where acc_in, else without d (the first mma of an output: the accumulators are never written but
@@ -246,6 +273,28 @@ __device__ __forceinline__ void wgmma_sp(float (&d)[NACC], const uint4& a, u64 d
                  "wgmma.mma_async.sp.sync.aligned." SP_SHAPE ".f32." SP_TYPES " " SP_ACC_LIST SP_OPERANDS "}\n"
                  : SP_ACC_OUT(d) : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "l"(db), "r"(e), "n"(SEL), "r"(acc_in));
 }
+
+#if A_SMEM
+// A_SMEM: a k-step's A tile (64 rows x 16 stored values, 2048 bytes) in the no-swizzle K-major layout:
+// core matrix (8 rows x 8 values, 128 bytes) of row group r / 8 and value group j / 8 at 256 (r / 8) +
+// 128 (j / 8): the thread of register i's word at 512 w + 4 lane + 256 (i & 1) + 128 (i >> 1)
+// (pack/wgmma24.a_smem_order)
+#ifndef A_LBO
+#define A_LBO 128
+#endif
+#ifndef A_SBO
+#define A_SBO 256
+#endif
+__device__ __forceinline__ u64 a_desc(u32 addr) { return SMEM_DESC(addr, A_LBO, A_SBO); }
+
+// wgmma_sp with A from shared memory (descriptor da)
+template <int SEL>
+__device__ __forceinline__ void wgmma_sps(float (&d)[NACC], u64 da, u64 db, u32 e, u32 acc_in = 1) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, " SPS_SCALE ", 0;\n"
+                 "wgmma.mma_async.sp.sync.aligned." SP_SHAPE ".f32." SP_TYPES " " SP_ACC_LIST SPS_OPERANDS "}\n"
+                 : SP_ACC_OUT(d) : "l"(da), "l"(db), "r"(e), "n"(SEL), "r"(acc_in));
+}
+#endif
 
 // keeps the compiler from moving accesses of the accumulators across the asynchronous mma's fences
 __device__ __forceinline__ void fence_acc(float (&d)[NACC]) {
@@ -317,6 +366,15 @@ __device__ __forceinline__ void masked_registers(const u32* words, u32 masks, ui
         words += __popc(mask);
     }
 }
+
+#if !COMPRESSED
+// the slots layout's overflow registers of thread tid from its head word in a stage
+__device__ __forceinline__ void overflow_registers(const unsigned char* stage, int tid, uint4 (&o)[2][MT]) {
+    const u32 hw = reinterpret_cast<const u32*>(stage + MTILES * TILE_BYTES)[tid];
+    masked_registers(reinterpret_cast<const u32*>(stage + MTILES * TILE_BYTES + HEAD_BYTES) + (hw & START_MASK),
+                     hw >> START_BITS, o);
+}
+#endif
 
 // the launch's units (unit (rb tiles + tt) chunks + c: chunk c of output o = rb tiles + tt, row block rb
 // and token tile tt) walked in order, with the current unit's output's weight bytes, X rows and tokens
@@ -519,7 +577,64 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
 #if !REFILL_LATE || (ABLATE & 1)
         refill();
 #endif
-#if !(ABLATE & 1)
+#if STREAM
+        const u32 acc_in = i != 0 && uc != 0;  // not the first unit of an output or of the block's units
+#else
+        const u32 acc_in = i != 0;
+#endif
+        (void)acc_in;
+#if !(ABLATE & 1) && A_SMEM
+        {
+            // A by descriptors over the stage's tiles; the overflow operand's registers stored to this
+            // warpgroup's buffer of unit i's parity (its last reader, unit i - 2, waited for in unit i - 1)
+            // in the tiles' layout; unit i's mmas waited for only after unit i + 1's are issued. No
+            // instruction but the mmas touches the accumulators between units (ptxas would wait there)
+            const unsigned char* stage = smem + (i % STAGES) * STAGE_BYTES;
+            const u32 sa = smem_u32(stage + wg * MT * TILE_BYTES), sx = smem_u32(stage + W_BYTES);
+            u32 e[MT];
+#pragma unroll
+            for (int t = 0; t < MT; ++t) e[t] = *reinterpret_cast<const u32*>(stage + (wg * MT + t) * TILE_BYTES + 4096 + 4 * tw);
+#if OVERFLOW
+            const u32 so = smem_u32(smem + STAGES * STAGE_BYTES + (i & 1) * OVER_STAGE_BYTES + wg * MT * 4096);
+            {
+                uint4 o[2][MT];
+                overflow_registers(stage, tid, o);
+                const u32 base = so + 512 * warp + 4 * lane;
+#pragma unroll
+                for (int t = 0; t < MT; ++t)
+#pragma unroll
+                    for (int ks = 0; ks < 2; ++ks)
+                        asm volatile("st.shared.u32 [%0], %1;\nst.shared.u32 [%0+256], %2;\n"
+                                     "st.shared.u32 [%0+128], %3;\nst.shared.u32 [%0+384], %4;\n"
+                                     ::"r"(base + (2 * t + ks) * 2048), "r"(o[ks][t].x), "r"(o[ks][t].y),
+                                     "r"(o[ks][t].z), "r"(o[ks][t].w) : "memory");
+            }
+            asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // the stores, seen by the mmas' reads
+            if (wg == 0)  // the warpgroup's stores all done (named barriers by immediates: ptxas reserves all 16 for a register)
+                asm volatile("bar.sync 1, 128;\n" ::: "memory");
+            else
+                asm volatile("bar.sync 2, 128;\n" ::: "memory");
+#endif
+            asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#pragma unroll
+            for (int t = 0; t < MT; ++t) {
+                wgmma_sps<0>(acc[t], a_desc(sa + t * TILE_BYTES), b_desc(sx), e[t], acc_in);
+                wgmma_sps<1>(acc[t], a_desc(sa + t * TILE_BYTES + 2048), b_desc(sx + NTOK * 32 * 2), e[t]);
+            }
+#if OVERFLOW
+#pragma unroll
+            for (int t = 0; t < MT; ++t) {
+                wgmma_sps<0>(acc[t], a_desc(so + t * 4096), b_desc(sx), OVERFLOW_META);
+                wgmma_sps<1>(acc[t], a_desc(so + t * 4096 + 2048), b_desc(sx + NTOK * 32 * 2), OVERFLOW_META);
+            }
+#endif
+            asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+#if REFILL_LATE
+            refill();
+#endif
+            asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");  // unit i - 1's mmas done
+        }
+#elif !(ABLATE & 1)
         unsigned char* stage = smem + (i % STAGES) * STAGE_BYTES;
         uint4 a[2][MT];
         u32 e[MT];
@@ -552,11 +667,6 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
 #pragma unroll
         for (int t = 0; t < MT; ++t) fence_acc(acc[t]);
         asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-#if STREAM
-        const u32 acc_in = i != 0 && uc != 0;  // not the first unit of an output or of the block's units
-#else
-        const u32 acc_in = i != 0;
-#endif
 #pragma unroll
         for (int t = 0; t < MT; ++t) {
             wgmma_sp<0>(acc[t], a[0][t], b_desc(sx), e[t], acc_in);
@@ -572,9 +682,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
 #if COMPRESSED
             masked_registers(words + (starts >> 16), hw >> 16, o);
 #else
-            const u32 hw = reinterpret_cast<const u32*>(stage + MTILES * TILE_BYTES)[tid];
-            masked_registers(reinterpret_cast<const u32*>(stage + MTILES * TILE_BYTES + HEAD_BYTES) + (hw & START_MASK),
-                             hw >> START_BITS, o);
+            overflow_registers(stage, tid, o);
 #endif
             asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");  // the registers just written
 #pragma unroll
@@ -594,6 +702,11 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
 #endif  // !(ABLATE & 1)
 #if STREAM
         if (uc == chunks - 1 || i == nun - 1) {  // this block's last unit of output uo
+#if A_SMEM && !(ABLATE & 1)
+            asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+#pragma unroll
+            for (int t = 0; t < MT; ++t) fence_acc(acc[t]);
+#endif
             const u32 first = uo * chunks;
             const u32 jf = block_of(first, units, gridDim.x), jl = block_of(first + chunks - 1, units, gridDim.x);
 #if END_RED
@@ -708,6 +821,11 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
 #endif
 }
 #else
+#if A_SMEM && !(ABLATE & 1)
+    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+#pragma unroll
+    for (int t = 0; t < MT; ++t) fence_acc(acc[t]);
+#endif
 #if ABLATE & 8
 #pragma unroll
     for (int f = 0; f < MT * NACC; ++f)

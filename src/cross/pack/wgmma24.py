@@ -453,19 +453,57 @@ def record_bytes(wgs: int, mt: int, slots: int, compressed: bool = False) -> int
     return wgs * mt * TILE_WORDS * 4 + (128 * wgs * 4 + 4 * slots if slots else 0)
 
 
-def stages(wgs: int, mt: int, slots: int, ntok: int = NTOK, compressed: bool = False) -> int:
-    """The pipeline's stages (chunks in flight, one being read): as many as STAGE_SMEM holds, at most
-    MAX_STAGES (6 at 128 tokens in the default block with little overflow), and at most
-    SHALLOW_STAGES (4 in the slots layout, 3 in the compressed one) at up to SHALLOW_TOKENS tokens."""
+def stages(wgs: int, mt: int, slots: int, ntok: int = NTOK, compressed: bool = False, reserve: int = 0) -> int:
+    """The pipeline's stages (chunks in flight, one being read): as many as STAGE_SMEM less ``reserve``
+    bytes holds, at most MAX_STAGES (6 at 128 tokens in the default block with little overflow), and at
+    most SHALLOW_STAGES (4 in the slots layout, 3 in the compressed one) at up to SHALLOW_TOKENS tokens;
+    at least 2 (3 with a ``reserve``: the A_SMEM builds, ``a_smem_reserve``)."""
     most = SHALLOW_STAGES[compressed] if ntok <= SHALLOW_TOKENS else MAX_STAGES
-    return max(2, min(most, STAGE_SMEM // (record_bytes(wgs, mt, slots, compressed) + ntok * CHUNK * 2)))
+    fit = (STAGE_SMEM - reserve) // (record_bytes(wgs, mt, slots, compressed) + ntok * CHUNK * 2)
+    return max(3 if reserve else 2, min(most, fit))
+
+
+def a_smem_reserve(wgs: int, mt: int, slots: int) -> int:
+    """Shared memory an A_SMEM build (kernels/wgmma24.cu: the mmas read A by descriptors) needs past its
+    stages: two units' overflow operands (64-row x 32-value tiles of both k-steps per m-tile), or none
+    without overflow."""
+    return 2 * wgs * mt * 2 * 2048 if slots else 0
+
+
+def a_smem_order(weight: "Wgmma24Weight") -> torch.Tensor:
+    """The slots layout's records with each k-step's A words moved from the threads' register order
+    (thread 32 w + lane, register i at 4 (32 w + lane) + i) to the order in which the mma reads A from
+    shared memory, for the A_SMEM builds: the no-swizzle K-major layout of the 64-row x 8-word tile,
+    core matrices of 8 rows x 4 words, row group r / 8 at 64 (r / 8) words, word group j / 4 at 32 (j / 4)
+    (a descriptor's strides of 256 and 128 bytes). Register i of thread (w, g = lane / 4, q = lane % 4)
+    is row 16 w + g + 8 (i & 1), word q + 4 (i >> 1): word 128 w + lane + 64 (i & 1) + 32 (i >> 1)."""
+    if weight.compressed:
+        raise ValueError("a_smem_order: the A_SMEM builds read the slots layout (compressed=False)")
+    rb_, nc = weight.blocks
+    v = weight.values.view(rb_, nc, -1)
+    tiles = v[..., :weight.mtiles * TILE_WORDS].reshape(rb_, nc, weight.mtiles, TILE_WORDS)
+    out = v.clone()
+    new = out[..., :weight.mtiles * TILE_WORDS].view(rb_, nc, weight.mtiles, TILE_WORDS)
+    for ks in range(2):
+        new[..., 512 * ks + _A_SMEM_WORD.to(v.device)] = tiles[..., 512 * ks:512 * (ks + 1)]
+    return out.reshape(weight.values.shape)
+
+
+def _a_smem_word() -> torch.Tensor:
+    """A_SMEM's word of each register word of a k-step (index 4 thread + i): 128 w + lane + 64 (i & 1) + 32 (i >> 1)."""
+    tw, i = torch.arange(128)[:, None], torch.arange(4)[None, :]
+    return (128 * (tw // 32) + tw % 32 + 64 * (i & 1) + 32 * (i >> 1)).reshape(-1)
+
+
+_A_SMEM_WORD = _a_smem_word()
 
 
 def smem_bytes(wgs: int, mt: int, slots: int, ntok: int = NTOK, n_stages: int | None = None,
-               compressed: bool = False) -> int:
+               compressed: bool = False, reserve: int = 0) -> int:
     """Dynamic shared memory of a wgmma24 block (kernels/wgmma24.cu) of ``ntok`` tokens over a weight
     of ``slots`` overflow word slots per chunk (``compressed``: value word slots): its pipeline's
-    stages (``n_stages``, default ``stages``), which then hold the partial sums."""
-    n_stages = stages(wgs, mt, slots, ntok, compressed) if n_stages is None else n_stages
+    stages (``n_stages``, default ``stages``), which then hold the partial sums, and ``reserve`` bytes
+    past them (A_SMEM builds: ``a_smem_reserve``)."""
+    n_stages = stages(wgs, mt, slots, ntok, compressed, reserve) if n_stages is None else n_stages
     pipeline = n_stages * (record_bytes(wgs, mt, slots, compressed) + ntok * CHUNK * 2)
-    return max(pipeline, ntok * (TILE_ROWS * wgs * mt + 4) * 4)
+    return max(pipeline + reserve, ntok * (TILE_ROWS * wgs * mt + 4) * 4)
