@@ -15,18 +15,18 @@
 source "$(dirname "$0")/steps.sh"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/device.txt"
 if [ "${N:-16}" = 128 ]; then
-    step a_smem_tests 120 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_wgmma24.py -k a_smem -x
+    step a_smem_tests 100 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_wgmma24.py -k a_smem -x
     if [ "$(tail -1 "$OUT/a_smem_tests.txt")" != "exit 0" ]; then  # the descriptor's strides the other way round
-        CROSS_CUDA_DEFINES="-DA_LBO=256 -DA_SBO=128" step a_smem_tests_swapped 120 python3 -m pytest -q \
+        CROSS_CUDA_DEFINES="-DA_LBO=256 -DA_SBO=128" step a_smem_tests_swapped 90 python3 -m pytest -q \
             -p no:cacheprovider -m gpu tests/test_wgmma24.py -k a_smem -x
     fi
     B="python3 benchmarks/wgmma24_bench.py --shapes llama-up,llama-qkvo --sparsities 0.7,0.9 --weights uniform --ns 128"
-    CROSS_CUDA_DEFINES=-DXPRE=1 step settings128_xpre 90 $B --settings 2:2,2:1:2,2:1:4 --out "$OUT/settings128_xpre.csv"
-    CROSS_CUDA_DEFINES="-DXPRE=1 -DA_SMEM=1" step settings128_xpre_a_smem 90 $B --settings 2:2,2:2:1,2:2:4,2:1:2 \
+    CROSS_CUDA_DEFINES=-DXPRE=1 step settings128_xpre 80 $B --settings 2:2,2:1:2,2:1:4 --out "$OUT/settings128_xpre.csv"
+    CROSS_CUDA_DEFINES="-DXPRE=1 -DA_SMEM=1" step settings128_xpre_a_smem 80 $B --settings 2:2,2:2:1,2:2:4,2:1:2 \
         --out "$OUT/settings128_xpre_a_smem.csv"
-    step floor_slots128 150 python3 benchmarks/wgmma24_floor.py --shapes "${SHAPES:-llama-up,llama-qkvo}" \
+    step floor_slots128 100 python3 benchmarks/wgmma24_floor.py --shapes "${SHAPES:-llama-up,llama-qkvo}" \
         --sparsities 0.7,0.9 --n 128 --builds="${BUILDS:-}" --out "$OUT/floor_slots128.csv"
-    step floor_slots128_a_smem 100 python3 benchmarks/wgmma24_floor.py --shapes llama-up --sparsities 0.7,0.9 --n 128 \
+    step floor_slots128_a_smem 80 python3 benchmarks/wgmma24_floor.py --shapes llama-up --sparsities 0.7,0.9 --n 128 \
         --base="-DXPRE=1 -DA_SMEM=1" --out "$OUT/floor_slots128_a_smem.csv"
     exit 0
 fi
