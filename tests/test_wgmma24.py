@@ -609,13 +609,13 @@ def test_gpu_wgmma24_stream_reduce(m, k, n, sized, rng, monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("split", [1, 2, 4, None])
-@pytest.mark.parametrize("weight", ["2:4", "0.1", "0.3", "1.0"])
-@pytest.mark.parametrize("m,k", [(11008, 4096), (700, 2056), (64, 64), (300, 520)])
+@pytest.mark.parametrize("split", [1, 2, None])
+@pytest.mark.parametrize("weight", ["2:4", "0.1", "0.3"])
+@pytest.mark.parametrize("m,k", [(11008, 4096), (700, 2056), (64, 64)])
 def test_gpu_wgmma24_a_smem(m, k, weight, split, rng, monkeypatch):
     """A_SMEM builds (CROSS_CUDA_DEFINES=-DA_SMEM=1: A read by the mmas from shared memory in
     a_smem_order, the overflow staged there per unit, a unit's mmas waited for after the next unit's are
-    issued) by clusters: the product at 16-300 tokens (token tiles), with and without overflow."""
+    issued) by clusters: the product at 16-301 tokens (token tiles), with and without overflow."""
     from cross.kernels import cuda_backend
     from cross.kernels.launch import wgmma24_args, wgmma24_run
 
@@ -627,7 +627,7 @@ def test_gpu_wgmma24_a_smem(m, k, weight, split, rng, monkeypatch):
     try:
         w = (_weight(m, k, 2, rng) if weight == "2:4" else _unstructured(m, k, float(weight), rng)).cuda()
         args = wgmma24_args(Wgmma24Weight.from_dense(w), split)
-        for n in (16, 50, 128, 300):
+        for n in (16, 128, 301):
             x = torch.randn(n, k, generator=rng).to(torch.bfloat16).cuda()
             b = torch.randn(m, generator=rng).to(torch.bfloat16).cuda() if n % 2 == 0 else None
             y = torch.full((n, m), float("nan"), dtype=torch.bfloat16, device="cuda")
