@@ -548,265 +548,278 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
         }
         asm volatile("cp.async.commit_group;\n" ::: "memory");
     }
-    for (int i = 0; i < nun; ++i) {
-        asm volatile("cp.async.wait_group %0;\n" ::"n"(AHEAD - 1) : "memory");
+    // A_SMEM: units in pairs, h = 0, 1 of a pair unrolled, so that each unit's metadata has its own
+    // registers (meta[h]), read by its mmas until they are waited for in the next unit
+    u32 meta[1 + A_SMEM][MT];
+    (void)meta;
+    for (int i2 = 0; i2 < nun; i2 += 1 + A_SMEM) {
+#pragma unroll
+        for (int h = 0; h <= A_SMEM; ++h) {
+            const int i = i2 + h;
+            if (A_SMEM && i >= nun) break;
+            asm volatile("cp.async.wait_group %0;\n" ::"n"(AHEAD - 1) : "memory");
 #if BULK && !(ABLATE & 2)
-        mbar_wait(bars + 8 * (i % STAGES), (u32)(i / STAGES) & 1u);  // unit i's weight record in place
+            mbar_wait(bars + 8 * (i % STAGES), (u32)(i / STAGES) & 1u);  // unit i's weight record in place
 #endif
 #if BLOCK_TIMES >= 2 && STREAM
-        if (tid == 0 && i < UNIT_TIMES) {
-            unsigned long long t_unit;
-            asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t_unit));
-            reinterpret_cast<unsigned long long*>(ws + (size_t)2 * gridDim.x * R * NTOK)[3 * gridDim.x + UNIT_TIMES * blockIdx.x + i] = t_unit;
-        }
-#endif
-        // the copies, seen by the mma's reads; this thread's reads of the stage refilled next, done
-        // before the refill's bulk copy
-        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-        __syncthreads();  // unit i in place; every warpgroup done with unit i - 1's stage, refilled next
-        // the refill of unit i - 1's stage with unit i + AHEAD (one cp.async group per unit, empty past the
-        // block's units)
-        auto refill = [&]() {
-            if (i + AHEAD < nun) {
-                load_chunk(smem + ((i + AHEAD) % STAGES) * STAGE_BYTES, bars + 8 * ((i + AHEAD) % STAGES),
-                           ld.w + (size_t)ld.c * W_BYTES, ld.bytes(), ld.xt, ld.c, ld.ntok, k, ldx, tid);
-                ld.next();
+            if (tid == 0 && i < UNIT_TIMES) {
+                unsigned long long t_unit;
+                asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t_unit));
+                reinterpret_cast<unsigned long long*>(ws + (size_t)2 * gridDim.x * R * NTOK)[3 * gridDim.x + UNIT_TIMES * blockIdx.x + i] = t_unit;
             }
-            asm volatile("cp.async.commit_group;\n" ::: "memory");
-        };
+#endif
+            // the copies, seen by the mma's reads; this thread's reads of the stage refilled next, done
+            // before the refill's bulk copy
+            asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+            __syncthreads();  // unit i in place; every warpgroup done with unit i - 1's stage, refilled next
+            // the refill of unit i - 1's stage with unit i + AHEAD (one cp.async group per unit, empty past the
+            // block's units)
+            auto refill = [&]() {
+                if (i + AHEAD < nun) {
+                    load_chunk(smem + ((i + AHEAD) % STAGES) * STAGE_BYTES, bars + 8 * ((i + AHEAD) % STAGES),
+                               ld.w + (size_t)ld.c * W_BYTES, ld.bytes(), ld.xt, ld.c, ld.ntok, k, ldx, tid);
+                    ld.next();
+                }
+                asm volatile("cp.async.commit_group;\n" ::: "memory");
+            };
 #if !REFILL_LATE || (ABLATE & 1)
-        refill();
+            refill();
 #endif
 #if STREAM
-        const u32 acc_in = i != 0 && uc != 0;  // not the first unit of an output or of the block's units
+            const u32 acc_in = i != 0 && uc != 0;  // not the first unit of an output or of the block's units
 #else
-        const u32 acc_in = i != 0;
+            const u32 acc_in = i != 0;
 #endif
-        (void)acc_in;
+            (void)acc_in;
 #if !(ABLATE & 1) && A_SMEM
-        {
-            // A by descriptors over the stage's tiles; the overflow operand's registers stored to this
-            // warpgroup's buffer of unit i's parity (its last reader, unit i - 2, waited for in unit i - 1)
-            // in the tiles' layout; unit i's mmas waited for only after unit i + 1's are issued. No
-            // instruction but the mmas touches the accumulators between units (ptxas would wait there)
-            const unsigned char* stage = smem + (i % STAGES) * STAGE_BYTES;
-            const u32 sa = smem_u32(stage + wg * MT * TILE_BYTES), sx = smem_u32(stage + W_BYTES);
-            u32 e[MT];
-#pragma unroll
-            for (int t = 0; t < MT; ++t) e[t] = *reinterpret_cast<const u32*>(stage + (wg * MT + t) * TILE_BYTES + 4096 + 4 * tw);
-#if OVERFLOW
-            const u32 so = smem_u32(smem + STAGES * STAGE_BYTES + (i & 1) * OVER_STAGE_BYTES + wg * MT * 4096);
             {
-                uint4 o[2][MT];
-                overflow_registers(stage, tid, o);
-                const u32 base = so + 512 * warp + 4 * lane;
+                // A by descriptors over the stage's tiles; the overflow operand's registers stored to this
+                // warpgroup's buffer of unit i's parity (its last reader, unit i - 2, waited for in unit i - 1)
+                // in the tiles' layout; unit i's mmas waited for only after unit i + 1's are issued. No
+                // instruction but the mmas touches the accumulators between units (ptxas would wait there)
+                const unsigned char* stage = smem + (i % STAGES) * STAGE_BYTES;
+                const u32 sa = smem_u32(stage + wg * MT * TILE_BYTES), sx = smem_u32(stage + W_BYTES);
+                u32(&e)[MT] = meta[h];  // unit i - 2's, whose mmas are done
 #pragma unroll
-                for (int t = 0; t < MT; ++t)
+                for (int t = 0; t < MT; ++t) e[t] = *reinterpret_cast<const u32*>(stage + (wg * MT + t) * TILE_BYTES + 4096 + 4 * tw);
+#if OVERFLOW
+                const u32 so = smem_u32(smem + STAGES * STAGE_BYTES + (i & 1) * OVER_STAGE_BYTES + wg * MT * 4096);
+                {
+                    uint4 o[2][MT];
+                    overflow_registers(stage, tid, o);
+                    const u32 base = so + 512 * warp + 4 * lane;
 #pragma unroll
-                    for (int ks = 0; ks < 2; ++ks)
-                        asm volatile("st.shared.u32 [%0], %1;\nst.shared.u32 [%0+256], %2;\n"
-                                     "st.shared.u32 [%0+128], %3;\nst.shared.u32 [%0+384], %4;\n"
-                                     ::"r"(base + (2 * t + ks) * 2048), "r"(o[ks][t].x), "r"(o[ks][t].y),
-                                     "r"(o[ks][t].z), "r"(o[ks][t].w) : "memory");
-            }
-            asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // the stores, seen by the mmas' reads
-            if (wg == 0)  // the warpgroup's stores all done (named barriers by immediates: ptxas reserves all 16 for a register)
-                asm volatile("bar.sync 1, 128;\n" ::: "memory");
-            else
-                asm volatile("bar.sync 2, 128;\n" ::: "memory");
+                    for (int t = 0; t < MT; ++t)
+#pragma unroll
+                        for (int ks = 0; ks < 2; ++ks)
+                            asm volatile("st.shared.u32 [%0], %1;\nst.shared.u32 [%0+256], %2;\n"
+                                         "st.shared.u32 [%0+128], %3;\nst.shared.u32 [%0+384], %4;\n"
+                                         ::"r"(base + (2 * t + ks) * 2048), "r"(o[ks][t].x), "r"(o[ks][t].y),
+                                         "r"(o[ks][t].z), "r"(o[ks][t].w) : "memory");
+                }
+                asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // the stores, seen by the mmas' reads
+                if (wg == 0)  // the warpgroup's stores all done (named barriers by immediates: ptxas reserves all 16 for a register)
+                    asm volatile("bar.sync 1, 128;\n" ::: "memory");
+                else
+                    asm volatile("bar.sync 2, 128;\n" ::: "memory");
 #endif
+                asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#pragma unroll
+                for (int t = 0; t < MT; ++t) {
+                    wgmma_sps<0>(acc[t], a_desc(sa + t * TILE_BYTES), b_desc(sx), e[t], acc_in);
+                    wgmma_sps<1>(acc[t], a_desc(sa + t * TILE_BYTES + 2048), b_desc(sx + NTOK * 32 * 2), e[t]);
+                }
+#if OVERFLOW
+#pragma unroll
+                for (int t = 0; t < MT; ++t) {
+                    wgmma_sps<0>(acc[t], a_desc(so + t * 4096), b_desc(sx), OVERFLOW_META);
+                    wgmma_sps<1>(acc[t], a_desc(so + t * 4096 + 2048), b_desc(sx + NTOK * 32 * 2), OVERFLOW_META);
+                }
+#endif
+                asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+#if REFILL_LATE
+                refill();
+#endif
+                asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");  // unit i - 1's mmas done
+                // unit i - 1's metadata read until here (the mma reads its registers as it runs): their
+                // registers are not reused before
+#pragma unroll
+                for (int t = 0; t < MT; ++t) asm volatile("" ::"r"(meta[h ^ 1][t]));
+            }
+#elif !(ABLATE & 1)
+            unsigned char* stage = smem + (i % STAGES) * STAGE_BYTES;
+            uint4 a[2][MT];
+            u32 e[MT];
+#if COMPRESSED
+            // the thread's first word of each part: its warp's base and the words of the lanes before it (an
+            // inclusive scan of both counts at once, 16 bits each: a chunk holds under 2^16 words)
+            const u32 hw = reinterpret_cast<const u32*>(stage + MTILES * 512)[tid];
+            const u32 cnt = __popc(hw & 0xFFFFu) | __popc(hw >> 16) << 16;
+            u32 scan = cnt;
+#pragma unroll
+            for (int d = 1; d < 32; d *= 2) {
+                const u32 v = __shfl_up_sync(0xffffffffu, scan, d);
+                if (lane >= d) scan += v;
+            }
+            const u32 starts = reinterpret_cast<const u32*>(stage + BASES_OFFSET)[tid >> 5] + scan - cnt;
+            const u32* words = reinterpret_cast<const u32*>(stage + WORDS_OFFSET);
+            masked_registers(words + (starts & 0xFFFFu), hw & 0xFFFFu, a);
+#pragma unroll
+            for (int t = 0; t < MT; ++t) e[t] = reinterpret_cast<const u32*>(stage)[(wg * MT + t) * 128 + tw];
+#else
+#pragma unroll
+            for (int t = 0; t < MT; ++t) {
+                const unsigned char* tile = stage + (wg * MT + t) * TILE_BYTES;
+                a[0][t] = *reinterpret_cast<const uint4*>(tile + 16 * tw);
+                a[1][t] = *reinterpret_cast<const uint4*>(tile + 2048 + 16 * tw);
+                e[t] = *reinterpret_cast<const u32*>(tile + 4096 + 4 * tw);
+            }
+#endif
+            const u32 sx = smem_u32(stage + W_BYTES);
+#pragma unroll
+            for (int t = 0; t < MT; ++t) fence_acc(acc[t]);
             asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #pragma unroll
             for (int t = 0; t < MT; ++t) {
-                wgmma_sps<0>(acc[t], a_desc(sa + t * TILE_BYTES), b_desc(sx), e[t], acc_in);
-                wgmma_sps<1>(acc[t], a_desc(sa + t * TILE_BYTES + 2048), b_desc(sx + NTOK * 32 * 2), e[t]);
+                wgmma_sp<0>(acc[t], a[0][t], b_desc(sx), e[t], acc_in);
+                wgmma_sp<1>(acc[t], a[1][t], b_desc(sx + NTOK * 32 * 2), e[t]);
             }
 #if OVERFLOW
+            // the chunk's overflow, while those mmas run: a group's third and fourth nonzeros sit at its
+            // positions 2 and 3, a second 2:4 operand with the metadata nibble 2 | 3 << 2 everywhere. The
+            // thread's A registers of it (zero where its groups have none) are the words its mask of m-tile t
+            // names, in register order 4 ks + i, after its earlier m-tiles' words
+            {
+                uint4 o[2][MT];
+#if COMPRESSED
+                masked_registers(words + (starts >> 16), hw >> 16, o);
+#else
+                overflow_registers(stage, tid, o);
+#endif
+                asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");  // the registers just written
 #pragma unroll
-            for (int t = 0; t < MT; ++t) {
-                wgmma_sps<0>(acc[t], a_desc(so + t * 4096), b_desc(sx), OVERFLOW_META);
-                wgmma_sps<1>(acc[t], a_desc(so + t * 4096 + 2048), b_desc(sx + NTOK * 32 * 2), OVERFLOW_META);
+                for (int t = 0; t < MT; ++t) {
+                    wgmma_sp<0>(acc[t], o[0][t], b_desc(sx), OVERFLOW_META);
+                    wgmma_sp<1>(acc[t], o[1][t], b_desc(sx + NTOK * 32 * 2), OVERFLOW_META);
+                }
             }
 #endif
             asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
 #if REFILL_LATE
-            refill();
+            refill();  // while the mmas run: off the chain from the barrier to the mmas
 #endif
-            asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");  // unit i - 1's mmas done
-        }
-#elif !(ABLATE & 1)
-        unsigned char* stage = smem + (i % STAGES) * STAGE_BYTES;
-        uint4 a[2][MT];
-        u32 e[MT];
-#if COMPRESSED
-        // the thread's first word of each part: its warp's base and the words of the lanes before it (an
-        // inclusive scan of both counts at once, 16 bits each: a chunk holds under 2^16 words)
-        const u32 hw = reinterpret_cast<const u32*>(stage + MTILES * 512)[tid];
-        const u32 cnt = __popc(hw & 0xFFFFu) | __popc(hw >> 16) << 16;
-        u32 scan = cnt;
-#pragma unroll
-        for (int d = 1; d < 32; d *= 2) {
-            const u32 v = __shfl_up_sync(0xffffffffu, scan, d);
-            if (lane >= d) scan += v;
-        }
-        const u32 starts = reinterpret_cast<const u32*>(stage + BASES_OFFSET)[tid >> 5] + scan - cnt;
-        const u32* words = reinterpret_cast<const u32*>(stage + WORDS_OFFSET);
-        masked_registers(words + (starts & 0xFFFFu), hw & 0xFFFFu, a);
-#pragma unroll
-        for (int t = 0; t < MT; ++t) e[t] = reinterpret_cast<const u32*>(stage)[(wg * MT + t) * 128 + tw];
-#else
-#pragma unroll
-        for (int t = 0; t < MT; ++t) {
-            const unsigned char* tile = stage + (wg * MT + t) * TILE_BYTES;
-            a[0][t] = *reinterpret_cast<const uint4*>(tile + 16 * tw);
-            a[1][t] = *reinterpret_cast<const uint4*>(tile + 2048 + 16 * tw);
-            e[t] = *reinterpret_cast<const u32*>(tile + 4096 + 4 * tw);
-        }
-#endif
-        const u32 sx = smem_u32(stage + W_BYTES);
-#pragma unroll
-        for (int t = 0; t < MT; ++t) fence_acc(acc[t]);
-        asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-#pragma unroll
-        for (int t = 0; t < MT; ++t) {
-            wgmma_sp<0>(acc[t], a[0][t], b_desc(sx), e[t], acc_in);
-            wgmma_sp<1>(acc[t], a[1][t], b_desc(sx + NTOK * 32 * 2), e[t]);
-        }
-#if OVERFLOW
-        // the chunk's overflow, while those mmas run: a group's third and fourth nonzeros sit at its
-        // positions 2 and 3, a second 2:4 operand with the metadata nibble 2 | 3 << 2 everywhere. The
-        // thread's A registers of it (zero where its groups have none) are the words its mask of m-tile t
-        // names, in register order 4 ks + i, after its earlier m-tiles' words
-        {
-            uint4 o[2][MT];
-#if COMPRESSED
-            masked_registers(words + (starts >> 16), hw >> 16, o);
-#else
-            overflow_registers(stage, tid, o);
-#endif
-            asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");  // the registers just written
-#pragma unroll
-            for (int t = 0; t < MT; ++t) {
-                wgmma_sp<0>(acc[t], o[0][t], b_desc(sx), OVERFLOW_META);
-                wgmma_sp<1>(acc[t], o[1][t], b_desc(sx + NTOK * 32 * 2), OVERFLOW_META);
-            }
-        }
-#endif
-        asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-#if REFILL_LATE
-        refill();  // while the mmas run: off the chain from the barrier to the mmas
-#endif
-        asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-#pragma unroll
-        for (int t = 0; t < MT; ++t) fence_acc(acc[t]);
-#endif  // !(ABLATE & 1)
-#if STREAM
-        if (uc == chunks - 1 || i == nun - 1) {  // this block's last unit of output uo
-#if A_SMEM && !(ABLATE & 1)
             asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
 #pragma unroll
             for (int t = 0; t < MT; ++t) fence_acc(acc[t]);
+#endif  // !(ABLATE & 1)
+#if STREAM
+            if (uc == chunks - 1 || i == nun - 1) {  // this block's last unit of output uo
+#if A_SMEM && !(ABLATE & 1)
+                asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+#pragma unroll
+                for (int t = 0; t < MT; ++t) fence_acc(acc[t]);
 #endif
-            const u32 first = uo * chunks;
-            const u32 jf = block_of(first, units, gridDim.x), jl = block_of(first + chunks - 1, units, gridDim.x);
+                const u32 first = uo * chunks;
+                const u32 jf = block_of(first, units, gridDim.x), jl = block_of(first + chunks - 1, units, gridDim.x);
 #if END_RED
-            if (jf != jl && !(ABLATE & 8)) {
-                // END_RED=1 (not deterministic: the sums' order is the arrivals'): every block of uo
-                // adds its accumulators into block jl's slot of R NTOK floats by fp32 reductions at L2
-                // (uo is block jl's first output, so the slot is uo's alone), four at a time, in the
-                // thread's own positions; the output's last arrival (the counter's acq_rel increment,
-                // wrapping to zero) reads them back, writes Y and zeroes the slot for the next launch (ws
-                // is zero before the first: cuda_backend.reduce_area, or the benchmarks' launcher). No
-                // block waits
-                float* area = ws + (size_t)jl * (R * NTOK);
-                unsigned long long t0, t1;
-                END_CLOCK(t0);
+                if (jf != jl && !(ABLATE & 8)) {
+                    // END_RED=1 (not deterministic: the sums' order is the arrivals'): every block of uo
+                    // adds its accumulators into block jl's slot of R NTOK floats by fp32 reductions at L2
+                    // (uo is block jl's first output, so the slot is uo's alone), four at a time, in the
+                    // thread's own positions; the output's last arrival (the counter's acq_rel increment,
+                    // wrapping to zero) reads them back, writes Y and zeroes the slot for the next launch (ws
+                    // is zero before the first: cuda_backend.reduce_area, or the benchmarks' launcher). No
+                    // block waits
+                    float* area = ws + (size_t)jl * (R * NTOK);
+                    unsigned long long t0, t1;
+                    END_CLOCK(t0);
 #pragma unroll
-                for (int f = 0; f < MT * NACC; f += 4)
-                    asm volatile("red.relaxed.gpu.global.add.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"l"(
-                                     area + ((size_t)(f / 4) * THREADS + tid) * 4),
-                                 "f"(acc[f / NACC][f % NACC]), "f"(acc[f / NACC][f % NACC + 1]),
-                                 "f"(acc[f / NACC][f % NACC + 2]), "f"(acc[f / NACC][f % NACC + 3])
-                                 : "memory");
-                __syncthreads();
+                    for (int f = 0; f < MT * NACC; f += 4)
+                        asm volatile("red.relaxed.gpu.global.add.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"l"(
+                                         area + ((size_t)(f / 4) * THREADS + tid) * 4),
+                                     "f"(acc[f / NACC][f % NACC]), "f"(acc[f / NACC][f % NACC + 1]),
+                                     "f"(acc[f / NACC][f % NACC + 2]), "f"(acc[f / NACC][f % NACC + 3])
+                                     : "memory");
+                    __syncthreads();
 #if END_FENCE  // the release's wait for the block's reductions alone, before the counter's round trip
-                if (tid == 0) asm volatile("fence.acq_rel.gpu;\n" ::: "memory");
+                    if (tid == 0) asm volatile("fence.acq_rel.gpu;\n" ::: "memory");
 #endif
-                END_CLOCK(t1);
-                __shared__ u32 last;
-                if (tid == 0) last = arrive_inc_acq_rel_gpu(counters + jf, jl - jf) == jl - jf;
-                __syncthreads();
-                if (last) {
-                    END_STAMP_AT(0, t0);
-                    END_STAMP_AT(1, t1);
-                    END_STAMP(2);
-                    float4 v[MT * NACC / 4];
+                    END_CLOCK(t1);
+                    __shared__ u32 last;
+                    if (tid == 0) last = arrive_inc_acq_rel_gpu(counters + jf, jl - jf) == jl - jf;
+                    __syncthreads();
+                    if (last) {
+                        END_STAMP_AT(0, t0);
+                        END_STAMP_AT(1, t1);
+                        END_STAMP(2);
+                        float4 v[MT * NACC / 4];
 #pragma unroll
-                    for (int q = 0; q < MT * NACC / 4; ++q)
-                        v[q] = __ldcg(reinterpret_cast<const float4*>(area) + (size_t)q * THREADS + tid);
+                        for (int q = 0; q < MT * NACC / 4; ++q)
+                            v[q] = __ldcg(reinterpret_cast<const float4*>(area) + (size_t)q * THREADS + tid);
 #pragma unroll
-                    for (int q = 0; q < MT * NACC / 4; ++q)
-                        __stcg(reinterpret_cast<float4*>(area) + (size_t)q * THREADS + tid, make_float4(0.f, 0.f, 0.f, 0.f));
+                        for (int q = 0; q < MT * NACC / 4; ++q)
+                            __stcg(reinterpret_cast<float4*>(area) + (size_t)q * THREADS + tid, make_float4(0.f, 0.f, 0.f, 0.f));
+#pragma unroll
+                        for (int f = 0; f < MT * NACC; ++f)
+                            store_one(y, bias, (uo / tiles) * R, (uo % tiles) * NTOK, m, n_tok, ldy, wg, warp, lane, f,
+                                      f % 4 == 0 ? v[f / 4].x : f % 4 == 1 ? v[f / 4].y : f % 4 == 2 ? v[f / 4].z : v[f / 4].w);
+                        END_STAMP(3);
+                    }
+                } else
+#endif
+                if (jf != jl && !(ABLATE & 8)) {  // uo's units are split across blocks
+                    // the partial sums to slot 0 (uo is the block's first output) or 1 (its last), thread-major;
+                    // the block's stores happen before thread 0's release (bar.sync, then a release at GPU
+                    // scope, cumulative), the waiting blocks' acquire makes every block's stores visible
+                    float* part = ws + ((size_t)blockIdx.x * 2 + (u0 >= first ? 0 : 1)) * (R * NTOK);
+                    // blocks jf .. jl - 1 end with uo (block jl holds its last units at its start and only
+                    // arrives): each waits for all jl - jf + 1 arrivals, then sums its share of uo's
+                    // R NTOK values over every slot in block order (deterministic) and writes it to Y. The
+                    // counter wraps to zero at the last arrival: zero again for the next launch, no reset
+                    const bool sums = blockIdx.x != jl;
+                    if (sums) END_STAMP(0);
+#pragma unroll
+                    for (int t = 0; t < MT; ++t)
+#pragma unroll
+                        for (int j = 0; j < NACC; ++j) part[(t * NACC + j) * THREADS + tid] = acc[t][j];
+                    __syncthreads();
+                    if (sums) END_STAMP(1);
+                    if (tid == 0) {
+                        if (!sums)
+                            arrive_inc_release_gpu(counters + jf, jl - jf);
+                        else if (arrive_inc_acq_rel_gpu(counters + jf, jl - jf) != jl - jf)
+                            wait_zero_gpu(counters + jf);
+                    }
+                    __syncthreads();
+                    if (sums) {
+                        END_STAMP(2);
+                        const int parts = (int)(jl - jf), p = (int)(blockIdx.x - jf);
+                        const int lo = p * (R * NTOK) / parts, hi = (p + 1) * (R * NTOK) / parts;
+                        // as many slots' loads in flight as the output has slots (up to SUM_LOADS), times the
+                        // values of the share a thread then needs: at 256 rows and 16 tokens one round of loads
+                        const u32 slots = jl - jf + 1;
+                        if (slots <= 2)
+                            sum_share<2>(ws, y, bias, jf, jl, first, units, lo, hi, uo, tiles, m, n_tok, ldy, tid);
+                        else if (slots <= 4)
+                            sum_share<4>(ws, y, bias, jf, jl, first, units, lo, hi, uo, tiles, m, n_tok, ldy, tid);
+                        else if (slots <= 8)
+                            sum_share<8>(ws, y, bias, jf, jl, first, units, lo, hi, uo, tiles, m, n_tok, ldy, tid);
+                        else if (slots <= 16)
+                            sum_share<16>(ws, y, bias, jf, jl, first, units, lo, hi, uo, tiles, m, n_tok, ldy, tid);
+                        else
+                            sum_share<32>(ws, y, bias, jf, jl, first, units, lo, hi, uo, tiles, m, n_tok, ldy, tid);
+                        END_STAMP(3);
+                    }
+                } else {
 #pragma unroll
                     for (int f = 0; f < MT * NACC; ++f)
                         store_one(y, bias, (uo / tiles) * R, (uo % tiles) * NTOK, m, n_tok, ldy, wg, warp, lane, f,
-                                  f % 4 == 0 ? v[f / 4].x : f % 4 == 1 ? v[f / 4].y : f % 4 == 2 ? v[f / 4].z : v[f / 4].w);
-                    END_STAMP(3);
+                                  acc[f / NACC][f % NACC]);
                 }
-            } else
-#endif
-            if (jf != jl && !(ABLATE & 8)) {  // uo's units are split across blocks
-                // the partial sums to slot 0 (uo is the block's first output) or 1 (its last), thread-major;
-                // the block's stores happen before thread 0's release (bar.sync, then a release at GPU
-                // scope, cumulative), the waiting blocks' acquire makes every block's stores visible
-                float* part = ws + ((size_t)blockIdx.x * 2 + (u0 >= first ? 0 : 1)) * (R * NTOK);
-                // blocks jf .. jl - 1 end with uo (block jl holds its last units at its start and only
-                // arrives): each waits for all jl - jf + 1 arrivals, then sums its share of uo's
-                // R NTOK values over every slot in block order (deterministic) and writes it to Y. The
-                // counter wraps to zero at the last arrival: zero again for the next launch, no reset
-                const bool sums = blockIdx.x != jl;
-                if (sums) END_STAMP(0);
-#pragma unroll
-                for (int t = 0; t < MT; ++t)
-#pragma unroll
-                    for (int j = 0; j < NACC; ++j) part[(t * NACC + j) * THREADS + tid] = acc[t][j];
-                __syncthreads();
-                if (sums) END_STAMP(1);
-                if (tid == 0) {
-                    if (!sums)
-                        arrive_inc_release_gpu(counters + jf, jl - jf);
-                    else if (arrive_inc_acq_rel_gpu(counters + jf, jl - jf) != jl - jf)
-                        wait_zero_gpu(counters + jf);
-                }
-                __syncthreads();
-                if (sums) {
-                    END_STAMP(2);
-                    const int parts = (int)(jl - jf), p = (int)(blockIdx.x - jf);
-                    const int lo = p * (R * NTOK) / parts, hi = (p + 1) * (R * NTOK) / parts;
-                    // as many slots' loads in flight as the output has slots (up to SUM_LOADS), times the
-                    // values of the share a thread then needs: at 256 rows and 16 tokens one round of loads
-                    const u32 slots = jl - jf + 1;
-                    if (slots <= 2)
-                        sum_share<2>(ws, y, bias, jf, jl, first, units, lo, hi, uo, tiles, m, n_tok, ldy, tid);
-                    else if (slots <= 4)
-                        sum_share<4>(ws, y, bias, jf, jl, first, units, lo, hi, uo, tiles, m, n_tok, ldy, tid);
-                    else if (slots <= 8)
-                        sum_share<8>(ws, y, bias, jf, jl, first, units, lo, hi, uo, tiles, m, n_tok, ldy, tid);
-                    else if (slots <= 16)
-                        sum_share<16>(ws, y, bias, jf, jl, first, units, lo, hi, uo, tiles, m, n_tok, ldy, tid);
-                    else
-                        sum_share<32>(ws, y, bias, jf, jl, first, units, lo, hi, uo, tiles, m, n_tok, ldy, tid);
-                    END_STAMP(3);
-                }
-            } else {
-#pragma unroll
-                for (int f = 0; f < MT * NACC; ++f)
-                    store_one(y, bias, (uo / tiles) * R, (uo % tiles) * NTOK, m, n_tok, ldy, wg, warp, lane, f,
-                              acc[f / NACC][f % NACC]);
             }
-        }
-        if (++uc == chunks) uc = 0, ++uo;
+            if (++uc == chunks) uc = 0, ++uo;
 #endif
+        }
     }
 #if STREAM
 #if BLOCK_TIMES
