@@ -46,7 +46,11 @@
 // padded to 16 bytes, and a refill copies only the record's own bytes; the prologue's copies take the
 // fixed size),
 // REFILL_LATE (1: a unit's refill issued after its mmas; 0: after the barrier), XPRE (1: x is X laid out
-// as the stages hold it, pack/wgmma24.x_stages, copied by bulk copies), MIN_BLOCKS (blocks per SM the registers must allow; default 1). Requirements
+// as the stages hold it, pack/wgmma24.x_stages, copied by bulk copies), A_SMEM (1: the slots layout's A
+// read by the mmas from shared memory, its records in pack/wgmma24.a_smem_order, the overflow operand
+// staged per unit, a unit's mmas waited for after the next unit's are issued; a tuning build for
+// clusters: in STREAM builds ptxas still waits at every unit), MIN_BLOCKS (blocks per SM the registers
+// must allow; default 1). Requirements
 // checked by the launcher: K % 8 == 0, x 16-byte aligned with a row stride a multiple of 8, dynamic
 // shared memory wgmma24.smem_bytes; STREAM: at least one unit per block, ws of 2 R NTOK floats per
 // block, counters of one int per block, zero before the first launch.
