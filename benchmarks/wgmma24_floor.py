@@ -70,6 +70,8 @@ def main(argv=None):
     ap.add_argument("--wgs", type=int, default=2, help="warpgroups per block (the weight's row blocks: 64 wgs mt rows)")
     ap.add_argument("--mt", type=int, default=2, help="m-tiles per warpgroup")
     ap.add_argument("--builds", default="", help="comma-separated CROSS_CUDA_DEFINES of other full builds to time")
+    ap.add_argument("--split", type=int, default=None,
+                    help="the launch's split (0: STREAM; 1..8: clusters; default: the launcher's)")
     ap.add_argument("--base", default="", help="CROSS_CUDA_DEFINES put before every build's own (e.g. -DXPRE=1)")
     ap.add_argument("--out", default="")
     opts = ap.parse_args(argv)
@@ -90,7 +92,7 @@ def main(argv=None):
                 w = make_weight(m, k, sp, "uniform", gen).cuda()
                 sw = Wgmma24Weight.from_dense(w, wgs=opts.wgs, mt=opts.mt, compressed=opts.compressed)
                 build_with("")  # the base defines (an A_SMEM base: the records' order wgmma24_args gives)
-                args = wgmma24_args(sw)
+                args = wgmma24_args(sw, opts.split)
                 split = args.split if args.split >= 0 else wgmma24_split(args.row_blocks, args.chunks, args.sms,
                                                                         -(-opts.n // token_tile(opts.n)))
                 x = torch.randn(opts.n, k, generator=gen).to(torch.bfloat16).cuda()
