@@ -575,8 +575,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
             // the copies, seen by the mma's reads; this thread's reads of the stage refilled next, done
             // before the refill's bulk copy
             asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-            __syncthreads();  // unit i in place; every warpgroup done with unit i - 1's stage, refilled next
-            // the refill of unit i - 1's stage with unit i + AHEAD (one cp.async group per unit, empty past the
+            __syncthreads();  // unit i in place; every warpgroup done with unit i - 1's stage (A_SMEM: i - 2's), refilled next
+            // the refill of that stage with unit i + AHEAD (one cp.async group per unit, empty past the
             // block's units)
             auto refill = [&]() {
                 if (i + AHEAD < nun) {
@@ -603,7 +603,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
                 // instruction but the mmas touches the accumulators between units (ptxas would wait there)
                 const unsigned char* stage = smem + (i % STAGES) * STAGE_BYTES;
                 const u32 sa = smem_u32(stage + wg * MT * TILE_BYTES), sx = smem_u32(stage + W_BYTES);
-                u32(&e)[MT] = meta[h];  // unit i - 2's, whose mmas are done
+                u32(&e)[MT] = meta[h];  // the registers of unit i - 2's metadata, whose mmas are done
 #pragma unroll
                 for (int t = 0; t < MT; ++t) e[t] = *reinterpret_cast<const u32*>(stage + (wg * MT + t) * TILE_BYTES + 4096 + 4 * tw);
 #if OVERFLOW
