@@ -14,6 +14,6 @@ B="python3 benchmarks/wgmma24_bench.py --shapes llama-up,llama-qkvo --sparsities
 CROSS_CUDA_DEFINES=-DXPRE=1 step xpre 90 $B --settings 2:2,2:1:2,2:2:3,2:2:0 --out "$OUT/xpre.csv"
 CROSS_CUDA_DEFINES="-DXPRE=1 -DA_SMEM=1" step xpre_a_smem 80 $B --settings 2:2,2:1:2,2:2:3 --out "$OUT/xpre_a_smem.csv"
 F="python3 benchmarks/wgmma24_floor.py --shapes llama-up --sparsities 0.7,0.9 --n 128"
-step floor_xpre_a_smem 80 $F --base="-DXPRE=1 -DA_SMEM=1" --out "$OUT/floor_xpre_a_smem.csv"
 step floor_xpre_stream 80 $F --base=-DXPRE=1 --split 0 --out "$OUT/floor_xpre_stream.csv"
+step floor_xpre_a_smem 80 $F --base="-DXPRE=1 -DA_SMEM=1" --out "$OUT/floor_xpre_a_smem.csv"
 step gather_tests 90 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gather.py -x
