@@ -9,11 +9,11 @@
 # Usage (repository root, on the GPU machine): OUT=<dir> bash benchmarks/wgmma24_a_smem.sh
 source "$(dirname "$0")/steps.sh"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/device.txt"
-step a_smem_tests 100 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_wgmma24.py -k a_smem -x
 B="python3 benchmarks/wgmma24_bench.py --shapes llama-up,llama-qkvo --sparsities 0.7,0.9 --weights uniform --ns 128"
 CROSS_CUDA_DEFINES=-DXPRE=1 step xpre 90 $B --settings 2:2,2:1:2,2:2:3,2:2:0 --out "$OUT/xpre.csv"
 CROSS_CUDA_DEFINES="-DXPRE=1 -DA_SMEM=1" step xpre_a_smem 80 $B --settings 2:2,2:1:2,2:2:3 --out "$OUT/xpre_a_smem.csv"
 F="python3 benchmarks/wgmma24_floor.py --shapes llama-up --sparsities 0.7,0.9 --n 128"
 step floor_xpre_stream 80 $F --base=-DXPRE=1 --split 0 --out "$OUT/floor_xpre_stream.csv"
+step a_smem_tests 100 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_wgmma24.py -k a_smem -x
 step floor_xpre_a_smem 80 $F --base="-DXPRE=1 -DA_SMEM=1" --out "$OUT/floor_xpre_a_smem.csv"
 step gather_tests 90 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_gather.py -x
