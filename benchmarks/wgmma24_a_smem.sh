@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The A-from-shared-memory builds (kernels/wgmma24.cu -DA_SMEM=1) at 128 tokens, in one device call (~4 min):
-# their GPU tests; 11008x4096 and 4096x4096 at 70 / 90%, XPRE builds without and with A_SMEM at the
+# The A-from-shared-memory builds (kernels/wgmma24.cu -DA_SMEM=1) at 128 tokens, in one device call (~4
+# min): their GPU tests; 11008x4096 and 4096x4096 at 70 / 90%, XPRE builds without and with A_SMEM at the
 # launch's clusters and at 2:1:2, the XPRE build also by STREAM (cuBLAS in the same run); the XPRE +
-# A_SMEM build's time split on 11008x4096 (docs/perf-notes.md, "128 tokens split, and the first A_SMEM run"); and the XPRE build's split
-# by STREAM (all the SMs' blocks, not the 86 clusters of 2), to see whether the copies' time falls with more
-# SMs pulling; and the gather kernel's GPU tests (its 8-token build).
+# A_SMEM build's time split on 11008x4096 (docs/perf-notes.md, "128 tokens split, and the first A_SMEM
+# run"); and the XPRE build's split by STREAM (all the SMs' blocks, not the 86 clusters of 2), to see
+# whether the copies' time falls with more SMs pulling; and the gather kernel's GPU tests (its 8-token
+# build).
 # Usage (repository root, on the GPU machine): OUT=<dir> bash benchmarks/wgmma24_a_smem.sh
 source "$(dirname "$0")/steps.sh"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/device.txt"
