@@ -73,8 +73,15 @@ def main(argv=None):
     ap.add_argument("--split", type=int, default=None,
                     help="the launch's split (0: STREAM; 1..8: clusters; default: the launcher's)")
     ap.add_argument("--base", default="", help="CROSS_CUDA_DEFINES put before every build's own (e.g. -DXPRE=1)")
+    ap.add_argument("--reduce-tokens", type=int, default=None,
+                    help="STREAM launches of up to this many tokens take END_RED builds (cuda_backend."
+                         "REDUCE_MAX_TOKENS, 64; 128 a tuning setting)")
     ap.add_argument("--out", default="")
     opts = ap.parse_args(argv)
+    if opts.reduce_tokens is not None:
+        if opts.reduce_tokens not in (16, 32, 64, 128):
+            raise SystemExit(f"wgmma24_floor: --reduce-tokens: expected 16, 32, 64 or 128, got {opts.reduce_tokens}")
+        cuda_backend.REDUCE_MAX_TOKENS = opts.reduce_tokens  # before the reductions' area is allocated
     if cuda_backend.DEFINES_ENV in os.environ:
         raise SystemExit(f"wgmma24_floor: unset {cuda_backend.DEFINES_ENV}; the script sets it for each build")
     global BASE
@@ -82,7 +89,8 @@ def main(argv=None):
     gen = torch.Generator().manual_seed(0)
     layout = "compressed" if opts.compressed else "slots"
     print(f"# {torch.cuda.get_device_name()}, bf16, N={opts.n}, the {layout} layout at its default launch"
-          f"{', every build with ' + opts.base if opts.base else ''}; "
+          f"{', every build with ' + opts.base if opts.base else ''}"
+          f"{f', END_RED up to {opts.reduce_tokens} tokens' if opts.reduce_tokens else ''}; "
           f"CUDA-graph replay, L2 flushed; us")
     rows = []
     try:

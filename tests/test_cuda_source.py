@@ -148,24 +148,23 @@ def test_wgmma24_ablation_builds_compile(split, compressed, ablate, tmp_path):
 def test_wgmma24_end_red_builds_compile(wgs, mt, ntok, stamps, tmp_path):
     """The END_RED=1 build (STREAM's end by fp32 reductions and the output's last arrival; the runtime's
     default up to 64 tokens), with and without the end's stamps, assembles for the compressed layout's
-    STREAM at 64-256 rows per block up to 64 tokens
-    without spills (128 is refused by the source), and its reductions are the four-float vector form."""
+    STREAM at 64-256 rows per block up to 64 tokens without spills, and its reductions are the four-float
+    vector form; so does the 128-token build (a tuning setting: its share read back in pieces)."""
     from cross.kernels.cuda_backend import wgmma24_defines
 
     kernels = resources.files("cross.kernels")
     common = [NVCC, "-arch=sm_90a", "-std=c++17", f"-I{kernels}",
               *wgmma24_defines(True, wgs, mt, 0, 1024, ntok, True, True), "-DEND_RED=1", *stamps.split(),
               str(kernels.joinpath("wgmma24.cu"))]
-    out = subprocess.run([*common[:2], "-cubin", "-Xptxas", "-v", "-o", str(tmp_path / "k.cubin"), *common[2:]],
-                         capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert sum(int(v) for v in re.findall(r"(\d+) bytes spill stores", out.stderr)) == 0, out.stderr[-2000:]
-    ptx = subprocess.run([*common[:2], "-ptx", "-o", str(tmp_path / "k.ptx"), *common[2:]], capture_output=True, text=True)
-    assert ptx.returncode == 0, ptx.stderr[-3000:]
-    assert (tmp_path / "k.ptx").read_text().count("red.relaxed.gpu.global.add.v4.f32") == mt * ntok // 2 // 4
-    big = subprocess.run([*common[:2], "-ptx", "-o", str(tmp_path / "k.ptx"),
-                          *[d.replace(f"-DNTOK={ntok}", "-DNTOK=128") for d in common[2:]]], capture_output=True, text=True)
-    assert big.returncode != 0 and "up to 64 tokens" in big.stderr
+    for tokens in (ntok, 128) if not stamps else (ntok,):
+        args = [d.replace(f"-DNTOK={ntok}", f"-DNTOK={tokens}") for d in common[2:]]
+        out = subprocess.run([*common[:2], "-cubin", "-Xptxas", "-v", "-o", str(tmp_path / "k.cubin"), *args],
+                             capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert sum(int(v) for v in re.findall(r"(\d+) bytes spill stores", out.stderr)) == 0, out.stderr[-2000:]
+        ptx = subprocess.run([*common[:2], "-ptx", "-o", str(tmp_path / "k.ptx"), *args], capture_output=True, text=True)
+        assert ptx.returncode == 0, ptx.stderr[-3000:]
+        assert (tmp_path / "k.ptx").read_text().count("red.relaxed.gpu.global.add.v4.f32") == mt * tokens // 2 // 4
 
 
 def test_wgmma24_end_fence_build(tmp_path):

@@ -4,6 +4,7 @@ kernel's signature (grid, block, shared memory, the stream, arguments and their 
 order). The GPU tests check that the kernels compute the right thing with these calls."""
 
 import ctypes
+import functools
 import types
 
 import pytest
@@ -131,13 +132,9 @@ def test_wgmma24_stream_reduce(driver, monkeypatch):
     workspace, the same one each launch (CROSS_STREAM_REDUCE unset, or 1 even under torch's deterministic
     algorithms); 128 tokens and cluster launches as before; none under the deterministic algorithms
     (CROSS_STREAM_REDUCE unset) or with 0; another value refused."""
-    area = types.SimpleNamespace(data_ptr=lambda: 4242)
+    area = types.SimpleNamespace(data_ptr=lambda: 4242, numel=lambda: 132 * 4 * 256 * 64)  # reduce_area's size
     monkeypatch.setattr(cuda_backend, "reduce_area", lambda device: area if device == 0 else None)
-
-    def launch(ntok, split=0):
-        cuda_backend.wgmma24_launch(43, ntok, 2, 2, split, 64, _ptrs(5), 11008, 4096, 16, 4096, 11008, 64, 132)
-        call = driver.calls[-1]
-        return call["func"][1][-1], call["args"][0][4]  # the build's reduce, the workspace pointer
+    launch = functools.partial(_reduce_launch, driver)
 
     plain = lambda ntok: (False, 7 * 2 * 264 * 256 * ntok)  # noqa: E731  the deterministic end's build and workspace
     assert launch(16) == plain(16)  # CROSS_STREAM_REDUCE=0 (the fixture's)
@@ -152,6 +149,31 @@ def test_wgmma24_stream_reduce(driver, monkeypatch):
     monkeypatch.setenv(cuda_backend.REDUCE_ENV, "on")
     with pytest.raises(ValueError, match="CROSS_STREAM_REDUCE: expected 0 or 1"):
         launch(16)
+
+
+def _reduce_launch(driver, ntok, split=0):
+    """A launch of 11008x4096 for 16 tokens in blocks of ``ntok`` (STREAM, or clusters of ``split``): its
+    build's END_RED and its workspace pointer."""
+    cuda_backend.wgmma24_launch(43, ntok, 2, 2, split, 64, _ptrs(5), 11008, 4096, 16, 4096, 11008, 64, 132)
+    call = driver.calls[-1]
+    return call["func"][1][-1], call["args"][0][4]
+
+
+def test_wgmma24_stream_reduce_128(driver, monkeypatch):
+    """REDUCE_MAX_TOKENS raised to 128 (a tuning setting): 128-token STREAM launches build END_RED on the
+    reduction area; an area too small for the launch's blocks x 256 rows x 128 tokens (allocated before the
+    setting was raised) is refused before the launch, not overrun."""
+    monkeypatch.delenv(cuda_backend.REDUCE_ENV)
+    monkeypatch.setattr(cuda_backend, "REDUCE_MAX_TOKENS", 128)
+    area = types.SimpleNamespace(data_ptr=lambda: 4242, numel=lambda: 264 * 256 * 128)  # the fixture's 264 blocks
+    monkeypatch.setattr(cuda_backend, "reduce_area", lambda device: area)
+    assert _reduce_launch(driver, 128) == (True, 4242)
+    calls = len(driver.calls)
+    area.numel = lambda: 264 * 256 * 128 - 1
+    with pytest.raises(RuntimeError, match="need 8650752 floats, the area of cuda:0 holds 8650751"):
+        _reduce_launch(driver, 128)
+    assert len(driver.calls) == calls  # nothing launched
+    assert _reduce_launch(driver, 64) == (True, 4242)  # 264 x 256 x 64 fits
 
 
 def test_row_launch(driver):

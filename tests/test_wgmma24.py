@@ -568,18 +568,20 @@ def test_gpu_wgmma24_stream_cooperative(m, k, n, rng, monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("sized", [False, True])
-@pytest.mark.parametrize("m,k,n", [(4096, 4096, 16), (12288, 4096, 9), (22016, 4096, 16), (700, 2056, 64),
-                                   (300, 520, 33), (700, 2056, 128)])
-def test_gpu_wgmma24_stream_reduce(m, k, n, sized, rng, monkeypatch):
+@pytest.mark.parametrize("m,k,n,reduce_tokens", [(4096, 4096, 16, 64), (12288, 4096, 9, 64), (22016, 4096, 16, 64),
+                                                 (700, 2056, 64, 64), (300, 520, 33, 64), (700, 2056, 128, 64),
+                                                 (700, 2056, 128, 128), (11008, 4096, 128, 128)])
+def test_gpu_wgmma24_stream_reduce(m, k, n, reduce_tokens, sized, rng, monkeypatch):
     """STREAM's default end (CROSS_STREAM_REDUCE unset: split outputs summed by fp32 reductions, END_RED, up
-    to 64 tokens; 128 by the deterministic end): right against fp32 on fresh X each launch with the output
-    poisoned, eagerly and replayed in a CUDA graph, the counters and the reductions' area back to zero
-    after every launch."""
+    to 64 tokens; 128 by the deterministic end, or by END_RED where REDUCE_MAX_TOKENS is raised to 128, the
+    tuning setting): right against fp32 on fresh X each launch with the output poisoned, eagerly and
+    replayed in a CUDA graph, the counters and the reductions' area back to zero after every launch."""
     from cross.kernels import cuda_backend
     from cross.kernels.launch import wgmma24_args, wgmma24_run
 
     _needs_sm90()
     monkeypatch.delenv(cuda_backend.REDUCE_ENV, raising=False)
+    monkeypatch.setattr(cuda_backend, "REDUCE_MAX_TOKENS", reduce_tokens)
     builds, build = [], cuda_backend._wgmma24_kernel  # which build each launch takes (its last argument: END_RED)
     monkeypatch.setattr(cuda_backend, "_wgmma24_kernel", lambda *a: builds.append(a[-1]) or build(*a))
     w = _unstructured(m, k, 0.3, rng).cuda()
@@ -605,7 +607,7 @@ def test_gpu_wgmma24_stream_reduce(m, k, n, sized, rng, monkeypatch):
         graph.replay()
         torch.cuda.synchronize()
         assert _check(y, x, w, None) < 2e-2 and not args.counters.any() and not area.any()
-    assert set(builds) == {n <= 64}
+    assert set(builds) == {n <= reduce_tokens}
 
 
 @pytest.mark.gpu

@@ -512,7 +512,9 @@ def wgmma24_stream_blocks(units: int, sms: int, per_sm: int) -> int:
 WGMMA24_MAX_PER_SM, WGMMA24_MIN_UNITS = 4, 4
 
 
-#: END_RED builds: at most this many tokens per block (the kernel holds a block's share in registers)
+#: STREAM launches of up to this many tokens per block take END_RED builds. 128 builds too (wgmma24.cu
+#: reads the output back in pieces there) but is a tuning setting, not yet timed on a GPU:
+#: benchmarks/wgmma24_floor.py --reduce-tokens 128 raises it before the area is allocated
 REDUCE_MAX_TOKENS = 64
 
 
@@ -551,7 +553,7 @@ def wgmma24_launch(row_blocks: int, ntok: int, wgs: int, mt: int, split: int, sl
     (x, y, bias or 0, values, counters), M, K, N, X's and Y's row strides and the weight's chunks (64
     columns). ``split`` 0: the launch's units in equal parts over the resident blocks of ``sms`` SMs
     (STREAM; a workspace of two slots of partial sums per block, allocated here, or with
-    ``stream_reduce`` up to 64 tokens the GPU's ``reduce_area``, and the weight's ``counters``); 1..8:
+    ``stream_reduce`` up to REDUCE_MAX_TOKENS tokens the GPU's ``reduce_area``, and the weight's ``counters``); 1..8:
     a cluster of ``split`` blocks (the parts of K) per row block and token tile of N, a row block's
     token tiles adjacent (wgmma24.cu)."""
     device = torch.cuda.current_device()
@@ -566,6 +568,10 @@ def wgmma24_launch(row_blocks: int, ntok: int, wgs: int, mt: int, split: int, sl
     else:
         grid = wgmma24_stream_blocks(outputs * chunks, sms, per_sm)
         ws = reduce_area(device) if reduce else workspace(2 * grid * 64 * wgs * mt * ntok)
+        if reduce and grid * 64 * wgs * mt * ntok > ws.numel():  # an area allocated for fewer tokens
+            raise RuntimeError(f"STREAM's fp32 reductions: {grid} blocks of {64 * wgs * mt} rows x {ntok} tokens "
+                               f"need {grid * 64 * wgs * mt * ntok} floats, the area of cuda:{device} holds "
+                               f"{ws.numel()} (REDUCE_MAX_TOKENS raised after it was allocated)")
     _launch(func, grid, wgs * 128, smem,
             Pointers.of(x, y, bias, values, 0 if ws is None else ws.data_ptr(), counters, is_bf16=ptrs.is_bf16),
             (m, k, n_tok, ldx, ldy, chunks), cooperative=not split and stream_cooperative())

@@ -111,9 +111,10 @@
 #ifndef END_RED
 #define END_RED 0  // STREAM's end by fp32 reductions at L2 and the output's last arrival (below; the runtime builds it for STREAM up to 64 tokens unless cuda_backend.stream_reduce() is off)
 #endif
-#if END_RED && NTOK > 64
-#error "END_RED holds a block's whole share in registers: up to 64 tokens"
-#endif
+// the last arrival's read-back of the output in pieces of END_PIECE float4s a thread: the whole share
+// up to 64 tokens; at 128 (a tuning build: the runtime's END_RED stops at 64) its 128 floats beside the
+// loop's live registers would not fit
+#define END_PIECE (NTOK > 64 ? 8 : MT * NACC / 4)
 #ifndef END_FENCE
 #define END_FENCE 0  // diagnostic: END_RED's thread 0 fences (acq_rel, GPU scope) before its arrival, and stamp 1 follows the fence
 #endif
@@ -756,17 +757,22 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
                         END_STAMP_AT(0, t0);
                         END_STAMP_AT(1, t1);
                         END_STAMP(2);
-                        float4 v[MT * NACC / 4];
 #pragma unroll
-                        for (int q = 0; q < MT * NACC / 4; ++q)
-                            v[q] = __ldcg(reinterpret_cast<const float4*>(area) + (size_t)q * THREADS + tid);
+                        for (int q0 = 0; q0 < MT * NACC / 4; q0 += END_PIECE) {
+                            float4 v[END_PIECE];
 #pragma unroll
-                        for (int q = 0; q < MT * NACC / 4; ++q)
-                            __stcg(reinterpret_cast<float4*>(area) + (size_t)q * THREADS + tid, make_float4(0.f, 0.f, 0.f, 0.f));
+                            for (int q = 0; q < END_PIECE; ++q)
+                                v[q] = __ldcg(reinterpret_cast<const float4*>(area) + (size_t)(q0 + q) * THREADS + tid);
 #pragma unroll
-                        for (int f = 0; f < MT * NACC; ++f)
-                            store_one(y, bias, (uo / tiles) * R, (uo % tiles) * NTOK, m, n_tok, ldy, wg, warp, lane, f,
-                                      f % 4 == 0 ? v[f / 4].x : f % 4 == 1 ? v[f / 4].y : f % 4 == 2 ? v[f / 4].z : v[f / 4].w);
+                            for (int q = 0; q < END_PIECE; ++q)
+                                __stcg(reinterpret_cast<float4*>(area) + (size_t)(q0 + q) * THREADS + tid,
+                                       make_float4(0.f, 0.f, 0.f, 0.f));
+#pragma unroll
+                            for (int g = 0; g < 4 * END_PIECE; ++g)
+                                store_one(y, bias, (uo / tiles) * R, (uo % tiles) * NTOK, m, n_tok, ldy, wg, warp, lane,
+                                          4 * q0 + g, g % 4 == 0 ? v[g / 4].x : g % 4 == 1 ? v[g / 4].y
+                                                      : g % 4 == 2 ? v[g / 4].z : v[g / 4].w);
+                        }
                         END_STAMP(3);
                     }
                 } else
