@@ -462,7 +462,8 @@ def _wgmma24_kernel(device_index: int, is_bf16: bool, wgs: int, mt: int, split: 
 
     defines = wgmma24_defines(is_bf16, wgs, mt, split, slots, ntok, compressed, over, sized) + (
         ("-DEND_RED=1",) if reduce else ())
-    smem = smem_bytes(wgs, mt, slots, ntok, defined_stages(defines), compressed, _a_smem_reserve(wgs, mt, slots, compressed))
+    reserve = _a_smem_reserve(wgs, mt, slots, compressed)
+    smem = smem_bytes(wgs, mt, slots, ntok, defined_stages(defines), compressed, reserve)
     _, func = _compile(device_index, _WGMMA24_SOURCE, "wgmma24", defines, smem, arch_specific=True)
     return func, smem, resident_blocks(func, wgs * 128, smem)
 
@@ -553,9 +554,9 @@ def wgmma24_launch(row_blocks: int, ntok: int, wgs: int, mt: int, split: int, sl
     (x, y, bias or 0, values, counters), M, K, N, X's and Y's row strides and the weight's chunks (64
     columns). ``split`` 0: the launch's units in equal parts over the resident blocks of ``sms`` SMs
     (STREAM; a workspace of two slots of partial sums per block, allocated here, or with
-    ``stream_reduce`` up to REDUCE_MAX_TOKENS tokens the GPU's ``reduce_area``, and the weight's ``counters``); 1..8:
-    a cluster of ``split`` blocks (the parts of K) per row block and token tile of N, a row block's
-    token tiles adjacent (wgmma24.cu)."""
+    ``stream_reduce`` up to REDUCE_MAX_TOKENS tokens the GPU's ``reduce_area``, and the weight's
+    ``counters``); 1..8: a cluster of ``split`` blocks (the parts of K) per row block and token tile of
+    N, a row block's token tiles adjacent (wgmma24.cu)."""
     device = torch.cuda.current_device()
     reduce = not split and ntok <= REDUCE_MAX_TOKENS and stream_reduce()
     func, smem, per_sm = _wgmma24_kernel(device, ptrs.is_bf16, wgs, mt, split, slots, ntok, compressed, over,
