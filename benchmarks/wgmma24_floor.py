@@ -2,7 +2,8 @@
 (the slots layout by its clusters, or with --compressed the compressed layout by STREAM), timed in full
 and in three ablation builds (kernels/wgmma24.cu's ABLATE bits, through CROSS_CUDA_DEFINES; their
 results are wrong by design and not checked): "copies only" (-DABLATE=1: the weight's records and X
-through the pipeline, the waits, barriers and the end's sums, no A registers, no mmas), "no copies"
+through the pipeline, the waits, barriers and the end's sums, no A registers, no mmas), "weight copies
+only" (-DABLATE=65: as "copies only" without X's copies), "no copies"
 (-DABLATE=3: the loop's barriers and the end alone), "launch only" (-DABLATE=4: every block returns
 at its start), "no end" (-DABLATE=8: no partial sums across blocks, each block writes its own) and "no
 copies, no end" (-DABLATE=11), each launched with the full build's grid; with --builds, other full
@@ -35,8 +36,8 @@ from cross.kernels.launch import wgmma24_args, wgmma24_run, wgmma24_split  # noq
 from cross.pack.wgmma24 import Wgmma24Weight, token_tile  # noqa: E402
 
 #: the builds timed after the full one: (name, CROSS_CUDA_DEFINES)
-ABLATIONS = (("copies only", "-DABLATE=1"), ("no copies", "-DABLATE=3"), ("launch only", "-DABLATE=4"),
-             ("no end", "-DABLATE=8"), ("no copies, no end", "-DABLATE=11"))
+ABLATIONS = (("copies only", "-DABLATE=1"), ("weight copies only", "-DABLATE=65"), ("no copies", "-DABLATE=3"),
+             ("launch only", "-DABLATE=4"), ("no end", "-DABLATE=8"), ("no copies, no end", "-DABLATE=11"))
 
 
 BUILD = cuda_backend._wgmma24_kernel  # the launcher's builds: (function, shared memory, blocks per SM)
@@ -129,6 +130,7 @@ def main(argv=None):
                 parts = {"launch only": times["launch only"],
                          "barriers and the end's sums": times["no copies"] - times["launch only"],
                          "the copies": times["copies only"] - times["no copies"],
+                         "X's copies": times["copies only"] - times["weight copies only"],
                          "the mmas": times["full"] - times["copies only"],
                          "the end (full - no end)": times["full"] - times["no end"],
                          "the end (no copies)": times["no copies"] - times["no copies, no end"]}

@@ -122,11 +122,12 @@ def test_wgmma24_kernel_source_compiles(wgs, mt, split, overflow, ntok, compress
 
 
 @pytest.mark.parametrize("split,compressed", [(8, False), (0, True)])
-@pytest.mark.parametrize("ablate", [1, 3, 4, 8, 11])
+@pytest.mark.parametrize("ablate", [1, 3, 4, 8, 11, 65])
 def test_wgmma24_ablation_builds_compile(split, compressed, ablate, tmp_path):
     """The ablation builds of benchmarks/wgmma24_floor.py (ABLATE 1: no mmas; 3: no copies either; 4:
-    the launch alone; 8: no end's sums; 11: neither copies nor the end) assemble at 16 tokens, for the clusters and for STREAM; bit 2 without bit 1 is
-    refused by the source itself."""
+    the launch alone; 8: no end's sums; 11: neither copies nor the end; 65: no mmas, the weight's copies
+    alone) assemble at 16 tokens, for the clusters and for STREAM; bit 2 without bit 1 is refused by the
+    source itself."""
     from cross.kernels.cuda_backend import wgmma24_defines
 
     kernels = resources.files("cross.kernels")
@@ -141,6 +142,31 @@ def test_wgmma24_ablation_builds_compile(split, compressed, ablate, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     refused = build(2)
     assert refused.returncode != 0 and "needs bit 1" in refused.stderr
+
+
+@pytest.mark.parametrize("extra", ["", "-DXPRE=1", "-DA_SMEM=1"])
+@pytest.mark.parametrize("ntok", [16, 128])
+def test_wgmma24_rotate_builds_compile(ntok, extra, tmp_path):
+    """ROTATE=1 (a cluster block walks its chunks from its row block's turn, wrapping) assembles for the
+    clusters' builds without spills, and its PTX differs from the build without it; a STREAM build refuses
+    it."""
+    from cross.kernels.cuda_backend import wgmma24_defines
+
+    kernels = resources.files("cross.kernels")
+
+    def build(split, rotate, what="-cubin"):
+        out = tmp_path / ("k.ptx" if what == "-ptx" else "k.cubin")
+        run = subprocess.run([NVCC, "-arch=sm_90a", "-std=c++17", what, "-Xptxas", "-v", "-o", str(out), f"-I{kernels}",
+                              *wgmma24_defines(True, 2, 2, split, 64, ntok), *extra.split(), f"-DROTATE={rotate}",
+                              str(kernels.joinpath("wgmma24.cu"))], capture_output=True, text=True)
+        return run, (out.read_text() if what == "-ptx" and run.returncode == 0 else None)
+
+    out, _ = build(2, 1)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert sum(int(v) for v in re.findall(r"(\d+) bytes spill stores", out.stderr)) == 0, out.stderr[-2000:]
+    assert build(2, 1, "-ptx")[1] != build(2, 0, "-ptx")[1]
+    refused, _ = build(0, 1)
+    assert refused.returncode != 0 and "STREAM must be 0" in refused.stderr
 
 
 @pytest.mark.parametrize("wgs,mt,ntok", [(2, 2, 16), (2, 2, 32), (2, 2, 64), (1, 1, 16), (1, 2, 64), (2, 1, 32)])

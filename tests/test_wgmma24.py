@@ -641,6 +641,35 @@ def test_gpu_wgmma24_a_smem(m, k, weight, split, rng, monkeypatch):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("base", ["", "-DXPRE=1", "-DXPRE=1 -DA_SMEM=1"])
+@pytest.mark.parametrize("split", [1, 2])
+@pytest.mark.parametrize("m,k,weight", [(11008, 4096, "0.3"), (700, 2056, "2:4"), (700, 2056, "0.1"), (64, 64, "0.3")])
+def test_gpu_wgmma24_rotate(m, k, weight, split, base, rng, monkeypatch):
+    """ROTATE builds (CROSS_CUDA_DEFINES=-DROTATE=1: a cluster block walks its chunks from its row block's
+    turn, wrapping), also with XPRE and A_SMEM: the product at 16-301 tokens against fp32, output poisoned."""
+    from cross.kernels import cuda_backend
+    from cross.kernels.launch import wgmma24_args, wgmma24_run
+
+    _needs_sm90()
+    monkeypatch.setenv(cuda_backend.DEFINES_ENV, f"{base} -DROTATE=1".strip())
+    caches = (cuda_backend._wgmma24_kernel, cuda_backend.wgmma24_xpre, cuda_backend.wgmma24_a_smem)
+    for cache in caches:
+        cache.cache_clear()
+    try:
+        w = (_weight(m, k, 2, rng) if weight == "2:4" else _unstructured(m, k, float(weight), rng)).cuda()
+        args = wgmma24_args(Wgmma24Weight.from_dense(w), split)
+        for n in (16, 128, 301):
+            x = torch.randn(n, k, generator=rng).to(torch.bfloat16).cuda()
+            b = torch.randn(m, generator=rng).to(torch.bfloat16).cuda() if n % 2 == 0 else None
+            y = torch.full((n, m), float("nan"), dtype=torch.bfloat16, device="cuda")
+            wgmma24_run(x, args, b, y)
+            assert _check(y, x, w, b) < 2e-2, f"n={n}"
+    finally:
+        for cache in caches:
+            cache.cache_clear()
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("compressed", [False, True])
 @pytest.mark.parametrize("split", [0, None])
 @pytest.mark.parametrize("m,k,n", [(2752, 4096, 16), (700, 2056, 128), (300, 520, 300), (64, 64, 40), (1000, 1032, 5)])

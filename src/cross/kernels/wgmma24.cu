@@ -49,7 +49,9 @@
 // as the stages hold it, pack/wgmma24.x_stages, copied by bulk copies), A_SMEM (1: the slots layout's A
 // read by the mmas from shared memory, its records in pack/wgmma24.a_smem_order, the overflow operand
 // staged per unit, a unit's mmas waited for after the next unit's are issued; a tuning build for
-// clusters: in STREAM builds ptxas still waits at every unit), MIN_BLOCKS (blocks per SM the registers
+// clusters: in STREAM builds ptxas still waits at every unit), ROTATE (1, clusters, a tuning build: the
+// blocks of row block rb walk their chunks from their (rb mod chunks)-th, wrapping, so that at a time
+// the row blocks read different parts of X), MIN_BLOCKS (blocks per SM the registers
 // must allow; default 1). Requirements
 // checked by the launcher: K % 8 == 0, x 16-byte aligned with a row stride a multiple of 8, dynamic
 // shared memory wgmma24.smem_bytes; STREAM: at least one unit per block, ws of 2 R NTOK floats per
@@ -72,7 +74,8 @@
 // waits, bit 4 everything (each block returns at its start: the launch alone), bit 8 the end's sums
 // (STREAM: an output split across blocks is written by each from its own accumulators, as if it held
 // the output alone; clusters: each block writes its own partial sums, no staging, no cluster barrier),
-// STREAM's bit 16 the sums' loads of the slots (zeros summed and written), bit 32 their stores to Y;
+// STREAM's bit 16 the sums' loads of the slots (zeros summed and written), bit 32 their stores to Y, bit
+// 64 X's copies (the weight's alone; the stages' X is whatever they held);
 // the result is wrong in every ABLATE build; BLOCK_TIMES=1 (STREAM) has
 // thread 0 of block j write its start and end (%globaltimer, ns) and its SM at u64 [3 j ..] past the
 // workspace's 2 P R NTOK floats; BLOCK_TIMES=2 also the time each of its first UNIT_TIMES units is seen
@@ -148,6 +151,12 @@
 #endif
 #if STREAM && SPLIT != 1
 #error "STREAM splits K by units, not clusters: SPLIT must be 1"
+#endif
+#ifndef ROTATE
+#define ROTATE 0  // clusters, a tuning build: a block walks its chunks from the (row block mod its chunks)-th, wrapping
+#endif
+#if ROTATE && STREAM
+#error "ROTATE turns a cluster block's chunks: STREAM must be 0"
 #endif
 #ifndef STAGES
 #define STAGES 6
@@ -327,9 +336,9 @@ __device__ __forceinline__ void load_chunk(unsigned char* stage, u32 bar, const 
     const u32 sw = smem_u32(stage);
 #if XPRE  // x: the token tile's stages; chunk c's part as the stage holds it
     if (tid == 0) {
-        mbar_arrive_expect(bar, wbytes + X_BYTES);
+        mbar_arrive_expect(bar, wbytes + (ABLATE & 64 ? 0u : X_BYTES));
         bulk_copy(sw, wsrc, wbytes, bar);
-        bulk_copy(sw + W_BYTES, x + (size_t)c * (NTOK * KC), X_BYTES, bar);
+        if (!(ABLATE & 64)) bulk_copy(sw + W_BYTES, x + (size_t)c * (NTOK * KC), X_BYTES, bar);
     }
 #else
 #if BULK
@@ -342,7 +351,7 @@ __device__ __forceinline__ void load_chunk(unsigned char* stage, u32 bar, const 
 #endif
     const u32 sx = sw + W_BYTES;
 #pragma unroll
-    for (int j = 0; j < (NTOK * KC / 8 + THREADS - 1) / THREADS; ++j) {  // a trip count the compiler knows
+    for (int j = 0; !(ABLATE & 64) && j < (NTOK * KC / 8 + THREADS - 1) / THREADS; ++j) {  // a trip count the compiler knows
         const int p = tid + j * THREADS;
         if (NTOK * KC / 8 % THREADS && p >= NTOK * KC / 8) break;
         const int t = p >> 3, g8 = p & 7;  // token, 8-column group of the chunk
@@ -402,10 +411,18 @@ struct Walk {
         output();
         size();
     }
+#if ROTATE
+    int c_lo, c_hi;             // the block's chunks (one output): after c_hi - 1 comes c_lo
+    __device__ __forceinline__ void next() {
+        if (++c == c_hi) c = c_lo;
+        size();
+    }
+#else
     __device__ __forceinline__ void next() {
         if (++c == chunks) c = 0, ++o, output();
         size();
     }
+#endif
     __device__ __forceinline__ void output() {
         const int tt = o % tiles;
         w = values + (size_t)(o / tiles) * chunks * W_BYTES;
@@ -525,7 +542,13 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
 #else
     Walk ld{values, x, chunks, tiles, ldx, n_tok};  // the next unit to copy
 #endif
+#if ROTATE  // row block rb's blocks start at their (rb mod nun)-th chunk: at a time the row blocks read different chunks of X
+    ld.c_lo = part * chunks / SPLIT;
+    ld.c_hi = (part + 1) * chunks / SPLIT;
+    ld.seek(u0 + (nun > 0 ? (u32)((cluster / tiles) % nun) : 0u));
+#else
     ld.seek(u0);
+#endif
 #if STREAM
     int uc = ld.c, uo = ld.o;  // the unit the mmas are on: chunk uc of output uo
 #endif
