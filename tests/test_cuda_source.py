@@ -144,6 +144,34 @@ def test_wgmma24_ablation_builds_compile(split, compressed, ablate, tmp_path):
     assert refused.returncode != 0 and "needs bit 1" in refused.stderr
 
 
+@pytest.mark.parametrize("split,compressed", [(2, False), (0, False), (0, True)])
+@pytest.mark.parametrize("ntok", [16, 128])
+def test_wgmma24_xtma_builds_compile(ntok, split, compressed, tmp_path):
+    """XTMA=1 (X by tensor copies through its tensor map, the kernel's last parameter: 128 bytes aligned
+    to 64) assembles without spills for the clusters and STREAM, both layouts; its PTX has the 2-d tensor
+    copies and the 128-byte-swizzle B descriptors; with XPRE it is refused."""
+    from cross.kernels.cuda_backend import wgmma24_defines
+
+    kernels = resources.files("cross.kernels")
+    common = [NVCC, "-arch=sm_90a", "-std=c++17", f"-I{kernels}",
+              *wgmma24_defines(True, 2, 2, split, 1024 if compressed else 64, ntok, compressed, compressed),
+              "-DXTMA=1", str(kernels.joinpath("wgmma24.cu"))]
+    out = subprocess.run([*common[:3], "-cubin", "-Xptxas", "-v", "-o", str(tmp_path / "k.cubin"), *common[3:]],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert sum(int(v) for v in re.findall(r"(\d+) bytes spill stores", out.stderr)) == 0, out.stderr[-2000:]
+    ptx = subprocess.run([*common[:3], "-ptx", "-o", str(tmp_path / "k.ptx"), *common[3:]], capture_output=True, text=True)
+    assert ptx.returncode == 0, ptx.stderr[-3000:]
+    text = (tmp_path / "k.ptx").read_text()
+    assert "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes" in text
+    assert re.search(r"\.param \.align 64 \.b8 wgmma24_param_12\[128\]", text)
+    # descriptor fields: 128-byte swizzle (1 at bit 62), stride 1024 bytes and leading offset 16, in 16-byte units
+    assert f"{1 << 62 | (1024 >> 4) << 32 | (16 >> 4) << 16}" in text
+    refused = subprocess.run([*common[:3], "-cubin", "-o", str(tmp_path / "k.cubin"), "-DXPRE=1", *common[3:]],
+                             capture_output=True, text=True)
+    assert refused.returncode != 0 and "XPRE 0" in refused.stderr
+
+
 @pytest.mark.parametrize("extra", ["", "-DXPRE=1", "-DA_SMEM=1"])
 @pytest.mark.parametrize("ntok", [16, 128])
 def test_wgmma24_rotate_builds_compile(ntok, extra, tmp_path):

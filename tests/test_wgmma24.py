@@ -330,6 +330,24 @@ def _needs_sm90():
         pytest.skip("the warpgroup 2:4 kernel needs a compute capability 9.0 GPU")
 
 
+def _eager_and_replayed(run, fresh, ok, times=3):
+    """``run()`` eagerly, then captured in a CUDA graph and replayed, ``times`` each, every time on fresh
+    inputs (``fresh()``: new X, poisoned output) and its result checked (``ok()``)."""
+    for _ in range(times):
+        fresh()
+        run()
+        torch.cuda.synchronize()
+        assert ok()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        run()
+    for _ in range(times):
+        fresh()
+        graph.replay()
+        torch.cuda.synchronize()
+        assert ok()
+
+
 def _check(y, x, w, b):
     ref = x.double() @ w.double().t() + (b.double() if b is not None else 0)
     assert bool(torch.isfinite(y).all()), "non-finite output (unwritten?)"
@@ -392,6 +410,51 @@ def test_a_smem_builds_reserve_the_overflow_buffers(monkeypatch):
     finally:
         cuda_backend._wgmma24_kernel.cache_clear()
         cuda_backend.wgmma24_a_smem.cache_clear()
+
+
+def test_xtma_builds_align_the_stages(monkeypatch):
+    """An XTMA build (CROSS_CUDA_DEFINES=-DXTMA=1) gets stages whose X starts at a 1024-byte boundary
+    past the record, 1024 bytes more to align the first, and not more than the stages' budget; XTMA
+    with XPRE is refused."""
+    from cross.kernels import cuda_backend
+    from cross.pack.wgmma24 import STAGE_SMEM, X_ALIGN, record_bytes, stage_bytes
+
+    monkeypatch.setattr(cuda_backend, "_compile", lambda dev, src, name, defines, smem, arch_specific=False: (None, defines))
+    monkeypatch.setattr(cuda_backend, "resident_blocks", lambda func, threads, smem: 1)
+    caches = (cuda_backend._wgmma24_kernel, cuda_backend.wgmma24_xtma)
+    monkeypatch.setenv(cuda_backend.DEFINES_ENV, "-DXTMA=1")
+    for cache in caches:
+        cache.cache_clear()
+    try:
+        for slots, ntok, compressed in ((64, 128, False), (64, 16, False), (0, 128, False), (1024, 32, True),
+                                        (32, 64, False)):
+            defines, smem, _ = cuda_backend._wgmma24_kernel(0, True, 2, 2, 2 if not compressed else 0, slots, ntok,
+                                                            compressed, compressed)
+            n = cuda_backend.defined_stages(defines)
+            record = record_bytes(2, 2, slots, compressed)
+            stage = stage_bytes(2, 2, slots, ntok, compressed, x_align=True)
+            assert stage % X_ALIGN == 0 and record <= stage - ntok * 128 < record + X_ALIGN
+            assert smem == max(n * stage, ntok * (256 + 4) * 4) + X_ALIGN <= STAGE_SMEM + X_ALIGN
+            assert 2 <= n <= stages(2, 2, slots, ntok, compressed)
+        monkeypatch.setenv(cuda_backend.DEFINES_ENV, "-DXTMA=1 -DXPRE=1")
+        cuda_backend.wgmma24_xtma.cache_clear()
+        with pytest.raises(ValueError, match="choose one"):
+            cuda_backend.wgmma24_xtma()
+    finally:
+        for cache in caches:
+            cache.cache_clear()
+
+
+def test_x_map_geometry():
+    """X's tensor map for the XTMA builds: dimensions innermost first (K, N), the row stride in bytes, a
+    box of a chunk's 64 columns by the token tile; a row stride under K or not a multiple of 8 refused."""
+    from cross.kernels.cuda_backend import x_map_geometry
+
+    assert x_map_geometry(301, 2056, 2056, 128) == ((2056, 301), (4112,), (64, 128))
+    assert x_map_geometry(5, 64, 72, 16) == ((64, 5), (144,), (64, 16))
+    for ldx in (2052, 1000):
+        with pytest.raises(ValueError, match="row stride"):
+            x_map_geometry(4, 2056, ldx, 16)
 
 
 def test_tuning_stages_size_the_shared_memory(monkeypatch):
@@ -594,19 +657,8 @@ def test_gpu_wgmma24_stream_reduce(m, k, n, reduce_tokens, sized, rng, monkeypat
         x.copy_(torch.randn(n, k, generator=rng).to(torch.bfloat16))
         y.fill_(float("nan"))
 
-    for _ in range(3):
-        fresh()
-        wgmma24_run(x, args, None, y)
-        torch.cuda.synchronize()
-        assert _check(y, x, w, None) < 2e-2 and not args.counters.any() and not area.any()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        wgmma24_run(x, args, None, y)
-    for _ in range(3):
-        fresh()
-        graph.replay()
-        torch.cuda.synchronize()
-        assert _check(y, x, w, None) < 2e-2 and not args.counters.any() and not area.any()
+    _eager_and_replayed(lambda: wgmma24_run(x, args, None, y), fresh,
+                        lambda: _check(y, x, w, None) < 2e-2 and not args.counters.any() and not area.any())
     assert set(builds) == {n <= reduce_tokens}
 
 
@@ -638,6 +690,41 @@ def test_gpu_wgmma24_a_smem(m, k, weight, split, rng, monkeypatch):
     finally:
         cuda_backend._wgmma24_kernel.cache_clear()
         cuda_backend.wgmma24_a_smem.cache_clear()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("compressed", [False, True])
+@pytest.mark.parametrize("split", [0, 2, None])
+@pytest.mark.parametrize("m,k,n", [(2752, 4096, 16), (700, 2056, 128), (300, 520, 300), (1000, 1032, 5),
+                                   (11008, 4096, 128)])
+def test_gpu_wgmma24_xtma(m, k, n, split, compressed, rng, monkeypatch):
+    """XTMA builds (CROSS_CUDA_DEFINES=-DXTMA=1: X copied from its rows by tensor copies through its tensor
+    map, 128-byte swizzle, zeros past N and K): the product against fp32 on fresh X, output poisoned,
+    eagerly and replayed in a CUDA graph, by STREAM and by clusters."""
+    from cross.kernels import cuda_backend
+    from cross.kernels.launch import wgmma24_args, wgmma24_run
+
+    _needs_sm90()
+    monkeypatch.setenv(cuda_backend.DEFINES_ENV, "-DXTMA=1")
+    caches = (cuda_backend._wgmma24_kernel, cuda_backend.wgmma24_xtma)
+    for cache in caches:
+        cache.cache_clear()
+    try:
+        assert cuda_backend.wgmma24_xtma()
+        w = _unstructured(m, k, 0.3, rng).cuda()
+        args = wgmma24_args(Wgmma24Weight.from_dense(w, compressed=compressed), split)
+        x = torch.empty(n, k, dtype=torch.bfloat16, device="cuda")
+        b = torch.randn(m, generator=rng).to(torch.bfloat16).cuda()
+        y = torch.empty(n, m, dtype=torch.bfloat16, device="cuda")
+
+        def fresh():
+            x.copy_(torch.randn(n, k, generator=rng).to(torch.bfloat16))
+            y.fill_(float("nan"))
+
+        _eager_and_replayed(lambda: wgmma24_run(x, args, b, y), fresh, lambda: _check(y, x, w, b) < 2e-2, 2)
+    finally:
+        for cache in caches:
+            cache.cache_clear()
 
 
 @pytest.mark.gpu

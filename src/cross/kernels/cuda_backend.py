@@ -89,15 +89,17 @@ def _check(result, what: str):
     return result[1] if len(result) == 2 else result[1:]
 
 
-def _launch(func, grid: int, threads: int, smem: int, ptrs, ints, grid_y: int = 1, cooperative: bool = False) -> None:
+def _launch(func, grid: int, threads: int, smem: int, ptrs, ints, grid_y: int = 1, cooperative: bool = False,
+            objects: tuple = ()) -> None:
     """cuLaunchKernel of ``func`` on PyTorch's current stream: ``grid`` x ``grid_y`` blocks of
     ``threads``, ``smem`` bytes of dynamic shared memory, the arguments ``ptrs`` (Pointers: device
-    pointers) and then ``ints`` (C ints), in kernel order; ``cooperative``: cuLaunchCooperativeKernel
-    (all blocks resident at once, or the launch fails)."""
+    pointers), then ``ints`` (C ints), then ``objects`` (cuda-python objects passed by value, a
+    CUtensorMap say), in kernel order; ``cooperative``: cuLaunchCooperativeKernel (all blocks resident
+    at once, or the launch fails)."""
     driver, _ = _bindings()
     stream = driver.CUstream(torch.cuda.current_stream().cuda_stream)
-    args = tuple(ptrs.values) + tuple(int(v) for v in ints)
-    types = (ctypes.c_void_p,) * len(ptrs.values) + (ctypes.c_int,) * len(ints)
+    args = tuple(ptrs.values) + tuple(int(v) for v in ints) + tuple(objects)
+    types = (ctypes.c_void_p,) * len(ptrs.values) + (ctypes.c_int,) * len(ints) + (None,) * len(objects)
     if cooperative:
         _check(driver.cuLaunchCooperativeKernel(func, grid, grid_y, 1, threads, 1, 1, smem, stream, (args, types)),
                "cuLaunchCooperativeKernel")
@@ -435,7 +437,7 @@ def wgmma24_defines(is_bf16: bool, wgs: int, mt: int, split: int, slots: int, nt
     reserve = _a_smem_reserve(wgs, mt, slots, compressed)
     defines = [f"-DIS_BF16={int(is_bf16)}", f"-DWGS={wgs}", f"-DMT={mt}", f"-DSTREAM={int(split == 0)}",
                f"-DSPLIT={max(split, 1)}", f"-DSLOTS={slots}", f"-DNTOK={ntok}",
-               f"-DSTAGES={stages(wgs, mt, slots, ntok, compressed, reserve)}"]
+               f"-DSTAGES={stages(wgs, mt, slots, ntok, compressed, reserve, wgmma24_xtma())}"]
     if compressed:
         defines += ["-DCOMPRESSED=1", f"-DOVER={int(over)}"] + (["-DSIZED=1"] if sized else [])
     return tuple(defines + os.environ.get(DEFINES_ENV, "").split())
@@ -463,7 +465,7 @@ def _wgmma24_kernel(device_index: int, is_bf16: bool, wgs: int, mt: int, split: 
     defines = wgmma24_defines(is_bf16, wgs, mt, split, slots, ntok, compressed, over, sized) + (
         ("-DEND_RED=1",) if reduce else ())
     reserve = _a_smem_reserve(wgs, mt, slots, compressed)
-    smem = smem_bytes(wgs, mt, slots, ntok, defined_stages(defines), compressed, reserve)
+    smem = smem_bytes(wgs, mt, slots, ntok, defined_stages(defines), compressed, reserve, wgmma24_xtma())
     _, func = _compile(device_index, _WGMMA24_SOURCE, "wgmma24", defines, smem, arch_specific=True)
     return func, smem, resident_blocks(func, wgs * 128, smem)
 
@@ -473,6 +475,44 @@ def wgmma24_xpre() -> bool:
     """Whether CROSS_CUDA_DEFINES makes the wgmma24 builds XPRE ones (-DXPRE=1: X handed to the kernel
     laid out as its stages hold it, pack/wgmma24.x_stages, a unit's part by one bulk copy)."""
     return _define(os.environ.get(DEFINES_ENV, "").split(), "XPRE") == "1"
+
+
+@functools.lru_cache(maxsize=None)  # read once, as wgmma24_xpre
+def wgmma24_xtma() -> bool:
+    """Whether CROSS_CUDA_DEFINES makes the wgmma24 builds XTMA ones (-DXTMA=1: X copied from its rows by
+    the tensor copy engine through X's tensor map, ``x_tensor_map``, a launch's last argument; a tuning
+    build). Not with XPRE (the two are two ways to copy X)."""
+    defines = os.environ.get(DEFINES_ENV, "").split()
+    if _define(defines, "XTMA") != "1":
+        return False
+    if _define(defines, "XPRE") == "1":
+        raise ValueError(f"{DEFINES_ENV}: -DXTMA=1 and -DXPRE=1 are two ways to copy X; choose one")
+    return True
+
+
+def x_map_geometry(n_tok: int, k: int, ldx: int, ntok: int) -> tuple[tuple[int, int], tuple[int], tuple[int, int]]:
+    """X's tensor map for an XTMA build (cuTensorMapEncodeTiled; dimensions innermost first): the
+    tensor's dimensions (K columns, N tokens), its row stride in bytes, and the box a copy brings (64
+    columns, a chunk, by ``ntok`` tokens, a token tile). Past the tensor a copy writes zeros."""
+    if ldx % 8 or ldx < k:
+        raise ValueError(f"X's tensor map: expected a row stride >= K and a multiple of 8 elements, got {ldx} (K {k})")
+    return (k, n_tok), (2 * ldx,), (64, ntok)
+
+
+def x_tensor_map(x_ptr: int, is_bf16: bool, n_tok: int, k: int, ldx: int, ntok: int):
+    """The CUtensorMap of X (``x_map_geometry``; 16-bit elements, 128-byte swizzle, zeros past the tensor),
+    encoded by the driver for one launch (a CUDA graph keeps the launch's copy of it)."""
+    driver, _ = _bindings()
+    dims, strides, box = x_map_geometry(n_tok, k, ldx, ntok)
+    kind = driver.CUtensorMapDataType
+    return _check(driver.cuTensorMapEncodeTiled(
+        kind.CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 if is_bf16 else kind.CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2, x_ptr,
+        [driver.cuuint64_t(v) for v in dims], [driver.cuuint64_t(v) for v in strides],
+        [driver.cuuint32_t(v) for v in box], [driver.cuuint32_t(1)] * 2,
+        driver.CUtensorMapInterleave.CU_TENSOR_MAP_INTERLEAVE_NONE,
+        driver.CUtensorMapSwizzle.CU_TENSOR_MAP_SWIZZLE_128B,
+        driver.CUtensorMapL2promotion.CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
+        driver.CUtensorMapFloatOOBfill.CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE), "cuTensorMapEncodeTiled")
 
 
 @functools.lru_cache(maxsize=None)  # read once, as wgmma24_xpre
@@ -573,9 +613,10 @@ def wgmma24_launch(row_blocks: int, ntok: int, wgs: int, mt: int, split: int, sl
             raise RuntimeError(f"STREAM's fp32 reductions: {grid} blocks of {64 * wgs * mt} rows x {ntok} tokens "
                                f"need {grid * 64 * wgs * mt * ntok} floats, the area of cuda:{device} holds "
                                f"{ws.numel()} (REDUCE_MAX_TOKENS raised after it was allocated)")
+    xmap = (x_tensor_map(x, ptrs.is_bf16, n_tok, k, ldx, ntok),) if wgmma24_xtma() else ()
     _launch(func, grid, wgs * 128, smem,
             Pointers.of(x, y, bias, values, 0 if ws is None else ws.data_ptr(), counters, is_bf16=ptrs.is_bf16),
-            (m, k, n_tok, ldx, ldy, chunks), cooperative=not split and stream_cooperative())
+            (m, k, n_tok, ldx, ldy, chunks), cooperative=not split and stream_cooperative(), objects=xmap)
 
 
 # ---------------------------------------------------------------------- the slice kernel

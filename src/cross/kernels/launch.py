@@ -496,7 +496,7 @@ def wgmma24_args(weight, split: int | None = None) -> Wgmma24Args:
     None: STREAM for the compressed layout (faster than clusters in 3 of 4 cells measured at 16 tokens,
     docs/perf-notes.md), else ``wgmma24_split`` of each launch's token tiles."""
     from ..pack.wgmma24 import NTOKS, a_smem_order, smem_bytes
-    from .cuda_backend import WGMMA24_MAX_PER_SM, reduce_area, wgmma24_a_smem
+    from .cuda_backend import WGMMA24_MAX_PER_SM, reduce_area, wgmma24_a_smem, wgmma24_xtma
 
     if weight.device.type != "cuda":
         raise ValueError(f"wgmma24_matmul: expected a Wgmma24Weight on a CUDA device, got one on {weight.device}")
@@ -511,7 +511,8 @@ def wgmma24_args(weight, split: int | None = None) -> Wgmma24Args:
     if split is not None and (isinstance(split, bool) or not isinstance(split, int) or not 0 <= split <= 8):
         raise ValueError(f"wgmma24_matmul: split must be an int in 0..8 (0: STREAM; or None: by launch), got {split!r}")
     limit = getattr(torch.cuda.get_device_properties(weight.device), "shared_memory_per_block_optin", 227 * 1024)
-    most = max(smem_bytes(weight.wgs, weight.mt, weight.slots, t, compressed=weight.compressed) for t in NTOKS)
+    most = max(smem_bytes(weight.wgs, weight.mt, weight.slots, t, compressed=weight.compressed,
+                          x_align=wgmma24_xtma()) for t in NTOKS)
     if most > limit:
         raise ValueError(f"wgmma24_matmul: a block needs up to {most} bytes of shared memory, the device has {limit}")
     sms = torch.cuda.get_device_properties(weight.device).multi_processor_count

@@ -46,10 +46,12 @@
 // padded to 16 bytes, and a refill copies only the record's own bytes; the prologue's copies take the
 // fixed size),
 // REFILL_LATE (1: a unit's refill issued after its mmas; 0: after the barrier), XPRE (1: x is X laid out
-// as the stages hold it, pack/wgmma24.x_stages, copied by bulk copies), A_SMEM (1: the slots layout's A
-// read by the mmas from shared memory, its records in pack/wgmma24.a_smem_order, the overflow operand
-// staged per unit, a unit's mmas waited for after the next unit's are issued; a tuning build for
-// clusters: in STREAM builds ptxas still waits at every unit), ROTATE (1, clusters, a tuning build: the
+// as the stages hold it, pack/wgmma24.x_stages, copied by bulk copies), XTMA (1, a tuning build: X copied
+// from its rows by tensor copies through the last parameter, X's tensor map, into the 128-byte-swizzle
+// layout the B descriptors then read; the launcher's shared memory 1024 bytes more), A_SMEM (1: the
+// slots layout's A read by the mmas from shared memory, its records in pack/wgmma24.a_smem_order, the
+// overflow operand staged per unit, a unit's mmas waited for after the next unit's are issued; a tuning
+// build for clusters: in STREAM builds ptxas still waits at every unit), ROTATE (1, clusters, a tuning build: the
 // blocks of row block rb walk their chunks from their (rb mod chunks)-th, wrapping, so that at a time
 // the row blocks read different parts of X), MIN_BLOCKS (blocks per SM the registers
 // must allow; default 1). Requirements
@@ -140,6 +142,12 @@
 #if XPRE && !BULK
 #error "XPRE copies X on the weight's mbarrier: BULK must be 1"
 #endif
+#ifndef XTMA
+#define XTMA 0  // 1: X by the tensor copy engine from its rows (a tensor map), a unit's part by one copy
+#endif
+#if XTMA && (XPRE || !BULK)
+#error "XTMA copies X on the weight's mbarrier from X itself: BULK must be 1 and XPRE 0"
+#endif
 #ifndef A_SMEM
 #define A_SMEM 0  // 1: the mmas read A from shared memory (the slots layout's tiles in core-matrix order, below)
 #endif
@@ -201,7 +209,10 @@
 #define W_BYTES (MTILES * TILE_BYTES + HEAD_BYTES + SLOTS * 4)  // a row block's chunk: tiles, heads, overflow
 #endif
 #define X_BYTES (NTOK * KC * 2)                   // X's NTOK tokens x 64 columns
-#define STAGE_BYTES (W_BYTES + X_BYTES)
+// X's part of a stage: past the record, at a 1024-byte boundary in XTMA builds (the swizzle's atoms: 8
+// tokens x 128 bytes; the block's shared memory is aligned to 1024 bytes at its start)
+#define X_OFF (XTMA ? (W_BYTES + 1023) / 1024 * 1024 : W_BYTES)
+#define STAGE_BYTES (X_OFF + X_BYTES)
 #if A_SMEM && STAGES < 3
 #error "A_SMEM reads a unit's stage until the next unit's mmas are issued: STAGES must be at least 3"
 #endif
@@ -275,7 +286,22 @@ __device__ __forceinline__ void cp16(u32 dst, const void* src, u32 src_bytes) {
 #endif
 // a no-swizzle shared memory descriptor: start address, leading and stride byte offsets (16-byte units)
 #define SMEM_DESC(addr, lbo, sbo) ((u64)(((addr) >> 4) & 0x3FFF) | (u64)((lbo) >> 4) << 16 | (u64)((sbo) >> 4) << 32)
+#if XTMA
+// XTMA: X's part as the tensor copy writes it, [token][64 columns] 128-byte rows swizzled by 16-byte
+// pieces (piece j of token t at j ^ (t % 8)): the 128-byte-swizzle K-major layout, 8-token groups 1024
+// bytes apart; the second k-step starts 64 bytes into the rows
+__device__ __forceinline__ u64 b_desc(u32 addr) { return SMEM_DESC(addr, 16, 1024) | 1ull << 62; }
+#define B_KSTEP 64
+#else
 __device__ __forceinline__ u64 b_desc(u32 addr) { return SMEM_DESC(addr, B_LBO, B_SBO); }
+#define B_KSTEP (NTOK * 32 * 2)  // the second k-step's core matrices
+#endif
+
+// XTMA: the tensor map of X (cuTensorMapEncodeTiled: bf16/fp16 [n_tok][k], boxes of NTOK tokens x 64
+// columns, 128-byte swizzle, zeros past the tensor), a kernel parameter
+struct __align__(64) XMap {
+    unsigned long long opaque[16];
+};
 
 // d = A (64 x 32, 2:4: the thread's four words and its metadata word e) x B (32 x NTOK, descriptor)
 // + d where acc_in, else without d (the first mma of an output: the accumulators are never written but
@@ -327,18 +353,30 @@ __device__ __forceinline__ void cluster_sync() {
 // the copies of chunk c (of a row block and token tile) into a stage: the weight's wbytes of the chunk
 // (BULK: one bulk copy by thread 0, counted on the stage's mbarrier bar), and X's NTOK x 64 values in
 // the k-steps' core-matrix layout (zeros past n_tok tokens and past K; cp.async, this thread's group;
-// XPRE: x holds them laid out so already, one bulk copy on the same mbarrier)
+// XPRE: x holds them laid out so already, one bulk copy on the same mbarrier; XTMA: one tensor copy of
+// tokens t0 .. through xmap on the same mbarrier, in its swizzled layout)
 __device__ __forceinline__ void load_chunk(unsigned char* stage, u32 bar, const unsigned char* wsrc, u32 wbytes,
-                                           const u16* x, int c, int n_tok, int k, int ldx, int tid) {
+                                           const u16* x, int c, int n_tok, int k, int ldx, int tid,
+                                           const XMap* xmap = nullptr, int t0 = 0) {
 #if ABLATE & 2
     return;  // no copies (nor their waits)
 #endif
     const u32 sw = smem_u32(stage);
-#if XPRE  // x: the token tile's stages; chunk c's part as the stage holds it
+#if XTMA  // xmap: X; chunk c's columns of tokens t0 .. t0 + NTOK - 1 (zeros past the tensor)
     if (tid == 0) {
         mbar_arrive_expect(bar, wbytes + (ABLATE & 64 ? 0u : X_BYTES));
         bulk_copy(sw, wsrc, wbytes, bar);
-        if (!(ABLATE & 64)) bulk_copy(sw + W_BYTES, x + (size_t)c * (NTOK * KC), X_BYTES, bar);
+        if (!(ABLATE & 64))
+            asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+                         " [%0], [%1, {%2, %3}], [%4];\n"
+                         ::"r"(sw + X_OFF), "l"(reinterpret_cast<unsigned long long>(xmap)), "r"(c * KC), "r"(t0),
+                         "r"(bar) : "memory");
+    }
+#elif XPRE  // x: the token tile's stages; chunk c's part as the stage holds it
+    if (tid == 0) {
+        mbar_arrive_expect(bar, wbytes + (ABLATE & 64 ? 0u : X_BYTES));
+        bulk_copy(sw, wsrc, wbytes, bar);
+        if (!(ABLATE & 64)) bulk_copy(sw + X_OFF, x + (size_t)c * (NTOK * KC), X_BYTES, bar);
     }
 #else
 #if BULK
@@ -349,9 +387,10 @@ __device__ __forceinline__ void load_chunk(unsigned char* stage, u32 bar, const 
 #else
     for (int i = tid; i < (int)(wbytes / 16); i += THREADS) cp16(sw + 16 * i, wsrc + 16 * i, 16);
 #endif
-    const u32 sx = sw + W_BYTES;
+    const u32 sx = sw + X_OFF;
 #pragma unroll
-    for (int j = 0; !(ABLATE & 64) && j < (NTOK * KC / 8 + THREADS - 1) / THREADS; ++j) {  // a trip count the compiler knows
+    // a trip count the compiler knows (none: ABLATE bit 64)
+    for (int j = 0; !(ABLATE & 64) && j < (NTOK * KC / 8 + THREADS - 1) / THREADS; ++j) {
         const int p = tid + j * THREADS;
         if (NTOK * KC / 8 % THREADS && p >= NTOK * KC / 8) break;
         const int t = p >> 3, g8 = p & 7;  // token, 8-column group of the chunk
@@ -400,6 +439,9 @@ struct Walk {
     const unsigned char* w;     // output o's row block: its chunks' records
     const u16* xt;              // output o's token tile: its first row of X (XPRE: its first stage's X)
     int ntok;                   // and its tokens
+#if XTMA
+    int t0;                     // and its first token
+#endif
 #if SIZED
     const u16* sizes;           // each record's size (16-byte units) by row block and chunk
     int rbc;                    // output o's row block's first record
@@ -428,6 +470,9 @@ struct Walk {
         w = values + (size_t)(o / tiles) * chunks * W_BYTES;
         xt = x + (size_t)tt * (XPRE ? (size_t)chunks * NTOK * KC : (size_t)NTOK * ldx);
         ntok = min(NTOK, n_tok - tt * NTOK);
+#if XTMA
+        t0 = tt * NTOK;
+#endif
 #if SIZED
         rbc = (o / tiles) * chunks;
 #endif
@@ -517,11 +562,22 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
 #endif
     wgmma24(const u16* __restrict__ x, u16* __restrict__ y, const u16* __restrict__ bias,
             const unsigned char* __restrict__ values, float* __restrict__ ws, int* __restrict__ counters, int m,
-            int k, int n_tok, int ldx, int ldy, int chunks) {
+            int k, int n_tok, int ldx, int ldy, int chunks
+#if XTMA
+            , const __grid_constant__ XMap xmap
+#endif
+    ) {
 #if ABLATE & 4
     return;  // the launch alone
 #endif
+#if XTMA  // the launcher's shared memory holds 1024 bytes more: the stages from a 1024-byte boundary
+    extern __shared__ __align__(128) unsigned char smem_raw[];
+    unsigned char* const smem = smem_raw + ((1024u - (smem_u32(smem_raw) & 1023u)) & 1023u);
+#define XMAP_ARGS , &xmap, ld.t0
+#else
     extern __shared__ __align__(128) unsigned char smem[];
+#define XMAP_ARGS
+#endif
     const int tid = threadIdx.x, wg = tid >> 7, tw = tid & 127, lane = tid & 31, warp = tw >> 5;
 #if BLOCK_TIMES
     unsigned long long t_start;
@@ -542,7 +598,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
 #else
     Walk ld{values, x, chunks, tiles, ldx, n_tok};  // the next unit to copy
 #endif
-#if ROTATE  // row block rb's blocks start at their (rb mod nun)-th chunk: at a time the row blocks read different chunks of X
+#if ROTATE  // row block rb's blocks start at their (rb mod nun)-th chunk: the row blocks read different chunks of X
     ld.c_lo = part * chunks / SPLIT;
     ld.c_hi = (part + 1) * chunks / SPLIT;
     ld.seek(u0 + (nun > 0 ? (u32)((cluster / tiles) % nun) : 0u));
@@ -571,7 +627,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
         if (s < nun) {
             // the record's fixed size: its own size would wait for the sizes' load at the launch's start
             load_chunk(smem + s * STAGE_BYTES, bars + 8 * s, ld.w + (size_t)ld.c * W_BYTES, W_BYTES, ld.xt, ld.c,
-                       ld.ntok, k, ldx, tid);
+                       ld.ntok, k, ldx, tid XMAP_ARGS);
             ld.next();
         }
         asm volatile("cp.async.commit_group;\n" ::: "memory");
@@ -605,7 +661,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
             auto refill = [&]() {
                 if (i + AHEAD < nun) {
                     load_chunk(smem + ((i + AHEAD) % STAGES) * STAGE_BYTES, bars + 8 * ((i + AHEAD) % STAGES),
-                               ld.w + (size_t)ld.c * W_BYTES, ld.bytes(), ld.xt, ld.c, ld.ntok, k, ldx, tid);
+                               ld.w + (size_t)ld.c * W_BYTES, ld.bytes(), ld.xt, ld.c, ld.ntok, k, ldx, tid XMAP_ARGS);
                     ld.next();
                 }
                 asm volatile("cp.async.commit_group;\n" ::: "memory");
@@ -626,7 +682,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
                 // in the tiles' layout; unit i's mmas waited for only after unit i + 1's are issued. No
                 // instruction but the mmas touches the accumulators between units (ptxas would wait there)
                 const unsigned char* stage = smem + (i % STAGES) * STAGE_BYTES;
-                const u32 sa = smem_u32(stage + wg * MT * TILE_BYTES), sx = smem_u32(stage + W_BYTES);
+                const u32 sa = smem_u32(stage + wg * MT * TILE_BYTES), sx = smem_u32(stage + X_OFF);
                 u32(&e)[MT] = meta[h];  // the registers of unit i - 2's metadata, whose mmas are done
 #pragma unroll
                 for (int t = 0; t < MT; ++t) e[t] = *reinterpret_cast<const u32*>(stage + (wg * MT + t) * TILE_BYTES + 4096 + 4 * tw);
@@ -655,13 +711,13 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
 #pragma unroll
                 for (int t = 0; t < MT; ++t) {
                     wgmma_sps<0>(acc[t], a_desc(sa + t * TILE_BYTES), b_desc(sx), e[t], acc_in);
-                    wgmma_sps<1>(acc[t], a_desc(sa + t * TILE_BYTES + 2048), b_desc(sx + NTOK * 32 * 2), e[t]);
+                    wgmma_sps<1>(acc[t], a_desc(sa + t * TILE_BYTES + 2048), b_desc(sx + B_KSTEP), e[t]);
                 }
 #if OVERFLOW
 #pragma unroll
                 for (int t = 0; t < MT; ++t) {
                     wgmma_sps<0>(acc[t], a_desc(so + t * 4096), b_desc(sx), OVERFLOW_META);
-                    wgmma_sps<1>(acc[t], a_desc(so + t * 4096 + 2048), b_desc(sx + NTOK * 32 * 2), OVERFLOW_META);
+                    wgmma_sps<1>(acc[t], a_desc(so + t * 4096 + 2048), b_desc(sx + B_KSTEP), OVERFLOW_META);
                 }
 #endif
                 asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
@@ -703,14 +759,14 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
                 e[t] = *reinterpret_cast<const u32*>(tile + 4096 + 4 * tw);
             }
 #endif
-            const u32 sx = smem_u32(stage + W_BYTES);
+            const u32 sx = smem_u32(stage + X_OFF);
 #pragma unroll
             for (int t = 0; t < MT; ++t) fence_acc(acc[t]);
             asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #pragma unroll
             for (int t = 0; t < MT; ++t) {
                 wgmma_sp<0>(acc[t], a[0][t], b_desc(sx), e[t], acc_in);
-                wgmma_sp<1>(acc[t], a[1][t], b_desc(sx + NTOK * 32 * 2), e[t]);
+                wgmma_sp<1>(acc[t], a[1][t], b_desc(sx + B_KSTEP), e[t]);
             }
 #if OVERFLOW
             // the chunk's overflow, while those mmas run: a group's third and fourth nonzeros sit at its
@@ -728,7 +784,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
 #pragma unroll
                 for (int t = 0; t < MT; ++t) {
                     wgmma_sp<0>(acc[t], o[0][t], b_desc(sx), OVERFLOW_META);
-                    wgmma_sp<1>(acc[t], o[1][t], b_desc(sx + NTOK * 32 * 2), OVERFLOW_META);
+                    wgmma_sp<1>(acc[t], o[1][t], b_desc(sx + B_KSTEP), OVERFLOW_META);
                 }
             }
 #endif

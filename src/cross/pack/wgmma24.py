@@ -453,13 +453,29 @@ def record_bytes(wgs: int, mt: int, slots: int, compressed: bool = False) -> int
     return wgs * mt * TILE_WORDS * 4 + (128 * wgs * 4 + 4 * slots if slots else 0)
 
 
-def stages(wgs: int, mt: int, slots: int, ntok: int = NTOK, compressed: bool = False, reserve: int = 0) -> int:
+#: XTMA builds (kernels/wgmma24.cu -DXTMA=1): X's part of a stage starts at a multiple of this past the
+#: record (the 128-byte swizzle's atoms), and the block's shared memory is aligned to it at its start
+X_ALIGN = 1024
+
+
+def stage_bytes(wgs: int, mt: int, slots: int, ntok: int = NTOK, compressed: bool = False,
+                x_align: bool = False) -> int:
+    """Bytes of a pipeline stage: a chunk's record and X's ntok x 64 values (``x_align``: X at the next
+    multiple of X_ALIGN past the record, the XTMA builds)."""
+    record = record_bytes(wgs, mt, slots, compressed)
+    return (-(-record // X_ALIGN) * X_ALIGN if x_align else record) + ntok * CHUNK * 2
+
+
+def stages(wgs: int, mt: int, slots: int, ntok: int = NTOK, compressed: bool = False, reserve: int = 0,
+           x_align: bool = False) -> int:
     """The pipeline's stages (chunks in flight, one being read): as many as STAGE_SMEM less ``reserve``
     bytes holds, at most MAX_STAGES (6 at 128 tokens in the default block with little overflow), and at
     most SHALLOW_STAGES (4 in the slots layout, 3 in the compressed one) at up to SHALLOW_TOKENS tokens;
-    at least 2 (3 with a ``reserve``: the A_SMEM builds, ``a_smem_reserve``)."""
+    at least 2 (3 with a ``reserve``: the A_SMEM builds, ``a_smem_reserve``). ``x_align``: the XTMA
+    builds' stages (``stage_bytes``) from an X_ALIGN boundary."""
     most = SHALLOW_STAGES[compressed] if ntok <= SHALLOW_TOKENS else MAX_STAGES
-    fit = (STAGE_SMEM - reserve) // (record_bytes(wgs, mt, slots, compressed) + ntok * CHUNK * 2)
+    fit = (STAGE_SMEM - reserve - (X_ALIGN if x_align else 0)) // stage_bytes(wgs, mt, slots, ntok, compressed,
+                                                                              x_align)
     return max(3 if reserve else 2, min(most, fit))
 
 
@@ -499,11 +515,12 @@ _A_SMEM_WORD = _a_smem_word()
 
 
 def smem_bytes(wgs: int, mt: int, slots: int, ntok: int = NTOK, n_stages: int | None = None,
-               compressed: bool = False, reserve: int = 0) -> int:
+               compressed: bool = False, reserve: int = 0, x_align: bool = False) -> int:
     """Dynamic shared memory of a wgmma24 block (kernels/wgmma24.cu) of ``ntok`` tokens over a weight
     of ``slots`` overflow word slots per chunk (``compressed``: value word slots): its pipeline's
     stages (``n_stages``, default ``stages``), which then hold the partial sums, and ``reserve`` bytes
-    past them (A_SMEM builds: ``a_smem_reserve``)."""
-    n_stages = stages(wgs, mt, slots, ntok, compressed, reserve) if n_stages is None else n_stages
-    pipeline = n_stages * (record_bytes(wgs, mt, slots, compressed) + ntok * CHUNK * 2)
-    return max(pipeline + reserve, ntok * (TILE_ROWS * wgs * mt + 4) * 4)
+    past them (A_SMEM builds: ``a_smem_reserve``); ``x_align``: the XTMA builds' stages
+    (``stage_bytes``), X_ALIGN bytes more to align their start."""
+    n_stages = stages(wgs, mt, slots, ntok, compressed, reserve, x_align) if n_stages is None else n_stages
+    pipeline = n_stages * stage_bytes(wgs, mt, slots, ntok, compressed, x_align)
+    return max(pipeline + reserve, ntok * (TILE_ROWS * wgs * mt + 4) * 4) + (X_ALIGN if x_align else 0)
