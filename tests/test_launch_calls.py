@@ -107,6 +107,34 @@ def test_wgmma24_launch_compressed(driver, sized):
                 5000, (1000, 1001, 1002, 1003, 0, 1004) + (11008, 4096, 16, 4096, 11008, 64), 6)
 
 
+@pytest.mark.parametrize("split", [2, 0])
+def test_wgmma24_launch_xtma(driver, monkeypatch, split):
+    """An XTMA build's launch (CROSS_CUDA_DEFINES=-DXTMA=1): X's tensor map encoded for the launch (16-bit
+    [N][K], the row stride in bytes, boxes of 64 columns by the token tile, 128-byte swizzle, zeros past
+    the tensor) and passed by value after the ints (C type None: the binding's object)."""
+    encoded = []
+    names = lambda *members: types.SimpleNamespace(**{m: m for m in members})  # noqa: E731  an enum's members
+    driver.CUtensorMapDataType = names("CU_TENSOR_MAP_DATA_TYPE_BFLOAT16", "CU_TENSOR_MAP_DATA_TYPE_FLOAT16")
+    driver.CUtensorMapInterleave = names("CU_TENSOR_MAP_INTERLEAVE_NONE")
+    driver.CUtensorMapSwizzle = names("CU_TENSOR_MAP_SWIZZLE_128B")
+    driver.CUtensorMapL2promotion = names("CU_TENSOR_MAP_L2_PROMOTION_L2_128B")
+    driver.CUtensorMapFloatOOBfill = names("CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE")
+    driver.cuuint64_t = driver.cuuint32_t = int
+    driver.cuTensorMapEncodeTiled = lambda *a: encoded.append(a) or (0, "x's map")
+    monkeypatch.setenv(cuda_backend.DEFINES_ENV, "-DXTMA=1")
+    cuda_backend.wgmma24_xtma.cache_clear()
+    try:
+        cuda_backend.wgmma24_launch(43, 128, 2, 2, split, 64, _ptrs(5), 11008, 4104, 300, 4112, 11008, 65, 132)
+    finally:
+        cuda_backend.wgmma24_xtma.cache_clear()
+    assert encoded == [("CU_TENSOR_MAP_DATA_TYPE_BFLOAT16", 2, 1000, [4104, 300], [8224], [64, 128], [1, 1],
+                        "CU_TENSOR_MAP_INTERLEAVE_NONE", "CU_TENSOR_MAP_SWIZZLE_128B",
+                        "CU_TENSOR_MAP_L2_PROMOTION_L2_128B", "CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE")]
+    args, kinds = driver.calls[0]["args"]
+    assert args[-7:] == (11008, 4104, 300, 4112, 11008, 65, "x's map")
+    assert kinds == (ctypes.c_void_p,) * 6 + (ctypes.c_int,) * 6 + (None,)
+
+
 def test_wgmma24_stream_cooperative(driver, monkeypatch):
     """STREAM launches by cuLaunchCooperativeKernel with the same arguments (CROSS_STREAM_COOPERATIVE unset
     or 1), cluster launches by cuLaunchKernel; 0: STREAM by cuLaunchKernel too; another value refused."""
