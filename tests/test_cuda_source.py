@@ -160,7 +160,8 @@ def test_wgmma24_xtma_builds_compile(ntok, split, compressed, tmp_path):
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
     assert sum(int(v) for v in re.findall(r"(\d+) bytes spill stores", out.stderr)) == 0, out.stderr[-2000:]
-    ptx = subprocess.run([*common[:3], "-ptx", "-o", str(tmp_path / "k.ptx"), *common[3:]], capture_output=True, text=True)
+    ptx = subprocess.run([*common[:3], "-ptx", "-o", str(tmp_path / "k.ptx"), *common[3:]], capture_output=True,
+                         text=True)
     assert ptx.returncode == 0, ptx.stderr[-3000:]
     text = (tmp_path / "k.ptx").read_text()
     assert "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes" in text
