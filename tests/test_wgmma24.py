@@ -348,6 +348,22 @@ def _eager_and_replayed(run, fresh, ok, times=3):
         assert ok()
 
 
+def _check_token_tiles(m, k, weight, split, rng):
+    """The build CROSS_CUDA_DEFINES now selects, on a weight of ``weight`` ("2:4": two nonzeros a group;
+    else a density) launched with ``split``: the product at 16, 128 and 301 tokens (token tiles), with a
+    bias at even counts, against fp32 with the output poisoned."""
+    from cross.kernels.launch import wgmma24_args, wgmma24_run
+
+    w = (_weight(m, k, 2, rng) if weight == "2:4" else _unstructured(m, k, float(weight), rng)).cuda()
+    args = wgmma24_args(Wgmma24Weight.from_dense(w), split)
+    for n in (16, 128, 301):
+        x = torch.randn(n, k, generator=rng).to(torch.bfloat16).cuda()
+        b = torch.randn(m, generator=rng).to(torch.bfloat16).cuda() if n % 2 == 0 else None
+        y = torch.full((n, m), float("nan"), dtype=torch.bfloat16, device="cuda")
+        wgmma24_run(x, args, b, y)
+        assert _check(y, x, w, b) < 2e-2, f"n={n}"
+
+
 def _check(y, x, w, b):
     ref = x.double() @ w.double().t() + (b.double() if b is not None else 0)
     assert bool(torch.isfinite(y).all()), "non-finite output (unwritten?)"
@@ -671,7 +687,6 @@ def test_gpu_wgmma24_a_smem(m, k, weight, split, rng, monkeypatch):
     a_smem_order, the overflow staged there per unit, a unit's mmas waited for after the next unit's are
     issued) by clusters: the product at 16-301 tokens (token tiles), with and without overflow."""
     from cross.kernels import cuda_backend
-    from cross.kernels.launch import wgmma24_args, wgmma24_run
 
     _needs_sm90()
     # after any CROSS_CUDA_DEFINES of the run (a tuning of the descriptors' strides, say)
@@ -679,14 +694,7 @@ def test_gpu_wgmma24_a_smem(m, k, weight, split, rng, monkeypatch):
     cuda_backend._wgmma24_kernel.cache_clear()
     cuda_backend.wgmma24_a_smem.cache_clear()
     try:
-        w = (_weight(m, k, 2, rng) if weight == "2:4" else _unstructured(m, k, float(weight), rng)).cuda()
-        args = wgmma24_args(Wgmma24Weight.from_dense(w), split)
-        for n in (16, 128, 301):
-            x = torch.randn(n, k, generator=rng).to(torch.bfloat16).cuda()
-            b = torch.randn(m, generator=rng).to(torch.bfloat16).cuda() if n % 2 == 0 else None
-            y = torch.full((n, m), float("nan"), dtype=torch.bfloat16, device="cuda")
-            wgmma24_run(x, args, b, y)
-            assert _check(y, x, w, b) < 2e-2, f"n={n}"
+        _check_token_tiles(m, k, weight, split, rng)
     finally:
         cuda_backend._wgmma24_kernel.cache_clear()
         cuda_backend.wgmma24_a_smem.cache_clear()
@@ -735,7 +743,6 @@ def test_gpu_wgmma24_rotate(m, k, weight, split, base, rng, monkeypatch):
     """ROTATE builds (CROSS_CUDA_DEFINES=-DROTATE=1: a cluster block walks its chunks from its row block's
     turn, wrapping), also with XPRE and A_SMEM: the product at 16-301 tokens against fp32, output poisoned."""
     from cross.kernels import cuda_backend
-    from cross.kernels.launch import wgmma24_args, wgmma24_run
 
     _needs_sm90()
     monkeypatch.setenv(cuda_backend.DEFINES_ENV, f"{base} -DROTATE=1".strip())
@@ -743,14 +750,7 @@ def test_gpu_wgmma24_rotate(m, k, weight, split, base, rng, monkeypatch):
     for cache in caches:
         cache.cache_clear()
     try:
-        w = (_weight(m, k, 2, rng) if weight == "2:4" else _unstructured(m, k, float(weight), rng)).cuda()
-        args = wgmma24_args(Wgmma24Weight.from_dense(w), split)
-        for n in (16, 128, 301):
-            x = torch.randn(n, k, generator=rng).to(torch.bfloat16).cuda()
-            b = torch.randn(m, generator=rng).to(torch.bfloat16).cuda() if n % 2 == 0 else None
-            y = torch.full((n, m), float("nan"), dtype=torch.bfloat16, device="cuda")
-            wgmma24_run(x, args, b, y)
-            assert _check(y, x, w, b) < 2e-2, f"n={n}"
+        _check_token_tiles(m, k, weight, split, rng)
     finally:
         for cache in caches:
             cache.cache_clear()
