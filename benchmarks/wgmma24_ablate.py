@@ -41,7 +41,7 @@ def launcher(args, x, y, ntok: int, defines: str, waves: int = 1, units_timed: b
     many blocks per SM (default: as many as fit, as the runtime launches). Cooperative where the runtime's
     STREAM launches are (``cuda_backend.stream_cooperative``) and there is one wave."""
     os.environ[cuda_backend.DEFINES_ENV] = f"{defines} -DBLOCK_TIMES={3 if end_steps else 2 if units_timed else 1}"
-    cuda_backend._wgmma24_kernel.cache_clear()
+    cuda_backend.wgmma24_defines_changed()
     func, smem, fit = cuda_backend._wgmma24_kernel(torch.cuda.current_device(), True, args.wgs, args.mt, 0,
                                                    args.slots, ntok, args.compressed, args.over, args.sized)
     per_sm = fit if per_sm is None else min(per_sm, fit)
@@ -177,7 +177,7 @@ def main(argv=None):
             for line in unit_landings(utimes.cpu(), urun.units.cpu(), total, ahead):
                 print(f"{'':>12}  {line}")
     os.environ.pop(cuda_backend.DEFINES_ENV, None)
-    cuda_backend._wgmma24_kernel.cache_clear()
+    cuda_backend.wgmma24_defines_changed()
 
 
 if __name__ == "__main__":

@@ -56,7 +56,7 @@ def identity_check() -> bool:
     ok = None
     for extra in ("", SWAPPED):
         os.environ[cuda_backend.DEFINES_ENV] = extra
-        cuda_backend._wgmma24_kernel.cache_clear()
+        cuda_backend.wgmma24_defines_changed()
         got = wgmma24_matmul(x, sw, split=1).t().float().cpu()
         bad = got != want
         print(f"identity X, 2:4 weight, defines {extra or 'as built'!r}: {int(bad.sum())} of {want.numel()} "
@@ -66,7 +66,7 @@ def identity_check() -> bool:
             break
         _show(want, got)
     os.environ[cuda_backend.DEFINES_ENV] = ""
-    cuda_backend._wgmma24_kernel.cache_clear()
+    cuda_backend.wgmma24_defines_changed()
     w = _small_integers(0, 1)  # 1 to 4 nonzeros per group: the overflow operand too
     want = w.float().cpu()
     for compressed in (False, True):
@@ -82,7 +82,7 @@ def identity_check() -> bool:
 
 def random_checks() -> bool:
     os.environ[cuda_backend.DEFINES_ENV] = ""
-    cuda_backend._wgmma24_kernel.cache_clear()
+    cuda_backend.wgmma24_defines_changed()
     gen = torch.Generator().manual_seed(1)
     ok = True
     for m, k, wgs, mt, split, density in [(256, 256, 2, 2, 1, 0.5), (1000, 1032, 2, 2, 3, 0.3),

@@ -101,19 +101,24 @@ def test_wgmma_probe_compiles(variant, tmp_path):
     (2, 2, 3, 1, 16, True), (2, 2, 1, 1, 128, True), (1, 2, 2, 0, 64, True),
     (2, 2, 0, 1, 16, False), (2, 2, 0, 1, 16, True), (2, 2, 0, 0, 128, False), (2, 2, 8, 1, 16, True)])
 @pytest.mark.parametrize("is_bf16", [True, False], ids=["bf16", "fp16"])
-@pytest.mark.parametrize("tuning", ["", "-DREFILL_LATE=0", "-DXPRE=1", "-DBLOCK_TIMES=2"])
-def test_wgmma24_kernel_source_compiles(wgs, mt, split, overflow, ntok, compressed, is_bf16, tuning, tmp_path):
+@pytest.mark.parametrize("tuning", ["", "-DREFILL_LATE=0", "-DXPRE=1", "-DXTMA=0", "-DBLOCK_TIMES=2"])
+def test_wgmma24_kernel_source_compiles(wgs, mt, split, overflow, ntok, compressed, is_bf16, tuning, tmp_path,
+                                        monkeypatch):
     """wgmma24.cu (the warpgroup 2:4 kernel, both layouts, clusters and STREAM) with the defines the
-    launcher gives it, with the refill right after the barrier (REFILL_LATE=0), with X by bulk
-    copies (XPRE=1) and with the ablation's unit times (BLOCK_TIMES=2), assembles for sm_90a without spills, and ptxas keeps its mma asynchronous (no
-    serialization warning)."""
-    from cross.kernels.cuda_backend import wgmma24_defines
+    launcher gives it (X by tensor copies, XTMA), and with those it gives under CROSS_CUDA_DEFINES for the
+    refill right after the barrier (REFILL_LATE=0), X by bulk copies (XPRE=1), X by every thread's 16-byte
+    copies (XTMA=0) and the ablation's unit times (BLOCK_TIMES=2), assembles for sm_90a without spills,
+    and ptxas keeps its mma asynchronous (no serialization warning)."""
+    from cross.kernels import cuda_backend
 
     kernels = resources.files("cross.kernels")
+    monkeypatch.setenv(cuda_backend.DEFINES_ENV, tuning)
+    cuda_backend.wgmma24_defines_changed()
+    defines = cuda_backend.wgmma24_defines(is_bf16, wgs, mt, split, 1024 if compressed else 64 * overflow, ntok,
+                                           compressed, bool(overflow))
+    cuda_backend.wgmma24_defines_changed()
     cmd = [NVCC, "-arch=sm_90a", "-std=c++17", "-cubin", "-Xptxas", "-v", "-o", str(tmp_path / "k.cubin"),
-           f"-I{kernels}",
-           *wgmma24_defines(is_bf16, wgs, mt, split, 1024 if compressed else 64 * overflow, ntok, compressed, bool(overflow)),
-           *tuning.split(), str(kernels.joinpath("wgmma24.cu"))]
+           f"-I{kernels}", *defines, str(kernels.joinpath("wgmma24.cu"))]
     out = subprocess.run(cmd, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "serializ" not in out.stderr, out.stderr[-2000:]
@@ -175,18 +180,23 @@ def test_wgmma24_xtma_builds_compile(ntok, split, compressed, tmp_path):
 
 @pytest.mark.parametrize("extra", ["", "-DXPRE=1", "-DA_SMEM=1"])
 @pytest.mark.parametrize("ntok", [16, 128])
-def test_wgmma24_rotate_builds_compile(ntok, extra, tmp_path):
+def test_wgmma24_rotate_builds_compile(ntok, extra, tmp_path, monkeypatch):
     """ROTATE=1 (a cluster block walks its chunks from its row block's turn, wrapping) assembles for the
-    clusters' builds without spills, and its PTX differs from the build without it; a STREAM build refuses
-    it."""
-    from cross.kernels.cuda_backend import wgmma24_defines
+    clusters' builds without spills (the default's, XPRE's and A_SMEM's, their defines as the launcher
+    gives them with those CROSS_CUDA_DEFINES), and its PTX differs from the build without it; a STREAM
+    build refuses it."""
+    from cross.kernels import cuda_backend
 
     kernels = resources.files("cross.kernels")
+    monkeypatch.setenv(cuda_backend.DEFINES_ENV, extra)
+    cuda_backend.wgmma24_defines_changed()
+    defines = {split: cuda_backend.wgmma24_defines(True, 2, 2, split, 64, ntok) for split in (0, 2)}
+    cuda_backend.wgmma24_defines_changed()
 
     def build(split, rotate, what="-cubin"):
         out = tmp_path / ("k.ptx" if what == "-ptx" else "k.cubin")
         run = subprocess.run([NVCC, "-arch=sm_90a", "-std=c++17", what, "-Xptxas", "-v", "-o", str(out), f"-I{kernels}",
-                              *wgmma24_defines(True, 2, 2, split, 64, ntok), *extra.split(), f"-DROTATE={rotate}",
+                              *defines[split], f"-DROTATE={rotate}",
                               str(kernels.joinpath("wgmma24.cu"))], capture_output=True, text=True)
         return run, (out.read_text() if what == "-ptx" and run.returncode == 0 else None)
 
@@ -242,3 +252,26 @@ def test_wgmma24_end_fence_build(tmp_path):
     assert fenced.count("fence.acq_rel.gpu") == plain.count("fence.acq_rel.gpu") + 1
     refused, _ = ptx("-DEND_FENCE=1")
     assert refused.returncode != 0 and "needs END_RED=1" in refused.stderr
+
+
+@pytest.mark.parametrize("split,compressed,ntok", [(2, False, 16), (2, False, 128), (0, True, 16), (0, False, 64)])
+def test_wgmma24_propagate_builds_compile(split, compressed, ntok, tmp_path):
+    """PROPAGATE=1 (non-finite inputs as in the dense product: a vote on X's part of every unit, the rare
+    path's sums from global memory) assembles with the launcher's defines (XTMA), STREAM's END_RED ones
+    too, its PTX holding the block's vote (bar.red.or); with XPRE it is refused."""
+    from cross.kernels.cuda_backend import wgmma24_defines
+
+    kernels = resources.files("cross.kernels")
+    common = [NVCC, "-arch=sm_90a", "-std=c++17", f"-I{kernels}",
+              *wgmma24_defines(True, 2, 2, split, 1024 if compressed else 64, ntok, compressed, compressed),
+              *(["-DEND_RED=1"] if split == 0 and ntok <= 64 else []), "-DPROPAGATE=1",
+              str(kernels.joinpath("wgmma24.cu"))]
+    out = subprocess.run([*common[:3], "-cubin", "-o", str(tmp_path / "k.cubin"), *common[3:]], capture_output=True,
+                         text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    ptx = subprocess.run([*common[:3], "-ptx", "-o", str(tmp_path / "k.ptx"), *common[3:]], capture_output=True,
+                         text=True)
+    assert ptx.returncode == 0 and "bar.red.or.pred" in (tmp_path / "k.ptx").read_text()
+    refused = subprocess.run([*common[:3], "-cubin", "-o", str(tmp_path / "k.cubin"), *common[3:-1], "-DXTMA=0",
+                              "-DXPRE=1", common[-1]], capture_output=True, text=True)
+    assert refused.returncode != 0 and "XPRE and A_SMEM must be 0" in refused.stderr

@@ -12,9 +12,25 @@ import pytest
 from cross.kernels import cuda_backend
 
 
+def _members(*names):
+    return types.SimpleNamespace(**{m: m for m in names})  # an enum's members, by name
+
+
 class _FakeDriver:
+    CUtensorMapDataType = _members("CU_TENSOR_MAP_DATA_TYPE_BFLOAT16", "CU_TENSOR_MAP_DATA_TYPE_FLOAT16")
+    CUtensorMapInterleave = _members("CU_TENSOR_MAP_INTERLEAVE_NONE")
+    CUtensorMapSwizzle = _members("CU_TENSOR_MAP_SWIZZLE_128B")
+    CUtensorMapL2promotion = _members("CU_TENSOR_MAP_L2_PROMOTION_L2_128B")
+    CUtensorMapFloatOOBfill = _members("CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE")
+    cuuint64_t = cuuint32_t = int
+
     def __init__(self):
         self.calls = []
+        self.encoded = []  # cuTensorMapEncodeTiled's arguments, a call each
+
+    def cuTensorMapEncodeTiled(self, *args):
+        self.encoded.append(args)
+        return (0, "x's map")
 
     def CUstream(self, handle):
         return ("stream", handle)
@@ -43,20 +59,27 @@ def driver(monkeypatch):
     monkeypatch.setenv(cuda_backend.REDUCE_ENV, "0")  # STREAM's deterministic end (the reductions' own test unsets it)
     monkeypatch.setattr(cuda_backend, "workspace", lambda floats: types.SimpleNamespace(data_ptr=lambda: 7 * floats))
     monkeypatch.setattr(cuda_backend, "_kernel", lambda *a: ("module", ("_kernel", a), 4096))
-    return fake
+    monkeypatch.delenv(cuda_backend.DEFINES_ENV, raising=False)
+    caches = (cuda_backend.wgmma24_xtma, cuda_backend.x_tensor_map)
+    for cache in caches:
+        cache.cache_clear()
+    yield fake
+    for cache in caches:
+        cache.cache_clear()
 
 
 def _ptrs(n):
     return cuda_backend.Pointers(tuple(types.SimpleNamespace(data_ptr=lambda i=i: 1000 + i) for i in range(n)), True)
 
 
-def _check_call(call, func, grid, threads, smem, values, n_ptrs):
+def _check_call(call, func, grid, threads, smem, values, n_ptrs, objects=()):
+    """``objects``: arguments after the ints passed as the bindings' objects (C type None)."""
     assert call["func"] == func
     assert call["grid"] == (grid, 1, 1) and call["block"] == (threads, 1, 1) and call["smem"] == smem
     assert call["stream"] == ("stream", 77) and call["extra"] == 0
     args, kinds = call["args"]
-    assert tuple(args) == tuple(values) and all(type(v) is int for v in args)
-    assert tuple(kinds) == (ctypes.c_void_p,) * n_ptrs + (ctypes.c_int,) * (len(values) - n_ptrs)
+    assert tuple(args) == tuple(values) + tuple(objects) and all(type(v) is int for v in args[:len(values)])
+    assert tuple(kinds) == (ctypes.c_void_p,) * n_ptrs + (ctypes.c_int,) * (len(values) - n_ptrs) + (None,) * len(objects)
 
 
 def test_strip_launch(driver):
@@ -84,7 +107,7 @@ def test_wgmma24_launch(driver, n_tok, ntok, tiles):
     no workspace."""
     cuda_backend.wgmma24_launch(43, ntok, 2, 2, 3, 64, _ptrs(5), 11008, 4096, n_tok, 4096, 11008, 64, 132)
     _check_call(driver.calls[0], ("_wgmma24_kernel", (0, True, 2, 2, 3, 64, ntok, False, False, False, False)), 43 * tiles * 3,
-                256, 5000, (1000, 1001, 1002, 1003, 0, 1004) + (11008, 4096, n_tok, 4096, 11008, 64), 6)
+                256, 5000, (1000, 1001, 1002, 1003, 0, 1004) + (11008, 4096, n_tok, 4096, 11008, 64), 6, ("x's map",))
 
 
 @pytest.mark.parametrize("n_tok, ntok, tiles", [(16, 16, 1), (300, 128, 3)])
@@ -94,7 +117,7 @@ def test_wgmma24_launch_stream(driver, n_tok, ntok, tiles):
     cuda_backend.wgmma24_launch(43, ntok, 2, 2, 0, 64, _ptrs(5), 11008, 4096, n_tok, 4096, 11008, 64, 132)
     ws = 7 * 2 * 264 * 256 * ntok
     _check_call(driver.calls[0], ("_wgmma24_kernel", (0, True, 2, 2, 0, 64, ntok, False, False, False, False)), 264,
-                256, 5000, (1000, 1001, 1002, 1003, ws, 1004) + (11008, 4096, n_tok, 4096, 11008, 64), 6)
+                256, 5000, (1000, 1001, 1002, 1003, ws, 1004) + (11008, 4096, n_tok, 4096, 11008, 64), 6, ("x's map",))
 
 
 @pytest.mark.parametrize("sized", [False, True])
@@ -104,35 +127,35 @@ def test_wgmma24_launch_compressed(driver, sized):
     cuda_backend.wgmma24_launch(43, 16, 2, 2, 3, 1024, _ptrs(5), 11008, 4096, 16, 4096, 11008, 64, 132, True, True,
                                 sized)
     _check_call(driver.calls[0], ("_wgmma24_kernel", (0, True, 2, 2, 3, 1024, 16, True, True, sized, False)), 43 * 3, 256,
-                5000, (1000, 1001, 1002, 1003, 0, 1004) + (11008, 4096, 16, 4096, 11008, 64), 6)
+                5000, (1000, 1001, 1002, 1003, 0, 1004) + (11008, 4096, 16, 4096, 11008, 64), 6, ("x's map",))
 
 
 @pytest.mark.parametrize("split", [2, 0])
-def test_wgmma24_launch_xtma(driver, monkeypatch, split):
-    """An XTMA build's launch (CROSS_CUDA_DEFINES=-DXTMA=1): X's tensor map encoded for the launch (16-bit
-    [N][K], the row stride in bytes, boxes of 64 columns by the token tile, 128-byte swizzle, zeros past
-    the tensor) and passed by value after the ints (C type None: the binding's object)."""
-    encoded = []
-    names = lambda *members: types.SimpleNamespace(**{m: m for m in members})  # noqa: E731  an enum's members
-    driver.CUtensorMapDataType = names("CU_TENSOR_MAP_DATA_TYPE_BFLOAT16", "CU_TENSOR_MAP_DATA_TYPE_FLOAT16")
-    driver.CUtensorMapInterleave = names("CU_TENSOR_MAP_INTERLEAVE_NONE")
-    driver.CUtensorMapSwizzle = names("CU_TENSOR_MAP_SWIZZLE_128B")
-    driver.CUtensorMapL2promotion = names("CU_TENSOR_MAP_L2_PROMOTION_L2_128B")
-    driver.CUtensorMapFloatOOBfill = names("CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE")
-    driver.cuuint64_t = driver.cuuint32_t = int
-    driver.cuTensorMapEncodeTiled = lambda *a: encoded.append(a) or (0, "x's map")
-    monkeypatch.setenv(cuda_backend.DEFINES_ENV, "-DXTMA=1")
-    cuda_backend.wgmma24_xtma.cache_clear()
-    try:
-        cuda_backend.wgmma24_launch(43, 128, 2, 2, split, 64, _ptrs(5), 11008, 4104, 300, 4112, 11008, 65, 132)
-    finally:
-        cuda_backend.wgmma24_xtma.cache_clear()
-    assert encoded == [("CU_TENSOR_MAP_DATA_TYPE_BFLOAT16", 2, 1000, [4104, 300], [8224], [64, 128], [1, 1],
+def test_wgmma24_launch_xtma(driver, split):
+    """The default build's launch (XTMA): X's tensor map encoded (16-bit [N][K], the row stride in bytes,
+    boxes of 64 columns by the token tile, 128-byte swizzle, zeros past the tensor) once per address and
+    geometry, and passed by value after the ints (C type None: the binding's object)."""
+    for n_tok in (300, 300, 20):
+        cuda_backend.wgmma24_launch(43, 128, 2, 2, split, 64, _ptrs(5), 11008, 4104, n_tok, 4112, 11008, 65, 132)
+    map_of = lambda n: ("CU_TENSOR_MAP_DATA_TYPE_BFLOAT16", 2, 1000, [4104, n], [8224], [64, 128], [1, 1],  # noqa: E731
                         "CU_TENSOR_MAP_INTERLEAVE_NONE", "CU_TENSOR_MAP_SWIZZLE_128B",
-                        "CU_TENSOR_MAP_L2_PROMOTION_L2_128B", "CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE")]
-    args, kinds = driver.calls[0]["args"]
-    assert args[-7:] == (11008, 4104, 300, 4112, 11008, 65, "x's map")
-    assert kinds == (ctypes.c_void_p,) * 6 + (ctypes.c_int,) * 6 + (None,)
+                        "CU_TENSOR_MAP_L2_PROMOTION_L2_128B", "CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE")
+    assert driver.encoded == [map_of(300), map_of(20)]  # the second launch of 300 tokens reuses the first's map
+    for call, n_tok in zip(driver.calls, (300, 300, 20)):
+        args, kinds = call["args"]
+        assert args[-7:] == (11008, 4104, n_tok, 4112, 11008, 65, "x's map")
+        assert kinds == (ctypes.c_void_p,) * 6 + (ctypes.c_int,) * 6 + (None,)
+
+
+@pytest.mark.parametrize("defines", ["-DXTMA=0", "-DXPRE=1", "-DA_SMEM=1"])
+def test_wgmma24_launch_without_xtma(driver, monkeypatch, defines):
+    """Builds that copy X otherwise (CROSS_CUDA_DEFINES -DXTMA=0: every thread's 16-byte copies; XPRE and
+    A_SMEM keep those ways) encode no map and pass none."""
+    monkeypatch.setenv(cuda_backend.DEFINES_ENV, defines)
+    cuda_backend.wgmma24_launch(43, 128, 2, 2, 2, 64, _ptrs(5), 11008, 4104, 300, 4112, 11008, 65, 132)
+    assert driver.encoded == []
+    _check_call(driver.calls[0], ("_wgmma24_kernel", (0, True, 2, 2, 2, 64, 128, False, False, False, False)), 43 * 3 * 2,
+                256, 5000, (1000, 1001, 1002, 1003, 0, 1004) + (11008, 4104, 300, 4112, 11008, 65), 6)
 
 
 def test_wgmma24_stream_cooperative(driver, monkeypatch):
@@ -149,7 +172,7 @@ def test_wgmma24_stream_cooperative(driver, monkeypatch):
     assert [c.get("cooperative", False) for c in driver.calls] == [True, False, True, False]
     ws = 7 * 2 * 264 * 256 * 16
     _check_call(driver.calls[2], ("_wgmma24_kernel", (0, True, 2, 2, 0, 64, 16, False, False, False, False)), 264,
-                256, 5000, (1000, 1001, 1002, 1003, ws, 1004) + (11008, 4096, 16, 4096, 11008, 64), 6)
+                256, 5000, (1000, 1001, 1002, 1003, ws, 1004) + (11008, 4096, 16, 4096, 11008, 64), 6, ("x's map",))
     monkeypatch.setenv(cuda_backend.COOPERATIVE_ENV, "yes")
     with pytest.raises(ValueError, match="CROSS_STREAM_COOPERATIVE: expected 0 or 1"):
         cuda_backend.wgmma24_launch(*stream)

@@ -10,6 +10,7 @@ fresh inputs, over shapes (ragged M and K), densities, dtypes, token counts (tok
 m-tiles, splits of K (clusters, and STREAM: the same bits twice, counters back to zero) and bias.
 """
 
+import contextlib
 import os
 
 import pytest
@@ -401,6 +402,20 @@ def test_a_smem_order(rng, wgs, mt):
         a_smem_order(Wgmma24Weight.from_dense(w, compressed=True))
 
 
+@contextlib.contextmanager
+def _built_with(monkeypatch, defines: str):
+    """The wgmma24 builds and their launches with CROSS_CUDA_DEFINES ``defines`` inside the block (the
+    variable is restored at the test's end; the builds are forgotten on the way in and out)."""
+    from cross.kernels import cuda_backend
+
+    monkeypatch.setenv(cuda_backend.DEFINES_ENV, defines)
+    cuda_backend.wgmma24_defines_changed()
+    try:
+        yield
+    finally:
+        cuda_backend.wgmma24_defines_changed()
+
+
 def test_a_smem_builds_reserve_the_overflow_buffers(monkeypatch):
     """An A_SMEM build (CROSS_CUDA_DEFINES=-DA_SMEM=1) gets its two overflow buffers past the stages,
     fewer stages where they would not fit, at least 3; none without overflow."""
@@ -409,10 +424,7 @@ def test_a_smem_builds_reserve_the_overflow_buffers(monkeypatch):
 
     monkeypatch.setattr(cuda_backend, "_compile", lambda dev, src, name, defines, smem, arch_specific=False: (None, defines))
     monkeypatch.setattr(cuda_backend, "resident_blocks", lambda func, threads, smem: 1)
-    monkeypatch.setenv(cuda_backend.DEFINES_ENV, "-DA_SMEM=1")
-    cuda_backend._wgmma24_kernel.cache_clear()
-    cuda_backend.wgmma24_a_smem.cache_clear()
-    try:
+    with _built_with(monkeypatch, "-DA_SMEM=1"):
         for slots, ntok in ((64, 128), (64, 16), (0, 128)):
             defines, smem, _ = cuda_backend._wgmma24_kernel(0, True, 2, 2, 2, slots, ntok)
             n = cuda_backend.defined_stages(defines)
@@ -423,42 +435,39 @@ def test_a_smem_builds_reserve_the_overflow_buffers(monkeypatch):
         assert cuda_backend.defined_stages(cuda_backend._wgmma24_kernel(0, True, 2, 2, 2, 64, 128)[0]) < stages(2, 2, 64, 128)
         with pytest.raises(ValueError, match="slots layout"):
             cuda_backend._wgmma24_kernel(0, True, 2, 2, 0, 64, 16, True, True)
-    finally:
-        cuda_backend._wgmma24_kernel.cache_clear()
-        cuda_backend.wgmma24_a_smem.cache_clear()
 
 
 def test_xtma_builds_align_the_stages(monkeypatch):
-    """An XTMA build (CROSS_CUDA_DEFINES=-DXTMA=1) gets stages whose X starts at a 1024-byte boundary
-    past the record, 1024 bytes more to align the first, and not more than the stages' budget; XTMA
-    with XPRE is refused."""
+    """The default builds are XTMA ones (-DXTMA=1): their stages' X starts at a 1024-byte boundary past
+    the record, with 1024 bytes more to align the first, and not more than the stages' budget;
+    CROSS_CUDA_DEFINES -DXTMA=0, -DXPRE=1 or -DA_SMEM=1 give builds without; XTMA with XPRE is refused."""
     from cross.kernels import cuda_backend
     from cross.pack.wgmma24 import STAGE_SMEM, X_ALIGN, record_bytes, stage_bytes
 
     monkeypatch.setattr(cuda_backend, "_compile", lambda dev, src, name, defines, smem, arch_specific=False: (None, defines))
     monkeypatch.setattr(cuda_backend, "resident_blocks", lambda func, threads, smem: 1)
-    caches = (cuda_backend._wgmma24_kernel, cuda_backend.wgmma24_xtma)
-    monkeypatch.setenv(cuda_backend.DEFINES_ENV, "-DXTMA=1")
-    for cache in caches:
-        cache.cache_clear()
-    try:
+    with _built_with(monkeypatch, ""):
         for slots, ntok, compressed in ((64, 128, False), (64, 16, False), (0, 128, False), (1024, 32, True),
                                         (32, 64, False)):
             defines, smem, _ = cuda_backend._wgmma24_kernel(0, True, 2, 2, 2 if not compressed else 0, slots, ntok,
                                                             compressed, compressed)
+            assert "-DXTMA=1" in defines
             n = cuda_backend.defined_stages(defines)
             record = record_bytes(2, 2, slots, compressed)
             stage = stage_bytes(2, 2, slots, ntok, compressed, x_align=True)
             assert stage % X_ALIGN == 0 and record <= stage - ntok * 128 < record + X_ALIGN
             assert smem == max(n * stage, ntok * (256 + 4) * 4) + X_ALIGN <= STAGE_SMEM + X_ALIGN
             assert 2 <= n <= stages(2, 2, slots, ntok, compressed)
-        monkeypatch.setenv(cuda_backend.DEFINES_ENV, "-DXTMA=1 -DXPRE=1")
-        cuda_backend.wgmma24_xtma.cache_clear()
-        with pytest.raises(ValueError, match="choose one"):
-            cuda_backend.wgmma24_xtma()
-    finally:
-        for cache in caches:
-            cache.cache_clear()
+    for defines, xtma in (("-DXTMA=0", False), ("-DXPRE=1", False), ("-DA_SMEM=1", False), ("-DXTMA=1", True),
+                          ("-DA_SMEM=1 -DXTMA=1", True)):
+        with _built_with(monkeypatch, defines):
+            assert cuda_backend.wgmma24_xtma() is xtma
+            if "A_SMEM" not in defines:  # (its stages reserve the overflow's buffers)
+                built, smem, _ = cuda_backend._wgmma24_kernel(0, True, 2, 2, 2, 64, 128)
+                assert f"-DXTMA={int(xtma)}" in built
+                assert smem == smem_bytes(2, 2, 64, 128, cuda_backend.defined_stages(built), x_align=xtma)
+    with _built_with(monkeypatch, "-DXTMA=1 -DXPRE=1"), pytest.raises(ValueError, match="choose one"):
+        cuda_backend.wgmma24_xtma()
 
 
 def test_x_map_geometry():
@@ -482,14 +491,10 @@ def test_tuning_stages_size_the_shared_memory(monkeypatch):
     monkeypatch.setattr(cuda_backend, "_compile", lambda dev, src, name, defines, smem, arch_specific=False: (
         seen.update(defines=defines, smem=smem), (None, "func"))[1])
     monkeypatch.setattr(cuda_backend, "resident_blocks", lambda func, threads, smem: (func, threads, smem))
-    monkeypatch.setenv(cuda_backend.DEFINES_ENV, "-DSTAGES=3")
-    cuda_backend._wgmma24_kernel.cache_clear()
-    try:
-        smem = smem_bytes(2, 2, 64, 16, 3)
+    with _built_with(monkeypatch, "-DSTAGES=3"):
+        smem = smem_bytes(2, 2, 64, 16, 3, x_align=True)  # (an XTMA build: the default)
         assert cuda_backend._wgmma24_kernel(0, True, 2, 2, 1, 64, 16) == ("func", smem, ("func", 256, smem))
         assert stages(2, 2, 64, 16) != 3 and seen["defines"][-1] == "-DSTAGES=3"
-    finally:
-        cuda_backend._wgmma24_kernel.cache_clear()
 
 
 def test_x_at_an_odd_offset_is_copied_aligned():
@@ -690,35 +695,26 @@ def test_gpu_wgmma24_a_smem(m, k, weight, split, rng, monkeypatch):
 
     _needs_sm90()
     # after any CROSS_CUDA_DEFINES of the run (a tuning of the descriptors' strides, say)
-    monkeypatch.setenv(cuda_backend.DEFINES_ENV, os.environ.get(cuda_backend.DEFINES_ENV, "") + " -DA_SMEM=1")
-    cuda_backend._wgmma24_kernel.cache_clear()
-    cuda_backend.wgmma24_a_smem.cache_clear()
-    try:
+    with _built_with(monkeypatch, os.environ.get(cuda_backend.DEFINES_ENV, "") + " -DA_SMEM=1"):
         _check_token_tiles(m, k, weight, split, rng)
-    finally:
-        cuda_backend._wgmma24_kernel.cache_clear()
-        cuda_backend.wgmma24_a_smem.cache_clear()
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("xtma", [True, False])
 @pytest.mark.parametrize("compressed", [False, True])
 @pytest.mark.parametrize("split", [0, 2, None])
 @pytest.mark.parametrize("m,k,n", [(2752, 4096, 16), (700, 2056, 128), (300, 520, 300), (1000, 1032, 5),
                                    (11008, 4096, 128)])
-def test_gpu_wgmma24_xtma(m, k, n, split, compressed, rng, monkeypatch):
-    """XTMA builds (CROSS_CUDA_DEFINES=-DXTMA=1: X copied from its rows by tensor copies through its tensor
-    map, 128-byte swizzle, zeros past N and K): the product against fp32 on fresh X, output poisoned,
-    eagerly and replayed in a CUDA graph, by STREAM and by clusters."""
+def test_gpu_wgmma24_xtma(m, k, n, split, compressed, xtma, rng, monkeypatch):
+    """X copied from its rows by tensor copies through its tensor map (the default, XTMA: 128-byte
+    swizzle, zeros past N and K), and by every thread's 16-byte copies (-DXTMA=0): the product against
+    fp32 on fresh X, output poisoned, eagerly and replayed in a CUDA graph, by STREAM and by clusters."""
     from cross.kernels import cuda_backend
     from cross.kernels.launch import wgmma24_args, wgmma24_run
 
     _needs_sm90()
-    monkeypatch.setenv(cuda_backend.DEFINES_ENV, "-DXTMA=1")
-    caches = (cuda_backend._wgmma24_kernel, cuda_backend.wgmma24_xtma)
-    for cache in caches:
-        cache.cache_clear()
-    try:
-        assert cuda_backend.wgmma24_xtma()
+    with _built_with(monkeypatch, "" if xtma else "-DXTMA=0"):
+        assert cuda_backend.wgmma24_xtma() is xtma
         w = _unstructured(m, k, 0.3, rng).cuda()
         args = wgmma24_args(Wgmma24Weight.from_dense(w, compressed=compressed), split)
         x = torch.empty(n, k, dtype=torch.bfloat16, device="cuda")
@@ -730,9 +726,6 @@ def test_gpu_wgmma24_xtma(m, k, n, split, compressed, rng, monkeypatch):
             y.fill_(float("nan"))
 
         _eager_and_replayed(lambda: wgmma24_run(x, args, b, y), fresh, lambda: _check(y, x, w, b) < 2e-2, 2)
-    finally:
-        for cache in caches:
-            cache.cache_clear()
 
 
 @pytest.mark.gpu
@@ -745,15 +738,8 @@ def test_gpu_wgmma24_rotate(m, k, weight, split, base, rng, monkeypatch):
     from cross.kernels import cuda_backend
 
     _needs_sm90()
-    monkeypatch.setenv(cuda_backend.DEFINES_ENV, f"{base} -DROTATE=1".strip())
-    caches = (cuda_backend._wgmma24_kernel, cuda_backend.wgmma24_xpre, cuda_backend.wgmma24_a_smem)
-    for cache in caches:
-        cache.cache_clear()
-    try:
+    with _built_with(monkeypatch, f"{base} -DROTATE=1".strip()):
         _check_token_tiles(m, k, weight, split, rng)
-    finally:
-        for cache in caches:
-            cache.cache_clear()
 
 
 @pytest.mark.gpu
@@ -767,10 +753,7 @@ def test_gpu_wgmma24_xpre(m, k, n, split, compressed, rng, monkeypatch):
     from cross.kernels.launch import wgmma24_args, wgmma24_run
 
     _needs_sm90()
-    monkeypatch.setenv(cuda_backend.DEFINES_ENV, "-DXPRE=1")
-    cuda_backend._wgmma24_kernel.cache_clear()
-    cuda_backend.wgmma24_xpre.cache_clear()
-    try:
+    with _built_with(monkeypatch, "-DXPRE=1"):
         assert cuda_backend.wgmma24_xpre()
         w = _unstructured(m, k, 0.3, rng).cuda()
         args = wgmma24_args(Wgmma24Weight.from_dense(w, compressed=compressed), split)
@@ -779,9 +762,6 @@ def test_gpu_wgmma24_xpre(m, k, n, split, compressed, rng, monkeypatch):
         y = torch.full((n, m), float("nan"), dtype=torch.bfloat16, device="cuda")
         wgmma24_run(x, args, b, y)
         assert _check(y, x, w, b) < 2e-2
-    finally:
-        cuda_backend._wgmma24_kernel.cache_clear()
-        cuda_backend.wgmma24_xpre.cache_clear()
 
 
 @pytest.mark.gpu
@@ -805,3 +785,71 @@ def test_gpu_wgmma24_x_at_an_odd_offset(rng):
     x = torch.randn(1 + 20 * 512, generator=rng).to(torch.bfloat16).cuda()[1:].view(20, 512)
     assert x.data_ptr() % 16
     assert _check(wgmma24_matmul(x, Wgmma24Weight.from_dense(w)), x, w, None) < 2e-2
+
+
+def _nonfinite_inputs(n, k, gen):
+    """X [n, k] (bf16, finite, no zeros) with Inf and NaN put in: token 0 +Inf in column 3, token 1 -Inf in
+    columns 5 and k - 1, token 2 +Inf in column 7 and -Inf in column 70 % k, token 3 a NaN in column 11,
+    the last token +Inf in column 13; the other tokens finite."""
+    x = torch.randn(n, k, generator=gen).to(torch.bfloat16)
+    x = torch.where(x == 0, torch.ones_like(x), x)
+    inf, nan = float("inf"), float("nan")
+    for t, c, v in ((0, 3, inf), (1, 5, -inf), (1, k - 1, -inf), (2, 7, inf), (2, 70 % k, -inf), (3, 11, nan),
+                    (n - 1, 13, inf)):
+        if t < n:
+            x[t, c] = v
+    return x
+
+
+def _assert_dense_nonfinite(y, ref):
+    """y (the kernel's, bf16) has exactly ref's NaNs and Infs (with their signs), and its finite values are
+    ref's to bf16's rounding (ref: the dense product in fp32, computed on the CPU)."""
+    got = y.float().cpu()
+    assert torch.equal(torch.isnan(got), torch.isnan(ref)), f"{int((torch.isnan(got) != torch.isnan(ref)).sum())} NaNs differ"
+    inf = torch.isinf(ref)
+    assert torch.equal(torch.isinf(got), inf) and torch.equal(got[inf], ref[inf]), "Infs differ"
+    fin = torch.isfinite(ref)
+    err = (got[fin] - ref[fin]).abs() / (ref[fin].abs() + ref[fin].pow(2).mean().sqrt())
+    assert float(err.max()) < 2e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("compressed", [False, True])
+@pytest.mark.parametrize("split", [2, 0])
+@pytest.mark.parametrize("m,k,n", [(700, 2056, 16), (700, 2056, 128), (300, 520, 301), (2752, 4096, 40)])
+def test_gpu_wgmma24_propagate(m, k, n, split, compressed, rng, monkeypatch):
+    """PROPAGATE builds (CROSS_CUDA_DEFINES=-DPROPAGATE=1): Inf and NaN inputs give exactly the dense
+    product's NaN and Inf (0 x Inf NaN, w x Inf an Inf of its sign, Infs of both signs NaN, a NaN input
+    NaN everywhere in its token), also through an Inf and a NaN weight; the finite outputs, the tokens
+    without one, as before; by clusters and STREAM, both layouts, eager and replayed in a CUDA graph."""
+    from cross.kernels.launch import wgmma24_args, wgmma24_run
+
+    _needs_sm90()
+    w = _unstructured(m, k, 0.3, rng)
+    w[5, 7], w[9, 12] = float("inf"), float("nan")  # stored nonzeros
+    with _built_with(monkeypatch, "-DPROPAGATE=1"):
+        args = wgmma24_args(Wgmma24Weight.from_dense(w.cuda(), compressed=compressed), split)
+        b = torch.randn(m, generator=rng).to(torch.bfloat16)
+        bd = b.cuda()
+        x = torch.empty(n, k, dtype=torch.bfloat16, device="cuda")
+        y = torch.empty(n, m, dtype=torch.bfloat16, device="cuda")
+        refs = []
+
+        def fresh():
+            xh = _nonfinite_inputs(n, k, rng)
+            refs.append(_dense_terms(xh, w) + b.float())
+            x.copy_(xh)
+            y.fill_(float("nan"))
+
+        def ok():
+            _assert_dense_nonfinite(y, refs[-1])
+            return True
+
+        _eager_and_replayed(lambda: wgmma24_run(x, args, bd, y), fresh, ok, 2)
+
+
+def _dense_terms(x, w):
+    """X @ W^T in fp32 on the CPU as the sums of every term x[t, c] w[r, c], zeros included (no library
+    shortcut past zeros: 0 x Inf is NaN here)."""
+    wf = w.float()
+    return torch.cat([(x[t:t + 4].float()[:, None, :] * wf[None]).sum(-1) for t in range(0, x.shape[0], 4)])

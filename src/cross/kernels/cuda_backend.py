@@ -437,7 +437,8 @@ def wgmma24_defines(is_bf16: bool, wgs: int, mt: int, split: int, slots: int, nt
     reserve = _a_smem_reserve(wgs, mt, slots, compressed)
     defines = [f"-DIS_BF16={int(is_bf16)}", f"-DWGS={wgs}", f"-DMT={mt}", f"-DSTREAM={int(split == 0)}",
                f"-DSPLIT={max(split, 1)}", f"-DSLOTS={slots}", f"-DNTOK={ntok}",
-               f"-DSTAGES={stages(wgs, mt, slots, ntok, compressed, reserve, wgmma24_xtma())}"]
+               f"-DSTAGES={stages(wgs, mt, slots, ntok, compressed, reserve, wgmma24_xtma())}",
+               f"-DXTMA={int(wgmma24_xtma())}"]
     if compressed:
         defines += ["-DCOMPRESSED=1", f"-DOVER={int(over)}"] + (["-DSIZED=1"] if sized else [])
     return tuple(defines + os.environ.get(DEFINES_ENV, "").split())
@@ -479,15 +480,25 @@ def wgmma24_xpre() -> bool:
 
 @functools.lru_cache(maxsize=None)  # read once, as wgmma24_xpre
 def wgmma24_xtma() -> bool:
-    """Whether CROSS_CUDA_DEFINES makes the wgmma24 builds XTMA ones (-DXTMA=1: X copied from its rows by
-    the tensor copy engine through X's tensor map, ``x_tensor_map``, a launch's last argument; a tuning
-    build). Not with XPRE (the two are two ways to copy X)."""
+    """Whether the wgmma24 builds are XTMA ones (-DXTMA=1: X copied from its rows by the tensor copy
+    engine through X's tensor map, ``x_tensor_map``, a launch's last argument): the default, unless
+    CROSS_CUDA_DEFINES says -DXTMA=0 (X by 16-byte copies of every thread) or asks for another way to
+    copy X (-DXPRE=1) or for A_SMEM (-DA_SMEM=1), whose builds keep the 16-byte copies. -DXTMA=1 with
+    -DXPRE=1 is refused (two ways to copy X)."""
     defines = os.environ.get(DEFINES_ENV, "").split()
-    if _define(defines, "XTMA") != "1":
-        return False
-    if _define(defines, "XPRE") == "1":
+    xtma, xpre = _define(defines, "XTMA"), _define(defines, "XPRE") == "1"
+    if xtma == "1" and xpre:
         raise ValueError(f"{DEFINES_ENV}: -DXTMA=1 and -DXPRE=1 are two ways to copy X; choose one")
-    return True
+    if xtma is not None:
+        return xtma == "1"
+    return not xpre and _define(defines, "A_SMEM") != "1"
+
+
+def wgmma24_defines_changed() -> None:
+    """Forget the wgmma24 builds and the build flags read from CROSS_CUDA_DEFINES (XPRE, XTMA, A_SMEM):
+    after the tuning scripts and tests change it."""
+    for cache in (_wgmma24_kernel, wgmma24_xpre, wgmma24_xtma, wgmma24_a_smem):
+        cache.cache_clear()
 
 
 def x_map_geometry(n_tok: int, k: int, ldx: int, ntok: int) -> tuple[tuple[int, int], tuple[int], tuple[int, int]]:
@@ -499,9 +510,11 @@ def x_map_geometry(n_tok: int, k: int, ldx: int, ntok: int) -> tuple[tuple[int, 
     return (k, n_tok), (2 * ldx,), (64, ntok)
 
 
+@functools.lru_cache(maxsize=256)
 def x_tensor_map(x_ptr: int, is_bf16: bool, n_tok: int, k: int, ldx: int, ntok: int):
     """The CUtensorMap of X (``x_map_geometry``; 16-bit elements, 128-byte swizzle, zeros past the tensor),
-    encoded by the driver for one launch (a CUDA graph keeps the launch's copy of it)."""
+    encoded by the driver once per address and geometry (the map holds no reference to the memory: the
+    same bytes describe whatever tensor lies there later; a CUDA graph keeps its launch's copy)."""
     driver, _ = _bindings()
     dims, strides, box = x_map_geometry(n_tok, k, ldx, ntok)
     kind = driver.CUtensorMapDataType

@@ -35,8 +35,14 @@
 //   rows s R / SPLIT .. of all SPLIT blocks in rank order (deterministic), adds the bias and writes Y.
 //
 // Non-finite inputs: only the stored slots are multiplied (a kept zero beside a lone nonzero is one,
-// and so are the overflow operand's zeros), so where X holds Inf or NaN the result is not the dense
-// product's; the caller checks X.
+// and so are the overflow operand's zeros, which sit where the 2:4 part's nonzeros may be: 0 x Inf where
+// the dense product has w x Inf), so where X holds Inf or NaN the mmas' sums are not the dense product's.
+// PROPAGATE=1 makes them so: each thread ORs a test of its share of every unit's X in shared memory (a
+// few instructions a unit); where a block's vote at the end of an output finds an Inf or NaN, every
+// token with one in the block's chunks of the output gets, in place of its accumulators, the sum of that
+// part's non-finite terms as the dense product has them (w x Inf an Inf of the product's sign, 0 x Inf and
+// anything x NaN a NaN, Inf and NaN weights too), recomputed from the records and X's rows in global
+// memory (propagate_inputs: rare, slow). The parts' sums then add up to the dense product's NaN or Inf.
 //
 // Compile-time parameters (NVRTC -D): IS_BF16, WGS (1 or 2), MT (1 or 2), STREAM (0 or 1), SPLIT (1..8;
 // 1 with STREAM), NTOK (16, 32, 64 or 128: tokens per block and the mma's N), STAGES, SLOTS (the
@@ -46,9 +52,10 @@
 // padded to 16 bytes, and a refill copies only the record's own bytes; the prologue's copies take the
 // fixed size),
 // REFILL_LATE (1: a unit's refill issued after its mmas; 0: after the barrier), XPRE (1: x is X laid out
-// as the stages hold it, pack/wgmma24.x_stages, copied by bulk copies), XTMA (1, a tuning build: X copied
-// from its rows by tensor copies through the last parameter, X's tensor map, into the 128-byte-swizzle
-// layout the B descriptors then read; the launcher's shared memory 1024 bytes more), A_SMEM (1: the
+// as the stages hold it, pack/wgmma24.x_stages, copied by bulk copies), XTMA (1, the launcher's default: X
+// copied from its rows by tensor copies through the last parameter, X's tensor map, into the
+// 128-byte-swizzle layout the B descriptors then read, the launcher's shared memory 1024 bytes more; 0:
+// every thread's 16-byte copies, 17-19 us slower at 128 tokens on the H100, docs/perf-notes.md), A_SMEM (1: the
 // slots layout's A read by the mmas from shared memory, its records in pack/wgmma24.a_smem_order, the
 // overflow operand staged per unit, a unit's mmas waited for after the next unit's are issued; a tuning
 // build for clusters: in STREAM builds ptxas still waits at every unit), ROTATE (1, clusters, a tuning build: the
@@ -143,7 +150,7 @@
 #error "XPRE copies X on the weight's mbarrier: BULK must be 1"
 #endif
 #ifndef XTMA
-#define XTMA 0  // 1: X by the tensor copy engine from its rows (a tensor map), a unit's part by one copy
+#define XTMA 0  // 1 (the launcher's default): X by the tensor copy engine from its rows (a tensor map), a unit's part by one copy
 #endif
 #if XTMA && (XPRE || !BULK)
 #error "XTMA copies X on the weight's mbarrier from X itself: BULK must be 1 and XPRE 0"
@@ -165,6 +172,12 @@
 #endif
 #if ROTATE && STREAM
 #error "ROTATE turns a cluster block's chunks: STREAM must be 0"
+#endif
+#ifndef PROPAGATE
+#define PROPAGATE 0  // 1: non-finite inputs give the dense product's NaN and Inf (nan_policy "propagate"), below
+#endif
+#if PROPAGATE && (XPRE || A_SMEM)
+#error "PROPAGATE reads X's rows and the records as the launcher hands them: XPRE and A_SMEM must be 0"
 #endif
 #ifndef STAGES
 #define STAGES 6
@@ -429,6 +442,211 @@ __device__ __forceinline__ void overflow_registers(const unsigned char* stage, i
 }
 #endif
 
+// the slots layout's 2:4 registers a[k-step][m-tile] and metadata e[m-tile] of thread tw of warpgroup wg in a
+// record at `rec` (a macro: the same loads through an inlined function compile to other addressing)
+#define SLOT_REGISTERS(rec, wg, tw, a, e)                                                    \
+    _Pragma("unroll") for (int t_ = 0; t_ < MT; ++t_) {                                      \
+        const unsigned char* tile_ = (rec) + ((wg) * MT + t_) * TILE_BYTES;                  \
+        a[0][t_] = *reinterpret_cast<const uint4*>(tile_ + 16 * (tw));                       \
+        a[1][t_] = *reinterpret_cast<const uint4*>(tile_ + 2048 + 16 * (tw));                \
+        e[t_] = *reinterpret_cast<const u32*>(tile_ + 4096 + 4 * (tw));                      \
+    }
+
+// a unit's record as thread tid reads it (in a stage, or the weight's in global memory: PROPAGATE's inputs):
+// its registers of the 2:4 part with their metadata, and of the overflow operand
+struct Record {
+    const unsigned char* p;
+#if COMPRESSED
+    u32 hw, starts;  // the thread's head word; its first word of each part (16 bits each)
+#endif
+    __device__ __forceinline__ Record(const unsigned char* rec, int tid) : p(rec) {
+#if COMPRESSED
+        // the thread's first word of each part: its warp's base and the words of the lanes before it (an
+        // inclusive scan of both counts at once, 16 bits each: a chunk holds under 2^16 words)
+        const int lane = tid & 31;
+        hw = reinterpret_cast<const u32*>(rec + MTILES * 512)[tid];
+        const u32 cnt = __popc(hw & 0xFFFFu) | __popc(hw >> 16) << 16;
+        u32 scan = cnt;
+#pragma unroll
+        for (int d = 1; d < 32; d *= 2) {
+            const u32 v = __shfl_up_sync(0xffffffffu, scan, d);
+            if (lane >= d) scan += v;
+        }
+        starts = reinterpret_cast<const u32*>(rec + BASES_OFFSET)[tid >> 5] + scan - cnt;
+#endif
+    }
+    // the 2:4 part: A registers a[k-step][m-tile] and the metadata e[m-tile] of thread tw of warpgroup wg
+    __device__ __forceinline__ void sparse(int wg, int tw, uint4 (&a)[2][MT], u32 (&e)[MT]) const {
+#if COMPRESSED
+        masked_registers(reinterpret_cast<const u32*>(p + WORDS_OFFSET) + (starts & 0xFFFFu), hw & 0xFFFFu, a);
+#pragma unroll
+        for (int t = 0; t < MT; ++t) e[t] = reinterpret_cast<const u32*>(p)[(wg * MT + t) * 128 + tw];
+#else
+        SLOT_REGISTERS(p, wg, tw, a, e);
+#endif
+    }
+    // the overflow operand (a group's third and fourth nonzeros at its positions 2 and 3): the thread's
+    // registers (zero where its groups have none) are the words its mask of m-tile t names, in register
+    // order 4 ks + i, after its earlier m-tiles' words
+    __device__ __forceinline__ void overflow(int tid, uint4 (&o)[2][MT]) const {
+#if COMPRESSED
+        masked_registers(reinterpret_cast<const u32*>(p + WORDS_OFFSET) + (starts >> 16), hw >> 16, o);
+#else
+        overflow_registers(p, tid, o);
+#endif
+    }
+};
+
+#if PROPAGATE
+// nonzero where one of a word's two 16-bit values is an Inf or a NaN (every exponent bit set: bit 15 or 31;
+// a borrow sets bit 31 only where the low half is one already)
+__device__ __forceinline__ u32 nonfinite_bits(u32 w) {
+    constexpr u32 E = IS_BF16 ? 0x7F807F80u : 0x7C007C00u;
+    const u32 u = (w & E) ^ E;  // a half zero where its value is an Inf or a NaN
+    return (u - 0x00010001u) & ~u & 0x80008000u;
+}
+
+// nonzero where this thread's share of a stage's X part (16 bytes a thread and round) holds an Inf or NaN
+__device__ __forceinline__ u32 stage_nonfinite(const unsigned char* xs, int tid) {
+    u32 bad = 0;
+#pragma unroll
+    for (int j = 0; j < (X_BYTES / 16 + THREADS - 1) / THREADS; ++j) {
+        const int p = tid + j * THREADS;
+        if (X_BYTES / 16 % THREADS && p >= X_BYTES / 16) break;
+        const uint4 v = reinterpret_cast<const uint4*>(xs)[p];
+        bad |= nonfinite_bits(v.x) | nonfinite_bits(v.y) | nonfinite_bits(v.z) | nonfinite_bits(v.w);
+    }
+    return bad;
+}
+
+// the non-finite part of the term w x x of two 16-bit values: bit 0 a NaN (either a NaN, or 0 x Inf), bit 1 +Inf,
+// bit 2 -Inf; 0 where the term is finite
+__device__ __forceinline__ u32 term_kind(u32 w, u32 x) {
+    constexpr u32 EXP = IS_BF16 ? 0x7F80u : 0x7C00u;
+    const u32 wm = w & 0x7FFFu, xm = x & 0x7FFFu;
+    if (wm > EXP || xm > EXP) return 1u;
+    if (wm != EXP && xm != EXP) return 0u;
+    if (wm == 0u || xm == 0u) return 1u;
+    return (w ^ x) & 0x8000u ? 4u : 2u;
+}
+
+// the sum of terms whose kinds (term_kind) are ORed in kind, as IEEE arithmetic has it: NaN where one is or
+// Infs of both signs meet, else an Inf of their sign, 0 where none is non-finite
+__device__ __forceinline__ float kind_sum(u32 kind) {
+    return (kind & 1u) || (kind & 6u) == 6u ? __uint_as_float(0x7FC00000u)
+                                            : kind & 2u ? __uint_as_float(0x7F800000u)
+                                                        : kind & 4u ? __uint_as_float(0xFF800000u) : 0.f;
+}
+#endif
+
+#if PROPAGATE
+// PROPAGATE, once a block's vote found an Inf or a NaN in X's part of its units of one output (chunks c0 .. c1 - 1
+// of the row block whose records start at `recs`, the token tile from tok0): which of the thread's tokens 8 j +
+// 2 q + b (bit 2 j + b) have one in those chunks, and for those, sums[t NACC + f] for its accumulator f of m-tile
+// t (d[4 j + 2 h + b]: token 8 j + 2 q + b, row g + 8 h): the sum of the part's non-finite terms, chunk by chunk,
+// from the records' registers and X's rows read again from global memory. A row's 64 columns of a chunk are
+// its quad's: lane q holds groups q and q + 4 of each k-step (its A registers, the metadata from the lanes
+// that hold it), so every lane takes each token in turn and the quad ORs its terms' kinds. Called by every
+// thread of the block (the warps' votes and shuffles); rare and slow
+__device__ __forceinline__ u32 nonfinite_sums(float* sums, const unsigned char* recs, const u16* x, int c0, int c1,
+                                              int tok0, int n_tok, int k, int ldx, int tid) {
+    const int lane = tid & 31, wg = tid >> 7, tw = tid & 127, q = lane & 3;
+    u32 tokens[(NTOK + 31) / 32];  // bit tt % 32 of word tt / 32: token tok0 + tt has an Inf or a NaN there
+    u32 hit = 0;
+    for (int tt = 0; tt < NTOK; ++tt) {
+        bool bad = false;
+        if (tok0 + tt < n_tok) {
+            const u16* xr = x + (size_t)(tok0 + tt) * ldx;
+            for (int col = c0 * KC + 8 * lane; col < min(c1 * KC, k); col += 256) {
+                const uint4 v = *reinterpret_cast<const uint4*>(xr + col);
+                bad |= (nonfinite_bits(v.x) | nonfinite_bits(v.y) | nonfinite_bits(v.z) | nonfinite_bits(v.w)) != 0u;
+            }
+        }
+        const bool any = __any_sync(0xffffffffu, bad);
+        if (tt % 32 == 0) tokens[tt / 32] = 0u;
+        tokens[tt / 32] |= (u32)any << (tt % 32);
+        if (any && ((tt & 7) >> 1) == q) hit |= 1u << (2 * (tt >> 3) + (tt & 1));
+    }
+    for (int f = 0; f < MT * NACC; ++f) sums[f] = 0.f;
+    for (int c = c0; c < c1; ++c) {
+        const Record rec(recs + (size_t)c * W_BYTES, tid);
+        uint4 a[2][MT], o[2][MT];
+        u32 e[MT];
+        rec.sparse(wg, tw, a, e);
+#if OVERFLOW
+        rec.overflow(tid, o);
+#else
+#pragma unroll
+        for (int t = 0; t < MT; ++t) o[0][t] = o[1][t] = make_uint4(0u, 0u, 0u, 0u);
+#endif
+        // group q + 4 hq of k-step ks: its nibbles (row g at bits 4 q, g + 8 at 16 + 4 q) are lane 4 g + 2 ks + hq's
+        u32 meta[MT][2][2];
+#pragma unroll
+        for (int t = 0; t < MT; ++t)
+#pragma unroll
+            for (int ks = 0; ks < 2; ++ks)
+#pragma unroll
+                for (int hq = 0; hq < 2; ++hq) meta[t][ks][hq] = __shfl_sync(0xffffffffu, e[t], (lane & ~3) | (2 * ks + hq));
+        for (int tt = 0; tt < NTOK; ++tt) {
+            if (!(tokens[tt / 32] >> (tt % 32) & 1u)) continue;  // the same for the whole warp
+            // X's values of the lane's groups: column 32 ks + 4 (q + 4 hq) + position (a group of 4 is in or out of K)
+            u32 xv[2][2][2];
+            const u16* xr = x + (size_t)(tok0 + tt) * ldx + c * KC;
+#pragma unroll
+            for (int ks = 0; ks < 2; ++ks)
+#pragma unroll
+                for (int hq = 0; hq < 2; ++hq) {
+                    const int col = 32 * ks + 4 * (q + 4 * hq);
+                    const uint2 v = c * KC + col < k ? *reinterpret_cast<const uint2*>(xr + col) : make_uint2(0u, 0u);
+                    xv[ks][hq][0] = v.x;
+                    xv[ks][hq][1] = v.y;
+                }
+#pragma unroll
+            for (int t = 0; t < MT; ++t)
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    u32 kind = 0;
+#pragma unroll
+                    for (int ks = 0; ks < 2; ++ks) {
+                        const u32 av[4] = {a[ks][t].x, a[ks][t].y, a[ks][t].z, a[ks][t].w};
+                        const u32 ov[4] = {o[ks][t].x, o[ks][t].y, o[ks][t].z, o[ks][t].w};
+#pragma unroll
+                        for (int hq = 0; hq < 2; ++hq) {
+                            const int i = 2 * hq + h;  // register i: row g + 8 (i & 1), group q + 4 (i >> 1)
+                            const u32 nib = meta[t][ks][hq] >> (4 * q + 16 * h) & 0xFu;
+#pragma unroll
+                            for (int pos = 0; pos < 4; ++pos) {
+                                // the 2:4 part's slots (the low half at position nib & 3, the high at nib >> 2), else
+                                // the overflow's (positions 2 and 3): a nonzero is in one of them
+                                u32 w = (nib & 3u) == (u32)pos ? av[i] & 0xFFFFu : (nib >> 2) == (u32)pos ? av[i] >> 16 : 0u;
+                                if (pos >= 2 && !(w & 0x7FFFu)) w = pos == 2 ? ov[i] & 0xFFFFu : ov[i] >> 16;
+                                kind |= term_kind(w, xv[ks][hq][pos >> 1] >> (16 * (pos & 1)) & 0xFFFFu);
+                            }
+                        }
+                    }
+                    kind |= __shfl_xor_sync(0xffffffffu, kind, 1);
+                    kind |= __shfl_xor_sync(0xffffffffu, kind, 2);
+                    if (((tt & 7) >> 1) == q) sums[t * NACC + 4 * (tt >> 3) + 2 * h + (tt & 1)] += kind_sum(kind);
+                }
+        }
+    }
+    return hit;
+}
+
+// PROPAGATE: the accumulators of the thread's tokens with an Inf or a NaN in the block's chunks c0 .. c1 - 1 of
+// the output replaced by the dense product's sums of those chunks' non-finite terms (nonfinite_sums)
+__device__ __forceinline__ void propagate_inputs(float (&acc)[MT][NACC], const unsigned char* recs, const u16* x,
+                                                 int c0, int c1, int tok0, int n_tok, int k, int ldx, int tid) {
+    float sums[MT * NACC];
+    const u32 hit = nonfinite_sums(sums, recs, x, c0, c1, tok0, n_tok, k, ldx, tid);
+#pragma unroll
+    for (int t = 0; t < MT; ++t)
+#pragma unroll
+        for (int f = 0; f < NACC; ++f)
+            if (hit >> (2 * (f >> 2) + (f & 1)) & 1u) acc[t][f] = sums[t * NACC + f];
+}
+#endif
+
 // the launch's units (unit (rb tiles + tt) chunks + c: chunk c of output o = rb tiles + tt, row block rb
 // and token tile tt) walked in order, with the current unit's output's weight bytes, X rows and tokens
 struct Walk {
@@ -554,7 +772,9 @@ __device__ __forceinline__ void sum_share(const float* ws, u16* y, const u16* bi
 #endif
 
 #ifndef MIN_BLOCKS
-#define MIN_BLOCKS 1  // blocks per SM the registers must allow (__launch_bounds__)
+// blocks per SM the registers must allow (__launch_bounds__): PROPAGATE's call (nonfinite_sums) would take all
+// 255 otherwise, and up to 64 tokens the loop's registers allow two blocks (at most 128 each)
+#define MIN_BLOCKS (PROPAGATE && NTOK <= 64 ? 2 : 1)
 #endif
 extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
 #if SPLIT > 1
@@ -593,11 +813,14 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
 #endif
     const int nun = (int)(u1 - u0);
 #if SIZED  // values: the sizes (a uint16 a record, padded to 16 bytes), then the records
-    Walk ld{values + (size_t)(((m + R - 1) / R * chunks + 7) / 8) * 16, x, chunks, tiles, ldx, n_tok};  // the next unit to copy
+    const unsigned char* const recs = values + (size_t)(((m + R - 1) / R * chunks + 7) / 8) * 16;
+    Walk ld{recs, x, chunks, tiles, ldx, n_tok};  // the next unit to copy
     ld.sizes = reinterpret_cast<const u16*>(values);
 #else
-    Walk ld{values, x, chunks, tiles, ldx, n_tok};  // the next unit to copy
+    const unsigned char* const recs = values;
+    Walk ld{recs, x, chunks, tiles, ldx, n_tok};  // the next unit to copy
 #endif
+    (void)recs;
 #if ROTATE  // row block rb's blocks start at their (rb mod nun)-th chunk: the row blocks read different chunks of X
     ld.c_lo = part * chunks / SPLIT;
     ld.c_hi = (part + 1) * chunks / SPLIT;
@@ -632,6 +855,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
         }
         asm volatile("cp.async.commit_group;\n" ::: "memory");
     }
+#if PROPAGATE
+    u32 bad = 0;  // this thread's share of X held an Inf or a NaN in the current output's units
+#endif
     // A_SMEM: units in pairs, h = 0, 1 of a pair unrolled, so that each unit's metadata has its own
     // registers (meta[h]), read by its mmas until they are waited for in the next unit
     u32 meta[1 + A_SMEM][MT];
@@ -734,30 +960,11 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
             unsigned char* stage = smem + (i % STAGES) * STAGE_BYTES;
             uint4 a[2][MT];
             u32 e[MT];
+            const Record rec(stage, tid);
 #if COMPRESSED
-            // the thread's first word of each part: its warp's base and the words of the lanes before it (an
-            // inclusive scan of both counts at once, 16 bits each: a chunk holds under 2^16 words)
-            const u32 hw = reinterpret_cast<const u32*>(stage + MTILES * 512)[tid];
-            const u32 cnt = __popc(hw & 0xFFFFu) | __popc(hw >> 16) << 16;
-            u32 scan = cnt;
-#pragma unroll
-            for (int d = 1; d < 32; d *= 2) {
-                const u32 v = __shfl_up_sync(0xffffffffu, scan, d);
-                if (lane >= d) scan += v;
-            }
-            const u32 starts = reinterpret_cast<const u32*>(stage + BASES_OFFSET)[tid >> 5] + scan - cnt;
-            const u32* words = reinterpret_cast<const u32*>(stage + WORDS_OFFSET);
-            masked_registers(words + (starts & 0xFFFFu), hw & 0xFFFFu, a);
-#pragma unroll
-            for (int t = 0; t < MT; ++t) e[t] = reinterpret_cast<const u32*>(stage)[(wg * MT + t) * 128 + tw];
+            rec.sparse(wg, tw, a, e);
 #else
-#pragma unroll
-            for (int t = 0; t < MT; ++t) {
-                const unsigned char* tile = stage + (wg * MT + t) * TILE_BYTES;
-                a[0][t] = *reinterpret_cast<const uint4*>(tile + 16 * tw);
-                a[1][t] = *reinterpret_cast<const uint4*>(tile + 2048 + 16 * tw);
-                e[t] = *reinterpret_cast<const u32*>(tile + 4096 + 4 * tw);
-            }
+            SLOT_REGISTERS(stage, wg, tw, a, e);
 #endif
             const u32 sx = smem_u32(stage + X_OFF);
 #pragma unroll
@@ -770,16 +977,10 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
             }
 #if OVERFLOW
             // the chunk's overflow, while those mmas run: a group's third and fourth nonzeros sit at its
-            // positions 2 and 3, a second 2:4 operand with the metadata nibble 2 | 3 << 2 everywhere. The
-            // thread's A registers of it (zero where its groups have none) are the words its mask of m-tile t
-            // names, in register order 4 ks + i, after its earlier m-tiles' words
+            // positions 2 and 3, a second 2:4 operand with the metadata nibble 2 | 3 << 2 everywhere
             {
                 uint4 o[2][MT];
-#if COMPRESSED
-                masked_registers(words + (starts >> 16), hw >> 16, o);
-#else
-                overflow_registers(stage, tid, o);
-#endif
+                rec.overflow(tid, o);
                 asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");  // the registers just written
 #pragma unroll
                 for (int t = 0; t < MT; ++t) {
@@ -791,6 +992,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
             asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
 #if REFILL_LATE
             refill();  // while the mmas run: off the chain from the barrier to the mmas
+#endif
+#if PROPAGATE
+            bad |= stage_nonfinite(stage + X_OFF, tid);
 #endif
             asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
 #pragma unroll
@@ -804,6 +1008,12 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
                 for (int t = 0; t < MT; ++t) fence_acc(acc[t]);
 #endif
                 const u32 first = uo * chunks;
+#if PROPAGATE
+                if (__syncthreads_or(bad != 0))  // the block's units of uo: from its first (or uo's) to uc
+                    propagate_inputs(acc, recs + (size_t)(uo / tiles) * chunks * W_BYTES, x, (int)(max(u0, first) - first),
+                                     uc + 1, (int)(uo % tiles) * NTOK, n_tok, k, ldx, tid);
+                bad = 0;
+#endif
                 const u32 jf = block_of(first, units, gridDim.x), jl = block_of(first + chunks - 1, units, gridDim.x);
 #if END_RED
                 if (jf != jl && !(ABLATE & 8)) {
@@ -934,6 +1144,11 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
         store_one(y, bias, (cluster / tiles) * R, (cluster % tiles) * NTOK, m, n_tok, ldy, wg, warp, lane, f,
                   acc[f / NACC][f % NACC]);
     return;
+#endif
+#if PROPAGATE
+    if (__syncthreads_or(bad != 0))
+        propagate_inputs(acc, recs + (size_t)(cluster / tiles) * chunks * W_BYTES, x, part * chunks / SPLIT,
+                         (part + 1) * chunks / SPLIT, (cluster % tiles) * NTOK, n_tok, k, ldx, tid);
 #endif
     asm volatile("cp.async.wait_all;\n" ::: "memory");
     __syncthreads();  // every warpgroup done with the stages: they hold the partial sums now
