@@ -131,3 +131,38 @@ def check_wrong_kernel_refused(monkeypatch, w, kernel, fmt, name, **options):
     cands = [b for b in sl.plan.buckets if b.kernel == kernel]
     assert cands and all(b.fallback and not b.measured and "disagreed" in b.reason for b in cands)
     assert getattr(sl.packed, fmt) is None and sl.dense_kept
+
+
+def nonfinite_inputs(n, k, gen):
+    """X [n, k] (bf16, finite, no zeros) with Inf and NaN put in: token 0 +Inf in column 3, token 1 -Inf in
+    columns 5 and k - 1, token 2 +Inf in column 7 and -Inf in column 70 % k, token 3 a NaN in column 11,
+    the last token +Inf in column 13; the other tokens finite."""
+    x = torch.randn(n, k, generator=gen).to(torch.bfloat16)
+    x = torch.where(x == 0, torch.ones_like(x), x)
+    inf, nan = float("inf"), float("nan")
+    for t, c, v in ((0, 3, inf), (1, 5, -inf), (1, k - 1, -inf), (2, 7, inf), (2, 70 % k, -inf), (3, 11, nan),
+                    (n - 1, 13, inf)):
+        if t < n:
+            x[t, c] = v
+    return x
+
+
+def assert_dense_nonfinite(y, ref):
+    """y (the kernel's, bf16) has exactly ref's NaNs and Infs (with their signs), and its finite values are
+    ref's to bf16's rounding (ref: the dense product in fp32, computed on the CPU)."""
+    got = y.float().cpu()
+    assert torch.equal(torch.isnan(got), torch.isnan(ref)), f"{int((torch.isnan(got) != torch.isnan(ref)).sum())} NaNs differ"
+    inf = torch.isinf(ref)
+    assert torch.equal(torch.isinf(got), inf) and torch.equal(got[inf], ref[inf]), "Infs differ"
+    fin = torch.isfinite(ref)
+    err = (got[fin] - ref[fin]).abs() / (ref[fin].abs() + ref[fin].pow(2).mean().sqrt())
+    assert float(err.max()) < 2e-2
+
+
+
+
+def dense_terms(x, w):
+    """X @ W^T in fp32 on the CPU as the sums of every term x[t, c] w[r, c], zeros included (no library
+    shortcut past zeros: 0 x Inf is NaN here)."""
+    wf = w.float()
+    return torch.cat([(x[t:t + 4].float()[:, None, :] * wf[None]).sum(-1) for t in range(0, x.shape[0], 4)])

@@ -20,6 +20,7 @@ from cross.kernels.cuda_backend import WGMMA24_MAX_PER_SM, WGMMA24_MIN_UNITS, wg
 from cross.kernels.launch import wgmma24_split
 from cross.costmodel.roofline import wgmma24_slots
 from cross.pack.wgmma24 import CHUNK, NTOKS, START_BITS, TILE_WORDS, Wgmma24Weight, size_words, smem_bytes, stages, token_tile
+from runtime_checks import assert_dense_nonfinite, dense_terms, nonfinite_inputs
 
 
 def _weight(m, k, per_group, gen, dtype=torch.bfloat16):
@@ -787,38 +788,12 @@ def test_gpu_wgmma24_x_at_an_odd_offset(rng):
     assert _check(wgmma24_matmul(x, Wgmma24Weight.from_dense(w)), x, w, None) < 2e-2
 
 
-def _nonfinite_inputs(n, k, gen):
-    """X [n, k] (bf16, finite, no zeros) with Inf and NaN put in: token 0 +Inf in column 3, token 1 -Inf in
-    columns 5 and k - 1, token 2 +Inf in column 7 and -Inf in column 70 % k, token 3 a NaN in column 11,
-    the last token +Inf in column 13; the other tokens finite."""
-    x = torch.randn(n, k, generator=gen).to(torch.bfloat16)
-    x = torch.where(x == 0, torch.ones_like(x), x)
-    inf, nan = float("inf"), float("nan")
-    for t, c, v in ((0, 3, inf), (1, 5, -inf), (1, k - 1, -inf), (2, 7, inf), (2, 70 % k, -inf), (3, 11, nan),
-                    (n - 1, 13, inf)):
-        if t < n:
-            x[t, c] = v
-    return x
-
-
-def _assert_dense_nonfinite(y, ref):
-    """y (the kernel's, bf16) has exactly ref's NaNs and Infs (with their signs), and its finite values are
-    ref's to bf16's rounding (ref: the dense product in fp32, computed on the CPU)."""
-    got = y.float().cpu()
-    assert torch.equal(torch.isnan(got), torch.isnan(ref)), f"{int((torch.isnan(got) != torch.isnan(ref)).sum())} NaNs differ"
-    inf = torch.isinf(ref)
-    assert torch.equal(torch.isinf(got), inf) and torch.equal(got[inf], ref[inf]), "Infs differ"
-    fin = torch.isfinite(ref)
-    err = (got[fin] - ref[fin]).abs() / (ref[fin].abs() + ref[fin].pow(2).mean().sqrt())
-    assert float(err.max()) < 2e-2
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("compressed", [False, True])
 @pytest.mark.parametrize("split", [2, 0])
 @pytest.mark.parametrize("m,k,n", [(700, 2056, 16), (700, 2056, 128), (300, 520, 301), (2752, 4096, 40)])
 def test_gpu_wgmma24_propagate(m, k, n, split, compressed, rng, monkeypatch):
-    """PROPAGATE builds (CROSS_CUDA_DEFINES=-DPROPAGATE=1): Inf and NaN inputs give exactly the dense
+    """propagate=True (the PROPAGATE build): Inf and NaN inputs give exactly the dense
     product's NaN and Inf (0 x Inf NaN, w x Inf an Inf of its sign, Infs of both signs NaN, a NaN input
     NaN everywhere in its token), also through an Inf and a NaN weight; the finite outputs, the tokens
     without one, as before; by clusters and STREAM, both layouts, eager and replayed in a CUDA graph."""
@@ -827,8 +802,8 @@ def test_gpu_wgmma24_propagate(m, k, n, split, compressed, rng, monkeypatch):
     _needs_sm90()
     w = _unstructured(m, k, 0.3, rng)
     w[5, 7], w[9, 12] = float("inf"), float("nan")  # stored nonzeros
-    with _built_with(monkeypatch, "-DPROPAGATE=1"):
-        args = wgmma24_args(Wgmma24Weight.from_dense(w.cuda(), compressed=compressed), split)
+    with _built_with(monkeypatch, ""):
+        args = wgmma24_args(Wgmma24Weight.from_dense(w.cuda(), compressed=compressed), split, propagate=True)
         b = torch.randn(m, generator=rng).to(torch.bfloat16)
         bd = b.cuda()
         x = torch.empty(n, k, dtype=torch.bfloat16, device="cuda")
@@ -836,20 +811,13 @@ def test_gpu_wgmma24_propagate(m, k, n, split, compressed, rng, monkeypatch):
         refs = []
 
         def fresh():
-            xh = _nonfinite_inputs(n, k, rng)
-            refs.append(_dense_terms(xh, w) + b.float())
+            xh = nonfinite_inputs(n, k, rng)
+            refs.append(dense_terms(xh, w) + b.float())
             x.copy_(xh)
             y.fill_(float("nan"))
 
         def ok():
-            _assert_dense_nonfinite(y, refs[-1])
+            assert_dense_nonfinite(y, refs[-1])
             return True
 
         _eager_and_replayed(lambda: wgmma24_run(x, args, bd, y), fresh, ok, 2)
-
-
-def _dense_terms(x, w):
-    """X @ W^T in fp32 on the CPU as the sums of every term x[t, c] w[r, c], zeros included (no library
-    shortcut past zeros: 0 x Inf is NaN here)."""
-    wf = w.float()
-    return torch.cat([(x[t:t + 4].float()[:, None, :] * wf[None]).sum(-1) for t in range(0, x.shape[0], 4)])

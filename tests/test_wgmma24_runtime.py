@@ -24,8 +24,8 @@ from cross.partition.planner import (WGMMA_KERNEL_DEFAULT, WGMMA_LAYOUT_DEFAULT,
                                     is_near_win, overflow_groups)
 from cross.runtime.dispatch import execute
 from cross.tiling import TileGrid
-from runtime_checks import (check_candidates_run, check_measured_candidates, check_product, check_saved_model,
-                            check_wrong_kernel_refused, linear_of, top)
+from runtime_checks import (assert_dense_nonfinite, check_candidates_run, check_measured_candidates, check_product,
+                            check_saved_model, check_wrong_kernel_refused, dense_terms, linear_of, nonfinite_inputs, top)
 from weights import pruned
 
 HAS_GPU = torch.cuda.is_available()
@@ -89,14 +89,18 @@ def test_no_candidates_where_the_kernel_cannot_win_or_run(why):
     assert all(b.kernel != "wgmma24" for b in plan.buckets)
 
 
-def test_nan_policy_propagate_is_refused():
-    """The kernel multiplies only the stored slots: asked for with nan_policy 'propagate' (the default),
-    or with the slice kernel (which needs it), the planner says so instead of offering nothing."""
+def test_nan_policy_propagate_offers_the_kernel():
+    """With nan_policy 'propagate' (the default) the kernel is offered as with 'ignore' (its PROPAGATE
+    build gives the dense product's NaN and Inf); asked for with the slice kernel as well, or the slice
+    kernel with 'ignore', the planner says so instead of offering nothing."""
     w = pruned(1024, 512, 0.9)
-    with pytest.raises(ValueError, match="wgmma_kernel=True: expected nan_policy='ignore'"):
-        make_plan(w, wgmma_kernel=True)
+    kernels = lambda plan: [b.kernel for b in plan.buckets]  # noqa: E731
+    assert "wgmma24" in kernels(make_plan(w, wgmma_kernel=True))
+    assert kernels(make_plan(w, wgmma_kernel=True)) == kernels(make_plan(w, **IGNORE))
+    with pytest.raises(ValueError, match="choose one of the two"):
+        make_plan(w, wgmma_kernel=True, slice_kernel=True)
     with pytest.raises(ValueError, match="slice_kernel=True: expected nan_policy='propagate'"):
-        make_plan(w, slice_kernel=True, **IGNORE)
+        make_plan(w, slice_kernel=True, nan_policy="ignore")
 
 
 def test_byte_estimate_is_the_formats():
@@ -318,6 +322,40 @@ def test_gpu_runtime_runs_the_kernel(shape, sparsity, rng):
 
     w = pruned(*shape, sparsity, seed=int(torch.randint(1 << 30, (1,), generator=rng))).cuda()
     check_candidates_run(w, "wgmma24", Wgmma24Args, rng, **IGNORE)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not SM90, reason="needs a compute capability 9.0 GPU")
+@pytest.mark.parametrize("layout", ["slots", "compressed"])
+def test_gpu_runtime_propagates_nonfinite_inputs(layout, rng):
+    """With nan_policy 'propagate' (the default) a layer whose buckets run the kernel gives Inf and NaN
+    inputs the dense product's NaN and Inf, eagerly and in a CUDA graph; finite tokens as before."""
+    from cross.kernels.launch import Wgmma24Args
+
+    w = pruned(1000, 512, 0.7, seed=int(torch.randint(1 << 30, (1,), generator=rng))).cuda()
+    lin = linear_of(w)
+    offered = make_plan(w, wgmma_kernel=True, wgmma_layout=layout)
+    plan = offered.with_buckets(replace(b, kernel="wgmma24", alternatives=()) if "wgmma24" in b.alternatives else b
+                                for b in offered.buckets)
+    sl = cross.SparseLinear.from_dense(lin, plan=plan, keep_dense=False, measure=False)
+    runs = [i for i, b in enumerate(sl.plan.buckets) if b.kernel == "wgmma24"]
+    assert runs and all(isinstance(sl._kernels[i], Wgmma24Args) and sl._kernels[i].propagate for i in runs)
+    wc, bias = w.cpu(), lin.bias.detach().float().cpu()
+    with torch.no_grad():
+        for n in sorted({sl.plan.buckets[i].n_min for i in runs} | {min(top(sl.plan.buckets[runs[-1]]), 300)}):
+            x = nonfinite_inputs(n, 512, rng)
+            assert_dense_nonfinite(sl(x.cuda()), dense_terms(x, wc) + bias)
+        first = sl.plan.buckets[runs[0]]
+        n = min(max(first.n_min, 16), top(first))
+        static = torch.empty(n, 512, dtype=torch.bfloat16, device="cuda")
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = sl(static)
+        x = nonfinite_inputs(n, 512, rng)
+        static.copy_(x)
+        out.fill_(0.0)
+        graph.replay()
+        assert_dense_nonfinite(out, dense_terms(x, wc) + bias)
 
 
 @pytest.mark.gpu

@@ -458,13 +458,14 @@ def defined_stages(defines: tuple[str, ...]) -> int:
 
 @functools.lru_cache(maxsize=None)
 def _wgmma24_kernel(device_index: int, is_bf16: bool, wgs: int, mt: int, split: int, slots: int, ntok: int,
-                    compressed: bool = False, over: bool = False, sized: bool = False, reduce: bool = False):
+                    compressed: bool = False, over: bool = False, sized: bool = False, reduce: bool = False,
+                    propagate: bool = False):
     """(function, dynamic shared memory, blocks per SM) of a wgmma24 build (``reduce``: STREAM's end by
-    fp32 reductions, END_RED)."""
+    fp32 reductions, END_RED; ``propagate``: non-finite inputs as in the dense product, PROPAGATE)."""
     from ..pack.wgmma24 import smem_bytes
 
     defines = wgmma24_defines(is_bf16, wgs, mt, split, slots, ntok, compressed, over, sized) + (
-        ("-DEND_RED=1",) if reduce else ())
+        ("-DEND_RED=1",) if reduce else ()) + (("-DPROPAGATE=1",) if propagate else ())
     reserve = _a_smem_reserve(wgs, mt, slots, compressed)
     smem = smem_bytes(wgs, mt, slots, ntok, defined_stages(defines), compressed, reserve, wgmma24_xtma())
     _, func = _compile(device_index, _WGMMA24_SOURCE, "wgmma24", defines, smem, arch_specific=True)
@@ -600,7 +601,7 @@ def workspace(floats: int) -> torch.Tensor:
 
 def wgmma24_launch(row_blocks: int, ntok: int, wgs: int, mt: int, split: int, slots: int, ptrs, m: int, k: int,
                    n_tok: int, ldx: int, ldy: int, chunks: int, sms: int, compressed: bool = False,
-                   over: bool = False, sized: bool = False) -> None:
+                   over: bool = False, sized: bool = False, propagate: bool = False) -> None:
     """One launch of wgmma24 (sm_90a) of ``ntok`` tokens per block over a weight of ``slots`` overflow
     word slots per chunk (``compressed``: the compressed layout's, ``over``: with overflow, ``sized``:
     sized records, ``values`` starting with their sizes): pointers
@@ -609,11 +610,12 @@ def wgmma24_launch(row_blocks: int, ntok: int, wgs: int, mt: int, split: int, sl
     (STREAM; a workspace of two slots of partial sums per block, allocated here, or with
     ``stream_reduce`` up to REDUCE_MAX_TOKENS tokens the GPU's ``reduce_area``, and the weight's
     ``counters``); 1..8: a cluster of ``split`` blocks (the parts of K) per row block and token tile of
-    N, a row block's token tiles adjacent (wgmma24.cu)."""
+    N, a row block's token tiles adjacent (wgmma24.cu). ``propagate``: the PROPAGATE build (Inf and NaN
+    inputs reach the outputs as in the dense product)."""
     device = torch.cuda.current_device()
     reduce = not split and ntok <= REDUCE_MAX_TOKENS and stream_reduce()
     func, smem, per_sm = _wgmma24_kernel(device, ptrs.is_bf16, wgs, mt, split, slots, ntok, compressed, over,
-                                         sized, reduce)
+                                         sized, reduce, propagate)
     x, y, bias, values, counters = ptrs.values
     outputs = row_blocks * -(-n_tok // ntok)
     ws = None

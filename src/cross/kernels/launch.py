@@ -460,6 +460,7 @@ class Wgmma24Args(NamedTuple):
     compressed: bool = False  # the compressed layout (pack/wgmma24._compressed)
     over: bool = False  # compressed: the weight has overflow (the second mma runs)
     sized: bool = False  # compressed: sized records (values' first row block: the sizes; -DSIZED=1)
+    propagate: bool = False  # Inf and NaN inputs as in the dense product (nan_policy "propagate"; -DPROPAGATE=1)
 
 
 def _runs_here(device: torch.device, capability_ok) -> bool:
@@ -486,17 +487,19 @@ def wgmma24_kernel_args(packed: PackedWeight) -> Wgmma24Args:
     """The warpgroup 2:4 kernel's arguments for a packed weight with that format, on its GPU."""
     if not wgmma24_eligible(packed, packed.device):
         raise ValueError("warpgroup 2:4 kernel: expected its format on a compute capability 9.0 GPU with cuda-python")
-    return wgmma24_args(packed.wgmma24)
+    return wgmma24_args(packed.wgmma24, propagate=packed.plan.nan_policy == "propagate")
 
 
-def wgmma24_args(weight, split: int | None = None) -> Wgmma24Args:
+def wgmma24_args(weight, split: int | None = None, propagate: bool = False) -> Wgmma24Args:
     """Check a Wgmma24Weight (pack/wgmma24.py) on its GPU and resolve its launch: ``split`` parts of K
     per row block and token tile, a cluster of that many blocks (1..8), or 0: each launch's units (the
     chunks of its row blocks and token tiles) in equal parts over the SMs' resident blocks (STREAM);
     None: STREAM for the compressed layout (faster than clusters in 3 of 4 cells measured at 16 tokens,
-    docs/perf-notes.md), else ``wgmma24_split`` of each launch's token tiles."""
+    docs/perf-notes.md), else ``wgmma24_split`` of each launch's token tiles. ``propagate``: Inf and NaN
+    inputs reach the outputs as in the dense product (the PROPAGATE build; not with the XPRE or A_SMEM
+    tuning builds); else only the stored slots' products do."""
     from ..pack.wgmma24 import NTOKS, a_smem_order, smem_bytes
-    from .cuda_backend import WGMMA24_MAX_PER_SM, reduce_area, wgmma24_a_smem, wgmma24_xtma
+    from .cuda_backend import WGMMA24_MAX_PER_SM, reduce_area, wgmma24_a_smem, wgmma24_xpre, wgmma24_xtma
 
     if weight.device.type != "cuda":
         raise ValueError(f"wgmma24_matmul: expected a Wgmma24Weight on a CUDA device, got one on {weight.device}")
@@ -510,6 +513,9 @@ def wgmma24_args(weight, split: int | None = None) -> Wgmma24Args:
     row_blocks, chunks = weight.records.shape[:2]
     if split is not None and (isinstance(split, bool) or not isinstance(split, int) or not 0 <= split <= 8):
         raise ValueError(f"wgmma24_matmul: split must be an int in 0..8 (0: STREAM; or None: by launch), got {split!r}")
+    if propagate and (wgmma24_xpre() or wgmma24_a_smem()):
+        raise ValueError("wgmma24_matmul: Inf and NaN inputs as in the dense product (propagate) need the default "
+                         "X copy; CROSS_CUDA_DEFINES asks for -DXPRE=1 or -DA_SMEM=1 (tuning builds)")
     limit = getattr(torch.cuda.get_device_properties(weight.device), "shared_memory_per_block_optin", 227 * 1024)
     most = max(smem_bytes(weight.wgs, weight.mt, weight.slots, t, compressed=weight.compressed,
                           x_align=wgmma24_xtma()) for t in NTOKS)
@@ -525,7 +531,7 @@ def wgmma24_args(weight, split: int | None = None) -> Wgmma24Args:
     values = a_smem_order(weight) if wgmma24_a_smem() else weight.values  # an A_SMEM build's records
     return Wgmma24Args(values, counters, weight.shape[0], weight.shape[1], row_blocks, chunks, weight.wgs,
                        weight.mt, -1 if split is None else split, weight.slots, sms, weight.compressed,
-                       weight.overflow, weight.sized)
+                       weight.overflow, weight.sized, bool(propagate))
 
 
 def wgmma24_run(x: torch.Tensor, args: Wgmma24Args, bias: torch.Tensor | None = None,
@@ -548,21 +554,23 @@ def wgmma24_run(x: torch.Tensor, args: Wgmma24Args, bias: torch.Tensor | None = 
     ptrs = cuda_backend.Pointers((xk, y, bias, args.values, args.counters), x.dtype == torch.bfloat16)
     cuda_backend.wgmma24_launch(args.row_blocks, ntok, args.wgs, args.mt, split, args.slots, ptrs,
                                 args.out_features, args.in_features, n, x.stride(0), y.stride(0), args.chunks,
-                                args.sms, args.compressed, args.over, args.sized)
+                                args.sms, args.compressed, args.over, args.sized, args.propagate)
     return y
 
 
 def wgmma24_matmul(x: torch.Tensor, weight, bias: torch.Tensor | None = None, out: torch.Tensor | None = None,
-                   split: int | None = None) -> torch.Tensor:
+                   split: int | None = None, propagate: bool = False) -> torch.Tensor:
     """Y[N, M] = X[N, K] @ W^T (+ bias) by the warpgroup 2:4 kernel (kernels/wgmma24.cu: Hopper's sparse
     warpgroup mma, a second one for the overflow) over a Wgmma24Weight (pack/wgmma24.py), 16-128 tokens
-    per block. x: [N, K] in the weight's dtype, finite (only the stored slots are multiplied); bias: [M];
+    per block. x: [N, K] in the weight's dtype; bias: [M];
     out: optional [N, M], unit stride along M; ``split``: parts of K per row block, a cluster of that
     many blocks (1..8), or 0: the launch's chunks in equal parts over the SMs; default: 0 for the
     compressed layout, else ``wgmma24_split`` of the launch's token tiles (wgmma24_args). Needs compute
-    capability 9.0 (sm_90a)."""
+    capability 9.0 (sm_90a). ``propagate``: Inf and NaN in X give the dense product's NaN and Inf (a build
+    that checks X in every unit, and recomputes a part whose X has one); without it only the stored slots
+    are multiplied, and an Inf or NaN input may give other non-finite outputs than the dense product's."""
     _check_pass_args("wgmma24_matmul", x, weight, bias, out)
-    return wgmma24_run(x, wgmma24_args(weight, split), bias, out)
+    return wgmma24_run(x, wgmma24_args(weight, split, propagate), bias, out)
 
 
 class SliceArgs(NamedTuple):

@@ -251,8 +251,10 @@ def make_plan(weight: torch.Tensor | None = None, *, nnz: np.ndarray | None = No
     wgmma_kernel: buckets (of at most WGMMA_MAX_TOKENS tokens: all) not given to the row or slice
              kernel become the warpgroup 2:4 kernel's candidates (kernels/wgmma24.cu on pack/wgmma24.py's format;
              WGMMA_MAX_BYTES; bf16/fp16, K % 8 == 0), which the measured check times on a compute
-             capability 9.0 GPU. Needs nan_policy 'ignore' (the kernel multiplies only the stored
-             slots; else a ValueError). Off by default (WGMMA_KERNEL_DEFAULT).
+             capability 9.0 GPU. With nan_policy 'propagate' its build checks X for Inf and NaN in
+             every unit (a few instructions) and recomputes a part whose X has one, so that they reach
+             the outputs as in the dense product; with 'ignore' only the stored slots' products do.
+             Not with slice_kernel (a ValueError). Off by default (WGMMA_KERNEL_DEFAULT).
     wgmma_layout: the warpgroup 2:4 format's layout, 'slots' (two slots per group and the overflow's
              words) or 'compressed' (only the nonzero words, found by each thread's masks: fewer
              bytes, more instructions per chunk); its bytes decide whether a weight is offered; or
@@ -285,14 +287,14 @@ def make_plan(weight: torch.Tensor | None = None, *, nnz: np.ndarray | None = No
         raise ValueError(f"unit_mode: expected one of {UNIT_MODES}, got {unit_mode!r}")
     if nan_policy not in ("propagate", "ignore"):
         raise ValueError(f"nan_policy: expected 'propagate' or 'ignore', got {nan_policy!r}")
-    if wgmma_kernel and nan_policy != "ignore":
-        raise ValueError("wgmma_kernel=True: expected nan_policy='ignore' (the warpgroup 2:4 kernel multiplies only "
-                         "the stored slots, so a non-finite input does not reach every output as in the dense product)")
     if wgmma_layout not in WGMMA_LAYOUTS:
         raise ValueError(f"wgmma_layout: expected one of {WGMMA_LAYOUTS}, got {wgmma_layout!r}")
     if slice_kernel and nan_policy != "propagate":
         raise ValueError("slice_kernel=True: expected nan_policy='propagate' (the slice kernel's candidates are "
-                         "planned with it; with wgmma_kernel=True as well, choose one of the two)")
+                         "planned with it)")
+    if slice_kernel and wgmma_kernel:
+        raise ValueError("slice_kernel=True and wgmma_kernel=True: choose one of the two (both take the buckets "
+                         "the row kernel does not)")
     buckets = check_buckets(buckets)
     if cost_model is not None and not isinstance(cost_model, CostModel):
         raise TypeError(f"cost_model: expected a cross.costmodel.CostModel (CostModel.load(path) reads a saved one), "
@@ -327,7 +329,7 @@ def make_plan(weight: torch.Tensor | None = None, *, nnz: np.ndarray | None = No
               and slice_floor <= SLICE_MAX_BYTES * 2 * grid.rows * grid.cols)
     # whether buckets may become the warpgroup 2:4 kernel's candidates (its bytes counted only where
     # the kernel is offered: the default plans pay nothing for them)
-    wgmma = (bool(wgmma_kernel) and nan_policy == "ignore" and wgmma24_kernel_fits(grid.rows, grid.cols, dtype)
+    wgmma = (bool(wgmma_kernel) and wgmma24_kernel_fits(grid.rows, grid.cols, dtype)
              and _wgmma24_bytes(wgmma_layout, weight, nnz, size, grid) <= WGMMA_MAX_BYTES * 2 * grid.rows * grid.cols)
 
     def plan_buckets(kinds):
