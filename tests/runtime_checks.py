@@ -155,8 +155,9 @@ def assert_dense_nonfinite(y, ref):
     inf = torch.isinf(ref)
     assert torch.equal(torch.isinf(got), inf) and torch.equal(got[inf], ref[inf]), "Infs differ"
     fin = torch.isfinite(ref)
-    err = (got[fin] - ref[fin]).abs() / (ref[fin].abs() + ref[fin].pow(2).mean().sqrt())
-    assert float(err.max()) < 2e-2
+    if fin.any():  # (a token with an Inf or a NaN alone has none)
+        err = (got[fin] - ref[fin]).abs() / (ref[fin].abs() + ref[fin].pow(2).mean().sqrt())
+        assert float(err.max()) < 2e-2
 
 
 
