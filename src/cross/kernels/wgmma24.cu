@@ -772,9 +772,10 @@ __device__ __forceinline__ void sum_share(const float* ws, u16* y, const u16* bi
 #endif
 
 #ifndef MIN_BLOCKS
-// blocks per SM the registers must allow (__launch_bounds__): PROPAGATE's call (nonfinite_sums) would take all
-// 255 otherwise, and up to 64 tokens the loop's registers allow two blocks (at most 128 each)
-#define MIN_BLOCKS (PROPAGATE && NTOK <= 64 ? 2 : 1)
+// blocks per SM the registers must allow (__launch_bounds__): PROPAGATE's rare path (nonfinite_sums) would
+// take all 255 otherwise, and up to 32 tokens the loop's registers allow two blocks (at most 128 each; the
+// builds without PROPAGATE take 76-96 there, up to 181 at 64 tokens)
+#define MIN_BLOCKS (PROPAGATE && NTOK <= 32 ? 2 : 1)
 #endif
 extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
 #if SPLIT > 1
@@ -1009,7 +1010,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
 #endif
                 const u32 first = uo * chunks;
 #if PROPAGATE
-                if (__syncthreads_or(bad != 0))  // the block's units of uo: from its first (or uo's) to uc
+                // the block's vote, made warp-uniform for ptxas by __any_sync (the same value: without it the
+                // loop's addresses leave the uniform registers, +28 instructions a unit at 16 tokens)
+                if (__any_sync(0xffffffffu, __syncthreads_or(bad != 0)))  // the block's units of uo: its first (or uo's) to uc
                     propagate_inputs(acc, recs + (size_t)(uo / tiles) * chunks * W_BYTES, x, (int)(max(u0, first) - first),
                                      uc + 1, (int)(uo % tiles) * NTOK, n_tok, k, ldx, tid);
                 bad = 0;
@@ -1146,7 +1149,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
     return;
 #endif
 #if PROPAGATE
-    if (__syncthreads_or(bad != 0))
+    if (__any_sync(0xffffffffu, __syncthreads_or(bad != 0)))  // (warp-uniform for ptxas, as in STREAM's)
         propagate_inputs(acc, recs + (size_t)(cluster / tiles) * chunks * W_BYTES, x, part * chunks / SPLIT,
                          (part + 1) * chunks / SPLIT, (cluster % tiles) * NTOK, n_tok, k, ldx, tid);
 #endif
