@@ -369,6 +369,23 @@ def test_run_offering_the_wgmma_kernel(tiny_bert_dir, capsys):
         assert code == 2 and "expected --wgmma-kernel too" in err
 
 
+def test_run_nan_policy(tiny_bert_dir, capsys):
+    """--nan-policy propagate with --wgmma-kernel plans it with the dense product's NaN and Inf (the report
+    says so); --slice-kernel with --nan-policy ignore is refused; bench model's commands carry the flag."""
+    from cross.bench.models import model_command
+
+    code, out, err = run_cli(capsys, "run", tiny_bert_dir, "--text", "a sentence", "--device", "cpu", "-q",
+                             "--sparsity", "0.8", "--prune", "magnitude", "--force-plan", "--wgmma-kernel",
+                             "--nan-policy", "propagate")
+    assert code == 0, err
+    assert "warpgroup 2:4 kernel offered (auto layout, nan_policy='propagate')" in out and "PASS" in out
+    code, out, err = run_cli(capsys, "run", tiny_bert_dir, "--device", "cpu", "-q", "--slice-kernel",
+                             "--nan-policy", "ignore")
+    assert code == 2 and "expected --nan-policy propagate" in err
+    assert "--wgmma-kernel --nan-policy propagate" in model_command("llama", 0.7, wgmma_kernel=True, nan_policy="propagate")
+    assert "--nan-policy" not in model_command("llama", 0.7, wgmma_kernel=True)
+
+
 def test_run_without_the_measured_check(tiny_bert_dir, tmp_path, capsys):
     code, out, err = run_cli(capsys, "run", tiny_bert_dir, "--text", "a sentence", "--device", "cpu", "-q",
                              "--no-measure", "--cost-model", _winning_cost_model(tmp_path))

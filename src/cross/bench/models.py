@@ -164,10 +164,10 @@ def model_command(name: str, sparsity: float, *, llama_layers: int = LLAMA_LAYER
                   cost_model: Path | None = None, minilm_dir: Path | None = None, no_measure: bool = False,
                   decode_fallback: bool = False, slice_kernel: bool = False, wgmma_kernel: bool = False,
                   wgmma_layout: str = WGMMA_LAYOUT_DEFAULT, stack_siblings: bool = False, phases=None,
-                  compile: bool = False, kernel_times: bool = False) -> str:
+                  compile: bool = False, kernel_times: bool = False, nan_policy: str | None = None) -> str:
     """The command that measures one model at one sparsity again, into a folder of its own
     (kernels.ROW_OUT), so that it does not replace the grid's results; --wgmma-layout only where it is
-    not the default."""
+    not the default, --nan-policy only where it was given."""
     parts = ["cross", "bench", "model", "--models", name, "--sparsities", f"{sparsity:g}"]
     if name == "llama" and llama_layers != LLAMA_LAYERS:
         parts += ["--llama-layers", str(llama_layers)]
@@ -185,6 +185,8 @@ def model_command(name: str, sparsity: float, *, llama_layers: int = LLAMA_LAYER
         parts.append("--wgmma-kernel")
         if wgmma_layout != WGMMA_LAYOUT_DEFAULT:
             parts += ["--wgmma-layout", wgmma_layout]
+    if nan_policy is not None:
+        parts += ["--nan-policy", nan_policy]
     if stack_siblings:
         parts.append("--stack-siblings")
     if phases is not None:

@@ -317,7 +317,7 @@ def bench_model(args, csv_name: str = MODEL_CSV, report: bool = True) -> int:
                                                  slice_kernel=args.slice_kernel, wgmma_kernel=args.wgmma_kernel,
                                                  wgmma_layout=swap["wgmma_layout"], stack_siblings=args.stack_siblings,
                                                  phases=args.phases, compile=args.compile,
-                                                 kernel_times=args.kernel_times)
+                                                 kernel_times=args.kernel_times, nan_policy=args.nan_policy)
                 for name, sp in plan}
     for name in dict.fromkeys(name for name, _ in plan):  # a model left with no phase is bad input: before anything runs
         if not models.named_phases(models.PHASES[name], args.phases):

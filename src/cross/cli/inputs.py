@@ -26,7 +26,8 @@ class InputError(Exception):
 
 
 def add_swap_options(p) -> None:
-    """--force-plan, --no-measure, --decode-fallback, --slice-kernel and --wgmma-kernel: how sparsify_ decides and
+    """--force-plan, --no-measure, --decode-fallback, --slice-kernel, --wgmma-kernel, --wgmma-layout, --nan-policy
+    and --stack-siblings: how sparsify_ decides and
     what a swapped layer keeps (shared by run, compile and bench model; read back with swap_kwargs)."""
     p.add_argument("--force-plan", action="store_true",
                    help="sparsify every layer even where its plan is predicted to lose (keep_dense=False)")
@@ -45,8 +46,13 @@ def add_swap_options(p) -> None:
                    help="offer the token counts that the row kernel does not take to the warpgroup 2:4 kernel (experimental, compute "
                         "capability 9.0; measured on an H100: benchmarks/results/h100/model_auto.md): a layer runs it "
                         "where the GPU finds its result right and times it faster than cuBLAS. Plans with "
-                        "nan_policy='ignore' (the kernel multiplies only the stored slots) "
-                        "(make_plan(wgmma_kernel=True, nan_policy='ignore'))")
+                        "nan_policy='ignore' unless --nan-policy says otherwise (the kernel multiplies only the "
+                        "stored slots) (make_plan(wgmma_kernel=True, nan_policy='ignore'))")
+    p.add_argument("--nan-policy", choices=("propagate", "ignore"), default=None,
+                   help="propagate: Inf and NaN inputs reach the outputs as in the dense product; ignore: empty "
+                        "tiles are skipped, and the warpgroup 2:4 kernel multiplies only its stored slots "
+                        "(make_plan(nan_policy=...); default: ignore with --wgmma-kernel, else propagate; "
+                        "--slice-kernel needs propagate)")
     p.add_argument("--wgmma-layout", choices=WGMMA_LAYOUTS, default=None,
                    help="with --wgmma-kernel, the 2:4 format's layout: slots (two per group and the overflow's "
                         "words), compressed (only the nonzero words, found by each thread's masks: fewer bytes) "
@@ -63,8 +69,12 @@ def swap_kwargs(args) -> dict:
     if args.force_plan and args.decode_fallback:
         raise InputError("--force-plan and --decode-fallback: expected one of them (a forced plan never falls back)")
     if args.slice_kernel and args.wgmma_kernel:
-        raise InputError("--slice-kernel and --wgmma-kernel: expected one of them (their plans take different NaN "
-                         "policies)")
+        raise InputError("--slice-kernel and --wgmma-kernel: expected one of them (both take the token counts the "
+                         "row kernel does not)")
+    policy = getattr(args, "nan_policy", None) or ("ignore" if args.wgmma_kernel else "propagate")
+    if args.slice_kernel and policy != "propagate":
+        raise InputError("--slice-kernel and --nan-policy ignore: expected --nan-policy propagate (the slice "
+                         "kernel's plans take it)")
     if args.wgmma_layout is not None and not args.wgmma_kernel:
         raise InputError(f"--wgmma-layout {args.wgmma_layout}: expected --wgmma-kernel too (the layout is the "
                          "warpgroup 2:4 kernel's)")
@@ -72,7 +82,7 @@ def swap_kwargs(args) -> dict:
     return {"keep_dense": keep, "measure": False if args.no_measure else "auto",
             "slice_kernel": bool(args.slice_kernel), "wgmma_kernel": bool(args.wgmma_kernel),
             "wgmma_layout": args.wgmma_layout or WGMMA_LAYOUT_DEFAULT,
-            "nan_policy": "ignore" if args.wgmma_kernel else "propagate", "stack_siblings": bool(args.stack_siblings)}
+            "nan_policy": policy, "stack_siblings": bool(args.stack_siblings)}
 
 
 def parse_tile(text: str, plan: bool = False) -> tuple[int, int]:

@@ -243,7 +243,7 @@ def _sparsify_line(swap: dict, device) -> str:
         timed = "yes (each predicted win timed against cuBLAS)"
     offered = "; slice kernel offered" if swap["slice_kernel"] else ""
     if swap["wgmma_kernel"]:
-        offered += f"; warpgroup 2:4 kernel offered ({swap['wgmma_layout']} layout, nan_policy='ignore')"
+        offered += f"; warpgroup 2:4 kernel offered ({swap['wgmma_layout']} layout, nan_policy='{swap['nan_policy']}')"
     if swap.get("stack_siblings"):
         offered += "; siblings stacked (q, k, v and gate, up as one layer each)"
     return f"keep_dense={keep}; measured check: {timed}{offered}"
