@@ -37,8 +37,8 @@
 // Non-finite inputs: only the stored slots are multiplied (a kept zero beside a lone nonzero is one,
 // and so are the overflow operand's zeros, which sit where the 2:4 part's nonzeros may be: 0 x Inf where
 // the dense product has w x Inf), so where X holds Inf or NaN the mmas' sums are not the dense product's.
-// PROPAGATE=1 makes them so: each thread ORs a test of its share of every unit's X in shared memory (a
-// few instructions a unit); where a block's vote at the end of an output finds an Inf or NaN, every
+// PROPAGATE=1 makes them so: each thread folds its share of every unit's X in shared memory into the
+// largest magnitudes it has seen (stage_max: one instruction a word, NaN kept); where a block's vote at the end of an output finds an Inf or NaN, every
 // token with one in the block's chunks of the output gets, in place of its accumulators, the sum of that
 // part's non-finite terms as the dense product has them (w x Inf an Inf of the product's sign, 0 x Inf and
 // anything x NaN a NaN, Inf and NaN weights too), recomputed from the records and X's rows in global
@@ -506,17 +506,28 @@ __device__ __forceinline__ u32 nonfinite_bits(u32 w) {
     return (u - 0x00010001u) & ~u & 0x80008000u;
 }
 
-// nonzero where this thread's share of a stage's X part (16 bytes a thread and round) holds an Inf or NaN
-__device__ __forceinline__ u32 stage_nonfinite(const unsigned char* xs, int tid) {
-    u32 bad = 0;
+// the largest magnitudes of acc's and w's 16-bit values, half by half, NaN where either is one (one
+// instruction, max.NaN.xorsign.abs: the signs are not kept meaningfully, the exponents are)
+__device__ __forceinline__ u32 max_magnitude(u32 acc, u32 w) {
+#if IS_BF16
+    asm("max.NaN.xorsign.abs.bf16x2 %0, %0, %1;\n" : "+r"(acc) : "r"(w));
+#else
+    asm("max.NaN.xorsign.abs.f16x2 %0, %0, %1;\n" : "+r"(acc) : "r"(w));
+#endif
+    return acc;
+}
+
+// `seen` with this thread's share of a stage's X part (16 bytes a round) folded in by max_magnitude: an Inf or
+// a NaN there leaves every exponent bit of a half set (nonfinite_bits)
+__device__ __forceinline__ u32 stage_max(const unsigned char* xs, int tid, u32 seen) {
 #pragma unroll
     for (int j = 0; j < (X_BYTES / 16 + THREADS - 1) / THREADS; ++j) {
         const int p = tid + j * THREADS;
         if (X_BYTES / 16 % THREADS && p >= X_BYTES / 16) break;
         const uint4 v = reinterpret_cast<const uint4*>(xs)[p];
-        bad |= nonfinite_bits(v.x) | nonfinite_bits(v.y) | nonfinite_bits(v.z) | nonfinite_bits(v.w);
+        seen = max_magnitude(max_magnitude(max_magnitude(max_magnitude(seen, v.x), v.y), v.z), v.w);
     }
-    return bad;
+    return seen;
 }
 
 // the non-finite part of the term w x x of two 16-bit values: bit 0 a NaN (either a NaN, or 0 x Inf), bit 1 +Inf,
@@ -857,7 +868,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
         asm volatile("cp.async.commit_group;\n" ::: "memory");
     }
 #if PROPAGATE
-    u32 bad = 0;  // this thread's share of X held an Inf or a NaN in the current output's units
+    u32 seen = 0;  // the largest magnitudes of this thread's share of X in the current output's units (stage_max)
 #endif
     // A_SMEM: units in pairs, h = 0, 1 of a pair unrolled, so that each unit's metadata has its own
     // registers (meta[h]), read by its mmas until they are waited for in the next unit
@@ -995,7 +1006,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
             refill();  // while the mmas run: off the chain from the barrier to the mmas
 #endif
 #if PROPAGATE
-            bad |= stage_nonfinite(stage + X_OFF, tid);
+            seen = stage_max(stage + X_OFF, tid, seen);
 #endif
             asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
 #pragma unroll
@@ -1012,10 +1023,10 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
 #if PROPAGATE
                 // the block's vote, made warp-uniform for ptxas by __any_sync (the same value: without it the
                 // loop's addresses leave the uniform registers, +28 instructions a unit at 16 tokens)
-                if (__any_sync(0xffffffffu, __syncthreads_or(bad != 0)))  // the block's units of uo: its first (or uo's) to uc
+                if (__any_sync(0xffffffffu, __syncthreads_or(nonfinite_bits(seen) != 0)))  // the block's units of uo: its first (or uo's) to uc
                     propagate_inputs(acc, recs + (size_t)(uo / tiles) * chunks * W_BYTES, x, (int)(max(u0, first) - first),
                                      uc + 1, (int)(uo % tiles) * NTOK, n_tok, k, ldx, tid);
-                bad = 0;
+                seen = 0;
 #endif
                 const u32 jf = block_of(first, units, gridDim.x), jl = block_of(first + chunks - 1, units, gridDim.x);
 #if END_RED
@@ -1149,7 +1160,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
     return;
 #endif
 #if PROPAGATE
-    if (__any_sync(0xffffffffu, __syncthreads_or(bad != 0)))  // (warp-uniform for ptxas, as in STREAM's)
+    if (__any_sync(0xffffffffu, __syncthreads_or(nonfinite_bits(seen) != 0)))  // (warp-uniform for ptxas, as in STREAM's)
         propagate_inputs(acc, recs + (size_t)(cluster / tiles) * chunks * W_BYTES, x, part * chunks / SPLIT,
                          (part + 1) * chunks / SPLIT, (cluster % tiles) * NTOK, n_tok, k, ldx, tid);
 #endif
