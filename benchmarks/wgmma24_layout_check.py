@@ -4,7 +4,8 @@ nibble or B descriptor shows as a pattern (which rows, which columns), not only 
 
 A 64 x 64 2:4 weight of small integers (exact in bf16) runs in one block of one warpgroup; where
 Y^T differs from W it prints corners and the wrong rows and columns, then tries the descriptor's
-byte offsets swapped (-DB_LBO=512 -DB_SBO=128 through CROSS_CUDA_DEFINES). Then a weight of 1-4
+byte offsets swapped (-DB_LBO=512 -DB_SBO=128 through CROSS_CUDA_DEFINES, with X by every thread's
+copies, -DXTMA=0: the no-swizzle layout those offsets describe). Then a weight of 1-4
 nonzeros per group (the overflow's second mma) in both layouts. Then random weights and
 inputs at each block size (16, 32, 64, 128 tokens, several token tiles), splits of K and overflow,
 in both layouts (slots, and the compressed one), against the fp64 product, outputs poisoned with NaN.
@@ -22,7 +23,7 @@ from cross.kernels import cuda_backend
 from cross.kernels.launch import wgmma24_matmul
 from cross.pack.wgmma24 import Wgmma24Weight
 
-SWAPPED = "-DB_LBO=512 -DB_SBO=128"
+SWAPPED = "-DXTMA=0 -DB_LBO=512 -DB_SBO=128"
 
 
 def _small_integers(per_group: int, seed: int) -> torch.Tensor:
