@@ -52,8 +52,8 @@ def build_with(defines: str, per_sm: int | None = None) -> None:
     registers, so more of its blocks fit, and a STREAM launch sized by that would have more blocks than
     the full build's: pinned, the ablations run the full launch's grid."""
     os.environ[cuda_backend.DEFINES_ENV] = f"{BASE} {defines}".strip()
-    cuda_backend._wgmma24_kernel = BUILD
-    cuda_backend.wgmma24_defines_changed()  # (an XTMA build's launches pass X's tensor map)
+    cuda_backend._wgmma24_kernel = BUILD  # the cached builder back in place (a pinned lambda has no cache), then
+    cuda_backend.wgmma24_defines_changed()  # its builds and the flags (XTMA: whether launches pass X's map) forgotten
     cuda_backend._wgmma24_kernel = BUILD if per_sm is None else (lambda *a: BUILD(*a)[:2] + (per_sm,))
 
 
