@@ -11,6 +11,7 @@ m-tiles, splits of K (clusters, and STREAM: the same bits twice, counters back t
 """
 
 import contextlib
+import inspect
 import os
 
 import pytest
@@ -667,8 +668,9 @@ def test_gpu_wgmma24_stream_reduce(m, k, n, reduce_tokens, sized, rng, monkeypat
     _needs_sm90()
     monkeypatch.delenv(cuda_backend.REDUCE_ENV, raising=False)
     monkeypatch.setattr(cuda_backend, "REDUCE_MAX_TOKENS", reduce_tokens)
-    builds, build = [], cuda_backend._wgmma24_kernel  # which build each launch takes (its last argument: END_RED)
-    monkeypatch.setattr(cuda_backend, "_wgmma24_kernel", lambda *a: builds.append(a[-1]) or build(*a))
+    builds, build = [], cuda_backend._wgmma24_kernel  # which build each launch takes (END_RED: its `reduce`)
+    reduce_at = list(inspect.signature(build).parameters).index("reduce")
+    monkeypatch.setattr(cuda_backend, "_wgmma24_kernel", lambda *a: builds.append(a[reduce_at]) or build(*a))
     w = _unstructured(m, k, 0.3, rng).cuda()
     args = wgmma24_args(Wgmma24Weight.from_dense(w, compressed=True, sized=sized), 0)
     area = cuda_backend.reduce_area(torch.cuda.current_device())
