@@ -351,8 +351,10 @@ def test_run_offering_the_slice_kernel(tiny_bert_dir, capsys):
 def test_run_offering_the_wgmma_kernel(tiny_bert_dir, capsys):
     """--wgmma-kernel is taken with nan_policy 'ignore' and the report says so, in the auto layout
     unless --wgmma-layout names one (on the CPU the model is fp32, which the kernel does not take: its
-    plans are test_wgmma24_runtime's); --wgmma-layout without --wgmma-kernel is refused, whichever
-    layout it names."""
+    plans are test_wgmma24_runtime's). By default (no flag: offered where the measured check runs on a
+    compute capability 9.0 GPU) the CPU run does not offer it, --wgmma-layout is taken then, and refused
+    with --no-wgmma-kernel or --slice-kernel, whichever layout it names; --wgmma-kernel with
+    --no-wgmma-kernel is refused."""
     code, out, err = run_cli(capsys, "run", tiny_bert_dir, "--text", "a sentence", "--device", "cpu", "-q",
                              "--sparsity", "0.8", "--prune", "magnitude", "--force-plan", "--wgmma-kernel")
     assert code == 0, err
@@ -364,9 +366,19 @@ def test_run_offering_the_wgmma_kernel(tiny_bert_dir, capsys):
                                  "--wgmma-layout", layout)
         assert code == 0, err
         assert f"warpgroup 2:4 kernel offered ({layout} layout, nan_policy='ignore')" in out and "PASS" in out
+    code, out, err = run_cli(capsys, "run", tiny_bert_dir, "--text", "a sentence", "--device", "cpu", "-q",
+                             "--sparsity", "0.8", "--prune", "magnitude", "--force-plan", "--wgmma-layout", "slots")
+    assert code == 0, err
+    assert "warpgroup 2:4 kernel" not in out and "PASS" in out
     for layout in ("compressed", "slots", "auto"):
-        code, out, err = run_cli(capsys, "run", tiny_bert_dir, "--device", "cpu", "-q", "--wgmma-layout", layout)
-        assert code == 2 and "expected --wgmma-kernel too" in err
+        for other in ("--no-wgmma-kernel", "--slice-kernel"):
+            code, out, err = run_cli(capsys, "run", tiny_bert_dir, "--device", "cpu", "-q", "--wgmma-layout", layout,
+                                     other)
+            assert code == 2 and "expected the warpgroup 2:4 kernel offered (the layout is its format's), not " \
+                + other in err
+    code, out, err = run_cli(capsys, "run", tiny_bert_dir, "--device", "cpu", "-q", "--wgmma-kernel",
+                             "--no-wgmma-kernel")
+    assert code == 2 and "--wgmma-kernel and --no-wgmma-kernel: expected one of them" in err
 
 
 def test_run_nan_policy(tiny_bert_dir, capsys):
@@ -384,6 +396,8 @@ def test_run_nan_policy(tiny_bert_dir, capsys):
     assert code == 2 and "expected --nan-policy propagate" in err
     assert "--wgmma-kernel --nan-policy propagate" in model_command("llama", 0.7, wgmma_kernel=True, nan_policy="propagate")
     assert "--nan-policy" not in model_command("llama", 0.7, wgmma_kernel=True)
+    assert "wgmma-kernel" not in model_command("llama", 0.7)  # the default, 'auto'
+    assert "--no-wgmma-kernel" in model_command("llama", 0.7, wgmma_kernel=False)
 
 
 def test_run_without_the_measured_check(tiny_bert_dir, tmp_path, capsys):

@@ -41,6 +41,37 @@ def test_off_by_default():
     assert all(b.kernel != "wgmma24" for b in plan.buckets) and plan.provenance["options"]["wgmma_kernel"] is False
 
 
+def test_offered_by_default_where_the_measured_check_times_it(monkeypatch):
+    """from_dense's and sparsify_'s wgmma_kernel='auto' (the default): True exactly where the measured check
+    runs on a compute capability 9.0 GPU and the slice kernel is not asked for; True and False stay; other
+    values are refused. On the CPU a layer is planned without it."""
+    from cross.nn.linear import WGMMA_KERNEL, wgmma_options
+
+    capability = [(9, 0)]
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability[0])
+    gpu, cpu = torch.device("cuda", 0), torch.device("cpu")
+    decide = lambda device, measure="auto", keep="auto", **o: wgmma_options(o, device, measure, keep)["wgmma_kernel"]
+    assert WGMMA_KERNEL == ("auto", True, False)
+    assert decide(gpu) is True and decide(gpu, wgmma_kernel="auto") is True and decide(gpu, keep="decode") is True
+    assert decide(gpu, measure=True) is True
+    assert decide(cpu) is False and decide(cpu, measure=False) is False
+    assert decide(gpu, measure=False) is False and decide(gpu, keep=False) is False  # untimed: only fallbacks
+    assert decide(gpu, slice_kernel=True) is False
+    capability[0] = (10, 0)
+    assert decide(gpu) is False and decide(gpu, wgmma_kernel=True) is True
+    assert decide(cpu, wgmma_kernel=True) is True and decide(gpu, wgmma_kernel=False) is False
+    options = {"wgmma_layout": "slots", "nan_policy": "ignore"}
+    assert wgmma_options(options, cpu, "auto", "auto") == {**options, "wgmma_kernel": False}
+    for bad in ("on", 1, None):
+        with pytest.raises(ValueError, match="wgmma_kernel: expected one of"):
+            wgmma_options({"wgmma_kernel": bad}, cpu, "auto", "auto")
+    layer = cross.SparseLinear.from_dense(linear_of(pruned(1024, 512, 0.9)))  # on the CPU
+    assert layer.plan.provenance["options"]["wgmma_kernel"] is False
+    model = torch.nn.Sequential(linear_of(pruned(1024, 512, 0.9)))
+    with pytest.raises(ValueError, match="0: wgmma_kernel: expected one of"):  # sparsify_ plans through it too
+        cross.sparsify_(model, wgmma_kernel="on", progress=False)
+
+
 @pytest.mark.parametrize("shape, sparsity", [((1024, 512), 0.9), ((11008, 4096), 0.9), ((11008, 4096), 0.7)])
 def test_candidates_are_the_tile_kernels_buckets(shape, sparsity):
     w = pruned(*shape, sparsity)
@@ -267,7 +298,7 @@ def test_bench_methods():
 
     m = parse_method("cross+wgmma24")
     assert m.family == "cross" and m.wgmma_kernel and not m.slice_kernel
-    assert not parse_method("cross").wgmma_kernel
+    assert parse_method("cross").wgmma_kernel == "auto" and parse_method("cross").wgmma_layout == WGMMA_LAYOUT_DEFAULT
     assert parse_method("cross-wgmma24").family == "wgmma24"
     assert "9.0" in unavailable(parse_method("cross-wgmma24"), 64, 64, None)
     assert "9.0" in unavailable(parse_method("cross-wgmma24"), 64, 64, (10, 0))

@@ -1,8 +1,10 @@
 """The ways to compute Y[N, M] = X[N, K] @ W^T that `cross bench kernels` compares.
 
     dense                       torch.matmul(x, w.T): cuBLAS, the baseline of every speed-up
-    cross                       what the runtime runs: the planned kernel, or cuBLAS where the
-                                plan of this token count falls back
+    cross                       what the runtime runs with SparseLinear.from_dense's defaults: the
+                                planned kernel, or cuBLAS where the plan of this token count falls
+                                back (on a compute capability 9.0 GPU the warpgroup 2:4 kernel is
+                                offered under nan_policy "propagate", in the auto layout)
     cross-<backend>-<kinds>     the plan kernel forced, tiles restricted to kinds (bitmap, dense,
                                 hybrid) on backend cuda or triton, e.g. cross-cuda-bitmap
     cross+slices                what the runtime runs when the planner may offer buckets of up to 16
@@ -44,6 +46,7 @@ from typing import NamedTuple
 
 import torch
 
+from ..partition.planner import WGMMA_LAYOUT_DEFAULT
 from ..tiling import TileKind
 from .report import FALLBACK_NOTE
 from .timing import reason
@@ -67,7 +70,8 @@ class Method:
     kinds: tuple[TileKind, ...] | None = None  # None: the planner's choice, as the runtime runs it
     block: int = 0
     slice_kernel: bool = False  # cross: the planner may offer buckets to the slice kernel
-    wgmma_kernel: bool = False  # cross: the planner may offer buckets to the warpgroup 2:4 kernel
+    wgmma_kernel: bool | str = False  # cross: the planner may offer buckets to the warpgroup 2:4 kernel ('auto':
+    # where the measured check times them, as SparseLinear.from_dense's default)
     wgmma_layout: str = "slots"  # cross, wgmma24: the 2:4 format's layout (make_plan's wgmma_layout)
 
     def applies(self, sparsity: float) -> bool:
@@ -82,8 +86,8 @@ def parse_method(name: str) -> Method:
                 f"triton-bsr-<block: a power of two >= 16> or sparse-2:4, got {name!r}")
     if name == "dense":
         return Method(name, "dense")
-    if name == "cross":
-        return Method(name, "cross")
+    if name == "cross":  # the runtime's defaults
+        return Method(name, "cross", wgmma_kernel="auto", wgmma_layout=WGMMA_LAYOUT_DEFAULT)
     if name == "cusparse-csr":
         return Method(name, "csr")
     if name == "cross+slices":
@@ -226,14 +230,17 @@ def _prepare_cross(method: Method, w, tile, cost_model, n_programs):
     from ..pack.rows import rows_reference
     from ..pack.slices import slices_reference
     from ..pack.wgmma24 import wgmma24_reference
+    from ..nn.linear import wgmma_options
     from ..partition import make_plan
 
-    # a forced tile method runs the tile kernel at every token count; the 2:4 kernel's candidates need
-    # nan_policy 'ignore' (it multiplies only the stored slots)
+    # a forced tile method runs the tile kernel at every token count; the cross+wgmma24 methods plan with
+    # nan_policy 'ignore' (the kernel then multiplies only the stored slots), as they were first measured;
+    # cross, as SparseLinear.from_dense's defaults plan (nan_policy 'propagate', wgmma_kernel 'auto')
     options = ({"row_kernel": False, "allowed_kinds": method.kinds} if method.kinds is not None
-               else {"slice_kernel": method.slice_kernel, "wgmma_kernel": method.wgmma_kernel,
-                     "wgmma_layout": method.wgmma_layout,
-                     "nan_policy": "ignore" if method.wgmma_kernel else "propagate"})
+               else wgmma_options({"slice_kernel": method.slice_kernel, "wgmma_kernel": method.wgmma_kernel,
+                                   "wgmma_layout": method.wgmma_layout,
+                                   "nan_policy": "ignore" if method.wgmma_kernel is True else "propagate"},
+                                  w.device, "auto", "auto"))
     packed = pack(w, make_plan(w, tile_shape=tile, cost_model=cost_model, n_programs=n_programs, **options))
     if method.kinds is None and w.is_cuda:  # what the runtime runs: predicted wins checked on the GPU
         from ..runtime import measure_weight

@@ -162,12 +162,13 @@ def minilm(sparsity: float, model_dir: Path | None = None, device: str = "cuda")
 
 def model_command(name: str, sparsity: float, *, llama_layers: int = LLAMA_LAYERS, force_plan: bool = False,
                   cost_model: Path | None = None, minilm_dir: Path | None = None, no_measure: bool = False,
-                  decode_fallback: bool = False, slice_kernel: bool = False, wgmma_kernel: bool = False,
+                  decode_fallback: bool = False, slice_kernel: bool = False, wgmma_kernel="auto",
                   wgmma_layout: str = WGMMA_LAYOUT_DEFAULT, stack_siblings: bool = False, phases=None,
                   compile: bool = False, kernel_times: bool = False, nan_policy: str | None = None) -> str:
     """The command that measures one model at one sparsity again, into a folder of its own
-    (kernels.ROW_OUT), so that it does not replace the grid's results; --wgmma-layout only where it is
-    not the default, --nan-policy only where it was given."""
+    (kernels.ROW_OUT), so that it does not replace the grid's results; --wgmma-kernel or
+    --no-wgmma-kernel where ``wgmma_kernel`` is True or False ('auto': neither), --wgmma-layout only
+    where it is not the default, --nan-policy only where it was given."""
     parts = ["cross", "bench", "model", "--models", name, "--sparsities", f"{sparsity:g}"]
     if name == "llama" and llama_layers != LLAMA_LAYERS:
         parts += ["--llama-layers", str(llama_layers)]
@@ -181,8 +182,10 @@ def model_command(name: str, sparsity: float, *, llama_layers: int = LLAMA_LAYER
         parts.append("--decode-fallback")
     if slice_kernel:
         parts.append("--slice-kernel")
-    if wgmma_kernel:
-        parts.append("--wgmma-kernel")
+    if wgmma_kernel is False:
+        parts.append("--no-wgmma-kernel")
+    else:
+        parts += ["--wgmma-kernel"] * (wgmma_kernel is True)
         if wgmma_layout != WGMMA_LAYOUT_DEFAULT:
             parts += ["--wgmma-layout", wgmma_layout]
     if nan_policy is not None:
@@ -210,7 +213,7 @@ DISCARDED_TIMINGS = 4
 
 
 def run_workload(wl: Workload, sparsity: float, *, command: str = "", cost_model=None, keep_dense="auto",
-                 measure="auto", slice_kernel: bool = False, wgmma_kernel: bool = False,
+                 measure="auto", slice_kernel: bool = False, wgmma_kernel="auto",
                  wgmma_layout: str = WGMMA_LAYOUT_DEFAULT,
                  nan_policy: str = "propagate", stack_siblings: bool = False, compile: bool = False,
                  timer: Callable = measure_us, progress: bool = False,

@@ -314,7 +314,7 @@ def bench_model(args, csv_name: str = MODEL_CSV, report: bool = True) -> int:
     commands = {(name, sp): models.model_command(name, sp, llama_layers=args.llama_layers, force_plan=args.force_plan,
                                                  cost_model=args.cost_model, minilm_dir=args.minilm_dir,
                                                  no_measure=args.no_measure, decode_fallback=args.decode_fallback,
-                                                 slice_kernel=args.slice_kernel, wgmma_kernel=args.wgmma_kernel,
+                                                 slice_kernel=args.slice_kernel, wgmma_kernel=swap["wgmma_kernel"],
                                                  wgmma_layout=swap["wgmma_layout"], stack_siblings=args.stack_siblings,
                                                  phases=args.phases, compile=args.compile,
                                                  kernel_times=args.kernel_times, nan_policy=args.nan_policy)

@@ -43,21 +43,24 @@ def add_swap_options(p) -> None:
                         "(experimental, sm_90+): a layer runs it where the GPU times it faster than cuBLAS "
                         "(make_plan(slice_kernel=True))")
     p.add_argument("--wgmma-kernel", action="store_true",
-                   help="offer the token counts that the row kernel does not take to the warpgroup 2:4 kernel (experimental, compute "
-                        "capability 9.0; measured on an H100: benchmarks/results/h100/model_auto.md): a layer runs it "
-                        "where the GPU finds its result right and times it faster than cuBLAS. Plans with "
-                        "nan_policy='ignore' unless --nan-policy says otherwise (the kernel multiplies only the "
-                        "stored slots) (make_plan(wgmma_kernel=True, nan_policy='ignore'))")
+                   help="offer the token counts that the row kernel does not take to the warpgroup 2:4 kernel even "
+                        "where the measured check does not time it, planned with nan_policy='ignore' unless "
+                        "--nan-policy says otherwise (make_plan(wgmma_kernel=True)). Default: offered, under the "
+                        "default nan_policy, where the measured check runs on a compute capability 9.0 GPU (the "
+                        "kernel's; measured on an H100: benchmarks/results/h100/wgmma24_propagate/), a layer "
+                        "running it where the GPU times it faster than cuBLAS (sparsify_(wgmma_kernel='auto'))")
+    p.add_argument("--no-wgmma-kernel", action="store_true",
+                   help="never offer the warpgroup 2:4 kernel (sparsify_(wgmma_kernel=False))")
     p.add_argument("--nan-policy", choices=("propagate", "ignore"), default=None,
                    help="propagate: Inf and NaN inputs reach the outputs as in the dense product; ignore: empty "
                         "tiles are skipped, and the warpgroup 2:4 kernel multiplies only its stored slots "
                         "(make_plan(nan_policy=...); default: ignore with --wgmma-kernel, else propagate; "
                         "--slice-kernel needs propagate)")
     p.add_argument("--wgmma-layout", choices=WGMMA_LAYOUTS, default=None,
-                   help="with --wgmma-kernel, the 2:4 format's layout: slots (two per group and the overflow's "
-                        "words), compressed (only the nonzero words, found by each thread's masks: fewer bytes) "
-                        "or auto (both timed by the measured check, the faster kept per layer; slots where the "
-                        f"check does not run) (make_plan(wgmma_layout=...); default {WGMMA_LAYOUT_DEFAULT})")
+                   help="where the warpgroup 2:4 kernel is offered, its format's layout: slots (two per group and "
+                        "the overflow's words), compressed (only the nonzero words, found by each thread's masks: "
+                        "fewer bytes) or auto (both timed by the measured check, the faster kept per layer; slots "
+                        f"where the check does not run) (make_plan(wgmma_layout=...); default {WGMMA_LAYOUT_DEFAULT})")
     p.add_argument("--stack-siblings", action="store_true",
                    help="stack the layers that read the same input (q, k, v; gate, up) into one layer before "
                         "planning: one launch instead of three or two (sparsify_(stack_siblings=True))")
@@ -71,16 +74,19 @@ def swap_kwargs(args) -> dict:
     if args.slice_kernel and args.wgmma_kernel:
         raise InputError("--slice-kernel and --wgmma-kernel: expected one of them (both take the token counts the "
                          "row kernel does not)")
+    if args.wgmma_kernel and args.no_wgmma_kernel:
+        raise InputError("--wgmma-kernel and --no-wgmma-kernel: expected one of them")
     policy = getattr(args, "nan_policy", None) or ("ignore" if args.wgmma_kernel else "propagate")
     if args.slice_kernel and policy != "propagate":
         raise InputError("--slice-kernel and --nan-policy ignore: expected --nan-policy propagate (the slice "
                          "kernel's plans take it)")
-    if args.wgmma_layout is not None and not args.wgmma_kernel:
-        raise InputError(f"--wgmma-layout {args.wgmma_layout}: expected --wgmma-kernel too (the layout is the "
-                         "warpgroup 2:4 kernel's)")
+    if args.wgmma_layout is not None and (args.no_wgmma_kernel or args.slice_kernel):
+        raise InputError(f"--wgmma-layout {args.wgmma_layout}: expected the warpgroup 2:4 kernel offered (the layout "
+                         f"is its format's), not {'--no-wgmma-kernel' if args.no_wgmma_kernel else '--slice-kernel'}")
     keep = False if args.force_plan else "decode" if args.decode_fallback else "auto"
     return {"keep_dense": keep, "measure": False if args.no_measure else "auto",
-            "slice_kernel": bool(args.slice_kernel), "wgmma_kernel": bool(args.wgmma_kernel),
+            "slice_kernel": bool(args.slice_kernel),
+            "wgmma_kernel": True if args.wgmma_kernel else False if args.no_wgmma_kernel else "auto",
             "wgmma_layout": args.wgmma_layout or WGMMA_LAYOUT_DEFAULT,
             "nan_policy": policy, "stack_siblings": bool(args.stack_siblings)}
 

@@ -232,6 +232,8 @@ def _sparsify_options(p) -> None:
 def _sparsify_line(swap: dict, device) -> str:
     """What decided the layers (``swap``: sparsify_'s keep_dense, measure, slice_kernel and
     wgmma_kernel), in words."""
+    from ..nn.linear import wgmma_options
+
     keep = {False: "False (plans forced)", "decode": "'decode'"}.get(swap["keep_dense"], "auto")
     if device.type != "cuda":
         timed = "no (CPU: the cost model's predictions decide)"
@@ -242,7 +244,7 @@ def _sparsify_line(swap: dict, device) -> str:
     else:
         timed = "yes (each predicted win timed against cuBLAS)"
     offered = "; slice kernel offered" if swap["slice_kernel"] else ""
-    if swap["wgmma_kernel"]:
+    if wgmma_options(swap, device, swap["measure"], swap["keep_dense"])["wgmma_kernel"]:
         offered += f"; warpgroup 2:4 kernel offered ({swap['wgmma_layout']} layout, nan_policy='{swap['nan_policy']}')"
     if swap.get("stack_siblings"):
         offered += "; siblings stacked (q, k, v and gate, up as one layer each)"

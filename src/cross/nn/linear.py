@@ -30,6 +30,12 @@ from ..tiling import TileKind
 
 KEEP_DENSE = ("auto", True, False, "decode")
 MEASURE = ("auto", True, False)
+#: from_dense's and sparsify_'s ``wgmma_kernel``: 'auto' (the default) offers buckets to the warpgroup 2:4
+#: kernel where the measured check will time its candidates (``wgmma_options``); True or False: as given
+#: to make_plan. Measured on the H100 (benchmarks/results/h100/wgmma24_propagate/): the Llama-2-7B-shaped
+#: decoder at 70%, siblings stacked, decodes at batch 16 at 1.25x with it against 1.13x without, and at
+#: batch 1 and 8 as fast as without.
+WGMMA_KERNEL = ("auto", True, False)
 #: The casts a SparseLinear takes (``.half()``, ``.to(torch.bfloat16)``, ...): between these dtypes its
 #: plan's choices hold (the same bytes, the same kernels)
 CASTS = {torch.float16, torch.bfloat16}
@@ -118,6 +124,20 @@ def plan_facts(plan: Plan) -> dict:
 def measures(measure, device: torch.device, keep_dense) -> bool:
     """Whether from_dense times the plan on the GPU (the measured check) with these arguments."""
     return measure is True or (measure == "auto" and device.type == "cuda" and keep_dense is not False)
+
+
+def wgmma_options(plan_options: dict, device: torch.device, measure, keep_dense) -> dict:
+    """``plan_options`` (make_plan's) with ``wgmma_kernel`` decided for a weight on ``device``: 'auto' (or
+    absent) is True where the measured check runs (``measures``) on a compute capability 9.0 GPU (the
+    kernel's sm_90a build; untimed, its candidates would only fall back) and slice_kernel is not asked
+    for, else False; True and False stay."""
+    choice = plan_options.get("wgmma_kernel", "auto")
+    if not (isinstance(choice, bool) or choice == "auto"):
+        raise ValueError(f"wgmma_kernel: expected one of {WGMMA_KERNEL}, got {choice!r}")
+    if choice == "auto":
+        choice = (not plan_options.get("slice_kernel", False) and measures(measure, device, keep_dense)
+                  and device.type == "cuda" and torch.cuda.get_device_capability(device) == (9, 0))
+    return {**plan_options, "wgmma_kernel": bool(choice)}
 
 
 def _bucket_runs(bucket, kernel: str, falls_back: bool) -> bool:
@@ -221,8 +241,11 @@ class SparseLinear(nn.Module):
         """Plan, pack and wrap ``linear``'s weight (a dense tensor with zeros), on its device.
 
         cost_model, tile_shape, buckets (None: DEFAULT_BUCKETS), nan_policy, balance, unit_mode and
-        ``plan_options`` (allowed_kinds, swing_band, n_programs) go to ``make_plan``; they are
-        unused when ``plan`` (a Plan made for a weight of this shape and dtype) is given.
+        ``plan_options`` (allowed_kinds, swing_band, n_programs, row_kernel, slice_kernel,
+        wgmma_kernel, wgmma_layout) go to ``make_plan``; they are unused when ``plan`` (a Plan made
+        for a weight of this shape and dtype) is given. wgmma_kernel: 'auto' (the default) offers
+        buckets to the warpgroup 2:4 kernel where the measured check times them on a compute
+        capability 9.0 GPU, under either nan_policy (``wgmma_options``); True or False: as given.
         keep_dense: 'auto' keeps a dense copy iff some bucket falls back to dense; True keeps it
         always; False never (every bucket then runs its plan, predicted win or not); 'decode'
         never, and the buckets that fall back decode the packed weight to a dense temporary on
@@ -244,6 +267,7 @@ class SparseLinear(nn.Module):
         weight = check_values(check_weight(linear.weight.detach(), name="linear.weight"), name="linear.weight")
         check_measure(measure, weight.device)
         if plan is None:
+            plan_options = wgmma_options(plan_options, weight.device, measure, keep_dense)
             plan = plan_linear(weight, cost_model=cost_model, tile_shape=tile_shape, buckets=buckets,
                                nan_policy=nan_policy, balance=balance, unit_mode=unit_mode, **plan_options)
         else:

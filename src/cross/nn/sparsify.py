@@ -23,7 +23,8 @@ from ..partition import DEFAULT_BUCKETS
 from ..partition.plan import KERNEL_NAMES, bucket_name
 from ..partition.planner import check_buckets, design_tokens, is_near_win
 from ..runtime import ReferencePathWarning
-from .linear import KEEP_DENSE, SparseLinear, bucket_facts, check_measure, measures, plan_facts, plan_linear
+from .linear import (KEEP_DENSE, SparseLinear, bucket_facts, check_measure, measures, plan_facts, plan_linear,
+                     wgmma_options)
 from .parallel import SPLIT_POLICIES, ShardedLinear, tensor_parallel_
 from .stack import _holders, stack_siblings_
 
@@ -340,7 +341,9 @@ def sparsify_(model: nn.Module, filter_fn=None, *, min_sparsity: float = 0.0, to
               **from_dense_kwargs) -> SparsifyReport:
     """Replace, in place, every ``nn.Linear`` of ``model`` (exact type: subclasses such as
     MultiheadAttention's out_proj or quantized linears keep their own semantics and are left alone)
-    by ``SparseLinear.from_dense(linear, **from_dense_kwargs)``.
+    by ``SparseLinear.from_dense(linear, **from_dense_kwargs)`` (its defaults: on a GPU the measured check
+    keeps a bucket's fastest kernel only where it beats cuBLAS; on a compute capability 9.0 GPU the
+    buckets of at most 16 tokens are offered to the warpgroup 2:4 kernel too).
 
     filter_fn(module, fqn) -> bool: torchao's signature (module first, fully qualified name second);
         a layer it rejects is skipped.
@@ -438,7 +441,8 @@ def sparsify_(model: nn.Module, filter_fn=None, *, min_sparsity: float = 0.0, to
             continue
         try:
             check_measure(measure, linear.weight.device)
-            plan = plan_linear(linear.weight, **from_dense_kwargs)
+            plan = plan_linear(linear.weight, **wgmma_options(from_dense_kwargs, linear.weight.device, measure,
+                                                              keep_dense))
         except (TypeError, ValueError) as e:
             raise type(e)(f"{fqn}: {e}") from e
         # a near win counts where the measured check will time it

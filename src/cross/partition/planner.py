@@ -64,8 +64,10 @@ WGMMA_LAYOUTS = ("slots", "compressed", "auto")
 #: 90% decoded at batch 16 at 1.23x with it against 1.16x in the compressed layout alone, each shape
 #: in the layout the kernel grid had timed faster (benchmarks/results/h100/model_auto.md)
 WGMMA_LAYOUT_DEFAULT = "auto"
-#: Whether make_plan offers buckets to the warpgroup 2:4 kernel by default (``wgmma_kernel``): off
-#: until it is measured correct and faster on a GPU (docs/perf-notes.md).
+#: Whether make_plan offers buckets to the warpgroup 2:4 kernel by default (``wgmma_kernel``): off, as
+#: its candidates have no cost model and fall back until a GPU times them; SparseLinear.from_dense and
+#: sparsify_ offer them by default where the measured check will time them (``wgmma_kernel='auto'``,
+#: nn/linear.py WGMMA_KERNEL).
 WGMMA_KERNEL_DEFAULT = False
 BALANCE_MODES = ("none", "intra", "full")
 UNIT_MODES = ("split", "mixed")
@@ -254,7 +256,9 @@ def make_plan(weight: torch.Tensor | None = None, *, nnz: np.ndarray | None = No
              capability 9.0 GPU. With nan_policy 'propagate' its build checks X for Inf and NaN in
              every unit (a few instructions) and recomputes a part whose X has one, so that they reach
              the outputs as in the dense product; with 'ignore' only the stored slots' products do.
-             Not with slice_kernel (a ValueError). Off by default (WGMMA_KERNEL_DEFAULT).
+             Not with slice_kernel (a ValueError). Off by default here (WGMMA_KERNEL_DEFAULT); on by
+             default in SparseLinear.from_dense and sparsify_ where the measured check runs on a
+             compute capability 9.0 GPU (their wgmma_kernel='auto').
     wgmma_layout: the warpgroup 2:4 format's layout, 'slots' (two slots per group and the overflow's
              words) or 'compressed' (only the nonzero words, found by each thread's masks: fewer
              bytes, more instructions per chunk); its bytes decide whether a weight is offered; or
