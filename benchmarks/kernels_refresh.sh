@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The kernel grid (kernels.csv: benchmarks/kernels.py on the three Llama-2-7B shapes at 50 / 70 / 90% and
 # 1-2048 tokens: cross, the runtime's defaults, with the warpgroup 2:4 kernel offered under nan_policy
-# "propagate" on compute capability 9.0; cross+wgmma24 and cross+wgmma24c, offered under "ignore") and Figure 1's cross rows
-# (kernels_fig1.csv: the committed file less its `cross` rows, measured again by --resume, each against
+# "propagate" on compute capability 9.0; cross+wgmma24 and cross+wgmma24c, offered under "ignore") and
+# Figure 1's cross rows (kernels_fig1.csv: the committed file less its `cross` rows, measured again by --resume, each against
 # cuBLAS in the same run; the peers' rows are kept) in one device call (under ~580 s on the H100). The
 # DLMC archives travel as .carry/dlmc (carry it). Figure 1's folder comes back as fig1.tgz.
 # Usage (repository root, on the GPU machine): OUT=<dir> bash benchmarks/kernels_refresh.sh
