@@ -7,6 +7,8 @@
 #   now the runtime's defaults (the warpgroup 2:4 kernel offered under nan_policy "propagate" on compute
 #   capability 9.0), cross+wgmma24c the kernel under "ignore" as the last grid had it (kernels.csv, then
 #   benchmarks/report_kernels.py for kernels.png and kernels_table.md);
+# - fp16_tests: the kernel's fp16 builds (IS_BF16=0), with and without PROPAGATE, never run on a GPU before,
+#   and the runtime's non-finite test in bf16 and fp16;
 # - memcheck, racecheck: the PROPAGATE build (now on the default path) under compute-sanitizer: its kernel
 #   tests (clusters and STREAM, both layouts, an Inf and a NaN weight, the rare path taken) and the runtime's;
 #   racecheck (shared memory) on the 16-token cases.
@@ -14,11 +16,12 @@
 source "$(dirname "$0")/steps.sh"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/device.txt"
 step launch_floor 45 python3 benchmarks/launch_floor.py --out "$OUT/launch_floor.csv"
-step grid 330 python3 benchmarks/kernels.py --shapes llama-qkvo,llama-up,llama-down --sparsities 0.5,0.7,0.9 \
-    --ns 1,8,16,128,2048 --methods dense,cross,cross+wgmma24c --cost-model $CM --out "$OUT/grid"
 T="python3 -m pytest -q -p no:cacheprovider -m gpu"
-step memcheck 120 compute-sanitizer --tool memcheck --report-api-errors no $T tests/test_wgmma24.py \
+step fp16_tests 60 $T tests/test_wgmma24.py tests/test_wgmma24_runtime.py -k "fp16 or propagates_nonfinite"
+step grid 300 python3 benchmarks/kernels.py --shapes llama-qkvo,llama-up,llama-down --sparsities 0.5,0.7,0.9 \
+    --ns 1,8,16,128,2048 --methods dense,cross,cross+wgmma24c --cost-model $CM --out "$OUT/grid"
+step memcheck 100 compute-sanitizer --tool memcheck --report-api-errors no $T tests/test_wgmma24.py \
     tests/test_wgmma24_runtime.py -k propagate
 step racecheck 60 compute-sanitizer --tool racecheck --kernel-name kns=wgmma24 --report-api-errors no \
     $T tests/test_wgmma24.py -k "propagate and 700-2056-16"
-grep -h "SUMMARY\|passed\|failed" "$OUT"/memcheck.txt "$OUT"/racecheck.txt
+grep -h "SUMMARY\|passed\|failed" "$OUT"/fp16_tests.txt "$OUT"/memcheck.txt "$OUT"/racecheck.txt

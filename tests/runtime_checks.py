@@ -133,11 +133,11 @@ def check_wrong_kernel_refused(monkeypatch, w, kernel, fmt, name, **options):
     assert getattr(sl.packed, fmt) is None and sl.dense_kept
 
 
-def nonfinite_inputs(n, k, gen):
-    """X [n, k] (bf16, finite, no zeros) with Inf and NaN put in: token 0 +Inf in column 3, token 1 -Inf in
+def nonfinite_inputs(n, k, gen, dtype=torch.bfloat16):
+    """X [n, k] (``dtype``, finite, no zeros) with Inf and NaN put in: token 0 +Inf in column 3, token 1 -Inf in
     columns 5 and k - 1, token 2 +Inf in column 7 and -Inf in column 70 % k, token 3 a NaN in column 11,
     the last token +Inf in column 13; the other tokens finite."""
-    x = torch.randn(n, k, generator=gen).to(torch.bfloat16)
+    x = torch.randn(n, k, generator=gen).to(dtype)
     x = torch.where(x == 0, torch.ones_like(x), x)
     inf, nan = float("inf"), float("nan")
     for t, c, v in ((0, 3, inf), (1, 5, -inf), (1, k - 1, -inf), (2, 7, inf), (2, 70 % k, -inf), (3, 11, nan),
@@ -148,8 +148,8 @@ def nonfinite_inputs(n, k, gen):
 
 
 def assert_dense_nonfinite(y, ref):
-    """y (the kernel's, bf16) has exactly ref's NaNs and Infs (with their signs), and its finite values are
-    ref's to bf16's rounding (ref: the dense product in fp32, computed on the CPU)."""
+    """y (the kernel's, bf16 or fp16) has exactly ref's NaNs and Infs (with their signs), and its finite values
+    are ref's to bf16's rounding (ref: the dense product in fp32, computed on the CPU)."""
     got = y.float().cpu()
     assert torch.equal(torch.isnan(got), torch.isnan(ref)), f"{int((torch.isnan(got) != torch.isnan(ref)).sum())} NaNs differ"
     inf = torch.isinf(ref)

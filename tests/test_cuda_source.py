@@ -159,7 +159,7 @@ def test_wgmma24_xtma_builds_compile(ntok, split, compressed, tmp_path):
 
     kernels = resources.files("cross.kernels")
     common = [NVCC, "-arch=sm_90a", "-std=c++17", f"-I{kernels}",
-              *wgmma24_defines(True, 2, 2, split, 1024 if compressed else 64, ntok, compressed, compressed),
+              *wgmma24_defines(is_bf16, 2, 2, split, 1024 if compressed else 64, ntok, compressed, compressed),
               "-DXTMA=1", str(kernels.joinpath("wgmma24.cu"))]
     out = subprocess.run([*common[:3], "-cubin", "-Xptxas", "-v", "-o", str(tmp_path / "k.cubin"), *common[3:]],
                          capture_output=True, text=True)
@@ -254,16 +254,18 @@ def test_wgmma24_end_fence_build(tmp_path):
     assert refused.returncode != 0 and "needs END_RED=1" in refused.stderr
 
 
-@pytest.mark.parametrize("split,compressed,ntok", [(2, False, 16), (2, False, 128), (0, True, 16), (0, False, 64)])
-def test_wgmma24_propagate_builds_compile(split, compressed, ntok, tmp_path):
+@pytest.mark.parametrize("split,compressed,ntok,is_bf16", [(2, False, 16, True), (2, False, 128, True), (0, True, 16, True),
+                                                           (0, False, 64, True), (0, True, 16, False), (2, False, 16, False)])
+def test_wgmma24_propagate_builds_compile(split, compressed, ntok, is_bf16, tmp_path):
     """PROPAGATE=1 (non-finite inputs as in the dense product: a vote on X's part of every unit, the rare
     path's sums from global memory) assembles with the launcher's defines (XTMA), STREAM's END_RED ones
-    too, its PTX holding the block's vote (bar.red.or); with XPRE it is refused."""
+    too, bf16 and fp16, its PTX holding the block's vote (bar.red.or) and X folded in the dtype's own
+    max.NaN.xorsign.abs; with XPRE it is refused."""
     from cross.kernels.cuda_backend import wgmma24_defines
 
     kernels = resources.files("cross.kernels")
     common = [NVCC, "-arch=sm_90a", "-std=c++17", f"-I{kernels}",
-              *wgmma24_defines(True, 2, 2, split, 1024 if compressed else 64, ntok, compressed, compressed),
+              *wgmma24_defines(is_bf16, 2, 2, split, 1024 if compressed else 64, ntok, compressed, compressed),
               *(["-DEND_RED=1"] if split == 0 and ntok <= 64 else []), "-DPROPAGATE=1",
               str(kernels.joinpath("wgmma24.cu"))]
     out = subprocess.run([*common[:3], "-cubin", "-o", str(tmp_path / "k.cubin"), *common[3:]], capture_output=True,
@@ -271,7 +273,9 @@ def test_wgmma24_propagate_builds_compile(split, compressed, ntok, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     ptx = subprocess.run([*common[:3], "-ptx", "-o", str(tmp_path / "k.ptx"), *common[3:]], capture_output=True,
                          text=True)
-    assert ptx.returncode == 0 and "bar.red.or.pred" in (tmp_path / "k.ptx").read_text()
+    text = (tmp_path / "k.ptx").read_text()
+    assert ptx.returncode == 0 and "bar.red.or.pred" in text
+    assert f"max.NaN.xorsign.abs.{'bf16x2' if is_bf16 else 'f16x2'}" in text
     refused = subprocess.run([*common[:3], "-cubin", "-o", str(tmp_path / "k.cubin"), *common[3:-1], "-DXTMA=0",
                               "-DXPRE=1", common[-1]], capture_output=True, text=True)
     assert refused.returncode != 0 and "XPRE and A_SMEM must be 0" in refused.stderr

@@ -793,6 +793,35 @@ def test_gpu_wgmma24_x_at_an_odd_offset(rng):
 @pytest.mark.gpu
 @pytest.mark.parametrize("compressed", [False, True])
 @pytest.mark.parametrize("split", [2, 0])
+@pytest.mark.parametrize("m,k,n", [(700, 2056, 16), (2752, 4096, 40)])
+def test_gpu_wgmma24_fp16(m, k, n, split, compressed, rng, monkeypatch):
+    """fp16 weights and X (the IS_BF16=0 builds): the product against fp32 with the output poisoned, then
+    under propagate=True Inf and NaN inputs as in the dense product (an Inf and a NaN weight too), by
+    clusters and STREAM, both layouts, eager and replayed in a CUDA graph, fresh X each time."""
+    from cross.kernels.launch import wgmma24_args, wgmma24_run
+
+    _needs_sm90()
+    w = _unstructured(m, k, 0.3, rng, torch.float16)
+    with _built_with(monkeypatch, ""):
+        weight = Wgmma24Weight.from_dense(w.cuda(), compressed=compressed)
+        x = torch.empty(n, k, dtype=torch.float16, device="cuda")
+        y = torch.empty(n, m, dtype=torch.float16, device="cuda")
+        b = torch.randn(m, generator=rng).to(torch.float16).cuda()
+
+        def fresh():
+            x.copy_(torch.randn(n, k, generator=rng).to(torch.float16))
+            y.fill_(float("nan"))
+
+        args = wgmma24_args(weight, split)
+        _eager_and_replayed(lambda: wgmma24_run(x, args, b, y), fresh, lambda: _check(y, x, w.cuda(), b) < 2e-2, 2)
+        w[5, 7], w[9, 12] = float("inf"), float("nan")  # stored nonzeros
+        args = wgmma24_args(Wgmma24Weight.from_dense(w.cuda(), compressed=compressed), split, propagate=True)
+        _check_nonfinite(lambda: wgmma24_run(x, args, b, y), x, y, w, b, rng)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("compressed", [False, True])
+@pytest.mark.parametrize("split", [2, 0])
 @pytest.mark.parametrize("m,k,n", [(700, 2056, 16), (700, 2056, 128), (300, 520, 301), (2752, 4096, 40)])
 def test_gpu_wgmma24_propagate(m, k, n, split, compressed, rng, monkeypatch):
     """propagate=True (the PROPAGATE build): Inf and NaN inputs give exactly the dense
@@ -806,20 +835,26 @@ def test_gpu_wgmma24_propagate(m, k, n, split, compressed, rng, monkeypatch):
     w[5, 7], w[9, 12] = float("inf"), float("nan")  # stored nonzeros
     with _built_with(monkeypatch, ""):
         args = wgmma24_args(Wgmma24Weight.from_dense(w.cuda(), compressed=compressed), split, propagate=True)
-        b = torch.randn(m, generator=rng).to(torch.bfloat16)
-        bd = b.cuda()
+        b = torch.randn(m, generator=rng).to(torch.bfloat16).cuda()
         x = torch.empty(n, k, dtype=torch.bfloat16, device="cuda")
         y = torch.empty(n, m, dtype=torch.bfloat16, device="cuda")
-        refs = []
+        _check_nonfinite(lambda: wgmma24_run(x, args, b, y), x, y, w, b, rng)
 
-        def fresh():
-            xh = nonfinite_inputs(n, k, rng)
-            refs.append(dense_terms(xh, w) + b.float())
-            x.copy_(xh)
-            y.fill_(float("nan"))
 
-        def ok():
-            assert_dense_nonfinite(y, refs[-1])
-            return True
+def _check_nonfinite(run, x, y, w, b, rng):
+    """``run()`` (a PROPAGATE launch of X ``x`` into ``y``, bias ``b``) on X with Inf and NaN in x's dtype
+    (nonfinite_inputs) against the dense product's terms summed on the CPU (``w``: the weight there),
+    eagerly and replayed in a CUDA graph, fresh X each time."""
+    refs = []
 
-        _eager_and_replayed(lambda: wgmma24_run(x, args, bd, y), fresh, ok, 2)
+    def fresh():
+        xh = nonfinite_inputs(x.shape[0], x.shape[1], rng, x.dtype)
+        refs.append(dense_terms(xh, w) + b.float().cpu())
+        x.copy_(xh)
+        y.fill_(float("nan"))
+
+    def ok():
+        assert_dense_nonfinite(y, refs[-1])
+        return True
+
+    _eager_and_replayed(run, fresh, ok, 2)

@@ -357,13 +357,15 @@ def test_gpu_runtime_runs_the_kernel(shape, sparsity, rng):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not SM90, reason="needs a compute capability 9.0 GPU")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("layout", ["slots", "compressed"])
-def test_gpu_runtime_propagates_nonfinite_inputs(layout, rng):
+def test_gpu_runtime_propagates_nonfinite_inputs(layout, dtype, rng):
     """With nan_policy 'propagate' (the default) a layer whose buckets run the kernel gives Inf and NaN
-    inputs the dense product's NaN and Inf, eagerly and in a CUDA graph; finite tokens as before."""
+    inputs the dense product's NaN and Inf, eagerly and in a CUDA graph; finite tokens as before; bf16
+    and fp16."""
     from cross.kernels.launch import Wgmma24Args
 
-    w = pruned(1000, 512, 0.7, seed=int(torch.randint(1 << 30, (1,), generator=rng))).cuda()
+    w = pruned(1000, 512, 0.7, seed=int(torch.randint(1 << 30, (1,), generator=rng))).to(dtype).cuda()
     lin = linear_of(w)
     offered = make_plan(w, wgmma_kernel=True, wgmma_layout=layout)
     plan = offered.with_buckets(replace(b, kernel="wgmma24", alternatives=()) if "wgmma24" in b.alternatives else b
@@ -374,15 +376,15 @@ def test_gpu_runtime_propagates_nonfinite_inputs(layout, rng):
     wc, bias = w.cpu(), lin.bias.detach().float().cpu()
     with torch.no_grad():
         for n in sorted({sl.plan.buckets[i].n_min for i in runs} | {min(top(sl.plan.buckets[runs[-1]]), 300)}):
-            x = nonfinite_inputs(n, 512, rng)
+            x = nonfinite_inputs(n, 512, rng, dtype)
             assert_dense_nonfinite(sl(x.cuda()), dense_terms(x, wc) + bias)
         first = sl.plan.buckets[runs[0]]
         n = min(max(first.n_min, 16), top(first))
-        static = torch.empty(n, 512, dtype=torch.bfloat16, device="cuda")
+        static = torch.empty(n, 512, dtype=dtype, device="cuda")
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             out = sl(static)
-        x = nonfinite_inputs(n, 512, rng)
+        x = nonfinite_inputs(n, 512, rng, dtype)
         static.copy_(x)
         out.fill_(0.0)
         graph.replay()
