@@ -381,6 +381,26 @@ def test_run_offering_the_wgmma_kernel(tiny_bert_dir, capsys):
     assert code == 2 and "--wgmma-kernel and --no-wgmma-kernel: expected one of them" in err
 
 
+def test_sparsify_line_says_where_the_wgmma_kernel_is_offered(monkeypatch):
+    """The run's line of what decided the layers names the warpgroup 2:4 kernel where the default
+    ('auto') offers it: a compute capability 9.0 GPU with the measured check on."""
+    import torch
+
+    from cross.cli.main import _sparsify_line
+
+    capability = [(9, 0)]
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability[0])
+    swap = {"keep_dense": "auto", "measure": "auto", "slice_kernel": False, "wgmma_kernel": "auto",
+            "wgmma_layout": "auto", "nan_policy": "propagate"}
+    gpu = torch.device("cuda", 0)
+    assert "warpgroup 2:4 kernel offered (auto layout, nan_policy='propagate')" in _sparsify_line(swap, gpu)
+    assert "warpgroup" not in _sparsify_line(swap, torch.device("cpu"))
+    assert "warpgroup" not in _sparsify_line({**swap, "measure": False}, gpu)
+    assert "warpgroup" not in _sparsify_line({**swap, "wgmma_kernel": False}, gpu)
+    capability[0] = (8, 0)
+    assert "warpgroup" not in _sparsify_line(swap, gpu)
+
+
 def test_run_nan_policy(tiny_bert_dir, capsys):
     """--nan-policy propagate with --wgmma-kernel plans it with the dense product's NaN and Inf (the report
     says so); --slice-kernel with --nan-policy ignore is refused; bench model's commands carry the flag."""

@@ -226,11 +226,11 @@ def prepare(method: Method, w: torch.Tensor, *, tile=(64, 64), cost_model=None, 
 def _prepare_cross(method: Method, w, tile, cost_model, n_programs):
     from ..kernels.launch import (kernel_args, launch, row_eligible, row_kernel_args, row_launch, slice_eligible,
                                   slice_kernel_args, slice_run, wgmma24_eligible, wgmma24_kernel_args, wgmma24_run)
+    from ..nn.linear import wgmma_options
     from ..pack import pack
     from ..pack.rows import rows_reference
     from ..pack.slices import slices_reference
     from ..pack.wgmma24 import wgmma24_reference
-    from ..nn.linear import wgmma_options
     from ..partition import make_plan
 
     # a forced tile method runs the tile kernel at every token count; the cross+wgmma24 methods plan with
