@@ -50,7 +50,10 @@ def test_offered_by_default_where_the_measured_check_times_it(monkeypatch):
     capability = [(9, 0)]
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability[0])
     gpu, cpu = torch.device("cuda", 0), torch.device("cpu")
-    decide = lambda device, measure="auto", keep="auto", **o: wgmma_options(o, device, measure, keep)["wgmma_kernel"]
+
+    def decide(device, measure="auto", keep="auto", **options):
+        return wgmma_options(options, device, measure, keep)["wgmma_kernel"]
+
     assert WGMMA_KERNEL == ("auto", True, False)
     assert decide(gpu) is True and decide(gpu, wgmma_kernel="auto") is True and decide(gpu, keep="decode") is True
     assert decide(gpu, measure=True) is True
