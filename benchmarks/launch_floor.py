@@ -2,14 +2,15 @@
 replayed, L2 flushed by a 256 MB read before each replay, median between CUDA events): an empty
 kernel at one block, at the warpgroup 2:4 kernel's STREAM grid (two 256-thread blocks an SM) with no
 dynamic shared memory and with as much as that kernel's 16-token builds ask for, with the preferred
-shared-memory carveout left to the driver and set to the largest; each alone in its graph and as two
-launches in one graph (the second launch's cost: the first's minus what the graph itself costs);
+shared-memory carveout left to the driver and set to the largest, the STREAM grid also launched
+cooperatively (as the kernel's STREAM launches are); each alone in its graph and as two
+launches in one graph (the difference: what a second launch adds inside a graph);
 then cuBLAS at 1 and 16 tokens on the Llama-2-7B shapes, in the same run.
 
 The warpgroup 2:4 kernel's "launch only" build (benchmarks/wgmma24_floor.py, -DABLATE=4) measured
 5.2-5.6 us at 16 tokens, a quarter of the launch at 90%. Whether that is the graph's own cost (which
-cuBLAS pays too), the grid's blocks, or the shared memory's carveout changed after the flush (the flush
-reads through L1 with none) is what the rows split:
+cuBLAS pays too), the grid's blocks, or the shared memory's carveout changed after the flush (a
+reduction asking for little shared memory) is what the rows split:
 
     PYTHONPATH=src python benchmarks/launch_floor.py [--out launch_floor.csv]
 """
@@ -32,9 +33,9 @@ from cross.bench.weights import ALL_SHAPES  # noqa: E402
 
 SOURCE = b'extern "C" __global__ void empty(int) {}\n'  # one argument: launched as every kernel is
 THREADS = 256
-#: dynamic shared memory of the empty launches, bytes: none, and the most an SM's two blocks can hold (the
+#: dynamic shared memory of the empty launches, bytes: none, and about the most an SM's two blocks can hold (the
 #: warpgroup 2:4 kernel's 16-token STREAM builds ask for nearly that: pack/wgmma24.smem_bytes)
-SMEM = (0, 113 * 1024)
+SMEM = (0, 112 * 1024)
 #: CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT: -1 the driver's choice, 100 the largest shared part
 CARVEOUTS = (-1, 100)
 
@@ -53,14 +54,14 @@ def empty_kernel(smem: int, carveout: int):
     return func
 
 
-def launcher(func, grid: int, smem: int, launches: int):
+def launcher(func, grid: int, smem: int, launches: int, cooperative: bool = False):
     from cross.kernels import cuda_backend
 
     none = cuda_backend.Pointers((), True)
 
     def run():
         for _ in range(launches):
-            cuda_backend._launch(func, grid, THREADS, smem, none, (0,))
+            cuda_backend._launch(func, grid, THREADS, smem, none, (0,), cooperative=cooperative)
     return run
 
 
@@ -85,9 +86,10 @@ def main(argv=None):
     for smem in SMEM:
         for carveout in CARVEOUTS:
             func = empty_kernel(smem, carveout)
-            for grid in (1, 2 * sms):
-                record("empty kernel", grid, smem, carveout, graph_us(launcher(func, grid, smem, 1)),
-                       graph_us(launcher(func, grid, smem, 2)))
+            for grid, cooperative in ((1, False), (2 * sms, False), (2 * sms, True)):
+                record("empty kernel" + ", cooperative" * cooperative, grid, smem, carveout,
+                       graph_us(launcher(func, grid, smem, 1, cooperative)),
+                       graph_us(launcher(func, grid, smem, 2, cooperative)))
     gen = torch.Generator().manual_seed(0)
     for shape in opts.shapes.split(","):
         m, k = ALL_SHAPES[shape]

@@ -14,12 +14,14 @@ launch_floor = load_benchmark("launch_floor")
 
 def test_launches_as_the_kernels_are(monkeypatch):
     calls = []
-    monkeypatch.setattr(cuda_backend, "_launch", lambda func, grid, threads, smem, ptrs, ints:
-                        calls.append((func, grid, threads, smem, ptrs.values, ints)))
-    run = launch_floor.launcher("function", 264, 113 * 1024, 2)
+    monkeypatch.setattr(cuda_backend, "_launch", lambda func, grid, threads, smem, ptrs, ints, cooperative:
+                        calls.append((func, grid, threads, smem, ptrs.values, ints, cooperative)))
+    run = launch_floor.launcher("function", 264, 112 * 1024, 2)
     assert not calls
     run()
-    assert calls == [("function", 264, 256, 113 * 1024, (), (0,))] * 2
+    assert calls == [("function", 264, 256, 112 * 1024, (), (0,), False)] * 2
+    launch_floor.launcher("function", 264, 0, 1, cooperative=True)()
+    assert calls[-1] == ("function", 264, 256, 0, (), (0,), True)
     assert b"void empty(int)" in launch_floor.SOURCE and max(launch_floor.SMEM) * 2 <= 227 * 1024
 
 
