@@ -159,7 +159,7 @@ def test_wgmma24_xtma_builds_compile(ntok, split, compressed, tmp_path):
 
     kernels = resources.files("cross.kernels")
     common = [NVCC, "-arch=sm_90a", "-std=c++17", f"-I{kernels}",
-              *wgmma24_defines(is_bf16, 2, 2, split, 1024 if compressed else 64, ntok, compressed, compressed),
+              *wgmma24_defines(True, 2, 2, split, 1024 if compressed else 64, ntok, compressed, compressed),
               "-DXTMA=1", str(kernels.joinpath("wgmma24.cu"))]
     out = subprocess.run([*common[:3], "-cubin", "-Xptxas", "-v", "-o", str(tmp_path / "k.cubin"), *common[3:]],
                          capture_output=True, text=True)
