@@ -517,15 +517,25 @@ __device__ __forceinline__ u32 max_magnitude(u32 acc, u32 w) {
     return acc;
 }
 
-// `seen` with this thread's share of a stage's X part (16 bytes a round) folded in by max_magnitude: an Inf or
-// a NaN there leaves every exponent bit of a half set (nonfinite_bits)
+// bytes a thread folds a round in stage_max: 16, or 8 where X's part is smaller than 16 bytes a thread (16
+// tokens over 256 threads: every thread takes a share, with no predicate, rather than half of them twice as
+// much: each instruction there is issued by every warp, predicated off or not)
+#define X_FOLD (X_BYTES / 16 >= THREADS ? 16 : 8)
+
+// `seen` with this thread's share of a stage's X part (X_FOLD bytes a round) folded in by max_magnitude: an
+// Inf or a NaN there leaves every exponent bit of a half set (nonfinite_bits)
 __device__ __forceinline__ u32 stage_max(const unsigned char* xs, int tid, u32 seen) {
 #pragma unroll
-    for (int j = 0; j < (X_BYTES / 16 + THREADS - 1) / THREADS; ++j) {
+    for (int j = 0; j < (X_BYTES / X_FOLD + THREADS - 1) / THREADS; ++j) {
         const int p = tid + j * THREADS;
-        if (X_BYTES / 16 % THREADS && p >= X_BYTES / 16) break;
+        if (X_BYTES / X_FOLD % THREADS && p >= X_BYTES / X_FOLD) break;
+#if X_FOLD == 16
         const uint4 v = reinterpret_cast<const uint4*>(xs)[p];
         seen = max_magnitude(max_magnitude(max_magnitude(max_magnitude(seen, v.x), v.y), v.z), v.w);
+#else
+        const uint2 v = reinterpret_cast<const uint2*>(xs)[p];
+        seen = max_magnitude(max_magnitude(seen, v.x), v.y);
+#endif
     }
     return seen;
 }
@@ -558,9 +568,10 @@ __device__ __forceinline__ float kind_sum(u32 kind) {
 // from the records' registers and X's rows read again from global memory. A row's 64 columns of a chunk are
 // its quad's: lane q holds groups q and q + 4 of each k-step (its A registers, the metadata from the lanes
 // that hold it), so every lane takes each token in turn and the quad ORs its terms' kinds. Called by every
-// thread of the block (the warps' votes and shuffles); rare and slow
-__device__ __forceinline__ u32 nonfinite_sums(float* sums, const unsigned char* recs, const u16* x, int c0, int c1,
-                                              int tok0, int n_tok, int k, int ldx, int tid) {
+// thread of the block (the warps' votes and shuffles); rare and slow. Not inlined: inlined, its registers
+// pushed the loop's unit indices out of the uniform registers (+5 instructions a unit at 16 tokens)
+__device__ __noinline__ u32 nonfinite_sums(float* sums, const unsigned char* recs, const u16* x, int c0, int c1,
+                                           int tok0, int n_tok, int k, int ldx, int tid) {
     const int lane = tid & 31, wg = tid >> 7, tw = tid & 127, q = lane & 3;
     u32 tokens[(NTOK + 31) / 32];  // bit tt % 32 of word tt / 32: token tok0 + tt has an Inf or a NaN there
     u32 hit = 0;
@@ -783,9 +794,9 @@ __device__ __forceinline__ void sum_share(const float* ws, u16* y, const u16* bi
 #endif
 
 #ifndef MIN_BLOCKS
-// blocks per SM the registers must allow (__launch_bounds__): PROPAGATE's rare path (nonfinite_sums) would
-// take all 255 otherwise, and up to 32 tokens the loop's registers allow two blocks (at most 128 each; the
-// builds without PROPAGATE take 76-96 there, up to 181 at 64 tokens)
+// blocks per SM the registers must allow (__launch_bounds__): PROPAGATE's builds would take ~200 otherwise (202
+// at 16 tokens, compressed, STREAM), and up to 32 tokens the loop's registers allow two blocks (at most 128 each;
+// the builds without PROPAGATE take 76-96 there, up to 181 at 64 tokens)
 #define MIN_BLOCKS (PROPAGATE && NTOK <= 32 ? 2 : 1)
 #endif
 extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
