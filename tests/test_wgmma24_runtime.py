@@ -475,23 +475,38 @@ def test_auto_offers_where_either_layout_fits_and_packs_slots_until_measured():
         make_plan(w, **{**IGNORE, "wgmma_layout": "best"})
 
 
-def test_auto_is_the_default_layout_and_stays_in_slots_without_the_measured_check():
-    """make_plan, sparsify_ and from_dense take 'auto' unless a layout is named; where the measured check
-    does not run (measure=False, or on the CPU) the layer keeps the slots layout it was packed in, and
-    its product is the weight's."""
-    assert WGMMA_LAYOUT_DEFAULT == "auto"
+def test_compressed_is_the_default_layout():
+    """make_plan, sparsify_ and from_dense take the compressed layout unless one is named (the same
+    buckets offered as by 'auto', whose contest chose it for every layer measured); the product is the
+    weight's."""
+    assert WGMMA_LAYOUT_DEFAULT == "compressed"
     w = pruned(1024, 512, 0.9)
     plan = make_plan(w, **IGNORE)
-    assert plan.provenance["options"]["wgmma_layout"] == "auto"
+    assert plan.provenance["options"]["wgmma_layout"] == "compressed"
     assert [b.kernel for b in plan.buckets] == [b.kernel for b in make_plan(w, **AUTO).buckets]
     lin = linear_of(w)
+    sl = cross.SparseLinear.from_dense(lin, keep_dense=False, measure=False, **IGNORE)
+    assert sl.plan.provenance["options"]["wgmma_layout"] == "compressed" and sl.packed.wgmma24.compressed
+    model = torch.nn.Sequential(linear_of(w))
+    report = cross.sparsify_(model, keep_dense=False, measure=False, progress=False, **IGNORE)
+    assert report.layers["0"].summary["wgmma_layout"] == "compressed" and model[0].packed.wgmma24.compressed
+    x = torch.randn(16, 512, generator=torch.Generator().manual_seed(4)).to(torch.bfloat16)
+    with torch.no_grad():
+        check_product(x, w, lin.bias, model[0](x))
+
+
+def test_auto_stays_in_slots_without_the_measured_check():
+    """With 'auto', where the measured check does not run (measure=False, or on the CPU) the layer keeps
+    the slots layout it was packed in, and its product is the weight's."""
+    w = pruned(1024, 512, 0.9)
+    lin = linear_of(w)
     for measure in (False, "auto"):  # "auto" does not time on the CPU
-        sl = cross.SparseLinear.from_dense(lin, keep_dense=False, measure=measure, **IGNORE)
+        sl = cross.SparseLinear.from_dense(lin, keep_dense=False, measure=measure, **AUTO)
         assert sl.plan.provenance["options"]["wgmma_layout"] == "auto"
         assert sl.packed.wgmma24 is not None and not sl.packed.wgmma24.compressed
         assert "measured" not in sl.plan.provenance
     model = torch.nn.Sequential(linear_of(w))
-    report = cross.sparsify_(model, keep_dense=False, measure=False, progress=False, **IGNORE)
+    report = cross.sparsify_(model, keep_dense=False, measure=False, progress=False, **AUTO)
     assert report.layers["0"].summary["wgmma_layout"] == "auto" and not model[0].packed.wgmma24.compressed
     x = torch.randn(16, 512, generator=torch.Generator().manual_seed(4)).to(torch.bfloat16)
     with torch.no_grad():
@@ -596,13 +611,13 @@ def test_a_plan_not_auto_times_one_layout(monkeypatch):
 
 
 def test_a_plan_without_the_kernel_has_no_layouts_contest(monkeypatch):
-    """With the default layout ('auto') a plan that offers no bucket to the warpgroup 2:4 kernel (the
-    kernel off, as by default) is timed once and keeps no layout in the result: it holds no 2:4 format."""
+    """With the layout 'auto' a plan that offers no bucket to the warpgroup 2:4 kernel (the kernel off, as
+    by default) is timed once and keeps no layout in the result: it holds no 2:4 format."""
     import cross.costmodel.profile as profile
     from cross.runtime import measure as measure_mod
 
     w = pruned(1024, 512, 0.9).to(torch.bfloat16)
-    packed = pack(w, make_plan(w))
+    packed = pack(w, make_plan(w, wgmma_layout="auto"))
     assert packed.plan.provenance["options"]["wgmma_layout"] == "auto" and packed.wgmma24 is None
     monkeypatch.setattr(measure_mod, "gpu_kernel_args", lambda packed, i, cache: "kernel arguments")
     monkeypatch.setattr(measure_mod, "_capable", lambda kernel, device: True)

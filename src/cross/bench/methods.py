@@ -4,7 +4,7 @@
     cross                       what the runtime runs with SparseLinear.from_dense's defaults: the
                                 planned kernel, or cuBLAS where the plan of this token count falls
                                 back (on a compute capability 9.0 GPU the warpgroup 2:4 kernel is
-                                offered under nan_policy "propagate", in the auto layout)
+                                offered under nan_policy "propagate", in the compressed layout)
     cross-<backend>-<kinds>     the plan kernel forced, tiles restricted to kinds (bitmap, dense,
                                 hybrid) on backend cuda or triton, e.g. cross-cuda-bitmap
     cross+slices                what the runtime runs when the planner may offer buckets of up to 16
@@ -18,7 +18,7 @@
     cross+wgmma24c              the same with the 2:4 format's compressed layout
                                 (make_plan(..., wgmma_layout="compressed"))
     cross+wgmma24a              the same with either layout, the faster as the measured check
-                                timed both (make_plan(..., wgmma_layout="auto"): the default)
+                                timed both (make_plan(..., wgmma_layout="auto"))
     cross-rows                  the row kernel forced (kernels/row_gemv.cu, one launch per pass
                                 of up to 8 tokens; GPU only, K % 8 == 0, K <= 16384)
     cross-slices                the slice kernel forced (kernels/slice_mma.cu, one launch per pass

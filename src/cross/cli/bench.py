@@ -121,7 +121,7 @@ def add_kernel_options(p: argparse.ArgumentParser, **defaults) -> None:
                         "nan_policy='ignore', wgmma_layout='slots')), "
                         "cross+wgmma24c (the same in the compressed layout, wgmma_layout='compressed'), "
                         "cross+wgmma24a (either layout, the faster as the measured check timed both, "
-                        "wgmma_layout='auto': make_plan's default), "
+                        "wgmma_layout='auto'), "
                         "cross-<cuda|triton>-<bitmap|dense|hybrid> (the kernel forced), cross-rows, cross-slices, "
                         "cross-wgmma24, cross-wgmma24c (the row, slice and warpgroup 2:4 kernels forced), "
                         "cusparse-csr, "

@@ -60,10 +60,12 @@ WGMMA_MAX_BYTES = 0.75
 #: The warpgroup 2:4 format's layouts (``wgmma_layout``; pack/wgmma24.py), and 'auto': the measured
 #: check times both and keeps the faster for each weight (runtime.measure_plan)
 WGMMA_LAYOUTS = ("slots", "compressed", "auto")
-#: make_plan's ``wgmma_layout`` unless given: measured on the H100, the Llama-2-7B-shaped decoder at
-#: 90% decoded at batch 16 at 1.23x with it against 1.16x in the compressed layout alone, each shape
-#: in the layout the kernel grid had timed faster (benchmarks/results/h100/model_auto.md)
-WGMMA_LAYOUT_DEFAULT = "auto"
+#: make_plan's ``wgmma_layout`` unless given. Since STREAM's launches the compressed layout times at
+#: least as fast as slots in every cell of the H100's kernel grid (1-16 tokens, 70 / 90%), and 'auto'
+#: kept it for every layer of the Llama-2-7B-shaped decoder it planned at 70 and 90%: the same decode
+#: times (1.26x / 1.40x at batch 16) with 'compressed' alone, and sparsify_ in 95 s against 175-181 s,
+#: the slots layout neither packed nor timed (benchmarks/results/h100/defaults_grid/).
+WGMMA_LAYOUT_DEFAULT = "compressed"
 #: Whether make_plan offers buckets to the warpgroup 2:4 kernel by default (``wgmma_kernel``): off, as
 #: its candidates have no cost model and fall back until a GPU times them; SparseLinear.from_dense and
 #: sparsify_ offer them by default where the measured check will time them (``wgmma_kernel='auto'``,
@@ -260,9 +262,9 @@ def make_plan(weight: torch.Tensor | None = None, *, nnz: np.ndarray | None = No
              default in SparseLinear.from_dense and sparsify_ where the measured check runs on a
              compute capability 9.0 GPU (their wgmma_kernel='auto').
     wgmma_layout: the warpgroup 2:4 format's layout, 'slots' (two slots per group and the overflow's
-             words) or 'compressed' (only the nonzero words, found by each thread's masks: fewer
-             bytes, more instructions per chunk); its bytes decide whether a weight is offered; or
-             'auto' (the default, WGMMA_LAYOUT_DEFAULT): packed in slots, and the measured check
+             words) or 'compressed' (the default, WGMMA_LAYOUT_DEFAULT: only the nonzero words, found
+             by each thread's masks: fewer bytes, more instructions per chunk); its bytes decide
+             whether a weight is offered; or 'auto': packed in slots, and the measured check
              times the buckets it offers in both layouts and keeps the faster for the weight (the
              smaller bytes decide the offer). Where the check does not run (measure=False, on the
              CPU, keep_dense=False) 'auto' stays in slots.
