@@ -179,6 +179,9 @@
 #if PROPAGATE && (XPRE || A_SMEM)
 #error "PROPAGATE reads X's rows and the records as the launcher hands them: XPRE and A_SMEM must be 0"
 #endif
+#ifndef FOLD_EARLY
+#define FOLD_EARLY 0  // 1: PROPAGATE's fold loads its X words before the unit's mmas, folds them after (a tuning build)
+#endif
 #ifndef STAGES
 #define STAGES 6
 #endif
@@ -521,6 +524,8 @@ __device__ __forceinline__ u32 max_magnitude(u32 acc, u32 w) {
 // tokens over 256 threads: every thread takes a share, with no predicate, rather than half of them twice as
 // much: each instruction there is issued by every warp, predicated off or not)
 #define X_FOLD (X_BYTES / 16 >= THREADS ? 16 : 8)
+// FOLD_EARLY where a unit's fold is one 8-byte word a thread (16 tokens over two warpgroups); stage_max elsewhere
+#define FOLD_ONE (PROPAGATE && FOLD_EARLY && X_BYTES / 8 == THREADS)
 
 // `seen` with this thread's share of a stage's X part (X_FOLD bytes a round) folded in by max_magnitude: an
 // Inf or a NaN there leaves every exponent bit of a half set (nonfinite_bits)
@@ -981,6 +986,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
             }
 #elif !(ABLATE & 1)
             unsigned char* stage = smem + (i % STAGES) * STAGE_BYTES;
+#if FOLD_ONE
+            const uint2 xw = reinterpret_cast<const uint2*>(stage + X_OFF)[tid];
+#endif
             uint4 a[2][MT];
             u32 e[MT];
             const Record rec(stage, tid);
@@ -1016,7 +1024,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
 #if REFILL_LATE
             refill();  // while the mmas run: off the chain from the barrier to the mmas
 #endif
-#if PROPAGATE
+#if FOLD_ONE
+            seen = max_magnitude(max_magnitude(seen, xw.x), xw.y);
+#elif PROPAGATE
             seen = stage_max(stage + X_OFF, tid, seen);
 #endif
             asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
