@@ -281,22 +281,30 @@ def test_wgmma24_propagate_builds_compile(split, compressed, ntok, is_bf16, tmp_
     assert refused.returncode != 0 and "XPRE and A_SMEM must be 0" in refused.stderr
 
 
-def test_wgmma24_fold_early_build(tmp_path):
+def test_wgmma24_propagate_tuning_builds(tmp_path):
     """FOLD_EARLY=1 (a tuning build: PROPAGATE's X word loaded before the unit's mmas, folded after them)
     assembles at 16 tokens with the same folds (max.NaN.xorsign.abs) as the default PROPAGATE build and a
     different order; at 32 tokens, where a unit's fold is more than one 8-byte word a thread, it changes
-    nothing."""
+    nothing. ABLATE=128 (the end's vote without the block's barrier) keeps the folds and drops bar.red.or;
+    refused without PROPAGATE."""
     from cross.kernels.cuda_backend import wgmma24_defines
 
     kernels = resources.files("cross.kernels")
 
+    def build(ntok, *extra, propagate=("-DPROPAGATE=1",)):
+        return subprocess.run([NVCC, "-arch=sm_90a", "-std=c++17", f"-I{kernels}", "-ptx", "-o", str(tmp_path / "k.ptx"),
+                               *wgmma24_defines(True, 2, 2, 0, 1024, ntok, True, True), "-DEND_RED=1", *propagate,
+                               *extra, str(kernels.joinpath("wgmma24.cu"))], capture_output=True, text=True)
+
     def ptx(ntok, *extra):
-        out = subprocess.run([NVCC, "-arch=sm_90a", "-std=c++17", f"-I{kernels}", "-ptx", "-o", str(tmp_path / "k.ptx"),
-                              *wgmma24_defines(True, 2, 2, 0, 1024, ntok, True, True), "-DEND_RED=1", "-DPROPAGATE=1",
-                              *extra, str(kernels.joinpath("wgmma24.cu"))], capture_output=True, text=True)
+        out = build(ntok, *extra)
         assert out.returncode == 0, out.stderr[-3000:]
         return (tmp_path / "k.ptx").read_text()
 
-    plain, early = ptx(16), ptx(16, "-DFOLD_EARLY=1")
-    assert early != plain and early.count("max.NaN.xorsign.abs.bf16x2") == plain.count("max.NaN.xorsign.abs.bf16x2") > 0
+    fold = "max.NaN.xorsign.abs.bf16x2"
+    plain, early, no_barrier = ptx(16), ptx(16, "-DFOLD_EARLY=1"), ptx(16, "-DABLATE=128")
+    assert early != plain and early.count(fold) == plain.count(fold) > 0
     assert ptx(32, "-DFOLD_EARLY=1") == ptx(32)
+    assert "bar.red.or" in plain and "bar.red.or" not in no_barrier and no_barrier.count(fold) == plain.count(fold)
+    refused = build(16, "-DABLATE=128", propagate=())
+    assert refused.returncode != 0 and "needs PROPAGATE=1" in refused.stderr

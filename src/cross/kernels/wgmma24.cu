@@ -84,7 +84,8 @@
 // (STREAM: an output split across blocks is written by each from its own accumulators, as if it held
 // the output alone; clusters: each block writes its own partial sums, no staging, no cluster barrier),
 // STREAM's bit 16 the sums' loads of the slots (zeros summed and written), bit 32 their stores to Y, bit
-// 64 X's copies (the weight's alone; the stages' X is whatever they held);
+// 64 X's copies (the weight's alone; the stages' X is whatever they held), bit 128 PROPAGATE's block vote
+// (each warp's own: no barrier; X folded as before; the rare path never taken where X is finite, a hang where not);
 // the result is wrong in every ABLATE build; BLOCK_TIMES=1 (STREAM) has
 // thread 0 of block j write its start and end (%globaltimer, ns) and its SM at u64 [3 j ..] past the
 // workspace's 2 P R NTOK floats; BLOCK_TIMES=2 also the time each of its first UNIT_TIMES units is seen
@@ -94,6 +95,9 @@
 // (after the barrier after it), 3 the sums' loads and Y's stores issued
 #ifndef ABLATE
 #define ABLATE 0
+#endif
+#if (ABLATE & 128) && !PROPAGATE
+#error "ABLATE bit 128 (PROPAGATE's vote without its barrier) needs PROPAGATE=1"
 #endif
 #if (ABLATE & 2) && !(ABLATE & 1)
 #error "ABLATE bit 2 (no copies) needs bit 1 (no mmas): the registers would be read from stages never written"
@@ -1043,8 +1047,13 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
                 const u32 first = uo * chunks;
 #if PROPAGATE
                 // the block's vote, made warp-uniform for ptxas by __any_sync (the same value: without it the
-                // loop's addresses leave the uniform registers, +28 instructions a unit at 16 tokens)
-                if (__any_sync(0xffffffffu, __syncthreads_or(nonfinite_bits(seen) != 0)))  // the block's units of uo: its first (or uo's) to uc
+                // loop's addresses leave the uniform registers, +28 instructions a unit at 16 tokens); the rare
+                // path over the block's units of uo: its first (or uo's) to uc
+#if ABLATE & 128
+                if (__any_sync(0xffffffffu, nonfinite_bits(seen) != 0))
+#else
+                if (__any_sync(0xffffffffu, __syncthreads_or(nonfinite_bits(seen) != 0)))
+#endif
                     propagate_inputs(acc, recs + (size_t)(uo / tiles) * chunks * W_BYTES, x, (int)(max(u0, first) - first),
                                      uc + 1, (int)(uo % tiles) * NTOK, n_tok, k, ldx, tid);
                 seen = 0;
