@@ -61,10 +61,11 @@ WGMMA_MAX_BYTES = 0.75
 #: check times both and keeps the faster for each weight (runtime.measure_plan)
 WGMMA_LAYOUTS = ("slots", "compressed", "auto")
 #: make_plan's ``wgmma_layout`` unless given. Since STREAM's launches the compressed layout times at
-#: least as fast as slots in every cell of the H100's kernel grid (1-16 tokens, 70 / 90%), and 'auto'
-#: kept it for every layer of the Llama-2-7B-shaped decoder it planned at 70 and 90%: the same decode
-#: times (1.26x / 1.40x at batch 16) with 'compressed' alone, and sparsify_ in 95 s against 175-181 s,
-#: the slots layout neither packed nor timed (benchmarks/results/h100/defaults_grid/).
+#: least as fast as slots in every cell of the H100's kernel grid where the kernel runs (8-16 tokens,
+#: 70 / 90%), and 'auto' kept it for every layer of the Llama-2-7B-shaped decoder it planned at 70 and
+#: 90%: the same decode times (1.26x / 1.40x at batch 16) with 'compressed' alone, and sparsify_ in
+#: 95 s against 175-181 s, the slots layout neither packed nor timed
+#: (benchmarks/results/h100/defaults_grid/).
 WGMMA_LAYOUT_DEFAULT = "compressed"
 #: Whether make_plan offers buckets to the warpgroup 2:4 kernel by default (``wgmma_kernel``): off, as
 #: its candidates have no cost model and fall back until a GPU times them; SparseLinear.from_dense and
