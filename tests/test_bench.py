@@ -336,6 +336,25 @@ def test_kernel_report_files(tmp_path):
     assert "| uniform | b | 1 | 0.80x | 1.20x | 1.50x | 0.50x | 0.90x | failed |" in table
 
 
+@pytest.mark.parametrize("top, expected", [(3.3, {"1x", "2x", "3x"}), (4.0, {"0.001x", "0.01x", "0.1x", "1x"})])
+def test_times_axis_labels(top, expected):
+    """Speed-up axes are labelled 2x, 0.1x on the ticks matplotlib labels: the minor ticks where the
+    axis spans under a decade (1-3.3x), the decades alone where it spans several."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure()
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    ax.plot([0.5, 0.9], [1.0 if top < 4 else 0.001, top])
+    report.times_axis(ax)
+    fig.canvas.draw()
+    lo, hi = ax.get_ylim()
+    labels = {t.get_text() for t in [*ax.get_yticklabels(), *ax.get_yticklabels(minor=True)]
+              if lo <= t.get_position()[1] <= hi} - {""}
+    assert labels == expected
+
+
 def test_csv_rows_round_trip(tmp_path):
     path = report.start_csv(tmp_path / "k.csv", FIELDS)
     row = {f: "" for f in FIELDS} | dict(shape="a", M=4, K=8, N=16, sparsity=0.7, distribution="uniform",

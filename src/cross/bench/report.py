@@ -197,6 +197,20 @@ def floor_table(rows, copy_bytes_per_s: float, max_tokens: int = 16) -> str:
     return markdown_table(header, body, code_first=False)
 
 
+def times_axis(ax) -> None:
+    """``ax``'s y axis in log scale, labelled 2x, 0.5x on the ticks matplotlib labels (its minor ticks
+    too where the axis spans under a decade or so), not 2 x 10^0."""
+    from matplotlib.ticker import LogFormatter
+
+    class Times(LogFormatter):
+        def __call__(self, x, pos=None):
+            return f"{x:g}x" if super().__call__(x, pos) else ""
+
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(Times())
+    ax.yaxis.set_minor_formatter(Times(labelOnlyBase=False))
+
+
 def speedup_figure(panels: Mapping[tuple[str, str], Mapping[str, Sequence[tuple[float, float]]]], path: Path,
                    title: str, log: bool = True, ylabel: str = "speed-up over cuBLAS",
                    xlabel: str = "sparsity") -> Path:
@@ -206,7 +220,6 @@ def speedup_figure(panels: Mapping[tuple[str, str], Mapping[str, Sequence[tuple[
     from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    from matplotlib.ticker import FuncFormatter
 
     rows = list(dict.fromkeys(r for r, _ in panels))
     cols = list(dict.fromkeys(c for _, c in panels))
@@ -228,8 +241,7 @@ def speedup_figure(panels: Mapping[tuple[str, str], Mapping[str, Sequence[tuple[
             ax.axhline(1.0, color="black", lw=0.8)
             ax.set_title(", ".join(t for t in (row, col) if t), fontsize=9)
             if log:
-                ax.set_yscale("log")
-                ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
+                times_axis(ax)
             if i == len(rows) - 1:
                 ax.set_xlabel(xlabel)
             if j == 0:
