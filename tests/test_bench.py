@@ -808,8 +808,19 @@ def test_report_kernels_script(tmp_path, capsys):
     assert "--copy-tbps" in capsys.readouterr().err
     assert script.main([str(tmp_path), "--copy-tbps", "3.0"]) == 0
     assert (tmp_path / "kernels.png").read_bytes().startswith(b"\x89PNG")
-    assert "| uniform | llama-up | 1 | 1.00x | 1.00x | 0.95x | 1.15x |" in (tmp_path / "kernels_table.md").read_text()
+    table = (tmp_path / "kernels_table.md").read_text()
+    assert "| uniform | llama-up | 1 | 1.00x | 1.00x | 0.95x | 1.15x |" in table
     assert "copy rate 3.0 TB/s" in (tmp_path / "kernels_floor.md").read_text()
+    # the command that measures the rows again, from the rows themselves
+    command = (f"PYTHONPATH=src python benchmarks/kernels.py --shapes llama-up \\\n    --sparsities 0.5,0.9 --ns 1,128 "
+               f"\\\n    --methods dense,cross,cross-cuda-bitmap \\\n    --out {tmp_path.as_posix()}\n"
+               f"python benchmarks/report_kernels.py {tmp_path.as_posix()}")
+    assert f"```\n{command}\n```" in table
+    rows = [dict(shape="a", sparsity=0.7, N=16, distribution=d, method="cross",
+                 command="cross bench kernels --shapes a --cost-model cm.json --out reports/bench/row")
+            for d in ("uniform", "dlmc")]
+    assert script.grid_command(rows, Path("out")).splitlines()[1:3] == [
+        "    --sparsities 0.7 --ns 16 --distributions uniform,dlmc \\", "    --methods cross --cost-model cm.json \\"]
 
 
 @pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
