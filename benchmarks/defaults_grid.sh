@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The kernel grid with the runtime's new defaults, and PROPAGATE's shorter unit, in one device call (~9.5 min;
-# docs/perf-notes.md "Next, from here"):
+# The kernel grid with the runtime's new defaults, and PROPAGATE's shorter unit, in one device call (219 s on
+# the H100 on 2026-12-07: benchmarks/results/h100/defaults_grid/; docs/perf-notes.md "A launch's fixed part and
+# PROPAGATE's shorter unit, measured"):
 # - launch_floor: an empty launch's cost (one block; the warpgroup 2:4 kernel's STREAM grid with and
 #   without its shared memory and carveout; one and two launches a graph), cuBLAS's at 1 and 16 tokens;
 # - propagate_tests: PROPAGATE's GPU tests with its shorter unit (not yet run on a GPU), and the kernel's fp16
