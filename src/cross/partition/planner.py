@@ -54,9 +54,11 @@ SLICE_KERNEL_DEFAULT = False
 #: becomes its candidate with the standing of a near win: it falls back until the measured check
 #: times it faster than dense.
 #: The overflow runs as a second sparse mma (no instruction per entry), so the bytes are its cost:
-#: 0.75 is uniform sparsity from ~55% (the overflow word slots of the fullest chunk counted; 50% is
-#: 0.78 of dense, a ceiling of 1.28x, not offered).
-WGMMA_MAX_BYTES = 0.75
+#: 0.8 is uniform sparsity from 50% (the word slots of the fullest chunk counted: 0.78 of dense in the
+#: slots layout, 0.75 compressed; 45% is 0.81, not offered). At 50% and 8-16 tokens the kernel, forced,
+#: timed 1.07-1.22x cuBLAS where the tile kernel gave 1.00-1.09x (H100, docs/perf-notes.md, "The
+#: warpgroup 2:4 kernel at 50%").
+WGMMA_MAX_BYTES = 0.8
 #: The warpgroup 2:4 format's layouts (``wgmma_layout``; pack/wgmma24.py), and 'auto': the measured
 #: check times both and keeps the faster for each weight (runtime.measure_plan)
 WGMMA_LAYOUTS = ("slots", "compressed", "auto")
