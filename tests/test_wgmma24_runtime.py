@@ -159,7 +159,7 @@ def test_byte_estimate_is_the_formats():
     est = wgmma24_format_bytes(grid.tile_nnz(w), grid.tile_sizes(), 1024, 1024)
     uniform = pruned(1024, 1024, 0.5)
     uniform_est = wgmma24_format_bytes(grid.tile_nnz(uniform), grid.tile_sizes(), 1024, 1024)
-    assert Wgmma24Weight.from_dense(w).nbytes == 0.5625 * 2 * w.numel() < 0.75 * 2 * w.numel() < est
+    assert Wgmma24Weight.from_dense(w).nbytes == 0.5625 * 2 * w.numel() < est
     assert abs(est - uniform_est) <= 0.03 * uniform_est and est <= WGMMA_MAX_BYTES * 2 * w.numel()
     assert not overflow_groups(w).any()
     assert any(b.kernel == "wgmma24" for b in make_plan(w, **IGNORE).buckets)
