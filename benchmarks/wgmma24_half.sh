@@ -1,12 +1,10 @@
 #!/usr/bin/env bash
-# The warpgroup 2:4 kernel offered at 50% (~10 min at most; docs/perf-notes.md "The warpgroup 2:4 kernel at 50%"),
-# and PROPAGATE's 16-token split again; in this order:
+# The warpgroup 2:4 kernel offered at 50% (265 s on the H100 on 2026-12-07: benchmarks/results/h100/wgmma24_half/;
+# docs/perf-notes.md "The warpgroup 2:4 kernel at 50%"), in this order:
 # - runtime_tests: the runtime's GPU tests of the kernel (its offers at 50% among them);
 # - grid50: the kernel grid's 50% cells at 8 and 16 tokens with the runtime's defaults (`cross`, the kernel
 #   offered from 50% now) and with either layout as the measured check times both (`cross+wgmma24a`);
-# - model50: the Llama-2-7B-shaped decoder at 50%, siblings stacked (the defaults), dense in the same run;
-# - split: at 16 tokens (compressed, STREAM) the default build against PROPAGATE, PROPAGATE with FOLD_EARLY
-#   and PROPAGATE with ABLATE=128 (the end's vote without its barrier), as benchmarks/propagate_split.sh.
+# - model50: the Llama-2-7B-shaped decoder at 50%, siblings stacked (the defaults), dense in the same run.
 # Usage (repository root, on the GPU machine): OUT=<dir> bash benchmarks/wgmma24_half.sh
 source "$(dirname "$0")/steps.sh"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/device.txt"
@@ -15,5 +13,3 @@ step grid50 200 python3 -m cross bench kernels --shapes llama-qkvo,llama-up,llam
     --sparsities 0.5 --ns 8,16 --methods dense,cross,cross+wgmma24a --cost-model "$CM" --out "$OUT/grid50"
 step model50 240 python3 -u -m cross bench model --models llama --llama-sparsities 0.5 \
     --phases decode-1,decode-8,decode-16 --cost-model "$CM" --stack-siblings --out "$OUT/model50"
-step split 130 python3 benchmarks/wgmma24_floor.py --shapes llama-up,llama-qkvo --sparsities 0.7,0.9 --n 16 \
-    --compressed --builds="-DPROPAGATE=1,-DPROPAGATE=1 -DFOLD_EARLY=1,-DPROPAGATE=1 -DABLATE=128" --out "$OUT/split.csv"
