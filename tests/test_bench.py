@@ -759,10 +759,10 @@ def test_model_command_names_the_measure_option():
     assert models.model_command("bert", 0.9, decode_fallback=True).endswith("--decode-fallback" + row)
     assert models.model_command("llama", 0.7, slice_kernel=True).endswith("--sparsities 0.7 --slice-kernel" + row)
     assert models.model_command("llama", 0.7, wgmma_kernel=True).endswith("--sparsities 0.7 --wgmma-kernel" + row)
-    # --wgmma-layout only where it is not the default (compressed)
-    assert models.model_command("llama", 0.7, wgmma_kernel=True, wgmma_layout="compressed").endswith(
+    # --wgmma-layout only where it is not the default (auto)
+    assert models.model_command("llama", 0.7, wgmma_kernel=True, wgmma_layout="auto").endswith(
         "--sparsities 0.7 --wgmma-kernel" + row)
-    for layout in ("auto", "slots"):
+    for layout in ("compressed", "slots"):
         assert models.model_command("llama", 0.7, wgmma_kernel=True, wgmma_layout=layout).endswith(
             f"--wgmma-kernel --wgmma-layout {layout}" + row)
 

@@ -349,7 +349,7 @@ def test_run_offering_the_slice_kernel(tiny_bert_dir, capsys):
 
 
 def test_run_offering_the_wgmma_kernel(tiny_bert_dir, capsys):
-    """--wgmma-kernel is taken with nan_policy 'ignore' and the report says so, in the compressed layout
+    """--wgmma-kernel is taken with nan_policy 'ignore' and the report says so, in the layout 'auto'
     unless --wgmma-layout names one (on the CPU the model is fp32, which the kernel does not take: its
     plans are test_wgmma24_runtime's). By default (no flag: offered where the measured check runs on a
     compute capability 9.0 GPU) the CPU run does not offer it, --wgmma-layout is taken then, and refused
@@ -358,9 +358,9 @@ def test_run_offering_the_wgmma_kernel(tiny_bert_dir, capsys):
     code, out, err = run_cli(capsys, "run", tiny_bert_dir, "--text", "a sentence", "--device", "cpu", "-q",
                              "--sparsity", "0.8", "--prune", "magnitude", "--force-plan", "--wgmma-kernel")
     assert code == 0, err
-    assert "warpgroup 2:4 kernel offered (compressed layout, nan_policy='ignore')" in out and "PASS" in out
+    assert "warpgroup 2:4 kernel offered (auto layout, nan_policy='ignore')" in out and "PASS" in out
     assert "12 of 13 layers sparse" in out and _agreement(out) < 1e-5
-    for layout in ("auto", "slots"):
+    for layout in ("compressed", "slots"):
         code, out, err = run_cli(capsys, "run", tiny_bert_dir, "--text", "a sentence", "--device", "cpu", "-q",
                                  "--sparsity", "0.8", "--prune", "magnitude", "--force-plan", "--wgmma-kernel",
                                  "--wgmma-layout", layout)
@@ -410,7 +410,7 @@ def test_run_nan_policy(tiny_bert_dir, capsys):
                              "--sparsity", "0.8", "--prune", "magnitude", "--force-plan", "--wgmma-kernel",
                              "--nan-policy", "propagate")
     assert code == 0, err
-    assert "warpgroup 2:4 kernel offered (compressed layout, nan_policy='propagate')" in out and "PASS" in out
+    assert "warpgroup 2:4 kernel offered (auto layout, nan_policy='propagate')" in out and "PASS" in out
     code, out, err = run_cli(capsys, "run", tiny_bert_dir, "--device", "cpu", "-q", "--slice-kernel",
                              "--nan-policy", "ignore")
     assert code == 2 and "expected --nan-policy propagate" in err

@@ -20,8 +20,8 @@ from cross.costmodel.roofline import WGMMA_MAX_TOKENS, wgmma24_compressed_bytes,
 from cross.pack import pack
 from cross.pack.wgmma24 import START_BITS, TILE_WORDS, Wgmma24Weight, wgmma24_reference
 from cross.partition import make_plan
-from cross.partition.planner import (WGMMA_KERNEL_DEFAULT, WGMMA_LAYOUT_DEFAULT, WGMMA_MAX_BYTES, chunk_words,
-                                    is_near_win, overflow_groups)
+from cross.partition.planner import (LAYOUT_CONTEST_BYTES, WGMMA_KERNEL_DEFAULT, WGMMA_LAYOUT_DEFAULT, WGMMA_MAX_BYTES,
+                                    _wgmma24_bytes, chunk_words, is_near_win, overflow_groups)
 from cross.runtime.dispatch import execute
 from cross.tiling import TileGrid
 from runtime_checks import (assert_dense_nonfinite, check_candidates_run, check_measured_candidates, check_product,
@@ -426,7 +426,7 @@ def test_gpu_auto_layout_keeps_the_layout_it_timed_faster(monkeypatch):
     real_build = Wgmma24Weight.from_dense.__func__
     monkeypatch.setattr(Wgmma24Weight, "from_dense", classmethod(
         lambda cls, *a, **kw: builds.append(kw.get("compressed", False)) or real_build(cls, *a, **kw)))
-    w = pruned(11008, 4096, 0.9).cuda()
+    w = pruned(11008, 4096, 0.5).cuda()  # a sparsity where the layouts contest (LAYOUT_CONTEST_BYTES)
     lin = linear_of(w)
     sl = cross.SparseLinear.from_dense(lin, **AUTO)
     assert builds == [False, True]  # the slots layout when packed, the compressed one for the contest
@@ -467,41 +467,67 @@ def test_gpu_measured_check_times_the_alternatives():
 
 def test_auto_offers_where_either_layout_fits_and_packs_slots_until_measured():
     """'auto' offers the weight where the smaller of the two layouts' bytes is within WGMMA_MAX_BYTES,
-    and packs the slots layout until the measured check chooses."""
-    w = pruned(1024, 512, 0.9)
+    and packs the slots layout until the measured check chooses, where the layouts' bytes are close
+    enough for a contest (LAYOUT_CONTEST_BYTES: 50%)."""
+    w = pruned(1024, 512, 0.5)
     auto = make_plan(w, **AUTO)
     assert auto.provenance["options"]["wgmma_layout"] == "auto"
     assert [b.kernel for b in auto.buckets] == [b.kernel for b in make_plan(w, **IGNORE).buckets]
+    assert any(b.kernel == "wgmma24" for b in auto.buckets)
     packed = pack(w, auto)
     assert packed.wgmma24 is not None and not packed.wgmma24.compressed
     with pytest.raises(ValueError, match="wgmma_layout: expected one of"):
         make_plan(w, **{**IGNORE, "wgmma_layout": "best"})
 
 
-def test_compressed_is_the_default_layout():
-    """make_plan, sparsify_ and from_dense take the compressed layout unless one is named (the same
-    buckets offered as by 'auto', whose contest chose it for every layer measured); the product is the
-    weight's."""
-    assert WGMMA_LAYOUT_DEFAULT == "compressed"
-    w = pruned(1024, 512, 0.9)
+@pytest.mark.parametrize("sparsity, layout", [(0.9, "compressed"), (0.5, "auto")])
+def test_auto_is_the_default_layout(sparsity, layout):
+    """make_plan, sparsify_ and from_dense take 'auto' unless a layout is named: the compressed layout at
+    90% (the layouts' bytes too far apart for a contest), 'auto' at 50% (left in slots where the measured
+    check does not run); the product is the weight's."""
+    assert WGMMA_LAYOUT_DEFAULT == "auto"
+    w = pruned(1024, 512, sparsity)
     plan = make_plan(w, **IGNORE)
-    assert plan.provenance["options"]["wgmma_layout"] == "compressed"
+    assert plan.provenance["options"]["wgmma_layout"] == layout
     assert [b.kernel for b in plan.buckets] == [b.kernel for b in make_plan(w, **AUTO).buckets]
     lin = linear_of(w)
     sl = cross.SparseLinear.from_dense(lin, keep_dense=False, measure=False, **IGNORE)
-    assert sl.plan.provenance["options"]["wgmma_layout"] == "compressed" and sl.packed.wgmma24.compressed
+    assert sl.plan.provenance["options"]["wgmma_layout"] == layout
+    assert sl.packed.wgmma24.compressed == (layout == "compressed")
     model = torch.nn.Sequential(linear_of(w))
     report = cross.sparsify_(model, keep_dense=False, measure=False, progress=False, **IGNORE)
-    assert report.layers["0"].summary["wgmma_layout"] == "compressed" and model[0].packed.wgmma24.compressed
+    assert report.layers["0"].summary["wgmma_layout"] == layout
+    assert model[0].packed.wgmma24.compressed == (layout == "compressed")
     x = torch.randn(16, 512, generator=torch.Generator().manual_seed(4)).to(torch.bfloat16)
     with torch.no_grad():
         check_product(x, w, lin.bias, model[0](x))
 
 
+@pytest.mark.parametrize("sparsity", [0.5, 0.6, 0.7, 0.9])
+def test_auto_contests_only_where_the_layouts_bytes_are_close(sparsity):
+    """'auto' stays 'auto' (the measured check times both layouts) where the slots layout's bytes are at
+    most LAYOUT_CONTEST_BYTES times the compressed layout's, counted on the weight (so at 50%, not at 90%),
+    and becomes 'compressed' elsewhere: the same buckets offered, no slots format packed."""
+    w = pruned(1024, 512, sparsity)
+    grid = TileGrid.for_weight(w, (64, 64))
+    nnz, size = grid.tile_nnz(w), grid.tile_sizes()
+    ratio = _wgmma24_bytes("slots", w, nnz, size, grid) / _wgmma24_bytes("compressed", w, nnz, size, grid)
+    layout = "auto" if ratio <= LAYOUT_CONTEST_BYTES else "compressed"
+    assert layout == {0.5: "auto", 0.9: "compressed"}.get(sparsity, layout)
+    auto = make_plan(w, **AUTO)
+    assert auto.provenance["options"]["wgmma_layout"] == layout
+    assert [b.kernel for b in auto.buckets] == [b.kernel for b in make_plan(w, **IGNORE).buckets]
+    assert any(b.kernel == "wgmma24" for b in auto.buckets)
+    packed = pack(w, auto)
+    assert packed.wgmma24.compressed == (layout == "compressed")
+    x = torch.randn(16, 512, generator=torch.Generator().manual_seed(5)).to(torch.bfloat16)
+    check_product(x, w, None, execute(x, packed))
+
+
 def test_auto_stays_in_slots_without_the_measured_check():
     """With 'auto', where the measured check does not run (measure=False, or on the CPU) the layer keeps
-    the slots layout it was packed in, and its product is the weight's."""
-    w = pruned(1024, 512, 0.9)
+    the slots layout it was packed in (a weight where the layouts contest), and its product is the weight's."""
+    w = pruned(1024, 512, 0.5)
     lin = linear_of(w)
     for measure in (False, "auto"):  # "auto" does not time on the CPU
         sl = cross.SparseLinear.from_dense(lin, keep_dense=False, measure=measure, **AUTO)
@@ -520,7 +546,7 @@ def test_with_plan_builds_the_format_again_in_the_plans_layout():
     """A packed weight given a plan whose options name the other layout holds the format in that
     layout, and runs the same product; the same layout keeps the format it holds."""
     w = pruned(1024, 512, 0.9).to(torch.bfloat16)
-    slots = pack(w, make_plan(w, **AUTO))
+    slots = pack(w, make_plan(w, **{**IGNORE, "wgmma_layout": "slots"}))
     plan = slots.plan.with_buckets([replace(b, fallback=False, alternatives=()) if b.kernel == "wgmma24" else b
                                     for b in slots.plan.buckets])
     same = slots.with_plan(plan)
@@ -540,7 +566,7 @@ def test_the_measured_check_keeps_the_faster_layout(monkeypatch, faster):
     import cross.costmodel.profile as profile
     from cross.runtime import measure as measure_mod
 
-    w = pruned(1024, 512, 0.9).to(torch.bfloat16)
+    w = pruned(1024, 512, 0.5).to(torch.bfloat16)  # a sparsity where the layouts contest (LAYOUT_CONTEST_BYTES)
     packed = pack(w, make_plan(w, **AUTO))
     offered = {i for i, b in enumerate(packed.plan.buckets) if "wgmma24" in (b.kernel, *b.alternatives)}
     assert offered
@@ -598,7 +624,7 @@ def test_a_plan_not_auto_times_one_layout(monkeypatch):
     import cross.costmodel.profile as profile
     from cross.runtime import measure as measure_mod
 
-    w = pruned(1024, 512, 0.9).to(torch.bfloat16)
+    w = pruned(1024, 512, 0.5).to(torch.bfloat16)  # a sparsity where 'auto' contests (LAYOUT_CONTEST_BYTES)
     packed = pack(w, make_plan(w, wgmma_layout="slots", **IGNORE))
     monkeypatch.setattr(measure_mod, "gpu_kernel_args", lambda packed, i, cache: "kernel arguments")
     monkeypatch.setattr(measure_mod, "_capable", lambda kernel, device: True)

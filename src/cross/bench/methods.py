@@ -4,7 +4,8 @@
     cross                       what the runtime runs with SparseLinear.from_dense's defaults: the
                                 planned kernel, or cuBLAS where the plan of this token count falls
                                 back (on a compute capability 9.0 GPU the warpgroup 2:4 kernel is
-                                offered under nan_policy "propagate", in the compressed layout)
+                                offered under nan_policy "propagate", its layout "auto": both
+                                timed where their bytes are close, else the compressed one)
     cross-<backend>-<kinds>     the plan kernel forced, tiles restricted to kinds (bitmap, dense,
                                 hybrid) on backend cuda or triton, e.g. cross-cuda-bitmap
     cross+slices                what the runtime runs when the planner may offer buckets of up to 16

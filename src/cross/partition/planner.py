@@ -62,13 +62,22 @@ WGMMA_MAX_BYTES = 0.8
 #: The warpgroup 2:4 format's layouts (``wgmma_layout``; pack/wgmma24.py), and 'auto': the measured
 #: check times both and keeps the faster for each weight (runtime.measure_plan)
 WGMMA_LAYOUTS = ("slots", "compressed", "auto")
-#: make_plan's ``wgmma_layout`` unless given. Since STREAM's launches the compressed layout times at
-#: least as fast as slots in every cell of the H100's kernel grid where the kernel runs (8-16 tokens,
-#: 70 / 90%), and 'auto' kept it for every layer of the Llama-2-7B-shaped decoder it planned at 70 and
-#: 90%: the same decode times (1.26x / 1.40x at batch 16) with 'compressed' alone, and sparsify_ in
-#: 95 s against 175-181 s, the slots layout neither packed nor timed
-#: (benchmarks/results/h100/defaults_grid/).
-WGMMA_LAYOUT_DEFAULT = "compressed"
+#: With 'auto' the layouts' contest runs only where the slots layout's bytes are at most this many times the
+#: compressed layout's (uniform sparsity: 1.04 at 50%, 1.09 at 60%, 1.16 at 65%, 1.23 at 70%); elsewhere
+#: make_plan takes the compressed layout without timing both. Measured on the H100 (16 tokens, both layouts
+#: forced), slots won only at 50-60% on 11008-row weights (30.4 against 32.5 us at 50%, 29.1 against 29.8
+#: at 60%) and never at 70% and above since STREAM's launches (docs/perf-notes.md, "The warpgroup 2:4
+#: kernel at 50%, forced").
+LAYOUT_CONTEST_BYTES = 1.1
+#: make_plan's ``wgmma_layout`` unless given: 'auto', so the contest runs where the layouts' bytes are close
+#: (LAYOUT_CONTEST_BYTES: uniform sparsity up to ~60%) and the compressed layout is taken elsewhere. At 70
+#: and 90% 'auto' (then a contest everywhere) kept the compressed layout for every layer of the
+#: Llama-2-7B-shaped decoder, the same decode times as 'compressed' alone in 95 s of sparsify_ against
+#: 175-181 s (benchmarks/results/h100/defaults_grid/). At 50% the contest kept slots for its 12288x4096,
+#: 4096x4096 and 4096x11008 weights (1-3.5% faster alone at 3-16 tokens) and compressed for 22016x4096:
+#: batch 8 / 16 7.13 / 7.74 ms against 7.23 / 7.83 with 'compressed', sparsify_ 217 s against 109 s
+#: (benchmarks/results/h100/layout_half/).
+WGMMA_LAYOUT_DEFAULT = "auto"
 #: Whether make_plan offers buckets to the warpgroup 2:4 kernel by default (``wgmma_kernel``): off, as
 #: its candidates have no cost model and fall back until a GPU times them; SparseLinear.from_dense and
 #: sparsify_ offer them by default where the measured check will time them (``wgmma_kernel='auto'``,
@@ -121,6 +130,13 @@ def _wgmma24_bytes(layout: str, weight: torch.Tensor | None, nnz, size, grid: Ti
                                         chunk_words=None if weight is None else chunk_words(weight))
     return wgmma24_format_bytes(nnz, size, grid.rows, grid.cols,
                                 chunk_groups=None if weight is None else overflow_groups(weight))
+
+
+def contest_layout(weight: torch.Tensor | None, nnz, size, grid: TileGrid) -> str:
+    """'auto' where the warpgroup 2:4 format's slots layout takes at most LAYOUT_CONTEST_BYTES times the
+    compressed layout's bytes (the measured check then times both), else 'compressed'."""
+    slots, compressed = (_wgmma24_bytes(one, weight, nnz, size, grid) for one in ("slots", "compressed"))
+    return "auto" if slots <= LAYOUT_CONTEST_BYTES * compressed else "compressed"
 
 
 def chunk_words(weight: torch.Tensor) -> np.ndarray:
@@ -265,12 +281,14 @@ def make_plan(weight: torch.Tensor | None = None, *, nnz: np.ndarray | None = No
              default in SparseLinear.from_dense and sparsify_ where the measured check runs on a
              compute capability 9.0 GPU (their wgmma_kernel='auto').
     wgmma_layout: the warpgroup 2:4 format's layout, 'slots' (two slots per group and the overflow's
-             words) or 'compressed' (the default, WGMMA_LAYOUT_DEFAULT: only the nonzero words, found
-             by each thread's masks: fewer bytes, more instructions per chunk); its bytes decide
-             whether a weight is offered; or 'auto': packed in slots, and the measured check
-             times the buckets it offers in both layouts and keeps the faster for the weight (the
-             smaller bytes decide the offer). Where the check does not run (measure=False, on the
-             CPU, keep_dense=False) 'auto' stays in slots.
+             words) or 'compressed' (only the nonzero words, found by each thread's masks: fewer
+             bytes, more instructions per chunk); its bytes decide whether a weight is offered; or
+             'auto' (the default, WGMMA_LAYOUT_DEFAULT): where the slots layout's bytes are at most
+             LAYOUT_CONTEST_BYTES times the compressed layout's (uniform sparsity up to ~60%), packed
+             in slots, and the measured check times the buckets it offers in both layouts and keeps
+             the faster for the weight (the smaller bytes decide the offer); elsewhere the plan takes
+             'compressed' (its options say which). Where the check does not run (measure=False, on
+             the CPU, keep_dense=False) a plan left 'auto' stays in slots.
     Where the slice or warpgroup 2:4 kernel is offered, buckets get alternatives that the measured
     check times beside their kernel (``BucketPlan.alternatives``): a row kernel's bucket the
     candidate kernel, a candidate's bucket the tile kernel where it was predicted to win and the row
@@ -340,6 +358,8 @@ def make_plan(weight: torch.Tensor | None = None, *, nnz: np.ndarray | None = No
     # the kernel is offered: the default plans pay nothing for them)
     wgmma = (bool(wgmma_kernel) and wgmma24_kernel_fits(grid.rows, grid.cols, dtype)
              and _wgmma24_bytes(wgmma_layout, weight, nnz, size, grid) <= WGMMA_MAX_BYTES * 2 * grid.rows * grid.cols)
+    if wgmma and wgmma_layout == "auto":
+        wgmma_layout = contest_layout(weight, nnz, size, grid)
 
     def plan_buckets(kinds):
         return _plan_buckets(kinds, nnz, grid, tile_shape, buckets, classes_at, cm, programs, unit_mode, balance,
