@@ -524,6 +524,69 @@ def test_auto_contests_only_where_the_layouts_bytes_are_close(sparsity):
     check_product(x, w, None, execute(x, packed))
 
 
+def test_layout_memo_settles_after_agreeing_contests():
+    """LayoutMemo asks for 'auto' (a contest) until the last LAYOUT_SETTLED contests of a weight's shape,
+    dtype and sparsity (to 1%) kept the same layout, then for that layout; other kinds of weight, a named
+    layout and plans without a contest are untouched."""
+    from types import SimpleNamespace
+
+    from cross.nn.sparsify import LAYOUT_SETTLED, LayoutMemo
+
+    def plan(layout=None):
+        measured = {} if layout is None else {"wgmma_layouts_us": {"slots": 1.0, "compressed": 2.0}}
+        return SimpleNamespace(provenance={"options": {"wgmma_layout": layout or "compressed"}, "measured": measured})
+
+    memo = LayoutMemo()
+    a = {"shape": (4096, 4096), "dtype": "bfloat16", "sparsity": 0.5001}
+    same = {**a, "sparsity": 0.4999}
+    other = {**a, "shape": (4096, 11008)}
+    for _ in range(LAYOUT_SETTLED - 1):
+        memo.record(a, plan("slots"))
+        memo.record(a, plan())  # no contest: not counted
+    assert memo.layout_for(same, "auto") == "auto"
+    memo.record(same, plan("slots"))
+    assert memo.layout_for(a, "auto") == "slots" and memo.layout_for(same, "auto") == "slots"
+    assert memo.layout_for(a, "compressed") == "compressed"
+    assert memo.layout_for(other, "auto") == "auto" and memo.layout_for({**a, "sparsity": 0.6}, "auto") == "auto"
+    memo.record(a, plan("compressed"))  # the last contests disagree: contest again
+    assert memo.layout_for(a, "auto") == "auto"
+    for _ in range(LAYOUT_SETTLED):
+        memo.record(a, plan("compressed"))
+    assert memo.layout_for(a, "auto") == "compressed"
+
+
+def test_sparsify_takes_the_settled_layout_without_a_contest(monkeypatch):
+    """sparsify_ asks for the layout its first LAYOUT_SETTLED contests of a weight's kind kept, for the
+    rest of that kind: its later layers are planned in it and packed in it; each layer's product is its
+    weight's. The contest is simulated (on the CPU the measured check does not run): each layer planned
+    'auto' ends in the compressed layout, as a contest that kept it would leave it."""
+    from cross.nn import sparsify as sparsify_mod
+    from cross.nn.sparsify import LAYOUT_SETTLED
+
+    real = cross.SparseLinear.from_dense.__func__
+    asked = []
+
+    def contested(cls, linear, *, plan, **kw):
+        asked.append(plan.provenance["options"]["wgmma_layout"])
+        if plan.provenance["options"]["wgmma_layout"] == "auto":
+            plan = plan.with_buckets(plan.buckets, measured={"wgmma_layouts_us": {"slots": 2.0, "compressed": 1.0}},
+                                     options={**plan.provenance["options"], "wgmma_layout": "compressed"})
+        return real(cls, linear, plan=plan, **kw)
+
+    monkeypatch.setattr(sparsify_mod.SparseLinear, "from_dense", classmethod(contested))
+    n = LAYOUT_SETTLED + 2
+    weights = [pruned(1024, 512, 0.5, seed=i) for i in range(n)]
+    model = torch.nn.Sequential(*(linear_of(w) for w in weights))
+    biases = [lin.bias.detach().clone() for lin in model]
+    report = cross.sparsify_(model, keep_dense=False, measure=False, progress=False, **IGNORE)
+    assert asked == ["auto"] * LAYOUT_SETTLED + ["compressed"] * (n - LAYOUT_SETTLED)
+    x = torch.randn(16, 512, generator=torch.Generator().manual_seed(6)).to(torch.bfloat16)
+    for i, w in enumerate(weights):
+        assert report.layers[str(i)].summary["wgmma_layout"] == "compressed" and model[i].packed.wgmma24.compressed
+        with torch.no_grad():
+            check_product(x, w, biases[i], model[i](x))
+
+
 def test_auto_stays_in_slots_without_the_measured_check():
     """With 'auto', where the measured check does not run (measure=False, or on the CPU) the layer keeps
     the slots layout it was packed in (a weight where the layouts contest), and its product is the weight's."""

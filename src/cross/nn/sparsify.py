@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from .._checks import dtype_name
 from ..partition import DEFAULT_BUCKETS
 from ..partition.plan import KERNEL_NAMES, bucket_name
-from ..partition.planner import check_buckets, design_tokens, is_near_win
+from ..partition.planner import WGMMA_LAYOUT_DEFAULT, check_buckets, design_tokens, is_near_win
 from ..runtime import ReferencePathWarning
 from .linear import (KEEP_DENSE, SparseLinear, bucket_facts, check_measure, measures, plan_facts, plan_linear,
                      wgmma_options)
@@ -33,6 +33,35 @@ NO_WIN = "dense: no win (predicted or measured)"
 SKIP_FILTER = "skipped: filter"
 SKIP_SPARSITY = "skipped: sparsity below min"
 ACTIONS = (SPARSE, NO_WIN, SKIP_FILTER, SKIP_SPARSITY)
+#: With wgmma_layout 'auto', once this many layers of one shape, dtype and sparsity (to 1%) had the layouts'
+#: contest keep the same layout, the rest of them take that layout without one (``LayoutMemo``). In the
+#: Llama-2-7B-shaped decoder at 50% all 32 layers of each shape kept the same layout, and the contests
+#: doubled sparsify_'s time (217 s against 109 s, H100: benchmarks/results/h100/layout_half/).
+LAYOUT_SETTLED = 2
+
+
+class LayoutMemo:
+    """The layouts' contests of a sparsify_ run: the layout each contest kept, by weight shape, dtype and
+    sparsity (to 1%), and the layout a layer of such a weight is asked for: the settled one where the
+    last LAYOUT_SETTLED contests of its kind all kept it, else what was asked ('auto': a contest)."""
+
+    def __init__(self, settled: int = LAYOUT_SETTLED):
+        self.settled, self.kept = settled, {}
+
+    @staticmethod
+    def key(facts: dict) -> tuple:
+        return facts["shape"], facts["dtype"], round(facts["sparsity"], 2)
+
+    def layout_for(self, facts: dict, asked: str) -> str:
+        last = self.kept.get(self.key(facts), [])[-self.settled:]
+        if asked != "auto" or len(last) < self.settled or len(set(last)) > 1:
+            return asked
+        return last[0]
+
+    def record(self, facts: dict, plan) -> None:
+        """The layout ``plan``'s contest kept, where its measured check held one (both layouts' sums)."""
+        if "wgmma_layouts_us" in plan.provenance.get("measured", {}):
+            self.kept.setdefault(self.key(facts), []).append(plan.provenance["options"]["wgmma_layout"])
 
 
 @dataclass(frozen=True)
@@ -374,6 +403,10 @@ def sparsify_(model: nn.Module, filter_fn=None, *, min_sparsity: float = 0.0, to
     tp_split: 'cost' (each rank gets the same predicted time at the first bucket's design token
         count) or 'rows' (equal numbers of heads and tiles).
     progress: a progress bar over the layers where stderr is a terminal; False: none.
+    With wgmma_layout 'auto' (the default) the measured check times the warpgroup 2:4 format's two layouts
+    where their bytes are close (``make_plan``); once LAYOUT_SETTLED layers of one shape, dtype and
+    sparsity (to 1%) kept the same layout, the rest of them take it without the contest (each is still
+    timed against dense in it).
     Warns with cross.runtime.ReferencePathWarning where sparse layers are left on the CPU (they run
     on the reference executor there), and with a UserWarning where there is no nn.Linear to look at.
     Returns a SparsifyReport (print it, or ``.table()`` / ``.to_markdown()``).
@@ -406,6 +439,7 @@ def sparsify_(model: nn.Module, filter_fn=None, *, min_sparsity: float = 0.0, to
     measure = from_dense_kwargs.pop("measure", "auto")
     check_measure(measure)  # the value; each layer's device is checked below
     dense_times: dict = {}  # the dense product's time per shape, measured once for all layers
+    layouts = LayoutMemo()  # the layouts' contests' choices, by shape and sparsity
     if stack_siblings and tp_group is not None:
         raise ValueError("stack_siblings: expected no tp_group too (sharding splits the siblings apart)")
     if tp_split not in SPLIT_POLICIES:
@@ -441,8 +475,10 @@ def sparsify_(model: nn.Module, filter_fn=None, *, min_sparsity: float = 0.0, to
             continue
         try:
             check_measure(measure, linear.weight.device)
-            plan = plan_linear(linear.weight, **wgmma_options(from_dense_kwargs, linear.weight.device, measure,
-                                                              keep_dense))
+            options = wgmma_options(from_dense_kwargs, linear.weight.device, measure, keep_dense)
+            if options["wgmma_kernel"]:
+                options["wgmma_layout"] = layouts.layout_for(facts, options.get("wgmma_layout", WGMMA_LAYOUT_DEFAULT))
+            plan = plan_linear(linear.weight, **options)
         except (TypeError, ValueError) as e:
             raise type(e)(f"{fqn}: {e}") from e
         # a near win counts where the measured check will time it
@@ -452,6 +488,7 @@ def sparsify_(model: nn.Module, filter_fn=None, *, min_sparsity: float = 0.0, to
             continue
         sparse = SparseLinear.from_dense(linear, plan=plan, keep_dense=keep_dense, measure=measure,
                                          dense_times=dense_times)
+        layouts.record(facts, sparse.plan)
         if _no_win(sparse.plan, tokens) and keep_dense is not False:  # the GPU measured no win
             facts.update(plan_facts(sparse.plan), buckets=bucket_facts(sparse.plan, dense_kept=True))
             layers[fqn] = LayerReport(fqn, NO_WIN, facts)
