@@ -69,6 +69,7 @@ def main(argv=None):
     ap.add_argument("--sparsities", default="0.7,0.9")
     ap.add_argument("--n", type=int, default=16, help="tokens")
     ap.add_argument("--compressed", action="store_true", help="the compressed layout (default: the slots layout)")
+    ap.add_argument("--sized", action="store_true", help="sized records (each refill copies its record's own bytes)")
     ap.add_argument("--wgs", type=int, default=2, help="warpgroups per block (the weight's row blocks: 64 wgs mt rows)")
     ap.add_argument("--mt", type=int, default=2, help="m-tiles per warpgroup")
     ap.add_argument("--builds", default="", help="comma-separated CROSS_CUDA_DEFINES of other full builds to time")
@@ -89,7 +90,7 @@ def main(argv=None):
     global BASE
     BASE = opts.base
     gen = torch.Generator().manual_seed(0)
-    layout = "compressed" if opts.compressed else "slots"
+    layout = ("compressed" if opts.compressed else "slots") + (", sized records," if opts.sized else "")
     print(f"# {torch.cuda.get_device_name()}, bf16, N={opts.n}, the {layout} layout at its default launch"
           f"{', every build with ' + opts.base if opts.base else ''}"
           f"{f', END_RED up to {opts.reduce_tokens} tokens' if opts.reduce_tokens else ''}; "
@@ -100,7 +101,7 @@ def main(argv=None):
             m, k = ALL_SHAPES[shape]
             for sp in (float(v) for v in opts.sparsities.split(",")):
                 w = make_weight(m, k, sp, "uniform", gen).cuda()
-                sw = Wgmma24Weight.from_dense(w, wgs=opts.wgs, mt=opts.mt, compressed=opts.compressed)
+                sw = Wgmma24Weight.from_dense(w, wgs=opts.wgs, mt=opts.mt, compressed=opts.compressed, sized=opts.sized)
                 build_with("")  # the base defines (an A_SMEM base: the records' order wgmma24_args gives)
                 args = wgmma24_args(sw, opts.split)
                 split = args.split if args.split >= 0 else wgmma24_split(args.row_blocks, args.chunks, args.sms,

@@ -133,10 +133,34 @@ def test_sized_records(rng, m, k, density, wgs, mt):
     assert int(sw.record_sizes().max()) * 4 <= v.shape[-1]  # no record past the fixed stride
     assert sw.bytes_read == 16 * int(sw.record_sizes().sum()) <= plain.bytes_read == plain.nbytes
     assert sw.to("cpu").sized and sw.nbytes == plain.nbytes + 16 * -(-rb_ * nc // 8)  # 2 bytes a record, padded
-    with pytest.raises(ValueError, match="compressed layout"):
-        Wgmma24Weight.from_dense(w, wgs, mt, sized=True)
     with pytest.raises(ValueError, match="not sized"):
         plain.record_sizes()
+
+
+@pytest.mark.parametrize("m,k", [(64, 64), (40, 200), (300, 136), (256, 1024)])
+@pytest.mark.parametrize("density", [0.0, 0.1, 0.5, 0.7, 1.0])
+@pytest.mark.parametrize("wgs,mt", [(2, 2), (1, 1), (2, 1)])
+def test_sized_slots_records(rng, m, k, density, wgs, mt):
+    """Sized records of the slots layout: its records as they are, after a table of each record's size
+    (16-byte units: the m-tiles, where the weight has overflow the head words, and a word per group of 4
+    with more than two nonzeros in the record's rows and chunk, counted on the weight, rounded up); read
+    back from only those bytes (to_dense masks the rest) it is the weight."""
+    w = _unstructured(m, k, density, rng)
+    plain = Wgmma24Weight.from_dense(w, wgs, mt)
+    sw = Wgmma24Weight.from_dense(w, wgs, mt, sized=True)
+    rb_, nc = plain.values.shape[:2]
+    assert sw.sized and not sw.compressed and sw.blocks == (rb_, nc) and torch.equal(sw.records, plain.values)
+    assert torch.equal(sw.values[size_words(rb_, nc):], plain.values.reshape(-1))
+    assert torch.equal(_bits(sw.to_dense()), _bits(w))
+    rows = 64 * wgs * mt
+    padded = torch.zeros(rb_ * rows, nc * 64, dtype=torch.int64)
+    padded[:m, :k] = (_bits(w) & 0x7FFF != 0).to(torch.int64)
+    over = (padded.view(rb_, rows, nc, 16, 4).sum(-1) > 2).sum((1, 3))  # [rb, chunk]
+    header = wgs * mt * 1152 + (128 * wgs if plain.overflow else 0)
+    assert torch.equal(sw.record_sizes(), -(-(header + over) // 4))
+    assert int(sw.record_sizes().max()) * 4 <= plain.values.shape[-1]
+    assert sw.bytes_read == 16 * int(sw.record_sizes().sum()) <= plain.nbytes
+    assert sw.to("cpu").sized and sw.nbytes == plain.nbytes + 16 * -(-rb_ * nc // 8)
 
 
 @pytest.mark.parametrize("m,k", [(64, 64), (40, 200), (300, 136), (256, 1024)])
@@ -400,6 +424,9 @@ def test_a_smem_order(rng, wgs, mt):
     assert torch.equal(t_new[..., 1024:], t_old[..., 1024:])
     assert torch.equal(new.view(rb_, nc, -1)[..., n:], old.view(rb_, nc, -1)[..., n:])
     assert not torch.equal(new, old)
+    sized = Wgmma24Weight.from_dense(w, wgs, mt, sized=True)  # the size table first, the same records after it
+    words = size_words(rb_, nc)
+    assert torch.equal(a_smem_order(sized), torch.cat([sized.values[:words], a_smem_order(sw).reshape(-1)]))
     with pytest.raises(ValueError, match="slots layout"):
         a_smem_order(Wgmma24Weight.from_dense(w, compressed=True))
 
@@ -612,17 +639,38 @@ def test_gpu_wgmma24_stream(m, k, n, compressed, rng):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("compressed", [True, False])
 @pytest.mark.parametrize("m,k,n", [(4096, 4096, 16), (12288, 4096, 9), (700, 2056, 128), (300, 520, 300)])
-def test_gpu_wgmma24_sized_stream(m, k, n, rng):
-    """Sized records by STREAM (each refill copies its record's own bytes): right, the same bits twice,
-    the counters back to zero, as the fixed records."""
+def test_gpu_wgmma24_sized_stream(m, k, n, compressed, rng):
+    """Sized records by STREAM (each refill copies its record's own bytes), either layout: right, the same
+    bits twice, the counters back to zero, as the fixed records."""
     from cross.kernels.launch import wgmma24_args
 
     _needs_sm90()
-    w = _unstructured(m, k, 0.3, rng).cuda()
-    args = wgmma24_args(Wgmma24Weight.from_dense(w, compressed=True, sized=True), 0)
-    assert args.sized and args.row_blocks == -(-m // 256)
+    w = _unstructured(m, k, 0.5, rng).cuda()
+    args = wgmma24_args(Wgmma24Weight.from_dense(w, compressed=compressed, sized=True), 0)
+    assert args.sized and args.compressed == compressed and args.row_blocks == -(-m // 256)
     _twice_the_same_bits(args, w, n, rng)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m,k,wgs,mt", [(40, 200, 1, 1), (1000, 1032, 2, 2), (11008, 4096, 2, 2), (4096, 11008, 2, 2)])
+@pytest.mark.parametrize("weight", ["2:4", "0.5", "1.0"])
+def test_gpu_wgmma24_sized_slots(m, k, weight, wgs, mt, rng):
+    """The slots layout's sized records (each refill copies its m-tiles, head words and the chunk's own
+    overflow words) at every block of tokens, by clusters (the launch's default, and 1) and by STREAM."""
+    from cross.kernels.launch import wgmma24_matmul
+
+    _needs_sm90()
+    w = (_weight(m, k, 2, rng) if weight == "2:4" else _unstructured(m, k, float(weight), rng)).cuda()
+    sw = Wgmma24Weight.from_dense(w, wgs, mt, sized=True)
+    assert sw.sized and not sw.compressed
+    for n, split in ((1, None), (16, None), (16, 0), (50, None), (100, 0), (300, None)):
+        x = torch.randn(n, k, generator=rng).to(torch.bfloat16).cuda()
+        b = torch.randn(m, generator=rng).to(torch.bfloat16).cuda() if n % 2 == 0 else None
+        y = torch.full((n, m), float("nan"), dtype=torch.bfloat16, device="cuda")
+        wgmma24_matmul(x, sw, b, out=y, split=split)
+        assert _check(y, x, w, b) < 2e-2, f"n={n}, split={split}"
 
 
 @pytest.mark.gpu
@@ -820,21 +868,23 @@ def test_gpu_wgmma24_fp16(m, k, n, split, compressed, rng, monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("compressed", [False, True])
+@pytest.mark.parametrize("compressed,sized", [(False, False), (False, True), (True, True)])
 @pytest.mark.parametrize("split", [2, 0])
 @pytest.mark.parametrize("m,k,n", [(700, 2056, 16), (700, 2056, 128), (300, 520, 301), (2752, 4096, 40)])
-def test_gpu_wgmma24_propagate(m, k, n, split, compressed, rng, monkeypatch):
+def test_gpu_wgmma24_propagate(m, k, n, split, compressed, sized, rng, monkeypatch):
     """propagate=True (the PROPAGATE build): Inf and NaN inputs give exactly the dense
     product's NaN and Inf (0 x Inf NaN, w x Inf an Inf of its sign, Infs of both signs NaN, a NaN input
     NaN everywhere in its token), also through an Inf and a NaN weight; the finite outputs, the tokens
-    without one, as before; by clusters and STREAM, both layouts, eager and replayed in a CUDA graph."""
+    without one, as before; by clusters and STREAM, both layouts, fixed and sized records, eager and
+    replayed in a CUDA graph."""
     from cross.kernels.launch import wgmma24_args, wgmma24_run
 
     _needs_sm90()
-    w = _unstructured(m, k, 0.3, rng)
+    w = _unstructured(m, k, 0.5, rng)
     w[5, 7], w[9, 12] = float("inf"), float("nan")  # stored nonzeros
     with _built_with(monkeypatch, ""):
-        args = wgmma24_args(Wgmma24Weight.from_dense(w.cuda(), compressed=compressed), split, propagate=True)
+        args = wgmma24_args(Wgmma24Weight.from_dense(w.cuda(), compressed=compressed, sized=sized), split,
+                            propagate=True)
         b = torch.randn(m, generator=rng).to(torch.bfloat16).cuda()
         x = torch.empty(n, k, dtype=torch.bfloat16, device="cuda")
         y = torch.empty(n, m, dtype=torch.bfloat16, device="cuda")

@@ -440,7 +440,9 @@ def wgmma24_defines(is_bf16: bool, wgs: int, mt: int, split: int, slots: int, nt
                f"-DSTAGES={stages(wgs, mt, slots, ntok, compressed, reserve, wgmma24_xtma())}",
                f"-DXTMA={int(wgmma24_xtma())}"]
     if compressed:
-        defines += ["-DCOMPRESSED=1", f"-DOVER={int(over)}"] + (["-DSIZED=1"] if sized else [])
+        defines += ["-DCOMPRESSED=1", f"-DOVER={int(over)}"]
+    if sized:
+        defines.append("-DSIZED=1")
     return tuple(defines + os.environ.get(DEFINES_ENV, "").split())
 
 

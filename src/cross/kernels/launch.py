@@ -459,7 +459,7 @@ class Wgmma24Args(NamedTuple):
     sms: int  # the GPU's SMs
     compressed: bool = False  # the compressed layout (pack/wgmma24._compressed)
     over: bool = False  # compressed: the weight has overflow (the second mma runs)
-    sized: bool = False  # compressed: sized records (values' first row block: the sizes; -DSIZED=1)
+    sized: bool = False  # sized records (values start with the sizes; -DSIZED=1)
     propagate: bool = False  # Inf and NaN inputs as in the dense product (nan_policy "propagate"; -DPROPAGATE=1)
 
 

@@ -47,10 +47,10 @@
 // Compile-time parameters (NVRTC -D): IS_BF16, WGS (1 or 2), MT (1 or 2), STREAM (0 or 1), SPLIT (1..8;
 // 1 with STREAM), NTOK (16, 32, 64 or 128: tokens per block and the mma's N), STAGES, SLOTS (the
 // weight's overflow word slots per chunk; 0: no overflow, no head words, no second mma), COMPRESSED and
-// OVER (the compressed layout; its weight has overflow), SIZED (1: the compressed layout's sized
-// records: values starts with each record's size, uint16 in 16-byte units by row block and chunk,
-// padded to 16 bytes, and a refill copies only the record's own bytes; the prologue's copies take the
-// fixed size),
+// OVER (the compressed layout; its weight has overflow), SIZED (1: sized records, of either layout:
+// values starts with each record's size, uint16 in 16-byte units by row block and chunk, padded to 16
+// bytes, and a refill copies only the record's own bytes, the words a thread reads through its masks
+// being a prefix of the record; the prologue's copies take the fixed size),
 // REFILL_LATE (1: a unit's refill issued after its mmas; 0: after the barrier), XPRE (1: x is X laid out
 // as the stages hold it, pack/wgmma24.x_stages, copied by bulk copies), XTMA (1, the launcher's default: X
 // copied from its rows by tensor copies through the last parameter, X's tensor map, into the
@@ -197,9 +197,6 @@
 #endif
 #ifndef SIZED
 #define SIZED 0
-#endif
-#if SIZED && !COMPRESSED
-#error "sized records are the compressed layout's: COMPRESSED must be 1"
 #endif
 #if COMPRESSED
 #ifndef OVER

@@ -276,8 +276,9 @@ def wgmma24_compressed(plan: Plan) -> bool:
 
 def _wgmma24_for(plan: Plan, weight: "TiledWeight | PackedWeight | _DenseOnce", falls_back: bool = False) -> Wgmma24Weight | None:
     """The warpgroup 2:4 format (from ``weight.to_dense()``) where a bucket runs that kernel (``_runs``),
-    else None: in the layout of the plan's options (``wgmma24_compressed``; its records sized, so that a
-    launch copies each record's own bytes)."""
+    else None: in the layout of the plan's options (``wgmma24_compressed``; the compressed layout's records
+    sized, so that a launch copies each record's own bytes; the slots layout's fixed: sized, they read 4% fewer
+    bytes at 50% and timed no faster, docs/perf-notes.md "Sized records for the slots layout, measured")."""
     if not _runs(plan, "wgmma24", falls_back):
         return None
     compressed = wgmma24_compressed(plan)

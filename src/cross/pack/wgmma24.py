@@ -46,10 +46,11 @@ group with a nonzero and 4 more per group with overflow, 1 / 16 of dense for the
 for the head words (the default block): whatever the sparsity, at most the slots layout's bytes and
 1 / 32 of dense.
 
-Sized records (``from_dense(..., compressed=True, sized=True)``): the same records at the same stride,
+Sized records (``from_dense(..., sized=True)``, either layout): the same records at the same stride,
 and before them each record's size (its header and the words it uses, rounded up to 16 bytes; uint16
 in 16-byte units, by row block and chunk, the table padded to 16 bytes: ``size_words``), so that a
-launch copies each chunk's own bytes rather than the weight's largest chunk's (``-DSIZED=1``).
+launch copies each chunk's own bytes rather than the weight's largest chunk's (``-DSIZED=1``): the
+slots layout's header is its m-tiles and head words, its words the chunk's overflow words.
 ``values`` is then one flat int32 buffer, the sizes then the records; the device memory is the
 records' plus 2 bytes a record; the bytes a launch reads (``bytes_read``) are the records' sizes.
 """
@@ -162,10 +163,8 @@ class Wgmma24Weight:
         in the 2:4 part, the others (at positions 2 and 3) in the overflow operand; zeros (and -0.0)
         are not stored. ``compressed``: the compressed layout (``_compressed``: nonzeros only, and a
         bitmap, from which the kernel builds both operands); ``sized``: its records' sizes kept, so
-        that a launch copies each record's own bytes (the compressed layout only)."""
+        that a launch copies each record's own bytes."""
         check_weight(weight)
-        if sized and not compressed:
-            raise ValueError("Wgmma24Weight: sized records are the compressed layout's (compressed=True)")
         if weight.dtype not in _DTYPES:
             raise TypeError(f"warpgroup 2:4 format: expected a bfloat16 or float16 weight, got {weight.dtype}")
         if wgs not in (1, 2) or mt not in (1, 2):
@@ -209,6 +208,8 @@ class Wgmma24Weight:
                 tiles = torch.cat([tiles, head, words], -1)
                 slots = words.shape[-1]
             values = _as_int32(tiles).contiguous()
+            if sized:
+                values = torch.cat([_size_table(values, wgs, mt, compressed=False), values.reshape(-1)])
         if values.numel() * 4 >= 2**31:
             raise ValueError("Wgmma24Weight: the weight is too large for 32-bit offsets")
         return cls((m, k), weight.dtype, wgs, mt, values, slots, n_entries, n_groups, compressed, sized)
@@ -383,14 +384,21 @@ def size_words(row_blocks: int, chunks: int) -> int:
     return -(-row_blocks * chunks // 8) * 4
 
 
-def _size_table(records: torch.Tensor, wgs: int, mt: int) -> torch.Tensor:
-    """The size table (``size_words`` int32 words) of compressed ``records`` [rb, chunks, words]: each
-    record's header (``record_bytes`` with no slots) and the words its heads' masks count, rounded up
-    to 16 bytes, as uint16 in 16-byte units, by row block and chunk, zeros after."""
+def _size_table(records: torch.Tensor, wgs: int, mt: int, compressed: bool = True) -> torch.Tensor:
+    """The size table (``size_words`` int32 words) of ``records`` [rb, chunks, words]: each record's
+    header and the words its head words' masks count, rounded up to 16 bytes, as uint16 in 16-byte
+    units, by row block and chunk, zeros after. Compressed: the header is ``record_bytes`` with no
+    slots, the masks all 32 bits of a head word; slots: the m-tiles and, where there is overflow, the
+    head words, the masks a head word's bits from START_BITS."""
     rb_, nc, words = records.shape
-    header = record_bytes(wgs, mt, 0, compressed=True) // 4
-    heads = records[..., wgs * mt * 128:wgs * mt * 128 + 128 * wgs].to(torch.int64) & 0xFFFFFFFF
-    used = sum(((heads >> b) & 1).sum(-1) for b in range(32))
+    mtiles = wgs * mt
+    if compressed:
+        header, first, shift = record_bytes(wgs, mt, 0, compressed=True) // 4, mtiles * 128, 0
+    else:
+        first, shift = mtiles * TILE_WORDS, START_BITS
+        header = first + (128 * wgs if words > first else 0)
+    heads = records[..., first:first + 128 * wgs].to(torch.int64) & 0xFFFFFFFF
+    used = sum(((heads >> b) & 1).sum(-1) for b in range(shift, 32))
     units = -(-(header + used) // 4)
     if int(units.max()) >= 2**15:
         raise RuntimeError("warpgroup 2:4 format: a record of 512 KB or more cannot be sized")
@@ -496,12 +504,14 @@ def a_smem_order(weight: "Wgmma24Weight") -> torch.Tensor:
     if weight.compressed:
         raise ValueError("a_smem_order: the A_SMEM builds read the slots layout (compressed=False)")
     rb_, nc = weight.blocks
-    v = weight.values.view(rb_, nc, -1)
+    v = weight.records  # sized records: the size table stays in front of them
     tiles = v[..., :weight.mtiles * TILE_WORDS].reshape(rb_, nc, weight.mtiles, TILE_WORDS)
     out = v.clone()
     new = out[..., :weight.mtiles * TILE_WORDS].view(rb_, nc, weight.mtiles, TILE_WORDS)
     for ks in range(2):
         new[..., 512 * ks + _A_SMEM_WORD.to(v.device)] = tiles[..., 512 * ks:512 * (ks + 1)]
+    if weight.sized:
+        return torch.cat([weight.values[:size_words(rb_, nc)], out.reshape(-1)])
     return out.reshape(weight.values.shape)
 
 
