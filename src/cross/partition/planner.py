@@ -75,7 +75,8 @@ LAYOUT_CONTEST_BYTES = 1.1
 #: Llama-2-7B-shaped decoder, the same decode times as 'compressed' alone in 95 s of sparsify_ against
 #: 175-181 s (benchmarks/results/h100/defaults_grid/). At 50% the contest kept slots for its 12288x4096,
 #: 4096x4096 and 4096x11008 weights (1-3.5% faster alone at 3-16 tokens) and compressed for 22016x4096:
-#: batch 8 / 16 7.13 / 7.74 ms against 7.23 / 7.83 with 'compressed', sparsify_ 217 s against 109 s
+#: batch 8 / 16 7.13 / 7.74 ms against 7.23 / 7.83 with 'compressed', sparsify_ 217 s against 109 s, and
+#: 112 s where sparsify_ takes a weight kind's settled layout without a contest (nn/sparsify.LAYOUT_SETTLED)
 #: (benchmarks/results/h100/layout_half/).
 WGMMA_LAYOUT_DEFAULT = "auto"
 #: Whether make_plan offers buckets to the warpgroup 2:4 kernel by default (``wgmma_kernel``): off, as
@@ -120,11 +121,9 @@ def overflow_groups(weight: torch.Tensor) -> np.ndarray:
 
 
 def _wgmma24_bytes(layout: str, weight: torch.Tensor | None, nnz, size, grid: TileGrid) -> int:
-    """The warpgroup 2:4 format's bytes in ``layout``: counted on the weight where there is one (tile
-    counts cannot tell a 2:4 weight from a uniform one), else expected from the tile counts; 'auto':
-    the smaller of the two."""
-    if layout == "auto":
-        return min(_wgmma24_bytes(one, weight, nnz, size, grid) for one in ("slots", "compressed"))
+    """The warpgroup 2:4 format's bytes in ``layout`` ('slots' or 'compressed'): counted on the weight where
+    there is one (tile counts cannot tell a 2:4 weight from a uniform one), else expected from the tile
+    counts."""
     if layout == "compressed":
         return wgmma24_compressed_bytes(nnz, size, grid.rows, grid.cols,
                                         chunk_words=None if weight is None else chunk_words(weight))
@@ -132,11 +131,10 @@ def _wgmma24_bytes(layout: str, weight: torch.Tensor | None, nnz, size, grid: Ti
                                 chunk_groups=None if weight is None else overflow_groups(weight))
 
 
-def contest_layout(weight: torch.Tensor | None, nnz, size, grid: TileGrid) -> str:
+def contest_layout(slots_bytes: int, compressed_bytes: int) -> str:
     """'auto' where the warpgroup 2:4 format's slots layout takes at most LAYOUT_CONTEST_BYTES times the
     compressed layout's bytes (the measured check then times both), else 'compressed'."""
-    slots, compressed = (_wgmma24_bytes(one, weight, nnz, size, grid) for one in ("slots", "compressed"))
-    return "auto" if slots <= LAYOUT_CONTEST_BYTES * compressed else "compressed"
+    return "auto" if slots_bytes <= LAYOUT_CONTEST_BYTES * compressed_bytes else "compressed"
 
 
 def chunk_words(weight: torch.Tensor) -> np.ndarray:
@@ -355,11 +353,14 @@ def make_plan(weight: torch.Tensor | None = None, *, nnz: np.ndarray | None = No
     slices = (bool(slice_kernel) and nan_policy == "propagate" and slice_kernel_fits(grid.rows, grid.cols, dtype)
               and slice_floor <= SLICE_MAX_BYTES * 2 * grid.rows * grid.cols)
     # whether buckets may become the warpgroup 2:4 kernel's candidates (its bytes counted only where
-    # the kernel is offered: the default plans pay nothing for them)
-    wgmma = (bool(wgmma_kernel) and wgmma24_kernel_fits(grid.rows, grid.cols, dtype)
-             and _wgmma24_bytes(wgmma_layout, weight, nnz, size, grid) <= WGMMA_MAX_BYTES * 2 * grid.rows * grid.cols)
-    if wgmma and wgmma_layout == "auto":
-        wgmma_layout = contest_layout(weight, nnz, size, grid)
+    # the kernel is offered: the default plans pay nothing for them; 'auto': the smaller layout's decide)
+    wgmma = bool(wgmma_kernel) and wgmma24_kernel_fits(grid.rows, grid.cols, dtype)
+    if wgmma:
+        fmt_bytes = {one: _wgmma24_bytes(one, weight, nnz, size, grid) for one in ("slots", "compressed")
+                     if wgmma_layout in (one, "auto")}
+        wgmma = min(fmt_bytes.values()) <= WGMMA_MAX_BYTES * 2 * grid.rows * grid.cols
+        if wgmma and wgmma_layout == "auto":
+            wgmma_layout = contest_layout(fmt_bytes["slots"], fmt_bytes["compressed"])
 
     def plan_buckets(kinds):
         return _plan_buckets(kinds, nnz, grid, tile_shape, buckets, classes_at, cm, programs, unit_mode, balance,
