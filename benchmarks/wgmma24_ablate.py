@@ -1,6 +1,7 @@
 """Where the warpgroup 2:4 kernel's STREAM launch spends its time: the full build against one whose
 blocks only copy (CROSS_CUDA_DEFINES=-DABLATE=1: the weight's records and X through the pipeline, the
-waits and barriers, no A registers, no mmas; its result is wrong and not checked), each timed
+waits and barriers, no A registers, no mmas; its result is wrong and not checked) and those that do not
+copy either (-DABLATE=3; -DABLATE=11 without the end's sums too: the launch's fixed part), each timed
 (CUDA-graph replay, L2 flushed by a 256 MB read, cuBLAS in the same run) and then launched once more
 after a flush with -DBLOCK_TIMES=1: every block's start and end (%globaltimer) and SM, so that the
 spread of the blocks' ends (the SMs idle while the last ones finish) is seen, not inferred; with
@@ -26,7 +27,8 @@ from cross.kernels import cuda_backend  # noqa: E402
 from cross.kernels.launch import wgmma24_args  # noqa: E402
 from cross.pack.wgmma24 import Wgmma24Weight, stages, token_tile  # noqa: E402
 
-VARIANTS = (("full", ""), ("copies only", "-DABLATE=1"))
+VARIANTS = (("full", ""), ("copies only", "-DABLATE=1"), ("no copies", "-DABLATE=3"),
+            ("no copies or end", "-DABLATE=11"))
 UNIT_TIMES = 64  # wgmma24.cu's units timed per block with -DBLOCK_TIMES=2
 
 
@@ -118,7 +120,9 @@ def main(argv=None):
     ap.add_argument("--n", type=int, default=16)
     ap.add_argument("--stages", type=int, default=None, help="-DSTAGES for both builds (default: the format's)")
     ap.add_argument("--waves", default="1", help="comma-separated multiples of the resident blocks to launch (default 1)")
-    ap.add_argument("--variants", default="full,copies only", help="comma-separated, of: full, copies only")
+    ap.add_argument("--variants", default="full,copies only",
+                    help="comma-separated, of: full, copies only, no copies (nor mmas: the loop's waits and "
+                         "barriers, the end), no copies or end (each block writes its own sums)")
     ap.add_argument("--compressed", action="store_true", help="the compressed layout (default: the slots layout)")
     ap.add_argument("--units", action="store_true",
                     help="also time when each block's first units land (-DBLOCK_TIMES=2; the launch timed "
