@@ -41,11 +41,14 @@ def launcher(args, x, y, ntok: int, defines: str, waves: int = 1, units_timed: b
     was in place; with ``end_steps``, BLOCK_TIMES=3, also ``run.steps`` [blocks, 4]: a summing block's
     end, step by step, wgmma24.cu's END_STAMP; zero in blocks that do not sum). ``per_sm``: at most that
     many blocks per SM (default: as many as fit, as the runtime launches). Cooperative where the runtime's
-    STREAM launches are (``cuda_backend.stream_cooperative``) and there is one wave."""
+    STREAM launches are (``cuda_backend.stream_cooperative``) and there is one wave; the end the runtime's
+    (fp32 reductions up to REDUCE_MAX_TOKENS tokens where ``stream_reduce``: the zeroed workspace is their
+    area, which each launch leaves zero); X by its tensor map where the build copies it so (XTMA)."""
     os.environ[cuda_backend.DEFINES_ENV] = f"{defines} -DBLOCK_TIMES={3 if end_steps else 2 if units_timed else 1}"
     cuda_backend.wgmma24_defines_changed()
+    reduce = ntok <= cuda_backend.REDUCE_MAX_TOKENS and cuda_backend.stream_reduce()
     func, smem, fit = cuda_backend._wgmma24_kernel(torch.cuda.current_device(), True, args.wgs, args.mt, 0,
-                                                   args.slots, ntok, args.compressed, args.over, args.sized)
+                                                   args.slots, ntok, args.compressed, args.over, args.sized, reduce)
     per_sm = fit if per_sm is None else min(per_sm, fit)
     outputs = args.row_blocks * -(-x.shape[0] // ntok)
     units = outputs * args.chunks
@@ -59,8 +62,11 @@ def launcher(args, x, y, ntok: int, defines: str, waves: int = 1, units_timed: b
 
     cooperative = waves == 1 and cuda_backend.stream_cooperative()  # (more waves cannot all be resident)
 
+    xmap = (cuda_backend.x_tensor_map(x.data_ptr(), True, x.shape[0], args.in_features, x.stride(0), ntok),) \
+        if cuda_backend.wgmma24_xtma() else ()
+
     def run():
-        cuda_backend._launch(func, grid, args.wgs * 128, smem, ptrs, ints, cooperative=cooperative)
+        cuda_backend._launch(func, grid, args.wgs * 128, smem, ptrs, ints, cooperative=cooperative, objects=xmap)
 
     run.keep = counters
     words = ws[slots:].view(torch.int64)

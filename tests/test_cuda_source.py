@@ -308,31 +308,3 @@ def test_wgmma24_propagate_tuning_builds(tmp_path):
     assert "bar.red.or" in plain and "bar.red.or" not in no_barrier and no_barrier.count(fold) == plain.count(fold)
     refused = build(16, "-DABLATE=128", propagate=())
     assert refused.returncode != 0 and "needs PROPAGATE=1" in refused.stderr
-
-
-@pytest.mark.parametrize("split,compressed,propagate", [(0, True, False), (0, True, True), (2, False, False)])
-def test_wgmma24_proxy_fence_tuning_build(split, compressed, propagate, tmp_path):
-    """PROXY_FENCE=0 (a tuning build: the loop's fence.proxy.async dropped where every copy into a stage is
-    an async-proxy copy) assembles without it and otherwise as the default build, for STREAM and the
-    clusters, with PROPAGATE too; a build whose X goes by cp.async (XTMA=0) is refused."""
-    from cross.kernels.cuda_backend import wgmma24_defines
-
-    kernels = resources.files("cross.kernels")
-    defines = [*wgmma24_defines(True, 2, 2, split, 1024 if compressed else 64, 16, compressed, True),
-               *(["-DEND_RED=1"] if split == 0 else []), *(["-DPROPAGATE=1"] if propagate else [])]
-
-    def build(*extra):
-        return subprocess.run([NVCC, "-arch=sm_90a", "-std=c++17", f"-I{kernels}", "-ptx", "-o", str(tmp_path / "k.ptx"),
-                               *defines, *extra, str(kernels.joinpath("wgmma24.cu"))], capture_output=True, text=True)
-
-    def ptx(*extra):
-        out = build(*extra)
-        assert out.returncode == 0, out.stderr[-3000:]
-        return (tmp_path / "k.ptx").read_text()
-
-    fence = "fence.proxy.async.shared::cta"
-    plain, dropped = ptx(), ptx("-DPROXY_FENCE=0")
-    assert plain.count(fence) == dropped.count(fence) + 1
-    assert plain.replace(fence, "").count("wgmma.mma_async") == dropped.count("wgmma.mma_async") > 0
-    refused = build("-DPROXY_FENCE=0", "-DXTMA=0")
-    assert refused.returncode != 0 and "PROXY_FENCE=0 needs" in refused.stderr

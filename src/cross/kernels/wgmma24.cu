@@ -156,18 +156,6 @@
 #ifndef XTMA
 #define XTMA 0  // 1 (the launcher's default): X by the tensor copy engine from its rows (a tensor map), a unit's part by one copy
 #endif
-// PROXY_FENCE (a tuning define, default 1): the loop's fence.proxy.async before each unit's barrier, which
-// orders this thread's generic-proxy accesses of the stages with the copies' and the mmas' async-proxy ones.
-// 0 drops it where every copy into a stage is an async-proxy copy (XTMA, XPRE: the mbarrier's wait already
-// makes a copy's bytes visible to the mmas and the loads; the refill's overwrite follows reads whose values
-// the mmas waited for have consumed), to time what it costs a unit (docs/perf-notes.md, "The launch's fixed
-// part, block by block")
-#ifndef PROXY_FENCE
-#define PROXY_FENCE 1
-#endif
-#if !PROXY_FENCE && !(XTMA || XPRE)
-#error "PROXY_FENCE=0 needs every copy into a stage to be an async-proxy copy (XTMA or XPRE): X's cp.async is not"
-#endif
 #if XTMA && (XPRE || !BULK)
 #error "XTMA copies X on the weight's mbarrier from X itself: BULK must be 1 and XPRE 0"
 #endif
@@ -921,9 +909,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
 #endif
             // the copies, seen by the mma's reads; this thread's reads of the stage refilled next, done
             // before the refill's bulk copy
-#if PROXY_FENCE
             asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-#endif
             __syncthreads();  // unit i in place; every warpgroup done with unit i - 1's stage (A_SMEM: i - 2's), refilled next
             // the refill of that stage with unit i + AHEAD (one cp.async group per unit, empty past the
             // block's units)
