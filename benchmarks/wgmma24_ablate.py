@@ -150,10 +150,13 @@ def main(argv=None):
           f"cuBLAS {dense_us:.2f} us")
     flush = torch.zeros(FLUSH_BYTES // 4, dtype=torch.int32, device="cuda")
     wanted = opts.variants.split(",")
+    # every variant at the full build's blocks per SM (an ablation build's fewer registers would fit more, and
+    # its STREAM grid would then differ from the launch it is taken from)
+    full_per_sm = launcher(args, x, y, token_tile(opts.n), f" -DSTAGES={opts.stages}" if opts.stages else "")[3]
     for (name, defines), waves in [(v, w) for v in VARIANTS if v[0] in wanted for w in map(int, opts.waves.split(","))]:
         if opts.stages:
             defines += f" -DSTAGES={opts.stages}"
-        run, times, grid, per_sm = launcher(args, x, y, token_tile(opts.n), defines, waves)
+        run, times, grid, per_sm = launcher(args, x, y, token_tile(opts.n), defines, waves, per_sm=full_per_sm)
         us = graph_us(run)
         per_launch = []
         for _ in range(max(opts.repeats, 1)):
@@ -178,7 +181,8 @@ def main(argv=None):
         if len(per_launch) > 1:
             print(f"{'':>12}  {sm_repeatability(per_launch, args.sms)}")
         if opts.units:
-            urun, utimes, ugrid, _ = launcher(args, x, y, token_tile(opts.n), defines, waves, units_timed=True)
+            urun, utimes, ugrid, _ = launcher(args, x, y, token_tile(opts.n), defines, waves, units_timed=True,
+                                              per_sm=full_per_sm)
             flush.sum()
             urun()
             torch.cuda.synchronize()
