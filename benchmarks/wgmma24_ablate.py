@@ -119,6 +119,23 @@ def sm_repeatability(per_launch: list[torch.Tensor], sms: int) -> str:
             f"fastest SMs {order[:5]}, slowest {order[-5:]}")
 
 
+def again(run, times: torch.Tensor, us: float, flush: torch.Tensor) -> str:
+    """A second launch right behind the first (its code, constants and tables just used; the weight's bytes
+    flushed before the first only): what it adds to a graph of the two, and its blocks' times from its own
+    stamps (``times``: u64 [blocks, 3], overwritten by each launch)."""
+    twice = graph_us(lambda: (run(), run()))
+    flush.sum()
+    run()
+    run()
+    torch.cuda.synchronize()
+    t = times.cpu()
+    start, end = t[:, 0] - t[:, 0].min(), t[:, 1] - t[:, 0].min()
+    q = torch.quantile((end - start).double(), torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)) / 1e3
+    return (f"again: the second of two launches adds {twice - us:.2f} us ({twice:.2f} for both); its blocks end "
+            f"{end.min() / 1e3:.2f}-{end.max() / 1e3:.2f} us, a block's time min/median/max "
+            f"{q[0]:.2f}/{q[1]:.2f}/{q[2]:.2f} us")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", default="11008x4096")
@@ -137,6 +154,9 @@ def main(argv=None):
                     help="launches with block times (each after a flush); from 2: how well each SM's block time "
                          "in one launch predicts it in the next (the correlation over the SMs), and the SMs "
                          "fastest and slowest on average")
+    ap.add_argument("--again", action="store_true",
+                    help="also a second launch right behind the first: what it adds, and its blocks' times "
+                         "(whether a block's first microsecond is the launch's cold start)")
     opts = ap.parse_args(argv)
     m, k = (int(v) for v in opts.shape.split("x"))
     w = make_weight(m, k, opts.sparsity, "uniform", torch.Generator().manual_seed(0)).cuda()
@@ -180,6 +200,8 @@ def main(argv=None):
               f"last: {', '.join(f'{float(end[i]) / 1e3:.1f} (SM {int(t[i, 2])})' for i in order[-5:])}")
         if len(per_launch) > 1:
             print(f"{'':>12}  {sm_repeatability(per_launch, args.sms)}")
+        if opts.again:
+            print(f"{'':>12}  {again(run, times, us, flush)}")
         if opts.units:
             urun, utimes, ugrid, _ = launcher(args, x, y, token_tile(opts.n), defines, waves, units_timed=True,
                                               per_sm=full_per_sm)

@@ -45,3 +45,28 @@ def test_unit_landings_split_the_first_and_last_blocks():
                             "unit 3 (the first refill) 3.0; the last unit 4.0; the end 5.0")
     assert last.startswith("the tenth ending last: unit 0 90.0; unit 2 (the prologue's last) 92.0")
     assert "the end 95.0" in last
+
+
+def test_again_reads_the_second_launchs_stamps(monkeypatch):
+    """--again: what a second launch adds to a graph of two (timed against the one launch's time), and the
+    blocks' times from the stamps the second launch wrote (each launch overwrites them)."""
+    times = torch.zeros(4, 3, dtype=torch.int64)
+    launches = []
+
+    def run():
+        launches.append(len(launches))
+        scale = 1000 if len(launches) % 2 else 500  # the second of each pair: blocks twice as short
+        times[:, 0] = torch.arange(4) * 10
+        times[:, 1] = times[:, 0] + torch.tensor([2, 4, 4, 6]) * scale
+
+    def graph_us(fn):
+        fn()
+        return 17.5
+
+    monkeypatch.setattr(ablate, "graph_us", graph_us)
+    monkeypatch.setattr(ablate.torch.cuda, "synchronize", lambda: None)
+    text = ablate.again(run, times, 10.0, torch.zeros(4))
+    assert len(launches) == 4  # two in the graph, two stamped
+    assert "adds 7.50 us (17.50 for both)" in text
+    assert "a block's time min/median/max 1.00/2.00/3.00 us" in text
+    assert "its blocks end 1.00-3.03 us" in text
