@@ -48,9 +48,9 @@ def test_budgets_are_the_line_through_a_splits_two_points(tmp_path):
         out.writeheader()
         out.writerow(dict(shape="s", sparsity=0.7, mb=40.0, copies_only_us=22.0, dense_us=36.0))
         out.writerow(dict(shape="s", sparsity=0.9, mb=20.0, copies_only_us=16.0, dense_us=37.0))
-    fits = fb.budgets(str(path))
-    assert fits[("s", 0.7)] == pytest.approx((36.0, 10.0, 0.3))
-    assert fits[("s", 0.9)] == pytest.approx((37.0, 10.0, 0.3))
+    dense, intercept, slope = fb.budgets(str(path))["s"]
+    assert dense == {0.7: 36.0, 0.9: 37.0}
+    assert (intercept, slope) == pytest.approx((10.0, 0.3))
 
 
 def test_dense_fit_is_cublass_line_through_the_shapes(tmp_path):
