@@ -33,18 +33,19 @@ UNIT_TIMES = 64  # wgmma24.cu's units timed per block with -DBLOCK_TIMES=2
 
 
 def launcher(args, x, y, ntok: int, defines: str, waves: int = 1, units_timed: bool = False,
-             end_steps: bool = False, per_sm: int | None = None):
+             end_steps: bool = False, per_sm: int | None = None, prologue: bool = False):
     """A STREAM launch of a build with ``defines`` (and BLOCK_TIMES) over ``waves`` times the SMs' resident
     blocks (more than one: the hardware's block scheduler hands the later ranges to whichever SM frees
     first), its workspace with room for the blocks' times, and the times' view (u64 [blocks, 3]: start,
     end, SM; with ``units_timed``, BLOCK_TIMES=2, also ``run.units`` [blocks, UNIT_TIMES]: when each unit
     was in place; with ``end_steps``, BLOCK_TIMES=3, also ``run.steps`` [blocks, 4]: a summing block's
-    end, step by step, wgmma24.cu's END_STAMP; zero in blocks that do not sum). ``per_sm``: at most that
+    end, step by step, wgmma24.cu's END_STAMP; zero in blocks that do not sum; with ``prologue``,
+    BLOCK_TIMES=4, the unit times and ``run.steps`` the prologue's steps, PRO_STAMP). ``per_sm``: at most that
     many blocks per SM (default: as many as fit, as the runtime launches). Cooperative where the runtime's
     STREAM launches are (``cuda_backend.stream_cooperative``) and there is one wave; the end the runtime's
     (fp32 reductions up to REDUCE_MAX_TOKENS tokens where ``stream_reduce``: the zeroed workspace is their
     area, which each launch leaves zero); X by its tensor map where the build copies it so (XTMA)."""
-    os.environ[cuda_backend.DEFINES_ENV] = f"{defines} -DBLOCK_TIMES={3 if end_steps else 2 if units_timed else 1}"
+    os.environ[cuda_backend.DEFINES_ENV] = f"{defines} -DBLOCK_TIMES={4 if prologue else 3 if end_steps else 2 if units_timed else 1}"
     cuda_backend.wgmma24_defines_changed()
     reduce = ntok <= cuda_backend.REDUCE_MAX_TOKENS and cuda_backend.stream_reduce()
     func, smem, fit = cuda_backend._wgmma24_kernel(torch.cuda.current_device(), True, args.wgs, args.mt, 0,
@@ -101,6 +102,21 @@ def unit_landings(times: torch.Tensor, units: torch.Tensor, total: int, ahead: i
     return lines
 
 
+PROLOGUE_STEPS = ("first unit found", "mbarriers set up", "copies issued", "barrier after them")
+
+
+def prologue_steps(times: torch.Tensor, steps: torch.Tensor, units: torch.Tensor) -> str:
+    """The prologue's steps of every block (u64 [blocks, 4], ns: wgmma24.cu's PRO_STAMP), then unit 0 in
+    place (``units``: u64 [blocks, UNIT_TIMES]), each from the block's own start (``times``: [blocks, 3]
+    start, end, SM), us min/median/max over the blocks."""
+    start = times[:, 0:1]
+    cols = torch.cat([steps, units[:, :1]], 1) - start
+    names = PROLOGUE_STEPS + ("unit 0 in place",)
+    q = torch.quantile(cols.double() / 1e3, torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64), dim=0)
+    return ("prologue, us from the block's start (min/median/max): "
+            + "; ".join(f"{name} {q[0, i]:.2f}/{q[1, i]:.2f}/{q[2, i]:.2f}" for i, name in enumerate(names)))
+
+
 def sm_repeatability(per_launch: list[torch.Tensor], sms: int) -> str:
     """Each SM's mean block time per launch (u64 [blocks, 3] times: start, end, SM), the correlation over
     the SMs between consecutive launches (mean of the pairs'), and the 5 SMs fastest and slowest on
@@ -154,6 +170,11 @@ def main(argv=None):
                     help="launches with block times (each after a flush); from 2: how well each SM's block time "
                          "in one launch predicts it in the next (the correlation over the SMs), and the SMs "
                          "fastest and slowest on average")
+    ap.add_argument("--prologue", action="store_true",
+                    help="also time each block's prologue step by step (-DBLOCK_TIMES=4): its index arithmetic, "
+                         "the mbarriers' set-up, the first copies' issue, unit 0 in place")
+    ap.add_argument("--defines", default="",
+                    help="more defines for every variant's build (a tuning build: e.g. -DEARLY=1)")
     ap.add_argument("--again", action="store_true",
                     help="also a second launch right behind the first: what it adds, and its blocks' times "
                          "(whether a block's first microsecond is the launch's cold start)")
@@ -172,10 +193,10 @@ def main(argv=None):
     wanted = opts.variants.split(",")
     # every variant at the full build's blocks per SM (an ablation build's fewer registers would fit more, and
     # its STREAM grid would then differ from the launch it is taken from)
-    full_per_sm = launcher(args, x, y, token_tile(opts.n), f" -DSTAGES={opts.stages}" if opts.stages else "")[3]
+    common = (f" -DSTAGES={opts.stages}" if opts.stages else "") + (f" {opts.defines}" if opts.defines else "")
+    full_per_sm = launcher(args, x, y, token_tile(opts.n), common)[3]
     for (name, defines), waves in [(v, w) for v in VARIANTS if v[0] in wanted for w in map(int, opts.waves.split(","))]:
-        if opts.stages:
-            defines += f" -DSTAGES={opts.stages}"
+        defines += common
         run, times, grid, per_sm = launcher(args, x, y, token_tile(opts.n), defines, waves, per_sm=full_per_sm)
         us = graph_us(run)
         per_launch = []
@@ -212,6 +233,13 @@ def main(argv=None):
             total = args.row_blocks * -(-opts.n // token_tile(opts.n)) * args.chunks
             for line in unit_landings(utimes.cpu(), urun.units.cpu(), total, ahead):
                 print(f"{'':>12}  {line}")
+        if opts.prologue:
+            prun, ptimes, _, _ = launcher(args, x, y, token_tile(opts.n), defines, waves, per_sm=full_per_sm,
+                                          prologue=True)
+            flush.sum()
+            prun()
+            torch.cuda.synchronize()
+            print(f"{'':>12}  {prologue_steps(ptimes.cpu(), prun.steps.cpu(), prun.units.cpu())}")
     os.environ.pop(cuda_backend.DEFINES_ENV, None)
     cuda_backend.wgmma24_defines_changed()
 

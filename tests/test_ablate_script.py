@@ -47,6 +47,20 @@ def test_unit_landings_split_the_first_and_last_blocks():
     assert "the end 95.0" in last
 
 
+def test_prologue_steps_from_each_blocks_start():
+    """--prologue: each step's stamp and unit 0's from the block's own start (not the first block's), over
+    the blocks."""
+    blocks = 5
+    start = torch.arange(blocks, dtype=torch.int64) * 10_000  # blocks start 10 us apart
+    times = torch.stack([start, start + 50_000, torch.arange(blocks)], 1)
+    steps = start[:, None] + torch.tensor([100, 300, 400, 400]) * (1 + torch.arange(blocks))[:, None]
+    units = torch.zeros(blocks, ablate.UNIT_TIMES, dtype=torch.int64)
+    units[:, 0] = start + 1000
+    text = ablate.prologue_steps(times, steps, units)
+    assert "first unit found 0.10/0.30/0.50" in text and "copies issued 0.40/1.20/2.00" in text
+    assert "unit 0 in place 1.00/1.00/1.00" in text
+
+
 def test_again_reads_the_second_launchs_stamps(monkeypatch):
     """--again: what a second launch adds to a graph of two (timed against the one launch's time), and the
     blocks' times from the stamps the second launch wrote (each launch overwrites them)."""

@@ -308,3 +308,39 @@ def test_wgmma24_propagate_tuning_builds(tmp_path):
     assert "bar.red.or" in plain and "bar.red.or" not in no_barrier and no_barrier.count(fold) == plain.count(fold)
     refused = build(16, "-DABLATE=128", propagate=())
     assert refused.returncode != 0 and "needs PROPAGATE=1" in refused.stderr
+
+
+def test_wgmma24_prologue_tuning_builds(tmp_path):
+    """EARLY=1 (a tuning build: thread 0 sets up the mbarriers and issues the prologue's copies before the
+    block's first barrier) puts the first bulk and tensor copies ahead of the first bar.sync, where the
+    default build has them after it; PREFETCH_MAP=1 adds the tensor map's prefetch; BLOCK_TIMES=4 (the
+    prologue's stamps) reads the timer at four more places than the unit times' build. EARLY without bulk
+    copies and PREFETCH_MAP without the tensor map are refused."""
+    from cross.kernels.cuda_backend import wgmma24_defines
+
+    kernels = resources.files("cross.kernels")
+
+    def build(*extra):
+        return subprocess.run([NVCC, "-arch=sm_90a", "-std=c++17", f"-I{kernels}", "-ptx", "-o", str(tmp_path / "k.ptx"),
+                               *wgmma24_defines(True, 2, 2, 0, 1024, 16, True, True), "-DEND_RED=1", *extra,
+                               str(kernels.joinpath("wgmma24.cu"))], capture_output=True, text=True)
+
+    def ptx(*extra):
+        out = build(*extra)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return (tmp_path / "k.ptx").read_text()
+
+    def first(text, what):
+        return text.index(what)
+
+    plain, early = ptx("-DXTMA=1"), ptx("-DXTMA=1", "-DEARLY=1")
+    for copy in ("cp.async.bulk.shared", "cp.async.bulk.tensor"):
+        assert first(plain, "bar.sync") < first(plain, copy)
+        assert first(early, copy) < first(early, "bar.sync")
+    assert "prefetch.tensormap" not in plain and "prefetch.tensormap" in ptx("-DXTMA=1", "-DPREFETCH_MAP=1")
+    timer = "%globaltimer"
+    assert ptx("-DXTMA=1", "-DBLOCK_TIMES=4").count(timer) == ptx("-DXTMA=1", "-DBLOCK_TIMES=2").count(timer) + 4
+    refused = build("-DXTMA=0", "-DBULK=0", "-DEARLY=1")
+    assert refused.returncode != 0 and "EARLY issues" in refused.stderr
+    refused = build("-DXTMA=0", "-DPREFETCH_MAP=1")
+    assert refused.returncode != 0 and "PREFETCH_MAP prefetches" in refused.stderr

@@ -92,7 +92,10 @@
 // in place (after its waits) at u64 [3 P + UNIT_TIMES j + i]; BLOCK_TIMES=3 also, where the block sums
 // its last output (split across blocks), its end's steps at u64 [(3 + UNIT_TIMES) P + 4 j + s]: s = 0
 // the last unit's mmas done, 1 the partial sums stored (after the block barrier), 2 the wait over
-// (after the barrier after it), 3 the sums' loads and Y's stores issued
+// (after the barrier after it), 3 the sums' loads and Y's stores issued; BLOCK_TIMES=4 the unit times and,
+// in place of the end's steps, the prologue's: s = 0 the block's first unit and its X found (the index
+// arithmetic done), 1 the mbarriers' set-up over (after its barrier, EARLY: before), 2 the AHEAD copies
+// issued, 3 the block barrier after them (EARLY; else equal to 2)
 #ifndef ABLATE
 #define ABLATE 0
 #endif
@@ -105,7 +108,7 @@
 #ifndef BLOCK_TIMES
 #define BLOCK_TIMES 0
 #endif
-#if BLOCK_TIMES >= 3  // thread 0 stamps step s of a summing block's end (%globaltimer) past the unit times
+#if BLOCK_TIMES == 3  // thread 0 stamps step s of a summing block's end (%globaltimer) past the unit times
 #define END_CLOCK(t) asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t))
 #define END_STAMP_AT(s, t)                                                                               \
     do {                                                                                                 \
@@ -123,6 +126,19 @@
 #define END_CLOCK(t) (void)(t)
 #define END_STAMP_AT(s, t) do {} while (0)
 #define END_STAMP(s) do {} while (0)
+#endif
+#if BLOCK_TIMES == 4  // step s of the prologue, after `dep` is computed (an input of the timer's read: not hoisted
+                      // above it), where BLOCK_TIMES=3 has the end's steps
+#define PRO_STAMP(s, dep)                                                                                \
+    do {                                                                                                 \
+        unsigned long long t_pro;                                                                        \
+        asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t_pro) : "r"((u32)(dep)) : "memory");        \
+        if (tid == 0)                                                                                    \
+            reinterpret_cast<unsigned long long*>(ws + (size_t)2 * gridDim.x * R * NTOK)                 \
+                [(3 + UNIT_TIMES) * gridDim.x + 4 * blockIdx.x + (s)] = t_pro;                           \
+    } while (0)
+#else
+#define PRO_STAMP(s, dep) do {} while (0)
 #endif
 #ifndef END_RED
 #define END_RED 0  // STREAM's end by fp32 reductions at L2 and the output's last arrival (below; the runtime builds it for STREAM up to 64 tokens unless cuda_backend.stream_reduce() is off)
@@ -158,6 +174,18 @@
 #endif
 #if XTMA && (XPRE || !BULK)
 #error "XTMA copies X on the weight's mbarrier from X itself: BULK must be 1 and XPRE 0"
+#endif
+#ifndef EARLY
+#define EARLY 0  // 1: thread 0 sets up the mbarriers and issues the prologue's copies before the block's first barrier (a tuning build)
+#endif
+#if EARLY && !BULK
+#error "EARLY issues the prologue's copies by thread 0 before the block barrier: the weight by bulk copies (BULK=1)"
+#endif
+#ifndef PREFETCH_MAP
+#define PREFETCH_MAP 0  // 1: thread 0 prefetches X's tensor map at the block's start (XTMA; a tuning build)
+#endif
+#if PREFETCH_MAP && !XTMA
+#error "PREFETCH_MAP prefetches X's tensor map: XTMA=1"
 #endif
 #ifndef A_SMEM
 #define A_SMEM 0  // 1: the mmas read A from shared memory (the slots layout's tiles in core-matrix order, below)
@@ -832,6 +860,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
     unsigned long long t_start;
     asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t_start));
 #endif
+#if PREFETCH_MAP  // the tensor map into the copy engine's cache while the block works out its units
+    if (tid == 0) asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<unsigned long long>(&xmap)) : "memory");
+#endif
     const int tiles = (n_tok + NTOK - 1) / NTOK;
 #if STREAM
     const u32 units = (u32)((m + R - 1) / R) * tiles * chunks;
@@ -860,6 +891,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
 #if STREAM
     int uc = ld.c, uo = ld.o;  // the unit the mmas are on: chunk uc of output uo
 #endif
+    PRO_STAMP(0, (size_t)ld.xt + (size_t)ld.w + ld.c);
 
     float acc[MT][NACC];
 #pragma unroll
@@ -869,10 +901,19 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
 
     __shared__ __align__(8) unsigned long long full[STAGES];  // BULK: a stage's weight record landed
     const u32 bars = smem_u32(full);
-#if BULK
+#if EARLY  // thread 0 sets up every stage's mbarrier and issues the prologue's copies on them; the block's
+           // barrier after those copies shows the set-up to the threads that wait on the mbarriers
+    if (tid == 0) {
+#pragma unroll
+        for (int s = 0; s < STAGES; ++s) mbar_init(bars + 8 * s);
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    PRO_STAMP(1, bars);
+#elif BULK
     if (tid < STAGES) mbar_init(bars + 8 * tid);
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     __syncthreads();
+    PRO_STAMP(1, bars);
 #endif
 #pragma unroll
     for (int s = 0; s < AHEAD; ++s) {
@@ -884,6 +925,11 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
         }
         asm volatile("cp.async.commit_group;\n" ::: "memory");
     }
+    PRO_STAMP(2, ld.c);
+#if EARLY
+    __syncthreads();
+#endif
+    PRO_STAMP(3, ld.c);
 #if PROPAGATE
     u32 seen = 0;  // the largest magnitudes of this thread's share of X in the current output's units (stage_max)
 #endif
