@@ -79,6 +79,8 @@ def main(argv=None):
     ap.add_argument("--reduce-tokens", type=int, default=None,
                     help="STREAM launches of up to this many tokens take END_RED builds (cuda_backend."
                          "REDUCE_MAX_TOKENS, 64; 128 a tuning setting)")
+    ap.add_argument("--no-ablations", action="store_true",
+                    help="time the full builds alone (the default and --builds), no ablation builds, no split")
     ap.add_argument("--out", default="")
     opts = ap.parse_args(argv)
     if opts.reduce_tokens is not None:
@@ -125,17 +127,19 @@ def main(argv=None):
                     if bad:
                         raise SystemExit(f"{shape} {sp}: the build {defines} is WRONG: {bad}")
                     times[defines] = graph_us(lambda: wgmma24_run(x, args, None, y))
-                for name, defines in ABLATIONS:
+                for name, defines in () if opts.no_ablations else ABLATIONS:
                     build_with(defines, per_sm)
                     times[name] = graph_us(lambda: wgmma24_run(x, args, None, y))
                 build_with("")
-                parts = {"launch only": times["launch only"],
-                         "barriers and the end's sums": times["no copies"] - times["launch only"],
-                         "the copies": times["copies only"] - times["no copies"],
-                         "X's copies": times["copies only"] - times["weight copies only"],
-                         "the mmas": times["full"] - times["copies only"],
-                         "the end (full - no end)": times["full"] - times["no end"],
-                         "the end (no copies)": times["no copies"] - times["no copies, no end"]}
+                parts = {}
+                if not opts.no_ablations:
+                    parts = {"launch only": times["launch only"],
+                             "barriers and the end's sums": times["no copies"] - times["launch only"],
+                             "the copies": times["copies only"] - times["no copies"],
+                             "X's copies": times["copies only"] - times["weight copies only"],
+                             "the mmas": times["full"] - times["copies only"],
+                             "the end (full - no end)": times["full"] - times["no end"],
+                             "the end (no copies)": times["no copies"] - times["no copies, no end"]}
                 rec = dict(base=opts.base, shape=shape, M=m, K=k, N=opts.n, sparsity=sp, layout=layout, rows=64 * opts.wgs * opts.mt,
                            split=split if split else "STREAM", blocks_per_sm=per_sm, mb=round(sw.nbytes / 1e6, 2),
                            dense_us=round(dense_us, 2),
@@ -145,7 +149,8 @@ def main(argv=None):
                       f"({per_sm} per SM): "
                       f"cuBLAS {dense_us:.2f}, "
                       + ", ".join(f"{name} {us:.2f}" for name, us in times.items())
-                      + "\n" + " " * 12 + "parts: " + ", ".join(f"{name} {us:+.2f}" for name, us in parts.items()),
+                      + ("\n" + " " * 12 + "parts: " + ", ".join(f"{name} {us:+.2f}" for name, us in parts.items())
+                         if parts else ""),
                       flush=True)
     finally:
         build_with("")

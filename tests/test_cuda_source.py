@@ -344,3 +344,37 @@ def test_wgmma24_prologue_tuning_builds(tmp_path):
     assert refused.returncode != 0 and "EARLY issues" in refused.stderr
     refused = build("-DXTMA=0", "-DPREFETCH_MAP=1")
     assert refused.returncode != 0 and "PREFETCH_MAP prefetches" in refused.stderr
+
+
+def test_wgmma24_end_ticket_build(tmp_path):
+    """END_TICKET=1 (a tuning build: END_RED's last arrival chosen by a ticket drawn under the block's last unit)
+    draws tickets by a relaxed atomic add and counts the other arrivals by a release add, with no acq_rel
+    increment left; at 16 and 128 tokens it assembles without spills; without END_RED it changes nothing; with
+    END_FENCE it is refused."""
+    from cross.kernels.cuda_backend import wgmma24_defines
+
+    kernels = resources.files("cross.kernels")
+
+    def build(ntok, *extra):
+        return subprocess.run([NVCC, "-arch=sm_90a", "-std=c++17", f"-I{kernels}", "-ptx", "-o", str(tmp_path / "k.ptx"),
+                               *wgmma24_defines(True, 2, 2, 0, 1024, ntok, True, True), *extra,
+                               str(kernels.joinpath("wgmma24.cu"))], capture_output=True, text=True)
+
+    def ptx(ntok, *extra):
+        out = build(ntok, *extra)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return (tmp_path / "k.ptx").read_text()
+
+    plain, ticket = ptx(16, "-DEND_RED=1"), ptx(16, "-DEND_RED=1", "-DEND_TICKET=1")
+    assert "atom.acq_rel.gpu.global.inc" in plain and "atom.acq_rel" not in ticket
+    assert "atom.relaxed.gpu.global.add.u32" in ticket and "red.release.gpu.global.add.u32" in ticket
+    assert ticket.count("red.relaxed.gpu.global.add.v4.f32") == plain.count("red.relaxed.gpu.global.add.v4.f32") > 0
+    assert ptx(16, "-DEND_TICKET=1") == ptx(16)
+    for ntok in (16, 128):
+        out = subprocess.run([NVCC, "-arch=sm_90a", "-std=c++17", "-cubin", "-Xptxas", "-v", "-o", str(tmp_path / "k.cubin"),
+                              f"-I{kernels}", *wgmma24_defines(True, 2, 2, 0, 1024, ntok, True, True), "-DEND_RED=1",
+                              "-DEND_TICKET=1", str(kernels.joinpath("wgmma24.cu"))], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert sum(int(v) for v in re.findall(r"(\d+) bytes spill stores", out.stderr)) == 0, out.stderr[-2000:]
+    refused = build(16, "-DEND_RED=1", "-DEND_TICKET=1", "-DEND_FENCE=1")
+    assert refused.returncode != 0 and "END_TICKET's arrivals" in refused.stderr

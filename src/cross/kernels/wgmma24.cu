@@ -153,6 +153,13 @@
 #if END_FENCE && !END_RED
 #error "END_FENCE splits END_RED's arrival: it needs END_RED=1"
 #endif
+#ifndef END_TICKET
+#define END_TICKET 0  // 1: END_RED's last arrival chosen by a ticket drawn as the block's last unit starts (below; a tuning build, nothing without END_RED)
+#endif
+#if END_TICKET && END_FENCE
+#error "END_TICKET's arrivals have no fence to split: END_FENCE must be 0"
+#endif
+#define TICKET (END_TICKET && END_RED && STREAM)
 #ifndef SUM_LOADS
 #define SUM_LOADS 32  // STREAM's end: the partial sums' loads a thread keeps in flight together (a power of 2)
 #endif
@@ -957,6 +964,16 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
             // before the refill's bulk copy
             asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
             __syncthreads();  // unit i in place; every warpgroup done with unit i - 1's stage (A_SMEM: i - 2's), refilled next
+#if TICKET && !(ABLATE & 8)
+            // the block's last unit: thread 0 draws a ticket on its output's counter (the low 16 bits) if
+            // the output is split, its round trip under the unit's mmas (the count read at the end)
+            u32 ticket = 0;
+            if (i == nun - 1 && tid == 0) {
+                const u32 jf = block_of((u32)uo * chunks, units, gridDim.x);
+                if (jf != block_of((u32)uo * chunks + chunks - 1, units, gridDim.x))
+                    asm volatile("atom.relaxed.gpu.global.add.u32 %0, [%1], 1;\n" : "=r"(ticket) : "l"(counters + jf) : "memory");
+            }
+#endif
             // the refill of that stage with unit i + AHEAD (one cp.async group per unit, empty past the
             // block's units)
             auto refill = [&]() {
@@ -1102,7 +1119,64 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
                 seen = 0;
 #endif
                 const u32 jf = block_of(first, units, gridDim.x), jl = block_of(first + chunks - 1, units, gridDim.x);
-#if END_RED
+#if TICKET
+                if (jf != jl && !(ABLATE & 8)) {
+                    // END_TICKET=1: the output's blocks that end with it (all but block jl where its range goes
+                    // on past the output) drew tickets as their last unit started; the last ticket's block
+                    // adds no reductions: it waits until every other block of the output has added its own
+                    // and counted itself (the counter's high 16 bits, a release after the block's barrier),
+                    // then reads the slot back, adds its accumulators, writes Y, zeroes the slot and the
+                    // counter for the next launch. Its ticket's round trip ran under its last unit's mmas,
+                    // and no block waits for a reply before it goes on or exits
+                    float* area = ws + (size_t)jl * (R * NTOK);
+                    const u32 ending = jl - jf + ((jl + 1) * units / gridDim.x == first + chunks ? 1u : 0u);
+                    __shared__ u32 last;
+                    if (tid == 0) last = i == nun - 1 && (ticket & 0xffffu) == ending - 1;
+                    __syncthreads();
+                    if (!last) {
+#pragma unroll
+                        for (int f = 0; f < MT * NACC; f += 4)
+                            asm volatile("red.relaxed.gpu.global.add.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"l"(
+                                             area + ((size_t)(f / 4) * THREADS + tid) * 4),
+                                         "f"(acc[f / NACC][f % NACC]), "f"(acc[f / NACC][f % NACC + 1]),
+                                         "f"(acc[f / NACC][f % NACC + 2]), "f"(acc[f / NACC][f % NACC + 3])
+                                         : "memory");
+                        __syncthreads();
+                        if (tid == 0)
+                            asm volatile("red.release.gpu.global.add.u32 [%0], %1;\n" ::"l"(counters + jf), "r"(1u << 16)
+                                         : "memory");
+                    } else {
+                        if (tid == 0) {
+                            for (;;) {
+                                u32 v;
+                                asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(counters + jf) : "memory");
+                                if (v >> 16 == jl - jf) break;
+                                __nanosleep(32);
+                            }
+                            counters[jf] = 0;
+                        }
+                        __syncthreads();
+#pragma unroll
+                        for (int q0 = 0; q0 < MT * NACC / 4; q0 += END_PIECE) {
+                            float4 v[END_PIECE];
+#pragma unroll
+                            for (int q = 0; q < END_PIECE; ++q)
+                                v[q] = __ldcg(reinterpret_cast<const float4*>(area) + (size_t)(q0 + q) * THREADS + tid);
+#pragma unroll
+                            for (int q = 0; q < END_PIECE; ++q)
+                                __stcg(reinterpret_cast<float4*>(area) + (size_t)(q0 + q) * THREADS + tid,
+                                       make_float4(0.f, 0.f, 0.f, 0.f));
+#pragma unroll
+                            for (int g = 0; g < 4 * END_PIECE; ++g) {
+                                const int f = 4 * q0 + g;
+                                store_one(y, bias, (uo / tiles) * R, (uo % tiles) * NTOK, m, n_tok, ldy, wg, warp, lane,
+                                          f, acc[f / NACC][f % NACC] + (g % 4 == 0 ? v[g / 4].x : g % 4 == 1 ? v[g / 4].y
+                                                                        : g % 4 == 2 ? v[g / 4].z : v[g / 4].w));
+                            }
+                        }
+                    }
+                } else
+#elif END_RED
                 if (jf != jl && !(ABLATE & 8)) {
                     // END_RED=1 (not deterministic: the sums' order is the arrivals'): every block of uo
                     // adds its accumulators into block jl's slot of R NTOK floats by fp32 reductions at L2
