@@ -450,3 +450,61 @@ def test_stream_end_red_sums_every_value_once(outputs, chunks, blocks, wgs, mt, 
             r, t = _row_tok(tid, f, mt, nacc)
             want[:, r, t] = unit_acc[:, :, tid, f].sum(axis=1)
     np.testing.assert_allclose(y, want, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("outputs,chunks,blocks", STREAM_GRIDS)
+@pytest.mark.parametrize("wgs,mt,ntok", [(2, 2, 16), (2, 1, 64)])
+def test_stream_end_ticket_sums_every_value_once(outputs, chunks, blocks, wgs, mt, ntok):
+    """The END_TICKET=1 build's end (wgmma24.cu), transcribed: the blocks whose range ends inside a split
+    output (the loop's last unit is one of the output's) draw tickets on its counter's low 16 bits as that
+    unit starts, in any order, and their number is the kernel's `ending` (jl - jf, plus one where block jl's
+    range ends with the output); the last ticket's block adds nothing, every other block of the output
+    (block jl too where it goes on) adds its accumulators into block jl's slot and counts itself on the high
+    16 bits; the last ticket's block finds jl - jf there, writes Y from the slot plus its own accumulators and
+    zeroes the slot and the counter. Every value of every output is written once and is the sum of its
+    units' partials; slots and counters are zero after."""
+    rng = np.random.default_rng(outputs * 1000 + chunks + 11)
+    threads, nacc = 128 * wgs, ntok // 2
+    R, regs = 64 * wgs * mt, mt * nacc
+    units = outputs * chunks
+    unit_acc = rng.standard_normal((outputs, chunks, threads, regs))
+    pos = np.array([[((f // 4) * threads + tid) * 4 + f % 4 for f in range(regs)] for tid in range(threads)])
+    ws = np.zeros((blocks, R * ntok))
+    y = np.full((outputs, R, ntok), np.nan)
+    writes = np.zeros((outputs, R, ntok), dtype=int)
+    counters = np.zeros(blocks, dtype=np.int64)
+    split = {}  # uo -> its blocks' (j, ends with uo, accumulators)
+    for j, u0, uo, jf, jl, acc in _stream_partials(unit_acc, blocks):
+        if jf == jl:
+            _write(y, writes, uo, lambda tid, f: acc[tid, f], mt, nacc)
+        else:
+            u1 = (j + 1) * units // blocks
+            split.setdefault(uo, []).append((j, (u1 - 1) // chunks == uo, acc))
+    for uo, parts in split.items():
+        first = uo * chunks
+        jf, jl = _block_of(first, units, blocks), _block_of(first + chunks - 1, units, blocks)
+        ending = jl - jf + (1 if (jl + 1) * units // blocks == first + chunks else 0)
+        drawers = [p for p in parts if p[1]]
+        assert len(drawers) == ending >= 1 and [p[0] for p in parts] == list(range(jf, jl + 1))
+        order = [drawers[i] for i in rng.permutation(len(drawers))]  # the tickets in any order
+        tickets = {}
+        for p in order:
+            tickets[p[0]] = int(counters[jf] & 0xFFFF)
+            counters[jf] += 1
+        last = next(p for p in drawers if tickets[p[0]] == ending - 1)
+        area = ws[jl]
+        for j, _, acc in parts:
+            if j != last[0]:
+                area[pos] += acc
+                counters[jf] += 1 << 16
+        assert counters[jf] >> 16 == jl - jf  # what the last ticket's block waits for
+        counters[jf] = 0
+        _write(y, writes, uo, lambda tid, f: area[pos[tid, f]] + last[2][tid, f], mt, nacc)
+        area[pos] = 0.0
+    assert (writes == 1).all() and not ws.any() and not counters.any()
+    want = np.zeros((outputs, R, ntok))
+    for tid in range(threads):
+        for f in range(regs):
+            r, t = _row_tok(tid, f, mt, nacc)
+            want[:, r, t] = unit_acc[:, :, tid, f].sum(axis=1)
+    np.testing.assert_allclose(y, want, rtol=1e-9, atol=1e-9)
