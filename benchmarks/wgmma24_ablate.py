@@ -45,7 +45,8 @@ def launcher(args, x, y, ntok: int, defines: str, waves: int = 1, units_timed: b
     STREAM launches are (``cuda_backend.stream_cooperative``) and there is one wave; the end the runtime's
     (fp32 reductions up to REDUCE_MAX_TOKENS tokens where ``stream_reduce``: the zeroed workspace is their
     area, which each launch leaves zero); X by its tensor map where the build copies it so (XTMA)."""
-    os.environ[cuda_backend.DEFINES_ENV] = f"{defines} -DBLOCK_TIMES={4 if prologue else 3 if end_steps else 2 if units_timed else 1}"
+    stamps = 4 if prologue else 3 if end_steps else 2 if units_timed else 1
+    os.environ[cuda_backend.DEFINES_ENV] = f"{defines} -DBLOCK_TIMES={stamps}"
     cuda_backend.wgmma24_defines_changed()
     reduce = ntok <= cuda_backend.REDUCE_MAX_TOKENS and cuda_backend.stream_reduce()
     func, smem, fit = cuda_backend._wgmma24_kernel(torch.cuda.current_device(), True, args.wgs, args.mt, 0,
