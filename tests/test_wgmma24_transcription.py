@@ -332,6 +332,18 @@ def _stream_partials(unit_acc, blocks):
             yield j, u0, uo, jf, jl, sum(unit_acc[uo, u - first] for u in range(max(u0, first), min(u1, first + chunks)))
 
 
+def _output_sums(unit_acc, rows, mt, nacc):
+    """Every output's values [outputs, rows, tokens] as the sums of its units' accumulators (unit_acc:
+    [outputs, chunks, threads, registers]), each thread's register at its row and token."""
+    outputs, _, threads, regs = unit_acc.shape
+    want = np.zeros((outputs, rows, 2 * nacc))
+    for tid in range(threads):
+        for f in range(regs):
+            r, t = _row_tok(tid, f, mt, nacc)
+            want[:, r, t] = unit_acc[:, :, tid, f].sum(axis=1)
+    return want
+
+
 def _write(y, writes, uo, value, mt, nacc):
     """Output uo's values written from value(tid, f), each counted in ``writes``."""
     for tid in range(y.shape[1] * y.shape[2] // (mt * nacc)):
@@ -400,11 +412,7 @@ def test_stream_end_sums_every_value_once(outputs, chunks, blocks, wgs, mt, ntok
                 y[(uo,) + row_tok(te, f)] = v
                 writes[(uo,) + row_tok(te, f)] += 1
     assert (writes == 1).all()
-    want = np.zeros((outputs, R, ntok))
-    for tid in range(threads):
-        for f in range(regs):
-            r, t = row_tok(tid, f)
-            want[:, r, t] = unit_acc[:, :, tid, f].sum(axis=1)
+    want = _output_sums(unit_acc, R, mt, nacc)
     np.testing.assert_allclose(y, want, rtol=1e-12, atol=1e-12)
 
 
@@ -444,11 +452,7 @@ def test_stream_end_red_sums_every_value_once(outputs, chunks, blocks, wgs, mt, 
             _write(y, writes, uo, lambda tid, f: area[pos[tid, f]], mt, nacc)
             area[pos] = 0.0
     assert (writes == 1).all() and not ws.any()
-    want = np.zeros((outputs, R, ntok))
-    for tid in range(threads):
-        for f in range(regs):
-            r, t = _row_tok(tid, f, mt, nacc)
-            want[:, r, t] = unit_acc[:, :, tid, f].sum(axis=1)
+    want = _output_sums(unit_acc, R, mt, nacc)
     np.testing.assert_allclose(y, want, rtol=1e-9, atol=1e-9)
 
 
@@ -502,9 +506,5 @@ def test_stream_end_ticket_sums_every_value_once(outputs, chunks, blocks, wgs, m
         _write(y, writes, uo, lambda tid, f: area[pos[tid, f]] + last[2][tid, f], mt, nacc)
         area[pos] = 0.0
     assert (writes == 1).all() and not ws.any() and not counters.any()
-    want = np.zeros((outputs, R, ntok))
-    for tid in range(threads):
-        for f in range(regs):
-            r, t = _row_tok(tid, f, mt, nacc)
-            want[:, r, t] = unit_acc[:, :, tid, f].sum(axis=1)
+    want = _output_sums(unit_acc, R, mt, nacc)
     np.testing.assert_allclose(y, want, rtol=1e-9, atol=1e-9)

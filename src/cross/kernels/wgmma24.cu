@@ -832,6 +832,42 @@ __device__ __forceinline__ void sum_share(const float* ws, u16* y, const u16* bi
         }
     }
 }
+
+// END_RED: the thread's accumulators added into an output's slot (R NTOK floats), four at a time, in its own
+// positions (accumulator f at ((f / 4) THREADS + tid) 4 + f % 4), by fp32 reductions at L2 (no reply)
+__device__ __forceinline__ void reduce_into(float* area, const float (&acc)[MT][NACC], int tid) {
+#pragma unroll
+    for (int f = 0; f < MT * NACC; f += 4)
+        asm volatile("red.relaxed.gpu.global.add.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"l"(
+                         area + ((size_t)(f / 4) * THREADS + tid) * 4),
+                     "f"(acc[f / NACC][f % NACC]), "f"(acc[f / NACC][f % NACC + 1]),
+                     "f"(acc[f / NACC][f % NACC + 2]), "f"(acc[f / NACC][f % NACC + 3])
+                     : "memory");
+}
+
+// END_RED's last arrival: the thread's positions of output uo's slot read back (OWN: plus its own
+// accumulators, which it did not add), written to Y and zeroed for the next launch, END_PIECE float4s at a time
+template <bool OWN>
+__device__ __forceinline__ void read_back(float* area, const float (&acc)[MT][NACC], u16* y, const u16* bias, int uo,
+                                          int tiles, int m, int n_tok, int ldy, int tid, int wg, int warp, int lane) {
+#pragma unroll
+    for (int q0 = 0; q0 < MT * NACC / 4; q0 += END_PIECE) {
+        float4 v[END_PIECE];
+#pragma unroll
+        for (int q = 0; q < END_PIECE; ++q)
+            v[q] = __ldcg(reinterpret_cast<const float4*>(area) + (size_t)(q0 + q) * THREADS + tid);
+#pragma unroll
+        for (int q = 0; q < END_PIECE; ++q)
+            __stcg(reinterpret_cast<float4*>(area) + (size_t)(q0 + q) * THREADS + tid, make_float4(0.f, 0.f, 0.f, 0.f));
+#pragma unroll
+        for (int g = 0; g < 4 * END_PIECE; ++g) {
+            const int f = 4 * q0 + g;
+            const float sum = g % 4 == 0 ? v[g / 4].x : g % 4 == 1 ? v[g / 4].y : g % 4 == 2 ? v[g / 4].z : v[g / 4].w;
+            store_one(y, bias, (uo / tiles) * R, (uo % tiles) * NTOK, m, n_tok, ldy, wg, warp, lane, f,
+                      OWN ? acc[f / NACC][f % NACC] + sum : sum);
+        }
+    }
+}
 #endif
 
 #ifndef MIN_BLOCKS
@@ -1134,13 +1170,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
                     if (tid == 0) last = i == nun - 1 && (ticket & 0xffffu) == ending - 1;
                     __syncthreads();
                     if (!last) {
-#pragma unroll
-                        for (int f = 0; f < MT * NACC; f += 4)
-                            asm volatile("red.relaxed.gpu.global.add.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"l"(
-                                             area + ((size_t)(f / 4) * THREADS + tid) * 4),
-                                         "f"(acc[f / NACC][f % NACC]), "f"(acc[f / NACC][f % NACC + 1]),
-                                         "f"(acc[f / NACC][f % NACC + 2]), "f"(acc[f / NACC][f % NACC + 3])
-                                         : "memory");
+                        reduce_into(area, acc, tid);
                         __syncthreads();
                         if (tid == 0)
                             asm volatile("red.release.gpu.global.add.u32 [%0], %1;\n" ::"l"(counters + jf), "r"(1u << 16)
@@ -1156,24 +1186,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
                             counters[jf] = 0;
                         }
                         __syncthreads();
-#pragma unroll
-                        for (int q0 = 0; q0 < MT * NACC / 4; q0 += END_PIECE) {
-                            float4 v[END_PIECE];
-#pragma unroll
-                            for (int q = 0; q < END_PIECE; ++q)
-                                v[q] = __ldcg(reinterpret_cast<const float4*>(area) + (size_t)(q0 + q) * THREADS + tid);
-#pragma unroll
-                            for (int q = 0; q < END_PIECE; ++q)
-                                __stcg(reinterpret_cast<float4*>(area) + (size_t)(q0 + q) * THREADS + tid,
-                                       make_float4(0.f, 0.f, 0.f, 0.f));
-#pragma unroll
-                            for (int g = 0; g < 4 * END_PIECE; ++g) {
-                                const int f = 4 * q0 + g;
-                                store_one(y, bias, (uo / tiles) * R, (uo % tiles) * NTOK, m, n_tok, ldy, wg, warp, lane,
-                                          f, acc[f / NACC][f % NACC] + (g % 4 == 0 ? v[g / 4].x : g % 4 == 1 ? v[g / 4].y
-                                                                        : g % 4 == 2 ? v[g / 4].z : v[g / 4].w));
-                            }
-                        }
+                        read_back<true>(area, acc, y, bias, uo, tiles, m, n_tok, ldy, tid, wg, warp, lane);
                     }
                 } else
 #elif END_RED
@@ -1188,13 +1201,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
                     float* area = ws + (size_t)jl * (R * NTOK);
                     unsigned long long t0, t1;
                     END_CLOCK(t0);
-#pragma unroll
-                    for (int f = 0; f < MT * NACC; f += 4)
-                        asm volatile("red.relaxed.gpu.global.add.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"l"(
-                                         area + ((size_t)(f / 4) * THREADS + tid) * 4),
-                                     "f"(acc[f / NACC][f % NACC]), "f"(acc[f / NACC][f % NACC + 1]),
-                                     "f"(acc[f / NACC][f % NACC + 2]), "f"(acc[f / NACC][f % NACC + 3])
-                                     : "memory");
+                    reduce_into(area, acc, tid);
                     __syncthreads();
 #if END_FENCE  // the release's wait for the block's reductions alone, before the counter's round trip
                     if (tid == 0) asm volatile("fence.acq_rel.gpu;\n" ::: "memory");
@@ -1207,22 +1214,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
                         END_STAMP_AT(0, t0);
                         END_STAMP_AT(1, t1);
                         END_STAMP(2);
-#pragma unroll
-                        for (int q0 = 0; q0 < MT * NACC / 4; q0 += END_PIECE) {
-                            float4 v[END_PIECE];
-#pragma unroll
-                            for (int q = 0; q < END_PIECE; ++q)
-                                v[q] = __ldcg(reinterpret_cast<const float4*>(area) + (size_t)(q0 + q) * THREADS + tid);
-#pragma unroll
-                            for (int q = 0; q < END_PIECE; ++q)
-                                __stcg(reinterpret_cast<float4*>(area) + (size_t)(q0 + q) * THREADS + tid,
-                                       make_float4(0.f, 0.f, 0.f, 0.f));
-#pragma unroll
-                            for (int g = 0; g < 4 * END_PIECE; ++g)
-                                store_one(y, bias, (uo / tiles) * R, (uo % tiles) * NTOK, m, n_tok, ldy, wg, warp, lane,
-                                          4 * q0 + g, g % 4 == 0 ? v[g / 4].x : g % 4 == 1 ? v[g / 4].y
-                                                      : g % 4 == 2 ? v[g / 4].z : v[g / 4].w);
-                        }
+                        read_back<false>(area, acc, y, bias, uo, tiles, m, n_tok, ldy, tid, wg, warp, lane);
                         END_STAMP(3);
                     }
                 } else
