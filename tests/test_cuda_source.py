@@ -6,6 +6,7 @@ import re
 import shutil
 import subprocess
 from importlib import resources
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +16,20 @@ pytestmark = pytest.mark.skipif(NVCC is None, reason="needs nvcc")
 #: defines of the variants: the normal build, and the forced decodes of benchmarks/kernel_ablation.py
 VARIANTS = {"normal": [], "scatter": ["-DDECODE_REGS=0"], "regs": ["-DDECODE_REGS=1", "-DREGS_MIN_NNZ=0"],
             "cp-async": ["-DBULK_COPY=0"], "cores": ["-DDECODE_CORES=1"]}
+
+
+def disassemble(cubin):
+    """The cubin's SASS, a line an instruction (the disassembler that ships with Triton, else the CUDA one)."""
+    import triton
+
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "nvdisasm"
+    if not tool.exists():
+        tool = shutil.which("nvdisasm")
+    if tool is None:
+        pytest.skip("needs nvdisasm")
+    out = subprocess.run([str(tool), "-c", str(cubin)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return [line for line in out.stdout.splitlines() if re.match(r"\s*/\*[0-9a-f]{4,}\*/", line)]
 
 
 def compile_kernel(tmp_path, tile_k, block_n, is_bf16, vals, defines):
@@ -348,7 +363,8 @@ def test_wgmma24_prologue_tuning_builds(tmp_path):
 
 def test_wgmma24_end_ticket_build(tmp_path):
     """END_TICKET=1 (a tuning build: END_RED's last arrival chosen by a ticket drawn under the block's last unit)
-    draws tickets by a relaxed atomic add and counts the other arrivals by a release add, with no acq_rel
+    draws tickets by a relaxed atomic increment (one that ptxas does not aggregate over the warp: its reply
+    is not read before the unit's mmas) and counts the other arrivals by a release add, with no acq_rel
     increment left; at 16 and 128 tokens it assembles without spills; without END_RED it changes nothing; with
     END_FENCE it is refused."""
     from cross.kernels.cuda_backend import wgmma24_defines
@@ -367,7 +383,7 @@ def test_wgmma24_end_ticket_build(tmp_path):
 
     plain, ticket = ptx(16, "-DEND_RED=1"), ptx(16, "-DEND_RED=1", "-DEND_TICKET=1")
     assert "atom.acq_rel.gpu.global.inc" in plain and "atom.acq_rel" not in ticket
-    assert "atom.relaxed.gpu.global.add.u32" in ticket and "red.release.gpu.global.add.u32" in ticket
+    assert "atom.relaxed.gpu.global.inc.u32" in ticket and "red.release.gpu.global.add.u32" in ticket
     assert ticket.count("red.relaxed.gpu.global.add.v4.f32") == plain.count("red.relaxed.gpu.global.add.v4.f32") > 0
     assert ptx(16, "-DEND_TICKET=1") == ptx(16)
     for ntok in (16, 128):
@@ -376,5 +392,12 @@ def test_wgmma24_end_ticket_build(tmp_path):
                               "-DEND_TICKET=1", str(kernels.joinpath("wgmma24.cu"))], capture_output=True, text=True)
         assert out.returncode == 0, out.stderr[-3000:]
         assert sum(int(v) for v in re.findall(r"(\d+) bytes spill stores", out.stderr)) == 0, out.stderr[-2000:]
+        # the ticket's reply is read at the end only: no instruction between its atomic and the unit's
+        # first mma reads it (a warp-aggregated add's shuffle did, waiting for the round trip there)
+        sass = disassemble(tmp_path / "k.cubin")
+        atom = next(i for i, line in enumerate(sass) if "ATOMG.E.INC" in line)
+        reply = re.search(r"ATOMG\S*\s+PT,\s*(R\d+),", sass[atom]).group(1)
+        mma = next(i for i in range(atom, len(sass)) if "HGMMA" in sass[i])
+        assert not [line for line in sass[atom + 1:mma] if re.search(rf"\b{reply}\b", line)], sass[atom:mma]
     refused = build(16, "-DEND_RED=1", "-DEND_TICKET=1", "-DEND_FENCE=1")
     assert refused.returncode != 0 and "END_TICKET's arrivals" in refused.stderr
