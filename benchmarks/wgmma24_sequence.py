@@ -17,7 +17,8 @@ With --units (-DBLOCK_TIMES=2) each block also stamps when each of its units is 
 shape for the second layer's launch (wgmma24_ablate.unit_landings, and STREAM's end: how long the
 summing blocks wait for their output's last arrival and end after it, ``end_split``; --end-steps,
 -DBLOCK_TIMES=3, splits that end into its steps; under --defines -DEND_RED=1 the steps of each split
-output's last arrival, ``reduce_end_split``, and with -DEND_FENCE=1 too its reductions' step ends after
+output's last arrival, ``reduce_end_split`` (with -DEND_TICKET=1 too, the last ticket's block's: its ticket read,
+its wait for the others' reductions, its read-back), and with -DEND_FENCE=1 too its reductions' step ends after
 thread 0's fence, its arrival step being the counter's round trip alone), and with --out every launch's block
 and unit times saved (wgmma24_sequence_blocks.pt) for reading offline.
 
@@ -237,6 +238,7 @@ def main(argv=None):
     opts = ap.parse_args(argv)
     opts.units = opts.units or opts.end_steps
     reduce = "-DEND_RED=1" in opts.defines.split()  # the end's stamps sit in each output's last arrival
+    ticket = reduce and "-DEND_TICKET=1" in opts.defines.split()  # or in its last ticket's block
     sized = not (opts.slots or opts.fixed_records)
     if not torch.cuda.is_available():
         sys.exit("wgmma24_sequence: needs a CUDA GPU")
@@ -333,8 +335,13 @@ def main(argv=None):
                 unit_landings(times[i], units[i], run.total, run.ahead)))
             if reduce and steps is not None:
                 if (end := reduce_end_split(times[i], units[i], run.total, run.chunks, steps[i])) is not None:
-                    print(f"{names[i]}: END_RED's end in the last arrivals ({end['n']} blocks), step by step "
-                          "(medians, us): " + ", ".join(f"{k[5:]} {end[k]:.2f}" for k in ("step_mmas",) + REDUCE_STEPS))
+                    # END_TICKET: the stamps are the last ticket's block's (no reductions: its ticket read,
+                    # then its wait for the other blocks' reductions and counts)
+                    labels = ("mmas", "ticket", "wait", "readback", "exit") if ticket else (
+                        tuple(k[5:] for k in ("step_mmas",) + REDUCE_STEPS))
+                    print(f"{names[i]}: {'END_TICKET' if ticket else 'END_RED'}'s end in the last "
+                          f"{'tickets' if ticket else 'arrivals'} ({end['n']} blocks), step by step (medians, us): "
+                          + ", ".join(f"{label} {end[k]:.2f}" for label, k in zip(labels, ("step_mmas",) + REDUCE_STEPS)))
             elif (end := end_split(times[i], units[i], run.total, run.chunks,
                                    None if steps is None else steps[i])) is not None:
                 print(f"{names[i]}: the summing blocks' end: the output's last arrival {end['wait']:.2f} us after "

@@ -386,6 +386,10 @@ def test_wgmma24_end_ticket_build(tmp_path):
     assert "atom.relaxed.gpu.global.inc.u32" in ticket and "red.release.gpu.global.add.u32" in ticket
     assert ticket.count("red.relaxed.gpu.global.add.v4.f32") == plain.count("red.relaxed.gpu.global.add.v4.f32") > 0
     assert ptx(16, "-DEND_TICKET=1") == ptx(16)
+    # BLOCK_TIMES=3: the last ticket's block stamps its end's four steps as END_RED's last arrival does
+    timers = lambda *extra: ptx(16, "-DEND_RED=1", *extra).count("%globaltimer")  # noqa: E731
+    assert (timers("-DEND_TICKET=1", "-DBLOCK_TIMES=3") - timers("-DEND_TICKET=1", "-DBLOCK_TIMES=2")
+            == timers("-DBLOCK_TIMES=3") - timers("-DBLOCK_TIMES=2") > 0)
     for ntok in (16, 128):
         out = subprocess.run([NVCC, "-arch=sm_90a", "-std=c++17", "-cubin", "-Xptxas", "-v", "-o", str(tmp_path / "k.cubin"),
                               f"-I{kernels}", *wgmma24_defines(True, 2, 2, 0, 1024, ntok, True, True), "-DEND_RED=1",

@@ -1167,8 +1167,12 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
                     // then reads the slot back, adds its accumulators, writes Y, zeroes the slot and the
                     // counter for the next launch. Its ticket's round trip ran under its last unit's mmas,
                     // and no block waits for a reply before it goes on or exits
+                    // (BLOCK_TIMES=3: the last ticket's block stamps its end's start, the ticket read, the
+                    // wait over and the read-back issued, END_RED's four steps with no reductions)
                     float* area = ws + (size_t)jl * (R * NTOK);
                     const u32 ending = jl - jf + ((jl + 1) * units / gridDim.x == first + chunks ? 1u : 0u);
+                    unsigned long long t0;
+                    END_CLOCK(t0);
                     __shared__ u32 last;
                     if (tid == 0) last = i == nun - 1 && (ticket & 0xffffu) == ending - 1;
                     __syncthreads();
@@ -1179,6 +1183,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
                             asm volatile("red.release.gpu.global.add.u32 [%0], %1;\n" ::"l"(counters + jf), "r"(1u << 16)
                                          : "memory");
                     } else {
+                        END_STAMP_AT(0, t0);
+                        END_STAMP(1);
                         if (tid == 0) {
                             for (;;) {
                                 u32 v;
@@ -1189,7 +1195,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
                             counters[jf] = 0;
                         }
                         __syncthreads();
+                        END_STAMP(2);
                         read_back<true>(area, acc, y, bias, uo, tiles, m, n_tok, ldy, tid, wg, warp, lane);
+                        END_STAMP(3);
                     }
                 } else
 #elif END_RED
