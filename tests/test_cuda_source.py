@@ -405,3 +405,39 @@ def test_wgmma24_end_ticket_build(tmp_path):
         assert not [line for line in sass[atom + 1:mma] if re.search(rf"\b{reply}\b", line)], sass[atom:mma]
     refused = build(16, "-DEND_RED=1", "-DEND_TICKET=1", "-DEND_FENCE=1")
     assert refused.returncode != 0 and "END_TICKET's arrivals" in refused.stderr
+
+
+@pytest.mark.parametrize("compressed", [True, False], ids=["compressed", "slots"])
+def test_wgmma24_mask_chain_build(compressed, tmp_path):
+    """MASK_CHAIN=1 (a tuning build) loads a stage's masked words by predicated loads along a chain of
+    predicated adds: one per register of each masked operand read from a stage (the compressed layout's
+    2:4 part and overflow, 2 m-tiles x 8 registers each; the slots layout's overflow), none from global
+    memory (PROPAGATE's inputs keep their popcounts), and no popcount per register left in the loop; it
+    assembles without spills at 16 tokens and with none more than the default build at 128 (whose STREAM
+    build with PROPAGATE spills already)."""
+    from cross.kernels.cuda_backend import wgmma24_defines
+
+    kernels = resources.files("cross.kernels")
+    split, slots = (0, 1024) if compressed else (2, 64)
+
+    def build(ntok, fmt, *extra):
+        end = ("-DEND_RED=1",) if compressed and ntok <= 64 else ()
+        out = subprocess.run([NVCC, "-arch=sm_90a", "-std=c++17", f"-I{kernels}", fmt, "-Xptxas", "-v",
+                              "-o", str(tmp_path / ("k.ptx" if fmt == "-ptx" else "k.cubin")),
+                              *wgmma24_defines(True, 2, 2, split, slots, ntok, compressed, True), *end, "-DPROPAGATE=1",
+                              *extra, str(kernels.joinpath("wgmma24.cu"))], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return out.stderr
+
+    def ptx(*extra):
+        build(16, "-ptx", *extra)
+        return (tmp_path / "k.ptx").read_text()
+
+    plain, chain = ptx(), ptx("-DMASK_CHAIN=1")
+    registers = (2 if compressed else 1) * 2 * 8
+    assert plain.count("@p ld.shared.u32") == 0 and chain.count("@p ld.shared.u32") == registers
+    # PROPAGATE's inputs (read from global memory) keep one popcount a register; the stage's need one an m-tile
+    assert plain.count("popc") - chain.count("popc") == registers - registers // 8
+    spills = lambda log: sum(int(v) for v in re.findall(r"(\d+) bytes spill stores", log))  # noqa: E731
+    assert spills(build(16, "-cubin", "-DMASK_CHAIN=1")) == 0
+    assert spills(build(128, "-cubin", "-DMASK_CHAIN=1")) <= spills(build(128, "-cubin"))
