@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# END_TICKET with its ticket drawn by an increment that ptxas leaves alone, and MASK_CHAIN (a stage's masked
-# words by a chain of predicated loads and adds) (docs/perf-notes.md, "The prologue and the end's tickets,
+# END_TICKET with its ticket drawn by an increment that ptxas leaves alone, and MASK_CHAIN (the masked
+# words by predicated loads along a chain of predicated address steps) (docs/perf-notes.md, "The prologue and the end's tickets,
 # measured" and "The masked words by a chain of predicated adds"): wgmma24_floor.py times the full builds
 # with END_TICKET=1, MASK_CHAIN=1 and both beside the default in one run (each checked against the fp32
 # product), at 16 tokens on the three Llama shapes at 50, 70 and 90% (compressed, STREAM) and at 64 tokens

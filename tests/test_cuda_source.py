@@ -409,35 +409,41 @@ def test_wgmma24_end_ticket_build(tmp_path):
 
 @pytest.mark.parametrize("compressed", [True, False], ids=["compressed", "slots"])
 def test_wgmma24_mask_chain_build(compressed, tmp_path):
-    """MASK_CHAIN=1 (a tuning build) loads a stage's masked words by predicated loads along a chain of
-    predicated adds: one per register of each masked operand read from a stage (the compressed layout's
-    2:4 part and overflow, 2 m-tiles x 8 registers each; the slots layout's overflow), none from global
-    memory (PROPAGATE's inputs keep their popcounts), and no popcount per register left in the loop; it
-    assembles without spills at 16 tokens and with none more than the default build at 128 (whose STREAM
-    build with PROPAGATE spills already)."""
+    """MASK_CHAIN=1 (a tuning build) loads the masked words (the compressed layout's 2:4 part and overflow,
+    2 m-tiles x 8 registers each; the slots layout's overflow) by predicated loads along a chain of
+    predicated address steps: in SASS one popcount an m-tile is left of the one a register, no branch is
+    added (ptxas predicates the steps it is given as branches), and the loop's path from its barrier to the
+    unit's last mma is shorter by most of an instruction a register (a select of the address's step would
+    not be), with PROPAGATE too; no spills at 16 tokens, none more than the default build at 128 (whose
+    STREAM build with PROPAGATE spills)."""
     from cross.kernels.cuda_backend import wgmma24_defines
 
     kernels = resources.files("cross.kernels")
     split, slots = (0, 1024) if compressed else (2, 64)
 
-    def build(ntok, fmt, *extra):
+    def build(ntok, *extra):
         end = ("-DEND_RED=1",) if compressed and ntok <= 64 else ()
-        out = subprocess.run([NVCC, "-arch=sm_90a", "-std=c++17", f"-I{kernels}", fmt, "-Xptxas", "-v",
-                              "-o", str(tmp_path / ("k.ptx" if fmt == "-ptx" else "k.cubin")),
-                              *wgmma24_defines(True, 2, 2, split, slots, ntok, compressed, True), *end, "-DPROPAGATE=1",
-                              *extra, str(kernels.joinpath("wgmma24.cu"))], capture_output=True, text=True)
+        out = subprocess.run([NVCC, "-arch=sm_90a", "-std=c++17", f"-I{kernels}", "-cubin", "-Xptxas", "-v",
+                              "-o", str(tmp_path / "k.cubin"),
+                              *wgmma24_defines(True, 2, 2, split, slots, ntok, compressed, True), *end, *extra,
+                              str(kernels.joinpath("wgmma24.cu"))], capture_output=True, text=True)
         assert out.returncode == 0, out.stderr[-3000:]
-        return out.stderr
+        spills = sum(int(v) for v in re.findall(r"(\d+) bytes spill stores", out.stderr))
+        return disassemble(tmp_path / "k.cubin"), spills
 
-    def ptx(*extra):
-        build(16, "-ptx", *extra)
-        return (tmp_path / "k.ptx").read_text()
+    def count(sass, op):
+        return sum(re.search(rf"\b{op}\b", line) is not None for line in sass)
 
-    plain, chain = ptx(), ptx("-DMASK_CHAIN=1")
+    def path(sass):  # the loop's barrier (the block's second) to the unit's last mma (the eighth)
+        bars = [i for i, line in enumerate(sass) if "BAR.SYNC" in line]
+        return [i for i, line in enumerate(sass) if "HGMMA" in line][7] - bars[1]
+
     registers = (2 if compressed else 1) * 2 * 8
-    assert plain.count("@p ld.shared.u32") == 0 and chain.count("@p ld.shared.u32") == registers
-    # PROPAGATE's inputs (read from global memory) keep one popcount a register; the stage's need one an m-tile
-    assert plain.count("popc") - chain.count("popc") == registers - registers // 8
-    spills = lambda log: sum(int(v) for v in re.findall(r"(\d+) bytes spill stores", log))  # noqa: E731
-    assert spills(build(16, "-cubin", "-DMASK_CHAIN=1")) == 0
-    assert spills(build(128, "-cubin", "-DMASK_CHAIN=1")) <= spills(build(128, "-cubin"))
+    (plain, _), (chain, spills) = build(16), build(16, "-DMASK_CHAIN=1")
+    assert count(plain, "POPC") - count(chain, "POPC") == registers - registers // 8
+    assert count(chain, "BRA") == count(plain, "BRA")
+    assert path(plain) - path(chain) >= registers * 3 // 4  # ~2 instructions a register where there were ~4
+    assert spills == 0
+    (plain, _), (chain, spills) = build(16, "-DPROPAGATE=1"), build(16, "-DPROPAGATE=1", "-DMASK_CHAIN=1")
+    assert path(plain) - path(chain) >= registers * 3 // 4 and spills == 0
+    assert build(128, "-DPROPAGATE=1", "-DMASK_CHAIN=1")[1] <= build(128, "-DPROPAGATE=1")[1]

@@ -219,7 +219,7 @@
 #error "PROPAGATE reads X's rows and the records as the launcher hands them: XPRE and A_SMEM must be 0"
 #endif
 #ifndef MASK_CHAIN
-#define MASK_CHAIN 0  // 1: a stage's masked words loaded by a chain of predicated loads and adds (masked_registers; a tuning build)
+#define MASK_CHAIN 0  // 1: the masked words loaded by a chain of predicated loads and address steps (masked_registers; a tuning build)
 #endif
 #ifndef FOLD_EARLY
 #define FOLD_EARLY 0  // 1: PROPAGATE's fold loads its X words before the unit's mmas, folds them after (a tuning build)
@@ -461,24 +461,24 @@ __device__ __forceinline__ void load_chunk(unsigned char* stage, u32 bar, const 
 // a thread's registers of an operand stored as only its nonzero words (the slots layout's overflow, both
 // of the compressed layout's parts): register r (= 4 ks + i) of m-tile t is the word after the thread's
 // `words` counted by the bits of `masks` (m-tile t's 8 at 8 t) below 8 t + r, zero where its bit is
-// clear. Predicated loads at popcounts: no loop, no divergence. MASK_CHAIN=1 and words in shared memory
-// (SMEM): each register's load and the address's step of 4 bytes both predicated on its bit, three
-// instructions a register (its predicate, the load, the add) in place of four (the prefix's mask, its
-// popcount, the address, the load); the loads then wait on a chain of adds, not on their popcounts
-template <bool SMEM = false>
+// clear. Predicated loads at popcounts: no loop, no divergence. MASK_CHAIN=1: each register's load and the
+// address's step of 4 bytes both predicated on its bit (ptxas sets seven bits' predicates by one R2P), ~2.1
+// instructions a register in place of four (the prefix's mask, its popcount, the address, the load); the
+// loads then wait on a chain of adds, not on their popcounts
 __device__ __forceinline__ void masked_registers(const u32* words, u32 masks, uint4 (&o)[2][MT]) {
 #pragma unroll
     for (int t = 0; t < MT; ++t) {
         const u32 mask = (masks >> (8 * t)) & 0xFFu;
         u32 r[8];
-        if (SMEM && MASK_CHAIN) {
-            u32 addr = smem_u32(words);
+        if (MASK_CHAIN) {
+            const u32* w = words;
 #pragma unroll
             for (int i = 0; i < 8; ++i) {
                 r[i] = 0u;
-                asm volatile("{\n\t.reg .pred p;\n\t.reg .b32 b;\n\tand.b32 b, %2, %3;\n\tsetp.ne.u32 p, b, 0;\n\t"
-                             "@p ld.shared.u32 %0, [%1];\n\t@p add.u32 %1, %1, 4;\n\t}\n"
-                             : "+r"(r[i]), "+r"(addr) : "r"(mask), "r"(1u << i) : "memory");
+                if ((mask >> i) & 1u) {  // a branch, which ptxas predicates (a select of w's step would not be)
+                    r[i] = *w;
+                    ++w;
+                }
             }
         } else {
 #pragma unroll
@@ -491,12 +491,10 @@ __device__ __forceinline__ void masked_registers(const u32* words, u32 masks, ui
 }
 
 #if !COMPRESSED
-// the slots layout's overflow registers of thread tid from its head word in a stage (SMEM; else in global
-// memory)
-template <bool SMEM>
+// the slots layout's overflow registers of thread tid from its head word in a stage
 __device__ __forceinline__ void overflow_registers(const unsigned char* stage, int tid, uint4 (&o)[2][MT]) {
     const u32 hw = reinterpret_cast<const u32*>(stage + MTILES * TILE_BYTES)[tid];
-    masked_registers<SMEM>(reinterpret_cast<const u32*>(stage + MTILES * TILE_BYTES + HEAD_BYTES) + (hw & START_MASK),
+    masked_registers(reinterpret_cast<const u32*>(stage + MTILES * TILE_BYTES + HEAD_BYTES) + (hw & START_MASK),
                      hw >> START_BITS, o);
 }
 #endif
@@ -511,9 +509,8 @@ __device__ __forceinline__ void overflow_registers(const unsigned char* stage, i
         e[t_] = *reinterpret_cast<const u32*>(tile_ + 4096 + 4 * (tw));                      \
     }
 
-// a unit's record as thread tid reads it (in a stage, SMEM, or the weight's in global memory: PROPAGATE's
-// inputs): its registers of the 2:4 part with their metadata, and of the overflow operand
-template <bool SMEM>
+// a unit's record as thread tid reads it (in a stage, or the weight's in global memory: PROPAGATE's inputs):
+// its registers of the 2:4 part with their metadata, and of the overflow operand
 struct Record {
     const unsigned char* p;
 #if COMPRESSED
@@ -538,7 +535,7 @@ struct Record {
     // the 2:4 part: A registers a[k-step][m-tile] and the metadata e[m-tile] of thread tw of warpgroup wg
     __device__ __forceinline__ void sparse(int wg, int tw, uint4 (&a)[2][MT], u32 (&e)[MT]) const {
 #if COMPRESSED
-        masked_registers<SMEM>(reinterpret_cast<const u32*>(p + WORDS_OFFSET) + (starts & 0xFFFFu), hw & 0xFFFFu, a);
+        masked_registers(reinterpret_cast<const u32*>(p + WORDS_OFFSET) + (starts & 0xFFFFu), hw & 0xFFFFu, a);
 #pragma unroll
         for (int t = 0; t < MT; ++t) e[t] = reinterpret_cast<const u32*>(p)[(wg * MT + t) * 128 + tw];
 #else
@@ -550,9 +547,9 @@ struct Record {
     // order 4 ks + i, after its earlier m-tiles' words
     __device__ __forceinline__ void overflow(int tid, uint4 (&o)[2][MT]) const {
 #if COMPRESSED
-        masked_registers<SMEM>(reinterpret_cast<const u32*>(p + WORDS_OFFSET) + (starts >> 16), hw >> 16, o);
+        masked_registers(reinterpret_cast<const u32*>(p + WORDS_OFFSET) + (starts >> 16), hw >> 16, o);
 #else
-        overflow_registers<SMEM>(p, tid, o);
+        overflow_registers(p, tid, o);
 #endif
     }
 };
@@ -653,7 +650,7 @@ __device__ __noinline__ u32 nonfinite_sums(float* sums, const unsigned char* rec
     }
     for (int f = 0; f < MT * NACC; ++f) sums[f] = 0.f;
     for (int c = c0; c < c1; ++c) {
-        const Record<false> rec(recs + (size_t)c * W_BYTES, tid);
+        const Record rec(recs + (size_t)c * W_BYTES, tid);
         uint4 a[2][MT], o[2][MT];
         u32 e[MT];
         rec.sparse(wg, tw, a, e);
@@ -1068,7 +1065,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
                 const u32 so = smem_u32(smem + STAGES * STAGE_BYTES + (i & 1) * OVER_STAGE_BYTES + wg * MT * 4096);
                 {
                     uint4 o[2][MT];
-                    overflow_registers<true>(stage, tid, o);
+                    overflow_registers(stage, tid, o);
                     const u32 base = so + 512 * warp + 4 * lane;
 #pragma unroll
                     for (int t = 0; t < MT; ++t)
@@ -1115,7 +1112,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
 #endif
             uint4 a[2][MT];
             u32 e[MT];
-            const Record<true> rec(stage, tid);
+            const Record rec(stage, tid);
 #if COMPRESSED
             rec.sparse(wg, tw, a, e);
 #else
