@@ -411,7 +411,8 @@ def test_wgmma24_end_ticket_build(tmp_path):
 def test_wgmma24_mask_chain_build(compressed, tmp_path):
     """MASK_CHAIN=1 (a tuning build) loads the masked words (the compressed layout's 2:4 part and overflow,
     2 m-tiles x 8 registers each; the slots layout's overflow) by predicated loads along a chain of
-    predicated address steps: in SASS one popcount an m-tile is left of the one a register, no branch is
+    predicated address steps, and scans the compressed record's counts by shuffles whose flags predicate
+    the adds: in SASS one popcount an m-tile is left of the one a register, no branch is
     added (ptxas predicates the steps it is given as branches), and the loop's path from its barrier to the
     unit's last mma is shorter by most of an instruction a register (a select of the address's step would
     not be), with PROPAGATE too; no spills at 16 tokens, none more than the default build at 128 (whose
@@ -441,6 +442,9 @@ def test_wgmma24_mask_chain_build(compressed, tmp_path):
     registers = (2 if compressed else 1) * 2 * 8
     (plain, _), (chain, spills) = build(16), build(16, "-DMASK_CHAIN=1")
     assert count(plain, "POPC") - count(chain, "POPC") == registers - registers // 8
+    # the compressed record's scan: five shuffles whose own flags predicate the adds
+    flagged = lambda sass: sum(re.search(r"SHFL\.UP P[0-6],", line) is not None for line in sass)  # noqa: E731
+    assert flagged(plain) == 0 and flagged(chain) == (5 if compressed else 0)
     assert count(chain, "BRA") == count(plain, "BRA")
     assert path(plain) - path(chain) >= registers * 3 // 4  # ~2 instructions a register where there were ~4
     assert spills == 0

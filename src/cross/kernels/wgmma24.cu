@@ -219,7 +219,7 @@
 #error "PROPAGATE reads X's rows and the records as the launcher hands them: XPRE and A_SMEM must be 0"
 #endif
 #ifndef MASK_CHAIN
-#define MASK_CHAIN 0  // 1: the masked words loaded by a chain of predicated loads and address steps (masked_registers; a tuning build)
+#define MASK_CHAIN 0  // 1: the masked words loaded by a chain of predicated loads and address steps (masked_registers), the record's scan by predicated shuffles (Record; a tuning build)
 #endif
 #ifndef FOLD_EARLY
 #define FOLD_EARLY 0  // 1: PROPAGATE's fold loads its X words before the unit's mmas, folds them after (a tuning build)
@@ -519,15 +519,21 @@ struct Record {
     __device__ __forceinline__ Record(const unsigned char* rec, int tid) : p(rec) {
 #if COMPRESSED
         // the thread's first word of each part: its warp's base and the words of the lanes before it (an
-        // inclusive scan of both counts at once, 16 bits each: a chunk holds under 2^16 words)
-        const int lane = tid & 31;
+        // inclusive scan of both counts at once, 16 bits each: a chunk holds under 2^16 words). MASK_CHAIN=1:
+        // each step's add predicated on its shuffle's own flag (a lane d below exists), two instructions a
+        // step in place of four (the shuffle, the lane's compare, a select, the add)
         hw = reinterpret_cast<const u32*>(rec + MTILES * 512)[tid];
         const u32 cnt = __popc(hw & 0xFFFFu) | __popc(hw >> 16) << 16;
         u32 scan = cnt;
 #pragma unroll
         for (int d = 1; d < 32; d *= 2) {
-            const u32 v = __shfl_up_sync(0xffffffffu, scan, d);
-            if (lane >= d) scan += v;
+            if (MASK_CHAIN) {
+                asm("{\n\t.reg .pred p;\n\t.reg .b32 v;\n\tshfl.sync.up.b32 v|p, %0, %1, 0, -1;\n\t"
+                    "@p add.u32 %0, %0, v;\n\t}\n" : "+r"(scan) : "r"(d));
+            } else {
+                const u32 v = __shfl_up_sync(0xffffffffu, scan, d);
+                if ((tid & 31) >= d) scan += v;
+            }
         }
         starts = reinterpret_cast<const u32*>(rec + BASES_OFFSET)[tid >> 5] + scan - cnt;
 #endif
