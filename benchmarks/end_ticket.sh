@@ -17,7 +17,7 @@ step split16 180 $F --compressed --shapes llama-qkvo,llama-up,llama-down --spars
 step split64 60 $F --compressed --shapes llama-qkvo,llama-up --sparsities 0.7,0.9 --n 64 \
     --builds "-DEND_TICKET=1,-DMASK_CHAIN=1" --out "$OUT/split64.csv"
 step slots16 45 $F --shapes llama-qkvo,llama-up --sparsities 0.5 --n 16 --builds "-DMASK_CHAIN=1" --out "$OUT/slots16.csv"
-CROSS_CUDA_DEFINES="-DEND_TICKET=1 -DMASK_CHAIN=1" step tests 200 python3 -m pytest -q -m gpu tests/test_wgmma24.py \
+CROSS_CUDA_DEFINES="-DEND_TICKET=1 -DMASK_CHAIN=1" step tests 240 python3 -m pytest -q -m gpu tests/test_wgmma24.py \
     -k "compressed or stream or propagate or gpu_wgmma24_kernel"
 S="python3 benchmarks/wgmma24_sequence.py --sparsity 0.9 --end-steps"
 step seq_red 60 $S --defines="-DEND_RED=1"
