@@ -116,14 +116,14 @@ def test_wgmma_probe_compiles(variant, tmp_path):
     (2, 2, 3, 1, 16, True), (2, 2, 1, 1, 128, True), (1, 2, 2, 0, 64, True),
     (2, 2, 0, 1, 16, False), (2, 2, 0, 1, 16, True), (2, 2, 0, 0, 128, False), (2, 2, 8, 1, 16, True)])
 @pytest.mark.parametrize("is_bf16", [True, False], ids=["bf16", "fp16"])
-@pytest.mark.parametrize("tuning", ["", "-DREFILL_LATE=0", "-DXPRE=1", "-DXTMA=0", "-DBLOCK_TIMES=2"])
+@pytest.mark.parametrize("tuning", ["", "-DREFILL_LATE=0", "-DXPRE=1", "-DXTMA=0", "-DBLOCK_TIMES=2", "-DMASK_CHAIN=1"])
 def test_wgmma24_kernel_source_compiles(wgs, mt, split, overflow, ntok, compressed, is_bf16, tuning, tmp_path,
                                         monkeypatch):
     """wgmma24.cu (the warpgroup 2:4 kernel, both layouts, clusters and STREAM) with the defines the
     launcher gives it (X by tensor copies, XTMA), and with those it gives under CROSS_CUDA_DEFINES for the
     refill right after the barrier (REFILL_LATE=0), X by bulk copies (XPRE=1), X by every thread's 16-byte
-    copies (XTMA=0) and the ablation's unit times (BLOCK_TIMES=2), assembles for sm_90a without spills,
-    and ptxas keeps its mma asynchronous (no serialization warning)."""
+    copies (XTMA=0), the ablation's unit times (BLOCK_TIMES=2) and the masked words by a chain (MASK_CHAIN=1),
+    assembles for sm_90a without spills, and ptxas keeps its mma asynchronous (no serialization warning)."""
     from cross.kernels import cuda_backend
 
     kernels = resources.files("cross.kernels")
