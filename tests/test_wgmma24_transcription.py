@@ -344,6 +344,19 @@ def _output_sums(unit_acc, rows, mt, nacc):
     return want
 
 
+def _reduce_case(outputs, chunks, blocks, wgs, mt, ntok, seed):
+    """An END_RED-style end's transcription inputs: its generator, every unit's accumulators [outputs, chunks,
+    threads, registers], each thread's register's position in a slot [threads, registers], the blocks'
+    slots (zero), Y (NaN) and its writes' counts (zero)."""
+    rng = np.random.default_rng(outputs * 1000 + chunks + seed)
+    threads, regs = 128 * wgs, mt * (ntok // 2)
+    unit_acc = rng.standard_normal((outputs, chunks, threads, regs))
+    pos = np.array([[((f // 4) * threads + tid) * 4 + f % 4 for f in range(regs)] for tid in range(threads)])
+    rows = 64 * wgs * mt
+    return (rng, unit_acc, pos, np.zeros((blocks, rows * ntok)), np.full((outputs, rows, ntok), np.nan),
+            np.zeros((outputs, rows, ntok), dtype=int))
+
+
 def _write(y, writes, uo, value, mt, nacc):
     """Output uo's values written from value(tid, f), each counted in ``writes``."""
     for tid in range(y.shape[1] * y.shape[2] // (mt * nacc)):
@@ -425,16 +438,9 @@ def test_stream_end_red_sums_every_value_once(outputs, chunks, blocks, wgs, mt, 
     count jl - jf + 1 reads its own positions back, writes them to Y and zeroes them. Each split output's
     slot is its own (block jl's units start inside it), the positions cover the slot once, every value
     of every output is written once and is the sum of its units' partials, and the slots are zero after."""
-    rng = np.random.default_rng(outputs * 1000 + chunks + 7)
-    threads, nacc = 128 * wgs, ntok // 2
-    R, regs = 64 * wgs * mt, mt * nacc
-    units = outputs * chunks
-    unit_acc = rng.standard_normal((outputs, chunks, threads, regs))
-    pos = np.array([[((f // 4) * threads + tid) * 4 + f % 4 for f in range(regs)] for tid in range(threads)])
+    rng, unit_acc, pos, ws, y, writes = _reduce_case(outputs, chunks, blocks, wgs, mt, ntok, 7)
+    nacc, R, units = ntok // 2, 64 * wgs * mt, outputs * chunks
     assert sorted(pos.reshape(-1)) == list(range(R * ntok))  # a slot's floats, each one thread's once
-    ws = np.zeros((blocks, R * ntok))
-    y = np.full((outputs, R, ntok), np.nan)
-    writes = np.zeros((outputs, R, ntok), dtype=int)
     arrivals, owner = [], {}
     for j, u0, uo, jf, jl, acc in _stream_partials(unit_acc, blocks):
         if jf == jl:
@@ -467,15 +473,8 @@ def test_stream_end_ticket_sums_every_value_once(outputs, chunks, blocks, wgs, m
     16 bits; the last ticket's block finds jl - jf there, writes Y from the slot plus its own accumulators and
     zeroes the slot and the counter. Every value of every output is written once and is the sum of its
     units' partials; slots and counters are zero after."""
-    rng = np.random.default_rng(outputs * 1000 + chunks + 11)
-    threads, nacc = 128 * wgs, ntok // 2
-    R, regs = 64 * wgs * mt, mt * nacc
-    units = outputs * chunks
-    unit_acc = rng.standard_normal((outputs, chunks, threads, regs))
-    pos = np.array([[((f // 4) * threads + tid) * 4 + f % 4 for f in range(regs)] for tid in range(threads)])
-    ws = np.zeros((blocks, R * ntok))
-    y = np.full((outputs, R, ntok), np.nan)
-    writes = np.zeros((outputs, R, ntok), dtype=int)
+    rng, unit_acc, pos, ws, y, writes = _reduce_case(outputs, chunks, blocks, wgs, mt, ntok, 11)
+    nacc, R, units = ntok // 2, 64 * wgs * mt, outputs * chunks
     counters = np.zeros(blocks, dtype=np.int64)
     split = {}  # uo -> its blocks' (j, ends with uo, accumulators)
     for j, u0, uo, jf, jl, acc in _stream_partials(unit_acc, blocks):
