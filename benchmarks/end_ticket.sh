@@ -13,11 +13,11 @@ source "$(dirname "$0")/steps.sh"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/device.txt"
 F="python3 benchmarks/wgmma24_floor.py --no-ablations"
 step split16 180 $F --compressed --shapes llama-qkvo,llama-up,llama-down --sparsities 0.5,0.7,0.9 --n 16 \
-    --builds "-DEND_TICKET=1,-DMASK_CHAIN=1,-DEND_TICKET=1 -DMASK_CHAIN=1" --out "$OUT/split16.csv"
+    --builds="-DEND_TICKET=1,-DMASK_CHAIN=1,-DEND_TICKET=1 -DMASK_CHAIN=1" --out "$OUT/split16.csv"
 step split64 60 $F --compressed --shapes llama-qkvo,llama-up --sparsities 0.7,0.9 --n 64 \
-    --builds "-DEND_TICKET=1,-DMASK_CHAIN=1" --out "$OUT/split64.csv"
-step slots16 45 $F --shapes llama-qkvo,llama-up --sparsities 0.5 --n 16 --builds "-DMASK_CHAIN=1" --out "$OUT/slots16.csv"
-CROSS_CUDA_DEFINES="-DEND_TICKET=1 -DMASK_CHAIN=1" step tests 240 python3 -m pytest -q -m gpu tests/test_wgmma24.py \
+    --builds="-DEND_TICKET=1,-DMASK_CHAIN=1" --out "$OUT/split64.csv"
+step slots16 45 $F --shapes llama-qkvo,llama-up --sparsities 0.5 --n 16 --builds=-DMASK_CHAIN=1 --out "$OUT/slots16.csv"
+CROSS_CUDA_DEFINES="-DEND_TICKET=1 -DMASK_CHAIN=1" step tests 300 python3 -m pytest -q -m gpu tests/test_wgmma24.py \
     -k "compressed or stream or propagate or gpu_wgmma24_kernel"
 S="python3 benchmarks/wgmma24_sequence.py --sparsity 0.9 --end-steps"
 step seq_red 60 $S --defines="-DEND_RED=1"

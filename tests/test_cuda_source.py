@@ -116,13 +116,13 @@ def test_wgmma_probe_compiles(variant, tmp_path):
     (2, 2, 3, 1, 16, True), (2, 2, 1, 1, 128, True), (1, 2, 2, 0, 64, True),
     (2, 2, 0, 1, 16, False), (2, 2, 0, 1, 16, True), (2, 2, 0, 0, 128, False), (2, 2, 8, 1, 16, True)])
 @pytest.mark.parametrize("is_bf16", [True, False], ids=["bf16", "fp16"])
-@pytest.mark.parametrize("tuning", ["", "-DREFILL_LATE=0", "-DXPRE=1", "-DXTMA=0", "-DBLOCK_TIMES=2", "-DMASK_CHAIN=1"])
+@pytest.mark.parametrize("tuning", ["", "-DREFILL_LATE=0", "-DXPRE=1", "-DXTMA=0", "-DBLOCK_TIMES=2", "-DMASK_CHAIN=0"])
 def test_wgmma24_kernel_source_compiles(wgs, mt, split, overflow, ntok, compressed, is_bf16, tuning, tmp_path,
                                         monkeypatch):
     """wgmma24.cu (the warpgroup 2:4 kernel, both layouts, clusters and STREAM) with the defines the
     launcher gives it (X by tensor copies, XTMA), and with those it gives under CROSS_CUDA_DEFINES for the
     refill right after the barrier (REFILL_LATE=0), X by bulk copies (XPRE=1), X by every thread's 16-byte
-    copies (XTMA=0), the ablation's unit times (BLOCK_TIMES=2) and the masked words by a chain (MASK_CHAIN=1),
+    copies (XTMA=0), the ablation's unit times (BLOCK_TIMES=2) and the masked words at popcounts (MASK_CHAIN=0),
     assembles for sm_90a without spills, and ptxas keeps its mma asynchronous (no serialization warning)."""
     from cross.kernels import cuda_backend
 
@@ -409,13 +409,13 @@ def test_wgmma24_end_ticket_build(tmp_path):
 
 @pytest.mark.parametrize("compressed", [True, False], ids=["compressed", "slots"])
 def test_wgmma24_mask_chain_build(compressed, tmp_path):
-    """MASK_CHAIN=1 (a tuning build) loads the masked words (the compressed layout's 2:4 part and overflow,
-    2 m-tiles x 8 registers each; the slots layout's overflow) by predicated loads along a chain of
+    """MASK_CHAIN=1 (the default; 0 is a tuning build) loads the masked words (the compressed layout's 2:4
+    part and overflow, 2 m-tiles x 8 registers each; the slots layout's overflow) by predicated loads along a chain of
     predicated address steps, and scans the compressed record's counts by shuffles whose flags predicate
     the adds: in SASS one popcount an m-tile is left of the one a register, no branch is
     added (ptxas predicates the steps it is given as branches), and the loop's path from its barrier to the
     unit's last mma is shorter by most of an instruction a register (a select of the address's step would
-    not be), with PROPAGATE too; no spills at 16 tokens, none more than the default build at 128 (whose
+    not be), with PROPAGATE too; no spills at 16 tokens, none more than the popcounts' build at 128 (whose
     STREAM build with PROPAGATE spills)."""
     from cross.kernels.cuda_backend import wgmma24_defines
 
@@ -440,7 +440,7 @@ def test_wgmma24_mask_chain_build(compressed, tmp_path):
         return [i for i, line in enumerate(sass) if "HGMMA" in line][7] - bars[1]
 
     registers = (2 if compressed else 1) * 2 * 8
-    (plain, _), (chain, spills) = build(16), build(16, "-DMASK_CHAIN=1")
+    (plain, _), (chain, spills) = build(16, "-DMASK_CHAIN=0"), build(16)
     assert count(plain, "POPC") - count(chain, "POPC") == registers - registers // 8
     # the compressed record's scan: five shuffles whose own flags predicate the adds
     flagged = lambda sass: sum(re.search(r"SHFL\.UP P[0-6],", line) is not None for line in sass)  # noqa: E731
@@ -448,6 +448,6 @@ def test_wgmma24_mask_chain_build(compressed, tmp_path):
     assert count(chain, "BRA") == count(plain, "BRA")
     assert path(plain) - path(chain) >= registers * 3 // 4  # ~2 instructions a register where there were ~4
     assert spills == 0
-    (plain, _), (chain, spills) = build(16, "-DPROPAGATE=1"), build(16, "-DPROPAGATE=1", "-DMASK_CHAIN=1")
+    (plain, _), (chain, spills) = build(16, "-DPROPAGATE=1", "-DMASK_CHAIN=0"), build(16, "-DPROPAGATE=1")
     assert path(plain) - path(chain) >= registers * 3 // 4 and spills == 0
-    assert build(128, "-DPROPAGATE=1", "-DMASK_CHAIN=1")[1] <= build(128, "-DPROPAGATE=1")[1]
+    assert build(128, "-DPROPAGATE=1")[1] <= build(128, "-DPROPAGATE=1", "-DMASK_CHAIN=0")[1]

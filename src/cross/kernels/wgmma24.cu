@@ -219,7 +219,7 @@
 #error "PROPAGATE reads X's rows and the records as the launcher hands them: XPRE and A_SMEM must be 0"
 #endif
 #ifndef MASK_CHAIN
-#define MASK_CHAIN 0  // 1: the masked words loaded by a chain of predicated loads and address steps (masked_registers), the record's scan by predicated shuffles (Record; a tuning build)
+#define MASK_CHAIN 1  // the masked words loaded by a chain of predicated loads and address steps (masked_registers), the record's scan by predicated shuffles (Record); 0: by popcounts and selects (a tuning build)
 #endif
 #ifndef FOLD_EARLY
 #define FOLD_EARLY 0  // 1: PROPAGATE's fold loads its X words before the unit's mmas, folds them after (a tuning build)
@@ -461,10 +461,11 @@ __device__ __forceinline__ void load_chunk(unsigned char* stage, u32 bar, const 
 // a thread's registers of an operand stored as only its nonzero words (the slots layout's overflow, both
 // of the compressed layout's parts): register r (= 4 ks + i) of m-tile t is the word after the thread's
 // `words` counted by the bits of `masks` (m-tile t's 8 at 8 t) below 8 t + r, zero where its bit is
-// clear. Predicated loads at popcounts: no loop, no divergence. MASK_CHAIN=1: each register's load and the
+// clear. No loop, no divergence. MASK_CHAIN=1 (the default): each register's load and the
 // address's step of 4 bytes both predicated on its bit (ptxas sets seven bits' predicates by one R2P), ~2.1
 // instructions a register in place of four (the prefix's mask, its popcount, the address, the load); the
-// loads then wait on a chain of adds, not on their popcounts
+// loads then wait on a chain of adds, not on their popcounts (-0.2 to -0.85 us at 90% and 16 tokens on the
+// H100, within noise at 50-80%: docs/perf-notes.md); MASK_CHAIN=0: loads at the prefixes' popcounts
 __device__ __forceinline__ void masked_registers(const u32* words, u32 masks, uint4 (&o)[2][MT]) {
 #pragma unroll
     for (int t = 0; t < MT; ++t) {
@@ -519,7 +520,7 @@ struct Record {
     __device__ __forceinline__ Record(const unsigned char* rec, int tid) : p(rec) {
 #if COMPRESSED
         // the thread's first word of each part: its warp's base and the words of the lanes before it (an
-        // inclusive scan of both counts at once, 16 bits each: a chunk holds under 2^16 words). MASK_CHAIN=1:
+        // inclusive scan of both counts at once, 16 bits each: a chunk holds under 2^16 words). MASK_CHAIN=1 (default):
         // each step's add predicated on its shuffle's own flag (a lane d below exists), two instructions a
         // step in place of four (the shuffle, the lane's compare, a select, the add)
         hw = reinterpret_cast<const u32*>(rec + MTILES * 512)[tid];
