@@ -464,7 +464,7 @@ __device__ __forceinline__ void load_chunk(unsigned char* stage, u32 bar, const 
 // clear. No loop, no divergence. MASK_CHAIN=1 (the default): each register's load and the
 // address's step of 4 bytes both predicated on its bit (ptxas sets seven bits' predicates by one R2P), ~2.1
 // instructions a register in place of four (the prefix's mask, its popcount, the address, the load); the
-// loads then wait on a chain of adds, not on their popcounts (-0.2 to -0.85 us at 90% and 16 tokens on the
+// loads then wait on a chain of adds, not on their popcounts (-0.1 to -0.85 us at 90% and 16 tokens on the
 // H100, within noise at 50-80%: docs/perf-notes.md); MASK_CHAIN=0: loads at the prefixes' popcounts
 __device__ __forceinline__ void masked_registers(const u32* words, u32 masks, uint4 (&o)[2][MT]) {
 #pragma unroll
