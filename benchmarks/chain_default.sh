@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# MASK_CHAIN made the warpgroup 2:4 kernel's default (docs/perf-notes.md, "MASK_CHAIN measured (H100)") in one
-# device call:
+# MASK_CHAIN made the warpgroup 2:4 kernel's default (docs/perf-notes.md, "END_TICKET by an increment and
+# MASK_CHAIN, measured (H100)" and "MASK_CHAIN the default: the grid (H100)") in one device call:
 # - tests: the kernel's GPU tests that mask_chain.sh did not run with -DMASK_CHAIN=1 (A in shared memory, fp16,
 #   rotations, sized slots, splits, X's copies), the runtime's and the layers' that launch it
 #   (test_wgmma24_runtime.py, test_nn.py, test_compile.py: CUDA graphs and torch.compile);

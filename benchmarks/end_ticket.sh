@@ -9,6 +9,8 @@
 # four-layer sequence at 90% (wgmma24_sequence.py --end-steps) with END_RED's end and with END_TICKET's, step by
 # step in the outputs' last arrivals / last tickets' blocks.
 # Usage (repository root, on the GPU machine): OUT=<dir> bash benchmarks/end_ticket.sh
+# Written while MASK_CHAIN was off by default: it is the kernel's default since, and -DMASK_CHAIN=1 builds the
+# default; -DMASK_CHAIN=0 is the popcounts' path these runs compared it with.
 source "$(dirname "$0")/steps.sh"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/device.txt"
 F="python3 benchmarks/wgmma24_floor.py --no-ablations"

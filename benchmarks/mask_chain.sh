@@ -6,6 +6,8 @@
 # tokens on two, and the slots layout at 16 tokens at 50% (its clusters); the kernel's GPU tests of the
 # compressed and slots layouts, STREAM and PROPAGATE built with MASK_CHAIN.
 # Usage (repository root, on the GPU machine): OUT=<dir> bash benchmarks/mask_chain.sh
+# Written while MASK_CHAIN was off by default: it is the kernel's default since, and -DMASK_CHAIN=1 builds the
+# default; -DMASK_CHAIN=0 is the popcounts' path these runs compared it with.
 source "$(dirname "$0")/steps.sh"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/device.txt"
 F="python3 benchmarks/wgmma24_floor.py --no-ablations"
