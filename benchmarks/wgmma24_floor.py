@@ -8,7 +8,9 @@ only" (-DABLATE=65: as "copies only" without X's copies), "no copies"
 at its start), "no end" (-DABLATE=8: no partial sums across blocks, each block writes its own) and "no
 copies, no end" (-DABLATE=11), each launched with the full build's grid; with --builds, other full
 builds (CROSS_CUDA_DEFINES each, e.g. -DSUM_SLOTS=4), checked like the full one and launched with their
-own grid. Each is timed as the benchmarks time everything (CUDA-graph replay, L2 flushed by a
+own grid; with --without-overflow, the same weight less each group's third and fourth nonzeros (2:4 in
+every group of 4 columns, so no overflow operand: its loads and mmas, and its masks' bytes, gone), checked
+against its own product, to time what the overflow costs. Each is timed as the benchmarks time everything (CUDA-graph replay, L2 flushed by a
 256 MB read before each replay), cuBLAS in the same run; the full build is checked against the fp32
 product (output poisoned) before it is timed. The differences split the launch's time: the launch
 alone, the loop's barriers and the end's sums, the copies' streaming, and the mmas' chain.
@@ -46,6 +48,14 @@ BUILD = cuda_backend._wgmma24_kernel  # the launcher's builds: (function, shared
 BASE = ""  # --base: the defines every build starts with
 
 
+def without_overflow(w: torch.Tensor) -> torch.Tensor:
+    """``w`` less each group's (4 columns, from column 0) nonzeros after its second: a weight 2:4 in every
+    group, with no overflow operand. ``w``'s columns a multiple of 4."""
+    groups = w.reshape(w.shape[0], -1, 4)
+    kept = (groups != 0).cumsum(-1) <= 2
+    return (groups * kept).reshape(w.shape)
+
+
 def build_with(defines: str, per_sm: int | None = None) -> None:
     """Make the next wgmma24 launches use a build with ``defines`` (empty: the normal build), launched
     as if ``per_sm`` of its blocks fitted on an SM (None: as many as do). An ablation build needs fewer
@@ -81,6 +91,8 @@ def main(argv=None):
                          "REDUCE_MAX_TOKENS, 64; 128 a tuning setting)")
     ap.add_argument("--no-ablations", action="store_true",
                     help="time the full builds alone (the default and --builds), no ablation builds, no split")
+    ap.add_argument("--without-overflow", action="store_true",
+                    help="also time the default build on the weight less its groups' third and fourth nonzeros")
     ap.add_argument("--out", default="")
     opts = ap.parse_args(argv)
     if opts.reduce_tokens is not None:
@@ -131,6 +143,19 @@ def main(argv=None):
                     build_with(defines, per_sm)
                     times[name] = graph_us(lambda: wgmma24_run(x, args, None, y))
                 build_with("")
+                lean_mb = {}
+                if opts.without_overflow:
+                    w2 = without_overflow(w)
+                    sw2 = Wgmma24Weight.from_dense(w2, wgs=opts.wgs, mt=opts.mt, compressed=opts.compressed,
+                                                   sized=opts.sized)
+                    args2 = wgmma24_args(sw2, opts.split)
+                    y.fill_(float("nan"))
+                    wgmma24_run(x, args2, None, y)
+                    bad = check(y, x.float() @ w2.float().T)
+                    if bad:
+                        raise SystemExit(f"{shape} {sp}: the weight without overflow is WRONG: {bad}")
+                    times["without overflow"] = graph_us(lambda: wgmma24_run(x, args2, None, y))
+                    lean_mb = {"without_overflow_mb": round(sw2.nbytes / 1e6, 2)}
                 parts = {}
                 if not opts.no_ablations:
                     parts = {"launch only": times["launch only"],
@@ -143,7 +168,7 @@ def main(argv=None):
                 rec = dict(base=opts.base, shape=shape, M=m, K=k, N=opts.n, sparsity=sp, layout=layout, rows=64 * opts.wgs * opts.mt,
                            split=split if split else "STREAM", blocks_per_sm=per_sm, mb=round(sw.nbytes / 1e6, 2),
                            dense_us=round(dense_us, 2),
-                           **{column(name): round(us, 2) for name, us in times.items()})
+                           **{column(name): round(us, 2) for name, us in times.items()}, **lean_mb)
                 rows.append(rec)
                 print(f"{shape:>11} {sp:>4} {rec['mb']:>6.1f} MB, {rec['rows']}-row blocks, split {rec['split']} "
                       f"({per_sm} per SM): "

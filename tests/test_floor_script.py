@@ -33,3 +33,24 @@ def test_ablation_builds_are_launched_with_the_full_builds_grid(monkeypatch):
     assert cuda_backend._wgmma24_kernel is fake_build
     assert cuda_backend._wgmma24_kernel(0, True, 2, 2, 0, 64, 16) == ("function", 1234, 4)
     assert builds[-1][0] == ""
+
+
+def test_without_overflow_keeps_each_groups_first_two_nonzeros():
+    """--without-overflow's weight: each group of 4 columns keeps its first two nonzeros and loses the rest,
+    so that its packing has no overflow operand (the launcher's OVER=0 build) where the weight's had one."""
+    import torch
+
+    from cross.pack.wgmma24 import Wgmma24Weight
+
+    gen = torch.Generator().manual_seed(1)
+    w = torch.randn(128, 256, generator=gen) * (torch.rand(128, 256, generator=gen) < 0.6)
+    w2 = floor.without_overflow(w)
+    groups, kept = w.reshape(128, -1, 4), w2.reshape(128, -1, 4)
+    for r, g in ((3, 5), (17, 40), (100, 63)):  # spot checks by hand: the first two nonzeros in column order
+        nz = [i for i in range(4) if groups[r, g, i] != 0][:2]
+        assert [i for i in range(4) if kept[r, g, i] != 0] == nz
+    assert ((kept != 0).sum(-1) <= 2).all()
+    assert torch.equal(kept[kept != 0], groups[kept != 0])  # what stays is unchanged
+    assert ((groups != 0).sum(-1).clamp(max=2) == (kept != 0).sum(-1)).all()  # and no more goes than must
+    assert Wgmma24Weight.from_dense(w.bfloat16(), compressed=True).overflow
+    assert not Wgmma24Weight.from_dense(w2.bfloat16(), compressed=True).overflow
