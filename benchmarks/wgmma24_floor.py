@@ -9,11 +9,12 @@ at its start), "no end" (-DABLATE=8: no partial sums across blocks, each block w
 copies, no end" (-DABLATE=11), each launched with the full build's grid; with --builds, other full
 builds (CROSS_CUDA_DEFINES each, e.g. -DSUM_SLOTS=4), checked like the full one and launched with their
 own grid; with --without-overflow, the same weight less each group's third and fourth nonzeros (2:4 in
-every group of 4 columns, so no overflow operand: its loads and mmas, and its masks' bytes, gone), checked
-against its own product, to time what the overflow costs. Each is timed as the benchmarks time everything (CUDA-graph replay, L2 flushed by a
-256 MB read before each replay), cuBLAS in the same run; the full build is checked against the fp32
-product (output poisoned) before it is timed. The differences split the launch's time: the launch
-alone, the loop's barriers and the end's sums, the copies' streaming, and the mmas' chain.
+every group of 4 columns, so no overflow operand: its loads and mmas gone, and in the slots layout its head
+words), checked against its own product, to time what the overflow costs. Each is timed as the benchmarks
+time everything (CUDA-graph replay, L2 flushed by a 256 MB read before each replay), cuBLAS in the same
+run; the full build is checked against the fp32 product (output poisoned) before it is timed. The
+differences split the launch's time: the launch alone, the loop's barriers and the end's sums, the
+copies' streaming, and the mmas' chain.
 
     PYTHONPATH=src python benchmarks/wgmma24_floor.py --shapes llama-qkvo,llama-down --sparsities 0.7,0.9 --n 16
 """
