@@ -451,3 +451,47 @@ def test_wgmma24_mask_chain_build(compressed, tmp_path):
     (plain, _), (chain, spills) = build(16, "-DPROPAGATE=1", "-DMASK_CHAIN=0"), build(16, "-DPROPAGATE=1")
     assert path(plain) - path(chain) >= registers * 3 // 4 and spills == 0
     assert build(128, "-DPROPAGATE=1")[1] <= build(128, "-DPROPAGATE=1", "-DMASK_CHAIN=0")[1]
+
+
+@pytest.mark.parametrize("wgs,mt,split,ntok", [(2, 2, 0, 16), (2, 2, 0, 64), (2, 2, 0, 128), (1, 2, 0, 64),
+                                              (2, 1, 0, 16), (2, 2, 2, 16)])
+@pytest.mark.parametrize("is_bf16", [True, False], ids=["bf16", "fp16"])
+def test_wgmma24_lone_build(wgs, mt, split, ntok, is_bf16, tmp_path):
+    """LONE=1 (the compressed layout's lone halves: the 2:4 registers' pairs by one chain of predicated word
+    loads, then their lone halves by a second of 16-bit loads) assembles for the launcher's shapes, plain
+    and with PROPAGATE, without spills (at 128 tokens no more than the build without halves) or serialized
+    mmas; in SASS a 16-bit load for each of a thread's 2:4 registers (8 an m-tile) besides the mask's and
+    the base's, and the path from the loop's barrier to the unit's last mma at 16 tokens at most 64
+    instructions longer than without (each mask's bits set by R2P, not one LOP3 a bit). The slots layout
+    refuses it."""
+    from cross.kernels.cuda_backend import wgmma24_defines
+
+    kernels = resources.files("cross.kernels")
+
+    def build(*extra, compressed=True):
+        end = ("-DEND_RED=1",) if not split and ntok <= 64 else ()
+        out = subprocess.run([NVCC, "-arch=sm_90a", "-std=c++17", f"-I{kernels}", "-cubin", "-Xptxas", "-v",
+                              "-o", str(tmp_path / "k.cubin"),
+                              *wgmma24_defines(is_bf16, wgs, mt, split, 1024, ntok, compressed, True), *end, *extra,
+                              str(kernels.joinpath("wgmma24.cu"))], capture_output=True, text=True)
+        return out
+
+    def sass_and_spills(out):
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert "serializ" not in out.stderr, out.stderr[-2000:]
+        return disassemble(tmp_path / "k.cubin"), sum(int(v) for v in re.findall(r"(\d+) bytes spill stores", out.stderr))
+
+    def path(sass):  # the loop's barrier (the block's second) to the unit's last mma
+        bars = [i for i, line in enumerate(sass) if "BAR.SYNC" in line]
+        return [i for i, line in enumerate(sass) if "HGMMA" in line][4 * mt - 1] - bars[1]
+
+    for extra in ((), ("-DPROPAGATE=1",)):
+        plain, plain_spills = sass_and_spills(build(*extra))
+        lone, spills = sass_and_spills(build(*extra, "-DLONE=1"))
+        assert spills <= plain_spills if ntok == 128 else spills == 0
+        assert sum("LDS.U16" in line for line in lone) >= 8 * mt + 2
+        assert not any("LDS.U16" in line for line in plain)
+        if ntok == 16:
+            assert path(lone) - path(plain) <= 64
+    refused = build("-DLONE=1", compressed=False)
+    assert refused.returncode != 0 and "LONE is a form of the compressed layout" in refused.stderr

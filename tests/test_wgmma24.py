@@ -195,6 +195,53 @@ def test_compressed_round_trip(rng, m, k, density, wgs, mt):
     assert torch.equal(v[..., :mtiles * 128], meta.flatten(2))  # the same metadata words
 
 
+@pytest.mark.parametrize("m,k", [(64, 64), (40, 200), (300, 136), (256, 1024)])
+@pytest.mark.parametrize("density", [0.0, 0.1, 0.3, 0.5, 1.0])
+@pytest.mark.parametrize("wgs,mt", [(2, 2), (1, 1), (2, 1)])
+def test_lone_halves_round_trip(rng, m, k, density, wgs, mt):
+    """Lone halves (compressed, lone=True) read back are the weight, sized or not: a word per group with
+    two nonzeros or a lone one at position 3, a 16-bit half per lone one at 0-2, a word more per group
+    with overflow; the head words name the words, the lone masks the halves; each warp's lone base counts
+    the halves before its first from the chunk's first slot (after every word); the words and halves take
+    the slots of the fullest chunk's; sized, a record is its header, words and halves rounded up."""
+    w = _unstructured(m, k, density, rng)
+    sw = Wgmma24Weight.from_dense(w, wgs, mt, compressed=True, lone=True)
+    sized = Wgmma24Weight.from_dense(w, wgs, mt, compressed=True, sized=True, lone=True)
+    assert sw.lone and sw.to("cpu").lone and sized.lone
+    assert torch.equal(_bits(sw.to_dense()), _bits(w)) and torch.equal(_bits(sized.to_dense()), _bits(w))
+    kk = -(-k // 4) * 4
+    nzg = torch.nn.functional.pad(_bits(w) & 0x7FFF != 0, (0, kk - k)).view(m, -1, 4)
+    count = nzg.sum(-1)
+    lone_at_3 = (count == 1) & nzg[..., 3]
+    halves_expected = int(((count == 1) & ~lone_at_3).sum())
+    words_expected = int((count >= 2).sum() + lone_at_3.sum() + (count > 2).sum())
+    mtiles, threads = wgs * mt, 128 * wgs
+    v = sw.values.to(torch.int64) & 0xFFFFFFFF
+    at = mtiles * 128
+    heads, at = v[..., at:at + threads], at + threads
+    lone_masks = torch.stack([v[..., at:at + threads // 2] & 0xFFFF, v[..., at:at + threads // 2] >> 16], -1).flatten(-2)
+    at += threads // 2
+    bases, at = v[..., at:at + threads // 32], at + threads // 32
+    lone_bases = torch.stack([v[..., at:at + threads // 64] & 0xFFFF, v[..., at:at + threads // 64] >> 16], -1).flatten(-2)
+    popc = lambda t: sum((t >> b) & 1 for b in range(16)).view(*v.shape[:2], threads // 32, 32).sum(-1)  # noqa: E731
+    words = [popc(heads & 0xFFFF), popc(heads >> 16)]  # [rb, chunk, warp]
+    halves = popc(lone_masks)
+    assert int(words[0].sum() + words[1].sum()) == words_expected and int(halves.sum()) == halves_expected
+    assert torch.equal(heads & 0xFFFF & lone_masks, torch.zeros_like(heads))  # a register is a word or a half
+    all_words = (words[0].sum(-1) + words[1].sum(-1))[..., None]
+    assert torch.equal(lone_bases, 2 * all_words + torch.cumsum(halves, -1) - halves)
+    assert torch.equal(bases & 0xFFFF, torch.cumsum(words[0], -1) - words[0])
+    per_chunk = all_words[..., 0] + -(-halves.sum(-1) // 2)
+    assert sw.slots == wgmma24_slots(max(int((2 * all_words[..., 0] + halves.sum(-1)).max() + 1) // 2, 1))
+    assert sw.nbytes == v.shape[0] * v.shape[1] * (mtiles * 512 + threads * 6 + threads // 32 * 6 + 4 * sw.slots)
+    header = mtiles * 128 + threads * 3 // 2 + threads // 32 * 3 // 2
+    assert torch.equal(sized.record_sizes(), -(-(header + per_chunk) // 4))
+    assert sized.bytes_read <= Wgmma24Weight.from_dense(w, wgs, mt, compressed=True, sized=True).bytes_read + \
+        v.shape[0] * v.shape[1] * 16 * -(-(threads // 2 + threads // 64) // 4)  # at most the masks' bytes more
+    with pytest.raises(ValueError, match="compressed=True"):
+        Wgmma24Weight.from_dense(w, wgs, mt, lone=True)
+
+
 def test_overflow_thread_layout():
     """A group's third and fourth nonzeros are the overflow operand's word (position 2 low, 3 high,
     zero where that position is not overflow) in the A register of the main part's layout: thread 32 w +
@@ -565,15 +612,17 @@ def test_gpu_wgmma24_kernel(m, k, weight, wgs, mt, rng):
 @pytest.mark.parametrize("weight", ["2:4", "0.05", "0.3", "1.0"])
 @pytest.mark.parametrize("wgs,mt", [(2, 2), (1, 1)])
 @pytest.mark.parametrize("sized", [False, True])
-def test_gpu_wgmma24_compressed(m, k, weight, wgs, mt, sized, rng):
+@pytest.mark.parametrize("lone", [False, True], ids=["words", "lone"])
+def test_gpu_wgmma24_compressed(m, k, weight, wgs, mt, sized, lone, rng):
     """The compressed layout (both operands decoded from the nonzeros and a bitmap) at every block of
     tokens, with split K (the default by launch) and without; sized: each refill copies its record's
-    own bytes."""
+    own bytes; lone: its lone halves (a group's lone nonzero at positions 0-2 as its 16-bit value, the
+    LONE build)."""
     from cross.kernels.launch import wgmma24_matmul
 
     _needs_sm90()
     w = (_weight(m, k, 2, rng) if weight == "2:4" else _unstructured(m, k, float(weight), rng)).cuda()
-    sw = Wgmma24Weight.from_dense(w, wgs, mt, compressed=True, sized=sized)
+    sw = Wgmma24Weight.from_dense(w, wgs, mt, compressed=True, sized=sized, lone=lone)
     for n, split in ((1, None), (16, 1), (20, None), (50, None), (60, 0), (100, 2), (128, None), (300, None)):
         x = torch.randn(n, k, generator=rng).to(torch.bfloat16).cuda()
         b = torch.randn(m, generator=rng).to(torch.bfloat16).cuda() if n % 2 == 0 else None
@@ -868,22 +917,23 @@ def test_gpu_wgmma24_fp16(m, k, n, split, compressed, rng, monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("compressed,sized", [(False, False), (False, True), (True, True)])
+@pytest.mark.parametrize("compressed,sized,lone", [(False, False, False), (False, True, False), (True, True, False),
+                                                  (True, True, True)])
 @pytest.mark.parametrize("split", [2, 0])
 @pytest.mark.parametrize("m,k,n", [(700, 2056, 16), (700, 2056, 128), (300, 520, 301), (2752, 4096, 40)])
-def test_gpu_wgmma24_propagate(m, k, n, split, compressed, sized, rng, monkeypatch):
+def test_gpu_wgmma24_propagate(m, k, n, split, compressed, sized, lone, rng, monkeypatch):
     """propagate=True (the PROPAGATE build): Inf and NaN inputs give exactly the dense
     product's NaN and Inf (0 x Inf NaN, w x Inf an Inf of its sign, Infs of both signs NaN, a NaN input
     NaN everywhere in its token), also through an Inf and a NaN weight; the finite outputs, the tokens
-    without one, as before; by clusters and STREAM, both layouts, fixed and sized records, eager and
-    replayed in a CUDA graph."""
+    without one, as before; by clusters and STREAM, both layouts (and the compressed one's lone halves),
+    fixed and sized records, eager and replayed in a CUDA graph."""
     from cross.kernels.launch import wgmma24_args, wgmma24_run
 
     _needs_sm90()
     w = _unstructured(m, k, 0.5, rng)
     w[5, 7], w[9, 12] = float("inf"), float("nan")  # stored nonzeros
     with _built_with(monkeypatch, ""):
-        args = wgmma24_args(Wgmma24Weight.from_dense(w.cuda(), compressed=compressed, sized=sized), split,
+        args = wgmma24_args(Wgmma24Weight.from_dense(w.cuda(), compressed=compressed, sized=sized, lone=lone), split,
                             propagate=True)
         b = torch.randn(m, generator=rng).to(torch.bfloat16).cuda()
         x = torch.empty(n, k, dtype=torch.bfloat16, device="cuda")

@@ -92,26 +92,70 @@ def masked_registers(words, start, masks, mt):
     return o
 
 
-def compressed_registers(record, wgs, mt, lane_scan=True):
+def halves(words):
+    """A run of 32-bit words read as the 16-bit values they hold, low half first (a u16 pointer's view)."""
+    w = np.asarray(words, dtype=np.int64)
+    return np.stack([w & 0xFFFF, w >> 16], -1).reshape(-1)
+
+
+def lone_registers(words, start, half, lstart, mask, lone, mt):
+    """The lone halves' 2:4 registers (wgmma24.cu's lone_registers): the pairs' words by ``mask`` from
+    ``start``, then, in registers of their own, the halves by ``lone`` from ``lstart`` (16-bit loads:
+    the value in the low half); an m-tile's words and halves after the earlier m-tiles'."""
+    o = np.zeros((mt, 2, 4), dtype=np.int64)
+    for t in range(mt):
+        m8, l8 = (mask >> (8 * t)) & 0xFF, (lone >> (8 * t)) & 0xFF
+        w, h = start, lstart
+        for r in range(8):
+            if m8 >> r & 1:
+                o[t, r >> 2, r & 3] = int(words[w])
+                w += 1
+        for r in range(8):
+            if l8 >> r & 1:
+                o[t, r >> 2, r & 3] = int(half[h])
+                h += 1
+        start, lstart = start + popc(m8), lstart + popc(l8)
+    return o
+
+
+def compressed_registers(record, wgs, mt, lane_scan=True, lone=False):
     """The compressed layout's registers, thread by thread: each thread's first word of each part is
-    its warp's base plus the inclusive scan of its lanes' counts (both parts' at once, 16 bits each)
+    its warp's base plus the inclusive scan of its lanes' counts (both parts' at once, 16 bits each;
+    ``lone``: three counts of 10 bits, the lone halves' first from the warp's lone base, in halves)
     less its own (without ``lane_scan``: the base alone, a misreading); the 2:4 part's A registers,
     the metadata words and the overflow's A registers, per m-tile ([m-tile][k-step][thread of the
     warpgroup][register], [m-tile][thread], as the first)."""
     mtiles, threads = wgs * mt, 128 * wgs
-    meta = record[:mtiles * 128]
-    heads = record[mtiles * 128:mtiles * 128 + threads]
-    bases = record[mtiles * 128 + threads:mtiles * 128 + threads + threads // 32]
-    words = record[mtiles * 128 + threads + threads // 32:]
+    at = mtiles * 128
+    meta = record[:at]
+    heads, at = record[at:at + threads], at + threads
+    if lone:
+        lone_masks, at = halves(record[at:at + threads // 2]), at + threads // 2
+    bases, at = record[at:at + threads // 32], at + threads // 32
+    if lone:
+        lone_bases, at = halves(record[at:at + threads // 64]), at + threads // 64
+    words = record[at:]
     a = np.zeros((mtiles, 2, 128, 4), dtype=np.int64)
     o = np.zeros_like(a)
-    cnt = [popc(int(h) & 0xFFFF) | popc(int(h) >> 16) << 16 for h in heads]
+    if lone:
+        cnt = [popc(int(h) & 0xFFFF) | popc(int(h) >> 16) << 10 | popc(int(lm)) << 20
+               for h, lm in zip(heads, lone_masks)]
+    else:
+        cnt = [popc(int(h) & 0xFFFF) | popc(int(h) >> 16) << 16 for h in heads]
     for tid in range(threads):
         wg, tw, lane = tid >> 7, tid & 127, tid & 31
         scan = sum(cnt[tid - lane: tid + 1]) if lane_scan else cnt[tid]
-        starts = int(bases[tid >> 5]) + scan - cnt[tid]
+        before = scan - cnt[tid]
+        if lone:
+            starts = int(bases[tid >> 5]) + (before & 0x3FF) + ((before >> 10 & 0x3FF) << 16)
+        else:
+            starts = int(bases[tid >> 5]) + before
         hw = int(heads[tid])
-        ra = masked_registers(words, starts & 0xFFFF, hw & 0xFFFF, mt)
+        if lone:
+            ra = lone_registers(words, starts & 0xFFFF, halves(words), int(lone_bases[tid >> 5]) + (before >> 20),
+                                hw & 0xFFFF, int(lone_masks[tid]), mt)
+        else:
+            ra = masked_registers(words, starts & 0xFFFF, hw & 0xFFFF, mt)
         ro = masked_registers(words, starts >> 16, hw >> 16, mt)
         for t in range(mt):
             a[wg * mt + t, :, tw] = ra[t]
@@ -147,7 +191,7 @@ def run_kernel(x, sw, split, bias=None, lbo=B_LBO, sbo=B_SBO, lane_scan=True):
                 stage = values[rb, c]
                 xs = stage_x(x_bits[tok0:], c, n_in, k, ntok)
                 if sw.compressed:
-                    a, e, o = compressed_registers(stage, wgs, mt, lane_scan)
+                    a, e, o = compressed_registers(stage, wgs, mt, lane_scan, sw.lone)
                     meta = np.full(128, OVERFLOW_META)
                     for mtile in range(mtiles):
                         for ks in range(2):
@@ -208,10 +252,10 @@ def _weight(m, k, sparsity, dtype, seed):
     (100, 64, 100, 1, 2, 1, 0.5),    # 128 tokens per block, 28 of them padding
     (150, 64, 260, 1, 1, 2, 0.5),    # 3 row blocks x 3 token tiles x clusters of 2, by the grid's order
 ])
-@pytest.mark.parametrize("compressed", [False, True], ids=["slots", "compressed"])
-def test_kernel_arithmetic_is_the_product(m, k, n, wgs, mt, split, sparsity, compressed):
+@pytest.mark.parametrize("layout", ["slots", "compressed", "lone"])
+def test_kernel_arithmetic_is_the_product(m, k, n, wgs, mt, split, sparsity, layout):
     w, gen = _weight(m, k, sparsity, torch.bfloat16, seed=m + k)
-    sw = Wgmma24Weight.from_dense(w, wgs, mt, compressed)
+    sw = Wgmma24Weight.from_dense(w, wgs, mt, layout != "slots", lone=layout == "lone")
     assert sw.overflow  # some groups hold 3 or 4 nonzeros: the second mma runs
     x = torch.randn(n, k, generator=gen).to(torch.bfloat16)
     bias = torch.randn(m, generator=gen).to(torch.bfloat16)
@@ -264,12 +308,13 @@ def test_swapped_descriptor_offsets_are_caught():
     assert np.abs(y - ref).max() > 0.1 * np.abs(ref).max()
 
 
-def test_compressed_words_without_the_lanes_scan_are_caught():
-    """The check can fail: the compressed layout's words found from the warp's base alone (no scan of
-    the lanes' counts) give another product."""
+@pytest.mark.parametrize("lone", [False, True], ids=["compressed", "lone"])
+def test_compressed_words_without_the_lanes_scan_are_caught(lone):
+    """The check can fail: the compressed layout's words (and lone halves) found from the warp's base
+    alone (no scan of the lanes' counts) give another product."""
     w, gen = _weight(64, 64, 0.5, torch.bfloat16, seed=8)
     x = torch.randn(16, 64, generator=gen).to(torch.bfloat16)
-    y = run_kernel(x, Wgmma24Weight.from_dense(w, 1, 1, compressed=True), 1, lane_scan=False)
+    y = run_kernel(x, Wgmma24Weight.from_dense(w, 1, 1, compressed=True, lone=lone), 1, lane_scan=False)
     ref = (x.double() @ w.double().t()).numpy()
     assert np.abs(y - ref).max() > 0.1 * np.abs(ref).max()
 

@@ -425,10 +425,11 @@ _WGMMA24_SOURCE = "wgmma24.cu"
 
 
 def wgmma24_defines(is_bf16: bool, wgs: int, mt: int, split: int, slots: int, ntok: int = 128,
-                    compressed: bool = False, over: bool = False, sized: bool = False) -> tuple[str, ...]:
+                    compressed: bool = False, over: bool = False, sized: bool = False,
+                    lone: bool = False) -> tuple[str, ...]:
     """NVRTC defines of a wgmma24 build of ``ntok`` tokens per block over a weight of ``slots`` overflow
     word slots per chunk (0: no overflow; ``compressed``: the compressed layout's value word slots,
-    ``over``: its weight has overflow, ``sized``: its sized records; its pipeline's stages:
+    ``over``: its weight has overflow, ``sized``: its sized records, ``lone``: its lone halves; its pipeline's stages:
     pack/wgmma24.stages), K split by
     ``split`` (0: the launch's units in equal parts, STREAM; 1..8: clusters of that many blocks), with
     CROSS_CUDA_DEFINES' extras last."""
@@ -437,10 +438,10 @@ def wgmma24_defines(is_bf16: bool, wgs: int, mt: int, split: int, slots: int, nt
     reserve = _a_smem_reserve(wgs, mt, slots, compressed)
     defines = [f"-DIS_BF16={int(is_bf16)}", f"-DWGS={wgs}", f"-DMT={mt}", f"-DSTREAM={int(split == 0)}",
                f"-DSPLIT={max(split, 1)}", f"-DSLOTS={slots}", f"-DNTOK={ntok}",
-               f"-DSTAGES={stages(wgs, mt, slots, ntok, compressed, reserve, wgmma24_xtma())}",
+               f"-DSTAGES={stages(wgs, mt, slots, ntok, compressed, reserve, wgmma24_xtma(), lone)}",
                f"-DXTMA={int(wgmma24_xtma())}"]
     if compressed:
-        defines += ["-DCOMPRESSED=1", f"-DOVER={int(over)}"]
+        defines += ["-DCOMPRESSED=1", f"-DOVER={int(over)}"] + (["-DLONE=1"] if lone else [])
     if sized:
         defines.append("-DSIZED=1")
     return tuple(defines + os.environ.get(DEFINES_ENV, "").split())
@@ -461,15 +462,16 @@ def defined_stages(defines: tuple[str, ...]) -> int:
 @functools.lru_cache(maxsize=None)
 def _wgmma24_kernel(device_index: int, is_bf16: bool, wgs: int, mt: int, split: int, slots: int, ntok: int,
                     compressed: bool = False, over: bool = False, sized: bool = False, reduce: bool = False,
-                    propagate: bool = False):
+                    propagate: bool = False, lone: bool = False):
     """(function, dynamic shared memory, blocks per SM) of a wgmma24 build (``reduce``: STREAM's end by
-    fp32 reductions, END_RED; ``propagate``: non-finite inputs as in the dense product, PROPAGATE)."""
+    fp32 reductions, END_RED; ``propagate``: non-finite inputs as in the dense product, PROPAGATE;
+    ``lone``: the compressed layout's lone halves, LONE)."""
     from ..pack.wgmma24 import smem_bytes
 
-    defines = wgmma24_defines(is_bf16, wgs, mt, split, slots, ntok, compressed, over, sized) + (
+    defines = wgmma24_defines(is_bf16, wgs, mt, split, slots, ntok, compressed, over, sized, lone) + (
         ("-DEND_RED=1",) if reduce else ()) + (("-DPROPAGATE=1",) if propagate else ())
     reserve = _a_smem_reserve(wgs, mt, slots, compressed)
-    smem = smem_bytes(wgs, mt, slots, ntok, defined_stages(defines), compressed, reserve, wgmma24_xtma())
+    smem = smem_bytes(wgs, mt, slots, ntok, defined_stages(defines), compressed, reserve, wgmma24_xtma(), lone)
     _, func = _compile(device_index, _WGMMA24_SOURCE, "wgmma24", defines, smem, arch_specific=True)
     return func, smem, resident_blocks(func, wgs * 128, smem)
 
@@ -603,7 +605,7 @@ def workspace(floats: int) -> torch.Tensor:
 
 def wgmma24_launch(row_blocks: int, ntok: int, wgs: int, mt: int, split: int, slots: int, ptrs, m: int, k: int,
                    n_tok: int, ldx: int, ldy: int, chunks: int, sms: int, compressed: bool = False,
-                   over: bool = False, sized: bool = False, propagate: bool = False) -> None:
+                   over: bool = False, sized: bool = False, propagate: bool = False, lone: bool = False) -> None:
     """One launch of wgmma24 (sm_90a) of ``ntok`` tokens per block over a weight of ``slots`` overflow
     word slots per chunk (``compressed``: the compressed layout's, ``over``: with overflow, ``sized``:
     sized records, ``values`` starting with their sizes): pointers
@@ -613,11 +615,11 @@ def wgmma24_launch(row_blocks: int, ntok: int, wgs: int, mt: int, split: int, sl
     ``stream_reduce`` up to REDUCE_MAX_TOKENS tokens the GPU's ``reduce_area``, and the weight's
     ``counters``); 1..8: a cluster of ``split`` blocks (the parts of K) per row block and token tile of
     N, a row block's token tiles adjacent (wgmma24.cu). ``propagate``: the PROPAGATE build (Inf and NaN
-    inputs reach the outputs as in the dense product)."""
+    inputs reach the outputs as in the dense product); ``lone``: the compressed layout's lone halves."""
     device = torch.cuda.current_device()
     reduce = not split and ntok <= REDUCE_MAX_TOKENS and stream_reduce()
     func, smem, per_sm = _wgmma24_kernel(device, ptrs.is_bf16, wgs, mt, split, slots, ntok, compressed, over,
-                                         sized, reduce, propagate)
+                                         sized, reduce, propagate, lone)
     x, y, bias, values, counters = ptrs.values
     outputs = row_blocks * -(-n_tok // ntok)
     ws = None

@@ -461,6 +461,7 @@ class Wgmma24Args(NamedTuple):
     over: bool = False  # compressed: the weight has overflow (the second mma runs)
     sized: bool = False  # sized records (values start with the sizes; -DSIZED=1)
     propagate: bool = False  # Inf and NaN inputs as in the dense product (nan_policy "propagate"; -DPROPAGATE=1)
+    lone: bool = False  # compressed: lone halves (pack/wgmma24.py lone=True; -DLONE=1)
 
 
 def _runs_here(device: torch.device, capability_ok) -> bool:
@@ -518,7 +519,7 @@ def wgmma24_args(weight, split: int | None = None, propagate: bool = False) -> W
                          "X copy; CROSS_CUDA_DEFINES asks for -DXPRE=1 or -DA_SMEM=1 (tuning builds)")
     limit = getattr(torch.cuda.get_device_properties(weight.device), "shared_memory_per_block_optin", 227 * 1024)
     most = max(smem_bytes(weight.wgs, weight.mt, weight.slots, t, compressed=weight.compressed,
-                          x_align=wgmma24_xtma()) for t in NTOKS)
+                          x_align=wgmma24_xtma(), lone=weight.lone) for t in NTOKS)
     if most > limit:
         raise ValueError(f"wgmma24_matmul: a block needs up to {most} bytes of shared memory, the device has {limit}")
     sms = torch.cuda.get_device_properties(weight.device).multi_processor_count
@@ -531,7 +532,7 @@ def wgmma24_args(weight, split: int | None = None, propagate: bool = False) -> W
     values = a_smem_order(weight) if wgmma24_a_smem() else weight.values  # an A_SMEM build's records
     return Wgmma24Args(values, counters, weight.shape[0], weight.shape[1], row_blocks, chunks, weight.wgs,
                        weight.mt, -1 if split is None else split, weight.slots, sms, weight.compressed,
-                       weight.overflow, weight.sized, bool(propagate))
+                       weight.overflow, weight.sized, bool(propagate), weight.lone)
 
 
 def wgmma24_run(x: torch.Tensor, args: Wgmma24Args, bias: torch.Tensor | None = None,
@@ -554,7 +555,7 @@ def wgmma24_run(x: torch.Tensor, args: Wgmma24Args, bias: torch.Tensor | None = 
     ptrs = cuda_backend.Pointers((xk, y, bias, args.values, args.counters), x.dtype == torch.bfloat16)
     cuda_backend.wgmma24_launch(args.row_blocks, ntok, args.wgs, args.mt, split, args.slots, ptrs,
                                 args.out_features, args.in_features, n, x.stride(0), y.stride(0), args.chunks,
-                                args.sms, args.compressed, args.over, args.sized, args.propagate)
+                                args.sms, args.compressed, args.over, args.sized, args.propagate, args.lone)
     return y
 
 

@@ -236,6 +236,12 @@
 #ifndef SIZED
 #define SIZED 0
 #endif
+#ifndef LONE
+#define LONE 0  // 1: lone halves (pack/wgmma24.py lone=True): a group's lone nonzero at positions 0-2 as its 16-bit value
+#endif
+#if LONE && !COMPRESSED
+#error "LONE is a form of the compressed layout: COMPRESSED must be 1"
+#endif
 #if COMPRESSED
 #ifndef OVER
 #define OVER 1
@@ -256,8 +262,13 @@
 #if COMPRESSED
 // a row block's chunk: the metadata words, a head word per thread (masks: the 2:4 part's at bits 8 t +
 // r, the overflow's at 16 + 8 t + r), a base word per warp (its first word of each part), the words
-#define BASES_OFFSET (MTILES * 512 + THREADS * 4)
-#define WORDS_OFFSET (BASES_OFFSET + THREADS / 32 * 4)
+// LONE: after the head words a 16-bit mask per thread (its 2:4 registers held as lone halves; the head word's
+// 2:4 mask then names its pairs' words only), after the base words a 16-bit base per warp (its first lone half,
+// counted in halves from the first word), and the halves after every word, two to a word
+#define LMASKS_OFFSET (MTILES * 512 + THREADS * 4)
+#define BASES_OFFSET (LMASKS_OFFSET + (LONE ? THREADS * 2 : 0))
+#define LBASES_OFFSET (BASES_OFFSET + THREADS / 32 * 4)
+#define WORDS_OFFSET (LBASES_OFFSET + (LONE ? THREADS / 32 * 2 : 0))
 #define W_BYTES (WORDS_OFFSET + SLOTS * 4)
 #else
 #define HEAD_BYTES (OVERFLOW ? THREADS * 4 : 0)   // per chunk: a head word per thread
@@ -491,6 +502,41 @@ __device__ __forceinline__ void masked_registers(const u32* words, u32 masks, ui
     }
 }
 
+#if LONE
+// the 2:4 registers of a thread whose words are pairs (`masks`, from `words`) or lone halves (`lones`, from
+// `halves`: a 16-bit load zero-extends, the value in the low half, the slot its metadata names first): the chain
+// of masked_registers twice, each register's loads and steps predicated on its bit of either mask
+__device__ __forceinline__ void lone_registers(const u32* words, const u16* halves, u32 masks, u32 lones,
+                                               uint4 (&o)[2][MT]) {
+#pragma unroll
+    for (int t = 0; t < MT; ++t) {
+        const u32 mask = (masks >> (8 * t)) & 0xFFu, lone = (lones >> (8 * t)) & 0xFFu;
+        const u32* w = words;
+        const u16* h = halves;
+        u32 r[8];
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            r[i] = 0u;
+            if ((mask >> i) & 1u) {
+                r[i] = *w;
+                ++w;
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {  // after the pairs: each mask's bits set seven predicates by one R2P
+            if ((lone >> i) & 1u) {
+                r[i] = *h;
+                ++h;
+            }
+        }
+        o[0][t] = make_uint4(r[0], r[1], r[2], r[3]);
+        o[1][t] = make_uint4(r[4], r[5], r[6], r[7]);
+        words += __popc(mask);
+        halves += __popc(lone);
+    }
+}
+#endif
+
 #if !COMPRESSED
 // the slots layout's overflow registers of thread tid from its head word in a stage
 __device__ __forceinline__ void overflow_registers(const unsigned char* stage, int tid, uint4 (&o)[2][MT]) {
@@ -516,6 +562,9 @@ struct Record {
     const unsigned char* p;
 #if COMPRESSED
     u32 hw, starts;  // the thread's head word; its first word of each part (16 bits each)
+#if LONE
+    u32 lm, lstart;  // its lone halves' mask; its first lone half
+#endif
 #endif
     __device__ __forceinline__ Record(const unsigned char* rec, int tid) : p(rec) {
 #if COMPRESSED
@@ -524,7 +573,12 @@ struct Record {
         // each step's add predicated on its shuffle's own flag (a lane d below exists), two instructions a
         // step in place of four (the shuffle, the lane's compare, a select, the add)
         hw = reinterpret_cast<const u32*>(rec + MTILES * 512)[tid];
+#if LONE  // three counts, 10 bits each (a warp holds at most 512 of each)
+        lm = reinterpret_cast<const u16*>(rec + LMASKS_OFFSET)[tid];
+        const u32 cnt = __popc(hw & 0xFFFFu) | __popc(hw >> 16) << 10 | __popc(lm) << 20;
+#else
         const u32 cnt = __popc(hw & 0xFFFFu) | __popc(hw >> 16) << 16;
+#endif
         u32 scan = cnt;
 #pragma unroll
         for (int d = 1; d < 32; d *= 2) {
@@ -536,12 +590,24 @@ struct Record {
                 if ((tid & 31) >= d) scan += v;
             }
         }
+#if LONE
+        const u32 before = scan - cnt;
+        starts = reinterpret_cast<const u32*>(rec + BASES_OFFSET)[tid >> 5] + (before & 0x3FFu) +
+                 ((before >> 10 & 0x3FFu) << 16);
+        lstart = reinterpret_cast<const u16*>(rec + LBASES_OFFSET)[tid >> 5] + (before >> 20);
+#else
         starts = reinterpret_cast<const u32*>(rec + BASES_OFFSET)[tid >> 5] + scan - cnt;
+#endif
 #endif
     }
     // the 2:4 part: A registers a[k-step][m-tile] and the metadata e[m-tile] of thread tw of warpgroup wg
     __device__ __forceinline__ void sparse(int wg, int tw, uint4 (&a)[2][MT], u32 (&e)[MT]) const {
-#if COMPRESSED
+#if LONE
+        lone_registers(reinterpret_cast<const u32*>(p + WORDS_OFFSET) + (starts & 0xFFFFu),
+                       reinterpret_cast<const u16*>(p + WORDS_OFFSET) + lstart, hw & 0xFFFFu, lm, a);
+#pragma unroll
+        for (int t = 0; t < MT; ++t) e[t] = reinterpret_cast<const u32*>(p)[(wg * MT + t) * 128 + tw];
+#elif COMPRESSED
         masked_registers(reinterpret_cast<const u32*>(p + WORDS_OFFSET) + (starts & 0xFFFFu), hw & 0xFFFFu, a);
 #pragma unroll
         for (int t = 0; t < MT; ++t) e[t] = reinterpret_cast<const u32*>(p)[(wg * MT + t) * 128 + tw];

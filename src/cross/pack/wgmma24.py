@@ -88,12 +88,13 @@ class Wgmma24Weight:
     """A weight in the warpgroup 2:4 layout; ``from_dense`` packs one."""
 
     def __init__(self, shape: tuple[int, int], dtype: torch.dtype, wgs: int, mt: int, values: torch.Tensor,
-                 slots: int, n_entries: int, n_groups: int = 0, compressed: bool = False, sized: bool = False):
+                 slots: int, n_entries: int, n_groups: int = 0, compressed: bool = False, sized: bool = False,
+                 lone: bool = False):
         self.shape, self.dtype, self.wgs, self.mt, self.values = shape, dtype, wgs, mt, values
         # word slots per chunk: the overflow's (0: none), or the compressed layout's values; overflow
         # nonzeros, and groups holding them, in all
         self.slots, self.n_entries, self.n_groups = slots, n_entries, n_groups
-        self.compressed, self.sized = compressed, sized
+        self.compressed, self.sized, self.lone = compressed, sized, lone
         self._decoded: list[torch.Tensor] = []  # to_dense(), once read (wgmma24_reference)
 
     @property
@@ -148,7 +149,7 @@ class Wgmma24Weight:
 
     def to(self, device) -> "Wgmma24Weight":
         return Wgmma24Weight(self.shape, self.dtype, self.wgs, self.mt, self.values.to(device), self.slots,
-                             self.n_entries, self.n_groups, self.compressed, self.sized)
+                             self.n_entries, self.n_groups, self.compressed, self.sized, self.lone)
 
     def decoded(self) -> torch.Tensor:
         """``to_dense()``, read once and kept."""
@@ -158,17 +159,21 @@ class Wgmma24Weight:
 
     @classmethod
     def from_dense(cls, weight: torch.Tensor, wgs: int = 2, mt: int = 2, compressed: bool = False,
-                   sized: bool = False) -> "Wgmma24Weight":
+                   sized: bool = False, lone: bool = False) -> "Wgmma24Weight":
         """Pack a 2-D bf16/fp16 weight: in every group of 4 consecutive columns the first two nonzeros
         in the 2:4 part, the others (at positions 2 and 3) in the overflow operand; zeros (and -0.0)
         are not stored. ``compressed``: the compressed layout (``_compressed``: nonzeros only, and a
         bitmap, from which the kernel builds both operands); ``sized``: its records' sizes kept, so
-        that a launch copies each record's own bytes."""
+        that a launch copies each record's own bytes; ``lone`` (with ``compressed``): lone halves, a
+        group's lone nonzero at positions 0-2 stored as its 16-bit value (``_compressed``)."""
         check_weight(weight)
         if weight.dtype not in _DTYPES:
             raise TypeError(f"warpgroup 2:4 format: expected a bfloat16 or float16 weight, got {weight.dtype}")
         if wgs not in (1, 2) or mt not in (1, 2):
             raise ValueError(f"Wgmma24Weight: wgs and mt must be 1 or 2, got {wgs!r}, {mt!r}")
+        if lone and not compressed:
+            raise ValueError("Wgmma24Weight: lone halves (lone=True) are a form of the compressed layout: "
+                             "pass compressed=True too")
         m, k = weight.shape
         dev = weight.device
         mtiles = wgs * mt
@@ -197,9 +202,9 @@ class Wgmma24Weight:
         meta = half[:, :, :, 0] | (half[:, :, :, 1] << 16)  # [rb, mtile, w, g, chunk, ks, hq]
         meta = meta.permute(0, 4, 1, 2, 3, 5, 6).reshape(rb_, nc, mtiles, 128)
         if compressed:
-            values, slots = _compressed(word, meta, bits, over, rb_, nc, wgs, mt)
+            values, slots = _compressed(word, meta, bits, over, rb_, nc, wgs, mt, lone)
             if sized:
-                values = torch.cat([_size_table(values, wgs, mt), values.reshape(-1)])
+                values = torch.cat([_size_table(values, wgs, mt, lone=lone), values.reshape(-1)])
         else:
             tiles = torch.cat([a, meta], -1).reshape(rb_, nc, mtiles * TILE_WORDS)
             slots = 0
@@ -212,7 +217,7 @@ class Wgmma24Weight:
                 values = torch.cat([_size_table(values, wgs, mt, compressed=False), values.reshape(-1)])
         if values.numel() * 4 >= 2**31:
             raise ValueError("Wgmma24Weight: the weight is too large for 32-bit offsets")
-        return cls((m, k), weight.dtype, wgs, mt, values, slots, n_entries, n_groups, compressed, sized)
+        return cls((m, k), weight.dtype, wgs, mt, values, slots, n_entries, n_groups, compressed, sized, lone)
 
     def to_dense(self) -> torch.Tensor:
         """The weight, read from the format as the kernel reads it: the sparse mma's slots, then the
@@ -227,7 +232,7 @@ class Wgmma24Weight:
             words = torch.arange(v.shape[-1], device=dev)
             v = torch.where(words < 4 * self.record_sizes()[..., None], v, 0)
         if self.compressed:
-            tiles, over = _read_compressed(v, self.wgs, self.mt, self.slots)
+            tiles, over = _read_compressed(v, self.wgs, self.mt, self.slots, self.lone)
         else:
             tiles = v[..., :mtiles * TILE_WORDS].reshape(rb_, nc, mtiles, TILE_WORDS)
             over = _read_overflow(v[..., mtiles * TILE_WORDS:], self.wgs, self.mt, self.slots) if self.overflow else None
@@ -353,29 +358,47 @@ def _overflow_dense(word: torch.Tensor, wgs: int, mt: int) -> torch.Tensor:
 
 
 def _compressed(word: torch.Tensor, meta: torch.Tensor, bits: torch.Tensor, over: torch.Tensor, rb_: int,
-                nc: int, wgs: int, mt: int):
+                nc: int, wgs: int, mt: int, lone: bool = False):
     """The compressed layout's records [rb, chunk, words] (int32) and word slots per chunk, from the 2:4
     part's words (the (rb, m-tile, w, hf, g, chunk, ks, hq, q) view; zero: no nonzero in the group),
     its metadata words [rb, chunk, m-tiles, 128] and the overflow ``over`` of the bit patterns
     ``bits``. Per chunk: the metadata, a head word per thread (the 2:4 part's masks at bits 0-15, the
     overflow's at 16-31), a base word per warp (its first word of each part), then the 2:4 part's
-    words of every thread and after them the overflow's."""
+    words of every thread and after them the overflow's.
+
+    ``lone`` (lone halves): a 2:4 word whose high half is zero (a group's lone nonzero at position 0, 1
+    or 2: the slots put one at 3 in the high half, beside a zero at 2) is stored as its low half, after
+    all the words, two to a slot. The head word's 2:4 mask then names the pairs only; a 16-bit mask per
+    thread after the head words names its lone halves, and a 16-bit base per warp after the base words
+    its first lone half, counted in halves from the first slot."""
     threads = 128 * wgs
     ow, oh = _overflow_words(bits, over, rb_, nc, wgs, mt)
-    parts = [(_by_thread(word, rb_, nc, wgs, mt), _by_thread(word != 0, rb_, nc, wgs, mt)),
-             (_by_thread(ow, rb_, nc, wgs, mt), _by_thread(oh, rb_, nc, wgs, mt))]
-    (m24, c24), (mov, cov) = (_masks(h, mt) for _, h in parts)
-    per_warp = torch.stack([c24, cov], -1).view(rb_ * nc, threads // 32, 32, 2).sum(2)  # [(rb, chunk), warp, part]
+    w24, o24 = _by_thread(word, rb_, nc, wgs, mt), _by_thread(ow, rb_, nc, wgs, mt)
+    h24, hov = w24 != 0, _by_thread(oh, rb_, nc, wgs, mt)
+    hl = h24 & ((w24 >> 16) == 0) if lone else torch.zeros_like(h24)
+    h24 = h24 & ~hl
+    (m24, c24), (mov, cov), (ml, cl) = (_masks(h, mt) for h in (h24, hov, hl))
+    per_warp = torch.stack([c24, cov, cl], -1).view(rb_ * nc, threads // 32, 32, 3).sum(2)  # [(rb, chunk), warp, part]
     before = torch.cumsum(per_warp, 1) - per_warp
-    before[..., 1] += per_warp[..., 0].sum(-1, keepdim=True)  # the overflow's words after every 2:4 word
-    if int(per_warp.sum((1, 2)).max()) >= 2**16:
+    words = per_warp[..., :2].sum(1)  # [(rb, chunk), part]
+    before[..., 1] += words[:, :1]  # the overflow's words after every 2:4 word
+    before[..., 2] += 2 * words.sum(-1, keepdim=True)  # the lone halves after every word, counted in halves
+    if int(before.max()) >= 2**16 or int((2 * words.sum(-1) + per_warp[..., 2].sum(-1)).max()) >= 2**17:
         raise RuntimeError("warpgroup 2:4 format: a chunk's words over the 16-bit bases")
-    has = torch.cat([parts[0][1], parts[1][1]], 1)
-    table, slots = _slot_table(torch.cat([parts[0][0], parts[1][0]], 1), has,
-                               wgmma24_slots(max(int(has.flatten(1).sum(-1).max()), 1)))  # a slot at least
-    records = torch.cat([meta.reshape(rb_ * nc, -1), m24 | (mov << 16), before[..., 0] | (before[..., 1] << 16),
+    halves = [torch.stack([w & 0xFFFF, w >> 16], -1).flatten(1) for w in (w24, o24)] + [(w24 & 0xFFFF).flatten(1)]
+    has = [h.repeat_interleave(2, -1).flatten(1) for h in (h24, hov)] + [hl.flatten(1)]
+    n_words = -(-max(int(torch.cat(has, 1).sum(-1).max()), 1) // 2)  # a slot at least
+    table, _ = _slot_table(torch.cat(halves, 1), torch.cat(has, 1), 2 * wgmma24_slots(n_words))
+    table = table[:, 0::2] | (table[:, 1::2] << 16)
+    def two_a_word(t):  # 16-bit fields [(rb, chunk), n] as n / 2 words, the first in the low half
+        t = t.reshape(rb_ * nc, -1, 2)
+        return t[..., 0] | (t[..., 1] << 16)
+
+    none = table[:, :0]
+    records = torch.cat([meta.reshape(rb_ * nc, -1), m24 | (mov << 16), two_a_word(ml) if lone else none,
+                         before[..., 0] | (before[..., 1] << 16), two_a_word(before[..., 2]) if lone else none,
                          table], -1)
-    return _as_int32(records.view(rb_, nc, -1)).contiguous(), slots
+    return _as_int32(records.view(rb_, nc, -1)).contiguous(), table.shape[-1]
 
 
 def size_words(row_blocks: int, chunks: int) -> int:
@@ -384,21 +407,25 @@ def size_words(row_blocks: int, chunks: int) -> int:
     return -(-row_blocks * chunks // 8) * 4
 
 
-def _size_table(records: torch.Tensor, wgs: int, mt: int, compressed: bool = True) -> torch.Tensor:
+def _size_table(records: torch.Tensor, wgs: int, mt: int, compressed: bool = True, lone: bool = False) -> torch.Tensor:
     """The size table (``size_words`` int32 words) of ``records`` [rb, chunks, words]: each record's
     header and the words its head words' masks count, rounded up to 16 bytes, as uint16 in 16-byte
     units, by row block and chunk, zeros after. Compressed: the header is ``record_bytes`` with no
-    slots, the masks all 32 bits of a head word; slots: the m-tiles and, where there is overflow, the
-    head words, the masks a head word's bits from START_BITS."""
+    slots, the masks all 32 bits of a head word (``lone``: and half a word a lone mask's bit, rounded up);
+    slots: the m-tiles and, where there is overflow, the head words, the masks a head word's bits from
+    START_BITS."""
     rb_, nc, words = records.shape
     mtiles = wgs * mt
     if compressed:
-        header, first, shift = record_bytes(wgs, mt, 0, compressed=True) // 4, mtiles * 128, 0
+        header, first, shift = record_bytes(wgs, mt, 0, compressed=True, lone=lone) // 4, mtiles * 128, 0
     else:
         first, shift = mtiles * TILE_WORDS, START_BITS
         header = first + (128 * wgs if words > first else 0)
     heads = records[..., first:first + 128 * wgs].to(torch.int64) & 0xFFFFFFFF
     used = sum(((heads >> b) & 1).sum(-1) for b in range(shift, 32))
+    if lone:
+        masks = records[..., first + 128 * wgs:first + 192 * wgs].to(torch.int64) & 0xFFFFFFFF  # two a word
+        used = used + (sum(((masks >> b) & 1).sum(-1) for b in range(32)) + 1) // 2
     units = -(-(header + used) // 4)
     if int(units.max()) >= 2**15:
         raise RuntimeError("warpgroup 2:4 format: a record of 512 KB or more cannot be sized")
@@ -407,27 +434,38 @@ def _size_table(records: torch.Tensor, wgs: int, mt: int, compressed: bool = Tru
     return table.view(torch.int32)
 
 
-def _read_compressed(v: torch.Tensor, wgs: int, mt: int, slots: int):
+def _read_compressed(v: torch.Tensor, wgs: int, mt: int, slots: int, lone: bool = False):
     """The compressed layout's records (``v``: [rb, chunk, words], int64 bit patterns) read as the kernel
     reads them: the m-tiles' A words and metadata as the slots layout has them ([rb, chunk, m-tiles,
     TILE_WORDS]; zero words where a thread's mask has no bit) and the overflow as 16-bit patterns
     (``_overflow_dense``; None without overflow). A thread's first word of a part is its warp's base
-    plus the words of the lanes before it."""
+    plus the words of the lanes before it; ``lone``: the lone halves' registers (a half in the low half)
+    found the same way in the table read as halves, from the warp's lone base."""
     rb_, nc = v.shape[:2]
     threads, mtiles = 128 * wgs, wgs * mt
+    halves = lambda t: torch.stack([t & 0xFFFF, t >> 16], -1).flatten(-2)  # noqa: E731  (two 16-bit fields a word)
     meta = v[..., :mtiles * 128].reshape(rb_, nc, mtiles, 128)
-    heads = v[..., mtiles * 128:mtiles * 128 + threads]
-    bases = v[..., mtiles * 128 + threads:mtiles * 128 + threads + threads // 32]
-    table = v[..., mtiles * 128 + threads + threads // 32:]
+    at = mtiles * 128
+    heads = v[..., at:at + threads]
+    at += threads
+    lone_masks = halves(v[..., at:at + threads // 2]) if lone else None
+    at += threads // 2 if lone else 0
+    bases = v[..., at:at + threads // 32]
+    at += threads // 32
+    lone_bases = halves(v[..., at:at + threads // 64]) if lone else None
+    at += threads // 64 if lone else 0
+    table = v[..., at:]
     if table.shape[-1] != slots:
         raise ValueError(f"warpgroup 2:4 compressed layout: {table.shape[-1]} word slots per chunk, expected {slots}")
-    regs = []
-    for shift in (0, 16):
-        masks = (heads >> shift) & 0xFFFF
+
+    def registers(masks, base, words):  # each thread's registers: its warp's base, the lanes before it
         count = sum((masks >> b) & 1 for b in range(16)).view(rb_, nc, threads // 32, 32)
-        lanes = torch.cumsum(count, -1) - count
-        start = ((bases >> shift) & 0xFFFF)[..., None] + lanes
-        regs.append(_registers(masks, start.view(rb_, nc, threads), table, mt))
+        start = base[..., None] + torch.cumsum(count, -1) - count
+        return _registers(masks, start.view(rb_, nc, threads), words, mt)
+
+    regs = [registers((heads >> shift) & 0xFFFF, (bases >> shift) & 0xFFFF, table) for shift in (0, 16)]
+    if lone:
+        regs[0] = regs[0] | registers(lone_masks, lone_bases, halves(table))
     # the 2:4 registers [rb, chunk, thread = (wg, w, g, q), t, ks, i] as A words [rb, chunk, m-tile, ks, w, g, q, i]
     a = regs[0].view(rb_, nc, wgs, 4, 8, 4, mt, 2, 4).permute(0, 1, 2, 6, 7, 3, 4, 5, 8)
     tiles = torch.cat([a.reshape(rb_, nc, mtiles, 1024), meta], -1)
@@ -452,12 +490,13 @@ def x_stages(x: torch.Tensor, ntok: int, chunks: int) -> torch.Tensor:
                                                                                               ntok * CHUNK)
 
 
-def record_bytes(wgs: int, mt: int, slots: int, compressed: bool = False) -> int:
+def record_bytes(wgs: int, mt: int, slots: int, compressed: bool = False, lone: bool = False) -> int:
     """Bytes of a row block's chunk in the format: the m-tiles' words, and where there is overflow
     (``slots`` > 0) the head words and the overflow word slots; ``compressed``: the metadata words, the
-    head words, the warps' base words and the word slots."""
+    head words, the warps' base words and the word slots (``lone``: and a 16-bit lone mask a thread and
+    lone base a warp)."""
     if compressed:
-        return wgs * mt * 128 * 4 + 128 * wgs * 4 + 4 * wgs * 4 + 4 * slots
+        return wgs * mt * 128 * 4 + 128 * wgs * 4 + 4 * wgs * 4 + 4 * slots + (128 * wgs * 2 + 4 * wgs * 2 if lone else 0)
     return wgs * mt * TILE_WORDS * 4 + (128 * wgs * 4 + 4 * slots if slots else 0)
 
 
@@ -467,15 +506,15 @@ X_ALIGN = 1024
 
 
 def stage_bytes(wgs: int, mt: int, slots: int, ntok: int = NTOK, compressed: bool = False,
-                x_align: bool = False) -> int:
+                x_align: bool = False, lone: bool = False) -> int:
     """Bytes of a pipeline stage: a chunk's record and X's ntok x 64 values (``x_align``: X at the next
-    multiple of X_ALIGN past the record, the XTMA builds)."""
-    record = record_bytes(wgs, mt, slots, compressed)
+    multiple of X_ALIGN past the record, the XTMA builds; ``lone``: lone halves' records)."""
+    record = record_bytes(wgs, mt, slots, compressed, lone)
     return (-(-record // X_ALIGN) * X_ALIGN if x_align else record) + ntok * CHUNK * 2
 
 
 def stages(wgs: int, mt: int, slots: int, ntok: int = NTOK, compressed: bool = False, reserve: int = 0,
-           x_align: bool = False) -> int:
+           x_align: bool = False, lone: bool = False) -> int:
     """The pipeline's stages (chunks in flight, one being read): as many as STAGE_SMEM less ``reserve``
     bytes holds, at most MAX_STAGES (6 at 128 tokens in the default block with little overflow), and at
     most SHALLOW_STAGES (4 in the slots layout, 3 in the compressed one) at up to SHALLOW_TOKENS tokens;
@@ -483,7 +522,7 @@ def stages(wgs: int, mt: int, slots: int, ntok: int = NTOK, compressed: bool = F
     builds' stages (``stage_bytes``) from an X_ALIGN boundary."""
     most = SHALLOW_STAGES[compressed] if ntok <= SHALLOW_TOKENS else MAX_STAGES
     fit = (STAGE_SMEM - reserve - (X_ALIGN if x_align else 0)) // stage_bytes(wgs, mt, slots, ntok, compressed,
-                                                                              x_align)
+                                                                              x_align, lone)
     return max(3 if reserve else 2, min(most, fit))
 
 
@@ -525,12 +564,12 @@ _A_SMEM_WORD = _a_smem_word()
 
 
 def smem_bytes(wgs: int, mt: int, slots: int, ntok: int = NTOK, n_stages: int | None = None,
-               compressed: bool = False, reserve: int = 0, x_align: bool = False) -> int:
+               compressed: bool = False, reserve: int = 0, x_align: bool = False, lone: bool = False) -> int:
     """Dynamic shared memory of a wgmma24 block (kernels/wgmma24.cu) of ``ntok`` tokens over a weight
     of ``slots`` overflow word slots per chunk (``compressed``: value word slots): its pipeline's
     stages (``n_stages``, default ``stages``), which then hold the partial sums, and ``reserve`` bytes
     past them (A_SMEM builds: ``a_smem_reserve``); ``x_align``: the XTMA builds' stages
     (``stage_bytes``), X_ALIGN bytes more to align their start."""
-    n_stages = stages(wgs, mt, slots, ntok, compressed, reserve, x_align) if n_stages is None else n_stages
-    pipeline = n_stages * stage_bytes(wgs, mt, slots, ntok, compressed, x_align)
+    n_stages = stages(wgs, mt, slots, ntok, compressed, reserve, x_align, lone) if n_stages is None else n_stages
+    pipeline = n_stages * stage_bytes(wgs, mt, slots, ntok, compressed, x_align, lone)
     return max(pipeline + reserve, ntok * (TILE_ROWS * wgs * mt + 4) * 4) + (X_ALIGN if x_align else 0)

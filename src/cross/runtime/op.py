@@ -79,7 +79,8 @@ def _(x, bias, heads, values, ranges, sizes):
 def wgmma24_linear(x: torch.Tensor, bias: Optional[torch.Tensor], values: torch.Tensor, counters: torch.Tensor,
                    sizes: list[int]) -> torch.Tensor:
     """Y[N, M] = X[N, K] @ W^T (+ bias) by the warpgroup 2:4 kernel; sizes = Wgmma24Args' ints (M, K,
-    row blocks, chunks, warpgroups, m-tiles, split, word slots, SMs, compressed, its overflow, sized)."""
+    row blocks, chunks, warpgroups, m-tiles, split, word slots, SMs, compressed, its overflow, sized,
+    propagate, lone halves)."""
     if bias is not None and bias.stride(0) != 1:
         bias = bias.contiguous()
     return wgmma24_run(x, Wgmma24Args(values, counters, *sizes), bias)
