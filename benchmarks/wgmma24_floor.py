@@ -10,7 +10,9 @@ copies, no end" (-DABLATE=11), each launched with the full build's grid; with --
 builds (CROSS_CUDA_DEFINES each, e.g. -DSUM_SLOTS=4), checked like the full one and launched with their
 own grid; with --without-overflow, the same weight less each group's third and fourth nonzeros (2:4 in
 every group of 4 columns, so no overflow operand: its loads and mmas gone, and in the slots layout its head
-words), checked against its own product, to time what the overflow costs. Each is timed as the benchmarks
+words), checked against its own product, to time what the overflow costs; with --lone (the compressed
+layout), the same weight in its lone halves (a group's lone nonzero as its 16-bit value), checked like the
+full build. Each is timed as the benchmarks
 time everything (CUDA-graph replay, L2 flushed by a 256 MB read before each replay), cuBLAS in the same
 run; the full build is checked against the fp32 product (output poisoned) before it is timed. The
 differences split the launch's time: the launch alone, the loop's barriers and the end's sums, the
@@ -94,8 +96,12 @@ def main(argv=None):
                     help="time the full builds alone (the default and --builds), no ablation builds, no split")
     ap.add_argument("--without-overflow", action="store_true",
                     help="also time the default build on the weight less its groups' third and fourth nonzeros")
+    ap.add_argument("--lone", action="store_true",
+                    help="also time the weight packed with lone halves (the compressed layout's lone=True; LONE=1)")
     ap.add_argument("--out", default="")
     opts = ap.parse_args(argv)
+    if opts.lone and not opts.compressed:
+        raise SystemExit("wgmma24_floor: --lone times the compressed layout's lone halves: pass --compressed too")
     if opts.reduce_tokens is not None:
         if opts.reduce_tokens not in (16, 32, 64, 128):
             raise SystemExit(f"wgmma24_floor: --reduce-tokens: expected 16, 32, 64 or 128, got {opts.reduce_tokens}")
@@ -145,18 +151,25 @@ def main(argv=None):
                     times[name] = graph_us(lambda: wgmma24_run(x, args, None, y))
                 build_with("")
                 lean_mb = {}
+
+                def other(name, weight, packed):  # the default build on another packing, checked, then timed
+                    other_args = wgmma24_args(packed, opts.split)
+                    y.fill_(float("nan"))
+                    wgmma24_run(x, other_args, None, y)
+                    bad = check(y, x.float() @ weight.float().T)
+                    if bad:
+                        raise SystemExit(f"{shape} {sp}: the build on the {name} is WRONG: {bad}")
+                    times[name] = graph_us(lambda: wgmma24_run(x, other_args, None, y))
+                    lean_mb[column(name)[:-3] + "_mb"] = round(packed.bytes_read / 1e6, 2)
+
+                if opts.lone:
+                    other("lone halves", w, Wgmma24Weight.from_dense(w, wgs=opts.wgs, mt=opts.mt, compressed=True,
+                                                                     sized=opts.sized, lone=True))
                 if opts.without_overflow:
                     w2 = without_overflow(w)
-                    sw2 = Wgmma24Weight.from_dense(w2, wgs=opts.wgs, mt=opts.mt, compressed=opts.compressed,
-                                                   sized=opts.sized)
-                    args2 = wgmma24_args(sw2, opts.split)
-                    y.fill_(float("nan"))
-                    wgmma24_run(x, args2, None, y)
-                    bad = check(y, x.float() @ w2.float().T)
-                    if bad:
-                        raise SystemExit(f"{shape} {sp}: the weight without overflow is WRONG: {bad}")
-                    times["without overflow"] = graph_us(lambda: wgmma24_run(x, args2, None, y))
-                    lean_mb = {"without_overflow_mb": round(sw2.nbytes / 1e6, 2)}
+                    other("without overflow", w2, Wgmma24Weight.from_dense(w2, wgs=opts.wgs, mt=opts.mt,
+                                                                           compressed=opts.compressed,
+                                                                           sized=opts.sized))
                 parts = {}
                 if not opts.no_ablations:
                     parts = {"launch only": times["launch only"],
@@ -168,6 +181,7 @@ def main(argv=None):
                              "the end (no copies)": times["no copies"] - times["no copies, no end"]}
                 rec = dict(base=opts.base, shape=shape, M=m, K=k, N=opts.n, sparsity=sp, layout=layout, rows=64 * opts.wgs * opts.mt,
                            split=split if split else "STREAM", blocks_per_sm=per_sm, mb=round(sw.nbytes / 1e6, 2),
+                           read_mb=round(sw.bytes_read / 1e6, 2),
                            dense_us=round(dense_us, 2),
                            **{column(name): round(us, 2) for name, us in times.items()}, **lean_mb)
                 rows.append(rec)
