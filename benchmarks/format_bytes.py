@@ -5,9 +5,10 @@ Bytes a launch reads (as the runtime packs each layout), as a fraction of the de
 kernel grid's uniform weights (``bench.weights.make_weight``, seed 0):
 - slots: the slots layout, fixed records (the runtime's at 50-60%, where its bytes are within 1.1x);
 - compressed: the compressed layout, sized records (``pack/wgmma24._compressed``), the runtime's at 70% and up;
-- lone halves: the compressed layout with a group's lone nonzero stored as a 16-bit value rather than a
-  word beside a stored zero; each thread's head word then needs a third 16-bit mask (64 bits) and its
-  warp a third base (not built: counted from the weight's groups, record by record, rounded as now);
+- lone halves (built): the compressed layout's ``lone=True``, sized records: a group's lone nonzero at
+  positions 0-2 as its 16-bit value, a 16-bit mask a thread and base a warp more (``pack/wgmma24._compressed``);
+- lone halves (counted): the same idea counted from the weight's groups before it was built, record by
+  record, rounded as now: every lone nonzero a half, a head word of 64 bits and three bases a warp;
 - + overflow halves: also the overflow word of a group with exactly three nonzeros as a 16-bit value;
 - values + bitmap: 2 bytes a nonzero and a bit an element (no metadata, no head words), a reference.
 
@@ -99,8 +100,9 @@ def main() -> None:
     ap.add_argument("--out", default="", help="also write the table here (markdown)")
     args = ap.parse_args()
     fits = budgets(args.floor) if args.floor else {}
-    head = ("| shape | sparsity | slots | compressed | lone halves | + overflow halves | values + bitmap "
-            "| budget for the target (copies only) |\n|---|---:|---:|---:|---:|---:|---:|---|")
+    head = ("| shape | sparsity | slots | compressed | lone halves (built) | lone halves (counted) "
+            "| + overflow halves | values + bitmap | budget for the target (copies only) |\n"
+            "|---|---:|---:|---:|---:|---:|---:|---:|---|")
     lines = [f"Bytes a launch reads / dense bf16 (uniform weights, seed 0); budget from `{os.path.relpath(args.floor)}`",
              "", head]
     print("\n".join(lines), flush=True)
@@ -111,6 +113,7 @@ def main() -> None:
             w = make_weight(m, k, sp, "uniform", torch.Generator().manual_seed(0))
             slots = Wgmma24Weight.from_dense(w).bytes_read  # fixed records, as the runtime packs them
             comp = Wgmma24Weight.from_dense(w, compressed=True, sized=True).bytes_read
+            built = Wgmma24Weight.from_dense(w, compressed=True, sized=True, lone=True).bytes_read
             counts = record_counts(w)
             lone, both = halves_bytes(counts, False), halves_bytes(counts, True)
             bitmap = 2 * int(((w.view(torch.int16) & 0x7FFF) != 0).sum()) + m * k // 8
@@ -120,7 +123,8 @@ def main() -> None:
                 t = dense_at.get(sp, sum(dense_at.values()) / len(dense_at)) / TARGETS[sp]
                 budget = (f"{TARGETS[sp]}x: {t:.2f} us, " + (f"{(t - a) / b * 1e6 / dense:.3f}" if t > a else "none")
                           + f" (fit {a:.2f} us + {b * 1e3:.0f} ns/MB)")
-            row = (f"| {shape} {m}x{k} | {sp:.0%} | {slots / dense:.3f} | {comp / dense:.3f} | {lone / dense:.3f} "
+            row = (f"| {shape} {m}x{k} | {sp:.0%} | {slots / dense:.3f} | {comp / dense:.3f} | {built / dense:.3f} "
+                   f"| {lone / dense:.3f} "
                    f"| {both / dense:.3f} | {bitmap / dense:.3f} | {budget} |")
             lines.append(row)
             print(row, flush=True)
