@@ -602,13 +602,13 @@ struct Record {
     }
     // the 2:4 part: A registers a[k-step][m-tile] and the metadata e[m-tile] of thread tw of warpgroup wg
     __device__ __forceinline__ void sparse(int wg, int tw, uint4 (&a)[2][MT], u32 (&e)[MT]) const {
+#if COMPRESSED
 #if LONE
         lone_registers(reinterpret_cast<const u32*>(p + WORDS_OFFSET) + (starts & 0xFFFFu),
                        reinterpret_cast<const u16*>(p + WORDS_OFFSET) + lstart, hw & 0xFFFFu, lm, a);
-#pragma unroll
-        for (int t = 0; t < MT; ++t) e[t] = reinterpret_cast<const u32*>(p)[(wg * MT + t) * 128 + tw];
-#elif COMPRESSED
+#else
         masked_registers(reinterpret_cast<const u32*>(p + WORDS_OFFSET) + (starts & 0xFFFFu), hw & 0xFFFFu, a);
+#endif
 #pragma unroll
         for (int t = 0; t < MT; ++t) e[t] = reinterpret_cast<const u32*>(p)[(wg * MT + t) * 128 + tw];
 #else
