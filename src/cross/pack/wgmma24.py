@@ -390,6 +390,7 @@ def _compressed(word: torch.Tensor, meta: torch.Tensor, bits: torch.Tensor, over
     n_words = -(-max(int(torch.cat(has, 1).sum(-1).max()), 1) // 2)  # a slot at least
     table, _ = _slot_table(torch.cat(halves, 1), torch.cat(has, 1), 2 * wgmma24_slots(n_words))
     table = table[:, 0::2] | (table[:, 1::2] << 16)
+
     def two_a_word(t):  # 16-bit fields [(rb, chunk), n] as n / 2 words, the first in the low half
         t = t.reshape(rb_ * nc, -1, 2)
         return t[..., 0] | (t[..., 1] << 16)
