@@ -106,7 +106,7 @@ def test_wgmma24_launch(driver, n_tok, ntok, tiles):
     """Split 3: one block per row block, token tile and part of K (clusters of 3 consecutive blocks),
     no workspace."""
     cuda_backend.wgmma24_launch(43, ntok, 2, 2, 3, 64, _ptrs(5), 11008, 4096, n_tok, 4096, 11008, 64, 132)
-    _check_call(driver.calls[0], ("_wgmma24_kernel", (0, True, 2, 2, 3, 64, ntok, False, False, False, False, False)), 43 * tiles * 3,
+    _check_call(driver.calls[0], ("_wgmma24_kernel", (0, True, 2, 2, 3, 64, ntok, False, False, False, False, False, False)), 43 * tiles * 3,
                 256, 5000, (1000, 1001, 1002, 1003, 0, 1004) + (11008, 4096, n_tok, 4096, 11008, 64), 6, ("x's map",))
 
 
@@ -116,7 +116,7 @@ def test_wgmma24_launch_stream(driver, n_tok, ntok, tiles):
     of two slots of R x NTOK floats per block."""
     cuda_backend.wgmma24_launch(43, ntok, 2, 2, 0, 64, _ptrs(5), 11008, 4096, n_tok, 4096, 11008, 64, 132)
     ws = 7 * 2 * 264 * 256 * ntok
-    _check_call(driver.calls[0], ("_wgmma24_kernel", (0, True, 2, 2, 0, 64, ntok, False, False, False, False, False)), 264,
+    _check_call(driver.calls[0], ("_wgmma24_kernel", (0, True, 2, 2, 0, 64, ntok, False, False, False, False, False, False)), 264,
                 256, 5000, (1000, 1001, 1002, 1003, ws, 1004) + (11008, 4096, n_tok, 4096, 11008, 64), 6, ("x's map",))
 
 
@@ -126,14 +126,23 @@ def test_wgmma24_launch_compressed(driver, sized):
     at the front of the values)."""
     cuda_backend.wgmma24_launch(43, 16, 2, 2, 3, 1024, _ptrs(5), 11008, 4096, 16, 4096, 11008, 64, 132, True, True,
                                 sized)
-    _check_call(driver.calls[0], ("_wgmma24_kernel", (0, True, 2, 2, 3, 1024, 16, True, True, sized, False, False)), 43 * 3, 256,
+    _check_call(driver.calls[0], ("_wgmma24_kernel", (0, True, 2, 2, 3, 1024, 16, True, True, sized, False, False, False)), 43 * 3, 256,
                 5000, (1000, 1001, 1002, 1003, 0, 1004) + (11008, 4096, 16, 4096, 11008, 64), 6, ("x's map",))
 
 
 def test_wgmma24_launch_propagate(driver):
-    """propagate=True launches the PROPAGATE build (its key's last flag), with the same arguments."""
+    """propagate=True launches the PROPAGATE build (its key's propagate flag), with the same arguments."""
     cuda_backend.wgmma24_launch(43, 16, 2, 2, 3, 64, _ptrs(5), 11008, 4096, 16, 4096, 11008, 64, 132, propagate=True)
-    _check_call(driver.calls[0], ("_wgmma24_kernel", (0, True, 2, 2, 3, 64, 16, False, False, False, False, True)),
+    _check_call(driver.calls[0], ("_wgmma24_kernel", (0, True, 2, 2, 3, 64, 16, False, False, False, False, True, False)),
+                43 * 3, 256, 5000, (1000, 1001, 1002, 1003, 0, 1004) + (11008, 4096, 16, 4096, 11008, 64), 6, ("x's map",))
+
+
+def test_wgmma24_launch_lone(driver):
+    """lone=True (the compressed layout's lone halves) launches the LONE build (its key's last flag), with
+    the compressed layout's arguments."""
+    cuda_backend.wgmma24_launch(43, 16, 2, 2, 3, 1024, _ptrs(5), 11008, 4096, 16, 4096, 11008, 64, 132, True, True,
+                                True, lone=True)
+    _check_call(driver.calls[0], ("_wgmma24_kernel", (0, True, 2, 2, 3, 1024, 16, True, True, True, False, False, True)),
                 43 * 3, 256, 5000, (1000, 1001, 1002, 1003, 0, 1004) + (11008, 4096, 16, 4096, 11008, 64), 6, ("x's map",))
 
 
@@ -161,7 +170,7 @@ def test_wgmma24_launch_without_xtma(driver, monkeypatch, defines):
     monkeypatch.setenv(cuda_backend.DEFINES_ENV, defines)
     cuda_backend.wgmma24_launch(43, 128, 2, 2, 2, 64, _ptrs(5), 11008, 4104, 300, 4112, 11008, 65, 132)
     assert driver.encoded == []
-    _check_call(driver.calls[0], ("_wgmma24_kernel", (0, True, 2, 2, 2, 64, 128, False, False, False, False, False)), 43 * 3 * 2,
+    _check_call(driver.calls[0], ("_wgmma24_kernel", (0, True, 2, 2, 2, 64, 128, False, False, False, False, False, False)), 43 * 3 * 2,
                 256, 5000, (1000, 1001, 1002, 1003, 0, 1004) + (11008, 4104, 300, 4112, 11008, 65), 6)
 
 
@@ -178,7 +187,7 @@ def test_wgmma24_stream_cooperative(driver, monkeypatch):
     cuda_backend.wgmma24_launch(*cluster)
     assert [c.get("cooperative", False) for c in driver.calls] == [True, False, True, False]
     ws = 7 * 2 * 264 * 256 * 16
-    _check_call(driver.calls[2], ("_wgmma24_kernel", (0, True, 2, 2, 0, 64, 16, False, False, False, False, False)), 264,
+    _check_call(driver.calls[2], ("_wgmma24_kernel", (0, True, 2, 2, 0, 64, 16, False, False, False, False, False, False)), 264,
                 256, 5000, (1000, 1001, 1002, 1003, ws, 1004) + (11008, 4096, 16, 4096, 11008, 64), 6, ("x's map",))
     monkeypatch.setenv(cuda_backend.COOPERATIVE_ENV, "yes")
     with pytest.raises(ValueError, match="CROSS_STREAM_COOPERATIVE: expected 0 or 1"):
@@ -214,7 +223,7 @@ def _reduce_launch(driver, ntok, split=0):
     build's END_RED and its workspace pointer."""
     cuda_backend.wgmma24_launch(43, ntok, 2, 2, split, 64, _ptrs(5), 11008, 4096, 16, 4096, 11008, 64, 132)
     call = driver.calls[-1]
-    return call["func"][1][-2], call["args"][0][4]
+    return call["func"][1][10], call["args"][0][4]  # the build's key: its reduce flag
 
 
 def test_wgmma24_stream_reduce_128(driver, monkeypatch):
