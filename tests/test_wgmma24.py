@@ -223,6 +223,7 @@ def test_lone_halves_round_trip(rng, m, k, density, wgs, mt):
     at += threads // 2
     bases, at = v[..., at:at + threads // 32], at + threads // 32
     lone_bases = torch.stack([v[..., at:at + threads // 64] & 0xFFFF, v[..., at:at + threads // 64] >> 16], -1).flatten(-2)
+    assert not v[..., at + threads // 64:at + 4].any()  # padded to 16 bytes with zeros (4 words)
     popc = lambda t: sum((t >> b) & 1 for b in range(16)).view(*v.shape[:2], threads // 32, 32).sum(-1)  # noqa: E731
     words = [popc(heads & 0xFFFF), popc(heads >> 16)]  # [rb, chunk, warp]
     halves = popc(lone_masks)
@@ -233,11 +234,12 @@ def test_lone_halves_round_trip(rng, m, k, density, wgs, mt):
     assert torch.equal(bases & 0xFFFF, torch.cumsum(words[0], -1) - words[0])
     per_chunk = all_words[..., 0] + -(-halves.sum(-1) // 2)
     assert sw.slots == wgmma24_slots(max(int((2 * all_words[..., 0] + halves.sum(-1)).max() + 1) // 2, 1))
-    assert sw.nbytes == v.shape[0] * v.shape[1] * (mtiles * 512 + threads * 6 + threads // 32 * 6 + 4 * sw.slots)
-    header = mtiles * 128 + threads * 3 // 2 + threads // 32 * 3 // 2
+    record = mtiles * 512 + threads * 6 + threads // 32 * 4 + 16 + 4 * sw.slots  # the lone bases in 16 bytes
+    assert record % 16 == 0 and sw.nbytes == v.shape[0] * v.shape[1] * record
+    header = mtiles * 128 + threads * 3 // 2 + threads // 32 + 4
     assert torch.equal(sized.record_sizes(), -(-(header + per_chunk) // 4))
     assert sized.bytes_read <= Wgmma24Weight.from_dense(w, wgs, mt, compressed=True, sized=True).bytes_read + \
-        v.shape[0] * v.shape[1] * 16 * -(-(threads // 2 + threads // 64) // 4)  # at most the masks' bytes more
+        v.shape[0] * v.shape[1] * 16 * -(-(threads // 2 + 4) // 4)  # at most the masks' and lone bases' bytes more
     with pytest.raises(ValueError, match="compressed=True"):
         Wgmma24Weight.from_dense(w, wgs, mt, lone=True)
 

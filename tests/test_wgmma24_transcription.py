@@ -133,7 +133,7 @@ def compressed_registers(record, wgs, mt, lane_scan=True, lone=False):
         lone_masks, at = halves(record[at:at + threads // 2]), at + threads // 2
     bases, at = record[at:at + threads // 32], at + threads // 32
     if lone:
-        lone_bases, at = halves(record[at:at + threads // 64]), at + threads // 64
+        lone_bases, at = halves(record[at:at + threads // 64]), at + 4  # padded to 16 bytes
     words = record[at:]
     a = np.zeros((mtiles, 2, 128, 4), dtype=np.int64)
     o = np.zeros_like(a)

@@ -264,12 +264,16 @@
 // r, the overflow's at 16 + 8 t + r), a base word per warp (its first word of each part), the words
 // LONE: after the head words a 16-bit mask per thread (its 2:4 registers held as lone halves; the head word's
 // 2:4 mask then names its pairs' words only), after the base words a 16-bit base per warp (its first lone half,
-// counted in halves from the first word), and the halves after every word, two to a word
+// counted in halves from the first word; padded to 16 bytes, the record's size a multiple of 16 for its bulk
+// copy), and the halves after every word, two to a word
 #define LMASKS_OFFSET (MTILES * 512 + THREADS * 4)
 #define BASES_OFFSET (LMASKS_OFFSET + (LONE ? THREADS * 2 : 0))
 #define LBASES_OFFSET (BASES_OFFSET + THREADS / 32 * 4)
-#define WORDS_OFFSET (LBASES_OFFSET + (LONE ? THREADS / 32 * 2 : 0))
+#define WORDS_OFFSET (LBASES_OFFSET + (LONE ? (THREADS / 32 * 2 + 15) / 16 * 16 : 0))
 #define W_BYTES (WORDS_OFFSET + SLOTS * 4)
+#if WORDS_OFFSET % 16
+#error "a compressed record's header must keep its size a multiple of 16 bytes (a bulk copy's)"
+#endif
 #else
 #define HEAD_BYTES (OVERFLOW ? THREADS * 4 : 0)   // per chunk: a head word per thread
 #define W_BYTES (MTILES * TILE_BYTES + HEAD_BYTES + SLOTS * 4)  // a row block's chunk: tiles, heads, overflow

@@ -370,7 +370,7 @@ def _compressed(word: torch.Tensor, meta: torch.Tensor, bits: torch.Tensor, over
     or 2: the slots put one at 3 in the high half, beside a zero at 2) is stored as its low half, after
     all the words, two to a slot. The head word's 2:4 mask then names the pairs only; a 16-bit mask per
     thread after the head words names its lone halves, and a 16-bit base per warp after the base words
-    its first lone half, counted in halves from the first slot."""
+    its first lone half, counted in halves from the first slot (``lone_base_words``: padded to 16 bytes)."""
     threads = 128 * wgs
     ow, oh = _overflow_words(bits, over, rb_, nc, wgs, mt)
     w24, o24 = _by_thread(word, rb_, nc, wgs, mt), _by_thread(ow, rb_, nc, wgs, mt)
@@ -396,10 +396,16 @@ def _compressed(word: torch.Tensor, meta: torch.Tensor, bits: torch.Tensor, over
         return t[..., 0] | (t[..., 1] << 16)
 
     none = table[:, :0]
+    lone_bases = torch.nn.functional.pad(two_a_word(before[..., 2]), (0, lone_base_words(wgs) - threads // 64))
     records = torch.cat([meta.reshape(rb_ * nc, -1), m24 | (mov << 16), two_a_word(ml) if lone else none,
-                         before[..., 0] | (before[..., 1] << 16), two_a_word(before[..., 2]) if lone else none,
-                         table], -1)
+                         before[..., 0] | (before[..., 1] << 16), lone_bases if lone else none, table], -1)
     return _as_int32(records.view(rb_, nc, -1)).contiguous(), table.shape[-1]
+
+
+def lone_base_words(wgs: int) -> int:
+    """int32 words of a lone halves record's lone bases (a uint16 a warp), padded to 16 bytes so that the
+    record's size stays a multiple of 16 (a bulk copy's); the kernel pads them the same."""
+    return -(-(4 * wgs) // 2 // 4) * 4
 
 
 def size_words(row_blocks: int, chunks: int) -> int:
@@ -454,7 +460,7 @@ def _read_compressed(v: torch.Tensor, wgs: int, mt: int, slots: int, lone: bool 
     bases = v[..., at:at + threads // 32]
     at += threads // 32
     lone_bases = halves(v[..., at:at + threads // 64]) if lone else None
-    at += threads // 64 if lone else 0
+    at += lone_base_words(wgs) if lone else 0
     table = v[..., at:]
     if table.shape[-1] != slots:
         raise ValueError(f"warpgroup 2:4 compressed layout: {table.shape[-1]} word slots per chunk, expected {slots}")
@@ -497,7 +503,8 @@ def record_bytes(wgs: int, mt: int, slots: int, compressed: bool = False, lone: 
     head words, the warps' base words and the word slots (``lone``: and a 16-bit lone mask a thread and
     lone base a warp)."""
     if compressed:
-        return wgs * mt * 128 * 4 + 128 * wgs * 4 + 4 * wgs * 4 + 4 * slots + (128 * wgs * 2 + 4 * wgs * 2 if lone else 0)
+        return wgs * mt * 128 * 4 + 128 * wgs * 4 + 4 * wgs * 4 + 4 * slots + (
+            128 * wgs * 2 + 4 * lone_base_words(wgs) if lone else 0)
     return wgs * mt * TILE_WORDS * 4 + (128 * wgs * 4 + 4 * slots if slots else 0)
 
 
