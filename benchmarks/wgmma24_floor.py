@@ -133,33 +133,27 @@ def main(argv=None):
                 build_with("")
                 per_sm = BUILD(torch.cuda.current_device(), True, args.wgs, args.mt, split, args.slots,
                                token_tile(opts.n), args.compressed, args.over)[2]
-                wgmma24_run(x, args, None, y)
-                bad = check(y, x.float() @ w.float().T)
-                if bad:
-                    raise SystemExit(f"{shape} {sp}: the full build is WRONG: {bad}")
-                times = {"full": graph_us(lambda: wgmma24_run(x, args, None, y))}
+
+                def checked_us(run_args, weight, what):  # Y poisoned, the launch checked, then timed
+                    y.fill_(float("nan"))
+                    wgmma24_run(x, run_args, None, y)
+                    bad = check(y, x.float() @ weight.float().T)
+                    if bad:
+                        raise SystemExit(f"{shape} {sp}: {what} is WRONG: {bad}")
+                    return graph_us(lambda: wgmma24_run(x, run_args, None, y))
+
+                times = {"full": checked_us(args, w, "the full build")}
                 for defines in filter(None, opts.builds.split(",")):
                     build_with(defines)
-                    y.fill_(float("nan"))
-                    wgmma24_run(x, args, None, y)
-                    bad = check(y, x.float() @ w.float().T)
-                    if bad:
-                        raise SystemExit(f"{shape} {sp}: the build {defines} is WRONG: {bad}")
-                    times[defines] = graph_us(lambda: wgmma24_run(x, args, None, y))
+                    times[defines] = checked_us(args, w, f"the build {defines}")
                 for name, defines in () if opts.no_ablations else ABLATIONS:
                     build_with(defines, per_sm)
                     times[name] = graph_us(lambda: wgmma24_run(x, args, None, y))
                 build_with("")
                 lean_mb = {}
 
-                def other(name, weight, packed):  # the default build on another packing, checked, then timed
-                    other_args = wgmma24_args(packed, opts.split)
-                    y.fill_(float("nan"))
-                    wgmma24_run(x, other_args, None, y)
-                    bad = check(y, x.float() @ weight.float().T)
-                    if bad:
-                        raise SystemExit(f"{shape} {sp}: the build on the {name} is WRONG: {bad}")
-                    times[name] = graph_us(lambda: wgmma24_run(x, other_args, None, y))
+                def other(name, weight, packed):  # the default build on another packing
+                    times[name] = checked_us(wgmma24_args(packed, opts.split), weight, f"the build on the {name}")
                     lean_mb[column(name)[:-3] + "_mb"] = round(packed.bytes_read / 1e6, 2)
 
                 if opts.lone:
