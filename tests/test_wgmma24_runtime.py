@@ -260,11 +260,11 @@ def test_layer_drops_the_format_no_bucket_runs():
         check_product(x, w, lin.bias, bare(x))
 
 
-@pytest.mark.parametrize("layout", ["slots", "compressed"])
+@pytest.mark.parametrize("layout", ["slots", "compressed", "lone"])
 def test_sparsified_model_with_the_format_saves_and_loads(tmp_path, layout):
     check_saved_model(tmp_path, "wgmma24", 0.9, 100, wgmma_layout=layout, **IGNORE)
     layers = cross.load(tmp_path / "m")  # in the layout it was saved in (with 'auto', the one the check kept)
-    assert all(layers[n].packed.wgmma24.compressed == (layout == "compressed") for n in layers)
+    assert all(layers[n].packed.wgmma24.layout == layout for n in layers)
 
 
 def test_operator_shape_without_running():
@@ -314,17 +314,22 @@ def test_bench_methods():
     assert parse_method("cross+wgmma24a").wgmma_layout == "auto" and parse_method("cross+wgmma24a").wgmma_kernel
     forced = parse_method("cross-wgmma24c")
     assert forced.family == "wgmma24" and forced.wgmma_layout == "compressed"
+    assert parse_method("cross+wgmma24l").wgmma_layout == "lone" and parse_method("cross-wgmma24l").wgmma_layout == "lone"
+    with pytest.raises(ValueError, match="cross-wgmma24l"):
+        parse_method("cross-wgmma24x")
 
 
+@pytest.mark.parametrize("layout", ["compressed", "lone"])
 @pytest.mark.parametrize("sparsity", [0.4, 0.5, 0.7, 0.9])
-def test_compressed_layout_option(sparsity):
-    """make_plan(wgmma_layout='compressed'): its bytes decide which weights are offered (50, 70 and 90%:
-    0.75, 0.53 and 0.28 of dense against the slots layout's 0.78, 0.66 and 0.60; 40% by neither, 0.85),
-    the plan says so, pack builds the compressed layout, and a forced bucket's result is the product;
-    an unknown layout is refused."""
+def test_compressed_layout_option(sparsity, layout):
+    """make_plan(wgmma_layout='compressed' or 'lone'): the compressed layout's bytes decide which weights
+    are offered (50, 70 and 90%: 0.75, 0.53 and 0.28 of dense against the slots layout's 0.78, 0.66 and
+    0.60; 40% by neither, 0.85; lone halves' fewer bytes offer no other weight), the plan says so, pack
+    builds the layout (lone halves: within the compressed layout's bytes), and a forced bucket's result is
+    the product; an unknown layout is refused."""
     w = pruned(1024, 512, sparsity)
-    plan = make_plan(w, wgmma_layout="compressed", **IGNORE)
-    assert plan.provenance["options"]["wgmma_layout"] == "compressed"
+    plan = make_plan(w, wgmma_layout=layout, **IGNORE)
+    assert plan.provenance["options"]["wgmma_layout"] == layout
     assert any(b.kernel == "wgmma24" for b in plan.buckets) == (sparsity >= 0.5)
     slots_plan = make_plan(w, wgmma_layout="slots", **IGNORE)
     assert slots_plan.provenance["options"]["wgmma_layout"] == "slots"
@@ -332,13 +337,17 @@ def test_compressed_layout_option(sparsity):
     if sparsity < 0.5:
         return
     packed = pack(w, plan)
-    assert packed.wgmma24.compressed and torch.equal(packed.wgmma24.to_dense(), w)
+    assert packed.wgmma24.layout == layout and packed.wgmma24.sized and torch.equal(packed.wgmma24.to_dense(), w)
     assert not pack(w, slots_plan).wgmma24.compressed
     exact = wgmma24_compressed_bytes(None, None, 1024, 512, chunk_words(w))
     grid = TileGrid.for_weight(w, (64, 64))
     est = wgmma24_compressed_bytes(grid.tile_nnz(w), grid.tile_sizes(), 1024, 512)
     # expected: the fullest chunk at 4 standard deviations, here one step of 256 slots over the counted one
-    assert exact == packed.wgmma24.nbytes and exact <= est <= 1.12 * exact
+    assert exact <= est <= 1.12 * exact
+    if layout == "compressed":
+        assert exact == packed.wgmma24.nbytes
+    else:  # the lone halves' words in fewer slots, their masks and bases more header
+        assert packed.wgmma24.bytes_read < pack(w, make_plan(w, wgmma_layout="compressed", **IGNORE)).wgmma24.bytes_read
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(16, 512, generator=gen).to(torch.bfloat16)
     check_product(x, w, None, wgmma24_reference(x, packed.wgmma24))
@@ -351,20 +360,22 @@ def test_compressed_layout_option(sparsity):
 @pytest.mark.skipif(not SM90, reason="needs a compute capability 9.0 GPU")
 @pytest.mark.parametrize("shape", [(1000, 512), (4096, 4096), (11008, 4096)])
 @pytest.mark.parametrize("sparsity", [0.7, 0.9])
-def test_gpu_runtime_runs_the_kernel(shape, sparsity, rng):
+@pytest.mark.parametrize("layout", ["compressed", "lone"])
+def test_gpu_runtime_runs_the_kernel(shape, sparsity, layout, rng):
     """A layer whose buckets that offer the warpgroup 2:4 kernel run it (no dense copy; 11008x4096 at
-    90% offers it only beside the row kernel, up to 16 tokens): at each end and the middle of those
-    buckets, against the fp64 product, outputs poisoned; in a CUDA graph and under torch.compile."""
+    90% offers it only beside the row kernel, up to 16 tokens), its format in the compressed layout and
+    with lone halves: at each end and the middle of those buckets, against the fp64 product, outputs
+    poisoned; in a CUDA graph and under torch.compile."""
     from cross.kernels.launch import Wgmma24Args
 
     w = pruned(*shape, sparsity, seed=int(torch.randint(1 << 30, (1,), generator=rng))).cuda()
-    check_candidates_run(w, "wgmma24", Wgmma24Args, rng, **IGNORE)
+    check_candidates_run(w, "wgmma24", Wgmma24Args, rng, wgmma_layout=layout, **IGNORE)
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not SM90, reason="needs a compute capability 9.0 GPU")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("layout", ["slots", "compressed"])
+@pytest.mark.parametrize("layout", ["slots", "compressed", "lone"])
 def test_gpu_runtime_propagates_nonfinite_inputs(layout, dtype, rng):
     """With nan_policy 'propagate' (the default) a layer whose buckets run the kernel gives Inf and NaN
     inputs the dense product's NaN and Inf, eagerly and in a CUDA graph; finite tokens as before; bf16
@@ -617,8 +628,13 @@ def test_with_plan_builds_the_format_again_in_the_plans_layout():
     compressed = slots.with_plan(plan.with_buckets(plan.buckets, options={**plan.provenance["options"],
                                                                            "wgmma_layout": "compressed"}))
     assert compressed.wgmma24.compressed and compressed.wgmma24.nbytes < slots.wgmma24.nbytes
+    lone = compressed.with_plan(plan.with_buckets(plan.buckets, options={**plan.provenance["options"],
+                                                                         "wgmma_layout": "lone"}))
+    assert lone.wgmma24.layout == "lone" and lone.wgmma24.bytes_read < compressed.wgmma24.bytes_read
+    assert slots.with_plan(plan, built=lone).wgmma24 is slots.wgmma24  # a format of another layout is not taken
     x = torch.randn(12, 512).to(torch.bfloat16)
-    torch.testing.assert_close(wgmma24_reference(x, compressed.wgmma24), wgmma24_reference(x, slots.wgmma24))
+    for other in (compressed, lone):
+        torch.testing.assert_close(wgmma24_reference(x, other.wgmma24), wgmma24_reference(x, slots.wgmma24))
 
 
 @pytest.mark.parametrize("faster", ["slots", "compressed"])

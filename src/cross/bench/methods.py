@@ -18,6 +18,8 @@
                                 check takes where it times faster than dense
     cross+wgmma24c              the same with the 2:4 format's compressed layout
                                 (make_plan(..., wgmma_layout="compressed"))
+    cross+wgmma24l              the same with the compressed layout's lone halves
+                                (make_plan(..., wgmma_layout="lone"))
     cross+wgmma24a              the same with either layout, the faster as the measured check
                                 timed both (make_plan(..., wgmma_layout="auto"))
     cross-rows                  the row kernel forced (kernels/row_gemv.cu, one launch per pass
@@ -27,6 +29,7 @@
     cross-wgmma24               the warpgroup 2:4 kernel forced (kernels/wgmma24.cu, one launch of
                                 blocks of 16-128 tokens; compute capability 9.0, K % 8 == 0)
     cross-wgmma24c              the same over the compressed layout
+    cross-wgmma24l              the same over the compressed layout with lone halves
     cusparse-csr                w.to_sparse_csr() @ x.T (cuSPARSE SpMM through torch), in the
                                 weight's dtype where torch runs it there, else fp16, else fp32
     triton-bsr-<b>              torch.sparse._triton_ops.bsr_dense_mm with b x b blocks (GPU only;
@@ -80,10 +83,14 @@ class Method:
         return self.family != "2:4" or abs(sparsity - SEMI_SPARSITY) < 1e-9
 
 
+#: the warpgroup 2:4 methods' last letter: their format's layout (none: slots)
+_LAYOUT_SUFFIX = {"c": "compressed", "l": "lone", "a": "auto"}
+
+
 def parse_method(name: str) -> Method:
-    expected = ("expected dense, cross, cross+slices, cross+wgmma24, cross+wgmma24c, cross+wgmma24a, "
-                "cross-cuda-<bitmap|dense|hybrid>, cross-triton-<bitmap|dense|hybrid|index|all>, cross-rows, "
-                "cross-slices, cross-wgmma24, cross-wgmma24c, cusparse-csr, "
+    expected = ("expected dense, cross, cross+slices, cross+wgmma24, cross+wgmma24c, cross+wgmma24l, "
+                "cross+wgmma24a, cross-cuda-<bitmap|dense|hybrid>, cross-triton-<bitmap|dense|hybrid|index|all>, "
+                "cross-rows, cross-slices, cross-wgmma24, cross-wgmma24c, cross-wgmma24l, cusparse-csr, "
                 f"triton-bsr-<block: a power of two >= 16> or sparse-2:4, got {name!r}")
     if name == "dense":
         return Method(name, "dense")
@@ -93,11 +100,10 @@ def parse_method(name: str) -> Method:
         return Method(name, "csr")
     if name == "cross+slices":
         return Method(name, "cross", slice_kernel=True)
-    if name in ("cross+wgmma24", "cross+wgmma24c", "cross+wgmma24a"):
-        return Method(name, "cross", wgmma_kernel=True,
-                      wgmma_layout={"c": "compressed", "a": "auto"}.get(name[-1], "slots"))
-    if name in ("cross-wgmma24", "cross-wgmma24c"):
-        return Method(name, "wgmma24", wgmma_layout="compressed" if name[-1] == "c" else "slots")
+    if name in ("cross+wgmma24", "cross+wgmma24c", "cross+wgmma24l", "cross+wgmma24a"):
+        return Method(name, "cross", wgmma_kernel=True, wgmma_layout=_LAYOUT_SUFFIX.get(name[-1], "slots"))
+    if name in ("cross-wgmma24", "cross-wgmma24c", "cross-wgmma24l"):
+        return Method(name, "wgmma24", wgmma_layout=_LAYOUT_SUFFIX.get(name[-1], "slots"))
     if name == "cross-rows":
         return Method(name, "rows")
     if name == "cross-slices":
@@ -212,7 +218,7 @@ def prepare(method: Method, w: torch.Tensor, *, tile=(64, 64), cost_model=None, 
     if method.family == "slices":
         return Prepared(w, sparsity, _prepare_slices(w, tile))
     if method.family == "wgmma24":
-        return Prepared(w, sparsity, _prepare_wgmma24(w, method.wgmma_layout == "compressed"))
+        return Prepared(w, sparsity, _prepare_wgmma24(w, method.wgmma_layout))
     if method.family == "csr":
         return Prepared(w, sparsity, _prepare_csr(w))
     if method.family == "bsr":
@@ -267,7 +273,7 @@ def _prepare_cross(method: Method, w, tile, cost_model, n_programs):
             return Bound(lambda: slices_reference(x, packed.slices), w.dtype, "slice format, reference",
                          packed.slices.nbytes)
         if bucket.plan.kernel == "wgmma24":
-            layout = "compressed" if packed.wgmma24.compressed else "slots"  # with 'auto', the check's choice
+            layout = packed.wgmma24.layout  # with 'auto', the check's choice
             if wgmma24_eligible(packed, x.device):
                 wargs = wgmma24_kernel_args(packed)
                 return Bound(lambda: wgmma24_run(x, wargs), w.dtype,
@@ -298,11 +304,12 @@ def _prepare_rows(w):
     return lambda x: Bound(lambda: row_launch(x, args), w.dtype, "row kernel", rows.nbytes)
 
 
-def _prepare_wgmma24(w, compressed: bool):
+def _prepare_wgmma24(w, layout: str):
     from ..kernels.launch import wgmma24_args, wgmma24_run
     from ..pack.wgmma24 import Wgmma24Weight
 
-    sw = Wgmma24Weight.from_dense(w, compressed=compressed, sized=compressed)  # as the runtime packs it
+    compressed = layout != "slots"  # as the runtime packs it
+    sw = Wgmma24Weight.from_dense(w, compressed=compressed, sized=compressed, lone=layout == "lone")
     args = wgmma24_args(sw)
     return lambda x: Bound(lambda: wgmma24_run(x, args), w.dtype, "warpgroup 2:4 kernel", sw.nbytes)
 

@@ -120,10 +120,12 @@ def add_kernel_options(p: argparse.ArgumentParser, **defaults) -> None:
                         "2:4 kernel's candidates in the slots layout, make_plan(wgmma_kernel=True, "
                         "nan_policy='ignore', wgmma_layout='slots')), "
                         "cross+wgmma24c (the same in the compressed layout, wgmma_layout='compressed'), "
+                        "cross+wgmma24l (the same with lone halves, wgmma_layout='lone'), "
                         "cross+wgmma24a (either layout, the faster as the measured check timed both, "
                         "wgmma_layout='auto'), "
                         "cross-<cuda|triton>-<bitmap|dense|hybrid> (the kernel forced), cross-rows, cross-slices, "
-                        "cross-wgmma24, cross-wgmma24c (the row, slice and warpgroup 2:4 kernels forced), "
+                        "cross-wgmma24, cross-wgmma24c, cross-wgmma24l (the row, slice and warpgroup 2:4 kernels "
+                        "forced), "
                         "cusparse-csr, "
                         "triton-bsr-<block>, sparse-2:4 (50%% only) "
                         f"(default {d['methods']}; the dense baseline is timed for every row anyway)")

@@ -304,7 +304,7 @@ def _kernel_name(kernel: str, summary: dict) -> str:
     """The kernel's name, the warpgroup 2:4 kernel's with its format's layout where the layer says it
     ('warpgroup 2:4 compressed': with wgmma_layout 'auto', the layout the measured check kept)."""
     layout = summary.get("wgmma_layout")
-    return f"{KERNEL_NAMES[kernel]} {layout}" if kernel == "wgmma24" and layout in ("slots", "compressed") \
+    return f"{KERNEL_NAMES[kernel]} {layout}" if kernel == "wgmma24" and layout in ("slots", "compressed", "lone") \
         else KERNEL_NAMES[kernel]
 
 

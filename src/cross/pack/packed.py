@@ -139,9 +139,9 @@ class PackedWeight:
         if tiled is None and any(b.kernel == "tiles" for b in plan.buckets):
             tiled = built.tiled if built is not None and built.tiled is not None else self.tiled_weight()
         source = _DenseOnce(self)
-        compressed = wgmma24_compressed(plan)
+        layout = wgmma24_layout(plan)
         spare = {} if built is None else {"rows": built.rows, "slices": built.slices, "wgmma24": (
-            built.wgmma24 if built.wgmma24 is not None and built.wgmma24.compressed == compressed else None)}
+            built.wgmma24 if built.wgmma24 is not None and built.wgmma24.layout == layout else None)}
 
         def held_or_built(kernel, own, build):
             if own is not None:
@@ -152,7 +152,7 @@ class PackedWeight:
 
         rows = held_or_built("rows", self.rows, _rows_for)
         slices = held_or_built("slices", self.slices, _slices_for)
-        own24 = self.wgmma24 if self.wgmma24 is not None and self.wgmma24.compressed == compressed else None
+        own24 = self.wgmma24 if self.wgmma24 is not None and self.wgmma24.layout == layout else None
         wgmma24 = held_or_built("wgmma24", own24, _wgmma24_for)
         return replace(self, plan=plan, buckets=buckets, tiled=tiled, rows=rows, slices=slices, wgmma24=wgmma24)
 
@@ -268,21 +268,25 @@ def _slices_for(plan: Plan, weight: "TiledWeight | PackedWeight | _DenseOnce", f
     return SliceWeight.from_dense(weight.to_dense(), elements=elements)
 
 
-def wgmma24_compressed(plan: Plan) -> bool:
-    """Whether the plan's warpgroup 2:4 format is in the compressed layout (its options' ``wgmma_layout``;
-    'auto' is packed in slots until the measured check chooses, and plans made before it are slots)."""
-    return plan.provenance.get("options", {}).get("wgmma_layout") == "compressed"
+def wgmma24_layout(plan: Plan) -> str:
+    """The layout of the plan's warpgroup 2:4 format (its options' ``wgmma_layout``): 'compressed', 'lone'
+    (the compressed layout with lone halves) or 'slots' ('auto' is packed in slots until the measured check
+    chooses, and plans made before it are slots)."""
+    layout = plan.provenance.get("options", {}).get("wgmma_layout")
+    return layout if layout in ("compressed", "lone") else "slots"
 
 
 def _wgmma24_for(plan: Plan, weight: "TiledWeight | PackedWeight | _DenseOnce", falls_back: bool = False) -> Wgmma24Weight | None:
     """The warpgroup 2:4 format (from ``weight.to_dense()``) where a bucket runs that kernel (``_runs``),
-    else None: in the layout of the plan's options (``wgmma24_compressed``; the compressed layout's records
-    sized, so that a launch copies each record's own bytes; the slots layout's fixed: sized, they read 4% fewer
-    bytes at 50% and timed no faster, docs/perf-notes.md "Sized records for the slots layout, measured")."""
+    else None: in the layout of the plan's options (``wgmma24_layout``; the compressed layout's records, lone
+    halves or not, sized, so that a launch copies each record's own bytes; the slots layout's fixed: sized,
+    they read 4% fewer bytes at 50% and timed no faster, docs/perf-notes.md "Sized records for the slots
+    layout, measured")."""
     if not _runs(plan, "wgmma24", falls_back):
         return None
-    compressed = wgmma24_compressed(plan)
-    return Wgmma24Weight.from_dense(weight.to_dense(), compressed=compressed, sized=compressed)
+    layout = wgmma24_layout(plan)
+    compressed = layout != "slots"
+    return Wgmma24Weight.from_dense(weight.to_dense(), compressed=compressed, sized=compressed, lone=layout == "lone")
 
 
 def pack(weight: torch.Tensor, plan: Plan) -> PackedWeight:

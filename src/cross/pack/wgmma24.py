@@ -98,6 +98,12 @@ class Wgmma24Weight:
         self._decoded: list[torch.Tensor] = []  # to_dense(), once read (wgmma24_reference)
 
     @property
+    def layout(self) -> str:
+        """The layout's name as plans give it (``make_plan``'s ``wgmma_layout``): 'slots', 'compressed' or
+        'lone' (the compressed layout with lone halves)."""
+        return "lone" if self.lone else "compressed" if self.compressed else "slots"
+
+    @property
     def mtiles(self) -> int:
         return self.wgs * self.mt
 

@@ -59,9 +59,10 @@ SLICE_KERNEL_DEFAULT = False
 #: timed 1.07-1.22x cuBLAS where the tile kernel gave 1.00-1.09x (H100, docs/perf-notes.md, "The
 #: warpgroup 2:4 kernel at 50%").
 WGMMA_MAX_BYTES = 0.8
-#: The warpgroup 2:4 format's layouts (``wgmma_layout``; pack/wgmma24.py), and 'auto': the measured
-#: check times both and keeps the faster for each weight (runtime.measure_plan)
-WGMMA_LAYOUTS = ("slots", "compressed", "auto")
+#: The warpgroup 2:4 format's layouts (``wgmma_layout``; pack/wgmma24.py: 'lone' is the compressed layout
+#: with lone halves), and 'auto': the measured check times two and keeps the faster for each weight
+#: (runtime.measure_plan)
+WGMMA_LAYOUTS = ("slots", "compressed", "lone", "auto")
 #: With 'auto' the layouts' contest runs only where the slots layout's bytes are at most this many times the
 #: compressed layout's (uniform sparsity: 1.04 at 50%, 1.09 at 60%, 1.16 at 65%, 1.23 at 70%); elsewhere
 #: make_plan takes the compressed layout without timing both. Measured on the H100 (16 tokens, both layouts
@@ -280,7 +281,9 @@ def make_plan(weight: torch.Tensor | None = None, *, nnz: np.ndarray | None = No
              compute capability 9.0 GPU (their wgmma_kernel='auto').
     wgmma_layout: the warpgroup 2:4 format's layout, 'slots' (two slots per group and the overflow's
              words) or 'compressed' (only the nonzero words, found by each thread's masks: fewer
-             bytes, more instructions per chunk); its bytes decide whether a weight is offered; or
+             bytes, more instructions per chunk) or 'lone' (the compressed layout with a group's lone
+             nonzero as a 16-bit value: fewer bytes again, more instructions; its gate counts the
+             compressed layout's bytes); its bytes decide whether a weight is offered; or
              'auto' (the default, WGMMA_LAYOUT_DEFAULT): where the slots layout's bytes are at most
              LAYOUT_CONTEST_BYTES times the compressed layout's (uniform sparsity up to ~60%), packed
              in slots, and the measured check times the buckets it offers in both layouts and keeps
@@ -356,8 +359,9 @@ def make_plan(weight: torch.Tensor | None = None, *, nnz: np.ndarray | None = No
     # the kernel is offered: the default plans pay nothing for them; 'auto': the smaller layout's decide)
     wgmma = bool(wgmma_kernel) and wgmma24_kernel_fits(grid.rows, grid.cols, dtype)
     if wgmma:
+        # lone halves take at most the compressed layout's bytes: its count is their gate
         fmt_bytes = {one: _wgmma24_bytes(one, weight, nnz, size, grid) for one in ("slots", "compressed")
-                     if wgmma_layout in (one, "auto")}
+                     if wgmma_layout in (one, "auto") or (one, wgmma_layout) == ("compressed", "lone")}
         wgmma = min(fmt_bytes.values()) <= WGMMA_MAX_BYTES * 2 * grid.rows * grid.cols
         if wgmma and wgmma_layout == "auto":
             wgmma_layout = contest_layout(fmt_bytes["slots"], fmt_bytes["compressed"])
