@@ -514,23 +514,28 @@ def test_auto_is_the_default_layout(sparsity, layout):
         check_product(x, w, lin.bias, model[0](x))
 
 
+@pytest.mark.parametrize("rival", ["compressed", "lone"])
 @pytest.mark.parametrize("sparsity", [0.5, 0.6, 0.7, 0.9])
-def test_auto_contests_only_where_the_layouts_bytes_are_close(sparsity):
-    """'auto' stays 'auto' (the measured check times both layouts) where the slots layout's bytes are at
+def test_auto_contests_only_where_the_layouts_bytes_are_close(monkeypatch, sparsity, rival):
+    """'auto' stays 'auto' (the measured check times two layouts) where the slots layout's bytes are at
     most LAYOUT_CONTEST_BYTES times the compressed layout's, counted on the weight (so at 50%, not at 90%),
-    and becomes 'compressed' elsewhere: the same buckets offered, no slots format packed."""
+    and becomes AUTO_COMPRESSED elsewhere (the compressed layout, or its lone halves): the same buckets
+    offered, no slots format packed."""
+    import cross.partition.planner as planner_mod
+
+    monkeypatch.setattr(planner_mod, "AUTO_COMPRESSED", rival)
     w = pruned(1024, 512, sparsity)
     grid = TileGrid.for_weight(w, (64, 64))
     nnz, size = grid.tile_nnz(w), grid.tile_sizes()
     ratio = _wgmma24_bytes("slots", w, nnz, size, grid) / _wgmma24_bytes("compressed", w, nnz, size, grid)
-    layout = "auto" if ratio <= LAYOUT_CONTEST_BYTES else "compressed"
-    assert layout == {0.5: "auto", 0.9: "compressed"}.get(sparsity, layout)
+    layout = "auto" if ratio <= LAYOUT_CONTEST_BYTES else rival
+    assert layout == {0.5: "auto", 0.9: rival}.get(sparsity, layout)
     auto = make_plan(w, **AUTO)
     assert auto.provenance["options"]["wgmma_layout"] == layout
     assert [b.kernel for b in auto.buckets] == [b.kernel for b in make_plan(w, **IGNORE).buckets]
     assert any(b.kernel == "wgmma24" for b in auto.buckets)
     packed = pack(w, auto)
-    assert packed.wgmma24.compressed == (layout == "compressed")
+    assert packed.wgmma24.layout == ("slots" if layout == "auto" else rival)
     x = torch.randn(16, 512, generator=torch.Generator().manual_seed(5)).to(torch.bfloat16)
     check_product(x, w, None, execute(x, packed))
 
@@ -637,13 +642,19 @@ def test_with_plan_builds_the_format_again_in_the_plans_layout():
         torch.testing.assert_close(wgmma24_reference(x, other.wgmma24), wgmma24_reference(x, slots.wgmma24))
 
 
-@pytest.mark.parametrize("faster", ["slots", "compressed"])
-def test_the_measured_check_keeps_the_faster_layout(monkeypatch, faster):
-    """With 'auto' the buckets offered the warpgroup 2:4 kernel are timed in both layouts (each result
-    checked first: the compressed format's too) and the faster layout's decisions and format are
-    kept, named in the plan's options with both sums; the other buckets are timed once."""
+@pytest.mark.parametrize("rival", ["compressed", "lone"])
+@pytest.mark.parametrize("winner", ["slots", "rival"])
+def test_the_measured_check_keeps_the_faster_layout(monkeypatch, winner, rival):
+    """With 'auto' the buckets offered the warpgroup 2:4 kernel are timed in the slots layout and in
+    AUTO_COMPRESSED (the compressed layout, or its lone halves; each result checked first: the rival's
+    format's too) and the faster layout's decisions and format are kept, named in the plan's options with
+    both sums; the other buckets are timed once."""
     import cross.costmodel.profile as profile
+    import cross.partition.planner as planner_mod
     from cross.runtime import measure as measure_mod
+
+    monkeypatch.setattr(planner_mod, "AUTO_COMPRESSED", rival)
+    faster = rival if winner == "rival" else "slots"
 
     w = pruned(1024, 512, 0.5).to(torch.bfloat16)  # a sparsity where the layouts contest (LAYOUT_CONTEST_BYTES)
     packed = pack(w, make_plan(w, **AUTO))
@@ -657,7 +668,7 @@ def test_the_measured_check_keeps_the_faster_layout(monkeypatch, faster):
         call = real(x, weight, kernels)
         run = lambda: call()  # noqa: E731
         kernel = weight.plan.bucket_for(x.shape[0]).kernel
-        run.tag = (kernel, None if kernel != "wgmma24" else "compressed" if weight.wgmma24.compressed else "slots")
+        run.tag = (kernel, None if kernel != "wgmma24" else weight.wgmma24.layout)
         return run
 
     monkeypatch.setattr(measure_mod, "_plan_call", tagged)
@@ -678,21 +689,21 @@ def test_the_measured_check_keeps_the_faster_layout(monkeypatch, faster):
     builds = []
     real_build = Wgmma24Weight.from_dense.__func__
     monkeypatch.setattr(Wgmma24Weight, "from_dense", classmethod(
-        lambda cls, *a, **kw: builds.append(kw.get("compressed")) or real_build(cls, *a, **kw)))
+        lambda cls, *a, **kw: builds.append((kw.get("compressed"), kw.get("lone"))) or real_build(cls, *a, **kw)))
     buckets, _, (layout, sums), built = measure_mod._measure(packed, w, 0.03, {}, seed=0)
-    assert layout == faster and set(sums) == {"slots", "compressed"}
-    assert sums[faster] < sums["compressed" if faster == "slots" else "slots"]
-    assert ("wgmma24", "compressed") in timed and ("wgmma24", "slots") in timed
+    assert layout == faster and set(sums) == {"slots", rival}
+    assert sums[faster] < sums[rival if faster == "slots" else "slots"]
+    assert ("wgmma24", rival) in timed and ("wgmma24", "slots") in timed
     for i in offered:
         assert (buckets[i].kernel, buckets[i].measured_us, buckets[i].fallback) == ("wgmma24", 6.0, False)
     plan = measure_mod._measured_plan(packed, buckets, {"graph"}, (layout, sums), 0.03)
     assert plan.provenance["options"]["wgmma_layout"] == faster
     assert plan.provenance["measured"]["wgmma_layouts_us"] == sums
     chosen = packed.with_plan(plan, built=built)
-    assert chosen.wgmma24.compressed == (faster == "compressed")
-    # the compressed layout built once, for its timing, and kept from it where it won
-    assert builds == [True]
-    assert chosen.wgmma24 is (built.wgmma24 if faster == "compressed" else packed.wgmma24)
+    assert chosen.wgmma24.layout == faster
+    # the rival's format built once, for its timing, and kept from it where it won
+    assert builds == [(True, rival == "lone")]
+    assert chosen.wgmma24 is (built.wgmma24 if faster == rival else packed.wgmma24)
     n = max(b.n_max for i, b in enumerate(plan.buckets) if i in offered and b.n_max < 2**31 - 1)
     x = torch.randn(min(n, 64), 512).to(torch.bfloat16)
     check_product(x, w, None, execute(x, chosen))
@@ -738,7 +749,8 @@ def test_a_plan_without_the_kernel_has_no_layouts_contest(monkeypatch):
     assert "wgmma_layouts_us" not in plan.provenance["measured"]
 
 
-@pytest.mark.parametrize("name, layout", [("cross+wgmma24", "slots"), ("cross+wgmma24c", "compressed")])
+@pytest.mark.parametrize("name, layout", [("cross+wgmma24", "slots"), ("cross+wgmma24c", "compressed"),
+                                          ("cross+wgmma24l", "lone")])
 def test_bench_note_names_the_layout(monkeypatch, name, layout):
     """The benchmark's note for a bucket the warpgroup 2:4 format runs names its layout (with 'auto',
     the one the measured check kept), and the bound call is the product. The kernel's candidate
@@ -755,6 +767,6 @@ def test_bench_note_names_the_layout(monkeypatch, name, layout):
     n = next(b.n_max for b in taken(w, wgmma_layout=layout, **IGNORE).buckets if b.kernel == "wgmma24")
     x = torch.randn(n, 512, generator=torch.Generator().manual_seed(5)).to(torch.bfloat16)
     bound = prepare(parse_method(name), w).bind(x)
-    other = {"slots": "compressed", "compressed": "slots"}[layout]
-    assert f"{layout} layout" in bound.note and f"{other} layout" not in bound.note
+    assert f"{layout} layout" in bound.note
+    assert not any(f"{other} layout" in bound.note for other in ("slots", "compressed", "lone") if other != layout)
     check_product(x, w, None, bound.fn())

@@ -80,6 +80,11 @@ LAYOUT_CONTEST_BYTES = 1.1
 #: 112 s where sparsify_ takes a weight kind's settled layout without a contest (nn/sparsify.LAYOUT_SETTLED)
 #: (benchmarks/results/h100/layout_half/).
 WGMMA_LAYOUT_DEFAULT = "auto"
+#: The compressed form that 'auto' takes: the slots layout's rival in the measured check's contest and the
+#: layout taken where no contest runs. 'compressed' until lone halves ('lone') are measured faster on the
+#: GPU (docs/perf-notes.md, "Lone halves, built (prediction)"; their bytes are 0.69 / 0.46 / 0.23 of dense
+#: at 50 / 70 / 90% against 0.72 / 0.52 / 0.27).
+AUTO_COMPRESSED = "compressed"
 #: Whether make_plan offers buckets to the warpgroup 2:4 kernel by default (``wgmma_kernel``): off, as
 #: its candidates have no cost model and fall back until a GPU times them; SparseLinear.from_dense and
 #: sparsify_ offer them by default where the measured check will time them (``wgmma_kernel='auto'``,
@@ -134,8 +139,9 @@ def _wgmma24_bytes(layout: str, weight: torch.Tensor | None, nnz, size, grid: Ti
 
 def contest_layout(slots_bytes: int, compressed_bytes: int) -> str:
     """'auto' where the warpgroup 2:4 format's slots layout takes at most LAYOUT_CONTEST_BYTES times the
-    compressed layout's bytes (the measured check then times both), else 'compressed'."""
-    return "auto" if slots_bytes <= LAYOUT_CONTEST_BYTES * compressed_bytes else "compressed"
+    compressed layout's bytes (the measured check then times it against AUTO_COMPRESSED), else
+    AUTO_COMPRESSED."""
+    return "auto" if slots_bytes <= LAYOUT_CONTEST_BYTES * compressed_bytes else AUTO_COMPRESSED
 
 
 def chunk_words(weight: torch.Tensor) -> np.ndarray:
@@ -286,9 +292,9 @@ def make_plan(weight: torch.Tensor | None = None, *, nnz: np.ndarray | None = No
              compressed layout's bytes); its bytes decide whether a weight is offered; or
              'auto' (the default, WGMMA_LAYOUT_DEFAULT): where the slots layout's bytes are at most
              LAYOUT_CONTEST_BYTES times the compressed layout's (uniform sparsity up to ~60%), packed
-             in slots, and the measured check times the buckets it offers in both layouts and keeps
-             the faster for the weight (the smaller bytes decide the offer); elsewhere the plan takes
-             'compressed' (its options say which). Where the check does not run (measure=False, on
+             in slots, and the measured check times the buckets it offers in slots and in
+             AUTO_COMPRESSED ('compressed') and keeps the faster for the weight (the smaller bytes
+             decide the offer); elsewhere the plan takes AUTO_COMPRESSED (its options say which). Where the check does not run (measure=False, on
              the CPU, keep_dense=False) a plan left 'auto' stays in slots.
     Where the slice or warpgroup 2:4 kernel is offered, buckets get alternatives that the measured
     check times beside their kernel (``BucketPlan.alternatives``): a row kernel's bucket the

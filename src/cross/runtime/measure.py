@@ -22,11 +22,11 @@ reads slow once (measured on H100: one shape's cuBLAS read 2.7x slow in one mode
 twice and the faster kept too, so that the estimator (a minimum of two) does not favour dense: with
 one plan timing against the faster of two dense ones, 4096x11008 at 8 tokens and 70% measured 2%
 faster in the check (not the 3% asked) and 1.10x in the benchmark (H200).
-With ``wgmma_layout='auto'`` (asked for; make_plan's default is 'compressed') the warpgroup 2:4
+With ``wgmma_layout='auto'`` (make_plan's default, where the layouts' bytes are close) the warpgroup 2:4
 kernel's two layouts compete too: the buckets that offer it are timed with the slots layout (as
-packed) and again with the compressed layout, and the layout whose buckets run faster in sum (each
-at its chosen kernel's time, or dense where it falls back) becomes the plan's (its options'
-``wgmma_layout``): one format per weight. Measured on the H100 (2026-12-05), the compressed layout ran
+packed) and again with ``planner.AUTO_COMPRESSED`` (the compressed layout, or its lone halves), and the
+layout whose buckets run faster in sum (each at its chosen kernel's time, or dense where it falls
+back) becomes the plan's (its options' ``wgmma_layout``): one format per weight. Measured on the H100 (2026-12-05), the compressed layout ran
 11008x4096 at 16 tokens and 90% at 1.53x and 4096x4096 at 1.02x of cuBLAS, the slots layout 1.33x
 and 1.14x; since STREAM's launches the compressed layout is at least as fast in every cell measured,
 and in the Llama-2-7B-shaped decoder at 70 and 90% 'auto' kept it for every layer (the default
@@ -46,6 +46,7 @@ import torch.nn.functional as F
 
 from ..pack.packed import MAX_LAUNCH_TOKENS, PackedWeight
 from ..partition.plan import KERNEL_NAMES, Plan
+from ..partition import planner
 from ..partition.planner import WIN_MARGIN, is_near_win
 from .dispatch import execute, gpu_kernel_args
 
@@ -137,16 +138,16 @@ def _measure(packed, dense_weight, margin, cache, seed):
         return buckets, how, None, built
     if not _capable("wgmma24", packed.device):
         return buckets, how, ("slots", {}), built
-    compressed_plan = packed.plan.with_buckets(packed.plan.buckets,
-                                               options={**_options(packed.plan), "wgmma_layout": "compressed"})
+    rival = planner.AUTO_COMPRESSED
+    rival_plan = packed.plan.with_buckets(packed.plan.buckets, options={**_options(packed.plan), "wgmma_layout": rival})
     # from the weight the slots' timings built, so that it holds their alternatives' formats too
-    compressed = replace(built, wgmma24=None).with_plan(compressed_plan)
+    compressed = replace(built, wgmma24=None).with_plan(rival_plan)
     other, how_other, built_other = _measure_buckets(compressed, dense_weight, margin, cache, seed, only=offered)
-    sums = {"slots": _run_us(buckets, offered), "compressed": _run_us(other, offered)}
-    if not sums["compressed"] < sums["slots"]:
+    sums = {"slots": _run_us(buckets, offered), rival: _run_us(other, offered)}
+    if not sums[rival] < sums["slots"]:
         return buckets, how, ("slots", sums), built
     merged = [other[i] if i in offered else b for i, b in enumerate(buckets)]
-    return merged, how | how_other, ("compressed", sums), built_other
+    return merged, how | how_other, (rival, sums), built_other
 
 
 def _run_us(buckets, indices) -> float:
