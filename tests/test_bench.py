@@ -762,7 +762,7 @@ def test_model_command_names_the_measure_option():
     # --wgmma-layout only where it is not the default (auto)
     assert models.model_command("llama", 0.7, wgmma_kernel=True, wgmma_layout="auto").endswith(
         "--sparsities 0.7 --wgmma-kernel" + row)
-    for layout in ("compressed", "slots"):
+    for layout in ("compressed", "lone", "slots"):
         assert models.model_command("llama", 0.7, wgmma_kernel=True, wgmma_layout=layout).endswith(
             f"--wgmma-kernel --wgmma-layout {layout}" + row)
 

@@ -360,7 +360,7 @@ def test_run_offering_the_wgmma_kernel(tiny_bert_dir, capsys):
     assert code == 0, err
     assert "warpgroup 2:4 kernel offered (auto layout, nan_policy='ignore')" in out and "PASS" in out
     assert "12 of 13 layers sparse" in out and _agreement(out) < 1e-5
-    for layout in ("compressed", "slots"):
+    for layout in ("compressed", "lone", "slots"):
         code, out, err = run_cli(capsys, "run", tiny_bert_dir, "--text", "a sentence", "--device", "cpu", "-q",
                                  "--sparsity", "0.8", "--prune", "magnitude", "--force-plan", "--wgmma-kernel",
                                  "--wgmma-layout", layout)
