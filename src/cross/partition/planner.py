@@ -289,7 +289,8 @@ def make_plan(weight: torch.Tensor | None = None, *, nnz: np.ndarray | None = No
              words) or 'compressed' (only the nonzero words, found by each thread's masks: fewer
              bytes, more instructions per chunk) or 'lone' (the compressed layout with a group's lone
              nonzero as a 16-bit value: fewer bytes again, more instructions; its gate counts the
-             compressed layout's bytes); its bytes decide whether a weight is offered; or
+             compressed layout's bytes; not yet timed on a GPU, docs/perf-notes.md "Lone halves in
+             the runtime"); its bytes decide whether a weight is offered; or
              'auto' (the default, WGMMA_LAYOUT_DEFAULT): where the slots layout's bytes are at most
              LAYOUT_CONTEST_BYTES times the compressed layout's (uniform sparsity up to ~60%), packed
              in slots, and the measured check times the buckets it offers in slots and in
