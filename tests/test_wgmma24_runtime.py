@@ -314,7 +314,8 @@ def test_bench_methods():
     assert parse_method("cross+wgmma24a").wgmma_layout == "auto" and parse_method("cross+wgmma24a").wgmma_kernel
     forced = parse_method("cross-wgmma24c")
     assert forced.family == "wgmma24" and forced.wgmma_layout == "compressed"
-    assert parse_method("cross+wgmma24l").wgmma_layout == "lone" and parse_method("cross-wgmma24l").wgmma_layout == "lone"
+    assert parse_method("cross+wgmma24l").wgmma_layout == "lone"
+    assert parse_method("cross-wgmma24l").wgmma_layout == "lone"
     with pytest.raises(ValueError, match="cross-wgmma24l"):
         parse_method("cross-wgmma24x")
 

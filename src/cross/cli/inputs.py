@@ -60,9 +60,9 @@ def add_swap_options(p) -> None:
                    help="where the warpgroup 2:4 kernel is offered, its format's layout: slots (two per group and "
                         "the overflow's words), compressed (only the nonzero words, found by each thread's masks: "
                         "fewer bytes), lone (the compressed layout with a group's lone nonzero as a 16-bit value: "
-                        "fewer bytes again) or auto (where the two layouts' bytes are close, up to ~60%% uniform sparsity, both "
-                        "timed by the measured check and the faster kept per layer, slots where the check does not "
-                        "run; elsewhere compressed) "
+                        "fewer bytes again) or auto (where the two layouts' bytes are close, up to ~60%% uniform "
+                        "sparsity, both timed by the measured check and the faster kept per layer, slots where the "
+                        "check does not run; elsewhere compressed) "
                         f"(make_plan(wgmma_layout=...); default {WGMMA_LAYOUT_DEFAULT})")
     p.add_argument("--stack-siblings", action="store_true",
                    help="stack the layers that read the same input (q, k, v; gate, up) into one layer before "

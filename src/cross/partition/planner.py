@@ -295,8 +295,9 @@ def make_plan(weight: torch.Tensor | None = None, *, nnz: np.ndarray | None = No
              LAYOUT_CONTEST_BYTES times the compressed layout's (uniform sparsity up to ~60%), packed
              in slots, and the measured check times the buckets it offers in slots and in
              AUTO_COMPRESSED ('compressed') and keeps the faster for the weight (the smaller bytes
-             decide the offer); elsewhere the plan takes AUTO_COMPRESSED (its options say which). Where the check does not run (measure=False, on
-             the CPU, keep_dense=False) a plan left 'auto' stays in slots.
+             decide the offer); elsewhere the plan takes AUTO_COMPRESSED (its options say which).
+             Where the check does not run (measure=False, on the CPU, keep_dense=False) a plan left
+             'auto' stays in slots.
     Where the slice or warpgroup 2:4 kernel is offered, buckets get alternatives that the measured
     check times beside their kernel (``BucketPlan.alternatives``): a row kernel's bucket the
     candidate kernel, a candidate's bucket the tile kernel where it was predicted to win and the row

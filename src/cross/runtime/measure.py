@@ -26,11 +26,11 @@ With ``wgmma_layout='auto'`` (make_plan's default, where the layouts' bytes are 
 kernel's two layouts compete too: the buckets that offer it are timed with the slots layout (as
 packed) and again with ``planner.AUTO_COMPRESSED`` (the compressed layout, or its lone halves), and the
 layout whose buckets run faster in sum (each at its chosen kernel's time, or dense where it falls
-back) becomes the plan's (its options' ``wgmma_layout``): one format per weight. Measured on the H100 (2026-12-05), the compressed layout ran
-11008x4096 at 16 tokens and 90% at 1.53x and 4096x4096 at 1.02x of cuBLAS, the slots layout 1.33x
-and 1.14x; since STREAM's launches the compressed layout is at least as fast in every cell measured,
-and in the Llama-2-7B-shaped decoder at 70 and 90% 'auto' kept it for every layer (the default
-since, without the contest's timings).
+back) becomes the plan's (its options' ``wgmma_layout``): one format per weight. Measured on the H100
+(2026-12-05), the compressed layout ran 11008x4096 at 16 tokens and 90% at 1.53x and 4096x4096 at
+1.02x of cuBLAS, the slots layout 1.33x and 1.14x; since STREAM's launches the compressed layout is
+at least as fast in every cell measured, and in the Llama-2-7B-shaped decoder at 70 and 90% 'auto'
+kept it for every layer (the default since, without the contest's timings).
 Before a bucket is timed its result on the timing input is compared with the dense product's: a
 kernel that disagrees (beyond bf16 rounding) on this GPU is not timed, and a PlanCheckWarning says so;
 its bucket falls back unless another of its kernels agrees. A wrong result never runs silently.
