@@ -622,6 +622,17 @@ def test_auto_stays_in_slots_without_the_measured_check():
         check_product(x, w, lin.bias, model[0](x))
 
 
+def test_for_layout_packs_as_the_runtime_does():
+    """Wgmma24Weight.for_layout: each layout by its name, the compressed ones sized, the slots one fixed; the
+    same weight back; an unknown layout refused."""
+    w = pruned(512, 256, 0.7).to(torch.bfloat16)
+    for layout in ("slots", "compressed", "lone"):
+        sw = Wgmma24Weight.for_layout(w, layout)
+        assert sw.layout == layout and sw.sized == (layout != "slots") and torch.equal(sw.to_dense(), w)
+    with pytest.raises(ValueError, match="expected 'slots', 'compressed' or 'lone'"):
+        Wgmma24Weight.for_layout(w, "auto")
+
+
 def test_with_plan_builds_the_format_again_in_the_plans_layout():
     """A packed weight given a plan whose options name the other layout holds the format in that
     layout, and runs the same product; the same layout keeps the format it holds."""

@@ -308,8 +308,7 @@ def _prepare_wgmma24(w, layout: str):
     from ..kernels.launch import wgmma24_args, wgmma24_run
     from ..pack.wgmma24 import Wgmma24Weight
 
-    compressed = layout != "slots"  # as the runtime packs it
-    sw = Wgmma24Weight.from_dense(w, compressed=compressed, sized=compressed, lone=layout == "lone")
+    sw = Wgmma24Weight.for_layout(w, layout)  # as the runtime packs it
     args = wgmma24_args(sw)
     return lambda x: Bound(lambda: wgmma24_run(x, args), w.dtype, "warpgroup 2:4 kernel", sw.nbytes)
 

@@ -278,15 +278,10 @@ def wgmma24_layout(plan: Plan) -> str:
 
 def _wgmma24_for(plan: Plan, weight: "TiledWeight | PackedWeight | _DenseOnce", falls_back: bool = False) -> Wgmma24Weight | None:
     """The warpgroup 2:4 format (from ``weight.to_dense()``) where a bucket runs that kernel (``_runs``),
-    else None: in the layout of the plan's options (``wgmma24_layout``; the compressed layout's records, lone
-    halves or not, sized, so that a launch copies each record's own bytes; the slots layout's fixed: sized,
-    they read 4% fewer bytes at 50% and timed no faster, docs/perf-notes.md "Sized records for the slots
-    layout, measured")."""
+    else None: in the layout of the plan's options (``wgmma24_layout``), packed by ``Wgmma24Weight.for_layout``."""
     if not _runs(plan, "wgmma24", falls_back):
         return None
-    layout = wgmma24_layout(plan)
-    compressed = layout != "slots"
-    return Wgmma24Weight.from_dense(weight.to_dense(), compressed=compressed, sized=compressed, lone=layout == "lone")
+    return Wgmma24Weight.for_layout(weight.to_dense(), wgmma24_layout(plan))
 
 
 def pack(weight: torch.Tensor, plan: Plan) -> PackedWeight:

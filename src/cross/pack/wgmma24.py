@@ -164,6 +164,17 @@ class Wgmma24Weight:
         return self._decoded[0]
 
     @classmethod
+    def for_layout(cls, weight: torch.Tensor, layout: str) -> "Wgmma24Weight":
+        """``weight`` packed as the runtime packs ``layout`` ('slots', 'compressed' or 'lone'; ``layout``'s
+        names): the compressed layout's records, lone halves or not, sized, so that a launch copies each
+        record's own bytes; the slots layout's fixed (sized, they read 4% fewer bytes at 50% and timed no
+        faster: docs/perf-notes.md, "Sized records for the slots layout, measured")."""
+        if layout not in ("slots", "compressed", "lone"):
+            raise ValueError(f"Wgmma24Weight.for_layout: expected 'slots', 'compressed' or 'lone', got {layout!r}")
+        compressed = layout != "slots"
+        return cls.from_dense(weight, compressed=compressed, sized=compressed, lone=layout == "lone")
+
+    @classmethod
     def from_dense(cls, weight: torch.Tensor, wgs: int = 2, mt: int = 2, compressed: bool = False,
                    sized: bool = False, lone: bool = False) -> "Wgmma24Weight":
         """Pack a 2-D bf16/fp16 weight: in every group of 4 consecutive columns the first two nonzeros
