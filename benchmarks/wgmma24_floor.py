@@ -70,6 +70,15 @@ def build_with(defines: str, per_sm: int | None = None) -> None:
     cuda_backend._wgmma24_kernel = BUILD if per_sm is None else (lambda *a: BUILD(*a)[:2] + (per_sm,))
 
 
+def launched_per_sm(args, split: int, ntok: int) -> int:
+    """Blocks per SM of the build the next launch of ``args`` (at ``ntok`` tokens a block, ``split``) takes, with
+    the launch's own flags (cuda_backend.wgmma24_launch's: END_RED where STREAM reduces, PROPAGATE, sized records,
+    lone halves), under the defines build_with set last."""
+    reduce = not split and ntok <= cuda_backend.REDUCE_MAX_TOKENS and cuda_backend.stream_reduce()
+    return cuda_backend._wgmma24_kernel(torch.cuda.current_device(), True, args.wgs, args.mt, split, args.slots, ntok,
+                                        args.compressed, args.over, args.sized, reduce, args.propagate, args.lone)[2]
+
+
 def column(name: str) -> str:
     """The CSV column of a build's time: 'no copies, no end' -> no_copies_no_end_us, '-DSUM_SLOTS=4' ->
     SUM_SLOTS4_us."""
@@ -131,8 +140,7 @@ def main(argv=None):
                 y = torch.full((opts.n, m), float("nan"), dtype=torch.bfloat16, device="cuda")
                 dense_us = graph_us(lambda: F.linear(x, w))
                 build_with("")
-                per_sm = BUILD(torch.cuda.current_device(), True, args.wgs, args.mt, split, args.slots,
-                               token_tile(opts.n), args.compressed, args.over)[2]
+                per_sm = launched_per_sm(args, split, token_tile(opts.n))
 
                 def checked_us(run_args, weight, what):  # Y poisoned, the launch checked, then timed
                     y.fill_(float("nan"))
@@ -143,9 +151,11 @@ def main(argv=None):
                     return graph_us(lambda: wgmma24_run(x, run_args, None, y))
 
                 times = {"full": checked_us(args, w, "the full build")}
+                builds_per_sm = {}
                 for defines in filter(None, opts.builds.split(",")):
                     build_with(defines)
                     times[defines] = checked_us(args, w, f"the build {defines}")
+                    builds_per_sm[column(defines)[:-3] + "_per_sm"] = launched_per_sm(args, split, token_tile(opts.n))
                 for name, defines in () if opts.no_ablations else ABLATIONS:
                     build_with(defines, per_sm)
                     times[name] = graph_us(lambda: wgmma24_run(x, args, None, y))
@@ -177,12 +187,14 @@ def main(argv=None):
                            split=split if split else "STREAM", blocks_per_sm=per_sm, mb=round(sw.nbytes / 1e6, 2),
                            read_mb=round(sw.bytes_read / 1e6, 2),
                            dense_us=round(dense_us, 2),
-                           **{column(name): round(us, 2) for name, us in times.items()}, **lean_mb)
+                           **{column(name): round(us, 2) for name, us in times.items()}, **lean_mb, **builds_per_sm)
                 rows.append(rec)
                 print(f"{shape:>11} {sp:>4} {rec['mb']:>6.1f} MB, {rec['rows']}-row blocks, split {rec['split']} "
                       f"({per_sm} per SM): "
                       f"cuBLAS {dense_us:.2f}, "
-                      + ", ".join(f"{name} {us:.2f}" for name, us in times.items())
+                      + ", ".join(f"{name} {us:.2f}" + (f" ({builds_per_sm[column(name)[:-3] + '_per_sm']} per SM)"
+                                                         if column(name)[:-3] + "_per_sm" in builds_per_sm else "")
+                                  for name, us in times.items())
                       + ("\n" + " " * 12 + "parts: " + ", ".join(f"{name} {us:+.2f}" for name, us in parts.items())
                          if parts else ""),
                       flush=True)

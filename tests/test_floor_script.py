@@ -1,6 +1,6 @@
 """benchmarks/wgmma24_floor.py's builds: an ablation build is launched with the full build's blocks per
 SM (its fewer registers would let a STREAM launch size itself to more blocks), and the normal build is
-back, unpinned, afterwards."""
+back, unpinned, afterwards; the blocks per SM it reports are the launched builds'."""
 
 import functools
 import os
@@ -54,3 +54,33 @@ def test_without_overflow_keeps_each_groups_first_two_nonzeros():
     assert ((groups != 0).sum(-1).clamp(max=2) == (kept != 0).sum(-1)).all()  # and no more goes than must
     assert Wgmma24Weight.from_dense(w.bfloat16(), compressed=True).overflow
     assert not Wgmma24Weight.from_dense(w2.bfloat16(), compressed=True).overflow
+
+
+def test_blocks_per_sm_are_the_launched_builds(monkeypatch):
+    """The blocks per SM the script reports are those of the build the launch takes: its own flags (sized
+    records, lone halves, PROPAGATE, and END_RED exactly where a STREAM launch of that many tokens reduces), under
+    the defines set last."""
+    from types import SimpleNamespace
+
+    calls = []
+
+    @functools.lru_cache(maxsize=None)
+    def fake_build(*args):
+        calls.append((os.environ.get(cuda_backend.DEFINES_ENV), args))
+        return ("function", 1234, 3)
+
+    monkeypatch.setattr(cuda_backend, "_wgmma24_kernel", fake_build)
+    monkeypatch.setattr(floor, "BUILD", fake_build)
+    monkeypatch.setattr(floor.torch.cuda, "current_device", lambda: 5)
+    monkeypatch.setattr(cuda_backend, "stream_reduce", lambda: True)
+    monkeypatch.setattr(cuda_backend, "REDUCE_MAX_TOKENS", 64)
+    monkeypatch.setenv(cuda_backend.DEFINES_ENV, "")
+    args = SimpleNamespace(wgs=1, mt=2, slots=24, compressed=True, over=True, sized=True, propagate=False, lone=True)
+    floor.build_with("-DSTAGES=4")
+    assert floor.launched_per_sm(args, 0, 64) == 3
+    assert calls[-1] == ("-DSTAGES=4", (5, True, 1, 2, 0, 24, 64, True, True, True, True, False, True))
+    floor.launched_per_sm(args, 0, 128)  # past REDUCE_MAX_TOKENS: the deterministic end's build
+    assert calls[-1][1][10] is False
+    floor.launched_per_sm(args, 2, 16)  # clusters never reduce
+    assert calls[-1][1][4:11] == (2, 24, 16, True, True, True, False)
+    floor.build_with("")
