@@ -81,9 +81,10 @@ LAYOUT_CONTEST_BYTES = 1.1
 #: (benchmarks/results/h100/layout_half/).
 WGMMA_LAYOUT_DEFAULT = "auto"
 #: The compressed form that 'auto' takes: the slots layout's rival in the measured check's contest and the
-#: layout taken where no contest runs. 'compressed' until lone halves ('lone') are measured faster on the
-#: GPU (docs/perf-notes.md, "Lone halves, built (prediction)"; their bytes are 0.69 / 0.46 / 0.23 of dense
-#: at 50 / 70 / 90% against 0.72 / 0.52 / 0.27).
+#: layout taken where no contest runs. 'compressed': lone halves ('lone', 0.69 / 0.46 / 0.23 of dense at 50 / 70
+#: / 90% against 0.72 / 0.52 / 0.27) timed on the H100 at 16 tokens were no faster at 50%, 3-4% faster at 70% on
+#: 11008-wide weights (slower on 4096x4096) and 8-9% slower at 90%: their chain's instructions are on the path
+#: (docs/perf-notes.md, "Lone halves and 128 tokens, measured (H100)").
 AUTO_COMPRESSED = "compressed"
 #: Whether make_plan offers buckets to the warpgroup 2:4 kernel by default (``wgmma_kernel``): off, as
 #: its candidates have no cost model and fall back until a GPU times them; SparseLinear.from_dense and
@@ -289,8 +290,9 @@ def make_plan(weight: torch.Tensor | None = None, *, nnz: np.ndarray | None = No
              words) or 'compressed' (only the nonzero words, found by each thread's masks: fewer
              bytes, more instructions per chunk) or 'lone' (the compressed layout with a group's lone
              nonzero as a 16-bit value: fewer bytes again, more instructions; its gate counts the
-             compressed layout's bytes; not yet timed on a GPU, docs/perf-notes.md "Lone halves in
-             the runtime"); its bytes decide whether a weight is offered; or
+             compressed layout's bytes; on the H100 at 16 tokens 3-4% faster than 'compressed' at 70%
+             on 11008-wide weights, slower at 90%, docs/perf-notes.md "Lone halves and 128 tokens,
+             measured (H100)"); its bytes decide whether a weight is offered; or
              'auto' (the default, WGMMA_LAYOUT_DEFAULT): where the slots layout's bytes are at most
              LAYOUT_CONTEST_BYTES times the compressed layout's (uniform sparsity up to ~60%), packed
              in slots, and the measured check times the buckets it offers in slots and in
