@@ -802,6 +802,42 @@ def test_gpu_wgmma24_a_smem(m, k, weight, split, rng, monkeypatch):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("reduce_tokens", [64, 128])
+@pytest.mark.parametrize("split", [0, 2])
+@pytest.mark.parametrize("weight", ["2:4", "0.3"])
+@pytest.mark.parametrize("m,k", [(11008, 4096), (700, 2056)])
+def test_gpu_wgmma24_mma_ahead(m, k, weight, split, reduce_tokens, rng, monkeypatch):
+    """MMA_AHEAD builds (CROSS_CUDA_DEFINES=-DMMA_AHEAD=1: two sets of 2:4 registers by the unit's parity, a
+    unit's mmas waited for after the next unit's are issued, the stages one unit less ahead) of the compressed
+    layout, sized, by STREAM (END_RED up to 64 tokens, or up to 128) and by clusters of 2, with overflow and
+    without (2:4): the product at 16, 128 and 300 tokens against fp32 on fresh X, output poisoned, eagerly and
+    replayed in a CUDA graph, the STREAM counters and the reductions' area back to zero."""
+    from cross.kernels import cuda_backend
+    from cross.kernels.launch import wgmma24_args, wgmma24_run
+
+    _needs_sm90()
+    if split and reduce_tokens != 64:
+        pytest.skip("clusters have no END_RED")
+    monkeypatch.setattr(cuda_backend, "REDUCE_MAX_TOKENS", reduce_tokens)
+    monkeypatch.setattr(cuda_backend, "_REDUCE_AREAS", {})  # an area for as many tokens as the builds reduce
+    with _built_with(monkeypatch, os.environ.get(cuda_backend.DEFINES_ENV, "") + " -DMMA_AHEAD=1"):
+        w = (_weight(m, k, 2, rng) if weight == "2:4" else _unstructured(m, k, float(weight), rng)).cuda()
+        args = wgmma24_args(Wgmma24Weight.from_dense(w, compressed=True, sized=True), split)
+        area = cuda_backend.reduce_area(torch.cuda.current_device())
+        for n in (16, 128, 300):
+            x = torch.empty(n, k, dtype=torch.bfloat16, device="cuda")
+            b = torch.randn(m, generator=rng).to(torch.bfloat16).cuda()
+            y = torch.empty(n, m, dtype=torch.bfloat16, device="cuda")
+
+            def fresh():
+                x.copy_(torch.randn(n, k, generator=rng).to(torch.bfloat16))
+                y.fill_(float("nan"))
+
+            _eager_and_replayed(lambda: wgmma24_run(x, args, b, y), fresh,
+                                lambda: _check(y, x, w, b) < 2e-2 and not args.counters.any() and not area.any(), 2)
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("xtma", [True, False])
 @pytest.mark.parametrize("compressed", [False, True])
 @pytest.mark.parametrize("split", [0, 2, None])

@@ -58,7 +58,12 @@
 // every thread's 16-byte copies, 17-19 us slower at 128 tokens on the H100, docs/perf-notes.md), A_SMEM (1: the
 // slots layout's A read by the mmas from shared memory, its records in pack/wgmma24.a_smem_order, the
 // overflow operand staged per unit, a unit's mmas waited for after the next unit's are issued; a tuning
-// build for clusters: in STREAM builds ptxas still waits at every unit), ROTATE (1, clusters, a tuning build: the
+// build for clusters: in STREAM builds ptxas still waits at every unit), MMA_AHEAD (1, a tuning build: A from
+// registers in two sets by the unit's parity, the 2:4 mmas and the overflow's in commit groups of their own, a
+// unit's mmas waited for only as the next unit's overflow registers are built, the stages one unit less ahead; so
+// the next unit's barrier and decode run under the mmas. nvcc 13.0, 128 tokens, compressed, STREAM, END_RED: 255
+// registers with 964 bytes spilled at 256-row blocks, 194 with none at two warpgroups of one m-tile; ptxas
+// serializes the mmas in PROPAGATE and cluster builds), ROTATE (1, clusters, a tuning build: the
 // blocks of row block rb walk their chunks from their (rb mod chunks)-th, wrapping, so that at a time
 // the row blocks read different parts of X), MIN_BLOCKS (blocks per SM the registers
 // must allow; default 1). Requirements
@@ -203,6 +208,13 @@
 #if A_SMEM && WGS > 2
 #error "A_SMEM's warpgroup barriers are named 1 and 2: WGS must be 1 or 2"
 #endif
+#ifndef MMA_AHEAD
+#define MMA_AHEAD 0  // 1: A from registers, two sets by the unit's parity; a unit's mmas waited for after the next unit's are issued (a tuning build)
+#endif
+#if MMA_AHEAD && A_SMEM
+#error "MMA_AHEAD is A_SMEM's overlap for A in registers: one or the other"
+#endif
+#define PAIRS (A_SMEM || MMA_AHEAD)  // units in pairs, each unit's A (or metadata) registers its own, read by its mmas until the next unit's wait
 #if STREAM && SPLIT != 1
 #error "STREAM splits K by units, not clusters: SPLIT must be 1"
 #endif
@@ -283,10 +295,10 @@
 // tokens x 128 bytes; the block's shared memory is aligned to 1024 bytes at its start)
 #define X_OFF (XTMA ? (W_BYTES + 1023) / 1024 * 1024 : W_BYTES)
 #define STAGE_BYTES (X_OFF + X_BYTES)
-#if A_SMEM && STAGES < 3
-#error "A_SMEM reads a unit's stage until the next unit's mmas are issued: STAGES must be at least 3"
+#if PAIRS && STAGES < 3
+#error "A_SMEM and MMA_AHEAD read a unit's stage until the next unit's mmas are issued: STAGES must be at least 3"
 #endif
-#define AHEAD (STAGES - 1 - A_SMEM)  // units copied ahead of the one the mmas read (A_SMEM: the one before it still read too)
+#define AHEAD (STAGES - 1 - PAIRS)  // units copied ahead of the one the mmas read (A_SMEM, MMA_AHEAD: the one before it still read too)
 #define OVER_STAGE_BYTES (MTILES * 2 * 2048)  // A_SMEM: a unit's overflow operand, staged as the tiles are laid out
 #define START_BITS 14  // a head word: first overflow word (bits 0-13), a mask per m-tile (8 bits): pack/wgmma24
 #define START_MASK ((1u << START_BITS) - 1u)
@@ -410,6 +422,17 @@ __device__ __forceinline__ void wgmma_sps(float (&d)[NACC], u64 da, u64 db, u32 
 __device__ __forceinline__ void fence_acc(float (&d)[NACC]) {
 #pragma unroll
     for (int i = 0; i < NACC; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+// MMA_AHEAD: a unit's 2:4 registers, read by its mmas as they run, kept live until the wait for those mmas (so
+// that the compiler does not build the next unit's in them before)
+__device__ __forceinline__ void keep_registers(const uint4 (&a)[2][MT], const u32 (&e)[MT]) {
+#pragma unroll
+    for (int t = 0; t < MT; ++t) {
+        asm volatile("" ::"r"(e[t]));
+#pragma unroll
+        for (int ks = 0; ks < 2; ++ks) asm volatile("" ::"r"(a[ks][t].x), "r"(a[ks][t].y), "r"(a[ks][t].z), "r"(a[ks][t].w));
+    }
 }
 
 __device__ __forceinline__ void cluster_sync() {
@@ -1072,14 +1095,20 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
     u32 seen = 0;  // the largest magnitudes of this thread's share of X in the current output's units (stage_max)
 #endif
     // A_SMEM: units in pairs, h = 0, 1 of a pair unrolled, so that each unit's metadata has its own
-    // registers (meta[h]), read by its mmas until they are waited for in the next unit
+    // registers (meta[h]), read by its mmas until they are waited for in the next unit; MMA_AHEAD the same
+    // with each unit's 2:4 registers (a_regs[h], e_regs[h]; the overflow's one set: its mmas are a commit group
+    // of their own, waited for before the next unit's overflow registers are built)
     u32 meta[1 + A_SMEM][MT];
     (void)meta;
-    for (int i2 = 0; i2 < nun; i2 += 1 + A_SMEM) {
+#if MMA_AHEAD
+    uint4 a_regs[2][2][MT] = {};  // (zero: the first unit's wait keeps the other set live)
+    u32 e_regs[2][MT] = {};
+#endif
+    for (int i2 = 0; i2 < nun; i2 += 1 + PAIRS) {
 #pragma unroll
-        for (int h = 0; h <= A_SMEM; ++h) {
+        for (int h = 0; h <= PAIRS; ++h) {
             const int i = i2 + h;
-            if (A_SMEM && i >= nun) break;
+            if (PAIRS && i >= nun) break;
             asm volatile("cp.async.wait_group %0;\n" ::"n"(AHEAD - 1) : "memory");
 #if BULK && !(ABLATE & 2)
             mbar_wait(bars + 8 * (i % STAGES), (u32)(i / STAGES) & 1u);  // unit i's weight record in place
@@ -1094,7 +1123,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
             // the copies, seen by the mma's reads; this thread's reads of the stage refilled next, done
             // before the refill's bulk copy
             asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-            __syncthreads();  // unit i in place; every warpgroup done with unit i - 1's stage (A_SMEM: i - 2's), refilled next
+            __syncthreads();  // unit i in place; every warpgroup done with unit i - 1's stage (A_SMEM, MMA_AHEAD: i - 2's), refilled next
 #if TICKET && !(ABLATE & 8)
             // the block's last unit: thread 0 draws a ticket on its output's counter (the low 16 bits) if
             // the output is split, its round trip under the unit's mmas (the count read at the end). An
@@ -1188,8 +1217,13 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
 #if FOLD_ONE
             const uint2 xw = reinterpret_cast<const uint2*>(stage + X_OFF)[tid];
 #endif
+#if MMA_AHEAD
+            uint4(&a)[2][MT] = a_regs[h];
+            u32(&e)[MT] = e_regs[h];
+#else
             uint4 a[2][MT];
             u32 e[MT];
+#endif
             const Record rec(stage, tid);
 #if COMPRESSED
             rec.sparse(wg, tw, a, e);
@@ -1197,8 +1231,10 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
             SLOT_REGISTERS(stage, wg, tw, a, e);
 #endif
             const u32 sx = smem_u32(stage + X_OFF);
+#if !MMA_AHEAD  // (MMA_AHEAD: no instruction but the mmas touches the accumulators between units; ptxas would wait)
 #pragma unroll
             for (int t = 0; t < MT; ++t) fence_acc(acc[t]);
+#endif
             asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #pragma unroll
             for (int t = 0; t < MT; ++t) {
@@ -1209,6 +1245,13 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
             // the chunk's overflow, while those mmas run: a group's third and fourth nonzeros sit at its
             // positions 2 and 3, a second 2:4 operand with the metadata nibble 2 | 3 << 2 everywhere
             {
+#if MMA_AHEAD
+                // the 2:4 mmas a group of their own; unit i - 1's groups (its overflow's the one before) done:
+                // the overflow's registers free to be built again, the 2:4 mmas queued behind them
+                asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+                asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
+                keep_registers(a_regs[h ^ 1], e_regs[h ^ 1]);
+#endif
                 uint4 o[2][MT];
                 rec.overflow(tid, o);
                 asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");  // the registers just written
@@ -1228,16 +1271,29 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
 #elif PROPAGATE
             seen = stage_max(stage + X_OFF, tid, seen);
 #endif
+#if MMA_AHEAD && !OVERFLOW
+            asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");  // unit i - 1's mmas done
+            keep_registers(a_regs[h ^ 1], e_regs[h ^ 1]);
+#elif !MMA_AHEAD
             asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
 #pragma unroll
             for (int t = 0; t < MT; ++t) fence_acc(acc[t]);
+#endif
 #endif  // !(ABLATE & 1)
 #if STREAM
             if (uc == chunks - 1 || i == nun - 1) {  // this block's last unit of output uo
-#if A_SMEM && !(ABLATE & 1)
+#if PAIRS && !(ABLATE & 1)
                 asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
 #pragma unroll
                 for (int t = 0; t < MT; ++t) fence_acc(acc[t]);
+#endif
+#if MMA_AHEAD && !(ABLATE & 1)
+                // the unit's mmas done: its registers need not live through the end (the next unit keeps zeros)
+#pragma unroll
+                for (int t = 0; t < MT; ++t) {
+                    e_regs[h][t] = 0u;
+                    a_regs[h][0][t] = a_regs[h][1][t] = make_uint4(0u, 0u, 0u, 0u);
+                }
 #endif
                 const u32 first = uo * chunks;
 #if PROPAGATE
@@ -1393,7 +1449,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
 #endif
 }
 #else
-#if A_SMEM && !(ABLATE & 1)
+#if PAIRS && !(ABLATE & 1)
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
 #pragma unroll
     for (int t = 0; t < MT; ++t) fence_acc(acc[t]);
