@@ -424,6 +424,23 @@ def _eager_and_replayed(run, fresh, ok, times=3):
         assert ok()
 
 
+def _fresh_launches(args, w, n, rng, also=lambda: True):
+    """``args``' launch at ``n`` tokens with a bias, eagerly and replayed in a CUDA graph, twice each, on fresh X
+    with the output poisoned: right against fp32, and ``also()`` after each."""
+    from cross.kernels.launch import wgmma24_run
+
+    m, k = w.shape
+    x = torch.empty(n, k, dtype=torch.bfloat16, device="cuda")
+    b = torch.randn(m, generator=rng).to(torch.bfloat16).cuda()
+    y = torch.empty(n, m, dtype=torch.bfloat16, device="cuda")
+
+    def fresh():
+        x.copy_(torch.randn(n, k, generator=rng).to(torch.bfloat16))
+        y.fill_(float("nan"))
+
+    _eager_and_replayed(lambda: wgmma24_run(x, args, b, y), fresh, lambda: _check(y, x, w, b) < 2e-2 and also(), 2)
+
+
 def _check_token_tiles(m, k, weight, split, rng):
     """The build CROSS_CUDA_DEFINES now selects, on a weight of ``weight`` ("2:4": two nonzeros a group;
     else a density) launched with ``split``: the product at 16, 128 and 301 tokens (token tiles), with a
@@ -813,7 +830,7 @@ def test_gpu_wgmma24_mma_ahead(m, k, weight, split, reduce_tokens, rng, monkeypa
     without (2:4): the product at 16, 128 and 300 tokens against fp32 on fresh X, output poisoned, eagerly and
     replayed in a CUDA graph, the STREAM counters and the reductions' area back to zero."""
     from cross.kernels import cuda_backend
-    from cross.kernels.launch import wgmma24_args, wgmma24_run
+    from cross.kernels.launch import wgmma24_args
 
     _needs_sm90()
     if split and reduce_tokens != 64:
@@ -825,16 +842,7 @@ def test_gpu_wgmma24_mma_ahead(m, k, weight, split, reduce_tokens, rng, monkeypa
         args = wgmma24_args(Wgmma24Weight.from_dense(w, compressed=True, sized=True), split)
         area = cuda_backend.reduce_area(torch.cuda.current_device())
         for n in (16, 128, 300):
-            x = torch.empty(n, k, dtype=torch.bfloat16, device="cuda")
-            b = torch.randn(m, generator=rng).to(torch.bfloat16).cuda()
-            y = torch.empty(n, m, dtype=torch.bfloat16, device="cuda")
-
-            def fresh():
-                x.copy_(torch.randn(n, k, generator=rng).to(torch.bfloat16))
-                y.fill_(float("nan"))
-
-            _eager_and_replayed(lambda: wgmma24_run(x, args, b, y), fresh,
-                                lambda: _check(y, x, w, b) < 2e-2 and not args.counters.any() and not area.any(), 2)
+            _fresh_launches(args, w, n, rng, lambda: not args.counters.any() and not area.any())
 
 
 @pytest.mark.gpu
@@ -848,22 +856,13 @@ def test_gpu_wgmma24_xtma(m, k, n, split, compressed, xtma, rng, monkeypatch):
     swizzle, zeros past N and K), and by every thread's 16-byte copies (-DXTMA=0): the product against
     fp32 on fresh X, output poisoned, eagerly and replayed in a CUDA graph, by STREAM and by clusters."""
     from cross.kernels import cuda_backend
-    from cross.kernels.launch import wgmma24_args, wgmma24_run
+    from cross.kernels.launch import wgmma24_args
 
     _needs_sm90()
     with _built_with(monkeypatch, "" if xtma else "-DXTMA=0"):
         assert cuda_backend.wgmma24_xtma() is xtma
         w = _unstructured(m, k, 0.3, rng).cuda()
-        args = wgmma24_args(Wgmma24Weight.from_dense(w, compressed=compressed), split)
-        x = torch.empty(n, k, dtype=torch.bfloat16, device="cuda")
-        b = torch.randn(m, generator=rng).to(torch.bfloat16).cuda()
-        y = torch.empty(n, m, dtype=torch.bfloat16, device="cuda")
-
-        def fresh():
-            x.copy_(torch.randn(n, k, generator=rng).to(torch.bfloat16))
-            y.fill_(float("nan"))
-
-        _eager_and_replayed(lambda: wgmma24_run(x, args, b, y), fresh, lambda: _check(y, x, w, b) < 2e-2, 2)
+        _fresh_launches(wgmma24_args(Wgmma24Weight.from_dense(w, compressed=compressed), split), w, n, rng)
 
 
 @pytest.mark.gpu
