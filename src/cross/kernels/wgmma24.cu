@@ -62,8 +62,9 @@
 // registers in two sets by the unit's parity, the 2:4 mmas and the overflow's in commit groups of their own, a
 // unit's mmas waited for only as the next unit's overflow registers are built, the stages one unit less ahead; so
 // the next unit's barrier and decode run under the mmas. nvcc 13.0, 128 tokens, compressed, STREAM, END_RED: 255
-// registers with 964 bytes spilled at 256-row blocks, 194 with none at two warpgroups of one m-tile; ptxas
-// serializes the mmas in PROPAGATE and cluster builds), ROTATE (1, clusters, a tuning build: the
+// registers with 964 bytes spilled at 256-row blocks, 194 with none at two warpgroups of one m-tile, and ptxas
+// waits for every mma at the loop's latch (C7517), so only the first unit of a pair has its mmas under the next
+// one's decode; it serializes the mmas in PROPAGATE and cluster builds), ROTATE (1, clusters, a tuning build: the
 // blocks of row block rb walk their chunks from their (rb mod chunks)-th, wrapping, so that at a time
 // the row blocks read different parts of X), MIN_BLOCKS (blocks per SM the registers
 // must allow; default 1). Requirements
