@@ -819,27 +819,25 @@ def test_gpu_wgmma24_a_smem(m, k, weight, split, rng, monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("reduce_tokens", [64, 128])
-@pytest.mark.parametrize("split", [0, 2])
+@pytest.mark.parametrize("split,reduce_tokens,propagate", [(0, 64, False), (0, 128, False), (0, 128, True),
+                                                           (2, 64, False)])
 @pytest.mark.parametrize("weight", ["2:4", "0.3"])
 @pytest.mark.parametrize("m,k", [(11008, 4096), (700, 2056)])
-def test_gpu_wgmma24_mma_ahead(m, k, weight, split, reduce_tokens, rng, monkeypatch):
+def test_gpu_wgmma24_mma_ahead(m, k, weight, split, reduce_tokens, propagate, rng, monkeypatch):
     """MMA_AHEAD builds (CROSS_CUDA_DEFINES=-DMMA_AHEAD=1: two sets of 2:4 registers by the unit's parity, a
     unit's mmas waited for after the next unit's are issued, the stages one unit less ahead) of the compressed
-    layout, sized, by STREAM (END_RED up to 64 tokens, or up to 128) and by clusters of 2, with overflow and
-    without (2:4): the product at 16, 128 and 300 tokens against fp32 on fresh X, output poisoned, eagerly and
-    replayed in a CUDA graph, the STREAM counters and the reductions' area back to zero."""
+    layout, sized, by STREAM (END_RED up to 64 tokens, or up to 128; and the PROPAGATE build) and by clusters of 2,
+    with overflow and without (2:4): the product at 16, 128 and 300 tokens against fp32 on fresh X, output
+    poisoned, eagerly and replayed in a CUDA graph, the STREAM counters and the reductions' area back to zero."""
     from cross.kernels import cuda_backend
     from cross.kernels.launch import wgmma24_args
 
     _needs_sm90()
-    if split and reduce_tokens != 64:
-        pytest.skip("clusters have no END_RED")
     monkeypatch.setattr(cuda_backend, "REDUCE_MAX_TOKENS", reduce_tokens)
     monkeypatch.setattr(cuda_backend, "_REDUCE_AREAS", {})  # an area for as many tokens as the builds reduce
     with _built_with(monkeypatch, os.environ.get(cuda_backend.DEFINES_ENV, "") + " -DMMA_AHEAD=1"):
         w = (_weight(m, k, 2, rng) if weight == "2:4" else _unstructured(m, k, float(weight), rng)).cuda()
-        args = wgmma24_args(Wgmma24Weight.from_dense(w, compressed=True, sized=True), split)
+        args = wgmma24_args(Wgmma24Weight.from_dense(w, compressed=True, sized=True), split, propagate=propagate)
         area = cuda_backend.reduce_area(torch.cuda.current_device())
         for n in (16, 128, 300):
             _fresh_launches(args, w, n, rng, lambda: not args.counters.any() and not area.any())

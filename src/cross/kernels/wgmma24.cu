@@ -61,10 +61,11 @@
 // build for clusters: in STREAM builds ptxas still waits at every unit), MMA_AHEAD (1, a tuning build: A from
 // registers in two sets by the unit's parity, the 2:4 mmas and the overflow's in commit groups of their own, a
 // unit's mmas waited for only as the next unit's overflow registers are built, the stages one unit less ahead; so
-// the next unit's barrier and decode run under the mmas. nvcc 13.0, 128 tokens, compressed, STREAM, END_RED: 255
-// registers with 964 bytes spilled at 256-row blocks, 194 with none at two warpgroups of one m-tile, and ptxas
-// waits for every mma at the loop's latch (C7517), so only the first unit of a pair has its mmas under the next
-// one's decode; it serializes the mmas in PROPAGATE and cluster builds), ROTATE (1, clusters, a tuning build: the
+// the next unit's barrier and decode run under the mmas; STREAM's loop is left from the end of the block's last
+// unit (which has waited), not at its latch, where ptxas would wait for every second unit's mmas. nvcc 13.0, 128
+// tokens, compressed, STREAM, END_RED: 255 registers with 168 bytes spilled at 256-row blocks (328 with PROPAGATE),
+// 172 with none at two warpgroups of one m-tile; ptxas serializes the mmas of cluster builds, C7513), ROTATE (1,
+// clusters, a tuning build: the
 // blocks of row block rb walk their chunks from their (rb mod chunks)-th, wrapping, so that at a time
 // the row blocks read different parts of X), MIN_BLOCKS (blocks per SM the registers
 // must allow; default 1). Requirements
@@ -1104,12 +1105,19 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
 #if MMA_AHEAD
     uint4 a_regs[2][2][MT] = {};  // (zero: the first unit's wait keeps the other set live)
     u32 e_regs[2][MT] = {};
+    (void)a_regs, (void)e_regs;
 #endif
+#if MMA_AHEAD && STREAM
+    // left from the end of the block's last unit, which ends an output and has waited for its mmas: a loop that
+    // also left at its latch would have ptxas wait there for every second unit's mmas
+    for (int i2 = 0;; i2 += 2) {
+#else
     for (int i2 = 0; i2 < nun; i2 += 1 + PAIRS) {
+#endif
 #pragma unroll
         for (int h = 0; h <= PAIRS; ++h) {
             const int i = i2 + h;
-            if (PAIRS && i >= nun) break;
+            if (PAIRS && !(MMA_AHEAD && STREAM) && i >= nun) break;
             asm volatile("cp.async.wait_group %0;\n" ::"n"(AHEAD - 1) : "memory");
 #if BULK && !(ABLATE & 2)
             mbar_wait(bars + 8 * (i % STAGES), (u32)(i / STAGES) & 1u);  // unit i's weight record in place
@@ -1432,12 +1440,18 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
                         store_one(y, bias, (uo / tiles) * R, (uo % tiles) * NTOK, m, n_tok, ldy, wg, warp, lane, f,
                                   acc[f / NACC][f % NACC]);
                 }
+#if MMA_AHEAD
+                if (i == nun - 1) goto units_done;
+#endif
             }
             if (++uc == chunks) uc = 0, ++uo;
 #endif
         }
     }
 #if STREAM
+#if MMA_AHEAD
+units_done:;
+#endif
 #if BLOCK_TIMES
     if (tid == 0) {
         unsigned long long t_end;
