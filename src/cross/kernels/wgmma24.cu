@@ -211,12 +211,15 @@
 #error "A_SMEM's warpgroup barriers are named 1 and 2: WGS must be 1 or 2"
 #endif
 #ifndef MMA_AHEAD
-#define MMA_AHEAD 0  // 1: A from registers, two sets by the unit's parity; a unit's mmas waited for after the next unit's are issued (a tuning build)
+// 1 (a tuning build): A from registers, two sets by the unit's parity; a unit's mmas waited for after the next
+// unit's are issued
+#define MMA_AHEAD 0
 #endif
 #if MMA_AHEAD && A_SMEM
 #error "MMA_AHEAD is A_SMEM's overlap for A in registers: one or the other"
 #endif
-#define PAIRS (A_SMEM || MMA_AHEAD)  // units in pairs, each unit's A (or metadata) registers its own, read by its mmas until the next unit's wait
+// units in pairs, each unit's A (or metadata) registers its own, read by its mmas until the next unit's wait
+#define PAIRS (A_SMEM || MMA_AHEAD)
 #if STREAM && SPLIT != 1
 #error "STREAM splits K by units, not clusters: SPLIT must be 1"
 #endif
@@ -300,7 +303,8 @@
 #if PAIRS && STAGES < 3
 #error "A_SMEM and MMA_AHEAD read a unit's stage until the next unit's mmas are issued: STAGES must be at least 3"
 #endif
-#define AHEAD (STAGES - 1 - PAIRS)  // units copied ahead of the one the mmas read (A_SMEM, MMA_AHEAD: the one before it still read too)
+// units copied ahead of the one the mmas read (A_SMEM, MMA_AHEAD: the one before it still read too)
+#define AHEAD (STAGES - 1 - PAIRS)
 #define OVER_STAGE_BYTES (MTILES * 2 * 2048)  // A_SMEM: a unit's overflow operand, staged as the tiles are laid out
 #define START_BITS 14  // a head word: first overflow word (bits 0-13), a mask per m-tile (8 bits): pack/wgmma24
 #define START_MASK ((1u << START_BITS) - 1u)
@@ -433,7 +437,8 @@ __device__ __forceinline__ void keep_registers(const uint4 (&a)[2][MT], const u3
     for (int t = 0; t < MT; ++t) {
         asm volatile("" ::"r"(e[t]));
 #pragma unroll
-        for (int ks = 0; ks < 2; ++ks) asm volatile("" ::"r"(a[ks][t].x), "r"(a[ks][t].y), "r"(a[ks][t].z), "r"(a[ks][t].w));
+        for (int ks = 0; ks < 2; ++ks)
+            asm volatile("" ::"r"(a[ks][t].x), "r"(a[ks][t].y), "r"(a[ks][t].z), "r"(a[ks][t].w));
     }
 }
 
@@ -1132,7 +1137,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS)
             // the copies, seen by the mma's reads; this thread's reads of the stage refilled next, done
             // before the refill's bulk copy
             asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-            __syncthreads();  // unit i in place; every warpgroup done with unit i - 1's stage (A_SMEM, MMA_AHEAD: i - 2's), refilled next
+            // unit i in place; every warpgroup done with unit i - 1's stage (A_SMEM, MMA_AHEAD: i - 2's), refilled next
+            __syncthreads();
 #if TICKET && !(ABLATE & 8)
             // the block's last unit: thread 0 draws a ticket on its output's counter (the low 16 bits) if
             // the output is split, its round trip under the unit's mmas (the count read at the end). An
