@@ -12,6 +12,7 @@
 # - ahead_over: MMA_AHEAD on 11008x4096 at 90% with and without the overflow (--without-overflow, every build with
 #   -DMMA_AHEAD=1): the overlap where only the 2:4 mmas are left on the tensor cores;
 # - tests: the MMA_AHEAD builds' GPU tests (STREAM with END_RED to 64 and to 128 tokens, clusters of 2).
+# The steps' limits add up to 540 s (a call's limit is 600): the tests step may stop early; `-k mma_ahead` again then.
 # Usage (repository root, on the GPU machine): OUT=<dir> bash benchmarks/tokens128_blocks.sh
 source "$(dirname "$0")/steps.sh"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/device.txt"
@@ -22,4 +23,4 @@ step wg1mt2 100 $F --wgs 1 --mt 2 --builds=-DSTAGES=4 --out "$OUT/wg1mt2.csv"
 step wg2mt1 120 $F --wgs 2 --mt 1 "--builds=-DSTAGES=4,-DSTAGES=4 -DMIN_BLOCKS=2,-DMMA_AHEAD=1" --out "$OUT/wg2mt1.csv"
 step ahead_over 90 python3 benchmarks/wgmma24_floor.py --n 128 --no-ablations --shapes llama-up --sparsities 0.9 \
     --compressed --sized --reduce-tokens 128 --base=-DMMA_AHEAD=1 --without-overflow --out "$OUT/ahead_over.csv"
-step tests 150 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_wgmma24.py -k mma_ahead
+step tests 110 python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_wgmma24.py -k mma_ahead
