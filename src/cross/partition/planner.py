@@ -83,7 +83,7 @@ WGMMA_LAYOUT_DEFAULT = "auto"
 #: The compressed form that 'auto' takes: the slots layout's rival in the measured check's contest and the
 #: layout taken where no contest runs. 'compressed': lone halves ('lone', 0.69 / 0.46 / 0.23 of dense at 50 / 70
 #: / 90% against 0.72 / 0.52 / 0.27) timed on the H100 at 16 tokens were no faster at 50%, 3-4% faster at 70% on
-#: 11008-wide weights (slower on 4096x4096) and 8-9% slower at 90%: their chain's instructions are on the path
+#: 11008-wide weights (slower on 4096x4096) and 4-9% slower at 90%: their chain's instructions are on the path
 #: (docs/perf-notes.md, "Lone halves and 128 tokens, measured (H100)").
 AUTO_COMPRESSED = "compressed"
 #: Whether make_plan offers buckets to the warpgroup 2:4 kernel by default (``wgmma_kernel``): off, as
