@@ -48,7 +48,7 @@ def launcher(args, x, y, ntok: int, defines: str, waves: int = 1, units_timed: b
     stamps = 4 if prologue else 3 if end_steps else 2 if units_timed else 1
     os.environ[cuda_backend.DEFINES_ENV] = f"{defines} -DBLOCK_TIMES={stamps}"
     cuda_backend.wgmma24_defines_changed()
-    reduce = ntok <= cuda_backend.REDUCE_MAX_TOKENS and cuda_backend.stream_reduce()
+    reduce = cuda_backend.stream_reduces(0, ntok)
     func, smem, fit = cuda_backend._wgmma24_kernel(torch.cuda.current_device(), True, args.wgs, args.mt, 0,
                                                    args.slots, ntok, args.compressed, args.over, args.sized, reduce)
     per_sm = fit if per_sm is None else min(per_sm, fit)

@@ -74,7 +74,7 @@ def launched_per_sm(args, split: int, ntok: int) -> int:
     """Blocks per SM of the build the next launch of ``args`` (at ``ntok`` tokens a block, ``split``) takes, with
     the launch's own flags (cuda_backend.wgmma24_launch's: END_RED where STREAM reduces, PROPAGATE, sized records,
     lone halves), under the defines build_with set last."""
-    reduce = not split and ntok <= cuda_backend.REDUCE_MAX_TOKENS and cuda_backend.stream_reduce()
+    reduce = cuda_backend.stream_reduces(split, ntok)
     return cuda_backend._wgmma24_kernel(torch.cuda.current_device(), True, args.wgs, args.mt, split, args.slots, ntok,
                                         args.compressed, args.over, args.sized, reduce, args.propagate, args.lone)[2]
 

@@ -582,6 +582,12 @@ REDUCE_MAX_TOKENS = 64
 _REDUCE_AREAS: dict[int, torch.Tensor] = {}
 
 
+def stream_reduces(split: int, ntok: int) -> bool:
+    """Whether a launch of ``split`` (0: STREAM) at ``ntok`` tokens a block takes the END_RED build: STREAM
+    launches of up to REDUCE_MAX_TOKENS tokens where ``stream_reduce``."""
+    return not split and ntok <= REDUCE_MAX_TOKENS and stream_reduce()
+
+
 def reduce_area(device_index: int) -> torch.Tensor:
     """The zeroed fp32 area of a GPU's END_RED launches: a slot of R x NTOK floats per block, for the
     largest launch (every SM's WGMMA24_MAX_PER_SM blocks of 256 rows and REDUCE_MAX_TOKENS tokens; 35 MB
@@ -619,7 +625,7 @@ def wgmma24_launch(row_blocks: int, ntok: int, wgs: int, mt: int, split: int, sl
     N, a row block's token tiles adjacent (wgmma24.cu). ``propagate``: the PROPAGATE build (Inf and NaN
     inputs reach the outputs as in the dense product); ``lone``: the compressed layout's lone halves."""
     device = torch.cuda.current_device()
-    reduce = not split and ntok <= REDUCE_MAX_TOKENS and stream_reduce()
+    reduce = stream_reduces(split, ntok)
     func, smem, per_sm = _wgmma24_kernel(device, ptrs.is_bf16, wgs, mt, split, slots, ntok, compressed, over,
                                          sized, reduce, propagate, lone)
     x, y, bias, values, counters = ptrs.values
